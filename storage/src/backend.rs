@@ -1,0 +1,150 @@
+//! The backend trait: everything the controller (and later the admission
+//! webhook) asks of a storage engine. The CSI layer only ever talks to this
+//! trait, so it cannot tell the embedded local store from Ceph RBD.
+//!
+//! Every method reads the engine's state fresh; nothing here caches a size.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::volume_id::VolumeId;
+
+/// A volume as the backend sees it right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// The id handed to Kubernetes.
+    pub id: VolumeId,
+    /// The name the CO chose at creation (idempotency key).
+    pub name: String,
+    /// The size the engine reports now, in bytes.
+    pub size_bytes: u64,
+}
+
+/// The outcome of an idempotent create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// A new volume was made.
+    New(VolumeInfo),
+    /// A volume of that name already existed; it was left as it is.
+    Existing(VolumeInfo),
+}
+
+impl Created {
+    /// The volume, new or old.
+    pub fn info(&self) -> &VolumeInfo {
+        match self {
+            Created::New(info) | Created::Existing(info) => info,
+        }
+    }
+}
+
+/// Room the engine has for provisioning, read fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Bytes the pool may hold in all, after the over-provisioning policy.
+    pub total_bytes: u64,
+    /// Bytes that can still be promised to new or growing volumes.
+    pub available_bytes: u64,
+}
+
+/// Why a backend call failed. Each variant maps to one CSI status code in the
+/// services, so the variant is chosen for what the caller should do next.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The volume does not exist.
+    #[error("volume {0} does not exist")]
+    NotFound(VolumeId),
+    /// A StorageClass parameter is missing or wrong.
+    #[error("parameter {name:?}: {reason}")]
+    InvalidParameter {
+        /// The parameter's key.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The pool cannot hold the requested size under its capacity policy.
+    #[error("{requested} bytes requested but only {available} bytes available")]
+    NoSpace {
+        /// Bytes the operation needed.
+        requested: u64,
+        /// Bytes the pool can still give.
+        available: u64,
+    },
+    /// The engine refused a shrink (sizes only grow).
+    #[error("volume {id} is {current} bytes; shrinking to {requested} is not supported")]
+    Shrink {
+        /// The volume.
+        id: VolumeId,
+        /// Its size now.
+        current: u64,
+        /// The smaller size asked for.
+        requested: u64,
+    },
+    /// The engine is unreachable or unhealthy; worth retrying later.
+    #[error("backend unavailable during {step}: {reason}")]
+    Unavailable {
+        /// What Swell was doing.
+        step: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The engine did not answer within Swell's deadline.
+    #[error("backend did not finish {step} within {after:?}")]
+    Timeout {
+        /// What Swell was doing.
+        step: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// An unexpected local failure (I/O, corrupt metadata).
+    #[error("{step}: {source}")]
+    Io {
+        /// What Swell was doing.
+        step: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl BackendError {
+    /// Wraps an I/O error with the step it interrupted.
+    pub fn io(step: impl Into<String>, source: std::io::Error) -> Self {
+        BackendError::Io { step: step.into(), source }
+    }
+}
+
+/// A storage engine Swell provisions from.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The id prefix this backend owns (`local`, `rbd`).
+    fn kind(&self) -> &'static str;
+
+    /// Creates a volume of `size_bytes` named `name`, or returns the existing
+    /// volume of that name untouched. Judging whether an existing volume is
+    /// compatible with the request is the caller's job.
+    async fn create_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<Created, BackendError>;
+
+    /// Deletes a volume; deleting a missing volume succeeds.
+    async fn delete_volume(&self, id: &VolumeId) -> Result<(), BackendError>;
+
+    /// Reads a volume's current state, `None` when it does not exist.
+    async fn volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError>;
+
+    /// All volumes, ordered by id.
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError>;
+
+    /// The pool's room, read fresh.
+    async fn capacity(&self) -> Result<Capacity, BackendError>;
+
+    /// Grows a volume to `new_size_bytes` and returns the size the engine
+    /// reports afterwards. Never shrinks.
+    async fn grow_volume(&self, id: &VolumeId, new_size_bytes: u64) -> Result<u64, BackendError>;
+
+    /// Whether the engine can serve requests now.
+    async fn check_health(&self) -> Result<(), BackendError>;
+}

@@ -1,0 +1,140 @@
+//! The one way Swell runs an external program: no shell, output captured, a
+//! deadline enforced, and a non-zero exit turned into an error that names the
+//! command and carries its stderr.
+
+use std::ffi::OsStr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// What a finished command printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Standard output, lossily decoded.
+    pub stdout: String,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+/// Why a command did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The program could not be started (missing binary, permissions).
+    #[error("could not start `{command}`: {source}")]
+    Spawn {
+        /// The command line, for the log.
+        command: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The program ran past its deadline and was killed.
+    #[error("`{command}` did not finish within {after:?} and was killed")]
+    Timeout {
+        /// The command line.
+        command: String,
+        /// The deadline it missed.
+        after: Duration,
+    },
+    /// The program exited with a failure status.
+    #[error("`{command}` failed with exit code {code:?}: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// The exit code, `None` when killed by a signal.
+        code: Option<i32>,
+        /// What it printed on stderr (trimmed).
+        stderr: String,
+        /// What it printed on stdout (some tools report errors there).
+        stdout: String,
+    },
+}
+
+impl CommandError {
+    /// The exit code of a command that ran and failed.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            CommandError::Failed { code, .. } => *code,
+            _ => None,
+        }
+    }
+
+    /// Everything the command printed, for matching on well-known messages.
+    pub fn output_text(&self) -> String {
+        match self {
+            CommandError::Failed { stderr, stdout, .. } => format!("{stderr}\n{stdout}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Runs `program` with `args`, killing it if it has not exited within `deadline`.
+pub async fn run<I, S>(program: &str, args: I, deadline: Duration) -> Result<Output, CommandError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+    let command = render(program, &args);
+    tracing::debug!(%command, "running");
+    let child = Command::new(program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| CommandError::Spawn { command: command.clone(), source })?;
+    let finished = tokio::time::timeout(deadline, child.wait_with_output())
+        .await
+        .map_err(|_| CommandError::Timeout { command: command.clone(), after: deadline })?
+        .map_err(|source| CommandError::Spawn { command: command.clone(), source })?;
+    let stdout = String::from_utf8_lossy(&finished.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
+    if finished.status.success() {
+        Ok(Output { stdout, stderr })
+    } else {
+        Err(CommandError::Failed { command, code: finished.status.code(), stderr, stdout })
+    }
+}
+
+fn render(program: &str, args: &[std::ffi::OsString]) -> String {
+    let mut line = program.to_owned();
+    for arg in args {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn captures_stdout_of_a_successful_command() {
+        let out = run("echo", ["hello"], Duration::from_secs(5)).await.expect("echo runs");
+        assert_eq!(out.stdout.trim(), "hello");
+    }
+
+    #[tokio::test]
+    async fn failure_carries_exit_code_and_stderr() {
+        let err = run("ls", ["/definitely/not/here"], Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err.exit_code(), Some(2));
+        assert!(err.to_string().contains("/definitely/not/here"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_hung_command_is_killed_at_its_deadline() {
+        let started = std::time::Instant::now();
+        let err = run("sleep", ["30"], Duration::from_millis(200)).await.unwrap_err();
+        assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error() {
+        let err = run("swell-no-such-program", ["x"], Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(err, CommandError::Spawn { .. }), "{err}");
+    }
+}

@@ -1,0 +1,13 @@
+//! What Swell's controller and node share: volume ids, the backend trait and
+//! its embedded local implementation, durable records, keyed locks, and the
+//! single way to run an external command.
+
+pub mod backend;
+pub mod command;
+pub mod durable;
+pub mod local;
+pub mod locks;
+pub mod volume_id;
+
+pub use backend::{Backend, BackendError, Capacity, Created, VolumeInfo};
+pub use volume_id::VolumeId;

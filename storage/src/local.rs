@@ -1,0 +1,369 @@
+//! The embedded local backend: each volume is a sparse file under a state
+//! directory, beside a durable JSON record of its name and desired size. No
+//! server to run; the node attaches the file with a loop device.
+//!
+//! The file's length is the volume's current size and is read from the file
+//! system on every call. The record says what was asked for; the file says
+//! what is.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{Backend, BackendError, Capacity, Created, VolumeInfo};
+use crate::durable;
+use crate::volume_id::VolumeId;
+
+/// The id prefix of local volumes.
+pub const KIND: &str = "local";
+
+/// How long one local metadata or file operation may take before the call
+/// gives up (a wedged disk must not wedge an RPC).
+const OP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Where a local volume's backing file lives; the node attaches this path.
+pub fn image_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
+    volumes_dir(state_dir).join(format!("{}.img", id.key()))
+}
+
+fn record_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
+    volumes_dir(state_dir).join(format!("{}.json", id.key()))
+}
+
+fn volumes_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("volumes")
+}
+
+/// The durable record kept beside each backing file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeRecord {
+    /// The CO's name for the volume.
+    pub name: String,
+    /// The size last asked for; the file may lag behind after a crash.
+    pub desired_bytes: u64,
+    /// When the volume was created, seconds since the epoch.
+    pub created_unix: u64,
+    /// StorageClass parameters given at creation.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// The local backend over one state directory.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    state_dir: PathBuf,
+    capacity_bytes: Option<u64>,
+    // Serialises mutations so capacity checks and writes see one another.
+    mutate: Arc<Mutex<()>>,
+}
+
+impl LocalBackend {
+    /// Opens (creating if needed) a local backend under `state_dir`.
+    /// `capacity_bytes` caps the bytes promised to volumes in all; without
+    /// it, the size of the file system holding `state_dir` is the cap.
+    pub fn open(state_dir: impl Into<PathBuf>, capacity_bytes: Option<u64>) -> io::Result<Self> {
+        let state_dir = state_dir.into();
+        fs::create_dir_all(volumes_dir(&state_dir))?;
+        Ok(LocalBackend { state_dir, capacity_bytes, mutate: Arc::default() })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The id a volume of this name gets: a digest, so a retried create that
+    /// crashed half-way lands on the same files.
+    pub fn id_for_name(name: &str) -> VolumeId {
+        let digest = Sha256::digest(name.as_bytes());
+        let key: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        VolumeId::new(KIND, &key).unwrap_or_else(|_| unreachable!("hex digests are valid keys"))
+    }
+
+    async fn blocking<T, F>(&self, step: &str, work: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, BackendError> + Send + 'static,
+    {
+        let inner = Inner { state_dir: self.state_dir.clone(), capacity_bytes: self.capacity_bytes, mutate: self.mutate.clone() };
+        let task = tokio::task::spawn_blocking(move || work(&inner));
+        match tokio::time::timeout(OP_DEADLINE, task).await {
+            Err(_) => Err(BackendError::Timeout { step: step.to_owned(), after: OP_DEADLINE }),
+            Ok(Err(join)) => Err(BackendError::io(step, io::Error::other(join.to_string()))),
+            Ok(Ok(result)) => result,
+        }
+    }
+}
+
+struct Inner {
+    state_dir: PathBuf,
+    capacity_bytes: Option<u64>,
+    mutate: Arc<Mutex<()>>,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.mutate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read_volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError> {
+        if id.backend() != KIND {
+            return Ok(None);
+        }
+        let record: Option<VolumeRecord> =
+            durable::read_json(&record_path(&self.state_dir, id)).map_err(|e| BackendError::io(format!("read record of {id}"), e))?;
+        let Some(record) = record else { return Ok(None) };
+        match fs::metadata(image_path(&self.state_dir, id)) {
+            Ok(meta) => Ok(Some(VolumeInfo { id: id.clone(), name: record.name, size_bytes: meta.len() })),
+            // A record without its file is a create that crashed half-way.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BackendError::io(format!("stat backing file of {id}"), e)),
+        }
+    }
+
+    fn all_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
+        let dir = volumes_dir(&self.state_dir);
+        let entries = fs::read_dir(&dir).map_err(|e| BackendError::io("list volumes", e))?;
+        let mut volumes = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| BackendError::io("list volumes", e))?;
+            let file_name = entry.file_name();
+            let Some(key) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+            let Ok(id) = VolumeId::new(KIND, key) else { continue };
+            if let Some(info) = self.read_volume(&id)? {
+                volumes.push(info);
+            }
+        }
+        volumes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(volumes)
+    }
+
+    fn capacity(&self) -> Result<Capacity, BackendError> {
+        let total_bytes = match self.capacity_bytes {
+            Some(bytes) => bytes,
+            None => {
+                let stat = nix::sys::statvfs::statvfs(&self.state_dir)
+                    .map_err(|e| BackendError::io("statvfs of the state directory", io::Error::from(e)))?;
+                stat.blocks().saturating_mul(stat.fragment_size())
+            }
+        };
+        let promised: u64 = self.all_volumes()?.iter().map(|v| v.size_bytes).sum();
+        Ok(Capacity { total_bytes, available_bytes: total_bytes.saturating_sub(promised) })
+    }
+
+    fn set_file_len(&self, id: &VolumeId, size: u64) -> Result<(), BackendError> {
+        let path = image_path(&self.state_dir, id);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| BackendError::io(format!("open backing file of {id}"), e))?;
+        file.set_len(size).map_err(|e| BackendError::io(format!("size backing file of {id} to {size}"), e))?;
+        file.sync_all().map_err(|e| BackendError::io(format!("sync backing file of {id}"), e))
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[async_trait::async_trait]
+impl Backend for LocalBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    async fn create_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<Created, BackendError> {
+        let name = name.to_owned();
+        let parameters = parameters.clone();
+        self.blocking("create volume", move |inner| {
+            let id = LocalBackend::id_for_name(&name);
+            let _guard = inner.lock();
+            let record_file = record_path(&inner.state_dir, &id);
+            let existing: Option<VolumeRecord> =
+                durable::read_json(&record_file).map_err(|e| BackendError::io(format!("read record of {id}"), e))?;
+            if let Some(record) = existing {
+                if record.name != name {
+                    return Err(BackendError::io(
+                        format!("create {name}"),
+                        io::Error::other(format!("id {id} already belongs to volume {:?}", record.name)),
+                    ));
+                }
+                if let Some(info) = inner.read_volume(&id)? {
+                    return Ok(Created::Existing(info));
+                }
+                // The record exists but the file does not: finish that create.
+                inner.set_file_len(&id, record.desired_bytes)?;
+                let info = inner.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+                return Ok(Created::New(info));
+            }
+            let available = inner.capacity()?.available_bytes;
+            if size_bytes > available {
+                return Err(BackendError::NoSpace { requested: size_bytes, available });
+            }
+            let record = VolumeRecord { name, desired_bytes: size_bytes, created_unix: now_unix(), parameters };
+            durable::write_json(&record_file, &record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
+            inner.set_file_len(&id, size_bytes)?;
+            let info = inner.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+            Ok(Created::New(info))
+        })
+        .await
+    }
+
+    async fn delete_volume(&self, id: &VolumeId) -> Result<(), BackendError> {
+        if id.backend() != KIND {
+            return Ok(());
+        }
+        let id = id.clone();
+        self.blocking("delete volume", move |inner| {
+            let _guard = inner.lock();
+            match fs::remove_file(image_path(&inner.state_dir, &id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BackendError::io(format!("remove backing file of {id}"), e)),
+            }
+            durable::remove(&record_path(&inner.state_dir, &id)).map_err(|e| BackendError::io(format!("remove record of {id}"), e))
+        })
+        .await
+    }
+
+    async fn volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError> {
+        let id = id.clone();
+        self.blocking("read volume", move |inner| inner.read_volume(&id)).await
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
+        self.blocking("list volumes", |inner| inner.all_volumes()).await
+    }
+
+    async fn capacity(&self) -> Result<Capacity, BackendError> {
+        self.blocking("read capacity", |inner| inner.capacity()).await
+    }
+
+    async fn grow_volume(&self, id: &VolumeId, new_size_bytes: u64) -> Result<u64, BackendError> {
+        let id = id.clone();
+        self.blocking("grow volume", move |inner| {
+            let _guard = inner.lock();
+            let current = inner.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+            if new_size_bytes < current.size_bytes {
+                return Err(BackendError::Shrink { id, current: current.size_bytes, requested: new_size_bytes });
+            }
+            if new_size_bytes == current.size_bytes {
+                return Ok(current.size_bytes);
+            }
+            let available = inner.capacity()?.available_bytes;
+            let growth = new_size_bytes - current.size_bytes;
+            if growth > available {
+                return Err(BackendError::NoSpace { requested: growth, available });
+            }
+            let record_file = record_path(&inner.state_dir, &id);
+            let mut record: VolumeRecord = durable::read_json(&record_file)
+                .map_err(|e| BackendError::io(format!("read record of {id}"), e))?
+                .ok_or_else(|| BackendError::NotFound(id.clone()))?;
+            record.desired_bytes = new_size_bytes;
+            durable::write_json(&record_file, &record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
+            inner.set_file_len(&id, new_size_bytes)?;
+            let after = inner.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+            Ok(after.size_bytes)
+        })
+        .await
+    }
+
+    async fn check_health(&self) -> Result<(), BackendError> {
+        self.blocking("check state directory", |inner| {
+            fs::read_dir(volumes_dir(&inner.state_dir)).map(drop).map_err(|e| BackendError::io("read state directory", e))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn backend(capacity: Option<u64>) -> (tempfile::TempDir, LocalBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::open(dir.path(), capacity).unwrap();
+        (dir, backend)
+    }
+
+    #[tokio::test]
+    async fn create_is_idempotent_by_name_and_sparse() {
+        let (dir, b) = backend(None);
+        let first = b.create_volume("pvc-1", GIB, &BTreeMap::new()).await.unwrap();
+        assert!(matches!(first, Created::New(_)));
+        let again = b.create_volume("pvc-1", 2 * GIB, &BTreeMap::new()).await.unwrap();
+        assert_eq!(again, Created::Existing(first.info().clone()), "existing volume left as it was");
+        let meta = fs::metadata(image_path(dir.path(), &first.info().id)).unwrap();
+        assert_eq!(meta.len(), GIB);
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() * 512 < GIB / 100, "backing file is sparse");
+    }
+
+    #[tokio::test]
+    async fn the_size_comes_from_the_file_not_the_record() {
+        let (dir, b) = backend(None);
+        let id = b.create_volume("pvc", GIB, &BTreeMap::new()).await.unwrap().info().id.clone();
+        // Another writer (or a crash between record and file) changes the file only.
+        OpenOptions::new().write(true).open(image_path(dir.path(), &id)).unwrap().set_len(3 * GIB).unwrap();
+        assert_eq!(b.volume(&id).await.unwrap().unwrap().size_bytes, 3 * GIB);
+    }
+
+    #[tokio::test]
+    async fn grow_never_shrinks_and_respects_capacity() {
+        let (_dir, b) = backend(Some(4 * GIB));
+        let id = b.create_volume("pvc", GIB, &BTreeMap::new()).await.unwrap().info().id.clone();
+        assert_eq!(b.grow_volume(&id, 2 * GIB).await.unwrap(), 2 * GIB);
+        assert!(matches!(b.grow_volume(&id, GIB).await, Err(BackendError::Shrink { .. })));
+        assert!(matches!(b.grow_volume(&id, 5 * GIB).await, Err(BackendError::NoSpace { .. })));
+        assert_eq!(b.volume(&id).await.unwrap().unwrap().size_bytes, 2 * GIB, "failed grow changed nothing");
+        assert_eq!(b.capacity().await.unwrap(), Capacity { total_bytes: 4 * GIB, available_bytes: 2 * GIB });
+    }
+
+    #[tokio::test]
+    async fn create_beyond_capacity_is_refused_without_leftovers() {
+        let (_dir, b) = backend(Some(GIB));
+        assert!(matches!(b.create_volume("big", 2 * GIB, &BTreeMap::new()).await, Err(BackendError::NoSpace { .. })));
+        assert!(b.list_volumes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_half_done_create_is_finished_by_the_retry() {
+        let (dir, b) = backend(None);
+        let id = LocalBackend::id_for_name("pvc");
+        let record = VolumeRecord { name: "pvc".into(), desired_bytes: GIB, created_unix: 0, parameters: BTreeMap::new() };
+        durable::write_json(&record_path(dir.path(), &id), &record).unwrap();
+        assert_eq!(b.volume(&id).await.unwrap(), None, "half-created volume is not visible");
+        let created = b.create_volume("pvc", GIB, &BTreeMap::new()).await.unwrap();
+        assert_eq!(created.info().size_bytes, GIB);
+    }
+
+    #[tokio::test]
+    async fn delete_is_idempotent_and_lists_are_ordered() {
+        let (_dir, b) = backend(None);
+        for name in ["a", "b", "c"] {
+            b.create_volume(name, GIB, &BTreeMap::new()).await.unwrap();
+        }
+        let listed = b.list_volumes().await.unwrap();
+        assert_eq!(listed.len(), 3);
+        assert!(listed.windows(2).all(|w| w[0].id < w[1].id));
+        b.delete_volume(&listed[0].id).await.unwrap();
+        b.delete_volume(&listed[0].id).await.unwrap();
+        assert_eq!(b.list_volumes().await.unwrap().len(), 2);
+        assert_eq!(b.volume(&listed[0].id).await.unwrap(), None);
+    }
+}
