@@ -1,0 +1,10 @@
+//! How Swell's binaries meet the container orchestrator: parsing the CSI
+//! endpoint, serving gRPC on a carefully prepared Unix socket with graceful
+//! shutdown, connecting to one as a client (the e2e harness and tools do), and
+//! the Identity service both binaries expose.
+
+pub mod identity;
+pub mod socket;
+
+pub use identity::{IdentityService, Probe};
+pub use socket::{EndpointError, connect, parse_endpoint, serve, shutdown_signal};

@@ -1,0 +1,147 @@
+//! The CSI Unix socket. The socket is created with mode 0600 before it accepts
+//! anything; a stale path is removed only when it is a socket (never a file
+//! someone mistyped), and the socket is removed again on shutdown.
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::transport::server::Router;
+
+/// Why an endpoint could not be served or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The endpoint string is not `unix:///abs/path` or an absolute path.
+    #[error("endpoint {0:?} is not unix:///<absolute path>")]
+    Unsupported(String),
+    /// Something other than a socket sits at the socket path.
+    #[error("{0} exists and is not a socket; refusing to remove it")]
+    NotASocket(PathBuf),
+    /// Preparing or binding the socket failed.
+    #[error("{step} {path}: {source}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The gRPC server or client failed.
+    #[error("gRPC transport on {path}: {source}")]
+    Transport {
+        /// The socket path.
+        path: PathBuf,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Parses `unix:///csi/csi.sock`, `unix:/csi/csi.sock` or `/csi/csi.sock`.
+pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf, EndpointError> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    if path.starts_with('/') && path.len() > 1 {
+        Ok(PathBuf::from(path))
+    } else {
+        Err(EndpointError::Unsupported(endpoint.to_owned()))
+    }
+}
+
+fn prepare(path: &Path) -> Result<UnixListener, EndpointError> {
+    let io = |step, source| EndpointError::Io { step, path: path.to_owned(), source };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(|e| io("remove stale socket", e))?,
+        Ok(_) => return Err(EndpointError::NotASocket(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("inspect", e)),
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io("create directory for", e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod 0600", e))?;
+    Ok(listener)
+}
+
+/// Serves `router` on the Unix socket at `path` until `shutdown` resolves,
+/// then removes the socket.
+pub async fn serve<F>(path: &Path, router: Router, shutdown: F) -> Result<(), EndpointError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let listener = prepare(path)?;
+    tracing::info!(socket = %path.display(), "serving CSI");
+    let result = router
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|source| EndpointError::Transport { path: path.to_owned(), source });
+    let _ = std::fs::remove_file(path);
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers the process is stopped by the default action.
+        _ => std::future::pending::<()>().await,
+    }
+    tracing::info!("shutting down");
+}
+
+/// Connects a gRPC channel to the Unix socket at `path`, as the sidecars do.
+pub async fn connect(path: &Path) -> Result<Channel, EndpointError> {
+    let socket = path.to_owned();
+    // The URI is required by tonic but unused: the connector dials the socket.
+    let endpoint = Endpoint::from_static("http://localhost");
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+        .await
+        .map_err(|source| EndpointError::Transport { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_endpoint_forms_sidecars_use() {
+        assert_eq!(parse_endpoint("unix:///csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
+        assert_eq!(parse_endpoint("unix:/csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
+        assert_eq!(parse_endpoint("/tmp/x.sock").unwrap(), PathBuf::from("/tmp/x.sock"));
+        for bad in ["tcp://127.0.0.1:10000", "unix://relative", "", "unix://"] {
+            assert!(parse_endpoint(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_to_remove_a_regular_file_and_replaces_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert!(matches!(prepare(&file), Err(EndpointError::NotASocket(_))));
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+        let sock = dir.path().join("csi.sock");
+        drop(prepare(&sock).unwrap());
+        let listener = prepare(&sock).expect("stale socket replaced");
+        drop(listener);
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
