@@ -1,1 +1,17 @@
-//! placeholder
+//! Swell's CSI controller: provisions volumes on a backend and grows them on
+//! request, deciding every expansion on the backend's size read fresh under a
+//! per-volume lock, with a durable record of desired versus current size.
+
+pub mod backends;
+pub mod error;
+pub mod expand;
+pub mod listing;
+pub mod parameters;
+pub mod records;
+pub mod service;
+pub mod sizing;
+pub mod validate;
+
+pub use backends::Backends;
+pub use records::ExpansionRecords;
+pub use service::{BackendProbe, ControllerService};

@@ -1,1 +1,68 @@
-fn main() {}
+//! `swell-controller`: serves CSI Identity + Controller on a Unix socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use csi_endpoint::identity::{controller_service_capability, online_expansion_capability};
+use csi_endpoint::{IdentityService, parse_endpoint, serve, shutdown_signal};
+use csi_proto::v1::controller_server::ControllerServer;
+use csi_proto::v1::identity_server::IdentityServer;
+use swell_controller::{BackendProbe, Backends, ControllerService, ExpansionRecords};
+use swell_storage::local::LocalBackend;
+use tracing_subscriber::EnvFilter;
+
+/// Swell CSI controller: provisions and expands volumes.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// CSI endpoint, e.g. unix:///csi/csi.sock.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    endpoint: String,
+    /// Driver name announced to Kubernetes.
+    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = "swell.csi.storage")]
+    driver_name: String,
+    /// Accepted for sidecar compatibility; the controller is not node-bound.
+    #[arg(long, env = "SWELL_NODE_ID")]
+    node_id: Option<String>,
+    /// Where the controller keeps its durable expansion records.
+    #[arg(long, env = "SWELL_STATE_DIR", default_value = "/var/lib/swell/controller")]
+    state_dir: PathBuf,
+    /// The local backend's state directory (shared with the node on one machine).
+    #[arg(long, env = "SWELL_LOCAL_STATE_DIR", default_value = "/var/lib/swell/local")]
+    local_state_dir: PathBuf,
+    /// Bytes the local backend may promise in all; default: the size of its file system.
+    #[arg(long, env = "SWELL_LOCAL_CAPACITY_BYTES")]
+    local_capacity_bytes: Option<u64>,
+    /// Deadline of every backend call, in seconds.
+    #[arg(long, env = "SWELL_BACKEND_TIMEOUT_SECS", default_value_t = 8)]
+    backend_timeout_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let args = Args::parse();
+    let socket = parse_endpoint(&args.endpoint)?;
+    let local = LocalBackend::open(&args.local_state_dir, args.local_capacity_bytes)
+        .map_err(|e| format!("open local backend at {}: {e}", args.local_state_dir.display()))?;
+    let backends = Backends::new(Arc::new(local), Duration::from_secs(args.backend_timeout_secs));
+    let records = ExpansionRecords::open(&args.state_dir)
+        .map_err(|e| format!("open expansion records at {}: {e}", args.state_dir.display()))?;
+    let identity = IdentityService::new(
+        &args.driver_name,
+        env!("CARGO_PKG_VERSION"),
+        vec![controller_service_capability(), online_expansion_capability()],
+        Arc::new(BackendProbe(Arc::new(backends.clone()))),
+    )?;
+    let controller = ControllerService::new(backends, records);
+    tracing::info!(driver = %args.driver_name, local_state = %args.local_state_dir.display(), "swell-controller starting");
+    let router = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(identity))
+        .add_service(ControllerServer::new(controller));
+    serve(&socket, router, shutdown_signal()).await?;
+    Ok(())
+}

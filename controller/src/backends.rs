@@ -1,0 +1,95 @@
+//! The backends this controller serves, keyed by the id prefix each owns, and
+//! the deadline every backend call runs under: a hung engine turns into
+//! DEADLINE_EXCEEDED for the caller instead of a hung RPC holding a lock.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use swell_storage::{Backend, BackendError, VolumeId};
+
+use crate::error::ControllerError;
+
+/// The configured backends and the default one for new volumes.
+#[derive(Clone)]
+pub struct Backends {
+    by_kind: BTreeMap<&'static str, Arc<dyn Backend>>,
+    default_kind: &'static str,
+    deadline: Duration,
+}
+
+impl Backends {
+    /// A registry whose first backend is the default for new volumes.
+    pub fn new(first: Arc<dyn Backend>, deadline: Duration) -> Self {
+        let default_kind = first.kind();
+        Backends { by_kind: BTreeMap::from([(default_kind, first)]), default_kind, deadline }
+    }
+
+    /// Adds another backend.
+    pub fn with(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.by_kind.insert(backend.kind(), backend);
+        self
+    }
+
+    /// The backend named by a StorageClass `backend` parameter, or the default.
+    pub fn for_new_volume(&self, kind: Option<&str>) -> Result<&Arc<dyn Backend>, ControllerError> {
+        let kind = kind.unwrap_or(self.default_kind);
+        self.by_kind.get(kind).ok_or_else(|| {
+            let known: Vec<_> = self.by_kind.keys().copied().collect();
+            ControllerError::invalid("parameters.backend", format!("{kind:?} is not configured (configured: {})", known.join(", ")))
+        })
+    }
+
+    /// The backend owning an existing volume; `None` for ids of no backend here.
+    pub fn for_volume(&self, id: &VolumeId) -> Option<&Arc<dyn Backend>> {
+        self.by_kind.get(id.backend())
+    }
+
+    /// All backends, default first is not guaranteed; ordered by kind.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.by_kind.values()
+    }
+
+    /// Runs one backend call under the deadline, naming the step and volume
+    /// in any error.
+    pub async fn call<T>(
+        &self,
+        step: &'static str,
+        volume: &str,
+        work: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, ControllerError> {
+        let source = match tokio::time::timeout(self.deadline, work).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(source)) => source,
+            Err(_) => BackendError::Timeout { step: step.to_owned(), after: self.deadline },
+        };
+        tracing::warn!(volume, step, error = %source, "backend call failed");
+        Err(ControllerError::Backend { volume: volume.to_owned(), step, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swell_storage::local::LocalBackend;
+
+    #[tokio::test]
+    async fn a_hung_backend_call_becomes_a_deadline_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let backends = Backends::new(Arc::new(LocalBackend::open(dir.path(), None).unwrap()), Duration::from_millis(50));
+        let hung = std::future::pending::<Result<(), BackendError>>();
+        let err = backends.call("resize", "local:aa", hung).await.unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn unknown_backends_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let backends = Backends::new(Arc::new(LocalBackend::open(dir.path(), None).unwrap()), Duration::from_secs(1));
+        assert!(backends.for_new_volume(None).is_ok());
+        let err = backends.for_new_volume(Some("zfs")).err().unwrap();
+        assert!(err.to_string().contains("zfs") && err.to_string().contains("local"), "{err}");
+        assert!(backends.for_volume(&"rbd:x".parse().unwrap()).is_none());
+    }
+}

@@ -1,0 +1,62 @@
+//! StorageClass parameters, parsed into a typed value. Keys the
+//! external-provisioner adds itself (`csi.storage.k8s.io/...`) are ignored;
+//! any other unknown key is an error, so a typo is not silently dropped.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::error::ControllerError;
+
+/// The keys Swell understands.
+pub const KNOWN_KEYS: [&str; 1] = ["backend"];
+const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
+
+/// Typed StorageClass parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VolumeParameters {
+    /// Which backend provisions the volume (`local`, `rbd`); the default
+    /// backend when absent.
+    pub backend: Option<String>,
+    /// The parameters handed on to the backend.
+    pub backend_parameters: BTreeMap<String, String>,
+}
+
+impl VolumeParameters {
+    /// Parses the request's parameter map.
+    pub fn parse(raw: &HashMap<String, String>) -> Result<Self, ControllerError> {
+        let mut parsed = VolumeParameters::default();
+        for (key, value) in raw {
+            if key.starts_with(PROVISIONER_PREFIX) {
+                continue;
+            }
+            match key.as_str() {
+                "backend" => parsed.backend = Some(value.clone()),
+                _ => {
+                    return Err(ControllerError::invalid(
+                        "parameters",
+                        format!("unknown key {key:?} (known: {})", KNOWN_KEYS.join(", ")),
+                    ));
+                }
+            }
+            parsed.backend_parameters.insert(key.clone(), value.clone());
+        }
+        Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provisioner_keys_are_ignored_and_typos_refused() {
+        let raw = HashMap::from([
+            ("backend".to_owned(), "local".to_owned()),
+            ("csi.storage.k8s.io/pvc/name".to_owned(), "data".to_owned()),
+        ]);
+        let parsed = VolumeParameters::parse(&raw).unwrap();
+        assert_eq!(parsed.backend.as_deref(), Some("local"));
+        assert_eq!(parsed.backend_parameters.len(), 1);
+        let typo = HashMap::from([("backedn".to_owned(), "local".to_owned())]);
+        assert!(VolumeParameters::parse(&typo).unwrap_err().to_string().contains("backedn"));
+    }
+}

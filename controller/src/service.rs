@@ -1,0 +1,331 @@
+//! The CSI Controller service: validates each request into typed values,
+//! calls the backend or the expander, and maps errors in one place. Every RPC
+//! runs in a span carrying the volume it is about; secrets are never logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use csi_proto::v1::controller_server::Controller;
+use csi_proto::v1::controller_service_capability::{self, rpc};
+use csi_proto::v1::*;
+use swell_storage::locks::KeyedLocks;
+use swell_storage::{Created, VolumeId, VolumeInfo};
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::backends::Backends;
+use crate::error::ControllerError;
+use crate::expand::Expander;
+use crate::listing;
+use crate::parameters::VolumeParameters;
+use crate::records::ExpansionRecords;
+use crate::sizing;
+use crate::validate::{self, SizeRange};
+
+/// The Controller service.
+#[derive(Clone)]
+pub struct ControllerService {
+    backends: Backends,
+    records: ExpansionRecords,
+    locks: KeyedLocks,
+    expander: Expander,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+impl ControllerService {
+    /// A controller over `backends`, keeping expansion records in `records`.
+    pub fn new(backends: Backends, records: ExpansionRecords) -> Self {
+        let locks = KeyedLocks::new();
+        let expander = Expander::new(backends.clone(), records.clone(), locks.clone());
+        ControllerService { backends, records, locks, expander }
+    }
+
+    /// The backends, for the Identity probe.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    async fn create(&self, req: CreateVolumeRequest) -> Result<Volume, ControllerError> {
+        let name = validate::required("name", &req.name)?;
+        validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
+        let range = validate::size_range(req.capacity_range.as_ref())?;
+        if req.volume_content_source.is_some() {
+            return Err(ControllerError::invalid("volume_content_source", "cloning and restoring snapshots are not supported"));
+        }
+        let params = VolumeParameters::parse(&req.parameters)?;
+        let backend = self.backends.for_new_volume(params.backend.as_deref())?;
+        let size = sizing::allocation(range).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
+
+        let _guard = self
+            .locks
+            .try_acquire(&format!("name/{name}"))
+            .ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
+        let created = self
+            .backends
+            .call("create volume", name, backend.create_volume(name, size, &params.backend_parameters))
+            .await?;
+        if let Created::Existing(info) = &created {
+            check_compatible(info, range)?;
+        }
+        Ok(to_volume(created.info()))
+    }
+
+    async fn delete(&self, id: &VolumeId) -> Result<(), ControllerError> {
+        let Some(backend) = self.backends.for_volume(id) else { return Ok(()) };
+        let key = id.to_string();
+        let _guard = self.locks.try_acquire(&key).ok_or_else(|| ControllerError::Pending(key.clone()))?;
+        self.backends.call("delete volume", &key, backend.delete_volume(id)).await?;
+        self.records
+            .remove(id)
+            .map_err(|source| ControllerError::Record { volume: key, step: "remove expansion record", source })
+    }
+
+    async fn lookup(&self, raw_id: &str) -> Result<VolumeInfo, ControllerError> {
+        let not_found = || ControllerError::NotFound(raw_id.to_owned());
+        let id = validate::volume_id(raw_id)?.ok_or_else(not_found)?;
+        let backend = self.backends.for_volume(&id).ok_or_else(not_found)?;
+        self.backends.call("read volume", raw_id, backend.volume(&id)).await?.ok_or_else(not_found)
+    }
+
+    async fn all_volumes(&self) -> Result<Vec<VolumeInfo>, ControllerError> {
+        let mut volumes = Vec::new();
+        for backend in self.backends.all() {
+            volumes.extend(self.backends.call("list volumes", backend.kind(), backend.list_volumes()).await?);
+        }
+        Ok(volumes)
+    }
+
+    /// A volume whose backend size is below the last recorded wish, or whose
+    /// last expansion failed, is reported abnormal.
+    fn condition(&self, volume: &VolumeInfo) -> VolumeCondition {
+        match self.records.get(&volume.id) {
+            Ok(Some(record)) if record.desired_bytes > volume.size_bytes => VolumeCondition {
+                abnormal: true,
+                message: format!(
+                    "expansion to {} bytes not finished (backend has {}){}",
+                    record.desired_bytes,
+                    volume.size_bytes,
+                    record.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+                ),
+            },
+            Ok(_) => VolumeCondition { abnormal: false, message: "healthy".into() },
+            Err(e) => VolumeCondition { abnormal: true, message: format!("expansion record unreadable: {e}") },
+        }
+    }
+}
+
+fn check_compatible(existing: &VolumeInfo, range: SizeRange) -> Result<(), ControllerError> {
+    let too_small = range.required.is_some_and(|r| existing.size_bytes < r);
+    let too_big = range.limit.is_some_and(|l| existing.size_bytes > l);
+    if too_small || too_big {
+        return Err(ControllerError::AlreadyExists {
+            name: existing.name.clone(),
+            id: existing.id.clone(),
+            existing: existing.size_bytes,
+            reason: format!("capacity range required={:?} limit={:?}", range.required, range.limit),
+        });
+    }
+    Ok(())
+}
+
+fn to_volume(info: &VolumeInfo) -> Volume {
+    Volume {
+        capacity_bytes: i64::try_from(info.size_bytes).unwrap_or(i64::MAX),
+        volume_id: info.id.to_string(),
+        volume_context: HashMap::new(),
+        content_source: None,
+        accessible_topology: Vec::new(),
+    }
+}
+
+fn bytes(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn capability(rpc: rpc::Type) -> ControllerServiceCapability {
+    ControllerServiceCapability {
+        r#type: Some(controller_service_capability::Type::Rpc(controller_service_capability::Rpc { r#type: rpc as i32 })),
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    #[instrument(skip_all, err, fields(volume.name = %request.get_ref().name))]
+    async fn create_volume(&self, request: Request<CreateVolumeRequest>) -> Answer<CreateVolumeResponse> {
+        let volume = self.create(request.into_inner()).await?;
+        tracing::info!(volume.id = %volume.volume_id, bytes = volume.capacity_bytes, "volume ready");
+        Ok(Response::new(CreateVolumeResponse { volume: Some(volume) }))
+    }
+
+    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    async fn delete_volume(&self, request: Request<DeleteVolumeRequest>) -> Answer<DeleteVolumeResponse> {
+        // A string that is no id of ours names a volume that does not exist.
+        if let Some(id) = validate::volume_id(&request.get_ref().volume_id)? {
+            self.delete(&id).await?;
+        }
+        Ok(Response::new(DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(&self, _: Request<ControllerPublishVolumeRequest>) -> Answer<ControllerPublishVolumeResponse> {
+        Err(ControllerError::Unimplemented("ControllerPublishVolume").into())
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _: Request<ControllerUnpublishVolumeRequest>,
+    ) -> Answer<ControllerUnpublishVolumeResponse> {
+        Err(ControllerError::Unimplemented("ControllerUnpublishVolume").into())
+    }
+
+    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> Answer<ValidateVolumeCapabilitiesResponse> {
+        let req = request.into_inner();
+        validate::required("volume_id", &req.volume_id)?;
+        if req.volume_capabilities.is_empty() {
+            return Err(ControllerError::invalid("volume_capabilities", "at least one capability is required").into());
+        }
+        for cap in &req.volume_capabilities {
+            if cap.access_type.is_none() || cap.access_mode.is_none() {
+                return Err(ControllerError::invalid("volume_capabilities", "access_type and access_mode are required").into());
+            }
+        }
+        self.lookup(&req.volume_id).await?;
+        VolumeParameters::parse(&req.parameters)?;
+        let refusal: Vec<String> = req.volume_capabilities.iter().filter_map(validate::unsupported_reason).collect();
+        let response = if refusal.is_empty() {
+            ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(validate_volume_capabilities_response::Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: HashMap::new(),
+                }),
+                message: String::new(),
+            }
+        } else {
+            ValidateVolumeCapabilitiesResponse { confirmed: None, message: refusal.join("; ") }
+        };
+        Ok(Response::new(response))
+    }
+
+    #[instrument(skip_all, err)]
+    async fn list_volumes(&self, request: Request<ListVolumesRequest>) -> Answer<ListVolumesResponse> {
+        let req = request.into_inner();
+        let page = listing::page(self.all_volumes().await?, &req.starting_token, req.max_entries)?;
+        let entries = page
+            .volumes
+            .iter()
+            .map(|v| list_volumes_response::Entry { volume: Some(to_volume(v)), status: None })
+            .collect();
+        Ok(Response::new(ListVolumesResponse { entries, next_token: page.next_token }))
+    }
+
+    #[instrument(skip_all, err)]
+    async fn get_capacity(&self, request: Request<GetCapacityRequest>) -> Answer<GetCapacityResponse> {
+        let req = request.into_inner();
+        let unsupported = req.volume_capabilities.iter().any(|c| validate::unsupported_reason(c).is_some());
+        let params = VolumeParameters::parse(&req.parameters)?;
+        let backend = self.backends.for_new_volume(params.backend.as_deref())?;
+        if unsupported {
+            return Ok(Response::new(GetCapacityResponse { available_capacity: 0, ..Default::default() }));
+        }
+        let room = self.backends.call("read pool capacity", backend.kind(), backend.capacity()).await?;
+        Ok(Response::new(GetCapacityResponse {
+            available_capacity: bytes(room.available_bytes),
+            maximum_volume_size: Some(bytes(room.available_bytes)),
+            minimum_volume_size: None,
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<ControllerGetCapabilitiesRequest>,
+    ) -> Answer<ControllerGetCapabilitiesResponse> {
+        let capabilities = [
+            rpc::Type::CreateDeleteVolume,
+            rpc::Type::ListVolumes,
+            rpc::Type::GetCapacity,
+            rpc::Type::ExpandVolume,
+            rpc::Type::GetVolume,
+            rpc::Type::VolumeCondition,
+        ]
+        .into_iter()
+        .map(capability)
+        .collect();
+        Ok(Response::new(ControllerGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn create_snapshot(&self, _: Request<CreateSnapshotRequest>) -> Answer<CreateSnapshotResponse> {
+        Err(ControllerError::Unimplemented("CreateSnapshot").into())
+    }
+
+    async fn delete_snapshot(&self, _: Request<DeleteSnapshotRequest>) -> Answer<DeleteSnapshotResponse> {
+        Err(ControllerError::Unimplemented("DeleteSnapshot").into())
+    }
+
+    async fn list_snapshots(&self, _: Request<ListSnapshotsRequest>) -> Answer<ListSnapshotsResponse> {
+        Err(ControllerError::Unimplemented("ListSnapshots").into())
+    }
+
+    async fn get_snapshot(&self, _: Request<GetSnapshotRequest>) -> Answer<GetSnapshotResponse> {
+        Err(ControllerError::Unimplemented("GetSnapshot").into())
+    }
+
+    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    async fn controller_expand_volume(
+        &self,
+        request: Request<ControllerExpandVolumeRequest>,
+    ) -> Answer<ControllerExpandVolumeResponse> {
+        let req = request.into_inner();
+        let id = validate::volume_id(&req.volume_id)?;
+        let Some(range) = req.capacity_range.as_ref() else {
+            return Err(ControllerError::invalid("capacity_range", "must be set").into());
+        };
+        let range = validate::size_range(Some(range))?;
+        if range.required.is_none() {
+            return Err(ControllerError::invalid("capacity_range.required_bytes", "must be set").into());
+        }
+        if let Some(cap) = &req.volume_capability {
+            validate::capability("volume_capability", cap)?;
+        }
+        let id = id.ok_or_else(|| ControllerError::NotFound(req.volume_id.clone()))?;
+        let size = self.expander.expand(&id, range).await?;
+        tracing::info!(bytes = size, "volume expanded");
+        // Always true: even a raw block volume sits on a loop device (local)
+        // or an rbd-fuse file that must re-read its size on the node.
+        Ok(Response::new(ControllerExpandVolumeResponse { capacity_bytes: bytes(size), node_expansion_required: true }))
+    }
+
+    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    async fn controller_get_volume(&self, request: Request<ControllerGetVolumeRequest>) -> Answer<ControllerGetVolumeResponse> {
+        let info = self.lookup(&request.get_ref().volume_id).await?;
+        Ok(Response::new(ControllerGetVolumeResponse {
+            volume: Some(to_volume(&info)),
+            status: Some(controller_get_volume_response::VolumeStatus {
+                published_node_ids: Vec::new(),
+                volume_condition: Some(self.condition(&info)),
+            }),
+        }))
+    }
+
+    async fn controller_modify_volume(&self, _: Request<ControllerModifyVolumeRequest>) -> Answer<ControllerModifyVolumeResponse> {
+        Err(ControllerError::Unimplemented("ControllerModifyVolume").into())
+    }
+}
+
+/// The Identity probe: ready when every backend answers.
+pub struct BackendProbe(pub Arc<Backends>);
+
+#[async_trait::async_trait]
+impl csi_endpoint::Probe for BackendProbe {
+    async fn check(&self) -> Result<(), String> {
+        for backend in self.0.all() {
+            self.0.call("health check", backend.kind(), backend.check_health()).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}

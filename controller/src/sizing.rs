@@ -1,0 +1,129 @@
+//! Pure size decisions: what a create allocates and what an expansion does.
+//! Kept free of I/O so the hard cases are plain unit tests.
+
+use crate::validate::SizeRange;
+
+/// What CreateVolume allocates when the request names no size.
+pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+/// The finest size a loop device and every supported filesystem accept.
+const SECTOR_ALIGN: u64 = 4096;
+
+/// Why a size cannot be given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// No aligned size fits between required and limit.
+    #[error("no size aligned to {SECTOR_ALIGN} bytes lies between required {required} and limit {limit}")]
+    NoAlignedFit {
+        /// Lower bound.
+        required: u64,
+        /// Upper bound.
+        limit: u64,
+    },
+    /// The volume is already larger than the caller's limit.
+    #[error("volume is already {current} bytes, above limit_bytes {limit}; volumes never shrink")]
+    AboveLimit {
+        /// Its size now.
+        current: u64,
+        /// The limit asked for.
+        limit: u64,
+    },
+    /// The pool cannot give the extra bytes.
+    #[error("growing by {needed} bytes needs more than the {available} bytes the pool can still give")]
+    NoRoom {
+        /// Extra bytes needed.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
+}
+
+fn round_up(value: u64, align: u64) -> Option<u64> {
+    value.checked_next_multiple_of(align)
+}
+
+/// The size to allocate for `range`: `required` rounded up to a MiB, or to
+/// 4 KiB when a MiB would pass the limit.
+pub fn allocation(range: SizeRange) -> Result<u64, SizeError> {
+    let required = range.required.unwrap_or_else(|| range.limit.map_or(DEFAULT_VOLUME_BYTES, |l| l.min(DEFAULT_VOLUME_BYTES)));
+    let limit = range.limit.unwrap_or(u64::MAX);
+    [MIB, SECTOR_ALIGN]
+        .into_iter()
+        .filter_map(|align| round_up(required.max(1), align))
+        .find(|size| *size <= limit)
+        .ok_or(SizeError::NoAlignedFit { required, limit })
+}
+
+/// What ControllerExpandVolume does, given the volume's size read fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expansion {
+    /// Already at least the required size: answer with the current size.
+    AlreadyDone {
+        /// The size now.
+        current: u64,
+    },
+    /// Grow the volume to `target`.
+    Grow {
+        /// The size now.
+        current: u64,
+        /// The size to grow to.
+        target: u64,
+    },
+}
+
+/// Decides an expansion. `required` comes from a validated range; `available`
+/// is the pool's room, read fresh.
+pub fn plan_expansion(current: u64, range: SizeRange, available: u64) -> Result<Expansion, SizeError> {
+    if let Some(limit) = range.limit.filter(|limit| current > *limit) {
+        return Err(SizeError::AboveLimit { current, limit });
+    }
+    let required = range.required.unwrap_or(current);
+    if current >= required {
+        return Ok(Expansion::AlreadyDone { current });
+    }
+    let target = allocation(SizeRange { required: Some(required), limit: range.limit })?;
+    let needed = target - current;
+    if needed > available {
+        return Err(SizeError::NoRoom { needed, available });
+    }
+    Ok(Expansion::Grow { current, target })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn range(required: Option<u64>, limit: Option<u64>) -> SizeRange {
+        SizeRange { required, limit }
+    }
+
+    #[test]
+    fn allocation_rounds_up_and_honours_the_limit() {
+        assert_eq!(allocation(range(None, None)), Ok(GIB));
+        assert_eq!(allocation(range(None, Some(MIB))), Ok(MIB));
+        assert_eq!(allocation(range(Some(GIB), None)), Ok(GIB));
+        assert_eq!(allocation(range(Some(GIB + 1), None)), Ok(GIB + MIB));
+        assert_eq!(allocation(range(Some(GIB + 1), Some(GIB + 8192))), Ok(GIB + 4096));
+        assert_eq!(allocation(range(Some(GIB + 1), Some(GIB + 100))), Err(SizeError::NoAlignedFit { required: GIB + 1, limit: GIB + 100 }));
+        assert!(allocation(range(Some(u64::MAX - 1), None)).is_err(), "overflow is an error, not a panic");
+    }
+
+    #[test]
+    fn a_stale_or_repeated_request_is_success_with_the_current_size() {
+        assert_eq!(plan_expansion(2 * GIB, range(Some(GIB), None), 0), Ok(Expansion::AlreadyDone { current: 2 * GIB }));
+        assert_eq!(plan_expansion(2 * GIB, range(Some(2 * GIB), None), 0), Ok(Expansion::AlreadyDone { current: 2 * GIB }));
+    }
+
+    #[test]
+    fn growth_is_exact_for_aligned_requests() {
+        assert_eq!(plan_expansion(GIB, range(Some(3 * GIB), None), 10 * GIB), Ok(Expansion::Grow { current: GIB, target: 3 * GIB }));
+    }
+
+    #[test]
+    fn growth_beyond_the_pool_or_limit_is_refused() {
+        assert_eq!(plan_expansion(GIB, range(Some(3 * GIB), None), GIB), Err(SizeError::NoRoom { needed: 2 * GIB, available: GIB }));
+        assert_eq!(plan_expansion(3 * GIB, range(Some(GIB), Some(2 * GIB)), 0), Err(SizeError::AboveLimit { current: 3 * GIB, limit: 2 * GIB }));
+    }
+}

@@ -1,0 +1,35 @@
+//! The node's configuration, shared by the binary's command line and tests.
+
+use std::path::PathBuf;
+
+/// Where the node keeps its state and how it names itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's id as reported by NodeGetInfo (the Kubernetes node name).
+    pub node_id: String,
+    /// The CSI driver name.
+    pub driver_name: String,
+    /// The node's own records (staging records), e.g. /var/lib/swell/node.
+    pub state_dir: PathBuf,
+    /// The local backend's state dir, shared with the controller; local
+    /// volumes' backing files live under it.
+    pub local_state_dir: PathBuf,
+    /// The CSI endpoint, e.g. unix:///csi/csi.sock.
+    pub endpoint: String,
+}
+
+impl NodeConfig {
+    /// The default driver name.
+    pub const DEFAULT_DRIVER_NAME: &'static str = "swell.csi.storage";
+
+    /// A configuration with the defaults for everything but the node id.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        NodeConfig {
+            node_id: node_id.into(),
+            driver_name: Self::DEFAULT_DRIVER_NAME.to_owned(),
+            state_dir: PathBuf::from("/var/lib/swell/node"),
+            local_state_dir: PathBuf::from("/var/lib/swell/local"),
+            endpoint: "unix:///csi/csi.sock".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The node's one error type. Each variant carries the volume and the step
+//! it interrupted, keeps its source, and maps to exactly one gRPC status in
+//! the single `From<NodeError> for Status` below; the code is chosen for what
+//! kubelet should do next (see EXPANSION-SEMANTICS.md).
+
+use std::error::Error as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use swell_storage::command::CommandError;
+use tonic::{Code, Status};
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A request field is missing or malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// The volume does not exist (or its id cannot name one).
+    #[error("volume {volume} not found: {reason}")]
+    VolumeNotFound { volume: String, reason: String },
+    /// A path the request names does not exist.
+    #[error("path {} does not exist", path.display())]
+    PathNotFound { path: PathBuf },
+    /// Another operation holds the volume's lock.
+    #[error("operation pending for volume {volume}")]
+    Busy { volume: String },
+    /// The volume must be staged first.
+    #[error("volume {volume} is not staged at {}", path.display())]
+    NotStaged { volume: String, path: PathBuf },
+    /// The volume is already staged or published incompatibly.
+    #[error("volume {volume}: {reason}")]
+    Conflict { volume: String, reason: String },
+    /// Online ext4 growth needs CAP_SYS_RESOURCE, which this node lacks.
+    #[error(
+        "online grow of ext4 on volume {volume} not permitted on this node (CAP_SYS_RESOURCE missing); \
+         the filesystem will be grown offline at the next stage"
+    )]
+    OnlineGrowNotPermitted { volume: String, source: CommandError },
+    /// The backend object is smaller than the size asked for.
+    #[error("backend volume {volume} is {device_bytes} bytes, smaller than the required {required_bytes} bytes")]
+    BackendTooSmall { volume: String, device_bytes: u64, required_bytes: u64 },
+    /// The device did not pick up the backing object's size in time.
+    #[error("device {} of volume {volume} still reports {actual} bytes, not the backing {expected} bytes, after {after:?}", device.display())]
+    RefreshTimeout { volume: String, device: PathBuf, expected: u64, actual: u64, after: Duration },
+    /// The filesystem did not reach the device's size after growing.
+    #[error("filesystem of volume {volume} is {fs_bytes} bytes after growing, short of the device's {device_bytes} bytes")]
+    GrowIncomplete { volume: String, fs_bytes: u64, device_bytes: u64 },
+    /// An external command failed.
+    #[error("{step}")]
+    Command { step: String, source: CommandError },
+    /// A local file operation failed.
+    #[error("{step}")]
+    Io { step: String, source: std::io::Error },
+    /// A command printed something this code cannot read.
+    #[error("{step}: unexpected output: {detail}")]
+    Parse { step: String, detail: String },
+    /// A blocking local operation (statvfs on a hung mount) ran out of time.
+    #[error("{step} did not finish within {after:?}")]
+    Timeout { step: String, after: Duration },
+    /// Anything else that is wrong with the node's state.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    /// Wraps a failed command with the step it served.
+    pub fn command(step: impl Into<String>, source: CommandError) -> Self {
+        NodeError::Command { step: step.into(), source }
+    }
+
+    /// Wraps an I/O error with the step it served.
+    pub fn io(step: impl Into<String>, source: std::io::Error) -> Self {
+        NodeError::Io { step: step.into(), source }
+    }
+
+    /// The status code kubelet acts on.
+    pub fn code(&self) -> Code {
+        match self {
+            NodeError::InvalidArgument { .. } => Code::InvalidArgument,
+            NodeError::VolumeNotFound { .. } | NodeError::PathNotFound { .. } => Code::NotFound,
+            NodeError::Busy { .. } => Code::Aborted,
+            NodeError::NotStaged { .. } => Code::FailedPrecondition,
+            NodeError::Conflict { .. } => Code::AlreadyExists,
+            // Kubelet stops retrying on this node without blocking the mount;
+            // the next stage grows the filesystem offline.
+            NodeError::OnlineGrowNotPermitted { .. } => Code::FailedPrecondition,
+            // Infeasible, not transient: INTERNAL would be retried forever,
+            // while OUT_OF_RANGE marks NodeResizeInfeasible and lets the user
+            // lower the request (KEP-1790).
+            NodeError::BackendTooSmall { .. } => Code::OutOfRange,
+            NodeError::RefreshTimeout { .. } | NodeError::Timeout { .. } => Code::DeadlineExceeded,
+            NodeError::Command { source: CommandError::Timeout { .. }, .. } => Code::DeadlineExceeded,
+            NodeError::GrowIncomplete { .. }
+            | NodeError::Command { .. }
+            | NodeError::Io { .. }
+            | NodeError::Parse { .. }
+            | NodeError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The message with every source in the chain appended.
+    pub fn full_message(&self) -> String {
+        let mut message = self.to_string();
+        let mut source = self.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        message
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(error: NodeError) -> Self {
+        Status::new(error.code(), error.full_message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_expansion_semantics() {
+        let failed = CommandError::Failed { command: "x".into(), code: Some(1), stderr: "boom".into(), stdout: String::new() };
+        let cases = [
+            (NodeError::InvalidArgument { field: "volume_id", reason: "missing".into() }, Code::InvalidArgument),
+            (NodeError::VolumeNotFound { volume: "v".into(), reason: "gone".into() }, Code::NotFound),
+            (NodeError::PathNotFound { path: "/x".into() }, Code::NotFound),
+            (NodeError::Busy { volume: "v".into() }, Code::Aborted),
+            (NodeError::NotStaged { volume: "v".into(), path: "/s".into() }, Code::FailedPrecondition),
+            (NodeError::Conflict { volume: "v".into(), reason: "r".into() }, Code::AlreadyExists),
+            (NodeError::BackendTooSmall { volume: "v".into(), device_bytes: 1, required_bytes: 2 }, Code::OutOfRange),
+            (NodeError::GrowIncomplete { volume: "v".into(), fs_bytes: 1, device_bytes: 2 }, Code::Internal),
+            (NodeError::OnlineGrowNotPermitted { volume: "v".into(), source: failed }, Code::FailedPrecondition),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+
+    #[test]
+    fn a_command_timeout_is_deadline_exceeded() {
+        let source = CommandError::Timeout { command: "mkfs.xfs".into(), after: Duration::from_secs(60) };
+        assert_eq!(NodeError::command("format", source).code(), Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn the_message_walks_the_source_chain() {
+        let source = CommandError::Failed {
+            command: "resize2fs /dev/loop0".into(),
+            code: Some(1),
+            stderr: "Permission denied to resize filesystem".into(),
+            stdout: String::new(),
+        };
+        let status = Status::from(NodeError::command("grow ext4 on local:ab", source));
+        assert!(status.message().starts_with("grow ext4 on local:ab: `resize2fs /dev/loop0` failed"), "{}", status.message());
+        assert!(status.message().contains("Permission denied"), "{}", status.message());
+    }
+}
