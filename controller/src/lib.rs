@@ -8,6 +8,7 @@ pub mod expand;
 pub mod listing;
 pub mod parameters;
 pub mod records;
+pub mod server;
 pub mod service;
 pub mod sizing;
 pub mod validate;

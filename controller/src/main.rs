@@ -1,16 +1,11 @@
 //! `swell-controller`: serves CSI Identity + Controller on a Unix socket.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use csi_endpoint::identity::{controller_service_capability, online_expansion_capability};
-use csi_endpoint::{IdentityService, parse_endpoint, serve, shutdown_signal};
-use csi_proto::v1::controller_server::ControllerServer;
-use csi_proto::v1::identity_server::IdentityServer;
-use swell_controller::{BackendProbe, Backends, ControllerService, ExpansionRecords};
-use swell_storage::local::LocalBackend;
+use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
+use swell_controller::server::{ControllerConfig, router};
 use tracing_subscriber::EnvFilter;
 
 /// Swell CSI controller: provisions and expands volumes.
@@ -47,22 +42,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
     let socket = parse_endpoint(&args.endpoint)?;
-    let local = LocalBackend::open(&args.local_state_dir, args.local_capacity_bytes)
-        .map_err(|e| format!("open local backend at {}: {e}", args.local_state_dir.display()))?;
-    let backends = Backends::new(Arc::new(local), Duration::from_secs(args.backend_timeout_secs));
-    let records = ExpansionRecords::open(&args.state_dir)
-        .map_err(|e| format!("open expansion records at {}: {e}", args.state_dir.display()))?;
-    let identity = IdentityService::new(
-        &args.driver_name,
-        env!("CARGO_PKG_VERSION"),
-        vec![controller_service_capability(), online_expansion_capability()],
-        Arc::new(BackendProbe(Arc::new(backends.clone()))),
-    )?;
-    let controller = ControllerService::new(backends, records);
-    tracing::info!(driver = %args.driver_name, local_state = %args.local_state_dir.display(), "swell-controller starting");
-    let router = tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(identity))
-        .add_service(ControllerServer::new(controller));
-    serve(&socket, router, shutdown_signal()).await?;
+    let config = ControllerConfig {
+        driver_name: args.driver_name,
+        state_dir: args.state_dir,
+        local_state_dir: args.local_state_dir,
+        local_capacity_bytes: args.local_capacity_bytes,
+        backend_timeout: Duration::from_secs(args.backend_timeout_secs),
+    };
+    tracing::info!(driver = %config.driver_name, local_state = %config.local_state_dir.display(), "swell-controller starting");
+    serve(&socket, router(&config)?, shutdown_signal()).await?;
     Ok(())
 }

@@ -1,1 +1,10 @@
-//! placeholder
+//! Swell's end-to-end harness. It runs the real controller and node services
+//! on real Unix sockets, as the sidecars and kubelet meet them, and hands out
+//! gRPC clients; the demo, the conformance suite and the lifecycle tests all
+//! stand on it.
+
+pub mod harness;
+pub mod host;
+pub mod requests;
+
+pub use harness::{DriverUnderTest, HarnessError};

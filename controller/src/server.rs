@@ -1,0 +1,73 @@
+//! Assembles the controller's gRPC router from its configuration, so the
+//! binary, the demo and the tests run exactly the same wiring.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_endpoint::IdentityService;
+use csi_endpoint::identity::{controller_service_capability, online_expansion_capability};
+use csi_proto::v1::controller_server::ControllerServer;
+use csi_proto::v1::identity_server::IdentityServer;
+use swell_storage::local::LocalBackend;
+use tonic::transport::server::Router;
+
+use crate::{BackendProbe, Backends, ControllerService, ExpansionRecords};
+
+/// Everything the controller needs to start.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Driver name announced to Kubernetes.
+    pub driver_name: String,
+    /// Where the durable expansion records live.
+    pub state_dir: PathBuf,
+    /// The local backend's state directory.
+    pub local_state_dir: PathBuf,
+    /// Bytes the local backend may promise in all (default: its file system's size).
+    pub local_capacity_bytes: Option<u64>,
+    /// Deadline of every backend call.
+    pub backend_timeout: Duration,
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A state directory could not be opened.
+    #[error("open {what} at {path}: {source}")]
+    State {
+        /// Which state.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The driver name is not one the CSI spec allows.
+    #[error(transparent)]
+    DriverName(#[from] csi_endpoint::identity::InvalidDriverName),
+}
+
+/// Builds the Identity + Controller router.
+pub fn router(config: &ControllerConfig) -> Result<Router, StartError> {
+    let local = LocalBackend::open(&config.local_state_dir, config.local_capacity_bytes).map_err(|source| StartError::State {
+        what: "local backend",
+        path: config.local_state_dir.clone(),
+        source,
+    })?;
+    let backends = Backends::new(Arc::new(local), config.backend_timeout);
+    let records = ExpansionRecords::open(&config.state_dir).map_err(|source| StartError::State {
+        what: "expansion records",
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let identity = IdentityService::new(
+        &config.driver_name,
+        env!("CARGO_PKG_VERSION"),
+        vec![controller_service_capability(), online_expansion_capability()],
+        Arc::new(BackendProbe(Arc::new(backends.clone()))),
+    )?;
+    let controller = ControllerService::new(backends, records);
+    Ok(tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(identity))
+        .add_service(ControllerServer::new(controller)))
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what Swell's demo and tests need on a fresh Debian machine:
+# filesystem tools for mkfs/grow and util-linux for losetup and mount.
+# Rust comes from the machine's toolchain; protoc is vendored by the build.
+set -euo pipefail
+
+packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+for tool in mkfs.xfs xfs_growfs mkfs.btrfs btrfs mkfs.ext4 resize2fs e2fsck losetup blkid mount umount; do
+  command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
+done

@@ -1,0 +1,144 @@
+//! Starts Swell's controller and node on Unix sockets under one directory and
+//! connects clients to them. Shutdown is explicit (`stop`) and also happens on
+//! drop, so a failing test does not leave a server behind.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use csi_proto::v1::controller_client::ControllerClient;
+use csi_proto::v1::identity_client::IdentityClient;
+use csi_proto::v1::node_client::NodeClient;
+use swell_controller::server::{ControllerConfig, router as controller_router};
+use swell_node::NodeConfig;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::transport::server::Router;
+
+/// The driver name the harness runs under.
+pub const DRIVER_NAME: &str = "swell.csi.storage";
+
+/// Why the harness could not start the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The controller would not start.
+    #[error("start controller: {0}")]
+    Controller(#[from] swell_controller::server::StartError),
+    /// The node would not start.
+    #[error("start node: {0}")]
+    Node(String),
+    /// A socket could not be reached.
+    #[error(transparent)]
+    Endpoint(#[from] csi_endpoint::EndpointError),
+    /// The socket did not appear in time.
+    #[error("socket {0} did not appear within 10 s")]
+    SocketTimeout(PathBuf),
+}
+
+/// Options for a driver under test.
+#[derive(Debug, Clone, Default)]
+pub struct DriverOptions {
+    /// Cap on bytes the local backend may promise.
+    pub local_capacity_bytes: Option<u64>,
+}
+
+/// A running controller + node and clients for both.
+pub struct DriverUnderTest {
+    /// The directory holding sockets and state.
+    pub root: PathBuf,
+    /// The local backend's state directory.
+    pub local_state_dir: PathBuf,
+    /// The controller's socket.
+    pub controller_socket: PathBuf,
+    /// The node's socket.
+    pub node_socket: PathBuf,
+    /// Controller service client.
+    pub controller: ControllerClient<Channel>,
+    /// Node service client.
+    pub node: NodeClient<Channel>,
+    /// Identity on the controller socket.
+    pub controller_identity: IdentityClient<Channel>,
+    /// Identity on the node socket.
+    pub node_identity: IdentityClient<Channel>,
+    servers: Vec<(oneshot::Sender<()>, JoinHandle<Result<(), csi_endpoint::EndpointError>>)>,
+}
+
+fn spawn(socket: PathBuf, router: Router) -> (oneshot::Sender<()>, JoinHandle<Result<(), csi_endpoint::EndpointError>>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        csi_endpoint::serve(&socket, router, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (stop, task)
+}
+
+async fn wait_for_socket(path: &Path) -> Result<(), HarnessError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(HarnessError::SocketTimeout(path.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+impl DriverUnderTest {
+    /// Starts both services under `root` (created if needed).
+    pub async fn start(root: &Path, options: DriverOptions) -> Result<Self, HarnessError> {
+        let local_state_dir = root.join("local");
+        let controller_socket = root.join("controller.sock");
+        let node_socket = root.join("node.sock");
+        let controller_config = ControllerConfig {
+            driver_name: DRIVER_NAME.to_owned(),
+            state_dir: root.join("controller"),
+            local_state_dir: local_state_dir.clone(),
+            local_capacity_bytes: options.local_capacity_bytes,
+            backend_timeout: Duration::from_secs(8),
+        };
+        let mut node_config = NodeConfig::new("swell-e2e-node");
+        node_config.state_dir = root.join("node");
+        node_config.local_state_dir = local_state_dir.clone();
+        node_config.endpoint = format!("unix://{}", node_socket.display());
+
+        let node_router = swell_node::server::router(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
+        let servers = vec![
+            spawn(controller_socket.clone(), controller_router(&controller_config)?),
+            spawn(node_socket.clone(), node_router),
+        ];
+        wait_for_socket(&controller_socket).await?;
+        wait_for_socket(&node_socket).await?;
+        let controller_channel = csi_endpoint::connect(&controller_socket).await?;
+        let node_channel = csi_endpoint::connect(&node_socket).await?;
+        Ok(DriverUnderTest {
+            root: root.to_owned(),
+            local_state_dir,
+            controller_socket,
+            node_socket,
+            controller: ControllerClient::new(controller_channel.clone()),
+            node: NodeClient::new(node_channel.clone()),
+            controller_identity: IdentityClient::new(controller_channel),
+            node_identity: IdentityClient::new(node_channel),
+            servers,
+        })
+    }
+
+    /// Stops both services and waits for their sockets to close.
+    pub async fn stop(mut self) {
+        for (stop, task) in self.servers.drain(..) {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for DriverUnderTest {
+    fn drop(&mut self) {
+        for (stop, task) in self.servers.drain(..) {
+            let _ = stop.send(());
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Small facts about the host the tests and the demo need: file checksums,
+//! file-system sizes, loop devices, and a visible record of tests that could
+//! not run here (a skip is printed and logged, never a silent pass).
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Where skipped tests are logged; the test script prints this file.
+pub fn skip_log() -> PathBuf {
+    std::env::var_os("SWELL_SKIP_LOG").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("swell-skips.log"))
+}
+
+/// Records that `test` could not run here, and why.
+pub fn note_skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Ok(mut log) = OpenOptions::new().create(true).append(true).open(skip_log()) {
+        let _ = writeln!(log, "{test}: {reason}");
+    }
+}
+
+/// Whether this process runs as root (loop devices and mounts need it).
+pub fn is_root() -> bool {
+    nix_uid() == 0
+}
+
+fn nix_uid() -> u32 {
+    // /proc/self/status avoids an unsafe getuid call.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(u32::MAX)
+}
+
+/// SHA-256 of a file's content, hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `bytes` of deterministic pseudo-random data to `path` and fsyncs.
+pub fn write_pattern(path: &Path, bytes: usize, seed: u64) -> std::io::Result<()> {
+    let mut state = seed | 1;
+    let mut data = Vec::with_capacity(bytes);
+    while data.len() < bytes {
+        // xorshift64: fast, incompressible enough to exercise the device.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(bytes);
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(&data)?;
+    file.sync_all()
+}
+
+/// The loop devices backed by `file`, as `losetup -j` lists them.
+pub fn loop_devices_for(file: &Path) -> Vec<String> {
+    std::process::Command::new("losetup")
+        .arg("-j")
+        .arg(file)
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split(':').next().map(str::to_owned))
+                .filter(|d| !d.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `path` is a mount point now (per /proc/self/mountinfo).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let wanted = path.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+}
