@@ -7,6 +7,7 @@ pub mod error;
 pub mod expand;
 pub mod listing;
 pub mod parameters;
+pub mod reconciler;
 pub mod records;
 pub mod server;
 pub mod service;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
-use swell_controller::server::{ControllerConfig, router};
+use swell_controller::reconciler::ReconcilerConfig;
+use swell_controller::server::{ControllerConfig, build};
 use tracing_subscriber::EnvFilter;
 
 /// Swell CSI controller: provisions and expands volumes.
@@ -33,6 +34,12 @@ struct Args {
     /// Deadline of every backend call, in seconds.
     #[arg(long, env = "SWELL_BACKEND_TIMEOUT_SECS", default_value_t = 8)]
     backend_timeout_secs: u64,
+    /// Seconds between reconciler passes over the expansion records.
+    #[arg(long, env = "SWELL_RECONCILE_INTERVAL_SECS", default_value_t = 10)]
+    reconcile_interval_secs: u64,
+    /// Seconds an expansion may stay unfinished before it is reported stuck.
+    #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = 600)]
+    stuck_after_secs: u64,
 }
 
 #[tokio::main]
@@ -48,8 +55,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         local_state_dir: args.local_state_dir,
         local_capacity_bytes: args.local_capacity_bytes,
         backend_timeout: Duration::from_secs(args.backend_timeout_secs),
+        reconciler: ReconcilerConfig {
+            interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
+            stuck_after: Duration::from_secs(args.stuck_after_secs),
+            ..ReconcilerConfig::default()
+        },
     };
     tracing::info!(driver = %config.driver_name, local_state = %config.local_state_dir.display(), "swell-controller starting");
-    serve(&socket, router(&config)?, shutdown_signal()).await?;
+    let controller = build(&config)?;
+    let (stop_reconciler, reconciler_stopped) = tokio::sync::oneshot::channel::<()>();
+    let reconciler = tokio::spawn(controller.reconciler.run(async {
+        let _ = reconciler_stopped.await;
+    }));
+    let served = serve(&socket, controller.router, shutdown_signal()).await;
+    let _ = stop_reconciler.send(());
+    let _ = reconciler.await;
+    served?;
     Ok(())
 }

@@ -90,6 +90,24 @@ impl ExpansionRecords {
         Ok(record)
     }
 
+    /// Every record, in no particular order; unreadable ones are logged and
+    /// skipped so one corrupt file cannot stop the others being reconciled.
+    pub fn list(&self) -> std::io::Result<Vec<ExpansionRecord>> {
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            match durable::read_json::<ExpansionRecord>(&path) {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                Err(err) => tracing::error!(path = %path.display(), error = %err, "unreadable expansion record"),
+            }
+        }
+        Ok(records)
+    }
+
     /// Forgets a deleted volume.
     pub fn remove(&self, id: &VolumeId) -> std::io::Result<()> {
         durable::remove(&self.path(id))

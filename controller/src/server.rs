@@ -12,6 +12,7 @@ use csi_proto::v1::identity_server::IdentityServer;
 use swell_storage::local::LocalBackend;
 use tonic::transport::server::Router;
 
+use crate::reconciler::{Reconciler, ReconcilerConfig};
 use crate::{BackendProbe, Backends, ControllerService, ExpansionRecords};
 
 /// Everything the controller needs to start.
@@ -27,6 +28,17 @@ pub struct ControllerConfig {
     pub local_capacity_bytes: Option<u64>,
     /// Deadline of every backend call.
     pub backend_timeout: Duration,
+    /// How the reconciler paces itself.
+    pub reconciler: ReconcilerConfig,
+}
+
+/// A controller ready to serve: the gRPC router and the reconciler to run
+/// beside it.
+pub struct Controller {
+    /// Identity + Controller services.
+    pub router: Router,
+    /// Finishes interrupted expansions; run it with [`Reconciler::run`].
+    pub reconciler: Reconciler,
 }
 
 /// Why the controller could not start.
@@ -47,8 +59,8 @@ pub enum StartError {
     DriverName(#[from] csi_endpoint::identity::InvalidDriverName),
 }
 
-/// Builds the Identity + Controller router.
-pub fn router(config: &ControllerConfig) -> Result<Router, StartError> {
+/// Builds the Identity + Controller router and the reconciler.
+pub fn build(config: &ControllerConfig) -> Result<Controller, StartError> {
     let local = LocalBackend::open(&config.local_state_dir, config.local_capacity_bytes).map_err(|source| StartError::State {
         what: "local backend",
         path: config.local_state_dir.clone(),
@@ -67,7 +79,9 @@ pub fn router(config: &ControllerConfig) -> Result<Router, StartError> {
         Arc::new(BackendProbe(Arc::new(backends.clone()))),
     )?;
     let controller = ControllerService::new(backends, records);
-    Ok(tonic::transport::Server::builder()
+    let reconciler = Reconciler::new(controller.expander().clone(), config.reconciler.clone());
+    let router = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
-        .add_service(ControllerServer::new(controller)))
+        .add_service(ControllerServer::new(controller));
+    Ok(Controller { router, reconciler })
 }

@@ -41,6 +41,11 @@ impl ControllerService {
         ControllerService { backends, records, locks, expander }
     }
 
+    /// The expander, shared with the reconciler so both use the same locks.
+    pub fn expander(&self) -> &Expander {
+        &self.expander
+    }
+
     /// The backends, for the Identity probe.
     pub fn backends(&self) -> &Backends {
         &self.backends

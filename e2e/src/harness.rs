@@ -8,7 +8,8 @@ use std::time::Duration;
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::identity_client::IdentityClient;
 use csi_proto::v1::node_client::NodeClient;
-use swell_controller::server::{ControllerConfig, router as controller_router};
+use swell_controller::reconciler::{Reconciler, ReconcilerConfig};
+use swell_controller::server::{ControllerConfig, build as build_controller};
 use swell_node::NodeConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -40,6 +41,9 @@ pub enum HarnessError {
 pub struct DriverOptions {
     /// Cap on bytes the local backend may promise.
     pub local_capacity_bytes: Option<u64>,
+    /// Reconciler pacing; `None` keeps the reconciler off so a test drives
+    /// passes itself through [`DriverUnderTest::reconciler`].
+    pub reconciler: Option<ReconcilerConfig>,
 }
 
 /// A running controller + node and clients for both.
@@ -60,6 +64,9 @@ pub struct DriverUnderTest {
     pub controller_identity: IdentityClient<Channel>,
     /// Identity on the node socket.
     pub node_identity: IdentityClient<Channel>,
+    /// The controller's reconciler (running in the background only when
+    /// configured in [`DriverOptions`]).
+    pub reconciler: Reconciler,
     servers: Vec<(oneshot::Sender<()>, JoinHandle<Result<(), csi_endpoint::EndpointError>>)>,
 }
 
@@ -97,6 +104,7 @@ impl DriverUnderTest {
             local_state_dir: local_state_dir.clone(),
             local_capacity_bytes: options.local_capacity_bytes,
             backend_timeout: Duration::from_secs(8),
+            reconciler: options.reconciler.clone().unwrap_or_default(),
         };
         let mut node_config = NodeConfig::new("swell-e2e-node");
         node_config.state_dir = root.join("node");
@@ -104,10 +112,21 @@ impl DriverUnderTest {
         node_config.endpoint = format!("unix://{}", node_socket.display());
 
         let node_router = swell_node::server::router(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
-        let servers = vec![
-            spawn(controller_socket.clone(), controller_router(&controller_config)?),
-            spawn(node_socket.clone(), node_router),
-        ];
+        let controller = build_controller(&controller_config)?;
+        let mut servers = vec![spawn(controller_socket.clone(), controller.router), spawn(node_socket.clone(), node_router)];
+        if options.reconciler.is_some() {
+            let (stop, stopped) = oneshot::channel::<()>();
+            let reconciler = controller.reconciler.clone();
+            let task = tokio::spawn(async move {
+                reconciler
+                    .run(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                Ok(())
+            });
+            servers.push((stop, task));
+        }
         wait_for_socket(&controller_socket).await?;
         wait_for_socket(&node_socket).await?;
         let controller_channel = csi_endpoint::connect(&controller_socket).await?;
@@ -121,6 +140,7 @@ impl DriverUnderTest {
             node: NodeClient::new(node_channel.clone()),
             controller_identity: IdentityClient::new(controller_channel),
             node_identity: IdentityClient::new(node_channel),
+            reconciler: controller.reconciler,
             servers,
         })
     }
