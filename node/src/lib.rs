@@ -12,6 +12,7 @@ pub mod filesystem;
 pub mod mount;
 pub mod mountinfo;
 pub mod publish;
+pub mod server;
 pub mod service;
 pub mod stage;
 pub mod staging;

@@ -1,0 +1,144 @@
+//! The node service driven over its Unix socket with real loop devices,
+//! filesystems and mounts: stage → publish → write → grow the backing volume
+//! → NodeExpandVolume → the filesystem fills the new size, data intact →
+//! unpublish → unstage, and no loop device left. Needs root.
+#![allow(clippy::unwrap_used)]
+
+mod node_rig;
+
+use csi_proto::v1::NodeGetVolumeStatsResponse;
+use csi_proto::v1::volume_usage::Unit;
+use node_rig::{MIB, Rig, rig};
+use swell_e2e::host;
+use swell_e2e::requests::{self, block_capability, mount_capability};
+use swell_storage::VolumeId;
+use tonic::Code;
+
+fn usage(stats: &NodeGetVolumeStatsResponse, unit: Unit) -> (i64, i64, i64) {
+    let u = stats.usage.iter().find(|u| u.unit == unit as i32).expect("usage of that unit");
+    (u.total, u.available, u.used)
+}
+
+async fn stats(rig: &mut Rig, id: &VolumeId, path: &str) -> NodeGetVolumeStatsResponse {
+    rig.node.node_get_volume_stats(requests::stats(&id.to_string(), path)).await.unwrap().into_inner()
+}
+
+/// Stages and publishes a mount volume, writes 4 MiB, returns its checksum.
+async fn stage_publish_write(rig: &mut Rig, id: &VolumeId, fs: &str) -> String {
+    let (staging, target) = (rig.path("staging"), rig.path("pods/p/vol"));
+    rig.node.node_stage_volume(requests::stage(&id.to_string(), &staging, mount_capability(fs))).await.unwrap();
+    let publish = requests::publish(&id.to_string(), &staging, &target, mount_capability(fs), false);
+    rig.node.node_publish_volume(publish).await.unwrap();
+    let file = rig.dir.join("pods/p/vol/data.bin");
+    host::write_pattern(&file, 4 << 20, 7).unwrap();
+    host::sha256_file(&file).unwrap()
+}
+
+async fn unpublish_unstage(rig: &mut Rig, id: &VolumeId) {
+    let (staging, target) = (rig.path("staging"), rig.path("pods/p/vol"));
+    rig.node.node_unpublish_volume(requests::unpublish(&id.to_string(), &target)).await.unwrap();
+    rig.node.node_unstage_volume(requests::unstage(&id.to_string(), &staging)).await.unwrap();
+    assert!(!rig.dir.join("pods/p/vol").exists(), "target removed");
+    assert!(host::loop_devices_for(&rig.image(id)).is_empty(), "no loop device left");
+    assert!(!rig.staging_record_exists(id), "staging record removed");
+}
+
+/// xfs and btrfs grow online: the whole user path, then a repeated expand.
+async fn online_grow(fs: &str, from: u64, to: u64) {
+    let Some(mut rig) = rig(&format!("node_online_grow_{fs}")).await else { return };
+    let id = rig.volume(&format!("pvc-{fs}"), from).await;
+    let sum = stage_publish_write(&mut rig, &id, fs).await;
+    let target = rig.path("pods/p/vol");
+    let (before, _, _) = usage(&stats(&mut rig, &id, &target).await, Unit::Bytes);
+    assert!(before as u64 <= from && before as u64 > from / 2, "{fs} starts at {before} of {from}");
+
+    rig.grow(&id, to).await;
+    let expand = requests::node_expand(&id.to_string(), &target, "", to as i64, None);
+    let grown = rig.node.node_expand_volume(expand.clone()).await.unwrap().into_inner();
+    assert_eq!(grown.capacity_bytes as u64, to);
+    let (after, _, _) = usage(&stats(&mut rig, &id, &target).await, Unit::Bytes);
+    println!("{fs}: statvfs total {before} -> {after} bytes (device {from} -> {to})");
+    assert!(after as u64 > to * 85 / 100 && after as u64 <= to, "{fs} grew to {after}");
+    let again = rig.node.node_expand_volume(expand).await.unwrap().into_inner();
+    assert_eq!(again.capacity_bytes, grown.capacity_bytes, "a repeated expand answers the same");
+    assert_eq!(host::sha256_file(&rig.dir.join("pods/p/vol/data.bin")).unwrap(), sum, "data intact");
+    unpublish_unstage(&mut rig, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfs_grows_online() {
+    online_grow("xfs", 320 * MIB, 640 * MIB).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs_grows_online() {
+    online_grow("btrfs", 320 * MIB, 640 * MIB).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext4_grows_online_where_permitted_else_offline_at_restage() {
+    let Some(mut rig) = rig("node_ext4_grow").await else { return };
+    let online = rig.online_ext4_grow_works();
+    let id = rig.volume("pvc-ext4", 128 * MIB).await;
+    let sum = stage_publish_write(&mut rig, &id, "ext4").await;
+    let target = rig.path("pods/p/vol");
+    rig.grow(&id, 256 * MIB).await;
+    let expand = requests::node_expand(&id.to_string(), &target, "", (256 * MIB) as i64, None);
+    let answer = rig.node.node_expand_volume(expand.clone()).await;
+    if online {
+        println!("ext4: online resize2fs works on this machine; expecting NodeExpandVolume to succeed");
+        assert_eq!(answer.unwrap().into_inner().capacity_bytes as u64, 256 * MIB);
+    } else {
+        println!("ext4: online resize2fs is not permitted here; expecting FAILED_PRECONDITION, then offline grow at restage");
+        let status = answer.expect_err("online ext4 grow refused");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("CAP_SYS_RESOURCE"), "{}", status.message());
+        let (total, _, _) = usage(&stats(&mut rig, &id, &target).await, Unit::Bytes);
+        assert!((total as u64) < 130 * MIB, "not grown yet: {total}");
+        unpublish_unstage(&mut rig, &id).await;
+        let checksum_after_restage = stage_publish_write_keep(&mut rig, &id).await;
+        assert_eq!(checksum_after_restage, sum, "data intact across the offline grow");
+        let again = rig.node.node_expand_volume(expand).await.unwrap().into_inner();
+        assert_eq!(again.capacity_bytes as u64, 256 * MIB, "expand after the offline grow succeeds");
+    }
+    let (total, _, _) = usage(&stats(&mut rig, &id, &target).await, Unit::Bytes);
+    println!("ext4: statvfs total now {total} bytes (device {})", 256 * MIB);
+    assert!(total as u64 > 256 * MIB * 85 / 100, "ext4 grew to {total}");
+    unpublish_unstage(&mut rig, &id).await;
+}
+
+/// Restages and republishes without writing; returns the old file's checksum.
+async fn stage_publish_write_keep(rig: &mut Rig, id: &VolumeId) -> String {
+    let (staging, target) = (rig.path("staging"), rig.path("pods/p/vol"));
+    rig.node.node_stage_volume(requests::stage(&id.to_string(), &staging, mount_capability("ext4"))).await.unwrap();
+    let publish = requests::publish(&id.to_string(), &staging, &target, mount_capability("ext4"), false);
+    rig.node.node_publish_volume(publish).await.unwrap();
+    host::sha256_file(&rig.dir.join("pods/p/vol/data.bin")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_volume_grows_with_its_device() {
+    let Some(mut rig) = rig("node_block_grow").await else { return };
+    let id = rig.volume("pvc-block", 64 * MIB).await;
+    let (staging, target) = (rig.path("staging"), rig.path("pods/p/dev/blk"));
+    rig.node.node_stage_volume(requests::stage(&id.to_string(), &staging, block_capability())).await.unwrap();
+    let publish = requests::publish(&id.to_string(), &staging, &target, block_capability(), false);
+    rig.node.node_publish_volume(publish.clone()).await.unwrap();
+    rig.node.node_publish_volume(publish).await.unwrap();
+    assert!(host::is_mount_point(&rig.dir.join("pods/p/dev/blk")));
+    assert_eq!(usage(&stats(&mut rig, &id, &target).await, Unit::Bytes).0 as u64, 64 * MIB);
+
+    rig.grow(&id, 128 * MIB).await;
+    let expand = requests::node_expand(&id.to_string(), &target, "", (128 * MIB) as i64, None);
+    let grown = rig.node.node_expand_volume(expand).await.unwrap().into_inner();
+    assert_eq!(grown.capacity_bytes as u64, 128 * MIB);
+    assert_eq!(usage(&stats(&mut rig, &id, &target).await, Unit::Bytes).0 as u64, 128 * MIB);
+    let too_big = requests::node_expand(&id.to_string(), &target, "", (256 * MIB) as i64, None);
+    let status = rig.node.node_expand_volume(too_big).await.expect_err("backend smaller than required");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+
+    rig.node.node_unpublish_volume(requests::unpublish(&id.to_string(), &target)).await.unwrap();
+    rig.node.node_unstage_volume(requests::unstage(&id.to_string(), &staging)).await.unwrap();
+    assert!(!rig.dir.join("pods/p/dev/blk").exists(), "block target file removed");
+    assert!(host::loop_devices_for(&rig.image(&id)).is_empty(), "no loop device left");
+}

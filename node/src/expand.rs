@@ -1,0 +1,123 @@
+//! NodeExpandVolume: make the device see the backing object's new size,
+//! then grow the filesystem online and check that it really grew. Works from
+//! the volume id and the staging record alone (csi-sanity sends neither a
+//! staging path nor a capability).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::NodeContext;
+use crate::attach::Attacher;
+use crate::error::NodeError;
+use crate::filesystem::fills_device;
+use crate::mount;
+use crate::staging::Access;
+use crate::validate::Expand;
+
+/// How long the device may take to report the backing object's size.
+const REFRESH_DEADLINE: Duration = Duration::from_secs(10);
+const REFRESH_POLL: Duration = Duration::from_millis(50);
+
+/// Expands a staged volume; returns the capacity it now has.
+pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
+    let volume = req.volume.to_string();
+    let attacher = ctx.attachers.for_volume(&req.volume)?;
+    if attacher.backing_size(&req.volume).await?.is_none() {
+        return Err(NodeError::VolumeNotFound { volume, reason: "its backing object does not exist".into() });
+    }
+    if tokio::fs::symlink_metadata(&req.volume_path).await.is_err() {
+        return Err(NodeError::PathNotFound { path: req.volume_path });
+    }
+    let _guard = ctx.lock(&req.volume)?;
+    let Some(record) = ctx.staging.read(&req.volume).await? else {
+        return Err(NodeError::NotStaged { volume, path: req.volume_path });
+    };
+    if let Some(problem) = attacher.condition(&req.volume, &record.device).await? {
+        return Err(NodeError::Internal(format!("cannot expand: {problem}; restage the volume")));
+    }
+    attacher.refresh_capacity(&record.device).await?;
+    let device_bytes = wait_for_backing_size(attacher, &req, &record.device).await?;
+    check_required(&volume, req.required_bytes, device_bytes)?;
+    let Access::Mount { fs_type, .. } = record.access else {
+        return Ok(device_bytes);
+    };
+    let staging = &record.staging_path;
+    if mount::mounted_at(staging).await?.is_none() {
+        return Err(NodeError::Internal(format!("staging path {} of {volume} is not mounted", staging.display())));
+    }
+    let fs = fs_type.ops();
+    // Grow only when short, so a repeated call (or an ext4 grown offline)
+    // succeeds without touching the filesystem.
+    if !fills_device(fs.size(&record.device, staging).await?, device_bytes) {
+        fs.grow_online(&volume, &record.device, staging).await?;
+    }
+    let fs_bytes = fs.size(&record.device, staging).await?;
+    verify_grown(&volume, fs_bytes, device_bytes)?;
+    tracing::info!(device_bytes, fs_bytes, "expanded");
+    Ok(device_bytes)
+}
+
+/// Polls until the device reports the backing object's size: a refresh that
+/// reads a stale (cached) size would otherwise be a silent half-expansion.
+async fn wait_for_backing_size(attacher: &dyn Attacher, req: &Expand, device: &Path) -> Result<u64, NodeError> {
+    let started = Instant::now();
+    loop {
+        let backing = attacher.backing_size(&req.volume).await?.unwrap_or(0);
+        let expected = backing / 512 * 512; // block devices count whole sectors
+        let actual = attacher.device_size(device).await?;
+        if actual == expected {
+            return Ok(actual);
+        }
+        if started.elapsed() >= REFRESH_DEADLINE {
+            return Err(NodeError::RefreshTimeout {
+                volume: req.volume.to_string(),
+                device: device.to_owned(),
+                expected,
+                actual,
+                after: REFRESH_DEADLINE,
+            });
+        }
+        tokio::time::sleep(REFRESH_POLL).await;
+    }
+}
+
+/// The device must hold what was asked for; if the backend is smaller, no
+/// amount of retrying on this node helps (OUT_OF_RANGE, see `error`).
+fn check_required(volume: &str, required_bytes: u64, device_bytes: u64) -> Result<(), NodeError> {
+    if required_bytes > device_bytes {
+        return Err(NodeError::BackendTooSmall { volume: volume.to_owned(), device_bytes, required_bytes });
+    }
+    Ok(())
+}
+
+/// Success is only claimed once the filesystem says it fills the device.
+fn verify_grown(volume: &str, fs_bytes: u64, device_bytes: u64) -> Result<(), NodeError> {
+    if !fills_device(fs_bytes, device_bytes) {
+        return Err(NodeError::GrowIncomplete { volume: volume.to_owned(), fs_bytes, device_bytes });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn a_backend_smaller_than_required_is_out_of_range() {
+        assert!(check_required("v", 0, GIB).is_ok(), "no requirement");
+        assert!(check_required("v", 2 * GIB, 2 * GIB).is_ok());
+        let err = check_required("v", 2 * GIB, GIB).expect_err("too small");
+        assert_eq!(err.code(), Code::OutOfRange);
+        assert!(err.to_string().contains("smaller than the required"), "{err}");
+    }
+
+    #[test]
+    fn an_unverified_grow_is_never_success() {
+        assert!(verify_grown("v", 2 * GIB - 4096, 2 * GIB).is_ok());
+        let err = verify_grown("v", GIB, 2 * GIB).expect_err("not grown");
+        assert_eq!(err.code(), Code::Internal);
+    }
+}

@@ -1,0 +1,65 @@
+//! btrfs: grows while mounted (`btrfs filesystem resize max`); its size is
+//! the sum of its devices' sizes as `btrfs filesystem show --raw` reports.
+
+use std::path::Path;
+
+use swell_storage::command;
+
+use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, field_after};
+use crate::error::NodeError;
+
+/// The btrfs implementation.
+pub struct Btrfs;
+
+#[async_trait::async_trait]
+impl FileSystem for Btrfs {
+    fn kind(&self) -> FsType {
+        FsType::Btrfs
+    }
+
+    async fn mkfs(&self, device: &Path) -> Result<(), NodeError> {
+        command::run("mkfs.btrfs", [Path::new("-q"), device], FORMAT_DEADLINE)
+            .await
+            .map(drop)
+            .map_err(|e| NodeError::command(format!("format {} as btrfs", device.display()), e))
+    }
+
+    async fn grow_online(&self, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {
+        let args = [Path::new("filesystem"), Path::new("resize"), Path::new("max"), mount_point];
+        command::run("btrfs", args, GROW_DEADLINE)
+            .await
+            .map(drop)
+            .map_err(|e| NodeError::command(format!("grow btrfs at {}", mount_point.display()), e))
+    }
+
+    async fn grow_offline(&self, _device: &Path, _device_bytes: u64) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    async fn size(&self, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
+        let step = format!("btrfs filesystem show {}", mount_point.display());
+        let args = [Path::new("filesystem"), Path::new("show"), Path::new("--raw"), mount_point];
+        let out = command::run("btrfs", args, GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
+        parse_show(&out.stdout).ok_or(NodeError::Parse { step, detail: out.stdout })
+    }
+}
+
+/// Sum of the `devid N size <bytes>` lines.
+fn parse_show(text: &str) -> Option<u64> {
+    let sizes: Vec<u64> =
+        text.lines().filter(|l| l.trim_start().starts_with("devid")).filter_map(|l| field_after(l, " size ")).collect();
+    if sizes.is_empty() { None } else { sizes.iter().try_fold(0u64, |acc, s| acc.checked_add(*s)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_device_sizes() {
+        let text = "Label: none  uuid: 9a4d4b55\n\tTotal devices 1 FS bytes used 147456\n\
+                    \tdevid    1 size 419430400 used 92274688 path /dev/loop0\n";
+        assert_eq!(parse_show(text), Some(419430400));
+        assert_eq!(parse_show("Label: none\n"), None);
+    }
+}

@@ -1,0 +1,155 @@
+//! Filesystems the node can put on a volume, behind one trait. The
+//! implementation is chosen once from the requested fs type; callers never
+//! branch on the kind. Each filesystem knows how to create itself, how it
+//! grows (online when mounted, offline before mounting) and how big it
+//! says it is.
+
+mod btrfs;
+mod ext4;
+mod xfs;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::NodeError;
+
+/// mkfs and fsck may touch the whole device.
+pub const FORMAT_DEADLINE: Duration = Duration::from_secs(60);
+/// Growing or querying a filesystem.
+pub const GROW_DEADLINE: Duration = Duration::from_secs(60);
+/// How far short of the device a filesystem may stay and still count as
+/// filling it (block and allocation-group rounding).
+pub const SIZE_TOLERANCE: u64 = 1 << 20;
+
+/// The filesystem kinds Swell formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    /// The default.
+    Xfs,
+    /// ext4; grows online only with CAP_SYS_RESOURCE, else offline at stage.
+    Ext4,
+    /// btrfs.
+    Btrfs,
+}
+
+impl FsType {
+    /// The default when a capability names no fs type.
+    pub const DEFAULT: FsType = FsType::Xfs;
+
+    /// The name mount and blkid use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Xfs => "xfs",
+            FsType::Ext4 => "ext4",
+            FsType::Btrfs => "btrfs",
+        }
+    }
+
+    /// The implementation for this kind.
+    pub fn ops(self) -> &'static dyn FileSystem {
+        match self {
+            FsType::Xfs => &xfs::Xfs,
+            FsType::Ext4 => &ext4::Ext4,
+            FsType::Btrfs => &btrfs::Btrfs,
+        }
+    }
+}
+
+impl fmt::Display for FsType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FsType {
+    type Err = String;
+
+    /// Parses a capability's fs type; empty means the default.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" => Ok(FsType::DEFAULT),
+            "xfs" => Ok(FsType::Xfs),
+            "ext4" => Ok(FsType::Ext4),
+            "btrfs" => Ok(FsType::Btrfs),
+            other => Err(format!("unsupported fs_type {other:?}; supported: xfs (default), ext4, btrfs")),
+        }
+    }
+}
+
+/// What the node does with a filesystem of one kind.
+#[async_trait::async_trait]
+pub trait FileSystem: Send + Sync {
+    /// The kind.
+    fn kind(&self) -> FsType;
+
+    /// Creates the filesystem on a blank device.
+    async fn mkfs(&self, device: &Path) -> Result<(), NodeError>;
+
+    /// Grows the mounted filesystem to fill its device.
+    async fn grow_online(&self, volume: &str, device: &Path, mount_point: &Path) -> Result<(), NodeError>;
+
+    /// Grows the unmounted filesystem to fill its device if it does not
+    /// already; filesystems that grow only when mounted do nothing here.
+    async fn grow_offline(&self, device: &Path, device_bytes: u64) -> Result<(), NodeError>;
+
+    /// The size the filesystem itself reports, in bytes, while mounted.
+    async fn size(&self, device: &Path, mount_point: &Path) -> Result<u64, NodeError>;
+}
+
+/// Whether a filesystem of `fs_bytes` fills a device of `device_bytes`:
+/// the check made after every grow, so success is never claimed unverified.
+pub fn fills_device(fs_bytes: u64, device_bytes: u64) -> bool {
+    fs_bytes.saturating_add(SIZE_TOLERANCE) >= device_bytes
+}
+
+/// Reads `key=<number>` out of a line of tool output.
+fn field_after(line: &str, key: &str) -> Option<u64> {
+    let start = line.find(key)? + key.len();
+    let digits: String = line[start..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_type_is_chosen_from_the_capability() {
+        assert_eq!("".parse::<FsType>(), Ok(FsType::Xfs));
+        assert_eq!("xfs".parse::<FsType>(), Ok(FsType::Xfs));
+        assert_eq!("ext4".parse::<FsType>(), Ok(FsType::Ext4));
+        assert_eq!("btrfs".parse::<FsType>(), Ok(FsType::Btrfs));
+        for bad in ["ext3", "XFS", "zfs", "nfs", " xfs"] {
+            assert!(bad.parse::<FsType>().is_err(), "{bad} accepted");
+        }
+        for kind in [FsType::Xfs, FsType::Ext4, FsType::Btrfs] {
+            assert_eq!(kind.ops().kind(), kind);
+            assert_eq!(kind.as_str().parse::<FsType>(), Ok(kind));
+        }
+    }
+
+    #[test]
+    fn size_verification_allows_only_rounding() {
+        const GIB: u64 = 1 << 30;
+        assert!(fills_device(2 * GIB, 2 * GIB));
+        assert!(fills_device(2 * GIB - 4096, 2 * GIB), "block rounding");
+        assert!(fills_device(2 * GIB - SIZE_TOLERANCE, 2 * GIB));
+        assert!(!fills_device(2 * GIB - SIZE_TOLERANCE - 1, 2 * GIB));
+        assert!(!fills_device(GIB, 2 * GIB), "an ungrown filesystem is caught");
+        assert!(fills_device(u64::MAX, 1), "no overflow");
+    }
+
+    #[test]
+    fn fields_are_read_from_tool_output() {
+        let line = "data     =                       bsize=4096   blocks=262144, imaxpct=25";
+        assert_eq!(field_after(line, "bsize="), Some(4096));
+        assert_eq!(field_after(line, "blocks="), Some(262144));
+        assert_eq!(field_after(line, "nope="), None);
+        assert_eq!(field_after("blocks=", "blocks="), None);
+    }
+}

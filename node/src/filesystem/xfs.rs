@@ -1,0 +1,64 @@
+//! XFS: grows only while mounted (`xfs_growfs`), reports its size through
+//! `xfs_info` (data blocks × block size).
+
+use std::path::Path;
+
+use swell_storage::command;
+
+use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, field_after};
+use crate::error::NodeError;
+
+/// The XFS implementation.
+pub struct Xfs;
+
+#[async_trait::async_trait]
+impl FileSystem for Xfs {
+    fn kind(&self) -> FsType {
+        FsType::Xfs
+    }
+
+    async fn mkfs(&self, device: &Path) -> Result<(), NodeError> {
+        command::run("mkfs.xfs", [Path::new("-q"), device], FORMAT_DEADLINE)
+            .await
+            .map(drop)
+            .map_err(|e| NodeError::command(format!("format {} as xfs", device.display()), e))
+    }
+
+    async fn grow_online(&self, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {
+        command::run("xfs_growfs", [mount_point], GROW_DEADLINE)
+            .await
+            .map(drop)
+            .map_err(|e| NodeError::command(format!("grow xfs at {}", mount_point.display()), e))
+    }
+
+    async fn grow_offline(&self, _device: &Path, _device_bytes: u64) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    async fn size(&self, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
+        let step = format!("xfs_info {}", mount_point.display());
+        let out = command::run("xfs_info", [mount_point], GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
+        parse_xfs_info(&out.stdout).ok_or(NodeError::Parse { step, detail: out.stdout })
+    }
+}
+
+/// Data section size from `xfs_info` output.
+fn parse_xfs_info(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.trim_start().starts_with("data"))?;
+    field_after(line, "bsize=")?.checked_mul(field_after(line, "blocks=")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_data_section() {
+        let text = "meta-data=/dev/loop0 isize=512 agcount=4, agsize=25600 blks\n\
+                    \x20        =  sectsz=512 attr=2\n\
+                    data     =                       bsize=4096   blocks=102400, imaxpct=25\n\
+                    log      =internal log           bsize=4096   blocks=16384, version=2\n";
+        assert_eq!(parse_xfs_info(text), Some(4096 * 102400));
+        assert_eq!(parse_xfs_info("garbage"), None);
+    }
+}

@@ -1,0 +1,49 @@
+//! Assembles the node's gRPC router (Identity + Node) from its
+//! configuration, so the binary and the e2e harness run the same wiring.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use csi_endpoint::identity::{InvalidDriverName, controller_service_capability, online_expansion_capability};
+use csi_endpoint::{IdentityService, Probe};
+use csi_proto::v1::identity_server::IdentityServer;
+use csi_proto::v1::node_server::NodeServer;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+
+use crate::{NodeConfig, NodeError, NodeService};
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The node's state could not be prepared.
+    #[error("prepare node state: {}", .0.full_message())]
+    State(#[from] NodeError),
+    /// The driver name is not one the CSI spec allows.
+    #[error(transparent)]
+    DriverName(#[from] InvalidDriverName),
+}
+
+/// The Identity + Node router for `config`.
+pub fn router(config: &NodeConfig) -> Result<Router, StartError> {
+    let node = NodeService::new(config.clone())?;
+    let identity = IdentityService::new(
+        &config.driver_name,
+        env!("CARGO_PKG_VERSION"),
+        // The spec asks for the plugin's capabilities as a whole (all its
+        // instances), so the node announces the controller service too.
+        vec![controller_service_capability(), online_expansion_capability()],
+        Arc::new(StateProbe(config.state_dir.clone())),
+    )?;
+    Ok(Server::builder().add_service(IdentityServer::new(identity)).add_service(NodeServer::new(node)))
+}
+
+/// Ready when the node's state directory can be read.
+struct StateProbe(PathBuf);
+
+#[async_trait::async_trait]
+impl Probe for StateProbe {
+    async fn check(&self) -> Result<(), String> {
+        tokio::fs::metadata(&self.0).await.map(drop).map_err(|e| format!("state directory {}: {e}", self.0.display()))
+    }
+}

@@ -1,0 +1,139 @@
+//! NodeStageVolume and NodeUnstageVolume: attach the volume, make sure it
+//! holds the requested filesystem (formatting only a blank device), grow a
+//! filesystem that is smaller than its device, mount it at the staging path
+//! and record all of it. Every step checks before acting, so a retried or
+//! repeated stage (also after a node reboot) converges instead of failing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use swell_storage::command;
+
+use crate::NodeContext;
+use crate::attach::{self, Attacher};
+use crate::error::NodeError;
+use crate::filesystem::{FsType, fills_device};
+use crate::mount;
+use crate::staging::{Access, StagingRecord};
+use crate::validate::{Stage, Unstage};
+
+const BLKID_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Stages a volume; idempotent for the same path and capability.
+pub async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
+    let _guard = ctx.lock(&req.volume)?;
+    let volume = req.volume.to_string();
+    let attacher = ctx.attachers.for_volume(&req.volume)?;
+    if attacher.backing_size(&req.volume).await?.is_none() {
+        return Err(NodeError::VolumeNotFound { volume, reason: "its backing object does not exist".into() });
+    }
+    if let Some(existing) = ctx.staging.read(&req.volume).await? {
+        if existing.staging_path != req.staging_path {
+            let reason = format!("already staged at {}", existing.staging_path.display());
+            return Err(NodeError::Conflict { volume, reason });
+        }
+        if existing.access != req.access {
+            return Err(NodeError::Conflict { volume, reason: format!("already staged as {:?}", existing.access) });
+        }
+    }
+    let device = attacher.attach(&req.volume).await?;
+    if let Access::Mount { fs_type, mount_flags } = &req.access {
+        let staged = stage_filesystem(attacher, &volume, &device, &req.staging_path, *fs_type, mount_flags).await;
+        if let Err(error) = staged {
+            // Leave no loop device behind when nothing got mounted.
+            if matches!(mount::mounted_at(&req.staging_path).await, Ok(None))
+                && let Err(e) = attacher.detach(&req.volume, Some(&device)).await {
+                    tracing::warn!(error = %e.full_message(), "detach after a failed stage");
+                }
+            return Err(error);
+        }
+    }
+    let record =
+        StagingRecord { volume_id: volume, device: device.clone(), staging_path: req.staging_path.clone(), access: req.access };
+    ctx.staging.write(&req.volume, &record).await?;
+    tracing::info!(device = %device.display(), "staged");
+    Ok(())
+}
+
+async fn stage_filesystem(
+    attacher: &dyn Attacher,
+    volume: &str,
+    device: &Path,
+    staging: &Path,
+    fs_type: FsType,
+    flags: &[String],
+) -> Result<(), NodeError> {
+    let fs = fs_type.ops();
+    let device_bytes = attacher.device_size(device).await?;
+    match mount::mounted_at(staging).await? {
+        Some(entry) => {
+            if entry.major_minor != attach::device_numbers(device).await? && entry.source != device.to_string_lossy() {
+                let reason = format!("{} already holds {} from {}", staging.display(), entry.fs_type, entry.source);
+                return Err(NodeError::Conflict { volume: volume.to_owned(), reason });
+            }
+        }
+        None => {
+            match detect(device).await? {
+                None => fs.mkfs(device).await?,
+                Some(found) if found == fs_type.as_str() => fs.grow_offline(device, device_bytes).await?,
+                Some(found) => {
+                    let reason = format!("device holds a {found} filesystem, not the requested {fs_type}");
+                    return Err(NodeError::Conflict { volume: volume.to_owned(), reason });
+                }
+            }
+            tokio::fs::create_dir_all(staging).await.map_err(|e| NodeError::io(format!("create {}", staging.display()), e))?;
+            mount::mount(device, staging, fs_type.as_str(), flags).await?;
+        }
+    }
+    if flags.iter().any(|f| f == "ro") {
+        return Ok(());
+    }
+    // A device larger than its filesystem (grown while unstaged) is grown now.
+    if !fills_device(fs.size(device, staging).await?, device_bytes) {
+        match fs.grow_online(volume, device, staging).await {
+            Err(e @ NodeError::OnlineGrowNotPermitted { .. }) => {
+                tracing::warn!(error = %e.full_message(), "staged without growing");
+                return Ok(());
+            }
+            other => other?,
+        }
+        let fs_bytes = fs.size(device, staging).await?;
+        if !fills_device(fs_bytes, device_bytes) {
+            return Err(NodeError::GrowIncomplete { volume: volume.to_owned(), fs_bytes, device_bytes });
+        }
+    }
+    Ok(())
+}
+
+/// The filesystem on a device, `None` when blank. Content blkid cannot
+/// name as a filesystem (a partition table) is refused, never formatted.
+async fn detect(device: &Path) -> Result<Option<String>, NodeError> {
+    let args = [Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), device];
+    match command::run("blkid", args, BLKID_DEADLINE).await {
+        Ok(out) if out.stdout.trim().is_empty() => Err(NodeError::Internal(format!(
+            "{} holds data that is not a filesystem (partition table?); refusing to format it",
+            device.display()
+        ))),
+        Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
+        // blkid exits 2 when it finds nothing: a blank device.
+        Err(e) if e.exit_code() == Some(2) => Ok(None),
+        Err(e) => Err(NodeError::command(format!("probe {} for a filesystem", device.display()), e)),
+    }
+}
+
+/// Unstages a volume; nothing staged is success.
+pub async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
+    let _guard = ctx.lock(&req.volume)?;
+    let attacher = ctx.attachers.for_volume(&req.volume)?;
+    let record = ctx.staging.read(&req.volume).await?;
+    if let Some(record) = &record
+        && record.staging_path != req.staging_path {
+            tracing::warn!(staged_at = %record.staging_path.display(), "unstage of a path the volume is not staged at");
+            return Ok(());
+        }
+    mount::unmount_all(&req.staging_path).await?;
+    attacher.detach(&req.volume, record.as_ref().map(|r| r.device.as_path())).await?;
+    ctx.staging.remove(&req.volume).await?;
+    tracing::info!("unstaged");
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The node's durable record of each staged volume: which device it was
+//! attached as, where it is staged and how (block or a filesystem with mount
+//! flags). Publish, expand, stats and unstage read it; it survives restarts
+//! of the node plugin, so nothing depends on in-memory state.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use swell_storage::{VolumeId, durable};
+
+use crate::error::NodeError;
+use crate::filesystem::FsType;
+
+/// How a volume is staged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Access {
+    /// A raw block device; nothing is mounted at the staging path.
+    Block,
+    /// A filesystem mounted at the staging path.
+    Mount {
+        /// The filesystem kind.
+        fs_type: FsType,
+        /// The flags it was mounted with.
+        mount_flags: Vec<String>,
+    },
+}
+
+/// One staged volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagingRecord {
+    /// The volume id.
+    pub volume_id: String,
+    /// The block device the volume is attached as.
+    pub device: PathBuf,
+    /// The staging path kubelet chose.
+    pub staging_path: PathBuf,
+    /// Block or mount, with the filesystem details.
+    pub access: Access,
+}
+
+/// The records, one JSON file per volume under `<state_dir>/staged`.
+#[derive(Debug, Clone)]
+pub struct StagingStore {
+    dir: PathBuf,
+}
+
+impl StagingStore {
+    /// Opens the store, creating its directory.
+    pub fn open(state_dir: &Path) -> Result<Self, NodeError> {
+        let dir = state_dir.join("staged");
+        std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(format!("create {}", dir.display()), e))?;
+        Ok(StagingStore { dir })
+    }
+
+    fn path(&self, volume: &VolumeId) -> PathBuf {
+        // Volume ids are validated to [a-z0-9._-:], safe as file names.
+        self.dir.join(format!("{volume}.json"))
+    }
+
+    /// The record of a volume, if staged.
+    pub async fn read(&self, volume: &VolumeId) -> Result<Option<StagingRecord>, NodeError> {
+        let path = self.path(volume);
+        blocking(move || durable::read_json(&path)).await.map_err(|e| NodeError::io(format!("read staging record of {volume}"), e))
+    }
+
+    /// Writes (or replaces) a record, crash-safely.
+    pub async fn write(&self, volume: &VolumeId, record: &StagingRecord) -> Result<(), NodeError> {
+        let path = self.path(volume);
+        let record = record.clone();
+        blocking(move || durable::write_json(&path, &record))
+            .await
+            .map_err(|e| NodeError::io(format!("write staging record of {volume}"), e))
+    }
+
+    /// Removes a record; a missing record is fine.
+    pub async fn remove(&self, volume: &VolumeId) -> Result<(), NodeError> {
+        let path = self.path(volume);
+        blocking(move || durable::remove(&path)).await.map_err(|e| NodeError::io(format!("remove staging record of {volume}"), e))
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_round_trip_and_vanish() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StagingStore::open(dir.path()).expect("open");
+        let id: VolumeId = "local:0123".parse().expect("id");
+        assert_eq!(store.read(&id).await.expect("read"), None);
+        let record = StagingRecord {
+            volume_id: id.to_string(),
+            device: "/dev/loop4".into(),
+            staging_path: "/staging/pv".into(),
+            access: Access::Mount { fs_type: FsType::Ext4, mount_flags: vec!["noatime".into()] },
+        };
+        store.write(&id, &record).await.expect("write");
+        assert_eq!(store.read(&id).await.expect("read"), Some(record));
+        store.remove(&id).await.expect("remove");
+        store.remove(&id).await.expect("remove again");
+        assert_eq!(store.read(&id).await.expect("read"), None);
+    }
+}

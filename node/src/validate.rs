@@ -1,0 +1,166 @@
+//! Requests to typed values. Every field check that answers
+//! INVALID_ARGUMENT happens here, before any state is read, naming the
+//! field; the volume id is parsed last, and an id that cannot name a volume
+//! answers NOT_FOUND.
+
+use std::path::{Component, Path, PathBuf};
+
+use csi_proto::v1::volume_capability::AccessType;
+use csi_proto::v1::volume_capability::access_mode::Mode;
+use csi_proto::v1::{
+    NodeExpandVolumeRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
+    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
+};
+use swell_storage::VolumeId;
+
+use crate::error::NodeError;
+use crate::filesystem::FsType;
+use crate::staging::Access;
+
+/// A validated NodeStageVolume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    pub volume: VolumeId,
+    pub staging_path: PathBuf,
+    pub access: Access,
+}
+
+/// A validated NodeUnstageVolume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unstage {
+    pub volume: VolumeId,
+    pub staging_path: PathBuf,
+}
+
+/// A validated NodePublishVolume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub volume: VolumeId,
+    pub staging_path: PathBuf,
+    pub target_path: PathBuf,
+    pub access: Access,
+    /// The readonly flag, or a read-only access mode.
+    pub read_only: bool,
+}
+
+/// A validated NodeUnpublishVolume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpublish {
+    pub volume: VolumeId,
+    pub target_path: PathBuf,
+}
+
+/// A validated NodeGetVolumeStats; the path is only checked for existence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub volume: VolumeId,
+    pub volume_path: PathBuf,
+}
+
+/// A validated NodeExpandVolume; zero means "not given".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expand {
+    pub volume: VolumeId,
+    pub volume_path: PathBuf,
+    pub required_bytes: u64,
+    pub limit_bytes: u64,
+}
+
+pub fn stage(req: &NodeStageVolumeRequest) -> Result<Stage, NodeError> {
+    require("volume_id", &req.volume_id)?;
+    let staging_path = path("staging_target_path", &req.staging_target_path)?;
+    let (access, _) = capability(req.volume_capability.as_ref())?;
+    Ok(Stage { volume: volume_id(&req.volume_id)?, staging_path, access })
+}
+
+pub fn unstage(req: &NodeUnstageVolumeRequest) -> Result<Unstage, NodeError> {
+    require("volume_id", &req.volume_id)?;
+    let staging_path = path("staging_target_path", &req.staging_target_path)?;
+    Ok(Unstage { volume: volume_id(&req.volume_id)?, staging_path })
+}
+
+pub fn publish(req: &NodePublishVolumeRequest) -> Result<Publish, NodeError> {
+    require("volume_id", &req.volume_id)?;
+    let target_path = path("target_path", &req.target_path)?;
+    let (access, mode_read_only) = capability(req.volume_capability.as_ref())?;
+    let staging_path = path("staging_target_path", &req.staging_target_path)?;
+    let read_only = req.readonly || mode_read_only;
+    Ok(Publish { volume: volume_id(&req.volume_id)?, staging_path, target_path, access, read_only })
+}
+
+pub fn unpublish(req: &NodeUnpublishVolumeRequest) -> Result<Unpublish, NodeError> {
+    require("volume_id", &req.volume_id)?;
+    let target_path = path("target_path", &req.target_path)?;
+    Ok(Unpublish { volume: volume_id(&req.volume_id)?, target_path })
+}
+
+pub fn stats(req: &NodeGetVolumeStatsRequest) -> Result<Stats, NodeError> {
+    require("volume_id", &req.volume_id)?;
+    require("volume_path", &req.volume_path)?;
+    Ok(Stats { volume: volume_id(&req.volume_id)?, volume_path: PathBuf::from(&req.volume_path) })
+}
+
+pub fn expand(req: &NodeExpandVolumeRequest) -> Result<Expand, NodeError> {
+    require("volume_id", &req.volume_id)?;
+    require("volume_path", &req.volume_path)?;
+    let range = req.capacity_range.unwrap_or_default();
+    let required_bytes = u64::try_from(range.required_bytes).map_err(|_| invalid("capacity_range.required_bytes", "negative"))?;
+    let limit_bytes = u64::try_from(range.limit_bytes).map_err(|_| invalid("capacity_range.limit_bytes", "negative"))?;
+    if limit_bytes != 0 && required_bytes > limit_bytes {
+        return Err(invalid("capacity_range", format!("required_bytes {required_bytes} exceeds limit_bytes {limit_bytes}")));
+    }
+    Ok(Expand { volume: volume_id(&req.volume_id)?, volume_path: PathBuf::from(&req.volume_path), required_bytes, limit_bytes })
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> NodeError {
+    NodeError::InvalidArgument { field, reason: reason.into() }
+}
+
+fn require(field: &'static str, value: &str) -> Result<(), NodeError> {
+    if value.is_empty() { Err(invalid(field, "missing")) } else { Ok(()) }
+}
+
+/// An absolute path without `..`; these paths are mounted over and removed.
+fn path(field: &'static str, value: &str) -> Result<PathBuf, NodeError> {
+    require(field, value)?;
+    let p = Path::new(value);
+    if !p.is_absolute() {
+        return Err(invalid(field, format!("{value:?} is not absolute")));
+    }
+    if p.components().any(|c| c == Component::ParentDir) || value.contains('\0') {
+        return Err(invalid(field, format!("{value:?} contains '..' or a NUL byte")));
+    }
+    Ok(p.to_path_buf())
+}
+
+/// The access type, and whether the access mode is read-only.
+fn capability(cap: Option<&VolumeCapability>) -> Result<(Access, bool), NodeError> {
+    let cap = cap.ok_or_else(|| invalid("volume_capability", "missing"))?;
+    let mode = cap.access_mode.ok_or_else(|| invalid("volume_capability.access_mode", "missing"))?;
+    let read_only = match Mode::try_from(mode.mode) {
+        Ok(Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter) => false,
+        Ok(Mode::SingleNodeReaderOnly) => true,
+        Ok(other) => return Err(invalid("volume_capability.access_mode", format!("{} is not supported", other.as_str_name()))),
+        Err(_) => return Err(invalid("volume_capability.access_mode", format!("unknown mode {}", mode.mode))),
+    };
+    let access = match &cap.access_type {
+        None => return Err(invalid("volume_capability.access_type", "missing (block or mount)")),
+        Some(AccessType::Block(_)) => Access::Block,
+        Some(AccessType::Mount(m)) => Access::Mount {
+            fs_type: m.fs_type.parse::<FsType>().map_err(|reason| invalid("volume_capability.mount.fs_type", reason))?,
+            mount_flags: m.mount_flags.clone(),
+        },
+    };
+    Ok((access, read_only))
+}
+
+fn volume_id(value: &str) -> Result<VolumeId, NodeError> {
+    value.parse().map_err(|e: swell_storage::volume_id::VolumeIdError| NodeError::VolumeNotFound {
+        volume: value.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;
