@@ -12,7 +12,8 @@ use super::{Attacher, sysfs_dir};
 use crate::error::NodeError;
 
 /// losetup only talks to the kernel; it should never take long.
-const LOSETUP_DEADLINE: Duration = Duration::from_secs(10);
+// losetup scans every loop device; on a busy host that took over 10 s once.
+const LOSETUP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Attaches `local:` volumes as loop devices.
 #[derive(Debug, Clone)]
