@@ -11,8 +11,7 @@ use swell_storage::{VolumeId, local};
 use super::{Attacher, sysfs_dir};
 use crate::error::NodeError;
 
-/// losetup only talks to the kernel; it should never take long.
-// losetup scans every loop device; on a busy host that took over 10 s once.
+/// losetup scans every loop device; on a busy host that once took over 10 s.
 const LOSETUP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Attaches `local:` volumes as loop devices.
