@@ -6,7 +6,7 @@
 //! system on every call. The record says what was asked for; the file says
 //! what is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -59,8 +59,25 @@ pub struct VolumeRecord {
 pub struct LocalBackend {
     state_dir: PathBuf,
     capacity_bytes: Option<u64>,
-    // Serialises mutations so capacity checks and writes see one another.
-    mutate: Arc<Mutex<()>>,
+    reservations: Reservations,
+}
+
+/// Bytes promised to operations still in flight, by volume key. Only the
+/// capacity check runs under this lock; the slow part (record write, file
+/// growth, fsync) does not, so different volumes grow in parallel.
+type Reservations = Arc<Mutex<HashMap<String, u64>>>;
+
+/// An in-flight operation's claim on a volume and on pool bytes; dropping it
+/// ends the claim.
+struct Reservation {
+    reservations: Reservations,
+    key: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.reservations.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
 }
 
 impl LocalBackend {
@@ -70,7 +87,7 @@ impl LocalBackend {
     pub fn open(state_dir: impl Into<PathBuf>, capacity_bytes: Option<u64>) -> io::Result<Self> {
         let state_dir = state_dir.into();
         fs::create_dir_all(volumes_dir(&state_dir))?;
-        Ok(LocalBackend { state_dir, capacity_bytes, mutate: Arc::default() })
+        Ok(LocalBackend { state_dir, capacity_bytes, reservations: Arc::default() })
     }
 
     /// The state directory.
@@ -91,7 +108,7 @@ impl LocalBackend {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, BackendError> + Send + 'static,
     {
-        let inner = Inner { state_dir: self.state_dir.clone(), capacity_bytes: self.capacity_bytes, mutate: self.mutate.clone() };
+        let inner = Inner { state_dir: self.state_dir.clone(), capacity_bytes: self.capacity_bytes, reservations: self.reservations.clone() };
         let task = tokio::task::spawn_blocking(move || work(&inner));
         match tokio::time::timeout(OP_DEADLINE, task).await {
             Err(_) => Err(BackendError::Timeout { step: step.to_owned(), after: OP_DEADLINE }),
@@ -104,12 +121,30 @@ impl LocalBackend {
 struct Inner {
     state_dir: PathBuf,
     capacity_bytes: Option<u64>,
-    mutate: Arc<Mutex<()>>,
+    reservations: Reservations,
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.mutate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Claims `id` for one operation. A second operation on the same volume
+    /// is refused rather than queued.
+    fn claim(&self, id: &VolumeId) -> Result<Reservation, BackendError> {
+        let mut reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
+        if reservations.contains_key(id.key()) {
+            return Err(BackendError::Unavailable { step: format!("claim {id}"), reason: "another operation on it is in progress".into() });
+        }
+        reservations.insert(id.key().to_owned(), 0);
+        Ok(Reservation { reservations: self.reservations.clone(), key: id.key().to_owned() })
+    }
+
+    /// Raises a claim to `bytes` of pool room, if the pool has them.
+    fn claim_bytes(&self, claim: &Reservation, bytes: u64) -> Result<(), BackendError> {
+        let mut reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
+        let available = self.capacity_with(&reservations)?.available_bytes;
+        if bytes > available {
+            return Err(BackendError::NoSpace { requested: bytes, available });
+        }
+        reservations.insert(claim.key.clone(), bytes);
+        Ok(())
     }
 
     fn read_volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError> {
@@ -145,6 +180,11 @@ impl Inner {
     }
 
     fn capacity(&self) -> Result<Capacity, BackendError> {
+        let reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
+        self.capacity_with(&reservations)
+    }
+
+    fn capacity_with(&self, reservations: &HashMap<String, u64>) -> Result<Capacity, BackendError> {
         let total_bytes = match self.capacity_bytes {
             Some(bytes) => bytes,
             None => {
@@ -153,7 +193,8 @@ impl Inner {
                 stat.blocks().saturating_mul(stat.fragment_size())
             }
         };
-        let promised: u64 = self.all_volumes()?.iter().map(|v| v.size_bytes).sum();
+        let in_flight: u64 = reservations.values().sum();
+        let promised: u64 = self.all_volumes()?.iter().map(|v| v.size_bytes).sum::<u64>() + in_flight;
         Ok(Capacity { total_bytes, available_bytes: total_bytes.saturating_sub(promised) })
     }
 
@@ -190,32 +231,30 @@ impl Backend for LocalBackend {
         let parameters = parameters.clone();
         self.blocking("create volume", move |inner| {
             let id = LocalBackend::id_for_name(&name);
-            let _guard = inner.lock();
+            let claim = inner.claim(&id)?;
             let record_file = record_path(&inner.state_dir, &id);
             let existing: Option<VolumeRecord> =
                 durable::read_json(&record_file).map_err(|e| BackendError::io(format!("read record of {id}"), e))?;
-            if let Some(record) = existing {
-                if record.name != name {
+            let size = match existing {
+                Some(record) if record.name != name => {
                     return Err(BackendError::io(
                         format!("create {name}"),
                         io::Error::other(format!("id {id} already belongs to volume {:?}", record.name)),
                     ));
                 }
-                if let Some(info) = inner.read_volume(&id)? {
-                    return Ok(Created::Existing(info));
+                Some(record) => match inner.read_volume(&id)? {
+                    Some(info) => return Ok(Created::Existing(info)),
+                    // The record exists but the file does not: finish that create.
+                    None => record.desired_bytes,
+                },
+                None => {
+                    inner.claim_bytes(&claim, size_bytes)?;
+                    let record = VolumeRecord { name, desired_bytes: size_bytes, created_unix: now_unix(), parameters };
+                    durable::write_json(&record_file, &record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
+                    size_bytes
                 }
-                // The record exists but the file does not: finish that create.
-                inner.set_file_len(&id, record.desired_bytes)?;
-                let info = inner.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
-                return Ok(Created::New(info));
-            }
-            let available = inner.capacity()?.available_bytes;
-            if size_bytes > available {
-                return Err(BackendError::NoSpace { requested: size_bytes, available });
-            }
-            let record = VolumeRecord { name, desired_bytes: size_bytes, created_unix: now_unix(), parameters };
-            durable::write_json(&record_file, &record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
-            inner.set_file_len(&id, size_bytes)?;
+            };
+            inner.set_file_len(&id, size)?;
             let info = inner.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
             Ok(Created::New(info))
         })
@@ -228,7 +267,7 @@ impl Backend for LocalBackend {
         }
         let id = id.clone();
         self.blocking("delete volume", move |inner| {
-            let _guard = inner.lock();
+            let _claim = inner.claim(&id)?;
             match fs::remove_file(image_path(&inner.state_dir, &id)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -255,7 +294,7 @@ impl Backend for LocalBackend {
     async fn grow_volume(&self, id: &VolumeId, new_size_bytes: u64) -> Result<u64, BackendError> {
         let id = id.clone();
         self.blocking("grow volume", move |inner| {
-            let _guard = inner.lock();
+            let claim = inner.claim(&id)?;
             let current = inner.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
             if new_size_bytes < current.size_bytes {
                 return Err(BackendError::Shrink { id, current: current.size_bytes, requested: new_size_bytes });
@@ -263,11 +302,7 @@ impl Backend for LocalBackend {
             if new_size_bytes == current.size_bytes {
                 return Ok(current.size_bytes);
             }
-            let available = inner.capacity()?.available_bytes;
-            let growth = new_size_bytes - current.size_bytes;
-            if growth > available {
-                return Err(BackendError::NoSpace { requested: growth, available });
-            }
+            inner.claim_bytes(&claim, new_size_bytes - current.size_bytes)?;
             let record_file = record_path(&inner.state_dir, &id);
             let mut record: VolumeRecord = durable::read_json(&record_file)
                 .map_err(|e| BackendError::io(format!("read record of {id}"), e))?
@@ -350,6 +385,34 @@ mod tests {
         assert_eq!(b.volume(&id).await.unwrap(), None, "half-created volume is not visible");
         let created = b.create_volume("pvc", GIB, &BTreeMap::new()).await.unwrap();
         assert_eq!(created.info().size_bytes, GIB);
+    }
+
+    #[tokio::test]
+    async fn parallel_growth_never_promises_more_than_the_pool_holds() {
+        let (_dir, b) = backend(Some(10 * GIB));
+        let mut ids = Vec::new();
+        for name in ["a", "b", "c", "d"] {
+            ids.push(b.create_volume(name, GIB, &BTreeMap::new()).await.unwrap().info().id.clone());
+        }
+        // 6 GiB free; four volumes each ask for 3 GiB more at once: at most two fit.
+        let grows = ids.iter().map(|id| {
+            let b = b.clone();
+            let id = id.clone();
+            tokio::spawn(async move { b.grow_volume(&id, 4 * GIB).await })
+        });
+        let mut grown = 0;
+        for task in grows {
+            match task.await.unwrap() {
+                Ok(size) => {
+                    assert_eq!(size, 4 * GIB);
+                    grown += 1;
+                }
+                Err(BackendError::NoSpace { .. }) => {}
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(grown, 2);
+        assert_eq!(b.capacity().await.unwrap().available_bytes, 0);
     }
 
     #[tokio::test]
