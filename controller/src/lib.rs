@@ -6,6 +6,7 @@ pub mod backends;
 pub mod error;
 pub mod expand;
 pub mod listing;
+pub mod metrics;
 pub mod parameters;
 pub mod reconciler;
 pub mod records;

@@ -69,6 +69,8 @@ pub struct PassReport {
     pub failed: usize,
     /// Volumes skipped: busy, or still backing off.
     pub deferred: usize,
+    /// Records still short of their desired size after the pass.
+    pub pending: usize,
     /// Volumes pending for longer than `stuck_after`.
     pub stuck: Vec<StuckExpansion>,
 }
@@ -148,7 +150,9 @@ impl Reconciler {
                 Ok(Outcome::Deferred) => report.deferred += 1,
             }
         }
-        report.stuck = self.stuck_now();
+        let (pending, stuck) = self.pending_now();
+        report.pending = pending;
+        report.stuck = stuck;
         for stuck in &report.stuck {
             tracing::warn!(
                 volume.id = %stuck.volume_id,
@@ -203,14 +207,13 @@ impl Reconciler {
         delay
     }
 
-    fn stuck_now(&self) -> Vec<StuckExpansion> {
+    /// How many records are short of their wish, and which of them for too long.
+    fn pending_now(&self) -> (usize, Vec<StuckExpansion>) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        self.expander
-            .records()
-            .list()
-            .unwrap_or_default()
+        let pending: Vec<_> = self.expander.records().list().unwrap_or_default().into_iter().filter(|r| r.pending()).collect();
+        let count = pending.len();
+        let stuck = pending
             .into_iter()
-            .filter(|r| r.pending())
             .map(|r| StuckExpansion {
                 pending_for: Duration::from_secs(now.saturating_sub(r.desired_since_unix)),
                 reason: r.last_error.clone().unwrap_or_else(|| "in progress".into()),
@@ -219,7 +222,8 @@ impl Reconciler {
                 current_bytes: r.current_bytes,
             })
             .filter(|s| s.pending_for >= self.config.stuck_after)
-            .collect()
+            .collect();
+        (count, stuck)
     }
 }
 

@@ -162,3 +162,47 @@ impl Drop for DriverUnderTest {
         }
     }
 }
+
+/// A controller alone, over backends the test chooses (for instance an
+/// [`crate::instrumented::InstrumentedBackend`]), served on a Unix socket.
+pub struct ControllerUnderTest {
+    /// The controller's socket.
+    pub socket: PathBuf,
+    /// Controller service client.
+    pub client: ControllerClient<Channel>,
+    /// The reconciler sharing the service's locks; the test drives its passes.
+    pub reconciler: Reconciler,
+    /// The durable expansion records the service writes.
+    pub records: swell_controller::ExpansionRecords,
+    server: Option<(oneshot::Sender<()>, JoinHandle<Result<(), csi_endpoint::EndpointError>>)>,
+}
+
+impl ControllerUnderTest {
+    /// Serves a controller over `backends` with records under `root`.
+    pub async fn start(root: &Path, backends: swell_controller::Backends, reconciler: ReconcilerConfig) -> Result<Self, HarnessError> {
+        let socket = root.join("controller.sock");
+        let records = swell_controller::ExpansionRecords::open(&root.join("controller")).map_err(|source| {
+            HarnessError::Controller(swell_controller::server::StartError::State {
+                what: "expansion records",
+                path: root.join("controller"),
+                source,
+            })
+        })?;
+        let service = swell_controller::ControllerService::new(backends, records.clone());
+        let reconciler = Reconciler::new(service.expander().clone(), reconciler);
+        let router = tonic::transport::Server::builder().add_service(csi_proto::v1::controller_server::ControllerServer::new(service));
+        let server = spawn(socket.clone(), router);
+        wait_for_socket(&socket).await?;
+        let client = ControllerClient::new(csi_endpoint::connect(&socket).await?);
+        Ok(ControllerUnderTest { socket, client, reconciler, records, server: Some(server) })
+    }
+}
+
+impl Drop for ControllerUnderTest {
+    fn drop(&mut self) {
+        if let Some((stop, task)) = self.server.take() {
+            let _ = stop.send(());
+            task.abort();
+        }
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod harness;
 pub mod host;
+pub mod instrumented;
 pub mod requests;
 
 pub use harness::{DriverUnderTest, HarnessError};
