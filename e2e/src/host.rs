@@ -66,20 +66,24 @@ pub fn write_pattern(path: &Path, bytes: usize, seed: u64) -> std::io::Result<()
     file.sync_all()
 }
 
-/// The loop devices backed by `file`, as `losetup -j` lists them.
+/// The loop devices backed by `file`, also after it was deleted. Read from
+/// sysfs: `losetup -j` stats every loop device's backing file and hangs
+/// behind any one of them on a hung FUSE mount.
 pub fn loop_devices_for(file: &Path) -> Vec<String> {
-    std::process::Command::new("losetup")
-        .arg("-j")
-        .arg(file)
-        .output()
-        .map(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.split(':').next().map(str::to_owned))
-                .filter(|d| !d.is_empty())
-                .collect()
+    let wanted = file.to_string_lossy();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    let mut devices: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            let backing = backing.trim_end_matches('\n');
+            let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
+            (name.starts_with("loop") && backing == wanted).then(|| format!("/dev/{name}"))
         })
-        .unwrap_or_default()
+        .collect();
+    devices.sort();
+    devices
 }
 
 /// Whether `path` is a mount point now (per /proc/self/mountinfo).

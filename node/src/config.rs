@@ -16,6 +16,24 @@ pub struct NodeConfig {
     pub local_state_dir: PathBuf,
     /// The CSI endpoint, e.g. unix:///csi/csi.sock.
     pub endpoint: String,
+    /// The Ceph cluster whose RBD images this node attaches; `None` when
+    /// the node serves local volumes only.
+    pub rbd: Option<RbdNodeConfig>,
+}
+
+/// How this node reaches one Ceph cluster. Volume ids name the cluster
+/// (`rbd:<cluster-id>:<pool>:<image>`); only ids with this `cluster_id`
+/// are attached here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbdNodeConfig {
+    /// The id volume ids use for this cluster.
+    pub cluster_id: String,
+    /// The cluster's ceph.conf (monitor addresses).
+    pub ceph_conf: PathBuf,
+    /// The keyring holding `client.<user>`'s key.
+    pub keyring: PathBuf,
+    /// The Ceph user, without the `client.` prefix.
+    pub user: String,
 }
 
 impl NodeConfig {
@@ -30,6 +48,7 @@ impl NodeConfig {
             state_dir: PathBuf::from("/var/lib/swell/node"),
             local_state_dir: PathBuf::from("/var/lib/swell/local"),
             endpoint: "unix:///csi/csi.sock".to_owned(),
+            rbd: None,
         }
     }
 }

@@ -35,7 +35,7 @@ pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
     if let Some(problem) = attacher.condition(&req.volume, &record.device).await? {
         return Err(NodeError::Internal(format!("cannot expand: {problem}; restage the volume")));
     }
-    attacher.refresh_capacity(&record.device).await?;
+    attacher.refresh_capacity(&req.volume, &record.device).await?;
     let device_bytes = wait_for_backing_size(attacher, &req, &record.device).await?;
     check_required(&volume, req.required_bytes, device_bytes)?;
     let Access::Mount { fs_type, .. } = record.access else {

@@ -19,7 +19,7 @@ pub mod staging;
 pub mod stats;
 pub mod validate;
 
-pub use config::NodeConfig;
+pub use config::{NodeConfig, RbdNodeConfig};
 pub use error::NodeError;
 pub use service::NodeService;
 
@@ -43,7 +43,7 @@ impl NodeContext {
     /// Builds the context, creating the node's state directory.
     pub fn new(config: NodeConfig) -> Result<Self, NodeError> {
         let staging = staging::StagingStore::open(&config.state_dir)?;
-        let attachers = attach::Attachers::new(&config);
+        let attachers = attach::Attachers::new(&config)?;
         Ok(NodeContext { config, locks: KeyedLocks::new(), staging, attachers })
     }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
-use swell_node::NodeConfig;
+use swell_node::{NodeConfig, RbdNodeConfig};
 use tracing_subscriber::EnvFilter;
 
 /// Swell CSI node plugin: attaches, formats, mounts and grows volumes.
@@ -26,6 +26,32 @@ struct Args {
     /// CSI endpoint, e.g. unix:///csi/csi.sock.
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     endpoint: String,
+    /// The Ceph cluster id that `rbd:<cluster-id>:<pool>:<image>` volume ids name;
+    /// without it the node attaches local volumes only.
+    #[arg(long, env = "SWELL_RBD_CLUSTER_ID", requires_all = ["rbd_ceph_conf", "rbd_keyring"])]
+    rbd_cluster_id: Option<String>,
+    /// That cluster's ceph.conf.
+    #[arg(long, env = "SWELL_RBD_CEPH_CONF", requires = "rbd_cluster_id")]
+    rbd_ceph_conf: Option<PathBuf>,
+    /// The keyring with the Ceph user's key.
+    #[arg(long, env = "SWELL_RBD_KEYRING", requires = "rbd_cluster_id")]
+    rbd_keyring: Option<PathBuf>,
+    /// The Ceph user (without `client.`).
+    #[arg(long, env = "SWELL_RBD_USER", default_value = "admin")]
+    rbd_user: String,
+}
+
+impl Args {
+    /// The RBD part of the configuration; clap guarantees the three
+    /// cluster flags come together.
+    fn rbd(&self) -> Option<RbdNodeConfig> {
+        Some(RbdNodeConfig {
+            cluster_id: self.rbd_cluster_id.clone()?,
+            ceph_conf: self.rbd_ceph_conf.clone()?,
+            keyring: self.rbd_keyring.clone()?,
+            user: self.rbd_user.clone(),
+        })
+    }
 }
 
 #[tokio::main]
@@ -35,7 +61,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
     let socket = parse_endpoint(&args.endpoint)?;
+    let rbd = args.rbd();
     let config = NodeConfig {
+        rbd,
         node_id: args.node_id,
         driver_name: args.driver_name,
         state_dir: args.state_dir,

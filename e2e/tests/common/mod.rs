@@ -296,19 +296,9 @@ pub async fn unpublish_and_unstage(driver: &mut DriverUnderTest, id: &str, paths
     assert!(left.is_empty(), "loop devices still attached to {}: {left:?}", image.display());
 }
 
-/// Loop devices whose backing file is `image`, even if it was deleted
-/// (`losetup -j` needs the file to exist; the kernel names it "(deleted)").
+/// Loop devices whose backing file is `image`, even if it was deleted.
 pub fn loops_backed_by(image: &Path) -> Vec<String> {
-    let out = std::process::Command::new("losetup").args(["--list", "--noheadings", "--raw", "--output", "NAME,BACK-FILE"]).output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    let wanted = image.display().to_string();
-    text.lines()
-        .filter_map(|line| line.split_once(' '))
-        .filter(|(_, back)| {
-            back.strip_prefix(wanted.as_str()).is_some_and(|rest| ["", "(deleted)", "\\x20(deleted)"].contains(&rest.trim()))
-        })
-        .map(|(name, _)| name.to_owned())
-        .collect()
+    swell_e2e::host::loop_devices_for(image)
 }
 
 /// The byte usage entry of a NodeGetVolumeStats answer, checked for sanity.

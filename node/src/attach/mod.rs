@@ -1,10 +1,13 @@
 //! Turning a volume into a block device on this node. One attacher per way
 //! of attaching, chosen by the volume id's backend: `local:` volumes are
-//! sparse files attached with a loop device. Ceph RBD will add three more
-//! (krbd `rbd map`, `rbd-nbd`, and an rbd-fuse file behind a loop device)
-//! selected the same way; nothing above this module needs to change.
+//! sparse files attached with a loop device; `rbd:` volumes of the
+//! configured Ceph cluster go through one of three RBD attachers (krbd,
+//! rbd-nbd, or an rbd-fuse file behind a loop device), the one this host
+//! supports, detected once at start-up (see `rbd`). Nothing above this
+//! module knows which.
 
 mod loop_device;
+pub mod rbd;
 
 use std::path::{Path, PathBuf};
 
@@ -33,8 +36,9 @@ pub trait Attacher: Send + Sync + std::fmt::Debug {
     /// belongs to the volume, and any attachment `find` sees.
     async fn detach(&self, volume: &VolumeId, device: Option<&Path>) -> Result<(), NodeError>;
 
-    /// Asks the device to re-read the backing object's size.
-    async fn refresh_capacity(&self, device: &Path) -> Result<(), NodeError>;
+    /// Asks the device to re-read the backing object's size. The caller
+    /// then waits until `device_size` shows it.
+    async fn refresh_capacity(&self, volume: &VolumeId, device: &Path) -> Result<(), NodeError>;
 
     /// Why the attachment is unhealthy, `None` when it is fine.
     async fn condition(&self, volume: &VolumeId, device: &Path) -> Result<Option<String>, NodeError>;
@@ -49,12 +53,23 @@ pub trait Attacher: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct Attachers {
     local: LoopAttacher,
+    rbd: Option<rbd::RbdAttachers>,
 }
 
 impl Attachers {
-    /// Attachers for this node's configuration.
-    pub fn new(config: &NodeConfig) -> Self {
-        Attachers { local: LoopAttacher::new(config.local_state_dir.clone()) }
+    /// Attachers for this node's configuration; with a Ceph cluster
+    /// configured, detects (and logs) how this host attaches RBD images.
+    pub fn new(config: &NodeConfig) -> Result<Self, NodeError> {
+        let rbd = match &config.rbd {
+            Some(rbd_config) => Some(rbd::RbdAttachers::new(rbd_config, &config.state_dir)?),
+            None => None,
+        };
+        Ok(Attachers { local: LoopAttacher::new(config.local_state_dir.clone()), rbd })
+    }
+
+    /// How RBD images are attached here, `None` without a Ceph cluster.
+    pub fn rbd_mode(&self) -> Option<rbd::AttachMode> {
+        self.rbd.as_ref().map(rbd::RbdAttachers::mode)
     }
 
     /// The attacher for a volume's backend; an unknown backend is an
@@ -62,6 +77,13 @@ impl Attachers {
     pub fn for_volume(&self, volume: &VolumeId) -> Result<&dyn Attacher, NodeError> {
         match volume.backend() {
             swell_storage::local::KIND => Ok(&self.local),
+            rbd::KIND => match &self.rbd {
+                Some(rbd) => rbd.for_volume(volume),
+                None => Err(NodeError::VolumeNotFound {
+                    volume: volume.to_string(),
+                    reason: "no Ceph cluster is configured on this node".into(),
+                }),
+            },
             other => Err(NodeError::VolumeNotFound {
                 volume: volume.to_string(),
                 reason: format!("backend {other:?} is not supported on this node"),

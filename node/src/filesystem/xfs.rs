@@ -1,5 +1,9 @@
 //! XFS: grows only while mounted (`xfs_growfs`), reports its size through
-//! `xfs_info` (data blocks × block size).
+//! `xfs_spaceman -c info` (data blocks × block size). Not `xfs_info`: that
+//! script first runs `losetup -j` on its argument, which stats every loop
+//! device's backing file and hangs for as long as any loop device on the
+//! host sits on a hung FUSE mount (an rbd-fuse whose cluster has inactive
+//! PGs). For a mounted filesystem xfs_info runs exactly this command.
 
 use std::path::Path;
 
@@ -36,8 +40,9 @@ impl FileSystem for Xfs {
     }
 
     async fn size(&self, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
-        let step = format!("xfs_info {}", mount_point.display());
-        let out = command::run("xfs_info", [mount_point], GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
+        let step = format!("xfs_spaceman -c info {}", mount_point.display());
+        let args = [Path::new("-c"), Path::new("info"), mount_point];
+        let out = command::run("xfs_spaceman", args, GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
         parse_xfs_info(&out.stdout).ok_or(NodeError::Parse { step, detail: out.stdout })
     }
 }

@@ -1,0 +1,309 @@
+//! The rig of the RBD node tests: one throwaway Ceph cluster per test binary
+//! (bring-up ~20 s) with a non-admin Ceph user for the node, tests
+//! serialised on it by a lock, a Swell node service per test on its own Unix
+//! socket with `NodeConfig.rbd` set, and the `rbd` CLI for checking what the
+//! node did. The cluster is torn down (`down --purge`) by the last test to
+//! finish, and by a reaper process waiting for this binary to exit, so a
+//! filtered run or a panic leaves no daemons behind.
+//!
+//! Leftovers are checked from sysfs, mountinfo and /proc only: `losetup -j`
+//! stats every loop device's backing file and hangs for good on a loop
+//! device over another test's hung rbd-fuse.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use csi_proto::v1::node_client::NodeClient;
+use swell_e2e::ceph::TestCluster;
+use swell_e2e::host;
+use swell_node::{NodeConfig, RbdNodeConfig};
+use tokio::sync::{MutexGuard, oneshot};
+use tonic::transport::Channel;
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+/// The cluster id in these tests' volume ids.
+pub const CLUSTER_ID: &str = "node-rig";
+/// The Ceph user the node runs as (not admin: proves --id/--keyring reach every tool).
+pub const USER: &str = "swell-node";
+const DIR: &str = "/var/tmp/rbd-node-e2e";
+const PORT: u16 = 38200;
+
+pub struct ClusterEnv {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub keyring: PathBuf,
+    pub user_keyring: PathBuf,
+}
+
+static ENV: OnceLock<Result<ClusterEnv, String>> = OnceLock::new();
+static OWNED: Mutex<Option<TestCluster>> = Mutex::new(None);
+static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static FINISHED: AtomicUsize = AtomicUsize::new(0);
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ceph/cluster.sh")
+}
+
+fn bring_up() -> Result<ClusterEnv, String> {
+    if !host::is_root() {
+        return Err("needs root (Ceph daemons, FUSE, loop devices, mounts)".into());
+    }
+    for tool in ["ceph-mon", "ceph-osd", "rbd", "rbd-fuse", "fusermount", "mkfs.xfs"] {
+        if Command::new("which").arg(tool).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+            return Err(format!("{tool} is not installed (run e2e/ceph/install.sh)"));
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing".into());
+    }
+    let dir = PathBuf::from(DIR);
+    // A cluster left by an earlier run that was killed before its reaper ran.
+    let _ = Command::new("bash").arg(script()).args(["down", DIR, "--purge"]).output();
+    spawn_reaper(&dir);
+    let started = Instant::now();
+    let cluster = TestCluster::up(&dir, PORT).map_err(|e| format!("cluster bring-up failed: {e}"))?;
+    eprintln!("ceph test cluster up in {:.1} s", started.elapsed().as_secs_f64());
+    let user_keyring = dir.join(format!("ceph.client.{USER}.keyring"));
+    let caps = ["mon", "profile rbd", "osd", "profile rbd pool=rbd", "mgr", "profile rbd pool=rbd"];
+    let mut args = vec!["auth", "get-or-create", "client.swell-node"];
+    args.extend(caps);
+    let user_keyring_arg = user_keyring.display().to_string();
+    args.extend(["-o", &user_keyring_arg]);
+    let env = ClusterEnv { dir: cluster.dir.clone(), conf: cluster.conf.clone(), keyring: cluster.keyring.clone(), user_keyring };
+    *OWNED.lock().unwrap_or_else(|p| p.into_inner()) = Some(cluster);
+    cli(&env, "ceph", &args)?;
+    Ok(env)
+}
+
+/// Tears the cluster down once this process is gone, whatever way it went.
+fn spawn_reaper(dir: &Path) {
+    use std::os::unix::process::CommandExt;
+    let reaper = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" down "$3" --purge"#;
+    let spawned = Command::new("bash")
+        .args(["-c", reaper, "rbd-node-rig-reaper"])
+        .arg(std::process::id().to_string())
+        .arg(script())
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!("could not start the cluster reaper: {e}");
+    }
+}
+
+/// Runs a Ceph CLI (`rbd`, `ceph`) as admin against the cluster, bounded to 60 s.
+pub fn cli(env: &ClusterEnv, tool: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(tool)
+        .arg("-c")
+        .arg(&env.conf)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{tool}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{tool} {args:?} ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One test's exclusive use of the cluster plus a node service on it.
+pub struct Rig {
+    pub env: &'static ClusterEnv,
+    pub node: NodeClient<Channel>,
+    pub dir: PathBuf,
+    pub config: NodeConfig,
+    images: Vec<String>,
+    stop: Option<oneshot::Sender<()>>,
+    total_tests: usize,
+    _tmp: tempfile::TempDir,
+    _lock: MutexGuard<'static, ()>,
+}
+
+/// The shared cluster locked for `test`, with a fresh node service; `None`
+/// (after noting the skip) when no cluster can run here. `total_tests` is
+/// the number of tests in the binary (the last one tears the cluster down).
+pub async fn rig(test: &str, total_tests: usize) -> Option<Rig> {
+    let lock = LOCK.lock().await;
+    let env = match tokio::task::block_in_place(|| ENV.get_or_init(bring_up)) {
+        Ok(env) => env,
+        Err(reason) => {
+            FINISHED.fetch_add(1, Ordering::SeqCst);
+            host::note_skip(test, reason);
+            return None;
+        }
+    };
+    let tmp = tempfile::Builder::new().prefix("rbd-node-").tempdir_in("/var/tmp").unwrap();
+    let dir = tmp.path().to_owned();
+    let mut config = NodeConfig::new("node-rbd-test");
+    config.state_dir = dir.join("node");
+    config.local_state_dir = dir.join("local");
+    config.rbd = Some(RbdNodeConfig {
+        cluster_id: CLUSTER_ID.into(),
+        ceph_conf: env.conf.clone(),
+        keyring: env.user_keyring.clone(),
+        user: USER.into(),
+    });
+    let socket = dir.join("node.sock");
+    let router = swell_node::server::router(&config).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = socket.clone();
+    tokio::spawn(async move {
+        let _ = csi_endpoint::serve(&served, router, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    for _ in 0..400 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let node = NodeClient::new(csi_endpoint::connect(&socket).await.unwrap());
+    Some(Rig { env, node, dir, config, images: Vec::new(), stop: Some(stop), total_tests, _tmp: tmp, _lock: lock })
+}
+
+impl Rig {
+    /// Creates `rbd/<name>` of `bytes` with the CLI; returns its volume id.
+    pub fn image(&mut self, name: &str, bytes: u64) -> String {
+        let _ = cli(self.env, "rbd", &["rm", &format!("rbd/{name}")]);
+        cli(self.env, "rbd", &["create", &format!("rbd/{name}"), "--size", &format!("{}M", bytes / MIB)]).unwrap();
+        self.images.push(name.to_owned());
+        format!("rbd:{CLUSTER_ID}:rbd:{name}")
+    }
+
+    pub fn resize(&self, name: &str, bytes: u64) {
+        cli(self.env, "rbd", &["resize", &format!("rbd/{name}"), "--size", &format!("{}M", bytes / MIB)]).unwrap();
+    }
+
+    /// A path under the rig's directory, as a string for requests.
+    pub fn path(&self, rel: &str) -> String {
+        self.dir.join(rel).display().to_string()
+    }
+
+    /// Where the node mounts rbd-fuse for `name`.
+    pub fn fuse_dir(&self, name: &str) -> PathBuf {
+        std::fs::canonicalize(&self.dir).unwrap().join("node/rbd-fuse").join(CLUSTER_ID).join("rbd").join(name)
+    }
+
+    /// What the node left behind for image `name`: FUSE mounts, loop
+    /// devices, rbd-fuse processes, watchers; empty when nothing.
+    pub fn leftovers(&self, name: &str) -> Vec<String> {
+        let dir = self.fuse_dir(name);
+        let mut found = Vec::new();
+        if host::is_mount_point(&dir) {
+            found.push(format!("mount at {}", dir.display()));
+        }
+        for device in loop_devices_under(&dir) {
+            found.push(format!("loop device {device}"));
+        }
+        for pid in rbd_fuse_pids_for(&dir) {
+            found.push(format!("rbd-fuse pid {pid}"));
+        }
+        match cli(self.env, "rbd", &["status", "--format", "json", &format!("rbd/{name}")]) {
+            Ok(json) if json.contains("\"watchers\":[]") => {}
+            Ok(json) => found.push(format!("watchers: {}", json.trim())),
+            Err(e) => found.push(format!("rbd status failed: {e}")),
+        }
+        found
+    }
+
+    /// Removes the image; fails while anything still watches it.
+    pub fn remove(&mut self, name: &str) -> Result<(), String> {
+        cli(self.env, "rbd", &["rm", &format!("rbd/{name}")])?;
+        self.images.retain(|i| i != name);
+        Ok(())
+    }
+}
+
+/// Loop devices whose backing file lies under `dir`, from sysfs.
+pub fn loop_devices_under(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            Path::new(backing.trim_end()).starts_with(dir).then(|| format!("/dev/{name}"))
+        })
+        .collect()
+}
+
+/// rbd-fuse processes with `dir` (or a path under it) on their command line.
+pub fn rbd_fuse_pids_for(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let dir = dir.to_string_lossy().into_owned();
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            args.first().is_some_and(|a| a.ends_with("rbd-fuse")) && args.iter().any(|a| a.starts_with(&dir))
+        })
+        .collect()
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let dir = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        let mounts: Vec<(String, String)> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let path = l.split(' ').nth(4)?.replace("\\040", " ");
+                let fs_type = l.split_once(" - ")?.1.split(' ').next()?.to_owned();
+                Path::new(&path).starts_with(&dir).then_some((path, fs_type))
+            })
+            .collect();
+        // Filesystems and binds first (deepest first), then the loop
+        // devices under them, then the FUSE mounts the loops read.
+        let (mut fuse, mut others): (Vec<_>, Vec<_>) = mounts.into_iter().partition(|(_, t)| t.starts_with("fuse"));
+        others.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        for (mount, _) in others {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
+        }
+        for device in loop_devices_under(&dir) {
+            let _ = Command::new("losetup").arg("-d").arg(&device).status();
+        }
+        fuse.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        for (mount, _) in fuse {
+            let _ = Command::new("fusermount").arg("-uz").arg(&mount).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !rbd_fuse_pids_for(&dir).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for pid in rbd_fuse_pids_for(&dir) {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+        for image in &self.images {
+            let _ = cli(self.env, "rbd", &["rm", &format!("rbd/{image}")]);
+        }
+        if FINISHED.fetch_add(1, Ordering::SeqCst) + 1 == self.total_tests
+            && let Some(cluster) = OWNED.lock().unwrap_or_else(|p| p.into_inner()).take()
+            && let Err(e) = cluster.purge()
+        {
+            eprintln!("ceph test cluster teardown failed: {e}");
+        }
+    }
+}
+
+/// Runs `cluster.sh ARGS`, panicking with its stderr on failure.
+pub fn cluster_script(args: &[&str]) {
+    let out = Command::new("bash").arg(script()).args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,379 @@
+//! The fallback attach mode for hosts without the rbd and nbd modules:
+//! rbd-fuse exposes ONE image per mount as a file (`-r <image>`; in pool
+//! mode it would keep every image it ever opened open, and `rbd rm` fails
+//! on the watchers), and the loop helpers turn the file into a block device.
+//!
+//! Layout: `<state_dir>/rbd-fuse/<cluster-id>/<pool>/<image>` is the mount
+//! point (0700; the pool level keeps equal image names of two pools apart),
+//! the image is the file `<image>` inside it.
+//!
+//! Traps this module exists to avoid (measured on Ceph 16.2.15):
+//! - the kernel caches a FUSE file's size for `attr_timeout` (1 s): after a
+//!   resize, `losetup -c` would read the old size, a silent half-expansion.
+//!   The mount uses `attr_timeout=0,entry_timeout=0`, and a refresh still
+//!   waits until the file shows the image's size before `losetup -c`;
+//! - rbd-fuse mounts even when the image is missing (an empty directory),
+//!   so attach waits for the file to appear;
+//! - after `fusermount -u` the daemon needs 1–2 s to close the image; until
+//!   it exits the image keeps a watcher, so detach waits for it;
+//! - nothing here stats a file on another FUSE mount or runs `losetup -j`
+//!   (see `loop_device`): a hung rbd-fuse would block that call for good.
+
+use std::ffi::OsString;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use swell_storage::VolumeId;
+use swell_storage::command;
+
+use super::{Cluster, RbdImage};
+use crate::attach::Attacher;
+use crate::attach::loop_device::{attach_file, backing_file, detach_device, devices_backing, refresh_device};
+use crate::error::NodeError;
+use crate::mount;
+
+/// rbd-fuse connects (bounded by client_mount_timeout) before it forks.
+const MOUNT_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the image file may take to appear in a fresh mount.
+const APPEAR_DEADLINE: Duration = Duration::from_secs(15);
+/// How long the FUSE file may take to show a resized image's size.
+const SIZE_DEADLINE: Duration = Duration::from_secs(10);
+/// One stat of the FUSE file; a hung cluster must not hang the RPC.
+const STAT_DEADLINE: Duration = Duration::from_secs(5);
+const UNMOUNT_DEADLINE: Duration = Duration::from_secs(15);
+/// rbd-fuse needs 1–2 s to exit after the unmount (closing the image).
+const EXIT_DEADLINE: Duration = Duration::from_secs(15);
+/// After SIGTERM, for a daemon that did not exit on unmount.
+const TERM_DEADLINE: Duration = Duration::from_secs(5);
+/// A detached loop device may briefly hold the file; unmount retries.
+const UNMOUNT_ATTEMPTS: u32 = 5;
+const POLL: Duration = Duration::from_millis(50);
+
+/// The mount type rbd-fuse mounts show in mountinfo.
+const FS_TYPE: &str = "fuse.rbd-fuse";
+
+/// Attaches RBD images as loop devices over rbd-fuse files.
+#[derive(Debug, Clone)]
+pub struct FuseAttacher {
+    cluster: Cluster,
+    root: PathBuf,
+}
+
+impl FuseAttacher {
+    /// An attacher whose mounts live under `root` (created 0700 and made
+    /// absolute here, since sysfs and mountinfo report absolute paths).
+    pub fn new(cluster: Cluster, root: &Path) -> Result<Self, NodeError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| NodeError::io(format!("create {}", root.display()), e))?;
+        let root = std::fs::canonicalize(root).map_err(|e| NodeError::io(format!("resolve {}", root.display()), e))?;
+        Ok(FuseAttacher { cluster, root })
+    }
+
+    /// The mount point for `image`.
+    pub fn mount_dir(&self, image: &RbdImage) -> PathBuf {
+        self.root.join(&image.pool).join(&image.image)
+    }
+
+    /// The file that is the image.
+    pub fn image_file(&self, image: &RbdImage) -> PathBuf {
+        self.mount_dir(image).join(&image.image)
+    }
+
+    /// `rbd-fuse <cluster args> -p pool -r image <dir> -o attr_timeout=0,entry_timeout=0`.
+    pub fn mount_args(&self, image: &RbdImage, dir: &Path) -> Vec<OsString> {
+        let mut args = self.cluster.data_path_args();
+        args.extend(["-p".into(), image.pool.clone().into(), "-r".into(), image.image.clone().into(), dir.into()]);
+        args.extend(["-o".into(), "attr_timeout=0,entry_timeout=0".into()]);
+        args
+    }
+
+    /// Whether an rbd-fuse is mounted at `dir` (and what else might be).
+    async fn mounted(&self, volume: &VolumeId, dir: &Path) -> Result<bool, NodeError> {
+        match mount::mounted_at(dir).await? {
+            None => Ok(false),
+            Some(entry) if entry.fs_type == FS_TYPE => Ok(true),
+            Some(entry) => Err(NodeError::Conflict {
+                volume: volume.to_string(),
+                reason: format!("{} holds a {} mount, not rbd-fuse", dir.display(), entry.fs_type),
+            }),
+        }
+    }
+
+    /// Mounts rbd-fuse for `image` unless a live one is there, and waits
+    /// until the image file shows up.
+    async fn ensure_mounted(&self, volume: &VolumeId, image: &RbdImage) -> Result<PathBuf, NodeError> {
+        let dir = self.mount_dir(image);
+        let file = self.image_file(image);
+        if self.mounted(volume, &dir).await? {
+            if !rbd_fuse_pids(&dir).is_empty() {
+                wait_for_file(volume, &file).await?;
+                return Ok(file);
+            }
+            // The daemon died under its mount (ENOTCONN): clear it, remount.
+            tracing::warn!(dir = %dir.display(), "rbd-fuse mount without its daemon; remounting");
+            unmount(volume, &dir, true).await?;
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| NodeError::io(format!("create {}", dir.display()), e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| NodeError::io(format!("chmod {}", dir.display()), e))?;
+        command::run("rbd-fuse", self.mount_args(image, &dir), MOUNT_DEADLINE)
+            .await
+            .map_err(|e| NodeError::command(format!("mount rbd-fuse for image {} of volume {volume}", image.spec()), e))?;
+        if let Err(error) = wait_for_file(volume, &file).await {
+            // Leave no mount behind; the caller sees why.
+            if let Err(e) = self.unmount_and_wait(volume, &dir).await {
+                tracing::warn!(error = %e.full_message(), "unmount after a failed rbd-fuse attach");
+            }
+            return Err(error);
+        }
+        Ok(file)
+    }
+
+    /// Unmounts `dir` (if mounted) and waits until its rbd-fuse has exited,
+    /// so the image has no watcher left; then removes the mount point.
+    async fn unmount_and_wait(&self, volume: &VolumeId, dir: &Path) -> Result<(), NodeError> {
+        let pids = rbd_fuse_pids(dir);
+        if self.mounted(volume, dir).await? {
+            unmount(volume, dir, false).await?;
+        }
+        if !wait_for_exit(&pids, EXIT_DEADLINE).await {
+            tracing::warn!(?pids, dir = %dir.display(), "rbd-fuse did not exit after unmount; sending SIGTERM");
+            for pid in &pids {
+                let _ = command::run("kill", ["-TERM".to_owned(), pid.to_string()], TERM_DEADLINE).await;
+            }
+            if !wait_for_exit(&pids, TERM_DEADLINE).await {
+                return Err(NodeError::Internal(format!(
+                    "rbd-fuse ({pids:?}) for {} of volume {volume} still runs; the image keeps its watcher",
+                    dir.display()
+                )));
+            }
+        }
+        // Tidy only: a leftover empty directory is harmless.
+        let _ = std::fs::remove_dir(dir);
+        if let Some(pool_dir) = dir.parent() {
+            let _ = std::fs::remove_dir(pool_dir);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Attacher for FuseAttacher {
+    async fn backing_size(&self, volume: &VolumeId) -> Result<Option<u64>, NodeError> {
+        self.cluster.image_size(volume, &RbdImage::from_volume(volume)?).await
+    }
+
+    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
+        let image = RbdImage::from_volume(volume)?;
+        let file = self.ensure_mounted(volume, &image).await?;
+        if let Some(device) = devices_backing(&file)?.into_iter().next() {
+            return Ok(device);
+        }
+        attach_file(volume, &file).await
+    }
+
+    async fn find(&self, volume: &VolumeId) -> Result<Option<PathBuf>, NodeError> {
+        let image = RbdImage::from_volume(volume)?;
+        Ok(devices_backing(&self.image_file(&image))?.into_iter().next())
+    }
+
+    async fn detach(&self, volume: &VolumeId, device: Option<&Path>) -> Result<(), NodeError> {
+        let image = RbdImage::from_volume(volume)?;
+        let file = self.image_file(&image);
+        let mut devices = devices_backing(&file)?;
+        if let Some(recorded) = device
+            && !devices.iter().any(|d| d == recorded)
+            && backing_file(recorded).is_some_and(|b| Path::new(b.strip_suffix(" (deleted)").unwrap_or(&b)) == file)
+        {
+            devices.push(recorded.to_owned());
+        }
+        for device in &devices {
+            detach_device(volume, device).await?;
+        }
+        self.unmount_and_wait(volume, &self.mount_dir(&image)).await
+    }
+
+    async fn refresh_capacity(&self, volume: &VolumeId, device: &Path) -> Result<(), NodeError> {
+        let image = RbdImage::from_volume(volume)?;
+        let Some(expected) = self.cluster.image_size(volume, &image).await? else {
+            return Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: "its image does not exist".into() });
+        };
+        // The loop device reads the file's size; the file must show the
+        // new size first (attribute caching), or `losetup -c` is a no-op.
+        let file = self.image_file(&image);
+        let started = Instant::now();
+        loop {
+            let actual = stat_size(&file).await?;
+            if actual == expected {
+                break;
+            }
+            if started.elapsed() >= SIZE_DEADLINE {
+                return Err(NodeError::RefreshTimeout {
+                    volume: volume.to_string(),
+                    device: file,
+                    expected,
+                    actual,
+                    after: SIZE_DEADLINE,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        refresh_device(device).await
+    }
+
+    async fn condition(&self, volume: &VolumeId, device: &Path) -> Result<Option<String>, NodeError> {
+        let image = RbdImage::from_volume(volume)?;
+        let dir = self.mount_dir(&image);
+        let file = self.image_file(&image);
+        if !matches!(mount::mounted_at(&dir).await?, Some(entry) if entry.fs_type == FS_TYPE) {
+            return Ok(Some(format!("the rbd-fuse mount of volume {volume} at {} is gone", dir.display())));
+        }
+        if rbd_fuse_pids(&dir).is_empty() {
+            return Ok(Some(format!("the rbd-fuse serving volume {volume} at {} has exited", dir.display())));
+        }
+        match backing_file(device) {
+            None => Ok(Some(format!("loop device {} of volume {volume} is detached", device.display()))),
+            Some(b) if Path::new(&b) == file => Ok(None),
+            Some(b) => Ok(Some(format!("loop device {} now backs {b}, not volume {volume}", device.display()))),
+        }
+    }
+}
+
+/// Polls until `file` exists in a fresh rbd-fuse mount.
+async fn wait_for_file(volume: &VolumeId, file: &Path) -> Result<(), NodeError> {
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(STAT_DEADLINE, tokio::fs::metadata(file)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => return Err(NodeError::io(format!("stat {}", file.display()), e)),
+            Err(_) => return Err(NodeError::Timeout { step: format!("stat {}", file.display()), after: STAT_DEADLINE }),
+        }
+        if started.elapsed() >= APPEAR_DEADLINE {
+            return Err(NodeError::VolumeNotFound {
+                volume: volume.to_string(),
+                reason: format!("rbd-fuse does not show the image as {} after {APPEAR_DEADLINE:?}", file.display()),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The FUSE file's size, with a deadline.
+async fn stat_size(file: &Path) -> Result<u64, NodeError> {
+    match tokio::time::timeout(STAT_DEADLINE, tokio::fs::metadata(file)).await {
+        Ok(Ok(meta)) => Ok(meta.len()),
+        Ok(Err(e)) => Err(NodeError::io(format!("stat {}", file.display()), e)),
+        Err(_) => Err(NodeError::Timeout { step: format!("stat {}", file.display()), after: STAT_DEADLINE }),
+    }
+}
+
+/// `fusermount -u` (lazily with `-z` for a mount whose daemon is gone),
+/// retried briefly: a just-detached loop device may still hold the file.
+async fn unmount(volume: &VolumeId, dir: &Path, lazy: bool) -> Result<(), NodeError> {
+    let flag = if lazy { "-uz" } else { "-u" };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match command::run("fusermount", [Path::new(flag), dir], UNMOUNT_DEADLINE).await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < UNMOUNT_ATTEMPTS && e.output_text().contains("busy") => {
+                tokio::time::sleep(POLL * 2u32.pow(attempt)).await;
+            }
+            Err(e) => return Err(NodeError::command(format!("unmount rbd-fuse at {} for volume {volume}", dir.display()), e)),
+        }
+    }
+}
+
+/// Pids of rbd-fuse processes serving a mount at `dir`, from /proc.
+fn rbd_fuse_pids(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| serves(&c, dir)))
+        .collect()
+}
+
+/// Whether a NUL-separated command line is an rbd-fuse mounting `dir`.
+fn serves(cmdline: &[u8], dir: &Path) -> bool {
+    let mut args = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty());
+    let is_rbd_fuse = args.next().is_some_and(|argv0| argv0.rsplit(|b| *b == b'/').next() == Some(b"rbd-fuse".as_slice()));
+    let dir = dir.as_os_str().as_encoded_bytes();
+    is_rbd_fuse && args.any(|a| a == dir)
+}
+
+/// Waits until none of `pids` is alive; `false` at the deadline.
+async fn wait_for_exit(pids: &[u32], deadline: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        if !pids.iter().any(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+            return true;
+        }
+        if started.elapsed() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RbdNodeConfig;
+
+    fn attacher(root: &Path) -> FuseAttacher {
+        let cluster = Cluster::new(RbdNodeConfig {
+            cluster_id: "ceph-a".into(),
+            ceph_conf: "/etc/ceph/a.conf".into(),
+            keyring: "/etc/ceph/a.keyring".into(),
+            user: "swell".into(),
+        });
+        FuseAttacher::new(cluster, root).expect("attacher")
+    }
+
+    #[test]
+    fn one_private_mount_per_image_with_attribute_caching_off() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let root = state.path().join("rbd-fuse/ceph-a");
+        let fuse = attacher(&root);
+        let mode = std::fs::metadata(&root).expect("root exists").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let image = RbdImage { cluster: "ceph-a".into(), pool: "rbd".into(), image: "pvc-1".into() };
+        let root = std::fs::canonicalize(&root).expect("resolve");
+        assert_eq!(fuse.mount_dir(&image), root.join("rbd/pvc-1"));
+        assert_eq!(fuse.image_file(&image), root.join("rbd/pvc-1/pvc-1"));
+        let args: Vec<String> =
+            fuse.mount_args(&image, &fuse.mount_dir(&image)).iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args.join(" "),
+            format!(
+                "-c /etc/ceph/a.conf --id swell --keyring /etc/ceph/a.keyring --client-mount-timeout 10 \
+                 -p rbd -r pvc-1 {} -o attr_timeout=0,entry_timeout=0",
+                root.join("rbd/pvc-1").display()
+            )
+        );
+    }
+
+    #[test]
+    fn recognises_the_rbd_fuse_serving_a_mount() {
+        let dir = Path::new("/var/lib/swell/node/rbd-fuse/c/rbd/img");
+        let ours = b"rbd-fuse\0-c\0/etc/ceph/c.conf\0-p\0rbd\0-r\0img\0/var/lib/swell/node/rbd-fuse/c/rbd/img\0-o\0attr_timeout=0\0";
+        assert!(serves(ours, dir));
+        let full_path = b"/usr/bin/rbd-fuse\0-r\0img\0/var/lib/swell/node/rbd-fuse/c/rbd/img\0";
+        assert!(serves(full_path, dir));
+        let other_mount = b"rbd-fuse\0-r\0img\0/var/lib/swell/node/rbd-fuse/c/rbd/img2\0";
+        assert!(!serves(other_mount, dir));
+        let not_fuse = b"vim\0/var/lib/swell/node/rbd-fuse/c/rbd/img\0";
+        assert!(!serves(not_fuse, dir));
+        assert!(!serves(b"", dir));
+    }
+}

@@ -1,0 +1,267 @@
+//! The two kernel-backed attach modes, which differ only in the program:
+//! krbd (`rbd map` → /dev/rbdN, the kernel's rbd client) and rbd-nbd
+//! (`rbd-nbd map` → /dev/nbdN, served by an rbd-nbd daemon). Both devices
+//! follow an image resize on their own (krbd through the header watch,
+//! rbd-nbd by resizing the nbd device), so a refresh only has to wait,
+//! which `expand` does by polling the device size against `rbd info`.
+//! Attachments are found by listing what is mapped (`rbd showmapped` /
+//! `rbd-nbd list-mapped`, both JSON), so attach and detach are idempotent.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use swell_storage::VolumeId;
+use swell_storage::command;
+
+use super::{Cluster, RbdImage};
+use crate::attach::Attacher;
+use crate::error::NodeError;
+
+/// `map` connects and opens the image; `unmap` may flush.
+const MAP_DEADLINE: Duration = Duration::from_secs(60);
+/// Listing reads sysfs (krbd) or the nbd devices (rbd-nbd), no cluster I/O.
+const LIST_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Which program maps images to block devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapper {
+    /// `rbd map` / `rbd unmap` / `rbd showmapped`.
+    Krbd,
+    /// `rbd-nbd map` / `rbd-nbd unmap` / `rbd-nbd list-mapped`.
+    Nbd,
+}
+
+/// One mapped image, from the mapper's JSON listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub pool: String,
+    pub namespace: String,
+    pub image: String,
+    /// The snapshot, `None` for the image head.
+    pub snap: Option<String>,
+    pub device: PathBuf,
+}
+
+impl Mapper {
+    /// The program.
+    pub fn program(self) -> &'static str {
+        match self {
+            Mapper::Krbd => "rbd",
+            Mapper::Nbd => "rbd-nbd",
+        }
+    }
+
+    /// `map pool/image` plus the cluster arguments. krbd's CLI only sets
+    /// up the kernel mapping, so its librados calls get the op timeouts;
+    /// rbd-nbd stays as the device's server and gets only a connect timeout.
+    pub fn map_args(self, cluster: &Cluster, image: &RbdImage) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["map".into(), image.spec().into()];
+        args.extend(match self {
+            Mapper::Krbd => cluster.control_args(),
+            Mapper::Nbd => cluster.data_path_args(),
+        });
+        args
+    }
+
+    /// `unmap <device>`.
+    pub fn unmap_args(self, cluster: &Cluster, device: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["unmap".into(), device.into()];
+        args.extend(cluster.control_args());
+        args
+    }
+
+    /// The JSON listing of what is mapped.
+    pub fn list_args(self) -> Vec<OsString> {
+        let verb = match self {
+            Mapper::Krbd => "showmapped",
+            Mapper::Nbd => "list-mapped",
+        };
+        vec![verb.into(), "--format".into(), "json".into()]
+    }
+
+    /// Reads the listing: krbd names the image `name` and shows no snapshot
+    /// as `-`; rbd-nbd names it `image` and shows no snapshot as "".
+    pub fn parse_mapped(self, json: &str) -> Result<Vec<Mapping>, String> {
+        if json.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let entries = value.as_array().ok_or("not a JSON array")?;
+        let image_key = match self {
+            Mapper::Krbd => "name",
+            Mapper::Nbd => "image",
+        };
+        entries
+            .iter()
+            .map(|entry| {
+                let field = |key: &str| entry.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+                let required = |key: &str| field(key).ok_or_else(|| format!("entry without {key:?}: {entry}"));
+                let snap = field("snap").filter(|s| !s.is_empty() && s != "-");
+                Ok(Mapping {
+                    pool: required("pool")?,
+                    namespace: field("namespace").unwrap_or_default(),
+                    image: required(image_key)?,
+                    snap,
+                    device: PathBuf::from(required("device")?),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The devices mapping `image`'s head (not a snapshot, default namespace).
+pub fn devices_of(mappings: &[Mapping], image: &RbdImage) -> Vec<PathBuf> {
+    mappings
+        .iter()
+        .filter(|m| m.pool == image.pool && m.image == image.image && m.namespace.is_empty() && m.snap.is_none())
+        .map(|m| m.device.clone())
+        .collect()
+}
+
+/// Attaches RBD images with krbd or rbd-nbd.
+#[derive(Debug, Clone)]
+pub struct MappedAttacher {
+    mapper: Mapper,
+    cluster: Cluster,
+}
+
+impl MappedAttacher {
+    /// An attacher mapping with `mapper`.
+    pub fn new(mapper: Mapper, cluster: Cluster) -> Self {
+        MappedAttacher { mapper, cluster }
+    }
+
+    async fn mapped(&self, volume: &VolumeId, image: &RbdImage) -> Result<Vec<PathBuf>, NodeError> {
+        let program = self.mapper.program();
+        let out = command::run(program, self.mapper.list_args(), LIST_DEADLINE)
+            .await
+            .map_err(|e| NodeError::command(format!("list {program} mappings for volume {volume}"), e))?;
+        let mappings = self
+            .mapper
+            .parse_mapped(&out.stdout)
+            .map_err(|detail| NodeError::Parse { step: format!("{program} listing"), detail })?;
+        Ok(devices_of(&mappings, image))
+    }
+}
+
+#[async_trait::async_trait]
+impl Attacher for MappedAttacher {
+    async fn backing_size(&self, volume: &VolumeId) -> Result<Option<u64>, NodeError> {
+        self.cluster.image_size(volume, &RbdImage::from_volume(volume)?).await
+    }
+
+    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
+        let image = RbdImage::from_volume(volume)?;
+        if let Some(device) = self.mapped(volume, &image).await?.into_iter().next() {
+            return Ok(device);
+        }
+        let program = self.mapper.program();
+        let out = command::run(program, self.mapper.map_args(&self.cluster, &image), MAP_DEADLINE)
+            .await
+            .map_err(|e| NodeError::command(format!("{program} map {} for volume {volume}", image.spec()), e))?;
+        let device = out.stdout.trim();
+        if !device.starts_with("/dev/") {
+            return Err(NodeError::Parse { step: format!("{program} map"), detail: out.stdout });
+        }
+        Ok(PathBuf::from(device))
+    }
+
+    async fn find(&self, volume: &VolumeId) -> Result<Option<PathBuf>, NodeError> {
+        let image = RbdImage::from_volume(volume)?;
+        Ok(self.mapped(volume, &image).await?.into_iter().next())
+    }
+
+    async fn detach(&self, volume: &VolumeId, _device: Option<&Path>) -> Result<(), NodeError> {
+        // The listing is the truth: a recorded device that no longer maps
+        // this image is either gone or someone else's now.
+        let image = RbdImage::from_volume(volume)?;
+        let program = self.mapper.program();
+        for device in self.mapped(volume, &image).await? {
+            command::run(program, self.mapper.unmap_args(&self.cluster, &device), MAP_DEADLINE)
+                .await
+                .map_err(|e| NodeError::command(format!("{program} unmap {} of volume {volume}", device.display()), e))?;
+        }
+        Ok(())
+    }
+
+    async fn refresh_capacity(&self, _volume: &VolumeId, _device: &Path) -> Result<(), NodeError> {
+        // Nothing to do: the device follows the image; the caller waits
+        // until the device shows the image's size.
+        Ok(())
+    }
+
+    async fn condition(&self, volume: &VolumeId, device: &Path) -> Result<Option<String>, NodeError> {
+        let image = RbdImage::from_volume(volume)?;
+        if self.mapped(volume, &image).await?.iter().any(|d| d == device) {
+            return Ok(None);
+        }
+        Ok(Some(format!("{} no longer maps image {} of volume {volume}", device.display(), image.spec())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RbdNodeConfig;
+
+    fn cluster() -> Cluster {
+        Cluster::new(RbdNodeConfig {
+            cluster_id: "ceph-a".into(),
+            ceph_conf: "/etc/ceph/a.conf".into(),
+            keyring: "/etc/ceph/a.keyring".into(),
+            user: "swell".into(),
+        })
+    }
+
+    fn image() -> RbdImage {
+        RbdImage { cluster: "ceph-a".into(), pool: "rbd".into(), image: "pvc-1".into() }
+    }
+
+    fn line(args: &[OsString]) -> String {
+        args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn builds_map_unmap_and_list_command_lines() {
+        let auth = "-c /etc/ceph/a.conf --id swell --keyring /etc/ceph/a.keyring";
+        let timeouts = "--rados-osd-op-timeout 10 --rados-mon-op-timeout 10 --client-mount-timeout 10";
+        assert_eq!(Mapper::Krbd.program(), "rbd");
+        assert_eq!(line(&Mapper::Krbd.map_args(&cluster(), &image())), format!("map rbd/pvc-1 {auth} {timeouts}"));
+        assert_eq!(Mapper::Nbd.program(), "rbd-nbd");
+        assert_eq!(line(&Mapper::Nbd.map_args(&cluster(), &image())), format!("map rbd/pvc-1 {auth} --client-mount-timeout 10"));
+        assert_eq!(line(&Mapper::Krbd.unmap_args(&cluster(), Path::new("/dev/rbd3"))), format!("unmap /dev/rbd3 {auth} {timeouts}"));
+        assert_eq!(line(&Mapper::Nbd.unmap_args(&cluster(), Path::new("/dev/nbd0"))), format!("unmap /dev/nbd0 {auth} {timeouts}"));
+        assert_eq!(line(&Mapper::Krbd.list_args()), "showmapped --format json");
+        assert_eq!(line(&Mapper::Nbd.list_args()), "list-mapped --format json");
+    }
+
+    #[test]
+    fn parses_rbd_showmapped_json() {
+        // As Ceph 16.2's `rbd showmapped --format json` prints it.
+        let json = r#"[{"id":"0","pool":"rbd","namespace":"","name":"pvc-1","snap":"-","device":"/dev/rbd0"},
+            {"id":"1","pool":"rbd","namespace":"","name":"pvc-1","snap":"s1","device":"/dev/rbd1"},
+            {"id":"2","pool":"other","namespace":"","name":"pvc-1","snap":"-","device":"/dev/rbd2"},
+            {"id":"3","pool":"rbd","namespace":"ns","name":"pvc-1","snap":"-","device":"/dev/rbd3"}]"#;
+        let mappings = Mapper::Krbd.parse_mapped(json).expect("parses");
+        assert_eq!(mappings.len(), 4);
+        assert_eq!(mappings[1].snap.as_deref(), Some("s1"));
+        assert_eq!(devices_of(&mappings, &image()), vec![PathBuf::from("/dev/rbd0")]);
+        assert!(Mapper::Krbd.parse_mapped("[]").expect("empty").is_empty());
+        assert!(Mapper::Krbd.parse_mapped("").expect("nothing mapped").is_empty());
+        assert!(Mapper::Krbd.parse_mapped(r#"[{"pool":"rbd"}]"#).is_err());
+        assert!(Mapper::Krbd.parse_mapped("id pool image").is_err());
+    }
+
+    #[test]
+    fn parses_rbd_nbd_list_mapped_json() {
+        // As Ceph 16.2's `rbd-nbd list-mapped --format json` prints it: the
+        // id is the rbd-nbd pid, the image is under "image".
+        let json = r#"[{"id":4242,"pool":"rbd","namespace":"","image":"pvc-1","snap":"","device":"/dev/nbd0","cookie":"abc"},
+            {"id":4243,"pool":"rbd","namespace":"","image":"pvc-2","snap":"","device":"/dev/nbd1","cookie":""}]"#;
+        let mappings = Mapper::Nbd.parse_mapped(json).expect("parses");
+        assert_eq!(devices_of(&mappings, &image()), vec![PathBuf::from("/dev/nbd0")]);
+        // krbd's key does not fit rbd-nbd's output and vice versa.
+        assert!(Mapper::Krbd.parse_mapped(json).is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! Ceph RBD volumes (`rbd:<cluster-id>:<pool>:<image>`) on this node: which
+//! of three attach modes this host supports (detected once at start-up and
+//! logged), the image name inside a volume id, and the one place the `rbd`
+//! CLI is asked about an image. The modes live in their own files:
+//! `mapped` (krbd `rbd map` and `rbd-nbd map`: the kernel or rbd-nbd gives a
+//! block device that follows resizes by itself) and `fuse` (rbd-fuse exposes
+//! the image as a file, which a loop device turns into a block device).
+//!
+//! Every ceph call has a deadline, and short-lived CLI calls also carry
+//! librados' own op timeouts, so a cluster with inactive PGs or a frozen
+//! monitor answers with an error instead of hanging an RPC.
+
+mod fuse;
+mod mapped;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use swell_storage::VolumeId;
+use swell_storage::command::{self, CommandError};
+
+pub use fuse::FuseAttacher;
+pub use mapped::{MappedAttacher, Mapper};
+
+use super::Attacher;
+use crate::config::RbdNodeConfig;
+use crate::error::NodeError;
+
+/// The volume id backend of RBD volumes.
+pub const KIND: &str = "rbd";
+
+/// librados' op timeouts for CLI calls, in seconds (`rbd info` takes ~50 ms).
+const OP_TIMEOUT_SECS: &str = "10";
+/// The deadline around a whole CLI call: the op timeouts plus start-up.
+const CLI_DEADLINE: Duration = Duration::from_secs(25);
+
+/// How this host attaches RBD images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// The kernel's rbd driver: `rbd map` gives /dev/rbdN.
+    Krbd,
+    /// The nbd driver served by `rbd-nbd`: /dev/nbdN.
+    Nbd,
+    /// Neither kernel module: rbd-fuse exposes the image as a file and a
+    /// loop device makes it a block device.
+    FuseLoop,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Krbd => "krbd",
+            AttachMode::Nbd => "rbd-nbd",
+            AttachMode::FuseLoop => "rbd-fuse+loop",
+        })
+    }
+}
+
+/// Picks the attach mode from what the host offers under `root` (`/` in
+/// production, a fake tree in tests): krbd when the rbd bus exists (the
+/// module is loaded), else rbd-nbd when the nbd driver is there and the
+/// `rbd-nbd` program is installed, else rbd-fuse with a loop device, which
+/// needs no kernel module beyond fuse and loop.
+pub fn detect(root: &Path, has_program: impl Fn(&str) -> bool) -> AttachMode {
+    if root.join("sys/bus/rbd").exists() {
+        return AttachMode::Krbd;
+    }
+    let nbd_driver = root.join("sys/module/nbd").exists() || root.join("dev/nbd0").exists();
+    if nbd_driver && has_program("rbd-nbd") {
+        return AttachMode::Nbd;
+    }
+    AttachMode::FuseLoop
+}
+
+/// Whether `program` is an executable file on `PATH`.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// The image an `rbd:` volume id names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbdImage {
+    /// The cluster id from the volume id.
+    pub cluster: String,
+    /// The pool.
+    pub pool: String,
+    /// The image.
+    pub image: String,
+}
+
+impl RbdImage {
+    /// Reads `<cluster-id>:<pool>:<image>` from an `rbd:` id; the parts are
+    /// already restricted to `[a-z0-9._-]` by `VolumeId`.
+    pub fn from_volume(volume: &VolumeId) -> Result<Self, NodeError> {
+        let parts: Vec<&str> = volume.key().split(':').collect();
+        match parts.as_slice() {
+            [cluster, pool, image] if volume.backend() == KIND => {
+                Ok(RbdImage { cluster: (*cluster).to_owned(), pool: (*pool).to_owned(), image: (*image).to_owned() })
+            }
+            // A well-formed id that cannot name an image: to this node the
+            // volume does not exist (as for an unknown backend).
+            _ => Err(NodeError::VolumeNotFound {
+                volume: volume.to_string(),
+                reason: "an rbd volume id must be rbd:<cluster-id>:<pool>:<image>".into(),
+            }),
+        }
+    }
+
+    /// `pool/image`, as the CLIs take it.
+    pub fn spec(&self) -> String {
+        format!("{}/{}", self.pool, self.image)
+    }
+}
+
+/// The configured cluster as the `rbd` CLI reaches it.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    config: RbdNodeConfig,
+}
+
+impl Cluster {
+    /// A cluster handle for `config`.
+    pub fn new(config: RbdNodeConfig) -> Self {
+        Cluster { config }
+    }
+
+    /// Who and where: `-c conf --id user --keyring k`. Every process gets
+    /// the same three, so the key never appears on a command line.
+    fn auth_args(&self) -> Vec<OsString> {
+        vec![
+            "-c".into(),
+            self.config.ceph_conf.clone().into(),
+            "--id".into(),
+            self.config.user.clone().into(),
+            "--keyring".into(),
+            self.config.keyring.clone().into(),
+        ]
+    }
+
+    /// For short CLI calls: bounded monitor and OSD operations, so an
+    /// inactive PG or a frozen monitor gives ETIMEDOUT instead of a hang.
+    pub fn control_args(&self) -> Vec<OsString> {
+        let mut args = self.auth_args();
+        for option in ["--rados-osd-op-timeout", "--rados-mon-op-timeout", "--client-mount-timeout"] {
+            args.push(option.into());
+            args.push(OP_TIMEOUT_SECS.into());
+        }
+        args
+    }
+
+    /// For long-lived data-path daemons (rbd-fuse, rbd-nbd): only the
+    /// connect is bounded. An OSD op timeout there would turn a PG outage
+    /// into I/O errors under a mounted filesystem; without it writes wait
+    /// in D state and complete once the PGs are active again.
+    pub fn data_path_args(&self) -> Vec<OsString> {
+        let mut args = self.auth_args();
+        args.push("--client-mount-timeout".into());
+        args.push(OP_TIMEOUT_SECS.into());
+        args
+    }
+
+    /// The image's size now, `None` when the image (or its pool) does not
+    /// exist.
+    pub async fn image_size(&self, volume: &VolumeId, image: &RbdImage) -> Result<Option<u64>, NodeError> {
+        let mut args: Vec<OsString> = vec!["info".into(), image.spec().into(), "--format".into(), "json".into()];
+        args.extend(self.control_args());
+        match command::run("rbd", &args, CLI_DEADLINE).await {
+            Ok(out) => parse_info_size(&out.stdout).map(Some).ok_or_else(|| NodeError::Parse {
+                step: format!("rbd info {} for volume {volume}", image.spec()),
+                detail: out.stdout,
+            }),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(NodeError::command(format!("read the size of image {} of volume {volume}", image.spec()), e)),
+        }
+    }
+}
+
+/// `size` from `rbd info --format json`.
+fn parse_info_size(json: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(json).ok()?.get("size")?.as_u64()
+}
+
+/// `rbd` exits 2 (ENOENT) with "(2) No such file or directory" for a
+/// missing image or pool.
+fn is_not_found(error: &CommandError) -> bool {
+    error.exit_code() == Some(2) && error.output_text().contains("(2) No such file or directory")
+}
+
+/// The RBD attacher of this node's one cluster.
+#[derive(Debug)]
+pub struct RbdAttachers {
+    cluster_id: String,
+    mode: AttachMode,
+    attacher: Box<dyn Attacher>,
+}
+
+impl RbdAttachers {
+    /// Detects the attach mode and builds its attacher; rbd-fuse mounts go
+    /// under `<state_dir>/rbd-fuse/<cluster-id>`.
+    pub fn new(config: &RbdNodeConfig, state_dir: &Path) -> Result<Self, NodeError> {
+        let mode = detect(Path::new("/"), on_path);
+        tracing::info!(cluster = %config.cluster_id, %mode, "RBD attach mode detected");
+        let cluster = Cluster::new(config.clone());
+        let attacher: Box<dyn Attacher> = match mode {
+            AttachMode::Krbd => Box::new(MappedAttacher::new(Mapper::Krbd, cluster)),
+            AttachMode::Nbd => Box::new(MappedAttacher::new(Mapper::Nbd, cluster)),
+            AttachMode::FuseLoop => Box::new(FuseAttacher::new(cluster, &fuse_root(state_dir, &config.cluster_id))?),
+        };
+        Ok(RbdAttachers { cluster_id: config.cluster_id.clone(), mode, attacher })
+    }
+
+    /// The detected mode.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// The attacher for `volume`, which must name this node's cluster.
+    pub fn for_volume(&self, volume: &VolumeId) -> Result<&dyn Attacher, NodeError> {
+        let image = RbdImage::from_volume(volume)?;
+        // NOT_FOUND, not INVALID_ARGUMENT: the spec keeps INVALID_ARGUMENT
+        // for missing or malformed fields, and this id is well-formed; it
+        // names a cluster this node cannot reach, so for NodeStageVolume the
+        // "volume does not exist" row applies (5 NOT_FOUND). It also matches
+        // how an unknown backend is answered.
+        if image.cluster != self.cluster_id {
+            return Err(NodeError::VolumeNotFound {
+                volume: volume.to_string(),
+                reason: format!("Ceph cluster {:?} is not configured on this node (it serves {:?})", image.cluster, self.cluster_id),
+            });
+        }
+        Ok(self.attacher.as_ref())
+    }
+}
+
+/// Where a cluster's rbd-fuse mounts live.
+pub fn fuse_root(state_dir: &Path, cluster_id: &str) -> PathBuf {
+    state_dir.join("rbd-fuse").join(cluster_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(id: &str) -> VolumeId {
+        id.parse().expect("valid id")
+    }
+
+    #[test]
+    fn detection_prefers_krbd_then_nbd_then_fuse() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let all = |_: &str| true;
+        assert_eq!(detect(root.path(), all), AttachMode::FuseLoop, "nothing there");
+        std::fs::create_dir_all(root.path().join("dev")).expect("mkdir");
+        std::fs::write(root.path().join("dev/nbd0"), "").expect("touch");
+        assert_eq!(detect(root.path(), all), AttachMode::Nbd, "/dev/nbd0");
+        assert_eq!(detect(root.path(), |p| p != "rbd-nbd"), AttachMode::FuseLoop, "nbd without rbd-nbd installed");
+        std::fs::remove_file(root.path().join("dev/nbd0")).expect("rm");
+        std::fs::create_dir_all(root.path().join("sys/module/nbd")).expect("mkdir");
+        assert_eq!(detect(root.path(), all), AttachMode::Nbd, "nbd module loaded");
+        std::fs::create_dir_all(root.path().join("sys/bus/rbd")).expect("mkdir");
+        assert_eq!(detect(root.path(), all), AttachMode::Krbd, "rbd bus wins");
+    }
+
+    #[test]
+    fn reads_the_image_from_the_volume_id() {
+        let image = RbdImage::from_volume(&volume("rbd:ceph-a:rbd:pvc-1")).expect("rbd id");
+        assert_eq!(image, RbdImage { cluster: "ceph-a".into(), pool: "rbd".into(), image: "pvc-1".into() });
+        assert_eq!(image.spec(), "rbd/pvc-1");
+        for bad in ["rbd:ceph-a:pvc-1", "rbd:a:b:c:d", "local:a:b:c"] {
+            let err = RbdImage::from_volume(&volume(bad)).expect_err(bad);
+            assert_eq!(err.code(), tonic::Code::NotFound, "{bad}");
+        }
+    }
+
+    #[test]
+    fn short_calls_carry_op_timeouts_and_daemons_only_a_connect_timeout() {
+        let cluster = Cluster::new(RbdNodeConfig {
+            cluster_id: "c".into(),
+            ceph_conf: "/etc/ceph/c.conf".into(),
+            keyring: "/etc/ceph/c.keyring".into(),
+            user: "swell".into(),
+        });
+        let control: Vec<String> = cluster.control_args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            control.join(" "),
+            "-c /etc/ceph/c.conf --id swell --keyring /etc/ceph/c.keyring --rados-osd-op-timeout 10 \
+             --rados-mon-op-timeout 10 --client-mount-timeout 10"
+        );
+        let daemon: Vec<String> = cluster.data_path_args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(!daemon.iter().any(|a| a == "--rados-osd-op-timeout"), "{daemon:?}");
+        assert!(daemon.iter().any(|a| a == "--client-mount-timeout"), "{daemon:?}");
+    }
+
+    #[test]
+    fn parses_rbd_info_and_recognises_a_missing_image() {
+        let json = r#"{"name":"img1","id":"10294dc1dabb","size":536870912,"objects":128,"order":22}"#;
+        assert_eq!(parse_info_size(json), Some(536_870_912));
+        assert_eq!(parse_info_size("rbd image 'x':"), None);
+        let missing = CommandError::Failed {
+            command: "rbd info rbd/nope".into(),
+            code: Some(2),
+            stderr: "rbd: error opening image nope: (2) No such file or directory".into(),
+            stdout: String::new(),
+        };
+        assert!(is_not_found(&missing));
+        let timeout = CommandError::Failed {
+            command: "rbd info rbd/x".into(),
+            code: Some(110),
+            stderr: "rbd: error opening image x: (110) Connection timed out".into(),
+            stdout: String::new(),
+        };
+        assert!(!is_not_found(&timeout));
+    }
+
+    #[test]
+    fn a_volume_of_another_cluster_is_not_found() {
+        let config = RbdNodeConfig {
+            cluster_id: "ceph-a".into(),
+            ceph_conf: "/c".into(),
+            keyring: "/k".into(),
+            user: "admin".into(),
+        };
+        let state = tempfile::tempdir().expect("temp dir");
+        let attachers = RbdAttachers::new(&config, state.path()).expect("attachers");
+        assert!(attachers.for_volume(&volume("rbd:ceph-a:rbd:img")).is_ok());
+        let err = attachers.for_volume(&volume("rbd:ceph-b:rbd:img")).expect_err("other cluster");
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(err.to_string().contains("ceph-b"), "{err}");
+    }
+}
