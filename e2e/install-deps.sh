@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Swell's demo and tests need on a fresh Debian machine:
-# filesystem tools for mkfs/grow and util-linux for losetup and mount.
-# Rust comes from the machine's toolchain; protoc is vendored by the build.
+# filesystem tools for mkfs/grow, util-linux for losetup and mount, and Ceph
+# 16.2 (librados/librbd to build the controller, daemons and rbd-fuse for the
+# RBD tests). Rust comes from the machine's toolchain; protoc is vendored.
 set -euo pipefail
 
 packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount)
@@ -18,3 +19,5 @@ fi
 for tool in mkfs.xfs xfs_growfs mkfs.btrfs btrfs mkfs.ext4 resize2fs e2fsck losetup blkid mount umount; do
   command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
+
+"$(dirname "$0")/ceph/install.sh"

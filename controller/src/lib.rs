@@ -8,6 +8,7 @@ pub mod expand;
 pub mod listing;
 pub mod metrics;
 pub mod parameters;
+pub mod rbd;
 pub mod reconciler;
 pub mod records;
 pub mod server;

@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
 use swell_controller::reconciler::ReconcilerConfig;
-use swell_controller::server::{ControllerConfig, build};
+use swell_controller::rbd::RbdConfig;
+use swell_controller::server::{BackendOptions, ControllerConfig, build_with};
 use tracing_subscriber::EnvFilter;
 
 /// Swell CSI controller: provisions and expands volumes.
@@ -40,6 +41,30 @@ struct Args {
     /// Seconds an expansion may stay unfinished before it is reported stuck.
     #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = 600)]
     stuck_after_secs: u64,
+    /// Backend for StorageClasses without a `backend` parameter: local or rbd.
+    #[arg(long, env = "SWELL_DEFAULT_BACKEND", default_value = "local")]
+    default_backend: String,
+    /// Enables the Ceph RBD backend: the cluster's id in volume ids ([a-z0-9._-]).
+    #[arg(long, env = "SWELL_RBD_CLUSTER_ID", requires_all = ["rbd_ceph_conf", "rbd_keyring"])]
+    rbd_cluster_id: Option<String>,
+    /// The RBD cluster's ceph.conf.
+    #[arg(long, env = "SWELL_RBD_CEPH_CONF")]
+    rbd_ceph_conf: Option<PathBuf>,
+    /// The keyring holding the RBD user's key.
+    #[arg(long, env = "SWELL_RBD_KEYRING")]
+    rbd_keyring: Option<PathBuf>,
+    /// The cephx user (without `client.`).
+    #[arg(long, env = "SWELL_RBD_USER", default_value = "admin")]
+    rbd_user: String,
+    /// The pool for StorageClasses without a `pool` parameter.
+    #[arg(long, env = "SWELL_RBD_POOL", default_value = "rbd")]
+    rbd_pool: String,
+    /// librados timeout of each OSD/monitor operation and of connecting, in seconds.
+    #[arg(long, env = "SWELL_RBD_OP_TIMEOUT_SECS", default_value_t = 5)]
+    rbd_op_timeout_secs: u64,
+    /// Bytes that may be promised per byte the pool holds.
+    #[arg(long, env = "SWELL_RBD_OVERPROVISION_RATIO", default_value_t = 1.0)]
+    rbd_overprovision_ratio: f64,
 }
 
 #[tokio::main]
@@ -49,6 +74,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
     let socket = parse_endpoint(&args.endpoint)?;
+    let rbd = match (args.rbd_cluster_id, args.rbd_ceph_conf, args.rbd_keyring) {
+        (Some(cluster_id), Some(ceph_conf), Some(keyring)) => Some(RbdConfig {
+            cluster_id,
+            ceph_conf,
+            keyring,
+            user: args.rbd_user,
+            default_pool: args.rbd_pool,
+            op_timeout: Duration::from_secs(args.rbd_op_timeout_secs),
+            overprovision_ratio: args.rbd_overprovision_ratio,
+        }),
+        _ => None,
+    };
+    let backends = BackendOptions { rbd, default_backend: Some(args.default_backend) };
     let config = ControllerConfig {
         driver_name: args.driver_name,
         state_dir: args.state_dir,
@@ -61,8 +99,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..ReconcilerConfig::default()
         },
     };
-    tracing::info!(driver = %config.driver_name, local_state = %config.local_state_dir.display(), "swell-controller starting");
-    let controller = build(&config)?;
+    tracing::info!(
+        driver = %config.driver_name,
+        local_state = %config.local_state_dir.display(),
+        rbd_cluster = backends.rbd.as_ref().map(|r| r.cluster_id.as_str()),
+        "swell-controller starting"
+    );
+    let controller = build_with(&config, &backends)?;
     let (stop_reconciler, reconciler_stopped) = tokio::sync::oneshot::channel::<()>();
     let reconciler = tokio::spawn(controller.reconciler.run(async {
         let _ = reconciler_stopped.await;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::error::ControllerError;
 
 /// The keys Swell understands.
-pub const KNOWN_KEYS: [&str; 1] = ["backend"];
+pub const KNOWN_KEYS: [&str; 2] = ["backend", "pool"];
 const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// Typed StorageClass parameters.
@@ -30,6 +30,8 @@ impl VolumeParameters {
             }
             match key.as_str() {
                 "backend" => parsed.backend = Some(value.clone()),
+                // Validated by the backend that uses it (RBD: the pool must exist).
+                "pool" => {}
                 _ => {
                     return Err(ControllerError::invalid(
                         "parameters",

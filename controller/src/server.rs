@@ -12,6 +12,7 @@ use csi_proto::v1::identity_server::IdentityServer;
 use swell_storage::local::LocalBackend;
 use tonic::transport::server::Router;
 
+use crate::rbd::{RbdBackend, RbdConfig};
 use crate::reconciler::{Reconciler, ReconcilerConfig};
 use crate::{BackendProbe, Backends, ControllerService, ExpansionRecords};
 
@@ -30,6 +31,18 @@ pub struct ControllerConfig {
     pub backend_timeout: Duration,
     /// How the reconciler paces itself.
     pub reconciler: ReconcilerConfig,
+}
+
+/// Backends beyond the always-present local one. Kept apart from
+/// [`ControllerConfig`] so the callers that build that struct field by field
+/// (the e2e harness) need not change.
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    /// A Ceph RBD cluster to provision from, if any.
+    pub rbd: Option<RbdConfig>,
+    /// The backend for StorageClasses without a `backend` parameter:
+    /// `local` (the default) or `rbd`.
+    pub default_backend: Option<String>,
 }
 
 /// A controller ready to serve: the gRPC router and the reconciler to run
@@ -54,19 +67,41 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The RBD configuration is unusable.
+    #[error(transparent)]
+    Rbd(#[from] crate::rbd::backend::ConfigError),
+    /// `--default-backend` names a backend that is not configured.
+    #[error("default backend {0:?} is not configured (local, or rbd with an RBD cluster)")]
+    DefaultBackend(String),
     /// The driver name is not one the CSI spec allows.
     #[error(transparent)]
     DriverName(#[from] csi_endpoint::identity::InvalidDriverName),
 }
 
-/// Builds the Identity + Controller router and the reconciler.
+/// Builds the Identity + Controller router and the reconciler over the local backend.
 pub fn build(config: &ControllerConfig) -> Result<Controller, StartError> {
-    let local = LocalBackend::open(&config.local_state_dir, config.local_capacity_bytes).map_err(|source| StartError::State {
-        what: "local backend",
-        path: config.local_state_dir.clone(),
-        source,
-    })?;
-    let backends = Backends::new(Arc::new(local), config.backend_timeout);
+    build_with(config, &BackendOptions::default())
+}
+
+/// Builds the Identity + Controller router and the reconciler over the local
+/// backend and the ones in `options`.
+pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result<Controller, StartError> {
+    let local: Arc<dyn swell_storage::Backend> =
+        Arc::new(LocalBackend::open(&config.local_state_dir, config.local_capacity_bytes).map_err(|source| StartError::State {
+            what: "local backend",
+            path: config.local_state_dir.clone(),
+            source,
+        })?);
+    let rbd: Option<Arc<dyn swell_storage::Backend>> = match &options.rbd {
+        Some(rbd) => Some(Arc::new(RbdBackend::new(rbd.clone())?)),
+        None => None,
+    };
+    let backends = match (options.default_backend.as_deref().unwrap_or("local"), rbd) {
+        ("local", None) => Backends::new(local, config.backend_timeout),
+        ("local", Some(rbd)) => Backends::new(local, config.backend_timeout).with(rbd),
+        ("rbd", Some(rbd)) => Backends::new(rbd, config.backend_timeout).with(local),
+        (other, _) => return Err(StartError::DefaultBackend(other.to_owned())),
+    };
     let records = ExpansionRecords::open(&config.state_dir).map_err(|source| StartError::State {
         what: "expansion records",
         path: config.state_dir.clone(),

@@ -3,9 +3,11 @@
 //! gRPC clients; the demo, the conformance suite and the lifecycle tests all
 //! stand on it.
 
+pub mod ceph;
 pub mod harness;
 pub mod host;
 pub mod instrumented;
+pub mod process;
 pub mod requests;
 
 pub use harness::{DriverUnderTest, HarnessError};

@@ -1,0 +1,466 @@
+//! [`RbdBackend`]: Swell's [`Backend`] over RBD images.
+//!
+//! A volume named `n` is the image `swell-<32 hex of sha256(n)>` in its pool,
+//! so a retried create lands on the same image; the CO's name is kept in the
+//! image's metadata (`swell.volume-name`), written right after the image is
+//! made. An image without it is a create that stopped half-way: invisible
+//! until the retried create finishes it. Sizes are always read from librbd.
+//!
+//! Creates and grows are admitted against the pool's capacity policy (and
+//! refused on a full pool) before anything is written, because librbd on a
+//! full pool hangs instead of answering. Concurrent admissions are
+//! serialised with an in-process ledger of bytes promised to operations in
+//! flight, so two grows cannot both take the last free bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use swell_storage::{Backend, BackendError, Capacity, Created, VolumeId, VolumeInfo};
+
+use super::capacity::{self, PoolRoom};
+use super::connection::{ConnectSettings, Connection, Connector, ensure_time_left};
+use super::errors::RbdError;
+use super::ffi::IoCtx;
+use super::{KIND, RbdConfig};
+
+/// Image metadata key holding the CO's volume name.
+pub const NAME_KEY: &str = "swell.volume-name";
+const IMAGE_PREFIX: &str = "swell-";
+const ENOENT: i32 = 2;
+/// Ceph calls that may be outstanding at once (running or stuck).
+const MAX_OUTSTANDING: usize = 32;
+
+/// Where a volume lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The cluster id from the volume id.
+    pub cluster: String,
+    /// The pool.
+    pub pool: String,
+    /// The image name.
+    pub image: String,
+}
+
+/// The image a volume named `name` gets.
+pub fn image_name(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{IMAGE_PREFIX}{hex}")
+}
+
+/// Whether `image` has the shape of a Swell image name; nothing else is
+/// ever read, grown or removed through a volume id.
+fn is_swell_image(image: &str) -> bool {
+    image.strip_prefix(IMAGE_PREFIX).is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// `rbd:<cluster>:<pool>:<image>`, or `None` for an id no RBD backend made.
+pub fn locate(id: &VolumeId) -> Option<Location> {
+    if id.backend() != KIND {
+        return None;
+    }
+    let mut parts = id.key().split(':');
+    let (cluster, pool, image) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !is_swell_image(image) {
+        return None;
+    }
+    Some(Location { cluster: cluster.to_owned(), pool: pool.to_owned(), image: image.to_owned() })
+}
+
+/// Bytes promised to creates and grows still in flight, by `pool/image`.
+type Ledger = Arc<Mutex<HashMap<String, (String, u64)>>>;
+
+/// An admitted operation's promise; dropping it (after the operation
+/// finished, so its effect is visible in the pool) ends the promise.
+struct Promise {
+    ledger: Ledger,
+    key: String,
+}
+
+impl Drop for Promise {
+    fn drop(&mut self) {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+/// The RBD backend of one cluster.
+#[derive(Clone)]
+pub struct RbdBackend {
+    config: Arc<RbdConfig>,
+    connector: Connector,
+    ledger: Ledger,
+}
+
+/// Why an [`RbdConfig`] cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("rbd configuration: {0}")]
+pub struct ConfigError(String);
+
+impl RbdBackend {
+    /// A backend for `config`. Nothing is contacted yet: the connection is
+    /// made on the first call, so the controller starts while Ceph is down.
+    pub fn new(config: RbdConfig) -> Result<Self, ConfigError> {
+        for (what, value) in [("cluster id", &config.cluster_id), ("default pool", &config.default_pool)] {
+            if VolumeId::new(KIND, value).is_err() || value.contains(':') {
+                return Err(ConfigError(format!("{what} {value:?} must be lowercase [a-z0-9._-]")));
+            }
+        }
+        if !(config.overprovision_ratio.is_finite() && config.overprovision_ratio > 0.0) {
+            return Err(ConfigError(format!("over-provisioning ratio {} must be a positive number", config.overprovision_ratio)));
+        }
+        if config.op_timeout < Duration::from_secs(1) {
+            return Err(ConfigError("op timeout must be at least 1 s (librados counts whole seconds)".into()));
+        }
+        let settings = ConnectSettings {
+            ceph_conf: config.ceph_conf.clone(),
+            keyring: config.keyring.clone(),
+            user: config.user.clone(),
+            op_timeout: config.op_timeout,
+        };
+        // One stalled librados op ends after op_timeout; a call makes a few in
+        // a row, so give it two and a margin before Swell gives up on it.
+        let deadline = config.op_timeout * 2 + Duration::from_secs(1);
+        Ok(RbdBackend { connector: Connector::new(settings, MAX_OUTSTANDING, deadline), config: Arc::new(config), ledger: Arc::default() })
+    }
+
+    /// The id a volume named `name` gets in `pool`.
+    pub fn id_for(&self, pool: &str, name: &str) -> Result<VolumeId, BackendError> {
+        VolumeId::new(KIND, &format!("{}:{pool}:{}", self.config.cluster_id, image_name(name))).map_err(|e| {
+            BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") }
+        })
+    }
+
+    /// The location of a volume of this cluster; `Ok(None)` for ids that
+    /// cannot name an RBD volume; an error for another cluster's volume.
+    fn ours(&self, id: &VolumeId, step: &str) -> Result<Option<Location>, BackendError> {
+        let Some(location) = locate(id) else { return Ok(None) };
+        if location.cluster != self.config.cluster_id {
+            return Err(BackendError::Unavailable {
+                step: format!("{step} {id}"),
+                reason: format!(
+                    "the volume belongs to Ceph cluster {:?}; this controller serves {:?}",
+                    location.cluster, self.config.cluster_id
+                ),
+            });
+        }
+        Ok(Some(location))
+    }
+
+    fn settings(&self) -> Settings {
+        Settings { ratio: self.config.overprovision_ratio, op_timeout: self.config.op_timeout, ledger: Arc::clone(&self.ledger) }
+    }
+}
+
+/// What the blocking work needs from the backend.
+struct Settings {
+    ratio: f64,
+    op_timeout: Duration,
+    ledger: Ledger,
+}
+
+fn bad_json(step: &str, err: impl std::fmt::Display) -> RbdError {
+    RbdError::Refused(BackendError::io(step, std::io::Error::other(format!("unexpected monitor output: {err}"))))
+}
+
+/// Reads a volume's size and name; `None` when the image is missing or has
+/// no name yet (a half-done create).
+fn read_volume(io: &IoCtx, id: &VolumeId, image: &str) -> Result<Option<VolumeInfo>, RbdError> {
+    let img = match io.open_read_only(image) {
+        Ok(img) => img,
+        Err(ENOENT) => return Ok(None),
+        Err(e) => return Err(RbdError::osd("rbd_open_read_only", e, Some(id))),
+    };
+    let size = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
+    let name = img.metadata(NAME_KEY).map_err(|e| RbdError::osd("rbd_metadata_get", e, Some(id)))?;
+    img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
+    Ok(name.map(|name| VolumeInfo { id: id.clone(), name, size_bytes: size }))
+}
+
+/// The sum of the sizes of all images in the pool (Swell's or not: all take
+/// room). Images removed while this runs are skipped.
+fn provisioned(io: &IoCtx, pool: &str) -> Result<u64, RbdError> {
+    let mut sum = 0u64;
+    for image in io.list_images().map_err(|e| RbdError::osd(format!("rbd_list2 in pool {pool}"), e, None))? {
+        let img = match io.open_read_only(&image) {
+            Ok(img) => img,
+            Err(ENOENT) => continue,
+            Err(e) => return Err(RbdError::osd(format!("rbd_open_read_only {pool}/{image}"), e, None)),
+        };
+        sum = sum.saturating_add(img.size().map_err(|e| RbdError::osd(format!("rbd_stat {pool}/{image}"), e, None))?);
+        drop(img);
+    }
+    Ok(sum)
+}
+
+/// The pool's room, counting bytes promised to operations in flight.
+fn pool_room(conn: &Connection, io: &IoCtx, pool: &str, settings: &Settings, promised: u64) -> Result<PoolRoom, RbdError> {
+    let df = conn.mon_command("ceph df", r#"{"prefix":"df","format":"json"}"#)?;
+    let detail = conn.mon_command("osd pool ls detail", r#"{"prefix":"osd pool ls","detail":"detail","format":"json"}"#)?;
+    let usage = capacity::parse_df(&df, pool).map_err(|e| bad_json("ceph df", e))?.ok_or_else(|| missing_pool(pool))?;
+    let pool_settings = capacity::parse_pool_detail(&detail, pool).map_err(|e| bad_json("osd pool ls detail", e))?.ok_or_else(|| missing_pool(pool))?;
+    let used = provisioned(io, pool)?.saturating_add(promised);
+    Ok(capacity::room(usage, &pool_settings, used, settings.ratio))
+}
+
+fn missing_pool(pool: &str) -> RbdError {
+    RbdError::Refused(BackendError::InvalidParameter { name: "pool".into(), reason: format!("pool {pool:?} does not exist") })
+}
+
+/// Admits `bytes` more in `pool` for `key`, or refuses with NoSpace. The
+/// ledger stays locked while the pool is read, so two admissions never both
+/// count the same free bytes.
+fn admit(conn: &Connection, io: &IoCtx, pool: &str, key: &str, bytes: u64, settings: &Settings) -> Result<Promise, RbdError> {
+    let mut ledger = settings.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let promised: u64 = ledger.values().filter(|(p, _)| p == pool).map(|(_, b)| *b).sum();
+    let room = pool_room(conn, io, pool, settings, promised)?;
+    if let Some(reason) = &room.full {
+        tracing::warn!(pool, key, bytes, reason, "refusing: pool is full");
+        return Err(BackendError::NoSpace { requested: bytes, available: 0 }.into());
+    }
+    if bytes > room.capacity.available_bytes {
+        return Err(BackendError::NoSpace { requested: bytes, available: room.capacity.available_bytes }.into());
+    }
+    ledger.insert(key.to_owned(), (pool.to_owned(), bytes));
+    Ok(Promise { ledger: Arc::clone(&settings.ledger), key: key.to_owned() })
+}
+
+/// Opens `image` read-write, records the volume name, and returns the size.
+fn name_image(io: &IoCtx, id: &VolumeId, image: &str, name: &str) -> Result<u64, RbdError> {
+    let img = io.open(image).map_err(|e| RbdError::osd("rbd_open", e, Some(id)))?;
+    img.set_metadata(NAME_KEY, name).map_err(|e| RbdError::osd("rbd_metadata_set", e, Some(id)))?;
+    let size = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
+    img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
+    Ok(size)
+}
+
+fn create_blocking(
+    conn: &Connection,
+    deadline: Instant,
+    settings: &Settings,
+    id: &VolumeId,
+    pool: &str,
+    name: &str,
+    size: u64,
+) -> Result<Created, RbdError> {
+    let image = locate(id).map(|l| l.image).unwrap_or_else(|| unreachable!("ids made by id_for locate"));
+    let io = conn.pool(pool)?.ok_or_else(|| missing_pool(pool))?;
+    let existing = match io.open_read_only(&image) {
+        Ok(img) => {
+            let current = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
+            let recorded = img.metadata(NAME_KEY).map_err(|e| RbdError::osd("rbd_metadata_get", e, Some(id)))?;
+            img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
+            Some((current, recorded))
+        }
+        Err(ENOENT) => None,
+        Err(e) => return Err(RbdError::osd("rbd_open_read_only", e, Some(id))),
+    };
+    match existing {
+        Some((current, Some(recorded))) if recorded == name => {
+            Ok(Created::Existing(VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes: current }))
+        }
+        Some((_, Some(recorded))) => Err(BackendError::io(
+            format!("create {name}"),
+            std::io::Error::other(format!("image {pool}/{image} already belongs to volume {recorded:?}")),
+        )
+        .into()),
+        Some((_, None)) => {
+            // A create that stopped before naming its image: finish it. The
+            // metadata write needs a writable pool, so check for fullness first.
+            let _promise = admit(conn, &io, pool, &id.to_string(), 0, settings)?;
+            ensure_time_left(deadline, "name image", settings.op_timeout)?;
+            let size_bytes = name_image(&io, id, &image, name)?;
+            Ok(Created::New(VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes }))
+        }
+        None => {
+            let _promise = admit(conn, &io, pool, &id.to_string(), size, settings)?;
+            ensure_time_left(deadline, "rbd_create", settings.op_timeout)?;
+            io.create_image(&image, size).map_err(|e| RbdError::osd("rbd_create", e, Some(id)).asking(size))?;
+            let size_bytes = name_image(&io, id, &image, name)?;
+            Ok(Created::New(VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes }))
+        }
+    }
+}
+
+fn grow_blocking(
+    conn: &Connection,
+    deadline: Instant,
+    settings: &Settings,
+    id: &VolumeId,
+    location: &Location,
+    new_size: u64,
+) -> Result<u64, RbdError> {
+    let not_found = || RbdError::Refused(BackendError::NotFound(id.clone()));
+    let io = conn.pool(&location.pool)?.ok_or_else(not_found)?;
+    // Read-only first: a full pool must be refused before a writable open,
+    // which itself needs writes and would hang there.
+    let current = read_volume(&io, id, &location.image)?.ok_or_else(not_found)?.size_bytes;
+    if new_size < current {
+        return Err(BackendError::Shrink { id: id.clone(), current, requested: new_size }.into());
+    }
+    if new_size == current {
+        return Ok(current);
+    }
+    let _promise = admit(conn, &io, &location.pool, &id.to_string(), new_size - current, settings)?;
+    ensure_time_left(deadline, "rbd_resize2", settings.op_timeout)?;
+    let img = io.open(&location.image).map_err(|e| RbdError::osd("rbd_open", e, Some(id)))?;
+    img.grow(new_size).map_err(|e| RbdError::osd("rbd_resize2", e, Some(id)).asking(new_size - current))?;
+    let after = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
+    img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
+    Ok(after)
+}
+
+fn list_blocking(conn: &Connection, cluster: &str) -> Result<Vec<VolumeInfo>, RbdError> {
+    #[derive(serde::Deserialize)]
+    struct Pool {
+        poolname: String,
+    }
+    let raw = conn.mon_command("osd lspools", r#"{"prefix":"osd lspools","format":"json"}"#)?;
+    let pools: Vec<Pool> = serde_json::from_slice(&raw).map_err(|e| bad_json("osd lspools", e))?;
+    let mut volumes = Vec::new();
+    for pool in pools {
+        let Some(io) = conn.pool(&pool.poolname)? else { continue };
+        let images = match io.list_images() {
+            Ok(images) => images,
+            Err(ENOENT) => continue,
+            Err(e) => return Err(RbdError::osd(format!("rbd_list2 in pool {}", pool.poolname), e, None)),
+        };
+        for image in images.into_iter().filter(|i| is_swell_image(i)) {
+            // Pools whose names cannot be part of an id hold no Swell volume.
+            let Ok(id) = VolumeId::new(KIND, &format!("{cluster}:{}:{image}", pool.poolname)) else { continue };
+            if let Some(info) = read_volume(&io, &id, &image)? {
+                volumes.push(info);
+            }
+        }
+    }
+    volumes.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(volumes)
+}
+
+#[async_trait::async_trait]
+impl Backend for RbdBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    async fn create_volume(&self, name: &str, size_bytes: u64, parameters: &BTreeMap<String, String>) -> Result<Created, BackendError> {
+        let pool = parameters.get("pool").cloned().unwrap_or_else(|| self.config.default_pool.clone());
+        let id = self.id_for(&pool, name)?;
+        let (name, settings) = (name.to_owned(), self.settings());
+        self.connector
+            .run("create volume", move |conn, deadline| create_blocking(conn, deadline, &settings, &id, &pool, &name, size_bytes))
+            .await
+    }
+
+    async fn delete_volume(&self, id: &VolumeId) -> Result<(), BackendError> {
+        let Some(location) = self.ours(id, "delete")? else { return Ok(()) };
+        let (id, op_timeout) = (id.clone(), self.config.op_timeout);
+        self.connector
+            .run("delete volume", move |conn, deadline| {
+                let Some(io) = conn.pool(&location.pool)? else { return Ok(()) };
+                ensure_time_left(deadline, "rbd_remove", op_timeout)?;
+                match io.remove_image(&location.image) {
+                    Ok(()) | Err(ENOENT) => Ok(()),
+                    Err(e) => Err(RbdError::osd("rbd_remove", e, Some(&id))),
+                }
+            })
+            .await
+    }
+
+    async fn volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError> {
+        let Some(location) = locate(id) else { return Ok(None) };
+        if location.cluster != self.config.cluster_id {
+            return Ok(None);
+        }
+        let id = id.clone();
+        self.connector
+            .run("read volume", move |conn, _| match conn.pool(&location.pool)? {
+                Some(io) => read_volume(&io, &id, &location.image),
+                None => Ok(None),
+            })
+            .await
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
+        let cluster = self.config.cluster_id.clone();
+        self.connector.run("list volumes", move |conn, _| list_blocking(conn, &cluster)).await
+    }
+
+    async fn capacity(&self) -> Result<Capacity, BackendError> {
+        let (pool, settings) = (self.config.default_pool.clone(), self.settings());
+        self.connector
+            .run("read pool capacity", move |conn, _| {
+                let io = conn.pool(&pool)?.ok_or_else(|| missing_pool(&pool))?;
+                let ledger = settings.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                let promised: u64 = ledger.values().filter(|(p, _)| *p == pool).map(|(_, b)| *b).sum();
+                Ok(pool_room(conn, &io, &pool, &settings, promised)?.capacity)
+            })
+            .await
+    }
+
+    async fn grow_volume(&self, id: &VolumeId, new_size_bytes: u64) -> Result<u64, BackendError> {
+        let location = self.ours(id, "grow")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+        let (id, settings) = (id.clone(), self.settings());
+        self.connector
+            .run("grow volume", move |conn, deadline| grow_blocking(conn, deadline, &settings, &id, &location, new_size_bytes))
+            .await
+    }
+
+    async fn check_health(&self) -> Result<(), BackendError> {
+        let pool = self.config.default_pool.clone();
+        self.connector
+            .run("health check", move |conn, _| {
+                let df = conn.mon_command("ceph df", r#"{"prefix":"df","format":"json"}"#)?;
+                capacity::parse_df(&df, &pool).map_err(|e| bad_json("ceph df", e))?.ok_or_else(|| missing_pool(&pool))?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_are_stable_digests() {
+        let a = image_name("pvc-1");
+        assert_eq!(a, image_name("pvc-1"));
+        assert_ne!(a, image_name("pvc-2"));
+        assert!(is_swell_image(&a), "{a}");
+        assert_eq!(a.len(), "swell-".len() + 32);
+    }
+
+    #[test]
+    fn ids_locate_only_swell_images() {
+        let image = image_name("pvc");
+        let id: VolumeId = format!("rbd:ceph-a:rbd:{image}").parse().unwrap();
+        assert_eq!(locate(&id), Some(Location { cluster: "ceph-a".into(), pool: "rbd".into(), image }));
+        for other in ["rbd:ceph-a:rbd:important", "rbd:ceph-a:rbd", "local:abc", "rbd:a:b:swell-00:x"] {
+            assert_eq!(locate(&other.parse().unwrap()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_refused_before_connecting() {
+        let ok = RbdConfig::new("ceph-a", "/etc/ceph/ceph.conf", "/etc/ceph/keyring");
+        assert!(RbdBackend::new(ok.clone()).is_ok());
+        for bad in [
+            RbdConfig { cluster_id: "Ceph".into(), ..ok.clone() },
+            RbdConfig { cluster_id: "a:b".into(), ..ok.clone() },
+            RbdConfig { default_pool: "".into(), ..ok.clone() },
+            RbdConfig { overprovision_ratio: 0.0, ..ok.clone() },
+            RbdConfig { op_timeout: Duration::from_millis(10), ..ok.clone() },
+        ] {
+            assert!(RbdBackend::new(bad.clone()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pools_that_cannot_be_in_an_id_are_invalid_parameters() {
+        let b = RbdBackend::new(RbdConfig::new("ceph-a", "/c", "/k")).unwrap();
+        assert!(matches!(b.id_for("Bad Pool", "pvc"), Err(BackendError::InvalidParameter { .. })));
+        assert!(b.id_for("fast", "pvc").unwrap().to_string().starts_with("rbd:ceph-a:fast:swell-"));
+    }
+}

@@ -1,0 +1,217 @@
+//! One long-lived librados connection per cluster, made on first use and
+//! shared by every call, and the one way to run Ceph calls: on a blocking
+//! thread, under Swell's own deadline, with a bound on how many may be
+//! outstanding.
+//!
+//! librados reconnects to a restarted monitor by itself; a connection whose
+//! calls show it is dead (blocklisted, disconnected, monitor commands timing
+//! out) is dropped and the next call makes a new one, so Swell survives a
+//! monitor restart without restarting. A dropped connection is shut down
+//! only when the last call still using it returns (it is reference counted),
+//! never under a thread that is blocked in it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use swell_storage::BackendError;
+use tokio::sync::Semaphore;
+
+use super::errors::RbdError;
+use super::ffi::{Cluster, IoCtx};
+
+/// How to reach a cluster.
+#[derive(Debug, Clone)]
+pub struct ConnectSettings {
+    /// `ceph.conf` (monitor addresses).
+    pub ceph_conf: PathBuf,
+    /// The keyring holding `client.<user>`'s key.
+    pub keyring: PathBuf,
+    /// The cephx user, without `client.`.
+    pub user: String,
+    /// `rados_osd_op_timeout`, `rados_mon_op_timeout` and `client_mount_timeout`.
+    pub op_timeout: Duration,
+}
+
+/// A connected cluster handle and its io contexts, one per pool.
+pub struct Connection {
+    cluster: Arc<Cluster>,
+    pools: Mutex<HashMap<String, Arc<IoCtx>>>,
+}
+
+const ENOENT: i32 = 2;
+
+impl Connection {
+    fn open(settings: &ConnectSettings) -> Result<Self, RbdError> {
+        let cluster = Cluster::create(&settings.user).map_err(|e| RbdError::connect("rados_create", e))?;
+        cluster.read_conf_file(&settings.ceph_conf).map_err(|e| RbdError::connect(format!("read {}", settings.ceph_conf.display()), e))?;
+        let secs = settings.op_timeout.as_secs().max(1).to_string();
+        let keyring = settings.keyring.to_string_lossy();
+        for (option, value) in [
+            ("keyring", &*keyring),
+            ("rados_osd_op_timeout", &*secs),
+            ("rados_mon_op_timeout", &*secs),
+            ("client_mount_timeout", &*secs),
+        ] {
+            cluster.conf_set(option, value).map_err(|e| RbdError::connect(format!("set {option}"), e))?;
+        }
+        cluster.connect().map_err(|e| RbdError::connect("rados_connect", e))?;
+        Ok(Connection { cluster: Arc::new(cluster), pools: Mutex::new(HashMap::new()) })
+    }
+
+    /// The io context of `pool`, `None` when the pool does not exist.
+    pub fn pool(&self, pool: &str) -> Result<Option<Arc<IoCtx>>, RbdError> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(io) = pools.get(pool) {
+            return Ok(Some(Arc::clone(io)));
+        }
+        match self.cluster.ioctx(pool) {
+            Ok(io) => {
+                let io = Arc::new(io);
+                pools.insert(pool.to_owned(), Arc::clone(&io));
+                Ok(Some(io))
+            }
+            Err(ENOENT) => Ok(None),
+            Err(e) => Err(RbdError::osd(format!("open pool {pool}"), e, None)),
+        }
+    }
+
+    /// Runs a monitor command (JSON), returning its output.
+    pub fn mon_command(&self, step: &str, command: &str) -> Result<Vec<u8>, RbdError> {
+        self.cluster.mon_command(command).map_err(|(errno, status)| RbdError::monitor(step, errno, status))
+    }
+}
+
+/// Hands out the shared connection and runs calls on it.
+#[derive(Clone)]
+pub struct Connector {
+    settings: Arc<ConnectSettings>,
+    current: Arc<Mutex<Option<Arc<Connection>>>>,
+    permits: Arc<Semaphore>,
+    max_outstanding: usize,
+    deadline: Duration,
+}
+
+impl Connector {
+    /// A connector that connects on first use. At most `max_outstanding`
+    /// calls may be running (or stuck) at once; each gets `deadline`.
+    pub fn new(settings: ConnectSettings, max_outstanding: usize, deadline: Duration) -> Self {
+        Connector {
+            settings: Arc::new(settings),
+            current: Arc::default(),
+            permits: Arc::new(Semaphore::new(max_outstanding)),
+            max_outstanding,
+            deadline,
+        }
+    }
+
+    /// librados's own timeout for one operation.
+    pub fn op_timeout(&self) -> Duration {
+        self.settings.op_timeout
+    }
+
+    /// The shared connection, made now if there is none. Holding the lock
+    /// while connecting keeps concurrent first calls from making several;
+    /// connecting is bounded by `client_mount_timeout`.
+    fn connection(&self) -> Result<Arc<Connection>, RbdError> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(conn) = current.as_ref() {
+            return Ok(Arc::clone(conn));
+        }
+        let started = Instant::now();
+        let conn = Arc::new(Connection::open(&self.settings)?);
+        tracing::info!(conf = %self.settings.ceph_conf.display(), user = %self.settings.user, took = ?started.elapsed(), "connected to Ceph");
+        *current = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Drops `conn` as the shared connection (if it still is), so the next
+    /// call connects anew.
+    fn forget(&self, conn: &Arc<Connection>) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *current = None;
+            tracing::warn!("dropping the Ceph connection; the next call reconnects");
+        }
+    }
+
+    /// Runs `work` on a blocking thread with the shared connection and the
+    /// instant by which it must be done. A call still running at the
+    /// deadline is answered with Timeout; its thread finishes (librados's
+    /// own timeouts end it) holding one of the permits, and when none is
+    /// left new calls are answered Unavailable at once.
+    pub async fn run<T, F>(&self, step: &str, work: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, Instant) -> Result<T, RbdError> + Send + 'static,
+    {
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            return Err(BackendError::Unavailable {
+                step: step.to_owned(),
+                reason: format!("{} Ceph calls are still outstanding; the cluster is not answering", self.max_outstanding),
+            });
+        };
+        let connector = self.clone();
+        let deadline = Instant::now() + self.deadline;
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = connector.connection()?;
+            let result = work(&conn, deadline);
+            if let Err(err) = &result
+                && err.kills_connection()
+            {
+                connector.forget(&conn);
+            }
+            result
+        });
+        match tokio::time::timeout(self.deadline, task).await {
+            Err(_) => Err(BackendError::Timeout { step: step.to_owned(), after: self.deadline }),
+            Ok(Err(join)) => Err(BackendError::io(step, std::io::Error::other(join.to_string()))),
+            Ok(Ok(result)) => result.map_err(|e| e.into_backend(self.settings.op_timeout)),
+        }
+    }
+}
+
+/// Refuses to start a mutation once the caller's deadline has passed: an
+/// answer already given as Timeout must not be followed by a change nobody
+/// waits for.
+pub fn ensure_time_left(deadline: Instant, step: &str, op_timeout: Duration) -> Result<(), RbdError> {
+    if Instant::now() >= deadline {
+        return Err(RbdError::Refused(BackendError::Timeout { step: step.to_owned(), after: op_timeout }));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster whose monitor address answers nothing: connecting blocks
+    /// until `client_mount_timeout`.
+    fn nowhere(dir: &std::path::Path) -> ConnectSettings {
+        let conf = dir.join("ceph.conf");
+        std::fs::write(&conf, "[global]\nmon host = v2:127.0.0.1:9\nauth client required = none\n").unwrap();
+        ConnectSettings { ceph_conf: conf, keyring: dir.join("keyring"), user: "admin".into(), op_timeout: Duration::from_secs(1) }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_cluster_fails_in_time_and_saturation_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let connector = Connector::new(nowhere(dir.path()), 1, Duration::from_secs(10));
+        let first = {
+            let connector = connector.clone();
+            tokio::spawn(async move { connector.run("probe", |conn, _| conn.mon_command("df", r#"{"prefix":"df"}"#)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let second = connector.run("probe", |conn, _| conn.mon_command("df", r#"{"prefix":"df"}"#)).await;
+        assert!(matches!(&second, Err(BackendError::Unavailable { reason, .. }) if reason.contains("outstanding")), "{second:?}");
+        assert!(started.elapsed() < Duration::from_millis(100), "refused at once");
+        let first = first.await.unwrap();
+        assert!(matches!(first, Err(BackendError::Timeout { .. }) | Err(BackendError::Unavailable { .. })), "{first:?}");
+        // The permit came back with the thread: the next call tries again.
+        let third = connector.run("probe", |_, _| Ok(())).await;
+        assert!(!matches!(&third, Err(BackendError::Unavailable { reason, .. }) if reason.contains("outstanding")), "{third:?}");
+    }
+}

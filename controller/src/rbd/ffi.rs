@@ -1,0 +1,360 @@
+//! The one module with `unsafe`: a small hand-written `extern "C"` layer over
+//! `librados.h` and `librbd.h` (Ceph 16.2), and safe wrappers returning the
+//! negative errno as `Err(errno)` (positive). Nothing above this module sees
+//! a raw pointer.
+//!
+//! Why not the `ceph` crate: its `connect_to_ceph` creates, reads the conf
+//! and connects in one call, and its `config_set` refuses a handle that
+//! exists, so the op and mount timeouts (which stop librbd hanging on
+//! inactive PGs, see shared/CEPH-NOTES.md) cannot be set before connecting;
+//! its `mon_command` also drops the errno when the monitor says why.
+//!
+//! Thread safety: librados cluster handles and io contexts may be used from
+//! several threads at once (librbd duplicates the io context per image), so
+//! [`Cluster`] and [`IoCtx`] are `Send + Sync`. An [`Image`] is used by one
+//! thread at a time (`Send`, not `Sync`).
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::marker::PhantomData;
+use std::path::Path;
+use std::ptr;
+use std::sync::Arc;
+
+type RadosT = *mut c_void;
+type IoCtxT = *mut c_void;
+type ImageT = *mut c_void;
+
+const RBD_MAX_BLOCK_NAME_SIZE: usize = 24;
+const RBD_MAX_IMAGE_NAME_SIZE: usize = 96;
+
+/// `rbd_image_info_t` from librbd.h.
+#[repr(C)]
+struct RbdImageInfo {
+    size: u64,
+    obj_size: u64,
+    num_objs: u64,
+    order: c_int,
+    block_name_prefix: [c_char; RBD_MAX_BLOCK_NAME_SIZE],
+    parent_pool: i64,
+    parent_name: [c_char; RBD_MAX_IMAGE_NAME_SIZE],
+}
+
+/// `rbd_image_spec_t` from librbd.h.
+#[repr(C)]
+struct RbdImageSpec {
+    id: *mut c_char,
+    name: *mut c_char,
+}
+
+#[link(name = "rados")]
+unsafe extern "C" {
+    fn rados_create(cluster: *mut RadosT, id: *const c_char) -> c_int;
+    fn rados_conf_read_file(cluster: RadosT, path: *const c_char) -> c_int;
+    fn rados_conf_set(cluster: RadosT, option: *const c_char, value: *const c_char) -> c_int;
+    fn rados_connect(cluster: RadosT) -> c_int;
+    fn rados_shutdown(cluster: RadosT);
+    fn rados_ioctx_create(cluster: RadosT, pool_name: *const c_char, ioctx: *mut IoCtxT) -> c_int;
+    fn rados_ioctx_destroy(io: IoCtxT);
+    fn rados_mon_command(
+        cluster: RadosT,
+        cmd: *mut *const c_char,
+        cmdlen: usize,
+        inbuf: *const c_char,
+        inbuflen: usize,
+        outbuf: *mut *mut c_char,
+        outbuflen: *mut usize,
+        outs: *mut *mut c_char,
+        outslen: *mut usize,
+    ) -> c_int;
+    fn rados_buffer_free(buf: *mut c_char);
+}
+
+#[link(name = "rbd")]
+unsafe extern "C" {
+    fn rbd_create(io: IoCtxT, name: *const c_char, size: u64, order: *mut c_int) -> c_int;
+    fn rbd_remove(io: IoCtxT, name: *const c_char) -> c_int;
+    fn rbd_list2(io: IoCtxT, images: *mut RbdImageSpec, max_images: *mut usize) -> c_int;
+    fn rbd_image_spec_list_cleanup(images: *mut RbdImageSpec, num_images: usize);
+    fn rbd_open(io: IoCtxT, name: *const c_char, image: *mut ImageT, snap_name: *const c_char) -> c_int;
+    fn rbd_open_read_only(io: IoCtxT, name: *const c_char, image: *mut ImageT, snap_name: *const c_char) -> c_int;
+    fn rbd_close(image: ImageT) -> c_int;
+    fn rbd_stat(image: ImageT, info: *mut RbdImageInfo, infosize: usize) -> c_int;
+    fn rbd_resize2(image: ImageT, size: u64, allow_shrink: bool, cb: *const c_void, cbdata: *mut c_void) -> c_int;
+    fn rbd_metadata_get(image: ImageT, key: *const c_char, value: *mut c_char, val_len: *mut usize) -> c_int;
+    fn rbd_metadata_set(image: ImageT, key: *const c_char, value: *const c_char) -> c_int;
+}
+
+/// A positive errno.
+pub type Errno = i32;
+
+const EINVAL: Errno = 22;
+const ERANGE: Errno = 34;
+
+fn check(ret: c_int) -> Result<c_int, Errno> {
+    if ret < 0 { Err(-ret) } else { Ok(ret) }
+}
+
+/// A string for C; an interior NUL (never produced by Swell's own names) is EINVAL.
+fn cstr(s: &str) -> Result<CString, Errno> {
+    CString::new(s).map_err(|_| EINVAL)
+}
+
+/// A librados cluster handle, from `rados_create` until `rados_shutdown` on drop.
+pub struct Cluster {
+    raw: RadosT,
+}
+
+// SAFETY: librados cluster handles are documented thread-safe once connected;
+// configuration (before connect) happens on one thread in `Connection::open`.
+unsafe impl Send for Cluster {}
+// SAFETY: as above.
+unsafe impl Sync for Cluster {}
+
+impl Cluster {
+    /// `rados_create` for `client.<user>`.
+    pub fn create(user: &str) -> Result<Self, Errno> {
+        let user = cstr(user)?;
+        let mut raw: RadosT = ptr::null_mut();
+        // SAFETY: `raw` is a valid out pointer; `user` outlives the call.
+        check(unsafe { rados_create(&mut raw, user.as_ptr()) })?;
+        Ok(Cluster { raw })
+    }
+
+    /// `rados_conf_read_file`.
+    pub fn read_conf_file(&self, path: &Path) -> Result<(), Errno> {
+        let path = cstr(&path.to_string_lossy())?;
+        // SAFETY: a live handle and a NUL-terminated path.
+        check(unsafe { rados_conf_read_file(self.raw, path.as_ptr()) }).map(drop)
+    }
+
+    /// `rados_conf_set`; only meaningful before [`connect`](Self::connect).
+    pub fn conf_set(&self, option: &str, value: &str) -> Result<(), Errno> {
+        let (option, value) = (cstr(option)?, cstr(value)?);
+        // SAFETY: a live handle and NUL-terminated strings.
+        check(unsafe { rados_conf_set(self.raw, option.as_ptr(), value.as_ptr()) }).map(drop)
+    }
+
+    /// `rados_connect`: blocks up to `client_mount_timeout`.
+    pub fn connect(&self) -> Result<(), Errno> {
+        // SAFETY: a live, configured handle.
+        check(unsafe { rados_connect(self.raw) }).map(drop)
+    }
+
+    /// Opens an io context on `pool`; ENOENT when the pool does not exist.
+    pub fn ioctx(self: &Arc<Self>, pool: &str) -> Result<IoCtx, Errno> {
+        let pool = cstr(pool)?;
+        let mut raw: IoCtxT = ptr::null_mut();
+        // SAFETY: a live, connected handle; `raw` is a valid out pointer.
+        check(unsafe { rados_ioctx_create(self.raw, pool.as_ptr(), &mut raw) })?;
+        Ok(IoCtx { raw, _cluster: Arc::clone(self) })
+    }
+
+    /// `rados_mon_command` with one JSON command and no input. Returns the
+    /// output buffer; on failure, the errno and the monitor's status string.
+    pub fn mon_command(&self, command: &str) -> Result<Vec<u8>, (Errno, String)> {
+        let command = cstr(command).map_err(|e| (e, "command holds a NUL byte".to_owned()))?;
+        let mut cmd = [command.as_ptr()];
+        let (mut out, mut out_len, mut status, mut status_len) = (ptr::null_mut(), 0usize, ptr::null_mut(), 0usize);
+        // SAFETY: one valid command pointer, no input buffer, valid out pointers.
+        let ret = unsafe {
+            rados_mon_command(self.raw, cmd.as_mut_ptr(), 1, ptr::null(), 0, &mut out, &mut out_len, &mut status, &mut status_len)
+        };
+        // SAFETY: librados allocated these buffers with the given lengths; they
+        // are copied, then released with rados_buffer_free as librados.h requires.
+        let (output, status) = unsafe { (take_buffer(out, out_len), take_buffer(status, status_len)) };
+        match check(ret) {
+            Ok(_) => Ok(output),
+            Err(errno) => Err((errno, String::from_utf8_lossy(&status).into_owned())),
+        }
+    }
+}
+
+/// Copies and frees a librados-allocated buffer.
+///
+/// # Safety
+/// `buf` is null or a buffer of `len` bytes allocated by librados.
+unsafe fn take_buffer(buf: *mut c_char, len: usize) -> Vec<u8> {
+    if buf.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: guaranteed by the caller.
+    let copy = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }.to_vec();
+    // SAFETY: the buffer came from librados and is freed once.
+    unsafe { rados_buffer_free(buf) };
+    copy
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SAFETY: every IoCtx holds an Arc to this Cluster, so none is left.
+        unsafe { rados_shutdown(self.raw) };
+    }
+}
+
+/// An io context on one pool; keeps its cluster alive.
+pub struct IoCtx {
+    raw: IoCtxT,
+    _cluster: Arc<Cluster>,
+}
+
+// SAFETY: librados io contexts may be shared between threads for I/O; Swell
+// never changes their settings (snapshot, namespace) after creation.
+unsafe impl Send for IoCtx {}
+// SAFETY: as above.
+unsafe impl Sync for IoCtx {}
+
+impl Drop for IoCtx {
+    fn drop(&mut self) {
+        // SAFETY: images borrow the IoCtx, so none is open on it any more.
+        unsafe { rados_ioctx_destroy(self.raw) };
+    }
+}
+
+impl IoCtx {
+    /// `rbd_create` with the cluster's default features and object size.
+    pub fn create_image(&self, name: &str, size: u64) -> Result<(), Errno> {
+        let name = cstr(name)?;
+        let mut order: c_int = 0;
+        // SAFETY: a live io context, a NUL-terminated name, a valid out pointer.
+        check(unsafe { rbd_create(self.raw, name.as_ptr(), size, &mut order) }).map(drop)
+    }
+
+    /// `rbd_remove`.
+    pub fn remove_image(&self, name: &str) -> Result<(), Errno> {
+        let name = cstr(name)?;
+        // SAFETY: a live io context and a NUL-terminated name.
+        check(unsafe { rbd_remove(self.raw, name.as_ptr()) }).map(drop)
+    }
+
+    /// `rbd_list2`: the names of all images in the pool.
+    pub fn list_images(&self) -> Result<Vec<String>, Errno> {
+        let mut capacity = 64usize;
+        loop {
+            let mut specs: Vec<RbdImageSpec> = Vec::with_capacity(capacity);
+            let mut count = capacity;
+            // SAFETY: `specs` has room for `count` entries; librbd fills at most that many.
+            let ret = unsafe { rbd_list2(self.raw, specs.as_mut_ptr(), &mut count) };
+            if ret == -ERANGE {
+                capacity = count.max(capacity * 2);
+                continue;
+            }
+            check(ret)?;
+            // SAFETY: on success librbd initialised the first `count` entries.
+            unsafe { specs.set_len(count) };
+            let names = specs
+                .iter()
+                // SAFETY: librbd set each name to a NUL-terminated string it owns.
+                .map(|spec| unsafe { CStr::from_ptr(spec.name) }.to_string_lossy().into_owned())
+                .collect();
+            // SAFETY: frees the strings librbd allocated in these entries, once.
+            unsafe { rbd_image_spec_list_cleanup(specs.as_mut_ptr(), count) };
+            return Ok(names);
+        }
+    }
+
+    /// `rbd_open` (read-write: may take the exclusive lock and needs writes).
+    pub fn open(&self, name: &str) -> Result<Image<'_>, Errno> {
+        self.open_with(name, false)
+    }
+
+    /// `rbd_open_read_only`.
+    pub fn open_read_only(&self, name: &str) -> Result<Image<'_>, Errno> {
+        self.open_with(name, true)
+    }
+
+    fn open_with(&self, name: &str, read_only: bool) -> Result<Image<'_>, Errno> {
+        let name = cstr(name)?;
+        let mut raw: ImageT = ptr::null_mut();
+        // SAFETY: a live io context, a NUL-terminated name, a valid out pointer, no snapshot.
+        let ret = unsafe {
+            if read_only {
+                rbd_open_read_only(self.raw, name.as_ptr(), &mut raw, ptr::null())
+            } else {
+                rbd_open(self.raw, name.as_ptr(), &mut raw, ptr::null())
+            }
+        };
+        check(ret)?;
+        Ok(Image { raw, closed: false, _io: PhantomData })
+    }
+}
+
+/// An open image; closed by [`Image::close`] (or, ignoring errors, on drop).
+pub struct Image<'io> {
+    raw: ImageT,
+    closed: bool,
+    _io: PhantomData<&'io IoCtx>,
+}
+
+// SAFETY: an image handle may move between threads; it is never shared (not Sync).
+unsafe impl Send for Image<'_> {}
+
+impl Image<'_> {
+    /// `rbd_stat`: the image's size in bytes now.
+    pub fn size(&self) -> Result<u64, Errno> {
+        // SAFETY: all-zero is a valid `rbd_image_info_t` (integers and char arrays).
+        let mut info: RbdImageInfo = unsafe { std::mem::zeroed() };
+        // SAFETY: an open image and a struct of the size passed.
+        check(unsafe { rbd_stat(self.raw, &mut info, std::mem::size_of::<RbdImageInfo>()) })?;
+        Ok(info.size)
+    }
+
+    /// `rbd_resize2` that refuses to shrink (librbd answers EINVAL then).
+    pub fn grow(&self, size: u64) -> Result<(), Errno> {
+        // SAFETY: an open image; no progress callback.
+        check(unsafe { rbd_resize2(self.raw, size, false, ptr::null(), ptr::null_mut()) }).map(drop)
+    }
+
+    /// `rbd_metadata_get`; `None` when the key is not set.
+    pub fn metadata(&self, key: &str) -> Result<Option<String>, Errno> {
+        let key = cstr(key)?;
+        let mut len = 256usize;
+        loop {
+            let mut buf = vec![0u8; len];
+            // SAFETY: `buf` holds `len` bytes; librbd writes at most that many.
+            let ret = unsafe { rbd_metadata_get(self.raw, key.as_ptr(), buf.as_mut_ptr().cast(), &mut len) };
+            match ret {
+                r if r == -ERANGE && len > buf.len() => continue,
+                -2 => return Ok(None),
+                r => check(r)?,
+            };
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            return Ok(Some(String::from_utf8_lossy(&buf[..end]).into_owned()));
+        }
+    }
+
+    /// `rbd_metadata_set` (a write: needs a read-write open).
+    pub fn set_metadata(&self, key: &str, value: &str) -> Result<(), Errno> {
+        let (key, value) = (cstr(key)?, cstr(value)?);
+        // SAFETY: an open image and NUL-terminated strings.
+        check(unsafe { rbd_metadata_set(self.raw, key.as_ptr(), value.as_ptr()) }).map(drop)
+    }
+
+    /// `rbd_close`, reporting its error (it may flush and release locks).
+    pub fn close(mut self) -> Result<(), Errno> {
+        self.closed = true;
+        // SAFETY: an open image, closed exactly once.
+        check(unsafe { rbd_close(self.raw) }).map(drop)
+    }
+}
+
+impl Drop for Image<'_> {
+    fn drop(&mut self) {
+        if !self.closed {
+            // SAFETY: an open image, closed exactly once.
+            unsafe { rbd_close(self.raw) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_info_matches_the_c_layout() {
+        // C layout: 3 × u64 (24) + int (4) + char[24] = 52, padded to 56 for the i64, + 8 + 96 = 160.
+        assert_eq!(std::mem::size_of::<RbdImageInfo>(), 160);
+        assert_eq!(std::mem::offset_of!(RbdImageInfo, parent_pool), 56);
+    }
+}

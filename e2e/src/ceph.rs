@@ -1,0 +1,188 @@
+//! A throwaway Ceph 16.2 cluster for tests, the demo and benchmarks: one mon, one mgr and three
+//! bluestore OSDs on sparse files, all inside one directory. This is a thin wrapper over
+//! `e2e/ceph/cluster.sh`, which does the work and bounds every wait; see that script for the
+//! settings and why they matter.
+//!
+//! The calls block (they run the script to completion); from async code use
+//! `tokio::task::spawn_blocking`. Dropping a [`TestCluster`] stops its daemons (best effort), so a
+//! failing test leaves none behind; the directory stays for the logs unless [`TestCluster::purge`]
+//! is called.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Why a harness step failed: which subcommand, and what the script said.
+#[derive(Debug, thiserror::Error)]
+pub enum CephHarnessError {
+    #[error("could not run {script} {subcommand}: {source}")]
+    Spawn {
+        script: PathBuf,
+        subcommand: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{script} {subcommand} failed ({status}): {stderr}")]
+    Failed {
+        script: PathBuf,
+        subcommand: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("cluster in {dir} has no usable {file}: {reason}")]
+    BadClusterDir {
+        dir: PathBuf,
+        file: &'static str,
+        reason: String,
+    },
+}
+
+fn script_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ceph")
+}
+
+/// Runs `bash <script> <args>` with no shell in between, returning stdout.
+fn run_script(script: &str, args: &[&str]) -> Result<String, CephHarnessError> {
+    let path = script_dir().join(script);
+    let subcommand = args.join(" ");
+    let output = Command::new("bash")
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| CephHarnessError::Spawn {
+            script: path.clone(),
+            subcommand: subcommand.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(CephHarnessError::Failed {
+            script: path,
+            subcommand,
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Installs Debian's Ceph packages (mon, mgr, osd, CLIs, rbd-fuse, librbd/librados headers) if
+/// they are missing. Idempotent; needs root and a package mirror.
+pub fn install() -> Result<(), CephHarnessError> {
+    run_script("install.sh", &[]).map(|_| ())
+}
+
+/// A running test cluster. Clients reach it with `-c <conf>` (which names the keyring), or with
+/// `CEPH_CONF`/`CEPH_KEYRING`/`CEPH_MON_HOST` as written to `<dir>/env`.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub keyring: PathBuf,
+    /// The monitor's address, e.g. `v2:127.0.0.1:16789`.
+    pub mon_host: String,
+    stopped: bool,
+}
+
+impl TestCluster {
+    /// Creates a cluster in `dir` (empty or missing) with its monitor on 127.0.0.1:`port`, and
+    /// waits until the `rbd` pool's PGs are all active+clean (~20 s). Daemons bind
+    /// `port+1..=port+99`, so clusters side by side need ports at least 100 apart; stay below
+    /// 32768 to keep clear of ephemeral ports. If `dir` holds a stopped cluster, it is restarted
+    /// from disk (and keeps its original port). On failure, whatever started is stopped again.
+    pub fn up(dir: &Path, port: u16) -> Result<Self, CephHarnessError> {
+        let dir_arg = dir.to_string_lossy();
+        let port_arg = port.to_string();
+        if let Err(e) = run_script("cluster.sh", &["up", &dir_arg, &port_arg]) {
+            let _ = run_script("cluster.sh", &["down", &dir_arg]);
+            return Err(e);
+        }
+        let mut cluster = TestCluster {
+            dir: dir.to_path_buf(),
+            conf: dir.join("ceph.conf"),
+            keyring: dir.join("ceph.client.admin.keyring"),
+            mon_host: String::new(),
+            stopped: false,
+        };
+        // From here on, dropping `cluster` on an error stops the daemons.
+        cluster.mon_host = cluster.read_mon_host()?;
+        Ok(cluster)
+    }
+
+    fn read_mon_host(&self) -> Result<String, CephHarnessError> {
+        let bad = |reason: String| CephHarnessError::BadClusterDir {
+            dir: self.dir.clone(),
+            file: "env",
+            reason,
+        };
+        let env = std::fs::read_to_string(self.dir.join("env")).map_err(|e| bad(e.to_string()))?;
+        env.lines()
+            .find_map(|line| line.strip_prefix("export CEPH_MON_HOST="))
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| bad("no CEPH_MON_HOST line".to_owned()))
+    }
+
+    fn cluster(&self, subcommand: &str, extra: &[&str]) -> Result<String, CephHarnessError> {
+        let dir = self.dir.to_string_lossy();
+        let mut args = vec![subcommand, &*dir];
+        args.extend_from_slice(extra);
+        run_script("cluster.sh", &args)
+    }
+
+    /// SIGKILLs osd.`n` (0..=2). Its peers see the refused connection and the monitor marks it
+    /// down within a second or two.
+    pub fn kill_osd(&self, n: u32) -> Result<(), CephHarnessError> {
+        self.cluster("kill-osd", &[&n.to_string()]).map(|_| ())
+    }
+
+    /// Starts osd.`n` again from its data (returns once it is initialised, ~3 s).
+    pub fn start_osd(&self, n: u32) -> Result<(), CephHarnessError> {
+        self.cluster("start-osd", &[&n.to_string()]).map(|_| ())
+    }
+
+    /// Stops the monitor (SIGTERM) and starts it again from its data; returns once it answers.
+    pub fn restart_mon(&self) -> Result<(), CephHarnessError> {
+        self.cluster("stop-mon", &[])?;
+        self.cluster("start-mon", &[]).map(|_| ())
+    }
+
+    /// Waits up to `secs` until every PG is active+clean. Right after a change the mgr may still
+    /// report the old state for a moment, so wait for the change itself first where it matters.
+    pub fn wait_clean(&self, secs: u32) -> Result<(), CephHarnessError> {
+        self.cluster("wait-clean", &[&secs.to_string()]).map(|_| ())
+    }
+
+    /// Waits up to `secs` until some PG is settled inactive (e.g. undersized+peered after two
+    /// OSDs are killed); transient peering does not count.
+    pub fn wait_pgs_inactive(&self, secs: u32) -> Result<(), CephHarnessError> {
+        self.cluster("wait-pgs-inactive", &[&secs.to_string()]).map(|_| ())
+    }
+
+    /// `ceph -s`, as text.
+    pub fn status(&self) -> Result<String, CephHarnessError> {
+        self.cluster("status", &[])
+    }
+
+    /// Unmounts rbd-fuse mounts of this cluster (and loop devices and filesystems on them),
+    /// then stops every daemon. The directory stays, with the logs.
+    pub fn down(mut self) -> Result<(), CephHarnessError> {
+        self.stopped = true;
+        self.cluster("down", &[]).map(|_| ())
+    }
+
+    /// Like [`down`](Self::down), then removes the directory.
+    pub fn purge(mut self) -> Result<(), CephHarnessError> {
+        self.stopped = true;
+        self.cluster("down", &["--purge"]).map(|_| ())
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        if let Err(e) = self.cluster("down", &[]) {
+            eprintln!("ceph test cluster in {}: teardown failed: {e}", self.dir.display());
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The controller on Ceph RBD, over gRPC against a real (throwaway) cluster:
+//! the volume lifecycle, faults (one OSD down, PGs inactive, capacity, a
+//! monitor restart) and latency beside the `rbd` CLI.
+//!
+//! One cluster serves every test in this binary; tests take turns (see
+//! `rbd_rig`), and a test that breaks the cluster restores it to
+//! active+clean before it lets the next one in.
+
+mod rbd_rig;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use csi_proto::v1::controller_client::ControllerClient;
+use csi_proto::v1::*;
+use rbd_rig::{ClusterEnv, Swell, cli, cluster, rbd_size};
+use swell_e2e::requests::{controller_expand, create_volume, mount_capability};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+const TESTS: usize = 6;
+const MIB: u64 = 1 << 20;
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(8);
+
+fn create_rbd(name: &str, bytes: u64) -> CreateVolumeRequest {
+    let mut req = create_volume(name, bytes as i64, mount_capability("xfs"));
+    req.parameters = HashMap::from([("backend".to_owned(), "rbd".to_owned())]);
+    req
+}
+
+async fn create(client: &mut ControllerClient<Channel>, name: &str, bytes: u64) -> Result<Volume, Status> {
+    Ok(client.create_volume(create_rbd(name, bytes)).await?.into_inner().volume.expect("volume in response"))
+}
+
+async fn expand(client: &mut ControllerClient<Channel>, id: &str, bytes: u64) -> Result<u64, Status> {
+    Ok(client.controller_expand_volume(controller_expand(id, bytes as i64, None)).await?.into_inner().capacity_bytes as u64)
+}
+
+async fn delete(client: &mut ControllerClient<Channel>, id: &str) -> Result<(), Status> {
+    client.delete_volume(DeleteVolumeRequest { volume_id: id.to_owned(), ..Default::default() }).await.map(drop)
+}
+
+/// `(pool, image)` of an `rbd:<cluster>:<pool>:<image>` id.
+fn pool_image(id: &str) -> (String, String) {
+    let parts: Vec<&str> = id.split(':').collect();
+    assert_eq!(parts.len(), 4, "{id}");
+    (parts[2].to_owned(), parts[3].to_owned())
+}
+
+fn size_of(env: &ClusterEnv, id: &str) -> Option<u64> {
+    let (pool, image) = pool_image(id);
+    rbd_size(env, &pool, &image).expect("rbd info")
+}
+
+fn ok(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_over_grpc() {
+    let Some(session) = rbd_rig::acquire("rbd_controller::lifecycle_over_grpc", TESTS).await else { return };
+    let env = session.env;
+    let swell = Swell::start(env, OP_TIMEOUT, BACKEND_TIMEOUT).await;
+    let mut c = swell.client.clone();
+
+    let vol = create(&mut c, "pvc-lifecycle", 64 * MIB).await.expect("create");
+    assert!(vol.volume_id.starts_with("rbd:rig:rbd:swell-"), "{}", vol.volume_id);
+    assert_eq!(vol.capacity_bytes as u64, 64 * MIB);
+    assert_eq!(size_of(env, &vol.volume_id), Some(64 * MIB), "rbd info agrees");
+
+    let again = create(&mut c, "pvc-lifecycle", 64 * MIB).await.expect("idempotent create");
+    assert_eq!((again.volume_id.as_str(), again.capacity_bytes), (vol.volume_id.as_str(), vol.capacity_bytes));
+    let clash = create(&mut c, "pvc-lifecycle", 128 * MIB).await.expect_err("incompatible size");
+    assert_eq!(clash.code(), Code::AlreadyExists, "{clash:?}");
+    assert!(clash.message().contains("pvc-lifecycle"), "{}", clash.message());
+
+    let got = c
+        .controller_get_volume(ControllerGetVolumeRequest { volume_id: vol.volume_id.clone() })
+        .await
+        .expect("get volume")
+        .into_inner();
+    assert_eq!(got.volume.expect("volume").capacity_bytes as u64, 64 * MIB);
+    let listed = c.list_volumes(ListVolumesRequest::default()).await.expect("list").into_inner();
+    assert!(
+        listed.entries.iter().any(|e| e.volume.as_ref().is_some_and(|v| v.volume_id == vol.volume_id && v.capacity_bytes as u64 == 64 * MIB)),
+        "ListVolumes shows the volume: {listed:?}"
+    );
+
+    // Exactly the requested size (csi-sanity checks this), and what rbd sees.
+    let exact = 100 * MIB;
+    assert_eq!(expand(&mut c, &vol.volume_id, exact).await.expect("expand"), exact);
+    assert_eq!(size_of(env, &vol.volume_id), Some(exact), "rbd info shows the new size");
+    assert_eq!(expand(&mut c, &vol.volume_id, 80 * MIB).await.expect("stale smaller request"), exact);
+    assert_eq!(size_of(env, &vol.volume_id), Some(exact), "a stale request never shrinks");
+    // An unaligned request is rounded up to a MiB by the controller's sizing;
+    // the answer is what the image really holds.
+    let unaligned = expand(&mut c, &vol.volume_id, exact + 4096).await.expect("unaligned expand");
+    assert_eq!(unaligned, exact + MIB);
+    assert_eq!(size_of(env, &vol.volume_id), Some(unaligned));
+
+    let mut bad_pool = create_rbd("pvc-bad-pool", 64 * MIB);
+    bad_pool.parameters.insert("pool".into(), "no-such-pool".into());
+    let err = c.create_volume(bad_pool).await.expect_err("unknown pool");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let room = c
+        .get_capacity(GetCapacityRequest { parameters: HashMap::from([("backend".into(), "rbd".into())]), ..Default::default() })
+        .await
+        .expect("capacity")
+        .into_inner();
+    assert!(room.available_capacity > 0, "{room:?}");
+
+    delete(&mut c, &vol.volume_id).await.expect("delete");
+    delete(&mut c, &vol.volume_id).await.expect("delete is idempotent");
+    assert_eq!(size_of(env, &vol.volume_id), None, "image gone");
+    let gone = c.controller_get_volume(ControllerGetVolumeRequest { volume_id: vol.volume_id.clone() }).await.expect_err("deleted");
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_one_osd_down_expansion_still_works() {
+    let Some(session) = rbd_rig::acquire("rbd_controller::fault_one_osd_down_expansion_still_works", TESTS).await else { return };
+    let env = session.env;
+    let swell = Swell::start(env, OP_TIMEOUT, BACKEND_TIMEOUT).await;
+    let mut c = swell.client.clone();
+    let vol = create(&mut c, "pvc-degraded", 64 * MIB).await.expect("create");
+
+    cluster(env, "kill-osd", &["2"]).expect("kill osd.2");
+    let degraded_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stat = cli(env, "ceph", &["pg", "stat"]).unwrap_or_default();
+        if stat.contains("degraded") || stat.contains("undersized") {
+            eprintln!("degraded: {}", stat.trim());
+            break;
+        }
+        assert!(Instant::now() < degraded_by, "PGs never degraded: {stat}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let started = Instant::now();
+    let result = expand(&mut c, &vol.volume_id, 96 * MIB).await;
+    eprintln!("expand with one OSD down: {:?} in {:?}", result, started.elapsed());
+
+    cluster(env, "start-osd", &["2"]).expect("start osd.2");
+    cluster(env, "wait-clean", &["120"]).expect("clean again");
+    assert_eq!(result.expect("expand while degraded"), 96 * MIB);
+    assert_eq!(size_of(env, &vol.volume_id), Some(96 * MIB));
+    delete(&mut c, &vol.volume_id).await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_pgs_inactive_fails_fast_and_recovers() {
+    let Some(session) = rbd_rig::acquire("rbd_controller::fault_pgs_inactive_fails_fast_and_recovers", TESTS).await else { return };
+    let env = session.env;
+    let swell = Swell::start(env, OP_TIMEOUT, BACKEND_TIMEOUT).await;
+    let mut c = swell.client.clone();
+    let vol = create(&mut c, "pvc-inactive", 64 * MIB).await.expect("create");
+
+    cluster(env, "kill-osd", &["1"]).expect("kill osd.1");
+    cluster(env, "kill-osd", &["2"]).expect("kill osd.2");
+    let inactive = cluster(env, "wait-pgs-inactive", &["90"]);
+    let mut outcomes = Vec::new();
+    if inactive.is_ok() {
+        for attempt in 0..2 {
+            let started = Instant::now();
+            let result = expand(&mut c, &vol.volume_id, 128 * MIB).await;
+            let took = started.elapsed();
+            eprintln!("expand #{attempt} with PGs inactive: {:?} after {took:?}", result.as_ref().map_err(|s| (s.code(), s.message().to_owned())));
+            outcomes.push((result, took));
+        }
+    }
+    // Restore the cluster before judging, so a failure leaves it usable.
+    cluster(env, "start-osd", &["1"]).expect("start osd.1");
+    cluster(env, "start-osd", &["2"]).expect("start osd.2");
+    cluster(env, "wait-clean", &["180"]).expect("clean again");
+    inactive.expect("PGs went inactive");
+
+    let bound = BACKEND_TIMEOUT + Duration::from_secs(2);
+    for (result, took) in outcomes {
+        let status = result.expect_err("expansion cannot succeed with PGs inactive");
+        assert!(ok(status.code()), "UNAVAILABLE or DEADLINE_EXCEEDED, not {status:?} (never ABORTED: the lock is released)");
+        assert!(took < bound, "answered in {took:?}, bound {bound:?}");
+    }
+    assert_eq!(size_of(env, &vol.volume_id), Some(64 * MIB), "size unchanged");
+    // The same request succeeds once the PGs are back (retry a few seconds
+    // while the client's view of the OSD map catches up).
+    let retry_until = Instant::now() + Duration::from_secs(30);
+    let size = loop {
+        match expand(&mut c, &vol.volume_id, 128 * MIB).await {
+            Ok(size) => break size,
+            Err(s) if ok(s.code()) && Instant::now() < retry_until => tokio::time::sleep(Duration::from_secs(1)).await,
+            Err(s) => panic!("expand after recovery: {s:?}"),
+        }
+    };
+    assert_eq!(size, 128 * MIB);
+    assert_eq!(size_of(env, &vol.volume_id), Some(128 * MIB));
+    delete(&mut c, &vol.volume_id).await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_beyond_capacity_is_out_of_range_up_front() {
+    let Some(session) = rbd_rig::acquire("rbd_controller::fault_beyond_capacity_is_out_of_range_up_front", TESTS).await else { return };
+    let env = session.env;
+    let swell = Swell::start(env, OP_TIMEOUT, BACKEND_TIMEOUT).await;
+    let mut c = swell.client.clone();
+    let vol = create(&mut c, "pvc-capacity", 64 * MIB).await.expect("create");
+
+    let pib = 1u64 << 50;
+    let started = Instant::now();
+    let err = expand(&mut c, &vol.volume_id, pib).await.expect_err("a PiB does not fit");
+    eprintln!("expand to 1 PiB: {:?} after {:?}", err.code(), started.elapsed());
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert_eq!(size_of(env, &vol.volume_id), Some(64 * MIB), "no change");
+
+    // A pool quota caps the policy: 1 GiB.
+    cli(env, "ceph", &["osd", "pool", "set-quota", "rbd", "max_bytes", &(1u64 << 30).to_string()]).expect("set quota");
+    let grow = expand(&mut c, &vol.volume_id, 2 << 30).await;
+    let create_big = create(&mut c, "pvc-over-quota", 2 << 30).await;
+    let within = expand(&mut c, &vol.volume_id, 128 * MIB).await;
+    cli(env, "ceph", &["osd", "pool", "set-quota", "rbd", "max_bytes", "0"]).expect("clear quota");
+    let grow = grow.expect_err("beyond the quota");
+    assert_eq!(grow.code(), Code::OutOfRange, "{grow:?}");
+    let create_big = create_big.expect_err("create beyond the quota");
+    assert_eq!(create_big.code(), Code::OutOfRange, "{create_big:?}");
+    let images = cli(env, "rbd", &["ls", "rbd"]).expect("rbd ls");
+    assert!(!images.contains(&rbd_image_for("pvc-over-quota")), "refused create left no image: {images}");
+    assert_eq!(within.expect("growth within the quota"), 128 * MIB);
+    delete(&mut c, &vol.volume_id).await.expect("delete");
+}
+
+fn rbd_image_for(name: &str) -> String {
+    swell_controller::rbd::backend::image_name(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_monitor_restart_is_survived_by_the_same_controller() {
+    let Some(session) = rbd_rig::acquire("rbd_controller::fault_monitor_restart_is_survived_by_the_same_controller", TESTS).await else {
+        return;
+    };
+    let env = session.env;
+    let swell = Swell::start(env, OP_TIMEOUT, BACKEND_TIMEOUT).await;
+    let mut c = swell.client.clone();
+    let a = create(&mut c, "pvc-mon-a", 64 * MIB).await.expect("create before the restart");
+
+    cluster(env, "stop-mon", &[]).expect("stop mon");
+    let started = Instant::now();
+    let during = create(&mut c, "pvc-mon-b", 64 * MIB).await;
+    let during_took = started.elapsed();
+    let restarted = cluster(env, "start-mon", &[]);
+    let back_at = Instant::now();
+    eprintln!(
+        "create with the monitor down: {:?} after {during_took:?}",
+        during.as_ref().map(|v| v.volume_id.clone()).map_err(|s| (s.code(), s.message().to_owned()))
+    );
+    restarted.expect("start mon");
+    if let Err(status) = &during {
+        assert!(ok(status.code()), "{status:?}");
+        assert!(during_took < BACKEND_TIMEOUT + Duration::from_secs(2), "{during_took:?}");
+    }
+
+    // Same controller instance throughout; allow a bounded wait for the monitor.
+    async fn retry<T, F, Fut>(what: &str, mut op: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match op().await {
+                Ok(v) => {
+                    if attempts > 1 {
+                        eprintln!("{what}: ok after {attempts} attempts");
+                    }
+                    return v;
+                }
+                Err(s) if ok(s.code()) && Instant::now() < until => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(s) => panic!("{what} after the monitor restart: {s:?}"),
+            }
+        }
+    }
+    let b = retry("create", || {
+        let mut c = c.clone();
+        async move { create(&mut c, "pvc-mon-b", 64 * MIB).await }
+    })
+    .await;
+    eprintln!("first success {:?} after the monitor answered again", back_at.elapsed());
+    let grown = retry("expand", || {
+        let (mut c, id) = (c.clone(), a.volume_id.clone());
+        async move { expand(&mut c, &id, 96 * MIB).await }
+    })
+    .await;
+    assert_eq!(grown, 96 * MIB);
+    for id in [&a.volume_id, &b.volume_id] {
+        retry("delete", || {
+            let (mut c, id) = (c.clone(), id.clone());
+            async move { delete(&mut c, &id).await }
+        })
+        .await;
+        assert_eq!(size_of(env, id), None);
+    }
+    cluster(env, "wait-clean", &["120"]).expect("clean");
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_against_the_rbd_cli() {
+    let Some(session) = rbd_rig::acquire("rbd_controller::latency_against_the_rbd_cli", TESTS).await else { return };
+    let env = session.env;
+    let swell = Swell::start(env, OP_TIMEOUT, BACKEND_TIMEOUT).await;
+    let mut c = swell.client.clone();
+    const N: usize = 10;
+    // Warm the controller's connection, as a running controller's is.
+    let warm = create(&mut c, "pvc-warm", 4 * MIB).await.expect("warm-up");
+    delete(&mut c, &warm.volume_id).await.expect("warm-up delete");
+
+    let (mut sc, mut se, mut sd) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..N {
+        let t = Instant::now();
+        let v = create(&mut c, &format!("pvc-lat-{i}"), 64 * MIB).await.expect("create");
+        sc.push(t.elapsed());
+        let t = Instant::now();
+        assert_eq!(expand(&mut c, &v.volume_id, 128 * MIB).await.expect("expand"), 128 * MIB);
+        se.push(t.elapsed());
+        let t = Instant::now();
+        delete(&mut c, &v.volume_id).await.expect("delete");
+        sd.push(t.elapsed());
+    }
+    let (mut cc, mut ce, mut cd) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..N {
+        let spec = format!("rbd/cli-lat-{i}");
+        let t = Instant::now();
+        cli(env, "rbd", &["create", "--size", "64M", &spec]).expect("rbd create");
+        cc.push(t.elapsed());
+        let t = Instant::now();
+        cli(env, "rbd", &["resize", "--size", "128M", &spec]).expect("rbd resize");
+        ce.push(t.elapsed());
+        let t = Instant::now();
+        cli(env, "rbd", &["rm", "--no-progress", &spec]).expect("rbd rm");
+        cd.push(t.elapsed());
+    }
+    eprintln!("\nmedian of {N}, warm controller   Swell gRPC   rbd CLI   ratio");
+    for (op, swell, cli) in [("create", sc, cc), ("expand/resize", se, ce), ("delete/rm", sd, cd)] {
+        let (s, k) = (median(swell), median(cli));
+        eprintln!("{op:<32} {:>8.1} ms {:>7.1} ms {:>6.2}", s.as_secs_f64() * 1e3, k.as_secs_f64() * 1e3, s.as_secs_f64() / k.as_secs_f64());
+    }
+}
