@@ -32,8 +32,11 @@ pub enum HarnessError {
     #[error(transparent)]
     Endpoint(#[from] csi_endpoint::EndpointError),
     /// The socket did not appear in time.
-    #[error("socket {0} did not appear within 10 s")]
+    #[error("socket {0} did not appear in time")]
     SocketTimeout(PathBuf),
+    /// A binary the test runs as a process is not built.
+    #[error("binary not found: {0}")]
+    MissingBinary(String),
 }
 
 /// Options for a driver under test.
@@ -199,6 +202,37 @@ impl ControllerUnderTest {
 }
 
 impl Drop for ControllerUnderTest {
+    fn drop(&mut self) {
+        if let Some((stop, task)) = self.server.take() {
+            let _ = stop.send(());
+            task.abort();
+        }
+    }
+}
+
+/// A node service alone, served in-process on a Unix socket.
+pub struct NodeUnderTest {
+    /// Node service client.
+    pub client: NodeClient<Channel>,
+    server: Option<(oneshot::Sender<()>, JoinHandle<Result<(), csi_endpoint::EndpointError>>)>,
+}
+
+impl NodeUnderTest {
+    /// Serves a node with state under `root` over the local backend at `local_state_dir`.
+    pub async fn start(root: &Path, local_state_dir: &Path) -> Result<Self, HarnessError> {
+        let socket = root.join("node.sock");
+        let mut config = NodeConfig::new("swell-e2e-node");
+        config.state_dir = root.join("node");
+        config.local_state_dir = local_state_dir.to_owned();
+        let router = swell_node::server::router(&config).map_err(|e| HarnessError::Node(e.to_string()))?;
+        let server = spawn(socket.clone(), router);
+        wait_for_socket(&socket).await?;
+        let client = NodeClient::new(csi_endpoint::connect(&socket).await?);
+        Ok(NodeUnderTest { client, server: Some(server) })
+    }
+}
+
+impl Drop for NodeUnderTest {
     fn drop(&mut self) {
         if let Some((stop, task)) = self.server.take() {
             let _ = stop.send(());
