@@ -10,6 +10,8 @@ e2e/install-deps.sh
 export SWELL_SKIP_LOG="${SWELL_SKIP_LOG:-$(mktemp /tmp/swell-skips.XXXXXX)}"
 : > "$SWELL_SKIP_LOG"
 status=0
+# The chaos test runs swell-controller as a real process: build the binaries first.
+cargo build --workspace --bins
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/swell-test.log || status=$?
 
 if [[ -s $SWELL_SKIP_LOG ]]; then

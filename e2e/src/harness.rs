@@ -9,8 +9,10 @@ use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::identity_client::IdentityClient;
 use csi_proto::v1::node_client::NodeClient;
 use swell_controller::reconciler::{Reconciler, ReconcilerConfig};
-use swell_controller::server::{ControllerConfig, build as build_controller};
+use swell_controller::rbd::RbdConfig;
+use swell_controller::server::{BackendOptions, ControllerConfig, build_with as build_controller};
 use swell_node::NodeConfig;
+use swell_node::config::RbdNodeConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -47,6 +49,19 @@ pub struct DriverOptions {
     /// Reconciler pacing; `None` keeps the reconciler off so a test drives
     /// passes itself through [`DriverUnderTest::reconciler`].
     pub reconciler: Option<ReconcilerConfig>,
+    /// A Ceph cluster for the RBD backend (controller and node alike).
+    pub rbd: Option<RbdCluster>,
+}
+
+/// How the driver reaches a Ceph cluster.
+#[derive(Debug, Clone)]
+pub struct RbdCluster {
+    /// The id volume ids carry for this cluster.
+    pub cluster_id: String,
+    /// Its ceph.conf.
+    pub ceph_conf: PathBuf,
+    /// A keyring for `client.admin`.
+    pub keyring: PathBuf,
 }
 
 /// A running controller + node and clients for both.
@@ -114,8 +129,18 @@ impl DriverUnderTest {
         node_config.local_state_dir = local_state_dir.clone();
         node_config.endpoint = format!("unix://{}", node_socket.display());
 
+        let backend_options = BackendOptions {
+            rbd: options.rbd.as_ref().map(|c| RbdConfig::new(&c.cluster_id, &c.ceph_conf, &c.keyring)),
+            default_backend: None,
+        };
+        node_config.rbd = options.rbd.as_ref().map(|c| RbdNodeConfig {
+            cluster_id: c.cluster_id.clone(),
+            ceph_conf: c.ceph_conf.clone(),
+            keyring: c.keyring.clone(),
+            user: "admin".into(),
+        });
         let node_router = swell_node::server::router(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
-        let controller = build_controller(&controller_config)?;
+        let controller = build_controller(&controller_config, &backend_options)?;
         let mut servers = vec![spawn(controller_socket.clone(), controller.router), spawn(node_socket.clone(), node_router)];
         if options.reconciler.is_some() {
             let (stop, stopped) = oneshot::channel::<()>();

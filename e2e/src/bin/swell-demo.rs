@@ -1,12 +1,14 @@
-//! `swell-demo`: one volume's whole life over real gRPC on the embedded local
-//! backend — create, stage, publish, write, grow online, verify, tear down —
-//! printing every step with its timing.
+//! `swell-demo`: one volume's whole life over real gRPC — create, stage,
+//! publish, write, grow online, verify, tear down — printing every step with
+//! its timing. On the embedded local backend by default; `--backend rbd`
+//! runs the same on a throwaway single-host Ceph cluster started for it.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use swell_e2e::harness::{DriverOptions, DriverUnderTest};
+use swell_e2e::ceph::{self, TestCluster};
+use swell_e2e::harness::{DriverOptions, DriverUnderTest, RbdCluster};
 use swell_e2e::{host, requests};
 
 const MIB: i64 = 1 << 20;
@@ -15,6 +17,13 @@ const GIB: i64 = 1 << 30;
 /// Runs one volume through its life on Swell and grows it while mounted.
 #[derive(Debug, Parser)]
 struct Args {
+    /// Backend to provision from: `local` (embedded, no servers) or `rbd`
+    /// (a throwaway Ceph cluster: 1 mon, 1 mgr, 3 OSDs, replicated pool).
+    #[arg(long, default_value = "local", value_parser = ["local", "rbd"])]
+    backend: String,
+    /// Monitor port of the throwaway Ceph cluster (`--backend rbd`).
+    #[arg(long, default_value_t = 30300)]
+    ceph_port: u16,
     /// Filesystem to format the volume with (xfs, btrfs, ext4).
     #[arg(long, default_value = "xfs")]
     fs: String,
@@ -82,20 +91,30 @@ async fn demo(args: Args) -> Result<(), String> {
     let capability = requests::mount_capability(&args.fs);
     let mut steps = Steps { started: Instant::now(), number: 0 };
 
-    println!("Swell demo: {} volume on the embedded local backend, under {}", args.fs, root.display());
-    let mut driver = steps.run("start controller and node on Unix sockets", DriverUnderTest::start(&root, DriverOptions::default())).await?;
+    let mut options = DriverOptions::default();
+    let mut cluster = None;
+    if args.backend == "rbd" {
+        println!("Swell demo: {} volume on Ceph RBD (a throwaway local cluster), under {}", args.fs, root.display());
+        steps.run("install Ceph 16.2 packages (if missing)", async { ceph::install() }).await?;
+        let ceph_dir = root.join("ceph");
+        let up = steps.run("start Ceph: 1 mon, 1 mgr, 3 OSDs, pool rbd (size 3)", async { TestCluster::up(&ceph_dir, args.ceph_port) }).await?;
+        options.rbd = Some(RbdCluster { cluster_id: "demo".into(), ceph_conf: up.conf.clone(), keyring: up.keyring.clone() });
+        cluster = Some(up);
+    } else {
+        println!("Swell demo: {} volume on the embedded local backend, under {}", args.fs, root.display());
+    }
+    let mut driver = steps.run("start controller and node on Unix sockets", DriverUnderTest::start(&root, options)).await?;
+    let mut create = requests::create_volume("demo-volume", args.initial_gib * GIB, capability.clone());
+    create.parameters.insert("backend".into(), args.backend.clone());
     let created = steps
-        .run(
-            &format!("CreateVolume {}", gib(args.initial_gib * GIB)),
-            driver.controller.create_volume(requests::create_volume("demo-volume", args.initial_gib * GIB, capability.clone())),
-        )
+        .run(&format!("CreateVolume {} ({})", gib(args.initial_gib * GIB), args.backend), driver.controller.create_volume(create))
         .await?
         .into_inner();
     let volume = created.volume.ok_or("CreateVolume returned no volume")?;
     let id = volume.volume_id.clone();
     println!("     volume id {id}, {}", gib(volume.capacity_bytes));
 
-    steps.run(&format!("NodeStageVolume ({} on a loop device)", args.fs), driver.node.node_stage_volume(requests::stage(&id, &staging_s, capability.clone()))).await?;
+    steps.run(&format!("NodeStageVolume (attach, mkfs.{}, mount)", args.fs), driver.node.node_stage_volume(requests::stage(&id, &staging_s, capability.clone()))).await?;
     steps.run("NodePublishVolume (bind mount into the pod)", driver.node.node_publish_volume(requests::publish(&id, &staging_s, &target_s, capability.clone(), false))).await?;
 
     let data = target.join("payload.bin");
@@ -137,6 +156,9 @@ async fn demo(args: Args) -> Result<(), String> {
         .run("DeleteVolume", driver.controller.delete_volume(csi_proto::v1::DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }))
         .await?;
     steps.run("stop services", async { Ok::<_, String>(driver.stop().await) }).await?;
+    if let Some(cluster) = cluster {
+        steps.run("stop and remove the Ceph cluster", async { cluster.purge() }).await?;
+    }
     println!("Done in {:.2} s: grew a mounted {} volume online with its data intact.", steps.started.elapsed().as_secs_f64(), args.fs);
     Ok(())
 }
