@@ -65,6 +65,9 @@ struct Args {
     /// Bytes that may be promised per byte the pool holds.
     #[arg(long, env = "SWELL_RBD_OVERPROVISION_RATIO", default_value_t = 1.0)]
     rbd_overprovision_ratio: f64,
+    /// Serve Prometheus metrics (pending and stuck expansions) on this address, e.g. 127.0.0.1:9808.
+    #[arg(long, env = "SWELL_METRICS_ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -106,13 +109,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "swell-controller starting"
     );
     let controller = build_with(&config, &backends)?;
-    let (stop_reconciler, reconciler_stopped) = tokio::sync::oneshot::channel::<()>();
-    let reconciler = tokio::spawn(controller.reconciler.run(async {
-        let _ = reconciler_stopped.await;
-    }));
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
+        let _ = stopped.changed().await;
+    };
+    let mut background = vec![tokio::spawn(controller.reconciler.clone().run(until_stopped(stopped.clone())))];
+    if let Some(address) = args.metrics_address {
+        let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("bind metrics address {address}: {e}"))?;
+        let metrics = swell_controller::metrics::serve(listener, controller.reconciler.clone(), until_stopped(stopped.clone()));
+        background.push(tokio::spawn(async move {
+            if let Err(err) = metrics.await {
+                tracing::error!(%address, error = %err, "metrics endpoint failed");
+            }
+        }));
+    }
     let served = serve(&socket, controller.router, shutdown_signal()).await;
-    let _ = stop_reconciler.send(());
-    let _ = reconciler.await;
+    let _ = stop.send(());
+    for task in background {
+        let _ = task.await;
+    }
     served?;
     Ok(())
 }

@@ -4,7 +4,6 @@
 //! connection, bounded read, bounded time).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,10 +43,9 @@ fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Serves `/metrics` on `addr` until `shutdown` resolves.
-pub async fn serve(addr: SocketAddr, reconciler: Reconciler, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving metrics");
+/// Serves `/metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, reconciler: Reconciler, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "serving metrics");
     tokio::pin!(shutdown);
     loop {
         let (mut stream, _) = tokio::select! {

@@ -154,6 +154,25 @@ async fn a_record_that_claims_done_while_the_backend_lags_is_completed_not_belie
     assert_eq!(rig.controller.reconciler.pass().await.completed, 0, "nothing left to do");
 }
 
+/// GET /metrics over real HTTP on loopback, as Prometheus would.
+async fn scrape_metrics(rig: &Rig) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(swell_controller::metrics::serve(listener, rig.controller.reconciler.clone(), async {
+        let _ = stopped.await;
+    }));
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: swell\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_expansion_is_finished_by_the_reconciler_or_replaced_by_a_lower_request() {
     let config = ReconcilerConfig { base_backoff: Duration::ZERO, stuck_after: Duration::ZERO, ..Default::default() };
@@ -174,8 +193,9 @@ async fn a_failed_expansion_is_finished_by_the_reconciler_or_replaced_by_a_lower
     let report = rig.controller.reconciler.pass().await;
     assert_eq!(report.stuck.len(), 1, "{report:?}");
     assert!(report.stuck[0].reason.contains("did not finish grow volume"), "{:?}", report.stuck[0]);
-    let metrics = swell_controller::metrics::render(&rig.controller.reconciler.last_report());
+    let metrics = scrape_metrics(&rig).await;
     assert!(metrics.contains("swell_expansions_stuck 1"), "{metrics}");
+    assert!(metrics.contains(&format!("swell_expansion_stuck_seconds{{volume_id=\"{id}\",desired_bytes=\"{}\"", 4 * GIB)), "{metrics}");
 
     // The engine recovers: the reconciler finishes the recorded wish itself.
     rig.backend.set_grow_mode(GrowMode::Normal);
