@@ -85,18 +85,52 @@ pub struct DriverUnderTest {
     /// The controller's reconciler (running in the background only when
     /// configured in [`DriverOptions`]).
     pub reconciler: Reconciler,
-    servers: Vec<(oneshot::Sender<()>, JoinHandle<Result<(), csi_endpoint::EndpointError>>)>,
+    servers: Vec<Background>,
 }
 
-fn spawn(socket: PathBuf, router: Router) -> (oneshot::Sender<()>, JoinHandle<Result<(), csi_endpoint::EndpointError>>) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        csi_endpoint::serve(&socket, router, async {
+/// A server or loop running in the background until told to stop; dropping
+/// it stops it too, so a failing test leaves nothing running.
+struct Background {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Background {
+    fn start<F, Fut>(work: F) -> Self
+    where
+        F: FnOnce(oneshot::Receiver<()>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        Background { stop: Some(stop), task: tokio::spawn(work(stopped)) }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+            self.task.abort();
+        }
+    }
+}
+
+fn spawn(socket: PathBuf, router: Router) -> Background {
+    Background::start(|stopped| async move {
+        let shutdown = async {
             let _ = stopped.await;
-        })
-        .await
-    });
-    (stop, task)
+        };
+        if let Err(err) = csi_endpoint::serve(&socket, router, shutdown).await {
+            tracing::error!(socket = %socket.display(), error = %err, "test server failed");
+        }
+    })
 }
 
 async fn wait_for_socket(path: &Path) -> Result<(), HarnessError> {
@@ -143,17 +177,14 @@ impl DriverUnderTest {
         let controller = build_controller(&controller_config, &backend_options)?;
         let mut servers = vec![spawn(controller_socket.clone(), controller.router), spawn(node_socket.clone(), node_router)];
         if options.reconciler.is_some() {
-            let (stop, stopped) = oneshot::channel::<()>();
             let reconciler = controller.reconciler.clone();
-            let task = tokio::spawn(async move {
+            servers.push(Background::start(|stopped| async move {
                 reconciler
                     .run(async {
                         let _ = stopped.await;
                     })
-                    .await;
-                Ok(())
-            });
-            servers.push((stop, task));
+                    .await
+            }));
         }
         wait_for_socket(&controller_socket).await?;
         wait_for_socket(&node_socket).await?;
@@ -175,18 +206,8 @@ impl DriverUnderTest {
 
     /// Stops both services and waits for their sockets to close.
     pub async fn stop(mut self) {
-        for (stop, task) in self.servers.drain(..) {
-            let _ = stop.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
-    }
-}
-
-impl Drop for DriverUnderTest {
-    fn drop(&mut self) {
-        for (stop, task) in self.servers.drain(..) {
-            let _ = stop.send(());
-            task.abort();
+        for server in self.servers.drain(..) {
+            server.stop().await;
         }
     }
 }
@@ -202,7 +223,7 @@ pub struct ControllerUnderTest {
     pub reconciler: Reconciler,
     /// The durable expansion records the service writes.
     pub records: swell_controller::ExpansionRecords,
-    server: Option<(oneshot::Sender<()>, JoinHandle<Result<(), csi_endpoint::EndpointError>>)>,
+    _server: Background,
 }
 
 impl ControllerUnderTest {
@@ -222,24 +243,16 @@ impl ControllerUnderTest {
         let server = spawn(socket.clone(), router);
         wait_for_socket(&socket).await?;
         let client = ControllerClient::new(csi_endpoint::connect(&socket).await?);
-        Ok(ControllerUnderTest { socket, client, reconciler, records, server: Some(server) })
+        Ok(ControllerUnderTest { socket, client, reconciler, records, _server: server })
     }
 }
 
-impl Drop for ControllerUnderTest {
-    fn drop(&mut self) {
-        if let Some((stop, task)) = self.server.take() {
-            let _ = stop.send(());
-            task.abort();
-        }
-    }
-}
 
 /// A node service alone, served in-process on a Unix socket.
 pub struct NodeUnderTest {
     /// Node service client.
     pub client: NodeClient<Channel>,
-    server: Option<(oneshot::Sender<()>, JoinHandle<Result<(), csi_endpoint::EndpointError>>)>,
+    _server: Background,
 }
 
 impl NodeUnderTest {
@@ -253,15 +266,7 @@ impl NodeUnderTest {
         let server = spawn(socket.clone(), router);
         wait_for_socket(&socket).await?;
         let client = NodeClient::new(csi_endpoint::connect(&socket).await?);
-        Ok(NodeUnderTest { client, server: Some(server) })
+        Ok(NodeUnderTest { client, _server: server })
     }
 }
 
-impl Drop for NodeUnderTest {
-    fn drop(&mut self) {
-        if let Some((stop, task)) = self.server.take() {
-            let _ = stop.send(());
-            task.abort();
-        }
-    }
-}

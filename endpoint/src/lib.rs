@@ -3,6 +3,10 @@
 //! shutdown, connecting to one as a client (the e2e harness and tools do), and
 //! the Identity service both binaries expose.
 
+// Nothing from outside the process is unwrapped; tests may.
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod identity;
 pub mod socket;
 

@@ -4,6 +4,10 @@
 //! and health. The gRPC layer (`service`) is thin; each RPC's domain logic
 //! lives in a module of its own and knows nothing of gRPC.
 
+// Nothing from outside the process is unwrapped; tests may.
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod attach;
 pub mod config;
 pub mod error;

@@ -155,7 +155,11 @@ async fn demo(args: Args) -> Result<(), String> {
     steps
         .run("DeleteVolume", driver.controller.delete_volume(csi_proto::v1::DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }))
         .await?;
-    steps.run("stop services", async { Ok::<_, String>(driver.stop().await) }).await?;
+    steps.run("stop services", async {
+        driver.stop().await;
+        Ok::<_, String>(())
+    })
+    .await?;
     if let Some(cluster) = cluster {
         steps.run("stop and remove the Ceph cluster", async { cluster.purge() }).await?;
     }
