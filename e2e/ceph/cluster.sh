@@ -49,6 +49,14 @@ quiet() {
 
 # --- processes --------------------------------------------------------------------------------
 
+# Reads the first line of FILE into variable VAR; false if the file is gone. (Never `x=$(<file)`:
+# under set -e a missing file kills the script even behind `||`.)
+read_line() {
+  local -n _line=$1
+  _line=
+  { read -r _line <"$2" || [[ -n $_line ]]; } 2>/dev/null
+}
+
 # True when PID is alive and was started with this cluster's ceph.conf (guards against pid reuse
 # and against touching another cluster's daemons).
 ours() {
@@ -64,7 +72,7 @@ ours() {
 daemon_pid() {
   local f=$RUN/$1.pid pid
   [[ -f $f ]] || return 0
-  pid=$(<"$f") || return 0
+  read_line pid "$f" || return 0
   is_uint "$pid" && ours "$pid" && echo "$pid"
   return 0
 }
@@ -72,20 +80,20 @@ daemon_pid() {
 # True while PID exists and is not a zombie (our own background jobs stay zombies until reaped).
 alive() {
   local stat
-  stat=$(<"/proc/$1/stat") 2>/dev/null || return 1
+  read_line stat "/proc/$1/stat" || return 1
   stat=${stat##*) }
   [[ ${stat%% *} != Z ]]
 }
 
 # Waits up to SECS for all PIDS to exit; returns 1 if some are still alive.
 wait_gone() {
-  local secs=$1 deadline pid alive
+  local secs=$1 deadline pid any
   shift
   deadline=$((SECONDS + secs))
   while :; do
-    alive=0
-    for pid in "$@"; do alive "$pid" && alive=1; done
-    ((alive)) || return 0
+    any=0
+    for pid in "$@"; do alive "$pid" && any=1; done
+    ((any)) || return 0
     ((SECONDS < deadline)) || return 1
     sleep 0.2
   done
@@ -355,7 +363,7 @@ bounded() {
 loops_under() {
   local f back
   for f in /sys/block/loop*/loop/backing_file; do
-    back=$(<"$f") 2>/dev/null || continue
+    read_line back "$f" || continue
     if [[ $back == "$1"/* ]]; then
       f=${f#/sys/block/}
       echo "/dev/${f%%/*}"
@@ -363,11 +371,13 @@ loops_under() {
   done
 }
 
-# Mountpoints whose source is device $1 (from /proc/mounts, which never blocks).
-mount_targets_of() {
-  local src target rest
+# Mountpoints whose source is one of the given devices (from /proc/mounts, which never blocks).
+mounts_of() {
+  local src target rest dev
   while read -r src target rest; do
-    if [[ $src == "$1" ]]; then echo "${target//\\040/ }"; fi
+    for dev in "$@"; do
+      if [[ $src == "$dev" ]]; then echo "${target//\\040/ }"; fi
+    done
   done </proc/mounts
 }
 
@@ -386,24 +396,33 @@ kill_fuse_server() {
 }
 
 # Unmounts an rbd-fuse mount: first the filesystems on loop devices backed by files inside it,
-# then the loop devices, then the FUSE mount. Done while the cluster still runs, so the
-# filesystems can flush; if they cannot (PGs inactive), their I/O is failed after 20 s.
+# then the loop devices, then the FUSE mount. Done while the cluster still runs, so filesystems
+# flush cleanly. If that cannot work (PGs inactive: umount hangs in D state; a writer stuck on
+# such a mount: EBUSY), the rbd-fuse is killed, which fails the pending I/O, and we retry.
 unmount_fuse() {
-  local mnt=$1 loop target loops=() pids=()
+  local mnt=$1 target loops=() targets=() pids=()
   mapfile -t loops < <(loops_under "$mnt")
-  for loop in "${loops[@]}"; do
-    while IFS= read -r target; do
-      [[ -n $target ]] || continue
+  if ((${#loops[@]})); then
+    mapfile -t targets < <(mounts_of "${loops[@]}")
+    for target in "${targets[@]}"; do
       umount "$target" </dev/null >/dev/null 2>&1 &
       pids+=($!)
-    done < <(mount_targets_of "$loop")
-  done
-  if ((${#pids[@]})) && ! wait_gone 20 "${pids[@]}"; then
-    echo "unmounting filesystems on $mnt is stuck (PGs inactive?); killing its rbd-fuse" >&2
-    kill_fuse_server "$mnt"
-    wait_gone 20 "${pids[@]}" || echo "warning: umount on $mnt still stuck" >&2
+    done
+    ((${#pids[@]} == 0)) || wait_gone 20 "${pids[@]}" || true
+    mapfile -t targets < <(mounts_of "${loops[@]}")
+    if ((${#targets[@]})); then
+      echo "cannot unmount ${targets[*]} (busy, or PGs inactive); killing the rbd-fuse of $mnt" >&2
+      kill_fuse_server "$mnt"
+      wait_gone 10 "${pids[@]}" || true
+      sleep 1 # writers on the mount get EIO now and let go of it
+      mapfile -t targets < <(mounts_of "${loops[@]}")
+      for target in "${targets[@]}"; do
+        bounded 10 umount "$target" || bounded 10 umount -l "$target" ||
+          echo "warning: could not unmount $target" >&2
+      done
+    fi
+    for target in "${loops[@]}"; do bounded 10 losetup -d "$target" || true; done
   fi
-  for loop in "${loops[@]}"; do bounded 10 losetup -d "$loop" || true; done
   if ! bounded 10 fusermount -u "$mnt"; then
     kill_fuse_server "$mnt"
     bounded 10 fusermount -u "$mnt" || bounded 10 fusermount -uz "$mnt" ||
