@@ -31,7 +31,8 @@ pub const CLUSTER_ID: &str = "node-rig";
 /// The Ceph user the node runs as (not admin: proves --id/--keyring reach every tool).
 pub const USER: &str = "swell-node";
 const DIR: &str = "/var/tmp/rbd-node-e2e";
-const PORT: u16 = 38200;
+// Below the ephemeral range (32768+), 100 ports clear of the other test clusters.
+const PORT: u16 = 24200;
 
 pub struct ClusterEnv {
     pub dir: PathBuf,
