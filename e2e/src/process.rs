@@ -16,6 +16,8 @@ pub struct ControllerProcess {
     child: Child,
     binary: PathBuf,
     root: PathBuf,
+    local_state_dir: PathBuf,
+    extra_args: Vec<String>,
     /// The CSI socket it serves.
     pub socket: PathBuf,
 }
@@ -37,11 +39,20 @@ impl ControllerProcess {
     /// Starts a controller whose state lives under `root` and whose local
     /// backend uses `local_state_dir`; waits until its socket answers.
     pub async fn start(root: &Path, local_state_dir: &Path) -> Result<Self, HarnessError> {
+        Self::start_with(root, local_state_dir, Vec::new()).await
+    }
+
+    /// Like [`start`](Self::start), with `extra_args` appended to the command
+    /// line (e.g. the `--rbd-*` flags and `--default-backend rbd`); every
+    /// restart passes them again.
+    pub async fn start_with(root: &Path, local_state_dir: &Path, extra_args: Vec<String>) -> Result<Self, HarnessError> {
         let binary = controller_binary()?;
         let mut process = ControllerProcess {
-            child: spawn(&binary, root, local_state_dir)?,
+            child: spawn(&binary, root, local_state_dir, &extra_args)?,
             binary,
             root: root.to_owned(),
+            local_state_dir: local_state_dir.to_owned(),
+            extra_args,
             socket: root.join("controller.sock"),
         };
         process.wait_ready().await?;
@@ -81,17 +92,18 @@ impl ControllerProcess {
         // The killed process could not remove its socket; the next one would,
         // but waiting for "the socket exists" must not see the stale one.
         let _ = std::fs::remove_file(&self.socket);
-        self.child = spawn(&self.binary, &self.root, &self.root.join("local"))?;
+        self.child = spawn(&self.binary, &self.root, &self.local_state_dir, &self.extra_args)?;
         self.wait_ready().await
     }
 }
 
-fn spawn(binary: &Path, root: &Path, local_state_dir: &Path) -> Result<Child, HarnessError> {
+fn spawn(binary: &Path, root: &Path, local_state_dir: &Path, extra_args: &[String]) -> Result<Child, HarnessError> {
     Command::new(binary)
         .arg(format!("--endpoint=unix://{}", root.join("controller.sock").display()))
         .arg(format!("--state-dir={}", root.join("controller").display()))
         .arg(format!("--local-state-dir={}", local_state_dir.display()))
         .arg("--reconcile-interval-secs=1")
+        .args(extra_args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

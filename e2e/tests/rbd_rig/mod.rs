@@ -41,12 +41,15 @@ static ENV: OnceLock<Result<ClusterEnv, String>> = OnceLock::new();
 static OWNED: Mutex<Option<TestCluster>> = Mutex::new(None);
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
+/// Where the cluster of this binary lives: the first `acquire_on` decides.
+static SITE: OnceLock<(&'static str, u16)> = OnceLock::new();
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ceph/cluster.sh")
 }
 
 fn bring_up() -> Result<ClusterEnv, String> {
+    let &(dir_name, port) = SITE.get_or_init(|| (DIR, PORT));
     if let Some(dir) = std::env::var_os("SWELL_RBD_TEST_CLUSTER") {
         let dir = PathBuf::from(dir);
         return Ok(ClusterEnv { conf: dir.join("ceph.conf"), keyring: dir.join("ceph.client.admin.keyring"), dir });
@@ -59,12 +62,12 @@ fn bring_up() -> Result<ClusterEnv, String> {
             return Err(format!("{tool} is not installed (run e2e/ceph/install.sh)"));
         }
     }
-    let dir = PathBuf::from(DIR);
+    let dir = PathBuf::from(dir_name);
     // A cluster left by an earlier run that was killed before its reaper ran.
-    let _ = Command::new("bash").arg(script()).args(["down", DIR, "--purge"]).output();
+    let _ = Command::new("bash").arg(script()).args(["down", dir_name, "--purge"]).output();
     spawn_reaper(&dir);
     let started = std::time::Instant::now();
-    let cluster = TestCluster::up(&dir, PORT).map_err(|e| format!("cluster bring-up failed: {e}"))?;
+    let cluster = TestCluster::up(&dir, port).map_err(|e| format!("cluster bring-up failed: {e}"))?;
     eprintln!("ceph test cluster up in {:.1} s", started.elapsed().as_secs_f64());
     let env = ClusterEnv { dir: cluster.dir.clone(), conf: cluster.conf.clone(), keyring: cluster.keyring.clone() };
     *OWNED.lock().unwrap_or_else(|p| p.into_inner()) = Some(cluster);
@@ -111,6 +114,14 @@ impl Drop for Session {
 /// The shared cluster, locked for `test`; `None` (after noting the skip) when
 /// no cluster can run here. `total_tests` is the number of tests in the binary.
 pub async fn acquire(test: &str, total_tests: usize) -> Option<Session> {
+    acquire_on(test, total_tests, DIR, PORT).await
+}
+
+/// Like [`acquire`], with the cluster in `dir` and its monitor on `port`
+/// (daemons on `port+1..=port+99`), for binaries that must not meet another
+/// binary's cluster. Every test of a binary should pass the same site.
+pub async fn acquire_on(test: &str, total_tests: usize, dir: &'static str, port: u16) -> Option<Session> {
+    let _ = SITE.set((dir, port));
     let lock = LOCK.lock().await;
     let env = tokio::task::block_in_place(|| ENV.get_or_init(bring_up));
     match env {

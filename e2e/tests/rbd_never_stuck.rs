@@ -1,0 +1,638 @@
+//! "Expansion never gets stuck", on the Ceph RBD backend against a real
+//! throwaway cluster, all over the real gRPC socket: 64 racing expansions of
+//! one image, 64 images expanded at once, the Longhorn 13379 state (a record
+//! that claims a size the image does not have), and ≥100 SIGKILLs of a real
+//! `swell-controller` process started with the rbd flags while expansions
+//! are in flight, with data checked through an in-process node.
+//!
+//! One cluster serves every test here (see `rbd_rig`); it lives in its own
+//! directory on its own ports and is purged by the last test.
+//! `SWELL_RBD_TEST_CLUSTER=DIR` reuses a running cluster instead;
+//! `SWELL_CHAOS_KILLS` and `SWELL_CHAOS_SEED` override the chaos defaults.
+
+mod rbd_rig;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use csi_proto::v1::controller_client::ControllerClient;
+use csi_proto::v1::node_client::NodeClient;
+use csi_proto::v1::{ControllerGetVolumeRequest, DeleteVolumeRequest};
+use rbd_rig::{CLUSTER_ID, ClusterEnv, rbd_size};
+use swell_controller::rbd::{RbdBackend, RbdConfig};
+use swell_controller::reconciler::ReconcilerConfig;
+use swell_controller::{Backends, ExpansionRecords};
+use swell_e2e::harness::ControllerUnderTest;
+use swell_e2e::host;
+use swell_e2e::instrumented::InstrumentedBackend;
+use swell_e2e::process::ControllerProcess;
+use swell_e2e::requests::{self, mount_capability};
+use swell_node::{NodeConfig, RbdNodeConfig};
+use swell_storage::{Backend, VolumeId};
+use tokio::sync::oneshot;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// The tests in this binary; the last to finish purges the cluster.
+const TESTS: usize = 4;
+const SITE_DIR: &str = "/var/tmp/rbd-never-stuck-e2e";
+const SITE_PORT: u16 = 31400;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Deadline of every backend call in the in-process controllers (the RBD
+/// backend's own is op_timeout × 2 + 1 s = 11 s).
+const BACKEND_DEADLINE: Duration = Duration::from_secs(15);
+/// How long the restarted controller may take to settle every record
+/// (`SWELL_RBD_RECONCILE_DEADLINE_SECS` overrides). Not 20 s: a controller
+/// SIGKILLed while it had an image open read-write leaves the image's
+/// exclusive lock owned by a dead client, and librbd breaks that lock only
+/// after the dead client's watch expires on the OSD (osd_client_watch_timeout,
+/// 30 s by default). Measured: most settles take < 0.5 s, many 5–9 s (librbd's
+/// 5 s lock-request notify timing out), a few 31 s. Settles over 20 s are
+/// counted and printed.
+fn reconcile_deadline() -> Duration {
+    Duration::from_secs(env_number("SWELL_RBD_RECONCILE_DEADLINE_SECS", 45))
+}
+
+async fn session(test: &str) -> Option<rbd_rig::Session> {
+    rbd_rig::acquire_on(&format!("rbd_never_stuck::{test}"), TESTS, SITE_DIR, SITE_PORT).await
+}
+
+fn rbd_config(env: &ClusterEnv) -> RbdConfig {
+    RbdConfig::new(CLUSTER_ID, &env.conf, &env.keyring)
+}
+
+/// An in-process controller whose only backend is RBD, wrapped to record grows.
+struct Rig {
+    backend: Arc<InstrumentedBackend>,
+    controller: ControllerUnderTest,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig(env: &ClusterEnv) -> Rig {
+    let dir = tempfile::Builder::new().prefix("swell-rbd-never-stuck-").tempdir_in("/var/tmp").unwrap();
+    let rbd: Arc<dyn Backend> = Arc::new(RbdBackend::new(rbd_config(env)).unwrap());
+    let backend = InstrumentedBackend::new(rbd, Duration::ZERO);
+    let backends = Backends::new(backend.clone(), BACKEND_DEADLINE);
+    let controller = ControllerUnderTest::start(dir.path(), backends, ReconcilerConfig::default()).await.unwrap();
+    Rig { backend, controller, _dir: dir }
+}
+
+async fn create(client: &mut ControllerClient<Channel>, name: &str, bytes: u64) -> String {
+    let created = client.create_volume(requests::create_volume(name, bytes as i64, mount_capability("xfs"))).await;
+    let id = created.unwrap_or_else(|e| panic!("create {name}: {e:?}")).into_inner().volume.unwrap().volume_id;
+    assert!(id.starts_with(&format!("rbd:{CLUSTER_ID}:rbd:swell-")), "{id}");
+    id
+}
+
+async fn delete(client: &mut ControllerClient<Channel>, id: &str) {
+    client.delete_volume(DeleteVolumeRequest { volume_id: id.to_owned(), ..Default::default() }).await.unwrap_or_else(|e| panic!("delete {id}: {e:?}"));
+}
+
+async fn size_of(client: &mut ControllerClient<Channel>, id: &str) -> u64 {
+    let got = client.controller_get_volume(ControllerGetVolumeRequest { volume_id: id.into() }).await.unwrap();
+    got.into_inner().volume.unwrap().capacity_bytes as u64
+}
+
+/// The image's size per `rbd info --format json`.
+fn rbd_info_size(env: &ClusterEnv, id: &str) -> u64 {
+    let location = swell_controller::rbd::backend::locate(&id.parse().unwrap()).unwrap();
+    rbd_size(env, &location.pool, &location.image).unwrap().unwrap_or_else(|| panic!("no image for {id}"))
+}
+
+/// Expands like the external-resizer: retries ABORTED with a short pause
+/// until it gets another answer (for at most a minute); every code seen.
+async fn expand_like_the_resizer(mut client: ControllerClient<Channel>, id: String, bytes: u64) -> Vec<Code> {
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0u64;
+    while Instant::now() < until {
+        match client.controller_expand_volume(requests::controller_expand(&id, bytes as i64, None)).await {
+            Ok(answer) => {
+                assert!(answer.into_inner().capacity_bytes as u64 >= bytes);
+                seen.push(Code::Ok);
+                return seen;
+            }
+            Err(status) => {
+                seen.push(status.code());
+                if status.code() != Code::Aborted {
+                    eprintln!("expand {id} to {bytes}: {status:?}");
+                    return seen;
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(3 + attempt % 11)).await;
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_racing_expansions_of_one_image_end_at_the_largest_and_only_grow() {
+    let Some(session) = session("sixty_four_racing_expansions_of_one_image_end_at_the_largest_and_only_grow").await else { return };
+    let env = session.env;
+    let mut rig = rig(env).await;
+    let id = create(&mut rig.controller.client, "race", GIB).await;
+    let sizes: Vec<u64> = (0..64u64).map(|i| GIB + ((i * 37) % 64 + 1) * 64 * MIB).collect();
+    let started = Instant::now();
+    let calls: Vec<_> = sizes
+        .iter()
+        .map(|&bytes| tokio::spawn(expand_like_the_resizer(rig.controller.client.clone(), id.clone(), bytes)))
+        .collect();
+    let mut aborted = 0;
+    for call in calls {
+        let codes = call.await.unwrap();
+        assert_eq!(codes.last(), Some(&Code::Ok), "a call ended without success: {codes:?}");
+        assert!(codes.iter().all(|c| matches!(c, Code::Ok | Code::Aborted)), "only OK or ABORTED: {codes:?}");
+        aborted += codes.len() - 1;
+    }
+    let took = started.elapsed();
+    let largest = *sizes.iter().max().unwrap();
+    assert_eq!(size_of(&mut rig.controller.client, &id).await, largest, "ControllerGetVolume");
+    assert_eq!(rbd_info_size(env, &id), largest, "rbd info");
+    let grows: Vec<u64> = rig.backend.grows().into_iter().map(|(_, size)| size).collect();
+    assert!(grows.windows(2).all(|w| w[0] < w[1]), "the engine saw a non-increasing resize: {grows:?}");
+    println!(
+        "rbd: 64 racing expansions in {took:?}: {} rbd resizes, {aborted} ABORTED answers retried, final {} MiB",
+        grows.len(),
+        largest / MIB
+    );
+    delete(&mut rig.controller.client, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_images_expand_in_parallel() {
+    let Some(session) = session("sixty_four_images_expand_in_parallel").await else { return };
+    let env = session.env;
+    let mut rig = rig(env).await;
+    let made = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..65 {
+        ids.push(create(&mut rig.controller.client, &format!("par-{i}"), 64 * MIB).await);
+    }
+    println!("rbd: 65 creates, one after another, took {:?}", made.elapsed());
+    // Warm: the first call connects to Ceph.
+    let one = Instant::now();
+    let first = rig.controller.client.controller_expand_volume(requests::controller_expand(&ids[64], (96 * MIB) as i64, None)).await;
+    let warm = one.elapsed();
+    first.unwrap_or_else(|e| panic!("warm-up expansion: {e:?}"));
+    let one = Instant::now();
+    let single = rig.controller.client.controller_expand_volume(requests::controller_expand(&ids[64], (128 * MIB) as i64, None)).await;
+    let single_took = one.elapsed();
+    single.unwrap_or_else(|e| panic!("single expansion: {e:?}"));
+
+    let all = Instant::now();
+    let calls: Vec<_> = ids[..64]
+        .iter()
+        .map(|id| {
+            let mut client = rig.controller.client.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = client.controller_expand_volume(requests::controller_expand(&id, (128 * MIB) as i64, None)).await;
+                (answer.map(|a| a.into_inner().capacity_bytes as u64), started.elapsed())
+            })
+        })
+        .collect();
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut slowest = Duration::ZERO;
+    let mut failures = Vec::new();
+    for call in calls {
+        let (answer, took) = call.await.unwrap();
+        slowest = slowest.max(took);
+        match answer {
+            Ok(size) => {
+                *codes.entry("OK".into()).or_default() += 1;
+                assert_eq!(size, 128 * MIB);
+            }
+            Err(status) => {
+                *codes.entry(format!("{:?}", status.code())).or_default() += 1;
+                failures.push(format!("{:?}: {}", status.code(), status.message()));
+            }
+        }
+    }
+    let wall = all.elapsed();
+    let ratio = (single_took.as_secs_f64() * 64.0) / wall.as_secs_f64();
+    println!(
+        "rbd: 64 images: first (connecting) expansion {warm:?}, one expansion {single_took:?}, all 64 at once {wall:?} \
+         (slowest call {slowest:?}), 64x-one / wall = {ratio:.1}; answers {codes:?}"
+    );
+    for failure in failures.iter().take(3) {
+        println!("  e.g. {failure}");
+    }
+    let resized = ids[..64].iter().filter(|id| rbd_info_size(env, id) == 128 * MIB).count();
+    for id in &ids {
+        delete(&mut rig.controller.client, id).await;
+    }
+    assert!(failures.is_empty(), "{} of 64 concurrent expansions failed ({resized} images did reach 128 MiB): {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(ratio > 4.0, "64 images took {wall:?} vs {single_took:?} for one: rbd expansions are serialised");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_claims_done_while_the_image_lags_is_completed_not_believed() {
+    let Some(session) = session("a_record_that_claims_done_while_the_image_lags_is_completed_not_believed").await else { return };
+    let env = session.env;
+    let mut rig = rig(env).await;
+    let id = create(&mut rig.controller.client, "lh13379", GIB).await;
+    let volume: VolumeId = id.parse().unwrap();
+    // The Longhorn 13379 state: the record says 2 GiB reached, the image has 1 GiB.
+    let record = rig.controller.records.begin(&volume, GIB, 2 * GIB).unwrap();
+    rig.controller.records.finish(record, 2 * GIB, None).unwrap();
+
+    let status = rig.controller.client.controller_get_volume(ControllerGetVolumeRequest { volume_id: id.clone() }).await.unwrap().into_inner();
+    assert_eq!(status.volume.unwrap().capacity_bytes as u64, GIB, "the size is read from the image, not the record");
+    let condition = status.status.unwrap().volume_condition.unwrap();
+    assert!(condition.abnormal, "a volume short of its recorded wish is abnormal: {condition:?}");
+    println!("rbd: lh13379 condition: {}", condition.message);
+
+    // An expansion request for 2 GiB must grow the image, not answer "done".
+    let answer = rig.controller.client.controller_expand_volume(requests::controller_expand(&id, (2 * GIB) as i64, None)).await.unwrap();
+    assert_eq!(answer.into_inner().capacity_bytes as u64, 2 * GIB);
+    assert_eq!(rig.backend.grows(), vec![(volume.clone(), 2 * GIB)], "rbd was really asked to resize");
+    assert_eq!(rbd_info_size(env, &id), 2 * GIB, "rbd info shows the grown image");
+
+    // And the reconciler finds and completes the same state on its own.
+    let second = create(&mut rig.controller.client, "lh13379-b", GIB).await;
+    let second_id: VolumeId = second.parse().unwrap();
+    let record = rig.controller.records.begin(&second_id, GIB, 3 * GIB).unwrap();
+    rig.controller.records.finish(record, 3 * GIB, None).unwrap();
+    let report = rig.controller.reconciler.pass().await;
+    assert_eq!(report.completed, 1, "{report:?}");
+    assert_eq!(rbd_info_size(env, &second), 3 * GIB, "rbd info after the reconciler's pass");
+    assert_eq!(size_of(&mut rig.controller.client, &second).await, 3 * GIB);
+    let again = rig.controller.reconciler.pass().await;
+    assert_eq!((again.completed, again.pending), (0, 0), "nothing left to do: {again:?}");
+    for id in [&id, &second] {
+        delete(&mut rig.controller.client, id).await;
+    }
+}
+
+// --- chaos ------------------------------------------------------------------
+
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A node service in-process on `root/node.sock`, attaching RBD volumes
+/// (rbd-fuse + loop on hosts without the rbd module).
+struct Node {
+    client: NodeClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Node {
+    async fn start(root: &Path, env: &ClusterEnv) -> Node {
+        let socket = root.join("node.sock");
+        let mut config = NodeConfig::new("swell-rbd-chaos-node");
+        config.state_dir = root.join("node");
+        config.local_state_dir = root.join("local");
+        config.endpoint = format!("unix://{}", socket.display());
+        config.rbd = Some(RbdNodeConfig {
+            cluster_id: CLUSTER_ID.into(),
+            ceph_conf: env.conf.clone(),
+            keyring: env.keyring.clone(),
+            user: "admin".into(),
+        });
+        let router = swell_node::server::router(&config).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = socket.clone();
+        tokio::spawn(async move {
+            let _ = csi_endpoint::serve(&served, router, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "node socket did not appear");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Node { client: NodeClient::new(csi_endpoint::connect(&socket).await.unwrap()), stop: Some(stop) }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// On drop (also on a panic), takes down whatever is still mounted under the
+/// directory: file systems and binds, the loop devices under them, then the
+/// rbd-fuse mounts, so the temporary directory can go and no rbd-fuse
+/// process keeps watching an image.
+struct MountSweeper(PathBuf);
+
+fn mounts_under(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let path = l.split(' ').nth(4)?.replace("\\040", " ");
+            let fs_type = l.split_once(" - ")?.1.split(' ').next()?.to_owned();
+            Path::new(&path).starts_with(dir).then_some((path, fs_type))
+        })
+        .collect()
+}
+
+fn loop_devices_under(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            Path::new(backing.trim_end()).starts_with(dir).then(|| format!("/dev/{name}"))
+        })
+        .collect()
+}
+
+fn rbd_fuse_pids_under(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let dir = dir.to_string_lossy().into_owned();
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            args.first().is_some_and(|a| a.ends_with("rbd-fuse")) && args.iter().any(|a| a.starts_with(&dir))
+        })
+        .collect()
+}
+
+/// What is still attached under `dir`: mounts, loop devices, rbd-fuse processes.
+fn leftovers(dir: &Path) -> Vec<String> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let mut found: Vec<String> = mounts_under(&dir).into_iter().map(|(p, t)| format!("{t} mount at {p}")).collect();
+    found.extend(loop_devices_under(&dir).into_iter().map(|d| format!("loop device {d}")));
+    found.extend(rbd_fuse_pids_under(&dir).into_iter().map(|p| format!("rbd-fuse pid {p}")));
+    found
+}
+
+impl Drop for MountSweeper {
+    fn drop(&mut self) {
+        let dir = std::fs::canonicalize(&self.0).unwrap_or_else(|_| self.0.clone());
+        let (mut fuse, mut others): (Vec<_>, Vec<_>) = mounts_under(&dir).into_iter().partition(|(_, t)| t.starts_with("fuse"));
+        others.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        for (mount, _) in others {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
+        }
+        for device in loop_devices_under(&dir) {
+            let _ = Command::new("losetup").arg("-d").arg(&device).status();
+        }
+        fuse.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        for (mount, _) in fuse {
+            let _ = Command::new("fusermount").arg("-uz").arg(&mount).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !rbd_fuse_pids_under(&dir).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for pid in rbd_fuse_pids_under(&dir) {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+    }
+}
+
+struct Volume {
+    id: VolumeId,
+    /// Staged and published: `(staging, target, checksum of data.bin)`.
+    mounted: Option<(String, String, String)>,
+    /// The largest size seen so far (never allowed to go down).
+    size: u64,
+}
+
+/// What one settling wait found.
+struct Settled {
+    /// Some record was pending or stale at the first look.
+    had_pending: bool,
+    took: Duration,
+}
+
+/// Polls until every record is settled (desired ≤ image size, current =
+/// image size) with the image size read from Ceph; asserts no image ever
+/// shrank on the way.
+async fn settled(records: &ExpansionRecords, ceph: &RbdBackend, volumes: &mut [Volume], round: u64) -> Result<Settled, String> {
+    let started = Instant::now();
+    let mut had_pending = false;
+    loop {
+        let mut problems = Vec::new();
+        for volume in volumes.iter_mut() {
+            let now = match ceph.volume(&volume.id).await {
+                Ok(Some(info)) => info.size_bytes,
+                Ok(None) => return Err(format!("{}: image gone", volume.id)),
+                Err(e) => {
+                    problems.push(format!("{}: reading the image: {e}", volume.id));
+                    continue;
+                }
+            };
+            assert!(now >= volume.size, "round {round}: {} shrank from {} to {now}", volume.id, volume.size);
+            volume.size = now;
+            match records.get(&volume.id) {
+                Ok(Some(r)) if r.desired_bytes > now || r.current_bytes != now => problems.push(format!(
+                    "{}: desired {} current {} image {now} error {:?}",
+                    volume.id, r.desired_bytes, r.current_bytes, r.last_error
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("{}: record unreadable: {e}", volume.id)),
+            }
+        }
+        if problems.is_empty() {
+            return Ok(Settled { had_pending, took: started.elapsed() });
+        }
+        had_pending = true;
+        if started.elapsed() > reconcile_deadline() {
+            return Err(format!("stuck past {:?}: {problems:?}", reconcile_deadline()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn node_expand_and_verify(node: &mut Node, volumes: &[Volume], round: u64) {
+    for volume in volumes {
+        let Some((_, target, checksum)) = &volume.mounted else { continue };
+        let id = volume.id.to_string();
+        let started = Instant::now();
+        let grown = node.client.node_expand_volume(requests::node_expand(&id, target, "", volume.size as i64, None)).await;
+        let grown = grown.unwrap_or_else(|e| panic!("round {round}: node expand {id}: {e:?}")).into_inner();
+        assert_eq!(grown.capacity_bytes as u64, volume.size, "round {round}: node expand of {id} reached the image size");
+        let now = host::sha256_file(&Path::new(target).join("data.bin")).unwrap();
+        assert_eq!(&now, checksum, "round {round}: data of {id} changed");
+        println!("  round {round}: NodeExpandVolume {id} to {} MiB in {:?}, checksum intact", volume.size / MIB, started.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck() {
+    const TEST: &str = "controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck";
+    let Some(session) = session(TEST).await else { return };
+    let env = session.env;
+    for tool in ["rbd-fuse", "fusermount", "mkfs.xfs", "xfs_growfs"] {
+        if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
+            host::note_skip(&format!("rbd_never_stuck::{TEST}"), &format!("{tool} is not installed"));
+            return;
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        host::note_skip(&format!("rbd_never_stuck::{TEST}"), "/dev/fuse is missing");
+        return;
+    }
+    let kills = env_number("SWELL_CHAOS_KILLS", 100);
+    let seed = env_number("SWELL_CHAOS_SEED", 0x5eed_cafe);
+    let mut rng = Xorshift(seed | 1);
+    let dir = tempfile::Builder::new().prefix("swell-rbd-chaos-").tempdir_in("/var/tmp").unwrap();
+    let _sweeper = MountSweeper(dir.path().to_owned());
+    let root = dir.path();
+    let rbd_args = vec![
+        format!("--rbd-cluster-id={CLUSTER_ID}"),
+        format!("--rbd-ceph-conf={}", env.conf.display()),
+        format!("--rbd-keyring={}", env.keyring.display()),
+        "--default-backend=rbd".to_owned(),
+    ];
+    let mut controller = ControllerProcess::start_with(root, &root.join("local"), rbd_args).await.expect("controller process starts");
+    let mut node = Node::start(root, env).await;
+    let records = ExpansionRecords::open(&root.join("controller")).unwrap();
+    let ceph = RbdBackend::new(rbd_config(env)).unwrap();
+
+    let mut client = controller.client().await.unwrap();
+    let mut volumes = Vec::new();
+    let cap = mount_capability("xfs");
+    for i in 0..4u64 {
+        let id = create(&mut client, &format!("chaos-{i}"), 320 * MIB).await;
+        let mut mounted = None;
+        if i < 2 {
+            let staging = root.join(format!("staging-{i}")).display().to_string();
+            let target = root.join(format!("pod-{i}/vol")).display().to_string();
+            let started = Instant::now();
+            node.client.node_stage_volume(requests::stage(&id, &staging, cap.clone())).await.unwrap();
+            node.client.node_publish_volume(requests::publish(&id, &staging, &target, cap.clone(), false)).await.unwrap();
+            let file = Path::new(&target).join("data.bin");
+            host::write_pattern(&file, (8 * MIB) as usize, seed + i).unwrap();
+            mounted = Some((staging, target, host::sha256_file(&file).unwrap()));
+            println!("chaos: {id} staged (xfs over rbd-fuse + loop), published and written in {:?}", started.elapsed());
+        }
+        volumes.push(Volume { id: id.parse().unwrap(), mounted, size: 320 * MIB });
+    }
+    // How long one expansion takes here sets the window the kills land in.
+    let mut samples = Vec::new();
+    for volume in &mut volumes {
+        let started = Instant::now();
+        volume.size += 4 * MIB;
+        let id = volume.id.to_string();
+        client.controller_expand_volume(requests::controller_expand(&id, volume.size as i64, None)).await.unwrap();
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let window = samples[samples.len() / 2].max(Duration::from_millis(5)) * 2;
+    println!("chaos: one expansion through the controller process takes {samples:?}; kills land within {window:?} of firing");
+
+    let started = Instant::now();
+    let mut interrupted_calls = 0;
+    let mut completed_calls = 0;
+    let mut rounds_with_pending = 0;
+    let mut slowest_settle = Duration::ZERO;
+    let mut settle_total = Duration::ZERO;
+    let mut slow_settles = Vec::new();
+    let mut over_20s = 0;
+    for round in 0..kills {
+        // Fire one expansion per image, then SIGKILL the controller at a random moment.
+        let calls: Vec<_> = volumes
+            .iter()
+            .map(|v| {
+                let mut client: ControllerClient<Channel> = client.clone();
+                let bytes = (v.size + (1 + rng.below(4)) * 4 * MIB) as i64;
+                let id = v.id.to_string();
+                tokio::spawn(async move { client.controller_expand_volume(requests::controller_expand(&id, bytes, None)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_micros(rng.below(window.as_micros() as u64))).await;
+        controller.restart().await.unwrap_or_else(|e| panic!("round {round}: restart failed: {e}"));
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(_) => completed_calls += 1,
+                Err(status) => {
+                    interrupted_calls += 1;
+                    assert!(
+                        matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted),
+                        "round {round}: an expansion cut by the kill answered {status:?}"
+                    );
+                }
+            }
+        }
+        client = controller.client().await.unwrap();
+
+        let settle = settled(&records, &ceph, &mut volumes, round).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        rounds_with_pending += usize::from(settle.had_pending);
+        if settle.took > Duration::from_secs(2) {
+            slow_settles.push((round, settle.took.as_secs_f64()));
+        }
+        over_20s += usize::from(settle.took > Duration::from_secs(20));
+        slowest_settle = slowest_settle.max(settle.took);
+        settle_total += settle.took;
+        if round % 25 == 24 || round + 1 == kills {
+            node_expand_and_verify(&mut node, &volumes, round).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "chaos (rbd): {kills} SIGKILLs in {:.1} s (seed {seed:#x}), {interrupted_calls} calls cut off, {completed_calls} answered OK, \
+         {rounds_with_pending} restarts found unfinished work, 0 stuck (bound {:?}; {over_20s} settles took over 20 s); settling took {:.0} ms on average, {slowest_settle:?} at most; \
+         settles over 2 s (round, s): {slow_settles:.1?}; final sizes {:?} MiB",
+        elapsed.as_secs_f64(),
+        reconcile_deadline(),
+        settle_total.as_secs_f64() * 1e3 / kills.max(1) as f64,
+        volumes.iter().map(|v| v.size / MIB).collect::<Vec<_>>()
+    );
+
+    for volume in &volumes {
+        let id = volume.id.to_string();
+        if let Some((staging, target, _)) = &volume.mounted {
+            node.client.node_unpublish_volume(requests::unpublish(&id, target)).await.unwrap();
+            node.client.node_unstage_volume(requests::unstage(&id, staging)).await.unwrap();
+        }
+    }
+    assert_eq!(leftovers(root), Vec::<String>::new(), "nothing attached after unstage");
+    for volume in &volumes {
+        let id = volume.id.to_string();
+        assert_eq!(rbd_info_size(env, &id), volume.size, "rbd info agrees with librbd");
+        // Bounded retry, as the provisioner would: report how long it took.
+        let started = Instant::now();
+        let mut failures = Vec::new();
+        loop {
+            match client.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await {
+                Ok(_) => break,
+                Err(status)
+                    if matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable | Code::Aborted)
+                        && started.elapsed() < Duration::from_secs(90) =>
+                {
+                    if failures.last().is_none_or(|(code, _)| *code != status.code()) {
+                        failures.push((status.code(), status.message().to_owned()));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(status) => panic!("delete {id} after {:?} ({failures:?}): {status:?}", started.elapsed()),
+            }
+        }
+        if !failures.is_empty() {
+            println!("chaos: DeleteVolume {id} succeeded after {:?}; first it answered {failures:?}", started.elapsed());
+        }
+    }
+    controller.kill().await;
+}
