@@ -128,12 +128,15 @@ impl Expander {
     async fn grow_locked(&self, backend: &Arc<dyn Backend>, id: &VolumeId, current: u64, target: u64) -> Result<u64, ControllerError> {
         let record = self.records.begin(id, current, target).map_err(|s| record_error(id, "record desired size", s))?;
         tracing::info!(volume.id = %id, current, target, "growing volume");
-        if let Err(err) = self.backends.call("grow volume", &id.to_string(), backend.grow_volume(id, target)).await {
-            self.records.finish(record, current, Some(err.to_string())).map_err(|s| record_error(id, "record failed attempt", s))?;
-            return Err(err);
-        }
-        // Read back rather than trust the grow call's answer.
-        let after = self.fresh_size(backend, id, "read volume after expanding").await?.unwrap_or(0);
+        // The backend reads the size back from the engine after growing (the
+        // trait's contract), so its answer is fresh, not the size we asked for.
+        let after = match self.backends.call("grow volume", &id.to_string(), backend.grow_volume(id, target)).await {
+            Ok(after) => after,
+            Err(err) => {
+                self.records.finish(record, current, Some(err.to_string())).map_err(|s| record_error(id, "record failed attempt", s))?;
+                return Err(err);
+            }
+        };
         if after < target {
             let message = format!("backend reports {after} bytes after growing to {target}");
             self.records.finish(record, after, Some(message.clone())).map_err(|s| record_error(id, "record short growth", s))?;

@@ -59,8 +59,10 @@ struct Args {
     /// The pool for StorageClasses without a `pool` parameter.
     #[arg(long, env = "SWELL_RBD_POOL", default_value = "rbd")]
     rbd_pool: String,
-    /// librados timeout of each OSD/monitor operation and of connecting, in seconds.
-    #[arg(long, env = "SWELL_RBD_OP_TIMEOUT_SECS", default_value_t = 5)]
+    /// librados timeout of each OSD/monitor operation and of connecting, in
+    /// seconds. An RBD call may take 2 × this + 1 s, which must stay under
+    /// --backend-timeout-secs (checked at start-up).
+    #[arg(long, env = "SWELL_RBD_OP_TIMEOUT_SECS", default_value_t = 3)]
     rbd_op_timeout_secs: u64,
     /// Bytes that may be promised per byte the pool holds.
     #[arg(long, env = "SWELL_RBD_OVERPROVISION_RATIO", default_value_t = 1.0)]
@@ -86,6 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             default_pool: args.rbd_pool,
             op_timeout: Duration::from_secs(args.rbd_op_timeout_secs),
             overprovision_ratio: args.rbd_overprovision_ratio,
+            state_dir: Some(args.state_dir.clone()),
         }),
         _ => None,
     };

@@ -76,6 +76,32 @@ pub enum StartError {
     /// The driver name is not one the CSI spec allows.
     #[error(transparent)]
     DriverName(#[from] csi_endpoint::identity::InvalidDriverName),
+    /// The RBD backend's own deadline is not shorter than the controller's.
+    #[error(
+        "the RBD call deadline ({rbd:?} = 2 x rbd op timeout {op_timeout:?} + 1 s) must be shorter than the backend \
+         timeout ({backend:?}), or calls are cut off while librbd still works: lower --rbd-op-timeout-secs or \
+         raise --backend-timeout-secs"
+    )]
+    Deadlines {
+        /// The RBD backend's deadline for one call.
+        rbd: Duration,
+        /// The librados op timeout it is derived from.
+        op_timeout: Duration,
+        /// The controller's deadline for every backend call.
+        backend: Duration,
+    },
+}
+
+/// Refuses an RBD configuration whose own call deadline is not strictly
+/// shorter than the controller's backend deadline: the inner deadline must
+/// expire first, so the RBD backend answers (and stops mutating) before the
+/// controller gives up on it.
+pub fn check_deadlines(rbd: &RbdConfig, backend_timeout: Duration) -> Result<(), StartError> {
+    let deadline = rbd.call_deadline();
+    if deadline >= backend_timeout {
+        return Err(StartError::Deadlines { rbd: deadline, op_timeout: rbd.op_timeout, backend: backend_timeout });
+    }
+    Ok(())
 }
 
 /// Builds the Identity + Controller router and the reconciler over the local backend.
@@ -93,7 +119,13 @@ pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result
             source,
         })?);
     let rbd: Option<Arc<dyn swell_storage::Backend>> = match &options.rbd {
-        Some(rbd) => Some(Arc::new(RbdBackend::new(rbd.clone())?)),
+        Some(rbd) => {
+            check_deadlines(rbd, config.backend_timeout)?;
+            let mut rbd = rbd.clone();
+            // Where this instance records its Ceph client for the next one to fence.
+            rbd.state_dir.get_or_insert_with(|| config.state_dir.clone());
+            Some(Arc::new(RbdBackend::new(rbd)?))
+        }
         None => None,
     };
     let backends = match (options.default_backend.as_deref().unwrap_or("local"), rbd) {
@@ -119,4 +151,44 @@ pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result
         .add_service(IdentityServer::new(identity))
         .add_service(ControllerServer::new(controller));
     Ok(Controller { router, reconciler })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rbd(op_timeout_secs: u64) -> RbdConfig {
+        let mut rbd = RbdConfig::new("ceph-a", "/etc/ceph/ceph.conf", "/etc/ceph/keyring");
+        rbd.op_timeout = Duration::from_secs(op_timeout_secs);
+        rbd
+    }
+
+    #[test]
+    fn the_rbd_deadline_must_expire_before_the_backend_deadline() {
+        // The defaults fit: 2 x 3 s + 1 s = 7 s < 8 s.
+        assert!(check_deadlines(&RbdConfig::new("c", "/c", "/k"), Duration::from_secs(8)).is_ok());
+        assert!(check_deadlines(&rbd(5), Duration::from_secs(12)).is_ok());
+        for (op, backend) in [(5, 8), (5, 11), (3, 7)] {
+            let err = check_deadlines(&rbd(op), Duration::from_secs(backend)).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("--rbd-op-timeout-secs") && text.contains("--backend-timeout-secs"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_controller_with_mismatched_deadlines_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControllerConfig {
+            driver_name: "swell.csi.storage".into(),
+            state_dir: dir.path().join("controller"),
+            local_state_dir: dir.path().join("local"),
+            local_capacity_bytes: Some(1 << 30),
+            backend_timeout: Duration::from_secs(8),
+            reconciler: ReconcilerConfig::default(),
+        };
+        let bad = BackendOptions { rbd: Some(rbd(5)), default_backend: Some("rbd".into()) };
+        assert!(matches!(build_with(&config, &bad), Err(StartError::Deadlines { .. })));
+        let good = BackendOptions { rbd: Some(rbd(3)), default_backend: Some("rbd".into()) };
+        assert!(build_with(&config, &good).is_ok(), "no cluster is contacted at start-up");
+    }
 }

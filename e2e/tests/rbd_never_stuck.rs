@@ -43,7 +43,7 @@ const SITE_PORT: u16 = 31400;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 /// Deadline of every backend call in the in-process controllers (the RBD
-/// backend's own is op_timeout × 2 + 1 s = 11 s).
+/// backend's own is op_timeout × 2 + 1 s = 7 s).
 const BACKEND_DEADLINE: Duration = Duration::from_secs(15);
 /// How long the restarted controller may take to settle every record
 /// (`SWELL_RBD_RECONCILE_DEADLINE_SECS` overrides). Not 20 s: a controller
@@ -228,7 +228,10 @@ async fn sixty_four_images_expand_in_parallel() {
         delete(&mut rig.controller.client, id).await;
     }
     assert!(failures.is_empty(), "{} of 64 concurrent expansions failed ({resized} images did reach 128 MiB): {:?}", failures.len(), &failures[..failures.len().min(3)]);
-    assert!(ratio > 4.0, "64 images took {wall:?} vs {single_took:?} for one: rbd expansions are serialised");
+    // Serialised expansions give a ratio near 1 (it was 1.9 while a pool read
+    // sat under the ledger lock). On two cores that also run three OSDs and a
+    // monitor, CPU caps a parallel speed-up at about 4.
+    assert!(ratio > 2.5, "64 images took {wall:?} vs {single_took:?} for one: rbd expansions are serialised");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

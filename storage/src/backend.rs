@@ -142,7 +142,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn capacity(&self) -> Result<Capacity, BackendError>;
 
     /// Grows a volume to `new_size_bytes` and returns the size the engine
-    /// reports afterwards. Never shrinks.
+    /// reports afterwards, read back from it (never the size asked for).
+    /// Never shrinks.
     async fn grow_volume(&self, id: &VolumeId, new_size_bytes: u64) -> Result<u64, BackendError>;
 
     /// Whether the engine can serve requests now.

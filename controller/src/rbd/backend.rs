@@ -8,29 +8,43 @@
 //!
 //! Creates and grows are admitted against the pool's capacity policy (and
 //! refused on a full pool) before anything is written, because librbd on a
-//! full pool hangs instead of answering. Concurrent admissions are
-//! serialised with an in-process ledger of bytes promised to operations in
-//! flight, so two grows cannot both take the last free bytes.
+//! full pool hangs instead of answering. The pool is read fresh for every
+//! admission, side by side with other admissions; only the final check
+//! against the [`Ledger`] of bytes promised to operations in flight is
+//! serialised, so two grows cannot both take the last free bytes.
+//!
+//! Images are created with the `layering` feature only (as ceph-csi does):
+//! without exclusive-lock, a resize never waits for a lock held by another
+//! client, alive or dead.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use swell_storage::{Backend, BackendError, Capacity, Created, VolumeId, VolumeInfo};
 
-use super::capacity::{self, PoolRoom};
+use super::capacity::{self, PoolSettings, PoolUsage};
+use super::coalesce::{Coalescer, Missed};
 use super::connection::{ConnectSettings, Connection, Connector, ensure_time_left};
 use super::errors::RbdError;
-use super::ffi::IoCtx;
+use super::fence::Fence;
+use super::ffi::{IoCtx, RBD_FEATURE_LAYERING};
+use super::ledger::{Ledger, Promise, Snapshot};
 use super::{KIND, RbdConfig};
 
 /// Image metadata key holding the CO's volume name.
 pub const NAME_KEY: &str = "swell.volume-name";
 const IMAGE_PREFIX: &str = "swell-";
 const ENOENT: i32 = 2;
-/// Ceph calls that may be outstanding at once (running or stuck).
-const MAX_OUTSTANDING: usize = 32;
+/// Ceph calls that may be outstanding at once, running or stuck in a hung
+/// librados call: bounds the blocking threads a dead cluster can hold, far
+/// above what healthy concurrency needs (every call returns within its
+/// deadline's op timeouts).
+const MAX_OUTSTANDING: usize = 256;
+/// The features of every image Swell creates: layering only, so no
+/// exclusive lock is ever needed (or left behind by a dead client).
+pub const IMAGE_FEATURES: u64 = RBD_FEATURE_LAYERING;
 
 /// Where a volume lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,29 +83,18 @@ pub fn locate(id: &VolumeId) -> Option<Location> {
     Some(Location { cluster: cluster.to_owned(), pool: pool.to_owned(), image: image.to_owned() })
 }
 
-/// Bytes promised to creates and grows still in flight, by `pool/image`.
-type Ledger = Arc<Mutex<HashMap<String, (String, u64)>>>;
-
-/// An admitted operation's promise; dropping it (after the operation
-/// finished, so its effect is visible in the pool) ends the promise.
-struct Promise {
-    ledger: Ledger,
-    key: String,
-}
-
-impl Drop for Promise {
-    fn drop(&mut self) {
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
-    }
-}
-
 /// The RBD backend of one cluster.
 #[derive(Clone)]
 pub struct RbdBackend {
     config: Arc<RbdConfig>,
     connector: Connector,
     ledger: Ledger,
+    readings: Arc<Readings>,
 }
+
+/// Pool readings shared by concurrent admissions, each with the ledger
+/// snapshot taken just before it.
+type Readings = Coalescer<(Snapshot, PoolReading), RbdError>;
 
 /// Why an [`RbdConfig`] cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -119,10 +122,16 @@ impl RbdBackend {
             user: config.user.clone(),
             op_timeout: config.op_timeout,
         };
-        // One stalled librados op ends after op_timeout; a call makes a few in
-        // a row, so give it two and a margin before Swell gives up on it.
-        let deadline = config.op_timeout * 2 + Duration::from_secs(1);
-        Ok(RbdBackend { connector: Connector::new(settings, MAX_OUTSTANDING, deadline), config: Arc::new(config), ledger: Arc::default() })
+        let mut connector = Connector::new(settings, MAX_OUTSTANDING, config.call_deadline());
+        if let Some(record) = config.client_record() {
+            connector = connector.with_fence(Fence::new(record));
+        }
+        Ok(RbdBackend { connector, config: Arc::new(config), ledger: Ledger::default(), readings: Arc::default() })
+    }
+
+    /// How long one call may take before this backend answers Timeout.
+    pub fn call_deadline(&self) -> Duration {
+        self.connector.deadline()
     }
 
     /// The id a volume named `name` gets in `pool`.
@@ -149,7 +158,12 @@ impl RbdBackend {
     }
 
     fn settings(&self) -> Settings {
-        Settings { ratio: self.config.overprovision_ratio, op_timeout: self.config.op_timeout, ledger: Arc::clone(&self.ledger) }
+        Settings {
+            ratio: self.config.overprovision_ratio,
+            op_timeout: self.config.op_timeout,
+            ledger: self.ledger.clone(),
+            readings: Arc::clone(&self.readings),
+        }
     }
 }
 
@@ -158,6 +172,22 @@ struct Settings {
     ratio: f64,
     op_timeout: Duration,
     ledger: Ledger,
+    readings: Arc<Readings>,
+}
+
+impl Settings {
+    /// A reading of `pool` that started after this call (shared with the
+    /// calls that arrived with it), with its ledger snapshot.
+    fn read_pool(&self, conn: &Connection, io: &IoCtx, pool: &str, deadline: Instant) -> Result<Arc<(Snapshot, PoolReading)>, RbdError> {
+        let read = || {
+            let snapshot = self.ledger.snapshot();
+            PoolReading::read(conn, io, pool).map(|reading| (snapshot, reading))
+        };
+        self.readings.read(pool, deadline, read, RbdError::duplicate).map_err(|missed| match missed {
+            Missed::Failed(err) => err,
+            Missed::Deadline => RbdError::Refused(BackendError::Timeout { step: format!("read pool {pool}"), after: self.op_timeout }),
+        })
+    }
 }
 
 fn bad_json(step: &str, err: impl std::fmt::Display) -> RbdError {
@@ -179,29 +209,37 @@ fn read_volume(io: &IoCtx, id: &VolumeId, image: &str) -> Result<Option<VolumeIn
 }
 
 /// The sum of the sizes of all images in the pool (Swell's or not: all take
-/// room). Images removed while this runs are skipped.
+/// room), from librbd's pool stats: one read of each image's header, no
+/// image opened. A pool without RBD images yet has no directory (ENOENT).
 fn provisioned(io: &IoCtx, pool: &str) -> Result<u64, RbdError> {
-    let mut sum = 0u64;
-    for image in io.list_images().map_err(|e| RbdError::osd(format!("rbd_list2 in pool {pool}"), e, None))? {
-        let img = match io.open_read_only(&image) {
-            Ok(img) => img,
-            Err(ENOENT) => continue,
-            Err(e) => return Err(RbdError::osd(format!("rbd_open_read_only {pool}/{image}"), e, None)),
-        };
-        sum = sum.saturating_add(img.size().map_err(|e| RbdError::osd(format!("rbd_stat {pool}/{image}"), e, None))?);
-        drop(img);
+    match io.provisioned_bytes() {
+        Ok(bytes) => Ok(bytes),
+        Err(ENOENT) => Ok(0),
+        Err(e) => Err(RbdError::osd(format!("rbd_pool_stats_get in pool {pool}"), e, None)),
     }
-    Ok(sum)
 }
 
-/// The pool's room, counting bytes promised to operations in flight.
-fn pool_room(conn: &Connection, io: &IoCtx, pool: &str, settings: &Settings, promised: u64) -> Result<PoolRoom, RbdError> {
-    let df = conn.mon_command("ceph df", r#"{"prefix":"df","format":"json"}"#)?;
-    let detail = conn.mon_command("osd pool ls detail", r#"{"prefix":"osd pool ls","detail":"detail","format":"json"}"#)?;
-    let usage = capacity::parse_df(&df, pool).map_err(|e| bad_json("ceph df", e))?.ok_or_else(|| missing_pool(pool))?;
-    let pool_settings = capacity::parse_pool_detail(&detail, pool).map_err(|e| bad_json("osd pool ls detail", e))?.ok_or_else(|| missing_pool(pool))?;
-    let used = provisioned(io, pool)?.saturating_add(promised);
-    Ok(capacity::room(usage, &pool_settings, used, settings.ratio))
+/// What the pool holds now, read fresh (never cached: other clients change it).
+struct PoolReading {
+    usage: PoolUsage,
+    settings: PoolSettings,
+    provisioned: u64,
+}
+
+impl PoolReading {
+    fn read(conn: &Connection, io: &IoCtx, pool: &str) -> Result<Self, RbdError> {
+        let df = conn.mon_command("ceph df", r#"{"prefix":"df","format":"json"}"#)?;
+        let detail = conn.mon_command("osd pool ls detail", r#"{"prefix":"osd pool ls","detail":"detail","format":"json"}"#)?;
+        let usage = capacity::parse_df(&df, pool).map_err(|e| bad_json("ceph df", e))?.ok_or_else(|| missing_pool(pool))?;
+        let settings =
+            capacity::parse_pool_detail(&detail, pool).map_err(|e| bad_json("osd pool ls detail", e))?.ok_or_else(|| missing_pool(pool))?;
+        Ok(PoolReading { usage, settings, provisioned: provisioned(io, pool)? })
+    }
+
+    /// The pool's room, counting `promised` bytes the reading may not include.
+    fn room(&self, promised: u64, ratio: f64) -> capacity::PoolRoom {
+        capacity::room(self.usage, &self.settings, self.provisioned.saturating_add(promised), ratio)
+    }
 }
 
 fn missing_pool(pool: &str) -> RbdError {
@@ -209,21 +247,29 @@ fn missing_pool(pool: &str) -> RbdError {
 }
 
 /// Admits `bytes` more in `pool` for `key`, or refuses with NoSpace. The
-/// ledger stays locked while the pool is read, so two admissions never both
-/// count the same free bytes.
-fn admit(conn: &Connection, io: &IoCtx, pool: &str, key: &str, bytes: u64, settings: &Settings) -> Result<Promise, RbdError> {
-    let mut ledger = settings.ledger.lock().unwrap_or_else(|p| p.into_inner());
-    let promised: u64 = ledger.values().filter(|(p, _)| p == pool).map(|(_, b)| *b).sum();
-    let room = pool_room(conn, io, pool, settings, promised)?;
-    if let Some(reason) = &room.full {
-        tracing::warn!(pool, key, bytes, reason, "refusing: pool is full");
-        return Err(BackendError::NoSpace { requested: bytes, available: 0 }.into());
-    }
-    if bytes > room.capacity.available_bytes {
-        return Err(BackendError::NoSpace { requested: bytes, available: room.capacity.available_bytes }.into());
-    }
-    ledger.insert(key.to_owned(), (pool.to_owned(), bytes));
-    Ok(Promise { ledger: Arc::clone(&settings.ledger), key: key.to_owned() })
+/// pool is read without any lock (admissions of different images overlap);
+/// only the check against the bytes promised to operations in flight is
+/// made under the ledger's lock, so two admissions never both count the
+/// same free bytes.
+fn admit(conn: &Connection, io: &IoCtx, pool: &str, key: &str, bytes: u64, settings: &Settings, deadline: Instant) -> Result<Promise, RbdError> {
+    let shared = settings.read_pool(conn, io, pool, deadline)?;
+    admit_with(&shared, pool, key, bytes, settings)
+}
+
+/// The check of [`admit`] against a reading already made.
+fn admit_with(shared: &(Snapshot, PoolReading), pool: &str, key: &str, bytes: u64, settings: &Settings) -> Result<Promise, RbdError> {
+    let (snapshot, reading) = shared;
+    snapshot.admit(pool, bytes, |promised| {
+        let room = reading.room(promised, settings.ratio);
+        if let Some(reason) = &room.full {
+            tracing::warn!(pool, key, bytes, reason, "refusing: pool is full");
+            return Err(BackendError::NoSpace { requested: bytes, available: 0 }.into());
+        }
+        if bytes > room.capacity.available_bytes {
+            return Err(BackendError::NoSpace { requested: bytes, available: room.capacity.available_bytes }.into());
+        }
+        Ok(())
+    })
 }
 
 /// Opens `image` read-write, records the volume name, and returns the size.
@@ -268,15 +314,15 @@ fn create_blocking(
         Some((_, None)) => {
             // A create that stopped before naming its image: finish it. The
             // metadata write needs a writable pool, so check for fullness first.
-            let _promise = admit(conn, &io, pool, &id.to_string(), 0, settings)?;
+            let _promise = admit(conn, &io, pool, &id.to_string(), 0, settings, deadline)?;
             ensure_time_left(deadline, "name image", settings.op_timeout)?;
             let size_bytes = name_image(&io, id, &image, name)?;
             Ok(Created::New(VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes }))
         }
         None => {
-            let _promise = admit(conn, &io, pool, &id.to_string(), size, settings)?;
+            let _promise = admit(conn, &io, pool, &id.to_string(), size, settings, deadline)?;
             ensure_time_left(deadline, "rbd_create", settings.op_timeout)?;
-            io.create_image(&image, size).map_err(|e| RbdError::osd("rbd_create", e, Some(id)).asking(size))?;
+            io.create_image(&image, size, IMAGE_FEATURES).map_err(|e| RbdError::osd("rbd_create", e, Some(id)).asking(size))?;
             let size_bytes = name_image(&io, id, &image, name)?;
             Ok(Created::New(VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes }))
         }
@@ -292,20 +338,42 @@ fn grow_blocking(
     new_size: u64,
 ) -> Result<u64, RbdError> {
     let not_found = || RbdError::Refused(BackendError::NotFound(id.clone()));
-    let io = conn.pool(&location.pool)?.ok_or_else(not_found)?;
-    // Read-only first: a full pool must be refused before a writable open,
-    // which itself needs writes and would hang there.
-    let current = read_volume(&io, id, &location.image)?.ok_or_else(not_found)?.size_bytes;
+    let pool = &location.pool;
+    let io = conn.pool(pool)?.ok_or_else(not_found)?;
+    let shared = settings.read_pool(conn, &io, pool, deadline)?;
+    if let Some(reason) = &shared.1.room(0, settings.ratio).full {
+        // A read-write open needs writes and would hang on a full pool: read
+        // only, so a retry of a grow that is already done still succeeds.
+        let current = read_volume(&io, id, &location.image)?.ok_or_else(not_found)?.size_bytes;
+        if new_size < current {
+            return Err(BackendError::Shrink { id: id.clone(), current, requested: new_size }.into());
+        }
+        if new_size == current {
+            return Ok(current);
+        }
+        tracing::warn!(pool, volume.id = %id, bytes = new_size - current, reason, "refusing: pool is full");
+        return Err(BackendError::NoSpace { requested: new_size - current, available: 0 }.into());
+    }
+    // One read-write open for the whole grow: read, decide, resize, read back.
+    let img = match io.open(&location.image) {
+        Ok(img) => img,
+        Err(ENOENT) => return Err(not_found()),
+        Err(e) => return Err(RbdError::osd("rbd_open", e, Some(id))),
+    };
+    let current = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
+    if img.metadata(NAME_KEY).map_err(|e| RbdError::osd("rbd_metadata_get", e, Some(id)))?.is_none() {
+        // A create that stopped before naming its image: not a volume yet.
+        return Err(not_found());
+    }
     if new_size < current {
         return Err(BackendError::Shrink { id: id.clone(), current, requested: new_size }.into());
     }
-    if new_size == current {
-        return Ok(current);
+    if new_size > current {
+        let _promise = admit_with(&shared, pool, &id.to_string(), new_size - current, settings)?;
+        drop(shared);
+        ensure_time_left(deadline, "rbd_resize2", settings.op_timeout)?;
+        img.grow(new_size).map_err(|e| RbdError::osd("rbd_resize2", e, Some(id)).asking(new_size - current))?;
     }
-    let _promise = admit(conn, &io, &location.pool, &id.to_string(), new_size - current, settings)?;
-    ensure_time_left(deadline, "rbd_resize2", settings.op_timeout)?;
-    let img = io.open(&location.image).map_err(|e| RbdError::osd("rbd_open", e, Some(id)))?;
-    img.grow(new_size).map_err(|e| RbdError::osd("rbd_resize2", e, Some(id)).asking(new_size - current))?;
     let after = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
     img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
     Ok(after)
@@ -390,11 +458,11 @@ impl Backend for RbdBackend {
     async fn capacity(&self) -> Result<Capacity, BackendError> {
         let (pool, settings) = (self.config.default_pool.clone(), self.settings());
         self.connector
-            .run("read pool capacity", move |conn, _| {
+            .run("read pool capacity", move |conn, deadline| {
                 let io = conn.pool(&pool)?.ok_or_else(|| missing_pool(&pool))?;
-                let ledger = settings.ledger.lock().unwrap_or_else(|p| p.into_inner());
-                let promised: u64 = ledger.values().filter(|(p, _)| *p == pool).map(|(_, b)| *b).sum();
-                Ok(pool_room(conn, &io, &pool, &settings, promised)?.capacity)
+                let shared = settings.read_pool(conn, &io, &pool, deadline)?;
+                let (snapshot, reading) = &*shared;
+                Ok(reading.room(snapshot.promised(&pool), settings.ratio).capacity)
             })
             .await
     }
@@ -422,6 +490,23 @@ impl Backend for RbdBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_are_made_without_exclusive_lock() {
+        assert_eq!(IMAGE_FEATURES, super::super::ffi::RBD_FEATURE_LAYERING);
+        assert_eq!(IMAGE_FEATURES & super::super::ffi::RBD_FEATURE_EXCLUSIVE_LOCK, 0);
+    }
+
+    #[test]
+    fn the_call_deadline_follows_the_op_timeout_and_fencing_needs_a_state_dir() {
+        let mut config = RbdConfig::new("ceph-a", "/c", "/k");
+        assert_eq!(RbdBackend::new(config.clone()).unwrap().call_deadline(), Duration::from_secs(7));
+        assert_eq!(config.client_record(), None);
+        config.state_dir = Some("/var/lib/swell/controller".into());
+        assert_eq!(config.client_record(), Some("/var/lib/swell/controller/rbd-ceph-a-clients.json".into()));
+        config.op_timeout = Duration::from_secs(5);
+        assert_eq!(RbdBackend::new(config).unwrap().call_deadline(), Duration::from_secs(11));
+    }
 
     #[test]
     fn image_names_are_stable_digests() {

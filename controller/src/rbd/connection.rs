@@ -19,6 +19,7 @@ use swell_storage::BackendError;
 use tokio::sync::Semaphore;
 
 use super::errors::RbdError;
+use super::fence::Fence;
 use super::ffi::{Cluster, IoCtx};
 
 /// How to reach a cluster.
@@ -79,7 +80,22 @@ impl Connection {
 
     /// Runs a monitor command (JSON), returning its output.
     pub fn mon_command(&self, step: &str, command: &str) -> Result<Vec<u8>, RbdError> {
-        self.cluster.mon_command(command).map_err(|(errno, status)| RbdError::monitor(step, errno, status))
+        self.mon_command_raw(command).map_err(|(errno, status)| RbdError::monitor(step, errno, status))
+    }
+
+    /// Runs a monitor command (JSON); on failure the errno and what the monitor said.
+    pub fn mon_command_raw(&self, command: &str) -> Result<Vec<u8>, (i32, String)> {
+        self.cluster.mon_command(command)
+    }
+
+    /// This client's address(es), as `rados_getaddrs` prints them.
+    pub fn addrs(&self) -> Result<String, i32> {
+        self.cluster.addrs()
+    }
+
+    /// Waits until this client has the newest OSD map.
+    pub fn wait_for_latest_osdmap(&self) -> Result<(), i32> {
+        self.cluster.wait_for_latest_osdmap()
     }
 }
 
@@ -91,6 +107,7 @@ pub struct Connector {
     permits: Arc<Semaphore>,
     max_outstanding: usize,
     deadline: Duration,
+    fence: Option<Arc<Fence>>,
 }
 
 impl Connector {
@@ -103,7 +120,20 @@ impl Connector {
             permits: Arc::new(Semaphore::new(max_outstanding)),
             max_outstanding,
             deadline,
+            fence: None,
         }
+    }
+
+    /// Records each new connection's address with `fence`, and fences the
+    /// previous controller instance's client on the first one.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(Arc::new(fence));
+        self
+    }
+
+    /// How long a call may run before Swell answers Timeout.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     /// librados's own timeout for one operation.
@@ -113,16 +143,29 @@ impl Connector {
 
     /// The shared connection, made now if there is none. Holding the lock
     /// while connecting keeps concurrent first calls from making several;
-    /// connecting is bounded by `client_mount_timeout`.
+    /// connecting is bounded by `client_mount_timeout`. The connection's
+    /// address is recorded before it is handed out; the thread that made it
+    /// then fences a previous instance (outside the lock: other calls need
+    /// not wait for that).
     fn connection(&self) -> Result<Arc<Connection>, RbdError> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(conn) = current.as_ref() {
-            return Ok(Arc::clone(conn));
+        let (conn, own) = {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(conn) = current.as_ref() {
+                return Ok(Arc::clone(conn));
+            }
+            let started = Instant::now();
+            let conn = Arc::new(Connection::open(&self.settings)?);
+            tracing::info!(conf = %self.settings.ceph_conf.display(), user = %self.settings.user, took = ?started.elapsed(), "connected to Ceph");
+            // Recorded before any call can open an image through it.
+            let own = self.fence.as_ref().map(|fence| fence.record(&conn));
+            *current = Some(Arc::clone(&conn));
+            (conn, own)
+        };
+        if let (Some(fence), Some(own)) = (&self.fence, own)
+            && super::fence::FENCE_PREVIOUS_INSTANCE
+        {
+            fence.fence_previous(&conn, &own);
         }
-        let started = Instant::now();
-        let conn = Arc::new(Connection::open(&self.settings)?);
-        tracing::info!(conf = %self.settings.ceph_conf.display(), user = %self.settings.user, took = ?started.elapsed(), "connected to Ceph");
-        *current = Some(Arc::clone(&conn));
         Ok(conn)
     }
 
@@ -149,7 +192,11 @@ impl Connector {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             return Err(BackendError::Unavailable {
                 step: step.to_owned(),
-                reason: format!("{} Ceph calls are still outstanding; the cluster is not answering", self.max_outstanding),
+                reason: format!(
+                    "all {} slots for Ceph calls are taken by calls still running or stuck in librados \
+                     (the cluster may not be answering); retry later",
+                    self.max_outstanding
+                ),
             });
         };
         let connector = self.clone();
@@ -206,12 +253,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let started = Instant::now();
         let second = connector.run("probe", |conn, _| conn.mon_command("df", r#"{"prefix":"df"}"#)).await;
-        assert!(matches!(&second, Err(BackendError::Unavailable { reason, .. }) if reason.contains("outstanding")), "{second:?}");
+        assert!(matches!(&second, Err(BackendError::Unavailable { reason, .. }) if reason.contains("slots for Ceph calls")), "{second:?}");
         assert!(started.elapsed() < Duration::from_millis(100), "refused at once");
         let first = first.await.unwrap();
         assert!(matches!(first, Err(BackendError::Timeout { .. }) | Err(BackendError::Unavailable { .. })), "{first:?}");
         // The permit came back with the thread: the next call tries again.
         let third = connector.run("probe", |_, _| Ok(())).await;
-        assert!(!matches!(&third, Err(BackendError::Unavailable { reason, .. }) if reason.contains("outstanding")), "{third:?}");
+        assert!(!matches!(&third, Err(BackendError::Unavailable { reason, .. }) if reason.contains("slots for Ceph calls")), "{third:?}");
     }
 }

@@ -74,6 +74,25 @@ impl RbdError {
         RbdError::Ceph(CephFailure { step: step.into(), errno, volume: None, bytes: None, via: Via::Connect, detail: String::new() })
     }
 
+    /// A copy for another caller that shared the failed call (a Swell
+    /// refusal is copied by its message, keeping what the caller should do).
+    pub fn duplicate(&self) -> RbdError {
+        match self {
+            RbdError::Ceph(failure) => RbdError::Ceph(failure.clone()),
+            RbdError::Refused(err) => RbdError::Refused(match err {
+                BackendError::NotFound(id) => BackendError::NotFound(id.clone()),
+                BackendError::InvalidParameter { name, reason } => {
+                    BackendError::InvalidParameter { name: name.clone(), reason: reason.clone() }
+                }
+                BackendError::NoSpace { requested, available } => BackendError::NoSpace { requested: *requested, available: *available },
+                BackendError::Timeout { step, after } => BackendError::Timeout { step: step.clone(), after: *after },
+                BackendError::Unavailable { step, reason } => BackendError::Unavailable { step: step.clone(), reason: reason.clone() },
+                BackendError::Io { step, source } => BackendError::io(step.clone(), std::io::Error::new(source.kind(), source.to_string())),
+                other => BackendError::io("shared pool reading", std::io::Error::other(other.to_string())),
+            }),
+        }
+    }
+
     /// Records the bytes the failed call asked for.
     pub fn asking(mut self, bytes: u64) -> Self {
         if let RbdError::Ceph(failure) = &mut self {

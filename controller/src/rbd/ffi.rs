@@ -24,6 +24,15 @@ use std::sync::Arc;
 type RadosT = *mut c_void;
 type IoCtxT = *mut c_void;
 type ImageT = *mut c_void;
+type PoolStatsT = *mut c_void;
+
+/// `RBD_FEATURE_LAYERING` from rbd/features.h.
+pub const RBD_FEATURE_LAYERING: u64 = 1 << 0;
+/// `RBD_FEATURE_EXCLUSIVE_LOCK` from rbd/features.h (Swell never sets it).
+pub const RBD_FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
+/// `RBD_POOL_STAT_OPTION_IMAGE_PROVISIONED_BYTES`: the second entry of
+/// `rbd_pool_stat_option_t` in librbd.h (after `RBD_POOL_STAT_OPTION_IMAGES`).
+const RBD_POOL_STAT_OPTION_IMAGE_PROVISIONED_BYTES: c_int = 1;
 
 const RBD_MAX_BLOCK_NAME_SIZE: usize = 24;
 const RBD_MAX_IMAGE_NAME_SIZE: usize = 96;
@@ -68,11 +77,13 @@ unsafe extern "C" {
         outslen: *mut usize,
     ) -> c_int;
     fn rados_buffer_free(buf: *mut c_char);
+    fn rados_getaddrs(cluster: RadosT, addrs: *mut *mut c_char) -> c_int;
+    fn rados_wait_for_latest_osdmap(cluster: RadosT) -> c_int;
 }
 
 #[link(name = "rbd")]
 unsafe extern "C" {
-    fn rbd_create(io: IoCtxT, name: *const c_char, size: u64, order: *mut c_int) -> c_int;
+    fn rbd_create2(io: IoCtxT, name: *const c_char, size: u64, features: u64, order: *mut c_int) -> c_int;
     fn rbd_remove(io: IoCtxT, name: *const c_char) -> c_int;
     fn rbd_list2(io: IoCtxT, images: *mut RbdImageSpec, max_images: *mut usize) -> c_int;
     fn rbd_image_spec_list_cleanup(images: *mut RbdImageSpec, num_images: usize);
@@ -83,6 +94,10 @@ unsafe extern "C" {
     fn rbd_resize2(image: ImageT, size: u64, allow_shrink: bool, cb: *const c_void, cbdata: *mut c_void) -> c_int;
     fn rbd_metadata_get(image: ImageT, key: *const c_char, value: *mut c_char, val_len: *mut usize) -> c_int;
     fn rbd_metadata_set(image: ImageT, key: *const c_char, value: *const c_char) -> c_int;
+    fn rbd_pool_stats_create(stats: *mut PoolStatsT);
+    fn rbd_pool_stats_destroy(stats: PoolStatsT);
+    fn rbd_pool_stats_option_add_uint64(stats: PoolStatsT, stat_option: c_int, stat_val: *mut u64) -> c_int;
+    fn rbd_pool_stats_get(io: IoCtxT, stats: PoolStatsT) -> c_int;
 }
 
 /// A positive errno.
@@ -168,6 +183,30 @@ impl Cluster {
             Err(errno) => Err((errno, String::from_utf8_lossy(&status).into_owned())),
         }
     }
+
+    /// `rados_getaddrs`: this client's address(es) as the monitor would
+    /// blocklist them, e.g. `127.0.0.1:0/3710147553`.
+    pub fn addrs(&self) -> Result<String, Errno> {
+        let mut raw: *mut c_char = ptr::null_mut();
+        // SAFETY: a live, connected handle; `raw` is a valid out pointer.
+        check(unsafe { rados_getaddrs(self.raw, &mut raw) })?;
+        if raw.is_null() {
+            return Err(EINVAL);
+        }
+        // SAFETY: librados strdup()ed a NUL-terminated string; it is copied,
+        // then released with free() as librados's own callers do.
+        let addrs = unsafe { CStr::from_ptr(raw) }.to_string_lossy().into_owned();
+        // SAFETY: allocated by strdup in librados, freed once.
+        unsafe { nix::libc::free(raw.cast()) };
+        Ok(addrs)
+    }
+
+    /// `rados_wait_for_latest_osdmap`: returns once this client has the
+    /// newest OSD map (e.g. the one holding a blocklist entry just added).
+    pub fn wait_for_latest_osdmap(&self) -> Result<(), Errno> {
+        // SAFETY: a live, connected handle.
+        check(unsafe { rados_wait_for_latest_osdmap(self.raw) }).map(drop)
+    }
 }
 
 /// Copies and frees a librados-allocated buffer.
@@ -212,12 +251,31 @@ impl Drop for IoCtx {
 }
 
 impl IoCtx {
-    /// `rbd_create` with the cluster's default features and object size.
-    pub fn create_image(&self, name: &str, size: u64) -> Result<(), Errno> {
+    /// `rbd_create2` with exactly `features` and the default object size.
+    pub fn create_image(&self, name: &str, size: u64, features: u64) -> Result<(), Errno> {
         let name = cstr(name)?;
         let mut order: c_int = 0;
-        // SAFETY: a live io context, a NUL-terminated name, a valid out pointer.
-        check(unsafe { rbd_create(self.raw, name.as_ptr(), size, &mut order) }).map(drop)
+        // SAFETY: a live io context, a NUL-terminated name, a valid out pointer
+        // (order 0 asks for the default object size).
+        check(unsafe { rbd_create2(self.raw, name.as_ptr(), size, features, &mut order) }).map(drop)
+    }
+
+    /// `rbd_pool_stats_get` for the sum of the sizes of the pool's images
+    /// (not in the trash, snapshots not counted). librbd reads each image's
+    /// header object; no image is opened, so nothing is watched or locked.
+    pub fn provisioned_bytes(&self) -> Result<u64, Errno> {
+        let mut stats: PoolStatsT = ptr::null_mut();
+        // SAFETY: a valid out pointer; destroyed below on every path.
+        unsafe { rbd_pool_stats_create(&mut stats) };
+        let mut provisioned: u64 = 0;
+        // SAFETY: `stats` is live; `provisioned` outlives `rbd_pool_stats_get`,
+        // which is where librbd writes through the pointer.
+        let ret = unsafe { rbd_pool_stats_option_add_uint64(stats, RBD_POOL_STAT_OPTION_IMAGE_PROVISIONED_BYTES, &mut provisioned) };
+        // SAFETY: a live io context and stats object.
+        let ret = if ret < 0 { ret } else { unsafe { rbd_pool_stats_get(self.raw, stats) } };
+        // SAFETY: created above, destroyed once; librbd no longer writes to `provisioned`.
+        unsafe { rbd_pool_stats_destroy(stats) };
+        check(ret).map(|_| provisioned)
     }
 
     /// `rbd_remove`.
@@ -356,5 +414,14 @@ mod tests {
         // C layout: 3 × u64 (24) + int (4) + char[24] = 52, padded to 56 for the i64, + 8 + 96 = 160.
         assert_eq!(std::mem::size_of::<RbdImageInfo>(), 160);
         assert_eq!(std::mem::offset_of!(RbdImageInfo, parent_pool), 56);
+    }
+
+    #[test]
+    fn feature_bits_and_stat_options_match_the_headers() {
+        // rbd/features.h: LAYERING (1<<0), EXCLUSIVE_LOCK (1<<2).
+        assert_eq!(RBD_FEATURE_LAYERING, 1);
+        assert_eq!(RBD_FEATURE_EXCLUSIVE_LOCK, 4);
+        // librbd.h: enum { IMAGES, IMAGE_PROVISIONED_BYTES, ... }.
+        assert_eq!(RBD_POOL_STAT_OPTION_IMAGE_PROVISIONED_BYTES, 1);
     }
 }

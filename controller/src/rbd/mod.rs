@@ -6,13 +6,19 @@
 //! - [`connection`]: the shared connection, blocking calls under deadlines.
 //! - [`errors`]: errno → [`swell_storage::BackendError`].
 //! - [`capacity`]: the pool capacity policy (pure).
+//! - [`ledger`]: bytes promised to operations in flight.
+//! - [`coalesce`]: fresh pool readings shared by concurrent callers.
+//! - [`fence`]: blocklisting a previous controller instance's client.
 //! - [`backend`]: [`RbdBackend`], the [`swell_storage::Backend`] impl.
 
 pub mod backend;
 pub mod capacity;
+pub mod coalesce;
 pub mod connection;
 pub mod errors;
+pub mod fence;
 pub mod ffi;
+pub mod ledger;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,10 +42,16 @@ pub struct RbdConfig {
     pub user: String,
     /// The pool used when a StorageClass names none (default `rbd`).
     pub default_pool: String,
-    /// librados's timeout for each operation (OSD, monitor, connect).
+    /// librados's timeout for each operation (OSD, monitor, connect);
+    /// default 3 s. Swell's own deadline for one call is derived from it
+    /// ([`call_deadline`](Self::call_deadline)).
     pub op_timeout: Duration,
     /// How many bytes may be promised per byte the pool can hold (default 1.0).
     pub overprovision_ratio: f64,
+    /// Where this controller records its Ceph client's address, so that the
+    /// next instance can blocklist it (see [`fence`]); `None`: no fencing.
+    /// [`crate::server::build_with`] fills in the controller's state dir.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl RbdConfig {
@@ -51,8 +63,28 @@ impl RbdConfig {
             keyring: keyring.into(),
             user: "admin".into(),
             default_pool: "rbd".into(),
-            op_timeout: Duration::from_secs(5),
+            op_timeout: DEFAULT_OP_TIMEOUT,
             overprovision_ratio: 1.0,
+            state_dir: None,
         }
     }
+
+    /// How long one backend call may take before the RBD backend answers
+    /// Timeout: one stalled librados op ends after `op_timeout`, and a call
+    /// makes a few in a row, so two of them and a margin. Every deadline
+    /// around the backend must be longer than this, or calls are cut off
+    /// while librbd still works (checked at start-up by
+    /// [`crate::server::build_with`]).
+    pub fn call_deadline(&self) -> Duration {
+        self.op_timeout * 2 + Duration::from_secs(1)
+    }
+
+    /// The file recording this controller's Ceph client addresses.
+    pub fn client_record(&self) -> Option<PathBuf> {
+        self.state_dir.as_ref().map(|dir| dir.join(format!("rbd-{}-clients.json", self.cluster_id)))
+    }
 }
+
+/// The default librados op timeout: with it the call deadline (7 s) stays
+/// under the controller's default backend deadline (8 s).
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(3);
