@@ -186,3 +186,24 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// Purges the cluster in `dir` once this process has exited, however it
+/// exits (a filtered or killed test run included): a detached watcher polls
+/// for this process and then runs `cluster.sh down DIR --purge`.
+pub fn purge_when_this_process_exits(dir: &Path) {
+    use std::os::unix::process::CommandExt;
+    let reaper = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" down "$3" --purge"#;
+    let spawned = Command::new("bash")
+        .args(["-c", reaper, "swell-ceph-reaper"])
+        .arg(std::process::id().to_string())
+        .arg(script_dir().join("cluster.sh"))
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!("could not start the cluster reaper: {e}");
+    }
+}

@@ -4,6 +4,7 @@
 //! stand on it.
 
 pub mod ceph;
+pub mod chaos;
 pub mod harness;
 pub mod host;
 pub mod instrumented;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
 use swell_controller::ExpansionRecords;
+use swell_e2e::chaos::{Xorshift, env_number};
 use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::requests::{self, mount_capability};
@@ -24,20 +25,6 @@ const MIB: u64 = 1 << 20;
 /// How long the reconciler may take to settle every record after a restart.
 const RECONCILE_DEADLINE: Duration = Duration::from_secs(15);
 
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 struct Volume {
     id: String,

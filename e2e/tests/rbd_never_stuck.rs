@@ -25,6 +25,7 @@ use rbd_rig::{CLUSTER_ID, ClusterEnv, rbd_size};
 use swell_controller::rbd::{RbdBackend, RbdConfig};
 use swell_controller::reconciler::ReconcilerConfig;
 use swell_controller::{Backends, ExpansionRecords};
+use swell_e2e::chaos::{Xorshift, env_number};
 use swell_e2e::harness::ControllerUnderTest;
 use swell_e2e::host;
 use swell_e2e::instrumented::InstrumentedBackend;
@@ -275,20 +276,6 @@ async fn a_record_that_claims_done_while_the_image_lags_is_completed_not_believe
 
 // --- chaos ------------------------------------------------------------------
 
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// A node service in-process on `root/node.sock`, attaching RBD volumes
 /// (rbd-fuse + loop on hosts without the rbd module).

@@ -65,7 +65,7 @@ fn bring_up() -> Result<ClusterEnv, String> {
     let dir = PathBuf::from(dir_name);
     // A cluster left by an earlier run that was killed before its reaper ran.
     let _ = Command::new("bash").arg(script()).args(["down", dir_name, "--purge"]).output();
-    spawn_reaper(&dir);
+    swell_e2e::ceph::purge_when_this_process_exits(&dir);
     let started = std::time::Instant::now();
     let cluster = TestCluster::up(&dir, port).map_err(|e| format!("cluster bring-up failed: {e}"))?;
     eprintln!("ceph test cluster up in {:.1} s", started.elapsed().as_secs_f64());
@@ -74,24 +74,6 @@ fn bring_up() -> Result<ClusterEnv, String> {
     Ok(env)
 }
 
-/// Tears the cluster down once this process is gone, whatever way it went.
-fn spawn_reaper(dir: &Path) {
-    use std::os::unix::process::CommandExt;
-    let reaper = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" down "$3" --purge"#;
-    let spawned = Command::new("bash")
-        .args(["-c", reaper, "rbd-rig-reaper"])
-        .arg(std::process::id().to_string())
-        .arg(script())
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
-    if let Err(e) = spawned {
-        eprintln!("could not start the cluster reaper: {e}");
-    }
-}
 
 /// One test's exclusive use of the cluster.
 pub struct Session {
