@@ -80,7 +80,7 @@ impl Expander {
             .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
         match plan_expansion(current, range, u64::MAX).map_err(|e| out_of_range(id, e))? {
             Expansion::AlreadyDone { current } => {
-                self.settle(id, current)?;
+                self.settle(backend, id, current).await?;
                 Ok(current)
             }
             Expansion::Grow { .. } => {
@@ -105,7 +105,7 @@ impl Expander {
             return Ok(Reconciled::Gone);
         };
         if current >= record.desired_bytes {
-            self.settle(id, current)?;
+            self.settle(backend, id, current).await?;
             return Ok(Reconciled::Settled { size: current });
         }
         let room = self.backends.call("read pool capacity", &id.to_string(), backend.capacity()).await?;
@@ -153,9 +153,17 @@ impl Expander {
     /// Brings a record up to date when the backend already holds the size
     /// (an earlier attempt finished after its caller gave up). The desired
     /// size is kept: a stale smaller request must not cancel a larger wish.
-    fn settle(&self, id: &VolumeId, current: u64) -> Result<(), ControllerError> {
+    /// A size the record never saw arrive may not have reached the volume's
+    /// clients either (the grow was cut off before telling them), so they
+    /// are told before the record says done; if that fails, the record stays
+    /// open and the reconciler tries again.
+    async fn settle(&self, backend: &Arc<dyn Backend>, id: &VolumeId, current: u64) -> Result<(), ControllerError> {
         match self.read_record(id)? {
             Some(record) if record.current_bytes != current || record.last_error.is_some() => {
+                if current > record.current_bytes {
+                    tracing::info!(volume.id = %id, recorded = record.current_bytes, current, "an interrupted grow reached the backend; announcing the size");
+                    self.backends.call("announce size", &id.to_string(), backend.announce_size(id)).await?;
+                }
                 self.records.finish(record, current, None).map_err(|s| record_error(id, "settle record", s))?;
             }
             _ => {}

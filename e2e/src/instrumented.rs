@@ -28,12 +28,13 @@ pub struct InstrumentedBackend {
     grow_latency: Duration,
     mode: AtomicU8,
     grows: Mutex<Vec<(VolumeId, u64)>>,
+    announcements: Mutex<Vec<VolumeId>>,
 }
 
 impl InstrumentedBackend {
     /// Wraps `inner`; every grow first waits `grow_latency`.
     pub fn new(inner: Arc<dyn Backend>, grow_latency: Duration) -> Arc<Self> {
-        Arc::new(InstrumentedBackend { inner, grow_latency, mode: AtomicU8::new(GrowMode::Normal as u8), grows: Mutex::default() })
+        Arc::new(InstrumentedBackend { inner, grow_latency, mode: AtomicU8::new(GrowMode::Normal as u8), grows: Mutex::default(), announcements: Mutex::default() })
     }
 
     /// Switches how grows behave.
@@ -44,6 +45,11 @@ impl InstrumentedBackend {
     /// Every grow that reached the real backend, in order.
     pub fn grows(&self) -> Vec<(VolumeId, u64)> {
         self.grows.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every volume whose size was announced to its clients, in order.
+    pub fn announcements(&self) -> Vec<VolumeId> {
+        self.announcements.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -82,6 +88,11 @@ impl Backend for InstrumentedBackend {
         tokio::time::sleep(self.grow_latency).await;
         self.grows.lock().unwrap_or_else(|p| p.into_inner()).push((id.clone(), new_size));
         self.inner.grow_volume(id, new_size).await
+    }
+
+    async fn announce_size(&self, id: &VolumeId) -> Result<(), BackendError> {
+        self.announcements.lock().unwrap_or_else(|p| p.into_inner()).push(id.clone());
+        self.inner.announce_size(id).await
     }
 
     async fn check_health(&self) -> Result<(), BackendError> {

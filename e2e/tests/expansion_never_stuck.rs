@@ -24,16 +24,18 @@ const GIB: i64 = 1 << 30;
 struct Rig {
     _dir: tempfile::TempDir,
     backend: Arc<InstrumentedBackend>,
+    /// The engine below the instrumentation, to change behind the controller's back.
+    engine: Arc<dyn Backend>,
     controller: ControllerUnderTest,
 }
 
 async fn rig(grow_latency: Duration, reconciler: ReconcilerConfig) -> Rig {
     let dir = tempfile::Builder::new().prefix("swell-never-stuck-").tempdir_in("/var/tmp").unwrap();
     let local: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path().join("local"), None).unwrap());
-    let backend = InstrumentedBackend::new(local, grow_latency);
+    let backend = InstrumentedBackend::new(local.clone(), grow_latency);
     let backends = Backends::new(backend.clone(), Duration::from_secs(2));
     let controller = ControllerUnderTest::start(dir.path(), backends, reconciler).await.unwrap();
-    Rig { _dir: dir, backend, controller }
+    Rig { _dir: dir, backend, engine: local, controller }
 }
 
 async fn create(client: &mut ControllerClient<Channel>, name: &str, bytes: i64) -> String {
@@ -152,6 +154,37 @@ async fn a_record_that_claims_done_while_the_backend_lags_is_completed_not_belie
     assert_eq!(report.completed, 1, "{report:?}");
     assert_eq!(size_of(&mut rig.controller.client, &second).await, 3 * GIB);
     assert_eq!(rig.controller.reconciler.pass().await.completed, 0, "nothing left to do");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grow_cut_off_after_the_engine_took_it_is_announced_before_it_is_settled() {
+    let mut rig = rig(Duration::ZERO, ReconcilerConfig::default()).await;
+    let id = create(&mut rig.controller.client, "cut-off", GIB).await;
+    let second = create(&mut rig.controller.client, "cut-off-b", GIB).await;
+    let (volume, second_id): (VolumeId, VolumeId) = (id.parse().unwrap(), second.parse().unwrap());
+    // A controller that died mid-grow: the wish is recorded, the engine took
+    // the new size, and nobody told the volume's clients.
+    for v in [&volume, &second_id] {
+        rig.controller.records.begin(v, GIB as u64, 2 * GIB as u64).unwrap();
+        rig.engine.grow_volume(v, 2 * GIB as u64).await.unwrap();
+    }
+
+    // The resizer's retry finds the size there: no second resize, but an announcement.
+    let answer = rig.controller.client.controller_expand_volume(requests::controller_expand(&id, 2 * GIB, None)).await.unwrap();
+    assert_eq!(answer.into_inner().capacity_bytes, 2 * GIB);
+    assert_eq!(rig.backend.grows(), vec![], "the engine already had the size");
+    assert_eq!(rig.backend.announcements(), vec![volume.clone()], "the clients were told");
+    let record = rig.controller.records.get(&volume).unwrap().unwrap();
+    assert_eq!((record.current_bytes, record.last_error), (2 * GIB as u64, None));
+
+    // A retry of a settled expansion has nothing to announce.
+    rig.controller.client.controller_expand_volume(requests::controller_expand(&id, 2 * GIB, None)).await.unwrap();
+    assert_eq!(rig.backend.announcements(), vec![volume.clone()], "announced once");
+
+    // The reconciler announces the other one on its own.
+    let report = rig.controller.reconciler.pass().await;
+    assert_eq!((report.settled, report.completed, report.pending), (2, 0, 0), "{report:?}");
+    assert_eq!(rig.backend.announcements(), vec![volume, second_id]);
 }
 
 /// GET /metrics over real HTTP on loopback, as Prometheus would.

@@ -38,7 +38,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 /// The tests in this binary; the last to finish purges the cluster.
-const TESTS: usize = 4;
+const TESTS: usize = 5;
 const SITE_DIR: &str = "/var/tmp/rbd-never-stuck-e2e";
 const SITE_PORT: u16 = 31400;
 const MIB: u64 = 1 << 20;
@@ -272,6 +272,78 @@ async fn a_record_that_claims_done_while_the_image_lags_is_completed_not_believe
     for id in [&id, &second] {
         delete(&mut rig.controller.client, id).await;
     }
+}
+
+/// Leaves an image as a resize cut off between writing the header and
+/// notifying the watchers does: the header holds `bytes`, and no client that
+/// has the image open was told (librbd re-reads the header only when told).
+fn resize_header_unannounced(env: &ClusterEnv, id: &str, bytes: u64, scratch: &Path) {
+    let location = swell_controller::rbd::backend::locate(&id.parse().unwrap()).unwrap();
+    let spec = format!("{}/{}", location.pool, location.image);
+    let info: serde_json::Value = serde_json::from_str(&rbd_rig::cli(env, "rbd", &["info", "--format", "json", &spec]).unwrap()).unwrap();
+    let header = format!("rbd_header.{}", info["id"].as_str().unwrap());
+    let value = scratch.join("header-size");
+    std::fs::write(&value, bytes.to_le_bytes()).unwrap();
+    let value = value.display().to_string();
+    rbd_rig::cli(env, "rados", &["-p", &location.pool, "setomapval", &header, "size", "--input-file", &value]).unwrap();
+}
+
+/// The failure the chaos test once met in CI: a controller SIGKILLed after
+/// librbd wrote the new size into the image header but before it notified
+/// the watchers. rbd-fuse (like any open image) then shows the old size
+/// forever, and NodeExpandVolume can never finish. Swell must tell the
+/// watchers when it finds a grow finished behind its back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resize_the_watchers_never_heard_of_is_announced_so_the_node_can_grow() {
+    const TEST: &str = "a_resize_the_watchers_never_heard_of_is_announced_so_the_node_can_grow";
+    let Some(session) = session(TEST).await else { return };
+    let env = session.env;
+    if !Path::new("/dev/fuse").exists() {
+        host::note_skip(&format!("rbd_never_stuck::{TEST}"), "/dev/fuse is missing");
+        return;
+    }
+    let mut rig = rig(env).await;
+    let dir = tempfile::Builder::new().prefix("swell-rbd-unheard-").tempdir_in("/var/tmp").unwrap();
+    let _sweeper = MountSweeper(dir.path().to_owned());
+    let root = dir.path();
+    let mut node = Node::start(root, env).await;
+    let cap = mount_capability("xfs");
+    let name = format!("unheard-{}", std::process::id()); // a reused cluster may hold an earlier run's image
+    let id = create(&mut rig.controller.client, &name, 512 * MIB).await;
+    let volume: VolumeId = id.parse().unwrap();
+    let (staging, target) = (root.join("staging").display().to_string(), root.join("pod/vol").display().to_string());
+    node.client.node_stage_volume(requests::stage(&id, &staging, cap.clone())).await.unwrap();
+    node.client.node_publish_volume(requests::publish(&id, &staging, &target, cap.clone(), false)).await.unwrap();
+    let data = Path::new(&target).join("data.bin");
+    host::write_pattern(&data, (8 * MIB) as usize, 7).unwrap();
+    let checksum = host::sha256_file(&data).unwrap();
+
+    // The state the killed controller left: the wish recorded, the header grown, nobody told.
+    rig.controller.records.begin(&volume, 512 * MIB, GIB).unwrap();
+    resize_header_unannounced(env, &id, GIB, root);
+    assert_eq!(rbd_info_size(env, &id), GIB, "the header holds the new size");
+    // The node's rbd-fuse layout: <state>/rbd-fuse/<cluster>/<pool>/<image>/<image>.
+    let location = swell_controller::rbd::backend::locate(&volume).unwrap();
+    let fuse_file = root.join("node/rbd-fuse").join(CLUSTER_ID).join(&location.pool).join(&location.image).join(&location.image);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stale = std::fs::metadata(&fuse_file).unwrap().len();
+    assert_eq!(stale, 512 * MIB, "rbd-fuse was not told, so it still shows the old size (the trap this test is about)");
+
+    // The resizer's retry: the image already holds 1 GiB, no resize, but the watchers are told.
+    let answer = rig.controller.client.controller_expand_volume(requests::controller_expand(&id, GIB as i64, None)).await.unwrap();
+    assert_eq!(answer.into_inner().capacity_bytes as u64, GIB);
+    assert_eq!(rig.backend.grows(), vec![], "the image already had the size");
+    let started = Instant::now();
+    let grown = node.client.node_expand_volume(requests::node_expand(&id, &target, "", GIB as i64, None)).await;
+    let grown = grown.unwrap_or_else(|e| panic!("node expand after the announcement: {e:?}")).into_inner();
+    assert_eq!(grown.capacity_bytes as u64, GIB);
+    assert_eq!(host::sha256_file(&data).unwrap(), checksum, "data intact");
+    assert_eq!(rig.backend.announcements(), vec![volume.clone()], "told once, by the retry");
+    println!("rbd: unannounced resize: rbd-fuse showed {} MiB; after Swell's announcement NodeExpandVolume reached {} MiB in {:?}", stale / MIB, GIB / MIB, started.elapsed());
+
+    node.client.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
+    node.client.node_unstage_volume(requests::unstage(&id, &staging)).await.unwrap();
+    delete(&mut rig.controller.client, &id).await;
 }
 
 // --- chaos ------------------------------------------------------------------

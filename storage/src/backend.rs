@@ -146,6 +146,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Never shrinks.
     async fn grow_volume(&self, id: &VolumeId, new_size_bytes: u64) -> Result<u64, BackendError>;
 
+    /// Tells every client that has the volume open to re-read its size.
+    /// Needed after a grow that was cut off once the engine had stored the
+    /// new size but before it told those clients (RBD: a controller killed
+    /// between writing the image header and notifying its watchers, which
+    /// would leave a node's mapping at the old size for good). The default
+    /// has no one to tell: the node refreshes a local loop device itself.
+    async fn announce_size(&self, _id: &VolumeId) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Whether the engine can serve requests now.
     async fn check_health(&self) -> Result<(), BackendError>;
 }

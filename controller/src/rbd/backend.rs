@@ -45,6 +45,9 @@ const MAX_OUTSTANDING: usize = 256;
 /// The features of every image Swell creates: layering only, so no
 /// exclusive lock is ever needed (or left behind by a dead client).
 pub const IMAGE_FEATURES: u64 = RBD_FEATURE_LAYERING;
+/// How long an announcement waits for watchers to acknowledge. Live ones
+/// answer in milliseconds; only dead clients' watches use it all up.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a volume lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +209,28 @@ fn read_volume(io: &IoCtx, id: &VolumeId, image: &str) -> Result<Option<VolumeIn
     let name = img.metadata(NAME_KEY).map_err(|e| RbdError::osd("rbd_metadata_get", e, Some(id)))?;
     img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
     Ok(name.map(|name| VolumeInfo { id: id.clone(), name, size_bytes: size }))
+}
+
+/// Sends the header-update notification librbd sends after a resize (an
+/// empty payload; librbd and krbd both read it as "re-read the header"), so
+/// every client with the image open sees the size the header holds now.
+/// A read-only open finds the header's name without adding a watcher.
+fn announce_blocking(conn: &Connection, id: &VolumeId, location: &Location) -> Result<(), RbdError> {
+    let not_found = || RbdError::Refused(BackendError::NotFound(id.clone()));
+    let io = conn.pool(&location.pool)?.ok_or_else(not_found)?;
+    let img = match io.open_read_only(&location.image) {
+        Ok(img) => img,
+        Err(ENOENT) => return Err(not_found()),
+        Err(e) => return Err(RbdError::osd("rbd_open_read_only", e, Some(id))),
+    };
+    let image_id = img.id().map_err(|e| RbdError::osd("rbd_get_id", e, Some(id)))?;
+    img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
+    let header = format!("rbd_header.{image_id}");
+    let reply = io.notify_empty(&header, ANNOUNCE_TIMEOUT).map_err(|e| RbdError::osd(format!("rados_notify2 on {header}"), e, Some(id)))?;
+    // A dead client's watch lingers until the OSD expires it; it cannot be
+    // told, and it has nothing mapped any more.
+    tracing::info!(volume.id = %id, header, acked = reply.acked, silent = reply.timed_out, "announced the image's size to its watchers");
+    Ok(())
 }
 
 /// The sum of the sizes of all images in the pool (Swell's or not: all take
@@ -473,6 +498,12 @@ impl Backend for RbdBackend {
         self.connector
             .run("grow volume", move |conn, deadline| grow_blocking(conn, deadline, &settings, &id, &location, new_size_bytes))
             .await
+    }
+
+    async fn announce_size(&self, id: &VolumeId) -> Result<(), BackendError> {
+        let location = self.ours(id, "announce size")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+        let id = id.clone();
+        self.connector.run("announce size", move |conn, _| announce_blocking(conn, &id, &location)).await
     }
 
     async fn check_health(&self) -> Result<(), BackendError> {

@@ -78,6 +78,15 @@ unsafe extern "C" {
     ) -> c_int;
     fn rados_buffer_free(buf: *mut c_char);
     fn rados_getaddrs(cluster: RadosT, addrs: *mut *mut c_char) -> c_int;
+    fn rados_notify2(
+        io: IoCtxT,
+        o: *const c_char,
+        buf: *const c_char,
+        buf_len: c_int,
+        timeout_ms: u64,
+        reply_buffer: *mut *mut c_char,
+        reply_buffer_len: *mut usize,
+    ) -> c_int;
     fn rados_wait_for_latest_osdmap(cluster: RadosT) -> c_int;
 }
 
@@ -94,6 +103,7 @@ unsafe extern "C" {
     fn rbd_resize2(image: ImageT, size: u64, allow_shrink: bool, cb: *const c_void, cbdata: *mut c_void) -> c_int;
     fn rbd_metadata_get(image: ImageT, key: *const c_char, value: *mut c_char, val_len: *mut usize) -> c_int;
     fn rbd_metadata_set(image: ImageT, key: *const c_char, value: *const c_char) -> c_int;
+    fn rbd_get_id(image: ImageT, id: *mut c_char, id_len: usize) -> c_int;
     fn rbd_pool_stats_create(stats: *mut PoolStatsT);
     fn rbd_pool_stats_destroy(stats: PoolStatsT);
     fn rbd_pool_stats_option_add_uint64(stats: PoolStatsT, stat_option: c_int, stat_val: *mut u64) -> c_int;
@@ -105,6 +115,7 @@ pub type Errno = i32;
 
 const EINVAL: Errno = 22;
 const ERANGE: Errno = 34;
+const ETIMEDOUT: Errno = 110;
 
 fn check(ret: c_int) -> Result<c_int, Errno> {
     if ret < 0 { Err(-ret) } else { Ok(ret) }
@@ -231,6 +242,42 @@ impl Drop for Cluster {
     }
 }
 
+/// Who answered a notify.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotifyReply {
+    /// Watchers that acknowledged.
+    pub acked: u32,
+    /// Watchers that did not answer before the timeout (dead clients whose
+    /// watch the OSD has not expired yet, or hung ones).
+    pub timed_out: u32,
+}
+
+impl NotifyReply {
+    /// Decodes librados' notify reply: le32 count of acks, each `le64 gid,
+    /// le64 cookie, le32 length, payload`, then le32 count of timeouts, each
+    /// `le64 gid, le64 cookie`. `None` when the buffer is short or empty.
+    fn parse(reply: &[u8]) -> Option<NotifyReply> {
+        fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = (buf.get(..n)?, buf.get(n..)?);
+            *buf = rest;
+            Some(head)
+        }
+        fn le32(buf: &mut &[u8]) -> Option<u32> {
+            take(buf, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        let mut buf = reply;
+        let acked = le32(&mut buf)?;
+        for _ in 0..acked {
+            take(&mut buf, 16)?;
+            let len = le32(&mut buf)?;
+            take(&mut buf, usize::try_from(len).ok()?)?;
+        }
+        let timed_out = le32(&mut buf)?;
+        take(&mut buf, usize::try_from(timed_out).ok()?.checked_mul(16)?)?;
+        Some(NotifyReply { acked, timed_out })
+    }
+}
+
 /// An io context on one pool; keeps its cluster alive.
 pub struct IoCtx {
     raw: IoCtxT,
@@ -311,6 +358,27 @@ impl IoCtx {
         }
     }
 
+    /// `rados_notify2` with an empty payload, waiting at most `timeout` for
+    /// the watchers' acknowledgements. Watchers that did not answer in time
+    /// (librados: -ETIMEDOUT with a reply) are counted, not an error: the
+    /// others were told all the same. -ETIMEDOUT without a reply is the
+    /// notify itself timing out (inactive PGs) and stays an error.
+    pub fn notify_empty(&self, object: &str, timeout: std::time::Duration) -> Result<NotifyReply, Errno> {
+        let object = cstr(object)?;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        let (mut reply, mut reply_len): (*mut c_char, usize) = (ptr::null_mut(), 0);
+        // SAFETY: a live io context, a NUL-terminated name, an empty payload
+        // (a valid pointer of length 0) and valid out pointers.
+        let ret = unsafe { rados_notify2(self.raw, object.as_ptr(), c"".as_ptr(), 0, timeout_ms, &mut reply, &mut reply_len) };
+        // SAFETY: librados sets the reply (also on -ETIMEDOUT) or leaves it null.
+        let reply = unsafe { take_buffer(reply, reply_len) };
+        match (ret, NotifyReply::parse(&reply)) {
+            (0, parsed) => Ok(parsed.unwrap_or_default()),
+            (r, Some(parsed)) if r == -ETIMEDOUT => Ok(parsed),
+            (r, _) => check(r).map(|_| NotifyReply::default()),
+        }
+    }
+
     /// `rbd_open` (read-write: may take the exclusive lock and needs writes).
     pub fn open(&self, name: &str) -> Result<Image<'_>, Errno> {
         self.open_with(name, false)
@@ -381,6 +449,16 @@ impl Image<'_> {
         }
     }
 
+    /// `rbd_get_id`: the image's id, which names its header object.
+    pub fn id(&self) -> Result<String, Errno> {
+        // Ids are 12–16 hex characters; librbd answers -ERANGE if it needs more.
+        let mut buf = [0 as c_char; 64];
+        // SAFETY: an open image and a buffer of the length passed.
+        check(unsafe { rbd_get_id(self.raw, buf.as_mut_ptr(), buf.len()) })?;
+        // SAFETY: on success librbd wrote a NUL-terminated string into `buf`.
+        Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    }
+
     /// `rbd_metadata_set` (a write: needs a read-write open).
     pub fn set_metadata(&self, key: &str, value: &str) -> Result<(), Errno> {
         let (key, value) = (cstr(key)?, cstr(value)?);
@@ -414,6 +492,26 @@ mod tests {
         // C layout: 3 × u64 (24) + int (4) + char[24] = 52, padded to 56 for the i64, + 8 + 96 = 160.
         assert_eq!(std::mem::size_of::<RbdImageInfo>(), 160);
         assert_eq!(std::mem::offset_of!(RbdImageInfo, parent_pool), 56);
+    }
+
+    #[test]
+    fn notify_replies_are_decoded_and_short_ones_refused() {
+        let mut reply = Vec::new();
+        reply.extend(2u32.to_le_bytes());
+        for payload in [&b""[..], &b"ok"[..]] {
+            reply.extend([7u8; 16]);
+            reply.extend((payload.len() as u32).to_le_bytes());
+            reply.extend(payload);
+        }
+        reply.extend(1u32.to_le_bytes());
+        reply.extend([9u8; 16]);
+        assert_eq!(NotifyReply::parse(&reply), Some(NotifyReply { acked: 2, timed_out: 1 }));
+        for cut in 0..reply.len() {
+            assert_eq!(NotifyReply::parse(&reply[..cut]), None, "cut at {cut}");
+        }
+        let mut huge = u32::MAX.to_le_bytes().to_vec();
+        huge.extend([0u8; 20]);
+        assert_eq!(NotifyReply::parse(&huge), None, "a count larger than the buffer");
     }
 
     #[test]
