@@ -53,12 +53,7 @@ impl Backends {
 
     /// Runs one backend call under the deadline, naming the step and volume
     /// in any error.
-    pub async fn call<T>(
-        &self,
-        step: &'static str,
-        volume: &str,
-        work: impl Future<Output = Result<T, BackendError>>,
-    ) -> Result<T, ControllerError> {
+    pub async fn call<T>(&self, step: &'static str, volume: &str, work: impl Future<Output = Result<T, BackendError>>) -> Result<T, ControllerError> {
         let source = match tokio::time::timeout(self.deadline, work).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(source)) => source,

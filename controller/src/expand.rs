@@ -74,10 +74,7 @@ impl Expander {
     pub async fn expand(&self, id: &VolumeId, range: SizeRange) -> Result<u64, ControllerError> {
         let _guard = self.lock(id).ok_or_else(|| ControllerError::Pending(id.to_string()))?;
         let backend = self.backend(id)?;
-        let current = self
-            .fresh_size(backend, id, "read volume before expanding")
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+        let current = self.fresh_size(backend, id, "read volume before expanding").await?.ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
         match plan_expansion(current, range, u64::MAX).map_err(|e| out_of_range(id, e))? {
             Expansion::AlreadyDone { current } => {
                 self.settle(backend, id, current).await?;

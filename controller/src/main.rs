@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
-use swell_controller::reconciler::ReconcilerConfig;
 use swell_controller::rbd::RbdConfig;
+use swell_controller::reconciler::ReconcilerConfig;
 use swell_controller::server::{BackendOptions, ControllerConfig, build_with};
 use tracing_subscriber::EnvFilter;
 
@@ -74,9 +74,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    tracing_subscriber::fmt().with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))).init();
     let args = Args::parse();
     let socket = parse_endpoint(&args.endpoint)?;
     let rbd = match (args.rbd_cluster_id, args.rbd_ceph_conf, args.rbd_keyring) {

@@ -102,7 +102,9 @@ mod tests {
         assert!(text.contains("swell_expansions_pending 2"), "{text}");
         assert!(text.contains("swell_expansions_stuck 1"), "{text}");
         assert!(
-            text.contains(r#"swell_expansion_stuck_seconds{volume_id="local:ab",desired_bytes="2",current_bytes="1",reason="backend unavailable: \"osd down\""} 700"#),
+            text.contains(
+                r#"swell_expansion_stuck_seconds{volume_id="local:ab",desired_bytes="2",current_bytes="1",reason="backend unavailable: \"osd down\""} 700"#
+            ),
             "{text}"
         );
     }

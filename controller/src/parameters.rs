@@ -33,10 +33,7 @@ impl VolumeParameters {
                 // Validated by the backend that uses it (RBD: the pool must exist).
                 "pool" => {}
                 _ => {
-                    return Err(ControllerError::invalid(
-                        "parameters",
-                        format!("unknown key {key:?} (known: {})", KNOWN_KEYS.join(", ")),
-                    ));
+                    return Err(ControllerError::invalid("parameters", format!("unknown key {key:?} (known: {})", KNOWN_KEYS.join(", "))));
                 }
             }
             parsed.backend_parameters.insert(key.clone(), value.clone());
@@ -51,10 +48,7 @@ mod tests {
 
     #[test]
     fn provisioner_keys_are_ignored_and_typos_refused() {
-        let raw = HashMap::from([
-            ("backend".to_owned(), "local".to_owned()),
-            ("csi.storage.k8s.io/pvc/name".to_owned(), "data".to_owned()),
-        ]);
+        let raw = HashMap::from([("backend".to_owned(), "local".to_owned()), ("csi.storage.k8s.io/pvc/name".to_owned(), "data".to_owned())]);
         let parsed = VolumeParameters::parse(&raw).unwrap();
         assert_eq!(parsed.backend.as_deref(), Some("local"));
         assert_eq!(parsed.backend_parameters.len(), 1);

@@ -134,11 +134,8 @@ pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result
         ("rbd", Some(rbd)) => Backends::new(rbd, config.backend_timeout).with(local),
         (other, _) => return Err(StartError::DefaultBackend(other.to_owned())),
     };
-    let records = ExpansionRecords::open(&config.state_dir).map_err(|source| StartError::State {
-        what: "expansion records",
-        path: config.state_dir.clone(),
-        source,
-    })?;
+    let records =
+        ExpansionRecords::open(&config.state_dir).map_err(|source| StartError::State { what: "expansion records", path: config.state_dir.clone(), source })?;
     let identity = IdentityService::new(
         &config.driver_name,
         env!("CARGO_PKG_VERSION"),
@@ -147,9 +144,7 @@ pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result
     )?;
     let controller = ControllerService::new(backends, records);
     let reconciler = Reconciler::new(controller.expander().clone(), config.reconciler.clone());
-    let router = tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(identity))
-        .add_service(ControllerServer::new(controller));
+    let router = tonic::transport::Server::builder().add_service(IdentityServer::new(identity)).add_service(ControllerServer::new(controller));
     Ok(Controller { router, reconciler })
 }
 

@@ -62,14 +62,8 @@ impl ControllerService {
         let backend = self.backends.for_new_volume(params.backend.as_deref())?;
         let size = sizing::allocation(range).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
 
-        let _guard = self
-            .locks
-            .try_acquire(&format!("name/{name}"))
-            .ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
-        let created = self
-            .backends
-            .call("create volume", name, backend.create_volume(name, size, &params.backend_parameters))
-            .await?;
+        let _guard = self.locks.try_acquire(&format!("name/{name}")).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
+        let created = self.backends.call("create volume", name, backend.create_volume(name, size, &params.backend_parameters)).await?;
         if let Created::Existing(info) = &created {
             check_compatible(info, range)?;
         }
@@ -81,9 +75,7 @@ impl ControllerService {
         let key = id.to_string();
         let _guard = self.locks.try_acquire(&key).ok_or_else(|| ControllerError::Pending(key.clone()))?;
         self.backends.call("delete volume", &key, backend.delete_volume(id)).await?;
-        self.records
-            .remove(id)
-            .map_err(|source| ControllerError::Record { volume: key, step: "remove expansion record", source })
+        self.records.remove(id).map_err(|source| ControllerError::Record { volume: key, step: "remove expansion record", source })
     }
 
     async fn lookup(&self, raw_id: &str) -> Result<VolumeInfo, ControllerError> {
@@ -149,9 +141,7 @@ fn bytes(value: u64) -> i64 {
 }
 
 fn capability(rpc: rpc::Type) -> ControllerServiceCapability {
-    ControllerServiceCapability {
-        r#type: Some(controller_service_capability::Type::Rpc(controller_service_capability::Rpc { r#type: rpc as i32 })),
-    }
+    ControllerServiceCapability { r#type: Some(controller_service_capability::Type::Rpc(controller_service_capability::Rpc { r#type: rpc as i32 })) }
 }
 
 #[tonic::async_trait]
@@ -176,18 +166,12 @@ impl Controller for ControllerService {
         Err(ControllerError::Unimplemented("ControllerPublishVolume").into())
     }
 
-    async fn controller_unpublish_volume(
-        &self,
-        _: Request<ControllerUnpublishVolumeRequest>,
-    ) -> Answer<ControllerUnpublishVolumeResponse> {
+    async fn controller_unpublish_volume(&self, _: Request<ControllerUnpublishVolumeRequest>) -> Answer<ControllerUnpublishVolumeResponse> {
         Err(ControllerError::Unimplemented("ControllerUnpublishVolume").into())
     }
 
     #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
-    async fn validate_volume_capabilities(
-        &self,
-        request: Request<ValidateVolumeCapabilitiesRequest>,
-    ) -> Answer<ValidateVolumeCapabilitiesResponse> {
+    async fn validate_volume_capabilities(&self, request: Request<ValidateVolumeCapabilitiesRequest>) -> Answer<ValidateVolumeCapabilitiesResponse> {
         let req = request.into_inner();
         validate::required("volume_id", &req.volume_id)?;
         if req.volume_capabilities.is_empty() {
@@ -221,11 +205,7 @@ impl Controller for ControllerService {
     async fn list_volumes(&self, request: Request<ListVolumesRequest>) -> Answer<ListVolumesResponse> {
         let req = request.into_inner();
         let page = listing::page(self.all_volumes().await?, &req.starting_token, req.max_entries)?;
-        let entries = page
-            .volumes
-            .iter()
-            .map(|v| list_volumes_response::Entry { volume: Some(to_volume(v)), status: None })
-            .collect();
+        let entries = page.volumes.iter().map(|v| list_volumes_response::Entry { volume: Some(to_volume(v)), status: None }).collect();
         Ok(Response::new(ListVolumesResponse { entries, next_token: page.next_token }))
     }
 
@@ -246,10 +226,7 @@ impl Controller for ControllerService {
         }))
     }
 
-    async fn controller_get_capabilities(
-        &self,
-        _: Request<ControllerGetCapabilitiesRequest>,
-    ) -> Answer<ControllerGetCapabilitiesResponse> {
+    async fn controller_get_capabilities(&self, _: Request<ControllerGetCapabilitiesRequest>) -> Answer<ControllerGetCapabilitiesResponse> {
         let capabilities = [
             rpc::Type::CreateDeleteVolume,
             rpc::Type::ListVolumes,
@@ -281,10 +258,7 @@ impl Controller for ControllerService {
     }
 
     #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
-    async fn controller_expand_volume(
-        &self,
-        request: Request<ControllerExpandVolumeRequest>,
-    ) -> Answer<ControllerExpandVolumeResponse> {
+    async fn controller_expand_volume(&self, request: Request<ControllerExpandVolumeRequest>) -> Answer<ControllerExpandVolumeResponse> {
         let req = request.into_inner();
         let id = validate::volume_id(&req.volume_id)?;
         let Some(range) = req.capacity_range.as_ref() else {
@@ -310,10 +284,7 @@ impl Controller for ControllerService {
         let info = self.lookup(&request.get_ref().volume_id).await?;
         Ok(Response::new(ControllerGetVolumeResponse {
             volume: Some(to_volume(&info)),
-            status: Some(controller_get_volume_response::VolumeStatus {
-                published_node_ids: Vec::new(),
-                volume_condition: Some(self.condition(&info)),
-            }),
+            status: Some(controller_get_volume_response::VolumeStatus { published_node_ids: Vec::new(), volume_condition: Some(self.condition(&info)) }),
         }))
     }
 

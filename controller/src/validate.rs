@@ -33,16 +33,11 @@ pub fn volume_id(value: &str) -> Result<Option<VolumeId>, ControllerError> {
 /// Validates an optional capacity range.
 pub fn size_range(range: Option<&CapacityRange>) -> Result<SizeRange, ControllerError> {
     let Some(range) = range else { return Ok(SizeRange { required: None, limit: None }) };
-    let non_negative = |field, v: i64| {
-        u64::try_from(v).map_err(|_| ControllerError::invalid(field, format!("{v} is negative")))
-    };
+    let non_negative = |field, v: i64| u64::try_from(v).map_err(|_| ControllerError::invalid(field, format!("{v} is negative")));
     let required = non_negative("capacity_range.required_bytes", range.required_bytes)?;
     let limit = non_negative("capacity_range.limit_bytes", range.limit_bytes)?;
     if limit != 0 && required > limit {
-        return Err(ControllerError::invalid(
-            "capacity_range",
-            format!("required_bytes {required} exceeds limit_bytes {limit}"),
-        ));
+        return Err(ControllerError::invalid("capacity_range", format!("required_bytes {required} exceeds limit_bytes {limit}")));
     }
     Ok(SizeRange { required: (required != 0).then_some(required), limit: (limit != 0).then_some(limit) })
 }

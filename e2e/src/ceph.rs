@@ -22,18 +22,9 @@ pub enum CephHarnessError {
         source: std::io::Error,
     },
     #[error("{script} {subcommand} failed ({status}): {stderr}")]
-    Failed {
-        script: PathBuf,
-        subcommand: String,
-        status: std::process::ExitStatus,
-        stderr: String,
-    },
+    Failed { script: PathBuf, subcommand: String, status: std::process::ExitStatus, stderr: String },
     #[error("cluster in {dir} has no usable {file}: {reason}")]
-    BadClusterDir {
-        dir: PathBuf,
-        file: &'static str,
-        reason: String,
-    },
+    BadClusterDir { dir: PathBuf, file: &'static str, reason: String },
 }
 
 fn script_dir() -> PathBuf {
@@ -44,16 +35,11 @@ fn script_dir() -> PathBuf {
 fn run_script(script: &str, args: &[&str]) -> Result<String, CephHarnessError> {
     let path = script_dir().join(script);
     let subcommand = args.join(" ");
-    let output = Command::new("bash")
-        .arg(&path)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| CephHarnessError::Spawn {
-            script: path.clone(),
-            subcommand: subcommand.clone(),
-            source,
-        })?;
+    let output = Command::new("bash").arg(&path).args(args).stdin(Stdio::null()).output().map_err(|source| CephHarnessError::Spawn {
+        script: path.clone(),
+        subcommand: subcommand.clone(),
+        source,
+    })?;
     if !output.status.success() {
         return Err(CephHarnessError::Failed {
             script: path,
@@ -109,11 +95,7 @@ impl TestCluster {
     }
 
     fn read_mon_host(&self) -> Result<String, CephHarnessError> {
-        let bad = |reason: String| CephHarnessError::BadClusterDir {
-            dir: self.dir.clone(),
-            file: "env",
-            reason,
-        };
+        let bad = |reason: String| CephHarnessError::BadClusterDir { dir: self.dir.clone(), file: "env", reason };
         let env = std::fs::read_to_string(self.dir.join("env")).map_err(|e| bad(e.to_string()))?;
         env.lines()
             .find_map(|line| line.strip_prefix("export CEPH_MON_HOST="))

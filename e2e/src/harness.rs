@@ -8,8 +8,8 @@ use std::time::Duration;
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::identity_client::IdentityClient;
 use csi_proto::v1::node_client::NodeClient;
-use swell_controller::reconciler::{Reconciler, ReconcilerConfig};
 use swell_controller::rbd::RbdConfig;
+use swell_controller::reconciler::{Reconciler, ReconcilerConfig};
 use swell_controller::server::{BackendOptions, ControllerConfig, build_with as build_controller};
 use swell_node::NodeConfig;
 use swell_node::config::RbdNodeConfig;
@@ -163,10 +163,8 @@ impl DriverUnderTest {
         node_config.local_state_dir = local_state_dir.clone();
         node_config.endpoint = format!("unix://{}", node_socket.display());
 
-        let backend_options = BackendOptions {
-            rbd: options.rbd.as_ref().map(|c| RbdConfig::new(&c.cluster_id, &c.ceph_conf, &c.keyring)),
-            default_backend: None,
-        };
+        let backend_options =
+            BackendOptions { rbd: options.rbd.as_ref().map(|c| RbdConfig::new(&c.cluster_id, &c.ceph_conf, &c.keyring)), default_backend: None };
         node_config.rbd = options.rbd.as_ref().map(|c| RbdNodeConfig {
             cluster_id: c.cluster_id.clone(),
             ceph_conf: c.ceph_conf.clone(),
@@ -231,11 +229,7 @@ impl ControllerUnderTest {
     pub async fn start(root: &Path, backends: swell_controller::Backends, reconciler: ReconcilerConfig) -> Result<Self, HarnessError> {
         let socket = root.join("controller.sock");
         let records = swell_controller::ExpansionRecords::open(&root.join("controller")).map_err(|source| {
-            HarnessError::Controller(swell_controller::server::StartError::State {
-                what: "expansion records",
-                path: root.join("controller"),
-                source,
-            })
+            HarnessError::Controller(swell_controller::server::StartError::State { what: "expansion records", path: root.join("controller"), source })
         })?;
         let service = swell_controller::ControllerService::new(backends, records.clone());
         let reconciler = Reconciler::new(service.expander().clone(), reconciler);
@@ -246,7 +240,6 @@ impl ControllerUnderTest {
         Ok(ControllerUnderTest { socket, client, reconciler, records, _server: server })
     }
 }
-
 
 /// A node service alone, served in-process on a Unix socket.
 pub struct NodeUnderTest {
@@ -269,4 +262,3 @@ impl NodeUnderTest {
         Ok(NodeUnderTest { client, _server: server })
     }
 }
-

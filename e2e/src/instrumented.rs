@@ -34,7 +34,13 @@ pub struct InstrumentedBackend {
 impl InstrumentedBackend {
     /// Wraps `inner`; every grow first waits `grow_latency`.
     pub fn new(inner: Arc<dyn Backend>, grow_latency: Duration) -> Arc<Self> {
-        Arc::new(InstrumentedBackend { inner, grow_latency, mode: AtomicU8::new(GrowMode::Normal as u8), grows: Mutex::default(), announcements: Mutex::default() })
+        Arc::new(InstrumentedBackend {
+            inner,
+            grow_latency,
+            mode: AtomicU8::new(GrowMode::Normal as u8),
+            grows: Mutex::default(),
+            announcements: Mutex::default(),
+        })
     }
 
     /// Switches how grows behave.

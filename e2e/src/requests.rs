@@ -14,10 +14,7 @@ pub fn mount_capability(fs_type: &str) -> VolumeCapability {
 
 /// A single-node-writer raw block capability.
 pub fn block_capability() -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
-        access_type: Some(AccessType::Block(BlockVolume {})),
-    }
+    VolumeCapability { access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }), access_type: Some(AccessType::Block(BlockVolume {})) }
 }
 
 /// CreateVolume as the external-provisioner sends it.

@@ -14,9 +14,9 @@ use csi_proto::v1::controller_client::ControllerClient;
 use swell_controller::ExpansionRecords;
 use swell_e2e::chaos::{Xorshift, env_number};
 use swell_e2e::harness::NodeUnderTest;
+use swell_e2e::host;
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::requests::{self, mount_capability};
-use swell_e2e::host;
 use swell_storage::VolumeId;
 use swell_storage::local::image_path;
 use tonic::transport::Channel;
@@ -24,7 +24,6 @@ use tonic::transport::Channel;
 const MIB: u64 = 1 << 20;
 /// How long the reconciler may take to settle every record after a restart.
 const RECONCILE_DEADLINE: Duration = Duration::from_secs(15);
-
 
 struct Volume {
     id: String,

@@ -154,10 +154,8 @@ async fn create_volume_refuses_multi_node_access_modes() {
 #[tokio::test]
 async fn create_volume_refuses_unknown_parameters_but_ignores_provisioner_keys() {
     let mut drv = driver().await;
-    let typo = CreateVolumeRequest {
-        parameters: parameters("nonexistent-key", "x"),
-        ..requests::create_volume(&unique_name("params"), GIB, default_capability())
-    };
+    let typo =
+        CreateVolumeRequest { parameters: parameters("nonexistent-key", "x"), ..requests::create_volume(&unique_name("params"), GIB, default_capability()) };
     expect_status(drv.controller.create_volume(typo).await, Code::InvalidArgument, &["nonexistent-key"]);
     assert!(list_ids(&mut drv).await.is_empty());
     // The external-provisioner adds these with --extra-create-metadata.
@@ -439,8 +437,7 @@ async fn concurrent_expansions_answer_ok_or_aborted_and_never_lose_growth() {
     let mut calls = Vec::new();
     for i in 0..16 {
         let (mut client, id, size) = (drv.controller.clone(), id.clone(), (2 + i) * GIB);
-        calls
-            .push(tokio::spawn(async move { (size, client.controller_expand_volume(requests::controller_expand(&id, size, None)).await) }));
+        calls.push(tokio::spawn(async move { (size, client.controller_expand_volume(requests::controller_expand(&id, size, None)).await) }));
     }
     let (mut succeeded, mut aborted) = (Vec::new(), Vec::new());
     for call in calls {

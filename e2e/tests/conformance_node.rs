@@ -29,9 +29,7 @@ async fn node_identity_names_the_same_driver_and_is_ready() {
     for cap in &caps {
         let known = match &cap.r#type {
             Some(plugin_capability::Type::Service(s)) => service::Type::try_from(s.r#type).is_ok_and(|t| t != service::Type::Unknown),
-            Some(plugin_capability::Type::VolumeExpansion(v)) => {
-                volume_expansion::Type::try_from(v.r#type).is_ok_and(|t| t != volume_expansion::Type::Unknown)
-            }
+            Some(plugin_capability::Type::VolumeExpansion(v)) => volume_expansion::Type::try_from(v.r#type).is_ok_and(|t| t != volume_expansion::Type::Unknown),
             None => false,
         };
         assert!(known, "unknown plugin capability {cap:?}");
@@ -44,10 +42,7 @@ async fn node_capabilities_are_exactly_what_swell_serves() {
     let caps = expect_ok(drv.node.node_get_capabilities(NodeGetCapabilitiesRequest {}).await, "NodeGetCapabilities");
     let got = node_rpc_types(&caps);
     let wanted: BTreeSet<i32> =
-        [rpc::Type::StageUnstageVolume, rpc::Type::ExpandVolume, rpc::Type::GetVolumeStats, rpc::Type::VolumeCondition]
-            .into_iter()
-            .map(|t| t as i32)
-            .collect();
+        [rpc::Type::StageUnstageVolume, rpc::Type::ExpandVolume, rpc::Type::GetVolumeStats, rpc::Type::VolumeCondition].into_iter().map(|t| t as i32).collect();
     assert_eq!(got, wanted);
 }
 
@@ -94,10 +89,7 @@ async fn node_publish_rejects_missing_fields() {
         (requests::publish("", &staging, &target, cap.clone(), false), "volume_id"),
         (requests::publish(&id, &staging, "", cap.clone(), false), "target_path"),
         (requests::publish(&id, "", &target, cap.clone(), false), "staging_target_path"),
-        (
-            NodePublishVolumeRequest { volume_capability: None, ..requests::publish(&id, &staging, &target, cap, false) },
-            "volume_capability",
-        ),
+        (NodePublishVolumeRequest { volume_capability: None, ..requests::publish(&id, &staging, &target, cap, false) }, "volume_capability"),
     ];
     for (request, field) in cases {
         expect_status(drv.node.node_publish_volume(request).await, Code::InvalidArgument, &[field]);

@@ -76,10 +76,7 @@ async fn sixty_four_racing_expansions_end_at_the_largest_and_only_grow() {
     let mut rig = rig(Duration::from_millis(2), ReconcilerConfig::default()).await;
     let id = create(&mut rig.controller.client, "race", GIB).await;
     let sizes: Vec<i64> = (0..64).map(|i| GIB + ((i * 37) % 64 + 1) * 64 * MIB).collect();
-    let calls: Vec<_> = sizes
-        .iter()
-        .map(|&bytes| tokio::spawn(expand_like_the_resizer(rig.controller.client.clone(), id.clone(), bytes)))
-        .collect();
+    let calls: Vec<_> = sizes.iter().map(|&bytes| tokio::spawn(expand_like_the_resizer(rig.controller.client.clone(), id.clone(), bytes))).collect();
     let mut aborted = 0;
     for call in calls {
         let codes = call.await.unwrap();

@@ -75,11 +75,7 @@ async fn lifecycle_over_grpc() {
     assert_eq!(clash.code(), Code::AlreadyExists, "{clash:?}");
     assert!(clash.message().contains("pvc-lifecycle"), "{}", clash.message());
 
-    let got = c
-        .controller_get_volume(ControllerGetVolumeRequest { volume_id: vol.volume_id.clone() })
-        .await
-        .expect("get volume")
-        .into_inner();
+    let got = c.controller_get_volume(ControllerGetVolumeRequest { volume_id: vol.volume_id.clone() }).await.expect("get volume").into_inner();
     assert_eq!(got.volume.expect("volume").capacity_bytes as u64, 64 * MIB);
     let listed = c.list_volumes(ListVolumesRequest::default()).await.expect("list").into_inner();
     assert!(

@@ -139,10 +139,7 @@ async fn sixty_four_racing_expansions_of_one_image_end_at_the_largest_and_only_g
     let id = create(&mut rig.controller.client, "race", GIB).await;
     let sizes: Vec<u64> = (0..64u64).map(|i| GIB + ((i * 37) % 64 + 1) * 64 * MIB).collect();
     let started = Instant::now();
-    let calls: Vec<_> = sizes
-        .iter()
-        .map(|&bytes| tokio::spawn(expand_like_the_resizer(rig.controller.client.clone(), id.clone(), bytes)))
-        .collect();
+    let calls: Vec<_> = sizes.iter().map(|&bytes| tokio::spawn(expand_like_the_resizer(rig.controller.client.clone(), id.clone(), bytes))).collect();
     let mut aborted = 0;
     for call in calls {
         let codes = call.await.unwrap();
@@ -156,11 +153,7 @@ async fn sixty_four_racing_expansions_of_one_image_end_at_the_largest_and_only_g
     assert_eq!(rbd_info_size(env, &id), largest, "rbd info");
     let grows: Vec<u64> = rig.backend.grows().into_iter().map(|(_, size)| size).collect();
     assert!(grows.windows(2).all(|w| w[0] < w[1]), "the engine saw a non-increasing resize: {grows:?}");
-    println!(
-        "rbd: 64 racing expansions in {took:?}: {} rbd resizes, {aborted} ABORTED answers retried, final {} MiB",
-        grows.len(),
-        largest / MIB
-    );
+    println!("rbd: 64 racing expansions in {took:?}: {} rbd resizes, {aborted} ABORTED answers retried, final {} MiB", grows.len(), largest / MIB);
     delete(&mut rig.controller.client, &id).await;
 }
 
@@ -228,7 +221,12 @@ async fn sixty_four_images_expand_in_parallel() {
     for id in &ids {
         delete(&mut rig.controller.client, id).await;
     }
-    assert!(failures.is_empty(), "{} of 64 concurrent expansions failed ({resized} images did reach 128 MiB): {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} of 64 concurrent expansions failed ({resized} images did reach 128 MiB): {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
     // Serialised expansions give a ratio near 1 (it was 1.9 while a pool read
     // sat under the ledger lock). On two cores that also run three OSDs and a
     // monitor, CPU caps a parallel speed-up at about 4.
@@ -339,7 +337,12 @@ async fn a_resize_the_watchers_never_heard_of_is_announced_so_the_node_can_grow(
     assert_eq!(grown.capacity_bytes as u64, GIB);
     assert_eq!(host::sha256_file(&data).unwrap(), checksum, "data intact");
     assert_eq!(rig.backend.announcements(), vec![volume.clone()], "told once, by the retry");
-    println!("rbd: unannounced resize: rbd-fuse showed {} MiB; after Swell's announcement NodeExpandVolume reached {} MiB in {:?}", stale / MIB, GIB / MIB, started.elapsed());
+    println!(
+        "rbd: unannounced resize: rbd-fuse showed {} MiB; after Swell's announcement NodeExpandVolume reached {} MiB in {:?}",
+        stale / MIB,
+        GIB / MIB,
+        started.elapsed()
+    );
 
     node.client.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
     node.client.node_unstage_volume(requests::unstage(&id, &staging)).await.unwrap();
@@ -347,7 +350,6 @@ async fn a_resize_the_watchers_never_heard_of_is_announced_so_the_node_can_grow(
 }
 
 // --- chaos ------------------------------------------------------------------
-
 
 /// A node service in-process on `root/node.sock`, attaching RBD volumes
 /// (rbd-fuse + loop on hosts without the rbd module).
@@ -363,12 +365,7 @@ impl Node {
         config.state_dir = root.join("node");
         config.local_state_dir = root.join("local");
         config.endpoint = format!("unix://{}", socket.display());
-        config.rbd = Some(RbdNodeConfig {
-            cluster_id: CLUSTER_ID.into(),
-            ceph_conf: env.conf.clone(),
-            keyring: env.keyring.clone(),
-            user: "admin".into(),
-        });
+        config.rbd = Some(RbdNodeConfig { cluster_id: CLUSTER_ID.into(), ceph_conf: env.conf.clone(), keyring: env.keyring.clone(), user: "admin".into() });
         let router = swell_node::server::router(&config).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let served = socket.clone();
@@ -508,10 +505,9 @@ async fn settled(records: &ExpansionRecords, ceph: &RbdBackend, volumes: &mut [V
             assert!(now >= volume.size, "round {round}: {} shrank from {} to {now}", volume.id, volume.size);
             volume.size = now;
             match records.get(&volume.id) {
-                Ok(Some(r)) if r.desired_bytes > now || r.current_bytes != now => problems.push(format!(
-                    "{}: desired {} current {} image {now} error {:?}",
-                    volume.id, r.desired_bytes, r.current_bytes, r.last_error
-                )),
+                Ok(Some(r)) if r.desired_bytes > now || r.current_bytes != now => {
+                    problems.push(format!("{}: desired {} current {} image {now} error {:?}", volume.id, r.desired_bytes, r.current_bytes, r.last_error))
+                }
                 Ok(_) => {}
                 Err(e) => problems.push(format!("{}: record unreadable: {e}", volume.id)),
             }
@@ -689,8 +685,7 @@ async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck
             match answer {
                 Ok(_) => break,
                 Err(status)
-                    if matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable | Code::Aborted)
-                        && started.elapsed() < Duration::from_secs(90) =>
+                    if matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable | Code::Aborted) && started.elapsed() < Duration::from_secs(90) =>
                 {
                     if failures.last().is_none_or(|(code, _)| *code != status.code()) {
                         failures.push((status.code(), status.message().to_owned()));

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use csi_proto::v1::identity_server::Identity;
 use csi_proto::v1::plugin_capability::{self, service, volume_expansion};
 use csi_proto::v1::{
-    GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest, GetPluginInfoResponse,
-    PluginCapability, ProbeRequest, ProbeResponse,
+    GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest, GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -35,12 +34,7 @@ pub struct InvalidDriverName(pub String);
 
 impl IdentityService {
     /// An Identity service for driver `name` at `version`.
-    pub fn new(
-        name: &str,
-        version: &str,
-        capabilities: Vec<PluginCapability>,
-        probe: Arc<dyn Probe>,
-    ) -> Result<Self, InvalidDriverName> {
+    pub fn new(name: &str, version: &str, capabilities: Vec<PluginCapability>, probe: Arc<dyn Probe>) -> Result<Self, InvalidDriverName> {
         let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
         let valid = !name.is_empty()
             && name.len() <= 63
@@ -56,36 +50,23 @@ impl IdentityService {
 
 /// The capability saying the plugin serves the Controller service.
 pub fn controller_service_capability() -> PluginCapability {
-    PluginCapability {
-        r#type: Some(plugin_capability::Type::Service(plugin_capability::Service {
-            r#type: service::Type::ControllerService as i32,
-        })),
-    }
+    PluginCapability { r#type: Some(plugin_capability::Type::Service(plugin_capability::Service { r#type: service::Type::ControllerService as i32 })) }
 }
 
 /// The capability saying volumes grow while in use.
 pub fn online_expansion_capability() -> PluginCapability {
     PluginCapability {
-        r#type: Some(plugin_capability::Type::VolumeExpansion(plugin_capability::VolumeExpansion {
-            r#type: volume_expansion::Type::Online as i32,
-        })),
+        r#type: Some(plugin_capability::Type::VolumeExpansion(plugin_capability::VolumeExpansion { r#type: volume_expansion::Type::Online as i32 })),
     }
 }
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
     async fn get_plugin_info(&self, _: Request<GetPluginInfoRequest>) -> Result<Response<GetPluginInfoResponse>, Status> {
-        Ok(Response::new(GetPluginInfoResponse {
-            name: self.name.clone(),
-            vendor_version: self.version.clone(),
-            manifest: Default::default(),
-        }))
+        Ok(Response::new(GetPluginInfoResponse { name: self.name.clone(), vendor_version: self.version.clone(), manifest: Default::default() }))
     }
 
-    async fn get_plugin_capabilities(
-        &self,
-        _: Request<GetPluginCapabilitiesRequest>,
-    ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
+    async fn get_plugin_capabilities(&self, _: Request<GetPluginCapabilitiesRequest>) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
         Ok(Response::new(GetPluginCapabilitiesResponse { capabilities: self.capabilities.clone() }))
     }
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Channel, Endpoint};
 use tonic::transport::server::Router;
+use tonic::transport::{Channel, Endpoint};
 
 /// Why an endpoint could not be served or reached.
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +42,8 @@ pub enum EndpointError {
 
 /// Parses `unix:///csi/csi.sock`, `unix:/csi/csi.sock` or `/csi/csi.sock`.
 pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf, EndpointError> {
-    let path = endpoint
-        .strip_prefix("unix://")
-        .or_else(|| endpoint.strip_prefix("unix:"))
-        .unwrap_or(endpoint);
-    if path.starts_with('/') && path.len() > 1 {
-        Ok(PathBuf::from(path))
-    } else {
-        Err(EndpointError::Unsupported(endpoint.to_owned()))
-    }
+    let path = endpoint.strip_prefix("unix://").or_else(|| endpoint.strip_prefix("unix:")).unwrap_or(endpoint);
+    if path.starts_with('/') && path.len() > 1 { Ok(PathBuf::from(path)) } else { Err(EndpointError::Unsupported(endpoint.to_owned())) }
 }
 
 fn prepare(path: &Path) -> Result<UnixListener, EndpointError> {

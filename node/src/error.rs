@@ -91,11 +91,9 @@ impl NodeError {
             NodeError::BackendTooSmall { .. } => Code::OutOfRange,
             NodeError::RefreshTimeout { .. } | NodeError::Timeout { .. } => Code::DeadlineExceeded,
             NodeError::Command { source: CommandError::Timeout { .. }, .. } => Code::DeadlineExceeded,
-            NodeError::GrowIncomplete { .. }
-            | NodeError::Command { .. }
-            | NodeError::Io { .. }
-            | NodeError::Parse { .. }
-            | NodeError::Internal(_) => Code::Internal,
+            NodeError::GrowIncomplete { .. } | NodeError::Command { .. } | NodeError::Io { .. } | NodeError::Parse { .. } | NodeError::Internal(_) => {
+                Code::Internal
+            }
         }
     }
 

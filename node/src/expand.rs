@@ -69,13 +69,7 @@ async fn wait_for_backing_size(attacher: &dyn Attacher, req: &Expand, device: &P
             return Ok(actual);
         }
         if started.elapsed() >= REFRESH_DEADLINE {
-            return Err(NodeError::RefreshTimeout {
-                volume: req.volume.to_string(),
-                device: device.to_owned(),
-                expected,
-                actual,
-                after: REFRESH_DEADLINE,
-            });
+            return Err(NodeError::RefreshTimeout { volume: req.volume.to_string(), device: device.to_owned(), expected, actual, after: REFRESH_DEADLINE });
         }
         tokio::time::sleep(REFRESH_POLL).await;
     }

@@ -52,9 +52,7 @@ pub async fn unmount_all(target: &Path) -> Result<(), NodeError> {
         if mounted_at(target).await?.is_none() {
             return Ok(());
         }
-        command::run("umount", [target], MOUNT_DEADLINE)
-            .await
-            .map_err(|e| NodeError::command(format!("unmount {}", target.display()), e))?;
+        command::run("umount", [target], MOUNT_DEADLINE).await.map_err(|e| NodeError::command(format!("unmount {}", target.display()), e))?;
     }
     Err(NodeError::Internal(format!("{} still mounted after {MAX_STACKED} unmounts", target.display())))
 }
@@ -68,9 +66,7 @@ pub async fn mounted_at(path: &Path) -> Result<Option<MountEntry>, NodeError> {
 
 /// All current mounts.
 pub async fn read_mountinfo() -> Result<Vec<MountEntry>, NodeError> {
-    let text = tokio::fs::read_to_string("/proc/self/mountinfo")
-        .await
-        .map_err(|e| NodeError::io("read /proc/self/mountinfo", e))?;
+    let text = tokio::fs::read_to_string("/proc/self/mountinfo").await.map_err(|e| NodeError::io("read /proc/self/mountinfo", e))?;
     Ok(mountinfo::parse(&text))
 }
 

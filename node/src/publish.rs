@@ -46,13 +46,14 @@ pub async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeError> {
     };
     mount::bind(&source, &req.target_path).await?;
     if req.read_only
-        && let Err(error) = mount::remount_read_only(&req.target_path).await {
-            // Never leave a writable mount behind a read-only request.
-            if let Err(e) = mount::unmount_all(&req.target_path).await {
-                tracing::warn!(error = %e.full_message(), "unmount after a failed read-only remount");
-            }
-            return Err(error);
+        && let Err(error) = mount::remount_read_only(&req.target_path).await
+    {
+        // Never leave a writable mount behind a read-only request.
+        if let Err(e) = mount::unmount_all(&req.target_path).await {
+            tracing::warn!(error = %e.full_message(), "unmount after a failed read-only remount");
         }
+        return Err(error);
+    }
     tracing::info!(target = %req.target_path.display(), read_only = req.read_only, "published");
     Ok(())
 }

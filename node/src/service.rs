@@ -27,12 +27,7 @@ impl NodeService {
     }
 }
 
-const CAPABILITIES: [rpc::Type; 4] = [
-    rpc::Type::StageUnstageVolume,
-    rpc::Type::ExpandVolume,
-    rpc::Type::GetVolumeStats,
-    rpc::Type::VolumeCondition,
-];
+const CAPABILITIES: [rpc::Type; 4] = [rpc::Type::StageUnstageVolume, rpc::Type::ExpandVolume, rpc::Type::GetVolumeStats, rpc::Type::VolumeCondition];
 
 #[tonic::async_trait]
 impl Node for NodeService {
@@ -44,40 +39,28 @@ impl Node for NodeService {
     }
 
     #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
-    async fn node_unstage_volume(
-        &self,
-        request: Request<NodeUnstageVolumeRequest>,
-    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+    async fn node_unstage_volume(&self, request: Request<NodeUnstageVolumeRequest>) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = validate::unstage(request.get_ref())?;
         stage::unstage(&self.ctx, req).await?;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
     #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
-    async fn node_publish_volume(
-        &self,
-        request: Request<NodePublishVolumeRequest>,
-    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+    async fn node_publish_volume(&self, request: Request<NodePublishVolumeRequest>) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = validate::publish(request.get_ref())?;
         publish::publish(&self.ctx, req).await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
     #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
-    async fn node_unpublish_volume(
-        &self,
-        request: Request<NodeUnpublishVolumeRequest>,
-    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+    async fn node_unpublish_volume(&self, request: Request<NodeUnpublishVolumeRequest>) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = validate::unpublish(request.get_ref())?;
         publish::unpublish(&self.ctx, req).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
     #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
-    async fn node_get_volume_stats(
-        &self,
-        request: Request<NodeGetVolumeStatsRequest>,
-    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+    async fn node_get_volume_stats(&self, request: Request<NodeGetVolumeStatsRequest>) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = validate::stats(request.get_ref())?;
         let stats = stats::stats(&self.ctx, req).await?;
         let usage = match stats.usage {
@@ -86,50 +69,30 @@ impl Node for NodeService {
                 vec![VolumeUsage { total: to_i64(total_bytes), unit: Unit::Bytes as i32, ..Default::default() }]
             }
         };
-        let volume_condition = Some(VolumeCondition {
-            abnormal: stats.abnormal.is_some(),
-            message: stats.abnormal.unwrap_or_else(|| "volume is healthy".to_owned()),
-        });
+        let volume_condition =
+            Some(VolumeCondition { abnormal: stats.abnormal.is_some(), message: stats.abnormal.unwrap_or_else(|| "volume is healthy".to_owned()) });
         Ok(Response::new(NodeGetVolumeStatsResponse { usage, volume_condition }))
     }
 
     #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
-    async fn node_expand_volume(
-        &self,
-        request: Request<NodeExpandVolumeRequest>,
-    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+    async fn node_expand_volume(&self, request: Request<NodeExpandVolumeRequest>) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         let req = validate::expand(request.get_ref())?;
         let capacity = expand::expand(&self.ctx, req).await?;
         Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes: to_i64(capacity) }))
     }
 
-    async fn node_get_capabilities(
-        &self,
-        _request: Request<NodeGetCapabilitiesRequest>,
-    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
-        let capabilities = CAPABILITIES
-            .iter()
-            .map(|t| NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: *t as i32 })) })
-            .collect();
+    async fn node_get_capabilities(&self, _request: Request<NodeGetCapabilitiesRequest>) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        let capabilities = CAPABILITIES.iter().map(|t| NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: *t as i32 })) }).collect();
         Ok(Response::new(NodeGetCapabilitiesResponse { capabilities }))
     }
 
     async fn node_get_info(&self, _request: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {
-        Ok(Response::new(NodeGetInfoResponse {
-            node_id: self.ctx.config.node_id.clone(),
-            max_volumes_per_node: 0,
-            accessible_topology: None,
-        }))
+        Ok(Response::new(NodeGetInfoResponse { node_id: self.ctx.config.node_id.clone(), max_volumes_per_node: 0, accessible_topology: None }))
     }
 }
 
 fn usage(unit: Unit, counts: Counts) -> VolumeUsage {
-    VolumeUsage {
-        total: to_i64(counts.total),
-        available: to_i64(counts.available),
-        used: to_i64(counts.used),
-        unit: unit as i32,
-    }
+    VolumeUsage { total: to_i64(counts.total), available: to_i64(counts.available), used: to_i64(counts.used), unit: unit as i32 }
 }
 
 fn to_i64(value: u64) -> i64 {

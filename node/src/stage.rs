@@ -42,27 +42,20 @@ pub async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
         if let Err(error) = staged {
             // Leave no loop device behind when nothing got mounted.
             if matches!(mount::mounted_at(&req.staging_path).await, Ok(None))
-                && let Err(e) = attacher.detach(&req.volume, Some(&device)).await {
-                    tracing::warn!(error = %e.full_message(), "detach after a failed stage");
-                }
+                && let Err(e) = attacher.detach(&req.volume, Some(&device)).await
+            {
+                tracing::warn!(error = %e.full_message(), "detach after a failed stage");
+            }
             return Err(error);
         }
     }
-    let record =
-        StagingRecord { volume_id: volume, device: device.clone(), staging_path: req.staging_path.clone(), access: req.access };
+    let record = StagingRecord { volume_id: volume, device: device.clone(), staging_path: req.staging_path.clone(), access: req.access };
     ctx.staging.write(&req.volume, &record).await?;
     tracing::info!(device = %device.display(), "staged");
     Ok(())
 }
 
-async fn stage_filesystem(
-    attacher: &dyn Attacher,
-    volume: &str,
-    device: &Path,
-    staging: &Path,
-    fs_type: FsType,
-    flags: &[String],
-) -> Result<(), NodeError> {
+async fn stage_filesystem(attacher: &dyn Attacher, volume: &str, device: &Path, staging: &Path, fs_type: FsType, flags: &[String]) -> Result<(), NodeError> {
     let fs = fs_type.ops();
     let device_bytes = attacher.device_size(device).await?;
     match mount::mounted_at(staging).await? {
@@ -110,10 +103,9 @@ async fn stage_filesystem(
 async fn detect(device: &Path) -> Result<Option<String>, NodeError> {
     let args = [Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), device];
     match command::run("blkid", args, BLKID_DEADLINE).await {
-        Ok(out) if out.stdout.trim().is_empty() => Err(NodeError::Internal(format!(
-            "{} holds data that is not a filesystem (partition table?); refusing to format it",
-            device.display()
-        ))),
+        Ok(out) if out.stdout.trim().is_empty() => {
+            Err(NodeError::Internal(format!("{} holds data that is not a filesystem (partition table?); refusing to format it", device.display())))
+        }
         Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
         // blkid exits 2 when it finds nothing: a blank device.
         Err(e) if e.exit_code() == Some(2) => Ok(None),
@@ -127,10 +119,11 @@ pub async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
     let attacher = ctx.attachers.for_volume(&req.volume)?;
     let record = ctx.staging.read(&req.volume).await?;
     if let Some(record) = &record
-        && record.staging_path != req.staging_path {
-            tracing::warn!(staged_at = %record.staging_path.display(), "unstage of a path the volume is not staged at");
-            return Ok(());
-        }
+        && record.staging_path != req.staging_path
+    {
+        tracing::warn!(staged_at = %record.staging_path.display(), "unstage of a path the volume is not staged at");
+        return Ok(());
+    }
     mount::unmount_all(&req.staging_path).await?;
     attacher.detach(&req.volume, record.as_ref().map(|r| r.device.as_path())).await?;
     ctx.staging.remove(&req.volume).await?;

@@ -68,9 +68,7 @@ impl StagingStore {
     pub async fn write(&self, volume: &VolumeId, record: &StagingRecord) -> Result<(), NodeError> {
         let path = self.path(volume);
         let record = record.clone();
-        blocking(move || durable::write_json(&path, &record))
-            .await
-            .map_err(|e| NodeError::io(format!("write staging record of {volume}"), e))
+        blocking(move || durable::write_json(&path, &record)).await.map_err(|e| NodeError::io(format!("write staging record of {volume}"), e))
     }
 
     /// Removes a record; a missing record is fine.

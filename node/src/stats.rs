@@ -75,14 +75,7 @@ async fn filesystem_usage(path: PathBuf) -> Result<Usage, NodeError> {
         Ok(Err(join)) => return Err(NodeError::Internal(format!("{step}: {join}"))),
         Ok(Ok(result)) => result.map_err(|e| NodeError::io(&step, std::io::Error::from(e)))?,
     };
-    Ok(usage_of(
-        stat.blocks(),
-        stat.blocks_free(),
-        stat.blocks_available(),
-        stat.fragment_size(),
-        stat.files(),
-        stat.files_free(),
-    ))
+    Ok(usage_of(stat.blocks(), stat.blocks_free(), stat.blocks_available(), stat.fragment_size(), stat.files(), stat.files_free()))
 }
 
 /// Pure arithmetic over statvfs fields; saturating so odd values never panic.

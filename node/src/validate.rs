@@ -8,8 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use csi_proto::v1::volume_capability::AccessType;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::{
-    NodeExpandVolumeRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
-    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
+    NodeExpandVolumeRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest,
+    VolumeCapability,
 };
 use swell_storage::VolumeId;
 
@@ -155,10 +155,7 @@ fn capability(cap: Option<&VolumeCapability>) -> Result<(Access, bool), NodeErro
 }
 
 fn volume_id(value: &str) -> Result<VolumeId, NodeError> {
-    value.parse().map_err(|e: swell_storage::volume_id::VolumeIdError| NodeError::VolumeNotFound {
-        volume: value.to_owned(),
-        reason: e.to_string(),
-    })
+    value.parse().map_err(|e: swell_storage::volume_id::VolumeIdError| NodeError::VolumeNotFound { volume: value.to_owned(), reason: e.to_string() })
 }
 
 #[cfg(test)]

@@ -122,12 +122,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Creates a volume of `size_bytes` named `name`, or returns the existing
     /// volume of that name untouched. Judging whether an existing volume is
     /// compatible with the request is the caller's job.
-    async fn create_volume(
-        &self,
-        name: &str,
-        size_bytes: u64,
-        parameters: &BTreeMap<String, String>,
-    ) -> Result<Created, BackendError>;
+    async fn create_volume(&self, name: &str, size_bytes: u64, parameters: &BTreeMap<String, String>) -> Result<Created, BackendError>;
 
     /// Deletes a volume; deleting a missing volume succeeds.
     async fn delete_volume(&self, id: &VolumeId) -> Result<(), BackendError>;

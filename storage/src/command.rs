@@ -91,11 +91,7 @@ where
         .map_err(|source| CommandError::Spawn { command: command.clone(), source })?;
     let stdout = String::from_utf8_lossy(&finished.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
-    if finished.status.success() {
-        Ok(Output { stdout, stderr })
-    } else {
-        Err(CommandError::Failed { command, code: finished.status.code(), stderr, stdout })
-    }
+    if finished.status.success() { Ok(Output { stdout, stderr }) } else { Err(CommandError::Failed { command, code: finished.status.code(), stderr, stdout }) }
 }
 
 fn render(program: &str, args: &[std::ffi::OsString]) -> String {

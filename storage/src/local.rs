@@ -188,8 +188,7 @@ impl Inner {
         let total_bytes = match self.capacity_bytes {
             Some(bytes) => bytes,
             None => {
-                let stat = nix::sys::statvfs::statvfs(&self.state_dir)
-                    .map_err(|e| BackendError::io("statvfs of the state directory", io::Error::from(e)))?;
+                let stat = nix::sys::statvfs::statvfs(&self.state_dir).map_err(|e| BackendError::io("statvfs of the state directory", io::Error::from(e)))?;
                 stat.blocks().saturating_mul(stat.fragment_size())
             }
         };
@@ -200,12 +199,8 @@ impl Inner {
 
     fn set_file_len(&self, id: &VolumeId, size: u64) -> Result<(), BackendError> {
         let path = image_path(&self.state_dir, id);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| BackendError::io(format!("open backing file of {id}"), e))?;
+        let file =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| BackendError::io(format!("open backing file of {id}"), e))?;
         file.set_len(size).map_err(|e| BackendError::io(format!("size backing file of {id} to {size}"), e))?;
         file.sync_all().map_err(|e| BackendError::io(format!("sync backing file of {id}"), e))
     }
@@ -221,26 +216,17 @@ impl Backend for LocalBackend {
         KIND
     }
 
-    async fn create_volume(
-        &self,
-        name: &str,
-        size_bytes: u64,
-        parameters: &BTreeMap<String, String>,
-    ) -> Result<Created, BackendError> {
+    async fn create_volume(&self, name: &str, size_bytes: u64, parameters: &BTreeMap<String, String>) -> Result<Created, BackendError> {
         let name = name.to_owned();
         let parameters = parameters.clone();
         self.blocking("create volume", move |inner| {
             let id = LocalBackend::id_for_name(&name);
             let claim = inner.claim(&id)?;
             let record_file = record_path(&inner.state_dir, &id);
-            let existing: Option<VolumeRecord> =
-                durable::read_json(&record_file).map_err(|e| BackendError::io(format!("read record of {id}"), e))?;
+            let existing: Option<VolumeRecord> = durable::read_json(&record_file).map_err(|e| BackendError::io(format!("read record of {id}"), e))?;
             let size = match existing {
                 Some(record) if record.name != name => {
-                    return Err(BackendError::io(
-                        format!("create {name}"),
-                        io::Error::other(format!("id {id} already belongs to volume {:?}", record.name)),
-                    ));
+                    return Err(BackendError::io(format!("create {name}"), io::Error::other(format!("id {id} already belongs to volume {:?}", record.name))));
                 }
                 Some(record) => match inner.read_volume(&id)? {
                     Some(info) => return Ok(Created::Existing(info)),

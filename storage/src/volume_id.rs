@@ -63,9 +63,7 @@ impl FromStr for VolumeId {
         }
         let (backend, key) = s.split_once(':').ok_or_else(|| VolumeIdError::Malformed(s.to_owned()))?;
         let part_ok = |p: &str, extra: &[char]| {
-            !p.is_empty()
-                && !p.starts_with('.')
-                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c) || extra.contains(&c))
+            !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c) || extra.contains(&c))
         };
         if backend.is_empty() || key.is_empty() || key.split(':').any(str::is_empty) {
             return Err(VolumeIdError::Malformed(s.to_owned()));

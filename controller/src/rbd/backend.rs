@@ -119,12 +119,8 @@ impl RbdBackend {
         if config.op_timeout < Duration::from_secs(1) {
             return Err(ConfigError("op timeout must be at least 1 s (librados counts whole seconds)".into()));
         }
-        let settings = ConnectSettings {
-            ceph_conf: config.ceph_conf.clone(),
-            keyring: config.keyring.clone(),
-            user: config.user.clone(),
-            op_timeout: config.op_timeout,
-        };
+        let settings =
+            ConnectSettings { ceph_conf: config.ceph_conf.clone(), keyring: config.keyring.clone(), user: config.user.clone(), op_timeout: config.op_timeout };
         let mut connector = Connector::new(settings, MAX_OUTSTANDING, config.call_deadline());
         if let Some(record) = config.client_record() {
             connector = connector.with_fence(Fence::new(record));
@@ -139,9 +135,8 @@ impl RbdBackend {
 
     /// The id a volume named `name` gets in `pool`.
     pub fn id_for(&self, pool: &str, name: &str) -> Result<VolumeId, BackendError> {
-        VolumeId::new(KIND, &format!("{}:{pool}:{}", self.config.cluster_id, image_name(name))).map_err(|e| {
-            BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") }
-        })
+        VolumeId::new(KIND, &format!("{}:{pool}:{}", self.config.cluster_id, image_name(name)))
+            .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })
     }
 
     /// The location of a volume of this cluster; `Ok(None)` for ids that
@@ -151,10 +146,7 @@ impl RbdBackend {
         if location.cluster != self.config.cluster_id {
             return Err(BackendError::Unavailable {
                 step: format!("{step} {id}"),
-                reason: format!(
-                    "the volume belongs to Ceph cluster {:?}; this controller serves {:?}",
-                    location.cluster, self.config.cluster_id
-                ),
+                reason: format!("the volume belongs to Ceph cluster {:?}; this controller serves {:?}", location.cluster, self.config.cluster_id),
             });
         }
         Ok(Some(location))
@@ -256,8 +248,7 @@ impl PoolReading {
         let df = conn.mon_command("ceph df", r#"{"prefix":"df","format":"json"}"#)?;
         let detail = conn.mon_command("osd pool ls detail", r#"{"prefix":"osd pool ls","detail":"detail","format":"json"}"#)?;
         let usage = capacity::parse_df(&df, pool).map_err(|e| bad_json("ceph df", e))?.ok_or_else(|| missing_pool(pool))?;
-        let settings =
-            capacity::parse_pool_detail(&detail, pool).map_err(|e| bad_json("osd pool ls detail", e))?.ok_or_else(|| missing_pool(pool))?;
+        let settings = capacity::parse_pool_detail(&detail, pool).map_err(|e| bad_json("osd pool ls detail", e))?.ok_or_else(|| missing_pool(pool))?;
         Ok(PoolReading { usage, settings, provisioned: provisioned(io, pool)? })
     }
 
@@ -306,15 +297,7 @@ fn name_image(io: &IoCtx, id: &VolumeId, image: &str, name: &str) -> Result<u64,
     Ok(size)
 }
 
-fn create_blocking(
-    conn: &Connection,
-    deadline: Instant,
-    settings: &Settings,
-    id: &VolumeId,
-    pool: &str,
-    name: &str,
-    size: u64,
-) -> Result<Created, RbdError> {
+fn create_blocking(conn: &Connection, deadline: Instant, settings: &Settings, id: &VolumeId, pool: &str, name: &str, size: u64) -> Result<Created, RbdError> {
     let image = locate(id).map(|l| l.image).unwrap_or_else(|| unreachable!("ids made by id_for locate"));
     let io = conn.pool(pool)?.ok_or_else(|| missing_pool(pool))?;
     let existing = match io.open_read_only(&image) {
@@ -328,14 +311,11 @@ fn create_blocking(
         Err(e) => return Err(RbdError::osd("rbd_open_read_only", e, Some(id))),
     };
     match existing {
-        Some((current, Some(recorded))) if recorded == name => {
-            Ok(Created::Existing(VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes: current }))
+        Some((current, Some(recorded))) if recorded == name => Ok(Created::Existing(VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes: current })),
+        Some((_, Some(recorded))) => {
+            Err(BackendError::io(format!("create {name}"), std::io::Error::other(format!("image {pool}/{image} already belongs to volume {recorded:?}")))
+                .into())
         }
-        Some((_, Some(recorded))) => Err(BackendError::io(
-            format!("create {name}"),
-            std::io::Error::other(format!("image {pool}/{image} already belongs to volume {recorded:?}")),
-        )
-        .into()),
         Some((_, None)) => {
             // A create that stopped before naming its image: finish it. The
             // metadata write needs a writable pool, so check for fullness first.
@@ -354,14 +334,7 @@ fn create_blocking(
     }
 }
 
-fn grow_blocking(
-    conn: &Connection,
-    deadline: Instant,
-    settings: &Settings,
-    id: &VolumeId,
-    location: &Location,
-    new_size: u64,
-) -> Result<u64, RbdError> {
+fn grow_blocking(conn: &Connection, deadline: Instant, settings: &Settings, id: &VolumeId, location: &Location, new_size: u64) -> Result<u64, RbdError> {
     let not_found = || RbdError::Refused(BackendError::NotFound(id.clone()));
     let pool = &location.pool;
     let io = conn.pool(pool)?.ok_or_else(not_found)?;
@@ -441,9 +414,7 @@ impl Backend for RbdBackend {
         let pool = parameters.get("pool").cloned().unwrap_or_else(|| self.config.default_pool.clone());
         let id = self.id_for(&pool, name)?;
         let (name, settings) = (name.to_owned(), self.settings());
-        self.connector
-            .run("create volume", move |conn, deadline| create_blocking(conn, deadline, &settings, &id, &pool, &name, size_bytes))
-            .await
+        self.connector.run("create volume", move |conn, deadline| create_blocking(conn, deadline, &settings, &id, &pool, &name, size_bytes)).await
     }
 
     async fn delete_volume(&self, id: &VolumeId) -> Result<(), BackendError> {
@@ -495,9 +466,7 @@ impl Backend for RbdBackend {
     async fn grow_volume(&self, id: &VolumeId, new_size_bytes: u64) -> Result<u64, BackendError> {
         let location = self.ours(id, "grow")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
         let (id, settings) = (id.clone(), self.settings());
-        self.connector
-            .run("grow volume", move |conn, deadline| grow_blocking(conn, deadline, &settings, &id, &location, new_size_bytes))
-            .await
+        self.connector.run("grow volume", move |conn, deadline| grow_blocking(conn, deadline, &settings, &id, &location, new_size_bytes)).await
     }
 
     async fn announce_size(&self, id: &VolumeId) -> Result<(), BackendError> {

@@ -84,10 +84,10 @@ pub fn parse_df(json: &[u8], pool: &str) -> Result<Option<PoolUsage>, serde_json
 /// output for `pool`; `None` when the pool does not exist.
 pub fn parse_pool_detail(json: &[u8], pool: &str) -> Result<Option<PoolSettings>, serde_json::Error> {
     let pools: Vec<PoolDetail> = serde_json::from_slice(json)?;
-    Ok(pools.into_iter().find(|p| p.pool_name == pool).map(|p| PoolSettings {
-        quota_max_bytes: p.quota_max_bytes,
-        flags: p.flags_names.split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect(),
-    }))
+    Ok(pools
+        .into_iter()
+        .find(|p| p.pool_name == pool)
+        .map(|p| PoolSettings { quota_max_bytes: p.quota_max_bytes, flags: p.flags_names.split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect() }))
 }
 
 /// The pool's room under the policy.

@@ -190,10 +190,15 @@ mod tests {
             let c = Arc::clone(&c);
             std::thread::spawn(move || {
                 let far = Instant::now() + Duration::from_secs(10);
-                c.read("rbd", far, || {
-                    std::thread::sleep(Duration::from_millis(400));
-                    Ok(1)
-                }, String::clone)
+                c.read(
+                    "rbd",
+                    far,
+                    || {
+                        std::thread::sleep(Duration::from_millis(400));
+                        Ok(1)
+                    },
+                    String::clone,
+                )
                 .is_ok()
             })
         };

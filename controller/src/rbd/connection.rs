@@ -49,12 +49,7 @@ impl Connection {
         cluster.read_conf_file(&settings.ceph_conf).map_err(|e| RbdError::connect(format!("read {}", settings.ceph_conf.display()), e))?;
         let secs = settings.op_timeout.as_secs().max(1).to_string();
         let keyring = settings.keyring.to_string_lossy();
-        for (option, value) in [
-            ("keyring", &*keyring),
-            ("rados_osd_op_timeout", &*secs),
-            ("rados_mon_op_timeout", &*secs),
-            ("client_mount_timeout", &*secs),
-        ] {
+        for (option, value) in [("keyring", &*keyring), ("rados_osd_op_timeout", &*secs), ("rados_mon_op_timeout", &*secs), ("client_mount_timeout", &*secs)] {
             cluster.conf_set(option, value).map_err(|e| RbdError::connect(format!("set {option}"), e))?;
         }
         cluster.connect().map_err(|e| RbdError::connect("rados_connect", e))?;

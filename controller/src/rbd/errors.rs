@@ -54,14 +54,7 @@ impl From<BackendError> for RbdError {
 impl RbdError {
     /// A failed OSD-side call on `volume`.
     pub fn osd(step: impl Into<String>, errno: i32, volume: Option<&VolumeId>) -> Self {
-        RbdError::Ceph(CephFailure {
-            step: step.into(),
-            errno,
-            volume: volume.cloned(),
-            bytes: None,
-            via: Via::Osd,
-            detail: String::new(),
-        })
+        RbdError::Ceph(CephFailure { step: step.into(), errno, volume: volume.cloned(), bytes: None, via: Via::Osd, detail: String::new() })
     }
 
     /// A failed monitor command.
@@ -81,9 +74,7 @@ impl RbdError {
             RbdError::Ceph(failure) => RbdError::Ceph(failure.clone()),
             RbdError::Refused(err) => RbdError::Refused(match err {
                 BackendError::NotFound(id) => BackendError::NotFound(id.clone()),
-                BackendError::InvalidParameter { name, reason } => {
-                    BackendError::InvalidParameter { name: name.clone(), reason: reason.clone() }
-                }
+                BackendError::InvalidParameter { name, reason } => BackendError::InvalidParameter { name: name.clone(), reason: reason.clone() },
                 BackendError::NoSpace { requested, available } => BackendError::NoSpace { requested: *requested, available: *available },
                 BackendError::Timeout { step, after } => BackendError::Timeout { step: step.clone(), after: *after },
                 BackendError::Unavailable { step, reason } => BackendError::Unavailable { step: step.clone(), reason: reason.clone() },
@@ -137,18 +128,13 @@ impl RbdError {
         let on = failure.volume.as_ref().map(|v| format!("{} of {v}", failure.step)).unwrap_or_else(|| failure.step.clone());
         let said = if failure.detail.is_empty() { String::new() } else { format!(" ({})", failure.detail.trim()) };
         match errno {
-            Errno::ENOENT if failure.volume.is_some() => {
-                BackendError::NotFound(failure.volume.unwrap_or_else(|| unreachable!("checked above")))
-            }
+            Errno::ENOENT if failure.volume.is_some() => BackendError::NotFound(failure.volume.unwrap_or_else(|| unreachable!("checked above"))),
             Errno::ETIMEDOUT => BackendError::Timeout { step: on, after: op_timeout },
             Errno::EAGAIN | Errno::ENOTCONN | Errno::ESHUTDOWN | Errno::ECONNREFUSED | Errno::ECONNRESET | Errno::EBUSY => {
                 BackendError::Unavailable { step: on, reason: format!("{errno}: {}{said}", errno.desc()) }
             }
             Errno::EDQUOT | Errno::ENOSPC => BackendError::NoSpace { requested: failure.bytes.unwrap_or(0), available: 0 },
-            _ => BackendError::io(
-                on,
-                std::io::Error::other(format!("{}{said}", std::io::Error::from_raw_os_error(failure.errno))),
-            ),
+            _ => BackendError::io(on, std::io::Error::other(format!("{}{said}", std::io::Error::from_raw_os_error(failure.errno)))),
         }
     }
 }

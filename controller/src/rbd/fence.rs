@@ -72,10 +72,7 @@ pub fn split_addrs(raw: &str) -> Vec<String> {
 /// nonce 0) would fence every client on that IP, this controller included.
 pub fn is_one_client(addr: &str) -> bool {
     let Some((host, nonce)) = addr.rsplit_once('/') else { return false };
-    !host.is_empty()
-        && host.contains(':')
-        && !host.chars().any(char::is_whitespace)
-        && nonce.parse::<u64>().is_ok_and(|n| n > 0)
+    !host.is_empty() && host.contains(':') && !host.chars().any(char::is_whitespace) && nonce.parse::<u64>().is_ok_and(|n| n > 0)
 }
 
 /// Failures after which the next connection should try again.
@@ -205,10 +202,7 @@ mod tests {
     #[test]
     fn the_blocklist_command_is_what_the_monitor_expects() {
         let cmd: serde_json::Value = serde_json::from_str(&blocklist_command("127.0.0.1:0/3710147553", BLOCKLIST_EXPIRE)).unwrap();
-        assert_eq!(
-            cmd,
-            serde_json::json!({"prefix":"osd blocklist","blocklistop":"add","addr":"127.0.0.1:0/3710147553","expire":3600.0})
-        );
+        assert_eq!(cmd, serde_json::json!({"prefix":"osd blocklist","blocklistop":"add","addr":"127.0.0.1:0/3710147553","expire":3600.0}));
     }
 
     #[test]

@@ -183,9 +183,7 @@ impl Cluster {
         let mut cmd = [command.as_ptr()];
         let (mut out, mut out_len, mut status, mut status_len) = (ptr::null_mut(), 0usize, ptr::null_mut(), 0usize);
         // SAFETY: one valid command pointer, no input buffer, valid out pointers.
-        let ret = unsafe {
-            rados_mon_command(self.raw, cmd.as_mut_ptr(), 1, ptr::null(), 0, &mut out, &mut out_len, &mut status, &mut status_len)
-        };
+        let ret = unsafe { rados_mon_command(self.raw, cmd.as_mut_ptr(), 1, ptr::null(), 0, &mut out, &mut out_len, &mut status, &mut status_len) };
         // SAFETY: librados allocated these buffers with the given lengths; they
         // are copied, then released with rados_buffer_free as librados.h requires.
         let (output, status) = unsafe { (take_buffer(out, out_len), take_buffer(status, status_len)) };

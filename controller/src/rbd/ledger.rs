@@ -41,10 +41,7 @@ struct Entry {
 impl Inner {
     /// Bytes that a reading taken at `taken` may not see in `pool`.
     fn promised(&self, pool: &str, taken: u64) -> u64 {
-        self.promises
-            .values()
-            .filter(|e| e.pool == pool && e.ended.is_none_or(|ended| ended > taken))
-            .fold(0u64, |sum, e| sum.saturating_add(e.bytes))
+        self.promises.values().filter(|e| e.pool == pool && e.ended.is_none_or(|ended| ended > taken)).fold(0u64, |sum, e| sum.saturating_add(e.bytes))
     }
 
     /// Forgets ended promises that no reading in progress can miss.

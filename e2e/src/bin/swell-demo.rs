@@ -44,11 +44,7 @@ struct Steps {
 }
 
 impl Steps {
-    async fn run<T, E: std::fmt::Display>(
-        &mut self,
-        what: &str,
-        step: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
+    async fn run<T, E: std::fmt::Display>(&mut self, what: &str, step: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
         self.number += 1;
         let begun = Instant::now();
         let result = step.await;
@@ -106,16 +102,21 @@ async fn demo(args: Args) -> Result<(), String> {
     let mut driver = steps.run("start controller and node on Unix sockets", DriverUnderTest::start(&root, options)).await?;
     let mut create = requests::create_volume("demo-volume", args.initial_gib * GIB, capability.clone());
     create.parameters.insert("backend".into(), args.backend.clone());
-    let created = steps
-        .run(&format!("CreateVolume {} ({})", gib(args.initial_gib * GIB), args.backend), driver.controller.create_volume(create))
-        .await?
-        .into_inner();
+    let created =
+        steps.run(&format!("CreateVolume {} ({})", gib(args.initial_gib * GIB), args.backend), driver.controller.create_volume(create)).await?.into_inner();
     let volume = created.volume.ok_or("CreateVolume returned no volume")?;
     let id = volume.volume_id.clone();
     println!("     volume id {id}, {}", gib(volume.capacity_bytes));
 
-    steps.run(&format!("NodeStageVolume (attach, mkfs.{}, mount)", args.fs), driver.node.node_stage_volume(requests::stage(&id, &staging_s, capability.clone()))).await?;
-    steps.run("NodePublishVolume (bind mount into the pod)", driver.node.node_publish_volume(requests::publish(&id, &staging_s, &target_s, capability.clone(), false))).await?;
+    steps
+        .run(&format!("NodeStageVolume (attach, mkfs.{}, mount)", args.fs), driver.node.node_stage_volume(requests::stage(&id, &staging_s, capability.clone())))
+        .await?;
+    steps
+        .run(
+            "NodePublishVolume (bind mount into the pod)",
+            driver.node.node_publish_volume(requests::publish(&id, &staging_s, &target_s, capability.clone(), false)),
+        )
+        .await?;
 
     let data = target.join("payload.bin");
     steps.run("write 64 MiB and fsync", async { host::write_pattern(&data, (64 * MIB) as usize, 42) }).await?;
@@ -152,14 +153,13 @@ async fn demo(args: Args) -> Result<(), String> {
 
     steps.run("NodeUnpublishVolume", driver.node.node_unpublish_volume(requests::unpublish(&id, &target_s))).await?;
     steps.run("NodeUnstageVolume (unmount, detach loop)", driver.node.node_unstage_volume(requests::unstage(&id, &staging_s))).await?;
+    steps.run("DeleteVolume", driver.controller.delete_volume(csi_proto::v1::DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() })).await?;
     steps
-        .run("DeleteVolume", driver.controller.delete_volume(csi_proto::v1::DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }))
+        .run("stop services", async {
+            driver.stop().await;
+            Ok::<_, String>(())
+        })
         .await?;
-    steps.run("stop services", async {
-        driver.stop().await;
-        Ok::<_, String>(())
-    })
-    .await?;
     if let Some(cluster) = cluster {
         steps.run("stop and remove the Ceph cluster", async { cluster.purge() }).await?;
     }

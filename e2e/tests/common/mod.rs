@@ -104,8 +104,7 @@ pub fn create_exact(name: &str, bytes: i64) -> CreateVolumeRequest {
 
 /// Creates a volume of at least `bytes` and returns it.
 pub async fn create(driver: &mut DriverUnderTest, name: &str, bytes: i64) -> Volume {
-    let response =
-        expect_ok(driver.controller.create_volume(requests::create_volume(name, bytes, default_capability())).await, "CreateVolume");
+    let response = expect_ok(driver.controller.create_volume(requests::create_volume(name, bytes, default_capability())).await, "CreateVolume");
     let volume = response.volume.expect("CreateVolume answered without a volume");
     assert!(!volume.volume_id.is_empty(), "empty volume_id");
     assert!(volume.capacity_bytes >= bytes, "capacity {} below required {bytes}", volume.capacity_bytes);
@@ -114,10 +113,7 @@ pub async fn create(driver: &mut DriverUnderTest, name: &str, bytes: i64) -> Vol
 
 /// Deletes a volume, requiring OK.
 pub async fn delete(driver: &mut DriverUnderTest, id: &str) {
-    expect_ok(
-        driver.controller.delete_volume(DeleteVolumeRequest { volume_id: id.to_owned(), ..Default::default() }).await,
-        "DeleteVolume",
-    );
+    expect_ok(driver.controller.delete_volume(DeleteVolumeRequest { volume_id: id.to_owned(), ..Default::default() }).await, "DeleteVolume");
 }
 
 /// The DeleteVolume answer for `id`.
@@ -187,8 +183,7 @@ pub fn node_host_ready(test: &str) -> bool {
         return false;
     }
     for tool in ["losetup", "mkfs.xfs", "mount", "umount"] {
-        let found =
-            std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())).unwrap_or(false);
+        let found = std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())).unwrap_or(false);
         if !found {
             host::note_skip(test, &format!("{tool} is not installed"));
             return false;
@@ -304,11 +299,7 @@ pub fn loops_backed_by(image: &Path) -> Vec<String> {
 /// The byte usage entry of a NodeGetVolumeStats answer, checked for sanity.
 #[track_caller]
 pub fn byte_usage(response: &NodeGetVolumeStatsResponse) -> VolumeUsage {
-    let bytes = *response
-        .usage
-        .iter()
-        .find(|u| u.unit == volume_usage::Unit::Bytes as i32)
-        .unwrap_or_else(|| panic!("no BYTES usage in {response:?}"));
+    let bytes = *response.usage.iter().find(|u| u.unit == volume_usage::Unit::Bytes as i32).unwrap_or_else(|| panic!("no BYTES usage in {response:?}"));
     assert!(bytes.total > 0, "total bytes {}", bytes.total);
     assert!(bytes.used >= 0 && bytes.available >= 0, "{bytes:?}");
     assert!(bytes.used <= bytes.total && bytes.available <= bytes.total, "{bytes:?}");

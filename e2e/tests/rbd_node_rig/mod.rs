@@ -81,18 +81,10 @@ fn bring_up() -> Result<ClusterEnv, String> {
     Ok(env)
 }
 
-
 /// Runs a Ceph CLI (`rbd`, `ceph`) as admin against the cluster, bounded to 60 s.
 pub fn cli(env: &ClusterEnv, tool: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg(tool)
-        .arg("-c")
-        .arg(&env.conf)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{tool}: {e}"))?;
+    let out =
+        Command::new("timeout").arg("60").arg(tool).arg("-c").arg(&env.conf).args(args).stdin(Stdio::null()).output().map_err(|e| format!("{tool}: {e}"))?;
     if !out.status.success() {
         return Err(format!("{tool} {args:?} ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
     }
@@ -130,12 +122,7 @@ pub async fn rig(test: &str, total_tests: usize) -> Option<Rig> {
     let mut config = NodeConfig::new("node-rbd-test");
     config.state_dir = dir.join("node");
     config.local_state_dir = dir.join("local");
-    config.rbd = Some(RbdNodeConfig {
-        cluster_id: CLUSTER_ID.into(),
-        ceph_conf: env.conf.clone(),
-        keyring: env.user_keyring.clone(),
-        user: USER.into(),
-    });
+    config.rbd = Some(RbdNodeConfig { cluster_id: CLUSTER_ID.into(), ceph_conf: env.conf.clone(), keyring: env.user_keyring.clone(), user: USER.into() });
     let socket = dir.join("node.sock");
     let router = swell_node::server::router(&config).unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

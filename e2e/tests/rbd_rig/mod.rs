@@ -74,7 +74,6 @@ fn bring_up() -> Result<ClusterEnv, String> {
     Ok(env)
 }
 
-
 /// One test's exclusive use of the cluster.
 pub struct Session {
     pub env: &'static ClusterEnv,
@@ -134,15 +133,8 @@ pub fn cluster(env: &ClusterEnv, subcommand: &str, args: &[&str]) -> Result<Stri
 
 /// Runs a Ceph CLI (`rbd`, `ceph`) against the cluster, bounded to 30 s.
 pub fn cli(env: &ClusterEnv, tool: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("timeout")
-        .arg("30")
-        .arg(tool)
-        .arg("-c")
-        .arg(&env.conf)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{tool}: {e}"))?;
+    let out =
+        Command::new("timeout").arg("30").arg(tool).arg("-c").arg(&env.conf).args(args).stdin(Stdio::null()).output().map_err(|e| format!("{tool}: {e}"))?;
     if !out.status.success() {
         return Err(format!("{tool} {args:?} ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
     }

@@ -62,10 +62,7 @@ pub(crate) async fn refresh_device(device: &Path) -> Result<(), NodeError> {
 }
 
 async fn losetup(volume: &VolumeId, step: &str, args: &[&Path]) -> Result<String, NodeError> {
-    command::run("losetup", args, LOSETUP_DEADLINE)
-        .await
-        .map(|out| out.stdout)
-        .map_err(|e| NodeError::command(format!("{step} for volume {volume}"), e))
+    command::run("losetup", args, LOSETUP_DEADLINE).await.map(|out| out.stdout).map_err(|e| NodeError::command(format!("{step} for volume {volume}"), e))
 }
 
 /// The loop devices whose backing file is `file` (an absolute path,

@@ -79,15 +79,9 @@ impl Attachers {
             swell_storage::local::KIND => Ok(&self.local),
             rbd::KIND => match &self.rbd {
                 Some(rbd) => rbd.for_volume(volume),
-                None => Err(NodeError::VolumeNotFound {
-                    volume: volume.to_string(),
-                    reason: "no Ceph cluster is configured on this node".into(),
-                }),
+                None => Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: "no Ceph cluster is configured on this node".into() }),
             },
-            other => Err(NodeError::VolumeNotFound {
-                volume: volume.to_string(),
-                reason: format!("backend {other:?} is not supported on this node"),
-            }),
+            other => Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: format!("backend {other:?} is not supported on this node") }),
         }
     }
 }
@@ -107,9 +101,7 @@ pub async fn sysfs_size(device: &Path) -> Result<u64, NodeError> {
 /// `/sys/class/block/<name>` for a device path (symlinks resolved).
 pub fn sysfs_dir(device: &Path) -> Result<PathBuf, NodeError> {
     let real = std::fs::canonicalize(device).map_err(|e| NodeError::io(format!("resolve {}", device.display()), e))?;
-    let name = real
-        .file_name()
-        .ok_or_else(|| NodeError::Internal(format!("device path {} has no name", device.display())))?;
+    let name = real.file_name().ok_or_else(|| NodeError::Internal(format!("device path {} has no name", device.display())))?;
     Ok(Path::new("/sys/class/block").join(name))
 }
 

@@ -26,10 +26,7 @@ impl FileSystem for Btrfs {
 
     async fn grow_online(&self, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {
         let args = [Path::new("filesystem"), Path::new("resize"), Path::new("max"), mount_point];
-        command::run("btrfs", args, GROW_DEADLINE)
-            .await
-            .map(drop)
-            .map_err(|e| NodeError::command(format!("grow btrfs at {}", mount_point.display()), e))
+        command::run("btrfs", args, GROW_DEADLINE).await.map(drop).map_err(|e| NodeError::command(format!("grow btrfs at {}", mount_point.display()), e))
     }
 
     async fn grow_offline(&self, _device: &Path, _device_bytes: u64) -> Result<(), NodeError> {
@@ -46,8 +43,7 @@ impl FileSystem for Btrfs {
 
 /// Sum of the `devid N size <bytes>` lines.
 fn parse_show(text: &str) -> Option<u64> {
-    let sizes: Vec<u64> =
-        text.lines().filter(|l| l.trim_start().starts_with("devid")).filter_map(|l| field_after(l, " size ")).collect();
+    let sizes: Vec<u64> = text.lines().filter(|l| l.trim_start().starts_with("devid")).filter_map(|l| field_after(l, " size ")).collect();
     if sizes.is_empty() { None } else { sizes.iter().try_fold(0u64, |acc, s| acc.checked_add(*s)) }
 }
 

@@ -68,9 +68,7 @@ fn is_not_permitted(error: &CommandError) -> bool {
 }
 
 fn parse_dumpe2fs(text: &str) -> Option<u64> {
-    let value = |key: &str| -> Option<u64> {
-        text.lines().find_map(|l| l.strip_prefix(key)).and_then(|rest| rest.trim().parse().ok())
-    };
+    let value = |key: &str| -> Option<u64> { text.lines().find_map(|l| l.strip_prefix(key)).and_then(|rest| rest.trim().parse().ok()) };
     value("Block count:")?.checked_mul(value("Block size:")?)
 }
 
@@ -88,12 +86,8 @@ mod tests {
 
     #[test]
     fn recognises_both_eperm_wordings() {
-        let failed = |stderr: &str| CommandError::Failed {
-            command: "resize2fs /dev/loop0".into(),
-            code: Some(1),
-            stderr: stderr.into(),
-            stdout: String::new(),
-        };
+        let failed =
+            |stderr: &str| CommandError::Failed { command: "resize2fs /dev/loop0".into(), code: Some(1), stderr: stderr.into(), stdout: String::new() };
         assert!(is_not_permitted(&failed("resize2fs: Permission denied to resize filesystem")));
         assert!(is_not_permitted(&failed("resize2fs: Operation not permitted While checking")));
         assert!(!is_not_permitted(&failed("resize2fs: No space left on device")));

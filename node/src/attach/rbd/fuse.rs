@@ -64,11 +64,7 @@ impl FuseAttacher {
     /// An attacher whose mounts live under `root` (created 0700 and made
     /// absolute here, since sysfs and mountinfo report absolute paths).
     pub fn new(cluster: Cluster, root: &Path) -> Result<Self, NodeError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(|e| NodeError::io(format!("create {}", root.display()), e))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(|e| NodeError::io(format!("create {}", root.display()), e))?;
         let root = std::fs::canonicalize(root).map_err(|e| NodeError::io(format!("resolve {}", root.display()), e))?;
         Ok(FuseAttacher { cluster, root })
     }
@@ -96,10 +92,9 @@ impl FuseAttacher {
         match mount::mounted_at(dir).await? {
             None => Ok(false),
             Some(entry) if entry.fs_type == FS_TYPE => Ok(true),
-            Some(entry) => Err(NodeError::Conflict {
-                volume: volume.to_string(),
-                reason: format!("{} holds a {} mount, not rbd-fuse", dir.display(), entry.fs_type),
-            }),
+            Some(entry) => {
+                Err(NodeError::Conflict { volume: volume.to_string(), reason: format!("{} holds a {} mount, not rbd-fuse", dir.display(), entry.fs_type) })
+            }
         }
     }
 
@@ -117,13 +112,8 @@ impl FuseAttacher {
             tracing::warn!(dir = %dir.display(), "rbd-fuse mount without its daemon; remounting");
             unmount(volume, &dir, true).await?;
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| NodeError::io(format!("create {}", dir.display()), e))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| NodeError::io(format!("chmod {}", dir.display()), e))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| NodeError::io(format!("create {}", dir.display()), e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| NodeError::io(format!("chmod {}", dir.display()), e))?;
         command::run("rbd-fuse", self.mount_args(image, &dir), MOUNT_DEADLINE)
             .await
             .map_err(|e| NodeError::command(format!("mount rbd-fuse for image {} of volume {volume}", image.spec()), e))?;
@@ -216,13 +206,7 @@ impl Attacher for FuseAttacher {
                 break;
             }
             if started.elapsed() >= SIZE_DEADLINE {
-                return Err(NodeError::RefreshTimeout {
-                    volume: volume.to_string(),
-                    device: file,
-                    expected,
-                    actual,
-                    after: SIZE_DEADLINE,
-                });
+                return Err(NodeError::RefreshTimeout { volume: volume.to_string(), device: file, expected, actual, after: SIZE_DEADLINE });
             }
             tokio::time::sleep(POLL).await;
         }
@@ -351,8 +335,7 @@ mod tests {
         let root = std::fs::canonicalize(&root).expect("resolve");
         assert_eq!(fuse.mount_dir(&image), root.join("rbd/pvc-1"));
         assert_eq!(fuse.image_file(&image), root.join("rbd/pvc-1/pvc-1"));
-        let args: Vec<String> =
-            fuse.mount_args(&image, &fuse.mount_dir(&image)).iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = fuse.mount_args(&image, &fuse.mount_dir(&image)).iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             args.join(" "),
             format!(

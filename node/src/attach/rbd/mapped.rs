@@ -112,11 +112,7 @@ impl Mapper {
 
 /// The devices mapping `image`'s head (not a snapshot, default namespace).
 pub fn devices_of(mappings: &[Mapping], image: &RbdImage) -> Vec<PathBuf> {
-    mappings
-        .iter()
-        .filter(|m| m.pool == image.pool && m.image == image.image && m.namespace.is_empty() && m.snap.is_none())
-        .map(|m| m.device.clone())
-        .collect()
+    mappings.iter().filter(|m| m.pool == image.pool && m.image == image.image && m.namespace.is_empty() && m.snap.is_none()).map(|m| m.device.clone()).collect()
 }
 
 /// Attaches RBD images with krbd or rbd-nbd.
@@ -137,10 +133,7 @@ impl MappedAttacher {
         let out = command::run(program, self.mapper.list_args(), LIST_DEADLINE)
             .await
             .map_err(|e| NodeError::command(format!("list {program} mappings for volume {volume}"), e))?;
-        let mappings = self
-            .mapper
-            .parse_mapped(&out.stdout)
-            .map_err(|detail| NodeError::Parse { step: format!("{program} listing"), detail })?;
+        let mappings = self.mapper.parse_mapped(&out.stdout).map_err(|detail| NodeError::Parse { step: format!("{program} listing"), detail })?;
         Ok(devices_of(&mappings, image))
     }
 }

@@ -78,9 +78,7 @@ pub fn detect(root: &Path, has_program: impl Fn(&str) -> bool) -> AttachMode {
 pub fn on_path(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| {
-            std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        std::env::split_paths(&paths).any(|dir| std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
     })
 }
 
@@ -106,10 +104,7 @@ impl RbdImage {
             }
             // A well-formed id that cannot name an image: to this node the
             // volume does not exist (as for an unknown backend).
-            _ => Err(NodeError::VolumeNotFound {
-                volume: volume.to_string(),
-                reason: "an rbd volume id must be rbd:<cluster-id>:<pool>:<image>".into(),
-            }),
+            _ => Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: "an rbd volume id must be rbd:<cluster-id>:<pool>:<image>".into() }),
         }
     }
 
@@ -172,10 +167,9 @@ impl Cluster {
         let mut args: Vec<OsString> = vec!["info".into(), image.spec().into(), "--format".into(), "json".into()];
         args.extend(self.control_args());
         match command::run("rbd", &args, CLI_DEADLINE).await {
-            Ok(out) => parse_info_size(&out.stdout).map(Some).ok_or_else(|| NodeError::Parse {
-                step: format!("rbd info {} for volume {volume}", image.spec()),
-                detail: out.stdout,
-            }),
+            Ok(out) => parse_info_size(&out.stdout)
+                .map(Some)
+                .ok_or_else(|| NodeError::Parse { step: format!("rbd info {} for volume {volume}", image.spec()), detail: out.stdout }),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(NodeError::command(format!("read the size of image {} of volume {volume}", image.spec()), e)),
         }
@@ -321,12 +315,7 @@ mod tests {
 
     #[test]
     fn a_volume_of_another_cluster_is_not_found() {
-        let config = RbdNodeConfig {
-            cluster_id: "ceph-a".into(),
-            ceph_conf: "/c".into(),
-            keyring: "/k".into(),
-            user: "admin".into(),
-        };
+        let config = RbdNodeConfig { cluster_id: "ceph-a".into(), ceph_conf: "/c".into(), keyring: "/k".into(), user: "admin".into() };
         let state = tempfile::tempdir().expect("temp dir");
         let attachers = RbdAttachers::new(&config, state.path()).expect("attachers");
         assert!(attachers.for_volume(&volume("rbd:ceph-a:rbd:img")).is_ok());
