@@ -251,14 +251,18 @@ pub struct NodeUnderTest {
 impl NodeUnderTest {
     /// Serves a node with state under `root` over the local backend at `local_state_dir`.
     pub async fn start(root: &Path, local_state_dir: &Path) -> Result<Self, HarnessError> {
-        let socket = root.join("node.sock");
         let mut config = NodeConfig::new("swell-e2e-node");
         config.state_dir = root.join("node");
         config.local_state_dir = local_state_dir.to_owned();
-        let router = swell_node::server::router(&config).map_err(|e| HarnessError::Node(e.to_string()))?;
-        let server = spawn(socket.clone(), router);
-        wait_for_socket(&socket).await?;
-        let client = NodeClient::new(csi_endpoint::connect(&socket).await?);
+        Self::serve(&root.join("node.sock"), &config).await
+    }
+
+    /// Serves a node with `config` on `socket` until dropped.
+    pub async fn serve(socket: &Path, config: &NodeConfig) -> Result<Self, HarnessError> {
+        let router = swell_node::server::router(config).map_err(|e| HarnessError::Node(e.to_string()))?;
+        let server = spawn(socket.to_owned(), router);
+        wait_for_socket(socket).await?;
+        let client = NodeClient::new(csi_endpoint::connect(socket).await?);
         Ok(NodeUnderTest { client, _server: server })
     }
 }

@@ -10,5 +10,7 @@ pub mod host;
 pub mod instrumented;
 pub mod process;
 pub mod requests;
+pub mod resizer;
+pub mod sweep;
 
 pub use harness::{DriverUnderTest, HarnessError};

@@ -13,6 +13,7 @@ use swell_controller::reconciler::ReconcilerConfig;
 use swell_e2e::harness::ControllerUnderTest;
 use swell_e2e::instrumented::{GrowMode, InstrumentedBackend};
 use swell_e2e::requests::{self, mount_capability};
+use swell_e2e::resizer::expand_like_the_resizer;
 use swell_storage::local::LocalBackend;
 use swell_storage::{Backend, VolumeId};
 use tonic::Code;
@@ -48,35 +49,12 @@ async fn size_of(client: &mut ControllerClient<Channel>, id: &str) -> i64 {
     got.into_inner().volume.unwrap().capacity_bytes
 }
 
-/// Expands like the external-resizer: retries ABORTED with a short pause until
-/// it gets an answer; returns every status code seen, in order.
-async fn expand_like_the_resizer(mut client: ControllerClient<Channel>, id: String, bytes: i64) -> Vec<Code> {
-    let mut seen = Vec::new();
-    for attempt in 0..2000u32 {
-        match client.controller_expand_volume(requests::controller_expand(&id, bytes, None)).await {
-            Ok(answer) => {
-                assert!(answer.into_inner().capacity_bytes >= bytes);
-                seen.push(Code::Ok);
-                return seen;
-            }
-            Err(status) => {
-                seen.push(status.code());
-                if status.code() != Code::Aborted {
-                    return seen;
-                }
-                tokio::time::sleep(Duration::from_millis(1 + u64::from(attempt % 7))).await;
-            }
-        }
-    }
-    seen
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_racing_expansions_end_at_the_largest_and_only_grow() {
     let mut rig = rig(Duration::from_millis(2), ReconcilerConfig::default()).await;
     let id = create(&mut rig.controller.client, "race", GIB).await;
     let sizes: Vec<i64> = (0..64).map(|i| GIB + ((i * 37) % 64 + 1) * 64 * MIB).collect();
-    let calls: Vec<_> = sizes.iter().map(|&bytes| tokio::spawn(expand_like_the_resizer(rig.controller.client.clone(), id.clone(), bytes))).collect();
+    let calls: Vec<_> = sizes.iter().map(|&bytes| tokio::spawn(expand_like_the_resizer(rig.controller.client.clone(), id.clone(), bytes as u64))).collect();
     let mut aborted = 0;
     for call in calls {
         let codes = call.await.unwrap();

@@ -13,27 +13,27 @@
 mod rbd_rig;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
-use csi_proto::v1::node_client::NodeClient;
 use csi_proto::v1::{ControllerGetVolumeRequest, DeleteVolumeRequest};
 use rbd_rig::{CLUSTER_ID, ClusterEnv, rbd_size};
 use swell_controller::rbd::{RbdBackend, RbdConfig};
 use swell_controller::reconciler::ReconcilerConfig;
 use swell_controller::{Backends, ExpansionRecords};
 use swell_e2e::chaos::{Xorshift, env_number};
-use swell_e2e::harness::ControllerUnderTest;
+use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
 use swell_e2e::host;
 use swell_e2e::instrumented::InstrumentedBackend;
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::requests::{self, mount_capability};
+use swell_e2e::resizer::expand_like_the_resizer;
+use swell_e2e::sweep::{MountSweeper, leftovers};
 use swell_node::{NodeConfig, RbdNodeConfig};
 use swell_storage::{Backend, VolumeId};
-use tokio::sync::oneshot;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -102,33 +102,6 @@ async fn size_of(client: &mut ControllerClient<Channel>, id: &str) -> u64 {
 fn rbd_info_size(env: &ClusterEnv, id: &str) -> u64 {
     let location = swell_controller::rbd::backend::locate(&id.parse().unwrap()).unwrap();
     rbd_size(env, &location.pool, &location.image).unwrap().unwrap_or_else(|| panic!("no image for {id}"))
-}
-
-/// Expands like the external-resizer: retries ABORTED with a short pause
-/// until it gets another answer (for at most a minute); every code seen.
-async fn expand_like_the_resizer(mut client: ControllerClient<Channel>, id: String, bytes: u64) -> Vec<Code> {
-    let mut seen = Vec::new();
-    let until = Instant::now() + Duration::from_secs(60);
-    let mut attempt = 0u64;
-    while Instant::now() < until {
-        match client.controller_expand_volume(requests::controller_expand(&id, bytes as i64, None)).await {
-            Ok(answer) => {
-                assert!(answer.into_inner().capacity_bytes as u64 >= bytes);
-                seen.push(Code::Ok);
-                return seen;
-            }
-            Err(status) => {
-                seen.push(status.code());
-                if status.code() != Code::Aborted {
-                    eprintln!("expand {id} to {bytes}: {status:?}");
-                    return seen;
-                }
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(3 + attempt % 11)).await;
-            }
-        }
-    }
-    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -304,7 +277,7 @@ async fn a_resize_the_watchers_never_heard_of_is_announced_so_the_node_can_grow(
     let dir = tempfile::Builder::new().prefix("swell-rbd-unheard-").tempdir_in("/var/tmp").unwrap();
     let _sweeper = MountSweeper(dir.path().to_owned());
     let root = dir.path();
-    let mut node = Node::start(root, env).await;
+    let mut node = start_node(root, env).await;
     let cap = mount_capability("xfs");
     let name = format!("unheard-{}", std::process::id()); // a reused cluster may hold an earlier run's image
     let id = create(&mut rig.controller.client, &name, 512 * MIB).await;
@@ -353,121 +326,12 @@ async fn a_resize_the_watchers_never_heard_of_is_announced_so_the_node_can_grow(
 
 /// A node service in-process on `root/node.sock`, attaching RBD volumes
 /// (rbd-fuse + loop on hosts without the rbd module).
-struct Node {
-    client: NodeClient<Channel>,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Node {
-    async fn start(root: &Path, env: &ClusterEnv) -> Node {
-        let socket = root.join("node.sock");
-        let mut config = NodeConfig::new("swell-rbd-chaos-node");
-        config.state_dir = root.join("node");
-        config.local_state_dir = root.join("local");
-        config.endpoint = format!("unix://{}", socket.display());
-        config.rbd = Some(RbdNodeConfig { cluster_id: CLUSTER_ID.into(), ceph_conf: env.conf.clone(), keyring: env.keyring.clone(), user: "admin".into() });
-        let router = swell_node::server::router(&config).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let served = socket.clone();
-        tokio::spawn(async move {
-            let _ = csi_endpoint::serve(&served, router, async {
-                let _ = stopped.await;
-            })
-            .await;
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "node socket did not appear");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Node { client: NodeClient::new(csi_endpoint::connect(&socket).await.unwrap()), stop: Some(stop) }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// On drop (also on a panic), takes down whatever is still mounted under the
-/// directory: file systems and binds, the loop devices under them, then the
-/// rbd-fuse mounts, so the temporary directory can go and no rbd-fuse
-/// process keeps watching an image.
-struct MountSweeper(PathBuf);
-
-fn mounts_under(dir: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let path = l.split(' ').nth(4)?.replace("\\040", " ");
-            let fs_type = l.split_once(" - ")?.1.split(' ').next()?.to_owned();
-            Path::new(&path).starts_with(dir).then_some((path, fs_type))
-        })
-        .collect()
-}
-
-fn loop_devices_under(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
-            Path::new(backing.trim_end()).starts_with(dir).then(|| format!("/dev/{name}"))
-        })
-        .collect()
-}
-
-fn rbd_fuse_pids_under(dir: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let dir = dir.to_string_lossy().into_owned();
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-            let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            args.first().is_some_and(|a| a.ends_with("rbd-fuse")) && args.iter().any(|a| a.starts_with(&dir))
-        })
-        .collect()
-}
-
-/// What is still attached under `dir`: mounts, loop devices, rbd-fuse processes.
-fn leftovers(dir: &Path) -> Vec<String> {
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-    let mut found: Vec<String> = mounts_under(&dir).into_iter().map(|(p, t)| format!("{t} mount at {p}")).collect();
-    found.extend(loop_devices_under(&dir).into_iter().map(|d| format!("loop device {d}")));
-    found.extend(rbd_fuse_pids_under(&dir).into_iter().map(|p| format!("rbd-fuse pid {p}")));
-    found
-}
-
-impl Drop for MountSweeper {
-    fn drop(&mut self) {
-        let dir = std::fs::canonicalize(&self.0).unwrap_or_else(|_| self.0.clone());
-        let (mut fuse, mut others): (Vec<_>, Vec<_>) = mounts_under(&dir).into_iter().partition(|(_, t)| t.starts_with("fuse"));
-        others.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        for (mount, _) in others {
-            let _ = Command::new("umount").arg("-l").arg(&mount).status();
-        }
-        for device in loop_devices_under(&dir) {
-            let _ = Command::new("losetup").arg("-d").arg(&device).status();
-        }
-        fuse.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        for (mount, _) in fuse {
-            let _ = Command::new("fusermount").arg("-uz").arg(&mount).status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !rbd_fuse_pids_under(&dir).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for pid in rbd_fuse_pids_under(&dir) {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-        }
-    }
+async fn start_node(root: &Path, env: &ClusterEnv) -> NodeUnderTest {
+    let mut config = NodeConfig::new("swell-rbd-chaos-node");
+    config.state_dir = root.join("node");
+    config.local_state_dir = root.join("local");
+    config.rbd = Some(RbdNodeConfig { cluster_id: CLUSTER_ID.into(), ceph_conf: env.conf.clone(), keyring: env.keyring.clone(), user: "admin".into() });
+    NodeUnderTest::serve(&root.join("node.sock"), &config).await.unwrap()
 }
 
 struct Volume {
@@ -523,7 +387,7 @@ async fn settled(records: &ExpansionRecords, ceph: &RbdBackend, volumes: &mut [V
     }
 }
 
-async fn node_expand_and_verify(node: &mut Node, volumes: &[Volume], round: u64) {
+async fn node_expand_and_verify(node: &mut NodeUnderTest, volumes: &[Volume], round: u64) {
     for volume in volumes {
         let Some((_, target, checksum)) = &volume.mounted else { continue };
         let id = volume.id.to_string();
@@ -565,7 +429,7 @@ async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck
         "--default-backend=rbd".to_owned(),
     ];
     let mut controller = ControllerProcess::start_with(root, &root.join("local"), rbd_args).await.expect("controller process starts");
-    let mut node = Node::start(root, env).await;
+    let mut node = start_node(root, env).await;
     let records = ExpansionRecords::open(&root.join("controller")).unwrap();
     let ceph = RbdBackend::new(rbd_config(env)).unwrap();
 

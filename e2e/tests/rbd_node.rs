@@ -90,8 +90,8 @@ async fn rbd_volume_stages_expands_and_unstages_cleanly() {
     // A repeated stage reuses the attachment.
     let staging = rig.path("staging");
     rig.node.node_stage_volume(requests::stage(&id, &staging, mount_capability("xfs"))).await.unwrap();
-    assert_eq!(rbd_node_rig::loop_devices_under(&rig.fuse_dir("node-rt")).len(), 1, "one loop device after a restage");
-    assert_eq!(rbd_node_rig::rbd_fuse_pids_for(&rig.fuse_dir("node-rt")).len(), 1, "one rbd-fuse after a restage");
+    assert_eq!(swell_e2e::sweep::loop_devices_under(&rig.fuse_dir("node-rt")).len(), 1, "one loop device after a restage");
+    assert_eq!(swell_e2e::sweep::rbd_fuse_pids_under(&rig.fuse_dir("node-rt")).len(), 1, "one rbd-fuse after a restage");
     let target = rig.path("pods/p/vol");
     let health = stats(&mut rig, &id, &target).await.volume_condition.unwrap();
     assert!(!health.abnormal, "{}", health.message);
@@ -153,6 +153,6 @@ async fn rbd_stage_of_a_missing_image_or_unknown_cluster_is_not_found() {
     let status = rig.node.node_stage_volume(requests::stage(other_cluster, &staging, mount_capability("xfs"))).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(status.message().contains("elsewhere"), "{}", status.message());
-    assert!(rbd_node_rig::rbd_fuse_pids_for(&rig.dir).is_empty(), "no rbd-fuse started");
+    assert!(swell_e2e::sweep::rbd_fuse_pids_under(&rig.dir).is_empty(), "no rbd-fuse started");
     assert!(!host::is_mount_point(Path::new(&staging)));
 }

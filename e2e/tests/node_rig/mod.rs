@@ -5,15 +5,17 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use csi_proto::v1::node_client::NodeClient;
+use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
+use swell_e2e::sweep::sweep;
 use swell_storage::local::LocalBackend;
 use swell_storage::{Backend, VolumeId};
 use tempfile::TempDir;
-use tokio::sync::{Mutex, MutexGuard, oneshot};
+use tokio::sync::{Mutex, MutexGuard};
 use tonic::transport::Channel;
 
 pub const MIB: u64 = 1 << 20;
@@ -25,8 +27,7 @@ pub struct Rig {
     pub backend: LocalBackend,
     pub node: NodeClient<Channel>,
     pub dir: PathBuf,
-    images: Vec<PathBuf>,
-    stop: Option<oneshot::Sender<()>>,
+    server: Option<NodeUnderTest>,
     _serial: MutexGuard<'static, ()>,
     _tmp: TempDir,
 }
@@ -44,33 +45,16 @@ pub async fn rig(test: &str) -> Option<Rig> {
     let mut config = swell_node::NodeConfig::new("node-test");
     config.state_dir = dir.join("node");
     config.local_state_dir = dir.join("local");
-    let socket = dir.join("node.sock");
     let backend = LocalBackend::open(&config.local_state_dir, None).unwrap();
-    let router = swell_node::server::router(&config).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = socket.clone();
-    tokio::spawn(async move {
-        let _ = csi_endpoint::serve(&served, router, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
-    for _ in 0..200 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    let node = NodeClient::new(csi_endpoint::connect(&socket).await.unwrap());
-    Some(Rig { backend, node, dir, images: Vec::new(), stop: Some(stop), _serial: serial, _tmp: tmp })
+    let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.unwrap();
+    let node = server.client.clone();
+    Some(Rig { backend, node, dir, server: Some(server), _serial: serial, _tmp: tmp })
 }
 
 impl Rig {
-    /// Creates a local volume of `bytes`; the guard will detach its file.
+    /// Creates a local volume of `bytes` (under the rig's directory, so the guard detaches it).
     pub async fn volume(&mut self, name: &str, bytes: u64) -> VolumeId {
-        let id = self.backend.create_volume(name, bytes, &BTreeMap::new()).await.unwrap().info().id.clone();
-        self.images.push(self.image(&id));
-        id
+        self.backend.create_volume(name, bytes, &BTreeMap::new()).await.unwrap().info().id.clone()
     }
 
     pub fn image(&self, id: &VolumeId) -> PathBuf {
@@ -93,25 +77,8 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // Deepest mounts first, so binds go before the filesystems under them.
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(|p| p.replace("\\040", " ")))
-            .filter(|p| Path::new(p).starts_with(&self.dir))
-            .collect();
-        mounts.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for mount in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&mount).status();
-        }
-        for image in &self.images {
-            for device in host::loop_devices_for(image) {
-                let _ = Command::new("losetup").arg("-d").arg(&device).status();
-            }
-        }
+        drop(self.server.take());
+        sweep(&self.dir);
     }
 }
 
@@ -127,7 +94,6 @@ impl Rig {
     pub fn online_ext4_grow_works(&mut self) -> bool {
         let image = self.dir.join("ext4-probe.img");
         let mount_point = self.dir.join("ext4-probe");
-        self.images.push(image.clone());
         let img = image.display().to_string();
         let mp = mount_point.display().to_string();
         std::fs::create_dir_all(&mount_point).unwrap();

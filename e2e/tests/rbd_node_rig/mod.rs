@@ -15,13 +15,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use csi_proto::v1::node_client::NodeClient;
 use swell_e2e::ceph::TestCluster;
+use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
+use swell_e2e::sweep::{self, sweep};
 use swell_node::{NodeConfig, RbdNodeConfig};
-use tokio::sync::{MutexGuard, oneshot};
+use tokio::sync::MutexGuard;
 use tonic::transport::Channel;
 
 pub const MIB: u64 = 1 << 20;
@@ -98,7 +100,7 @@ pub struct Rig {
     pub dir: PathBuf,
     pub config: NodeConfig,
     images: Vec<String>,
-    stop: Option<oneshot::Sender<()>>,
+    server: Option<NodeUnderTest>,
     total_tests: usize,
     _tmp: tempfile::TempDir,
     _lock: MutexGuard<'static, ()>,
@@ -123,24 +125,9 @@ pub async fn rig(test: &str, total_tests: usize) -> Option<Rig> {
     config.state_dir = dir.join("node");
     config.local_state_dir = dir.join("local");
     config.rbd = Some(RbdNodeConfig { cluster_id: CLUSTER_ID.into(), ceph_conf: env.conf.clone(), keyring: env.user_keyring.clone(), user: USER.into() });
-    let socket = dir.join("node.sock");
-    let router = swell_node::server::router(&config).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = socket.clone();
-    tokio::spawn(async move {
-        let _ = csi_endpoint::serve(&served, router, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
-    for _ in 0..400 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let node = NodeClient::new(csi_endpoint::connect(&socket).await.unwrap());
-    Some(Rig { env, node, dir, config, images: Vec::new(), stop: Some(stop), total_tests, _tmp: tmp, _lock: lock })
+    let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.unwrap();
+    let node = server.client.clone();
+    Some(Rig { env, node, dir, config, images: Vec::new(), server: Some(server), total_tests, _tmp: tmp, _lock: lock })
 }
 
 impl Rig {
@@ -174,10 +161,10 @@ impl Rig {
         if host::is_mount_point(&dir) {
             found.push(format!("mount at {}", dir.display()));
         }
-        for device in loop_devices_under(&dir) {
+        for device in sweep::loop_devices_under(&dir) {
             found.push(format!("loop device {device}"));
         }
-        for pid in rbd_fuse_pids_for(&dir) {
+        for pid in sweep::rbd_fuse_pids_under(&dir) {
             found.push(format!("rbd-fuse pid {pid}"));
         }
         match cli(self.env, "rbd", &["status", "--format", "json", &format!("rbd/{name}")]) {
@@ -196,70 +183,10 @@ impl Rig {
     }
 }
 
-/// Loop devices whose backing file lies under `dir`, from sysfs.
-pub fn loop_devices_under(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
-            Path::new(backing.trim_end()).starts_with(dir).then(|| format!("/dev/{name}"))
-        })
-        .collect()
-}
-
-/// rbd-fuse processes with `dir` (or a path under it) on their command line.
-pub fn rbd_fuse_pids_for(dir: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let dir = dir.to_string_lossy().into_owned();
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-            let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            args.first().is_some_and(|a| a.ends_with("rbd-fuse")) && args.iter().any(|a| a.starts_with(&dir))
-        })
-        .collect()
-}
-
 impl Drop for Rig {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let dir = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
-        let mounts: Vec<(String, String)> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let path = l.split(' ').nth(4)?.replace("\\040", " ");
-                let fs_type = l.split_once(" - ")?.1.split(' ').next()?.to_owned();
-                Path::new(&path).starts_with(&dir).then_some((path, fs_type))
-            })
-            .collect();
-        // Filesystems and binds first (deepest first), then the loop
-        // devices under them, then the FUSE mounts the loops read.
-        let (mut fuse, mut others): (Vec<_>, Vec<_>) = mounts.into_iter().partition(|(_, t)| t.starts_with("fuse"));
-        others.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        for (mount, _) in others {
-            let _ = Command::new("umount").arg("-l").arg(&mount).status();
-        }
-        for device in loop_devices_under(&dir) {
-            let _ = Command::new("losetup").arg("-d").arg(&device).status();
-        }
-        fuse.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        for (mount, _) in fuse {
-            let _ = Command::new("fusermount").arg("-uz").arg(&mount).status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !rbd_fuse_pids_for(&dir).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for pid in rbd_fuse_pids_for(&dir) {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-        }
+        drop(self.server.take());
+        sweep(&self.dir);
         for image in &self.images {
             let _ = cli(self.env, "rbd", &["rm", &format!("rbd/{image}")]);
         }
