@@ -43,14 +43,33 @@ pub struct Connection {
 
 const ENOENT: i32 = 2;
 
+/// The client settings Swell sets before connecting, over ceph.conf.
+///
+/// The op timeouts stop librbd hanging on inactive PGs or a frozen monitor.
+/// They also hide a lagging op from the objecter, which asks the monitors for
+/// a newer OSD map only for ops older than `objecter_timeout` (10 s by
+/// default): cancelled at 3 s, no op ever got that old, so after OSDs came
+/// back on new addresses the client kept sending to the old ones (measured:
+/// still timing out 30 s after the cluster was clean again). So an op counts
+/// as laggy a second before it is cancelled, checked every second.
+fn client_options(settings: &ConnectSettings) -> Vec<(&'static str, String)> {
+    let secs = settings.op_timeout.as_secs().max(1);
+    vec![
+        ("keyring", settings.keyring.to_string_lossy().into_owned()),
+        ("rados_osd_op_timeout", secs.to_string()),
+        ("rados_mon_op_timeout", secs.to_string()),
+        ("client_mount_timeout", secs.to_string()),
+        ("objecter_tick_interval", "1".to_owned()),
+        ("objecter_timeout", (secs - 1).max(1).to_string()),
+    ]
+}
+
 impl Connection {
     fn open(settings: &ConnectSettings) -> Result<Self, RbdError> {
         let cluster = Cluster::create(&settings.user).map_err(|e| RbdError::connect("rados_create", e))?;
         cluster.read_conf_file(&settings.ceph_conf).map_err(|e| RbdError::connect(format!("read {}", settings.ceph_conf.display()), e))?;
-        let secs = settings.op_timeout.as_secs().max(1).to_string();
-        let keyring = settings.keyring.to_string_lossy();
-        for (option, value) in [("keyring", &*keyring), ("rados_osd_op_timeout", &*secs), ("rados_mon_op_timeout", &*secs), ("client_mount_timeout", &*secs)] {
-            cluster.conf_set(option, value).map_err(|e| RbdError::connect(format!("set {option}"), e))?;
+        for (option, value) in client_options(settings) {
+            cluster.conf_set(option, &value).map_err(|e| RbdError::connect(format!("set {option}"), e))?;
         }
         cluster.connect().map_err(|e| RbdError::connect("rados_connect", e))?;
         Ok(Connection { cluster: Arc::new(cluster), pools: Mutex::new(HashMap::new()) })
@@ -235,6 +254,18 @@ mod tests {
         let conf = dir.join("ceph.conf");
         std::fs::write(&conf, "[global]\nmon host = v2:127.0.0.1:9\nauth client required = none\n").unwrap();
         ConnectSettings { ceph_conf: conf, keyring: dir.join("keyring"), user: "admin".into(), op_timeout: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn a_lagging_op_asks_for_a_new_osd_map_before_it_is_cancelled() {
+        for op_secs in [1u64, 3, 5] {
+            let settings = ConnectSettings { ceph_conf: "c".into(), keyring: "k".into(), user: "u".into(), op_timeout: Duration::from_secs(op_secs) };
+            let options: HashMap<_, _> = client_options(&settings).into_iter().collect();
+            let secs = |key: &str| options[key].parse::<u64>().unwrap();
+            assert_eq!(secs("rados_osd_op_timeout"), op_secs);
+            assert!(secs("objecter_timeout") + secs("objecter_tick_interval") <= op_secs.max(2), "{options:?}");
+            assert_eq!(options["keyring"], "k");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
