@@ -562,9 +562,14 @@ async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck
                     if matches!(status.code(), Code::Unavailable | Code::Aborted)
                         && failures.iter().any(|(_, message): &(Code, String)| message.contains("EBUSY")) =>
                 {
+                    let location = swell_controller::rbd::backend::locate(&volume.id).unwrap();
+                    let spec = format!("{}/{}", location.pool, location.image);
+                    let watchers = rbd_rig::cli(env, "rbd", &["status", &spec]).unwrap_or_else(|e| e).replace('\n', " ");
                     swell_e2e::host::note_skip(
                         "rbd chaos: DeleteVolume after 100 kills",
-                        &format!("Ceph kept a killed controller's watch on {id} for over 90 s; DeleteVolume answered UNAVAILABLE (EBUSY) promptly every time"),
+                        &format!(
+                            "Ceph kept a killed controller's watch on {id} for over 90 s; DeleteVolume answered UNAVAILABLE (EBUSY) promptly every time; rbd status: {watchers}"
+                        ),
                     );
                     break;
                 }
