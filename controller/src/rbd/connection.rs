@@ -107,6 +107,12 @@ impl Connection {
         self.cluster.addrs()
     }
 
+    /// How this client appears in `rbd status` and blocklists:
+    /// `client.N at ADDR`.
+    pub fn describe(&self) -> String {
+        format!("client.{} at {}", self.cluster.instance_id(), self.addrs().unwrap_or_else(|e| format!("(address unknown: errno {e})")))
+    }
+
     /// Waits until this client has the newest OSD map.
     pub fn wait_for_latest_osdmap(&self) -> Result<(), i32> {
         self.cluster.wait_for_latest_osdmap()
@@ -169,7 +175,7 @@ impl Connector {
             }
             let started = Instant::now();
             let conn = Arc::new(Connection::open(&self.settings)?);
-            tracing::info!(conf = %self.settings.ceph_conf.display(), user = %self.settings.user, took = ?started.elapsed(), "connected to Ceph");
+            tracing::info!(conf = %self.settings.ceph_conf.display(), user = %self.settings.user, client = conn.describe(), took = ?started.elapsed(), "connected to Ceph");
             // Recorded before any call can open an image through it.
             let own = self.fence.as_ref().map(|fence| fence.record(&conn));
             *current = Some(Arc::clone(&conn));

@@ -78,6 +78,7 @@ unsafe extern "C" {
     ) -> c_int;
     fn rados_buffer_free(buf: *mut c_char);
     fn rados_getaddrs(cluster: RadosT, addrs: *mut *mut c_char) -> c_int;
+    fn rados_get_instance_id(cluster: RadosT) -> u64;
     fn rados_notify2(
         io: IoCtxT,
         o: *const c_char,
@@ -208,6 +209,12 @@ impl Cluster {
         // SAFETY: allocated by strdup in librados, freed once.
         unsafe { nix::libc::free(raw.cast()) };
         Ok(addrs)
+    }
+
+    /// `rados_get_instance_id`: N of `client.N`, as `rbd status` names watchers.
+    pub fn instance_id(&self) -> u64 {
+        // SAFETY: a live, connected handle.
+        unsafe { rados_get_instance_id(self.raw) }
     }
 
     /// `rados_wait_for_latest_osdmap`: returns once this client has the
