@@ -53,6 +53,11 @@ impl Expander {
         Expander { backends, records, locks }
     }
 
+    /// The backends it grows volumes on.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
     /// The records this expander writes.
     pub fn records(&self) -> &ExpansionRecords {
         &self.records

@@ -114,9 +114,23 @@ impl Reconciler {
         tokio::pin!(shutdown);
         loop {
             self.pass().await;
+            self.collect_garbage().await;
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(self.config.interval) => {}
+            }
+        }
+    }
+
+    /// Lets every backend finish deletions it had to defer (RBD: images
+    /// moved to the trash while Ceph still listed watchers).
+    pub async fn collect_garbage(&self) {
+        let backends = self.expander.backends();
+        for backend in backends.all() {
+            match backends.call("collect garbage", backend.kind(), backend.collect_garbage()).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(backend = backend.kind(), removed, "finished deferred deletions"),
+                Err(err) => tracing::warn!(backend = backend.kind(), error = %err, "cannot finish deferred deletions; retrying on the next pass"),
             }
         }
     }

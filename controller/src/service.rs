@@ -158,6 +158,7 @@ impl Controller for ControllerService {
         // A string that is no id of ours names a volume that does not exist.
         if let Some(id) = validate::volume_id(&request.get_ref().volume_id)? {
             self.delete(&id).await?;
+            tracing::info!(volume.id = %id, "volume deleted");
         }
         Ok(Response::new(DeleteVolumeResponse {}))
     }

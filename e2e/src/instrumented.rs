@@ -101,6 +101,10 @@ impl Backend for InstrumentedBackend {
         self.inner.announce_size(id).await
     }
 
+    async fn collect_garbage(&self) -> Result<usize, BackendError> {
+        self.inner.collect_garbage().await
+    }
+
     async fn check_health(&self) -> Result<(), BackendError> {
         self.inner.check_health().await
     }

@@ -151,6 +151,12 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Finishes deletions the engine had to defer and returns how many it
+    /// finished now. The default defers none.
+    async fn collect_garbage(&self) -> Result<usize, BackendError> {
+        Ok(0)
+    }
+
     /// Whether the engine can serve requests now.
     async fn check_health(&self) -> Result<(), BackendError>;
 }

@@ -75,6 +75,11 @@ impl Connection {
         Ok(Connection { cluster: Arc::new(cluster), pools: Mutex::new(HashMap::new()) })
     }
 
+    /// The pools this connection has opened so far.
+    pub fn opened_pools(&self) -> Vec<String> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
     /// The io context of `pool`, `None` when the pool does not exist.
     pub fn pool(&self, pool: &str) -> Result<Option<Arc<IoCtx>>, RbdError> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());

@@ -49,6 +49,25 @@ struct RbdImageInfo {
     parent_name: [c_char; RBD_MAX_IMAGE_NAME_SIZE],
 }
 
+/// `rbd_trash_image_info_t` from librbd.h.
+#[repr(C)]
+struct RbdTrashImageInfo {
+    id: *mut c_char,
+    name: *mut c_char,
+    source: c_int,
+    deletion_time: i64,
+    deferment_end_time: i64,
+}
+
+/// An image in a pool's trash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrashEntry {
+    /// The image id, which names it in the trash.
+    pub id: String,
+    /// The name it had.
+    pub name: String,
+}
+
 /// `rbd_image_spec_t` from librbd.h.
 #[repr(C)]
 struct RbdImageSpec {
@@ -95,6 +114,10 @@ unsafe extern "C" {
 unsafe extern "C" {
     fn rbd_create2(io: IoCtxT, name: *const c_char, size: u64, features: u64, order: *mut c_int) -> c_int;
     fn rbd_remove(io: IoCtxT, name: *const c_char) -> c_int;
+    fn rbd_trash_move(io: IoCtxT, name: *const c_char, delay: u64) -> c_int;
+    fn rbd_trash_list(io: IoCtxT, entries: *mut RbdTrashImageInfo, num_entries: *mut usize) -> c_int;
+    fn rbd_trash_list_cleanup(entries: *mut RbdTrashImageInfo, num_entries: usize);
+    fn rbd_trash_remove(io: IoCtxT, id: *const c_char, force: bool) -> c_int;
     fn rbd_list2(io: IoCtxT, images: *mut RbdImageSpec, max_images: *mut usize) -> c_int;
     fn rbd_image_spec_list_cleanup(images: *mut RbdImageSpec, num_images: usize);
     fn rbd_open(io: IoCtxT, name: *const c_char, image: *mut ImageT, snap_name: *const c_char) -> c_int;
@@ -337,6 +360,52 @@ impl IoCtx {
         check(unsafe { rbd_remove(self.raw, name.as_ptr()) }).map(drop)
     }
 
+    /// `rbd_trash_move` with no deferment: the name is free at once, the
+    /// data stays until [`IoCtx::trash_remove`].
+    pub fn trash_move(&self, name: &str) -> Result<(), Errno> {
+        let name = cstr(name)?;
+        // SAFETY: a live io context and a NUL-terminated name.
+        check(unsafe { rbd_trash_move(self.raw, name.as_ptr(), 0) }).map(drop)
+    }
+
+    /// `rbd_trash_remove` (not forced: an image whose deferment has not
+    /// ended stays). EBUSY while the image still has watchers.
+    pub fn trash_remove(&self, id: &str) -> Result<(), Errno> {
+        let id = cstr(id)?;
+        // SAFETY: a live io context and a NUL-terminated id.
+        check(unsafe { rbd_trash_remove(self.raw, id.as_ptr(), false) }).map(drop)
+    }
+
+    /// `rbd_trash_list`: every image in the pool's trash.
+    pub fn trash_list(&self) -> Result<Vec<TrashEntry>, Errno> {
+        let mut capacity = 64usize;
+        loop {
+            let mut infos: Vec<RbdTrashImageInfo> = Vec::with_capacity(capacity);
+            let mut count = capacity;
+            // SAFETY: `infos` has room for `count` entries; librbd fills at most that many.
+            let ret = unsafe { rbd_trash_list(self.raw, infos.as_mut_ptr(), &mut count) };
+            if ret == -ERANGE {
+                capacity = count.max(capacity * 2);
+                continue;
+            }
+            check(ret)?;
+            // SAFETY: on success librbd initialised the first `count` entries.
+            unsafe { infos.set_len(count) };
+            let text = |p: *mut c_char| {
+                if p.is_null() {
+                    String::new()
+                } else {
+                    // SAFETY: librbd set each string to a NUL-terminated one it owns.
+                    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+                }
+            };
+            let entries = infos.iter().map(|info| TrashEntry { id: text(info.id), name: text(info.name) }).collect();
+            // SAFETY: frees the strings librbd allocated in these entries, once.
+            unsafe { rbd_trash_list_cleanup(infos.as_mut_ptr(), count) };
+            return Ok(entries);
+        }
+    }
+
     /// `rbd_list2`: the names of all images in the pool.
     pub fn list_images(&self) -> Result<Vec<String>, Errno> {
         let mut capacity = 64usize;
@@ -497,6 +566,13 @@ mod tests {
         // C layout: 3 × u64 (24) + int (4) + char[24] = 52, padded to 56 for the i64, + 8 + 96 = 160.
         assert_eq!(std::mem::size_of::<RbdImageInfo>(), 160);
         assert_eq!(std::mem::offset_of!(RbdImageInfo, parent_pool), 56);
+    }
+
+    #[test]
+    fn trash_info_matches_the_c_layout() {
+        // C layout: two pointers (16), an enum (4, padded to 8), two time_t (16) = 40.
+        assert_eq!(std::mem::size_of::<RbdTrashImageInfo>(), 40);
+        assert_eq!(std::mem::offset_of!(RbdTrashImageInfo, deletion_time), 24);
     }
 
     #[test]
