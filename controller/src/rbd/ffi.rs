@@ -248,6 +248,44 @@ impl Cluster {
     }
 }
 
+/// Calls a librbd list function that fills a caller-sized array and answers
+/// -ERANGE, with the count it needs, when the array is too small. Returns
+/// the entries converted by `read`, after `cleanup` freed what librbd
+/// allocated in them.
+///
+/// # Safety
+/// `fill(ptr, &mut count)` writes at most `count` entries to `ptr` and, on
+/// success, initialises the first `count` (the new value); `read` may then
+/// follow their pointers, and `cleanup(ptr, count)` frees what they own.
+unsafe fn list_filled<E, T>(fill: impl Fn(*mut E, &mut usize) -> c_int, read: impl Fn(&E) -> T, cleanup: impl Fn(*mut E, usize)) -> Result<Vec<T>, Errno> {
+    let mut capacity = 64usize;
+    loop {
+        let mut raw: Vec<E> = Vec::with_capacity(capacity);
+        let mut count = capacity;
+        let ret = fill(raw.as_mut_ptr(), &mut count);
+        if ret == -ERANGE {
+            capacity = count.max(capacity * 2);
+            continue;
+        }
+        check(ret)?;
+        // SAFETY: on success `fill` initialised the first `count` entries.
+        unsafe { raw.set_len(count) };
+        let items = raw.iter().map(&read).collect();
+        cleanup(raw.as_mut_ptr(), count);
+        return Ok(items);
+    }
+}
+
+/// A copy of a C string librbd owns; empty for a null pointer.
+fn owned_string(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: librbd sets non-null strings to NUL-terminated ones it owns,
+    // alive until the list's cleanup.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
 /// Copies and frees a librados-allocated buffer.
 ///
 /// # Safety
@@ -378,57 +416,29 @@ impl IoCtx {
 
     /// `rbd_trash_list`: every image in the pool's trash.
     pub fn trash_list(&self) -> Result<Vec<TrashEntry>, Errno> {
-        let mut capacity = 64usize;
-        loop {
-            let mut infos: Vec<RbdTrashImageInfo> = Vec::with_capacity(capacity);
-            let mut count = capacity;
-            // SAFETY: `infos` has room for `count` entries; librbd fills at most that many.
-            let ret = unsafe { rbd_trash_list(self.raw, infos.as_mut_ptr(), &mut count) };
-            if ret == -ERANGE {
-                capacity = count.max(capacity * 2);
-                continue;
-            }
-            check(ret)?;
-            // SAFETY: on success librbd initialised the first `count` entries.
-            unsafe { infos.set_len(count) };
-            let text = |p: *mut c_char| {
-                if p.is_null() {
-                    String::new()
-                } else {
-                    // SAFETY: librbd set each string to a NUL-terminated one it owns.
-                    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-                }
-            };
-            let entries = infos.iter().map(|info| TrashEntry { id: text(info.id), name: text(info.name) }).collect();
-            // SAFETY: frees the strings librbd allocated in these entries, once.
-            unsafe { rbd_trash_list_cleanup(infos.as_mut_ptr(), count) };
-            return Ok(entries);
+        // SAFETY: rbd_trash_list fills at most `count` entries of a live io
+        // context's trash and initialises them on success;
+        // rbd_trash_list_cleanup frees exactly the strings it set.
+        unsafe {
+            list_filled(
+                |entries, count| rbd_trash_list(self.raw, entries, count),
+                |info: &RbdTrashImageInfo| TrashEntry { id: owned_string(info.id), name: owned_string(info.name) },
+                |entries, count| rbd_trash_list_cleanup(entries, count),
+            )
         }
     }
 
     /// `rbd_list2`: the names of all images in the pool.
     pub fn list_images(&self) -> Result<Vec<String>, Errno> {
-        let mut capacity = 64usize;
-        loop {
-            let mut specs: Vec<RbdImageSpec> = Vec::with_capacity(capacity);
-            let mut count = capacity;
-            // SAFETY: `specs` has room for `count` entries; librbd fills at most that many.
-            let ret = unsafe { rbd_list2(self.raw, specs.as_mut_ptr(), &mut count) };
-            if ret == -ERANGE {
-                capacity = count.max(capacity * 2);
-                continue;
-            }
-            check(ret)?;
-            // SAFETY: on success librbd initialised the first `count` entries.
-            unsafe { specs.set_len(count) };
-            let names = specs
-                .iter()
-                // SAFETY: librbd set each name to a NUL-terminated string it owns.
-                .map(|spec| unsafe { CStr::from_ptr(spec.name) }.to_string_lossy().into_owned())
-                .collect();
-            // SAFETY: frees the strings librbd allocated in these entries, once.
-            unsafe { rbd_image_spec_list_cleanup(specs.as_mut_ptr(), count) };
-            return Ok(names);
+        // SAFETY: rbd_list2 fills at most `count` specs of a live io context's
+        // pool and initialises them on success; rbd_image_spec_list_cleanup
+        // frees exactly the strings it set.
+        unsafe {
+            list_filled(
+                |specs, count| rbd_list2(self.raw, specs, count),
+                |spec: &RbdImageSpec| owned_string(spec.name),
+                |specs, count| rbd_image_spec_list_cleanup(specs, count),
+            )
         }
     }
 
