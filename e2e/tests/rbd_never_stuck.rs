@@ -98,9 +98,14 @@ async fn size_of(client: &mut ControllerClient<Channel>, id: &str) -> u64 {
     got.into_inner().volume.unwrap().capacity_bytes as u64
 }
 
+/// Where the RBD volume `id` lives (pool and image).
+fn location_of(id: &impl ToString) -> swell_controller::rbd::backend::Location {
+    swell_controller::rbd::backend::locate(&id.to_string().parse().unwrap()).unwrap()
+}
+
 /// The image's size per `rbd info --format json`.
 fn rbd_info_size(env: &ClusterEnv, id: &str) -> u64 {
-    let location = swell_controller::rbd::backend::locate(&id.parse().unwrap()).unwrap();
+    let location = location_of(&id);
     rbd_size(env, &location.pool, &location.image).unwrap().unwrap_or_else(|| panic!("no image for {id}"))
 }
 
@@ -262,7 +267,7 @@ async fn a_delete_while_the_image_is_watched_finishes_through_the_trash() {
     let mut rig = rig(env).await;
     let name = format!("watched-{}", std::process::id());
     let id = create(&mut rig.controller.client, &name, 64 * MIB).await;
-    let image = swell_controller::rbd::backend::locate(&id.parse().unwrap()).unwrap().image;
+    let image = location_of(&id).image;
     // `rbd watch` holds a watch on the header until it reads a line.
     let mut watcher = std::process::Command::new("rbd")
         .arg("-c")
@@ -300,7 +305,7 @@ async fn a_delete_while_the_image_is_watched_finishes_through_the_trash() {
 /// notifying the watchers does: the header holds `bytes`, and no client that
 /// has the image open was told (librbd re-reads the header only when told).
 fn resize_header_unannounced(env: &ClusterEnv, id: &str, bytes: u64, scratch: &Path) {
-    let location = swell_controller::rbd::backend::locate(&id.parse().unwrap()).unwrap();
+    let location = location_of(&id);
     let spec = format!("{}/{}", location.pool, location.image);
     let info: serde_json::Value = serde_json::from_str(&rbd_rig::cli(env, "rbd", &["info", "--format", "json", &spec]).unwrap()).unwrap();
     let header = format!("rbd_header.{}", info["id"].as_str().unwrap());
@@ -345,7 +350,7 @@ async fn a_resize_the_watchers_never_heard_of_is_announced_so_the_node_can_grow(
     resize_header_unannounced(env, &id, GIB, root);
     assert_eq!(rbd_info_size(env, &id), GIB, "the header holds the new size");
     // The node's rbd-fuse layout: <state>/rbd-fuse/<cluster>/<pool>/<image>/<image>.
-    let location = swell_controller::rbd::backend::locate(&volume).unwrap();
+    let location = location_of(&volume);
     let fuse_file = root.join("node/rbd-fuse").join(CLUSTER_ID).join(&location.pool).join(&location.image).join(&location.image);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stale = std::fs::metadata(&fuse_file).unwrap().len();
@@ -575,7 +580,7 @@ async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck
     );
 
     for volume in &volumes {
-        let location = swell_controller::rbd::backend::locate(&volume.id).unwrap();
+        let location = location_of(&volume.id);
         let status = rbd_rig::cli(env, "rbd", &["status", &format!("{}/{}", location.pool, location.image)]).unwrap_or_else(|e| e);
         println!("chaos: after the last kill, {}: {}", volume.id, status.replace('\n', " "));
     }
@@ -613,8 +618,7 @@ async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck
     }
     // The running controller's reconciler removes trashed images once Ceph
     // drops the dead clients' watches; it may list some for minutes.
-    let trashed: Vec<String> =
-        volumes.iter().map(|v| swell_controller::rbd::backend::locate(&v.id).unwrap().image).filter(|image| in_trash(env, image)).collect();
+    let trashed: Vec<String> = volumes.iter().map(|v| location_of(&v.id).image).filter(|image| in_trash(env, image)).collect();
     let until = Instant::now() + Duration::from_secs(60);
     let mut left = trashed.clone();
     while !left.is_empty() && Instant::now() < until {
@@ -622,7 +626,7 @@ async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck
         left.retain(|image| in_trash(env, image));
     }
     for volume in &volumes {
-        let image = swell_controller::rbd::backend::locate(&volume.id).unwrap().image;
+        let image = location_of(&volume.id).image;
         assert_eq!(rbd_size(env, "rbd", &image).unwrap(), None, "{} is gone from the pool", volume.id);
     }
     println!("chaos: {} of {} deletes went through the trash; {} purged within 60 s", trashed.len(), volumes.len(), trashed.len() - left.len());
