@@ -57,6 +57,17 @@ pub fn install() -> Result<(), CephHarnessError> {
     run_script("install.sh", &[]).map(|_| ())
 }
 
+/// Where a test binary's cluster lives: `dir` and `port`, moved aside when
+/// `SWELL_TEST_SLOT=N` (1-9) is set, so several checkouts can run their Ceph
+/// tests on one machine at once (slot N: `dir-slotN`, `port + 100 N`; the
+/// sites in the tests are thousands of ports apart).
+pub fn site(dir: &str, port: u16) -> (PathBuf, u16) {
+    match std::env::var("SWELL_TEST_SLOT").ok().and_then(|s| s.parse::<u16>().ok()).filter(|n| (1..=9).contains(n)) {
+        Some(slot) => (PathBuf::from(format!("{dir}-slot{slot}")), port + 100 * slot),
+        None => (PathBuf::from(dir), port),
+    }
+}
+
 /// A running test cluster. Clients reach it with `-c <conf>` (which names the keyring), or with
 /// `CEPH_CONF`/`CEPH_KEYRING`/`CEPH_MON_HOST` as written to `<dir>/env`.
 #[derive(Debug)]

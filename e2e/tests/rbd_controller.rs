@@ -224,7 +224,7 @@ async fn fault_beyond_capacity_is_out_of_range_up_front() {
 }
 
 fn rbd_image_for(name: &str) -> String {
-    swell_controller::rbd::backend::image_name(name)
+    swell_storage::rbd_volume::image_name(name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,8 +99,8 @@ async fn size_of(client: &mut ControllerClient<Channel>, id: &str) -> u64 {
 }
 
 /// Where the RBD volume `id` lives (pool and image).
-fn location_of(id: &impl ToString) -> swell_controller::rbd::backend::Location {
-    swell_controller::rbd::backend::locate(&id.to_string().parse().unwrap()).unwrap()
+fn location_of(id: &impl ToString) -> swell_storage::RbdVolume {
+    swell_storage::RbdVolume::parse(&id.to_string().parse().unwrap()).unwrap()
 }
 
 /// The image's size per `rbd info --format json`.

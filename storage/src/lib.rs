@@ -11,7 +11,9 @@ pub mod command;
 pub mod durable;
 pub mod local;
 pub mod locks;
+pub mod rbd_volume;
 pub mod volume_id;
 
 pub use backend::{Backend, BackendError, Capacity, Created, VolumeInfo};
+pub use rbd_volume::RbdVolume;
 pub use volume_id::VolumeId;

@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-use swell_storage::{Backend, BackendError, Capacity, Created, VolumeId, VolumeInfo};
+use swell_storage::rbd_volume::is_swell_image;
+use swell_storage::{Backend, BackendError, Capacity, Created, RbdVolume, VolumeId, VolumeInfo};
 
 use super::capacity::{self, PoolSettings, PoolUsage};
 use super::coalesce::{Coalescer, Missed};
@@ -35,7 +35,6 @@ use super::{KIND, RbdConfig};
 
 /// Image metadata key holding the CO's volume name.
 pub const NAME_KEY: &str = "swell.volume-name";
-const IMAGE_PREFIX: &str = "swell-";
 const ENOENT: i32 = 2;
 const EBUSY: i32 = 16;
 /// Ceph calls that may be outstanding at once, running or stuck in a hung
@@ -49,43 +48,6 @@ pub const IMAGE_FEATURES: u64 = RBD_FEATURE_LAYERING;
 /// How long an announcement waits for watchers to acknowledge. Live ones
 /// answer in milliseconds; only dead clients' watches use it all up.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Where a volume lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// The cluster id from the volume id.
-    pub cluster: String,
-    /// The pool.
-    pub pool: String,
-    /// The image name.
-    pub image: String,
-}
-
-/// The image a volume named `name` gets.
-pub fn image_name(name: &str) -> String {
-    let digest = Sha256::digest(name.as_bytes());
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("{IMAGE_PREFIX}{hex}")
-}
-
-/// Whether `image` has the shape of a Swell image name; nothing else is
-/// ever read, grown or removed through a volume id.
-fn is_swell_image(image: &str) -> bool {
-    image.strip_prefix(IMAGE_PREFIX).is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-}
-
-/// `rbd:<cluster>:<pool>:<image>`, or `None` for an id no RBD backend made.
-pub fn locate(id: &VolumeId) -> Option<Location> {
-    if id.backend() != KIND {
-        return None;
-    }
-    let mut parts = id.key().split(':');
-    let (cluster, pool, image) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || !is_swell_image(image) {
-        return None;
-    }
-    Some(Location { cluster: cluster.to_owned(), pool: pool.to_owned(), image: image.to_owned() })
-}
 
 /// The RBD backend of one cluster.
 #[derive(Clone)]
@@ -136,14 +98,15 @@ impl RbdBackend {
 
     /// The id a volume named `name` gets in `pool`.
     pub fn id_for(&self, pool: &str, name: &str) -> Result<VolumeId, BackendError> {
-        VolumeId::new(KIND, &format!("{}:{pool}:{}", self.config.cluster_id, image_name(name)))
+        RbdVolume::for_name(&self.config.cluster_id, pool, name)
+            .map(|v| v.id())
             .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })
     }
 
     /// The location of a volume of this cluster; `Ok(None)` for ids that
     /// cannot name an RBD volume; an error for another cluster's volume.
-    fn ours(&self, id: &VolumeId, step: &str) -> Result<Option<Location>, BackendError> {
-        let Some(location) = locate(id) else { return Ok(None) };
+    fn ours(&self, id: &VolumeId, step: &str) -> Result<Option<RbdVolume>, BackendError> {
+        let Some(location) = RbdVolume::parse(id) else { return Ok(None) };
         if location.cluster != self.config.cluster_id {
             return Err(BackendError::Unavailable {
                 step: format!("{step} {id}"),
@@ -240,7 +203,7 @@ fn purge_trash(conn: &Connection, deadline: Instant, op_timeout: Duration, defau
 /// empty payload; librbd and krbd both read it as "re-read the header"), so
 /// every client with the image open sees the size the header holds now.
 /// A read-only open finds the header's name without adding a watcher.
-fn announce_blocking(conn: &Connection, id: &VolumeId, location: &Location) -> Result<(), RbdError> {
+fn announce_blocking(conn: &Connection, id: &VolumeId, location: &RbdVolume) -> Result<(), RbdError> {
     let not_found = || RbdError::Refused(BackendError::NotFound(id.clone()));
     let io = conn.pool(&location.pool)?.ok_or_else(not_found)?;
     let img = match io.open_read_only(&location.image) {
@@ -331,7 +294,7 @@ fn name_image(io: &IoCtx, id: &VolumeId, image: &str, name: &str) -> Result<u64,
 }
 
 fn create_blocking(conn: &Connection, deadline: Instant, settings: &Settings, id: &VolumeId, pool: &str, name: &str, size: u64) -> Result<Created, RbdError> {
-    let image = locate(id).map(|l| l.image).unwrap_or_else(|| unreachable!("ids made by id_for locate"));
+    let image = RbdVolume::parse(id).map(|l| l.image).unwrap_or_else(|| unreachable!("ids made by id_for parse"));
     let io = conn.pool(pool)?.ok_or_else(|| missing_pool(pool))?;
     let existing = match io.open_read_only(&image) {
         Ok(img) => {
@@ -367,7 +330,7 @@ fn create_blocking(conn: &Connection, deadline: Instant, settings: &Settings, id
     }
 }
 
-fn grow_blocking(conn: &Connection, deadline: Instant, settings: &Settings, id: &VolumeId, location: &Location, new_size: u64) -> Result<u64, RbdError> {
+fn grow_blocking(conn: &Connection, deadline: Instant, settings: &Settings, id: &VolumeId, location: &RbdVolume, new_size: u64) -> Result<u64, RbdError> {
     let not_found = || RbdError::Refused(BackendError::NotFound(id.clone()));
     let pool = &location.pool;
     let io = conn.pool(pool)?.ok_or_else(not_found)?;
@@ -480,7 +443,7 @@ impl Backend for RbdBackend {
     }
 
     async fn volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError> {
-        let Some(location) = locate(id) else { return Ok(None) };
+        let Some(location) = RbdVolume::parse(id) else { return Ok(None) };
         if location.cluster != self.config.cluster_id {
             return Ok(None);
         }
@@ -558,25 +521,6 @@ mod tests {
         assert_eq!(config.client_record(), Some("/var/lib/swell/controller/rbd-ceph-a-clients.json".into()));
         config.op_timeout = Duration::from_secs(5);
         assert_eq!(RbdBackend::new(config).unwrap().call_deadline(), Duration::from_secs(11));
-    }
-
-    #[test]
-    fn image_names_are_stable_digests() {
-        let a = image_name("pvc-1");
-        assert_eq!(a, image_name("pvc-1"));
-        assert_ne!(a, image_name("pvc-2"));
-        assert!(is_swell_image(&a), "{a}");
-        assert_eq!(a.len(), "swell-".len() + 32);
-    }
-
-    #[test]
-    fn ids_locate_only_swell_images() {
-        let image = image_name("pvc");
-        let id: VolumeId = format!("rbd:ceph-a:rbd:{image}").parse().unwrap();
-        assert_eq!(locate(&id), Some(Location { cluster: "ceph-a".into(), pool: "rbd".into(), image }));
-        for other in ["rbd:ceph-a:rbd:important", "rbd:ceph-a:rbd", "local:abc", "rbd:a:b:swell-00:x"] {
-            assert_eq!(locate(&other.parse().unwrap()), None, "{other}");
-        }
     }
 
     #[test]

@@ -25,8 +25,7 @@ use std::time::Duration;
 
 pub use backend::RbdBackend;
 
-/// The id prefix of RBD volumes.
-pub const KIND: &str = "rbd";
+pub use swell_storage::rbd_volume::KIND;
 
 /// How to reach one Ceph cluster and what policy to apply to it.
 #[derive(Debug, Clone)]

@@ -64,12 +64,12 @@ fn bring_up() -> Result<ClusterEnv, String> {
     if !Path::new("/dev/fuse").exists() {
         return Err("/dev/fuse is missing".into());
     }
-    let dir = PathBuf::from(DIR);
+    let (dir, port) = swell_e2e::ceph::site(DIR, PORT);
     // A cluster left by an earlier run that was killed before its reaper ran.
-    let _ = Command::new("bash").arg(script()).args(["down", DIR, "--purge"]).output();
+    let _ = Command::new("bash").arg(script()).arg("down").arg(&dir).arg("--purge").output();
     swell_e2e::ceph::purge_when_this_process_exits(&dir);
     let started = Instant::now();
-    let cluster = TestCluster::up(&dir, PORT).map_err(|e| format!("cluster bring-up failed: {e}"))?;
+    let cluster = TestCluster::up(&dir, port).map_err(|e| format!("cluster bring-up failed: {e}"))?;
     eprintln!("ceph test cluster up in {:.1} s", started.elapsed().as_secs_f64());
     let user_keyring = dir.join(format!("ceph.client.{USER}.keyring"));
     let caps = ["mon", "profile rbd", "osd", "profile rbd pool=rbd", "mgr", "profile rbd pool=rbd"];

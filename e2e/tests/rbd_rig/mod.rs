@@ -62,9 +62,9 @@ fn bring_up() -> Result<ClusterEnv, String> {
             return Err(format!("{tool} is not installed (run e2e/ceph/install.sh)"));
         }
     }
-    let dir = PathBuf::from(dir_name);
+    let (dir, port) = swell_e2e::ceph::site(dir_name, port);
     // A cluster left by an earlier run that was killed before its reaper ran.
-    let _ = Command::new("bash").arg(script()).args(["down", dir_name, "--purge"]).output();
+    let _ = Command::new("bash").arg(script()).arg("down").arg(&dir).arg("--purge").output();
     swell_e2e::ceph::purge_when_this_process_exits(&dir);
     let started = std::time::Instant::now();
     let cluster = TestCluster::up(&dir, port).map_err(|e| format!("cluster bring-up failed: {e}"))?;

@@ -1,0 +1,132 @@
+//! The RBD volume-id contract, shared by the controller (which makes the
+//! ids) and the node (which attaches what they name): an RBD volume is
+//! `rbd:<cluster-id>:<pool>:<image>`, and its image is always
+//! `swell-<32 hex>`, the first 16 bytes of sha256 of the CO's volume name, so
+//! a retried create lands on the same image. Nothing else is ever read,
+//! grown, attached or removed through a volume id: an id naming any other
+//! image names no volume.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::volume_id::{VolumeId, VolumeIdError};
+
+/// The id prefix of RBD volumes.
+pub const KIND: &str = "rbd";
+/// Every Swell image name starts with this.
+pub const IMAGE_PREFIX: &str = "swell-";
+
+/// Where an RBD volume lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RbdVolume {
+    /// The cluster id from the volume id.
+    pub cluster: String,
+    /// The pool.
+    pub pool: String,
+    /// The image name (`swell-<32 hex>`).
+    pub image: String,
+}
+
+/// The image a volume named `name` gets.
+pub fn image_name(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{IMAGE_PREFIX}{hex}")
+}
+
+/// Whether `image` has the shape of a Swell image name.
+pub fn is_swell_image(image: &str) -> bool {
+    image.strip_prefix(IMAGE_PREFIX).is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+impl RbdVolume {
+    /// The volume a CO name gets in `pool` of `cluster`; an error when the
+    /// cluster id or pool cannot be part of a volume id.
+    pub fn for_name(cluster: &str, pool: &str, name: &str) -> Result<Self, VolumeIdError> {
+        Self::at(cluster, pool, &image_name(name))
+    }
+
+    /// The volume of an existing Swell image; an error when the parts
+    /// cannot form a volume id or `image` is not a Swell image name.
+    pub fn at(cluster: &str, pool: &str, image: &str) -> Result<Self, VolumeIdError> {
+        let volume = RbdVolume { cluster: cluster.to_owned(), pool: pool.to_owned(), image: image.to_owned() };
+        let id = volume.id_checked()?;
+        Self::parse(&id).ok_or(VolumeIdError::Malformed(id.to_string()))
+    }
+
+    /// `rbd:<cluster>:<pool>:<image>`, or `None` for an id that names no
+    /// Swell RBD volume (another backend, a wrong shape, a foreign image).
+    pub fn parse(id: &VolumeId) -> Option<Self> {
+        if id.backend() != KIND {
+            return None;
+        }
+        let mut parts = id.key().split(':');
+        let (cluster, pool, image) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || cluster.is_empty() || pool.is_empty() || !is_swell_image(image) {
+            return None;
+        }
+        Some(RbdVolume { cluster: cluster.to_owned(), pool: pool.to_owned(), image: image.to_owned() })
+    }
+
+    fn id_checked(&self) -> Result<VolumeId, VolumeIdError> {
+        if [&self.cluster, &self.pool].iter().any(|part| part.is_empty() || part.contains(':')) {
+            return Err(VolumeIdError::Malformed(format!("{KIND}:{}:{}:{}", self.cluster, self.pool, self.image)));
+        }
+        VolumeId::new(KIND, &format!("{}:{}:{}", self.cluster, self.pool, self.image))
+    }
+
+    /// The volume id.
+    pub fn id(&self) -> VolumeId {
+        self.id_checked().unwrap_or_else(|_| unreachable!("an RbdVolume is only built from valid parts"))
+    }
+
+    /// `pool/image`, as the Ceph CLIs take it.
+    pub fn spec(&self) -> String {
+        format!("{}/{}", self.pool, self.image)
+    }
+}
+
+impl fmt::Display for RbdVolume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{KIND}:{}:{}:{}", self.cluster, self.pool, self.image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_are_stable_digests() {
+        let a = image_name("pvc-1");
+        assert_eq!(a, image_name("pvc-1"));
+        assert_ne!(a, image_name("pvc-2"));
+        assert!(is_swell_image(&a), "{a}");
+        assert_eq!(a.len(), IMAGE_PREFIX.len() + 32);
+        for other in ["swell-", "swell-0123", "swell-0123456789ABCDEF0123456789abcdef", "csi-vol-1", &format!("x{a}")] {
+            assert!(!is_swell_image(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn ids_round_trip_and_name_only_swell_images() {
+        let volume = RbdVolume::for_name("ceph-a", "rbd", "pvc").unwrap();
+        let id = volume.id();
+        assert_eq!(id.to_string(), format!("rbd:ceph-a:rbd:{}", image_name("pvc")));
+        assert_eq!(volume.to_string(), id.to_string());
+        assert_eq!(RbdVolume::parse(&id), Some(volume.clone()));
+        assert_eq!(volume.spec(), format!("rbd/{}", volume.image));
+        for other in ["rbd:ceph-a:rbd:important", "rbd:ceph-a:rbd", "local:abc", "rbd:a:b:swell-00:x", &format!("local:a:b:{}", volume.image)] {
+            assert_eq!(RbdVolume::parse(&other.parse().unwrap()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn parts_that_cannot_be_in_an_id_are_refused() {
+        assert!(RbdVolume::for_name("ceph-a", "Bad Pool", "pvc").is_err());
+        assert!(RbdVolume::for_name("ceph-a", "a:b", "pvc").is_err());
+        assert!(RbdVolume::for_name("", "rbd", "pvc").is_err());
+        assert!(RbdVolume::at("ceph-a", "rbd", "important").is_err());
+    }
+}
