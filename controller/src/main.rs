@@ -96,6 +96,8 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))).init();
     let args = Args::parse();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let socket = parse_endpoint(&args.endpoint)?;
     let rbd = match (args.rbd_cluster_id, args.rbd_ceph_conf, args.rbd_keyring) {
         (Some(cluster_id), Some(ceph_conf), Some(keyring)) => Some(RbdConfig {

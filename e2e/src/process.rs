@@ -18,6 +18,7 @@ pub struct ControllerProcess {
     root: PathBuf,
     local_state_dir: PathBuf,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     /// The CSI socket it serves.
     pub socket: PathBuf,
 }
@@ -46,13 +47,20 @@ impl ControllerProcess {
     /// line (e.g. the `--rbd-*` flags and `--default-backend rbd`); every
     /// restart passes them again.
     pub async fn start_with(root: &Path, local_state_dir: &Path, extra_args: Vec<String>) -> Result<Self, HarnessError> {
+        Self::start_with_env(root, local_state_dir, extra_args, Vec::new()).await
+    }
+
+    /// Like [`start_with`](Self::start_with), with environment variables
+    /// (e.g. `FAILPOINTS`) set for this process and every restart.
+    pub async fn start_with_env(root: &Path, local_state_dir: &Path, extra_args: Vec<String>, env: Vec<(String, String)>) -> Result<Self, HarnessError> {
         let binary = controller_binary()?;
         let mut process = ControllerProcess {
-            child: spawn(&binary, root, local_state_dir, &extra_args)?,
+            child: spawn(&binary, root, local_state_dir, &extra_args, &env)?,
             binary,
             root: root.to_owned(),
             local_state_dir: local_state_dir.to_owned(),
             extra_args,
+            env,
             socket: root.join("controller.sock"),
         };
         process.wait_ready().await?;
@@ -86,18 +94,35 @@ impl ControllerProcess {
         let _ = self.child.wait().await;
     }
 
+    /// Freezes the process (SIGSTOP), as a paused VM or a stalled node would:
+    /// it keeps what it holds but does nothing, renews nothing.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
     /// Starts the process again over the same state.
     pub async fn restart(&mut self) -> Result<(), HarnessError> {
         self.kill().await;
         // The killed process could not remove its socket; the next one would,
         // but waiting for "the socket exists" must not see the stale one.
         let _ = std::fs::remove_file(&self.socket);
-        self.child = spawn(&self.binary, &self.root, &self.local_state_dir, &self.extra_args)?;
+        self.child = spawn(&self.binary, &self.root, &self.local_state_dir, &self.extra_args, &self.env)?;
         self.wait_ready().await
     }
 }
 
-fn spawn(binary: &Path, root: &Path, local_state_dir: &Path, extra_args: &[String]) -> Result<Child, HarnessError> {
+fn spawn(binary: &Path, root: &Path, local_state_dir: &Path, extra_args: &[String], env: &[(String, String)]) -> Result<Child, HarnessError> {
     Command::new(binary)
         .arg(format!("--endpoint=unix://{}", root.join("controller.sock").display()))
         .arg(format!("--state-dir={}", root.join("controller").display()))
@@ -105,6 +130,7 @@ fn spawn(binary: &Path, root: &Path, local_state_dir: &Path, extra_args: &[Strin
         .arg("--reconcile-interval-secs=1")
         .args(extra_args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -489,12 +489,7 @@ async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck
     let dir = tempfile::Builder::new().prefix("swell-rbd-chaos-").tempdir_in("/var/tmp").unwrap();
     let _sweeper = MountSweeper(dir.path().to_owned());
     let root = dir.path();
-    let rbd_args = vec![
-        format!("--rbd-cluster-id={CLUSTER_ID}"),
-        format!("--rbd-ceph-conf={}", env.conf.display()),
-        format!("--rbd-keyring={}", env.keyring.display()),
-        "--default-backend=rbd".to_owned(),
-    ];
+    let rbd_args = rbd_rig::process_args(env, "chaos");
     let mut controller = ControllerProcess::start_with(root, &root.join("local"), rbd_args).await.expect("controller process starts");
     let mut node = start_node(root, env).await;
     let ceph = RbdBackend::new(rbd_config(env)).unwrap();

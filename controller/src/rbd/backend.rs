@@ -7,11 +7,10 @@
 //! ([`super::state`]); its size is always read from its header.
 //!
 //! Each step, and why it is there:
-//! - create: record the volume as being created, its bytes promised and
-//!   admitted against the pool, in one write that fails if another create
-//!   of the image got there first (the only way two creates, in any
-//!   replicas, cannot both take the last free bytes or make one image
-//!   twice); then make the image. The background work confirms the entry
+//! - create: hold the volume (no other replica creates, grows or deletes it
+//!   meanwhile); record it as being created, its bytes promised and
+//!   admitted against the pool in the same write (the only way two creates
+//!   cannot both take the last free bytes); then make the image. The background work confirms the entry
 //!   once the image exists, or drops it (and its promise) if the create was
 //!   cut off before the image was made and never retried.
 //! - grow: read the header and grow it in place in one compare-and-set
@@ -69,6 +68,9 @@ pub(crate) struct Shared {
     /// Holds of this process, so its own callers are refused before Ceph
     /// is asked (they would share its Ceph client and lock cookie).
     pub local: KeyedLocks,
+    /// Images this process is making right now, until librbd returns (which
+    /// may be after the call that asked was answered Timeout).
+    pub making: KeyedLocks,
 }
 
 impl Shared {
@@ -144,6 +146,7 @@ impl RbdBackend {
             committer: Committer::default(),
             lingering: Lingering::new(config.lock_lease / 5),
             local: KeyedLocks::new(),
+            making: KeyedLocks::new(),
             connector,
             config,
         });
@@ -229,18 +232,50 @@ fn create_blocking(shared: &Shared, conn: &Connection, deadline: Instant, volume
     let intent = ExpansionRecord { generation, ..ExpansionRecord::new(&id, size, size) };
     let change = Change::Put { image: image.clone(), name: Some(name.to_owned()), phase: Some(Phase::Creating), record: intent };
     shared.commit(conn, &io, pool, change, deadline)?;
+    fail::fail_point!("rbd-create-after-intent");
     ensure_time_left(deadline, "rbd_create", shared.config.op_timeout)?;
-    match io.create_image(image, size, IMAGE_FEATURES) {
-        Ok(()) => Ok(Created::New(info(size))),
+    match make_image(shared, &io, &id, image, size)? {
+        Made::New => Ok(Created::New(info(size))),
         // An image of this name Swell had no entry for (made before Swell
         // kept entries): adopted as it is; the background work records its
         // real size when it confirms the entry.
-        Err(Errno::EEXIST) => {
-            let found = read_header(&io, &id, image)?.ok_or_else(|| RbdError::osd("rbd_create", Errno::EEXIST, Some(&id)))?;
-            Ok(Created::Existing(info(found.size)))
-        }
-        Err(e) => Err(RbdError::osd("rbd_create", e, Some(&id)).asking(size)),
+        Made::Existing(found) => Ok(Created::Existing(info(found))),
     }
+}
+
+/// What making an image found.
+enum Made {
+    New,
+    Existing(u64),
+}
+
+/// Makes the image. librbd makes one in steps (directory entry, id object,
+/// header): a create killed between them leaves a name that exists without
+/// a header, which no one can open and every later create would trip on
+/// (EEXIST). Such a half-made image is removed and made again: the caller
+/// holds the volume, so no other process is making it, and `making` says
+/// whether an earlier call of this process still is.
+fn make_image(shared: &Shared, io: &IoCtx, id: &VolumeId, image: &str, size: u64) -> Result<Made, RbdError> {
+    let Some(_making) = shared.making.try_acquire(image) else {
+        let reason = "an earlier create of it is still running in librbd".to_owned();
+        return Err(BackendError::Contended { step: format!("create {id}"), reason }.into());
+    };
+    for _ in 0..2 {
+        match io.create_image(image, size, IMAGE_FEATURES) {
+            Ok(()) => return Ok(Made::New),
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(RbdError::osd("rbd_create", e, Some(id)).asking(size)),
+        }
+        if let Some(found) = read_header(io, id, image)? {
+            return Ok(Made::Existing(found.size));
+        }
+        tracing::warn!(volume.id = %id, "removing an image a killed create left half made");
+        match io.remove_image(image) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(RbdError::osd("rbd_remove of a half-made image", e, Some(id))),
+        }
+    }
+    Err(RbdError::osd("rbd_create", Errno::EEXIST, Some(id)))
 }
 
 fn volume_blocking(conn: &Connection, volume: &RbdVolume) -> Result<Option<VolumeInfo>, RbdError> {
@@ -269,6 +304,7 @@ fn delete_blocking(shared: &Shared, conn: &Connection, deadline: Instant, volume
 }
 
 fn grow_blocking(shared: &Shared, conn: &Connection, deadline: Instant, volume: &RbdVolume, target: u64) -> Result<u64, RbdError> {
+    fail::fail_point!("rbd-grow-before-resize");
     let id = volume.id();
     let not_found = || RbdError::Refused(BackendError::NotFound(id.clone()));
     let io = conn.pool(&volume.pool)?.ok_or_else(not_found)?;
@@ -293,6 +329,7 @@ fn grow_blocking(shared: &Shared, conn: &Connection, deadline: Instant, volume: 
             Err(e) => return Err(RbdError::osd("grow image", e, Some(&id)).asking(target.saturating_sub(found.size))),
         }
     }
+    fail::fail_point!("rbd-grow-before-announce");
     announce(&io, &id, &found)?;
     Ok(found.size)
 }
@@ -332,35 +369,51 @@ fn list_blocking(shared: &Shared, conn: &Connection) -> Result<Vec<VolumeInfo>, 
 /// trash of every pool and, when other clients' images count, sums their
 /// sizes. Returns the trashed images removed.
 fn housekeeping_blocking(shared: &Shared, conn: &Connection, deadline: Instant) -> Result<usize, RbdError> {
+    let mut pools = shared.readings.pools(conn)?;
+    pools.sort();
     let mut removed = 0;
-    for pool in shared.readings.pools(conn)? {
-        let Some(io) = conn.pool(&pool)? else { continue };
-        let owed: Vec<(RbdVolume, Entry)> = state::pending_entries(&io)?
-            .into_iter()
-            .filter(|(_, entry)| entry.phase != Phase::Ready)
-            .filter_map(|(image, entry)| Some((RbdVolume::at(&shared.config.cluster_id, &pool, &image).ok()?, entry)))
-            .collect();
-        trash::in_parallel(&owed, shared.config.purge_concurrency, deadline, shared.config.op_timeout, |(volume, entry)| {
-            let finished = match entry.phase {
-                Phase::Deleting => finish_delete(shared, conn, &io, volume, entry, deadline),
-                Phase::Creating => confirm_create(shared, conn, &io, volume, entry, deadline),
-                Phase::Ready => Ok(()),
-            };
-            if let Err(err) = finished {
-                let err = err.into_backend(shared.config.op_timeout);
-                tracing::warn!(volume.id = %volume, phase = ?entry.phase, error = %err, "cannot finish the volume's create or delete; retrying on the next pass");
-            }
-        });
-        if shared.config.count_foreign_images {
-            match io.provisioned_bytes() {
-                Ok(all) => shared.readings.note_foreign(&pool, all, state::read_total(&io)?),
-                Err(Errno::ENOENT) => {}
-                Err(e) => tracing::warn!(pool, error = %e, "cannot sum the pool's image sizes; keeping the last sum"),
+    for pool in pools {
+        // One pool's trouble must not keep the others' work from being done.
+        match housekeep_pool(shared, conn, &pool, deadline) {
+            Ok(count) => removed += count,
+            Err(err) => {
+                tracing::warn!(pool, error = %err.into_backend(shared.config.op_timeout), "background work on the pool failed; retrying on the next pass")
             }
         }
-        removed += trash::purge(&io, &pool, shared.config.purge_concurrency, deadline, shared.config.op_timeout)?.removed;
     }
     Ok(removed)
+}
+
+fn housekeep_pool(shared: &Shared, conn: &Connection, pool: &str, deadline: Instant) -> Result<usize, RbdError> {
+    let Some(io) = conn.pool(pool)? else { return Ok(0) };
+    if shared.config.count_foreign_images && shared.readings.foreign_due(pool) {
+        match io.provisioned_bytes() {
+            Ok(all) => {
+                let swell = state::read_total(&io)?;
+                shared.readings.note_foreign(pool, all, swell);
+                tracing::debug!(pool, all_images = all, swell, "summed the sizes of the pool's images");
+            }
+            Err(Errno::ENOENT) => shared.readings.note_foreign(pool, 0, 0),
+            Err(e) => tracing::warn!(pool, error = %e, "cannot sum the pool's image sizes; keeping the last sum"),
+        }
+    }
+    let owed: Vec<(RbdVolume, Entry)> = state::pending_entries(&io)?
+        .into_iter()
+        .filter(|(_, entry)| entry.phase != Phase::Ready)
+        .filter_map(|(image, entry)| Some((RbdVolume::at(&shared.config.cluster_id, pool, &image).ok()?, entry)))
+        .collect();
+    trash::in_parallel(&owed, shared.config.purge_concurrency, deadline, shared.config.op_timeout, |(volume, entry)| {
+        let finished = match entry.phase {
+            Phase::Deleting => finish_delete(shared, conn, &io, volume, entry, deadline),
+            Phase::Creating => confirm_create(shared, conn, &io, volume, entry, deadline),
+            Phase::Ready => Ok(()),
+        };
+        if let Err(err) = finished {
+            let err = err.into_backend(shared.config.op_timeout);
+            tracing::warn!(volume.id = %volume, phase = ?entry.phase, error = %err, "cannot finish the volume's create or delete; retrying on the next pass");
+        }
+    });
+    Ok(trash::purge(&io, pool, shared.config.purge_concurrency, deadline, shared.config.op_timeout)?.removed)
 }
 
 /// A deleted volume: its image to the trash, then its lock object (taken
@@ -413,8 +466,15 @@ impl Backend for RbdBackend {
         let pool = parameters.get("pool").cloned().unwrap_or_else(|| self.shared.config.default_pool.clone());
         let volume = RbdVolume::for_name(&self.shared.config.cluster_id, &pool, name)
             .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })?;
+        let id = volume.id();
+        let Some(hold) = self.store.hold(&id).await? else {
+            return Err(BackendError::Contended { step: format!("create {name}"), reason: format!("another operation on volume {id} is in progress") });
+        };
         let (shared, name) = (Arc::clone(&self.shared), name.to_owned());
-        self.shared.connector.run("create volume", move |conn, deadline| create_blocking(&shared, conn, deadline, &volume, &name, size_bytes)).await
+        let created =
+            self.shared.connector.run("create volume", move |conn, deadline| create_blocking(&shared, conn, deadline, &volume, &name, size_bytes)).await;
+        hold.release().await;
+        created
     }
 
     async fn delete_volume(&self, id: &VolumeId) -> Result<(), BackendError> {

@@ -49,8 +49,12 @@ pub struct Readings {
     coalescer: Coalescer<ClusterReading, RbdError>,
     max_age: Duration,
     op_timeout: Duration,
-    foreign: Mutex<HashMap<String, u64>>,
+    foreign: Mutex<HashMap<String, (u64, Instant)>>,
 }
+
+/// How often other clients' image sizes are summed again: the sum reads
+/// every image header in the pool, so it is kept off requests and rare.
+const FOREIGN_REFRESH: Duration = Duration::from_secs(60);
 
 /// A pool that does not exist, as a StorageClass parameter error.
 pub fn missing_pool(pool: &str) -> RbdError {
@@ -108,13 +112,18 @@ impl Readings {
     /// Bytes other clients' images are provisioned with in `pool`, as last
     /// summed by [`Readings::note_foreign`] (0 before the first sum).
     pub fn foreign(&self, pool: &str) -> u64 {
-        self.foreign.lock().unwrap_or_else(|p| p.into_inner()).get(pool).copied().unwrap_or(0)
+        self.foreign.lock().unwrap_or_else(|p| p.into_inner()).get(pool).map_or(0, |(bytes, _)| *bytes)
+    }
+
+    /// Whether `pool`'s foreign sum is missing or older than a minute.
+    pub fn foreign_due(&self, pool: &str) -> bool {
+        self.foreign.lock().unwrap_or_else(|p| p.into_inner()).get(pool).is_none_or(|(_, at)| at.elapsed() >= FOREIGN_REFRESH)
     }
 
     /// Records the sum of every image's size in `pool` (librbd's pool
     /// stats) against Swell's own promised total.
     pub fn note_foreign(&self, pool: &str, all_images: u64, swell: u64) {
-        self.foreign.lock().unwrap_or_else(|p| p.into_inner()).insert(pool.to_owned(), all_images.saturating_sub(swell));
+        self.foreign.lock().unwrap_or_else(|p| p.into_inner()).insert(pool.to_owned(), (all_images.saturating_sub(swell), Instant::now()));
     }
 
     /// The pools named in the last reading, for the housekeeping.

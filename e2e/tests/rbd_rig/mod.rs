@@ -154,6 +154,18 @@ pub fn rbd_size(env: &ClusterEnv, pool: &str, image: &str) -> Result<Option<u64>
     }
 }
 
+/// The flags that point a `swell-controller` process at `env`'s cluster,
+/// with RBD as its default backend, named `instance` in the locks it holds.
+pub fn process_args(env: &ClusterEnv, instance: &str) -> Vec<String> {
+    vec![
+        format!("--rbd-cluster-id={CLUSTER_ID}"),
+        format!("--rbd-ceph-conf={}", env.conf.display()),
+        format!("--rbd-keyring={}", env.keyring.display()),
+        "--default-backend=rbd".to_owned(),
+        format!("--instance-name={instance}"),
+    ]
+}
+
 /// Waits until the image of `id` has left the pool (deletes answer first
 /// and move the image to the trash in the background); panics after 30 s.
 pub async fn wait_gone(env: &ClusterEnv, pool: &str, image: &str) {
@@ -178,6 +190,20 @@ pub struct Swell {
 impl Swell {
     /// Starts a controller whose default backend is RBD on `env`.
     pub async fn start(env: &ClusterEnv, op_timeout: Duration, backend_timeout: Duration) -> Swell {
+        let mut rbd = Self::config(env);
+        rbd.op_timeout = op_timeout;
+        Self::start_with(rbd, backend_timeout).await
+    }
+
+    /// The RBD configuration of [`Swell::start`] before its changes.
+    pub fn config(env: &ClusterEnv) -> RbdConfig {
+        RbdConfig::new(CLUSTER_ID, &env.conf, &env.keyring)
+    }
+
+    /// Starts a controller whose default backend is RBD as `rbd` says.
+    pub async fn start_with(rbd: RbdConfig, backend_timeout: Duration) -> Swell {
+        // The controller's log, as RUST_LOG asks (none by default).
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = ControllerConfig {
             driver_name: "swell.csi.storage".into(),
@@ -189,8 +215,6 @@ impl Swell {
             // (deferred deletes) shows within a test's patience.
             reconciler: ReconcilerConfig { interval: Duration::from_secs(1), ..Default::default() },
         };
-        let mut rbd = RbdConfig::new(CLUSTER_ID, &env.conf, &env.keyring);
-        rbd.op_timeout = op_timeout;
         let options = BackendOptions { rbd: Some(rbd), default_backend: Some("rbd".into()) };
         let controller = build_with(&config, &options).expect("controller builds");
         let reconciler = tokio::spawn(controller.reconciler.clone().run(std::future::pending()));

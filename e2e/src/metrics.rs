@@ -1,0 +1,52 @@
+//! Reading a controller's Prometheus endpoint as Prometheus would: one
+//! `GET /metrics` over HTTP on loopback, and one sample out of the text.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A free loopback address for a process's `--metrics-address`.
+pub fn free_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address")
+}
+
+/// The body of `GET /metrics` at `address` (retried for a few seconds while
+/// the process starts).
+pub async fn scrape(address: SocketAddr) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(address).await {
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.expect("send request");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.expect("read response");
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            return body.to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no metrics at {address}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the sample whose name and labels are exactly `series`
+/// (e.g. `swell_backend_calls_total{step="grow volume",outcome="ok"}`); 0
+/// when the series is absent (a counter never incremented).
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines().filter_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).next().unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_found_by_exact_series() {
+        let text = "# TYPE x counter\nx{a=\"1\"} 3\nx{a=\"12\"} 7\ny 2.5\n";
+        assert_eq!(sample(text, "x{a=\"1\"}"), 3.0);
+        assert_eq!(sample(text, "x{a=\"12\"}"), 7.0);
+        assert_eq!(sample(text, "y"), 2.5);
+        assert_eq!(sample(text, "z"), 0.0);
+    }
+}

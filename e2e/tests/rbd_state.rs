@@ -1,0 +1,418 @@
+//! Expansion state kept with the volumes on Ceph, as a real cluster runs
+//! Swell: two controller replicas at once, a controller that moves to
+//! another machine (an empty state directory) mid-grow, a replica frozen
+//! while it holds a volume, and a reconciler whose cost follows the pending
+//! volumes, not all of them.
+
+mod rbd_rig;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use csi_proto::v1::controller_client::ControllerClient;
+use csi_proto::v1::*;
+use rbd_rig::{CLUSTER_ID, ClusterEnv, rbd_size};
+use swell_controller::Backends;
+use swell_controller::rbd::ffi::{Cluster, IoCtx, WriteOp};
+use swell_controller::rbd::lease::{self, Leases};
+use swell_controller::rbd::state::{self, Entry, Phase};
+use swell_controller::rbd::{RbdBackend, RbdConfig};
+use swell_controller::reconciler::ReconcilerConfig;
+use swell_e2e::chaos::Xorshift;
+use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
+use swell_e2e::host;
+use swell_e2e::metrics::{free_address, sample, scrape};
+use swell_e2e::process::ControllerProcess;
+use swell_e2e::requests::{self, mount_capability};
+use swell_e2e::resizer::expand_like_the_resizer;
+use swell_e2e::state::{leave_wish, record_of};
+use swell_e2e::sweep::MountSweeper;
+use swell_node::{NodeConfig, RbdNodeConfig};
+use swell_storage::{ExpansionRecord, ExpansionStore, RbdVolume, VolumeId};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const SITE_DIR: &str = "/var/tmp/rbd-state-e2e";
+const SITE_PORT: u16 = 28400;
+const TESTS: usize = 5;
+const MIB: u64 = 1 << 20;
+const GRIP: &str = "rbd-grow-before-resize";
+const UNHEARD: &str = "rbd-grow-before-announce";
+
+async fn session(test: &str) -> Option<rbd_rig::Session> {
+    rbd_rig::acquire_on(&format!("rbd_state::{test}"), TESTS, SITE_DIR, SITE_PORT).await
+}
+
+/// A `swell-controller` process on the cluster, named `instance`, serving
+/// metrics, with its state under a fresh directory of its own.
+struct Replica {
+    process: ControllerProcess,
+    client: ControllerClient<Channel>,
+    metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    async fn start(env: &ClusterEnv, instance: &str, failpoints: Option<&str>) -> Replica {
+        let dir = tempfile::Builder::new().prefix("swell-rbd-state-").tempdir_in("/var/tmp").unwrap();
+        let metrics = free_address();
+        let mut args = rbd_rig::process_args(env, instance);
+        args.push(format!("--metrics-address={metrics}"));
+        let env_vars = failpoints.map(|f| vec![("FAILPOINTS".to_owned(), f.to_owned())]).unwrap_or_default();
+        let process = ControllerProcess::start_with_env(dir.path(), &dir.path().join("local"), args, env_vars).await.expect("controller process starts");
+        let client = process.client().await.unwrap();
+        Replica { process, client, metrics, _dir: dir }
+    }
+
+    /// Backend resizes this process has made so far.
+    async fn resizes(&self) -> u64 {
+        sample(&scrape(self.metrics).await, r#"swell_backend_calls_total{step="grow volume",outcome="ok"}"#) as u64
+    }
+}
+
+async fn create(client: &mut ControllerClient<Channel>, name: &str, bytes: u64) -> String {
+    let created = client.create_volume(requests::create_volume(name, bytes as i64, mount_capability("xfs"))).await;
+    created.unwrap_or_else(|e| panic!("create {name}: {e:?}")).into_inner().volume.unwrap().volume_id
+}
+
+fn image_size(env: &ClusterEnv, id: &str) -> u64 {
+    let volume = RbdVolume::parse(&id.parse().unwrap()).unwrap();
+    rbd_size(env, &volume.pool, &volume.image).unwrap().unwrap_or_else(|| panic!("no image for {id}"))
+}
+
+/// Watches the image's size until stopped; panics if it ever goes down.
+fn watch_size(env: &'static ClusterEnv, id: String) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<u64>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watching = Arc::clone(&stop);
+    let task = tokio::task::spawn_blocking(move || {
+        let mut seen = vec![image_size(env, &id)];
+        while !watching.load(Ordering::SeqCst) {
+            let now = image_size(env, &id);
+            let last = *seen.last().unwrap();
+            assert!(now >= last, "{id} went down from {last} to {now}");
+            if now != last {
+                seen.push(now);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    });
+    (stop, task)
+}
+
+fn rbd_config(env: &ClusterEnv, instance: &str) -> RbdConfig {
+    let mut config = RbdConfig::new(CLUSTER_ID, &env.conf, &env.keyring);
+    config.instance = instance.to_owned();
+    config
+}
+
+/// Waits until `id`'s record is what `done` says, reading it from Ceph.
+async fn wait_record(
+    store: &dyn ExpansionStore,
+    id: &VolumeId,
+    what: &str,
+    done: impl Fn(&swell_storage::ExpansionRecord) -> bool,
+) -> swell_storage::ExpansionRecord {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(record) = record_of(store, id).await
+            && done(&record)
+        {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "{id}: {what} not seen in 30 s: {:?}", record_of(store, id).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two replicas, as a Deployment with two controller pods runs them: 64
+/// resizes of one volume split across both, sizes mixed. Every call ends OK
+/// (after ABORTED retries, as the resizer does), the image ends at the
+/// largest size, never goes down on the way, and no size is resized twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_controller_replicas_share_one_volume_without_losing_or_repeating_a_grow() {
+    let Some(session) = session("two_controller_replicas_share_one_volume_without_losing_or_repeating_a_grow").await else { return };
+    let env = session.env;
+    let (mut a, b) = (Replica::start(env, "replica-a", None).await, Replica::start(env, "replica-b", None).await);
+    let id = create(&mut a.client, "two-replicas", 256 * MIB).await;
+    let (stop, watcher) = watch_size(env, id.clone());
+
+    let mut rng = Xorshift(0x2b_1ca5 | 1);
+    let sizes: Vec<u64> = (0..64).map(|_| 256 * MIB + (1 + rng.below(12)) * 32 * MIB).collect();
+    let mut distinct = sizes.clone();
+    distinct.sort();
+    distinct.dedup();
+    let started = Instant::now();
+    let calls: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &bytes)| {
+            let client = if i % 2 == 0 { a.client.clone() } else { b.client.clone() };
+            tokio::spawn(expand_like_the_resizer(client, id.clone(), bytes))
+        })
+        .collect();
+    let mut aborted = 0;
+    for call in calls {
+        let codes = call.await.unwrap();
+        assert_eq!(codes.last(), Some(&Code::Ok), "a call ended without success: {codes:?}");
+        aborted += codes.iter().filter(|c| **c == Code::Aborted).count();
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let seen = watcher.await.unwrap();
+    let largest = *distinct.last().unwrap();
+    assert_eq!(image_size(env, &id), largest, "the image ends at the largest size asked");
+    let resizes = a.resizes().await + b.resizes().await;
+    println!(
+        "two replicas: 64 calls ({} distinct sizes) in {took:?}, {aborted} ABORTED retried, {resizes} backend resizes (a {}, b {}), sizes seen {:?} MiB",
+        distinct.len(),
+        a.resizes().await,
+        b.resizes().await,
+        seen.iter().map(|s| s / MIB).collect::<Vec<_>>()
+    );
+    assert!(resizes >= 1 && resizes <= distinct.len() as u64, "{resizes} resizes for {} distinct sizes", distinct.len());
+}
+
+/// Stages and publishes `id` on an in-process node (rbd-fuse + loop here)
+/// and writes a file; returns the node, the target and the file's checksum.
+async fn mount_on_node(env: &ClusterEnv, root: &Path, id: &str) -> (NodeUnderTest, String, String) {
+    let mut config = NodeConfig::new("swell-rbd-state-node");
+    config.state_dir = root.join("node");
+    config.local_state_dir = root.join("local");
+    config.rbd = Some(RbdNodeConfig { cluster_id: CLUSTER_ID.into(), ceph_conf: env.conf.clone(), keyring: env.keyring.clone(), user: "admin".into() });
+    let mut node = NodeUnderTest::serve(&root.join("node.sock"), &config).await.unwrap();
+    let cap = mount_capability("xfs");
+    let (staging, target) = (root.join("staging").display().to_string(), root.join("pod/vol").display().to_string());
+    node.client.node_stage_volume(requests::stage(id, &staging, cap.clone())).await.unwrap();
+    node.client.node_publish_volume(requests::publish(id, &staging, &target, cap, false)).await.unwrap();
+    let file = Path::new(&target).join("data.bin");
+    host::write_pattern(&file, (4 * MIB) as usize, 11).unwrap();
+    let checksum = host::sha256_file(&file).unwrap();
+    (node, target, checksum)
+}
+
+/// A controller SIGKILLed mid-grow, its pod rescheduled to another node
+/// (a fresh, empty state directory): the new controller finds the grow in
+/// Ceph alone and finishes it, and the node can then grow its filesystem.
+/// Twice: killed after recording the wish but before the resize, and after
+/// the resize but before the image's clients were told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_controller_on_another_machine_finishes_an_interrupted_grow_from_ceph_alone() {
+    const TEST: &str = "a_controller_on_another_machine_finishes_an_interrupted_grow_from_ceph_alone";
+    let Some(session) = session(TEST).await else { return };
+    let env = session.env;
+    if !Path::new("/dev/fuse").exists() {
+        host::note_skip(&format!("rbd_state::{TEST}"), "/dev/fuse is missing");
+        return;
+    }
+    let ceph = RbdBackend::new(rbd_config(env, "observer")).unwrap();
+    let store = ceph.store();
+    for (case, failpoint) in [("before the resize", GRIP), ("before the announcement", UNHEARD)] {
+        let dir = tempfile::Builder::new().prefix("swell-rbd-move-").tempdir_in("/var/tmp").unwrap();
+        let _sweeper = MountSweeper(dir.path().to_owned());
+        let mut old = Replica::start(env, "moving-a", Some(&format!("{failpoint}=sleep(20000)"))).await;
+        let name = format!("moved-{}", failpoint.len());
+        let id = create(&mut old.client, &name, 512 * MIB).await;
+        let volume: VolumeId = id.parse().unwrap();
+        let (mut node, target, checksum) = mount_on_node(env, dir.path(), &id).await;
+
+        let call = tokio::spawn({
+            let mut client = old.client.clone();
+            let id = id.clone();
+            async move { client.controller_expand_volume(requests::controller_expand(&id, 1024 * MIB as i64, None)).await }
+        });
+        // Killed at the failpoint: once the wish is in Ceph (and, for the
+        // second case, once the header holds the new size).
+        wait_record(&*store, &volume, "the recorded wish", |r| r.desired_bytes == 1024 * MIB).await;
+        if failpoint == UNHEARD {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while image_size(env, &id) != 1024 * MIB {
+                assert!(Instant::now() < deadline, "the header never grew");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        old.process.kill().await;
+        assert!(call.await.unwrap().is_err(), "the killed controller did not answer");
+        let record = record_of(&*store, &volume).await.unwrap();
+        assert!(record.pending(), "{case}: the state left behind is pending: {record:?}");
+
+        let new = Replica::start(env, "moving-b", None).await;
+        let settled = wait_record(&*store, &volume, "the finished grow", |r| !r.pending() && r.current_bytes == 1024 * MIB).await;
+        assert_eq!(image_size(env, &id), 1024 * MIB, "{case}");
+        let grown = node.client.node_expand_volume(requests::node_expand(&id, &target, "", 1024 * MIB as i64, None)).await;
+        let grown = grown.unwrap_or_else(|e| panic!("{case}: NodeExpandVolume after the move: {e:?}")).into_inner();
+        assert_eq!(grown.capacity_bytes as u64, 1024 * MIB, "{case}");
+        assert_eq!(host::sha256_file(&Path::new(&target).join("data.bin")).unwrap(), checksum, "{case}: data intact");
+        println!("move {case}: a controller with an empty state dir finished the grow (record generation {}), node grew to 1024 MiB", settled.generation);
+
+        node.client.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
+        node.client.node_unstage_volume(requests::unstage(&id, &dir.path().join("staging").display().to_string())).await.unwrap();
+        let mut client = new.client.clone();
+        client.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await.unwrap();
+    }
+}
+
+/// A replica frozen (SIGSTOP) while it holds a volume mid-grow: the other
+/// replica gets the volume once the lease runs out and grows it further;
+/// when the frozen one wakes, the image never shrinks and the record is
+/// never rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_holder_wakes_to_find_the_volume_moved_on_and_changes_nothing() {
+    let Some(session) = session("a_frozen_holder_wakes_to_find_the_volume_moved_on_and_changes_nothing").await else { return };
+    let env = session.env;
+    let ceph = RbdBackend::new(rbd_config(env, "observer")).unwrap();
+    let store = ceph.store();
+    let frozen = Replica::start(env, "frozen", Some(&format!("{GRIP}=sleep(3000)"))).await;
+    let mut other = Replica::start(env, "other", None).await;
+    let id = create(&mut other.client, "frozen-holder", 256 * MIB).await;
+    let volume: VolumeId = id.parse().unwrap();
+
+    let mut stalled = tokio::spawn({
+        let mut client = frozen.client.clone();
+        let id = id.clone();
+        async move { client.controller_expand_volume(requests::controller_expand(&id, 512 * MIB as i64, None)).await }
+    });
+    let wish = tokio::select! {
+        wish = wait_record(&*store, &volume, "the frozen replica's wish", |r| r.desired_bytes == 512 * MIB) => wish,
+        answer = &mut stalled => panic!("the replica answered before it reached the failpoint: {answer:?}"),
+    };
+    frozen.process.freeze();
+    let frozen_at = Instant::now();
+    // The other replica is refused while the lease lasts, then takes over.
+    let codes = expand_like_the_resizer(other.client.clone(), id.clone(), 768 * MIB).await;
+    assert_eq!(codes.last(), Some(&Code::Ok), "{codes:?}");
+    let took_over = frozen_at.elapsed();
+    let after = record_of(&*store, &volume).await.unwrap();
+    assert_eq!((after.desired_bytes, after.current_bytes), (768 * MIB, 768 * MIB));
+    assert!(after.generation > wish.generation);
+    assert_eq!(image_size(env, &id), 768 * MIB);
+
+    frozen.process.thaw();
+    let answer = tokio::time::timeout(Duration::from_secs(30), &mut stalled).await.expect("the woken replica answers").unwrap();
+    let code = answer.as_ref().err().map(|s| s.code());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let last = record_of(&*store, &volume).await.unwrap();
+    println!(
+        "frozen holder: the other replica took over after {took_over:?} ({} ABORTED first); the woken one answered {code:?}; image {} MiB, record {:?}",
+        codes.len() - 1,
+        image_size(env, &id) / MIB,
+        (last.desired_bytes / MIB, last.current_bytes / MIB, last.generation)
+    );
+    assert_eq!(image_size(env, &id), 768 * MIB, "never shrinks");
+    assert!(last.desired_bytes >= 768 * MIB && last.current_bytes == 768 * MIB, "never rolled back: {last:?}");
+    assert!(last.generation >= after.generation);
+    assert!(answer.is_err() || answer.unwrap().into_inner().capacity_bytes as u64 >= 768 * MIB, "no success reported for an older size");
+    let mut client = other.client.clone();
+    client.delete_volume(DeleteVolumeRequest { volume_id: id, ..Default::default() }).await.unwrap();
+}
+
+/// 2,000 settled volumes and 20 pending ones: a reconciler pass reads the
+/// backend for the 20 only, and quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reconciler_pass_reads_only_the_pending_volumes() {
+    let Some(session) = session("a_reconciler_pass_reads_only_the_pending_volumes").await else { return };
+    let env = session.env;
+    let pool = "settled";
+    let _ = rbd_rig::cli(env, "ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]);
+    rbd_rig::cli(env, "ceph", &["osd", "pool", "create", pool, "8"]).unwrap();
+    rbd_rig::cli(env, "rbd", &["pool", "init", pool]).unwrap();
+    let ceph = Arc::new(RbdBackend::new(RbdConfig { default_pool: pool.into(), ..rbd_config(env, "cost") }).unwrap());
+    // Records only: settled entries written straight into the pool's state
+    // object, as 2,000 volumes Swell made long ago would have left them.
+    let io = ioctx(env, pool);
+    let mut total = 0;
+    for chunk in (0..2000u64).collect::<Vec<_>>().chunks(500) {
+        let entries: Vec<(String, Vec<u8>)> = chunk
+            .iter()
+            .map(|i| {
+                let volume = RbdVolume::for_name(CLUSTER_ID, pool, &format!("settled-{i}")).unwrap();
+                let record = ExpansionRecord { generation: 1, ..ExpansionRecord::new(&volume.id(), MIB, MIB) };
+                (state::entry_key(&volume.image), Entry { name: format!("settled-{i}"), phase: Phase::Ready, record }.encode())
+            })
+            .collect();
+        total += MIB * chunk.len() as u64;
+        let mut op = WriteOp::default();
+        op.create(false).omap_set(&entries).omap_set(&[(state::TOTAL_KEY, total.to_string())]);
+        op.operate(&io, state::STATE_OBJECT).unwrap();
+    }
+    let dir = tempfile::Builder::new().prefix("swell-rbd-cost-").tempdir_in("/var/tmp").unwrap();
+    let controller = ControllerUnderTest::start(dir.path(), Backends::new(ceph.clone(), Duration::from_secs(15)), ReconcilerConfig::default()).await.unwrap();
+    let mut client = controller.client.clone();
+    let store = ceph.store();
+    let mut pending = Vec::new();
+    for i in 0..20 {
+        let id: VolumeId = create(&mut client, &format!("pending-{i}"), 64 * MIB).await.parse().unwrap();
+        leave_wish(&*store, &id, 64 * MIB, 96 * MIB, None).await;
+        pending.push(id);
+    }
+    let before = controller.reconciler.call_stats();
+    let started = Instant::now();
+    let report = controller.reconciler.pass().await;
+    let took = started.elapsed();
+    let after = controller.reconciler.call_stats();
+    let reads = |stats: &std::collections::BTreeMap<&'static str, swell_controller::backends::CallStats>| {
+        stats.iter().filter(|(step, _)| step.starts_with("read volume")).map(|(_, s)| s.calls).sum::<u64>()
+    };
+    let volume_reads = reads(&after) - reads(&before);
+    println!("cost: 2,000 settled + 20 pending: one pass in {took:?}, {volume_reads} volume reads, report {report:?}");
+    assert_eq!((report.examined, report.completed), (20, 20), "{report:?}");
+    assert_eq!(volume_reads, 20, "only the pending volumes are read");
+    assert!(took < Duration::from_secs(1), "a pass over 20 pending volumes took {took:?}");
+    for id in &pending {
+        assert_eq!(image_size(env, &id.to_string()), 96 * MIB);
+    }
+    rbd_rig::cli(env, "ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]).unwrap();
+}
+
+/// A librados io context of the test's own on `pool`.
+fn ioctx(env: &ClusterEnv, pool: &str) -> IoCtx {
+    let cluster = Arc::new(Cluster::create("admin").unwrap());
+    cluster.read_conf_file(&env.conf).unwrap();
+    cluster.conf_set("keyring", &env.keyring.display().to_string()).unwrap();
+    cluster.connect().unwrap();
+    cluster.ioctx(pool).unwrap()
+}
+
+/// Lock acquire and release on the test cluster, and the exclusion they
+/// give between two replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_held_by_one_replica_is_refused_to_another_until_released() {
+    let Some(session) = session("a_volume_held_by_one_replica_is_refused_to_another_until_released").await else { return };
+    let env = session.env;
+    let (a, b) = (RbdBackend::new(rbd_config(env, "lock-a")).unwrap(), RbdBackend::new(rbd_config(env, "lock-b")).unwrap());
+    let id: VolumeId = RbdVolume::for_name(CLUSTER_ID, "rbd", "held").unwrap().id();
+    let hold = a.store().hold(&id).await.unwrap().expect("free");
+    assert!(b.store().hold(&id).await.unwrap().is_none(), "another replica is refused while it is held");
+    hold.release().await;
+    // Kept a moment for a's next call, then given back: b gets it then.
+    let released = Instant::now();
+    let hold = loop {
+        if let Some(hold) = b.store().hold(&id).await.unwrap() {
+            break hold;
+        }
+        assert!(released.elapsed() < Duration::from_secs(10), "b never got the volume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("lock: b got the volume {:?} after a released it", released.elapsed());
+    hold.release().await;
+
+    // The raw lock operations, as every hold and release makes them.
+    let io = ioctx(env, "rbd");
+    let leases = Leases { instance: "timing".into(), lease: Duration::from_secs(10) };
+    let (mut takes, mut gives) = (Vec::new(), Vec::new());
+    for i in 0..15 {
+        let image = format!("swell-timing-{i}");
+        let started = Instant::now();
+        io.lock_exclusive(&lease::lock_object(&image), "swell", &leases.instance, "timing", leases.lease, 0).unwrap();
+        takes.push(started.elapsed());
+        let started = Instant::now();
+        io.unlock(&lease::lock_object(&image), "swell", &leases.instance).unwrap();
+        gives.push(started.elapsed());
+    }
+    takes.sort();
+    gives.sort();
+    println!("lock: acquire p50 {:?} p90 {:?}; release p50 {:?} p90 {:?}", takes[7], takes[13], gives[7], gives[13]);
+}
