@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use swell_storage::VolumeId;
 use swell_storage::command;
 
-use super::{Cluster, RbdImage};
+use swell_storage::RbdVolume;
+
+use super::{Cluster, rbd_volume};
 use crate::attach::Attacher;
 use crate::attach::loop_device::{attach_file, backing_file, detach_device, devices_backing, refresh_device};
 use crate::error::NodeError;
@@ -70,17 +72,17 @@ impl FuseAttacher {
     }
 
     /// The mount point for `image`.
-    pub fn mount_dir(&self, image: &RbdImage) -> PathBuf {
+    pub fn mount_dir(&self, image: &RbdVolume) -> PathBuf {
         self.root.join(&image.pool).join(&image.image)
     }
 
     /// The file that is the image.
-    pub fn image_file(&self, image: &RbdImage) -> PathBuf {
+    pub fn image_file(&self, image: &RbdVolume) -> PathBuf {
         self.mount_dir(image).join(&image.image)
     }
 
     /// `rbd-fuse <cluster args> -p pool -r image <dir> -o attr_timeout=0,entry_timeout=0`.
-    pub fn mount_args(&self, image: &RbdImage, dir: &Path) -> Vec<OsString> {
+    pub fn mount_args(&self, image: &RbdVolume, dir: &Path) -> Vec<OsString> {
         let mut args = self.cluster.data_path_args();
         args.extend(["-p".into(), image.pool.clone().into(), "-r".into(), image.image.clone().into(), dir.into()]);
         args.extend(["-o".into(), "attr_timeout=0,entry_timeout=0".into()]);
@@ -100,7 +102,7 @@ impl FuseAttacher {
 
     /// Mounts rbd-fuse for `image` unless a live one is there, and waits
     /// until the image file shows up.
-    async fn ensure_mounted(&self, volume: &VolumeId, image: &RbdImage) -> Result<PathBuf, NodeError> {
+    async fn ensure_mounted(&self, volume: &VolumeId, image: &RbdVolume) -> Result<PathBuf, NodeError> {
         let dir = self.mount_dir(image);
         let file = self.image_file(image);
         if self.mounted(volume, &dir).await? {
@@ -158,11 +160,11 @@ impl FuseAttacher {
 #[async_trait::async_trait]
 impl Attacher for FuseAttacher {
     async fn backing_size(&self, volume: &VolumeId) -> Result<Option<u64>, NodeError> {
-        self.cluster.image_size(volume, &RbdImage::from_volume(volume)?).await
+        self.cluster.image_size(volume, &rbd_volume(volume)?).await
     }
 
     async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         let file = self.ensure_mounted(volume, &image).await?;
         if let Some(device) = devices_backing(&file)?.into_iter().next() {
             return Ok(device);
@@ -171,12 +173,12 @@ impl Attacher for FuseAttacher {
     }
 
     async fn find(&self, volume: &VolumeId) -> Result<Option<PathBuf>, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         Ok(devices_backing(&self.image_file(&image))?.into_iter().next())
     }
 
     async fn detach(&self, volume: &VolumeId, device: Option<&Path>) -> Result<(), NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         let file = self.image_file(&image);
         let mut devices = devices_backing(&file)?;
         if let Some(recorded) = device
@@ -192,7 +194,7 @@ impl Attacher for FuseAttacher {
     }
 
     async fn refresh_capacity(&self, volume: &VolumeId, device: &Path) -> Result<(), NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         let Some(expected) = self.cluster.image_size(volume, &image).await? else {
             return Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: "its image does not exist".into() });
         };
@@ -214,7 +216,7 @@ impl Attacher for FuseAttacher {
     }
 
     async fn condition(&self, volume: &VolumeId, device: &Path) -> Result<Option<String>, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         let dir = self.mount_dir(&image);
         let file = self.image_file(&image);
         if !matches!(mount::mounted_at(&dir).await?, Some(entry) if entry.fs_type == FS_TYPE) {
@@ -331,17 +333,18 @@ mod tests {
         let fuse = attacher(&root);
         let mode = std::fs::metadata(&root).expect("root exists").permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        let image = RbdImage { cluster: "ceph-a".into(), pool: "rbd".into(), image: "pvc-1".into() };
+        let image = RbdVolume::for_name("ceph-a", "rbd", "pvc-1").unwrap();
         let root = std::fs::canonicalize(&root).expect("resolve");
-        assert_eq!(fuse.mount_dir(&image), root.join("rbd/pvc-1"));
-        assert_eq!(fuse.image_file(&image), root.join("rbd/pvc-1/pvc-1"));
+        let name = &image.image;
+        assert_eq!(fuse.mount_dir(&image), root.join("rbd").join(name));
+        assert_eq!(fuse.image_file(&image), root.join("rbd").join(name).join(name));
         let args: Vec<String> = fuse.mount_args(&image, &fuse.mount_dir(&image)).iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             args.join(" "),
             format!(
                 "-c /etc/ceph/a.conf --id swell --keyring /etc/ceph/a.keyring --client-mount-timeout 10 \
-                 -p rbd -r pvc-1 {} -o attr_timeout=0,entry_timeout=0",
-                root.join("rbd/pvc-1").display()
+                 -p rbd -r {name} {} -o attr_timeout=0,entry_timeout=0",
+                root.join("rbd").join(name).display()
             )
         );
     }

@@ -1,6 +1,6 @@
 //! Ceph RBD volumes (`rbd:<cluster-id>:<pool>:<image>`) on this node: which
 //! of three attach modes this host supports (detected once at start-up and
-//! logged), the image name inside a volume id, and the one place the `rbd`
+//! logged), reading a volume id through the shared RBD id contract, and the one place the `rbd`
 //! CLI is asked about an image. The modes live in their own files:
 //! `mapped` (krbd `rbd map` and `rbd-nbd map`: the kernel or rbd-nbd gives a
 //! block device that follows resizes by itself) and `fuse` (rbd-fuse exposes
@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use swell_storage::VolumeId;
 use swell_storage::command::{self, CommandError};
+use swell_storage::rbd_volume::{self, RbdVolume};
 
 pub use fuse::FuseAttacher;
 pub use mapped::{MappedAttacher, Mapper};
@@ -27,9 +28,6 @@ pub use mapped::{MappedAttacher, Mapper};
 use super::Attacher;
 use crate::config::RbdNodeConfig;
 use crate::error::NodeError;
-
-/// The volume id backend of RBD volumes.
-pub const KIND: &str = "rbd";
 
 /// librados' op timeouts for CLI calls, in seconds (`rbd info` takes ~50 ms).
 const OP_TIMEOUT_SECS: &str = "10";
@@ -82,36 +80,14 @@ pub fn on_path(program: &str) -> bool {
     })
 }
 
-/// The image an `rbd:` volume id names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RbdImage {
-    /// The cluster id from the volume id.
-    pub cluster: String,
-    /// The pool.
-    pub pool: String,
-    /// The image.
-    pub image: String,
-}
-
-impl RbdImage {
-    /// Reads `<cluster-id>:<pool>:<image>` from an `rbd:` id; the parts are
-    /// already restricted to `[a-z0-9._-]` by `VolumeId`.
-    pub fn from_volume(volume: &VolumeId) -> Result<Self, NodeError> {
-        let parts: Vec<&str> = volume.key().split(':').collect();
-        match parts.as_slice() {
-            [cluster, pool, image] if volume.backend() == KIND => {
-                Ok(RbdImage { cluster: (*cluster).to_owned(), pool: (*pool).to_owned(), image: (*image).to_owned() })
-            }
-            // A well-formed id that cannot name an image: to this node the
-            // volume does not exist (as for an unknown backend).
-            _ => Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: "an rbd volume id must be rbd:<cluster-id>:<pool>:<image>".into() }),
-        }
-    }
-
-    /// `pool/image`, as the CLIs take it.
-    pub fn spec(&self) -> String {
-        format!("{}/{}", self.pool, self.image)
-    }
+/// The RBD volume an id names (the one contract, `swell_storage::rbd_volume`);
+/// a well-formed id that names no Swell image is a volume that does not
+/// exist, to this node as to the controller.
+pub fn rbd_volume(volume: &VolumeId) -> Result<RbdVolume, NodeError> {
+    RbdVolume::parse(volume).ok_or_else(|| NodeError::VolumeNotFound {
+        volume: volume.to_string(),
+        reason: format!("an rbd volume id is rbd:<cluster-id>:<pool>:{}<32 hex digits>", rbd_volume::IMAGE_PREFIX),
+    })
 }
 
 /// The configured cluster as the `rbd` CLI reaches it.
@@ -163,7 +139,7 @@ impl Cluster {
 
     /// The image's size now, `None` when the image (or its pool) does not
     /// exist.
-    pub async fn image_size(&self, volume: &VolumeId, image: &RbdImage) -> Result<Option<u64>, NodeError> {
+    pub async fn image_size(&self, volume: &VolumeId, image: &RbdVolume) -> Result<Option<u64>, NodeError> {
         let mut args: Vec<OsString> = vec!["info".into(), image.spec().into(), "--format".into(), "json".into()];
         args.extend(self.control_args());
         match command::run("rbd", &args, CLI_DEADLINE).await {
@@ -217,7 +193,7 @@ impl RbdAttachers {
 
     /// The attacher for `volume`, which must name this node's cluster.
     pub fn for_volume(&self, volume: &VolumeId) -> Result<&dyn Attacher, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         // NOT_FOUND, not INVALID_ARGUMENT: the spec keeps INVALID_ARGUMENT
         // for missing or malformed fields, and this id is well-formed; it
         // names a cluster this node cannot reach, so for NodeStageVolume the
@@ -263,17 +239,6 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_image_from_the_volume_id() {
-        let image = RbdImage::from_volume(&volume("rbd:ceph-a:rbd:pvc-1")).expect("rbd id");
-        assert_eq!(image, RbdImage { cluster: "ceph-a".into(), pool: "rbd".into(), image: "pvc-1".into() });
-        assert_eq!(image.spec(), "rbd/pvc-1");
-        for bad in ["rbd:ceph-a:pvc-1", "rbd:a:b:c:d", "local:a:b:c"] {
-            let err = RbdImage::from_volume(&volume(bad)).expect_err(bad);
-            assert_eq!(err.code(), tonic::Code::NotFound, "{bad}");
-        }
-    }
-
-    #[test]
     fn short_calls_carry_op_timeouts_and_daemons_only_a_connect_timeout() {
         let cluster = Cluster::new(RbdNodeConfig {
             cluster_id: "c".into(),
@@ -314,13 +279,19 @@ mod tests {
     }
 
     #[test]
-    fn a_volume_of_another_cluster_is_not_found() {
+    fn a_volume_of_another_cluster_or_a_foreign_image_is_not_found() {
         let config = RbdNodeConfig { cluster_id: "ceph-a".into(), ceph_conf: "/c".into(), keyring: "/k".into(), user: "admin".into() };
         let state = tempfile::tempdir().expect("temp dir");
         let attachers = RbdAttachers::new(&config, state.path()).expect("attachers");
-        assert!(attachers.for_volume(&volume("rbd:ceph-a:rbd:img")).is_ok());
-        let err = attachers.for_volume(&volume("rbd:ceph-b:rbd:img")).expect_err("other cluster");
+        let ours = RbdVolume::for_name("ceph-a", "rbd", "pvc").expect("volume");
+        assert!(attachers.for_volume(&ours.id()).is_ok());
+        let theirs = RbdVolume::for_name("ceph-b", "rbd", "pvc").expect("volume");
+        let err = attachers.for_volume(&theirs.id()).expect_err("other cluster");
         assert_eq!(err.code(), tonic::Code::NotFound);
         assert!(err.to_string().contains("ceph-b"), "{err}");
+        // Which ids name a Swell image is storage's contract (tested there);
+        // here: an id it refuses is NOT_FOUND, never attached.
+        let err = attachers.for_volume(&volume("rbd:ceph-a:rbd:important")).expect_err("foreign image");
+        assert_eq!(err.code(), tonic::Code::NotFound);
     }
 }
