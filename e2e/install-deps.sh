@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what Swell's demo and tests need on a fresh Debian machine:
-# filesystem tools for mkfs/grow, util-linux for losetup and mount, and Ceph
+# filesystem tools for mkfs/grow, util-linux (blkid; losetup and mount for the
+# tests' own checks), libclang for the build (the loop-device crate generates
+# its ioctl bindings from <linux/loop.h> with bindgen), and Ceph
 # 16.2 (librados/librbd to build the controller, daemons and rbd-fuse for the
 # RBD tests). Rust comes from the machine's toolchain; protoc is vendored.
 set -euo pipefail
 
-packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount)
+packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount libclang-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use swell_storage::VolumeId;
-use swell_storage::command;
 
 use swell_storage::RbdVolume;
 
@@ -132,7 +131,9 @@ impl MappedAttacher {
 
     async fn mapped(&self, volume: &VolumeId, image: &RbdVolume) -> Result<Vec<PathBuf>, NodeError> {
         let program = self.mapper.program();
-        let out = command::run(program, self.mapper.list_args(), LIST_DEADLINE)
+        let out = self
+            .cluster
+            .run(program, self.mapper.list_args(), LIST_DEADLINE)
             .await
             .map_err(|e| NodeError::command(format!("list {program} mappings for volume {volume}"), e))?;
         let mappings = self.mapper.parse_mapped(&out.stdout).map_err(|detail| NodeError::Parse { step: format!("{program} listing"), detail })?;
@@ -152,7 +153,9 @@ impl Attacher for MappedAttacher {
             return Ok(device);
         }
         let program = self.mapper.program();
-        let out = command::run(program, self.mapper.map_args(&self.cluster, &image), MAP_DEADLINE)
+        let out = self
+            .cluster
+            .run(program, self.mapper.map_args(&self.cluster, &image), MAP_DEADLINE)
             .await
             .map_err(|e| NodeError::command(format!("{program} map {} for volume {volume}", image.spec()), e))?;
         let device = out.stdout.trim();
@@ -173,7 +176,8 @@ impl Attacher for MappedAttacher {
         let image = rbd_volume(volume)?;
         let program = self.mapper.program();
         for device in self.mapped(volume, &image).await? {
-            command::run(program, self.mapper.unmap_args(&self.cluster, &device), MAP_DEADLINE)
+            self.cluster
+                .run(program, self.mapper.unmap_args(&self.cluster, &device), MAP_DEADLINE)
                 .await
                 .map_err(|e| NodeError::command(format!("{program} unmap {} of volume {volume}", device.display()), e))?;
         }
@@ -201,12 +205,9 @@ mod tests {
     use crate::config::RbdNodeConfig;
 
     fn cluster() -> Cluster {
-        Cluster::new(RbdNodeConfig {
-            cluster_id: "ceph-a".into(),
-            ceph_conf: "/etc/ceph/a.conf".into(),
-            keyring: "/etc/ceph/a.keyring".into(),
-            user: "swell".into(),
-        })
+        let config =
+            RbdNodeConfig { cluster_id: "ceph-a".into(), ceph_conf: "/etc/ceph/a.conf".into(), keyring: "/etc/ceph/a.keyring".into(), user: "swell".into() };
+        Cluster::new(config, std::sync::Arc::new(crate::system::HostSystem))
     }
 
     fn image() -> RbdVolume {

@@ -16,10 +16,11 @@ mod mapped;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use swell_storage::VolumeId;
-use swell_storage::command::{self, CommandError};
+use swell_storage::command::{CommandError, Output};
 use swell_storage::rbd_volume::{self, RbdVolume};
 
 pub use fuse::FuseAttacher;
@@ -28,6 +29,7 @@ pub use mapped::{MappedAttacher, Mapper};
 use super::Attacher;
 use crate::config::RbdNodeConfig;
 use crate::error::NodeError;
+use crate::system::System;
 
 /// librados' op timeouts for CLI calls, in seconds (`rbd info` takes ~50 ms).
 const OP_TIMEOUT_SECS: &str = "10";
@@ -90,16 +92,28 @@ pub fn rbd_volume(volume: &VolumeId) -> Result<RbdVolume, NodeError> {
     })
 }
 
-/// The configured cluster as the `rbd` CLI reaches it.
+/// The configured cluster as the `rbd` CLI reaches it, and the host the
+/// Ceph tools run on.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     config: RbdNodeConfig,
+    sys: Arc<dyn System>,
 }
 
 impl Cluster {
-    /// A cluster handle for `config`.
-    pub fn new(config: RbdNodeConfig) -> Self {
-        Cluster { config }
+    /// A cluster handle for `config`, whose tools run through `sys`.
+    pub fn new(config: RbdNodeConfig, sys: Arc<dyn System>) -> Self {
+        Cluster { config, sys }
+    }
+
+    /// The host the attachers act on.
+    pub fn sys(&self) -> &dyn System {
+        self.sys.as_ref()
+    }
+
+    /// Runs a Ceph tool.
+    async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
+        self.sys.run(program, args, deadline).await
     }
 
     /// Who and where: `-c conf --id user --keyring k`. Every process gets
@@ -142,7 +156,7 @@ impl Cluster {
     pub async fn image_size(&self, volume: &VolumeId, image: &RbdVolume) -> Result<Option<u64>, NodeError> {
         let mut args: Vec<OsString> = vec!["info".into(), image.spec().into(), "--format".into(), "json".into()];
         args.extend(self.control_args());
-        match command::run("rbd", &args, CLI_DEADLINE).await {
+        match self.run("rbd", args, CLI_DEADLINE).await {
             Ok(out) => parse_info_size(&out.stdout)
                 .map(Some)
                 .ok_or_else(|| NodeError::Parse { step: format!("rbd info {} for volume {volume}", image.spec()), detail: out.stdout }),
@@ -174,10 +188,10 @@ pub struct RbdAttachers {
 impl RbdAttachers {
     /// Detects the attach mode and builds its attacher; rbd-fuse mounts go
     /// under `<state_dir>/rbd-fuse/<cluster-id>`.
-    pub fn new(config: &RbdNodeConfig, state_dir: &Path) -> Result<Self, NodeError> {
+    pub fn new(config: &RbdNodeConfig, state_dir: &Path, sys: Arc<dyn System>) -> Result<Self, NodeError> {
         let mode = detect(Path::new("/"), on_path);
         tracing::info!(cluster = %config.cluster_id, %mode, "RBD attach mode detected");
-        let cluster = Cluster::new(config.clone());
+        let cluster = Cluster::new(config.clone(), sys);
         let attacher: Box<dyn Attacher> = match mode {
             AttachMode::Krbd => Box::new(MappedAttacher::new(Mapper::Krbd, cluster)),
             AttachMode::Nbd => Box::new(MappedAttacher::new(Mapper::Nbd, cluster)),
@@ -240,12 +254,9 @@ mod tests {
 
     #[test]
     fn short_calls_carry_op_timeouts_and_daemons_only_a_connect_timeout() {
-        let cluster = Cluster::new(RbdNodeConfig {
-            cluster_id: "c".into(),
-            ceph_conf: "/etc/ceph/c.conf".into(),
-            keyring: "/etc/ceph/c.keyring".into(),
-            user: "swell".into(),
-        });
+        let config =
+            RbdNodeConfig { cluster_id: "c".into(), ceph_conf: "/etc/ceph/c.conf".into(), keyring: "/etc/ceph/c.keyring".into(), user: "swell".into() };
+        let cluster = Cluster::new(config, Arc::new(crate::system::HostSystem));
         let control: Vec<String> = cluster.control_args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             control.join(" "),
@@ -282,7 +293,7 @@ mod tests {
     fn a_volume_of_another_cluster_or_a_foreign_image_is_not_found() {
         let config = RbdNodeConfig { cluster_id: "ceph-a".into(), ceph_conf: "/c".into(), keyring: "/k".into(), user: "admin".into() };
         let state = tempfile::tempdir().expect("temp dir");
-        let attachers = RbdAttachers::new(&config, state.path()).expect("attachers");
+        let attachers = RbdAttachers::new(&config, state.path(), Arc::new(crate::system::HostSystem)).expect("attachers");
         let ours = RbdVolume::for_name("ceph-a", "rbd", "pvc").expect("volume");
         assert!(attachers.for_volume(&ours.id()).is_ok());
         let theirs = RbdVolume::for_name("ceph-b", "rbd", "pvc").expect("volume");
