@@ -49,10 +49,10 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Writes `bytes` of deterministic pseudo-random data to `path` and fsyncs.
-pub fn write_pattern(path: &Path, bytes: usize, seed: u64) -> std::io::Result<()> {
+/// `bytes` of deterministic pseudo-random data for `seed`.
+pub fn pattern(bytes: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
-    let mut data = Vec::with_capacity(bytes);
+    let mut data = Vec::with_capacity(bytes + 8);
     while data.len() < bytes {
         // xorshift64: fast, incompressible enough to exercise the device.
         state ^= state << 13;
@@ -61,8 +61,13 @@ pub fn write_pattern(path: &Path, bytes: usize, seed: u64) -> std::io::Result<()
         data.extend_from_slice(&state.to_le_bytes());
     }
     data.truncate(bytes);
+    data
+}
+
+/// Writes `bytes` of deterministic pseudo-random data to `path` and fsyncs.
+pub fn write_pattern(path: &Path, bytes: usize, seed: u64) -> std::io::Result<()> {
     let mut file = std::fs::File::create(path)?;
-    file.write_all(&data)?;
+    file.write_all(&pattern(bytes, seed))?;
     file.sync_all()
 }
 

@@ -11,6 +11,7 @@ pub mod instrumented;
 pub mod process;
 pub mod requests;
 pub mod resizer;
+pub mod stream_io;
 pub mod sweep;
 
 pub use harness::{DriverUnderTest, HarnessError};

@@ -22,17 +22,22 @@ pub struct ControllerProcess {
     pub socket: PathBuf,
 }
 
-/// Finds the `swell-controller` binary built beside the running test
-/// (`target/<profile>/`); `e2e/test.sh` builds it before the tests run.
+/// Finds the `swell-controller` binary built beside the running test.
 pub fn controller_binary() -> Result<PathBuf, HarnessError> {
+    built_binary("swell-controller")
+}
+
+/// Finds a workspace binary built beside the running test
+/// (`target/<profile>/`); `e2e/test.sh` builds them before the tests run.
+pub fn built_binary(name: &str) -> Result<PathBuf, HarnessError> {
     let exe = std::env::current_exe().map_err(|e| HarnessError::Node(format!("current_exe: {e}")))?;
-    let candidates = exe.ancestors().skip(1).take(3).map(|dir| dir.join("swell-controller"));
+    let candidates = exe.ancestors().skip(1).take(3).map(|dir| dir.join(name));
     for candidate in candidates {
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    Err(HarnessError::MissingBinary("swell-controller (run `cargo build --bins` first; e2e/test.sh does)".into()))
+    Err(HarnessError::MissingBinary(format!("{name} (run `cargo build --bins` first; e2e/test.sh does)")))
 }
 
 impl ControllerProcess {
