@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod harness;
 pub mod host;
 pub mod instrumented;
+pub mod node_process;
 pub mod process;
 pub mod requests;
 pub mod resizer;

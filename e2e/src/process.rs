@@ -65,19 +65,7 @@ impl ControllerProcess {
     }
 
     async fn wait_ready(&mut self) -> Result<(), HarnessError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.socket.exists() && csi_endpoint::connect(&self.socket).await.is_ok() {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(HarnessError::Node(format!("swell-controller exited at start: {status}")));
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(HarnessError::SocketTimeout(self.socket.clone()));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until_serving(&mut self.child, &self.socket, "swell-controller").await
     }
 
     /// A fresh client connection.
@@ -99,6 +87,24 @@ impl ControllerProcess {
         let _ = std::fs::remove_file(&self.socket);
         self.child = spawn(&self.binary, &self.root, &self.local_state_dir, &self.extra_args)?;
         self.wait_ready().await
+    }
+}
+
+/// Waits until the process `child` (named `what`) answers on `socket`; an
+/// error when it exits first or takes more than 20 s.
+pub async fn wait_until_serving(child: &mut Child, socket: &Path, what: &str) -> Result<(), HarnessError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if socket.exists() && csi_endpoint::connect(socket).await.is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(HarnessError::Node(format!("{what} exited at start: {status}")));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(HarnessError::SocketTimeout(socket.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
