@@ -5,7 +5,7 @@
 //! the same state directory.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use csi_proto::v1::node_client::NodeClient;
@@ -89,6 +89,49 @@ fn spawn(binary: &PathBuf, args: &[OsString], env: &[(&str, OsString)]) -> Resul
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| HarnessError::Node(format!("spawn {}: {e}", binary.display())))
+}
+
+/// Where a stand-in grow tool lets a kill land: before the real tool
+/// starts, or once it has started (the kill takes it too, during or just
+/// after its grow: a small grow is quick).
+#[derive(Debug, Clone, Copy)]
+pub enum KillAt {
+    BeforeTheTool,
+    AfterTheToolStarted,
+}
+
+/// Writes into `dir` a stand-in for the grow tool of `fs` (`xfs_growfs`, or
+/// `btrfs` for `filesystem resize`): it marks that the node reached its grow
+/// step by creating the returned file, then holds the step open for a kill
+/// to land at `at`. Returns the directory to put first on the node's PATH,
+/// and the mark.
+pub fn grow_tool_stand_in(dir: &Path, fs: &str, at: KillAt) -> Result<(PathBuf, PathBuf), String> {
+    let (tool, is_grow) = match fs {
+        "xfs" => ("xfs_growfs", "true"),
+        "btrfs" => ("btrfs", r#"[ "$1 $2" = "filesystem resize" ]"#),
+        other => return Err(format!("no stand-in for {other}'s grow tool")),
+    };
+    let real = which(tool)?;
+    let (bin, mark) = (dir.join("stand-in"), dir.join("grow-reached"));
+    std::fs::create_dir_all(&bin).map_err(|e| format!("create {}: {e}", bin.display()))?;
+    let (mark_arg, real_arg) = (mark.display(), real.display());
+    let hold = match at {
+        KillAt::BeforeTheTool => format!(": > {mark_arg}; sleep 60; exec {real_arg} \"$@\""),
+        KillAt::AfterTheToolStarted => format!("{real_arg} \"$@\" & : > {mark_arg}; wait $!; sleep 60"),
+    };
+    let script = format!("#!/bin/sh\nif {is_grow}; then {hold}; fi\nexec {real_arg} \"$@\"\n");
+    let path = bin.join(tool);
+    std::fs::write(&path, script).map_err(|e| format!("write {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    Ok((bin, mark))
+}
+
+fn which(tool: &str) -> Result<PathBuf, String> {
+    let out = std::process::Command::new("which").arg(tool).output().map_err(|e| format!("which {tool}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{tool} is not installed"));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 impl Drop for NodeProcess {

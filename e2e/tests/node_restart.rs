@@ -12,17 +12,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
-use swell_e2e::node_process::NodeProcess;
+use swell_e2e::host::{self, check_filesystem, statvfs_total};
+use swell_e2e::node_process::{KillAt, NodeProcess, grow_tool_stand_in};
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::requests::{self, mount_capability, total_bytes};
+use swell_e2e::stream_io;
 use swell_e2e::sweep::{MountSweeper, leftovers};
-use swell_e2e::{host, stream_io};
 use tonic::transport::Channel;
 
 const MIB: i64 = 1 << 20;
@@ -131,57 +131,6 @@ async fn a_node_killed_with_a_published_volume_expands_and_cleans_up_after_resta
     plant.tear_down(&id).await;
 }
 
-/// Where the stand-in lets the kill land: before the real grow tool starts,
-/// or once it has started (the kill takes it too, during or just after its
-/// grow: a small grow is quick).
-#[derive(Debug, Clone, Copy)]
-enum KillAt {
-    BeforeTheTool,
-    AfterTheToolStarted,
-}
-
-/// A directory with a stand-in for the grow tool of `fs`: it marks that the
-/// node reached the grow step, then holds it (or runs the real tool in the
-/// background and waits) until the kill lands.
-fn grow_tool_stand_in(dir: &Path, fs: &str, at: KillAt) -> (PathBuf, PathBuf) {
-    let (tool, real, is_grow) = match fs {
-        "xfs" => ("xfs_growfs", which("xfs_growfs"), "true"),
-        _ => ("btrfs", which("btrfs"), r#"[ "$1 $2" = "filesystem resize" ]"#),
-    };
-    let (bin, mark) = (dir.join("stand-in"), dir.join("grow-reached"));
-    std::fs::create_dir_all(&bin).unwrap();
-    let hold = match at {
-        KillAt::BeforeTheTool => format!(": > {mark}; sleep 60; exec {real} \"$@\"", mark = mark.display(), real = real.display()),
-        KillAt::AfterTheToolStarted => format!("{real} \"$@\" & : > {mark}; wait $!; sleep 60", mark = mark.display(), real = real.display()),
-    };
-    let script = format!("#!/bin/sh\nif {is_grow}; then {hold}; fi\nexec {real} \"$@\"\n", real = real.display());
-    let path = bin.join(tool);
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    (bin, mark)
-}
-
-fn which(tool: &str) -> PathBuf {
-    let out = Command::new("which").arg(tool).output().unwrap();
-    assert!(out.status.success(), "{tool} is not installed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-/// Checks the unmounted filesystem in `file` through a read-only loop device.
-fn check_filesystem(fs: &str, file: &Path) {
-    let out = Command::new("losetup").args(["--find", "--show", "--read-only"]).arg(file).output().unwrap();
-    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
-    let device = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let check = match fs {
-        "xfs" => Command::new("xfs_repair").args(["-n", &device]).output(),
-        _ => Command::new("btrfs").args(["check", "--readonly", &device]).output(),
-    }
-    .unwrap();
-    let _ = Command::new("losetup").args(["-d", &device]).status();
-    assert!(check.status.success(), "{fs} check failed:\n{}\n{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-    println!("{fs} check of the unmounted filesystem: clean");
-}
-
 async fn killed_mid_expand(fs: &str, at: KillAt) {
     let test = format!("node_killed_mid_expand_{fs}_{at:?}");
     if !host::is_root() {
@@ -189,7 +138,7 @@ async fn killed_mid_expand(fs: &str, at: KillAt) {
         return;
     }
     let stand_in_dir = tempfile::Builder::new().prefix("swell-stand-in-").tempdir_in("/var/tmp").unwrap();
-    let (bin, mark) = grow_tool_stand_in(stand_in_dir.path(), fs, at);
+    let (bin, mark) = grow_tool_stand_in(stand_in_dir.path(), fs, at).unwrap();
     let path: OsString = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()).into();
     let Some(mut plant) = plant(&test, &[("PATH", path)]).await else { return };
     let id = plant.volume_in_use(&format!("pvc-mid-{fs}"), fs, 320 * MIB).await;
@@ -207,7 +156,7 @@ async fn killed_mid_expand(fs: &str, at: KillAt) {
     plant.node.kill().await;
     let answer = tokio::time::timeout(Duration::from_secs(30), call).await.unwrap().unwrap();
     assert!(answer.is_err(), "a node killed mid-expansion answered {answer:?}");
-    let at_kill = statvfs_total(&plant.dir.join("pods/p/vol"));
+    let at_kill = statvfs_total(&plant.dir.join("pods/p/vol")).unwrap();
     println!("{fs}, killed {at:?}: filesystem {before} bytes before the expansion, {at_kill} at the kill");
     if matches!(at, KillAt::BeforeTheTool) {
         assert_eq!(at_kill, before, "the kill landed before the grow");
@@ -217,16 +166,8 @@ async fn killed_mid_expand(fs: &str, at: KillAt) {
     plant.expand_and_check(&id, 640 * MIB).await;
     let file = plant.backing_file(&id);
     plant.tear_down(&id).await;
-    check_filesystem(fs, &file);
-}
-
-/// The filesystem's size as statvfs reports it (what NodeGetVolumeStats
-/// reads), from outside the node.
-fn statvfs_total(path: &Path) -> u64 {
-    let out = Command::new("stat").args(["-f", "-c", "%b %S"]).arg(path).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap());
-    fields.next().unwrap() * fields.next().unwrap()
+    check_filesystem(fs, &file).unwrap();
+    println!("{fs} check of the unmounted filesystem: clean");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
