@@ -18,7 +18,7 @@ use std::time::Duration;
 use csi_proto::v1::VolumeCapability;
 use node_rig::{MIB, Rig, rig};
 use swell_e2e::requests::{self, block_capability, mount_capability};
-use swell_e2e::stream_io::{self, RECORD, Streams};
+use swell_e2e::stream_io::{RECORD, Streams};
 use swell_e2e::{host, requests::total_bytes};
 
 const FROM: u64 = 320 * MIB;
@@ -47,12 +47,8 @@ async fn grow_under_streams(rig: &mut Rig, id: &str, target: &Path, data: &Path,
     assert_eq!(grown.capacity_bytes as u64, TO);
     let at_grow = streams.written();
     assert!(streams.wait_for(at_grow + 20, Duration::from_secs(60)).await, "the writer stalled after the grow");
-    let (writer, reader) = streams.stop().await.unwrap();
-    println!("writer synced {} records ({at_grow} before the grow answered), reader verified {} reads", writer.records, reader.records);
-    assert_eq!(writer.io_errors, Vec::<String>::new(), "writer I/O errors");
-    assert_eq!((reader.io_errors, reader.corrupt), (vec![], vec![]), "reader errors");
-    assert!(reader.records > 0, "the reader read nothing back");
-    stream_io::verify(data, writer.records).unwrap();
+    let (writer, reader) = streams.finish(data).await.unwrap();
+    println!("writer synced {} records ({at_grow} when the grow answered), reader verified {} reads", writer.records, reader.records);
 }
 
 async fn filesystem_grows_under_a_streaming_writer(fs: &str) {

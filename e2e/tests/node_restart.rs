@@ -8,6 +8,7 @@
 //!   too, before the real tool runs or once it started): the next NodeExpandVolume
 //!   finishes the grow, and the unmounted filesystem checks clean
 //!   (`xfs_repair -n`, `btrfs check --readonly`).
+//!
 //! Needs root and the workspace binaries (e2e/test.sh builds them).
 #![allow(clippy::unwrap_used)]
 

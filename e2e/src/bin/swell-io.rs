@@ -17,14 +17,14 @@ struct Args {
 enum Role {
     /// Writes and fdatasyncs records until STOP exists or LIMIT are written.
     Write { path: PathBuf, stop: PathBuf, progress: PathBuf, limit: u64 },
-    /// Reads back written records, pass after pass, until STOP exists.
-    Read { path: PathBuf, stop: PathBuf },
+    /// Reads back the records PROGRESS counts as synced, pass after pass, until STOP exists.
+    Read { path: PathBuf, stop: PathBuf, progress: PathBuf },
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = match Args::parse().role {
         Role::Write { path, stop, progress, limit } => stream_io::write_until(&path, &stop, &progress, limit),
-        Role::Read { path, stop } => stream_io::read_until(&path, &stop),
+        Role::Read { path, stop, progress } => stream_io::read_until(&path, &stop, &progress),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
