@@ -97,9 +97,11 @@ impl System for HostSystem {
                 let options = mount_options::parse(&options);
                 Mount::builder().fstype(fs_type.as_str()).flags(options.flags).data(&options.data).mount(device, target).map(drop)
             }
-            MountCall::Bind { source, target } => Mount::builder().flags(MountFlags::BIND).mount(source, target).map(drop),
+            // The kernel ignores the type of a bind; naming one keeps sys-mount
+            // from trying every filesystem it knows.
+            MountCall::Bind { source, target } => Mount::builder().fstype("none").flags(MountFlags::BIND).mount(source, target).map(drop),
             MountCall::RemountReadOnly { target } => {
-                Mount::builder().flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY).mount("none", target).map(drop)
+                Mount::builder().fstype("none").flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY).mount("none", target).map(drop)
             }
         })
         .await
