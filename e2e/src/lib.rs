@@ -12,6 +12,7 @@ pub mod node_process;
 pub mod process;
 pub mod requests;
 pub mod resizer;
+pub mod state;
 pub mod stream_io;
 pub mod sweep;
 
