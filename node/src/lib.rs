@@ -2,7 +2,9 @@
 //! as a block device, formats and mounts it at the staging path, bind-mounts
 //! it into pods, grows device and filesystem on expansion, and reports usage
 //! and health. The gRPC layer (`service`) is thin; each RPC's domain logic
-//! lives in a module of its own and knows nothing of gRPC.
+//! lives in a module of its own and knows nothing of gRPC. Every mount, loop
+//! device and program reaches the host through `system`, so those decisions
+//! are unit-tested against a recording double.
 
 // Nothing from outside the process is unwrapped; tests may.
 #![warn(clippy::unwrap_used)]
