@@ -14,7 +14,7 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rbd_node_rig::{GIB, MIB, Rig, rig};
+use rbd_node_rig::{GIB, MIB, Rig};
 use swell_e2e::host::{check_filesystem, statvfs_total};
 use swell_e2e::node_process::{KillAt, NodeProcess, grow_tool_stand_in};
 use swell_e2e::requests::{self, block_capability, mount_capability, total_bytes};
@@ -22,6 +22,14 @@ use swell_e2e::stream_io::{self, RECORD, Streams};
 
 /// The tests in this binary; the last to finish tears the cluster down.
 const TESTS: usize = 4;
+/// This binary's cluster, apart from rbd_node's (ports 100 apart and clear
+/// of the other rigs' with any SWELL_TEST_SLOT).
+const SITE_DIR: &str = "/var/tmp/rbd-node-online-e2e";
+const SITE_PORT: u16 = 27300;
+
+async fn rig(test: &str, total_tests: usize) -> Option<Rig> {
+    rbd_node_rig::rig_on(test, total_tests, SITE_DIR, SITE_PORT).await
+}
 const FROM: u64 = 512 * MIB;
 
 async fn stage_publish(rig: &mut Rig, id: &str, capability: csi_proto::v1::VolumeCapability, target: &str) -> PathBuf {

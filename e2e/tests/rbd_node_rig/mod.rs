@@ -47,6 +47,8 @@ static ENV: OnceLock<Result<ClusterEnv, String>> = OnceLock::new();
 static OWNED: Mutex<Option<TestCluster>> = Mutex::new(None);
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
+/// Where the cluster of this binary lives: the first `rig_on` decides.
+static SITE: OnceLock<(&'static str, u16)> = OnceLock::new();
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ceph/cluster.sh")
@@ -64,7 +66,8 @@ fn bring_up() -> Result<ClusterEnv, String> {
     if !Path::new("/dev/fuse").exists() {
         return Err("/dev/fuse is missing".into());
     }
-    let (dir, port) = swell_e2e::ceph::site(DIR, PORT);
+    let &(dir_name, port) = SITE.get_or_init(|| (DIR, PORT));
+    let (dir, port) = swell_e2e::ceph::site(dir_name, port);
     // A cluster left by an earlier run that was killed before its reaper ran.
     let _ = Command::new("bash").arg(script()).arg("down").arg(&dir).arg("--purge").output();
     swell_e2e::ceph::purge_when_this_process_exits(&dir);
@@ -115,6 +118,15 @@ pub struct Rig {
 /// (after noting the skip) when no cluster can run here. `total_tests` is
 /// the number of tests in the binary (the last one tears the cluster down).
 pub async fn rig(test: &str, total_tests: usize) -> Option<Rig> {
+    rig_on(test, total_tests, DIR, PORT).await
+}
+
+/// Like [`rig`], with the cluster in `dir` and its monitor on `port`
+/// (daemons on `port+1..=port+99`), for a second binary on this rig: two
+/// binaries on one site would meet (the first one's reaper purges the
+/// directory while the next one brings its cluster up there).
+pub async fn rig_on(test: &str, total_tests: usize, site_dir: &'static str, port: u16) -> Option<Rig> {
+    let _ = SITE.set((site_dir, port));
     let lock = LOCK.lock().await;
     let env = match tokio::task::block_in_place(|| ENV.get_or_init(bring_up)) {
         Ok(env) => env,
