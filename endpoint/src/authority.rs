@@ -423,4 +423,26 @@ mod tests {
         assert_eq!(out, PREFACE);
         assert_eq!(rewriter.finish(), [0, 0, 5, 0, 0]);
     }
+
+    #[test]
+    fn random_header_blocks_are_refused_or_passed_never_a_panic() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // One context across all blocks too, so table-size updates and
+        // evictions pile up as they would on a long connection.
+        let mut shared = Rewriter::default();
+        shared.push(PREFACE, &mut Vec::new()).expect("preface");
+        for _ in 0..20_000 {
+            let block: Vec<u8> = (0..next() % 64).map(|_| next() as u8).collect();
+            let flags = END_HEADERS | (next() as u8 & (PADDED | PRIORITY));
+            let mut fresh = Rewriter::default();
+            let _ = fresh.push(&[PREFACE, &frame(HEADERS, flags, 1, &block)].concat(), &mut Vec::new());
+            let _ = shared.push(&frame(HEADERS, flags, 1, &block), &mut Vec::new());
+        }
+    }
 }
