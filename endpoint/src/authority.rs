@@ -85,9 +85,12 @@ struct Rewriter {
     preface_left: usize,
     input: Vec<u8>,
     pending: Option<PendingBlock>,
-    /// The client's HPACK context.
+    /// The client's HPACK context. Its table may grow to what the server
+    /// announces, 4096 bytes: tonic leaves SETTINGS_HEADER_TABLE_SIZE at the
+    /// HPACK default, the limit this decoder starts with.
     decoder: Decoder<'static>,
-    /// Ours, as the server's decoder sees it.
+    /// Ours, as the server's decoder sees it; its table is 4096 bytes too,
+    /// what h2's decoder allows under that same default.
     encoder: Encoder<'static>,
 }
 
