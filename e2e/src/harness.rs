@@ -133,9 +133,11 @@ fn spawn(socket: PathBuf, router: Router) -> Background {
     })
 }
 
+/// Waits until the socket accepts connections: its path appears at bind(2),
+/// a moment before listen(2), and a connect in between is refused.
 async fn wait_for_socket(path: &Path) -> Result<(), HarnessError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
+    while tokio::net::UnixStream::connect(path).await.is_err() {
         if tokio::time::Instant::now() > deadline {
             return Err(HarnessError::SocketTimeout(path.to_owned()));
         }

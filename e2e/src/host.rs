@@ -5,6 +5,7 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
@@ -49,10 +50,10 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Writes `bytes` of deterministic pseudo-random data to `path` and fsyncs.
-pub fn write_pattern(path: &Path, bytes: usize, seed: u64) -> std::io::Result<()> {
+/// `bytes` of deterministic pseudo-random data for `seed`.
+pub fn pattern(bytes: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
-    let mut data = Vec::with_capacity(bytes);
+    let mut data = Vec::with_capacity(bytes + 8);
     while data.len() < bytes {
         // xorshift64: fast, incompressible enough to exercise the device.
         state ^= state << 13;
@@ -61,8 +62,13 @@ pub fn write_pattern(path: &Path, bytes: usize, seed: u64) -> std::io::Result<()
         data.extend_from_slice(&state.to_le_bytes());
     }
     data.truncate(bytes);
+    data
+}
+
+/// Writes `bytes` of deterministic pseudo-random data to `path` and fsyncs.
+pub fn write_pattern(path: &Path, bytes: usize, seed: u64) -> std::io::Result<()> {
     let mut file = std::fs::File::create(path)?;
-    file.write_all(&data)?;
+    file.write_all(&pattern(bytes, seed))?;
     file.sync_all()
 }
 
@@ -91,4 +97,45 @@ pub fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
     let wanted = path.to_string_lossy().replace(' ', "\\040");
     info.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+}
+
+/// Checks an unmounted filesystem without changing it (`xfs_repair -n`,
+/// `btrfs check --readonly`, `e2fsck -n`): on a block device, or on an image
+/// file through a read-only loop device; the tool's output when it is not clean.
+pub fn check_filesystem(fs: &str, device_or_file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(device_or_file).map_err(|e| format!("stat {}: {e}", device_or_file.display()))?;
+    if !meta.file_type().is_block_device() {
+        let out = Command::new("losetup").args(["--find", "--show", "--read-only"]).arg(device_or_file).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("losetup: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let checked = check_filesystem(fs, &device);
+        let _ = Command::new("losetup").arg("-d").arg(&device).status();
+        return checked;
+    }
+    let mut check = match fs {
+        "xfs" => Command::new("xfs_repair"),
+        "btrfs" => Command::new("btrfs"),
+        _ => Command::new("e2fsck"),
+    };
+    match fs {
+        "xfs" => check.arg("-n"),
+        "btrfs" => check.args(["check", "--readonly"]),
+        _ => check.args(["-f", "-n"]),
+    };
+    let out = check.arg(device_or_file).output().map_err(|e| format!("run the {fs} check: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{fs} check of {} failed:\n{}\n{}", device_or_file.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// A mounted filesystem's size as statvfs reports it (what
+/// NodeGetVolumeStats reads), seen from outside the node.
+pub fn statvfs_total(path: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(stat.blocks().saturating_mul(stat.fragment_size()))
 }

@@ -9,10 +9,12 @@ pub mod harness;
 pub mod host;
 pub mod instrumented;
 pub mod metrics;
+pub mod node_process;
 pub mod process;
 pub mod requests;
 pub mod resizer;
 pub mod state;
+pub mod stream_io;
 pub mod sweep;
 
 pub use harness::{DriverUnderTest, HarnessError};

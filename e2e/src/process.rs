@@ -23,17 +23,22 @@ pub struct ControllerProcess {
     pub socket: PathBuf,
 }
 
-/// Finds the `swell-controller` binary built beside the running test
-/// (`target/<profile>/`); `e2e/test.sh` builds it before the tests run.
+/// Finds the `swell-controller` binary built beside the running test.
 pub fn controller_binary() -> Result<PathBuf, HarnessError> {
+    built_binary("swell-controller")
+}
+
+/// Finds a workspace binary built beside the running test
+/// (`target/<profile>/`); `e2e/test.sh` builds them before the tests run.
+pub fn built_binary(name: &str) -> Result<PathBuf, HarnessError> {
     let exe = std::env::current_exe().map_err(|e| HarnessError::Node(format!("current_exe: {e}")))?;
-    let candidates = exe.ancestors().skip(1).take(3).map(|dir| dir.join("swell-controller"));
+    let candidates = exe.ancestors().skip(1).take(3).map(|dir| dir.join(name));
     for candidate in candidates {
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    Err(HarnessError::MissingBinary("swell-controller (run `cargo build --bins` first; e2e/test.sh does)".into()))
+    Err(HarnessError::MissingBinary(format!("{name} (run `cargo build --bins` first; e2e/test.sh does)")))
 }
 
 impl ControllerProcess {
@@ -68,19 +73,7 @@ impl ControllerProcess {
     }
 
     async fn wait_ready(&mut self) -> Result<(), HarnessError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.socket.exists() && csi_endpoint::connect(&self.socket).await.is_ok() {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(HarnessError::Node(format!("swell-controller exited at start: {status}")));
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(HarnessError::SocketTimeout(self.socket.clone()));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until_serving(&mut self.child, &self.socket, "swell-controller").await
     }
 
     /// A fresh client connection.
@@ -119,6 +112,24 @@ impl ControllerProcess {
         let _ = std::fs::remove_file(&self.socket);
         self.child = spawn(&self.binary, &self.root, &self.local_state_dir, &self.extra_args, &self.env)?;
         self.wait_ready().await
+    }
+}
+
+/// Waits until the process `child` (named `what`) answers on `socket`; an
+/// error when it exits first or takes more than 20 s.
+pub async fn wait_until_serving(child: &mut Child, socket: &Path, what: &str) -> Result<(), HarnessError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if socket.exists() && csi_endpoint::connect(socket).await.is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(HarnessError::Node(format!("{what} exited at start: {status}")));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(HarnessError::SocketTimeout(socket.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -467,3 +467,60 @@ async fn concurrent_expansions_answer_ok_or_aborted_and_never_lose_growth() {
     }
     assert_eq!(size_of(&mut drv, &id).await, 17 * GIB, "after the retries the largest request holds");
 }
+
+// ---- Gaps csi-sanity leaves open ----
+
+/// Capabilities a request must not get past validation with, each with the
+/// word its refusal names.
+fn broken_capabilities() -> Vec<(VolumeCapability, &'static str)> {
+    vec![
+        (VolumeCapability { access_type: None, ..default_capability() }, "access_type"),
+        (VolumeCapability { access_mode: None, ..default_capability() }, "access_mode"),
+        (capability_with_mode(Mode::MultiNodeMultiWriter), "MULTI_NODE"),
+        (requests::mount_capability("zfs"), "zfs"),
+    ]
+}
+
+#[tokio::test]
+async fn expand_with_required_bytes_zero_or_a_bad_capability_is_invalid_argument() {
+    let mut drv = driver().await;
+    let id = create(&mut drv, &unique_name("expand-gaps"), GIB).await.volume_id;
+    let c = &mut drv.d.controller;
+    // 0 means "not given" (CapacityRange): there is no size to grow to.
+    expect_status(c.controller_expand_volume(expand_range(&id, 0, 0)).await, Code::InvalidArgument, &["required_bytes"]);
+    expect_status(c.controller_expand_volume(expand_range(&id, 0, 2 * GIB)).await, Code::InvalidArgument, &["required_bytes"]);
+    for (cap, word) in broken_capabilities() {
+        let request = requests::controller_expand(&id, 2 * GIB, Some(cap));
+        expect_status(c.controller_expand_volume(request).await, Code::InvalidArgument, &["volume_capability", word]);
+    }
+    assert_eq!(size_of(&mut drv, &id).await, GIB, "a refused expansion changed the size");
+}
+
+#[tokio::test]
+async fn create_volume_refuses_an_unsupported_fs_type_and_negative_sizes() {
+    let mut drv = driver().await;
+    let name = unique_name("create-gaps");
+    let zfs = requests::create_volume(&name, GIB, requests::mount_capability("zfs"));
+    expect_status(drv.controller.create_volume(zfs).await, Code::InvalidArgument, &["zfs"]);
+    let negative = |required, limit| CreateVolumeRequest {
+        capacity_range: Some(CapacityRange { required_bytes: required, limit_bytes: limit }),
+        ..requests::create_volume(&name, GIB, default_capability())
+    };
+    expect_status(drv.controller.create_volume(negative(-1, 0)).await, Code::InvalidArgument, &["required_bytes", "negative"]);
+    expect_status(drv.controller.create_volume(negative(GIB, -GIB)).await, Code::InvalidArgument, &["limit_bytes", "negative"]);
+    expect_status(drv.controller.create_volume(negative(i64::MIN, i64::MIN)).await, Code::InvalidArgument, &["negative"]);
+    assert!(list_ids(&mut drv).await.is_empty(), "a refused CreateVolume left a volume behind");
+}
+
+#[tokio::test]
+async fn validate_capabilities_with_an_incomplete_capability_is_invalid_argument() {
+    let mut drv = driver().await;
+    let id = create(&mut drv, &unique_name("validate-gaps"), GIB).await.volume_id;
+    let c = &mut drv.d.controller;
+    for incomplete in [VolumeCapability { access_type: None, ..default_capability() }, VolumeCapability { access_mode: None, ..default_capability() }] {
+        // Alone, and behind a complete one: one incomplete capability is enough.
+        for caps in [vec![incomplete.clone()], vec![default_capability(), incomplete]] {
+            expect_status(c.validate_volume_capabilities(validate(&id, caps)).await, Code::InvalidArgument, &["volume_capabilities"]);
+        }
+    }
+}

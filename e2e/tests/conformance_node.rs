@@ -276,3 +276,28 @@ async fn node_unstage_detaches_even_after_the_volume_was_deleted() {
     delete(&mut drv, &id).await;
     assert!(!image.exists());
 }
+
+#[tokio::test]
+async fn node_stage_and_publish_refuse_multi_node_and_unknown_fs_capabilities() {
+    use csi_proto::v1::volume_capability::access_mode::Mode;
+    let mut drv = driver().await;
+    let id = create(&mut drv, &unique_name("caps"), GIB).await.volume_id;
+    let paths = NodePaths::under(drv.dir.path());
+    let (staging, target) = (s(&paths.staging), s(&paths.target));
+    let mut refused: Vec<(VolumeCapability, &str)> = [Mode::MultiNodeMultiWriter, Mode::MultiNodeReaderOnly, Mode::MultiNodeSingleWriter]
+        .into_iter()
+        .map(|mode| (capability_with_mode(mode), mode.as_str_name()))
+        .collect();
+    refused.push((requests::mount_capability("zfs"), "zfs"));
+    let mut block_multi = requests::block_capability();
+    block_multi.access_mode = Some(volume_capability::AccessMode { mode: Mode::MultiNodeMultiWriter as i32 });
+    refused.push((block_multi, "MULTI_NODE_MULTI_WRITER"));
+    for (cap, word) in refused {
+        let stage = requests::stage(&id, &staging, cap.clone());
+        expect_status(drv.node.node_stage_volume(stage).await, Code::InvalidArgument, &["volume_capability", word]);
+        let publish = requests::publish(&id, &staging, &target, cap, false);
+        expect_status(drv.node.node_publish_volume(publish).await, Code::InvalidArgument, &["volume_capability", word]);
+    }
+    assert!(!host::is_mount_point(&paths.staging) && !host::is_mount_point(&paths.target));
+    assert!(host::loop_devices_for(&backing_file(&drv, &id)).is_empty(), "a refused stage attached the volume");
+}

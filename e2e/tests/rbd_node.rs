@@ -146,11 +146,18 @@ async fn rbd_expand_works_with_one_osd_down() {
 async fn rbd_stage_of_a_missing_image_or_unknown_cluster_is_not_found() {
     let Some(mut rig) = rig("rbd_node_missing", TESTS).await else { return };
     let staging = rig.path("staging");
-    let missing = format!("rbd:{}:rbd:no-such-image", rbd_node_rig::CLUSTER_ID);
+    let missing = rbd_node_rig::volume("no-such-image").id().to_string();
     let status = rig.node.node_stage_volume(requests::stage(&missing, &staging, mount_capability("xfs"))).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
-    let other_cluster = "rbd:elsewhere:rbd:img";
-    let status = rig.node.node_stage_volume(requests::stage(other_cluster, &staging, mount_capability("xfs"))).await.unwrap_err();
+    // An image that exists but is not a Swell image is no volume either.
+    let foreign = "foreign-image";
+    rbd_node_rig::cli(rig.env, "rbd", &["create", &format!("rbd/{foreign}"), "--size", "64M"]).unwrap();
+    let foreign_id = format!("rbd:{}:rbd:{foreign}", rbd_node_rig::CLUSTER_ID);
+    let status = rig.node.node_stage_volume(requests::stage(&foreign_id, &staging, mount_capability("xfs"))).await.unwrap_err();
+    rbd_node_rig::cli(rig.env, "rbd", &["rm", &format!("rbd/{foreign}")]).unwrap();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let other_cluster = swell_storage::RbdVolume::for_name("elsewhere", "rbd", "img").unwrap().id().to_string();
+    let status = rig.node.node_stage_volume(requests::stage(&other_cluster, &staging, mount_capability("xfs"))).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(status.message().contains("elsewhere"), "{}", status.message());
     assert!(swell_e2e::sweep::rbd_fuse_pids_under(&rig.dir).is_empty(), "no rbd-fuse started");

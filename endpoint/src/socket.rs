@@ -7,9 +7,12 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::Router;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::authority::AuthorityFix;
 
 /// Why an endpoint could not be served or reached.
 #[derive(Debug, thiserror::Error)]
@@ -63,17 +66,16 @@ fn prepare(path: &Path) -> Result<UnixListener, EndpointError> {
 }
 
 /// Serves `router` on the Unix socket at `path` until `shutdown` resolves,
-/// then removes the socket.
+/// then removes the socket. Every connection goes through [`AuthorityFix`],
+/// so clients that send the socket path as `:authority` are served too.
 pub async fn serve<F>(path: &Path, router: Router, shutdown: F) -> Result<(), EndpointError>
 where
     F: Future<Output = ()> + Send,
 {
     let listener = prepare(path)?;
     tracing::info!(socket = %path.display(), "serving CSI");
-    let result = router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|source| EndpointError::Transport { path: path.to_owned(), source });
+    let incoming = UnixListenerStream::new(listener).map(|connection| connection.map(AuthorityFix::new));
+    let result = router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|source| EndpointError::Transport { path: path.to_owned(), source });
     let _ = std::fs::remove_file(path);
     result
 }

@@ -22,6 +22,9 @@ pub enum NodeError {
     /// A path the request names does not exist.
     #[error("path {} does not exist", path.display())]
     PathNotFound { path: PathBuf },
+    /// A path exists but does not hold this volume.
+    #[error("volume {volume} is not mounted at {}", path.display())]
+    NotAtPath { volume: String, path: PathBuf },
     /// Another operation holds the volume's lock.
     #[error("operation pending for volume {volume}")]
     Busy { volume: String },
@@ -74,11 +77,24 @@ impl NodeError {
         NodeError::Io { step: step.into(), source }
     }
 
+    /// Names the volume in the step a host call failed at (the system
+    /// seam knows devices and paths, not volumes).
+    pub fn for_volume(self, volume: &impl std::fmt::Display) -> Self {
+        match self {
+            NodeError::Io { step, source } => NodeError::Io { step: format!("{step} for volume {volume}"), source },
+            NodeError::Timeout { step, after } => NodeError::Timeout { step: format!("{step} for volume {volume}"), after },
+            NodeError::Command { step, source } => NodeError::Command { step: format!("{step} for volume {volume}"), source },
+            other => other,
+        }
+    }
+
     /// The status code kubelet acts on.
     pub fn code(&self) -> Code {
         match self {
             NodeError::InvalidArgument { .. } => Code::InvalidArgument,
-            NodeError::VolumeNotFound { .. } | NodeError::PathNotFound { .. } => Code::NotFound,
+            // NOT_FOUND as NodeGetVolumeStats answers it: no volume with this
+            // id at this path.
+            NodeError::VolumeNotFound { .. } | NodeError::PathNotFound { .. } | NodeError::NotAtPath { .. } => Code::NotFound,
             NodeError::Busy { .. } => Code::Aborted,
             NodeError::NotStaged { .. } => Code::FailedPrecondition,
             NodeError::Conflict { .. } => Code::AlreadyExists,
@@ -127,6 +143,7 @@ mod tests {
             (NodeError::InvalidArgument { field: "volume_id", reason: "missing".into() }, Code::InvalidArgument),
             (NodeError::VolumeNotFound { volume: "v".into(), reason: "gone".into() }, Code::NotFound),
             (NodeError::PathNotFound { path: "/x".into() }, Code::NotFound),
+            (NodeError::NotAtPath { volume: "v".into(), path: "/x".into() }, Code::NotFound),
             (NodeError::Busy { volume: "v".into() }, Code::Aborted),
             (NodeError::NotStaged { volume: "v".into(), path: "/s".into() }, Code::FailedPrecondition),
             (NodeError::Conflict { volume: "v".into(), reason: "r".into() }, Code::AlreadyExists),

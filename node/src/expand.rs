@@ -12,6 +12,7 @@ use crate::error::NodeError;
 use crate::filesystem::fills_device;
 use crate::mount;
 use crate::staging::Access;
+use crate::system::System;
 use crate::validate::Expand;
 
 /// How long the device may take to report the backing object's size.
@@ -32,26 +33,39 @@ pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
     let Some(record) = ctx.staging.read(&req.volume).await? else {
         return Err(NodeError::NotStaged { volume, path: req.volume_path });
     };
+    let sys = ctx.sys.as_ref();
+    // Only this volume's own mounts are grown: its staging path, or a
+    // publish of it. Any other path (another volume's, a plain directory)
+    // would have the wrong filesystem grown or none at all.
+    if req.volume_path != record.staging_path {
+        let ours = match mount::mounted_at(sys, &req.volume_path).await? {
+            Some(entry) => mount::holds_volume(sys, &record, &entry).await?,
+            None => false,
+        };
+        if !ours {
+            return Err(NodeError::NotAtPath { volume, path: req.volume_path });
+        }
+    }
     if let Some(problem) = attacher.condition(&req.volume, &record.device).await? {
         return Err(NodeError::Internal(format!("cannot expand: {problem}; restage the volume")));
     }
     attacher.refresh_capacity(&req.volume, &record.device).await?;
-    let device_bytes = wait_for_backing_size(attacher, &req, &record.device).await?;
+    let device_bytes = wait_for_backing_size(sys, attacher, &req, &record.device).await?;
     check_required(&volume, req.required_bytes, device_bytes)?;
     let Access::Mount { fs_type, .. } = record.access else {
         return Ok(device_bytes);
     };
     let staging = &record.staging_path;
-    if mount::mounted_at(staging).await?.is_none() {
+    if mount::mounted_at(sys, staging).await?.is_none() {
         return Err(NodeError::Internal(format!("staging path {} of {volume} is not mounted", staging.display())));
     }
     let fs = fs_type.ops();
     // Grow only when short, so a repeated call (or an ext4 grown offline)
     // succeeds without touching the filesystem.
-    if !fills_device(fs.size(&record.device, staging).await?, device_bytes) {
-        fs.grow_online(&volume, &record.device, staging).await?;
+    if !fills_device(fs.size(sys, &record.device, staging).await?, device_bytes) {
+        fs.grow_online(sys, &volume, &record.device, staging).await?;
     }
-    let fs_bytes = fs.size(&record.device, staging).await?;
+    let fs_bytes = fs.size(sys, &record.device, staging).await?;
     verify_grown(&volume, fs_bytes, device_bytes)?;
     tracing::info!(device_bytes, fs_bytes, "expanded");
     Ok(device_bytes)
@@ -59,12 +73,12 @@ pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
 
 /// Polls until the device reports the backing object's size: a refresh that
 /// reads a stale (cached) size would otherwise be a silent half-expansion.
-async fn wait_for_backing_size(attacher: &dyn Attacher, req: &Expand, device: &Path) -> Result<u64, NodeError> {
+async fn wait_for_backing_size(sys: &dyn System, attacher: &dyn Attacher, req: &Expand, device: &Path) -> Result<u64, NodeError> {
     let started = Instant::now();
     loop {
         let backing = attacher.backing_size(&req.volume).await?.unwrap_or(0);
         let expected = backing / 512 * 512; // block devices count whole sectors
-        let actual = attacher.device_size(device).await?;
+        let actual = sys.device_size(device).await?;
         if actual == expected {
             return Ok(actual);
         }
@@ -115,3 +129,7 @@ mod tests {
         assert_eq!(err.code(), Code::Internal);
     }
 }
+
+#[cfg(test)]
+#[path = "expand_tests.rs"]
+mod decisions;

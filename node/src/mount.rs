@@ -1,73 +1,52 @@
-//! Mounting and unmounting through `mount`/`umount` (never a shell), and the
-//! question "what is mounted at this path", answered from the kernel's
-//! mountinfo. Every call is idempotent-friendly: callers check first.
+//! What is mounted at a path (the kernel's mountinfo, read through the
+//! system seam), whether that mount is a given volume's, and unmounting
+//! everything stacked there. Callers check
+//! before they act, so every step is idempotent.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use swell_storage::command;
 
 use crate::error::NodeError;
 use crate::mountinfo::{self, MountEntry};
+use crate::staging::{Access, StagingRecord};
+use crate::system::System;
 
-/// Mount calls may hang on a sick device; they get a deadline.
-const MOUNT_DEADLINE: Duration = Duration::from_secs(30);
 /// How many stacked mounts an unmount loop peels off before giving up.
 const MAX_STACKED: usize = 8;
 
-/// Mounts `device` with `fs_type` at `target`, with `flags` as `-o`.
-pub async fn mount(device: &Path, target: &Path, fs_type: &str, flags: &[String]) -> Result<(), NodeError> {
-    let mut args = vec!["-t".into(), fs_type.into()];
-    if !flags.is_empty() {
-        args.push("-o".into());
-        args.push(flags.join(","));
-    }
-    args.push(device.display().to_string());
-    args.push(target.display().to_string());
-    command::run("mount", &args, MOUNT_DEADLINE)
-        .await
-        .map(drop)
-        .map_err(|e| NodeError::command(format!("mount {} at {}", device.display(), target.display()), e))
-}
-
-/// Bind-mounts `source` (a directory or a device node) onto `target`.
-pub async fn bind(source: &Path, target: &Path) -> Result<(), NodeError> {
-    command::run("mount", [Path::new("--bind"), source, target], MOUNT_DEADLINE)
-        .await
-        .map(drop)
-        .map_err(|e| NodeError::command(format!("bind {} onto {}", source.display(), target.display()), e))
-}
-
-/// Makes a bind mount read-only (a bind cannot be made ro in one step).
-pub async fn remount_read_only(target: &Path) -> Result<(), NodeError> {
-    command::run("mount", [Path::new("-o"), Path::new("remount,bind,ro"), target], MOUNT_DEADLINE)
-        .await
-        .map(drop)
-        .map_err(|e| NodeError::command(format!("remount {} read-only", target.display()), e))
-}
-
 /// Unmounts everything stacked at `target`; nothing mounted is success.
-pub async fn unmount_all(target: &Path) -> Result<(), NodeError> {
+pub async fn unmount_all(sys: &dyn System, target: &Path) -> Result<(), NodeError> {
     for _ in 0..MAX_STACKED {
-        if mounted_at(target).await?.is_none() {
+        if mounted_at(sys, target).await?.is_none() {
             return Ok(());
         }
-        command::run("umount", [target], MOUNT_DEADLINE).await.map_err(|e| NodeError::command(format!("unmount {}", target.display()), e))?;
+        sys.unmount(&normalize(target), false).await?;
     }
     Err(NodeError::Internal(format!("{} still mounted after {MAX_STACKED} unmounts", target.display())))
 }
 
 /// The top-most mount at `path`, if any.
-pub async fn mounted_at(path: &Path) -> Result<Option<MountEntry>, NodeError> {
+pub async fn mounted_at(sys: &dyn System, path: &Path) -> Result<Option<MountEntry>, NodeError> {
     let path = normalize(path);
-    let entries = read_mountinfo().await?;
+    let entries = sys.mounts().await?;
     Ok(mountinfo::find(&entries, &path).cloned())
 }
 
-/// All current mounts.
-pub async fn read_mountinfo() -> Result<Vec<MountEntry>, NodeError> {
-    let text = tokio::fs::read_to_string("/proc/self/mountinfo").await.map_err(|e| NodeError::io("read /proc/self/mountinfo", e))?;
-    Ok(mountinfo::parse(&text))
+/// Whether a mount is this staged volume's: its device node bound there
+/// (block), or its staged filesystem (the same `major:minor`).
+pub async fn holds_volume(sys: &dyn System, record: &StagingRecord, mount: &MountEntry) -> Result<bool, NodeError> {
+    match &record.access {
+        Access::Block => {
+            let device = std::fs::canonicalize(&record.device).unwrap_or_else(|_| record.device.clone());
+            Ok(mount.root.file_name().is_some() && mount.root.file_name() == device.file_name())
+        }
+        Access::Mount { .. } => {
+            let staged = match mounted_at(sys, &record.staging_path).await? {
+                Some(entry) => entry.major_minor,
+                None => sys.device_numbers(&record.device).await?,
+            };
+            Ok(mount.major_minor == staged)
+        }
+    }
 }
 
 /// mountinfo shows resolved paths; resolve symlinks in the parent (not the
@@ -76,5 +55,40 @@ fn normalize(path: &Path) -> PathBuf {
     match (path.parent(), path.file_name()) {
         (Some(parent), Some(name)) => std::fs::canonicalize(parent).map(|p| p.join(name)).unwrap_or_else(|_| path.to_owned()),
         _ => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::MountCall;
+    use crate::system::fake::{Call, FakeSystem};
+
+    #[tokio::test]
+    async fn unmounts_every_stacked_mount_and_nothing_is_success() {
+        let sys = FakeSystem::default();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let target = std::fs::canonicalize(dir.path()).expect("resolve").join("vol");
+        unmount_all(&sys, &target).await.expect("nothing mounted");
+        assert!(sys.calls().is_empty(), "no unmount of what is not mounted");
+        sys.add_foreign_mount(&target, "tmpfs", "tmpfs");
+        sys.mount(MountCall::Bind { source: "/dev/loop3".into(), target: target.clone() }).await.expect("bind");
+        sys.clear_calls();
+        unmount_all(&sys, &target).await.expect("unmount");
+        assert_eq!(sys.calls(), vec![Call::Unmount(target.clone()), Call::Unmount(target.clone())]);
+        assert!(mounted_at(&sys, &target).await.expect("read").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_mount_that_will_not_go_is_an_error_not_a_loop() {
+        let sys = FakeSystem::default();
+        let target = PathBuf::from("/nonexistent-parent/vol");
+        for _ in 0..MAX_STACKED + 1 {
+            sys.add_foreign_mount(&target, "tmpfs", "tmpfs");
+        }
+        let err = unmount_all(&sys, &target).await.expect_err("still mounted");
+        assert!(err.to_string().contains("still mounted"), "{err}");
+        sys.fail("unmount", "EBUSY");
+        assert!(unmount_all(&sys, &target).await.is_err());
     }
 }

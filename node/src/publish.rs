@@ -5,11 +5,10 @@
 use std::path::Path;
 
 use crate::NodeContext;
-use crate::attach;
 use crate::error::NodeError;
 use crate::mount;
-use crate::mountinfo::MountEntry;
-use crate::staging::{Access, StagingRecord};
+use crate::staging::Access;
+use crate::system::MountCall;
 use crate::validate::{Publish, Unpublish};
 
 /// Publishes a staged volume; idempotent when already published alike.
@@ -24,8 +23,9 @@ pub async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeError> {
         let reason = format!("volume is staged as {:?}, not as {:?}", record.access, req.access);
         return Err(NodeError::InvalidArgument { field: "volume_capability", reason });
     }
-    if let Some(existing) = mount::mounted_at(&req.target_path).await? {
-        if is_our_mount(&record, &existing).await? && existing.read_only() == req.read_only {
+    let sys = ctx.sys.as_ref();
+    if let Some(existing) = mount::mounted_at(sys, &req.target_path).await? {
+        if mount::holds_volume(sys, &record, &existing).await? && existing.read_only() == req.read_only {
             return Ok(());
         }
         let reason = format!("{} already holds an incompatible mount ({})", req.target_path.display(), existing.source);
@@ -44,15 +44,15 @@ pub async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeError> {
             record.device.clone()
         }
     };
-    mount::bind(&source, &req.target_path).await?;
+    sys.mount(MountCall::Bind { source, target: req.target_path.clone() }).await.map_err(|e| e.for_volume(&volume))?;
     if req.read_only
-        && let Err(error) = mount::remount_read_only(&req.target_path).await
+        && let Err(error) = sys.mount(MountCall::RemountReadOnly { target: req.target_path.clone() }).await
     {
         // Never leave a writable mount behind a read-only request.
-        if let Err(e) = mount::unmount_all(&req.target_path).await {
+        if let Err(e) = mount::unmount_all(sys, &req.target_path).await {
             tracing::warn!(error = %e.full_message(), "unmount after a failed read-only remount");
         }
-        return Err(error);
+        return Err(error.for_volume(&volume));
     }
     tracing::info!(target = %req.target_path.display(), read_only = req.read_only, "published");
     Ok(())
@@ -61,7 +61,7 @@ pub async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeError> {
 /// Unpublishes; nothing at the target is success.
 pub async fn unpublish(ctx: &NodeContext, req: Unpublish) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume)?;
-    mount::unmount_all(&req.target_path).await?;
+    mount::unmount_all(ctx.sys.as_ref(), &req.target_path).await?;
     let target = &req.target_path;
     match tokio::fs::symlink_metadata(target).await {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -83,24 +83,6 @@ fn same_kind(staged: &Access, requested: &Access) -> bool {
     }
 }
 
-/// Whether a mount at the target is this volume's: the device node for
-/// block, the staged filesystem (same `major:minor`) for mount.
-async fn is_our_mount(record: &StagingRecord, existing: &MountEntry) -> Result<bool, NodeError> {
-    match &record.access {
-        Access::Block => {
-            let device = std::fs::canonicalize(&record.device).unwrap_or_else(|_| record.device.clone());
-            Ok(existing.root.file_name().is_some() && existing.root.file_name() == device.file_name())
-        }
-        Access::Mount { .. } => {
-            let staged = match mount::mounted_at(&record.staging_path).await? {
-                Some(entry) => entry.major_minor,
-                None => attach::device_numbers(&record.device).await?,
-            };
-            Ok(existing.major_minor == staged)
-        }
-    }
-}
-
 async fn create_dir(path: &Path) -> Result<(), NodeError> {
     tokio::fs::create_dir_all(path).await.map_err(|e| NodeError::io(format!("create {}", path.display()), e))
 }
@@ -115,3 +97,7 @@ async fn create_file(path: &Path) -> Result<(), NodeError> {
         .map(drop)
         .map_err(|e| NodeError::io(format!("create {}", path.display()), e))
 }
+
+#[cfg(test)]
+#[path = "publish_tests.rs"]
+mod tests;

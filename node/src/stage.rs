@@ -7,14 +7,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use swell_storage::command;
-
 use crate::NodeContext;
-use crate::attach::{self, Attacher};
 use crate::error::NodeError;
 use crate::filesystem::{FsType, fills_device};
 use crate::mount;
 use crate::staging::{Access, StagingRecord};
+use crate::system::{self, MountCall, System};
 use crate::validate::{Stage, Unstage};
 
 const BLKID_DEADLINE: Duration = Duration::from_secs(10);
@@ -38,10 +36,10 @@ pub async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
     }
     let device = attacher.attach(&req.volume).await?;
     if let Access::Mount { fs_type, mount_flags } = &req.access {
-        let staged = stage_filesystem(attacher, &volume, &device, &req.staging_path, *fs_type, mount_flags).await;
+        let staged = stage_filesystem(ctx.sys.as_ref(), &volume, &device, &req.staging_path, *fs_type, mount_flags).await;
         if let Err(error) = staged {
             // Leave no loop device behind when nothing got mounted.
-            if matches!(mount::mounted_at(&req.staging_path).await, Ok(None))
+            if matches!(mount::mounted_at(ctx.sys.as_ref(), &req.staging_path).await, Ok(None))
                 && let Err(e) = attacher.detach(&req.volume, Some(&device)).await
             {
                 tracing::warn!(error = %e.full_message(), "detach after a failed stage");
@@ -55,42 +53,44 @@ pub async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
     Ok(())
 }
 
-async fn stage_filesystem(attacher: &dyn Attacher, volume: &str, device: &Path, staging: &Path, fs_type: FsType, flags: &[String]) -> Result<(), NodeError> {
+async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging: &Path, fs_type: FsType, flags: &[String]) -> Result<(), NodeError> {
     let fs = fs_type.ops();
-    let device_bytes = attacher.device_size(device).await?;
-    match mount::mounted_at(staging).await? {
+    let device_bytes = sys.device_size(device).await?;
+    match mount::mounted_at(sys, staging).await? {
         Some(entry) => {
-            if entry.major_minor != attach::device_numbers(device).await? && entry.source != device.to_string_lossy() {
+            if entry.major_minor != sys.device_numbers(device).await? && entry.source != device.to_string_lossy() {
                 let reason = format!("{} already holds {} from {}", staging.display(), entry.fs_type, entry.source);
                 return Err(NodeError::Conflict { volume: volume.to_owned(), reason });
             }
         }
         None => {
-            match detect(device).await? {
-                None => fs.mkfs(device).await?,
-                Some(found) if found == fs_type.as_str() => fs.grow_offline(device, device_bytes).await?,
+            match detect(sys, device).await? {
+                None => fs.mkfs(sys, device).await?,
+                Some(found) if found == fs_type.as_str() => fs.grow_offline(sys, device, device_bytes).await?,
                 Some(found) => {
                     let reason = format!("device holds a {found} filesystem, not the requested {fs_type}");
                     return Err(NodeError::Conflict { volume: volume.to_owned(), reason });
                 }
             }
             tokio::fs::create_dir_all(staging).await.map_err(|e| NodeError::io(format!("create {}", staging.display()), e))?;
-            mount::mount(device, staging, fs_type.as_str(), flags).await?;
+            let call =
+                MountCall::Filesystem { device: device.to_owned(), target: staging.to_owned(), fs_type: fs_type.as_str().into(), options: flags.to_vec() };
+            sys.mount(call).await.map_err(|e| e.for_volume(&volume))?;
         }
     }
     if flags.iter().any(|f| f == "ro") {
         return Ok(());
     }
     // A device larger than its filesystem (grown while unstaged) is grown now.
-    if !fills_device(fs.size(device, staging).await?, device_bytes) {
-        match fs.grow_online(volume, device, staging).await {
+    if !fills_device(fs.size(sys, device, staging).await?, device_bytes) {
+        match fs.grow_online(sys, volume, device, staging).await {
             Err(e @ NodeError::OnlineGrowNotPermitted { .. }) => {
                 tracing::warn!(error = %e.full_message(), "staged without growing");
                 return Ok(());
             }
             other => other?,
         }
-        let fs_bytes = fs.size(device, staging).await?;
+        let fs_bytes = fs.size(sys, device, staging).await?;
         if !fills_device(fs_bytes, device_bytes) {
             return Err(NodeError::GrowIncomplete { volume: volume.to_owned(), fs_bytes, device_bytes });
         }
@@ -100,9 +100,9 @@ async fn stage_filesystem(attacher: &dyn Attacher, volume: &str, device: &Path, 
 
 /// The filesystem on a device, `None` when blank. Content blkid cannot
 /// name as a filesystem (a partition table) is refused, never formatted.
-async fn detect(device: &Path) -> Result<Option<String>, NodeError> {
-    let args = [Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), device];
-    match command::run("blkid", args, BLKID_DEADLINE).await {
+async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
+    let args = system::args([Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), device]);
+    match sys.run("blkid", args, BLKID_DEADLINE).await {
         Ok(out) if out.stdout.trim().is_empty() => {
             Err(NodeError::Internal(format!("{} holds data that is not a filesystem (partition table?); refusing to format it", device.display())))
         }
@@ -124,9 +124,13 @@ pub async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
         tracing::warn!(staged_at = %record.staging_path.display(), "unstage of a path the volume is not staged at");
         return Ok(());
     }
-    mount::unmount_all(&req.staging_path).await?;
+    mount::unmount_all(ctx.sys.as_ref(), &req.staging_path).await?;
     attacher.detach(&req.volume, record.as_ref().map(|r| r.device.as_path())).await?;
     ctx.staging.remove(&req.volume).await?;
     tracing::info!("unstaged");
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "stage_tests.rs"]
+mod tests;

@@ -47,6 +47,8 @@ static ENV: OnceLock<Result<ClusterEnv, String>> = OnceLock::new();
 static OWNED: Mutex<Option<TestCluster>> = Mutex::new(None);
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
+/// Where the cluster of this binary lives: the first `rig_on` decides.
+static SITE: OnceLock<(&'static str, u16)> = OnceLock::new();
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ceph/cluster.sh")
@@ -64,7 +66,8 @@ fn bring_up() -> Result<ClusterEnv, String> {
     if !Path::new("/dev/fuse").exists() {
         return Err("/dev/fuse is missing".into());
     }
-    let (dir, port) = swell_e2e::ceph::site(DIR, PORT);
+    let &(dir_name, port) = SITE.get_or_init(|| (DIR, PORT));
+    let (dir, port) = swell_e2e::ceph::site(dir_name, port);
     // A cluster left by an earlier run that was killed before its reaper ran.
     let _ = Command::new("bash").arg(script()).arg("down").arg(&dir).arg("--purge").output();
     swell_e2e::ceph::purge_when_this_process_exits(&dir);
@@ -93,6 +96,11 @@ pub fn cli(env: &ClusterEnv, tool: &str, args: &[&str]) -> Result<String, String
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The RBD volume (pool `rbd`) the controller would make for `name`.
+pub fn volume(name: &str) -> swell_storage::RbdVolume {
+    swell_storage::RbdVolume::for_name(CLUSTER_ID, "rbd", name).unwrap()
+}
+
 /// One test's exclusive use of the cluster plus a node service on it.
 pub struct Rig {
     pub env: &'static ClusterEnv,
@@ -110,6 +118,15 @@ pub struct Rig {
 /// (after noting the skip) when no cluster can run here. `total_tests` is
 /// the number of tests in the binary (the last one tears the cluster down).
 pub async fn rig(test: &str, total_tests: usize) -> Option<Rig> {
+    rig_on(test, total_tests, DIR, PORT).await
+}
+
+/// Like [`rig`], with the cluster in `dir` and its monitor on `port`
+/// (daemons on `port+1..=port+99`), for a second binary on this rig: two
+/// binaries on one site would meet (the first one's reaper purges the
+/// directory while the next one brings its cluster up there).
+pub async fn rig_on(test: &str, total_tests: usize, site_dir: &'static str, port: u16) -> Option<Rig> {
+    let _ = SITE.set((site_dir, port));
     let lock = LOCK.lock().await;
     let env = match tokio::task::block_in_place(|| ENV.get_or_init(bring_up)) {
         Ok(env) => env,
@@ -131,16 +148,18 @@ pub async fn rig(test: &str, total_tests: usize) -> Option<Rig> {
 }
 
 impl Rig {
-    /// Creates `rbd/<name>` of `bytes` with the CLI; returns its volume id.
+    /// Creates the image of the volume named `name` (a Swell image name, as
+    /// the controller would) of `bytes` with the CLI; returns its volume id.
     pub fn image(&mut self, name: &str, bytes: u64) -> String {
-        let _ = cli(self.env, "rbd", &["rm", &format!("rbd/{name}")]);
-        cli(self.env, "rbd", &["create", &format!("rbd/{name}"), "--size", &format!("{}M", bytes / MIB)]).unwrap();
+        let volume = volume(name);
+        let _ = cli(self.env, "rbd", &["rm", &volume.spec()]);
+        cli(self.env, "rbd", &["create", &volume.spec(), "--size", &format!("{}M", bytes / MIB)]).unwrap();
         self.images.push(name.to_owned());
-        format!("rbd:{CLUSTER_ID}:rbd:{name}")
+        volume.id().to_string()
     }
 
     pub fn resize(&self, name: &str, bytes: u64) {
-        cli(self.env, "rbd", &["resize", &format!("rbd/{name}"), "--size", &format!("{}M", bytes / MIB)]).unwrap();
+        cli(self.env, "rbd", &["resize", &volume(name).spec(), "--size", &format!("{}M", bytes / MIB)]).unwrap();
     }
 
     /// A path under the rig's directory, as a string for requests.
@@ -150,7 +169,7 @@ impl Rig {
 
     /// Where the node mounts rbd-fuse for `name`.
     pub fn fuse_dir(&self, name: &str) -> PathBuf {
-        std::fs::canonicalize(&self.dir).unwrap().join("node/rbd-fuse").join(CLUSTER_ID).join("rbd").join(name)
+        std::fs::canonicalize(&self.dir).unwrap().join("node/rbd-fuse").join(CLUSTER_ID).join("rbd").join(volume(name).image)
     }
 
     /// What the node left behind for image `name`: FUSE mounts, loop
@@ -167,7 +186,7 @@ impl Rig {
         for pid in sweep::rbd_fuse_pids_under(&dir) {
             found.push(format!("rbd-fuse pid {pid}"));
         }
-        match cli(self.env, "rbd", &["status", "--format", "json", &format!("rbd/{name}")]) {
+        match cli(self.env, "rbd", &["status", "--format", "json", &volume(name).spec()]) {
             Ok(json) if json.contains("\"watchers\":[]") => {}
             Ok(json) => found.push(format!("watchers: {}", json.trim())),
             Err(e) => found.push(format!("rbd status failed: {e}")),
@@ -177,7 +196,7 @@ impl Rig {
 
     /// Removes the image; fails while anything still watches it.
     pub fn remove(&mut self, name: &str) -> Result<(), String> {
-        cli(self.env, "rbd", &["rm", &format!("rbd/{name}")])?;
+        cli(self.env, "rbd", &["rm", &volume(name).spec()])?;
         self.images.retain(|i| i != name);
         Ok(())
     }
@@ -188,7 +207,7 @@ impl Drop for Rig {
         drop(self.server.take());
         sweep(&self.dir);
         for image in &self.images {
-            let _ = cli(self.env, "rbd", &["rm", &format!("rbd/{image}")]);
+            let _ = cli(self.env, "rbd", &["rm", &volume(image).spec()]);
         }
         if FINISHED.fetch_add(1, Ordering::SeqCst) + 1 == self.total_tests
             && let Some(cluster) = OWNED.lock().unwrap_or_else(|p| p.into_inner()).take()

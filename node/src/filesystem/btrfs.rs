@@ -3,10 +3,9 @@
 
 use std::path::Path;
 
-use swell_storage::command;
-
 use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, field_after};
 use crate::error::NodeError;
+use crate::system::{self, System};
 
 /// The btrfs implementation.
 pub struct Btrfs;
@@ -17,26 +16,29 @@ impl FileSystem for Btrfs {
         FsType::Btrfs
     }
 
-    async fn mkfs(&self, device: &Path) -> Result<(), NodeError> {
-        command::run("mkfs.btrfs", [Path::new("-q"), device], FORMAT_DEADLINE)
+    async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError> {
+        sys.run("mkfs.btrfs", system::args([Path::new("-q"), device]), FORMAT_DEADLINE)
             .await
             .map(drop)
             .map_err(|e| NodeError::command(format!("format {} as btrfs", device.display()), e))
     }
 
-    async fn grow_online(&self, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {
+    async fn grow_online(&self, sys: &dyn System, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {
         let args = [Path::new("filesystem"), Path::new("resize"), Path::new("max"), mount_point];
-        command::run("btrfs", args, GROW_DEADLINE).await.map(drop).map_err(|e| NodeError::command(format!("grow btrfs at {}", mount_point.display()), e))
+        sys.run("btrfs", system::args(args), GROW_DEADLINE)
+            .await
+            .map(drop)
+            .map_err(|e| NodeError::command(format!("grow btrfs at {}", mount_point.display()), e))
     }
 
-    async fn grow_offline(&self, _device: &Path, _device_bytes: u64) -> Result<(), NodeError> {
+    async fn grow_offline(&self, _sys: &dyn System, _device: &Path, _device_bytes: u64) -> Result<(), NodeError> {
         Ok(())
     }
 
-    async fn size(&self, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
+    async fn size(&self, sys: &dyn System, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
         let step = format!("btrfs filesystem show {}", mount_point.display());
         let args = [Path::new("filesystem"), Path::new("show"), Path::new("--raw"), mount_point];
-        let out = command::run("btrfs", args, GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
+        let out = sys.run("btrfs", system::args(args), GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
         parse_show(&out.stdout).ok_or(NodeError::Parse { step, detail: out.stdout })
     }
 }

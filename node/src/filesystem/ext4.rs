@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
-use swell_storage::command::{self, CommandError};
+use swell_storage::command::CommandError;
 
 use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, fills_device};
 use crate::error::NodeError;
+use crate::system::{self, System};
 
 /// The ext4 implementation.
 pub struct Ext4;
@@ -19,45 +20,45 @@ impl FileSystem for Ext4 {
         FsType::Ext4
     }
 
-    async fn mkfs(&self, device: &Path) -> Result<(), NodeError> {
-        command::run("mkfs.ext4", [Path::new("-q"), Path::new("-F"), device], FORMAT_DEADLINE)
+    async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError> {
+        sys.run("mkfs.ext4", system::args([Path::new("-q"), Path::new("-F"), device]), FORMAT_DEADLINE)
             .await
             .map(drop)
             .map_err(|e| NodeError::command(format!("format {} as ext4", device.display()), e))
     }
 
-    async fn grow_online(&self, volume: &str, device: &Path, _mount_point: &Path) -> Result<(), NodeError> {
-        match command::run("resize2fs", [device], GROW_DEADLINE).await {
+    async fn grow_online(&self, sys: &dyn System, volume: &str, device: &Path, _mount_point: &Path) -> Result<(), NodeError> {
+        match sys.run("resize2fs", system::args([device]), GROW_DEADLINE).await {
             Ok(_) => Ok(()),
             Err(e) if is_not_permitted(&e) => Err(NodeError::OnlineGrowNotPermitted { volume: volume.to_owned(), source: e }),
             Err(e) => Err(NodeError::command(format!("grow ext4 on {}", device.display()), e)),
         }
     }
 
-    async fn grow_offline(&self, device: &Path, device_bytes: u64) -> Result<(), NodeError> {
-        if fills_device(dumpe2fs_size(device).await?, device_bytes) {
+    async fn grow_offline(&self, sys: &dyn System, device: &Path, device_bytes: u64) -> Result<(), NodeError> {
+        if fills_device(dumpe2fs_size(sys, device).await?, device_bytes) {
             return Ok(());
         }
         // resize2fs refuses an unchecked filesystem; exit 1 means "errors fixed".
-        match command::run("e2fsck", [Path::new("-f"), Path::new("-p"), device], FORMAT_DEADLINE).await {
+        match sys.run("e2fsck", system::args([Path::new("-f"), Path::new("-p"), device]), FORMAT_DEADLINE).await {
             Ok(_) => {}
             Err(e) if e.exit_code() == Some(1) => {}
             Err(e) => return Err(NodeError::command(format!("check ext4 on {} before growing", device.display()), e)),
         }
-        command::run("resize2fs", [device], GROW_DEADLINE)
+        sys.run("resize2fs", system::args([device]), GROW_DEADLINE)
             .await
             .map(drop)
             .map_err(|e| NodeError::command(format!("grow ext4 on {} offline", device.display()), e))
     }
 
-    async fn size(&self, device: &Path, _mount_point: &Path) -> Result<u64, NodeError> {
-        dumpe2fs_size(device).await
+    async fn size(&self, sys: &dyn System, device: &Path, _mount_point: &Path) -> Result<u64, NodeError> {
+        dumpe2fs_size(sys, device).await
     }
 }
 
-async fn dumpe2fs_size(device: &Path) -> Result<u64, NodeError> {
+async fn dumpe2fs_size(sys: &dyn System, device: &Path) -> Result<u64, NodeError> {
     let step = format!("dumpe2fs -h {}", device.display());
-    let out = command::run("dumpe2fs", [Path::new("-h"), device], GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
+    let out = sys.run("dumpe2fs", system::args([Path::new("-h"), device]), GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
     parse_dumpe2fs(&out.stdout).ok_or(NodeError::Parse { step, detail: out.stdout })
 }
 

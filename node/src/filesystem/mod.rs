@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::NodeError;
+use crate::system::System;
 
 /// mkfs and fsck may touch the whole device.
 pub const FORMAT_DEADLINE: Duration = Duration::from_secs(60);
@@ -88,17 +89,17 @@ pub trait FileSystem: Send + Sync {
     fn kind(&self) -> FsType;
 
     /// Creates the filesystem on a blank device.
-    async fn mkfs(&self, device: &Path) -> Result<(), NodeError>;
+    async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError>;
 
     /// Grows the mounted filesystem to fill its device.
-    async fn grow_online(&self, volume: &str, device: &Path, mount_point: &Path) -> Result<(), NodeError>;
+    async fn grow_online(&self, sys: &dyn System, volume: &str, device: &Path, mount_point: &Path) -> Result<(), NodeError>;
 
     /// Grows the unmounted filesystem to fill its device if it does not
     /// already; filesystems that grow only when mounted do nothing here.
-    async fn grow_offline(&self, device: &Path, device_bytes: u64) -> Result<(), NodeError>;
+    async fn grow_offline(&self, sys: &dyn System, device: &Path, device_bytes: u64) -> Result<(), NodeError>;
 
     /// The size the filesystem itself reports, in bytes, while mounted.
-    async fn size(&self, device: &Path, mount_point: &Path) -> Result<u64, NodeError>;
+    async fn size(&self, sys: &dyn System, device: &Path, mount_point: &Path) -> Result<u64, NodeError>;
 }
 
 /// Whether a filesystem of `fs_bytes` fills a device of `device_bytes`:

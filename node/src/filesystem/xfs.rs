@@ -7,10 +7,9 @@
 
 use std::path::Path;
 
-use swell_storage::command;
-
 use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, field_after};
 use crate::error::NodeError;
+use crate::system::{self, System};
 
 /// The XFS implementation.
 pub struct Xfs;
@@ -21,28 +20,28 @@ impl FileSystem for Xfs {
         FsType::Xfs
     }
 
-    async fn mkfs(&self, device: &Path) -> Result<(), NodeError> {
-        command::run("mkfs.xfs", [Path::new("-q"), device], FORMAT_DEADLINE)
+    async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError> {
+        sys.run("mkfs.xfs", system::args([Path::new("-q"), device]), FORMAT_DEADLINE)
             .await
             .map(drop)
             .map_err(|e| NodeError::command(format!("format {} as xfs", device.display()), e))
     }
 
-    async fn grow_online(&self, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {
-        command::run("xfs_growfs", [mount_point], GROW_DEADLINE)
+    async fn grow_online(&self, sys: &dyn System, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {
+        sys.run("xfs_growfs", system::args([mount_point]), GROW_DEADLINE)
             .await
             .map(drop)
             .map_err(|e| NodeError::command(format!("grow xfs at {}", mount_point.display()), e))
     }
 
-    async fn grow_offline(&self, _device: &Path, _device_bytes: u64) -> Result<(), NodeError> {
+    async fn grow_offline(&self, _sys: &dyn System, _device: &Path, _device_bytes: u64) -> Result<(), NodeError> {
         Ok(())
     }
 
-    async fn size(&self, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
+    async fn size(&self, sys: &dyn System, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
         let step = format!("xfs_spaceman -c info {}", mount_point.display());
         let args = [Path::new("-c"), Path::new("info"), mount_point];
-        let out = command::run("xfs_spaceman", args, GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
+        let out = sys.run("xfs_spaceman", system::args(args), GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
         parse_xfs_info(&out.stdout).ok_or(NodeError::Parse { step, detail: out.stdout })
     }
 }

@@ -9,15 +9,17 @@
 //!
 //! Traps this module exists to avoid (measured on Ceph 16.2.15):
 //! - the kernel caches a FUSE file's size for `attr_timeout` (1 s): after a
-//!   resize, `losetup -c` would read the old size, a silent half-expansion.
+//!   resize, the loop device would re-read the old size, a silent
+//!   half-expansion.
 //!   The mount uses `attr_timeout=0,entry_timeout=0`, and a refresh still
-//!   waits until the file shows the image's size before `losetup -c`;
+//!   waits until the file shows the image's size before LOOP_SET_CAPACITY;
 //! - rbd-fuse mounts even when the image is missing (an empty directory),
 //!   so attach waits for the file to appear;
-//! - after `fusermount -u` the daemon needs 1–2 s to close the image; until
+//! - after the unmount the daemon needs 1–2 s to close the image; until
 //!   it exits the image keeps a watcher, so detach waits for it;
 //! - nothing here stats a file on another FUSE mount or runs `losetup -j`
-//!   (see `loop_device`): a hung rbd-fuse would block that call for good.
+//!   or resolves a path on one (see `loop_device`): a hung rbd-fuse would
+//!   block that call for good.
 
 use std::ffi::OsString;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -25,13 +27,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use swell_storage::VolumeId;
-use swell_storage::command;
 
-use super::{Cluster, RbdImage};
+use swell_storage::RbdVolume;
+
+use super::{Cluster, rbd_volume};
 use crate::attach::Attacher;
-use crate::attach::loop_device::{attach_file, backing_file, detach_device, devices_backing, refresh_device};
+use crate::attach::loop_device::{attach_file, detach_device};
 use crate::error::NodeError;
 use crate::mount;
+use crate::system::{self, System};
 
 /// rbd-fuse connects (bounded by client_mount_timeout) before it forks.
 const MOUNT_DEADLINE: Duration = Duration::from_secs(30);
@@ -41,7 +45,6 @@ const APPEAR_DEADLINE: Duration = Duration::from_secs(15);
 const SIZE_DEADLINE: Duration = Duration::from_secs(10);
 /// One stat of the FUSE file; a hung cluster must not hang the RPC.
 const STAT_DEADLINE: Duration = Duration::from_secs(5);
-const UNMOUNT_DEADLINE: Duration = Duration::from_secs(15);
 /// rbd-fuse needs 1–2 s to exit after the unmount (closing the image).
 const EXIT_DEADLINE: Duration = Duration::from_secs(15);
 /// After SIGTERM, for a daemon that did not exit on unmount.
@@ -69,18 +72,22 @@ impl FuseAttacher {
         Ok(FuseAttacher { cluster, root })
     }
 
+    fn sys(&self) -> &dyn System {
+        self.cluster.sys()
+    }
+
     /// The mount point for `image`.
-    pub fn mount_dir(&self, image: &RbdImage) -> PathBuf {
+    pub fn mount_dir(&self, image: &RbdVolume) -> PathBuf {
         self.root.join(&image.pool).join(&image.image)
     }
 
     /// The file that is the image.
-    pub fn image_file(&self, image: &RbdImage) -> PathBuf {
+    pub fn image_file(&self, image: &RbdVolume) -> PathBuf {
         self.mount_dir(image).join(&image.image)
     }
 
     /// `rbd-fuse <cluster args> -p pool -r image <dir> -o attr_timeout=0,entry_timeout=0`.
-    pub fn mount_args(&self, image: &RbdImage, dir: &Path) -> Vec<OsString> {
+    pub fn mount_args(&self, image: &RbdVolume, dir: &Path) -> Vec<OsString> {
         let mut args = self.cluster.data_path_args();
         args.extend(["-p".into(), image.pool.clone().into(), "-r".into(), image.image.clone().into(), dir.into()]);
         args.extend(["-o".into(), "attr_timeout=0,entry_timeout=0".into()]);
@@ -89,7 +96,7 @@ impl FuseAttacher {
 
     /// Whether an rbd-fuse is mounted at `dir` (and what else might be).
     async fn mounted(&self, volume: &VolumeId, dir: &Path) -> Result<bool, NodeError> {
-        match mount::mounted_at(dir).await? {
+        match mount::mounted_at(self.sys(), dir).await? {
             None => Ok(false),
             Some(entry) if entry.fs_type == FS_TYPE => Ok(true),
             Some(entry) => {
@@ -100,7 +107,7 @@ impl FuseAttacher {
 
     /// Mounts rbd-fuse for `image` unless a live one is there, and waits
     /// until the image file shows up.
-    async fn ensure_mounted(&self, volume: &VolumeId, image: &RbdImage) -> Result<PathBuf, NodeError> {
+    async fn ensure_mounted(&self, volume: &VolumeId, image: &RbdVolume) -> Result<PathBuf, NodeError> {
         let dir = self.mount_dir(image);
         let file = self.image_file(image);
         if self.mounted(volume, &dir).await? {
@@ -110,11 +117,12 @@ impl FuseAttacher {
             }
             // The daemon died under its mount (ENOTCONN): clear it, remount.
             tracing::warn!(dir = %dir.display(), "rbd-fuse mount without its daemon; remounting");
-            unmount(volume, &dir, true).await?;
+            unmount(self.sys(), volume, &dir, true).await?;
         }
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| NodeError::io(format!("create {}", dir.display()), e))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| NodeError::io(format!("chmod {}", dir.display()), e))?;
-        command::run("rbd-fuse", self.mount_args(image, &dir), MOUNT_DEADLINE)
+        self.sys()
+            .run("rbd-fuse", self.mount_args(image, &dir), MOUNT_DEADLINE)
             .await
             .map_err(|e| NodeError::command(format!("mount rbd-fuse for image {} of volume {volume}", image.spec()), e))?;
         if let Err(error) = wait_for_file(volume, &file).await {
@@ -132,12 +140,13 @@ impl FuseAttacher {
     async fn unmount_and_wait(&self, volume: &VolumeId, dir: &Path) -> Result<(), NodeError> {
         let pids = rbd_fuse_pids(dir);
         if self.mounted(volume, dir).await? {
-            unmount(volume, dir, false).await?;
+            unmount(self.sys(), volume, dir, false).await?;
         }
         if !wait_for_exit(&pids, EXIT_DEADLINE).await {
             tracing::warn!(?pids, dir = %dir.display(), "rbd-fuse did not exit after unmount; sending SIGTERM");
             for pid in &pids {
-                let _ = command::run("kill", ["-TERM".to_owned(), pid.to_string()], TERM_DEADLINE).await;
+                // An exited process (ESRCH) is what we want anyway.
+                let _ = i32::try_from(*pid).map(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM));
             }
             if !wait_for_exit(&pids, TERM_DEADLINE).await {
                 return Err(NodeError::Internal(format!(
@@ -158,46 +167,48 @@ impl FuseAttacher {
 #[async_trait::async_trait]
 impl Attacher for FuseAttacher {
     async fn backing_size(&self, volume: &VolumeId) -> Result<Option<u64>, NodeError> {
-        self.cluster.image_size(volume, &RbdImage::from_volume(volume)?).await
+        self.cluster.image_size(volume, &rbd_volume(volume)?).await
     }
 
     async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         let file = self.ensure_mounted(volume, &image).await?;
-        if let Some(device) = devices_backing(&file)?.into_iter().next() {
+        if let Some(device) = system::loop_devices_backing(self.sys(), &file).await?.into_iter().next() {
             return Ok(device);
         }
-        attach_file(volume, &file).await
+        attach_file(self.sys(), volume, &file).await
     }
 
     async fn find(&self, volume: &VolumeId) -> Result<Option<PathBuf>, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
-        Ok(devices_backing(&self.image_file(&image))?.into_iter().next())
+        let image = rbd_volume(volume)?;
+        Ok(system::loop_devices_backing(self.sys(), &self.image_file(&image)).await?.into_iter().next())
     }
 
     async fn detach(&self, volume: &VolumeId, device: Option<&Path>) -> Result<(), NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         let file = self.image_file(&image);
-        let mut devices = devices_backing(&file)?;
+        let mut devices = system::loop_devices_backing(self.sys(), &file).await?;
+        // Compared as sysfs prints it, never resolved: resolving a path on
+        // the FUSE mount would hang behind a hung rbd-fuse.
         if let Some(recorded) = device
             && !devices.iter().any(|d| d == recorded)
-            && backing_file(recorded).is_some_and(|b| Path::new(b.strip_suffix(" (deleted)").unwrap_or(&b)) == file)
+            && system::loop_backing(self.sys(), recorded).await?.is_some_and(|b| system::same_file(&b, &file))
         {
             devices.push(recorded.to_owned());
         }
         for device in &devices {
-            detach_device(volume, device).await?;
+            detach_device(self.sys(), volume, device).await?;
         }
         self.unmount_and_wait(volume, &self.mount_dir(&image)).await
     }
 
     async fn refresh_capacity(&self, volume: &VolumeId, device: &Path) -> Result<(), NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         let Some(expected) = self.cluster.image_size(volume, &image).await? else {
             return Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: "its image does not exist".into() });
         };
         // The loop device reads the file's size; the file must show the
-        // new size first (attribute caching), or `losetup -c` is a no-op.
+        // new size first (attribute caching), or LOOP_SET_CAPACITY is a no-op.
         let file = self.image_file(&image);
         let started = Instant::now();
         loop {
@@ -210,20 +221,20 @@ impl Attacher for FuseAttacher {
             }
             tokio::time::sleep(POLL).await;
         }
-        refresh_device(device).await
+        self.sys().loop_refresh(device).await.map_err(|e| e.for_volume(volume))
     }
 
     async fn condition(&self, volume: &VolumeId, device: &Path) -> Result<Option<String>, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         let dir = self.mount_dir(&image);
         let file = self.image_file(&image);
-        if !matches!(mount::mounted_at(&dir).await?, Some(entry) if entry.fs_type == FS_TYPE) {
+        if !matches!(mount::mounted_at(self.sys(), &dir).await?, Some(entry) if entry.fs_type == FS_TYPE) {
             return Ok(Some(format!("the rbd-fuse mount of volume {volume} at {} is gone", dir.display())));
         }
         if rbd_fuse_pids(&dir).is_empty() {
             return Ok(Some(format!("the rbd-fuse serving volume {volume} at {} has exited", dir.display())));
         }
-        match backing_file(device) {
+        match system::loop_backing(self.sys(), device).await? {
             None => Ok(Some(format!("loop device {} of volume {volume} is detached", device.display()))),
             Some(b) if Path::new(&b) == file => Ok(None),
             Some(b) => Ok(Some(format!("loop device {} now backs {b}, not volume {volume}", device.display()))),
@@ -260,19 +271,18 @@ async fn stat_size(file: &Path) -> Result<u64, NodeError> {
     }
 }
 
-/// `fusermount -u` (lazily with `-z` for a mount whose daemon is gone),
+/// Unmounts the rbd-fuse mount (lazily for a mount whose daemon is gone),
 /// retried briefly: a just-detached loop device may still hold the file.
-async fn unmount(volume: &VolumeId, dir: &Path, lazy: bool) -> Result<(), NodeError> {
-    let flag = if lazy { "-uz" } else { "-u" };
+async fn unmount(sys: &dyn System, volume: &VolumeId, dir: &Path, lazy: bool) -> Result<(), NodeError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match command::run("fusermount", [Path::new(flag), dir], UNMOUNT_DEADLINE).await {
-            Ok(_) => return Ok(()),
-            Err(e) if attempt < UNMOUNT_ATTEMPTS && e.output_text().contains("busy") => {
+        match sys.unmount(dir, lazy).await {
+            Ok(()) => return Ok(()),
+            Err(NodeError::Io { source, .. }) if attempt < UNMOUNT_ATTEMPTS && source.kind() == std::io::ErrorKind::ResourceBusy => {
                 tokio::time::sleep(POLL * 2u32.pow(attempt)).await;
             }
-            Err(e) => return Err(NodeError::command(format!("unmount rbd-fuse at {} for volume {volume}", dir.display()), e)),
+            Err(e) => return Err(e.for_volume(volume)),
         }
     }
 }
@@ -315,12 +325,9 @@ mod tests {
     use crate::config::RbdNodeConfig;
 
     fn attacher(root: &Path) -> FuseAttacher {
-        let cluster = Cluster::new(RbdNodeConfig {
-            cluster_id: "ceph-a".into(),
-            ceph_conf: "/etc/ceph/a.conf".into(),
-            keyring: "/etc/ceph/a.keyring".into(),
-            user: "swell".into(),
-        });
+        let config =
+            RbdNodeConfig { cluster_id: "ceph-a".into(), ceph_conf: "/etc/ceph/a.conf".into(), keyring: "/etc/ceph/a.keyring".into(), user: "swell".into() };
+        let cluster = Cluster::new(config, std::sync::Arc::new(crate::system::HostSystem));
         FuseAttacher::new(cluster, root).expect("attacher")
     }
 
@@ -331,17 +338,18 @@ mod tests {
         let fuse = attacher(&root);
         let mode = std::fs::metadata(&root).expect("root exists").permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        let image = RbdImage { cluster: "ceph-a".into(), pool: "rbd".into(), image: "pvc-1".into() };
+        let image = RbdVolume::for_name("ceph-a", "rbd", "pvc-1").unwrap();
         let root = std::fs::canonicalize(&root).expect("resolve");
-        assert_eq!(fuse.mount_dir(&image), root.join("rbd/pvc-1"));
-        assert_eq!(fuse.image_file(&image), root.join("rbd/pvc-1/pvc-1"));
+        let name = &image.image;
+        assert_eq!(fuse.mount_dir(&image), root.join("rbd").join(name));
+        assert_eq!(fuse.image_file(&image), root.join("rbd").join(name).join(name));
         let args: Vec<String> = fuse.mount_args(&image, &fuse.mount_dir(&image)).iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             args.join(" "),
             format!(
                 "-c /etc/ceph/a.conf --id swell --keyring /etc/ceph/a.keyring --client-mount-timeout 10 \
-                 -p rbd -r pvc-1 {} -o attr_timeout=0,entry_timeout=0",
-                root.join("rbd/pvc-1").display()
+                 -p rbd -r {name} {} -o attr_timeout=0,entry_timeout=0",
+                root.join("rbd").join(name).display()
             )
         );
     }

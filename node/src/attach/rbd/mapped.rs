@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use swell_storage::VolumeId;
-use swell_storage::command;
 
-use super::{Cluster, RbdImage};
+use swell_storage::RbdVolume;
+
+use super::{Cluster, rbd_volume};
 use crate::attach::Attacher;
 use crate::error::NodeError;
 
@@ -55,7 +56,7 @@ impl Mapper {
     /// `map pool/image` plus the cluster arguments. krbd's CLI only sets
     /// up the kernel mapping, so its librados calls get the op timeouts;
     /// rbd-nbd stays as the device's server and gets only a connect timeout.
-    pub fn map_args(self, cluster: &Cluster, image: &RbdImage) -> Vec<OsString> {
+    pub fn map_args(self, cluster: &Cluster, image: &RbdVolume) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["map".into(), image.spec().into()];
         args.extend(match self {
             Mapper::Krbd => cluster.control_args(),
@@ -111,7 +112,7 @@ impl Mapper {
 }
 
 /// The devices mapping `image`'s head (not a snapshot, default namespace).
-pub fn devices_of(mappings: &[Mapping], image: &RbdImage) -> Vec<PathBuf> {
+pub fn devices_of(mappings: &[Mapping], image: &RbdVolume) -> Vec<PathBuf> {
     mappings.iter().filter(|m| m.pool == image.pool && m.image == image.image && m.namespace.is_empty() && m.snap.is_none()).map(|m| m.device.clone()).collect()
 }
 
@@ -128,9 +129,11 @@ impl MappedAttacher {
         MappedAttacher { mapper, cluster }
     }
 
-    async fn mapped(&self, volume: &VolumeId, image: &RbdImage) -> Result<Vec<PathBuf>, NodeError> {
+    async fn mapped(&self, volume: &VolumeId, image: &RbdVolume) -> Result<Vec<PathBuf>, NodeError> {
         let program = self.mapper.program();
-        let out = command::run(program, self.mapper.list_args(), LIST_DEADLINE)
+        let out = self
+            .cluster
+            .run(program, self.mapper.list_args(), LIST_DEADLINE)
             .await
             .map_err(|e| NodeError::command(format!("list {program} mappings for volume {volume}"), e))?;
         let mappings = self.mapper.parse_mapped(&out.stdout).map_err(|detail| NodeError::Parse { step: format!("{program} listing"), detail })?;
@@ -141,16 +144,18 @@ impl MappedAttacher {
 #[async_trait::async_trait]
 impl Attacher for MappedAttacher {
     async fn backing_size(&self, volume: &VolumeId) -> Result<Option<u64>, NodeError> {
-        self.cluster.image_size(volume, &RbdImage::from_volume(volume)?).await
+        self.cluster.image_size(volume, &rbd_volume(volume)?).await
     }
 
     async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         if let Some(device) = self.mapped(volume, &image).await?.into_iter().next() {
             return Ok(device);
         }
         let program = self.mapper.program();
-        let out = command::run(program, self.mapper.map_args(&self.cluster, &image), MAP_DEADLINE)
+        let out = self
+            .cluster
+            .run(program, self.mapper.map_args(&self.cluster, &image), MAP_DEADLINE)
             .await
             .map_err(|e| NodeError::command(format!("{program} map {} for volume {volume}", image.spec()), e))?;
         let device = out.stdout.trim();
@@ -161,17 +166,18 @@ impl Attacher for MappedAttacher {
     }
 
     async fn find(&self, volume: &VolumeId) -> Result<Option<PathBuf>, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         Ok(self.mapped(volume, &image).await?.into_iter().next())
     }
 
     async fn detach(&self, volume: &VolumeId, _device: Option<&Path>) -> Result<(), NodeError> {
         // The listing is the truth: a recorded device that no longer maps
         // this image is either gone or someone else's now.
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         let program = self.mapper.program();
         for device in self.mapped(volume, &image).await? {
-            command::run(program, self.mapper.unmap_args(&self.cluster, &device), MAP_DEADLINE)
+            self.cluster
+                .run(program, self.mapper.unmap_args(&self.cluster, &device), MAP_DEADLINE)
                 .await
                 .map_err(|e| NodeError::command(format!("{program} unmap {} of volume {volume}", device.display()), e))?;
         }
@@ -185,7 +191,7 @@ impl Attacher for MappedAttacher {
     }
 
     async fn condition(&self, volume: &VolumeId, device: &Path) -> Result<Option<String>, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         if self.mapped(volume, &image).await?.iter().any(|d| d == device) {
             return Ok(None);
         }
@@ -199,16 +205,13 @@ mod tests {
     use crate::config::RbdNodeConfig;
 
     fn cluster() -> Cluster {
-        Cluster::new(RbdNodeConfig {
-            cluster_id: "ceph-a".into(),
-            ceph_conf: "/etc/ceph/a.conf".into(),
-            keyring: "/etc/ceph/a.keyring".into(),
-            user: "swell".into(),
-        })
+        let config =
+            RbdNodeConfig { cluster_id: "ceph-a".into(), ceph_conf: "/etc/ceph/a.conf".into(), keyring: "/etc/ceph/a.keyring".into(), user: "swell".into() };
+        Cluster::new(config, std::sync::Arc::new(crate::system::HostSystem))
     }
 
-    fn image() -> RbdImage {
-        RbdImage { cluster: "ceph-a".into(), pool: "rbd".into(), image: "pvc-1".into() }
+    fn image() -> RbdVolume {
+        RbdVolume::for_name("ceph-a", "rbd", "pvc-1").unwrap()
     }
 
     fn line(args: &[OsString]) -> String {
@@ -220,9 +223,9 @@ mod tests {
         let auth = "-c /etc/ceph/a.conf --id swell --keyring /etc/ceph/a.keyring";
         let timeouts = "--rados-osd-op-timeout 10 --rados-mon-op-timeout 10 --client-mount-timeout 10";
         assert_eq!(Mapper::Krbd.program(), "rbd");
-        assert_eq!(line(&Mapper::Krbd.map_args(&cluster(), &image())), format!("map rbd/pvc-1 {auth} {timeouts}"));
+        assert_eq!(line(&Mapper::Krbd.map_args(&cluster(), &image())), format!("map {} {auth} {timeouts}", image().spec()));
         assert_eq!(Mapper::Nbd.program(), "rbd-nbd");
-        assert_eq!(line(&Mapper::Nbd.map_args(&cluster(), &image())), format!("map rbd/pvc-1 {auth} --client-mount-timeout 10"));
+        assert_eq!(line(&Mapper::Nbd.map_args(&cluster(), &image())), format!("map {} {auth} --client-mount-timeout 10", image().spec()));
         assert_eq!(line(&Mapper::Krbd.unmap_args(&cluster(), Path::new("/dev/rbd3"))), format!("unmap /dev/rbd3 {auth} {timeouts}"));
         assert_eq!(line(&Mapper::Nbd.unmap_args(&cluster(), Path::new("/dev/nbd0"))), format!("unmap /dev/nbd0 {auth} {timeouts}"));
         assert_eq!(line(&Mapper::Krbd.list_args()), "showmapped --format json");
@@ -235,8 +238,9 @@ mod tests {
         let json = r#"[{"id":"0","pool":"rbd","namespace":"","name":"pvc-1","snap":"-","device":"/dev/rbd0"},
             {"id":"1","pool":"rbd","namespace":"","name":"pvc-1","snap":"s1","device":"/dev/rbd1"},
             {"id":"2","pool":"other","namespace":"","name":"pvc-1","snap":"-","device":"/dev/rbd2"},
-            {"id":"3","pool":"rbd","namespace":"ns","name":"pvc-1","snap":"-","device":"/dev/rbd3"}]"#;
-        let mappings = Mapper::Krbd.parse_mapped(json).expect("parses");
+            {"id":"3","pool":"rbd","namespace":"ns","name":"pvc-1","snap":"-","device":"/dev/rbd3"}]"#
+            .replace("pvc-1", &image().image);
+        let mappings = Mapper::Krbd.parse_mapped(&json).expect("parses");
         assert_eq!(mappings.len(), 4);
         assert_eq!(mappings[1].snap.as_deref(), Some("s1"));
         assert_eq!(devices_of(&mappings, &image()), vec![PathBuf::from("/dev/rbd0")]);
@@ -251,10 +255,11 @@ mod tests {
         // As Ceph 16.2's `rbd-nbd list-mapped --format json` prints it: the
         // id is the rbd-nbd pid, the image is under "image".
         let json = r#"[{"id":4242,"pool":"rbd","namespace":"","image":"pvc-1","snap":"","device":"/dev/nbd0","cookie":"abc"},
-            {"id":4243,"pool":"rbd","namespace":"","image":"pvc-2","snap":"","device":"/dev/nbd1","cookie":""}]"#;
-        let mappings = Mapper::Nbd.parse_mapped(json).expect("parses");
+            {"id":4243,"pool":"rbd","namespace":"","image":"pvc-2","snap":"","device":"/dev/nbd1","cookie":""}]"#
+            .replace("pvc-1", &image().image);
+        let mappings = Mapper::Nbd.parse_mapped(&json).expect("parses");
         assert_eq!(devices_of(&mappings, &image()), vec![PathBuf::from("/dev/nbd0")]);
         // krbd's key does not fit rbd-nbd's output and vice versa.
-        assert!(Mapper::Krbd.parse_mapped(json).is_err());
+        assert!(Mapper::Krbd.parse_mapped(&json).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Ceph RBD volumes (`rbd:<cluster-id>:<pool>:<image>`) on this node: which
 //! of three attach modes this host supports (detected once at start-up and
-//! logged), the image name inside a volume id, and the one place the `rbd`
+//! logged), reading a volume id through the shared RBD id contract, and the one place the `rbd`
 //! CLI is asked about an image. The modes live in their own files:
 //! `mapped` (krbd `rbd map` and `rbd-nbd map`: the kernel or rbd-nbd gives a
 //! block device that follows resizes by itself) and `fuse` (rbd-fuse exposes
@@ -16,10 +16,12 @@ mod mapped;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use swell_storage::VolumeId;
-use swell_storage::command::{self, CommandError};
+use swell_storage::command::{CommandError, Output};
+use swell_storage::rbd_volume::{self, RbdVolume};
 
 pub use fuse::FuseAttacher;
 pub use mapped::{MappedAttacher, Mapper};
@@ -27,9 +29,7 @@ pub use mapped::{MappedAttacher, Mapper};
 use super::Attacher;
 use crate::config::RbdNodeConfig;
 use crate::error::NodeError;
-
-/// The volume id backend of RBD volumes.
-pub const KIND: &str = "rbd";
+use crate::system::System;
 
 /// librados' op timeouts for CLI calls, in seconds (`rbd info` takes ~50 ms).
 const OP_TIMEOUT_SECS: &str = "10";
@@ -82,48 +82,38 @@ pub fn on_path(program: &str) -> bool {
     })
 }
 
-/// The image an `rbd:` volume id names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RbdImage {
-    /// The cluster id from the volume id.
-    pub cluster: String,
-    /// The pool.
-    pub pool: String,
-    /// The image.
-    pub image: String,
+/// The RBD volume an id names (the one contract, `swell_storage::rbd_volume`);
+/// a well-formed id that names no Swell image is a volume that does not
+/// exist, to this node as to the controller.
+pub fn rbd_volume(volume: &VolumeId) -> Result<RbdVolume, NodeError> {
+    RbdVolume::parse(volume).ok_or_else(|| NodeError::VolumeNotFound {
+        volume: volume.to_string(),
+        reason: format!("an rbd volume id is rbd:<cluster-id>:<pool>:{}<32 hex digits>", rbd_volume::IMAGE_PREFIX),
+    })
 }
 
-impl RbdImage {
-    /// Reads `<cluster-id>:<pool>:<image>` from an `rbd:` id; the parts are
-    /// already restricted to `[a-z0-9._-]` by `VolumeId`.
-    pub fn from_volume(volume: &VolumeId) -> Result<Self, NodeError> {
-        let parts: Vec<&str> = volume.key().split(':').collect();
-        match parts.as_slice() {
-            [cluster, pool, image] if volume.backend() == KIND => {
-                Ok(RbdImage { cluster: (*cluster).to_owned(), pool: (*pool).to_owned(), image: (*image).to_owned() })
-            }
-            // A well-formed id that cannot name an image: to this node the
-            // volume does not exist (as for an unknown backend).
-            _ => Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: "an rbd volume id must be rbd:<cluster-id>:<pool>:<image>".into() }),
-        }
-    }
-
-    /// `pool/image`, as the CLIs take it.
-    pub fn spec(&self) -> String {
-        format!("{}/{}", self.pool, self.image)
-    }
-}
-
-/// The configured cluster as the `rbd` CLI reaches it.
+/// The configured cluster as the `rbd` CLI reaches it, and the host the
+/// Ceph tools run on.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     config: RbdNodeConfig,
+    sys: Arc<dyn System>,
 }
 
 impl Cluster {
-    /// A cluster handle for `config`.
-    pub fn new(config: RbdNodeConfig) -> Self {
-        Cluster { config }
+    /// A cluster handle for `config`, whose tools run through `sys`.
+    pub fn new(config: RbdNodeConfig, sys: Arc<dyn System>) -> Self {
+        Cluster { config, sys }
+    }
+
+    /// The host the attachers act on.
+    pub fn sys(&self) -> &dyn System {
+        self.sys.as_ref()
+    }
+
+    /// Runs a Ceph tool.
+    async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
+        self.sys.run(program, args, deadline).await
     }
 
     /// Who and where: `-c conf --id user --keyring k`. Every process gets
@@ -163,10 +153,10 @@ impl Cluster {
 
     /// The image's size now, `None` when the image (or its pool) does not
     /// exist.
-    pub async fn image_size(&self, volume: &VolumeId, image: &RbdImage) -> Result<Option<u64>, NodeError> {
+    pub async fn image_size(&self, volume: &VolumeId, image: &RbdVolume) -> Result<Option<u64>, NodeError> {
         let mut args: Vec<OsString> = vec!["info".into(), image.spec().into(), "--format".into(), "json".into()];
         args.extend(self.control_args());
-        match command::run("rbd", &args, CLI_DEADLINE).await {
+        match self.run("rbd", args, CLI_DEADLINE).await {
             Ok(out) => parse_info_size(&out.stdout)
                 .map(Some)
                 .ok_or_else(|| NodeError::Parse { step: format!("rbd info {} for volume {volume}", image.spec()), detail: out.stdout }),
@@ -198,10 +188,10 @@ pub struct RbdAttachers {
 impl RbdAttachers {
     /// Detects the attach mode and builds its attacher; rbd-fuse mounts go
     /// under `<state_dir>/rbd-fuse/<cluster-id>`.
-    pub fn new(config: &RbdNodeConfig, state_dir: &Path) -> Result<Self, NodeError> {
+    pub fn new(config: &RbdNodeConfig, state_dir: &Path, sys: Arc<dyn System>) -> Result<Self, NodeError> {
         let mode = detect(Path::new("/"), on_path);
         tracing::info!(cluster = %config.cluster_id, %mode, "RBD attach mode detected");
-        let cluster = Cluster::new(config.clone());
+        let cluster = Cluster::new(config.clone(), sys);
         let attacher: Box<dyn Attacher> = match mode {
             AttachMode::Krbd => Box::new(MappedAttacher::new(Mapper::Krbd, cluster)),
             AttachMode::Nbd => Box::new(MappedAttacher::new(Mapper::Nbd, cluster)),
@@ -217,7 +207,7 @@ impl RbdAttachers {
 
     /// The attacher for `volume`, which must name this node's cluster.
     pub fn for_volume(&self, volume: &VolumeId) -> Result<&dyn Attacher, NodeError> {
-        let image = RbdImage::from_volume(volume)?;
+        let image = rbd_volume(volume)?;
         // NOT_FOUND, not INVALID_ARGUMENT: the spec keeps INVALID_ARGUMENT
         // for missing or malformed fields, and this id is well-formed; it
         // names a cluster this node cannot reach, so for NodeStageVolume the
@@ -263,24 +253,10 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_image_from_the_volume_id() {
-        let image = RbdImage::from_volume(&volume("rbd:ceph-a:rbd:pvc-1")).expect("rbd id");
-        assert_eq!(image, RbdImage { cluster: "ceph-a".into(), pool: "rbd".into(), image: "pvc-1".into() });
-        assert_eq!(image.spec(), "rbd/pvc-1");
-        for bad in ["rbd:ceph-a:pvc-1", "rbd:a:b:c:d", "local:a:b:c"] {
-            let err = RbdImage::from_volume(&volume(bad)).expect_err(bad);
-            assert_eq!(err.code(), tonic::Code::NotFound, "{bad}");
-        }
-    }
-
-    #[test]
     fn short_calls_carry_op_timeouts_and_daemons_only_a_connect_timeout() {
-        let cluster = Cluster::new(RbdNodeConfig {
-            cluster_id: "c".into(),
-            ceph_conf: "/etc/ceph/c.conf".into(),
-            keyring: "/etc/ceph/c.keyring".into(),
-            user: "swell".into(),
-        });
+        let config =
+            RbdNodeConfig { cluster_id: "c".into(), ceph_conf: "/etc/ceph/c.conf".into(), keyring: "/etc/ceph/c.keyring".into(), user: "swell".into() };
+        let cluster = Cluster::new(config, Arc::new(crate::system::HostSystem));
         let control: Vec<String> = cluster.control_args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             control.join(" "),
@@ -314,13 +290,19 @@ mod tests {
     }
 
     #[test]
-    fn a_volume_of_another_cluster_is_not_found() {
+    fn a_volume_of_another_cluster_or_a_foreign_image_is_not_found() {
         let config = RbdNodeConfig { cluster_id: "ceph-a".into(), ceph_conf: "/c".into(), keyring: "/k".into(), user: "admin".into() };
         let state = tempfile::tempdir().expect("temp dir");
-        let attachers = RbdAttachers::new(&config, state.path()).expect("attachers");
-        assert!(attachers.for_volume(&volume("rbd:ceph-a:rbd:img")).is_ok());
-        let err = attachers.for_volume(&volume("rbd:ceph-b:rbd:img")).expect_err("other cluster");
+        let attachers = RbdAttachers::new(&config, state.path(), Arc::new(crate::system::HostSystem)).expect("attachers");
+        let ours = RbdVolume::for_name("ceph-a", "rbd", "pvc").expect("volume");
+        assert!(attachers.for_volume(&ours.id()).is_ok());
+        let theirs = RbdVolume::for_name("ceph-b", "rbd", "pvc").expect("volume");
+        let err = attachers.for_volume(&theirs.id()).expect_err("other cluster");
         assert_eq!(err.code(), tonic::Code::NotFound);
         assert!(err.to_string().contains("ceph-b"), "{err}");
+        // Which ids name a Swell image is storage's contract (tested there);
+        // here: an id it refuses is NOT_FOUND, never attached.
+        let err = attachers.for_volume(&volume("rbd:ceph-a:rbd:important")).expect_err("foreign image");
+        assert_eq!(err.code(), tonic::Code::NotFound);
     }
 }

@@ -1,0 +1,143 @@
+//! `swell-node` as a real process, for tests that kill it: SIGKILL to its
+//! whole process group (the node and the tools it is running, as a
+//! container kill takes them; daemons that detached, such as rbd-fuse,
+//! survive as they would beside a restarted container), then a restart over
+//! the same state directory.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use csi_proto::v1::node_client::NodeClient;
+use swell_node::NodeConfig;
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+use crate::harness::HarnessError;
+use crate::process::{built_binary, wait_until_serving};
+
+/// A running `swell-node` process.
+pub struct NodeProcess {
+    child: Child,
+    binary: PathBuf,
+    args: Vec<OsString>,
+    /// The CSI socket it serves.
+    pub socket: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts a node serving `config` on `socket`, with `env` added to its
+    /// environment (e.g. a PATH with stand-ins for tools); waits until the
+    /// socket answers.
+    pub async fn start(config: &NodeConfig, socket: PathBuf, env: &[(&str, OsString)]) -> Result<Self, HarnessError> {
+        let mut args: Vec<OsString> = vec![
+            format!("--endpoint=unix://{}", socket.display()).into(),
+            format!("--node-id={}", config.node_id).into(),
+            format!("--state-dir={}", config.state_dir.display()).into(),
+            format!("--local-state-dir={}", config.local_state_dir.display()).into(),
+        ];
+        if let Some(rbd) = &config.rbd {
+            args.push(format!("--rbd-cluster-id={}", rbd.cluster_id).into());
+            args.push(format!("--rbd-ceph-conf={}", rbd.ceph_conf.display()).into());
+            args.push(format!("--rbd-keyring={}", rbd.keyring.display()).into());
+            args.push(format!("--rbd-user={}", rbd.user).into());
+        }
+        let binary = built_binary("swell-node")?;
+        let child = spawn(&binary, &args, env)?;
+        let mut process = NodeProcess { child, binary, args, socket };
+        process.wait_ready().await?;
+        Ok(process)
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), HarnessError> {
+        wait_until_serving(&mut self.child, &self.socket, "swell-node").await
+    }
+
+    /// A fresh client connection.
+    pub async fn client(&self) -> Result<NodeClient<Channel>, HarnessError> {
+        Ok(NodeClient::new(csi_endpoint::connect(&self.socket).await?))
+    }
+
+    /// SIGKILL to the node's process group: no cleanup runs anywhere in it.
+    pub async fn kill(&mut self) {
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.child.wait().await;
+    }
+
+    /// Starts the node again over the same state, with `env` this time.
+    pub async fn restart(&mut self, env: &[(&str, OsString)]) -> Result<(), HarnessError> {
+        self.kill().await;
+        // The killed process could not remove its socket.
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn(&self.binary, &self.args, env)?;
+        self.wait_ready().await
+    }
+}
+
+fn spawn(binary: &PathBuf, args: &[OsString], env: &[(&str, OsString)]) -> Result<Child, HarnessError> {
+    Command::new(binary)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        // Its own group, so a kill takes the tools it runs with it.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| HarnessError::Node(format!("spawn {}: {e}", binary.display())))
+}
+
+/// Where a stand-in grow tool lets a kill land: before the real tool
+/// starts, or once it has started (the kill takes it too, during or just
+/// after its grow: a small grow is quick).
+#[derive(Debug, Clone, Copy)]
+pub enum KillAt {
+    BeforeTheTool,
+    AfterTheToolStarted,
+}
+
+/// Writes into `dir` a stand-in for the grow tool of `fs` (`xfs_growfs`, or
+/// `btrfs` for `filesystem resize`): it marks that the node reached its grow
+/// step by creating the returned file, then holds the step open for a kill
+/// to land at `at`. Returns the directory to put first on the node's PATH,
+/// and the mark.
+pub fn grow_tool_stand_in(dir: &Path, fs: &str, at: KillAt) -> Result<(PathBuf, PathBuf), String> {
+    let (tool, is_grow) = match fs {
+        "xfs" => ("xfs_growfs", "true"),
+        "btrfs" => ("btrfs", r#"[ "$1 $2" = "filesystem resize" ]"#),
+        other => return Err(format!("no stand-in for {other}'s grow tool")),
+    };
+    let real = which(tool)?;
+    let (bin, mark) = (dir.join("stand-in"), dir.join("grow-reached"));
+    std::fs::create_dir_all(&bin).map_err(|e| format!("create {}: {e}", bin.display()))?;
+    let (mark_arg, real_arg) = (mark.display(), real.display());
+    let hold = match at {
+        KillAt::BeforeTheTool => format!(": > {mark_arg}; sleep 60; exec {real_arg} \"$@\""),
+        KillAt::AfterTheToolStarted => format!("{real_arg} \"$@\" & : > {mark_arg}; wait $!; sleep 60"),
+    };
+    let script = format!("#!/bin/sh\nif {is_grow}; then {hold}; fi\nexec {real_arg} \"$@\"\n");
+    let path = bin.join(tool);
+    std::fs::write(&path, script).map_err(|e| format!("write {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    Ok((bin, mark))
+}
+
+fn which(tool: &str) -> Result<PathBuf, String> {
+    let out = std::process::Command::new("which").arg(tool).output().map_err(|e| format!("which {tool}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{tool} is not installed"));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Expansion cases beside the usual online grow, on local volumes with real
+//! loop devices and filesystems: a volume expanded while it was not staged
+//! comes up at its new size at the next NodeStageVolume; NodeExpandVolume
+//! at a path that exists but is not the volume's mount is refused with
+//! NOT_FOUND and grows nothing. Needs root.
+#![allow(clippy::unwrap_used)]
+
+mod node_rig;
+
+use node_rig::{MIB, Rig, rig};
+use swell_e2e::requests::{self, mount_capability, total_bytes};
+use swell_e2e::stream_io;
+use swell_storage::VolumeId;
+use tonic::Code;
+
+async fn stage_publish(rig: &mut Rig, id: &VolumeId, fs: &str, staging: &str, target: &str) {
+    let (staging, target) = (rig.path(staging), rig.path(target));
+    rig.node.node_stage_volume(requests::stage(&id.to_string(), &staging, mount_capability(fs))).await.unwrap();
+    rig.node.node_publish_volume(requests::publish(&id.to_string(), &staging, &target, mount_capability(fs), false)).await.unwrap();
+}
+
+async fn filesystem_bytes(rig: &mut Rig, id: &VolumeId, path: &str) -> u64 {
+    let stats = rig.node.node_get_volume_stats(requests::stats(&id.to_string(), &rig.path(path))).await.unwrap().into_inner();
+    total_bytes(&stats).unwrap() as u64
+}
+
+async fn grown_while_unstaged(fs: &str) {
+    let Some(mut rig) = rig(&format!("node_grown_while_unstaged_{fs}")).await else { return };
+    let id = rig.volume(&format!("pvc-unstaged-{fs}"), 320 * MIB).await;
+    stage_publish(&mut rig, &id, fs, "staging", "pods/p/vol").await;
+    let data = rig.dir.join("pods/p/vol/data");
+    assert_eq!(stream_io::write_until(&data, &rig.dir.join("no-stop"), &rig.dir.join("progress"), 32).records, 32);
+    let before = filesystem_bytes(&mut rig, &id, "pods/p/vol").await;
+    rig.node.node_unpublish_volume(requests::unpublish(&id.to_string(), &rig.path("pods/p/vol"))).await.unwrap();
+    rig.node.node_unstage_volume(requests::unstage(&id.to_string(), &rig.path("staging"))).await.unwrap();
+
+    // ControllerExpandVolume while no node has it: the backend grows.
+    rig.grow(&id, 640 * MIB).await;
+    stage_publish(&mut rig, &id, fs, "staging", "pods/p/vol").await;
+    let after = filesystem_bytes(&mut rig, &id, "pods/p/vol").await;
+    println!("{fs}: {before} bytes before, {after} after a stage over the grown volume");
+    assert!(after > 640 * MIB * 85 / 100 && after <= 640 * MIB, "{fs} came up at {after}, not about 640 MiB");
+    stream_io::verify(&data, 32).unwrap();
+    // kubelet's NodeExpandVolume that follows finds the work done.
+    let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), "", (640 * MIB) as i64, None);
+    assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, 640 * MIB);
+    rig.node.node_unpublish_volume(requests::unpublish(&id.to_string(), &rig.path("pods/p/vol"))).await.unwrap();
+    rig.node.node_unstage_volume(requests::unstage(&id.to_string(), &rig.path("staging"))).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfs_grown_while_unstaged_comes_up_at_the_new_size() {
+    grown_while_unstaged("xfs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs_grown_while_unstaged_comes_up_at_the_new_size() {
+    grown_while_unstaged("btrfs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expand_at_a_path_that_is_not_the_volumes_mount_is_not_found_and_grows_nothing() {
+    let Some(mut rig) = rig("node_expand_wrong_path").await else { return };
+    let ours = rig.volume("pvc-ours", 320 * MIB).await;
+    let theirs = rig.volume("pvc-theirs", 320 * MIB).await;
+    stage_publish(&mut rig, &ours, "xfs", "staging", "pods/p/vol").await;
+    stage_publish(&mut rig, &theirs, "xfs", "staging-2", "pods/q/vol").await;
+    std::fs::create_dir_all(rig.dir.join("plain")).unwrap();
+    rig.grow(&ours, 640 * MIB).await;
+    let before = filesystem_bytes(&mut rig, &ours, "pods/p/vol").await;
+    for path in ["pods/q/vol", "staging-2", "plain"] {
+        let expand = requests::node_expand(&ours.to_string(), &rig.path(path), "", 0, None);
+        let status = rig.node.node_expand_volume(expand).await.expect_err(path);
+        assert_eq!(status.code(), Code::NotFound, "{path}: {}", status.message());
+        assert!(status.message().contains("not mounted at"), "{}", status.message());
+    }
+    assert_eq!(filesystem_bytes(&mut rig, &ours, "pods/p/vol").await, before, "a refused expand grew the filesystem");
+    let expand = requests::node_expand(&ours.to_string(), &rig.path("pods/p/vol"), "", 0, None);
+    assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, 640 * MIB);
+    for (id, staging, target) in [(&ours, "staging", "pods/p/vol"), (&theirs, "staging-2", "pods/q/vol")] {
+        rig.node.node_unpublish_volume(requests::unpublish(&id.to_string(), &rig.path(target))).await.unwrap();
+        rig.node.node_unstage_volume(requests::unstage(&id.to_string(), &rig.path(staging))).await.unwrap();
+    }
+}

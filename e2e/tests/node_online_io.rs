@@ -1,0 +1,114 @@
+//! Online growth under a running workload, on local volumes (sparse file +
+//! loop device): a `swell-io` writer writes and fdatasyncs records and a
+//! reader reads them back, as processes of their own, while the backing
+//! file grows and NodeExpandVolume grows xfs, btrfs or a raw block device.
+//! No I/O error, no record read back wrong, every acknowledged record intact
+//! afterwards. And for raw block: what was written before the grow reads
+//! back after it, and a file descriptor opened before sees the new size.
+//! Needs root.
+#![allow(clippy::unwrap_used)]
+
+mod node_rig;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use csi_proto::v1::VolumeCapability;
+use node_rig::{MIB, Rig, rig};
+use swell_e2e::requests::{self, block_capability, mount_capability};
+use swell_e2e::stream_io::{RECORD, Streams};
+use swell_e2e::{host, requests::total_bytes};
+
+const FROM: u64 = 320 * MIB;
+const TO: u64 = 640 * MIB;
+
+/// Stages and publishes `id` with `capability`; returns the target path.
+async fn stage_publish(rig: &mut Rig, id: &str, capability: VolumeCapability, target: &str) -> PathBuf {
+    let (staging, target) = (rig.path("staging"), rig.path(target));
+    rig.node.node_stage_volume(requests::stage(id, &staging, capability.clone())).await.unwrap();
+    rig.node.node_publish_volume(requests::publish(id, &staging, &target, capability, false)).await.unwrap();
+    PathBuf::from(target)
+}
+
+async fn unpublish_unstage(rig: &mut Rig, id: &str, target: &Path) {
+    rig.node.node_unpublish_volume(requests::unpublish(id, &target.display().to_string())).await.unwrap();
+    rig.node.node_unstage_volume(requests::unstage(id, &rig.path("staging"))).await.unwrap();
+}
+
+/// Streams records through `data` while the volume grows from FROM to TO.
+async fn grow_under_streams(rig: &mut Rig, id: &str, target: &Path, data: &Path, limit: u64) {
+    let streams = Streams::start(data, &rig.dir, limit).unwrap();
+    assert!(streams.wait_for(20, Duration::from_secs(60)).await, "the writer did not get going");
+    rig.grow(&id.parse().unwrap(), TO).await;
+    let expand = requests::node_expand(id, &target.display().to_string(), "", TO as i64, None);
+    let grown = rig.node.node_expand_volume(expand).await.unwrap().into_inner();
+    assert_eq!(grown.capacity_bytes as u64, TO);
+    let at_grow = streams.written();
+    assert!(streams.wait_for(at_grow + 20, Duration::from_secs(60)).await, "the writer stalled after the grow");
+    let (writer, reader) = streams.finish(data).await.unwrap();
+    println!("writer synced {} records ({at_grow} when the grow answered), reader verified {} reads", writer.records, reader.records);
+}
+
+async fn filesystem_grows_under_a_streaming_writer(fs: &str) {
+    let Some(mut rig) = rig(&format!("node_online_io_{fs}")).await else { return };
+    let id = rig.volume(&format!("pvc-io-{fs}"), FROM).await.to_string();
+    let target = stage_publish(&mut rig, &id, mount_capability(fs), "pods/p/vol").await;
+    // Well inside the first size: the filesystem's own metadata needs room too.
+    grow_under_streams(&mut rig, &id, &target, &target.join("stream.dat"), (FROM / 2) / RECORD as u64).await;
+    let stats = rig.node.node_get_volume_stats(requests::stats(&id, &target.display().to_string())).await.unwrap().into_inner();
+    let total = total_bytes(&stats).unwrap() as u64;
+    assert!(total > TO * 85 / 100 && total <= TO, "{fs} grew to {total}");
+    unpublish_unstage(&mut rig, &id, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfs_grows_under_a_streaming_writer() {
+    filesystem_grows_under_a_streaming_writer("xfs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs_grows_under_a_streaming_writer() {
+    filesystem_grows_under_a_streaming_writer("btrfs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_block_volume_grows_under_a_streaming_writer() {
+    let Some(mut rig) = rig("node_online_io_block").await else { return };
+    let id = rig.volume("pvc-io-block", FROM).await.to_string();
+    let target = stage_publish(&mut rig, &id, block_capability(), "pods/p/dev/blk").await;
+    grow_under_streams(&mut rig, &id, &target, &target, FROM / RECORD as u64).await;
+    unpublish_unstage(&mut rig, &id, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_block_data_survives_the_grow_and_an_open_descriptor_sees_the_new_size() {
+    let Some(mut rig) = rig("node_block_open_fd").await else { return };
+    let id = rig.volume("pvc-block-fd", 64 * MIB).await.to_string();
+    let target = stage_publish(&mut rig, &id, block_capability(), "pods/p/dev/blk").await;
+    let mut device = std::fs::OpenOptions::new().read(true).write(true).open(&target).unwrap();
+    let before = host::pattern(8 << 20, 5);
+    device.write_all(&before).unwrap();
+    device.sync_all().unwrap();
+    assert_eq!(device.seek(SeekFrom::End(0)).unwrap(), 64 * MIB);
+
+    rig.grow(&id.parse().unwrap(), 128 * MIB).await;
+    let expand = requests::node_expand(&id, &target.display().to_string(), "", (128 * MIB) as i64, None);
+    rig.node.node_expand_volume(expand).await.unwrap();
+
+    assert_eq!(device.seek(SeekFrom::End(0)).unwrap(), 128 * MIB, "the descriptor opened before the grow sees the new size");
+    let beyond = host::pattern(4 << 20, 6);
+    device.write_all_at(&beyond, 100 * MIB).unwrap();
+    device.sync_all().unwrap();
+    drop(device);
+    let mut fresh = std::fs::File::open(&target).unwrap();
+    let mut read = vec![0u8; before.len()];
+    fresh.read_exact(&mut read).unwrap();
+    assert!(read == before, "data written before the grow reads back after it");
+    let mut read = vec![0u8; beyond.len()];
+    fresh.read_exact_at(&mut read, 100 * MIB).unwrap();
+    assert!(read == beyond, "data written beyond the old end through the old descriptor reads back");
+    drop(fresh);
+    unpublish_unstage(&mut rig, &id, &target).await;
+}

@@ -1,0 +1,153 @@
+//! Online growth of Ceph RBD volumes under a running workload, on a real
+//! throwaway cluster (rbd-fuse + loop on this kind of host): a `swell-io`
+//! writer and reader stream through xfs and through a raw block volume
+//! while the image grows; a volume grown while unstaged comes up grown; and
+//! swell-node, as a real process, killed in the middle of NodeExpandVolume
+//! with the volume published, then restarted: the next NodeExpandVolume
+//! finishes the grow, unstage leaves nothing, the filesystem checks clean.
+#![allow(clippy::unwrap_used)]
+
+mod rbd_node_rig;
+
+use std::ffi::OsString;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rbd_node_rig::{GIB, MIB, Rig};
+use swell_e2e::host::{check_filesystem, statvfs_total};
+use swell_e2e::node_process::{KillAt, NodeProcess, grow_tool_stand_in};
+use swell_e2e::requests::{self, block_capability, mount_capability, total_bytes};
+use swell_e2e::stream_io::{self, RECORD, Streams};
+
+/// The tests in this binary; the last to finish tears the cluster down.
+const TESTS: usize = 4;
+/// This binary's cluster, apart from rbd_node's (ports 100 apart and clear
+/// of the other rigs' with any SWELL_TEST_SLOT).
+const SITE_DIR: &str = "/var/tmp/rbd-node-online-e2e";
+const SITE_PORT: u16 = 27300;
+
+async fn rig(test: &str, total_tests: usize) -> Option<Rig> {
+    rbd_node_rig::rig_on(test, total_tests, SITE_DIR, SITE_PORT).await
+}
+const FROM: u64 = 512 * MIB;
+
+async fn stage_publish(rig: &mut Rig, id: &str, capability: csi_proto::v1::VolumeCapability, target: &str) -> PathBuf {
+    let staging = rig.path("staging");
+    rig.node.node_stage_volume(requests::stage(id, &staging, capability.clone())).await.unwrap();
+    rig.node.node_publish_volume(requests::publish(id, &staging, &rig.path(target), capability, false)).await.unwrap();
+    rig.dir.join(target)
+}
+
+async fn unpublish_unstage_clean(rig: &mut Rig, name: &str, id: &str, target: &Path) {
+    rig.node.node_unpublish_volume(requests::unpublish(id, &target.display().to_string())).await.unwrap();
+    rig.node.node_unstage_volume(requests::unstage(id, &rig.path("staging"))).await.unwrap();
+    assert_eq!(rig.leftovers(name), Vec::<String>::new(), "nothing left after unstage");
+}
+
+/// Streams records through `data` while the image grows from FROM to 1 GiB.
+async fn grow_under_streams(rig: &mut Rig, name: &str, id: &str, target: &Path, data: &Path, limit: u64) {
+    let streams = Streams::start(data, &rig.dir, limit).unwrap();
+    assert!(streams.wait_for(20, Duration::from_secs(60)).await, "the writer did not get going");
+    rig.resize(name, GIB);
+    let expand = requests::node_expand(id, &target.display().to_string(), "", GIB as i64, None);
+    assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, GIB);
+    let at_grow = streams.written();
+    assert!(streams.wait_for(at_grow + 20, Duration::from_secs(60)).await, "the writer stalled after the grow");
+    let (writer, reader) = streams.finish(data).await.unwrap();
+    println!("rbd: writer synced {} records ({at_grow} when the grow answered), reader verified {} reads", writer.records, reader.records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_xfs_grows_under_a_streaming_writer() {
+    let Some(mut rig) = rig("rbd_node_online_xfs", TESTS).await else { return };
+    let id = rig.image("online-xfs", FROM);
+    let target = stage_publish(&mut rig, &id, mount_capability("xfs"), "pods/p/vol").await;
+    grow_under_streams(&mut rig, "online-xfs", &id, &target, &target.join("stream.dat"), (FROM / 2) / RECORD as u64).await;
+    let stats = rig.node.node_get_volume_stats(requests::stats(&id, &target.display().to_string())).await.unwrap().into_inner();
+    assert!(total_bytes(&stats).unwrap() as u64 > GIB * 85 / 100, "xfs did not grow to about 1 GiB");
+    unpublish_unstage_clean(&mut rig, "online-xfs", &id, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_raw_block_grows_under_a_streaming_writer_and_an_open_descriptor_sees_it() {
+    let Some(mut rig) = rig("rbd_node_online_block", TESTS).await else { return };
+    let id = rig.image("online-blk", FROM);
+    let target = stage_publish(&mut rig, &id, block_capability(), "pods/p/dev/blk").await;
+    let mut opened_before = std::fs::File::open(&target).unwrap();
+    assert_eq!(opened_before.seek(SeekFrom::End(0)).unwrap(), FROM);
+    grow_under_streams(&mut rig, "online-blk", &id, &target, &target, FROM / RECORD as u64).await;
+    assert_eq!(opened_before.seek(SeekFrom::End(0)).unwrap(), GIB, "a descriptor opened before the grow sees the new size");
+    drop(opened_before);
+    unpublish_unstage_clean(&mut rig, "online-blk", &id, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_volume_grown_while_unstaged_comes_up_at_the_new_size() {
+    let Some(mut rig) = rig("rbd_node_grown_unstaged", TESTS).await else { return };
+    let id = rig.image("unstaged", FROM);
+    let target = stage_publish(&mut rig, &id, mount_capability("xfs"), "pods/p/vol").await;
+    let data = target.join("data");
+    assert_eq!(stream_io::write_until(&data, &rig.dir.join("no-stop"), &rig.dir.join("progress"), 32).records, 32);
+    unpublish_unstage_clean(&mut rig, "unstaged", &id, &target).await;
+    rig.resize("unstaged", GIB);
+    let target = stage_publish(&mut rig, &id, mount_capability("xfs"), "pods/p/vol").await;
+    let total = statvfs_total(&target).unwrap();
+    println!("rbd: xfs came up at {total} bytes over the 1 GiB image");
+    assert!(total > GIB * 85 / 100 && total <= GIB, "{total}");
+    stream_io::verify(&data, 32).unwrap();
+    let expand = requests::node_expand(&id, &target.display().to_string(), "", GIB as i64, None);
+    assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, GIB);
+    unpublish_unstage_clean(&mut rig, "unstaged", &id, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_node_killed_mid_expand_with_the_volume_published_finishes_after_restart() {
+    let Some(mut rig) = rig("rbd_node_killed_mid_expand", TESTS).await else { return };
+    let (bin, mark) = grow_tool_stand_in(&rig.dir, "xfs", KillAt::BeforeTheTool).unwrap();
+    let path: OsString = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()).into();
+    let mut process = NodeProcess::start(&rig.config, rig.dir.join("process.sock"), &[("PATH", path)]).await.unwrap();
+    let id = rig.image("killed", FROM);
+    let (staging, target) = (rig.path("staging"), rig.path("pods/p/vol"));
+    let mut node = process.client().await.unwrap();
+    node.node_stage_volume(requests::stage(&id, &staging, mount_capability("xfs"))).await.unwrap();
+    node.node_publish_volume(requests::publish(&id, &staging, &target, mount_capability("xfs"), false)).await.unwrap();
+    let data = rig.dir.join("pods/p/vol/data");
+    assert_eq!(stream_io::write_until(&data, &rig.dir.join("no-stop"), &rig.dir.join("progress"), 32).records, 32);
+    let before = statvfs_total(Path::new(&target)).unwrap();
+
+    rig.resize("killed", GIB);
+    let expand = requests::node_expand(&id, &target, "", GIB as i64, None);
+    let call = tokio::spawn({
+        let (mut node, expand) = (node.clone(), expand.clone());
+        async move { node.node_expand_volume(expand).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !mark.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "NodeExpandVolume never reached the grow step");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    process.kill().await;
+    assert!(tokio::time::timeout(Duration::from_secs(30), call).await.unwrap().unwrap().is_err(), "a killed node answered OK");
+    assert_eq!(statvfs_total(Path::new(&target)).unwrap(), before, "the kill landed before the grow");
+    let fuse = swell_e2e::sweep::rbd_fuse_pids_under(&rig.fuse_dir("killed"));
+    assert_eq!(fuse.len(), 1, "rbd-fuse runs on beside the killed node (it left the node's process group)");
+
+    process.restart(&[]).await.unwrap();
+    let mut node = process.client().await.unwrap();
+    node.node_stage_volume(requests::stage(&id, &staging, mount_capability("xfs"))).await.unwrap();
+    let grown = node.node_expand_volume(expand).await.unwrap().into_inner();
+    assert_eq!(grown.capacity_bytes as u64, GIB);
+    assert!(statvfs_total(Path::new(&target)).unwrap() > GIB * 85 / 100);
+    stream_io::verify(&data, 32).unwrap();
+
+    // Check the filesystem unmounted, on the node's own device, before unstage detaches it.
+    node.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(rig.dir.join("node/staged").join(format!("{id}.json"))).unwrap()).unwrap();
+    let device = PathBuf::from(record["device"].as_str().unwrap());
+    assert!(std::process::Command::new("umount").arg(&staging).status().unwrap().success());
+    check_filesystem("xfs", &device).unwrap();
+    println!("rbd: xfs check of the unmounted filesystem after the kill: clean");
+    node.node_unstage_volume(requests::unstage(&id, &staging)).await.unwrap();
+    assert_eq!(rig.leftovers("killed"), Vec::<String>::new(), "nothing left after unstage");
+}

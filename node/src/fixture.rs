@@ -1,0 +1,101 @@
+//! A node over the recording [`FakeSystem`] for the unit tests of stage,
+//! publish and expand: a real staging store and real local backing files in
+//! a temp dir (their sizes are the backend's truth), everything else faked.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use swell_storage::{VolumeId, local};
+
+use crate::filesystem::FsType;
+use crate::staging::Access;
+use crate::system::fake::FakeSystem;
+use crate::validate::{Expand, Publish, Stage, Unpublish, Unstage};
+use crate::{NodeConfig, NodeContext};
+
+pub const MIB: u64 = 1 << 20;
+
+/// A node context over a fake host.
+pub struct Fixture {
+    pub ctx: NodeContext,
+    pub sys: Arc<FakeSystem>,
+    root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = std::fs::canonicalize(dir.path()).expect("resolve temp dir");
+        let mut config = NodeConfig::new("unit");
+        config.state_dir = root.join("node");
+        config.local_state_dir = root.join("local");
+        let sys = Arc::new(FakeSystem::default());
+        let ctx = NodeContext::with_system(config, sys.clone()).expect("context");
+        Fixture { ctx, sys, root, _dir: dir }
+    }
+
+    /// A local volume whose backing file holds `bytes`.
+    pub fn volume(&self, n: u8, bytes: u64) -> VolumeId {
+        let id: VolumeId = format!("local:{n:032x}").parse().expect("id");
+        let file = self.image(&id);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::File::create(&file).and_then(|f| f.set_len(bytes)).expect("backing file");
+        id
+    }
+
+    pub fn image(&self, id: &VolumeId) -> PathBuf {
+        local::image_path(&self.ctx.config.local_state_dir, id)
+    }
+
+    /// The backend grows the volume.
+    pub fn grow(&self, id: &VolumeId, bytes: u64) {
+        std::fs::OpenOptions::new().write(true).open(self.image(id)).and_then(|f| f.set_len(bytes)).expect("grow");
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn stage(&self, id: &VolumeId, staging: &str, access: Access) -> Stage {
+        Stage { volume: id.clone(), staging_path: self.path(staging), access }
+    }
+
+    pub fn unstage(&self, id: &VolumeId, staging: &str) -> Unstage {
+        Unstage { volume: id.clone(), staging_path: self.path(staging) }
+    }
+
+    pub fn publish(&self, id: &VolumeId, staging: &str, target: &str, access: Access, read_only: bool) -> Publish {
+        Publish { volume: id.clone(), staging_path: self.path(staging), target_path: self.path(target), access, read_only }
+    }
+
+    pub fn unpublish(&self, id: &VolumeId, target: &str) -> Unpublish {
+        Unpublish { volume: id.clone(), target_path: self.path(target) }
+    }
+
+    pub fn expand(&self, id: &VolumeId, path: &str, required_bytes: u64) -> Expand {
+        Expand { volume: id.clone(), volume_path: self.path(path), required_bytes, limit_bytes: 0 }
+    }
+
+    /// The device the volume is staged on, from its record.
+    pub async fn device(&self, id: &VolumeId) -> PathBuf {
+        self.ctx.staging.read(id).await.expect("read record").expect("staged").device
+    }
+
+    /// Stages a mount volume and creates its staging directory, as kubelet does.
+    pub async fn staged(&self, id: &VolumeId, fs: FsType) -> PathBuf {
+        std::fs::create_dir_all(self.path("staging")).expect("mkdir");
+        crate::stage::stage(&self.ctx, self.stage(id, "staging", mount(fs))).await.expect("stage");
+        self.device(id).await
+    }
+}
+
+/// A mount access of `fs` without flags.
+pub fn mount(fs: FsType) -> Access {
+    Access::Mount { fs_type: fs, mount_flags: Vec::new() }
+}
+
+/// Whether `path` exists on the real filesystem (directories the node made).
+pub fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}

@@ -1,0 +1,186 @@
+//! The real [`System`]: mount(2) and umount2(2) through `sys-mount`, the
+//! loop ioctls through `loopdev` (no `mount`, `umount` or `losetup`
+//! processes), sysfs for sizes and loop backing files, and
+//! `swell_storage::command` for the programs no library replaces (mkfs,
+//! blkid, xfs_growfs, btrfs, resize2fs, the Ceph tools).
+//!
+//! A syscall on a device can block in the kernel for as long as what is
+//! under it is stuck (a loop device over a hung rbd-fuse file blocks in D
+//! state; no signal ends that wait). So every blocking call runs on tokio's
+//! blocking pool and the caller stops waiting at a deadline: the RPC answers
+//! DEADLINE_EXCEEDED while the stuck thread finishes whenever the kernel lets
+//! it. Nothing here holds a lock across such a wait.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use loopdev::{LoopControl, LoopDevice as KernelLoop};
+use swell_storage::command::{self, CommandError, Output};
+use sys_mount::{Mount, MountFlags, UnmountFlags};
+
+use super::{LoopDevice, MountCall, System, mount_options};
+use crate::error::NodeError;
+use crate::mountinfo::{self, MountEntry};
+
+/// mount(2) of a filesystem replays its log; a sick device can stall it.
+const MOUNT_DEADLINE: Duration = Duration::from_secs(30);
+/// Loop ioctls touch one device; attach also opens the backing file.
+const LOOP_DEADLINE: Duration = Duration::from_secs(30);
+/// sysfs and mountinfo reads do not touch devices but still get a bound.
+const READ_DEADLINE: Duration = Duration::from_secs(10);
+/// LOOP_CTL_GET_FREE then LOOP_SET_FD races with other attachers (EBUSY).
+const ATTACH_ATTEMPTS: u32 = 8;
+
+/// The host's mounts, loop devices and programs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostSystem;
+
+/// Runs `work` on the blocking pool; the caller waits at most `deadline`.
+async fn blocking<T: Send + 'static>(step: String, deadline: Duration, work: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T, NodeError> {
+    match tokio::time::timeout(deadline, tokio::task::spawn_blocking(work)).await {
+        Err(_) => Err(NodeError::Timeout { step, after: deadline }),
+        Ok(Err(join)) => Err(NodeError::Internal(format!("{step}: {join}"))),
+        Ok(Ok(result)) => result.map_err(|e| NodeError::io(step, e)),
+    }
+}
+
+/// `/sys/class/block/<name>` for a device path (symlinks resolved).
+fn sysfs_dir(device: &Path) -> io::Result<PathBuf> {
+    let real = std::fs::canonicalize(device)?;
+    let name = real.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "device path has no name"))?;
+    Ok(Path::new("/sys/class/block").join(name))
+}
+
+fn read_sysfs(device: &Path, attribute: &str) -> io::Result<String> {
+    Ok(std::fs::read_to_string(sysfs_dir(device)?.join(attribute))?.trim().to_owned())
+}
+
+fn attach(file: &Path) -> io::Result<PathBuf> {
+    let control = LoopControl::open()?;
+    let backing = std::fs::OpenOptions::new().read(true).write(true).open(file)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let device = control.next_free()?;
+        // LOOP_SET_FD alone: loopdev's attach_file adds a LOOP_SET_STATUS64 with
+        // nothing to set, which freezes and flushes the new device (~15 ms).
+        match device.attach_fd(backing.as_raw_fd()) {
+            Ok(()) => return device.path().ok_or_else(|| io::Error::other("the attached loop device has no path")),
+            // Another attacher took the same free device first: take the next.
+            Err(e) if e.kind() == io::ErrorKind::ResourceBusy && attempt < ATTACH_ATTEMPTS => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn list_loop_devices(sys_block: &Path) -> io::Result<Vec<LoopDevice>> {
+    let mut devices = Vec::new();
+    for entry in std::fs::read_dir(sys_block)?.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.starts_with("loop")) else { continue };
+        // A detached loop device has no backing_file.
+        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
+        devices.push(LoopDevice { device: Path::new("/dev").join(name), backing_file: backing.trim_end_matches('\n').to_owned() });
+    }
+    Ok(devices)
+}
+
+#[async_trait::async_trait]
+impl System for HostSystem {
+    async fn mount(&self, call: MountCall) -> Result<(), NodeError> {
+        let step = match &call {
+            MountCall::Filesystem { device, target, fs_type, .. } => format!("mount {fs_type} {} at {}", device.display(), target.display()),
+            MountCall::Bind { source, target } => format!("bind {} onto {}", source.display(), target.display()),
+            MountCall::RemountReadOnly { target } => format!("remount {} read-only", target.display()),
+        };
+        blocking(step, MOUNT_DEADLINE, move || match call {
+            MountCall::Filesystem { device, target, fs_type, options } => {
+                let options = mount_options::parse(&options);
+                Mount::builder().fstype(fs_type.as_str()).flags(options.flags).data(&options.data).mount(device, target).map(drop)
+            }
+            // The kernel ignores the type of a bind; naming one keeps sys-mount
+            // from trying every filesystem it knows.
+            MountCall::Bind { source, target } => Mount::builder().fstype("none").flags(MountFlags::BIND).mount(source, target).map(drop),
+            MountCall::RemountReadOnly { target } => {
+                Mount::builder().fstype("none").flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY).mount("none", target).map(drop)
+            }
+        })
+        .await
+    }
+
+    async fn unmount(&self, target: &Path, lazy: bool) -> Result<(), NodeError> {
+        let flags = if lazy { UnmountFlags::DETACH } else { UnmountFlags::empty() };
+        let path = target.to_owned();
+        blocking(format!("unmount {}", target.display()), MOUNT_DEADLINE, move || sys_mount::unmount(path, flags)).await
+    }
+
+    async fn mounts(&self) -> Result<Vec<MountEntry>, NodeError> {
+        let text = blocking("read /proc/self/mountinfo".into(), READ_DEADLINE, || std::fs::read_to_string("/proc/self/mountinfo")).await?;
+        Ok(mountinfo::parse(&text))
+    }
+
+    async fn loop_attach(&self, file: &Path) -> Result<PathBuf, NodeError> {
+        let file = file.to_owned();
+        blocking(format!("attach {} to a loop device", file.display()), LOOP_DEADLINE, move || attach(&file)).await
+    }
+
+    async fn loop_refresh(&self, device: &Path) -> Result<(), NodeError> {
+        let path = device.to_owned();
+        blocking(format!("refresh the capacity of {}", device.display()), LOOP_DEADLINE, move || KernelLoop::open(path)?.set_capacity()).await
+    }
+
+    async fn loop_detach(&self, device: &Path) -> Result<(), NodeError> {
+        let path = device.to_owned();
+        blocking(format!("detach loop device {}", device.display()), LOOP_DEADLINE, move || KernelLoop::open(path)?.detach()).await
+    }
+
+    async fn loop_devices(&self) -> Result<Vec<LoopDevice>, NodeError> {
+        blocking("list loop devices in /sys/block".into(), READ_DEADLINE, || list_loop_devices(Path::new("/sys/block"))).await
+    }
+
+    async fn device_size(&self, device: &Path) -> Result<u64, NodeError> {
+        let path = device.to_owned();
+        let step = format!("read the size of {} from sysfs", device.display());
+        let text = blocking(step.clone(), READ_DEADLINE, move || read_sysfs(&path, "size")).await?;
+        // sysfs counts 512-byte sectors whatever the device's block size.
+        text.parse::<u64>().ok().and_then(|sectors| sectors.checked_mul(512)).ok_or(NodeError::Parse { step, detail: text })
+    }
+
+    async fn device_numbers(&self, device: &Path) -> Result<String, NodeError> {
+        let path = device.to_owned();
+        blocking(format!("read the numbers of {} from sysfs", device.display()), READ_DEADLINE, move || read_sysfs(&path, "dev")).await
+    }
+
+    async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
+        command::run(program, args, deadline).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_attached_loop_devices_from_sysfs() {
+        let sys = tempfile::tempdir().expect("temp dir");
+        let add = |name: &str, backing: Option<&str>| {
+            let dir = sys.path().join(name).join("loop");
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            if let Some(b) = backing {
+                std::fs::write(dir.join("backing_file"), format!("{b}\n")).expect("write");
+            }
+        };
+        add("loop0", Some("/var/lib/swell/rbd-fuse/c/rbd/img"));
+        add("loop1", None); // detached
+        add("loop3", Some("/var/lib/swell/rbd-fuse/c/rbd/img (deleted)"));
+        add("sda", Some("/not/a/loop"));
+        let mut found = list_loop_devices(sys.path()).expect("scan");
+        found.sort_by(|a, b| a.device.cmp(&b.device));
+        let expected = [("/dev/loop0", "/var/lib/swell/rbd-fuse/c/rbd/img"), ("/dev/loop3", "/var/lib/swell/rbd-fuse/c/rbd/img (deleted)")]
+            .map(|(device, backing_file)| LoopDevice { device: device.into(), backing_file: backing_file.into() });
+        assert_eq!(found, expected);
+    }
+}
