@@ -130,9 +130,14 @@ impl Expander {
     async fn grow_locked(&self, backend: &Arc<dyn Backend>, id: &VolumeId, current: u64, target: u64) -> Result<u64, ControllerError> {
         let record = self.records.begin(id, current, target).map_err(|s| record_error(id, "record desired size", s))?;
         tracing::info!(volume.id = %id, current, target, "growing volume");
-        // The backend reads the size back from the engine after growing (the
-        // trait's contract), so its answer is fresh, not the size we asked for.
-        let after = match self.backends.call("grow volume", &id.to_string(), backend.grow_volume(id, target)).await {
+        let grown = self.backends.call("grow volume", &id.to_string(), backend.grow_volume(id, target)).await;
+        // An engine may acknowledge a size it has not reached (Longhorn
+        // 13379), so the answer is checked against a read of its own.
+        let after = match grown {
+            Ok(answered) => self.fresh_size(backend, id, "read volume after growing").await.map(|read| answered.min(read.unwrap_or(0))),
+            Err(err) => Err(err),
+        };
+        let after = match after {
             Ok(after) => after,
             Err(err) => {
                 self.records.finish(record, current, Some(err.to_string())).map_err(|s| record_error(id, "record failed attempt", s))?;
