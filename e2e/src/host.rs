@@ -99,18 +99,8 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 /// Writes `bytes` of deterministic pseudo-random data to `path` and fsyncs.
 pub fn write_pattern(path: &Path, bytes: usize, seed: u64) -> std::io::Result<()> {
-    let mut state = seed | 1;
-    let mut data = Vec::with_capacity(bytes);
-    while data.len() < bytes {
-        // xorshift64: fast, incompressible enough to exercise the device.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        data.extend_from_slice(&state.to_le_bytes());
-    }
-    data.truncate(bytes);
     let mut file = std::fs::File::create(path)?;
-    file.write_all(&data)?;
+    file.write_all(&crate::chaos::Xorshift::pattern(seed, bytes))?;
     file.sync_all()
 }
 

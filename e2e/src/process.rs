@@ -25,7 +25,7 @@ pub struct ControllerProcess {
 /// Finds the `swell-controller` binary built beside the running test
 /// (`target/<profile>/`); `e2e/test.sh` builds it before the tests run.
 pub fn controller_binary() -> Result<PathBuf, HarnessError> {
-    let exe = std::env::current_exe().map_err(|e| HarnessError::Node(format!("current_exe: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| HarnessError::Process(format!("current_exe: {e}")))?;
     let candidates = exe.ancestors().skip(1).take(3).map(|dir| dir.join("swell-controller"));
     for candidate in candidates {
         if candidate.is_file() {
@@ -60,19 +60,13 @@ impl ControllerProcess {
     }
 
     async fn wait_ready(&mut self) -> Result<(), HarnessError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.socket.exists() && csi_endpoint::connect(&self.socket).await.is_ok() {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(HarnessError::Node(format!("swell-controller exited at start: {status}")));
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(HarnessError::SocketTimeout(self.socket.clone()));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let child = &mut self.child;
+        crate::harness::connect_when_serving(&self.socket, Duration::from_secs(20), || match child.try_wait() {
+            Ok(Some(status)) => Err(HarnessError::Process(format!("swell-controller exited at start: {status}"))),
+            _ => Ok(()),
+        })
+        .await
+        .map(drop)
     }
 
     /// A fresh client connection.
@@ -110,7 +104,7 @@ fn spawn(binary: &Path, root: &Path, local_state_dir: &Path, extra_args: &[Strin
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| HarnessError::Node(format!("spawn {}: {e}", binary.display())))
+        .map_err(|e| HarnessError::Process(format!("spawn {}: {e}", binary.display())))
 }
 
 impl Drop for ControllerProcess {
