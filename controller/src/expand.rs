@@ -130,7 +130,19 @@ impl Expander {
     async fn grow_locked(&self, backend: &Arc<dyn Backend>, id: &VolumeId, current: u64, target: u64) -> Result<u64, ControllerError> {
         let record = self.records.begin(id, current, target).map_err(|s| record_error(id, "record desired size", s))?;
         tracing::info!(volume.id = %id, current, target, "growing volume");
-        let grown = self.backends.call("grow volume", &id.to_string(), backend.grow_volume(id, target)).await;
+        let grown = match self.backends.call("grow volume", &id.to_string(), backend.grow_volume(id, target)).await {
+            // The engine holds more than the size read a moment ago: that
+            // read lagged. The request is not infeasible; retry on a fresh read.
+            Err(ControllerError::Backend { volume, source: BackendError::Shrink { current: held, .. }, .. }) => Err(ControllerError::Backend {
+                volume,
+                step: "grow volume",
+                source: BackendError::Unavailable {
+                    step: "grow volume".into(),
+                    reason: format!("the engine holds {held} bytes, more than the {current} just read; the read was stale"),
+                },
+            }),
+            other => other,
+        };
         // An engine may acknowledge a size it has not reached (Longhorn
         // 13379), so the answer is checked against a read of its own.
         let after = match grown {
