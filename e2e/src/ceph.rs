@@ -70,6 +70,9 @@ pub fn log_tail(dir: &Path, lines: usize) -> String {
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap_or_else(|e| format!("unreadable: {e}"));
         let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        if tail.is_empty() {
+            continue;
+        }
         out.push_str(&format!("--- {} (last {} lines)\n", file.display(), tail.len()));
         for line in tail.into_iter().rev() {
             out.push_str(line);

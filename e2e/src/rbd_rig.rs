@@ -92,7 +92,7 @@ fn bring_up(test: &str) -> BringUp {
             cluster.leave_running();
             BringUp::Ready(env)
         }
-        Err(e) => BringUp::Failed(format!("{e}\n{}", ceph::log_tail(&dir, 30))),
+        Err(e) => BringUp::Failed(format!("{}\n{}", e.to_string().replace('\n', " "), ceph::log_tail(&dir, 20))),
     }
 }
 
@@ -114,7 +114,15 @@ pub async fn acquire(test: &str) -> Option<Session> {
             host::note_skip(test, reason);
             None
         }
-        BringUp::Failed(report) => panic!("{test}: the Ceph test cluster did not come up:\n{report}"),
+        BringUp::Failed(report) => {
+            // The daemons' logs once, with the first failure; the reason with every one.
+            static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            let (reason, logs) = report.split_once('\n').unwrap_or((report, ""));
+            if LOGGED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("{test}: the Ceph test cluster did not come up: {reason} (its logs are printed with the first failure)");
+            }
+            panic!("{test}: the Ceph test cluster did not come up: {reason}\n{logs}");
+        }
     }
 }
 
