@@ -118,3 +118,29 @@ fn verify(path: &Path, seed: u64, last: &[Option<u64>]) -> Result<(), String> {
         n => Err(format!("{}: {n} acknowledged records lost or damaged, e.g. {:?}", path.display(), &bad[..n.min(5)])),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verification_finds_a_damaged_record_and_a_lost_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stream.bin");
+        let writer = StreamingWriter::start(&path, 7, Duration::ZERO).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let written = writer.stop_and_verify().unwrap();
+        assert!(written.records > 2, "{written:?}");
+
+        let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(100)).and_then(|_| file.write_all(b"bit rot")).unwrap();
+        let err = verify(&path, 7, &written.last).unwrap_err();
+        assert!(err.contains("slot 0"), "{err}");
+
+        // An older record where the last acknowledged one should be.
+        file.seek(SeekFrom::Start(0)).and_then(|_| file.write_all(&record(7, 0))).unwrap();
+        let mut ahead = written.last.clone();
+        ahead[0] = Some(SLOTS);
+        assert!(verify(&path, 7, &ahead).unwrap_err().contains("want record 1024, found 0"));
+    }
+}
