@@ -107,22 +107,16 @@ pub async fn controller_killed_mid_expansion(engine: &dyn Engine, plan: ChaosPla
         client = controller.client().await.expect("reconnect to the controller");
         settled(&mut client, &volumes, engine.settle_bound(), 0).await;
         let started = Instant::now();
-        let calls: Vec<_> = volumes
-            .iter_mut()
-            .map(|v| {
-                v.size += 4 * MIB;
-                tokio::spawn(expand_like_the_resizer(client.clone(), v.id.clone(), v.size))
-            })
-            .collect();
-        for call in calls {
+        let calls: Vec<_> =
+            volumes.iter().map(|v| tokio::spawn(expand_like_the_resizer(client.clone(), v.id.clone(), v.size.max(v.acknowledged) + 4 * MIB))).collect();
+        for (v, call) in volumes.iter_mut().zip(calls) {
             let resized = call.await.expect("expansion task");
-            assert!(resized.size.is_some(), "an expansion before the chaos: {:?}", resized.codes);
+            let size = resized.size.unwrap_or_else(|| panic!("an expansion before the chaos: {:?}", resized.codes));
+            v.acknowledged = v.acknowledged.max(size);
         }
         samples.push(started.elapsed());
     }
-    for v in &mut volumes {
-        v.acknowledged = v.size;
-    }
+    check_engine(engine, root, &mut volumes, "before the chaos").await;
     let window = median(&samples).max(Duration::from_millis(5)) * 3 / 2;
     println!("chaos ({}): a round of {VOLUMES} expansions after a restart takes {samples:?}; kills land within {window:?} of firing", engine.name());
 
@@ -159,20 +153,8 @@ pub async fn controller_killed_mid_expansion(engine: &dyn Engine, plan: ChaosPla
         let settle = Instant::now();
         settled(&mut client, &volumes, engine.settle_bound(), round).await;
         settles.push(settle.elapsed());
-        let mut in_flight = false;
-        for (i, v) in volumes.iter_mut().enumerate() {
-            let truth = engine.size_outside_swell(root, &v.id.parse().expect("volume id")).await.unwrap_or_else(|| panic!("round {round}: {} is gone", v.id));
-            assert!(truth >= v.size, "round {round}: {} shrank from {} to {truth}", v.id, v.size);
-            assert!(
-                truth >= v.acknowledged,
-                "round {round}: {} holds {truth} bytes, but {} were answered OK: an acknowledged expansion was lost",
-                v.id,
-                v.acknowledged
-            );
-            in_flight |= cut[i] && truth >= requested[i];
-            v.size = truth;
-        }
-        rounds_in_flight += u64::from(in_flight);
+        check_engine(engine, root, &mut volumes, &format!("round {round}")).await;
+        rounds_in_flight += u64::from(volumes.iter().zip(&cut).zip(&requested).any(|((v, cut), requested)| *cut && v.size >= *requested));
         if round % VERIFY_EVERY == VERIFY_EVERY - 1 || round + 1 == plan.kills {
             node_expand_and_verify(&mut node, &volumes, round).await;
         }
@@ -212,6 +194,17 @@ pub async fn controller_killed_mid_expansion(engine: &dyn Engine, plan: ChaosPla
         assert_eq!(engine.size_outside_swell(root, &v.id.parse().expect("volume id")).await, None, "{} is gone from the engine", v.id);
     }
     controller.kill().await;
+}
+
+/// Reads every volume's size from the engine, without Swell: none may have
+/// shrunk, none may hold less than was ever answered OK.
+async fn check_engine(engine: &dyn Engine, root: &Path, volumes: &mut [Volume], when: &str) {
+    for v in volumes {
+        let truth = engine.size_outside_swell(root, &v.id.parse().expect("volume id")).await.unwrap_or_else(|| panic!("{when}: {} is gone", v.id));
+        assert!(truth >= v.size, "{when}: {} shrank from {} to {truth}", v.id, v.size);
+        assert!(truth >= v.acknowledged, "{when}: {} holds {truth} bytes, but {} were answered OK: an acknowledged expansion was lost", v.id, v.acknowledged);
+        v.size = truth;
+    }
 }
 
 /// Polls until no volume shows an expansion pending, checking on the way
