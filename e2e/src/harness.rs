@@ -229,7 +229,8 @@ impl DriverUnderTest {
 /// A controller alone, served in-process on a Unix socket through the same
 /// wiring as the binary (`swell_controller::server`), over backends the
 /// test chooses (for instance an [`crate::instrumented::InstrumentedBackend`]).
-/// The reconciler is not started: the test drives its passes.
+/// The reconciler runs only when asked ([`ControllerUnderTest::run_reconciler`]);
+/// otherwise the test drives its passes.
 pub struct ControllerUnderTest {
     /// The controller's socket.
     pub socket: PathBuf,
@@ -240,6 +241,7 @@ pub struct ControllerUnderTest {
     /// The reconciler sharing the service's locks and state.
     pub reconciler: Reconciler,
     _server: Background,
+    background: Vec<Background>,
 }
 
 impl ControllerUnderTest {
@@ -267,7 +269,21 @@ impl ControllerUnderTest {
             identity: IdentityClient::new(channel),
             reconciler: controller.reconciler,
             _server: server,
+            background: Vec::new(),
         })
+    }
+
+    /// Runs the reconciler's passes and background work in the background,
+    /// as the binary does, until this value goes.
+    pub fn run_reconciler(&mut self) {
+        let reconciler = self.reconciler.clone();
+        self.background.push(Background::start(|stopped| async move {
+            reconciler
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        }));
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
 use swell_controller::rbd::{RbdBackend, RbdConfig};
+use swell_controller::reconciler::ReconcilerConfig;
 use swell_controller::server::{BackendOptions, ControllerConfig, build_with};
 use swell_node::{NodeConfig, RbdNodeConfig};
 use swell_storage::{Backend, RbdVolume, VolumeId};
@@ -153,6 +154,16 @@ pub fn rbd_size(env: &ClusterEnv, pool: &str, image: &str) -> Result<Option<u64>
     }
 }
 
+/// Waits until `pool/image` has left the pool (a delete answers first and
+/// moves the image to the trash in the background); panics after 30 s.
+pub async fn wait_gone(env: &ClusterEnv, pool: &str, image: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::task::block_in_place(|| rbd_size(env, pool, image)).unwrap_or_else(|e| panic!("{e}")).is_some() {
+        assert!(Instant::now() < deadline, "image {pool}/{image} still in the pool 30 s after its delete");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Where the RBD volume `id` lives (pool and image).
 pub fn location_of(id: &str) -> RbdVolume {
     let id: VolumeId = id.parse().unwrap_or_else(|e| panic!("volume id {id}: {e}"));
@@ -174,7 +185,8 @@ pub fn node_config(env: &ClusterEnv, root: &Path, user: &str, keyring: &Path) ->
     config
 }
 
-/// A Swell controller over the test cluster (RBD by default), on its own socket.
+/// A Swell controller over the test cluster (RBD by default), on its own
+/// socket, its reconciler running a pass a second.
 pub struct Swell {
     /// Controller service client.
     pub client: ControllerClient<Channel>,
@@ -195,13 +207,16 @@ impl Swell {
             local_state_dir: dir.path().join("local"),
             local_capacity_bytes: None,
             backend_timeout,
-            reconciler: Default::default(),
+            // As in production, with a pass a second so background work
+            // (deferred deletes) shows within a test's patience.
+            reconciler: ReconcilerConfig { interval: Duration::from_secs(1), ..Default::default() },
         };
         let mut rbd = rbd_config(env);
         rbd.op_timeout = op_timeout;
         let options = BackendOptions { rbd: Some(rbd), default_backend: Some("rbd".into()) };
         let built = build_with(&config, &options).expect("controller builds");
-        let controller = ControllerUnderTest::serve(dir.path(), built).await.expect("serve the controller");
+        let mut controller = ControllerUnderTest::serve(dir.path(), built).await.expect("serve the controller");
+        controller.run_reconciler();
         Swell { client: controller.client.clone(), backend_timeout, controller, _dir: dir }
     }
 }

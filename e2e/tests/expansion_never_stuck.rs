@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use swell_controller::reconciler::ReconcilerConfig;
 use swell_e2e::instrumented::GrowMode;
 use swell_e2e::never_stuck::{self, Engine, GIB, InProcess, Local, create, expand};
-use swell_e2e::observe::expansion_state;
+use swell_e2e::observe::{expansion_state, scrape_metrics};
 use swell_e2e::timing::assert_within_deadline;
 use tonic::Code;
 
@@ -48,25 +48,6 @@ async fn a_grow_that_lands_after_the_deadline_is_announced_before_it_is_settled(
     never_stuck::a_lying_engine_is_never_believed(&Local, GrowMode::LandsAfter(Local.backend_deadline() + Duration::from_millis(500))).await;
 }
 
-/// GET /metrics over real HTTP on loopback, as Prometheus would.
-async fn scrape_metrics(rig: &InProcess) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(swell_controller::metrics::serve(listener, rig.controller.reconciler.clone(), async {
-        let _ = stopped.await;
-    }));
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: swell\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
-    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-    response
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_expansion_is_finished_by_the_reconciler_or_replaced_by_a_lower_request() {
     let config = ReconcilerConfig { base_backoff: Duration::ZERO, stuck_after: Duration::ZERO, ..Default::default() };
@@ -90,7 +71,7 @@ async fn a_failed_expansion_is_finished_by_the_reconciler_or_replaced_by_a_lower
     let report = rig.controller.reconciler.pass().await;
     assert_eq!(report.stuck.len(), 1, "{report:?}");
     assert!(report.stuck[0].reason.contains("did not finish grow volume"), "{:?}", report.stuck[0]);
-    let metrics = scrape_metrics(&rig).await;
+    let metrics = scrape_metrics(&rig.controller.reconciler).await;
     assert!(metrics.contains("swell_expansions_stuck 1"), "{metrics}");
     assert!(metrics.contains(&format!("swell_expansion_stuck_seconds{{volume_id=\"{id}\",desired_bytes=\"{}\"", 4 * GIB)), "{metrics}");
 

@@ -11,7 +11,7 @@ use tonic::Code;
 
 use super::{Engine, InProcess, MIB, create, delete, expand};
 use crate::instrumented::GrowMode;
-use crate::observe::{ExpansionState, expansion_state};
+use crate::observe::{ExpansionState, expansion_state, gauge, scrape_metrics};
 use crate::timing::assert_within_deadline;
 
 const FROM: u64 = 64 * MIB;
@@ -44,9 +44,8 @@ async fn look(rig: &InProcess, id: &str, truths: &mut Vec<u64>, when: &str) -> L
     Look { truth, state }
 }
 
-fn pending_metric(rig: &InProcess) -> String {
-    let text = swell_controller::metrics::render(&rig.controller.reconciler.last_report());
-    text.lines().find(|l| l.starts_with("swell_expansions_pending ")).unwrap_or_default().to_owned()
+async fn pending_metric(rig: &InProcess) -> Option<u64> {
+    gauge(&scrape_metrics(&rig.controller.reconciler).await, "swell_expansions_pending")
 }
 
 /// Runs one lie against a fresh volume; see the module doc.
@@ -105,14 +104,14 @@ pub async fn a_lying_engine_is_never_believed(engine: &dyn Engine, lie: GrowMode
         // The reconciler meets the same lie and must not believe it either.
         let report = rig.controller.reconciler.pass().await;
         let during = look(&rig, &id, &mut truths, "after a pass during the lie").await;
-        let expected = format!("swell_expansions_pending {}", usize::from(during.truth < TARGET));
-        assert_eq!(pending_metric(&rig), expected, "{lie:?}: the metric after {report:?}");
+        let expected = u64::from(during.truth < TARGET);
+        assert_eq!(pending_metric(&rig).await, Some(expected), "{lie:?}: swell_expansions_pending after {report:?}");
         rig.backend.set_grow_mode(GrowMode::Normal);
     }
 
     let report = rig.controller.reconciler.pass().await;
     assert_eq!(report.pending, 0, "{lie:?}: the reconciler finishes once the engine behaves: {report:?}");
-    assert_eq!(pending_metric(&rig), "swell_expansions_pending 0");
+    assert_eq!(pending_metric(&rig).await, Some(0), "swell_expansions_pending");
     let done = look(&rig, &id, &mut truths, "after the engine behaved").await;
     assert_eq!((done.truth, done.state.size, done.state.pending), (TARGET, TARGET, false), "{lie:?}: {:?}", done.state);
     if matches!(lie, GrowMode::StaleAnswer) {
