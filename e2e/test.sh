@@ -3,7 +3,7 @@
 # tests on real loop devices, filesystems and mounts. Tests that cannot run on
 # this machine (no root, loop devices or FUSE) are listed at the end with their
 # reason and counted as skipped, not passed; with CI=true a program the install
-# step provides is required, and a Ceph cluster that does not start fails.
+# step provides is required. A Ceph cluster that does not start fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "run as root: the tests attach loop devices and mount filesystems" >&2; exit 1; }
