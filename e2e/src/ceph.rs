@@ -224,11 +224,25 @@ pub fn site_lock(dir: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Takes the site's lock for the rest of this process's life (waiting
-/// while another process, or a reaper, holds it). Blocks.
-pub fn lock_site(dir: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(site_lock(dir))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| std::io::Error::from(errno))
+/// Takes the site's lock for the rest of this process's life, waiting up to
+/// `patience` while another process (a test binary, or a reaper purging its
+/// cluster) holds it. Blocks.
+pub fn lock_site(dir: &Path, patience: std::time::Duration) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    let until = std::time::Instant::now() + patience;
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(site_lock(dir))?;
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < until => {
+                file = back;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(std::io::Error::other(format!("{} is still held after {patience:?} by another run on this site", site_lock(dir).display())));
+            }
+            Err((_, errno)) => return Err(errno.into()),
+        }
+    }
 }
 
 /// Purges the cluster in `dir` once this process has exited, however it
@@ -237,7 +251,7 @@ pub fn lock_site(dir: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>
 /// `cluster.sh down DIR --purge`.
 pub fn purge_when_this_process_exits(dir: &Path) {
     use std::os::unix::process::CommandExt;
-    let reaper = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; exec flock "$4" bash "$2" down "$3" --purge"#;
+    let reaper = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; exec flock -w 600 "$4" bash "$2" down "$3" --purge"#;
     let spawned = Command::new("bash")
         .args(["-c", reaper, "swell-ceph-reaper"])
         .arg(std::process::id().to_string())

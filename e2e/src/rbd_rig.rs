@@ -74,7 +74,8 @@ fn bring_up(test: &str) -> BringUp {
         return BringUp::Skip(reason);
     }
     let (dir, port) = ceph::site(DIR, PORT);
-    match ceph::lock_site(&dir) {
+    // A purge takes seconds; a binary of another run on this slot, its whole run.
+    match ceph::lock_site(&dir, Duration::from_secs(600)) {
         Ok(lock) => {
             let _ = SITE.set(lock);
         }
