@@ -267,3 +267,22 @@ pub fn purge_when_this_process_exits(dir: &Path) {
         eprintln!("could not start the cluster reaper: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_held_site_is_waited_for_only_until_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("cluster");
+        let held = lock_site(&site, Duration::ZERO).unwrap();
+        let asked = Instant::now();
+        let err = lock_site(&site, Duration::from_millis(300)).unwrap_err();
+        assert!(err.to_string().contains("still held"), "{err}");
+        assert!(asked.elapsed() >= Duration::from_millis(300), "waited until the deadline");
+        drop(held);
+        lock_site(&site, Duration::ZERO).expect("free once released");
+    }
+}
