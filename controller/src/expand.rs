@@ -242,9 +242,27 @@ impl Expander {
             return Err(contended(id, "grow volume"));
         }
         // The backend reads the size back from the engine after growing (the
-        // trait's contract) and tells the volume's clients, so its answer is
-        // fresh and announced, not the size we asked for.
-        let after = match self.backends.call("grow volume", &id.to_string(), held.backend.grow_volume(id, target)).await {
+        // trait's contract) and tells the volume's clients.
+        let grown = match self.backends.call("grow volume", &id.to_string(), held.backend.grow_volume(id, target)).await {
+            // The engine holds more than the size read a moment ago: that
+            // read lagged. The request is not infeasible; retry on a fresh read.
+            Err(ControllerError::Backend { volume, source: BackendError::Shrink { current: holds, .. }, .. }) => Err(ControllerError::Backend {
+                volume,
+                step: "grow volume",
+                source: BackendError::Unavailable {
+                    step: "grow volume".into(),
+                    reason: format!("the engine holds {holds} bytes, more than the {current} just read; the read was stale"),
+                },
+            }),
+            other => other,
+        };
+        // An engine may acknowledge a size it has not reached (Longhorn
+        // 13379), so its answer is checked against a read of its own.
+        let after = match grown {
+            Ok(answered) => self.fresh_size(held, "read volume after growing").await.map(|read| answered.min(read.unwrap_or(0))),
+            Err(err) => Err(err),
+        };
+        let after = match after {
             Ok(after) => after,
             Err(err) => {
                 self.write(held, "record failed attempt", wish.reached(current, None, Some(err.to_string()))).await?;

@@ -131,6 +131,13 @@ pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result
         ("rbd", Some(rbd)) => Backends::new(rbd, config.backend_timeout).with(local),
         (other, _) => return Err(StartError::DefaultBackend(other.to_owned())),
     };
+    build_over(config, backends)
+}
+
+/// Builds the Identity + Controller router and the reconciler over
+/// `backends` as given (tests pass wrapped ones); `config`'s backend fields
+/// are not used.
+pub fn build_over(config: &ControllerConfig, backends: Backends) -> Result<Controller, StartError> {
     let records =
         ExpansionRecords::open(&config.state_dir).map_err(|source| StartError::State { what: "expansion records", path: config.state_dir.clone(), source })?;
     let identity = IdentityService::new(

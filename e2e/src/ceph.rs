@@ -51,6 +51,37 @@ fn run_script(script: &str, args: &[&str]) -> Result<String, CephHarnessError> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Runs `cluster.sh SUBCOMMAND DIR ARGS` (see the script for the subcommands), returning stdout.
+pub fn cluster_command(dir: &Path, subcommand: &str, args: &[&str]) -> Result<String, CephHarnessError> {
+    let dir = dir.to_string_lossy();
+    let mut all = vec![subcommand, &*dir];
+    all.extend_from_slice(args);
+    run_script("cluster.sh", &all)
+}
+
+/// The last `lines` lines of each daemon log of the cluster in `dir` (and
+/// of the daemons' stdio), for a failure message: the directory itself may
+/// be purged before anyone reads it.
+pub fn log_tail(dir: &Path, lines: usize) -> String {
+    let Ok(entries) = std::fs::read_dir(dir.join("log")) else { return format!("(no logs in {})", dir.join("log").display()) };
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    let mut out = String::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| format!("unreadable: {e}"));
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        if tail.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("--- {} (last {} lines)\n", file.display(), tail.len()));
+        for line in tail.into_iter().rev() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Installs Debian's Ceph packages (mon, mgr, osd, CLIs, rbd-fuse, librbd/librados headers) if
 /// they are missing. Idempotent; needs root and a package mirror.
 pub fn install() -> Result<(), CephHarnessError> {
@@ -115,10 +146,13 @@ impl TestCluster {
     }
 
     fn cluster(&self, subcommand: &str, extra: &[&str]) -> Result<String, CephHarnessError> {
-        let dir = self.dir.to_string_lossy();
-        let mut args = vec![subcommand, &*dir];
-        args.extend_from_slice(extra);
-        run_script("cluster.sh", &args)
+        cluster_command(&self.dir, subcommand, extra)
+    }
+
+    /// Leaves the daemons running when this value goes (whoever holds the
+    /// directory stops them, e.g. [`purge_when_this_process_exits`]).
+    pub fn leave_running(mut self) {
+        self.stopped = true;
     }
 
     /// SIGKILLs osd.`n` (0..=2). Its peers see the refused connection and the monitor marks it
@@ -180,17 +214,50 @@ impl Drop for TestCluster {
     }
 }
 
+/// The lock file of the cluster site `dir` (beside it: the directory is
+/// purged). Whoever starts, uses or purges the cluster there holds it, so a
+/// cluster is never started while the last one at that site is still
+/// being taken down.
+pub fn site_lock(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the site's lock for the rest of this process's life, waiting up to
+/// `patience` while another process (a test binary, or a reaper purging its
+/// cluster) holds it. Blocks.
+pub fn lock_site(dir: &Path, patience: std::time::Duration) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    let until = std::time::Instant::now() + patience;
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(site_lock(dir))?;
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < until => {
+                file = back;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(std::io::Error::other(format!("{} is still held after {patience:?} by another run on this site", site_lock(dir).display())));
+            }
+            Err((_, errno)) => return Err(errno.into()),
+        }
+    }
+}
+
 /// Purges the cluster in `dir` once this process has exited, however it
 /// exits (a filtered or killed test run included): a detached watcher polls
-/// for this process and then runs `cluster.sh down DIR --purge`.
+/// for this process, then takes the site's lock and runs
+/// `cluster.sh down DIR --purge`.
 pub fn purge_when_this_process_exits(dir: &Path) {
     use std::os::unix::process::CommandExt;
-    let reaper = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" down "$3" --purge"#;
+    let reaper = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; exec flock -w 600 "$4" bash "$2" down "$3" --purge"#;
     let spawned = Command::new("bash")
         .args(["-c", reaper, "swell-ceph-reaper"])
         .arg(std::process::id().to_string())
         .arg(script_dir().join("cluster.sh"))
         .arg(dir)
+        .arg(site_lock(dir))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -198,5 +265,24 @@ pub fn purge_when_this_process_exits(dir: &Path) {
         .spawn();
     if let Err(e) = spawned {
         eprintln!("could not start the cluster reaper: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_held_site_is_waited_for_only_until_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("cluster");
+        let held = lock_site(&site, Duration::ZERO).unwrap();
+        let asked = Instant::now();
+        let err = lock_site(&site, Duration::from_millis(300)).unwrap_err();
+        assert!(err.to_string().contains("still held"), "{err}");
+        assert!(asked.elapsed() >= Duration::from_millis(300), "waited until the deadline");
+        drop(held);
+        lock_site(&site, Duration::ZERO).expect("free once released");
     }
 }

@@ -36,6 +36,9 @@ pub enum HarnessError {
     /// The socket did not appear in time.
     #[error("socket {0} did not appear in time")]
     SocketTimeout(PathBuf),
+    /// A process the test runs could not start, or exited while starting.
+    #[error("controller process: {0}")]
+    Process(String),
     /// A binary the test runs as a process is not built.
     #[error("binary not found: {0}")]
     MissingBinary(String),
@@ -133,17 +136,30 @@ fn spawn(socket: PathBuf, router: Router) -> Background {
     })
 }
 
-/// Waits until the socket accepts connections: its path appears at bind(2),
-/// a moment before listen(2), and a connect in between is refused.
-async fn wait_for_socket(path: &Path) -> Result<(), HarnessError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::UnixStream::connect(path).await.is_err() {
-        if tokio::time::Instant::now() > deadline {
-            return Err(HarnessError::SocketTimeout(path.to_owned()));
+/// Connects to the server at `socket` once it serves: retries until
+/// `deadline`, asking `starting` between attempts whether the server is
+/// still on its way (a process that exited is not).
+pub async fn connect_when_serving(socket: &Path, deadline: Duration, mut starting: impl FnMut() -> Result<(), HarnessError>) -> Result<Channel, HarnessError> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if socket.exists()
+            && let Ok(channel) = csi_endpoint::connect(socket).await
+        {
+            return Ok(channel);
+        }
+        starting()?;
+        if tokio::time::Instant::now() > until {
+            return Err(HarnessError::SocketTimeout(socket.to_owned()));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(())
+}
+
+/// How long an in-process server may take to answer on its socket.
+const START_DEADLINE: Duration = Duration::from_secs(10);
+
+async fn connect_in_process(socket: &Path) -> Result<Channel, HarnessError> {
+    connect_when_serving(socket, START_DEADLINE, || Ok(())).await
 }
 
 impl DriverUnderTest {
@@ -186,10 +202,8 @@ impl DriverUnderTest {
                     .await
             }));
         }
-        wait_for_socket(&controller_socket).await?;
-        wait_for_socket(&node_socket).await?;
-        let controller_channel = csi_endpoint::connect(&controller_socket).await?;
-        let node_channel = csi_endpoint::connect(&node_socket).await?;
+        let controller_channel = connect_in_process(&controller_socket).await?;
+        let node_channel = connect_in_process(&node_socket).await?;
         Ok(DriverUnderTest {
             root: root.to_owned(),
             local_state_dir,
@@ -212,34 +226,64 @@ impl DriverUnderTest {
     }
 }
 
-/// A controller alone, over backends the test chooses (for instance an
-/// [`crate::instrumented::InstrumentedBackend`]), served on a Unix socket.
+/// A controller alone, served in-process on a Unix socket through the same
+/// wiring as the binary (`swell_controller::server`), over backends the
+/// test chooses (for instance an [`crate::instrumented::InstrumentedBackend`]).
+/// The reconciler runs only when asked ([`ControllerUnderTest::run_reconciler`]);
+/// otherwise the test drives its passes.
 pub struct ControllerUnderTest {
     /// The controller's socket.
     pub socket: PathBuf,
     /// Controller service client.
     pub client: ControllerClient<Channel>,
-    /// The reconciler sharing the service's locks; the test drives its passes.
+    /// Identity on the controller socket.
+    pub identity: IdentityClient<Channel>,
+    /// The reconciler sharing the service's locks and state.
     pub reconciler: Reconciler,
-    /// The durable expansion records the service writes.
-    pub records: swell_controller::ExpansionRecords,
     _server: Background,
+    background: Vec<Background>,
 }
 
 impl ControllerUnderTest {
-    /// Serves a controller over `backends` with records under `root`.
+    /// Serves a controller over `backends` with its state under `root`.
     pub async fn start(root: &Path, backends: swell_controller::Backends, reconciler: ReconcilerConfig) -> Result<Self, HarnessError> {
+        let config = ControllerConfig {
+            driver_name: DRIVER_NAME.to_owned(),
+            state_dir: root.join("controller"),
+            local_state_dir: root.join("local"),
+            local_capacity_bytes: None,
+            backend_timeout: Duration::from_secs(8),
+            reconciler,
+        };
+        Self::serve(root, swell_controller::server::build_over(&config, backends)?).await
+    }
+
+    /// Serves an assembled controller on `root/controller.sock`.
+    pub async fn serve(root: &Path, controller: swell_controller::server::Controller) -> Result<Self, HarnessError> {
         let socket = root.join("controller.sock");
-        let records = swell_controller::ExpansionRecords::open(&root.join("controller")).map_err(|source| {
-            HarnessError::Controller(swell_controller::server::StartError::State { what: "expansion records", path: root.join("controller"), source })
-        })?;
-        let service = swell_controller::ControllerService::new(backends, records.clone());
-        let reconciler = Reconciler::new(service.expander().clone(), reconciler);
-        let router = tonic::transport::Server::builder().add_service(csi_proto::v1::controller_server::ControllerServer::new(service));
-        let server = spawn(socket.clone(), router);
-        wait_for_socket(&socket).await?;
-        let client = ControllerClient::new(csi_endpoint::connect(&socket).await?);
-        Ok(ControllerUnderTest { socket, client, reconciler, records, _server: server })
+        let server = spawn(socket.clone(), controller.router);
+        let channel = connect_in_process(&socket).await?;
+        Ok(ControllerUnderTest {
+            socket,
+            client: ControllerClient::new(channel.clone()),
+            identity: IdentityClient::new(channel),
+            reconciler: controller.reconciler,
+            _server: server,
+            background: Vec::new(),
+        })
+    }
+
+    /// Runs the reconciler's passes and background work in the background,
+    /// as the binary does, until this value goes.
+    pub fn run_reconciler(&mut self) {
+        let reconciler = self.reconciler.clone();
+        self.background.push(Background::start(|stopped| async move {
+            reconciler
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        }));
     }
 }
 
@@ -263,8 +307,7 @@ impl NodeUnderTest {
     pub async fn serve(socket: &Path, config: &NodeConfig) -> Result<Self, HarnessError> {
         let router = swell_node::server::router(config).map_err(|e| HarnessError::Node(e.to_string()))?;
         let server = spawn(socket.to_owned(), router);
-        wait_for_socket(socket).await?;
-        let client = NodeClient::new(csi_endpoint::connect(socket).await?);
+        let client = NodeClient::new(connect_in_process(socket).await?);
         Ok(NodeUnderTest { client, _server: server })
     }
 }

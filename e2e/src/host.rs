@@ -1,6 +1,9 @@
 //! Small facts about the host the tests and the demo need: file checksums,
-//! file-system sizes, loop devices, and a visible record of tests that could
-//! not run here (a skip is printed and logged, never a silent pass).
+//! file-system sizes, loop devices, and what a test does when the machine
+//! cannot run it. A test that cannot run notes a skip and returns at once (it
+//! is printed, logged and left out of the totals, never a silent pass); under
+//! `CI=true`, where the install step provides every package, a missing
+//! program fails the test instead.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -9,16 +12,61 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-/// Where skipped tests are logged; the test script prints this file.
+/// Where skipped tests are logged, one `test<TAB>reason` line each; the test script prints this file.
 pub fn skip_log() -> PathBuf {
     std::env::var_os("SWELL_SKIP_LOG").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("swell-skips.log"))
 }
 
-/// Records that `test` could not run here, and why.
+/// Records that `test` cannot run on this machine, and why. The caller
+/// returns at once: a skipped test asserts nothing.
 pub fn note_skip(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason}");
     if let Ok(mut log) = OpenOptions::new().create(true).append(true).open(skip_log()) {
-        let _ = writeln!(log, "{test}: {reason}");
+        let _ = writeln!(log, "{test}\t{reason}");
+    }
+}
+
+/// Whether this run is CI's (`CI=true`): there, what the install step
+/// provides must be present.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// For a test that needs `programs`: the first one missing from PATH, as a
+/// reason to skip; under CI, a missing program fails the test (panics).
+pub fn missing_program(test: &str, programs: &[&str]) -> Option<String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing = programs.iter().find(|p| !std::env::split_paths(&path).any(|dir| dir.join(p).is_file()))?;
+    let reason = format!("{missing} is not installed (e2e/install-deps.sh installs it)");
+    assert!(!in_ci(), "{test}: {reason}; under CI=true the install step must have provided it");
+    Some(reason)
+}
+
+/// What this machine lacks for tests on loop devices and mounts (and FUSE,
+/// with `fuse`): root, /dev/loop-control, /dev/fuse. These are skips even
+/// under CI: no install step provides them.
+pub fn machine_lacks(fuse: bool) -> Option<String> {
+    if !is_root() {
+        return Some("needs root (loop devices, mounts, Ceph daemons)".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no loop devices here (/dev/loop-control is missing)".into());
+    }
+    if fuse && !Path::new("/dev/fuse").exists() {
+        return Some("no FUSE here (/dev/fuse is missing)".into());
+    }
+    None
+}
+
+/// Notes a skip for `test` if the machine lacks something it needs or a
+/// program is missing; `true` means the caller must return at once.
+pub fn cannot_run(test: &str, fuse: bool, programs: &[&str]) -> bool {
+    match machine_lacks(fuse).or_else(|| missing_program(test, programs)) {
+        Some(reason) => {
+            note_skip(test, &reason);
+            true
+        }
+        None => false,
     }
 }
 
@@ -50,25 +98,10 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// `bytes` of deterministic pseudo-random data for `seed`.
-pub fn pattern(bytes: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut data = Vec::with_capacity(bytes + 8);
-    while data.len() < bytes {
-        // xorshift64: fast, incompressible enough to exercise the device.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        data.extend_from_slice(&state.to_le_bytes());
-    }
-    data.truncate(bytes);
-    data
-}
-
 /// Writes `bytes` of deterministic pseudo-random data to `path` and fsyncs.
 pub fn write_pattern(path: &Path, bytes: usize, seed: u64) -> std::io::Result<()> {
     let mut file = std::fs::File::create(path)?;
-    file.write_all(&pattern(bytes, seed))?;
+    file.write_all(&crate::chaos::Xorshift::pattern(seed, bytes))?;
     file.sync_all()
 }
 

@@ -1,34 +1,58 @@
-//! A backend wrapper for tests: it records every grow the engine is asked for,
-//! can add latency (to stand in for a remote engine) and can fail or hang
-//! grows on demand (to stand in for an outage), while the real backend below
-//! does the actual work.
+//! A backend wrapper for tests: it records every grow the engine is asked
+//! for and every announcement, can add latency (to stand in for a remote
+//! engine), fail or hang grows (an outage), and lie the ways real engines
+//! do (a grow acknowledged but not made, a short grow, a stale answer, reads
+//! that lag behind a grow, a grow that lands after its caller gave up),
+//! while the real backend below does the actual work.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use swell_storage::{Backend, BackendError, Capacity, Created, ExpansionStore, VolumeId, VolumeInfo};
 
 /// How grows behave right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum GrowMode {
     /// Pass through to the real backend.
-    Normal = 0,
+    Normal,
     /// Answer UNAVAILABLE without touching the volume.
-    Fail = 1,
+    Fail,
     /// Never answer (the controller's deadline must cut it off).
-    Hang = 2,
+    Hang,
+    /// Answer OK with the size asked for and leave the engine as it was
+    /// (Longhorn 13379: the engine reported the expansion done while a
+    /// replica had not grown).
+    AckWithoutGrowing,
+    /// Grow half of the way and answer OK with the size reached.
+    ShortGrow,
+    /// Grow all the way but answer with the size from before (a read-back
+    /// served from a stale cache).
+    StaleAnswer,
+    /// Grow and answer truthfully, but the next `n` reads of the volume
+    /// answer the size from before (a replica or cache that lags the grow).
+    LaggingReads(u32),
+    /// Never answer; the engine takes the grow this long after the call,
+    /// whether or not the caller still waits (a remote engine that keeps
+    /// working after its client's deadline).
+    LandsAfter(Duration),
 }
 
 /// The wrapper.
 pub struct InstrumentedBackend {
     inner: Arc<dyn Backend>,
     grow_latency: Duration,
-    mode: AtomicU8,
+    mode: Mutex<GrowMode>,
     grows: Mutex<Vec<(VolumeId, u64)>>,
     announcements: Mutex<Vec<VolumeId>>,
+    /// Volumes whose reads still answer an old size: `(old size, reads left)`.
+    lagging: Mutex<HashMap<VolumeId, (u64, u32)>>,
+    lies: AtomicUsize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl InstrumentedBackend {
@@ -37,25 +61,50 @@ impl InstrumentedBackend {
         Arc::new(InstrumentedBackend {
             inner,
             grow_latency,
-            mode: AtomicU8::new(GrowMode::Normal as u8),
+            mode: Mutex::new(GrowMode::Normal),
             grows: Mutex::default(),
             announcements: Mutex::default(),
+            lagging: Mutex::default(),
+            lies: AtomicUsize::new(0),
         })
     }
 
     /// Switches how grows behave.
     pub fn set_grow_mode(&self, mode: GrowMode) {
-        self.mode.store(mode as u8, Ordering::SeqCst);
+        *lock(&self.mode) = mode;
     }
 
     /// Every grow that reached the real backend, in order.
     pub fn grows(&self) -> Vec<(VolumeId, u64)> {
-        self.grows.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.grows).clone()
     }
 
     /// Every volume whose size was announced to its clients, in order.
     pub fn announcements(&self) -> Vec<VolumeId> {
-        self.announcements.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.announcements).clone()
+    }
+
+    /// How many answers were lies (a size or a success the engine does not have).
+    pub fn lies_told(&self) -> usize {
+        self.lies.load(Ordering::SeqCst)
+    }
+
+    /// The volume's size as the engine below holds it, past every lie.
+    pub async fn true_size(&self, id: &VolumeId) -> Result<Option<u64>, BackendError> {
+        Ok(self.inner.volume(id).await?.map(|v| v.size_bytes))
+    }
+
+    async fn grow_inner(&self, id: &VolumeId, size: u64) -> Result<u64, BackendError> {
+        lock(&self.grows).push((id.clone(), size));
+        self.inner.grow_volume(id, size).await
+    }
+
+    fn lie(&self) {
+        self.lies.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn current(&self, id: &VolumeId) -> Result<u64, BackendError> {
+        self.true_size(id).await?.ok_or_else(|| BackendError::NotFound(id.clone()))
     }
 }
 
@@ -74,7 +123,17 @@ impl Backend for InstrumentedBackend {
     }
 
     async fn volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError> {
-        self.inner.volume(id).await
+        let mut info = self.inner.volume(id).await?;
+        let mut lagging = lock(&self.lagging);
+        if let (Some(info), Some((old, left))) = (info.as_mut(), lagging.get_mut(id)) {
+            info.size_bytes = *old;
+            *left -= 1;
+            if *left == 0 {
+                lagging.remove(id);
+            }
+            self.lie();
+        }
+        Ok(info)
     }
 
     async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
@@ -86,18 +145,53 @@ impl Backend for InstrumentedBackend {
     }
 
     async fn grow_volume(&self, id: &VolumeId, new_size: u64) -> Result<u64, BackendError> {
-        match self.mode.load(Ordering::SeqCst) {
-            1 => return Err(BackendError::Unavailable { step: "grow volume".into(), reason: "injected outage".into() }),
-            2 => std::future::pending::<()>().await,
-            _ => {}
-        }
+        let mode = *lock(&self.mode);
         tokio::time::sleep(self.grow_latency).await;
-        self.grows.lock().unwrap_or_else(|p| p.into_inner()).push((id.clone(), new_size));
-        self.inner.grow_volume(id, new_size).await
+        match mode {
+            GrowMode::Normal => self.grow_inner(id, new_size).await,
+            GrowMode::Fail => Err(BackendError::Unavailable { step: "grow volume".into(), reason: "injected outage".into() }),
+            GrowMode::Hang => std::future::pending().await,
+            GrowMode::AckWithoutGrowing => {
+                self.lie();
+                Ok(new_size)
+            }
+            GrowMode::ShortGrow => {
+                let before = self.current(id).await?;
+                // Half way, on a MiB boundary (RBD sizes are whole MiB).
+                let halfway = (before + (new_size.saturating_sub(before)) / 2) & !((1 << 20) - 1);
+                self.grow_inner(id, halfway.max(before)).await
+            }
+            GrowMode::StaleAnswer => {
+                let before = self.current(id).await?;
+                self.grow_inner(id, new_size).await?;
+                self.lie();
+                Ok(before)
+            }
+            GrowMode::LaggingReads(reads) => {
+                let before = self.current(id).await?;
+                let after = self.grow_inner(id, new_size).await?;
+                if reads > 0 {
+                    lock(&self.lagging).insert(id.clone(), (before, reads));
+                }
+                Ok(after)
+            }
+            GrowMode::LandsAfter(delay) => {
+                // The engine has the request now and carries it out later.
+                lock(&self.grows).push((id.clone(), new_size));
+                let (inner, id) = (self.inner.clone(), id.clone());
+                let landed = tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    inner.grow_volume(&id, new_size).await
+                });
+                // The grow goes on when the caller drops this future at its deadline.
+                let _ = landed.await;
+                std::future::pending().await
+            }
+        }
     }
 
     async fn announce_size(&self, id: &VolumeId) -> Result<(), BackendError> {
-        self.announcements.lock().unwrap_or_else(|p| p.into_inner()).push(id.clone());
+        lock(&self.announcements).push(id.clone());
         self.inner.announce_size(id).await
     }
 

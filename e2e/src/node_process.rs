@@ -88,7 +88,7 @@ fn spawn(binary: &PathBuf, args: &[OsString], env: &[(&str, OsString)]) -> Resul
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| HarnessError::Node(format!("spawn {}: {e}", binary.display())))
+        .map_err(|e| HarnessError::Process(format!("spawn {}: {e}", binary.display())))
 }
 
 /// Where a stand-in grow tool lets a kill land: before the real tool

@@ -31,7 +31,7 @@ pub fn controller_binary() -> Result<PathBuf, HarnessError> {
 /// Finds a workspace binary built beside the running test
 /// (`target/<profile>/`); `e2e/test.sh` builds them before the tests run.
 pub fn built_binary(name: &str) -> Result<PathBuf, HarnessError> {
-    let exe = std::env::current_exe().map_err(|e| HarnessError::Node(format!("current_exe: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| HarnessError::Process(format!("current_exe: {e}")))?;
     let candidates = exe.ancestors().skip(1).take(3).map(|dir| dir.join(name));
     for candidate in candidates {
         if candidate.is_file() {
@@ -118,19 +118,12 @@ impl ControllerProcess {
 /// Waits until the process `child` (named `what`) answers on `socket`; an
 /// error when it exits first or takes more than 20 s.
 pub async fn wait_until_serving(child: &mut Child, socket: &Path, what: &str) -> Result<(), HarnessError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if socket.exists() && csi_endpoint::connect(socket).await.is_ok() {
-            return Ok(());
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(HarnessError::Node(format!("{what} exited at start: {status}")));
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(HarnessError::SocketTimeout(socket.to_owned()));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    crate::harness::connect_when_serving(socket, Duration::from_secs(20), || match child.try_wait() {
+        Ok(Some(status)) => Err(HarnessError::Process(format!("{what} exited at start: {status}"))),
+        _ => Ok(()),
+    })
+    .await
+    .map(drop)
 }
 
 fn spawn(binary: &Path, root: &Path, local_state_dir: &Path, extra_args: &[String], env: &[(String, String)]) -> Result<Child, HarnessError> {
@@ -147,7 +140,7 @@ fn spawn(binary: &Path, root: &Path, local_state_dir: &Path, extra_args: &[Strin
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| HarnessError::Node(format!("spawn {}: {e}", binary.display())))
+        .map_err(|e| HarnessError::Process(format!("spawn {}: {e}", binary.display())))
 }
 
 impl Drop for ControllerProcess {

@@ -20,8 +20,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
+use crate::chaos::Xorshift;
 use crate::harness::HarnessError;
-use crate::{host, process};
+use crate::process;
 
 /// Bytes per record.
 pub const RECORD: usize = 64 << 10;
@@ -43,7 +44,7 @@ pub fn record(i: u64) -> Vec<u8> {
     let mut data = Vec::with_capacity(RECORD);
     data.extend_from_slice(&i.to_le_bytes());
     data.extend_from_slice(&MAGIC.to_le_bytes());
-    data.extend_from_slice(&host::pattern(RECORD - 16, i.wrapping_add(1)));
+    data.extend_from_slice(&Xorshift::pattern(i.wrapping_add(1), RECORD - 16));
     data
 }
 
@@ -195,7 +196,7 @@ impl Streams {
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| HarnessError::Node(format!("spawn {}: {e}", binary.display())))
+                .map_err(|e| HarnessError::Process(format!("spawn {}: {e}", binary.display())))
         };
         let writer = spawn(vec!["write".into(), path.into(), stop.clone().into(), progress.clone().into(), limit.to_string().into()])?;
         let reader = spawn(vec!["read".into(), path.into(), stop.clone().into(), progress.clone().into()])?;

@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use csi_proto::v1::VolumeCapability;
 use node_rig::{MIB, Rig, rig};
+use swell_e2e::chaos::Xorshift;
+use swell_e2e::requests::total_bytes;
 use swell_e2e::requests::{self, block_capability, mount_capability};
 use swell_e2e::stream_io::{RECORD, Streams};
-use swell_e2e::{host, requests::total_bytes};
 
 const FROM: u64 = 320 * MIB;
 const TO: u64 = 640 * MIB;
@@ -88,7 +89,7 @@ async fn raw_block_data_survives_the_grow_and_an_open_descriptor_sees_the_new_si
     let id = rig.volume("pvc-block-fd", 64 * MIB).await.to_string();
     let target = stage_publish(&mut rig, &id, block_capability(), "pods/p/dev/blk").await;
     let mut device = std::fs::OpenOptions::new().read(true).write(true).open(&target).unwrap();
-    let before = host::pattern(8 << 20, 5);
+    let before = Xorshift::pattern(5, 8 << 20);
     device.write_all(&before).unwrap();
     device.sync_all().unwrap();
     assert_eq!(device.seek(SeekFrom::End(0)).unwrap(), 64 * MIB);
@@ -98,7 +99,7 @@ async fn raw_block_data_survives_the_grow_and_an_open_descriptor_sees_the_new_si
     rig.node.node_expand_volume(expand).await.unwrap();
 
     assert_eq!(device.seek(SeekFrom::End(0)).unwrap(), 128 * MIB, "the descriptor opened before the grow sees the new size");
-    let beyond = host::pattern(4 << 20, 6);
+    let beyond = Xorshift::pattern(6, 4 << 20);
     device.write_all_at(&beyond, 100 * MIB).unwrap();
     device.sync_all().unwrap();
     drop(device);

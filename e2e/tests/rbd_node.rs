@@ -7,21 +7,17 @@
 //! (no rbd/nbd modules) the attach mode is rbd-fuse + loop.
 #![allow(clippy::unwrap_used)]
 
-mod rbd_node_rig;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use csi_proto::v1::NodeGetVolumeStatsResponse;
 use csi_proto::v1::volume_usage::Unit;
-use rbd_node_rig::{GIB, MIB, Rig, rig};
 use swell_e2e::host;
+use swell_e2e::never_stuck::{GIB, MIB};
+use swell_e2e::rbd_rig::{self, NodeRig as Rig, node_rig as rig};
 use swell_e2e::requests::{self, block_capability, mount_capability};
 use swell_node::attach::rbd::{AttachMode, detect, on_path};
 use tonic::Code;
-
-/// The tests in this binary; the last to finish tears the cluster down.
-const TESTS: usize = 4;
 
 fn total_bytes(stats: &NodeGetVolumeStatsResponse) -> u64 {
     stats.usage.iter().find(|u| u.unit == Unit::Bytes as i32).map(|u| u.total as u64).expect("bytes usage")
@@ -81,10 +77,11 @@ async fn unpublish_unstage_clean(rig: &mut Rig, name: &str, id: &str, target: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbd_volume_stages_expands_and_unstages_cleanly() {
-    let Some(mut rig) = rig("rbd_node_round_trip", TESTS).await else { return };
     if print_mode() != AttachMode::FuseLoop {
-        host::note_skip("rbd_node_round_trip: leftover checks", "written for rbd-fuse + loop; this host has a kernel client");
+        host::note_skip("rbd_node_round_trip", "its attachment checks are written for rbd-fuse + loop; this host has a kernel client");
+        return;
     }
+    let Some(mut rig) = rig("rbd_node_round_trip").await else { return };
     let id = rig.image("node-rt", 512 * MIB);
     let sum = stage_publish_write(&mut rig, &id).await;
     // A repeated stage reuses the attachment.
@@ -103,7 +100,7 @@ async fn rbd_volume_stages_expands_and_unstages_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbd_block_volume_grows_with_its_image() {
-    let Some(mut rig) = rig("rbd_node_block", TESTS).await else { return };
+    let Some(mut rig) = rig("rbd_node_block").await else { return };
     let id = rig.image("node-blk", 512 * MIB);
     let (staging, target) = (rig.path("staging"), rig.path("pods/p/dev/blk"));
     rig.node.node_stage_volume(requests::stage(&id, &staging, block_capability())).await.unwrap();
@@ -122,14 +119,13 @@ async fn rbd_block_volume_grows_with_its_image() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbd_expand_works_with_one_osd_down() {
-    let Some(mut rig) = rig("rbd_node_osd_down", TESTS).await else { return };
+    let Some(mut rig) = rig("rbd_node_osd_down").await else { return };
     let id = rig.image("node-osd", 512 * MIB);
     let sum = stage_publish_write(&mut rig, &id).await;
-    let dir = rig.env.dir.display().to_string();
-    rbd_node_rig::cluster_script(&["kill-osd", &dir, "2"]);
+    rbd_rig::cluster(rig.env, "kill-osd", &["2"]).unwrap();
     // Let the monitor mark it down, so I/O goes to the surviving replicas.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !rbd_node_rig::cli(rig.env, "ceph", &["osd", "dump"]).unwrap().lines().any(|l| l.starts_with("osd.2 down")) {
+    while !rbd_rig::cli(rig.env, "ceph", &["osd", "dump"]).unwrap().lines().any(|l| l.starts_with("osd.2 down")) {
         assert!(Instant::now() < deadline, "osd.2 not marked down");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -137,24 +133,24 @@ async fn rbd_expand_works_with_one_osd_down() {
     resize_and_expand(&mut rig, "node-osd", &id, &sum).await;
     let target = rig.path("pods/p/vol");
     host::write_pattern(&rig.dir.join("pods/p/vol/more.bin"), 4 << 20, 3).unwrap();
-    rbd_node_rig::cluster_script(&["start-osd", &dir, "2"]);
-    rbd_node_rig::cluster_script(&["wait-clean", &dir, "120"]);
+    rbd_rig::cluster(rig.env, "start-osd", &["2"]).unwrap();
+    rbd_rig::cluster(rig.env, "wait-clean", &["120"]).unwrap();
     unpublish_unstage_clean(&mut rig, "node-osd", &id, &target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbd_stage_of_a_missing_image_or_unknown_cluster_is_not_found() {
-    let Some(mut rig) = rig("rbd_node_missing", TESTS).await else { return };
+    let Some(mut rig) = rig("rbd_node_missing").await else { return };
     let staging = rig.path("staging");
-    let missing = rbd_node_rig::volume("no-such-image").id().to_string();
+    let missing = rbd_rig::volume("no-such-image").id().to_string();
     let status = rig.node.node_stage_volume(requests::stage(&missing, &staging, mount_capability("xfs"))).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     // An image that exists but is not a Swell image is no volume either.
     let foreign = "foreign-image";
-    rbd_node_rig::cli(rig.env, "rbd", &["create", &format!("rbd/{foreign}"), "--size", "64M"]).unwrap();
-    let foreign_id = format!("rbd:{}:rbd:{foreign}", rbd_node_rig::CLUSTER_ID);
+    rbd_rig::cli(rig.env, "rbd", &["create", &format!("rbd/{foreign}"), "--size", "64M"]).unwrap();
+    let foreign_id = format!("rbd:{}:rbd:{foreign}", rbd_rig::CLUSTER_ID);
     let status = rig.node.node_stage_volume(requests::stage(&foreign_id, &staging, mount_capability("xfs"))).await.unwrap_err();
-    rbd_node_rig::cli(rig.env, "rbd", &["rm", &format!("rbd/{foreign}")]).unwrap();
+    rbd_rig::cli(rig.env, "rbd", &["rm", &format!("rbd/{foreign}")]).unwrap();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     let other_cluster = swell_storage::RbdVolume::for_name("elsewhere", "rbd", "img").unwrap().id().to_string();
     let status = rig.node.node_stage_volume(requests::stage(&other_cluster, &staging, mount_capability("xfs"))).await.unwrap_err();

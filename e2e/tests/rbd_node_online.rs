@@ -7,29 +7,18 @@
 //! finishes the grow, unstage leaves nothing, the filesystem checks clean.
 #![allow(clippy::unwrap_used)]
 
-mod rbd_node_rig;
-
 use std::ffi::OsString;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rbd_node_rig::{GIB, MIB, Rig};
 use swell_e2e::host::{check_filesystem, statvfs_total};
+use swell_e2e::never_stuck::{GIB, MIB};
 use swell_e2e::node_process::{KillAt, NodeProcess, grow_tool_stand_in};
+use swell_e2e::rbd_rig::{NodeRig as Rig, node_rig};
 use swell_e2e::requests::{self, block_capability, mount_capability, total_bytes};
 use swell_e2e::stream_io::{self, RECORD, Streams};
 
-/// The tests in this binary; the last to finish tears the cluster down.
-const TESTS: usize = 4;
-/// This binary's cluster, apart from rbd_node's (ports 100 apart and clear
-/// of the other rigs' with any SWELL_TEST_SLOT).
-const SITE_DIR: &str = "/var/tmp/rbd-node-online-e2e";
-const SITE_PORT: u16 = 27300;
-
-async fn rig(test: &str, total_tests: usize) -> Option<Rig> {
-    rbd_node_rig::rig_on(test, total_tests, SITE_DIR, SITE_PORT).await
-}
 const FROM: u64 = 512 * MIB;
 
 async fn stage_publish(rig: &mut Rig, id: &str, capability: csi_proto::v1::VolumeCapability, target: &str) -> PathBuf {
@@ -60,7 +49,7 @@ async fn grow_under_streams(rig: &mut Rig, name: &str, id: &str, target: &Path, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbd_xfs_grows_under_a_streaming_writer() {
-    let Some(mut rig) = rig("rbd_node_online_xfs", TESTS).await else { return };
+    let Some(mut rig) = node_rig("rbd_node_online_xfs").await else { return };
     let id = rig.image("online-xfs", FROM);
     let target = stage_publish(&mut rig, &id, mount_capability("xfs"), "pods/p/vol").await;
     grow_under_streams(&mut rig, "online-xfs", &id, &target, &target.join("stream.dat"), (FROM / 2) / RECORD as u64).await;
@@ -71,7 +60,7 @@ async fn rbd_xfs_grows_under_a_streaming_writer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbd_raw_block_grows_under_a_streaming_writer_and_an_open_descriptor_sees_it() {
-    let Some(mut rig) = rig("rbd_node_online_block", TESTS).await else { return };
+    let Some(mut rig) = node_rig("rbd_node_online_block").await else { return };
     let id = rig.image("online-blk", FROM);
     let target = stage_publish(&mut rig, &id, block_capability(), "pods/p/dev/blk").await;
     let mut opened_before = std::fs::File::open(&target).unwrap();
@@ -84,7 +73,7 @@ async fn rbd_raw_block_grows_under_a_streaming_writer_and_an_open_descriptor_see
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbd_volume_grown_while_unstaged_comes_up_at_the_new_size() {
-    let Some(mut rig) = rig("rbd_node_grown_unstaged", TESTS).await else { return };
+    let Some(mut rig) = node_rig("rbd_node_grown_unstaged").await else { return };
     let id = rig.image("unstaged", FROM);
     let target = stage_publish(&mut rig, &id, mount_capability("xfs"), "pods/p/vol").await;
     let data = target.join("data");
@@ -103,7 +92,7 @@ async fn rbd_volume_grown_while_unstaged_comes_up_at_the_new_size() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbd_node_killed_mid_expand_with_the_volume_published_finishes_after_restart() {
-    let Some(mut rig) = rig("rbd_node_killed_mid_expand", TESTS).await else { return };
+    let Some(mut rig) = node_rig("rbd_node_killed_mid_expand").await else { return };
     let (bin, mark) = grow_tool_stand_in(&rig.dir, "xfs", KillAt::BeforeTheTool).unwrap();
     let path: OsString = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()).into();
     let mut process = NodeProcess::start(&rig.config, rig.dir.join("process.sock"), &[("PATH", path)]).await.unwrap();

@@ -3,8 +3,6 @@
 //! deletes that answer before the data is gone, and the promised-bytes
 //! total staying exact while the controller is killed mid-operation.
 
-mod rbd_rig;
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -12,24 +10,21 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::*;
-use rbd_rig::{ClusterEnv, Swell, cli, rbd_size};
 use swell_controller::rbd::ffi::{Cluster, IoCtx};
 use swell_controller::rbd::{RbdBackend, RbdConfig};
 use swell_e2e::chaos::Xorshift;
 use swell_e2e::process::ControllerProcess;
+use swell_e2e::rbd_rig::{self, ClusterEnv, Swell, cli, rbd_config, rbd_size};
 use swell_e2e::requests::{self, mount_capability};
 use swell_storage::RbdVolume;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-const SITE_DIR: &str = "/var/tmp/rbd-scale-e2e";
-const SITE_PORT: u16 = 26400;
-const TESTS: usize = 5;
 const MIB: u64 = 1 << 20;
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(8);
 
 async fn session(test: &str) -> Option<rbd_rig::Session> {
-    rbd_rig::acquire_on(&format!("rbd_scale::{test}"), TESTS, SITE_DIR, SITE_PORT).await
+    rbd_rig::acquire(&format!("rbd_scale::{test}")).await
 }
 
 fn create_in(pool: &str, name: &str, bytes: u64) -> CreateVolumeRequest {
@@ -106,7 +101,7 @@ async fn create_expand_and_delete_stay_flat_beside_5000_foreign_images() {
     let env = session.env;
     let pool = "busy";
     new_pool(env, pool);
-    let swell = Swell::start_with(RbdConfig { default_pool: pool.into(), ..Swell::config(env) }, BACKEND_TIMEOUT).await;
+    let swell = Swell::start_with(RbdConfig { default_pool: pool.into(), ..rbd_config(env) }, BACKEND_TIMEOUT).await;
     let mut client = swell.client.clone();
     latencies(&mut client, pool, "warm", 3).await;
     let empty = latencies(&mut client, pool, "empty", 15).await;
@@ -147,7 +142,7 @@ async fn a_thin_foreign_exabyte_image_blocks_swell_only_when_foreign_images_coun
     let pool = "shared";
     new_pool(env, pool);
     foreign_client(env, pool).create_image("someone-elses", 1 << 60, 1).unwrap();
-    let config = RbdConfig { default_pool: pool.into(), ..Swell::config(env) };
+    let config = RbdConfig { default_pool: pool.into(), ..rbd_config(env) };
 
     let default = Swell::start_with(config.clone(), BACKEND_TIMEOUT).await;
     let mut client = default.client.clone();
@@ -191,7 +186,7 @@ async fn each_volume_is_judged_on_its_own_pool() {
     let first = create(&mut client, "rbd", "in-the-first-pool", 256 * MIB).await.unwrap();
     let second = create(&mut client, "second", "in-the-second-pool", 256 * MIB).await.unwrap();
     // The first pool can promise nothing more: its quota is what Swell promised there.
-    let promised = RbdBackend::new(Swell::config(env)).unwrap().promised("rbd").await.unwrap();
+    let promised = RbdBackend::new(rbd_config(env)).unwrap().promised("rbd").await.unwrap();
     cli(env, "ceph", &["osd", "pool", "set-quota", "rbd", "max_bytes", &promised.to_string()]).unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let grown = expand(&mut client, &second, 512 * MIB).await;
@@ -331,7 +326,7 @@ async fn the_promised_total_stays_exact_across_kills() {
             .await;
         }
     }
-    let ceph = RbdBackend::new(RbdConfig { default_pool: pool.into(), ..Swell::config(env) }).unwrap();
+    let ceph = RbdBackend::new(RbdConfig { default_pool: pool.into(), ..rbd_config(env) }).unwrap();
     let expected: u64 = volumes.values().map(|(_, size)| size).sum();
     let mut sizes = 0;
     for (id, size) in volumes.values() {

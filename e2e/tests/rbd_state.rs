@@ -4,8 +4,6 @@
 //! while it holds a volume, and a reconciler whose cost follows the pending
 //! volumes, not all of them.
 
-mod rbd_rig;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::*;
-use rbd_rig::{CLUSTER_ID, ClusterEnv, rbd_size};
 use swell_controller::Backends;
 use swell_controller::rbd::ffi::{Cluster, IoCtx, WriteOp};
 use swell_controller::rbd::lease::{self, Leases};
@@ -26,6 +23,7 @@ use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
 use swell_e2e::host;
 use swell_e2e::metrics::{free_address, sample, scrape};
 use swell_e2e::process::ControllerProcess;
+use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, rbd_size};
 use swell_e2e::requests::{self, mount_capability};
 use swell_e2e::resizer::expand_like_the_resizer;
 use swell_e2e::state::{leave_wish, record_of};
@@ -35,15 +33,12 @@ use swell_storage::{ExpansionRecord, ExpansionStore, RbdVolume, VolumeId};
 use tonic::Code;
 use tonic::transport::Channel;
 
-const SITE_DIR: &str = "/var/tmp/rbd-state-e2e";
-const SITE_PORT: u16 = 28400;
-const TESTS: usize = 5;
 const MIB: u64 = 1 << 20;
 const GRIP: &str = "rbd-grow-before-resize";
 const UNHEARD: &str = "rbd-grow-before-announce";
 
 async fn session(test: &str) -> Option<rbd_rig::Session> {
-    rbd_rig::acquire_on(&format!("rbd_state::{test}"), TESTS, SITE_DIR, SITE_PORT).await
+    rbd_rig::acquire(&format!("rbd_state::{test}")).await
 }
 
 /// A `swell-controller` process on the cluster, named `instance`, serving
@@ -156,9 +151,9 @@ async fn two_controller_replicas_share_one_volume_without_losing_or_repeating_a_
         .collect();
     let mut aborted = 0;
     for call in calls {
-        let codes = call.await.unwrap();
-        assert_eq!(codes.last(), Some(&Code::Ok), "a call ended without success: {codes:?}");
-        aborted += codes.iter().filter(|c| **c == Code::Aborted).count();
+        let resized = call.await.unwrap();
+        assert_eq!(resized.codes.last(), Some(&Code::Ok), "a call ended without success: {:?}", resized.codes);
+        aborted += resized.codes.iter().filter(|c| **c == Code::Aborted).count();
     }
     let took = started.elapsed();
     stop.store(true, Ordering::SeqCst);
@@ -282,7 +277,7 @@ async fn a_frozen_holder_wakes_to_find_the_volume_moved_on_and_changes_nothing()
     frozen.process.freeze();
     let frozen_at = Instant::now();
     // The other replica is refused while the lease lasts, then takes over.
-    let codes = expand_like_the_resizer(other.client.clone(), id.clone(), 768 * MIB).await;
+    let codes = expand_like_the_resizer(other.client.clone(), id.clone(), 768 * MIB).await.codes;
     assert_eq!(codes.last(), Some(&Code::Ok), "{codes:?}");
     let took_over = frozen_at.elapsed();
     let after = record_of(&*store, &volume).await.unwrap();

@@ -1,6 +1,6 @@
-//! The CSI Unix socket. The socket is created with mode 0600 before it accepts
-//! anything; a stale path is removed only when it is a socket (never a file
-//! someone mistyped), and the socket is removed again on shutdown.
+//! The CSI Unix socket. The socket appears at its path only once it listens,
+//! with mode 0600; a stale path is replaced only when it is a socket (never a
+//! file someone mistyped), and the socket is removed again on shutdown.
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -49,19 +49,38 @@ pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf, EndpointError> {
     if path.starts_with('/') && path.len() > 1 { Ok(PathBuf::from(path)) } else { Err(EndpointError::Unsupported(endpoint.to_owned())) }
 }
 
+/// Refuses to replace anything at `path` but a socket.
+fn check_replaceable(path: &Path) -> Result<(), EndpointError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => Ok(()),
+        Ok(_) => Err(EndpointError::NotASocket(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(EndpointError::Io { step: "inspect", path: path.to_owned(), source: e }),
+    }
+}
+
+/// Binds under a temporary name beside `path` and renames the socket into
+/// place once it listens and has its mode: bind(2) creates the file before
+/// listen(2) lets it accept, and a client that connects as soon as the file
+/// appears would otherwise be refused (ECONNREFUSED).
 fn prepare(path: &Path) -> Result<UnixListener, EndpointError> {
     let io = |step, source| EndpointError::Io { step, path: path.to_owned(), source };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(|e| io("remove stale socket", e))?,
-        Ok(_) => return Err(EndpointError::NotASocket(path.to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("inspect", e)),
+    check_replaceable(path)?;
+    let file_name = path.file_name().ok_or_else(|| EndpointError::Unsupported(path.display().to_string()))?;
+    let binding = path.with_file_name(format!("{}.binding", file_name.to_string_lossy()));
+    check_replaceable(&binding)?;
+    if let Err(e) = std::fs::remove_file(&binding)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(io("remove stale socket", e));
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io("create directory for", e))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod 0600", e))?;
+    let listener = UnixListener::bind(&binding).map_err(|e| io("bind", e))?;
+    std::fs::set_permissions(&binding, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod 0600", e))?;
+    // rename(2) replaces a stale socket atomically.
+    std::fs::rename(&binding, path).map_err(|e| io("move the listening socket to", e))?;
     Ok(listener)
 }
 
@@ -138,5 +157,30 @@ mod tests {
         drop(listener);
         let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// The harness, kubelet-style watchers and sidecars alike connect as soon
+    /// as the file is there. Before the socket was renamed into place, about
+    /// one start in a few hundred refused such a client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_sees_the_socket_can_connect_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for attempt in 0..2000 {
+            let path = dir.path().join(format!("csi-{attempt}.sock"));
+            let watched = path.clone();
+            let client = std::thread::spawn(move || {
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while !watched.exists() {
+                    assert!(std::time::Instant::now() < until, "{} never appeared", watched.display());
+                    std::hint::spin_loop();
+                }
+                std::os::unix::net::UnixStream::connect(&watched)
+            });
+            let listener = prepare(&path).unwrap();
+            let connected = tokio::task::spawn_blocking(move || client.join()).await.unwrap().unwrap();
+            connected.unwrap_or_else(|e| panic!("start {attempt}: a client that saw {} was refused: {e}", path.display()));
+            assert!(!path.with_file_name(format!("csi-{attempt}.sock.binding")).exists(), "no temporary name left");
+            drop(listener);
+        }
     }
 }

@@ -176,20 +176,10 @@ pub fn parameters(key: &str, value: &str) -> HashMap<String, String> {
     HashMap::from([(key.to_owned(), value.to_owned())])
 }
 
-/// Whether the node tests can run here; records a skip when not.
+/// Whether the node tests can run here; records a skip when not (a
+/// missing program fails the test under CI).
 pub fn node_host_ready(test: &str) -> bool {
-    if !host::is_root() {
-        host::note_skip(test, "needs root to attach loop devices and mount");
-        return false;
-    }
-    for tool in ["losetup", "mkfs.xfs", "mount", "umount"] {
-        let found = std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())).unwrap_or(false);
-        if !found {
-            host::note_skip(test, &format!("{tool} is not installed"));
-            return false;
-        }
-    }
-    true
+    !host::cannot_run(test, false, &["losetup", "mkfs.xfs", "mount", "umount"])
 }
 
 /// Undoes what a failed node test leaves behind: unmounts `mounts`
