@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what Swell's demo and tests need on a fresh Debian machine:
-# filesystem tools for mkfs/grow, util-linux for losetup and mount, and Ceph
-# 16.2 (librados/librbd to build the controller, daemons and rbd-fuse for the
-# RBD tests). Rust comes from the machine's toolchain; protoc is vendored.
+# Installs what Swell's local demo and the local backend's tests need on a
+# fresh Debian machine: filesystem tools for mkfs/grow and util-linux for
+# losetup and mount. Nothing from Ceph: the RBD parts install theirs
+# (e2e/ceph/install.sh, called by e2e/test.sh and `demo.sh --backend rbd`).
+# Rust comes from the machine's toolchain; protoc is vendored.
 set -euo pipefail
 
 packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount)
@@ -19,5 +20,3 @@ fi
 for tool in mkfs.xfs xfs_growfs mkfs.btrfs btrfs mkfs.ext4 resize2fs e2fsck losetup blkid mount umount; do
   command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
-
-"$(dirname "$0")/ceph/install.sh"

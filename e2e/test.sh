@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Runs every Swell test: unit tests, the conformance suite and the lifecycle
-# tests on real loop devices, filesystems and mounts. Tests that cannot run on
-# this machine are listed at the end with their reason.
+# tests on real loop devices, filesystems and mounts, the RBD suites and the
+# local-only build (no Ceph linked). Tests that cannot run on this machine are
+# listed at the end with their reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "run as root: the tests attach loop devices and mount filesystems" >&2; exit 1; }
 e2e/install-deps.sh
+e2e/ceph/install.sh
 
 export SWELL_SKIP_LOG="${SWELL_SKIP_LOG:-$(mktemp /tmp/swell-skips.XXXXXX)}"
 : > "$SWELL_SKIP_LOG"
 status=0
+# Before the default build: it shares target/debug/swell-controller, which the next line restores.
+e2e/local-only.sh || status=1
 # The chaos test runs swell-controller as a real process: build the binaries first.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/swell-test.log || status=$?

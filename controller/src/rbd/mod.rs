@@ -11,18 +11,25 @@
 //! - [`fence`]: blocklisting a previous controller instance's client.
 //! - [`backend`]: [`RbdBackend`], the [`swell_storage::Backend`] impl.
 
+// What links librados/librbd sits behind the `rbd` feature; the
+// configuration below stays, so a local-only build can name what it refuses.
+#[cfg(feature = "rbd")]
 pub mod backend;
 pub mod capacity;
 pub mod coalesce;
+#[cfg(feature = "rbd")]
 pub mod connection;
 pub mod errors;
+#[cfg(feature = "rbd")]
 pub mod fence;
+#[cfg(feature = "rbd")]
 pub mod ffi;
 pub mod ledger;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "rbd")]
 pub use backend::RbdBackend;
 
 pub use swell_storage::rbd_volume::KIND;
