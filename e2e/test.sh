@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every Swell test: unit tests, the conformance suite and the lifecycle
-# tests on real loop devices, filesystems and mounts, the RBD suites and the
-# local-only build (no Ceph linked). Tests that cannot run on this machine are
-# listed at the end with their reason.
+# tests on real loop devices, filesystems and mounts, the RBD suites, the
+# local-only build (no Ceph linked) and the offline checks of deploy/. Tests
+# that cannot run on this machine are listed at the end with their reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "run as root: the tests attach loop devices and mount filesystems" >&2; exit 1; }
 e2e/install-deps.sh
 e2e/ceph/install.sh
+e2e/deploy/install.sh
 
 export SWELL_SKIP_LOG="${SWELL_SKIP_LOG:-$(mktemp /tmp/swell-skips.XXXXXX)}"
 : > "$SWELL_SKIP_LOG"
@@ -17,6 +18,8 @@ e2e/local-only.sh || status=1
 # The chaos test runs swell-controller as a real process: build the binaries first.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/swell-test.log || status=$?
+# deploy/ renders, validates and holds what Swell needs (it reads the binaries' --help).
+target/deploy-venv/bin/python e2e/deploy/check_manifests.py || status=1
 
 if [[ -s $SWELL_SKIP_LOG ]]; then
   echo
