@@ -62,11 +62,31 @@ struct Args {
     /// librados timeout of each OSD/monitor operation and of connecting, in
     /// seconds. An RBD call may take 2 × this + 1 s, which must stay under
     /// --backend-timeout-secs (checked at start-up).
-    #[arg(long, env = "SWELL_RBD_OP_TIMEOUT_SECS", default_value_t = 3)]
+    #[arg(long, env = "SWELL_RBD_OP_TIMEOUT_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
     rbd_op_timeout_secs: u64,
     /// Bytes that may be promised per byte the pool holds.
     #[arg(long, env = "SWELL_RBD_OVERPROVISION_RATIO", default_value_t = 1.0)]
     rbd_overprovision_ratio: f64,
+    /// Count the sizes of images Swell did not make (other clients sharing
+    /// the pool) against its room too, not only the bytes they wrote.
+    #[arg(long, env = "SWELL_RBD_COUNT_FOREIGN_IMAGES")]
+    rbd_count_foreign_images: bool,
+    /// Seconds a volume's lock outlives a controller that stopped renewing
+    /// it (died or froze); must exceed 2 × --rbd-op-timeout-secs + 1.
+    #[arg(long, env = "SWELL_RBD_LOCK_LEASE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    rbd_lock_lease_secs: u64,
+    /// This controller's name in the volume locks it holds: unique among
+    /// running replicas, the same across restarts of one (default:
+    /// $POD_NAME, else the host name).
+    #[arg(long, env = "SWELL_INSTANCE_NAME")]
+    instance_name: Option<String>,
+    /// Seconds in which the slow sweep checks every settled expansion
+    /// record against its backend once.
+    #[arg(long, env = "SWELL_SWEEP_INTERVAL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    sweep_interval_secs: u64,
+    /// Backend reads per second the slow sweep may make.
+    #[arg(long, env = "SWELL_SWEEP_READS_PER_SEC", default_value_t = 20)]
+    sweep_reads_per_sec: u32,
     /// Serve Prometheus metrics (pending and stuck expansions) on this address, e.g. 127.0.0.1:9808.
     #[arg(long, env = "SWELL_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
@@ -79,14 +99,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let socket = parse_endpoint(&args.endpoint)?;
     let rbd = match (args.rbd_cluster_id, args.rbd_ceph_conf, args.rbd_keyring) {
         (Some(cluster_id), Some(ceph_conf), Some(keyring)) => Some(RbdConfig {
-            cluster_id,
-            ceph_conf,
-            keyring,
             user: args.rbd_user,
             default_pool: args.rbd_pool,
             op_timeout: Duration::from_secs(args.rbd_op_timeout_secs),
             overprovision_ratio: args.rbd_overprovision_ratio,
-            state_dir: Some(args.state_dir.clone()),
+            count_foreign_images: args.rbd_count_foreign_images,
+            lock_lease: Duration::from_secs(args.rbd_lock_lease_secs),
+            instance: args.instance_name.unwrap_or_else(swell_controller::rbd::default_instance),
+            ..RbdConfig::new(cluster_id, ceph_conf, keyring)
         }),
         _ => None,
     };
@@ -100,6 +120,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         reconciler: ReconcilerConfig {
             interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             stuck_after: Duration::from_secs(args.stuck_after_secs),
+            sweep_interval: Duration::from_secs(args.sweep_interval_secs),
+            sweep_reads_per_sec: args.sweep_reads_per_sec,
             ..ReconcilerConfig::default()
         },
     };

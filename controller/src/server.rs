@@ -125,10 +125,7 @@ pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result
     let rbd: Option<Arc<dyn swell_storage::Backend>> = match &options.rbd {
         Some(rbd) => {
             check_deadlines(rbd, config.backend_timeout)?;
-            let mut rbd = rbd.clone();
-            // Where this instance records its Ceph client for the next one to fence.
-            rbd.state_dir.get_or_insert_with(|| config.state_dir.clone());
-            Some(open_rbd(rbd)?)
+            Some(open_rbd(rbd.clone())?)
         }
         None => None,
     };

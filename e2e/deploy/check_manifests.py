@@ -190,6 +190,9 @@ class Manifests(unittest.TestCase):
             spec = deployment["spec"]["template"]["spec"]
             for name in ("csi-provisioner", "csi-resizer"):
                 self.assertIs(flag(sidecar(spec, name), "leader-election"), True, name)
+            # Each replica holds RBD volume locks under its own name, $POD_NAME.
+            env = {e["name"]: e for e in swell_container(spec)["env"]}
+            self.assertEqual(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name")
 
     def test_the_node_plugin_is_privileged_and_propagates_mounts(self):
         for rendered in self.each():
@@ -283,9 +286,9 @@ class Manifests(unittest.TestCase):
                     volume, inside = locate(c, config[key])
                     self.assertEqual(volumes[volume]["secret"]["secretName"], "swell-ceph")
                     self.assertEqual(inside, file)
-                for variable in re.findall(r"\[env: (SWELL_RBD_[A-Z_]+)=", self.help[c["command"][0]]):
-                    if variable not in ("SWELL_RBD_OP_TIMEOUT_SECS", "SWELL_RBD_OVERPROVISION_RATIO"):
-                        self.assertIn(variable, config)
+                # What the node reads names the cluster: both must read it from here.
+                for variable in re.findall(r"\[env: (SWELL_RBD_[A-Z_]+)=", self.help["swell-node"]):
+                    self.assertIn(variable, config)
 
     def test_the_local_overlay_configures_no_ceph(self):
         rendered = self.rendered["local"]
