@@ -46,13 +46,14 @@ packages=$(sed 's/#.*//' deploy/image/packages | xargs)
 
 # 1. The binaries. The webhook is optional only until its crate lands.
 binaries=(swell-controller swell-node)
-if cargo metadata --no-deps --format-version 1 | grep -q '"name":"swell-webhook"'; then
+metadata=$(cargo metadata --no-deps --format-version 1)
+if grep -q '"name":"swell-webhook"' <<<"$metadata"; then
   binaries+=(swell-webhook)
 else
   echo "image: the workspace has no swell-webhook yet; the image holds ${binaries[*]}"
 fi
 cargo build --release --locked "${binaries[@]/#/--bin=}"
-rm -rf "$out/bin"
+rm -rf "${out:?}/bin"
 mkdir -p "$out/bin"
 for binary in "${binaries[@]}"; do
   cp "target/release/$binary" "$out/bin/"
