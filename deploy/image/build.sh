@@ -56,7 +56,7 @@ cargo build --release --locked "${binaries[@]/#/--bin=}"
 rm -rf "${out:?}/bin"
 mkdir -p "$out/bin"
 for binary in "${binaries[@]}"; do
-  cp "target/release/$binary" "$out/bin/"
+  cp "${CARGO_TARGET_DIR:-target}/release/$binary" "$out/bin/"
 done
 step "binaries staged in $out/bin: ${binaries[*]}"
 ((binaries_only)) && exit 0
