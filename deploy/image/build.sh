@@ -117,7 +117,9 @@ for binary in "${binaries[@]}"; do
     fail "$binary misses libraries in the image"
   fi
 done
-inside ldd /usr/local/bin/swell-controller | grep -q librbd || fail "the image's swell-controller is built without RBD"
+# Read whole before grep -q: an early exit would kill ldd with SIGPIPE under pipefail.
+controller_libraries=$(inside ldd /usr/local/bin/swell-controller) || fail "ldd of swell-controller failed in the image"
+grep -q librbd <<<"$controller_libraries" || fail "the image's swell-controller is built without RBD"
 programs=$(inside swell-node --help | sed -n 's/^Runs these programs, found on PATH: //p')
 [[ -n $programs ]] || fail "swell-node --help lists no programs"
 for program in $programs; do
