@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # Runs every Swell test: unit tests, the conformance suite and the lifecycle
-# tests on real loop devices, filesystems and mounts. Tests that cannot run on
-# this machine (no root, loop devices or FUSE) are listed at the end with their
-# reason and counted as skipped, not passed; with CI=true a program the install
-# step provides is required. A Ceph cluster that does not start fails the run.
+# tests on real loop devices, filesystems and mounts, the RBD suites, the
+# local-only build (no Ceph linked) and the offline checks of deploy/. Tests
+# that cannot run on this machine (no root, loop devices or FUSE) are listed
+# at the end with their reason and counted as skipped, not passed; with
+# CI=true a program the install step provides is required. A Ceph cluster
+# that does not start fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "run as root: the tests attach loop devices and mount filesystems" >&2; exit 1; }
 e2e/install-deps.sh
+e2e/ceph/install.sh
+e2e/install-test-tools.sh
 
 export SWELL_SKIP_LOG="${SWELL_SKIP_LOG:-$(mktemp /tmp/swell-skips.XXXXXX)}"
 : > "$SWELL_SKIP_LOG"
 status=0
+# Before the default build: it shares target/debug/swell-controller, which the next line restores.
+e2e/local-only.sh || status=1
 # The chaos test runs swell-controller as a real process: build the binaries first.
 cargo build --workspace --bins
 log=$(mktemp /tmp/swell-test.XXXXXX)
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# deploy/ renders, validates and holds what Swell needs (it reads the binaries' --help).
+target/test-venv/bin/python e2e/deploy/check_manifests.py || status=1
 
 # Each line: test<TAB>reason. A skipped test returned at once, and cargo
 # counted it as passed: take it out of the passed and into the skipped.

@@ -133,7 +133,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rbd_cluster = backends.rbd.as_ref().map(|r| r.cluster_id.as_str()),
         "swell-controller starting"
     );
-    let controller = build_with(&config, &backends)?;
+    // Display, not Debug: start-up errors are sentences meant for the operator.
+    let controller = build_with(&config, &backends).map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::watch::channel(());
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
         let _ = stopped.changed().await;

@@ -12,7 +12,7 @@ use csi_proto::v1::identity_server::IdentityServer;
 use swell_storage::local::LocalBackend;
 use tonic::transport::server::Router;
 
-use crate::rbd::{RbdBackend, RbdConfig};
+use crate::rbd::RbdConfig;
 use crate::reconciler::{Reconciler, ReconcilerConfig};
 use crate::{BackendProbe, Backends, ControllerService, ExpansionRecords};
 
@@ -68,8 +68,12 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The RBD configuration is unusable.
+    #[cfg(feature = "rbd")]
     #[error(transparent)]
     Rbd(#[from] crate::rbd::backend::ConfigError),
+    /// RBD was asked of a controller built without the `rbd` feature.
+    #[error("this swell-controller was built without Ceph RBD support (cargo feature `rbd`): drop the --rbd-* flags, or use a build with default features")]
+    RbdNotBuilt,
     /// `--default-backend` names a backend that is not configured.
     #[error("default backend {0:?} is not configured (local, or rbd with an RBD cluster)")]
     DefaultBackend(String),
@@ -121,7 +125,7 @@ pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result
     let rbd: Option<Arc<dyn swell_storage::Backend>> = match &options.rbd {
         Some(rbd) => {
             check_deadlines(rbd, config.backend_timeout)?;
-            Some(Arc::new(RbdBackend::new(rbd.clone())?))
+            Some(open_rbd(rbd.clone())?)
         }
         None => None,
     };
@@ -150,6 +154,16 @@ pub fn build_over(config: &ControllerConfig, backends: Backends) -> Result<Contr
     let reconciler = Reconciler::new(controller.expander().clone(), config.reconciler.clone());
     let router = tonic::transport::Server::builder().add_service(IdentityServer::new(identity)).add_service(ControllerServer::new(controller));
     Ok(Controller { router, reconciler })
+}
+
+#[cfg(feature = "rbd")]
+fn open_rbd(config: RbdConfig) -> Result<Arc<dyn swell_storage::Backend>, StartError> {
+    Ok(Arc::new(crate::rbd::RbdBackend::new(config)?))
+}
+
+#[cfg(not(feature = "rbd"))]
+fn open_rbd(_: RbdConfig) -> Result<Arc<dyn swell_storage::Backend>, StartError> {
+    Err(StartError::RbdNotBuilt)
 }
 
 #[cfg(test)]
@@ -188,6 +202,9 @@ mod tests {
         let bad = BackendOptions { rbd: Some(rbd(5)), default_backend: Some("rbd".into()) };
         assert!(matches!(build_with(&config, &bad), Err(StartError::Deadlines { .. })));
         let good = BackendOptions { rbd: Some(rbd(3)), default_backend: Some("rbd".into()) };
+        #[cfg(feature = "rbd")]
         assert!(build_with(&config, &good).is_ok(), "no cluster is contacted at start-up");
+        #[cfg(not(feature = "rbd"))]
+        assert!(matches!(build_with(&config, &good), Err(StartError::RbdNotBuilt)));
     }
 }

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 use swell_e2e::host;
 use tokio_stream::wrappers::UnixListenerStream;
 
-/// Where e2e/install-deps.sh puts the virtualenv with grpcio.
-const DEFAULT_PYTHON: &str = "/var/lib/swell-test/python/bin/python";
+/// Where e2e/install-test-tools.sh puts the tests' Python, with grpcio.
+const DEFAULT_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-venv/bin/python");
 
 const CLIENT: &str = r#"
 import json, sys

@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Swell CSI node plugin: attaches, formats, mounts and grows volumes.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, after_help = format!("{PROGRAMS_HEADING} {}", swell_storage::command::PROGRAMS.join(" ")))]
 struct Args {
     /// This node's id (the Kubernetes node name).
     #[arg(long, env = "SWELL_NODE_ID")]
@@ -40,6 +40,10 @@ struct Args {
     #[arg(long, env = "SWELL_RBD_USER", default_value = "admin")]
     rbd_user: String,
 }
+
+/// Starts the `--help` line naming every program the node may run; the
+/// image build reads that line to check the image holds each.
+const PROGRAMS_HEADING: &str = "Runs these programs, found on PATH:";
 
 impl Args {
     /// The RBD part of the configuration; clap guarantees the three

@@ -1,12 +1,38 @@
-//! The one way Swell runs an external program: no shell, output captured, a
-//! deadline enforced, and a non-zero exit turned into an error that names the
-//! command and carries its stderr.
+//! The one way Swell runs an external program: only a program named in
+//! [`PROGRAMS`], no shell, output captured, a deadline enforced, and a
+//! non-zero exit turned into an error that names the command and carries its
+//! stderr.
 
 use std::ffi::OsStr;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
+
+/// Every program Swell runs, by its name on `PATH`: the one list the
+/// container image is checked against (`swell-node --help` prints it,
+/// deploy/image/build.sh finds each in the image). [`run`] refuses any other
+/// name, so a new tool cannot be called without being listed here.
+pub const PROGRAMS: &[&str] = &[
+    "blkid",
+    "btrfs",
+    "dumpe2fs",
+    "e2fsck",
+    "fusermount",
+    "kill",
+    "losetup",
+    "mkfs.btrfs",
+    "mkfs.ext4",
+    "mkfs.xfs",
+    "mount",
+    "rbd",
+    "rbd-fuse",
+    "rbd-nbd",
+    "resize2fs",
+    "umount",
+    "xfs_growfs",
+    "xfs_spaceman",
+];
 
 /// What a finished command printed.
 #[derive(Debug, Clone)]
@@ -20,6 +46,12 @@ pub struct Output {
 /// Why a command did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
+    /// The program is not in [`PROGRAMS`], so the image may not hold it.
+    #[error("`{program}` is not in Swell's list of external programs (swell_storage::command::PROGRAMS)")]
+    Unlisted {
+        /// The program asked for.
+        program: String,
+    },
     /// The program could not be started (missing binary, permissions).
     #[error("could not start `{command}`: {source}")]
     Spawn {
@@ -68,8 +100,20 @@ impl CommandError {
     }
 }
 
-/// Runs `program` with `args`, killing it if it has not exited within `deadline`.
+/// Runs `program` (one of [`PROGRAMS`]) with `args`, killing it if it has
+/// not exited within `deadline`.
 pub async fn run<I, S>(program: &str, args: I, deadline: Duration) -> Result<Output, CommandError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    if !PROGRAMS.contains(&program) {
+        return Err(CommandError::Unlisted { program: program.to_owned() });
+    }
+    run_any(program, args, deadline).await
+}
+
+async fn run_any<I, S>(program: &str, args: I, deadline: Duration) -> Result<Output, CommandError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -109,13 +153,13 @@ mod tests {
 
     #[tokio::test]
     async fn captures_stdout_of_a_successful_command() {
-        let out = run("echo", ["hello"], Duration::from_secs(5)).await.expect("echo runs");
+        let out = run_any("echo", ["hello"], Duration::from_secs(5)).await.expect("echo runs");
         assert_eq!(out.stdout.trim(), "hello");
     }
 
     #[tokio::test]
     async fn failure_carries_exit_code_and_stderr() {
-        let err = run("ls", ["/definitely/not/here"], Duration::from_secs(5)).await.unwrap_err();
+        let err = run_any("ls", ["/definitely/not/here"], Duration::from_secs(5)).await.unwrap_err();
         assert_eq!(err.exit_code(), Some(2));
         assert!(err.to_string().contains("/definitely/not/here"), "{err}");
     }
@@ -123,14 +167,28 @@ mod tests {
     #[tokio::test]
     async fn a_hung_command_is_killed_at_its_deadline() {
         let started = std::time::Instant::now();
-        let err = run("sleep", ["30"], Duration::from_millis(200)).await.unwrap_err();
+        let err = run_any("sleep", ["30"], Duration::from_millis(200)).await.unwrap_err();
         assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]
+    async fn only_listed_programs_run() {
+        let err = run("echo", ["hello"], Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(&err, CommandError::Unlisted { program } if program == "echo"), "{err}");
+        assert!(err.to_string().contains("PROGRAMS"), "{err}");
+        let listed = run("mount", ["--version"], Duration::from_secs(5)).await;
+        assert!(!matches!(listed, Err(CommandError::Unlisted { .. })), "{listed:?}");
+    }
+
+    #[test]
+    fn the_program_list_is_sorted_and_unique() {
+        assert!(PROGRAMS.windows(2).all(|pair| pair[0] < pair[1]), "{PROGRAMS:?}");
+    }
+
+    #[tokio::test]
     async fn a_missing_program_is_a_spawn_error() {
-        let err = run("swell-no-such-program", ["x"], Duration::from_secs(1)).await.unwrap_err();
+        let err = run_any("swell-no-such-program", ["x"], Duration::from_secs(1)).await.unwrap_err();
         assert!(matches!(err, CommandError::Spawn { .. }), "{err}");
     }
 }

@@ -18,23 +18,36 @@
 //! - [`store`]: the records and holds as the expander sees them.
 //! - [`backend`]: [`RbdBackend`], the [`swell_storage::Backend`] impl.
 
+// What links librados/librbd sits behind the `rbd` feature; the
+// configuration below stays, so a local-only build can name what it refuses.
+#[cfg(feature = "rbd")]
 pub mod backend;
 pub mod capacity;
 pub mod coalesce;
+#[cfg(feature = "rbd")]
 pub mod commit;
+#[cfg(feature = "rbd")]
 pub mod connection;
 pub mod errors;
+#[cfg(feature = "rbd")]
 pub mod ffi;
+#[cfg(feature = "rbd")]
 pub mod header;
+#[cfg(feature = "rbd")]
 pub mod lease;
+#[cfg(feature = "rbd")]
 pub mod readings;
+#[cfg(feature = "rbd")]
 pub mod state;
+#[cfg(feature = "rbd")]
 pub mod store;
+#[cfg(feature = "rbd")]
 pub mod trash;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "rbd")]
 pub use backend::RbdBackend;
 pub use swell_storage::rbd_volume::KIND;
 

@@ -1,0 +1,353 @@
+"""Offline checks of deploy/: every overlay renders with `kubectl kustomize`,
+every rendered object validates against the Kubernetes 1.32 OpenAPI schema
+(kubernetes-validate, strict), and the properties Swell depends on hold.
+
+Run by e2e/test.sh after the debug binaries are built (their --help is the
+truth for flag and environment names):
+
+    target/deploy-venv/bin/python e2e/deploy/check_manifests.py
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+import unittest
+
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+OVERLAYS = sorted(os.listdir(os.path.join(ROOT, "deploy", "overlays")))
+KUBERNETES_VERSION = "1.32.0"
+BIN_DIR = os.environ.get("SWELL_BIN_DIR", os.path.join(ROOT, "target", "debug"))
+NAMESPACE = "swell-system"
+SIDECAR_TAG = re.compile(r"^v\d+\.\d+\.\d+$")
+CLUSTER_SCOPED = {"Namespace", "CSIDriver", "StorageClass", "ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "ClusterIssuer"}
+# Custom resources the Kubernetes schema does not know (cert-manager, for the
+# webhook's certificate): checked for shape only.
+CUSTOM_GROUPS = {"cert-manager.io"}
+
+
+def render(overlay):
+    out = subprocess.run(
+        ["kubectl", "kustomize", os.path.join(ROOT, "deploy", "overlays", overlay)],
+        capture_output=True, text=True, timeout=60, check=False)
+    if out.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {overlay} failed: {out.stderr}")
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def help_text(binary):
+    out = subprocess.run([os.path.join(BIN_DIR, binary), "--help"], capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout
+
+
+def seconds(duration):
+    """A Go duration such as 30s, 1m30s or 500ms, in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise ValueError(f"not a duration: {duration!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def flag(container, name):
+    """The value of --name=value in a container's args, or True for a bare --name."""
+    for arg in container.get("args", []):
+        if arg == f"--{name}":
+            return True
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def image_repo_tag(image):
+    repo, _, tag = image.rpartition(":")
+    return (repo, tag) if "/" not in tag else (image, "")
+
+
+class Rendered:
+    """One overlay's objects, with lookups the checks share."""
+
+    def __init__(self, overlay):
+        self.overlay = overlay
+        self.objects = render(overlay)
+
+    def of_kind(self, kind):
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind, name):
+        found = [o for o in self.of_kind(kind) if o["metadata"]["name"] == name]
+        if len(found) != 1:
+            raise AssertionError(f"{self.overlay}: expected one {kind} {name}, found {len(found)}")
+        return found[0]
+
+    def pod_specs(self):
+        return [(o["metadata"]["name"], o["spec"]["template"]["spec"]) for o in self.objects if o["kind"] in ("Deployment", "DaemonSet")]
+
+    def csi_pod_specs(self):
+        """The pods serving CSI on a socket (controller and node), not the webhook."""
+        return [(name, spec) for name, spec in self.pod_specs() if flag(swell_container(spec), "endpoint") is not None]
+
+    def driver_name(self):
+        (driver,) = self.of_kind("CSIDriver")
+        return driver["metadata"]["name"]
+
+
+def container(spec, name):
+    found = [c for c in spec["containers"] if c["name"] == name]
+    if len(found) != 1:
+        raise AssertionError(f"expected one container {name}, found {len(found)}")
+    return found[0]
+
+
+def swell_container(spec):
+    found = [c for c in spec["containers"] if c.get("command", [""])[0].startswith("swell-")]
+    if len(found) != 1:
+        raise AssertionError(f"expected one Swell container, found {[c['name'] for c in found]}")
+    return found[0]
+
+
+def sidecar(spec, image_name):
+    found = [c for c in spec["containers"] if image_repo_tag(c["image"])[0].endswith("/" + image_name)]
+    if len(found) != 1:
+        raise AssertionError(f"expected one {image_name} container, found {len(found)}")
+    return found[0]
+
+
+def locate(container, path):
+    """Which volume (and path inside it) a container path lies on."""
+    mounts = [m for m in container.get("volumeMounts", []) if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not mounts:
+        raise AssertionError(f"{container['name']}: {path} lies on no volume")
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    return mount["name"], os.path.relpath(path, mount["mountPath"])
+
+
+def driver_socket(spec):
+    endpoint = flag(swell_container(spec), "endpoint")
+    if not isinstance(endpoint, str) or not endpoint.startswith("unix://"):
+        raise AssertionError(f"the Swell container's --endpoint is not a unix:// socket: {endpoint!r}")
+    return locate(swell_container(spec), endpoint[len("unix://"):])
+
+
+class Manifests(unittest.TestCase):
+    rendered = {}
+    help = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.rendered = {overlay: Rendered(overlay) for overlay in OVERLAYS}
+        binaries = {"swell-controller", "swell-node"}
+        for rendered in cls.rendered.values():
+            binaries |= {swell_container(spec)["command"][0] for _, spec in rendered.pod_specs()}
+        cls.help = {binary: help_text(binary) for binary in sorted(binaries)}
+        with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
+            cls.version = tomllib.load(f)["workspace"]["package"]["version"]
+
+    def each(self):
+        for overlay, rendered in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                yield rendered
+
+    def test_overlays_are_local_and_rbd(self):
+        self.assertEqual(OVERLAYS, ["local", "rbd"])
+
+    def test_every_object_validates_against_the_kubernetes_schema(self):
+        for rendered in self.each():
+            for obj in rendered.objects:
+                with self.subTest(kind=obj["kind"], name=obj["metadata"]["name"]):
+                    if obj["apiVersion"].split("/")[0] in CUSTOM_GROUPS:
+                        self.assertTrue(obj["metadata"]["name"] and isinstance(obj.get("spec"), dict))
+                    else:
+                        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+    def test_the_schema_check_rejects_a_misspelt_field(self):
+        broken = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "x"}, "provisioner": "p", "allowVolumeExpansions": True}
+        with self.assertRaises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+    def test_storage_classes_allow_expansion_and_name_the_driver(self):
+        for rendered in self.each():
+            classes = rendered.of_kind("StorageClass")
+            self.assertTrue(classes, "no StorageClass")
+            for sc in classes:
+                self.assertEqual(sc["provisioner"], rendered.driver_name(), sc["metadata"]["name"])
+                self.assertIs(sc.get("allowVolumeExpansion"), True, sc["metadata"]["name"])
+                self.assertEqual(sc["parameters"]["backend"], rendered.overlay, sc["metadata"]["name"])
+
+    def test_the_driver_needs_no_attacher(self):
+        # Swell has no ControllerPublishVolume; attachRequired would hang every pod.
+        for rendered in self.each():
+            (driver,) = rendered.of_kind("CSIDriver")
+            self.assertIs(driver["spec"]["attachRequired"], False)
+            self.assertIn(driver["spec"].get("fsGroupPolicy"), ("File", "ReadWriteOnceWithFSType", "None"))
+
+    def test_the_resizer_runs_with_a_timeout_longer_than_the_backend_deadline(self):
+        default = re.search(r"--backend-timeout-secs <[A-Z_]+>.*?\[default: (\d+)\]", self.help["swell-controller"], re.S)
+        self.assertIsNotNone(default, "swell-controller --help names no --backend-timeout-secs default")
+        for rendered in self.each():
+            spec = rendered.one("Deployment", "swell-controller")["spec"]["template"]["spec"]
+            resizer = sidecar(spec, "csi-resizer")
+            timeout = flag(resizer, "timeout")
+            self.assertIsInstance(timeout, str, "csi-resizer has no --timeout")
+            backend = flag(swell_container(spec), "backend-timeout-secs") or default.group(1)
+            self.assertGreater(seconds(timeout), float(backend))
+            self.assertEqual(flag(resizer, "handle-volume-inuse-error"), "false")
+
+    def test_replicated_sidecars_elect_a_leader(self):
+        for rendered in self.each():
+            deployment = rendered.one("Deployment", "swell-controller")
+            self.assertEqual(deployment["spec"]["replicas"], 2)
+            spec = deployment["spec"]["template"]["spec"]
+            for name in ("csi-provisioner", "csi-resizer"):
+                self.assertIs(flag(sidecar(spec, name), "leader-election"), True, name)
+            # Each replica holds RBD volume locks under its own name, $POD_NAME.
+            env = {e["name"]: e for e in swell_container(spec)["env"]}
+            self.assertEqual(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name")
+
+    def test_the_node_plugin_is_privileged_and_propagates_mounts(self):
+        for rendered in self.each():
+            spec = rendered.one("DaemonSet", "swell-node")["spec"]["template"]["spec"]
+            node = swell_container(spec)
+            self.assertIs(node["securityContext"]["privileged"], True)
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            for host_path, propagation in (("/var/lib/kubelet", "Bidirectional"), ("/dev", None), ("/sys", None)):
+                with self.subTest(path=host_path):
+                    name, inside = locate(node, host_path)
+                    self.assertEqual(inside, ".")
+                    self.assertEqual(volumes[name]["hostPath"]["path"], host_path)
+                    mount = [m for m in node["volumeMounts"] if m["name"] == name][0]
+                    if propagation:
+                        self.assertEqual(mount.get("mountPropagation"), propagation)
+
+    def test_every_sidecar_talks_to_the_driver_socket(self):
+        for rendered in self.each():
+            for pod, spec in rendered.csi_pod_specs():
+                socket = driver_socket(spec)
+                for c in spec["containers"]:
+                    address = flag(c, "csi-address")
+                    if address is not None:
+                        with self.subTest(pod=pod, container=c["name"]):
+                            self.assertEqual(locate(c, address), socket)
+
+    def test_liveness_probes_reach_the_probe_sidecar(self):
+        for rendered in self.each():
+            for pod, spec in rendered.csi_pod_specs():
+                with self.subTest(pod=pod):
+                    driver = swell_container(spec)
+                    probe = sidecar(spec, "livenessprobe")
+                    self.assertEqual(locate(probe, flag(probe, "csi-address")), driver_socket(spec))
+                    http = driver["livenessProbe"]["httpGet"]
+                    self.assertEqual(http["path"], "/healthz")
+                    port = http["port"]
+                    if isinstance(port, str):
+                        port = [p["containerPort"] for p in driver["ports"] if p["name"] == port][0]
+                    self.assertEqual(flag(probe, "http-endpoint"), f":{port}")
+                    self.assertGreater(driver["livenessProbe"]["timeoutSeconds"], seconds(flag(probe, "probe-timeout")))
+
+    def test_the_registrar_registers_the_socket_kubelet_sees(self):
+        for rendered in self.each():
+            spec = rendered.one("DaemonSet", "swell-node")["spec"]["template"]["spec"]
+            volume, inside = driver_socket(spec)
+            host_dir = [v for v in spec["volumes"] if v["name"] == volume][0]["hostPath"]["path"]
+            registrar = sidecar(spec, "csi-node-driver-registrar")
+            self.assertEqual(flag(registrar, "kubelet-registration-path"), os.path.join(host_dir, inside))
+            self.assertIn(rendered.driver_name(), host_dir)
+            self.assertEqual(locate(registrar, "/registration")[0], "registration-dir")
+
+    def test_one_swell_image_tag_everywhere_and_pinned_sidecars(self):
+        for rendered in self.each():
+            for pod, spec in rendered.pod_specs():
+                for c in spec["containers"]:
+                    repo, tag = image_repo_tag(c["image"])
+                    with self.subTest(pod=pod, container=c["name"]):
+                        if repo == "swell":
+                            self.assertEqual(tag, self.version, "the Swell image tag is the workspace version")
+                        else:
+                            self.assertRegex(tag, SIDECAR_TAG)
+
+    def test_swell_flags_and_variables_exist_in_the_binaries(self):
+        for rendered in self.each():
+            config = {cm["metadata"]["name"]: cm["data"] for cm in rendered.of_kind("ConfigMap")}
+            for pod, spec in rendered.pod_specs():
+                c = swell_container(spec)
+                text = self.help[c["command"][0]]
+                with self.subTest(pod=pod):
+                    for arg in c.get("args", []):
+                        self.assertIn(arg.split("=", 1)[0] + " ", text)
+                    for name in [e["name"] for e in c.get("env", [])]:
+                        if name.startswith("SWELL_"):
+                            self.assertIn(f"[env: {name}=", text)
+                    # A shared ConfigMap may hold what only one of the binaries reads.
+                    for name in [k for ref in c.get("envFrom", []) for k in config[ref["configMapRef"]["name"]]]:
+                        self.assertTrue(any(f"[env: {name}=" in t for t in self.help.values()), name)
+
+    def test_rbd_reaches_both_binaries_from_one_config_and_secret(self):
+        rendered = self.rendered["rbd"]
+        config = rendered.one("ConfigMap", "swell-rbd")["data"]
+        secret = rendered.one("Secret", "swell-ceph")
+        self.assertEqual(set(secret["stringData"]), {"ceph.conf", "keyring"})
+        for kind, name in (("Deployment", "swell-controller"), ("DaemonSet", "swell-node")):
+            with self.subTest(workload=name):
+                spec = rendered.one(kind, name)["spec"]["template"]["spec"]
+                c = swell_container(spec)
+                self.assertEqual(c.get("envFrom"), [{"configMapRef": {"name": "swell-rbd"}}])
+                volumes = {v["name"]: v for v in spec["volumes"]}
+                for key, file in (("SWELL_RBD_CEPH_CONF", "ceph.conf"), ("SWELL_RBD_KEYRING", "keyring")):
+                    volume, inside = locate(c, config[key])
+                    self.assertEqual(volumes[volume]["secret"]["secretName"], "swell-ceph")
+                    self.assertEqual(inside, file)
+                # What the node reads names the cluster: both must read it from here.
+                for variable in re.findall(r"\[env: (SWELL_RBD_[A-Z_]+)=", self.help["swell-node"]):
+                    self.assertIn(variable, config)
+
+    def test_the_local_overlay_configures_no_ceph(self):
+        rendered = self.rendered["local"]
+        self.assertFalse(rendered.of_kind("Secret") + rendered.of_kind("ConfigMap"))
+
+    def test_objects_live_in_one_namespace_and_accounts_exist(self):
+        for rendered in self.each():
+            accounts = {o["metadata"]["name"] for o in rendered.of_kind("ServiceAccount")}
+            for obj in rendered.objects:
+                if obj["kind"] not in CLUSTER_SCOPED:
+                    self.assertEqual(obj["metadata"].get("namespace"), NAMESPACE, f"{obj['kind']} {obj['metadata']['name']}")
+            for _, spec in rendered.pod_specs():
+                self.assertIn(spec["serviceAccountName"], accounts)
+            for binding in rendered.of_kind("ClusterRoleBinding") + rendered.of_kind("RoleBinding"):
+                for subject in binding["subjects"]:
+                    self.assertEqual((subject["kind"], subject["namespace"]), ("ServiceAccount", NAMESPACE))
+                    self.assertIn(subject["name"], accounts)
+
+    def test_the_node_has_no_api_access(self):
+        for rendered in self.each():
+            bound = {s["name"] for b in rendered.of_kind("ClusterRoleBinding") + rendered.of_kind("RoleBinding") for s in b["subjects"]}
+            self.assertNotIn("swell-node", bound)
+            spec = rendered.one("DaemonSet", "swell-node")["spec"]["template"]["spec"]
+            self.assertIs(spec["automountServiceAccountToken"], False)
+
+
+class Helpers(unittest.TestCase):
+    def test_durations(self):
+        self.assertEqual(seconds("30s"), 30)
+        self.assertEqual(seconds("1m30s"), 90)
+        self.assertEqual(seconds("500ms"), 0.5)
+        for bad in ("30", "s", "30 s", "1x"):
+            with self.assertRaises(ValueError):
+                seconds(bad)
+
+    def test_locate_takes_the_deepest_mount(self):
+        c = {"name": "c", "volumeMounts": [{"name": "a", "mountPath": "/var/lib"}, {"name": "b", "mountPath": "/var/lib/kubelet"}]}
+        self.assertEqual(locate(c, "/var/lib/kubelet/x.sock"), ("b", "x.sock"))
+        self.assertEqual(locate(c, "/var/lib/kubeletx"), ("a", "kubeletx"))
+        with self.assertRaises(AssertionError):
+            locate(c, "/csi/csi.sock")
+
+
+if __name__ == "__main__":
+    result = unittest.main(exit=False, verbosity=1).result
+    failed = len(result.failures) + len(result.errors)
+    print(f"manifests: {result.testsRun - failed} passed, {failed} failed")
+    sys.exit(1 if failed or not result.wasSuccessful() else 0)

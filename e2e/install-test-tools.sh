@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond the demo's tools: `kubectl kustomize`
+# (Debian's kubernetes-client, unless a kubectl is on PATH already) for the
+# offline checks of deploy/, and a Python venv at target/test-venv with the
+# pinned e2e/requirements.txt (kubernetes-validate and its Kubernetes 1.32
+# schemas; grpcio for the grpc-python client test).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+packages=()
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
+python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+if ((${#packages[@]})); then
+  echo "installing: ${packages[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+kubectl kustomize --help >/dev/null || { echo "kubectl has no kustomize" >&2; exit 1; }
+
+venv=target/test-venv
+requirements=e2e/requirements.txt
+# Reinstalled only when requirements.txt changes.
+if ! cmp -s "$requirements" "$venv/requirements.txt" 2>/dev/null; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/requirements.txt"
+fi
+"$venv/bin/python" -c 'import kubernetes_validate, yaml, grpc'

@@ -1,0 +1,25 @@
+//! `swell_storage::command::PROGRAMS` is the list the container image is
+//! checked against. `command::run` refuses a program missing from it; this
+//! test catches the other drift: a listed program the node no longer names,
+//! which the image would carry for nothing.
+
+use std::path::Path;
+
+fn sources(dir: &Path, into: &mut String) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, into);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            into.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+}
+
+#[test]
+fn every_listed_program_is_named_in_the_node() {
+    let mut text = String::new();
+    sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut text);
+    let unnamed: Vec<_> = swell_storage::command::PROGRAMS.iter().filter(|program| !text.contains(&format!("\"{program}\""))).collect();
+    assert!(unnamed.is_empty(), "listed in swell_storage::command::PROGRAMS but named nowhere in node/src: {unnamed:?}");
+}
