@@ -136,6 +136,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The pool's room, read fresh.
     async fn capacity(&self) -> Result<Capacity, BackendError>;
 
+    /// The room of the pool holding `id`, read fresh: what growing that
+    /// volume may take. The default: the one pool of [`capacity`](Self::capacity).
+    async fn capacity_for(&self, _id: &VolumeId) -> Result<Capacity, BackendError> {
+        self.capacity().await
+    }
+
     /// Grows a volume to `new_size_bytes` and returns the size the engine
     /// reports afterwards, read back from it (never the size asked for).
     /// Never shrinks.

@@ -116,6 +116,20 @@ impl RbdBackend {
         Ok(Some(location))
     }
 
+    /// The room of `pool` under the capacity policy, counting the bytes
+    /// promised to this process's operations in flight.
+    async fn pool_capacity(&self, pool: String) -> Result<Capacity, BackendError> {
+        let settings = self.settings();
+        self.connector
+            .run("read pool capacity", move |conn, deadline| {
+                let io = conn.pool(&pool)?.ok_or_else(|| missing_pool(&pool))?;
+                let shared = settings.read_pool(conn, &io, &pool, deadline)?;
+                let (snapshot, reading) = &*shared;
+                Ok(reading.room(snapshot.promised(&pool), settings.ratio).capacity)
+            })
+            .await
+    }
+
     fn settings(&self) -> Settings {
         Settings {
             ratio: self.config.overprovision_ratio,
@@ -462,15 +476,12 @@ impl Backend for RbdBackend {
     }
 
     async fn capacity(&self) -> Result<Capacity, BackendError> {
-        let (pool, settings) = (self.config.default_pool.clone(), self.settings());
-        self.connector
-            .run("read pool capacity", move |conn, deadline| {
-                let io = conn.pool(&pool)?.ok_or_else(|| missing_pool(&pool))?;
-                let shared = settings.read_pool(conn, &io, &pool, deadline)?;
-                let (snapshot, reading) = &*shared;
-                Ok(reading.room(snapshot.promised(&pool), settings.ratio).capacity)
-            })
-            .await
+        self.pool_capacity(self.config.default_pool.clone()).await
+    }
+
+    async fn capacity_for(&self, id: &VolumeId) -> Result<Capacity, BackendError> {
+        let location = self.ours(id, "read capacity")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+        self.pool_capacity(location.pool).await
     }
 
     async fn grow_volume(&self, id: &VolumeId, new_size_bytes: u64) -> Result<u64, BackendError> {
