@@ -40,13 +40,7 @@ impl VolumeFacts for BackendFacts {
         if let Err(err) = backend.check_health().await {
             return match err {
                 BackendError::Timeout { .. } => Err(unreadable("health check", err)),
-                other => Ok(VolumeState {
-                    volume_id,
-                    size_bytes: None,
-                    recorded_desired: None,
-                    available_bytes: 0,
-                    unusable: Some(other.to_string()),
-                }),
+                other => Ok(VolumeState { volume_id, size_bytes: None, recorded_desired: None, available_bytes: 0, unusable: Some(other.to_string()) }),
             };
         }
         let (volume, room, record) = tokio::join!(backend.volume(id), backend.capacity_for(id), self.records.open_desired(id));

@@ -78,11 +78,7 @@ fn parse(text: &str) -> Result<u64, &'static str> {
     }
     let shift = decimal_exponent - fraction.len() as i64;
     let numerator = mantissa.checked_mul(multiplier).ok_or("too large")?;
-    let value = if shift >= 0 {
-        numerator.checked_mul(pow10(shift)?).ok_or("too large")?
-    } else {
-        numerator.div_ceil(pow10(-shift)?)
-    };
+    let value = if shift >= 0 { numerator.checked_mul(pow10(shift)?).ok_or("too large")? } else { numerator.div_ceil(pow10(-shift)?) };
     u64::try_from(value).map_err(|_| "too large")
 }
 
@@ -117,7 +113,7 @@ pub fn format(bytes: u64) -> String {
     }
     for (suffix, exponent) in DECIMAL {
         let unit = 10u64.pow(exponent);
-        if bytes % unit == 0 {
+        if bytes.is_multiple_of(unit) {
             return format!("{}{suffix}", bytes / unit);
         }
     }
@@ -167,7 +163,7 @@ mod tests {
         }
         assert_eq!(b("15Ei"), Ok(15 << 60));
         let err = bytes(&Quantity("ten".into())).unwrap_err();
-        assert_eq!(err.to_string(), "\"ten\" is not a storage size: unknown suffix");
+        assert_eq!(err.to_string(), "\"ten\" is not a storage size: no number");
     }
 
     #[test]

@@ -38,7 +38,9 @@ impl Webhook {
         let verdict = self.verdict(&review).await;
         let request = &review.request;
         match &verdict {
-            Verdict::Deny(message) => tracing::info!(uid = request.uid, claim = request.name, namespace = request.namespace, elapsed = ?started.elapsed(), message, "denied"),
+            Verdict::Deny(message) => {
+                tracing::info!(uid = request.uid, claim = request.name, namespace = request.namespace, elapsed = ?started.elapsed(), message, "denied")
+            }
             Verdict::Allow { warning } => tracing::debug!(uid = request.uid, claim = request.name, elapsed = ?started.elapsed(), ?warning, "allowed"),
         }
         Ok(respond(request, &verdict)?)
