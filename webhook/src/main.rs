@@ -42,6 +42,11 @@ struct Args {
     /// instead of denying it.
     #[arg(long, env = "SWELL_WEBHOOK_ALLOW_ON_BACKEND_TIMEOUT")]
     allow_on_backend_timeout: bool,
+    /// Seconds to keep serving after SIGTERM before closing the listener:
+    /// the API server keeps sending to a terminating pod until the
+    /// Service's endpoints drop it.
+    #[arg(long, env = "SWELL_WEBHOOK_SHUTDOWN_DELAY_SECS", default_value_t = 5)]
+    shutdown_delay_secs: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SWELL_WEBHOOK_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -74,7 +79,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let watcher = tokio::spawn(Arc::clone(&cert).watch(Duration::from_secs(args.tls_reload_secs.max(1)), until_stopped(stopped)));
     let limits = Limits { max_body_bytes: args.max_body_bytes, ..Limits::default() };
-    serve(listener, tls, Arc::new(webhook), limits, csi_endpoint::shutdown_signal()).await;
+    let shutdown_delay = Duration::from_secs(args.shutdown_delay_secs);
+    let shutdown = async move {
+        csi_endpoint::shutdown_signal().await;
+        tracing::info!(delay = ?shutdown_delay, "stopping: serving on until the endpoints drop this pod");
+        tokio::time::sleep(shutdown_delay).await;
+    };
+    serve(listener, tls, Arc::new(webhook), limits, shutdown).await;
     let _ = stop.send(());
     let _ = watcher.await;
     Ok(())
