@@ -12,5 +12,6 @@ pub mod process;
 pub mod requests;
 pub mod resizer;
 pub mod sweep;
+pub mod webhook;
 
 pub use harness::{DriverUnderTest, HarnessError};
