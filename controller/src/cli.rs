@@ -44,11 +44,24 @@ pub struct BackendArgs {
     /// librados timeout of each OSD/monitor operation and of connecting, in
     /// seconds. An RBD call may take 2 × this + 1 s, which must stay under
     /// --backend-timeout-secs (checked at start-up).
-    #[arg(long, env = "SWELL_RBD_OP_TIMEOUT_SECS", default_value_t = 3)]
+    #[arg(long, env = "SWELL_RBD_OP_TIMEOUT_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub rbd_op_timeout_secs: u64,
     /// Bytes that may be promised per byte the pool holds.
     #[arg(long, env = "SWELL_RBD_OVERPROVISION_RATIO", default_value_t = 1.0)]
     pub rbd_overprovision_ratio: f64,
+    /// Count the sizes of images Swell did not make (other clients sharing
+    /// the pool) against its room too, not only the bytes they wrote.
+    #[arg(long, env = "SWELL_RBD_COUNT_FOREIGN_IMAGES")]
+    pub rbd_count_foreign_images: bool,
+    /// Seconds a volume's lock outlives a controller that stopped renewing
+    /// it (died or froze); must exceed 2 × --rbd-op-timeout-secs + 1.
+    #[arg(long, env = "SWELL_RBD_LOCK_LEASE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub rbd_lock_lease_secs: u64,
+    /// This process's name in the volume locks it holds: unique among
+    /// running replicas, the same across restarts of one (default:
+    /// $POD_NAME, else the host name).
+    #[arg(long, env = "SWELL_INSTANCE_NAME")]
+    pub instance_name: Option<String>,
 }
 
 impl BackendArgs {
@@ -57,21 +70,18 @@ impl BackendArgs {
         Duration::from_secs(self.backend_timeout_secs)
     }
 
-    /// The backends beyond the local one. `record_client`: whether this
-    /// process records its Ceph client in the state directory for the next
-    /// controller instance to fence; only the controller may, never a reader
-    /// such as the webhook.
-    pub fn options(&self, record_client: bool) -> BackendOptions {
+    /// The backends beyond the local one.
+    pub fn options(&self) -> BackendOptions {
         let rbd = match (&self.rbd_cluster_id, &self.rbd_ceph_conf, &self.rbd_keyring) {
             (Some(cluster_id), Some(ceph_conf), Some(keyring)) => Some(RbdConfig {
-                cluster_id: cluster_id.clone(),
-                ceph_conf: ceph_conf.clone(),
-                keyring: keyring.clone(),
                 user: self.rbd_user.clone(),
                 default_pool: self.rbd_pool.clone(),
                 op_timeout: Duration::from_secs(self.rbd_op_timeout_secs),
                 overprovision_ratio: self.rbd_overprovision_ratio,
-                state_dir: record_client.then(|| self.state_dir.clone()),
+                count_foreign_images: self.rbd_count_foreign_images,
+                lock_lease: Duration::from_secs(self.rbd_lock_lease_secs),
+                instance: self.instance_name.clone().unwrap_or_else(crate::rbd::default_instance),
+                ..RbdConfig::new(cluster_id.clone(), ceph_conf.clone(), keyring.clone())
             }),
             _ => None,
         };

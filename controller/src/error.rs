@@ -89,6 +89,7 @@ impl ControllerError {
                 BackendError::NotFound(_) => Code::NotFound,
                 BackendError::InvalidParameter { .. } => Code::InvalidArgument,
                 BackendError::NoSpace { .. } | BackendError::Shrink { .. } => Code::OutOfRange,
+                BackendError::Contended { .. } => Code::Aborted,
                 BackendError::Unavailable { .. } => Code::Unavailable,
                 BackendError::Timeout { .. } => Code::DeadlineExceeded,
                 BackendError::Io { .. } => Code::Internal,
@@ -127,6 +128,7 @@ mod tests {
             (backend(BackendError::Timeout { step: "resize".into(), after: Duration::from_secs(5) }), Code::DeadlineExceeded),
             (backend(BackendError::io("write", std::io::Error::other("disk"))), Code::Internal),
             (ControllerError::Pending("local:ab".into()), Code::Aborted),
+            (backend(BackendError::Contended { step: "write record".into(), reason: "lease lost".into() }), Code::Aborted),
             (ControllerError::BadToken("x".into()), Code::Aborted),
             (ControllerError::invalid("volume_id", "missing"), Code::InvalidArgument),
         ];

@@ -1,25 +1,24 @@
 //! Growing volumes, for ControllerExpandVolume and for the reconciler alike:
-//! under the volume's lock, read the backend's real size, decide, record the
-//! wish durably, grow, read back, record the outcome. Nothing here trusts a
-//! size it did not just read.
+//! hold the volume, read the backend's real size, decide, record the wish
+//! durably, grow, read back, record the outcome. Nothing here trusts a size
+//! it did not just read, and nothing here knows where the records live: each
+//! backend's [`ExpansionStore`] does (files for the local backend, the Ceph
+//! pool for RBD).
 
 use std::sync::Arc;
 
-use swell_storage::locks::{KeyGuard, KeyedLocks};
-use swell_storage::{Backend, BackendError, VolumeId};
+use swell_storage::{Backend, BackendError, ExpansionRecord, ExpansionStore, Hold, VolumeId};
 
 use crate::backends::Backends;
 use crate::error::ControllerError;
-use crate::records::{ExpansionRecord, ExpansionRecords};
-use crate::sizing::{Expansion, SizeError, plan_expansion};
+use crate::sizing::{Expansion, plan_expansion};
 use crate::validate::SizeRange;
 
 /// Grows volumes.
 #[derive(Clone)]
 pub struct Expander {
     backends: Backends,
-    records: ExpansionRecords,
-    locks: KeyedLocks,
+    files: Arc<dyn ExpansionStore>,
 }
 
 /// What one reconciliation of a record found and did.
@@ -43,14 +42,28 @@ pub enum Reconciled {
     Gone,
 }
 
-fn out_of_range(id: &VolumeId, err: SizeError) -> ControllerError {
+fn out_of_range(id: &VolumeId, err: impl std::fmt::Display) -> ControllerError {
     ControllerError::OutOfRange(format!("volume {id}: {err}"))
 }
 
+fn contended(id: &VolumeId, step: &str) -> ControllerError {
+    let reason = "this controller's hold on the volume ran out (its lease expired); another operation may own it now".into();
+    ControllerError::Backend { volume: id.to_string(), step: "check hold", source: BackendError::Contended { step: step.to_owned(), reason } }
+}
+
+/// A volume held for one operation, with its backend and store.
+struct Held<'a> {
+    id: &'a VolumeId,
+    backend: Arc<dyn Backend>,
+    store: Arc<dyn ExpansionStore>,
+    hold: Hold,
+}
+
 impl Expander {
-    /// An expander sharing the controller's lock set.
-    pub fn new(backends: Backends, records: ExpansionRecords, locks: KeyedLocks) -> Self {
-        Expander { backends, records, locks }
+    /// An expander over `backends`; volumes whose backend keeps no records
+    /// of its own are recorded in `files`.
+    pub fn new(backends: Backends, files: Arc<dyn ExpansionStore>) -> Self {
+        Expander { backends, files }
     }
 
     /// The backends it grows volumes on.
@@ -58,37 +71,61 @@ impl Expander {
         &self.backends
     }
 
-    /// The records this expander writes.
-    pub fn records(&self) -> &ExpansionRecords {
-        &self.records
+    /// Where `backend`'s volumes keep their expansion records.
+    pub fn store_of(&self, backend: &Arc<dyn Backend>) -> Arc<dyn ExpansionStore> {
+        backend.expansion_store().unwrap_or_else(|| Arc::clone(&self.files))
     }
 
-    fn lock(&self, id: &VolumeId) -> Option<KeyGuard> {
-        self.locks.try_acquire(&id.to_string())
+    /// Every distinct store, once each.
+    pub fn stores(&self) -> Vec<(&'static str, Arc<dyn ExpansionStore>)> {
+        let mut stores: Vec<(&'static str, Arc<dyn ExpansionStore>)> = Vec::new();
+        for backend in self.backends.all() {
+            let store = self.store_of(backend);
+            if !stores.iter().any(|(_, s)| Arc::ptr_eq(s, &store)) {
+                stores.push((backend.kind(), store));
+            }
+        }
+        stores
     }
 
-    fn backend(&self, id: &VolumeId) -> Result<&Arc<dyn Backend>, ControllerError> {
-        self.backends.for_volume(id).ok_or_else(|| ControllerError::NotFound(id.to_string()))
+    /// The record of `id`, read now; `None` for a volume of no backend here.
+    pub async fn record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, ControllerError> {
+        let Some(backend) = self.backends.for_volume(id) else { return Ok(None) };
+        let store = self.store_of(backend);
+        self.backends.call("read expansion record", &id.to_string(), store.record(id)).await
     }
 
-    async fn fresh_size(&self, backend: &Arc<dyn Backend>, id: &VolumeId, step: &'static str) -> Result<Option<u64>, ControllerError> {
-        Ok(self.backends.call(step, &id.to_string(), backend.volume(id)).await?.map(|v| v.size_bytes))
+    /// Holds `id`; `None` when another operation has it.
+    async fn hold<'a>(&self, id: &'a VolumeId) -> Result<Option<Held<'a>>, ControllerError> {
+        let backend = Arc::clone(self.backends.for_volume(id).ok_or_else(|| ControllerError::NotFound(id.to_string()))?);
+        let store = self.store_of(&backend);
+        let hold = self.backends.call("hold volume", &id.to_string(), store.hold(id)).await?;
+        Ok(hold.map(|hold| Held { id, backend, store, hold }))
     }
 
     /// Grows `id` to satisfy `range` and returns the size the backend reports.
     pub async fn expand(&self, id: &VolumeId, range: SizeRange) -> Result<u64, ControllerError> {
-        let _guard = self.lock(id).ok_or_else(|| ControllerError::Pending(id.to_string()))?;
-        let backend = self.backend(id)?;
-        let current = self.fresh_size(backend, id, "read volume before expanding").await?.ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+        let held = self.hold(id).await?.ok_or_else(|| ControllerError::Pending(id.to_string()))?;
+        let result = self.expand_held(&held, range).await;
+        held.hold.release().await;
+        result
+    }
+
+    async fn expand_held(&self, held: &Held<'_>, range: SizeRange) -> Result<u64, ControllerError> {
+        let id = held.id;
+        let current = self.fresh_size(held, "read volume before expanding").await?.ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+        let record = self.read_record(held).await?;
         match plan_expansion(current, range, u64::MAX).map_err(|e| out_of_range(id, e))? {
             Expansion::AlreadyDone { current } => {
-                self.settle(backend, id, current).await?;
+                self.settle(held, record, current).await?;
                 Ok(current)
             }
             Expansion::Grow { .. } => {
-                let room = self.backends.call("read pool capacity", &id.to_string(), backend.capacity()).await?;
+                // Judged against the room of the volume's own pool first, so
+                // a size it cannot hold is refused before anything is recorded.
+                let room = self.backends.call("read pool capacity", &id.to_string(), held.backend.room_for(id)).await?;
                 match plan_expansion(current, range, room.available_bytes).map_err(|e| out_of_range(id, e))? {
-                    Expansion::Grow { target, .. } => self.grow_locked(backend, id, current, target).await,
+                    Expansion::Grow { target, .. } => self.grow(held, record, current, target).await,
                     Expansion::AlreadyDone { current } => Ok(current),
                 }
             }
@@ -98,82 +135,107 @@ impl Expander {
     /// Finishes whatever the record of `id` still wants, judged against the
     /// backend's size read now (a record that claims "done" is not believed).
     pub async fn reconcile(&self, id: &VolumeId) -> Result<Reconciled, ControllerError> {
-        let Some(_guard) = self.lock(id) else { return Ok(Reconciled::Busy) };
-        let record = self.read_record(id)?;
-        let Some(record) = record else { return Ok(Reconciled::Gone) };
-        let backend = self.backend(id)?;
-        let Some(current) = self.fresh_size(backend, id, "read volume to reconcile").await? else {
-            self.records.remove(id).map_err(|source| record_error(id, "drop record of a deleted volume", source))?;
-            return Ok(Reconciled::Gone);
-        };
+        let Some(held) = self.hold(id).await? else { return Ok(Reconciled::Busy) };
+        let result = self.reconcile_held(&held).await;
+        match result {
+            Ok(Reconciled::Gone) => {
+                let Held { store, hold, .. } = held;
+                self.backends.call("drop record of a deleted volume", &id.to_string(), store.forget(hold, id)).await?;
+                Ok(Reconciled::Gone)
+            }
+            other => {
+                held.hold.release().await;
+                other
+            }
+        }
+    }
+
+    async fn reconcile_held(&self, held: &Held<'_>) -> Result<Reconciled, ControllerError> {
+        let Some(record) = self.read_record(held).await? else { return Ok(Reconciled::Gone) };
+        let Some(current) = self.fresh_size(held, "read volume to reconcile").await? else { return Ok(Reconciled::Gone) };
         if current >= record.desired_bytes {
-            self.settle(backend, id, current).await?;
+            self.settle(held, Some(record), current).await?;
             return Ok(Reconciled::Settled { size: current });
         }
-        let room = self.backends.call("read pool capacity", &id.to_string(), backend.capacity()).await?;
-        let needed = record.desired_bytes - current;
-        if needed > room.available_bytes {
-            let err = out_of_range(id, SizeError::NoRoom { needed, available: room.available_bytes });
-            self.records.finish(record, current, Some(err.to_string())).map_err(|s| record_error(id, "record refusal", s))?;
-            return Err(err);
-        }
-        let to = self.grow_locked(backend, id, current, record.desired_bytes).await?;
+        let desired = record.desired_bytes;
+        let to = self.grow(held, Some(record), current, desired).await?;
         Ok(Reconciled::Completed { from: current, to })
     }
 
-    fn read_record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, ControllerError> {
-        self.records.get(id).map_err(|source| record_error(id, "read expansion record", source))
+    async fn fresh_size(&self, held: &Held<'_>, step: &'static str) -> Result<Option<u64>, ControllerError> {
+        let info = self.backends.call(step, &held.id.to_string(), held.backend.volume(held.id)).await?;
+        Ok(info.map(|v| v.size_bytes))
     }
 
-    /// Records the wish, grows, reads back, records the outcome. The caller
-    /// holds the volume's lock.
-    async fn grow_locked(&self, backend: &Arc<dyn Backend>, id: &VolumeId, current: u64, target: u64) -> Result<u64, ControllerError> {
-        let record = self.records.begin(id, current, target).map_err(|s| record_error(id, "record desired size", s))?;
+    async fn read_record(&self, held: &Held<'_>) -> Result<Option<ExpansionRecord>, ControllerError> {
+        self.backends.call("read expansion record", &held.id.to_string(), held.store.record(held.id)).await
+    }
+
+    async fn write(&self, held: &Held<'_>, step: &'static str, record: ExpansionRecord) -> Result<ExpansionRecord, ControllerError> {
+        if !held.hold.still_held() {
+            return Err(contended(held.id, step));
+        }
+        self.backends.call(step, &held.id.to_string(), held.store.write(&held.hold, record)).await
+    }
+
+    /// Records the wish, grows, reads back, records the outcome.
+    async fn grow(&self, held: &Held<'_>, record: Option<ExpansionRecord>, current: u64, target: u64) -> Result<u64, ControllerError> {
+        let id = held.id;
+        let base = record.unwrap_or_else(|| ExpansionRecord::new(id, current, current));
+        // A store that keeps the capacity ledger admits the bytes here: a
+        // size the pool cannot hold is refused before the backend is asked.
+        let wish = self.write(held, "record desired size", base.wishing(current, target)).await.map_err(|err| match err {
+            ControllerError::Backend { source: BackendError::NoSpace { requested, available }, .. } => {
+                out_of_range(id, format!("growing by {requested} bytes needs more than the {available} bytes the pool can still give"))
+            }
+            other => other,
+        })?;
         tracing::info!(volume.id = %id, current, target, "growing volume");
+        if !held.hold.still_held() {
+            return Err(contended(id, "grow volume"));
+        }
         // The backend reads the size back from the engine after growing (the
-        // trait's contract), so its answer is fresh, not the size we asked for.
-        let after = match self.backends.call("grow volume", &id.to_string(), backend.grow_volume(id, target)).await {
+        // trait's contract) and tells the volume's clients, so its answer is
+        // fresh and announced, not the size we asked for.
+        let after = match self.backends.call("grow volume", &id.to_string(), held.backend.grow_volume(id, target)).await {
             Ok(after) => after,
             Err(err) => {
-                self.records.finish(record, current, Some(err.to_string())).map_err(|s| record_error(id, "record failed attempt", s))?;
+                self.write(held, "record failed attempt", wish.reached(current, None, Some(err.to_string()))).await?;
                 return Err(err);
             }
         };
         if after < target {
             let message = format!("backend reports {after} bytes after growing to {target}");
-            self.records.finish(record, after, Some(message.clone())).map_err(|s| record_error(id, "record short growth", s))?;
+            self.write(held, "record short growth", wish.reached(after, Some(after), Some(message.clone()))).await?;
             return Err(ControllerError::Backend {
                 volume: id.to_string(),
                 step: "verify grown size",
                 source: BackendError::Unavailable { step: "grow volume".into(), reason: message },
             });
         }
-        self.records.finish(record, after, None).map_err(|s| record_error(id, "record reached size", s))?;
+        self.write(held, "record reached size", wish.reached(after, Some(after), None)).await?;
         Ok(after)
     }
 
     /// Brings a record up to date when the backend already holds the size
     /// (an earlier attempt finished after its caller gave up). The desired
     /// size is kept: a stale smaller request must not cancel a larger wish.
-    /// A size the record never saw arrive may not have reached the volume's
-    /// clients either (the grow was cut off before telling them), so they
-    /// are told before the record says done; if that fails, the record stays
-    /// open and the reconciler tries again.
-    async fn settle(&self, backend: &Arc<dyn Backend>, id: &VolumeId, current: u64) -> Result<(), ControllerError> {
-        match self.read_record(id)? {
-            Some(record) if record.current_bytes != current || record.last_error.is_some() => {
-                if current > record.current_bytes {
-                    tracing::info!(volume.id = %id, recorded = record.current_bytes, current, "an interrupted grow reached the backend; announcing the size");
-                    self.backends.call("announce size", &id.to_string(), backend.announce_size(id)).await?;
-                }
-                self.records.finish(record, current, None).map_err(|s| record_error(id, "settle record", s))?;
-            }
-            _ => {}
+    /// A size the volume's clients may not have heard of (the grow was cut
+    /// off before telling them, or no record proves they were told) is
+    /// announced before the record says done; if that fails, the record
+    /// stays pending and the reconciler tries again.
+    async fn settle(&self, held: &Held<'_>, record: Option<ExpansionRecord>, current: u64) -> Result<(), ControllerError> {
+        let id = held.id;
+        let record = record.unwrap_or_else(|| ExpansionRecord { announced_bytes: 0, ..ExpansionRecord::new(id, current, current) });
+        let unheard = current > record.announced_bytes;
+        if !unheard && record.current_bytes == current && record.last_error.is_none() {
+            return Ok(());
         }
+        if unheard {
+            tracing::info!(volume.id = %id, announced = record.announced_bytes, current, "the backend holds a size its clients may not have heard of; announcing it");
+            self.backends.call("announce size", &id.to_string(), held.backend.announce_size(id)).await?;
+        }
+        self.write(held, "settle record", record.reached(current, Some(current), None)).await?;
         Ok(())
     }
-}
-
-fn record_error(id: &VolumeId, step: &'static str, source: std::io::Error) -> ControllerError {
-    ControllerError::Record { volume: id.to_string(), step, source }
 }

@@ -15,12 +15,11 @@ pub mod metrics;
 pub mod parameters;
 pub mod rbd;
 pub mod reconciler;
-pub mod records;
 pub mod server;
 pub mod service;
 pub mod sizing;
 pub mod validate;
 
 pub use backends::Backends;
-pub use records::ExpansionRecords;
 pub use service::{BackendProbe, ControllerService};
+pub use swell_storage::expansion_files::ExpansionRecords;

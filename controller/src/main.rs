@@ -30,6 +30,13 @@ struct Args {
     /// Seconds an expansion may stay unfinished before it is reported stuck.
     #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = 600)]
     stuck_after_secs: u64,
+    /// Seconds in which the slow sweep checks every settled expansion
+    /// record against its backend once.
+    #[arg(long, env = "SWELL_SWEEP_INTERVAL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    sweep_interval_secs: u64,
+    /// Backend reads per second the slow sweep may make.
+    #[arg(long, env = "SWELL_SWEEP_READS_PER_SEC", default_value_t = 20)]
+    sweep_reads_per_sec: u32,
     /// Serve Prometheus metrics (pending and stuck expansions) on this address, e.g. 127.0.0.1:9808.
     #[arg(long, env = "SWELL_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
@@ -40,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))).init();
     let args = Args::parse();
     let socket = parse_endpoint(&args.endpoint)?;
-    let backends = args.backend.options(true);
+    let backends = args.backend.options();
     let config = ControllerConfig {
         driver_name: args.driver_name,
         state_dir: args.backend.state_dir.clone(),
@@ -50,6 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         reconciler: ReconcilerConfig {
             interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             stuck_after: Duration::from_secs(args.stuck_after_secs),
+            sweep_interval: Duration::from_secs(args.sweep_interval_secs),
+            sweep_reads_per_sec: args.sweep_reads_per_sec,
             ..ReconcilerConfig::default()
         },
     };

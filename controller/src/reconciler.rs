@@ -1,15 +1,20 @@
-//! The reconciler: at start-up and then periodically, every expansion record
-//! is compared with the backend's size read fresh, and any volume behind its
-//! desired size is grown (or its record settled). Work is bounded in
-//! concurrency, failed volumes back off exponentially, and a volume behind
-//! for longer than `stuck_after` is reported, with the reason, in the log and
-//! in the metrics.
+//! The reconciler: at start-up and then periodically, every expansion
+//! record with work left (a grow short of its wish, or a size its volume's
+//! clients were not told of) is compared with the backend's size read fresh
+//! and finished. Settled records cost nothing per pass: every user call
+//! reads the backend fresh anyway, so they are only checked by a slow sweep
+//! that visits each once per `sweep_interval`, at most `sweep_reads_per_sec`
+//! backend reads a second, without holding the volume unless something is
+//! off. Work is bounded in concurrency, failed volumes back off
+//! exponentially, and a volume behind for longer than `stuck_after` is
+//! reported, with the reason, in the log and in the metrics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use swell_storage::VolumeId;
+use swell_storage::expansion::now_unix;
+use swell_storage::{ExpansionRecord, VolumeId};
 use tokio::sync::Semaphore;
 
 use crate::expand::{Expander, Reconciled};
@@ -27,6 +32,10 @@ pub struct ReconcilerConfig {
     pub max_backoff: Duration,
     /// A volume behind its desired size for longer than this is stuck.
     pub stuck_after: Duration,
+    /// How often the slow sweep visits every settled record.
+    pub sweep_interval: Duration,
+    /// Backend reads the sweep may make per second.
+    pub sweep_reads_per_sec: u32,
 }
 
 impl Default for ReconcilerConfig {
@@ -37,6 +46,8 @@ impl Default for ReconcilerConfig {
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             stuck_after: Duration::from_secs(600),
+            sweep_interval: Duration::from_secs(3600),
+            sweep_reads_per_sec: 20,
         }
     }
 }
@@ -59,18 +70,22 @@ pub struct StuckExpansion {
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassReport {
-    /// Records examined.
+    /// Records with work left at the start of the pass.
     pub examined: usize,
     /// Volumes grown to their desired size.
     pub completed: usize,
-    /// Records found already satisfied.
+    /// Records found already satisfied (and announced where owed).
     pub settled: usize,
     /// Volumes whose attempt failed (they back off).
     pub failed: usize,
     /// Volumes skipped: busy, or still backing off.
     pub deferred: usize,
+    /// Settled records the sweep checked against the backend in this pass.
+    pub swept: usize,
     /// Records still short of their desired size after the pass.
     pub pending: usize,
+    /// Records whose size the volume's clients still have to be told.
+    pub announcements_owed: usize,
     /// Volumes pending for longer than `stuck_after`.
     pub stuck: Vec<StuckExpansion>,
 }
@@ -81,12 +96,23 @@ struct Backoff {
     not_before: Instant,
 }
 
+/// Where the sweep is: the last record it checked in each store, and when
+/// the current round over every record began.
+#[derive(Debug, Default)]
+struct SweepCursor {
+    after: HashMap<&'static str, Option<VolumeId>>,
+    round_started: Option<Instant>,
+    /// Stores whose records the current round has all visited.
+    finished: Vec<&'static str>,
+}
+
 /// The reconciler over one expander.
 #[derive(Clone)]
 pub struct Reconciler {
     expander: Expander,
     config: ReconcilerConfig,
     backoff: Arc<Mutex<HashMap<VolumeId, Backoff>>>,
+    sweep: Arc<Mutex<SweepCursor>>,
     last_report: Arc<Mutex<PassReport>>,
 }
 
@@ -100,7 +126,7 @@ enum Outcome {
 impl Reconciler {
     /// A reconciler working through `expander`.
     pub fn new(expander: Expander, config: ReconcilerConfig) -> Self {
-        Reconciler { expander, config, backoff: Arc::default(), last_report: Arc::default() }
+        Reconciler { expander, config, backoff: Arc::default(), sweep: Arc::default(), last_report: Arc::default() }
     }
 
     /// The report of the last finished pass (for metrics).
@@ -113,7 +139,9 @@ impl Reconciler {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            self.pass().await;
+            let mut report = self.pass().await;
+            report.swept = self.sweep_step(self.config.interval).await;
+            self.publish(report);
             self.collect_garbage().await;
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -122,8 +150,12 @@ impl Reconciler {
         }
     }
 
+    fn publish(&self, report: PassReport) {
+        *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = report;
+    }
+
     /// Lets every backend finish deletions it had to defer (RBD: images
-    /// moved to the trash while Ceph still listed watchers).
+    /// moved to the trash, purged once no client watches them).
     pub async fn collect_garbage(&self) {
         let backends = self.expander.backends();
         for backend in backends.all() {
@@ -135,38 +167,35 @@ impl Reconciler {
         }
     }
 
-    /// One pass over every record.
+    /// The records with work left, from every store.
+    async fn pending_records(&self) -> Vec<ExpansionRecord> {
+        let mut records = Vec::new();
+        for (kind, store) in self.expander.stores() {
+            match self.expander.backends().call("list pending expansions", kind, store.pending()).await {
+                Ok(found) => records.extend(found),
+                Err(err) => tracing::error!(backend = kind, error = %err, "reconciler: cannot list pending expansions"),
+            }
+        }
+        records
+    }
+
+    /// One pass over the records with work left.
     pub async fn pass(&self) -> PassReport {
-        let records = match self.expander.records().list() {
-            Ok(records) => records,
-            Err(err) => {
-                tracing::error!(error = %err, "reconciler: cannot list expansion records");
-                return PassReport::default();
-            }
-        };
-        let permits = Arc::new(Semaphore::new(self.config.max_concurrency.max(1)));
-        let mut tasks = Vec::new();
-        for record in &records {
-            let Ok(id) = record.volume_id.parse::<VolumeId>() else { continue };
-            let this = self.clone();
-            let permits = permits.clone();
-            tasks.push(tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                this.work_on(&id).await
-            }));
-        }
+        let records = self.pending_records().await;
+        let ids: Vec<VolumeId> = records.iter().filter_map(|r| r.volume_id.parse().ok()).collect();
         let mut report = PassReport { examined: records.len(), ..Default::default() };
-        for task in tasks {
-            match task.await {
-                Ok(Outcome::Completed) => report.completed += 1,
-                Ok(Outcome::Settled) => report.settled += 1,
-                Ok(Outcome::Failed) | Err(_) => report.failed += 1,
-                Ok(Outcome::Deferred) => report.deferred += 1,
+        for outcome in self.work_on_all(ids).await {
+            match outcome {
+                Outcome::Completed => report.completed += 1,
+                Outcome::Settled => report.settled += 1,
+                Outcome::Failed => report.failed += 1,
+                Outcome::Deferred => report.deferred += 1,
             }
         }
-        let (pending, stuck) = self.pending_now();
-        report.pending = pending;
-        report.stuck = stuck;
+        let left = self.pending_records().await;
+        report.pending = left.iter().filter(|r| r.growing()).count();
+        report.announcements_owed = left.iter().filter(|r| r.announcement_owed()).count();
+        report.stuck = self.stuck(&left);
         for stuck in &report.stuck {
             tracing::warn!(
                 volume.id = %stuck.volume_id,
@@ -177,8 +206,101 @@ impl Reconciler {
                 "expansion stuck"
             );
         }
-        *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
+        self.publish(report.clone());
         report
+    }
+
+    async fn work_on_all(&self, ids: Vec<VolumeId>) -> Vec<Outcome> {
+        let permits = Arc::new(Semaphore::new(self.config.max_concurrency.max(1)));
+        let tasks: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                let (this, permits) = (self.clone(), permits.clone());
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    this.work_on(&id).await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            outcomes.push(task.await.unwrap_or(Outcome::Failed));
+        }
+        outcomes
+    }
+
+    /// One step of the slow sweep over settled records: as many as the read
+    /// budget allows in `period`, from where the last step stopped. Each is
+    /// compared with the backend without holding it; only a record the
+    /// backend disagrees with (a lost grow, a size nobody announced, a
+    /// deleted volume) is reconciled. Returns how many were checked.
+    pub async fn sweep_step(&self, period: Duration) -> usize {
+        let budget = (u64::from(self.config.sweep_reads_per_sec) * period.as_secs().max(1)).min(10_000) as usize;
+        {
+            let mut cursor = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
+            let stores = self.expander.stores().len();
+            if cursor.finished.len() >= stores {
+                if cursor.round_started.is_some_and(|started| started.elapsed() < self.config.sweep_interval) {
+                    return 0;
+                }
+                *cursor = SweepCursor::default();
+            }
+            cursor.round_started.get_or_insert_with(Instant::now);
+        }
+        let mut checked = 0;
+        for (kind, store) in self.expander.stores() {
+            let after = {
+                let cursor = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
+                if cursor.finished.contains(&kind) {
+                    continue;
+                }
+                cursor.after.get(kind).cloned().flatten()
+            };
+            let left = budget.saturating_sub(checked);
+            if left == 0 {
+                break;
+            }
+            let page = match self.expander.backends().call("list expansion records", kind, store.page(after.as_ref(), left)).await {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(backend = kind, error = %err, "sweep: cannot list expansion records");
+                    continue;
+                }
+            };
+            let mut off = Vec::new();
+            for record in &page {
+                let Ok(id) = record.volume_id.parse::<VolumeId>() else { continue };
+                checked += 1;
+                if self.disagrees(&id, record).await {
+                    off.push(id);
+                }
+            }
+            if !off.is_empty() {
+                tracing::info!(backend = kind, volumes = off.len(), "sweep: records the backend disagrees with; reconciling them");
+                self.work_on_all(off).await;
+            }
+            let mut cursor = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
+            if page.len() < left {
+                cursor.finished.push(kind);
+            }
+            let last = page.last().and_then(|r| r.volume_id.parse().ok());
+            cursor.after.insert(kind, last);
+        }
+        checked
+    }
+
+    /// Whether the backend's size, read now, tells another story than `record`.
+    async fn disagrees(&self, id: &VolumeId, record: &ExpansionRecord) -> bool {
+        let backends = self.expander.backends();
+        let Some(backend) = backends.for_volume(id) else { return false };
+        match backends.call("sweep: read volume", &record.volume_id, backend.volume(id)).await {
+            Ok(Some(info)) => info.size_bytes != record.current_bytes || record.pending() || record.last_error.is_some(),
+            Ok(None) => true,
+            Err(err) => {
+                tracing::debug!(volume.id = %id, error = %err, "sweep: cannot read volume; checked again next round");
+                false
+            }
+        }
     }
 
     async fn work_on(&self, id: &VolumeId) -> Outcome {
@@ -221,23 +343,21 @@ impl Reconciler {
         delay
     }
 
-    /// How many records are short of their wish, and which of them for too long.
-    fn pending_now(&self) -> (usize, Vec<StuckExpansion>) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let pending: Vec<_> = self.expander.records().list().unwrap_or_default().into_iter().filter(|r| r.pending()).collect();
-        let count = pending.len();
-        let stuck = pending
-            .into_iter()
+    /// The growing records that have waited too long.
+    fn stuck(&self, pending: &[ExpansionRecord]) -> Vec<StuckExpansion> {
+        let now = now_unix();
+        pending
+            .iter()
+            .filter(|r| r.growing())
             .map(|r| StuckExpansion {
                 pending_for: Duration::from_secs(now.saturating_sub(r.desired_since_unix)),
                 reason: r.last_error.clone().unwrap_or_else(|| "in progress".into()),
-                volume_id: r.volume_id,
+                volume_id: r.volume_id.clone(),
                 desired_bytes: r.desired_bytes,
                 current_bytes: r.current_bytes,
             })
             .filter(|s| s.pending_for >= self.config.stuck_after)
-            .collect();
-        (count, stuck)
+            .collect()
     }
 }
 

@@ -111,8 +111,6 @@ pub fn build(config: &ControllerConfig) -> Result<Controller, StartError> {
 
 /// Builds the local backend and the ones in `options` under one deadline,
 /// as configured; used by the controller and by the admission webhook.
-/// An RBD configuration is taken as it is: filling in its `state_dir` (so
-/// this process records its Ceph client) is the caller's choice.
 pub fn backends(
     local_state_dir: &Path,
     local_capacity_bytes: Option<u64>,
@@ -142,12 +140,7 @@ pub fn backends(
 /// Builds the Identity + Controller router and the reconciler over the local
 /// backend and the ones in `options`.
 pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result<Controller, StartError> {
-    let mut options = options.clone();
-    if let Some(rbd) = &mut options.rbd {
-        // Where this instance records its Ceph client for the next one to fence.
-        rbd.state_dir.get_or_insert_with(|| config.state_dir.clone());
-    }
-    let backends = backends(&config.local_state_dir, config.local_capacity_bytes, config.backend_timeout, &options)?;
+    let backends = backends(&config.local_state_dir, config.local_capacity_bytes, config.backend_timeout, options)?;
     let records =
         ExpansionRecords::open(&config.state_dir).map_err(|source| StartError::State { what: "expansion records", path: config.state_dir.clone(), source })?;
     let identity = IdentityService::new(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::controller_service_capability::{self, rpc};
 use csi_proto::v1::*;
+use swell_storage::expansion_files::ExpansionRecords;
 use swell_storage::locks::KeyedLocks;
 use swell_storage::{Created, VolumeId, VolumeInfo};
 use tonic::{Request, Response, Status};
@@ -18,7 +19,6 @@ use crate::error::ControllerError;
 use crate::expand::Expander;
 use crate::listing;
 use crate::parameters::VolumeParameters;
-use crate::records::ExpansionRecords;
 use crate::sizing;
 use crate::validate::{self, SizeRange};
 
@@ -26,19 +26,19 @@ use crate::validate::{self, SizeRange};
 #[derive(Clone)]
 pub struct ControllerService {
     backends: Backends,
-    records: ExpansionRecords,
-    locks: KeyedLocks,
+    /// Creates in flight, by name.
+    names: KeyedLocks,
     expander: Expander,
 }
 
 type Answer<T> = Result<Response<T>, Status>;
 
 impl ControllerService {
-    /// A controller over `backends`, keeping expansion records in `records`.
+    /// A controller over `backends`; volumes of backends that keep no
+    /// expansion records of their own are recorded in `records`.
     pub fn new(backends: Backends, records: ExpansionRecords) -> Self {
-        let locks = KeyedLocks::new();
-        let expander = Expander::new(backends.clone(), records.clone(), locks.clone());
-        ControllerService { backends, records, locks, expander }
+        let expander = Expander::new(backends.clone(), Arc::new(records));
+        ControllerService { backends, names: KeyedLocks::new(), expander }
     }
 
     /// The expander, shared with the reconciler so both use the same locks.
@@ -62,7 +62,7 @@ impl ControllerService {
         let backend = self.backends.for_new_volume(params.backend.as_deref())?;
         let size = sizing::allocation(range).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
 
-        let _guard = self.locks.try_acquire(&format!("name/{name}")).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
+        let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
         let created = self.backends.call("create volume", name, backend.create_volume(name, size, &params.backend_parameters)).await?;
         if let Created::Existing(info) = &created {
             check_compatible(info, range)?;
@@ -70,12 +70,14 @@ impl ControllerService {
         Ok(to_volume(created.info()))
     }
 
+    /// Deletes the volume under its hold, then its record (with the hold).
     async fn delete(&self, id: &VolumeId) -> Result<(), ControllerError> {
         let Some(backend) = self.backends.for_volume(id) else { return Ok(()) };
         let key = id.to_string();
-        let _guard = self.locks.try_acquire(&key).ok_or_else(|| ControllerError::Pending(key.clone()))?;
+        let store = self.expander.store_of(backend);
+        let hold = self.backends.call("hold volume", &key, store.hold(id)).await?.ok_or_else(|| ControllerError::Pending(key.clone()))?;
         self.backends.call("delete volume", &key, backend.delete_volume(id)).await?;
-        self.records.remove(id).map_err(|source| ControllerError::Record { volume: key, step: "remove expansion record", source })
+        self.backends.call("remove expansion record", &key, store.forget(hold, id)).await
     }
 
     async fn lookup(&self, raw_id: &str) -> Result<VolumeInfo, ControllerError> {
@@ -95,8 +97,8 @@ impl ControllerService {
 
     /// A volume whose backend size is below the last recorded wish, or whose
     /// last expansion failed, is reported abnormal.
-    fn condition(&self, volume: &VolumeInfo) -> VolumeCondition {
-        match self.records.get(&volume.id) {
+    async fn condition(&self, volume: &VolumeInfo) -> VolumeCondition {
+        match self.expander.record(&volume.id).await {
             Ok(Some(record)) if record.desired_bytes > volume.size_bytes => VolumeCondition {
                 abnormal: true,
                 message: format!(
@@ -285,7 +287,7 @@ impl Controller for ControllerService {
         let info = self.lookup(&request.get_ref().volume_id).await?;
         Ok(Response::new(ControllerGetVolumeResponse {
             volume: Some(to_volume(&info)),
-            status: Some(controller_get_volume_response::VolumeStatus { published_node_ids: Vec::new(), volume_condition: Some(self.condition(&info)) }),
+            status: Some(controller_get_volume_response::VolumeStatus { published_node_ids: Vec::new(), volume_condition: Some(self.condition(&info).await) }),
         }))
     }
 

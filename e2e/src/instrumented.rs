@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use swell_storage::{Backend, BackendError, Capacity, Created, VolumeId, VolumeInfo};
+use swell_storage::{Backend, BackendError, Capacity, Created, ExpansionStore, VolumeId, VolumeInfo};
 
 /// How grows behave right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +103,10 @@ impl Backend for InstrumentedBackend {
 
     async fn collect_garbage(&self) -> Result<usize, BackendError> {
         self.inner.collect_garbage().await
+    }
+
+    fn expansion_store(&self) -> Option<Arc<dyn ExpansionStore>> {
+        self.inner.expansion_store()
     }
 
     async fn check_health(&self) -> Result<(), BackendError> {

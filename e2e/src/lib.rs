@@ -11,6 +11,7 @@ pub mod instrumented;
 pub mod process;
 pub mod requests;
 pub mod resizer;
+pub mod state;
 pub mod sweep;
 pub mod webhook;
 

@@ -14,6 +14,7 @@ use swell_e2e::harness::ControllerUnderTest;
 use swell_e2e::instrumented::{GrowMode, InstrumentedBackend};
 use swell_e2e::requests::{self, mount_capability};
 use swell_e2e::resizer::expand_like_the_resizer;
+use swell_e2e::state::{leave_wish, record_of};
 use swell_storage::local::LocalBackend;
 use swell_storage::{Backend, VolumeId};
 use tonic::Code;
@@ -106,8 +107,7 @@ async fn a_record_that_claims_done_while_the_backend_lags_is_completed_not_belie
     let id = create(&mut rig.controller.client, "lh13379", GIB).await;
     let volume: VolumeId = id.parse().unwrap();
     // The Longhorn 13379 state: the record says 2 GiB reached, the engine has 1 GiB.
-    let record = rig.controller.records.begin(&volume, GIB as u64, 2 * GIB as u64).unwrap();
-    rig.controller.records.finish(record, 2 * GIB as u64, None).unwrap();
+    leave_wish(&rig.controller.records, &volume, GIB as u64, 2 * GIB as u64, Some(2 * GIB as u64)).await;
 
     let status = rig.controller.client.controller_get_volume(ControllerGetVolumeRequest { volume_id: id.clone() }).await.unwrap();
     let status = status.into_inner();
@@ -120,13 +120,13 @@ async fn a_record_that_claims_done_while_the_backend_lags_is_completed_not_belie
     assert_eq!(answer.into_inner().capacity_bytes, 2 * GIB);
     assert_eq!(rig.backend.grows(), vec![(volume.clone(), 2 * GIB as u64)], "the backend was really grown");
 
-    // And the reconciler finds and completes the same state on its own.
+    // And the reconciler's sweep over settled records finds and completes
+    // the same state on its own (a record claiming "done" is not pending).
     let second = create(&mut rig.controller.client, "lh13379-b", GIB).await;
     let second_id: VolumeId = second.parse().unwrap();
-    let record = rig.controller.records.begin(&second_id, GIB as u64, 3 * GIB as u64).unwrap();
-    rig.controller.records.finish(record, 3 * GIB as u64, None).unwrap();
-    let report = rig.controller.reconciler.pass().await;
-    assert_eq!(report.completed, 1, "{report:?}");
+    leave_wish(&rig.controller.records, &second_id, GIB as u64, 3 * GIB as u64, Some(3 * GIB as u64)).await;
+    assert_eq!(rig.controller.reconciler.pass().await.completed, 0, "a settled record is not visited by a pass");
+    assert!(rig.controller.reconciler.sweep_step(Duration::from_secs(1)).await >= 2, "the sweep read both records");
     assert_eq!(size_of(&mut rig.controller.client, &second).await, 3 * GIB);
     assert_eq!(rig.controller.reconciler.pass().await.completed, 0, "nothing left to do");
 }
@@ -140,7 +140,7 @@ async fn a_grow_cut_off_after_the_engine_took_it_is_announced_before_it_is_settl
     // A controller that died mid-grow: the wish is recorded, the engine took
     // the new size, and nobody told the volume's clients.
     for v in [&volume, &second_id] {
-        rig.controller.records.begin(v, GIB as u64, 2 * GIB as u64).unwrap();
+        leave_wish(&rig.controller.records, v, GIB as u64, 2 * GIB as u64, None).await;
         rig.engine.grow_volume(v, 2 * GIB as u64).await.unwrap();
     }
 
@@ -149,16 +149,17 @@ async fn a_grow_cut_off_after_the_engine_took_it_is_announced_before_it_is_settl
     assert_eq!(answer.into_inner().capacity_bytes, 2 * GIB);
     assert_eq!(rig.backend.grows(), vec![], "the engine already had the size");
     assert_eq!(rig.backend.announcements(), vec![volume.clone()], "the clients were told");
-    let record = rig.controller.records.get(&volume).unwrap().unwrap();
+    let record = record_of(&rig.controller.records, &volume).await.unwrap();
     assert_eq!((record.current_bytes, record.last_error), (2 * GIB as u64, None));
 
     // A retry of a settled expansion has nothing to announce.
     rig.controller.client.controller_expand_volume(requests::controller_expand(&id, 2 * GIB, None)).await.unwrap();
     assert_eq!(rig.backend.announcements(), vec![volume.clone()], "announced once");
 
-    // The reconciler announces the other one on its own.
+    // The reconciler announces the other one on its own (the settled one is
+    // not even visited).
     let report = rig.controller.reconciler.pass().await;
-    assert_eq!((report.settled, report.completed, report.pending), (2, 0, 0), "{report:?}");
+    assert_eq!((report.examined, report.settled, report.completed, report.pending), (1, 1, 0, 0), "{report:?}");
     assert_eq!(rig.backend.announcements(), vec![volume, second_id]);
 }
 
@@ -217,7 +218,7 @@ async fn a_failed_expansion_is_finished_by_the_reconciler_or_replaced_by_a_lower
     assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
     let lowered = rig.controller.client.controller_expand_volume(requests::controller_expand(&id, 5 * GIB, None)).await.unwrap();
     assert_eq!(lowered.into_inner().capacity_bytes, 5 * GIB);
-    let record = rig.controller.records.get(&id.parse().unwrap()).unwrap().unwrap();
+    let record = record_of(&rig.controller.records, &id.parse().unwrap()).await.unwrap();
     assert_eq!((record.desired_bytes, record.current_bytes, record.last_error), (5 * GIB as u64, 5 * GIB as u64, None));
     // A stale smaller request afterwards is success with the current size.
     let stale = rig.controller.client.controller_expand_volume(requests::controller_expand(&id, 2 * GIB, None)).await.unwrap();

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::{ControllerGetVolumeRequest, DeleteVolumeRequest};
 use rbd_rig::{CLUSTER_ID, ClusterEnv, rbd_size};
+use swell_controller::Backends;
 use swell_controller::rbd::{RbdBackend, RbdConfig};
 use swell_controller::reconciler::ReconcilerConfig;
-use swell_controller::{Backends, ExpansionRecords};
 use swell_e2e::chaos::{Xorshift, env_number};
 use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
 use swell_e2e::host;
@@ -31,9 +31,10 @@ use swell_e2e::instrumented::InstrumentedBackend;
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::requests::{self, mount_capability};
 use swell_e2e::resizer::expand_like_the_resizer;
+use swell_e2e::state::leave_wish;
 use swell_e2e::sweep::{MountSweeper, leftovers};
 use swell_node::{NodeConfig, RbdNodeConfig};
-use swell_storage::{Backend, VolumeId};
+use swell_storage::{Backend, ExpansionStore, VolumeId};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -69,17 +70,25 @@ fn rbd_config(env: &ClusterEnv) -> RbdConfig {
 /// An in-process controller whose only backend is RBD, wrapped to record grows.
 struct Rig {
     backend: Arc<InstrumentedBackend>,
+    ceph: Arc<RbdBackend>,
     controller: ControllerUnderTest,
     _dir: tempfile::TempDir,
 }
 
 async fn rig(env: &ClusterEnv) -> Rig {
     let dir = tempfile::Builder::new().prefix("swell-rbd-never-stuck-").tempdir_in("/var/tmp").unwrap();
-    let rbd: Arc<dyn Backend> = Arc::new(RbdBackend::new(rbd_config(env)).unwrap());
-    let backend = InstrumentedBackend::new(rbd, Duration::ZERO);
+    let ceph = Arc::new(RbdBackend::new(rbd_config(env)).unwrap());
+    let backend = InstrumentedBackend::new(ceph.clone(), Duration::ZERO);
     let backends = Backends::new(backend.clone(), BACKEND_DEADLINE);
     let controller = ControllerUnderTest::start(dir.path(), backends, ReconcilerConfig::default()).await.unwrap();
-    Rig { backend, controller, _dir: dir }
+    Rig { backend, ceph, controller, _dir: dir }
+}
+
+impl Rig {
+    /// Where the controller keeps the volumes' expansion records: in Ceph.
+    fn store(&self) -> Arc<swell_controller::rbd::store::RbdStore> {
+        self.ceph.store()
+    }
 }
 
 async fn create(client: &mut ControllerClient<Channel>, name: &str, bytes: u64) -> String {
@@ -219,8 +228,7 @@ async fn a_record_that_claims_done_while_the_image_lags_is_completed_not_believe
     let id = create(&mut rig.controller.client, "lh13379", GIB).await;
     let volume: VolumeId = id.parse().unwrap();
     // The Longhorn 13379 state: the record says 2 GiB reached, the image has 1 GiB.
-    let record = rig.controller.records.begin(&volume, GIB, 2 * GIB).unwrap();
-    rig.controller.records.finish(record, 2 * GIB, None).unwrap();
+    leave_wish(&*rig.store(), &volume, GIB, 2 * GIB, Some(2 * GIB)).await;
 
     let status = rig.controller.client.controller_get_volume(ControllerGetVolumeRequest { volume_id: id.clone() }).await.unwrap().into_inner();
     assert_eq!(status.volume.unwrap().capacity_bytes as u64, GIB, "the size is read from the image, not the record");
@@ -234,13 +242,13 @@ async fn a_record_that_claims_done_while_the_image_lags_is_completed_not_believe
     assert_eq!(rig.backend.grows(), vec![(volume.clone(), 2 * GIB)], "rbd was really asked to resize");
     assert_eq!(rbd_info_size(env, &id), 2 * GIB, "rbd info shows the grown image");
 
-    // And the reconciler finds and completes the same state on its own.
+    // And the reconciler's sweep over settled records finds and completes
+    // the same state on its own (a record claiming "done" is not pending).
     let second = create(&mut rig.controller.client, "lh13379-b", GIB).await;
     let second_id: VolumeId = second.parse().unwrap();
-    let record = rig.controller.records.begin(&second_id, GIB, 3 * GIB).unwrap();
-    rig.controller.records.finish(record, 3 * GIB, None).unwrap();
-    let report = rig.controller.reconciler.pass().await;
-    assert_eq!(report.completed, 1, "{report:?}");
+    leave_wish(&*rig.store(), &second_id, GIB, 3 * GIB, Some(3 * GIB)).await;
+    assert_eq!(rig.controller.reconciler.pass().await.completed, 0, "a settled record is not visited by a pass");
+    assert!(rig.controller.reconciler.sweep_step(Duration::from_secs(1)).await >= 2, "the sweep read both records");
     assert_eq!(rbd_info_size(env, &second), 3 * GIB, "rbd info after the reconciler's pass");
     assert_eq!(size_of(&mut rig.controller.client, &second).await, 3 * GIB);
     let again = rig.controller.reconciler.pass().await;
@@ -346,7 +354,7 @@ async fn a_resize_the_watchers_never_heard_of_is_announced_so_the_node_can_grow(
     let checksum = host::sha256_file(&data).unwrap();
 
     // The state the killed controller left: the wish recorded, the header grown, nobody told.
-    rig.controller.records.begin(&volume, 512 * MIB, GIB).unwrap();
+    leave_wish(&*rig.store(), &volume, 512 * MIB, GIB, None).await;
     resize_header_unannounced(env, &id, GIB, root);
     assert_eq!(rbd_info_size(env, &id), GIB, "the header holds the new size");
     // The node's rbd-fuse layout: <state>/rbd-fuse/<cluster>/<pool>/<image>/<image>.
@@ -408,7 +416,7 @@ struct Settled {
 /// Polls until every record is settled (desired ≤ image size, current =
 /// image size) with the image size read from Ceph; asserts no image ever
 /// shrank on the way.
-async fn settled(records: &ExpansionRecords, ceph: &RbdBackend, volumes: &mut [Volume], round: u64) -> Result<Settled, String> {
+async fn settled(ceph: &RbdBackend, volumes: &mut [Volume], round: u64) -> Result<Settled, String> {
     let started = Instant::now();
     let mut had_pending = false;
     loop {
@@ -424,10 +432,11 @@ async fn settled(records: &ExpansionRecords, ceph: &RbdBackend, volumes: &mut [V
             };
             assert!(now >= volume.size, "round {round}: {} shrank from {} to {now}", volume.id, volume.size);
             volume.size = now;
-            match records.get(&volume.id) {
-                Ok(Some(r)) if r.desired_bytes > now || r.current_bytes != now => {
-                    problems.push(format!("{}: desired {} current {} image {now} error {:?}", volume.id, r.desired_bytes, r.current_bytes, r.last_error))
-                }
+            match ceph.store().record(&volume.id).await {
+                Ok(Some(r)) if r.pending() || r.current_bytes != now => problems.push(format!(
+                    "{}: desired {} current {} announced {} image {now} error {:?}",
+                    volume.id, r.desired_bytes, r.current_bytes, r.announced_bytes, r.last_error
+                )),
                 Ok(_) => {}
                 Err(e) => problems.push(format!("{}: record unreadable: {e}", volume.id)),
             }
@@ -486,7 +495,6 @@ async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck
     ];
     let mut controller = ControllerProcess::start_with(root, &root.join("local"), rbd_args).await.expect("controller process starts");
     let mut node = start_node(root, env).await;
-    let records = ExpansionRecords::open(&root.join("controller")).unwrap();
     let ceph = RbdBackend::new(rbd_config(env)).unwrap();
 
     let mut client = controller.client().await.unwrap();
@@ -556,7 +564,7 @@ async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck
         }
         client = controller.client().await.unwrap();
 
-        let settle = settled(&records, &ceph, &mut volumes, round).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let settle = settled(&ceph, &mut volumes, round).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
         rounds_with_pending += usize::from(settle.had_pending);
         if settle.took > Duration::from_secs(2) {
             slow_settles.push((round, settle.took.as_secs_f64()));

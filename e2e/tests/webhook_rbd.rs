@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use rbd_rig::{CLUSTER_ID, ClusterEnv, cli, cluster};
 use serde_json::Value;
-use swell_controller::ExpansionRecords;
 use swell_controller::rbd::RbdConfig;
 use swell_controller::server::{BackendOptions, backends};
+use swell_e2e::state::leave_wish;
 use swell_e2e::webhook::{FixedVolumes, Resize, RunningWebhook, TestPki, fixture, latency};
 use swell_storage::VolumeId;
 use swell_webhook::facts::BackendFacts;
@@ -31,7 +31,6 @@ struct RbdWebhook {
     _dir: tempfile::TempDir,
     pki: TestPki,
     server: RunningWebhook,
-    records: ExpansionRecords,
     volumes: Arc<FixedVolumes>,
     id: VolumeId,
     backends: swell_controller::Backends,
@@ -58,7 +57,7 @@ impl RbdWebhook {
         };
         let pki = TestPki::new();
         let server = RunningWebhook::start(webhook, &pki, Limits::default(), Duration::from_secs(1)).await;
-        RbdWebhook { records: ExpansionRecords::open(&state_dir).unwrap(), _dir: dir, pki, server, volumes, id, backends }
+        RbdWebhook { _dir: dir, pki, server, volumes, id, backends }
     }
 
     async fn judge(&self, review: &Value) -> (bool, String, Vec<String>) {
@@ -106,15 +105,21 @@ async fn every_rule_on_rbd_with_fresh_backend_facts() {
         "{message}"
     );
     // A quota below what is provisioned leaves no room at all.
+    // The backend reuses a pool reading for up to a second: wait that out.
+    let reading_age = Duration::from_millis(1200);
     cli(env, "ceph", &["osd", "pool", "set-quota", "rbd", "max_bytes", &(32 * MIB).to_string()]).unwrap();
+    tokio::time::sleep(reading_age).await;
     let quota = rig.judge(&resize("64Mi", "128Mi", "64Mi", None).review()).await;
     cli(env, "ceph", &["osd", "pool", "set-quota", "rbd", "max_bytes", "0"]).unwrap();
+    tokio::time::sleep(reading_age).await;
     assert!(!quota.0 && quota.1.contains("its pool can promise only 0 more"), "{quota:?}");
     // An open expansion record at the backend.
-    let open = rig.records.begin(&rig.id, 64 * MIB, 96 * MIB).unwrap();
+    let store = rig.backends.for_volume(&rig.id).unwrap().expansion_store().expect("RBD keeps its records in the pool");
+    leave_wish(&*store, &rig.id, 64 * MIB, 96 * MIB, None).await;
     let (allowed, message, _) = rig.judge(&resize("64Mi", "128Mi", "64Mi", None).review()).await;
     assert!(!allowed && message.contains("still growing from 64Mi to 96Mi (recorded at the backend)"), "{message}");
-    rig.records.finish(open, 96 * MIB, None).unwrap();
+    // Settled (as if reached) by the test, so the latency below sees the volume at rest.
+    leave_wish(&*store, &rig.id, 64 * MIB, 96 * MIB, Some(96 * MIB)).await;
     // An image that is gone.
     let gone = format!("rbd:{CLUSTER_ID}:rbd:swell-00000000000000000000000000000000");
     rig.volumes.add("pvc-gone", &gone);

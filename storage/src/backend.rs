@@ -5,8 +5,10 @@
 //! Every method reads the engine's state fresh; nothing here caches a size.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::expansion::ExpansionStore;
 use crate::volume_id::VolumeId;
 
 /// A volume as the backend sees it right now.
@@ -80,6 +82,15 @@ pub enum BackendError {
         /// The smaller size asked for.
         requested: u64,
     },
+    /// Another operation (in this process or another controller replica)
+    /// holds the volume or changed its record meanwhile; retry later.
+    #[error("{step}: {reason}")]
+    Contended {
+        /// What Swell was doing.
+        step: String,
+        /// Who or what got in the way.
+        reason: String,
+    },
     /// The engine is unreachable or unhealthy; worth retrying later.
     #[error("backend unavailable during {step}: {reason}")]
     Unavailable {
@@ -136,9 +147,10 @@ pub trait Backend: Send + Sync + 'static {
     /// The pool's room, read fresh.
     async fn capacity(&self) -> Result<Capacity, BackendError>;
 
-    /// The room of the pool holding `id`, read fresh: what growing that
-    /// volume may take. The default: the one pool of [`capacity`](Self::capacity).
-    async fn capacity_for(&self, _id: &VolumeId) -> Result<Capacity, BackendError> {
+    /// The room the pool holding `id` has, read fresh: what a grow of that
+    /// volume is judged against. The default is [`Backend::capacity`]
+    /// (one pool).
+    async fn room_for(&self, _id: &VolumeId) -> Result<Capacity, BackendError> {
         self.capacity().await
     }
 
@@ -161,6 +173,14 @@ pub trait Backend: Send + Sync + 'static {
     /// finished now. The default defers none.
     async fn collect_garbage(&self) -> Result<usize, BackendError> {
         Ok(0)
+    }
+
+    /// Where this engine keeps its volumes' expansion records and holds,
+    /// when it keeps them itself (RBD: in the pool, beside the images, so
+    /// every controller replica on any machine shares them). `None`: the
+    /// controller's own file records serve.
+    fn expansion_store(&self) -> Option<Arc<dyn ExpansionStore>> {
+        None
     }
 
     /// Whether the engine can serve requests now.

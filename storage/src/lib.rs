@@ -1,6 +1,6 @@
 //! What Swell's controller and node share: volume ids, the backend trait and
-//! its embedded local implementation, durable records, keyed locks, and the
-//! single way to run an external command.
+//! its embedded local implementation, expansion records and holds, durable
+//! files, keyed locks, and the single way to run an external command.
 
 // Nothing from outside the process is unwrapped; tests may.
 #![warn(clippy::unwrap_used)]
@@ -9,11 +9,14 @@
 pub mod backend;
 pub mod command;
 pub mod durable;
+pub mod expansion;
+pub mod expansion_files;
 pub mod local;
 pub mod locks;
 pub mod rbd_volume;
 pub mod volume_id;
 
 pub use backend::{Backend, BackendError, Capacity, Created, VolumeInfo};
+pub use expansion::{ExpansionRecord, ExpansionStore, Hold};
 pub use rbd_volume::RbdVolume;
 pub use volume_id::VolumeId;

@@ -61,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cert = ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     let tls = cert.server_config()?;
     let b = &args.backend;
-    let backends = swell_controller::server::backends(&b.local_state_dir, b.local_capacity_bytes, b.backend_timeout(), &b.options(false))?;
+    let backends = swell_controller::server::backends(&b.local_state_dir, b.local_capacity_bytes, b.backend_timeout(), &b.options())?;
     let records = RecordStore::open(&b.state_dir).map_err(|e| format!("open expansion records under {}: {e}", b.state_dir.display()))?;
     let client = kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))?;
     let webhook = Webhook {

@@ -1,50 +1,34 @@
-//! Where the webhook reads a volume's open expansion record: today the
-//! controller's file records under its `--state-dir`
-//! ([`swell_controller::ExpansionRecords`]). The only module that knows
-//! where records live, so moving them (e.g. into the backend) changes this
-//! file alone.
+//! Where the webhook reads a volume's expansion record: in the backend's
+//! own store when it keeps one (RBD: the pool's state object, beside the
+//! images), else in the controller's file records under its `--state-dir`,
+//! the choice the controller's expander makes too. The only module that
+//! knows where records live.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use swell_controller::ExpansionRecords;
-use swell_storage::VolumeId;
+use swell_storage::expansion_files::ExpansionRecords;
+use swell_storage::{Backend, BackendError, ExpansionStore, VolumeId};
 
-/// Read access to the controller's expansion records.
-#[derive(Debug, Clone)]
+/// Read access to the volumes' expansion records.
+#[derive(Clone)]
 pub struct RecordStore {
-    records: ExpansionRecords,
+    files: Arc<dyn ExpansionStore>,
 }
 
 impl RecordStore {
-    /// The records of the controller whose state directory is `state_dir`.
+    /// The records of the controller whose state directory is `state_dir`,
+    /// for backends that keep none themselves.
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
-        Ok(RecordStore { records: ExpansionRecords::open(state_dir)? })
+        Ok(RecordStore { files: Arc::new(ExpansionRecords::open(state_dir)?) })
     }
 
-    /// The desired size of the volume's record if it has not been reached
-    /// by the size the record last saw; `None` without an open record. The
-    /// caller compares it with the backend's fresh size as well.
-    pub async fn open_desired(&self, id: &VolumeId) -> std::io::Result<Option<u64>> {
-        let (records, id) = (self.records.clone(), id.clone());
-        let record = tokio::task::spawn_blocking(move || records.get(&id)).await.map_err(std::io::Error::other)??;
-        Ok(record.filter(|r| r.pending()).map(|r| r.desired_bytes))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn only_unreached_records_are_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RecordStore::open(dir.path()).unwrap();
-        let writer = ExpansionRecords::open(dir.path()).unwrap();
-        let id: VolumeId = "local:aa".parse().unwrap();
-        assert_eq!(store.open_desired(&id).await.unwrap(), None);
-        let begun = writer.begin(&id, 10, 20).unwrap();
-        assert_eq!(store.open_desired(&id).await.unwrap(), Some(20));
-        writer.finish(begun, 20, None).unwrap();
-        assert_eq!(store.open_desired(&id).await.unwrap(), None);
+    /// The desired size of the volume's record while it wants more than the
+    /// size the record last saw; `None` without such a record. The caller
+    /// compares it with the backend's fresh size as well.
+    pub async fn open_desired(&self, backend: &Arc<dyn Backend>, id: &VolumeId) -> Result<Option<u64>, BackendError> {
+        let store = backend.expansion_store().unwrap_or_else(|| Arc::clone(&self.files));
+        let record = store.record(id).await?;
+        Ok(record.filter(|r| r.growing()).map(|r| r.desired_bytes))
     }
 }

@@ -1,66 +1,98 @@
 //! [`RbdBackend`]: Swell's [`Backend`] over RBD images.
 //!
-//! A volume named `n` is the image `swell-<32 hex of sha256(n)>` in its pool,
-//! so a retried create lands on the same image; the CO's name is kept in the
-//! image's metadata (`swell.volume-name`), written right after the image is
-//! made. An image without it is a create that stopped half-way: invisible
-//! until the retried create finishes it. Sizes are always read from librbd.
+//! A volume named `n` is the image `swell-<32 hex of sha256(n)>` in its
+//! pool (`swell_storage::rbd_volume`), so a retried create lands on the
+//! same image. What Swell knows about it (the CO's name, its expansion
+//! record, the bytes it promised) is its entry in the pool's state object
+//! ([`super::state`]); its size is always read from its header.
 //!
-//! Creates and grows are admitted against the pool's capacity policy (and
-//! refused on a full pool) before anything is written, because librbd on a
-//! full pool hangs instead of answering. The pool is read fresh for every
-//! admission, side by side with other admissions; only the final check
-//! against the [`Ledger`] of bytes promised to operations in flight is
-//! serialised, so two grows cannot both take the last free bytes.
-//!
-//! Images are created with the `layering` feature only (as ceph-csi does):
-//! without exclusive-lock, a resize never waits for a lock held by another
-//! client, alive or dead.
+//! Each step, and why it is there:
+//! - create: hold the name's lock (two replicas never create one volume
+//!   twice); record the promise, admitted against the pool (the only way
+//!   two creates cannot both take the last free bytes); create the image;
+//!   record it as made (a create cut off in between is found by the
+//!   reconciler: finished if the image exists, its promise dropped if not).
+//! - grow: read the header and grow it in place in one compare-and-set
+//!   write ([`super::header`]), then tell the image's clients. The
+//!   expander around it holds the volume and records the wish and the
+//!   outcome.
+//! - delete: drop the entry (and its promise), move the image to the
+//!   trash, answer; the data is removed in the background ([`super::trash`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use swell_storage::rbd_volume::is_swell_image;
-use swell_storage::{Backend, BackendError, Capacity, Created, RbdVolume, VolumeId, VolumeInfo};
+use swell_storage::locks::KeyedLocks;
+use swell_storage::{Backend, BackendError, Capacity, Created, ExpansionRecord, ExpansionStore, RbdVolume, VolumeId, VolumeInfo};
 
-use super::capacity::{self, PoolSettings, PoolUsage};
-use super::coalesce::{Coalescer, Missed};
+use super::commit::{Change, Committer, Outcome};
 use super::connection::{ConnectSettings, Connection, Connector, ensure_time_left};
 use super::errors::RbdError;
-use super::fence::Fence;
-use super::ffi::{IoCtx, RBD_FEATURE_LAYERING};
-use super::ledger::{Ledger, Promise, Snapshot};
-use super::{KIND, RbdConfig};
+use super::ffi::{Errno, IoCtx, RBD_FEATURE_LAYERING};
+use super::lease::Leases;
+use super::readings::{Readings, missing_pool};
+use super::state::{self, Entry};
+use super::store::RbdStore;
+use super::{KIND, RbdConfig, header, trash};
 
-/// Image metadata key holding the CO's volume name.
-pub const NAME_KEY: &str = "swell.volume-name";
-const ENOENT: i32 = 2;
-const EBUSY: i32 = 16;
 /// Ceph calls that may be outstanding at once, running or stuck in a hung
 /// librados call: bounds the blocking threads a dead cluster can hold, far
 /// above what healthy concurrency needs (every call returns within its
 /// deadline's op timeouts).
 const MAX_OUTSTANDING: usize = 256;
 /// The features of every image Swell creates: layering only, so no
-/// exclusive lock is ever needed (or left behind by a dead client).
+/// exclusive lock is ever needed (or left behind by a dead client) and the
+/// header can be grown in place.
 pub const IMAGE_FEATURES: u64 = RBD_FEATURE_LAYERING;
-/// How long an announcement waits for watchers to acknowledge. Live ones
-/// answer in milliseconds; only dead clients' watches use it all up.
-const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a grow whose header moved under it reads it again.
+const GROW_ATTEMPTS: usize = 3;
+
+/// What the backend and its store share.
+pub(crate) struct Shared {
+    pub config: RbdConfig,
+    pub connector: Connector,
+    pub readings: Readings,
+    pub committer: Committer,
+    pub leases: Arc<Leases>,
+    /// Holds of this process, so its own callers are refused before Ceph
+    /// is asked (they would share its Ceph client and lock cookie).
+    pub local: KeyedLocks,
+}
+
+impl Shared {
+    /// The io context of `pool`; a missing pool is a StorageClass error.
+    pub fn io(conn: &Connection, pool: &str) -> Result<Arc<IoCtx>, RbdError> {
+        conn.pool(pool)?.ok_or_else(|| missing_pool(pool))
+    }
+
+    /// The volume `id` names in this cluster; `Ok(None)` for ids that name
+    /// no Swell RBD volume; an error for another cluster's volume.
+    pub fn ours(&self, id: &VolumeId, step: &str) -> Result<Option<RbdVolume>, BackendError> {
+        let Some(volume) = RbdVolume::parse(id) else { return Ok(None) };
+        if volume.cluster != self.config.cluster_id {
+            return Err(BackendError::Unavailable {
+                step: format!("{step} {id}"),
+                reason: format!("the volume belongs to Ceph cluster {:?}; this controller serves {:?}", volume.cluster, self.config.cluster_id),
+            });
+        }
+        Ok(Some(volume))
+    }
+
+    /// Applies `change` to `pool`'s state object, admitting new promises
+    /// against the pool's room.
+    pub fn commit(&self, conn: &Connection, io: &IoCtx, pool: &str, change: Change, deadline: Instant) -> Result<Outcome, RbdError> {
+        let room = |total| self.readings.room(conn, pool, total, self.config.overprovision_ratio, self.config.count_foreign_images);
+        self.committer.apply(io, pool, change, deadline, &room)
+    }
+}
 
 /// The RBD backend of one cluster.
 #[derive(Clone)]
 pub struct RbdBackend {
-    config: Arc<RbdConfig>,
-    connector: Connector,
-    ledger: Ledger,
-    readings: Arc<Readings>,
+    shared: Arc<Shared>,
+    store: Arc<RbdStore>,
 }
-
-/// Pool readings shared by concurrent admissions, each with the ledger
-/// snapshot taken just before it.
-type Readings = Coalescer<(Snapshot, PoolReading), RbdError>;
 
 /// Why an [`RbdConfig`] cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,336 +114,222 @@ impl RbdBackend {
         if config.op_timeout < Duration::from_secs(1) {
             return Err(ConfigError("op timeout must be at least 1 s (librados counts whole seconds)".into()));
         }
+        if config.instance.is_empty() || config.instance.contains('\0') {
+            return Err(ConfigError("the instance name must be a non-empty string".into()));
+        }
+        if config.lock_lease <= config.call_deadline() {
+            return Err(ConfigError(format!(
+                "the lock lease ({:?}) must outlast one call's deadline ({:?}), or a lock runs out under a call that still works",
+                config.lock_lease,
+                config.call_deadline()
+            )));
+        }
         let settings =
             ConnectSettings { ceph_conf: config.ceph_conf.clone(), keyring: config.keyring.clone(), user: config.user.clone(), op_timeout: config.op_timeout };
-        let mut connector = Connector::new(settings, MAX_OUTSTANDING, config.call_deadline());
-        if let Some(record) = config.client_record() {
-            connector = connector.with_fence(Fence::new(record));
-        }
-        Ok(RbdBackend { connector, config: Arc::new(config), ledger: Ledger::default(), readings: Arc::default() })
+        let connector = Connector::new(settings, MAX_OUTSTANDING, config.call_deadline());
+        let shared = Arc::new(Shared {
+            readings: Readings::new(config.reading_max_age, config.op_timeout),
+            leases: Arc::new(Leases { instance: config.instance.clone(), lease: config.lock_lease }),
+            committer: Committer::default(),
+            local: KeyedLocks::new(),
+            connector,
+            config,
+        });
+        Ok(RbdBackend { store: Arc::new(RbdStore::new(Arc::clone(&shared))), shared })
     }
 
     /// How long one call may take before this backend answers Timeout.
     pub fn call_deadline(&self) -> Duration {
-        self.connector.deadline()
+        self.shared.connector.deadline()
     }
 
     /// The id a volume named `name` gets in `pool`.
     pub fn id_for(&self, pool: &str, name: &str) -> Result<VolumeId, BackendError> {
-        RbdVolume::for_name(&self.config.cluster_id, pool, name)
+        RbdVolume::for_name(&self.shared.config.cluster_id, pool, name)
             .map(|v| v.id())
             .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })
     }
 
-    /// The location of a volume of this cluster; `Ok(None)` for ids that
-    /// cannot name an RBD volume; an error for another cluster's volume.
-    fn ours(&self, id: &VolumeId, step: &str) -> Result<Option<RbdVolume>, BackendError> {
-        let Some(location) = RbdVolume::parse(id) else { return Ok(None) };
-        if location.cluster != self.config.cluster_id {
-            return Err(BackendError::Unavailable {
-                step: format!("{step} {id}"),
-                reason: format!("the volume belongs to Ceph cluster {:?}; this controller serves {:?}", location.cluster, self.config.cluster_id),
-            });
-        }
-        Ok(Some(location))
+    /// Where the backend keeps its volumes' records and holds.
+    pub fn store(&self) -> Arc<RbdStore> {
+        Arc::clone(&self.store)
     }
 
-    /// The room of `pool` under the capacity policy, counting the bytes
-    /// promised to this process's operations in flight.
+    /// `pool`'s room: its usage at most a reading's age old, Swell's
+    /// promised total read now.
     async fn pool_capacity(&self, pool: String) -> Result<Capacity, BackendError> {
-        let settings = self.settings();
-        self.connector
-            .run("read pool capacity", move |conn, deadline| {
-                let io = conn.pool(&pool)?.ok_or_else(|| missing_pool(&pool))?;
-                let shared = settings.read_pool(conn, &io, &pool, deadline)?;
-                let (snapshot, reading) = &*shared;
-                Ok(reading.room(snapshot.promised(&pool), settings.ratio).capacity)
+        let shared = Arc::clone(&self.shared);
+        self.shared
+            .connector
+            .run("read pool capacity", move |conn, _| {
+                let io = Shared::io(conn, &pool)?;
+                let swell = state::read_total(&io)?;
+                shared.readings.capacity(conn, &pool, swell, shared.config.overprovision_ratio, shared.config.count_foreign_images)
             })
             .await
     }
 
-    fn settings(&self) -> Settings {
-        Settings {
-            ratio: self.config.overprovision_ratio,
-            op_timeout: self.config.op_timeout,
-            ledger: self.ledger.clone(),
-            readings: Arc::clone(&self.readings),
+    /// The bytes Swell has promised in `pool`, read now.
+    pub async fn promised(&self, pool: &str) -> Result<u64, BackendError> {
+        let pool = pool.to_owned();
+        self.shared
+            .connector
+            .run("read promised total", move |conn, _| {
+                let io = Shared::io(conn, &pool)?;
+                state::read_total(&io)
+            })
+            .await
+    }
+}
+
+/// A record of an image whose create is admitted but not made yet: its
+/// size is 0 until the image exists, so the reconciler finishes or drops
+/// it if the create is cut off.
+fn creating(id: &VolumeId, size: u64) -> ExpansionRecord {
+    ExpansionRecord { announced_bytes: 0, ..ExpansionRecord::new(id, 0, 0).wishing(0, size) }
+}
+
+fn stored(outcome: Outcome) -> Option<Entry> {
+    match outcome {
+        Outcome::Stored(entry) => Some(entry),
+        Outcome::Removed(_) => None,
+    }
+}
+
+fn create_blocking(shared: &Shared, conn: &Connection, deadline: Instant, volume: &RbdVolume, name: &str, size: u64) -> Result<Created, RbdError> {
+    let id = volume.id();
+    let (pool, image) = (&volume.pool, &volume.image);
+    let io = Shared::io(conn, pool)?;
+    let entry = state::read_entry(&io, image)?;
+    let found = header::read(&io, image).map_err(|e| RbdError::osd("read image header", e, Some(&id)))?;
+    let info = |size_bytes| VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes };
+    if let Some(entry) = &entry
+        && entry.name != name
+    {
+        return Err(BackendError::io(
+            format!("create {name}"),
+            std::io::Error::other(format!("image {pool}/{image} already belongs to volume {:?}", entry.name)),
+        )
+        .into());
+    }
+    let (generation, made) = match (entry, found) {
+        // Made, and recorded as made: a retried create.
+        (Some(entry), Some(found)) if entry.record.current_bytes > 0 => return Ok(Created::Existing(info(found.size))),
+        // Made, but cut off before it was recorded as made.
+        (Some(entry), Some(found)) => (entry.record.generation, found.size),
+        // An image of this name that Swell has no entry for (made before
+        // Swell kept entries): adopt it as it is.
+        (None, Some(found)) => (0, found.size),
+        // Not made yet: promise its bytes first, then make it.
+        (entry, None) => {
+            let generation = entry.map_or(0, |e| e.record.generation);
+            let intent = ExpansionRecord { generation, ..creating(&id, size) };
+            let recorded =
+                stored(shared.commit(conn, &io, pool, Change::Put { image: image.clone(), name: Some(name.to_owned()), record: intent }, deadline)?);
+            ensure_time_left(deadline, "rbd_create", shared.config.op_timeout)?;
+            match io.create_image(image, size, IMAGE_FEATURES) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(RbdError::osd("rbd_create", e, Some(&id)).asking(size)),
+            }
+            let made = header::read(&io, image).map_err(|e| RbdError::osd("read image header", e, Some(&id)))?.ok_or_else(|| {
+                RbdError::Refused(BackendError::Unavailable {
+                    step: format!("create {id}"),
+                    reason: "the image is not readable right after it was made".into(),
+                })
+            })?;
+            (recorded.map_or(0, |e| e.record.generation), made.size)
         }
-    }
-}
-
-/// What the blocking work needs from the backend.
-struct Settings {
-    ratio: f64,
-    op_timeout: Duration,
-    ledger: Ledger,
-    readings: Arc<Readings>,
-}
-
-impl Settings {
-    /// A reading of `pool` that started after this call (shared with the
-    /// calls that arrived with it), with its ledger snapshot.
-    fn read_pool(&self, conn: &Connection, io: &IoCtx, pool: &str, deadline: Instant) -> Result<Arc<(Snapshot, PoolReading)>, RbdError> {
-        let read = || {
-            let snapshot = self.ledger.snapshot();
-            PoolReading::read(conn, io, pool).map(|reading| (snapshot, reading))
-        };
-        self.readings.read(pool, deadline, read, RbdError::duplicate).map_err(|missed| match missed {
-            Missed::Failed(err) => err,
-            Missed::Deadline => RbdError::Refused(BackendError::Timeout { step: format!("read pool {pool}"), after: self.op_timeout }),
-        })
-    }
-}
-
-fn bad_json(step: &str, err: impl std::fmt::Display) -> RbdError {
-    RbdError::Refused(BackendError::io(step, std::io::Error::other(format!("unexpected monitor output: {err}"))))
-}
-
-/// Reads a volume's size and name; `None` when the image is missing or has
-/// no name yet (a half-done create).
-fn read_volume(io: &IoCtx, id: &VolumeId, image: &str) -> Result<Option<VolumeInfo>, RbdError> {
-    let img = match io.open_read_only(image) {
-        Ok(img) => img,
-        Err(ENOENT) => return Ok(None),
-        Err(e) => return Err(RbdError::osd("rbd_open_read_only", e, Some(id))),
     };
-    let size = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
-    let name = img.metadata(NAME_KEY).map_err(|e| RbdError::osd("rbd_metadata_get", e, Some(id)))?;
-    img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
-    Ok(name.map(|name| VolumeInfo { id: id.clone(), name, size_bytes: size }))
+    let done = ExpansionRecord { generation, ..ExpansionRecord::new(&id, made, made) };
+    shared.commit(conn, &io, pool, Change::Put { image: image.clone(), name: Some(name.to_owned()), record: done }, deadline)?;
+    Ok(Created::New(info(made)))
 }
 
-/// Removes the Swell images that a delete moved to the trash because Ceph
-/// still listed watchers. Measured on Ceph 16.2.15 after the chaos test's
-/// SIGKILLs: the OSD had dropped the dead clients' watches (`dump_watchers`
-/// listed none) while the object's own watcher list, which `rbd_remove`
-/// checks, kept some for minutes. One that is still watched stays for the
-/// next pass; nothing is forced.
-fn purge_trash(conn: &Connection, deadline: Instant, op_timeout: Duration, default_pool: &str) -> Result<usize, RbdError> {
-    let mut pools = conn.opened_pools();
-    if !pools.iter().any(|p| p == default_pool) {
-        pools.push(default_pool.to_owned());
-    }
-    let mut removed = 0;
-    for pool in pools {
-        let Some(io) = conn.pool(&pool)? else { continue };
-        let entries = io.trash_list().map_err(|e| RbdError::osd(format!("rbd_trash_list in pool {pool}"), e, None))?;
-        for entry in entries.into_iter().filter(|e| is_swell_image(&e.name)) {
-            if deadline.saturating_duration_since(Instant::now()) < op_timeout {
-                return Ok(removed); // the rest on the next pass
-            }
-            match io.trash_remove(&entry.id) {
-                Ok(()) | Err(ENOENT) => {
-                    tracing::info!(pool, image = entry.name, trash_id = entry.id, "removed a trashed image");
-                    removed += 1;
-                }
-                Err(EBUSY) => tracing::debug!(pool, image = entry.name, "trashed image still has watchers"),
-                Err(e) => tracing::warn!(pool, image = entry.name, errno = e, "cannot remove a trashed image; retrying on the next pass"),
-            }
-        }
-    }
-    Ok(removed)
+fn volume_blocking(conn: &Connection, volume: &RbdVolume) -> Result<Option<VolumeInfo>, RbdError> {
+    let id = volume.id();
+    let Some(io) = conn.pool(&volume.pool)? else { return Ok(None) };
+    // A volume is an entry whose create finished and an image with a header.
+    let Some(entry) = state::read_entry(&io, &volume.image)?.filter(|e| e.record.current_bytes > 0) else { return Ok(None) };
+    let found = header::read(&io, &volume.image).map_err(|e| RbdError::osd("read image header", e, Some(&id)))?;
+    Ok(found.map(|h| VolumeInfo { id, name: entry.name, size_bytes: h.size }))
 }
 
-/// Sends the header-update notification librbd sends after a resize (an
-/// empty payload; librbd and krbd both read it as "re-read the header"), so
-/// every client with the image open sees the size the header holds now.
-/// A read-only open finds the header's name without adding a watcher.
-fn announce_blocking(conn: &Connection, id: &VolumeId, location: &RbdVolume) -> Result<(), RbdError> {
+fn grow_blocking(shared: &Shared, conn: &Connection, deadline: Instant, volume: &RbdVolume, target: u64) -> Result<u64, RbdError> {
+    let id = volume.id();
     let not_found = || RbdError::Refused(BackendError::NotFound(id.clone()));
-    let io = conn.pool(&location.pool)?.ok_or_else(not_found)?;
-    let img = match io.open_read_only(&location.image) {
-        Ok(img) => img,
-        Err(ENOENT) => return Err(not_found()),
-        Err(e) => return Err(RbdError::osd("rbd_open_read_only", e, Some(id))),
-    };
-    let image_id = img.id().map_err(|e| RbdError::osd("rbd_get_id", e, Some(id)))?;
-    img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
-    let header = format!("rbd_header.{image_id}");
-    let reply = io.notify_empty(&header, ANNOUNCE_TIMEOUT).map_err(|e| RbdError::osd(format!("rados_notify2 on {header}"), e, Some(id)))?;
-    // A dead client's watch lingers until the OSD expires it; it cannot be
-    // told, and it has nothing mapped any more.
-    tracing::info!(volume.id = %id, header, acked = reply.acked, silent = reply.timed_out, "announced the image's size to its watchers");
+    let io = conn.pool(&volume.pool)?.ok_or_else(not_found)?;
+    let read = || header::read(&io, &volume.image).map_err(|e| RbdError::osd("read image header", e, Some(&id)))?.ok_or_else(not_found);
+    let mut found = read()?;
+    for _ in 0..GROW_ATTEMPTS {
+        if found.size >= target {
+            break;
+        }
+        ensure_time_left(deadline, "grow image", shared.config.op_timeout)?;
+        let grown = if found.grows_in_place() {
+            header::grow(&io, &found, target)
+        } else {
+            io.open(&volume.image).and_then(|img| {
+                img.grow(target)?;
+                img.close()
+            })
+        };
+        match grown {
+            // The header moved since it was read: read it again and decide anew.
+            Ok(()) | Err(Errno::ECANCELED) => found = read()?,
+            Err(e) => return Err(RbdError::osd("grow image", e, Some(&id)).asking(target.saturating_sub(found.size))),
+        }
+    }
+    announce(&io, &id, &found)?;
+    Ok(found.size)
+}
+
+/// Tells the image's clients to re-read its size. A dead client's watch
+/// lingers until the OSD expires it; it cannot be told, and it has nothing
+/// mapped any more, so it is counted, not waited for.
+fn announce(io: &IoCtx, id: &VolumeId, found: &header::Header) -> Result<(), RbdError> {
+    let reply = header::announce(io, found).map_err(|e| RbdError::osd(format!("notify {}", found.object()), e, Some(id)))?;
+    tracing::debug!(volume.id = %id, acked = reply.acked, silent = reply.timed_out, size = found.size, "announced the image's size to its watchers");
     Ok(())
 }
 
-/// The sum of the sizes of all images in the pool (Swell's or not: all take
-/// room), from librbd's pool stats: one read of each image's header, no
-/// image opened. A pool without RBD images yet has no directory (ENOENT).
-fn provisioned(io: &IoCtx, pool: &str) -> Result<u64, RbdError> {
-    match io.provisioned_bytes() {
-        Ok(bytes) => Ok(bytes),
-        Err(ENOENT) => Ok(0),
-        Err(e) => Err(RbdError::osd(format!("rbd_pool_stats_get in pool {pool}"), e, None)),
-    }
-}
-
-/// What the pool holds now, read fresh (never cached: other clients change it).
-struct PoolReading {
-    usage: PoolUsage,
-    settings: PoolSettings,
-    provisioned: u64,
-}
-
-impl PoolReading {
-    fn read(conn: &Connection, io: &IoCtx, pool: &str) -> Result<Self, RbdError> {
-        let df = conn.mon_command("ceph df", r#"{"prefix":"df","format":"json"}"#)?;
-        let detail = conn.mon_command("osd pool ls detail", r#"{"prefix":"osd pool ls","detail":"detail","format":"json"}"#)?;
-        let usage = capacity::parse_df(&df, pool).map_err(|e| bad_json("ceph df", e))?.ok_or_else(|| missing_pool(pool))?;
-        let settings = capacity::parse_pool_detail(&detail, pool).map_err(|e| bad_json("osd pool ls detail", e))?.ok_or_else(|| missing_pool(pool))?;
-        Ok(PoolReading { usage, settings, provisioned: provisioned(io, pool)? })
-    }
-
-    /// The pool's room, counting `promised` bytes the reading may not include.
-    fn room(&self, promised: u64, ratio: f64) -> capacity::PoolRoom {
-        capacity::room(self.usage, &self.settings, self.provisioned.saturating_add(promised), ratio)
-    }
-}
-
-fn missing_pool(pool: &str) -> RbdError {
-    RbdError::Refused(BackendError::InvalidParameter { name: "pool".into(), reason: format!("pool {pool:?} does not exist") })
-}
-
-/// Admits `bytes` more in `pool` for `key`, or refuses with NoSpace. The
-/// pool is read without any lock (admissions of different images overlap);
-/// only the check against the bytes promised to operations in flight is
-/// made under the ledger's lock, so two admissions never both count the
-/// same free bytes.
-fn admit(conn: &Connection, io: &IoCtx, pool: &str, key: &str, bytes: u64, settings: &Settings, deadline: Instant) -> Result<Promise, RbdError> {
-    let shared = settings.read_pool(conn, io, pool, deadline)?;
-    admit_with(&shared, pool, key, bytes, settings)
-}
-
-/// The check of [`admit`] against a reading already made.
-fn admit_with(shared: &(Snapshot, PoolReading), pool: &str, key: &str, bytes: u64, settings: &Settings) -> Result<Promise, RbdError> {
-    let (snapshot, reading) = shared;
-    snapshot.admit(pool, bytes, |promised| {
-        let room = reading.room(promised, settings.ratio);
-        if let Some(reason) = &room.full {
-            tracing::warn!(pool, key, bytes, reason, "refusing: pool is full");
-            return Err(BackendError::NoSpace { requested: bytes, available: 0 }.into());
-        }
-        if bytes > room.capacity.available_bytes {
-            return Err(BackendError::NoSpace { requested: bytes, available: room.capacity.available_bytes }.into());
-        }
-        Ok(())
-    })
-}
-
-/// Opens `image` read-write, records the volume name, and returns the size.
-fn name_image(io: &IoCtx, id: &VolumeId, image: &str, name: &str) -> Result<u64, RbdError> {
-    let img = io.open(image).map_err(|e| RbdError::osd("rbd_open", e, Some(id)))?;
-    img.set_metadata(NAME_KEY, name).map_err(|e| RbdError::osd("rbd_metadata_set", e, Some(id)))?;
-    let size = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
-    img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
-    Ok(size)
-}
-
-fn create_blocking(conn: &Connection, deadline: Instant, settings: &Settings, id: &VolumeId, pool: &str, name: &str, size: u64) -> Result<Created, RbdError> {
-    let image = RbdVolume::parse(id).map(|l| l.image).unwrap_or_else(|| unreachable!("ids made by id_for parse"));
-    let io = conn.pool(pool)?.ok_or_else(|| missing_pool(pool))?;
-    let existing = match io.open_read_only(&image) {
-        Ok(img) => {
-            let current = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
-            let recorded = img.metadata(NAME_KEY).map_err(|e| RbdError::osd("rbd_metadata_get", e, Some(id)))?;
-            img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
-            Some((current, recorded))
-        }
-        Err(ENOENT) => None,
-        Err(e) => return Err(RbdError::osd("rbd_open_read_only", e, Some(id))),
-    };
-    match existing {
-        Some((current, Some(recorded))) if recorded == name => Ok(Created::Existing(VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes: current })),
-        Some((_, Some(recorded))) => {
-            Err(BackendError::io(format!("create {name}"), std::io::Error::other(format!("image {pool}/{image} already belongs to volume {recorded:?}")))
-                .into())
-        }
-        Some((_, None)) => {
-            // A create that stopped before naming its image: finish it. The
-            // metadata write needs a writable pool, so check for fullness first.
-            let _promise = admit(conn, &io, pool, &id.to_string(), 0, settings, deadline)?;
-            ensure_time_left(deadline, "name image", settings.op_timeout)?;
-            let size_bytes = name_image(&io, id, &image, name)?;
-            Ok(Created::New(VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes }))
-        }
-        None => {
-            let _promise = admit(conn, &io, pool, &id.to_string(), size, settings, deadline)?;
-            ensure_time_left(deadline, "rbd_create", settings.op_timeout)?;
-            io.create_image(&image, size, IMAGE_FEATURES).map_err(|e| RbdError::osd("rbd_create", e, Some(id)).asking(size))?;
-            let size_bytes = name_image(&io, id, &image, name)?;
-            Ok(Created::New(VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes }))
-        }
-    }
-}
-
-fn grow_blocking(conn: &Connection, deadline: Instant, settings: &Settings, id: &VolumeId, location: &RbdVolume, new_size: u64) -> Result<u64, RbdError> {
-    let not_found = || RbdError::Refused(BackendError::NotFound(id.clone()));
-    let pool = &location.pool;
-    let io = conn.pool(pool)?.ok_or_else(not_found)?;
-    let shared = settings.read_pool(conn, &io, pool, deadline)?;
-    if let Some(reason) = &shared.1.room(0, settings.ratio).full {
-        // A read-write open needs writes and would hang on a full pool: read
-        // only, so a retry of a grow that is already done still succeeds.
-        let current = read_volume(&io, id, &location.image)?.ok_or_else(not_found)?.size_bytes;
-        if new_size < current {
-            return Err(BackendError::Shrink { id: id.clone(), current, requested: new_size }.into());
-        }
-        if new_size == current {
-            return Ok(current);
-        }
-        tracing::warn!(pool, volume.id = %id, bytes = new_size - current, reason, "refusing: pool is full");
-        return Err(BackendError::NoSpace { requested: new_size - current, available: 0 }.into());
-    }
-    // One read-write open for the whole grow: read, decide, resize, read back.
-    let img = match io.open(&location.image) {
-        Ok(img) => img,
-        Err(ENOENT) => return Err(not_found()),
-        Err(e) => return Err(RbdError::osd("rbd_open", e, Some(id))),
-    };
-    let current = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
-    if img.metadata(NAME_KEY).map_err(|e| RbdError::osd("rbd_metadata_get", e, Some(id)))?.is_none() {
-        // A create that stopped before naming its image: not a volume yet.
-        return Err(not_found());
-    }
-    if new_size < current {
-        return Err(BackendError::Shrink { id: id.clone(), current, requested: new_size }.into());
-    }
-    if new_size > current {
-        let _promise = admit_with(&shared, pool, &id.to_string(), new_size - current, settings)?;
-        drop(shared);
-        ensure_time_left(deadline, "rbd_resize2", settings.op_timeout)?;
-        img.grow(new_size).map_err(|e| RbdError::osd("rbd_resize2", e, Some(id)).asking(new_size - current))?;
-    }
-    let after = img.size().map_err(|e| RbdError::osd("rbd_stat", e, Some(id)))?;
-    img.close().map_err(|e| RbdError::osd("rbd_close", e, Some(id)))?;
-    Ok(after)
-}
-
-fn list_blocking(conn: &Connection, cluster: &str) -> Result<Vec<VolumeInfo>, RbdError> {
-    #[derive(serde::Deserialize)]
-    struct Pool {
-        poolname: String,
-    }
-    let raw = conn.mon_command("osd lspools", r#"{"prefix":"osd lspools","format":"json"}"#)?;
-    let pools: Vec<Pool> = serde_json::from_slice(&raw).map_err(|e| bad_json("osd lspools", e))?;
+fn list_blocking(shared: &Shared, conn: &Connection) -> Result<Vec<VolumeInfo>, RbdError> {
     let mut volumes = Vec::new();
-    for pool in pools {
-        let Some(io) = conn.pool(&pool.poolname)? else { continue };
-        let images = match io.list_images() {
-            Ok(images) => images,
-            Err(ENOENT) => continue,
-            Err(e) => return Err(RbdError::osd(format!("rbd_list2 in pool {}", pool.poolname), e, None)),
-        };
-        for image in images.into_iter().filter(|i| is_swell_image(i)) {
-            // Pools whose names cannot be part of an id hold no Swell volume.
-            let Ok(id) = VolumeId::new(KIND, &format!("{cluster}:{}:{image}", pool.poolname)) else { continue };
-            if let Some(info) = read_volume(&io, &id, &image)? {
-                volumes.push(info);
+    for pool in shared.readings.pools(conn)? {
+        let Some(io) = conn.pool(&pool)? else { continue };
+        let mut after: Option<String> = None;
+        loop {
+            let page = state::page_entries(&io, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (image, entry) in page {
+                // Pools whose names cannot be part of an id hold no Swell volume.
+                let Ok(volume) = RbdVolume::at(&shared.config.cluster_id, &pool, &image) else { continue };
+                if entry.record.current_bytes > 0 {
+                    volumes.push(VolumeInfo { id: volume.id(), name: entry.name, size_bytes: entry.record.current_bytes });
+                }
             }
         }
     }
     volumes.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(volumes)
+}
+
+/// Purges the trash of every pool and, when other clients' images count,
+/// sums their sizes.
+fn housekeeping_blocking(shared: &Shared, conn: &Connection, deadline: Instant) -> Result<usize, RbdError> {
+    let mut removed = 0;
+    for pool in shared.readings.pools(conn)? {
+        let Some(io) = conn.pool(&pool)? else { continue };
+        if shared.config.count_foreign_images {
+            match io.provisioned_bytes() {
+                Ok(all) => shared.readings.note_foreign(&pool, all, state::read_total(&io)?),
+                Err(Errno::ENOENT) => {}
+                Err(e) => tracing::warn!(pool, error = %e, "cannot sum the pool's image sizes; keeping the last sum"),
+            }
+        }
+        removed += trash::purge(&io, &pool, shared.config.purge_concurrency, deadline, shared.config.op_timeout)?.removed;
+    }
+    Ok(removed)
 }
 
 #[async_trait::async_trait]
@@ -421,95 +339,87 @@ impl Backend for RbdBackend {
     }
 
     async fn create_volume(&self, name: &str, size_bytes: u64, parameters: &BTreeMap<String, String>) -> Result<Created, BackendError> {
-        let pool = parameters.get("pool").cloned().unwrap_or_else(|| self.config.default_pool.clone());
-        let id = self.id_for(&pool, name)?;
-        let (name, settings) = (name.to_owned(), self.settings());
-        self.connector.run("create volume", move |conn, deadline| create_blocking(conn, deadline, &settings, &id, &pool, &name, size_bytes)).await
+        let pool = parameters.get("pool").cloned().unwrap_or_else(|| self.shared.config.default_pool.clone());
+        let volume = RbdVolume::for_name(&self.shared.config.cluster_id, &pool, name)
+            .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })?;
+        let id = volume.id();
+        let Some(hold) = self.store.hold(&id).await? else {
+            return Err(BackendError::Contended { step: format!("create {name}"), reason: format!("another operation on volume {id} is in progress") });
+        };
+        let (shared, name) = (Arc::clone(&self.shared), name.to_owned());
+        let created =
+            self.shared.connector.run("create volume", move |conn, deadline| create_blocking(&shared, conn, deadline, &volume, &name, size_bytes)).await;
+        hold.release().await;
+        created
     }
 
     async fn delete_volume(&self, id: &VolumeId) -> Result<(), BackendError> {
-        let Some(location) = self.ours(id, "delete")? else { return Ok(()) };
-        let (id, op_timeout) = (id.clone(), self.config.op_timeout);
-        self.connector
+        let Some(volume) = self.shared.ours(id, "delete")? else { return Ok(()) };
+        let shared = Arc::clone(&self.shared);
+        self.shared
+            .connector
             .run("delete volume", move |conn, deadline| {
-                let Some(io) = conn.pool(&location.pool)? else { return Ok(()) };
-                ensure_time_left(deadline, "rbd_remove", op_timeout)?;
-                match io.remove_image(&location.image) {
-                    Ok(()) | Err(ENOENT) => Ok(()),
-                    // Watchers: Ceph can list a crashed client's watch for
-                    // minutes (see `collect_garbage`). The trash frees the
-                    // name now and keeps the data until the last watcher is
-                    // gone, so a delete never waits on a dead client.
-                    Err(EBUSY) => {
-                        ensure_time_left(deadline, "rbd_trash_move", op_timeout)?;
-                        match io.trash_move(&location.image) {
-                            Ok(()) | Err(ENOENT) => {
-                                tracing::info!(volume.id = %id, "image still has watchers: moved to the trash, removed once they are gone");
-                                Ok(())
-                            }
-                            Err(e) => Err(RbdError::osd("rbd_trash_move", e, Some(&id))),
-                        }
-                    }
-                    Err(e) => Err(RbdError::osd("rbd_remove", e, Some(&id))),
-                }
+                let Some(io) = conn.pool(&volume.pool)? else { return Ok(()) };
+                // The entry first: an image whose entry is gone is no volume
+                // any more, and a retried delete still moves it.
+                shared.commit(conn, &io, &volume.pool, Change::Remove { image: volume.image.clone() }, deadline)?;
+                ensure_time_left(deadline, "rbd_trash_move", shared.config.op_timeout)?;
+                trash::move_to_trash(&io, &volume.image).map_err(|e| RbdError::osd("rbd_trash_move", e, Some(&volume.id())))
             })
             .await
     }
 
     async fn volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError> {
-        let Some(location) = RbdVolume::parse(id) else { return Ok(None) };
-        if location.cluster != self.config.cluster_id {
-            return Ok(None);
-        }
-        let id = id.clone();
-        self.connector
-            .run("read volume", move |conn, _| match conn.pool(&location.pool)? {
-                Some(io) => read_volume(&io, &id, &location.image),
-                None => Ok(None),
-            })
-            .await
+        let Some(volume) = RbdVolume::parse(id).filter(|v| v.cluster == self.shared.config.cluster_id) else { return Ok(None) };
+        self.shared.connector.run("read volume", move |conn, _| volume_blocking(conn, &volume)).await
     }
 
     async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
-        let cluster = self.config.cluster_id.clone();
-        self.connector.run("list volumes", move |conn, _| list_blocking(conn, &cluster)).await
+        let shared = Arc::clone(&self.shared);
+        self.shared.connector.run("list volumes", move |conn, _| list_blocking(&shared, conn)).await
     }
 
     async fn capacity(&self) -> Result<Capacity, BackendError> {
-        self.pool_capacity(self.config.default_pool.clone()).await
+        self.pool_capacity(self.shared.config.default_pool.clone()).await
     }
 
-    async fn capacity_for(&self, id: &VolumeId) -> Result<Capacity, BackendError> {
-        let location = self.ours(id, "read capacity")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
-        self.pool_capacity(location.pool).await
+    async fn room_for(&self, id: &VolumeId) -> Result<Capacity, BackendError> {
+        let volume = self.shared.ours(id, "read pool capacity")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+        self.pool_capacity(volume.pool).await
     }
 
     async fn grow_volume(&self, id: &VolumeId, new_size_bytes: u64) -> Result<u64, BackendError> {
-        let location = self.ours(id, "grow")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
-        let (id, settings) = (id.clone(), self.settings());
-        self.connector.run("grow volume", move |conn, deadline| grow_blocking(conn, deadline, &settings, &id, &location, new_size_bytes)).await
+        let volume = self.shared.ours(id, "grow")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+        let shared = Arc::clone(&self.shared);
+        self.shared.connector.run("grow volume", move |conn, deadline| grow_blocking(&shared, conn, deadline, &volume, new_size_bytes)).await
     }
 
     async fn announce_size(&self, id: &VolumeId) -> Result<(), BackendError> {
-        let location = self.ours(id, "announce size")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
-        let id = id.clone();
-        self.connector.run("announce size", move |conn, _| announce_blocking(conn, &id, &location)).await
+        let volume = self.shared.ours(id, "announce size")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+        self.shared
+            .connector
+            .run("announce size", move |conn, _| {
+                let id = volume.id();
+                let not_found = || RbdError::Refused(BackendError::NotFound(id.clone()));
+                let io = conn.pool(&volume.pool)?.ok_or_else(not_found)?;
+                let found = header::read(&io, &volume.image).map_err(|e| RbdError::osd("read image header", e, Some(&id)))?.ok_or_else(not_found)?;
+                announce(&io, &id, &found)
+            })
+            .await
     }
 
     async fn collect_garbage(&self) -> Result<usize, BackendError> {
-        let (default_pool, op_timeout) = (self.config.default_pool.clone(), self.config.op_timeout);
-        self.connector.run("purge trashed images", move |conn, deadline| purge_trash(conn, deadline, op_timeout, &default_pool)).await
+        let shared = Arc::clone(&self.shared);
+        self.shared.connector.run("purge trashed images", move |conn, deadline| housekeeping_blocking(&shared, conn, deadline)).await
+    }
+
+    fn expansion_store(&self) -> Option<Arc<dyn ExpansionStore>> {
+        Some(self.store.clone())
     }
 
     async fn check_health(&self) -> Result<(), BackendError> {
-        let pool = self.config.default_pool.clone();
-        self.connector
-            .run("health check", move |conn, _| {
-                let df = conn.mon_command("ceph df", r#"{"prefix":"df","format":"json"}"#)?;
-                capacity::parse_df(&df, &pool).map_err(|e| bad_json("ceph df", e))?.ok_or_else(|| missing_pool(&pool))?;
-                Ok(())
-            })
-            .await
+        let shared = Arc::clone(&self.shared);
+        self.shared.connector.run("health check", move |conn, _| shared.readings.pool(conn, &shared.config.default_pool, true).map(drop)).await
     }
 }
 
@@ -519,19 +429,16 @@ mod tests {
 
     #[test]
     fn images_are_made_without_exclusive_lock() {
-        assert_eq!(IMAGE_FEATURES, super::super::ffi::RBD_FEATURE_LAYERING);
+        assert_eq!(IMAGE_FEATURES, RBD_FEATURE_LAYERING);
         assert_eq!(IMAGE_FEATURES & super::super::ffi::RBD_FEATURE_EXCLUSIVE_LOCK, 0);
     }
 
     #[test]
-    fn the_call_deadline_follows_the_op_timeout_and_fencing_needs_a_state_dir() {
+    fn the_call_deadline_follows_the_op_timeout() {
         let mut config = RbdConfig::new("ceph-a", "/c", "/k");
         assert_eq!(RbdBackend::new(config.clone()).unwrap().call_deadline(), Duration::from_secs(7));
-        assert_eq!(config.client_record(), None);
-        config.state_dir = Some("/var/lib/swell/controller".into());
-        assert_eq!(config.client_record(), Some("/var/lib/swell/controller/rbd-ceph-a-clients.json".into()));
-        config.op_timeout = Duration::from_secs(5);
-        assert_eq!(RbdBackend::new(config).unwrap().call_deadline(), Duration::from_secs(11));
+        config.op_timeout = Duration::from_secs(4);
+        assert_eq!(RbdBackend::new(config).unwrap().call_deadline(), Duration::from_secs(9));
     }
 
     #[test]
@@ -544,6 +451,9 @@ mod tests {
             RbdConfig { default_pool: "".into(), ..ok.clone() },
             RbdConfig { overprovision_ratio: 0.0, ..ok.clone() },
             RbdConfig { op_timeout: Duration::from_millis(10), ..ok.clone() },
+            RbdConfig { instance: String::new(), ..ok.clone() },
+            RbdConfig { lock_lease: Duration::from_secs(7), ..ok.clone() },
+            RbdConfig { op_timeout: Duration::from_secs(u64::MAX), ..ok.clone() },
         ] {
             assert!(RbdBackend::new(bad.clone()).is_err(), "{bad:?}");
         }
@@ -554,5 +464,13 @@ mod tests {
         let b = RbdBackend::new(RbdConfig::new("ceph-a", "/c", "/k")).unwrap();
         assert!(matches!(b.id_for("Bad Pool", "pvc"), Err(BackendError::InvalidParameter { .. })));
         assert!(b.id_for("fast", "pvc").unwrap().to_string().starts_with("rbd:ceph-a:fast:swell-"));
+    }
+
+    #[test]
+    fn an_unfinished_create_is_pending_with_nothing_made() {
+        let id: VolumeId = "rbd:c:rbd:swell-00000000000000000000000000000000".parse().unwrap();
+        let record = creating(&id, 1 << 30);
+        assert!(record.pending() && record.growing());
+        assert_eq!((record.current_bytes, record.promised_bytes()), (0, 1 << 30));
     }
 }

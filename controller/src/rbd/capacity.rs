@@ -1,14 +1,23 @@
 //! The RBD capacity policy, as pure functions over what the monitor reports:
 //! `ceph df` (per-pool `stored` and `max_avail`), `osd pool ls detail`
-//! (quota, `full` / `full_quota` flags), the sum of provisioned image sizes
-//! and the over-provisioning ratio.
+//! (quota, `full` / `full_quota` flags), the bytes promised and the
+//! over-provisioning ratio.
 //!
 //! total = min(quota if set, (max_avail + stored) × ratio);
-//! available = total − provisioned (saturating), and 0 when the pool is full.
+//! available = total − max(promised, stored) (saturating), 0 when full.
+//!
+//! `promised` is what Swell promised in the pool (its running total), plus
+//! the sizes of other clients' images when the operator asks for them to
+//! count. Bytes other clients really wrote count either way: they are in
+//! `stored`, and a pool that stores more than Swell promised holds that
+//! much that is not Swell's. A thin foreign image that holds nothing does
+//! not block Swell (docs/rbd-capacity.md).
 //!
 //! A full pool is detected here, before acting, because librbd does not say
 //! so: on a full pool a grow or create just hangs until the op timeout
-//! (shared/CEPH-NOTES.md), never returning EDQUOT.
+//! (docs/ceph-client.md), never returning EDQUOT.
+
+use std::collections::HashMap;
 
 use serde::Deserialize;
 use swell_storage::Capacity;
@@ -69,29 +78,35 @@ struct PoolDetail {
     flags_names: String,
 }
 
-/// Parses `{"prefix":"df","format":"json"}` output for `pool`; `None` when
-/// the pool is not listed.
-pub fn parse_df(json: &[u8], pool: &str) -> Result<Option<PoolUsage>, serde_json::Error> {
+/// Parses `{"prefix":"df","format":"json"}` output: each pool's usage.
+pub fn parse_df(json: &[u8]) -> Result<HashMap<String, PoolUsage>, serde_json::Error> {
     let df: Df = serde_json::from_slice(json)?;
-    Ok(df.pools.into_iter().find(|p| p.name == pool).map(|p| PoolUsage {
-        // Older releases report only bytes_used (raw); `stored` is logical.
-        stored: if p.stats.stored > 0 { p.stats.stored } else { p.stats.bytes_used },
-        max_avail: p.stats.max_avail,
-    }))
+    Ok(df
+        .pools
+        .into_iter()
+        .map(|p| {
+            // Older releases report only bytes_used (raw); `stored` is logical.
+            let stored = if p.stats.stored > 0 { p.stats.stored } else { p.stats.bytes_used };
+            (p.name, PoolUsage { stored, max_avail: p.stats.max_avail })
+        })
+        .collect())
 }
 
 /// Parses `{"prefix":"osd pool ls","detail":"detail","format":"json"}`
-/// output for `pool`; `None` when the pool does not exist.
-pub fn parse_pool_detail(json: &[u8], pool: &str) -> Result<Option<PoolSettings>, serde_json::Error> {
+/// output: each pool's quota and flags.
+pub fn parse_pool_details(json: &[u8]) -> Result<HashMap<String, PoolSettings>, serde_json::Error> {
     let pools: Vec<PoolDetail> = serde_json::from_slice(json)?;
     Ok(pools
         .into_iter()
-        .find(|p| p.pool_name == pool)
-        .map(|p| PoolSettings { quota_max_bytes: p.quota_max_bytes, flags: p.flags_names.split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect() }))
+        .map(|p| {
+            let flags = p.flags_names.split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect();
+            (p.pool_name, PoolSettings { quota_max_bytes: p.quota_max_bytes, flags })
+        })
+        .collect())
 }
 
-/// The pool's room under the policy.
-pub fn room(usage: PoolUsage, settings: &PoolSettings, provisioned: u64, ratio: f64) -> PoolRoom {
+/// The pool's room under the policy, with `promised` bytes promised in it.
+pub fn room(usage: PoolUsage, settings: &PoolSettings, promised: u64, ratio: f64) -> PoolRoom {
     let raw = usage.max_avail.saturating_add(usage.stored);
     let scaled = scale(raw, ratio);
     let total = match settings.quota_max_bytes {
@@ -109,7 +124,7 @@ pub fn room(usage: PoolUsage, settings: &PoolSettings, provisioned: u64, ratio: 
     } else {
         None
     };
-    let available = if full.is_some() { 0 } else { total.saturating_sub(provisioned) };
+    let available = if full.is_some() { 0 } else { total.saturating_sub(promised.max(usage.stored)) };
     PoolRoom { capacity: Capacity { total_bytes: total, available_bytes: available }, full }
 }
 
@@ -141,6 +156,16 @@ mod tests {
         let r = room(usage(2 * GIB, 8 * GIB), &no_quota(), 3 * GIB, 2.5);
         assert_eq!(r.capacity, Capacity { total_bytes: 25 * GIB, available_bytes: 22 * GIB });
         assert_eq!(r.full, None);
+    }
+
+    #[test]
+    fn bytes_others_wrote_count_but_their_empty_promises_do_not() {
+        // 6 GiB stored, of which Swell promised only 2: at least 4 are someone else's.
+        let r = room(usage(6 * GIB, 4 * GIB), &no_quota(), 2 * GIB, 1.0);
+        assert_eq!(r.capacity, Capacity { total_bytes: 10 * GIB, available_bytes: 4 * GIB });
+        // Swell's own written bytes are not counted twice.
+        let r = room(usage(2 * GIB, 8 * GIB), &no_quota(), 3 * GIB, 1.0);
+        assert_eq!(r.capacity.available_bytes, 7 * GIB);
     }
 
     #[test]
@@ -184,13 +209,14 @@ mod tests {
         let df = br#"{"stats":{"total_bytes":64424509440},"pools":[
             {"name":"rbd","id":1,"stats":{"stored":19,"objects":1,"kb_used":12,"bytes_used":12288,"percent_used":2.0e-07,"max_avail":20096731136}},
             {"name":"device_health_metrics","id":2,"stats":{"stored":0,"objects":0,"kb_used":0,"bytes_used":0,"percent_used":0,"max_avail":20096731136}}]}"#;
-        assert_eq!(parse_df(df, "rbd").unwrap(), Some(usage(19, 20096731136)));
-        assert_eq!(parse_df(df, "nope").unwrap(), None);
+        let pools = parse_df(df).unwrap();
+        assert_eq!(pools.get("rbd"), Some(&usage(19, 20096731136)));
+        assert_eq!(pools.get("nope"), None);
         let detail = br#"[{"pool_id":1,"pool_name":"rbd","flags":8193,"flags_names":"hashpspool,selfmanaged_snaps,full_quota","quota_max_bytes":1048576,"quota_max_objects":0}]"#;
-        let settings = parse_pool_detail(detail, "rbd").unwrap().unwrap();
-        assert_eq!(settings.quota_max_bytes, 1 << 20);
-        assert!(settings.flags.contains(&"full_quota".to_owned()));
-        assert_eq!(parse_pool_detail(detail, "other").unwrap(), None);
-        assert!(parse_df(b"not json", "rbd").is_err());
+        let details = parse_pool_details(detail).unwrap();
+        assert_eq!(details["rbd"].quota_max_bytes, 1 << 20);
+        assert!(details["rbd"].flags.contains(&"full_quota".to_owned()));
+        assert!(!details.contains_key("other"));
+        assert!(parse_df(b"not json").is_err());
     }
 }

@@ -1,14 +1,15 @@
-//! Fresh readings shared by concurrent callers: at most one reading per key
-//! runs at a time, and a caller takes the result of a reading that *started
-//! after it arrived*, or starts one itself. Nothing is cached: a caller
-//! never sees a reading older than its own request, but 64 admissions
-//! arriving together cost two or three readings of the pool, not 64.
+//! Readings shared by concurrent callers: at most one reading per key runs
+//! at a time, and a caller takes a reading that started no earlier than it
+//! asks (`not_before`), or starts one itself. Callers that need a reading
+//! newer than their own request pass the time they arrived; callers content
+//! with one a second old pass a second ago, and then 64 admissions arriving
+//! together cost one reading of the pool, not 64.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// Readings per key (a pool name).
+/// Readings per key.
 pub struct Coalescer<T, E> {
     state: Mutex<HashMap<String, Slot<T, E>>>,
     changed: Condvar,
@@ -17,19 +18,15 @@ pub struct Coalescer<T, E> {
 type Shared<T, E> = Result<Arc<T>, Arc<E>>;
 
 struct Slot<T, E> {
-    /// Orders arrivals and reading starts.
-    clock: u64,
     /// Whether a reading is running now.
     running: bool,
-    /// The newest finished reading and when it started, kept only while
-    /// some caller waits for it.
-    last: Option<(u64, Shared<T, E>)>,
-    waiting: usize,
+    /// The newest finished reading and when it started.
+    last: Option<(Instant, Shared<T, E>)>,
 }
 
 impl<T, E> Default for Slot<T, E> {
     fn default() -> Self {
-        Slot { clock: 0, running: false, last: None, waiting: 0 }
+        Slot { running: false, last: None }
     }
 }
 
@@ -52,71 +49,53 @@ impl<T, E> Coalescer<T, E> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A reading of `key` that started after this call: another caller's, or
-    /// `read()` run here. `copy` duplicates a failure for each caller.
-    pub fn read(&self, key: &str, deadline: Instant, read: impl FnOnce() -> Result<T, E>, copy: impl Fn(&E) -> E) -> Result<Arc<T>, Missed<E>> {
+    /// A reading of `key` that started at or after `not_before`: the last
+    /// one, another caller's running now, or `read()` run here. A failed
+    /// reading is shared only with the callers that waited for it. `copy`
+    /// duplicates a failure for each caller.
+    pub fn read(
+        &self,
+        key: &str,
+        not_before: Instant,
+        deadline: Instant,
+        read: impl FnOnce() -> Result<T, E>,
+        copy: impl Fn(&E) -> E,
+    ) -> Result<Arc<T>, Missed<E>> {
         let own = |shared: &Shared<T, E>| shared.as_ref().map(Arc::clone).map_err(|e| Missed::Failed(copy(e)));
+        let arrived = Instant::now();
         let mut state = self.lock();
-        let slot = state.entry(key.to_owned()).or_default();
-        let arrived = slot.clock;
-        slot.clock += 1;
-        // Whether this caller is counted in `waiting`.
-        let mut counted = false;
-        let result = loop {
+        loop {
             let slot = state.entry(key.to_owned()).or_default();
             if let Some((started, shared)) = &slot.last
-                && *started > arrived
+                && *started >= not_before
+                && (shared.is_ok() || *started >= arrived)
             {
-                break own(shared);
+                return own(shared);
             }
             if !slot.running {
-                let started = slot.clock;
-                slot.clock += 1;
                 slot.running = true;
-                if counted {
-                    slot.leave();
-                }
                 drop(state);
-                let mut done = Done { coalescer: self, key, started, result: None };
+                let mut done = Done { coalescer: self, key, started: Instant::now(), result: None };
                 let result = read().map(Arc::new).map_err(Arc::new);
                 let mine = own(&result);
                 done.result = Some(result);
-                drop(done);
                 return mine;
             }
             let now = Instant::now();
             if now >= deadline {
-                break Err(Missed::Deadline);
-            }
-            if !counted {
-                slot.waiting += 1;
-                counted = true;
+                return Err(Missed::Deadline);
             }
             state = self.changed.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
-        };
-        if counted {
-            state.entry(key.to_owned()).or_default().leave();
-        }
-        result
-    }
-}
-
-impl<T, E> Slot<T, E> {
-    /// A waiting caller is done waiting; the last one lets go of the result.
-    fn leave(&mut self) {
-        self.waiting -= 1;
-        if self.waiting == 0 {
-            self.last = None;
         }
     }
 }
 
-/// Ends a reading (also if `read` panicked): publishes its result to the
-/// callers waiting for it and wakes them.
+/// Ends a reading (also if `read` panicked): publishes its result and wakes
+/// the callers waiting for it.
 struct Done<'a, T, E> {
     coalescer: &'a Coalescer<T, E>,
     key: &'a str,
-    started: u64,
+    started: Instant,
     result: Option<Shared<T, E>>,
 }
 
@@ -125,10 +104,9 @@ impl<T, E> Drop for Done<'_, T, E> {
         let mut state = self.coalescer.lock();
         let slot = state.entry(self.key.to_owned()).or_default();
         slot.running = false;
-        slot.last = match self.result.take() {
-            Some(result) if slot.waiting > 0 => Some((self.started, result)),
-            _ => None,
-        };
+        if let Some(result) = self.result.take() {
+            slot.last = Some((self.started, result));
+        }
         self.coalescer.changed.notify_all();
     }
 }
@@ -139,38 +117,49 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(30)
+    }
+
     #[test]
-    fn a_lone_caller_reads_itself_every_time() {
+    fn a_caller_asking_for_a_fresh_reading_never_gets_an_older_one() {
         let c: Coalescer<u32, String> = Coalescer::default();
-        let far = Instant::now() + Duration::from_secs(5);
         let reads = AtomicUsize::new(0);
         for i in 0..3 {
-            let got = c.read("rbd", far, || Ok(reads.fetch_add(1, Ordering::SeqCst) as u32), String::clone);
-            assert_eq!(got.ok().map(|v| *v), Some(i), "never a cached value");
+            let got = c.read("rbd", Instant::now(), far(), || Ok(reads.fetch_add(1, Ordering::SeqCst) as u32), String::clone);
+            assert_eq!(got.ok().map(|v| *v), Some(i), "never a reading older than the request");
         }
-        assert!(matches!(c.read("rbd", far, || Err("boom".to_owned()), String::clone), Err(Missed::Failed(e)) if e == "boom"));
+        assert!(matches!(c.read("rbd", Instant::now(), far(), || Err("boom".to_owned()), String::clone), Err(Missed::Failed(e)) if e == "boom"));
+    }
+
+    #[test]
+    fn a_recent_enough_reading_is_reused_and_a_failure_is_not() {
+        let c: Coalescer<u32, String> = Coalescer::default();
+        let reads = AtomicUsize::new(0);
+        let read = || Ok(reads.fetch_add(1, Ordering::SeqCst) as u32);
+        let a_minute_ago = Instant::now() - Duration::from_secs(60);
+        assert_eq!(c.read("rbd", a_minute_ago, far(), read, String::clone).ok().map(|v| *v), Some(0));
+        assert_eq!(c.read("rbd", a_minute_ago, far(), || Ok(99), String::clone).ok().map(|v| *v), Some(0), "reused");
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        assert!(c.read("rbd", Instant::now(), far(), || Err("down".to_owned()), String::clone).is_err());
+        let again = c.read("rbd", a_minute_ago, far(), || Ok(7), String::clone);
+        assert_eq!(again.ok().map(|v| *v), Some(7), "a failed reading is read again, not handed to later callers");
     }
 
     #[test]
     fn callers_arriving_during_a_reading_share_the_next_one() {
         let c: Arc<Coalescer<usize, String>> = Arc::default();
         let reads = Arc::new(AtomicUsize::new(0));
-        let far = Instant::now() + Duration::from_secs(10);
         let callers: Vec<_> = (0..32)
             .map(|_| {
                 let (c, reads) = (Arc::clone(&c), Arc::clone(&reads));
                 std::thread::spawn(move || {
                     let arrived = reads.load(Ordering::SeqCst);
-                    let value = c.read(
-                        "rbd",
-                        far,
-                        || {
-                            std::thread::sleep(Duration::from_millis(30));
-                            Ok(reads.fetch_add(1, Ordering::SeqCst) + 1)
-                        },
-                        String::clone,
-                    );
-                    let value = *value.ok().expect("a reading");
+                    let read = || {
+                        std::thread::sleep(Duration::from_millis(30));
+                        Ok(reads.fetch_add(1, Ordering::SeqCst) + 1)
+                    };
+                    let value = *c.read("rbd", Instant::now(), far(), read, String::clone).ok().expect("a reading");
                     assert!(value > arrived, "a reading that started after the caller arrived");
                 })
             })
@@ -179,34 +168,29 @@ mod tests {
             caller.join().unwrap();
         }
         let n = reads.load(Ordering::SeqCst);
-        assert!((1..=8).contains(&n), "32 callers shared {n} readings");
-        assert!(c.lock()["rbd"].last.is_none(), "nothing kept once nobody waits");
+        assert!((1..32).contains(&n), "32 callers shared {n} readings");
     }
 
     #[test]
     fn a_caller_stops_waiting_at_its_deadline() {
         let c: Arc<Coalescer<u8, String>> = Arc::default();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let slow = {
             let c = Arc::clone(&c);
             std::thread::spawn(move || {
-                let far = Instant::now() + Duration::from_secs(10);
-                c.read(
-                    "rbd",
-                    far,
-                    || {
-                        std::thread::sleep(Duration::from_millis(400));
-                        Ok(1)
-                    },
-                    String::clone,
-                )
-                .is_ok()
+                let read = || {
+                    started_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_secs(3));
+                    Ok(1)
+                };
+                c.read("rbd", Instant::now(), far(), read, String::clone).is_ok()
             })
         };
-        std::thread::sleep(Duration::from_millis(50));
-        let started = Instant::now();
-        let got = c.read("rbd", started + Duration::from_millis(100), || Ok(2), String::clone);
+        started_rx.recv().unwrap();
+        let asked = Instant::now();
+        let got = c.read("rbd", Instant::now(), asked + Duration::from_millis(100), || Ok(2), String::clone);
         assert!(matches!(got, Err(Missed::Deadline)));
-        assert!(started.elapsed() < Duration::from_millis(300));
+        assert!(asked.elapsed() < Duration::from_secs(2), "left at its deadline, not when the slow reading ended");
         assert!(slow.join().unwrap());
     }
 }

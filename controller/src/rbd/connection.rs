@@ -19,8 +19,7 @@ use swell_storage::BackendError;
 use tokio::sync::Semaphore;
 
 use super::errors::RbdError;
-use super::fence::Fence;
-use super::ffi::{Cluster, IoCtx};
+use super::ffi::{Cluster, Errno, IoCtx};
 
 /// How to reach a cluster.
 #[derive(Debug, Clone)]
@@ -40,8 +39,6 @@ pub struct Connection {
     cluster: Arc<Cluster>,
     pools: Mutex<HashMap<String, Arc<IoCtx>>>,
 }
-
-const ENOENT: i32 = 2;
 
 /// The client settings Swell sets before connecting, over ceph.conf.
 ///
@@ -92,7 +89,7 @@ impl Connection {
                 pools.insert(pool.to_owned(), Arc::clone(&io));
                 Ok(Some(io))
             }
-            Err(ENOENT) => Ok(None),
+            Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(RbdError::osd(format!("open pool {pool}"), e, None)),
         }
     }
@@ -103,12 +100,12 @@ impl Connection {
     }
 
     /// Runs a monitor command (JSON); on failure the errno and what the monitor said.
-    pub fn mon_command_raw(&self, command: &str) -> Result<Vec<u8>, (i32, String)> {
+    pub fn mon_command_raw(&self, command: &str) -> Result<Vec<u8>, (Errno, String)> {
         self.cluster.mon_command(command)
     }
 
     /// This client's address(es), as `rados_getaddrs` prints them.
-    pub fn addrs(&self) -> Result<String, i32> {
+    pub fn addrs(&self) -> Result<String, Errno> {
         self.cluster.addrs()
     }
 
@@ -118,9 +115,9 @@ impl Connection {
         format!("client.{} at {}", self.cluster.instance_id(), self.addrs().unwrap_or_else(|e| format!("(address unknown: errno {e})")))
     }
 
-    /// Waits until this client has the newest OSD map.
-    pub fn wait_for_latest_osdmap(&self) -> Result<(), i32> {
-        self.cluster.wait_for_latest_osdmap()
+    /// This client's entity name (`client.N`), as lock holders are listed.
+    pub fn entity(&self) -> String {
+        format!("client.{}", self.cluster.instance_id())
     }
 }
 
@@ -132,28 +129,13 @@ pub struct Connector {
     permits: Arc<Semaphore>,
     max_outstanding: usize,
     deadline: Duration,
-    fence: Option<Arc<Fence>>,
 }
 
 impl Connector {
     /// A connector that connects on first use. At most `max_outstanding`
     /// calls may be running (or stuck) at once; each gets `deadline`.
     pub fn new(settings: ConnectSettings, max_outstanding: usize, deadline: Duration) -> Self {
-        Connector {
-            settings: Arc::new(settings),
-            current: Arc::default(),
-            permits: Arc::new(Semaphore::new(max_outstanding)),
-            max_outstanding,
-            deadline,
-            fence: None,
-        }
-    }
-
-    /// Records each new connection's address with `fence`, and fences the
-    /// previous controller instance's client on the first one.
-    pub fn with_fence(mut self, fence: Fence) -> Self {
-        self.fence = Some(Arc::new(fence));
-        self
+        Connector { settings: Arc::new(settings), current: Arc::default(), permits: Arc::new(Semaphore::new(max_outstanding)), max_outstanding, deadline }
     }
 
     /// How long a call may run before Swell answers Timeout.
@@ -168,29 +150,16 @@ impl Connector {
 
     /// The shared connection, made now if there is none. Holding the lock
     /// while connecting keeps concurrent first calls from making several;
-    /// connecting is bounded by `client_mount_timeout`. The connection's
-    /// address is recorded before it is handed out; the thread that made it
-    /// then fences a previous instance (outside the lock: other calls need
-    /// not wait for that).
+    /// connecting is bounded by `client_mount_timeout`.
     fn connection(&self) -> Result<Arc<Connection>, RbdError> {
-        let (conn, own) = {
-            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(conn) = current.as_ref() {
-                return Ok(Arc::clone(conn));
-            }
-            let started = Instant::now();
-            let conn = Arc::new(Connection::open(&self.settings)?);
-            tracing::info!(conf = %self.settings.ceph_conf.display(), user = %self.settings.user, client = conn.describe(), took = ?started.elapsed(), "connected to Ceph");
-            // Recorded before any call can open an image through it.
-            let own = self.fence.as_ref().map(|fence| fence.record(&conn));
-            *current = Some(Arc::clone(&conn));
-            (conn, own)
-        };
-        if let (Some(fence), Some(own)) = (&self.fence, own)
-            && super::fence::FENCE_PREVIOUS_INSTANCE
-        {
-            fence.fence_previous(&conn, &own);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(conn) = current.as_ref() {
+            return Ok(Arc::clone(conn));
         }
+        let started = Instant::now();
+        let conn = Arc::new(Connection::open(&self.settings)?);
+        tracing::info!(conf = %self.settings.ceph_conf.display(), user = %self.settings.user, client = conn.describe(), took = ?started.elapsed(), "connected to Ceph");
+        *current = Some(Arc::clone(&conn));
         Ok(conn)
     }
 

@@ -24,8 +24,8 @@ pub enum Via {
 pub struct CephFailure {
     /// The step, e.g. `rbd_resize2`.
     pub step: String,
-    /// The positive errno.
-    pub errno: i32,
+    /// What librados or librbd answered.
+    pub errno: Errno,
     /// The volume it concerned, if any.
     pub volume: Option<VolumeId>,
     /// Bytes the call asked for (create, grow), for NoSpace.
@@ -53,17 +53,17 @@ impl From<BackendError> for RbdError {
 
 impl RbdError {
     /// A failed OSD-side call on `volume`.
-    pub fn osd(step: impl Into<String>, errno: i32, volume: Option<&VolumeId>) -> Self {
+    pub fn osd(step: impl Into<String>, errno: Errno, volume: Option<&VolumeId>) -> Self {
         RbdError::Ceph(CephFailure { step: step.into(), errno, volume: volume.cloned(), bytes: None, via: Via::Osd, detail: String::new() })
     }
 
     /// A failed monitor command.
-    pub fn monitor(step: impl Into<String>, errno: i32, detail: String) -> Self {
+    pub fn monitor(step: impl Into<String>, errno: Errno, detail: String) -> Self {
         RbdError::Ceph(CephFailure { step: step.into(), errno, volume: None, bytes: None, via: Via::Monitor, detail })
     }
 
     /// A failed connect.
-    pub fn connect(step: impl Into<String>, errno: i32) -> Self {
+    pub fn connect(step: impl Into<String>, errno: Errno) -> Self {
         RbdError::Ceph(CephFailure { step: step.into(), errno, volume: None, bytes: None, via: Via::Connect, detail: String::new() })
     }
 
@@ -78,6 +78,7 @@ impl RbdError {
                 BackendError::NoSpace { requested, available } => BackendError::NoSpace { requested: *requested, available: *available },
                 BackendError::Timeout { step, after } => BackendError::Timeout { step: step.clone(), after: *after },
                 BackendError::Unavailable { step, reason } => BackendError::Unavailable { step: step.clone(), reason: reason.clone() },
+                BackendError::Contended { step, reason } => BackendError::Contended { step: step.clone(), reason: reason.clone() },
                 BackendError::Io { step, source } => BackendError::io(step.clone(), std::io::Error::new(source.kind(), source.to_string())),
                 other => BackendError::io("shared pool reading", std::io::Error::other(other.to_string())),
             }),
@@ -99,7 +100,7 @@ impl RbdError {
     /// op timing out says nothing about the connection: PGs may be inactive.
     pub fn kills_connection(&self) -> bool {
         let RbdError::Ceph(failure) = self else { return false };
-        let errno = Errno::from_raw(failure.errno);
+        let errno = failure.errno;
         match failure.via {
             Via::Connect => true,
             Via::Monitor => matches!(errno, Errno::ETIMEDOUT | Errno::ENOTCONN | Errno::ESHUTDOWN | Errno::ECONNREFUSED | Errno::ECONNRESET),
@@ -124,7 +125,7 @@ impl RbdError {
             RbdError::Refused(err) => return err,
             RbdError::Ceph(failure) => failure,
         };
-        let errno = Errno::from_raw(failure.errno);
+        let errno = failure.errno;
         let on = failure.volume.as_ref().map(|v| format!("{} of {v}", failure.step)).unwrap_or_else(|| failure.step.clone());
         let said = if failure.detail.is_empty() { String::new() } else { format!(" ({})", failure.detail.trim()) };
         match errno {
@@ -134,7 +135,7 @@ impl RbdError {
                 BackendError::Unavailable { step: on, reason: format!("{errno}: {}{said}", errno.desc()) }
             }
             Errno::EDQUOT | Errno::ENOSPC => BackendError::NoSpace { requested: failure.bytes.unwrap_or(0), available: 0 },
-            _ => BackendError::io(on, std::io::Error::other(format!("{}{said}", std::io::Error::from_raw_os_error(failure.errno)))),
+            _ => BackendError::io(on, std::io::Error::other(format!("{}{said}", std::io::Error::from(errno)))),
         }
     }
 }
@@ -150,7 +151,7 @@ mod tests {
     }
 
     fn osd(errno: Errno) -> RbdError {
-        RbdError::osd("rbd_resize2", errno as i32, Some(&id()))
+        RbdError::osd("rbd_resize2", errno, Some(&id()))
     }
 
     #[test]
@@ -172,7 +173,7 @@ mod tests {
 
     #[test]
     fn enoent_without_a_volume_is_not_a_missing_volume() {
-        let err = RbdError::monitor("df", Errno::ENOENT as i32, "pool does not exist".into()).into_backend(T);
+        let err = RbdError::monitor("df", Errno::ENOENT, "pool does not exist".into()).into_backend(T);
         assert!(matches!(&err, BackendError::Io { .. }), "{err}");
         assert!(err.to_string().contains("pool does not exist"));
     }
@@ -181,8 +182,8 @@ mod tests {
     fn only_connection_faults_condemn_the_connection() {
         assert!(!osd(Errno::ETIMEDOUT).kills_connection(), "inactive PGs are no reason to reconnect");
         assert!(osd(Errno::ESHUTDOWN).kills_connection(), "blocklisted");
-        assert!(RbdError::monitor("df", Errno::ETIMEDOUT as i32, String::new()).kills_connection());
-        assert!(RbdError::connect("rados_connect", Errno::ETIMEDOUT as i32).kills_connection());
+        assert!(RbdError::monitor("df", Errno::ETIMEDOUT, String::new()).kills_connection());
+        assert!(RbdError::connect("rados_connect", Errno::ETIMEDOUT).kills_connection());
         assert!(!RbdError::Refused(BackendError::NotFound(id())).kills_connection());
     }
 }

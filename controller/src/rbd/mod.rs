@@ -1,30 +1,41 @@
 //! The Ceph RBD backend: volumes are RBD images in a pool of one Ceph
 //! cluster, reached in-process through librados/librbd over one shared,
-//! long-lived connection.
+//! long-lived connection. Everything a controller must remember about a
+//! volume lives in the pool beside it, so any replica on any machine can
+//! carry on where another stopped (docs/rbd-state.md).
 //!
 //! - [`ffi`]: the only `unsafe` code, a small layer over librados.h/librbd.h.
 //! - [`connection`]: the shared connection, blocking calls under deadlines.
 //! - [`errors`]: errno → [`swell_storage::BackendError`].
+//! - [`header`]: an image's size read from, and grown in, its header object.
+//! - [`lease`]: per-volume holds that hold across controller processes.
+//! - [`state`]: the pool's state object: records, promises and their total.
+//! - [`commit`]: changes to the state object, batched and applied atomically.
 //! - [`capacity`]: the pool capacity policy (pure).
-//! - [`ledger`]: bytes promised to operations in flight.
-//! - [`coalesce`]: fresh pool readings shared by concurrent callers.
-//! - [`fence`]: blocklisting a previous controller instance's client.
+//! - [`readings`]: pool usage readings, shared and at most a second old.
+//! - [`coalesce`]: readings shared by concurrent callers.
+//! - [`trash`]: deletes through the RBD trash, purged in the background.
+//! - [`store`]: the records and holds as the expander sees them.
 //! - [`backend`]: [`RbdBackend`], the [`swell_storage::Backend`] impl.
 
 pub mod backend;
 pub mod capacity;
 pub mod coalesce;
+pub mod commit;
 pub mod connection;
 pub mod errors;
-pub mod fence;
 pub mod ffi;
-pub mod ledger;
+pub mod header;
+pub mod lease;
+pub mod readings;
+pub mod state;
+pub mod store;
+pub mod trash;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use backend::RbdBackend;
-
 pub use swell_storage::rbd_volume::KIND;
 
 /// How to reach one Ceph cluster and what policy to apply to it.
@@ -47,14 +58,25 @@ pub struct RbdConfig {
     pub op_timeout: Duration,
     /// How many bytes may be promised per byte the pool can hold (default 1.0).
     pub overprovision_ratio: f64,
-    /// Where this controller records its Ceph client's address, so that the
-    /// next instance can blocklist it (see [`fence`]); `None`: no fencing.
-    /// [`crate::server::build_with`] fills in the controller's state dir.
-    pub state_dir: Option<PathBuf>,
+    /// Whether images Swell did not make count against the pool's room too
+    /// (their total is refreshed in the background, never on a request).
+    pub count_foreign_images: bool,
+    /// Names this controller process in the locks it holds; unique among
+    /// the replicas running at once (the pod name), and kept across a
+    /// restart so a restarted process takes back its own locks at once.
+    pub instance: String,
+    /// How long a volume's lock outlives a holder that stopped renewing it
+    /// (died or froze).
+    pub lock_lease: Duration,
+    /// Pool usage readings (`ceph df`) older than this are read again.
+    pub reading_max_age: Duration,
+    /// Trashed images purged at once.
+    pub purge_concurrency: usize,
 }
 
 impl RbdConfig {
-    /// A config with the defaults for user, pool, timeout and ratio.
+    /// A config with the defaults for user, pool, timeouts, policy and
+    /// instance (`$POD_NAME`, else the host name).
     pub fn new(cluster_id: impl Into<String>, ceph_conf: impl Into<PathBuf>, keyring: impl Into<PathBuf>) -> Self {
         RbdConfig {
             cluster_id: cluster_id.into(),
@@ -64,7 +86,11 @@ impl RbdConfig {
             default_pool: "rbd".into(),
             op_timeout: DEFAULT_OP_TIMEOUT,
             overprovision_ratio: 1.0,
-            state_dir: None,
+            count_foreign_images: false,
+            instance: default_instance(),
+            lock_lease: DEFAULT_LOCK_LEASE,
+            reading_max_age: Duration::from_secs(1),
+            purge_concurrency: 4,
         }
     }
 
@@ -75,15 +101,22 @@ impl RbdConfig {
     /// while librbd still works (checked at start-up by
     /// [`crate::server::build_with`]).
     pub fn call_deadline(&self) -> Duration {
-        self.op_timeout * 2 + Duration::from_secs(1)
+        self.op_timeout.saturating_mul(2).saturating_add(Duration::from_secs(1))
     }
+}
 
-    /// The file recording this controller's Ceph client addresses.
-    pub fn client_record(&self) -> Option<PathBuf> {
-        self.state_dir.as_ref().map(|dir| dir.join(format!("rbd-{}-clients.json", self.cluster_id)))
-    }
+/// `$POD_NAME` (set from the downward API in deploy/), else the host name.
+pub fn default_instance() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "swell-controller".into())
 }
 
 /// The default librados op timeout: with it the call deadline (7 s) stays
 /// under the controller's default backend deadline (8 s).
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The default lease of a volume's lock: longer than one call's deadline,
+/// short enough that a dead holder frees its volumes quickly.
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(10);

@@ -1,0 +1,212 @@
+//! What Swell remembers about a pool's volumes, kept in the pool itself:
+//! one RADOS object, `swell.state`, whose omap holds
+//!
+//! - `v.<image>`: the volume's entry (its CO name and its expansion
+//!   record, JSON), from the moment its create is admitted until it is
+//!   deleted;
+//! - `p.<image>`: present while that entry has work left (a grow short of
+//!   its wish, a size its clients were not told, a create not finished), so
+//!   the reconciler reads only those;
+//! - `total`: the bytes Swell has promised in the pool, the sum of every
+//!   entry's promise (the larger of its wish and its size), kept by every
+//!   change in the same atomic write as the entry it changes.
+//!
+//! Why one object in the pool, not image metadata: a create must be
+//! admitted (its bytes promised) before its image exists, the pending
+//! entries must be found without opening every image, and the total must
+//! change in the same step as the entry. Omap on one object gives all three
+//! in one compound write with comparisons (docs/rbd-state.md). Every write
+//! goes through [`super::commit`].
+
+use serde::{Deserialize, Serialize};
+use swell_storage::{BackendError, ExpansionRecord};
+
+use super::errors::RbdError;
+use super::ffi::{Errno, IoCtx, OmapPage, ReadOp};
+
+/// The pool's state object.
+pub const STATE_OBJECT: &str = "swell.state";
+/// The omap key of the promised total.
+pub const TOTAL_KEY: &str = "total";
+const ENTRY_PREFIX: &str = "v.";
+const PENDING_PREFIX: &str = "p.";
+/// Keys read or listed per omap call.
+const PAGE: u64 = 512;
+
+/// The omap key of an image's entry.
+pub fn entry_key(image: &str) -> String {
+    format!("{ENTRY_PREFIX}{image}")
+}
+
+/// The omap key marking an image's entry pending.
+pub fn pending_key(image: &str) -> String {
+    format!("{PENDING_PREFIX}{image}")
+}
+
+/// One volume as the pool's state object records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The CO's name for the volume (the idempotency key of CreateVolume).
+    pub name: String,
+    /// Its expansion state.
+    #[serde(flatten)]
+    pub record: ExpansionRecord,
+}
+
+impl Entry {
+    /// Bytes this volume counts against the pool.
+    pub fn promised(&self) -> u64 {
+        self.record.promised_bytes()
+    }
+
+    /// Whether the reconciler has work here.
+    pub fn pending(&self) -> bool {
+        self.record.pending()
+    }
+
+    /// The stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| unreachable!("an entry is plain data"))
+    }
+
+    /// Parses a stored entry.
+    pub fn decode(image: &str, raw: &[u8]) -> Result<Entry, RbdError> {
+        serde_json::from_slice(raw).map_err(|e| corrupt(&format!("entry of image {image}"), e))
+    }
+}
+
+/// Parses the stored total (absent: nothing promised yet).
+pub fn decode_total(raw: &[u8]) -> Result<u64, RbdError> {
+    if raw.is_empty() {
+        return Ok(0);
+    }
+    std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok()).ok_or_else(|| corrupt("promised total", String::from_utf8_lossy(raw)))
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> RbdError {
+    RbdError::Refused(BackendError::io(format!("read {what} in {STATE_OBJECT}"), std::io::Error::other(format!("unreadable: {detail}"))))
+}
+
+fn read_error(what: &str, errno: Errno) -> RbdError {
+    RbdError::osd(format!("read {what} of {STATE_OBJECT}"), errno, None)
+}
+
+/// Raw values of `keys` (absent ones left out); a missing object holds none.
+pub fn read_raw(io: &IoCtx, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, RbdError> {
+    let mut values = Vec::new();
+    for chunk in keys.chunks(PAGE as usize) {
+        let mut op = ReadOp::default();
+        op.omap_get(chunk);
+        match op.operate(io, STATE_OBJECT) {
+            Ok(mut out) => values.extend(out.omaps.pop().unwrap_or_default().entries),
+            Err(Errno::ENOENT) => return Ok(Vec::new()),
+            Err(e) => return Err(read_error("keys", e)),
+        }
+    }
+    Ok(values)
+}
+
+/// An image's entry, read now.
+pub fn read_entry(io: &IoCtx, image: &str) -> Result<Option<Entry>, RbdError> {
+    read_raw(io, &[entry_key(image)])?.into_iter().next().map(|(_, raw)| Entry::decode(image, &raw)).transpose()
+}
+
+/// The promised total, read now.
+pub fn read_total(io: &IoCtx) -> Result<u64, RbdError> {
+    match read_raw(io, &[TOTAL_KEY.to_owned()])?.into_iter().next() {
+        Some((_, raw)) => decode_total(&raw),
+        None => Ok(0),
+    }
+}
+
+/// Up to `limit` keys with `prefix` after `after` (a full key), in order.
+fn page_keys(io: &IoCtx, prefix: &str, after: &str, limit: u64) -> Result<OmapPage, RbdError> {
+    let mut op = ReadOp::default();
+    op.omap_page(after, prefix, limit).map_err(|e| read_error(prefix, e))?;
+    match op.operate(io, STATE_OBJECT) {
+        Ok(mut out) => Ok(out.omaps.pop().unwrap_or_default()),
+        Err(Errno::ENOENT) => Ok(OmapPage::default()),
+        Err(e) => Err(read_error(prefix, e)),
+    }
+}
+
+/// Decodes listed entries; one unreadable entry is logged and skipped so it
+/// cannot hide the others.
+fn decode_listed(listed: Vec<(String, Vec<u8>)>) -> Vec<(String, Entry)> {
+    listed
+        .into_iter()
+        .filter_map(|(key, raw)| {
+            let image = key.strip_prefix(ENTRY_PREFIX)?.to_owned();
+            match Entry::decode(&image, &raw) {
+                Ok(entry) => Some((image, entry)),
+                Err(err) => {
+                    tracing::error!(image, error = ?err, "skipping an unreadable entry of {STATE_OBJECT}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The entries marked pending: two reads per 512 of them, however many
+/// settled entries the pool holds.
+pub fn pending_entries(io: &IoCtx) -> Result<Vec<(String, Entry)>, RbdError> {
+    let mut images = Vec::new();
+    let mut after = String::new();
+    loop {
+        let OmapPage { entries: keys, more } = page_keys(io, PENDING_PREFIX, &after, PAGE)?;
+        let Some((last, _)) = keys.last() else { break };
+        after = last.clone();
+        images.extend(keys.into_iter().filter_map(|(k, _)| k.strip_prefix(PENDING_PREFIX).map(str::to_owned)));
+        if !more {
+            break;
+        }
+    }
+    let keys: Vec<String> = images.iter().map(|i| entry_key(i)).collect();
+    Ok(decode_listed(read_raw(io, &keys)?))
+}
+
+/// Up to `limit` entries after `after` (an image name), in image order.
+pub fn page_entries(io: &IoCtx, after: Option<&str>, limit: usize) -> Result<Vec<(String, Entry)>, RbdError> {
+    let mut entries = Vec::new();
+    let mut after = after.map(entry_key).unwrap_or_default();
+    while entries.len() < limit {
+        let want = (limit - entries.len()).min(PAGE as usize) as u64;
+        let OmapPage { entries: listed, more } = page_keys(io, ENTRY_PREFIX, &after, want)?;
+        let Some((last, _)) = listed.last() else { break };
+        after = last.clone();
+        entries.extend(decode_listed(listed));
+        if !more {
+            break;
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swell_storage::VolumeId;
+
+    #[test]
+    fn entries_round_trip_and_promise_the_larger_of_wish_and_size() {
+        let id: VolumeId = "rbd:c:rbd:swell-00000000000000000000000000000000".parse().unwrap();
+        let entry = Entry { name: "pvc-1".into(), record: ExpansionRecord::new(&id, 10, 10).wishing(10, 30) };
+        assert_eq!(entry.promised(), 30);
+        assert!(entry.pending());
+        let decoded = Entry::decode("img", &entry.encode()).unwrap();
+        assert_eq!(decoded, entry);
+        assert!(Entry::decode("img", b"{").is_err());
+    }
+
+    #[test]
+    fn totals_parse_strictly() {
+        assert_eq!(decode_total(b"").unwrap(), 0);
+        assert_eq!(decode_total(b"1073741824").unwrap(), 1 << 30);
+        for bad in [&b"-1"[..], b"1e9", b"abc", b" 5"] {
+            assert!(decode_total(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(entry_key("swell-ab"), "v.swell-ab");
+        assert_eq!(pending_key("swell-ab"), "p.swell-ab");
+    }
+}

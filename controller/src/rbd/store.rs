@@ -1,0 +1,163 @@
+//! [`RbdStore`]: the RBD backend's [`ExpansionStore`]. Records are the
+//! entries of the pool's state object ([`super::state`]), holds are the
+//! volumes' RADOS locks ([`super::lease`]); both live in the cluster, so a
+//! controller started anywhere with an empty state directory finds every
+//! interrupted grow, and replicas exclude each other.
+
+use std::sync::Arc;
+
+use swell_storage::{BackendError, ExpansionRecord, ExpansionStore, Hold, RbdVolume, VolumeId};
+
+use super::backend::Shared;
+use super::commit::{Change, Outcome};
+use super::errors::RbdError;
+use super::ffi::{Errno, WriteOp};
+use super::lease::{Acquired, VolumeLease, lock_object};
+use super::state;
+
+/// Records and holds of one cluster's RBD volumes.
+pub struct RbdStore {
+    shared: Arc<Shared>,
+}
+
+impl RbdStore {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        RbdStore { shared }
+    }
+
+    fn volume(&self, id: &VolumeId, step: &str) -> Result<RbdVolume, BackendError> {
+        self.shared.ours(id, step)?.ok_or_else(|| BackendError::NotFound(id.clone()))
+    }
+
+    /// Every pool's records, listed by `list` (one call per pool).
+    async fn each_pool<T: Send + 'static>(
+        &self,
+        step: &'static str,
+        list: impl Fn(&str, &super::ffi::IoCtx) -> Result<Vec<T>, RbdError> + Send + 'static,
+    ) -> Result<Vec<T>, BackendError> {
+        let shared = Arc::clone(&self.shared);
+        self.shared
+            .connector
+            .run(step, move |conn, _| {
+                let mut pools = shared.readings.pools(conn)?;
+                pools.sort();
+                let mut found = Vec::new();
+                for pool in pools {
+                    if let Some(io) = conn.pool(&pool)? {
+                        found.extend(list(&pool, &io)?);
+                    }
+                }
+                Ok(found)
+            })
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl ExpansionStore for RbdStore {
+    async fn hold(&self, id: &VolumeId) -> Result<Option<Hold>, BackendError> {
+        let volume = self.volume(id, "hold")?;
+        let Some(local) = self.shared.local.try_acquire(&id.to_string()) else { return Ok(None) };
+        let (leases, pool, image) = (Arc::clone(&self.shared.leases), volume.pool.clone(), volume.image.clone());
+        let acquired = self
+            .shared
+            .connector
+            .run("lock volume", move |conn, _| {
+                let io = super::backend::Shared::io(conn, &pool)?;
+                leases.acquire(conn, &io, &image)
+            })
+            .await?;
+        match acquired {
+            Acquired::Held(until) => {
+                let lease = VolumeLease::start(self.shared.connector.clone(), Arc::clone(&self.shared.leases), volume.pool, volume.image, until, local);
+                Ok(Some(Hold::new(Box::new(lease))))
+            }
+            Acquired::Busy(by) => {
+                tracing::debug!(volume.id = %id, held_by = by, "volume is held by another controller");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, BackendError> {
+        let volume = self.volume(id, "read record")?;
+        self.shared
+            .connector
+            .run("read expansion record", move |conn, _| match conn.pool(&volume.pool)? {
+                Some(io) => Ok(state::read_entry(&io, &volume.image)?.map(|e| e.record)),
+                None => Ok(None),
+            })
+            .await
+    }
+
+    async fn write(&self, hold: &Hold, record: ExpansionRecord) -> Result<ExpansionRecord, BackendError> {
+        let id: VolumeId = record.volume_id.parse().map_err(|e| BackendError::io("write expansion record", std::io::Error::other(e)))?;
+        let volume = self.volume(&id, "write record")?;
+        if !hold.still_held() {
+            return Err(BackendError::Contended { step: format!("write expansion record of {id}"), reason: "the volume's lease ran out".into() });
+        }
+        let shared = Arc::clone(&self.shared);
+        let outcome = self
+            .shared
+            .connector
+            .run("write expansion record", move |conn, deadline| {
+                let io = super::backend::Shared::io(conn, &volume.pool)?;
+                shared.commit(conn, &io, &volume.pool, Change::Put { image: volume.image.clone(), name: None, record }, deadline)
+            })
+            .await?;
+        match outcome {
+            Outcome::Stored(entry) => Ok(entry.record),
+            Outcome::Removed(_) => unreachable!("a put stores"),
+        }
+    }
+
+    async fn forget(&self, hold: Hold, id: &VolumeId) -> Result<(), BackendError> {
+        let volume = self.volume(id, "forget")?;
+        let shared = Arc::clone(&self.shared);
+        let forgotten = self
+            .shared
+            .connector
+            .run("remove expansion record", move |conn, deadline| {
+                let Some(io) = conn.pool(&volume.pool)? else { return Ok(()) };
+                shared.commit(conn, &io, &volume.pool, Change::Remove { image: volume.image.clone() }, deadline)?;
+                // The lock object goes with the volume, removed while still
+                // held so nobody's lock on it is removed by mistake.
+                let mut remove = WriteOp::default();
+                remove.remove();
+                match remove.operate(&io, &lock_object(&volume.image)) {
+                    Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                    Err(e) => Err(RbdError::osd("remove lock object", e, Some(&volume.id()))),
+                }
+            })
+            .await;
+        hold.release().await;
+        forgotten
+    }
+
+    async fn pending(&self) -> Result<Vec<ExpansionRecord>, BackendError> {
+        self.each_pool("list pending expansions", |_, io| Ok(state::pending_entries(io)?.into_iter().map(|(_, e)| e.record).collect())).await
+    }
+
+    async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<ExpansionRecord>, BackendError> {
+        let after = after.and_then(RbdVolume::parse);
+        let shared = Arc::clone(&self.shared);
+        self.shared
+            .connector
+            .run("list expansion records", move |conn, _| {
+                let mut pools = shared.readings.pools(conn)?;
+                pools.sort();
+                let mut records = Vec::new();
+                for pool in pools.into_iter().filter(|p| after.as_ref().is_none_or(|a| *p >= a.pool)) {
+                    let left = limit.saturating_sub(records.len());
+                    if left == 0 {
+                        break;
+                    }
+                    let Some(io) = conn.pool(&pool)? else { continue };
+                    let from = after.as_ref().filter(|a| a.pool == pool).map(|a| a.image.as_str());
+                    records.extend(state::page_entries(&io, from, left)?.into_iter().map(|(_, e)| e.record));
+                }
+                Ok(records)
+            })
+            .await
+    }
+}

@@ -1,0 +1,219 @@
+//! Where an expansion's state lives: the durable record of what size a
+//! volume should have, what size its backend had when last read, and whether
+//! the volume's clients were told; and the hold on a volume that keeps two
+//! operations (in this process or in another controller replica) from
+//! deciding about it at once.
+//!
+//! The expander and the reconciler only see [`ExpansionStore`]: the local
+//! backend keeps its records in files on its one host, the RBD backend keeps
+//! them in its Ceph pool beside the images, so a controller on another
+//! machine finds them. A record never stands in for the backend: every
+//! decision re-reads the real size.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendError;
+use crate::volume_id::VolumeId;
+
+/// One volume's expansion state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExpansionRecord {
+    /// The volume.
+    pub volume_id: String,
+    /// The size the last accepted request asked the backend for.
+    pub desired_bytes: u64,
+    /// The backend's size when last read.
+    pub current_bytes: u64,
+    /// The size the volume's clients were last told of (RBD: the header
+    /// notification every open image re-reads its size on). A size the
+    /// backend holds but the clients were not told of is owed to them.
+    #[serde(default)]
+    pub announced_bytes: u64,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// When `desired_bytes` was last changed (seconds since the epoch).
+    pub desired_since_unix: u64,
+    /// When the record was last written.
+    pub updated_unix: u64,
+    /// Bumped by every write: a writer that finds another generation than
+    /// the one it read lost the volume to another holder and must not write.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl ExpansionRecord {
+    /// A record of a volume that has `current` bytes and wants `desired`.
+    pub fn new(id: &VolumeId, current: u64, desired: u64) -> Self {
+        let now = now_unix();
+        ExpansionRecord {
+            volume_id: id.to_string(),
+            desired_bytes: desired,
+            current_bytes: current,
+            announced_bytes: current,
+            last_error: None,
+            desired_since_unix: now,
+            updated_unix: now,
+            generation: 0,
+        }
+    }
+
+    /// Whether the backend has not yet reached the desired size.
+    pub fn growing(&self) -> bool {
+        self.desired_bytes > self.current_bytes
+    }
+
+    /// Whether the backend holds a size the volume's clients were not told of.
+    pub fn announcement_owed(&self) -> bool {
+        self.current_bytes > self.announced_bytes
+    }
+
+    /// Whether the reconciler has work here: a grow to finish or a size to announce.
+    pub fn pending(&self) -> bool {
+        self.growing() || self.announcement_owed()
+    }
+
+    /// The record after a new wish for `desired` bytes, the backend read at
+    /// `current`. The wish's age is kept when it is the same wish again.
+    pub fn wishing(mut self, current: u64, desired: u64) -> Self {
+        let now = now_unix();
+        if self.desired_bytes != desired || !self.growing() {
+            self.desired_since_unix = now;
+        }
+        self.desired_bytes = desired;
+        self.current_bytes = current;
+        self.last_error = None;
+        self.updated_unix = now;
+        self
+    }
+
+    /// The record after an attempt: the backend read at `current`, its
+    /// clients told of `announced` (when they were), and the error if any.
+    pub fn reached(mut self, current: u64, announced: Option<u64>, error: Option<String>) -> Self {
+        self.current_bytes = current;
+        if let Some(announced) = announced {
+            self.announced_bytes = announced;
+        }
+        self.last_error = error;
+        self.updated_unix = now_unix();
+        self
+    }
+
+    /// Bytes this volume may come to hold: the larger of its wish and its size.
+    pub fn promised_bytes(&self) -> u64 {
+        self.desired_bytes.max(self.current_bytes)
+    }
+}
+
+/// Seconds since the epoch (0 before it).
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// What a holder of a volume can do with its hold.
+#[async_trait::async_trait]
+pub trait HeldVolume: Send + Sync {
+    /// Whether the hold is still this process's. A lease that ran out (the
+    /// process was frozen, or could not renew it) is lost: the holder must
+    /// not change the volume any more.
+    fn still_held(&self) -> bool;
+
+    /// Gives the volume back.
+    async fn release(self: Box<Self>);
+}
+
+/// A volume held for one operation. Released by [`Hold::release`], or, when
+/// dropped, in the background.
+pub struct Hold(Option<Box<dyn HeldVolume>>);
+
+impl Hold {
+    /// Wraps a store's hold.
+    pub fn new(held: Box<dyn HeldVolume>) -> Self {
+        Hold(Some(held))
+    }
+
+    /// Whether the hold is still this process's (see [`HeldVolume::still_held`]).
+    pub fn still_held(&self) -> bool {
+        self.0.as_ref().is_some_and(|h| h.still_held())
+    }
+
+    /// Gives the volume back now.
+    pub async fn release(mut self) {
+        if let Some(held) = self.0.take() {
+            held.release().await;
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(held.release());
+        }
+    }
+}
+
+/// Where a backend's expansion records and holds live.
+#[async_trait::async_trait]
+pub trait ExpansionStore: Send + Sync + 'static {
+    /// Takes `id` for one operation, or `None` at once when another
+    /// operation (here or in another controller process) has it.
+    async fn hold(&self, id: &VolumeId) -> Result<Option<Hold>, BackendError>;
+
+    /// The volume's record, read now.
+    async fn record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, BackendError>;
+
+    /// Writes `record` (made from the one last read, or new) under `hold`,
+    /// durably, and returns it as stored (its generation bumped). Refused
+    /// when the hold was lost or the stored record is no longer the one
+    /// `record` was made from. A store that keeps the capacity ledger (RBD)
+    /// admits the bytes the record promises here, and refuses with NoSpace.
+    async fn write(&self, hold: &Hold, record: ExpansionRecord) -> Result<ExpansionRecord, BackendError>;
+
+    /// Drops the record of a deleted volume, and with it the volume's hold.
+    async fn forget(&self, hold: Hold, id: &VolumeId) -> Result<(), BackendError>;
+
+    /// The records with work left ([`ExpansionRecord::pending`]); the cost
+    /// follows their number, not the number of volumes.
+    async fn pending(&self) -> Result<Vec<ExpansionRecord>, BackendError>;
+
+    /// Up to `limit` records after the one of `after`, in the store's own
+    /// order, for the slow sweep over every record.
+    async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<ExpansionRecord>, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> VolumeId {
+        "local:aa".parse().unwrap()
+    }
+
+    #[test]
+    fn a_record_is_pending_while_growing_or_owing_an_announcement() {
+        let settled = ExpansionRecord::new(&id(), 10, 10);
+        assert!(!settled.pending());
+        let wish = settled.clone().wishing(10, 20);
+        assert!(wish.growing() && wish.pending());
+        assert_eq!(wish.promised_bytes(), 20);
+        let grown_unheard = wish.clone().reached(20, None, None);
+        assert!(!grown_unheard.growing() && grown_unheard.announcement_owed() && grown_unheard.pending());
+        let done = wish.reached(20, Some(20), None);
+        assert!(!done.pending());
+    }
+
+    #[test]
+    fn the_same_wish_keeps_its_age_and_a_new_one_restarts_it() {
+        let mut wish = ExpansionRecord::new(&id(), 10, 10).wishing(10, 20);
+        wish.desired_since_unix = 5;
+        let again = wish.clone().reached(10, None, Some("timeout".into())).wishing(10, 20);
+        assert_eq!(again.desired_since_unix, 5);
+        assert_eq!(again.last_error, None);
+        let lowered = again.wishing(10, 15);
+        assert_ne!(lowered.desired_since_unix, 5);
+    }
+}

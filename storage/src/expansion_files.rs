@@ -1,0 +1,227 @@
+//! Expansion records as crash-safe JSON files under one directory, with
+//! holds that are keyed locks of this process: the store of the local
+//! backend, which lives on one host and is served by one controller.
+//!
+//! A record that has work left also has an empty marker file under
+//! `pending/`, written before the record turns pending and removed after it
+//! settles, so the reconciler lists the markers instead of reading every
+//! record. A marker whose record is settled (a crash between the two
+//! writes) is dropped by the next listing.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::backend::BackendError;
+use crate::durable;
+use crate::expansion::{ExpansionRecord, ExpansionStore, HeldVolume, Hold};
+use crate::locks::{KeyGuard, KeyedLocks};
+use crate::volume_id::VolumeId;
+
+/// How long one record operation may take before the call gives up.
+const OP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The directory of records.
+#[derive(Debug, Clone)]
+pub struct ExpansionRecords {
+    dir: PathBuf,
+    locks: KeyedLocks,
+}
+
+struct HeldKey(#[allow(dead_code)] KeyGuard);
+
+#[async_trait::async_trait]
+impl HeldVolume for HeldKey {
+    fn still_held(&self) -> bool {
+        true
+    }
+
+    async fn release(self: Box<Self>) {}
+}
+
+impl ExpansionRecords {
+    /// Opens (creating) the record directory under `state_dir`.
+    pub fn open(state_dir: &Path) -> io::Result<Self> {
+        let dir = state_dir.join("expansions");
+        std::fs::create_dir_all(dir.join("pending"))?;
+        Ok(ExpansionRecords { dir, locks: KeyedLocks::new() })
+    }
+
+    fn path(&self, id: &VolumeId) -> PathBuf {
+        // Ids are validated to [a-z0-9._-:], safe as a file name.
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn marker(&self, id: &VolumeId) -> PathBuf {
+        self.dir.join("pending").join(id.to_string())
+    }
+
+    /// Reads a volume's record.
+    pub fn get(&self, id: &VolumeId) -> io::Result<Option<ExpansionRecord>> {
+        durable::read_json(&self.path(id))
+    }
+
+    /// Every record, in no particular order; unreadable ones are logged and
+    /// skipped so one corrupt file cannot stop the others being read.
+    pub fn list(&self) -> io::Result<Vec<ExpansionRecord>> {
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            match durable::read_json::<ExpansionRecord>(&path) {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                Err(err) => tracing::error!(path = %path.display(), error = %err, "unreadable expansion record"),
+            }
+        }
+        Ok(records)
+    }
+
+    /// Writes `record` after checking it was made from the stored one.
+    fn put(&self, id: &VolumeId, mut record: ExpansionRecord) -> Result<ExpansionRecord, BackendError> {
+        let stored = self.get(id).map_err(|e| BackendError::io(format!("read expansion record of {id}"), e))?;
+        let stored_generation = stored.as_ref().map_or(0, |r| r.generation);
+        if stored_generation != record.generation {
+            return Err(BackendError::Contended {
+                step: format!("write expansion record of {id}"),
+                reason: format!("the record changed since it was read (generation {stored_generation}, not {})", record.generation),
+            });
+        }
+        record.generation += 1;
+        let marker = self.marker(id);
+        if record.pending() {
+            durable::write_json(&marker, &()).map_err(|e| BackendError::io(format!("mark {id} pending"), e))?;
+        }
+        durable::write_json(&self.path(id), &record).map_err(|e| BackendError::io(format!("write expansion record of {id}"), e))?;
+        if !record.pending() {
+            durable::remove(&marker).map_err(|e| BackendError::io(format!("unmark {id} pending"), e))?;
+        }
+        Ok(record)
+    }
+
+    /// The records behind the pending markers; stray markers are dropped.
+    fn pending_now(&self) -> io::Result<Vec<ExpansionRecord>> {
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("pending"))? {
+            let entry = entry?;
+            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<VolumeId>().ok()) else { continue };
+            match self.get(&id) {
+                Ok(Some(record)) if record.pending() => records.push(record),
+                Ok(_) if !self.locks.is_held(&id.to_string()) => durable::remove(&entry.path())?,
+                Ok(_) => {}
+                Err(err) => tracing::error!(volume.id = %id, error = %err, "unreadable expansion record"),
+            }
+        }
+        Ok(records)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        step: &'static str,
+        work: impl FnOnce(ExpansionRecords) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let this = self.clone();
+        match tokio::time::timeout(OP_DEADLINE, tokio::task::spawn_blocking(move || work(this))).await {
+            Err(_) => Err(BackendError::Timeout { step: step.to_owned(), after: OP_DEADLINE }),
+            Ok(Err(join)) => Err(BackendError::io(step, io::Error::other(join.to_string()))),
+            Ok(Ok(result)) => result,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ExpansionStore for ExpansionRecords {
+    async fn hold(&self, id: &VolumeId) -> Result<Option<Hold>, BackendError> {
+        Ok(self.locks.try_acquire(&id.to_string()).map(|guard| Hold::new(Box::new(HeldKey(guard)))))
+    }
+
+    async fn record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, BackendError> {
+        let id = id.clone();
+        self.blocking("read expansion record", move |this| this.get(&id).map_err(|e| BackendError::io(format!("read expansion record of {id}"), e))).await
+    }
+
+    async fn write(&self, _hold: &Hold, record: ExpansionRecord) -> Result<ExpansionRecord, BackendError> {
+        let id: VolumeId = record.volume_id.parse().map_err(|e| BackendError::io("write expansion record", io::Error::other(e)))?;
+        self.blocking("write expansion record", move |this| this.put(&id, record)).await
+    }
+
+    async fn forget(&self, hold: Hold, id: &VolumeId) -> Result<(), BackendError> {
+        let id = id.clone();
+        let result = self
+            .blocking("remove expansion record", move |this| {
+                let removed = durable::remove(&this.path(&id)).and_then(|()| durable::remove(&this.marker(&id)));
+                removed.map_err(|e| BackendError::io(format!("remove expansion record of {id}"), e))
+            })
+            .await;
+        hold.release().await;
+        result
+    }
+
+    async fn pending(&self) -> Result<Vec<ExpansionRecord>, BackendError> {
+        self.blocking("list pending expansions", |this| this.pending_now().map_err(|e| BackendError::io("list pending expansions", e))).await
+    }
+
+    async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<ExpansionRecord>, BackendError> {
+        let after = after.map(|a| a.to_string());
+        self.blocking("list expansion records", move |this| {
+            let mut records = this.list().map_err(|e| BackendError::io("list expansion records", e))?;
+            records.retain(|r| after.as_ref().is_none_or(|a| r.volume_id > *a));
+            records.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
+            records.truncate(limit);
+            Ok(records)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, ExpansionRecords) {
+        let dir = tempfile::tempdir().unwrap();
+        let records = ExpansionRecords::open(dir.path()).unwrap();
+        (dir, records)
+    }
+
+    #[tokio::test]
+    async fn a_wish_is_pending_until_reached_and_announced() {
+        let (_dir, records) = store();
+        let id: VolumeId = "local:aa".parse().unwrap();
+        let hold = records.hold(&id).await.unwrap().unwrap();
+        assert!(records.hold(&id).await.unwrap().is_none(), "a second holder is refused at once");
+        let wish = records.write(&hold, ExpansionRecord::new(&id, 1, 1).wishing(1, 2)).await.unwrap();
+        assert_eq!(records.pending().await.unwrap(), vec![wish.clone()], "a crash here leaves a pending record");
+        let done = records.write(&hold, wish.clone().reached(2, Some(2), None)).await.unwrap();
+        assert!(records.pending().await.unwrap().is_empty());
+        assert_eq!(records.record(&id).await.unwrap(), Some(done.clone()));
+        let stale = records.write(&hold, wish.reached(1, None, None)).await;
+        assert!(matches!(stale, Err(BackendError::Contended { .. })), "a record made from an old read is refused: {stale:?}");
+        assert_eq!(records.record(&id).await.unwrap(), Some(done));
+        records.forget(hold, &id).await.unwrap();
+        assert_eq!(records.record(&id).await.unwrap(), None);
+        assert!(records.hold(&id).await.unwrap().is_some(), "forget released the hold");
+    }
+
+    #[tokio::test]
+    async fn a_stray_marker_is_dropped_and_pages_follow_id_order() {
+        let (_dir, records) = store();
+        let hold_b: VolumeId = "local:bb".parse().unwrap();
+        let hold = records.hold(&hold_b).await.unwrap().unwrap();
+        records.write(&hold, ExpansionRecord::new(&hold_b, 5, 5)).await.unwrap();
+        hold.release().await;
+        durable::write_json(&records.marker(&hold_b), &()).unwrap();
+        assert!(records.pending().await.unwrap().is_empty());
+        assert!(!records.marker(&hold_b).exists());
+        for key in ["aa", "cc"] {
+            let id: VolumeId = format!("local:{key}").parse().unwrap();
+            let hold = records.hold(&id).await.unwrap().unwrap();
+            records.write(&hold, ExpansionRecord::new(&id, 1, 1)).await.unwrap();
+        }
+        let ids = |page: Vec<ExpansionRecord>| page.into_iter().map(|r| r.volume_id).collect::<Vec<_>>();
+        assert_eq!(ids(records.page(None, 2).await.unwrap()), ["local:aa", "local:bb"]);
+        assert_eq!(ids(records.page(Some(&hold_b), 2).await.unwrap()), ["local:cc"]);
+    }
+}
