@@ -153,7 +153,13 @@ async fn a_backend_down_gets_the_policy_within_the_deadline() {
     let mut outcomes = Vec::new();
     for fault in ["pause", "two OSDs killed"] {
         match fault {
-            "pause" => drop(cli(env, "ceph", &["osd", "pause"]).unwrap()),
+            "pause" => {
+                cli(env, "ceph", &["osd", "pause"]).unwrap();
+                // A client holds its reads back once its OSD map has the
+                // pause flags; the map reaches a connected client within
+                // moments, not at once.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             _ => {
                 cluster(env, "kill-osd", &["1"]).unwrap();
                 cluster(env, "kill-osd", &["2"]).unwrap();
