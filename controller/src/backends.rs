@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use swell_storage::{Backend, BackendError, VolumeId};
 
@@ -17,13 +17,43 @@ pub struct Backends {
     by_kind: BTreeMap<&'static str, Arc<dyn Backend>>,
     default_kind: &'static str,
     deadline: Duration,
+    calls: Arc<Mutex<BTreeMap<&'static str, CallStats>>>,
+}
+
+/// What the backend calls of one step cost so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CallStats {
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that failed (or hit the deadline).
+    pub failures: u64,
+    /// Time spent in them, in seconds.
+    pub seconds: f64,
 }
 
 impl Backends {
     /// A registry whose first backend is the default for new volumes.
     pub fn new(first: Arc<dyn Backend>, deadline: Duration) -> Self {
         let default_kind = first.kind();
-        Backends { by_kind: BTreeMap::from([(default_kind, first)]), default_kind, deadline }
+        Backends { by_kind: BTreeMap::from([(default_kind, first)]), default_kind, deadline, calls: Arc::default() }
+    }
+
+    /// The deadline of one backend call.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Backend calls made so far, by step.
+    pub fn call_stats(&self) -> BTreeMap<&'static str, CallStats> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn count(&self, step: &'static str, took: Duration, failed: bool) {
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = calls.entry(step).or_default();
+        stats.calls += 1;
+        stats.failures += u64::from(failed);
+        stats.seconds += took.as_secs_f64();
     }
 
     /// Adds another backend.
@@ -54,7 +84,10 @@ impl Backends {
     /// Runs one backend call under the deadline, naming the step and volume
     /// in any error.
     pub async fn call<T>(&self, step: &'static str, volume: &str, work: impl Future<Output = Result<T, BackendError>>) -> Result<T, ControllerError> {
-        let source = match tokio::time::timeout(self.deadline, work).await {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.deadline, work).await;
+        self.count(step, started.elapsed(), !matches!(outcome, Ok(Ok(_))));
+        let source = match outcome {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(source)) => source,
             Err(_) => BackendError::Timeout { step: step.to_owned(), after: self.deadline },
@@ -76,6 +109,9 @@ mod tests {
         let hung = std::future::pending::<Result<(), BackendError>>();
         let err = backends.call("resize", "local:aa", hung).await.unwrap_err();
         assert_eq!(tonic::Status::from(err).code(), tonic::Code::DeadlineExceeded);
+        backends.call("resize", "local:aa", async { Ok(()) }).await.unwrap();
+        let stats = backends.call_stats()["resize"];
+        assert_eq!((stats.calls, stats.failures), (2, 1), "{stats:?}");
     }
 
     #[test]

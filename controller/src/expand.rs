@@ -5,7 +5,10 @@
 //! backend's [`ExpansionStore`] does (files for the local backend, the Ceph
 //! pool for RBD).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use swell_storage::{Backend, BackendError, ExpansionRecord, ExpansionStore, Hold, VolumeId};
 
@@ -19,6 +22,10 @@ use crate::validate::SizeRange;
 pub struct Expander {
     backends: Backends,
     files: Arc<dyn ExpansionStore>,
+    /// Volumes the reconciler works on in this process now; a user's call
+    /// waits for such an attempt (bounded by its deadline) instead of being
+    /// answered ABORTED, which the resizer would back off from for longer.
+    reconciling: Arc<Mutex<HashMap<VolumeId, Arc<Notify>>>>,
 }
 
 /// What one reconciliation of a record found and did.
@@ -63,7 +70,7 @@ impl Expander {
     /// An expander over `backends`; volumes whose backend keeps no records
     /// of its own are recorded in `files`.
     pub fn new(backends: Backends, files: Arc<dyn ExpansionStore>) -> Self {
-        Expander { backends, files }
+        Expander { backends, files, reconciling: Arc::default() }
     }
 
     /// The backends it grows volumes on.
@@ -103,9 +110,40 @@ impl Expander {
         Ok(hold.map(|hold| Held { id, backend, store, hold }))
     }
 
+    /// Holds `id` for a caller's RPC: fails fast (ABORTED) when another
+    /// operation has it, except the reconciler's attempt in this process,
+    /// which ends within one backend deadline and is waited for once.
+    async fn hold_for_call<'a>(&self, id: &'a VolumeId) -> Result<Held<'a>, ControllerError> {
+        if let Some(held) = self.hold(id).await? {
+            return Ok(held);
+        }
+        let attempt = self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+        let Some(attempt) = attempt else { return Err(ControllerError::Pending(id.to_string())) };
+        let ended = attempt.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        let still = self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|a| Arc::ptr_eq(a, &attempt));
+        if still {
+            let _ = tokio::time::timeout(self.backends.deadline(), ended).await;
+        }
+        self.hold(id).await?.ok_or_else(|| ControllerError::Pending(id.to_string()))
+    }
+
+    /// Deletes `id` under its hold, then its record (with the hold).
+    pub async fn delete(&self, id: &VolumeId) -> Result<(), ControllerError> {
+        let held = self.hold_for_call(id).await?;
+        let key = id.to_string();
+        if let Err(err) = self.backends.call("delete volume", &key, held.backend.delete_volume(id)).await {
+            held.hold.release().await;
+            return Err(err);
+        }
+        let Held { store, hold, .. } = held;
+        self.backends.call("remove expansion record", &key, store.forget(hold, id)).await
+    }
+
     /// Grows `id` to satisfy `range` and returns the size the backend reports.
     pub async fn expand(&self, id: &VolumeId, range: SizeRange) -> Result<u64, ControllerError> {
-        let held = self.hold(id).await?.ok_or_else(|| ControllerError::Pending(id.to_string()))?;
+        let held = self.hold_for_call(id).await?;
         let result = self.expand_held(&held, range).await;
         held.hold.release().await;
         result
@@ -135,6 +173,15 @@ impl Expander {
     /// Finishes whatever the record of `id` still wants, judged against the
     /// backend's size read now (a record that claims "done" is not believed).
     pub async fn reconcile(&self, id: &VolumeId) -> Result<Reconciled, ControllerError> {
+        let attempt = Arc::new(Notify::new());
+        self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Arc::clone(&attempt));
+        let result = self.reconcile_once(id).await;
+        self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        attempt.notify_waiters();
+        result
+    }
+
+    async fn reconcile_once(&self, id: &VolumeId) -> Result<Reconciled, ControllerError> {
         let Some(held) = self.hold(id).await? else { return Ok(Reconciled::Busy) };
         let result = self.reconcile_held(&held).await;
         match result {

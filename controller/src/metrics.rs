@@ -9,10 +9,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use std::collections::BTreeMap;
+
+use crate::backends::CallStats;
 use crate::reconciler::{PassReport, Reconciler};
 
-/// Renders a pass report in the Prometheus text format.
-pub fn render(report: &PassReport) -> String {
+/// Renders a pass report and the backend calls made so far in the
+/// Prometheus text format.
+pub fn render(report: &PassReport, calls: &BTreeMap<&'static str, CallStats>) -> String {
     let mut out = String::new();
     let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
@@ -21,6 +25,16 @@ pub fn render(report: &PassReport) -> String {
     gauge(&mut out, "swell_expansions_stuck", "Volumes pending for longer than the stuck threshold.", report.stuck.len());
     gauge(&mut out, "swell_reconciler_completed", "Expansions the last reconciler pass completed.", report.completed);
     gauge(&mut out, "swell_reconciler_failed", "Expansions the last reconciler pass failed to complete.", report.failed);
+    gauge(&mut out, "swell_announcements_owed", "Volumes whose grown size their clients still have to be told.", report.announcements_owed);
+    let _ = writeln!(out, "# HELP swell_backend_calls_total Backend calls by step and outcome.\n# TYPE swell_backend_calls_total counter");
+    for (step, stats) in calls {
+        let _ = writeln!(out, "swell_backend_calls_total{{step=\"{step}\",outcome=\"ok\"}} {}", stats.calls - stats.failures);
+        let _ = writeln!(out, "swell_backend_calls_total{{step=\"{step}\",outcome=\"error\"}} {}", stats.failures);
+    }
+    let _ = writeln!(out, "# HELP swell_backend_call_seconds_total Time spent in backend calls by step.\n# TYPE swell_backend_call_seconds_total counter");
+    for (step, stats) in calls {
+        let _ = writeln!(out, "swell_backend_call_seconds_total{{step=\"{step}\"}} {:.6}", stats.seconds);
+    }
     let _ = writeln!(
         out,
         "# HELP swell_expansion_stuck_seconds How long a stuck expansion has been pending, with its reason.\n# TYPE swell_expansion_stuck_seconds gauge"
@@ -65,7 +79,7 @@ pub async fn serve(listener: TcpListener, reconciler: Reconciler, shutdown: impl
                 let n = stream.read(&mut request).await?;
                 let first_line = String::from_utf8_lossy(&request[..n]).lines().next().unwrap_or_default().to_owned();
                 let response = if first_line.starts_with("GET /metrics ") {
-                    let body = render(&reconciler.last_report());
+                    let body = render(&reconciler.last_report(), &reconciler.call_stats());
                     format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
                 } else {
                     "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
@@ -98,7 +112,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        let text = render(&report);
+        let calls = BTreeMap::from([("grow volume", CallStats { calls: 3, failures: 1, seconds: 0.25 })]);
+        let text = render(&report, &calls);
+        assert!(text.contains(r#"swell_backend_calls_total{step="grow volume",outcome="ok"} 2"#), "{text}");
+        assert!(text.contains(r#"swell_backend_calls_total{step="grow volume",outcome="error"} 1"#), "{text}");
         assert!(text.contains("swell_expansions_pending 2"), "{text}");
         assert!(text.contains("swell_expansions_stuck 1"), "{text}");
         assert!(

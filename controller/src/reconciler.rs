@@ -129,6 +129,11 @@ impl Reconciler {
         Reconciler { expander, config, backoff: Arc::default(), sweep: Arc::default(), last_report: Arc::default() }
     }
 
+    /// Backend calls made so far by the controller, by step (for metrics).
+    pub fn call_stats(&self) -> std::collections::BTreeMap<&'static str, crate::backends::CallStats> {
+        self.expander.backends().call_stats()
+    }
+
     /// The report of the last finished pass (for metrics).
     pub fn last_report(&self) -> PassReport {
         self.last_report.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -70,14 +70,11 @@ impl ControllerService {
         Ok(to_volume(created.info()))
     }
 
-    /// Deletes the volume under its hold, then its record (with the hold).
     async fn delete(&self, id: &VolumeId) -> Result<(), ControllerError> {
-        let Some(backend) = self.backends.for_volume(id) else { return Ok(()) };
-        let key = id.to_string();
-        let store = self.expander.store_of(backend);
-        let hold = self.backends.call("hold volume", &key, store.hold(id)).await?.ok_or_else(|| ControllerError::Pending(key.clone()))?;
-        self.backends.call("delete volume", &key, backend.delete_volume(id)).await?;
-        self.backends.call("remove expansion record", &key, store.forget(hold, id)).await
+        if self.backends.for_volume(id).is_none() {
+            return Ok(());
+        }
+        self.expander.delete(id).await
     }
 
     async fn lookup(&self, raw_id: &str) -> Result<VolumeInfo, ControllerError> {

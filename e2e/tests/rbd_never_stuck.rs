@@ -294,6 +294,8 @@ async fn a_delete_while_the_image_is_watched_finishes_through_the_trash() {
     let started = Instant::now();
     delete(&mut rig.controller.client, &id).await;
     println!("rbd: DeleteVolume of a watched image answered OK in {:?}", started.elapsed());
+    // The background work moves it to the trash (the delete only marked it).
+    rig.controller.reconciler.collect_garbage().await;
     assert!(in_trash(env, &image), "the watched image waits in the trash");
     assert_eq!(rbd_size(env, "rbd", &image).unwrap(), None, "gone from the pool's image list");
     let again = create(&mut rig.controller.client, &name, 128 * MIB).await;
@@ -624,8 +626,13 @@ async fn controller_process_killed_mid_rbd_expansion_never_leaves_an_image_stuck
         }
         println!("chaos: DeleteVolume {id} answered OK after {:?} ({} retries)", started.elapsed(), failures.len());
     }
-    // The running controller's reconciler removes trashed images once Ceph
-    // drops the dead clients' watches; it may list some for minutes.
+    // The running controller's background work moves the deleted images to
+    // the trash within a pass or two, then removes them once Ceph drops the
+    // dead clients' watches; it may list some for minutes.
+    for volume in &volumes {
+        let location = location_of(&volume.id);
+        rbd_rig::wait_gone(env, &location.pool, &location.image).await;
+    }
     let trashed: Vec<String> = volumes.iter().map(|v| location_of(&v.id).image).filter(|image| in_trash(env, image)).collect();
     let until = Instant::now() + Duration::from_secs(60);
     let mut left = trashed.clone();

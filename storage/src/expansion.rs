@@ -119,7 +119,8 @@ pub trait HeldVolume: Send + Sync {
     /// not change the volume any more.
     fn still_held(&self) -> bool;
 
-    /// Gives the volume back.
+    /// Gives the volume back. A store may keep it a moment for this
+    /// process's next operation on the volume.
     async fn release(self: Box<Self>);
 }
 

@@ -7,17 +7,22 @@
 //! ([`super::state`]); its size is always read from its header.
 //!
 //! Each step, and why it is there:
-//! - create: hold the name's lock (two replicas never create one volume
-//!   twice); record the promise, admitted against the pool (the only way
-//!   two creates cannot both take the last free bytes); create the image;
-//!   record it as made (a create cut off in between is found by the
-//!   reconciler: finished if the image exists, its promise dropped if not).
+//! - create: record the volume as being created, its bytes promised and
+//!   admitted against the pool, in one write that fails if another create
+//!   of the image got there first (the only way two creates, in any
+//!   replicas, cannot both take the last free bytes or make one image
+//!   twice); then make the image. The background work confirms the entry
+//!   once the image exists, or drops it (and its promise) if the create was
+//!   cut off before the image was made and never retried.
 //! - grow: read the header and grow it in place in one compare-and-set
 //!   write ([`super::header`]), then tell the image's clients. The
 //!   expander around it holds the volume and records the wish and the
 //!   outcome.
-//! - delete: drop the entry (and its promise), move the image to the
-//!   trash, answer; the data is removed in the background ([`super::trash`]).
+//! - delete: under the volume's hold, mark its entry deleted (its promise
+//!   ends) and answer. The background work moves the image to the trash
+//!   (freeing the name; a create of the same name that comes first does it
+//!   itself), drops the entry, and removes the trashed data
+//!   ([`super::trash`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,10 +35,10 @@ use super::commit::{Change, Committer, Outcome};
 use super::connection::{ConnectSettings, Connection, Connector, ensure_time_left};
 use super::errors::RbdError;
 use super::ffi::{Errno, IoCtx, RBD_FEATURE_LAYERING};
-use super::lease::Leases;
+use super::lease::{Acquired, Leases, Lingering};
 use super::readings::{Readings, missing_pool};
-use super::state::{self, Entry};
-use super::store::RbdStore;
+use super::state::{self, Entry, Phase};
+use super::store::{RbdStore, remove_lock_object};
 use super::{KIND, RbdConfig, header, trash};
 
 /// Ceph calls that may be outstanding at once, running or stuck in a hung
@@ -47,6 +52,10 @@ const MAX_OUTSTANDING: usize = 256;
 pub const IMAGE_FEATURES: u64 = RBD_FEATURE_LAYERING;
 /// How often a grow whose header moved under it reads it again.
 const GROW_ATTEMPTS: usize = 3;
+/// How long a create may be in flight before the background work judges
+/// its entry: every create ends within its call's deadline, so several of
+/// those (and some clock skew between replicas) is plenty.
+const CREATE_GRACE_DEADLINES: u32 = 4;
 
 /// What the backend and its store share.
 pub(crate) struct Shared {
@@ -55,6 +64,8 @@ pub(crate) struct Shared {
     pub readings: Readings,
     pub committer: Committer,
     pub leases: Arc<Leases>,
+    /// Locks kept a moment for this process's next operation on a volume.
+    pub lingering: Arc<Lingering>,
     /// Holds of this process, so its own callers are refused before Ceph
     /// is asked (they would share its Ceph client and lock cookie).
     pub local: KeyedLocks,
@@ -131,6 +142,7 @@ impl RbdBackend {
             readings: Readings::new(config.reading_max_age, config.op_timeout),
             leases: Arc::new(Leases { instance: config.instance.clone(), lease: config.lock_lease }),
             committer: Committer::default(),
+            lingering: Lingering::new(config.lock_lease / 5),
             local: KeyedLocks::new(),
             connector,
             config,
@@ -182,18 +194,12 @@ impl RbdBackend {
     }
 }
 
-/// A record of an image whose create is admitted but not made yet: its
-/// size is 0 until the image exists, so the reconciler finishes or drops
-/// it if the create is cut off.
-fn creating(id: &VolumeId, size: u64) -> ExpansionRecord {
-    ExpansionRecord { announced_bytes: 0, ..ExpansionRecord::new(id, 0, 0).wishing(0, size) }
+fn belongs_elsewhere(name: &str, volume: &RbdVolume, owner: &str) -> RbdError {
+    BackendError::io(format!("create {name}"), std::io::Error::other(format!("image {} already belongs to volume {owner:?}", volume.spec()))).into()
 }
 
-fn stored(outcome: Outcome) -> Option<Entry> {
-    match outcome {
-        Outcome::Stored(entry) => Some(entry),
-        Outcome::Removed(_) => None,
-    }
+fn read_header(io: &IoCtx, id: &VolumeId, image: &str) -> Result<Option<header::Header>, RbdError> {
+    header::read(io, image).map_err(|e| RbdError::osd("read image header", e, Some(id)))
 }
 
 fn create_blocking(shared: &Shared, conn: &Connection, deadline: Instant, volume: &RbdVolume, name: &str, size: u64) -> Result<Created, RbdError> {
@@ -201,57 +207,65 @@ fn create_blocking(shared: &Shared, conn: &Connection, deadline: Instant, volume
     let (pool, image) = (&volume.pool, &volume.image);
     let io = Shared::io(conn, pool)?;
     let entry = state::read_entry(&io, image)?;
-    let found = header::read(&io, image).map_err(|e| RbdError::osd("read image header", e, Some(&id)))?;
     let info = |size_bytes| VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes };
-    if let Some(entry) = &entry
-        && entry.name != name
-    {
-        return Err(BackendError::io(
-            format!("create {name}"),
-            std::io::Error::other(format!("image {pool}/{image} already belongs to volume {:?}", entry.name)),
-        )
-        .into());
-    }
-    let (generation, made) = match (entry, found) {
-        // Made, and recorded as made: a retried create.
-        (Some(entry), Some(found)) if entry.record.current_bytes > 0 => return Ok(Created::Existing(info(found.size))),
-        // Made, but cut off before it was recorded as made.
-        (Some(entry), Some(found)) => (entry.record.generation, found.size),
-        // An image of this name that Swell has no entry for (made before
-        // Swell kept entries): adopt it as it is.
-        (None, Some(found)) => (0, found.size),
-        // Not made yet: promise its bytes first, then make it.
-        (entry, None) => {
-            let generation = entry.map_or(0, |e| e.record.generation);
-            let intent = ExpansionRecord { generation, ..creating(&id, size) };
-            let recorded =
-                stored(shared.commit(conn, &io, pool, Change::Put { image: image.clone(), name: Some(name.to_owned()), record: intent }, deadline)?);
-            ensure_time_left(deadline, "rbd_create", shared.config.op_timeout)?;
-            match io.create_image(image, size, IMAGE_FEATURES) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(RbdError::osd("rbd_create", e, Some(&id)).asking(size)),
+    match &entry {
+        Some(e) if e.live() && e.name != name => return Err(belongs_elsewhere(name, volume, &e.name)),
+        // A retried create: the image is there (or a first attempt that was
+        // cut off made it); an entry without its image is made again below.
+        Some(e) if e.live() => {
+            if let Some(found) = read_header(&io, &id, image)? {
+                return Ok(Created::Existing(info(found.size)));
             }
-            let made = header::read(&io, image).map_err(|e| RbdError::osd("read image header", e, Some(&id)))?.ok_or_else(|| {
-                RbdError::Refused(BackendError::Unavailable {
-                    step: format!("create {id}"),
-                    reason: "the image is not readable right after it was made".into(),
-                })
-            })?;
-            (recorded.map_or(0, |e| e.record.generation), made.size)
         }
-    };
-    let done = ExpansionRecord { generation, ..ExpansionRecord::new(&id, made, made) };
-    shared.commit(conn, &io, pool, Change::Put { image: image.clone(), name: Some(name.to_owned()), record: done }, deadline)?;
-    Ok(Created::New(info(made)))
+        // A deleted volume whose image the background work has not moved
+        // away yet: move it now, so the name is free at once.
+        Some(_) => {
+            ensure_time_left(deadline, "rbd_trash_move", shared.config.op_timeout)?;
+            trash::move_to_trash(&io, image).map_err(|e| RbdError::osd("rbd_trash_move", e, Some(&id)))?;
+        }
+        None => {}
+    }
+    let generation = entry.map_or(0, |e| e.record.generation);
+    let intent = ExpansionRecord { generation, ..ExpansionRecord::new(&id, size, size) };
+    let change = Change::Put { image: image.clone(), name: Some(name.to_owned()), phase: Some(Phase::Creating), record: intent };
+    shared.commit(conn, &io, pool, change, deadline)?;
+    ensure_time_left(deadline, "rbd_create", shared.config.op_timeout)?;
+    match io.create_image(image, size, IMAGE_FEATURES) {
+        Ok(()) => Ok(Created::New(info(size))),
+        // An image of this name Swell had no entry for (made before Swell
+        // kept entries): adopted as it is; the background work records its
+        // real size when it confirms the entry.
+        Err(Errno::EEXIST) => {
+            let found = read_header(&io, &id, image)?.ok_or_else(|| RbdError::osd("rbd_create", Errno::EEXIST, Some(&id)))?;
+            Ok(Created::Existing(info(found.size)))
+        }
+        Err(e) => Err(RbdError::osd("rbd_create", e, Some(&id)).asking(size)),
+    }
 }
 
 fn volume_blocking(conn: &Connection, volume: &RbdVolume) -> Result<Option<VolumeInfo>, RbdError> {
     let id = volume.id();
     let Some(io) = conn.pool(&volume.pool)? else { return Ok(None) };
-    // A volume is an entry whose create finished and an image with a header.
-    let Some(entry) = state::read_entry(&io, &volume.image)?.filter(|e| e.record.current_bytes > 0) else { return Ok(None) };
-    let found = header::read(&io, &volume.image).map_err(|e| RbdError::osd("read image header", e, Some(&id)))?;
-    Ok(found.map(|h| VolumeInfo { id, name: entry.name, size_bytes: h.size }))
+    // A volume is a live entry and an image with a header.
+    let Some(entry) = state::read_entry(&io, &volume.image)?.filter(Entry::live) else { return Ok(None) };
+    Ok(read_header(&io, &id, &volume.image)?.map(|h| VolumeInfo { id, name: entry.name, size_bytes: h.size }))
+}
+
+fn delete_blocking(shared: &Shared, conn: &Connection, deadline: Instant, volume: &RbdVolume) -> Result<(), RbdError> {
+    let Some(io) = conn.pool(&volume.pool)? else { return Ok(()) };
+    match state::read_entry(&io, &volume.image)? {
+        Some(entry) if entry.live() => {
+            let tombstone = Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Deleting), record: entry.record };
+            shared.commit(conn, &io, &volume.pool, tombstone, deadline).map(drop)
+        }
+        Some(_) => Ok(()),
+        // An image without an entry (its delete was cut off after the entry
+        // went, or it predates entries): moved away now.
+        None => {
+            ensure_time_left(deadline, "rbd_trash_move", shared.config.op_timeout)?;
+            trash::move_to_trash(&io, &volume.image).map_err(|e| RbdError::osd("rbd_trash_move", e, Some(&volume.id())))
+        }
+    }
 }
 
 fn grow_blocking(shared: &Shared, conn: &Connection, deadline: Instant, volume: &RbdVolume, target: u64) -> Result<u64, RbdError> {
@@ -304,7 +318,7 @@ fn list_blocking(shared: &Shared, conn: &Connection) -> Result<Vec<VolumeInfo>, 
             for (image, entry) in page {
                 // Pools whose names cannot be part of an id hold no Swell volume.
                 let Ok(volume) = RbdVolume::at(&shared.config.cluster_id, &pool, &image) else { continue };
-                if entry.record.current_bytes > 0 {
+                if entry.live() {
                     volumes.push(VolumeInfo { id: volume.id(), name: entry.name, size_bytes: entry.record.current_bytes });
                 }
             }
@@ -314,12 +328,29 @@ fn list_blocking(shared: &Shared, conn: &Connection) -> Result<Vec<VolumeInfo>, 
     Ok(volumes)
 }
 
-/// Purges the trash of every pool and, when other clients' images count,
-/// sums their sizes.
+/// Finishes what creates and deletes left to the background, purges the
+/// trash of every pool and, when other clients' images count, sums their
+/// sizes. Returns the trashed images removed.
 fn housekeeping_blocking(shared: &Shared, conn: &Connection, deadline: Instant) -> Result<usize, RbdError> {
     let mut removed = 0;
     for pool in shared.readings.pools(conn)? {
         let Some(io) = conn.pool(&pool)? else { continue };
+        let owed: Vec<(RbdVolume, Entry)> = state::pending_entries(&io)?
+            .into_iter()
+            .filter(|(_, entry)| entry.phase != Phase::Ready)
+            .filter_map(|(image, entry)| Some((RbdVolume::at(&shared.config.cluster_id, &pool, &image).ok()?, entry)))
+            .collect();
+        trash::in_parallel(&owed, shared.config.purge_concurrency, deadline, shared.config.op_timeout, |(volume, entry)| {
+            let finished = match entry.phase {
+                Phase::Deleting => finish_delete(shared, conn, &io, volume, entry, deadline),
+                Phase::Creating => confirm_create(shared, conn, &io, volume, entry, deadline),
+                Phase::Ready => Ok(()),
+            };
+            if let Err(err) = finished {
+                let err = err.into_backend(shared.config.op_timeout);
+                tracing::warn!(volume.id = %volume, phase = ?entry.phase, error = %err, "cannot finish the volume's create or delete; retrying on the next pass");
+            }
+        });
         if shared.config.count_foreign_images {
             match io.provisioned_bytes() {
                 Ok(all) => shared.readings.note_foreign(&pool, all, state::read_total(&io)?),
@@ -332,6 +363,46 @@ fn housekeeping_blocking(shared: &Shared, conn: &Connection, deadline: Instant) 
     Ok(removed)
 }
 
+/// A deleted volume: its image to the trash, then its lock object (taken
+/// first, so no operation that still holds it loses it), then its entry.
+fn finish_delete(shared: &Shared, conn: &Connection, io: &IoCtx, volume: &RbdVolume, entry: &Entry, deadline: Instant) -> Result<(), RbdError> {
+    let id = volume.id();
+    trash::move_to_trash(io, &volume.image).map_err(|e| RbdError::osd("rbd_trash_move", e, Some(&id)))?;
+    let Some(_local) = shared.local.try_acquire(&id.to_string()) else { return Ok(()) };
+    if let Acquired::Busy(_) = shared.leases.acquire(conn, io, &volume.image)? {
+        return Ok(());
+    }
+    remove_lock_object(io, volume)?;
+    shared.commit(conn, io, &volume.pool, Change::Remove { image: volume.image.clone(), generation: Some(entry.record.generation) }, deadline)?;
+    tracing::info!(volume.id = %id, "deleted volume's image moved to the trash");
+    Ok(())
+}
+
+/// A create older than any create can take: confirmed with its image's
+/// real size if the image exists, dropped with its promise if not.
+fn confirm_create(shared: &Shared, conn: &Connection, io: &IoCtx, volume: &RbdVolume, entry: &Entry, deadline: Instant) -> Result<(), RbdError> {
+    let grace = shared.config.call_deadline().saturating_mul(CREATE_GRACE_DEADLINES).as_secs();
+    if swell_storage::expansion::now_unix().saturating_sub(entry.record.updated_unix) < grace {
+        return Ok(());
+    }
+    let id = volume.id();
+    let generation = entry.record.generation;
+    let change = match read_header(io, &id, &volume.image)? {
+        Some(found) => {
+            // The image's real size, unless an expansion has taken over the
+            // record since (then the expansion's record stands).
+            let untouched = entry.record.desired_bytes == entry.record.current_bytes;
+            let record = if untouched { ExpansionRecord { generation, ..ExpansionRecord::new(&id, found.size, found.size) } } else { entry.record.clone() };
+            Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Ready), record }
+        }
+        None => {
+            tracing::info!(volume.id = %id, "a create was cut off before its image was made; dropping its promise");
+            Change::Remove { image: volume.image.clone(), generation: Some(generation) }
+        }
+    };
+    shared.commit(conn, io, &volume.pool, change, deadline).map(drop)
+}
+
 #[async_trait::async_trait]
 impl Backend for RbdBackend {
     fn kind(&self) -> &'static str {
@@ -342,31 +413,14 @@ impl Backend for RbdBackend {
         let pool = parameters.get("pool").cloned().unwrap_or_else(|| self.shared.config.default_pool.clone());
         let volume = RbdVolume::for_name(&self.shared.config.cluster_id, &pool, name)
             .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })?;
-        let id = volume.id();
-        let Some(hold) = self.store.hold(&id).await? else {
-            return Err(BackendError::Contended { step: format!("create {name}"), reason: format!("another operation on volume {id} is in progress") });
-        };
         let (shared, name) = (Arc::clone(&self.shared), name.to_owned());
-        let created =
-            self.shared.connector.run("create volume", move |conn, deadline| create_blocking(&shared, conn, deadline, &volume, &name, size_bytes)).await;
-        hold.release().await;
-        created
+        self.shared.connector.run("create volume", move |conn, deadline| create_blocking(&shared, conn, deadline, &volume, &name, size_bytes)).await
     }
 
     async fn delete_volume(&self, id: &VolumeId) -> Result<(), BackendError> {
         let Some(volume) = self.shared.ours(id, "delete")? else { return Ok(()) };
         let shared = Arc::clone(&self.shared);
-        self.shared
-            .connector
-            .run("delete volume", move |conn, deadline| {
-                let Some(io) = conn.pool(&volume.pool)? else { return Ok(()) };
-                // The entry first: an image whose entry is gone is no volume
-                // any more, and a retried delete still moves it.
-                shared.commit(conn, &io, &volume.pool, Change::Remove { image: volume.image.clone() }, deadline)?;
-                ensure_time_left(deadline, "rbd_trash_move", shared.config.op_timeout)?;
-                trash::move_to_trash(&io, &volume.image).map_err(|e| RbdError::osd("rbd_trash_move", e, Some(&volume.id())))
-            })
-            .await
+        self.shared.connector.run("delete volume", move |conn, deadline| delete_blocking(&shared, conn, deadline, &volume)).await
     }
 
     async fn volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError> {
@@ -464,13 +518,5 @@ mod tests {
         let b = RbdBackend::new(RbdConfig::new("ceph-a", "/c", "/k")).unwrap();
         assert!(matches!(b.id_for("Bad Pool", "pvc"), Err(BackendError::InvalidParameter { .. })));
         assert!(b.id_for("fast", "pvc").unwrap().to_string().starts_with("rbd:ceph-a:fast:swell-"));
-    }
-
-    #[test]
-    fn an_unfinished_create_is_pending_with_nothing_made() {
-        let id: VolumeId = "rbd:c:rbd:swell-00000000000000000000000000000000".parse().unwrap();
-        let record = creating(&id, 1 << 30);
-        assert!(record.pending() && record.growing());
-        assert_eq!((record.current_bytes, record.promised_bytes()), (0, 1 << 30));
     }
 }

@@ -24,7 +24,7 @@ use swell_storage::{BackendError, ExpansionRecord};
 use super::capacity::PoolRoom;
 use super::errors::RbdError;
 use super::ffi::{Errno, IoCtx, WriteOp};
-use super::state::{self, Entry, STATE_OBJECT, TOTAL_KEY};
+use super::state::{self, Entry, Phase, STATE_OBJECT, TOTAL_KEY};
 
 /// How often one batch is decided again after losing a race with another
 /// writer before its callers are told to retry.
@@ -43,20 +43,25 @@ pub enum Change {
         image: String,
         /// The volume's CO name, when the change may make the entry.
         name: Option<String>,
+        /// The phase to store; `None` keeps the stored one.
+        phase: Option<Phase>,
         /// The record to store.
         record: ExpansionRecord,
     },
-    /// Removes `image`'s entry and its promise.
+    /// Removes `image`'s entry and its promise (only the entry of that
+    /// `generation`, when one is given).
     Remove {
         /// The image.
         image: String,
+        /// The generation the entry must still have.
+        generation: Option<u64>,
     },
 }
 
 impl Change {
     fn image(&self) -> &str {
         match self {
-            Change::Put { image, .. } | Change::Remove { image } => image,
+            Change::Put { image, .. } | Change::Remove { image, .. } => image,
         }
     }
 }
@@ -224,10 +229,14 @@ fn decide(stored: &HashMap<String, Vec<u8>>, changes: &[Change], room: &RoomFn<'
             }
         };
         let decided = match change {
-            Change::Put { name, record, .. } => put(image, current.as_ref(), name.as_deref(), record, total, room),
+            Change::Put { name, phase, record, .. } => put(image, current.as_ref(), name.as_deref(), *phase, record, total, room),
             // Nothing to remove: nothing to write.
             Change::Remove { .. } if current.is_none() => {
                 results.push(Ok(Outcome::Removed(None)));
+                continue;
+            }
+            Change::Remove { generation: Some(generation), .. } if current.as_ref().is_some_and(|e| e.record.generation != *generation) => {
+                results.push(Err(changed(image, current.as_ref().map_or(0, |e| e.record.generation), *generation)));
                 continue;
             }
             Change::Remove { .. } => Ok((None, Outcome::Removed(current.clone()))),
@@ -246,24 +255,30 @@ fn decide(stored: &HashMap<String, Vec<u8>>, changes: &[Change], room: &RoomFn<'
     Ok(Decision { results, total: (total_raw, total), entries })
 }
 
+fn changed(image: &str, stored: u64, expected: u64) -> RbdError {
+    RbdError::Refused(BackendError::Contended {
+        step: format!("record state of image {image}"),
+        reason: format!("its entry changed since it was read (generation {stored}, not {expected})"),
+    })
+}
+
 /// The entry a put stores, or why it may not.
 fn put(
     image: &str,
     current: Option<&Entry>,
     name: Option<&str>,
+    phase: Option<Phase>,
     record: &ExpansionRecord,
     total: u64,
     room: &RoomFn<'_>,
 ) -> Result<(Option<Entry>, Outcome), RbdError> {
     let stored_generation = current.map_or(0, |e| e.record.generation);
     if stored_generation != record.generation {
-        return Err(RbdError::Refused(BackendError::Contended {
-            step: format!("record state of image {image}"),
-            reason: format!("its entry changed since it was read (generation {stored_generation}, not {})", record.generation),
-        }));
+        return Err(changed(image, stored_generation, record.generation));
     }
     let name = match (current, name) {
-        (Some(current), Some(name)) if current.name != name => {
+        // A deleted volume's name may be taken again.
+        (Some(current), Some(name)) if current.name != name && current.live() => {
             return Err(RbdError::Refused(BackendError::io(
                 format!("record state of image {image}"),
                 std::io::Error::other(format!("the image belongs to volume {:?}, not {name:?}", current.name)),
@@ -273,7 +288,8 @@ fn put(
         (Some(current), None) => current.name.clone(),
         (None, None) => return Err(RbdError::osd(format!("record state of image {image}"), Errno::ENOENT, record.volume_id.parse().ok().as_ref())),
     };
-    let wanted = Entry { name, record: record.clone() };
+    let phase = phase.or(current.map(|e| e.phase)).unwrap_or_default();
+    let wanted = Entry { name, phase, record: record.clone() };
     let more = wanted.promised().saturating_sub(current.map_or(0, Entry::promised));
     if more > 0 {
         let room = room(total)?;
@@ -321,11 +337,11 @@ mod tests {
 
     fn entry(name: &str, current: u64, desired: u64) -> Entry {
         let id: VolumeId = "rbd:c:rbd:swell-00000000000000000000000000000000".parse().unwrap();
-        Entry { name: name.into(), record: ExpansionRecord::new(&id, current, current).wishing(current, desired) }
+        Entry { name: name.into(), phase: Phase::Ready, record: ExpansionRecord::new(&id, current, current).wishing(current, desired) }
     }
 
     fn put(image: &str, entry: Entry) -> Change {
-        Change::Put { image: image.into(), name: Some(entry.name), record: entry.record }
+        Change::Put { image: image.into(), name: Some(entry.name), phase: Some(entry.phase), record: entry.record }
     }
 
     fn room(limit: u64) -> impl Fn(u64) -> Result<PoolRoom, RbdError> {
@@ -355,8 +371,11 @@ mod tests {
         let mut grown = a.clone().record.wishing(10, 25);
         grown.generation = a.record.generation;
         // In order: the removal frees the room the grow then takes.
-        let changes =
-            [Change::Remove { image: "b".into() }, Change::Put { image: "a".into(), name: None, record: grown }, Change::Remove { image: "c".into() }];
+        let changes = [
+            Change::Remove { image: "b".into(), generation: None },
+            Change::Put { image: "a".into(), name: None, phase: None, record: grown },
+            Change::Remove { image: "c".into(), generation: None },
+        ];
         let b = entry("b", 40, 40);
         let decision = decide(&stored(&[("a", &a), ("b", &b)], 50), &changes, &room(60)).unwrap();
         assert!(decision.results.iter().all(Result::is_ok));
@@ -378,8 +397,23 @@ mod tests {
         let decision = decide(&stored(&[("a", &newer)], 10), &[clash], &room(100)).unwrap();
         assert!(decision.results[0].is_err());
         assert!(decision.entries.is_empty());
-        let orphan = Change::Put { image: "z".into(), name: None, record: a.record.clone() };
+        let orphan = Change::Put { image: "z".into(), name: None, phase: None, record: a.record.clone() };
         assert!(decide(&stored(&[], 0), &[orphan], &room(100)).unwrap().results[0].is_err(), "a record needs its entry");
+    }
+
+    #[test]
+    fn a_deleted_volume_gives_its_bytes_back_and_its_name_may_be_taken_again() {
+        let a = entry("a", 40, 40);
+        let tombstone = Change::Put { image: "a".into(), name: None, phase: Some(Phase::Deleting), record: a.record.clone() };
+        let decision = decide(&stored(&[("a", &a)], 40), &[tombstone], &room(50)).unwrap();
+        assert_eq!(decision.total.1, 0);
+        let Ok(Outcome::Stored(deleted)) = &decision.results[0] else { panic!("{:?}", decision.results[0].is_ok()) };
+        let recreate = Change::Put { image: "a".into(), name: Some("other".into()), phase: Some(Phase::Creating), record: deleted.record.clone() };
+        let decision = decide(&stored(&[("a", deleted)], 0), &[recreate], &room(50)).unwrap();
+        assert!(decision.results[0].is_ok());
+        assert_eq!(decision.total.1, 40);
+        let stale_removal = Change::Remove { image: "a".into(), generation: Some(0) };
+        assert!(decide(&stored(&[("a", deleted)], 0), &[stale_removal], &room(50)).unwrap().results[0].is_err());
     }
 
     #[test]

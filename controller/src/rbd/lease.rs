@@ -15,8 +15,12 @@
 //!   process (same instance name, new Ceph client) finds its predecessor's
 //!   locks and breaks them at once instead of waiting out their lease.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use swell_storage::expansion::HeldVolume;
 use swell_storage::locks::KeyGuard;
@@ -116,21 +120,113 @@ impl Leases {
     }
 }
 
+/// Locks this process keeps a moment after an operation, by volume, so its
+/// next operation on the same volume (a retry, the next step of a resize)
+/// takes it back without a round trip to Ceph; unlocked when the moment
+/// passes unused.
+pub struct Lingering {
+    held: Mutex<HashMap<String, VolumeLease>>,
+    /// Locks being given back now, by volume: their guard is still taken.
+    unlocking: Mutex<HashMap<String, Arc<Notify>>>,
+    linger: Duration,
+    next_token: AtomicU64,
+}
+
+impl Lingering {
+    /// Keeps released locks for `linger`.
+    pub fn new(linger: Duration) -> Arc<Self> {
+        Arc::new(Lingering { held: Mutex::default(), unlocking: Mutex::default(), linger, next_token: AtomicU64::new(0) })
+    }
+
+    /// Waits (at most `limit`) while the lock of `image` in `pool` is being
+    /// given back by this process, so the next holder need not be refused.
+    pub async fn wait_unlocked(&self, pool: &str, image: &str, limit: Duration) {
+        let Some(done) = self.unlocking.lock().unwrap_or_else(|p| p.into_inner()).get(&key(pool, image)).cloned() else { return };
+        let ended = done.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        let still = self.unlocking.lock().unwrap_or_else(|p| p.into_inner()).get(&key(pool, image)).is_some_and(|d| Arc::ptr_eq(d, &done));
+        if still {
+            let _ = tokio::time::timeout(limit, ended).await;
+        }
+    }
+
+    /// Gives `lease` back, letting waiters know when it is done.
+    async fn unlock(&self, lease: VolumeLease) {
+        let at = key(&lease.pool, &lease.image);
+        let done = Arc::new(Notify::new());
+        self.unlocking.lock().unwrap_or_else(|p| p.into_inner()).insert(at.clone(), Arc::clone(&done));
+        lease.unlock().await;
+        self.unlocking.lock().unwrap_or_else(|p| p.into_inner()).remove(&at);
+        done.notify_waiters();
+    }
+
+    /// The lock of `image` in `pool` if this process still keeps it with
+    /// enough lease left to start an operation; a kept lock too close to
+    /// its end is let go (after this call returns, the volume's local
+    /// guard is free again).
+    pub async fn take(&self, pool: &str, image: &str) -> Option<VolumeLease> {
+        let kept = self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(pool, image))?;
+        if kept.time_left() > CLOCK_MARGIN * 2 {
+            return Some(kept);
+        }
+        self.unlock(kept).await;
+        None
+    }
+
+    fn keep(self: &Arc<Self>, mut lease: VolumeLease) {
+        let token = self.next_token.fetch_add(1, Ordering::SeqCst);
+        lease.token = token;
+        let at = key(&lease.pool, &lease.image);
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(at.clone(), lease);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(this.linger).await;
+            let expired = {
+                let mut held = this.held.lock().unwrap_or_else(|p| p.into_inner());
+                match held.get(&at) {
+                    Some(lease) if lease.token == token => held.remove(&at),
+                    _ => None,
+                }
+            };
+            if let Some(lease) = expired {
+                this.unlock(lease).await;
+            }
+        });
+    }
+}
+
+fn key(pool: &str, image: &str) -> String {
+    format!("{pool}/{image}")
+}
+
 /// A volume held through its lock, renewed in the background until released.
 pub struct VolumeLease {
     connector: Connector,
     leases: Arc<Leases>,
+    lingering: Arc<Lingering>,
     pool: String,
     image: String,
     valid_until: Arc<Mutex<Instant>>,
     renewer: tokio::task::JoinHandle<()>,
-    /// Callers in this process are refused before Ceph is asked.
+    token: u64,
+    /// Callers in this process are refused before Ceph is asked: they would
+    /// share its Ceph client and lock cookie, so Ceph would take them for
+    /// this holder. Kept until the lock is really given back.
     _local: KeyGuard,
 }
 
 impl VolumeLease {
     /// Wraps a lock just taken, and starts renewing it every third of the lease.
-    pub fn start(connector: Connector, leases: Arc<Leases>, pool: String, image: String, valid_until: Instant, local: KeyGuard) -> Self {
+    pub fn start(
+        connector: Connector,
+        leases: Arc<Leases>,
+        lingering: Arc<Lingering>,
+        pool: String,
+        image: String,
+        valid_until: Instant,
+        local: KeyGuard,
+    ) -> Self {
         let valid_until = Arc::new(Mutex::new(valid_until));
         let renewer = {
             let (connector, leases, pool, image, valid_until) = (connector.clone(), Arc::clone(&leases), pool.clone(), image.clone(), Arc::clone(&valid_until));
@@ -151,17 +247,15 @@ impl VolumeLease {
                 }
             })
         };
-        VolumeLease { connector, leases, pool, image, valid_until, renewer, _local: local }
-    }
-}
-
-#[async_trait::async_trait]
-impl HeldVolume for VolumeLease {
-    fn still_held(&self) -> bool {
-        Instant::now() < *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+        VolumeLease { connector, leases, lingering, pool, image, valid_until, renewer, token: 0, _local: local }
     }
 
-    async fn release(self: Box<Self>) {
+    fn time_left(&self) -> Duration {
+        self.valid_until.lock().unwrap_or_else(|p| p.into_inner()).saturating_duration_since(Instant::now())
+    }
+
+    /// Gives the lock back to Ceph, then the volume to this process.
+    async fn unlock(self) {
         self.renewer.abort();
         let (leases, pool, image) = (Arc::clone(&self.leases), self.pool.clone(), self.image.clone());
         let (p, i) = (pool.clone(), image.clone());
@@ -175,10 +269,22 @@ impl HeldVolume for VolumeLease {
         if let Err(err) = released {
             tracing::warn!(pool, image, error = %err, "cannot release a volume's lock; it frees itself when its lease runs out");
         }
-        // Only now may another operation of this process take the volume:
-        // it would share this process's Ceph client and cookie, so Ceph
-        // would take it for this holder.
-        drop(self);
+    }
+}
+
+#[async_trait::async_trait]
+impl HeldVolume for VolumeLease {
+    fn still_held(&self) -> bool {
+        self.time_left() > Duration::ZERO
+    }
+
+    async fn release(self: Box<Self>) {
+        let lingering = Arc::clone(&self.lingering);
+        if self.still_held() {
+            lingering.keep(*self);
+        } else {
+            lingering.unlock(*self).await;
+        }
     }
 }
 

@@ -1,12 +1,12 @@
 //! What Swell remembers about a pool's volumes, kept in the pool itself:
 //! one RADOS object, `swell.state`, whose omap holds
 //!
-//! - `v.<image>`: the volume's entry (its CO name and its expansion
-//!   record, JSON), from the moment its create is admitted until it is
-//!   deleted;
+//! - `v.<image>`: the volume's entry (its CO name, its phase and its
+//!   expansion record, JSON), from the moment its create is admitted until
+//!   its image is in the trash;
 //! - `p.<image>`: present while that entry has work left (a grow short of
-//!   its wish, a size its clients were not told, a create not finished), so
-//!   the reconciler reads only those;
+//!   its wish, a size its clients were not told, a create not confirmed, a
+//!   delete not finished), so the background work reads only those;
 //! - `total`: the bytes Swell has promised in the pool, the sum of every
 //!   entry's promise (the larger of its wish and its size), kept by every
 //!   change in the same atomic write as the entry it changes.
@@ -43,11 +43,29 @@ pub fn pending_key(image: &str) -> String {
     format!("{PENDING_PREFIX}{image}")
 }
 
+/// Where a volume is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Its bytes are promised and its image is being made (or was, and the
+    /// background work has not confirmed it yet).
+    Creating,
+    /// A volume.
+    #[default]
+    Ready,
+    /// Deleted: it promises nothing any more; its image goes to the trash
+    /// in the background, then the entry goes.
+    Deleting,
+}
+
 /// One volume as the pool's state object records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The CO's name for the volume (the idempotency key of CreateVolume).
     pub name: String,
+    /// Where it is in its life.
+    #[serde(default)]
+    pub phase: Phase,
     /// Its expansion state.
     #[serde(flatten)]
     pub record: ExpansionRecord,
@@ -56,12 +74,20 @@ pub struct Entry {
 impl Entry {
     /// Bytes this volume counts against the pool.
     pub fn promised(&self) -> u64 {
-        self.record.promised_bytes()
+        match self.phase {
+            Phase::Deleting => 0,
+            Phase::Creating | Phase::Ready => self.record.promised_bytes(),
+        }
     }
 
-    /// Whether the reconciler has work here.
+    /// Whether background work is owed here (and the entry marked for it).
     pub fn pending(&self) -> bool {
-        self.record.pending()
+        self.phase != Phase::Ready || self.record.pending()
+    }
+
+    /// Whether it is a volume (made or being made), not a deleted one.
+    pub fn live(&self) -> bool {
+        self.phase != Phase::Deleting
     }
 
     /// The stored form.
@@ -191,12 +217,18 @@ mod tests {
     #[test]
     fn entries_round_trip_and_promise_the_larger_of_wish_and_size() {
         let id: VolumeId = "rbd:c:rbd:swell-00000000000000000000000000000000".parse().unwrap();
-        let entry = Entry { name: "pvc-1".into(), record: ExpansionRecord::new(&id, 10, 10).wishing(10, 30) };
+        let entry = Entry { name: "pvc-1".into(), phase: Phase::Ready, record: ExpansionRecord::new(&id, 10, 10).wishing(10, 30) };
         assert_eq!(entry.promised(), 30);
         assert!(entry.pending());
         let decoded = Entry::decode("img", &entry.encode()).unwrap();
         assert_eq!(decoded, entry);
         assert!(Entry::decode("img", b"{").is_err());
+        let settled = Entry { record: ExpansionRecord::new(&id, 10, 10), ..entry };
+        assert!(!settled.pending());
+        let deleted = Entry { phase: Phase::Deleting, ..settled.clone() };
+        assert_eq!(deleted.promised(), 0, "a deleted volume promises nothing");
+        assert!(deleted.pending() && !deleted.live());
+        assert!(Entry { phase: Phase::Creating, ..settled }.pending());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::commit::{Change, Outcome};
 use super::errors::RbdError;
 use super::ffi::{Errno, WriteOp};
 use super::lease::{Acquired, VolumeLease, lock_object};
-use super::state;
+use super::state::{self, Phase};
 
 /// Records and holds of one cluster's RBD volumes.
 pub struct RbdStore {
@@ -53,10 +53,27 @@ impl RbdStore {
     }
 }
 
+/// Removes a volume's lock object (and so the lock on it) while this
+/// process holds it, so nobody else's lock is removed by mistake.
+pub(crate) fn remove_lock_object(io: &super::ffi::IoCtx, volume: &RbdVolume) -> Result<(), RbdError> {
+    let mut remove = WriteOp::default();
+    remove.remove();
+    match remove.operate(io, &lock_object(&volume.image)) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(RbdError::osd("remove lock object", e, Some(&volume.id()))),
+    }
+}
+
 #[async_trait::async_trait]
 impl ExpansionStore for RbdStore {
     async fn hold(&self, id: &VolumeId) -> Result<Option<Hold>, BackendError> {
         let volume = self.volume(id, "hold")?;
+        if let Some(kept) = self.shared.lingering.take(&volume.pool, &volume.image).await {
+            return Ok(Some(Hold::new(Box::new(kept))));
+        }
+        // This process may be giving the lock back this very moment (a kept
+        // lock whose moment passed): wait for that rather than refuse.
+        self.shared.lingering.wait_unlocked(&volume.pool, &volume.image, self.shared.connector.deadline()).await;
         let Some(local) = self.shared.local.try_acquire(&id.to_string()) else { return Ok(None) };
         let (leases, pool, image) = (Arc::clone(&self.shared.leases), volume.pool.clone(), volume.image.clone());
         let acquired = self
@@ -69,7 +86,15 @@ impl ExpansionStore for RbdStore {
             .await?;
         match acquired {
             Acquired::Held(until) => {
-                let lease = VolumeLease::start(self.shared.connector.clone(), Arc::clone(&self.shared.leases), volume.pool, volume.image, until, local);
+                let lease = VolumeLease::start(
+                    self.shared.connector.clone(),
+                    Arc::clone(&self.shared.leases),
+                    Arc::clone(&self.shared.lingering),
+                    volume.pool,
+                    volume.image,
+                    until,
+                    local,
+                );
                 Ok(Some(Hold::new(Box::new(lease))))
             }
             Acquired::Busy(by) => {
@@ -102,7 +127,7 @@ impl ExpansionStore for RbdStore {
             .connector
             .run("write expansion record", move |conn, deadline| {
                 let io = super::backend::Shared::io(conn, &volume.pool)?;
-                shared.commit(conn, &io, &volume.pool, Change::Put { image: volume.image.clone(), name: None, record }, deadline)
+                shared.commit(conn, &io, &volume.pool, Change::Put { image: volume.image.clone(), name: None, phase: None, record }, deadline)
             })
             .await?;
         match outcome {
@@ -111,6 +136,10 @@ impl ExpansionStore for RbdStore {
         }
     }
 
+    /// A deleted volume's entry stays as a tombstone until the background
+    /// work has moved its image to the trash, and a create in flight is
+    /// the background work's to judge; a made volume found gone goes now,
+    /// with its lock object.
     async fn forget(&self, hold: Hold, id: &VolumeId) -> Result<(), BackendError> {
         let volume = self.volume(id, "forget")?;
         let shared = Arc::clone(&self.shared);
@@ -119,14 +148,13 @@ impl ExpansionStore for RbdStore {
             .connector
             .run("remove expansion record", move |conn, deadline| {
                 let Some(io) = conn.pool(&volume.pool)? else { return Ok(()) };
-                shared.commit(conn, &io, &volume.pool, Change::Remove { image: volume.image.clone() }, deadline)?;
-                // The lock object goes with the volume, removed while still
-                // held so nobody's lock on it is removed by mistake.
-                let mut remove = WriteOp::default();
-                remove.remove();
-                match remove.operate(&io, &lock_object(&volume.image)) {
-                    Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                    Err(e) => Err(RbdError::osd("remove lock object", e, Some(&volume.id()))),
+                match state::read_entry(&io, &volume.image)? {
+                    Some(entry) if entry.phase == Phase::Ready => {
+                        let remove = Change::Remove { image: volume.image.clone(), generation: Some(entry.record.generation) };
+                        shared.commit(conn, &io, &volume.pool, remove, deadline)?;
+                        remove_lock_object(&io, &volume)
+                    }
+                    _ => Ok(()),
                 }
             })
             .await;
@@ -135,7 +163,10 @@ impl ExpansionStore for RbdStore {
     }
 
     async fn pending(&self) -> Result<Vec<ExpansionRecord>, BackendError> {
-        self.each_pool("list pending expansions", |_, io| Ok(state::pending_entries(io)?.into_iter().map(|(_, e)| e.record).collect())).await
+        let expansions = |_: &str, io: &super::ffi::IoCtx| {
+            Ok(state::pending_entries(io)?.into_iter().filter(|(_, e)| e.live() && e.record.pending()).map(|(_, e)| e.record).collect())
+        };
+        self.each_pool("list pending expansions", expansions).await
     }
 
     async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<ExpansionRecord>, BackendError> {
@@ -148,13 +179,22 @@ impl ExpansionStore for RbdStore {
                 pools.sort();
                 let mut records = Vec::new();
                 for pool in pools.into_iter().filter(|p| after.as_ref().is_none_or(|a| *p >= a.pool)) {
-                    let left = limit.saturating_sub(records.len());
-                    if left == 0 {
-                        break;
-                    }
                     let Some(io) = conn.pool(&pool)? else { continue };
-                    let from = after.as_ref().filter(|a| a.pool == pool).map(|a| a.image.as_str());
-                    records.extend(state::page_entries(&io, from, left)?.into_iter().map(|(_, e)| e.record));
+                    let mut from = after.as_ref().filter(|a| a.pool == pool).map(|a| a.image.clone());
+                    // Deleted volumes' entries are skipped, not counted.
+                    loop {
+                        let left = limit.saturating_sub(records.len());
+                        if left == 0 {
+                            break;
+                        }
+                        let page = state::page_entries(&io, from.as_deref(), left)?;
+                        let (read, last) = (page.len(), page.last().map(|(image, _)| image.clone()));
+                        records.extend(page.into_iter().filter(|(_, e)| e.live()).map(|(_, e)| e.record));
+                        if read < left {
+                            break;
+                        }
+                        from = last;
+                    }
                 }
                 Ok(records)
             })

@@ -37,40 +37,47 @@ pub struct Purged {
     pub watched: usize,
 }
 
+/// Runs `work` on each of `items`, `concurrency` at a time, starting none
+/// once less than `op_timeout` is left before `deadline` (the rest wait for
+/// the next pass).
+pub fn in_parallel<T: Sync>(items: &[T], concurrency: usize, deadline: Instant, op_timeout: Duration, work: impl Fn(&T) + Sync) {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..concurrency.clamp(1, items.len().max(1)) {
+            scope.spawn(|| {
+                while let Some(item) = items.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    if deadline.saturating_duration_since(Instant::now()) < op_timeout {
+                        return;
+                    }
+                    work(item);
+                }
+            });
+        }
+    });
+}
+
 /// Removes Swell's trashed images in `pool`, `concurrency` at a time,
-/// starting none once less than `op_timeout` is left before `deadline`
-/// (the rest wait for the next pass).
+/// within `deadline` (see [`in_parallel`]).
 pub fn purge(io: &IoCtx, pool: &str, concurrency: usize, deadline: Instant, op_timeout: Duration) -> Result<Purged, RbdError> {
     let entries: Vec<TrashEntry> = match io.trash_list() {
         Ok(entries) => entries.into_iter().filter(|e| is_swell_image(&e.name)).collect(),
         Err(Errno::ENOENT) => return Ok(Purged::default()),
         Err(e) => return Err(RbdError::osd(format!("rbd_trash_list in pool {pool}"), e, None)),
     };
-    let next = AtomicUsize::new(0);
     let purged = Mutex::new(Purged::default());
-    std::thread::scope(|scope| {
-        for _ in 0..concurrency.clamp(1, entries.len().max(1)) {
-            scope.spawn(|| {
-                loop {
-                    let Some(entry) = entries.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
-                    if deadline.saturating_duration_since(Instant::now()) < op_timeout {
-                        return;
-                    }
-                    let outcome = io.trash_remove(&entry.id);
-                    let mut purged = purged.lock().unwrap_or_else(|p| p.into_inner());
-                    match outcome {
-                        Ok(()) | Err(Errno::ENOENT) => {
-                            tracing::info!(pool, image = entry.name, trash_id = entry.id, "removed a trashed image");
-                            purged.removed += 1;
-                        }
-                        Err(Errno::EBUSY) => {
-                            tracing::debug!(pool, image = entry.name, "trashed image still has watchers");
-                            purged.watched += 1;
-                        }
-                        Err(e) => tracing::warn!(pool, image = entry.name, error = %e, "cannot remove a trashed image; retrying on the next pass"),
-                    }
-                }
-            });
+    in_parallel(&entries, concurrency, deadline, op_timeout, |entry| {
+        let outcome = io.trash_remove(&entry.id);
+        let mut purged = purged.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(()) | Err(Errno::ENOENT) => {
+                tracing::info!(pool, image = entry.name, trash_id = entry.id, "removed a trashed image");
+                purged.removed += 1;
+            }
+            Err(Errno::EBUSY) => {
+                tracing::debug!(pool, image = entry.name, "trashed image still has watchers");
+                purged.watched += 1;
+            }
+            Err(e) => tracing::warn!(pool, image = entry.name, error = %e, "cannot remove a trashed image; retrying on the next pass"),
         }
     });
     Ok(purged.into_inner().unwrap_or_else(|p| p.into_inner()))

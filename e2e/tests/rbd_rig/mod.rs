@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use csi_proto::v1::controller_client::ControllerClient;
 use swell_controller::rbd::RbdConfig;
+use swell_controller::reconciler::ReconcilerConfig;
 use swell_controller::server::{BackendOptions, ControllerConfig, build_with};
 use swell_e2e::ceph::TestCluster;
 use swell_e2e::host;
@@ -153,6 +154,16 @@ pub fn rbd_size(env: &ClusterEnv, pool: &str, image: &str) -> Result<Option<u64>
     }
 }
 
+/// Waits until the image of `id` has left the pool (deletes answer first
+/// and move the image to the trash in the background); panics after 30 s.
+pub async fn wait_gone(env: &ClusterEnv, pool: &str, image: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rbd_size(env, pool, image).expect("rbd info").is_some() {
+        assert!(std::time::Instant::now() < deadline, "image {pool}/{image} still in the pool 30 s after its delete");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 type Server = (oneshot::Sender<()>, JoinHandle<Result<(), csi_endpoint::EndpointError>>);
 
 /// A Swell controller over the test cluster, on its own socket.
@@ -161,6 +172,7 @@ pub struct Swell {
     pub backend_timeout: Duration,
     _dir: tempfile::TempDir,
     server: Option<Server>,
+    reconciler: JoinHandle<()>,
 }
 
 impl Swell {
@@ -173,12 +185,15 @@ impl Swell {
             local_state_dir: dir.path().join("local"),
             local_capacity_bytes: None,
             backend_timeout,
-            reconciler: Default::default(),
+            // As in production, with a pass a second so background work
+            // (deferred deletes) shows within a test's patience.
+            reconciler: ReconcilerConfig { interval: Duration::from_secs(1), ..Default::default() },
         };
         let mut rbd = RbdConfig::new(CLUSTER_ID, &env.conf, &env.keyring);
         rbd.op_timeout = op_timeout;
         let options = BackendOptions { rbd: Some(rbd), default_backend: Some("rbd".into()) };
         let controller = build_with(&config, &options).expect("controller builds");
+        let reconciler = tokio::spawn(controller.reconciler.clone().run(std::future::pending()));
         let socket = dir.path().join("controller.sock");
         let (stop, stopped) = oneshot::channel::<()>();
         let serve_socket = socket.clone();
@@ -194,7 +209,7 @@ impl Swell {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let channel = csi_endpoint::connect(&socket).await.expect("connect to controller");
-        Swell { client: ControllerClient::new(channel), backend_timeout, _dir: dir, server: Some((stop, task)) }
+        Swell { client: ControllerClient::new(channel), backend_timeout, _dir: dir, server: Some((stop, task)), reconciler }
     }
 }
 
@@ -204,5 +219,6 @@ impl Drop for Swell {
             let _ = stop.send(());
             task.abort();
         }
+        self.reconciler.abort();
     }
 }
