@@ -25,8 +25,8 @@ const TESTS: usize = 2;
 const MIB: u64 = 1 << 20;
 const DEADLINE: Duration = Duration::from_secs(3);
 
-/// A webhook over the test cluster's RBD backend, with one 64 MiB volume
-/// bound to PV `pvc-rbd`.
+/// A webhook with its own connection to the test cluster, judging one
+/// 64 MiB volume bound to PV `pvc-rbd`.
 struct RbdWebhook {
     _dir: tempfile::TempDir,
     pki: TestPki,
@@ -37,15 +37,22 @@ struct RbdWebhook {
 }
 
 impl RbdWebhook {
+    /// Over a new volume, which [`cleanup`](Self::cleanup) deletes.
     async fn start(env: &ClusterEnv, policy: Policy) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let state_dir = dir.path().join("controller");
-        let mut rbd = RbdConfig::new(CLUSTER_ID, &env.conf, &env.keyring);
-        rbd.op_timeout = Duration::from_secs(2);
-        let options = BackendOptions { rbd: Some(rbd), default_backend: Some("rbd".into()) };
-        let backends = backends(&dir.path().join("local"), None, Duration::from_secs(8), &options).unwrap();
+        let (dir, backends) = connect(env);
         let rbd = backends.for_new_volume(None).unwrap().clone();
         let id = rbd.create_volume(&format!("pvc-webhook-{}", std::process::id()), 64 * MIB, &Default::default()).await.unwrap().info().id.clone();
+        Self::serve(dir, backends, id, policy).await
+    }
+
+    /// Over the volume `id`, with a connection made now: a new client
+    /// starts from the cluster's current OSD map (pause flags included).
+    async fn over(env: &ClusterEnv, id: &VolumeId, policy: Policy) -> Self {
+        let (dir, backends) = connect(env);
+        Self::serve(dir, backends, id.clone(), policy).await
+    }
+
+    async fn serve(dir: tempfile::TempDir, backends: swell_controller::Backends, id: VolumeId, policy: Policy) -> Self {
         let volumes = Arc::new(FixedVolumes::default());
         volumes.add("pvc-rbd", &id.to_string());
         let webhook = Webhook {
@@ -53,7 +60,7 @@ impl RbdWebhook {
             deadline: DEADLINE,
             policy,
             volumes: volumes.clone(),
-            facts: Arc::new(BackendFacts::new(backends.clone(), RecordStore::open(&state_dir).unwrap())),
+            facts: Arc::new(BackendFacts::new(backends.clone(), RecordStore::open(&dir.path().join("controller")).unwrap())),
         };
         let pki = TestPki::new();
         let server = RunningWebhook::start(webhook, &pki, Limits::default(), Duration::from_secs(1)).await;
@@ -69,6 +76,16 @@ impl RbdWebhook {
         rbd.delete_volume(&self.id).await.unwrap();
         self.server.stop().await;
     }
+}
+
+/// Swell's backends over the test cluster, as the webhook builds them.
+fn connect(env: &ClusterEnv) -> (tempfile::TempDir, swell_controller::Backends) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rbd = RbdConfig::new(CLUSTER_ID, &env.conf, &env.keyring);
+    rbd.op_timeout = Duration::from_secs(2);
+    let options = BackendOptions { rbd: Some(rbd), default_backend: Some("rbd".into()) };
+    let backends = backends(&dir.path().join("local"), None, Duration::from_secs(8), &options).unwrap();
+    (dir, backends)
 }
 
 async fn timed_judge(rig: &RbdWebhook, review: &Value) -> (Duration, (bool, String, Vec<String>)) {
@@ -144,27 +161,24 @@ async fn every_rule_on_rbd_with_fresh_backend_facts() {
 async fn a_backend_down_gets_the_policy_within_the_deadline() {
     let Some(session) = rbd_rig::acquire("webhook_rbd::a_backend_down_gets_the_policy_within_the_deadline", TESTS).await else { return };
     let env = session.env;
-    let deny = RbdWebhook::start(env, Policy::default()).await;
-    let allow = RbdWebhook::start(env, Policy { allow_unchecked: true }).await;
-    // Each rig's PV pvc-rbd names its own image.
+    let owner = RbdWebhook::start(env, Policy::default()).await;
+    // Each rig's PV pvc-rbd names the owner's image.
     let review = || resize("64Mi", "128Mi", "64Mi", None).review();
-    assert!(deny.judge(&review()).await.0, "healthy first");
+    assert!(owner.judge(&review()).await.0, "healthy first");
 
     let mut outcomes = Vec::new();
     for fault in ["pause", "two OSDs killed"] {
         match fault {
-            "pause" => {
-                cli(env, "ceph", &["osd", "pause"]).unwrap();
-                // A client holds its reads back once its OSD map has the
-                // pause flags; the map reaches a connected client within
-                // moments, not at once.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
+            "pause" => drop(cli(env, "ceph", &["osd", "pause"]).unwrap()),
             _ => {
                 cluster(env, "kill-osd", &["1"]).unwrap();
                 cluster(env, "kill-osd", &["2"]).unwrap();
             }
         }
+        // Webhooks connected now: a client connected before the pause may
+        // not have the map with its flags yet, and be served meanwhile.
+        let deny = RbdWebhook::over(env, &owner.id, Policy::default()).await;
+        let allow = RbdWebhook::over(env, &owner.id, Policy { allow_unchecked: true }).await;
         let resize = review();
         let (denied, allowed) = tokio::join!(timed_judge(&deny, &resize), timed_judge(&allow, &resize));
         outcomes.extend([(fault, denied.0, denied.1), (fault, allowed.0, allowed.1)]);
@@ -175,6 +189,8 @@ async fn a_backend_down_gets_the_policy_within_the_deadline() {
                 cluster(env, "start-osd", &["2"]).unwrap();
             }
         }
+        deny.server.stop().await;
+        allow.server.stop().await;
     }
     let restarted = Instant::now();
     for (i, (fault, took, (allowed, message, warnings))) in outcomes.into_iter().enumerate() {
@@ -190,11 +206,10 @@ async fn a_backend_down_gets_the_policy_within_the_deadline() {
     // The same resize is judged on its merits again once the PGs are active
     // (clean is not needed: the other test only reads and resizes).
     let retry_until = Instant::now() + Duration::from_secs(60);
-    while !deny.judge(&review()).await.0 {
+    while !owner.judge(&review()).await.0 {
         assert!(Instant::now() < retry_until, "still denied 60 s after the OSDs were restarted");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     eprintln!("allowed again {:?} after the OSDs were restarted", restarted.elapsed());
-    deny.cleanup().await;
-    allow.cleanup().await;
+    owner.cleanup().await;
 }
