@@ -58,7 +58,11 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, webhook: Arc<W
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(err) = finished {
+                    tracing::error!(error = %err, "a connection task failed");
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let (acceptor, webhook, stopped) = (acceptor.clone(), Arc::clone(&webhook), stopped.clone());
