@@ -60,12 +60,19 @@ impl TestPki {
     /// (certificate first, then key, each by rename, as a rotation does)
     /// and returns the certificate's DER.
     pub fn issue(&self) -> Vec<u8> {
+        let half = self.issue_certificate_only();
+        half.finish();
+        half.der
+    }
+
+    /// The first half of [`issue`](Self::issue): the new certificate is in
+    /// place, its key not yet (a rotation caught in the middle).
+    pub fn issue_certificate_only(&self) -> HalfRotation<'_> {
         let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("leaf params");
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.ca).expect("leaf certificate");
         replace(&self.cert_path, cert.pem().as_bytes());
-        replace(&self.key_path, key.serialize_pem().as_bytes());
-        cert.der().to_vec()
+        HalfRotation { pki: self, key_pem: key.serialize_pem(), der: cert.der().to_vec() }
     }
 
     /// The directory holding the files.
@@ -86,6 +93,21 @@ impl TestPki {
         // the session it resumes, not the one served now.
         config.resumption = rustls::client::Resumption::disabled();
         Arc::new(config)
+    }
+}
+
+/// A new certificate written without its key yet.
+pub struct HalfRotation<'a> {
+    pki: &'a TestPki,
+    key_pem: String,
+    /// The new certificate (DER).
+    pub der: Vec<u8>,
+}
+
+impl HalfRotation<'_> {
+    /// Writes the key too.
+    pub fn finish(&self) {
+        replace(&self.pki.key_path, self.key_pem.as_bytes());
     }
 }
 

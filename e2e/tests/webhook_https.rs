@@ -270,6 +270,22 @@ async fn certificate_rotation_drops_no_request_and_serves_the_new_certificate() 
 }
 
 #[tokio::test]
+async fn a_rotation_caught_half_way_keeps_the_old_pair_serving() {
+    let rig = LocalRig::start(Limits::default()).await;
+    let client = rig.server.client(&rig.pki);
+    let before = client.post("/healthz", vec![]).await.unwrap().served_cert;
+    let half = rig.pki.issue_certificate_only();
+    let err = rig.server.cert.reload_if_changed().unwrap_err();
+    assert!(err.to_string().contains("certificate") && err.to_string().contains("key"), "{err}");
+    assert_eq!(client.post("/healthz", vec![]).await.unwrap().served_cert, before, "the old pair still serves");
+    half.finish();
+    // Loaded now, by this call or by the server's own poll just before it.
+    rig.server.cert.reload_if_changed().unwrap();
+    assert_eq!(client.post("/healthz", vec![]).await.unwrap().served_cert, half.der);
+    rig.server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_requests_get_400_with_the_reason() {
     let rig = LocalRig::start(Limits { max_body_bytes: 64 << 10, ..Limits::default() }).await;
     let client = rig.server.client(&rig.pki);
