@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod backends;
+pub mod cli;
 pub mod error;
 pub mod expand;
 pub mod listing;

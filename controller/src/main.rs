@@ -1,13 +1,12 @@
 //! `swell-controller`: serves CSI Identity + Controller on a Unix socket.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
-use swell_controller::rbd::RbdConfig;
+use swell_controller::cli::BackendArgs;
 use swell_controller::reconciler::ReconcilerConfig;
-use swell_controller::server::{BackendOptions, ControllerConfig, build_with};
+use swell_controller::server::{ControllerConfig, build_with};
 use tracing_subscriber::EnvFilter;
 
 /// Swell CSI controller: provisions and expands volumes.
@@ -23,63 +22,14 @@ struct Args {
     /// Accepted for sidecar compatibility; the controller is not node-bound.
     #[arg(long, env = "SWELL_NODE_ID")]
     node_id: Option<String>,
-    /// Where the controller keeps its durable expansion records.
-    #[arg(long, env = "SWELL_STATE_DIR", default_value = "/var/lib/swell/controller")]
-    state_dir: PathBuf,
-    /// The local backend's state directory (shared with the node on one machine).
-    #[arg(long, env = "SWELL_LOCAL_STATE_DIR", default_value = "/var/lib/swell/local")]
-    local_state_dir: PathBuf,
-    /// Bytes the local backend may promise in all; default: the size of its file system.
-    #[arg(long, env = "SWELL_LOCAL_CAPACITY_BYTES")]
-    local_capacity_bytes: Option<u64>,
-    /// Deadline of every backend call, in seconds.
-    #[arg(long, env = "SWELL_BACKEND_TIMEOUT_SECS", default_value_t = 8)]
-    backend_timeout_secs: u64,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Seconds between reconciler passes over the expansion records.
     #[arg(long, env = "SWELL_RECONCILE_INTERVAL_SECS", default_value_t = 10)]
     reconcile_interval_secs: u64,
     /// Seconds an expansion may stay unfinished before it is reported stuck.
     #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = 600)]
     stuck_after_secs: u64,
-    /// Backend for StorageClasses without a `backend` parameter: local or rbd.
-    #[arg(long, env = "SWELL_DEFAULT_BACKEND", default_value = "local")]
-    default_backend: String,
-    /// Enables the Ceph RBD backend: the cluster's id in volume ids ([a-z0-9._-]).
-    #[arg(long, env = "SWELL_RBD_CLUSTER_ID", requires_all = ["rbd_ceph_conf", "rbd_keyring"])]
-    rbd_cluster_id: Option<String>,
-    /// The RBD cluster's ceph.conf.
-    #[arg(long, env = "SWELL_RBD_CEPH_CONF")]
-    rbd_ceph_conf: Option<PathBuf>,
-    /// The keyring holding the RBD user's key.
-    #[arg(long, env = "SWELL_RBD_KEYRING")]
-    rbd_keyring: Option<PathBuf>,
-    /// The cephx user (without `client.`).
-    #[arg(long, env = "SWELL_RBD_USER", default_value = "admin")]
-    rbd_user: String,
-    /// The pool for StorageClasses without a `pool` parameter.
-    #[arg(long, env = "SWELL_RBD_POOL", default_value = "rbd")]
-    rbd_pool: String,
-    /// librados timeout of each OSD/monitor operation and of connecting, in
-    /// seconds. An RBD call may take 2 × this + 1 s, which must stay under
-    /// --backend-timeout-secs (checked at start-up).
-    #[arg(long, env = "SWELL_RBD_OP_TIMEOUT_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
-    rbd_op_timeout_secs: u64,
-    /// Bytes that may be promised per byte the pool holds.
-    #[arg(long, env = "SWELL_RBD_OVERPROVISION_RATIO", default_value_t = 1.0)]
-    rbd_overprovision_ratio: f64,
-    /// Count the sizes of images Swell did not make (other clients sharing
-    /// the pool) against its room too, not only the bytes they wrote.
-    #[arg(long, env = "SWELL_RBD_COUNT_FOREIGN_IMAGES")]
-    rbd_count_foreign_images: bool,
-    /// Seconds a volume's lock outlives a controller that stopped renewing
-    /// it (died or froze); must exceed 2 × --rbd-op-timeout-secs + 1.
-    #[arg(long, env = "SWELL_RBD_LOCK_LEASE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    rbd_lock_lease_secs: u64,
-    /// This controller's name in the volume locks it holds: unique among
-    /// running replicas, the same across restarts of one (default:
-    /// $POD_NAME, else the host name).
-    #[arg(long, env = "SWELL_INSTANCE_NAME")]
-    instance_name: Option<String>,
     /// Seconds in which the slow sweep checks every settled expansion
     /// record against its backend once.
     #[arg(long, env = "SWELL_SWEEP_INTERVAL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
@@ -99,26 +49,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let socket = parse_endpoint(&args.endpoint)?;
-    let rbd = match (args.rbd_cluster_id, args.rbd_ceph_conf, args.rbd_keyring) {
-        (Some(cluster_id), Some(ceph_conf), Some(keyring)) => Some(RbdConfig {
-            user: args.rbd_user,
-            default_pool: args.rbd_pool,
-            op_timeout: Duration::from_secs(args.rbd_op_timeout_secs),
-            overprovision_ratio: args.rbd_overprovision_ratio,
-            count_foreign_images: args.rbd_count_foreign_images,
-            lock_lease: Duration::from_secs(args.rbd_lock_lease_secs),
-            instance: args.instance_name.unwrap_or_else(swell_controller::rbd::default_instance),
-            ..RbdConfig::new(cluster_id, ceph_conf, keyring)
-        }),
-        _ => None,
-    };
-    let backends = BackendOptions { rbd, default_backend: Some(args.default_backend) };
+    let backends = args.backend.options();
     let config = ControllerConfig {
         driver_name: args.driver_name,
-        state_dir: args.state_dir,
-        local_state_dir: args.local_state_dir,
-        local_capacity_bytes: args.local_capacity_bytes,
-        backend_timeout: Duration::from_secs(args.backend_timeout_secs),
+        state_dir: args.backend.state_dir.clone(),
+        local_state_dir: args.backend.local_state_dir.clone(),
+        local_capacity_bytes: args.backend.local_capacity_bytes,
+        backend_timeout: args.backend.backend_timeout(),
         reconciler: ReconcilerConfig {
             interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             stuck_after: Duration::from_secs(args.stuck_after_secs),

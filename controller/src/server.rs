@@ -1,7 +1,7 @@
 //! Assembles the controller's gRPC router from its configuration, so the
 //! binary, the demo and the tests run exactly the same wiring.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,28 +113,38 @@ pub fn build(config: &ControllerConfig) -> Result<Controller, StartError> {
     build_with(config, &BackendOptions::default())
 }
 
-/// Builds the Identity + Controller router and the reconciler over the local
-/// backend and the ones in `options`.
-pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result<Controller, StartError> {
-    let local: Arc<dyn swell_storage::Backend> =
-        Arc::new(LocalBackend::open(&config.local_state_dir, config.local_capacity_bytes).map_err(|source| StartError::State {
-            what: "local backend",
-            path: config.local_state_dir.clone(),
-            source,
-        })?);
+/// Builds the local backend and the ones in `options` under one deadline,
+/// as configured; used by the controller and by the admission webhook.
+pub fn backends(
+    local_state_dir: &Path,
+    local_capacity_bytes: Option<u64>,
+    backend_timeout: Duration,
+    options: &BackendOptions,
+) -> Result<Backends, StartError> {
+    let local: Arc<dyn swell_storage::Backend> = Arc::new(LocalBackend::open(local_state_dir, local_capacity_bytes).map_err(|source| StartError::State {
+        what: "local backend",
+        path: local_state_dir.to_owned(),
+        source,
+    })?);
     let rbd: Option<Arc<dyn swell_storage::Backend>> = match &options.rbd {
         Some(rbd) => {
-            check_deadlines(rbd, config.backend_timeout)?;
+            check_deadlines(rbd, backend_timeout)?;
             Some(open_rbd(rbd.clone())?)
         }
         None => None,
     };
-    let backends = match (options.default_backend.as_deref().unwrap_or("local"), rbd) {
-        ("local", None) => Backends::new(local, config.backend_timeout),
-        ("local", Some(rbd)) => Backends::new(local, config.backend_timeout).with(rbd),
-        ("rbd", Some(rbd)) => Backends::new(rbd, config.backend_timeout).with(local),
+    Ok(match (options.default_backend.as_deref().unwrap_or("local"), rbd) {
+        ("local", None) => Backends::new(local, backend_timeout),
+        ("local", Some(rbd)) => Backends::new(local, backend_timeout).with(rbd),
+        ("rbd", Some(rbd)) => Backends::new(rbd, backend_timeout).with(local),
         (other, _) => return Err(StartError::DefaultBackend(other.to_owned())),
-    };
+    })
+}
+
+/// Builds the Identity + Controller router and the reconciler over the local
+/// backend and the ones in `options`.
+pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result<Controller, StartError> {
+    let backends = backends(&config.local_state_dir, config.local_capacity_bytes, config.backend_timeout, options)?;
     build_over(config, backends)
 }
 

@@ -14,6 +14,7 @@ pub mod never_stuck;
 pub mod node_process;
 pub mod observe;
 pub mod process;
+#[cfg(feature = "rbd")]
 pub mod rbd_rig;
 pub mod requests;
 pub mod resizer;
@@ -21,6 +22,7 @@ pub mod state;
 pub mod stream_io;
 pub mod sweep;
 pub mod timing;
+pub mod webhook;
 pub mod writer;
 
 pub use harness::{DriverUnderTest, HarnessError};

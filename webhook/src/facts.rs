@@ -1,0 +1,83 @@
+//! Fresh facts about a volume at its backend, behind [`VolumeFacts`] so the
+//! decision can be tested without one. [`BackendFacts`] reads them from
+//! Swell's backends (the same ones the controller builds) and the
+//! controller's expansion records, every time: nothing is cached.
+
+use swell_controller::Backends;
+use swell_storage::{BackendError, VolumeId};
+
+use crate::decision::VolumeState;
+use crate::records::RecordStore;
+
+/// Reads what the backend holds for a volume now.
+#[async_trait::async_trait]
+pub trait VolumeFacts: Send + Sync + 'static {
+    /// The volume's state; the error says why it could not be read (the
+    /// webhook then applies its policy for unchecked resizes).
+    async fn read(&self, id: &VolumeId) -> Result<VolumeState, String>;
+}
+
+/// Facts from Swell's backends and the controller's records.
+#[derive(Clone)]
+pub struct BackendFacts {
+    backends: Backends,
+    records: RecordStore,
+}
+
+impl BackendFacts {
+    /// Facts from `backends` and `records`.
+    pub fn new(backends: Backends, records: RecordStore) -> Self {
+        BackendFacts { backends, records }
+    }
+}
+
+#[async_trait::async_trait]
+impl VolumeFacts for BackendFacts {
+    async fn read(&self, id: &VolumeId) -> Result<VolumeState, String> {
+        let backend = self.backends.for_volume(id).ok_or_else(|| format!("no {} backend is configured for volume {id}", id.backend()))?;
+        let volume_id = id.to_string();
+        let unreadable = |step: &str, err: BackendError| format!("{step} of {id}: {err}");
+        if let Err(err) = backend.check_health().await {
+            return match err {
+                BackendError::Timeout { .. } => Err(unreadable("health check", err)),
+                other => Ok(VolumeState { volume_id, size_bytes: None, recorded_desired: None, available_bytes: 0, unusable: Some(other.to_string()) }),
+            };
+        }
+        let (volume, room, record) = tokio::join!(backend.volume(id), backend.room_for(id), self.records.open_desired(backend, id));
+        let volume = volume.map_err(|e| unreadable("read volume", e))?;
+        let room = room.map_err(|e| unreadable("read capacity", e))?;
+        let recorded_desired = record.map_err(|e| format!("read the expansion record of {id}: {e}"))?;
+        Ok(VolumeState { volume_id, size_bytes: volume.map(|v| v.size_bytes), recorded_desired, available_bytes: room.available_bytes, unusable: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use swell_storage::Backend;
+    use swell_storage::local::LocalBackend;
+
+    use super::*;
+
+    // Open records are read through the backend's store; the e2e tests
+    // (e2e/tests/webhook_*.rs) leave them with the harness's one helper.
+    #[tokio::test]
+    async fn reads_size_and_room_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(LocalBackend::open(dir.path().join("local"), Some(10 << 30)).unwrap());
+        let created = local.create_volume("pvc-a", 1 << 30, &Default::default()).await.unwrap();
+        let id = created.info().id.clone();
+        let facts = BackendFacts::new(Backends::new(local.clone(), Duration::from_secs(5)), RecordStore::open(&dir.path().join("controller")).unwrap());
+        let state = facts.read(&id).await.unwrap();
+        assert_eq!((state.size_bytes, state.recorded_desired, state.unusable, state.available_bytes), (Some(1 << 30), None, None, 9 << 30));
+        local.grow_volume(&id, 3 << 30).await.unwrap();
+        let state = facts.read(&id).await.unwrap();
+        assert_eq!((state.size_bytes, state.available_bytes), (Some(3 << 30), 7 << 30));
+        local.delete_volume(&id).await.unwrap();
+        assert_eq!(facts.read(&id).await.unwrap().size_bytes, None);
+        let err = facts.read(&"rbd:c:p:swell-00".parse().unwrap()).await.unwrap_err();
+        assert_eq!(err, "no rbd backend is configured for volume rbd:c:p:swell-00");
+    }
+}

@@ -1,0 +1,43 @@
+//! Reading a claim's PersistentVolume from the API server, behind a small
+//! trait so tests give a PV without one. The real one is a single `get`
+//! (RBAC: `get persistentvolumes`, nothing else).
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::Api;
+
+/// Looks PVs up by name.
+#[async_trait::async_trait]
+pub trait PersistentVolumes: Send + Sync + 'static {
+    /// The PV named `name`, `None` if there is none; the error says why it
+    /// could not be read.
+    async fn get(&self, name: &str) -> Result<Option<PersistentVolume>, String>;
+}
+
+/// PVs read from the API server with kube's client.
+#[derive(Clone)]
+pub struct ApiVolumes {
+    api: Api<PersistentVolume>,
+}
+
+impl ApiVolumes {
+    /// PVs through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        ApiVolumes { api: Api::all(client) }
+    }
+}
+
+#[async_trait::async_trait]
+impl PersistentVolumes for ApiVolumes {
+    async fn get(&self, name: &str) -> Result<Option<PersistentVolume>, String> {
+        self.api.get_opt(name).await.map_err(|e| format!("reading PersistentVolume {name}: {e}"))
+    }
+}
+
+/// The CSI volume handle of `pv` if `driver_name` serves it.
+pub fn volume_handle<'a>(pv: &'a PersistentVolume, driver_name: &str) -> Result<&'a str, String> {
+    let csi = pv.spec.as_ref().and_then(|s| s.csi.as_ref()).ok_or("the PersistentVolume has no CSI source")?;
+    if csi.driver != driver_name {
+        return Err(format!("the PersistentVolume belongs to CSI driver {}", csi.driver));
+    }
+    Ok(&csi.volume_handle)
+}
