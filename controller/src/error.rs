@@ -1,6 +1,6 @@
 //! The controller's one error type and its one mapping to gRPC status codes.
 //! Codes are chosen for what they make the external-resizer and provisioner
-//! do (see shared/EXPANSION-SEMANTICS.md): infeasible requests are
+//! do (see docs/expansion-semantics.md): infeasible requests are
 //! INVALID_ARGUMENT / OUT_OF_RANGE / NOT_FOUND, passing trouble is ABORTED /
 //! UNAVAILABLE / DEADLINE_EXCEEDED, and FAILED_PRECONDITION is never used for
 //! capacity or health because the resizer reads it as "volume in use".

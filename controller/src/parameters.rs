@@ -2,7 +2,9 @@
 //! external-provisioner adds itself (`csi.storage.k8s.io/...`) are ignored;
 //! any other unknown key is an error, so a typo is not silently dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+
+use swell_storage::Placement;
 
 use crate::error::ControllerError;
 
@@ -16,8 +18,8 @@ pub struct VolumeParameters {
     /// Which backend provisions the volume (`local`, `rbd`); the default
     /// backend when absent.
     pub backend: Option<String>,
-    /// The parameters handed on to the backend.
-    pub backend_parameters: BTreeMap<String, String>,
+    /// Where the backend puts the volume.
+    pub placement: Placement,
 }
 
 impl VolumeParameters {
@@ -30,13 +32,13 @@ impl VolumeParameters {
             }
             match key.as_str() {
                 "backend" => parsed.backend = Some(value.clone()),
-                // Validated by the backend that uses it (RBD: the pool must exist).
-                "pool" => {}
+                // Checked by the backend: RBD needs the pool to exist, the
+                // local backend has none.
+                "pool" => parsed.placement.pool = Some(value.clone()),
                 _ => {
                     return Err(ControllerError::invalid("parameters", format!("unknown key {key:?} (known: {})", KNOWN_KEYS.join(", "))));
                 }
             }
-            parsed.backend_parameters.insert(key.clone(), value.clone());
         }
         Ok(parsed)
     }
@@ -51,7 +53,9 @@ mod tests {
         let raw = HashMap::from([("backend".to_owned(), "local".to_owned()), ("csi.storage.k8s.io/pvc/name".to_owned(), "data".to_owned())]);
         let parsed = VolumeParameters::parse(&raw).unwrap();
         assert_eq!(parsed.backend.as_deref(), Some("local"));
-        assert_eq!(parsed.backend_parameters.len(), 1);
+        assert_eq!(parsed.placement, Placement::default());
+        let pooled = VolumeParameters::parse(&HashMap::from([("pool".to_owned(), "fast".to_owned())])).unwrap();
+        assert_eq!(pooled.placement.pool.as_deref(), Some("fast"));
         let typo = HashMap::from([("backedn".to_owned(), "local".to_owned())]);
         assert!(VolumeParameters::parse(&typo).unwrap_err().to_string().contains("backedn"));
     }

@@ -63,7 +63,7 @@ impl ControllerService {
         let size = sizing::allocation(range).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
 
         let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
-        let created = self.backends.call("create volume", name, backend.create_volume(name, size, &params.backend_parameters)).await?;
+        let created = self.backends.call("create volume", name, backend.create_volume(name, size, &params.placement)).await?;
         if let Created::Existing(info) = &created {
             check_compatible(info, range)?;
         }
@@ -218,7 +218,7 @@ impl Controller for ControllerService {
         if unsupported {
             return Ok(Response::new(GetCapacityResponse { available_capacity: 0, ..Default::default() }));
         }
-        let room = self.backends.call("read pool capacity", backend.kind(), backend.capacity()).await?;
+        let room = self.backends.call("read pool capacity", backend.kind(), backend.capacity(&params.placement)).await?;
         Ok(Response::new(GetCapacityResponse {
             available_capacity: bytes(room.available_bytes),
             maximum_volume_size: Some(bytes(room.available_bytes)),

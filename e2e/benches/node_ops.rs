@@ -32,7 +32,7 @@ async fn round(fs: &str, n: usize, timings: &mut Timings) -> Result<(), Box<dyn 
     let backend = LocalBackend::open(&config.local_state_dir, None)?;
     let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await?;
     let mut node = server.client.clone();
-    let id = backend.create_volume(&format!("bench-{fs}-{n}"), 320 * MIB, &BTreeMap::new()).await?.info().id.to_string();
+    let id = backend.create_volume(&format!("bench-{fs}-{n}"), 320 * MIB, &swell_storage::Placement::default()).await?.info().id.to_string();
     let staging = dir.join("staging").display().to_string();
 
     let started = Instant::now();

@@ -5,12 +5,12 @@
 //! that lag behind a grow, a grow that lands after its caller gave up),
 //! while the real backend below does the actual work.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use swell_storage::{Backend, BackendError, Capacity, Created, ExpansionStore, VolumeId, VolumeInfo};
+use swell_storage::{Backend, BackendError, Capacity, Created, ExpansionStore, Placement, VolumeId, VolumeInfo};
 
 /// How grows behave right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,8 +114,8 @@ impl Backend for InstrumentedBackend {
         self.inner.kind()
     }
 
-    async fn create_volume(&self, name: &str, size: u64, params: &BTreeMap<String, String>) -> Result<Created, BackendError> {
-        self.inner.create_volume(name, size, params).await
+    async fn create_volume(&self, name: &str, size: u64, placement: &Placement) -> Result<Created, BackendError> {
+        self.inner.create_volume(name, size, placement).await
     }
 
     async fn delete_volume(&self, id: &VolumeId) -> Result<(), BackendError> {
@@ -140,8 +140,8 @@ impl Backend for InstrumentedBackend {
         self.inner.list_volumes().await
     }
 
-    async fn capacity(&self) -> Result<Capacity, BackendError> {
-        self.inner.capacity().await
+    async fn capacity(&self, placement: &Placement) -> Result<Capacity, BackendError> {
+        self.inner.capacity(placement).await
     }
 
     async fn grow_volume(&self, id: &VolumeId, new_size: u64) -> Result<u64, BackendError> {

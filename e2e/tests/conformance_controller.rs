@@ -157,6 +157,9 @@ async fn create_volume_refuses_unknown_parameters_but_ignores_provisioner_keys()
     let typo =
         CreateVolumeRequest { parameters: parameters("nonexistent-key", "x"), ..requests::create_volume(&unique_name("params"), GIB, default_capability()) };
     expect_status(drv.controller.create_volume(typo).await, Code::InvalidArgument, &["nonexistent-key"]);
+    // The local backend has no pools: a StorageClass naming one is a mistake to report, not to ignore.
+    let pooled = CreateVolumeRequest { parameters: parameters("pool", "fast"), ..requests::create_volume(&unique_name("params"), GIB, default_capability()) };
+    expect_status(drv.controller.create_volume(pooled).await, Code::InvalidArgument, &["pool", "no pools"]);
     assert!(list_ids(&mut drv).await.is_empty());
     // The external-provisioner adds these with --extra-create-metadata.
     let metadata = CreateVolumeRequest {

@@ -1,7 +1,7 @@
 //! The node's one error type. Each variant carries the volume and the step
 //! it interrupted, keeps its source, and maps to exactly one gRPC status in
 //! the single `From<NodeError> for Status` below; the code is chosen for what
-//! kubelet should do next (see EXPANSION-SEMANTICS.md).
+//! kubelet should do next (see docs/expansion-semantics.md).
 
 use std::error::Error as _;
 use std::path::PathBuf;

@@ -4,7 +4,6 @@
 //!
 //! Every method reads the engine's state fresh; nothing here caches a size.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +37,15 @@ impl Created {
             Created::New(info) | Created::Existing(info) => info,
         }
     }
+}
+
+/// Where a new volume goes, from the StorageClass's parameters (parsed and
+/// checked once, by the controller).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The pool (RBD); `None`: the backend's default. A backend without
+    /// pools refuses one.
+    pub pool: Option<String>,
 }
 
 /// Room the engine has for provisioning, read fresh.
@@ -133,7 +141,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Creates a volume of `size_bytes` named `name`, or returns the existing
     /// volume of that name untouched. Judging whether an existing volume is
     /// compatible with the request is the caller's job.
-    async fn create_volume(&self, name: &str, size_bytes: u64, parameters: &BTreeMap<String, String>) -> Result<Created, BackendError>;
+    async fn create_volume(&self, name: &str, size_bytes: u64, placement: &Placement) -> Result<Created, BackendError>;
 
     /// Deletes a volume; deleting a missing volume succeeds.
     async fn delete_volume(&self, id: &VolumeId) -> Result<(), BackendError>;
@@ -144,14 +152,14 @@ pub trait Backend: Send + Sync + 'static {
     /// All volumes, ordered by id.
     async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError>;
 
-    /// The pool's room, read fresh.
-    async fn capacity(&self) -> Result<Capacity, BackendError>;
+    /// The room of the pool `placement` names, read fresh.
+    async fn capacity(&self, placement: &Placement) -> Result<Capacity, BackendError>;
 
     /// The room the pool holding `id` has, read fresh: what a grow of that
-    /// volume is judged against. The default is [`Backend::capacity`]
-    /// (one pool).
+    /// volume is judged against. The default is the default pool's (a
+    /// backend with one pool).
     async fn room_for(&self, _id: &VolumeId) -> Result<Capacity, BackendError> {
-        self.capacity().await
+        self.capacity(&Placement::default()).await
     }
 
     /// Grows a volume to `new_size_bytes` and returns the size the engine

@@ -16,7 +16,7 @@ pub mod locks;
 pub mod rbd_volume;
 pub mod volume_id;
 
-pub use backend::{Backend, BackendError, Capacity, Created, VolumeInfo};
+pub use backend::{Backend, BackendError, Capacity, Created, Placement, VolumeInfo};
 pub use expansion::{ExpansionRecord, ExpansionStore, Hold};
 pub use rbd_volume::RbdVolume;
 pub use volume_id::VolumeId;

@@ -6,7 +6,7 @@
 //! system on every call. The record says what was asked for; the file says
 //! what is.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, BackendError, Capacity, Created, VolumeInfo};
+use crate::backend::{Backend, BackendError, Capacity, Created, Placement, VolumeInfo};
 use crate::durable;
 use crate::volume_id::VolumeId;
 
@@ -49,9 +49,6 @@ pub struct VolumeRecord {
     pub desired_bytes: u64,
     /// When the volume was created, seconds since the epoch.
     pub created_unix: u64,
-    /// StorageClass parameters given at creation.
-    #[serde(default)]
-    pub parameters: BTreeMap<String, String>,
 }
 
 /// The local backend over one state directory.
@@ -206,6 +203,15 @@ impl Inner {
     }
 }
 
+/// The local backend has one place for volumes: a pool is a mistake in the
+/// StorageClass, not something to ignore.
+fn no_pools(placement: &Placement) -> Result<(), BackendError> {
+    match &placement.pool {
+        Some(pool) => Err(BackendError::InvalidParameter { name: "pool".into(), reason: format!("the local backend has no pools (got {pool:?})") }),
+        None => Ok(()),
+    }
+}
+
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -216,9 +222,9 @@ impl Backend for LocalBackend {
         KIND
     }
 
-    async fn create_volume(&self, name: &str, size_bytes: u64, parameters: &BTreeMap<String, String>) -> Result<Created, BackendError> {
+    async fn create_volume(&self, name: &str, size_bytes: u64, placement: &Placement) -> Result<Created, BackendError> {
+        no_pools(placement)?;
         let name = name.to_owned();
-        let parameters = parameters.clone();
         self.blocking("create volume", move |inner| {
             let id = LocalBackend::id_for_name(&name);
             let claim = inner.claim(&id)?;
@@ -235,7 +241,7 @@ impl Backend for LocalBackend {
                 },
                 None => {
                     inner.claim_bytes(&claim, size_bytes)?;
-                    let record = VolumeRecord { name, desired_bytes: size_bytes, created_unix: now_unix(), parameters };
+                    let record = VolumeRecord { name, desired_bytes: size_bytes, created_unix: now_unix() };
                     durable::write_json(&record_file, &record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
                     size_bytes
                 }
@@ -273,7 +279,8 @@ impl Backend for LocalBackend {
         self.blocking("list volumes", |inner| inner.all_volumes()).await
     }
 
-    async fn capacity(&self) -> Result<Capacity, BackendError> {
+    async fn capacity(&self, placement: &Placement) -> Result<Capacity, BackendError> {
+        no_pools(placement)?;
         self.blocking("read capacity", |inner| inner.capacity()).await
     }
 
@@ -325,9 +332,9 @@ mod tests {
     #[tokio::test]
     async fn create_is_idempotent_by_name_and_sparse() {
         let (dir, b) = backend(None);
-        let first = b.create_volume("pvc-1", GIB, &BTreeMap::new()).await.unwrap();
+        let first = b.create_volume("pvc-1", GIB, &Placement::default()).await.unwrap();
         assert!(matches!(first, Created::New(_)));
-        let again = b.create_volume("pvc-1", 2 * GIB, &BTreeMap::new()).await.unwrap();
+        let again = b.create_volume("pvc-1", 2 * GIB, &Placement::default()).await.unwrap();
         assert_eq!(again, Created::Existing(first.info().clone()), "existing volume left as it was");
         let meta = fs::metadata(image_path(dir.path(), &first.info().id)).unwrap();
         assert_eq!(meta.len(), GIB);
@@ -338,7 +345,7 @@ mod tests {
     #[tokio::test]
     async fn the_size_comes_from_the_file_not_the_record() {
         let (dir, b) = backend(None);
-        let id = b.create_volume("pvc", GIB, &BTreeMap::new()).await.unwrap().info().id.clone();
+        let id = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap().info().id.clone();
         // Another writer (or a crash between record and file) changes the file only.
         OpenOptions::new().write(true).open(image_path(dir.path(), &id)).unwrap().set_len(3 * GIB).unwrap();
         assert_eq!(b.volume(&id).await.unwrap().unwrap().size_bytes, 3 * GIB);
@@ -347,18 +354,18 @@ mod tests {
     #[tokio::test]
     async fn grow_never_shrinks_and_respects_capacity() {
         let (_dir, b) = backend(Some(4 * GIB));
-        let id = b.create_volume("pvc", GIB, &BTreeMap::new()).await.unwrap().info().id.clone();
+        let id = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap().info().id.clone();
         assert_eq!(b.grow_volume(&id, 2 * GIB).await.unwrap(), 2 * GIB);
         assert!(matches!(b.grow_volume(&id, GIB).await, Err(BackendError::Shrink { .. })));
         assert!(matches!(b.grow_volume(&id, 5 * GIB).await, Err(BackendError::NoSpace { .. })));
         assert_eq!(b.volume(&id).await.unwrap().unwrap().size_bytes, 2 * GIB, "failed grow changed nothing");
-        assert_eq!(b.capacity().await.unwrap(), Capacity { total_bytes: 4 * GIB, available_bytes: 2 * GIB });
+        assert_eq!(b.capacity(&Placement::default()).await.unwrap(), Capacity { total_bytes: 4 * GIB, available_bytes: 2 * GIB });
     }
 
     #[tokio::test]
     async fn create_beyond_capacity_is_refused_without_leftovers() {
         let (_dir, b) = backend(Some(GIB));
-        assert!(matches!(b.create_volume("big", 2 * GIB, &BTreeMap::new()).await, Err(BackendError::NoSpace { .. })));
+        assert!(matches!(b.create_volume("big", 2 * GIB, &Placement::default()).await, Err(BackendError::NoSpace { .. })));
         assert!(b.list_volumes().await.unwrap().is_empty());
     }
 
@@ -366,10 +373,10 @@ mod tests {
     async fn a_half_done_create_is_finished_by_the_retry() {
         let (dir, b) = backend(None);
         let id = LocalBackend::id_for_name("pvc");
-        let record = VolumeRecord { name: "pvc".into(), desired_bytes: GIB, created_unix: 0, parameters: BTreeMap::new() };
+        let record = VolumeRecord { name: "pvc".into(), desired_bytes: GIB, created_unix: 0 };
         durable::write_json(&record_path(dir.path(), &id), &record).unwrap();
         assert_eq!(b.volume(&id).await.unwrap(), None, "half-created volume is not visible");
-        let created = b.create_volume("pvc", GIB, &BTreeMap::new()).await.unwrap();
+        let created = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap();
         assert_eq!(created.info().size_bytes, GIB);
     }
 
@@ -378,7 +385,7 @@ mod tests {
         let (_dir, b) = backend(Some(10 * GIB));
         let mut ids = Vec::new();
         for name in ["a", "b", "c", "d"] {
-            ids.push(b.create_volume(name, GIB, &BTreeMap::new()).await.unwrap().info().id.clone());
+            ids.push(b.create_volume(name, GIB, &Placement::default()).await.unwrap().info().id.clone());
         }
         // 6 GiB free; four volumes each ask for 3 GiB more at once: at most two fit.
         let grows = ids.iter().map(|id| {
@@ -398,14 +405,14 @@ mod tests {
             }
         }
         assert_eq!(grown, 2);
-        assert_eq!(b.capacity().await.unwrap().available_bytes, 0);
+        assert_eq!(b.capacity(&Placement::default()).await.unwrap().available_bytes, 0);
     }
 
     #[tokio::test]
     async fn delete_is_idempotent_and_lists_are_ordered() {
         let (_dir, b) = backend(None);
         for name in ["a", "b", "c"] {
-            b.create_volume(name, GIB, &BTreeMap::new()).await.unwrap();
+            b.create_volume(name, GIB, &Placement::default()).await.unwrap();
         }
         let listed = b.list_volumes().await.unwrap();
         assert_eq!(listed.len(), 3);

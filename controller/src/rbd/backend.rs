@@ -23,12 +23,11 @@
 //!   itself), drops the entry, and removes the trashed data
 //!   ([`super::trash`]).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use swell_storage::locks::KeyedLocks;
-use swell_storage::{Backend, BackendError, Capacity, Created, ExpansionRecord, ExpansionStore, RbdVolume, VolumeId, VolumeInfo};
+use swell_storage::{Backend, BackendError, Capacity, Created, ExpansionRecord, ExpansionStore, Placement, RbdVolume, VolumeId, VolumeInfo};
 
 use super::commit::{Change, Committer, Outcome};
 use super::connection::{ConnectSettings, Connection, Connector, ensure_time_left};
@@ -462,8 +461,8 @@ impl Backend for RbdBackend {
         KIND
     }
 
-    async fn create_volume(&self, name: &str, size_bytes: u64, parameters: &BTreeMap<String, String>) -> Result<Created, BackendError> {
-        let pool = parameters.get("pool").cloned().unwrap_or_else(|| self.shared.config.default_pool.clone());
+    async fn create_volume(&self, name: &str, size_bytes: u64, placement: &Placement) -> Result<Created, BackendError> {
+        let pool = placement.pool.clone().unwrap_or_else(|| self.shared.config.default_pool.clone());
         let volume = RbdVolume::for_name(&self.shared.config.cluster_id, &pool, name)
             .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })?;
         let id = volume.id();
@@ -493,8 +492,8 @@ impl Backend for RbdBackend {
         self.shared.connector.run("list volumes", move |conn, _| list_blocking(&shared, conn)).await
     }
 
-    async fn capacity(&self) -> Result<Capacity, BackendError> {
-        self.pool_capacity(self.shared.config.default_pool.clone()).await
+    async fn capacity(&self, placement: &Placement) -> Result<Capacity, BackendError> {
+        self.pool_capacity(placement.pool.clone().unwrap_or_else(|| self.shared.config.default_pool.clone())).await
     }
 
     async fn room_for(&self, id: &VolumeId) -> Result<Capacity, BackendError> {

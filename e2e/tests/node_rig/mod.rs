@@ -4,7 +4,6 @@
 //! behind, also when it fails half-way.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -52,7 +51,7 @@ pub async fn rig(test: &str) -> Option<Rig> {
 impl Rig {
     /// Creates a local volume of `bytes` (under the rig's directory, so the guard detaches it).
     pub async fn volume(&mut self, name: &str, bytes: u64) -> VolumeId {
-        self.backend.create_volume(name, bytes, &BTreeMap::new()).await.unwrap().info().id.clone()
+        self.backend.create_volume(name, bytes, &swell_storage::Placement::default()).await.unwrap().info().id.clone()
     }
 
     pub fn image(&self, id: &VolumeId) -> PathBuf {
