@@ -16,6 +16,8 @@
 //! - [`coalesce`]: readings shared by concurrent callers.
 //! - [`trash`]: deletes through the RBD trash, purged in the background.
 //! - [`store`]: the records and holds as the expander sees them.
+//! - [`volumes`]: create, read, grow, delete and list, as blocking calls.
+//! - [`housekeeping`]: the background work after each reconciler pass.
 //! - [`backend`]: [`RbdBackend`], the [`swell_storage::Backend`] impl.
 
 // What links librados/librbd sits behind the `rbd` feature; the
@@ -34,6 +36,8 @@ pub mod ffi;
 #[cfg(feature = "rbd")]
 pub mod header;
 #[cfg(feature = "rbd")]
+pub mod housekeeping;
+#[cfg(feature = "rbd")]
 pub mod lease;
 #[cfg(feature = "rbd")]
 pub mod readings;
@@ -43,6 +47,8 @@ pub mod state;
 pub mod store;
 #[cfg(feature = "rbd")]
 pub mod trash;
+#[cfg(feature = "rbd")]
+pub mod volumes;
 
 use std::path::PathBuf;
 use std::time::Duration;
