@@ -5,7 +5,7 @@
 # pinned e2e/requirements.txt (kubernetes-validate and its Kubernetes 1.32
 # schemas; grpcio for the grpc-python client test).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 
 packages=()
 command -v kubectl >/dev/null || packages+=(kubernetes-client)

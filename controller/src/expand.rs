@@ -143,10 +143,28 @@ impl Expander {
 
     /// Grows `id` to satisfy `range` and returns the size the backend reports.
     pub async fn expand(&self, id: &VolumeId, range: SizeRange) -> Result<u64, ControllerError> {
-        let held = self.hold_for_call(id).await?;
+        let held = match self.hold_for_call(id).await {
+            Ok(held) => held,
+            // A pool that takes no writes (full) cannot hold a volume (a
+            // lock is a write) nor grow it; a request the volume already
+            // satisfies is still answered from a fresh read.
+            Err(err @ ControllerError::Backend { source: BackendError::NoSpace { .. }, .. }) => return self.already_done(id, range, err).await,
+            Err(err) => return Err(err),
+        };
         let result = self.expand_held(&held, range).await;
         held.hold.release().await;
         result
+    }
+
+    /// The volume's size if it already satisfies `range`, else `refused`.
+    async fn already_done(&self, id: &VolumeId, range: SizeRange, refused: ControllerError) -> Result<u64, ControllerError> {
+        let backend = self.backends.for_volume(id).ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+        let current = self.backends.call("read volume before expanding", &id.to_string(), backend.volume(id)).await?;
+        let current = current.ok_or_else(|| ControllerError::NotFound(id.to_string()))?.size_bytes;
+        match plan_expansion(current, range, 0) {
+            Ok(Expansion::AlreadyDone { current }) => Ok(current),
+            _ => Err(refused),
+        }
     }
 
     async fn expand_held(&self, held: &Held<'_>, range: SizeRange) -> Result<u64, ControllerError> {

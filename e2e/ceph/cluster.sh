@@ -10,6 +10,8 @@
 #   cluster.sh start-osd DIR N         start osd.N from its data
 #   cluster.sh stop-mon DIR            stop the monitor (SIGTERM)
 #   cluster.sh start-mon DIR           start the monitor from its data and wait until it answers
+#   cluster.sh freeze-mon DIR          SIGSTOP the monitor (it keeps its sockets but answers nothing)
+#   cluster.sh thaw-mon DIR            SIGCONT the monitor and wait until it answers
 #   cluster.sh status DIR              ceph -s
 #   cluster.sh wait-clean DIR [SECS]          until every PG is active+clean (default 120 s)
 #   cluster.sh wait-pgs-inactive DIR [SECS]   until some PG is settled inactive, e.g. undersized+peered (default 120 s)
@@ -24,7 +26,7 @@ readonly OSD_SIZE=$((20 * 1024 * 1024 * 1024)) # sparse; only written blocks tak
 readonly DEFAULT_PORT=16789
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '6,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '6,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 2 ]] || usage
 readonly CMD=$1
@@ -505,6 +507,16 @@ case $CMD in
   start-mon)
     need_conf; start_daemon mon a; wait_mon 60
     echo "mon.a answers after $(elapsed) s"
+    ;;
+  freeze-mon | thaw-mon)
+    need_conf
+    pid=$(daemon_pid mon.a)
+    [[ -n $pid ]] || die "mon.a is not running"
+    if [[ $CMD == freeze-mon ]]; then
+      kill -STOP "$pid"; echo "froze mon.a (pid $pid)"
+    else
+      kill -CONT "$pid"; wait_mon 60; echo "mon.a answers again after $(elapsed) s"
+    fi
     ;;
   status) need_conf; cephc -s ;;
   wait-clean) need_conf; wait_clean "${3:-120}" ;;

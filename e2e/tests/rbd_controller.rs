@@ -348,3 +348,142 @@ async fn medians_are_not_slower_than_the_rbd_cli() {
     // median slower than the CLI's means Swell waits on something it should not.
     assert!(slower.is_empty(), "Swell's median is slower than the rbd CLI's: {slower:?}");
 }
+
+/// Retries `op` while it answers a passing code (UNAVAILABLE, DEADLINE_EXCEEDED,
+/// ABORTED), for at most 60 s.
+async fn until_ok<F, Fut>(what: &str, mut op: F) -> u64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, Status>>,
+{
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        match op().await {
+            Ok(size) => return size,
+            Err(s) if (ok(s.code()) || s.code() == Code::Aborted) && Instant::now() < until => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(s) => panic!("{what}: {s:?}"),
+        }
+    }
+}
+
+/// The only monitor down during an expansion, then frozen (SIGSTOP) during
+/// another: each call answers within the deadline, leaves the volume free
+/// for the next call, and the same controller grows it once the monitor
+/// answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_monitor_down_or_frozen_mid_expansion_answers_in_time_and_recovers() {
+    let Some(session) = rbd_rig::acquire("rbd_controller::fault_monitor_down_or_frozen_mid_expansion_answers_in_time_and_recovers").await else {
+        return;
+    };
+    let env = session.env;
+    let swell = Swell::start(env, OP_TIMEOUT, BACKEND_TIMEOUT).await;
+    let mut c = swell.client.clone();
+    let vol = create(&mut c, "pvc-mon-fault", 64 * MIB).await.expect("create");
+    let mut size = 64 * MIB;
+    for (fault, undo) in [("stop-mon", "start-mon"), ("freeze-mon", "thaw-mon")] {
+        size += 32 * MIB;
+        cluster(env, fault, &[]).unwrap_or_else(|e| panic!("{fault}: {e}"));
+        // Pool usage readings live a second: past it, a grow needs the monitor.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let started = Instant::now();
+        let during = expand(&mut c, &vol.volume_id, size).await;
+        let took = started.elapsed();
+        let again = expand(&mut c, &vol.volume_id, size).await;
+        cluster(env, undo, &[]).unwrap_or_else(|e| panic!("{undo}: {e}"));
+        eprintln!("expand with the monitor {fault}: {:?} after {took:?}", during.as_ref().map_err(|s| (s.code(), s.message().to_owned())));
+        if let Err(status) = &during {
+            assert!(ok(status.code()), "{fault}: UNAVAILABLE or DEADLINE_EXCEEDED, not {status:?}");
+        }
+        assert_within_deadline(&format!("an expansion with the monitor {fault}"), took, BACKEND_TIMEOUT);
+        assert!(!matches!(&again, Err(s) if s.code() == Code::Aborted), "{fault}: the volume was left held: {again:?}");
+        let grown = until_ok("expand once the monitor is back", || {
+            let (mut c, id) = (c.clone(), vol.volume_id.clone());
+            async move { expand(&mut c, &id, size).await }
+        })
+        .await;
+        assert_eq!(grown, size);
+        assert_eq!(size_of(env, &vol.volume_id), Some(size));
+    }
+    delete(&mut c, &vol.volume_id).await.expect("delete");
+    cluster(env, "wait-clean", &["120"]).expect("clean");
+}
+
+/// Sets the OSDs' full ratios (the cluster flags its pools full once the
+/// OSDs use more than `full`); `None` puts Ceph's defaults back.
+fn full_ratios(env: &ClusterEnv, full: Option<f64>) {
+    let (near, backfill, full) = match full {
+        Some(full) => (full / 3.0, full / 2.0, full),
+        None => (0.85, 0.90, 0.95),
+    };
+    // Ceph keeps nearfull < backfillfull < full: lower the top last, raise it first.
+    let order: [(&str, f64); 3] = if full < 0.5 {
+        [("set-nearfull-ratio", near), ("set-backfillfull-ratio", backfill), ("set-full-ratio", full)]
+    } else {
+        [("set-full-ratio", full), ("set-backfillfull-ratio", backfill), ("set-nearfull-ratio", near)]
+    };
+    for (command, ratio) in order {
+        cli(env, "ceph", &["osd", command, &ratio.to_string()]).unwrap_or_else(|e| panic!("ceph osd {command}: {e}"));
+    }
+}
+
+fn pool_flags(env: &ClusterEnv, pool: &str) -> String {
+    let detail = cli(env, "ceph", &["osd", "pool", "ls", "detail", "--format", "json"]).expect("osd pool ls detail");
+    let pools: serde_json::Value = serde_json::from_str(&detail).expect("json");
+    pools
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pool_name"] == pool)
+        .map(|p| p["flags_names"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+async fn wait_flag(env: &ClusterEnv, pool: &str, full: bool) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while pool_flags(env, pool).split(',').any(|f| f == "full") != full {
+        assert!(Instant::now() < until, "pool {pool} flags never became {}: {}", if full { "full" } else { "not full" }, pool_flags(env, pool));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A pool flagged full (its OSDs past the full ratio, not a quota): a grow is
+/// refused at once (OUT_OF_RANGE, with the reason), a request the volume
+/// already satisfies still answers OK, nothing is left held, and once the
+/// flag is gone the grow goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_full_pool_refuses_in_time_and_recovers() {
+    let Some(session) = rbd_rig::acquire("rbd_controller::fault_full_pool_refuses_in_time_and_recovers").await else { return };
+    let env = session.env;
+    let swell = Swell::start(env, OP_TIMEOUT, BACKEND_TIMEOUT).await;
+    let mut c = swell.client.clone();
+    let vol = create(&mut c, "pvc-full-flag", 64 * MIB).await.expect("create");
+    assert_eq!(expand(&mut c, &vol.volume_id, 96 * MIB).await.expect("grow before"), 96 * MIB);
+
+    full_ratios(env, Some(0.001));
+    wait_flag(env, "rbd", true).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Instant::now();
+    let grow = expand(&mut c, &vol.volume_id, 128 * MIB).await;
+    let took = started.elapsed();
+    let satisfied = expand(&mut c, &vol.volume_id, 96 * MIB).await;
+    let again = expand(&mut c, &vol.volume_id, 128 * MIB).await;
+    full_ratios(env, None);
+    wait_flag(env, "rbd", false).await;
+
+    eprintln!("expand on a full pool: {:?} after {took:?}", grow.as_ref().map_err(|s| (s.code(), s.message().to_owned())));
+    let refused = grow.expect_err("no grow on a full pool");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(refused.message().contains("full") || refused.message().contains("0 bytes"), "{}", refused.message());
+    assert_within_deadline("an expansion on a full pool", took, BACKEND_TIMEOUT);
+    assert_eq!(satisfied.expect("a size the volume holds is OK on a full pool"), 96 * MIB);
+    assert_eq!(again.expect_err("refused again").code(), Code::OutOfRange, "not ABORTED: nothing was left held");
+    assert_eq!(size_of(env, &vol.volume_id), Some(96 * MIB), "unchanged");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let grown = until_ok("expand once the pool has room", || {
+        let (mut c, id) = (c.clone(), vol.volume_id.clone());
+        async move { expand(&mut c, &id, 128 * MIB).await }
+    })
+    .await;
+    assert_eq!(grown, 128 * MIB);
+    delete(&mut c, &vol.volume_id).await.expect("delete");
+}
