@@ -224,8 +224,10 @@ impl Swell {
 
     /// Starts a controller whose default backend is RBD as `rbd` says.
     pub async fn start_with(rbd: RbdConfig, backend_timeout: Duration) -> Swell {
-        // The controller's log, as RUST_LOG asks (none by default).
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        // The controller's log, when RUST_LOG asks for it.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
         let dir = tempfile::Builder::new().prefix("swell-rbd-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
         let config = ControllerConfig {
             driver_name: crate::harness::DRIVER_NAME.into(),
