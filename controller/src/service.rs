@@ -84,12 +84,20 @@ impl ControllerService {
         self.backends.call("read volume", raw_id, backend.volume(&id)).await?.ok_or_else(not_found)
     }
 
-    async fn all_volumes(&self) -> Result<Vec<VolumeInfo>, ControllerError> {
+    /// The volumes of `window`, from the backends in id order (each
+    /// backend's ids start with its kind, and they are walked by kind), each
+    /// asked only for what the page still needs.
+    async fn page(&self, window: &listing::Window) -> Result<listing::Page, ControllerError> {
         let mut volumes = Vec::new();
         for backend in self.backends.all() {
-            volumes.extend(self.backends.call("list volumes", backend.kind(), backend.list_volumes()).await?);
+            let Some(after) = window.start_in(backend.kind()) else { continue };
+            let wanted = window.wanted(volumes.len());
+            volumes.extend(self.backends.call("list volumes", backend.kind(), backend.list_volumes(after, wanted)).await?);
+            if window.full(volumes.len()) {
+                break;
+            }
         }
-        Ok(volumes)
+        Ok(window.cut(volumes))
     }
 
     /// A volume whose backend size is below the last recorded wish, or whose
@@ -204,7 +212,7 @@ impl Controller for ControllerService {
     #[instrument(skip_all, err)]
     async fn list_volumes(&self, request: Request<ListVolumesRequest>) -> Answer<ListVolumesResponse> {
         let req = request.into_inner();
-        let page = listing::page(self.all_volumes().await?, &req.starting_token, req.max_entries)?;
+        let page = self.page(&listing::Window::parse(&req.starting_token, req.max_entries)?).await?;
         let entries = page.volumes.iter().map(|v| list_volumes_response::Entry { volume: Some(to_volume(v)), status: None }).collect();
         Ok(Response::new(ListVolumesResponse { entries, next_token: page.next_token }))
     }

@@ -136,8 +136,8 @@ impl Backend for InstrumentedBackend {
         Ok(info)
     }
 
-    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
-        self.inner.list_volumes().await
+    async fn list_volumes(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<VolumeInfo>, BackendError> {
+        self.inner.list_volumes(after, limit).await
     }
 
     async fn capacity(&self, placement: &Placement) -> Result<Capacity, BackendError> {

@@ -149,8 +149,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Reads a volume's current state, `None` when it does not exist.
     async fn volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError>;
 
-    /// All volumes, ordered by id.
-    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError>;
+    /// Up to `limit` volumes (all of them when 0) whose ids come after
+    /// `after` (none: from the first), ordered by id. A page costs what its
+    /// entries cost, not what the whole backend holds, so ListVolumes stays
+    /// flat however many volumes there are.
+    async fn list_volumes(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<VolumeInfo>, BackendError>;
 
     /// The room of the pool `placement` names, read fresh.
     async fn capacity(&self, placement: &Placement) -> Result<Capacity, BackendError>;

@@ -165,11 +165,29 @@ impl ExpansionStore for ExpansionRecords {
 
     async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<ExpansionRecord>, BackendError> {
         let after = after.map(|a| a.to_string());
+        // The names are listed, but only the page's records are read: the
+        // sweep's cost per step follows its budget, not every record.
         self.blocking("list expansion records", move |this| {
-            let mut records = this.list().map_err(|e| BackendError::io("list expansion records", e))?;
-            records.retain(|r| after.as_ref().is_none_or(|a| r.volume_id > *a));
-            records.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
-            records.truncate(limit);
+            let listing = |e| BackendError::io("list expansion records", e);
+            let mut ids = Vec::new();
+            for entry in std::fs::read_dir(&this.dir).map_err(listing)? {
+                let file_name = entry.map_err(listing)?.file_name();
+                if let Some(id) = file_name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|id| after.as_ref().is_none_or(|a| *id > a.as_str())) {
+                    ids.push(id.to_owned());
+                }
+            }
+            ids.sort_unstable();
+            let mut records = Vec::new();
+            for id in ids {
+                match durable::read_json::<ExpansionRecord>(&this.dir.join(format!("{id}.json"))) {
+                    Ok(Some(record)) => records.push(record),
+                    Ok(None) => {}
+                    Err(err) => tracing::error!(volume.id = id, error = %err, "unreadable expansion record"),
+                }
+                if records.len() >= limit {
+                    break;
+                }
+            }
             Ok(records)
         })
         .await

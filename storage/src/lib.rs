@@ -12,6 +12,7 @@ pub mod durable;
 pub mod expansion;
 pub mod expansion_files;
 pub mod local;
+mod local_ledger;
 pub mod locks;
 pub mod rbd_volume;
 pub mod volume_id;

@@ -4,7 +4,9 @@
 //!
 //! The file's length is the volume's current size and is read from the file
 //! system on every call. The record says what was asked for; the file says
-//! what is.
+//! what is. The sum of every volume's size, which capacity decisions need,
+//! is kept by a ledger beside them ([`crate::local_ledger`]), so no call
+//! reads every volume.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -18,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::{Backend, BackendError, Capacity, Created, Placement, VolumeInfo};
 use crate::durable;
+use crate::local_ledger::Ledger;
 use crate::volume_id::VolumeId;
 
 /// The id prefix of local volumes.
@@ -57,6 +60,7 @@ pub struct LocalBackend {
     state_dir: PathBuf,
     capacity_bytes: Option<u64>,
     reservations: Reservations,
+    ledger: Ledger,
 }
 
 /// Bytes promised to operations still in flight, by volume key. Only the
@@ -84,7 +88,8 @@ impl LocalBackend {
     pub fn open(state_dir: impl Into<PathBuf>, capacity_bytes: Option<u64>) -> io::Result<Self> {
         let state_dir = state_dir.into();
         fs::create_dir_all(volumes_dir(&state_dir))?;
-        Ok(LocalBackend { state_dir, capacity_bytes, reservations: Arc::default() })
+        let ledger = Ledger::open(&state_dir, &|| volume_keys(&state_dir), &|key| counted_bytes(&state_dir, key))?;
+        Ok(LocalBackend { state_dir, capacity_bytes, reservations: Arc::default(), ledger })
     }
 
     /// The state directory.
@@ -105,7 +110,12 @@ impl LocalBackend {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, BackendError> + Send + 'static,
     {
-        let inner = Inner { state_dir: self.state_dir.clone(), capacity_bytes: self.capacity_bytes, reservations: self.reservations.clone() };
+        let inner = Inner {
+            state_dir: self.state_dir.clone(),
+            capacity_bytes: self.capacity_bytes,
+            reservations: self.reservations.clone(),
+            ledger: self.ledger.clone(),
+        };
         let task = tokio::task::spawn_blocking(move || work(&inner));
         match tokio::time::timeout(OP_DEADLINE, task).await {
             Err(_) => Err(BackendError::Timeout { step: step.to_owned(), after: OP_DEADLINE }),
@@ -119,6 +129,33 @@ struct Inner {
     state_dir: PathBuf,
     capacity_bytes: Option<u64>,
     reservations: Reservations,
+    ledger: Ledger,
+}
+
+/// The keys of every volume record, unordered (names only: no record is read).
+fn volume_keys(state_dir: &Path) -> io::Result<Vec<String>> {
+    let mut keys = Vec::new();
+    for entry in fs::read_dir(volumes_dir(state_dir))? {
+        let file_name = entry?.file_name();
+        if let Some(key) = file_name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|k| VolumeId::new(KIND, k).is_ok()) {
+            keys.push(key.to_owned());
+        }
+    }
+    Ok(keys)
+}
+
+/// What the ledger counts for a volume: its backing file's length while it
+/// has a record, else nothing.
+fn counted_bytes(state_dir: &Path, key: &str) -> io::Result<u64> {
+    let Ok(id) = VolumeId::new(KIND, key) else { return Ok(0) };
+    if !record_path(state_dir, &id).exists() {
+        return Ok(0);
+    }
+    match fs::metadata(image_path(state_dir, &id)) {
+        Ok(meta) => Ok(meta.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
 }
 
 impl Inner {
@@ -159,21 +196,31 @@ impl Inner {
         }
     }
 
-    fn all_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
-        let dir = volumes_dir(&self.state_dir);
-        let entries = fs::read_dir(&dir).map_err(|e| BackendError::io("list volumes", e))?;
+    /// Up to `limit` volumes (0: all) after the key `after`, by id: the
+    /// names are listed, but only the page's records are read.
+    fn page(&self, after: Option<&str>, limit: usize) -> Result<Vec<VolumeInfo>, BackendError> {
+        let mut keys = volume_keys(&self.state_dir).map_err(|e| BackendError::io("list volumes", e))?;
+        keys.retain(|k| after.is_none_or(|a| k.as_str() > a));
+        keys.sort_unstable();
         let mut volumes = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| BackendError::io("list volumes", e))?;
-            let file_name = entry.file_name();
-            let Some(key) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
-            let Ok(id) = VolumeId::new(KIND, key) else { continue };
+        for key in keys {
+            let Ok(id) = VolumeId::new(KIND, &key) else { continue };
             if let Some(info) = self.read_volume(&id)? {
                 volumes.push(info);
+                if volumes.len() == limit {
+                    break;
+                }
             }
         }
-        volumes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(volumes)
+    }
+
+    /// Runs `work`, which changes the files of `id`, with the ledger following.
+    fn changing<T>(&self, id: &VolumeId, work: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+        let state_dir = &self.state_dir;
+        self.ledger
+            .change(id.key(), &|key| counted_bytes(state_dir, key), work)
+            .map_err(|e| BackendError::io(format!("update the ledger of volume bytes for {id}"), e))?
     }
 
     fn capacity(&self) -> Result<Capacity, BackendError> {
@@ -190,7 +237,9 @@ impl Inner {
             }
         };
         let in_flight: u64 = reservations.values().sum();
-        let promised: u64 = self.all_volumes()?.iter().map(|v| v.size_bytes).sum::<u64>() + in_flight;
+        let state_dir = &self.state_dir;
+        let volumes = self.ledger.total(&|key| counted_bytes(state_dir, key)).map_err(|e| BackendError::io("read the ledger of volume bytes", e))?;
+        let promised = volumes.saturating_add(in_flight);
         Ok(Capacity { total_bytes, available_bytes: total_bytes.saturating_sub(promised) })
     }
 
@@ -230,23 +279,27 @@ impl Backend for LocalBackend {
             let claim = inner.claim(&id)?;
             let record_file = record_path(&inner.state_dir, &id);
             let existing: Option<VolumeRecord> = durable::read_json(&record_file).map_err(|e| BackendError::io(format!("read record of {id}"), e))?;
-            let size = match existing {
+            // The record to write first (none when it is there already), and the size.
+            let (record, size) = match existing {
                 Some(record) if record.name != name => {
                     return Err(BackendError::io(format!("create {name}"), io::Error::other(format!("id {id} already belongs to volume {:?}", record.name))));
                 }
                 Some(record) => match inner.read_volume(&id)? {
                     Some(info) => return Ok(Created::Existing(info)),
                     // The record exists but the file does not: finish that create.
-                    None => record.desired_bytes,
+                    None => (None, record.desired_bytes),
                 },
                 None => {
                     inner.claim_bytes(&claim, size_bytes)?;
-                    let record = VolumeRecord { name, desired_bytes: size_bytes, created_unix: now_unix() };
-                    durable::write_json(&record_file, &record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
-                    size_bytes
+                    (Some(VolumeRecord { name, desired_bytes: size_bytes, created_unix: now_unix() }), size_bytes)
                 }
             };
-            inner.set_file_len(&id, size)?;
+            inner.changing(&id, || {
+                if let Some(record) = &record {
+                    durable::write_json(&record_file, record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
+                }
+                inner.set_file_len(&id, size)
+            })?;
             let info = inner.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
             Ok(Created::New(info))
         })
@@ -260,12 +313,14 @@ impl Backend for LocalBackend {
         let id = id.clone();
         self.blocking("delete volume", move |inner| {
             let _claim = inner.claim(&id)?;
-            match fs::remove_file(image_path(&inner.state_dir, &id)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(BackendError::io(format!("remove backing file of {id}"), e)),
-            }
-            durable::remove(&record_path(&inner.state_dir, &id)).map_err(|e| BackendError::io(format!("remove record of {id}"), e))
+            inner.changing(&id, || {
+                match fs::remove_file(image_path(&inner.state_dir, &id)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(BackendError::io(format!("remove backing file of {id}"), e)),
+                }
+                durable::remove(&record_path(&inner.state_dir, &id)).map_err(|e| BackendError::io(format!("remove record of {id}"), e))
+            })
         })
         .await
     }
@@ -275,8 +330,13 @@ impl Backend for LocalBackend {
         self.blocking("read volume", move |inner| inner.read_volume(&id)).await
     }
 
-    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
-        self.blocking("list volumes", |inner| inner.all_volumes()).await
+    async fn list_volumes(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<VolumeInfo>, BackendError> {
+        let after = match after {
+            Some(a) if a.backend() > KIND => return Ok(Vec::new()),
+            Some(a) if a.backend() == KIND => Some(a.key().to_owned()),
+            _ => None,
+        };
+        self.blocking("list volumes", move |inner| inner.page(after.as_deref(), limit)).await
     }
 
     async fn capacity(&self, placement: &Placement) -> Result<Capacity, BackendError> {
@@ -301,8 +361,10 @@ impl Backend for LocalBackend {
                 .map_err(|e| BackendError::io(format!("read record of {id}"), e))?
                 .ok_or_else(|| BackendError::NotFound(id.clone()))?;
             record.desired_bytes = new_size_bytes;
-            durable::write_json(&record_file, &record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
-            inner.set_file_len(&id, new_size_bytes)?;
+            inner.changing(&id, || {
+                durable::write_json(&record_file, &record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
+                inner.set_file_len(&id, new_size_bytes)
+            })?;
             let after = inner.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
             Ok(after.size_bytes)
         })
@@ -366,7 +428,7 @@ mod tests {
     async fn create_beyond_capacity_is_refused_without_leftovers() {
         let (_dir, b) = backend(Some(GIB));
         assert!(matches!(b.create_volume("big", 2 * GIB, &Placement::default()).await, Err(BackendError::NoSpace { .. })));
-        assert!(b.list_volumes().await.unwrap().is_empty());
+        assert!(b.list_volumes(None, 0).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -409,17 +471,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pages_follow_ids_and_read_only_their_records() {
+        let (dir, b) = backend(None);
+        let mut ids = Vec::new();
+        for n in 0..7 {
+            ids.push(b.create_volume(&format!("pvc-{n}"), GIB, &Placement::default()).await.unwrap().info().id.clone());
+        }
+        ids.sort();
+        let keys = |page: Vec<VolumeInfo>| page.into_iter().map(|v| v.id).collect::<Vec<_>>();
+        assert_eq!(keys(b.list_volumes(None, 3).await.unwrap()), ids[..3]);
+        assert_eq!(keys(b.list_volumes(Some(&ids[2]), 3).await.unwrap()), ids[3..6]);
+        assert_eq!(keys(b.list_volumes(Some(&ids[5]), 3).await.unwrap()), ids[6..]);
+        assert!(b.list_volumes(Some(&"rbd:c:p:i".parse().unwrap()), 3).await.unwrap().is_empty(), "every local id comes before an rbd one");
+        // A record past the page that cannot be read does not fail the page before it.
+        fs::write(record_path(dir.path(), &ids[6]), b"{").unwrap();
+        assert_eq!(keys(b.list_volumes(None, 2).await.unwrap()), ids[..2]);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_keeps_the_sum_of_the_files_across_restarts() {
+        let (dir, b) = backend(Some(100 * GIB));
+        let a = b.create_volume("a", GIB, &Placement::default()).await.unwrap().info().id.clone();
+        let c = b.create_volume("c", 2 * GIB, &Placement::default()).await.unwrap().info().id.clone();
+        b.grow_volume(&a, 5 * GIB).await.unwrap();
+        b.delete_volume(&c).await.unwrap();
+        let available = |b: &LocalBackend| {
+            let b = b.clone();
+            async move { b.capacity(&Placement::default()).await.unwrap().available_bytes }
+        };
+        assert_eq!(available(&b).await, 95 * GIB);
+        // A state directory from before ledgers: summed from its files once.
+        fs::remove_file(dir.path().join("ledger.json")).unwrap();
+        let reopened = LocalBackend::open(dir.path(), Some(100 * GIB)).unwrap();
+        assert_eq!(available(&reopened).await, 95 * GIB);
+        b.create_volume("d", 3 * GIB, &Placement::default()).await.unwrap();
+        assert_eq!(available(&reopened).await, 92 * GIB, "another process sees the change through the ledger file");
+    }
+
+    #[tokio::test]
     async fn delete_is_idempotent_and_lists_are_ordered() {
         let (_dir, b) = backend(None);
         for name in ["a", "b", "c"] {
             b.create_volume(name, GIB, &Placement::default()).await.unwrap();
         }
-        let listed = b.list_volumes().await.unwrap();
+        let listed = b.list_volumes(None, 0).await.unwrap();
         assert_eq!(listed.len(), 3);
         assert!(listed.windows(2).all(|w| w[0].id < w[1].id));
         b.delete_volume(&listed[0].id).await.unwrap();
         b.delete_volume(&listed[0].id).await.unwrap();
-        assert_eq!(b.list_volumes().await.unwrap().len(), 2);
+        assert_eq!(b.list_volumes(None, 0).await.unwrap().len(), 2);
         assert_eq!(b.volume(&listed[0].id).await.unwrap(), None);
     }
 }

@@ -209,9 +209,9 @@ impl Backend for RbdBackend {
         self.shared.connector.run("read volume", move |conn, _| volume_blocking(conn, &volume)).await
     }
 
-    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
-        let shared = Arc::clone(&self.shared);
-        self.shared.connector.run("list volumes", move |conn, _| list_blocking(&shared, conn)).await
+    async fn list_volumes(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<VolumeInfo>, BackendError> {
+        let (shared, after) = (Arc::clone(&self.shared), after.cloned());
+        self.shared.connector.run("list volumes", move |conn, _| list_blocking(&shared, conn, after.as_ref(), limit)).await
     }
 
     async fn capacity(&self, placement: &Placement) -> Result<Capacity, BackendError> {

@@ -188,24 +188,43 @@ fn announce(io: &IoCtx, id: &VolumeId, found: &header::Header) -> Result<(), Rbd
     Ok(())
 }
 
-pub(crate) fn list_blocking(shared: &Shared, conn: &Connection) -> Result<Vec<VolumeInfo>, RbdError> {
+/// Up to `limit` volumes (0: all) whose ids come after `after`, in id
+/// order: pools in the order their ids sort (`<pool>:` as a string), and in
+/// each pool the state object's entries, read a page at a time from where
+/// the window starts (so a page costs what it returns).
+pub(crate) fn list_blocking(shared: &Shared, conn: &Connection, after: Option<&VolumeId>, limit: usize) -> Result<Vec<VolumeInfo>, RbdError> {
+    let cluster = &shared.config.cluster_id;
+    let mut pools = shared.readings.pools(conn)?;
+    pools.sort_by_key(|pool| format!("{pool}:"));
     let mut volumes = Vec::new();
-    for pool in shared.readings.pools(conn)? {
+    for pool in pools {
+        let prefix = format!("{cluster}:{pool}:");
+        let mut from = match after.map(VolumeId::key) {
+            Some(key) if key.starts_with(&prefix) => Some(key[prefix.len()..].to_owned()),
+            // Every id of this pool sorts before the window's start.
+            Some(key) if prefix.as_str() < key => continue,
+            _ => None,
+        };
         let Some(io) = conn.pool(&pool)? else { continue };
-        let mut after: Option<String> = None;
         loop {
-            let page = state::page_entries(&io, after.as_deref(), 4096)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
+            let wanted = if limit == 0 { 4096 } else { limit - volumes.len() };
+            if wanted == 0 {
+                return Ok(volumes);
+            }
+            let page = state::page_entries(&io, from.as_deref(), wanted)?;
+            let read = page.len();
+            from = page.last().map(|(image, _)| image.clone());
             for (image, entry) in page {
                 // Pools whose names cannot be part of an id hold no Swell volume.
-                let Ok(volume) = RbdVolume::at(&shared.config.cluster_id, &pool, &image) else { continue };
+                let Ok(volume) = RbdVolume::at(cluster, &pool, &image) else { continue };
                 if entry.live() {
                     volumes.push(VolumeInfo { id: volume.id(), name: entry.name, size_bytes: entry.record.current_bytes });
                 }
             }
+            if read < wanted {
+                break;
+            }
         }
     }
-    volumes.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(volumes)
 }
