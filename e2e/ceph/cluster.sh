@@ -242,6 +242,8 @@ mon allow pool delete = true
 mon warn on pool no redundancy = false
 # The block files share the machine's disk with everything else; don't warn about it.
 mon data avail warn = 5
+# Nor refuse to start below 5 % free (ENOSPC): test clusters write little.
+mon data avail crit = 1
 
 [mon]
 mon data = $DIR/mon/\$id
