@@ -1,0 +1,102 @@
+//! `swell-bench`: Swell measured next to the engine it drives, in one run.
+//! Every figure is a set of samples (median and p99), printed beside its
+//! reference measured the same way in the same run, as Markdown tables
+//! written under `target/bench/` with a chart of cost against volume count.
+//! Speed lives here, never in a test: nothing here asserts a timing.
+//!
+//! - [`report`]: samples, tables, goals and the Markdown they make.
+//! - [`process`]: the controller and node as processes, their RSS, start-up
+//!   time and backend-call counters.
+//! - [`csi`]: the CSI calls a benchmark times, alone, in parallel, in storms.
+//! - [`figures`]: what both backends share: step costs, parallel expansions, storms.
+//! - [`scale`]: the same controller with 100, 1,000 and 10,000 volumes.
+//! - [`local`]: the local backend's figures and raw-file references.
+//! - [`ceph`]: the RBD figures, with librbd, RADOS and the `rbd` CLI as references.
+//! - [`chart`]: expand latency and RSS against volume count, as a PNG.
+
+#[cfg(feature = "rbd")]
+pub mod ceph;
+pub mod chart;
+pub mod csi;
+pub mod figures;
+pub mod local;
+pub mod process;
+pub mod report;
+pub mod scale;
+
+use std::path::PathBuf;
+
+/// How much to measure.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Samples per figure.
+    pub runs: usize,
+    /// Volume counts of the scale figures, ascending.
+    pub scale: Vec<usize>,
+    /// Where the binaries under measurement are (`swell-controller`, `swell-node`).
+    pub bin_dir: PathBuf,
+    /// The controller binary to measure (another build for a "before" column).
+    pub controller_bin: PathBuf,
+    /// Names the controller binary in the tables.
+    pub label: String,
+    /// Directory for scratch state (sparse files, sockets).
+    pub scratch: PathBuf,
+}
+
+impl Plan {
+    /// The `swell-node` binary.
+    pub fn node_bin(&self) -> PathBuf {
+        self.bin_dir.join("swell-node")
+    }
+}
+
+/// A bench step that failed, with what it was doing.
+pub type BenchResult<T> = Result<T, String>;
+
+/// Wraps an error with the step it interrupted.
+pub fn at<E: std::fmt::Display>(step: impl std::fmt::Display) -> impl FnOnce(E) -> String {
+    move |e| format!("{step}: {e}")
+}
+
+/// One backend under measurement: how its controller process is started
+/// (and restarted over the same state), its StorageClass parameters, and
+/// the same wiring in-process for what only the process's insides show
+/// (a reconciler pass and its backend calls).
+#[derive(Debug, Clone)]
+pub struct Rig {
+    /// `local` or `rbd`.
+    pub name: &'static str,
+    /// The controller process's arguments.
+    pub controller: process::ControllerArgs,
+    /// StorageClass parameters of the volumes it creates.
+    pub parameters: Vec<(String, String)>,
+    /// The backends beyond local, for the in-process controller.
+    pub options: swell_controller::server::BackendOptions,
+}
+
+impl Rig {
+    /// A client creating with this rig's parameters.
+    pub fn csi(&self, channel: tonic::transport::Channel) -> csi::Csi {
+        let parameters: Vec<(&str, &str)> = self.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        csi::Csi::new(channel, &parameters)
+    }
+
+    /// Starts the controller process.
+    pub async fn start(&self) -> BenchResult<process::Served> {
+        process::Served::controller(&self.controller).await
+    }
+
+    /// The in-process controller over the process's state (run it only
+    /// while the process is stopped).
+    pub fn in_process(&self) -> BenchResult<swell_controller::server::Controller> {
+        let config = swell_controller::server::ControllerConfig {
+            driver_name: crate::harness::DRIVER_NAME.into(),
+            state_dir: self.controller.root.join("controller"),
+            local_state_dir: self.controller.local_state_dir.clone(),
+            local_capacity_bytes: None,
+            backend_timeout: std::time::Duration::from_secs(8),
+            reconciler: swell_controller::reconciler::ReconcilerConfig::default(),
+        };
+        swell_controller::server::build_with(&config, &self.options).map_err(at("build the in-process controller"))
+    }
+}
