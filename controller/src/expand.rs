@@ -169,8 +169,11 @@ impl Expander {
 
     async fn expand_held(&self, held: &Held<'_>, range: SizeRange) -> Result<u64, ControllerError> {
         let id = held.id;
-        let current = self.fresh_size(held, "read volume before expanding").await?.ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
-        let record = self.read_record(held).await?;
+        // Two independent reads under the hold: asked together, they cost
+        // one round trip to the engine, not two.
+        let (current, record) = tokio::join!(self.fresh_size(held, "read volume before expanding"), self.read_record(held));
+        let current = current?.ok_or_else(|| ControllerError::NotFound(id.to_string()))?;
+        let record = record?;
         match plan_expansion(current, range, u64::MAX).map_err(|e| out_of_range(id, e))? {
             Expansion::AlreadyDone { current } => {
                 self.settle(held, record, current).await?;
