@@ -8,7 +8,8 @@
 # Rust comes from the machine's toolchain; protoc is vendored.
 set -euo pipefail
 
-packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount libclang-dev)
+# fonts-dejavu-core: the font swell-bench draws its chart's text with.
+packages=(xfsprogs btrfs-progs e2fsprogs util-linux mount libclang-dev fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

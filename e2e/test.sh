@@ -24,6 +24,10 @@ log=$(mktemp /tmp/swell-test.XXXXXX)
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # deploy/ renders, validates and holds what Swell needs (it reads the binaries' --help).
 target/test-venv/bin/python e2e/deploy/check_manifests.py || status=1
+# The benchmark's short mode (a few runs, 100 volumes, both backends), so it
+# never rots: every figure must still be measurable; no timing is judged.
+target/debug/swell-bench --short --out target/bench-short >target/bench-short.log 2>&1 ||
+  { tail -40 target/bench-short.log; echo "swell-bench --short failed (log: target/bench-short.log)" >&2; status=1; }
 
 # Each line: test<TAB>reason. A skipped test returned at once, and cargo
 # counted it as passed: take it out of the passed and into the skipped.

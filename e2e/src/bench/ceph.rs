@@ -103,6 +103,7 @@ impl Site {
             controller: ControllerArgs { binary: plan.controller_bin.clone(), root: dir.to_owned(), local_state_dir: dir.join("local"), extra, metrics_port },
             parameters: vec![("pool".to_owned(), pool.to_owned())],
             options: swell_controller::server::BackendOptions { rbd: Some(rbd), default_backend: Some("rbd".into()) },
+            local_capacity: None,
         }
     }
 
@@ -146,7 +147,7 @@ pub async fn run(plan: &Plan, sections: &[&str], foreign: usize) -> BenchResult<
     }
     if sections.contains(&"scale") {
         site.new_pool("scale")?;
-        let rig = site.rig(plan, "scale", &fresh(&plan.scratch.join("rbd-scale"))?, 19_874);
+        let rig = site.rig(plan, "scale", &fresh(&plan.scratch.join("rbd-scale"))?, 19_874).roomy();
         points = scale::run(&rig, plan, &mut report).await?;
         site.drop_pool("scale")?;
     }

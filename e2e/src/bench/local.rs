@@ -38,6 +38,7 @@ pub fn rig(plan: &Plan, dir: &Path, metrics_port: u16) -> Rig {
         },
         parameters: Vec::new(),
         options: Default::default(),
+        local_capacity: None,
     }
 }
 
@@ -64,7 +65,7 @@ pub async fn run(plan: &Plan, sections: &[&str]) -> BenchResult<(Report, Vec<Poi
         served.stop().await;
     }
     if sections.contains(&"scale") {
-        let rig = rig(plan, &fresh(&plan.scratch.join("local-scale"))?, 19_872);
+        let rig = rig(plan, &fresh(&plan.scratch.join("local-scale"))?, 19_872).roomy();
         points = scale::run(&rig, plan, &mut report).await?;
     }
     Ok((report, points))

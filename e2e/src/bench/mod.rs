@@ -72,6 +72,8 @@ pub struct Rig {
     pub parameters: Vec<(String, String)>,
     /// The backends beyond local, for the in-process controller.
     pub options: swell_controller::server::BackendOptions,
+    /// Bytes the local backend may promise (default: its file system's size).
+    pub local_capacity: Option<u64>,
 }
 
 impl Rig {
@@ -79,6 +81,20 @@ impl Rig {
     pub fn csi(&self, channel: tonic::transport::Channel) -> csi::Csi {
         let parameters: Vec<(&str, &str)> = self.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         csi::Csi::new(channel, &parameters)
+    }
+
+    /// The same rig with room for 10,000 thin volumes: sparse files and
+    /// thin images hold almost nothing, but Swell promises their full size,
+    /// which a test machine's disk or a test cluster's pool cannot.
+    pub fn roomy(mut self) -> Self {
+        const PIB: u64 = 1 << 50;
+        self.local_capacity = Some(PIB);
+        self.controller.extra.push(format!("--local-capacity-bytes={PIB}"));
+        if let Some(rbd) = &mut self.options.rbd {
+            rbd.overprovision_ratio = 1000.0;
+            self.controller.extra.push("--rbd-overprovision-ratio=1000".into());
+        }
+        self
     }
 
     /// Starts the controller process.
@@ -93,7 +109,7 @@ impl Rig {
             driver_name: crate::harness::DRIVER_NAME.into(),
             state_dir: self.controller.root.join("controller"),
             local_state_dir: self.controller.local_state_dir.clone(),
-            local_capacity_bytes: None,
+            local_capacity_bytes: self.local_capacity,
             backend_timeout: std::time::Duration::from_secs(8),
             reconciler: swell_controller::reconciler::ReconcilerConfig::default(),
         };

@@ -210,8 +210,9 @@ fn table(rig: &Rig, points: &[Point]) -> Table {
         ]);
     }
     table.note(
-        "Start-up: from spawn until GetCapacity answered (backends open). Each volume was created and grown once, so each has a settled \
-         expansion record. Passes run in-process over the same state, with the process stopped; backend calls are the controller's own \
+        "Start-up: from spawn until GetCapacity answered (backends open). Each volume (64 MiB, sparse or thin) was created and grown \
+         once, so each has a settled expansion record; the controller may promise far more than the disk holds here \
+         (`--local-capacity-bytes` 1 PiB, `--rbd-overprovision-ratio` 1000). Passes run in-process over the same state, with the process stopped; backend calls are the controller's own \
          count (`Backends::call_stats`).",
     );
     table
