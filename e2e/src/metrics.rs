@@ -1,5 +1,5 @@
-//! Reading a controller's Prometheus endpoint as Prometheus would: one
-//! `GET /metrics` over HTTP on loopback, and one sample out of the text.
+//! Reading a Swell process's Prometheus endpoint as Prometheus would: one
+//! `GET /metrics` over HTTP on loopback, and samples out of the text.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,10 +31,27 @@ pub async fn scrape(address: SocketAddr) -> String {
 }
 
 /// The value of the sample whose name and labels are exactly `series`
-/// (e.g. `swell_backend_calls_total{step="grow volume",outcome="ok"}`); 0
-/// when the series is absent (a counter never incremented).
+/// (e.g. `swell_reconciler_attempts_total{outcome="failed"}`); `None` when
+/// the series is absent.
+pub fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).next()
+}
+
+/// [`value`], 0 when the series is absent (a counter never incremented).
 pub fn sample(text: &str, series: &str) -> f64 {
-    text.lines().filter_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).next().unwrap_or(0.0)
+    value(text, series).unwrap_or(0.0)
+}
+
+/// The sum of the samples of `name` whose labels satisfy `labels` (given
+/// the text between the braces), e.g. every outcome of one operation.
+pub fn sum(text: &str, name: &str, labels: impl Fn(&str) -> bool) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let (series, number) = line.rsplit_once(' ')?;
+            let inside = series.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}')?;
+            labels(inside).then(|| number.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -48,5 +65,8 @@ mod tests {
         assert_eq!(sample(text, "x{a=\"12\"}"), 7.0);
         assert_eq!(sample(text, "y"), 2.5);
         assert_eq!(sample(text, "z"), 0.0);
+        assert_eq!(value(text, "z"), None);
+        assert_eq!(sum(text, "x", |labels| labels.starts_with("a=\"1")), 10.0);
+        assert_eq!(sum(text, "x", |labels| labels == "a=\"1\""), 3.0);
     }
 }
