@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod harness;
 pub mod host;
 pub mod instrumented;
+pub mod logs;
 pub mod metrics;
 pub mod never_stuck;
 pub mod node_process;

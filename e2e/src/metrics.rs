@@ -12,22 +12,30 @@ pub fn free_address() -> SocketAddr {
     listener.local_addr().expect("local address")
 }
 
-/// The body of `GET /metrics` at `address` (retried for a few seconds while
-/// the process starts).
-pub async fn scrape(address: SocketAddr) -> String {
+/// `GET path` at `address` over HTTP/1.1: the status code and the body
+/// (retried for a few seconds while the process starts).
+pub async fn get(address: SocketAddr, path: &str) -> (u16, String) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut stream) = tokio::net::TcpStream::connect(address).await {
-            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.expect("send request");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.expect("send request");
             let mut response = String::new();
-            stream.read_to_string(&mut response).await.expect("read response");
+            tokio::time::timeout(Duration::from_secs(15), stream.read_to_string(&mut response)).await.expect("an answer within 15 s").expect("read response");
             let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-            return body.to_owned();
+            let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no status line in {head:?}"));
+            return (status, body.to_owned());
         }
-        assert!(tokio::time::Instant::now() < deadline, "no metrics at {address}");
+        assert!(tokio::time::Instant::now() < deadline, "nothing serves {address}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The body of `GET /metrics` at `address`, which must answer 200.
+pub async fn scrape(address: SocketAddr) -> String {
+    let (status, body) = get(address, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics at {address}: {body}");
+    body
 }
 
 /// The value of the sample whose name and labels are exactly `series`
