@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod never_stuck;
 pub mod node_process;
 pub mod observe;
+pub mod operator;
 pub mod process;
 #[cfg(feature = "rbd")]
 pub mod rbd_rig;
