@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use swell_controller::Backends;
 use swell_controller::cli::BackendArgs;
+use swell_controller::error::ControllerError;
 use swell_controller::expand::Expander;
 use swell_storage::expansion_files::ExpansionRecords;
-use swell_storage::{ExpansionRecord, VolumeId, VolumeInfo};
+use swell_storage::{BackendError, ExpansionRecord, VolumeId, VolumeInfo};
 
 /// Records read per call to a store.
 const PAGE: usize = 500;
@@ -90,6 +91,12 @@ impl Reader {
         let key = id.to_string();
         let (size, record) = tokio::join!(self.backends.call("read volume", &key, backend.volume(id)), self.expander.record(id));
         let size = size.map_err(|e| e.to_string())?.map(|v| v.size_bytes);
-        Ok((backend.kind(), size, record.map_err(|e| e.to_string())?))
+        let record = match record {
+            Ok(record) => record,
+            // A store that answers for known volumes only (RBD's pool state).
+            Err(ControllerError::Backend { source: BackendError::NotFound(_), .. }) => None,
+            Err(err) => return Err(err.to_string()),
+        };
+        Ok((backend.kind(), size, record))
     }
 }
