@@ -19,7 +19,7 @@ use swell_storage::expansion::now_unix;
 /// (`kubectl -n swell-system exec deploy/swell-controller -c swell-controller
 /// -- swell volumes`), or anywhere with the same flags.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "swell", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
