@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::*;
 use swell_controller::Backends;
-use swell_controller::rbd::ffi::{Cluster, IoCtx, WriteOp};
+use swell_controller::rbd::ffi::WriteOp;
 use swell_controller::rbd::lease::{self, Leases};
 use swell_controller::rbd::state::{self, Entry, Phase};
 use swell_controller::rbd::{RbdBackend, RbdConfig};
@@ -23,7 +23,7 @@ use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
 use swell_e2e::host;
 use swell_e2e::metrics::{free_address, sample, scrape, sum};
 use swell_e2e::process::ControllerProcess;
-use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, rbd_size};
+use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, other_client, rbd_size};
 use swell_e2e::requests::{self, mount_capability};
 use swell_e2e::resizer::expand_like_the_resizer;
 use swell_e2e::state::{leave_wish, record_of};
@@ -317,7 +317,7 @@ async fn a_reconciler_pass_reads_only_the_pending_volumes() {
     let ceph = Arc::new(RbdBackend::new(RbdConfig { default_pool: pool.into(), ..rbd_config(env, "cost") }).unwrap());
     // Records only: settled entries written straight into the pool's state
     // object, as 2,000 volumes Swell made long ago would have left them.
-    let io = ioctx(env, pool);
+    let io = other_client(env, pool);
     let mut total = 0;
     for chunk in (0..2000u64).collect::<Vec<_>>().chunks(500) {
         let entries: Vec<(String, Vec<u8>)> = chunk
@@ -359,15 +359,6 @@ async fn a_reconciler_pass_reads_only_the_pending_volumes() {
     rbd_rig::cli(env, "ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]).unwrap();
 }
 
-/// A librados io context of the test's own on `pool`.
-fn ioctx(env: &ClusterEnv, pool: &str) -> IoCtx {
-    let cluster = Arc::new(Cluster::create("admin").unwrap());
-    cluster.read_conf_file(&env.conf).unwrap();
-    cluster.conf_set("keyring", &env.keyring.display().to_string()).unwrap();
-    cluster.connect().unwrap();
-    cluster.ioctx(pool).unwrap()
-}
-
 /// Lock acquire and release on the test cluster, and the exclusion they
 /// give between two replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,7 +383,7 @@ async fn a_volume_held_by_one_replica_is_refused_to_another_until_released() {
     hold.release().await;
 
     // The raw lock operations, as every hold and release makes them.
-    let io = ioctx(env, "rbd");
+    let io = other_client(env, "rbd");
     let leases = Leases { instance: "timing".into(), lease: Duration::from_secs(10) };
     let (mut takes, mut gives) = (Vec::new(), Vec::new());
     for i in 0..15 {
