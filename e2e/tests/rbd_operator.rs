@@ -1,9 +1,13 @@
 //! The operator's view on Ceph RBD: `swell` over the pool's records (the
-//! scenario of `swell_e2e::operator`), and a controller and a node process
-//! doing RBD work with debug logs in JSON that never print the keyring's key.
+//! scenario of `swell_e2e::operator`), `/healthz` while the monitor is down,
+//! and a controller and a node process doing RBD work with debug logs in
+//! JSON that never print the keyring's key.
 #![allow(clippy::unwrap_used)]
 
+use std::time::{Duration, Instant};
+
 use csi_proto::v1::DeleteVolumeRequest;
+use swell_e2e::metrics::get;
 use swell_e2e::node_process::NodeProcess;
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::requests::{self, mount_capability};
@@ -15,6 +19,31 @@ const MIB: i64 = 1 << 20;
 async fn swell_shows_every_expansion_on_rbd() {
     let Some(session) = rbd_rig::acquire("rbd_operator::swell_shows_every_expansion_on_rbd").await else { return };
     swell_e2e::operator::swell_shows_every_expansion(&rbd_rig::Rbd(session.env)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fails_while_the_monitor_is_down_and_recovers() {
+    let Some(session) = rbd_rig::acquire("rbd_operator::health_fails_while_the_monitor_is_down_and_recovers").await else { return };
+    let env = session.env;
+    let swell = rbd_rig::Swell::start(env, Duration::from_secs(3), Duration::from_secs(8)).await;
+    let address = swell.controller.metrics;
+    assert_eq!(get(address, "/healthz").await, (200, "ok\n".to_owned()));
+    rbd_rig::cluster(env, "stop-mon", &[]).expect("stop the monitor");
+    let started = Instant::now();
+    let (status, reason) = get(address, "/healthz").await;
+    let took = started.elapsed();
+    rbd_rig::cluster(env, "start-mon", &[]).expect("start the monitor");
+    let back = Instant::now();
+    println!("/healthz with the monitor down: {status} after {took:?}: {}", reason.trim());
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("health check"), "the failed step: {reason}");
+    assert!(took < Duration::from_secs(11), "answered within its 10 s: {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while get(address, "/healthz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "/healthz still failing 90 s after the monitor restarted");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("/healthz ok again {:?} after the monitor restarted", back.elapsed());
 }
 
 /// The cephx key in a keyring (`key = AQ...`).

@@ -13,21 +13,8 @@ use tokio::process::Command;
 /// container image is checked against (`swell-node --help` prints it,
 /// deploy/image/build.sh finds each in the image). [`run`] refuses any other
 /// name, so a new tool cannot be called without being listed here.
-pub const PROGRAMS: &[&str] = &[
-    "blkid",
-    "btrfs",
-    "dumpe2fs",
-    "e2fsck",
-    "mkfs.btrfs",
-    "mkfs.ext4",
-    "mkfs.xfs",
-    "rbd",
-    "rbd-fuse",
-    "rbd-nbd",
-    "resize2fs",
-    "xfs_growfs",
-    "xfs_spaceman",
-];
+pub const PROGRAMS: &[&str] =
+    &["blkid", "btrfs", "dumpe2fs", "e2fsck", "mkfs.btrfs", "mkfs.ext4", "mkfs.xfs", "rbd", "rbd-fuse", "rbd-nbd", "resize2fs", "xfs_growfs", "xfs_spaceman"];
 
 /// What a finished command printed.
 #[derive(Debug, Clone)]
