@@ -9,10 +9,12 @@ pub mod chaos;
 pub mod harness;
 pub mod host;
 pub mod instrumented;
+pub mod logs;
 pub mod metrics;
 pub mod never_stuck;
 pub mod node_process;
 pub mod observe;
+pub mod operator;
 pub mod process;
 #[cfg(feature = "rbd")]
 pub mod rbd_rig;

@@ -21,7 +21,7 @@ use swell_controller::reconciler::ReconcilerConfig;
 use swell_e2e::chaos::Xorshift;
 use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
 use swell_e2e::host;
-use swell_e2e::metrics::{free_address, sample, scrape};
+use swell_e2e::metrics::{free_address, sample, scrape, sum};
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, other_client, rbd_size};
 use swell_e2e::requests::{self, mount_capability};
@@ -64,7 +64,7 @@ impl Replica {
 
     /// Backend resizes this process has made so far.
     async fn resizes(&self) -> u64 {
-        sample(&scrape(self.metrics).await, r#"swell_backend_calls_total{step="grow volume",outcome="ok"}"#) as u64
+        sample(&scrape(self.metrics).await, r#"swell_backend_call_duration_seconds_count{operation="grow volume",outcome="ok"}"#) as u64
     }
 }
 
@@ -343,15 +343,12 @@ async fn a_reconciler_pass_reads_only_the_pending_volumes() {
         leave_wish(&*store, &id, 64 * MIB, 96 * MIB, None).await;
         pending.push(id);
     }
-    let before = controller.reconciler.call_stats();
+    let reads = |text: &str| sum(text, "swell_backend_call_duration_seconds_count", |labels| labels.starts_with("operation=\"read volume")) as u64;
+    let before = reads(&scrape(controller.metrics).await);
     let started = Instant::now();
     let report = controller.reconciler.pass().await;
     let took = started.elapsed();
-    let after = controller.reconciler.call_stats();
-    let reads = |stats: &std::collections::BTreeMap<&'static str, swell_controller::backends::CallStats>| {
-        stats.iter().filter(|(step, _)| step.starts_with("read volume")).map(|(_, s)| s.calls).sum::<u64>()
-    };
-    let volume_reads = reads(&after) - reads(&before);
+    let volume_reads = reads(&scrape(controller.metrics).await) - before;
     println!("cost: 2,000 settled + 20 pending: one pass in {took:?}, {volume_reads} volume reads, report {report:?}");
     assert_eq!((report.examined, report.completed), (20, 20), "{report:?}");
     assert_eq!(volume_reads, 20, "only the pending volumes are read");
