@@ -104,7 +104,7 @@ fn confirm_create(shared: &Shared, conn: &Connection, io: &IoCtx, volume: &RbdVo
             // record since (then the expansion's record stands).
             let untouched = entry.record.desired_bytes == entry.record.current_bytes;
             let record = if untouched { ExpansionRecord { generation, ..ExpansionRecord::new(&id, found.size, found.size) } } else { entry.record.clone() };
-            Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Ready), record }
+            Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Ready), lineage: None, record }
         }
         None => {
             tracing::info!(volume.id = %id, "a create was cut off before its image was made; dropping its promise");

@@ -27,7 +27,7 @@ use super::commit::Change;
 use super::connection::{Connection, ensure_time_left};
 use super::errors::RbdError;
 use super::ffi::{Errno, IoCtx};
-use super::state::{self, Entry, Phase};
+use super::state::{self, Entry, Lineage, Phase};
 use super::{header, trash};
 
 /// How often a grow whose header moved under it reads it again.
@@ -66,7 +66,8 @@ pub(crate) fn create_blocking(shared: &Shared, conn: &Connection, deadline: Inst
     }
     let generation = entry.map_or(0, |e| e.record.generation);
     let intent = ExpansionRecord { generation, ..ExpansionRecord::new(&id, size, size) };
-    let change = Change::Put { image: image.clone(), name: Some(name.to_owned()), phase: Some(Phase::Creating), record: intent };
+    let change =
+        Change::Put { image: image.clone(), name: Some(name.to_owned()), phase: Some(Phase::Creating), lineage: Some(Lineage::default()), record: intent };
     shared.commit(conn, &io, pool, change, deadline)?;
     fail::fail_point!("rbd-create-after-intent");
     ensure_time_left(deadline, "rbd_create", shared.config.op_timeout)?;
@@ -126,7 +127,7 @@ pub(crate) fn delete_blocking(shared: &Shared, conn: &Connection, deadline: Inst
     let Some(io) = conn.pool(&volume.pool)? else { return Ok(()) };
     match state::read_entry(&io, &volume.image)? {
         Some(entry) if entry.live() => {
-            let tombstone = Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Deleting), record: entry.record };
+            let tombstone = Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Deleting), lineage: None, record: entry.record };
             shared.commit(conn, &io, &volume.pool, tombstone, deadline).map(drop)
         }
         Some(_) => Ok(()),
