@@ -142,7 +142,7 @@ fn parent_of(shared: &Shared, conn: &Connection, image: &str, source: &ContentSo
             let missing = || RbdError::Refused(BackendError::NotFound(id.clone()));
             let source = shared.ours(id, "clone")?.ok_or_else(missing)?;
             let io = conn.pool(&source.pool)?.ok_or_else(missing)?;
-            let entry = state::read_entry(&io, &source.image)?.filter(|e| e.phase == Phase::Ready).ok_or_else(missing)?;
+            let entry = state::read_entry(&io, &source.image)?.filter(Entry::live).ok_or_else(missing)?;
             let header = read_header(&io, id, &source.image)?.ok_or_else(missing)?;
             Ok(Parent { io, image: source.image, snapshot: clone_snapshot(image), size: header.size, depth: entry.lineage.depth, temporary: true })
         }

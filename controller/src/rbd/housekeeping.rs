@@ -89,15 +89,21 @@ fn housekeep_pool(shared: &Shared, conn: &Connection, pool: &str, deadline: Inst
     Ok(trash::purge(&io, pool, shared.config.purge_concurrency, deadline, shared.config.op_timeout)?.removed)
 }
 
-/// A deleted volume: its image to the trash, then its lock object (taken
-/// first, so no operation that still holds it loses it), then its entry.
+/// A deleted volume, under its lock (so a create of the same name that came
+/// first, and made a new image there, keeps it): its image moved away (to
+/// the trash, or kept for its snapshots), then its lock object, then its
+/// entry.
 fn finish_delete(shared: &Shared, conn: &Connection, io: &IoCtx, volume: &RbdVolume, entry: &Entry, deadline: Instant) -> Result<(), RbdError> {
     let id = volume.id();
-    super::snapshots::retire(io, &volume.image).map_err(|e| RbdError::osd("move a deleted volume's image away", e, Some(&id)))?;
     let Some(_local) = shared.local.try_acquire(&id.to_string()) else { return Ok(()) };
     if let Acquired::Busy(_) = shared.leases.acquire(conn, io, &volume.image)? {
         return Ok(());
     }
+    let still_deleted = state::read_entry(io, &volume.image)?.is_some_and(|e| e.phase == Phase::Deleting && e.record.generation == entry.record.generation);
+    if !still_deleted {
+        return shared.leases.release(io, &volume.image);
+    }
+    super::snapshots::retire(io, &volume.image).map_err(|e| RbdError::osd("move a deleted volume's image away", e, Some(&id)))?;
     remove_lock_object(io, volume)?;
     shared.commit(conn, io, &volume.pool, Change::Remove { image: volume.image.clone(), generation: Some(entry.record.generation) }, deadline)?;
     tracing::info!(volume.id = %id, "deleted volume's image moved to the trash");

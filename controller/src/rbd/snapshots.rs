@@ -27,7 +27,7 @@ use super::commit::{Change, Outcome};
 use super::connection::{Connection, ensure_time_left};
 use super::errors::RbdError;
 use super::ffi::{Errno, IoCtx};
-use super::state::{self, Phase, SnapshotEntry};
+use super::state::{self, Entry, Phase, SnapshotEntry};
 use super::{KIND, header, trash};
 
 /// Where the snapshots of `pool` in `cluster` live, as their ids say it.
@@ -75,7 +75,11 @@ pub fn retire(io: &IoCtx, image: &str) -> Result<(), Errno> {
     }
     let retired = retired_image(&id);
     tracing::info!(image, retired, "keeping a deleted volume's image for its snapshots");
-    io.rename_image(image, &retired)
+    match io.rename_image(image, &retired) {
+        // Moved away meanwhile (by the background work, or a create).
+        Err(Errno::ENOENT) => Ok(()),
+        other => other,
+    }
 }
 
 fn info(cluster: &str, pool: &str, key: &str, entry: &SnapshotEntry) -> Result<SnapshotInfo, RbdError> {
@@ -117,7 +121,7 @@ pub(crate) fn create_blocking(
         Some(entry) => entry.generation,
         None => 0,
     };
-    let volume = state::read_entry(&io, &source.image)?.filter(|e| e.phase == Phase::Ready);
+    let volume = state::read_entry(&io, &source.image)?.filter(Entry::live);
     let header = super::volumes::read_header(&io, &source_id, &source.image)?;
     let (Some(volume), Some(header)) = (volume, header) else { return Err(BackendError::NotFound(source_id).into()) };
     let mut entry = SnapshotEntry {
