@@ -71,6 +71,11 @@ impl Backends {
         self.by_kind.get(id.backend())
     }
 
+    /// The backend of kind `kind` (the prefix of the ids it owns), if configured.
+    pub fn for_backend(&self, kind: &str) -> Option<&Arc<dyn Backend>> {
+        self.by_kind.get(kind)
+    }
+
     /// All backends, default first is not guaranteed; ordered by kind.
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
         self.by_kind.values()

@@ -227,8 +227,10 @@ osd pool default pgp num = 32
 osd pool default pg autoscale mode = off
 mon allow pool delete = true
 mon warn on pool no redundancy = false
-# The block files share the machine's disk with everything else; don't warn about it.
+# The block files share the machine's disk with everything else; don't warn about it, and
+# don't refuse to start (the default 5 %) on a shared disk that others have nearly filled.
 mon data avail warn = 5
+mon data avail crit = 1
 
 [mon]
 mon data = $DIR/mon/\$id

@@ -20,6 +20,7 @@ pub mod process;
 pub mod rbd_rig;
 pub mod requests;
 pub mod resizer;
+pub mod snapshots;
 pub mod state;
 pub mod stream_io;
 pub mod sweep;

@@ -114,8 +114,9 @@ pub enum KillAt {
     AfterTheToolStarted,
 }
 
-/// Writes into `dir` a stand-in for the grow tool of `fs` (`xfs_growfs`, or
-/// `btrfs` for `filesystem resize`): it marks that the node reached its grow
+/// Writes into `dir` a stand-in for the grow tool of `fs` (`xfs_growfs`,
+/// `btrfs` for `filesystem resize`, or `resize2fs`, which grows ext4 offline
+/// at stage): it marks that the node reached its grow
 /// step by creating the returned file, then holds the step open for a kill
 /// to land at `at`. Returns the directory to put first on the node's PATH,
 /// and the mark.
@@ -123,6 +124,7 @@ pub fn grow_tool_stand_in(dir: &Path, fs: &str, at: KillAt) -> Result<(PathBuf, 
     let (tool, is_grow) = match fs {
         "xfs" => ("xfs_growfs", "true"),
         "btrfs" => ("btrfs", r#"[ "$1 $2" = "filesystem resize" ]"#),
+        "ext4" => ("resize2fs", "true"),
         other => return Err(format!("no stand-in for {other}'s grow tool")),
     };
     let real = which(tool)?;

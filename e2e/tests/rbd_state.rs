@@ -325,7 +325,7 @@ async fn a_reconciler_pass_reads_only_the_pending_volumes() {
             .map(|i| {
                 let volume = RbdVolume::for_name(CLUSTER_ID, pool, &format!("settled-{i}")).unwrap();
                 let record = ExpansionRecord { generation: 1, ..ExpansionRecord::new(&volume.id(), MIB, MIB) };
-                (state::entry_key(&volume.image), Entry { name: format!("settled-{i}"), phase: Phase::Ready, record }.encode())
+                (state::entry_key(&volume.image), Entry { name: format!("settled-{i}"), phase: Phase::Ready, lineage: Default::default(), record }.encode())
             })
             .collect();
         total += MIB * chunk.len() as u64;
