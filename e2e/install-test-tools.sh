@@ -7,15 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source e2e/apt.sh
+
 packages=()
 command -v kubectl >/dev/null || packages+=(kubernetes-client)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
-if ((${#packages[@]})); then
-  echo "installing: ${packages[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-fi
+install_missing "${packages[@]}"
 kubectl kustomize --help >/dev/null || { echo "kubectl has no kustomize" >&2; exit 1; }
 
 venv=target/test-venv

@@ -1,12 +1,17 @@
 //! The backends this controller serves, keyed by the id prefix each owns, and
 //! the deadline every backend call runs under: a hung engine turns into
 //! DEADLINE_EXCEEDED for the caller instead of a hung RPC holding a lock.
+//! Every call is timed, by operation and outcome, for the metrics.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use swell_storage::{Backend, BackendError, VolumeId};
 
 use crate::error::ControllerError;
@@ -17,25 +22,23 @@ pub struct Backends {
     by_kind: BTreeMap<&'static str, Arc<dyn Backend>>,
     default_kind: &'static str,
     deadline: Duration,
-    calls: Arc<Mutex<BTreeMap<&'static str, CallStats>>>,
+    calls: Family<CallLabels, Histogram, fn() -> Histogram>,
 }
 
-/// What the backend calls of one step cost so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct CallStats {
-    /// Calls made.
-    pub calls: u64,
-    /// Calls that failed (or hit the deadline).
-    pub failures: u64,
-    /// Time spent in them, in seconds.
-    pub seconds: f64,
+/// A backend call's operation (the step its errors name: a fixed set in the
+/// code) and how it ended: `ok`, `error` or `timeout`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    operation: &'static str,
+    outcome: &'static str,
 }
 
 impl Backends {
     /// A registry whose first backend is the default for new volumes.
     pub fn new(first: Arc<dyn Backend>, deadline: Duration) -> Self {
         let default_kind = first.kind();
-        Backends { by_kind: BTreeMap::from([(default_kind, first)]), default_kind, deadline, calls: Arc::default() }
+        let calls = Family::new_with_constructor(csi_endpoint::rpc_metrics::latency_histogram as fn() -> Histogram);
+        Backends { by_kind: BTreeMap::from([(default_kind, first)]), default_kind, deadline, calls }
     }
 
     /// The deadline of one backend call.
@@ -43,17 +46,9 @@ impl Backends {
         self.deadline
     }
 
-    /// Backend calls made so far, by step.
-    pub fn call_stats(&self) -> BTreeMap<&'static str, CallStats> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn count(&self, step: &'static str, took: Duration, failed: bool) {
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        let stats = calls.entry(step).or_default();
-        stats.calls += 1;
-        stats.failures += u64::from(failed);
-        stats.seconds += took.as_secs_f64();
+    /// Registers `swell_backend_call_duration_seconds` in `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register("swell_backend_call_duration_seconds", "Backend calls, by operation and outcome (ok, error, timeout).", self.calls.clone());
     }
 
     /// Adds another backend.
@@ -76,6 +71,11 @@ impl Backends {
         self.by_kind.get(id.backend())
     }
 
+    /// The backend of kind `kind` (the prefix of the ids it owns), if configured.
+    pub fn for_backend(&self, kind: &str) -> Option<&Arc<dyn Backend>> {
+        self.by_kind.get(kind)
+    }
+
     /// All backends, default first is not guaranteed; ordered by kind.
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
         self.by_kind.values()
@@ -86,7 +86,12 @@ impl Backends {
     pub async fn call<T>(&self, step: &'static str, volume: &str, work: impl Future<Output = Result<T, BackendError>>) -> Result<T, ControllerError> {
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.deadline, work).await;
-        self.count(step, started.elapsed(), !matches!(outcome, Ok(Ok(_))));
+        let ended = match outcome {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "error",
+            Err(_) => "timeout",
+        };
+        self.calls.get_or_create(&CallLabels { operation: step, outcome: ended }).observe(started.elapsed().as_secs_f64());
         let source = match outcome {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(source)) => source,
@@ -110,8 +115,14 @@ mod tests {
         let err = backends.call("resize", "local:aa", hung).await.unwrap_err();
         assert_eq!(tonic::Status::from(err).code(), tonic::Code::DeadlineExceeded);
         backends.call("resize", "local:aa", async { Ok(()) }).await.unwrap();
-        let stats = backends.call_stats()["resize"];
-        assert_eq!((stats.calls, stats.failures), (2, 1), "{stats:?}");
+        let mut registry = Registry::default();
+        backends.register_metrics(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for outcome in ["ok", "timeout"] {
+            let series = format!(r#"swell_backend_call_duration_seconds_count{{operation="resize",outcome="{outcome}"}} 1"#);
+            assert!(text.contains(&series), "{series} in\n{text}");
+        }
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct BackendArgs {
     /// it (died or froze); must exceed 2 × --rbd-op-timeout-secs + 1.
     #[arg(long, env = "SWELL_RBD_LOCK_LEASE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub rbd_lock_lease_secs: u64,
+    /// Clone parents a volume may read through before the background work
+    /// flattens it (a restore of a snapshot of a clone is two deep).
+    #[arg(long, env = "SWELL_RBD_MAX_CLONE_DEPTH", default_value_t = crate::rbd::DEFAULT_MAX_CLONE_DEPTH)]
+    pub rbd_max_clone_depth: u32,
     /// This process's name in the volume locks it holds: unique among
     /// running replicas, the same across restarts of one (default:
     /// $POD_NAME, else the host name).
@@ -80,6 +84,7 @@ impl BackendArgs {
                 overprovision_ratio: self.rbd_overprovision_ratio,
                 count_foreign_images: self.rbd_count_foreign_images,
                 lock_lease: Duration::from_secs(self.rbd_lock_lease_secs),
+                max_clone_depth: self.rbd_max_clone_depth,
                 instance: self.instance_name.clone().unwrap_or_else(crate::rbd::default_instance),
                 ..RbdConfig::new(cluster_id.clone(), ceph_conf.clone(), keyring.clone())
             }),

@@ -24,6 +24,18 @@ pub enum ControllerError {
     /// The volume does not exist.
     #[error("volume {0} not found")]
     NotFound(String),
+    /// The snapshot does not exist.
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
+    /// The pool has no room for a snapshot (CreateSnapshot's own code for
+    /// it; a volume that does not fit is OUT_OF_RANGE).
+    #[error("not enough space for snapshot {name:?}: {source}")]
+    NoSpaceForSnapshot {
+        /// The CO's snapshot name.
+        name: String,
+        /// The backend's refusal.
+        source: BackendError,
+    },
     /// A volume of this name exists and does not fit the request.
     #[error("volume {name:?} already exists as {id} with {existing} bytes, incompatible with the request ({reason})")]
     AlreadyExists {
@@ -79,14 +91,17 @@ impl ControllerError {
     fn code(&self) -> Code {
         match self {
             ControllerError::InvalidArgument { .. } => Code::InvalidArgument,
-            ControllerError::NotFound(_) => Code::NotFound,
+            ControllerError::NotFound(_) | ControllerError::SnapshotNotFound(_) => Code::NotFound,
+            ControllerError::NoSpaceForSnapshot { .. } => Code::ResourceExhausted,
             ControllerError::AlreadyExists { .. } => Code::AlreadyExists,
             ControllerError::Pending(_) | ControllerError::BadToken(_) => Code::Aborted,
             ControllerError::OutOfRange(_) => Code::OutOfRange,
             ControllerError::Unimplemented(_) => Code::Unimplemented,
             ControllerError::Record { .. } => Code::Internal,
             ControllerError::Backend { source, .. } => match source {
-                BackendError::NotFound(_) => Code::NotFound,
+                BackendError::NotFound(_) | BackendError::SnapshotNotFound(_) => Code::NotFound,
+                BackendError::NameTaken { .. } => Code::AlreadyExists,
+                BackendError::Unsupported { .. } => Code::InvalidArgument,
                 BackendError::InvalidParameter { .. } => Code::InvalidArgument,
                 BackendError::NoSpace { .. } | BackendError::Shrink { .. } => Code::OutOfRange,
                 BackendError::Contended { .. } => Code::Aborted,
@@ -130,6 +145,8 @@ mod tests {
             (ControllerError::Pending("local:ab".into()), Code::Aborted),
             (backend(BackendError::Contended { step: "write record".into(), reason: "lease lost".into() }), Code::Aborted),
             (ControllerError::BadToken("x".into()), Code::Aborted),
+            (ControllerError::NoSpaceForSnapshot { name: "s".into(), source: BackendError::NoSpace { requested: 2, available: 1 } }, Code::ResourceExhausted),
+            (backend(BackendError::NameTaken { name: "s".into(), reason: "another source".into() }), Code::AlreadyExists),
             (ControllerError::invalid("volume_id", "missing"), Code::InvalidArgument),
         ];
         for (err, code) in cases {

@@ -18,6 +18,7 @@ pub mod reconciler;
 pub mod server;
 pub mod service;
 pub mod sizing;
+pub mod snapshots;
 pub mod validate;
 
 pub use backends::Backends;

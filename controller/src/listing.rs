@@ -1,23 +1,49 @@
-//! ListVolumes pagination. The token is the id of the last entry returned,
-//! so a page boundary survives volumes being created or deleted between
-//! calls; a token that is not a volume id was not issued here. Each backend
-//! lists only the page it is asked for ([`swell_storage::Backend::list_volumes`]),
-//! so a page costs the same with 10 volumes as with 10,000.
+//! ListVolumes and ListSnapshots pagination. The token is the id of the
+//! last entry returned, so a page boundary survives entries being created or
+//! deleted between calls; a token that is not an id of that kind was not
+//! issued here. Each backend lists only the volumes a page needs
+//! ([`swell_storage::Backend::list_volumes`]), so a page of volumes costs the
+//! same with 10 volumes as with 10,000; snapshots are listed whole and cut.
 
-use swell_storage::{VolumeId, VolumeInfo};
+use std::fmt::Display;
+use std::str::FromStr;
+
+use swell_storage::{SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
 
 use crate::error::ControllerError;
 
+/// What a list pages through: entries with an ordered id.
+pub trait Listed {
+    /// The id the entries are ordered by, and the token is made of.
+    type Id: Ord + FromStr + Display;
+    /// This entry's id.
+    fn id(&self) -> &Self::Id;
+}
+
+impl Listed for VolumeInfo {
+    type Id = VolumeId;
+    fn id(&self) -> &VolumeId {
+        &self.id
+    }
+}
+
+impl Listed for SnapshotInfo {
+    type Id = SnapshotId;
+    fn id(&self) -> &SnapshotId {
+        &self.id
+    }
+}
+
 /// Where a page starts and how long it may be, from a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Window {
+pub struct Window<Id> {
     /// The id the page starts after.
-    pub after: Option<VolumeId>,
+    pub after: Option<Id>,
     /// Entries at most; 0: all.
     pub max: usize,
 }
 
-impl Window {
+impl<Id: Ord + FromStr + Display> Window<Id> {
     /// Parses a request's token and size.
     pub fn parse(starting_token: &str, max_entries: i32) -> Result<Self, ControllerError> {
         let max = usize::try_from(max_entries).map_err(|_| ControllerError::invalid("max_entries", "must not be negative"))?;
@@ -26,16 +52,6 @@ impl Window {
             token => Some(token.parse().map_err(|_| ControllerError::BadToken(token.to_owned()))?),
         };
         Ok(Window { after, max })
-    }
-
-    /// Where a backend of `kind` starts listing, `None` when none of its
-    /// volumes belongs to the window (every id of it comes before `after`).
-    pub fn start_in(&self, kind: &str) -> Option<Option<&VolumeId>> {
-        match &self.after {
-            Some(after) if after.backend() > kind => None,
-            Some(after) if after.backend() == kind => Some(Some(after)),
-            _ => Some(None),
-        }
     }
 
     /// Entries still to ask a backend for when `have` are gathered: one past
@@ -49,26 +65,47 @@ impl Window {
         self.max > 0 && have > self.max
     }
 
-    /// The page of `volumes` (ordered by id, gathered from the backends in
-    /// id order) and the token for the next.
-    pub fn cut(&self, mut volumes: Vec<VolumeInfo>) -> Page {
-        let next_token = if self.full(volumes.len()) {
-            volumes.truncate(self.max);
-            volumes.last().map(|v| v.id.to_string()).unwrap_or_default()
+    /// The page of `entries` (in any order; those up to the token are left
+    /// out) and the token for the next.
+    pub fn cut<T: Listed<Id = Id>>(&self, mut entries: Vec<T>) -> Page<T> {
+        entries.sort_by(|a, b| a.id().cmp(b.id()));
+        if let Some(after) = &self.after {
+            entries.retain(|e| e.id() > after);
+        }
+        let next_token = if self.full(entries.len()) {
+            entries.truncate(self.max);
+            entries.last().map(|e| e.id().to_string()).unwrap_or_default()
         } else {
             String::new()
         };
-        Page { volumes, next_token }
+        Page { entries, next_token }
     }
 }
 
-/// One page of volumes and the token for the next, if any.
+impl Window<VolumeId> {
+    /// Where a backend of `kind` starts listing, `None` when none of its
+    /// volumes belongs to the window (every id of it comes before `after`).
+    pub fn start_in(&self, kind: &str) -> Option<Option<&VolumeId>> {
+        match &self.after {
+            Some(after) if after.backend() > kind => None,
+            Some(after) if after.backend() == kind => Some(Some(after)),
+            _ => Some(None),
+        }
+    }
+}
+
+/// One page of entries and the token for the next, if any.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Page {
+pub struct Page<T> {
     /// The entries of this page.
-    pub volumes: Vec<VolumeInfo>,
+    pub entries: Vec<T>,
     /// Where the next page starts, empty when this was the last.
     pub next_token: String,
+}
+
+/// Cuts a page out of `entries`, all of a list gathered at once.
+pub fn page<T: Listed>(entries: Vec<T>, starting_token: &str, max_entries: i32) -> Result<Page<T>, ControllerError> {
+    Ok(Window::parse(starting_token, max_entries)?.cut(entries))
 }
 
 #[cfg(test)]
@@ -81,27 +118,40 @@ mod tests {
 
     #[test]
     fn a_page_asks_one_past_its_end_and_names_its_last_entry() {
-        let window = Window::parse("", 2).unwrap();
+        let window = Window::<VolumeId>::parse("", 2).unwrap();
         assert_eq!(window.wanted(0), 3);
         let page = window.cut(vols(&["local:a", "local:b", "rbd:c:p:x"]));
-        assert_eq!(page, Page { volumes: vols(&["local:a", "local:b"]), next_token: "local:b".into() });
-        let last = Window::parse("local:b", 2).unwrap().cut(vols(&["rbd:c:p:x"]));
-        assert_eq!(last, Page { volumes: vols(&["rbd:c:p:x"]), next_token: String::new() });
+        assert_eq!(page, Page { entries: vols(&["local:a", "local:b"]), next_token: "local:b".into() });
+        let last = Window::<VolumeId>::parse("local:b", 2).unwrap().cut(vols(&["rbd:c:p:x"]));
+        assert_eq!(last, Page { entries: vols(&["rbd:c:p:x"]), next_token: String::new() });
     }
 
     #[test]
     fn backends_before_the_token_are_skipped_and_the_one_holding_it_starts_after_it() {
-        let window = Window::parse("local:b", 0).unwrap();
+        let window = Window::<VolumeId>::parse("local:b", 0).unwrap();
         assert_eq!(window.start_in("local"), Some(Some(&"local:b".parse().unwrap())));
         assert_eq!(window.start_in("rbd"), Some(None));
-        assert_eq!(Window::parse("rbd:c:p:x", 0).unwrap().start_in("local"), None);
+        assert_eq!(Window::<VolumeId>::parse("rbd:c:p:x", 0).unwrap().start_in("local"), None);
         assert_eq!(window.wanted(5), 0, "0 means everything");
         assert!(!window.full(1_000));
     }
 
     #[test]
-    fn bad_tokens_abort_and_negative_sizes_are_invalid() {
-        assert!(matches!(Window::parse("invalid-token", 0), Err(ControllerError::BadToken(_))));
-        assert!(matches!(Window::parse("", -1), Err(ControllerError::InvalidArgument { .. })));
+    fn pages_walk_every_volume_once_even_across_deletions() {
+        let first = page(vols(&["local:c", "local:a", "local:b", "local:d"]), "", 2).unwrap();
+        assert_eq!(first.entries, vols(&["local:a", "local:b"]));
+        assert_eq!(first.next_token, "local:b");
+        // "b" deleted and "e" created between the calls.
+        let second = page(vols(&["local:a", "local:c", "local:d", "local:e"]), &first.next_token, 2).unwrap();
+        assert_eq!(second.entries, vols(&["local:c", "local:d"]));
+        let last = page(vols(&["local:a", "local:c", "local:d", "local:e"]), &second.next_token, 2).unwrap();
+        assert_eq!((last.entries, last.next_token), (vols(&["local:e"]), String::new()));
+    }
+
+    #[test]
+    fn zero_means_everything_and_bad_tokens_abort() {
+        assert_eq!(page(vols(&["local:a", "local:b"]), "", 0).unwrap().entries.len(), 2);
+        assert!(matches!(page(vols(&["local:a"]), "invalid-token", 0), Err(ControllerError::BadToken(_))));
+        assert!(matches!(page(vols(&["local:a"]), "", -1), Err(ControllerError::InvalidArgument { .. })));
     }
 }

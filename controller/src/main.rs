@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use clap::Parser;
+use csi_endpoint::logs::LogArgs;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
 use swell_controller::cli::BackendArgs;
 use swell_controller::reconciler::ReconcilerConfig;
 use swell_controller::server::{ControllerConfig, build_with};
-use tracing_subscriber::EnvFilter;
 
 /// Swell CSI controller: provisions and expands volumes.
 #[derive(Debug, Parser)]
@@ -37,15 +37,18 @@ struct Args {
     /// Backend reads per second the slow sweep may make.
     #[arg(long, env = "SWELL_SWEEP_READS_PER_SEC", default_value_t = 20)]
     sweep_reads_per_sec: u32,
-    /// Serve Prometheus metrics (pending and stuck expansions) on this address, e.g. 127.0.0.1:9808.
+    /// Serve Prometheus metrics (GET /metrics) and the health check the
+    /// Identity Probe makes (GET /healthz) on this address, e.g. 0.0.0.0:9180.
     #[arg(long, env = "SWELL_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    logs: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))).init();
     let args = Args::parse();
+    args.logs.init();
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let socket = parse_endpoint(&args.endpoint)?;
@@ -79,12 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut background = vec![tokio::spawn(controller.reconciler.clone().run(until_stopped(stopped.clone())))];
     if let Some(address) = args.metrics_address {
         let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("bind metrics address {address}: {e}"))?;
-        let metrics = swell_controller::metrics::serve(listener, controller.reconciler.clone(), until_stopped(stopped.clone()));
-        background.push(tokio::spawn(async move {
-            if let Err(err) = metrics.await {
-                tracing::error!(%address, error = %err, "metrics endpoint failed");
-            }
-        }));
+        background.push(tokio::spawn(controller.observed.clone().serve(listener, until_stopped(stopped.clone()))));
     }
     let served = serve(&socket, controller.router, shutdown_signal()).await;
     let _ = stop.send(());

@@ -1,128 +1,103 @@
-//! The controller's Prometheus metrics: what the reconciler's last pass saw,
-//! above all the expansions that are stuck and why. Served as plain text on
-//! `GET /metrics` by a deliberately tiny HTTP responder (one request per
-//! connection, bounded read, bounded time).
+//! What the reconciler's passes found, as Prometheus metrics: expansions
+//! pending, stuck and owed an announcement, the oldest wish's age, and the
+//! outcome of every attempt. Per-volume detail (which volume, why) stays out
+//! of the labels: it is in the log line of each stuck volume and in
+//! `swell volumes`. Per-RPC metrics are the endpoint's
+//! (`csi_endpoint::rpc_metrics`), backend call latencies the backends'
+//! (`crate::backends`).
 
-use std::fmt::Write as _;
-use std::time::Duration;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use crate::reconciler::PassReport;
 
-use std::collections::BTreeMap;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
 
-use crate::backends::CallStats;
-use crate::reconciler::{PassReport, Reconciler};
+/// The reconciler's metrics.
+#[derive(Clone, Default)]
+pub struct ReconcilerMetrics {
+    pending: Gauge,
+    stuck: Gauge,
+    owed: Gauge,
+    oldest_pending_seconds: Gauge,
+    passes: Counter,
+    attempts: Family<OutcomeLabels, Counter>,
+}
 
-/// Renders a pass report and the backend calls made so far in the
-/// Prometheus text format.
-pub fn render(report: &PassReport, calls: &BTreeMap<&'static str, CallStats>) -> String {
-    let mut out = String::new();
-    let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-    };
-    gauge(&mut out, "swell_expansions_pending", "Volumes whose backend is short of the desired size.", report.pending);
-    gauge(&mut out, "swell_expansions_stuck", "Volumes pending for longer than the stuck threshold.", report.stuck.len());
-    gauge(&mut out, "swell_reconciler_completed", "Expansions the last reconciler pass completed.", report.completed);
-    gauge(&mut out, "swell_reconciler_failed", "Expansions the last reconciler pass failed to complete.", report.failed);
-    gauge(&mut out, "swell_announcements_owed", "Volumes whose grown size their clients still have to be told.", report.announcements_owed);
-    let _ = writeln!(out, "# HELP swell_backend_calls_total Backend calls by step and outcome.\n# TYPE swell_backend_calls_total counter");
-    for (step, stats) in calls {
-        let _ = writeln!(out, "swell_backend_calls_total{{step=\"{step}\",outcome=\"ok\"}} {}", stats.calls - stats.failures);
-        let _ = writeln!(out, "swell_backend_calls_total{{step=\"{step}\",outcome=\"error\"}} {}", stats.failures);
-    }
-    let _ = writeln!(out, "# HELP swell_backend_call_seconds_total Time spent in backend calls by step.\n# TYPE swell_backend_call_seconds_total counter");
-    for (step, stats) in calls {
-        let _ = writeln!(out, "swell_backend_call_seconds_total{{step=\"{step}\"}} {:.6}", stats.seconds);
-    }
-    let _ = writeln!(
-        out,
-        "# HELP swell_expansion_stuck_seconds How long a stuck expansion has been pending, with its reason.\n# TYPE swell_expansion_stuck_seconds gauge"
-    );
-    for stuck in &report.stuck {
-        let _ = writeln!(
-            out,
-            "swell_expansion_stuck_seconds{{volume_id=\"{}\",desired_bytes=\"{}\",current_bytes=\"{}\",reason=\"{}\"}} {}",
-            escape(&stuck.volume_id),
-            stuck.desired_bytes,
-            stuck.current_bytes,
-            escape(&stuck.reason),
-            stuck.pending_for.as_secs()
+impl ReconcilerMetrics {
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("swell_expansions_pending", "Volumes whose backend is short of the size last asked for.", self.pending.clone());
+        registry.register("swell_expansions_stuck", "Pending expansions older than --stuck-after-secs.", self.stuck.clone());
+        registry.register("swell_announcements_owed", "Volumes whose grown size their clients still have to be told.", self.owed.clone());
+        registry.register(
+            "swell_expansion_oldest_pending_seconds",
+            "How long the oldest pending expansion has waited (0: none pending).",
+            self.oldest_pending_seconds.clone(),
+        );
+        registry.register("swell_reconciler_passes", "Reconciler passes over the pending records.", self.passes.clone());
+        registry.register(
+            "swell_reconciler_attempts",
+            "Volumes the reconciler worked on, by outcome (completed, settled, failed, deferred).",
+            self.attempts.clone(),
         );
     }
-    out
-}
 
-fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// Serves `/metrics` on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, reconciler: Reconciler, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "serving metrics");
-    tokio::pin!(shutdown);
-    loop {
-        let (mut stream, _) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    tracing::warn!(error = %err, "metrics accept failed");
-                    continue;
-                }
-            },
-        };
-        let reconciler = reconciler.clone();
-        tokio::spawn(async move {
-            let answer = async {
-                let mut request = vec![0u8; 2048];
-                let n = stream.read(&mut request).await?;
-                let first_line = String::from_utf8_lossy(&request[..n]).lines().next().unwrap_or_default().to_owned();
-                let response = if first_line.starts_with("GET /metrics ") {
-                    let body = render(&reconciler.last_report(), &reconciler.call_stats());
-                    format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-                };
-                stream.write_all(response.as_bytes()).await?;
-                stream.shutdown().await
-            };
-            if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(5), answer).await {
-                tracing::debug!(error = %err, "metrics request failed");
-            }
-        });
+    /// Counts a finished pass and shows what it left.
+    pub fn record(&self, report: &PassReport) {
+        self.passes.inc();
+        for (outcome, count) in [("completed", report.completed), ("settled", report.settled), ("failed", report.failed), ("deferred", report.deferred)] {
+            self.attempts.get_or_create(&OutcomeLabels { outcome }).inc_by(count as u64);
+        }
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.pending.set(gauge(report.pending));
+        self.stuck.set(gauge(report.stuck.len()));
+        self.owed.set(gauge(report.announcements_owed));
+        self.oldest_pending_seconds.set(report.oldest_pending.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::reconciler::StuckExpansion;
 
     #[test]
-    fn stuck_volumes_appear_with_their_reason() {
-        let report = PassReport {
-            pending: 2,
-            stuck: vec![StuckExpansion {
-                volume_id: "local:ab".into(),
-                desired_bytes: 2,
-                current_bytes: 1,
-                pending_for: Duration::from_secs(700),
-                reason: "backend unavailable: \"osd down\"".into(),
-            }],
-            ..Default::default()
+    fn a_pass_shows_as_counts_without_volume_labels() {
+        let metrics = ReconcilerMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let stuck = StuckExpansion {
+            volume_id: "local:ab".into(),
+            desired_bytes: 2,
+            current_bytes: 1,
+            pending_for: Duration::from_secs(700),
+            reason: "backend unavailable: \"osd down\"".into(),
         };
-        let calls = BTreeMap::from([("grow volume", CallStats { calls: 3, failures: 1, seconds: 0.25 })]);
-        let text = render(&report, &calls);
-        assert!(text.contains(r#"swell_backend_calls_total{step="grow volume",outcome="ok"} 2"#), "{text}");
-        assert!(text.contains(r#"swell_backend_calls_total{step="grow volume",outcome="error"} 1"#), "{text}");
-        assert!(text.contains("swell_expansions_pending 2"), "{text}");
-        assert!(text.contains("swell_expansions_stuck 1"), "{text}");
-        assert!(
-            text.contains(
-                r#"swell_expansion_stuck_seconds{volume_id="local:ab",desired_bytes="2",current_bytes="1",reason="backend unavailable: \"osd down\""} 700"#
-            ),
-            "{text}"
-        );
+        let report =
+            PassReport { completed: 1, failed: 2, pending: 2, oldest_pending: Some(Duration::from_secs(700)), stuck: vec![stuck], ..Default::default() };
+        metrics.record(&report);
+        metrics.record(&PassReport { failed: 1, ..report });
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "swell_expansions_pending 2",
+            "swell_expansions_stuck 1",
+            "swell_expansion_oldest_pending_seconds 700",
+            "swell_reconciler_passes_total 2",
+            r#"swell_reconciler_attempts_total{outcome="completed"} 2"#,
+            r#"swell_reconciler_attempts_total{outcome="failed"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("local:ab") && !text.contains("osd down"), "no volume ids or reasons as labels:\n{text}");
     }
 }

@@ -7,7 +7,7 @@
 //! backend reads a second, without holding the volume unless something is
 //! off. Work is bounded in concurrency, failed volumes back off
 //! exponentially, and a volume behind for longer than `stuck_after` is
-//! reported, with the reason, in the log and in the metrics.
+//! reported, with the reason, in the log (and counted in the metrics).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 use swell_storage::expansion::now_unix;
 use swell_storage::{ExpansionRecord, VolumeId};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::expand::{Expander, Reconciled};
+use crate::metrics::ReconcilerMetrics;
 
 /// How the reconciler paces itself.
 #[derive(Debug, Clone)]
@@ -86,6 +88,8 @@ pub struct PassReport {
     pub pending: usize,
     /// Records whose size the volume's clients still have to be told.
     pub announcements_owed: usize,
+    /// How long the oldest wish still short of its size has waited.
+    pub oldest_pending: Option<Duration>,
     /// Volumes pending for longer than `stuck_after`.
     pub stuck: Vec<StuckExpansion>,
 }
@@ -114,6 +118,7 @@ pub struct Reconciler {
     backoff: Arc<Mutex<HashMap<VolumeId, Backoff>>>,
     sweep: Arc<Mutex<SweepCursor>>,
     last_report: Arc<Mutex<PassReport>>,
+    metrics: ReconcilerMetrics,
 }
 
 enum Outcome {
@@ -126,15 +131,15 @@ enum Outcome {
 impl Reconciler {
     /// A reconciler working through `expander`.
     pub fn new(expander: Expander, config: ReconcilerConfig) -> Self {
-        Reconciler { expander, config, backoff: Arc::default(), sweep: Arc::default(), last_report: Arc::default() }
+        Reconciler { expander, config, backoff: Arc::default(), sweep: Arc::default(), last_report: Arc::default(), metrics: ReconcilerMetrics::default() }
     }
 
-    /// Backend calls made so far by the controller, by step (for metrics).
-    pub fn call_stats(&self) -> std::collections::BTreeMap<&'static str, crate::backends::CallStats> {
-        self.expander.backends().call_stats()
+    /// The metrics every pass updates.
+    pub fn metrics(&self) -> &ReconcilerMetrics {
+        &self.metrics
     }
 
-    /// The report of the last finished pass (for metrics).
+    /// The report of the last finished pass.
     pub fn last_report(&self) -> PassReport {
         self.last_report.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -200,7 +205,9 @@ impl Reconciler {
         let left = self.pending_records().await;
         report.pending = left.iter().filter(|r| r.growing()).count();
         report.announcements_owed = left.iter().filter(|r| r.announcement_owed()).count();
-        report.stuck = self.stuck(&left);
+        let now = now_unix();
+        report.oldest_pending = left.iter().filter_map(|r| r.waiting_for(now)).max();
+        report.stuck = self.stuck(&left, now);
         for stuck in &report.stuck {
             tracing::warn!(
                 volume.id = %stuck.volume_id,
@@ -211,6 +218,7 @@ impl Reconciler {
                 "expansion stuck"
             );
         }
+        self.metrics.record(&report);
         self.publish(report.clone());
         report
     }
@@ -221,10 +229,14 @@ impl Reconciler {
             .into_iter()
             .map(|id| {
                 let (this, permits) = (self.clone(), permits.clone());
-                tokio::spawn(async move {
-                    let _permit = permits.acquire_owned().await;
-                    this.work_on(&id).await
-                })
+                let span = tracing::info_span!("reconcile", volume.id = %id);
+                tokio::spawn(
+                    async move {
+                        let _permit = permits.acquire_owned().await;
+                        this.work_on(&id).await
+                    }
+                    .instrument(span),
+                )
             })
             .collect();
         let mut outcomes = Vec::with_capacity(tasks.len());
@@ -349,13 +361,12 @@ impl Reconciler {
     }
 
     /// The growing records that have waited too long.
-    fn stuck(&self, pending: &[ExpansionRecord]) -> Vec<StuckExpansion> {
-        let now = now_unix();
+    fn stuck(&self, pending: &[ExpansionRecord], now: u64) -> Vec<StuckExpansion> {
         pending
             .iter()
-            .filter(|r| r.growing())
-            .map(|r| StuckExpansion {
-                pending_for: Duration::from_secs(now.saturating_sub(r.desired_since_unix)),
+            .filter_map(|r| Some((r, r.waiting_for(now)?)))
+            .map(|(r, pending_for)| StuckExpansion {
+                pending_for,
                 reason: r.last_error.clone().unwrap_or_else(|| "in progress".into()),
                 volume_id: r.volume_id.clone(),
                 desired_bytes: r.desired_bytes,

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_endpoint::IdentityService;
 use csi_endpoint::identity::{controller_service_capability, online_expansion_capability};
+use csi_endpoint::{IdentityService, Observed, Probe, RpcMetrics};
 use csi_proto::v1::controller_server::ControllerServer;
 use csi_proto::v1::identity_server::IdentityServer;
+use prometheus_client::registry::Registry;
 use swell_storage::local::LocalBackend;
 use tonic::transport::server::Router;
 
@@ -45,13 +46,16 @@ pub struct BackendOptions {
     pub default_backend: Option<String>,
 }
 
-/// A controller ready to serve: the gRPC router and the reconciler to run
-/// beside it.
+/// A controller ready to serve: the gRPC router, the reconciler to run
+/// beside it, and what it shows over HTTP.
 pub struct Controller {
     /// Identity + Controller services.
     pub router: Router,
     /// Finishes interrupted expansions; run it with [`Reconciler::run`].
     pub reconciler: Reconciler,
+    /// Its metrics and health check (the Identity Probe's), to serve with
+    /// [`Observed::serve`].
+    pub observed: Observed,
 }
 
 /// Why the controller could not start.
@@ -154,16 +158,22 @@ pub fn build_with(config: &ControllerConfig, options: &BackendOptions) -> Result
 pub fn build_over(config: &ControllerConfig, backends: Backends) -> Result<Controller, StartError> {
     let records =
         ExpansionRecords::open(&config.state_dir).map_err(|source| StartError::State { what: "expansion records", path: config.state_dir.clone(), source })?;
+    let health: Arc<dyn Probe> = Arc::new(BackendProbe(Arc::new(backends.clone())));
     let identity = IdentityService::new(
         &config.driver_name,
         env!("CARGO_PKG_VERSION"),
         vec![controller_service_capability(), online_expansion_capability()],
-        Arc::new(BackendProbe(Arc::new(backends.clone()))),
+        Arc::clone(&health),
     )?;
+    let mut registry = Registry::default();
+    let rpcs = RpcMetrics::register(&mut registry);
+    backends.register_metrics(&mut registry);
     let controller = ControllerService::new(backends, records);
     let reconciler = Reconciler::new(controller.expander().clone(), config.reconciler.clone());
-    let router = tonic::transport::Server::builder().add_service(IdentityServer::new(identity)).add_service(ControllerServer::new(controller));
-    Ok(Controller { router, reconciler })
+    reconciler.metrics().register(&mut registry);
+    let router =
+        tonic::transport::Server::builder().add_service(rpcs.meter(IdentityServer::new(identity))).add_service(rpcs.meter(ControllerServer::new(controller)));
+    Ok(Controller { router, reconciler, observed: Observed { metrics: Arc::new(registry), health } })
 }
 
 #[cfg(feature = "rbd")]

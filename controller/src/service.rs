@@ -20,6 +20,7 @@ use crate::expand::Expander;
 use crate::listing;
 use crate::parameters::VolumeParameters;
 use crate::sizing;
+use crate::snapshots::{self, Snapshots};
 use crate::validate::{self, SizeRange};
 
 /// The Controller service.
@@ -29,6 +30,7 @@ pub struct ControllerService {
     /// Creates in flight, by name.
     names: KeyedLocks,
     expander: Expander,
+    snapshots: Snapshots,
 }
 
 type Answer<T> = Result<Response<T>, Status>;
@@ -38,7 +40,9 @@ impl ControllerService {
     /// expansion records of their own are recorded in `records`.
     pub fn new(backends: Backends, records: ExpansionRecords) -> Self {
         let expander = Expander::new(backends.clone(), Arc::new(records));
-        ControllerService { backends, names: KeyedLocks::new(), expander }
+        let names = KeyedLocks::new();
+        let snapshots = Snapshots::new(backends.clone(), names.clone());
+        ControllerService { backends, names, expander, snapshots }
     }
 
     /// The expander, shared with the reconciler so both use the same locks.
@@ -55,11 +59,12 @@ impl ControllerService {
         let name = validate::required("name", &req.name)?;
         validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
         let range = validate::size_range(req.capacity_range.as_ref())?;
-        if req.volume_content_source.is_some() {
-            return Err(ControllerError::invalid("volume_content_source", "cloning and restoring snapshots are not supported"));
-        }
         let params = VolumeParameters::parse(&req.parameters)?;
         let backend = self.backends.for_new_volume(params.backend.as_deref())?;
+        if let Some(source) = &req.volume_content_source {
+            let info = self.snapshots.create_volume_from(name, range, backend, &params.placement, source).await?;
+            return Ok(Volume { content_source: Some(source.clone()), ..to_volume(&info) });
+        }
         let size = sizing::allocation(range).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
 
         let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
@@ -87,7 +92,7 @@ impl ControllerService {
     /// The volumes of `window`, from the backends in id order (each
     /// backend's ids start with its kind, and they are walked by kind), each
     /// asked only for what the page still needs.
-    async fn page(&self, window: &listing::Window) -> Result<listing::Page, ControllerError> {
+    async fn page(&self, window: &listing::Window<VolumeId>) -> Result<listing::Page<VolumeInfo>, ControllerError> {
         let mut volumes = Vec::new();
         for backend in self.backends.all() {
             let Some(after) = window.start_in(backend.kind()) else { continue };
@@ -119,7 +124,8 @@ impl ControllerService {
     }
 }
 
-fn check_compatible(existing: &VolumeInfo, range: SizeRange) -> Result<(), ControllerError> {
+/// ALREADY_EXISTS unless `existing`, found under the requested name, fits `range`.
+pub(crate) fn check_compatible(existing: &VolumeInfo, range: SizeRange) -> Result<(), ControllerError> {
     let too_small = range.required.is_some_and(|r| existing.size_bytes < r);
     let too_big = range.limit.is_some_and(|l| existing.size_bytes > l);
     if too_small || too_big {
@@ -213,7 +219,7 @@ impl Controller for ControllerService {
     async fn list_volumes(&self, request: Request<ListVolumesRequest>) -> Answer<ListVolumesResponse> {
         let req = request.into_inner();
         let page = self.page(&listing::Window::parse(&req.starting_token, req.max_entries)?).await?;
-        let entries = page.volumes.iter().map(|v| list_volumes_response::Entry { volume: Some(to_volume(v)), status: None }).collect();
+        let entries = page.entries.iter().map(|v| list_volumes_response::Entry { volume: Some(to_volume(v)), status: None }).collect();
         Ok(Response::new(ListVolumesResponse { entries, next_token: page.next_token }))
     }
 
@@ -242,6 +248,9 @@ impl Controller for ControllerService {
             rpc::Type::ExpandVolume,
             rpc::Type::GetVolume,
             rpc::Type::VolumeCondition,
+            rpc::Type::CreateDeleteSnapshot,
+            rpc::Type::ListSnapshots,
+            rpc::Type::CloneVolume,
         ]
         .into_iter()
         .map(capability)
@@ -249,16 +258,24 @@ impl Controller for ControllerService {
         Ok(Response::new(ControllerGetCapabilitiesResponse { capabilities }))
     }
 
-    async fn create_snapshot(&self, _: Request<CreateSnapshotRequest>) -> Answer<CreateSnapshotResponse> {
-        Err(ControllerError::Unimplemented("CreateSnapshot").into())
+    #[instrument(skip_all, err, fields(snapshot.name = %request.get_ref().name, volume.id = %request.get_ref().source_volume_id))]
+    async fn create_snapshot(&self, request: Request<CreateSnapshotRequest>) -> Answer<CreateSnapshotResponse> {
+        let req = request.into_inner();
+        let info = self.snapshots.create(&req.name, &req.source_volume_id, &req.parameters).await?;
+        tracing::info!(snapshot.id = %info.id, bytes = info.size_bytes, ready = info.ready, "snapshot cut");
+        Ok(Response::new(CreateSnapshotResponse { snapshot: Some(snapshots::to_snapshot(&info)) }))
     }
 
-    async fn delete_snapshot(&self, _: Request<DeleteSnapshotRequest>) -> Answer<DeleteSnapshotResponse> {
-        Err(ControllerError::Unimplemented("DeleteSnapshot").into())
+    #[instrument(skip_all, err, fields(snapshot.id = %request.get_ref().snapshot_id))]
+    async fn delete_snapshot(&self, request: Request<DeleteSnapshotRequest>) -> Answer<DeleteSnapshotResponse> {
+        self.snapshots.delete(&request.get_ref().snapshot_id).await?;
+        tracing::info!("snapshot deleted");
+        Ok(Response::new(DeleteSnapshotResponse {}))
     }
 
-    async fn list_snapshots(&self, _: Request<ListSnapshotsRequest>) -> Answer<ListSnapshotsResponse> {
-        Err(ControllerError::Unimplemented("ListSnapshots").into())
+    #[instrument(skip_all, err)]
+    async fn list_snapshots(&self, request: Request<ListSnapshotsRequest>) -> Answer<ListSnapshotsResponse> {
+        Ok(Response::new(self.snapshots.list(request.get_ref()).await?))
     }
 
     async fn get_snapshot(&self, _: Request<GetSnapshotRequest>) -> Answer<GetSnapshotResponse> {

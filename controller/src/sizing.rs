@@ -28,6 +28,14 @@ pub enum SizeError {
         /// The limit asked for.
         limit: u64,
     },
+    /// A volume made from a source cannot be smaller than the source.
+    #[error("the source holds {source_bytes} bytes, more than the {asked} bytes asked for; a volume made from it cannot be smaller")]
+    SmallerThanSource {
+        /// The source's size.
+        source_bytes: u64,
+        /// The size (required, or limit) asked for.
+        asked: u64,
+    },
     /// The pool cannot give the extra bytes.
     #[error("growing by {needed} bytes needs more than the {available} bytes the pool can still give")]
     NoRoom {
@@ -52,6 +60,20 @@ pub fn allocation(range: SizeRange) -> Result<u64, SizeError> {
         .filter_map(|align| round_up(required.max(1), align))
         .find(|size| *size <= limit)
         .ok_or(SizeError::NoAlignedFit { required, limit })
+}
+
+/// The size of a volume made from a source of `source_bytes` (a snapshot or
+/// a volume): the source's size when the request names none, the request's
+/// (rounded as [`allocation`] does) when it is larger; a request for less
+/// than the source is refused.
+pub fn allocation_from_source(range: SizeRange, source_bytes: u64) -> Result<u64, SizeError> {
+    if let Some(asked) = range.required.or(range.limit).filter(|asked| *asked < source_bytes) {
+        return Err(SizeError::SmallerThanSource { source_bytes, asked });
+    }
+    match range.required {
+        Some(required) if required > source_bytes => allocation(range),
+        _ => Ok(source_bytes),
+    }
 }
 
 /// What ControllerExpandVolume does, given the volume's size read fresh.
@@ -108,6 +130,21 @@ mod tests {
         assert_eq!(allocation(range(Some(GIB + 1), Some(GIB + 8192))), Ok(GIB + 4096));
         assert_eq!(allocation(range(Some(GIB + 1), Some(GIB + 100))), Err(SizeError::NoAlignedFit { required: GIB + 1, limit: GIB + 100 }));
         assert!(allocation(range(Some(u64::MAX - 1), None)).is_err(), "overflow is an error, not a panic");
+    }
+
+    #[test]
+    fn a_volume_from_a_source_is_never_smaller_and_grows_as_asked() {
+        assert_eq!(allocation_from_source(range(None, None), GIB), Ok(GIB), "no size asked: the source's");
+        assert_eq!(allocation_from_source(range(Some(GIB), None), GIB), Ok(GIB), "the same size: nothing extra");
+        assert_eq!(allocation_from_source(range(Some(GIB), Some(GIB)), GIB), Ok(GIB));
+        assert_eq!(allocation_from_source(range(Some(2 * GIB), None), GIB), Ok(2 * GIB));
+        assert_eq!(allocation_from_source(range(Some(GIB + 1), None), GIB), Ok(GIB + MIB), "larger: rounded as any create");
+        assert_eq!(allocation_from_source(range(None, Some(4 * GIB)), GIB), Ok(GIB));
+        let smaller = SizeError::SmallerThanSource { source_bytes: GIB, asked: GIB / 2 };
+        assert_eq!(allocation_from_source(range(Some(GIB / 2), None), GIB), Err(smaller.clone()));
+        assert_eq!(allocation_from_source(range(None, Some(GIB / 2)), GIB), Err(smaller));
+        // A source of an odd size (a local volume sized to 4 KiB) restores exactly.
+        assert_eq!(allocation_from_source(range(Some(GIB + 4096), None), GIB + 4096), Ok(GIB + 4096));
     }
 
     #[test]

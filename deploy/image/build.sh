@@ -2,9 +2,10 @@
 # Builds Swell's container image without Docker or any container registry,
 # and checks it; CI runs it. As root on Debian 12, with Debian's mirror only:
 #
-#   1. release binaries: swell-controller (with RBD), swell-node, and
-#      swell-webhook once the workspace has it, staged in target/image/bin/
-#      (deploy/image/Dockerfile copies the same files);
+#   1. release binaries: swell-controller (with RBD), swell-node, the
+#      operator's CLI swell, and swell-webhook once the workspace has it,
+#      staged in target/image/bin/ (deploy/image/Dockerfile copies the same
+#      files);
 #   2. a Debian 12 root filesystem (mmdebstrap, minbase, no docs) holding
 #      deploy/image/packages, with the binaries in /usr/local/bin; the .debs
 #      are cached in target/image/apt-cache for the next build;
@@ -50,7 +51,7 @@ packages=$(sed 's/#.*//' deploy/image/packages | xargs)
 [[ -n $packages ]] || fail "deploy/image/packages lists nothing"
 
 # 1. The binaries. The webhook is optional only until its crate lands.
-binaries=(swell-controller swell-node)
+binaries=(swell-controller swell-node swell)
 metadata=$(cargo metadata --no-deps --format-version 1)
 if grep -q '"name":"swell-webhook"' <<<"$metadata"; then
   binaries+=(swell-webhook)

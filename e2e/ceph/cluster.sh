@@ -158,39 +158,26 @@ pg_counts() {
   echo "$total $clean $inactive"
 }
 
-wait_clean() {
-  local secs=${1:-120} deadline counts total clean inactive
+# Waits up to SECS until `pg_counts` satisfies CHECK (called with total, clean and inactive; it
+# prints what it saw and succeeds when done); dies with WHAT and `ceph pg stat` otherwise.
+wait_pgs() {
+  local secs=$1 what=$2 check=$3 deadline counts total clean inactive
   is_uint "$secs" || die "SECS must be a number: $secs"
   deadline=$((SECONDS + secs))
   while :; do
     if counts=$(pg_counts); then
       read -r total clean inactive <<<"$counts"
-      if ((total > 0 && clean == total)); then
-        echo "all $total PGs active+clean after $(elapsed) s"
-        return 0
-      fi
+      "$check" "$total" "$clean" "$inactive" && return 0
     fi
-    ((SECONDS < deadline)) || die "PGs not all active+clean after ${secs}s: $(cephc pg stat 2>&1 || true)"
+    ((SECONDS < deadline)) || die "$what after ${secs}s: $(cephc pg stat 2>&1 || true)"
     sleep 1
   done
 }
 
-wait_pgs_inactive() {
-  local secs=${1:-120} deadline counts total clean inactive
-  is_uint "$secs" || die "SECS must be a number: $secs"
-  deadline=$((SECONDS + secs))
-  while :; do
-    if counts=$(pg_counts); then
-      read -r total clean inactive <<<"$counts"
-      if ((inactive > 0)); then
-        echo "$inactive of $total PGs inactive after $(elapsed) s"
-        return 0
-      fi
-    fi
-    ((SECONDS < deadline)) || die "no inactive PGs after ${secs}s: $(cephc pg stat 2>&1 || true)"
-    sleep 1
-  done
-}
+all_clean() { (($1 > 0 && $2 == $1)) && echo "all $1 PGs active+clean after $(elapsed) s"; }
+some_inactive() { (($3 > 0)) && echo "$3 of $1 PGs inactive after $(elapsed) s"; }
+wait_clean() { wait_pgs "${1:-120}" "PGs not all active+clean" all_clean; }
+wait_pgs_inactive() { wait_pgs "${1:-120}" "no inactive PGs" some_inactive; }
 
 # Until the monitor answers (after a start or restart).
 wait_mon() {
@@ -240,9 +227,9 @@ osd pool default pgp num = 32
 osd pool default pg autoscale mode = off
 mon allow pool delete = true
 mon warn on pool no redundancy = false
-# The block files share the machine's disk with everything else; don't warn about it.
+# The block files share the machine's disk with everything else; don't warn about it, and
+# don't refuse to start (the default 5 %) on a shared disk that others have nearly filled.
 mon data avail warn = 5
-# Nor refuse to start below 5 % free (ENOSPC): test clusters write little.
 mon data avail crit = 1
 
 [mon]

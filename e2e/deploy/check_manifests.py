@@ -248,6 +248,24 @@ class Manifests(unittest.TestCase):
                     self.assertEqual(flag(probe, "http-endpoint"), f":{port}")
                     self.assertGreater(driver["livenessProbe"]["timeoutSeconds"], seconds(flag(probe, "probe-timeout")))
 
+    def test_readiness_is_swells_own_health_check_where_it_serves_it(self):
+        for rendered in self.each():
+            for obj in [o for o in rendered.objects if o["kind"] in ("Deployment", "DaemonSet")]:
+                template = obj["spec"]["template"]
+                driver = swell_container(template["spec"])
+                if flag(driver, "endpoint") is None:
+                    continue  # the webhook serves HTTPS, not CSI
+                with self.subTest(pod=obj["metadata"]["name"]):
+                    address = flag(driver, "metrics-address")
+                    self.assertIsInstance(address, str, "the Swell container serves no /metrics and /healthz")
+                    http = driver["readinessProbe"]["httpGet"]
+                    self.assertEqual(http["path"], "/healthz")
+                    port = [p["containerPort"] for p in driver["ports"] if p["name"] == http["port"]][0]
+                    self.assertEqual(address.rsplit(":", 1)[1], str(port))
+                    # Above the 10 s Swell gives the check (endpoint/src/observe.rs).
+                    self.assertGreater(driver["readinessProbe"]["timeoutSeconds"], 10)
+                    self.assertEqual(template["metadata"]["annotations"]["prometheus.io/port"], str(port))
+
     def test_the_registrar_registers_the_socket_kubelet_sees(self):
         for rendered in self.each():
             spec = rendered.one("DaemonSet", "swell-node")["spec"]["template"]["spec"]

@@ -2,6 +2,7 @@
 //! connects clients to them. Shutdown is explicit (`stop`) and also happens on
 //! drop, so a failing test does not leave a server behind.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -88,6 +89,10 @@ pub struct DriverUnderTest {
     /// The controller's reconciler (running in the background only when
     /// configured in [`DriverOptions`]).
     pub reconciler: Reconciler,
+    /// Where the controller serves `/metrics` and `/healthz`.
+    pub controller_metrics: SocketAddr,
+    /// Where the node serves `/metrics` and `/healthz`.
+    pub node_metrics: SocketAddr,
     servers: Vec<Background>,
 }
 
@@ -123,6 +128,20 @@ impl Drop for Background {
             self.task.abort();
         }
     }
+}
+
+/// Serves `observed`'s `/metrics` and `/healthz` on a free loopback port.
+async fn spawn_observed(observed: csi_endpoint::Observed) -> Result<(Background, SocketAddr), HarnessError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| HarnessError::Process(format!("bind a metrics port: {e}")))?;
+    let address = listener.local_addr().map_err(|e| HarnessError::Process(format!("metrics port: {e}")))?;
+    let server = Background::start(|stopped| async move {
+        observed
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok((server, address))
 }
 
 fn spawn(socket: PathBuf, router: Router) -> Background {
@@ -189,9 +208,12 @@ impl DriverUnderTest {
             keyring: c.keyring.clone(),
             user: "admin".into(),
         });
-        let node_router = swell_node::server::router(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
+        let node = swell_node::server::build(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
         let controller = build_controller(&controller_config, &backend_options)?;
-        let mut servers = vec![spawn(controller_socket.clone(), controller.router), spawn(node_socket.clone(), node_router)];
+        let (controller_observed, controller_metrics) = spawn_observed(controller.observed).await?;
+        let (node_observed, node_metrics) = spawn_observed(node.observed).await?;
+        let mut servers =
+            vec![spawn(controller_socket.clone(), controller.router), spawn(node_socket.clone(), node.router), controller_observed, node_observed];
         if options.reconciler.is_some() {
             let reconciler = controller.reconciler.clone();
             servers.push(Background::start(|stopped| async move {
@@ -214,6 +236,8 @@ impl DriverUnderTest {
             controller_identity: IdentityClient::new(controller_channel),
             node_identity: IdentityClient::new(node_channel),
             reconciler: controller.reconciler,
+            controller_metrics,
+            node_metrics,
             servers,
         })
     }
@@ -240,6 +264,8 @@ pub struct ControllerUnderTest {
     pub identity: IdentityClient<Channel>,
     /// The reconciler sharing the service's locks and state.
     pub reconciler: Reconciler,
+    /// Where it serves `/metrics` and `/healthz`.
+    pub metrics: SocketAddr,
     _server: Background,
     background: Vec<Background>,
 }
@@ -262,14 +288,16 @@ impl ControllerUnderTest {
     pub async fn serve(root: &Path, controller: swell_controller::server::Controller) -> Result<Self, HarnessError> {
         let socket = root.join("controller.sock");
         let server = spawn(socket.clone(), controller.router);
+        let (observed, metrics) = spawn_observed(controller.observed).await?;
         let channel = connect_in_process(&socket).await?;
         Ok(ControllerUnderTest {
             socket,
             client: ControllerClient::new(channel.clone()),
             identity: IdentityClient::new(channel),
             reconciler: controller.reconciler,
+            metrics,
             _server: server,
-            background: Vec::new(),
+            background: vec![observed],
         })
     }
 
@@ -291,7 +319,9 @@ impl ControllerUnderTest {
 pub struct NodeUnderTest {
     /// Node service client.
     pub client: NodeClient<Channel>,
-    _server: Background,
+    /// Where it serves `/metrics` and `/healthz`.
+    pub metrics: SocketAddr,
+    _servers: [Background; 2],
 }
 
 impl NodeUnderTest {
@@ -305,9 +335,10 @@ impl NodeUnderTest {
 
     /// Serves a node with `config` on `socket` until dropped.
     pub async fn serve(socket: &Path, config: &NodeConfig) -> Result<Self, HarnessError> {
-        let router = swell_node::server::router(config).map_err(|e| HarnessError::Node(e.to_string()))?;
-        let server = spawn(socket.to_owned(), router);
+        let node = swell_node::server::build(config).map_err(|e| HarnessError::Node(e.to_string()))?;
+        let server = spawn(socket.to_owned(), node.router);
+        let (observed, metrics) = spawn_observed(node.observed).await?;
         let client = NodeClient::new(connect_in_process(socket).await?);
-        Ok(NodeUnderTest { client, _server: server })
+        Ok(NodeUnderTest { client, metrics, _servers: [server, observed] })
     }
 }

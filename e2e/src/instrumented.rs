@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use swell_storage::{Backend, BackendError, Capacity, Created, ExpansionStore, Placement, VolumeId, VolumeInfo};
+use swell_storage::{Backend, BackendError, Capacity, ContentSource, Created, ExpansionStore, Placement, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
 
 /// How grows behave right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,5 +205,25 @@ impl Backend for InstrumentedBackend {
 
     async fn check_health(&self) -> Result<(), BackendError> {
         self.inner.check_health().await
+    }
+
+    async fn create_snapshot(&self, name: &str, source: &VolumeId) -> Result<Created<SnapshotInfo>, BackendError> {
+        self.inner.create_snapshot(name, source).await
+    }
+
+    async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), BackendError> {
+        self.inner.delete_snapshot(id).await
+    }
+
+    async fn snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotInfo>, BackendError> {
+        self.inner.snapshot(id).await
+    }
+
+    async fn list_snapshots(&self, source: Option<&VolumeId>) -> Result<Vec<SnapshotInfo>, BackendError> {
+        self.inner.list_snapshots(source).await
+    }
+
+    async fn create_volume_from(&self, name: &str, size: u64, placement: &Placement, source: &ContentSource) -> Result<Created, BackendError> {
+        self.inner.create_volume_from(name, size, placement, source).await
     }
 }

@@ -14,13 +14,14 @@ use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 use crate::harness::HarnessError;
-use crate::process::{built_binary, wait_until_serving};
+use crate::process::{built_binary, stderr_to, wait_until_serving};
 
 /// A running `swell-node` process.
 pub struct NodeProcess {
     child: Child,
     binary: PathBuf,
     args: Vec<OsString>,
+    log: Option<PathBuf>,
     /// The CSI socket it serves.
     pub socket: PathBuf,
 }
@@ -30,6 +31,18 @@ impl NodeProcess {
     /// environment (e.g. a PATH with stand-ins for tools); waits until the
     /// socket answers.
     pub async fn start(config: &NodeConfig, socket: PathBuf, env: &[(&str, OsString)]) -> Result<Self, HarnessError> {
+        Self::start_with(config, socket, env, &[], None).await
+    }
+
+    /// Like [`start`](Self::start), with `extra_args` on its command line
+    /// and its stderr (the log) appended to `log` when given.
+    pub async fn start_with(
+        config: &NodeConfig,
+        socket: PathBuf,
+        env: &[(&str, OsString)],
+        extra_args: &[String],
+        log: Option<PathBuf>,
+    ) -> Result<Self, HarnessError> {
         let mut args: Vec<OsString> = vec![
             format!("--endpoint=unix://{}", socket.display()).into(),
             format!("--node-id={}", config.node_id).into(),
@@ -42,9 +55,10 @@ impl NodeProcess {
             args.push(format!("--rbd-keyring={}", rbd.keyring.display()).into());
             args.push(format!("--rbd-user={}", rbd.user).into());
         }
+        args.extend(extra_args.iter().map(OsString::from));
         let binary = built_binary("swell-node")?;
-        let child = spawn(&binary, &args, env)?;
-        let mut process = NodeProcess { child, binary, args, socket };
+        let child = spawn(&binary, &args, env, log.as_deref())?;
+        let mut process = NodeProcess { child, binary, args, log, socket };
         process.wait_ready().await?;
         Ok(process)
     }
@@ -71,19 +85,19 @@ impl NodeProcess {
         self.kill().await;
         // The killed process could not remove its socket.
         let _ = std::fs::remove_file(&self.socket);
-        self.child = spawn(&self.binary, &self.args, env)?;
+        self.child = spawn(&self.binary, &self.args, env, self.log.as_deref())?;
         self.wait_ready().await
     }
 }
 
-fn spawn(binary: &PathBuf, args: &[OsString], env: &[(&str, OsString)]) -> Result<Child, HarnessError> {
+fn spawn(binary: &PathBuf, args: &[OsString], env: &[(&str, OsString)], log: Option<&Path>) -> Result<Child, HarnessError> {
     Command::new(binary)
         .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v)))
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr_to(log)?)
         // Its own group, so a kill takes the tools it runs with it.
         .process_group(0)
         .kill_on_drop(true)
@@ -100,8 +114,9 @@ pub enum KillAt {
     AfterTheToolStarted,
 }
 
-/// Writes into `dir` a stand-in for the grow tool of `fs` (`xfs_growfs`, or
-/// `btrfs` for `filesystem resize`): it marks that the node reached its grow
+/// Writes into `dir` a stand-in for the grow tool of `fs` (`xfs_growfs`,
+/// `btrfs` for `filesystem resize`, or `resize2fs`, which grows ext4 offline
+/// at stage): it marks that the node reached its grow
 /// step by creating the returned file, then holds the step open for a kill
 /// to land at `at`. Returns the directory to put first on the node's PATH,
 /// and the mark.
@@ -109,6 +124,7 @@ pub fn grow_tool_stand_in(dir: &Path, fs: &str, at: KillAt) -> Result<(PathBuf, 
     let (tool, is_grow) = match fs {
         "xfs" => ("xfs_growfs", "true"),
         "btrfs" => ("btrfs", r#"[ "$1 $2" = "filesystem resize" ]"#),
+        "ext4" => ("resize2fs", "true"),
         other => return Err(format!("no stand-in for {other}'s grow tool")),
     };
     let real = which(tool)?;

@@ -19,6 +19,7 @@ pub struct ControllerProcess {
     local_state_dir: PathBuf,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    log: Option<PathBuf>,
     /// The CSI socket it serves.
     pub socket: PathBuf,
 }
@@ -58,14 +59,27 @@ impl ControllerProcess {
     /// Like [`start_with`](Self::start_with), with environment variables
     /// (e.g. `FAILPOINTS`) set for this process and every restart.
     pub async fn start_with_env(root: &Path, local_state_dir: &Path, extra_args: Vec<String>, env: Vec<(String, String)>) -> Result<Self, HarnessError> {
+        Self::start_logging(root, local_state_dir, extra_args, env, None).await
+    }
+
+    /// Like [`start_with_env`](Self::start_with_env), its stderr (the log)
+    /// appended to `log` when given, across restarts.
+    pub async fn start_logging(
+        root: &Path,
+        local_state_dir: &Path,
+        extra_args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: Option<PathBuf>,
+    ) -> Result<Self, HarnessError> {
         let binary = controller_binary()?;
         let mut process = ControllerProcess {
-            child: spawn(&binary, root, local_state_dir, &extra_args, &env)?,
+            child: spawn(&binary, root, local_state_dir, &extra_args, &env, log.as_deref())?,
             binary,
             root: root.to_owned(),
             local_state_dir: local_state_dir.to_owned(),
             extra_args,
             env,
+            log,
             socket: root.join("controller.sock"),
         };
         process.wait_ready().await?;
@@ -110,7 +124,7 @@ impl ControllerProcess {
         // The killed process could not remove its socket; the next one would,
         // but waiting for "the socket exists" must not see the stale one.
         let _ = std::fs::remove_file(&self.socket);
-        self.child = spawn(&self.binary, &self.root, &self.local_state_dir, &self.extra_args, &self.env)?;
+        self.child = spawn(&self.binary, &self.root, &self.local_state_dir, &self.extra_args, &self.env, self.log.as_deref())?;
         self.wait_ready().await
     }
 }
@@ -126,7 +140,22 @@ pub async fn wait_until_serving(child: &mut Child, socket: &Path, what: &str) ->
     .map(drop)
 }
 
-fn spawn(binary: &Path, root: &Path, local_state_dir: &Path, extra_args: &[String], env: &[(String, String)]) -> Result<Child, HarnessError> {
+/// Where a process's stderr goes: appended to `log`, else the test's own.
+pub fn stderr_to(log: Option<&Path>) -> Result<Stdio, HarnessError> {
+    let Some(log) = log else { return Ok(Stdio::inherit()) };
+    let file =
+        std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| HarnessError::Process(format!("open log {}: {e}", log.display())))?;
+    Ok(Stdio::from(file))
+}
+
+fn spawn(
+    binary: &Path,
+    root: &Path,
+    local_state_dir: &Path,
+    extra_args: &[String],
+    env: &[(String, String)],
+    log: Option<&Path>,
+) -> Result<Child, HarnessError> {
     Command::new(binary)
         .arg(format!("--endpoint=unix://{}", root.join("controller.sock").display()))
         .arg(format!("--state-dir={}", root.join("controller").display()))
@@ -137,7 +166,7 @@ fn spawn(binary: &Path, root: &Path, local_state_dir: &Path, extra_args: &[Strin
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr_to(log)?)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| HarnessError::Process(format!("spawn {}: {e}", binary.display())))

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
+use swell_controller::rbd::ffi::{Cluster, IoCtx};
 use swell_controller::rbd::{RbdBackend, RbdConfig};
 use swell_controller::reconciler::ReconcilerConfig;
 use swell_controller::server::{BackendOptions, ControllerConfig, build_with};
@@ -187,6 +188,17 @@ pub fn process_args(env: &ClusterEnv, instance: &str) -> Vec<String> {
         "--default-backend=rbd".to_owned(),
         format!("--instance-name={instance}"),
     ]
+}
+
+/// An io context on `pool` of a librados client of the test's own (another
+/// client, as ceph-csi or a person with the `rbd` CLI would be), through the
+/// controller's bindings.
+pub fn other_client(env: &ClusterEnv, pool: &str) -> IoCtx {
+    let cluster = Arc::new(Cluster::create("admin").expect("rados_create"));
+    cluster.read_conf_file(&env.conf).expect("read ceph.conf");
+    cluster.conf_set("keyring", &env.keyring.display().to_string()).expect("set keyring");
+    cluster.connect().expect("connect to the test cluster");
+    cluster.ioctx(pool).unwrap_or_else(|e| panic!("open pool {pool}: {e}"))
 }
 
 /// The volume (pool `rbd`) the controller makes for the CO name `name`.

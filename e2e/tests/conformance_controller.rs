@@ -46,6 +46,9 @@ async fn controller_capabilities_are_exactly_what_swell_serves() {
         rpc::Type::ExpandVolume,
         rpc::Type::GetVolume,
         rpc::Type::VolumeCondition,
+        rpc::Type::CreateDeleteSnapshot,
+        rpc::Type::ListSnapshots,
+        rpc::Type::CloneVolume,
     ]
     .into_iter()
     .map(|t| t as i32)
@@ -125,19 +128,27 @@ async fn create_volume_rejects_required_above_limit() {
 }
 
 #[tokio::test]
-async fn create_volume_refuses_content_sources() {
+async fn create_volume_from_a_source_that_does_not_exist_is_not_found() {
     let mut drv = driver().await;
+    let absent_snapshot = format!("local:{}", swell_storage::snapshot::snapshot_key("absent"));
     let sources = [
         volume_content_source::Type::Snapshot(SnapshotSource { snapshot_id: "snap-1".into() }),
+        volume_content_source::Type::Snapshot(SnapshotSource { snapshot_id: absent_snapshot }),
         volume_content_source::Type::Volume(VolumeSource { volume_id: absent_local_id() }),
+        volume_content_source::Type::Volume(VolumeSource { volume_id: "not-an-id".into() }),
     ];
     for source in sources {
         let request = CreateVolumeRequest {
-            volume_content_source: Some(VolumeContentSource { r#type: Some(source) }),
+            volume_content_source: Some(VolumeContentSource { r#type: Some(source.clone()) }),
             ..requests::create_volume(&unique_name("clone"), GIB, default_capability())
         };
-        expect_status(drv.controller.create_volume(request).await, Code::InvalidArgument, &["volume_content_source"]);
+        expect_status(drv.controller.create_volume(request).await, Code::NotFound, &[]);
     }
+    let empty = CreateVolumeRequest {
+        volume_content_source: Some(VolumeContentSource { r#type: None }),
+        ..requests::create_volume(&unique_name("clone"), GIB, default_capability())
+    };
+    expect_status(drv.controller.create_volume(empty).await, Code::InvalidArgument, &["volume_content_source"]);
     assert!(list_ids(&mut drv).await.is_empty());
 }
 
@@ -469,6 +480,50 @@ async fn concurrent_expansions_answer_ok_or_aborted_and_never_lose_growth() {
         assert!(retry.capacity_bytes >= size);
     }
     assert_eq!(size_of(&mut drv, &id).await, 17 * GIB, "after the retries the largest request holds");
+}
+
+#[tokio::test]
+async fn snapshot_requests_are_checked_and_listed_a_page_at_a_time() {
+    let mut drv = driver().await;
+    let vol = create(&mut drv, &unique_name("snapped"), 64 * MIB).await;
+    let snap = |name: &str, source: &str| CreateSnapshotRequest { name: name.into(), source_volume_id: source.into(), ..Default::default() };
+    expect_status(drv.controller.create_snapshot(snap("", &vol.volume_id)).await, Code::InvalidArgument, &["name"]);
+    expect_status(drv.controller.create_snapshot(snap("s", "")).await, Code::InvalidArgument, &["source_volume_id"]);
+    expect_status(drv.controller.create_snapshot(snap("s", &absent_local_id())).await, Code::NotFound, &[]);
+    expect_status(drv.controller.delete_snapshot(DeleteSnapshotRequest::default()).await, Code::InvalidArgument, &["snapshot_id"]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let made = expect_ok(drv.controller.create_snapshot(snap(&format!("snap-{i}"), &vol.volume_id)).await, "create snapshot");
+        let made = made.snapshot.expect("snapshot");
+        assert!(made.ready_to_use && made.size_bytes == 64 * MIB && made.source_volume_id == vol.volume_id && made.creation_time.is_some());
+        ids.push(made.snapshot_id);
+    }
+    let again = expect_ok(drv.controller.create_snapshot(snap("snap-0", &vol.volume_id)).await, "repeat").snapshot.expect("snapshot");
+    assert_eq!(again.snapshot_id, ids[0], "idempotent by name");
+    let list = |token: &str, max: i32| ListSnapshotsRequest { max_entries: max, starting_token: token.into(), ..Default::default() };
+    let first = expect_ok(drv.controller.list_snapshots(list("", 2)).await, "page 1");
+    let second = expect_ok(drv.controller.list_snapshots(list(&first.next_token, 2)).await, "page 2");
+    let mut paged: Vec<String> = first.entries.iter().chain(&second.entries).filter_map(|e| e.snapshot.as_ref()).map(|s| s.snapshot_id.clone()).collect();
+    assert_eq!(second.next_token, "");
+    paged.sort();
+    ids.sort();
+    assert_eq!(paged, ids);
+    expect_status(drv.controller.list_snapshots(list("not-a-token", 0)).await, Code::Aborted, &[]);
+    expect_status(drv.controller.list_snapshots(list("", -1)).await, Code::InvalidArgument, &["max_entries"]);
+    let by_id = ListSnapshotsRequest { snapshot_id: ids[1].clone(), ..Default::default() };
+    assert_eq!(expect_ok(drv.controller.list_snapshots(by_id).await, "by id").entries.len(), 1);
+    for absent in ["local:snap-00000000000000000000000000000000", "nothing"] {
+        let by_id = ListSnapshotsRequest { snapshot_id: absent.into(), ..Default::default() };
+        assert!(expect_ok(drv.controller.list_snapshots(by_id).await, "absent id").entries.is_empty());
+        let by_source = ListSnapshotsRequest { source_volume_id: absent.into(), ..Default::default() };
+        assert!(expect_ok(drv.controller.list_snapshots(by_source).await, "absent source").entries.is_empty());
+    }
+    let by_source = ListSnapshotsRequest { source_volume_id: vol.volume_id.clone(), ..Default::default() };
+    assert_eq!(expect_ok(drv.controller.list_snapshots(by_source).await, "by source").entries.len(), 3);
+    for id in &ids {
+        expect_ok(drv.controller.delete_snapshot(DeleteSnapshotRequest { snapshot_id: id.clone(), ..Default::default() }).await, "delete");
+    }
+    assert!(expect_ok(drv.controller.list_snapshots(list("", 0)).await, "empty").entries.is_empty());
 }
 
 // ---- Gaps csi-sanity leaves open ----

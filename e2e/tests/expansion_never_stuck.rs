@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use swell_controller::reconciler::ReconcilerConfig;
 use swell_e2e::instrumented::GrowMode;
+use swell_e2e::metrics::{sample, scrape, value};
 use swell_e2e::never_stuck::{self, Engine, GIB, InProcess, Local, create, expand};
-use swell_e2e::observe::{expansion_state, scrape_metrics};
+use swell_e2e::observe::expansion_state;
 use swell_e2e::timing::assert_within_deadline;
 use tonic::Code;
 
@@ -71,14 +72,17 @@ async fn a_failed_expansion_is_finished_by_the_reconciler_or_replaced_by_a_lower
     let report = rig.controller.reconciler.pass().await;
     assert_eq!(report.stuck.len(), 1, "{report:?}");
     assert!(report.stuck[0].reason.contains("did not finish grow volume"), "{:?}", report.stuck[0]);
-    let metrics = scrape_metrics(&rig.controller.reconciler).await;
-    assert!(metrics.contains("swell_expansions_stuck 1"), "{metrics}");
-    assert!(metrics.contains(&format!("swell_expansion_stuck_seconds{{volume_id=\"{id}\",desired_bytes=\"{}\"", 4 * GIB)), "{metrics}");
+    let metrics = scrape(rig.controller.metrics).await;
+    assert_eq!(sample(&metrics, "swell_expansions_stuck"), 1.0, "{metrics}");
+    assert!(value(&metrics, "swell_expansion_oldest_pending_seconds").is_some() && !metrics.contains(&id), "counted, not named: {metrics}");
 
     // The engine recovers: the reconciler finishes the recorded wish itself.
     rig.backend.set_grow_mode(GrowMode::Normal);
     let report = rig.controller.reconciler.pass().await;
     assert_eq!((report.completed, report.pending, report.stuck.len()), (1, 0, 0), "{report:?}");
+    let metrics = scrape(rig.controller.metrics).await;
+    assert_eq!(sample(&metrics, "swell_expansions_stuck"), 0.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"swell_reconciler_attempts_total{outcome="completed"}"#), 1.0, "{metrics}");
     let state = expansion_state(&mut client, &id).await.unwrap();
     assert_eq!((state.size, state.pending), (4 * GIB, false), "{state:?}");
 

@@ -254,41 +254,20 @@ async fn fault_monitor_restart_is_survived_by_the_same_controller() {
     }
 
     // Same controller instance throughout; allow a bounded wait for the monitor.
-    async fn retry<T, F, Fut>(what: &str, mut op: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, Status>>,
-    {
-        let until = Instant::now() + Duration::from_secs(30);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match op().await {
-                Ok(v) => {
-                    if attempts > 1 {
-                        eprintln!("{what}: ok after {attempts} attempts");
-                    }
-                    return v;
-                }
-                Err(s) if ok(s.code()) && Instant::now() < until => tokio::time::sleep(Duration::from_millis(500)).await,
-                Err(s) => panic!("{what} after the monitor restart: {s:?}"),
-            }
-        }
-    }
-    let b = retry("create", || {
+    let b = until_ok("create after the monitor restart", || {
         let mut c = c.clone();
         async move { create(&mut c, "pvc-mon-b", 64 * MIB).await }
     })
     .await;
     eprintln!("first success {:?} after the monitor answered again", back_at.elapsed());
-    let grown = retry("expand", || {
+    let grown = until_ok("expand after the monitor restart", || {
         let (mut c, id) = (c.clone(), a.volume_id.clone());
         async move { expand(&mut c, &id, 96 * MIB).await }
     })
     .await;
     assert_eq!(grown, 96 * MIB);
     for id in [&a.volume_id, &b.volume_id] {
-        retry("delete", || {
+        until_ok("delete after the monitor restart", || {
             let (mut c, id) = (c.clone(), id.clone());
             async move { delete(&mut c, &id).await }
         })
@@ -351,15 +330,15 @@ async fn medians_are_not_slower_than_the_rbd_cli() {
 
 /// Retries `op` while it answers a passing code (UNAVAILABLE, DEADLINE_EXCEEDED,
 /// ABORTED), for at most 60 s.
-async fn until_ok<F, Fut>(what: &str, mut op: F) -> u64
+async fn until_ok<T, F, Fut>(what: &str, mut op: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<u64, Status>>,
+    Fut: std::future::Future<Output = Result<T, Status>>,
 {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         match op().await {
-            Ok(size) => return size,
+            Ok(value) => return value,
             Err(s) if (ok(s.code()) || s.code() == Code::Aborted) && Instant::now() < until => tokio::time::sleep(Duration::from_millis(500)).await,
             Err(s) => panic!("{what}: {s:?}"),
         }

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::*;
-use swell_controller::rbd::ffi::{Cluster, IoCtx};
 use swell_controller::rbd::{RbdBackend, RbdConfig};
 use swell_e2e::chaos::Xorshift;
 use swell_e2e::process::ControllerProcess;
-use swell_e2e::rbd_rig::{self, ClusterEnv, Swell, cli, rbd_config, rbd_size};
+use swell_e2e::rbd_rig::{self, ClusterEnv, Swell, cli, other_client, rbd_config, rbd_size};
 use swell_e2e::requests::{self, mount_capability};
 use swell_storage::RbdVolume;
 use tonic::transport::Channel;
@@ -54,16 +53,6 @@ fn new_pool(env: &ClusterEnv, pool: &str) {
 
 fn drop_pool(env: &ClusterEnv, pool: &str) {
     cli(env, "ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]).unwrap();
-}
-
-/// A librados io context of the test's own on `pool` (another client, as
-/// ceph-csi or a person with the `rbd` CLI would be).
-fn foreign_client(env: &ClusterEnv, pool: &str) -> IoCtx {
-    let cluster = Arc::new(Cluster::create("admin").unwrap());
-    cluster.read_conf_file(&env.conf).unwrap();
-    cluster.conf_set("keyring", &env.keyring.display().to_string()).unwrap();
-    cluster.connect().unwrap();
-    cluster.ioctx(pool).unwrap()
 }
 
 fn image_of(id: &str) -> RbdVolume {
@@ -107,7 +96,7 @@ async fn create_expand_and_delete_stay_flat_beside_5000_foreign_images() {
     let empty = latencies(&mut client, pool, "empty", 15).await;
 
     let started = Instant::now();
-    let io = Arc::new(foreign_client(env, pool));
+    let io = Arc::new(other_client(env, pool));
     let workers: Vec<_> = (0..32)
         .map(|w| {
             let io = Arc::clone(&io);
@@ -141,7 +130,7 @@ async fn a_thin_foreign_exabyte_image_blocks_swell_only_when_foreign_images_coun
     let env = session.env;
     let pool = "shared";
     new_pool(env, pool);
-    foreign_client(env, pool).create_image("someone-elses", 1 << 60, 1).unwrap();
+    other_client(env, pool).create_image("someone-elses", 1 << 60, 1).unwrap();
     let config = RbdConfig { default_pool: pool.into(), ..rbd_config(env) };
 
     let default = Swell::start_with(config.clone(), BACKEND_TIMEOUT).await;

@@ -1,7 +1,9 @@
 //! How Swell's binaries meet the container orchestrator: parsing the CSI
 //! endpoint, serving gRPC on a carefully prepared Unix socket with graceful
-//! shutdown (to every client, whatever `:authority` it sends), connecting to one as a client (the e2e harness and tools do), and
-//! the Identity service both binaries expose.
+//! shutdown (to every client, whatever `:authority` it sends), connecting to
+//! one as a client (the e2e harness and tools do), the Identity service both
+//! binaries expose, and what operators see of them: per-RPC metrics,
+//! `/metrics` and `/healthz` over HTTP, and the log format.
 
 // Nothing from outside the process is unwrapped; tests may.
 #![warn(clippy::unwrap_used)]
@@ -9,7 +11,12 @@
 
 pub mod authority;
 pub mod identity;
+pub mod logs;
+pub mod observe;
+pub mod rpc_metrics;
 pub mod socket;
 
 pub use identity::{IdentityService, Probe};
+pub use observe::Observed;
+pub use rpc_metrics::RpcMetrics;
 pub use socket::{EndpointError, connect, parse_endpoint, serve, shutdown_signal};

@@ -63,7 +63,7 @@ pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
     // Grow only when short, so a repeated call (or an ext4 grown offline)
     // succeeds without touching the filesystem.
     if !fills_device(fs.size(sys, &record.device, staging).await?, device_bytes) {
-        fs.grow_online(sys, &volume, &record.device, staging).await?;
+        ctx.metrics.time_grow(fs_type, fs.grow_online(sys, &volume, &record.device, staging)).await?;
     }
     let fs_bytes = fs.size(sys, &record.device, staging).await?;
     verify_grown(&volume, fs_bytes, device_bytes)?;

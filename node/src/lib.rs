@@ -17,6 +17,7 @@ pub mod expand;
 pub mod filesystem;
 #[cfg(test)]
 mod fixture;
+pub mod metrics;
 pub mod mount;
 pub mod mountinfo;
 pub mod publish;
@@ -50,6 +51,8 @@ pub struct NodeContext {
     pub attachers: attach::Attachers,
     /// The host's mounts, loop devices and programs.
     pub sys: Arc<dyn system::System>,
+    /// What the node counts and times.
+    pub metrics: metrics::NodeMetrics,
 }
 
 impl NodeContext {
@@ -62,7 +65,7 @@ impl NodeContext {
     pub fn with_system(config: NodeConfig, sys: Arc<dyn system::System>) -> Result<Self, NodeError> {
         let staging = staging::StagingStore::open(&config.state_dir)?;
         let attachers = attach::Attachers::new(&config, sys.clone())?;
-        Ok(NodeContext { config, locks: KeyedLocks::new(), staging, attachers, sys })
+        Ok(NodeContext { config, locks: KeyedLocks::new(), staging, attachers, sys, metrics: metrics::NodeMetrics::default() })
     }
 
     /// Takes the volume's lock or fails at once with ABORTED.

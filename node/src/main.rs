@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use csi_endpoint::logs::LogArgs;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
 use swell_node::{NodeConfig, RbdNodeConfig};
-use tracing_subscriber::EnvFilter;
 
 /// Swell CSI node plugin: attaches, formats, mounts and grows volumes.
 #[derive(Debug, Parser)]
@@ -39,6 +39,12 @@ struct Args {
     /// The Ceph user (without `client.`).
     #[arg(long, env = "SWELL_RBD_USER", default_value = "admin")]
     rbd_user: String,
+    /// Serve Prometheus metrics (GET /metrics) and the health check the
+    /// Identity Probe makes (GET /healthz) on this address, e.g. 0.0.0.0:9180.
+    #[arg(long, env = "SWELL_METRICS_ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    logs: LogArgs,
 }
 
 /// Starts the `--help` line naming every program the node may run; the
@@ -60,8 +66,8 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))).init();
     let args = Args::parse();
+    args.logs.init();
     let socket = parse_endpoint(&args.endpoint)?;
     let rbd = args.rbd();
     let config = NodeConfig {
@@ -73,7 +79,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         endpoint: args.endpoint,
     };
     tracing::info!(node = %config.node_id, state = %config.state_dir.display(), "swell-node starting");
-    let router = swell_node::server::router(&config)?;
-    serve(&socket, router, shutdown_signal()).await?;
+    let node = swell_node::server::build(&config)?;
+    let (stop, mut stopped) = tokio::sync::watch::channel(());
+    let mut metrics = None;
+    if let Some(address) = args.metrics_address {
+        let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("bind metrics address {address}: {e}"))?;
+        metrics = Some(tokio::spawn(node.observed.clone().serve(listener, async move {
+            let _ = stopped.changed().await;
+        })));
+    }
+    let served = serve(&socket, node.router, shutdown_signal()).await;
+    let _ = stop.send(());
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
+    served?;
     Ok(())
 }

@@ -1,13 +1,15 @@
-//! Assembles the node's gRPC router (Identity + Node) from its
-//! configuration, so the binary and the e2e harness run the same wiring.
+//! Assembles the node's gRPC router (Identity + Node) and what it shows over
+//! HTTP (metrics, health) from its configuration, so the binary and the e2e
+//! harness run the same wiring.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use csi_endpoint::identity::{InvalidDriverName, controller_service_capability, online_expansion_capability};
-use csi_endpoint::{IdentityService, Probe};
+use csi_endpoint::{IdentityService, Observed, Probe, RpcMetrics};
 use csi_proto::v1::identity_server::IdentityServer;
 use csi_proto::v1::node_server::NodeServer;
+use prometheus_client::registry::Registry;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 
@@ -24,18 +26,32 @@ pub enum StartError {
     DriverName(#[from] InvalidDriverName),
 }
 
-/// The Identity + Node router for `config`.
-pub fn router(config: &NodeConfig) -> Result<Router, StartError> {
+/// A node ready to serve.
+pub struct Node {
+    /// Identity + Node services.
+    pub router: Router,
+    /// Its metrics and health check (the Identity Probe's), to serve with
+    /// [`Observed::serve`].
+    pub observed: Observed,
+}
+
+/// The Identity + Node router for `config`, and its metrics.
+pub fn build(config: &NodeConfig) -> Result<Node, StartError> {
     let node = NodeService::new(config.clone())?;
+    let health: Arc<dyn Probe> = Arc::new(StateProbe(config.state_dir.clone()));
     let identity = IdentityService::new(
         &config.driver_name,
         env!("CARGO_PKG_VERSION"),
         // The spec asks for the plugin's capabilities as a whole (all its
         // instances), so the node announces the controller service too.
         vec![controller_service_capability(), online_expansion_capability()],
-        Arc::new(StateProbe(config.state_dir.clone())),
+        Arc::clone(&health),
     )?;
-    Ok(Server::builder().add_service(IdentityServer::new(identity)).add_service(NodeServer::new(node)))
+    let mut registry = Registry::default();
+    let rpcs = RpcMetrics::register(&mut registry);
+    node.metrics().register(&mut registry);
+    let router = Server::builder().add_service(rpcs.meter(IdentityServer::new(identity))).add_service(rpcs.meter(NodeServer::new(node)));
+    Ok(Node { router, observed: Observed { metrics: Arc::new(registry), health } })
 }
 
 /// Ready when the node's state directory can be read.

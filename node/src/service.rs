@@ -25,6 +25,11 @@ impl NodeService {
     pub fn new(config: NodeConfig) -> Result<Self, NodeError> {
         Ok(NodeService { ctx: Arc::new(NodeContext::new(config)?) })
     }
+
+    /// What the node counts and times.
+    pub fn metrics(&self) -> &crate::metrics::NodeMetrics {
+        &self.ctx.metrics
+    }
 }
 
 const CAPABILITIES: [rpc::Type; 4] = [rpc::Type::StageUnstageVolume, rpc::Type::ExpandVolume, rpc::Type::GetVolumeStats, rpc::Type::VolumeCondition];

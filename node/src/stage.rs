@@ -73,8 +73,12 @@ async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging
                 }
             }
             tokio::fs::create_dir_all(staging).await.map_err(|e| NodeError::io(format!("create {}", staging.display()), e))?;
-            let call =
-                MountCall::Filesystem { device: device.to_owned(), target: staging.to_owned(), fs_type: fs_type.as_str().into(), options: flags.to_vec() };
+            let call = MountCall::Filesystem {
+                device: device.to_owned(),
+                target: staging.to_owned(),
+                fs_type: fs_type.as_str().into(),
+                options: fs.mount_options(flags),
+            };
             sys.mount(call).await.map_err(|e| e.for_volume(&volume))?;
         }
     }

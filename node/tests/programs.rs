@@ -5,12 +5,15 @@
 
 use std::path::Path;
 
+/// The node's production sources: not its unit tests or the test double of
+/// its system calls, which name programs only to fake them.
 fn sources(dir: &Path, into: &mut String) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if path.is_dir() {
             sources(&path, into);
-        } else if path.extension().is_some_and(|ext| ext == "rs") {
+        } else if name.ends_with(".rs") && !name.ends_with("_tests.rs") && name != "fake.rs" {
             into.push_str(&std::fs::read_to_string(&path).unwrap());
         }
     }

@@ -6,4 +6,5 @@
 pub mod v1 {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("csi.v1");
+    include!(concat!(env!("OUT_DIR"), "/csi_rpcs.rs"));
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::expansion::ExpansionStore;
+use crate::snapshot::{ContentSource, SnapshotId, SnapshotInfo};
 use crate::volume_id::VolumeId;
 
 /// A volume as the backend sees it right now.
@@ -21,18 +22,18 @@ pub struct VolumeInfo {
     pub size_bytes: u64,
 }
 
-/// The outcome of an idempotent create.
+/// The outcome of an idempotent create (of a volume, or of a snapshot).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Created {
-    /// A new volume was made.
-    New(VolumeInfo),
-    /// A volume of that name already existed; it was left as it is.
-    Existing(VolumeInfo),
+pub enum Created<T = VolumeInfo> {
+    /// A new one was made.
+    New(T),
+    /// One of that name already existed; it was left as it is.
+    Existing(T),
 }
 
-impl Created {
-    /// The volume, new or old.
-    pub fn info(&self) -> &VolumeInfo {
+impl<T> Created<T> {
+    /// What was made, new or old.
+    pub fn info(&self) -> &T {
         match self {
             Created::New(info) | Created::Existing(info) => info,
         }
@@ -64,6 +65,9 @@ pub enum BackendError {
     /// The volume does not exist.
     #[error("volume {0} does not exist")]
     NotFound(VolumeId),
+    /// The snapshot does not exist.
+    #[error("snapshot {0} does not exist")]
+    SnapshotNotFound(SnapshotId),
     /// A StorageClass parameter is missing or wrong.
     #[error("parameter {name:?}: {reason}")]
     InvalidParameter {
@@ -89,6 +93,24 @@ pub enum BackendError {
         current: u64,
         /// The smaller size asked for.
         requested: u64,
+    },
+    /// The name is taken by a volume or snapshot that does not fit the
+    /// request (another source); the caller must use another name.
+    #[error("{name:?} already exists: {reason}")]
+    NameTaken {
+        /// The CO's name.
+        name: String,
+        /// How the existing one differs.
+        reason: String,
+    },
+    /// The engine cannot do what was asked (a source it cannot make a
+    /// volume from, a feature it lacks).
+    #[error("{what} is not supported by the {backend} backend")]
+    Unsupported {
+        /// The backend.
+        backend: String,
+        /// What was asked.
+        what: String,
     },
     /// Another operation (in this process or another controller replica)
     /// holds the volume or changed its record meanwhile; retry later.
@@ -196,4 +218,54 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the engine can serve requests now.
     async fn check_health(&self) -> Result<(), BackendError>;
+
+    // Snapshots and clones. A snapshot is a point-in-time copy of a volume
+    // that new volumes can be made from; a clone is a new volume made from
+    // a snapshot or a volume. A backend keeps them where it keeps its
+    // volumes, counts them against the same capacity, and makes each
+    // idempotent by name. The defaults refuse: an engine without them.
+
+    /// Cuts a snapshot named `name` of `source`, or returns the existing
+    /// snapshot of that name untouched (its `ready` flag read now).
+    /// NameTaken when that snapshot is of another volume; NotFound when
+    /// `source` does not exist; NoSpace when its pool cannot hold it.
+    async fn create_snapshot(&self, name: &str, source: &VolumeId) -> Result<Created<SnapshotInfo>, BackendError> {
+        let _ = (name, source);
+        Err(self.unsupported("snapshots"))
+    }
+
+    /// Deletes a snapshot; deleting a missing one succeeds. Volumes made
+    /// from it are never affected.
+    async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), BackendError> {
+        let _ = id;
+        Err(self.unsupported("snapshots"))
+    }
+
+    /// Reads a snapshot now, `None` when it does not exist.
+    async fn snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotInfo>, BackendError> {
+        let _ = id;
+        Ok(None)
+    }
+
+    /// All snapshots (of `source` only, when given), ordered by id.
+    async fn list_snapshots(&self, source: Option<&VolumeId>) -> Result<Vec<SnapshotInfo>, BackendError> {
+        let _ = source;
+        Ok(Vec::new())
+    }
+
+    /// Creates a volume of `size_bytes` named `name` holding the data of
+    /// `source` (a snapshot or a volume of this backend), grown to
+    /// `size_bytes` in the same create when the source is smaller; or
+    /// returns the existing volume of that name untouched. NameTaken when
+    /// that volume was made from something else; NotFound when `source`
+    /// does not exist; Shrink when `size_bytes` is below the source's size.
+    async fn create_volume_from(&self, name: &str, size_bytes: u64, placement: &Placement, source: &ContentSource) -> Result<Created, BackendError> {
+        let _ = (name, size_bytes, placement, source);
+        Err(self.unsupported("volumes made from snapshots or volumes"))
+    }
+
+    /// The error of a snapshot or clone call this engine cannot serve.
+    fn unsupported(&self, what: &str) -> BackendError {
+        BackendError::Unsupported { backend: self.kind().to_owned(), what: what.to_owned() }
+    }
 }

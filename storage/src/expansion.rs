@@ -64,6 +64,12 @@ impl ExpansionRecord {
         self.desired_bytes > self.current_bytes
     }
 
+    /// How long the wish has waited at `now` (seconds since the epoch);
+    /// `None` unless the backend is short of it.
+    pub fn waiting_for(&self, now: u64) -> Option<std::time::Duration> {
+        self.growing().then(|| std::time::Duration::from_secs(now.saturating_sub(self.desired_since_unix)))
+    }
+
     /// Whether the backend holds a size the volume's clients were not told of.
     pub fn announcement_owed(&self) -> bool {
         self.current_bytes > self.announced_bytes
@@ -203,8 +209,10 @@ mod tests {
         assert_eq!(wish.promised_bytes(), 20);
         let grown_unheard = wish.clone().reached(20, None, None);
         assert!(!grown_unheard.growing() && grown_unheard.announcement_owed() && grown_unheard.pending());
+        assert_eq!(wish.waiting_for(wish.desired_since_unix + 7), Some(std::time::Duration::from_secs(7)));
         let done = wish.reached(20, Some(20), None);
         assert!(!done.pending());
+        assert_eq!(done.waiting_for(u64::MAX), None);
     }
 
     #[test]

@@ -8,9 +8,7 @@
 
 use std::fmt;
 
-use sha2::{Digest, Sha256};
-
-use crate::volume_id::{VolumeId, VolumeIdError};
+use crate::volume_id::{VolumeId, VolumeIdError, is_name_digest, name_digest};
 
 /// The id prefix of RBD volumes.
 pub const KIND: &str = "rbd";
@@ -30,14 +28,12 @@ pub struct RbdVolume {
 
 /// The image a volume named `name` gets.
 pub fn image_name(name: &str) -> String {
-    let digest = Sha256::digest(name.as_bytes());
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("{IMAGE_PREFIX}{hex}")
+    format!("{IMAGE_PREFIX}{}", name_digest(name))
 }
 
 /// Whether `image` has the shape of a Swell image name.
 pub fn is_swell_image(image: &str) -> bool {
-    image.strip_prefix(IMAGE_PREFIX).is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    image.strip_prefix(IMAGE_PREFIX).is_some_and(is_name_digest)
 }
 
 impl RbdVolume {

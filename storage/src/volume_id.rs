@@ -7,8 +7,21 @@
 use std::fmt;
 use std::str::FromStr;
 
+use sha2::{Digest, Sha256};
+
 /// The CSI spec caps ids at 128 bytes.
 pub const MAX_ID_LEN: usize = 128;
+
+/// The 32 hex digits (16 bytes of sha256) every key derived from a CO name
+/// is built on, so a retried create lands on the same volume or snapshot.
+pub fn name_digest(name: &str) -> String {
+    Sha256::digest(name.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `hex` has the shape of a [`name_digest`].
+pub fn is_name_digest(hex: &str) -> bool {
+    hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
 
 /// A parsed, validated volume id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

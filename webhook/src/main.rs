@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use csi_endpoint::logs::LogArgs;
 use swell_controller::cli::BackendArgs;
 use swell_webhook::facts::BackendFacts;
 use swell_webhook::records::RecordStore;
@@ -13,7 +14,6 @@ use swell_webhook::server::{Limits, serve};
 use swell_webhook::tls::ReloadingCert;
 use swell_webhook::volumes::ApiVolumes;
 use swell_webhook::{Policy, Webhook};
-use tracing_subscriber::EnvFilter;
 
 /// Swell's resize admission webhook.
 #[derive(Debug, Parser)]
@@ -52,12 +52,14 @@ struct Args {
     max_body_bytes: usize,
     #[command(flatten)]
     backend: BackendArgs,
+    #[command(flatten)]
+    logs: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))).init();
     let args = Args::parse();
+    args.logs.init();
     let cert = ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     let tls = cert.server_config()?;
     let b = &args.backend;

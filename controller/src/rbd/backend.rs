@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use swell_storage::locks::KeyedLocks;
-use swell_storage::{Backend, BackendError, Capacity, Created, ExpansionStore, Placement, RbdVolume, VolumeId, VolumeInfo};
+use swell_storage::{
+    Backend, BackendError, Capacity, ContentSource, Created, ExpansionStore, Placement, RbdVolume, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo,
+};
 
 use super::commit::{Change, Committer, Outcome};
 use super::connection::{ConnectSettings, Connection, Connector};
@@ -24,7 +26,7 @@ use super::readings::{Readings, missing_pool};
 use super::state;
 use super::store::RbdStore;
 use super::volumes::{announce_blocking, create_blocking, delete_blocking, grow_blocking, list_blocking, volume_blocking};
-use super::{KIND, RbdConfig};
+use super::{KIND, RbdConfig, clones, snapshots};
 
 /// Ceph calls that may be outstanding at once, running or stuck in a hung
 /// librados call: bounds the blocking threads a dead cluster can hold, far
@@ -164,6 +166,25 @@ impl RbdBackend {
             .await
     }
 
+    /// The volume a CO name gets in the pool `placement` names (or the default).
+    fn volume_for(&self, name: &str, placement: &Placement) -> Result<RbdVolume, BackendError> {
+        let pool = placement.pool.clone().unwrap_or_else(|| self.shared.config.default_pool.clone());
+        RbdVolume::for_name(&self.shared.config.cluster_id, &pool, name)
+            .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })
+    }
+
+    /// Holds `volume` for `step`, or answers Contended at once.
+    async fn hold(&self, volume: &RbdVolume, step: String) -> Result<swell_storage::Hold, BackendError> {
+        let id = volume.id();
+        self.store.hold(&id).await?.ok_or_else(|| BackendError::Contended { step, reason: format!("another operation on volume {id} is in progress") })
+    }
+
+    /// The pool of one of this cluster's snapshots, `None` for another's.
+    fn snapshot_pool(&self, id: &SnapshotId) -> Option<String> {
+        let (cluster, pool) = id.place().split_once(':')?;
+        (id.backend() == KIND && cluster == self.shared.config.cluster_id && !pool.contains(':')).then(|| pool.to_owned())
+    }
+
     /// The bytes Swell has promised in `pool`, read now.
     pub async fn promised(&self, pool: &str) -> Result<u64, BackendError> {
         let pool = pool.to_owned();
@@ -184,13 +205,8 @@ impl Backend for RbdBackend {
     }
 
     async fn create_volume(&self, name: &str, size_bytes: u64, placement: &Placement) -> Result<Created, BackendError> {
-        let pool = placement.pool.clone().unwrap_or_else(|| self.shared.config.default_pool.clone());
-        let volume = RbdVolume::for_name(&self.shared.config.cluster_id, &pool, name)
-            .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })?;
-        let id = volume.id();
-        let Some(hold) = self.store.hold(&id).await? else {
-            return Err(BackendError::Contended { step: format!("create {name}"), reason: format!("another operation on volume {id} is in progress") });
-        };
+        let volume = self.volume_for(name, placement)?;
+        let hold = self.hold(&volume, format!("create {name}")).await?;
         let (shared, name) = (Arc::clone(&self.shared), name.to_owned());
         let created =
             self.shared.connector.run("create volume", move |conn, deadline| create_blocking(&shared, conn, deadline, &volume, &name, size_bytes)).await;
@@ -241,6 +257,56 @@ impl Backend for RbdBackend {
 
     fn expansion_store(&self) -> Option<Arc<dyn ExpansionStore>> {
         Some(self.store.clone())
+    }
+
+    async fn create_snapshot(&self, name: &str, source: &VolumeId) -> Result<Created<SnapshotInfo>, BackendError> {
+        let volume = self.shared.ours(source, "snapshot")?.ok_or_else(|| BackendError::NotFound(source.clone()))?;
+        // Held: the source neither grows nor goes while it is cut.
+        let hold = self.hold(&volume, format!("snapshot {name}")).await?;
+        let (shared, name) = (Arc::clone(&self.shared), name.to_owned());
+        let created =
+            self.shared.connector.run("create snapshot", move |conn, deadline| snapshots::create_blocking(&shared, conn, deadline, &volume, &name)).await;
+        hold.release().await;
+        created
+    }
+
+    async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), BackendError> {
+        let Some(pool) = self.snapshot_pool(id) else { return Ok(()) };
+        let (shared, key) = (Arc::clone(&self.shared), id.key().to_owned());
+        self.shared.connector.run("delete snapshot", move |conn, deadline| snapshots::delete_blocking(&shared, conn, deadline, &pool, &key)).await
+    }
+
+    async fn snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotInfo>, BackendError> {
+        let Some(pool) = self.snapshot_pool(id) else { return Ok(None) };
+        let (shared, key) = (Arc::clone(&self.shared), id.key().to_owned());
+        self.shared.connector.run("read snapshot", move |conn, _| snapshots::read_blocking(&shared, conn, &pool, &key)).await
+    }
+
+    async fn list_snapshots(&self, source: Option<&VolumeId>) -> Result<Vec<SnapshotInfo>, BackendError> {
+        let source = match source {
+            Some(id) => match RbdVolume::parse(id).filter(|v| v.cluster == self.shared.config.cluster_id) {
+                Some(volume) => Some(volume),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        let shared = Arc::clone(&self.shared);
+        self.shared.connector.run("list snapshots", move |conn, _| snapshots::list_blocking(&shared, conn, source.as_ref())).await
+    }
+
+    async fn create_volume_from(&self, name: &str, size_bytes: u64, placement: &Placement, source: &ContentSource) -> Result<Created, BackendError> {
+        let volume = self.volume_for(name, placement)?;
+        let hold = self.hold(&volume, format!("create {name}")).await?;
+        let (shared, name, source) = (Arc::clone(&self.shared), name.to_owned(), source.clone());
+        let created = self
+            .shared
+            .connector
+            .run("create volume from a source", move |conn, deadline| {
+                clones::create_from_blocking(&shared, conn, deadline, &volume, &name, size_bytes, &source)
+            })
+            .await;
+        hold.release().await;
+        created
     }
 
     async fn check_health(&self) -> Result<(), BackendError> {

@@ -24,13 +24,13 @@ use swell_storage::{BackendError, ExpansionRecord};
 use super::capacity::PoolRoom;
 use super::errors::RbdError;
 use super::ffi::{Errno, IoCtx, WriteOp};
-use super::state::{self, Entry, Phase, STATE_OBJECT, TOTAL_KEY};
+use super::state::{self, Entry, Key, Lineage, Phase, STATE_OBJECT, SnapshotEntry, Stored, TOTAL_KEY};
 
 /// How often one batch is decided again after losing a race with another
 /// writer before its callers are told to retry.
 const ATTEMPTS: usize = 8;
 
-/// One change of one image's entry.
+/// One change of one entry.
 #[derive(Debug, Clone)]
 pub enum Change {
     /// Stores `record` for `image` if the stored record is the one it was
@@ -45,6 +45,8 @@ pub enum Change {
         name: Option<String>,
         /// The phase to store; `None` keeps the stored one.
         phase: Option<Phase>,
+        /// Where its data came from; `None` keeps the stored lineage.
+        lineage: Option<Lineage>,
         /// The record to store.
         record: ExpansionRecord,
     },
@@ -56,12 +58,29 @@ pub enum Change {
         /// The generation the entry must still have.
         generation: Option<u64>,
     },
+    /// Stores a snapshot's entry if the stored one is the one it was made
+    /// from (same generation), and a live one of the same name; bytes it
+    /// promises beyond the stored entry are admitted first.
+    PutSnapshot {
+        /// The snapshot key.
+        key: String,
+        /// The entry to store.
+        entry: SnapshotEntry,
+    },
+    /// Removes a snapshot's entry (only of that `generation`, when given).
+    RemoveSnapshot {
+        /// The snapshot key.
+        key: String,
+        /// The generation the entry must still have.
+        generation: Option<u64>,
+    },
 }
 
 impl Change {
-    fn image(&self) -> &str {
+    fn key(&self) -> Key {
         match self {
-            Change::Put { image, .. } | Change::Remove { image, .. } => image,
+            Change::Put { image, .. } | Change::Remove { image, .. } => Key::Volume(image.clone()),
+            Change::PutSnapshot { key, .. } | Change::RemoveSnapshot { key, .. } => Key::Snapshot(key.clone()),
         }
     }
 }
@@ -73,6 +92,10 @@ pub enum Outcome {
     Stored(Entry),
     /// The entry removed, if there was one.
     Removed(Option<Entry>),
+    /// The snapshot entry as stored (its generation bumped).
+    SnapshotStored(SnapshotEntry),
+    /// The snapshot entry removed, if there was one.
+    SnapshotRemoved(Option<SnapshotEntry>),
 }
 
 /// The pool's room when Swell has promised `total` bytes in it.
@@ -172,15 +195,15 @@ struct Decision {
     results: Vec<Result<Outcome, RbdError>>,
     /// The stored total as read, and as decided.
     total: (Vec<u8>, u64),
-    /// Per touched image: the stored value as read, and the entry decided.
-    entries: BTreeMap<String, (Vec<u8>, Option<Entry>)>,
+    /// Per touched entry: the stored value as read, and the entry decided.
+    entries: BTreeMap<Key, (Vec<u8>, Option<Stored>)>,
 }
 
 /// Decides and writes one batch, again from a fresh read each time another
 /// writer got in between.
 fn commit(io: &IoCtx, changes: &[Change], room: &RoomFn<'_>) -> Vec<Result<Outcome, RbdError>> {
     let mut keys = vec![TOTAL_KEY.to_owned()];
-    keys.extend(changes.iter().map(|c| state::entry_key(c.image())));
+    keys.extend(changes.iter().map(|c| c.key().entry()));
     keys.sort();
     keys.dedup();
     for _ in 0..ATTEMPTS {
@@ -213,13 +236,13 @@ fn commit(io: &IoCtx, changes: &[Change], room: &RoomFn<'_>) -> Vec<Result<Outco
 fn decide(stored: &HashMap<String, Vec<u8>>, changes: &[Change], room: &RoomFn<'_>) -> Result<Decision, RbdError> {
     let total_raw = stored.get(TOTAL_KEY).cloned().unwrap_or_default();
     let mut total = state::decode_total(&total_raw)?;
-    let mut entries: BTreeMap<String, (Vec<u8>, Option<Entry>)> = BTreeMap::new();
+    let mut entries: BTreeMap<Key, (Vec<u8>, Option<Stored>)> = BTreeMap::new();
     let mut results = Vec::with_capacity(changes.len());
     for change in changes {
-        let image = change.image();
-        let current = match entries.get(image) {
+        let key = change.key();
+        let current = match entries.get(&key) {
             Some((_, entry)) => Ok(entry.clone()),
-            None => stored.get(&state::entry_key(image)).map(|raw| Entry::decode(image, raw)).transpose(),
+            None => stored.get(&key.entry()).map(|raw| Stored::decode(&key, raw)).transpose(),
         };
         let current = match current {
             Ok(current) => current,
@@ -228,25 +251,42 @@ fn decide(stored: &HashMap<String, Vec<u8>>, changes: &[Change], room: &RoomFn<'
                 continue;
             }
         };
-        let decided = match change {
-            Change::Put { name, phase, record, .. } => put(image, current.as_ref(), name.as_deref(), *phase, record, total, room),
+        let decided = match (change, &current) {
+            (Change::Put { name, phase, lineage, record, .. }, Some(Stored::Volume(entry))) => {
+                put(key.name(), Some(entry), name.as_deref(), *phase, lineage.as_ref(), record, total, room)
+            }
+            (Change::Put { name, phase, lineage, record, .. }, None) => put(key.name(), None, name.as_deref(), *phase, lineage.as_ref(), record, total, room),
+            (Change::PutSnapshot { entry, .. }, Some(Stored::Snapshot(current))) => put_snapshot(key.name(), Some(current), entry, total, room),
+            (Change::PutSnapshot { entry, .. }, None) => put_snapshot(key.name(), None, entry, total, room),
             // Nothing to remove: nothing to write.
-            Change::Remove { .. } if current.is_none() => {
+            (Change::Remove { .. }, None) => {
                 results.push(Ok(Outcome::Removed(None)));
                 continue;
             }
-            Change::Remove { generation: Some(generation), .. } if current.as_ref().is_some_and(|e| e.record.generation != *generation) => {
-                results.push(Err(changed(image, current.as_ref().map_or(0, |e| e.record.generation), *generation)));
+            (Change::RemoveSnapshot { .. }, None) => {
+                results.push(Ok(Outcome::SnapshotRemoved(None)));
                 continue;
             }
-            Change::Remove { .. } => Ok((None, Outcome::Removed(current.clone()))),
+            (Change::Remove { generation: Some(generation), .. } | Change::RemoveSnapshot { generation: Some(generation), .. }, Some(found))
+                if found.generation() != *generation =>
+            {
+                results.push(Err(changed(key.name(), found.generation(), *generation)));
+                continue;
+            }
+            (Change::Remove { .. }, Some(Stored::Volume(entry))) => Ok((None, Outcome::Removed(Some(entry.clone())))),
+            (Change::RemoveSnapshot { .. }, Some(Stored::Snapshot(entry))) => Ok((None, Outcome::SnapshotRemoved(Some(entry.clone())))),
+            // A key holds one kind only (`v.` or `s.`): unreachable unless corrupt.
+            (_, Some(_)) => Err(RbdError::Refused(BackendError::io(
+                format!("record state of {}", key.name()),
+                std::io::Error::other("the stored entry is of another kind than the change"),
+            ))),
         };
         match decided {
             Ok((after, outcome)) => {
-                let before = current.as_ref().map_or(0, Entry::promised);
-                total = total.saturating_sub(before).saturating_add(after.as_ref().map_or(0, Entry::promised));
-                let raw = stored.get(&state::entry_key(image)).cloned().unwrap_or_default();
-                entries.entry(image.to_owned()).or_insert((raw, None)).1 = after;
+                let before = current.as_ref().map_or(0, Stored::promised);
+                total = total.saturating_sub(before).saturating_add(after.as_ref().map_or(0, Stored::promised));
+                let raw = stored.get(&key.entry()).cloned().unwrap_or_default();
+                entries.entry(key).or_insert((raw, None)).1 = after;
                 results.push(Ok(outcome));
             }
             Err(err) => results.push(Err(err)),
@@ -263,15 +303,17 @@ fn changed(image: &str, stored: u64, expected: u64) -> RbdError {
 }
 
 /// The entry a put stores, or why it may not.
+#[allow(clippy::too_many_arguments)]
 fn put(
     image: &str,
     current: Option<&Entry>,
     name: Option<&str>,
     phase: Option<Phase>,
+    lineage: Option<&Lineage>,
     record: &ExpansionRecord,
     total: u64,
     room: &RoomFn<'_>,
-) -> Result<(Option<Entry>, Outcome), RbdError> {
+) -> Result<(Option<Stored>, Outcome), RbdError> {
     let stored_generation = current.map_or(0, |e| e.record.generation);
     if stored_generation != record.generation {
         return Err(changed(image, stored_generation, record.generation));
@@ -289,21 +331,54 @@ fn put(
         (None, None) => return Err(RbdError::osd(format!("record state of image {image}"), Errno::ENOENT, record.volume_id.parse().ok().as_ref())),
     };
     let phase = phase.or(current.map(|e| e.phase)).unwrap_or_default();
-    let wanted = Entry { name, phase, record: record.clone() };
-    let more = wanted.promised().saturating_sub(current.map_or(0, Entry::promised));
-    if more > 0 {
-        let room = room(total)?;
-        if let Some(reason) = &room.full {
-            tracing::warn!(image, bytes = more, reason, "refusing: pool is full");
-            return Err(BackendError::NoSpace { requested: more, available: 0 }.into());
-        }
-        if more > room.capacity.available_bytes {
-            return Err(BackendError::NoSpace { requested: more, available: room.capacity.available_bytes }.into());
-        }
-    }
+    let lineage = lineage.cloned().or_else(|| current.map(|e| e.lineage.clone())).unwrap_or_default();
+    let wanted = Entry { name, phase, lineage, record: record.clone() };
+    admit(image, wanted.promised().saturating_sub(current.map_or(0, Entry::promised)), total, room)?;
     let mut stored = wanted.clone();
     stored.record.generation += 1;
-    Ok((Some(stored.clone()), Outcome::Stored(stored)))
+    Ok((Some(Stored::Volume(stored.clone())), Outcome::Stored(stored)))
+}
+
+/// The snapshot entry a put stores, or why it may not.
+fn put_snapshot(
+    key: &str,
+    current: Option<&SnapshotEntry>,
+    wanted: &SnapshotEntry,
+    total: u64,
+    room: &RoomFn<'_>,
+) -> Result<(Option<Stored>, Outcome), RbdError> {
+    let stored_generation = current.map_or(0, |e| e.generation);
+    if stored_generation != wanted.generation {
+        return Err(changed(key, stored_generation, wanted.generation));
+    }
+    if let Some(current) = current.filter(|c| c.phase != Phase::Deleting && c.name != wanted.name) {
+        return Err(RbdError::Refused(BackendError::io(
+            format!("record state of snapshot {key}"),
+            std::io::Error::other(format!("the key belongs to snapshot {:?}, not {:?}", current.name, wanted.name)),
+        )));
+    }
+    admit(key, wanted.promised().saturating_sub(current.map_or(0, SnapshotEntry::promised)), total, room)?;
+    let mut stored = wanted.clone();
+    stored.generation += 1;
+    stored.updated_unix = swell_storage::expansion::now_unix();
+    Ok((Some(Stored::Snapshot(stored.clone())), Outcome::SnapshotStored(stored)))
+}
+
+/// Admits `more` promised bytes against the pool's room (nothing to admit
+/// is always fine, also in a full pool).
+fn admit(key: &str, more: u64, total: u64, room: &RoomFn<'_>) -> Result<(), RbdError> {
+    if more == 0 {
+        return Ok(());
+    }
+    let room = room(total)?;
+    if let Some(reason) = &room.full {
+        tracing::warn!(entry = key, bytes = more, reason, "refusing: pool is full");
+        return Err(BackendError::NoSpace { requested: more, available: 0 }.into());
+    }
+    if more > room.capacity.available_bytes {
+        return Err(BackendError::NoSpace { requested: more, available: room.capacity.available_bytes }.into());
+    }
+    Ok(())
 }
 
 /// Writes a decision in one compound write that first compares every value
@@ -312,18 +387,18 @@ fn write(io: &IoCtx, decision: &Decision) -> Result<(), Errno> {
     let mut op = WriteOp::default();
     op.create(false).omap_cmp_eq(TOTAL_KEY, &decision.total.0);
     let (mut set, mut remove): (Vec<(String, Vec<u8>)>, Vec<String>) = (vec![(TOTAL_KEY.to_owned(), decision.total.1.to_string().into_bytes())], Vec::new());
-    for (image, (raw, entry)) in &decision.entries {
-        op.omap_cmp_eq(&state::entry_key(image), raw);
+    for (key, (raw, entry)) in &decision.entries {
+        op.omap_cmp_eq(&key.entry(), raw);
         match entry {
             Some(entry) => {
-                set.push((state::entry_key(image), entry.encode()));
+                set.push((key.entry(), entry.encode()));
                 if entry.pending() {
-                    set.push((state::pending_key(image), b"1".to_vec()));
+                    set.push((key.pending(), b"1".to_vec()));
                 } else {
-                    remove.push(state::pending_key(image));
+                    remove.push(key.pending());
                 }
             }
-            None => remove.extend([state::entry_key(image), state::pending_key(image)]),
+            None => remove.extend([key.entry(), key.pending()]),
         }
     }
     op.omap_set(&set).omap_rm(&remove);
@@ -337,11 +412,16 @@ mod tests {
 
     fn entry(name: &str, current: u64, desired: u64) -> Entry {
         let id: VolumeId = "rbd:c:rbd:swell-00000000000000000000000000000000".parse().unwrap();
-        Entry { name: name.into(), phase: Phase::Ready, record: ExpansionRecord::new(&id, current, current).wishing(current, desired) }
+        Entry {
+            name: name.into(),
+            phase: Phase::Ready,
+            lineage: Lineage::default(),
+            record: ExpansionRecord::new(&id, current, current).wishing(current, desired),
+        }
     }
 
     fn put(image: &str, entry: Entry) -> Change {
-        Change::Put { image: image.into(), name: Some(entry.name), phase: Some(entry.phase), record: entry.record }
+        Change::Put { image: image.into(), name: Some(entry.name), phase: Some(entry.phase), lineage: None, record: entry.record }
     }
 
     fn room(limit: u64) -> impl Fn(u64) -> Result<PoolRoom, RbdError> {
@@ -373,7 +453,7 @@ mod tests {
         // In order: the removal frees the room the grow then takes.
         let changes = [
             Change::Remove { image: "b".into(), generation: None },
-            Change::Put { image: "a".into(), name: None, phase: None, record: grown },
+            Change::Put { image: "a".into(), name: None, phase: None, lineage: None, record: grown },
             Change::Remove { image: "c".into(), generation: None },
         ];
         let b = entry("b", 40, 40);
@@ -382,7 +462,7 @@ mod tests {
         assert_eq!(decision.total.1, 50 + 15 - 40);
         assert!(matches!(&decision.results[0], Ok(Outcome::Removed(Some(e))) if *e == b));
         assert!(matches!(&decision.results[2], Ok(Outcome::Removed(None))));
-        assert_eq!(decision.entries.keys().collect::<Vec<_>>(), ["a", "b"], "removing nothing writes nothing");
+        assert_eq!(decision.entries.keys().map(Key::name).collect::<Vec<_>>(), ["a", "b"], "removing nothing writes nothing");
     }
 
     #[test]
@@ -397,23 +477,70 @@ mod tests {
         let decision = decide(&stored(&[("a", &newer)], 10), &[clash], &room(100)).unwrap();
         assert!(decision.results[0].is_err());
         assert!(decision.entries.is_empty());
-        let orphan = Change::Put { image: "z".into(), name: None, phase: None, record: a.record.clone() };
+        let orphan = Change::Put { image: "z".into(), name: None, phase: None, lineage: None, record: a.record.clone() };
         assert!(decide(&stored(&[], 0), &[orphan], &room(100)).unwrap().results[0].is_err(), "a record needs its entry");
     }
 
     #[test]
     fn a_deleted_volume_gives_its_bytes_back_and_its_name_may_be_taken_again() {
         let a = entry("a", 40, 40);
-        let tombstone = Change::Put { image: "a".into(), name: None, phase: Some(Phase::Deleting), record: a.record.clone() };
+        let tombstone = Change::Put { image: "a".into(), name: None, phase: Some(Phase::Deleting), lineage: None, record: a.record.clone() };
         let decision = decide(&stored(&[("a", &a)], 40), &[tombstone], &room(50)).unwrap();
         assert_eq!(decision.total.1, 0);
         let Ok(Outcome::Stored(deleted)) = &decision.results[0] else { panic!("{:?}", decision.results[0].is_ok()) };
-        let recreate = Change::Put { image: "a".into(), name: Some("other".into()), phase: Some(Phase::Creating), record: deleted.record.clone() };
+        let recreate =
+            Change::Put { image: "a".into(), name: Some("other".into()), phase: Some(Phase::Creating), lineage: None, record: deleted.record.clone() };
         let decision = decide(&stored(&[("a", deleted)], 0), &[recreate], &room(50)).unwrap();
         assert!(decision.results[0].is_ok());
         assert_eq!(decision.total.1, 40);
         let stale_removal = Change::Remove { image: "a".into(), generation: Some(0) };
         assert!(decide(&stored(&[("a", deleted)], 0), &[stale_removal], &room(50)).unwrap().results[0].is_err());
+    }
+
+    #[test]
+    fn snapshots_promise_their_size_beside_volumes_and_give_it_back_when_deleted() {
+        let a = entry("a", 40, 40);
+        let snap = SnapshotEntry {
+            name: "s".into(),
+            source_volume: "rbd:c:rbd:a".into(),
+            source_image: "a".into(),
+            source_image_id: "id".into(),
+            size_bytes: 40,
+            created_unix_nanos: 0,
+            phase: Phase::Creating,
+            depth: 0,
+            updated_unix: 0,
+            generation: 0,
+        };
+        let cut = Change::PutSnapshot { key: "k".into(), entry: snap.clone() };
+        let full = decide(&stored(&[("a", &a)], 40), std::slice::from_ref(&cut), &room(60)).unwrap();
+        assert!(matches!(&full.results[0], Err(RbdError::Refused(BackendError::NoSpace { requested: 40, available: 20 }))), "{:?}", full.results[0]);
+        let decision = decide(&stored(&[("a", &a)], 40), &[cut], &room(100)).unwrap();
+        assert_eq!(decision.total.1, 80);
+        let Ok(Outcome::SnapshotStored(made)) = &decision.results[0] else { panic!("{:?}", decision.results[0]) };
+        assert_eq!(made.generation, 1);
+        assert_eq!(decision.entries.keys().next(), Some(&Key::Snapshot("k".into())));
+        let mut map = stored(&[("a", &a)], 80);
+        map.insert(Key::Snapshot("k".into()).entry(), made.encode());
+        let other_name = Change::PutSnapshot { key: "k".into(), entry: SnapshotEntry { name: "t".into(), ..made.clone() } };
+        assert!(decide(&map, &[other_name], &room(100)).unwrap().results[0].is_err(), "a live snapshot keeps its name");
+        let stale = Change::PutSnapshot { key: "k".into(), entry: snap.clone() };
+        assert!(decide(&map, &[stale], &room(100)).unwrap().results[0].is_err(), "a writer that read an older entry");
+        let deleted = Change::PutSnapshot { key: "k".into(), entry: SnapshotEntry { phase: Phase::Deleting, ..made.clone() } };
+        assert_eq!(decide(&map, &[deleted], &room(0)).unwrap().total.1, 40, "a deleted snapshot promises nothing");
+        let removed = decide(&map, &[Change::RemoveSnapshot { key: "k".into(), generation: Some(made.generation) }], &room(0)).unwrap();
+        assert!(matches!(&removed.results[0], Ok(Outcome::SnapshotRemoved(Some(_)))));
+        assert_eq!(removed.total.1, 40);
+    }
+
+    #[test]
+    fn a_write_keeps_the_lineage_it_does_not_name() {
+        let mut clone = entry("a", 10, 10);
+        clone.lineage = Lineage { source: None, depth: 2, flatten: true };
+        let grow = Change::Put { image: "a".into(), name: None, phase: None, lineage: None, record: clone.record.clone().wishing(10, 20) };
+        let decision = decide(&stored(&[("a", &clone)], 10), &[grow], &room(100)).unwrap();
+        let Ok(Outcome::Stored(after)) = &decision.results[0] else { panic!("{:?}", decision.results[0]) };
+        assert_eq!(after.lineage, clone.lineage);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The RBD backend's background work, run after each reconciler pass:
 //! confirming creates and finishing deletes the request path left to it
-//! (docs/rbd-state.md), purging trashed images, and summing other clients'
-//! image sizes when those count against a pool.
+//! (docs/rbd-state.md), of volumes and snapshots alike, flattening clones
+//! past the chain depth limit, purging trashed images, and summing other
+//! clients' image sizes when those count against a pool. Everything runs a
+//! few at a time within the pass's deadline; what is left waits for the
+//! next pass.
 
 use std::time::Instant;
 
@@ -13,15 +16,15 @@ use super::connection::Connection;
 use super::errors::RbdError;
 use super::ffi::{Errno, IoCtx};
 use super::lease::Acquired;
-use super::state::{self, Entry, Phase};
+use super::state::{self, Entry, Phase, SnapshotEntry};
 use super::store::remove_lock_object;
-use super::trash;
 use super::volumes::read_header;
+use super::{clones, snapshots, trash};
 
 /// How long a create may be in flight before the background work judges
 /// its entry: every create ends within its call's deadline, so several of
 /// those (and some clock skew between replicas) is plenty.
-const CREATE_GRACE_DEADLINES: u32 = 4;
+pub(crate) const CREATE_GRACE_DEADLINES: u32 = 4;
 
 /// Finishes what creates and deletes left to the background, purges the
 /// trash of every pool and, when other clients' images count, sums their
@@ -57,32 +60,50 @@ fn housekeep_pool(shared: &Shared, conn: &Connection, pool: &str, deadline: Inst
     }
     let owed: Vec<(RbdVolume, Entry)> = state::pending_entries(&io)?
         .into_iter()
-        .filter(|(_, entry)| entry.phase != Phase::Ready)
+        .filter(|(_, entry)| entry.phase != Phase::Ready || entry.lineage.flatten)
         .filter_map(|(image, entry)| Some((RbdVolume::at(&shared.config.cluster_id, pool, &image).ok()?, entry)))
         .collect();
     trash::in_parallel(&owed, shared.config.purge_concurrency, deadline, shared.config.op_timeout, |(volume, entry)| {
         let finished = match entry.phase {
             Phase::Deleting => finish_delete(shared, conn, &io, volume, entry, deadline),
             Phase::Creating => confirm_create(shared, conn, &io, volume, entry, deadline),
+            Phase::Ready => clones::flatten_blocking(shared, conn, &io, volume, entry, deadline).map(drop),
+        };
+        if let Err(err) = finished {
+            let err = err.into_backend(shared.config.op_timeout);
+            tracing::warn!(volume.id = %volume, phase = ?entry.phase, error = %err, "cannot finish the volume's create, delete or flatten; retrying on the next pass");
+        }
+    });
+    let snapshots: Vec<(String, SnapshotEntry)> = state::pending_snapshots(&io)?;
+    trash::in_parallel(&snapshots, shared.config.purge_concurrency, deadline, shared.config.op_timeout, |(key, entry)| {
+        let finished = match entry.phase {
+            Phase::Deleting => snapshots::finish_delete(shared, conn, &io, pool, key, entry, deadline),
+            Phase::Creating => snapshots::confirm_create(shared, conn, &io, pool, key, entry, deadline),
             Phase::Ready => Ok(()),
         };
         if let Err(err) = finished {
             let err = err.into_backend(shared.config.op_timeout);
-            tracing::warn!(volume.id = %volume, phase = ?entry.phase, error = %err, "cannot finish the volume's create or delete; retrying on the next pass");
+            tracing::warn!(pool, snapshot = key, phase = ?entry.phase, error = %err, "cannot finish the snapshot's create or delete; retrying on the next pass");
         }
     });
     Ok(trash::purge(&io, pool, shared.config.purge_concurrency, deadline, shared.config.op_timeout)?.removed)
 }
 
-/// A deleted volume: its image to the trash, then its lock object (taken
-/// first, so no operation that still holds it loses it), then its entry.
+/// A deleted volume, under its lock (so a create of the same name that came
+/// first, and made a new image there, keeps it): its image moved away (to
+/// the trash, or kept for its snapshots), then its lock object, then its
+/// entry.
 fn finish_delete(shared: &Shared, conn: &Connection, io: &IoCtx, volume: &RbdVolume, entry: &Entry, deadline: Instant) -> Result<(), RbdError> {
     let id = volume.id();
-    trash::move_to_trash(io, &volume.image).map_err(|e| RbdError::osd("rbd_trash_move", e, Some(&id)))?;
     let Some(_local) = shared.local.try_acquire(&id.to_string()) else { return Ok(()) };
     if let Acquired::Busy(_) = shared.leases.acquire(conn, io, &volume.image)? {
         return Ok(());
     }
+    let still_deleted = state::read_entry(io, &volume.image)?.is_some_and(|e| e.phase == Phase::Deleting && e.record.generation == entry.record.generation);
+    if !still_deleted {
+        return shared.leases.release(io, &volume.image);
+    }
+    super::snapshots::retire(io, &volume.image).map_err(|e| RbdError::osd("move a deleted volume's image away", e, Some(&id)))?;
     remove_lock_object(io, volume)?;
     shared.commit(conn, io, &volume.pool, Change::Remove { image: volume.image.clone(), generation: Some(entry.record.generation) }, deadline)?;
     tracing::info!(volume.id = %id, "deleted volume's image moved to the trash");
@@ -104,9 +125,10 @@ fn confirm_create(shared: &Shared, conn: &Connection, io: &IoCtx, volume: &RbdVo
             // record since (then the expansion's record stands).
             let untouched = entry.record.desired_bytes == entry.record.current_bytes;
             let record = if untouched { ExpansionRecord { generation, ..ExpansionRecord::new(&id, found.size, found.size) } } else { entry.record.clone() };
-            Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Ready), record }
+            Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Ready), lineage: None, record }
         }
         None => {
+            clones::tidy_cut_off(shared, conn, volume, entry)?;
             tracing::info!(volume.id = %id, "a create was cut off before its image was made; dropping its promise");
             Change::Remove { image: volume.image.clone(), generation: Some(generation) }
         }

@@ -17,6 +17,8 @@
 //! - [`trash`]: deletes through the RBD trash, purged in the background.
 //! - [`store`]: the records and holds as the expander sees them.
 //! - [`volumes`]: create, read, grow, delete and list, as blocking calls.
+//! - [`snapshots`]: RBD snapshots, their entries, and images kept for them.
+//! - [`clones`]: volumes made from a snapshot or a volume, and flattening.
 //! - [`housekeeping`]: the background work after each reconciler pass.
 //! - [`backend`]: [`RbdBackend`], the [`swell_storage::Backend`] impl.
 
@@ -25,6 +27,8 @@
 #[cfg(feature = "rbd")]
 pub mod backend;
 pub mod capacity;
+#[cfg(feature = "rbd")]
+pub mod clones;
 pub mod coalesce;
 #[cfg(feature = "rbd")]
 pub mod commit;
@@ -41,6 +45,8 @@ pub mod housekeeping;
 pub mod lease;
 #[cfg(feature = "rbd")]
 pub mod readings;
+#[cfg(feature = "rbd")]
+pub mod snapshots;
 #[cfg(feature = "rbd")]
 pub mod state;
 #[cfg(feature = "rbd")]
@@ -89,8 +95,11 @@ pub struct RbdConfig {
     pub lock_lease: Duration,
     /// Pool usage readings (`ceph df`) older than this are read again.
     pub reading_max_age: Duration,
-    /// Trashed images purged at once.
+    /// Trashed images purged, or clones flattened, at once.
     pub purge_concurrency: usize,
+    /// Clone parents a volume may read through before it is flattened in
+    /// the background (default 4).
+    pub max_clone_depth: u32,
 }
 
 impl RbdConfig {
@@ -110,6 +119,7 @@ impl RbdConfig {
             lock_lease: DEFAULT_LOCK_LEASE,
             reading_max_age: Duration::from_secs(1),
             purge_concurrency: 4,
+            max_clone_depth: DEFAULT_MAX_CLONE_DEPTH,
         }
     }
 
@@ -136,6 +146,10 @@ pub fn default_instance() -> String {
 /// The default librados op timeout: with it the call deadline (7 s) stays
 /// under the controller's default backend deadline (8 s).
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The default limit of clone chains: a restore of a snapshot of a restored
+/// volume is two deep; every level adds a lookup to each read of data the
+/// volume has not written itself.
+pub const DEFAULT_MAX_CLONE_DEPTH: u32 = 4;
 /// The default lease of a volume's lock: longer than one call's deadline,
 /// short enough that a dead holder frees its volumes quickly.
 pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(10);

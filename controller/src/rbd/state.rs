@@ -7,9 +7,13 @@
 //! - `p.<image>`: present while that entry has work left (a grow short of
 //!   its wish, a size its clients were not told, a create not confirmed, a
 //!   delete not finished), so the background work reads only those;
+//! - `s.<snapshot key>`: a snapshot's entry (its CO name, its source image
+//!   and that image's RBD id, its size, phase and parent depth, JSON), and
+//!   `ps.<snapshot key>` while it has work left, as for volumes;
 //! - `total`: the bytes Swell has promised in the pool, the sum of every
-//!   entry's promise (the larger of its wish and its size), kept by every
-//!   change in the same atomic write as the entry it changes.
+//!   entry's promise (a volume: the larger of its wish and its size; a
+//!   snapshot: its size), kept by every change in the same atomic write as
+//!   the entry it changes.
 //!
 //! Why one object in the pool, not image metadata: a create must be
 //! admitted (its bytes promised) before its image exists, the pending
@@ -19,7 +23,7 @@
 //! goes through [`super::commit`].
 
 use serde::{Deserialize, Serialize};
-use swell_storage::{BackendError, ExpansionRecord};
+use swell_storage::{BackendError, ContentSource, ExpansionRecord};
 
 use super::errors::RbdError;
 use super::ffi::{Errno, IoCtx, OmapPage, ReadOp};
@@ -30,6 +34,8 @@ pub const STATE_OBJECT: &str = "swell.state";
 pub const TOTAL_KEY: &str = "total";
 const ENTRY_PREFIX: &str = "v.";
 const PENDING_PREFIX: &str = "p.";
+const SNAPSHOT_PREFIX: &str = "s.";
+const SNAPSHOT_PENDING_PREFIX: &str = "ps.";
 /// Keys read or listed per omap call.
 const PAGE: u64 = 512;
 
@@ -41,6 +47,40 @@ pub fn entry_key(image: &str) -> String {
 /// The omap key marking an image's entry pending.
 pub fn pending_key(image: &str) -> String {
     format!("{PENDING_PREFIX}{image}")
+}
+
+/// One entry of the state object: a volume's (by image) or a snapshot's (by key).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    /// The entry of a volume's image.
+    Volume(String),
+    /// The entry of a snapshot.
+    Snapshot(String),
+}
+
+impl Key {
+    /// The omap key of the entry.
+    pub fn entry(&self) -> String {
+        match self {
+            Key::Volume(image) => entry_key(image),
+            Key::Snapshot(key) => format!("{SNAPSHOT_PREFIX}{key}"),
+        }
+    }
+
+    /// The omap key marking the entry pending.
+    pub fn pending(&self) -> String {
+        match self {
+            Key::Volume(image) => pending_key(image),
+            Key::Snapshot(key) => format!("{SNAPSHOT_PENDING_PREFIX}{key}"),
+        }
+    }
+
+    /// The image or snapshot key, for messages.
+    pub fn name(&self) -> &str {
+        match self {
+            Key::Volume(name) | Key::Snapshot(name) => name,
+        }
+    }
 }
 
 /// Where a volume is in its life.
@@ -58,6 +98,24 @@ pub enum Phase {
     Deleting,
 }
 
+/// Where a volume's data came from, and what reading it costs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The snapshot or volume it was made from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ContentSource>,
+    /// Clone parents a read may go through below its own data (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
+    /// Deeper than the limit: the background work flattens it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flatten: bool,
+}
+
+fn is_zero(depth: &u32) -> bool {
+    *depth == 0
+}
+
 /// One volume as the pool's state object records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -66,6 +124,9 @@ pub struct Entry {
     /// Where it is in its life.
     #[serde(default)]
     pub phase: Phase,
+    /// Where its data came from.
+    #[serde(flatten)]
+    pub lineage: Lineage,
     /// Its expansion state.
     #[serde(flatten)]
     pub record: ExpansionRecord,
@@ -82,7 +143,7 @@ impl Entry {
 
     /// Whether background work is owed here (and the entry marked for it).
     pub fn pending(&self) -> bool {
-        self.phase != Phase::Ready || self.record.pending()
+        self.phase != Phase::Ready || self.record.pending() || (self.lineage.flatten && self.live())
     }
 
     /// Whether it is a volume (made or being made), not a deleted one.
@@ -98,6 +159,112 @@ impl Entry {
     /// Parses a stored entry.
     pub fn decode(image: &str, raw: &[u8]) -> Result<Entry, RbdError> {
         serde_json::from_slice(raw).map_err(|e| corrupt(&format!("entry of image {image}"), e))
+    }
+}
+
+/// One snapshot as the pool's state object records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    /// The CO's name (the idempotency key of CreateSnapshot).
+    pub name: String,
+    /// The volume id it was cut from, as the CO knows it.
+    pub source_volume: String,
+    /// The source's image name when it was cut.
+    pub source_image: String,
+    /// The source image's RBD id: it names the image for good, also after
+    /// its volume was deleted and the image kept under another name.
+    pub source_image_id: String,
+    /// The source's size when it was cut.
+    pub size_bytes: u64,
+    /// When it was cut (nanoseconds since the epoch; 0 before).
+    #[serde(default)]
+    pub created_unix_nanos: u64,
+    /// Where it is in its life (`creating` until the RBD snapshot exists).
+    pub phase: Phase,
+    /// The source's parent depth when it was cut.
+    #[serde(default)]
+    pub depth: u32,
+    /// When the entry was last written (seconds since the epoch).
+    pub updated_unix: u64,
+    /// Bumped by every write, as a volume record's.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl SnapshotEntry {
+    /// Bytes it counts against the pool: it may come to hold its whole size
+    /// (its source rewritten), so all of it until it is deleted.
+    pub fn promised(&self) -> u64 {
+        match self.phase {
+            Phase::Deleting => 0,
+            Phase::Creating | Phase::Ready => self.size_bytes,
+        }
+    }
+
+    /// Whether background work is owed here.
+    pub fn pending(&self) -> bool {
+        self.phase != Phase::Ready
+    }
+
+    /// The stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| unreachable!("an entry is plain data"))
+    }
+
+    /// Parses a stored entry.
+    pub fn decode(key: &str, raw: &[u8]) -> Result<SnapshotEntry, RbdError> {
+        serde_json::from_slice(raw).map_err(|e| corrupt(&format!("entry of snapshot {key}"), e))
+    }
+}
+
+/// An entry of either kind, as a change stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// A volume's.
+    Volume(Entry),
+    /// A snapshot's.
+    Snapshot(SnapshotEntry),
+}
+
+impl Stored {
+    /// Parses the stored value of `key`.
+    pub fn decode(key: &Key, raw: &[u8]) -> Result<Stored, RbdError> {
+        match key {
+            Key::Volume(image) => Entry::decode(image, raw).map(Stored::Volume),
+            Key::Snapshot(snapshot) => SnapshotEntry::decode(snapshot, raw).map(Stored::Snapshot),
+        }
+    }
+
+    /// The stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Stored::Volume(entry) => entry.encode(),
+            Stored::Snapshot(entry) => entry.encode(),
+        }
+    }
+
+    /// Bytes it counts against the pool.
+    pub fn promised(&self) -> u64 {
+        match self {
+            Stored::Volume(entry) => entry.promised(),
+            Stored::Snapshot(entry) => entry.promised(),
+        }
+    }
+
+    /// Whether background work is owed here.
+    pub fn pending(&self) -> bool {
+        match self {
+            Stored::Volume(entry) => entry.pending(),
+            Stored::Snapshot(entry) => entry.pending(),
+        }
+    }
+
+    /// Its generation.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Stored::Volume(entry) => entry.record.generation,
+            Stored::Snapshot(entry) => entry.generation,
+        }
     }
 }
 
@@ -174,22 +341,71 @@ fn decode_listed(listed: Vec<(String, Vec<u8>)>) -> Vec<(String, Entry)> {
         .collect()
 }
 
-/// The entries marked pending: two reads per 512 of them, however many
-/// settled entries the pool holds.
-pub fn pending_entries(io: &IoCtx) -> Result<Vec<(String, Entry)>, RbdError> {
-    let mut images = Vec::new();
+/// The names after `prefix` of every key with it.
+fn all_marked(io: &IoCtx, prefix: &str) -> Result<Vec<String>, RbdError> {
+    let mut names = Vec::new();
     let mut after = String::new();
     loop {
-        let OmapPage { entries: keys, more } = page_keys(io, PENDING_PREFIX, &after, PAGE)?;
+        let OmapPage { entries: keys, more } = page_keys(io, prefix, &after, PAGE)?;
         let Some((last, _)) = keys.last() else { break };
         after = last.clone();
-        images.extend(keys.into_iter().filter_map(|(k, _)| k.strip_prefix(PENDING_PREFIX).map(str::to_owned)));
+        names.extend(keys.into_iter().filter_map(|(k, _)| k.strip_prefix(prefix).map(str::to_owned)));
         if !more {
             break;
         }
     }
-    let keys: Vec<String> = images.iter().map(|i| entry_key(i)).collect();
+    Ok(names)
+}
+
+/// The entries marked pending: two reads per 512 of them, however many
+/// settled entries the pool holds.
+pub fn pending_entries(io: &IoCtx) -> Result<Vec<(String, Entry)>, RbdError> {
+    let keys: Vec<String> = all_marked(io, PENDING_PREFIX)?.iter().map(|i| entry_key(i)).collect();
     Ok(decode_listed(read_raw(io, &keys)?))
+}
+
+/// The snapshot entries marked pending.
+pub fn pending_snapshots(io: &IoCtx) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
+    let keys: Vec<String> = all_marked(io, SNAPSHOT_PENDING_PREFIX)?.iter().map(|k| Key::Snapshot(k.clone()).entry()).collect();
+    Ok(decode_snapshots(read_raw(io, &keys)?))
+}
+
+/// A snapshot's entry, read now.
+pub fn read_snapshot(io: &IoCtx, key: &str) -> Result<Option<SnapshotEntry>, RbdError> {
+    read_raw(io, &[Key::Snapshot(key.to_owned()).entry()])?.into_iter().next().map(|(_, raw)| SnapshotEntry::decode(key, &raw)).transpose()
+}
+
+/// Every snapshot entry of the pool, in key order.
+pub fn all_snapshots(io: &IoCtx) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
+    let mut snapshots = Vec::new();
+    let mut after = String::new();
+    loop {
+        let OmapPage { entries: listed, more } = page_keys(io, SNAPSHOT_PREFIX, &after, PAGE)?;
+        let Some((last, _)) = listed.last() else { break };
+        after = last.clone();
+        snapshots.extend(decode_snapshots(listed));
+        if !more {
+            break;
+        }
+    }
+    Ok(snapshots)
+}
+
+/// Decodes listed snapshot entries, skipping (and logging) unreadable ones.
+fn decode_snapshots(listed: Vec<(String, Vec<u8>)>) -> Vec<(String, SnapshotEntry)> {
+    listed
+        .into_iter()
+        .filter_map(|(key, raw)| {
+            let snapshot = key.strip_prefix(SNAPSHOT_PREFIX)?.to_owned();
+            match SnapshotEntry::decode(&snapshot, &raw) {
+                Ok(entry) => Some((snapshot, entry)),
+                Err(err) => {
+                    tracing::error!(snapshot, error = ?err, "skipping an unreadable snapshot entry of {STATE_OBJECT}");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Up to `limit` entries after `after` (an image name), in image order.
@@ -217,7 +433,7 @@ mod tests {
     #[test]
     fn entries_round_trip_and_promise_the_larger_of_wish_and_size() {
         let id: VolumeId = "rbd:c:rbd:swell-00000000000000000000000000000000".parse().unwrap();
-        let entry = Entry { name: "pvc-1".into(), phase: Phase::Ready, record: ExpansionRecord::new(&id, 10, 10).wishing(10, 30) };
+        let entry = Entry { name: "pvc-1".into(), phase: Phase::Ready, lineage: Lineage::default(), record: ExpansionRecord::new(&id, 10, 10).wishing(10, 30) };
         assert_eq!(entry.promised(), 30);
         assert!(entry.pending());
         let decoded = Entry::decode("img", &entry.encode()).unwrap();
@@ -232,6 +448,34 @@ mod tests {
     }
 
     #[test]
+    fn entries_before_lineage_read_as_plain_volumes_and_lineage_round_trips() {
+        let id: VolumeId = "rbd:c:rbd:swell-00000000000000000000000000000000".parse().unwrap();
+        let mut old = serde_json::to_value(ExpansionRecord::new(&id, 10, 10)).unwrap();
+        old["name"] = "pvc".into();
+        let decoded = Entry::decode("img", old.to_string().as_bytes()).unwrap();
+        assert_eq!(decoded.lineage, Lineage::default());
+        let snapshot: swell_storage::SnapshotId = format!("rbd:c:rbd:{}", swell_storage::snapshot::snapshot_key("s")).parse().unwrap();
+        let clone = Entry { lineage: Lineage { source: Some(ContentSource::Snapshot(snapshot)), depth: 3, flatten: true }, ..decoded };
+        assert_eq!(Entry::decode("img", &clone.encode()).unwrap(), clone);
+        assert!(clone.pending(), "a volume to flatten is background work");
+        let snap = SnapshotEntry {
+            name: "s".into(),
+            source_volume: id.to_string(),
+            source_image: "swell-00".into(),
+            source_image_id: "abc".into(),
+            size_bytes: 40,
+            created_unix_nanos: 0,
+            phase: Phase::Creating,
+            depth: 0,
+            updated_unix: 0,
+            generation: 0,
+        };
+        assert_eq!((snap.promised(), snap.pending()), (40, true));
+        assert_eq!(SnapshotEntry::decode("k", &snap.encode()).unwrap(), snap);
+        assert_eq!(SnapshotEntry { phase: Phase::Deleting, ..snap }.promised(), 0);
+    }
+
+    #[test]
     fn totals_parse_strictly() {
         assert_eq!(decode_total(b"").unwrap(), 0);
         assert_eq!(decode_total(b"1073741824").unwrap(), 1 << 30);
@@ -240,5 +484,7 @@ mod tests {
         }
         assert_eq!(entry_key("swell-ab"), "v.swell-ab");
         assert_eq!(pending_key("swell-ab"), "p.swell-ab");
+        let snapshot = Key::Snapshot("snap-ab".into());
+        assert_eq!((snapshot.entry(), snapshot.pending()), ("s.snap-ab".to_owned(), "ps.snap-ab".to_owned()));
     }
 }

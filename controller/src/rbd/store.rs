@@ -127,12 +127,12 @@ impl ExpansionStore for RbdStore {
             .connector
             .run("write expansion record", move |conn, deadline| {
                 let io = super::backend::Shared::io(conn, &volume.pool)?;
-                shared.commit(conn, &io, &volume.pool, Change::Put { image: volume.image.clone(), name: None, phase: None, record }, deadline)
+                shared.commit(conn, &io, &volume.pool, Change::Put { image: volume.image.clone(), name: None, phase: None, lineage: None, record }, deadline)
             })
             .await?;
         match outcome {
             Outcome::Stored(entry) => Ok(entry.record),
-            Outcome::Removed(_) => unreachable!("a put stores"),
+            _ => unreachable!("a put stores"),
         }
     }
 

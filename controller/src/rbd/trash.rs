@@ -9,7 +9,9 @@
 //! as other clients' images in the same pool never have it. A trashed image
 //! that some client still watches (a node that has not let go, or a watch
 //! Ceph still lists for a dead client) is refused by librbd (EBUSY) and
-//! stays for a later pass: nothing is ever removed under a watcher.
+//! stays for a later pass: nothing is ever removed under a watcher, nor
+//! under a clone that still reads from it (ENOTEMPTY: its snapshot trash
+//! keeps the clones' parent snapshots).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +37,8 @@ pub struct Purged {
     pub removed: usize,
     /// Images left because a client still watches them.
     pub watched: usize,
+    /// Images left because clones still read from them.
+    pub parent: usize,
 }
 
 /// Runs `work` on each of `items`, `concurrency` at a time, starting none
@@ -76,6 +80,12 @@ pub fn purge(io: &IoCtx, pool: &str, concurrency: usize, deadline: Instant, op_t
             Err(Errno::EBUSY) => {
                 tracing::debug!(pool, image = entry.name, "trashed image still has watchers");
                 purged.watched += 1;
+            }
+            // Format-2 clones still read from its snapshot trash; it goes
+            // once the last of them is flattened or deleted.
+            Err(Errno::ENOTEMPTY) => {
+                tracing::debug!(pool, image = entry.name, "trashed image still has clones reading from it");
+                purged.parent += 1;
             }
             Err(e) => tracing::warn!(pool, image = entry.name, error = %e, "cannot remove a trashed image; retrying on the next pass"),
         }

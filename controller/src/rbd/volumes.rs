@@ -27,8 +27,8 @@ use super::commit::Change;
 use super::connection::{Connection, ensure_time_left};
 use super::errors::RbdError;
 use super::ffi::{Errno, IoCtx};
-use super::state::{self, Entry, Phase};
-use super::{header, trash};
+use super::state::{self, Entry, Lineage, Phase};
+use super::{header, snapshots};
 
 /// How often a grow whose header moved under it reads it again.
 const GROW_ATTEMPTS: usize = 3;
@@ -49,6 +49,10 @@ pub(crate) fn create_blocking(shared: &Shared, conn: &Connection, deadline: Inst
     let info = |size_bytes| VolumeInfo { id: id.clone(), name: name.to_owned(), size_bytes };
     match &entry {
         Some(e) if e.live() && e.name != name => return Err(belongs_elsewhere(name, volume, &e.name)),
+        Some(Entry { lineage: Lineage { source: Some(source), .. }, phase, .. }) if *phase != Phase::Deleting => {
+            let reason = format!("volume {id} was made from {source}, not blank");
+            return Err(BackendError::NameTaken { name: name.to_owned(), reason }.into());
+        }
         // A retried create: the image is there (or a first attempt that was
         // cut off made it); an entry without its image is made again below.
         Some(e) if e.live() => {
@@ -60,17 +64,18 @@ pub(crate) fn create_blocking(shared: &Shared, conn: &Connection, deadline: Inst
         // away yet: move it now, so the name is free at once.
         Some(_) => {
             ensure_time_left(deadline, "rbd_trash_move", shared.config.op_timeout)?;
-            trash::move_to_trash(&io, image).map_err(|e| RbdError::osd("rbd_trash_move", e, Some(&id)))?;
+            snapshots::retire(&io, image).map_err(|e| RbdError::osd("move a deleted volume's image away", e, Some(&id)))?;
         }
         None => {}
     }
     let generation = entry.map_or(0, |e| e.record.generation);
     let intent = ExpansionRecord { generation, ..ExpansionRecord::new(&id, size, size) };
-    let change = Change::Put { image: image.clone(), name: Some(name.to_owned()), phase: Some(Phase::Creating), record: intent };
+    let change =
+        Change::Put { image: image.clone(), name: Some(name.to_owned()), phase: Some(Phase::Creating), lineage: Some(Lineage::default()), record: intent };
     shared.commit(conn, &io, pool, change, deadline)?;
     fail::fail_point!("rbd-create-after-intent");
     ensure_time_left(deadline, "rbd_create", shared.config.op_timeout)?;
-    match make_image(shared, &io, &id, image, size)? {
+    match make_image(shared, &io, &id, image, size, || io.create_image(image, size, IMAGE_FEATURES))? {
         Made::New => Ok(Created::New(info(size))),
         // An image of this name Swell had no entry for (made before Swell
         // kept entries): adopted as it is; the background work records its
@@ -80,7 +85,7 @@ pub(crate) fn create_blocking(shared: &Shared, conn: &Connection, deadline: Inst
 }
 
 /// What making an image found.
-enum Made {
+pub(crate) enum Made {
     New,
     Existing(u64),
 }
@@ -91,16 +96,17 @@ enum Made {
 /// (EEXIST). Such a half-made image is removed and made again: the caller
 /// holds the volume, so no other process is making it, and `making` says
 /// whether an earlier call of this process still is.
-fn make_image(shared: &Shared, io: &IoCtx, id: &VolumeId, image: &str, size: u64) -> Result<Made, RbdError> {
+/// `make` is the librbd call that makes it (a create, or a clone).
+pub(crate) fn make_image(shared: &Shared, io: &IoCtx, id: &VolumeId, image: &str, size: u64, make: impl Fn() -> Result<(), Errno>) -> Result<Made, RbdError> {
     let Some(_making) = shared.making.try_acquire(image) else {
         let reason = "an earlier create of it is still running in librbd".to_owned();
         return Err(BackendError::Contended { step: format!("create {id}"), reason }.into());
     };
     for _ in 0..2 {
-        match io.create_image(image, size, IMAGE_FEATURES) {
+        match make() {
             Ok(()) => return Ok(Made::New),
             Err(Errno::EEXIST) => {}
-            Err(e) => return Err(RbdError::osd("rbd_create", e, Some(id)).asking(size)),
+            Err(e) => return Err(RbdError::osd("make image", e, Some(id)).asking(size)),
         }
         if let Some(found) = read_header(io, id, image)? {
             return Ok(Made::Existing(found.size));
@@ -126,7 +132,7 @@ pub(crate) fn delete_blocking(shared: &Shared, conn: &Connection, deadline: Inst
     let Some(io) = conn.pool(&volume.pool)? else { return Ok(()) };
     match state::read_entry(&io, &volume.image)? {
         Some(entry) if entry.live() => {
-            let tombstone = Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Deleting), record: entry.record };
+            let tombstone = Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Deleting), lineage: None, record: entry.record };
             shared.commit(conn, &io, &volume.pool, tombstone, deadline).map(drop)
         }
         Some(_) => Ok(()),
@@ -134,7 +140,7 @@ pub(crate) fn delete_blocking(shared: &Shared, conn: &Connection, deadline: Inst
         // went, or it predates entries): moved away now.
         None => {
             ensure_time_left(deadline, "rbd_trash_move", shared.config.op_timeout)?;
-            trash::move_to_trash(&io, &volume.image).map_err(|e| RbdError::osd("rbd_trash_move", e, Some(&volume.id())))
+            snapshots::retire(&io, &volume.image).map_err(|e| RbdError::osd("move a deleted volume's image away", e, Some(&volume.id())))
         }
     }
 }

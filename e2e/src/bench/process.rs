@@ -148,22 +148,23 @@ impl Served {
 pub struct Calls(pub BTreeMap<String, (u64, f64)>);
 
 impl Calls {
-    /// Reads `swell_backend_calls_total` (ok and failed together) and
-    /// `swell_backend_call_seconds_total` from a metrics page.
+    /// Reads the count and the sum of `swell_backend_call_duration_seconds`
+    /// (every outcome together) from a metrics page, by operation.
     pub fn parse(text: &str) -> Self {
+        const NAME: &str = "swell_backend_call_duration_seconds";
         let mut calls: BTreeMap<String, (u64, f64)> = BTreeMap::new();
         for line in text.lines() {
-            let (counter, rest) = if let Some(rest) = line.strip_prefix("swell_backend_calls_total{step=\"") {
-                (true, rest)
-            } else if let Some(rest) = line.strip_prefix("swell_backend_call_seconds_total{step=\"") {
-                (false, rest)
-            } else {
-                continue;
+            let Some(rest) = line.strip_prefix(NAME) else { continue };
+            let (count, rest) = match (rest.strip_prefix("_count{"), rest.strip_prefix("_sum{")) {
+                (Some(rest), _) => (true, rest),
+                (_, Some(rest)) => (false, rest),
+                _ => continue,
             };
-            let Some((step, rest)) = rest.split_once('"') else { continue };
-            let value: f64 = rest.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            let entry = calls.entry(step.to_owned()).or_default();
-            if counter {
+            let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
+            let Some(operation) = labels.split(',').find_map(|l| l.strip_prefix("operation=\"")?.strip_suffix('"')) else { continue };
+            let value: f64 = value.trim().parse().unwrap_or(0.0);
+            let entry = calls.entry(operation.to_owned()).or_default();
+            if count {
                 entry.0 += value as u64;
             } else {
                 entry.1 += value;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use swell_storage::{ExpansionStore, VolumeId};
 
 use super::csi::{self, timed};
+use super::process::Calls;
 use super::report::{Report, Samples, Table, mib, ms, ratio};
 use super::{BenchResult, Plan, Rig, at};
 
@@ -133,13 +134,13 @@ async fn measure(rig: &Rig, plan: &Plan, population: &mut Population) -> BenchRe
 /// resize leaves them).
 async fn passes(rig: &Rig, population: &Population) -> BenchResult<((Duration, u64), (Duration, u64, usize))> {
     let controller = rig.in_process()?;
-    let reconciler = controller.reconciler;
-    let calls = |r: &swell_controller::reconciler::Reconciler| r.call_stats().values().map(|s| s.calls).sum::<u64>();
+    let reconciler = &controller.reconciler;
+    let calls = || Calls::parse(&controller.observed.render()).0.values().map(|(n, _)| n).sum::<u64>();
     // The first pass finds what the process left (nothing, normally).
     reconciler.pass().await;
-    let before = calls(&reconciler);
+    let before = calls();
     let (idle, _) = timed(reconciler.pass()).await;
-    let idle_calls = calls(&reconciler) - before;
+    let idle_calls = calls() - before;
 
     let store = wish_store(rig)?;
     let step = (population.ids.len() / PENDING).max(1);
@@ -150,9 +151,9 @@ async fn passes(rig: &Rig, population: &Population) -> BenchResult<((Duration, u
     drop(store);
     // A wish's hold lingers a moment in the process that wrote it (RBD).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = calls(&reconciler);
+    let before = calls();
     let (busy, report) = timed(reconciler.pass()).await;
-    let busy_calls = calls(&reconciler) - before;
+    let busy_calls = calls() - before;
     if report.completed + report.settled < PENDING.min(population.ids.len()) {
         return Err(format!("the reconciler pass finished {} of {PENDING} pending volumes: {report:?}", report.completed + report.settled));
     }
@@ -213,7 +214,7 @@ fn table(rig: &Rig, points: &[Point]) -> Table {
         "Start-up: from spawn until GetCapacity answered (backends open). Each volume (64 MiB, sparse or thin) was created and grown \
          once, so each has a settled expansion record; the controller may promise far more than the disk holds here \
          (`--local-capacity-bytes` 1 PiB, `--rbd-overprovision-ratio` 1000). Passes run in-process over the same state, with the process stopped; backend calls are the controller's own \
-         count (`Backends::call_stats`).",
+         count (`swell_backend_call_duration_seconds`).",
     );
     table
 }

@@ -11,7 +11,8 @@ use tonic::Code;
 
 use super::{Engine, InProcess, MIB, create, delete, expand};
 use crate::instrumented::GrowMode;
-use crate::observe::{ExpansionState, expansion_state, gauge, scrape_metrics};
+use crate::metrics::{scrape, value};
+use crate::observe::{ExpansionState, expansion_state};
 use crate::timing::assert_within_deadline;
 
 const FROM: u64 = 64 * MIB;
@@ -45,7 +46,7 @@ async fn look(rig: &InProcess, id: &str, truths: &mut Vec<u64>, when: &str) -> L
 }
 
 async fn pending_metric(rig: &InProcess) -> Option<u64> {
-    gauge(&scrape_metrics(&rig.controller.reconciler).await, "swell_expansions_pending")
+    value(&scrape(rig.controller.metrics).await, "swell_expansions_pending").map(|v| v as u64)
 }
 
 /// Runs one lie against a fresh volume; see the module doc.

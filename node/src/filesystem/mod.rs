@@ -100,6 +100,13 @@ pub trait FileSystem: Send + Sync {
 
     /// The size the filesystem itself reports, in bytes, while mounted.
     async fn size(&self, sys: &dyn System, device: &Path, mount_point: &Path) -> Result<u64, NodeError>;
+
+    /// The options to mount it with: the capability's flags, plus what this
+    /// filesystem needs to mount copies of itself (restores and clones) on
+    /// the host of their source.
+    fn mount_options(&self, flags: &[String]) -> Vec<String> {
+        flags.to_vec()
+    }
 }
 
 /// Whether a filesystem of `fs_bytes` fills a device of `device_bytes`:
@@ -132,6 +139,15 @@ mod tests {
             assert_eq!(kind.ops().kind(), kind);
             assert_eq!(kind.as_str().parse::<FsType>(), Ok(kind));
         }
+    }
+
+    #[test]
+    fn xfs_always_mounts_with_nouuid_so_a_clone_mounts_beside_its_source() {
+        let words = |list: &[&str]| list.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        assert_eq!(FsType::Xfs.ops().mount_options(&words(&["noatime"])), words(&["noatime", "nouuid"]));
+        assert_eq!(FsType::Xfs.ops().mount_options(&words(&["noatime,nouuid"])), words(&["noatime,nouuid"]), "never twice");
+        assert_eq!(FsType::Btrfs.ops().mount_options(&words(&["noatime"])), words(&["noatime"]), "btrfs mounts a copy by itself (temp-fsid)");
+        assert_eq!(FsType::Ext4.ops().mount_options(&[]), Vec::<String>::new());
     }
 
     #[test]

@@ -38,6 +38,16 @@ impl FileSystem for Xfs {
         Ok(())
     }
 
+    /// `nouuid`: a restore or clone carries its source's UUID, and XFS
+    /// refuses to mount a second filesystem of one UUID on a host.
+    fn mount_options(&self, flags: &[String]) -> Vec<String> {
+        let mut options = flags.to_vec();
+        if !flags.iter().flat_map(|f| f.split(',')).any(|word| word.trim() == "nouuid") {
+            options.push("nouuid".to_owned());
+        }
+        options
+    }
+
     async fn size(&self, sys: &dyn System, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
         let step = format!("xfs_spaceman -c info {}", mount_point.display());
         let args = [Path::new("-c"), Path::new("info"), mount_point];

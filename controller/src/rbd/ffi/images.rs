@@ -1,14 +1,17 @@
-//! librbd: creating, opening, growing and removing images, the trash, and
-//! pool statistics.
+//! librbd: creating, opening, growing and removing images, the trash,
+//! pool statistics, snapshots, clones (format 2) and flattening.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::marker::PhantomData;
 use std::ptr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Errno, IoCtx, IoCtxT, check, cstr};
 
 type ImageT = *mut c_void;
 type PoolStatsT = *mut c_void;
+type ImageOptionsT = *mut c_void;
+type ProgressFn = unsafe extern "C" fn(offset: u64, total: u64, data: *mut c_void) -> c_int;
 
 /// `RBD_FEATURE_LAYERING` from rbd/features.h.
 pub const RBD_FEATURE_LAYERING: u64 = 1 << 0;
@@ -17,6 +20,11 @@ pub const RBD_FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
 /// `RBD_POOL_STAT_OPTION_IMAGE_PROVISIONED_BYTES`: the second entry of
 /// `rbd_pool_stat_option_t` in librbd.h (after `RBD_POOL_STAT_OPTION_IMAGES`).
 const RBD_POOL_STAT_OPTION_IMAGE_PROVISIONED_BYTES: c_int = 1;
+
+/// `RBD_IMAGE_OPTION_FEATURES` and `RBD_IMAGE_OPTION_CLONE_FORMAT` from
+/// the `rbd_image_option_t` enum of librbd.h.
+const RBD_IMAGE_OPTION_FEATURES: c_int = 1;
+const RBD_IMAGE_OPTION_CLONE_FORMAT: c_int = 12;
 
 const RBD_MAX_BLOCK_NAME_SIZE: usize = 24;
 const RBD_MAX_IMAGE_NAME_SIZE: usize = 96;
@@ -52,6 +60,32 @@ pub struct TrashEntry {
     pub name: String,
 }
 
+/// `rbd_snap_info_t` from librbd.h.
+#[repr(C)]
+struct RbdSnapInfo {
+    id: u64,
+    size: u64,
+    name: *const c_char,
+}
+
+/// A user snapshot of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapInfo {
+    /// Its id within the image.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// The image's size when it was taken.
+    pub size: u64,
+}
+
+/// `struct timespec` (Linux, 64-bit).
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
 /// `rbd_image_spec_t` from librbd.h.
 #[repr(C)]
 struct RbdImageSpec {
@@ -81,6 +115,29 @@ unsafe extern "C" {
     fn rbd_pool_stats_destroy(stats: PoolStatsT);
     fn rbd_pool_stats_option_add_uint64(stats: PoolStatsT, stat_option: c_int, stat_val: *mut u64) -> c_int;
     fn rbd_pool_stats_get(io: IoCtxT, stats: PoolStatsT) -> c_int;
+    fn rbd_rename(io: IoCtxT, src: *const c_char, dst: *const c_char) -> c_int;
+    fn rbd_image_options_create(opts: *mut ImageOptionsT);
+    fn rbd_image_options_destroy(opts: ImageOptionsT);
+    fn rbd_image_options_set_uint64(opts: ImageOptionsT, optname: c_int, optval: u64) -> c_int;
+    fn rbd_clone3(p_io: IoCtxT, p_name: *const c_char, p_snap_name: *const c_char, c_io: IoCtxT, c_name: *const c_char, c_opts: ImageOptionsT) -> c_int;
+    fn rbd_snap_create(image: ImageT, name: *const c_char) -> c_int;
+    fn rbd_snap_remove(image: ImageT, name: *const c_char) -> c_int;
+    fn rbd_snap_list(image: ImageT, snaps: *mut RbdSnapInfo, max_snaps: *mut c_int) -> c_int;
+    fn rbd_snap_list_end(snaps: *mut RbdSnapInfo);
+    fn rbd_snap_get_timestamp(image: ImageT, snap_id: u64, timestamp: *mut Timespec) -> c_int;
+    fn rbd_flatten_with_progress(image: ImageT, cb: ProgressFn, cbdata: *mut c_void) -> c_int;
+}
+
+/// The progress callback of a flatten: asks librbd to stop (a negative
+/// return) once the deadline in `data` has passed.
+///
+/// # Safety
+/// `data` points to the `Instant` passed by [`Image::flatten`], alive for
+/// the whole call.
+unsafe extern "C" fn stop_at_deadline(_offset: u64, _total: u64, data: *mut c_void) -> c_int {
+    // SAFETY: guaranteed by the caller (flatten passes a live &Instant).
+    let deadline = unsafe { &*data.cast::<Instant>() };
+    if Instant::now() >= *deadline { -(Errno::ETIMEDOUT as c_int) } else { 0 }
 }
 
 /// Calls a librbd list function that fills a caller-sized array and answers
@@ -147,6 +204,34 @@ impl IoCtx {
         // SAFETY: created above, destroyed once; librbd no longer writes to `provisioned`.
         unsafe { rbd_pool_stats_destroy(stats) };
         check(ret).map(|_| provisioned)
+    }
+
+    /// `rbd_rename` within this pool.
+    pub fn rename_image(&self, from: &str, to: &str) -> Result<(), Errno> {
+        let (from, to) = (cstr(from)?, cstr(to)?);
+        // SAFETY: a live io context and NUL-terminated names.
+        check(unsafe { rbd_rename(self.raw, from.as_ptr(), to.as_ptr()) }).map(drop)
+    }
+
+    /// `rbd_clone3`: `name` (in this pool) as a format-2 clone of
+    /// `parent`'s snapshot `snapshot` (in `parent_io`'s pool), with exactly
+    /// `features`. Format 2 needs no protected snapshot, and lets the
+    /// snapshot and its image be removed while clones still read from them.
+    pub fn clone_image(&self, parent_io: &IoCtx, parent: &str, snapshot: &str, name: &str, features: u64) -> Result<(), Errno> {
+        let (parent, snapshot, name) = (cstr(parent)?, cstr(snapshot)?, cstr(name)?);
+        let mut opts: ImageOptionsT = ptr::null_mut();
+        // SAFETY: a valid out pointer; the options are destroyed below on every path.
+        unsafe { rbd_image_options_create(&mut opts) };
+        // SAFETY: live options; librbd copies the values.
+        let set = unsafe {
+            check(rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES, features))
+                .and_then(|_| check(rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_CLONE_FORMAT, 2)))
+        };
+        // SAFETY: live io contexts and options, NUL-terminated names.
+        let cloned = set.and_then(|_| check(unsafe { rbd_clone3(parent_io.raw, parent.as_ptr(), snapshot.as_ptr(), self.raw, name.as_ptr(), opts) }));
+        // SAFETY: created above, destroyed once, no longer used by librbd.
+        unsafe { rbd_image_options_destroy(opts) };
+        cloned.map(drop)
     }
 
     /// `rbd_remove`.
@@ -280,6 +365,66 @@ impl Image<'_> {
         Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
     }
 
+    /// `rbd_snap_create` (a write: needs a read-write open).
+    pub fn create_snapshot(&self, name: &str) -> Result<(), Errno> {
+        let name = cstr(name)?;
+        // SAFETY: an open image and a NUL-terminated name.
+        check(unsafe { rbd_snap_create(self.raw, name.as_ptr()) }).map(drop)
+    }
+
+    /// `rbd_snap_remove`: a snapshot format-2 clones still read from moves
+    /// to the snapshot trash and goes with its last clone.
+    pub fn remove_snapshot(&self, name: &str) -> Result<(), Errno> {
+        let name = cstr(name)?;
+        // SAFETY: an open image and a NUL-terminated name.
+        check(unsafe { rbd_snap_remove(self.raw, name.as_ptr()) }).map(drop)
+    }
+
+    /// `rbd_snap_list`: the image's user snapshots (not the ones in its
+    /// snapshot trash).
+    pub fn snapshots(&self) -> Result<Vec<SnapInfo>, Errno> {
+        let mut capacity: c_int = 16;
+        loop {
+            let slots = usize::try_from(capacity).map_err(|_| Errno::ERANGE)?;
+            let mut raw: Vec<RbdSnapInfo> = Vec::with_capacity(slots);
+            let mut max = capacity;
+            // SAFETY: an open image and room for `max` entries.
+            let ret = unsafe { rbd_snap_list(self.raw, raw.as_mut_ptr(), &mut max) };
+            if ret == -(Errno::ERANGE as c_int) {
+                capacity = max.max(capacity.saturating_mul(2));
+                continue;
+            }
+            let count = usize::try_from(check(ret)?).map_err(|_| Errno::ERANGE)?;
+            // SAFETY: on success librbd initialised `count` entries (plus a
+            // terminating one, which rbd_snap_list_end does not need here).
+            unsafe { raw.set_len(count) };
+            let snaps = raw.iter().map(|s| SnapInfo { id: s.id, name: owned_string(s.name), size: s.size }).collect();
+            // SAFETY: frees the names librbd allocated in exactly these entries.
+            unsafe { rbd_snap_list_end(raw.as_mut_ptr()) };
+            return Ok(snaps);
+        }
+    }
+
+    /// `rbd_snap_get_timestamp`: when snapshot `id` was taken.
+    pub fn snapshot_time(&self, id: u64) -> Result<SystemTime, Errno> {
+        let mut time = Timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: an open image and a valid out pointer.
+        check(unsafe { rbd_snap_get_timestamp(self.raw, id, &mut time) })?;
+        let nanos = u32::try_from(time.tv_nsec).unwrap_or(0);
+        Ok(UNIX_EPOCH + Duration::new(u64::try_from(time.tv_sec).unwrap_or(0), nanos))
+    }
+
+    /// `rbd_flatten_with_progress`: copies what the image reads from its
+    /// parent into the image and detaches it. Asked to stop once `deadline`
+    /// passes (ETIMEDOUT then); what was copied stays, so a later flatten
+    /// goes on from there.
+    pub fn flatten(&self, deadline: Instant) -> Result<(), Errno> {
+        let deadline = deadline;
+        // SAFETY: an open image; the callback only reads `deadline`, which
+        // outlives the call.
+        check(unsafe { rbd_flatten_with_progress(self.raw, stop_at_deadline, (&deadline as *const Instant).cast_mut().cast()) }).map(drop)
+    }
+
     /// `rbd_metadata_set` (a write: needs a read-write open).
     pub fn set_metadata(&self, key: &str, value: &str) -> Result<(), Errno> {
         let (key, value) = (cstr(key)?, cstr(value)?);
@@ -320,6 +465,26 @@ mod tests {
         // C layout: two pointers (16), an enum (4, padded to 8), two time_t (16) = 40.
         assert_eq!(std::mem::size_of::<RbdTrashImageInfo>(), 40);
         assert_eq!(std::mem::offset_of!(RbdTrashImageInfo, deletion_time), 24);
+    }
+
+    #[test]
+    fn snap_info_and_timespec_match_the_c_layout() {
+        // C layout: two uint64_t and a pointer = 24; struct timespec = 16.
+        assert_eq!(std::mem::size_of::<RbdSnapInfo>(), 24);
+        assert_eq!(std::mem::offset_of!(RbdSnapInfo, name), 16);
+        assert_eq!(std::mem::size_of::<Timespec>(), 16);
+        // librbd.h: rbd_image_option_t.
+        assert_eq!((RBD_IMAGE_OPTION_FEATURES, RBD_IMAGE_OPTION_CLONE_FORMAT), (1, 12));
+    }
+
+    #[test]
+    fn the_flatten_callback_stops_only_after_the_deadline() {
+        let mut later = Instant::now() + Duration::from_secs(60);
+        // SAFETY: a live Instant for the duration of the call.
+        assert_eq!(unsafe { stop_at_deadline(0, 1, (&mut later as *mut Instant).cast()) }, 0);
+        let mut past = Instant::now();
+        // SAFETY: as above.
+        assert!(unsafe { stop_at_deadline(0, 1, (&mut past as *mut Instant).cast()) } < 0);
     }
 
     #[test]

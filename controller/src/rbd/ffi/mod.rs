@@ -3,7 +3,8 @@
 //! negative errno as `Err(errno)` (positive). Nothing above this module sees
 //! a raw pointer. [`Cluster`] and [`IoCtx`] live here; RADOS object
 //! operations (compound reads and writes, omap, class calls, locks,
-//! notifications) in `objects`, librbd images and the trash in `images`.
+//! notifications) in `objects`, librbd images, snapshots, clones and the
+//! trash in `images`.
 //!
 //! Why not the `ceph` crate: its `connect_to_ceph` creates, reads the conf
 //! and connects in one call, and its `config_set` refuses a handle that
@@ -25,7 +26,7 @@ use std::path::Path;
 use std::ptr;
 use std::sync::Arc;
 
-pub use images::{Image, RBD_FEATURE_EXCLUSIVE_LOCK, RBD_FEATURE_LAYERING, TrashEntry};
+pub use images::{Image, RBD_FEATURE_EXCLUSIVE_LOCK, RBD_FEATURE_LAYERING, SnapInfo, TrashEntry};
 pub use objects::{LOCK_MAY_RENEW, LOCK_MUST_RENEW, Locker, NotifyReply, OmapPage, ReadOp, ReadResult, WriteOp};
 
 type RadosT = *mut c_void;

@@ -5,8 +5,8 @@
 //! The file's length is the volume's current size and is read from the file
 //! system on every call. The record says what was asked for; the file says
 //! what is. The sum of every volume's size, which capacity decisions need,
-//! is kept by a ledger beside them ([`crate::local_ledger`]), so no call
-//! reads every volume.
+//! is kept by a ledger beside them ([`ledger`]), so no call reads every
+//! volume. Snapshots and clones are copies of those files ([`snapshots`]).
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -16,12 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::backend::{Backend, BackendError, Capacity, Created, Placement, VolumeInfo};
 use crate::durable;
-use crate::local_ledger::Ledger;
+use crate::snapshot::{ContentSource, SnapshotId, SnapshotInfo};
 use crate::volume_id::VolumeId;
+use ledger::Ledger;
+
+pub mod copy;
+mod ledger;
+mod snapshots;
+
+pub use snapshots::snapshot_path;
 
 /// The id prefix of local volumes.
 pub const KIND: &str = "local";
@@ -43,6 +49,10 @@ fn volumes_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("volumes")
 }
 
+fn snapshots_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("snapshots")
+}
+
 /// The durable record kept beside each backing file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VolumeRecord {
@@ -52,6 +62,9 @@ pub struct VolumeRecord {
     pub desired_bytes: u64,
     /// When the volume was created, seconds since the epoch.
     pub created_unix: u64,
+    /// What the volume was made from, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ContentSource>,
 }
 
 /// The local backend over one state directory.
@@ -88,6 +101,7 @@ impl LocalBackend {
     pub fn open(state_dir: impl Into<PathBuf>, capacity_bytes: Option<u64>) -> io::Result<Self> {
         let state_dir = state_dir.into();
         fs::create_dir_all(volumes_dir(&state_dir))?;
+        fs::create_dir_all(snapshots_dir(&state_dir))?;
         let ledger = Ledger::open(&state_dir, &|| volume_keys(&state_dir), &|key| counted_bytes(&state_dir, key))?;
         Ok(LocalBackend { state_dir, capacity_bytes, reservations: Arc::default(), ledger })
     }
@@ -100,9 +114,7 @@ impl LocalBackend {
     /// The id a volume of this name gets: a digest, so a retried create that
     /// crashed half-way lands on the same files.
     pub fn id_for_name(name: &str) -> VolumeId {
-        let digest = Sha256::digest(name.as_bytes());
-        let key: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        VolumeId::new(KIND, &key).unwrap_or_else(|_| unreachable!("hex digests are valid keys"))
+        VolumeId::new(KIND, &crate::volume_id::name_digest(name)).unwrap_or_else(|_| unreachable!("hex digests are valid keys"))
     }
 
     async fn blocking<T, F>(&self, step: &str, work: F) -> Result<T, BackendError>
@@ -162,12 +174,18 @@ impl Inner {
     /// Claims `id` for one operation. A second operation on the same volume
     /// is refused rather than queued.
     fn claim(&self, id: &VolumeId) -> Result<Reservation, BackendError> {
+        self.claim_key(id.key())
+            .ok_or_else(|| BackendError::Unavailable { step: format!("claim {id}"), reason: "another operation on it is in progress".into() })
+    }
+
+    /// Claims a volume or snapshot key, `None` when another operation has it.
+    fn claim_key(&self, key: &str) -> Option<Reservation> {
         let mut reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
-        if reservations.contains_key(id.key()) {
-            return Err(BackendError::Unavailable { step: format!("claim {id}"), reason: "another operation on it is in progress".into() });
+        if reservations.contains_key(key) {
+            return None;
         }
-        reservations.insert(id.key().to_owned(), 0);
-        Ok(Reservation { reservations: self.reservations.clone(), key: id.key().to_owned() })
+        reservations.insert(key.to_owned(), 0);
+        Some(Reservation { reservations: self.reservations.clone(), key: key.to_owned() })
     }
 
     /// Raises a claim to `bytes` of pool room, if the pool has them.
@@ -239,7 +257,9 @@ impl Inner {
         let in_flight: u64 = reservations.values().sum();
         let state_dir = &self.state_dir;
         let volumes = self.ledger.total(&|key| counted_bytes(state_dir, key)).map_err(|e| BackendError::io("read the ledger of volume bytes", e))?;
-        let promised = volumes.saturating_add(in_flight);
+        // A snapshot may come to hold its whole size (its source rewritten).
+        let snapshots: u64 = self.snapshot_records()?.iter().map(|(_, r)| r.size_bytes).sum();
+        let promised = volumes.saturating_add(snapshots).saturating_add(in_flight);
         Ok(Capacity { total_bytes, available_bytes: total_bytes.saturating_sub(promised) })
     }
 
@@ -284,6 +304,9 @@ impl Backend for LocalBackend {
                 Some(record) if record.name != name => {
                     return Err(BackendError::io(format!("create {name}"), io::Error::other(format!("id {id} already belongs to volume {:?}", record.name))));
                 }
+                Some(VolumeRecord { source: Some(source), .. }) => {
+                    return Err(BackendError::NameTaken { name, reason: format!("volume {id} was made from {source}, not blank") });
+                }
                 Some(record) => match inner.read_volume(&id)? {
                     Some(info) => return Ok(Created::Existing(info)),
                     // The record exists but the file does not: finish that create.
@@ -291,7 +314,7 @@ impl Backend for LocalBackend {
                 },
                 None => {
                     inner.claim_bytes(&claim, size_bytes)?;
-                    (Some(VolumeRecord { name, desired_bytes: size_bytes, created_unix: now_unix() }), size_bytes)
+                    (Some(VolumeRecord { name, desired_bytes: size_bytes, created_unix: now_unix(), source: None }), size_bytes)
                 }
             };
             inner.changing(&id, || {
@@ -313,11 +336,14 @@ impl Backend for LocalBackend {
         let id = id.clone();
         self.blocking("delete volume", move |inner| {
             let _claim = inner.claim(&id)?;
+            let image = image_path(&inner.state_dir, &id);
             inner.changing(&id, || {
-                match fs::remove_file(image_path(&inner.state_dir, &id)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(BackendError::io(format!("remove backing file of {id}"), e)),
+                for file in [copy::partial_path(&image), image.clone()] {
+                    match fs::remove_file(&file) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(BackendError::io(format!("remove {} of {id}", file.display()), e)),
+                    }
                 }
                 durable::remove(&record_path(&inner.state_dir, &id)).map_err(|e| BackendError::io(format!("remove record of {id}"), e))
             })
@@ -371,11 +397,41 @@ impl Backend for LocalBackend {
         .await
     }
 
+    async fn collect_garbage(&self) -> Result<usize, BackendError> {
+        self.blocking("restart snapshot copies", |inner| inner.restart_orphaned_copies()).await
+    }
+
     async fn check_health(&self) -> Result<(), BackendError> {
         self.blocking("check state directory", |inner| {
             fs::read_dir(volumes_dir(&inner.state_dir)).map(drop).map_err(|e| BackendError::io("read state directory", e))
         })
         .await
+    }
+
+    async fn create_snapshot(&self, name: &str, source: &VolumeId) -> Result<Created<SnapshotInfo>, BackendError> {
+        let (name, source) = (name.to_owned(), source.clone());
+        self.blocking("create snapshot", move |inner| inner.create_snapshot(&name, &source)).await
+    }
+
+    async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), BackendError> {
+        let id = id.clone();
+        self.blocking("delete snapshot", move |inner| inner.delete_snapshot(&id)).await
+    }
+
+    async fn snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotInfo>, BackendError> {
+        let id = id.clone();
+        self.blocking("read snapshot", move |inner| inner.read_snapshot(&id)).await
+    }
+
+    async fn list_snapshots(&self, source: Option<&VolumeId>) -> Result<Vec<SnapshotInfo>, BackendError> {
+        let source = source.cloned();
+        self.blocking("list snapshots", move |inner| inner.all_snapshots(source.as_ref())).await
+    }
+
+    async fn create_volume_from(&self, name: &str, size_bytes: u64, placement: &Placement, source: &ContentSource) -> Result<Created, BackendError> {
+        no_pools(placement)?;
+        let (name, source) = (name.to_owned(), source.clone());
+        self.blocking("create volume from a source", move |inner| inner.create_volume_from(&name, size_bytes, &source)).await
     }
 }
 
@@ -385,7 +441,7 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
-    fn backend(capacity: Option<u64>) -> (tempfile::TempDir, LocalBackend) {
+    pub(super) fn backend(capacity: Option<u64>) -> (tempfile::TempDir, LocalBackend) {
         let dir = tempfile::tempdir().unwrap();
         let backend = LocalBackend::open(dir.path(), capacity).unwrap();
         (dir, backend)
@@ -435,7 +491,7 @@ mod tests {
     async fn a_half_done_create_is_finished_by_the_retry() {
         let (dir, b) = backend(None);
         let id = LocalBackend::id_for_name("pvc");
-        let record = VolumeRecord { name: "pvc".into(), desired_bytes: GIB, created_unix: 0 };
+        let record = VolumeRecord { name: "pvc".into(), desired_bytes: GIB, created_unix: 0, source: None };
         durable::write_json(&record_path(dir.path(), &id), &record).unwrap();
         assert_eq!(b.volume(&id).await.unwrap(), None, "half-created volume is not visible");
         let created = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap();

@@ -1,0 +1,18 @@
+//! `swell`, the operator's view of Swell, for the person asking "why is my
+//! resize slow?": every volume's requested, desired and current size, where
+//! its expansion stands, for how long and why, read from the same state the
+//! controller uses and, where a configuration is found, from Kubernetes.
+//!
+//! - [`view`]: one volume's state, decided from what was read (pure).
+//! - [`gather`]: the backends and expansion records, as the controller reads them.
+//! - [`kubernetes`]: PersistentVolumes and their claims, through kube's client.
+//! - [`render`]: tables and sizes.
+
+// Nothing from outside the process is unwrapped; tests may.
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod gather;
+pub mod kubernetes;
+pub mod render;
+pub mod view;

@@ -1,0 +1,187 @@
+//! `swell`: the operator's view of Swell's volumes (see the library docs).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget};
+use serde_json::json;
+use swell_cli::gather::Reader;
+use swell_cli::kubernetes::{self, Answer};
+use swell_cli::render;
+use swell_cli::view::{Claim, VolumeView};
+use swell_controller::cli::BackendArgs;
+use swell_storage::VolumeId;
+use swell_storage::expansion::now_unix;
+
+/// Swell's volumes as the controller sees them: sizes requested, desired and
+/// current, and where each expansion stands. Run it where the controller runs
+/// (`kubectl -n swell-system exec deploy/swell-controller -c swell-controller
+/// -- swell volumes`), or anywhere with the same flags.
+#[derive(Debug, Parser)]
+#[command(name = "swell", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every volume, one row each.
+    Volumes(Common),
+    /// One volume in detail, with what kubelet reported after growing its filesystem.
+    Volume {
+        /// The CSI volume id (the PersistentVolume's volumeHandle).
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Ask Kubernetes for the claims (auto: when a kubeconfig or a service
+    /// account is found).
+    #[arg(long, value_enum, default_value_t = Kubernetes::Auto)]
+    kubernetes: Kubernetes,
+    /// Seconds Kubernetes may take to answer.
+    #[arg(long, default_value_t = 10)]
+    kube_timeout_secs: u64,
+    /// The CSI driver name whose PersistentVolumes are Swell's.
+    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = "swell.csi.storage")]
+    driver_name: String,
+    /// Seconds a volume may grow before it shows as stuck (as the controller's flag).
+    #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = 600)]
+    stuck_after_secs: u64,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kubernetes {
+    Auto,
+    Never,
+}
+
+impl Common {
+    fn stuck_after(&self) -> Duration {
+        Duration::from_secs(self.stuck_after_secs)
+    }
+
+    /// The claims by volume handle, or why there are none.
+    async fn claims(&self, progress: &ProgressBar) -> (Option<std::collections::HashMap<String, Claim>>, String) {
+        if self.kubernetes == Kubernetes::Never {
+            return (None, "not asked (--kubernetes never)".into());
+        }
+        progress.set_message("asking Kubernetes for PersistentVolumes and claims");
+        match kubernetes::claims(&self.driver_name, Duration::from_secs(self.kube_timeout_secs)).await {
+            Ok(Answer::Claims(claims)) => (Some(claims), "asked".into()),
+            Ok(Answer::NotConfigured(why)) => (None, format!("not asked: no configuration ({why})")),
+            Err(err) => (None, format!("unreadable: {err}")),
+        }
+    }
+}
+
+/// A spinner on stderr naming what is being waited for; drawn only on a terminal.
+fn progress() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let progress = progress();
+    let result = match cli.command {
+        Command::Volumes(common) => volumes(&common, &progress).await,
+        Command::Volume { id, common } => volume(&id, &common, &progress).await,
+    };
+    progress.finish_and_clear();
+    match result {
+        Ok((text, problems)) => {
+            print!("{text}");
+            for problem in &problems {
+                eprintln!("swell: {problem}");
+            }
+            if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(err) => {
+            eprintln!("swell: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The output and the problems met on the way.
+type Shown = Result<(String, Vec<String>), String>;
+
+async fn volumes(common: &Common, progress: &ProgressBar) -> Shown {
+    progress.set_message("opening the backends");
+    let reader = Reader::open(&common.backend)?;
+    let mut found = reader.everything(|step| progress.set_message(step)).await;
+    let (mut claims, kubernetes) = common.claims(progress).await;
+    let now = now_unix();
+    let mut views: Vec<VolumeView> = found
+        .volumes
+        .into_iter()
+        .map(|(kind, volume)| {
+            let id = volume.id.to_string();
+            let (record, claim) = (found.records.remove(&id), claims.as_mut().and_then(|c| c.remove(&id)));
+            VolumeView::new(id, kind, Some(volume.size_bytes), record, claim, now, common.stuck_after())
+        })
+        .collect();
+    // Records whose volume the backend no longer has.
+    views.extend(found.records.into_values().map(|record| {
+        let backend = record.volume_id.split(':').next().unwrap_or_default().to_owned();
+        let claim = claims.as_mut().and_then(|c| c.remove(&record.volume_id));
+        VolumeView::new(record.volume_id.clone(), &backend, None, Some(record), claim, now, common.stuck_after())
+    }));
+    views.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
+    if kubernetes.starts_with("unreadable") {
+        found.problems.push(format!("Kubernetes {kubernetes}"));
+    }
+    let text = match common.output {
+        Output::Table => format!("{}\n", render::volumes(&views)),
+        Output::Json => json_text(&json!({ "volumes": views, "kubernetes": kubernetes, "problems": found.problems })),
+    };
+    Ok((text, found.problems))
+}
+
+async fn volume(raw: &str, common: &Common, progress: &ProgressBar) -> Shown {
+    let id: VolumeId = raw.parse().map_err(|e| format!("{raw:?} is not a Swell volume id: {e}"))?;
+    progress.set_message("opening the backends");
+    let reader = Reader::open(&common.backend)?;
+    progress.set_message(format!("reading {id}"));
+    let (kind, size, record) = reader.one(&id).await?;
+    let (claims, kubernetes) = common.claims(progress).await;
+    let claim = claims.and_then(|mut c| c.remove(raw));
+    let kubernetes = match (&claim, kubernetes.as_str()) {
+        (None, "asked") => "no PersistentVolume of this driver has this volume handle".to_owned(),
+        _ => kubernetes,
+    };
+    if size.is_none() && record.is_none() {
+        return Err(format!("{id}: no such volume at its backend, and no expansion record"));
+    }
+    let view = VolumeView::new(id.to_string(), kind, size, record, claim, now_unix(), common.stuck_after());
+    let problems = if kubernetes.starts_with("unreadable") { vec![format!("Kubernetes {kubernetes}")] } else { Vec::new() };
+    let text = match common.output {
+        Output::Table => format!("{}\n", render::volume(&view, &kubernetes)),
+        Output::Json => json_text(&json!({ "volume": view, "kubernetes": kubernetes, "problems": problems })),
+    };
+    Ok((text, problems))
+}
+
+fn json_text(value: &serde_json::Value) -> String {
+    // Serializing a Value cannot fail.
+    format!("{}\n", serde_json::to_string_pretty(value).unwrap_or_default())
+}

@@ -1,0 +1,100 @@
+//! How `swell` prints: a table of volumes, one volume in detail, or JSON.
+
+use comfy_table::Table;
+use comfy_table::presets::NOTHING;
+use swell_webhook::quantity;
+
+use crate::view::VolumeView;
+
+/// A size as a Kubernetes quantity (exact: `20Gi`, `1500M`), `-` when unknown.
+pub fn size(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".to_owned(), quantity::format)
+}
+
+/// A wait in the largest two units: `45s`, `3m12s`, `2h05m`, `3d04h`.
+pub fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}
+
+fn table() -> Table {
+    let mut table = Table::new();
+    table.load_style(NOTHING);
+    table
+}
+
+/// The volumes as a table, one row each.
+pub fn volumes(views: &[VolumeView]) -> String {
+    let mut table = table();
+    table.set_header(["VOLUME", "BACKEND", "CLAIM", "REQUESTED", "DESIRED", "CURRENT", "STATE", "PENDING FOR", "LAST ERROR"]);
+    for v in views {
+        let claim = v.kubernetes.as_ref().and_then(|k| k.claim.clone()).unwrap_or_else(|| "-".into());
+        table.add_row([
+            v.volume_id.clone(),
+            v.backend.clone(),
+            claim,
+            size(v.requested_bytes),
+            size(v.desired_bytes),
+            size(v.current_bytes),
+            v.state.name().to_owned(),
+            v.pending_secs.map_or_else(|| "-".into(), duration),
+            v.last_error.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    table.trim_fmt()
+}
+
+/// One volume, field by field; `kubernetes` says why the claim is unknown
+/// when it is.
+pub fn volume(v: &VolumeView, kubernetes: &str) -> String {
+    let mut table = table();
+    let mut row = |name: &str, value: String| {
+        table.add_row([format!("{name}:"), value]);
+    };
+    row("Volume", v.volume_id.clone());
+    row("Backend", v.backend.clone());
+    row("State", v.state.name().to_owned());
+    row("Requested", size(v.requested_bytes));
+    row("Desired", size(v.desired_bytes));
+    row("Current", size(v.current_bytes));
+    row("Pending for", v.pending_secs.map_or_else(|| "-".into(), duration));
+    row("Last error", v.last_error.clone().unwrap_or_else(|| "-".into()));
+    match &v.record {
+        Some(r) => {
+            row("Announced", size(Some(r.announced_bytes)));
+            row("Record", format!("generation {}, desired since {} (unix), updated {} (unix)", r.generation, r.desired_since_unix, r.updated_unix));
+        }
+        None => row("Record", "none: never expanded through Swell".into()),
+    }
+    match &v.kubernetes {
+        Some(k) => {
+            row("PersistentVolume", k.pv.clone());
+            row("Claim", k.claim.clone().unwrap_or_else(|| "- (not bound)".into()));
+            row("Node reported", size(k.capacity_bytes));
+            row("Resize status", k.resize_status.clone().unwrap_or_else(|| "-".into()));
+            row("Conditions", if k.conditions.is_empty() { "-".into() } else { k.conditions.join("; ") });
+        }
+        None => row("Kubernetes", kubernetes.to_owned()),
+    }
+    table.trim_fmt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_read_in_two_units() {
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(192), "3m12s");
+        assert_eq!(duration(2 * 3600 + 5 * 60 + 9), "2h05m");
+        assert_eq!(duration(3 * 86_400 + 4 * 3600), "3d04h");
+        assert_eq!(size(Some(20 << 30)), "20Gi");
+        assert_eq!(size(None), "-");
+    }
+}

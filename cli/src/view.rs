@@ -1,0 +1,164 @@
+//! One volume as the operator sees it: the size the claim requests, the size
+//! Swell was last asked for, the size the backend holds now, and the state of
+//! its expansion with the reason, decided from those alone (pure).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use swell_storage::ExpansionRecord;
+
+/// What Kubernetes says about a volume's claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Claim {
+    /// The PersistentVolume.
+    pub pv: String,
+    /// The claim, `namespace/name`, if the PV is bound.
+    pub claim: Option<String>,
+    /// The claim's storage request.
+    pub requested_bytes: Option<u64>,
+    /// The claim's status capacity: what kubelet reported once the node
+    /// grew the filesystem.
+    pub capacity_bytes: Option<u64>,
+    /// The resize status kubelet and the resizer left (`allocatedResourceStatuses`).
+    pub resize_status: Option<String>,
+    /// The claim's conditions, e.g. `FileSystemResizePending`, with their messages.
+    pub conditions: Vec<String>,
+}
+
+/// Where a volume's expansion stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Nothing is pending.
+    Settled,
+    /// The backend is short of the size last asked for.
+    Growing,
+    /// Growing for longer than the stuck threshold.
+    Stuck,
+    /// The backend grew; the volume's clients are still to be told.
+    Announcing,
+    /// The claim requests more than Swell was asked for: the resizer has not
+    /// called yet (or was refused).
+    WaitingForResizer,
+    /// The backend holds the size; the node has not grown the filesystem yet.
+    NodeExpanding,
+    /// An expansion record without a volume at the backend.
+    Missing,
+}
+
+impl State {
+    /// The name the table shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Settled => "settled",
+            State::Growing => "growing",
+            State::Stuck => "stuck",
+            State::Announcing => "announcing",
+            State::WaitingForResizer => "waiting for resizer",
+            State::NodeExpanding => "node expanding",
+            State::Missing => "missing",
+        }
+    }
+}
+
+/// One volume, every field read just now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumeView {
+    /// The CSI volume id.
+    pub volume_id: String,
+    /// Its backend (`local`, `rbd`).
+    pub backend: String,
+    /// The claim's requested size, when Kubernetes was asked.
+    pub requested_bytes: Option<u64>,
+    /// The size Swell was last asked for (its expansion record).
+    pub desired_bytes: Option<u64>,
+    /// The backend's size now; `None` when the backend has no such volume.
+    pub current_bytes: Option<u64>,
+    /// Where the expansion stands.
+    pub state: State,
+    /// How long the backend has been short of the desired size.
+    pub pending_secs: Option<u64>,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// The expansion record as stored.
+    pub record: Option<ExpansionRecord>,
+    /// The claim, when Kubernetes was asked and knows the volume.
+    pub kubernetes: Option<Claim>,
+}
+
+impl VolumeView {
+    /// The view of a volume from what was read: its backend's size now
+    /// (`None`: missing), its record, its claim, at `now` (seconds since the
+    /// epoch), with growing longer than `stuck_after` counted as stuck.
+    pub fn new(
+        volume_id: String,
+        backend: &str,
+        current: Option<u64>,
+        record: Option<ExpansionRecord>,
+        kubernetes: Option<Claim>,
+        now: u64,
+        stuck_after: Duration,
+    ) -> Self {
+        let waiting = record.as_ref().and_then(|r| r.waiting_for(now));
+        let requested = kubernetes.as_ref().and_then(|k| k.requested_bytes);
+        let reported = kubernetes.as_ref().and_then(|k| k.capacity_bytes);
+        let state = match (current, waiting) {
+            (None, _) => State::Missing,
+            (Some(_), Some(waited)) if waited >= stuck_after => State::Stuck,
+            (Some(_), Some(_)) => State::Growing,
+            (Some(_), None) if record.as_ref().is_some_and(ExpansionRecord::announcement_owed) => State::Announcing,
+            (Some(size), None) if requested.is_some_and(|r| r > size) => State::WaitingForResizer,
+            (Some(size), None) if reported.is_some_and(|r| r < size) => State::NodeExpanding,
+            (Some(_), None) => State::Settled,
+        };
+        VolumeView {
+            volume_id,
+            backend: backend.to_owned(),
+            requested_bytes: requested,
+            desired_bytes: record.as_ref().map(|r| r.desired_bytes),
+            current_bytes: current,
+            state,
+            pending_secs: waiting.map(|w| w.as_secs()),
+            last_error: record.as_ref().and_then(|r| r.last_error.clone()),
+            record,
+            kubernetes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const NOW: u64 = 1_000_000;
+    const STUCK: Duration = Duration::from_secs(600);
+
+    fn record(current: u64, desired: u64, since: u64) -> ExpansionRecord {
+        let id = "local:aa".parse().unwrap();
+        ExpansionRecord { desired_since_unix: since, ..ExpansionRecord::new(&id, current, desired) }
+    }
+
+    fn claim(requested: u64, capacity: u64) -> Claim {
+        Claim { pv: "pv".into(), requested_bytes: Some(requested), capacity_bytes: Some(capacity), ..Default::default() }
+    }
+
+    fn state(current: Option<u64>, record: Option<ExpansionRecord>, claim: Option<Claim>) -> (State, Option<u64>) {
+        let view = VolumeView::new("local:aa".into(), "local", current, record, claim, NOW, STUCK);
+        (view.state, view.pending_secs)
+    }
+
+    #[test]
+    fn each_state_follows_from_the_sizes_read() {
+        assert_eq!(state(Some(GIB), None, None), (State::Settled, None));
+        assert_eq!(state(Some(GIB), Some(record(GIB, 2 * GIB, NOW - 30)), None), (State::Growing, Some(30)));
+        assert_eq!(state(Some(GIB), Some(record(GIB, 2 * GIB, NOW - 601)), None), (State::Stuck, Some(601)));
+        let unheard = record(GIB, 2 * GIB, NOW).reached(2 * GIB, None, None);
+        assert_eq!(state(Some(2 * GIB), Some(unheard), None), (State::Announcing, None));
+        assert_eq!(state(Some(GIB), None, Some(claim(2 * GIB, GIB))), (State::WaitingForResizer, None));
+        let grown = record(GIB, 2 * GIB, NOW).reached(2 * GIB, Some(2 * GIB), None);
+        assert_eq!(state(Some(2 * GIB), Some(grown.clone()), Some(claim(2 * GIB, GIB))), (State::NodeExpanding, None));
+        assert_eq!(state(Some(2 * GIB), Some(grown.clone()), Some(claim(2 * GIB, 2 * GIB))), (State::Settled, None));
+        assert_eq!(state(None, Some(grown), None), (State::Missing, None));
+    }
+}

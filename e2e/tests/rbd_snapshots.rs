@@ -1,0 +1,269 @@
+//! Issue 14's snapshot and clone scenarios (`swell_e2e::snapshots`) on Ceph
+//! RBD, against the throwaway test cluster (`swell_e2e::rbd_rig`), with
+//! swell-controller and swell-node as processes; and what only RBD has: a
+//! chain of clones past the depth limit flattened in the background, and
+//! the cost of each operation next to the same work done with librbd
+//! directly (printed, not asserted: speed lives in measurements).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use swell_controller::rbd::ffi::{Cluster, IoCtx};
+use swell_e2e::node_process::KillAt;
+use swell_e2e::rbd_rig::{self, ClusterEnv, cli, location_of};
+use swell_e2e::requests::mount_capability;
+use swell_e2e::snapshots::{self, GIB, MIB, Plant, PlantConfig};
+use swell_e2e::timing::median;
+use swell_storage::snapshot::snapshot_key;
+
+fn config(env: &ClusterEnv, dir: &Path, extra: &[&str]) -> PlantConfig {
+    let mut controller_args = rbd_rig::process_args(env, "snapshots");
+    controller_args.extend(extra.iter().map(|a| (*a).to_owned()));
+    PlantConfig {
+        controller_args,
+        node: rbd_rig::node_config(env, dir, "admin", &env.keyring),
+        parameters: HashMap::from([("backend".to_owned(), "rbd".to_owned())]),
+    }
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("swell-rbd-snapshots-").tempdir_in("/var/tmp").unwrap()
+}
+
+fn runs_here(test: &str, fs: &str) -> bool {
+    let mut tools = vec!["rbd-fuse", "fusermount"];
+    tools.extend(match fs {
+        "ext4" => ["mkfs.ext4", "resize2fs"],
+        "btrfs" => ["mkfs.btrfs", "btrfs"],
+        _ => ["mkfs.xfs", "xfs_growfs"],
+    });
+    !swell_e2e::host::cannot_run(test, true, &tools)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_has_the_old_data_and_a_clone_changes_apart_from_its_source() {
+    if !runs_here("rbd_snapshots_data", "xfs") {
+        return;
+    }
+    let Some(session) = rbd_rig::acquire("rbd_snapshots_data").await else { return };
+    let dir = tmp();
+    let plant = Plant::start(dir.path(), &config(session.env, dir.path(), &[]), &[]).await;
+    snapshots::restore_has_old_data_and_clone_changes_apart(&plant, "xfs").await;
+}
+
+async fn restore_larger(fs: &str, kill_at: Option<KillAt>) {
+    let test = format!("rbd_snapshots_restore_larger_{fs}_{kill_at:?}");
+    if !runs_here(&test, fs) {
+        return;
+    }
+    let Some(session) = rbd_rig::acquire(&test).await else { return };
+    let dir = tmp();
+    snapshots::restore_larger(dir.path(), &config(session.env, dir.path(), &[]), fs, kill_at).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfs_restored_larger_is_grown_at_first_stage() {
+    restore_larger("xfs", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs_restored_larger_is_grown_at_first_stage() {
+    restore_larger("btrfs", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext4_restored_larger_is_grown_offline_at_first_stage() {
+    restore_larger("ext4", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfs_node_killed_in_its_first_stage_finishes_the_grow_after_restart() {
+    restore_larger("xfs", Some(KillAt::AfterTheToolStarted)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs_node_killed_in_its_first_stage_finishes_the_grow_after_restart() {
+    restore_larger("btrfs", Some(KillAt::BeforeTheTool)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext4_node_killed_in_its_first_stage_finishes_the_grow_after_restart() {
+    restore_larger("ext4", Some(KillAt::AfterTheToolStarted)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_block_volume_restored_larger_shows_the_new_size() {
+    if !runs_here("rbd_snapshots_block", "xfs") {
+        return;
+    }
+    let Some(session) = rbd_rig::acquire("rbd_snapshots_block").await else { return };
+    let dir = tmp();
+    let plant = Plant::start(dir.path(), &config(session.env, dir.path(), &[]), &[]).await;
+    snapshots::restore_larger_block(&plant).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_the_spec_codes_and_changes_nothing() {
+    if !runs_here("rbd_snapshots_bad_input", "xfs") {
+        return;
+    }
+    let Some(session) = rbd_rig::acquire("rbd_snapshots_bad_input").await else { return };
+    let dir = tmp();
+    let plant = Plant::start(dir.path(), &config(session.env, dir.path(), &[]), &[]).await;
+    let unknown_volume = rbd_rig::volume("no-such-volume").id().to_string();
+    let unknown_snapshot = format!("rbd:{}:rbd:{}", rbd_rig::CLUSTER_ID, snapshot_key("no-such-snapshot"));
+    snapshots::bad_input_changes_nothing(&plant, &unknown_volume, &unknown_snapshot).await;
+}
+
+/// `rbd info`'s parent of the volume `id`, `None` when it reads from none.
+fn parent_of(env: &ClusterEnv, id: &str) -> Option<String> {
+    let volume = location_of(id);
+    let info = cli(env, "rbd", &["info", "--format", "json", &volume.spec()]).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    info.get("parent").map(|p| format!("{}@{}", p["image"].as_str().unwrap_or_default(), p["snapshot"].as_str().unwrap_or_default()))
+}
+
+/// A clone of a clone of a clone, with the limit at 2: the third is
+/// flattened in the background and stays readable, the first two keep
+/// their parents; then the snapshot the chain began with can be deleted
+/// while a restore of it still reads from it, and everything goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_past_the_depth_limit_is_flattened_and_stays_readable() {
+    if !runs_here("rbd_snapshots_chain", "xfs") {
+        return;
+    }
+    let Some(session) = rbd_rig::acquire("rbd_snapshots_chain").await else { return };
+    let env = session.env;
+    let dir = tmp();
+    let plant = Plant::start(dir.path(), &config(env, dir.path(), &["--rbd-max-clone-depth=2"]), &[]).await;
+    let cap = mount_capability("xfs");
+    let base = plant.create("chain-base", 320 * MIB, cap.clone()).await;
+    let target = plant.attach(&base.volume_id, "base", cap.clone()).await.unwrap();
+    std::fs::write(target.join("file"), "base").unwrap();
+    std::fs::File::open(target.join("file")).unwrap().sync_all().unwrap();
+    plant.detach(&base.volume_id, "base").await;
+    let snapshot = plant.snapshot("chain-snap", &base.volume_id).await.unwrap();
+    let restored = plant.restore("chain-restored", 320 * MIB, cap.clone(), &snapshot.snapshot_id).await.unwrap();
+    let mut chain = vec![restored.clone()];
+    for depth in 2..=3 {
+        let parent = chain.last().unwrap().volume_id.clone();
+        chain.push(plant.clone_volume(&format!("chain-{depth}"), 320 * MIB, cap.clone(), &parent).await.unwrap());
+    }
+    let deepest = chain.last().unwrap().volume_id.clone();
+    let started = Instant::now();
+    while parent_of(env, &deepest).is_some() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the clone past the limit was not flattened in 120 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("a clone 3 deep (limit 2) was flattened {:?} after its create", started.elapsed());
+    for shallow in &chain[..2] {
+        assert!(parent_of(env, &shallow.volume_id).is_some(), "{} is within the limit and keeps its parent", shallow.volume_id);
+    }
+    let deep_dir = plant.attach(&deepest, "deep", cap.clone()).await.unwrap();
+    assert_eq!(std::fs::read_to_string(deep_dir.join("file")).unwrap(), "base", "the flattened clone reads its data");
+    plant.detach(&deepest, "deep").await;
+
+    plant.delete_snapshot(&snapshot.snapshot_id).await.expect("delete the snapshot clones read from");
+    let restored_dir = plant.attach(&restored.volume_id, "restored", cap).await.unwrap();
+    assert_eq!(std::fs::read_to_string(restored_dir.join("file")).unwrap(), "base", "the restore still reads from the deleted snapshot");
+    plant.detach(&restored.volume_id, "restored").await;
+    for volume in chain.iter().rev().chain([&base]) {
+        plant.delete(&volume.volume_id).await;
+    }
+    // Everything goes: the snapshot trash empties as its clones go.
+    let ours: Vec<String> = chain.iter().chain([&base]).map(|v| location_of(&v.volume_id).image).collect();
+    let started = Instant::now();
+    loop {
+        let images = cli(env, "rbd", &["ls", "rbd"]).unwrap();
+        let trash = cli(env, "rbd", &["trash", "ls", "rbd"]).unwrap();
+        let left: Vec<&str> = images.lines().chain(trash.lines()).filter(|l| ours.iter().any(|i| l.contains(i.as_str()))).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "left in the pool or its trash: {left:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A librados connection of the test's own, as librbd's own users have.
+fn direct(conf: &Path, keyring: &Path) -> IoCtx {
+    let cluster = Arc::new(Cluster::create("admin").unwrap());
+    cluster.read_conf_file(conf).unwrap();
+    cluster.conf_set("keyring", &keyring.display().to_string()).unwrap();
+    cluster.connect().unwrap();
+    cluster.ioctx("rbd").unwrap()
+}
+
+/// Snapshot, restore and clone through Swell (gRPC, state object, holds,
+/// capacity) next to the same RBD work done with librbd in-process: medians
+/// of 10, printed for the report. Each round's volumes and snapshot go
+/// before the next: the test pool holds only what the host's disk can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_restore_and_clone_cost_next_to_librbd() {
+    if !runs_here("rbd_snapshots_cost", "xfs") {
+        return;
+    }
+    let Some(session) = rbd_rig::acquire("rbd_snapshots_cost").await else { return };
+    let env = session.env;
+    let dir = tmp();
+    let plant = Plant::start(dir.path(), &config(env, dir.path(), &[]), &[]).await;
+    let cap = mount_capability("xfs");
+    const ROUNDS: usize = 10;
+    let source = plant.create("cost-source", GIB, cap.clone()).await;
+    let (mut snap, mut restore, mut clone) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        let started = Instant::now();
+        let snapshot = plant.snapshot(&format!("cost-snap-{i}"), &source.volume_id).await.unwrap();
+        snap.push(started.elapsed());
+        let started = Instant::now();
+        let restored = plant.restore(&format!("cost-restore-{i}"), 2 * GIB, cap.clone(), &snapshot.snapshot_id).await.unwrap();
+        restore.push(started.elapsed());
+        let started = Instant::now();
+        let cloned = plant.clone_volume(&format!("cost-clone-{i}"), GIB, cap.clone(), &source.volume_id).await.unwrap();
+        clone.push(started.elapsed());
+        plant.delete(&restored.volume_id).await;
+        plant.delete(&cloned.volume_id).await;
+        plant.delete_snapshot(&snapshot.snapshot_id).await.unwrap();
+    }
+
+    let (conf, keyring) = (env.conf.clone(), env.keyring.clone());
+    let io = tokio::task::spawn_blocking(move || direct(&conf, &keyring)).await.unwrap();
+    let parent = location_of(&source.volume_id).image;
+    let (mut d_snap, mut d_restore, mut d_clone) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        let (name, restored, cloned) = (format!("direct-{i}"), format!("direct-restore-{i}"), format!("direct-clone-{i}"));
+        let started = Instant::now();
+        let image = io.open(&parent).unwrap();
+        image.create_snapshot(&name).unwrap();
+        image.close().unwrap();
+        d_snap.push(started.elapsed());
+        let started = Instant::now();
+        io.clone_image(&io, &parent, &name, &restored, 1).unwrap();
+        let child = io.open(&restored).unwrap();
+        child.grow(2 * GIB).unwrap();
+        child.close().unwrap();
+        d_restore.push(started.elapsed());
+        let started = Instant::now();
+        let image = io.open(&parent).unwrap();
+        image.create_snapshot(&format!("{name}-c")).unwrap();
+        io.clone_image(&io, &parent, &format!("{name}-c"), &cloned, 1).unwrap();
+        image.remove_snapshot(&format!("{name}-c")).unwrap();
+        image.close().unwrap();
+        d_clone.push(started.elapsed());
+    }
+    println!("p50 of {ROUNDS} on the test cluster: Swell over gRPC | librbd in-process");
+    println!("  snapshot            {:>8.1?} | {:>8.1?} (open, rbd_snap_create, close)", median(&snap), median(&d_snap));
+    println!("  restore to 2 GiB    {:>8.1?} | {:>8.1?} (rbd_clone3, open, resize, close)", median(&restore), median(&d_restore));
+    println!("  clone of a volume   {:>8.1?} | {:>8.1?} (open, snap create, rbd_clone3, snap remove, close)", median(&clone), median(&d_clone));
+
+    for i in 0..ROUNDS {
+        for image in [format!("direct-restore-{i}"), format!("direct-clone-{i}")] {
+            cli(env, "rbd", &["rm", &format!("rbd/{image}")]).unwrap();
+        }
+        cli(env, "rbd", &["snap", "rm", &format!("rbd/{parent}@direct-{i}")]).unwrap();
+    }
+    plant.delete(&source.volume_id).await;
+}
