@@ -35,6 +35,8 @@ pub struct Point {
     pub capacity: Samples,
     /// ControllerExpandVolume of volumes among them.
     pub expand: Samples,
+    /// The backend calls those expands made, by step.
+    pub expand_steps: Calls,
     /// ListVolumes pages of [`PAGE`].
     pub pages: Samples,
     /// The whole ListVolumes walk.
@@ -60,10 +62,14 @@ pub async fn run(rig: &Rig, plan: &Plan, report: &mut Report) -> BenchResult<Vec
     for &count in &plan.scale {
         let made = Instant::now();
         grow_population(rig, &mut population, count).await?;
+        // The setup's writeback (10,000 files or images just made, on this
+        // machine's one disk) is not what is measured: flush it first.
+        nix::unistd::sync();
         println!("scale: {} volumes on {} ready in {:.1} s", count, rig.name, made.elapsed().as_secs_f64());
         points.push(measure(rig, plan, &mut population).await?);
     }
     report.add(table(rig, &points));
+    report.add(expand_steps(rig, plan, &points));
     judge(rig, &points, report);
     Ok(points)
 }
@@ -102,6 +108,7 @@ async fn measure(rig: &Rig, plan: &Plan, population: &mut Population) -> BenchRe
     }
     // Each run grows another volume, spread over the whole population.
     let stride = (population.ids.len() / plan.runs.max(1)).max(1);
+    let calls_before = served.backend_calls().await?;
     for run in 0..plan.runs {
         let at_index = (run * stride) % population.ids.len();
         let target = population.sizes[at_index] + MIB;
@@ -109,6 +116,7 @@ async fn measure(rig: &Rig, plan: &Plan, population: &mut Population) -> BenchRe
         population.sizes[at_index] = answer.map_err(at(format!("expand {}", population.ids[at_index])))?;
         point.expand.push(took);
     }
+    point.expand_steps = served.backend_calls().await?.since(&calls_before);
     let walk = Instant::now();
     let mut token = String::new();
     loop {
@@ -212,10 +220,28 @@ fn table(rig: &Rig, points: &[Point]) -> Table {
     }
     table.note(
         "Start-up: from spawn until GetCapacity answered (backends open). Each volume (64 MiB, sparse or thin) was created and grown \
-         once, so each has a settled expansion record; the controller may promise far more than the disk holds here \
+         once, so each has a settled expansion record, and the disk was flushed (`sync`) before measuring; the controller may promise far more than the disk holds here \
          (`--local-capacity-bytes` 1 PiB, `--rbd-overprovision-ratio` 1000). Passes run in-process over the same state, with the process stopped; backend calls are the controller's own \
          count (`swell_backend_call_duration_seconds`).",
     );
+    table
+}
+
+/// Where an expand's backend time goes at each volume count: the mean time
+/// per expand of each step, as the controller counted it.
+fn expand_steps(rig: &Rig, plan: &Plan, points: &[Point]) -> Table {
+    let headers: Vec<String> =
+        std::iter::once("backend step".to_owned()).chain(points.iter().map(|p| format!("ms per expand, {} volumes", p.volumes))).collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let mut table = Table::new(format!("Scale on {}: where an expand spends its backend time ({} expands a count)", rig.name, plan.runs), &headers);
+    let steps: std::collections::BTreeSet<&String> = points.iter().flat_map(|p| p.expand_steps.0.keys()).collect();
+    for step in steps {
+        let per_expand = points.iter().map(|p| {
+            let (_, seconds) = p.expand_steps.0.get(step).copied().unwrap_or_default();
+            format!("{:.2}", seconds * 1000.0 / plan.runs.max(1) as f64)
+        });
+        table.row(std::iter::once(step.clone()).chain(per_expand).collect());
+    }
     table
 }
 

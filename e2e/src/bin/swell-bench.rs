@@ -3,7 +3,7 @@
 //! Markdown and written under `target/bench/` with the scale chart.
 //!
 //!     cargo build --release -p swell-controller -p swell-node -p swell-e2e --bins
-//!     sudo target/release/swell-bench                 # everything (about half an hour)
+//!     sudo target/release/swell-bench                 # everything (about 6 minutes on 2 cores)
 //!     sudo target/release/swell-bench --short         # a few runs, 100 volumes (CI)
 //!
 //! `--controller-bin PATH` measures another controller build with the same
