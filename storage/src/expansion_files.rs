@@ -143,7 +143,7 @@ impl ExpansionStore for ExpansionRecords {
     }
 
     async fn write(&self, _hold: &Hold, record: ExpansionRecord) -> Result<ExpansionRecord, BackendError> {
-        let id: VolumeId = record.volume_id.parse().map_err(|e| BackendError::io("write expansion record", io::Error::other(e)))?;
+        let id: VolumeId = record.volume_id.parse().map_err(|e| BackendError::corrupt("write expansion record", e))?;
         self.blocking("write expansion record", move |this| this.put(&id, record)).await
     }
 

@@ -83,7 +83,7 @@ pub fn retire(io: &IoCtx, image: &str) -> Result<(), Errno> {
 }
 
 fn info(cluster: &str, pool: &str, key: &str, entry: &SnapshotEntry) -> Result<SnapshotInfo, RbdError> {
-    let source: VolumeId = entry.source_volume.parse().map_err(|e| BackendError::io(format!("read snapshot {key}"), std::io::Error::other(e)))?;
+    let source: VolumeId = entry.source_volume.parse().map_err(|e| BackendError::corrupt(format!("read snapshot {key}"), e))?;
     Ok(SnapshotInfo {
         id: snapshot_id(cluster, pool, key)?,
         name: entry.name.clone(),
@@ -148,7 +148,7 @@ pub(crate) fn create_blocking(
 fn stored(outcome: Outcome) -> Result<SnapshotEntry, RbdError> {
     match outcome {
         Outcome::SnapshotStored(entry) => Ok(entry),
-        other => Err(BackendError::io("record snapshot", std::io::Error::other(format!("unexpected outcome {other:?}"))).into()),
+        other => Err(BackendError::corrupt("record snapshot", format!("unexpected outcome {other:?}")).into()),
     }
 }
 

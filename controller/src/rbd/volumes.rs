@@ -33,8 +33,10 @@ use super::{header, snapshots};
 /// How often a grow whose header moved under it reads it again.
 const GROW_ATTEMPTS: usize = 3;
 
-fn belongs_elsewhere(name: &str, volume: &RbdVolume, owner: &str) -> RbdError {
-    BackendError::io(format!("create {name}"), std::io::Error::other(format!("image {} already belongs to volume {owner:?}", volume.spec()))).into()
+/// A name whose image is live under another volume's name (the names'
+/// hashes collide): the caller must pick another name.
+pub(crate) fn belongs_elsewhere(name: &str, volume: &RbdVolume, owner: &str) -> RbdError {
+    BackendError::NameTaken { name: name.to_owned(), reason: format!("its image {} belongs to volume {owner:?}", volume.spec()) }.into()
 }
 
 pub(crate) fn read_header(io: &IoCtx, id: &VolumeId, image: &str) -> Result<Option<header::Header>, RbdError> {
