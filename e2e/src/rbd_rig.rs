@@ -39,7 +39,7 @@ pub const CLUSTER_ID: &str = "rig";
 const DIR: &str = "/var/tmp/swell-rbd-e2e";
 /// Below the ephemeral range (32768+) even with a slot's offset.
 const PORT: u16 = 24200;
-const MIB: u64 = 1 << 20;
+use swell_storage::units::MIB;
 
 /// A reachable cluster.
 #[derive(Debug)]

@@ -33,7 +33,7 @@ use swell_storage::{ExpansionRecord, ExpansionStore, RbdVolume, VolumeId};
 use tonic::Code;
 use tonic::transport::Channel;
 
-const MIB: u64 = 1 << 20;
+use swell_storage::units::MIB;
 const GRIP: &str = "rbd-grow-before-resize";
 const UNHEARD: &str = "rbd-grow-before-announce";
 

@@ -15,6 +15,7 @@ pub mod local;
 pub mod locks;
 pub mod rbd_volume;
 pub mod snapshot;
+pub mod units;
 pub mod volume_id;
 
 pub use backend::{Backend, BackendError, Capacity, Created, Placement, VolumeInfo};

@@ -11,8 +11,8 @@ use swell_e2e::ceph::{self, TestCluster};
 use swell_e2e::harness::{DriverOptions, DriverUnderTest, RbdCluster};
 use swell_e2e::{host, requests};
 
-const MIB: i64 = 1 << 20;
-const GIB: i64 = 1 << 30;
+const MIB: i64 = swell_storage::units::MIB as i64;
+const GIB: i64 = swell_storage::units::GIB as i64;
 
 /// Runs one volume through its life on Swell and grows it while mounted.
 #[derive(Debug, Parser)]

@@ -383,7 +383,7 @@ impl Backend for LocalBackend {
 mod tests {
     use super::*;
 
-    const GIB: u64 = 1 << 30;
+    use crate::units::GIB;
 
     pub(super) fn backend(capacity: Option<u64>) -> (tempfile::TempDir, LocalBackend) {
         let dir = tempfile::tempdir().unwrap();

@@ -263,7 +263,7 @@ mod tests {
     use crate::backend::{Backend, Placement};
     use crate::local::tests::backend;
 
-    const MIB: u64 = 1 << 20;
+    use crate::units::MIB;
 
     fn write(dir: &Path, id: &VolumeId, at: u64, bytes: &[u8]) {
         let mut file = OpenOptions::new().write(true).open(image_path(dir, id)).unwrap();
