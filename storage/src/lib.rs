@@ -20,6 +20,6 @@ pub mod volume_id;
 
 pub use backend::{Backend, BackendError, Capacity, Created, Placement, VolumeInfo};
 pub use expansion::{ExpansionRecord, ExpansionStore, Hold};
-pub use rbd_volume::RbdVolume;
+pub use rbd_volume::{CephAccess, RbdVolume};
 pub use snapshot::{ContentSource, SnapshotId, SnapshotInfo};
 pub use volume_id::VolumeId;

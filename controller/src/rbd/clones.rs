@@ -119,7 +119,7 @@ fn parent_of(shared: &Shared, conn: &Connection, image: &str, source: &ContentSo
         ContentSource::Snapshot(snapshot) => {
             let missing = || RbdError::Refused(BackendError::SnapshotNotFound(snapshot.clone()));
             let (cluster, pool) = snapshot.place().split_once(':').ok_or_else(missing)?;
-            if cluster != shared.config.cluster_id {
+            if cluster != shared.config.access.cluster_id {
                 return Err(missing());
             }
             let io = conn.pool(pool)?.ok_or_else(missing)?;

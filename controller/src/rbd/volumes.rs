@@ -207,7 +207,7 @@ pub(crate) fn list_blocking(shared: &Shared, conn: &Connection) -> Result<Vec<Vo
             after = Some(last.clone());
             for (image, entry) in page {
                 // Pools whose names cannot be part of an id hold no Swell volume.
-                let Ok(volume) = RbdVolume::at(&shared.config.cluster_id, &pool, &image) else { continue };
+                let Ok(volume) = RbdVolume::at(&shared.config.access.cluster_id, &pool, &image) else { continue };
                 if entry.live() {
                     volumes.push(VolumeInfo { id: volume.id(), name: entry.name, size_bytes: entry.record.current_bytes });
                 }
