@@ -37,6 +37,8 @@ impl HeldVolume for HeldKey {
     }
 
     async fn release(self: Box<Self>) {}
+
+    async fn release_deleted(self: Box<Self>) {}
 }
 
 impl ExpansionRecords {

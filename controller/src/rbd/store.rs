@@ -158,7 +158,7 @@ impl ExpansionStore for RbdStore {
                 }
             })
             .await;
-        hold.release().await;
+        hold.release_deleted().await;
         forgotten
     }
 
