@@ -12,13 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let well_known = protoc_bin_vendored::include_path()?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptors = out_dir.join("csi.descriptors");
-    // prost-build finds protoc through PROTOC; a build script is single-threaded.
-    unsafe { std::env::set_var("PROTOC", protoc) };
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .file_descriptor_set_path(&descriptors)
-        .compile_protos(&[PathBuf::from("proto/csi.proto")], &[PathBuf::from("proto"), well_known])?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure().build_client(true).build_server(true).file_descriptor_set_path(&descriptors).compile_with_config(
+        config,
+        &[PathBuf::from("proto/csi.proto")],
+        &[PathBuf::from("proto"), well_known],
+    )?;
     let set = prost_types::FileDescriptorSet::decode(std::fs::read(&descriptors)?.as_slice())?;
     let mut rpcs = String::from("/// Every RPC of `csi.proto`: (fully qualified service, method).\npub const RPCS: &[(&str, &str)] = &[\n");
     for file in set.file.iter().filter(|f| f.package() == "csi.v1") {

@@ -130,7 +130,7 @@ impl VolumeView {
 mod tests {
     use super::*;
 
-    const GIB: u64 = 1 << 30;
+    use swell_storage::units::GIB;
     const NOW: u64 = 1_000_000;
     const STUCK: Duration = Duration::from_secs(600);
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::rbd::RbdConfig;
 use crate::server::BackendOptions;
+use swell_storage::CephAccess;
 
 /// Backend flags; every one also reads an environment variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -78,7 +79,6 @@ impl BackendArgs {
     pub fn options(&self) -> BackendOptions {
         let rbd = match (&self.rbd_cluster_id, &self.rbd_ceph_conf, &self.rbd_keyring) {
             (Some(cluster_id), Some(ceph_conf), Some(keyring)) => Some(RbdConfig {
-                user: self.rbd_user.clone(),
                 default_pool: self.rbd_pool.clone(),
                 op_timeout: Duration::from_secs(self.rbd_op_timeout_secs),
                 overprovision_ratio: self.rbd_overprovision_ratio,
@@ -86,7 +86,7 @@ impl BackendArgs {
                 lock_lease: Duration::from_secs(self.rbd_lock_lease_secs),
                 max_clone_depth: self.rbd_max_clone_depth,
                 instance: self.instance_name.clone().unwrap_or_else(crate::rbd::default_instance),
-                ..RbdConfig::new(cluster_id.clone(), ceph_conf.clone(), keyring.clone())
+                ..RbdConfig::with_access(CephAccess { user: self.rbd_user.clone(), ..CephAccess::new(cluster_id.clone(), ceph_conf.clone(), keyring.clone()) })
             }),
             _ => None,
         };

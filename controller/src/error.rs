@@ -107,7 +107,7 @@ impl ControllerError {
                 BackendError::Contended { .. } => Code::Aborted,
                 BackendError::Unavailable { .. } => Code::Unavailable,
                 BackendError::Timeout { .. } => Code::DeadlineExceeded,
-                BackendError::Io { .. } => Code::Internal,
+                BackendError::Corrupt { .. } | BackendError::Io { .. } => Code::Internal,
             },
         }
     }
@@ -142,6 +142,7 @@ mod tests {
             (backend(BackendError::Unavailable { step: "connect".into(), reason: "down".into() }), Code::Unavailable),
             (backend(BackendError::Timeout { step: "resize".into(), after: Duration::from_secs(5) }), Code::DeadlineExceeded),
             (backend(BackendError::io("write", std::io::Error::other("disk"))), Code::Internal),
+            (backend(BackendError::corrupt("read promised total", "unreadable: x")), Code::Internal),
             (ControllerError::Pending("local:ab".into()), Code::Aborted),
             (backend(BackendError::Contended { step: "write record".into(), reason: "lease lost".into() }), Code::Aborted),
             (ControllerError::BadToken("x".into()), Code::Aborted),

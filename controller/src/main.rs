@@ -70,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(
         driver = %config.driver_name,
         local_state = %config.local_state_dir.display(),
-        rbd_cluster = backends.rbd.as_ref().map(|r| r.cluster_id.as_str()),
+        rbd_cluster = backends.rbd.as_ref().map(|r| r.access.cluster_id.as_str()),
         "swell-controller starting"
     );
     // Display, not Debug: start-up errors are sentences meant for the operator.

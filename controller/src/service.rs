@@ -323,9 +323,10 @@ pub struct BackendProbe(pub Arc<Backends>);
 
 #[async_trait::async_trait]
 impl csi_endpoint::Probe for BackendProbe {
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), csi_endpoint::NotReady> {
         for backend in self.0.all() {
-            self.0.call("health check", backend.kind(), backend.check_health()).await.map_err(|e| e.to_string())?;
+            let checked = self.0.call("health check", backend.kind(), backend.check_health()).await;
+            checked.map_err(|e| csi_endpoint::NotReady::new(format!("backend {}", backend.kind()), e))?;
         }
         Ok(())
     }

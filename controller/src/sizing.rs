@@ -5,7 +5,7 @@ use crate::validate::SizeRange;
 
 /// What CreateVolume allocates when the request names no size.
 pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
-const MIB: u64 = 1 << 20;
+use swell_storage::units::MIB;
 /// The finest size a loop device and every supported filesystem accept.
 const SECTOR_ALIGN: u64 = 4096;
 
@@ -115,7 +115,7 @@ pub fn plan_expansion(current: u64, range: SizeRange, available: u64) -> Result<
 mod tests {
     use super::*;
 
-    const GIB: u64 = 1 << 30;
+    use swell_storage::units::GIB;
 
     fn range(required: Option<u64>, limit: Option<u64>) -> SizeRange {
         SizeRange { required, limit }

@@ -16,7 +16,7 @@ use swell_e2e::sweep::sweep;
 use swell_storage::Backend;
 use swell_storage::local::LocalBackend;
 
-const MIB: u64 = 1 << 20;
+use swell_storage::units::MIB;
 
 struct Timings {
     stage: Vec<Duration>,

@@ -13,7 +13,7 @@ use swell_controller::rbd::RbdConfig;
 use swell_controller::reconciler::{Reconciler, ReconcilerConfig};
 use swell_controller::server::{BackendOptions, ControllerConfig, build_with as build_controller};
 use swell_node::NodeConfig;
-use swell_node::config::RbdNodeConfig;
+use swell_storage::CephAccess;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -54,18 +54,7 @@ pub struct DriverOptions {
     /// passes itself through [`DriverUnderTest::reconciler`].
     pub reconciler: Option<ReconcilerConfig>,
     /// A Ceph cluster for the RBD backend (controller and node alike).
-    pub rbd: Option<RbdCluster>,
-}
-
-/// How the driver reaches a Ceph cluster.
-#[derive(Debug, Clone)]
-pub struct RbdCluster {
-    /// The id volume ids carry for this cluster.
-    pub cluster_id: String,
-    /// Its ceph.conf.
-    pub ceph_conf: PathBuf,
-    /// A keyring for `client.admin`.
-    pub keyring: PathBuf,
+    pub rbd: Option<CephAccess>,
 }
 
 /// A running controller + node and clients for both.
@@ -200,14 +189,8 @@ impl DriverUnderTest {
         node_config.local_state_dir = local_state_dir.clone();
         node_config.endpoint = format!("unix://{}", node_socket.display());
 
-        let backend_options =
-            BackendOptions { rbd: options.rbd.as_ref().map(|c| RbdConfig::new(&c.cluster_id, &c.ceph_conf, &c.keyring)), default_backend: None };
-        node_config.rbd = options.rbd.as_ref().map(|c| RbdNodeConfig {
-            cluster_id: c.cluster_id.clone(),
-            ceph_conf: c.ceph_conf.clone(),
-            keyring: c.keyring.clone(),
-            user: "admin".into(),
-        });
+        let backend_options = BackendOptions { rbd: options.rbd.clone().map(RbdConfig::with_access), default_backend: None };
+        node_config.rbd = options.rbd.clone();
         let node = swell_node::server::build(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
         let controller = build_controller(&controller_config, &backend_options)?;
         let (controller_observed, controller_metrics) = spawn_observed(controller.observed).await?;

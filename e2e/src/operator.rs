@@ -15,7 +15,7 @@ use crate::instrumented::GrowMode;
 use crate::never_stuck::{Engine, InProcess, create, expand};
 use crate::process::built_binary;
 
-const GIB: u64 = 1 << 30;
+use swell_storage::units::GIB;
 
 /// Runs `swell ARGS` with the flags that point it at `rig`'s state, and
 /// `KUBECONFIG` when given.

@@ -23,7 +23,8 @@ use swell_controller::rbd::ffi::{Cluster, IoCtx};
 use swell_controller::rbd::{RbdBackend, RbdConfig};
 use swell_controller::reconciler::ReconcilerConfig;
 use swell_controller::server::{BackendOptions, ControllerConfig, build_with};
-use swell_node::{NodeConfig, RbdNodeConfig};
+use swell_node::NodeConfig;
+use swell_storage::CephAccess;
 use swell_storage::{Backend, RbdVolume, VolumeId};
 use tokio::sync::MutexGuard;
 use tonic::transport::Channel;
@@ -39,7 +40,7 @@ pub const CLUSTER_ID: &str = "rig";
 const DIR: &str = "/var/tmp/swell-rbd-e2e";
 /// Below the ephemeral range (32768+) even with a slot's offset.
 const PORT: u16 = 24200;
-const MIB: u64 = 1 << 20;
+use swell_storage::units::MIB;
 
 /// A reachable cluster.
 #[derive(Debug)]
@@ -212,7 +213,7 @@ pub fn node_config(env: &ClusterEnv, root: &Path, user: &str, keyring: &Path) ->
     let mut config = NodeConfig::new("swell-rbd-test-node");
     config.state_dir = root.join("node");
     config.local_state_dir = root.join("local");
-    config.rbd = Some(RbdNodeConfig { cluster_id: CLUSTER_ID.into(), ceph_conf: env.conf.clone(), keyring: keyring.to_owned(), user: user.into() });
+    config.rbd = Some(CephAccess { cluster_id: CLUSTER_ID.into(), ceph_conf: env.conf.clone(), keyring: keyring.to_owned(), user: user.into() });
     config
 }
 

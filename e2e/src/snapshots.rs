@@ -32,10 +32,10 @@ use crate::process::ControllerProcess;
 use crate::requests::{self, block_capability, mount_capability};
 use crate::sweep::MountSweeper;
 
-/// A mebibyte.
-pub const MIB: u64 = 1 << 20;
 /// A gibibyte.
-pub const GIB: u64 = 1 << 30;
+pub use swell_storage::units::GIB;
+/// A mebibyte.
+pub use swell_storage::units::MIB;
 
 /// A controller and a node as processes over one directory, and the
 /// StorageClass parameters that choose the backend under test.

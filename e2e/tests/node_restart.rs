@@ -26,7 +26,7 @@ use swell_e2e::stream_io;
 use swell_e2e::sweep::{MountSweeper, leftovers};
 use tonic::transport::Channel;
 
-const MIB: i64 = 1 << 20;
+const MIB: i64 = swell_storage::units::MIB as i64;
 
 /// A controller and a node as processes over one directory.
 struct Plant {

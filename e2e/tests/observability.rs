@@ -20,7 +20,7 @@ use swell_e2e::requests::{self, mount_capability};
 use swell_e2e::{host, logs};
 use tonic::Code;
 
-const MIB: i64 = 1 << 20;
+const MIB: i64 = swell_storage::units::MIB as i64;
 
 fn observed_args(metrics: SocketAddr) -> Vec<String> {
     vec![format!("--metrics-address={metrics}"), "--log-format=json".into()]

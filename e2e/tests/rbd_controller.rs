@@ -17,7 +17,7 @@ use swell_e2e::timing::{assert_within_deadline, median};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-const MIB: u64 = 1 << 20;
+use swell_storage::units::MIB;
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(8);
 

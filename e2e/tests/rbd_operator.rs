@@ -13,7 +13,7 @@ use swell_e2e::process::ControllerProcess;
 use swell_e2e::requests::{self, mount_capability};
 use swell_e2e::{host, logs, rbd_rig, sweep};
 
-const MIB: i64 = 1 << 20;
+const MIB: i64 = swell_storage::units::MIB as i64;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swell_shows_every_expansion_on_rbd() {

@@ -19,7 +19,7 @@ use swell_storage::RbdVolume;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-const MIB: u64 = 1 << 20;
+use swell_storage::units::MIB;
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(8);
 
 async fn session(test: &str) -> Option<rbd_rig::Session> {

@@ -28,12 +28,13 @@ use swell_e2e::requests::{self, mount_capability};
 use swell_e2e::resizer::expand_like_the_resizer;
 use swell_e2e::state::{leave_wish, record_of};
 use swell_e2e::sweep::MountSweeper;
-use swell_node::{NodeConfig, RbdNodeConfig};
+use swell_node::NodeConfig;
+use swell_storage::CephAccess;
 use swell_storage::{ExpansionRecord, ExpansionStore, RbdVolume, VolumeId};
 use tonic::Code;
 use tonic::transport::Channel;
 
-const MIB: u64 = 1 << 20;
+use swell_storage::units::MIB;
 const GRIP: &str = "rbd-grow-before-resize";
 const UNHEARD: &str = "rbd-grow-before-announce";
 
@@ -177,7 +178,7 @@ async fn mount_on_node(env: &ClusterEnv, root: &Path, id: &str) -> (NodeUnderTes
     let mut config = NodeConfig::new("swell-rbd-state-node");
     config.state_dir = root.join("node");
     config.local_state_dir = root.join("local");
-    config.rbd = Some(RbdNodeConfig { cluster_id: CLUSTER_ID.into(), ceph_conf: env.conf.clone(), keyring: env.keyring.clone(), user: "admin".into() });
+    config.rbd = Some(CephAccess { cluster_id: CLUSTER_ID.into(), ceph_conf: env.conf.clone(), keyring: env.keyring.clone(), user: "admin".into() });
     let mut node = NodeUnderTest::serve(&root.join("node.sock"), &config).await.unwrap();
     let cap = mount_capability("xfs");
     let (staging, target) = (root.join("staging").display().to_string(), root.join("pod/vol").display().to_string());

@@ -21,7 +21,7 @@ use swell_webhook::server::Limits;
 use swell_webhook::{Policy, Webhook};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const GI: u64 = 1 << 30;
+use swell_storage::units::GIB as GI;
 
 /// Counts the backend reads, so "without a backend call" is checked.
 struct Counting<F> {

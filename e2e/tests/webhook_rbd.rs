@@ -19,7 +19,7 @@ use swell_webhook::records::RecordStore;
 use swell_webhook::server::Limits;
 use swell_webhook::{Policy, Webhook};
 
-const MIB: u64 = 1 << 20;
+use swell_storage::units::MIB;
 const DEADLINE: Duration = Duration::from_secs(3);
 
 /// A webhook with its own connection to the test cluster, judging one

@@ -14,8 +14,26 @@ use tonic::{Request, Response, Status};
 /// Answers whether the plugin can serve requests now.
 #[async_trait::async_trait]
 pub trait Probe: Send + Sync + 'static {
-    /// `Err` carries the reason the plugin is not ready.
-    async fn check(&self) -> Result<(), String>;
+    /// `Err` names the part that is not ready and why.
+    async fn check(&self) -> Result<(), NotReady>;
+}
+
+/// Why the plugin cannot serve now: the part that failed (a backend, the
+/// state directory) and its error, kept whole for the log.
+#[derive(Debug, thiserror::Error)]
+#[error("{part}: {source}")]
+pub struct NotReady {
+    /// What was checked.
+    pub part: String,
+    /// Why it failed.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl NotReady {
+    /// A failed check of `part`.
+    pub fn new(part: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        NotReady { part: part.into(), source: source.into() }
+    }
 }
 
 /// The Identity service.
@@ -89,8 +107,8 @@ mod tests {
     struct Never;
     #[async_trait::async_trait]
     impl Probe for Never {
-        async fn check(&self) -> Result<(), String> {
-            Err("backend down".into())
+        async fn check(&self) -> Result<(), NotReady> {
+            Err(NotReady::new("backend local", "down"))
         }
     }
 

@@ -16,7 +16,7 @@ pub mod observe;
 pub mod rpc_metrics;
 pub mod socket;
 
-pub use identity::{IdentityService, Probe};
+pub use identity::{IdentityService, NotReady, Probe};
 pub use observe::Observed;
 pub use rpc_metrics::RpcMetrics;
 pub use socket::{EndpointError, connect, parse_endpoint, serve, shutdown_signal};

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use swell_storage::CephAccess;
+
 /// Where the node keeps its state and how it names itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -18,22 +20,7 @@ pub struct NodeConfig {
     pub endpoint: String,
     /// The Ceph cluster whose RBD images this node attaches; `None` when
     /// the node serves local volumes only.
-    pub rbd: Option<RbdNodeConfig>,
-}
-
-/// How this node reaches one Ceph cluster. Volume ids name the cluster
-/// (`rbd:<cluster-id>:<pool>:<image>`); only ids with this `cluster_id`
-/// are attached here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RbdNodeConfig {
-    /// The id volume ids use for this cluster.
-    pub cluster_id: String,
-    /// The cluster's ceph.conf (monitor addresses).
-    pub ceph_conf: PathBuf,
-    /// The keyring holding `client.<user>`'s key.
-    pub keyring: PathBuf,
-    /// The Ceph user, without the `client.` prefix.
-    pub user: String,
+    pub rbd: Option<CephAccess>,
 }
 
 impl NodeConfig {

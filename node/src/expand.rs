@@ -111,7 +111,7 @@ mod tests {
     use super::*;
     use tonic::Code;
 
-    const GIB: u64 = 1 << 30;
+    use swell_storage::units::GIB;
 
     #[test]
     fn a_backend_smaller_than_required_is_out_of_range() {

@@ -13,7 +13,7 @@ use crate::system::fake::FakeSystem;
 use crate::validate::{Expand, Publish, Stage, Unpublish, Unstage};
 use crate::{NodeConfig, NodeContext};
 
-pub const MIB: u64 = 1 << 20;
+pub use swell_storage::units::MIB;
 
 /// A node context over a fake host.
 pub struct Fixture {

@@ -29,7 +29,7 @@ pub mod stats;
 pub mod system;
 pub mod validate;
 
-pub use config::{NodeConfig, RbdNodeConfig};
+pub use config::NodeConfig;
 pub use error::NodeError;
 pub use service::NodeService;
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use csi_endpoint::logs::LogArgs;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
-use swell_node::{NodeConfig, RbdNodeConfig};
+use swell_node::NodeConfig;
+use swell_storage::CephAccess;
 
 /// Swell CSI node plugin: attaches, formats, mounts and grows volumes.
 #[derive(Debug, Parser)]
@@ -54,8 +55,8 @@ const PROGRAMS_HEADING: &str = "Runs these programs, found on PATH:";
 impl Args {
     /// The RBD part of the configuration; clap guarantees the three
     /// cluster flags come together.
-    fn rbd(&self) -> Option<RbdNodeConfig> {
-        Some(RbdNodeConfig {
+    fn rbd(&self) -> Option<CephAccess> {
+        Some(CephAccess {
             cluster_id: self.rbd_cluster_id.clone()?,
             ceph_conf: self.rbd_ceph_conf.clone()?,
             keyring: self.rbd_keyring.clone()?,

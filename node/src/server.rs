@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use csi_endpoint::identity::{InvalidDriverName, controller_service_capability, online_expansion_capability};
-use csi_endpoint::{IdentityService, Observed, Probe, RpcMetrics};
+use csi_endpoint::{IdentityService, NotReady, Observed, Probe, RpcMetrics};
 use csi_proto::v1::identity_server::IdentityServer;
 use csi_proto::v1::node_server::NodeServer;
 use prometheus_client::registry::Registry;
@@ -59,7 +59,7 @@ struct StateProbe(PathBuf);
 
 #[async_trait::async_trait]
 impl Probe for StateProbe {
-    async fn check(&self) -> Result<(), String> {
-        tokio::fs::metadata(&self.0).await.map(drop).map_err(|e| format!("state directory {}: {e}", self.0.display()))
+    async fn check(&self) -> Result<(), NotReady> {
+        tokio::fs::metadata(&self.0).await.map(drop).map_err(|e| NotReady::new(format!("state directory {}", self.0.display()), e))
     }
 }

@@ -137,7 +137,16 @@ pub enum BackendError {
         /// The deadline.
         after: Duration,
     },
-    /// An unexpected local failure (I/O, corrupt metadata).
+    /// Swell's own metadata does not read back as Swell wrote it (a bug, or
+    /// another writer): nothing to retry, an operator must look.
+    #[error("{step}: Swell's own state is inconsistent: {detail}")]
+    Corrupt {
+        /// What Swell was doing.
+        step: String,
+        /// What does not fit.
+        detail: String,
+    },
+    /// An unexpected local failure (I/O, a worker that died).
     #[error("{step}: {source}")]
     Io {
         /// What Swell was doing.
@@ -151,6 +160,11 @@ impl BackendError {
     /// Wraps an I/O error with the step it interrupted.
     pub fn io(step: impl Into<String>, source: std::io::Error) -> Self {
         BackendError::Io { step: step.into(), source }
+    }
+
+    /// Metadata that does not read back as written, with the step reading it.
+    pub fn corrupt(step: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        BackendError::Corrupt { step: step.into(), detail: detail.to_string() }
     }
 }
 

@@ -128,6 +128,10 @@ pub trait HeldVolume: Send + Sync {
     /// Gives the volume back. A store may keep it a moment for this
     /// process's next operation on the volume.
     async fn release(self: Box<Self>);
+
+    /// Gives a deleted volume back at once: no next operation can reuse
+    /// the hold, and the background work finishing the delete needs it.
+    async fn release_deleted(self: Box<Self>);
 }
 
 /// A volume held for one operation. Released by [`Hold::release`], or, when
@@ -149,6 +153,13 @@ impl Hold {
     pub async fn release(mut self) {
         if let Some(held) = self.0.take() {
             held.release().await;
+        }
+    }
+
+    /// Gives a deleted volume back (see [`HeldVolume::release_deleted`]).
+    pub async fn release_deleted(mut self) {
+        if let Some(held) = self.0.take() {
+            held.release_deleted().await;
         }
     }
 }

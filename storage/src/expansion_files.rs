@@ -37,6 +37,8 @@ impl HeldVolume for HeldKey {
     }
 
     async fn release(self: Box<Self>) {}
+
+    async fn release_deleted(self: Box<Self>) {}
 }
 
 impl ExpansionRecords {
@@ -143,7 +145,7 @@ impl ExpansionStore for ExpansionRecords {
     }
 
     async fn write(&self, _hold: &Hold, record: ExpansionRecord) -> Result<ExpansionRecord, BackendError> {
-        let id: VolumeId = record.volume_id.parse().map_err(|e| BackendError::io("write expansion record", io::Error::other(e)))?;
+        let id: VolumeId = record.volume_id.parse().map_err(|e| BackendError::corrupt("write expansion record", e))?;
         self.blocking("write expansion record", move |this| this.put(&id, record)).await
     }
 

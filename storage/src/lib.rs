@@ -15,10 +15,11 @@ pub mod local;
 pub mod locks;
 pub mod rbd_volume;
 pub mod snapshot;
+pub mod units;
 pub mod volume_id;
 
 pub use backend::{Backend, BackendError, Capacity, Created, Placement, VolumeInfo};
 pub use expansion::{ExpansionRecord, ExpansionStore, Hold};
-pub use rbd_volume::RbdVolume;
+pub use rbd_volume::{CephAccess, RbdVolume};
 pub use snapshot::{ContentSource, SnapshotId, SnapshotInfo};
 pub use volume_id::VolumeId;

@@ -7,6 +7,7 @@
 //! image names no volume.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use crate::volume_id::{VolumeId, VolumeIdError, is_name_digest, name_digest};
 
@@ -14,6 +15,28 @@ use crate::volume_id::{VolumeId, VolumeIdError, is_name_digest, name_digest};
 pub const KIND: &str = "rbd";
 /// Every Swell image name starts with this.
 pub const IMAGE_PREFIX: &str = "swell-";
+
+/// How a process reaches one Ceph cluster, and the id its volume ids carry:
+/// one shape for the controller, the node and every tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CephAccess {
+    /// Names the cluster in volume ids; lowercase `[a-z0-9._-]`. Changing
+    /// it orphans existing volumes.
+    pub cluster_id: String,
+    /// The cluster's `ceph.conf` (monitor addresses).
+    pub ceph_conf: PathBuf,
+    /// The keyring holding `client.<user>`'s key.
+    pub keyring: PathBuf,
+    /// The cephx user, without `client.`.
+    pub user: String,
+}
+
+impl CephAccess {
+    /// Access as `client.admin`.
+    pub fn new(cluster_id: impl Into<String>, ceph_conf: impl Into<PathBuf>, keyring: impl Into<PathBuf>) -> Self {
+        CephAccess { cluster_id: cluster_id.into(), ceph_conf: ceph_conf.into(), keyring: keyring.into(), user: "admin".into() }
+    }
+}
 
 /// Where an RBD volume lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

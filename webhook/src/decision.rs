@@ -200,7 +200,7 @@ fn in_flight(label: &str, from: u64, to: u64, asked: u64, state: &str) -> String
 mod tests {
     use super::*;
 
-    const GI: u64 = 1 << 30;
+    use swell_storage::units::GIB as GI;
 
     fn change(old: u64, new: u64, capacity: u64, status: Option<&str>) -> SizeChange {
         SizeChange {

@@ -65,10 +65,10 @@ impl Shared {
     /// no Swell RBD volume; an error for another cluster's volume.
     pub fn ours(&self, id: &VolumeId, step: &str) -> Result<Option<RbdVolume>, BackendError> {
         let Some(volume) = RbdVolume::parse(id) else { return Ok(None) };
-        if volume.cluster != self.config.cluster_id {
+        if volume.cluster != self.config.access.cluster_id {
             return Err(BackendError::Unavailable {
                 step: format!("{step} {id}"),
-                reason: format!("the volume belongs to Ceph cluster {:?}; this controller serves {:?}", volume.cluster, self.config.cluster_id),
+                reason: format!("the volume belongs to Ceph cluster {:?}; this controller serves {:?}", volume.cluster, self.config.access.cluster_id),
             });
         }
         Ok(Some(volume))
@@ -98,7 +98,7 @@ impl RbdBackend {
     /// A backend for `config`. Nothing is contacted yet: the connection is
     /// made on the first call, so the controller starts while Ceph is down.
     pub fn new(config: RbdConfig) -> Result<Self, ConfigError> {
-        for (what, value) in [("cluster id", &config.cluster_id), ("default pool", &config.default_pool)] {
+        for (what, value) in [("cluster id", &config.access.cluster_id), ("default pool", &config.default_pool)] {
             if VolumeId::new(KIND, value).is_err() || value.contains(':') {
                 return Err(ConfigError(format!("{what} {value:?} must be lowercase [a-z0-9._-]")));
             }
@@ -119,8 +119,7 @@ impl RbdBackend {
                 config.call_deadline()
             )));
         }
-        let settings =
-            ConnectSettings { ceph_conf: config.ceph_conf.clone(), keyring: config.keyring.clone(), user: config.user.clone(), op_timeout: config.op_timeout };
+        let settings = ConnectSettings { access: config.access.clone(), op_timeout: config.op_timeout };
         let connector = Connector::new(settings, MAX_OUTSTANDING, config.call_deadline());
         let shared = Arc::new(Shared {
             readings: Readings::new(config.reading_max_age, config.op_timeout),
@@ -142,7 +141,7 @@ impl RbdBackend {
 
     /// The id a volume named `name` gets in `pool`.
     pub fn id_for(&self, pool: &str, name: &str) -> Result<VolumeId, BackendError> {
-        RbdVolume::for_name(&self.shared.config.cluster_id, pool, name)
+        RbdVolume::for_name(&self.shared.config.access.cluster_id, pool, name)
             .map(|v| v.id())
             .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })
     }
@@ -169,7 +168,7 @@ impl RbdBackend {
     /// The volume a CO name gets in the pool `placement` names (or the default).
     fn volume_for(&self, name: &str, placement: &Placement) -> Result<RbdVolume, BackendError> {
         let pool = placement.pool.clone().unwrap_or_else(|| self.shared.config.default_pool.clone());
-        RbdVolume::for_name(&self.shared.config.cluster_id, &pool, name)
+        RbdVolume::for_name(&self.shared.config.access.cluster_id, &pool, name)
             .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })
     }
 
@@ -182,7 +181,7 @@ impl RbdBackend {
     /// The pool of one of this cluster's snapshots, `None` for another's.
     fn snapshot_pool(&self, id: &SnapshotId) -> Option<String> {
         let (cluster, pool) = id.place().split_once(':')?;
-        (id.backend() == KIND && cluster == self.shared.config.cluster_id && !pool.contains(':')).then(|| pool.to_owned())
+        (id.backend() == KIND && cluster == self.shared.config.access.cluster_id && !pool.contains(':')).then(|| pool.to_owned())
     }
 
     /// The bytes Swell has promised in `pool`, read now.
@@ -221,7 +220,7 @@ impl Backend for RbdBackend {
     }
 
     async fn volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError> {
-        let Some(volume) = RbdVolume::parse(id).filter(|v| v.cluster == self.shared.config.cluster_id) else { return Ok(None) };
+        let Some(volume) = RbdVolume::parse(id).filter(|v| v.cluster == self.shared.config.access.cluster_id) else { return Ok(None) };
         self.shared.connector.run("read volume", move |conn, _| volume_blocking(conn, &volume)).await
     }
 
@@ -284,7 +283,7 @@ impl Backend for RbdBackend {
 
     async fn list_snapshots(&self, source: Option<&VolumeId>) -> Result<Vec<SnapshotInfo>, BackendError> {
         let source = match source {
-            Some(id) => match RbdVolume::parse(id).filter(|v| v.cluster == self.shared.config.cluster_id) {
+            Some(id) => match RbdVolume::parse(id).filter(|v| v.cluster == self.shared.config.access.cluster_id) {
                 Some(volume) => Some(volume),
                 None => return Ok(Vec::new()),
             },
@@ -338,8 +337,8 @@ mod tests {
         let ok = RbdConfig::new("ceph-a", "/etc/ceph/ceph.conf", "/etc/ceph/keyring");
         assert!(RbdBackend::new(ok.clone()).is_ok());
         for bad in [
-            RbdConfig { cluster_id: "Ceph".into(), ..ok.clone() },
-            RbdConfig { cluster_id: "a:b".into(), ..ok.clone() },
+            RbdConfig { access: crate::rbd::CephAccess { cluster_id: "Ceph".into(), ..ok.access.clone() }, ..ok.clone() },
+            RbdConfig { access: crate::rbd::CephAccess { cluster_id: "a:b".into(), ..ok.access.clone() }, ..ok.clone() },
             RbdConfig { default_pool: "".into(), ..ok.clone() },
             RbdConfig { overprovision_ratio: 0.0, ..ok.clone() },
             RbdConfig { op_timeout: Duration::from_millis(10), ..ok.clone() },

@@ -139,7 +139,7 @@ fn scale(bytes: u64, ratio: f64) -> u64 {
 mod tests {
     use super::*;
 
-    const GIB: u64 = 1 << 30;
+    use swell_storage::units::GIB;
 
     fn usage(stored: u64, max_avail: u64) -> PoolUsage {
         PoolUsage { stored, max_avail }

@@ -30,7 +30,7 @@ use super::ffi::{Errno, IoCtx};
 use super::lease::Acquired;
 use super::snapshots;
 use super::state::{self, Entry, Lineage, Phase};
-use super::volumes::{Made, grow_blocking, make_image, read_header};
+use super::volumes::{self, Made, grow_blocking, make_image, read_header};
 
 /// What a clone reads from.
 struct Parent {
@@ -64,8 +64,7 @@ pub(crate) fn create_from_blocking(
     let entry = state::read_entry(&io, &volume.image)?;
     match &entry {
         Some(e) if e.live() && e.name != name => {
-            let reason = format!("image {} already belongs to volume {:?}", volume.spec(), e.name);
-            return Err(BackendError::io(format!("create {name}"), std::io::Error::other(reason)).into());
+            return Err(volumes::belongs_elsewhere(name, volume, &e.name));
         }
         Some(e) if e.live() && e.lineage.source.as_ref() != Some(source) => {
             let was = e.lineage.source.as_ref().map_or_else(|| "blank".to_owned(), |s| format!("made from {s}"));
@@ -120,7 +119,7 @@ fn parent_of(shared: &Shared, conn: &Connection, image: &str, source: &ContentSo
         ContentSource::Snapshot(snapshot) => {
             let missing = || RbdError::Refused(BackendError::SnapshotNotFound(snapshot.clone()));
             let (cluster, pool) = snapshot.place().split_once(':').ok_or_else(missing)?;
-            if cluster != shared.config.cluster_id {
+            if cluster != shared.config.access.cluster_id {
                 return Err(missing());
             }
             let io = conn.pool(pool)?.ok_or_else(missing)?;

@@ -276,10 +276,9 @@ fn decide(stored: &HashMap<String, Vec<u8>>, changes: &[Change], room: &RoomFn<'
             (Change::Remove { .. }, Some(Stored::Volume(entry))) => Ok((None, Outcome::Removed(Some(entry.clone())))),
             (Change::RemoveSnapshot { .. }, Some(Stored::Snapshot(entry))) => Ok((None, Outcome::SnapshotRemoved(Some(entry.clone())))),
             // A key holds one kind only (`v.` or `s.`): unreachable unless corrupt.
-            (_, Some(_)) => Err(RbdError::Refused(BackendError::io(
-                format!("record state of {}", key.name()),
-                std::io::Error::other("the stored entry is of another kind than the change"),
-            ))),
+            (_, Some(_)) => {
+                Err(RbdError::Refused(BackendError::corrupt(format!("record state of {}", key.name()), "the stored entry is of another kind than the change")))
+            }
         };
         match decided {
             Ok((after, outcome)) => {
@@ -321,10 +320,10 @@ fn put(
     let name = match (current, name) {
         // A deleted volume's name may be taken again.
         (Some(current), Some(name)) if current.name != name && current.live() => {
-            return Err(RbdError::Refused(BackendError::io(
-                format!("record state of image {image}"),
-                std::io::Error::other(format!("the image belongs to volume {:?}, not {name:?}", current.name)),
-            )));
+            return Err(RbdError::Refused(BackendError::NameTaken {
+                name: name.to_owned(),
+                reason: format!("its image {image} belongs to volume {:?}", current.name),
+            }));
         }
         (_, Some(name)) => name.to_owned(),
         (Some(current), None) => current.name.clone(),
@@ -352,10 +351,10 @@ fn put_snapshot(
         return Err(changed(key, stored_generation, wanted.generation));
     }
     if let Some(current) = current.filter(|c| c.phase != Phase::Deleting && c.name != wanted.name) {
-        return Err(RbdError::Refused(BackendError::io(
-            format!("record state of snapshot {key}"),
-            std::io::Error::other(format!("the key belongs to snapshot {:?}, not {:?}", current.name, wanted.name)),
-        )));
+        return Err(RbdError::Refused(BackendError::NameTaken {
+            name: wanted.name.clone(),
+            reason: format!("its key {key} belongs to snapshot {:?}", current.name),
+        }));
     }
     admit(key, wanted.promised().saturating_sub(current.map_or(0, SnapshotEntry::promised)), total, room)?;
     let mut stored = wanted.clone();

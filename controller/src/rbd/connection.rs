@@ -11,9 +11,9 @@
 //! never under a thread that is blocked in it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use swell_storage::CephAccess;
 
 use swell_storage::BackendError;
 use tokio::sync::Semaphore;
@@ -24,12 +24,8 @@ use super::ffi::{Cluster, Errno, IoCtx};
 /// How to reach a cluster.
 #[derive(Debug, Clone)]
 pub struct ConnectSettings {
-    /// `ceph.conf` (monitor addresses).
-    pub ceph_conf: PathBuf,
-    /// The keyring holding `client.<user>`'s key.
-    pub keyring: PathBuf,
-    /// The cephx user, without `client.`.
-    pub user: String,
+    /// The cluster and the user to connect as.
+    pub access: CephAccess,
     /// `rados_osd_op_timeout`, `rados_mon_op_timeout` and `client_mount_timeout`.
     pub op_timeout: Duration,
 }
@@ -52,7 +48,7 @@ pub struct Connection {
 fn client_options(settings: &ConnectSettings) -> Vec<(&'static str, String)> {
     let secs = settings.op_timeout.as_secs().max(1);
     vec![
-        ("keyring", settings.keyring.to_string_lossy().into_owned()),
+        ("keyring", settings.access.keyring.to_string_lossy().into_owned()),
         ("rados_osd_op_timeout", secs.to_string()),
         ("rados_mon_op_timeout", secs.to_string()),
         ("client_mount_timeout", secs.to_string()),
@@ -63,8 +59,8 @@ fn client_options(settings: &ConnectSettings) -> Vec<(&'static str, String)> {
 
 impl Connection {
     fn open(settings: &ConnectSettings) -> Result<Self, RbdError> {
-        let cluster = Cluster::create(&settings.user).map_err(|e| RbdError::connect("rados_create", e))?;
-        cluster.read_conf_file(&settings.ceph_conf).map_err(|e| RbdError::connect(format!("read {}", settings.ceph_conf.display()), e))?;
+        let cluster = Cluster::create(&settings.access.user).map_err(|e| RbdError::connect("rados_create", e))?;
+        cluster.read_conf_file(&settings.access.ceph_conf).map_err(|e| RbdError::connect(format!("read {}", settings.access.ceph_conf.display()), e))?;
         for (option, value) in client_options(settings) {
             cluster.conf_set(option, &value).map_err(|e| RbdError::connect(format!("set {option}"), e))?;
         }
@@ -158,7 +154,7 @@ impl Connector {
         }
         let started = Instant::now();
         let conn = Arc::new(Connection::open(&self.settings)?);
-        tracing::info!(conf = %self.settings.ceph_conf.display(), user = %self.settings.user, client = conn.describe(), took = ?started.elapsed(), "connected to Ceph");
+        tracing::info!(conf = %self.settings.access.ceph_conf.display(), user = %self.settings.access.user, client = conn.describe(), took = ?started.elapsed(), "connected to Ceph");
         *current = Some(Arc::clone(&conn));
         Ok(conn)
     }
@@ -233,13 +229,14 @@ mod tests {
     fn nowhere(dir: &std::path::Path) -> ConnectSettings {
         let conf = dir.join("ceph.conf");
         std::fs::write(&conf, "[global]\nmon host = v2:127.0.0.1:9\nauth client required = none\n").unwrap();
-        ConnectSettings { ceph_conf: conf, keyring: dir.join("keyring"), user: "admin".into(), op_timeout: Duration::from_secs(1) }
+        ConnectSettings { access: CephAccess::new("nowhere", conf, dir.join("keyring")), op_timeout: Duration::from_secs(1) }
     }
 
     #[test]
     fn a_lagging_op_asks_for_a_new_osd_map_before_it_is_cancelled() {
         for op_secs in [1u64, 3, 5] {
-            let settings = ConnectSettings { ceph_conf: "c".into(), keyring: "k".into(), user: "u".into(), op_timeout: Duration::from_secs(op_secs) };
+            let settings =
+                ConnectSettings { access: CephAccess { user: "u".into(), ..CephAccess::new("c", "c", "k") }, op_timeout: Duration::from_secs(op_secs) };
             let options: HashMap<_, _> = client_options(&settings).into_iter().collect();
             let secs = |key: &str| options[key].parse::<u64>().unwrap();
             assert_eq!(secs("rados_osd_op_timeout"), op_secs);

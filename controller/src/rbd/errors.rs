@@ -79,8 +79,12 @@ impl RbdError {
                 BackendError::Timeout { step, after } => BackendError::Timeout { step: step.clone(), after: *after },
                 BackendError::Unavailable { step, reason } => BackendError::Unavailable { step: step.clone(), reason: reason.clone() },
                 BackendError::Contended { step, reason } => BackendError::Contended { step: step.clone(), reason: reason.clone() },
+                BackendError::SnapshotNotFound(id) => BackendError::SnapshotNotFound(id.clone()),
+                BackendError::Shrink { id, current, requested } => BackendError::Shrink { id: id.clone(), current: *current, requested: *requested },
+                BackendError::NameTaken { name, reason } => BackendError::NameTaken { name: name.clone(), reason: reason.clone() },
+                BackendError::Unsupported { backend, what } => BackendError::Unsupported { backend: backend.clone(), what: what.clone() },
+                BackendError::Corrupt { step, detail } => BackendError::Corrupt { step: step.clone(), detail: detail.clone() },
                 BackendError::Io { step, source } => BackendError::io(step.clone(), std::io::Error::new(source.kind(), source.to_string())),
-                other => BackendError::io("shared pool reading", std::io::Error::other(other.to_string())),
             }),
         }
     }

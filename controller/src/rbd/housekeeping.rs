@@ -61,7 +61,7 @@ fn housekeep_pool(shared: &Shared, conn: &Connection, pool: &str, deadline: Inst
     let owed: Vec<(RbdVolume, Entry)> = state::pending_entries(&io)?
         .into_iter()
         .filter(|(_, entry)| entry.phase != Phase::Ready || entry.lineage.flatten)
-        .filter_map(|(image, entry)| Some((RbdVolume::at(&shared.config.cluster_id, pool, &image).ok()?, entry)))
+        .filter_map(|(image, entry)| Some((RbdVolume::at(&shared.config.access.cluster_id, pool, &image).ok()?, entry)))
         .collect();
     trash::in_parallel(&owed, shared.config.purge_concurrency, deadline, shared.config.op_timeout, |(volume, entry)| {
         let finished = match entry.phase {

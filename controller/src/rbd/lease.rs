@@ -286,6 +286,10 @@ impl HeldVolume for VolumeLease {
             lingering.unlock(*self).await;
         }
     }
+
+    async fn release_deleted(self: Box<Self>) {
+        Arc::clone(&self.lingering).unlock(*self).await;
+    }
 }
 
 impl Drop for VolumeLease {

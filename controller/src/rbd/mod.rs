@@ -59,6 +59,8 @@ pub mod volumes;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use swell_storage::CephAccess;
+
 #[cfg(feature = "rbd")]
 pub use backend::RbdBackend;
 pub use swell_storage::rbd_volume::KIND;
@@ -66,15 +68,8 @@ pub use swell_storage::rbd_volume::KIND;
 /// How to reach one Ceph cluster and what policy to apply to it.
 #[derive(Debug, Clone)]
 pub struct RbdConfig {
-    /// Names the cluster in volume ids (`rbd:<cluster-id>:<pool>:<image>`);
-    /// lowercase `[a-z0-9._-]`. Changing it orphans existing volumes.
-    pub cluster_id: String,
-    /// The cluster's `ceph.conf`.
-    pub ceph_conf: PathBuf,
-    /// The keyring with the user's key.
-    pub keyring: PathBuf,
-    /// The cephx user without `client.` (default `admin`).
-    pub user: String,
+    /// How to reach the cluster and the id volume ids give it.
+    pub access: CephAccess,
     /// The pool used when a StorageClass names none (default `rbd`).
     pub default_pool: String,
     /// librados's timeout for each operation (OSD, monitor, connect);
@@ -103,14 +98,17 @@ pub struct RbdConfig {
 }
 
 impl RbdConfig {
-    /// A config with the defaults for user, pool, timeouts, policy and
-    /// instance (`$POD_NAME`, else the host name).
+    /// A config as `client.admin` with the defaults for pool, timeouts,
+    /// policy and instance (`$POD_NAME`, else the host name).
     pub fn new(cluster_id: impl Into<String>, ceph_conf: impl Into<PathBuf>, keyring: impl Into<PathBuf>) -> Self {
+        Self::with_access(CephAccess::new(cluster_id, ceph_conf, keyring))
+    }
+
+    /// A config reaching the cluster through `access`, with the defaults
+    /// for everything else.
+    pub fn with_access(access: CephAccess) -> Self {
         RbdConfig {
-            cluster_id: cluster_id.into(),
-            ceph_conf: ceph_conf.into(),
-            keyring: keyring.into(),
-            user: "admin".into(),
+            access,
             default_pool: "rbd".into(),
             op_timeout: DEFAULT_OP_TIMEOUT,
             overprovision_ratio: 1.0,

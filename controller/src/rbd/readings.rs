@@ -62,7 +62,7 @@ pub fn missing_pool(pool: &str) -> RbdError {
 }
 
 fn bad_json(step: &str, err: impl std::fmt::Display) -> RbdError {
-    RbdError::Refused(BackendError::io(step, std::io::Error::other(format!("unexpected monitor output: {err}"))))
+    RbdError::Refused(BackendError::Unavailable { step: step.into(), reason: format!("unexpected monitor output: {err}") })
 }
 
 impl Readings {

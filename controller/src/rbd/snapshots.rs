@@ -83,7 +83,7 @@ pub fn retire(io: &IoCtx, image: &str) -> Result<(), Errno> {
 }
 
 fn info(cluster: &str, pool: &str, key: &str, entry: &SnapshotEntry) -> Result<SnapshotInfo, RbdError> {
-    let source: VolumeId = entry.source_volume.parse().map_err(|e| BackendError::io(format!("read snapshot {key}"), std::io::Error::other(e)))?;
+    let source: VolumeId = entry.source_volume.parse().map_err(|e| BackendError::corrupt(format!("read snapshot {key}"), e))?;
     Ok(SnapshotInfo {
         id: snapshot_id(cluster, pool, key)?,
         name: entry.name.clone(),
@@ -105,7 +105,7 @@ pub(crate) fn create_blocking(
     let source_id = source.id();
     let io = Shared::io(conn, &source.pool)?;
     let key = snapshot_key(name);
-    let cluster = &shared.config.cluster_id;
+    let cluster = &shared.config.access.cluster_id;
     let existing = state::read_snapshot(&io, &key)?;
     let generation = match &existing {
         Some(entry) if entry.phase != Phase::Deleting && entry.source_volume != source_id.to_string() => {
@@ -148,7 +148,7 @@ pub(crate) fn create_blocking(
 fn stored(outcome: Outcome) -> Result<SnapshotEntry, RbdError> {
     match outcome {
         Outcome::SnapshotStored(entry) => Ok(entry),
-        other => Err(BackendError::io("record snapshot", std::io::Error::other(format!("unexpected outcome {other:?}"))).into()),
+        other => Err(BackendError::corrupt("record snapshot", format!("unexpected outcome {other:?}")).into()),
     }
 }
 
@@ -265,7 +265,7 @@ pub(crate) fn confirm_create(
 pub(crate) fn read_blocking(shared: &Shared, conn: &Connection, pool: &str, key: &str) -> Result<Option<SnapshotInfo>, RbdError> {
     let Some(io) = conn.pool(pool)? else { return Ok(None) };
     match state::read_snapshot(&io, key)? {
-        Some(entry) if entry.phase == Phase::Ready => Ok(Some(info(&shared.config.cluster_id, pool, key, &entry)?)),
+        Some(entry) if entry.phase == Phase::Ready => Ok(Some(info(&shared.config.access.cluster_id, pool, key, &entry)?)),
         _ => Ok(None),
     }
 }
@@ -283,7 +283,7 @@ pub(crate) fn list_blocking(shared: &Shared, conn: &Connection, source: Option<&
         for (key, entry) in state::all_snapshots(&io)? {
             if entry.phase == Phase::Ready && wanted.as_ref().is_none_or(|w| *w == entry.source_volume) {
                 // A pool whose name cannot be part of an id holds no Swell snapshot.
-                if let Ok(info) = info(&shared.config.cluster_id, &pool, &key, &entry) {
+                if let Ok(info) = info(&shared.config.access.cluster_id, &pool, &key, &entry) {
                     found.push(info);
                 }
             }

@@ -277,7 +277,7 @@ pub fn decode_total(raw: &[u8]) -> Result<u64, RbdError> {
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> RbdError {
-    RbdError::Refused(BackendError::io(format!("read {what} in {STATE_OBJECT}"), std::io::Error::other(format!("unreadable: {detail}"))))
+    RbdError::Refused(BackendError::corrupt(format!("read {what} in {STATE_OBJECT}"), format!("unreadable: {detail}")))
 }
 
 fn read_error(what: &str, errno: Errno) -> RbdError {

@@ -116,7 +116,7 @@ impl ExpansionStore for RbdStore {
     }
 
     async fn write(&self, hold: &Hold, record: ExpansionRecord) -> Result<ExpansionRecord, BackendError> {
-        let id: VolumeId = record.volume_id.parse().map_err(|e| BackendError::io("write expansion record", std::io::Error::other(e)))?;
+        let id: VolumeId = record.volume_id.parse().map_err(|e| BackendError::corrupt("write expansion record", e))?;
         let volume = self.volume(&id, "write record")?;
         if !hold.still_held() {
             return Err(BackendError::Contended { step: format!("write expansion record of {id}"), reason: "the volume's lease ran out".into() });
@@ -158,7 +158,7 @@ impl ExpansionStore for RbdStore {
                 }
             })
             .await;
-        hold.release().await;
+        hold.release_deleted().await;
         forgotten
     }
 

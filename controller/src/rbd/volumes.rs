@@ -33,8 +33,10 @@ use super::{header, snapshots};
 /// How often a grow whose header moved under it reads it again.
 const GROW_ATTEMPTS: usize = 3;
 
-fn belongs_elsewhere(name: &str, volume: &RbdVolume, owner: &str) -> RbdError {
-    BackendError::io(format!("create {name}"), std::io::Error::other(format!("image {} already belongs to volume {owner:?}", volume.spec()))).into()
+/// A name whose image is live under another volume's name (the names'
+/// hashes collide): the caller must pick another name.
+pub(crate) fn belongs_elsewhere(name: &str, volume: &RbdVolume, owner: &str) -> RbdError {
+    BackendError::NameTaken { name: name.to_owned(), reason: format!("its image {} belongs to volume {owner:?}", volume.spec()) }.into()
 }
 
 pub(crate) fn read_header(io: &IoCtx, id: &VolumeId, image: &str) -> Result<Option<header::Header>, RbdError> {
@@ -199,7 +201,7 @@ fn announce(io: &IoCtx, id: &VolumeId, found: &header::Header) -> Result<(), Rbd
 /// each pool the state object's entries, read a page at a time from where
 /// the window starts (so a page costs what it returns).
 pub(crate) fn list_blocking(shared: &Shared, conn: &Connection, after: Option<&VolumeId>, limit: usize) -> Result<Vec<VolumeInfo>, RbdError> {
-    let cluster = &shared.config.cluster_id;
+    let cluster = &shared.config.access.cluster_id;
     let mut pools = shared.readings.pools(conn)?;
     pools.sort_by_key(|pool| format!("{pool}:"));
     let mut volumes = Vec::new();

@@ -22,8 +22,8 @@ use super::report::{Report, Samples, Table, mib, ms, ratio};
 use super::scale::{self, Point};
 use super::{BenchResult, Plan, Rig, at};
 use crate::ceph::{self, TestCluster};
+use swell_storage::units::MIB;
 
-const MIB: u64 = 1 << 20;
 const CLUSTER_ID: &str = "bench";
 /// Below the ephemeral range even with a slot's offset; far from the test rigs' sites.
 const PORT: u16 = 26200;

@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 use super::report::Samples;
 use super::{BenchResult, at};
 use crate::requests;
+use swell_storage::units::MIB;
 
 /// How long a retried call may keep being refused before the bench gives up.
 const RETRY_PATIENCE: Duration = Duration::from_secs(60);
@@ -87,7 +88,6 @@ impl Csi {
 /// `name`, ControllerExpandVolume to 128 MiB, DeleteVolume; how long each
 /// took, in that order, added to `samples`.
 pub async fn life(csi: &mut Csi, name: &str, samples: &mut [Samples; 3]) -> BenchResult<()> {
-    const MIB: u64 = 1 << 20;
     let (took, id) = timed(csi.create(name, 64 * MIB)).await;
     let id = id.map_err(at(format!("create {name}")))?;
     samples[0].push(took);
@@ -175,7 +175,6 @@ pub struct Storm {
 /// `distinct` different sizes above `from` (one MiB apart), each retried
 /// until OK.
 pub async fn storm(csi: &Csi, id: &str, from: u64, calls: usize, distinct: usize) -> BenchResult<Storm> {
-    const MIB: u64 = 1 << 20;
     let tasks: Vec<_> = (0..calls)
         .map(|i| {
             let (mut csi, id, target) = (csi.clone(), id.to_owned(), from + MIB * (1 + (i % distinct) as u64));

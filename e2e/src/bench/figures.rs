@@ -10,8 +10,7 @@ use super::csi::{self, Csi};
 use super::process::{Calls, Served};
 use super::report::{Report, Samples, Table, mib, ms};
 use super::{BenchResult, Plan, Rig, at};
-
-const MIB: u64 = 1 << 20;
+use swell_storage::units::MIB;
 
 /// A table of the backend calls made during `runs` operations: per step,
 /// calls per operation and mean time, as the controller itself counted them.

@@ -21,9 +21,7 @@ use super::scale::{self, Point};
 use super::{BenchResult, Plan, Rig, at};
 use crate::host;
 use crate::requests::{self, mount_capability};
-
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
+use swell_storage::units::{GIB, MIB};
 
 /// A rig over a fresh local state directory under `dir`.
 pub fn rig(plan: &Plan, dir: &Path, metrics_port: u16) -> Rig {

@@ -13,8 +13,8 @@ use super::csi::{self, timed};
 use super::process::Calls;
 use super::report::{Report, Samples, Table, mib, ms, ratio};
 use super::{BenchResult, Plan, Rig, at};
+use swell_storage::units::MIB;
 
-const MIB: u64 = 1 << 20;
 /// Volumes made pending before the measured reconciler pass.
 pub const PENDING: usize = 20;
 /// ListVolumes page size of the figure.

@@ -3,8 +3,8 @@
 //! Markdown and written under `target/bench/` with the scale chart.
 //!
 //!     cargo build --release -p swell-controller -p swell-node -p swell-e2e --bins
-//!     sudo target/release/swell-bench                 # everything (about 6 minutes on 2 cores)
-//!     sudo target/release/swell-bench --short         # a few runs, 100 volumes (CI)
+//!     target/release/swell-bench                      # everything (about 6 minutes on 2 cores; as root)
+//!     target/release/swell-bench --short              # a few runs, 100 volumes (CI)
 //!
 //! `--controller-bin PATH` measures another controller build with the same
 //! client-side figures (a "before" column). Nothing here asserts a timing:

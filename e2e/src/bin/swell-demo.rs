@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use clap::Parser;
 use swell_e2e::ceph::{self, TestCluster};
-use swell_e2e::harness::{DriverOptions, DriverUnderTest, RbdCluster};
+use swell_e2e::harness::{DriverOptions, DriverUnderTest};
 use swell_e2e::{host, requests};
+use swell_storage::CephAccess;
 
-const MIB: i64 = 1 << 20;
-const GIB: i64 = 1 << 30;
+const MIB: i64 = swell_storage::units::MIB as i64;
+const GIB: i64 = swell_storage::units::GIB as i64;
 
 /// Runs one volume through its life on Swell and grows it while mounted.
 #[derive(Debug, Parser)]
@@ -94,7 +95,7 @@ async fn demo(args: Args) -> Result<(), String> {
         steps.run("install Ceph 16.2 packages (if missing)", async { ceph::install() }).await?;
         let ceph_dir = root.join("ceph");
         let up = steps.run("start Ceph: 1 mon, 1 mgr, 3 OSDs, pool rbd (size 3)", async { TestCluster::up(&ceph_dir, args.ceph_port) }).await?;
-        options.rbd = Some(RbdCluster { cluster_id: "demo".into(), ceph_conf: up.conf.clone(), keyring: up.keyring.clone() });
+        options.rbd = Some(CephAccess::new("demo", &up.conf, &up.keyring));
         cluster = Some(up);
     } else {
         println!("Swell demo: {} volume on the embedded local backend, under {}", args.fs, root.display());

@@ -30,10 +30,10 @@ use crate::harness::ControllerUnderTest;
 use crate::instrumented::InstrumentedBackend;
 use crate::requests::{self, mount_capability};
 
-/// One MiB.
-pub const MIB: u64 = 1 << 20;
 /// One GiB.
-pub const GIB: u64 = 1 << 30;
+pub use swell_storage::units::GIB;
+/// One MiB.
+pub use swell_storage::units::MIB;
 
 /// A storage engine the scenarios run on, and how to see it without Swell.
 #[async_trait::async_trait]

@@ -13,8 +13,8 @@ use swell_e2e::{host, requests};
 use tempfile::TempDir;
 use tonic::{Code, Response, Status};
 
-pub const MIB: i64 = 1 << 20;
-pub const GIB: i64 = 1 << 30;
+pub const MIB: i64 = swell_storage::units::MIB as i64;
+pub const GIB: i64 = swell_storage::units::GIB as i64;
 
 /// A driver running in its own directory under /var/tmp. The directory goes
 /// when the `TempDir` drops; keep it alive as long as the driver.

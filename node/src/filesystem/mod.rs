@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn size_verification_allows_only_rounding() {
-        const GIB: u64 = 1 << 30;
+        use swell_storage::units::GIB;
         assert!(fills_device(2 * GIB, 2 * GIB));
         assert!(fills_device(2 * GIB - 4096, 2 * GIB), "block rounding");
         assert!(fills_device(2 * GIB - SIZE_TOLERANCE, 2 * GIB));

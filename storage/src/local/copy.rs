@@ -113,7 +113,7 @@ mod tests {
     use std::io::{Read, Seek, SeekFrom, Write};
     use std::os::unix::fs::MetadataExt;
 
-    const MIB: u64 = 1 << 20;
+    use crate::units::MIB;
 
     fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
         let mut file = OpenOptions::new().write(true).open(path).unwrap();

@@ -272,6 +272,12 @@ impl Inner {
     }
 }
 
+/// A name whose id is held by a volume of another name (the names' hashes
+/// collide): the caller must pick another name.
+fn id_taken(name: &str, id: &VolumeId, owner: &str) -> BackendError {
+    BackendError::NameTaken { name: name.to_owned(), reason: format!("its id {id} belongs to volume {owner:?}") }
+}
+
 /// The local backend has one place for volumes: a pool is a mistake in the
 /// StorageClass, not something to ignore.
 fn no_pools(placement: &Placement) -> Result<(), BackendError> {
@@ -302,7 +308,7 @@ impl Backend for LocalBackend {
             // The record to write first (none when it is there already), and the size.
             let (record, size) = match existing {
                 Some(record) if record.name != name => {
-                    return Err(BackendError::io(format!("create {name}"), io::Error::other(format!("id {id} already belongs to volume {:?}", record.name))));
+                    return Err(id_taken(&name, &id, &record.name));
                 }
                 Some(VolumeRecord { source: Some(source), .. }) => {
                     return Err(BackendError::NameTaken { name, reason: format!("volume {id} was made from {source}, not blank") });
@@ -439,7 +445,7 @@ impl Backend for LocalBackend {
 mod tests {
     use super::*;
 
-    const GIB: u64 = 1 << 30;
+    use crate::units::GIB;
 
     pub(super) fn backend(capacity: Option<u64>) -> (tempfile::TempDir, LocalBackend) {
         let dir = tempfile::tempdir().unwrap();

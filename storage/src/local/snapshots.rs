@@ -61,7 +61,7 @@ fn snapshot_id(key: &str) -> SnapshotId {
 
 impl Inner {
     fn snapshot_info(&self, key: &str, record: SnapshotRecord) -> Result<SnapshotInfo, BackendError> {
-        let source = record.source.parse().map_err(|e| BackendError::io(format!("read record of snapshot {key}"), io::Error::other(e)))?;
+        let source = record.source.parse().map_err(|e| BackendError::corrupt(format!("read record of snapshot {key}"), e))?;
         let ready = snapshot_path(&self.state_dir, key).exists();
         Ok(SnapshotInfo {
             id: snapshot_id(key),
@@ -177,7 +177,7 @@ impl Inner {
         let existing: Option<VolumeRecord> = durable::read_json(&record_file).map_err(|e| BackendError::io(format!("read record of {id}"), e))?;
         let size = match existing {
             Some(record) if record.name != name => {
-                return Err(BackendError::io(format!("create {name}"), io::Error::other(format!("id {id} already belongs to volume {:?}", record.name))));
+                return Err(super::id_taken(name, &id, &record.name));
             }
             Some(record) if record.source.as_ref() != Some(source) => {
                 let was = record.source.map_or_else(|| "blank".to_owned(), |s| format!("made from {s}"));
@@ -273,7 +273,7 @@ mod tests {
     use crate::backend::{Backend, Placement};
     use crate::local::tests::backend;
 
-    const MIB: u64 = 1 << 20;
+    use crate::units::MIB;
 
     fn write(dir: &Path, id: &VolumeId, at: u64, bytes: &[u8]) {
         let mut file = OpenOptions::new().write(true).open(image_path(dir, id)).unwrap();

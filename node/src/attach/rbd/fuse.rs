@@ -322,11 +322,11 @@ async fn wait_for_exit(pids: &[u32], deadline: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RbdNodeConfig;
+    use swell_storage::CephAccess;
 
     fn attacher(root: &Path) -> FuseAttacher {
         let config =
-            RbdNodeConfig { cluster_id: "ceph-a".into(), ceph_conf: "/etc/ceph/a.conf".into(), keyring: "/etc/ceph/a.keyring".into(), user: "swell".into() };
+            CephAccess { cluster_id: "ceph-a".into(), ceph_conf: "/etc/ceph/a.conf".into(), keyring: "/etc/ceph/a.keyring".into(), user: "swell".into() };
         let cluster = Cluster::new(config, std::sync::Arc::new(crate::system::HostSystem));
         FuseAttacher::new(cluster, root).expect("attacher")
     }

@@ -202,11 +202,11 @@ impl Attacher for MappedAttacher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RbdNodeConfig;
+    use swell_storage::CephAccess;
 
     fn cluster() -> Cluster {
         let config =
-            RbdNodeConfig { cluster_id: "ceph-a".into(), ceph_conf: "/etc/ceph/a.conf".into(), keyring: "/etc/ceph/a.keyring".into(), user: "swell".into() };
+            CephAccess { cluster_id: "ceph-a".into(), ceph_conf: "/etc/ceph/a.conf".into(), keyring: "/etc/ceph/a.keyring".into(), user: "swell".into() };
         Cluster::new(config, std::sync::Arc::new(crate::system::HostSystem))
     }
 

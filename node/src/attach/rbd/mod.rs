@@ -27,9 +27,9 @@ pub use fuse::FuseAttacher;
 pub use mapped::{MappedAttacher, Mapper};
 
 use super::Attacher;
-use crate::config::RbdNodeConfig;
 use crate::error::NodeError;
 use crate::system::System;
+use swell_storage::CephAccess;
 
 /// librados' op timeouts for CLI calls, in seconds (`rbd info` takes ~50 ms).
 const OP_TIMEOUT_SECS: &str = "10";
@@ -96,13 +96,13 @@ pub fn rbd_volume(volume: &VolumeId) -> Result<RbdVolume, NodeError> {
 /// Ceph tools run on.
 #[derive(Debug, Clone)]
 pub struct Cluster {
-    config: RbdNodeConfig,
+    config: CephAccess,
     sys: Arc<dyn System>,
 }
 
 impl Cluster {
     /// A cluster handle for `config`, whose tools run through `sys`.
-    pub fn new(config: RbdNodeConfig, sys: Arc<dyn System>) -> Self {
+    pub fn new(config: CephAccess, sys: Arc<dyn System>) -> Self {
         Cluster { config, sys }
     }
 
@@ -188,7 +188,7 @@ pub struct RbdAttachers {
 impl RbdAttachers {
     /// Detects the attach mode and builds its attacher; rbd-fuse mounts go
     /// under `<state_dir>/rbd-fuse/<cluster-id>`.
-    pub fn new(config: &RbdNodeConfig, state_dir: &Path, sys: Arc<dyn System>) -> Result<Self, NodeError> {
+    pub fn new(config: &CephAccess, state_dir: &Path, sys: Arc<dyn System>) -> Result<Self, NodeError> {
         let mode = detect(Path::new("/"), on_path);
         tracing::info!(cluster = %config.cluster_id, %mode, "RBD attach mode detected");
         let cluster = Cluster::new(config.clone(), sys);
@@ -254,8 +254,7 @@ mod tests {
 
     #[test]
     fn short_calls_carry_op_timeouts_and_daemons_only_a_connect_timeout() {
-        let config =
-            RbdNodeConfig { cluster_id: "c".into(), ceph_conf: "/etc/ceph/c.conf".into(), keyring: "/etc/ceph/c.keyring".into(), user: "swell".into() };
+        let config = CephAccess { cluster_id: "c".into(), ceph_conf: "/etc/ceph/c.conf".into(), keyring: "/etc/ceph/c.keyring".into(), user: "swell".into() };
         let cluster = Cluster::new(config, Arc::new(crate::system::HostSystem));
         let control: Vec<String> = cluster.control_args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
@@ -291,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_volume_of_another_cluster_or_a_foreign_image_is_not_found() {
-        let config = RbdNodeConfig { cluster_id: "ceph-a".into(), ceph_conf: "/c".into(), keyring: "/k".into(), user: "admin".into() };
+        let config = CephAccess { cluster_id: "ceph-a".into(), ceph_conf: "/c".into(), keyring: "/k".into(), user: "admin".into() };
         let state = tempfile::tempdir().expect("temp dir");
         let attachers = RbdAttachers::new(&config, state.path(), Arc::new(crate::system::HostSystem)).expect("attachers");
         let ours = RbdVolume::for_name("ceph-a", "rbd", "pvc").expect("volume");
