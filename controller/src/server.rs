@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_endpoint::identity::{controller_service_capability, online_expansion_capability};
 use csi_endpoint::{IdentityService, Observed, Probe, RpcMetrics};
 use csi_proto::v1::controller_server::ControllerServer;
 use csi_proto::v1::identity_server::IdentityServer;
@@ -159,12 +158,7 @@ pub fn build_over(config: &ControllerConfig, backends: Backends) -> Result<Contr
     let records =
         ExpansionRecords::open(&config.state_dir).map_err(|source| StartError::State { what: "expansion records", path: config.state_dir.clone(), source })?;
     let health: Arc<dyn Probe> = Arc::new(BackendProbe(Arc::new(backends.clone())));
-    let identity = IdentityService::new(
-        &config.driver_name,
-        env!("CARGO_PKG_VERSION"),
-        vec![controller_service_capability(), online_expansion_capability()],
-        Arc::clone(&health),
-    )?;
+    let identity = IdentityService::swell(&config.driver_name, Arc::clone(&health))?;
     let mut registry = Registry::default();
     let rpcs = RpcMetrics::register(&mut registry);
     backends.register_metrics(&mut registry);

@@ -24,18 +24,18 @@ KUBERNETES_VERSION = "1.32.0"
 BIN_DIR = os.environ.get("SWELL_BIN_DIR", os.path.join(ROOT, "target", "debug"))
 NAMESPACE = "swell-system"
 SIDECAR_TAG = re.compile(r"^v\d+\.\d+\.\d+$")
-CLUSTER_SCOPED = {"Namespace", "CSIDriver", "StorageClass", "ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "ClusterIssuer"}
+CLUSTER_SCOPED = {
+    "Namespace", "CSIDriver", "StorageClass", "VolumeSnapshotClass", "ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "ClusterIssuer"}
 # Custom resources the Kubernetes schema does not know (cert-manager, for the
-# webhook's certificate): checked for shape only.
-CUSTOM_GROUPS = {"cert-manager.io"}
+# webhook's certificate; the snapshot CRDs, for VolumeSnapshotClass): checked
+# for shape only here, and by their own tests below.
+CUSTOM_GROUPS = {"cert-manager.io", "snapshot.storage.k8s.io"}
 
 
-def render(overlay):
-    out = subprocess.run(
-        ["kubectl", "kustomize", os.path.join(ROOT, "deploy", "overlays", overlay)],
-        capture_output=True, text=True, timeout=60, check=False)
+def render(path):
+    out = subprocess.run(["kubectl", "kustomize", os.path.join(ROOT, path)], capture_output=True, text=True, timeout=60, check=False)
     if out.returncode != 0:
-        raise AssertionError(f"kubectl kustomize {overlay} failed: {out.stderr}")
+        raise AssertionError(f"kubectl kustomize {path} failed: {out.stderr}")
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
@@ -71,9 +71,9 @@ def image_repo_tag(image):
 class Rendered:
     """One overlay's objects, with lookups the checks share."""
 
-    def __init__(self, overlay):
+    def __init__(self, overlay, path=None):
         self.overlay = overlay
-        self.objects = render(overlay)
+        self.objects = render(path or os.path.join("deploy", "overlays", overlay))
 
     def of_kind(self, kind):
         return [o for o in self.objects if o["kind"] == kind]
@@ -140,8 +140,10 @@ class Manifests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.rendered = {overlay: Rendered(overlay) for overlay in OVERLAYS}
+        # The webhook is installed on its own (it needs cert-manager).
+        cls.webhook = Rendered("webhook", os.path.join("deploy", "webhook"))
         binaries = {"swell-controller", "swell-node"}
-        for rendered in cls.rendered.values():
+        for rendered in [*cls.rendered.values(), cls.webhook]:
             binaries |= {swell_container(spec)["command"][0] for _, spec in rendered.pod_specs()}
         cls.help = {binary: help_text(binary) for binary in sorted(binaries)}
         with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
@@ -152,15 +154,22 @@ class Manifests(unittest.TestCase):
             with self.subTest(overlay=overlay):
                 yield rendered
 
+    def each_with_webhook(self):
+        yield from self.each()
+        with self.subTest(overlay="webhook"):
+            yield self.webhook
+
     def test_overlays_are_local_and_rbd(self):
         self.assertEqual(OVERLAYS, ["local", "rbd"])
 
     def test_every_object_validates_against_the_kubernetes_schema(self):
-        for rendered in self.each():
+        for rendered in self.each_with_webhook():
             for obj in rendered.objects:
                 with self.subTest(kind=obj["kind"], name=obj["metadata"]["name"]):
                     if obj["apiVersion"].split("/")[0] in CUSTOM_GROUPS:
-                        self.assertTrue(obj["metadata"]["name"] and isinstance(obj.get("spec"), dict))
+                        # A VolumeSnapshotClass keeps its fields at the top, like a StorageClass.
+                        body = "driver" if obj["kind"] == "VolumeSnapshotClass" else "spec"
+                        self.assertTrue(obj["metadata"]["name"] and obj.get(body), f"{obj['kind']} has no {body}")
                     else:
                         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -177,6 +186,38 @@ class Manifests(unittest.TestCase):
                 self.assertEqual(sc["provisioner"], rendered.driver_name(), sc["metadata"]["name"])
                 self.assertIs(sc.get("allowVolumeExpansion"), True, sc["metadata"]["name"])
                 self.assertEqual(sc["parameters"]["backend"], rendered.overlay, sc["metadata"]["name"])
+
+    def test_each_overlay_snapshots_through_the_driver(self):
+        for rendered in self.each():
+            (snapshot_class,) = rendered.of_kind("VolumeSnapshotClass")
+            self.assertEqual(snapshot_class["apiVersion"], "snapshot.storage.k8s.io/v1")
+            self.assertEqual(snapshot_class["driver"], rendered.driver_name())
+            self.assertIn(snapshot_class["deletionPolicy"], ("Delete", "Retain"))
+            # Swell's CreateSnapshot refuses parameters.
+            self.assertNotIn("parameters", snapshot_class)
+            spec = rendered.one("Deployment", "swell-controller")["spec"]["template"]["spec"]
+            self.assertGreater(seconds(flag(sidecar(spec, "csi-snapshotter"), "timeout")), 10)
+
+    def test_the_controller_may_do_what_its_sidecars_ask(self):
+        needed = {
+            ("", "persistentvolumes"): {"get", "list", "watch", "create", "patch", "delete"},
+            ("", "persistentvolumeclaims"): {"get", "list", "watch", "update"},
+            ("", "persistentvolumeclaims/status"): {"patch"},
+            ("storage.k8s.io", "storageclasses"): {"get", "list", "watch"},
+            ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list"},
+            ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"get", "list", "watch", "update", "patch"},
+            ("snapshot.storage.k8s.io", "volumesnapshotcontents/status"): {"update", "patch"},
+            ("snapshot.storage.k8s.io", "volumesnapshotclasses"): {"get", "list", "watch"},
+        }
+        for rendered in self.each():
+            granted = {}
+            for rule in rendered.one("ClusterRole", "swell-controller")["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        granted.setdefault((group, resource), set()).update(rule["verbs"])
+            for key, verbs in needed.items():
+                with self.subTest(resource=key):
+                    self.assertLessEqual(verbs, granted.get(key, set()))
 
     def test_the_driver_needs_no_attacher(self):
         # Swell has no ControllerPublishVolume; attachRequired would hang every pod.
@@ -202,7 +243,7 @@ class Manifests(unittest.TestCase):
             deployment = rendered.one("Deployment", "swell-controller")
             self.assertEqual(deployment["spec"]["replicas"], 2)
             spec = deployment["spec"]["template"]["spec"]
-            for name in ("csi-provisioner", "csi-resizer"):
+            for name in ("csi-provisioner", "csi-resizer", "csi-snapshotter"):
                 self.assertIs(flag(sidecar(spec, name), "leader-election"), True, name)
             # Each replica holds RBD volume locks under its own name, $POD_NAME.
             env = {e["name"]: e for e in swell_container(spec)["env"]}
@@ -277,7 +318,7 @@ class Manifests(unittest.TestCase):
             self.assertEqual(locate(registrar, "/registration")[0], "registration-dir")
 
     def test_one_swell_image_tag_everywhere_and_pinned_sidecars(self):
-        for rendered in self.each():
+        for rendered in self.each_with_webhook():
             for pod, spec in rendered.pod_specs():
                 for c in spec["containers"]:
                     repo, tag = image_repo_tag(c["image"])
@@ -288,7 +329,7 @@ class Manifests(unittest.TestCase):
                             self.assertRegex(tag, SIDECAR_TAG)
 
     def test_swell_flags_and_variables_exist_in_the_binaries(self):
-        for rendered in self.each():
+        for rendered in self.each_with_webhook():
             config = {cm["metadata"]["name"]: cm["data"] for cm in rendered.of_kind("ConfigMap")}
             for pod, spec in rendered.pod_specs():
                 c = swell_container(spec)
@@ -327,7 +368,7 @@ class Manifests(unittest.TestCase):
         self.assertFalse(rendered.of_kind("Secret") + rendered.of_kind("ConfigMap"))
 
     def test_objects_live_in_one_namespace_and_accounts_exist(self):
-        for rendered in self.each():
+        for rendered in self.each_with_webhook():
             accounts = {o["metadata"]["name"] for o in rendered.of_kind("ServiceAccount")}
             for obj in rendered.objects:
                 if obj["kind"] not in CLUSTER_SCOPED:

@@ -114,8 +114,10 @@ async fn create_expand_and_delete_stay_flat_beside_5000_foreign_images() {
     let crowded = latencies(&mut client, pool, "crowded", 15).await;
     for (what, (before, after)) in ["create", "expand", "delete"].iter().zip(empty.iter().zip(crowded.iter())) {
         println!("{what}: median {before:?} in an empty pool, {after:?} beside 5,000 foreign images");
-        // 1.5x, and a few ms for the jitter of a loaded two-core machine.
-        assert!(*after <= before.mul_f64(1.5) + Duration::from_millis(3), "{what} grew with the pool: {before:?} -> {after:?}");
+        // A cost that follows the pool is 10x here already at 1,500 images
+        // (reading every header); 3x and 10 ms leave room for a loaded
+        // two-core machine's jitter. The figures themselves are swell-bench's.
+        assert!(*after <= before.mul_f64(3.0) + Duration::from_millis(10), "{what} grew with the pool: {before:?} -> {after:?}");
     }
     drop(swell);
     drop_pool(env, pool);

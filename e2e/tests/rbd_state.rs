@@ -352,7 +352,9 @@ async fn a_reconciler_pass_reads_only_the_pending_volumes() {
     assert_eq!((report.examined, report.completed), (20, 20), "{report:?}");
     // One read to judge each pending volume, one to verify its grow.
     assert_eq!(volume_reads, 2 * 20, "only the pending volumes are read");
-    assert!(took < Duration::from_secs(1), "a pass over 20 pending volumes took {took:?}");
+    // The read count is the check; the time only catches a pass that waits
+    // on something per settled volume (2,000 reads take 20 s or more here).
+    assert!(took < Duration::from_secs(8), "a pass over 20 pending volumes took {took:?}");
     for id in &pending {
         assert_eq!(image_size(env, &id.to_string()), 96 * MIB);
     }

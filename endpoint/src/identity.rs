@@ -64,6 +64,13 @@ impl IdentityService {
         }
         Ok(IdentityService { name: name.to_owned(), version: version.to_owned(), capabilities, probe })
     }
+
+    /// Swell's Identity service, the same in every binary: the spec asks for
+    /// the plugin's capabilities as a whole (all its instances), so the node
+    /// announces the controller service too.
+    pub fn swell(name: &str, probe: Arc<dyn Probe>) -> Result<Self, InvalidDriverName> {
+        Self::new(name, env!("CARGO_PKG_VERSION"), vec![controller_service_capability(), online_expansion_capability()], probe)
+    }
 }
 
 /// The capability saying the plugin serves the Controller service.

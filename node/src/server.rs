@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use csi_endpoint::identity::{InvalidDriverName, controller_service_capability, online_expansion_capability};
+use csi_endpoint::identity::InvalidDriverName;
 use csi_endpoint::{IdentityService, NotReady, Observed, Probe, RpcMetrics};
 use csi_proto::v1::identity_server::IdentityServer;
 use csi_proto::v1::node_server::NodeServer;
@@ -39,14 +39,7 @@ pub struct Node {
 pub fn build(config: &NodeConfig) -> Result<Node, StartError> {
     let node = NodeService::new(config.clone())?;
     let health: Arc<dyn Probe> = Arc::new(StateProbe(config.state_dir.clone()));
-    let identity = IdentityService::new(
-        &config.driver_name,
-        env!("CARGO_PKG_VERSION"),
-        // The spec asks for the plugin's capabilities as a whole (all its
-        // instances), so the node announces the controller service too.
-        vec![controller_service_capability(), online_expansion_capability()],
-        Arc::clone(&health),
-    )?;
+    let identity = IdentityService::swell(&config.driver_name, Arc::clone(&health))?;
     let mut registry = Registry::default();
     let rpcs = RpcMetrics::register(&mut registry);
     node.metrics().register(&mut registry);

@@ -42,7 +42,7 @@ pub struct ChaosPlan {
 impl ChaosPlan {
     /// `kills` rounds unless `SWELL_CHAOS_KILLS` says otherwise, seeded by
     /// `SWELL_CHAOS_SEED`; at least 15 % of the kills must hit an accepted
-    /// expansion (measured here: 30-60 %).
+    /// expansion.
     pub fn from_env(kills: u64) -> ChaosPlan {
         ChaosPlan { kills: env_number("SWELL_CHAOS_KILLS", kills), seed: env_number("SWELL_CHAOS_SEED", 0x5eed_cafe), min_share_in_flight: 0.15 }
     }
@@ -73,7 +73,9 @@ pub async fn controller_killed_mid_expansion(engine: &dyn Engine, plan: ChaosPla
     let dir = tempfile::Builder::new().prefix("swell-chaos-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
     let _sweeper = MountSweeper(dir.path().to_owned());
     let root = dir.path();
-    let mut controller = ControllerProcess::start_with(root, &root.join("local"), engine.controller_args(root)).await.expect("controller process starts");
+    let mut controller = ControllerProcess::start_with_env(root, &root.join("local"), engine.controller_args(root), engine.chaos_env())
+        .await
+        .expect("controller process starts");
     let mut node = NodeUnderTest::serve(&root.join("node.sock"), &engine.node_config(root)).await.expect("node starts");
     let mut client = controller.client().await.expect("connect to the controller");
 
