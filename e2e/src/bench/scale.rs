@@ -264,10 +264,21 @@ fn judge(rig: &Rig, points: &[Point], report: &mut Report) {
     report.goal(
         format!("{name}: a reconciler pass follows the pending volumes ({} volumes, {PENDING} pending)", large.volumes),
         format!(
-            "{} backend calls with none pending ({} with {} volumes), {} with {PENDING}; {} examined",
-            large.idle_pass.1, small.idle_pass.1, small.volumes, large.busy_pass.1, large.busy_pass.2
+            "{} backend calls with none pending ({} with {} volumes), {} with {PENDING}; {} examined; none pending took {} ({} with {})",
+            large.idle_pass.1,
+            small.idle_pass.1,
+            small.volumes,
+            large.busy_pass.1,
+            large.busy_pass.2,
+            ms(large.idle_pass.0),
+            ms(small.idle_pass.0),
+            small.volumes
         ),
-        large.idle_pass.1 <= small.idle_pass.1 && large.busy_pass.2 == PENDING && large.busy_pass.1.saturating_sub(large.idle_pass.1) <= (PENDING as u64) * 12,
+        large.idle_pass.1 <= small.idle_pass.1
+            && large.busy_pass.2 == PENDING
+            && large.busy_pass.1.saturating_sub(large.idle_pass.1) <= (PENDING as u64) * 12
+            // Time too, not only calls: within 1.2x, or 5 ms for passes too short to compare.
+            && large.idle_pass.0 <= (small.idle_pass.0.mul_f64(1.2)).max(small.idle_pass.0 + Duration::from_millis(5)),
     );
     report.goal(format!("{name}: controller RSS idle ≤ 25 MiB"), mib(small.rss_idle), small.rss_idle <= 25 << 20);
     report.goal(format!("{name}: controller RSS with {} volumes ≤ 64 MiB", large.volumes), mib(large.rss_after), large.rss_after <= 64 << 20);
