@@ -32,10 +32,7 @@ use crate::process::ControllerProcess;
 use crate::requests::{self, block_capability, mount_capability};
 use crate::sweep::MountSweeper;
 
-/// A gibibyte.
-pub use swell_storage::units::GIB;
-/// A mebibyte.
-pub use swell_storage::units::MIB;
+use swell_storage::units::{GIB, MIB};
 
 /// A controller and a node as processes over one directory, and the
 /// StorageClass parameters that choose the backend under test.

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use swell_controller::reconciler::ReconcilerConfig;
 use swell_e2e::instrumented::GrowMode;
 use swell_e2e::metrics::{sample, scrape, value};
-use swell_e2e::never_stuck::{self, Engine, GIB, InProcess, Local, create, expand};
+use swell_e2e::never_stuck::{self, Engine, InProcess, Local, create, expand};
 use swell_e2e::observe::expansion_state;
 use swell_e2e::timing::assert_within_deadline;
+use swell_storage::units::GIB;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

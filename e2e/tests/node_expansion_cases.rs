@@ -7,10 +7,11 @@
 
 mod node_rig;
 
-use node_rig::{MIB, Rig, rig};
+use node_rig::{Rig, rig};
 use swell_e2e::requests::{self, mount_capability, total_bytes};
 use swell_e2e::stream_io;
 use swell_storage::VolumeId;
+use swell_storage::units::MIB;
 use tonic::Code;
 
 async fn stage_publish(rig: &mut Rig, id: &VolumeId, fs: &str, staging: &str, target: &str) {

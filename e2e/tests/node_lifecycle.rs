@@ -8,10 +8,11 @@ mod node_rig;
 
 use csi_proto::v1::NodeGetVolumeStatsResponse;
 use csi_proto::v1::volume_usage::Unit;
-use node_rig::{MIB, Rig, rig};
+use node_rig::{Rig, rig};
 use swell_e2e::host;
 use swell_e2e::requests::{self, block_capability, mount_capability};
 use swell_storage::VolumeId;
+use swell_storage::units::MIB;
 use tonic::Code;
 
 fn usage(stats: &NodeGetVolumeStatsResponse, unit: Unit) -> (i64, i64, i64) {

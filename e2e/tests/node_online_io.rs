@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use csi_proto::v1::VolumeCapability;
-use node_rig::{MIB, Rig, rig};
+use node_rig::{Rig, rig};
 use swell_e2e::chaos::Xorshift;
 use swell_e2e::requests::total_bytes;
 use swell_e2e::requests::{self, block_capability, mount_capability};
 use swell_e2e::stream_io::{RECORD, Streams};
+use swell_storage::units::MIB;
 
 const FROM: u64 = 320 * MIB;
 const TO: u64 = 640 * MIB;

@@ -7,9 +7,10 @@ mod node_rig;
 use std::process::Command;
 
 use csi_proto::v1::volume_usage::Unit;
-use node_rig::{MIB, rig};
+use node_rig::rig;
 use swell_e2e::host;
 use swell_e2e::requests::{self, block_capability, mount_capability};
+use swell_storage::units::MIB;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

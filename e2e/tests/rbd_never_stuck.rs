@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
 use swell_e2e::instrumented::GrowMode;
-use swell_e2e::never_stuck::{self, ChaosPlan, Engine, GIB, InProcess, MIB, create, delete, expand};
+use swell_e2e::never_stuck::{self, ChaosPlan, Engine, InProcess, create, delete, expand};
 use swell_e2e::observe::expansion_state;
 use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, Rbd, Session, location_of, rbd_size};
 use swell_e2e::requests::{self, mount_capability};
 use swell_e2e::sweep::MountSweeper;
 use swell_e2e::timing::assert_within_deadline;
+use swell_storage::units::{GIB, MIB};
 use tonic::Code;
 
 async fn session(test: &str) -> Option<Session> {

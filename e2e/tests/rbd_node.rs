@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use csi_proto::v1::NodeGetVolumeStatsResponse;
 use csi_proto::v1::volume_usage::Unit;
 use swell_e2e::host;
-use swell_e2e::never_stuck::{GIB, MIB};
 use swell_e2e::rbd_rig::{self, NodeRig as Rig, node_rig as rig};
 use swell_e2e::requests::{self, block_capability, mount_capability};
 use swell_node::attach::rbd::{AttachMode, detect, on_path};
+use swell_storage::units::{GIB, MIB};
 use tonic::Code;
 
 fn total_bytes(stats: &NodeGetVolumeStatsResponse) -> u64 {

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use swell_e2e::host::{check_filesystem, statvfs_total};
-use swell_e2e::never_stuck::{GIB, MIB};
 use swell_e2e::node_process::{KillAt, NodeProcess, grow_tool_stand_in};
 use swell_e2e::rbd_rig::{NodeRig as Rig, node_rig};
 use swell_e2e::requests::{self, block_capability, mount_capability, total_bytes};
 use swell_e2e::stream_io::{self, RECORD, Streams};
+use swell_storage::units::{GIB, MIB};
 
 const FROM: u64 = 512 * MIB;
 

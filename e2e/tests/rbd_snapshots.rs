@@ -15,9 +15,10 @@ use swell_controller::rbd::ffi::{Cluster, IoCtx};
 use swell_e2e::node_process::KillAt;
 use swell_e2e::rbd_rig::{self, ClusterEnv, cli, location_of};
 use swell_e2e::requests::mount_capability;
-use swell_e2e::snapshots::{self, GIB, MIB, Plant, PlantConfig};
+use swell_e2e::snapshots::{self, Plant, PlantConfig};
 use swell_e2e::timing::median;
 use swell_storage::snapshot::snapshot_key;
+use swell_storage::units::{GIB, MIB};
 
 fn config(env: &ClusterEnv, dir: &Path, extra: &[&str]) -> PlantConfig {
     let mut controller_args = rbd_rig::process_args(env, "snapshots");

@@ -12,8 +12,9 @@ use std::process::Command;
 use swell_e2e::host;
 use swell_e2e::node_process::KillAt;
 use swell_e2e::requests::mount_capability;
-use swell_e2e::snapshots::{self, GIB, MIB, Plant, PlantConfig};
+use swell_e2e::snapshots::{self, Plant, PlantConfig};
 use swell_storage::snapshot::snapshot_key;
+use swell_storage::units::{GIB, MIB};
 
 /// The machine is small: these tests run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

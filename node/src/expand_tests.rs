@@ -2,11 +2,12 @@
 //! device, grow the filesystem only when short, and refuse a path that is
 //! not this volume's.
 
+use swell_storage::units::MIB;
 use tonic::Code;
 
 use crate::expand::expand;
 use crate::filesystem::FsType;
-use crate::fixture::{Fixture, MIB, mount};
+use crate::fixture::{Fixture, mount};
 use crate::publish::publish;
 use crate::staging::Access;
 use crate::system::System;

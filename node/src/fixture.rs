@@ -13,8 +13,6 @@ use crate::system::fake::FakeSystem;
 use crate::validate::{Expand, Publish, Stage, Unpublish, Unstage};
 use crate::{NodeConfig, NodeContext};
 
-pub use swell_storage::units::MIB;
-
 /// A node context over a fake host.
 pub struct Fixture {
     pub ctx: NodeContext,

@@ -2,11 +2,12 @@
 //! recording fake host: which bind mounts are made, when a publish is
 //! already done, and what is refused.
 
+use swell_storage::units::MIB;
 use tonic::Code;
 
 use super::*;
 use crate::filesystem::FsType;
-use crate::fixture::{Fixture, MIB, exists, mount};
+use crate::fixture::{Fixture, exists, mount};
 use crate::system::fake::Call;
 
 #[tokio::test]

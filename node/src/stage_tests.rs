@@ -2,10 +2,11 @@
 //! fake host: what is attached, formatted, grown and mounted, and what is
 //! left alone, for a first stage, a repeated one, and every conflict.
 
+use swell_storage::units::MIB;
 use tonic::Code;
 
 use super::*;
-use crate::fixture::{Fixture, MIB, exists, mount};
+use crate::fixture::{Fixture, exists, mount};
 use crate::system::fake::Call;
 
 fn mounts(calls: &[Call]) -> Vec<&MountCall> {

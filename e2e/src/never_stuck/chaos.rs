@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::DeleteVolumeRequest;
 use csi_proto::v1::controller_client::ControllerClient;
+use swell_storage::units::MIB;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::{Engine, MIB, create};
+use super::{Engine, create};
 use crate::chaos::{Xorshift, env_number};
 use crate::harness::NodeUnderTest;
 use crate::host;

@@ -30,11 +30,6 @@ use crate::harness::ControllerUnderTest;
 use crate::instrumented::InstrumentedBackend;
 use crate::requests::{self, mount_capability};
 
-/// One GiB.
-pub use swell_storage::units::GIB;
-/// One MiB.
-pub use swell_storage::units::MIB;
-
 /// A storage engine the scenarios run on, and how to see it without Swell.
 #[async_trait::async_trait]
 pub trait Engine: Send + Sync {

@@ -17,8 +17,6 @@ use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 use tonic::transport::Channel;
 
-pub use swell_storage::units::MIB;
-
 /// Loop devices are few and the machine small: node tests run one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
