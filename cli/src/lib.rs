@@ -8,10 +8,6 @@
 //! - [`kubernetes`]: PersistentVolumes and their claims, through kube's client.
 //! - [`render`]: tables and sizes.
 
-// Nothing from outside the process is unwrapped; tests may.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod gather;
 pub mod kubernetes;
 pub mod render;

@@ -2,6 +2,7 @@
 //! foreign thin image far larger than the pool, volumes in two pools,
 //! deletes that answer before the data is gone, and the promised-bytes
 //! total staying exact while the controller is killed mid-operation.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -3,6 +3,7 @@
 //! another machine (an empty state directory) mid-grow, a replica frozen
 //! while it holds a volume, and a reconciler whose cost follows the pending
 //! volumes, not all of them.
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! allowed and denied with its message checked, the captured fixtures,
 //! racing patches, the deadline policy, certificate rotation under load,
 //! bad requests and plain HTTP.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

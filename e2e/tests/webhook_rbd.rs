@@ -3,6 +3,7 @@
 //! against images and pool room read fresh; the backend down (pool paused,
 //! two OSDs killed) answered within the deadline with the configured
 //! policy; and the webhook's latency, printed.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,10 +5,6 @@
 //! binaries expose, and what operators see of them: per-RPC metrics,
 //! `/metrics` and `/healthz` over HTTP, and the log format.
 
-// Nothing from outside the process is unwrapped; tests may.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod authority;
 pub mod identity;
 pub mod logs;

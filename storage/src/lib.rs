@@ -2,10 +2,6 @@
 //! trait and its embedded local implementation, expansion records and holds, durable
 //! files, keyed locks, and the single way to run an external command.
 
-// Nothing from outside the process is unwrapped; tests may.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod backend;
 pub mod command;
 pub mod durable;

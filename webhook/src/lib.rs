@@ -15,10 +15,6 @@
 //! Kubernetes types come from k8s-openapi with the `v1_37` API (its newest);
 //! the review envelope from `kube::core::admission`.
 
-// Nothing from outside the process is unwrapped; tests may.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod claim;
 pub mod decision;
 pub mod facts;

@@ -2,6 +2,7 @@
 //! damaged review is refused with a reason, and reviews of random sizes get
 //! the verdict of a plain model of the rules. Runs in a few seconds, so it
 //! runs in every test run (and CI).
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

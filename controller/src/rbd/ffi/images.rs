@@ -419,7 +419,6 @@ impl Image<'_> {
     /// passes (ETIMEDOUT then); what was copied stays, so a later flatten
     /// goes on from there.
     pub fn flatten(&self, deadline: Instant) -> Result<(), Errno> {
-        let deadline = deadline;
         // SAFETY: an open image; the callback only reads `deadline`, which
         // outlives the call.
         check(unsafe { rbd_flatten_with_progress(self.raw, stop_at_deadline, (&deadline as *const Instant).cast_mut().cast()) }).map(drop)
