@@ -23,11 +23,6 @@ impl Samples {
         self.0.len()
     }
 
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     fn sorted(&self) -> Vec<Duration> {
         let mut sorted = self.0.clone();
         sorted.sort();
@@ -64,7 +59,7 @@ pub fn ratio(a: Duration, b: Duration) -> String {
     if b.is_zero() { "n/a".into() } else { format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64()) }
 }
 
-/// A goal of the issue, judged on this run's numbers.
+/// A goal the benchmark sets, judged on this run's numbers.
 #[derive(Debug, Clone)]
 pub struct Goal {
     /// What was asked.

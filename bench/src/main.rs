@@ -2,7 +2,7 @@
 //! one run on the local backend and on a throwaway Ceph cluster, printed as
 //! Markdown and written under `target/bench/` with the scale chart.
 //!
-//!     cargo build --release -p swell-controller -p swell-node -p swell-e2e --bins
+//!     cargo build --release -p swell-controller -p swell-node -p swell-bench
 //!     target/release/swell-bench                      # everything (about 6 minutes on 2 cores; as root)
 //!     target/release/swell-bench --short              # a few runs, 100 volumes (CI)
 //!
@@ -10,13 +10,38 @@
 //! client-side figures (a "before" column). Nothing here asserts a timing:
 //! goals are judged and printed, and the exit status says only whether
 //! every measurement could be made.
+//!
+//! - [`plan`]: what a run measures, and the rig of one backend; [`step`]:
+//!   how a failed step is told.
+//! - [`report`]: samples, tables, goals and the Markdown they make.
+//! - [`process`]: the controller and node as processes, their RSS, start-up
+//!   time and backend-call counters.
+//! - [`csi`]: the CSI calls a benchmark times, alone, in parallel, in storms.
+//! - [`figures`]: what both backends share: step costs, parallel expansions, storms.
+//! - [`scale`]: the same controller with 100, 1,000 and 10,000 volumes.
+//! - [`local`]: the local backend's figures and raw-file references.
+//! - [`ceph`]: the RBD figures, with librbd, RADOS and the `rbd` CLI as references.
+//! - [`chart`]: expand latency and RSS against volume count, as a PNG.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
-use swell_e2e::bench::report::Report;
-use swell_e2e::bench::{Plan, chart, local, scale};
+
+#[cfg(feature = "rbd")]
+mod ceph;
+mod chart;
+mod csi;
+mod figures;
+mod local;
+mod plan;
+mod process;
+mod report;
+mod scale;
+mod step;
+
+use plan::Plan;
+use report::Report;
 
 #[derive(Debug, Parser)]
 #[command(about = "Swell's benchmarks, side by side with the raw engine")]
@@ -27,8 +52,8 @@ struct Args {
     /// Backends to measure.
     #[arg(long, value_delimiter = ',', default_value = "local,rbd")]
     backends: Vec<String>,
-    /// What to measure: figures (1-6), node (figure 2), crowded (issue 7's
-    /// pool of foreign images), scale.
+    /// What to measure: figures (1-6), node (figure 2), crowded (a pool
+    /// full of other clients' images), scale.
     #[arg(long, value_delimiter = ',', default_value = "figures,node,crowded,scale")]
     sections: Vec<String>,
     /// Samples per figure (default 30; 3 with --short).
@@ -79,7 +104,7 @@ async fn main() -> Result<(), String> {
     let controller_bin = args.controller_bin.clone().unwrap_or_else(|| bin_dir.join("swell-controller"));
     for binary in [&controller_bin, &bin_dir.join("swell-node")] {
         if !binary.is_file() {
-            return Err(format!("{} is not built: cargo build --release -p swell-controller -p swell-node -p swell-e2e --bins", binary.display()));
+            return Err(format!("{} is not built: cargo build --release -p swell-controller -p swell-node -p swell-bench", binary.display()));
         }
     }
     let plan = Plan {
@@ -116,7 +141,7 @@ async fn main() -> Result<(), String> {
         let (report, points): (Report, Vec<scale::Point>) = match backend.as_str() {
             "local" => local::run(&plan, &sections).await?,
             #[cfg(feature = "rbd")]
-            "rbd" => swell_e2e::bench::ceph::run(&plan, &sections, foreign).await?,
+            "rbd" => ceph::run(&plan, &sections, foreign).await?,
             other => return Err(format!("unknown backend {other:?} (this build has: local{})", if cfg!(feature = "rbd") { ", rbd" } else { "" })),
         };
         let name: &'static str = if backend == "local" { "local" } else { "rbd" };

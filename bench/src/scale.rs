@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use swell_storage::{ExpansionStore, VolumeId};
 
-use super::csi::{self, timed};
-use super::process::Calls;
-use super::report::{Report, Samples, Table, mib, ms, ratio};
-use super::{BenchResult, Plan, Rig, at};
+use crate::csi::{self, timed};
+use crate::plan::{Plan, Rig};
+use crate::process::Calls;
+use crate::report::{Report, Samples, Table, mib, ms, ratio};
+use crate::step::{BenchResult, at};
 use swell_storage::units::MIB;
 
 /// Volumes made pending before the measured reconciler pass.

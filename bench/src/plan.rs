@@ -1,30 +1,10 @@
-//! `swell-bench`: Swell measured next to the engine it drives, in one run.
-//! Every figure is a set of samples (median and p99), printed beside its
-//! reference measured the same way in the same run, as Markdown tables
-//! written under `target/bench/` with a chart of cost against volume count.
-//! Speed lives here, never in a test: nothing here asserts a timing.
-//!
-//! - [`report`]: samples, tables, goals and the Markdown they make.
-//! - [`process`]: the controller and node as processes, their RSS, start-up
-//!   time and backend-call counters.
-//! - [`csi`]: the CSI calls a benchmark times, alone, in parallel, in storms.
-//! - [`figures`]: what both backends share: step costs, parallel expansions, storms.
-//! - [`scale`]: the same controller with 100, 1,000 and 10,000 volumes.
-//! - [`local`]: the local backend's figures and raw-file references.
-//! - [`ceph`]: the RBD figures, with librbd, RADOS and the `rbd` CLI as references.
-//! - [`chart`]: expand latency and RSS against volume count, as a PNG.
-
-#[cfg(feature = "rbd")]
-pub mod ceph;
-pub mod chart;
-pub mod csi;
-pub mod figures;
-pub mod local;
-pub mod process;
-pub mod report;
-pub mod scale;
+//! What a run measures ([`Plan`]) and on what ([`Rig`]: one backend's
+//! controller as a process and in-process), and how a failed step is told.
 
 use std::path::PathBuf;
+
+use crate::step::{BenchResult, at};
+use crate::{csi, process};
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -48,14 +28,6 @@ impl Plan {
     pub fn node_bin(&self) -> PathBuf {
         self.bin_dir.join("swell-node")
     }
-}
-
-/// A bench step that failed, with what it was doing.
-pub type BenchResult<T> = Result<T, String>;
-
-/// Wraps an error with the step it interrupted.
-pub fn at<E: std::fmt::Display>(step: impl std::fmt::Display) -> impl FnOnce(E) -> String {
-    move |e| format!("{step}: {e}")
 }
 
 /// One backend under measurement: how its controller process is started
@@ -106,7 +78,7 @@ impl Rig {
     /// while the process is stopped).
     pub fn in_process(&self) -> BenchResult<swell_controller::server::Controller> {
         let config = swell_controller::server::ControllerConfig {
-            driver_name: crate::harness::DRIVER_NAME.into(),
+            driver_name: swell_e2e::harness::DRIVER_NAME.into(),
             state_dir: self.controller.root.join("controller"),
             local_state_dir: self.controller.local_state_dir.clone(),
             local_capacity_bytes: self.local_capacity,

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
-use super::{BenchResult, at};
+use crate::step::{BenchResult, at};
 
 /// How long a process may take to serve before the bench gives up on it.
 const START_DEADLINE: Duration = Duration::from_secs(60);

@@ -12,9 +12,9 @@ use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::report::Samples;
-use super::{BenchResult, at};
-use crate::requests;
+use crate::report::Samples;
+use crate::step::{BenchResult, at};
+use swell_e2e::requests;
 use swell_storage::units::MIB;
 
 /// How long a retried call may keep being refused before the bench gives up.

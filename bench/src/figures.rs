@@ -1,15 +1,16 @@
 //! The figures both backends share: where an expansion's time goes step by
 //! step, parallel expansion of many volumes, and a storm of calls for one
-//! volume (issue 13, figures 4 and 5), with the controller's memory under it.
+//! volume (figures 4 and 5), with the controller's memory under it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::csi::{self, Csi};
-use super::process::{Calls, Served};
-use super::report::{Report, Samples, Table, mib, ms};
-use super::{BenchResult, Plan, Rig, at};
+use crate::csi::{self, Csi};
+use crate::plan::{Plan, Rig};
+use crate::process::{Calls, Served};
+use crate::report::{Report, Samples, Table, mib, ms};
+use crate::step::{BenchResult, at};
 use swell_storage::units::MIB;
 
 /// A table of the backend calls made during `runs` operations: per step,
@@ -72,7 +73,7 @@ pub async fn storm(rig: &Rig, served: &Served, report: &mut Report, storms: usiz
         let peak = Arc::clone(&peak);
         let pid = served.pid();
         tokio::spawn(async move {
-            while let Ok(rss) = super::process::rss_bytes(pid) {
+            while let Ok(rss) = crate::process::rss_bytes(pid) {
                 peak.fetch_max(rss, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -8,7 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use super::{BenchResult, at};
+use crate::step::{BenchResult, at};
 
 /// Where Debian's fonts-dejavu-core puts its sans-serif face.
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use swell_controller::rbd::ffi::{Cluster, IoCtx, RBD_FEATURE_LAYERING};
 
-use super::csi::{Csi, timed};
-use super::figures;
-use super::process::{ControllerArgs, Served};
-use super::report::{Report, Samples, Table, mib, ms, ratio};
-use super::scale::{self, Point};
-use super::{BenchResult, Plan, Rig, at};
-use crate::ceph::{self, TestCluster};
+use crate::csi::{Csi, timed};
+use crate::figures;
+use crate::plan::{Plan, Rig};
+use crate::process::{ControllerArgs, Served};
+use crate::report::{Report, Samples, Table, mib, ms, ratio};
+use crate::scale::{self, Point};
+use crate::step::{BenchResult, at};
+use swell_e2e::ceph::{self, TestCluster};
 use swell_storage::units::MIB;
 
 const CLUSTER_ID: &str = "bench";
@@ -236,7 +237,7 @@ struct Named {
     trash: Samples,
 }
 
-fn add(total: &mut super::process::Calls, more: &super::process::Calls) {
+fn add(total: &mut crate::process::Calls, more: &crate::process::Calls) {
     for (step, (n, s)) in &more.0 {
         let entry = total.0.entry(step.clone()).or_default();
         entry.0 += n;
@@ -343,9 +344,9 @@ async fn crowded(site: &Site, plan: &Plan, foreign: usize, report: &mut Report) 
 /// `runs` volume lives (create, expand, delete); their samples in that order.
 async fn cycles(csi: &Csi, tag: &str, runs: usize) -> BenchResult<[Samples; 3]> {
     let mut csi = csi.clone();
-    let mut samples = super::csi::three();
+    let mut samples = crate::csi::three();
     for run in 0..runs {
-        super::csi::life(&mut csi, &format!("{tag}-{run}"), &mut samples).await?;
+        crate::csi::life(&mut csi, &format!("{tag}-{run}"), &mut samples).await?;
     }
     Ok(samples)
 }

@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 use swell_storage::local::LocalBackend;
 use swell_storage::{Backend, Placement};
 
-use super::csi::{self, timed};
-use super::figures;
-use super::process::{ControllerArgs, Served};
-use super::report::{Report, Samples, Table, mib, ratio};
-use super::scale::{self, Point};
-use super::{BenchResult, Plan, Rig, at};
-use crate::host;
-use crate::requests::{self, mount_capability};
+use crate::csi::{self, timed};
+use crate::figures;
+use crate::plan::{Plan, Rig};
+use crate::process::{ControllerArgs, Served};
+use crate::report::{Report, Samples, Table, mib, ratio};
+use crate::scale::{self, Point};
+use crate::step::{BenchResult, at};
+use swell_e2e::host;
+use swell_e2e::requests::{self, mount_capability};
 use swell_storage::units::{GIB, MIB};
 
 /// A rig over a fresh local state directory under `dir`.
