@@ -1,19 +1,16 @@
 //! The RBD figures on a throwaway Ceph test cluster. The references are
 //! what a user would otherwise do, measured in this process on a warm
-//! connection through the controller's own bindings
-//! (`swell_controller::rbd::ffi`): librbd open + resize + close, resize of
-//! an image kept open, create, remove and trash move; the `rbd` CLI; and
-//! the RADOS lease lock Swell holds volumes with. Issue 7's figures (create,
-//! expand and delete in an empty pool and beside 5,000 foreign 1 MiB images)
-//! run with whichever controller binary the plan names, so an older build
-//! gives the "before" column.
+//! connection of its own (`swell_rbd::test_util::OtherClient`): librbd
+//! open, resize and close, resize of an image kept open, create, remove and
+//! trash move; the `rbd` CLI; and the RADOS lease lock Swell holds volumes
+//! with. The crowded figures (create, expand and delete in an empty pool and
+//! beside 5,000 foreign 1 MiB images) run with whichever controller binary
+//! the plan names, so an older build gives the "before" column.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use swell_controller::rbd::ffi::{Cluster, IoCtx, RBD_FEATURE_LAYERING};
 
 use crate::csi::{Csi, timed};
 use crate::figures;
@@ -23,6 +20,8 @@ use crate::report::{Report, Samples, Table, mib, ms, ratio};
 use crate::scale::{self, Point};
 use crate::step::{BenchResult, at};
 use swell_e2e::ceph::{self, TestCluster};
+use swell_rbd::test_util::OtherClient;
+use swell_storage::CephAccess;
 use swell_storage::units::MIB;
 
 const CLUSTER_ID: &str = "bench";
@@ -79,18 +78,19 @@ impl Site {
         self.cli("ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]).map(drop)
     }
 
+    /// How to reach the cluster as `client.admin`.
+    fn access(&self) -> CephAccess {
+        CephAccess::new(CLUSTER_ID, &self.conf, &self.keyring)
+    }
+
     /// A client of this process's own on `pool`, connected (warm).
-    pub fn client(&self, pool: &str) -> BenchResult<IoCtx> {
-        let cluster = Arc::new(Cluster::create("admin").map_err(at("rados_create"))?);
-        cluster.read_conf_file(&self.conf).map_err(at("read ceph.conf"))?;
-        cluster.conf_set("keyring", &self.keyring.display().to_string()).map_err(at("keyring"))?;
-        cluster.connect().map_err(at("connect"))?;
-        cluster.ioctx(pool).map_err(at(format!("open pool {pool}")))
+    pub fn client(&self, pool: &str) -> BenchResult<OtherClient> {
+        OtherClient::connect(&self.access(), pool).map_err(at(format!("connect to pool {pool}")))
     }
 
     /// A rig whose controller serves `pool` of this cluster.
     pub fn rig(&self, plan: &Plan, pool: &str, dir: &Path, metrics_port: u16) -> Rig {
-        let mut rbd = swell_controller::rbd::RbdConfig::new(CLUSTER_ID, &self.conf, &self.keyring);
+        let mut rbd = swell_rbd::RbdConfig::with_access(self.access());
         rbd.default_pool = pool.to_owned();
         let extra = vec![
             format!("--rbd-cluster-id={CLUSTER_ID}"),
@@ -103,7 +103,7 @@ impl Site {
             name: "rbd",
             controller: ControllerArgs { binary: plan.controller_bin.clone(), root: dir.to_owned(), local_state_dir: dir.join("local"), extra, metrics_port },
             parameters: vec![("pool".to_owned(), pool.to_owned())],
-            options: swell_controller::server::BackendOptions { rbd: Some(rbd), default_backend: Some("rbd".into()) },
+            rbd: Some(rbd),
             local_capacity: None,
         }
     }
@@ -157,7 +157,7 @@ pub async fn run(plan: &Plan, sections: &[&str], foreign: usize) -> BenchResult<
 }
 
 /// Figures 1 and 3 on RBD, interleaved run by run.
-async fn engine_figures(rig: &Rig, served: &Served, io: &IoCtx, site: &Site, plan: &Plan, report: &mut Report) -> BenchResult<()> {
+async fn engine_figures(rig: &Rig, served: &Served, io: &OtherClient, site: &Site, plan: &Plan, report: &mut Report) -> BenchResult<()> {
     let mut csi = rig.csi(served.channel().await?);
     let mut s = Named::default();
     let (mut create_calls, mut expand_calls, mut delete_calls) = (Default::default(), Default::default(), Default::default());
@@ -181,8 +181,8 @@ async fn engine_figures(rig: &Rig, served: &Served, io: &IoCtx, site: &Site, pla
         add(&mut delete_calls, &after.since(&expanded));
 
         let image = format!("direct-{run}");
-        s.create.push(time(|| io.create_image(&image, 64 * MIB, RBD_FEATURE_LAYERING), "rbd_create")?);
-        s.open_resize_close.push(time(|| io.open(&image).and_then(|img| img.grow(128 * MIB).and_then(|()| img.close())), "open+resize+close")?);
+        s.create.push(time(|| io.create_image(&image, 64 * MIB), "rbd_create")?);
+        s.open_resize_close.push(time(|| io.grow_image(&image, 128 * MIB), "open+resize+close")?);
         let open = io.open(&image).map_err(at("rbd_open"))?;
         s.resize_open.push(time(|| open.grow(192 * MIB), "resize of an open image")?);
         open.close().map_err(at("rbd_close"))?;
@@ -191,7 +191,7 @@ async fn engine_figures(rig: &Rig, served: &Served, io: &IoCtx, site: &Site, pla
         s.cli.push(started.elapsed());
         s.remove.push(time(|| io.remove_image(&image), "rbd_remove")?);
         let trashed = format!("trashed-{run}");
-        io.create_image(&trashed, 64 * MIB, RBD_FEATURE_LAYERING).map_err(at("rbd_create"))?;
+        io.create_image(&trashed, 64 * MIB).map_err(at("rbd_create"))?;
         s.trash.push(time(|| io.trash_move(&trashed), "rbd_trash_move")?);
     }
     let mut expand = Table::versus("Figure 1 on rbd: ControllerExpandVolume 64 → 128 MiB against the same resize done directly");
@@ -251,16 +251,16 @@ fn time<E: std::fmt::Display>(call: impl FnOnce() -> Result<(), E>, what: &str) 
     Ok(started.elapsed())
 }
 
-/// Issue 8: the RADOS lease lock as Swell takes a volume's (exclusive, 10 s
-/// lease, on `swell.lock.<image>`), acquired and released directly.
-fn locks(io: &IoCtx, plan: &Plan, report: &mut Report) -> BenchResult<()> {
+/// The RADOS lease lock as Swell takes a volume's (exclusive, 10 s lease,
+/// on `swell.lock.<image>`), acquired and released directly.
+fn locks(io: &OtherClient, plan: &Plan, report: &mut Report) -> BenchResult<()> {
     let (mut acquire, mut release) = (Samples::default(), Samples::default());
     for run in 0..plan.runs {
-        let object = format!("swell.lock.bench-{run}");
-        acquire.push(time(|| io.lock_exclusive(&object, "swell", "swell-bench", "swell-bench", Duration::from_secs(10), 0), "lock")?);
-        release.push(time(|| io.unlock(&object, "swell", "swell-bench"), "unlock")?);
+        let image = format!("bench-{run}");
+        acquire.push(time(|| io.lock_volume(&image, "swell-bench", Duration::from_secs(10)), "lock")?);
+        release.push(time(|| io.unlock_volume(&image, "swell-bench"), "unlock")?);
     }
-    let mut table = Table::versus("Issue 8: a volume's lease lock (rados_lock_exclusive, 10 s lease)");
+    let mut table = Table::versus("A volume's lease lock (rados_lock_exclusive, 10 s lease)");
     table.measured("acquire", &acquire, None);
     table.measured("release", &release, None);
     report.add(table);
@@ -285,7 +285,7 @@ async fn memory(rig: &Rig, served: &Served, idle: u64, storm: u64, site: &Site, 
     Ok(())
 }
 
-/// Issue 7: create, expand and delete in an empty pool, then beside
+/// The crowded pool: create, expand and delete in an empty pool, then beside
 /// `foreign` thin 1 MiB images made directly with librbd.
 async fn crowded(site: &Site, plan: &Plan, foreign: usize, report: &mut Report) -> BenchResult<()> {
     site.new_pool("crowd")?;
@@ -301,7 +301,7 @@ async fn crowded(site: &Site, plan: &Plan, foreign: usize, report: &mut Report) 
             let io = Arc::clone(&io);
             std::thread::spawn(move || -> Result<(), String> {
                 for i in (w..foreign).step_by(32) {
-                    io.create_image(&format!("foreign-{i}"), MIB, RBD_FEATURE_LAYERING).map_err(at(format!("create foreign-{i}")))?;
+                    io.create_image(&format!("foreign-{i}"), MIB).map_err(at(format!("create foreign-{i}")))?;
                 }
                 Ok(())
             })
@@ -313,7 +313,7 @@ async fn crowded(site: &Site, plan: &Plan, foreign: usize, report: &mut Report) 
     let made = made.elapsed();
     let crowded = cycles(&csi, "crowded", plan.runs).await?;
     let mut table = Table::new(
-        format!("Issue 7 on rbd ({}): an empty pool, then beside {foreign} foreign 1 MiB images", rig.controller.binary.display()),
+        format!("The crowded pool on rbd ({}): an empty pool, then beside {foreign} foreign 1 MiB images", rig.controller.binary.display()),
         &["operation", "empty p50", "empty p99", "crowded p50", "crowded p99", "crowded ÷ empty (p50)"],
     );
     let goals = [("create", 25u64), ("expand", 20), ("delete", 30)];

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use swell_storage::local::LocalBackend;
+use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::{Backend, Placement};
 
 use crate::csi::{self, timed};
@@ -36,7 +36,7 @@ pub fn rig(plan: &Plan, dir: &Path, metrics_port: u16) -> Rig {
             metrics_port,
         },
         parameters: Vec::new(),
-        options: Default::default(),
+        rbd: None,
         local_capacity: None,
     }
 }
@@ -75,7 +75,9 @@ pub async fn run(plan: &Plan, sections: &[&str]) -> BenchResult<(Report, Vec<Poi
 async fn engine_figures(rig: &Rig, served: &Served, plan: &Plan, report: &mut Report) -> BenchResult<()> {
     let mut csi = rig.csi(served.channel().await?);
     let raw_dir = fresh(&plan.scratch.join("local-raw"))?;
-    let engine = LocalBackend::open(fresh(&plan.scratch.join("local-engine"))?, None).map_err(at("open the in-process local backend"))?;
+    let engine_dir = fresh(&plan.scratch.join("local-engine"))?;
+    let engine =
+        LocalBackend::open(&LocalConfig::new(engine_dir.join("local"), engine_dir.join("controller"))).map_err(at("open the in-process local backend"))?;
     let (mut swell, mut inproc, mut raw) = (csi::three(), csi::three(), csi::three());
     let calls_before = served.backend_calls().await?;
     // Interleaved, so a slow spell of the machine hits all three alike.

@@ -42,8 +42,8 @@ pub struct Rig {
     pub controller: process::ControllerArgs,
     /// StorageClass parameters of the volumes it creates.
     pub parameters: Vec<(String, String)>,
-    /// The backends beyond local, for the in-process controller.
-    pub options: swell_controller::server::BackendOptions,
+    /// The RBD cluster of the in-process controller (its default backend), if any.
+    pub rbd: Option<swell_rbd::RbdConfig>,
     /// Bytes the local backend may promise (default: its file system's size).
     pub local_capacity: Option<u64>,
 }
@@ -62,7 +62,7 @@ impl Rig {
         const PIB: u64 = 1 << 50;
         self.local_capacity = Some(PIB);
         self.controller.extra.push(format!("--local-capacity-bytes={PIB}"));
-        if let Some(rbd) = &mut self.options.rbd {
+        if let Some(rbd) = &mut self.rbd {
             rbd.overprovision_ratio = 1000.0;
             self.controller.extra.push("--rbd-overprovision-ratio=1000".into());
         }
@@ -77,14 +77,19 @@ impl Rig {
     /// The in-process controller over the process's state (run it only
     /// while the process is stopped).
     pub fn in_process(&self) -> BenchResult<swell_controller::server::Controller> {
+        let local = swell_local::LocalConfig {
+            capacity_bytes: self.local_capacity,
+            ..swell_local::LocalConfig::new(&self.controller.local_state_dir, self.controller.root.join("controller"))
+        };
+        let backends = match &self.rbd {
+            Some(rbd) => swell_backends::BackendConfig { rbd: Some(rbd.clone()), default_backend: "rbd".into(), ..swell_backends::BackendConfig::local(local) },
+            None => swell_backends::BackendConfig::local(local),
+        };
         let config = swell_controller::server::ControllerConfig {
             driver_name: swell_e2e::harness::DRIVER_NAME.into(),
-            state_dir: self.controller.root.join("controller"),
-            local_state_dir: self.controller.local_state_dir.clone(),
-            local_capacity_bytes: self.local_capacity,
-            backend_timeout: std::time::Duration::from_secs(8),
+            backends,
             reconciler: swell_controller::reconciler::ReconcilerConfig::default(),
         };
-        swell_controller::server::build_with(&config, &self.options).map_err(at("build the in-process controller"))
+        swell_controller::server::build(&config).map_err(at("build the in-process controller"))
     }
 }

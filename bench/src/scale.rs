@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use swell_storage::{ExpansionStore, VolumeId};
+use swell_storage::{Backend, ExpansionStore, VolumeId};
 
 use crate::csi::{self, timed};
 use crate::plan::{Plan, Rig};
@@ -172,11 +172,11 @@ async fn passes(rig: &Rig, population: &Population) -> BenchResult<((Duration, u
 /// The expansion store of the rig's volumes, opened apart from any controller.
 fn wish_store(rig: &Rig) -> BenchResult<Arc<dyn ExpansionStore>> {
     #[cfg(feature = "rbd")]
-    if let Some(rbd) = &rig.options.rbd {
-        return Ok(swell_controller::rbd::RbdBackend::new(rbd.clone()).map_err(at("RBD backend"))?.store());
+    if let Some(rbd) = &rig.rbd {
+        return Ok(swell_rbd::RbdBackend::new(rbd.clone()).map_err(at("RBD backend"))?.expansion_store());
     }
-    let records = swell_storage::expansion_files::ExpansionRecords::open(&rig.controller.root.join("controller")).map_err(at("expansion records"))?;
-    Ok(Arc::new(records))
+    let local = swell_local::LocalConfig::new(&rig.controller.local_state_dir, rig.controller.root.join("controller"));
+    Ok(swell_local::LocalBackend::open(&local).map_err(at("local backend"))?.expansion_store())
 }
 
 /// Records a wish one MiB above the volume's size, without growing it.

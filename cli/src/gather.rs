@@ -1,17 +1,12 @@
 //! Reading every volume and its expansion record as the controller reads
-//! them: the backends built from the controller's own flags
-//! (`swell_controller::server::backends`), the records through its
-//! expander, each call under the backends' deadline. Nothing is written.
+//! them: the backends opened from the controller's own flags
+//! ([`swell_backends::open`]), each record from its backend's store, each
+//! call under the backends' deadline. Nothing is written.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use swell_controller::Backends;
-use swell_controller::cli::BackendArgs;
-use swell_controller::error::ControllerError;
-use swell_controller::expand::Expander;
-use swell_storage::expansion_files::ExpansionRecords;
+use swell_backends::{BackendArgs, Backends, CallError};
 use swell_storage::{BackendError, ExpansionRecord, VolumeId, VolumeInfo};
 
 /// Records read per call to a store.
@@ -20,7 +15,6 @@ const PAGE: usize = 500;
 /// The controller's backends and records, opened read-only.
 pub struct Reader {
     backends: Backends,
-    expander: Expander,
 }
 
 /// What a look at every volume found.
@@ -43,10 +37,8 @@ impl Reader {
                 return Err(format!("{flag} {} does not exist: give the directory the controller uses", dir.display()));
             }
         }
-        let backends = swell_controller::server::backends(&args.local_state_dir, args.local_capacity_bytes, args.backend_timeout(), &args.options())
-            .map_err(|e| e.to_string())?;
-        let records = ExpansionRecords::open(&args.state_dir).map_err(|e| format!("expansion records under {}: {e}", args.state_dir.display()))?;
-        Ok(Reader { expander: Expander::new(backends.clone(), Arc::new(records)), backends })
+        let backends = swell_backends::open(&args.config()).map_err(|e| e.to_string())?;
+        Ok(Reader { backends })
     }
 
     /// Every volume and every record, backend by backend; `step` is told
@@ -76,7 +68,7 @@ impl Reader {
                 }
             }
         }
-        for (kind, store) in self.expander.stores() {
+        for (kind, store) in self.backends.stores() {
             let mut after: Option<VolumeId> = None;
             loop {
                 step(format!("reading {kind} expansion records ({} so far)", found.records.len()));
@@ -104,12 +96,12 @@ impl Reader {
     pub async fn one(&self, id: &VolumeId) -> Result<(&'static str, Option<u64>, Option<ExpansionRecord>), String> {
         let backend = self.backends.for_volume(id).ok_or_else(|| format!("no {} backend is configured here for {id}", id.backend()))?;
         let key = id.to_string();
-        let (size, record) = tokio::join!(self.backends.call("read volume", &key, backend.volume(id)), self.expander.record(id));
+        let (size, record) = tokio::join!(self.backends.call("read volume", &key, backend.volume(id)), self.backends.record(id));
         let size = size.map_err(|e| e.to_string())?.map(|v| v.size_bytes);
         let record = match record {
             Ok(record) => record,
             // A store that answers for known volumes only (RBD's pool state).
-            Err(ControllerError::Backend { source: BackendError::NotFound(_), .. }) => None,
+            Err(CallError { source: BackendError::NotFound(_), .. }) => None,
             Err(err) => return Err(err.to_string()),
         };
         Ok((backend.kind(), size, record))

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::Api;
-use swell_webhook::quantity;
-use swell_webhook::volumes::volume_handle;
+use swell_k8s::{quantity, volume_handle};
 
 use crate::view::Claim;
 

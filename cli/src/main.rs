@@ -6,11 +6,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use serde_json::json;
+use swell_backends::BackendArgs;
 use swell_cli::gather::Reader;
 use swell_cli::kubernetes::{self, Answer};
 use swell_cli::render;
 use swell_cli::view::{Claim, VolumeView};
-use swell_controller::cli::BackendArgs;
 use swell_storage::VolumeId;
 use swell_storage::expansion::now_unix;
 

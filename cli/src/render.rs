@@ -2,7 +2,7 @@
 
 use comfy_table::Table;
 use comfy_table::presets::NOTHING;
-use swell_webhook::quantity;
+use swell_k8s::quantity;
 
 use crate::view::VolumeView;
 

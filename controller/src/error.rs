@@ -7,6 +7,7 @@
 
 use std::error::Error as _;
 
+use swell_backends::{CallError, UnknownBackend};
 use swell_storage::{BackendError, VolumeId};
 use tonic::{Code, Status};
 
@@ -80,6 +81,18 @@ pub enum ControllerError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+impl From<CallError> for ControllerError {
+    fn from(CallError { volume, step, source }: CallError) -> Self {
+        ControllerError::Backend { volume, step, source }
+    }
+}
+
+impl From<UnknownBackend> for ControllerError {
+    fn from(err: UnknownBackend) -> Self {
+        ControllerError::invalid("parameters.backend", err.to_string())
+    }
 }
 
 impl ControllerError {

@@ -12,7 +12,8 @@ use tokio::sync::Notify;
 
 use swell_storage::{Backend, BackendError, ExpansionRecord, ExpansionStore, Hold, VolumeId};
 
-use crate::backends::Backends;
+use swell_backends::{Backends, CallError};
+
 use crate::error::ControllerError;
 use crate::sizing::{Expansion, plan_expansion};
 use crate::validate::SizeRange;
@@ -21,7 +22,6 @@ use crate::validate::SizeRange;
 #[derive(Clone)]
 pub struct Expander {
     backends: Backends,
-    files: Arc<dyn ExpansionStore>,
     /// Volumes the reconciler works on in this process now; a user's call
     /// waits for such an attempt (bounded by its deadline) instead of being
     /// answered ABORTED, which the resizer would back off from for longer.
@@ -67,10 +67,9 @@ struct Held<'a> {
 }
 
 impl Expander {
-    /// An expander over `backends`; volumes whose backend keeps no records
-    /// of its own are recorded in `files`.
-    pub fn new(backends: Backends, files: Arc<dyn ExpansionStore>) -> Self {
-        Expander { backends, files, reconciling: Arc::default() }
+    /// An expander over `backends`.
+    pub fn new(backends: Backends) -> Self {
+        Expander { backends, reconciling: Arc::default() }
     }
 
     /// The backends it grows volumes on.
@@ -78,34 +77,15 @@ impl Expander {
         &self.backends
     }
 
-    /// Where `backend`'s volumes keep their expansion records.
-    pub fn store_of(&self, backend: &Arc<dyn Backend>) -> Arc<dyn ExpansionStore> {
-        backend.expansion_store().unwrap_or_else(|| Arc::clone(&self.files))
-    }
-
-    /// Every distinct store, once each.
-    pub fn stores(&self) -> Vec<(&'static str, Arc<dyn ExpansionStore>)> {
-        let mut stores: Vec<(&'static str, Arc<dyn ExpansionStore>)> = Vec::new();
-        for backend in self.backends.all() {
-            let store = self.store_of(backend);
-            if !stores.iter().any(|(_, s)| Arc::ptr_eq(s, &store)) {
-                stores.push((backend.kind(), store));
-            }
-        }
-        stores
-    }
-
     /// The record of `id`, read now; `None` for a volume of no backend here.
     pub async fn record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, ControllerError> {
-        let Some(backend) = self.backends.for_volume(id) else { return Ok(None) };
-        let store = self.store_of(backend);
-        self.backends.call("read expansion record", &id.to_string(), store.record(id)).await
+        Ok(self.backends.record(id).await?)
     }
 
     /// Holds `id`; `None` when another operation has it.
     async fn hold<'a>(&self, id: &'a VolumeId) -> Result<Option<Held<'a>>, ControllerError> {
         let backend = Arc::clone(self.backends.for_volume(id).ok_or_else(|| ControllerError::NotFound(id.to_string()))?);
-        let store = self.store_of(&backend);
+        let store = backend.expansion_store();
         let hold = self.backends.call("hold volume", &id.to_string(), store.hold(id)).await?;
         Ok(hold.map(|hold| Held { id, backend, store, hold }))
     }
@@ -135,10 +115,10 @@ impl Expander {
         let key = id.to_string();
         if let Err(err) = self.backends.call("delete volume", &key, held.backend.delete_volume(id)).await {
             held.hold.release().await;
-            return Err(err);
+            return Err(err.into());
         }
         let Held { store, hold, .. } = held;
-        self.backends.call("remove expansion record", &key, store.forget(hold, id)).await
+        Ok(self.backends.call("remove expansion record", &key, store.forget(hold, id)).await?)
     }
 
     /// Grows `id` to satisfy `range` and returns the size the backend reports.
@@ -236,14 +216,14 @@ impl Expander {
     }
 
     async fn read_record(&self, held: &Held<'_>) -> Result<Option<ExpansionRecord>, ControllerError> {
-        self.backends.call("read expansion record", &held.id.to_string(), held.store.record(held.id)).await
+        Ok(self.backends.call("read expansion record", &held.id.to_string(), held.store.record(held.id)).await?)
     }
 
     async fn write(&self, held: &Held<'_>, step: &'static str, record: ExpansionRecord) -> Result<ExpansionRecord, ControllerError> {
         if !held.hold.still_held() {
             return Err(contended(held.id, step));
         }
-        self.backends.call(step, &held.id.to_string(), held.store.write(&held.hold, record)).await
+        Ok(self.backends.call(step, &held.id.to_string(), held.store.write(&held.hold, record)).await?)
     }
 
     /// Records the wish, grows, reads back, records the outcome.
@@ -267,7 +247,7 @@ impl Expander {
         let grown = match self.backends.call("grow volume", &id.to_string(), held.backend.grow_volume(id, target)).await {
             // The engine holds more than the size read a moment ago: that
             // read lagged. The request is not infeasible; retry on a fresh read.
-            Err(ControllerError::Backend { volume, source: BackendError::Shrink { current: holds, .. }, .. }) => Err(ControllerError::Backend {
+            Err(CallError { volume, source: BackendError::Shrink { current: holds, .. }, .. }) => Err(ControllerError::Backend {
                 volume,
                 step: "grow volume",
                 source: BackendError::Unavailable {
@@ -275,7 +255,7 @@ impl Expander {
                     reason: format!("the engine holds {holds} bytes, more than the {current} just read; the read was stale"),
                 },
             }),
-            other => other,
+            other => other.map_err(ControllerError::from),
         };
         // An engine may acknowledge a size it has not reached (Longhorn
         // 13379), so its answer is checked against a read of its own.

@@ -2,14 +2,11 @@
 //! request, deciding every expansion on the backend's size read fresh under a
 //! per-volume lock, with a durable record of desired versus current size.
 
-pub mod backends;
-pub mod cli;
 pub mod error;
 pub mod expand;
 pub mod listing;
 pub mod metrics;
 pub mod parameters;
-pub mod rbd;
 pub mod reconciler;
 pub mod server;
 pub mod service;
@@ -17,6 +14,5 @@ pub mod sizing;
 pub mod snapshots;
 pub mod validate;
 
-pub use backends::Backends;
 pub use service::{BackendProbe, ControllerService};
-pub use swell_storage::expansion_files::ExpansionRecords;
+pub use swell_backends::Backends;

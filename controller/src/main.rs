@@ -5,9 +5,9 @@ use std::time::Duration;
 use clap::Parser;
 use csi_endpoint::logs::LogArgs;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
-use swell_controller::cli::BackendArgs;
+use swell_backends::BackendArgs;
 use swell_controller::reconciler::ReconcilerConfig;
-use swell_controller::server::{ControllerConfig, build_with};
+use swell_controller::server::{ControllerConfig, build};
 
 /// Swell CSI controller: provisions and expands volumes.
 #[derive(Debug, Parser)]
@@ -52,13 +52,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let socket = parse_endpoint(&args.endpoint)?;
-    let backends = args.backend.options();
     let config = ControllerConfig {
         driver_name: args.driver_name,
-        state_dir: args.backend.state_dir.clone(),
-        local_state_dir: args.backend.local_state_dir.clone(),
-        local_capacity_bytes: args.backend.local_capacity_bytes,
-        backend_timeout: args.backend.backend_timeout(),
+        backends: args.backend.config(),
         reconciler: ReconcilerConfig {
             interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             stuck_after: Duration::from_secs(args.stuck_after_secs),
@@ -69,12 +65,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     tracing::info!(
         driver = %config.driver_name,
-        local_state = %config.local_state_dir.display(),
-        rbd_cluster = backends.rbd.as_ref().map(|r| r.access.cluster_id.as_str()),
+        local_state = %config.backends.local.state_dir.display(),
+        rbd_cluster = config.backends.rbd.as_ref().map(|r| r.access.cluster_id.as_str()),
         "swell-controller starting"
     );
     // Display, not Debug: start-up errors are sentences meant for the operator.
-    let controller = build_with(&config, &backends).map_err(|e| e.to_string())?;
+    let controller = build(&config).map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::watch::channel(());
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
         let _ = stopped.changed().await;

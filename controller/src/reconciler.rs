@@ -180,7 +180,7 @@ impl Reconciler {
     /// The records with work left, from every store.
     async fn pending_records(&self) -> Vec<ExpansionRecord> {
         let mut records = Vec::new();
-        for (kind, store) in self.expander.stores() {
+        for (kind, store) in self.expander.backends().stores() {
             match self.expander.backends().call("list pending expansions", kind, store.pending()).await {
                 Ok(found) => records.extend(found),
                 Err(err) => tracing::error!(backend = kind, error = %err, "reconciler: cannot list pending expansions"),
@@ -255,7 +255,7 @@ impl Reconciler {
         let budget = (u64::from(self.config.sweep_reads_per_sec) * period.as_secs().max(1)).min(10_000) as usize;
         {
             let mut cursor = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
-            let stores = self.expander.stores().len();
+            let stores = self.expander.backends().stores().len();
             if cursor.finished.len() >= stores {
                 if cursor.round_started.is_some_and(|started| started.elapsed() < self.config.sweep_interval) {
                     return 0;
@@ -265,7 +265,7 @@ impl Reconciler {
             cursor.round_started.get_or_insert_with(Instant::now);
         }
         let mut checked = 0;
-        for (kind, store) in self.expander.stores() {
+        for (kind, store) in self.expander.backends().stores() {
             let after = {
                 let cursor = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
                 if cursor.finished.contains(&kind) {

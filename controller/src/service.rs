@@ -8,13 +8,12 @@ use std::sync::Arc;
 use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::controller_service_capability::{self, rpc};
 use csi_proto::v1::*;
-use swell_storage::expansion_files::ExpansionRecords;
+use swell_backends::Backends;
 use swell_storage::locks::KeyedLocks;
 use swell_storage::{Created, VolumeId, VolumeInfo};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::backends::Backends;
 use crate::error::ControllerError;
 use crate::expand::Expander;
 use crate::listing;
@@ -36,10 +35,9 @@ pub struct ControllerService {
 type Answer<T> = Result<Response<T>, Status>;
 
 impl ControllerService {
-    /// A controller over `backends`; volumes of backends that keep no
-    /// expansion records of their own are recorded in `records`.
-    pub fn new(backends: Backends, records: ExpansionRecords) -> Self {
-        let expander = Expander::new(backends.clone(), Arc::new(records));
+    /// A controller over `backends`.
+    pub fn new(backends: Backends) -> Self {
+        let expander = Expander::new(backends.clone());
         let names = KeyedLocks::new();
         let snapshots = Snapshots::new(backends.clone(), names.clone());
         ControllerService { backends, names, expander, snapshots }
@@ -228,11 +226,11 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let unsupported = req.volume_capabilities.iter().any(|c| validate::unsupported_reason(c).is_some());
         let params = VolumeParameters::parse(&req.parameters)?;
-        let backend = self.backends.for_new_volume(params.backend.as_deref())?;
+        let backend = self.backends.for_new_volume(params.backend.as_deref()).map_err(ControllerError::from)?;
         if unsupported {
             return Ok(Response::new(GetCapacityResponse { available_capacity: 0, ..Default::default() }));
         }
-        let room = self.backends.call("read pool capacity", backend.kind(), backend.capacity(&params.placement)).await?;
+        let room = self.backends.call("read pool capacity", backend.kind(), backend.capacity(&params.placement)).await.map_err(ControllerError::from)?;
         Ok(Response::new(GetCapacityResponse {
             available_capacity: bytes(room.available_bytes),
             maximum_volume_size: Some(bytes(room.available_bytes)),

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use csi_proto::v1::volume_content_source::{SnapshotSource, Type, VolumeSource};
 use csi_proto::v1::{ListSnapshotsRequest, ListSnapshotsResponse, Snapshot, VolumeContentSource, list_snapshots_response};
+use swell_backends::{Backends, CallError};
 use swell_storage::locks::KeyedLocks;
 use swell_storage::{Backend, BackendError, ContentSource, Created, Placement, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
 
-use crate::backends::Backends;
 use crate::error::ControllerError;
 use crate::listing;
 use crate::sizing;
@@ -54,10 +54,8 @@ impl Snapshots {
         let backend = self.backends.for_volume(&source).ok_or_else(not_found)?;
         let _guard = self.names.try_acquire(&format!("snapshot/{name}")).ok_or_else(|| ControllerError::Pending(format!("snapshot name {name:?}")))?;
         let created = self.backends.call("create snapshot", name, backend.create_snapshot(name, &source)).await.map_err(|err| match err {
-            ControllerError::Backend { source: source @ BackendError::NoSpace { .. }, .. } => {
-                ControllerError::NoSpaceForSnapshot { name: name.to_owned(), source }
-            }
-            other => other,
+            CallError { source: source @ BackendError::NoSpace { .. }, .. } => ControllerError::NoSpaceForSnapshot { name: name.to_owned(), source },
+            other => other.into(),
         })?;
         Ok(match created {
             Created::New(info) | Created::Existing(info) => info,
@@ -71,7 +69,7 @@ impl Snapshots {
         let Ok(id) = snapshot_id.parse::<SnapshotId>() else { return Ok(()) };
         let Some(backend) = self.backends.for_backend(id.backend()) else { return Ok(()) };
         let _guard = self.names.try_acquire(&format!("snapshot-id/{id}")).ok_or_else(|| ControllerError::Pending(format!("snapshot {id}")))?;
-        self.backends.call("delete snapshot", snapshot_id, backend.delete_snapshot(&id)).await
+        Ok(self.backends.call("delete snapshot", snapshot_id, backend.delete_snapshot(&id)).await?)
     }
 
     /// ListSnapshots: every snapshot, or the one named by `snapshot_id`, or

@@ -9,10 +9,12 @@ use std::time::Duration;
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::identity_client::IdentityClient;
 use csi_proto::v1::node_client::NodeClient;
-use swell_controller::rbd::RbdConfig;
+use swell_backends::{BackendConfig, Backends};
 use swell_controller::reconciler::{Reconciler, ReconcilerConfig};
-use swell_controller::server::{BackendOptions, ControllerConfig, build_with as build_controller};
+use swell_controller::server::{ControllerConfig, build as build_controller, build_over};
+use swell_local::LocalConfig;
 use swell_node::NodeConfig;
+use swell_rbd::RbdConfig;
 use swell_storage::CephAccess;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -178,10 +180,13 @@ impl DriverUnderTest {
         let node_socket = root.join("node.sock");
         let controller_config = ControllerConfig {
             driver_name: DRIVER_NAME.to_owned(),
-            state_dir: root.join("controller"),
-            local_state_dir: local_state_dir.clone(),
-            local_capacity_bytes: options.local_capacity_bytes,
-            backend_timeout: Duration::from_secs(8),
+            backends: BackendConfig {
+                rbd: options.rbd.clone().map(RbdConfig::with_access),
+                ..BackendConfig::local(LocalConfig {
+                    capacity_bytes: options.local_capacity_bytes,
+                    ..LocalConfig::new(&local_state_dir, root.join("controller"))
+                })
+            },
             reconciler: options.reconciler.clone().unwrap_or_default(),
         };
         let mut node_config = NodeConfig::new("swell-e2e-node");
@@ -189,10 +194,9 @@ impl DriverUnderTest {
         node_config.local_state_dir = local_state_dir.clone();
         node_config.endpoint = format!("unix://{}", node_socket.display());
 
-        let backend_options = BackendOptions { rbd: options.rbd.clone().map(RbdConfig::with_access), default_backend: None };
         node_config.rbd = options.rbd.clone();
         let node = swell_node::server::build(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
-        let controller = build_controller(&controller_config, &backend_options)?;
+        let controller = build_controller(&controller_config)?;
         let (controller_observed, controller_metrics) = spawn_observed(controller.observed).await?;
         let (node_observed, node_metrics) = spawn_observed(node.observed).await?;
         let mut servers =
@@ -255,16 +259,8 @@ pub struct ControllerUnderTest {
 
 impl ControllerUnderTest {
     /// Serves a controller over `backends` with its state under `root`.
-    pub async fn start(root: &Path, backends: swell_controller::Backends, reconciler: ReconcilerConfig) -> Result<Self, HarnessError> {
-        let config = ControllerConfig {
-            driver_name: DRIVER_NAME.to_owned(),
-            state_dir: root.join("controller"),
-            local_state_dir: root.join("local"),
-            local_capacity_bytes: None,
-            backend_timeout: Duration::from_secs(8),
-            reconciler,
-        };
-        Self::serve(root, swell_controller::server::build_over(&config, backends)?).await
+    pub async fn start(root: &Path, backends: Backends, reconciler: ReconcilerConfig) -> Result<Self, HarnessError> {
+        Self::serve(root, build_over(DRIVER_NAME, reconciler, backends)?).await
     }
 
     /// Serves an assembled controller on `root/controller.sock`.

@@ -199,7 +199,7 @@ impl Backend for InstrumentedBackend {
         self.inner.collect_garbage().await
     }
 
-    fn expansion_store(&self) -> Option<Arc<dyn ExpansionStore>> {
+    fn expansion_store(&self) -> Arc<dyn ExpansionStore> {
         self.inner.expansion_store()
     }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use swell_storage::{VolumeId, local};
+use swell_storage::VolumeId;
 
 use crate::filesystem::FsType;
 use crate::staging::Access;
@@ -43,7 +43,7 @@ impl Fixture {
     }
 
     pub fn image(&self, id: &VolumeId) -> PathBuf {
-        local::image_path(&self.ctx.config.local_state_dir, id)
+        swell_local::image_path(&self.ctx.config.local_state_dir, id)
     }
 
     /// The backend grows the volume.

@@ -222,13 +222,11 @@ pub trait Backend: Send + Sync + 'static {
         Ok(0)
     }
 
-    /// Where this engine keeps its volumes' expansion records and holds,
-    /// when it keeps them itself (RBD: in the pool, beside the images, so
-    /// every controller replica on any machine shares them). `None`: the
-    /// controller's own file records serve.
-    fn expansion_store(&self) -> Option<Arc<dyn ExpansionStore>> {
-        None
-    }
+    /// Where this engine keeps its volumes' expansion records and holds:
+    /// each backend owns its store (local: files under the controller's
+    /// state directory; RBD: the pool beside the images, so every
+    /// controller replica on any machine shares them).
+    fn expansion_store(&self) -> Arc<dyn ExpansionStore>;
 
     /// Whether the engine can serve requests now.
     async fn check_health(&self) -> Result<(), BackendError>;

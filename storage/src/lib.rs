@@ -1,13 +1,15 @@
-//! What Swell's controller and node share: volume and snapshot ids, the backend
-//! trait and its embedded local implementation, expansion records and holds, durable
-//! files, keyed locks, and the single way to run an external command.
+//! The vocabulary every Swell crate shares: volume and snapshot ids (and the
+//! RBD id contract between controller and node), size units, the backend
+//! trait every backend crate implements, expansion records and holds,
+//! durable files, keyed locks, blocking work under a deadline, and the
+//! single way to run an external command. The backends themselves live in
+//! their own crates (`backends/`).
 
 pub mod backend;
+pub mod blocking;
 pub mod command;
 pub mod durable;
 pub mod expansion;
-pub mod expansion_files;
-pub mod local;
 pub mod locks;
 pub mod rbd_volume;
 pub mod snapshot;

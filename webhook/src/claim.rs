@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
-use crate::quantity::{self, QuantityError};
+use swell_k8s::quantity::{self, QuantityError};
 
 /// The annotation the PV controller sets to the provisioner's name.
 pub const PROVISIONER_ANNOTATION: &str = "volume.kubernetes.io/storage-provisioner";

@@ -1,13 +1,12 @@
 //! Fresh facts about a volume at its backend, behind [`VolumeFacts`] so the
 //! decision can be tested without one. [`BackendFacts`] reads them from
-//! Swell's backends (the same ones the controller builds) and the
-//! controller's expansion records, every time: nothing is cached.
+//! Swell's backends (opened as the controller opens them) and the volume's
+//! expansion record in its backend's store, every time: nothing is cached.
 
-use swell_controller::Backends;
+use swell_backends::Backends;
 use swell_storage::{BackendError, VolumeId};
 
 use crate::decision::VolumeState;
-use crate::records::RecordStore;
 
 /// Reads what the backend holds for a volume now.
 #[async_trait::async_trait]
@@ -17,18 +16,25 @@ pub trait VolumeFacts: Send + Sync + 'static {
     async fn read(&self, id: &VolumeId) -> Result<VolumeState, String>;
 }
 
-/// Facts from Swell's backends and the controller's records.
+/// Facts from Swell's backends and their expansion records.
 #[derive(Clone)]
 pub struct BackendFacts {
     backends: Backends,
-    records: RecordStore,
 }
 
 impl BackendFacts {
-    /// Facts from `backends` and `records`.
-    pub fn new(backends: Backends, records: RecordStore) -> Self {
-        BackendFacts { backends, records }
+    /// Facts from `backends`.
+    pub fn new(backends: Backends) -> Self {
+        BackendFacts { backends }
     }
+}
+
+/// The desired size of the volume's record while it wants more than the
+/// size the record last saw; `None` without such a record. The caller
+/// compares it with the backend's fresh size as well.
+async fn open_desired(backend: &dyn swell_storage::Backend, id: &VolumeId) -> Result<Option<u64>, BackendError> {
+    let record = backend.expansion_store().record(id).await?;
+    Ok(record.filter(|r| r.growing()).map(|r| r.desired_bytes))
 }
 
 #[async_trait::async_trait]
@@ -43,7 +49,7 @@ impl VolumeFacts for BackendFacts {
                 other => Ok(VolumeState { volume_id, size_bytes: None, recorded_desired: None, available_bytes: 0, unusable: Some(other.to_string()) }),
             };
         }
-        let (volume, room, record) = tokio::join!(backend.volume(id), backend.room_for(id), self.records.open_desired(backend, id));
+        let (volume, room, record) = tokio::join!(backend.volume(id), backend.room_for(id), open_desired(backend.as_ref(), id));
         let volume = volume.map_err(|e| unreadable("read volume", e))?;
         let room = room.map_err(|e| unreadable("read capacity", e))?;
         let recorded_desired = record.map_err(|e| format!("read the expansion record of {id}: {e}"))?;
@@ -56,8 +62,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use swell_local::{LocalBackend, LocalConfig};
     use swell_storage::Backend;
-    use swell_storage::local::LocalBackend;
 
     use super::*;
 
@@ -66,10 +72,11 @@ mod tests {
     #[tokio::test]
     async fn reads_size_and_room_fresh() {
         let dir = tempfile::tempdir().unwrap();
-        let local = Arc::new(LocalBackend::open(dir.path().join("local"), Some(10 << 30)).unwrap());
+        let config = LocalConfig { state_dir: dir.path().join("local"), records_dir: dir.path().join("controller"), capacity_bytes: Some(10 << 30) };
+        let local = Arc::new(LocalBackend::open(&config).unwrap());
         let created = local.create_volume("pvc-a", 1 << 30, &Default::default()).await.unwrap();
         let id = created.info().id.clone();
-        let facts = BackendFacts::new(Backends::new(local.clone(), Duration::from_secs(5)), RecordStore::open(&dir.path().join("controller")).unwrap());
+        let facts = BackendFacts::new(Backends::new(local.clone(), Duration::from_secs(5)));
         let state = facts.read(&id).await.unwrap();
         assert_eq!((state.size_bytes, state.recorded_desired, state.unusable, state.available_bytes), (Some(1 << 30), None, None, 9 << 30));
         local.grow_volume(&id, 3 << 30).await.unwrap();

@@ -3,12 +3,10 @@
 //! HTTPS, and lets a storage request of a Swell claim grow only when the
 //! claim and the backend, read now, say the resize can go ahead.
 //!
-//! - [`quantity`]: storage quantities as exact byte counts.
 //! - [`claim`]: what an update changes (pure).
 //! - [`decision`]: the rules, allow or deny with a message (pure).
 //! - [`volumes`]: the claim's PV, from the API server.
-//! - [`facts`]: the volume at its backend, read fresh; [`records`]: where
-//!   the controller's expansion records are read.
+//! - [`facts`]: the volume at its backend and its expansion record, read fresh.
 //! - [`review`]: the AdmissionReview envelope; [`webhook`]: one review end to end.
 //! - [`tls`]: the reloading certificate; [`server`]: HTTPS.
 //!
@@ -18,8 +16,6 @@
 pub mod claim;
 pub mod decision;
 pub mod facts;
-pub mod quantity;
-pub mod records;
 pub mod review;
 pub mod server;
 pub mod tls;

@@ -32,12 +32,3 @@ impl PersistentVolumes for ApiVolumes {
         self.api.get_opt(name).await.map_err(|e| format!("reading PersistentVolume {name}: {e}"))
     }
 }
-
-/// The CSI volume handle of `pv` if `driver_name` serves it.
-pub fn volume_handle<'a>(pv: &'a PersistentVolume, driver_name: &str) -> Result<&'a str, String> {
-    let csi = pv.spec.as_ref().and_then(|s| s.csi.as_ref()).ok_or("the PersistentVolume has no CSI source")?;
-    if csi.driver != driver_name {
-        return Err(format!("the PersistentVolume belongs to CSI driver {}", csi.driver));
-    }
-    Ok(&csi.volume_handle)
-}

@@ -12,7 +12,9 @@ use crate::claim::{SizeChange, Update, read_update};
 use crate::decision::{Facts, Policy, Step, Verdict, judge_claim, judge_facts};
 use crate::facts::VolumeFacts;
 use crate::review::{ClaimReview, DecodeError, decode, respond};
-use crate::volumes::{PersistentVolumes, volume_handle};
+use swell_k8s::volume_handle;
+
+use crate::volumes::PersistentVolumes;
 
 /// Everything a review needs.
 #[derive(Clone)]
@@ -75,7 +77,7 @@ impl Webhook {
         };
         let handle = match volume_handle(&pv, &self.driver_name) {
             Ok(handle) => handle,
-            Err(why) => return Facts::NotSwellVolume(why),
+            Err(why) => return Facts::NotSwellVolume(why.to_string()),
         };
         let id: VolumeId = match handle.parse() {
             Ok(id) => id,

@@ -10,10 +10,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use swell_k8s::quantity;
 use swell_storage::VolumeId;
 use swell_webhook::decision::{FAILED, IN_PROGRESS, VolumeState};
 use swell_webhook::facts::VolumeFacts;
-use swell_webhook::quantity;
 use swell_webhook::review::decode;
 use swell_webhook::volumes::PersistentVolumes;
 use swell_webhook::{Policy, Verdict, Webhook};
@@ -96,12 +96,6 @@ proptest! {
         let _ = quantity::bytes(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(text.clone()));
         let review = with_sizes(&old, &text, "1Gi", None);
         let _ = runtime().block_on(webhook().review(&serde_json::to_vec(&review).unwrap()));
-    }
-
-    #[test]
-    fn sizes_format_and_parse_back(bytes in any::<u64>()) {
-        let text = quantity::format(bytes);
-        prop_assert_eq!(quantity::bytes(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(text)).unwrap(), bytes);
     }
 
     #[test]

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use csi_proto::v1::DeleteVolumeRequest;
 use csi_proto::v1::controller_client::ControllerClient;
-use swell_controller::Backends;
+use swell_backends::Backends;
 use swell_controller::reconciler::ReconcilerConfig;
+use swell_local::{LocalBackend, LocalConfig, image_path};
 use swell_node::NodeConfig;
-use swell_storage::local::{LocalBackend, image_path};
 use swell_storage::{Backend, VolumeId};
 use tonic::transport::Channel;
 
@@ -72,7 +72,7 @@ impl Engine for Local {
     }
 
     fn backend(&self, root: &Path) -> Arc<dyn Backend> {
-        Arc::new(LocalBackend::open(root.join("local"), None).expect("open the local backend"))
+        Arc::new(LocalBackend::open(&LocalConfig::new(root.join("local"), root.join("controller"))).expect("open the local backend"))
     }
 
     fn backend_deadline(&self) -> Duration {

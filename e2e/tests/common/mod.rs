@@ -210,7 +210,7 @@ impl Drop for HostCleanup {
 
 /// The backing file of a local volume.
 pub fn backing_file(driver: &DriverUnderTest, id: &str) -> PathBuf {
-    swell_storage::local::image_path(&driver.local_state_dir, &id.parse().expect("local volume id"))
+    swell_local::image_path(&driver.local_state_dir, &id.parse().expect("local volume id"))
 }
 
 /// A path as the string CSI requests carry.

@@ -11,7 +11,7 @@ use csi_proto::v1::node_client::NodeClient;
 use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
 use swell_e2e::sweep::sweep;
-use swell_storage::local::LocalBackend;
+use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::{Backend, VolumeId};
 use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
@@ -40,7 +40,7 @@ pub async fn rig(test: &str) -> Option<Rig> {
     let mut config = swell_node::NodeConfig::new("node-test");
     config.state_dir = dir.join("node");
     config.local_state_dir = dir.join("local");
-    let backend = LocalBackend::open(&config.local_state_dir, None).unwrap();
+    let backend = LocalBackend::open(&LocalConfig::new(&config.local_state_dir, dir.join("controller"))).unwrap();
     let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.unwrap();
     let node = server.client.clone();
     Some(Rig { backend, node, dir, server: Some(server), _serial: serial, _tmp: tmp })
@@ -53,7 +53,7 @@ impl Rig {
     }
 
     pub fn image(&self, id: &VolumeId) -> PathBuf {
-        swell_storage::local::image_path(self.backend.state_dir(), id)
+        swell_local::image_path(self.backend.state_dir(), id)
     }
 
     /// A path under the rig's directory, as a string for requests.

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use swell_storage::{VolumeId, local};
+use swell_storage::VolumeId;
 
 use super::Attacher;
 use crate::error::NodeError;
@@ -32,7 +32,7 @@ impl LoopAttacher {
     }
 
     fn image(&self, volume: &VolumeId) -> PathBuf {
-        local::image_path(&self.state_dir, volume)
+        swell_local::image_path(&self.state_dir, volume)
     }
 }
 

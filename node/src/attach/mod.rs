@@ -73,7 +73,7 @@ impl Attachers {
     /// unknown volume to this node.
     pub fn for_volume(&self, volume: &VolumeId) -> Result<&dyn Attacher, NodeError> {
         match volume.backend() {
-            swell_storage::local::KIND => Ok(&self.local),
+            swell_local::KIND => Ok(&self.local),
             swell_storage::rbd_volume::KIND => match &self.rbd {
                 Some(rbd) => rbd.for_volume(volume),
                 None => Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: "no Ceph cluster is configured on this node".into() }),

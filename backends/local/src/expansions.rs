@@ -12,11 +12,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::BackendError;
-use crate::durable;
-use crate::expansion::{ExpansionRecord, ExpansionStore, HeldVolume, Hold};
-use crate::locks::{KeyGuard, KeyedLocks};
-use crate::volume_id::VolumeId;
+use swell_storage::expansion::{ExpansionRecord, ExpansionStore, HeldVolume, Hold};
+use swell_storage::locks::{KeyGuard, KeyedLocks};
+use swell_storage::{BackendError, VolumeId, blocking, durable};
 
 /// How long one record operation may take before the call gives up.
 const OP_DEADLINE: Duration = Duration::from_secs(20);
@@ -63,24 +61,6 @@ impl ExpansionRecords {
         durable::read_json(&self.path(id))
     }
 
-    /// Every record, in no particular order; unreadable ones are logged and
-    /// skipped so one corrupt file cannot stop the others being read.
-    pub fn list(&self) -> io::Result<Vec<ExpansionRecord>> {
-        let mut records = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            match durable::read_json::<ExpansionRecord>(&path) {
-                Ok(Some(record)) => records.push(record),
-                Ok(None) => {}
-                Err(err) => tracing::error!(path = %path.display(), error = %err, "unreadable expansion record"),
-            }
-        }
-        Ok(records)
-    }
-
     /// Writes `record` after checking it was made from the stored one.
     fn put(&self, id: &VolumeId, mut record: ExpansionRecord) -> Result<ExpansionRecord, BackendError> {
         let stored = self.get(id).map_err(|e| BackendError::io(format!("read expansion record of {id}"), e))?;
@@ -125,11 +105,7 @@ impl ExpansionRecords {
         work: impl FnOnce(ExpansionRecords) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
         let this = self.clone();
-        match tokio::time::timeout(OP_DEADLINE, tokio::task::spawn_blocking(move || work(this))).await {
-            Err(_) => Err(BackendError::Timeout { step: step.to_owned(), after: OP_DEADLINE }),
-            Ok(Err(join)) => Err(BackendError::io(step, io::Error::other(join.to_string()))),
-            Ok(Ok(result)) => result,
-        }
+        blocking::run(step, OP_DEADLINE, move || work(this)).await
     }
 }
 

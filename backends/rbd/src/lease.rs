@@ -30,7 +30,7 @@ use super::errors::RbdError;
 use super::ffi::{Errno, IoCtx, LOCK_MUST_RENEW};
 
 /// The lock's name on each volume's lock object.
-const LOCK_NAME: &str = "swell";
+pub(crate) const LOCK_NAME: &str = "swell";
 /// Taken off the lease when judging it locally: the OSD started counting
 /// when it granted the lock, a little after this process asked.
 const CLOCK_MARGIN: Duration = Duration::from_secs(1);

@@ -185,6 +185,7 @@ impl RbdBackend {
     }
 
     /// The bytes Swell has promised in `pool`, read now.
+    #[cfg(feature = "test-util")]
     pub async fn promised(&self, pool: &str) -> Result<u64, BackendError> {
         let pool = pool.to_owned();
         self.shared
@@ -254,8 +255,8 @@ impl Backend for RbdBackend {
         self.shared.connector.run("purge trashed images", move |conn, deadline| housekeeping_blocking(&shared, conn, deadline)).await
     }
 
-    fn expansion_store(&self) -> Option<Arc<dyn ExpansionStore>> {
-        Some(self.store.clone())
+    fn expansion_store(&self) -> Arc<dyn ExpansionStore> {
+        self.store.clone()
     }
 
     async fn create_snapshot(&self, name: &str, source: &VolumeId) -> Result<Created<SnapshotInfo>, BackendError> {
@@ -337,8 +338,8 @@ mod tests {
         let ok = RbdConfig::new("ceph-a", "/etc/ceph/ceph.conf", "/etc/ceph/keyring");
         assert!(RbdBackend::new(ok.clone()).is_ok());
         for bad in [
-            RbdConfig { access: crate::rbd::CephAccess { cluster_id: "Ceph".into(), ..ok.access.clone() }, ..ok.clone() },
-            RbdConfig { access: crate::rbd::CephAccess { cluster_id: "a:b".into(), ..ok.access.clone() }, ..ok.clone() },
+            RbdConfig { access: swell_storage::CephAccess { cluster_id: "Ceph".into(), ..ok.access.clone() }, ..ok.clone() },
+            RbdConfig { access: swell_storage::CephAccess { cluster_id: "a:b".into(), ..ok.access.clone() }, ..ok.clone() },
             RbdConfig { default_pool: "".into(), ..ok.clone() },
             RbdConfig { overprovision_ratio: 0.0, ..ok.clone() },
             RbdConfig { op_timeout: Duration::from_millis(10), ..ok.clone() },

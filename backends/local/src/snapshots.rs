@@ -1,7 +1,7 @@
 //! Local snapshots and clones: a snapshot is a copy of its volume's backing
 //! file under `snapshots/`, beside a durable record of its name, source and
 //! size; a clone or a restore is a new volume whose backing file starts as a
-//! copy of its source's ([`super::copy`]: a reflink where the filesystem
+//! copy of its source's ([`crate::copy`]: a reflink where the filesystem
 //! shares blocks, else a copy of the data that keeps the holes).
 //!
 //! Each copy runs on a blocking thread under the claims of the keys it
@@ -17,52 +17,22 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use swell_storage::expansion::now_unix;
+use swell_storage::snapshot::{from_unix_nanos, is_snapshot_key, snapshot_key, unix_nanos};
+use swell_storage::{BackendError, ContentSource, Created, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo, durable};
 
-use super::copy;
-use super::{Inner, KIND, LocalBackend, Reservation, VolumeRecord, image_path, now_unix, record_path, snapshots_dir};
-use crate::backend::{BackendError, Created, VolumeInfo};
-use crate::durable;
-use crate::snapshot::{ContentSource, SnapshotId, SnapshotInfo, from_unix_nanos, is_snapshot_key, snapshot_key, unix_nanos};
-use crate::volume_id::VolumeId;
+use crate::copy;
+use crate::paths::{KIND, image_path, local_snapshot, record_path, snapshot_id, snapshot_path, snapshot_record_path, snapshots_dir, volume_id_for};
+use crate::records::{SnapshotRecord, VolumeRecord};
+use crate::state_dir::{Reservation, StateDir, id_taken};
 
-/// Where the copy of a local snapshot lives.
-pub fn snapshot_path(state_dir: &Path, key: &str) -> PathBuf {
-    snapshots_dir(state_dir).join(format!("{key}.img"))
-}
-
-fn snapshot_record_path(state_dir: &Path, key: &str) -> PathBuf {
-    snapshots_dir(state_dir).join(format!("{key}.json"))
-}
-
-/// The durable record kept beside each snapshot's copy.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(super) struct SnapshotRecord {
-    /// The CO's name for the snapshot.
-    pub name: String,
-    /// The volume it was cut from.
-    pub source: String,
-    /// The source's size when it was cut.
-    pub size_bytes: u64,
-    /// When it was cut, nanoseconds since the epoch.
-    pub created_unix_nanos: u64,
-}
-
-fn local_snapshot(id: &SnapshotId) -> Option<&str> {
-    (id.backend() == KIND && id.place().is_empty()).then(|| id.key())
-}
-
-fn snapshot_id(key: &str) -> SnapshotId {
-    SnapshotId::new(KIND, "", key).unwrap_or_else(|_| unreachable!("snapshot keys are valid id parts"))
-}
-
-impl Inner {
+impl StateDir {
     fn snapshot_info(&self, key: &str, record: SnapshotRecord) -> Result<SnapshotInfo, BackendError> {
         let source = record.source.parse().map_err(|e| BackendError::corrupt(format!("read record of snapshot {key}"), e))?;
-        let ready = snapshot_path(&self.state_dir, key).exists();
+        let ready = snapshot_path(&self.path, key).exists();
         Ok(SnapshotInfo {
             id: snapshot_id(key),
             name: record.name,
@@ -74,12 +44,12 @@ impl Inner {
     }
 
     fn snapshot_record(&self, key: &str) -> Result<Option<SnapshotRecord>, BackendError> {
-        durable::read_json(&snapshot_record_path(&self.state_dir, key)).map_err(|e| BackendError::io(format!("read record of snapshot {key}"), e))
+        durable::read_json(&snapshot_record_path(&self.path, key)).map_err(|e| BackendError::io(format!("read record of snapshot {key}"), e))
     }
 
     /// Every snapshot record, by key.
-    pub(super) fn snapshot_records(&self) -> Result<Vec<(String, SnapshotRecord)>, BackendError> {
-        let entries = fs::read_dir(snapshots_dir(&self.state_dir)).map_err(|e| BackendError::io("list snapshots", e))?;
+    pub(crate) fn snapshot_records(&self) -> Result<Vec<(String, SnapshotRecord)>, BackendError> {
+        let entries = fs::read_dir(snapshots_dir(&self.path)).map_err(|e| BackendError::io("list snapshots", e))?;
         let mut records = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| BackendError::io("list snapshots", e))?;
@@ -93,12 +63,12 @@ impl Inner {
         Ok(records)
     }
 
-    pub(super) fn read_snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotInfo>, BackendError> {
+    pub(crate) fn read_snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotInfo>, BackendError> {
         let Some(key) = local_snapshot(id) else { return Ok(None) };
         self.snapshot_record(key)?.map(|record| self.snapshot_info(key, record)).transpose()
     }
 
-    pub(super) fn all_snapshots(&self, source: Option<&VolumeId>) -> Result<Vec<SnapshotInfo>, BackendError> {
+    pub(crate) fn all_snapshots(&self, source: Option<&VolumeId>) -> Result<Vec<SnapshotInfo>, BackendError> {
         let wanted = source.map(VolumeId::to_string);
         self.snapshot_records()?
             .into_iter()
@@ -107,7 +77,7 @@ impl Inner {
             .collect()
     }
 
-    pub(super) fn create_snapshot(&self, name: &str, source: &VolumeId) -> Result<Created<SnapshotInfo>, BackendError> {
+    pub(crate) fn create_snapshot(&self, name: &str, source: &VolumeId) -> Result<Created<SnapshotInfo>, BackendError> {
         let key = snapshot_key(name);
         let existing = self.snapshot_record(&key)?;
         if let Some(record) = &existing
@@ -125,7 +95,7 @@ impl Inner {
             return Ok(Created::Existing(self.snapshot_info(&key, record)?));
         };
         match existing {
-            Some(record) if snapshot_path(&self.state_dir, &key).exists() => Ok(Created::Existing(self.snapshot_info(&key, record)?)),
+            Some(record) if snapshot_path(&self.path, &key).exists() => Ok(Created::Existing(self.snapshot_info(&key, record)?)),
             // A copy a crash cut off: cut again from the volume as it is now.
             Some(_) => self.cut(&claim, &key, name, source, false).map(Created::Existing),
             None => self.cut(&claim, &key, name, source, true).map(Created::New),
@@ -147,37 +117,36 @@ impl Inner {
             size_bytes: volume.size_bytes,
             created_unix_nanos: unix_nanos(SystemTime::now()),
         };
-        durable::write_json(&snapshot_record_path(&self.state_dir, key), &record)
-            .map_err(|e| BackendError::io(format!("write record of snapshot {key}"), e))?;
-        let method = copy::copy_file(&image_path(&self.state_dir, source), &snapshot_path(&self.state_dir, key), volume.size_bytes)
+        durable::write_json(&snapshot_record_path(&self.path, key), &record).map_err(|e| BackendError::io(format!("write record of snapshot {key}"), e))?;
+        let method = copy::copy_file(&image_path(&self.path, source), &snapshot_path(&self.path, key), volume.size_bytes)
             .map_err(|e| BackendError::io(format!("copy volume {source} into snapshot {key}"), e))?;
         tracing::info!(snapshot = key, volume.id = %source, bytes = volume.size_bytes, ?method, "snapshot cut");
         self.snapshot_info(key, record)
     }
 
-    pub(super) fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), BackendError> {
+    pub(crate) fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), BackendError> {
         let Some(key) = local_snapshot(id) else { return Ok(()) };
         let _claim = self
             .claim_key(key)
             .ok_or_else(|| BackendError::Contended { step: format!("delete snapshot {id}"), reason: "its copy is still being made".into() })?;
-        let copy = snapshot_path(&self.state_dir, key);
+        let copy = snapshot_path(&self.path, key);
         for file in [copy::partial_path(&copy), copy] {
             match fs::remove_file(&file) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(BackendError::io(format!("remove {} of snapshot {id}", file.display()), e)),
                 _ => {}
             }
         }
-        durable::remove(&snapshot_record_path(&self.state_dir, key)).map_err(|e| BackendError::io(format!("remove record of snapshot {id}"), e))
+        durable::remove(&snapshot_record_path(&self.path, key)).map_err(|e| BackendError::io(format!("remove record of snapshot {id}"), e))
     }
 
-    pub(super) fn create_volume_from(&self, name: &str, size: u64, source: &ContentSource) -> Result<Created, BackendError> {
-        let id = LocalBackend::id_for_name(name);
+    pub(crate) fn create_volume_from(&self, name: &str, size: u64, source: &ContentSource) -> Result<Created, BackendError> {
+        let id = volume_id_for(name);
         let claim = self.claim(&id)?;
-        let record_file = record_path(&self.state_dir, &id);
+        let record_file = record_path(&self.path, &id);
         let existing: Option<VolumeRecord> = durable::read_json(&record_file).map_err(|e| BackendError::io(format!("read record of {id}"), e))?;
         let size = match existing {
             Some(record) if record.name != name => {
-                return Err(super::id_taken(name, &id, &record.name));
+                return Err(id_taken(name, &id, &record.name));
             }
             Some(record) if record.source.as_ref() != Some(source) => {
                 let was = record.source.map_or_else(|| "blank".to_owned(), |s| format!("made from {s}"));
@@ -204,7 +173,7 @@ impl Inner {
                 let record = VolumeRecord { name: name.to_owned(), desired_bytes: size, created_unix: now_unix(), source: Some(source.clone()) };
                 durable::write_json(&record_file, &record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
             }
-            copy::copy_file(&from, &image_path(&self.state_dir, &id), size).map_err(|e| BackendError::io(format!("copy {source} into volume {id}"), e))
+            copy::copy_file(&from, &image_path(&self.path, &id), size).map_err(|e| BackendError::io(format!("copy {source} into volume {id}"), e))
         })?;
         tracing::info!(volume.id = %id, %source, bytes = size, ?method, "volume made from its source");
         let info: VolumeInfo = self.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
@@ -219,7 +188,7 @@ impl Inner {
                 let missing = || BackendError::SnapshotNotFound(snapshot.clone());
                 let key = local_snapshot(snapshot).ok_or_else(missing)?;
                 let record = self.snapshot_record(key)?.ok_or_else(missing)?;
-                let copy = snapshot_path(&self.state_dir, key);
+                let copy = snapshot_path(&self.path, key);
                 if !copy.exists() {
                     return Err(BackendError::Contended { step: format!("restore snapshot {snapshot}"), reason: "its copy is still being made".into() });
                 }
@@ -231,7 +200,7 @@ impl Inner {
                 }
                 let claim = self.claim(volume)?;
                 let info = self.read_volume(volume)?.ok_or_else(|| BackendError::NotFound(volume.clone()))?;
-                Ok((image_path(&self.state_dir, volume), info.size_bytes, Some(claim)))
+                Ok((image_path(&self.path, volume), info.size_bytes, Some(claim)))
             }
         }
     }
@@ -239,23 +208,18 @@ impl Inner {
     /// Makes again, in the background, the copies of snapshots whose
     /// record has no copy and no call working on it (a crash cut them off);
     /// returns how many it started.
-    pub(super) fn restart_orphaned_copies(&self) -> Result<usize, BackendError> {
+    pub(crate) fn restart_orphaned_copies(&self) -> Result<usize, BackendError> {
         let mut started = 0;
         for (key, record) in self.snapshot_records()? {
-            if snapshot_path(&self.state_dir, &key).exists() {
+            if snapshot_path(&self.path, &key).exists() {
                 continue;
             }
             let Some(claim) = self.claim_key(&key) else { continue };
             let Ok(source) = record.source.parse::<VolumeId>() else { continue };
-            let inner = Inner {
-                state_dir: self.state_dir.clone(),
-                capacity_bytes: self.capacity_bytes,
-                reservations: self.reservations.clone(),
-                ledger: self.ledger.clone(),
-            };
+            let dir = self.clone();
             started += 1;
             std::thread::spawn(move || {
-                if let Err(err) = inner.cut(&claim, &key, &record.name, &source, false) {
+                if let Err(err) = dir.cut(&claim, &key, &record.name, &source, false) {
                     tracing::warn!(snapshot = key, error = %err, "cannot make a snapshot's copy again; retrying on the next pass");
                 }
             });
@@ -268,12 +232,13 @@ impl Inner {
 mod tests {
     use std::fs::OpenOptions;
     use std::io::{Read, Seek, SeekFrom, Write};
+    use std::path::Path;
 
     use super::*;
-    use crate::backend::{Backend, Placement};
-    use crate::local::tests::backend;
+    use swell_storage::units::MIB;
+    use swell_storage::{Backend, Placement};
 
-    use crate::units::MIB;
+    use crate::backend::tests::backend;
 
     fn write(dir: &Path, id: &VolumeId, at: u64, bytes: &[u8]) {
         let mut file = OpenOptions::new().write(true).open(image_path(dir, id)).unwrap();

@@ -1,7 +1,7 @@
-//! The backends this controller serves, keyed by the id prefix each owns, and
-//! the deadline every backend call runs under: a hung engine turns into
-//! DEADLINE_EXCEEDED for the caller instead of a hung RPC holding a lock.
-//! Every call is timed, by operation and outcome, for the metrics.
+//! The backends a process serves, keyed by the id prefix each owns, and the
+//! deadline every backend call runs under: a hung engine turns into a
+//! Timeout for the caller instead of a hung RPC holding a lock. Every call is
+//! timed, by operation and outcome, for the metrics.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,9 +12,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use swell_storage::{Backend, BackendError, VolumeId};
-
-use crate::error::ControllerError;
+use swell_storage::{Backend, BackendError, ExpansionRecord, ExpansionStore, VolumeId};
 
 /// The configured backends and the default one for new volumes.
 #[derive(Clone)]
@@ -31,6 +29,29 @@ pub struct Backends {
 struct CallLabels {
     operation: &'static str,
     outcome: &'static str,
+}
+
+/// A backend call that failed: the step and the volume (id, or name before
+/// it has one) it was about, and the backend's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {volume}: {source}")]
+pub struct CallError {
+    /// Volume id or name.
+    pub volume: String,
+    /// What the caller was doing.
+    pub step: &'static str,
+    /// The backend's error.
+    pub source: BackendError,
+}
+
+/// A StorageClass named a backend this process does not serve.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind:?} is not configured (configured: {known})")]
+pub struct UnknownBackend {
+    /// The backend asked for.
+    pub kind: String,
+    /// The ones configured, comma-separated.
+    pub known: String,
 }
 
 impl Backends {
@@ -58,11 +79,11 @@ impl Backends {
     }
 
     /// The backend named by a StorageClass `backend` parameter, or the default.
-    pub fn for_new_volume(&self, kind: Option<&str>) -> Result<&Arc<dyn Backend>, ControllerError> {
+    pub fn for_new_volume(&self, kind: Option<&str>) -> Result<&Arc<dyn Backend>, UnknownBackend> {
         let kind = kind.unwrap_or(self.default_kind);
         self.by_kind.get(kind).ok_or_else(|| {
             let known: Vec<_> = self.by_kind.keys().copied().collect();
-            ControllerError::invalid("parameters.backend", format!("{kind:?} is not configured (configured: {})", known.join(", ")))
+            UnknownBackend { kind: kind.to_owned(), known: known.join(", ") }
         })
     }
 
@@ -76,14 +97,26 @@ impl Backends {
         self.by_kind.get(kind)
     }
 
-    /// All backends, default first is not guaranteed; ordered by kind.
+    /// All backends, ordered by kind.
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
         self.by_kind.values()
     }
 
+    /// Each backend's kind and the store of its expansion records.
+    pub fn stores(&self) -> Vec<(&'static str, Arc<dyn ExpansionStore>)> {
+        self.by_kind.values().map(|backend| (backend.kind(), backend.expansion_store())).collect()
+    }
+
+    /// The expansion record of `id`, read now; `None` for a volume of no
+    /// backend here.
+    pub async fn record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, CallError> {
+        let Some(backend) = self.for_volume(id) else { return Ok(None) };
+        self.call("read expansion record", &id.to_string(), backend.expansion_store().record(id)).await
+    }
+
     /// Runs one backend call under the deadline, naming the step and volume
     /// in any error.
-    pub async fn call<T>(&self, step: &'static str, volume: &str, work: impl Future<Output = Result<T, BackendError>>) -> Result<T, ControllerError> {
+    pub async fn call<T>(&self, step: &'static str, volume: &str, work: impl Future<Output = Result<T, BackendError>>) -> Result<T, CallError> {
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.deadline, work).await;
         let ended = match outcome {
@@ -98,22 +131,26 @@ impl Backends {
             Err(_) => BackendError::Timeout { step: step.to_owned(), after: self.deadline },
         };
         tracing::warn!(volume, step, error = %source, "backend call failed");
-        Err(ControllerError::Backend { volume: volume.to_owned(), step, source })
+        Err(CallError { volume: volume.to_owned(), step, source })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swell_storage::local::LocalBackend;
+    use swell_local::{LocalBackend, LocalConfig};
+
+    fn local(dir: &std::path::Path) -> Arc<dyn Backend> {
+        Arc::new(LocalBackend::open(&LocalConfig { state_dir: dir.join("local"), records_dir: dir.join("controller"), capacity_bytes: None }).unwrap())
+    }
 
     #[tokio::test]
     async fn a_hung_backend_call_becomes_a_deadline_error() {
         let dir = tempfile::tempdir().unwrap();
-        let backends = Backends::new(Arc::new(LocalBackend::open(dir.path(), None).unwrap()), Duration::from_millis(50));
+        let backends = Backends::new(local(dir.path()), Duration::from_millis(50));
         let hung = std::future::pending::<Result<(), BackendError>>();
         let err = backends.call("resize", "local:aa", hung).await.unwrap_err();
-        assert_eq!(tonic::Status::from(err).code(), tonic::Code::DeadlineExceeded);
+        assert!(matches!(err.source, BackendError::Timeout { .. }), "{err}");
         backends.call("resize", "local:aa", async { Ok(()) }).await.unwrap();
         let mut registry = Registry::default();
         backends.register_metrics(&mut registry);
@@ -128,7 +165,7 @@ mod tests {
     #[test]
     fn unknown_backends_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let backends = Backends::new(Arc::new(LocalBackend::open(dir.path(), None).unwrap()), Duration::from_secs(1));
+        let backends = Backends::new(local(dir.path()), Duration::from_secs(1));
         assert!(backends.for_new_volume(None).is_ok());
         let err = backends.for_new_volume(Some("zfs")).err().unwrap();
         assert!(err.to_string().contains("zfs") && err.to_string().contains("local"), "{err}");

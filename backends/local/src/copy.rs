@@ -113,7 +113,7 @@ mod tests {
     use std::io::{Read, Seek, SeekFrom, Write};
     use std::os::unix::fs::MetadataExt;
 
-    use crate::units::MIB;
+    use swell_storage::units::MIB;
 
     fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
         let mut file = OpenOptions::new().write(true).open(path).unwrap();

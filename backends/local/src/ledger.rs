@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::durable;
+use swell_storage::durable;
 
 /// What the ledger file holds.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]

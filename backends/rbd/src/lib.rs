@@ -24,36 +24,38 @@
 
 // What links librados/librbd sits behind the `rbd` feature; the
 // configuration below stays, so a local-only build can name what it refuses.
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod backend;
 pub mod capacity;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod clones;
 pub mod coalesce;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod commit;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod connection;
 pub mod errors;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod ffi;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod header;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod housekeeping;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod lease;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod readings;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod snapshots;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod state;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod store;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "test-util")]
+pub mod test_util;
+#[cfg(feature = "librbd")]
 pub mod trash;
-#[cfg(feature = "rbd")]
+#[cfg(feature = "librbd")]
 pub mod volumes;
 
 use std::path::PathBuf;
@@ -61,8 +63,8 @@ use std::time::Duration;
 
 pub use swell_storage::CephAccess;
 
-#[cfg(feature = "rbd")]
-pub use backend::RbdBackend;
+#[cfg(feature = "librbd")]
+pub use backend::{ConfigError, RbdBackend};
 pub use swell_storage::rbd_volume::KIND;
 
 /// How to reach one Ceph cluster and what policy to apply to it.
@@ -125,8 +127,7 @@ impl RbdConfig {
     /// Timeout: one stalled librados op ends after `op_timeout`, and a call
     /// makes a few in a row, so two of them and a margin. Every deadline
     /// around the backend must be longer than this, or calls are cut off
-    /// while librbd still works (checked at start-up by
-    /// [`crate::server::build_with`]).
+    /// while librbd still works (checked when the backends are opened).
     pub fn call_deadline(&self) -> Duration {
         self.op_timeout.saturating_mul(2).saturating_add(Duration::from_secs(1))
     }

@@ -1,18 +1,21 @@
 //! The command-line flags that choose and configure the backends, shared by
-//! `swell-controller` and `swell-webhook` so both read one configuration
-//! the same way.
+//! `swell-controller`, `swell-webhook` and `swell`, so all three read one
+//! configuration the same way.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::rbd::RbdConfig;
-use crate::server::BackendOptions;
+use swell_local::LocalConfig;
+use swell_rbd::RbdConfig;
 use swell_storage::CephAccess;
+
+use crate::config::BackendConfig;
 
 /// Backend flags; every one also reads an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackendArgs {
-    /// Where the controller keeps its durable expansion records.
+    /// Where the expansion records of local volumes are kept (RBD volumes
+    /// keep theirs in their pool).
     #[arg(long, env = "SWELL_STATE_DIR", default_value = "/var/lib/swell/controller")]
     pub state_dir: PathBuf,
     /// The local backend's state directory (shared with the node on one machine).
@@ -60,7 +63,7 @@ pub struct BackendArgs {
     pub rbd_lock_lease_secs: u64,
     /// Clone parents a volume may read through before the background work
     /// flattens it (a restore of a snapshot of a clone is two deep).
-    #[arg(long, env = "SWELL_RBD_MAX_CLONE_DEPTH", default_value_t = crate::rbd::DEFAULT_MAX_CLONE_DEPTH)]
+    #[arg(long, env = "SWELL_RBD_MAX_CLONE_DEPTH", default_value_t = swell_rbd::DEFAULT_MAX_CLONE_DEPTH)]
     pub rbd_max_clone_depth: u32,
     /// This process's name in the volume locks it holds: unique among
     /// running replicas, the same across restarts of one (default:
@@ -70,13 +73,8 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
-    /// The deadline of every backend call.
-    pub fn backend_timeout(&self) -> Duration {
-        Duration::from_secs(self.backend_timeout_secs)
-    }
-
-    /// The backends beyond the local one.
-    pub fn options(&self) -> BackendOptions {
+    /// The configuration the flags describe.
+    pub fn config(&self) -> BackendConfig {
         let rbd = match (&self.rbd_cluster_id, &self.rbd_ceph_conf, &self.rbd_keyring) {
             (Some(cluster_id), Some(ceph_conf), Some(keyring)) => Some(RbdConfig {
                 default_pool: self.rbd_pool.clone(),
@@ -85,11 +83,16 @@ impl BackendArgs {
                 count_foreign_images: self.rbd_count_foreign_images,
                 lock_lease: Duration::from_secs(self.rbd_lock_lease_secs),
                 max_clone_depth: self.rbd_max_clone_depth,
-                instance: self.instance_name.clone().unwrap_or_else(crate::rbd::default_instance),
+                instance: self.instance_name.clone().unwrap_or_else(swell_rbd::default_instance),
                 ..RbdConfig::with_access(CephAccess { user: self.rbd_user.clone(), ..CephAccess::new(cluster_id.clone(), ceph_conf.clone(), keyring.clone()) })
             }),
             _ => None,
         };
-        BackendOptions { rbd, default_backend: Some(self.default_backend.clone()) }
+        BackendConfig {
+            local: LocalConfig { state_dir: self.local_state_dir.clone(), records_dir: self.state_dir.clone(), capacity_bytes: self.local_capacity_bytes },
+            rbd,
+            default_backend: self.default_backend.clone(),
+            call_deadline: Duration::from_secs(self.backend_timeout_secs),
+        }
     }
 }
