@@ -9,6 +9,8 @@ use std::path::Path;
 use swell_backends::{BackendArgs, Backends, CallError};
 use swell_storage::{BackendError, ExpansionRecord, VolumeId, VolumeInfo};
 
+use crate::error::CliError;
+
 /// Records read per call to a store.
 const PAGE: usize = 500;
 
@@ -23,7 +25,12 @@ pub struct Everything {
     /// Each backend's volumes, with the backend's kind.
     pub volumes: Vec<(&'static str, VolumeInfo)>,
     /// Every expansion record, by volume id.
-    pub records: HashMap<String, ExpansionRecord>,
+    pub records: HashMap<VolumeId, ExpansionRecord>,
+    /// Every record found but not read, by volume id, with why.
+    pub unreadable: HashMap<VolumeId, String>,
+    /// The kinds of the backends whose listed sizes are the ones their
+    /// records last saw ([`swell_storage::Backend::lists_recorded_sizes`]).
+    pub recorded_sizes: Vec<&'static str>,
     /// What could not be read, and why.
     pub problems: Vec<String>,
 }
@@ -31,14 +38,13 @@ pub struct Everything {
 impl Reader {
     /// Opens the backends and records `args` name; refuses state
     /// directories that do not exist rather than creating them.
-    pub fn open(args: &BackendArgs) -> Result<Self, String> {
+    pub fn open(args: &BackendArgs) -> Result<Self, CliError> {
         for (flag, dir) in [("--state-dir", &args.state_dir), ("--local-state-dir", &args.local_state_dir)] {
             if !Path::new(dir).is_dir() {
-                return Err(format!("{flag} {} does not exist: give the directory the controller uses", dir.display()));
+                return Err(CliError::NoDirectory { flag, dir: dir.clone() });
             }
         }
-        let backends = swell_backends::open(&args.config()).map_err(|e| e.to_string())?;
-        Ok(Reader { backends })
+        Ok(Reader { backends: swell_backends::open(&args.config())? })
     }
 
     /// Every volume and every record, backend by backend; `step` is told
@@ -47,6 +53,9 @@ impl Reader {
         let mut found = Everything::default();
         for backend in self.backends.all() {
             let kind = backend.kind();
+            if backend.lists_recorded_sizes() {
+                found.recorded_sizes.push(kind);
+            }
             // A page a call, so each call's deadline covers a page, not every volume.
             let mut after: Option<VolumeId> = None;
             loop {
@@ -79,9 +88,10 @@ impl Reader {
                         break;
                     }
                 };
-                let last = page.last().and_then(|r| r.volume_id.parse().ok());
+                let last = page.last().cloned();
                 let full = page.len() == PAGE;
-                found.records.extend(page.into_iter().map(|r| (r.volume_id.clone(), r)));
+                found.unreadable.extend(page.unreadable.into_iter().map(|u| (u.volume, u.reason)));
+                found.records.extend(page.readable.into_iter().map(|r| (r.volume_id.clone(), r)));
                 match last {
                     Some(last) if full => after = Some(last),
                     _ => break,
@@ -93,16 +103,16 @@ impl Reader {
 
     /// One volume, read now: its backend's kind, its size (`None`: the
     /// backend has no such volume) and its record.
-    pub async fn one(&self, id: &VolumeId) -> Result<(&'static str, Option<u64>, Option<ExpansionRecord>), String> {
-        let backend = self.backends.for_volume(id).ok_or_else(|| format!("no {} backend is configured here for {id}", id.backend()))?;
+    pub async fn one(&self, id: &VolumeId) -> Result<(&'static str, Option<u64>, Option<ExpansionRecord>), CliError> {
+        let backend = self.backends.for_volume(id).ok_or_else(|| CliError::NoBackend { volume: id.clone() })?;
         let key = id.to_string();
         let (size, record) = tokio::join!(self.backends.call("read volume", &key, backend.volume(id)), self.backends.record(id));
-        let size = size.map_err(|e| e.to_string())?.map(|v| v.size_bytes);
+        let size = size?.map(|v| v.size_bytes);
         let record = match record {
             Ok(record) => record,
             // A store that answers for known volumes only (RBD's pool state).
             Err(CallError { source: BackendError::NotFound(_), .. }) => None,
-            Err(err) => return Err(err.to_string()),
+            Err(err) => return Err(err.into()),
         };
         Ok((backend.kind(), size, record))
     }

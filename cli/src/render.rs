@@ -32,22 +32,37 @@ fn table() -> Table {
 pub fn volumes(views: &[VolumeView]) -> String {
     let mut table = table();
     table.set_header(["VOLUME", "BACKEND", "CLAIM", "REQUESTED", "DESIRED", "CURRENT", "STATE", "PENDING FOR", "LAST ERROR"]);
+    let mut recorded = false;
     for v in views {
         let claim = v.kubernetes.as_ref().and_then(|k| k.claim.clone()).unwrap_or_else(|| "-".into());
+        let current = if v.current_is_recorded && v.current_bytes.is_some() {
+            recorded = true;
+            format!("{}*", size(v.current_bytes))
+        } else {
+            size(v.current_bytes)
+        };
         table.add_row([
             v.volume_id.clone(),
             v.backend.clone(),
             claim,
             size(v.requested_bytes),
             size(v.desired_bytes),
-            size(v.current_bytes),
+            current,
             v.state.name().to_owned(),
             v.pending_secs.map_or_else(|| "-".into(), duration),
             v.last_error.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    table.trim_fmt()
+    let mut text = table.trim_fmt();
+    if recorded {
+        text.push_str(RECORDED_NOTE);
+    }
+    text
 }
+
+/// The footnote of a size marked `*`.
+pub const RECORDED_NOTE: &str = "\n* the size the volume's record last saw (listing this backend reads no image); the reconciler's sweep compares \
+     it with the volume every --sweep-interval-secs, and `swell volume ID` reads it now";
 
 /// One volume, field by field; `kubernetes` says why the claim is unknown
 /// when it is.

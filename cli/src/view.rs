@@ -44,6 +44,9 @@ pub enum State {
     NodeExpanding,
     /// An expansion record without a volume at the backend.
     Missing,
+    /// An expansion record that cannot be read: neither finished nor
+    /// dropped until an operator repairs or removes it.
+    Unreadable,
 }
 
 impl State {
@@ -57,6 +60,7 @@ impl State {
             State::WaitingForResizer => "waiting for resizer",
             State::NodeExpanding => "node expanding",
             State::Missing => "missing",
+            State::Unreadable => "unreadable record",
         }
     }
 }
@@ -74,6 +78,10 @@ pub struct VolumeView {
     pub desired_bytes: Option<u64>,
     /// The backend's size now; `None` when the backend has no such volume.
     pub current_bytes: Option<u64>,
+    /// Whether `current_bytes` is the size the volume's record last saw
+    /// rather than one read now (a listing of a backend that lists recorded
+    /// sizes, such as RBD; the reconciler's sweep catches a drift).
+    pub current_is_recorded: bool,
     /// Where the expansion stands.
     pub state: State,
     /// How long the backend has been short of the desired size.
@@ -117,12 +125,28 @@ impl VolumeView {
             requested_bytes: requested,
             desired_bytes: record.as_ref().map(|r| r.desired_bytes),
             current_bytes: current,
+            current_is_recorded: false,
             state,
             pending_secs: waiting.map(|w| w.as_secs()),
             last_error: record.as_ref().and_then(|r| r.last_error.clone()),
             record,
             kubernetes,
         }
+    }
+}
+
+impl VolumeView {
+    /// The same view, its record found but not read, for `reason`.
+    pub fn unreadable(mut self, reason: String) -> Self {
+        self.state = State::Unreadable;
+        self.last_error = Some(reason);
+        self
+    }
+
+    /// The same view, its current size as the record last saw it.
+    pub fn recorded(mut self) -> Self {
+        self.current_is_recorded = true;
+        self
     }
 }
 

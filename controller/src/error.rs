@@ -135,7 +135,10 @@ impl From<ControllerError> for Status {
             message.push_str(&cause.to_string());
             source = cause.source();
         }
-        Status::new(err.code(), message)
+        let status = Status::new(err.code(), message);
+        // Every RPC's failure passes here once, inside its span.
+        csi_endpoint::failures::log_answer(&status);
+        status
     }
 }
 

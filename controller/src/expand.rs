@@ -5,11 +5,9 @@
 //! backend's [`ExpansionStore`] does (files for the local backend, the Ceph
 //! pool for RBD).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tokio::sync::Notify;
-
+use swell_storage::inflight::InFlight;
 use swell_storage::{Backend, BackendError, ExpansionRecord, ExpansionStore, Hold, VolumeId};
 
 use swell_backends::{Backends, CallError};
@@ -25,7 +23,7 @@ pub struct Expander {
     /// Volumes the reconciler works on in this process now; a user's call
     /// waits for such an attempt (bounded by its deadline) instead of being
     /// answered ABORTED, which the resizer would back off from for longer.
-    reconciling: Arc<Mutex<HashMap<VolumeId, Arc<Notify>>>>,
+    reconciling: Arc<InFlight<VolumeId>>,
 }
 
 /// What one reconciliation of a record found and did.
@@ -97,14 +95,8 @@ impl Expander {
         if let Some(held) = self.hold(id).await? {
             return Ok(held);
         }
-        let attempt = self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
-        let Some(attempt) = attempt else { return Err(ControllerError::Pending(id.to_string())) };
-        let ended = attempt.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        let still = self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|a| Arc::ptr_eq(a, &attempt));
-        if still {
-            let _ = tokio::time::timeout(self.backends.deadline(), ended).await;
+        if !self.reconciling.wait(id, self.backends.deadline()).await {
+            return Err(ControllerError::Pending(id.to_string()));
         }
         self.hold(id).await?.ok_or_else(|| ControllerError::Pending(id.to_string()))
     }
@@ -174,12 +166,8 @@ impl Expander {
     /// Finishes whatever the record of `id` still wants, judged against the
     /// backend's size read now (a record that claims "done" is not believed).
     pub async fn reconcile(&self, id: &VolumeId) -> Result<Reconciled, ControllerError> {
-        let attempt = Arc::new(Notify::new());
-        self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Arc::clone(&attempt));
-        let result = self.reconcile_once(id).await;
-        self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-        attempt.notify_waiters();
-        result
+        let _attempt = self.reconciling.begin(id.clone());
+        self.reconcile_once(id).await
     }
 
     async fn reconcile_once(&self, id: &VolumeId) -> Result<Reconciled, ControllerError> {

@@ -8,11 +8,13 @@ pub mod listing;
 pub mod metrics;
 pub mod parameters;
 pub mod reconciler;
+mod report;
 pub mod server;
 pub mod service;
 pub mod sizing;
 pub mod snapshots;
 pub mod validate;
 
+pub use parameters::KNOWN_PARAMETERS;
 pub use service::{BackendProbe, ControllerService};
 pub use swell_backends::Backends;

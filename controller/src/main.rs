@@ -3,11 +3,13 @@
 use std::time::Duration;
 
 use clap::Parser;
+use csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 use csi_endpoint::logs::LogArgs;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
 use swell_backends::BackendArgs;
 use swell_controller::reconciler::ReconcilerConfig;
 use swell_controller::server::{ControllerConfig, build};
+use swell_storage::expansion::DEFAULT_STUCK_AFTER_SECS;
 
 /// Swell CSI controller: provisions and expands volumes.
 #[derive(Debug, Parser)]
@@ -17,7 +19,7 @@ struct Args {
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     endpoint: String,
     /// Driver name announced to Kubernetes.
-    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = "swell.csi.storage")]
+    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// Accepted for sidecar compatibility; the controller is not node-bound.
     #[arg(long, env = "SWELL_NODE_ID")]
@@ -28,7 +30,7 @@ struct Args {
     #[arg(long, env = "SWELL_RECONCILE_INTERVAL_SECS", default_value_t = 10)]
     reconcile_interval_secs: u64,
     /// Seconds an expansion may stay unfinished before it is reported stuck.
-    #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = 600)]
+    #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = DEFAULT_STUCK_AFTER_SECS)]
     stuck_after_secs: u64,
     /// Seconds in which the slow sweep checks every settled expansion
     /// record against its backend once.

@@ -9,7 +9,7 @@ use swell_storage::Placement;
 use crate::error::ControllerError;
 
 /// The keys Swell understands.
-pub const KNOWN_KEYS: [&str; 2] = ["backend", "pool"];
+pub const KNOWN_PARAMETERS: [&str; 2] = ["backend", "pool"];
 const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// Typed StorageClass parameters.
@@ -36,7 +36,7 @@ impl VolumeParameters {
                 // local backend has none.
                 "pool" => parsed.placement.pool = Some(value.clone()),
                 _ => {
-                    return Err(ControllerError::invalid("parameters", format!("unknown key {key:?} (known: {})", KNOWN_KEYS.join(", "))));
+                    return Err(ControllerError::invalid("parameters", format!("unknown key {key:?} (known: {})", KNOWN_PARAMETERS.join(", "))));
                 }
             }
         }

@@ -1,11 +1,15 @@
-//! Pure size decisions: what a create allocates and what an expansion does.
-//! Kept free of I/O so the hard cases are plain unit tests.
+//! Pure size decisions: what a create allocates, whether a volume found
+//! under the requested name fits, and what an expansion does. Kept free of
+//! I/O so the hard cases are plain unit tests.
 
+use swell_storage::VolumeInfo;
+use swell_storage::units::{GIB, MIB};
+
+use crate::error::ControllerError;
 use crate::validate::SizeRange;
 
 /// What CreateVolume allocates when the request names no size.
-pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
-use swell_storage::units::MIB;
+pub const DEFAULT_VOLUME_BYTES: u64 = GIB;
 /// The finest size a loop device and every supported filesystem accept.
 const SECTOR_ALIGN: u64 = 4096;
 
@@ -109,6 +113,21 @@ pub fn plan_expansion(current: u64, range: SizeRange, available: u64) -> Result<
         return Err(SizeError::NoRoom { needed, available });
     }
     Ok(Expansion::Grow { current, target })
+}
+
+/// ALREADY_EXISTS unless `existing`, found under the requested name, fits `range`.
+pub fn check_compatible(existing: &VolumeInfo, range: SizeRange) -> Result<(), ControllerError> {
+    let too_small = range.required.is_some_and(|r| existing.size_bytes < r);
+    let too_big = range.limit.is_some_and(|l| existing.size_bytes > l);
+    if too_small || too_big {
+        return Err(ControllerError::AlreadyExists {
+            name: existing.name.clone(),
+            id: existing.id.clone(),
+            existing: existing.size_bytes,
+            reason: format!("capacity range required={:?} limit={:?}", range.required, range.limit),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

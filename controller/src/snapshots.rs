@@ -123,7 +123,7 @@ impl Snapshots {
         let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
         let created = self.backends.call("create volume from a source", name, backend.create_volume_from(name, size, placement, &source)).await?;
         if let Created::Existing(info) = &created {
-            crate::service::check_compatible(info, range)?;
+            sizing::check_compatible(info, range)?;
         }
         Ok(created.info().clone())
     }

@@ -1,13 +1,11 @@
 //! Turns CSI requests into typed values, or says which field is wrong.
 
+use csi_endpoint::capabilities::{SUPPORTED_FS, single_node_access};
 use csi_proto::v1::volume_capability::{AccessType, access_mode::Mode};
 use csi_proto::v1::{CapacityRange, VolumeCapability};
 use swell_storage::VolumeId;
 
 use crate::error::ControllerError;
-
-/// Filesystems the node can create and grow.
-pub const SUPPORTED_FS: [&str; 3] = ["xfs", "ext4", "btrfs"];
 
 /// A capacity range with its CSI zeros turned into `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +44,7 @@ pub fn size_range(range: Option<&CapacityRange>) -> Result<SizeRange, Controller
 pub fn unsupported_reason(cap: &VolumeCapability) -> Option<String> {
     let mode = cap.access_mode.as_ref().map(|m| Mode::try_from(m.mode).unwrap_or(Mode::Unknown));
     match mode {
-        Some(Mode::SingleNodeWriter | Mode::SingleNodeReaderOnly | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter) => {}
+        Some(mode) if single_node_access(mode).is_some() => {}
         Some(other) => return Some(format!("access mode {} is not supported: Swell volumes attach to one node", other.as_str_name())),
         None => return Some("access_mode is missing".into()),
     }

@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use tonic::transport::server::Router;
 
 /// The driver name the harness runs under.
-pub const DRIVER_NAME: &str = "swell.csi.storage";
+pub const DRIVER_NAME: &str = csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 
 /// Why the harness could not start the driver.
 #[derive(Debug, thiserror::Error)]

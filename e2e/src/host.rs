@@ -125,11 +125,11 @@ pub fn loop_devices_for(file: &Path) -> Vec<String> {
     devices
 }
 
-/// Whether `path` is a mount point now (per /proc/self/mountinfo).
+/// Whether `path` is a mount point now (per /proc/self/mountinfo, read
+/// with the node's own parser).
 pub fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let wanted = path.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+    swell_node::mountinfo::find(&swell_node::mountinfo::parse(&info), path).is_some()
 }
 
 /// Checks an unmounted filesystem without changing it (`xfs_repair -n`,

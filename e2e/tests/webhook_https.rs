@@ -15,7 +15,7 @@ use swell_e2e::webhook::{FixedVolumes, Resize, RunningWebhook, TestPki, fixture,
 use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::{Backend, ExpansionStore, VolumeId};
 use swell_webhook::decision::VolumeState;
-use swell_webhook::facts::{BackendFacts, VolumeFacts};
+use swell_webhook::facts::{BackendFacts, FactsError, VolumeFacts};
 use swell_webhook::server::Limits;
 use swell_webhook::{Policy, Webhook};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,7 +30,7 @@ struct Counting<F> {
 
 #[async_trait::async_trait]
 impl<F: VolumeFacts> VolumeFacts for Counting<F> {
-    async fn read(&self, id: &VolumeId) -> Result<VolumeState, String> {
+    async fn read(&self, id: &VolumeId) -> Result<VolumeState, FactsError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.read(id).await
     }
@@ -41,7 +41,7 @@ struct Hung;
 
 #[async_trait::async_trait]
 impl VolumeFacts for Hung {
-    async fn read(&self, _id: &VolumeId) -> Result<VolumeState, String> {
+    async fn read(&self, _id: &VolumeId) -> Result<VolumeState, FactsError> {
         std::future::pending().await
     }
 }

@@ -21,7 +21,7 @@ pub async fn unmount_all(sys: &dyn System, target: &Path) -> Result<(), NodeErro
         }
         sys.unmount(&normalize(target), false).await?;
     }
-    Err(NodeError::Internal(format!("{} still mounted after {MAX_STACKED} unmounts", target.display())))
+    Err(NodeError::StillMounted { path: target.to_owned(), unmounts: MAX_STACKED })
 }
 
 /// The top-most mount at `path`, if any.

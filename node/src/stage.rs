@@ -107,9 +107,7 @@ async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging
 async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
     let args = system::args([Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), device]);
     match sys.run("blkid", args, BLKID_DEADLINE).await {
-        Ok(out) if out.stdout.trim().is_empty() => {
-            Err(NodeError::Internal(format!("{} holds data that is not a filesystem (partition table?); refusing to format it", device.display())))
-        }
+        Ok(out) if out.stdout.trim().is_empty() => Err(NodeError::NotAFilesystem { device: device.to_owned() }),
         Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
         // blkid exits 2 when it finds nothing: a blank device.
         Err(e) if e.exit_code() == Some(2) => Ok(None),

@@ -72,7 +72,7 @@ async fn filesystem_usage(path: PathBuf) -> Result<Usage, NodeError> {
     let task = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(Path::new(&path)));
     let stat = match tokio::time::timeout(STATVFS_DEADLINE, task).await {
         Err(_) => return Err(NodeError::Timeout { step, after: STATVFS_DEADLINE }),
-        Ok(Err(join)) => return Err(NodeError::Internal(format!("{step}: {join}"))),
+        Ok(Err(join)) => return Err(NodeError::WorkerFailed { step, reason: join.to_string() }),
         Ok(Ok(result)) => result.map_err(|e| NodeError::io(&step, std::io::Error::from(e)))?,
     };
     Ok(usage_of(stat.blocks(), stat.blocks_free(), stat.blocks_available(), stat.fragment_size(), stat.files(), stat.files_free()))

@@ -5,6 +5,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use csi_endpoint::capabilities::single_node_access;
 use csi_proto::v1::volume_capability::AccessType;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::{
@@ -138,9 +139,10 @@ fn capability(cap: Option<&VolumeCapability>) -> Result<(Access, bool), NodeErro
     let cap = cap.ok_or_else(|| invalid("volume_capability", "missing"))?;
     let mode = cap.access_mode.ok_or_else(|| invalid("volume_capability.access_mode", "missing"))?;
     let read_only = match Mode::try_from(mode.mode) {
-        Ok(Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter) => false,
-        Ok(Mode::SingleNodeReaderOnly) => true,
-        Ok(other) => return Err(invalid("volume_capability.access_mode", format!("{} is not supported", other.as_str_name()))),
+        Ok(mode) => match single_node_access(mode) {
+            Some(read_only) => read_only,
+            None => return Err(invalid("volume_capability.access_mode", format!("{} is not supported", mode.as_str_name()))),
+        },
         Err(_) => return Err(invalid("volume_capability.access_mode", format!("unknown mode {}", mode.mode))),
     };
     let access = match &cap.access_type {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::backend::BackendError;
+use crate::error::BackendError;
 
 /// Runs `work` on a blocking thread; Timeout after `deadline`, an I/O error
 /// naming `step` if the thread panicked.

@@ -6,18 +6,22 @@
 //! their own crates (`backends/`).
 
 pub mod backend;
+pub mod batches;
 pub mod blocking;
 pub mod command;
 pub mod durable;
+mod error;
 pub mod expansion;
+pub mod inflight;
 pub mod locks;
 pub mod rbd_volume;
 pub mod snapshot;
 pub mod units;
 pub mod volume_id;
 
-pub use backend::{Backend, BackendError, Capacity, Created, Placement, VolumeInfo};
-pub use expansion::{ExpansionRecord, ExpansionStore, Hold};
+pub use backend::{Backend, Capacity, Created, Placement, VolumeInfo};
+pub use error::BackendError;
+pub use expansion::{ExpansionRecord, ExpansionStore, Hold, Records, Unreadable};
 pub use rbd_volume::{CephAccess, RbdVolume};
 pub use snapshot::{ContentSource, SnapshotId, SnapshotInfo};
 pub use volume_id::VolumeId;

@@ -13,7 +13,36 @@ use crate::decision::VolumeState;
 pub trait VolumeFacts: Send + Sync + 'static {
     /// The volume's state; the error says why it could not be read (the
     /// webhook then applies its policy for unchecked resizes).
-    async fn read(&self, id: &VolumeId) -> Result<VolumeState, String>;
+    async fn read(&self, id: &VolumeId) -> Result<VolumeState, FactsError>;
+}
+
+/// Why a volume's facts could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    /// The volume's backend is not configured here.
+    #[error("no {} backend is configured for volume {volume}", volume.backend())]
+    NoBackend {
+        /// The volume.
+        volume: VolumeId,
+    },
+    /// A backend read failed.
+    #[error("{step} of {volume}: {source}")]
+    Backend {
+        /// What was being read.
+        step: &'static str,
+        /// The volume.
+        volume: VolumeId,
+        /// The backend's error.
+        source: BackendError,
+    },
+    /// The volume's expansion record could not be read.
+    #[error("read the expansion record of {volume}: {source}")]
+    Record {
+        /// The volume.
+        volume: VolumeId,
+        /// The store's error.
+        source: BackendError,
+    },
 }
 
 /// Facts from Swell's backends and their expansion records.
@@ -39,10 +68,10 @@ async fn open_desired(backend: &dyn swell_storage::Backend, id: &VolumeId) -> Re
 
 #[async_trait::async_trait]
 impl VolumeFacts for BackendFacts {
-    async fn read(&self, id: &VolumeId) -> Result<VolumeState, String> {
-        let backend = self.backends.for_volume(id).ok_or_else(|| format!("no {} backend is configured for volume {id}", id.backend()))?;
+    async fn read(&self, id: &VolumeId) -> Result<VolumeState, FactsError> {
+        let backend = self.backends.for_volume(id).ok_or_else(|| FactsError::NoBackend { volume: id.clone() })?;
         let volume_id = id.to_string();
-        let unreadable = |step: &str, err: BackendError| format!("{step} of {id}: {err}");
+        let unreadable = |step, source| FactsError::Backend { step, volume: id.clone(), source };
         if let Err(err) = backend.check_health().await {
             return match err {
                 BackendError::Timeout { .. } => Err(unreadable("health check", err)),
@@ -52,7 +81,7 @@ impl VolumeFacts for BackendFacts {
         let (volume, room, record) = tokio::join!(backend.volume(id), backend.room_for(id), open_desired(backend.as_ref(), id));
         let volume = volume.map_err(|e| unreadable("read volume", e))?;
         let room = room.map_err(|e| unreadable("read capacity", e))?;
-        let recorded_desired = record.map_err(|e| format!("read the expansion record of {id}: {e}"))?;
+        let recorded_desired = record.map_err(|source| FactsError::Record { volume: id.clone(), source })?;
         Ok(VolumeState { volume_id, size_bytes: volume.map(|v| v.size_bytes), recorded_desired, available_bytes: room.available_bytes, unusable: None })
     }
 }
@@ -85,6 +114,6 @@ mod tests {
         local.delete_volume(&id).await.unwrap();
         assert_eq!(facts.read(&id).await.unwrap().size_bytes, None);
         let err = facts.read(&"rbd:c:p:swell-00".parse().unwrap()).await.unwrap_err();
-        assert_eq!(err, "no rbd backend is configured for volume rbd:c:p:swell-00");
+        assert_eq!(err.to_string(), "no rbd backend is configured for volume rbd:c:p:swell-00");
     }
 }

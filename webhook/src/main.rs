@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 use csi_endpoint::logs::LogArgs;
 use swell_backends::BackendArgs;
 use swell_webhook::facts::BackendFacts;
@@ -31,7 +32,7 @@ struct Args {
     #[arg(long, env = "SWELL_WEBHOOK_TLS_RELOAD_SECS", default_value_t = 10)]
     tls_reload_secs: u64,
     /// CSI driver name whose claims are judged.
-    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = "swell.csi.storage")]
+    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// Milliseconds the PV and backend reads of one review may take in all;
     /// keep it well under the configuration's timeoutSeconds.

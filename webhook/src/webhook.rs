@@ -73,7 +73,7 @@ impl Webhook {
         let pv = match self.volumes.get(name).await {
             Ok(Some(pv)) => pv,
             Ok(None) => return Facts::Missing(format!("there is no PersistentVolume {name}")),
-            Err(why) => return Facts::Unchecked(why),
+            Err(why) => return Facts::Unchecked(why.to_string()),
         };
         let handle = match volume_handle(&pv, &self.driver_name) {
             Ok(handle) => handle,
@@ -85,7 +85,7 @@ impl Webhook {
         };
         match self.facts.read(&id).await {
             Ok(state) => Facts::Read(state),
-            Err(why) => Facts::Unchecked(why),
+            Err(why) => Facts::Unchecked(why.to_string()),
         }
     }
 }

@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use swell_k8s::quantity;
 use swell_storage::VolumeId;
 use swell_webhook::decision::{FAILED, IN_PROGRESS, VolumeState};
-use swell_webhook::facts::VolumeFacts;
+use swell_webhook::facts::{FactsError, VolumeFacts};
 use swell_webhook::review::decode;
-use swell_webhook::volumes::PersistentVolumes;
+use swell_webhook::volumes::{PersistentVolumes, PvError};
 use swell_webhook::{Policy, Verdict, Webhook};
 
 fn fixture(name: &str) -> Value {
@@ -28,7 +28,7 @@ struct Roomy;
 
 #[async_trait::async_trait]
 impl PersistentVolumes for Roomy {
-    async fn get(&self, name: &str) -> Result<Option<PersistentVolume>, String> {
+    async fn get(&self, name: &str) -> Result<Option<PersistentVolume>, PvError> {
         Ok(Some(
             serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"csi": {"driver": "swell.csi.storage", "volumeHandle": "local:aa"}}})).unwrap(),
         ))
@@ -37,7 +37,7 @@ impl PersistentVolumes for Roomy {
 
 #[async_trait::async_trait]
 impl VolumeFacts for Roomy {
-    async fn read(&self, id: &VolumeId) -> Result<VolumeState, String> {
+    async fn read(&self, id: &VolumeId) -> Result<VolumeState, FactsError> {
         Ok(VolumeState { volume_id: id.to_string(), size_bytes: Some(0), recorded_desired: None, available_bytes: u64::MAX, unusable: None })
     }
 }

@@ -400,4 +400,18 @@ pub(crate) mod tests {
         assert_eq!(b.list_volumes(None, 0).await.unwrap().len(), 2);
         assert_eq!(b.volume(&listed[0].id).await.unwrap(), None);
     }
+
+    #[tokio::test]
+    async fn a_volume_another_operation_holds_answers_contended_which_callers_hear_as_aborted() {
+        let (_dir, b) = backend(None);
+        let id = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap().info().id.clone();
+        // A snapshot copy of it in flight holds its claim.
+        let claim = b.dir.claim(&id).unwrap();
+        let grown = b.grow_volume(&id, 2 * GIB).await;
+        assert!(matches!(grown, Err(BackendError::Contended { .. })), "{grown:?}");
+        let deleted = b.delete_volume(&id).await;
+        assert!(matches!(deleted, Err(BackendError::Contended { .. })), "{deleted:?}");
+        drop(claim);
+        assert_eq!(b.grow_volume(&id, 2 * GIB).await.unwrap(), 2 * GIB, "free again once the claim ends");
+    }
 }

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use swell_storage::expansion::{ExpansionRecord, ExpansionStore, HeldVolume, Hold};
+use swell_storage::expansion::{ExpansionRecord, ExpansionStore, HeldVolume, Hold, Records, Unreadable};
 use swell_storage::locks::{KeyGuard, KeyedLocks};
 use swell_storage::{BackendError, VolumeId, blocking, durable};
 
@@ -83,17 +83,24 @@ impl ExpansionRecords {
         Ok(record)
     }
 
-    /// The records behind the pending markers; stray markers are dropped.
-    fn pending_now(&self) -> io::Result<Vec<ExpansionRecord>> {
-        let mut records = Vec::new();
+    /// The records behind the pending markers, by id; stray markers are
+    /// dropped.
+    fn pending_now(&self) -> io::Result<Records> {
+        let mut markers = Vec::new();
         for entry in std::fs::read_dir(self.dir.join("pending"))? {
             let entry = entry?;
-            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<VolumeId>().ok()) else { continue };
+            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<VolumeId>().ok()) {
+                markers.push((id, entry.path()));
+            }
+        }
+        markers.sort();
+        let mut records = Records::default();
+        for (id, marker) in markers {
             match self.get(&id) {
-                Ok(Some(record)) if record.pending() => records.push(record),
-                Ok(_) if !self.locks.is_held(&id.to_string()) => durable::remove(&entry.path())?,
+                Ok(Some(record)) if record.pending() => records.readable.push(record),
+                Ok(_) if !self.locks.is_held(&id.to_string()) => durable::remove(&marker)?,
                 Ok(_) => {}
-                Err(err) => tracing::error!(volume.id = %id, error = %err, "unreadable expansion record"),
+                Err(err) => records.unreadable.push(Unreadable { volume: id, reason: err.to_string() }),
             }
         }
         Ok(records)
@@ -121,7 +128,7 @@ impl ExpansionStore for ExpansionRecords {
     }
 
     async fn write(&self, _hold: &Hold, record: ExpansionRecord) -> Result<ExpansionRecord, BackendError> {
-        let id: VolumeId = record.volume_id.parse().map_err(|e| BackendError::corrupt("write expansion record", e))?;
+        let id = record.volume_id.clone();
         self.blocking("write expansion record", move |this| this.put(&id, record)).await
     }
 
@@ -137,11 +144,11 @@ impl ExpansionStore for ExpansionRecords {
         result
     }
 
-    async fn pending(&self) -> Result<Vec<ExpansionRecord>, BackendError> {
+    async fn pending(&self) -> Result<Records, BackendError> {
         self.blocking("list pending expansions", |this| this.pending_now().map_err(|e| BackendError::io("list pending expansions", e))).await
     }
 
-    async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<ExpansionRecord>, BackendError> {
+    async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Records, BackendError> {
         let after = after.map(|a| a.to_string());
         // The names are listed, but only the page's records are read: the
         // sweep's cost per step follows its budget, not every record.
@@ -150,20 +157,21 @@ impl ExpansionStore for ExpansionRecords {
             let mut ids = Vec::new();
             for entry in std::fs::read_dir(&this.dir).map_err(listing)? {
                 let file_name = entry.map_err(listing)?.file_name();
-                if let Some(id) = file_name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|id| after.as_ref().is_none_or(|a| *id > a.as_str())) {
-                    ids.push(id.to_owned());
+                let Some(id) = file_name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<VolumeId>().ok()) else { continue };
+                if after.as_ref().is_none_or(|a| id.to_string() > *a) {
+                    ids.push(id);
                 }
             }
-            ids.sort_unstable();
-            let mut records = Vec::new();
+            ids.sort_unstable_by_key(VolumeId::to_string);
+            let mut records = Records::default();
             for id in ids {
-                match durable::read_json::<ExpansionRecord>(&this.dir.join(format!("{id}.json"))) {
-                    Ok(Some(record)) => records.push(record),
-                    Ok(None) => {}
-                    Err(err) => tracing::error!(volume.id = id, error = %err, "unreadable expansion record"),
-                }
                 if records.len() >= limit {
                     break;
+                }
+                match this.get(&id) {
+                    Ok(Some(record)) => records.readable.push(record),
+                    Ok(None) => {}
+                    Err(err) => records.unreadable.push(Unreadable { volume: id, reason: err.to_string() }),
                 }
             }
             Ok(records)
@@ -189,7 +197,7 @@ mod tests {
         let hold = records.hold(&id).await.unwrap().unwrap();
         assert!(records.hold(&id).await.unwrap().is_none(), "a second holder is refused at once");
         let wish = records.write(&hold, ExpansionRecord::new(&id, 1, 1).wishing(1, 2)).await.unwrap();
-        assert_eq!(records.pending().await.unwrap(), vec![wish.clone()], "a crash here leaves a pending record");
+        assert_eq!(records.pending().await.unwrap().readable, vec![wish.clone()], "a crash here leaves a pending record");
         let done = records.write(&hold, wish.clone().reached(2, Some(2), None)).await.unwrap();
         assert!(records.pending().await.unwrap().is_empty());
         assert_eq!(records.record(&id).await.unwrap(), Some(done.clone()));
@@ -216,8 +224,25 @@ mod tests {
             let hold = records.hold(&id).await.unwrap().unwrap();
             records.write(&hold, ExpansionRecord::new(&id, 1, 1)).await.unwrap();
         }
-        let ids = |page: Vec<ExpansionRecord>| page.into_iter().map(|r| r.volume_id).collect::<Vec<_>>();
+        let ids = |page: Records| page.readable.into_iter().map(|r| r.volume_id.to_string()).collect::<Vec<_>>();
         assert_eq!(ids(records.page(None, 2).await.unwrap()), ["local:aa", "local:bb"]);
         assert_eq!(ids(records.page(Some(&hold_b), 2).await.unwrap()), ["local:cc"]);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_is_listed_as_unreadable_not_skipped() {
+        let (_dir, records) = store();
+        let (good, bad): (VolumeId, VolumeId) = ("local:aa".parse().unwrap(), "local:bb".parse().unwrap());
+        let hold = records.hold(&good).await.unwrap().unwrap();
+        records.write(&hold, ExpansionRecord::new(&good, 1, 1).wishing(1, 2)).await.unwrap();
+        hold.release().await;
+        // A pending record damaged on disk, and one whose id does not parse.
+        std::fs::write(records.path(&bad), b"{\"volume_id\": \"local:../x\"").unwrap();
+        durable::write_json(&records.marker(&bad), &()).unwrap();
+        let pending = records.pending().await.unwrap();
+        assert_eq!(pending.readable.iter().map(|r| &r.volume_id).collect::<Vec<_>>(), [&good]);
+        assert_eq!(pending.unreadable.iter().map(|u| &u.volume).collect::<Vec<_>>(), [&bad]);
+        let page = records.page(None, 10).await.unwrap();
+        assert_eq!((page.readable.len(), page.unreadable.len(), page.last()), (1, 1, Some(&bad)), "{page:?}");
     }
 }

@@ -3,7 +3,7 @@
 //! format; every change to it must read what earlier versions wrote.
 
 use serde::{Deserialize, Serialize};
-use swell_storage::ContentSource;
+use swell_storage::{ContentSource, VolumeId};
 
 /// The durable record kept beside each backing file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub(crate) struct SnapshotRecord {
     /// The CO's name for the snapshot.
     pub name: String,
     /// The volume it was cut from.
-    pub source: String,
+    pub source: VolumeId,
     /// The source's size when it was cut.
     pub size_bytes: u64,
     /// When it was cut, nanoseconds since the epoch.

@@ -31,7 +31,7 @@ use crate::state_dir::{Reservation, StateDir, id_taken};
 
 impl StateDir {
     fn snapshot_info(&self, key: &str, record: SnapshotRecord) -> Result<SnapshotInfo, BackendError> {
-        let source = record.source.parse().map_err(|e| BackendError::corrupt(format!("read record of snapshot {key}"), e))?;
+        let source = record.source;
         let ready = snapshot_path(&self.path, key).exists();
         Ok(SnapshotInfo {
             id: snapshot_id(key),
@@ -69,7 +69,7 @@ impl StateDir {
     }
 
     pub(crate) fn all_snapshots(&self, source: Option<&VolumeId>) -> Result<Vec<SnapshotInfo>, BackendError> {
-        let wanted = source.map(VolumeId::to_string);
+        let wanted = source.cloned();
         self.snapshot_records()?
             .into_iter()
             .filter(|(_, record)| wanted.as_ref().is_none_or(|w| *w == record.source))
@@ -81,7 +81,7 @@ impl StateDir {
         let key = snapshot_key(name);
         let existing = self.snapshot_record(&key)?;
         if let Some(record) = &existing
-            && record.source != source.to_string()
+            && record.source != *source
         {
             return Err(BackendError::NameTaken {
                 name: name.to_owned(),
@@ -111,12 +111,8 @@ impl StateDir {
         if new {
             self.claim_bytes(claim, volume.size_bytes)?;
         }
-        let record = SnapshotRecord {
-            name: name.to_owned(),
-            source: source.to_string(),
-            size_bytes: volume.size_bytes,
-            created_unix_nanos: unix_nanos(SystemTime::now()),
-        };
+        let record =
+            SnapshotRecord { name: name.to_owned(), source: source.clone(), size_bytes: volume.size_bytes, created_unix_nanos: unix_nanos(SystemTime::now()) };
         durable::write_json(&snapshot_record_path(&self.path, key), &record).map_err(|e| BackendError::io(format!("write record of snapshot {key}"), e))?;
         let method = copy::copy_file(&image_path(&self.path, source), &snapshot_path(&self.path, key), volume.size_bytes)
             .map_err(|e| BackendError::io(format!("copy volume {source} into snapshot {key}"), e))?;
@@ -215,7 +211,7 @@ impl StateDir {
                 continue;
             }
             let Some(claim) = self.claim_key(&key) else { continue };
-            let Ok(source) = record.source.parse::<VolumeId>() else { continue };
+            let source = record.source.clone();
             let dir = self.clone();
             started += 1;
             std::thread::spawn(move || {

@@ -57,8 +57,7 @@ impl StateDir {
     /// Claims `id` for one operation. A second operation on the same volume
     /// is refused rather than queued.
     pub(crate) fn claim(&self, id: &VolumeId) -> Result<Reservation, BackendError> {
-        self.claim_key(id.key())
-            .ok_or_else(|| BackendError::Unavailable { step: format!("claim {id}"), reason: "another operation on it is in progress".into() })
+        self.claim_key(id.key()).ok_or_else(|| BackendError::Contended { step: format!("claim {id}"), reason: "another operation on it is in progress".into() })
     }
 
     /// Claims a volume or snapshot key, `None` when another operation has it.

@@ -130,7 +130,7 @@ impl Backends {
             Ok(Err(source)) => source,
             Err(_) => BackendError::Timeout { step: step.to_owned(), after: self.deadline },
         };
-        tracing::warn!(volume, step, error = %source, "backend call failed");
+        // Logged once, by whoever handles it (the RPC's answer, the reconciler).
         Err(CallError { volume: volume.to_owned(), step, source })
     }
 }

@@ -1,37 +1,32 @@
 //! Readings shared by concurrent callers: at most one reading per key runs
 //! at a time, and a caller takes a reading that started no earlier than it
-//! asks (`not_before`), or starts one itself. Callers that need a reading
+//! asks (`not_before`), or waits for the next one, which the first caller
+//! waiting runs ([`swell_storage::batches`]). Callers that need a reading
 //! newer than their own request pass the time they arrived; callers content
 //! with one a second old pass a second ago, and then 64 admissions arriving
 //! together cost one reading of the pool, not 64.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
-/// Readings per key.
-pub struct Coalescer<T, E> {
-    state: Mutex<HashMap<String, Slot<T, E>>>,
-    changed: Condvar,
-}
+use parking_lot::Mutex;
+use swell_storage::batches::Batches;
 
 type Shared<T, E> = Result<Arc<T>, Arc<E>>;
+/// A finished reading and when it started.
+type Reading<T, E> = (Instant, Shared<T, E>);
 
-struct Slot<T, E> {
-    /// Whether a reading is running now.
-    running: bool,
-    /// The newest finished reading and when it started.
-    last: Option<(Instant, Shared<T, E>)>,
-}
-
-impl<T, E> Default for Slot<T, E> {
-    fn default() -> Self {
-        Slot { running: false, last: None }
-    }
+/// Readings per key.
+pub(crate) struct Coalescer<T, E> {
+    /// Callers waiting for a reading, served by the first of them.
+    batches: Batches<Instant, Shared<T, E>>,
+    /// The newest finished reading of each key and when it started.
+    last: Mutex<HashMap<String, Reading<T, E>>>,
 }
 
 /// Why a caller got no reading.
-pub enum Missed<E> {
+pub(crate) enum Missed<E> {
     /// The reading failed (each caller gets its own copy of the error).
     Failed(E),
     /// `deadline` passed while waiting for another caller's reading.
@@ -40,74 +35,54 @@ pub enum Missed<E> {
 
 impl<T, E> Default for Coalescer<T, E> {
     fn default() -> Self {
-        Coalescer { state: Mutex::new(HashMap::new()), changed: Condvar::new() }
+        Coalescer { batches: Batches::default(), last: Mutex::new(HashMap::new()) }
     }
 }
 
 impl<T, E> Coalescer<T, E> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot<T, E>>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// A reading of `key` that started at or after `not_before`: the last
-    /// one, another caller's running now, or `read()` run here. A failed
-    /// reading is shared only with the callers that waited for it. `copy`
-    /// duplicates a failure for each caller.
-    pub fn read(
+    /// one, or the next one, run by the first caller waiting for it
+    /// ([`Batches`]). A failed reading is shared only with the callers that
+    /// waited for it. `copy` duplicates a failure for each caller.
+    pub(crate) fn read(
         &self,
         key: &str,
         not_before: Instant,
         deadline: Instant,
-        read: impl FnOnce() -> Result<T, E>,
+        read: impl Fn() -> Result<T, E>,
         copy: impl Fn(&E) -> E,
     ) -> Result<Arc<T>, Missed<E>> {
         let own = |shared: &Shared<T, E>| shared.as_ref().map(Arc::clone).map_err(|e| Missed::Failed(copy(e)));
-        let arrived = Instant::now();
-        let mut state = self.lock();
-        loop {
-            let slot = state.entry(key.to_owned()).or_default();
-            if let Some((started, shared)) = &slot.last
-                && *started >= not_before
-                && (shared.is_ok() || *started >= arrived)
-            {
-                return own(shared);
-            }
-            if !slot.running {
-                slot.running = true;
-                drop(state);
-                let mut done = Done { coalescer: self, key, started: Instant::now(), result: None };
-                let result = read().map(Arc::new).map_err(Arc::new);
-                let mine = own(&result);
-                done.result = Some(result);
-                return mine;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Missed::Deadline);
-            }
-            state = self.changed.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        if let Some(reading) = self.recent(key, not_before) {
+            return Ok(reading);
+        }
+        let answer = self.batches.submit(key, not_before, deadline, |waiting| {
+            // One reading that started after every waiter's bound serves them all.
+            let bound = waiting.iter().map(|not_before| **not_before).max().unwrap_or(not_before);
+            let reading = match self.recent(key, bound) {
+                Some(reading) => Ok(reading),
+                None => {
+                    let started = Instant::now();
+                    let reading = read().map(Arc::new).map_err(Arc::new);
+                    self.last.lock().insert(key.to_owned(), (started, reading.clone()));
+                    reading
+                }
+            };
+            vec![reading; waiting.len()]
+        });
+        match answer {
+            Ok(shared) => own(&shared),
+            Err(_) => Err(Missed::Deadline),
         }
     }
-}
 
-/// Ends a reading (also if `read` panicked): publishes its result and wakes
-/// the callers waiting for it.
-struct Done<'a, T, E> {
-    coalescer: &'a Coalescer<T, E>,
-    key: &'a str,
-    started: Instant,
-    result: Option<Shared<T, E>>,
-}
-
-impl<T, E> Drop for Done<'_, T, E> {
-    fn drop(&mut self) {
-        let mut state = self.coalescer.lock();
-        let slot = state.entry(self.key.to_owned()).or_default();
-        slot.running = false;
-        if let Some(result) = self.result.take() {
-            slot.last = Some((self.started, result));
+    /// The last reading of `key` if it started at or after `not_before` and
+    /// succeeded.
+    fn recent(&self, key: &str, not_before: Instant) -> Option<Arc<T>> {
+        match self.last.lock().get(key) {
+            Some((started, Ok(reading))) if *started >= not_before => Some(Arc::clone(reading)),
+            _ => None,
         }
-        self.coalescer.changed.notify_all();
     }
 }
 

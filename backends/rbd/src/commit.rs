@@ -10,21 +10,21 @@
 //! older one.
 //!
 //! Every change touches the total, so concurrent changes of one pool are
-//! committed in batches: the first caller to find no commit running commits
-//! everything queued, and goes on while more arrives; the others wait for
-//! their own result. Sixty-four expansions arriving together cost a few
+//! committed in batches ([`swell_storage::batches`]): the first caller to
+//! find no commit running commits everything queued, and goes on while more
+//! arrives; the others wait for their own result. Sixty-four expansions arriving together cost a few
 //! writes, not sixty-four in a row.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use swell_storage::batches::Batches;
 use swell_storage::{BackendError, ExpansionRecord};
 
-use super::capacity::PoolRoom;
-use super::errors::RbdError;
-use super::ffi::{Errno, IoCtx, WriteOp};
-use super::state::{self, Entry, Key, Lineage, Phase, STATE_OBJECT, SnapshotEntry, Stored, TOTAL_KEY};
+use crate::capacity::PoolRoom;
+use crate::errors::RbdError;
+use crate::ffi::{Errno, IoCtx, WriteOp};
+use crate::state::{self, Entry, Key, Lineage, Phase, STATE_OBJECT, SnapshotEntry, Stored, TOTAL_KEY};
 
 /// How often one batch is decided again after losing a race with another
 /// writer before its callers are told to retry.
@@ -99,90 +99,26 @@ pub enum Outcome {
 }
 
 /// The pool's room when Swell has promised `total` bytes in it.
-pub type RoomFn<'a> = dyn Fn(u64) -> Result<PoolRoom, RbdError> + 'a;
-
-struct Slot {
-    change: Change,
-    deadline: Instant,
-    result: Mutex<Option<Result<Outcome, RbdError>>>,
-}
-
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Arc<Slot>>,
-    committing: bool,
-}
+pub(crate) type RoomFn<'a> = dyn Fn(u64) -> Result<PoolRoom, RbdError> + 'a;
 
 /// The batching committer of every pool of one backend.
 #[derive(Default)]
-pub struct Committer {
-    queues: Mutex<HashMap<String, Queue>>,
-    changed: Condvar,
+pub(crate) struct Committer {
+    /// Changes waiting, by pool, committed by the first caller waiting.
+    batches: Batches<Change, Result<Outcome, RbdError>>,
 }
 
 impl Committer {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Queue>> {
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Applies `change` to `pool`'s state object (through `io`) and returns
     /// what it did, committing other callers' changes in the same write
     /// when they are waiting. `room` tells the pool's room for admissions.
-    pub fn apply(&self, io: &IoCtx, pool: &str, change: Change, deadline: Instant, room: &RoomFn<'_>) -> Result<Outcome, RbdError> {
-        let slot = Arc::new(Slot { change, deadline, result: Mutex::new(None) });
-        let mut queues = self.lock();
-        queues.entry(pool.to_owned()).or_default().waiting.push(Arc::clone(&slot));
-        loop {
-            if let Some(result) = slot.result.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                return result;
-            }
-            let queue = queues.entry(pool.to_owned()).or_default();
-            if !queue.committing {
-                queue.committing = true;
-                drop(queues);
-                self.commit_queued(io, pool, room);
-                queues = self.lock();
-                continue;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                // Still queued: taken out, so it is never applied after its
-                // caller was told it timed out.
-                if let Some(at) = queue.waiting.iter().position(|s| Arc::ptr_eq(s, &slot)) {
-                    queue.waiting.remove(at);
-                    return Err(timeout(pool));
-                }
-            }
-            let wait = deadline.saturating_duration_since(now).max(Duration::from_millis(10));
-            queues = self.changed.wait_timeout(queues, wait).unwrap_or_else(|p| p.into_inner()).0;
-        }
-    }
-
-    /// Commits batches of `pool` until its queue is empty.
-    fn commit_queued(&self, io: &IoCtx, pool: &str, room: &RoomFn<'_>) {
-        loop {
-            let batch: Vec<Arc<Slot>> = {
-                let mut queues = self.lock();
-                let queue = queues.entry(pool.to_owned()).or_default();
-                let now = Instant::now();
-                let (due, late): (Vec<_>, Vec<_>) = std::mem::take(&mut queue.waiting).into_iter().partition(|s| s.deadline > now);
-                for slot in late {
-                    *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(timeout(pool)));
-                }
-                if due.is_empty() {
-                    queue.committing = false;
-                    self.changed.notify_all();
-                    return;
-                }
-                due
-            };
-            let changes: Vec<Change> = batch.iter().map(|s| s.change.clone()).collect();
-            let results = commit(io, &changes, room);
-            for (slot, result) in batch.iter().zip(results) {
-                *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
-            }
-            self.changed.notify_all();
-        }
+    /// A change still queued at `deadline` is never applied.
+    pub(crate) fn apply(&self, io: &IoCtx, pool: &str, change: Change, deadline: Instant, room: &RoomFn<'_>) -> Result<Outcome, RbdError> {
+        let committed = self.batches.submit(pool, change, deadline, |changes| {
+            let changes: Vec<Change> = changes.iter().map(|c| (*c).clone()).collect();
+            commit(io, &changes, room)
+        });
+        committed.unwrap_or_else(|_| Err(timeout(pool)))
     }
 }
 
@@ -327,7 +263,7 @@ fn put(
         }
         (_, Some(name)) => name.to_owned(),
         (Some(current), None) => current.name.clone(),
-        (None, None) => return Err(RbdError::osd(format!("record state of image {image}"), Errno::ENOENT, record.volume_id.parse().ok().as_ref())),
+        (None, None) => return Err(RbdError::osd(format!("record state of image {image}"), Errno::ENOENT, Some(&record.volume_id))),
     };
     let phase = phase.or(current.map(|e| e.phase)).unwrap_or_default();
     let lineage = lineage.cloned().or_else(|| current.map(|e| e.lineage.clone())).unwrap_or_default();
@@ -501,7 +437,7 @@ mod tests {
         let a = entry("a", 40, 40);
         let snap = SnapshotEntry {
             name: "s".into(),
-            source_volume: "rbd:c:rbd:a".into(),
+            source_volume: "rbd:c:rbd:a".parse().unwrap(),
             source_image: "a".into(),
             source_image_id: "id".into(),
             size_bytes: 40,

@@ -11,15 +11,17 @@
 //! never under a thread that is blocked in it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 use swell_storage::CephAccess;
 
 use swell_storage::BackendError;
 use tokio::sync::Semaphore;
 
-use super::errors::RbdError;
-use super::ffi::{Cluster, Errno, IoCtx};
+use crate::errors::RbdError;
+use crate::ffi::{Cluster, Errno, IoCtx};
 
 /// How to reach a cluster.
 #[derive(Debug, Clone)]
@@ -68,14 +70,9 @@ impl Connection {
         Ok(Connection { cluster: Arc::new(cluster), pools: Mutex::new(HashMap::new()) })
     }
 
-    /// The pools this connection has opened so far.
-    pub fn opened_pools(&self) -> Vec<String> {
-        self.pools.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
-    }
-
     /// The io context of `pool`, `None` when the pool does not exist.
     pub fn pool(&self, pool: &str) -> Result<Option<Arc<IoCtx>>, RbdError> {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pools = self.pools.lock();
         if let Some(io) = pools.get(pool) {
             return Ok(Some(Arc::clone(io)));
         }
@@ -139,16 +136,11 @@ impl Connector {
         self.deadline
     }
 
-    /// librados's own timeout for one operation.
-    pub fn op_timeout(&self) -> Duration {
-        self.settings.op_timeout
-    }
-
     /// The shared connection, made now if there is none. Holding the lock
     /// while connecting keeps concurrent first calls from making several;
     /// connecting is bounded by `client_mount_timeout`.
     fn connection(&self) -> Result<Arc<Connection>, RbdError> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.lock();
         if let Some(conn) = current.as_ref() {
             return Ok(Arc::clone(conn));
         }
@@ -162,7 +154,7 @@ impl Connector {
     /// Drops `conn` as the shared connection (if it still is), so the next
     /// call connects anew.
     fn forget(&self, conn: &Arc<Connection>) {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.lock();
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             *current = None;
             tracing::warn!("dropping the Ceph connection; the next call reconnects");
@@ -208,16 +200,6 @@ impl Connector {
             Ok(Ok(result)) => result.map_err(|e| e.into_backend(self.settings.op_timeout)),
         }
     }
-}
-
-/// Refuses to start a mutation once the caller's deadline has passed: an
-/// answer already given as Timeout must not be followed by a change nobody
-/// waits for.
-pub fn ensure_time_left(deadline: Instant, step: &str, op_timeout: Duration) -> Result<(), RbdError> {
-    if Instant::now() >= deadline {
-        return Err(RbdError::Refused(BackendError::Timeout { step: step.to_owned(), after: op_timeout }));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

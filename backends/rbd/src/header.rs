@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use super::ffi::{Errno, IoCtx, NotifyReply, RBD_FEATURE_LAYERING, ReadOp, WriteOp};
+use crate::ffi::{Errno, IoCtx, NotifyReply, RBD_FEATURE_LAYERING, ReadOp, WriteOp};
 
 /// How long an announcement waits for watchers to acknowledge. Live ones
 /// answer in milliseconds; only dead clients' watches use it all up.

@@ -16,18 +16,20 @@
 //!   locks and breaks them at once instead of waiting out their lease.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
+use parking_lot::Mutex;
+
+use swell_storage::RbdVolume;
 use swell_storage::expansion::HeldVolume;
+use swell_storage::inflight::InFlight;
 use swell_storage::locks::KeyGuard;
 
-use super::connection::{Connection, Connector};
-use super::errors::RbdError;
-use super::ffi::{Errno, IoCtx, LOCK_MUST_RENEW};
+use crate::connection::{Connection, Connector};
+use crate::errors::RbdError;
+use crate::ffi::{Errno, IoCtx, LOCK_MUST_RENEW, WriteOp};
 
 /// The lock's name on each volume's lock object.
 pub(crate) const LOCK_NAME: &str = "swell";
@@ -36,22 +38,33 @@ pub(crate) const LOCK_NAME: &str = "swell";
 const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
 /// The object holding a volume's lock.
-pub fn lock_object(image: &str) -> String {
+pub(crate) fn lock_object(image: &str) -> String {
     format!("swell.lock.{image}")
+}
+
+/// Removes a volume's lock object (and so the lock on it) while this
+/// process holds it, so nobody else's lock is removed by mistake.
+pub(crate) fn remove_lock_object(io: &IoCtx, volume: &RbdVolume) -> Result<(), RbdError> {
+    let mut remove = WriteOp::default();
+    remove.remove();
+    match remove.operate(io, &lock_object(&volume.image)) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(RbdError::osd("remove lock object", e, Some(&volume.id()))),
+    }
 }
 
 /// Who asks for locks, and for how long.
 #[derive(Debug, Clone)]
-pub struct Leases {
+pub(crate) struct Leases {
     /// The cookie: this controller's instance name.
-    pub instance: String,
+    pub(crate) instance: String,
     /// How long a lock outlives a holder that stopped renewing it.
-    pub lease: Duration,
+    pub(crate) lease: Duration,
 }
 
 /// What a lock attempt found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Acquired {
+pub(crate) enum Acquired {
     /// The lock is ours until the instant given (by this process's clock).
     Held(Instant),
     /// Another holder has it.
@@ -65,7 +78,7 @@ impl Leases {
 
     /// Takes the lock of `image`, breaking one left by this instance's
     /// previous process.
-    pub fn acquire(&self, conn: &Connection, io: &IoCtx, image: &str) -> Result<Acquired, RbdError> {
+    pub(crate) fn acquire(&self, conn: &Connection, io: &IoCtx, image: &str) -> Result<Acquired, RbdError> {
         let object = lock_object(image);
         for _ in 0..2 {
             let asked = Instant::now();
@@ -98,7 +111,7 @@ impl Leases {
 
     /// Extends a lock this client holds; ENOENT (as an error) when it ran
     /// out and someone else took it, or it was broken.
-    pub fn renew(&self, io: &IoCtx, image: &str) -> Result<Instant, RbdError> {
+    pub(crate) fn renew(&self, io: &IoCtx, image: &str) -> Result<Instant, RbdError> {
         let object = lock_object(image);
         let asked = Instant::now();
         io.lock_exclusive(&object, LOCK_NAME, &self.instance, &self.description(), self.lease, LOCK_MUST_RENEW)
@@ -107,7 +120,7 @@ impl Leases {
     }
 
     /// Gives the lock back (a lock already gone is no error).
-    pub fn release(&self, io: &IoCtx, image: &str) -> Result<(), RbdError> {
+    pub(crate) fn release(&self, io: &IoCtx, image: &str) -> Result<(), RbdError> {
         let object = lock_object(image);
         match io.unlock(&object, LOCK_NAME, &self.instance) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
@@ -124,49 +137,38 @@ impl Leases {
 /// next operation on the same volume (a retry, the next step of a resize)
 /// takes it back without a round trip to Ceph; unlocked when the moment
 /// passes unused.
-pub struct Lingering {
+pub(crate) struct Lingering {
     held: Mutex<HashMap<String, VolumeLease>>,
     /// Locks being given back now, by volume: their guard is still taken.
-    unlocking: Mutex<HashMap<String, Arc<Notify>>>,
+    unlocking: InFlight<String>,
     linger: Duration,
     next_token: AtomicU64,
 }
 
 impl Lingering {
     /// Keeps released locks for `linger`.
-    pub fn new(linger: Duration) -> Arc<Self> {
-        Arc::new(Lingering { held: Mutex::default(), unlocking: Mutex::default(), linger, next_token: AtomicU64::new(0) })
+    pub(crate) fn new(linger: Duration) -> Arc<Self> {
+        Arc::new(Lingering { held: Mutex::default(), unlocking: InFlight::default(), linger, next_token: AtomicU64::new(0) })
     }
 
     /// Waits (at most `limit`) while the lock of `image` in `pool` is being
     /// given back by this process, so the next holder need not be refused.
-    pub async fn wait_unlocked(&self, pool: &str, image: &str, limit: Duration) {
-        let Some(done) = self.unlocking.lock().unwrap_or_else(|p| p.into_inner()).get(&key(pool, image)).cloned() else { return };
-        let ended = done.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        let still = self.unlocking.lock().unwrap_or_else(|p| p.into_inner()).get(&key(pool, image)).is_some_and(|d| Arc::ptr_eq(d, &done));
-        if still {
-            let _ = tokio::time::timeout(limit, ended).await;
-        }
+    pub(crate) async fn wait_unlocked(&self, pool: &str, image: &str, limit: Duration) {
+        self.unlocking.wait(&key(pool, image), limit).await;
     }
 
     /// Gives `lease` back, letting waiters know when it is done.
     async fn unlock(&self, lease: VolumeLease) {
-        let at = key(&lease.pool, &lease.image);
-        let done = Arc::new(Notify::new());
-        self.unlocking.lock().unwrap_or_else(|p| p.into_inner()).insert(at.clone(), Arc::clone(&done));
+        let _unlocking = self.unlocking.begin(key(&lease.pool, &lease.image));
         lease.unlock().await;
-        self.unlocking.lock().unwrap_or_else(|p| p.into_inner()).remove(&at);
-        done.notify_waiters();
     }
 
     /// The lock of `image` in `pool` if this process still keeps it with
     /// enough lease left to start an operation; a kept lock too close to
     /// its end is let go (after this call returns, the volume's local
     /// guard is free again).
-    pub async fn take(&self, pool: &str, image: &str) -> Option<VolumeLease> {
-        let kept = self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(pool, image))?;
+    pub(crate) async fn take(&self, pool: &str, image: &str) -> Option<VolumeLease> {
+        let kept = self.held.lock().remove(&key(pool, image))?;
         if kept.time_left() > CLOCK_MARGIN * 2 {
             return Some(kept);
         }
@@ -178,12 +180,12 @@ impl Lingering {
         let token = self.next_token.fetch_add(1, Ordering::SeqCst);
         lease.token = token;
         let at = key(&lease.pool, &lease.image);
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(at.clone(), lease);
+        self.held.lock().insert(at.clone(), lease);
         let this = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(this.linger).await;
             let expired = {
-                let mut held = this.held.lock().unwrap_or_else(|p| p.into_inner());
+                let mut held = this.held.lock();
                 match held.get(&at) {
                     Some(lease) if lease.token == token => held.remove(&at),
                     _ => None,
@@ -201,7 +203,7 @@ fn key(pool: &str, image: &str) -> String {
 }
 
 /// A volume held through its lock, renewed in the background until released.
-pub struct VolumeLease {
+pub(crate) struct VolumeLease {
     connector: Connector,
     leases: Arc<Leases>,
     lingering: Arc<Lingering>,
@@ -218,7 +220,7 @@ pub struct VolumeLease {
 
 impl VolumeLease {
     /// Wraps a lock just taken, and starts renewing it every third of the lease.
-    pub fn start(
+    pub(crate) fn start(
         connector: Connector,
         leases: Arc<Leases>,
         lingering: Arc<Lingering>,
@@ -241,7 +243,7 @@ impl VolumeLease {
                         })
                         .await;
                     match renewed {
-                        Ok(until) => *valid_until.lock().unwrap_or_else(|p| p.into_inner()) = until,
+                        Ok(until) => *valid_until.lock() = until,
                         Err(err) => tracing::warn!(pool, image, error = %err, "cannot renew a volume's lock; the operation stops when its lease runs out"),
                     }
                 }
@@ -251,7 +253,7 @@ impl VolumeLease {
     }
 
     fn time_left(&self) -> Duration {
-        self.valid_until.lock().unwrap_or_else(|p| p.into_inner()).saturating_duration_since(Instant::now())
+        self.valid_until.lock().saturating_duration_since(Instant::now())
     }
 
     /// Gives the lock back to Ceph, then the volume to this process.

@@ -4,151 +4,77 @@
 //! volume lives in the pool beside it, so any replica on any machine can
 //! carry on where another stopped (docs/rbd-state.md).
 //!
-//! - [`ffi`]: the only `unsafe` code, a small layer over librados.h/librbd.h.
-//! - [`connection`]: the shared connection, blocking calls under deadlines.
-//! - [`errors`]: errno → [`swell_storage::BackendError`].
-//! - [`header`]: an image's size read from, and grown in, its header object.
-//! - [`lease`]: per-volume holds that hold across controller processes.
-//! - [`state`]: the pool's state object: records, promises and their total.
-//! - [`commit`]: changes to the state object, batched and applied atomically.
-//! - [`capacity`]: the pool capacity policy (pure).
-//! - [`readings`]: pool usage readings, shared and at most a second old.
-//! - [`coalesce`]: readings shared by concurrent callers.
-//! - [`trash`]: deletes through the RBD trash, purged in the background.
-//! - [`store`]: the records and holds as the expander sees them.
-//! - [`volumes`]: create, read, grow, delete and list, as blocking calls.
-//! - [`snapshots`]: RBD snapshots, their entries, and images kept for them.
-//! - [`clones`]: volumes made from a snapshot or a volume, and flattening.
-//! - [`housekeeping`]: the background work after each reconciler pass.
-//! - [`backend`]: [`RbdBackend`], the [`swell_storage::Backend`] impl.
+//! Its configuration ([`RbdConfig`]) always compiles; the backend itself,
+//! which links librados and librbd, only with the cargo feature `librbd`.
+//! The modules, each above the ones it uses:
+//!
+//! - `ffi`: the only `unsafe` code, a small layer over librados.h/librbd.h.
+//! - `errors`: errno → [`swell_storage::BackendError`]; `capacity`: the pool
+//!   capacity policy (pure); `config`: [`RbdConfig`].
+//! - `connection`: the shared connection, blocking calls under deadlines.
+//! - `header`: an image's size read from, and grown in, its header object.
+//! - `state`: the pool's state object: records, promises and their total.
+//! - `commit`: changes to the state object, batched and applied atomically.
+//! - `readings`: pool usage readings, shared and at most a second old.
+//! - `lease`: per-volume holds that hold across controller processes.
+//! - `parallel`, `trash`: background work a few at a time; deletes through
+//!   the RBD trash, purged in the background.
+//! - `context`: what every operation runs in (the backend's shared parts,
+//!   one call, one pool).
+//! - `images`: making, retiring and snapshotting images.
+//! - `volumes`, `snapshots`, `clones`: the operations, as blocking calls.
+//! - `housekeeping`: the background work after each reconciler pass.
+//! - `store`: the records and holds as the expander sees them.
+//! - `backend`: [`RbdBackend`], the [`swell_storage::Backend`] impl.
+//! - [`test_util`] (cargo feature `test-util`): a Ceph client of its own for
+//!   tests and benchmarks.
 
-// What links librados/librbd sits behind the `rbd` feature; the
-// configuration below stays, so a local-only build can name what it refuses.
+mod config;
+
 #[cfg(feature = "librbd")]
-pub mod backend;
-pub mod capacity;
+mod backend;
 #[cfg(feature = "librbd")]
-pub mod clones;
-pub mod coalesce;
+mod capacity;
 #[cfg(feature = "librbd")]
-pub mod commit;
+mod clones;
 #[cfg(feature = "librbd")]
-pub mod connection;
-pub mod errors;
+mod coalesce;
 #[cfg(feature = "librbd")]
-pub mod ffi;
+mod commit;
 #[cfg(feature = "librbd")]
-pub mod header;
+mod connection;
 #[cfg(feature = "librbd")]
-pub mod housekeeping;
+mod context;
 #[cfg(feature = "librbd")]
-pub mod lease;
+mod errors;
 #[cfg(feature = "librbd")]
-pub mod readings;
+mod ffi;
 #[cfg(feature = "librbd")]
-pub mod snapshots;
+mod header;
 #[cfg(feature = "librbd")]
-pub mod state;
+mod housekeeping;
 #[cfg(feature = "librbd")]
-pub mod store;
+mod images;
+#[cfg(feature = "librbd")]
+mod lease;
+#[cfg(feature = "librbd")]
+mod parallel;
+#[cfg(feature = "librbd")]
+mod readings;
+#[cfg(feature = "librbd")]
+mod snapshots;
+#[cfg(feature = "librbd")]
+mod state;
+#[cfg(feature = "librbd")]
+mod store;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 #[cfg(feature = "librbd")]
-pub mod trash;
+mod trash;
 #[cfg(feature = "librbd")]
-pub mod volumes;
-
-use std::path::PathBuf;
-use std::time::Duration;
-
-pub use swell_storage::CephAccess;
+mod volumes;
 
 #[cfg(feature = "librbd")]
 pub use backend::{ConfigError, RbdBackend};
+pub use config::{DEFAULT_LOCK_LEASE, DEFAULT_MAX_CLONE_DEPTH, DEFAULT_OP_TIMEOUT, RbdConfig, default_instance};
 pub use swell_storage::rbd_volume::KIND;
-
-/// How to reach one Ceph cluster and what policy to apply to it.
-#[derive(Debug, Clone)]
-pub struct RbdConfig {
-    /// How to reach the cluster and the id volume ids give it.
-    pub access: CephAccess,
-    /// The pool used when a StorageClass names none (default `rbd`).
-    pub default_pool: String,
-    /// librados's timeout for each operation (OSD, monitor, connect);
-    /// default 3 s. Swell's own deadline for one call is derived from it
-    /// ([`call_deadline`](Self::call_deadline)).
-    pub op_timeout: Duration,
-    /// How many bytes may be promised per byte the pool can hold (default 1.0).
-    pub overprovision_ratio: f64,
-    /// Whether images Swell did not make count against the pool's room too
-    /// (their total is refreshed in the background, never on a request).
-    pub count_foreign_images: bool,
-    /// Names this controller process in the locks it holds; unique among
-    /// the replicas running at once (the pod name), and kept across a
-    /// restart so a restarted process takes back its own locks at once.
-    pub instance: String,
-    /// How long a volume's lock outlives a holder that stopped renewing it
-    /// (died or froze).
-    pub lock_lease: Duration,
-    /// Pool usage readings (`ceph df`) older than this are read again.
-    pub reading_max_age: Duration,
-    /// Trashed images purged, or clones flattened, at once.
-    pub purge_concurrency: usize,
-    /// Clone parents a volume may read through before it is flattened in
-    /// the background (default 4).
-    pub max_clone_depth: u32,
-}
-
-impl RbdConfig {
-    /// A config as `client.admin` with the defaults for pool, timeouts,
-    /// policy and instance (`$POD_NAME`, else the host name).
-    pub fn new(cluster_id: impl Into<String>, ceph_conf: impl Into<PathBuf>, keyring: impl Into<PathBuf>) -> Self {
-        Self::with_access(CephAccess::new(cluster_id, ceph_conf, keyring))
-    }
-
-    /// A config reaching the cluster through `access`, with the defaults
-    /// for everything else.
-    pub fn with_access(access: CephAccess) -> Self {
-        RbdConfig {
-            access,
-            default_pool: "rbd".into(),
-            op_timeout: DEFAULT_OP_TIMEOUT,
-            overprovision_ratio: 1.0,
-            count_foreign_images: false,
-            instance: default_instance(),
-            lock_lease: DEFAULT_LOCK_LEASE,
-            reading_max_age: Duration::from_secs(1),
-            purge_concurrency: 4,
-            max_clone_depth: DEFAULT_MAX_CLONE_DEPTH,
-        }
-    }
-
-    /// How long one backend call may take before the RBD backend answers
-    /// Timeout: one stalled librados op ends after `op_timeout`, and a call
-    /// makes a few in a row, so two of them and a margin. Every deadline
-    /// around the backend must be longer than this, or calls are cut off
-    /// while librbd still works (checked when the backends are opened).
-    pub fn call_deadline(&self) -> Duration {
-        self.op_timeout.saturating_mul(2).saturating_add(Duration::from_secs(1))
-    }
-}
-
-/// `$POD_NAME` (set from the downward API in deploy/), else the host name.
-pub fn default_instance() -> String {
-    std::env::var("POD_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
-        .unwrap_or_else(|| "swell-controller".into())
-}
-
-/// The default librados op timeout: with it the call deadline (7 s) stays
-/// under the controller's default backend deadline (8 s).
-pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(3);
-/// The default limit of clone chains: a restore of a snapshot of a restored
-/// volume is two deep; every level adds a lookup to each read of data the
-/// volume has not written itself.
-pub const DEFAULT_MAX_CLONE_DEPTH: u32 = 4;
-/// The default lease of a volume's lock: longer than one call's deadline,
-/// short enough that a dead holder frees its volumes quickly.
-pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(10);

@@ -10,16 +10,16 @@
 //! (which reads every image header, so it grows with the pool) by the
 //! background housekeeping, never on a request.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use swell_storage::{BackendError, Capacity};
 
-use super::capacity::{self, PoolRoom, PoolSettings, PoolUsage};
-use super::coalesce::{Coalescer, Missed};
-use super::connection::Connection;
-use super::errors::RbdError;
+use crate::capacity::{self, PoolRoom, PoolSettings, PoolUsage};
+use crate::coalesce::{Coalescer, Missed};
+use crate::connection::Connection;
+use crate::errors::RbdError;
 
 /// Every pool's usage and settings at one moment.
 #[derive(Debug)]
@@ -112,18 +112,18 @@ impl Readings {
     /// Bytes other clients' images are provisioned with in `pool`, as last
     /// summed by [`Readings::note_foreign`] (0 before the first sum).
     pub fn foreign(&self, pool: &str) -> u64 {
-        self.foreign.lock().unwrap_or_else(|p| p.into_inner()).get(pool).map_or(0, |(bytes, _)| *bytes)
+        self.foreign.lock().get(pool).map_or(0, |(bytes, _)| *bytes)
     }
 
     /// Whether `pool`'s foreign sum is missing or older than a minute.
     pub fn foreign_due(&self, pool: &str) -> bool {
-        self.foreign.lock().unwrap_or_else(|p| p.into_inner()).get(pool).is_none_or(|(_, at)| at.elapsed() >= FOREIGN_REFRESH)
+        self.foreign.lock().get(pool).is_none_or(|(_, at)| at.elapsed() >= FOREIGN_REFRESH)
     }
 
     /// Records the sum of every image's size in `pool` (librbd's pool
     /// stats) against Swell's own promised total.
     pub fn note_foreign(&self, pool: &str, all_images: u64, swell: u64) {
-        self.foreign.lock().unwrap_or_else(|p| p.into_inner()).insert(pool.to_owned(), (all_images.saturating_sub(swell), Instant::now()));
+        self.foreign.lock().insert(pool.to_owned(), (all_images.saturating_sub(swell), Instant::now()));
     }
 
     /// The pools named in the last reading, for the housekeeping.
@@ -142,6 +142,3 @@ impl Readings {
         }
     }
 }
-
-/// Readings shared by the backend's calls.
-pub type SharedReadings = Arc<Readings>;

@@ -23,10 +23,10 @@
 //! goes through [`super::commit`].
 
 use serde::{Deserialize, Serialize};
-use swell_storage::{BackendError, ContentSource, ExpansionRecord};
+use swell_storage::{BackendError, ContentSource, ExpansionRecord, VolumeId};
 
-use super::errors::RbdError;
-use super::ffi::{Errno, IoCtx, OmapPage, ReadOp};
+use crate::errors::RbdError;
+use crate::ffi::{Errno, IoCtx, OmapPage, ReadOp};
 
 /// The pool's state object.
 pub const STATE_OBJECT: &str = "swell.state";
@@ -168,7 +168,7 @@ pub struct SnapshotEntry {
     /// The CO's name (the idempotency key of CreateSnapshot).
     pub name: String,
     /// The volume id it was cut from, as the CO knows it.
-    pub source_volume: String,
+    pub source_volume: VolumeId,
     /// The source's image name when it was cut.
     pub source_image: String,
     /// The source image's RBD id: it names the image for good, also after
@@ -323,51 +323,82 @@ fn page_keys(io: &IoCtx, prefix: &str, after: &str, limit: u64) -> Result<OmapPa
     }
 }
 
-/// Decodes listed entries; one unreadable entry is logged and skipped so it
-/// cannot hide the others.
-fn decode_listed(listed: Vec<(String, Vec<u8>)>) -> Vec<(String, Entry)> {
-    listed
-        .into_iter()
-        .filter_map(|(key, raw)| {
-            let image = key.strip_prefix(ENTRY_PREFIX)?.to_owned();
-            match Entry::decode(&image, &raw) {
-                Ok(entry) => Some((image, entry)),
-                Err(err) => {
-                    tracing::error!(image, error = ?err, "skipping an unreadable entry of {STATE_OBJECT}");
-                    None
-                }
+/// The one omap pager: the keys with `prefix` after `after` (a full key,
+/// empty for the first), in order, a page at a time. `visit` is given each
+/// key (without the prefix) and value and says whether it counts; the walk
+/// ends once `limit` have counted or no key is left.
+fn walk(io: &IoCtx, prefix: &str, after: String, limit: usize, mut visit: impl FnMut(&str, Vec<u8>) -> bool) -> Result<(), RbdError> {
+    let (mut after, mut counted) = (after, 0);
+    while counted < limit {
+        let want = (limit - counted).min(PAGE as usize) as u64;
+        let OmapPage { entries, more } = page_keys(io, prefix, &after, want)?;
+        let Some((last, _)) = entries.last() else { break };
+        after = last.clone();
+        for (key, value) in entries {
+            if let Some(name) = key.strip_prefix(prefix)
+                && visit(name, value)
+            {
+                counted += 1;
             }
-        })
-        .collect()
+        }
+        if !more {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a listed entry; an unreadable one is logged and skipped so it
+/// cannot hide the others.
+fn decoded<T>(what: &str, name: &str, decoded: Result<T, RbdError>) -> Option<T> {
+    match decoded {
+        Ok(entry) => Some(entry),
+        Err(err) => {
+            tracing::error!(name, error = ?err, "skipping an unreadable {what} entry of {STATE_OBJECT}");
+            None
+        }
+    }
 }
 
 /// The names after `prefix` of every key with it.
 fn all_marked(io: &IoCtx, prefix: &str) -> Result<Vec<String>, RbdError> {
     let mut names = Vec::new();
-    let mut after = String::new();
-    loop {
-        let OmapPage { entries: keys, more } = page_keys(io, prefix, &after, PAGE)?;
-        let Some((last, _)) = keys.last() else { break };
-        after = last.clone();
-        names.extend(keys.into_iter().filter_map(|(k, _)| k.strip_prefix(prefix).map(str::to_owned)));
-        if !more {
-            break;
-        }
-    }
+    walk(io, prefix, String::new(), usize::MAX, |name, _| {
+        names.push(name.to_owned());
+        true
+    })?;
     Ok(names)
+}
+
+/// A listed entry: its name (an image, a snapshot key) and the entry, or
+/// why it cannot be read; the caller reports an unreadable one.
+pub(crate) type Listed<T> = (String, Result<T, RbdError>);
+
+/// The entries of `keys` (full keys), decoded by `decode`.
+fn read_decoded<T>(io: &IoCtx, prefix: &str, keys: &[String], decode: impl Fn(&str, &[u8]) -> Result<T, RbdError>) -> Result<Vec<Listed<T>>, RbdError> {
+    let listed = read_raw(io, keys)?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|(key, raw)| {
+            let name = key.strip_prefix(prefix)?.to_owned();
+            let entry = decode(&name, &raw);
+            Some((name, entry))
+        })
+        .collect())
 }
 
 /// The entries marked pending: two reads per 512 of them, however many
 /// settled entries the pool holds.
-pub fn pending_entries(io: &IoCtx) -> Result<Vec<(String, Entry)>, RbdError> {
+pub(crate) fn pending_entries(io: &IoCtx) -> Result<Vec<Listed<Entry>>, RbdError> {
     let keys: Vec<String> = all_marked(io, PENDING_PREFIX)?.iter().map(|i| entry_key(i)).collect();
-    Ok(decode_listed(read_raw(io, &keys)?))
+    read_decoded(io, ENTRY_PREFIX, &keys, Entry::decode)
 }
 
-/// The snapshot entries marked pending.
-pub fn pending_snapshots(io: &IoCtx) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
+/// The snapshot entries marked pending (an unreadable one is logged).
+pub(crate) fn pending_snapshots(io: &IoCtx) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
     let keys: Vec<String> = all_marked(io, SNAPSHOT_PENDING_PREFIX)?.iter().map(|k| Key::Snapshot(k.clone()).entry()).collect();
-    Ok(decode_snapshots(read_raw(io, &keys)?))
+    let listed = read_decoded(io, SNAPSHOT_PREFIX, &keys, SnapshotEntry::decode)?;
+    Ok(listed.into_iter().filter_map(|(key, entry)| decoded("snapshot", &key, entry).map(|entry| (key, entry))).collect())
 }
 
 /// A snapshot's entry, read now.
@@ -378,50 +409,28 @@ pub fn read_snapshot(io: &IoCtx, key: &str) -> Result<Option<SnapshotEntry>, Rbd
 /// Every snapshot entry of the pool, in key order.
 pub fn all_snapshots(io: &IoCtx) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
     let mut snapshots = Vec::new();
-    let mut after = String::new();
-    loop {
-        let OmapPage { entries: listed, more } = page_keys(io, SNAPSHOT_PREFIX, &after, PAGE)?;
-        let Some((last, _)) = listed.last() else { break };
-        after = last.clone();
-        snapshots.extend(decode_snapshots(listed));
-        if !more {
-            break;
+    walk(io, SNAPSHOT_PREFIX, String::new(), usize::MAX, |key, raw| {
+        if let Some(entry) = decoded("snapshot", key, SnapshotEntry::decode(key, &raw)) {
+            snapshots.push((key.to_owned(), entry));
         }
-    }
+        true
+    })?;
     Ok(snapshots)
 }
 
-/// Decodes listed snapshot entries, skipping (and logging) unreadable ones.
-fn decode_snapshots(listed: Vec<(String, Vec<u8>)>) -> Vec<(String, SnapshotEntry)> {
-    listed
-        .into_iter()
-        .filter_map(|(key, raw)| {
-            let snapshot = key.strip_prefix(SNAPSHOT_PREFIX)?.to_owned();
-            match SnapshotEntry::decode(&snapshot, &raw) {
-                Ok(entry) => Some((snapshot, entry)),
-                Err(err) => {
-                    tracing::error!(snapshot, error = ?err, "skipping an unreadable snapshot entry of {STATE_OBJECT}");
-                    None
-                }
-            }
-        })
-        .collect()
-}
-
-/// Up to `limit` entries after `after` (an image name), in image order.
-pub fn page_entries(io: &IoCtx, after: Option<&str>, limit: usize) -> Result<Vec<(String, Entry)>, RbdError> {
+/// Up to `limit` entries that `wanted` keeps, and unreadable ones, after
+/// `after` (an image name), in image order; the others are skipped, not
+/// counted.
+pub(crate) fn entries_after(io: &IoCtx, after: Option<&str>, limit: usize, wanted: impl Fn(&Entry) -> bool) -> Result<Vec<Listed<Entry>>, RbdError> {
     let mut entries = Vec::new();
-    let mut after = after.map(entry_key).unwrap_or_default();
-    while entries.len() < limit {
-        let want = (limit - entries.len()).min(PAGE as usize) as u64;
-        let OmapPage { entries: listed, more } = page_keys(io, ENTRY_PREFIX, &after, want)?;
-        let Some((last, _)) = listed.last() else { break };
-        after = last.clone();
-        entries.extend(decode_listed(listed));
-        if !more {
-            break;
+    walk(io, ENTRY_PREFIX, after.map(entry_key).unwrap_or_default(), limit, |image, raw| {
+        let entry = Entry::decode(image, &raw);
+        if entry.as_ref().is_ok_and(|e| !wanted(e)) {
+            return false;
         }
-    }
+        entries.push((image.to_owned(), entry));
+        true
+    })?;
     Ok(entries)
 }
 
@@ -460,7 +469,7 @@ mod tests {
         assert!(clone.pending(), "a volume to flatten is background work");
         let snap = SnapshotEntry {
             name: "s".into(),
-            source_volume: id.to_string(),
+            source_volume: id.clone(),
             source_image: "swell-00".into(),
             source_image_id: "abc".into(),
             size_bytes: 40,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use swell_storage::{CephAccess, ExpansionRecord, RbdVolume};
 
-use crate::backend::IMAGE_FEATURES;
 use crate::ffi::{Cluster, Image, IoCtx, WriteOp};
+use crate::images::IMAGE_FEATURES;
 use crate::lease::{LOCK_NAME, lock_object};
 use crate::state::{self, Entry, Phase};
 

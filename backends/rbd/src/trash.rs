@@ -13,17 +13,18 @@
 //! under a clone that still reads from it (ENOTEMPTY: its snapshot trash
 //! keeps the clones' parent snapshots).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use swell_storage::rbd_volume::is_swell_image;
 
-use super::errors::RbdError;
-use super::ffi::{Errno, IoCtx, TrashEntry};
+use crate::errors::RbdError;
+use crate::ffi::{Errno, IoCtx, TrashEntry};
+use crate::parallel::in_parallel;
 
 /// Moves `image` to the trash; an image already gone is no error.
-pub fn move_to_trash(io: &IoCtx, image: &str) -> Result<(), Errno> {
+pub(crate) fn move_to_trash(io: &IoCtx, image: &str) -> Result<(), Errno> {
     match io.trash_move(image) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e),
@@ -32,7 +33,7 @@ pub fn move_to_trash(io: &IoCtx, image: &str) -> Result<(), Errno> {
 
 /// What a purge of one pool did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Purged {
+pub(crate) struct Purged {
     /// Images removed.
     pub removed: usize,
     /// Images left because a client still watches them.
@@ -41,28 +42,9 @@ pub struct Purged {
     pub parent: usize,
 }
 
-/// Runs `work` on each of `items`, `concurrency` at a time, starting none
-/// once less than `op_timeout` is left before `deadline` (the rest wait for
-/// the next pass).
-pub fn in_parallel<T: Sync>(items: &[T], concurrency: usize, deadline: Instant, op_timeout: Duration, work: impl Fn(&T) + Sync) {
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..concurrency.clamp(1, items.len().max(1)) {
-            scope.spawn(|| {
-                while let Some(item) = items.get(next.fetch_add(1, Ordering::SeqCst)) {
-                    if deadline.saturating_duration_since(Instant::now()) < op_timeout {
-                        return;
-                    }
-                    work(item);
-                }
-            });
-        }
-    });
-}
-
 /// Removes Swell's trashed images in `pool`, `concurrency` at a time,
-/// within `deadline` (see [`in_parallel`]).
-pub fn purge(io: &IoCtx, pool: &str, concurrency: usize, deadline: Instant, op_timeout: Duration) -> Result<Purged, RbdError> {
+/// within `deadline` (see [`crate::parallel::in_parallel`]).
+pub(crate) fn purge(io: &IoCtx, pool: &str, concurrency: usize, deadline: Instant, op_timeout: Duration) -> Result<Purged, RbdError> {
     let entries: Vec<TrashEntry> = match io.trash_list() {
         Ok(entries) => entries.into_iter().filter(|e| is_swell_image(&e.name)).collect(),
         Err(Errno::ENOENT) => return Ok(Purged::default()),
@@ -71,7 +53,7 @@ pub fn purge(io: &IoCtx, pool: &str, concurrency: usize, deadline: Instant, op_t
     let purged = Mutex::new(Purged::default());
     in_parallel(&entries, concurrency, deadline, op_timeout, |entry| {
         let outcome = io.trash_remove(&entry.id);
-        let mut purged = purged.lock().unwrap_or_else(|p| p.into_inner());
+        let mut purged = purged.lock();
         match outcome {
             Ok(()) | Err(Errno::ENOENT) => {
                 tracing::info!(pool, image = entry.name, trash_id = entry.id, "removed a trashed image");
@@ -90,5 +72,5 @@ pub fn purge(io: &IoCtx, pool: &str, concurrency: usize, deadline: Instant, op_t
             Err(e) => tracing::warn!(pool, image = entry.name, error = %e, "cannot remove a trashed image; retrying on the next pass"),
         }
     });
-    Ok(purged.into_inner().unwrap_or_else(|p| p.into_inner()))
+    Ok(purged.into_inner())
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use swell_storage::VolumeId;
 
-use super::Attacher;
+use super::attacher::Attacher;
 use crate::error::NodeError;
 use crate::system::{self, System};
 

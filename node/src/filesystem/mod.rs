@@ -13,6 +13,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use csi_endpoint::capabilities::supported_fs_list;
 use serde::{Deserialize, Serialize};
 
 use crate::error::NodeError;
@@ -77,7 +78,7 @@ impl FromStr for FsType {
             "xfs" => Ok(FsType::Xfs),
             "ext4" => Ok(FsType::Ext4),
             "btrfs" => Ok(FsType::Btrfs),
-            other => Err(format!("unsupported fs_type {other:?}; supported: xfs (default), ext4, btrfs")),
+            other => Err(format!("unsupported fs_type {other:?}; supported: {}", supported_fs_list())),
         }
     }
 }
@@ -125,6 +126,14 @@ fn field_after(line: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_node_makes_exactly_the_filesystems_both_services_call_supported() {
+        for name in csi_endpoint::capabilities::SUPPORTED_FS {
+            assert_eq!(name.parse::<FsType>().map(FsType::as_str), Ok(name), "{name}");
+        }
+        assert_eq!(FsType::DEFAULT.as_str(), csi_endpoint::capabilities::SUPPORTED_FS[0], "the first listed is the default");
+    }
 
     #[test]
     fn fs_type_is_chosen_from_the_capability() {

@@ -4,15 +4,15 @@
 //! call, and fails the operations a test names. Nothing here touches the
 //! host beyond reading the size of a test's own backing files.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use swell_storage::command::{CommandError, Output};
 
-use super::{LoopDevice, MountCall, System};
+use super::seam::{LoopDevice, MountCall, System};
 use crate::error::NodeError;
 use crate::mountinfo::MountEntry;
 
@@ -59,7 +59,7 @@ pub struct FakeSystem {
 
 impl FakeSystem {
     fn model(&self) -> MutexGuard<'_, Model> {
-        self.model.lock().unwrap_or_else(|p| p.into_inner())
+        self.model.lock()
     }
 
     /// Every call so far.

@@ -6,7 +6,9 @@ use std::marker::PhantomData;
 use std::ptr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Errno, IoCtx, IoCtxT, check, cstr};
+use nix::errno::Errno;
+
+use super::rados::{IoCtx, IoCtxT, check, cstr};
 
 type ImageT = *mut c_void;
 type PoolStatsT = *mut c_void;
@@ -16,6 +18,7 @@ type ProgressFn = unsafe extern "C" fn(offset: u64, total: u64, data: *mut c_voi
 /// `RBD_FEATURE_LAYERING` from rbd/features.h.
 pub const RBD_FEATURE_LAYERING: u64 = 1 << 0;
 /// `RBD_FEATURE_EXCLUSIVE_LOCK` from rbd/features.h (Swell never sets it).
+#[cfg(test)]
 pub const RBD_FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
 /// `RBD_POOL_STAT_OPTION_IMAGE_PROVISIONED_BYTES`: the second entry of
 /// `rbd_pool_stat_option_t` in librbd.h (after `RBD_POOL_STAT_OPTION_IMAGES`).
@@ -25,21 +28,6 @@ const RBD_POOL_STAT_OPTION_IMAGE_PROVISIONED_BYTES: c_int = 1;
 /// the `rbd_image_option_t` enum of librbd.h.
 const RBD_IMAGE_OPTION_FEATURES: c_int = 1;
 const RBD_IMAGE_OPTION_CLONE_FORMAT: c_int = 12;
-
-const RBD_MAX_BLOCK_NAME_SIZE: usize = 24;
-const RBD_MAX_IMAGE_NAME_SIZE: usize = 96;
-
-/// `rbd_image_info_t` from librbd.h.
-#[repr(C)]
-struct RbdImageInfo {
-    size: u64,
-    obj_size: u64,
-    num_objs: u64,
-    order: c_int,
-    block_name_prefix: [c_char; RBD_MAX_BLOCK_NAME_SIZE],
-    parent_pool: i64,
-    parent_name: [c_char; RBD_MAX_IMAGE_NAME_SIZE],
-}
 
 /// `rbd_trash_image_info_t` from librbd.h.
 #[repr(C)]
@@ -86,13 +74,6 @@ struct Timespec {
     tv_nsec: i64,
 }
 
-/// `rbd_image_spec_t` from librbd.h.
-#[repr(C)]
-struct RbdImageSpec {
-    id: *mut c_char,
-    name: *mut c_char,
-}
-
 #[link(name = "rbd")]
 unsafe extern "C" {
     fn rbd_create2(io: IoCtxT, name: *const c_char, size: u64, features: u64, order: *mut c_int) -> c_int;
@@ -101,16 +82,10 @@ unsafe extern "C" {
     fn rbd_trash_list(io: IoCtxT, entries: *mut RbdTrashImageInfo, num_entries: *mut usize) -> c_int;
     fn rbd_trash_list_cleanup(entries: *mut RbdTrashImageInfo, num_entries: usize);
     fn rbd_trash_remove(io: IoCtxT, id: *const c_char, force: bool) -> c_int;
-    fn rbd_list2(io: IoCtxT, images: *mut RbdImageSpec, max_images: *mut usize) -> c_int;
-    fn rbd_image_spec_list_cleanup(images: *mut RbdImageSpec, num_images: usize);
     fn rbd_open(io: IoCtxT, name: *const c_char, image: *mut ImageT, snap_name: *const c_char) -> c_int;
     fn rbd_open_read_only(io: IoCtxT, name: *const c_char, image: *mut ImageT, snap_name: *const c_char) -> c_int;
     fn rbd_close(image: ImageT) -> c_int;
-    fn rbd_stat(image: ImageT, info: *mut RbdImageInfo, infosize: usize) -> c_int;
     fn rbd_resize2(image: ImageT, size: u64, allow_shrink: bool, cb: *const c_void, cbdata: *mut c_void) -> c_int;
-    fn rbd_metadata_get(image: ImageT, key: *const c_char, value: *mut c_char, val_len: *mut usize) -> c_int;
-    fn rbd_metadata_set(image: ImageT, key: *const c_char, value: *const c_char) -> c_int;
-    fn rbd_get_id(image: ImageT, id: *mut c_char, id_len: usize) -> c_int;
     fn rbd_pool_stats_create(stats: *mut PoolStatsT);
     fn rbd_pool_stats_destroy(stats: PoolStatsT);
     fn rbd_pool_stats_option_add_uint64(stats: PoolStatsT, stat_option: c_int, stat_val: *mut u64) -> c_int;
@@ -271,20 +246,6 @@ impl IoCtx {
         }
     }
 
-    /// `rbd_list2`: the names of all images in the pool.
-    pub fn list_images(&self) -> Result<Vec<String>, Errno> {
-        // SAFETY: rbd_list2 fills at most `count` specs of a live io context's
-        // pool and initialises them on success; rbd_image_spec_list_cleanup
-        // frees exactly the strings it set.
-        unsafe {
-            list_filled(
-                |specs, count| rbd_list2(self.raw, specs, count),
-                |spec: &RbdImageSpec| owned_string(spec.name),
-                |specs, count| rbd_image_spec_list_cleanup(specs, count),
-            )
-        }
-    }
-
     /// `rbd_open` (read-write: may take the exclusive lock and needs writes).
     pub fn open(&self, name: &str) -> Result<Image<'_>, Errno> {
         self.open_with(name, false)
@@ -322,47 +283,10 @@ pub struct Image<'io> {
 unsafe impl Send for Image<'_> {}
 
 impl Image<'_> {
-    /// `rbd_stat`: the image's size in bytes now.
-    pub fn size(&self) -> Result<u64, Errno> {
-        // SAFETY: all-zero is a valid `rbd_image_info_t` (integers and char arrays).
-        let mut info: RbdImageInfo = unsafe { std::mem::zeroed() };
-        // SAFETY: an open image and a struct of the size passed.
-        check(unsafe { rbd_stat(self.raw, &mut info, std::mem::size_of::<RbdImageInfo>()) })?;
-        Ok(info.size)
-    }
-
     /// `rbd_resize2` that refuses to shrink (librbd answers EINVAL then).
     pub fn grow(&self, size: u64) -> Result<(), Errno> {
         // SAFETY: an open image; no progress callback.
         check(unsafe { rbd_resize2(self.raw, size, false, ptr::null(), ptr::null_mut()) }).map(drop)
-    }
-
-    /// `rbd_metadata_get`; `None` when the key is not set.
-    pub fn metadata(&self, key: &str) -> Result<Option<String>, Errno> {
-        let key = cstr(key)?;
-        let mut len = 256usize;
-        loop {
-            let mut buf = vec![0u8; len];
-            // SAFETY: `buf` holds `len` bytes; librbd writes at most that many.
-            let ret = unsafe { rbd_metadata_get(self.raw, key.as_ptr(), buf.as_mut_ptr().cast(), &mut len) };
-            match ret {
-                r if r == -(Errno::ERANGE as c_int) && len > buf.len() => continue,
-                r if r == -(Errno::ENOENT as c_int) => return Ok(None),
-                r => check(r)?,
-            };
-            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-            return Ok(Some(String::from_utf8_lossy(&buf[..end]).into_owned()));
-        }
-    }
-
-    /// `rbd_get_id`: the image's id, which names its header object.
-    pub fn id(&self) -> Result<String, Errno> {
-        // Ids are 12–16 hex characters; librbd answers -ERANGE if it needs more.
-        let mut buf = [0 as c_char; 64];
-        // SAFETY: an open image and a buffer of the length passed.
-        check(unsafe { rbd_get_id(self.raw, buf.as_mut_ptr(), buf.len()) })?;
-        // SAFETY: on success librbd wrote a NUL-terminated string into `buf`.
-        Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
     }
 
     /// `rbd_snap_create` (a write: needs a read-write open).
@@ -424,13 +348,6 @@ impl Image<'_> {
         check(unsafe { rbd_flatten_with_progress(self.raw, stop_at_deadline, (&deadline as *const Instant).cast_mut().cast()) }).map(drop)
     }
 
-    /// `rbd_metadata_set` (a write: needs a read-write open).
-    pub fn set_metadata(&self, key: &str, value: &str) -> Result<(), Errno> {
-        let (key, value) = (cstr(key)?, cstr(value)?);
-        // SAFETY: an open image and NUL-terminated strings.
-        check(unsafe { rbd_metadata_set(self.raw, key.as_ptr(), value.as_ptr()) }).map(drop)
-    }
-
     /// `rbd_close`, reporting its error (it may flush and release locks).
     pub fn close(mut self) -> Result<(), Errno> {
         self.closed = true;
@@ -451,13 +368,6 @@ impl Drop for Image<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_info_matches_the_c_layout() {
-        // C layout: 3 × u64 (24) + int (4) + char[24] = 52, padded to 56 for the i64, + 8 + 96 = 160.
-        assert_eq!(std::mem::size_of::<RbdImageInfo>(), 160);
-        assert_eq!(std::mem::offset_of!(RbdImageInfo, parent_pool), 56);
-    }
 
     #[test]
     fn trash_info_matches_the_c_layout() {

@@ -6,7 +6,9 @@ use std::ffi::{CStr, CString, c_char, c_int, c_uchar, c_void};
 use std::ptr;
 use std::time::Duration;
 
-use super::{Errno, IoCtx, IoCtxT, check, cstr, rados_notify2, take_buffer};
+use nix::errno::Errno;
+
+use super::rados::{IoCtx, IoCtxT, check, cstr, rados_notify2, take_buffer};
 
 type WriteOpT = *mut c_void;
 type ReadOpT = *mut c_void;
@@ -14,9 +16,6 @@ type OmapIterT = *mut c_void;
 
 /// `LIBRADOS_CMPXATTR_OP_EQ`.
 const CMP_EQ: u8 = 1;
-/// `LIBRADOS_LOCK_FLAG_MAY_RENEW`: take the lock, or extend it if this
-/// client already holds it with this cookie.
-pub const LOCK_MAY_RENEW: u8 = 1 << 0;
 /// `LIBRADOS_LOCK_FLAG_MUST_RENEW`: only extend a lock this client holds;
 /// ENOENT when it expired or was taken.
 pub const LOCK_MUST_RENEW: u8 = 1 << 1;
@@ -34,7 +33,6 @@ unsafe extern "C" {
     fn rados_release_write_op(op: WriteOpT);
     fn rados_write_op_create(op: WriteOpT, exclusive: c_int, category: *const c_char);
     fn rados_write_op_remove(op: WriteOpT);
-    fn rados_write_op_assert_exists(op: WriteOpT);
     fn rados_write_op_omap_cmp2(op: WriteOpT, key: *const c_char, comparison: u8, val: *const c_char, key_len: usize, val_len: usize, prval: *mut c_int);
     fn rados_write_op_omap_set2(
         op: WriteOpT,
@@ -140,13 +138,6 @@ impl WriteOp {
     pub fn create(&mut self, exclusive: bool) -> &mut Self {
         // SAFETY: a live op; no category.
         unsafe { rados_write_op_create(self.raw, c_int::from(exclusive), ptr::null()) };
-        self
-    }
-
-    /// Fails the whole operation with ENOENT unless the object exists.
-    pub fn assert_exists(&mut self) -> &mut Self {
-        // SAFETY: a live op.
-        unsafe { rados_write_op_assert_exists(self.raw) };
         self
     }
 

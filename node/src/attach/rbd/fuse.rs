@@ -30,7 +30,7 @@ use swell_storage::VolumeId;
 
 use swell_storage::RbdVolume;
 
-use super::{Cluster, rbd_volume};
+use super::cluster::{Cluster, rbd_volume};
 use crate::attach::Attacher;
 use crate::attach::loop_device::{attach_file, detach_device};
 use crate::error::NodeError;
@@ -149,10 +149,7 @@ impl FuseAttacher {
                 let _ = i32::try_from(*pid).map(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM));
             }
             if !wait_for_exit(&pids, TERM_DEADLINE).await {
-                return Err(NodeError::Internal(format!(
-                    "rbd-fuse ({pids:?}) for {} of volume {volume} still runs; the image keeps its watcher",
-                    dir.display()
-                )));
+                return Err(NodeError::FuseStillRunning { volume: volume.to_string(), dir: dir.to_owned(), pids: pids.clone() });
             }
         }
         // Tidy only: a leftover empty directory is harmless.

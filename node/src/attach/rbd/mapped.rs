@@ -15,7 +15,7 @@ use swell_storage::VolumeId;
 
 use swell_storage::RbdVolume;
 
-use super::{Cluster, rbd_volume};
+use super::cluster::{Cluster, rbd_volume};
 use crate::attach::Attacher;
 use crate::error::NodeError;
 
