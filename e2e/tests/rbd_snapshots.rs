@@ -1,4 +1,4 @@
-//! Issue 14's snapshot and clone scenarios (`swell_e2e::snapshots`) on Ceph
+//! The snapshot and clone scenarios (`swell_e2e::snapshots`) on Ceph
 //! RBD, against the throwaway test cluster (`swell_e2e::rbd_rig`), with
 //! swell-controller and swell-node as processes; and what only RBD has: a
 //! chain of clones past the depth limit flattened in the background, and

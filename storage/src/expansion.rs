@@ -281,4 +281,37 @@ mod tests {
         let lowered = again.wishing(10, 15);
         assert_ne!(lowered.desired_since_unix, 5);
     }
+
+    /// A record file as every earlier version wrote it (pretty JSON, the
+    /// id as text), and one from before announcements and generations.
+    const WRITTEN_BEFORE_TYPED_IDS: &str = r#"{
+  "volume_id": "local:0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+  "desired_bytes": 2147483648,
+  "current_bytes": 1073741824,
+  "announced_bytes": 1073741824,
+  "last_error": "backend unavailable during grow volume: osd down",
+  "desired_since_unix": 1765000000,
+  "updated_unix": 1765000042,
+  "generation": 3
+}"#;
+    const WRITTEN_BEFORE_GENERATIONS: &str = r#"{"volume_id":"rbd:ceph-a:rbd:swell-0a1b2c3d4e5f60718293a4b5c6d7e8f9","desired_bytes":10,"current_bytes":10,"last_error":null,"desired_since_unix":1,"updated_unix":2}"#;
+
+    #[test]
+    fn records_written_before_typed_ids_read_back_as_they_were() {
+        let record: ExpansionRecord = serde_json::from_str(WRITTEN_BEFORE_TYPED_IDS).unwrap();
+        assert_eq!(record.volume_id, "local:0a1b2c3d4e5f60718293a4b5c6d7e8f9".parse::<VolumeId>().unwrap());
+        assert_eq!((record.desired_bytes, record.current_bytes, record.generation), (2 << 30, 1 << 30, 3));
+        assert!(record.growing());
+        let rewritten = serde_json::to_string_pretty(&record).unwrap();
+        assert_eq!(rewritten, WRITTEN_BEFORE_TYPED_IDS, "written back byte for byte as before");
+        let old: ExpansionRecord = serde_json::from_str(WRITTEN_BEFORE_GENERATIONS).unwrap();
+        assert_eq!((old.volume_id.backend(), old.announced_bytes, old.generation), ("rbd", 0, 0));
+    }
+
+    #[test]
+    fn a_record_whose_id_does_not_parse_is_unreadable_not_a_record_of_no_volume() {
+        let damaged = WRITTEN_BEFORE_TYPED_IDS.replace("local:0a1b", "local:../0a1b");
+        let err = serde_json::from_str::<ExpansionRecord>(&damaged).unwrap_err();
+        assert!(err.to_string().contains("local:../0a1b"), "{err}");
+    }
 }

@@ -31,3 +31,22 @@ pub(crate) struct SnapshotRecord {
     /// When it was cut, nanoseconds since the epoch.
     pub created_unix_nanos: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_records_written_before_typed_ids_read_back_as_they_were() {
+        let written = r#"{
+  "name": "snapshot-1",
+  "source": "local:0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+  "size_bytes": 1073741824,
+  "created_unix_nanos": 1765000000000000000
+}"#;
+        let record: SnapshotRecord = serde_json::from_str(written).unwrap();
+        assert_eq!(record.source, "local:0a1b2c3d4e5f60718293a4b5c6d7e8f9".parse::<VolumeId>().unwrap());
+        assert_eq!(serde_json::to_string_pretty(&record).unwrap(), written);
+        assert!(serde_json::from_str::<SnapshotRecord>(&written.replace("local:0a", "Local:0a")).is_err(), "a bad id makes the record unreadable");
+    }
+}

@@ -496,4 +496,22 @@ mod tests {
         let snapshot = Key::Snapshot("snap-ab".into());
         assert_eq!((snapshot.entry(), snapshot.pending()), ("s.snap-ab".to_owned(), "ps.snap-ab".to_owned()));
     }
+
+    #[test]
+    fn entries_written_before_typed_ids_read_back_and_write_back_the_same() {
+        let image = "swell-0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+        let volume = format!(
+            r#"{{"name":"pvc-1","phase":"ready","volume_id":"rbd:ceph-a:rbd:{image}","desired_bytes":20,"current_bytes":10,"announced_bytes":10,"last_error":null,"desired_since_unix":5,"updated_unix":6,"generation":2}}"#
+        );
+        let entry = Entry::decode(image, volume.as_bytes()).unwrap();
+        assert_eq!(entry.record.volume_id.to_string(), format!("rbd:ceph-a:rbd:{image}"));
+        assert_eq!(String::from_utf8(entry.encode()).unwrap(), volume);
+        let snapshot = format!(
+            r#"{{"name":"s","source_volume":"rbd:ceph-a:rbd:{image}","source_image":"{image}","source_image_id":"10a2","size_bytes":10,"created_unix_nanos":7,"phase":"ready","depth":1,"updated_unix":8,"generation":1}}"#
+        );
+        let snap = SnapshotEntry::decode("snap-0", snapshot.as_bytes()).unwrap();
+        assert_eq!(String::from_utf8(snap.encode()).unwrap(), snapshot);
+        let damaged = volume.replace("rbd:ceph-a", "rbd:Ceph-A");
+        assert!(Entry::decode(image, damaged.as_bytes()).is_err(), "an id that does not parse makes the entry unreadable");
+    }
 }
