@@ -30,7 +30,7 @@ const PORT: u16 = 26200;
 const SITE: &str = "/var/tmp/swell-bench-ceph";
 
 /// A reachable cluster: its directory, config and admin keyring.
-pub struct Site {
+pub(crate) struct Site {
     /// ceph.conf.
     pub conf: PathBuf,
     /// The admin keyring.
@@ -43,7 +43,7 @@ impl Site {
     /// The cluster in `SWELL_BENCH_CEPH_CLUSTER` (left running), or a
     /// throwaway one at the bench's site (moved aside by `SWELL_TEST_SLOT`),
     /// purged when this process exits however it exits.
-    pub fn up() -> BenchResult<Site> {
+    pub(crate) fn up() -> BenchResult<Site> {
         if let Some(dir) = std::env::var_os("SWELL_BENCH_CEPH_CLUSTER") {
             let dir = PathBuf::from(dir);
             return Ok(Site { conf: dir.join("ceph.conf"), keyring: dir.join("ceph.client.admin.keyring"), cluster: None, _lock: None });
@@ -67,14 +67,14 @@ impl Site {
     }
 
     /// A new pool of `pool` (an older one of that name goes first).
-    pub fn new_pool(&self, pool: &str) -> BenchResult<()> {
+    pub(crate) fn new_pool(&self, pool: &str) -> BenchResult<()> {
         let _ = self.cli("ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]);
         self.cli("ceph", &["osd", "pool", "create", pool, "8"])?;
         self.cli("rbd", &["pool", "init", pool]).map(drop)
     }
 
     /// Removes `pool` and everything in it.
-    pub fn drop_pool(&self, pool: &str) -> BenchResult<()> {
+    pub(crate) fn drop_pool(&self, pool: &str) -> BenchResult<()> {
         self.cli("ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]).map(drop)
     }
 
@@ -84,12 +84,12 @@ impl Site {
     }
 
     /// A client of this process's own on `pool`, connected (warm).
-    pub fn client(&self, pool: &str) -> BenchResult<OtherClient> {
+    pub(crate) fn client(&self, pool: &str) -> BenchResult<OtherClient> {
         OtherClient::connect(&self.access(), pool).map_err(at(format!("connect to pool {pool}")))
     }
 
     /// A rig whose controller serves `pool` of this cluster.
-    pub fn rig(&self, plan: &Plan, pool: &str, dir: &Path, metrics_port: u16) -> Rig {
+    pub(crate) fn rig(&self, plan: &Plan, pool: &str, dir: &Path, metrics_port: u16) -> Rig {
         let mut rbd = swell_rbd::RbdConfig::with_access(self.access());
         rbd.default_pool = pool.to_owned();
         let extra = vec![
@@ -109,7 +109,7 @@ impl Site {
     }
 
     /// Stops and removes a throwaway cluster (one from the environment stays).
-    pub fn purge(self) -> BenchResult<()> {
+    pub(crate) fn purge(self) -> BenchResult<()> {
         match self.cluster {
             Some(cluster) => cluster.purge().map_err(at("purge the Ceph test cluster")),
             None => Ok(()),
@@ -124,7 +124,7 @@ fn fresh(dir: &Path) -> BenchResult<PathBuf> {
 }
 
 /// Every RBD figure asked for by `sections`, then the scale run.
-pub async fn run(plan: &Plan, sections: &[&str], foreign: usize) -> BenchResult<(Report, Vec<Point>)> {
+pub(crate) async fn run(plan: &Plan, sections: &[&str], foreign: usize) -> BenchResult<(Report, Vec<Point>)> {
     let site = Site::up()?;
     let mut report = Report::default();
     let mut points = Vec::new();

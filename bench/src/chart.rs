@@ -14,7 +14,7 @@ use crate::step::{BenchResult, at};
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// One backend's points: (volumes, expand p50 in ms, RSS in MiB).
-pub type Series = (&'static str, Vec<(usize, f64, f64)>);
+pub(crate) type Series = (&'static str, Vec<(usize, f64, f64)>);
 
 fn load_font() -> BenchResult<()> {
     let bytes = std::fs::read(FONT).map_err(at(format!("read {FONT} (Debian package fonts-dejavu-core)")))?;
@@ -24,7 +24,7 @@ fn load_font() -> BenchResult<()> {
 
 /// Draws `series` into `path` (PNG, 1200 × 500): expand latency on the
 /// left, RSS on the right, volumes on a logarithmic axis.
-pub fn draw(path: &Path, title: &str, series: &[Series]) -> BenchResult<()> {
+pub(crate) fn draw(path: &Path, title: &str, series: &[Series]) -> BenchResult<()> {
     load_font()?;
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(at("fill the chart"))?;

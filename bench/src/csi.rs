@@ -22,7 +22,7 @@ const RETRY_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A controller client and the StorageClass parameters of its volumes.
 #[derive(Clone)]
-pub struct Csi {
+pub(crate) struct Csi {
     /// The client.
     pub client: ControllerClient<Channel>,
     /// StorageClass parameters of every create.
@@ -31,12 +31,12 @@ pub struct Csi {
 
 impl Csi {
     /// A client on `channel` creating with `parameters`.
-    pub fn new(channel: Channel, parameters: &[(&str, &str)]) -> Self {
+    pub(crate) fn new(channel: Channel, parameters: &[(&str, &str)]) -> Self {
         Csi { client: ControllerClient::new(channel), parameters: parameters.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
     }
 
     /// CreateVolume; the volume's id.
-    pub async fn create(&mut self, name: &str, bytes: u64) -> Result<String, Status> {
+    pub(crate) async fn create(&mut self, name: &str, bytes: u64) -> Result<String, Status> {
         let mut request = requests::create_volume(name, bytes as i64, requests::mount_capability("xfs"));
         request.parameters = self.parameters.clone();
         let volume = self.client.create_volume(request).await?.into_inner().volume.ok_or_else(|| Status::internal("no volume in the answer"))?;
@@ -44,7 +44,7 @@ impl Csi {
     }
 
     /// ControllerExpandVolume; the size answered.
-    pub async fn expand(&mut self, id: &str, bytes: u64) -> Result<u64, Status> {
+    pub(crate) async fn expand(&mut self, id: &str, bytes: u64) -> Result<u64, Status> {
         let answer = self.client.controller_expand_volume(requests::controller_expand(id, bytes as i64, None)).await?.into_inner();
         Ok(answer.capacity_bytes as u64)
     }
@@ -52,7 +52,7 @@ impl Csi {
     /// ControllerExpandVolume retried while ABORTED (another call holds the
     /// volume), as the external-resizer retries; the answer and how many
     /// times it was refused first.
-    pub async fn expand_retrying(&mut self, id: &str, bytes: u64) -> Result<(u64, usize), Status> {
+    pub(crate) async fn expand_retrying(&mut self, id: &str, bytes: u64) -> Result<(u64, usize), Status> {
         let started = Instant::now();
         let mut refused = 0;
         loop {
@@ -67,18 +67,18 @@ impl Csi {
     }
 
     /// DeleteVolume.
-    pub async fn delete(&mut self, id: &str) -> Result<(), Status> {
+    pub(crate) async fn delete(&mut self, id: &str) -> Result<(), Status> {
         self.client.delete_volume(DeleteVolumeRequest { volume_id: id.to_owned(), ..Default::default() }).await.map(drop)
     }
 
     /// GetCapacity of the volumes' StorageClass.
-    pub async fn capacity(&mut self) -> Result<i64, Status> {
+    pub(crate) async fn capacity(&mut self) -> Result<i64, Status> {
         let request = GetCapacityRequest { parameters: self.parameters.clone(), ..Default::default() };
         Ok(self.client.get_capacity(request).await?.into_inner().available_capacity)
     }
 
     /// One ListVolumes page: its entries and the next token.
-    pub async fn list_page(&mut self, token: &str, max: i32) -> Result<(usize, String), Status> {
+    pub(crate) async fn list_page(&mut self, token: &str, max: i32) -> Result<(usize, String), Status> {
         let answer = self.client.list_volumes(ListVolumesRequest { max_entries: max, starting_token: token.to_owned() }).await?.into_inner();
         Ok((answer.entries.len(), answer.next_token))
     }
@@ -87,7 +87,7 @@ impl Csi {
 /// One volume's life through the socket: CreateVolume of 64 MiB named
 /// `name`, ControllerExpandVolume to 128 MiB, DeleteVolume; how long each
 /// took, in that order, added to `samples`.
-pub async fn life(csi: &mut Csi, name: &str, samples: &mut [Samples; 3]) -> BenchResult<()> {
+pub(crate) async fn life(csi: &mut Csi, name: &str, samples: &mut [Samples; 3]) -> BenchResult<()> {
     let (took, id) = timed(csi.create(name, 64 * MIB)).await;
     let id = id.map_err(at(format!("create {name}")))?;
     samples[0].push(took);
@@ -101,19 +101,19 @@ pub async fn life(csi: &mut Csi, name: &str, samples: &mut [Samples; 3]) -> Benc
 }
 
 /// Three empty sets of samples (create, expand, delete).
-pub fn three() -> [Samples; 3] {
+pub(crate) fn three() -> [Samples; 3] {
     std::array::from_fn(|_| Samples::default())
 }
 
 /// Runs `call` and returns how long it took, with its outcome.
-pub async fn timed<T>(call: impl std::future::Future<Output = T>) -> (Duration, T) {
+pub(crate) async fn timed<T>(call: impl std::future::Future<Output = T>) -> (Duration, T) {
     let started = Instant::now();
     let outcome = call.await;
     (started.elapsed(), outcome)
 }
 
 /// Creates `names` with `concurrency` calls in flight; their ids, in order.
-pub async fn create_many(csi: &Csi, names: Vec<String>, bytes: u64, concurrency: usize) -> BenchResult<Vec<String>> {
+pub(crate) async fn create_many(csi: &Csi, names: Vec<String>, bytes: u64, concurrency: usize) -> BenchResult<Vec<String>> {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let tasks: Vec<_> = names
         .into_iter()
@@ -142,7 +142,7 @@ pub async fn create_many(csi: &Csi, names: Vec<String>, bytes: u64, concurrency:
 
 /// Expands each of `ids` by one step of `step` bytes beyond `sizes[i]`, all
 /// at once; the wall time of the whole batch. `sizes` is updated.
-pub async fn expand_all_at_once(csi: &Csi, ids: &[String], sizes: &mut [u64], step: u64) -> BenchResult<Duration> {
+pub(crate) async fn expand_all_at_once(csi: &Csi, ids: &[String], sizes: &mut [u64], step: u64) -> BenchResult<Duration> {
     let started = Instant::now();
     let tasks: Vec<_> = ids
         .iter()
@@ -160,7 +160,7 @@ pub async fn expand_all_at_once(csi: &Csi, ids: &[String], sizes: &mut [u64], st
 
 /// What a storm of calls for one volume did.
 #[derive(Debug, Default)]
-pub struct Storm {
+pub(crate) struct Storm {
     /// Each call's time until it was answered OK, retries included.
     pub latencies: Samples,
     /// ABORTED answers before the OKs.
@@ -174,7 +174,7 @@ pub struct Storm {
 /// `calls` concurrent ControllerExpandVolume calls for `id`, asking for
 /// `distinct` different sizes above `from` (one MiB apart), each retried
 /// until OK.
-pub async fn storm(csi: &Csi, id: &str, from: u64, calls: usize, distinct: usize) -> BenchResult<Storm> {
+pub(crate) async fn storm(csi: &Csi, id: &str, from: u64, calls: usize, distinct: usize) -> BenchResult<Storm> {
     let tasks: Vec<_> = (0..calls)
         .map(|i| {
             let (mut csi, id, target) = (csi.clone(), id.to_owned(), from + MIB * (1 + (i % distinct) as u64));

@@ -15,7 +15,7 @@ use swell_storage::units::MIB;
 
 /// A table of the backend calls made during `runs` operations: per step,
 /// calls per operation and mean time, as the controller itself counted them.
-pub fn step_costs(title: &str, calls: &Calls, runs: usize) -> Table {
+pub(crate) fn step_costs(title: &str, calls: &Calls, runs: usize) -> Table {
     let mut table = Table::new(title, &["backend step", "calls per operation", "mean time per call"]);
     if calls.0.is_empty() {
         table.note("This controller exposes no per-step counts (`swell_backend_call_duration_seconds`).");
@@ -29,7 +29,7 @@ pub fn step_costs(title: &str, calls: &Calls, runs: usize) -> Table {
 
 /// Figure 4: 1, 8 and 64 volumes expanded at once; operations per second
 /// and the speed-up over one. `goal_64`: the speed-up asked of 64.
-pub async fn parallel(rig: &Rig, served: &Served, plan: &Plan, report: &mut Report, goal_64: Option<f64>) -> BenchResult<()> {
+pub(crate) async fn parallel(rig: &Rig, served: &Served, plan: &Plan, report: &mut Report, goal_64: Option<f64>) -> BenchResult<()> {
     let csi = rig.csi(served.channel().await?);
     let rounds = (plan.runs / 3).max(3);
     let mut table = Table::new(
@@ -64,7 +64,7 @@ pub async fn parallel(rig: &Rig, served: &Served, plan: &Plan, report: &mut Repo
 /// Figure 5: 64 concurrent calls for one volume, 8 distinct sizes, each
 /// retried on ABORTED until OK; the backend resizes they cost and their
 /// latency, `storms` times. Returns the controller's peak RSS under them.
-pub async fn storm(rig: &Rig, served: &Served, report: &mut Report, storms: usize) -> BenchResult<u64> {
+pub(crate) async fn storm(rig: &Rig, served: &Served, report: &mut Report, storms: usize) -> BenchResult<u64> {
     const CALLS: usize = 64;
     const DISTINCT: usize = 8;
     let csi = rig.csi(served.channel().await?);
@@ -127,7 +127,7 @@ pub async fn storm(rig: &Rig, served: &Served, report: &mut Report, storms: usiz
 }
 
 /// Deletes `ids`, each retried while ABORTED.
-pub async fn delete_all(csi: &Csi, ids: &[String]) -> BenchResult<()> {
+pub(crate) async fn delete_all(csi: &Csi, ids: &[String]) -> BenchResult<()> {
     for id in ids {
         let mut csi = csi.clone();
         let mut tries = 0;

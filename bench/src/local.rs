@@ -25,7 +25,7 @@ use swell_e2e::requests::{self, mount_capability};
 use swell_storage::units::{GIB, MIB};
 
 /// A rig over a fresh local state directory under `dir`.
-pub fn rig(plan: &Plan, dir: &Path, metrics_port: u16) -> Rig {
+pub(crate) fn rig(plan: &Plan, dir: &Path, metrics_port: u16) -> Rig {
     Rig {
         name: "local",
         controller: ControllerArgs {
@@ -48,7 +48,7 @@ fn fresh(dir: &Path) -> BenchResult<PathBuf> {
 }
 
 /// Every local figure, then the scale run.
-pub async fn run(plan: &Plan, sections: &[&str]) -> BenchResult<(Report, Vec<Point>)> {
+pub(crate) async fn run(plan: &Plan, sections: &[&str]) -> BenchResult<(Report, Vec<Point>)> {
     let mut report = Report::default();
     let mut points = Vec::new();
     if sections.contains(&"figures") {

@@ -8,7 +8,7 @@ use crate::{csi, process};
 
 /// How much to measure.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Samples per figure.
     pub runs: usize,
     /// Volume counts of the scale figures, ascending.
@@ -25,7 +25,7 @@ pub struct Plan {
 
 impl Plan {
     /// The `swell-node` binary.
-    pub fn node_bin(&self) -> PathBuf {
+    pub(crate) fn node_bin(&self) -> PathBuf {
         self.bin_dir.join("swell-node")
     }
 }
@@ -35,7 +35,7 @@ impl Plan {
 /// the same wiring in-process for what only the process's insides show
 /// (a reconciler pass and its backend calls).
 #[derive(Debug, Clone)]
-pub struct Rig {
+pub(crate) struct Rig {
     /// `local` or `rbd`.
     pub name: &'static str,
     /// The controller process's arguments.
@@ -50,7 +50,7 @@ pub struct Rig {
 
 impl Rig {
     /// A client creating with this rig's parameters.
-    pub fn csi(&self, channel: tonic::transport::Channel) -> csi::Csi {
+    pub(crate) fn csi(&self, channel: tonic::transport::Channel) -> csi::Csi {
         let parameters: Vec<(&str, &str)> = self.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         csi::Csi::new(channel, &parameters)
     }
@@ -58,7 +58,7 @@ impl Rig {
     /// The same rig with room for 10,000 thin volumes: sparse files and
     /// thin images hold almost nothing, but Swell promises their full size,
     /// which a test machine's disk or a test cluster's pool cannot.
-    pub fn roomy(mut self) -> Self {
+    pub(crate) fn roomy(mut self) -> Self {
         const PIB: u64 = 1 << 50;
         self.local_capacity = Some(PIB);
         self.controller.extra.push(format!("--local-capacity-bytes={PIB}"));
@@ -70,13 +70,13 @@ impl Rig {
     }
 
     /// Starts the controller process.
-    pub async fn start(&self) -> BenchResult<process::Served> {
+    pub(crate) async fn start(&self) -> BenchResult<process::Served> {
         process::Served::controller(&self.controller).await
     }
 
     /// The in-process controller over the process's state (run it only
     /// while the process is stopped).
-    pub fn in_process(&self) -> BenchResult<swell_controller::server::Controller> {
+    pub(crate) fn in_process(&self) -> BenchResult<swell_controller::Controller> {
         let local = swell_local::LocalConfig {
             capacity_bytes: self.local_capacity,
             ..swell_local::LocalConfig::new(&self.controller.local_state_dir, self.controller.root.join("controller"))
@@ -85,11 +85,11 @@ impl Rig {
             Some(rbd) => swell_backends::BackendConfig { rbd: Some(rbd.clone()), default_backend: "rbd".into(), ..swell_backends::BackendConfig::local(local) },
             None => swell_backends::BackendConfig::local(local),
         };
-        let config = swell_controller::server::ControllerConfig {
+        let config = swell_controller::ControllerConfig {
             driver_name: swell_e2e::harness::DRIVER_NAME.into(),
             backends,
-            reconciler: swell_controller::reconciler::ReconcilerConfig::default(),
+            reconciler: swell_controller::ReconcilerConfig::default(),
         };
-        swell_controller::server::build(&config).map_err(at("build the in-process controller"))
+        swell_controller::build(&config).map_err(at("build the in-process controller"))
     }
 }

@@ -24,7 +24,7 @@ use crate::step::{BenchResult, at};
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A process serving CSI on a Unix socket.
-pub struct Served {
+pub(crate) struct Served {
     child: Child,
     /// Its socket.
     pub socket: PathBuf,
@@ -36,7 +36,7 @@ pub struct Served {
 
 /// What a controller process is started with.
 #[derive(Debug, Clone)]
-pub struct ControllerArgs {
+pub(crate) struct ControllerArgs {
     /// The binary.
     pub binary: PathBuf,
     /// Its sockets and expansion records go here.
@@ -50,7 +50,7 @@ pub struct ControllerArgs {
 }
 
 /// The resident set of process `pid`, in bytes (`VmRSS`).
-pub fn rss_bytes(pid: u32) -> BenchResult<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> BenchResult<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(at(format!("read /proc/{pid}/status")))?;
     let kib = status
         .lines()
@@ -63,7 +63,7 @@ pub fn rss_bytes(pid: u32) -> BenchResult<u64> {
 
 impl Served {
     /// Starts a controller and waits until a GetCapacity answers.
-    pub async fn controller(args: &ControllerArgs) -> BenchResult<Self> {
+    pub(crate) async fn controller(args: &ControllerArgs) -> BenchResult<Self> {
         let socket = args.root.join("controller.sock");
         let _ = std::fs::remove_file(&socket);
         let metrics: SocketAddr = ([127, 0, 0, 1], args.metrics_port).into();
@@ -85,7 +85,7 @@ impl Served {
 
     /// Starts a node serving `local_state_dir` (and `extra` flags) and
     /// waits until it answers.
-    pub async fn node(binary: &Path, root: &Path, local_state_dir: &Path, extra: &[String]) -> BenchResult<Self> {
+    pub(crate) async fn node(binary: &Path, root: &Path, local_state_dir: &Path, extra: &[String]) -> BenchResult<Self> {
         let socket = root.join("node.sock");
         let _ = std::fs::remove_file(&socket);
         let mut command = Command::new(binary);
@@ -105,23 +105,23 @@ impl Served {
     }
 
     /// A new connection to it.
-    pub async fn channel(&self) -> BenchResult<Channel> {
+    pub(crate) async fn channel(&self) -> BenchResult<Channel> {
         csi_endpoint::connect(&self.socket).await.map_err(at(format!("connect {}", self.socket.display())))
     }
 
     /// Its process id (0 once it has exited).
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
     /// Its resident memory now.
-    pub fn rss(&self) -> BenchResult<u64> {
+    pub(crate) fn rss(&self) -> BenchResult<u64> {
         rss_bytes(self.child.id().ok_or("the process has exited")?)
     }
 
     /// Backend calls made so far, by step: (calls, seconds spent in them),
     /// from `/metrics`.
-    pub async fn backend_calls(&self) -> BenchResult<Calls> {
+    pub(crate) async fn backend_calls(&self) -> BenchResult<Calls> {
         let address = self.metrics.ok_or("no metrics endpoint")?;
         let stream = tokio::net::TcpStream::connect(address).await.map_err(at(format!("connect {address}")))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(at("metrics handshake"))?;
@@ -133,7 +133,7 @@ impl Served {
     }
 
     /// Stops it (SIGTERM, then SIGKILL after 10 s) and waits.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
@@ -145,12 +145,12 @@ impl Served {
 
 /// A controller's backend calls by step: how many, and the seconds spent.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Calls(pub BTreeMap<String, (u64, f64)>);
+pub(crate) struct Calls(pub BTreeMap<String, (u64, f64)>);
 
 impl Calls {
     /// Reads the count and the sum of `swell_backend_call_duration_seconds`
     /// (every outcome together) from a metrics page, by operation.
-    pub fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         const NAME: &str = "swell_backend_call_duration_seconds";
         let mut calls: BTreeMap<String, (u64, f64)> = BTreeMap::new();
         for line in text.lines() {
@@ -174,7 +174,7 @@ impl Calls {
     }
 
     /// What was called since `before`, step by step.
-    pub fn since(&self, before: &Calls) -> Calls {
+    pub(crate) fn since(&self, before: &Calls) -> Calls {
         let delta = self.0.iter().map(|(step, (n, s))| {
             let (n0, s0) = before.0.get(step).copied().unwrap_or_default();
             (step.clone(), (n.saturating_sub(n0), (s - s0).max(0.0)))
@@ -183,7 +183,7 @@ impl Calls {
     }
 
     /// Calls of `step`.
-    pub fn count(&self, step: &str) -> u64 {
+    pub(crate) fn count(&self, step: &str) -> u64 {
         self.0.get(step).map_or(0, |(n, _)| *n)
     }
 }

@@ -10,16 +10,16 @@ use tabled::settings::Style;
 
 /// Durations measured for one thing.
 #[derive(Debug, Clone, Default)]
-pub struct Samples(pub Vec<Duration>);
+pub(crate) struct Samples(pub Vec<Duration>);
 
 impl Samples {
     /// Adds one.
-    pub fn push(&mut self, took: Duration) {
+    pub(crate) fn push(&mut self, took: Duration) {
         self.0.push(took);
     }
 
     /// How many.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
 
@@ -30,13 +30,13 @@ impl Samples {
     }
 
     /// The median (upper of an even count); zero when empty.
-    pub fn p50(&self) -> Duration {
+    pub(crate) fn p50(&self) -> Duration {
         let sorted = self.sorted();
         sorted.get(sorted.len() / 2).copied().unwrap_or_default()
     }
 
     /// The 99th percentile by nearest rank (with 30 samples: the largest).
-    pub fn p99(&self) -> Duration {
+    pub(crate) fn p99(&self) -> Duration {
         let sorted = self.sorted();
         let rank = (sorted.len() * 99).div_ceil(100);
         sorted.get(rank.saturating_sub(1)).copied().unwrap_or_default()
@@ -44,24 +44,24 @@ impl Samples {
 }
 
 /// Milliseconds, as the tables print them.
-pub fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
     if ms < 10.0 { format!("{ms:.2} ms") } else { format!("{ms:.1} ms") }
 }
 
 /// MiB, as the tables print them.
-pub fn mib(bytes: u64) -> String {
+pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 /// `a / b` of two medians, printed.
-pub fn ratio(a: Duration, b: Duration) -> String {
+pub(crate) fn ratio(a: Duration, b: Duration) -> String {
     if b.is_zero() { "n/a".into() } else { format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64()) }
 }
 
 /// A goal the benchmark sets, judged on this run's numbers.
 #[derive(Debug, Clone)]
-pub struct Goal {
+pub(crate) struct Goal {
     /// What was asked.
     pub goal: String,
     /// What this run measured.
@@ -72,7 +72,7 @@ pub struct Goal {
 
 /// One table of a section.
 #[derive(Debug, Clone)]
-pub struct Table {
+pub(crate) struct Table {
     /// Its heading.
     pub title: String,
     header: Vec<String>,
@@ -83,33 +83,33 @@ pub struct Table {
 
 impl Table {
     /// An empty table with these columns.
-    pub fn new(title: impl Into<String>, header: &[&str]) -> Self {
+    pub(crate) fn new(title: impl Into<String>, header: &[&str]) -> Self {
         Table { title: title.into(), header: header.iter().map(|h| h.to_string()).collect(), rows: Vec::new(), notes: Vec::new() }
     }
 
     /// The standard columns of a figure beside its reference.
-    pub fn versus(title: impl Into<String>) -> Self {
+    pub(crate) fn versus(title: impl Into<String>) -> Self {
         Table::new(title, &["what", "p50", "p99", "runs", "× reference (p50)"])
     }
 
     /// Adds a row.
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
     /// Adds a measured row of [`Table::versus`], with its ratio to `reference` (if any).
-    pub fn measured(&mut self, what: impl Into<String>, samples: &Samples, reference: Option<&Samples>) {
+    pub(crate) fn measured(&mut self, what: impl Into<String>, samples: &Samples, reference: Option<&Samples>) {
         let times = reference.map_or_else(|| "reference".to_owned(), |r| ratio(samples.p50(), r.p50()));
         self.row(vec![what.into(), ms(samples.p50()), ms(samples.p99()), samples.len().to_string(), times]);
     }
 
     /// A note under the table.
-    pub fn note(&mut self, note: impl Into<String>) {
+    pub(crate) fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
     }
 
     /// The table as Markdown.
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut builder = Builder::default();
         builder.push_record(self.header.clone());
         for row in &self.rows {
@@ -127,7 +127,7 @@ impl Table {
 
 /// Everything one backend's run measured.
 #[derive(Debug, Clone, Default)]
-pub struct Report {
+pub(crate) struct Report {
     /// Its tables, in order.
     pub tables: Vec<Table>,
     /// The goals judged.
@@ -136,18 +136,18 @@ pub struct Report {
 
 impl Report {
     /// Adds a table (and prints it at once, so a long run shows progress).
-    pub fn add(&mut self, table: Table) {
+    pub(crate) fn add(&mut self, table: Table) {
         println!("{}", table.markdown());
         self.tables.push(table);
     }
 
     /// Judges a goal.
-    pub fn goal(&mut self, goal: impl Into<String>, measured: impl Into<String>, met: bool) {
+    pub(crate) fn goal(&mut self, goal: impl Into<String>, measured: impl Into<String>, met: bool) {
         self.goals.push(Goal { goal: goal.into(), measured: measured.into(), met });
     }
 
     /// The whole report as Markdown, goals last.
-    pub fn markdown(&self, title: &str) -> String {
+    pub(crate) fn markdown(&self, title: &str) -> String {
         let mut out = format!("### {title}\n\n");
         for table in &self.tables {
             out.push_str(&table.markdown());

@@ -17,13 +17,13 @@ use crate::step::{BenchResult, at};
 use swell_storage::units::MIB;
 
 /// Volumes made pending before the measured reconciler pass.
-pub const PENDING: usize = 20;
+pub(crate) const PENDING: usize = 20;
 /// ListVolumes page size of the figure.
-pub const PAGE: i32 = 500;
+pub(crate) const PAGE: i32 = 500;
 
 /// What one volume count measured.
 #[derive(Debug, Clone, Default)]
-pub struct Point {
+pub(crate) struct Point {
     /// Volumes the controller knows.
     pub volumes: usize,
     /// From spawn until it answered GetCapacity.
@@ -57,7 +57,7 @@ struct Population {
 }
 
 /// Measures every count of `plan.scale` with one growing population.
-pub async fn run(rig: &Rig, plan: &Plan, report: &mut Report) -> BenchResult<Vec<Point>> {
+pub(crate) async fn run(rig: &Rig, plan: &Plan, report: &mut Report) -> BenchResult<Vec<Point>> {
     let mut population = Population { ids: Vec::new(), sizes: Vec::new() };
     let mut points = Vec::new();
     for &count in &plan.scale {
@@ -286,6 +286,6 @@ fn judge(rig: &Rig, points: &[Point], report: &mut Report) {
 }
 
 /// The (volumes, expand p50 in ms, RSS in MiB) of each point, for the chart.
-pub fn series(points: &[Point]) -> Vec<(usize, f64, f64)> {
+pub(crate) fn series(points: &[Point]) -> Vec<(usize, f64, f64)> {
     points.iter().map(|p| (p.volumes, p.expand.p50().as_secs_f64() * 1000.0, p.rss_after as f64 / f64::from(1u32 << 20))).collect()
 }

@@ -10,7 +10,7 @@ use swell_storage::volume_id::VolumeIdError;
 
 /// What stopped `swell`.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// A state directory the flags name does not exist (it is never made).
     #[error("{flag} {} does not exist: give the directory the controller uses", dir.display())]
     NoDirectory {
@@ -46,7 +46,7 @@ pub enum CliError {
 
 /// Why Kubernetes could not be asked about the claims.
 #[derive(Debug, thiserror::Error)]
-pub enum KubernetesError {
+pub(crate) enum KubernetesError {
     /// Reading the configuration (kubeconfig, service account) hung.
     #[error("reading the Kubernetes configuration took longer than {0:?}")]
     ConfigTimeout(Duration),

@@ -15,13 +15,13 @@ use crate::error::CliError;
 const PAGE: usize = 500;
 
 /// The controller's backends and records, opened read-only.
-pub struct Reader {
+pub(crate) struct Reader {
     backends: Backends,
 }
 
 /// What a look at every volume found.
 #[derive(Default)]
-pub struct Everything {
+pub(crate) struct Everything {
     /// Each backend's volumes, with the backend's kind.
     pub volumes: Vec<(&'static str, VolumeInfo)>,
     /// Every expansion record, by volume id.
@@ -38,7 +38,7 @@ pub struct Everything {
 impl Reader {
     /// Opens the backends and records `args` name; refuses state
     /// directories that do not exist rather than creating them.
-    pub fn open(args: &BackendArgs) -> Result<Self, CliError> {
+    pub(crate) fn open(args: &BackendArgs) -> Result<Self, CliError> {
         for (flag, dir) in [("--state-dir", &args.state_dir), ("--local-state-dir", &args.local_state_dir)] {
             if !Path::new(dir).is_dir() {
                 return Err(CliError::NoDirectory { flag, dir: dir.clone() });
@@ -49,7 +49,7 @@ impl Reader {
 
     /// Every volume and every record, backend by backend; `step` is told
     /// what is being read.
-    pub async fn everything(&self, step: impl Fn(String)) -> Everything {
+    pub(crate) async fn everything(&self, step: impl Fn(String)) -> Everything {
         let mut found = Everything::default();
         for backend in self.backends.all() {
             let kind = backend.kind();
@@ -103,7 +103,7 @@ impl Reader {
 
     /// One volume, read now: its backend's kind, its size (`None`: the
     /// backend has no such volume) and its record.
-    pub async fn one(&self, id: &VolumeId) -> Result<(&'static str, Option<u64>, Option<ExpansionRecord>), CliError> {
+    pub(crate) async fn one(&self, id: &VolumeId) -> Result<(&'static str, Option<u64>, Option<ExpansionRecord>), CliError> {
         let backend = self.backends.for_volume(id).ok_or_else(|| CliError::NoBackend { volume: id.clone() })?;
         let key = id.to_string();
         let (size, record) = tokio::join!(self.backends.call("read volume", &key, backend.volume(id)), self.backends.record(id));

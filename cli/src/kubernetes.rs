@@ -15,7 +15,7 @@ use crate::view::Claim;
 
 /// What asking Kubernetes gave.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// No configuration found: Kubernetes was not asked.
     NotConfigured(String),
     /// The claims of the driver's volumes, by volume handle.
@@ -24,7 +24,7 @@ pub enum Answer {
 
 /// The claims of `driver`'s volumes, read within `deadline`; an error when
 /// a configuration was found but the API server did not answer.
-pub async fn claims(driver: &str, deadline: Duration) -> Result<Answer, KubernetesError> {
+pub(crate) async fn claims(driver: &str, deadline: Duration) -> Result<Answer, KubernetesError> {
     let config = match tokio::time::timeout(deadline, kube::Config::infer()).await {
         Ok(Ok(config)) => config,
         Ok(Err(err)) => return Ok(Answer::NotConfigured(err.to_string())),

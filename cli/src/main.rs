@@ -1,4 +1,19 @@
-//! `swell`: the operator's view of Swell's volumes (see the library docs).
+//! `swell`, the operator's view of Swell, for the person asking "why is my
+//! resize slow?": every volume's requested, desired and current size, where
+//! its expansion stands, for how long and why, read from the same state the
+//! controller uses and, where a configuration is found, from Kubernetes.
+//!
+//! - [`view`]: one volume's state, decided from what was read (pure).
+//! - [`error`]: why `swell` could not show what was asked.
+//! - [`gather`]: the backends and expansion records, as the controller reads them.
+//! - [`kubernetes`]: PersistentVolumes and their claims, through kube's client.
+//! - [`render`]: tables and sizes.
+
+mod error;
+mod gather;
+mod kubernetes;
+mod render;
+mod view;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,13 +23,13 @@ use csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use serde_json::json;
 use swell_backends::BackendArgs;
-use swell_cli::error::CliError;
-use swell_cli::gather::Reader;
-use swell_cli::kubernetes::{self, Answer};
-use swell_cli::render;
-use swell_cli::view::{Claim, VolumeView};
 use swell_storage::VolumeId;
 use swell_storage::expansion::{DEFAULT_STUCK_AFTER_SECS, now_unix};
+
+use crate::error::CliError;
+use crate::gather::Reader;
+use crate::kubernetes::Answer;
+use crate::view::{Claim, VolumeView};
 
 /// Swell's volumes as the controller sees them: sizes requested, desired and
 /// current, and where each expansion stands. Run it where the controller runs

@@ -7,12 +7,12 @@ use swell_k8s::quantity;
 use crate::view::VolumeView;
 
 /// A size as a Kubernetes quantity (exact: `20Gi`, `1500M`), `-` when unknown.
-pub fn size(bytes: Option<u64>) -> String {
+pub(crate) fn size(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "-".to_owned(), quantity::format)
 }
 
 /// A wait in the largest two units: `45s`, `3m12s`, `2h05m`, `3d04h`.
-pub fn duration(secs: u64) -> String {
+pub(crate) fn duration(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
@@ -29,7 +29,7 @@ fn table() -> Table {
 }
 
 /// The volumes as a table, one row each.
-pub fn volumes(views: &[VolumeView]) -> String {
+pub(crate) fn volumes(views: &[VolumeView]) -> String {
     let mut table = table();
     table.set_header(["VOLUME", "BACKEND", "CLAIM", "REQUESTED", "DESIRED", "CURRENT", "STATE", "PENDING FOR", "LAST ERROR"]);
     let mut recorded = false;
@@ -61,12 +61,12 @@ pub fn volumes(views: &[VolumeView]) -> String {
 }
 
 /// The footnote of a size marked `*`.
-pub const RECORDED_NOTE: &str = "\n* the size the volume's record last saw (listing this backend reads no image); the reconciler's sweep compares \
+pub(crate) const RECORDED_NOTE: &str = "\n* the size the volume's record last saw (listing this backend reads no image); the reconciler's sweep compares \
      it with the volume every --sweep-interval-secs, and `swell volume ID` reads it now";
 
 /// One volume, field by field; `kubernetes` says why the claim is unknown
 /// when it is.
-pub fn volume(v: &VolumeView, kubernetes: &str) -> String {
+pub(crate) fn volume(v: &VolumeView, kubernetes: &str) -> String {
     let mut table = table();
     let mut row = |name: &str, value: String| {
         table.add_row([format!("{name}:"), value]);

@@ -9,7 +9,7 @@ use swell_storage::ExpansionRecord;
 
 /// What Kubernetes says about a volume's claim.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Claim {
+pub(crate) struct Claim {
     /// The PersistentVolume.
     pub pv: String,
     /// The claim, `namespace/name`, if the PV is bound.
@@ -28,7 +28,7 @@ pub struct Claim {
 /// Where a volume's expansion stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum State {
+pub(crate) enum State {
     /// Nothing is pending.
     Settled,
     /// The backend is short of the size last asked for.
@@ -51,7 +51,7 @@ pub enum State {
 
 impl State {
     /// The name the table shows.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             State::Settled => "settled",
             State::Growing => "growing",
@@ -67,7 +67,7 @@ impl State {
 
 /// One volume, every field read just now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VolumeView {
+pub(crate) struct VolumeView {
     /// The CSI volume id.
     pub volume_id: String,
     /// Its backend (`local`, `rbd`).
@@ -98,7 +98,7 @@ impl VolumeView {
     /// The view of a volume from what was read: its backend's size now
     /// (`None`: missing), its record, its claim, at `now` (seconds since the
     /// epoch), with growing longer than `stuck_after` counted as stuck.
-    pub fn new(
+    pub(crate) fn new(
         volume_id: String,
         backend: &str,
         current: Option<u64>,
@@ -137,14 +137,14 @@ impl VolumeView {
 
 impl VolumeView {
     /// The same view, its record found but not read, for `reason`.
-    pub fn unreadable(mut self, reason: String) -> Self {
+    pub(crate) fn unreadable(mut self, reason: String) -> Self {
         self.state = State::Unreadable;
         self.last_error = Some(reason);
         self
     }
 
     /// The same view, its current size as the record last saw it.
-    pub fn recorded(mut self) -> Self {
+    pub(crate) fn recorded(mut self) -> Self {
         self.current_is_recorded = true;
         self
     }

@@ -7,8 +7,8 @@ use csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 use csi_endpoint::logs::LogArgs;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
 use swell_backends::BackendArgs;
-use swell_controller::reconciler::ReconcilerConfig;
-use swell_controller::server::{ControllerConfig, build};
+use swell_controller::ReconcilerConfig;
+use swell_controller::{ControllerConfig, build};
 use swell_storage::expansion::DEFAULT_STUCK_AFTER_SECS;
 
 /// Swell CSI controller: provisions and expands volumes.

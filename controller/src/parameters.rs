@@ -14,7 +14,7 @@ const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// Typed StorageClass parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct VolumeParameters {
+pub(crate) struct VolumeParameters {
     /// Which backend provisions the volume (`local`, `rbd`); the default
     /// backend when absent.
     pub backend: Option<String>,
@@ -24,7 +24,7 @@ pub struct VolumeParameters {
 
 impl VolumeParameters {
     /// Parses the request's parameter map.
-    pub fn parse(raw: &HashMap<String, String>) -> Result<Self, ControllerError> {
+    pub(crate) fn parse(raw: &HashMap<String, String>) -> Result<Self, ControllerError> {
         let mut parsed = VolumeParameters::default();
         for (key, value) in raw {
             if key.starts_with(PROVISIONER_PREFIX) {

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::expand::{Expander, Reconciled};
 use crate::metrics::ReconcilerMetrics;
-pub use crate::report::{PassReport, StuckExpansion};
+pub(crate) use crate::report::{PassReport, StuckExpansion};
 
 /// How the reconciler paces itself.
 #[derive(Debug, Clone)]
@@ -370,7 +370,7 @@ impl Reconciler {
 }
 
 /// `base * 2^(failures-1)`, capped.
-pub fn backoff_delay(base: Duration, cap: Duration, failures: u32) -> Duration {
+pub(crate) fn backoff_delay(base: Duration, cap: Duration, failures: u32) -> Duration {
     let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
     base.saturating_mul(factor).min(cap)
 }

@@ -11,7 +11,7 @@ use swell_backends::{BackendConfig, Backends, OpenError};
 use tonic::transport::server::Router;
 
 use crate::reconciler::{Reconciler, ReconcilerConfig};
-use crate::{BackendProbe, ControllerService};
+use crate::service::{BackendProbe, ControllerService};
 
 /// Everything the controller needs to start.
 #[derive(Debug, Clone)]

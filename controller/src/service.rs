@@ -302,7 +302,7 @@ impl Controller for ControllerService {
 }
 
 /// The Identity probe: ready when every backend answers.
-pub struct BackendProbe(pub Arc<Backends>);
+pub(crate) struct BackendProbe(pub Arc<Backends>);
 
 #[async_trait::async_trait]
 impl csi_endpoint::Probe for BackendProbe {

@@ -17,19 +17,19 @@ pub struct SizeRange {
 }
 
 /// Requires a non-empty field.
-pub fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, ControllerError> {
+pub(crate) fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, ControllerError> {
     if value.is_empty() { Err(ControllerError::invalid(field, "must be set")) } else { Ok(value) }
 }
 
 /// Requires a volume id and parses it. A string that is not a Swell id names
 /// no volume of ours, which the caller reports as it reports a missing volume.
-pub fn volume_id(value: &str) -> Result<Option<VolumeId>, ControllerError> {
+pub(crate) fn volume_id(value: &str) -> Result<Option<VolumeId>, ControllerError> {
     required("volume_id", value)?;
     Ok(value.parse().ok())
 }
 
 /// Validates an optional capacity range.
-pub fn size_range(range: Option<&CapacityRange>) -> Result<SizeRange, ControllerError> {
+pub(crate) fn size_range(range: Option<&CapacityRange>) -> Result<SizeRange, ControllerError> {
     let Some(range) = range else { return Ok(SizeRange { required: None, limit: None }) };
     let non_negative = |field, v: i64| u64::try_from(v).map_err(|_| ControllerError::invalid(field, format!("{v} is negative")));
     let required = non_negative("capacity_range.required_bytes", range.required_bytes)?;
@@ -41,7 +41,7 @@ pub fn size_range(range: Option<&CapacityRange>) -> Result<SizeRange, Controller
 }
 
 /// Why a well-formed capability is not one Swell serves, or `None` when it is.
-pub fn unsupported_reason(cap: &VolumeCapability) -> Option<String> {
+pub(crate) fn unsupported_reason(cap: &VolumeCapability) -> Option<String> {
     let mode = cap.access_mode.as_ref().map(|m| Mode::try_from(m.mode).unwrap_or(Mode::Unknown));
     match mode {
         Some(mode) if single_node_access(mode).is_some() => {}
@@ -57,7 +57,7 @@ pub fn unsupported_reason(cap: &VolumeCapability) -> Option<String> {
 }
 
 /// Validates that each capability is complete and supported.
-pub fn capabilities(field: &'static str, caps: &[VolumeCapability]) -> Result<(), ControllerError> {
+pub(crate) fn capabilities(field: &'static str, caps: &[VolumeCapability]) -> Result<(), ControllerError> {
     if caps.is_empty() {
         return Err(ControllerError::invalid(field, "at least one capability is required"));
     }
@@ -66,7 +66,7 @@ pub fn capabilities(field: &'static str, caps: &[VolumeCapability]) -> Result<()
 
 /// Validates one capability: the access type and mode must be present; an
 /// unsupported mode or filesystem is named.
-pub fn capability(field: &'static str, cap: &VolumeCapability) -> Result<(), ControllerError> {
+pub(crate) fn capability(field: &'static str, cap: &VolumeCapability) -> Result<(), ControllerError> {
     if cap.access_type.is_none() {
         return Err(ControllerError::invalid(field, "access_type (mount or block) is required"));
     }

@@ -10,8 +10,8 @@ use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::identity_client::IdentityClient;
 use csi_proto::v1::node_client::NodeClient;
 use swell_backends::{BackendConfig, Backends};
-use swell_controller::reconciler::{Reconciler, ReconcilerConfig};
-use swell_controller::server::{ControllerConfig, build as build_controller, build_over};
+use swell_controller::{ControllerConfig, build as build_controller, build_over};
+use swell_controller::{Reconciler, ReconcilerConfig};
 use swell_local::LocalConfig;
 use swell_node::NodeConfig;
 use swell_rbd::RbdConfig;
@@ -29,7 +29,7 @@ pub const DRIVER_NAME: &str = csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 pub enum HarnessError {
     /// The controller would not start.
     #[error("start controller: {0}")]
-    Controller(#[from] swell_controller::server::StartError),
+    Controller(#[from] swell_controller::StartError),
     /// The node would not start.
     #[error("start node: {0}")]
     Node(String),
@@ -195,7 +195,7 @@ impl DriverUnderTest {
         node_config.endpoint = format!("unix://{}", node_socket.display());
 
         node_config.rbd = options.rbd.clone();
-        let node = swell_node::server::build(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
+        let node = swell_node::build(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
         let controller = build_controller(&controller_config)?;
         let (controller_observed, controller_metrics) = spawn_observed(controller.observed).await?;
         let (node_observed, node_metrics) = spawn_observed(node.observed).await?;
@@ -264,7 +264,7 @@ impl ControllerUnderTest {
     }
 
     /// Serves an assembled controller on `root/controller.sock`.
-    pub async fn serve(root: &Path, controller: swell_controller::server::Controller) -> Result<Self, HarnessError> {
+    pub async fn serve(root: &Path, controller: swell_controller::Controller) -> Result<Self, HarnessError> {
         let socket = root.join("controller.sock");
         let server = spawn(socket.clone(), controller.router);
         let (observed, metrics) = spawn_observed(controller.observed).await?;
@@ -314,7 +314,7 @@ impl NodeUnderTest {
 
     /// Serves a node with `config` on `socket` until dropped.
     pub async fn serve(socket: &Path, config: &NodeConfig) -> Result<Self, HarnessError> {
-        let node = swell_node::server::build(config).map_err(|e| HarnessError::Node(e.to_string()))?;
+        let node = swell_node::build(config).map_err(|e| HarnessError::Node(e.to_string()))?;
         let server = spawn(socket.to_owned(), node.router);
         let (observed, metrics) = spawn_observed(node.observed).await?;
         let client = NodeClient::new(connect_in_process(socket).await?);

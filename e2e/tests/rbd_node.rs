@@ -15,7 +15,7 @@ use csi_proto::v1::volume_usage::Unit;
 use swell_e2e::host;
 use swell_e2e::rbd_rig::{self, NodeRig as Rig, node_rig as rig};
 use swell_e2e::requests::{self, block_capability, mount_capability};
-use swell_node::attach::rbd::{AttachMode, detect, on_path};
+use swell_node::{AttachMode, rbd_attach_mode};
 use swell_storage::units::{GIB, MIB};
 use tonic::Code;
 
@@ -28,7 +28,7 @@ async fn stats(rig: &mut Rig, id: &str, path: &str) -> NodeGetVolumeStatsRespons
 }
 
 fn print_mode() -> AttachMode {
-    let mode = detect(Path::new("/"), on_path);
+    let mode = rbd_attach_mode();
     println!("RBD attach mode detected on this host: {mode}");
     mode
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::*;
 use swell_backends::Backends;
-use swell_controller::reconciler::ReconcilerConfig;
+use swell_controller::ReconcilerConfig;
 use swell_e2e::chaos::Xorshift;
 use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
 use swell_e2e::host;

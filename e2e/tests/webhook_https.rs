@@ -14,9 +14,9 @@ use swell_e2e::state::leave_wish;
 use swell_e2e::webhook::{FixedVolumes, Resize, RunningWebhook, TestPki, fixture, latency};
 use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::{Backend, ExpansionStore, VolumeId};
-use swell_webhook::decision::VolumeState;
-use swell_webhook::facts::{BackendFacts, FactsError, VolumeFacts};
-use swell_webhook::server::Limits;
+use swell_webhook::Limits;
+use swell_webhook::VolumeState;
+use swell_webhook::{BackendFacts, FactsError, VolumeFacts};
 use swell_webhook::{Policy, Webhook};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -16,8 +16,8 @@ use swell_e2e::webhook::{FixedVolumes, Resize, RunningWebhook, TestPki, fixture,
 use swell_local::LocalConfig;
 use swell_rbd::RbdConfig;
 use swell_storage::VolumeId;
-use swell_webhook::facts::BackendFacts;
-use swell_webhook::server::Limits;
+use swell_webhook::BackendFacts;
+use swell_webhook::Limits;
 use swell_webhook::{Policy, Webhook};
 
 use swell_storage::units::MIB;

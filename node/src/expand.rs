@@ -20,7 +20,7 @@ const REFRESH_DEADLINE: Duration = Duration::from_secs(10);
 const REFRESH_POLL: Duration = Duration::from_millis(50);
 
 /// Expands a staged volume; returns the capacity it now has.
-pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
+pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
     let volume = req.volume.to_string();
     let attacher = ctx.attachers.for_volume(&req.volume)?;
     if attacher.backing_size(&req.volume).await?.is_none() {

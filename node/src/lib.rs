@@ -6,27 +6,29 @@
 //! device and program reaches the host through `system`, so those decisions
 //! are unit-tested against a recording double.
 
-pub mod attach;
-pub mod config;
+mod attach;
+mod config;
 mod context;
-pub mod error;
-pub mod expand;
-pub mod filesystem;
+mod error;
+mod expand;
+mod filesystem;
 #[cfg(test)]
 mod fixture;
-pub mod metrics;
-pub mod mount;
+mod metrics;
+mod mount;
 pub mod mountinfo;
-pub mod publish;
-pub mod server;
-pub mod service;
-pub mod stage;
-pub mod staging;
-pub mod stats;
-pub mod system;
-pub mod validate;
+mod publish;
+mod server;
+mod service;
+mod stage;
+mod staging;
+mod stats;
+mod system;
+mod validate;
 
+pub use attach::rbd::{AttachMode, host_mode as rbd_attach_mode};
 pub use config::NodeConfig;
 pub use context::NodeContext;
 pub use error::NodeError;
+pub use server::{Node, StartError, build};
 pub use service::NodeService;

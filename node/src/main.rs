@@ -80,7 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         endpoint: args.endpoint,
     };
     tracing::info!(node = %config.node_id, state = %config.state_dir.display(), "swell-node starting");
-    let node = swell_node::server::build(&config)?;
+    let node = swell_node::build(&config)?;
     let (stop, mut stopped) = tokio::sync::watch::channel(());
     let mut metrics = None;
     if let Some(address) = args.metrics_address {

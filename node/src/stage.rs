@@ -18,7 +18,7 @@ use crate::validate::{Stage, Unstage};
 const BLKID_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Stages a volume; idempotent for the same path and capability.
-pub async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
+pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume)?;
     let volume = req.volume.to_string();
     let attacher = ctx.attachers.for_volume(&req.volume)?;
@@ -116,7 +116,7 @@ async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeE
 }
 
 /// Unstages a volume; nothing staged is success.
-pub async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
+pub(crate) async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume)?;
     let attacher = ctx.attachers.for_volume(&req.volume)?;
     let record = ctx.staging.read(&req.volume).await?;

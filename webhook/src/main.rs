@@ -9,10 +9,10 @@ use clap::Parser;
 use csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 use csi_endpoint::logs::LogArgs;
 use swell_backends::BackendArgs;
-use swell_webhook::facts::BackendFacts;
-use swell_webhook::server::{Limits, serve};
-use swell_webhook::tls::ReloadingCert;
-use swell_webhook::volumes::ApiVolumes;
+use swell_webhook::ApiVolumes;
+use swell_webhook::BackendFacts;
+use swell_webhook::ReloadingCert;
+use swell_webhook::{Limits, serve};
 use swell_webhook::{Policy, Webhook};
 
 /// Swell's resize admission webhook.

@@ -12,10 +12,10 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use swell_k8s::quantity;
 use swell_storage::VolumeId;
-use swell_webhook::decision::{FAILED, IN_PROGRESS, VolumeState};
-use swell_webhook::facts::{FactsError, VolumeFacts};
-use swell_webhook::review::decode;
-use swell_webhook::volumes::{PersistentVolumes, PvError};
+use swell_webhook::decode;
+use swell_webhook::{FAILED, IN_PROGRESS, VolumeState};
+use swell_webhook::{FactsError, VolumeFacts};
+use swell_webhook::{PersistentVolumes, PvError};
 use swell_webhook::{Policy, Verdict, Webhook};
 
 fn fixture(name: &str) -> Value {

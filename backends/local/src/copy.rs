@@ -17,7 +17,7 @@ use nix::unistd::{Whence, lseek};
 
 /// How a copy was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     /// Blocks shared with the source (copy on write).
     Reflink,
     /// The source's data ranges copied, its holes kept.
@@ -28,7 +28,7 @@ pub enum Method {
 const CHUNK: usize = 64 << 20;
 
 /// Where a copy to `to` is made before it is complete.
-pub fn partial_path(to: &Path) -> PathBuf {
+pub(crate) fn partial_path(to: &Path) -> PathBuf {
     let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     to.with_file_name(format!(".{name}.part"))
 }
@@ -37,7 +37,7 @@ pub fn partial_path(to: &Path) -> PathBuf {
 /// when `len` is larger than the source), then syncs it and renames it into
 /// place. An interrupted copy leaves only its partial file, which the next
 /// copy to `to` replaces.
-pub fn copy_file(from: &Path, to: &Path, len: u64) -> io::Result<Method> {
+pub(crate) fn copy_file(from: &Path, to: &Path, len: u64) -> io::Result<Method> {
     let partial = partial_path(to);
     remove_if_present(&partial)?;
     let method = match reflink_copy::reflink(from, &partial) {

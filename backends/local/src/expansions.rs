@@ -21,7 +21,7 @@ const OP_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The directory of records.
 #[derive(Debug, Clone)]
-pub struct ExpansionRecords {
+pub(crate) struct ExpansionRecords {
     dir: PathBuf,
     locks: KeyedLocks,
 }
@@ -41,7 +41,7 @@ impl HeldVolume for HeldKey {
 
 impl ExpansionRecords {
     /// Opens (creating) the record directory under `state_dir`.
-    pub fn open(state_dir: &Path) -> io::Result<Self> {
+    pub(crate) fn open(state_dir: &Path) -> io::Result<Self> {
         let dir = state_dir.join("expansions");
         std::fs::create_dir_all(dir.join("pending"))?;
         Ok(ExpansionRecords { dir, locks: KeyedLocks::new() })
@@ -57,7 +57,7 @@ impl ExpansionRecords {
     }
 
     /// Reads a volume's record.
-    pub fn get(&self, id: &VolumeId) -> io::Result<Option<ExpansionRecord>> {
+    pub(crate) fn get(&self, id: &VolumeId) -> io::Result<Option<ExpansionRecord>> {
         durable::read_json(&self.path(id))
     }
 

@@ -53,7 +53,7 @@ impl Ledger {
     /// The ledger of `state_dir`, made from `keys` and `count` when it does
     /// not exist yet (the first start, or a state directory from before
     /// ledgers), repaired when a change was cut off.
-    pub fn open(state_dir: &Path, keys: &dyn Fn() -> io::Result<Vec<String>>, count: Count<'_>) -> io::Result<Self> {
+    pub(crate) fn open(state_dir: &Path, keys: &dyn Fn() -> io::Result<Vec<String>>, count: Count<'_>) -> io::Result<Self> {
         let ledger = Ledger { dir: state_dir.to_owned() };
         if ledger.stored().is_none() {
             // Nobody changes a volume while the sum is taken.
@@ -112,7 +112,7 @@ impl Ledger {
     /// The bytes every volume holds (a volume being changed counts what it
     /// held before). Counts again, from their files, the volumes of changes
     /// that were cut off, when no change is in flight.
-    pub fn total(&self, count: Count<'_>) -> io::Result<u64> {
+    pub(crate) fn total(&self, count: Count<'_>) -> io::Result<u64> {
         let stored = self.read()?;
         if stored.changing.is_empty() {
             return Ok(stored.total_bytes);
@@ -134,7 +134,7 @@ impl Ledger {
     /// total by what it changed, measured by `count` on the files (whether
     /// `work` succeeded or not: a failed change may have done part). The
     /// outer error is the ledger's own.
-    pub fn change<T, E>(&self, key: &str, count: Count<'_>, work: impl FnOnce() -> Result<T, E>) -> io::Result<Result<T, E>> {
+    pub(crate) fn change<T, E>(&self, key: &str, count: Count<'_>, work: impl FnOnce() -> Result<T, E>) -> io::Result<Result<T, E>> {
         let _active = self.flock("active", FlockArg::LockShared)?;
         self.update(true, |stored| {
             // Already there (a change cut off, not yet repaired): the total

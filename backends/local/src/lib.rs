@@ -10,14 +10,14 @@
 //! records are this backend's too: files under the controller's state
 //! directory, held by keyed locks of the process.
 //!
-//! - [`paths`]: the on-disk layout and the ids it hands out.
-//! - [`records`]: the volume and snapshot records (their JSON is the on-disk format).
-//! - [`ledger`]: the sum of the volumes' sizes, crash safe.
-//! - [`copy`]: reflink or sparse copies of backing files.
-//! - [`state_dir`]: the directory, its ledger and the claims of operations in flight.
-//! - [`snapshots`]: snapshots, and volumes made from a snapshot or a volume.
-//! - [`expansions`]: the expansion records and holds ([`swell_storage::ExpansionStore`]).
-//! - [`backend`]: [`LocalBackend`], the [`swell_storage::Backend`].
+//! - `paths`: the on-disk layout and the ids it hands out.
+//! - `records`: the volume and snapshot records (their JSON is the on-disk format).
+//! - `ledger`: the sum of the volumes' sizes, crash safe.
+//! - `copy`: reflink or sparse copies of backing files.
+//! - `state_dir`: the directory, its ledger and the claims of operations in flight.
+//! - `snapshots`: snapshots, and volumes made from a snapshot or a volume.
+//! - `expansions`: the expansion records and holds ([`swell_storage::ExpansionStore`]).
+//! - `backend`: [`LocalBackend`], the [`swell_storage::Backend`].
 
 mod backend;
 mod copy;

@@ -7,7 +7,7 @@ use swell_storage::{ContentSource, VolumeId};
 
 /// The durable record kept beside each backing file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VolumeRecord {
+pub(crate) struct VolumeRecord {
     /// The CO's name for the volume.
     pub name: String,
     /// The size last asked for; the file may lag behind after a crash.

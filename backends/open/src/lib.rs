@@ -5,9 +5,9 @@
 //! [`open`]; each backend brings its own store of expansion records, so
 //! all three read the same records for the same volume.
 //!
-//! - [`args`]: the command-line flags.
-//! - [`config`]: the typed configuration and [`open`].
-//! - [`registry`]: [`Backends`], the backends by the id prefix each owns,
+//! - `args`: the command-line flags.
+//! - `config`: the typed configuration and [`open`].
+//! - `registry`: [`Backends`], the backends by the id prefix each owns,
 //!   every call under one deadline and timed.
 
 mod args;

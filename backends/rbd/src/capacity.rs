@@ -24,7 +24,7 @@ use swell_storage::Capacity;
 
 /// One pool's usage from `ceph df`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PoolUsage {
+pub(crate) struct PoolUsage {
     /// Logical bytes stored.
     pub stored: u64,
     /// Logical bytes the pool can still take before an OSD is full.
@@ -33,7 +33,7 @@ pub struct PoolUsage {
 
 /// One pool's settings from `osd pool ls detail`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PoolSettings {
+pub(crate) struct PoolSettings {
     /// The byte quota, 0 for none.
     pub quota_max_bytes: u64,
     /// Flags such as `full`, `full_quota`, `nearfull`.
@@ -42,7 +42,7 @@ pub struct PoolSettings {
 
 /// A pool's room under the policy, and why it is full if it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolRoom {
+pub(crate) struct PoolRoom {
     /// What GetCapacity reports.
     pub capacity: Capacity,
     /// Why nothing may be created or grown at all, if so.
@@ -79,7 +79,7 @@ struct PoolDetail {
 }
 
 /// Parses `{"prefix":"df","format":"json"}` output: each pool's usage.
-pub fn parse_df(json: &[u8]) -> Result<HashMap<String, PoolUsage>, serde_json::Error> {
+pub(crate) fn parse_df(json: &[u8]) -> Result<HashMap<String, PoolUsage>, serde_json::Error> {
     let df: Df = serde_json::from_slice(json)?;
     Ok(df
         .pools
@@ -94,7 +94,7 @@ pub fn parse_df(json: &[u8]) -> Result<HashMap<String, PoolUsage>, serde_json::E
 
 /// Parses `{"prefix":"osd pool ls","detail":"detail","format":"json"}`
 /// output: each pool's quota and flags.
-pub fn parse_pool_details(json: &[u8]) -> Result<HashMap<String, PoolSettings>, serde_json::Error> {
+pub(crate) fn parse_pool_details(json: &[u8]) -> Result<HashMap<String, PoolSettings>, serde_json::Error> {
     let pools: Vec<PoolDetail> = serde_json::from_slice(json)?;
     Ok(pools
         .into_iter()
@@ -106,7 +106,7 @@ pub fn parse_pool_details(json: &[u8]) -> Result<HashMap<String, PoolSettings>, 
 }
 
 /// The pool's room under the policy, with `promised` bytes promised in it.
-pub fn room(usage: PoolUsage, settings: &PoolSettings, promised: u64, ratio: f64) -> PoolRoom {
+pub(crate) fn room(usage: PoolUsage, settings: &PoolSettings, promised: u64, ratio: f64) -> PoolRoom {
     let raw = usage.max_avail.saturating_add(usage.stored);
     let scaled = scale(raw, ratio);
     let total = match settings.quota_max_bytes {

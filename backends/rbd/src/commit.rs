@@ -32,7 +32,7 @@ const ATTEMPTS: usize = 8;
 
 /// One change of one entry.
 #[derive(Debug, Clone)]
-pub enum Change {
+pub(crate) enum Change {
     /// Stores `record` for `image` if the stored record is the one it was
     /// made from (same generation; an absent entry counts as generation 0);
     /// bytes it promises beyond the stored entry are admitted against the
@@ -87,7 +87,7 @@ impl Change {
 
 /// What a change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The entry as stored (its generation bumped).
     Stored(Entry),
     /// The entry removed, if there was one.

@@ -25,7 +25,7 @@ use crate::ffi::{Cluster, Errno, IoCtx};
 
 /// How to reach a cluster.
 #[derive(Debug, Clone)]
-pub struct ConnectSettings {
+pub(crate) struct ConnectSettings {
     /// The cluster and the user to connect as.
     pub access: CephAccess,
     /// `rados_osd_op_timeout`, `rados_mon_op_timeout` and `client_mount_timeout`.
@@ -33,7 +33,7 @@ pub struct ConnectSettings {
 }
 
 /// A connected cluster handle and its io contexts, one per pool.
-pub struct Connection {
+pub(crate) struct Connection {
     cluster: Arc<Cluster>,
     pools: Mutex<HashMap<String, Arc<IoCtx>>>,
 }
@@ -71,7 +71,7 @@ impl Connection {
     }
 
     /// The io context of `pool`, `None` when the pool does not exist.
-    pub fn pool(&self, pool: &str) -> Result<Option<Arc<IoCtx>>, RbdError> {
+    pub(crate) fn pool(&self, pool: &str) -> Result<Option<Arc<IoCtx>>, RbdError> {
         let mut pools = self.pools.lock();
         if let Some(io) = pools.get(pool) {
             return Ok(Some(Arc::clone(io)));
@@ -88,35 +88,35 @@ impl Connection {
     }
 
     /// Runs a monitor command (JSON), returning its output.
-    pub fn mon_command(&self, step: &str, command: &str) -> Result<Vec<u8>, RbdError> {
+    pub(crate) fn mon_command(&self, step: &str, command: &str) -> Result<Vec<u8>, RbdError> {
         self.mon_command_raw(command).map_err(|(errno, status)| RbdError::monitor(step, errno, status))
     }
 
     /// Runs a monitor command (JSON); on failure the errno and what the monitor said.
-    pub fn mon_command_raw(&self, command: &str) -> Result<Vec<u8>, (Errno, String)> {
+    pub(crate) fn mon_command_raw(&self, command: &str) -> Result<Vec<u8>, (Errno, String)> {
         self.cluster.mon_command(command)
     }
 
     /// This client's address(es), as `rados_getaddrs` prints them.
-    pub fn addrs(&self) -> Result<String, Errno> {
+    pub(crate) fn addrs(&self) -> Result<String, Errno> {
         self.cluster.addrs()
     }
 
     /// How this client appears in `rbd status` and blocklists:
     /// `client.N at ADDR`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("client.{} at {}", self.cluster.instance_id(), self.addrs().unwrap_or_else(|e| format!("(address unknown: errno {e})")))
     }
 
     /// This client's entity name (`client.N`), as lock holders are listed.
-    pub fn entity(&self) -> String {
+    pub(crate) fn entity(&self) -> String {
         format!("client.{}", self.cluster.instance_id())
     }
 }
 
 /// Hands out the shared connection and runs calls on it.
 #[derive(Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     settings: Arc<ConnectSettings>,
     current: Arc<Mutex<Option<Arc<Connection>>>>,
     permits: Arc<Semaphore>,
@@ -127,12 +127,12 @@ pub struct Connector {
 impl Connector {
     /// A connector that connects on first use. At most `max_outstanding`
     /// calls may be running (or stuck) at once; each gets `deadline`.
-    pub fn new(settings: ConnectSettings, max_outstanding: usize, deadline: Duration) -> Self {
+    pub(crate) fn new(settings: ConnectSettings, max_outstanding: usize, deadline: Duration) -> Self {
         Connector { settings: Arc::new(settings), current: Arc::default(), permits: Arc::new(Semaphore::new(max_outstanding)), max_outstanding, deadline }
     }
 
     /// How long a call may run before Swell answers Timeout.
-    pub fn deadline(&self) -> Duration {
+    pub(crate) fn deadline(&self) -> Duration {
         self.deadline
     }
 
@@ -166,7 +166,7 @@ impl Connector {
     /// deadline is answered with Timeout; its thread finishes (librados's
     /// own timeouts end it) holding one of the permits, and when none is
     /// left new calls are answered Unavailable at once.
-    pub async fn run<T, F>(&self, step: &str, work: F) -> Result<T, BackendError>
+    pub(crate) async fn run<T, F>(&self, step: &str, work: F) -> Result<T, BackendError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, Instant) -> Result<T, RbdError> + Send + 'static,

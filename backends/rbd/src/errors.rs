@@ -10,7 +10,7 @@ use swell_storage::{BackendError, VolumeId};
 /// Which layer a failed call went through; it decides whether a timeout
 /// condemns the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub(crate) enum Via {
     /// `rados_create` / `rados_connect`.
     Connect,
     /// A monitor command (`df`, `osd pool ls`).
@@ -21,7 +21,7 @@ pub enum Via {
 
 /// A failed Ceph call, with what Swell was doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CephFailure {
+pub(crate) struct CephFailure {
     /// The step, e.g. `rbd_resize2`.
     pub step: String,
     /// What librados or librbd answered.
@@ -38,7 +38,7 @@ pub struct CephFailure {
 
 /// An RBD operation's failure: a Ceph call, or a decision Swell made.
 #[derive(Debug)]
-pub enum RbdError {
+pub(crate) enum RbdError {
     /// A librados/librbd call failed.
     Ceph(CephFailure),
     /// Swell refused (not found, no space, shrink, bad parameter).
@@ -53,23 +53,23 @@ impl From<BackendError> for RbdError {
 
 impl RbdError {
     /// A failed OSD-side call on `volume`.
-    pub fn osd(step: impl Into<String>, errno: Errno, volume: Option<&VolumeId>) -> Self {
+    pub(crate) fn osd(step: impl Into<String>, errno: Errno, volume: Option<&VolumeId>) -> Self {
         RbdError::Ceph(CephFailure { step: step.into(), errno, volume: volume.cloned(), bytes: None, via: Via::Osd, detail: String::new() })
     }
 
     /// A failed monitor command.
-    pub fn monitor(step: impl Into<String>, errno: Errno, detail: String) -> Self {
+    pub(crate) fn monitor(step: impl Into<String>, errno: Errno, detail: String) -> Self {
         RbdError::Ceph(CephFailure { step: step.into(), errno, volume: None, bytes: None, via: Via::Monitor, detail })
     }
 
     /// A failed connect.
-    pub fn connect(step: impl Into<String>, errno: Errno) -> Self {
+    pub(crate) fn connect(step: impl Into<String>, errno: Errno) -> Self {
         RbdError::Ceph(CephFailure { step: step.into(), errno, volume: None, bytes: None, via: Via::Connect, detail: String::new() })
     }
 
     /// A copy for another caller that shared the failed call (a Swell
     /// refusal is copied by its message, keeping what the caller should do).
-    pub fn duplicate(&self) -> RbdError {
+    pub(crate) fn duplicate(&self) -> RbdError {
         match self {
             RbdError::Ceph(failure) => RbdError::Ceph(failure.clone()),
             RbdError::Refused(err) => RbdError::Refused(match err {
@@ -90,7 +90,7 @@ impl RbdError {
     }
 
     /// Records the bytes the failed call asked for.
-    pub fn asking(mut self, bytes: u64) -> Self {
+    pub(crate) fn asking(mut self, bytes: u64) -> Self {
         if let RbdError::Ceph(failure) = &mut self {
             failure.bytes = Some(bytes);
         }
@@ -102,7 +102,7 @@ impl RbdError {
     /// answering (librados reconnects to a restarted monitor by itself, but a
     /// handle whose monitor session timed out is not worth trusting). An OSD
     /// op timing out says nothing about the connection: PGs may be inactive.
-    pub fn kills_connection(&self) -> bool {
+    pub(crate) fn kills_connection(&self) -> bool {
         let RbdError::Ceph(failure) = self else { return false };
         let errno = failure.errno;
         match failure.via {
@@ -124,7 +124,7 @@ impl RbdError {
     ///   Unavailable. The cluster refused before acting; retry later.
     /// - EDQUOT, ENOSPC: NoSpace.
     /// - anything else: Io, naming the step and the volume.
-    pub fn into_backend(self, op_timeout: Duration) -> BackendError {
+    pub(crate) fn into_backend(self, op_timeout: Duration) -> BackendError {
         let failure = match self {
             RbdError::Refused(err) => return err,
             RbdError::Ceph(failure) => failure,

@@ -21,11 +21,11 @@ use crate::ffi::{Errno, IoCtx, NotifyReply, RBD_FEATURE_LAYERING, ReadOp, WriteO
 
 /// How long an announcement waits for watchers to acknowledge. Live ones
 /// answer in milliseconds; only dead clients' watches use it all up.
-pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What an image's header says now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// The image id (names the header object).
     pub id: String,
     /// The size in bytes.
@@ -36,13 +36,13 @@ pub struct Header {
 
 impl Header {
     /// The header object's name.
-    pub fn object(&self) -> String {
+    pub(crate) fn object(&self) -> String {
         header_object(&self.id)
     }
 
     /// Whether this module may grow the image (no feature that librbd must
     /// keep in step with the size).
-    pub fn grows_in_place(&self) -> bool {
+    pub(crate) fn grows_in_place(&self) -> bool {
         self.features & !RBD_FEATURE_LAYERING == 0
     }
 }
@@ -63,7 +63,7 @@ fn decode_u64(bytes: &[u8]) -> Option<u64> {
 }
 
 /// The image's id, `None` when no image of that name exists.
-pub fn image_id(io: &IoCtx, image: &str) -> Result<Option<String>, Errno> {
+pub(crate) fn image_id(io: &IoCtx, image: &str) -> Result<Option<String>, Errno> {
     let mut op = ReadOp::default();
     op.read(0, 128);
     match op.operate(io, &format!("rbd_id.{image}")) {
@@ -75,7 +75,7 @@ pub fn image_id(io: &IoCtx, image: &str) -> Result<Option<String>, Errno> {
 
 /// The image's header, read now; `None` when the image does not exist (or
 /// is being created or removed: its id or header object is missing).
-pub fn read(io: &IoCtx, image: &str) -> Result<Option<Header>, Errno> {
+pub(crate) fn read(io: &IoCtx, image: &str) -> Result<Option<Header>, Errno> {
     let Some(id) = image_id(io, image)? else { return Ok(None) };
     let mut op = ReadOp::default();
     op.omap_get(&["features", "size"]);
@@ -95,7 +95,7 @@ pub fn read(io: &IoCtx, image: &str) -> Result<Option<Header>, Errno> {
 /// Grows the image from `header.size` to `size` in one compound write: the
 /// size is compared first, so a header that moved since it was read is left
 /// alone (ECANCELED). Nothing is announced here; see [`announce`].
-pub fn grow(io: &IoCtx, header: &Header, size: u64) -> Result<(), Errno> {
+pub(crate) fn grow(io: &IoCtx, header: &Header, size: u64) -> Result<(), Errno> {
     let mut op = WriteOp::default();
     op.omap_cmp_eq("size", &header.size.to_le_bytes()).exec(c"rbd", c"set_size", &size.to_le_bytes());
     op.operate(io, &header.object())
@@ -104,7 +104,7 @@ pub fn grow(io: &IoCtx, header: &Header, size: u64) -> Result<(), Errno> {
 /// Tells every client with the image open to re-read its header: the
 /// notification librbd sends after a resize (an empty payload, which librbd
 /// and krbd read as "the header changed").
-pub fn announce(io: &IoCtx, header: &Header) -> Result<NotifyReply, Errno> {
+pub(crate) fn announce(io: &IoCtx, header: &Header) -> Result<NotifyReply, Errno> {
     io.notify_empty(&header.object(), ANNOUNCE_TIMEOUT)
 }
 

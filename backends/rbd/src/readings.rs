@@ -23,14 +23,14 @@ use crate::errors::RbdError;
 
 /// Every pool's usage and settings at one moment.
 #[derive(Debug)]
-pub struct ClusterReading {
+pub(crate) struct ClusterReading {
     usage: HashMap<String, PoolUsage>,
     settings: HashMap<String, PoolSettings>,
 }
 
 /// One pool's share of a reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolReading {
+pub(crate) struct PoolReading {
     /// `ceph df`'s stored and max_avail.
     pub usage: PoolUsage,
     /// Quota and flags.
@@ -39,13 +39,13 @@ pub struct PoolReading {
 
 impl PoolReading {
     /// The pool's room with `promised` bytes promised in it.
-    pub fn room(&self, promised: u64, ratio: f64) -> PoolRoom {
+    pub(crate) fn room(&self, promised: u64, ratio: f64) -> PoolRoom {
         capacity::room(self.usage, &self.settings, promised, ratio)
     }
 }
 
 /// Readings of one cluster.
-pub struct Readings {
+pub(crate) struct Readings {
     coalescer: Coalescer<ClusterReading, RbdError>,
     max_age: Duration,
     op_timeout: Duration,
@@ -57,7 +57,7 @@ pub struct Readings {
 const FOREIGN_REFRESH: Duration = Duration::from_secs(60);
 
 /// A pool that does not exist, as a StorageClass parameter error.
-pub fn missing_pool(pool: &str) -> RbdError {
+pub(crate) fn missing_pool(pool: &str) -> RbdError {
     RbdError::Refused(BackendError::InvalidParameter { name: "pool".into(), reason: format!("pool {pool:?} does not exist") })
 }
 
@@ -68,7 +68,7 @@ fn bad_json(step: &str, err: impl std::fmt::Display) -> RbdError {
 impl Readings {
     /// Readings reused for `max_age`; a caller waits for another's reading
     /// no longer than `op_timeout`.
-    pub fn new(max_age: Duration, op_timeout: Duration) -> Self {
+    pub(crate) fn new(max_age: Duration, op_timeout: Duration) -> Self {
         Readings { coalescer: Coalescer::default(), max_age, op_timeout, foreign: Mutex::default() }
     }
 
@@ -82,7 +82,7 @@ impl Readings {
     }
 
     /// `pool` as read at most `max_age` ago (`fresh`: read after this call).
-    pub fn pool(&self, conn: &Connection, pool: &str, fresh: bool) -> Result<PoolReading, RbdError> {
+    pub(crate) fn pool(&self, conn: &Connection, pool: &str, fresh: bool) -> Result<PoolReading, RbdError> {
         let now = Instant::now();
         let not_before = if fresh { now } else { now.checked_sub(self.max_age).unwrap_or(now) };
         let reading = self.coalescer.read("cluster", not_before, now + self.op_timeout, || Self::read_cluster(conn), RbdError::duplicate).map_err(
@@ -99,35 +99,35 @@ impl Readings {
 
     /// The room `pool` has with `swell` bytes promised by Swell, counting
     /// other clients' images when `count_foreign`.
-    pub fn room(&self, conn: &Connection, pool: &str, swell: u64, ratio: f64, count_foreign: bool) -> Result<PoolRoom, RbdError> {
+    pub(crate) fn room(&self, conn: &Connection, pool: &str, swell: u64, ratio: f64, count_foreign: bool) -> Result<PoolRoom, RbdError> {
         let foreign = if count_foreign { self.foreign(pool) } else { 0 };
         Ok(self.pool(conn, pool, false)?.room(swell.saturating_add(foreign), ratio))
     }
 
     /// The capacity GetCapacity reports for `pool`.
-    pub fn capacity(&self, conn: &Connection, pool: &str, swell: u64, ratio: f64, count_foreign: bool) -> Result<Capacity, RbdError> {
+    pub(crate) fn capacity(&self, conn: &Connection, pool: &str, swell: u64, ratio: f64, count_foreign: bool) -> Result<Capacity, RbdError> {
         self.room(conn, pool, swell, ratio, count_foreign).map(|r| r.capacity)
     }
 
     /// Bytes other clients' images are provisioned with in `pool`, as last
     /// summed by [`Readings::note_foreign`] (0 before the first sum).
-    pub fn foreign(&self, pool: &str) -> u64 {
+    pub(crate) fn foreign(&self, pool: &str) -> u64 {
         self.foreign.lock().get(pool).map_or(0, |(bytes, _)| *bytes)
     }
 
     /// Whether `pool`'s foreign sum is missing or older than a minute.
-    pub fn foreign_due(&self, pool: &str) -> bool {
+    pub(crate) fn foreign_due(&self, pool: &str) -> bool {
         self.foreign.lock().get(pool).is_none_or(|(_, at)| at.elapsed() >= FOREIGN_REFRESH)
     }
 
     /// Records the sum of every image's size in `pool` (librbd's pool
     /// stats) against Swell's own promised total.
-    pub fn note_foreign(&self, pool: &str, all_images: u64, swell: u64) {
+    pub(crate) fn note_foreign(&self, pool: &str, all_images: u64, swell: u64) {
         self.foreign.lock().insert(pool.to_owned(), (all_images.saturating_sub(swell), Instant::now()));
     }
 
     /// The pools named in the last reading, for the housekeeping.
-    pub fn pools(&self, conn: &Connection) -> Result<Vec<String>, RbdError> {
+    pub(crate) fn pools(&self, conn: &Connection) -> Result<Vec<String>, RbdError> {
         let reading = self.coalescer.read(
             "cluster",
             Instant::now().checked_sub(self.max_age).unwrap_or_else(Instant::now),

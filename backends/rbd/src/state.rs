@@ -29,9 +29,9 @@ use crate::errors::RbdError;
 use crate::ffi::{Errno, IoCtx, OmapPage, ReadOp};
 
 /// The pool's state object.
-pub const STATE_OBJECT: &str = "swell.state";
+pub(crate) const STATE_OBJECT: &str = "swell.state";
 /// The omap key of the promised total.
-pub const TOTAL_KEY: &str = "total";
+pub(crate) const TOTAL_KEY: &str = "total";
 const ENTRY_PREFIX: &str = "v.";
 const PENDING_PREFIX: &str = "p.";
 const SNAPSHOT_PREFIX: &str = "s.";
@@ -40,18 +40,18 @@ const SNAPSHOT_PENDING_PREFIX: &str = "ps.";
 const PAGE: u64 = 512;
 
 /// The omap key of an image's entry.
-pub fn entry_key(image: &str) -> String {
+pub(crate) fn entry_key(image: &str) -> String {
     format!("{ENTRY_PREFIX}{image}")
 }
 
 /// The omap key marking an image's entry pending.
-pub fn pending_key(image: &str) -> String {
+pub(crate) fn pending_key(image: &str) -> String {
     format!("{PENDING_PREFIX}{image}")
 }
 
 /// One entry of the state object: a volume's (by image) or a snapshot's (by key).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Key {
+pub(crate) enum Key {
     /// The entry of a volume's image.
     Volume(String),
     /// The entry of a snapshot.
@@ -60,7 +60,7 @@ pub enum Key {
 
 impl Key {
     /// The omap key of the entry.
-    pub fn entry(&self) -> String {
+    pub(crate) fn entry(&self) -> String {
         match self {
             Key::Volume(image) => entry_key(image),
             Key::Snapshot(key) => format!("{SNAPSHOT_PREFIX}{key}"),
@@ -68,7 +68,7 @@ impl Key {
     }
 
     /// The omap key marking the entry pending.
-    pub fn pending(&self) -> String {
+    pub(crate) fn pending(&self) -> String {
         match self {
             Key::Volume(image) => pending_key(image),
             Key::Snapshot(key) => format!("{SNAPSHOT_PENDING_PREFIX}{key}"),
@@ -76,7 +76,7 @@ impl Key {
     }
 
     /// The image or snapshot key, for messages.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Key::Volume(name) | Key::Snapshot(name) => name,
         }
@@ -86,7 +86,7 @@ impl Key {
 /// Where a volume is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Its bytes are promised and its image is being made (or was, and the
     /// background work has not confirmed it yet).
     Creating,
@@ -100,7 +100,7 @@ pub enum Phase {
 
 /// Where a volume's data came from, and what reading it costs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lineage {
+pub(crate) struct Lineage {
     /// The snapshot or volume it was made from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ContentSource>,
@@ -118,7 +118,7 @@ fn is_zero(depth: &u32) -> bool {
 
 /// One volume as the pool's state object records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The CO's name for the volume (the idempotency key of CreateVolume).
     pub name: String,
     /// Where it is in its life.
@@ -134,7 +134,7 @@ pub struct Entry {
 
 impl Entry {
     /// Bytes this volume counts against the pool.
-    pub fn promised(&self) -> u64 {
+    pub(crate) fn promised(&self) -> u64 {
         match self.phase {
             Phase::Deleting => 0,
             Phase::Creating | Phase::Ready => self.record.promised_bytes(),
@@ -142,29 +142,29 @@ impl Entry {
     }
 
     /// Whether background work is owed here (and the entry marked for it).
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.phase != Phase::Ready || self.record.pending() || (self.lineage.flatten && self.live())
     }
 
     /// Whether it is a volume (made or being made), not a deleted one.
-    pub fn live(&self) -> bool {
+    pub(crate) fn live(&self) -> bool {
         self.phase != Phase::Deleting
     }
 
     /// The stored form.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_else(|_| unreachable!("an entry is plain data"))
     }
 
     /// Parses a stored entry.
-    pub fn decode(image: &str, raw: &[u8]) -> Result<Entry, RbdError> {
+    pub(crate) fn decode(image: &str, raw: &[u8]) -> Result<Entry, RbdError> {
         serde_json::from_slice(raw).map_err(|e| corrupt(&format!("entry of image {image}"), e))
     }
 }
 
 /// One snapshot as the pool's state object records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotEntry {
+pub(crate) struct SnapshotEntry {
     /// The CO's name (the idempotency key of CreateSnapshot).
     pub name: String,
     /// The volume id it was cut from, as the CO knows it.
@@ -194,7 +194,7 @@ pub struct SnapshotEntry {
 impl SnapshotEntry {
     /// Bytes it counts against the pool: it may come to hold its whole size
     /// (its source rewritten), so all of it until it is deleted.
-    pub fn promised(&self) -> u64 {
+    pub(crate) fn promised(&self) -> u64 {
         match self.phase {
             Phase::Deleting => 0,
             Phase::Creating | Phase::Ready => self.size_bytes,
@@ -202,24 +202,24 @@ impl SnapshotEntry {
     }
 
     /// Whether background work is owed here.
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.phase != Phase::Ready
     }
 
     /// The stored form.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_else(|_| unreachable!("an entry is plain data"))
     }
 
     /// Parses a stored entry.
-    pub fn decode(key: &str, raw: &[u8]) -> Result<SnapshotEntry, RbdError> {
+    pub(crate) fn decode(key: &str, raw: &[u8]) -> Result<SnapshotEntry, RbdError> {
         serde_json::from_slice(raw).map_err(|e| corrupt(&format!("entry of snapshot {key}"), e))
     }
 }
 
 /// An entry of either kind, as a change stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
+pub(crate) enum Stored {
     /// A volume's.
     Volume(Entry),
     /// A snapshot's.
@@ -228,7 +228,7 @@ pub enum Stored {
 
 impl Stored {
     /// Parses the stored value of `key`.
-    pub fn decode(key: &Key, raw: &[u8]) -> Result<Stored, RbdError> {
+    pub(crate) fn decode(key: &Key, raw: &[u8]) -> Result<Stored, RbdError> {
         match key {
             Key::Volume(image) => Entry::decode(image, raw).map(Stored::Volume),
             Key::Snapshot(snapshot) => SnapshotEntry::decode(snapshot, raw).map(Stored::Snapshot),
@@ -236,7 +236,7 @@ impl Stored {
     }
 
     /// The stored form.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         match self {
             Stored::Volume(entry) => entry.encode(),
             Stored::Snapshot(entry) => entry.encode(),
@@ -244,7 +244,7 @@ impl Stored {
     }
 
     /// Bytes it counts against the pool.
-    pub fn promised(&self) -> u64 {
+    pub(crate) fn promised(&self) -> u64 {
         match self {
             Stored::Volume(entry) => entry.promised(),
             Stored::Snapshot(entry) => entry.promised(),
@@ -252,7 +252,7 @@ impl Stored {
     }
 
     /// Whether background work is owed here.
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         match self {
             Stored::Volume(entry) => entry.pending(),
             Stored::Snapshot(entry) => entry.pending(),
@@ -260,7 +260,7 @@ impl Stored {
     }
 
     /// Its generation.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         match self {
             Stored::Volume(entry) => entry.record.generation,
             Stored::Snapshot(entry) => entry.generation,
@@ -269,7 +269,7 @@ impl Stored {
 }
 
 /// Parses the stored total (absent: nothing promised yet).
-pub fn decode_total(raw: &[u8]) -> Result<u64, RbdError> {
+pub(crate) fn decode_total(raw: &[u8]) -> Result<u64, RbdError> {
     if raw.is_empty() {
         return Ok(0);
     }
@@ -285,7 +285,7 @@ fn read_error(what: &str, errno: Errno) -> RbdError {
 }
 
 /// Raw values of `keys` (absent ones left out); a missing object holds none.
-pub fn read_raw(io: &IoCtx, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, RbdError> {
+pub(crate) fn read_raw(io: &IoCtx, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, RbdError> {
     let mut values = Vec::new();
     for chunk in keys.chunks(PAGE as usize) {
         let mut op = ReadOp::default();
@@ -300,12 +300,12 @@ pub fn read_raw(io: &IoCtx, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, R
 }
 
 /// An image's entry, read now.
-pub fn read_entry(io: &IoCtx, image: &str) -> Result<Option<Entry>, RbdError> {
+pub(crate) fn read_entry(io: &IoCtx, image: &str) -> Result<Option<Entry>, RbdError> {
     read_raw(io, &[entry_key(image)])?.into_iter().next().map(|(_, raw)| Entry::decode(image, &raw)).transpose()
 }
 
 /// The promised total, read now.
-pub fn read_total(io: &IoCtx) -> Result<u64, RbdError> {
+pub(crate) fn read_total(io: &IoCtx) -> Result<u64, RbdError> {
     match read_raw(io, &[TOTAL_KEY.to_owned()])?.into_iter().next() {
         Some((_, raw)) => decode_total(&raw),
         None => Ok(0),
@@ -402,12 +402,12 @@ pub(crate) fn pending_snapshots(io: &IoCtx) -> Result<Vec<(String, SnapshotEntry
 }
 
 /// A snapshot's entry, read now.
-pub fn read_snapshot(io: &IoCtx, key: &str) -> Result<Option<SnapshotEntry>, RbdError> {
+pub(crate) fn read_snapshot(io: &IoCtx, key: &str) -> Result<Option<SnapshotEntry>, RbdError> {
     read_raw(io, &[Key::Snapshot(key.to_owned()).entry()])?.into_iter().next().map(|(_, raw)| SnapshotEntry::decode(key, &raw)).transpose()
 }
 
 /// Every snapshot entry of the pool, in key order.
-pub fn all_snapshots(io: &IoCtx) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
+pub(crate) fn all_snapshots(io: &IoCtx) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
     let mut snapshots = Vec::new();
     walk(io, SNAPSHOT_PREFIX, String::new(), usize::MAX, |key, raw| {
         if let Some(entry) = decoded("snapshot", key, SnapshotEntry::decode(key, &raw)) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use csi_proto::v1::DeleteVolumeRequest;
 use csi_proto::v1::controller_client::ControllerClient;
 use swell_backends::Backends;
-use swell_controller::reconciler::ReconcilerConfig;
+use swell_controller::ReconcilerConfig;
 use swell_local::{LocalBackend, LocalConfig, image_path};
 use swell_node::NodeConfig;
 use swell_storage::{Backend, VolumeId};

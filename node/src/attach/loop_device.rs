@@ -20,14 +20,14 @@ use crate::system::{self, System};
 
 /// Attaches `local:` volumes as loop devices.
 #[derive(Debug, Clone)]
-pub struct LoopAttacher {
+pub(crate) struct LoopAttacher {
     state_dir: PathBuf,
     sys: Arc<dyn System>,
 }
 
 impl LoopAttacher {
     /// An attacher for backing files under the local backend's `state_dir`.
-    pub fn new(state_dir: PathBuf, sys: Arc<dyn System>) -> Self {
+    pub(crate) fn new(state_dir: PathBuf, sys: Arc<dyn System>) -> Self {
         LoopAttacher { state_dir, sys }
     }
 

@@ -8,14 +8,14 @@
 
 mod attacher;
 mod loop_device;
-pub mod rbd;
+pub(crate) mod rbd;
 
 use std::sync::Arc;
 
 use swell_storage::VolumeId;
 
-pub use attacher::Attacher;
-pub use loop_device::LoopAttacher;
+pub(crate) use attacher::Attacher;
+pub(crate) use loop_device::LoopAttacher;
 
 use crate::NodeConfig;
 use crate::error::NodeError;

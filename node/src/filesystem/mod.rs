@@ -20,12 +20,12 @@ use crate::error::NodeError;
 use crate::system::System;
 
 /// mkfs and fsck may touch the whole device.
-pub const FORMAT_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const FORMAT_DEADLINE: Duration = Duration::from_secs(60);
 /// Growing or querying a filesystem.
-pub const GROW_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const GROW_DEADLINE: Duration = Duration::from_secs(60);
 /// How far short of the device a filesystem may stay and still count as
 /// filling it (block and allocation-group rounding).
-pub const SIZE_TOLERANCE: u64 = 1 << 20;
+pub(crate) const SIZE_TOLERANCE: u64 = 1 << 20;
 
 /// The filesystem kinds Swell formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +112,7 @@ pub trait FileSystem: Send + Sync {
 
 /// Whether a filesystem of `fs_bytes` fills a device of `device_bytes`:
 /// the check made after every grow, so success is never claimed unverified.
-pub fn fills_device(fs_bytes: u64, device_bytes: u64) -> bool {
+pub(crate) fn fills_device(fs_bytes: u64, device_bytes: u64) -> bool {
     fs_bytes.saturating_add(SIZE_TOLERANCE) >= device_bytes
 }
 

@@ -37,7 +37,7 @@ const ATTACH_ATTEMPTS: u32 = 8;
 
 /// The host's mounts, loop devices and programs.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct HostSystem;
+pub(crate) struct HostSystem;
 
 /// Runs `work` on the blocking pool; the caller waits at most `deadline`.
 async fn blocking<T: Send + 'static>(step: String, deadline: Duration, work: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T, NodeError> {

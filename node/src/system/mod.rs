@@ -7,11 +7,11 @@
 //! the manner of youki's `Syscall`.
 
 mod host;
-pub mod mount_options;
+pub(crate) mod mount_options;
 mod seam;
 
 #[cfg(test)]
-pub mod fake;
+pub(crate) mod fake;
 
-pub use host::HostSystem;
-pub use seam::{LoopDevice, MountCall, System, args, loop_backing, loop_devices_backing, same_file};
+pub(crate) use host::HostSystem;
+pub(crate) use seam::{MountCall, System, args, loop_backing, loop_devices_backing, same_file};

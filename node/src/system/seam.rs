@@ -90,26 +90,26 @@ pub trait System: Send + Sync + std::fmt::Debug {
 }
 
 /// The loop device `device` reads, if attached (sysfs `backing_file`).
-pub async fn loop_backing(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
+pub(crate) async fn loop_backing(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
     let device = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_owned());
     Ok(sys.loop_devices().await?.into_iter().find(|l| l.device == device).map(|l| l.backing_file))
 }
 
 /// The loop devices whose backing file is `file` (an absolute path, also
 /// after it was deleted).
-pub async fn loop_devices_backing(sys: &dyn System, file: &Path) -> Result<Vec<PathBuf>, NodeError> {
+pub(crate) async fn loop_devices_backing(sys: &dyn System, file: &Path) -> Result<Vec<PathBuf>, NodeError> {
     let mut devices: Vec<PathBuf> = sys.loop_devices().await?.into_iter().filter(|l| same_file(&l.backing_file, file)).map(|l| l.device).collect();
     devices.sort();
     Ok(devices)
 }
 
 /// Whether a sysfs `backing_file` value names `file`.
-pub fn same_file(backing: &str, file: &Path) -> bool {
+pub(crate) fn same_file(backing: &str, file: &Path) -> bool {
     Path::new(backing.strip_suffix(" (deleted)").unwrap_or(backing)) == file
 }
 
 /// Arguments as the command runner takes them.
-pub fn args<I, S>(items: I) -> Vec<OsString>
+pub(crate) fn args<I, S>(items: I) -> Vec<OsString>
 where
     I: IntoIterator<Item = S>,
     S: Into<OsString>,

@@ -16,10 +16,10 @@ type ImageOptionsT = *mut c_void;
 type ProgressFn = unsafe extern "C" fn(offset: u64, total: u64, data: *mut c_void) -> c_int;
 
 /// `RBD_FEATURE_LAYERING` from rbd/features.h.
-pub const RBD_FEATURE_LAYERING: u64 = 1 << 0;
+pub(crate) const RBD_FEATURE_LAYERING: u64 = 1 << 0;
 /// `RBD_FEATURE_EXCLUSIVE_LOCK` from rbd/features.h (Swell never sets it).
 #[cfg(test)]
-pub const RBD_FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
+pub(crate) const RBD_FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
 /// `RBD_POOL_STAT_OPTION_IMAGE_PROVISIONED_BYTES`: the second entry of
 /// `rbd_pool_stat_option_t` in librbd.h (after `RBD_POOL_STAT_OPTION_IMAGES`).
 const RBD_POOL_STAT_OPTION_IMAGE_PROVISIONED_BYTES: c_int = 1;
@@ -41,7 +41,7 @@ struct RbdTrashImageInfo {
 
 /// An image in a pool's trash.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrashEntry {
+pub(crate) struct TrashEntry {
     /// The image id, which names it in the trash.
     pub id: String,
     /// The name it had.
@@ -58,7 +58,7 @@ struct RbdSnapInfo {
 
 /// A user snapshot of an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapInfo {
+pub(crate) struct SnapInfo {
     /// Its id within the image.
     pub id: u64,
     /// Its name.
@@ -155,7 +155,7 @@ fn owned_string(p: *const c_char) -> String {
 
 impl IoCtx {
     /// `rbd_create2` with exactly `features` and the default object size.
-    pub fn create_image(&self, name: &str, size: u64, features: u64) -> Result<(), Errno> {
+    pub(crate) fn create_image(&self, name: &str, size: u64, features: u64) -> Result<(), Errno> {
         let name = cstr(name)?;
         let mut order: c_int = 0;
         // SAFETY: a live io context, a NUL-terminated name, a valid out pointer
@@ -166,7 +166,7 @@ impl IoCtx {
     /// `rbd_pool_stats_get` for the sum of the sizes of the pool's images
     /// (not in the trash, snapshots not counted). librbd reads each image's
     /// header object; no image is opened, so nothing is watched or locked.
-    pub fn provisioned_bytes(&self) -> Result<u64, Errno> {
+    pub(crate) fn provisioned_bytes(&self) -> Result<u64, Errno> {
         let mut stats: PoolStatsT = ptr::null_mut();
         // SAFETY: a valid out pointer; destroyed below on every path.
         unsafe { rbd_pool_stats_create(&mut stats) };
@@ -182,7 +182,7 @@ impl IoCtx {
     }
 
     /// `rbd_rename` within this pool.
-    pub fn rename_image(&self, from: &str, to: &str) -> Result<(), Errno> {
+    pub(crate) fn rename_image(&self, from: &str, to: &str) -> Result<(), Errno> {
         let (from, to) = (cstr(from)?, cstr(to)?);
         // SAFETY: a live io context and NUL-terminated names.
         check(unsafe { rbd_rename(self.raw, from.as_ptr(), to.as_ptr()) }).map(drop)
@@ -192,7 +192,7 @@ impl IoCtx {
     /// `parent`'s snapshot `snapshot` (in `parent_io`'s pool), with exactly
     /// `features`. Format 2 needs no protected snapshot, and lets the
     /// snapshot and its image be removed while clones still read from them.
-    pub fn clone_image(&self, parent_io: &IoCtx, parent: &str, snapshot: &str, name: &str, features: u64) -> Result<(), Errno> {
+    pub(crate) fn clone_image(&self, parent_io: &IoCtx, parent: &str, snapshot: &str, name: &str, features: u64) -> Result<(), Errno> {
         let (parent, snapshot, name) = (cstr(parent)?, cstr(snapshot)?, cstr(name)?);
         let mut opts: ImageOptionsT = ptr::null_mut();
         // SAFETY: a valid out pointer; the options are destroyed below on every path.
@@ -210,7 +210,7 @@ impl IoCtx {
     }
 
     /// `rbd_remove`.
-    pub fn remove_image(&self, name: &str) -> Result<(), Errno> {
+    pub(crate) fn remove_image(&self, name: &str) -> Result<(), Errno> {
         let name = cstr(name)?;
         // SAFETY: a live io context and a NUL-terminated name.
         check(unsafe { rbd_remove(self.raw, name.as_ptr()) }).map(drop)
@@ -218,7 +218,7 @@ impl IoCtx {
 
     /// `rbd_trash_move` with no deferment: the name is free at once, the
     /// data stays until [`IoCtx::trash_remove`].
-    pub fn trash_move(&self, name: &str) -> Result<(), Errno> {
+    pub(crate) fn trash_move(&self, name: &str) -> Result<(), Errno> {
         let name = cstr(name)?;
         // SAFETY: a live io context and a NUL-terminated name.
         check(unsafe { rbd_trash_move(self.raw, name.as_ptr(), 0) }).map(drop)
@@ -226,14 +226,14 @@ impl IoCtx {
 
     /// `rbd_trash_remove` (not forced: an image whose deferment has not
     /// ended stays). EBUSY while the image still has watchers.
-    pub fn trash_remove(&self, id: &str) -> Result<(), Errno> {
+    pub(crate) fn trash_remove(&self, id: &str) -> Result<(), Errno> {
         let id = cstr(id)?;
         // SAFETY: a live io context and a NUL-terminated id.
         check(unsafe { rbd_trash_remove(self.raw, id.as_ptr(), false) }).map(drop)
     }
 
     /// `rbd_trash_list`: every image in the pool's trash.
-    pub fn trash_list(&self) -> Result<Vec<TrashEntry>, Errno> {
+    pub(crate) fn trash_list(&self) -> Result<Vec<TrashEntry>, Errno> {
         // SAFETY: rbd_trash_list fills at most `count` entries of a live io
         // context's trash and initialises them on success;
         // rbd_trash_list_cleanup frees exactly the strings it set.
@@ -247,12 +247,12 @@ impl IoCtx {
     }
 
     /// `rbd_open` (read-write: may take the exclusive lock and needs writes).
-    pub fn open(&self, name: &str) -> Result<Image<'_>, Errno> {
+    pub(crate) fn open(&self, name: &str) -> Result<Image<'_>, Errno> {
         self.open_with(name, false)
     }
 
     /// `rbd_open_read_only`.
-    pub fn open_read_only(&self, name: &str) -> Result<Image<'_>, Errno> {
+    pub(crate) fn open_read_only(&self, name: &str) -> Result<Image<'_>, Errno> {
         self.open_with(name, true)
     }
 
@@ -273,7 +273,7 @@ impl IoCtx {
 }
 
 /// An open image; closed by [`Image::close`] (or, ignoring errors, on drop).
-pub struct Image<'io> {
+pub(crate) struct Image<'io> {
     raw: ImageT,
     closed: bool,
     _io: PhantomData<&'io IoCtx>,
@@ -284,13 +284,13 @@ unsafe impl Send for Image<'_> {}
 
 impl Image<'_> {
     /// `rbd_resize2` that refuses to shrink (librbd answers EINVAL then).
-    pub fn grow(&self, size: u64) -> Result<(), Errno> {
+    pub(crate) fn grow(&self, size: u64) -> Result<(), Errno> {
         // SAFETY: an open image; no progress callback.
         check(unsafe { rbd_resize2(self.raw, size, false, ptr::null(), ptr::null_mut()) }).map(drop)
     }
 
     /// `rbd_snap_create` (a write: needs a read-write open).
-    pub fn create_snapshot(&self, name: &str) -> Result<(), Errno> {
+    pub(crate) fn create_snapshot(&self, name: &str) -> Result<(), Errno> {
         let name = cstr(name)?;
         // SAFETY: an open image and a NUL-terminated name.
         check(unsafe { rbd_snap_create(self.raw, name.as_ptr()) }).map(drop)
@@ -298,7 +298,7 @@ impl Image<'_> {
 
     /// `rbd_snap_remove`: a snapshot format-2 clones still read from moves
     /// to the snapshot trash and goes with its last clone.
-    pub fn remove_snapshot(&self, name: &str) -> Result<(), Errno> {
+    pub(crate) fn remove_snapshot(&self, name: &str) -> Result<(), Errno> {
         let name = cstr(name)?;
         // SAFETY: an open image and a NUL-terminated name.
         check(unsafe { rbd_snap_remove(self.raw, name.as_ptr()) }).map(drop)
@@ -306,7 +306,7 @@ impl Image<'_> {
 
     /// `rbd_snap_list`: the image's user snapshots (not the ones in its
     /// snapshot trash).
-    pub fn snapshots(&self) -> Result<Vec<SnapInfo>, Errno> {
+    pub(crate) fn snapshots(&self) -> Result<Vec<SnapInfo>, Errno> {
         let mut capacity: c_int = 16;
         loop {
             let slots = usize::try_from(capacity).map_err(|_| Errno::ERANGE)?;
@@ -330,7 +330,7 @@ impl Image<'_> {
     }
 
     /// `rbd_snap_get_timestamp`: when snapshot `id` was taken.
-    pub fn snapshot_time(&self, id: u64) -> Result<SystemTime, Errno> {
+    pub(crate) fn snapshot_time(&self, id: u64) -> Result<SystemTime, Errno> {
         let mut time = Timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: an open image and a valid out pointer.
         check(unsafe { rbd_snap_get_timestamp(self.raw, id, &mut time) })?;
@@ -342,14 +342,14 @@ impl Image<'_> {
     /// parent into the image and detaches it. Asked to stop once `deadline`
     /// passes (ETIMEDOUT then); what was copied stays, so a later flatten
     /// goes on from there.
-    pub fn flatten(&self, deadline: Instant) -> Result<(), Errno> {
+    pub(crate) fn flatten(&self, deadline: Instant) -> Result<(), Errno> {
         // SAFETY: an open image; the callback only reads `deadline`, which
         // outlives the call.
         check(unsafe { rbd_flatten_with_progress(self.raw, stop_at_deadline, (&deadline as *const Instant).cast_mut().cast()) }).map(drop)
     }
 
     /// `rbd_close`, reporting its error (it may flush and release locks).
-    pub fn close(mut self) -> Result<(), Errno> {
+    pub(crate) fn close(mut self) -> Result<(), Errno> {
         self.closed = true;
         // SAFETY: an open image, closed exactly once.
         check(unsafe { rbd_close(self.raw) }).map(drop)

@@ -18,7 +18,7 @@ type OmapIterT = *mut c_void;
 const CMP_EQ: u8 = 1;
 /// `LIBRADOS_LOCK_FLAG_MUST_RENEW`: only extend a lock this client holds;
 /// ENOENT when it expired or was taken.
-pub const LOCK_MUST_RENEW: u8 = 1 << 1;
+pub(crate) const LOCK_MUST_RENEW: u8 = 1 << 1;
 
 /// `struct timeval`.
 #[repr(C)]
@@ -99,7 +99,7 @@ unsafe extern "C" {
 /// first failing comparison or method call cancels the whole operation).
 /// librados copies keys, values and inputs when a step is added; only the
 /// per-step result slots must outlive [`WriteOp::operate`].
-pub struct WriteOp {
+pub(crate) struct WriteOp {
     raw: WriteOpT,
     /// Boxed: librados keeps pointers to them, which must not move when
     /// the vector grows.
@@ -135,14 +135,14 @@ impl WriteOp {
 
     /// Creates the object if it is missing (and fails with EEXIST if it
     /// exists, when `exclusive`).
-    pub fn create(&mut self, exclusive: bool) -> &mut Self {
+    pub(crate) fn create(&mut self, exclusive: bool) -> &mut Self {
         // SAFETY: a live op; no category.
         unsafe { rados_write_op_create(self.raw, c_int::from(exclusive), ptr::null()) };
         self
     }
 
     /// Removes the object.
-    pub fn remove(&mut self) -> &mut Self {
+    pub(crate) fn remove(&mut self) -> &mut Self {
         // SAFETY: a live op.
         unsafe { rados_write_op_remove(self.raw) };
         self
@@ -151,7 +151,7 @@ impl WriteOp {
     /// Fails the whole operation with ECANCELED unless omap `key` holds
     /// exactly `value`. A missing key compares as empty, so `b""` asserts
     /// that the key is absent (for values that are never empty).
-    pub fn omap_cmp_eq(&mut self, key: &str, value: &[u8]) -> &mut Self {
+    pub(crate) fn omap_cmp_eq(&mut self, key: &str, value: &[u8]) -> &mut Self {
         let slot = self.result_slot();
         // SAFETY: a live op; librados copies key and value before returning;
         // `slot` lives in `self.results` until the op is released.
@@ -160,7 +160,7 @@ impl WriteOp {
     }
 
     /// Sets omap values.
-    pub fn omap_set<K: AsRef<str>, V: AsRef<[u8]>>(&mut self, pairs: &[(K, V)]) -> &mut Self {
+    pub(crate) fn omap_set<K: AsRef<str>, V: AsRef<[u8]>>(&mut self, pairs: &[(K, V)]) -> &mut Self {
         if pairs.is_empty() {
             return self;
         }
@@ -175,7 +175,7 @@ impl WriteOp {
     }
 
     /// Removes omap keys (missing ones are no error).
-    pub fn omap_rm<K: AsRef<str>>(&mut self, keys: &[K]) -> &mut Self {
+    pub(crate) fn omap_rm<K: AsRef<str>>(&mut self, keys: &[K]) -> &mut Self {
         if keys.is_empty() {
             return self;
         }
@@ -187,7 +187,7 @@ impl WriteOp {
     }
 
     /// Calls an object class method (`cls.method(input)`) as part of the write.
-    pub fn exec(&mut self, cls: &CStr, method: &CStr, input: &[u8]) -> &mut Self {
+    pub(crate) fn exec(&mut self, cls: &CStr, method: &CStr, input: &[u8]) -> &mut Self {
         let slot = self.result_slot();
         // SAFETY: a live op, NUL-terminated names, an input buffer librados
         // copies; `slot` outlives the op.
@@ -196,7 +196,7 @@ impl WriteOp {
     }
 
     /// Applies the operation to `oid`.
-    pub fn operate(self, io: &IoCtx, oid: &str) -> Result<(), Errno> {
+    pub(crate) fn operate(self, io: &IoCtx, oid: &str) -> Result<(), Errno> {
         let oid = cstr(oid)?;
         // SAFETY: a live op and io context, a NUL-terminated name, no mtime.
         check(unsafe { rados_write_op_operate2(self.raw, io.raw, oid.as_ptr(), ptr::null_mut(), 0) }).map(drop)
@@ -205,7 +205,7 @@ impl WriteOp {
 
 /// One page of an object's omap.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OmapPage {
+pub(crate) struct OmapPage {
     /// Keys and values, in key order.
     pub entries: Vec<(String, Vec<u8>)>,
     /// Whether more keys follow the last one.
@@ -213,7 +213,7 @@ pub struct OmapPage {
 }
 
 /// A compound read of one object.
-pub struct ReadOp {
+pub(crate) struct ReadOp {
     raw: ReadOpT,
     /// Boxed: librados keeps pointers to them, which must not move when
     /// the vector grows.
@@ -251,7 +251,7 @@ impl Drop for ReadOp {
 
 /// What a [`ReadOp`] read, by the order its steps were added.
 #[derive(Debug, Default)]
-pub struct ReadResult {
+pub(crate) struct ReadResult {
     /// One per omap step, in order.
     pub omaps: Vec<OmapPage>,
     /// One per data read step, in order.
@@ -267,7 +267,7 @@ impl ReadOp {
     }
 
     /// Reads the values of `keys` (missing keys are left out).
-    pub fn omap_get<K: AsRef<str>>(&mut self, keys: &[K]) -> &mut Self {
+    pub(crate) fn omap_get<K: AsRef<str>>(&mut self, keys: &[K]) -> &mut Self {
         let ptrs: Vec<*const c_char> = keys.iter().map(|k| k.as_ref().as_ptr().cast()).collect();
         let lens: Vec<usize> = keys.iter().map(|k| k.as_ref().len()).collect();
         let slot = self.result_slot();
@@ -281,7 +281,7 @@ impl ReadOp {
 
     /// Reads up to `max` omap entries after `start_after` whose keys start
     /// with `prefix`. At most one page step per op (one `more` flag).
-    pub fn omap_page(&mut self, start_after: &str, prefix: &str, max: u64) -> Result<&mut Self, Errno> {
+    pub(crate) fn omap_page(&mut self, start_after: &str, prefix: &str, max: u64) -> Result<&mut Self, Errno> {
         let (after, prefix) = (cstr(start_after)?, cstr(prefix)?);
         let slot = self.result_slot();
         let mut iter: OmapIterT = ptr::null_mut();
@@ -296,7 +296,7 @@ impl ReadOp {
     }
 
     /// Reads up to `len` bytes of the object's data from `offset`.
-    pub fn read(&mut self, offset: u64, len: usize) -> &mut Self {
+    pub(crate) fn read(&mut self, offset: u64, len: usize) -> &mut Self {
         let mut buf = vec![0u8; len];
         let mut got = Box::new(0usize);
         let slot = self.result_slot();
@@ -308,7 +308,7 @@ impl ReadOp {
     }
 
     /// Runs the read on `oid`. ENOENT when the object does not exist.
-    pub fn operate(mut self, io: &IoCtx, oid: &str) -> Result<ReadResult, Errno> {
+    pub(crate) fn operate(mut self, io: &IoCtx, oid: &str) -> Result<ReadResult, Errno> {
         let oid = cstr(oid)?;
         // SAFETY: a live op and io context and a NUL-terminated name.
         check(unsafe { rados_read_op_operate(self.raw, io.raw, oid.as_ptr(), 0) })?;
@@ -363,7 +363,7 @@ unsafe fn bytes_at(p: *const c_char, len: usize) -> Vec<u8> {
 
 /// A holder of an advisory lock, as `rados lock info` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Locker {
+pub(crate) struct Locker {
     /// The client entity, e.g. `client.4123`.
     pub client: String,
     /// The cookie it locked with.
@@ -374,7 +374,7 @@ pub struct Locker {
 
 /// Who answered a notify.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NotifyReply {
+pub(crate) struct NotifyReply {
     /// Watchers that acknowledged.
     pub acked: u32,
     /// Watchers that did not answer before the timeout (dead clients whose
@@ -413,7 +413,7 @@ impl IoCtx {
     /// object if missing) for `lease`, after which the OSD lets others take
     /// it. EBUSY when someone else holds it; with [`LOCK_MUST_RENEW`], ENOENT
     /// when this client no longer holds it.
-    pub fn lock_exclusive(&self, oid: &str, name: &str, cookie: &str, description: &str, lease: Duration, flags: u8) -> Result<(), Errno> {
+    pub(crate) fn lock_exclusive(&self, oid: &str, name: &str, cookie: &str, description: &str, lease: Duration, flags: u8) -> Result<(), Errno> {
         let (oid, name, cookie, description) = (cstr(oid)?, cstr(name)?, cstr(cookie)?, cstr(description)?);
         let mut duration = TimeVal { tv_sec: i64::try_from(lease.as_secs()).unwrap_or(i64::MAX), tv_usec: i64::from(lease.subsec_micros()) };
         // SAFETY: a live io context, NUL-terminated strings and a valid timeval.
@@ -421,21 +421,21 @@ impl IoCtx {
     }
 
     /// `rados_unlock`; ENOENT when the lock is not held with this cookie.
-    pub fn unlock(&self, oid: &str, name: &str, cookie: &str) -> Result<(), Errno> {
+    pub(crate) fn unlock(&self, oid: &str, name: &str, cookie: &str) -> Result<(), Errno> {
         let (oid, name, cookie) = (cstr(oid)?, cstr(name)?, cstr(cookie)?);
         // SAFETY: a live io context and NUL-terminated strings.
         check(unsafe { rados_unlock(self.raw, oid.as_ptr(), name.as_ptr(), cookie.as_ptr()) }).map(drop)
     }
 
     /// `rados_break_lock`: removes another client's hold on lock `name`.
-    pub fn break_lock(&self, oid: &str, name: &str, locker: &Locker) -> Result<(), Errno> {
+    pub(crate) fn break_lock(&self, oid: &str, name: &str, locker: &Locker) -> Result<(), Errno> {
         let (oid, name, client, cookie) = (cstr(oid)?, cstr(name)?, cstr(&locker.client)?, cstr(&locker.cookie)?);
         // SAFETY: a live io context and NUL-terminated strings.
         check(unsafe { rados_break_lock(self.raw, oid.as_ptr(), name.as_ptr(), client.as_ptr(), cookie.as_ptr()) }).map(drop)
     }
 
     /// `rados_list_lockers`: who holds lock `name` on `oid` now.
-    pub fn lockers(&self, oid: &str, name: &str) -> Result<Vec<Locker>, Errno> {
+    pub(crate) fn lockers(&self, oid: &str, name: &str) -> Result<Vec<Locker>, Errno> {
         let (oid, name) = (cstr(oid)?, cstr(name)?);
         let mut size = 256usize;
         loop {
@@ -484,7 +484,7 @@ impl IoCtx {
     /// (librados: -ETIMEDOUT with a reply) are counted, not an error: the
     /// others were told all the same. -ETIMEDOUT without a reply is the
     /// notify itself timing out (inactive PGs) and stays an error.
-    pub fn notify_empty(&self, object: &str, timeout: std::time::Duration) -> Result<NotifyReply, Errno> {
+    pub(crate) fn notify_empty(&self, object: &str, timeout: std::time::Duration) -> Result<NotifyReply, Errno> {
         let object = cstr(object)?;
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
         let (mut reply, mut reply_len): (*mut c_char, usize) = (ptr::null_mut(), 0);

@@ -57,7 +57,7 @@ pub(super) fn cstr(s: &str) -> Result<CString, Errno> {
 }
 
 /// A librados cluster handle, from `rados_create` until `rados_shutdown` on drop.
-pub struct Cluster {
+pub(crate) struct Cluster {
     raw: RadosT,
 }
 
@@ -69,7 +69,7 @@ unsafe impl Sync for Cluster {}
 
 impl Cluster {
     /// `rados_create` for `client.<user>`.
-    pub fn create(user: &str) -> Result<Self, Errno> {
+    pub(crate) fn create(user: &str) -> Result<Self, Errno> {
         let user = cstr(user)?;
         let mut raw: RadosT = ptr::null_mut();
         // SAFETY: `raw` is a valid out pointer; `user` outlives the call.
@@ -78,21 +78,21 @@ impl Cluster {
     }
 
     /// `rados_conf_read_file`.
-    pub fn read_conf_file(&self, path: &Path) -> Result<(), Errno> {
+    pub(crate) fn read_conf_file(&self, path: &Path) -> Result<(), Errno> {
         let path = cstr(&path.to_string_lossy())?;
         // SAFETY: a live handle and a NUL-terminated path.
         check(unsafe { rados_conf_read_file(self.raw, path.as_ptr()) }).map(drop)
     }
 
     /// `rados_conf_set`; only meaningful before [`connect`](Self::connect).
-    pub fn conf_set(&self, option: &str, value: &str) -> Result<(), Errno> {
+    pub(crate) fn conf_set(&self, option: &str, value: &str) -> Result<(), Errno> {
         let (option, value) = (cstr(option)?, cstr(value)?);
         // SAFETY: a live handle and NUL-terminated strings.
         check(unsafe { rados_conf_set(self.raw, option.as_ptr(), value.as_ptr()) }).map(drop)
     }
 
     /// `rados_connect`: blocks up to `client_mount_timeout`.
-    pub fn connect(&self) -> Result<(), Errno> {
+    pub(crate) fn connect(&self) -> Result<(), Errno> {
         // SAFETY: a live, configured handle.
         check(unsafe { rados_connect(self.raw) }).map(drop)
     }
@@ -101,7 +101,7 @@ impl Cluster {
     /// Its writes to a full pool fail at once (ENOSPC, EDQUOT) instead of
     /// waiting, unbounded, for room (librados's FULL_TRY): a request on a
     /// full pool is answered with the reason, not a timeout.
-    pub fn ioctx(self: &Arc<Self>, pool: &str) -> Result<IoCtx, Errno> {
+    pub(crate) fn ioctx(self: &Arc<Self>, pool: &str) -> Result<IoCtx, Errno> {
         let pool = cstr(pool)?;
         let mut raw: IoCtxT = ptr::null_mut();
         // SAFETY: a live, connected handle; `raw` is a valid out pointer.
@@ -113,7 +113,7 @@ impl Cluster {
 
     /// `rados_mon_command` with one JSON command and no input. Returns the
     /// output buffer; on failure, the errno and the monitor's status string.
-    pub fn mon_command(&self, command: &str) -> Result<Vec<u8>, (Errno, String)> {
+    pub(crate) fn mon_command(&self, command: &str) -> Result<Vec<u8>, (Errno, String)> {
         let command = cstr(command).map_err(|e| (e, "command holds a NUL byte".to_owned()))?;
         let mut cmd = [command.as_ptr()];
         let (mut out, mut out_len, mut status, mut status_len) = (ptr::null_mut(), 0usize, ptr::null_mut(), 0usize);
@@ -130,7 +130,7 @@ impl Cluster {
 
     /// `rados_getaddrs`: this client's address(es) as the monitor would
     /// blocklist them, e.g. `127.0.0.1:0/3710147553`.
-    pub fn addrs(&self) -> Result<String, Errno> {
+    pub(crate) fn addrs(&self) -> Result<String, Errno> {
         let mut raw: *mut c_char = ptr::null_mut();
         // SAFETY: a live, connected handle; `raw` is a valid out pointer.
         check(unsafe { rados_getaddrs(self.raw, &mut raw) })?;
@@ -146,7 +146,7 @@ impl Cluster {
     }
 
     /// `rados_get_instance_id`: N of `client.N`, as `rbd status` names watchers.
-    pub fn instance_id(&self) -> u64 {
+    pub(crate) fn instance_id(&self) -> u64 {
         // SAFETY: a live, connected handle.
         unsafe { rados_get_instance_id(self.raw) }
     }
@@ -175,7 +175,7 @@ impl Drop for Cluster {
 }
 
 /// An io context on one pool; keeps its cluster alive.
-pub struct IoCtx {
+pub(crate) struct IoCtx {
     pub(super) raw: IoCtxT,
     _cluster: Arc<Cluster>,
 }

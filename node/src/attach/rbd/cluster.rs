@@ -21,7 +21,7 @@ const CLI_DEADLINE: Duration = Duration::from_secs(25);
 /// The RBD volume an id names (the one contract, `swell_storage::rbd_volume`);
 /// a well-formed id that names no Swell image is a volume that does not
 /// exist, to this node as to the controller.
-pub fn rbd_volume(volume: &VolumeId) -> Result<RbdVolume, NodeError> {
+pub(crate) fn rbd_volume(volume: &VolumeId) -> Result<RbdVolume, NodeError> {
     RbdVolume::parse(volume).ok_or_else(|| NodeError::VolumeNotFound {
         volume: volume.to_string(),
         reason: format!("an rbd volume id is rbd:<cluster-id>:<pool>:{}<32 hex digits>", rbd_volume::IMAGE_PREFIX),
@@ -31,19 +31,19 @@ pub fn rbd_volume(volume: &VolumeId) -> Result<RbdVolume, NodeError> {
 /// The configured cluster as the `rbd` CLI reaches it, and the host the
 /// Ceph tools run on.
 #[derive(Debug, Clone)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     config: CephAccess,
     sys: Arc<dyn System>,
 }
 
 impl Cluster {
     /// A cluster handle for `config`, whose tools run through `sys`.
-    pub fn new(config: CephAccess, sys: Arc<dyn System>) -> Self {
+    pub(crate) fn new(config: CephAccess, sys: Arc<dyn System>) -> Self {
         Cluster { config, sys }
     }
 
     /// The host the attachers act on.
-    pub fn sys(&self) -> &dyn System {
+    pub(crate) fn sys(&self) -> &dyn System {
         self.sys.as_ref()
     }
 
@@ -67,7 +67,7 @@ impl Cluster {
 
     /// For short CLI calls: bounded monitor and OSD operations, so an
     /// inactive PG or a frozen monitor gives ETIMEDOUT instead of a hang.
-    pub fn control_args(&self) -> Vec<OsString> {
+    pub(crate) fn control_args(&self) -> Vec<OsString> {
         let mut args = self.auth_args();
         for option in ["--rados-osd-op-timeout", "--rados-mon-op-timeout", "--client-mount-timeout"] {
             args.push(option.into());
@@ -80,7 +80,7 @@ impl Cluster {
     /// connect is bounded. An OSD op timeout there would turn a PG outage
     /// into I/O errors under a mounted filesystem; without it writes wait
     /// in D state and complete once the PGs are active again.
-    pub fn data_path_args(&self) -> Vec<OsString> {
+    pub(crate) fn data_path_args(&self) -> Vec<OsString> {
         let mut args = self.auth_args();
         args.push("--client-mount-timeout".into());
         args.push(OP_TIMEOUT_SECS.into());
@@ -89,7 +89,7 @@ impl Cluster {
 
     /// The image's size now, `None` when the image (or its pool) does not
     /// exist.
-    pub async fn image_size(&self, volume: &VolumeId, image: &RbdVolume) -> Result<Option<u64>, NodeError> {
+    pub(crate) async fn image_size(&self, volume: &VolumeId, image: &RbdVolume) -> Result<Option<u64>, NodeError> {
         let mut args: Vec<OsString> = vec!["info".into(), image.spec().into(), "--format".into(), "json".into()];
         args.extend(self.control_args());
         match self.run("rbd", args, CLI_DEADLINE).await {

@@ -20,14 +20,14 @@ use std::sync::Arc;
 
 use swell_storage::VolumeId;
 
-pub use fuse::FuseAttacher;
-pub use mapped::{MappedAttacher, Mapper};
+pub(crate) use fuse::FuseAttacher;
+pub(crate) use mapped::{MappedAttacher, Mapper};
 
 use super::attacher::Attacher;
 use crate::error::NodeError;
 use crate::system::System;
 use cluster::Cluster;
-pub use cluster::rbd_volume;
+pub(crate) use cluster::rbd_volume;
 use swell_storage::CephAccess;
 
 /// How this host attaches RBD images.
@@ -57,7 +57,7 @@ impl fmt::Display for AttachMode {
 /// module is loaded), else rbd-nbd when the nbd driver is there and the
 /// `rbd-nbd` program is installed, else rbd-fuse with a loop device, which
 /// needs no kernel module beyond fuse and loop.
-pub fn detect(root: &Path, has_program: impl Fn(&str) -> bool) -> AttachMode {
+pub(crate) fn detect(root: &Path, has_program: impl Fn(&str) -> bool) -> AttachMode {
     if root.join("sys/bus/rbd").exists() {
         return AttachMode::Krbd;
     }
@@ -68,8 +68,13 @@ pub fn detect(root: &Path, has_program: impl Fn(&str) -> bool) -> AttachMode {
     AttachMode::FuseLoop
 }
 
+/// How this host attaches RBD images now (see `detect`).
+pub fn host_mode() -> AttachMode {
+    detect(Path::new("/"), on_path)
+}
+
 /// Whether `program` is an executable file on `PATH`.
-pub fn on_path(program: &str) -> bool {
+pub(crate) fn on_path(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths).any(|dir| std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
@@ -78,7 +83,7 @@ pub fn on_path(program: &str) -> bool {
 
 /// The RBD attacher of this node's one cluster.
 #[derive(Debug)]
-pub struct RbdAttachers {
+pub(crate) struct RbdAttachers {
     cluster_id: String,
     mode: AttachMode,
     attacher: Box<dyn Attacher>,
@@ -87,8 +92,8 @@ pub struct RbdAttachers {
 impl RbdAttachers {
     /// Detects the attach mode and builds its attacher; rbd-fuse mounts go
     /// under `<state_dir>/rbd-fuse/<cluster-id>`.
-    pub fn new(config: &CephAccess, state_dir: &Path, sys: Arc<dyn System>) -> Result<Self, NodeError> {
-        let mode = detect(Path::new("/"), on_path);
+    pub(crate) fn new(config: &CephAccess, state_dir: &Path, sys: Arc<dyn System>) -> Result<Self, NodeError> {
+        let mode = host_mode();
         tracing::info!(cluster = %config.cluster_id, %mode, "RBD attach mode detected");
         let cluster = Cluster::new(config.clone(), sys);
         let attacher: Box<dyn Attacher> = match mode {
@@ -100,12 +105,12 @@ impl RbdAttachers {
     }
 
     /// The detected mode.
-    pub fn mode(&self) -> AttachMode {
+    pub(crate) fn mode(&self) -> AttachMode {
         self.mode
     }
 
     /// The attacher for `volume`, which must name this node's cluster.
-    pub fn for_volume(&self, volume: &VolumeId) -> Result<&dyn Attacher, NodeError> {
+    pub(crate) fn for_volume(&self, volume: &VolumeId) -> Result<&dyn Attacher, NodeError> {
         let image = rbd_volume(volume)?;
         // NOT_FOUND, not INVALID_ARGUMENT: the spec keeps INVALID_ARGUMENT
         // for missing or malformed fields, and this id is well-formed; it
@@ -123,7 +128,7 @@ impl RbdAttachers {
 }
 
 /// Where a cluster's rbd-fuse mounts live.
-pub fn fuse_root(state_dir: &Path, cluster_id: &str) -> PathBuf {
+pub(crate) fn fuse_root(state_dir: &Path, cluster_id: &str) -> PathBuf {
     state_dir.join("rbd-fuse").join(cluster_id)
 }
 
