@@ -237,8 +237,8 @@ impl HttpsClient {
     }
 
     /// POSTs a review to the webhook's path on a new connection.
-    pub async fn review(&self, body: &Value) -> Result<Reply, String> {
-        self.post(REVIEW_PATH, serde_json::to_vec(body).map_err(|e| e.to_string())?).await
+    pub async fn review(&self, review: &Review) -> Result<Reply, String> {
+        self.post(REVIEW_PATH, review.bytes()).await
     }
 }
 
@@ -282,12 +282,44 @@ impl PersistentVolumes for FixedVolumes {
     }
 }
 
-/// A fixture captured from kube-apiserver, by file stem.
-pub fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../webhook/testdata").join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+/// An AdmissionReview as the bytes posted: a captured fixture, or one with
+/// values edited in its text. Nothing is re-serialized, so every review
+/// keeps the API server's key order and layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Review(String);
+
+impl Review {
+    /// The body to post.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.clone().into_bytes()
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+
+    /// `request.uid`, which the answer must name.
+    pub fn uid(&self) -> String {
+        let review: Value = serde_json::from_str(&self.0).expect("a review is JSON");
+        review["request"]["uid"].as_str().expect("request.uid").to_owned()
+    }
+
+    /// Replaces `from` with `to`, which must occur exactly `times` times.
+    pub fn edit(self, from: &str, to: &str, times: usize) -> Self {
+        assert_eq!(self.0.matches(from).count(), times, "{from:?} in the review");
+        Review(self.0.replace(from, to))
+    }
 }
+
+/// A fixture captured from kube-apiserver, by file stem: its bytes.
+pub fn fixture(name: &str) -> Review {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../webhook/testdata").join(format!("{name}.json"));
+    Review(std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
+}
+
+/// The PV the captured claims are bound to.
+pub const CAPTURED_VOLUME: &str = "pvc-8d3f2b6a-4c1e-4f7a-9b2d-6e5c4a3b2f10";
 
 /// A resize of a bound Swell claim, shaped like the captured one.
 #[derive(Debug, Clone)]
@@ -306,41 +338,42 @@ pub struct Resize<'a> {
 
 impl Resize<'_> {
     /// The AdmissionReview the API server sends for this resize: the
-    /// captured resize of a bound claim with these sizes and a fresh uid.
-    pub fn review(&self) -> Value {
-        let mut review = fixture("resize-bound");
-        let request = &mut review["request"];
-        request["uid"] = json!(format!("test-{:016x}", rand_u64()));
-        for (object, request_size) in [("oldObject", self.old), ("object", self.new)] {
-            let claim = &mut request[object];
-            claim["spec"]["volumeName"] = json!(self.volume);
-            claim["spec"]["resources"]["requests"]["storage"] = json!(request_size);
-            claim["status"]["capacity"]["storage"] = json!(self.capacity);
-            match self.status {
-                Some(status) => claim["status"]["allocatedResourceStatuses"] = json!({"storage": status}),
-                None => {
-                    if let Some(status) = claim["status"].as_object_mut() {
-                        status.remove("allocatedResourceStatuses");
-                    }
-                }
+    /// captured resize of a bound claim (or, with a status, the captured
+    /// recovery, which has one) with its sizes, status and PV name changed
+    /// in the text.
+    pub fn review(&self) -> Review {
+        let base = fixture(if self.status.is_some() { "recovery" } else { "resize-bound" });
+        let at = base.0.find(r#""oldObject":"#).expect("the review has an oldObject");
+        let (object, old_object) = base.0.split_at(at);
+        let edit = |claim: &str, request: &str| {
+            let mut claim = set(claim, r#""resources":{"requests":{"storage":""#, request);
+            claim = set(&claim, r#""capacity":{"storage":""#, self.capacity);
+            claim = set(&claim, r#""volumeName":""#, self.volume);
+            if let Some(status) = self.status {
+                claim = set(&claim, r#""allocatedResources":{"storage":""#, self.old);
+                claim = set(&claim, r#""allocatedResourceStatuses":{"storage":""#, status);
             }
-        }
-        review
+            claim
+        };
+        Review(edit(object, self.new) + &edit(old_object, self.old))
     }
 }
 
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
+/// `text` with the string value that follows `key` (once in `text`) set to `value`.
+fn set(text: &str, key: &str, value: &str) -> String {
+    assert_eq!(text.matches(key).count(), 1, "{key} in one claim");
+    let start = text.find(key).expect("counted") + key.len();
+    let end = start + text[start..].find('"').expect("a closed string");
+    format!("{}{value}{}", &text[..start], &text[end..])
 }
 
 /// Posts each review `rounds` times on `connection`, round-robin, checking
 /// each verdict, and returns one line per review: its name, p50 and p99.
-pub async fn latency(mut connection: Connection, reviews: &[(&str, Value, bool)], rounds: usize) -> Vec<String> {
+pub async fn latency(mut connection: Connection, reviews: &[(&str, Review, bool)], rounds: usize) -> Vec<String> {
     let mut samples = vec![Vec::with_capacity(rounds); reviews.len()];
     for _ in 0..rounds {
         for ((name, review, allowed), samples) in reviews.iter().zip(&mut samples) {
-            let body = serde_json::to_vec(review).expect("review JSON");
+            let body = review.bytes();
             let started = std::time::Instant::now();
             let reply = connection.post(REVIEW_PATH, body).await.unwrap_or_else(|e| panic!("{name} after {} rounds: {e}", samples.len()));
             samples.push(started.elapsed());

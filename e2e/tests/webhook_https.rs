@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use swell_backends::Backends;
 use swell_e2e::state::leave_wish;
-use swell_e2e::webhook::{FixedVolumes, Resize, RunningWebhook, TestPki, fixture, latency};
+use swell_e2e::webhook::{CAPTURED_VOLUME, FixedVolumes, Resize, Review, RunningWebhook, TestPki, fixture, latency};
 use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::{Backend, ExpansionStore, VolumeId};
 use swell_webhook::Limits;
@@ -81,11 +81,11 @@ impl LocalRig {
     }
 
     /// Posts `review`; returns allowed, message, warnings and backend reads made.
-    async fn judge(&self, review: &Value) -> (bool, String, Vec<String>, usize) {
+    async fn judge(&self, review: &Review) -> (bool, String, Vec<String>, usize) {
         let before = self.facts.calls.load(Ordering::SeqCst);
         let reply = self.server.client(&self.pki).review(review).await.unwrap();
         let (allowed, message, warnings) = reply.verdict();
-        let uid = review["request"]["uid"].as_str().unwrap();
+        let uid = review.uid();
         let answered: Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(answered["response"]["uid"], uid, "the answer names the request");
         (allowed, message, warnings, self.facts.calls.load(Ordering::SeqCst) - before)
@@ -101,10 +101,8 @@ async fn every_rule_allows_and_denies_with_its_message() {
     let rig = LocalRig::start(Limits::default()).await;
 
     // Rule 1: other provisioners and unchanged sizes pass without a backend call.
-    let mut foreign = resize("1Gi", "5Gi", "1Gi", None).review();
-    for object in ["object", "oldObject"] {
-        foreign["request"][object]["metadata"]["annotations"] = json!({"volume.kubernetes.io/storage-provisioner": "ebs.csi.aws.com"});
-    }
+    let foreign =
+        resize("1Gi", "5Gi", "1Gi", None).review().edit(r#"storage-provisioner":"swell.csi.storage""#, r#"storage-provisioner":"ebs.csi.aws.com""#, 4);
     assert_eq!(rig.judge(&foreign).await, (true, String::new(), vec![], 0));
     assert_eq!(rig.judge(&resize("1Gi", "1024Mi", "1Gi", None).review()).await, (true, String::new(), vec![], 0), "1Gi = 1024Mi");
     assert!(rig.judge(&fixture("label-only")).await.0);
@@ -154,11 +152,17 @@ async fn every_rule_allows_and_denies_with_its_message() {
 #[tokio::test]
 async fn captured_fixtures_are_judged_as_they_came() {
     let rig = LocalRig::start(Limits::default()).await;
+    let captured = fixture("resize-bound");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../webhook/testdata/resize-bound.json");
+    assert_eq!(captured.text(), std::fs::read_to_string(path).unwrap(), "posted as captured, byte for byte");
+    // Variants change values in the text only: the captured values give the captured bytes.
+    let same = Resize { volume: CAPTURED_VOLUME, ..resize("1Gi", "2Gi", "1Gi", None) };
+    assert_eq!(same.review(), captured, "the resize variant keeps the captured text");
+    let recovery = Resize { volume: CAPTURED_VOLUME, ..resize("2Gi", "1536Mi", "1Gi", Some("ControllerResizeInfeasible")) };
+    assert_eq!(recovery.review(), fixture("recovery"), "the status variant keeps the captured text");
     // The captured claims are bound to their own PV name: point it at the rig's volume.
-    let resize = fixture("resize-bound");
-    let pv = resize["request"]["object"]["spec"]["volumeName"].as_str().unwrap();
-    rig.volumes.add(pv, &rig.id.to_string());
-    assert_eq!(rig.judge(&resize).await, (true, String::new(), vec![], 1));
+    rig.volumes.add(CAPTURED_VOLUME, &rig.id.to_string());
+    assert_eq!(rig.judge(&captured).await, (true, String::new(), vec![], 1));
     let (allowed, _, _, calls) = rig.judge(&fixture("recovery")).await;
     assert!(allowed && calls == 0, "a KEP-1790 recovery needs no backend");
     let (allowed, _, _, calls) = rig.judge(&fixture("label-only")).await;
@@ -234,7 +238,7 @@ async fn certificate_rotation_drops_no_request_and_serves_the_new_certificate() 
             let mut done = 0;
             let mut kept = client.connect().await.unwrap();
             while !stop.load(Ordering::SeqCst) {
-                let review = serde_json::to_vec(&fixture("label-only")).unwrap();
+                let review = fixture("label-only").bytes();
                 // Half on fresh connections (new handshakes), half on one kept open.
                 let reply = if worker % 2 == 0 { client.post("/validate", review).await } else { kept.post("/validate", review).await };
                 let reply = reply.unwrap_or_else(|e| panic!("request {done} of worker {worker} failed: {e}"));
@@ -286,22 +290,24 @@ async fn a_rotation_caught_half_way_keeps_the_old_pair_serving() {
 async fn bad_requests_get_400_with_the_reason() {
     let rig = LocalRig::start(Limits { max_body_bytes: 64 << 10, ..Limits::default() }).await;
     let client = rig.server.client(&rig.pki);
-    let resize = serde_json::to_vec(&fixture("resize-bound")).unwrap();
-    let mut pod = fixture("resize-bound");
-    pod["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Pod"});
-    let mut v1beta1 = fixture("resize-bound");
-    v1beta1["apiVersion"] = json!("admission.k8s.io/v1beta1");
-    let mut no_old = fixture("resize-bound");
-    no_old["request"]["oldObject"] = Value::Null;
+    let resize = fixture("resize-bound").bytes();
+    let pod = fixture("resize-bound").edit(
+        r#""kind":{"group":"","version":"v1","kind":"PersistentVolumeClaim"}"#,
+        r#""kind":{"group":"","version":"v1","kind":"Pod"}"#,
+        1,
+    );
+    let v1beta1 = fixture("resize-bound").edit(r#""apiVersion":"admission.k8s.io/v1""#, r#""apiVersion":"admission.k8s.io/v1beta1""#, 1);
+    // The old claim moves to a key nobody reads.
+    let no_old = fixture("resize-bound").edit(r#""oldObject":"#, r#""oldObject":null,"formerly":"#, 1);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("truncated", resize[..resize.len() / 2].to_vec(), "malformed AdmissionReview: EOF while parsing"),
         ("empty", vec![], "malformed AdmissionReview: EOF while parsing"),
         ("not JSON", b"\xff\xfe<xml/>".to_vec(), "malformed AdmissionReview"),
         ("oversized", vec![b' '; 100 << 10], "request body larger than 65536 bytes"),
-        ("wrong kind", serde_json::to_vec(&pod).unwrap(), "this webhook reviews v1 PersistentVolumeClaims, not v1/Pod"),
-        ("old version", serde_json::to_vec(&v1beta1).unwrap(), "expected apiVersion admission.k8s.io/v1 kind AdmissionReview"),
+        ("wrong kind", pod.bytes(), "this webhook reviews v1 PersistentVolumeClaims, not v1/Pod"),
+        ("old version", v1beta1.bytes(), "expected apiVersion admission.k8s.io/v1 kind AdmissionReview"),
         ("no request", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), "the AdmissionReview has no request"),
-        ("no old object", serde_json::to_vec(&no_old).unwrap(), "an UPDATE review needs both object and oldObject"),
+        ("no old object", no_old.bytes(), "an UPDATE review needs both object and oldObject"),
         ("object of the wrong shape", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"PersistentVolumeClaim"},"resource":{"group":"","version":"v1","resource":"persistentvolumeclaims"},"name":"c","operation":"UPDATE","userInfo":{},"object":{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"c"},"spec":7},"oldObject":{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"c"}}}}"#.to_vec(), "object is not a PersistentVolumeClaim"),
     ];
     for (what, body, expected) in cases {
@@ -321,7 +327,7 @@ async fn bad_requests_get_400_with_the_reason() {
 async fn plain_http_is_refused() {
     let rig = LocalRig::start(Limits::default()).await;
     let mut tcp = tokio::net::TcpStream::connect(rig.server.addr).await.unwrap();
-    let body = serde_json::to_vec(&fixture("label-only")).unwrap();
+    let body = fixture("label-only").bytes();
     let head = format!("POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
     tcp.write_all(head.as_bytes()).await.unwrap();
     tcp.write_all(&body).await.unwrap();

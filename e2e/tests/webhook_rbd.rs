@@ -8,11 +8,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use swell_backends::{BackendConfig, Backends};
 use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, cli, cluster};
 use swell_e2e::state::leave_wish;
-use swell_e2e::webhook::{FixedVolumes, Resize, RunningWebhook, TestPki, fixture, latency};
+use swell_e2e::webhook::{FixedVolumes, Resize, Review, RunningWebhook, TestPki, fixture, latency};
 use swell_local::LocalConfig;
 use swell_rbd::RbdConfig;
 use swell_storage::VolumeId;
@@ -65,7 +64,7 @@ impl RbdWebhook {
         RbdWebhook { _dir: dir, pki, server, volumes, id, backends }
     }
 
-    async fn judge(&self, review: &Value) -> (bool, String, Vec<String>) {
+    async fn judge(&self, review: &Review) -> (bool, String, Vec<String>) {
         self.server.client(&self.pki).review(review).await.unwrap().verdict()
     }
 
@@ -89,7 +88,7 @@ fn connect(env: &ClusterEnv) -> (tempfile::TempDir, Backends) {
     (dir, backends)
 }
 
-async fn timed_judge(rig: &RbdWebhook, review: &Value) -> (Duration, (bool, String, Vec<String>)) {
+async fn timed_judge(rig: &RbdWebhook, review: &Review) -> (Duration, (bool, String, Vec<String>)) {
     let started = Instant::now();
     let verdict = rig.judge(review).await;
     (started.elapsed(), verdict)
