@@ -5,7 +5,7 @@
 //! volumes, not all of them.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +18,8 @@ use swell_controller::ReconcilerConfig;
 use swell_e2e::chaos::Xorshift;
 use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
 use swell_e2e::host;
-use swell_e2e::metrics::{free_address, sample, scrape, sum};
+use swell_e2e::logs;
+use swell_e2e::metrics::{scrape, sum};
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, other_client, rbd_size};
 use swell_e2e::requests::{self, mount_capability};
@@ -40,30 +41,42 @@ async fn session(test: &str) -> Option<rbd_rig::Session> {
     rbd_rig::acquire(&format!("rbd_state::{test}")).await
 }
 
-/// A `swell-controller` process on the cluster, named `instance`, serving
-/// metrics, with its state under a fresh directory of its own.
+/// A `swell-controller` process on the cluster, named `instance`, with its
+/// state under a fresh directory of its own.
 struct Replica {
     process: ControllerProcess,
     client: ControllerClient<Channel>,
-    metrics: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Replica {
     async fn start(env: &ClusterEnv, instance: &str, failpoints: Option<&str>) -> Replica {
-        let dir = tempfile::Builder::new().prefix("swell-rbd-state-").tempdir_in("/var/tmp").unwrap();
-        let metrics = free_address();
-        let mut args = rbd_rig::process_args(env, instance);
-        args.push(format!("--metrics-address={metrics}"));
         let env_vars = failpoints.map(|f| vec![("FAILPOINTS".to_owned(), f.to_owned())]).unwrap_or_default();
-        let process = ControllerProcess::start_with_env(dir.path(), &dir.path().join("local"), args, env_vars).await.expect("controller process starts");
-        let client = process.client().await.unwrap();
-        Replica { process, client, metrics, _dir: dir }
+        Self::start_logging(env, instance, env_vars, false).await
     }
 
-    /// Backend resizes this process has made so far.
-    async fn resizes(&self) -> u64 {
-        sample(&scrape(self.metrics).await, r#"swell_backend_call_duration_seconds_count{operation="grow volume",outcome="ok"}"#) as u64
+    /// With `log`, its JSON log goes to [`Replica::log`], with the RBD
+    /// backend's debug lines (one per image resize).
+    async fn start_logging(env: &ClusterEnv, instance: &str, mut env_vars: Vec<(String, String)>, log: bool) -> Replica {
+        let dir = tempfile::Builder::new().prefix("swell-rbd-state-").tempdir_in("/var/tmp").unwrap();
+        let mut args = rbd_rig::process_args(env, instance);
+        let log = log.then(|| {
+            args.push("--log-format=json".into());
+            env_vars.push(("RUST_LOG".into(), "info,swell_rbd=debug".into()));
+            dir.path().join("controller.log")
+        });
+        let process = ControllerProcess::start_logging(dir.path(), &dir.path().join("local"), args, env_vars, log).await.expect("controller process starts");
+        let client = process.client().await.unwrap();
+        Replica { process, client, dir }
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("controller.log")
+    }
+
+    /// The sizes of the image resizes this process made, from its log.
+    fn resized_to(&self) -> Vec<u64> {
+        logs::read(&self.log()).iter().filter(|l| l["message"] == "resized the image").map(|l| l["to"].as_u64().unwrap()).collect()
     }
 }
 
@@ -130,7 +143,7 @@ async fn wait_record(
 async fn two_controller_replicas_share_one_volume_without_losing_or_repeating_a_grow() {
     let Some(session) = session("two_controller_replicas_share_one_volume_without_losing_or_repeating_a_grow").await else { return };
     let env = session.env;
-    let (mut a, b) = (Replica::start(env, "replica-a", None).await, Replica::start(env, "replica-b", None).await);
+    let (mut a, b) = (Replica::start_logging(env, "replica-a", vec![], true).await, Replica::start_logging(env, "replica-b", vec![], true).await);
     let id = create(&mut a.client, "two-replicas", 256 * MIB).await;
     let (stop, watcher) = watch_size(env, id.clone());
 
@@ -159,15 +172,18 @@ async fn two_controller_replicas_share_one_volume_without_losing_or_repeating_a_
     let seen = watcher.await.unwrap();
     let largest = *distinct.last().unwrap();
     assert_eq!(image_size(env, &id), largest, "the image ends at the largest size asked");
-    let resizes = a.resizes().await + b.resizes().await;
+    // Every resize the engine made, by target size: each at most once.
+    let mut resized: BTreeMap<u64, usize> = BTreeMap::new();
+    for to in a.resized_to().into_iter().chain(b.resized_to()) {
+        *resized.entry(to / MIB).or_default() += 1;
+    }
     println!(
-        "two replicas: 64 calls ({} distinct sizes) in {took:?}, {aborted} ABORTED retried, {resizes} backend resizes (a {}, b {}), sizes seen {:?} MiB",
+        "two replicas: 64 calls ({} distinct sizes) in {took:?}, {aborted} ABORTED retried, resizes per size {resized:?} MiB, sizes seen {:?} MiB",
         distinct.len(),
-        a.resizes().await,
-        b.resizes().await,
         seen.iter().map(|s| s / MIB).collect::<Vec<_>>()
     );
-    assert!(resizes >= 1 && resizes <= distinct.len() as u64, "{resizes} resizes for {} distinct sizes", distinct.len());
+    assert_eq!(resized.get(&(largest / MIB)), Some(&1), "the largest size is reached by one resize: {resized:?}");
+    assert!(resized.values().all(|&n| n == 1), "a size resized more than once: {resized:?}");
 }
 
 /// Stages and publishes `id` on an in-process node (rbd-fuse + loop here)

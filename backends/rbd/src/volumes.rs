@@ -125,8 +125,13 @@ pub(crate) fn grow(call: &Call<'_>, volume: &RbdVolume, target: u64) -> Result<u
             })
         };
         match grown {
+            Ok(()) => {
+                // Each resize the engine made, for the tests to count per size.
+                tracing::debug!(volume.id = %id, from = found.size, to = target, "resized the image");
+                found = read()?;
+            }
             // The header moved since it was read: read it again and decide anew.
-            Ok(()) | Err(Errno::ECANCELED) => found = read()?,
+            Err(Errno::ECANCELED) => found = read()?,
             Err(e) => return Err(RbdError::osd("grow image", e, Some(&id)).asking(target.saturating_sub(found.size))),
         }
     }
