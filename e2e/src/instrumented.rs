@@ -51,6 +51,8 @@ pub struct InstrumentedBackend {
     /// Volumes whose reads still answer an old size: `(old size, reads left)`.
     lagging: Mutex<HashMap<VolumeId, (u64, u32)>>,
     lies: AtomicUsize,
+    /// Grows asked for while the mode was a lie.
+    asked_during_lies: AtomicUsize,
 }
 
 impl InstrumentedBackend {
@@ -64,6 +66,7 @@ impl InstrumentedBackend {
             announcements: Mutex::default(),
             lagging: Mutex::default(),
             lies: AtomicUsize::new(0),
+            asked_during_lies: AtomicUsize::new(0),
         })
     }
 
@@ -82,9 +85,15 @@ impl InstrumentedBackend {
         self.announcements.lock().clone()
     }
 
-    /// How many answers were lies (a size or a success the engine does not have).
+    /// How many answers were lies (a size or a success the engine does not
+    /// have, or a grow taken and never answered).
     pub fn lies_told(&self) -> usize {
         self.lies.load(Ordering::SeqCst)
+    }
+
+    /// How many grows Swell asked for while the mode was a lie.
+    pub fn asked_during_lies(&self) -> usize {
+        self.asked_during_lies.load(Ordering::SeqCst)
     }
 
     /// The volume's size as the engine below holds it, past every lie.
@@ -144,6 +153,9 @@ impl Backend for InstrumentedBackend {
 
     async fn grow_volume(&self, id: &VolumeId, new_size: u64) -> Result<u64, BackendError> {
         let mode = *self.mode.lock();
+        if !matches!(mode, GrowMode::Normal | GrowMode::Fail | GrowMode::Hang) {
+            self.asked_during_lies.fetch_add(1, Ordering::SeqCst);
+        }
         tokio::time::sleep(self.grow_latency).await;
         match mode {
             GrowMode::Normal => self.grow_inner(id, new_size).await,
@@ -157,7 +169,11 @@ impl Backend for InstrumentedBackend {
                 let before = self.current(id).await?;
                 // Half way, on a MiB boundary (RBD sizes are whole MiB).
                 let halfway = (before + (new_size.saturating_sub(before)) / 2) & !((1 << 20) - 1);
-                self.grow_inner(id, halfway.max(before)).await
+                let reached = self.grow_inner(id, halfway.max(before)).await?;
+                if reached < new_size {
+                    self.lie();
+                }
+                Ok(reached)
             }
             GrowMode::StaleAnswer => {
                 let before = self.current(id).await?;
@@ -176,6 +192,7 @@ impl Backend for InstrumentedBackend {
             GrowMode::LandsAfter(delay) => {
                 // The engine has the request now and carries it out later.
                 self.grows.lock().push((id.clone(), new_size));
+                self.lie();
                 let (inner, id) = (self.inner.clone(), id.clone());
                 let landed = tokio::spawn(async move {
                     tokio::time::sleep(delay).await;

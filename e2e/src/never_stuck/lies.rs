@@ -58,6 +58,11 @@ pub async fn a_lying_engine_is_never_believed(engine: &dyn Engine, lie: GrowMode
     let mut truths = Vec::new();
 
     rig.backend.set_grow_mode(lie);
+    // The lie must be told to Swell, or nothing below tests believing it.
+    let served = || {
+        assert!(rig.backend.asked_during_lies() >= 1, "{lie:?}: Swell never asked the engine during the lie");
+        assert!(rig.backend.lies_told() >= 1, "{lie:?}: the engine never served the lie");
+    };
     let started = Instant::now();
     let first = expand(&mut client, &id, TARGET).await;
     let took = started.elapsed();
@@ -98,6 +103,7 @@ pub async fn a_lying_engine_is_never_believed(engine: &dyn Engine, lie: GrowMode
             assert!(Instant::now() < until, "{lie:?}: the late grow never landed");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        served();
         rig.backend.set_grow_mode(GrowMode::Normal);
         assert_eq!(expand(&mut client, &id, TARGET).await.unwrap_or_else(|e| panic!("the retry after the late grow: {e:?}")), TARGET);
         assert_eq!(rig.backend.grows().len(), 1, "the retry found the size there: {:?}", rig.backend.grows());
@@ -108,6 +114,7 @@ pub async fn a_lying_engine_is_never_believed(engine: &dyn Engine, lie: GrowMode
         let during = look(&rig, &id, &mut truths, "after a pass during the lie").await;
         let expected = u64::from(during.truth < TARGET);
         assert_eq!(pending_metric(&rig).await, Some(expected), "{lie:?}: swell_expansions_pending after {report:?}");
+        served();
         rig.backend.set_grow_mode(GrowMode::Normal);
     }
 
@@ -125,9 +132,10 @@ pub async fn a_lying_engine_is_never_believed(engine: &dyn Engine, lie: GrowMode
     // engine refuses, and what matters is checked in `look`: no size went down.
     let grows: Vec<u64> = rig.backend.grows().into_iter().map(|(_, size)| size).collect();
     println!(
-        "{}: {lie:?}: first answer {first_code:?} after {took:?}, {} lies told, engine grows {:?} MiB, sizes seen {:?} MiB",
+        "{}: {lie:?}: first answer {first_code:?} after {took:?}, {} lies told to {} grows asked during the lie, engine grows {:?} MiB, sizes seen {:?} MiB",
         engine.name(),
         rig.backend.lies_told(),
+        rig.backend.asked_during_lies(),
         grows.iter().map(|g| g / MIB).collect::<Vec<_>>(),
         truths.iter().map(|t| t / MIB).collect::<Vec<_>>()
     );
