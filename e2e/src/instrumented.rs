@@ -39,6 +39,10 @@ pub enum GrowMode {
     /// whether or not the caller still waits (a remote engine that keeps
     /// working after its client's deadline).
     LandsAfter(Duration),
+    /// Truthful, but each grow first waits, after Swell recorded its wish
+    /// and before the engine is asked, until [`InstrumentedBackend::release_held`]
+    /// (a fault can be put inside the expansion).
+    Held,
 }
 
 /// The wrapper.
@@ -53,6 +57,9 @@ pub struct InstrumentedBackend {
     lies: AtomicUsize,
     /// Grows asked for while the mode was a lie.
     asked_during_lies: AtomicUsize,
+    /// Grows that reached the hold of [`GrowMode::Held`], and whether it is released.
+    arrived: tokio::sync::watch::Sender<usize>,
+    released: tokio::sync::watch::Sender<bool>,
 }
 
 impl InstrumentedBackend {
@@ -67,12 +74,29 @@ impl InstrumentedBackend {
             lagging: Mutex::default(),
             lies: AtomicUsize::new(0),
             asked_during_lies: AtomicUsize::new(0),
+            arrived: tokio::sync::watch::Sender::new(0),
+            released: tokio::sync::watch::Sender::new(false),
         })
     }
 
     /// Switches how grows behave.
     pub fn set_grow_mode(&self, mode: GrowMode) {
+        if mode == GrowMode::Held {
+            self.arrived.send_replace(0);
+            self.released.send_replace(false);
+        }
         *self.mode.lock() = mode;
+    }
+
+    /// Waits (at most `within`) until a grow waits at the hold; whether one does.
+    pub async fn wait_held(&self, within: Duration) -> bool {
+        let mut arrived = self.arrived.subscribe();
+        tokio::time::timeout(within, arrived.wait_for(|n| *n > 0)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Lets every grow held, and every later one, go on to the engine.
+    pub fn release_held(&self) {
+        self.released.send_replace(true);
     }
 
     /// Every grow that reached the real backend, in order.
@@ -153,7 +177,7 @@ impl Backend for InstrumentedBackend {
 
     async fn grow_volume(&self, id: &VolumeId, new_size: u64) -> Result<u64, BackendError> {
         let mode = *self.mode.lock();
-        if !matches!(mode, GrowMode::Normal | GrowMode::Fail | GrowMode::Hang) {
+        if !matches!(mode, GrowMode::Normal | GrowMode::Fail | GrowMode::Hang | GrowMode::Held) {
             self.asked_during_lies.fetch_add(1, Ordering::SeqCst);
         }
         tokio::time::sleep(self.grow_latency).await;
@@ -161,6 +185,12 @@ impl Backend for InstrumentedBackend {
             GrowMode::Normal => self.grow_inner(id, new_size).await,
             GrowMode::Fail => Err(BackendError::Unavailable { step: "grow volume".into(), reason: "injected outage".into() }),
             GrowMode::Hang => std::future::pending().await,
+            GrowMode::Held => {
+                self.arrived.send_modify(|n| *n += 1);
+                let mut released = self.released.subscribe();
+                let _ = released.wait_for(|r| *r).await;
+                self.grow_inner(id, new_size).await
+            }
             GrowMode::AckWithoutGrowing => {
                 self.lie();
                 Ok(new_size)

@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::*;
-use swell_e2e::rbd_rig::{self, ClusterEnv, Swell, cli, cluster, rbd_size};
+use swell_e2e::instrumented::GrowMode;
+use swell_e2e::never_stuck::InProcess;
+use swell_e2e::rbd_rig::{self, ClusterEnv, Rbd, Swell, cli, cluster, rbd_size};
 use swell_e2e::requests::{controller_expand, create_volume, mount_capability};
+use swell_e2e::state::record_of;
 use swell_e2e::timing::{assert_within_deadline, median};
+use swell_storage::{Backend, VolumeId};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -345,35 +349,65 @@ where
     }
 }
 
-/// The only monitor down during an expansion, then frozen (SIGSTOP) during
-/// another: each call answers within the deadline, leaves the volume free
-/// for the next call, and the same controller grows it once the monitor
-/// answers again.
+/// The only monitor stopped inside an expansion, then frozen (SIGSTOP)
+/// inside another: each grow is held after Swell recorded its wish and
+/// before the engine is asked, the fault put on, and the grow let go. Each
+/// call answers within the deadline, OK only with the image at the size or
+/// else a retryable code with the wish still recorded; it leaves the volume
+/// free for the next call, and the same controller grows it once the
+/// monitor answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_monitor_down_or_frozen_mid_expansion_answers_in_time_and_recovers() {
     let Some(session) = rbd_rig::acquire("rbd_controller::fault_monitor_down_or_frozen_mid_expansion_answers_in_time_and_recovers").await else {
         return;
     };
     let env = session.env;
-    let swell = Swell::start(env, OP_TIMEOUT, BACKEND_TIMEOUT).await;
-    let mut c = swell.client.clone();
+    let engine = Rbd(env);
+    let rig = InProcess::start(&engine, Duration::ZERO).await;
+    let store = rig.backend.expansion_store();
+    let mut c = rig.client();
     let vol = create(&mut c, "pvc-mon-fault", 64 * MIB).await.expect("create");
+    let id: VolumeId = vol.volume_id.parse().unwrap();
     let mut size = 64 * MIB;
     for (fault, undo) in [("stop-mon", "start-mon"), ("freeze-mon", "thaw-mon")] {
         size += 32 * MIB;
-        cluster(env, fault, &[]).unwrap_or_else(|e| panic!("{fault}: {e}"));
-        // Pool usage readings live a second: past it, a grow needs the monitor.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        rig.backend.set_grow_mode(GrowMode::Held);
         let started = Instant::now();
-        let during = expand(&mut c, &vol.volume_id, size).await;
+        let call = tokio::spawn({
+            let (mut c, id) = (c.clone(), vol.volume_id.clone());
+            async move { expand(&mut c, &id, size).await }
+        });
+        assert!(rig.backend.wait_held(BACKEND_TIMEOUT).await, "{fault}: the expansion never reached the engine");
+        let record = record_of(&*store, &id).await.unwrap();
+        assert_eq!((record.desired_bytes, record.current_bytes), (size, size - 32 * MIB), "{fault}: the wish is recorded, not reached");
+        let grows = rig.backend.grows().len();
+        cluster(env, fault, &[]).unwrap_or_else(|e| panic!("{fault}: {e}"));
+        assert!(!call.is_finished(), "{fault}: the call ended before the fault was on");
+        rig.backend.release_held();
+        let during = call.await.unwrap();
         let took = started.elapsed();
+        // The fault was met: the engine was asked with the monitor down or frozen.
+        assert_eq!(rig.backend.grows().len(), grows + 1, "{fault}: the grow did not reach the engine during the fault");
+        rig.backend.set_grow_mode(GrowMode::Normal);
         let again = expand(&mut c, &vol.volume_id, size).await;
         cluster(env, undo, &[]).unwrap_or_else(|e| panic!("{undo}: {e}"));
         eprintln!("expand with the monitor {fault}: {:?} after {took:?}", during.as_ref().map_err(|s| (s.code(), s.message().to_owned())));
-        if let Err(status) = &during {
-            assert!(ok(status.code()), "{fault}: UNAVAILABLE or DEADLINE_EXCEEDED, not {status:?}");
-        }
         assert_within_deadline(&format!("an expansion with the monitor {fault}"), took, BACKEND_TIMEOUT);
+        match &during {
+            Ok(answered) => {
+                assert_eq!(*answered, size, "{fault}: OK names the size asked");
+                assert_eq!(size_of(env, &vol.volume_id), Some(size), "{fault}: OK with the image at the size");
+            }
+            Err(status) => {
+                assert!(ok(status.code()), "{fault}: UNAVAILABLE or DEADLINE_EXCEEDED, not {status:?}");
+                let record = until_ok("read the record once the monitor is back", || {
+                    let (store, id) = (store.clone(), id.clone());
+                    async move { store.record(&id).await.map_err(|e| Status::unavailable(e.to_string())) }
+                })
+                .await;
+                assert_eq!(record.map(|r| r.desired_bytes), Some(size), "{fault}: the failed grow keeps its wish");
+            }
+        }
         assert!(!matches!(&again, Err(s) if s.code() == Code::Aborted), "{fault}: the volume was left held: {again:?}");
         let grown = until_ok("expand once the monitor is back", || {
             let (mut c, id) = (c.clone(), vol.volume_id.clone());
