@@ -113,6 +113,14 @@ impl ControllerProcess {
         let _ = self.child.wait().await;
     }
 
+    /// SIGTERM, as Kubernetes stops a pod, and waits (at most `within`) for
+    /// the exit: a clean exit means every call it had running, blocking
+    /// Ceph work included, has returned (the runtime waits for them).
+    pub async fn stop(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        tokio::time::timeout(within, self.child.wait()).await.ok().and_then(Result::ok)
+    }
+
     /// Freezes the process (SIGSTOP), as a paused VM or a stalled node would:
     /// it keeps what it holds but does nothing, renews nothing.
     pub fn freeze(&self) {

@@ -275,7 +275,7 @@ async fn a_frozen_holder_wakes_to_find_the_volume_moved_on_and_changes_nothing()
     let env = session.env;
     let ceph = RbdBackend::new(rbd_config(env, "observer")).unwrap();
     let store = ceph.expansion_store();
-    let frozen = Replica::start(env, "frozen", Some(&format!("{GRIP}=sleep(3000)"))).await;
+    let mut frozen = Replica::start(env, "frozen", Some(&format!("{GRIP}=sleep(3000)"))).await;
     let mut other = Replica::start(env, "other", None).await;
     let id = create(&mut other.client, "frozen-holder", 256 * MIB).await;
     let volume: VolumeId = id.parse().unwrap();
@@ -300,7 +300,10 @@ async fn a_frozen_holder_wakes_to_find_the_volume_moved_on_and_changes_nothing()
 
     frozen.process.thaw();
     let woken = tokio::time::timeout(Duration::from_secs(70), &mut stalled).await.expect("the woken replica answers").unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Its answer may come at a deadline while its Ceph work still runs: its
+    // clean exit proves that work returned (the runtime waits for it).
+    let exit = frozen.process.stop(Duration::from_secs(30)).await.expect("the woken replica exits within 30 s of SIGTERM");
+    assert!(exit.success(), "the woken replica exits cleanly: {exit}");
     let last = record_of(&*store, &volume).await.unwrap();
     println!(
         "frozen holder: the other replica took over after {took_over:?} ({} ABORTED first); the woken one answered {:?}; image {} MiB, record {:?}",
@@ -313,8 +316,16 @@ async fn a_frozen_holder_wakes_to_find_the_volume_moved_on_and_changes_nothing()
     assert!(last.desired_bytes >= 768 * MIB && last.current_bytes == 768 * MIB, "never rolled back: {last:?}");
     assert!(last.generation >= after.generation);
     assert!(woken.size.is_none_or(|size| size >= 768 * MIB), "no success reported for an older size: {woken:?}");
+    // A lease the stopped replica held runs out first: retried on ABORTED, as the provisioner does.
     let mut client = other.client.clone();
-    client.delete_volume(DeleteVolumeRequest { volume_id: id, ..Default::default() }).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::Aborted && Instant::now() < until => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(status) => panic!("delete {id}: {status:?}"),
+        }
+    }
 }
 
 /// 2,000 settled volumes and 20 pending ones: a reconciler pass reads the
