@@ -329,7 +329,8 @@ async fn a_frozen_holder_wakes_to_find_the_volume_moved_on_and_changes_nothing()
 }
 
 /// 2,000 settled volumes and 20 pending ones: a reconciler pass reads the
-/// backend for the 20 only, and quickly.
+/// backend for the 20 only. Its time is swell-bench's figure (the scale
+/// goal "a reconciler pass follows the pending volumes"), judged on medians.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reconciler_pass_reads_only_the_pending_volumes() {
     let Some(session) = session("a_reconciler_pass_reads_only_the_pending_volumes").await else { return };
@@ -363,9 +364,6 @@ async fn a_reconciler_pass_reads_only_the_pending_volumes() {
     assert_eq!((report.examined, report.completed), (20, 20), "{report:?}");
     // One read to judge each pending volume, one to verify its grow.
     assert_eq!(volume_reads, 2 * 20, "only the pending volumes are read");
-    // The read count is the check; the time only catches a pass that waits
-    // on something per settled volume (2,000 reads take 20 s or more here).
-    assert!(took < Duration::from_secs(8), "a pass over 20 pending volumes took {took:?}");
     for id in &pending {
         assert_eq!(image_size(env, &id.to_string()), 96 * MIB);
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use swell_backends::Backends;
 use swell_e2e::state::leave_wish;
+use swell_e2e::timing::{assert_within_deadline, median};
 use swell_e2e::webhook::{CAPTURED_VOLUME, FixedVolumes, Resize, Review, RunningWebhook, TestPki, fixture, latency};
 use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::{Backend, ExpansionStore, VolumeId};
@@ -199,10 +200,17 @@ async fn a_backend_that_does_not_answer_gets_the_policy_within_the_deadline() {
             facts: Arc::new(Hung),
         };
         let server = RunningWebhook::start(webhook, &pki, Limits::default(), Duration::from_secs(1)).await;
-        let started = Instant::now();
-        let reply = server.client(&pki).review(&resize("1Gi", "2Gi", "1Gi", None).review()).await.unwrap();
-        let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(3), "answered after {elapsed:?}");
+        // Each answer waits out the deadline; their median stays within its bound.
+        let mut took = Vec::new();
+        let mut reply = None;
+        for _ in 0..3 {
+            let started = Instant::now();
+            reply = Some(server.client(&pki).review(&resize("1Gi", "2Gi", "1Gi", None).review()).await.unwrap());
+            took.push(started.elapsed());
+        }
+        assert!(took.iter().all(|t| *t >= Duration::from_millis(500)), "answered before the deadline: {took:?}");
+        assert_within_deadline("the median answer", median(&took), Duration::from_millis(500));
+        let reply = reply.unwrap();
         let (allowed, message, warnings) = reply.verdict();
         assert_eq!(allowed, allow);
         if allow {

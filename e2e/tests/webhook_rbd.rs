@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use swell_backends::{BackendConfig, Backends};
 use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, cli, cluster};
 use swell_e2e::state::leave_wish;
+use swell_e2e::timing::assert_within_deadline;
 use swell_e2e::webhook::{FixedVolumes, Resize, Review, RunningWebhook, TestPki, fixture, latency};
 use swell_local::LocalConfig;
 use swell_rbd::RbdConfig;
@@ -196,7 +197,7 @@ async fn a_backend_down_gets_the_policy_within_the_deadline() {
     for (i, (fault, took, (allowed, message, warnings))) in outcomes.into_iter().enumerate() {
         eprintln!("{fault}: answered in {took:?}: allowed {allowed} {message}{warnings:?}");
         // Within the deadline: librados's own op timeout (2 s) may answer first.
-        assert!(took < DEADLINE + Duration::from_secs(1), "{fault}: answered after {took:?}");
+        assert_within_deadline(fault, took, DEADLINE);
         if i % 2 == 0 {
             assert!(!allowed && message.starts_with("volume pvc-rbd cannot be checked now ("), "{fault}: {message}");
         } else {
