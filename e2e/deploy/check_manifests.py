@@ -1,6 +1,9 @@
 """Offline checks of deploy/: every overlay renders with `kubectl kustomize`,
 every rendered object validates against the Kubernetes 1.32 OpenAPI schema
 (kubernetes-validate, strict), and the properties Swell depends on hold.
+Each Swell-specific check has a negative control (NEGATIVE_CONTROLS): the
+rendered manifests mutated to break what it checks, on which it must fail;
+a check that finds nothing to check fails too.
 
 Run by e2e/test.sh after the debug binaries are built (their --help is the
 truth for flag and environment names):
@@ -8,6 +11,7 @@ truth for flag and environment names):
     target/deploy-venv/bin/python e2e/deploy/check_manifests.py
 """
 
+import copy
 import os
 import re
 import subprocess
@@ -160,7 +164,7 @@ class Manifests(unittest.TestCase):
             yield self.webhook
 
     def test_overlays_are_local_and_rbd(self):
-        self.assertEqual(OVERLAYS, ["local", "rbd"])
+        self.assertEqual(sorted(self.rendered), ["local", "rbd"])
 
     def test_every_object_validates_against_the_kubernetes_schema(self):
         for rendered in self.each_with_webhook():
@@ -266,16 +270,18 @@ class Manifests(unittest.TestCase):
 
     def test_every_sidecar_talks_to_the_driver_socket(self):
         for rendered in self.each():
+            self.assertEqual(len(rendered.csi_pod_specs()), 2, "the controller and the node serve CSI on --endpoint")
             for pod, spec in rendered.csi_pod_specs():
                 socket = driver_socket(spec)
-                for c in spec["containers"]:
-                    address = flag(c, "csi-address")
-                    if address is not None:
-                        with self.subTest(pod=pod, container=c["name"]):
-                            self.assertEqual(locate(c, address), socket)
+                sidecars = [c for c in spec["containers"] if flag(c, "csi-address") is not None]
+                self.assertTrue(sidecars, f"{pod}: no sidecar with --csi-address")
+                for c in sidecars:
+                    with self.subTest(pod=pod, container=c["name"]):
+                        self.assertEqual(locate(c, flag(c, "csi-address")), socket)
 
     def test_liveness_probes_reach_the_probe_sidecar(self):
         for rendered in self.each():
+            self.assertEqual(len(rendered.csi_pod_specs()), 2, "the controller and the node serve CSI on --endpoint")
             for pod, spec in rendered.csi_pod_specs():
                 with self.subTest(pod=pod):
                     driver = swell_container(spec)
@@ -291,11 +297,13 @@ class Manifests(unittest.TestCase):
 
     def test_readiness_is_swells_own_health_check_where_it_serves_it(self):
         for rendered in self.each():
-            for obj in [o for o in rendered.objects if o["kind"] in ("Deployment", "DaemonSet")]:
+            workloads = [o for o in rendered.objects if o["kind"] in ("Deployment", "DaemonSet")]
+            serving = [o for o in workloads if flag(swell_container(o["spec"]["template"]["spec"]), "endpoint") is not None]
+            # The webhook serves HTTPS, not CSI; the controller and the node serve CSI.
+            self.assertEqual(len(serving), 2, "the controller and the node serve CSI on --endpoint")
+            for obj in serving:
                 template = obj["spec"]["template"]
                 driver = swell_container(template["spec"])
-                if flag(driver, "endpoint") is None:
-                    continue  # the webhook serves HTTPS, not CSI
                 with self.subTest(pod=obj["metadata"]["name"]):
                     address = flag(driver, "metrics-address")
                     self.assertIsInstance(address, str, "the Swell container serves no /metrics and /healthz")
@@ -335,6 +343,7 @@ class Manifests(unittest.TestCase):
                 c = swell_container(spec)
                 text = self.help[c["command"][0]]
                 with self.subTest(pod=pod):
+                    self.assertTrue(c.get("args"), f"{pod}: the Swell container has no args to check")
                     for arg in c.get("args", []):
                         self.assertIn(arg.split("=", 1)[0] + " ", text)
                     for name in [e["name"] for e in c.get("env", [])]:
@@ -370,6 +379,7 @@ class Manifests(unittest.TestCase):
     def test_objects_live_in_one_namespace_and_accounts_exist(self):
         for rendered in self.each_with_webhook():
             accounts = {o["metadata"]["name"] for o in rendered.of_kind("ServiceAccount")}
+            self.assertTrue(rendered.pod_specs(), "no workloads")
             for obj in rendered.objects:
                 if obj["kind"] not in CLUSTER_SCOPED:
                     self.assertEqual(obj["metadata"].get("namespace"), NAMESPACE, f"{obj['kind']} {obj['metadata']['name']}")
@@ -383,9 +393,161 @@ class Manifests(unittest.TestCase):
     def test_the_node_has_no_api_access(self):
         for rendered in self.each():
             bound = {s["name"] for b in rendered.of_kind("ClusterRoleBinding") + rendered.of_kind("RoleBinding") for s in b["subjects"]}
+            self.assertIn("swell-controller", bound, "no binding to check against")
             self.assertNotIn("swell-node", bound)
             spec = rendered.one("DaemonSet", "swell-node")["spec"]["template"]["spec"]
             self.assertIs(spec["automountServiceAccountToken"], False)
+
+
+def _workload(manifests, overlay, kind, name):
+    return manifests.rendered[overlay].one(kind, name)["spec"]["template"]["spec"]
+
+
+def _set_arg(container, name, value):
+    """Sets --name=value, or drops --name when value is None."""
+    args = [a for a in container["args"] if a != f"--{name}" and not a.startswith(f"--{name}=")]
+    container["args"] = args + ([] if value is None else [f"--{name}={value}" if value is not True else f"--{name}"])
+
+
+def _move_endpoint_to_env(m):
+    for overlay in m.rendered:
+        for _, spec in m.rendered[overlay].pod_specs():
+            c = swell_container(spec)
+            endpoint = flag(c, "endpoint")
+            if isinstance(endpoint, str):
+                _set_arg(c, "endpoint", None)
+                c.setdefault("env", []).append({"name": "CSI_ENDPOINT", "value": endpoint})
+
+
+def _storage_class(m):
+    m.rendered["rbd"].of_kind("StorageClass")[0]["allowVolumeExpansion"] = False
+
+
+def _snapshot_class(m):
+    m.rendered["local"].of_kind("VolumeSnapshotClass")[0]["parameters"] = {"x": "y"}
+
+
+def _rbac(m):
+    role = m.rendered["rbd"].one("ClusterRole", "swell-controller")
+    role["rules"] = [r for r in role["rules"] if "persistentvolumeclaims/status" not in r["resources"]]
+
+
+def _attacher(m):
+    m.rendered["local"].of_kind("CSIDriver")[0]["spec"]["attachRequired"] = True
+
+
+def _resizer_timeout(m):
+    _set_arg(sidecar(_workload(m, "rbd", "Deployment", "swell-controller"), "csi-resizer"), "timeout", "5s")
+
+
+def _leader_election(m):
+    _set_arg(sidecar(_workload(m, "local", "Deployment", "swell-controller"), "csi-resizer"), "leader-election", None)
+
+
+def _privileged(m):
+    swell_container(_workload(m, "rbd", "DaemonSet", "swell-node"))["securityContext"]["privileged"] = False
+
+
+def _sidecar_socket(m):
+    _set_arg(sidecar(_workload(m, "local", "Deployment", "swell-controller"), "csi-provisioner"), "csi-address", "/elsewhere/csi.sock")
+
+
+def _liveness(m):
+    swell_container(_workload(m, "local", "DaemonSet", "swell-node"))["livenessProbe"]["httpGet"]["path"] = "/live"
+
+
+def _readiness(m):
+    swell_container(_workload(m, "rbd", "Deployment", "swell-controller"))["readinessProbe"]["timeoutSeconds"] = 5
+
+
+def _registrar(m):
+    _set_arg(sidecar(_workload(m, "rbd", "DaemonSet", "swell-node"), "csi-node-driver-registrar"), "kubelet-registration-path", "/var/lib/kubelet/plugins/other/csi.sock")
+
+
+def _image_tag(m):
+    c = swell_container(_workload(m, "local", "Deployment", "swell-controller"))
+    c["image"] = "swell:latest"
+
+
+def _unknown_flag(m):
+    swell_container(_workload(m, "local", "Deployment", "swell-controller"))["args"].append("--no-such-flag=1")
+
+
+def _rbd_secret(m):
+    del m.rendered["rbd"].one("Secret", "swell-ceph")["stringData"]["keyring"]
+
+
+def _local_ceph(m):
+    m.rendered["local"].objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "swell-rbd", "namespace": NAMESPACE}, "data": {}})
+
+
+def _namespace(m):
+    m.rendered["local"].of_kind("ServiceAccount")[0]["metadata"]["namespace"] = "default"
+
+
+def _node_api(m):
+    binding = m.rendered["rbd"].of_kind("ClusterRoleBinding")[0]
+    binding["subjects"].append({"kind": "ServiceAccount", "name": "swell-node", "namespace": NAMESPACE})
+
+
+def _overlay_gone(m):
+    del m.rendered["rbd"]
+
+
+# Each Swell-specific check, and mutations of the rendered manifests that
+# break what it checks: the check must fail on each.
+NEGATIVE_CONTROLS = {
+    "test_overlays_are_local_and_rbd": [_overlay_gone],
+    "test_storage_classes_allow_expansion_and_name_the_driver": [_storage_class],
+    "test_each_overlay_snapshots_through_the_driver": [_snapshot_class],
+    "test_the_controller_may_do_what_its_sidecars_ask": [_rbac],
+    "test_the_driver_needs_no_attacher": [_attacher],
+    "test_the_resizer_runs_with_a_timeout_longer_than_the_backend_deadline": [_resizer_timeout],
+    "test_replicated_sidecars_elect_a_leader": [_leader_election],
+    "test_the_node_plugin_is_privileged_and_propagates_mounts": [_privileged],
+    "test_every_sidecar_talks_to_the_driver_socket": [_sidecar_socket, _move_endpoint_to_env],
+    "test_liveness_probes_reach_the_probe_sidecar": [_liveness, _move_endpoint_to_env],
+    "test_readiness_is_swells_own_health_check_where_it_serves_it": [_readiness, _move_endpoint_to_env],
+    "test_the_registrar_registers_the_socket_kubelet_sees": [_registrar],
+    "test_one_swell_image_tag_everywhere_and_pinned_sidecars": [_image_tag],
+    "test_swell_flags_and_variables_exist_in_the_binaries": [_unknown_flag],
+    "test_rbd_reaches_both_binaries_from_one_config_and_secret": [_rbd_secret],
+    "test_the_local_overlay_configures_no_ceph": [_local_ceph],
+    "test_objects_live_in_one_namespace_and_accounts_exist": [_namespace],
+    "test_the_node_has_no_api_access": [_node_api],
+}
+
+
+class NegativeControls(unittest.TestCase):
+    """Each check fails on manifests mutated to break what it checks."""
+
+    def test_every_swell_check_has_a_negative_control(self):
+        checks = {name for name in dir(Manifests) if name.startswith("test_")}
+        # The schema checks are the schema library's (and tested as such above).
+        checks -= {"test_every_object_validates_against_the_kubernetes_schema", "test_the_schema_check_rejects_a_misspelt_field"}
+        self.assertEqual(checks, set(NEGATIVE_CONTROLS))
+
+    def test_each_check_fails_on_its_mutated_manifests(self):
+        if not Manifests.rendered:
+            Manifests.setUpClass()
+        # A check failing inside `each()` closes its generator mid-subTest;
+        # Python reports that as ignored, which is noise here.
+        hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+        self.addCleanup(setattr, sys, "unraisablehook", hook)
+        for check, mutations in NEGATIVE_CONTROLS.items():
+            for mutate in mutations:
+                with self.subTest(check=check, mutation=mutate.__name__):
+                    case = Manifests(check)
+                    case.rendered = copy.deepcopy(Manifests.rendered)
+                    case.webhook = copy.deepcopy(Manifests.webhook)
+                    mutate(case)
+                    result = unittest.TestResult()
+                    case.run(result)
+                    self.assertFalse(result.wasSuccessful(), f"{check} passed on manifests {mutate.__name__} broke")
+                    # The unmutated manifests pass the same check.
+                    clean = unittest.TestResult()
+                    Manifests(check).run(clean)
+                    self.assertTrue(clean.wasSuccessful(), f"{check} fails on the real manifests: {clean.failures + clean.errors}")
 
 
 class Helpers(unittest.TestCase):
