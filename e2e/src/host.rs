@@ -38,8 +38,15 @@ pub fn missing_program(test: &str, programs: &[&str]) -> Option<String> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let missing = programs.iter().find(|p| !std::env::split_paths(&path).any(|dir| dir.join(p).is_file()))?;
     let reason = format!("{missing} is not installed (e2e/install-deps.sh installs it)");
-    assert!(!in_ci(), "{test}: {reason}; under CI=true the install step must have provided it");
+    assert_not_ci(test, &reason);
     Some(reason)
+}
+
+/// Fails `test` under CI ([`in_ci`]), where the install step provides
+/// what `reason` says is missing; elsewhere it returns and the test skips.
+#[track_caller]
+pub fn assert_not_ci(test: &str, reason: &str) {
+    assert!(!in_ci(), "{test}: {reason}; under CI=true the install step must have provided it");
 }
 
 /// What this machine lacks for tests on loop devices and mounts (and FUSE,
