@@ -2,8 +2,10 @@
 //! loop device): a `swell-io` writer writes and fdatasyncs records and a
 //! reader reads them back, as processes of their own, while the backing
 //! file grows and NodeExpandVolume grows xfs, btrfs or a raw block device.
-//! No I/O error, no record read back wrong, every acknowledged record intact
-//! afterwards. And for raw block: what was written before the grow reads
+//! The writer waits at the volume's old end (raw block) or with the
+//! filesystem full (xfs, btrfs) until the grow, then writes into the grown
+//! space. No I/O error, no record read back wrong, every acknowledged record
+//! intact afterwards, read from the device. And for raw block: what was written before the grow reads
 //! back after it, and a file descriptor opened before sees the new size.
 //! Needs root.
 #![allow(clippy::unwrap_used)]
@@ -20,7 +22,7 @@ use node_rig::{Rig, rig};
 use swell_e2e::chaos::Xorshift;
 use swell_e2e::requests::total_bytes;
 use swell_e2e::requests::{self, block_capability, mount_capability};
-use swell_e2e::stream_io::{RECORD, Streams};
+use swell_e2e::stream_io::{self, RECORD, Span, Streams};
 use swell_storage::units::MIB;
 
 const FROM: u64 = 320 * MIB;
@@ -39,26 +41,31 @@ async fn unpublish_unstage(rig: &mut Rig, id: &str, target: &Path) {
     rig.node.node_unstage_volume(requests::unstage(id, &rig.path("staging"))).await.unwrap();
 }
 
-/// Streams records through `data` while the volume grows from FROM to TO.
-async fn grow_under_streams(rig: &mut Rig, id: &str, target: &Path, data: &Path, limit: u64) {
-    let streams = Streams::start(data, &rig.dir, limit).unwrap();
-    assert!(streams.wait_for(20, Duration::from_secs(60)).await, "the writer did not get going");
+/// Streams records through `data` over `span` while the volume grows from
+/// FROM to TO: the writer waits at its gate until the grow has answered.
+async fn grow_under_streams(rig: &mut Rig, id: &str, target: &Path, data: &Path, span: Span) {
+    let streams = Streams::start(data, &rig.dir, span).unwrap();
+    assert!(streams.wait_for(span.gate - span.first, Duration::from_secs(60)).await, "the writer did not reach its gate");
     rig.grow(&id.parse().unwrap(), TO).await;
     let expand = requests::node_expand(id, &target.display().to_string(), "", TO as i64, None);
     let grown = rig.node.node_expand_volume(expand).await.unwrap().into_inner();
     assert_eq!(grown.capacity_bytes as u64, TO);
-    let at_grow = streams.written();
-    assert!(streams.wait_for(at_grow + 20, Duration::from_secs(60)).await, "the writer stalled after the grow");
+    streams.open_gate().unwrap();
+    assert!(streams.wait_for(span.limit - span.first, Duration::from_secs(120)).await, "the writer stalled after the grow");
     let (writer, reader) = streams.finish(data).await.unwrap();
-    println!("writer synced {} records ({at_grow} when the grow answered), reader verified {} reads", writer.records, reader.records);
+    println!("writer synced {} records, {} past its gate, reader verified {} reads", writer.records, span.limit - span.gate, reader.records);
 }
 
 async fn filesystem_grows_under_a_streaming_writer(fs: &str) {
     let Some(mut rig) = rig(&format!("node_online_io_{fs}")).await else { return };
     let id = rig.volume(&format!("pvc-io-{fs}"), FROM).await.to_string();
     let target = stage_publish(&mut rig, &id, mount_capability(fs), "pods/p/vol").await;
-    // Well inside the first size: the filesystem's own metadata needs room too.
-    grow_under_streams(&mut rig, &id, &target, &target.join("stream.dat"), (FROM / 2) / RECORD as u64).await;
+    // The filesystem full but for 16 MiB: 2 MiB before the gate, then 24 MiB
+    // after it, which only the grown space can hold.
+    let room = stream_io::fill_leaving(&target, 16 * MIB).unwrap();
+    let span = Span { first: 0, gate: 32, limit: 32 + (24 * MIB) / RECORD as u64 };
+    grow_under_streams(&mut rig, &id, &target, &target.join("stream.dat"), span).await;
+    assert!((span.limit - span.gate) * RECORD as u64 > room, "the writer must write past the {room} bytes {fs} had before the grow");
     let stats = rig.node.node_get_volume_stats(requests::stats(&id, &target.display().to_string())).await.unwrap().into_inner();
     let total = total_bytes(&stats).unwrap() as u64;
     assert!(total > TO * 85 / 100 && total <= TO, "{fs} grew to {total}");
@@ -80,7 +87,9 @@ async fn a_raw_block_volume_grows_under_a_streaming_writer() {
     let Some(mut rig) = rig("node_online_io_block").await else { return };
     let id = rig.volume("pvc-io-block", FROM).await.to_string();
     let target = stage_publish(&mut rig, &id, block_capability(), "pods/p/dev/blk").await;
-    grow_under_streams(&mut rig, &id, &target, &target, FROM / RECORD as u64).await;
+    // 40 records below the old end, then 40 past it.
+    let old_end = FROM / RECORD as u64;
+    grow_under_streams(&mut rig, &id, &target, &target, Span { first: old_end - 40, gate: old_end, limit: old_end + 40 }).await;
     unpublish_unstage(&mut rig, &id, &target).await;
 }
 

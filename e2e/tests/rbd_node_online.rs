@@ -16,7 +16,7 @@ use swell_e2e::host::{check_filesystem, statvfs_total};
 use swell_e2e::node_process::{KillAt, NodeProcess, grow_tool_stand_in};
 use swell_e2e::rbd_rig::{NodeRig as Rig, node_rig};
 use swell_e2e::requests::{self, block_capability, mount_capability, total_bytes};
-use swell_e2e::stream_io::{self, RECORD, Streams};
+use swell_e2e::stream_io::{self, RECORD, Span, Streams};
 use swell_storage::units::{GIB, MIB};
 
 const FROM: u64 = 512 * MIB;
@@ -34,17 +34,18 @@ async fn unpublish_unstage_clean(rig: &mut Rig, name: &str, id: &str, target: &P
     assert_eq!(rig.leftovers(name), Vec::<String>::new(), "nothing left after unstage");
 }
 
-/// Streams records through `data` while the image grows from FROM to 1 GiB.
-async fn grow_under_streams(rig: &mut Rig, name: &str, id: &str, target: &Path, data: &Path, limit: u64) {
-    let streams = Streams::start(data, &rig.dir, limit).unwrap();
-    assert!(streams.wait_for(20, Duration::from_secs(60)).await, "the writer did not get going");
+/// Streams records through `data` over `span` while the image grows from
+/// FROM to 1 GiB: the writer waits at its gate until the grow has answered.
+async fn grow_under_streams(rig: &mut Rig, name: &str, id: &str, target: &Path, data: &Path, span: Span) {
+    let streams = Streams::start(data, &rig.dir, span).unwrap();
+    assert!(streams.wait_for(span.gate - span.first, Duration::from_secs(60)).await, "the writer did not reach its gate");
     rig.resize(name, GIB);
     let expand = requests::node_expand(id, &target.display().to_string(), "", GIB as i64, None);
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, GIB);
-    let at_grow = streams.written();
-    assert!(streams.wait_for(at_grow + 20, Duration::from_secs(60)).await, "the writer stalled after the grow");
+    streams.open_gate().unwrap();
+    assert!(streams.wait_for(span.limit - span.first, Duration::from_secs(120)).await, "the writer stalled after the grow");
     let (writer, reader) = streams.finish(data).await.unwrap();
-    println!("rbd: writer synced {} records ({at_grow} when the grow answered), reader verified {} reads", writer.records, reader.records);
+    println!("rbd: writer synced {} records, {} past its gate, reader verified {} reads", writer.records, span.limit - span.gate, reader.records);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +53,11 @@ async fn rbd_xfs_grows_under_a_streaming_writer() {
     let Some(mut rig) = node_rig("rbd_node_online_xfs").await else { return };
     let id = rig.image("online-xfs", FROM);
     let target = stage_publish(&mut rig, &id, mount_capability("xfs"), "pods/p/vol").await;
-    grow_under_streams(&mut rig, "online-xfs", &id, &target, &target.join("stream.dat"), (FROM / 2) / RECORD as u64).await;
+    // xfs full but for 16 MiB: 2 MiB before the gate, 24 MiB after it.
+    let room = stream_io::fill_leaving(&target, 16 * MIB).unwrap();
+    let span = Span { first: 0, gate: 32, limit: 32 + (24 * MIB) / RECORD as u64 };
+    grow_under_streams(&mut rig, "online-xfs", &id, &target, &target.join("stream.dat"), span).await;
+    assert!((span.limit - span.gate) * RECORD as u64 > room, "the writer must write past the {room} bytes xfs had before the grow");
     let stats = rig.node.node_get_volume_stats(requests::stats(&id, &target.display().to_string())).await.unwrap().into_inner();
     assert!(total_bytes(&stats).unwrap() as u64 > GIB * 85 / 100, "xfs did not grow to about 1 GiB");
     unpublish_unstage_clean(&mut rig, "online-xfs", &id, &target).await;
@@ -65,7 +70,9 @@ async fn rbd_raw_block_grows_under_a_streaming_writer_and_an_open_descriptor_see
     let target = stage_publish(&mut rig, &id, block_capability(), "pods/p/dev/blk").await;
     let mut opened_before = std::fs::File::open(&target).unwrap();
     assert_eq!(opened_before.seek(SeekFrom::End(0)).unwrap(), FROM);
-    grow_under_streams(&mut rig, "online-blk", &id, &target, &target, FROM / RECORD as u64).await;
+    // 40 records below the old end, then 40 past it.
+    let old_end = FROM / RECORD as u64;
+    grow_under_streams(&mut rig, "online-blk", &id, &target, &target, Span { first: old_end - 40, gate: old_end, limit: old_end + 40 }).await;
     assert_eq!(opened_before.seek(SeekFrom::End(0)).unwrap(), GIB, "a descriptor opened before the grow sees the new size");
     drop(opened_before);
     unpublish_unstage_clean(&mut rig, "online-blk", &id, &target).await;
