@@ -106,12 +106,15 @@ fn spawn(binary: &PathBuf, args: &[OsString], env: &[(&str, OsString)], log: Opt
 }
 
 /// Where a stand-in grow tool lets a kill land: before the real tool
-/// starts, or once it has started (the kill takes it too, during or just
-/// after its grow: a small grow is quick).
+/// starts, once it has started (the kill takes it too, during or just
+/// after its grow: a small grow is quick), or part way: the real tool has
+/// grown the filesystem to this many bytes (xfs, btrfs) and the stand-in
+/// is still running, so the kill leaves it between its old and new size.
 #[derive(Debug, Clone, Copy)]
 pub enum KillAt {
     BeforeTheTool,
     AfterTheToolStarted,
+    PartWay(u64),
 }
 
 /// Writes into `dir` a stand-in for the grow tool of `fs` (`xfs_growfs`,
@@ -131,9 +134,14 @@ pub fn grow_tool_stand_in(dir: &Path, fs: &str, at: KillAt) -> Result<(PathBuf, 
     let (bin, mark) = (dir.join("stand-in"), dir.join("grow-reached"));
     std::fs::create_dir_all(&bin).map_err(|e| format!("create {}: {e}", bin.display()))?;
     let (mark_arg, real_arg) = (mark.display(), real.display());
-    let hold = match at {
-        KillAt::BeforeTheTool => format!(": > {mark_arg}; sleep 60; exec {real_arg} \"$@\""),
-        KillAt::AfterTheToolStarted => format!("{real_arg} \"$@\" & : > {mark_arg}; wait $!; sleep 60"),
+    let hold = match (at, fs) {
+        (KillAt::BeforeTheTool, _) => format!(": > {mark_arg}; sleep 60; exec {real_arg} \"$@\""),
+        (KillAt::AfterTheToolStarted, _) => format!("{real_arg} \"$@\" & : > {mark_arg}; wait $!; sleep 60"),
+        // xfs_growfs MOUNT: -D counts the data blocks (4 KiB).
+        (KillAt::PartWay(bytes), "xfs") => format!("{real_arg} -D {} \"$1\" && : > {mark_arg}; sleep 60", bytes / 4096),
+        // btrfs filesystem resize max MOUNT.
+        (KillAt::PartWay(bytes), "btrfs") => format!("{real_arg} filesystem resize {bytes} \"$4\" && : > {mark_arg}; sleep 60"),
+        (KillAt::PartWay(_), other) => return Err(format!("no part-way grow for {other}")),
     };
     let script = format!("#!/bin/sh\nif {is_grow}; then {hold}; fi\nexec {real_arg} \"$@\"\n");
     let path = bin.join(tool);

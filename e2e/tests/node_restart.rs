@@ -5,9 +5,12 @@
 //!   leave nothing behind;
 //! - killed in the middle of NodeExpandVolume (a stand-in grow tool holds
 //!   the grow step open until the kill lands, then the kill takes the tool
-//!   too, before the real tool runs or once it started): the next NodeExpandVolume
-//!   finishes the grow, and the unmounted filesystem checks clean
-//!   (`xfs_repair -n`, `btrfs check --readonly`).
+//!   too, before the real tool runs or with the filesystem grown part way):
+//!   the filesystem is where the kill left it (its old size, or between the
+//!   old and the new), checks clean unmounted as the kill left it
+//!   (`xfs_repair -n`, `btrfs check --readonly`), and after the restart the
+//!   next stage, publish and NodeExpandVolume finish the grow and it checks
+//!   clean again.
 //!
 //! Needs root and the workspace binaries (e2e/test.sh builds them).
 #![allow(clippy::unwrap_used)]
@@ -159,11 +162,23 @@ async fn killed_mid_expand(fs: &str, at: KillAt) {
     assert!(answer.is_err(), "a node killed mid-expansion answered {answer:?}");
     let at_kill = statvfs_total(&plant.dir.join("pods/p/vol")).unwrap();
     println!("{fs}, killed {at:?}: filesystem {before} bytes before the expansion, {at_kill} at the kill");
-    if matches!(at, KillAt::BeforeTheTool) {
-        assert_eq!(at_kill, before, "the kill landed before the grow");
+    match at {
+        KillAt::BeforeTheTool => assert_eq!(at_kill, before, "the kill landed before the grow"),
+        _ => assert!(at_kill > before && at_kill < (640 * MIB) as u64 * 85 / 100, "the kill landed part way: {before} < {at_kill} < 640 MiB"),
     }
+    // The state the kill left, checked before any retry: unmounted (as a
+    // reboot would leave it) and checked read-only.
+    for mount in ["pods/p/vol", "staging"] {
+        let status = std::process::Command::new("umount").arg(plant.path(mount)).status().unwrap();
+        assert!(status.success(), "umount {mount}");
+    }
+    check_filesystem(fs, &plant.backing_file(&id)).unwrap_or_else(|e| panic!("{fs} as the kill left it: {e}"));
 
     plant.node.restart(&[]).await.unwrap();
+    let mut node = plant.node().await;
+    let (staging, target) = (plant.path("staging"), plant.path("pods/p/vol"));
+    node.node_stage_volume(requests::stage(&id, &staging, mount_capability(fs))).await.unwrap();
+    node.node_publish_volume(requests::publish(&id, &staging, &target, mount_capability(fs), false)).await.unwrap();
     plant.expand_and_check(&id, 640 * MIB).await;
     let file = plant.backing_file(&id);
     plant.tear_down(&id).await;
@@ -177,8 +192,8 @@ async fn xfs_killed_before_the_grow_tool_runs_is_grown_by_the_next_expand() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn xfs_killed_once_the_grow_tool_started_is_grown_by_the_next_expand() {
-    killed_mid_expand("xfs", KillAt::AfterTheToolStarted).await;
+async fn xfs_killed_with_the_grow_tool_part_way_checks_clean_and_is_grown_by_the_next_expand() {
+    killed_mid_expand("xfs", KillAt::PartWay(480 * MIB as u64)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,6 +202,6 @@ async fn btrfs_killed_before_the_grow_tool_runs_is_grown_by_the_next_expand() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn btrfs_killed_once_the_grow_tool_started_is_grown_by_the_next_expand() {
-    killed_mid_expand("btrfs", KillAt::AfterTheToolStarted).await;
+async fn btrfs_killed_with_the_grow_tool_part_way_checks_clean_and_is_grown_by_the_next_expand() {
+    killed_mid_expand("btrfs", KillAt::PartWay(480 * MIB as u64)).await;
 }
