@@ -310,12 +310,6 @@ impl Engine for Rbd {
     fn settle_bound(&self) -> Duration {
         Duration::from_secs(30)
     }
-
-    fn chaos_env(&self) -> Vec<(String, String)> {
-        // Held between the recorded wish and the resize: long enough to stay
-        // a good share of a round on a loaded two-core machine.
-        vec![("FAILPOINTS".into(), "rbd-grow-before-resize=sleep(150)".into())]
-    }
 }
 
 /// The Ceph user RBD node tests attach as (not admin: proves the user and

@@ -43,12 +43,6 @@ pub trait Engine: Send + Sync {
     fn min_parallel_speedup(&self) -> f64;
     /// How long a restarted controller may take to finish every interrupted expansion.
     fn settle_bound(&self) -> Duration;
-    /// Environment for the chaos's controller process: where the engine
-    /// answers in a few milliseconds, a failpoint holding each grow a moment
-    /// after its wish is recorded, so kills land there often enough.
-    fn chaos_env(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
 }
 
 /// The embedded local backend: sparse files under `root/local`.
