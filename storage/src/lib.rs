@@ -13,6 +13,7 @@ pub mod expansion;
 pub mod expansion_files;
 pub mod local;
 pub mod locks;
+pub mod rbd_attach;
 pub mod rbd_volume;
 pub mod snapshot;
 pub mod units;
