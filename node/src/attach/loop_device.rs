@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use swell_storage::rbd_attach::MapOptions;
 use swell_storage::{VolumeId, local};
 
 use super::Attacher;
@@ -64,7 +65,7 @@ impl Attacher for LoopAttacher {
         }
     }
 
-    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
+    async fn attach(&self, volume: &VolumeId, _options: &MapOptions) -> Result<PathBuf, NodeError> {
         if let Some(device) = self.find(volume).await? {
             return Ok(device);
         }

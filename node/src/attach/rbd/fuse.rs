@@ -30,7 +30,7 @@ use swell_storage::VolumeId;
 
 use swell_storage::RbdVolume;
 
-use super::{Cluster, rbd_volume};
+use super::{Cluster, MapOptions, rbd_volume};
 use crate::attach::Attacher;
 use crate::attach::loop_device::{attach_file, detach_device};
 use crate::error::NodeError;
@@ -170,7 +170,7 @@ impl Attacher for FuseAttacher {
         self.cluster.image_size(volume, &rbd_volume(volume)?).await
     }
 
-    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
+    async fn attach(&self, volume: &VolumeId, _options: &MapOptions) -> Result<PathBuf, NodeError> {
         let image = rbd_volume(volume)?;
         let file = self.ensure_mounted(volume, &image).await?;
         if let Some(device) = system::loop_devices_backing(self.sys(), &file).await?.into_iter().next() {
