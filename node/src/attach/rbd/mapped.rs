@@ -4,6 +4,8 @@
 //! follow an image resize on their own (krbd through the header watch,
 //! rbd-nbd by resizing the nbd device), so a refresh only has to wait,
 //! which `expand` does by polling the device size against `rbd info`.
+//! rbd-nbd's daemon is started in a process group of its own, so it keeps
+//! serving the device when the node is killed with its group.
 //! Attachments are found by listing what is mapped (`rbd showmapped` /
 //! `rbd-nbd list-mapped`, both JSON), so attach and detach are idempotent.
 
@@ -162,11 +164,13 @@ impl Attacher for MappedAttacher {
         }
         let program = self.mapper.program();
         let args = self.mapper.map_args(&self.cluster, &image, options);
-        let out = self
-            .cluster
-            .run(program, args, MAP_DEADLINE)
-            .await
-            .map_err(|e| NodeError::command(format!("{program} map {} for volume {volume}", image.spec()), e))?;
+        let mapped = match self.mapper {
+            Mapper::Krbd => self.cluster.run(program, args, MAP_DEADLINE).await,
+            // The daemon rbd-nbd leaves is the device's server for as long
+            // as the volume is staged, whatever becomes of this process.
+            Mapper::Nbd => self.cluster.run_leaving_daemon(program, args, MAP_DEADLINE).await,
+        };
+        let out = mapped.map_err(|e| NodeError::command(format!("{program} map {} for volume {volume}", image.spec()), e))?;
         let device = out.stdout.trim();
         if !device.starts_with("/dev/") {
             return Err(NodeError::Parse { step: format!("{program} map"), detail: out.stdout });
