@@ -24,6 +24,17 @@ trap poweroff EXIT
 
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p "$results"
+
+# Mounts over DIR (the other arguments are mount's) and keeps the checkout
+# visible where it lies under DIR (a CI clone in /tmp, say).
+mount_over() {
+  local dir=$1
+  shift
+  [[ $swell_repo == "$dir"/* ]] || { mount "$@" "$dir"; return; }
+  mkdir -p /run/swell-vm/repo && mount --bind "$swell_repo" /run/swell-vm/repo &&
+    mount "$@" "$dir" &&
+    mkdir -p "$swell_repo" && mount --move /run/swell-vm/repo "$swell_repo"
+}
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "$results" || exit 1
 exec >>"$results/guest.log" 2>&1
 # Seconds since boot, so the host can tell where the time went.
@@ -35,7 +46,7 @@ mark "guest script started (init handed over at $started)"
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount_over /tmp -t tmpfs -o mode=1777 tmpfs
 ln -sf /proc/self/fd /dev/fd
 ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout
@@ -56,7 +67,7 @@ udevadm settle --timeout=60
 mark "udev started"
 
 # The OSDs' block files and the tests' directories live on the scratch disk.
-mkfs.xfs -q -f /dev/vda && mount -o noatime /dev/vda /var/tmp || { echo "no scratch disk"; exit 1; }
+mkfs.xfs -q -f /dev/vda && mount_over /var/tmp -o noatime /dev/vda || { echo "no scratch disk"; exit 1; }
 mark "scratch disk mounted"
 
 export CI=${swell_ci:-} SWELL_RBD_TEST_CLUSTER=/var/tmp/swell-vm-ceph
