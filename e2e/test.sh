@@ -17,8 +17,9 @@ e2e/install-test-tools.sh
 export SWELL_SKIP_LOG="${SWELL_SKIP_LOG:-$(mktemp /tmp/swell-skips.XXXXXX)}"
 : > "$SWELL_SKIP_LOG"
 status=0
-# Before the default build: it shares target/debug/swell-controller, which the next line restores.
+# Before the default build: they share target/debug/swell-controller, which the next line restores.
 e2e/local-only.sh || status=1
+e2e/failpoints-build.sh || status=1
 # The chaos test runs swell-controller as a real process: build the binaries first.
 cargo build --workspace --bins
 log=$(mktemp /tmp/swell-test.XXXXXX)

@@ -10,12 +10,12 @@ use swell_storage::rbd_attach::{self, RbdAttach};
 use crate::error::ControllerError;
 
 /// The keys Swell understands.
-pub const KNOWN_KEYS: [&str; 4] = ["backend", "pool", rbd_attach::MOUNTER_KEY, rbd_attach::MAP_OPTIONS_KEY];
+pub const KNOWN_PARAMETERS: [&str; 4] = ["backend", "pool", rbd_attach::MOUNTER_KEY, rbd_attach::MAP_OPTIONS_KEY];
 const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// Typed StorageClass parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct VolumeParameters {
+pub(crate) struct VolumeParameters {
     /// Which backend provisions the volume (`local`, `rbd`); the default
     /// backend when absent.
     pub backend: Option<String>,
@@ -27,7 +27,7 @@ pub struct VolumeParameters {
 
 impl VolumeParameters {
     /// Parses the request's parameter map.
-    pub fn parse(raw: &HashMap<String, String>) -> Result<Self, ControllerError> {
+    pub(crate) fn parse(raw: &HashMap<String, String>) -> Result<Self, ControllerError> {
         let attach = RbdAttach::from_map(raw).map_err(|e| ControllerError::invalid(attach_field(e.key), e.reason))?;
         let mut parsed = VolumeParameters { attach, ..VolumeParameters::default() };
         for (key, value) in raw {
@@ -41,7 +41,7 @@ impl VolumeParameters {
                 "pool" => parsed.placement.pool = Some(value.clone()),
                 rbd_attach::MOUNTER_KEY | rbd_attach::MAP_OPTIONS_KEY => {}
                 _ => {
-                    return Err(ControllerError::invalid("parameters", format!("unknown key {key:?} (known: {})", KNOWN_KEYS.join(", "))));
+                    return Err(ControllerError::invalid("parameters", format!("unknown key {key:?} (known: {})", KNOWN_PARAMETERS.join(", "))));
                 }
             }
         }
@@ -49,7 +49,7 @@ impl VolumeParameters {
     }
 
     /// Refuses attach parameters for a backend whose volumes are not RBD.
-    pub fn check_backend(&self, kind: &str) -> Result<(), ControllerError> {
+    pub(crate) fn check_backend(&self, kind: &str) -> Result<(), ControllerError> {
         if kind != swell_storage::rbd_volume::KIND && !self.attach.is_default() {
             let key = if self.attach.mounter.is_some() { rbd_attach::MOUNTER_KEY } else { rbd_attach::MAP_OPTIONS_KEY };
             return Err(ControllerError::invalid(attach_field(key), format!("applies to rbd volumes only, and this one is {kind}")));

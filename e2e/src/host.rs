@@ -32,11 +32,16 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
+/// Whether `program` is a file in a directory on PATH.
+pub fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+}
+
 /// For a test that needs `programs`: the first one missing from PATH, as a
 /// reason to skip; under CI, a missing program fails the test (panics).
 pub fn missing_program(test: &str, programs: &[&str]) -> Option<String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing = programs.iter().find(|p| !std::env::split_paths(&path).any(|dir| dir.join(p).is_file()))?;
+    let missing = programs.iter().find(|p| !on_path(p))?;
     let reason = format!("{missing} is not installed (e2e/install-deps.sh installs it)");
     assert!(!in_ci(), "{test}: {reason}; under CI=true the install step must have provided it");
     Some(reason)
@@ -125,11 +130,11 @@ pub fn loop_devices_for(file: &Path) -> Vec<String> {
     devices
 }
 
-/// Whether `path` is a mount point now (per /proc/self/mountinfo).
+/// Whether `path` is a mount point now (per /proc/self/mountinfo, read
+/// with the node's own parser).
 pub fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let wanted = path.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+    swell_node::mountinfo::find(&swell_node::mountinfo::parse(&info), path).is_some()
 }
 
 /// Checks an unmounted filesystem without changing it (`xfs_repair -n`,

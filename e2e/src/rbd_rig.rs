@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
 use csi_proto::v1::{NodeStageVolumeRequest, VolumeCapability};
-use swell_controller::rbd::ffi::{Cluster, IoCtx};
-use swell_controller::rbd::{RbdBackend, RbdConfig};
-use swell_controller::reconciler::ReconcilerConfig;
-use swell_controller::server::{BackendOptions, ControllerConfig, build_with};
+use swell_backends::BackendConfig;
+use swell_controller::ReconcilerConfig;
+use swell_controller::{ControllerConfig, build};
+use swell_local::LocalConfig;
 use swell_node::NodeConfig;
-use swell_node::attach::rbd::{detect, on_path};
+use swell_rbd::test_util::OtherClient;
+use swell_rbd::{RbdBackend, RbdConfig};
 use swell_storage::CephAccess;
 use swell_storage::rbd_attach::{self, AttachMode};
 use swell_storage::{Backend, RbdVolume, VolumeId};
@@ -56,6 +57,13 @@ pub struct ClusterEnv {
     pub conf: PathBuf,
     /// The `client.admin` keyring.
     pub keyring: PathBuf,
+}
+
+impl ClusterEnv {
+    /// How to reach it as `client.admin`, under the tests' cluster id.
+    pub fn access(&self) -> CephAccess {
+        CephAccess::new(CLUSTER_ID, &self.conf, &self.keyring)
+    }
 }
 
 enum BringUp {
@@ -180,7 +188,7 @@ pub fn location_of(id: &str) -> RbdVolume {
 
 /// The driver's RBD settings for this cluster.
 pub fn rbd_config(env: &ClusterEnv) -> RbdConfig {
-    RbdConfig::new(CLUSTER_ID, &env.conf, &env.keyring)
+    RbdConfig::with_access(env.access())
 }
 
 /// The flags that point a `swell-controller` process at `env`'s cluster,
@@ -196,15 +204,10 @@ pub fn process_args(env: &ClusterEnv, instance: &str) -> Vec<String> {
     ]
 }
 
-/// An io context on `pool` of a librados client of the test's own (another
-/// client, as ceph-csi or a person with the `rbd` CLI would be), through the
-/// controller's bindings.
-pub fn other_client(env: &ClusterEnv, pool: &str) -> IoCtx {
-    let cluster = Arc::new(Cluster::create("admin").expect("rados_create"));
-    cluster.read_conf_file(&env.conf).expect("read ceph.conf");
-    cluster.conf_set("keyring", &env.keyring.display().to_string()).expect("set keyring");
-    cluster.connect().expect("connect to the test cluster");
-    cluster.ioctx(pool).unwrap_or_else(|e| panic!("open pool {pool}: {e}"))
+/// A librados client of the test's own on `pool` (another client, as
+/// ceph-csi or a person with the `rbd` CLI would be).
+pub fn other_client(env: &ClusterEnv, pool: &str) -> OtherClient {
+    OtherClient::connect(&env.access(), pool).unwrap_or_else(|e| panic!("connect to pool {pool} of the test cluster: {e}"))
 }
 
 /// The volume (pool `rbd`) the controller makes for the CO name `name`.
@@ -249,16 +252,17 @@ impl Swell {
         let dir = tempfile::Builder::new().prefix("swell-rbd-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
         let config = ControllerConfig {
             driver_name: crate::harness::DRIVER_NAME.into(),
-            state_dir: dir.path().join("controller"),
-            local_state_dir: dir.path().join("local"),
-            local_capacity_bytes: None,
-            backend_timeout,
+            backends: BackendConfig {
+                local: LocalConfig::new(dir.path().join("local"), dir.path().join("controller")),
+                rbd: Some(rbd),
+                default_backend: "rbd".into(),
+                call_deadline: backend_timeout,
+            },
             // As in production, with a pass a second so background work
             // (deferred deletes) shows within a test's patience.
             reconciler: ReconcilerConfig { interval: Duration::from_secs(1), ..Default::default() },
         };
-        let options = BackendOptions { rbd: Some(rbd), default_backend: Some("rbd".into()) };
-        let built = build_with(&config, &options).expect("controller builds");
+        let built = build(&config).expect("controller builds");
         let mut controller = ControllerUnderTest::serve(dir.path(), built).await.expect("serve the controller");
         controller.run_reconciler();
         Swell { client: controller.client.clone(), backend_timeout, controller, _dir: dir }
@@ -334,7 +338,7 @@ pub const MOUNTER_ENV: &str = "SWELL_RBD_MOUNTER";
 pub fn mode_under_test() -> (AttachMode, bool) {
     match std::env::var(MOUNTER_ENV) {
         Ok(value) => (AttachMode::from_mounter(&value).unwrap_or_else(|| panic!("{MOUNTER_ENV}={value:?}: not rbd, rbd-nbd or fuse")), true),
-        Err(_) => (detect(Path::new("/"), on_path), false),
+        Err(_) => (swell_node::rbd_attach_mode(), false),
     }
 }
 
@@ -543,7 +547,7 @@ fn mappings(mode: AttachMode) -> Vec<serde_json::Value> {
         AttachMode::Nbd => ("rbd-nbd", "list-mapped"),
         AttachMode::FuseLoop => return Vec::new(),
     };
-    if !on_path(program) {
+    if !host::on_path(program) {
         return Vec::new();
     }
     let out = Command::new("timeout")

@@ -74,7 +74,7 @@ impl Plant {
     }
 
     fn backing_file(&self, id: &str) -> PathBuf {
-        swell_storage::local::image_path(&self.config.local_state_dir, &id.parse().unwrap())
+        swell_local::image_path(&self.config.local_state_dir, &id.parse().unwrap())
     }
 
     /// Creates, stages and publishes a volume; writes records into it.

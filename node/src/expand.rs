@@ -20,7 +20,7 @@ const REFRESH_DEADLINE: Duration = Duration::from_secs(10);
 const REFRESH_POLL: Duration = Duration::from_millis(50);
 
 /// Expands a staged volume; returns the capacity it now has.
-pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
+pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
     let volume = req.volume.to_string();
     // Every mode reads the backing size the same way; the one staged is
     // known once the record is read.
@@ -49,7 +49,7 @@ pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
         }
     }
     if let Some(problem) = attacher.condition(&req.volume, &record.device).await? {
-        return Err(NodeError::Internal(format!("cannot expand: {problem}; restage the volume")));
+        return Err(NodeError::AttachmentUnhealthy { volume, problem });
     }
     attacher.refresh_capacity(&req.volume, &record.device).await?;
     let device_bytes = wait_for_backing_size(sys, attacher, &req, &record.device).await?;
@@ -59,7 +59,7 @@ pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
     };
     let staging = &record.staging_path;
     if mount::mounted_at(sys, staging).await?.is_none() {
-        return Err(NodeError::Internal(format!("staging path {} of {volume} is not mounted", staging.display())));
+        return Err(NodeError::StagingNotMounted { volume, path: staging.clone() });
     }
     let fs = fs_type.ops();
     // Grow only when short, so a repeated call (or an ext4 grown offline)

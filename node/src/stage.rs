@@ -18,7 +18,7 @@ use crate::validate::{Stage, Unstage};
 const BLKID_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Stages a volume; idempotent for the same path and capability.
-pub async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
+pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume)?;
     let volume = req.volume.to_string();
     let rbd_mode = ctx.attachers.stage_mode(&req.volume, req.attach.mounter);
@@ -112,9 +112,7 @@ async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging
 async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
     let args = system::args([Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), device]);
     match sys.run("blkid", args, BLKID_DEADLINE).await {
-        Ok(out) if out.stdout.trim().is_empty() => {
-            Err(NodeError::Internal(format!("{} holds data that is not a filesystem (partition table?); refusing to format it", device.display())))
-        }
+        Ok(out) if out.stdout.trim().is_empty() => Err(NodeError::NotAFilesystem { device: device.to_owned() }),
         Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
         // blkid exits 2 when it finds nothing: a blank device.
         Err(e) if e.exit_code() == Some(2) => Ok(None),
@@ -123,7 +121,7 @@ async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeE
 }
 
 /// Unstages a volume; nothing staged is success.
-pub async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
+pub(crate) async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume)?;
     // Without a record (a stage cut off before writing it), any mode may
     // have attached the volume: look in every one.

@@ -10,7 +10,7 @@ use csi_proto::v1::node_client::NodeClient;
 use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
 use swell_e2e::sweep::sweep;
-use swell_storage::local::LocalBackend;
+use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::{Backend, VolumeId};
 use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 /// Loop devices are few and the machine small: node tests run one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-pub struct Rig {
+pub(crate) struct Rig {
     pub backend: LocalBackend,
     pub node: NodeClient<Channel>,
     pub dir: PathBuf,
@@ -29,7 +29,7 @@ pub struct Rig {
 }
 
 /// A rig, or `None` (with a note) where loop devices and mounts are unavailable.
-pub async fn rig(test: &str) -> Option<Rig> {
+pub(crate) async fn rig(test: &str) -> Option<Rig> {
     if host::cannot_run(test, false, &["losetup", "mkfs.xfs", "xfs_growfs", "mkfs.btrfs", "btrfs", "mkfs.ext4", "resize2fs", "mount", "umount"]) {
         return None;
     }
@@ -39,7 +39,7 @@ pub async fn rig(test: &str) -> Option<Rig> {
     let mut config = swell_node::NodeConfig::new("node-test");
     config.state_dir = dir.join("node");
     config.local_state_dir = dir.join("local");
-    let backend = LocalBackend::open(&config.local_state_dir, None).unwrap();
+    let backend = LocalBackend::open(&LocalConfig::new(&config.local_state_dir, dir.join("controller"))).unwrap();
     let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.unwrap();
     let node = server.client.clone();
     Some(Rig { backend, node, dir, server: Some(server), _serial: serial, _tmp: tmp })
@@ -47,24 +47,24 @@ pub async fn rig(test: &str) -> Option<Rig> {
 
 impl Rig {
     /// Creates a local volume of `bytes` (under the rig's directory, so the guard detaches it).
-    pub async fn volume(&mut self, name: &str, bytes: u64) -> VolumeId {
+    pub(crate) async fn volume(&mut self, name: &str, bytes: u64) -> VolumeId {
         self.backend.create_volume(name, bytes, &swell_storage::Placement::default()).await.unwrap().info().id.clone()
     }
 
-    pub fn image(&self, id: &VolumeId) -> PathBuf {
-        swell_storage::local::image_path(self.backend.state_dir(), id)
+    pub(crate) fn image(&self, id: &VolumeId) -> PathBuf {
+        swell_local::image_path(self.backend.state_dir(), id)
     }
 
     /// A path under the rig's directory, as a string for requests.
-    pub fn path(&self, rel: &str) -> String {
+    pub(crate) fn path(&self, rel: &str) -> String {
         self.dir.join(rel).display().to_string()
     }
 
-    pub async fn grow(&self, id: &VolumeId, bytes: u64) {
+    pub(crate) async fn grow(&self, id: &VolumeId, bytes: u64) {
         assert_eq!(self.backend.grow_volume(id, bytes).await.unwrap(), bytes);
     }
 
-    pub fn staging_record_exists(&self, id: &VolumeId) -> bool {
+    pub(crate) fn staging_record_exists(&self, id: &VolumeId) -> bool {
         self.dir.join("node/staged").join(format!("{id}.json")).exists()
     }
 }
@@ -78,7 +78,7 @@ impl Drop for Rig {
 
 impl Rig {
     /// Whether resize2fs can grow a mounted ext4 here (needs CAP_SYS_RESOURCE).
-    pub fn online_ext4_grow_works(&mut self) -> bool {
+    pub(crate) fn online_ext4_grow_works(&mut self) -> bool {
         host::online_ext4_grow_permitted(&self.dir)
     }
 }

@@ -7,47 +7,21 @@
 //! start-up (see `rbd`). The mode a volume was staged with is kept in its
 //! staging record; above this module only that choice is known.
 
+mod attacher;
 mod loop_device;
-pub mod rbd;
+pub(crate) mod rbd;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use swell_storage::VolumeId;
-use swell_storage::rbd_attach::{AttachMode, MapOptions};
+use swell_storage::rbd_attach::AttachMode;
 
-pub use loop_device::LoopAttacher;
+pub(crate) use attacher::Attacher;
+pub(crate) use loop_device::LoopAttacher;
 
 use crate::NodeConfig;
 use crate::error::NodeError;
 use crate::system::System;
-
-/// One way of attaching volumes as block devices.
-#[async_trait::async_trait]
-pub trait Attacher: Send + Sync + std::fmt::Debug {
-    /// The size of the backing object now, read fresh; `None` when the
-    /// volume does not exist.
-    async fn backing_size(&self, volume: &VolumeId) -> Result<Option<u64>, NodeError>;
-
-    /// Attaches the volume and returns its device; an existing attachment
-    /// is reused, so a retried stage never attaches twice. `options` are
-    /// the StorageClass's kernel map options, for the mappers that take them.
-    async fn attach(&self, volume: &VolumeId, options: &MapOptions) -> Result<PathBuf, NodeError>;
-
-    /// The device the volume is attached as now, if any.
-    async fn find(&self, volume: &VolumeId) -> Result<Option<PathBuf>, NodeError>;
-
-    /// Detaches the volume: `device` (from the staging record) if it still
-    /// belongs to the volume, and any attachment `find` sees.
-    async fn detach(&self, volume: &VolumeId, device: Option<&Path>) -> Result<(), NodeError>;
-
-    /// Asks the device to re-read the backing object's size. The caller
-    /// then waits until the device's size shows it.
-    async fn refresh_capacity(&self, volume: &VolumeId, device: &Path) -> Result<(), NodeError>;
-
-    /// Why the attachment is unhealthy, `None` when it is fine.
-    async fn condition(&self, volume: &VolumeId, device: &Path) -> Result<Option<String>, NodeError>;
-}
 
 /// The attachers, one per backend.
 #[derive(Debug)]
@@ -88,7 +62,7 @@ impl Attachers {
     /// modes were recorded); an unknown backend is an unknown volume here.
     pub fn for_volume(&self, volume: &VolumeId, rbd_mode: Option<AttachMode>) -> Result<&dyn Attacher, NodeError> {
         match volume.backend() {
-            swell_storage::local::KIND => Ok(&self.local),
+            swell_local::KIND => Ok(&self.local),
             swell_storage::rbd_volume::KIND => self.rbd(volume)?.for_volume(volume, rbd_mode),
             other => Err(unsupported(volume, other)),
         }
@@ -98,7 +72,7 @@ impl Attachers {
     /// which one attached it.
     pub fn all_for(&self, volume: &VolumeId) -> Result<Vec<&dyn Attacher>, NodeError> {
         match volume.backend() {
-            swell_storage::local::KIND => Ok(vec![&self.local]),
+            swell_local::KIND => Ok(vec![&self.local]),
             swell_storage::rbd_volume::KIND => self.rbd(volume)?.all_for(volume),
             other => Err(unsupported(volume, other)),
         }

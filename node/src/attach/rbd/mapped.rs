@@ -17,9 +17,10 @@ use swell_storage::VolumeId;
 
 use swell_storage::RbdVolume;
 
-use super::{Cluster, MapOptions, rbd_volume};
+use super::cluster::{Cluster, rbd_volume};
 use crate::attach::Attacher;
 use crate::error::NodeError;
+use swell_storage::rbd_attach::MapOptions;
 
 /// `map` connects and opens the image; `unmap` may flush.
 const MAP_DEADLINE: Duration = Duration::from_secs(60);
@@ -28,7 +29,7 @@ const LIST_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Which program maps images to block devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mapper {
+pub(crate) enum Mapper {
     /// `rbd map` / `rbd unmap` / `rbd showmapped`.
     Krbd,
     /// `rbd-nbd map` / `rbd-nbd unmap` / `rbd-nbd list-mapped`.
@@ -37,7 +38,7 @@ pub enum Mapper {
 
 /// One mapped image, from the mapper's JSON listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mapping {
+pub(crate) struct Mapping {
     pub pool: String,
     pub namespace: String,
     pub image: String,
@@ -48,7 +49,7 @@ pub struct Mapping {
 
 impl Mapper {
     /// The program.
-    pub fn program(self) -> &'static str {
+    pub(crate) fn program(self) -> &'static str {
         match self {
             Mapper::Krbd => "rbd",
             Mapper::Nbd => "rbd-nbd",
@@ -60,7 +61,7 @@ impl Mapper {
     /// arguments. krbd's CLI only sets up the kernel mapping, so its
     /// librados calls get the op timeouts; rbd-nbd stays as the device's
     /// server and gets only a connect timeout.
-    pub fn map_args(self, cluster: &Cluster, image: &RbdVolume, options: &MapOptions) -> Vec<OsString> {
+    pub(crate) fn map_args(self, cluster: &Cluster, image: &RbdVolume, options: &MapOptions) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["map".into(), image.spec().into()];
         match self {
             Mapper::Krbd => {
@@ -76,14 +77,14 @@ impl Mapper {
     }
 
     /// `unmap <device>`.
-    pub fn unmap_args(self, cluster: &Cluster, device: &Path) -> Vec<OsString> {
+    pub(crate) fn unmap_args(self, cluster: &Cluster, device: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["unmap".into(), device.into()];
         args.extend(cluster.control_args());
         args
     }
 
     /// The JSON listing of what is mapped.
-    pub fn list_args(self) -> Vec<OsString> {
+    pub(crate) fn list_args(self) -> Vec<OsString> {
         let verb = match self {
             Mapper::Krbd => "showmapped",
             Mapper::Nbd => "list-mapped",
@@ -93,7 +94,7 @@ impl Mapper {
 
     /// Reads the listing: krbd names the image `name` and shows no snapshot
     /// as `-`; rbd-nbd names it `image` and shows no snapshot as "".
-    pub fn parse_mapped(self, json: &str) -> Result<Vec<Mapping>, String> {
+    pub(crate) fn parse_mapped(self, json: &str) -> Result<Vec<Mapping>, String> {
         if json.trim().is_empty() {
             return Ok(Vec::new());
         }
@@ -122,20 +123,20 @@ impl Mapper {
 }
 
 /// The devices mapping `image`'s head (not a snapshot, default namespace).
-pub fn devices_of(mappings: &[Mapping], image: &RbdVolume) -> Vec<PathBuf> {
+pub(super) fn devices_of(mappings: &[Mapping], image: &RbdVolume) -> Vec<PathBuf> {
     mappings.iter().filter(|m| m.pool == image.pool && m.image == image.image && m.namespace.is_empty() && m.snap.is_none()).map(|m| m.device.clone()).collect()
 }
 
 /// Attaches RBD images with krbd or rbd-nbd.
 #[derive(Debug, Clone)]
-pub struct MappedAttacher {
+pub(crate) struct MappedAttacher {
     mapper: Mapper,
     cluster: Cluster,
 }
 
 impl MappedAttacher {
     /// An attacher mapping with `mapper`.
-    pub fn new(mapper: Mapper, cluster: Cluster) -> Self {
+    pub(crate) fn new(mapper: Mapper, cluster: Cluster) -> Self {
         MappedAttacher { mapper, cluster }
     }
 
