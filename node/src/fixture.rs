@@ -56,7 +56,7 @@ impl Fixture {
     }
 
     pub(crate) fn stage(&self, id: &VolumeId, staging: &str, access: Access) -> Stage {
-        Stage { volume: id.clone(), staging_path: self.path(staging), access }
+        Stage { volume: id.clone(), staging_path: self.path(staging), access, attach: Default::default() }
     }
 
     pub(crate) fn unstage(&self, id: &VolumeId, staging: &str) -> Unstage {

@@ -14,6 +14,7 @@ mod error;
 pub mod expansion;
 pub mod inflight;
 pub mod locks;
+pub mod rbd_attach;
 pub mod rbd_volume;
 pub mod snapshot;
 pub mod units;
