@@ -46,10 +46,13 @@ pub struct StagingStore {
 }
 
 impl StagingStore {
-    /// Opens the store, creating its directory.
+    /// Opens the store, creating its directory (0700: records name devices
+    /// and paths of every tenant's volumes).
     pub fn open(state_dir: &Path) -> Result<Self, NodeError> {
         let dir = state_dir.join("staged");
-        std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(format!("create {}", dir.display()), e))?;
+        for dir in [state_dir, &dir] {
+            durable::private_dir(dir).map_err(|e| NodeError::io(format!("create {}", dir.display()), e))?;
+        }
         Ok(StagingStore { dir })
     }
 

@@ -62,7 +62,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     args.logs.init();
     let cert = ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     let tls = cert.server_config()?;
-    let backends = swell_backends::open(&args.backend.config())?;
+    let mut config = args.backend.config();
+    // The webhook only reads the controller's state (deploy/ mounts it read-only).
+    config.local.read_only = true;
+    let backends = swell_backends::open(&config)?;
     let client = kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))?;
     let webhook = Webhook {
         driver_name: args.driver_name,
