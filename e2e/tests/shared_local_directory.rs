@@ -3,8 +3,9 @@
 //! and the admission webhook (opening it read-only) share one directory.
 //! 64 expansions at once, split between the controllers, then a reconcile
 //! storm over wishes left pending; afterwards every record parses, no
-//! volume lost or repeated a size, and the ledger equals the sum of the
-//! volumes' files exactly.
+//! volume lost or repeated a size, the ledger equals the sum of the
+//! volumes' files exactly, and every file the controllers made is 0600 in
+//! 0700 directories.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -177,6 +178,26 @@ async fn two_controllers_and_the_webhook_on_one_directory_lose_and_repeat_nothin
     assert_eq!(files, ids.iter().enumerate().map(|(v, _)| (6 + (v % 2) as u64) * GIB).sum::<u64>());
     assert_eq!(ledger["changing"], serde_json::json!({}), "{ledger}");
     assert!(ledger.get("reserved").is_none_or(|r| r == &serde_json::json!({})), "{ledger}");
+    // What the controllers made is root's alone, the directory the test made 0755 included.
+    for top in ["local", "controller-state"] {
+        assert_private(&root.join(top));
+    }
+}
+
+/// Every file under `dir` is 0600 and every directory 0700.
+fn assert_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            assert_private(&path);
+        } else {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", path.display());
+        }
+    }
 }
 
 /// Leaves a pending wish, as a controller killed after recording it

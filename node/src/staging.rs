@@ -103,6 +103,10 @@ mod tests {
         };
         store.write(&id, &record).await.expect("write");
         assert_eq!(store.read(&id).await.expect("read"), Some(record));
+        // Records name every tenant's devices and paths: root's alone.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!((mode(dir.path()), mode(&dir.path().join("staged")), mode(&store.path(&id))), (0o700, 0o700, 0o600));
         store.remove(&id).await.expect("remove");
         store.remove(&id).await.expect("remove again");
         assert_eq!(store.read(&id).await.expect("read"), None);
