@@ -213,7 +213,8 @@ impl Backend for RbdBackend {
     }
 
     async fn check_health(&self) -> Result<(), BackendError> {
-        self.shared.run("health check", |call| call.shared().readings().pool(call.conn(), &call.config().default_pool, true).map(drop)).await
+        // Its own slot: a probe polled fast never starves CSI calls.
+        self.shared.run_health("health check", |call| call.shared().readings().pool(call.conn(), &call.config().default_pool, true).map(drop)).await
     }
 }
 
