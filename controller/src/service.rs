@@ -54,7 +54,7 @@ impl ControllerService {
     }
 
     async fn create(&self, req: CreateVolumeRequest) -> Result<Volume, ControllerError> {
-        let name = validate::required("name", &req.name)?;
+        let name = validate::name("name", &req.name)?;
         validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
         let range = validate::size_range(req.capacity_range.as_ref())?;
         let params = VolumeParameters::parse(&req.parameters)?;
