@@ -77,6 +77,9 @@ pub enum NodeError {
     /// The volume's attachment is unhealthy: growing it would not help.
     #[error("cannot expand: {problem}; restage the volume")]
     AttachmentUnhealthy { volume: String, problem: String },
+    /// A read-only stage of a blank volume: a reader never formats.
+    #[error("volume {volume} holds no filesystem, and a read-only stage never formats one")]
+    ReadOnlyBlank { volume: String },
     /// The staging record says staged, but nothing is mounted there.
     #[error("staging path {} of {volume} is not mounted", path.display())]
     StagingNotMounted { volume: String, path: PathBuf },
@@ -112,7 +115,7 @@ impl NodeError {
             // id at this path.
             NodeError::VolumeNotFound { .. } | NodeError::PathNotFound { .. } | NodeError::NotAtPath { .. } => Code::NotFound,
             NodeError::Busy { .. } => Code::Aborted,
-            NodeError::NotStaged { .. } => Code::FailedPrecondition,
+            NodeError::NotStaged { .. } | NodeError::ReadOnlyBlank { .. } => Code::FailedPrecondition,
             NodeError::Conflict { .. } => Code::AlreadyExists,
             // Kubelet stops retrying on this node without blocking the mount;
             // the next stage grows the filesystem offline.

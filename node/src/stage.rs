@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::NodeContext;
 use crate::error::NodeError;
-use crate::filesystem::{FsType, fills_device};
+use crate::filesystem::{DEFAULT_OPTIONS, FsType, fills_device};
 use crate::mount;
 use crate::staging::{Access, StagingRecord};
 use crate::system::{self, MountCall, System};
@@ -36,7 +36,7 @@ pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError
     }
     let device = attacher.attach(&req.volume).await?;
     if let Access::Mount { fs_type, mount_flags } = &req.access {
-        let staged = stage_filesystem(ctx.sys.as_ref(), &volume, &device, &req.staging_path, *fs_type, mount_flags).await;
+        let staged = stage_filesystem(ctx.sys.as_ref(), &volume, &device, &req.staging_path, *fs_type, mount_flags, req.read_only).await;
         if let Err(error) = staged {
             // Leave no loop device behind when nothing got mounted.
             if matches!(mount::mounted_at(ctx.sys.as_ref(), &req.staging_path).await, Ok(None))
@@ -53,7 +53,15 @@ pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError
     Ok(())
 }
 
-async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging: &Path, fs_type: FsType, flags: &[String]) -> Result<(), NodeError> {
+async fn stage_filesystem(
+    sys: &dyn System,
+    volume: &str,
+    device: &Path,
+    staging: &Path,
+    fs_type: FsType,
+    flags: &[String],
+    read_only: bool,
+) -> Result<(), NodeError> {
     let fs = fs_type.ops();
     let device_bytes = sys.device_size(device).await?;
     match mount::mounted_at(sys, staging).await? {
@@ -65,7 +73,10 @@ async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging
         }
         None => {
             match detect(sys, device).await? {
+                // A reader gets what is there, or nothing: never a new filesystem.
+                None if read_only => return Err(NodeError::ReadOnlyBlank { volume: volume.to_owned() }),
                 None => fs.mkfs(sys, device).await?,
+                Some(found) if found == fs_type.as_str() && read_only => {}
                 Some(found) if found == fs_type.as_str() => fs.grow_offline(sys, device, device_bytes).await?,
                 Some(found) => {
                     let reason = format!("device holds a {found} filesystem, not the requested {fs_type}");
@@ -77,12 +88,12 @@ async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging
                 device: device.to_owned(),
                 target: staging.to_owned(),
                 fs_type: fs_type.as_str().into(),
-                options: fs.mount_options(flags),
+                options: mount_options(fs_type, flags, read_only),
             };
             sys.mount(call).await.map_err(|e| e.for_volume(&volume))?;
         }
     }
-    if flags.iter().any(|f| f == "ro") {
+    if read_only {
         return Ok(());
     }
     // A device larger than its filesystem (grown while unstaged) is grown now.
@@ -100,6 +111,18 @@ async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging
         }
     }
     Ok(())
+}
+
+/// `nosuid,nodev` first (a capability may not undo them: its flags are
+/// checked against an allow-list), the capability's flags, `ro` for a
+/// reader, and what the filesystem itself needs.
+fn mount_options(fs_type: FsType, flags: &[String], read_only: bool) -> Vec<String> {
+    let mut words: Vec<String> = DEFAULT_OPTIONS.iter().map(|w| (*w).to_owned()).collect();
+    words.extend(flags.iter().cloned());
+    if read_only {
+        words.push("ro".to_owned());
+    }
+    fs_type.ops().mount_options(&words)
 }
 
 /// The filesystem on a device, `None` when blank. Content blkid cannot

@@ -24,6 +24,9 @@ pub(crate) struct Stage {
     pub volume: VolumeId,
     pub staging_path: PathBuf,
     pub access: Access,
+    /// A read-only access mode or an `ro` mount flag: the volume is never
+    /// formatted, repaired or grown.
+    pub read_only: bool,
 }
 
 /// A validated NodeUnstageVolume.
@@ -70,8 +73,9 @@ pub(crate) struct Expand {
 pub(crate) fn stage(req: &NodeStageVolumeRequest) -> Result<Stage, NodeError> {
     require("volume_id", &req.volume_id)?;
     let staging_path = path("staging_target_path", &req.staging_target_path)?;
-    let (access, _) = capability(req.volume_capability.as_ref())?;
-    Ok(Stage { volume: volume_id(&req.volume_id)?, staging_path, access })
+    let (access, mode_read_only) = capability(req.volume_capability.as_ref())?;
+    let flag_read_only = matches!(&access, Access::Mount { mount_flags, .. } if words(mount_flags).any(|w| w == "ro"));
+    Ok(Stage { volume: volume_id(&req.volume_id)?, staging_path, access, read_only: mode_read_only || flag_read_only })
 }
 
 pub(crate) fn unstage(req: &NodeUnstageVolumeRequest) -> Result<Unstage, NodeError> {
@@ -148,12 +152,21 @@ fn capability(cap: Option<&VolumeCapability>) -> Result<(Access, bool), NodeErro
     let access = match &cap.access_type {
         None => return Err(invalid("volume_capability.access_type", "missing (block or mount)")),
         Some(AccessType::Block(_)) => Access::Block,
-        Some(AccessType::Mount(m)) => Access::Mount {
-            fs_type: m.fs_type.parse::<FsType>().map_err(|reason| invalid("volume_capability.mount.fs_type", reason))?,
-            mount_flags: m.mount_flags.clone(),
-        },
+        Some(AccessType::Mount(m)) => {
+            let fs_type = m.fs_type.parse::<FsType>().map_err(|reason| invalid("volume_capability.mount.fs_type", reason))?;
+            if let Some(word) = words(&m.mount_flags).find(|w| !fs_type.allows_mount_option(w)) {
+                let reason = format!("{word:?} is not allowed on {fs_type} (docs/security.md lists the mount options Swell passes on)");
+                return Err(invalid("volume_capability.mount.mount_flags", reason));
+            }
+            Access::Mount { fs_type, mount_flags: m.mount_flags.clone() }
+        }
     };
     Ok((access, read_only))
+}
+
+/// The words of mount flags, each flag split at its commas.
+pub(crate) fn words(flags: &[String]) -> impl Iterator<Item = &str> {
+    flags.iter().flat_map(|f| f.split(',')).map(str::trim).filter(|w| !w.is_empty())
 }
 
 fn volume_id(value: &str) -> Result<VolumeId, NodeError> {
