@@ -65,7 +65,6 @@ pub fn build_over(driver_name: &str, reconciler: ReconcilerConfig, backends: Bac
     let controller = ControllerService::new(backends);
     let reconciler = Reconciler::new(controller.expander().clone(), reconciler);
     reconciler.metrics().register(&mut registry);
-    let router =
-        tonic::transport::Server::builder().add_service(rpcs.meter(IdentityServer::new(identity))).add_service(rpcs.meter(ControllerServer::new(controller)));
+    let router = csi_endpoint::grpc_server().add_service(rpcs.meter(IdentityServer::new(identity))).add_service(rpcs.meter(ControllerServer::new(controller)));
     Ok(Controller { router, reconciler, observed: Observed { metrics: Arc::new(registry), health } })
 }
