@@ -2,18 +2,27 @@
 //! mounts: a tenant's filesystem is mounted nosuid,nodev (staged and
 //! published), mount options outside the filesystem's allow-list are
 //! INVALID_ARGUMENT and attach nothing, and a read-only capability never
-//! formats a blank volume nor repairs or grows a filesystem. Needs root.
+//! formats a blank volume nor repairs or grows a filesystem; staging and
+//! target paths must lie under the kubelet directory without a symlink on
+//! the way, and unpublish and unstage unmount and remove only what the node
+//! made. Needs root.
 #![allow(clippy::unwrap_used)]
 
 mod node_rig;
+
+use std::process::Command;
 
 use csi_proto::v1::VolumeCapability;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::volume_capability::{AccessMode, AccessType, MountVolume};
 use node_rig::rig;
+use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
 use swell_e2e::requests::{self, mount_capability};
+use swell_e2e::sweep::sweep;
+use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::units::MIB;
+use swell_storage::{Backend, Placement};
 use tonic::Code;
 
 fn capability(fs_type: &str, mode: Mode, flags: &[&str]) -> VolumeCapability {
@@ -85,4 +94,59 @@ async fn a_read_only_capability_never_formats_repairs_or_grows() {
     rig.node.node_unstage_volume(requests::unstage(&id, &staging)).await.unwrap();
     let after = std::fs::read(rig.image(&volume)).unwrap();
     assert!(after[..before.len()] == before[..], "a read-only stage wrote to the volume (repair or grow)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_outside_the_kubelet_dir_or_through_a_symlink_are_refused_and_foreign_mounts_and_files_are_left() {
+    // Its own node, confined to `kubelet/` of a fresh directory (the rig's node is not confined).
+    let Some(rig) = rig("node_hostile_paths").await else { return };
+    let dir = rig.dir.join("confined");
+    let kubelet = dir.join("kubelet");
+    std::fs::create_dir_all(kubelet.join("pods")).unwrap();
+    std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+    let mut config = swell_node::NodeConfig::new("confined-node");
+    config.state_dir = dir.join("node");
+    config.local_state_dir = dir.join("local");
+    config.kubelet_dir = Some(kubelet.clone());
+    let backend = LocalBackend::open(&LocalConfig::new(&config.local_state_dir, dir.join("controller"))).unwrap();
+    let node = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.unwrap();
+    let mut client = node.client.clone();
+    let volume = backend.create_volume("pvc-confined", 512 * MIB, &Placement::default()).await.unwrap().info().id.clone();
+    let id = volume.to_string();
+    let at = |p: &std::path::Path| p.display().to_string();
+
+    // Outside the kubelet directory, or through a symlink inside it: refused, nothing attached or mounted.
+    std::os::unix::fs::symlink(dir.join("elsewhere"), kubelet.join("plugins")).unwrap();
+    for staging in [dir.join("elsewhere/staging"), kubelet.join("plugins/staging"), dir.join("kubelet-other/staging")] {
+        let status = client.node_stage_volume(requests::stage(&id, &at(&staging), mount_capability("xfs"))).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}: {status:?}", staging.display());
+    }
+    assert!(!host::is_mount_point(&dir.join("elsewhere/staging")));
+    assert!(host::loop_devices_for(&swell_local::image_path(backend.state_dir(), &volume)).is_empty(), "a refused stage attached nothing");
+
+    let staging = kubelet.join("staging");
+    client.node_stage_volume(requests::stage(&id, &at(&staging), mount_capability("xfs"))).await.unwrap();
+
+    // A mount that is not the volume's at a target: unpublish leaves it and says why.
+    let foreign = kubelet.join("pods/p/vol");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&foreign).status().unwrap();
+    assert!(mounted.success());
+    let status = client.node_unpublish_volume(requests::unpublish(&id, &at(&foreign))).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(host::is_mount_point(&foreign), "a foreign mount was unmounted");
+    assert!(Command::new("umount").arg(&foreign).status().unwrap().success());
+
+    // A file with data at a target: not what a publish makes, so not removed.
+    let file = kubelet.join("pods/q/file");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, b"a tenant's data").unwrap();
+    let status = client.node_unpublish_volume(requests::unpublish(&id, &at(&file))).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"a tenant's data");
+
+    client.node_unstage_volume(requests::unstage(&id, &at(&staging))).await.unwrap();
+    assert!(!host::is_mount_point(&staging));
+    drop(node);
+    sweep(&dir);
 }

@@ -77,6 +77,10 @@ pub enum NodeError {
     /// The volume's attachment is unhealthy: growing it would not help.
     #[error("cannot expand: {problem}; restage the volume")]
     AttachmentUnhealthy { volume: String, problem: String },
+    /// Something at a path the node was asked to unmount or remove that the
+    /// node did not make there: left alone.
+    #[error("{} holds {found}, which is not volume {volume}'s; Swell unmounts and removes only what it made", path.display())]
+    NotOurs { volume: String, path: PathBuf, found: String },
     /// A read-only stage of a blank volume: a reader never formats.
     #[error("volume {volume} holds no filesystem, and a read-only stage never formats one")]
     ReadOnlyBlank { volume: String },
@@ -115,7 +119,7 @@ impl NodeError {
             // id at this path.
             NodeError::VolumeNotFound { .. } | NodeError::PathNotFound { .. } | NodeError::NotAtPath { .. } => Code::NotFound,
             NodeError::Busy { .. } => Code::Aborted,
-            NodeError::NotStaged { .. } | NodeError::ReadOnlyBlank { .. } => Code::FailedPrecondition,
+            NodeError::NotStaged { .. } | NodeError::ReadOnlyBlank { .. } | NodeError::NotOurs { .. } => Code::FailedPrecondition,
             NodeError::Conflict { .. } => Code::AlreadyExists,
             // Kubelet stops retrying on this node without blocking the mount;
             // the next stage grows the filesystem offline.

@@ -149,7 +149,7 @@ pub(crate) async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeE
         tracing::warn!(staged_at = %record.staging_path.display(), "unstage of a path the volume is not staged at");
         return Ok(());
     }
-    mount::unmount_all(ctx.sys.as_ref(), &req.staging_path).await?;
+    mount::unmount_volume(ctx.sys.as_ref(), record.as_ref(), mount::Place::Staging, &req.staging_path).await?;
     attacher.detach(&req.volume, record.as_ref().map(|r| r.device.as_path())).await?;
     ctx.staging.remove(&req.volume).await?;
     tracing::info!("unstaged");
