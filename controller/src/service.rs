@@ -142,14 +142,14 @@ fn capability(rpc: rpc::Type) -> ControllerServiceCapability {
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    #[instrument(skip_all, fields(volume.name = %request.get_ref().name))]
+    #[instrument(skip_all, fields(volume.name = %request.get_ref().name.escape_debug()))]
     async fn create_volume(&self, request: Request<CreateVolumeRequest>) -> Answer<CreateVolumeResponse> {
         let volume = self.create(request.into_inner()).await?;
         tracing::info!(volume.id = %volume.volume_id, bytes = volume.capacity_bytes, "volume ready");
         Ok(Response::new(CreateVolumeResponse { volume: Some(volume) }))
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn delete_volume(&self, request: Request<DeleteVolumeRequest>) -> Answer<DeleteVolumeResponse> {
         // A string that is no id of ours names a volume that does not exist.
         if let Some(id) = validate::volume_id(&request.get_ref().volume_id)? {
@@ -167,7 +167,7 @@ impl Controller for ControllerService {
         Err(ControllerError::Unimplemented("ControllerUnpublishVolume").into())
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn validate_volume_capabilities(&self, request: Request<ValidateVolumeCapabilitiesRequest>) -> Answer<ValidateVolumeCapabilitiesResponse> {
         let req = request.into_inner();
         validate::required("volume_id", &req.volume_id)?;
@@ -241,7 +241,7 @@ impl Controller for ControllerService {
         Ok(Response::new(ControllerGetCapabilitiesResponse { capabilities }))
     }
 
-    #[instrument(skip_all, fields(snapshot.name = %request.get_ref().name, volume.id = %request.get_ref().source_volume_id))]
+    #[instrument(skip_all, fields(snapshot.name = %request.get_ref().name.escape_debug(), volume.id = %request.get_ref().source_volume_id.escape_debug()))]
     async fn create_snapshot(&self, request: Request<CreateSnapshotRequest>) -> Answer<CreateSnapshotResponse> {
         let req = request.into_inner();
         let info = self.snapshots.create(&req.name, &req.source_volume_id, &req.parameters).await?;
@@ -249,7 +249,7 @@ impl Controller for ControllerService {
         Ok(Response::new(CreateSnapshotResponse { snapshot: Some(snapshots::to_snapshot(&info)) }))
     }
 
-    #[instrument(skip_all, fields(snapshot.id = %request.get_ref().snapshot_id))]
+    #[instrument(skip_all, fields(snapshot.id = %request.get_ref().snapshot_id.escape_debug()))]
     async fn delete_snapshot(&self, request: Request<DeleteSnapshotRequest>) -> Answer<DeleteSnapshotResponse> {
         self.snapshots.delete(&request.get_ref().snapshot_id).await?;
         tracing::info!("snapshot deleted");
@@ -265,7 +265,7 @@ impl Controller for ControllerService {
         Err(ControllerError::Unimplemented("GetSnapshot").into())
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn controller_expand_volume(&self, request: Request<ControllerExpandVolumeRequest>) -> Answer<ControllerExpandVolumeResponse> {
         let req = request.into_inner();
         let id = validate::volume_id(&req.volume_id)?;
@@ -287,7 +287,7 @@ impl Controller for ControllerService {
         Ok(Response::new(ControllerExpandVolumeResponse { capacity_bytes: bytes(size), node_expansion_required: true }))
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn controller_get_volume(&self, request: Request<ControllerGetVolumeRequest>) -> Answer<ControllerGetVolumeResponse> {
         let info = self.lookup(&request.get_ref().volume_id).await?;
         Ok(Response::new(ControllerGetVolumeResponse {
