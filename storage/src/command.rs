@@ -77,6 +77,21 @@ impl CommandError {
         }
     }
 
+    /// What may be shown outside the log (a CO's events): the program and
+    /// how it ended, without its command line or output, which can name
+    /// keyrings, Ceph users and host paths.
+    pub fn public(&self) -> String {
+        let program = |command: &str| command.split(' ').next().unwrap_or_default().to_owned();
+        match self {
+            CommandError::Unlisted { program } => format!("`{program}` is not one of Swell's external programs"),
+            CommandError::Spawn { command, .. } => format!("`{}` could not start (its command line is in the log)", program(command)),
+            CommandError::Timeout { command, after } => format!("`{}` did not finish within {after:?} (its command line is in the log)", program(command)),
+            CommandError::Failed { command, code, .. } => {
+                format!("`{}` failed with exit code {code:?} (its command line and output are in the log)", program(command))
+            }
+        }
+    }
+
     /// Everything the command printed, for matching on well-known messages.
     pub fn output_text(&self) -> String {
         match self {
