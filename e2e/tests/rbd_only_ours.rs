@@ -1,14 +1,15 @@
 //! A Ceph pool is shared with other tools and other installs: an image
 //! whose name has Swell's shape (`swell-<32 hex>`) proves nothing. On a real
 //! cluster: DeleteVolume of an id naming an image Swell has no entry for
-//! answers OK and leaves the image where it is, and the background purge
+//! answers OK and leaves the image where it is (and no lock object), an
+//! expansion of it is NOT_FOUND, and the background purge
 //! removes only what Swell moved to the trash itself, never another
 //! client's trashed image of the same shape.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
-use swell_e2e::never_stuck::{InProcess, create, delete};
+use swell_e2e::never_stuck::{InProcess, create, delete, expand};
 use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, Rbd, cli, location_of, rbd_size};
 use swell_storage::RbdVolume;
 use swell_storage::rbd_volume::image_name;
@@ -39,9 +40,14 @@ async fn a_foreign_swell_shaped_image_survives_a_delete_and_a_foreign_trashed_on
     // DeleteVolume of an id that names the foreign image: OK, and nothing moves.
     let id = RbdVolume::at(CLUSTER_ID, "rbd", &foreign).unwrap().id().to_string();
     delete(&mut client, &id).await;
+    // An expansion of it is NOT_FOUND.
+    let status = expand(&mut client, &id, 16 * MIB).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
     rig.controller.reconciler.collect_garbage().await;
     assert_eq!(rbd_size(env, "rbd", &foreign).unwrap(), Some(8 * MIB), "the foreign image is still in the pool");
     assert!(!trash(env).iter().any(|(_, name)| name == &foreign), "the foreign image was trashed");
+    let objects = cli(env, "rados", &["-p", "rbd", "ls"]).unwrap();
+    assert!(!objects.lines().any(|o| o == format!("swell.lock.{foreign}")), "a lock object was left for an id that names no volume");
 
     // Swell's own volume goes all the way: out of the pool and out of the trash.
     let own = create(&mut client, &format!("own-{pid}"), 64 * MIB).await;
