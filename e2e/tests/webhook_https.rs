@@ -100,12 +100,25 @@ fn resize<'a>(old: &'a str, new: &'a str, capacity: &'a str, status: Option<&'a 
 async fn every_rule_allows_and_denies_with_its_message() {
     let rig = LocalRig::start(Limits::default()).await;
 
-    // Rule 1: other provisioners and unchanged sizes pass without a backend call.
-    let mut foreign = resize("1Gi", "5Gi", "1Gi", None).review();
-    for object in ["object", "oldObject"] {
-        foreign["request"][object]["metadata"]["annotations"] = json!({"volume.kubernetes.io/storage-provisioner": "ebs.csi.aws.com"});
-    }
+    // Rule 1: other drivers' claims and unchanged sizes pass without a backend call.
+    let foreign_annotation = |review: &mut Value, value: Option<&str>| {
+        for object in ["object", "oldObject"] {
+            review["request"][object]["metadata"]["annotations"] = match value {
+                Some(driver) => json!({"volume.kubernetes.io/storage-provisioner": driver}),
+                None => json!({}),
+            };
+        }
+    };
+    let mut foreign = Resize { volume: "pv-of-another-driver", ..resize("1Gi", "5Gi", "1Gi", None) }.review();
+    foreign_annotation(&mut foreign, Some("ebs.csi.aws.com"));
     assert_eq!(rig.judge(&foreign).await, (true, String::new(), vec![], 0));
+    // The claim's owner edits its annotations, not its PV: a Swell volume is judged however the claim is annotated.
+    for annotation in [Some("ebs.csi.aws.com"), None] {
+        let mut disguised = resize("1Gi", "100Gi", "1Gi", None).review();
+        foreign_annotation(&mut disguised, annotation);
+        let (allowed, message, _, calls) = rig.judge(&disguised).await;
+        assert!(!allowed && calls == 1, "{annotation:?}: {message}");
+    }
     assert_eq!(rig.judge(&resize("1Gi", "1024Mi", "1Gi", None).review()).await, (true, String::new(), vec![], 0), "1Gi = 1024Mi");
     assert!(rig.judge(&fixture("label-only")).await.0);
 
