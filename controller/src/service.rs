@@ -64,6 +64,7 @@ impl ControllerService {
             return Ok(Volume { content_source: Some(source.clone()), ..to_volume(&info) });
         }
         let size = sizing::allocation(range).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
+        sizing::check_formattable(name, &req.volume_capabilities, range)?;
 
         let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
         let created = self.backends.call("create volume", name, backend.create_volume(name, size, &params.placement)).await?;

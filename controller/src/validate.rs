@@ -93,7 +93,7 @@ pub(crate) fn capability(field: &'static str, cap: &VolumeCapability) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use csi_proto::v1::volume_capability::{AccessMode, BlockVolume, MountVolume};
 
