@@ -14,6 +14,7 @@ use crate::mount;
 use crate::staging::{Access, StagingRecord};
 use crate::system::{self, MountCall, System};
 use crate::validate::{Stage, Unstage};
+use swell_storage::command::CommandError;
 
 const BLKID_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -38,8 +39,13 @@ pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError
     if let Access::Mount { fs_type, mount_flags } = &req.access {
         let staged = stage_filesystem(ctx.sys.as_ref(), &volume, &device, &req.staging_path, *fs_type, mount_flags, req.read_only).await;
         if let Err(error) = staged {
-            // Leave no loop device behind when nothing got mounted.
-            if matches!(mount::mounted_at(ctx.sys.as_ref(), &req.staging_path).await, Ok(None))
+            // Leave no loop device behind when nothing got mounted, unless a
+            // step ran out of time: it may still be running on its thread
+            // (a mount in progress), and detaching under it would act after
+            // the caller was answered. The next stage or unstage converges.
+            let still_running = matches!(error, NodeError::Timeout { .. } | NodeError::Command { source: CommandError::Timeout { .. }, .. });
+            if !still_running
+                && matches!(mount::mounted_at(ctx.sys.as_ref(), &req.staging_path).await, Ok(None))
                 && let Err(e) = attacher.detach(&req.volume, Some(&device)).await
             {
                 tracing::warn!(error = %e.full_message(), "detach after a failed stage");

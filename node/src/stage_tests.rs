@@ -186,6 +186,21 @@ async fn a_failed_mount_leaves_no_loop_device_and_no_record() {
 }
 
 #[tokio::test]
+async fn a_mount_past_its_deadline_keeps_its_loop_device_and_a_retry_converges() {
+    let f = Fixture::new();
+    let id = f.volume(1, 64 * MIB);
+    f.sys.fail("mount", "TIMEOUT");
+    let err = stage(&f.ctx, f.stage(&id, "staging", mount(FsType::Xfs))).await.expect_err("mount timed out");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    // The mount may still be running: nothing is detached under it.
+    assert_eq!(f.sys.loops().len(), 1, "{:?}", f.sys.calls());
+    assert!(!f.sys.calls().iter().any(|c| matches!(c, Call::LoopDetach(_))), "{:?}", f.sys.calls());
+    f.sys.clear_failures();
+    stage(&f.ctx, f.stage(&id, "staging", mount(FsType::Xfs))).await.expect("a retry stages");
+    assert_eq!(f.sys.loops().len(), 1, "the same loop device, not a second");
+}
+
+#[tokio::test]
 async fn a_volume_without_its_backing_object_is_not_found_and_not_attached() {
     let f = Fixture::new();
     let id = f.volume(1, 64 * MIB);
