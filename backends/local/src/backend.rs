@@ -75,11 +75,9 @@ impl LocalBackend {
             path: config.state_dir.clone(),
             source,
         })?;
-        let records = ExpansionRecords::open(&config.records_dir, config.read_only).map_err(|source| OpenError {
-            what: "expansion records",
-            path: config.records_dir.clone(),
-            source,
-        })?;
+        let records = ExpansionRecords::open(&config.records_dir, config.read_only)
+            .map_err(|source| OpenError { what: "expansion records", path: config.records_dir.clone(), source })?
+            .of_volumes_in(&config.state_dir);
         Ok(LocalBackend { dir, records: Arc::new(records) })
     }
 
@@ -536,6 +534,17 @@ pub(crate) mod tests {
         let sum: u64 = b.list_volumes(None, 0).await.unwrap().iter().map(|v| v.size_bytes).sum();
         assert_eq!(sum, 10 * GIB);
         assert_eq!(other.capacity(&Placement::default()).await.unwrap().available_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_hold_of_an_id_that_names_no_volume_is_not_found_and_makes_no_lock_file() {
+        let (dir, b) = backend(None);
+        let unknown: VolumeId = "local:0123456789abcdef0123456789abcdef".parse().unwrap();
+        assert!(matches!(b.expansion_store().hold(&unknown).await, Err(BackendError::NotFound(_))));
+        let locks = dir.path().join("controller/expansions/locks");
+        assert_eq!(fs::read_dir(&locks).unwrap().count(), 0, "a lock file was made for an unknown id");
+        let id = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap().info().id.clone();
+        assert!(b.expansion_store().hold(&id).await.unwrap().is_some(), "a volume is held");
     }
 
     #[tokio::test]

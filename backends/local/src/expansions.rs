@@ -26,6 +26,9 @@ pub(crate) struct ExpansionRecords {
     dir: PathBuf,
     /// `None` when opened read-only.
     locks: Option<FileLocks>,
+    /// The local state directory whose volumes may be held; `None` (the
+    /// store's own tests) holds any id.
+    volumes_of: Option<PathBuf>,
 }
 
 struct HeldKey(FileLock);
@@ -51,12 +54,18 @@ impl ExpansionRecords {
     pub(crate) fn open(state_dir: &Path, read_only: bool) -> io::Result<Self> {
         let dir = state_dir.join("expansions");
         if read_only {
-            return Ok(ExpansionRecords { dir, locks: None });
+            return Ok(ExpansionRecords { dir, locks: None, volumes_of: None });
         }
         durable::private_dir(state_dir)?;
         durable::private_dir(&dir.join("pending"))?;
         let locks = FileLocks::open(&dir.join("locks"))?;
-        Ok(ExpansionRecords { dir, locks: Some(locks) })
+        Ok(ExpansionRecords { dir, locks: Some(locks), volumes_of: None })
+    }
+
+    /// Holds only volumes of the local state directory `state_dir`: a hold
+    /// of an id that names none is NotFound and makes no lock file.
+    pub(crate) fn of_volumes_in(self, state_dir: &Path) -> Self {
+        ExpansionRecords { volumes_of: Some(state_dir.to_owned()), ..self }
     }
 
     fn locks(&self) -> io::Result<&FileLocks> {
@@ -150,8 +159,14 @@ impl ExpansionRecords {
 impl ExpansionStore for ExpansionRecords {
     async fn hold(&self, id: &VolumeId) -> Result<Option<Hold>, BackendError> {
         let key = id.to_string();
+        let unknown = id.clone();
         let held = self
             .blocking("hold volume", move |this| {
+                if let Some(state_dir) = &this.volumes_of
+                    && !crate::paths::record_path(state_dir, &unknown).exists()
+                {
+                    return Err(BackendError::NotFound(unknown));
+                }
                 this.locks().and_then(|locks| locks.try_lock(&key)).map_err(|e| BackendError::io(format!("hold {key}: lock file"), e))
             })
             .await?;
