@@ -59,9 +59,11 @@ impl ControllerService {
         let range = validate::size_range(req.capacity_range.as_ref())?;
         let params = VolumeParameters::parse(&req.parameters)?;
         let backend = self.backends.for_new_volume(params.backend.as_deref())?;
+        params.check_backend(backend.kind())?;
+        let volume_context = params.attach.volume_context();
         if let Some(source) = &req.volume_content_source {
             let info = self.snapshots.create_volume_from(name, range, backend, &params.placement, source).await?;
-            return Ok(Volume { content_source: Some(source.clone()), ..to_volume(&info) });
+            return Ok(Volume { content_source: Some(source.clone()), volume_context, ..to_volume(&info) });
         }
         let size = sizing::allocation(range).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
         sizing::check_formattable(name, &req.volume_capabilities, range)?;
@@ -71,7 +73,7 @@ impl ControllerService {
         if let Created::Existing(info) = &created {
             sizing::check_compatible(info, range)?;
         }
-        Ok(to_volume(created.info()))
+        Ok(Volume { volume_context, ..to_volume(created.info()) })
     }
 
     async fn delete(&self, id: &VolumeId) -> Result<(), ControllerError> {

@@ -211,7 +211,11 @@ fn storage_class_parameters(yaml: &str) -> Vec<String> {
         }
         let mut lines = document.lines().skip_while(|l| l.trim_end() != "parameters:").skip(1);
         while let Some(line) = lines.next().filter(|l| l.starts_with("  ")) {
-            if let Some((key, _)) = line.trim().split_once(':') {
+            let line = line.trim();
+            if line.starts_with('#') {
+                continue;
+            }
+            if let Some((key, _)) = line.split_once(':') {
                 keys.push(key.to_owned());
             }
         }

@@ -22,8 +22,9 @@ const REFRESH_POLL: Duration = Duration::from_millis(50);
 /// Expands a staged volume; returns the capacity it now has.
 pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
     let volume = req.volume.to_string();
-    let attacher = ctx.attachers.for_volume(&req.volume)?;
-    if attacher.backing_size(&req.volume).await?.is_none() {
+    // Every mode reads the backing size the same way; the one staged is
+    // known once the record is read.
+    if ctx.attachers.for_volume(&req.volume, None)?.backing_size(&req.volume).await?.is_none() {
         return Err(NodeError::VolumeNotFound { volume, reason: "its backing object does not exist".into() });
     }
     if tokio::fs::symlink_metadata(&req.volume_path).await.is_err() {
@@ -33,6 +34,7 @@ pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeEr
     let Some(record) = ctx.staging.read(&req.volume).await? else {
         return Err(NodeError::NotStaged { volume, path: req.volume_path });
     };
+    let attacher = ctx.attachers.for_volume(&req.volume, record.rbd_mode)?;
     let sys = ctx.sys.as_ref();
     // Only this volume's own mounts are grown: its staging path, or a
     // publish of it. Any other path (another volume's, a plain directory)

@@ -41,11 +41,12 @@ pub(crate) struct VolumeStats {
 
 /// Reads a volume's stats at `volume_path`.
 pub(crate) async fn stats(ctx: &NodeContext, req: Stats) -> Result<VolumeStats, NodeError> {
-    let attacher = ctx.attachers.for_volume(&req.volume)?;
+    ctx.attachers.for_volume(&req.volume, None)?;
     if tokio::fs::symlink_metadata(&req.volume_path).await.is_err() {
         return Err(NodeError::PathNotFound { path: req.volume_path });
     }
     let record = ctx.staging.read(&req.volume).await?;
+    let attacher = ctx.attachers.for_volume(&req.volume, record.as_ref().and_then(|r| r.rbd_mode))?;
     let backing = attacher.backing_size(&req.volume).await?;
     if record.is_none() && backing.is_none() {
         return Err(NodeError::VolumeNotFound { volume: req.volume.to_string(), reason: "not staged here and no backing object".into() });

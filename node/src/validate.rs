@@ -13,6 +13,7 @@ use csi_proto::v1::{
     VolumeCapability,
 };
 use swell_storage::VolumeId;
+use swell_storage::rbd_attach::{self, RbdAttach};
 
 use crate::error::NodeError;
 use crate::filesystem::FsType;
@@ -27,6 +28,8 @@ pub(crate) struct Stage {
     /// A read-only access mode or an `ro` mount flag: the volume is never
     /// formatted, repaired or grown.
     pub read_only: bool,
+    /// How the StorageClass wants an RBD volume attached (volume context).
+    pub attach: RbdAttach,
 }
 
 /// A validated NodeUnstageVolume.
@@ -75,7 +78,17 @@ pub(crate) fn stage(req: &NodeStageVolumeRequest) -> Result<Stage, NodeError> {
     let staging_path = path("staging_target_path", &req.staging_target_path)?;
     let (access, mode_read_only) = capability(req.volume_capability.as_ref())?;
     let flag_read_only = matches!(&access, Access::Mount { mount_flags, .. } if words(mount_flags).any(|w| w == "ro"));
-    Ok(Stage { volume: volume_id(&req.volume_id)?, staging_path, access, read_only: mode_read_only || flag_read_only })
+    let attach = RbdAttach::from_map(&req.volume_context).map_err(|e| invalid(context_field(e.key), e.reason))?;
+    let volume = volume_id(&req.volume_id)?;
+    if !attach.is_default() && volume.backend() != swell_storage::rbd_volume::KIND {
+        return Err(invalid("volume_context", format!("mounter and mapOptions apply to rbd volumes only, not {}", volume.backend())));
+    }
+    Ok(Stage { volume, staging_path, access, read_only: mode_read_only || flag_read_only, attach })
+}
+
+/// The volume context field an attach key is, as errors name it.
+fn context_field(key: &str) -> &'static str {
+    if key == rbd_attach::MOUNTER_KEY { "volume_context.mounter" } else { "volume_context.mapOptions" }
 }
 
 pub(crate) fn unstage(req: &NodeUnstageVolumeRequest) -> Result<Unstage, NodeError> {

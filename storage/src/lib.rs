@@ -16,6 +16,7 @@ pub mod expansion;
 pub mod file_locks;
 pub mod inflight;
 pub mod locks;
+pub mod rbd_attach;
 pub mod rbd_volume;
 pub mod snapshot;
 pub mod units;

@@ -5,7 +5,6 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use csi_proto::v1::node_client::NodeClient;
 use swell_e2e::harness::NodeUnderTest;
@@ -77,31 +76,9 @@ impl Drop for Rig {
     }
 }
 
-/// Runs a command in a test, panicking with its stderr on failure.
-pub(crate) fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 impl Rig {
     /// Whether resize2fs can grow a mounted ext4 here (needs CAP_SYS_RESOURCE).
     pub(crate) fn online_ext4_grow_works(&mut self) -> bool {
-        let image = self.dir.join("ext4-probe.img");
-        let mount_point = self.dir.join("ext4-probe");
-        let img = image.display().to_string();
-        let mp = mount_point.display().to_string();
-        std::fs::create_dir_all(&mount_point).unwrap();
-        sh("truncate", &["-s", "64M", &img]);
-        let device = sh("losetup", &["--find", "--show", &img]).trim().to_owned();
-        sh("mkfs.ext4", &["-q", &device]);
-        sh("mount", &[&device, &mp]);
-        sh("truncate", &["-s", "128M", &img]);
-        sh("losetup", &["-c", &device]);
-        let works = Command::new("resize2fs").arg(&device).output().map(|o| o.status.success()).unwrap_or(false);
-        let _ = Command::new("umount").arg(&mp).status();
-        let _ = Command::new("losetup").arg("-d").arg(&device).status();
-        let _ = std::fs::remove_file(&image);
-        works
+        host::online_ext4_grow_permitted(&self.dir)
     }
 }

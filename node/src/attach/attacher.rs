@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use swell_storage::VolumeId;
+use swell_storage::rbd_attach::MapOptions;
 
 use crate::error::NodeError;
 
@@ -14,8 +15,9 @@ pub trait Attacher: Send + Sync + std::fmt::Debug {
     async fn backing_size(&self, volume: &VolumeId) -> Result<Option<u64>, NodeError>;
 
     /// Attaches the volume and returns its device; an existing attachment
-    /// is reused, so a retried stage never attaches twice.
-    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError>;
+    /// is reused, so a retried stage never attaches twice. `options` are
+    /// the StorageClass's kernel map options, for the mappers that take them.
+    async fn attach(&self, volume: &VolumeId, options: &MapOptions) -> Result<PathBuf, NodeError>;
 
     /// The device the volume is attached as now, if any.
     async fn find(&self, volume: &VolumeId) -> Result<Option<PathBuf>, NodeError>;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use swell_storage::VolumeId;
+use swell_storage::rbd_attach::MapOptions;
 
 use super::attacher::Attacher;
 use crate::error::NodeError;
@@ -64,7 +65,7 @@ impl Attacher for LoopAttacher {
         }
     }
 
-    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
+    async fn attach(&self, volume: &VolumeId, _options: &MapOptions) -> Result<PathBuf, NodeError> {
         if let Some(device) = self.find(volume).await? {
             return Ok(device);
         }

@@ -158,6 +158,10 @@ impl System for HostSystem {
     async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
         command::run(program, args, deadline).await
     }
+
+    async fn run_leaving_daemon(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
+        command::run_leaving_daemon(program, args, deadline).await
+    }
 }
 
 #[cfg(test)]

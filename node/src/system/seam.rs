@@ -87,6 +87,13 @@ pub trait System: Send + Sync + std::fmt::Debug {
     /// Runs an external program (mkfs, blkid, xfs_growfs, rbd, rbd-fuse...)
     /// with no shell, killing it at `deadline`.
     async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError>;
+
+    /// Runs a program that leaves a daemon serving a device (`rbd-nbd
+    /// map`), in a process group of its own: a kill of the node's group (a
+    /// supervisor stopping it) must not take the volumes' I/O with it.
+    async fn run_leaving_daemon(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
+        self.run(program, args, deadline).await
+    }
 }
 
 /// The loop device `device` reads, if attached (sysfs `backing_file`).

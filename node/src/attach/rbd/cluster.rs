@@ -52,6 +52,11 @@ impl Cluster {
         self.sys.run(program, args, deadline).await
     }
 
+    /// Runs a Ceph tool that leaves a daemon serving a device.
+    pub(super) async fn run_leaving_daemon(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
+        self.sys.run_leaving_daemon(program, args, deadline).await
+    }
+
     /// Who and where: `-c conf --id user --keyring k`. Every process gets
     /// the same three, so the key never appears on a command line.
     fn auth_args(&self) -> Vec<OsString> {

@@ -36,6 +36,7 @@ use crate::attach::loop_device::{attach_file, detach_device};
 use crate::error::NodeError;
 use crate::mount;
 use crate::system::{self, System};
+use swell_storage::rbd_attach::MapOptions;
 
 /// rbd-fuse connects (bounded by client_mount_timeout) before it forks.
 const MOUNT_DEADLINE: Duration = Duration::from_secs(30);
@@ -167,7 +168,7 @@ impl Attacher for FuseAttacher {
         self.cluster.image_size(volume, &rbd_volume(volume)?).await
     }
 
-    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
+    async fn attach(&self, volume: &VolumeId, _options: &MapOptions) -> Result<PathBuf, NodeError> {
         let image = rbd_volume(volume)?;
         let file = self.ensure_mounted(volume, &image).await?;
         if let Some(device) = system::loop_devices_backing(self.sys(), &file).await?.into_iter().next() {

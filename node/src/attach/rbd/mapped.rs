@@ -4,6 +4,8 @@
 //! follow an image resize on their own (krbd through the header watch,
 //! rbd-nbd by resizing the nbd device), so a refresh only has to wait,
 //! which `expand` does by polling the device size against `rbd info`.
+//! rbd-nbd's daemon is started in a process group of its own, so it keeps
+//! serving the device when the node is killed with its group.
 //! Attachments are found by listing what is mapped (`rbd showmapped` /
 //! `rbd-nbd list-mapped`, both JSON), so attach and detach are idempotent.
 
@@ -18,6 +20,7 @@ use swell_storage::RbdVolume;
 use super::cluster::{Cluster, rbd_volume};
 use crate::attach::Attacher;
 use crate::error::NodeError;
+use swell_storage::rbd_attach::MapOptions;
 
 /// `map` connects and opens the image; `unmap` may flush.
 const MAP_DEADLINE: Duration = Duration::from_secs(60);
@@ -53,15 +56,23 @@ impl Mapper {
         }
     }
 
-    /// `map pool/image` plus the cluster arguments. krbd's CLI only sets
-    /// up the kernel mapping, so its librados calls get the op timeouts;
-    /// rbd-nbd stays as the device's server and gets only a connect timeout.
-    pub(crate) fn map_args(self, cluster: &Cluster, image: &RbdVolume) -> Vec<OsString> {
+    /// `map pool/image`, the StorageClass's map options (krbd: `-o` with
+    /// the default `ms_mode`; rbd-nbd: `--option value`) and the cluster
+    /// arguments. krbd's CLI only sets up the kernel mapping, so its
+    /// librados calls get the op timeouts; rbd-nbd stays as the device's
+    /// server and gets only a connect timeout.
+    pub(crate) fn map_args(self, cluster: &Cluster, image: &RbdVolume, options: &MapOptions) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["map".into(), image.spec().into()];
-        args.extend(match self {
-            Mapper::Krbd => cluster.control_args(),
-            Mapper::Nbd => cluster.data_path_args(),
-        });
+        match self {
+            Mapper::Krbd => {
+                args.extend(["-o".into(), options.krbd().into()]);
+                args.extend(cluster.control_args());
+            }
+            Mapper::Nbd => {
+                args.extend(options.nbd().into_iter().map(OsString::from));
+                args.extend(cluster.data_path_args());
+            }
+        }
         args
     }
 
@@ -147,17 +158,20 @@ impl Attacher for MappedAttacher {
         self.cluster.image_size(volume, &rbd_volume(volume)?).await
     }
 
-    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
+    async fn attach(&self, volume: &VolumeId, options: &MapOptions) -> Result<PathBuf, NodeError> {
         let image = rbd_volume(volume)?;
         if let Some(device) = self.mapped(volume, &image).await?.into_iter().next() {
             return Ok(device);
         }
         let program = self.mapper.program();
-        let out = self
-            .cluster
-            .run(program, self.mapper.map_args(&self.cluster, &image), MAP_DEADLINE)
-            .await
-            .map_err(|e| NodeError::command(format!("{program} map {} for volume {volume}", image.spec()), e))?;
+        let args = self.mapper.map_args(&self.cluster, &image, options);
+        let mapped = match self.mapper {
+            Mapper::Krbd => self.cluster.run(program, args, MAP_DEADLINE).await,
+            // The daemon rbd-nbd leaves is the device's server for as long
+            // as the volume is staged, whatever becomes of this process.
+            Mapper::Nbd => self.cluster.run_leaving_daemon(program, args, MAP_DEADLINE).await,
+        };
+        let out = mapped.map_err(|e| NodeError::command(format!("{program} map {} for volume {volume}", image.spec()), e))?;
         let device = out.stdout.trim();
         if !device.starts_with("/dev/") {
             return Err(NodeError::Parse { step: format!("{program} map"), detail: out.stdout });
@@ -223,9 +237,19 @@ mod tests {
         let auth = "-c /etc/ceph/a.conf --id swell --keyring /etc/ceph/a.keyring";
         let timeouts = "--rados-osd-op-timeout 10 --rados-mon-op-timeout 10 --client-mount-timeout 10";
         assert_eq!(Mapper::Krbd.program(), "rbd");
-        assert_eq!(line(&Mapper::Krbd.map_args(&cluster(), &image())), format!("map {} {auth} {timeouts}", image().spec()));
+        let none = MapOptions::default();
+        assert_eq!(line(&Mapper::Krbd.map_args(&cluster(), &image(), &none)), format!("map {} -o ms_mode=prefer-crc {auth} {timeouts}", image().spec()));
         assert_eq!(Mapper::Nbd.program(), "rbd-nbd");
-        assert_eq!(line(&Mapper::Nbd.map_args(&cluster(), &image())), format!("map {} {auth} --client-mount-timeout 10", image().spec()));
+        assert_eq!(line(&Mapper::Nbd.map_args(&cluster(), &image(), &none)), format!("map {} {auth} --client-mount-timeout 10", image().spec()));
+        let given = MapOptions::parse("krbd:ms_mode=secure,queue_depth=64;nbd:io-timeout=30,reattach-timeout=60", None).unwrap();
+        assert_eq!(
+            line(&Mapper::Krbd.map_args(&cluster(), &image(), &given)),
+            format!("map {} -o ms_mode=secure,queue_depth=64 {auth} {timeouts}", image().spec())
+        );
+        assert_eq!(
+            line(&Mapper::Nbd.map_args(&cluster(), &image(), &given)),
+            format!("map {} --io-timeout 30 --reattach-timeout 60 {auth} --client-mount-timeout 10", image().spec())
+        );
         assert_eq!(line(&Mapper::Krbd.unmap_args(&cluster(), Path::new("/dev/rbd3"))), format!("unmap /dev/rbd3 {auth} {timeouts}"));
         assert_eq!(line(&Mapper::Nbd.unmap_args(&cluster(), Path::new("/dev/nbd0"))), format!("unmap /dev/nbd0 {auth} {timeouts}"));
         assert_eq!(line(&Mapper::Krbd.list_args()), "showmapped --format json");

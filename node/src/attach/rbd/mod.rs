@@ -1,7 +1,8 @@
-//! Ceph RBD volumes (`rbd:<cluster-id>:<pool>:<image>`) on this node: which
-//! of three attach modes this host supports (detected once at start-up and
-//! logged), reading a volume id through the shared RBD id contract, and the one place the `rbd`
-//! CLI is asked about an image. The modes live in their own files:
+//! Ceph RBD volumes (`rbd:<cluster-id>:<pool>:<image>`) on this node: the
+//! three attach modes, one chosen per volume (the StorageClass's `mounter`,
+//! else the one this host supports, detected once at start-up and logged),
+//! reading a volume id through the shared RBD id contract, and the one place
+//! the `rbd` CLI is asked about an image. The modes live in their own files:
 //! `mapped` (krbd `rbd map` and `rbd-nbd map`: the kernel or rbd-nbd gives a
 //! block device that follows resizes by itself) and `fuse` (rbd-fuse exposes
 //! the image as a file, which a loop device turns into a block device).
@@ -14,7 +15,6 @@ mod cluster;
 mod fuse;
 mod mapped;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ use swell_storage::VolumeId;
 
 pub(crate) use fuse::FuseAttacher;
 pub(crate) use mapped::{MappedAttacher, Mapper};
+pub use swell_storage::rbd_attach::AttachMode;
 
 use super::attacher::Attacher;
 use crate::error::NodeError;
@@ -29,28 +30,6 @@ use crate::system::System;
 use cluster::Cluster;
 pub(crate) use cluster::rbd_volume;
 use swell_storage::CephAccess;
-
-/// How this host attaches RBD images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttachMode {
-    /// The kernel's rbd driver: `rbd map` gives /dev/rbdN.
-    Krbd,
-    /// The nbd driver served by `rbd-nbd`: /dev/nbdN.
-    Nbd,
-    /// Neither kernel module: rbd-fuse exposes the image as a file and a
-    /// loop device makes it a block device.
-    FuseLoop,
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AttachMode::Krbd => "krbd",
-            AttachMode::Nbd => "rbd-nbd",
-            AttachMode::FuseLoop => "rbd-fuse+loop",
-        })
-    }
-}
 
 /// Picks the attach mode from what the host offers under `root` (`/` in
 /// production, a fake tree in tests): krbd when the rbd bus exists (the
@@ -81,36 +60,62 @@ pub(crate) fn on_path(program: &str) -> bool {
     })
 }
 
-/// The RBD attacher of this node's one cluster.
+/// The RBD attachers of this node's one cluster, one per attach mode.
 #[derive(Debug)]
 pub(crate) struct RbdAttachers {
     cluster_id: String,
-    mode: AttachMode,
-    attacher: Box<dyn Attacher>,
+    detected: AttachMode,
+    krbd: MappedAttacher,
+    nbd: MappedAttacher,
+    fuse: FuseAttacher,
 }
 
 impl RbdAttachers {
-    /// Detects the attach mode and builds its attacher; rbd-fuse mounts go
-    /// under `<state_dir>/rbd-fuse/<cluster-id>`.
+    /// Detects the host's attach mode (the one used when a volume does not
+    /// name one) and builds every mode's attacher; rbd-fuse mounts go under
+    /// `<state_dir>/rbd-fuse/<cluster-id>`.
     pub(crate) fn new(config: &CephAccess, state_dir: &Path, sys: Arc<dyn System>) -> Result<Self, NodeError> {
-        let mode = host_mode();
-        tracing::info!(cluster = %config.cluster_id, %mode, "RBD attach mode detected");
+        let detected = host_mode();
+        tracing::info!(cluster = %config.cluster_id, mode = %detected, "RBD attach mode detected (for volumes whose StorageClass names no mounter)");
         let cluster = Cluster::new(config.clone(), sys);
-        let attacher: Box<dyn Attacher> = match mode {
-            AttachMode::Krbd => Box::new(MappedAttacher::new(Mapper::Krbd, cluster)),
-            AttachMode::Nbd => Box::new(MappedAttacher::new(Mapper::Nbd, cluster)),
-            AttachMode::FuseLoop => Box::new(FuseAttacher::new(cluster, &fuse_root(state_dir, &config.cluster_id))?),
-        };
-        Ok(RbdAttachers { cluster_id: config.cluster_id.clone(), mode, attacher })
+        Ok(RbdAttachers {
+            cluster_id: config.cluster_id.clone(),
+            detected,
+            krbd: MappedAttacher::new(Mapper::Krbd, cluster.clone()),
+            nbd: MappedAttacher::new(Mapper::Nbd, cluster.clone()),
+            fuse: FuseAttacher::new(cluster, &fuse_root(state_dir, &config.cluster_id))?,
+        })
     }
 
     /// The detected mode.
     pub(crate) fn mode(&self) -> AttachMode {
-        self.mode
+        self.detected
     }
 
-    /// The attacher for `volume`, which must name this node's cluster.
-    pub(crate) fn for_volume(&self, volume: &VolumeId) -> Result<&dyn Attacher, NodeError> {
+    /// The attacher of `mode` (the detected one when `None`) for `volume`,
+    /// which must name this node's cluster.
+    pub(crate) fn for_volume(&self, volume: &VolumeId, mode: Option<AttachMode>) -> Result<&dyn Attacher, NodeError> {
+        self.check_cluster(volume)?;
+        Ok(match mode.unwrap_or(self.detected) {
+            AttachMode::Krbd => &self.krbd,
+            AttachMode::Nbd => &self.nbd,
+            AttachMode::FuseLoop => &self.fuse,
+        })
+    }
+
+    /// Every attacher that could hold `volume` on this host: for an unstage
+    /// without a staging record, which mode staged it is unknown. rbd-nbd's
+    /// only where it is installed (its listing is the program itself).
+    pub(crate) fn all_for(&self, volume: &VolumeId) -> Result<Vec<&dyn Attacher>, NodeError> {
+        self.check_cluster(volume)?;
+        let mut all: Vec<&dyn Attacher> = vec![&self.krbd, &self.fuse];
+        if on_path(Mapper::Nbd.program()) {
+            all.push(&self.nbd);
+        }
+        Ok(all)
+    }
+
+    fn check_cluster(&self, volume: &VolumeId) -> Result<(), NodeError> {
         let image = rbd_volume(volume)?;
         // NOT_FOUND, not INVALID_ARGUMENT: the spec keeps INVALID_ARGUMENT
         // for missing or malformed fields, and this id is well-formed; it
@@ -123,7 +128,7 @@ impl RbdAttachers {
                 reason: format!("Ceph cluster {:?} is not configured on this node (it serves {:?})", image.cluster, self.cluster_id),
             });
         }
-        Ok(self.attacher.as_ref())
+        Ok(())
     }
 }
 
@@ -164,14 +169,15 @@ mod tests {
         let state = tempfile::tempdir().expect("temp dir");
         let attachers = RbdAttachers::new(&config, state.path(), Arc::new(crate::system::HostSystem)).expect("attachers");
         let ours = RbdVolume::for_name("ceph-a", "rbd", "pvc").expect("volume");
-        assert!(attachers.for_volume(&ours.id()).is_ok());
+        assert!(attachers.for_volume(&ours.id(), None).is_ok());
         let theirs = RbdVolume::for_name("ceph-b", "rbd", "pvc").expect("volume");
-        let err = attachers.for_volume(&theirs.id()).expect_err("other cluster");
+        let err = attachers.for_volume(&theirs.id(), Some(AttachMode::Krbd)).expect_err("other cluster");
         assert_eq!(err.code(), tonic::Code::NotFound);
         assert!(err.to_string().contains("ceph-b"), "{err}");
         // Which ids name a Swell image is storage's contract (tested there);
         // here: an id it refuses is NOT_FOUND, never attached.
-        let err = attachers.for_volume(&volume("rbd:ceph-a:rbd:important")).expect_err("foreign image");
+        let err = attachers.for_volume(&volume("rbd:ceph-a:rbd:important"), None).expect_err("foreign image");
         assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(attachers.all_for(&theirs.id()).expect_err("other cluster").code(), tonic::Code::NotFound);
     }
 }
