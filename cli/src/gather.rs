@@ -44,7 +44,10 @@ impl Reader {
                 return Err(CliError::NoDirectory { flag, dir: dir.clone() });
             }
         }
-        Ok(Reader { backends: swell_backends::open(&args.config())? })
+        let mut config = args.config();
+        // `swell` only reads: it never locks or writes the controller's files.
+        config.local.read_only = true;
+        Ok(Reader { backends: swell_backends::open(&config)? })
     }
 
     /// Every volume and every record, backend by backend; `step` is told

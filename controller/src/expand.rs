@@ -103,7 +103,12 @@ impl Expander {
 
     /// Deletes `id` under its hold, then its record (with the hold).
     pub async fn delete(&self, id: &VolumeId) -> Result<(), ControllerError> {
-        let held = self.hold_for_call(id).await?;
+        let held = match self.hold_for_call(id).await {
+            Ok(held) => held,
+            // The backend knows no such volume (and held nothing): deleted, as CSI allows.
+            Err(ControllerError::Backend { source: BackendError::NotFound(_), .. }) => return Ok(()),
+            Err(err) => return Err(err),
+        };
         let key = id.to_string();
         if let Err(err) = self.backends.call("delete volume", &key, held.backend.delete_volume(id)).await {
             held.hold.release().await;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use csi_endpoint::{IdentityService, Observed, Probe, RpcMetrics};
+use csi_endpoint::{CachedProbe, HEALTH_MAX_AGE, IdentityService, Observed, Probe, RpcMetrics};
 use csi_proto::v1::controller_server::ControllerServer;
 use csi_proto::v1::identity_server::IdentityServer;
 use prometheus_client::registry::Registry;
@@ -56,7 +56,8 @@ pub fn build(config: &ControllerConfig) -> Result<Controller, StartError> {
 /// Builds the Identity + Controller router and the reconciler over
 /// `backends` as given (tests pass wrapped ones).
 pub fn build_over(driver_name: &str, reconciler: ReconcilerConfig, backends: Backends) -> Result<Controller, StartError> {
-    let health: Arc<dyn Probe> = Arc::new(BackendProbe(Arc::new(backends.clone())));
+    // Cached: /healthz listens on the pod's address, and polls must not become backend calls.
+    let health: Arc<dyn Probe> = Arc::new(CachedProbe::new(Arc::new(BackendProbe(Arc::new(backends.clone()))), HEALTH_MAX_AGE));
     let identity = IdentityService::swell(driver_name, Arc::clone(&health))?;
     let mut registry = Registry::default();
     let rpcs = RpcMetrics::register(&mut registry);
@@ -64,7 +65,6 @@ pub fn build_over(driver_name: &str, reconciler: ReconcilerConfig, backends: Bac
     let controller = ControllerService::new(backends);
     let reconciler = Reconciler::new(controller.expander().clone(), reconciler);
     reconciler.metrics().register(&mut registry);
-    let router =
-        tonic::transport::Server::builder().add_service(rpcs.meter(IdentityServer::new(identity))).add_service(rpcs.meter(ControllerServer::new(controller)));
+    let router = csi_endpoint::grpc_server().add_service(rpcs.meter(IdentityServer::new(identity))).add_service(rpcs.meter(ControllerServer::new(controller)));
     Ok(Controller { router, reconciler, observed: Observed { metrics: Arc::new(registry), health } })
 }

@@ -54,7 +54,7 @@ impl ControllerService {
     }
 
     async fn create(&self, req: CreateVolumeRequest) -> Result<Volume, ControllerError> {
-        let name = validate::required("name", &req.name)?;
+        let name = validate::name("name", &req.name)?;
         validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
         let range = validate::size_range(req.capacity_range.as_ref())?;
         let params = VolumeParameters::parse(&req.parameters)?;
@@ -66,6 +66,7 @@ impl ControllerService {
             return Ok(Volume { content_source: Some(source.clone()), volume_context, ..to_volume(&info) });
         }
         let size = sizing::allocation(range).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
+        sizing::check_formattable(name, &req.volume_capabilities, range)?;
 
         let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
         let created = self.backends.call("create volume", name, backend.create_volume(name, size, &params.placement)).await?;
@@ -144,14 +145,14 @@ fn capability(rpc: rpc::Type) -> ControllerServiceCapability {
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    #[instrument(skip_all, fields(volume.name = %request.get_ref().name))]
+    #[instrument(skip_all, fields(volume.name = %request.get_ref().name.escape_debug()))]
     async fn create_volume(&self, request: Request<CreateVolumeRequest>) -> Answer<CreateVolumeResponse> {
         let volume = self.create(request.into_inner()).await?;
         tracing::info!(volume.id = %volume.volume_id, bytes = volume.capacity_bytes, "volume ready");
         Ok(Response::new(CreateVolumeResponse { volume: Some(volume) }))
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn delete_volume(&self, request: Request<DeleteVolumeRequest>) -> Answer<DeleteVolumeResponse> {
         // A string that is no id of ours names a volume that does not exist.
         if let Some(id) = validate::volume_id(&request.get_ref().volume_id)? {
@@ -169,7 +170,7 @@ impl Controller for ControllerService {
         Err(ControllerError::Unimplemented("ControllerUnpublishVolume").into())
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn validate_volume_capabilities(&self, request: Request<ValidateVolumeCapabilitiesRequest>) -> Answer<ValidateVolumeCapabilitiesResponse> {
         let req = request.into_inner();
         validate::required("volume_id", &req.volume_id)?;
@@ -243,7 +244,7 @@ impl Controller for ControllerService {
         Ok(Response::new(ControllerGetCapabilitiesResponse { capabilities }))
     }
 
-    #[instrument(skip_all, fields(snapshot.name = %request.get_ref().name, volume.id = %request.get_ref().source_volume_id))]
+    #[instrument(skip_all, fields(snapshot.name = %request.get_ref().name.escape_debug(), volume.id = %request.get_ref().source_volume_id.escape_debug()))]
     async fn create_snapshot(&self, request: Request<CreateSnapshotRequest>) -> Answer<CreateSnapshotResponse> {
         let req = request.into_inner();
         let info = self.snapshots.create(&req.name, &req.source_volume_id, &req.parameters).await?;
@@ -251,7 +252,7 @@ impl Controller for ControllerService {
         Ok(Response::new(CreateSnapshotResponse { snapshot: Some(snapshots::to_snapshot(&info)) }))
     }
 
-    #[instrument(skip_all, fields(snapshot.id = %request.get_ref().snapshot_id))]
+    #[instrument(skip_all, fields(snapshot.id = %request.get_ref().snapshot_id.escape_debug()))]
     async fn delete_snapshot(&self, request: Request<DeleteSnapshotRequest>) -> Answer<DeleteSnapshotResponse> {
         self.snapshots.delete(&request.get_ref().snapshot_id).await?;
         tracing::info!("snapshot deleted");
@@ -267,7 +268,7 @@ impl Controller for ControllerService {
         Err(ControllerError::Unimplemented("GetSnapshot").into())
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn controller_expand_volume(&self, request: Request<ControllerExpandVolumeRequest>) -> Answer<ControllerExpandVolumeResponse> {
         let req = request.into_inner();
         let id = validate::volume_id(&req.volume_id)?;
@@ -289,7 +290,7 @@ impl Controller for ControllerService {
         Ok(Response::new(ControllerExpandVolumeResponse { capacity_bytes: bytes(size), node_expansion_required: true }))
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn controller_get_volume(&self, request: Request<ControllerGetVolumeRequest>) -> Answer<ControllerGetVolumeResponse> {
         let info = self.lookup(&request.get_ref().volume_id).await?;
         Ok(Response::new(ControllerGetVolumeResponse {

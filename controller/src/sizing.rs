@@ -2,6 +2,9 @@
 //! under the requested name fits, and what an expansion does. Kept free of
 //! I/O so the hard cases are plain unit tests.
 
+use csi_endpoint::capabilities::min_fs_bytes;
+use csi_proto::v1::VolumeCapability;
+use csi_proto::v1::volume_capability::AccessType;
 use swell_storage::VolumeInfo;
 use swell_storage::units::{GIB, MIB};
 
@@ -64,6 +67,26 @@ pub(crate) fn allocation(range: SizeRange) -> Result<u64, SizeError> {
         .filter_map(|align| round_up(required.max(1), align))
         .find(|size| *size <= limit)
         .ok_or(SizeError::NoAlignedFit { required, limit })
+}
+
+/// Refuses a range whose limit is below the smallest volume a requested
+/// filesystem can be made on: such a volume could be created but never
+/// staged. A required size below it is left to the CO (`limit` allows
+/// more, and the node says so at stage).
+pub(crate) fn check_formattable(name: &str, caps: &[VolumeCapability], range: SizeRange) -> Result<(), ControllerError> {
+    let Some(limit) = range.limit else { return Ok(()) };
+    for cap in caps {
+        if let Some(AccessType::Mount(mount)) = &cap.access_type {
+            let min = min_fs_bytes(&mount.fs_type);
+            if limit < min {
+                let fs = if mount.fs_type.is_empty() { "xfs" } else { mount.fs_type.as_str() };
+                return Err(ControllerError::OutOfRange(format!(
+                    "volume {name:?}: {fs} needs at least {min} bytes; limit_bytes {limit} leaves no room for it"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The size of a volume made from a source of `source_bytes` (a snapshot or
@@ -138,6 +161,20 @@ mod tests {
 
     fn range(required: Option<u64>, limit: Option<u64>) -> SizeRange {
         SizeRange { required, limit }
+    }
+
+    #[test]
+    fn a_limit_below_what_the_filesystem_needs_is_out_of_range() {
+        use csi_proto::v1::volume_capability::access_mode::Mode;
+        let cap = |fs| crate::validate::tests::cap(Mode::SingleNodeWriter, fs);
+        let err = check_formattable("v", &[cap(Some("xfs"))], range(Some(8 << 10), Some(8 << 10))).unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::OutOfRange);
+        assert!(check_formattable("v", &[cap(Some(""))], range(None, Some(299 * MIB))).is_err(), "xfs is the default");
+        assert!(check_formattable("v", &[cap(Some("btrfs"))], range(None, Some(109 * MIB))).is_err());
+        assert!(check_formattable("v", &[cap(Some("ext4"))], range(None, Some(8 * MIB))).is_ok());
+        assert!(check_formattable("v", &[cap(None)], range(None, Some(8 << 10))).is_ok(), "a block volume has no filesystem");
+        assert!(check_formattable("v", &[cap(Some("xfs"))], range(Some(8 << 10), None)).is_ok(), "no limit: the CO may be given more");
+        assert!(check_formattable("v", &[cap(Some("xfs"))], range(None, Some(300 * MIB))).is_ok());
     }
 
     #[test]

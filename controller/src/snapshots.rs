@@ -46,7 +46,7 @@ impl Snapshots {
     /// CreateSnapshot: idempotent by name; a name reused for another volume
     /// is ALREADY_EXISTS, a pool without room RESOURCE_EXHAUSTED.
     pub(crate) async fn create(&self, name: &str, source_volume_id: &str, parameters: &HashMap<String, String>) -> Result<SnapshotInfo, ControllerError> {
-        let name = validate::required("name", name)?;
+        let name = validate::name("name", name)?;
         validate::required("source_volume_id", source_volume_id)?;
         check_parameters(parameters)?;
         let not_found = || ControllerError::NotFound(source_volume_id.to_owned());

@@ -21,6 +21,19 @@ pub(crate) fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a st
     if value.is_empty() { Err(ControllerError::invalid(field, "must be set")) } else { Ok(value) }
 }
 
+/// The longest name CSI lets a CO send (its spec's bound on string fields).
+pub(crate) const MAX_NAME_BYTES: usize = 128;
+
+/// Requires a name of at most [`MAX_NAME_BYTES`] bytes: a name is kept in
+/// records and logs, so its length is bounded before anything is done.
+pub(crate) fn name<'a>(field: &'static str, value: &'a str) -> Result<&'a str, ControllerError> {
+    let value = required(field, value)?;
+    if value.len() > MAX_NAME_BYTES {
+        return Err(ControllerError::invalid(field, format!("is {} bytes; at most {MAX_NAME_BYTES} are allowed", value.len())));
+    }
+    Ok(value)
+}
+
 /// Requires a volume id and parses it. A string that is not a Swell id names
 /// no volume of ours, which the caller reports as it reports a missing volume.
 pub(crate) fn volume_id(value: &str) -> Result<Option<VolumeId>, ControllerError> {
@@ -80,7 +93,7 @@ pub(crate) fn capability(field: &'static str, cap: &VolumeCapability) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use csi_proto::v1::volume_capability::{AccessMode, BlockVolume, MountVolume};
 
@@ -92,6 +105,15 @@ mod tests {
                 None => AccessType::Block(BlockVolume {}),
             }),
         }
+    }
+
+    #[test]
+    fn names_longer_than_csi_allows_are_invalid() {
+        assert_eq!(name("name", &"a".repeat(128)).unwrap().len(), 128);
+        let err = name("name", &"a".repeat(129)).unwrap_err();
+        assert!(err.to_string().contains("129 bytes"), "{err}");
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::InvalidArgument);
+        assert!(name("name", "").is_err());
     }
 
     #[test]

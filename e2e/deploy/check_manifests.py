@@ -311,6 +311,11 @@ class Manifests(unittest.TestCase):
                     self.assertEqual(http["path"], "/healthz")
                     port = [p["containerPort"] for p in driver["ports"] if p["name"] == http["port"]][0]
                     self.assertEqual(address.rsplit(":", 1)[1], str(port))
+                    # The pod's own address, not every interface (issue: /healthz on 0.0.0.0).
+                    self.assertEqual(address.rsplit(":", 1)[0], "$(POD_IP)")
+                    pod_ip = [e for e in driver["env"] if e["name"] == "POD_IP"]
+                    self.assertTrue(pod_ip, "no POD_IP in the environment")
+                    self.assertEqual(pod_ip[0]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP")
                     # Above the 10 s Swell gives the check (endpoint/src/observe.rs).
                     self.assertGreater(driver["readinessProbe"]["timeoutSeconds"], 10)
                     self.assertEqual(template["metadata"]["annotations"]["prometheus.io/port"], str(port))

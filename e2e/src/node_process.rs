@@ -48,6 +48,8 @@ impl NodeProcess {
             format!("--node-id={}", config.node_id).into(),
             format!("--state-dir={}", config.state_dir.display()).into(),
             format!("--local-state-dir={}", config.local_state_dir.display()).into(),
+            // Tests keep their paths under temporary directories.
+            format!("--kubelet-dir={}", config.kubelet_dir.as_deref().unwrap_or(std::path::Path::new("/")).display()).into(),
         ];
         if let Some(rbd) = &config.rbd {
             args.push(format!("--rbd-cluster-id={}", rbd.cluster_id).into());

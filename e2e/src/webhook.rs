@@ -27,7 +27,8 @@ use swell_webhook::{PersistentVolumes, PvError};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 /// The driver name the fixtures' claims carry.
@@ -38,6 +39,8 @@ pub struct TestPki {
     dir: tempfile::TempDir,
     ca: Issuer<'static, KeyPair>,
     ca_der: CertificateDer<'static>,
+    /// The CA's certificate (PEM), for `--client-ca`.
+    pub ca_path: PathBuf,
     /// The serving certificate (PEM).
     pub cert_path: PathBuf,
     /// Its key (PEM).
@@ -52,8 +55,11 @@ impl TestPki {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(rcgen::DnType::CommonName, "swell-webhook test CA");
         let key = KeyPair::generate().expect("CA key");
-        let ca_der = params.self_signed(&key).expect("CA certificate").der().clone();
-        let pki = TestPki { cert_path: dir.path().join("tls.crt"), key_path: dir.path().join("tls.key"), dir, ca: Issuer::new(params, key), ca_der };
+        let ca = params.self_signed(&key).expect("CA certificate");
+        let ca_path = dir.path().join("ca.crt");
+        std::fs::write(&ca_path, ca.pem()).expect("write the CA file");
+        let ca_der = ca.der().clone();
+        let pki = TestPki { cert_path: dir.path().join("tls.crt"), key_path: dir.path().join("tls.key"), dir, ca: Issuer::new(params, key), ca_der, ca_path };
         pki.issue();
         pki
     }
@@ -82,15 +88,27 @@ impl TestPki {
         self.dir.path()
     }
 
+    /// A client certificate (DER) and its key signed by this CA.
+    pub fn issue_client(&self) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let params = CertificateParams::new(vec!["kube-apiserver".to_owned()]).expect("client params");
+        let key = KeyPair::generate().expect("client key");
+        let cert = params.signed_by(&key, &self.ca).expect("client certificate");
+        (cert.der().clone(), PrivateKeyDer::try_from(key.serialize_der()).expect("client key DER"))
+    }
+
     fn client_config(&self) -> Arc<ClientConfig> {
+        self.client_config_with(None)
+    }
+
+    fn client_config_with(&self, client_cert: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca_der.clone()).expect("CA into the root store");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let builder = ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().expect("TLS versions").with_root_certificates(roots);
+        let mut config = match client_cert {
+            Some((cert, key)) => builder.with_client_auth_cert(vec![cert], key).expect("client certificate"),
+            None => builder.with_no_client_auth(),
+        };
         // Full handshakes only: a resumed session shows the certificate of
         // the session it resumes, not the one served now.
         config.resumption = rustls::client::Resumption::disabled();
@@ -140,8 +158,21 @@ impl RunningWebhook {
     /// Serves `webhook` with `pki`'s files on 127.0.0.1, polling them for
     /// changes every `reload_every`.
     pub async fn start(webhook: Webhook, pki: &TestPki, limits: Limits, reload_every: Duration) -> Self {
+        Self::start_with(webhook, pki, limits, reload_every, None).await
+    }
+
+    /// Like [`start`](Self::start), asking clients for certificates signed
+    /// by `client_ca` (and refusing reviews without one).
+    pub async fn start_with_client_ca(webhook: Webhook, pki: &TestPki, limits: Limits, client_ca: &Path) -> Self {
+        Self::start_with(webhook, pki, Limits { require_client_cert: true, ..limits }, Duration::from_secs(60), Some(client_ca)).await
+    }
+
+    async fn start_with(webhook: Webhook, pki: &TestPki, limits: Limits, reload_every: Duration, client_ca: Option<&Path>) -> Self {
         let cert = ReloadingCert::load(&pki.cert_path, &pki.key_path).expect("load the test certificate");
-        let tls = cert.server_config().expect("TLS config");
+        let tls = match client_ca {
+            Some(ca) => cert.server_config_with_client_ca(ca).expect("TLS config with a client CA"),
+            None => cert.server_config().expect("TLS config"),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -163,6 +194,11 @@ impl RunningWebhook {
     /// A client trusting `pki`'s CA.
     pub fn client(&self, pki: &TestPki) -> HttpsClient {
         HttpsClient { connector: TlsConnector::from(pki.client_config()), addr: self.addr }
+    }
+
+    /// A client trusting `pki`'s CA that presents `client_cert`.
+    pub fn client_with_cert(&self, pki: &TestPki, client_cert: (CertificateDer<'static>, PrivateKeyDer<'static>)) -> HttpsClient {
+        HttpsClient { connector: TlsConnector::from(pki.client_config_with(Some(client_cert))), addr: self.addr }
     }
 
     /// Stops accepting, lets open requests finish, and waits.
@@ -217,12 +253,39 @@ pub struct Connection {
     _driver: JoinHandle<()>,
 }
 
+/// An open HTTP/2 connection.
+pub struct H2Connection {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    _driver: JoinHandle<()>,
+}
+
 impl HttpsClient {
-    /// Opens a connection: TCP, TLS for `localhost`, HTTP/1.1.
-    pub async fn connect(&self) -> Result<Connection, String> {
+    /// TCP and a TLS handshake for `localhost`, nothing sent after it.
+    pub async fn tls(&self) -> Result<TlsStream<TcpStream>, String> {
         let tcp = TcpStream::connect(self.addr).await.map_err(|e| format!("connect: {e}"))?;
         let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-        let tls = self.connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+        self.connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))
+    }
+
+    /// Opens an HTTP/2 connection; with `ping_every`, the client sends
+    /// keep-alive PINGs at that interval, idle or not.
+    pub async fn connect_h2(&self, ping_every: Option<Duration>) -> Result<H2Connection, String> {
+        let tls = self.tls().await?;
+        let mut builder = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder.timer(hyper_util::rt::TokioTimer::new());
+        if let Some(every) = ping_every {
+            builder.keep_alive_interval(every).keep_alive_timeout(Duration::from_secs(5)).keep_alive_while_idle(true);
+        }
+        let (sender, conn) = builder.handshake(TokioIo::new(tls)).await.map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(H2Connection { sender, _driver: driver })
+    }
+
+    /// Opens a connection: TCP, TLS for `localhost`, HTTP/1.1.
+    pub async fn connect(&self) -> Result<Connection, String> {
+        let tls = self.tls().await?;
         let served_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("HTTP handshake: {e}"))?;
         let driver = tokio::spawn(async move {
@@ -242,7 +305,37 @@ impl HttpsClient {
     }
 }
 
+impl H2Connection {
+    /// GETs `path`; the status.
+    pub async fn get(&mut self, path: &str) -> Result<u16, String> {
+        let request = hyper::Request::get(format!("https://localhost{path}")).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        self.sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+        let response = self.sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+        Ok(response.status().as_u16())
+    }
+
+    /// Whether the server closed it (GOAWAY or the socket).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
 impl Connection {
+    /// Whether the server closed it.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// GETs `path`; the status.
+    pub async fn get(&mut self, path: &str) -> Result<u16, String> {
+        let request = hyper::Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        self.sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+        let response = self.sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await.map_err(|e| format!("response body: {e}"))?;
+        Ok(status)
+    }
+
     /// POSTs `body` to `path` on this connection.
     pub async fn post(&mut self, path: &str, body: Vec<u8>) -> Result<Reply, String> {
         let request = hyper::Request::post(path)

@@ -14,8 +14,8 @@ use regex::Regex;
 use swell_e2e::process::built_binary;
 
 /// Flags of other programs the documents name: the CSI sidecars, kubectl,
-/// kubelet, cargo, and the image build script.
-const OTHER_PROGRAMS: [&str; 17] = [
+/// kubelet, kube-apiserver, cargo, and the image build script.
+const OTHER_PROGRAMS: [&str; 18] = [
     "--csi-address",
     "--leader-election",
     "--http-endpoint",
@@ -33,6 +33,7 @@ const OTHER_PROGRAMS: [&str; 17] = [
     "--release",
     "--no-default-features",
     "--binaries-only",
+    "--admission-control-config-file",
 ];
 
 /// Flags cargo takes that the documents name besides `OTHER_PROGRAMS`.

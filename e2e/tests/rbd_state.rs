@@ -378,6 +378,10 @@ async fn a_volume_held_by_one_replica_is_refused_to_another_until_released() {
     let env = session.env;
     let (a, b) = (RbdBackend::new(rbd_config(env, "lock-a")).unwrap(), RbdBackend::new(rbd_config(env, "lock-b")).unwrap());
     let id: VolumeId = RbdVolume::for_name(CLUSTER_ID, "rbd", "held").unwrap().id();
+    // Only a volume can be held: an id without an entry is NOT_FOUND and takes no lock.
+    let hold = a.expansion_store().hold(&id).await;
+    assert!(matches!(&hold, Err(swell_storage::BackendError::NotFound(_))), "{:?}", hold.is_ok());
+    a.create_volume("held", 64 * MIB, &Default::default()).await.unwrap();
     let hold = a.expansion_store().hold(&id).await.unwrap().expect("free");
     assert!(b.expansion_store().hold(&id).await.unwrap().is_none(), "another replica is refused while it is held");
     hold.release().await;
@@ -392,6 +396,7 @@ async fn a_volume_held_by_one_replica_is_refused_to_another_until_released() {
     };
     println!("lock: b got the volume {:?} after a released it", released.elapsed());
     hold.release().await;
+    b.delete_volume(&id).await.unwrap();
 
     // The raw lock operations, as every hold and release makes them.
     let io = other_client(env, "rbd");

@@ -101,10 +101,21 @@ fn resize<'a>(old: &'a str, new: &'a str, capacity: &'a str, status: Option<&'a 
 async fn every_rule_allows_and_denies_with_its_message() {
     let rig = LocalRig::start(Limits::default()).await;
 
-    // Rule 1: other provisioners and unchanged sizes pass without a backend call.
-    let foreign =
-        resize("1Gi", "5Gi", "1Gi", None).review().edit(r#"storage-provisioner":"swell.csi.storage""#, r#"storage-provisioner":"ebs.csi.aws.com""#, 4);
+    // Rule 1: other drivers' claims and unchanged sizes pass without a backend call.
+    let swell_provisioner = r#"storage-provisioner":"swell.csi.storage""#;
+    let foreign = Resize { volume: "pv-of-another-driver", ..resize("1Gi", "5Gi", "1Gi", None) }.review().edit(
+        swell_provisioner,
+        r#"storage-provisioner":"ebs.csi.aws.com""#,
+        4,
+    );
     assert_eq!(rig.judge(&foreign).await, (true, String::new(), vec![], 0));
+    // The claim's owner edits its annotations, not its PV: a Swell volume is judged however the claim is annotated.
+    // Annotated as another driver's, or with the provisioner annotations renamed away.
+    for annotation in [r#"storage-provisioner":"ebs.csi.aws.com""#, r#"storage-provisioner-gone":"""#] {
+        let disguised = resize("1Gi", "100Gi", "1Gi", None).review().edit(swell_provisioner, annotation, 4);
+        let (allowed, message, _, calls) = rig.judge(&disguised).await;
+        assert!(!allowed && calls == 1, "{annotation:?}: {message}");
+    }
     assert_eq!(rig.judge(&resize("1Gi", "1024Mi", "1Gi", None).review()).await, (true, String::new(), vec![], 0), "1Gi = 1024Mi");
     assert!(rig.judge(&fixture("label-only")).await.0);
 

@@ -43,9 +43,13 @@ const PRIORITY_LEN: usize = 5;
 /// The smallest SETTINGS_MAX_FRAME_SIZE a server may announce; the frames
 /// written here never exceed it, whatever the server allows.
 const MAX_FRAME_PAYLOAD: usize = 16_384;
-/// A header block larger than this is refused (the server's own limit on
-/// header lists is far below it).
-const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// A header block (compressed) larger than this is refused; CSI requests
+/// carry a few hundred bytes of headers.
+pub const MAX_HEADER_BLOCK: usize = 64 << 10;
+/// A header list larger than this once decoded is refused: HPACK lets a
+/// one-byte reference stand for a 4 KiB table entry, so the compressed
+/// bound alone would let a block grow a thousandfold.
+pub const MAX_HEADER_LIST: usize = 64 << 10;
 
 /// A connection whose client-to-server header blocks carry a valid `:authority`.
 pub struct AuthorityFix<S> {
@@ -116,6 +120,11 @@ impl Rewriter {
         while self.input.len() >= FRAME_HEADER_LEN {
             let header = &self.input[..FRAME_HEADER_LEN];
             let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            // The server announces no larger frames (h2's default), so a
+            // larger one is an error anyway: refused before it is buffered.
+            if len > MAX_FRAME_PAYLOAD {
+                return Err(invalid(format!("a frame of {len} bytes exceeds the {MAX_FRAME_PAYLOAD} bytes the server allows")));
+            }
             if self.input.len() < FRAME_HEADER_LEN + len {
                 break;
             }
@@ -184,12 +193,22 @@ impl Rewriter {
     /// with a rejected `:authority` replaced.
     fn reencode(&mut self, block: &[u8]) -> io::Result<Vec<u8>> {
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // Counted as HTTP/2 counts a header list: name, value and 32 bytes each.
+        let mut list_bytes = 0usize;
         self.decoder
             .decode_with_cb(block, |name, value| {
+                list_bytes = list_bytes.saturating_add(name.len() + value.len() + 32);
+                // Past the bound nothing more is kept: the block is refused below.
+                if list_bytes > MAX_HEADER_LIST {
+                    return;
+                }
                 let value = if &*name == b":authority" && !valid_authority(&value) { REPLACEMENT.to_vec() } else { value.into_owned() };
                 fields.push((name.into_owned(), value));
             })
             .map_err(|e| invalid(format!("undecodable header block: {e:?}")))?;
+        if list_bytes > MAX_HEADER_LIST {
+            return Err(invalid(format!("a header list of {list_bytes} bytes exceeds {MAX_HEADER_LIST}")));
+        }
         Ok(self.encoder.encode(fields.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))))
     }
 }
@@ -364,7 +383,8 @@ mod tests {
         fields.push((b"big".to_vec(), vec![b'v'; 40_000]));
         let block = encode(&mut client, &fields);
         let (a, rest) = block.split_at(100);
-        let (b, c) = rest.split_at(20_000 - 100);
+        let (b, rest) = rest.split_at(16_000);
+        let (b2, c) = rest.split_at(16_000);
         let mut payload = vec![3u8]; // pad length
         payload.extend([0x80, 0, 0, 0, 16]); // exclusive dependency on stream 0, weight 16
         payload.extend(a);
@@ -372,6 +392,7 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, PADDED | PRIORITY | END_STREAM, 1, &payload));
         input.extend(frame(CONTINUATION, 0, 1, b));
+        input.extend(frame(CONTINUATION, 0, 1, b2));
         input.extend(frame(CONTINUATION, END_HEADERS, 1, c));
         let mut out = Vec::new();
         Rewriter::default().push(&input, &mut out).expect("rewrite");
@@ -390,6 +411,35 @@ mod tests {
         let mut expected = request(b"localhost");
         expected.push((b"big".to_vec(), vec![b'v'; 40_000]));
         assert_eq!(decode(&mut Decoder::new(), &block), expected);
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_before_it_is_buffered() {
+        let mut input = PREFACE.to_vec();
+        // A DATA frame header announcing 16 MiB - 1, and no payload yet.
+        input.extend([0xff, 0xff, 0xff, 0x0, 0, 0, 0, 0, 1]);
+        let err = Rewriter::default().push(&input, &mut Vec::new()).expect_err("refused");
+        assert!(err.to_string().contains("16777215 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_header_list_that_decodes_past_its_bound_is_refused() {
+        let mut client = Encoder::new();
+        let big = (b"x-big".to_vec(), vec![b'v'; 4000]);
+        let mut first = request(b"localhost");
+        first.push(big.clone());
+        let mut rewriter = Rewriter::default();
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &encode(&mut client, &first)));
+        rewriter.push(&input, &mut Vec::new()).expect("one 4 kB header is fine");
+        // Each repeat is a one-byte reference to the table entry: a few
+        // hundred bytes on the wire, 400 kB decoded.
+        let mut bomb = request(b"localhost");
+        bomb.extend(std::iter::repeat_n(big, 100));
+        let block = encode(&mut client, &bomb);
+        assert!(block.len() < 1000, "{} bytes", block.len());
+        let err = rewriter.push(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &block), &mut Vec::new()).expect_err("refused");
+        assert!(err.to_string().contains("header list"), "{err}");
     }
 
     #[test]

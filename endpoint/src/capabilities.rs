@@ -9,6 +9,18 @@ use csi_proto::v1::volume_capability::access_mode::Mode;
 /// when a capability names none.
 pub const SUPPORTED_FS: [&str; 3] = ["xfs", "ext4", "btrfs"];
 
+/// The smallest volume each filesystem can be made on (`""` is the
+/// default, xfs), as measured with xfsprogs 6.1 (it refuses under 300 MiB)
+/// and btrfs-progs 6.2 (under 110 MiB); ext4 formats a few KiB.
+pub fn min_fs_bytes(fs_type: &str) -> u64 {
+    const MIB: u64 = 1 << 20;
+    match fs_type {
+        "" | "xfs" => 300 * MIB,
+        "btrfs" => 110 * MIB,
+        _ => MIB,
+    }
+}
+
 /// The supported filesystems as messages list them: `xfs (default), ext4, btrfs`.
 pub fn supported_fs_list() -> String {
     let mut names: Vec<String> = SUPPORTED_FS.iter().map(|fs| (*fs).to_owned()).collect();

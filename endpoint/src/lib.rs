@@ -9,13 +9,15 @@
 pub mod authority;
 pub mod capabilities;
 pub mod failures;
+pub mod health;
 pub mod identity;
 pub mod logs;
 pub mod observe;
 pub mod rpc_metrics;
 pub mod socket;
 
+pub use health::{CachedProbe, HEALTH_MAX_AGE};
 pub use identity::{IdentityService, NotReady, Probe};
 pub use observe::Observed;
 pub use rpc_metrics::RpcMetrics;
-pub use socket::{EndpointError, connect, parse_endpoint, serve, shutdown_signal};
+pub use socket::{EndpointError, connect, grpc_server, parse_endpoint, serve, shutdown_signal};

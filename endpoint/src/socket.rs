@@ -84,6 +84,22 @@ fn prepare(path: &Path) -> Result<UnixListener, EndpointError> {
     Ok(listener)
 }
 
+/// RPCs one connection may have open at once (HTTP/2 streams); the
+/// sidecars and kubelet each hold one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// RPCs of one connection handled at once; the rest wait their turn.
+pub const MAX_RPCS_PER_CONNECTION: usize = 64;
+
+/// The gRPC server every binary serves CSI with: streams, concurrency and
+/// header lists bounded (messages are bounded by tonic's 4 MiB default),
+/// so a client on the socket cannot make the server hold without limit.
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_RPCS_PER_CONNECTION)
+        .http2_max_header_list_size(Some(u32::try_from(crate::authority::MAX_HEADER_LIST).unwrap_or(u32::MAX)))
+}
+
 /// Serves `router` on the Unix socket at `path` until `shutdown` resolves,
 /// then removes the socket. Every connection goes through [`AuthorityFix`],
 /// so clients that send the socket path as `:authority` are served too.

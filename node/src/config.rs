@@ -21,6 +21,11 @@ pub struct NodeConfig {
     /// The Ceph cluster whose RBD images this node attaches; `None` when
     /// the node serves local volumes only.
     pub rbd: Option<CephAccess>,
+    /// Where kubelet keeps staging and target paths: every such path must
+    /// lie under it, with no symlink below it. `swell-node` sets it
+    /// (`--kubelet-dir`, default `/var/lib/kubelet`); `None`, for tests and
+    /// embedding, checks nothing.
+    pub kubelet_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -33,6 +38,7 @@ impl NodeConfig {
             local_state_dir: PathBuf::from("/var/lib/swell/local"),
             endpoint: "unix:///csi/csi.sock".to_owned(),
             rbd: None,
+            kubelet_dir: None,
         }
     }
 }

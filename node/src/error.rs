@@ -77,6 +77,13 @@ pub enum NodeError {
     /// The volume's attachment is unhealthy: growing it would not help.
     #[error("cannot expand: {problem}; restage the volume")]
     AttachmentUnhealthy { volume: String, problem: String },
+    /// Something at a path the node was asked to unmount or remove that the
+    /// node did not make there: left alone.
+    #[error("{} holds {found}, which is not volume {volume}'s; Swell unmounts and removes only what it made", path.display())]
+    NotOurs { volume: String, path: PathBuf, found: String },
+    /// A read-only stage of a blank volume: a reader never formats.
+    #[error("volume {volume} holds no filesystem, and a read-only stage never formats one")]
+    ReadOnlyBlank { volume: String },
     /// The staging record says staged, but nothing is mounted there.
     #[error("staging path {} of {volume} is not mounted", path.display())]
     StagingNotMounted { volume: String, path: PathBuf },
@@ -112,7 +119,7 @@ impl NodeError {
             // id at this path.
             NodeError::VolumeNotFound { .. } | NodeError::PathNotFound { .. } | NodeError::NotAtPath { .. } => Code::NotFound,
             NodeError::Busy { .. } => Code::Aborted,
-            NodeError::NotStaged { .. } => Code::FailedPrecondition,
+            NodeError::NotStaged { .. } | NodeError::ReadOnlyBlank { .. } | NodeError::NotOurs { .. } => Code::FailedPrecondition,
             NodeError::Conflict { .. } => Code::AlreadyExists,
             // Kubelet stops retrying on this node without blocking the mount;
             // the next stage grows the filesystem offline.
@@ -149,18 +156,56 @@ impl NodeError {
     }
 }
 
+impl NodeError {
+    /// The message the CO sees, and shows in the pod's events: the full
+    /// message, but of a failed external program only its name and how it
+    /// ended ([`CommandError::public`]); the rest stays in the node's log.
+    pub fn public_message(&self) -> String {
+        let mut message = self.to_string();
+        let mut source = self.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            if let Some(command) = cause.downcast_ref::<CommandError>() {
+                message.push_str(&command.public());
+                break;
+            }
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        message
+    }
+}
+
 impl From<NodeError> for Status {
     fn from(error: NodeError) -> Self {
-        let status = Status::new(error.code(), error.full_message());
-        // Every RPC's failure passes here once, inside its span.
-        csi_endpoint::failures::log_answer(&status);
-        status
+        // Every RPC's failure passes here once, inside its span: the log
+        // gets all of it, the answer what may be shown.
+        csi_endpoint::failures::log_answer(&Status::new(error.code(), error.full_message()));
+        Status::new(error.code(), error.public_message())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_name_a_failed_program_but_not_its_command_line_keyring_or_user() {
+        let failed = CommandError::Failed {
+            command: "rbd map rbd/swell-0123 --id tenant-admin --keyring /etc/ceph/ceph.client.secret.keyring".into(),
+            code: Some(13),
+            stderr: "auth: unable to read /etc/ceph/ceph.client.secret.keyring".into(),
+            stdout: String::new(),
+        };
+        let status = Status::from(NodeError::command("attach image rbd/swell-0123 of volume v", failed));
+        let message = status.message();
+        assert!(message.starts_with("attach image rbd/swell-0123 of volume v: `rbd` failed with exit code Some(13)"), "{message}");
+        for secret in ["keyring", "tenant-admin", "--id", "/etc/ceph"] {
+            assert!(!message.contains(secret), "{secret} in {message}");
+        }
+        let timeout = CommandError::Timeout { command: "mkfs.xfs /dev/loop3".into(), after: Duration::from_secs(60) };
+        assert!(!Status::from(NodeError::command("format", timeout)).message().contains("/dev/loop3"));
+    }
 
     #[test]
     fn codes_follow_the_expansion_semantics() {
@@ -196,8 +241,11 @@ mod tests {
             stderr: "Permission denied to resize filesystem".into(),
             stdout: String::new(),
         };
-        let status = Status::from(NodeError::command("grow ext4 on local:ab", source));
-        assert!(status.message().starts_with("grow ext4 on local:ab: `resize2fs /dev/loop0` failed"), "{}", status.message());
-        assert!(status.message().contains("Permission denied"), "{}", status.message());
+        let error = NodeError::command("grow ext4 on local:ab", source);
+        // The log gets the chain whole; the answer names the program only.
+        assert!(error.full_message().starts_with("grow ext4 on local:ab: `resize2fs /dev/loop0` failed"), "{}", error.full_message());
+        assert!(error.full_message().contains("Permission denied"), "{}", error.full_message());
+        let status = Status::from(error);
+        assert!(status.message().starts_with("grow ext4 on local:ab: `resize2fs` failed"), "{}", status.message());
     }
 }

@@ -8,6 +8,7 @@
 
 mod attach;
 mod config;
+mod confine;
 mod context;
 mod error;
 mod expand;

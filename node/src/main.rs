@@ -24,6 +24,10 @@ struct Args {
     /// The local backend's state directory, shared with the controller.
     #[arg(long, env = "SWELL_LOCAL_STATE_DIR", default_value = "/var/lib/swell/local")]
     local_state_dir: PathBuf,
+    /// Where kubelet keeps staging and target paths: any other path, or one
+    /// with a symlink below this directory, is refused (INVALID_ARGUMENT).
+    #[arg(long, env = "SWELL_KUBELET_DIR", default_value = "/var/lib/kubelet")]
+    kubelet_dir: PathBuf,
     /// CSI endpoint, e.g. unix:///csi/csi.sock.
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     endpoint: String,
@@ -78,6 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         state_dir: args.state_dir,
         local_state_dir: args.local_state_dir,
         endpoint: args.endpoint,
+        kubelet_dir: Some(args.kubelet_dir),
     };
     tracing::info!(node = %config.node_id, state = %config.state_dir.display(), "swell-node starting");
     let node = swell_node::build(&config)?;

@@ -24,6 +24,40 @@ pub(crate) async fn unmount_all(sys: &dyn System, target: &Path) -> Result<(), N
     Err(NodeError::StillMounted { path: target.to_owned(), unmounts: MAX_STACKED })
 }
 
+/// Where a volume's mounts are looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Its staging path: its filesystem on its device.
+    Staging,
+    /// A target path: a bind of its staged filesystem or device node.
+    Target,
+}
+
+/// Unmounts the mounts stacked at `path` as long as they are the volume's
+/// (`record`); one that is not is left, and answered FAILED_PRECONDITION:
+/// the node unmounts only what it made. Without a record (lost with the
+/// node's state) every mount there goes, as before records.
+pub(crate) async fn unmount_volume(sys: &dyn System, record: Option<&StagingRecord>, place: Place, path: &Path) -> Result<(), NodeError> {
+    let Some(record) = record else { return unmount_all(sys, path).await };
+    for _ in 0..MAX_STACKED {
+        let Some(top) = mounted_at(sys, path).await? else { return Ok(()) };
+        let ours = match (place, &record.access) {
+            (Place::Target, _) => holds_volume(sys, record, &top).await?,
+            (Place::Staging, Access::Mount { .. }) => {
+                top.source == record.device.to_string_lossy() || top.major_minor == sys.device_numbers(&record.device).await?
+            }
+            // A block volume's staging path holds no mount of Swell's.
+            (Place::Staging, Access::Block) => false,
+        };
+        if !ours {
+            let found = format!("a {} mount of {}", top.fs_type, top.source);
+            return Err(NodeError::NotOurs { volume: record.volume_id.clone(), path: path.to_owned(), found });
+        }
+        sys.unmount(&normalize(path), false).await?;
+    }
+    Err(NodeError::StillMounted { path: path.to_owned(), unmounts: MAX_STACKED })
+}
+
 /// The top-most mount at `path`, if any.
 pub(crate) async fn mounted_at(sys: &dyn System, path: &Path) -> Result<Option<MountEntry>, NodeError> {
     let path = normalize(path);

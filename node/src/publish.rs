@@ -61,14 +61,19 @@ pub(crate) async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeE
 /// Unpublishes; nothing at the target is success.
 pub(crate) async fn unpublish(ctx: &NodeContext, req: Unpublish) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume)?;
-    mount::unmount_all(ctx.sys.as_ref(), &req.target_path).await?;
+    let record = ctx.staging.read(&req.volume).await?;
+    mount::unmount_volume(ctx.sys.as_ref(), record.as_ref(), mount::Place::Target, &req.target_path).await?;
     let target = &req.target_path;
+    let not_ours = |found: &str| NodeError::NotOurs { volume: req.volume.to_string(), path: target.clone(), found: found.to_owned() };
     match tokio::fs::symlink_metadata(target).await {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(NodeError::io(format!("stat {}", target.display()), e)),
         // remove_dir, not remove_dir_all: a non-empty directory here is not ours to delete.
         Ok(meta) if meta.is_dir() => tokio::fs::remove_dir(target).await,
-        Ok(_) => tokio::fs::remove_file(target).await,
+        // Publish makes an empty file for a block volume's bind; anything else is not ours.
+        Ok(meta) if meta.is_file() && meta.len() == 0 => tokio::fs::remove_file(target).await,
+        Ok(meta) if meta.is_file() => return Err(not_ours(&format!("a file of {} bytes", meta.len()))),
+        Ok(_) => return Err(not_ours("something that is neither a directory nor a file")),
     }
     .map_err(|e| NodeError::io(format!("remove {}", target.display()), e))?;
     tracing::info!(target = %target.display(), "unpublished");

@@ -10,7 +10,6 @@ use csi_endpoint::{IdentityService, NotReady, Observed, Probe, RpcMetrics};
 use csi_proto::v1::identity_server::IdentityServer;
 use csi_proto::v1::node_server::NodeServer;
 use prometheus_client::registry::Registry;
-use tonic::transport::Server;
 use tonic::transport::server::Router;
 
 use crate::{NodeConfig, NodeError, NodeService};
@@ -43,7 +42,7 @@ pub fn build(config: &NodeConfig) -> Result<Node, StartError> {
     let mut registry = Registry::default();
     let rpcs = RpcMetrics::register(&mut registry);
     node.metrics().register(&mut registry);
-    let router = Server::builder().add_service(rpcs.meter(IdentityServer::new(identity))).add_service(rpcs.meter(NodeServer::new(node)));
+    let router = csi_endpoint::grpc_server().add_service(rpcs.meter(IdentityServer::new(identity))).add_service(rpcs.meter(NodeServer::new(node)));
     Ok(Node { router, observed: Observed { metrics: Arc::new(registry), health } })
 }
 

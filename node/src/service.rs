@@ -34,37 +34,49 @@ impl NodeService {
 
 const CAPABILITIES: [rpc::Type; 4] = [rpc::Type::StageUnstageVolume, rpc::Type::ExpandVolume, rpc::Type::GetVolumeStats, rpc::Type::VolumeCondition];
 
+impl NodeService {
+    /// Refuses a path outside the kubelet directory or through a symlink.
+    async fn confined(&self, field: &'static str, path: &std::path::Path) -> Result<(), NodeError> {
+        crate::confine::confined(field, path, self.ctx.config.kubelet_dir.as_deref()).await
+    }
+}
+
 #[tonic::async_trait]
 impl Node for NodeService {
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_stage_volume(&self, request: Request<NodeStageVolumeRequest>) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = validate::stage(request.get_ref())?;
+        self.confined("staging_target_path", &req.staging_path).await?;
         stage::stage(&self.ctx, req).await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_unstage_volume(&self, request: Request<NodeUnstageVolumeRequest>) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = validate::unstage(request.get_ref())?;
+        self.confined("staging_target_path", &req.staging_path).await?;
         stage::unstage(&self.ctx, req).await?;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_publish_volume(&self, request: Request<NodePublishVolumeRequest>) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = validate::publish(request.get_ref())?;
+        self.confined("staging_target_path", &req.staging_path).await?;
+        self.confined("target_path", &req.target_path).await?;
         publish::publish(&self.ctx, req).await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_unpublish_volume(&self, request: Request<NodeUnpublishVolumeRequest>) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = validate::unpublish(request.get_ref())?;
+        self.confined("target_path", &req.target_path).await?;
         publish::unpublish(&self.ctx, req).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_get_volume_stats(&self, request: Request<NodeGetVolumeStatsRequest>) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = validate::stats(request.get_ref())?;
         let stats = stats::stats(&self.ctx, req).await?;
@@ -79,7 +91,7 @@ impl Node for NodeService {
         Ok(Response::new(NodeGetVolumeStatsResponse { usage, volume_condition }))
     }
 
-    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_expand_volume(&self, request: Request<NodeExpandVolumeRequest>) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         let req = validate::expand(request.get_ref())?;
         let capacity = expand::expand(&self.ctx, req).await?;

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use crate::NodeContext;
 use crate::error::NodeError;
-use crate::filesystem::{FsType, fills_device};
+use crate::filesystem::{DEFAULT_OPTIONS, FsType, fills_device};
 use crate::mount;
 use crate::staging::{Access, StagingRecord};
 use crate::system::{self, MountCall, System};
 use crate::validate::{Stage, Unstage};
+use swell_storage::command::CommandError;
 
 const BLKID_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -41,10 +42,15 @@ pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError
     }
     let device = attacher.attach(&req.volume, &req.attach.map_options).await?;
     if let Access::Mount { fs_type, mount_flags } = &req.access {
-        let staged = stage_filesystem(ctx.sys.as_ref(), &volume, &device, &req.staging_path, *fs_type, mount_flags).await;
+        let staged = stage_filesystem(ctx.sys.as_ref(), &volume, &device, &req.staging_path, *fs_type, mount_flags, req.read_only).await;
         if let Err(error) = staged {
-            // Leave no loop device behind when nothing got mounted.
-            if matches!(mount::mounted_at(ctx.sys.as_ref(), &req.staging_path).await, Ok(None))
+            // Leave no loop device behind when nothing got mounted, unless a
+            // step ran out of time: it may still be running on its thread
+            // (a mount in progress), and detaching under it would act after
+            // the caller was answered. The next stage or unstage converges.
+            let still_running = matches!(error, NodeError::Timeout { .. } | NodeError::Command { source: CommandError::Timeout { .. }, .. });
+            if !still_running
+                && matches!(mount::mounted_at(ctx.sys.as_ref(), &req.staging_path).await, Ok(None))
                 && let Err(e) = attacher.detach(&req.volume, Some(&device)).await
             {
                 tracing::warn!(error = %e.full_message(), "detach after a failed stage");
@@ -58,7 +64,15 @@ pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError
     Ok(())
 }
 
-async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging: &Path, fs_type: FsType, flags: &[String]) -> Result<(), NodeError> {
+async fn stage_filesystem(
+    sys: &dyn System,
+    volume: &str,
+    device: &Path,
+    staging: &Path,
+    fs_type: FsType,
+    flags: &[String],
+    read_only: bool,
+) -> Result<(), NodeError> {
     let fs = fs_type.ops();
     let device_bytes = sys.device_size(device).await?;
     match mount::mounted_at(sys, staging).await? {
@@ -70,7 +84,10 @@ async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging
         }
         None => {
             match detect(sys, device).await? {
+                // A reader gets what is there, or nothing: never a new filesystem.
+                None if read_only => return Err(NodeError::ReadOnlyBlank { volume: volume.to_owned() }),
                 None => fs.mkfs(sys, device).await?,
+                Some(found) if found == fs_type.as_str() && read_only => {}
                 Some(found) if found == fs_type.as_str() => fs.grow_offline(sys, device, device_bytes).await?,
                 Some(found) => {
                     let reason = format!("device holds a {found} filesystem, not the requested {fs_type}");
@@ -82,12 +99,12 @@ async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging
                 device: device.to_owned(),
                 target: staging.to_owned(),
                 fs_type: fs_type.as_str().into(),
-                options: fs.mount_options(flags),
+                options: mount_options(fs_type, flags, read_only),
             };
             sys.mount(call).await.map_err(|e| e.for_volume(&volume))?;
         }
     }
-    if flags.iter().any(|f| f == "ro") {
+    if read_only {
         return Ok(());
     }
     // A device larger than its filesystem (grown while unstaged) is grown now.
@@ -105,6 +122,18 @@ async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging
         }
     }
     Ok(())
+}
+
+/// `nosuid,nodev` first (a capability may not undo them: its flags are
+/// checked against an allow-list), the capability's flags, `ro` for a
+/// reader, and what the filesystem itself needs.
+fn mount_options(fs_type: FsType, flags: &[String], read_only: bool) -> Vec<String> {
+    let mut words: Vec<String> = DEFAULT_OPTIONS.iter().map(|w| (*w).to_owned()).collect();
+    words.extend(flags.iter().cloned());
+    if read_only {
+        words.push("ro".to_owned());
+    }
+    fs_type.ops().mount_options(&words)
 }
 
 /// The filesystem on a device, `None` when blank. Content blkid cannot
@@ -133,7 +162,7 @@ pub(crate) async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeE
         tracing::warn!(staged_at = %record.staging_path.display(), "unstage of a path the volume is not staged at");
         return Ok(());
     }
-    mount::unmount_all(ctx.sys.as_ref(), &req.staging_path).await?;
+    mount::unmount_volume(ctx.sys.as_ref(), record.as_ref(), mount::Place::Staging, &req.staging_path).await?;
     match &record {
         Some(record) => ctx.attachers.for_volume(&req.volume, record.rbd_mode)?.detach(&req.volume, Some(&record.device)).await?,
         None => {

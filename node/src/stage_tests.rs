@@ -30,8 +30,12 @@ async fn a_first_stage_formats_a_blank_device_and_mounts_it_with_the_flags() {
     assert_eq!(calls.first(), Some(&Call::LoopAttach(f.image(&id))), "{calls:?}");
     assert_eq!(f.sys.programs(), ["blkid", "mkfs.xfs", "xfs_spaceman"], "probe, format, check the size once");
     let device = f.device(&id).await;
-    let expected =
-        MountCall::Filesystem { device: device.clone(), target: f.path("staging"), fs_type: "xfs".into(), options: vec!["noatime".into(), "nouuid".into()] };
+    let expected = MountCall::Filesystem {
+        device: device.clone(),
+        target: f.path("staging"),
+        fs_type: "xfs".into(),
+        options: words(&["nosuid", "nodev", "noatime", "nouuid"]),
+    };
     assert_eq!(mounts(&calls), [&expected]);
     assert!(exists(&f.path("staging")), "the staging directory is created");
     let record = f.ctx.staging.read(&id).await.expect("read").expect("recorded");
@@ -129,6 +133,36 @@ async fn ext4_grown_while_unstaged_is_checked_and_grown_before_it_is_mounted() {
     assert_eq!(f.sys.filesystem(&device).map(|fs| fs.size), Some(128 * MIB));
 }
 
+fn words(list: &[&str]) -> Vec<String> {
+    list.iter().map(|w| (*w).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_read_only_stage_of_a_blank_volume_formats_nothing_and_is_failed_precondition() {
+    let f = Fixture::new();
+    let id = f.volume(1, 64 * MIB);
+    let reader = Stage { read_only: true, ..f.stage(&id, "staging", Access::Mount { fs_type: FsType::Xfs, mount_flags: vec![] }) };
+    let err = stage(&f.ctx, reader).await.expect_err("a blank volume cannot be read");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(f.sys.programs(), ["blkid"], "probed, never formatted");
+    assert!(mounts(&f.sys.calls()).is_empty());
+    assert_eq!(f.ctx.staging.read(&id).await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn a_read_only_stage_of_ext4_grown_while_unstaged_is_neither_repaired_nor_grown() {
+    let f = Fixture::new();
+    let id = f.volume(1, 128 * MIB);
+    f.sys.format(std::path::Path::new("/dev/loop0"), "ext4", 64 * MIB);
+    let reader = Stage { read_only: true, ..f.stage(&id, "staging", Access::Mount { fs_type: FsType::Ext4, mount_flags: vec![] }) };
+    stage(&f.ctx, reader).await.expect("stage");
+    assert_eq!(f.sys.programs(), ["blkid"], "no e2fsck, no resize2fs");
+    let device = f.device(&id).await;
+    assert_eq!(f.sys.filesystem(&device).map(|fs| fs.size), Some(64 * MIB));
+    let mounted = mounts(&f.sys.calls()).into_iter().next().cloned().expect("mounted");
+    assert!(matches!(&mounted, MountCall::Filesystem { options, .. } if options.iter().any(|o| o == "ro")), "{mounted:?}");
+}
+
 #[tokio::test]
 async fn a_read_only_stage_never_grows() {
     let f = Fixture::new();
@@ -149,6 +183,21 @@ async fn a_failed_mount_leaves_no_loop_device_and_no_record() {
     assert!(err.to_string().contains(&id.to_string()), "the error names the volume: {err}");
     assert_eq!(f.sys.loops().len(), 0);
     assert!(f.ctx.staging.read(&id).await.expect("read").is_none());
+}
+
+#[tokio::test]
+async fn a_mount_past_its_deadline_keeps_its_loop_device_and_a_retry_converges() {
+    let f = Fixture::new();
+    let id = f.volume(1, 64 * MIB);
+    f.sys.fail("mount", "TIMEOUT");
+    let err = stage(&f.ctx, f.stage(&id, "staging", mount(FsType::Xfs))).await.expect_err("mount timed out");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    // The mount may still be running: nothing is detached under it.
+    assert_eq!(f.sys.loops().len(), 1, "{:?}", f.sys.calls());
+    assert!(!f.sys.calls().iter().any(|c| matches!(c, Call::LoopDetach(_))), "{:?}", f.sys.calls());
+    f.sys.clear_failures();
+    stage(&f.ctx, f.stage(&id, "staging", mount(FsType::Xfs))).await.expect("a retry stages");
+    assert_eq!(f.sys.loops().len(), 1, "the same loop device, not a second");
 }
 
 #[tokio::test]

@@ -51,10 +51,13 @@ pub struct StagingStore {
 }
 
 impl StagingStore {
-    /// Opens the store, creating its directory.
+    /// Opens the store, creating its directory (0700: records name devices
+    /// and paths of every tenant's volumes).
     pub fn open(state_dir: &Path) -> Result<Self, NodeError> {
         let dir = state_dir.join("staged");
-        std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(format!("create {}", dir.display()), e))?;
+        for dir in [state_dir, &dir] {
+            durable::private_dir(dir).map_err(|e| NodeError::io(format!("create {}", dir.display()), e))?;
+        }
         Ok(StagingStore { dir })
     }
 
@@ -108,6 +111,10 @@ mod tests {
         assert_eq!(store.read(&id).await.expect("read"), Some(record.clone()));
         let json = std::fs::read_to_string(dir.path().join("staged").join(format!("{id}.json"))).expect("record file");
         assert!(!json.contains("rbd_mode"), "a local volume's record stays as before: {json}");
+        // Records name every tenant's devices and paths: root's alone.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!((mode(dir.path()), mode(&dir.path().join("staged")), mode(&store.path(&id))), (0o700, 0o700, 0o600));
         let rbd = StagingRecord { rbd_mode: Some(AttachMode::Nbd), ..record.clone() };
         store.write(&id, &rbd).await.expect("write");
         assert_eq!(store.read(&id).await.expect("read"), Some(rbd));

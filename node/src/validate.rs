@@ -25,6 +25,9 @@ pub(crate) struct Stage {
     pub volume: VolumeId,
     pub staging_path: PathBuf,
     pub access: Access,
+    /// A read-only access mode or an `ro` mount flag: the volume is never
+    /// formatted, repaired or grown.
+    pub read_only: bool,
     /// How the StorageClass wants an RBD volume attached (volume context).
     pub attach: RbdAttach,
 }
@@ -73,13 +76,14 @@ pub(crate) struct Expand {
 pub(crate) fn stage(req: &NodeStageVolumeRequest) -> Result<Stage, NodeError> {
     require("volume_id", &req.volume_id)?;
     let staging_path = path("staging_target_path", &req.staging_target_path)?;
-    let (access, _) = capability(req.volume_capability.as_ref())?;
+    let (access, mode_read_only) = capability(req.volume_capability.as_ref())?;
+    let flag_read_only = matches!(&access, Access::Mount { mount_flags, .. } if words(mount_flags).any(|w| w == "ro"));
     let attach = RbdAttach::from_map(&req.volume_context).map_err(|e| invalid(context_field(e.key), e.reason))?;
     let volume = volume_id(&req.volume_id)?;
     if !attach.is_default() && volume.backend() != swell_storage::rbd_volume::KIND {
         return Err(invalid("volume_context", format!("mounter and mapOptions apply to rbd volumes only, not {}", volume.backend())));
     }
-    Ok(Stage { volume, staging_path, access, attach })
+    Ok(Stage { volume, staging_path, access, read_only: mode_read_only || flag_read_only, attach })
 }
 
 /// The volume context field an attach key is, as errors name it.
@@ -161,12 +165,21 @@ fn capability(cap: Option<&VolumeCapability>) -> Result<(Access, bool), NodeErro
     let access = match &cap.access_type {
         None => return Err(invalid("volume_capability.access_type", "missing (block or mount)")),
         Some(AccessType::Block(_)) => Access::Block,
-        Some(AccessType::Mount(m)) => Access::Mount {
-            fs_type: m.fs_type.parse::<FsType>().map_err(|reason| invalid("volume_capability.mount.fs_type", reason))?,
-            mount_flags: m.mount_flags.clone(),
-        },
+        Some(AccessType::Mount(m)) => {
+            let fs_type = m.fs_type.parse::<FsType>().map_err(|reason| invalid("volume_capability.mount.fs_type", reason))?;
+            if let Some(word) = words(&m.mount_flags).find(|w| !fs_type.allows_mount_option(w)) {
+                let reason = format!("{word:?} is not allowed on {fs_type} (docs/security.md lists the mount options Swell passes on)");
+                return Err(invalid("volume_capability.mount.mount_flags", reason));
+            }
+            Access::Mount { fs_type, mount_flags: m.mount_flags.clone() }
+        }
     };
     Ok((access, read_only))
+}
+
+/// The words of mount flags, each flag split at its commas.
+pub(crate) fn words(flags: &[String]) -> impl Iterator<Item = &str> {
+    flags.iter().flat_map(|f| f.split(',')).map(str::trim).filter(|w| !w.is_empty())
 }
 
 fn volume_id(value: &str) -> Result<VolumeId, NodeError> {

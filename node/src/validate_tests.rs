@@ -43,6 +43,34 @@ fn stage_accepts_a_default_mount_and_block() {
     assert_eq!(stage(&req).expect("valid").access, Access::Block);
 }
 
+fn with_flags(fs_type: &str, flags: &[&str]) -> NodeStageVolumeRequest {
+    let mut req = stage_req();
+    let mut cap = mount_cap(fs_type, Mode::SingleNodeWriter);
+    if let Some(AccessType::Mount(mount)) = cap.access_type.as_mut() {
+        mount.mount_flags = flags.iter().map(|f| (*f).to_owned()).collect();
+    }
+    req.volume_capability = Some(cap);
+    req
+}
+
+#[test]
+fn mount_flags_outside_the_filesystems_allow_list_are_invalid_and_read_only_is_seen() {
+    for (fs, flags) in
+        [("xfs", &["suid"][..]), ("", &["noatime,dev"][..]), ("ext4", &["errors=panic"][..]), ("btrfs", &["subvol=/x"][..]), ("xfs", &["logdev=/dev/sda"][..])]
+    {
+        let err = stage(&with_flags(fs, flags)).expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.to_string().contains("not allowed"), "{err}");
+        assert_eq!(field_of(err), "volume_capability.mount.mount_flags");
+    }
+    let ok = stage(&with_flags("ext4", &["noatime,errors=remount-ro", "ro"])).expect("allowed");
+    assert!(ok.read_only, "an ro flag stages read-only");
+    let mut reader = stage_req();
+    reader.volume_capability = Some(mount_cap("", Mode::SingleNodeReaderOnly));
+    assert!(stage(&reader).expect("valid").read_only, "a reader's mode stages read-only");
+    assert!(!stage(&stage_req()).expect("valid").read_only);
+}
+
 #[test]
 fn stage_rejects_each_bad_field_by_name() {
     type Mutation = Box<dyn Fn(&mut NodeStageVolumeRequest)>;

@@ -1,7 +1,8 @@
 //! The one way Swell runs an external program: only a program named in
 //! [`PROGRAMS`], no shell, output captured, a deadline enforced, and a
 //! non-zero exit turned into an error that names the command and carries its
-//! stderr.
+//! stderr. Programs run with a cleared environment: `PATH` (the operator's)
+//! and `LC_ALL=C` (output parsed in one language), nothing else of Swell's.
 
 use std::ffi::OsStr;
 use std::process::Stdio;
@@ -15,6 +16,9 @@ use tokio::process::Command;
 /// name, so a new tool cannot be called without being listed here.
 pub const PROGRAMS: &[&str] =
     &["blkid", "btrfs", "dumpe2fs", "e2fsck", "mkfs.btrfs", "mkfs.ext4", "mkfs.xfs", "rbd", "rbd-fuse", "rbd-nbd", "resize2fs", "xfs_growfs", "xfs_spaceman"];
+
+/// `PATH` when Swell itself has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What a finished command printed.
 #[derive(Debug, Clone)]
@@ -73,6 +77,21 @@ impl CommandError {
         }
     }
 
+    /// What may be shown outside the log (a CO's events): the program and
+    /// how it ended, without its command line or output, which can name
+    /// keyrings, Ceph users and host paths.
+    pub fn public(&self) -> String {
+        let program = |command: &str| command.split(' ').next().unwrap_or_default().to_owned();
+        match self {
+            CommandError::Unlisted { program } => format!("`{program}` is not one of Swell's external programs"),
+            CommandError::Spawn { command, .. } => format!("`{}` could not start (its command line is in the log)", program(command)),
+            CommandError::Timeout { command, after } => format!("`{}` did not finish within {after:?} (its command line is in the log)", program(command)),
+            CommandError::Failed { command, code, .. } => {
+                format!("`{}` failed with exit code {code:?} (its command line and output are in the log)", program(command))
+            }
+        }
+    }
+
     /// Everything the command printed, for matching on well-known messages.
     pub fn output_text(&self) -> String {
         match self {
@@ -118,7 +137,15 @@ where
     let command = render(program, &args);
     tracing::debug!(%command, "running");
     let mut builder = Command::new(program);
-    builder.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    builder
+        .args(&args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()))
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     if own_group {
         builder.process_group(0);
     }
@@ -178,6 +205,15 @@ mod tests {
     #[test]
     fn the_program_list_is_sorted_and_unique() {
         assert!(PROGRAMS.windows(2).all(|pair| pair[0] < pair[1]), "{PROGRAMS:?}");
+    }
+
+    #[tokio::test]
+    async fn programs_see_only_path_and_the_c_locale() {
+        let out = run_any("env", Vec::<&str>::new(), Duration::from_secs(5), false).await.expect("env runs");
+        let mut names: Vec<&str> = out.stdout.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["LC_ALL", "PATH"], "{}", out.stdout);
+        assert!(out.stdout.contains("LC_ALL=C\n"), "{}", out.stdout);
     }
 
     #[tokio::test]

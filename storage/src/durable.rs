@@ -1,27 +1,45 @@
-//! Crash-safe JSON files: a record is written to a temporary file, fsynced,
-//! renamed over the old one and the directory fsynced, so after a crash a
-//! reader sees either the old record or the new one, never a torn mix.
+//! Crash-safe private files: a record is written to a temporary file of a
+//! unique name, fsynced, renamed over the old one and the directory
+//! fsynced, so after a crash a reader sees either the old record or the new
+//! one, never a torn mix, and two processes writing the same record never
+//! share a temporary file. Records are 0600 and the directories made here
+//! 0700: volume data and what describes it are readable by root alone.
 
-use std::fs::{self, File};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Atomically replaces `path` with `value` serialised as JSON.
+/// The mode of every file Swell keeps.
+pub const FILE_MODE: u32 = 0o600;
+/// The mode of every directory Swell keeps its files in.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Atomically replaces `path` with `value` serialised as JSON, synced.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other("record path has no parent"))?;
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    replace(path, &bytes, true)
+}
+
+/// Replaces `path` with `bytes` through a uniquely named temporary file;
+/// synced (file and directory) when `sync`.
+pub fn replace(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("record path has no parent"))?;
     let file_name = path.file_name().ok_or_else(|| io::Error::other("record path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp", file_name.to_string_lossy()));
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
+    // tempfile makes it O_EXCL with mode 0600 and a random suffix.
+    let mut tmp = tempfile::Builder::new().prefix(&format!(".{}.", file_name.to_string_lossy())).suffix(".tmp").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    if sync {
+        tmp.as_file().sync_all()?;
     }
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    tmp.persist(path).map_err(|e| e.error)?;
+    if sync {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Reads a JSON record; `Ok(None)` when the file does not exist.
@@ -46,6 +64,26 @@ pub fn remove(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes `dir` (and missing parents) with mode 0700, and takes group and
+/// other access away from one that exists: directories made by earlier
+/// versions were 0755, and closing the directory closes what is in it.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
+/// Options that create a file with mode 0600 (the mode counts only when
+/// the file is made).
+pub fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(FILE_MODE);
+    options
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +92,10 @@ mod tests {
     #[derive(Serialize, Deserialize, PartialEq, Debug)]
     struct Rec {
         size: u64,
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
     #[test]
@@ -66,6 +108,45 @@ mod tests {
         assert_eq!(read_json::<Rec>(&path).unwrap(), Some(Rec { size: 2 }));
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn records_are_private_and_directories_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = dir.path().join("a/b");
+        private_dir(&records).unwrap();
+        assert_eq!(mode(&records), 0o700);
+        write_json(&records.join("r.json"), &Rec { size: 1 }).unwrap();
+        assert_eq!(mode(&records.join("r.json")), 0o600);
+        // A directory an earlier version made world-readable is closed.
+        let open = dir.path().join("open");
+        DirBuilder::new().mode(0o755).create(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o700);
+        let file = private_file().write(true).create_new(true).open(open.join("f")).unwrap();
+        drop(file);
+        assert_eq!(mode(&open.join("f")), 0o600);
+    }
+
+    #[test]
+    fn writers_of_one_record_never_share_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        std::thread::scope(|scope| {
+            for writer in 0..8u64 {
+                let path = &path;
+                scope.spawn(move || {
+                    for n in 0..200 {
+                        write_json(path, &Rec { size: writer * 1000 + n }).unwrap();
+                        read_json::<Rec>(path).unwrap().expect("a whole record");
+                    }
+                });
+            }
+        });
+        let size = read_json::<Rec>(&path).unwrap().unwrap().size;
+        assert_eq!(size % 1000, 199, "one writer's last record: {size}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The vocabulary every Swell crate shares: volume and snapshot ids (and the
 //! RBD id contract between controller and node), size units, the backend
 //! trait every backend crate implements, expansion records and holds,
-//! durable files, keyed locks, blocking work under a deadline, and the
-//! single way to run an external command. The backends themselves live in
+//! durable private files, keyed locks (in this process and across
+//! processes), blocking work under a deadline, and the single way to run an
+//! external command. The backends themselves live in
 //! their own crates (`backends/`).
 
 pub mod backend;
@@ -12,6 +13,7 @@ pub mod command;
 pub mod durable;
 mod error;
 pub mod expansion;
+pub mod file_locks;
 pub mod inflight;
 pub mod locks;
 pub mod rbd_attach;

@@ -59,6 +59,13 @@ pub fn is_swell_image(image: &str) -> bool {
     image.strip_prefix(IMAGE_PREFIX).is_some_and(is_name_digest)
 }
 
+/// Whether a cluster id or pool may be part of a volume id: not empty, no
+/// `:`, and not starting with `-`, which the Ceph CLIs would read as an
+/// option.
+fn part_ok(part: &str) -> bool {
+    !part.is_empty() && !part.contains(':') && !part.starts_with('-')
+}
+
 impl RbdVolume {
     /// The volume a CO name gets in `pool` of `cluster`; an error when the
     /// cluster id or pool cannot be part of a volume id.
@@ -82,14 +89,14 @@ impl RbdVolume {
         }
         let mut parts = id.key().split(':');
         let (cluster, pool, image) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || cluster.is_empty() || pool.is_empty() || !is_swell_image(image) {
+        if parts.next().is_some() || !part_ok(cluster) || !part_ok(pool) || !is_swell_image(image) {
             return None;
         }
         Some(RbdVolume { cluster: cluster.to_owned(), pool: pool.to_owned(), image: image.to_owned() })
     }
 
     fn id_checked(&self) -> Result<VolumeId, VolumeIdError> {
-        if [&self.cluster, &self.pool].iter().any(|part| part.is_empty() || part.contains(':')) {
+        if [&self.cluster, &self.pool].iter().any(|part| !part_ok(part)) {
             return Err(VolumeIdError::Malformed(format!("{KIND}:{}:{}:{}", self.cluster, self.pool, self.image)));
         }
         VolumeId::new(KIND, &format!("{}:{}:{}", self.cluster, self.pool, self.image))
@@ -115,6 +122,17 @@ impl fmt::Display for RbdVolume {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_or_cluster_that_reads_as_an_option_names_no_volume() {
+        let image = image_name("pvc");
+        for id in [format!("rbd:c:-p:{image}"), format!("rbd:-c:p:{image}"), format!("rbd:c:--help:{image}")] {
+            let id: VolumeId = id.parse().expect("a well-formed id");
+            assert_eq!(RbdVolume::parse(&id), None, "{id}");
+        }
+        assert!(RbdVolume::for_name("c", "-p", "pvc").is_err());
+        assert!(RbdVolume::for_name("c", "p-1", "pvc").is_ok());
+    }
 
     #[test]
     fn image_names_are_stable_digests() {

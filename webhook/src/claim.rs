@@ -28,6 +28,10 @@ pub struct SizeChange {
     pub capacity: Option<u64>,
     /// `status.allocatedResourceStatuses.storage`, e.g. ControllerResizeInProgress.
     pub resize_status: Option<String>,
+    /// Whether the claim's annotations (old or new) name Swell as its
+    /// provisioner. Its owner can edit them, so a bound claim that does not
+    /// say so is judged by its PV, which it cannot edit.
+    pub annotated_swell: bool,
 }
 
 impl SizeChange {
@@ -65,7 +69,10 @@ pub enum ClaimError {
 
 /// Sorts an update of `old` into `new` for the driver `driver_name`.
 pub fn read_update(old: &PersistentVolumeClaim, new: &PersistentVolumeClaim, driver_name: &str) -> Result<Update, ClaimError> {
-    if !provisioned_by(new, driver_name) && !provisioned_by(old, driver_name) {
+    let annotated_swell = provisioned_by(new, driver_name) || provisioned_by(old, driver_name);
+    let bound = |c: &PersistentVolumeClaim| c.spec.as_ref().and_then(|s| s.volume_name.as_deref()).is_some_and(|v| !v.is_empty());
+    // Not bound: no volume of anyone's to grow yet.
+    if !annotated_swell && !bound(old) && !bound(new) {
         return Ok(Update::Untouched("not provisioned by Swell"));
     }
     let old_request = request(old);
@@ -94,6 +101,7 @@ pub fn read_update(old: &PersistentVolumeClaim, new: &PersistentVolumeClaim, dri
         new_request,
         capacity,
         resize_status,
+        annotated_swell,
     }))
 }
 
@@ -142,15 +150,30 @@ mod tests {
 
     #[test]
     fn other_provisioners_and_unchanged_requests_are_untouched() {
-        let other = |r| claim(r, Some((PROVISIONER_ANNOTATION, "ebs.csi.aws.com")), Some("10Gi"), None);
-        assert_eq!(read_update(&other("10Gi"), &other("20Gi"), DRIVER), Ok(Update::Untouched("not provisioned by Swell")));
-        let none = |r| claim(r, None, None, None);
-        assert_eq!(read_update(&none("10Gi"), &none("1Ti"), DRIVER), Ok(Update::Untouched("not provisioned by Swell")));
+        let unbound = |r| {
+            let mut c = claim(r, Some((PROVISIONER_ANNOTATION, "ebs.csi.aws.com")), None, None);
+            c.spec.as_mut().unwrap().volume_name = None;
+            c
+        };
+        assert_eq!(read_update(&unbound("10Gi"), &unbound("20Gi"), DRIVER), Ok(Update::Untouched("not provisioned by Swell")));
         assert_eq!(read_update(&swell("10Gi"), &swell("10Gi"), DRIVER), Ok(Update::Untouched("storage request unchanged")));
         // Numerically equal, textually not: unchanged.
         assert_eq!(read_update(&swell("10Gi"), &swell("10240Mi"), DRIVER), Ok(Update::Untouched("storage request unchanged")));
         // An unreadable size that did not change is not this webhook's business.
         assert_eq!(read_update(&swell("junk"), &swell("junk"), DRIVER), Ok(Update::Untouched("storage request unchanged")));
+    }
+
+    #[test]
+    fn a_bound_claim_whose_annotations_do_not_name_swell_is_still_a_resize_for_its_pv_to_decide() {
+        // Its owner may have removed the annotation, or set another driver's name.
+        for annotation in [None, Some((PROVISIONER_ANNOTATION, "ebs.csi.aws.com"))] {
+            let c = |r| claim(r, annotation, Some("10Gi"), None);
+            let Update::Resize(change) = read_update(&c("10Gi"), &c("20Gi"), DRIVER).unwrap() else { panic!("not judged: {annotation:?}") };
+            assert!(!change.annotated_swell);
+            assert_eq!(change.volume_name.as_deref(), Some("pvc-1"));
+        }
+        let Update::Resize(change) = read_update(&swell("10Gi"), &swell("20Gi"), DRIVER).unwrap() else { panic!("not judged") };
+        assert!(change.annotated_swell);
     }
 
     #[test]
@@ -166,6 +189,7 @@ mod tests {
                 new_request: 20 << 30,
                 capacity: Some(10 << 30),
                 resize_status: Some("ControllerResizeInProgress".into()),
+                annotated_swell: true,
             }
         );
         assert_eq!(change.volume_label(), "pvc-1");

@@ -210,6 +210,7 @@ mod tests {
             new_request: new * GI,
             capacity: Some(capacity * GI),
             resize_status: status.map(str::to_owned),
+            annotated_swell: true,
         }
     }
 

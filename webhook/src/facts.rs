@@ -101,7 +101,8 @@ mod tests {
     #[tokio::test]
     async fn reads_size_and_room_fresh() {
         let dir = tempfile::tempdir().unwrap();
-        let config = LocalConfig { state_dir: dir.path().join("local"), records_dir: dir.path().join("controller"), capacity_bytes: Some(10 << 30) };
+        let config =
+            LocalConfig { state_dir: dir.path().join("local"), records_dir: dir.path().join("controller"), capacity_bytes: Some(10 << 30), read_only: false };
         let local = Arc::new(LocalBackend::open(&config).unwrap());
         let created = local.create_volume("pvc-a", 1 << 30, &Default::default()).await.unwrap();
         let id = created.info().id.clone();

@@ -50,6 +50,21 @@ struct Args {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SWELL_WEBHOOK_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     max_body_bytes: usize,
+    /// Seconds a connection may stay open with no request in flight
+    /// (HTTP/1 keep-alive and HTTP/2 alike, PINGs or not).
+    #[arg(long, env = "SWELL_WEBHOOK_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_secs: u64,
+    /// Connections open at once; more are closed as they are accepted.
+    #[arg(long, env = "SWELL_WEBHOOK_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Reviews judged at once; more answer 503 (the API server then applies
+    /// the configuration's failurePolicy).
+    #[arg(long, env = "SWELL_WEBHOOK_MAX_REVIEWS_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_reviews_in_flight: u64,
+    /// PEM file of CAs whose client certificates may send reviews; without
+    /// it any client that reaches the port may (docs/security.md).
+    #[arg(long, env = "SWELL_WEBHOOK_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
     #[command(flatten)]
     backend: BackendArgs,
     #[command(flatten)]
@@ -61,8 +76,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     args.logs.init();
     let cert = ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
-    let tls = cert.server_config()?;
-    let backends = swell_backends::open(&args.backend.config())?;
+    let tls = match &args.client_ca {
+        Some(ca) => cert.server_config_with_client_ca(ca)?,
+        None => cert.server_config()?,
+    };
+    let mut config = args.backend.config();
+    // The webhook only reads the controller's state (deploy/ mounts it read-only).
+    config.local.read_only = true;
+    let backends = swell_backends::open(&config)?;
     let client = kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))?;
     let webhook = Webhook {
         driver_name: args.driver_name,
@@ -78,7 +99,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = stopped.changed().await;
     };
     let watcher = tokio::spawn(Arc::clone(&cert).watch(Duration::from_secs(args.tls_reload_secs.max(1)), until_stopped(stopped)));
-    let limits = Limits { max_body_bytes: args.max_body_bytes, ..Limits::default() };
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        max_connections: count(args.max_connections),
+        max_reviews_in_flight: count(args.max_reviews_in_flight),
+        require_client_cert: args.client_ca.is_some(),
+        ..Limits::default()
+    };
     let shutdown_delay = Duration::from_secs(args.shutdown_delay_secs);
     let shutdown = async move {
         csi_endpoint::shutdown_signal().await;

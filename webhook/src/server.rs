@@ -4,9 +4,17 @@
 //! `GET /healthz` over HTTP/2 or HTTP/1.1. Bodies are size- and
 //! time-limited; anything that is not a review answers 400 with the reason.
 //! On shutdown it stops accepting and lets open requests finish.
+//!
+//! Any pod may connect, so nothing a client holds is unbounded: a connection
+//! beyond `max_connections` is closed at accept, a review beyond
+//! `max_reviews_in_flight` answers 503, and a connection with no request in
+//! flight for `idle_timeout` is closed, whatever it sends meanwhile (HTTP/1
+//! keep-alive, HTTP/2 PINGs, half a header block): idleness is counted in
+//! requests, not bytes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -14,9 +22,12 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
@@ -39,13 +50,47 @@ pub struct Limits {
     pub io_timeout: Duration,
     /// How long open requests may take to finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Connections open at once; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// Reviews judged at once; more answer 503.
+    pub max_reviews_in_flight: usize,
+    /// Reviews need a verified client certificate (the TLS configuration
+    /// asks for one, `--client-ca`); /healthz does not, for the kubelet.
+    pub require_client_cert: bool,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        // A PVC review is a few KiB; 1 MiB leaves room for large annotations.
-        Limits { max_body_bytes: 1 << 20, io_timeout: Duration::from_secs(10), drain_timeout: Duration::from_secs(15) }
+        Limits {
+            // A PVC review is a few KiB; 1 MiB leaves room for large annotations.
+            max_body_bytes: 1 << 20,
+            io_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(15),
+            // The API server reuses a connection for the next review and
+            // reconnects after a close: 60 s keeps it warm, and no more.
+            idle_timeout: Duration::from_secs(60),
+            // Each replica serves a few API servers; an idle TLS connection
+            // costs ~50 KiB, so the cap bounds memory to ~25 MiB.
+            max_connections: 512,
+            max_reviews_in_flight: 64,
+            require_client_cert: false,
+        }
     }
+}
+
+/// Largest HTTP/1 header block and HTTP/2 header list accepted.
+const MAX_HEADER_BYTES: usize = 16 << 10;
+/// HTTP/2 streams one connection may have open.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
+/// What the server shares between connections.
+#[derive(Clone)]
+struct Shared {
+    webhook: Arc<Webhook>,
+    limits: Limits,
+    reviews: Arc<Semaphore>,
 }
 
 /// Serves `webhook` on `listener` until `shutdown` resolves, then waits (at
@@ -54,6 +99,8 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, webhook: Arc<W
     let acceptor = TlsAcceptor::from(tls);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let shared = Shared { webhook, limits, reviews: Arc::new(Semaphore::new(limits.max_reviews_in_flight)) };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -65,11 +112,18 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, webhook: Arc<W
             }
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let (acceptor, webhook, stopped) = (acceptor.clone(), Arc::clone(&webhook), stopped.clone());
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        // Closed unread: the cap holds however fast clients come.
+                        tracing::debug!(%peer, max = limits.max_connections, "connection refused: too many open");
+                        drop(tcp);
+                        continue;
+                    };
+                    let (acceptor, shared, stopped) = (acceptor.clone(), shared.clone(), stopped.clone());
                     connections.spawn(async move {
-                        if let Err(reason) = connection(tcp, acceptor, webhook, limits, stopped).await {
+                        if let Err(reason) = connection(tcp, acceptor, shared, stopped).await {
                             tracing::debug!(%peer, reason, "connection ended");
                         }
+                        drop(slot);
                     });
                 }
                 Err(err) => {
@@ -87,13 +141,38 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, webhook: Arc<W
     }
 }
 
-async fn connection(
-    tcp: TcpStream,
-    acceptor: TlsAcceptor,
-    webhook: Arc<Webhook>,
-    limits: Limits,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), String> {
+/// The requests of one connection: how many are in flight, and when the
+/// last one started or ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        *self.last.lock() = Instant::now();
+        Busy(Arc::clone(self))
+    }
+
+    /// When the connection turns idle, `None` while a request is in flight.
+    fn idle_at(&self, idle_timeout: Duration) -> Option<Instant> {
+        let last = *self.last.lock();
+        (self.in_flight.load(Ordering::Acquire) == 0).then(|| last + idle_timeout)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.last.lock() = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Shared, mut stopped: tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
+    let limits = shared.limits;
     let mut first = [0u8; 1];
     match tokio::time::timeout(limits.io_timeout, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
@@ -112,24 +191,69 @@ async fn connection(
         Ok(Err(err)) => return Err(format!("TLS handshake failed: {err}")),
         Err(_) => return Err("TLS handshake timed out".into()),
     };
-    let service = hyper::service::service_fn(move |request| {
-        let webhook = Arc::clone(&webhook);
-        async move { Ok::<_, Infallible>(route(request, &webhook, limits).await) }
-    });
+    // With --client-ca a presented certificate was verified in the handshake.
+    let authenticated = tls.get_ref().1.peer_certificates().is_some_and(|chain| !chain.is_empty());
+    let activity = Arc::new(Activity { in_flight: AtomicUsize::new(0), last: Mutex::new(Instant::now()) });
+    let service = {
+        let activity = Arc::clone(&activity);
+        hyper::service::service_fn(move |request| {
+            let busy = activity.start();
+            let shared = shared.clone();
+            async move {
+                let response = route(request, &shared, authenticated).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.io_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.io_timeout).max_buf_size(MAX_HEADER_BYTES.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
+        // Our PINGs find peers that vanished; theirs do not keep a connection open.
+        .keep_alive_interval(Some(limits.io_timeout))
+        .keep_alive_timeout(limits.io_timeout);
     let served = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(served);
-    tokio::select! {
-        result = served.as_mut() => return result.map_err(|e| e.to_string()),
-        _ = stopped.wait_for(|stop| *stop) => served.as_mut().graceful_shutdown(),
+    let why = loop {
+        // While a request is in flight its own deadlines bound it; look again later.
+        let wake = activity.idle_at(limits.idle_timeout).unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+        tokio::select! {
+            result = served.as_mut() => return result.map_err(|e| e.to_string()),
+            _ = stopped.wait_for(|stop| *stop) => break "shutting down",
+            () = tokio::time::sleep_until(wake) => {
+                if activity.idle_at(limits.idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                    break "idle";
+                }
+            }
+        }
+    };
+    // GOAWAY (HTTP/2) or close (HTTP/1) once what is in flight is answered;
+    // a peer that keeps it open past that is cut off.
+    served.as_mut().graceful_shutdown();
+    match tokio::time::timeout(limits.drain_timeout, served).await {
+        Ok(result) => result.map_err(|e| e.to_string()).and(Err(format!("closed: {why}"))),
+        Err(_) => Err(format!("closed: {why}; cut off after {:?}", limits.drain_timeout)),
     }
-    served.await.map_err(|e| e.to_string())
 }
 
-async fn route(request: Request<Incoming>, webhook: &Webhook, limits: Limits) -> Response<Full<Bytes>> {
+async fn route(request: Request<Incoming>, shared: &Shared, authenticated: bool) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
-        (&Method::POST, REVIEW_PATH) => review(request, webhook, limits).await,
+        (&Method::POST, REVIEW_PATH) if shared.limits.require_client_cert && !authenticated => {
+            text(StatusCode::FORBIDDEN, "reviews need a client certificate signed by the webhook's --client-ca\n".into())
+        }
+        (&Method::POST, REVIEW_PATH) => {
+            // Taken before the body is read: the cap bounds memory as well as work.
+            let Ok(_slot) = Arc::clone(&shared.reviews).try_acquire_owned() else {
+                let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, format!("{} reviews in flight already; try again\n", shared.limits.max_reviews_in_flight));
+                busy.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+                return busy;
+            };
+            review(request, &shared.webhook, shared.limits).await
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok".into()),
         (_, REVIEW_PATH) => text(StatusCode::METHOD_NOT_ALLOWED, format!("{REVIEW_PATH} takes POST\n")),
         (_, path) => text(StatusCode::NOT_FOUND, format!("no such path {path:?}: reviews go to POST {REVIEW_PATH}\n")),

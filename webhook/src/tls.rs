@@ -18,9 +18,9 @@ use std::time::Duration;
 use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 
 /// Why a certificate/key pair cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,14 @@ pub enum TlsError {
         key: PathBuf,
         /// rustls's reason.
         source: rustls::Error,
+    },
+    /// The client CA file cannot verify client certificates.
+    #[error("client CA {path}: {reason}")]
+    ClientCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
 }
 
@@ -128,12 +136,35 @@ impl ReloadingCert {
     /// A TLS server configuration serving the current pair, speaking HTTP/2
     /// and HTTP/1.1.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, rustls::Error> {
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        let config = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?.with_no_client_auth();
+        Ok(self.finish(config.with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>)))
+    }
+
+    /// Like [`server_config`](Self::server_config), and asks each client
+    /// for a certificate, verified against the CAs in `client_ca` (PEM). A
+    /// client without one still completes the handshake (the kubelet's
+    /// probes have none); the server refuses it reviews.
+    pub fn server_config_with_client_ca(self: &Arc<Self>, client_ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+        let ca_error = |reason: String| TlsError::ClientCa { path: client_ca.to_owned(), reason };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&read(client_ca)?) {
+            roots.add(cert.map_err(|e| ca_error(format!("bad certificate PEM: {e}")))?).map_err(|e| ca_error(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ca_error("no certificate in the file".into()));
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).allow_unauthenticated().build().map_err(|e| ca_error(e.to_string()))?;
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ca_error(e.to_string()))?
+            .with_client_cert_verifier(verifier);
+        Ok(self.finish(config.with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>)))
+    }
+
+    fn finish(&self, mut config: ServerConfig) -> Arc<ServerConfig> {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        Arc::new(config)
     }
 }
 

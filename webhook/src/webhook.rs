@@ -56,6 +56,15 @@ impl Webhook {
             Ok(Update::Resize(change)) => change,
             Err(err) => return Verdict::Deny(format!("claim {}: {err}", review.request.name)),
         };
+        // A claim that does not say it is Swell's is judged only if its PV
+        // is (the owner can edit the claim's annotations, not its PV).
+        if !change.annotated_swell {
+            match self.pv_is_swell(&change).await {
+                Ok(true) => {}
+                Ok(false) => return Verdict::ALLOW,
+                Err(why) => return Verdict::Allow { warning: Some(format!("volume {} was not checked by Swell: {why}", change.volume_label())) },
+            }
+        }
         match judge_claim(&change) {
             Step::Decided(verdict) => verdict,
             Step::AskBackend => {
@@ -65,6 +74,18 @@ impl Webhook {
                 };
                 judge_facts(&change, &facts, self.policy)
             }
+        }
+    }
+
+    /// Whether the claim's bound PV is a volume of this driver; `Err` when
+    /// the PV cannot be read within the deadline.
+    async fn pv_is_swell(&self, change: &SizeChange) -> Result<bool, String> {
+        let Some(name) = &change.volume_name else { return Ok(false) };
+        match tokio::time::timeout(self.deadline, self.volumes.get(name)).await {
+            Ok(Ok(Some(pv))) => Ok(volume_handle(&pv, &self.driver_name).is_ok()),
+            Ok(Ok(None)) => Ok(false),
+            Ok(Err(why)) => Err(why.to_string()),
+            Err(_) => Err(format!("its PersistentVolume was not read within {:?}", self.deadline)),
         }
     }
 

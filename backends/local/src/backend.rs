@@ -34,6 +34,9 @@ pub struct LocalConfig {
     /// Bytes the backend may promise in all; without it, the size of the
     /// file system holding `state_dir`.
     pub capacity_bytes: Option<u64>,
+    /// Read the directories only (the webhook and `swell`): nothing is
+    /// created, locked or written, so they may be mounted read-only.
+    pub read_only: bool,
 }
 
 /// Why a local backend could not be opened.
@@ -52,7 +55,7 @@ impl LocalConfig {
     /// Volumes under `state_dir`, their expansion records under
     /// `records_dir`, as many bytes as the file system holds.
     pub fn new(state_dir: impl Into<PathBuf>, records_dir: impl Into<PathBuf>) -> Self {
-        LocalConfig { state_dir: state_dir.into(), records_dir: records_dir.into(), capacity_bytes: None }
+        LocalConfig { state_dir: state_dir.into(), records_dir: records_dir.into(), capacity_bytes: None, read_only: false }
     }
 }
 
@@ -67,13 +70,14 @@ impl LocalBackend {
     /// Opens (creating if needed) the state directory and the record
     /// directory of `config`.
     pub fn open(config: &LocalConfig) -> Result<Self, OpenError> {
-        let dir = StateDir::open(config.state_dir.clone(), config.capacity_bytes).map_err(|source| OpenError {
+        let dir = StateDir::open(config.state_dir.clone(), config.capacity_bytes, config.read_only).map_err(|source| OpenError {
             what: "local backend",
             path: config.state_dir.clone(),
             source,
         })?;
-        let records =
-            ExpansionRecords::open(&config.records_dir).map_err(|source| OpenError { what: "expansion records", path: config.records_dir.clone(), source })?;
+        let records = ExpansionRecords::open(&config.records_dir, config.read_only)
+            .map_err(|source| OpenError { what: "expansion records", path: config.records_dir.clone(), source })?
+            .of_volumes_in(&config.state_dir);
         Ok(LocalBackend { dir, records: Arc::new(records) })
     }
 
@@ -152,7 +156,7 @@ impl Backend for LocalBackend {
         }
         let id = id.clone();
         self.blocking("delete volume", move |dir| {
-            let _claim = dir.claim(&id)?;
+            let claim = dir.claim(&id)?;
             let image = image_path(&dir.path, &id);
             dir.changing(&id, || {
                 for file in [copy::partial_path(&image), image.clone()] {
@@ -163,7 +167,9 @@ impl Backend for LocalBackend {
                     }
                 }
                 durable::remove(&record_path(&dir.path, &id)).map_err(|e| BackendError::io(format!("remove record of {id}"), e))
-            })
+            })?;
+            claim.forget_lock();
+            Ok(())
         })
         .await
     }
@@ -257,6 +263,7 @@ impl Backend for LocalBackend {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::fs::{self, OpenOptions};
+    use std::path::Path;
 
     use swell_storage::units::GIB;
 
@@ -264,7 +271,7 @@ pub(crate) mod tests {
 
     pub(crate) fn backend(capacity: Option<u64>) -> (tempfile::TempDir, LocalBackend) {
         let dir = tempfile::tempdir().unwrap();
-        let config = LocalConfig { state_dir: dir.path().to_owned(), records_dir: dir.path().join("controller"), capacity_bytes: capacity };
+        let config = LocalConfig { state_dir: dir.path().to_owned(), records_dir: dir.path().join("controller"), capacity_bytes: capacity, read_only: false };
         (dir, LocalBackend::open(&config).unwrap())
     }
 
@@ -379,7 +386,8 @@ pub(crate) mod tests {
         assert_eq!(available(&b).await, 95 * GIB);
         // A state directory from before ledgers: summed from its files once.
         fs::remove_file(dir.path().join("ledger.json")).unwrap();
-        let config = LocalConfig { state_dir: dir.path().to_owned(), records_dir: dir.path().join("controller"), capacity_bytes: Some(100 * GIB) };
+        let config =
+            LocalConfig { state_dir: dir.path().to_owned(), records_dir: dir.path().join("controller"), capacity_bytes: Some(100 * GIB), read_only: false };
         let reopened = LocalBackend::open(&config).unwrap();
         assert_eq!(available(&reopened).await, 95 * GIB);
         b.create_volume("d", 3 * GIB, &Placement::default()).await.unwrap();
@@ -413,5 +421,156 @@ pub(crate) mod tests {
         assert!(matches!(deleted, Err(BackendError::Contended { .. })), "{deleted:?}");
         drop(claim);
         assert_eq!(b.grow_volume(&id, 2 * GIB).await.unwrap(), 2 * GIB, "free again once the claim ends");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn volumes_snapshots_records_and_ledger_are_root_only() {
+        let (dir, b) = backend(None);
+        let id = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap().info().id.clone();
+        b.grow_volume(&id, 2 * GIB).await.unwrap();
+        let snap = b.create_snapshot("snap", &id).await.unwrap().info().clone();
+        let clone = b.create_volume_from("clone", 2 * GIB, &Placement::default(), &ContentSource::Volume(id.clone())).await.unwrap().info().id.clone();
+        let store = b.expansion_store();
+        let hold = store.hold(&id).await.unwrap().unwrap();
+        store.write(&hold, swell_storage::ExpansionRecord::new(&id, 2 * GIB, 3 * GIB)).await.unwrap();
+        hold.release().await;
+        let mut files = vec![
+            image_path(dir.path(), &id),
+            record_path(dir.path(), &id),
+            image_path(dir.path(), &clone),
+            crate::paths::snapshot_path(dir.path(), snap.id.key()),
+            crate::paths::snapshot_record_path(dir.path(), snap.id.key()),
+            dir.path().join("ledger.json"),
+            dir.path().join("controller/expansions").join(format!("{id}.json")),
+        ];
+        files.extend(fs::read_dir(dir.path().join("locks")).unwrap().map(|e| e.unwrap().path()));
+        for file in files {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        for sub in ["", "volumes", "snapshots", "locks", "controller", "controller/expansions", "controller/expansions/pending", "controller/expansions/locks"]
+        {
+            assert_eq!(mode(&dir.path().join(sub)), 0o700, "{sub}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_state_directory_an_earlier_version_left_open_is_closed_at_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, b) = backend(None);
+        b.create_volume("pvc", GIB, &Placement::default()).await.unwrap();
+        for sub in ["", "volumes", "snapshots"] {
+            fs::set_permissions(dir.path().join(sub), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let config = LocalConfig { state_dir: dir.path().to_owned(), records_dir: dir.path().join("controller"), capacity_bytes: None, read_only: false };
+        LocalBackend::open(&config).unwrap();
+        for sub in ["", "volumes", "snapshots"] {
+            assert_eq!(mode(&dir.path().join(sub)), 0o700, "{sub}");
+        }
+    }
+
+    /// Two openings of one directory flock apart, as two processes do.
+    fn second_process(dir: &Path, capacity: Option<u64>) -> LocalBackend {
+        LocalBackend::open(&LocalConfig { state_dir: dir.to_owned(), records_dir: dir.join("controller"), capacity_bytes: capacity, read_only: false }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_volume_claimed_by_another_process_answers_contended() {
+        let (dir, b) = backend(None);
+        let other = second_process(dir.path(), None);
+        let id = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap().info().id.clone();
+        let claim = other.dir.claim(&id).unwrap();
+        assert!(matches!(b.grow_volume(&id, 2 * GIB).await, Err(BackendError::Contended { .. })));
+        assert!(matches!(b.delete_volume(&id).await, Err(BackendError::Contended { .. })));
+        let held = other.expansion_store().hold(&id).await.unwrap().expect("free");
+        assert!(b.expansion_store().hold(&id).await.unwrap().is_none(), "the hold of another process refuses this one");
+        drop((claim, held));
+        assert_eq!(b.grow_volume(&id, 2 * GIB).await.unwrap(), 2 * GIB);
+        assert!(b.expansion_store().hold(&id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn room_granted_in_one_process_is_not_granted_again_in_another() {
+        let (dir, b) = backend(Some(10 * GIB));
+        let other = second_process(dir.path(), Some(10 * GIB));
+        let a = b.create_volume("a", 6 * GIB, &Placement::default()).await.unwrap().info().id.clone();
+        let c = b.create_volume("c", GIB, &Placement::default()).await.unwrap().info().id.clone();
+        // 3 GiB free: a grow in flight here has 2 of them, so the other process may have 1.
+        let claim = b.dir.claim(&a).unwrap();
+        b.dir.claim_bytes(&claim, 2 * GIB).unwrap();
+        assert!(matches!(other.grow_volume(&c, 3 * GIB).await, Err(BackendError::NoSpace { available, .. }) if available == GIB));
+        assert_eq!(other.grow_volume(&c, 2 * GIB).await.unwrap(), 2 * GIB);
+        drop(claim);
+        assert_eq!(other.capacity(&Placement::default()).await.unwrap().available_bytes, 2 * GIB, "the reservation ended with its claim");
+    }
+
+    #[tokio::test]
+    async fn growth_in_two_processes_never_promises_more_than_the_pool_holds() {
+        let (dir, b) = backend(Some(10 * GIB));
+        let other = second_process(dir.path(), Some(10 * GIB));
+        let mut ids = Vec::new();
+        for name in ["a", "b", "c", "d", "e", "f"] {
+            ids.push(b.create_volume(name, GIB, &Placement::default()).await.unwrap().info().id.clone());
+        }
+        // 4 GiB free; six volumes each ask for 1 GiB more, split between the processes.
+        let grows = ids.iter().enumerate().map(|(n, id)| {
+            let backend = if n % 2 == 0 { b.clone() } else { other.clone() };
+            let id = id.clone();
+            tokio::spawn(async move { backend.grow_volume(&id, 2 * GIB).await })
+        });
+        let mut grown = 0;
+        for task in grows {
+            match task.await.unwrap() {
+                Ok(_) => grown += 1,
+                Err(BackendError::NoSpace { .. }) => {}
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(grown, 4);
+        let sum: u64 = b.list_volumes(None, 0).await.unwrap().iter().map(|v| v.size_bytes).sum();
+        assert_eq!(sum, 10 * GIB);
+        assert_eq!(other.capacity(&Placement::default()).await.unwrap().available_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_hold_of_an_id_that_names_no_volume_is_not_found_and_makes_no_lock_file() {
+        let (dir, b) = backend(None);
+        let unknown: VolumeId = "local:0123456789abcdef0123456789abcdef".parse().unwrap();
+        assert!(matches!(b.expansion_store().hold(&unknown).await, Err(BackendError::NotFound(_))));
+        let locks = dir.path().join("controller/expansions/locks");
+        assert_eq!(fs::read_dir(&locks).unwrap().count(), 0, "a lock file was made for an unknown id");
+        let id = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap().info().id.clone();
+        assert!(b.expansion_store().hold(&id).await.unwrap().is_some(), "a volume is held");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_opening_reads_everything_and_writes_nothing() {
+        let (dir, b) = backend(Some(10 * GIB));
+        let id = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap().info().id.clone();
+        let config =
+            LocalConfig { state_dir: dir.path().to_owned(), records_dir: dir.path().join("controller"), capacity_bytes: Some(10 * GIB), read_only: true };
+        let reader = LocalBackend::open(&config).unwrap();
+        assert_eq!(reader.volume(&id).await.unwrap().unwrap().size_bytes, GIB);
+        assert_eq!(reader.capacity(&Placement::default()).await.unwrap().available_bytes, 9 * GIB);
+        assert!(reader.grow_volume(&id, 2 * GIB).await.is_err());
+        assert!(reader.expansion_store().hold(&id).await.is_err());
+        assert_eq!(reader.expansion_store().record(&id).await.unwrap(), None);
+        // A stray pending marker is left to a writer, and pending still answers.
+        let marker = dir.path().join("controller/expansions/pending").join(id.to_string());
+        fs::write(&marker, b"").unwrap();
+        assert!(reader.expansion_store().pending().await.unwrap().is_empty());
+        assert!(marker.exists(), "a reader removes nothing");
+        // Nor on a state directory that was never made.
+        let nothing = tempfile::tempdir().unwrap();
+        let config =
+            LocalConfig { state_dir: nothing.path().join("local"), records_dir: nothing.path().join("controller"), capacity_bytes: Some(GIB), read_only: true };
+        let empty = LocalBackend::open(&config).unwrap();
+        assert!(empty.list_volumes(None, 0).await.is_err() || empty.list_volumes(None, 0).await.unwrap().is_empty());
+        assert!(empty.expansion_store().pending().await.unwrap().is_empty());
+        assert_eq!(fs::read_dir(nothing.path()).unwrap().count(), 0, "nothing created");
     }
 }

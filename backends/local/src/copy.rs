@@ -9,11 +9,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::copy_file_range;
 use nix::unistd::{Whence, lseek};
+use swell_storage::durable;
 
 /// How a copy was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub(crate) fn copy_file(from: &Path, to: &Path, len: u64) -> io::Result<Method> 
         Err(e) => return Err(e),
     };
     let copy = OpenOptions::new().write(true).open(&partial)?;
+    // A reflink copies the source's mode or makes one from the umask.
+    copy.set_permissions(fs::Permissions::from_mode(durable::FILE_MODE))?;
     if copy.metadata()?.len() < len {
         copy.set_len(len)?;
     }
@@ -76,7 +80,7 @@ fn reflink_unsupported(error: &io::Error) -> bool {
 fn copy_data_ranges(from: &Path, to: &Path) -> io::Result<()> {
     let source = File::open(from)?;
     let len = i64::try_from(source.metadata()?.len()).map_err(io::Error::other)?;
-    let copy = OpenOptions::new().write(true).create_new(true).open(to)?;
+    let copy = durable::private_file().write(true).create_new(true).open(to)?;
     copy.set_len(len.unsigned_abs())?;
     let mut at = 0i64;
     while at < len {

@@ -1,6 +1,7 @@
 //! Expansion records as crash-safe JSON files under one directory, with
-//! holds that are keyed locks of this process: the store of the local
-//! backend, which lives on one host and is served by one controller.
+//! holds that are lock files flocked by their holder: the store of the
+//! local backend, which lives on one host, where two controller replicas
+//! (each running its reconciler), the webhook and `swell` may open it.
 //!
 //! A record that has work left also has an empty marker file under
 //! `pending/`, written before the record turns pending and removed after it
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use swell_storage::expansion::{ExpansionRecord, ExpansionStore, HeldVolume, Hold, Records, Unreadable};
-use swell_storage::locks::{KeyGuard, KeyedLocks};
+use swell_storage::file_locks::{FileLock, FileLocks};
 use swell_storage::{BackendError, VolumeId, blocking, durable};
 
 /// How long one record operation may take before the call gives up.
@@ -23,10 +24,14 @@ const OP_DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 pub(crate) struct ExpansionRecords {
     dir: PathBuf,
-    locks: KeyedLocks,
+    /// `None` when opened read-only.
+    locks: Option<FileLocks>,
+    /// The local state directory whose volumes may be held; `None` (the
+    /// store's own tests) holds any id.
+    volumes_of: Option<PathBuf>,
 }
 
-struct HeldKey(#[allow(dead_code)] KeyGuard);
+struct HeldKey(FileLock);
 
 #[async_trait::async_trait]
 impl HeldVolume for HeldKey {
@@ -36,15 +41,35 @@ impl HeldVolume for HeldKey {
 
     async fn release(self: Box<Self>) {}
 
-    async fn release_deleted(self: Box<Self>) {}
+    async fn release_deleted(self: Box<Self>) {
+        if let Err(err) = self.0.remove() {
+            tracing::warn!(error = %err, "cannot remove the hold's lock file of a deleted volume");
+        }
+    }
 }
 
 impl ExpansionRecords {
-    /// Opens (creating) the record directory under `state_dir`.
-    pub(crate) fn open(state_dir: &Path) -> io::Result<Self> {
+    /// Opens (creating, 0700) the record directory under `state_dir`;
+    /// read-only, it creates nothing and holds nothing.
+    pub(crate) fn open(state_dir: &Path, read_only: bool) -> io::Result<Self> {
         let dir = state_dir.join("expansions");
-        std::fs::create_dir_all(dir.join("pending"))?;
-        Ok(ExpansionRecords { dir, locks: KeyedLocks::new() })
+        if read_only {
+            return Ok(ExpansionRecords { dir, locks: None, volumes_of: None });
+        }
+        durable::private_dir(state_dir)?;
+        durable::private_dir(&dir.join("pending"))?;
+        let locks = FileLocks::open(&dir.join("locks"))?;
+        Ok(ExpansionRecords { dir, locks: Some(locks), volumes_of: None })
+    }
+
+    /// Holds only volumes of the local state directory `state_dir`: a hold
+    /// of an id that names none is NotFound and makes no lock file.
+    pub(crate) fn of_volumes_in(self, state_dir: &Path) -> Self {
+        ExpansionRecords { volumes_of: Some(state_dir.to_owned()), ..self }
+    }
+
+    fn locks(&self) -> io::Result<&FileLocks> {
+        self.locks.as_ref().ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "the expansion records were opened read-only"))
     }
 
     fn path(&self, id: &VolumeId) -> PathBuf {
@@ -87,7 +112,13 @@ impl ExpansionRecords {
     /// dropped.
     fn pending_now(&self) -> io::Result<Records> {
         let mut markers = Vec::new();
-        for entry in std::fs::read_dir(self.dir.join("pending"))? {
+        let entries = match std::fs::read_dir(self.dir.join("pending")) {
+            Ok(entries) => entries,
+            // A reader of a directory no controller has made yet.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.locks.is_none() => return Ok(Records::default()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let entry = entry?;
             if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<VolumeId>().ok()) {
                 markers.push((id, entry.path()));
@@ -98,8 +129,16 @@ impl ExpansionRecords {
         for (id, marker) in markers {
             match self.get(&id) {
                 Ok(Some(record)) if record.pending() => records.readable.push(record),
-                Ok(_) if !self.locks.is_held(&id.to_string()) => durable::remove(&marker)?,
-                Ok(_) => {}
+                // Dropped under the volume's hold: a holder in another
+                // process may be about to turn the record pending again. A
+                // reader leaves it to a writer.
+                Ok(_) => {
+                    if let Some(locks) = &self.locks
+                        && let Some(_held) = locks.try_lock(&id.to_string())?
+                    {
+                        durable::remove(&marker)?;
+                    }
+                }
                 Err(err) => records.unreadable.push(Unreadable { volume: id, reason: err.to_string() }),
             }
         }
@@ -119,7 +158,19 @@ impl ExpansionRecords {
 #[async_trait::async_trait]
 impl ExpansionStore for ExpansionRecords {
     async fn hold(&self, id: &VolumeId) -> Result<Option<Hold>, BackendError> {
-        Ok(self.locks.try_acquire(&id.to_string()).map(|guard| Hold::new(Box::new(HeldKey(guard)))))
+        let key = id.to_string();
+        let unknown = id.clone();
+        let held = self
+            .blocking("hold volume", move |this| {
+                if let Some(state_dir) = &this.volumes_of
+                    && !crate::paths::record_path(state_dir, &unknown).exists()
+                {
+                    return Err(BackendError::NotFound(unknown));
+                }
+                this.locks().and_then(|locks| locks.try_lock(&key)).map_err(|e| BackendError::io(format!("hold {key}: lock file"), e))
+            })
+            .await?;
+        Ok(held.map(|lock| Hold::new(Box::new(HeldKey(lock)))))
     }
 
     async fn record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, BackendError> {
@@ -140,7 +191,7 @@ impl ExpansionStore for ExpansionRecords {
                 removed.map_err(|e| BackendError::io(format!("remove expansion record of {id}"), e))
             })
             .await;
-        hold.release().await;
+        hold.release_deleted().await;
         result
     }
 
@@ -186,7 +237,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, ExpansionRecords) {
         let dir = tempfile::tempdir().unwrap();
-        let records = ExpansionRecords::open(dir.path()).unwrap();
+        let records = ExpansionRecords::open(dir.path(), false).unwrap();
         (dir, records)
     }
 

@@ -5,7 +5,10 @@
 //!   volume's size), the file the node attaches;
 //! - `volumes/<key>.json`: its record ([`crate::records::VolumeRecord`]);
 //! - `snapshots/<key>.img` and `snapshots/<key>.json`: a snapshot's copy and record;
-//! - `ledger.json` (and its lock files): the sum of the volumes' sizes ([`crate::ledger`]).
+//! - `ledger.json` (and its lock files): the sum of the volumes' sizes ([`crate::ledger`]);
+//! - `locks/<key>.lock`: the claims of operations in flight, one per volume or snapshot.
+//!
+//! Files are 0600 and directories 0700: a tenant's data is root's alone.
 //!
 //! Expansion records live elsewhere: under the controller's state directory
 //! ([`crate::expansions`]).
@@ -29,6 +32,11 @@ pub(crate) fn record_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
 
 pub(crate) fn volumes_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("volumes")
+}
+
+/// Where the lock files of operations in flight live ([`crate::state_dir`]).
+pub(crate) fn locks_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("locks")
 }
 
 pub(crate) fn snapshots_dir(state_dir: &Path) -> PathBuf {

@@ -88,7 +88,7 @@ impl StateDir {
                 reason: format!("snapshot {} is of volume {}, not {source}", snapshot_id(&key), record.source),
             });
         }
-        let Some(claim) = self.claim_key(&key) else {
+        let Some(claim) = self.claim_snapshot(&key)? else {
             // Its copy is running: it exists, and is not ready yet.
             let record = existing
                 .ok_or_else(|| BackendError::Contended { step: format!("create snapshot {name}"), reason: "another create of it is running".into() })?;
@@ -122,8 +122,8 @@ impl StateDir {
 
     pub(crate) fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), BackendError> {
         let Some(key) = local_snapshot(id) else { return Ok(()) };
-        let _claim = self
-            .claim_key(key)
+        let claim = self
+            .claim_snapshot(key)?
             .ok_or_else(|| BackendError::Contended { step: format!("delete snapshot {id}"), reason: "its copy is still being made".into() })?;
         let copy = snapshot_path(&self.path, key);
         for file in [copy::partial_path(&copy), copy] {
@@ -132,7 +132,9 @@ impl StateDir {
                 _ => {}
             }
         }
-        durable::remove(&snapshot_record_path(&self.path, key)).map_err(|e| BackendError::io(format!("remove record of snapshot {id}"), e))
+        durable::remove(&snapshot_record_path(&self.path, key)).map_err(|e| BackendError::io(format!("remove record of snapshot {id}"), e))?;
+        claim.forget_lock();
+        Ok(())
     }
 
     pub(crate) fn create_volume_from(&self, name: &str, size: u64, source: &ContentSource) -> Result<Created, BackendError> {
@@ -210,7 +212,7 @@ impl StateDir {
             if snapshot_path(&self.path, &key).exists() {
                 continue;
             }
-            let Some(claim) = self.claim_key(&key) else { continue };
+            let Some(claim) = self.claim_snapshot(&key)? else { continue };
             let source = record.source.clone();
             let dir = self.clone();
             started += 1;

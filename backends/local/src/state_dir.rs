@@ -1,83 +1,115 @@
 //! The local backend's state directory and what guards it, as the blocking
 //! calls of [`crate::backend`] and [`crate::snapshots`] use it: the volumes'
 //! files and records, the ledger of their sizes, and the claims of the
-//! operations in flight (one per volume or snapshot key, with the pool
-//! bytes each has promised).
+//! operations in flight (one per volume or snapshot key, held across
+//! processes, with the pool bytes each has reserved in the ledger).
 
-use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs::{self};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
+use swell_storage::file_locks::{FileLock, FileLocks};
 use swell_storage::{BackendError, Capacity, VolumeId, VolumeInfo, durable};
 
-use crate::ledger::Ledger;
-use crate::paths::{KIND, image_path, record_path, snapshots_dir, volumes_dir};
+use crate::ledger::{InFlight, Ledger};
+use crate::paths::{KIND, image_path, locks_dir, record_path, snapshots_dir, volumes_dir};
 use crate::records::VolumeRecord;
 
-/// Bytes promised to operations still in flight, by volume key. Only the
-/// capacity check runs under this lock; the slow part (record write, file
-/// growth, fsync) does not, so different volumes grow in parallel.
-type Reservations = Arc<Mutex<HashMap<String, u64>>>;
-
-/// An in-flight operation's claim on a volume and on pool bytes; dropping it
-/// ends the claim.
+/// An operation's claim on a volume or snapshot, held across every process
+/// on the state directory (a lock file), and the pool bytes it reserved in
+/// the ledger; dropping it ends both.
 pub(crate) struct Reservation {
-    reservations: Reservations,
+    lock: FileLock,
+    ledger: Ledger,
+    /// The key its bytes are reserved under in the ledger.
     key: String,
+    reserved: AtomicBool,
+    _in_flight: InFlight,
+}
+
+impl Reservation {
+    /// Removes the claim's lock file: what it guarded is gone.
+    pub(crate) fn forget_lock(&self) {
+        if let Err(err) = self.lock.remove() {
+            tracing::warn!(key = self.key, error = %err, "cannot remove the lock file of a deleted volume or snapshot");
+        }
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.reservations.lock().remove(&self.key);
+        if self.reserved.load(Ordering::Acquire)
+            && let Err(err) = self.ledger.release(&self.key)
+        {
+            // Dropped by the next repair, once nothing is in flight.
+            tracing::warn!(key = self.key, error = %err, "cannot end a reservation in the local ledger");
+        }
     }
 }
 
-/// The state directory, its ledger and the claims on it.
+/// The state directory, its ledger and the locks on it.
 #[derive(Debug, Clone)]
 pub(crate) struct StateDir {
     pub(crate) path: PathBuf,
     capacity_bytes: Option<u64>,
-    reservations: Reservations,
     ledger: Ledger,
+    /// `None` when opened read-only.
+    locks: Option<FileLocks>,
+}
+
+fn read_only_error(step: String) -> BackendError {
+    BackendError::io(step, io::Error::new(io::ErrorKind::PermissionDenied, "the local backend was opened read-only"))
 }
 
 impl StateDir {
-    /// Opens (creating) the directory, summing its volumes into a new
-    /// ledger when it has none.
-    pub(crate) fn open(path: PathBuf, capacity_bytes: Option<u64>) -> io::Result<Self> {
-        fs::create_dir_all(volumes_dir(&path))?;
-        fs::create_dir_all(snapshots_dir(&path))?;
+    /// Opens (creating, 0700) the directory, summing its volumes into a new
+    /// ledger when it has none; read-only, it creates and locks nothing.
+    pub(crate) fn open(path: PathBuf, capacity_bytes: Option<u64>, read_only: bool) -> io::Result<Self> {
+        if read_only {
+            return Ok(StateDir { ledger: Ledger::read_only(&path), path, capacity_bytes, locks: None });
+        }
+        for dir in [path.clone(), volumes_dir(&path), snapshots_dir(&path)] {
+            durable::private_dir(&dir)?;
+        }
+        let locks = FileLocks::open(&locks_dir(&path))?;
         let ledger = Ledger::open(&path, &|| volume_keys(&path), &|key| counted_bytes(&path, key))?;
-        Ok(StateDir { path, capacity_bytes, reservations: Arc::default(), ledger })
+        Ok(StateDir { path, capacity_bytes, ledger, locks: Some(locks) })
     }
 
-    /// Claims `id` for one operation. A second operation on the same volume
-    /// is refused rather than queued.
+    /// Claims `id` for one operation. A second operation on the same volume,
+    /// in this process or another, is refused rather than queued.
     pub(crate) fn claim(&self, id: &VolumeId) -> Result<Reservation, BackendError> {
-        self.claim_key(id.key()).ok_or_else(|| BackendError::Contended { step: format!("claim {id}"), reason: "another operation on it is in progress".into() })
+        let busy = || BackendError::Contended { step: format!("claim {id}"), reason: "another operation on it is in progress".into() };
+        self.claim_as(id.key(), &format!("claim {id}"))?.ok_or_else(busy)
     }
 
-    /// Claims a volume or snapshot key, `None` when another operation has it.
-    pub(crate) fn claim_key(&self, key: &str) -> Option<Reservation> {
-        let mut reservations = self.reservations.lock();
-        if reservations.contains_key(key) {
-            return None;
-        }
-        reservations.insert(key.to_owned(), 0);
-        Some(Reservation { reservations: self.reservations.clone(), key: key.to_owned() })
+    /// Claims snapshot `key`, `None` when another operation has it.
+    pub(crate) fn claim_snapshot(&self, key: &str) -> Result<Option<Reservation>, BackendError> {
+        self.claim_as(&format!("snapshot.{key}"), &format!("claim snapshot {key}"))
     }
 
-    /// Raises a claim to `bytes` of pool room, if the pool has them.
+    fn claim_as(&self, key: &str, step: &str) -> Result<Option<Reservation>, BackendError> {
+        let locks = self.locks.as_ref().ok_or_else(|| read_only_error(step.to_owned()))?;
+        let Some(lock) = locks.try_lock(key).map_err(|e| BackendError::io(format!("{step}: lock file"), e))? else { return Ok(None) };
+        let in_flight = self.ledger.in_flight().map_err(|e| BackendError::io(format!("{step}: ledger"), e))?;
+        Ok(Some(Reservation { lock, ledger: self.ledger.clone(), key: key.to_owned(), reserved: AtomicBool::new(false), _in_flight: in_flight }))
+    }
+
+    /// Reserves `bytes` of pool room for a claim, if the pool has them:
+    /// decided and written in one step under the ledger's lock, against
+    /// every process's reservations.
     pub(crate) fn claim_bytes(&self, claim: &Reservation, bytes: u64) -> Result<(), BackendError> {
-        let mut reservations = self.reservations.lock();
-        let available = self.capacity_with(&reservations)?.available_bytes;
-        if bytes > available {
-            return Err(BackendError::NoSpace { requested: bytes, available });
-        }
-        reservations.insert(claim.key.clone(), bytes);
+        let total = self.total_bytes()?;
+        let admitted = self.ledger.reserve(&claim.key, bytes, |others| {
+            // Read under the ledger's lock: a snapshot is counted by its
+            // reservation until its record is there.
+            let promised = others.saturating_add(self.snapshot_bytes()?);
+            let available = total.saturating_sub(promised);
+            if bytes > available { Err(BackendError::NoSpace { requested: bytes, available }) } else { Ok(()) }
+        });
+        admitted.map_err(|e| BackendError::io("reserve room in the ledger of volume bytes", e))??;
+        claim.reserved.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -123,31 +155,40 @@ impl StateDir {
     }
 
     pub(crate) fn capacity(&self) -> Result<Capacity, BackendError> {
-        let reservations = self.reservations.lock();
-        self.capacity_with(&reservations)
+        let total_bytes = self.total_bytes()?;
+        let state_dir = &self.path;
+        let volumes = self
+            .ledger
+            .promised(&|| volume_keys(state_dir), &|key| counted_bytes(state_dir, key))
+            .map_err(|e| BackendError::io("read the ledger of volume bytes", e))?;
+        let promised = volumes.saturating_add(self.snapshot_bytes()?);
+        Ok(Capacity { total_bytes, available_bytes: total_bytes.saturating_sub(promised) })
     }
 
-    fn capacity_with(&self, reservations: &HashMap<String, u64>) -> Result<Capacity, BackendError> {
-        let total_bytes = match self.capacity_bytes {
-            Some(bytes) => bytes,
+    /// The bytes the backend may promise in all.
+    fn total_bytes(&self) -> Result<u64, BackendError> {
+        match self.capacity_bytes {
+            Some(bytes) => Ok(bytes),
             None => {
                 let stat = nix::sys::statvfs::statvfs(&self.path).map_err(|e| BackendError::io("statvfs of the state directory", io::Error::from(e)))?;
-                stat.blocks().saturating_mul(stat.fragment_size())
+                Ok(stat.blocks().saturating_mul(stat.fragment_size()))
             }
-        };
-        let in_flight: u64 = reservations.values().sum();
-        let state_dir = &self.path;
-        let volumes = self.ledger.total(&|key| counted_bytes(state_dir, key)).map_err(|e| BackendError::io("read the ledger of volume bytes", e))?;
-        // A snapshot may come to hold its whole size (its source rewritten).
-        let snapshots: u64 = self.snapshot_records()?.iter().map(|(_, r)| r.size_bytes).sum();
-        let promised = volumes.saturating_add(snapshots).saturating_add(in_flight);
-        Ok(Capacity { total_bytes, available_bytes: total_bytes.saturating_sub(promised) })
+        }
+    }
+
+    /// A snapshot may come to hold its whole size (its source rewritten).
+    fn snapshot_bytes(&self) -> Result<u64, BackendError> {
+        Ok(self.snapshot_records()?.iter().fold(0u64, |sum, (_, r)| sum.saturating_add(r.size_bytes)))
     }
 
     pub(crate) fn set_file_len(&self, id: &VolumeId, size: u64) -> Result<(), BackendError> {
         let path = image_path(&self.path, id);
-        let file =
-            OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| BackendError::io(format!("open backing file of {id}"), e))?;
+        let file = durable::private_file()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| BackendError::io(format!("open backing file of {id}"), e))?;
         file.set_len(size).map_err(|e| BackendError::io(format!("size backing file of {id} to {size}"), e))?;
         file.sync_all().map_err(|e| BackendError::io(format!("sync backing file of {id}"), e))
     }

@@ -89,7 +89,12 @@ impl BackendArgs {
             _ => None,
         };
         BackendConfig {
-            local: LocalConfig { state_dir: self.local_state_dir.clone(), records_dir: self.state_dir.clone(), capacity_bytes: self.local_capacity_bytes },
+            local: LocalConfig {
+                state_dir: self.local_state_dir.clone(),
+                records_dir: self.state_dir.clone(),
+                capacity_bytes: self.local_capacity_bytes,
+                read_only: false,
+            },
             rbd,
             default_backend: self.default_backend.clone(),
             call_deadline: Duration::from_secs(self.backend_timeout_secs),

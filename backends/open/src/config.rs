@@ -135,7 +135,8 @@ mod tests {
     #[test]
     fn mismatched_deadlines_or_an_unbuilt_backend_refuse_to_open() {
         let dir = tempfile::tempdir().unwrap();
-        let local = LocalConfig { state_dir: dir.path().join("local"), records_dir: dir.path().join("controller"), capacity_bytes: Some(1 << 30) };
+        let local =
+            LocalConfig { state_dir: dir.path().join("local"), records_dir: dir.path().join("controller"), capacity_bytes: Some(1 << 30), read_only: false };
         let config = |rbd| BackendConfig { rbd: Some(rbd), default_backend: "rbd".into(), ..BackendConfig::local(local.clone()) };
         assert!(matches!(open(&config(rbd(5))), Err(OpenError::Deadlines { .. })));
         #[cfg(feature = "rbd")]

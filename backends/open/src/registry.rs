@@ -141,7 +141,10 @@ mod tests {
     use swell_local::{LocalBackend, LocalConfig};
 
     fn local(dir: &std::path::Path) -> Arc<dyn Backend> {
-        Arc::new(LocalBackend::open(&LocalConfig { state_dir: dir.join("local"), records_dir: dir.join("controller"), capacity_bytes: None }).unwrap())
+        Arc::new(
+            LocalBackend::open(&LocalConfig { state_dir: dir.join("local"), records_dir: dir.join("controller"), capacity_bytes: None, read_only: false })
+                .unwrap(),
+        )
     }
 
     #[tokio::test]

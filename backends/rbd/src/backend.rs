@@ -72,7 +72,10 @@ impl RbdBackend {
     /// Holds `volume` for `step`, or answers Contended at once.
     async fn hold(&self, volume: &RbdVolume, step: String) -> Result<Hold, BackendError> {
         let id = volume.id();
-        self.store.hold(&id).await?.ok_or_else(|| BackendError::Contended { step, reason: format!("another operation on volume {id} is in progress") })
+        self.store
+            .hold_volume(&id, false)
+            .await?
+            .ok_or_else(|| BackendError::Contended { step, reason: format!("another operation on volume {id} is in progress") })
     }
 
     /// The bytes Swell has promised in `pool`, read now.
@@ -213,7 +216,8 @@ impl Backend for RbdBackend {
     }
 
     async fn check_health(&self) -> Result<(), BackendError> {
-        self.shared.run("health check", |call| call.shared().readings().pool(call.conn(), &call.config().default_pool, true).map(drop)).await
+        // Its own slot: a probe polled fast never starves CSI calls.
+        self.shared.run_health("health check", |call| call.shared().readings().pool(call.conn(), &call.config().default_pool, true).map(drop)).await
     }
 }
 

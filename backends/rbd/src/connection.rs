@@ -121,6 +121,9 @@ pub(crate) struct Connector {
     current: Arc<Mutex<Option<Arc<Connection>>>>,
     permits: Arc<Semaphore>,
     max_outstanding: usize,
+    /// The health check's own slot: a probe polled fast, or stuck in
+    /// librados, never takes one of `permits` from CSI calls.
+    health: Arc<Semaphore>,
     deadline: Duration,
 }
 
@@ -128,7 +131,14 @@ impl Connector {
     /// A connector that connects on first use. At most `max_outstanding`
     /// calls may be running (or stuck) at once; each gets `deadline`.
     pub(crate) fn new(settings: ConnectSettings, max_outstanding: usize, deadline: Duration) -> Self {
-        Connector { settings: Arc::new(settings), current: Arc::default(), permits: Arc::new(Semaphore::new(max_outstanding)), max_outstanding, deadline }
+        Connector {
+            settings: Arc::new(settings),
+            current: Arc::default(),
+            permits: Arc::new(Semaphore::new(max_outstanding)),
+            max_outstanding,
+            health: Arc::new(Semaphore::new(1)),
+            deadline,
+        }
     }
 
     /// How long a call may run before Swell answers Timeout.
@@ -181,6 +191,30 @@ impl Connector {
                 ),
             });
         };
+        self.run_holding(permit, step, work).await
+    }
+
+    /// Like [`run`](Self::run), in the health check's own slot: one check
+    /// at a time, never one of the slots CSI calls run in.
+    pub(crate) async fn run_health<T, F>(&self, step: &str, work: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, Instant) -> Result<T, RbdError> + Send + 'static,
+    {
+        let Ok(permit) = Arc::clone(&self.health).try_acquire_owned() else {
+            return Err(BackendError::Unavailable {
+                step: step.to_owned(),
+                reason: "the previous health check is still running or stuck in librados (the cluster may not be answering)".into(),
+            });
+        };
+        self.run_holding(permit, step, work).await
+    }
+
+    async fn run_holding<T, F>(&self, permit: tokio::sync::OwnedSemaphorePermit, step: &str, work: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, Instant) -> Result<T, RbdError> + Send + 'static,
+    {
         let connector = self.clone();
         let deadline = Instant::now() + self.deadline;
         let task = tokio::task::spawn_blocking(move || {
@@ -245,5 +279,36 @@ mod tests {
         // The permit came back with the thread: the next call tries again.
         let third = connector.run("probe", |_, _| Ok(())).await;
         assert!(!matches!(&third, Err(BackendError::Unavailable { reason, .. }) if reason.contains("slots for Ceph calls")), "{third:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_checks_never_take_a_slot_of_csi_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let connector = Connector::new(nowhere(dir.path()), 1, Duration::from_secs(10));
+        let df = |conn: &Connection, _| conn.mon_command("df", r#"{"prefix":"df"}"#);
+        // Health checks stuck on a cluster that does not answer, polled again and again.
+        let stuck = {
+            let connector = connector.clone();
+            tokio::spawn(async move { connector.run_health("health check", df).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..50 {
+            let again = connector.run_health("health check", df).await;
+            assert!(matches!(&again, Err(BackendError::Unavailable { reason, .. }) if reason.contains("previous health check")), "{again:?}");
+        }
+        assert!(!stuck.is_finished(), "the first check must still be running for this to mean anything");
+        // The only CSI slot is still free: a CSI call runs (and fails on its own).
+        let call = connector.run("create volume", |_, _| Ok(())).await;
+        assert!(!matches!(&call, Err(BackendError::Unavailable { reason, .. }) if reason.contains("slots for Ceph calls")), "{call:?}");
+        // And a CSI call stuck in librados leaves the health check its slot.
+        stuck.await.unwrap().unwrap_err();
+        let csi = {
+            let connector = connector.clone();
+            tokio::spawn(async move { connector.run("grow volume", df).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let check = connector.run_health("health check", |_, _| Ok(())).await;
+        assert!(!matches!(&check, Err(BackendError::Unavailable { .. })), "{check:?}");
+        csi.await.unwrap().unwrap_err();
     }
 }

@@ -124,6 +124,16 @@ impl Shared {
         let shared = Arc::clone(self);
         self.connector.run(step, move |conn, deadline| work(&Call { shared: &shared, conn, deadline })).await
     }
+
+    /// Like [`run`](Self::run), in the health check's own slot.
+    pub(crate) async fn run_health<T, F>(self: &Arc<Self>, step: &str, work: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Call<'_>) -> Result<T, RbdError> + Send + 'static,
+    {
+        let shared = Arc::clone(self);
+        self.connector.run_health(step, move |conn, deadline| work(&Call { shared: &shared, conn, deadline })).await
+    }
 }
 
 /// A listed volume and its entry, or why the entry cannot be read.

@@ -11,6 +11,7 @@ use swell_storage::{BackendError, ExpansionRecord, ExpansionStore, Hold, RbdVolu
 
 use crate::commit::{Change, Outcome};
 use crate::context::{ListedVolume, Shared};
+use crate::errors::RbdError;
 use crate::lease::{Acquired, VolumeLease, remove_lock_object};
 use crate::state::{self, Entry, Phase};
 
@@ -27,11 +28,13 @@ impl RbdStore {
     fn volume(&self, id: &VolumeId, step: &str) -> Result<RbdVolume, BackendError> {
         self.shared.ours(id, step)?.ok_or_else(|| BackendError::NotFound(id.clone()))
     }
-}
 
-#[async_trait::async_trait]
-impl ExpansionStore for RbdStore {
-    async fn hold(&self, id: &VolumeId) -> Result<Option<Hold>, BackendError> {
+    /// Holds `id`'s volume: its RADOS lock, which is a write of the lock
+    /// object. With `existing_only`, an id the pool's state has no entry
+    /// for is NotFound and nothing is written: a crafted id must not leave
+    /// a `swell.lock.<image>` object behind. Creates hold a volume before
+    /// its entry exists, so they do not ask for that.
+    pub(crate) async fn hold_volume(&self, id: &VolumeId, existing_only: bool) -> Result<Option<Hold>, BackendError> {
         let volume = self.volume(id, "hold")?;
         let shared = &self.shared;
         if let Some(kept) = shared.lingering().take(&volume.pool, &volume.image).await {
@@ -41,10 +44,13 @@ impl ExpansionStore for RbdStore {
         // lock whose moment passed): wait for that rather than refuse.
         shared.lingering().wait_unlocked(&volume.pool, &volume.image, shared.call_deadline()).await;
         let Some(local) = shared.local_holds().try_acquire(&id.to_string()) else { return Ok(None) };
-        let (pool, image) = (volume.pool.clone(), volume.image.clone());
+        let (pool, image, unknown) = (volume.pool.clone(), volume.image.clone(), id.clone());
         let acquired = shared
             .run("lock volume", move |call| {
                 let pool = call.existing_pool(&pool)?;
+                if existing_only && pool.entry(&image)?.is_none() {
+                    return Err(RbdError::Refused(BackendError::NotFound(unknown)));
+                }
                 call.shared().leases().acquire(call.conn(), pool.io(), &image)
             })
             .await?;
@@ -66,6 +72,13 @@ impl ExpansionStore for RbdStore {
                 Ok(None)
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl ExpansionStore for RbdStore {
+    async fn hold(&self, id: &VolumeId) -> Result<Option<Hold>, BackendError> {
+        self.hold_volume(id, true).await
     }
 
     async fn record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, BackendError> {

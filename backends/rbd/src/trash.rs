@@ -4,28 +4,72 @@
 //! in the background: every housekeeping pass removes Swell's trashed
 //! images, a few at once, within the call's deadline.
 //!
-//! Swell's trashed images are the ones whose name has the shape of a Swell
-//! image (`swell-<32 hex>`, see `swell_storage::rbd_volume`): the marker,
-//! as other clients' images in the same pool never have it. A trashed image
-//! that some client still watches (a node that has not let go, or a watch
-//! Ceph still lists for a dead client) is refused by librbd (EBUSY) and
-//! stays for a later pass: nothing is ever removed under a watcher, nor
-//! under a clone that still reads from it (ENOTEMPTY: its snapshot trash
-//! keeps the clones' parent snapshots).
+//! A pool is shared with other installs of Swell and other tools, and an
+//! image name of Swell's shape (`swell-<32 hex>`) proves nothing. So before
+//! Swell moves an image to the trash it records the image's RBD id (which
+//! names it in the trash) in the pool's `swell.trashed` object, and a purge
+//! removes only trashed images recorded there; an entry leaves the record
+//! once its image is gone. A trashed image that some client still watches
+//! (a node that has not let go, or a watch Ceph still lists for a dead
+//! client) is refused by librbd (EBUSY) and stays for a later pass: nothing
+//! is ever removed under a watcher, nor under a clone that still reads from
+//! it (ENOTEMPTY: its snapshot trash keeps the clones' parent snapshots).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use swell_storage::rbd_volume::is_swell_image;
-
 use crate::errors::RbdError;
-use crate::ffi::{Errno, IoCtx, TrashEntry};
+use crate::ffi::{Errno, IoCtx, ReadOp, TrashEntry, WriteOp};
+use crate::header;
 use crate::parallel::in_parallel;
 
-/// Moves `image` to the trash; an image already gone is no error.
+/// The object whose omap keys are the RBD ids of the images Swell moved to
+/// the pool's trash (values: the names they had).
+pub(crate) const TRASHED_OBJECT: &str = "swell.trashed";
+/// Keys read from the record per round trip.
+const RECORD_PAGE: u64 = 1000;
+
+/// Records `image` as Swell's and moves it to the trash; an image already
+/// gone is no error.
 pub(crate) fn move_to_trash(io: &IoCtx, image: &str) -> Result<(), Errno> {
+    let Some(image_id) = header::image_id(io, image)? else { return Ok(()) };
+    let mut record = WriteOp::default();
+    record.create(false).omap_set(&[(image_id.as_str(), image.as_bytes())]);
+    record.operate(io, TRASHED_OBJECT)?;
     match io.trash_move(image) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The RBD ids Swell recorded as moved to the trash, with the names.
+fn recorded(io: &IoCtx) -> Result<BTreeMap<String, String>, Errno> {
+    let mut ids = BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let mut op = ReadOp::default();
+        op.omap_page(&after, "", RECORD_PAGE)?;
+        let page = match op.operate(io, TRASHED_OBJECT) {
+            Ok(mut out) => out.omaps.pop().unwrap_or_default(),
+            Err(Errno::ENOENT) => return Ok(ids),
+            Err(e) => return Err(e),
+        };
+        let Some((last, _)) = page.entries.last() else { return Ok(ids) };
+        after = last.clone();
+        ids.extend(page.entries.into_iter().map(|(id, name)| (id, String::from_utf8_lossy(&name).into_owned())));
+        if !page.more {
+            return Ok(ids);
+        }
+    }
+}
+
+/// Drops `image_id` from the record: its image is gone.
+fn forget(io: &IoCtx, image_id: &str) -> Result<(), Errno> {
+    let mut op = WriteOp::default();
+    op.omap_rm(&[image_id]);
+    match op.operate(io, TRASHED_OBJECT) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e),
     }
@@ -45,11 +89,23 @@ pub(crate) struct Purged {
 /// Removes Swell's trashed images in `pool`, `concurrency` at a time,
 /// within `deadline` (see [`crate::parallel::in_parallel`]).
 pub(crate) fn purge(io: &IoCtx, pool: &str, concurrency: usize, deadline: Instant, op_timeout: Duration) -> Result<Purged, RbdError> {
+    let ours = recorded(io).map_err(|e| RbdError::osd(format!("read {TRASHED_OBJECT} in pool {pool}"), e, None))?;
+    if ours.is_empty() {
+        return Ok(Purged::default());
+    }
     let entries: Vec<TrashEntry> = match io.trash_list() {
-        Ok(entries) => entries.into_iter().filter(|e| is_swell_image(&e.name)).collect(),
-        Err(Errno::ENOENT) => return Ok(Purged::default()),
+        Ok(entries) => entries.into_iter().filter(|e| ours.contains_key(&e.id)).collect(),
+        Err(Errno::ENOENT) => Vec::new(),
         Err(e) => return Err(RbdError::osd(format!("rbd_trash_list in pool {pool}"), e, None)),
     };
+    // Recorded but not in the trash: gone (or restored by someone), unless
+    // the image still has that id under its name (its move is still coming).
+    for (image_id, name) in ours.iter().filter(|(id, _)| !entries.iter().any(|e| &&e.id == id)) {
+        let moving = header::image_id(io, name).map_err(|e| RbdError::osd(format!("read the id of {name} in pool {pool}"), e, None))?;
+        if moving.as_deref() != Some(image_id.as_str()) {
+            forget(io, image_id).map_err(|e| RbdError::osd(format!("update {TRASHED_OBJECT} in pool {pool}"), e, None))?;
+        }
+    }
     let purged = Mutex::new(Purged::default());
     in_parallel(&entries, concurrency, deadline, op_timeout, |entry| {
         let outcome = io.trash_remove(&entry.id);
@@ -58,6 +114,10 @@ pub(crate) fn purge(io: &IoCtx, pool: &str, concurrency: usize, deadline: Instan
             Ok(()) | Err(Errno::ENOENT) => {
                 tracing::info!(pool, image = entry.name, trash_id = entry.id, "removed a trashed image");
                 purged.removed += 1;
+                // Left in the record if this fails: the next pass finds the image gone (ENOENT) and tries again.
+                if let Err(e) = forget(io, &entry.id) {
+                    tracing::warn!(pool, trash_id = entry.id, error = %e, "cannot drop a removed image from the trash record");
+                }
             }
             Err(Errno::EBUSY) => {
                 tracing::debug!(pool, image = entry.name, "trashed image still has watchers");

@@ -96,9 +96,14 @@ pub(crate) fn delete(call: &Call<'_>, volume: &RbdVolume) -> Result<(), RbdError
             pool.commit(tombstone).map(drop)
         }
         Some(_) => Ok(()),
-        // An image without an entry (its delete was cut off after the entry
-        // went, or it predates entries): moved away now.
-        None => retire_volume(&pool, &volume.id(), &volume.image),
+        // No entry: not a volume of this install (another install's on a
+        // shared pool, or an image another tool made with a Swell-shaped
+        // name), or one whose delete finished. Deleted, as the CSI spec
+        // lets an unknown id be, and left alone.
+        None => {
+            tracing::info!(volume.id = %volume.id(), "delete of a volume with no entry in the pool's state: nothing of ours to delete");
+            Ok(())
+        }
     }
 }
 

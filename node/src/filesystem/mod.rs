@@ -6,7 +6,10 @@
 
 mod btrfs;
 mod ext4;
+mod options;
 mod xfs;
+
+pub(crate) use options::DEFAULT_OPTIONS;
 
 use std::fmt;
 use std::path::Path;

@@ -137,8 +137,11 @@ impl FakeSystem {
     }
 }
 
+/// The failure set for `operation`: "TIMEOUT" is the deadline of a host
+/// call that is still running on its thread; anything else an I/O error.
 fn failure(model: &Model, operation: &str, step: String) -> Result<(), NodeError> {
     match model.failing.get(operation) {
+        Some(message) if message == "TIMEOUT" => Err(NodeError::Timeout { step, after: std::time::Duration::from_secs(30) }),
         Some(message) => Err(NodeError::io(step, std::io::Error::other(message.clone()))),
         None => Ok(()),
     }
