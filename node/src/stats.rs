@@ -42,8 +42,8 @@ pub struct VolumeStats {
 /// Reads a volume's stats at `volume_path`.
 pub async fn stats(ctx: &NodeContext, req: Stats) -> Result<VolumeStats, NodeError> {
     let attacher = ctx.attachers.for_volume(&req.volume)?;
-    if tokio::fs::symlink_metadata(&req.volume_path).await.is_err() {
-        return Err(NodeError::PathNotFound { path: req.volume_path });
+    if let Err(e) = tokio::fs::symlink_metadata(&req.volume_path).await {
+        return Err(NodeError::stat_failed(req.volume_path, e));
     }
     let record = ctx.staging.read(&req.volume).await?;
     let backing = attacher.backing_size(&req.volume).await?;
