@@ -40,11 +40,11 @@ async fn unpublish_unstage(rig: &mut Rig, id: &str, target: &Path) {
 }
 
 /// Streams records through `data` while the volume grows from FROM to TO.
-async fn grow_under_streams(rig: &mut Rig, id: &str, target: &Path, data: &Path, limit: u64) {
+async fn grow_under_streams(rig: &mut Rig, id: &str, capability: VolumeCapability, target: &Path, data: &Path, limit: u64) {
     let streams = Streams::start(data, &rig.dir, limit).unwrap();
     assert!(streams.wait_for(20, Duration::from_secs(60)).await, "the writer did not get going");
     rig.grow(&id.parse().unwrap(), TO).await;
-    let expand = requests::node_expand(id, &target.display().to_string(), "", TO as i64, None);
+    let expand = requests::node_expand(id, &target.display().to_string(), &rig.path("staging"), TO as i64, capability);
     let grown = rig.node.node_expand_volume(expand).await.unwrap().into_inner();
     assert_eq!(grown.capacity_bytes as u64, TO);
     let at_grow = streams.written();
@@ -58,7 +58,7 @@ async fn filesystem_grows_under_a_streaming_writer(fs: &str) {
     let id = rig.volume(&format!("pvc-io-{fs}"), FROM).await.to_string();
     let target = stage_publish(&mut rig, &id, mount_capability(fs), "pods/p/vol").await;
     // Well inside the first size: the filesystem's own metadata needs room too.
-    grow_under_streams(&mut rig, &id, &target, &target.join("stream.dat"), (FROM / 2) / RECORD as u64).await;
+    grow_under_streams(&mut rig, &id, mount_capability(fs), &target, &target.join("stream.dat"), (FROM / 2) / RECORD as u64).await;
     let stats = rig.node.node_get_volume_stats(requests::stats(&id, &target.display().to_string())).await.unwrap().into_inner();
     let total = total_bytes(&stats).unwrap() as u64;
     assert!(total > TO * 85 / 100 && total <= TO, "{fs} grew to {total}");
@@ -80,7 +80,7 @@ async fn a_raw_block_volume_grows_under_a_streaming_writer() {
     let Some(mut rig) = rig("node_online_io_block").await else { return };
     let id = rig.volume("pvc-io-block", FROM).await.to_string();
     let target = stage_publish(&mut rig, &id, block_capability(), "pods/p/dev/blk").await;
-    grow_under_streams(&mut rig, &id, &target, &target, FROM / RECORD as u64).await;
+    grow_under_streams(&mut rig, &id, block_capability(), &target, &target, FROM / RECORD as u64).await;
     unpublish_unstage(&mut rig, &id, &target).await;
 }
 
@@ -96,7 +96,7 @@ async fn raw_block_data_survives_the_grow_and_an_open_descriptor_sees_the_new_si
     assert_eq!(device.seek(SeekFrom::End(0)).unwrap(), 64 * MIB);
 
     rig.grow(&id.parse().unwrap(), 128 * MIB).await;
-    let expand = requests::node_expand(&id, &target.display().to_string(), "", (128 * MIB) as i64, None);
+    let expand = requests::node_expand(&id, &target.display().to_string(), &rig.path("staging"), (128 * MIB) as i64, block_capability());
     rig.node.node_expand_volume(expand).await.unwrap();
 
     assert_eq!(device.seek(SeekFrom::End(0)).unwrap(), 128 * MIB, "the descriptor opened before the grow sees the new size");

@@ -51,7 +51,7 @@ async fn resize_and_expand(rig: &mut Rig, name: &str, id: &str, sum: &str) {
     let before = total_bytes(&stats(rig, id, &target).await);
     rig.resize(name, GIB);
     let started = Instant::now();
-    let expand = requests::node_expand(id, &target, "", GIB as i64, None);
+    let expand = requests::node_expand(id, &target, &rig.path("staging"), GIB as i64, mount_capability("xfs"));
     let grown = rig.node.node_expand_volume(expand.clone()).await.unwrap().into_inner();
     println!("NodeExpandVolume over rbd-fuse took {:?}", started.elapsed());
     assert_eq!(grown.capacity_bytes as u64, GIB, "capacity is the image's new size exactly");
@@ -108,10 +108,10 @@ async fn rbd_block_volume_grows_with_its_image() {
     assert!(host::is_mount_point(Path::new(&target)));
     assert_eq!(total_bytes(&stats(&mut rig, &id, &target).await), 512 * MIB);
     rig.resize("node-blk", GIB);
-    let grown = rig.node.node_expand_volume(requests::node_expand(&id, &target, "", GIB as i64, None)).await.unwrap();
+    let grown = rig.node.node_expand_volume(requests::node_expand(&id, &target, &staging, GIB as i64, block_capability())).await.unwrap();
     assert_eq!(grown.into_inner().capacity_bytes as u64, GIB);
     assert_eq!(total_bytes(&stats(&mut rig, &id, &target).await), GIB);
-    let too_big = requests::node_expand(&id, &target, "", (2 * GIB) as i64, None);
+    let too_big = requests::node_expand(&id, &target, &staging, (2 * GIB) as i64, block_capability());
     let status = rig.node.node_expand_volume(too_big).await.expect_err("image smaller than required");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     unpublish_unstage_clean(&mut rig, "node-blk", &id, &target).await;

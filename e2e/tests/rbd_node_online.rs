@@ -35,11 +35,11 @@ async fn unpublish_unstage_clean(rig: &mut Rig, name: &str, id: &str, target: &P
 }
 
 /// Streams records through `data` while the image grows from FROM to 1 GiB.
-async fn grow_under_streams(rig: &mut Rig, name: &str, id: &str, target: &Path, data: &Path, limit: u64) {
+async fn grow_under_streams(rig: &mut Rig, name: &str, id: &str, capability: csi_proto::v1::VolumeCapability, target: &Path, data: &Path, limit: u64) {
     let streams = Streams::start(data, &rig.dir, limit).unwrap();
     assert!(streams.wait_for(20, Duration::from_secs(60)).await, "the writer did not get going");
     rig.resize(name, GIB);
-    let expand = requests::node_expand(id, &target.display().to_string(), "", GIB as i64, None);
+    let expand = requests::node_expand(id, &target.display().to_string(), &rig.path("staging"), GIB as i64, capability);
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, GIB);
     let at_grow = streams.written();
     assert!(streams.wait_for(at_grow + 20, Duration::from_secs(60)).await, "the writer stalled after the grow");
@@ -52,7 +52,7 @@ async fn rbd_xfs_grows_under_a_streaming_writer() {
     let Some(mut rig) = node_rig("rbd_node_online_xfs").await else { return };
     let id = rig.image("online-xfs", FROM);
     let target = stage_publish(&mut rig, &id, mount_capability("xfs"), "pods/p/vol").await;
-    grow_under_streams(&mut rig, "online-xfs", &id, &target, &target.join("stream.dat"), (FROM / 2) / RECORD as u64).await;
+    grow_under_streams(&mut rig, "online-xfs", &id, mount_capability("xfs"), &target, &target.join("stream.dat"), (FROM / 2) / RECORD as u64).await;
     let stats = rig.node.node_get_volume_stats(requests::stats(&id, &target.display().to_string())).await.unwrap().into_inner();
     assert!(total_bytes(&stats).unwrap() as u64 > GIB * 85 / 100, "xfs did not grow to about 1 GiB");
     unpublish_unstage_clean(&mut rig, "online-xfs", &id, &target).await;
@@ -65,7 +65,7 @@ async fn rbd_raw_block_grows_under_a_streaming_writer_and_an_open_descriptor_see
     let target = stage_publish(&mut rig, &id, block_capability(), "pods/p/dev/blk").await;
     let mut opened_before = std::fs::File::open(&target).unwrap();
     assert_eq!(opened_before.seek(SeekFrom::End(0)).unwrap(), FROM);
-    grow_under_streams(&mut rig, "online-blk", &id, &target, &target, FROM / RECORD as u64).await;
+    grow_under_streams(&mut rig, "online-blk", &id, block_capability(), &target, &target, FROM / RECORD as u64).await;
     assert_eq!(opened_before.seek(SeekFrom::End(0)).unwrap(), GIB, "a descriptor opened before the grow sees the new size");
     drop(opened_before);
     unpublish_unstage_clean(&mut rig, "online-blk", &id, &target).await;
@@ -85,7 +85,7 @@ async fn rbd_volume_grown_while_unstaged_comes_up_at_the_new_size() {
     println!("rbd: xfs came up at {total} bytes over the 1 GiB image");
     assert!(total > GIB * 85 / 100 && total <= GIB, "{total}");
     stream_io::verify(&data, 32).unwrap();
-    let expand = requests::node_expand(&id, &target.display().to_string(), "", GIB as i64, None);
+    let expand = requests::node_expand(&id, &target.display().to_string(), &rig.path("staging"), GIB as i64, mount_capability("xfs"));
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, GIB);
     unpublish_unstage_clean(&mut rig, "unstaged", &id, &target).await;
 }
@@ -106,7 +106,7 @@ async fn rbd_node_killed_mid_expand_with_the_volume_published_finishes_after_res
     let before = statvfs_total(Path::new(&target)).unwrap();
 
     rig.resize("killed", GIB);
-    let expand = requests::node_expand(&id, &target, "", GIB as i64, None);
+    let expand = requests::node_expand(&id, &target, &staging, GIB as i64, mount_capability("xfs"));
     let call = tokio::spawn({
         let (mut node, expand) = (node.clone(), expand.clone());
         async move { node.node_expand_volume(expand).await }
