@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Swell test: unit tests, the conformance suite and the lifecycle
 # tests on real loop devices, filesystems and mounts, the RBD suites, the
-# local-only build (no Ceph linked) and the offline checks of deploy/. Tests
+# local-only build (no Ceph linked), the offline checks of deploy/ and the
+# kube lane (deploy/ on a one-node Kubernetes, where its binaries are). Tests
 # that cannot run on this machine (no root, loop devices or FUSE) are listed
 # at the end with their reason and counted as skipped, not passed; with
 # CI=true a program the install step provides is required. A Ceph cluster
@@ -28,6 +29,11 @@ target/test-venv/bin/python e2e/deploy/check_manifests.py || status=1
 # never rots: every figure must still be measurable; no timing is judged.
 target/debug/swell-bench --short --out target/bench-short >target/bench-short.log 2>&1 ||
   { tail -40 target/bench-short.log; echo "swell-bench --short failed (log: target/bench-short.log)" >&2; status=1; }
+
+# The kube lane (e2e/kube/README.md): Swell deployed from deploy/ on a
+# one-node Kubernetes, the user's scenarios under a real kubelet; its
+# "test result:" lines count below.
+e2e/kube/lane.sh 2>&1 | tee -a "$log" || status=1
 
 # Each line: test<TAB>reason. A skipped test returned at once, and cargo
 # counted it as passed: take it out of the passed and into the skipped.
