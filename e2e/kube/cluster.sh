@@ -237,7 +237,8 @@ authorization: { mode: Webhook }
 # kubelet calls NodeExpandVolume for a mounted volume only when it syncs the
 # pod, every syncFrequency (default 1m: the claim waits up to a minute after
 # the resizer is done). 10s keeps the lane short; the scenarios measure it.
-syncFrequency: 10s
+# SWELL_KUBE_SYNC_FREQUENCY=1m measures the default.
+syncFrequency: ${SWELL_KUBE_SYNC_FREQUENCY:-10s}
 # Images are preloaded (no registry): never collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99

@@ -5,6 +5,7 @@
 # result:" lines, which its closing line counts.
 #
 #   e2e/kube/lane.sh
+#   SWELL_KUBE_ONLY=rbd::steady::snapshot e2e/kube/lane.sh   # some scenarios, then the cleanup check
 #
 # Needs the Kubernetes binaries in ../shared/kube (SWELL_KUBE_SOURCE): without
 # them the scenarios are counted as skipped, and under CI=true that is a
@@ -83,6 +84,11 @@ teardown() {
   say "tearing down (scenarios: $([[ $status == 0 ]] && echo passed || echo "exit $status"))"
   if [[ -f $dir/env ]] && KUBECONFIG=$dir/admin.kubeconfig timeout 10 kubectl get --raw /readyz >/dev/null 2>&1; then
     export KUBECONFIG=$dir/admin.kubeconfig
+    # Swell's logs, before its pods go (kubelet removes a deleted pod's logs).
+    mkdir -p "$dir/log/pods"
+    for pod in $(kubectl -n swell-system get pods -o name 2>/dev/null); do
+      timeout 30 kubectl -n swell-system logs "$pod" --all-containers --prefix >"$dir/log/pods/${pod#pod/}.log" 2>&1
+    done
     # Claims first, while the node plugin runs to unmount them, then Swell.
     for ns in $(kubectl get ns -o jsonpath='{.items[*].metadata.name}'); do
       case $ns in default | kube-* | swell-system) ;; *) timeout 200 kubectl delete ns "$ns" --wait=true --timeout=180s ;; esac
@@ -93,6 +99,11 @@ teardown() {
     timeout 150 kubectl delete ns swell-system --wait=true --timeout=120s
   fi
   e2e/kube/cluster.sh down "$dir" || clean=1
+  # A Ceph cluster still starting in the background stops starting first.
+  if [[ -n ${ceph_up:-} ]] && kill -0 "$ceph_up" 2>/dev/null; then
+    kill "$ceph_up" 2>/dev/null
+    wait "$ceph_up" 2>/dev/null
+  fi
   if [[ -d $ceph_dir ]]; then
     e2e/ceph/cluster.sh down "$ceph_dir" --purge || clean=1
   fi
@@ -179,10 +190,15 @@ say "the RBD overlay and the webhook with RBD applied"
 # 3. The scenarios: steady ones side by side, each disruptive one for both
 # backends at once, then the check that nothing is left.
 status=0
-scenarios --test-threads=12 ::steady:: || status=1
-for scenario in node_plugin_killed controller_leader_deleted kep1790 swell_volumes_shows; do
-  scenarios --test-threads=2 "::disruptive::$scenario" || status=1
-done
+if [[ -n ${SWELL_KUBE_ONLY:-} ]]; then
+  # A developer's run of some scenarios (a libtest filter), then the cleanup check.
+  scenarios --test-threads=12 "$SWELL_KUBE_ONLY" || status=1
+else
+  scenarios --test-threads=12 ::steady:: || status=1
+  for scenario in node_plugin_killed controller_leader_deleted kep1790 swell_volumes_shows; do
+    scenarios --test-threads=2 "::disruptive::$scenario" || status=1
+  done
+fi
 scenarios --test-threads=2 ::cleanup:: || status=1
 say "scenarios done"
 exit "$status"

@@ -94,6 +94,8 @@ pub struct Lane {
     pub overlays: Option<String>,
     /// The lane's containerd socket (README's image import uses it).
     pub containerd: Option<String>,
+    /// Where the lane keeps logs: the logs of pods a scenario deletes go there first.
+    pub logs: Option<String>,
 }
 
 pub fn lane() -> &'static Lane {
@@ -103,6 +105,7 @@ pub fn lane() -> &'static Lane {
         ceph_admin_conf: std::env::var("SWELL_KUBE_CEPH_ADMIN_CONF").ok(),
         overlays: std::env::var("SWELL_KUBE_OVERLAYS").ok(),
         containerd: std::env::var("SWELL_KUBE_CONTAINERD").ok(),
+        logs: std::env::var("SWELL_KUBE_LOGS").ok(),
     })
 }
 
@@ -185,6 +188,17 @@ pub fn system(args: &[&str]) -> String {
     let mut all = vec!["-n", "swell-system"];
     all.extend_from_slice(args);
     kubectl(&all)
+}
+
+/// Keeps the logs of Swell's pod `pod` in the lane's log directory before a
+/// scenario deletes it: kubelet removes a deleted pod's logs.
+pub fn keep_logs(pod: &str) {
+    let Some(dir) = &lane().logs else { return };
+    let ran = try_kubectl(&["-n", "swell-system", "logs", pod, "--all-containers", "--prefix"], None);
+    let dir = std::path::Path::new(dir).join("pods");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join(format!("{pod}.log")), strip_ansi(&ran.stdout));
+    }
 }
 
 /// Runs `command` in the node plugin's `swell-node` container (privileged,

@@ -346,6 +346,8 @@ struct NodePluginHold;
 
 impl NodePluginHold {
     fn hold() {
+        let pods = system(&["get", "pods", "-l", "app.kubernetes.io/component=node", "-o", "jsonpath={.items[*].metadata.name}"]);
+        pods.split_whitespace().for_each(keep_logs);
         system(&["patch", "daemonset", "swell-node", "-p", r#"{"spec":{"template":{"spec":{"nodeSelector":{"swell.test/hold-node-plugin":"true"}}}}}"#]);
         system(&["delete", "pod", "-l", "app.kubernetes.io/component=node", "--grace-period=0", "--force", "--wait=false"]);
         wait_for("the node plugin gone", Duration::from_secs(60), POLL, |last| {
@@ -404,6 +406,7 @@ fn delete_resizer_leader() -> (String, String) {
     let leader = text(&lease, "/spec/holderIdentity").to_owned();
     let pods = system(&["get", "pods", "-l", "app.kubernetes.io/component=controller", "-o", "jsonpath={.items[*].metadata.name}"]);
     let survivor = pods.split_whitespace().find(|p| *p != leader).unwrap_or_else(|| panic!("no second controller replica beside {leader}: {pods}")).to_owned();
+    keep_logs(&leader);
     system(&["delete", "pod", &leader, "--grace-period=0", "--force", "--wait=false"]);
     (leader, survivor)
 }
