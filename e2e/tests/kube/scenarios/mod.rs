@@ -100,16 +100,32 @@ fn timing(test: &str, what: &str, took: Duration) {
     println!("KUBE-TIMING {test}: {what} {} ms", took.as_millis());
 }
 
-/// The resizer's leader; deleting it (force, no lease release) leaves a
-/// resize to the other replica once the lease runs out. Returns (deleted,
-/// survivor) pod names.
+/// The resizer's leader deleted: a plain `kubectl delete pod`, waited for,
+/// so it cannot act on what comes after; the sidecars do not release their
+/// lease when they stop, so a resize waits for the other replica to take it
+/// over once it runs out (15 s). Both replicas run first, the leader among
+/// them. Returns (deleted, survivor) pod names.
 fn delete_resizer_leader() -> (String, String) {
-    let lease = get(&["-n", "swell-system", "lease", "external-resizer-swell-csi-storage"]).expect("the resizer's lease");
-    let leader = text(&lease, "/spec/holderIdentity").to_owned();
-    let pods = system(&["get", "pods", "-l", "app.kubernetes.io/component=controller", "-o", "jsonpath={.items[*].metadata.name}"]);
-    let survivor = pods.split_whitespace().find(|p| *p != leader).unwrap_or_else(|| panic!("no second controller replica beside {leader}: {pods}")).to_owned();
+    system(&["rollout", "status", "deployment/swell-controller", "--timeout=180s"]);
+    let (leader, survivor) = wait_for("a running replica leading the resizer, another beside it", Duration::from_secs(90), Duration::from_secs(1), |last| {
+        let lease = get(&["-n", "swell-system", "lease", "external-resizer-swell-csi-storage"])?;
+        let leader = text(&lease, "/spec/holderIdentity").to_owned();
+        let pods = system(&[
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=controller",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        *last = format!("leader {leader}, running {pods}");
+        let running: Vec<&str> = pods.split_whitespace().collect();
+        let survivor = running.iter().find(|p| **p != leader)?;
+        running.contains(&leader.as_str()).then(|| (leader.clone(), (*survivor).to_owned()))
+    });
     keep_logs(&leader);
-    system(&["delete", "pod", &leader, "--grace-period=0", "--force", "--wait=false"]);
+    system(&["delete", "pod", &leader, "--wait=true", "--timeout=120s"]);
     (leader, survivor)
 }
 
