@@ -1,35 +1,36 @@
 //! Reading every volume and its expansion record as the controller reads
-//! them: the backends built from the controller's own flags
-//! (`swell_controller::server::backends`), the records through its
-//! expander, each call under the backends' deadline. Nothing is written.
+//! them: the backends opened from the controller's own flags
+//! ([`swell_backends::open`]), each record from its backend's store, each
+//! call under the backends' deadline. Nothing is written.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use swell_controller::Backends;
-use swell_controller::cli::BackendArgs;
-use swell_controller::error::ControllerError;
-use swell_controller::expand::Expander;
-use swell_storage::expansion_files::ExpansionRecords;
+use swell_backends::{BackendArgs, Backends, CallError};
 use swell_storage::{BackendError, ExpansionRecord, VolumeId, VolumeInfo};
+
+use crate::error::CliError;
 
 /// Records read per call to a store.
 const PAGE: usize = 500;
 
 /// The controller's backends and records, opened read-only.
-pub struct Reader {
+pub(crate) struct Reader {
     backends: Backends,
-    expander: Expander,
 }
 
 /// What a look at every volume found.
 #[derive(Default)]
-pub struct Everything {
+pub(crate) struct Everything {
     /// Each backend's volumes, with the backend's kind.
     pub volumes: Vec<(&'static str, VolumeInfo)>,
     /// Every expansion record, by volume id.
-    pub records: HashMap<String, ExpansionRecord>,
+    pub records: HashMap<VolumeId, ExpansionRecord>,
+    /// Every record found but not read, by volume id, with why.
+    pub unreadable: HashMap<VolumeId, String>,
+    /// The kinds of the backends whose listed sizes are the ones their
+    /// records last saw ([`swell_storage::Backend::lists_recorded_sizes`]).
+    pub recorded_sizes: Vec<&'static str>,
     /// What could not be read, and why.
     pub problems: Vec<String>,
 }
@@ -37,24 +38,24 @@ pub struct Everything {
 impl Reader {
     /// Opens the backends and records `args` name; refuses state
     /// directories that do not exist rather than creating them.
-    pub fn open(args: &BackendArgs) -> Result<Self, String> {
+    pub(crate) fn open(args: &BackendArgs) -> Result<Self, CliError> {
         for (flag, dir) in [("--state-dir", &args.state_dir), ("--local-state-dir", &args.local_state_dir)] {
             if !Path::new(dir).is_dir() {
-                return Err(format!("{flag} {} does not exist: give the directory the controller uses", dir.display()));
+                return Err(CliError::NoDirectory { flag, dir: dir.clone() });
             }
         }
-        let backends = swell_controller::server::backends(&args.local_state_dir, args.local_capacity_bytes, args.backend_timeout(), &args.options())
-            .map_err(|e| e.to_string())?;
-        let records = ExpansionRecords::open(&args.state_dir).map_err(|e| format!("expansion records under {}: {e}", args.state_dir.display()))?;
-        Ok(Reader { expander: Expander::new(backends.clone(), Arc::new(records)), backends })
+        Ok(Reader { backends: swell_backends::open(&args.config())? })
     }
 
     /// Every volume and every record, backend by backend; `step` is told
     /// what is being read.
-    pub async fn everything(&self, step: impl Fn(String)) -> Everything {
+    pub(crate) async fn everything(&self, step: impl Fn(String)) -> Everything {
         let mut found = Everything::default();
         for backend in self.backends.all() {
             let kind = backend.kind();
+            if backend.lists_recorded_sizes() {
+                found.recorded_sizes.push(kind);
+            }
             // A page a call, so each call's deadline covers a page, not every volume.
             let mut after: Option<VolumeId> = None;
             loop {
@@ -76,7 +77,7 @@ impl Reader {
                 }
             }
         }
-        for (kind, store) in self.expander.stores() {
+        for (kind, store) in self.backends.stores() {
             let mut after: Option<VolumeId> = None;
             loop {
                 step(format!("reading {kind} expansion records ({} so far)", found.records.len()));
@@ -87,9 +88,10 @@ impl Reader {
                         break;
                     }
                 };
-                let last = page.last().and_then(|r| r.volume_id.parse().ok());
+                let last = page.last().cloned();
                 let full = page.len() == PAGE;
-                found.records.extend(page.into_iter().map(|r| (r.volume_id.clone(), r)));
+                found.unreadable.extend(page.unreadable.into_iter().map(|u| (u.volume, u.reason)));
+                found.records.extend(page.readable.into_iter().map(|r| (r.volume_id.clone(), r)));
                 match last {
                     Some(last) if full => after = Some(last),
                     _ => break,
@@ -101,16 +103,16 @@ impl Reader {
 
     /// One volume, read now: its backend's kind, its size (`None`: the
     /// backend has no such volume) and its record.
-    pub async fn one(&self, id: &VolumeId) -> Result<(&'static str, Option<u64>, Option<ExpansionRecord>), String> {
-        let backend = self.backends.for_volume(id).ok_or_else(|| format!("no {} backend is configured here for {id}", id.backend()))?;
+    pub(crate) async fn one(&self, id: &VolumeId) -> Result<(&'static str, Option<u64>, Option<ExpansionRecord>), CliError> {
+        let backend = self.backends.for_volume(id).ok_or_else(|| CliError::NoBackend { volume: id.clone() })?;
         let key = id.to_string();
-        let (size, record) = tokio::join!(self.backends.call("read volume", &key, backend.volume(id)), self.expander.record(id));
-        let size = size.map_err(|e| e.to_string())?.map(|v| v.size_bytes);
+        let (size, record) = tokio::join!(self.backends.call("read volume", &key, backend.volume(id)), self.backends.record(id));
+        let size = size?.map(|v| v.size_bytes);
         let record = match record {
             Ok(record) => record,
             // A store that answers for known volumes only (RBD's pool state).
-            Err(ControllerError::Backend { source: BackendError::NotFound(_), .. }) => None,
-            Err(err) => return Err(err.to_string()),
+            Err(CallError { source: BackendError::NotFound(_), .. }) => None,
+            Err(err) => return Err(err.into()),
         };
         Ok((backend.kind(), size, record))
     }

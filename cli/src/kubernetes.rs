@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::Api;
-use swell_webhook::quantity;
-use swell_webhook::volumes::volume_handle;
+use swell_k8s::{quantity, volume_handle};
 
+use crate::error::KubernetesError;
 use crate::view::Claim;
 
 /// What asking Kubernetes gave.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// No configuration found: Kubernetes was not asked.
     NotConfigured(String),
     /// The claims of the driver's volumes, by volume handle.
@@ -24,21 +24,21 @@ pub enum Answer {
 
 /// The claims of `driver`'s volumes, read within `deadline`; an error when
 /// a configuration was found but the API server did not answer.
-pub async fn claims(driver: &str, deadline: Duration) -> Result<Answer, String> {
+pub(crate) async fn claims(driver: &str, deadline: Duration) -> Result<Answer, KubernetesError> {
     let config = match tokio::time::timeout(deadline, kube::Config::infer()).await {
         Ok(Ok(config)) => config,
         Ok(Err(err)) => return Ok(Answer::NotConfigured(err.to_string())),
-        Err(_) => return Err(format!("reading the Kubernetes configuration took longer than {deadline:?}")),
+        Err(_) => return Err(KubernetesError::ConfigTimeout(deadline)),
     };
     let server = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config).map_err(|e| format!("Kubernetes client for {server}: {e}"))?;
+    let client = kube::Client::try_from(config).map_err(|source| KubernetesError::Client { server: server.clone(), source })?;
     let (pvs, pvcs) = (Api::<PersistentVolume>::all(client.clone()), Api::<PersistentVolumeClaim>::all(client));
     let all = kube::api::ListParams::default();
     let listed = tokio::time::timeout(deadline, async { tokio::try_join!(pvs.list(&all), pvcs.list(&all)) }).await;
     let (pvs, pvcs) = match listed {
         Ok(Ok(lists)) => lists,
-        Ok(Err(err)) => return Err(format!("listing PersistentVolumes and claims at {server}: {err}")),
-        Err(_) => return Err(format!("{server} did not list PersistentVolumes and claims within {deadline:?}")),
+        Ok(Err(source)) => return Err(KubernetesError::List { server, source }),
+        Err(_) => return Err(KubernetesError::ListTimeout { server, deadline }),
     };
     let by_name: HashMap<(String, String), &PersistentVolumeClaim> =
         pvcs.items.iter().filter_map(|pvc| Some(((pvc.metadata.namespace.clone()?, pvc.metadata.name.clone()?), pvc))).collect();

@@ -1,18 +1,35 @@
-//! `swell`: the operator's view of Swell's volumes (see the library docs).
+//! `swell`, the operator's view of Swell, for the person asking "why is my
+//! resize slow?": every volume's requested, desired and current size, where
+//! its expansion stands, for how long and why, read from the same state the
+//! controller uses and, where a configuration is found, from Kubernetes.
+//!
+//! - [`view`]: one volume's state, decided from what was read (pure).
+//! - [`error`]: why `swell` could not show what was asked.
+//! - [`gather`]: the backends and expansion records, as the controller reads them.
+//! - [`kubernetes`]: PersistentVolumes and their claims, through kube's client.
+//! - [`render`]: tables and sizes.
+
+mod error;
+mod gather;
+mod kubernetes;
+mod render;
+mod view;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use serde_json::json;
-use swell_cli::gather::Reader;
-use swell_cli::kubernetes::{self, Answer};
-use swell_cli::render;
-use swell_cli::view::{Claim, VolumeView};
-use swell_controller::cli::BackendArgs;
+use swell_backends::BackendArgs;
 use swell_storage::VolumeId;
-use swell_storage::expansion::now_unix;
+use swell_storage::expansion::{DEFAULT_STUCK_AFTER_SECS, now_unix};
+
+use crate::error::CliError;
+use crate::gather::Reader;
+use crate::kubernetes::Answer;
+use crate::view::{Claim, VolumeView};
 
 /// Swell's volumes as the controller sees them: sizes requested, desired and
 /// current, and where each expansion stands. Run it where the controller runs
@@ -51,10 +68,10 @@ struct Common {
     #[arg(long, default_value_t = 10)]
     kube_timeout_secs: u64,
     /// The CSI driver name whose PersistentVolumes are Swell's.
-    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = "swell.csi.storage")]
+    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// Seconds a volume may grow before it shows as stuck (as the controller's flag).
-    #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = 600)]
+    #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = DEFAULT_STUCK_AFTER_SECS)]
     stuck_after_secs: u64,
     #[command(flatten)]
     backend: BackendArgs,
@@ -123,7 +140,7 @@ async fn main() -> ExitCode {
 }
 
 /// The output and the problems met on the way.
-type Shown = Result<(String, Vec<String>), String>;
+type Shown = Result<(String, Vec<String>), CliError>;
 
 async fn volumes(common: &Common, progress: &ProgressBar) -> Shown {
     progress.set_message("opening the backends");
@@ -135,16 +152,28 @@ async fn volumes(common: &Common, progress: &ProgressBar) -> Shown {
         .volumes
         .into_iter()
         .map(|(kind, volume)| {
+            let (record, unreadable) = (found.records.remove(&volume.id), found.unreadable.remove(&volume.id));
             let id = volume.id.to_string();
-            let (record, claim) = (found.records.remove(&id), claims.as_mut().and_then(|c| c.remove(&id)));
-            VolumeView::new(id, kind, Some(volume.size_bytes), record, claim, now, common.stuck_after())
+            let claim = claims.as_mut().and_then(|c| c.remove(&id));
+            let view = VolumeView::new(id, kind, Some(volume.size_bytes), record, claim, now, common.stuck_after());
+            let view = if found.recorded_sizes.contains(&kind) { view.recorded() } else { view };
+            match unreadable {
+                Some(reason) => view.unreadable(reason),
+                None => view,
+            }
         })
         .collect();
-    // Records whose volume the backend no longer has.
+    // Records whose volume the backend no longer has, read or not.
     views.extend(found.records.into_values().map(|record| {
-        let backend = record.volume_id.split(':').next().unwrap_or_default().to_owned();
-        let claim = claims.as_mut().and_then(|c| c.remove(&record.volume_id));
-        VolumeView::new(record.volume_id.clone(), &backend, None, Some(record), claim, now, common.stuck_after())
+        let id = record.volume_id.to_string();
+        let claim = claims.as_mut().and_then(|c| c.remove(&id));
+        let backend = record.volume_id.backend().to_owned();
+        VolumeView::new(id, &backend, None, Some(record), claim, now, common.stuck_after())
+    }));
+    views.extend(found.unreadable.into_iter().map(|(volume, reason)| {
+        let id = volume.to_string();
+        let claim = claims.as_mut().and_then(|c| c.remove(&id));
+        VolumeView::new(id, volume.backend(), None, None, claim, now, common.stuck_after()).unreadable(reason)
     }));
     views.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
     if kubernetes.starts_with("unreadable") {
@@ -152,13 +181,18 @@ async fn volumes(common: &Common, progress: &ProgressBar) -> Shown {
     }
     let text = match common.output {
         Output::Table => format!("{}\n", render::volumes(&views)),
-        Output::Json => json_text(&json!({ "volumes": views, "kubernetes": kubernetes, "problems": found.problems })),
+        Output::Json => json_text(&json!({
+            "volumes": views,
+            "kubernetes": kubernetes,
+            "problems": found.problems,
+            "recorded_sizes": found.recorded_sizes,
+        })),
     };
     Ok((text, found.problems))
 }
 
 async fn volume(raw: &str, common: &Common, progress: &ProgressBar) -> Shown {
-    let id: VolumeId = raw.parse().map_err(|e| format!("{raw:?} is not a Swell volume id: {e}"))?;
+    let id: VolumeId = raw.parse().map_err(|source| CliError::BadId { raw: raw.to_owned(), source })?;
     progress.set_message("opening the backends");
     let reader = Reader::open(&common.backend)?;
     progress.set_message(format!("reading {id}"));
@@ -170,7 +204,7 @@ async fn volume(raw: &str, common: &Common, progress: &ProgressBar) -> Shown {
         _ => kubernetes,
     };
     if size.is_none() && record.is_none() {
-        return Err(format!("{id}: no such volume at its backend, and no expansion record"));
+        return Err(CliError::NoSuchVolume(id));
     }
     let view = VolumeView::new(id.to_string(), kind, size, record, claim, now_unix(), common.stuck_after());
     let problems = if kubernetes.starts_with("unreadable") { vec![format!("Kubernetes {kubernetes}")] } else { Vec::new() };

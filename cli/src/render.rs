@@ -2,17 +2,17 @@
 
 use comfy_table::Table;
 use comfy_table::presets::NOTHING;
-use swell_webhook::quantity;
+use swell_k8s::quantity;
 
 use crate::view::VolumeView;
 
 /// A size as a Kubernetes quantity (exact: `20Gi`, `1500M`), `-` when unknown.
-pub fn size(bytes: Option<u64>) -> String {
+pub(crate) fn size(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "-".to_owned(), quantity::format)
 }
 
 /// A wait in the largest two units: `45s`, `3m12s`, `2h05m`, `3d04h`.
-pub fn duration(secs: u64) -> String {
+pub(crate) fn duration(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
@@ -29,29 +29,44 @@ fn table() -> Table {
 }
 
 /// The volumes as a table, one row each.
-pub fn volumes(views: &[VolumeView]) -> String {
+pub(crate) fn volumes(views: &[VolumeView]) -> String {
     let mut table = table();
     table.set_header(["VOLUME", "BACKEND", "CLAIM", "REQUESTED", "DESIRED", "CURRENT", "STATE", "PENDING FOR", "LAST ERROR"]);
+    let mut recorded = false;
     for v in views {
         let claim = v.kubernetes.as_ref().and_then(|k| k.claim.clone()).unwrap_or_else(|| "-".into());
+        let current = if v.current_is_recorded && v.current_bytes.is_some() {
+            recorded = true;
+            format!("{}*", size(v.current_bytes))
+        } else {
+            size(v.current_bytes)
+        };
         table.add_row([
             v.volume_id.clone(),
             v.backend.clone(),
             claim,
             size(v.requested_bytes),
             size(v.desired_bytes),
-            size(v.current_bytes),
+            current,
             v.state.name().to_owned(),
             v.pending_secs.map_or_else(|| "-".into(), duration),
             v.last_error.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    table.trim_fmt()
+    let mut text = table.trim_fmt();
+    if recorded {
+        text.push_str(RECORDED_NOTE);
+    }
+    text
 }
+
+/// The footnote of a size marked `*`.
+pub(crate) const RECORDED_NOTE: &str = "\n* the size the volume's record last saw (listing this backend reads no image); the reconciler's sweep compares \
+     it with the volume every --sweep-interval-secs, and `swell volume ID` reads it now";
 
 /// One volume, field by field; `kubernetes` says why the claim is unknown
 /// when it is.
-pub fn volume(v: &VolumeView, kubernetes: &str) -> String {
+pub(crate) fn volume(v: &VolumeView, kubernetes: &str) -> String {
     let mut table = table();
     let mut row = |name: &str, value: String| {
         table.add_row([format!("{name}:"), value]);

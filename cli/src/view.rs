@@ -9,7 +9,7 @@ use swell_storage::ExpansionRecord;
 
 /// What Kubernetes says about a volume's claim.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Claim {
+pub(crate) struct Claim {
     /// The PersistentVolume.
     pub pv: String,
     /// The claim, `namespace/name`, if the PV is bound.
@@ -28,7 +28,7 @@ pub struct Claim {
 /// Where a volume's expansion stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum State {
+pub(crate) enum State {
     /// Nothing is pending.
     Settled,
     /// The backend is short of the size last asked for.
@@ -44,11 +44,14 @@ pub enum State {
     NodeExpanding,
     /// An expansion record without a volume at the backend.
     Missing,
+    /// An expansion record that cannot be read: neither finished nor
+    /// dropped until an operator repairs or removes it.
+    Unreadable,
 }
 
 impl State {
     /// The name the table shows.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             State::Settled => "settled",
             State::Growing => "growing",
@@ -57,13 +60,14 @@ impl State {
             State::WaitingForResizer => "waiting for resizer",
             State::NodeExpanding => "node expanding",
             State::Missing => "missing",
+            State::Unreadable => "unreadable record",
         }
     }
 }
 
 /// One volume, every field read just now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VolumeView {
+pub(crate) struct VolumeView {
     /// The CSI volume id.
     pub volume_id: String,
     /// Its backend (`local`, `rbd`).
@@ -74,6 +78,10 @@ pub struct VolumeView {
     pub desired_bytes: Option<u64>,
     /// The backend's size now; `None` when the backend has no such volume.
     pub current_bytes: Option<u64>,
+    /// Whether `current_bytes` is the size the volume's record last saw
+    /// rather than one read now (a listing of a backend that lists recorded
+    /// sizes, such as RBD; the reconciler's sweep catches a drift).
+    pub current_is_recorded: bool,
     /// Where the expansion stands.
     pub state: State,
     /// How long the backend has been short of the desired size.
@@ -90,7 +98,7 @@ impl VolumeView {
     /// The view of a volume from what was read: its backend's size now
     /// (`None`: missing), its record, its claim, at `now` (seconds since the
     /// epoch), with growing longer than `stuck_after` counted as stuck.
-    pub fn new(
+    pub(crate) fn new(
         volume_id: String,
         backend: &str,
         current: Option<u64>,
@@ -117,12 +125,28 @@ impl VolumeView {
             requested_bytes: requested,
             desired_bytes: record.as_ref().map(|r| r.desired_bytes),
             current_bytes: current,
+            current_is_recorded: false,
             state,
             pending_secs: waiting.map(|w| w.as_secs()),
             last_error: record.as_ref().and_then(|r| r.last_error.clone()),
             record,
             kubernetes,
         }
+    }
+}
+
+impl VolumeView {
+    /// The same view, its record found but not read, for `reason`.
+    pub(crate) fn unreadable(mut self, reason: String) -> Self {
+        self.state = State::Unreadable;
+        self.last_error = Some(reason);
+        self
+    }
+
+    /// The same view, its current size as the record last saw it.
+    pub(crate) fn recorded(mut self) -> Self {
+        self.current_is_recorded = true;
+        self
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::error::Error as _;
 
+use swell_backends::{CallError, UnknownBackend};
 use swell_storage::{BackendError, VolumeId};
 use tonic::{Code, Status};
 
@@ -82,6 +83,18 @@ pub enum ControllerError {
     },
 }
 
+impl From<CallError> for ControllerError {
+    fn from(CallError { volume, step, source }: CallError) -> Self {
+        ControllerError::Backend { volume, step, source }
+    }
+}
+
+impl From<UnknownBackend> for ControllerError {
+    fn from(err: UnknownBackend) -> Self {
+        ControllerError::invalid("parameters.backend", err.to_string())
+    }
+}
+
 impl ControllerError {
     /// Shorthand for an invalid field.
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
@@ -122,7 +135,10 @@ impl From<ControllerError> for Status {
             message.push_str(&cause.to_string());
             source = cause.source();
         }
-        Status::new(err.code(), message)
+        let status = Status::new(err.code(), message);
+        // Every RPC's failure passes here once, inside its span.
+        csi_endpoint::failures::log_answer(&status);
+        status
     }
 }
 

@@ -5,14 +5,13 @@
 //! backend's [`ExpansionStore`] does (files for the local backend, the Ceph
 //! pool for RBD).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tokio::sync::Notify;
-
+use swell_storage::inflight::InFlight;
 use swell_storage::{Backend, BackendError, ExpansionRecord, ExpansionStore, Hold, VolumeId};
 
-use crate::backends::Backends;
+use swell_backends::{Backends, CallError};
+
 use crate::error::ControllerError;
 use crate::sizing::{Expansion, plan_expansion};
 use crate::validate::SizeRange;
@@ -21,11 +20,10 @@ use crate::validate::SizeRange;
 #[derive(Clone)]
 pub struct Expander {
     backends: Backends,
-    files: Arc<dyn ExpansionStore>,
     /// Volumes the reconciler works on in this process now; a user's call
     /// waits for such an attempt (bounded by its deadline) instead of being
     /// answered ABORTED, which the resizer would back off from for longer.
-    reconciling: Arc<Mutex<HashMap<VolumeId, Arc<Notify>>>>,
+    reconciling: Arc<InFlight<VolumeId>>,
 }
 
 /// What one reconciliation of a record found and did.
@@ -67,10 +65,9 @@ struct Held<'a> {
 }
 
 impl Expander {
-    /// An expander over `backends`; volumes whose backend keeps no records
-    /// of its own are recorded in `files`.
-    pub fn new(backends: Backends, files: Arc<dyn ExpansionStore>) -> Self {
-        Expander { backends, files, reconciling: Arc::default() }
+    /// An expander over `backends`.
+    pub fn new(backends: Backends) -> Self {
+        Expander { backends, reconciling: Arc::default() }
     }
 
     /// The backends it grows volumes on.
@@ -78,34 +75,15 @@ impl Expander {
         &self.backends
     }
 
-    /// Where `backend`'s volumes keep their expansion records.
-    pub fn store_of(&self, backend: &Arc<dyn Backend>) -> Arc<dyn ExpansionStore> {
-        backend.expansion_store().unwrap_or_else(|| Arc::clone(&self.files))
-    }
-
-    /// Every distinct store, once each.
-    pub fn stores(&self) -> Vec<(&'static str, Arc<dyn ExpansionStore>)> {
-        let mut stores: Vec<(&'static str, Arc<dyn ExpansionStore>)> = Vec::new();
-        for backend in self.backends.all() {
-            let store = self.store_of(backend);
-            if !stores.iter().any(|(_, s)| Arc::ptr_eq(s, &store)) {
-                stores.push((backend.kind(), store));
-            }
-        }
-        stores
-    }
-
     /// The record of `id`, read now; `None` for a volume of no backend here.
     pub async fn record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, ControllerError> {
-        let Some(backend) = self.backends.for_volume(id) else { return Ok(None) };
-        let store = self.store_of(backend);
-        self.backends.call("read expansion record", &id.to_string(), store.record(id)).await
+        Ok(self.backends.record(id).await?)
     }
 
     /// Holds `id`; `None` when another operation has it.
     async fn hold<'a>(&self, id: &'a VolumeId) -> Result<Option<Held<'a>>, ControllerError> {
         let backend = Arc::clone(self.backends.for_volume(id).ok_or_else(|| ControllerError::NotFound(id.to_string()))?);
-        let store = self.store_of(&backend);
+        let store = backend.expansion_store();
         let hold = self.backends.call("hold volume", &id.to_string(), store.hold(id)).await?;
         Ok(hold.map(|hold| Held { id, backend, store, hold }))
     }
@@ -117,14 +95,8 @@ impl Expander {
         if let Some(held) = self.hold(id).await? {
             return Ok(held);
         }
-        let attempt = self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
-        let Some(attempt) = attempt else { return Err(ControllerError::Pending(id.to_string())) };
-        let ended = attempt.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        let still = self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|a| Arc::ptr_eq(a, &attempt));
-        if still {
-            let _ = tokio::time::timeout(self.backends.deadline(), ended).await;
+        if !self.reconciling.wait(id, self.backends.deadline()).await {
+            return Err(ControllerError::Pending(id.to_string()));
         }
         self.hold(id).await?.ok_or_else(|| ControllerError::Pending(id.to_string()))
     }
@@ -135,10 +107,10 @@ impl Expander {
         let key = id.to_string();
         if let Err(err) = self.backends.call("delete volume", &key, held.backend.delete_volume(id)).await {
             held.hold.release().await;
-            return Err(err);
+            return Err(err.into());
         }
         let Held { store, hold, .. } = held;
-        self.backends.call("remove expansion record", &key, store.forget(hold, id)).await
+        Ok(self.backends.call("remove expansion record", &key, store.forget(hold, id)).await?)
     }
 
     /// Grows `id` to satisfy `range` and returns the size the backend reports.
@@ -194,12 +166,8 @@ impl Expander {
     /// Finishes whatever the record of `id` still wants, judged against the
     /// backend's size read now (a record that claims "done" is not believed).
     pub async fn reconcile(&self, id: &VolumeId) -> Result<Reconciled, ControllerError> {
-        let attempt = Arc::new(Notify::new());
-        self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Arc::clone(&attempt));
-        let result = self.reconcile_once(id).await;
-        self.reconciling.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-        attempt.notify_waiters();
-        result
+        let _attempt = self.reconciling.begin(id.clone());
+        self.reconcile_once(id).await
     }
 
     async fn reconcile_once(&self, id: &VolumeId) -> Result<Reconciled, ControllerError> {
@@ -236,14 +204,14 @@ impl Expander {
     }
 
     async fn read_record(&self, held: &Held<'_>) -> Result<Option<ExpansionRecord>, ControllerError> {
-        self.backends.call("read expansion record", &held.id.to_string(), held.store.record(held.id)).await
+        Ok(self.backends.call("read expansion record", &held.id.to_string(), held.store.record(held.id)).await?)
     }
 
     async fn write(&self, held: &Held<'_>, step: &'static str, record: ExpansionRecord) -> Result<ExpansionRecord, ControllerError> {
         if !held.hold.still_held() {
             return Err(contended(held.id, step));
         }
-        self.backends.call(step, &held.id.to_string(), held.store.write(&held.hold, record)).await
+        Ok(self.backends.call(step, &held.id.to_string(), held.store.write(&held.hold, record)).await?)
     }
 
     /// Records the wish, grows, reads back, records the outcome.
@@ -267,7 +235,7 @@ impl Expander {
         let grown = match self.backends.call("grow volume", &id.to_string(), held.backend.grow_volume(id, target)).await {
             // The engine holds more than the size read a moment ago: that
             // read lagged. The request is not infeasible; retry on a fresh read.
-            Err(ControllerError::Backend { volume, source: BackendError::Shrink { current: holds, .. }, .. }) => Err(ControllerError::Backend {
+            Err(CallError { volume, source: BackendError::Shrink { current: holds, .. }, .. }) => Err(ControllerError::Backend {
                 volume,
                 step: "grow volume",
                 source: BackendError::Unavailable {
@@ -275,7 +243,7 @@ impl Expander {
                     reason: format!("the engine holds {holds} bytes, more than the {current} just read; the read was stale"),
                 },
             }),
-            other => other,
+            other => other.map_err(ControllerError::from),
         };
         // An engine may acknowledge a size it has not reached (Longhorn
         // 13379), so its answer is checked against a read of its own.

@@ -2,25 +2,23 @@
 //! request, deciding every expansion on the backend's size read fresh under a
 //! per-volume lock, with a durable record of desired versus current size.
 
-// Nothing from outside the process is unwrapped; tests may.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
+mod error;
+mod expand;
+mod listing;
+mod metrics;
+mod parameters;
+mod reconciler;
+mod report;
+mod server;
+mod service;
+mod sizing;
+mod snapshots;
+mod validate;
 
-pub mod backends;
-pub mod cli;
-pub mod error;
-pub mod expand;
-pub mod listing;
-pub mod metrics;
-pub mod parameters;
-pub mod rbd;
-pub mod reconciler;
-pub mod server;
-pub mod service;
-pub mod sizing;
-pub mod snapshots;
-pub mod validate;
-
-pub use backends::Backends;
-pub use service::{BackendProbe, ControllerService};
-pub use swell_storage::expansion_files::ExpansionRecords;
+pub use error::ControllerError;
+pub use parameters::KNOWN_PARAMETERS;
+pub use reconciler::{Reconciler, ReconcilerConfig};
+pub use report::{PassReport, StuckExpansion};
+pub use server::{Controller, ControllerConfig, StartError, build, build_over};
+pub use service::ControllerService;
+pub use swell_backends::Backends;

@@ -13,7 +13,7 @@ use swell_storage::{SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
 use crate::error::ControllerError;
 
 /// What a list pages through: entries with an ordered id.
-pub trait Listed {
+pub(crate) trait Listed {
     /// The id the entries are ordered by, and the token is made of.
     type Id: Ord + FromStr + Display;
     /// This entry's id.
@@ -36,7 +36,7 @@ impl Listed for SnapshotInfo {
 
 /// Where a page starts and how long it may be, from a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Window<Id> {
+pub(crate) struct Window<Id> {
     /// The id the page starts after.
     pub after: Option<Id>,
     /// Entries at most; 0: all.
@@ -45,7 +45,7 @@ pub struct Window<Id> {
 
 impl<Id: Ord + FromStr + Display> Window<Id> {
     /// Parses a request's token and size.
-    pub fn parse(starting_token: &str, max_entries: i32) -> Result<Self, ControllerError> {
+    pub(crate) fn parse(starting_token: &str, max_entries: i32) -> Result<Self, ControllerError> {
         let max = usize::try_from(max_entries).map_err(|_| ControllerError::invalid("max_entries", "must not be negative"))?;
         let after = match starting_token {
             "" => None,
@@ -56,18 +56,18 @@ impl<Id: Ord + FromStr + Display> Window<Id> {
 
     /// Entries still to ask a backend for when `have` are gathered: one past
     /// the page, to know whether another follows; 0 for all.
-    pub fn wanted(&self, have: usize) -> usize {
+    pub(crate) fn wanted(&self, have: usize) -> usize {
         if self.max == 0 { 0 } else { (self.max + 1).saturating_sub(have) }
     }
 
     /// Whether `have` entries fill the page and tell that another follows.
-    pub fn full(&self, have: usize) -> bool {
+    pub(crate) fn full(&self, have: usize) -> bool {
         self.max > 0 && have > self.max
     }
 
     /// The page of `entries` (in any order; those up to the token are left
     /// out) and the token for the next.
-    pub fn cut<T: Listed<Id = Id>>(&self, mut entries: Vec<T>) -> Page<T> {
+    pub(crate) fn cut<T: Listed<Id = Id>>(&self, mut entries: Vec<T>) -> Page<T> {
         entries.sort_by(|a, b| a.id().cmp(b.id()));
         if let Some(after) = &self.after {
             entries.retain(|e| e.id() > after);
@@ -85,7 +85,7 @@ impl<Id: Ord + FromStr + Display> Window<Id> {
 impl Window<VolumeId> {
     /// Where a backend of `kind` starts listing, `None` when none of its
     /// volumes belongs to the window (every id of it comes before `after`).
-    pub fn start_in(&self, kind: &str) -> Option<Option<&VolumeId>> {
+    pub(crate) fn start_in(&self, kind: &str) -> Option<Option<&VolumeId>> {
         match &self.after {
             Some(after) if after.backend() > kind => None,
             Some(after) if after.backend() == kind => Some(Some(after)),
@@ -96,7 +96,7 @@ impl Window<VolumeId> {
 
 /// One page of entries and the token for the next, if any.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Page<T> {
+pub(crate) struct Page<T> {
     /// The entries of this page.
     pub entries: Vec<T>,
     /// Where the next page starts, empty when this was the last.
@@ -104,7 +104,7 @@ pub struct Page<T> {
 }
 
 /// Cuts a page out of `entries`, all of a list gathered at once.
-pub fn page<T: Listed>(entries: Vec<T>, starting_token: &str, max_entries: i32) -> Result<Page<T>, ControllerError> {
+pub(crate) fn page<T: Listed>(entries: Vec<T>, starting_token: &str, max_entries: i32) -> Result<Page<T>, ControllerError> {
     Ok(Window::parse(starting_token, max_entries)?.cut(entries))
 }
 

@@ -3,11 +3,13 @@
 use std::time::Duration;
 
 use clap::Parser;
+use csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 use csi_endpoint::logs::LogArgs;
 use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
-use swell_controller::cli::BackendArgs;
-use swell_controller::reconciler::ReconcilerConfig;
-use swell_controller::server::{ControllerConfig, build_with};
+use swell_backends::BackendArgs;
+use swell_controller::ReconcilerConfig;
+use swell_controller::{ControllerConfig, build};
+use swell_storage::expansion::DEFAULT_STUCK_AFTER_SECS;
 
 /// Swell CSI controller: provisions and expands volumes.
 #[derive(Debug, Parser)]
@@ -17,7 +19,7 @@ struct Args {
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     endpoint: String,
     /// Driver name announced to Kubernetes.
-    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = "swell.csi.storage")]
+    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// Accepted for sidecar compatibility; the controller is not node-bound.
     #[arg(long, env = "SWELL_NODE_ID")]
@@ -28,7 +30,7 @@ struct Args {
     #[arg(long, env = "SWELL_RECONCILE_INTERVAL_SECS", default_value_t = 10)]
     reconcile_interval_secs: u64,
     /// Seconds an expansion may stay unfinished before it is reported stuck.
-    #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = 600)]
+    #[arg(long, env = "SWELL_STUCK_AFTER_SECS", default_value_t = DEFAULT_STUCK_AFTER_SECS)]
     stuck_after_secs: u64,
     /// Seconds in which the slow sweep checks every settled expansion
     /// record against its backend once.
@@ -52,13 +54,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let socket = parse_endpoint(&args.endpoint)?;
-    let backends = args.backend.options();
     let config = ControllerConfig {
         driver_name: args.driver_name,
-        state_dir: args.backend.state_dir.clone(),
-        local_state_dir: args.backend.local_state_dir.clone(),
-        local_capacity_bytes: args.backend.local_capacity_bytes,
-        backend_timeout: args.backend.backend_timeout(),
+        backends: args.backend.config(),
         reconciler: ReconcilerConfig {
             interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             stuck_after: Duration::from_secs(args.stuck_after_secs),
@@ -69,12 +67,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     tracing::info!(
         driver = %config.driver_name,
-        local_state = %config.local_state_dir.display(),
-        rbd_cluster = backends.rbd.as_ref().map(|r| r.access.cluster_id.as_str()),
+        local_state = %config.backends.local.state_dir.display(),
+        rbd_cluster = config.backends.rbd.as_ref().map(|r| r.access.cluster_id.as_str()),
         "swell-controller starting"
     );
     // Display, not Debug: start-up errors are sentences meant for the operator.
-    let controller = build_with(&config, &backends).map_err(|e| e.to_string())?;
+    let controller = build(&config).map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::watch::channel(());
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
         let _ = stopped.changed().await;

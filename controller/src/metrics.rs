@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::reconciler::PassReport;
+use crate::report::PassReport;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -26,6 +26,7 @@ pub struct ReconcilerMetrics {
     stuck: Gauge,
     owed: Gauge,
     oldest_pending_seconds: Gauge,
+    unreadable: Gauge,
     passes: Counter,
     attempts: Family<OutcomeLabels, Counter>,
 }
@@ -40,6 +41,11 @@ impl ReconcilerMetrics {
             "swell_expansion_oldest_pending_seconds",
             "How long the oldest pending expansion has waited (0: none pending).",
             self.oldest_pending_seconds.clone(),
+        );
+        registry.register(
+            "swell_expansion_records_unreadable",
+            "Expansion records found that cannot be read: neither finished nor dropped until an operator looks.",
+            self.unreadable.clone(),
         );
         registry.register("swell_reconciler_passes", "Reconciler passes over the pending records.", self.passes.clone());
         registry.register(
@@ -59,6 +65,7 @@ impl ReconcilerMetrics {
         self.pending.set(gauge(report.pending));
         self.stuck.set(gauge(report.stuck.len()));
         self.owed.set(gauge(report.announcements_owed));
+        self.unreadable.set(gauge(report.unreadable));
         self.oldest_pending_seconds.set(report.oldest_pending.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
     }
 }
@@ -68,7 +75,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::reconciler::StuckExpansion;
+    use crate::report::StuckExpansion;
 
     #[test]
     fn a_pass_shows_as_counts_without_volume_labels() {
@@ -76,14 +83,21 @@ mod tests {
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let stuck = StuckExpansion {
-            volume_id: "local:ab".into(),
+            volume_id: "local:ab".parse().unwrap(),
             desired_bytes: 2,
             current_bytes: 1,
             pending_for: Duration::from_secs(700),
             reason: "backend unavailable: \"osd down\"".into(),
         };
-        let report =
-            PassReport { completed: 1, failed: 2, pending: 2, oldest_pending: Some(Duration::from_secs(700)), stuck: vec![stuck], ..Default::default() };
+        let report = PassReport {
+            completed: 1,
+            failed: 2,
+            pending: 2,
+            oldest_pending: Some(Duration::from_secs(700)),
+            stuck: vec![stuck],
+            unreadable: 1,
+            ..Default::default()
+        };
         metrics.record(&report);
         metrics.record(&PassReport { failed: 1, ..report });
         let mut text = String::new();
@@ -92,6 +106,7 @@ mod tests {
             "swell_expansions_pending 2",
             "swell_expansions_stuck 1",
             "swell_expansion_oldest_pending_seconds 700",
+            "swell_expansion_records_unreadable 1",
             "swell_reconciler_passes_total 2",
             r#"swell_reconciler_attempts_total{outcome="completed"} 2"#,
             r#"swell_reconciler_attempts_total{outcome="failed"} 3"#,

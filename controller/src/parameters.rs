@@ -5,27 +5,31 @@
 use std::collections::HashMap;
 
 use swell_storage::Placement;
+use swell_storage::rbd_attach::{self, RbdAttach};
 
 use crate::error::ControllerError;
 
 /// The keys Swell understands.
-pub const KNOWN_KEYS: [&str; 2] = ["backend", "pool"];
+pub const KNOWN_PARAMETERS: [&str; 4] = ["backend", "pool", rbd_attach::MOUNTER_KEY, rbd_attach::MAP_OPTIONS_KEY];
 const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// Typed StorageClass parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct VolumeParameters {
+pub(crate) struct VolumeParameters {
     /// Which backend provisions the volume (`local`, `rbd`); the default
     /// backend when absent.
     pub backend: Option<String>,
     /// Where the backend puts the volume.
     pub placement: Placement,
+    /// How nodes attach it (RBD only), handed to them in the volume context.
+    pub attach: RbdAttach,
 }
 
 impl VolumeParameters {
     /// Parses the request's parameter map.
-    pub fn parse(raw: &HashMap<String, String>) -> Result<Self, ControllerError> {
-        let mut parsed = VolumeParameters::default();
+    pub(crate) fn parse(raw: &HashMap<String, String>) -> Result<Self, ControllerError> {
+        let attach = RbdAttach::from_map(raw).map_err(|e| ControllerError::invalid(attach_field(e.key), e.reason))?;
+        let mut parsed = VolumeParameters { attach, ..VolumeParameters::default() };
         for (key, value) in raw {
             if key.starts_with(PROVISIONER_PREFIX) {
                 continue;
@@ -35,13 +39,28 @@ impl VolumeParameters {
                 // Checked by the backend: RBD needs the pool to exist, the
                 // local backend has none.
                 "pool" => parsed.placement.pool = Some(value.clone()),
+                rbd_attach::MOUNTER_KEY | rbd_attach::MAP_OPTIONS_KEY => {}
                 _ => {
-                    return Err(ControllerError::invalid("parameters", format!("unknown key {key:?} (known: {})", KNOWN_KEYS.join(", "))));
+                    return Err(ControllerError::invalid("parameters", format!("unknown key {key:?} (known: {})", KNOWN_PARAMETERS.join(", "))));
                 }
             }
         }
         Ok(parsed)
     }
+
+    /// Refuses attach parameters for a backend whose volumes are not RBD.
+    pub(crate) fn check_backend(&self, kind: &str) -> Result<(), ControllerError> {
+        if kind != swell_storage::rbd_volume::KIND && !self.attach.is_default() {
+            let key = if self.attach.mounter.is_some() { rbd_attach::MOUNTER_KEY } else { rbd_attach::MAP_OPTIONS_KEY };
+            return Err(ControllerError::invalid(attach_field(key), format!("applies to rbd volumes only, and this one is {kind}")));
+        }
+        Ok(())
+    }
+}
+
+/// The request field an attach key is, as errors name it.
+fn attach_field(key: &str) -> &'static str {
+    if key == rbd_attach::MOUNTER_KEY { "parameters.mounter" } else { "parameters.mapOptions" }
 }
 
 #[cfg(test)]
@@ -58,5 +77,20 @@ mod tests {
         assert_eq!(pooled.placement.pool.as_deref(), Some("fast"));
         let typo = HashMap::from([("backedn".to_owned(), "local".to_owned())]);
         assert!(VolumeParameters::parse(&typo).unwrap_err().to_string().contains("backedn"));
+    }
+
+    #[test]
+    fn attach_parameters_are_parsed_once_and_refused_precisely() {
+        let raw = HashMap::from([("mounter".to_owned(), "rbd-nbd".to_owned()), ("mapOptions".to_owned(), "io-timeout=30".to_owned())]);
+        let parsed = VolumeParameters::parse(&raw).unwrap();
+        assert_eq!(parsed.attach.volume_context().get("mapOptions").map(String::as_str), Some("nbd:io-timeout=30"));
+        assert!(parsed.check_backend("rbd").is_ok());
+        let local = tonic::Status::from(parsed.check_backend("local").unwrap_err());
+        assert_eq!(local.code(), tonic::Code::InvalidArgument);
+        assert!(local.message().contains("parameters.mounter") && local.message().contains("local"), "{local:?}");
+        let bad = HashMap::from([("mapOptions".to_owned(), "krbd:exclusive".to_owned())]);
+        let err = tonic::Status::from(VolumeParameters::parse(&bad).unwrap_err());
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("parameters.mapOptions") && err.message().contains("exclusive"), "{err:?}");
     }
 }

@@ -9,17 +9,20 @@
 //! exponentially, and a volume behind for longer than `stuck_after` is
 //! reported, with the reason, in the log (and counted in the metrics).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
-use swell_storage::expansion::now_unix;
-use swell_storage::{ExpansionRecord, VolumeId};
+use swell_storage::expansion::{DEFAULT_STUCK_AFTER_SECS, now_unix};
+use swell_storage::{ExpansionRecord, Records, VolumeId};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::expand::{Expander, Reconciled};
 use crate::metrics::ReconcilerMetrics;
+pub(crate) use crate::report::{PassReport, StuckExpansion};
 
 /// How the reconciler paces itself.
 #[derive(Debug, Clone)]
@@ -47,51 +50,11 @@ impl Default for ReconcilerConfig {
             max_concurrency: 4,
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
-            stuck_after: Duration::from_secs(600),
+            stuck_after: Duration::from_secs(DEFAULT_STUCK_AFTER_SECS),
             sweep_interval: Duration::from_secs(3600),
             sweep_reads_per_sec: 20,
         }
     }
-}
-
-/// A volume whose expansion has been pending too long.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StuckExpansion {
-    /// The volume.
-    pub volume_id: String,
-    /// Bytes wanted.
-    pub desired_bytes: u64,
-    /// Bytes the backend had when last read.
-    pub current_bytes: u64,
-    /// How long the wish has been pending.
-    pub pending_for: Duration,
-    /// The last error, or "in progress".
-    pub reason: String,
-}
-
-/// What one pass did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PassReport {
-    /// Records with work left at the start of the pass.
-    pub examined: usize,
-    /// Volumes grown to their desired size.
-    pub completed: usize,
-    /// Records found already satisfied (and announced where owed).
-    pub settled: usize,
-    /// Volumes whose attempt failed (they back off).
-    pub failed: usize,
-    /// Volumes skipped: busy, or still backing off.
-    pub deferred: usize,
-    /// Settled records the sweep checked against the backend in this pass.
-    pub swept: usize,
-    /// Records still short of their desired size after the pass.
-    pub pending: usize,
-    /// Records whose size the volume's clients still have to be told.
-    pub announcements_owed: usize,
-    /// How long the oldest wish still short of its size has waited.
-    pub oldest_pending: Option<Duration>,
-    /// Volumes pending for longer than `stuck_after`.
-    pub stuck: Vec<StuckExpansion>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +81,8 @@ pub struct Reconciler {
     backoff: Arc<Mutex<HashMap<VolumeId, Backoff>>>,
     sweep: Arc<Mutex<SweepCursor>>,
     last_report: Arc<Mutex<PassReport>>,
+    /// Records a listing found but could not read, with why.
+    unreadable: Arc<Mutex<BTreeMap<VolumeId, String>>>,
     metrics: ReconcilerMetrics,
 }
 
@@ -131,7 +96,15 @@ enum Outcome {
 impl Reconciler {
     /// A reconciler working through `expander`.
     pub fn new(expander: Expander, config: ReconcilerConfig) -> Self {
-        Reconciler { expander, config, backoff: Arc::default(), sweep: Arc::default(), last_report: Arc::default(), metrics: ReconcilerMetrics::default() }
+        Reconciler {
+            expander,
+            config,
+            backoff: Arc::default(),
+            sweep: Arc::default(),
+            last_report: Arc::default(),
+            unreadable: Arc::default(),
+            metrics: ReconcilerMetrics::default(),
+        }
     }
 
     /// The metrics every pass updates.
@@ -141,7 +114,7 @@ impl Reconciler {
 
     /// The report of the last finished pass.
     pub fn last_report(&self) -> PassReport {
-        self.last_report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_report.lock().clone()
     }
 
     /// Runs passes until `shutdown` resolves; the first pass runs at once so
@@ -161,7 +134,7 @@ impl Reconciler {
     }
 
     fn publish(&self, report: PassReport) {
-        *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = report;
+        *self.last_report.lock() = report;
     }
 
     /// Lets every backend finish deletions it had to defer (RBD: images
@@ -177,22 +150,40 @@ impl Reconciler {
         }
     }
 
-    /// The records with work left, from every store.
+    /// The records with work left, from every store; unreadable ones are
+    /// noted, not worked on.
     async fn pending_records(&self) -> Vec<ExpansionRecord> {
         let mut records = Vec::new();
-        for (kind, store) in self.expander.stores() {
+        for (kind, store) in self.expander.backends().stores() {
             match self.expander.backends().call("list pending expansions", kind, store.pending()).await {
-                Ok(found) => records.extend(found),
+                Ok(found) => {
+                    self.note_listed(&found);
+                    records.extend(found.readable);
+                }
                 Err(err) => tracing::error!(backend = kind, error = %err, "reconciler: cannot list pending expansions"),
             }
         }
         records
     }
 
+    /// Keeps the records a listing could not read (each logged once, when
+    /// first found) and forgets those it read.
+    fn note_listed(&self, listed: &Records) {
+        let mut unreadable = self.unreadable.lock();
+        for record in &listed.readable {
+            unreadable.remove(&record.volume_id);
+        }
+        for found in &listed.unreadable {
+            if unreadable.insert(found.volume.clone(), found.reason.clone()).is_none() {
+                tracing::warn!(volume.id = %found.volume, reason = %found.reason, "unreadable expansion record: it is neither finished nor dropped until an operator repairs or removes it");
+            }
+        }
+    }
+
     /// One pass over the records with work left.
     pub async fn pass(&self) -> PassReport {
         let records = self.pending_records().await;
-        let ids: Vec<VolumeId> = records.iter().filter_map(|r| r.volume_id.parse().ok()).collect();
+        let ids: Vec<VolumeId> = records.iter().map(|r| r.volume_id.clone()).collect();
         let mut report = PassReport { examined: records.len(), ..Default::default() };
         for outcome in self.work_on_all(ids).await {
             match outcome {
@@ -208,6 +199,7 @@ impl Reconciler {
         let now = now_unix();
         report.oldest_pending = left.iter().filter_map(|r| r.waiting_for(now)).max();
         report.stuck = self.stuck(&left, now);
+        report.unreadable = self.unreadable.lock().len();
         for stuck in &report.stuck {
             tracing::warn!(
                 volume.id = %stuck.volume_id,
@@ -254,8 +246,8 @@ impl Reconciler {
     pub async fn sweep_step(&self, period: Duration) -> usize {
         let budget = (u64::from(self.config.sweep_reads_per_sec) * period.as_secs().max(1)).min(10_000) as usize;
         {
-            let mut cursor = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
-            let stores = self.expander.stores().len();
+            let mut cursor = self.sweep.lock();
+            let stores = self.expander.backends().stores().len();
             if cursor.finished.len() >= stores {
                 if cursor.round_started.is_some_and(|started| started.elapsed() < self.config.sweep_interval) {
                     return 0;
@@ -265,9 +257,9 @@ impl Reconciler {
             cursor.round_started.get_or_insert_with(Instant::now);
         }
         let mut checked = 0;
-        for (kind, store) in self.expander.stores() {
+        for (kind, store) in self.expander.backends().stores() {
             let after = {
-                let cursor = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
+                let cursor = self.sweep.lock();
                 if cursor.finished.contains(&kind) {
                     continue;
                 }
@@ -284,24 +276,24 @@ impl Reconciler {
                     continue;
                 }
             };
+            self.note_listed(&page);
+            checked += page.unreadable.len();
             let mut off = Vec::new();
-            for record in &page {
-                let Ok(id) = record.volume_id.parse::<VolumeId>() else { continue };
+            for record in &page.readable {
                 checked += 1;
-                if self.disagrees(&id, record).await {
-                    off.push(id);
+                if self.disagrees(&record.volume_id, record).await {
+                    off.push(record.volume_id.clone());
                 }
             }
             if !off.is_empty() {
                 tracing::info!(backend = kind, volumes = off.len(), "sweep: records the backend disagrees with; reconciling them");
                 self.work_on_all(off).await;
             }
-            let mut cursor = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cursor = self.sweep.lock();
             if page.len() < left {
                 cursor.finished.push(kind);
             }
-            let last = page.last().and_then(|r| r.volume_id.parse().ok());
-            cursor.after.insert(kind, last);
+            cursor.after.insert(kind, page.last().cloned());
         }
         checked
     }
@@ -310,7 +302,7 @@ impl Reconciler {
     async fn disagrees(&self, id: &VolumeId, record: &ExpansionRecord) -> bool {
         let backends = self.expander.backends();
         let Some(backend) = backends.for_volume(id) else { return false };
-        match backends.call("sweep: read volume", &record.volume_id, backend.volume(id)).await {
+        match backends.call("sweep: read volume", &id.to_string(), backend.volume(id)).await {
             Ok(Some(info)) => info.size_bytes != record.current_bytes || record.pending() || record.last_error.is_some(),
             Ok(None) => true,
             Err(err) => {
@@ -344,16 +336,16 @@ impl Reconciler {
     }
 
     fn backing_off(&self, id: &VolumeId) -> bool {
-        let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let backoff = self.backoff.lock();
         backoff.get(id).is_some_and(|b| Instant::now() < b.not_before)
     }
 
     fn clear_backoff(&self, id: &VolumeId) {
-        self.backoff.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.backoff.lock().remove(id);
     }
 
     fn note_failure(&self, id: &VolumeId) -> Duration {
-        let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let mut backoff = self.backoff.lock();
         let failures = backoff.get(id).map_or(0, |b| b.failures) + 1;
         let delay = backoff_delay(self.config.base_backoff, self.config.max_backoff, failures);
         backoff.insert(id.clone(), Backoff { failures, not_before: Instant::now() + delay });
@@ -378,7 +370,7 @@ impl Reconciler {
 }
 
 /// `base * 2^(failures-1)`, capped.
-pub fn backoff_delay(base: Duration, cap: Duration, failures: u32) -> Duration {
+pub(crate) fn backoff_delay(base: Duration, cap: Duration, failures: u32) -> Duration {
     let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
     base.saturating_mul(factor).min(cap)
 }

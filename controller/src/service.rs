@@ -8,20 +8,19 @@ use std::sync::Arc;
 use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::controller_service_capability::{self, rpc};
 use csi_proto::v1::*;
-use swell_storage::expansion_files::ExpansionRecords;
+use swell_backends::Backends;
 use swell_storage::locks::KeyedLocks;
 use swell_storage::{Created, VolumeId, VolumeInfo};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::backends::Backends;
 use crate::error::ControllerError;
 use crate::expand::Expander;
 use crate::listing;
 use crate::parameters::VolumeParameters;
 use crate::sizing;
 use crate::snapshots::{self, Snapshots};
-use crate::validate::{self, SizeRange};
+use crate::validate;
 
 /// The Controller service.
 #[derive(Clone)]
@@ -36,10 +35,9 @@ pub struct ControllerService {
 type Answer<T> = Result<Response<T>, Status>;
 
 impl ControllerService {
-    /// A controller over `backends`; volumes of backends that keep no
-    /// expansion records of their own are recorded in `records`.
-    pub fn new(backends: Backends, records: ExpansionRecords) -> Self {
-        let expander = Expander::new(backends.clone(), Arc::new(records));
+    /// A controller over `backends`.
+    pub fn new(backends: Backends) -> Self {
+        let expander = Expander::new(backends.clone());
         let names = KeyedLocks::new();
         let snapshots = Snapshots::new(backends.clone(), names.clone());
         ControllerService { backends, names, expander, snapshots }
@@ -61,18 +59,20 @@ impl ControllerService {
         let range = validate::size_range(req.capacity_range.as_ref())?;
         let params = VolumeParameters::parse(&req.parameters)?;
         let backend = self.backends.for_new_volume(params.backend.as_deref())?;
+        params.check_backend(backend.kind())?;
+        let volume_context = params.attach.volume_context();
         if let Some(source) = &req.volume_content_source {
             let info = self.snapshots.create_volume_from(name, range, backend, &params.placement, source).await?;
-            return Ok(Volume { content_source: Some(source.clone()), ..to_volume(&info) });
+            return Ok(Volume { content_source: Some(source.clone()), volume_context, ..to_volume(&info) });
         }
         let size = sizing::allocation(range).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
 
         let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
         let created = self.backends.call("create volume", name, backend.create_volume(name, size, &params.placement)).await?;
         if let Created::Existing(info) = &created {
-            check_compatible(info, range)?;
+            sizing::check_compatible(info, range)?;
         }
-        Ok(to_volume(created.info()))
+        Ok(Volume { volume_context, ..to_volume(created.info()) })
     }
 
     async fn delete(&self, id: &VolumeId) -> Result<(), ControllerError> {
@@ -124,21 +124,6 @@ impl ControllerService {
     }
 }
 
-/// ALREADY_EXISTS unless `existing`, found under the requested name, fits `range`.
-pub(crate) fn check_compatible(existing: &VolumeInfo, range: SizeRange) -> Result<(), ControllerError> {
-    let too_small = range.required.is_some_and(|r| existing.size_bytes < r);
-    let too_big = range.limit.is_some_and(|l| existing.size_bytes > l);
-    if too_small || too_big {
-        return Err(ControllerError::AlreadyExists {
-            name: existing.name.clone(),
-            id: existing.id.clone(),
-            existing: existing.size_bytes,
-            reason: format!("capacity range required={:?} limit={:?}", range.required, range.limit),
-        });
-    }
-    Ok(())
-}
-
 fn to_volume(info: &VolumeInfo) -> Volume {
     Volume {
         capacity_bytes: i64::try_from(info.size_bytes).unwrap_or(i64::MAX),
@@ -159,14 +144,14 @@ fn capability(rpc: rpc::Type) -> ControllerServiceCapability {
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    #[instrument(skip_all, err, fields(volume.name = %request.get_ref().name))]
+    #[instrument(skip_all, fields(volume.name = %request.get_ref().name))]
     async fn create_volume(&self, request: Request<CreateVolumeRequest>) -> Answer<CreateVolumeResponse> {
         let volume = self.create(request.into_inner()).await?;
         tracing::info!(volume.id = %volume.volume_id, bytes = volume.capacity_bytes, "volume ready");
         Ok(Response::new(CreateVolumeResponse { volume: Some(volume) }))
     }
 
-    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
     async fn delete_volume(&self, request: Request<DeleteVolumeRequest>) -> Answer<DeleteVolumeResponse> {
         // A string that is no id of ours names a volume that does not exist.
         if let Some(id) = validate::volume_id(&request.get_ref().volume_id)? {
@@ -184,7 +169,7 @@ impl Controller for ControllerService {
         Err(ControllerError::Unimplemented("ControllerUnpublishVolume").into())
     }
 
-    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
     async fn validate_volume_capabilities(&self, request: Request<ValidateVolumeCapabilitiesRequest>) -> Answer<ValidateVolumeCapabilitiesResponse> {
         let req = request.into_inner();
         validate::required("volume_id", &req.volume_id)?;
@@ -215,7 +200,7 @@ impl Controller for ControllerService {
         Ok(Response::new(response))
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all)]
     async fn list_volumes(&self, request: Request<ListVolumesRequest>) -> Answer<ListVolumesResponse> {
         let req = request.into_inner();
         let page = self.page(&listing::Window::parse(&req.starting_token, req.max_entries)?).await?;
@@ -223,16 +208,16 @@ impl Controller for ControllerService {
         Ok(Response::new(ListVolumesResponse { entries, next_token: page.next_token }))
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all)]
     async fn get_capacity(&self, request: Request<GetCapacityRequest>) -> Answer<GetCapacityResponse> {
         let req = request.into_inner();
         let unsupported = req.volume_capabilities.iter().any(|c| validate::unsupported_reason(c).is_some());
         let params = VolumeParameters::parse(&req.parameters)?;
-        let backend = self.backends.for_new_volume(params.backend.as_deref())?;
+        let backend = self.backends.for_new_volume(params.backend.as_deref()).map_err(ControllerError::from)?;
         if unsupported {
             return Ok(Response::new(GetCapacityResponse { available_capacity: 0, ..Default::default() }));
         }
-        let room = self.backends.call("read pool capacity", backend.kind(), backend.capacity(&params.placement)).await?;
+        let room = self.backends.call("read pool capacity", backend.kind(), backend.capacity(&params.placement)).await.map_err(ControllerError::from)?;
         Ok(Response::new(GetCapacityResponse {
             available_capacity: bytes(room.available_bytes),
             maximum_volume_size: Some(bytes(room.available_bytes)),
@@ -258,7 +243,7 @@ impl Controller for ControllerService {
         Ok(Response::new(ControllerGetCapabilitiesResponse { capabilities }))
     }
 
-    #[instrument(skip_all, err, fields(snapshot.name = %request.get_ref().name, volume.id = %request.get_ref().source_volume_id))]
+    #[instrument(skip_all, fields(snapshot.name = %request.get_ref().name, volume.id = %request.get_ref().source_volume_id))]
     async fn create_snapshot(&self, request: Request<CreateSnapshotRequest>) -> Answer<CreateSnapshotResponse> {
         let req = request.into_inner();
         let info = self.snapshots.create(&req.name, &req.source_volume_id, &req.parameters).await?;
@@ -266,14 +251,14 @@ impl Controller for ControllerService {
         Ok(Response::new(CreateSnapshotResponse { snapshot: Some(snapshots::to_snapshot(&info)) }))
     }
 
-    #[instrument(skip_all, err, fields(snapshot.id = %request.get_ref().snapshot_id))]
+    #[instrument(skip_all, fields(snapshot.id = %request.get_ref().snapshot_id))]
     async fn delete_snapshot(&self, request: Request<DeleteSnapshotRequest>) -> Answer<DeleteSnapshotResponse> {
         self.snapshots.delete(&request.get_ref().snapshot_id).await?;
         tracing::info!("snapshot deleted");
         Ok(Response::new(DeleteSnapshotResponse {}))
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all)]
     async fn list_snapshots(&self, request: Request<ListSnapshotsRequest>) -> Answer<ListSnapshotsResponse> {
         Ok(Response::new(self.snapshots.list(request.get_ref()).await?))
     }
@@ -282,7 +267,7 @@ impl Controller for ControllerService {
         Err(ControllerError::Unimplemented("GetSnapshot").into())
     }
 
-    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
     async fn controller_expand_volume(&self, request: Request<ControllerExpandVolumeRequest>) -> Answer<ControllerExpandVolumeResponse> {
         let req = request.into_inner();
         let id = validate::volume_id(&req.volume_id)?;
@@ -304,7 +289,7 @@ impl Controller for ControllerService {
         Ok(Response::new(ControllerExpandVolumeResponse { capacity_bytes: bytes(size), node_expansion_required: true }))
     }
 
-    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
     async fn controller_get_volume(&self, request: Request<ControllerGetVolumeRequest>) -> Answer<ControllerGetVolumeResponse> {
         let info = self.lookup(&request.get_ref().volume_id).await?;
         Ok(Response::new(ControllerGetVolumeResponse {
@@ -319,7 +304,7 @@ impl Controller for ControllerService {
 }
 
 /// The Identity probe: ready when every backend answers.
-pub struct BackendProbe(pub Arc<Backends>);
+pub(crate) struct BackendProbe(pub Arc<Backends>);
 
 #[async_trait::async_trait]
 impl csi_endpoint::Probe for BackendProbe {

@@ -1,17 +1,21 @@
-//! Pure size decisions: what a create allocates and what an expansion does.
-//! Kept free of I/O so the hard cases are plain unit tests.
+//! Pure size decisions: what a create allocates, whether a volume found
+//! under the requested name fits, and what an expansion does. Kept free of
+//! I/O so the hard cases are plain unit tests.
 
+use swell_storage::VolumeInfo;
+use swell_storage::units::{GIB, MIB};
+
+use crate::error::ControllerError;
 use crate::validate::SizeRange;
 
 /// What CreateVolume allocates when the request names no size.
-pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
-use swell_storage::units::MIB;
+pub(crate) const DEFAULT_VOLUME_BYTES: u64 = GIB;
 /// The finest size a loop device and every supported filesystem accept.
 const SECTOR_ALIGN: u64 = 4096;
 
 /// Why a size cannot be given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SizeError {
+pub(crate) enum SizeError {
     /// No aligned size fits between required and limit.
     #[error("no size aligned to {SECTOR_ALIGN} bytes lies between required {required} and limit {limit}")]
     NoAlignedFit {
@@ -52,7 +56,7 @@ fn round_up(value: u64, align: u64) -> Option<u64> {
 
 /// The size to allocate for `range`: `required` rounded up to a MiB, or to
 /// 4 KiB when a MiB would pass the limit.
-pub fn allocation(range: SizeRange) -> Result<u64, SizeError> {
+pub(crate) fn allocation(range: SizeRange) -> Result<u64, SizeError> {
     let required = range.required.unwrap_or_else(|| range.limit.map_or(DEFAULT_VOLUME_BYTES, |l| l.min(DEFAULT_VOLUME_BYTES)));
     let limit = range.limit.unwrap_or(u64::MAX);
     [MIB, SECTOR_ALIGN]
@@ -66,7 +70,7 @@ pub fn allocation(range: SizeRange) -> Result<u64, SizeError> {
 /// a volume): the source's size when the request names none, the request's
 /// (rounded as [`allocation`] does) when it is larger; a request for less
 /// than the source is refused.
-pub fn allocation_from_source(range: SizeRange, source_bytes: u64) -> Result<u64, SizeError> {
+pub(crate) fn allocation_from_source(range: SizeRange, source_bytes: u64) -> Result<u64, SizeError> {
     if let Some(asked) = range.required.or(range.limit).filter(|asked| *asked < source_bytes) {
         return Err(SizeError::SmallerThanSource { source_bytes, asked });
     }
@@ -78,7 +82,7 @@ pub fn allocation_from_source(range: SizeRange, source_bytes: u64) -> Result<u64
 
 /// What ControllerExpandVolume does, given the volume's size read fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expansion {
+pub(crate) enum Expansion {
     /// Already at least the required size: answer with the current size.
     AlreadyDone {
         /// The size now.
@@ -95,7 +99,7 @@ pub enum Expansion {
 
 /// Decides an expansion. `required` comes from a validated range; `available`
 /// is the pool's room, read fresh.
-pub fn plan_expansion(current: u64, range: SizeRange, available: u64) -> Result<Expansion, SizeError> {
+pub(crate) fn plan_expansion(current: u64, range: SizeRange, available: u64) -> Result<Expansion, SizeError> {
     if let Some(limit) = range.limit.filter(|limit| current > *limit) {
         return Err(SizeError::AboveLimit { current, limit });
     }
@@ -109,6 +113,21 @@ pub fn plan_expansion(current: u64, range: SizeRange, available: u64) -> Result<
         return Err(SizeError::NoRoom { needed, available });
     }
     Ok(Expansion::Grow { current, target })
+}
+
+/// ALREADY_EXISTS unless `existing`, found under the requested name, fits `range`.
+pub(crate) fn check_compatible(existing: &VolumeInfo, range: SizeRange) -> Result<(), ControllerError> {
+    let too_small = range.required.is_some_and(|r| existing.size_bytes < r);
+    let too_big = range.limit.is_some_and(|l| existing.size_bytes > l);
+    if too_small || too_big {
+        return Err(ControllerError::AlreadyExists {
+            name: existing.name.clone(),
+            id: existing.id.clone(),
+            existing: existing.size_bytes,
+            reason: format!("capacity range required={:?} limit={:?}", range.required, range.limit),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use csi_proto::v1::volume_content_source::{SnapshotSource, Type, VolumeSource};
 use csi_proto::v1::{ListSnapshotsRequest, ListSnapshotsResponse, Snapshot, VolumeContentSource, list_snapshots_response};
+use swell_backends::{Backends, CallError};
 use swell_storage::locks::KeyedLocks;
 use swell_storage::{Backend, BackendError, ContentSource, Created, Placement, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
 
-use crate::backends::Backends;
 use crate::error::ControllerError;
 use crate::listing;
 use crate::sizing;
@@ -23,7 +23,7 @@ const SNAPSHOTTER_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// The snapshot and clone side of the Controller service.
 #[derive(Clone)]
-pub struct Snapshots {
+pub(crate) struct Snapshots {
     backends: Backends,
     /// Creates in flight, by name (shared with volume creates; snapshot
     /// names are kept apart by a prefix).
@@ -39,13 +39,13 @@ enum Source {
 
 impl Snapshots {
     /// Snapshots over `backends`, taking name locks from `names`.
-    pub fn new(backends: Backends, names: KeyedLocks) -> Self {
+    pub(crate) fn new(backends: Backends, names: KeyedLocks) -> Self {
         Snapshots { backends, names }
     }
 
     /// CreateSnapshot: idempotent by name; a name reused for another volume
     /// is ALREADY_EXISTS, a pool without room RESOURCE_EXHAUSTED.
-    pub async fn create(&self, name: &str, source_volume_id: &str, parameters: &HashMap<String, String>) -> Result<SnapshotInfo, ControllerError> {
+    pub(crate) async fn create(&self, name: &str, source_volume_id: &str, parameters: &HashMap<String, String>) -> Result<SnapshotInfo, ControllerError> {
         let name = validate::required("name", name)?;
         validate::required("source_volume_id", source_volume_id)?;
         check_parameters(parameters)?;
@@ -54,10 +54,8 @@ impl Snapshots {
         let backend = self.backends.for_volume(&source).ok_or_else(not_found)?;
         let _guard = self.names.try_acquire(&format!("snapshot/{name}")).ok_or_else(|| ControllerError::Pending(format!("snapshot name {name:?}")))?;
         let created = self.backends.call("create snapshot", name, backend.create_snapshot(name, &source)).await.map_err(|err| match err {
-            ControllerError::Backend { source: source @ BackendError::NoSpace { .. }, .. } => {
-                ControllerError::NoSpaceForSnapshot { name: name.to_owned(), source }
-            }
-            other => other,
+            CallError { source: source @ BackendError::NoSpace { .. }, .. } => ControllerError::NoSpaceForSnapshot { name: name.to_owned(), source },
+            other => other.into(),
         })?;
         Ok(match created {
             Created::New(info) | Created::Existing(info) => info,
@@ -66,18 +64,18 @@ impl Snapshots {
 
     /// DeleteSnapshot: a snapshot that does not exist (or an id that is no
     /// Swell snapshot id) is deleted already.
-    pub async fn delete(&self, snapshot_id: &str) -> Result<(), ControllerError> {
+    pub(crate) async fn delete(&self, snapshot_id: &str) -> Result<(), ControllerError> {
         validate::required("snapshot_id", snapshot_id)?;
         let Ok(id) = snapshot_id.parse::<SnapshotId>() else { return Ok(()) };
         let Some(backend) = self.backends.for_backend(id.backend()) else { return Ok(()) };
         let _guard = self.names.try_acquire(&format!("snapshot-id/{id}")).ok_or_else(|| ControllerError::Pending(format!("snapshot {id}")))?;
-        self.backends.call("delete snapshot", snapshot_id, backend.delete_snapshot(&id)).await
+        Ok(self.backends.call("delete snapshot", snapshot_id, backend.delete_snapshot(&id)).await?)
     }
 
     /// ListSnapshots: every snapshot, or the one named by `snapshot_id`, or
     /// those of `source_volume_id`, a page at a time. Ids that are no Swell
     /// ids name nothing: the list is empty.
-    pub async fn list(&self, req: &ListSnapshotsRequest) -> Result<ListSnapshotsResponse, ControllerError> {
+    pub(crate) async fn list(&self, req: &ListSnapshotsRequest) -> Result<ListSnapshotsResponse, ControllerError> {
         let mut found = Vec::new();
         if !req.snapshot_id.is_empty() {
             if let Ok(id) = req.snapshot_id.parse::<SnapshotId>()
@@ -106,7 +104,7 @@ impl Snapshots {
     /// CreateVolume with a content source: the volume is made at the size
     /// asked for, never below the source's (OUT_OF_RANGE), by the backend
     /// that owns the source.
-    pub async fn create_volume_from(
+    pub(crate) async fn create_volume_from(
         &self,
         name: &str,
         range: SizeRange,
@@ -125,7 +123,7 @@ impl Snapshots {
         let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
         let created = self.backends.call("create volume from a source", name, backend.create_volume_from(name, size, placement, &source)).await?;
         if let Created::Existing(info) = &created {
-            crate::service::check_compatible(info, range)?;
+            sizing::check_compatible(info, range)?;
         }
         Ok(created.info().clone())
     }
@@ -179,17 +177,8 @@ fn parse_source(requested: &VolumeContentSource) -> Result<Source, ControllerErr
     }
 }
 
-/// The content source as the CSI answer carries it.
-pub fn to_content_source(source: &ContentSource) -> VolumeContentSource {
-    let r#type = match source {
-        ContentSource::Snapshot(id) => Type::Snapshot(SnapshotSource { snapshot_id: id.to_string() }),
-        ContentSource::Volume(id) => Type::Volume(VolumeSource { volume_id: id.to_string() }),
-    };
-    VolumeContentSource { r#type: Some(r#type) }
-}
-
 /// A snapshot as the CSI answer carries it.
-pub fn to_snapshot(info: &SnapshotInfo) -> Snapshot {
+pub(crate) fn to_snapshot(info: &SnapshotInfo) -> Snapshot {
     let since = info.created.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     Snapshot {
         size_bytes: i64::try_from(info.size_bytes).unwrap_or(i64::MAX),
@@ -244,8 +233,6 @@ mod tests {
         let id = info("s").id.to_string();
         let by_snapshot = VolumeContentSource { r#type: Some(Type::Snapshot(SnapshotSource { snapshot_id: id.clone() })) };
         assert!(matches!(parse_source(&by_snapshot), Ok(Source::Found(ContentSource::Snapshot(s))) if s.to_string() == id));
-        let round = to_content_source(&ContentSource::Snapshot(id.parse().unwrap()));
-        assert_eq!(round, by_snapshot);
         let fake = VolumeContentSource { r#type: Some(Type::Volume(VolumeSource { volume_id: "not-an-id".into() })) };
         assert!(matches!(parse_source(&fake), Ok(Source::Missing(_, "volume"))));
         let empty = VolumeContentSource { r#type: Some(Type::Snapshot(SnapshotSource { snapshot_id: String::new() })) };

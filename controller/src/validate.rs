@@ -1,13 +1,11 @@
 //! Turns CSI requests into typed values, or says which field is wrong.
 
+use csi_endpoint::capabilities::{SUPPORTED_FS, single_node_access};
 use csi_proto::v1::volume_capability::{AccessType, access_mode::Mode};
 use csi_proto::v1::{CapacityRange, VolumeCapability};
 use swell_storage::VolumeId;
 
 use crate::error::ControllerError;
-
-/// Filesystems the node can create and grow.
-pub const SUPPORTED_FS: [&str; 3] = ["xfs", "ext4", "btrfs"];
 
 /// A capacity range with its CSI zeros turned into `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,19 +17,19 @@ pub struct SizeRange {
 }
 
 /// Requires a non-empty field.
-pub fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, ControllerError> {
+pub(crate) fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, ControllerError> {
     if value.is_empty() { Err(ControllerError::invalid(field, "must be set")) } else { Ok(value) }
 }
 
 /// Requires a volume id and parses it. A string that is not a Swell id names
 /// no volume of ours, which the caller reports as it reports a missing volume.
-pub fn volume_id(value: &str) -> Result<Option<VolumeId>, ControllerError> {
+pub(crate) fn volume_id(value: &str) -> Result<Option<VolumeId>, ControllerError> {
     required("volume_id", value)?;
     Ok(value.parse().ok())
 }
 
 /// Validates an optional capacity range.
-pub fn size_range(range: Option<&CapacityRange>) -> Result<SizeRange, ControllerError> {
+pub(crate) fn size_range(range: Option<&CapacityRange>) -> Result<SizeRange, ControllerError> {
     let Some(range) = range else { return Ok(SizeRange { required: None, limit: None }) };
     let non_negative = |field, v: i64| u64::try_from(v).map_err(|_| ControllerError::invalid(field, format!("{v} is negative")));
     let required = non_negative("capacity_range.required_bytes", range.required_bytes)?;
@@ -43,10 +41,10 @@ pub fn size_range(range: Option<&CapacityRange>) -> Result<SizeRange, Controller
 }
 
 /// Why a well-formed capability is not one Swell serves, or `None` when it is.
-pub fn unsupported_reason(cap: &VolumeCapability) -> Option<String> {
+pub(crate) fn unsupported_reason(cap: &VolumeCapability) -> Option<String> {
     let mode = cap.access_mode.as_ref().map(|m| Mode::try_from(m.mode).unwrap_or(Mode::Unknown));
     match mode {
-        Some(Mode::SingleNodeWriter | Mode::SingleNodeReaderOnly | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter) => {}
+        Some(mode) if single_node_access(mode).is_some() => {}
         Some(other) => return Some(format!("access mode {} is not supported: Swell volumes attach to one node", other.as_str_name())),
         None => return Some("access_mode is missing".into()),
     }
@@ -59,7 +57,7 @@ pub fn unsupported_reason(cap: &VolumeCapability) -> Option<String> {
 }
 
 /// Validates that each capability is complete and supported.
-pub fn capabilities(field: &'static str, caps: &[VolumeCapability]) -> Result<(), ControllerError> {
+pub(crate) fn capabilities(field: &'static str, caps: &[VolumeCapability]) -> Result<(), ControllerError> {
     if caps.is_empty() {
         return Err(ControllerError::invalid(field, "at least one capability is required"));
     }
@@ -68,7 +66,7 @@ pub fn capabilities(field: &'static str, caps: &[VolumeCapability]) -> Result<()
 
 /// Validates one capability: the access type and mode must be present; an
 /// unsupported mode or filesystem is named.
-pub fn capability(field: &'static str, cap: &VolumeCapability) -> Result<(), ControllerError> {
+pub(crate) fn capability(field: &'static str, cap: &VolumeCapability) -> Result<(), ControllerError> {
     if cap.access_type.is_none() {
         return Err(ControllerError::invalid(field, "access_type (mount or block) is required"));
     }

@@ -3,14 +3,14 @@
 # and checks it; CI runs it. As root on Debian 12, with Debian's mirror only:
 #
 #   1. release binaries: swell-controller (with RBD), swell-node, the
-#      operator's CLI swell, and swell-webhook once the workspace has it,
-#      staged in target/image/bin/ (deploy/image/Dockerfile copies the same
-#      files);
+#      operator's CLI swell and swell-webhook, staged in target/image/bin/
+#      (deploy/image/Dockerfile copies the same files);
 #   2. a Debian 12 root filesystem (mmdebstrap, minbase, no docs) holding
 #      deploy/image/packages, with the binaries in /usr/local/bin; the .debs
 #      are cached in target/image/apt-cache for the next build;
-#   3. checks through chroot: every binary starts (--version, --help), and
-#      every program `swell-node --help` lists is on PATH with its libraries;
+#   3. checks: no binary holds a test failpoint (.ci/no-failpoints), and,
+#      through chroot, every binary starts (--version, --help) and every
+#      program `swell-node --help` lists is on PATH with its libraries;
 #   4. an OCI image layout, target/image/swell, tag 0.1.0 (the workspace
 #      version), made with umoci; its sizes are printed.
 #
@@ -50,14 +50,8 @@ out=target/image
 packages=$(sed 's/#.*//' deploy/image/packages | xargs)
 [[ -n $packages ]] || fail "deploy/image/packages lists nothing"
 
-# 1. The binaries. The webhook is optional only until its crate lands.
-binaries=(swell-controller swell-node swell)
-metadata=$(cargo metadata --no-deps --format-version 1)
-if grep -q '"name":"swell-webhook"' <<<"$metadata"; then
-  binaries+=(swell-webhook)
-else
-  echo "image: the workspace has no swell-webhook yet; the image holds ${binaries[*]}"
-fi
+# 1. The binaries.
+binaries=(swell-controller swell-node swell swell-webhook)
 profile=${SWELL_IMAGE_PROFILE:-release}
 case $profile in
   release) profile_dir=release ;;
@@ -71,6 +65,9 @@ for binary in "${binaries[@]}"; do
   cp "${CARGO_TARGET_DIR:-target}/$profile_dir/$binary" "$out/bin/"
 done
 step "binaries staged in $out/bin: ${binaries[*]}"
+# A test hook never ships: cargo unifies features over a build, so one crate
+# asking for `failpoints` would put them in every binary.
+.ci/no-failpoints "$out/bin" || fail "a binary holds a test failpoint"
 ((binaries_only)) && exit 0
 
 [[ $(id -u) == 0 ]] || fail "run as root: mmdebstrap builds the root filesystem in a chroot"

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::requests::{self, mount_capability};
 use swell_e2e::sweep::sweep;
+use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::Backend;
-use swell_storage::local::LocalBackend;
 
 use swell_storage::units::MIB;
 
@@ -29,7 +29,7 @@ async fn round(fs: &str, n: usize, timings: &mut Timings) -> Result<(), Box<dyn 
     let mut config = swell_node::NodeConfig::new("bench");
     config.state_dir = dir.join("node");
     config.local_state_dir = dir.join("local");
-    let backend = LocalBackend::open(&config.local_state_dir, None)?;
+    let backend = LocalBackend::open(&LocalConfig::new(&config.local_state_dir, dir.join("controller")))?;
     let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await?;
     let mut node = server.client.clone();
     let id = backend.create_volume(&format!("bench-{fs}-{n}"), 320 * MIB, &swell_storage::Placement::default()).await?.info().id.to_string();

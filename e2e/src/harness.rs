@@ -9,10 +9,12 @@ use std::time::Duration;
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::identity_client::IdentityClient;
 use csi_proto::v1::node_client::NodeClient;
-use swell_controller::rbd::RbdConfig;
-use swell_controller::reconciler::{Reconciler, ReconcilerConfig};
-use swell_controller::server::{BackendOptions, ControllerConfig, build_with as build_controller};
+use swell_backends::{BackendConfig, Backends};
+use swell_controller::{ControllerConfig, build as build_controller, build_over};
+use swell_controller::{Reconciler, ReconcilerConfig};
+use swell_local::LocalConfig;
 use swell_node::NodeConfig;
+use swell_rbd::RbdConfig;
 use swell_storage::CephAccess;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -20,14 +22,14 @@ use tonic::transport::Channel;
 use tonic::transport::server::Router;
 
 /// The driver name the harness runs under.
-pub const DRIVER_NAME: &str = "swell.csi.storage";
+pub const DRIVER_NAME: &str = csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 
 /// Why the harness could not start the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     /// The controller would not start.
     #[error("start controller: {0}")]
-    Controller(#[from] swell_controller::server::StartError),
+    Controller(#[from] swell_controller::StartError),
     /// The node would not start.
     #[error("start node: {0}")]
     Node(String),
@@ -178,10 +180,13 @@ impl DriverUnderTest {
         let node_socket = root.join("node.sock");
         let controller_config = ControllerConfig {
             driver_name: DRIVER_NAME.to_owned(),
-            state_dir: root.join("controller"),
-            local_state_dir: local_state_dir.clone(),
-            local_capacity_bytes: options.local_capacity_bytes,
-            backend_timeout: Duration::from_secs(8),
+            backends: BackendConfig {
+                rbd: options.rbd.clone().map(RbdConfig::with_access),
+                ..BackendConfig::local(LocalConfig {
+                    capacity_bytes: options.local_capacity_bytes,
+                    ..LocalConfig::new(&local_state_dir, root.join("controller"))
+                })
+            },
             reconciler: options.reconciler.clone().unwrap_or_default(),
         };
         let mut node_config = NodeConfig::new("swell-e2e-node");
@@ -189,10 +194,9 @@ impl DriverUnderTest {
         node_config.local_state_dir = local_state_dir.clone();
         node_config.endpoint = format!("unix://{}", node_socket.display());
 
-        let backend_options = BackendOptions { rbd: options.rbd.clone().map(RbdConfig::with_access), default_backend: None };
         node_config.rbd = options.rbd.clone();
-        let node = swell_node::server::build(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
-        let controller = build_controller(&controller_config, &backend_options)?;
+        let node = swell_node::build(&node_config).map_err(|e| HarnessError::Node(e.to_string()))?;
+        let controller = build_controller(&controller_config)?;
         let (controller_observed, controller_metrics) = spawn_observed(controller.observed).await?;
         let (node_observed, node_metrics) = spawn_observed(node.observed).await?;
         let mut servers =
@@ -255,20 +259,12 @@ pub struct ControllerUnderTest {
 
 impl ControllerUnderTest {
     /// Serves a controller over `backends` with its state under `root`.
-    pub async fn start(root: &Path, backends: swell_controller::Backends, reconciler: ReconcilerConfig) -> Result<Self, HarnessError> {
-        let config = ControllerConfig {
-            driver_name: DRIVER_NAME.to_owned(),
-            state_dir: root.join("controller"),
-            local_state_dir: root.join("local"),
-            local_capacity_bytes: None,
-            backend_timeout: Duration::from_secs(8),
-            reconciler,
-        };
-        Self::serve(root, swell_controller::server::build_over(&config, backends)?).await
+    pub async fn start(root: &Path, backends: Backends, reconciler: ReconcilerConfig) -> Result<Self, HarnessError> {
+        Self::serve(root, build_over(DRIVER_NAME, reconciler, backends)?).await
     }
 
     /// Serves an assembled controller on `root/controller.sock`.
-    pub async fn serve(root: &Path, controller: swell_controller::server::Controller) -> Result<Self, HarnessError> {
+    pub async fn serve(root: &Path, controller: swell_controller::Controller) -> Result<Self, HarnessError> {
         let socket = root.join("controller.sock");
         let server = spawn(socket.clone(), controller.router);
         let (observed, metrics) = spawn_observed(controller.observed).await?;
@@ -318,7 +314,7 @@ impl NodeUnderTest {
 
     /// Serves a node with `config` on `socket` until dropped.
     pub async fn serve(socket: &Path, config: &NodeConfig) -> Result<Self, HarnessError> {
-        let node = swell_node::server::build(config).map_err(|e| HarnessError::Node(e.to_string()))?;
+        let node = swell_node::build(config).map_err(|e| HarnessError::Node(e.to_string()))?;
         let server = spawn(socket.to_owned(), node.router);
         let (observed, metrics) = spawn_observed(node.observed).await?;
         let client = NodeClient::new(connect_in_process(socket).await?);

@@ -32,11 +32,16 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
+/// Whether `program` is a file in a directory on PATH.
+pub fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+}
+
 /// For a test that needs `programs`: the first one missing from PATH, as a
 /// reason to skip; under CI, a missing program fails the test (panics).
 pub fn missing_program(test: &str, programs: &[&str]) -> Option<String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing = programs.iter().find(|p| !std::env::split_paths(&path).any(|dir| dir.join(p).is_file()))?;
+    let missing = programs.iter().find(|p| !on_path(p))?;
     let reason = format!("{missing} is not installed (e2e/install-deps.sh installs it)");
     assert!(!in_ci(), "{test}: {reason}; under CI=true the install step must have provided it");
     Some(reason)
@@ -125,11 +130,11 @@ pub fn loop_devices_for(file: &Path) -> Vec<String> {
     devices
 }
 
-/// Whether `path` is a mount point now (per /proc/self/mountinfo).
+/// Whether `path` is a mount point now (per /proc/self/mountinfo, read
+/// with the node's own parser).
 pub fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let wanted = path.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+    swell_node::mountinfo::find(&swell_node::mountinfo::parse(&info), path).is_some()
 }
 
 /// Checks an unmounted filesystem without changing it (`xfs_repair -n`,
@@ -171,4 +176,31 @@ pub fn check_filesystem(fs: &str, device_or_file: &Path) -> Result<(), String> {
 pub fn statvfs_total(path: &Path) -> std::io::Result<u64> {
     let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
     Ok(stat.blocks().saturating_mul(stat.fragment_size()))
+}
+
+/// Whether resize2fs can grow a mounted ext4 on this machine: it needs
+/// CAP_SYS_RESOURCE, which some containers drop (the VM lane's guest has
+/// it). Probed for real on a 64 MiB loop device under `scratch`.
+pub fn online_ext4_grow_permitted(scratch: &Path) -> bool {
+    fn sh(program: &str, args: &[&str]) -> Option<String> {
+        let out = Command::new(program).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+    let image = scratch.join("ext4-probe.img");
+    let mount_point = scratch.join("ext4-probe");
+    let (img, mp) = (image.display().to_string(), mount_point.display().to_string());
+    let _ = std::fs::create_dir_all(&mount_point);
+    let mut works = false;
+    if sh("truncate", &["-s", "64M", &img]).is_some()
+        && let Some(device) = sh("losetup", &["--find", "--show", &img]).map(|d| d.trim().to_owned())
+    {
+        if sh("mkfs.ext4", &["-q", &device]).is_some() && sh("mount", &[&device, &mp]).is_some() {
+            works = sh("truncate", &["-s", "128M", &img]).is_some() && sh("losetup", &["-c", &device]).is_some() && sh("resize2fs", &[&device]).is_some();
+            let _ = Command::new("umount").arg(&mp).status();
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&device).status();
+    }
+    let _ = std::fs::remove_file(&image);
+    let _ = std::fs::remove_dir(&mount_point);
+    works
 }

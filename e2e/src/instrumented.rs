@@ -6,8 +6,10 @@
 //! while the real backend below does the actual work.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use swell_storage::{Backend, BackendError, Capacity, ContentSource, Created, ExpansionStore, Placement, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
@@ -51,10 +53,6 @@ pub struct InstrumentedBackend {
     lies: AtomicUsize,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl InstrumentedBackend {
     /// Wraps `inner`; every grow first waits `grow_latency`.
     pub fn new(inner: Arc<dyn Backend>, grow_latency: Duration) -> Arc<Self> {
@@ -71,17 +69,17 @@ impl InstrumentedBackend {
 
     /// Switches how grows behave.
     pub fn set_grow_mode(&self, mode: GrowMode) {
-        *lock(&self.mode) = mode;
+        *self.mode.lock() = mode;
     }
 
     /// Every grow that reached the real backend, in order.
     pub fn grows(&self) -> Vec<(VolumeId, u64)> {
-        lock(&self.grows).clone()
+        self.grows.lock().clone()
     }
 
     /// Every volume whose size was announced to its clients, in order.
     pub fn announcements(&self) -> Vec<VolumeId> {
-        lock(&self.announcements).clone()
+        self.announcements.lock().clone()
     }
 
     /// How many answers were lies (a size or a success the engine does not have).
@@ -95,7 +93,7 @@ impl InstrumentedBackend {
     }
 
     async fn grow_inner(&self, id: &VolumeId, size: u64) -> Result<u64, BackendError> {
-        lock(&self.grows).push((id.clone(), size));
+        self.grows.lock().push((id.clone(), size));
         self.inner.grow_volume(id, size).await
     }
 
@@ -124,7 +122,7 @@ impl Backend for InstrumentedBackend {
 
     async fn volume(&self, id: &VolumeId) -> Result<Option<VolumeInfo>, BackendError> {
         let mut info = self.inner.volume(id).await?;
-        let mut lagging = lock(&self.lagging);
+        let mut lagging = self.lagging.lock();
         if let (Some(info), Some((old, left))) = (info.as_mut(), lagging.get_mut(id)) {
             info.size_bytes = *old;
             *left -= 1;
@@ -145,7 +143,7 @@ impl Backend for InstrumentedBackend {
     }
 
     async fn grow_volume(&self, id: &VolumeId, new_size: u64) -> Result<u64, BackendError> {
-        let mode = *lock(&self.mode);
+        let mode = *self.mode.lock();
         tokio::time::sleep(self.grow_latency).await;
         match mode {
             GrowMode::Normal => self.grow_inner(id, new_size).await,
@@ -171,13 +169,13 @@ impl Backend for InstrumentedBackend {
                 let before = self.current(id).await?;
                 let after = self.grow_inner(id, new_size).await?;
                 if reads > 0 {
-                    lock(&self.lagging).insert(id.clone(), (before, reads));
+                    self.lagging.lock().insert(id.clone(), (before, reads));
                 }
                 Ok(after)
             }
             GrowMode::LandsAfter(delay) => {
                 // The engine has the request now and carries it out later.
-                lock(&self.grows).push((id.clone(), new_size));
+                self.grows.lock().push((id.clone(), new_size));
                 let (inner, id) = (self.inner.clone(), id.clone());
                 let landed = tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
@@ -191,7 +189,7 @@ impl Backend for InstrumentedBackend {
     }
 
     async fn announce_size(&self, id: &VolumeId) -> Result<(), BackendError> {
-        lock(&self.announcements).push(id.clone());
+        self.announcements.lock().push(id.clone());
         self.inner.announce_size(id).await
     }
 
@@ -199,7 +197,11 @@ impl Backend for InstrumentedBackend {
         self.inner.collect_garbage().await
     }
 
-    fn expansion_store(&self) -> Option<Arc<dyn ExpansionStore>> {
+    fn lists_recorded_sizes(&self) -> bool {
+        self.inner.lists_recorded_sizes()
+    }
+
+    fn expansion_store(&self) -> Arc<dyn ExpansionStore> {
         self.inner.expansion_store()
     }
 

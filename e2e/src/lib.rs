@@ -4,7 +4,6 @@
 //! stand on it, and the never-stuck scenarios are written here once for
 //! every backend.
 
-pub mod bench;
 pub mod ceph;
 pub mod chaos;
 pub mod harness;

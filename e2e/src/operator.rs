@@ -84,9 +84,12 @@ fn pvc(name: &str, requested: &str, capacity: &str) -> Value {
 /// The scenario on `engine`.
 pub async fn swell_shows_every_expansion(engine: &dyn Engine) {
     let rig = InProcess::start(engine, Duration::ZERO).await;
-    // Every controller started from its flags has a local backend's
-    // directory; this one, given its backends, may not.
-    std::fs::create_dir_all(rig.dir.path().join("local")).expect("the local state directory");
+    // Every controller started from its flags has a local backend, its
+    // directory and its records' (the controller's state directory); this
+    // one, given its backends, may not.
+    for dir in ["local", "controller"] {
+        std::fs::create_dir_all(rig.dir.path().join(dir)).expect("the controller's state directories");
+    }
     let mut client = rig.client();
     let tag = std::process::id();
     let grown = create(&mut client, &format!("cli-grown-{tag}"), GIB).await;

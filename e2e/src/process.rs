@@ -29,17 +29,28 @@ pub fn controller_binary() -> Result<PathBuf, HarnessError> {
     built_binary("swell-controller")
 }
 
+/// The environment variable naming the failpoints a process honours.
+const FAILPOINTS: &str = "FAILPOINTS";
+
+/// Finds the failpoint build of `swell-controller`
+/// (`target/failpoints/swell-controller`, made by `e2e/failpoints-build.sh`,
+/// which `e2e/test.sh` runs): the only build that honours `FAILPOINTS`.
+pub fn failpoints_controller_binary() -> Result<PathBuf, HarnessError> {
+    in_target("failpoints/swell-controller")
+        .ok_or_else(|| HarnessError::MissingBinary("target/failpoints/swell-controller (run e2e/failpoints-build.sh first; e2e/test.sh does)".into()))
+}
+
 /// Finds a workspace binary built beside the running test
 /// (`target/<profile>/`); `e2e/test.sh` builds them before the tests run.
 pub fn built_binary(name: &str) -> Result<PathBuf, HarnessError> {
-    let exe = std::env::current_exe().map_err(|e| HarnessError::Process(format!("current_exe: {e}")))?;
-    let candidates = exe.ancestors().skip(1).take(3).map(|dir| dir.join(name));
-    for candidate in candidates {
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    Err(HarnessError::MissingBinary(format!("{name} (run `cargo build --bins` first; e2e/test.sh does)")))
+    in_target(name).ok_or_else(|| HarnessError::MissingBinary(format!("{name} (run `cargo build --bins` first; e2e/test.sh does)")))
+}
+
+/// `relative` in the directory of the running test or one of the two above
+/// it (`target/<profile>/deps/` → `target/`), if it is a file there.
+fn in_target(relative: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors().skip(1).take(3).map(|dir| dir.join(relative)).find(|candidate| candidate.is_file())
 }
 
 impl ControllerProcess {
@@ -57,7 +68,8 @@ impl ControllerProcess {
     }
 
     /// Like [`start_with`](Self::start_with), with environment variables
-    /// (e.g. `FAILPOINTS`) set for this process and every restart.
+    /// set for this process and every restart. With `FAILPOINTS` among
+    /// them, the failpoint build runs ([`failpoints_controller_binary`]).
     pub async fn start_with_env(root: &Path, local_state_dir: &Path, extra_args: Vec<String>, env: Vec<(String, String)>) -> Result<Self, HarnessError> {
         Self::start_logging(root, local_state_dir, extra_args, env, None).await
     }
@@ -71,7 +83,7 @@ impl ControllerProcess {
         env: Vec<(String, String)>,
         log: Option<PathBuf>,
     ) -> Result<Self, HarnessError> {
-        let binary = controller_binary()?;
+        let binary = if env.iter().any(|(name, _)| name == FAILPOINTS) { failpoints_controller_binary()? } else { controller_binary()? };
         let mut process = ControllerProcess {
             child: spawn(&binary, root, local_state_dir, &extra_args, &env, log.as_deref())?,
             binary,

@@ -12,6 +12,7 @@
 //! every test of the binary, with the cluster's log.
 //! `SWELL_RBD_TEST_CLUSTER=DIR` uses a running cluster instead (left running).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -19,12 +20,16 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
-use swell_controller::rbd::ffi::{Cluster, IoCtx};
-use swell_controller::rbd::{RbdBackend, RbdConfig};
-use swell_controller::reconciler::ReconcilerConfig;
-use swell_controller::server::{BackendOptions, ControllerConfig, build_with};
+use csi_proto::v1::{NodeStageVolumeRequest, VolumeCapability};
+use swell_backends::BackendConfig;
+use swell_controller::ReconcilerConfig;
+use swell_controller::{ControllerConfig, build};
+use swell_local::LocalConfig;
 use swell_node::NodeConfig;
+use swell_rbd::test_util::OtherClient;
+use swell_rbd::{RbdBackend, RbdConfig};
 use swell_storage::CephAccess;
+use swell_storage::rbd_attach::{self, AttachMode};
 use swell_storage::{Backend, RbdVolume, VolumeId};
 use tokio::sync::MutexGuard;
 use tonic::transport::Channel;
@@ -33,6 +38,7 @@ use crate::ceph::{self, TestCluster};
 use crate::harness::{ControllerUnderTest, NodeUnderTest};
 use crate::host;
 use crate::never_stuck::Engine;
+use crate::requests;
 use crate::sweep;
 
 /// The cluster id in volume ids made by these tests.
@@ -51,6 +57,13 @@ pub struct ClusterEnv {
     pub conf: PathBuf,
     /// The `client.admin` keyring.
     pub keyring: PathBuf,
+}
+
+impl ClusterEnv {
+    /// How to reach it as `client.admin`, under the tests' cluster id.
+    pub fn access(&self) -> CephAccess {
+        CephAccess::new(CLUSTER_ID, &self.conf, &self.keyring)
+    }
 }
 
 enum BringUp {
@@ -175,7 +188,7 @@ pub fn location_of(id: &str) -> RbdVolume {
 
 /// The driver's RBD settings for this cluster.
 pub fn rbd_config(env: &ClusterEnv) -> RbdConfig {
-    RbdConfig::new(CLUSTER_ID, &env.conf, &env.keyring)
+    RbdConfig::with_access(env.access())
 }
 
 /// The flags that point a `swell-controller` process at `env`'s cluster,
@@ -191,15 +204,10 @@ pub fn process_args(env: &ClusterEnv, instance: &str) -> Vec<String> {
     ]
 }
 
-/// An io context on `pool` of a librados client of the test's own (another
-/// client, as ceph-csi or a person with the `rbd` CLI would be), through the
-/// controller's bindings.
-pub fn other_client(env: &ClusterEnv, pool: &str) -> IoCtx {
-    let cluster = Arc::new(Cluster::create("admin").expect("rados_create"));
-    cluster.read_conf_file(&env.conf).expect("read ceph.conf");
-    cluster.conf_set("keyring", &env.keyring.display().to_string()).expect("set keyring");
-    cluster.connect().expect("connect to the test cluster");
-    cluster.ioctx(pool).unwrap_or_else(|e| panic!("open pool {pool}: {e}"))
+/// A librados client of the test's own on `pool` (another client, as
+/// ceph-csi or a person with the `rbd` CLI would be).
+pub fn other_client(env: &ClusterEnv, pool: &str) -> OtherClient {
+    OtherClient::connect(&env.access(), pool).unwrap_or_else(|e| panic!("connect to pool {pool} of the test cluster: {e}"))
 }
 
 /// The volume (pool `rbd`) the controller makes for the CO name `name`.
@@ -244,16 +252,17 @@ impl Swell {
         let dir = tempfile::Builder::new().prefix("swell-rbd-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
         let config = ControllerConfig {
             driver_name: crate::harness::DRIVER_NAME.into(),
-            state_dir: dir.path().join("controller"),
-            local_state_dir: dir.path().join("local"),
-            local_capacity_bytes: None,
-            backend_timeout,
+            backends: BackendConfig {
+                local: LocalConfig::new(dir.path().join("local"), dir.path().join("controller")),
+                rbd: Some(rbd),
+                default_backend: "rbd".into(),
+                call_deadline: backend_timeout,
+            },
             // As in production, with a pass a second so background work
             // (deferred deletes) shows within a test's patience.
             reconciler: ReconcilerConfig { interval: Duration::from_secs(1), ..Default::default() },
         };
-        let options = BackendOptions { rbd: Some(rbd), default_backend: Some("rbd".into()) };
-        let built = build_with(&config, &options).expect("controller builds");
+        let built = build(&config).expect("controller builds");
         let mut controller = ControllerUnderTest::serve(dir.path(), built).await.expect("serve the controller");
         controller.run_reconciler();
         Swell { client: controller.client.clone(), backend_timeout, controller, _dir: dir }
@@ -317,6 +326,46 @@ impl Engine for Rbd {
 /// keyring reach every tool).
 pub const NODE_USER: &str = "swell-node";
 
+/// Names the attach mode the RBD node tests drive, as a StorageClass's
+/// `mounter` (rbd, rbd-nbd, fuse). The VM lane runs them once per kernel
+/// mode; unset, the tests leave the choice to the node's detection (rbd-fuse
+/// on a host without the rbd and nbd modules).
+pub const MOUNTER_ENV: &str = "SWELL_RBD_MOUNTER";
+
+/// The mode under test and whether the tests name it to the node: the one
+/// [`MOUNTER_ENV`] names (named), else the one this host supports (left to
+/// the node's detection).
+pub fn mode_under_test() -> (AttachMode, bool) {
+    match std::env::var(MOUNTER_ENV) {
+        Ok(value) => (AttachMode::from_mounter(&value).unwrap_or_else(|| panic!("{MOUNTER_ENV}={value:?}: not rbd, rbd-nbd or fuse")), true),
+        Err(_) => (swell_node::rbd_attach_mode(), false),
+    }
+}
+
+/// The StorageClass parameters (and so the volume context) the tests use:
+/// the mounter when named, and map options a test can see in the mapping
+/// (krbd keeps its default `ms_mode` beside them).
+pub fn attach_parameters(mode: AttachMode, named: bool) -> HashMap<String, String> {
+    let mut parameters = HashMap::new();
+    if named {
+        parameters.insert(rbd_attach::MOUNTER_KEY.to_owned(), mode.mounter().to_owned());
+        let options = match mode {
+            AttachMode::Krbd => Some(KRBD_TEST_OPTIONS),
+            AttachMode::Nbd => Some(NBD_TEST_OPTIONS),
+            AttachMode::FuseLoop => None,
+        };
+        if let Some(options) = options {
+            parameters.insert(rbd_attach::MAP_OPTIONS_KEY.to_owned(), options.to_owned());
+        }
+    }
+    parameters
+}
+
+/// krbd's test map options: visible in the mapping's sysfs `config_info`.
+pub const KRBD_TEST_OPTIONS: &str = "krbd:queue_depth=64";
+/// rbd-nbd's test map options: visible on the daemon's command line.
+pub const NBD_TEST_OPTIONS: &str = "nbd:io-timeout=60,reattach-timeout=45";
+
 /// One node test's exclusive use of the cluster, with a node service on it
 /// attaching as [`NODE_USER`], and the images it created (removed on drop).
 pub struct NodeRig {
@@ -328,6 +377,10 @@ pub struct NodeRig {
     pub dir: PathBuf,
     /// The node's configuration.
     pub config: NodeConfig,
+    /// The attach mode the test drives.
+    pub mode: AttachMode,
+    /// The StorageClass parameters that choose it (empty: detection).
+    pub parameters: HashMap<String, String>,
     images: Vec<String>,
     server: Option<NodeUnderTest>,
     _tmp: tempfile::TempDir,
@@ -343,19 +396,25 @@ pub async fn node_rig(test: &str) -> Option<NodeRig> {
     let session = acquire(test).await?;
     let env = session.env;
     let keyring = env.dir.join(format!("ceph.client.{NODE_USER}.keyring"));
-    let keyring_arg = keyring.display().to_string();
-    let user = format!("client.{NODE_USER}");
-    let caps = ["mon", "profile rbd", "osd", "profile rbd pool=rbd", "mgr", "profile rbd pool=rbd"];
-    let mut args = vec!["auth", "get-or-create", &user];
-    args.extend(caps);
-    args.extend(["-o", &keyring_arg]);
-    cli(env, "ceph", &args).unwrap_or_else(|e| panic!("create the node's Ceph user: {e}"));
+    // Once per cluster: the `ceph` CLI takes seconds to start under emulation.
+    if !keyring.exists() {
+        let keyring_arg = keyring.display().to_string();
+        let user = format!("client.{NODE_USER}");
+        let caps = ["mon", "profile rbd", "osd", "profile rbd pool=rbd", "mgr", "profile rbd pool=rbd"];
+        let mut args = vec!["auth", "get-or-create", &user];
+        args.extend(caps);
+        args.extend(["-o", &keyring_arg]);
+        cli(env, "ceph", &args).unwrap_or_else(|e| panic!("create the node's Ceph user: {e}"));
+    }
     let tmp = tempfile::Builder::new().prefix("rbd-node-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
     let dir = tmp.path().to_owned();
     let config = node_config(env, &dir, NODE_USER, &keyring);
     let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.expect("serve the node");
     let node = server.client.clone();
-    Some(NodeRig { env, node, dir, config, images: Vec::new(), server: Some(server), _tmp: tmp, _session: session })
+    let (mode, named) = mode_under_test();
+    println!("{test}: RBD attach mode {mode} ({})", if named { "named by the StorageClass" } else { "the node's detection" });
+    let parameters = attach_parameters(mode, named);
+    Some(NodeRig { env, node, dir, config, mode, parameters, images: Vec::new(), server: Some(server), _tmp: tmp, _session: session })
 }
 
 impl NodeRig {
@@ -379,6 +438,20 @@ impl NodeRig {
         self.dir.join(rel).display().to_string()
     }
 
+    /// NodeStageVolume with the volume context a StorageClass of the mode
+    /// under test gives (the controller copies these parameters into it).
+    pub fn stage(&self, id: &str, staging: &str, capability: VolumeCapability) -> NodeStageVolumeRequest {
+        NodeStageVolumeRequest { volume_context: self.parameters.clone(), ..requests::stage(id, staging, capability) }
+    }
+
+    /// What attaches the image of volume `name` in the mode under test:
+    /// rbd-fuse: its loop devices and rbd-fuse processes; krbd: its
+    /// /dev/rbdN mappings; rbd-nbd: its /dev/nbdN mappings and rbd-nbd
+    /// processes.
+    pub fn attachments(&self, name: &str) -> Vec<String> {
+        attachments(self.mode, &self.fuse_dir(name), &volume(name))
+    }
+
     /// Where the node mounts rbd-fuse for the volume named `name`.
     pub fn fuse_dir(&self, name: &str) -> PathBuf {
         std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone()).join("node/rbd-fuse").join(CLUSTER_ID).join("rbd").join(volume(name).image)
@@ -392,8 +465,10 @@ impl NodeRig {
         if host::is_mount_point(&dir) {
             found.push(format!("mount at {}", dir.display()));
         }
-        found.extend(sweep::loop_devices_under(&dir).into_iter().map(|d| format!("loop device {d}")));
-        found.extend(sweep::rbd_fuse_pids_under(&dir).into_iter().map(|p| format!("rbd-fuse pid {p}")));
+        // Every mode, not only the one under test: nothing may be attached.
+        for mode in AttachMode::ALL {
+            found.extend(attachments(mode, &dir, &volume(name)));
+        }
         match cli(self.env, "rbd", &["status", "--format", "json", &volume(name).spec()]) {
             Ok(json) if json.contains("\"watchers\":[]") => {}
             Ok(json) => found.push(format!("watchers: {}", json.trim())),
@@ -415,7 +490,101 @@ impl Drop for NodeRig {
         drop(self.server.take());
         sweep::sweep(&self.dir);
         for name in &self.images {
+            // A failed test may leave its image mapped.
+            for (mode, program) in [(AttachMode::Krbd, "rbd"), (AttachMode::Nbd, "rbd-nbd")] {
+                for device in mapped_devices(mode, &volume(name)) {
+                    let _ = Command::new("timeout").args(["30", program, "unmap", &device]).stdin(Stdio::null()).output();
+                }
+            }
             let _ = cli(self.env, "rbd", &["rm", &volume(name).spec()]);
         }
     }
+}
+
+/// What attaches `image` in `mode` (see [`NodeRig::attachments`]); `fuse_dir`
+/// is where the node mounts rbd-fuse for it.
+pub fn attachments(mode: AttachMode, fuse_dir: &Path, image: &RbdVolume) -> Vec<String> {
+    match mode {
+        AttachMode::FuseLoop => {
+            let mut found: Vec<String> = sweep::loop_devices_under(fuse_dir).into_iter().map(|d| format!("loop device {d}")).collect();
+            found.extend(sweep::rbd_fuse_pids_under(fuse_dir).into_iter().map(|p| format!("rbd-fuse pid {p}")));
+            found
+        }
+        AttachMode::Krbd => mapped_devices(mode, image).into_iter().map(|d| format!("krbd mapping {d}")).collect(),
+        AttachMode::Nbd => {
+            let mut found: Vec<String> = mapped_devices(mode, image).into_iter().map(|d| format!("rbd-nbd mapping {d}")).collect();
+            found.extend(rbd_nbd_pids(image).into_iter().map(|p| format!("rbd-nbd pid {p}")));
+            found
+        }
+    }
+}
+
+/// The devices mapping `image` with krbd (`rbd showmapped`) or rbd-nbd
+/// (`rbd-nbd list-mapped`), read here without the node's own parser.
+pub fn mapped_devices(mode: AttachMode, image: &RbdVolume) -> Vec<String> {
+    let key = match mode {
+        AttachMode::Krbd => "name",
+        AttachMode::Nbd => "image",
+        AttachMode::FuseLoop => return Vec::new(),
+    };
+    mappings(mode)
+        .iter()
+        .filter(|e| e["pool"] == image.pool.as_str() && e[key] == image.image.as_str())
+        .filter_map(|e| e["device"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Every krbd and rbd-nbd mapping on this machine, of any image.
+pub fn all_mappings() -> Vec<String> {
+    [AttachMode::Krbd, AttachMode::Nbd].into_iter().flat_map(mappings).map(|e| e.to_string()).collect()
+}
+
+/// The JSON listing of what `mode`'s mapper has mapped; empty where it is
+/// not installed.
+fn mappings(mode: AttachMode) -> Vec<serde_json::Value> {
+    let (program, verb) = match mode {
+        AttachMode::Krbd => ("rbd", "showmapped"),
+        AttachMode::Nbd => ("rbd-nbd", "list-mapped"),
+        AttachMode::FuseLoop => return Vec::new(),
+    };
+    if !host::on_path(program) {
+        return Vec::new();
+    }
+    let out = Command::new("timeout")
+        .args(["30", program, verb, "--format", "json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {verb}: {e}"));
+    assert!(out.status.success(), "{program} {verb}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{program} {verb}: {e}: {text}"))
+}
+
+/// rbd-nbd processes serving `image` (its spec on their command line).
+pub fn rbd_nbd_pids(image: &RbdVolume) -> Vec<u32> {
+    processes_with("rbd-nbd", &image.spec()).into_iter().map(|(pid, _)| pid).collect()
+}
+
+/// Processes whose program ends with `program` and that have `arg` on
+/// their command line: (pid, command line).
+pub fn processes_with(program: &str, arg: &str) -> Vec<(u32, Vec<String>)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            (args.first().is_some_and(|a| a.ends_with(program)) && args.iter().any(|a| a == arg)).then_some((pid, args))
+        })
+        .collect()
+}
+
+/// The options a krbd mapping was made with, from sysfs (`config_info`).
+pub fn krbd_config_info(device: &str) -> String {
+    let id = device.trim_start_matches("/dev/rbd");
+    std::fs::read_to_string(format!("/sys/bus/rbd/devices/{id}/config_info")).unwrap_or_else(|e| panic!("config_info of {device}: {e}"))
 }

@@ -1,4 +1,4 @@
-//! The snapshot and clone scenarios of issue 14, written once and run on
+//! The snapshot and clone scenarios, written once and run on
 //! every backend (`e2e/tests/snapshots_local.rs`, `rbd_snapshots.rs`):
 //! swell-controller and swell-node as real processes (so a test can kill
 //! the node), driven over gRPC with real devices, filesystems and mounts.

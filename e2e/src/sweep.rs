@@ -8,16 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Mounts at or under `dir`: `(mount point, filesystem type)`.
+/// Mounts at or under `dir`: `(mount point, filesystem type)`, read with
+/// the node's own parser.
 pub fn mounts_under(dir: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let path = l.split(' ').nth(4)?.replace("\\040", " ");
-            let fs_type = l.split_once(" - ")?.1.split(' ').next()?.to_owned();
-            Path::new(&path).starts_with(dir).then_some((path, fs_type))
-        })
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    swell_node::mountinfo::parse(&info)
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(dir))
+        .map(|m| (m.mount_point.to_string_lossy().into_owned(), m.fs_type))
         .collect()
 }
 

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -18,10 +20,10 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::{Value, json};
+use swell_webhook::ReloadingCert;
 use swell_webhook::Webhook;
-use swell_webhook::server::{Limits, REVIEW_PATH, serve};
-use swell_webhook::tls::ReloadingCert;
-use swell_webhook::volumes::PersistentVolumes;
+use swell_webhook::{Limits, REVIEW_PATH, serve};
+use swell_webhook::{PersistentVolumes, PvError};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
@@ -29,7 +31,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 /// The driver name the fixtures' claims carry.
-pub const DRIVER: &str = "swell.csi.storage";
+pub const DRIVER: &str = csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 
 /// A CA and the serving certificate it signed, as files the server reads.
 pub struct TestPki {
@@ -269,14 +271,14 @@ impl FixedVolumes {
             "spec": {"capacity": {"storage": "1Gi"}, "csi": {"driver": DRIVER, "volumeHandle": handle}, "accessModes": ["ReadWriteOnce"]}
         }))
         .expect("a PersistentVolume");
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), pv);
+        self.0.lock().insert(name.to_owned(), pv);
     }
 }
 
 #[async_trait::async_trait]
 impl PersistentVolumes for FixedVolumes {
-    async fn get(&self, name: &str) -> Result<Option<PersistentVolume>, String> {
-        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned())
+    async fn get(&self, name: &str) -> Result<Option<PersistentVolume>, PvError> {
+        Ok(self.0.lock().get(name).cloned())
     }
 }
 

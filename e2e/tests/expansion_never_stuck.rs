@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use swell_controller::reconciler::ReconcilerConfig;
+use swell_controller::ReconcilerConfig;
 use swell_e2e::instrumented::GrowMode;
 use swell_e2e::metrics::{sample, scrape, value};
 use swell_e2e::never_stuck::{self, Engine, InProcess, Local, create, expand};

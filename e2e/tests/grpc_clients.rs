@@ -170,7 +170,7 @@ async fn without_the_shim_grpc_python_is_refused() {
     let mut config = swell_node::NodeConfig::new("plain");
     config.state_dir = dir.path().join("node");
     config.local_state_dir = dir.path().join("local");
-    let router = swell_node::server::build(&config).unwrap().router;
+    let router = swell_node::build(&config).unwrap().router;
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     // tonic as it comes: no AuthorityFix on the connections.
     let server = tokio::spawn(router.serve_with_incoming(UnixListenerStream::new(listener)));

@@ -83,7 +83,7 @@ async fn ext4_grown_underneath(test: &str, online: bool) -> Option<(Rig, VolumeI
     let mut rig = rig(test).await?;
     if rig.online_ext4_grow_works() != online {
         let reason = if online {
-            "online resize2fs is not permitted here (no CAP_SYS_RESOURCE)"
+            "online resize2fs is not permitted here (no CAP_SYS_RESOURCE); the VM lane runs it"
         } else {
             "online resize2fs works here, so the refusal cannot be provoked"
         };
@@ -103,7 +103,7 @@ async fn ext4_total(rig: &mut Rig, id: &VolumeId) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext4_grows_online_where_the_kernel_permits() {
-    let Some((mut rig, id, sum)) = ext4_grown_underneath("node_ext4_grow_online", true).await else { return };
+    let Some((mut rig, id, sum)) = ext4_grown_underneath("ext4_grows_online_where_the_kernel_permits", true).await else { return };
     let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), &rig.path("staging"), (256 * MIB) as i64, mount_capability("ext4"));
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, 256 * MIB);
     let total = ext4_total(&mut rig, &id).await;
@@ -114,7 +114,7 @@ async fn ext4_grows_online_where_the_kernel_permits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext4_refused_online_grows_offline_at_restage() {
-    let Some((mut rig, id, sum)) = ext4_grown_underneath("node_ext4_grow_offline", false).await else { return };
+    let Some((mut rig, id, sum)) = ext4_grown_underneath("ext4_refused_online_grows_offline_at_restage", false).await else { return };
     let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), &rig.path("staging"), (256 * MIB) as i64, mount_capability("ext4"));
     let status = rig.node.node_expand_volume(expand.clone()).await.expect_err("online ext4 grow refused");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");

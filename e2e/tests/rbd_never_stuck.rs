@@ -8,6 +8,7 @@
 //! The cluster is the binary's (see `swell_e2e::rbd_rig`).
 //! `SWELL_RBD_TEST_CLUSTER=DIR` reuses a running cluster instead;
 //! `SWELL_CHAOS_KILLS` and `SWELL_CHAOS_SEED` override the chaos defaults.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,29 +1,33 @@
 //! Online growth of Ceph RBD volumes under a running workload, on a real
-//! throwaway cluster (rbd-fuse + loop on this kind of host): a `swell-io`
-//! writer and reader stream through xfs and through a raw block volume
-//! while the image grows; a volume grown while unstaged comes up grown; and
-//! swell-node, as a real process, killed in the middle of NodeExpandVolume
-//! with the volume published, then restarted: the next NodeExpandVolume
-//! finishes the grow, unstage leaves nothing, the filesystem checks clean.
+//! throwaway cluster, in the attach mode under test (see `rbd_node.rs`): a
+//! `swell-io` writer and reader stream through xfs and through a raw block
+//! volume while the image grows; the controller's own grow (the image header
+//! written and its watchers notified) reaches the attached device while a
+//! writer runs; a volume grown while unstaged comes up grown; and swell-node,
+//! as a real process, killed in the middle of NodeExpandVolume with the
+//! volume published, then restarted: the next NodeExpandVolume finishes the
+//! grow, unstage leaves nothing, the filesystem checks clean.
 #![allow(clippy::unwrap_used)]
 
 use std::ffi::OsString;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use csi_proto::v1::{CreateVolumeRequest, NodeStageVolumeRequest};
 use swell_e2e::host::{check_filesystem, statvfs_total};
 use swell_e2e::node_process::{KillAt, NodeProcess, grow_tool_stand_in};
-use swell_e2e::rbd_rig::{NodeRig as Rig, node_rig};
+use swell_e2e::rbd_rig::{self, NodeRig as Rig, Swell, node_rig};
 use swell_e2e::requests::{self, block_capability, mount_capability, total_bytes};
 use swell_e2e::stream_io::{self, RECORD, Streams};
+use swell_storage::rbd_attach::{AttachMode, RbdAttach};
 use swell_storage::units::{GIB, MIB};
 
 const FROM: u64 = 512 * MIB;
 
 async fn stage_publish(rig: &mut Rig, id: &str, capability: csi_proto::v1::VolumeCapability, target: &str) -> PathBuf {
     let staging = rig.path("staging");
-    rig.node.node_stage_volume(requests::stage(id, &staging, capability.clone())).await.unwrap();
+    rig.node.node_stage_volume(rig.stage(id, &staging, capability.clone())).await.unwrap();
     rig.node.node_publish_volume(requests::publish(id, &staging, &rig.path(target), capability, false)).await.unwrap();
     rig.dir.join(target)
 }
@@ -99,7 +103,7 @@ async fn rbd_node_killed_mid_expand_with_the_volume_published_finishes_after_res
     let id = rig.image("killed", FROM);
     let (staging, target) = (rig.path("staging"), rig.path("pods/p/vol"));
     let mut node = process.client().await.unwrap();
-    node.node_stage_volume(requests::stage(&id, &staging, mount_capability("xfs"))).await.unwrap();
+    node.node_stage_volume(rig.stage(&id, &staging, mount_capability("xfs"))).await.unwrap();
     node.node_publish_volume(requests::publish(&id, &staging, &target, mount_capability("xfs"), false)).await.unwrap();
     let data = rig.dir.join("pods/p/vol/data");
     assert_eq!(stream_io::write_until(&data, &rig.dir.join("no-stop"), &rig.dir.join("progress"), 32).records, 32);
@@ -119,12 +123,17 @@ async fn rbd_node_killed_mid_expand_with_the_volume_published_finishes_after_res
     process.kill().await;
     assert!(tokio::time::timeout(Duration::from_secs(30), call).await.unwrap().unwrap().is_err(), "a killed node answered OK");
     assert_eq!(statvfs_total(Path::new(&target)).unwrap(), before, "the kill landed before the grow");
-    let fuse = swell_e2e::sweep::rbd_fuse_pids_under(&rig.fuse_dir("killed"));
-    assert_eq!(fuse.len(), 1, "rbd-fuse runs on beside the killed node (it left the node's process group)");
+    // What serves the device outlives the node (a restarted container
+    // finds it): rbd-fuse and rbd-nbd left the node's process group; a
+    // krbd mapping is the kernel's.
+    let attached = rig.attachments("killed");
+    let expected = if rig.mode == AttachMode::Krbd { 1 } else { 2 };
+    assert_eq!(attached.len(), expected, "the attachment survives the killed node: {attached:?}");
 
     process.restart(&[]).await.unwrap();
     let mut node = process.client().await.unwrap();
-    node.node_stage_volume(requests::stage(&id, &staging, mount_capability("xfs"))).await.unwrap();
+    node.node_stage_volume(rig.stage(&id, &staging, mount_capability("xfs"))).await.unwrap();
+    assert_eq!(rig.attachments("killed"), attached, "the restage found the attachment");
     let grown = node.node_expand_volume(expand).await.unwrap().into_inner();
     assert_eq!(grown.capacity_bytes as u64, GIB);
     assert!(statvfs_total(Path::new(&target)).unwrap() > GIB * 85 / 100);
@@ -139,4 +148,67 @@ async fn rbd_node_killed_mid_expand_with_the_volume_published_finishes_after_res
     println!("rbd: xfs check of the unmounted filesystem after the kill: clean");
     node.node_unstage_volume(requests::unstage(&id, &staging)).await.unwrap();
     assert_eq!(rig.leftovers("killed"), Vec::<String>::new(), "nothing left after unstage");
+}
+
+/// The device size as the kernel reports it now.
+fn device_bytes(device: &Path) -> u64 {
+    std::fs::File::open(device).unwrap().seek(SeekFrom::End(0)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_controller_grow_reaches_the_attached_device_under_a_streaming_writer() {
+    let Some(mut rig) = node_rig("rbd_node_controller_grow").await else { return };
+    let mut swell = Swell::start(rig.env, Duration::from_secs(3), Duration::from_secs(8)).await;
+    let create = CreateVolumeRequest { parameters: rig.parameters.clone(), ..requests::create_volume("ctl-grow", FROM as i64, mount_capability("xfs")) };
+    let volume = swell.client.create_volume(create).await.unwrap().into_inner().volume.unwrap();
+    let expected_context = RbdAttach::from_map(&rig.parameters).unwrap().volume_context();
+    assert_eq!(volume.volume_context, expected_context, "the StorageClass's attach choice reaches the node in the volume context");
+    let id = volume.volume_id.clone();
+    let features = rbd_rig::cli(rig.env, "rbd", &["info", "--format", "json", &rbd_rig::volume("ctl-grow").spec()]).unwrap();
+    assert!(features.contains(r#""features":["layering"]"#), "grown in place through its header: {features}");
+
+    // As kubelet stages it: with the volume context from CreateVolume.
+    let (staging, target) = (rig.path("staging"), rig.dir.join("pods/p/vol"));
+    let stage = NodeStageVolumeRequest { volume_context: volume.volume_context.clone(), ..requests::stage(&id, &staging, mount_capability("xfs")) };
+    rig.node.node_stage_volume(stage).await.unwrap();
+    rig.node.node_publish_volume(requests::publish(&id, &staging, &target.display().to_string(), mount_capability("xfs"), false)).await.unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(rig.dir.join("node/staged").join(format!("{id}.json"))).unwrap()).unwrap();
+    let device = PathBuf::from(record["device"].as_str().unwrap());
+    assert_eq!(device_bytes(&device), FROM);
+
+    let data = target.join("stream.dat");
+    let streams = Streams::start(&data, &rig.dir, (FROM / 2) / RECORD as u64).unwrap();
+    assert!(streams.wait_for(20, Duration::from_secs(60)).await, "the writer did not get going");
+    let grown = swell.client.controller_expand_volume(requests::controller_expand(&id, GIB as i64, None)).await.unwrap().into_inner();
+    assert!(grown.node_expansion_required);
+    let asked = Instant::now();
+    match rig.mode {
+        // The kernel client (krbd) and rbd-nbd's librbd hear the header
+        // notify and resize the device themselves, with nobody refreshing it.
+        AttachMode::Krbd | AttachMode::Nbd => {
+            while device_bytes(&device) != GIB {
+                assert!(
+                    asked.elapsed() < Duration::from_secs(30),
+                    "{} still shows {} bytes 30 s after the header grew",
+                    device.display(),
+                    device_bytes(&device)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            println!("{}: {} showed the new size {:?} after ControllerExpandVolume answered", rig.mode, device.display(), asked.elapsed());
+        }
+        // A loop device keeps its size until NodeExpandVolume refreshes it.
+        AttachMode::FuseLoop => assert_eq!(device_bytes(&device), FROM, "the loop device grew before any refresh"),
+    }
+    let expand = requests::node_expand(&id, &target.display().to_string(), &staging, GIB as i64, mount_capability("xfs"));
+    assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, GIB);
+    assert_eq!(device_bytes(&device), GIB);
+    let at_grow = streams.written();
+    assert!(streams.wait_for(at_grow + 20, Duration::from_secs(60)).await, "the writer stalled after the grow");
+    let (writer, reader) = streams.finish(&data).await.unwrap();
+    println!("rbd ({}): writer synced {} records, reader verified {} reads", rig.mode, writer.records, reader.records);
+    let stats = rig.node.node_get_volume_stats(requests::stats(&id, &target.display().to_string())).await.unwrap().into_inner();
+    assert!(total_bytes(&stats).unwrap() as u64 > GIB * 85 / 100, "xfs did not grow to about 1 GiB");
+    unpublish_unstage_clean(&mut rig, "ctl-grow", &id, &target).await;
+    swell.client.delete_volume(csi_proto::v1::DeleteVolumeRequest { volume_id: id, ..Default::default() }).await.unwrap();
 }

@@ -2,6 +2,7 @@
 //! foreign thin image far larger than the pool, volumes in two pools,
 //! deletes that answer before the data is gone, and the promised-bytes
 //! total staying exact while the controller is killed mid-operation.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::*;
-use swell_controller::rbd::{RbdBackend, RbdConfig};
 use swell_e2e::chaos::Xorshift;
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::rbd_rig::{self, ClusterEnv, Swell, cli, other_client, rbd_config, rbd_size};
 use swell_e2e::requests::{self, mount_capability};
+use swell_rbd::{RbdBackend, RbdConfig};
 use swell_storage::RbdVolume;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -102,7 +103,7 @@ async fn create_expand_and_delete_stay_flat_beside_5000_foreign_images() {
             let io = Arc::clone(&io);
             std::thread::spawn(move || {
                 for i in (w..5000).step_by(32) {
-                    io.create_image(&format!("foreign-{i}"), MIB, 1).unwrap();
+                    io.create_image(&format!("foreign-{i}"), MIB).unwrap();
                 }
             })
         })
@@ -132,7 +133,7 @@ async fn a_thin_foreign_exabyte_image_blocks_swell_only_when_foreign_images_coun
     let env = session.env;
     let pool = "shared";
     new_pool(env, pool);
-    other_client(env, pool).create_image("someone-elses", 1 << 60, 1).unwrap();
+    other_client(env, pool).create_image("someone-elses", 1 << 60).unwrap();
     let config = RbdConfig { default_pool: pool.into(), ..rbd_config(env) };
 
     let default = Swell::start_with(config.clone(), BACKEND_TIMEOUT).await;

@@ -1,4 +1,4 @@
-//! Issue 14's snapshot and clone scenarios (`swell_e2e::snapshots`) on Ceph
+//! The snapshot and clone scenarios (`swell_e2e::snapshots`) on Ceph
 //! RBD, against the throwaway test cluster (`swell_e2e::rbd_rig`), with
 //! swell-controller and swell-node as processes; and what only RBD has: a
 //! chain of clones past the depth limit flattened in the background, and
@@ -8,10 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use swell_controller::rbd::ffi::{Cluster, IoCtx};
 use swell_e2e::node_process::KillAt;
 use swell_e2e::rbd_rig::{self, ClusterEnv, cli, location_of};
 use swell_e2e::requests::mount_capability;
@@ -189,15 +187,6 @@ async fn a_chain_past_the_depth_limit_is_flattened_and_stays_readable() {
     }
 }
 
-/// A librados connection of the test's own, as librbd's own users have.
-fn direct(conf: &Path, keyring: &Path) -> IoCtx {
-    let cluster = Arc::new(Cluster::create("admin").unwrap());
-    cluster.read_conf_file(conf).unwrap();
-    cluster.conf_set("keyring", &keyring.display().to_string()).unwrap();
-    cluster.connect().unwrap();
-    cluster.ioctx("rbd").unwrap()
-}
-
 /// Snapshot, restore and clone through Swell (gRPC, state object, holds,
 /// capacity) next to the same RBD work done with librbd in-process: medians
 /// of 10, printed for the report. Each round's volumes and snapshot go
@@ -230,8 +219,7 @@ async fn snapshot_restore_and_clone_cost_next_to_librbd() {
         plant.delete_snapshot(&snapshot.snapshot_id).await.unwrap();
     }
 
-    let (conf, keyring) = (env.conf.clone(), env.keyring.clone());
-    let io = tokio::task::spawn_blocking(move || direct(&conf, &keyring)).await.unwrap();
+    let io = tokio::task::spawn_blocking(move || rbd_rig::other_client(env, "rbd")).await.unwrap();
     let parent = location_of(&source.volume_id).image;
     let (mut d_snap, mut d_restore, mut d_clone) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..ROUNDS {
@@ -242,7 +230,7 @@ async fn snapshot_restore_and_clone_cost_next_to_librbd() {
         image.close().unwrap();
         d_snap.push(started.elapsed());
         let started = Instant::now();
-        io.clone_image(&io, &parent, &name, &restored, 1).unwrap();
+        io.clone_image(&parent, &name, &restored).unwrap();
         let child = io.open(&restored).unwrap();
         child.grow(2 * GIB).unwrap();
         child.close().unwrap();
@@ -250,7 +238,7 @@ async fn snapshot_restore_and_clone_cost_next_to_librbd() {
         let started = Instant::now();
         let image = io.open(&parent).unwrap();
         image.create_snapshot(&format!("{name}-c")).unwrap();
-        io.clone_image(&io, &parent, &format!("{name}-c"), &cloned, 1).unwrap();
+        io.clone_image(&parent, &format!("{name}-c"), &cloned).unwrap();
         image.remove_snapshot(&format!("{name}-c")).unwrap();
         image.close().unwrap();
         d_clone.push(started.elapsed());

@@ -3,6 +3,7 @@
 //! another machine (an empty state directory) mid-grow, a replica frozen
 //! while it holds a volume, and a reconciler whose cost follows the pending
 //! volumes, not all of them.
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,12 +13,8 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::*;
-use swell_controller::Backends;
-use swell_controller::rbd::ffi::WriteOp;
-use swell_controller::rbd::lease::{self, Leases};
-use swell_controller::rbd::state::{self, Entry, Phase};
-use swell_controller::rbd::{RbdBackend, RbdConfig};
-use swell_controller::reconciler::ReconcilerConfig;
+use swell_backends::Backends;
+use swell_controller::ReconcilerConfig;
 use swell_e2e::chaos::Xorshift;
 use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
 use swell_e2e::host;
@@ -29,8 +26,9 @@ use swell_e2e::resizer::expand_like_the_resizer;
 use swell_e2e::state::{leave_wish, record_of};
 use swell_e2e::sweep::MountSweeper;
 use swell_node::NodeConfig;
+use swell_rbd::{RbdBackend, RbdConfig};
 use swell_storage::CephAccess;
-use swell_storage::{ExpansionRecord, ExpansionStore, RbdVolume, VolumeId};
+use swell_storage::{Backend, ExpansionStore, RbdVolume, VolumeId};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -205,7 +203,7 @@ async fn a_controller_on_another_machine_finishes_an_interrupted_grow_from_ceph_
         return;
     }
     let ceph = RbdBackend::new(rbd_config(env, "observer")).unwrap();
-    let store = ceph.store();
+    let store = ceph.expansion_store();
     for (case, failpoint) in [("before the resize", GRIP), ("before the announcement", UNHEARD)] {
         let dir = tempfile::Builder::new().prefix("swell-rbd-move-").tempdir_in("/var/tmp").unwrap();
         let _sweeper = MountSweeper(dir.path().to_owned());
@@ -269,7 +267,7 @@ async fn a_frozen_holder_wakes_to_find_the_volume_moved_on_and_changes_nothing()
     let Some(session) = session("a_frozen_holder_wakes_to_find_the_volume_moved_on_and_changes_nothing").await else { return };
     let env = session.env;
     let ceph = RbdBackend::new(rbd_config(env, "observer")).unwrap();
-    let store = ceph.store();
+    let store = ceph.expansion_store();
     let frozen = Replica::start(env, "frozen", Some(&format!("{GRIP}=sleep(3000)"))).await;
     let mut other = Replica::start(env, "other", None).await;
     let id = create(&mut other.client, "frozen-holder", 256 * MIB).await;
@@ -325,26 +323,12 @@ async fn a_reconciler_pass_reads_only_the_pending_volumes() {
     let ceph = Arc::new(RbdBackend::new(RbdConfig { default_pool: pool.into(), ..rbd_config(env, "cost") }).unwrap());
     // Records only: settled entries written straight into the pool's state
     // object, as 2,000 volumes Swell made long ago would have left them.
-    let io = other_client(env, pool);
-    let mut total = 0;
-    for chunk in (0..2000u64).collect::<Vec<_>>().chunks(500) {
-        let entries: Vec<(String, Vec<u8>)> = chunk
-            .iter()
-            .map(|i| {
-                let volume = RbdVolume::for_name(CLUSTER_ID, pool, &format!("settled-{i}")).unwrap();
-                let record = ExpansionRecord { generation: 1, ..ExpansionRecord::new(&volume.id(), MIB, MIB) };
-                (state::entry_key(&volume.image), Entry { name: format!("settled-{i}"), phase: Phase::Ready, lineage: Default::default(), record }.encode())
-            })
-            .collect();
-        total += MIB * chunk.len() as u64;
-        let mut op = WriteOp::default();
-        op.create(false).omap_set(&entries).omap_set(&[(state::TOTAL_KEY, total.to_string())]);
-        op.operate(&io, state::STATE_OBJECT).unwrap();
-    }
+    let settled: Vec<_> = (0..2000).map(|i| (RbdVolume::for_name(CLUSTER_ID, pool, &format!("settled-{i}")).unwrap(), format!("settled-{i}"), MIB)).collect();
+    other_client(env, pool).seed_settled_volumes(&settled).unwrap();
     let dir = tempfile::Builder::new().prefix("swell-rbd-cost-").tempdir_in("/var/tmp").unwrap();
     let controller = ControllerUnderTest::start(dir.path(), Backends::new(ceph.clone(), Duration::from_secs(15)), ReconcilerConfig::default()).await.unwrap();
     let mut client = controller.client.clone();
-    let store = ceph.store();
+    let store = ceph.expansion_store();
     let mut pending = Vec::new();
     for i in 0..20 {
         let id: VolumeId = create(&mut client, &format!("pending-{i}"), 64 * MIB).await.parse().unwrap();
@@ -378,13 +362,13 @@ async fn a_volume_held_by_one_replica_is_refused_to_another_until_released() {
     let env = session.env;
     let (a, b) = (RbdBackend::new(rbd_config(env, "lock-a")).unwrap(), RbdBackend::new(rbd_config(env, "lock-b")).unwrap());
     let id: VolumeId = RbdVolume::for_name(CLUSTER_ID, "rbd", "held").unwrap().id();
-    let hold = a.store().hold(&id).await.unwrap().expect("free");
-    assert!(b.store().hold(&id).await.unwrap().is_none(), "another replica is refused while it is held");
+    let hold = a.expansion_store().hold(&id).await.unwrap().expect("free");
+    assert!(b.expansion_store().hold(&id).await.unwrap().is_none(), "another replica is refused while it is held");
     hold.release().await;
     // Kept a moment for a's next call, then given back: b gets it then.
     let released = Instant::now();
     let hold = loop {
-        if let Some(hold) = b.store().hold(&id).await.unwrap() {
+        if let Some(hold) = b.expansion_store().hold(&id).await.unwrap() {
             break hold;
         }
         assert!(released.elapsed() < Duration::from_secs(10), "b never got the volume");
@@ -395,15 +379,14 @@ async fn a_volume_held_by_one_replica_is_refused_to_another_until_released() {
 
     // The raw lock operations, as every hold and release makes them.
     let io = other_client(env, "rbd");
-    let leases = Leases { instance: "timing".into(), lease: Duration::from_secs(10) };
     let (mut takes, mut gives) = (Vec::new(), Vec::new());
     for i in 0..15 {
         let image = format!("swell-timing-{i}");
         let started = Instant::now();
-        io.lock_exclusive(&lease::lock_object(&image), "swell", &leases.instance, "timing", leases.lease, 0).unwrap();
+        io.lock_volume(&image, "timing", Duration::from_secs(10)).unwrap();
         takes.push(started.elapsed());
         let started = Instant::now();
-        io.unlock(&lease::lock_object(&image), "swell", &leases.instance).unwrap();
+        io.unlock_volume(&image, "timing").unwrap();
         gives.push(started.elapsed());
     }
     takes.sort();

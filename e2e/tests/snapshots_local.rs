@@ -1,4 +1,4 @@
-//! Issue 14's snapshot and clone scenarios (`swell_e2e::snapshots`) on the
+//! The snapshot and clone scenarios (`swell_e2e::snapshots`) on the
 //! local backend, with swell-controller and swell-node as processes over
 //! real loop devices, filesystems and mounts; and the local backend's
 //! reflink copies on a state directory that can share blocks (xfs).

@@ -2,22 +2,21 @@
 //! allowed and denied with its message checked, the captured fixtures,
 //! racing patches, the deadline policy, certificate rotation under load,
 //! bad requests and plain HTTP.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use swell_controller::Backends;
+use swell_backends::Backends;
 use swell_e2e::state::leave_wish;
 use swell_e2e::webhook::{FixedVolumes, Resize, RunningWebhook, TestPki, fixture, latency};
-use swell_storage::expansion_files::ExpansionRecords;
-use swell_storage::local::LocalBackend;
+use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::{Backend, ExpansionStore, VolumeId};
-use swell_webhook::decision::VolumeState;
-use swell_webhook::facts::{BackendFacts, VolumeFacts};
-use swell_webhook::records::RecordStore;
-use swell_webhook::server::Limits;
+use swell_webhook::Limits;
+use swell_webhook::VolumeState;
+use swell_webhook::{BackendFacts, FactsError, VolumeFacts};
 use swell_webhook::{Policy, Webhook};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,7 +30,7 @@ struct Counting<F> {
 
 #[async_trait::async_trait]
 impl<F: VolumeFacts> VolumeFacts for Counting<F> {
-    async fn read(&self, id: &VolumeId) -> Result<VolumeState, String> {
+    async fn read(&self, id: &VolumeId) -> Result<VolumeState, FactsError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.read(id).await
     }
@@ -42,7 +41,7 @@ struct Hung;
 
 #[async_trait::async_trait]
 impl VolumeFacts for Hung {
-    async fn read(&self, _id: &VolumeId) -> Result<VolumeState, String> {
+    async fn read(&self, _id: &VolumeId) -> Result<VolumeState, FactsError> {
         std::future::pending().await
     }
 }
@@ -62,13 +61,11 @@ struct LocalRig {
 impl LocalRig {
     async fn start(limits: Limits) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let local = Arc::new(LocalBackend::open(dir.path().join("local"), Some(10 * GI)).unwrap());
+        let config = LocalConfig { capacity_bytes: Some(10 * GI), ..LocalConfig::new(dir.path().join("local"), dir.path().join("controller")) };
+        let local = Arc::new(LocalBackend::open(&config).unwrap());
         let id = local.create_volume("pvc-local", GI, &Default::default()).await.unwrap().info().id.clone();
-        let state_dir = dir.path().join("controller");
-        let facts = Arc::new(Counting {
-            inner: BackendFacts::new(Backends::new(local, Duration::from_secs(5)), RecordStore::open(&state_dir).unwrap()),
-            calls: AtomicUsize::new(0),
-        });
+        let records = local.expansion_store();
+        let facts = Arc::new(Counting { inner: BackendFacts::new(Backends::new(local, Duration::from_secs(5))), calls: AtomicUsize::new(0) });
         let volumes = Arc::new(FixedVolumes::default());
         volumes.add("pvc-local", &id.to_string());
         let webhook = Webhook {
@@ -80,7 +77,7 @@ impl LocalRig {
         };
         let pki = TestPki::new();
         let server = RunningWebhook::start(webhook, &pki, limits, Duration::from_secs(1)).await;
-        LocalRig { records: Arc::new(ExpansionRecords::open(&state_dir).unwrap()), _dir: dir, pki, server, facts, volumes, id }
+        LocalRig { records, _dir: dir, pki, server, facts, volumes, id }
     }
 
     /// Posts `review`; returns allowed, message, warnings and backend reads made.

@@ -3,20 +3,21 @@
 //! against images and pool room read fresh; the backend down (pool paused,
 //! two OSDs killed) answered within the deadline with the configured
 //! policy; and the webhook's latency, printed.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use swell_controller::rbd::RbdConfig;
-use swell_controller::server::{BackendOptions, backends};
+use swell_backends::{BackendConfig, Backends};
 use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, cli, cluster};
 use swell_e2e::state::leave_wish;
 use swell_e2e::webhook::{FixedVolumes, Resize, RunningWebhook, TestPki, fixture, latency};
+use swell_local::LocalConfig;
+use swell_rbd::RbdConfig;
 use swell_storage::VolumeId;
-use swell_webhook::facts::BackendFacts;
-use swell_webhook::records::RecordStore;
-use swell_webhook::server::Limits;
+use swell_webhook::BackendFacts;
+use swell_webhook::Limits;
 use swell_webhook::{Policy, Webhook};
 
 use swell_storage::units::MIB;
@@ -30,7 +31,7 @@ struct RbdWebhook {
     server: RunningWebhook,
     volumes: Arc<FixedVolumes>,
     id: VolumeId,
-    backends: swell_controller::Backends,
+    backends: Backends,
 }
 
 impl RbdWebhook {
@@ -49,7 +50,7 @@ impl RbdWebhook {
         Self::serve(dir, backends, id.clone(), policy).await
     }
 
-    async fn serve(dir: tempfile::TempDir, backends: swell_controller::Backends, id: VolumeId, policy: Policy) -> Self {
+    async fn serve(dir: tempfile::TempDir, backends: Backends, id: VolumeId, policy: Policy) -> Self {
         let volumes = Arc::new(FixedVolumes::default());
         volumes.add("pvc-rbd", &id.to_string());
         let webhook = Webhook {
@@ -57,7 +58,7 @@ impl RbdWebhook {
             deadline: DEADLINE,
             policy,
             volumes: volumes.clone(),
-            facts: Arc::new(BackendFacts::new(backends.clone(), RecordStore::open(&dir.path().join("controller")).unwrap())),
+            facts: Arc::new(BackendFacts::new(backends.clone())),
         };
         let pki = TestPki::new();
         let server = RunningWebhook::start(webhook, &pki, Limits::default(), Duration::from_secs(1)).await;
@@ -76,12 +77,15 @@ impl RbdWebhook {
 }
 
 /// Swell's backends over the test cluster, as the webhook builds them.
-fn connect(env: &ClusterEnv) -> (tempfile::TempDir, swell_controller::Backends) {
+fn connect(env: &ClusterEnv) -> (tempfile::TempDir, Backends) {
     let dir = tempfile::tempdir().unwrap();
-    let mut rbd = RbdConfig::new(CLUSTER_ID, &env.conf, &env.keyring);
-    rbd.op_timeout = Duration::from_secs(2);
-    let options = BackendOptions { rbd: Some(rbd), default_backend: Some("rbd".into()) };
-    let backends = backends(&dir.path().join("local"), None, Duration::from_secs(8), &options).unwrap();
+    let rbd = RbdConfig { op_timeout: Duration::from_secs(2), ..RbdConfig::with_access(env.access()) };
+    let config = BackendConfig {
+        rbd: Some(rbd),
+        default_backend: "rbd".into(),
+        ..BackendConfig::local(LocalConfig::new(dir.path().join("local"), dir.path().join("controller")))
+    };
+    let backends = swell_backends::open(&config).unwrap();
     (dir, backends)
 }
 
@@ -128,7 +132,7 @@ async fn every_rule_on_rbd_with_fresh_backend_facts() {
     tokio::time::sleep(reading_age).await;
     assert!(!quota.0 && quota.1.contains("its pool can promise only 0 more"), "{quota:?}");
     // An open expansion record at the backend.
-    let store = rig.backends.for_volume(&rig.id).unwrap().expansion_store().expect("RBD keeps its records in the pool");
+    let store = rig.backends.for_volume(&rig.id).unwrap().expansion_store();
     leave_wish(&*store, &rig.id, 64 * MIB, 96 * MIB, None).await;
     let (allowed, message, _) = rig.judge(&resize("64Mi", "128Mi", "64Mi", None).review()).await;
     assert!(!allowed && message.contains("still growing from 64Mi to 96Mi (recorded at the backend)"), "{message}");

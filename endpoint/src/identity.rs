@@ -1,6 +1,7 @@
-//! The CSI Identity service, served by both binaries. They differ only in the
-//! capabilities they announce and in what "ready" means (the controller asks
-//! its backends, the node its tools), so both come in as values.
+//! The CSI Identity service, served by both binaries. Both announce the same
+//! capabilities (the spec asks for the plugin's, all its instances'); they
+//! differ only in what "ready" means (the controller asks its backends, the
+//! node reads its state directory), so that comes in as a [`Probe`].
 
 use std::sync::Arc;
 
@@ -10,6 +11,10 @@ use csi_proto::v1::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest, GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
 };
 use tonic::{Request, Response, Status};
+
+/// The driver name every binary announces and serves unless
+/// `--driver-name` says otherwise.
+pub const DEFAULT_DRIVER_NAME: &str = "swell.csi.storage";
 
 /// Answers whether the plugin can serve requests now.
 #[async_trait::async_trait]

@@ -3,13 +3,12 @@
 //! shutdown (to every client, whatever `:authority` it sends), connecting to
 //! one as a client (the e2e harness and tools do), the Identity service both
 //! binaries expose, and what operators see of them: per-RPC metrics,
-//! `/metrics` and `/healthz` over HTTP, and the log format.
-
-// Nothing from outside the process is unwrapped; tests may.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
+//! `/metrics` and `/healthz` over HTTP, the log format, and the level a
+//! failed RPC is logged at.
 
 pub mod authority;
+pub mod capabilities;
+pub mod failures;
 pub mod identity;
 pub mod logs;
 pub mod observe;

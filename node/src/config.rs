@@ -24,14 +24,11 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// The default driver name.
-    pub const DEFAULT_DRIVER_NAME: &'static str = "swell.csi.storage";
-
     /// A configuration with the defaults for everything but the node id.
     pub fn new(node_id: impl Into<String>) -> Self {
         NodeConfig {
             node_id: node_id.into(),
-            driver_name: Self::DEFAULT_DRIVER_NAME.to_owned(),
+            driver_name: csi_endpoint::identity::DEFAULT_DRIVER_NAME.to_owned(),
             state_dir: PathBuf::from("/var/lib/swell/node"),
             local_state_dir: PathBuf::from("/var/lib/swell/local"),
             endpoint: "unix:///csi/csi.sock".to_owned(),

@@ -61,9 +61,25 @@ pub enum NodeError {
     /// A blocking local operation (statvfs on a hung mount) ran out of time.
     #[error("{step} did not finish within {after:?}")]
     Timeout { step: String, after: Duration },
-    /// Anything else that is wrong with the node's state.
-    #[error("{0}")]
-    Internal(String),
+    /// The blocking worker a host call ran on failed (it panicked).
+    #[error("{step}: {reason}")]
+    WorkerFailed { step: String, reason: String },
+    /// A path stays mounted after as many unmounts as mounts may be stacked.
+    #[error("{} still mounted after {unmounts} unmounts", path.display())]
+    StillMounted { path: PathBuf, unmounts: usize },
+    /// A device holds data blkid does not know as a filesystem (a partition
+    /// table): it is never formatted.
+    #[error("{} holds data that is not a filesystem (partition table?); refusing to format it", device.display())]
+    NotAFilesystem { device: PathBuf },
+    /// rbd-fuse did not exit after its mount went, even on SIGTERM.
+    #[error("rbd-fuse ({pids:?}) for {} of volume {volume} still runs; the image keeps its watcher", dir.display())]
+    FuseStillRunning { volume: String, dir: PathBuf, pids: Vec<u32> },
+    /// The volume's attachment is unhealthy: growing it would not help.
+    #[error("cannot expand: {problem}; restage the volume")]
+    AttachmentUnhealthy { volume: String, problem: String },
+    /// The staging record says staged, but nothing is mounted there.
+    #[error("staging path {} of {volume} is not mounted", path.display())]
+    StagingNotMounted { volume: String, path: PathBuf },
 }
 
 impl NodeError {
@@ -118,9 +134,16 @@ impl NodeError {
             NodeError::BackendTooSmall { .. } => Code::OutOfRange,
             NodeError::RefreshTimeout { .. } | NodeError::Timeout { .. } => Code::DeadlineExceeded,
             NodeError::Command { source: CommandError::Timeout { .. }, .. } => Code::DeadlineExceeded,
-            NodeError::GrowIncomplete { .. } | NodeError::Command { .. } | NodeError::Io { .. } | NodeError::Parse { .. } | NodeError::Internal(_) => {
-                Code::Internal
-            }
+            NodeError::GrowIncomplete { .. }
+            | NodeError::Command { .. }
+            | NodeError::Io { .. }
+            | NodeError::Parse { .. }
+            | NodeError::WorkerFailed { .. }
+            | NodeError::StillMounted { .. }
+            | NodeError::NotAFilesystem { .. }
+            | NodeError::FuseStillRunning { .. }
+            | NodeError::AttachmentUnhealthy { .. }
+            | NodeError::StagingNotMounted { .. } => Code::Internal,
         }
     }
 
@@ -139,7 +162,10 @@ impl NodeError {
 
 impl From<NodeError> for Status {
     fn from(error: NodeError) -> Self {
-        Status::new(error.code(), error.full_message())
+        let status = Status::new(error.code(), error.full_message());
+        // Every RPC's failure passes here once, inside its span.
+        csi_endpoint::failures::log_answer(&status);
+        status
     }
 }
 

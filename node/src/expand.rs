@@ -20,10 +20,11 @@ const REFRESH_DEADLINE: Duration = Duration::from_secs(10);
 const REFRESH_POLL: Duration = Duration::from_millis(50);
 
 /// Expands a staged volume; returns the capacity it now has.
-pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
+pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
     let volume = req.volume.to_string();
-    let attacher = ctx.attachers.for_volume(&req.volume)?;
-    if attacher.backing_size(&req.volume).await?.is_none() {
+    // Every mode reads the backing size the same way; the one staged is
+    // known once the record is read.
+    if ctx.attachers.for_volume(&req.volume, None)?.backing_size(&req.volume).await?.is_none() {
         return Err(NodeError::VolumeNotFound { volume, reason: "its backing object does not exist".into() });
     }
     if let Err(e) = tokio::fs::symlink_metadata(&req.volume_path).await {
@@ -33,6 +34,7 @@ pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
     let Some(record) = ctx.staging.read(&req.volume).await? else {
         return Err(NodeError::NotStaged { volume, path: req.volume_path });
     };
+    let attacher = ctx.attachers.for_volume(&req.volume, record.rbd_mode)?;
     let sys = ctx.sys.as_ref();
     // Only this volume's own mounts are grown: its staging path, or a
     // publish of it. Any other path (another volume's, a plain directory)
@@ -47,7 +49,7 @@ pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
         }
     }
     if let Some(problem) = attacher.condition(&req.volume, &record.device).await? {
-        return Err(NodeError::Internal(format!("cannot expand: {problem}; restage the volume")));
+        return Err(NodeError::AttachmentUnhealthy { volume, problem });
     }
     attacher.refresh_capacity(&req.volume, &record.device).await?;
     let device_bytes = wait_for_backing_size(sys, attacher, &req, &record.device).await?;
@@ -57,7 +59,7 @@ pub async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeError> {
     };
     let staging = &record.staging_path;
     if mount::mounted_at(sys, staging).await?.is_none() {
-        return Err(NodeError::Internal(format!("staging path {} of {volume} is not mounted", staging.display())));
+        return Err(NodeError::StagingNotMounted { volume, path: staging.clone() });
     }
     let fs = fs_type.ops();
     // Grow only when short, so a repeated call (or an ext4 grown offline)

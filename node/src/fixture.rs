@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use swell_storage::{VolumeId, local};
+use swell_storage::VolumeId;
 
 use crate::filesystem::FsType;
 use crate::staging::Access;
@@ -14,7 +14,7 @@ use crate::validate::{Expand, Publish, Stage, Unpublish, Unstage};
 use crate::{NodeConfig, NodeContext};
 
 /// A node context over a fake host.
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub ctx: NodeContext,
     pub sys: Arc<FakeSystem>,
     root: PathBuf,
@@ -22,7 +22,7 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = std::fs::canonicalize(dir.path()).expect("resolve temp dir");
         let mut config = NodeConfig::new("unit");
@@ -34,7 +34,7 @@ impl Fixture {
     }
 
     /// A local volume whose backing file holds `bytes`.
-    pub fn volume(&self, n: u8, bytes: u64) -> VolumeId {
+    pub(crate) fn volume(&self, n: u8, bytes: u64) -> VolumeId {
         let id: VolumeId = format!("local:{n:032x}").parse().expect("id");
         let file = self.image(&id);
         std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
@@ -42,46 +42,46 @@ impl Fixture {
         id
     }
 
-    pub fn image(&self, id: &VolumeId) -> PathBuf {
-        local::image_path(&self.ctx.config.local_state_dir, id)
+    pub(crate) fn image(&self, id: &VolumeId) -> PathBuf {
+        swell_local::image_path(&self.ctx.config.local_state_dir, id)
     }
 
     /// The backend grows the volume.
-    pub fn grow(&self, id: &VolumeId, bytes: u64) {
+    pub(crate) fn grow(&self, id: &VolumeId, bytes: u64) {
         std::fs::OpenOptions::new().write(true).open(self.image(id)).and_then(|f| f.set_len(bytes)).expect("grow");
     }
 
-    pub fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
 
-    pub fn stage(&self, id: &VolumeId, staging: &str, access: Access) -> Stage {
-        Stage { volume: id.clone(), staging_path: self.path(staging), access }
+    pub(crate) fn stage(&self, id: &VolumeId, staging: &str, access: Access) -> Stage {
+        Stage { volume: id.clone(), staging_path: self.path(staging), access, attach: Default::default() }
     }
 
-    pub fn unstage(&self, id: &VolumeId, staging: &str) -> Unstage {
+    pub(crate) fn unstage(&self, id: &VolumeId, staging: &str) -> Unstage {
         Unstage { volume: id.clone(), staging_path: self.path(staging) }
     }
 
-    pub fn publish(&self, id: &VolumeId, staging: &str, target: &str, access: Access, read_only: bool) -> Publish {
+    pub(crate) fn publish(&self, id: &VolumeId, staging: &str, target: &str, access: Access, read_only: bool) -> Publish {
         Publish { volume: id.clone(), staging_path: self.path(staging), target_path: self.path(target), access, read_only }
     }
 
-    pub fn unpublish(&self, id: &VolumeId, target: &str) -> Unpublish {
+    pub(crate) fn unpublish(&self, id: &VolumeId, target: &str) -> Unpublish {
         Unpublish { volume: id.clone(), target_path: self.path(target) }
     }
 
-    pub fn expand(&self, id: &VolumeId, path: &str, required_bytes: u64) -> Expand {
+    pub(crate) fn expand(&self, id: &VolumeId, path: &str, required_bytes: u64) -> Expand {
         Expand { volume: id.clone(), volume_path: self.path(path), required_bytes, limit_bytes: 0 }
     }
 
     /// The device the volume is staged on, from its record.
-    pub async fn device(&self, id: &VolumeId) -> PathBuf {
+    pub(crate) async fn device(&self, id: &VolumeId) -> PathBuf {
         self.ctx.staging.read(id).await.expect("read record").expect("staged").device
     }
 
     /// Stages a mount volume and creates its staging directory, as kubelet does.
-    pub async fn staged(&self, id: &VolumeId, fs: FsType) -> PathBuf {
+    pub(crate) async fn staged(&self, id: &VolumeId, fs: FsType) -> PathBuf {
         std::fs::create_dir_all(self.path("staging")).expect("mkdir");
         crate::stage::stage(&self.ctx, self.stage(id, "staging", mount(fs))).await.expect("stage");
         self.device(id).await
@@ -89,11 +89,11 @@ impl Fixture {
 }
 
 /// A mount access of `fs` without flags.
-pub fn mount(fs: FsType) -> Access {
+pub(crate) fn mount(fs: FsType) -> Access {
     Access::Mount { fs_type: fs, mount_flags: Vec::new() }
 }
 
 /// Whether `path` exists on the real filesystem (directories the node made).
-pub fn exists(path: &Path) -> bool {
+pub(crate) fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }

@@ -16,7 +16,7 @@ struct Args {
     #[arg(long, env = "SWELL_NODE_ID")]
     node_id: String,
     /// Driver name announced to Kubernetes.
-    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = NodeConfig::DEFAULT_DRIVER_NAME)]
+    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = csi_endpoint::identity::DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// Where the node keeps its staging records.
     #[arg(long, env = "SWELL_STATE_DIR", default_value = "/var/lib/swell/node")]
@@ -80,7 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         endpoint: args.endpoint,
     };
     tracing::info!(node = %config.node_id, state = %config.state_dir.display(), "swell-node starting");
-    let node = swell_node::server::build(&config)?;
+    let node = swell_node::build(&config)?;
     let (stop, mut stopped) = tokio::sync::watch::channel(());
     let mut metrics = None;
     if let Some(address) = args.metrics_address {

@@ -14,18 +14,18 @@ use crate::system::System;
 const MAX_STACKED: usize = 8;
 
 /// Unmounts everything stacked at `target`; nothing mounted is success.
-pub async fn unmount_all(sys: &dyn System, target: &Path) -> Result<(), NodeError> {
+pub(crate) async fn unmount_all(sys: &dyn System, target: &Path) -> Result<(), NodeError> {
     for _ in 0..MAX_STACKED {
         if mounted_at(sys, target).await?.is_none() {
             return Ok(());
         }
         sys.unmount(&normalize(target), false).await?;
     }
-    Err(NodeError::Internal(format!("{} still mounted after {MAX_STACKED} unmounts", target.display())))
+    Err(NodeError::StillMounted { path: target.to_owned(), unmounts: MAX_STACKED })
 }
 
 /// The top-most mount at `path`, if any.
-pub async fn mounted_at(sys: &dyn System, path: &Path) -> Result<Option<MountEntry>, NodeError> {
+pub(crate) async fn mounted_at(sys: &dyn System, path: &Path) -> Result<Option<MountEntry>, NodeError> {
     let path = normalize(path);
     let entries = sys.mounts().await?;
     Ok(mountinfo::find(&entries, &path).cloned())
@@ -33,7 +33,7 @@ pub async fn mounted_at(sys: &dyn System, path: &Path) -> Result<Option<MountEnt
 
 /// Whether a mount is this staged volume's: its device node bound there
 /// (block), or its staged filesystem (the same `major:minor`).
-pub async fn holds_volume(sys: &dyn System, record: &StagingRecord, mount: &MountEntry) -> Result<bool, NodeError> {
+pub(crate) async fn holds_volume(sys: &dyn System, record: &StagingRecord, mount: &MountEntry) -> Result<bool, NodeError> {
     match &record.access {
         Access::Block => {
             let device = std::fs::canonicalize(&record.device).unwrap_or_else(|_| record.device.clone());

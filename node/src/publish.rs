@@ -12,7 +12,7 @@ use crate::system::MountCall;
 use crate::validate::{Publish, Unpublish};
 
 /// Publishes a staged volume; idempotent when already published alike.
-pub async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeError> {
+pub(crate) async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume)?;
     let volume = req.volume.to_string();
     let record = match ctx.staging.read(&req.volume).await? {
@@ -59,7 +59,7 @@ pub async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeError> {
 }
 
 /// Unpublishes; nothing at the target is success.
-pub async fn unpublish(ctx: &NodeContext, req: Unpublish) -> Result<(), NodeError> {
+pub(crate) async fn unpublish(ctx: &NodeContext, req: Unpublish) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume)?;
     mount::unmount_all(ctx.sys.as_ref(), &req.target_path).await?;
     let target = &req.target_path;

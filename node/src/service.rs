@@ -36,7 +36,7 @@ const CAPABILITIES: [rpc::Type; 4] = [rpc::Type::StageUnstageVolume, rpc::Type::
 
 #[tonic::async_trait]
 impl Node for NodeService {
-    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
     async fn node_stage_volume(&self, request: Request<NodeStageVolumeRequest>) -> Result<Response<NodeStageVolumeResponse>, Status> {
         log_request("NodeStageVolume", request.get_ref());
         let req = validate::stage(request.get_ref())?;
@@ -44,7 +44,7 @@ impl Node for NodeService {
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
-    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
     async fn node_unstage_volume(&self, request: Request<NodeUnstageVolumeRequest>) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         log_request("NodeUnstageVolume", request.get_ref());
         let req = validate::unstage(request.get_ref())?;
@@ -52,7 +52,7 @@ impl Node for NodeService {
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
-    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
     async fn node_publish_volume(&self, request: Request<NodePublishVolumeRequest>) -> Result<Response<NodePublishVolumeResponse>, Status> {
         log_request("NodePublishVolume", request.get_ref());
         let req = validate::publish(request.get_ref())?;
@@ -60,7 +60,7 @@ impl Node for NodeService {
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
-    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
     async fn node_unpublish_volume(&self, request: Request<NodeUnpublishVolumeRequest>) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         log_request("NodeUnpublishVolume", request.get_ref());
         let req = validate::unpublish(request.get_ref())?;
@@ -68,7 +68,7 @@ impl Node for NodeService {
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
-    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
     async fn node_get_volume_stats(&self, request: Request<NodeGetVolumeStatsRequest>) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         log_request("NodeGetVolumeStats", request.get_ref());
         let req = validate::stats(request.get_ref())?;
@@ -84,7 +84,7 @@ impl Node for NodeService {
         Ok(Response::new(NodeGetVolumeStatsResponse { usage, volume_condition }))
     }
 
-    #[instrument(skip_all, err, fields(volume.id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id))]
     async fn node_expand_volume(&self, request: Request<NodeExpandVolumeRequest>) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         log_request("NodeExpandVolume", request.get_ref());
         let req = validate::expand(request.get_ref())?;

@@ -18,10 +18,11 @@ use crate::validate::{Stage, Unstage};
 const BLKID_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Stages a volume; idempotent for the same path and capability.
-pub async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
+pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume)?;
     let volume = req.volume.to_string();
-    let attacher = ctx.attachers.for_volume(&req.volume)?;
+    let rbd_mode = ctx.attachers.stage_mode(&req.volume, req.attach.mounter);
+    let attacher = ctx.attachers.for_volume(&req.volume, rbd_mode)?;
     if attacher.backing_size(&req.volume).await?.is_none() {
         return Err(NodeError::VolumeNotFound { volume, reason: "its backing object does not exist".into() });
     }
@@ -33,8 +34,12 @@ pub async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
         if existing.access != req.access {
             return Err(NodeError::Conflict { volume, reason: format!("already staged as {:?}", existing.access) });
         }
+        if ctx.attachers.stage_mode(&req.volume, existing.rbd_mode) != rbd_mode {
+            let staged = existing.rbd_mode.map_or_else(|| "the detected mode".to_owned(), |m| m.to_string());
+            return Err(NodeError::Conflict { volume, reason: format!("already attached with {staged}") });
+        }
     }
-    let device = attacher.attach(&req.volume).await?;
+    let device = attacher.attach(&req.volume, &req.attach.map_options).await?;
     if let Access::Mount { fs_type, mount_flags } = &req.access {
         let staged = stage_filesystem(ctx.sys.as_ref(), &volume, &device, &req.staging_path, *fs_type, mount_flags).await;
         if let Err(error) = staged {
@@ -47,9 +52,9 @@ pub async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
             return Err(error);
         }
     }
-    let record = StagingRecord { volume_id: volume, device: device.clone(), staging_path: req.staging_path.clone(), access: req.access };
+    let record = StagingRecord { volume_id: volume, device: device.clone(), staging_path: req.staging_path.clone(), access: req.access, rbd_mode };
     ctx.staging.write(&req.volume, &record).await?;
-    tracing::info!(device = %device.display(), "staged");
+    tracing::info!(device = %device.display(), mode = ?rbd_mode, "staged");
     Ok(())
 }
 
@@ -107,9 +112,7 @@ async fn stage_filesystem(sys: &dyn System, volume: &str, device: &Path, staging
 async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
     let args = system::args([Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), device]);
     match sys.run("blkid", args, BLKID_DEADLINE).await {
-        Ok(out) if out.stdout.trim().is_empty() => {
-            Err(NodeError::Internal(format!("{} holds data that is not a filesystem (partition table?); refusing to format it", device.display())))
-        }
+        Ok(out) if out.stdout.trim().is_empty() => Err(NodeError::NotAFilesystem { device: device.to_owned() }),
         Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
         // blkid exits 2 when it finds nothing: a blank device.
         Err(e) if e.exit_code() == Some(2) => Ok(None),
@@ -118,9 +121,11 @@ async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeE
 }
 
 /// Unstages a volume; nothing staged is success.
-pub async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
+pub(crate) async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume)?;
-    let attacher = ctx.attachers.for_volume(&req.volume)?;
+    // Without a record (a stage cut off before writing it), any mode may
+    // have attached the volume: look in every one.
+    let attachers = ctx.attachers.all_for(&req.volume)?;
     let record = ctx.staging.read(&req.volume).await?;
     if let Some(record) = &record
         && record.staging_path != req.staging_path
@@ -129,7 +134,14 @@ pub async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
         return Ok(());
     }
     mount::unmount_all(ctx.sys.as_ref(), &req.staging_path).await?;
-    attacher.detach(&req.volume, record.as_ref().map(|r| r.device.as_path())).await?;
+    match &record {
+        Some(record) => ctx.attachers.for_volume(&req.volume, record.rbd_mode)?.detach(&req.volume, Some(&record.device)).await?,
+        None => {
+            for attacher in attachers {
+                attacher.detach(&req.volume, None).await?;
+            }
+        }
+    }
     ctx.staging.remove(&req.volume).await?;
     tracing::info!("unstaged");
     Ok(())

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use swell_storage::rbd_attach::AttachMode;
 use swell_storage::{VolumeId, durable};
 
 use crate::error::NodeError;
@@ -37,6 +38,10 @@ pub struct StagingRecord {
     pub staging_path: PathBuf,
     /// Block or mount, with the filesystem details.
     pub access: Access,
+    /// How an RBD volume was attached; absent for other volumes, and in
+    /// records of nodes that attached every RBD volume the detected way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd_mode: Option<AttachMode>,
 }
 
 /// The records, one JSON file per volume under `<state_dir>/staged`.
@@ -97,9 +102,15 @@ mod tests {
             device: "/dev/loop4".into(),
             staging_path: "/staging/pv".into(),
             access: Access::Mount { fs_type: FsType::Ext4, mount_flags: vec!["noatime".into()] },
+            rbd_mode: None,
         };
         store.write(&id, &record).await.expect("write");
-        assert_eq!(store.read(&id).await.expect("read"), Some(record));
+        assert_eq!(store.read(&id).await.expect("read"), Some(record.clone()));
+        let json = std::fs::read_to_string(dir.path().join("staged").join(format!("{id}.json"))).expect("record file");
+        assert!(!json.contains("rbd_mode"), "a local volume's record stays as before: {json}");
+        let rbd = StagingRecord { rbd_mode: Some(AttachMode::Nbd), ..record.clone() };
+        store.write(&id, &rbd).await.expect("write");
+        assert_eq!(store.read(&id).await.expect("read"), Some(rbd));
         store.remove(&id).await.expect("remove");
         store.remove(&id).await.expect("remove again");
         assert_eq!(store.read(&id).await.expect("read"), None);

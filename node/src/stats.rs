@@ -17,7 +17,7 @@ const STATVFS_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What the volume uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Usage {
+pub(crate) enum Usage {
     /// A filesystem, in bytes and inodes.
     Filesystem { bytes: Counts, inodes: Counts },
     /// A raw device: only its size is known.
@@ -26,7 +26,7 @@ pub enum Usage {
 
 /// Total, available and used amounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     pub total: u64,
     pub available: u64,
     pub used: u64,
@@ -34,18 +34,19 @@ pub struct Counts {
 
 /// Usage plus the abnormal condition, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeStats {
+pub(crate) struct VolumeStats {
     pub usage: Usage,
     pub abnormal: Option<String>,
 }
 
 /// Reads a volume's stats at `volume_path`.
-pub async fn stats(ctx: &NodeContext, req: Stats) -> Result<VolumeStats, NodeError> {
-    let attacher = ctx.attachers.for_volume(&req.volume)?;
+pub(crate) async fn stats(ctx: &NodeContext, req: Stats) -> Result<VolumeStats, NodeError> {
+    ctx.attachers.for_volume(&req.volume, None)?;
     if let Err(e) = tokio::fs::symlink_metadata(&req.volume_path).await {
         return Err(NodeError::stat_failed(req.volume_path, e));
     }
     let record = ctx.staging.read(&req.volume).await?;
+    let attacher = ctx.attachers.for_volume(&req.volume, record.as_ref().and_then(|r| r.rbd_mode))?;
     let backing = attacher.backing_size(&req.volume).await?;
     if record.is_none() && backing.is_none() {
         return Err(NodeError::VolumeNotFound { volume: req.volume.to_string(), reason: "not staged here and no backing object".into() });
@@ -72,7 +73,7 @@ async fn filesystem_usage(path: PathBuf) -> Result<Usage, NodeError> {
     let task = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(Path::new(&path)));
     let stat = match tokio::time::timeout(STATVFS_DEADLINE, task).await {
         Err(_) => return Err(NodeError::Timeout { step, after: STATVFS_DEADLINE }),
-        Ok(Err(join)) => return Err(NodeError::Internal(format!("{step}: {join}"))),
+        Ok(Err(join)) => return Err(NodeError::WorkerFailed { step, reason: join.to_string() }),
         Ok(Ok(result)) => result.map_err(|e| NodeError::io(&step, std::io::Error::from(e)))?,
     };
     Ok(usage_of(stat.blocks(), stat.blocks_free(), stat.blocks_available(), stat.fragment_size(), stat.files(), stat.files_free()))

@@ -5,6 +5,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use csi_endpoint::capabilities::single_node_access;
 use csi_proto::v1::volume_capability::AccessType;
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::{
@@ -12,6 +13,7 @@ use csi_proto::v1::{
     VolumeCapability,
 };
 use swell_storage::VolumeId;
+use swell_storage::rbd_attach::{self, RbdAttach};
 
 use crate::error::NodeError;
 use crate::filesystem::FsType;
@@ -19,22 +21,24 @@ use crate::staging::Access;
 
 /// A validated NodeStageVolume.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stage {
+pub(crate) struct Stage {
     pub volume: VolumeId,
     pub staging_path: PathBuf,
     pub access: Access,
+    /// How the StorageClass wants an RBD volume attached (volume context).
+    pub attach: RbdAttach,
 }
 
 /// A validated NodeUnstageVolume.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unstage {
+pub(crate) struct Unstage {
     pub volume: VolumeId,
     pub staging_path: PathBuf,
 }
 
 /// A validated NodePublishVolume.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publish {
+pub(crate) struct Publish {
     pub volume: VolumeId,
     pub staging_path: PathBuf,
     pub target_path: PathBuf,
@@ -45,41 +49,51 @@ pub struct Publish {
 
 /// A validated NodeUnpublishVolume.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unpublish {
+pub(crate) struct Unpublish {
     pub volume: VolumeId,
     pub target_path: PathBuf,
 }
 
 /// A validated NodeGetVolumeStats; the path is only checked for existence.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub volume: VolumeId,
     pub volume_path: PathBuf,
 }
 
 /// A validated NodeExpandVolume; zero means "not given".
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expand {
+pub(crate) struct Expand {
     pub volume: VolumeId,
     pub volume_path: PathBuf,
     pub required_bytes: u64,
     pub limit_bytes: u64,
 }
 
-pub fn stage(req: &NodeStageVolumeRequest) -> Result<Stage, NodeError> {
+pub(crate) fn stage(req: &NodeStageVolumeRequest) -> Result<Stage, NodeError> {
     require("volume_id", &req.volume_id)?;
     let staging_path = path("staging_target_path", &req.staging_target_path)?;
     let (access, _) = capability(req.volume_capability.as_ref())?;
-    Ok(Stage { volume: volume_id(&req.volume_id)?, staging_path, access })
+    let attach = RbdAttach::from_map(&req.volume_context).map_err(|e| invalid(context_field(e.key), e.reason))?;
+    let volume = volume_id(&req.volume_id)?;
+    if !attach.is_default() && volume.backend() != swell_storage::rbd_volume::KIND {
+        return Err(invalid("volume_context", format!("mounter and mapOptions apply to rbd volumes only, not {}", volume.backend())));
+    }
+    Ok(Stage { volume, staging_path, access, attach })
 }
 
-pub fn unstage(req: &NodeUnstageVolumeRequest) -> Result<Unstage, NodeError> {
+/// The volume context field an attach key is, as errors name it.
+fn context_field(key: &str) -> &'static str {
+    if key == rbd_attach::MOUNTER_KEY { "volume_context.mounter" } else { "volume_context.mapOptions" }
+}
+
+pub(crate) fn unstage(req: &NodeUnstageVolumeRequest) -> Result<Unstage, NodeError> {
     require("volume_id", &req.volume_id)?;
     let staging_path = path("staging_target_path", &req.staging_target_path)?;
     Ok(Unstage { volume: volume_id(&req.volume_id)?, staging_path })
 }
 
-pub fn publish(req: &NodePublishVolumeRequest) -> Result<Publish, NodeError> {
+pub(crate) fn publish(req: &NodePublishVolumeRequest) -> Result<Publish, NodeError> {
     require("volume_id", &req.volume_id)?;
     let target_path = path("target_path", &req.target_path)?;
     let (access, mode_read_only) = capability(req.volume_capability.as_ref())?;
@@ -88,19 +102,19 @@ pub fn publish(req: &NodePublishVolumeRequest) -> Result<Publish, NodeError> {
     Ok(Publish { volume: volume_id(&req.volume_id)?, staging_path, target_path, access, read_only })
 }
 
-pub fn unpublish(req: &NodeUnpublishVolumeRequest) -> Result<Unpublish, NodeError> {
+pub(crate) fn unpublish(req: &NodeUnpublishVolumeRequest) -> Result<Unpublish, NodeError> {
     require("volume_id", &req.volume_id)?;
     let target_path = path("target_path", &req.target_path)?;
     Ok(Unpublish { volume: volume_id(&req.volume_id)?, target_path })
 }
 
-pub fn stats(req: &NodeGetVolumeStatsRequest) -> Result<Stats, NodeError> {
+pub(crate) fn stats(req: &NodeGetVolumeStatsRequest) -> Result<Stats, NodeError> {
     require("volume_id", &req.volume_id)?;
     require("volume_path", &req.volume_path)?;
     Ok(Stats { volume: volume_id(&req.volume_id)?, volume_path: PathBuf::from(&req.volume_path) })
 }
 
-pub fn expand(req: &NodeExpandVolumeRequest) -> Result<Expand, NodeError> {
+pub(crate) fn expand(req: &NodeExpandVolumeRequest) -> Result<Expand, NodeError> {
     require("volume_id", &req.volume_id)?;
     require("volume_path", &req.volume_path)?;
     let range = req.capacity_range.unwrap_or_default();
@@ -138,9 +152,10 @@ fn capability(cap: Option<&VolumeCapability>) -> Result<(Access, bool), NodeErro
     let cap = cap.ok_or_else(|| invalid("volume_capability", "missing"))?;
     let mode = cap.access_mode.ok_or_else(|| invalid("volume_capability.access_mode", "missing"))?;
     let read_only = match Mode::try_from(mode.mode) {
-        Ok(Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter) => false,
-        Ok(Mode::SingleNodeReaderOnly) => true,
-        Ok(other) => return Err(invalid("volume_capability.access_mode", format!("{} is not supported", other.as_str_name()))),
+        Ok(mode) => match single_node_access(mode) {
+            Some(read_only) => read_only,
+            None => return Err(invalid("volume_capability.access_mode", format!("{} is not supported", mode.as_str_name()))),
+        },
         Err(_) => return Err(invalid("volume_capability.access_mode", format!("unknown mode {}", mode.mode))),
     };
     let access = match &cap.access_type {

@@ -69,6 +69,31 @@ fn stage_rejects_each_bad_field_by_name() {
 }
 
 #[test]
+fn stage_reads_the_attach_choice_from_the_volume_context_and_refuses_a_bad_one() {
+    let rbd_id = swell_storage::RbdVolume::for_name("c", "rbd", "pvc").expect("volume").id().to_string();
+    let context = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let mut req = stage_req();
+    req.volume_id = rbd_id.clone();
+    req.volume_context = context(&[("mounter", "rbd-nbd"), ("mapOptions", "nbd:io-timeout=30"), ("imageName", "ignored")]);
+    let staged = stage(&req).expect("valid");
+    assert_eq!(staged.attach.mounter, Some(rbd_attach::AttachMode::Nbd));
+    assert_eq!(staged.attach.map_options.nbd(), ["--io-timeout", "30"]);
+    for (pairs, field) in [
+        (&[("mounter", "krbd")][..], "volume_context.mounter"),
+        (&[("mapOptions", "krbd:exclusive")][..], "volume_context.mapOptions"),
+        (&[("mounter", "fuse"), ("mapOptions", "lock_on_read")][..], "volume_context.mapOptions"),
+    ] {
+        req.volume_context = context(pairs);
+        let err = stage(&req).expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(field_of(err), field);
+    }
+    let mut local = stage_req();
+    local.volume_context = context(&[("mounter", "rbd")]);
+    assert_eq!(field_of(stage(&local).expect_err("local volume with a mounter")), "volume_context");
+}
+
+#[test]
 fn an_id_that_names_no_volume_is_not_found() {
     for bad in ["fake-vol-id", "local:../x", "LOCAL:AB"] {
         let mut req = stage_req();

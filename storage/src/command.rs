@@ -89,13 +89,27 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    if !PROGRAMS.contains(&program) {
-        return Err(CommandError::Unlisted { program: program.to_owned() });
-    }
-    run_any(program, args, deadline).await
+    listed(program)?;
+    run_any(program, args, deadline, false).await
 }
 
-async fn run_any<I, S>(program: &str, args: I, deadline: Duration) -> Result<Output, CommandError>
+/// Like [`run`], for a program that leaves a daemon serving what it set up
+/// (`rbd-nbd map`): it starts in a process group of its own, so the daemon
+/// outlives a kill of the caller's group, as the kernel's own mappings do.
+pub async fn run_leaving_daemon<I, S>(program: &str, args: I, deadline: Duration) -> Result<Output, CommandError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    listed(program)?;
+    run_any(program, args, deadline, true).await
+}
+
+fn listed(program: &str) -> Result<(), CommandError> {
+    if PROGRAMS.contains(&program) { Ok(()) } else { Err(CommandError::Unlisted { program: program.to_owned() }) }
+}
+
+async fn run_any<I, S>(program: &str, args: I, deadline: Duration, own_group: bool) -> Result<Output, CommandError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -103,14 +117,12 @@ where
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
     let command = render(program, &args);
     tracing::debug!(%command, "running");
-    let child = Command::new(program)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| CommandError::Spawn { command: command.clone(), source })?;
+    let mut builder = Command::new(program);
+    builder.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    if own_group {
+        builder.process_group(0);
+    }
+    let child = builder.spawn().map_err(|source| CommandError::Spawn { command: command.clone(), source })?;
     let finished = tokio::time::timeout(deadline, child.wait_with_output())
         .await
         .map_err(|_| CommandError::Timeout { command: command.clone(), after: deadline })?
@@ -135,13 +147,13 @@ mod tests {
 
     #[tokio::test]
     async fn captures_stdout_of_a_successful_command() {
-        let out = run_any("echo", ["hello"], Duration::from_secs(5)).await.expect("echo runs");
+        let out = run_any("echo", ["hello"], Duration::from_secs(5), false).await.expect("echo runs");
         assert_eq!(out.stdout.trim(), "hello");
     }
 
     #[tokio::test]
     async fn failure_carries_exit_code_and_stderr() {
-        let err = run_any("ls", ["/definitely/not/here"], Duration::from_secs(5)).await.unwrap_err();
+        let err = run_any("ls", ["/definitely/not/here"], Duration::from_secs(5), false).await.unwrap_err();
         assert_eq!(err.exit_code(), Some(2));
         assert!(err.to_string().contains("/definitely/not/here"), "{err}");
     }
@@ -149,7 +161,7 @@ mod tests {
     #[tokio::test]
     async fn a_hung_command_is_killed_at_its_deadline() {
         let started = std::time::Instant::now();
-        let err = run_any("sleep", ["30"], Duration::from_millis(200)).await.unwrap_err();
+        let err = run_any("sleep", ["30"], Duration::from_millis(200), false).await.unwrap_err();
         assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
@@ -170,7 +182,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_is_a_spawn_error() {
-        let err = run_any("swell-no-such-program", ["x"], Duration::from_secs(1)).await.unwrap_err();
+        let err = run_any("swell-no-such-program", ["x"], Duration::from_secs(1), false).await.unwrap_err();
         assert!(matches!(err, CommandError::Spawn { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_daemon_starter_runs_in_a_process_group_of_its_own() {
+        // Field 5 of /proc/PID/stat is the process group.
+        let script = ["-c", "echo $$; cut -d' ' -f5 /proc/$$/stat"];
+        let ours = std::fs::read_to_string("/proc/self/stat").unwrap().split(' ').nth(4).unwrap().to_owned();
+        let own = run_any("sh", script, Duration::from_secs(5), true).await.expect("sh runs");
+        let (pid, group) = own.stdout.trim().split_once('\n').unwrap();
+        assert_eq!(pid, group, "the leader of its own group");
+        let shared = run_any("sh", script, Duration::from_secs(5), false).await.expect("sh runs");
+        assert_eq!(shared.stdout.trim().split_once('\n').unwrap().1, ours, "a plain run stays in the caller's group");
     }
 }

@@ -14,14 +14,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendError;
+use crate::error::BackendError;
 use crate::volume_id::VolumeId;
 
 /// One volume's expansion state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExpansionRecord {
     /// The volume.
-    pub volume_id: String,
+    pub volume_id: VolumeId,
     /// The size the last accepted request asked the backend for.
     pub desired_bytes: u64,
     /// The backend's size when last read.
@@ -48,7 +48,7 @@ impl ExpansionRecord {
     pub fn new(id: &VolumeId, current: u64, desired: u64) -> Self {
         let now = now_unix();
         ExpansionRecord {
-            volume_id: id.to_string(),
+            volume_id: id.clone(),
             desired_bytes: desired,
             current_bytes: current,
             announced_bytes: current,
@@ -111,6 +111,50 @@ impl ExpansionRecord {
         self.desired_bytes.max(self.current_bytes)
     }
 }
+
+/// A record that is there but cannot be read (damaged JSON, an id that does
+/// not parse): reported by whoever lists it, never skipped in silence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The volume its place in the store names (file name, omap key).
+    pub volume: VolumeId,
+    /// Why it cannot be read.
+    pub reason: String,
+}
+
+/// What a listing of a store's records found, each list in the store's
+/// order (by volume id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    /// The records read.
+    pub readable: Vec<ExpansionRecord>,
+    /// The records found but not read.
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl Records {
+    /// How many records the listing found, read or not.
+    pub fn len(&self) -> usize {
+        self.readable.len() + self.unreadable.len()
+    }
+
+    /// Whether it found none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The last volume listed, where the next page starts after.
+    pub fn last(&self) -> Option<&VolumeId> {
+        let read = self.readable.last().map(|r| &r.volume_id);
+        let unread = self.unreadable.last().map(|u| &u.volume);
+        read.into_iter().chain(unread).max()
+    }
+}
+
+/// How long a grow may stay short of its wish before it counts as stuck,
+/// unless `--stuck-after-secs` says otherwise (the controller's log and
+/// metrics, and `swell volumes`, judge by the same).
+pub const DEFAULT_STUCK_AFTER_SECS: u64 = 600;
 
 /// Seconds since the epoch (0 before it).
 pub fn now_unix() -> u64 {
@@ -194,13 +238,14 @@ pub trait ExpansionStore: Send + Sync + 'static {
     /// Drops the record of a deleted volume, and with it the volume's hold.
     async fn forget(&self, hold: Hold, id: &VolumeId) -> Result<(), BackendError>;
 
-    /// The records with work left ([`ExpansionRecord::pending`]); the cost
-    /// follows their number, not the number of volumes.
-    async fn pending(&self) -> Result<Vec<ExpansionRecord>, BackendError>;
+    /// The records with work left ([`ExpansionRecord::pending`]), and those
+    /// marked pending that cannot be read; the cost follows their number,
+    /// not the number of volumes.
+    async fn pending(&self) -> Result<Records, BackendError>;
 
-    /// Up to `limit` records after the one of `after`, in the store's own
-    /// order, for the slow sweep over every record.
-    async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<ExpansionRecord>, BackendError>;
+    /// Up to `limit` records (read or not) after the one of `after`, by
+    /// volume id, for the slow sweep over every record and for `swell`.
+    async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Records, BackendError>;
 }
 
 #[cfg(test)]
@@ -235,5 +280,38 @@ mod tests {
         assert_eq!(again.last_error, None);
         let lowered = again.wishing(10, 15);
         assert_ne!(lowered.desired_since_unix, 5);
+    }
+
+    /// A record file as every earlier version wrote it (pretty JSON, the
+    /// id as text), and one from before announcements and generations.
+    const WRITTEN_BEFORE_TYPED_IDS: &str = r#"{
+  "volume_id": "local:0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+  "desired_bytes": 2147483648,
+  "current_bytes": 1073741824,
+  "announced_bytes": 1073741824,
+  "last_error": "backend unavailable during grow volume: osd down",
+  "desired_since_unix": 1765000000,
+  "updated_unix": 1765000042,
+  "generation": 3
+}"#;
+    const WRITTEN_BEFORE_GENERATIONS: &str = r#"{"volume_id":"rbd:ceph-a:rbd:swell-0a1b2c3d4e5f60718293a4b5c6d7e8f9","desired_bytes":10,"current_bytes":10,"last_error":null,"desired_since_unix":1,"updated_unix":2}"#;
+
+    #[test]
+    fn records_written_before_typed_ids_read_back_as_they_were() {
+        let record: ExpansionRecord = serde_json::from_str(WRITTEN_BEFORE_TYPED_IDS).unwrap();
+        assert_eq!(record.volume_id, "local:0a1b2c3d4e5f60718293a4b5c6d7e8f9".parse::<VolumeId>().unwrap());
+        assert_eq!((record.desired_bytes, record.current_bytes, record.generation), (2 << 30, 1 << 30, 3));
+        assert!(record.growing());
+        let rewritten = serde_json::to_string_pretty(&record).unwrap();
+        assert_eq!(rewritten, WRITTEN_BEFORE_TYPED_IDS, "written back byte for byte as before");
+        let old: ExpansionRecord = serde_json::from_str(WRITTEN_BEFORE_GENERATIONS).unwrap();
+        assert_eq!((old.volume_id.backend(), old.announced_bytes, old.generation), ("rbd", 0, 0));
+    }
+
+    #[test]
+    fn a_record_whose_id_does_not_parse_is_unreadable_not_a_record_of_no_volume() {
+        let damaged = WRITTEN_BEFORE_TYPED_IDS.replace("local:0a1b", "local:../0a1b");
+        let err = serde_json::from_str::<ExpansionRecord>(&damaged).unwrap_err();
+        assert!(err.to_string().contains("local:../0a1b"), "{err}");
     }
 }

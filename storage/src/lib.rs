@@ -1,25 +1,28 @@
-//! What Swell's controller and node share: volume and snapshot ids, the backend
-//! trait and its embedded local implementation, expansion records and holds, durable
-//! files, keyed locks, and the single way to run an external command.
-
-// Nothing from outside the process is unwrapped; tests may.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
+//! The vocabulary every Swell crate shares: volume and snapshot ids (and the
+//! RBD id contract between controller and node), size units, the backend
+//! trait every backend crate implements, expansion records and holds,
+//! durable files, keyed locks, blocking work under a deadline, and the
+//! single way to run an external command. The backends themselves live in
+//! their own crates (`backends/`).
 
 pub mod backend;
+pub mod batches;
+pub mod blocking;
 pub mod command;
 pub mod durable;
+mod error;
 pub mod expansion;
-pub mod expansion_files;
-pub mod local;
+pub mod inflight;
 pub mod locks;
+pub mod rbd_attach;
 pub mod rbd_volume;
 pub mod snapshot;
 pub mod units;
 pub mod volume_id;
 
-pub use backend::{Backend, BackendError, Capacity, Created, Placement, VolumeInfo};
-pub use expansion::{ExpansionRecord, ExpansionStore, Hold};
+pub use backend::{Backend, Capacity, Created, Placement, VolumeInfo};
+pub use error::BackendError;
+pub use expansion::{ExpansionRecord, ExpansionStore, Hold, Records, Unreadable};
 pub use rbd_volume::{CephAccess, RbdVolume};
 pub use snapshot::{ContentSource, SnapshotId, SnapshotInfo};
 pub use volume_id::VolumeId;

@@ -4,7 +4,9 @@
 //! sidecar retries. Keys of different volumes never contend.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// The set of keys currently held.
 #[derive(Debug, Default, Clone)]
@@ -28,19 +30,19 @@ impl KeyedLocks {
 
     /// Takes `key` if nobody holds it.
     pub fn try_acquire(&self, key: &str) -> Option<KeyGuard> {
-        let mut held = self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut held = self.held.lock();
         held.insert(key.to_owned()).then(|| KeyGuard { held: self.held.clone(), key: key.to_owned() })
     }
 
     /// Whether `key` is currently held.
     pub fn is_held(&self, key: &str) -> bool {
-        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(key)
+        self.held.lock().contains(key)
     }
 }
 
 impl Drop for KeyGuard {
     fn drop(&mut self) {
-        let mut held = self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut held = self.held.lock();
         held.remove(&self.key);
     }
 }

@@ -97,7 +97,7 @@ pub enum ContentSource {
     /// Restored from a snapshot.
     Snapshot(SnapshotId),
     /// Cloned from a volume.
-    Volume(#[serde(with = "volume_id_text")] VolumeId),
+    Volume(VolumeId),
 }
 
 impl fmt::Display for ContentSource {
@@ -106,20 +106,6 @@ impl fmt::Display for ContentSource {
             ContentSource::Snapshot(id) => write!(f, "snapshot {id}"),
             ContentSource::Volume(id) => write!(f, "volume {id}"),
         }
-    }
-}
-
-mod volume_id_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::volume_id::VolumeId;
-
-    pub fn serialize<S: Serializer>(id: &VolumeId, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(id)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<VolumeId, D::Error> {
-        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -94,6 +94,20 @@ impl fmt::Display for VolumeId {
     }
 }
 
+/// Stored as its text, as records have always kept it; a stored id that
+/// does not parse makes its record unreadable, never a record of no volume.
+impl serde::Serialize for VolumeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for VolumeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,12 +4,12 @@
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
-use crate::quantity::{self, QuantityError};
+use swell_k8s::quantity::{self, QuantityError};
 
 /// The annotation the PV controller sets to the provisioner's name.
-pub const PROVISIONER_ANNOTATION: &str = "volume.kubernetes.io/storage-provisioner";
+pub(crate) const PROVISIONER_ANNOTATION: &str = "volume.kubernetes.io/storage-provisioner";
 /// Its beta form, still set alongside it.
-pub const BETA_PROVISIONER_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-provisioner";
+pub(crate) const BETA_PROVISIONER_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-provisioner";
 /// The resource whose request is judged.
 const STORAGE: &str = "storage";
 

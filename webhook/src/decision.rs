@@ -18,7 +18,7 @@
 //! 5. facts not read in time get the configured policy.
 
 use crate::claim::SizeChange;
-use crate::quantity::format;
+use swell_k8s::quantity::format;
 
 /// Resize states of `status.allocatedResourceStatuses` meaning "in flight".
 pub const IN_PROGRESS: [&str; 3] = ["ControllerResizeInProgress", "NodeResizePending", "NodeResizeInProgress"];

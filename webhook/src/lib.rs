@@ -3,32 +3,30 @@
 //! HTTPS, and lets a storage request of a Swell claim grow only when the
 //! claim and the backend, read now, say the resize can go ahead.
 //!
-//! - [`quantity`]: storage quantities as exact byte counts.
-//! - [`claim`]: what an update changes (pure).
-//! - [`decision`]: the rules, allow or deny with a message (pure).
-//! - [`volumes`]: the claim's PV, from the API server.
-//! - [`facts`]: the volume at its backend, read fresh; [`records`]: where
-//!   the controller's expansion records are read.
-//! - [`review`]: the AdmissionReview envelope; [`webhook`]: one review end to end.
-//! - [`tls`]: the reloading certificate; [`server`]: HTTPS.
+//! - `claim`: what an update changes (pure).
+//! - `decision`: the rules, allow or deny with a message (pure).
+//! - `volumes`: the claim's PV, from the API server.
+//! - `facts`: the volume at its backend and its expansion record, read fresh.
+//! - `review`: the AdmissionReview envelope; `webhook`: one review end to end.
+//! - `tls`: the reloading certificate; `server`: HTTPS.
 //!
 //! Kubernetes types come from k8s-openapi with the `v1_37` API (its newest);
 //! the review envelope from `kube::core::admission`.
 
-// Nothing from outside the process is unwrapped; tests may.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
+mod claim;
+mod decision;
+mod facts;
+mod review;
+mod server;
+mod tls;
+mod volumes;
+mod webhook;
 
-pub mod claim;
-pub mod decision;
-pub mod facts;
-pub mod quantity;
-pub mod records;
-pub mod review;
-pub mod server;
-pub mod tls;
-pub mod volumes;
-pub mod webhook;
-
-pub use decision::{Policy, Verdict};
+pub use claim::{ClaimError, SizeChange, Update, read_update};
+pub use decision::{FAILED, Facts, IN_PROGRESS, Policy, Step, Verdict, VolumeState, judge_claim, judge_facts};
+pub use facts::{BackendFacts, FactsError, VolumeFacts};
+pub use review::{ClaimReview, DecodeError, decode, respond};
+pub use server::{Limits, REVIEW_PATH, serve};
+pub use tls::ReloadingCert;
+pub use volumes::{ApiVolumes, PersistentVolumes, PvError};
 pub use webhook::Webhook;

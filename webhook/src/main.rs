@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 use csi_endpoint::logs::LogArgs;
-use swell_controller::cli::BackendArgs;
-use swell_webhook::facts::BackendFacts;
-use swell_webhook::records::RecordStore;
-use swell_webhook::server::{Limits, serve};
-use swell_webhook::tls::ReloadingCert;
-use swell_webhook::volumes::ApiVolumes;
+use swell_backends::BackendArgs;
+use swell_webhook::ApiVolumes;
+use swell_webhook::BackendFacts;
+use swell_webhook::ReloadingCert;
+use swell_webhook::{Limits, serve};
 use swell_webhook::{Policy, Webhook};
 
 /// Swell's resize admission webhook.
@@ -32,7 +32,7 @@ struct Args {
     #[arg(long, env = "SWELL_WEBHOOK_TLS_RELOAD_SECS", default_value_t = 10)]
     tls_reload_secs: u64,
     /// CSI driver name whose claims are judged.
-    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = "swell.csi.storage")]
+    #[arg(long, env = "SWELL_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// Milliseconds the PV and backend reads of one review may take in all;
     /// keep it well under the configuration's timeoutSeconds.
@@ -62,16 +62,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     args.logs.init();
     let cert = ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     let tls = cert.server_config()?;
-    let b = &args.backend;
-    let backends = swell_controller::server::backends(&b.local_state_dir, b.local_capacity_bytes, b.backend_timeout(), &b.options())?;
-    let records = RecordStore::open(&b.state_dir).map_err(|e| format!("open expansion records under {}: {e}", b.state_dir.display()))?;
+    let backends = swell_backends::open(&args.backend.config())?;
     let client = kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))?;
     let webhook = Webhook {
         driver_name: args.driver_name,
         deadline: Duration::from_millis(args.deadline_ms),
         policy: Policy { allow_unchecked: args.allow_on_backend_timeout },
         volumes: Arc::new(ApiVolumes::new(client)),
-        facts: Arc::new(BackendFacts::new(backends, records)),
+        facts: Arc::new(BackendFacts::new(backends)),
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("bind {}: {e}", args.listen))?;
     tracing::info!(listen = %args.listen, deadline = ?webhook.deadline, policy = ?webhook.policy, "swell-webhook serving");

@@ -9,7 +9,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use crate::decision::Verdict;
 
 /// The only AdmissionReview version served (`admissionReviewVersions: [v1]`).
-pub const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+pub(crate) const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 
 /// Why a body is not a review this webhook can answer (HTTP 400).
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,9 @@
 //! and is retried at the next poll.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::Duration;
 
 use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
@@ -86,12 +88,12 @@ impl ReloadingCert {
     /// new pair now serves. On an error the old pair keeps serving.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let (cert_pem, key_pem) = (read(&self.cert_path)?, read(&self.key_path)?);
-        let mut loaded_from = self.loaded_from.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loaded_from = self.loaded_from.lock();
         if loaded_from.0 == cert_pem && loaded_from.1 == key_pem {
             return Ok(false);
         }
         let pair = parse(&self.cert_path, &cert_pem, &self.key_path, &key_pem)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
+        *self.current.write() = Arc::new(pair);
         *loaded_from = (cert_pem, key_pem);
         Ok(true)
     }
@@ -137,7 +139,7 @@ impl ReloadingCert {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner())))
+        Some(Arc::clone(&self.current.read()))
     }
 }
 

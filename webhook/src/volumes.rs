@@ -10,7 +10,17 @@ use kube::Api;
 pub trait PersistentVolumes: Send + Sync + 'static {
     /// The PV named `name`, `None` if there is none; the error says why it
     /// could not be read.
-    async fn get(&self, name: &str) -> Result<Option<PersistentVolume>, String>;
+    async fn get(&self, name: &str) -> Result<Option<PersistentVolume>, PvError>;
+}
+
+/// Why a PersistentVolume could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading PersistentVolume {name}: {source}")]
+pub struct PvError {
+    /// The PV asked for.
+    pub name: String,
+    /// What the API server (or its client) answered.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// PVs read from the API server with kube's client.
@@ -28,16 +38,7 @@ impl ApiVolumes {
 
 #[async_trait::async_trait]
 impl PersistentVolumes for ApiVolumes {
-    async fn get(&self, name: &str) -> Result<Option<PersistentVolume>, String> {
-        self.api.get_opt(name).await.map_err(|e| format!("reading PersistentVolume {name}: {e}"))
+    async fn get(&self, name: &str) -> Result<Option<PersistentVolume>, PvError> {
+        self.api.get_opt(name).await.map_err(|e| PvError { name: name.to_owned(), source: Box::new(e) })
     }
-}
-
-/// The CSI volume handle of `pv` if `driver_name` serves it.
-pub fn volume_handle<'a>(pv: &'a PersistentVolume, driver_name: &str) -> Result<&'a str, String> {
-    let csi = pv.spec.as_ref().and_then(|s| s.csi.as_ref()).ok_or("the PersistentVolume has no CSI source")?;
-    if csi.driver != driver_name {
-        return Err(format!("the PersistentVolume belongs to CSI driver {}", csi.driver));
-    }
-    Ok(&csi.volume_handle)
 }

@@ -12,7 +12,9 @@ use crate::claim::{SizeChange, Update, read_update};
 use crate::decision::{Facts, Policy, Step, Verdict, judge_claim, judge_facts};
 use crate::facts::VolumeFacts;
 use crate::review::{ClaimReview, DecodeError, decode, respond};
-use crate::volumes::{PersistentVolumes, volume_handle};
+use swell_k8s::volume_handle;
+
+use crate::volumes::PersistentVolumes;
 
 /// Everything a review needs.
 #[derive(Clone)]
@@ -71,11 +73,11 @@ impl Webhook {
         let pv = match self.volumes.get(name).await {
             Ok(Some(pv)) => pv,
             Ok(None) => return Facts::Missing(format!("there is no PersistentVolume {name}")),
-            Err(why) => return Facts::Unchecked(why),
+            Err(why) => return Facts::Unchecked(why.to_string()),
         };
         let handle = match volume_handle(&pv, &self.driver_name) {
             Ok(handle) => handle,
-            Err(why) => return Facts::NotSwellVolume(why),
+            Err(why) => return Facts::NotSwellVolume(why.to_string()),
         };
         let id: VolumeId = match handle.parse() {
             Ok(id) => id,
@@ -83,7 +85,7 @@ impl Webhook {
         };
         match self.facts.read(&id).await {
             Ok(state) => Facts::Read(state),
-            Err(why) => Facts::Unchecked(why),
+            Err(why) => Facts::Unchecked(why.to_string()),
         }
     }
 }

@@ -16,7 +16,7 @@ use swell_storage::units::MIB;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::{Engine, create};
+use super::engine::{Engine, create};
 use crate::chaos::{Xorshift, env_number};
 use crate::harness::NodeUnderTest;
 use crate::host;

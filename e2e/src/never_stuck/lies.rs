@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use swell_storage::units::MIB;
 use tonic::Code;
 
-use super::{Engine, InProcess, create, delete, expand};
+use super::engine::{Engine, InProcess, create, delete, expand};
 use crate::instrumented::GrowMode;
 use crate::metrics::{scrape, value};
 use crate::observe::{ExpansionState, expansion_state};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use swell_storage::units::{GIB, MIB};
 use tonic::Code;
 
-use super::{Engine, InProcess, create, delete, expand};
+use super::engine::{Engine, InProcess, create, delete, expand};
 use crate::observe::expansion_state;
 use crate::resizer::expand_like_the_resizer;
 use crate::timing::median;

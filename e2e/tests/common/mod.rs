@@ -13,12 +13,12 @@ use swell_e2e::{host, requests};
 use tempfile::TempDir;
 use tonic::{Code, Response, Status};
 
-pub const MIB: i64 = swell_storage::units::MIB as i64;
-pub const GIB: i64 = swell_storage::units::GIB as i64;
+pub(crate) const MIB: i64 = swell_storage::units::MIB as i64;
+pub(crate) const GIB: i64 = swell_storage::units::GIB as i64;
 
 /// A driver running in its own directory under /var/tmp. The directory goes
 /// when the `TempDir` drops; keep it alive as long as the driver.
-pub struct Driver {
+pub(crate) struct Driver {
     // Declared first so the services stop before their directory goes.
     pub d: DriverUnderTest,
     pub dir: TempDir,
@@ -38,24 +38,24 @@ impl std::ops::DerefMut for Driver {
 }
 
 /// Starts a driver with default options in a fresh temp dir.
-pub async fn driver() -> Driver {
+pub(crate) async fn driver() -> Driver {
     driver_with(DriverOptions::default()).await
 }
 
 /// Starts a driver whose local backend may promise at most `bytes`.
-pub async fn driver_with_capacity(bytes: i64) -> Driver {
+pub(crate) async fn driver_with_capacity(bytes: i64) -> Driver {
     driver_with(DriverOptions { local_capacity_bytes: Some(u64::try_from(bytes).unwrap()), ..Default::default() }).await
 }
 
 /// Starts a driver with `options` in a fresh temp dir.
-pub async fn driver_with(options: DriverOptions) -> Driver {
+pub(crate) async fn driver_with(options: DriverOptions) -> Driver {
     let dir = tempfile::Builder::new().prefix("swell-conformance-").tempdir_in("/var/tmp").expect("create temp dir under /var/tmp");
     let d = DriverUnderTest::start(dir.path(), options).await.expect("start driver under test");
     Driver { d, dir }
 }
 
 /// A name no other call in this process has used.
-pub fn unique_name(prefix: &str) -> String {
+pub(crate) fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
@@ -63,7 +63,7 @@ pub fn unique_name(prefix: &str) -> String {
 /// Asserts that `result` failed with exactly `code` and that its message
 /// names every string in `mentions`; returns the status.
 #[track_caller]
-pub fn expect_status<T: std::fmt::Debug>(result: Result<Response<T>, Status>, code: Code, mentions: &[&str]) -> Status {
+pub(crate) fn expect_status<T: std::fmt::Debug>(result: Result<Response<T>, Status>, code: Code, mentions: &[&str]) -> Status {
     let status = match result {
         Ok(response) => panic!("expected {code:?}, got OK: {:?}", response.into_inner()),
         Err(status) => status,
@@ -77,7 +77,7 @@ pub fn expect_status<T: std::fmt::Debug>(result: Result<Response<T>, Status>, co
 
 /// Unwraps a successful answer, printing the status on failure.
 #[track_caller]
-pub fn expect_ok<T>(result: Result<Response<T>, Status>, what: &str) -> T {
+pub(crate) fn expect_ok<T>(result: Result<Response<T>, Status>, what: &str) -> T {
     match result {
         Ok(response) => response.into_inner(),
         Err(status) => panic!("{what}: expected OK, got {:?}: {}", status.code(), status.message()),
@@ -85,17 +85,17 @@ pub fn expect_ok<T>(result: Result<Response<T>, Status>, what: &str) -> T {
 }
 
 /// A capability with an access mode of choice and a mount access type.
-pub fn capability_with_mode(mode: Mode) -> VolumeCapability {
+pub(crate) fn capability_with_mode(mode: Mode) -> VolumeCapability {
     VolumeCapability { access_mode: Some(AccessMode { mode: mode as i32 }), access_type: Some(AccessType::Mount(MountVolume::default())) }
 }
 
 /// The capability csi-sanity uses by default: single-node writer, mount, default fs.
-pub fn default_capability() -> VolumeCapability {
+pub(crate) fn default_capability() -> VolumeCapability {
     requests::mount_capability("")
 }
 
 /// CreateVolume with required = limit = `bytes`, as csi-sanity's size tests send it.
-pub fn create_exact(name: &str, bytes: i64) -> CreateVolumeRequest {
+pub(crate) fn create_exact(name: &str, bytes: i64) -> CreateVolumeRequest {
     CreateVolumeRequest {
         capacity_range: Some(CapacityRange { required_bytes: bytes, limit_bytes: bytes }),
         ..requests::create_volume(name, bytes, default_capability())
@@ -103,7 +103,7 @@ pub fn create_exact(name: &str, bytes: i64) -> CreateVolumeRequest {
 }
 
 /// Creates a volume of at least `bytes` and returns it.
-pub async fn create(driver: &mut DriverUnderTest, name: &str, bytes: i64) -> Volume {
+pub(crate) async fn create(driver: &mut DriverUnderTest, name: &str, bytes: i64) -> Volume {
     let response = expect_ok(driver.controller.create_volume(requests::create_volume(name, bytes, default_capability())).await, "CreateVolume");
     let volume = response.volume.expect("CreateVolume answered without a volume");
     assert!(!volume.volume_id.is_empty(), "empty volume_id");
@@ -112,35 +112,35 @@ pub async fn create(driver: &mut DriverUnderTest, name: &str, bytes: i64) -> Vol
 }
 
 /// Deletes a volume, requiring OK.
-pub async fn delete(driver: &mut DriverUnderTest, id: &str) {
+pub(crate) async fn delete(driver: &mut DriverUnderTest, id: &str) {
     expect_ok(driver.controller.delete_volume(DeleteVolumeRequest { volume_id: id.to_owned(), ..Default::default() }).await, "DeleteVolume");
 }
 
 /// The DeleteVolume answer for `id`.
-pub async fn try_delete(driver: &mut DriverUnderTest, id: &str) -> Result<Response<DeleteVolumeResponse>, Status> {
+pub(crate) async fn try_delete(driver: &mut DriverUnderTest, id: &str) -> Result<Response<DeleteVolumeResponse>, Status> {
     driver.controller.delete_volume(DeleteVolumeRequest { volume_id: id.to_owned(), ..Default::default() }).await
 }
 
 /// One ListVolumes page.
-pub async fn list_page(driver: &mut DriverUnderTest, max_entries: i32, token: &str) -> ListVolumesResponse {
+pub(crate) async fn list_page(driver: &mut DriverUnderTest, max_entries: i32, token: &str) -> ListVolumesResponse {
     let request = ListVolumesRequest { max_entries, starting_token: token.to_owned() };
     expect_ok(driver.controller.list_volumes(request).await, "ListVolumes")
 }
 
 /// The ids of one page's entries.
-pub fn page_ids(page: &ListVolumesResponse) -> Vec<String> {
+pub(crate) fn page_ids(page: &ListVolumesResponse) -> Vec<String> {
     page.entries.iter().map(|e| e.volume.as_ref().expect("list entry without volume").volume_id.clone()).collect()
 }
 
 /// Every volume id, from an unpaginated ListVolumes.
-pub async fn list_ids(driver: &mut DriverUnderTest) -> Vec<String> {
+pub(crate) async fn list_ids(driver: &mut DriverUnderTest) -> Vec<String> {
     let page = list_page(driver, 0, "").await;
     assert!(page.next_token.is_empty(), "unpaginated list returned next_token {:?}", page.next_token);
     page_ids(&page)
 }
 
 /// ControllerGetVolume, requiring OK; returns the volume and its condition.
-pub async fn get_volume(driver: &mut DriverUnderTest, id: &str) -> (Volume, Option<VolumeCondition>) {
+pub(crate) async fn get_volume(driver: &mut DriverUnderTest, id: &str) -> (Volume, Option<VolumeCondition>) {
     let request = ControllerGetVolumeRequest { volume_id: id.to_owned() };
     let response = expect_ok(driver.controller.controller_get_volume(request).await, "ControllerGetVolume");
     let volume = response.volume.expect("ControllerGetVolume answered without a volume");
@@ -148,12 +148,12 @@ pub async fn get_volume(driver: &mut DriverUnderTest, id: &str) -> (Volume, Opti
 }
 
 /// The size ControllerGetVolume reports for `id`.
-pub async fn size_of(driver: &mut DriverUnderTest, id: &str) -> i64 {
+pub(crate) async fn size_of(driver: &mut DriverUnderTest, id: &str) -> i64 {
     get_volume(driver, id).await.0.capacity_bytes
 }
 
 /// ControllerExpandVolume with an explicit required and limit, no capability.
-pub fn expand_range(id: &str, required: i64, limit: i64) -> ControllerExpandVolumeRequest {
+pub(crate) fn expand_range(id: &str, required: i64, limit: i64) -> ControllerExpandVolumeRequest {
     ControllerExpandVolumeRequest {
         capacity_range: Some(CapacityRange { required_bytes: required, limit_bytes: limit }),
         ..requests::controller_expand(id, required, None)
@@ -161,30 +161,30 @@ pub fn expand_range(id: &str, required: i64, limit: i64) -> ControllerExpandVolu
 }
 
 /// GetCapacity's available bytes for the default backend.
-pub async fn available(driver: &mut DriverUnderTest) -> i64 {
+pub(crate) async fn available(driver: &mut DriverUnderTest) -> i64 {
     let request = GetCapacityRequest { volume_capabilities: vec![default_capability()], ..Default::default() };
     expect_ok(driver.controller.get_capacity(request).await, "GetCapacity").available_capacity
 }
 
 /// An id of the right shape that names no volume.
-pub fn absent_local_id() -> String {
+pub(crate) fn absent_local_id() -> String {
     format!("local:{}", "0123456789abcdef".repeat(2))
 }
 
 /// The parameters map with one key.
-pub fn parameters(key: &str, value: &str) -> HashMap<String, String> {
+pub(crate) fn parameters(key: &str, value: &str) -> HashMap<String, String> {
     HashMap::from([(key.to_owned(), value.to_owned())])
 }
 
 /// Whether the node tests can run here; records a skip when not (a
 /// missing program fails the test under CI).
-pub fn node_host_ready(test: &str) -> bool {
+pub(crate) fn node_host_ready(test: &str) -> bool {
     !host::cannot_run(test, false, &["losetup", "mkfs.xfs", "mount", "umount"])
 }
 
 /// Undoes what a failed node test leaves behind: unmounts `mounts`
 /// (deepest first, as listed) and detaches loop devices of `images`.
-pub struct HostCleanup {
+pub(crate) struct HostCleanup {
     pub mounts: Vec<PathBuf>,
     pub images: Vec<PathBuf>,
 }
@@ -209,24 +209,24 @@ impl Drop for HostCleanup {
 }
 
 /// The backing file of a local volume.
-pub fn backing_file(driver: &DriverUnderTest, id: &str) -> PathBuf {
-    swell_storage::local::image_path(&driver.local_state_dir, &id.parse().expect("local volume id"))
+pub(crate) fn backing_file(driver: &DriverUnderTest, id: &str) -> PathBuf {
+    swell_local::image_path(&driver.local_state_dir, &id.parse().expect("local volume id"))
 }
 
 /// A path as the string CSI requests carry.
-pub fn s(path: &Path) -> String {
+pub(crate) fn s(path: &Path) -> String {
     path.display().to_string()
 }
 
 /// Where a node test stages and publishes, laid out as csi-sanity does: the
 /// staging directory and the target's parent exist, the target does not.
-pub struct NodePaths {
+pub(crate) struct NodePaths {
     pub staging: PathBuf,
     pub target: PathBuf,
 }
 
 impl NodePaths {
-    pub fn under(root: &Path) -> NodePaths {
+    pub(crate) fn under(root: &Path) -> NodePaths {
         let staging = root.join("staging");
         let mount_dir = root.join("mnt");
         std::fs::create_dir_all(&staging).expect("create staging dir");
@@ -235,13 +235,13 @@ impl NodePaths {
     }
 
     /// A guard that unmounts and detaches whatever a failed test left.
-    pub fn cleanup(&self, image: PathBuf) -> HostCleanup {
+    pub(crate) fn cleanup(&self, image: PathBuf) -> HostCleanup {
         HostCleanup { mounts: vec![self.target.clone(), self.staging.clone()], images: vec![image] }
     }
 }
 
 /// NodeStageVolume then NodePublishVolume, each `times` times, with `cap`.
-pub async fn stage_and_publish(driver: &mut DriverUnderTest, id: &str, paths: &NodePaths, cap: &VolumeCapability, times: usize) {
+pub(crate) async fn stage_and_publish(driver: &mut DriverUnderTest, id: &str, paths: &NodePaths, cap: &VolumeCapability, times: usize) {
     let (staging, target) = (s(&paths.staging), s(&paths.target));
     for attempt in 1..=times {
         let request = requests::stage(id, &staging, cap.clone());
@@ -259,7 +259,7 @@ pub async fn stage_and_publish(driver: &mut DriverUnderTest, id: &str, paths: &N
 
 /// NodeUnpublishVolume then NodeUnstageVolume, each `times` times, and
 /// checks that nothing stays mounted or attached.
-pub async fn unpublish_and_unstage(driver: &mut DriverUnderTest, id: &str, paths: &NodePaths, times: usize) {
+pub(crate) async fn unpublish_and_unstage(driver: &mut DriverUnderTest, id: &str, paths: &NodePaths, times: usize) {
     let (staging, target) = (s(&paths.staging), s(&paths.target));
     for attempt in 1..=times {
         expect_ok(driver.node.node_unpublish_volume(requests::unpublish(id, &target)).await, &format!("NodeUnpublishVolume #{attempt}"));
@@ -282,13 +282,13 @@ pub async fn unpublish_and_unstage(driver: &mut DriverUnderTest, id: &str, paths
 }
 
 /// Loop devices whose backing file is `image`, even if it was deleted.
-pub fn loops_backed_by(image: &Path) -> Vec<String> {
+pub(crate) fn loops_backed_by(image: &Path) -> Vec<String> {
     swell_e2e::host::loop_devices_for(image)
 }
 
 /// The byte usage entry of a NodeGetVolumeStats answer, checked for sanity.
 #[track_caller]
-pub fn byte_usage(response: &NodeGetVolumeStatsResponse) -> VolumeUsage {
+pub(crate) fn byte_usage(response: &NodeGetVolumeStatsResponse) -> VolumeUsage {
     let bytes = *response.usage.iter().find(|u| u.unit == volume_usage::Unit::Bytes as i32).unwrap_or_else(|| panic!("no BYTES usage in {response:?}"));
     assert!(bytes.total > 0, "total bytes {}", bytes.total);
     assert!(bytes.used >= 0 && bytes.available >= 0, "{bytes:?}");
@@ -297,12 +297,12 @@ pub fn byte_usage(response: &NodeGetVolumeStatsResponse) -> VolumeUsage {
 }
 
 /// ValidateVolumeCapabilities for `id` and `caps`.
-pub fn validate(id: &str, caps: Vec<VolumeCapability>) -> ValidateVolumeCapabilitiesRequest {
+pub(crate) fn validate(id: &str, caps: Vec<VolumeCapability>) -> ValidateVolumeCapabilitiesRequest {
     ValidateVolumeCapabilitiesRequest { volume_id: id.to_owned(), volume_capabilities: caps, ..Default::default() }
 }
 
 /// Walks the pages from `token` on, returning every id seen.
-pub async fn walk(drv: &mut DriverUnderTest, mut token: String) -> Vec<String> {
+pub(crate) async fn walk(drv: &mut DriverUnderTest, mut token: String) -> Vec<String> {
     let mut seen = Vec::new();
     for _ in 0..20 {
         if token.is_empty() {
@@ -317,7 +317,7 @@ pub async fn walk(drv: &mut DriverUnderTest, mut token: String) -> Vec<String> {
 }
 
 /// The RPC types a ControllerGetCapabilities answer announces.
-pub fn controller_rpc_types(response: &ControllerGetCapabilitiesResponse) -> BTreeSet<i32> {
+pub(crate) fn controller_rpc_types(response: &ControllerGetCapabilitiesResponse) -> BTreeSet<i32> {
     let rpc = |c: &ControllerServiceCapability| match &c.r#type {
         Some(controller_service_capability::Type::Rpc(r)) => r.r#type,
         other => panic!("capability without an RPC type: {other:?}"),
@@ -326,7 +326,7 @@ pub fn controller_rpc_types(response: &ControllerGetCapabilitiesResponse) -> BTr
 }
 
 /// The RPC types a NodeGetCapabilities answer announces.
-pub fn node_rpc_types(response: &NodeGetCapabilitiesResponse) -> BTreeSet<i32> {
+pub(crate) fn node_rpc_types(response: &NodeGetCapabilitiesResponse) -> BTreeSet<i32> {
     let rpc = |c: &NodeServiceCapability| match &c.r#type {
         Some(node_service_capability::Type::Rpc(r)) => r.r#type,
         other => panic!("capability without an RPC type: {other:?}"),

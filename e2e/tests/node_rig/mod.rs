@@ -5,13 +5,12 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use csi_proto::v1::node_client::NodeClient;
 use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
 use swell_e2e::sweep::sweep;
-use swell_storage::local::LocalBackend;
+use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::{Backend, VolumeId};
 use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
@@ -20,7 +19,7 @@ use tonic::transport::Channel;
 /// Loop devices are few and the machine small: node tests run one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-pub struct Rig {
+pub(crate) struct Rig {
     pub backend: LocalBackend,
     pub node: NodeClient<Channel>,
     pub dir: PathBuf,
@@ -30,7 +29,7 @@ pub struct Rig {
 }
 
 /// A rig, or `None` (with a note) where loop devices and mounts are unavailable.
-pub async fn rig(test: &str) -> Option<Rig> {
+pub(crate) async fn rig(test: &str) -> Option<Rig> {
     if host::cannot_run(test, false, &["losetup", "mkfs.xfs", "xfs_growfs", "mkfs.btrfs", "btrfs", "mkfs.ext4", "resize2fs", "mount", "umount"]) {
         return None;
     }
@@ -40,7 +39,7 @@ pub async fn rig(test: &str) -> Option<Rig> {
     let mut config = swell_node::NodeConfig::new("node-test");
     config.state_dir = dir.join("node");
     config.local_state_dir = dir.join("local");
-    let backend = LocalBackend::open(&config.local_state_dir, None).unwrap();
+    let backend = LocalBackend::open(&LocalConfig::new(&config.local_state_dir, dir.join("controller"))).unwrap();
     let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.unwrap();
     let node = server.client.clone();
     Some(Rig { backend, node, dir, server: Some(server), _serial: serial, _tmp: tmp })
@@ -48,24 +47,24 @@ pub async fn rig(test: &str) -> Option<Rig> {
 
 impl Rig {
     /// Creates a local volume of `bytes` (under the rig's directory, so the guard detaches it).
-    pub async fn volume(&mut self, name: &str, bytes: u64) -> VolumeId {
+    pub(crate) async fn volume(&mut self, name: &str, bytes: u64) -> VolumeId {
         self.backend.create_volume(name, bytes, &swell_storage::Placement::default()).await.unwrap().info().id.clone()
     }
 
-    pub fn image(&self, id: &VolumeId) -> PathBuf {
-        swell_storage::local::image_path(self.backend.state_dir(), id)
+    pub(crate) fn image(&self, id: &VolumeId) -> PathBuf {
+        swell_local::image_path(self.backend.state_dir(), id)
     }
 
     /// A path under the rig's directory, as a string for requests.
-    pub fn path(&self, rel: &str) -> String {
+    pub(crate) fn path(&self, rel: &str) -> String {
         self.dir.join(rel).display().to_string()
     }
 
-    pub async fn grow(&self, id: &VolumeId, bytes: u64) {
+    pub(crate) async fn grow(&self, id: &VolumeId, bytes: u64) {
         assert_eq!(self.backend.grow_volume(id, bytes).await.unwrap(), bytes);
     }
 
-    pub fn staging_record_exists(&self, id: &VolumeId) -> bool {
+    pub(crate) fn staging_record_exists(&self, id: &VolumeId) -> bool {
         self.dir.join("node/staged").join(format!("{id}.json")).exists()
     }
 }
@@ -77,31 +76,9 @@ impl Drop for Rig {
     }
 }
 
-/// Runs a command in a test, panicking with its stderr on failure.
-pub fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 impl Rig {
     /// Whether resize2fs can grow a mounted ext4 here (needs CAP_SYS_RESOURCE).
-    pub fn online_ext4_grow_works(&mut self) -> bool {
-        let image = self.dir.join("ext4-probe.img");
-        let mount_point = self.dir.join("ext4-probe");
-        let img = image.display().to_string();
-        let mp = mount_point.display().to_string();
-        std::fs::create_dir_all(&mount_point).unwrap();
-        sh("truncate", &["-s", "64M", &img]);
-        let device = sh("losetup", &["--find", "--show", &img]).trim().to_owned();
-        sh("mkfs.ext4", &["-q", &device]);
-        sh("mount", &[&device, &mp]);
-        sh("truncate", &["-s", "128M", &img]);
-        sh("losetup", &["-c", &device]);
-        let works = Command::new("resize2fs").arg(&device).output().map(|o| o.status.success()).unwrap_or(false);
-        let _ = Command::new("umount").arg(&mp).status();
-        let _ = Command::new("losetup").arg("-d").arg(&device).status();
-        let _ = std::fs::remove_file(&image);
-        works
+    pub(crate) fn online_ext4_grow_works(&mut self) -> bool {
+        host::online_ext4_grow_permitted(&self.dir)
     }
 }

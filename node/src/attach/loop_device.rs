@@ -12,27 +12,28 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use swell_storage::{VolumeId, local};
+use swell_storage::VolumeId;
+use swell_storage::rbd_attach::MapOptions;
 
-use super::Attacher;
+use super::attacher::Attacher;
 use crate::error::NodeError;
 use crate::system::{self, System};
 
 /// Attaches `local:` volumes as loop devices.
 #[derive(Debug, Clone)]
-pub struct LoopAttacher {
+pub(crate) struct LoopAttacher {
     state_dir: PathBuf,
     sys: Arc<dyn System>,
 }
 
 impl LoopAttacher {
     /// An attacher for backing files under the local backend's `state_dir`.
-    pub fn new(state_dir: PathBuf, sys: Arc<dyn System>) -> Self {
+    pub(crate) fn new(state_dir: PathBuf, sys: Arc<dyn System>) -> Self {
         LoopAttacher { state_dir, sys }
     }
 
     fn image(&self, volume: &VolumeId) -> PathBuf {
-        local::image_path(&self.state_dir, volume)
+        swell_local::image_path(&self.state_dir, volume)
     }
 
     /// Whether `device` is attached to the local file `image`.
@@ -87,7 +88,7 @@ impl Attacher for LoopAttacher {
         }
     }
 
-    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
+    async fn attach(&self, volume: &VolumeId, _options: &MapOptions) -> Result<PathBuf, NodeError> {
         if let Some(device) = self.find(volume).await? {
             return Ok(device);
         }

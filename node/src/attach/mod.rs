@@ -2,49 +2,26 @@
 //! of attaching, chosen by the volume id's backend: `local:` volumes are
 //! sparse files attached with a loop device; `rbd:` volumes of the
 //! configured Ceph cluster go through one of three RBD attachers (krbd,
-//! rbd-nbd, or an rbd-fuse file behind a loop device), the one this host
-//! supports, detected once at start-up (see `rbd`). Nothing above this
-//! module knows which.
+//! rbd-nbd, or an rbd-fuse file behind a loop device): the one the volume's
+//! StorageClass names, else the one this host supports, detected once at
+//! start-up (see `rbd`). The mode a volume was staged with is kept in its
+//! staging record; above this module only that choice is known.
 
+mod attacher;
 mod loop_device;
-pub mod rbd;
+pub(crate) mod rbd;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use swell_storage::VolumeId;
+use swell_storage::rbd_attach::AttachMode;
 
-pub use loop_device::LoopAttacher;
+pub(crate) use attacher::Attacher;
+pub(crate) use loop_device::LoopAttacher;
 
 use crate::NodeConfig;
 use crate::error::NodeError;
 use crate::system::System;
-
-/// One way of attaching volumes as block devices.
-#[async_trait::async_trait]
-pub trait Attacher: Send + Sync + std::fmt::Debug {
-    /// The size of the backing object now, read fresh; `None` when the
-    /// volume does not exist.
-    async fn backing_size(&self, volume: &VolumeId) -> Result<Option<u64>, NodeError>;
-
-    /// Attaches the volume and returns its device; an existing attachment
-    /// is reused, so a retried stage never attaches twice.
-    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError>;
-
-    /// The device the volume is attached as now, if any.
-    async fn find(&self, volume: &VolumeId) -> Result<Option<PathBuf>, NodeError>;
-
-    /// Detaches the volume: `device` (from the staging record) if it still
-    /// belongs to the volume, and any attachment `find` sees.
-    async fn detach(&self, volume: &VolumeId, device: Option<&Path>) -> Result<(), NodeError>;
-
-    /// Asks the device to re-read the backing object's size. The caller
-    /// then waits until the device's size shows it.
-    async fn refresh_capacity(&self, volume: &VolumeId, device: &Path) -> Result<(), NodeError>;
-
-    /// Why the attachment is unhealthy, `None` when it is fine.
-    async fn condition(&self, volume: &VolumeId, device: &Path) -> Result<Option<String>, NodeError>;
-}
 
 /// The attachers, one per backend.
 #[derive(Debug)]
@@ -64,21 +41,48 @@ impl Attachers {
         Ok(Attachers { local: LoopAttacher::new(config.local_state_dir.clone(), sys), rbd })
     }
 
-    /// How RBD images are attached here, `None` without a Ceph cluster.
-    pub fn rbd_mode(&self) -> Option<rbd::AttachMode> {
+    /// How RBD images are attached here when a volume names no mode,
+    /// `None` without a Ceph cluster.
+    pub fn rbd_mode(&self) -> Option<AttachMode> {
         self.rbd.as_ref().map(rbd::RbdAttachers::mode)
     }
 
-    /// The attacher for a volume's backend; an unknown backend is an
-    /// unknown volume to this node.
-    pub fn for_volume(&self, volume: &VolumeId) -> Result<&dyn Attacher, NodeError> {
-        match volume.backend() {
-            swell_storage::local::KIND => Ok(&self.local),
-            swell_storage::rbd_volume::KIND => match &self.rbd {
-                Some(rbd) => rbd.for_volume(volume),
-                None => Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: "no Ceph cluster is configured on this node".into() }),
-            },
-            other => Err(NodeError::VolumeNotFound { volume: volume.to_string(), reason: format!("backend {other:?} is not supported on this node") }),
+    /// The mode a stage of `volume` attaches with: `requested` (from its
+    /// StorageClass), else the detected one; `None` for volumes that are
+    /// not RBD (or with no Ceph cluster here, which `for_volume` refuses).
+    pub fn stage_mode(&self, volume: &VolumeId, requested: Option<AttachMode>) -> Option<AttachMode> {
+        match (volume.backend(), &self.rbd) {
+            (swell_storage::rbd_volume::KIND, Some(rbd)) => Some(requested.unwrap_or(rbd.mode())),
+            _ => None,
         }
     }
+
+    /// The attacher for a volume's backend, in `rbd_mode` for RBD volumes
+    /// (the detected mode when `None`: a staging record written before
+    /// modes were recorded); an unknown backend is an unknown volume here.
+    pub fn for_volume(&self, volume: &VolumeId, rbd_mode: Option<AttachMode>) -> Result<&dyn Attacher, NodeError> {
+        match volume.backend() {
+            swell_local::KIND => Ok(&self.local),
+            swell_storage::rbd_volume::KIND => self.rbd(volume)?.for_volume(volume, rbd_mode),
+            other => Err(unsupported(volume, other)),
+        }
+    }
+
+    /// Every attacher that may hold `volume` when no staging record says
+    /// which one attached it.
+    pub fn all_for(&self, volume: &VolumeId) -> Result<Vec<&dyn Attacher>, NodeError> {
+        match volume.backend() {
+            swell_local::KIND => Ok(vec![&self.local]),
+            swell_storage::rbd_volume::KIND => self.rbd(volume)?.all_for(volume),
+            other => Err(unsupported(volume, other)),
+        }
+    }
+
+    fn rbd(&self, volume: &VolumeId) -> Result<&rbd::RbdAttachers, NodeError> {
+        self.rbd.as_ref().ok_or_else(|| NodeError::VolumeNotFound { volume: volume.to_string(), reason: "no Ceph cluster is configured on this node".into() })
+    }
+}
+
+fn unsupported(volume: &VolumeId, backend: &str) -> NodeError {
+    NodeError::VolumeNotFound { volume: volume.to_string(), reason: format!("backend {backend:?} is not supported on this node") }
 }

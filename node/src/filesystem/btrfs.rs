@@ -8,7 +8,7 @@ use crate::error::NodeError;
 use crate::system::{self, System};
 
 /// The btrfs implementation.
-pub struct Btrfs;
+pub(super) struct Btrfs;
 
 #[async_trait::async_trait]
 impl FileSystem for Btrfs {

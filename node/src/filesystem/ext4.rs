@@ -12,7 +12,7 @@ use crate::error::NodeError;
 use crate::system::{self, System};
 
 /// The ext4 implementation.
-pub struct Ext4;
+pub(super) struct Ext4;
 
 #[async_trait::async_trait]
 impl FileSystem for Ext4 {

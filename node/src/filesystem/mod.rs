@@ -13,18 +13,19 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use csi_endpoint::capabilities::supported_fs_list;
 use serde::{Deserialize, Serialize};
 
 use crate::error::NodeError;
 use crate::system::System;
 
 /// mkfs and fsck may touch the whole device.
-pub const FORMAT_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const FORMAT_DEADLINE: Duration = Duration::from_secs(60);
 /// Growing or querying a filesystem.
-pub const GROW_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const GROW_DEADLINE: Duration = Duration::from_secs(60);
 /// How far short of the device a filesystem may stay and still count as
 /// filling it (block and allocation-group rounding).
-pub const SIZE_TOLERANCE: u64 = 1 << 20;
+pub(crate) const SIZE_TOLERANCE: u64 = 1 << 20;
 
 /// The filesystem kinds Swell formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +78,7 @@ impl FromStr for FsType {
             "xfs" => Ok(FsType::Xfs),
             "ext4" => Ok(FsType::Ext4),
             "btrfs" => Ok(FsType::Btrfs),
-            other => Err(format!("unsupported fs_type {other:?}; supported: xfs (default), ext4, btrfs")),
+            other => Err(format!("unsupported fs_type {other:?}; supported: {}", supported_fs_list())),
         }
     }
 }
@@ -111,7 +112,7 @@ pub trait FileSystem: Send + Sync {
 
 /// Whether a filesystem of `fs_bytes` fills a device of `device_bytes`:
 /// the check made after every grow, so success is never claimed unverified.
-pub fn fills_device(fs_bytes: u64, device_bytes: u64) -> bool {
+pub(crate) fn fills_device(fs_bytes: u64, device_bytes: u64) -> bool {
     fs_bytes.saturating_add(SIZE_TOLERANCE) >= device_bytes
 }
 
@@ -125,6 +126,14 @@ fn field_after(line: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_node_makes_exactly_the_filesystems_both_services_call_supported() {
+        for name in csi_endpoint::capabilities::SUPPORTED_FS {
+            assert_eq!(name.parse::<FsType>().map(FsType::as_str), Ok(name), "{name}");
+        }
+        assert_eq!(FsType::DEFAULT.as_str(), csi_endpoint::capabilities::SUPPORTED_FS[0], "the first listed is the default");
+    }
 
     #[test]
     fn fs_type_is_chosen_from_the_capability() {

@@ -12,7 +12,7 @@ use crate::error::NodeError;
 use crate::system::{self, System};
 
 /// The XFS implementation.
-pub struct Xfs;
+pub(super) struct Xfs;
 
 #[async_trait::async_trait]
 impl FileSystem for Xfs {

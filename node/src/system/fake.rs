@@ -4,21 +4,21 @@
 //! call, and fails the operations a test names. Nothing here touches the
 //! host beyond reading the size of a test's own backing files.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use swell_storage::command::{CommandError, Output};
 
-use super::{LoopDevice, MountCall, System};
+use super::seam::{LoopDevice, MountCall, System};
 use crate::error::NodeError;
 use crate::mountinfo::MountEntry;
 
 /// One call the node made.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Call {
+pub(crate) enum Call {
     Mount(MountCall),
     Unmount(PathBuf),
     LoopAttach(PathBuf),
@@ -30,7 +30,7 @@ pub enum Call {
 
 /// A filesystem on a device: its kind and the size it reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fs {
+pub(crate) struct Fs {
     pub kind: String,
     pub size: u64,
 }
@@ -56,27 +56,27 @@ struct Model {
 
 /// The recording double.
 #[derive(Debug, Default)]
-pub struct FakeSystem {
+pub(crate) struct FakeSystem {
     model: Mutex<Model>,
 }
 
 impl FakeSystem {
     fn model(&self) -> MutexGuard<'_, Model> {
-        self.model.lock().unwrap_or_else(|p| p.into_inner())
+        self.model.lock()
     }
 
     /// Every call so far.
-    pub fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         self.model().calls.clone()
     }
 
     /// Forgets the calls so far (after a test's setup).
-    pub fn clear_calls(&self) {
+    pub(crate) fn clear_calls(&self) {
         self.model().calls.clear();
     }
 
     /// The programs run so far, by name.
-    pub fn programs(&self) -> Vec<String> {
+    pub(crate) fn programs(&self) -> Vec<String> {
         self.calls()
             .into_iter()
             .filter_map(|c| match c {
@@ -87,37 +87,37 @@ impl FakeSystem {
     }
 
     /// Makes `operation` fail with `message` from now on.
-    pub fn fail(&self, operation: &str, message: &str) {
+    pub(crate) fn fail(&self, operation: &str, message: &str) {
         self.model().failing.insert(operation.to_owned(), message.to_owned());
     }
 
     /// Lets every operation succeed again.
-    pub fn clear_failures(&self) {
+    pub(crate) fn clear_failures(&self) {
         self.model().failing.clear();
     }
 
     /// Lets ext4's online grow fail with EPERM, as without CAP_SYS_RESOURCE.
-    pub fn deny_online_ext4_grow(&self) {
+    pub(crate) fn deny_online_ext4_grow(&self) {
         self.model().ext4_online_eperm = true;
     }
 
     /// Puts a filesystem on `device`.
-    pub fn format(&self, device: &Path, kind: &str, size: u64) {
+    pub(crate) fn format(&self, device: &Path, kind: &str, size: u64) {
         self.model().filesystems.insert(device.to_owned(), Fs { kind: kind.to_owned(), size });
     }
 
     /// The filesystem on `device`, if any.
-    pub fn filesystem(&self, device: &Path) -> Option<Fs> {
+    pub(crate) fn filesystem(&self, device: &Path) -> Option<Fs> {
         self.model().filesystems.get(device).cloned()
     }
 
     /// The top-most mount at `path`, if any.
-    pub fn mounted(&self, path: &Path) -> Option<MountEntry> {
+    pub(crate) fn mounted(&self, path: &Path) -> Option<MountEntry> {
         self.model().mounts.iter().rev().find(|m| m.mount_point == path).cloned()
     }
 
     /// Adds a mount the node did not make (another volume, a tmpfs).
-    pub fn add_foreign_mount(&self, path: &Path, fs_type: &str, source: &str) {
+    pub(crate) fn add_foreign_mount(&self, path: &Path, fs_type: &str, source: &str) {
         let entry = MountEntry {
             major_minor: "0:99".into(),
             root: "/".into(),
@@ -130,18 +130,18 @@ impl FakeSystem {
     }
 
     /// The attached loop devices.
-    pub fn loops(&self) -> BTreeMap<PathBuf, PathBuf> {
+    pub(crate) fn loops(&self) -> BTreeMap<PathBuf, PathBuf> {
         self.model().loops.clone()
     }
 
     /// Detaches a loop device behind the node's back.
-    pub fn lose_loop(&self, device: &Path) {
+    pub(crate) fn lose_loop(&self, device: &Path) {
         self.model().loops.remove(device);
     }
 
     /// Makes sysfs show `backing` for `device`, as the kernel does for a loop
     /// device attached by a container whose mount namespace is gone.
-    pub fn show_backing(&self, device: &Path, backing: &str) {
+    pub(crate) fn show_backing(&self, device: &Path, backing: &str) {
         self.model().shown.insert(device.to_owned(), backing.to_owned());
     }
 }

@@ -21,7 +21,8 @@ use loopdev::{LoopControl, LoopDevice as KernelLoop};
 use swell_storage::command::{self, CommandError, Output};
 use sys_mount::{Mount, MountFlags, UnmountFlags};
 
-use super::{LoopDevice, MountCall, System, mount_options};
+use super::mount_options;
+use super::seam::{LoopDevice, MountCall, System};
 use crate::error::NodeError;
 use crate::mountinfo::{self, MountEntry};
 
@@ -36,13 +37,13 @@ const ATTACH_ATTEMPTS: u32 = 8;
 
 /// The host's mounts, loop devices and programs.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct HostSystem;
+pub(crate) struct HostSystem;
 
 /// Runs `work` on the blocking pool; the caller waits at most `deadline`.
 async fn blocking<T: Send + 'static>(step: String, deadline: Duration, work: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T, NodeError> {
     match tokio::time::timeout(deadline, tokio::task::spawn_blocking(work)).await {
         Err(_) => Err(NodeError::Timeout { step, after: deadline }),
-        Ok(Err(join)) => Err(NodeError::Internal(format!("{step}: {join}"))),
+        Ok(Err(join)) => Err(NodeError::WorkerFailed { step, reason: join.to_string() }),
         Ok(Ok(result)) => result.map_err(|e| NodeError::io(step, e)),
     }
 }
@@ -156,6 +157,10 @@ impl System for HostSystem {
 
     async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
         command::run(program, args, deadline).await
+    }
+
+    async fn run_leaving_daemon(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
+        command::run_leaving_daemon(program, args, deadline).await
     }
 }
 

@@ -7,7 +7,7 @@ use sys_mount::MountFlags;
 
 /// Flags and the filesystem's own options for one mount(2).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountOptions {
+pub(crate) struct MountOptions {
     /// The generic flags.
     pub flags: MountFlags,
     /// Comma-joined options for the filesystem, empty when none.
@@ -16,7 +16,7 @@ pub struct MountOptions {
 
 /// Splits `options` (each may itself be comma-separated) into flags and
 /// data. A later word wins over an earlier one (`ro` then `rw` is `rw`).
-pub fn parse(options: &[String]) -> MountOptions {
+pub(crate) fn parse(options: &[String]) -> MountOptions {
     let mut flags = MountFlags::empty();
     let mut data = Vec::new();
     for word in options.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|w| !w.is_empty()) {

@@ -30,12 +30,13 @@ use swell_storage::VolumeId;
 
 use swell_storage::RbdVolume;
 
-use super::{Cluster, rbd_volume};
+use super::cluster::{Cluster, rbd_volume};
 use crate::attach::Attacher;
 use crate::attach::loop_device::{attach_file, detach_device};
 use crate::error::NodeError;
 use crate::mount;
 use crate::system::{self, System};
+use swell_storage::rbd_attach::MapOptions;
 
 /// rbd-fuse connects (bounded by client_mount_timeout) before it forks.
 const MOUNT_DEADLINE: Duration = Duration::from_secs(30);
@@ -58,7 +59,7 @@ const FS_TYPE: &str = "fuse.rbd-fuse";
 
 /// Attaches RBD images as loop devices over rbd-fuse files.
 #[derive(Debug, Clone)]
-pub struct FuseAttacher {
+pub(crate) struct FuseAttacher {
     cluster: Cluster,
     root: PathBuf,
 }
@@ -66,7 +67,7 @@ pub struct FuseAttacher {
 impl FuseAttacher {
     /// An attacher whose mounts live under `root` (created 0700 and made
     /// absolute here, since sysfs and mountinfo report absolute paths).
-    pub fn new(cluster: Cluster, root: &Path) -> Result<Self, NodeError> {
+    pub(crate) fn new(cluster: Cluster, root: &Path) -> Result<Self, NodeError> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(|e| NodeError::io(format!("create {}", root.display()), e))?;
         let root = std::fs::canonicalize(root).map_err(|e| NodeError::io(format!("resolve {}", root.display()), e))?;
         Ok(FuseAttacher { cluster, root })
@@ -77,17 +78,17 @@ impl FuseAttacher {
     }
 
     /// The mount point for `image`.
-    pub fn mount_dir(&self, image: &RbdVolume) -> PathBuf {
+    pub(crate) fn mount_dir(&self, image: &RbdVolume) -> PathBuf {
         self.root.join(&image.pool).join(&image.image)
     }
 
     /// The file that is the image.
-    pub fn image_file(&self, image: &RbdVolume) -> PathBuf {
+    pub(crate) fn image_file(&self, image: &RbdVolume) -> PathBuf {
         self.mount_dir(image).join(&image.image)
     }
 
     /// `rbd-fuse <cluster args> -p pool -r image <dir> -o attr_timeout=0,entry_timeout=0`.
-    pub fn mount_args(&self, image: &RbdVolume, dir: &Path) -> Vec<OsString> {
+    pub(crate) fn mount_args(&self, image: &RbdVolume, dir: &Path) -> Vec<OsString> {
         let mut args = self.cluster.data_path_args();
         args.extend(["-p".into(), image.pool.clone().into(), "-r".into(), image.image.clone().into(), dir.into()]);
         args.extend(["-o".into(), "attr_timeout=0,entry_timeout=0".into()]);
@@ -149,10 +150,7 @@ impl FuseAttacher {
                 let _ = i32::try_from(*pid).map(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM));
             }
             if !wait_for_exit(&pids, TERM_DEADLINE).await {
-                return Err(NodeError::Internal(format!(
-                    "rbd-fuse ({pids:?}) for {} of volume {volume} still runs; the image keeps its watcher",
-                    dir.display()
-                )));
+                return Err(NodeError::FuseStillRunning { volume: volume.to_string(), dir: dir.to_owned(), pids: pids.clone() });
             }
         }
         // Tidy only: a leftover empty directory is harmless.
@@ -170,7 +168,7 @@ impl Attacher for FuseAttacher {
         self.cluster.image_size(volume, &rbd_volume(volume)?).await
     }
 
-    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
+    async fn attach(&self, volume: &VolumeId, _options: &MapOptions) -> Result<PathBuf, NodeError> {
         let image = rbd_volume(volume)?;
         let file = self.ensure_mounted(volume, &image).await?;
         if let Some(device) = system::loop_devices_backing(self.sys(), &file).await?.into_iter().next() {

@@ -4,6 +4,8 @@
 //! follow an image resize on their own (krbd through the header watch,
 //! rbd-nbd by resizing the nbd device), so a refresh only has to wait,
 //! which `expand` does by polling the device size against `rbd info`.
+//! rbd-nbd's daemon is started in a process group of its own, so it keeps
+//! serving the device when the node is killed with its group.
 //! Attachments are found by listing what is mapped (`rbd showmapped` /
 //! `rbd-nbd list-mapped`, both JSON), so attach and detach are idempotent.
 
@@ -15,9 +17,10 @@ use swell_storage::VolumeId;
 
 use swell_storage::RbdVolume;
 
-use super::{Cluster, rbd_volume};
+use super::cluster::{Cluster, rbd_volume};
 use crate::attach::Attacher;
 use crate::error::NodeError;
+use swell_storage::rbd_attach::MapOptions;
 
 /// `map` connects and opens the image; `unmap` may flush.
 const MAP_DEADLINE: Duration = Duration::from_secs(60);
@@ -26,7 +29,7 @@ const LIST_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Which program maps images to block devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mapper {
+pub(crate) enum Mapper {
     /// `rbd map` / `rbd unmap` / `rbd showmapped`.
     Krbd,
     /// `rbd-nbd map` / `rbd-nbd unmap` / `rbd-nbd list-mapped`.
@@ -35,7 +38,7 @@ pub enum Mapper {
 
 /// One mapped image, from the mapper's JSON listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mapping {
+pub(crate) struct Mapping {
     pub pool: String,
     pub namespace: String,
     pub image: String,
@@ -46,34 +49,42 @@ pub struct Mapping {
 
 impl Mapper {
     /// The program.
-    pub fn program(self) -> &'static str {
+    pub(crate) fn program(self) -> &'static str {
         match self {
             Mapper::Krbd => "rbd",
             Mapper::Nbd => "rbd-nbd",
         }
     }
 
-    /// `map pool/image` plus the cluster arguments. krbd's CLI only sets
-    /// up the kernel mapping, so its librados calls get the op timeouts;
-    /// rbd-nbd stays as the device's server and gets only a connect timeout.
-    pub fn map_args(self, cluster: &Cluster, image: &RbdVolume) -> Vec<OsString> {
+    /// `map pool/image`, the StorageClass's map options (krbd: `-o` with
+    /// the default `ms_mode`; rbd-nbd: `--option value`) and the cluster
+    /// arguments. krbd's CLI only sets up the kernel mapping, so its
+    /// librados calls get the op timeouts; rbd-nbd stays as the device's
+    /// server and gets only a connect timeout.
+    pub(crate) fn map_args(self, cluster: &Cluster, image: &RbdVolume, options: &MapOptions) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["map".into(), image.spec().into()];
-        args.extend(match self {
-            Mapper::Krbd => cluster.control_args(),
-            Mapper::Nbd => cluster.data_path_args(),
-        });
+        match self {
+            Mapper::Krbd => {
+                args.extend(["-o".into(), options.krbd().into()]);
+                args.extend(cluster.control_args());
+            }
+            Mapper::Nbd => {
+                args.extend(options.nbd().into_iter().map(OsString::from));
+                args.extend(cluster.data_path_args());
+            }
+        }
         args
     }
 
     /// `unmap <device>`.
-    pub fn unmap_args(self, cluster: &Cluster, device: &Path) -> Vec<OsString> {
+    pub(crate) fn unmap_args(self, cluster: &Cluster, device: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["unmap".into(), device.into()];
         args.extend(cluster.control_args());
         args
     }
 
     /// The JSON listing of what is mapped.
-    pub fn list_args(self) -> Vec<OsString> {
+    pub(crate) fn list_args(self) -> Vec<OsString> {
         let verb = match self {
             Mapper::Krbd => "showmapped",
             Mapper::Nbd => "list-mapped",
@@ -83,7 +94,7 @@ impl Mapper {
 
     /// Reads the listing: krbd names the image `name` and shows no snapshot
     /// as `-`; rbd-nbd names it `image` and shows no snapshot as "".
-    pub fn parse_mapped(self, json: &str) -> Result<Vec<Mapping>, String> {
+    pub(crate) fn parse_mapped(self, json: &str) -> Result<Vec<Mapping>, String> {
         if json.trim().is_empty() {
             return Ok(Vec::new());
         }
@@ -112,20 +123,20 @@ impl Mapper {
 }
 
 /// The devices mapping `image`'s head (not a snapshot, default namespace).
-pub fn devices_of(mappings: &[Mapping], image: &RbdVolume) -> Vec<PathBuf> {
+pub(super) fn devices_of(mappings: &[Mapping], image: &RbdVolume) -> Vec<PathBuf> {
     mappings.iter().filter(|m| m.pool == image.pool && m.image == image.image && m.namespace.is_empty() && m.snap.is_none()).map(|m| m.device.clone()).collect()
 }
 
 /// Attaches RBD images with krbd or rbd-nbd.
 #[derive(Debug, Clone)]
-pub struct MappedAttacher {
+pub(crate) struct MappedAttacher {
     mapper: Mapper,
     cluster: Cluster,
 }
 
 impl MappedAttacher {
     /// An attacher mapping with `mapper`.
-    pub fn new(mapper: Mapper, cluster: Cluster) -> Self {
+    pub(crate) fn new(mapper: Mapper, cluster: Cluster) -> Self {
         MappedAttacher { mapper, cluster }
     }
 
@@ -147,17 +158,20 @@ impl Attacher for MappedAttacher {
         self.cluster.image_size(volume, &rbd_volume(volume)?).await
     }
 
-    async fn attach(&self, volume: &VolumeId) -> Result<PathBuf, NodeError> {
+    async fn attach(&self, volume: &VolumeId, options: &MapOptions) -> Result<PathBuf, NodeError> {
         let image = rbd_volume(volume)?;
         if let Some(device) = self.mapped(volume, &image).await?.into_iter().next() {
             return Ok(device);
         }
         let program = self.mapper.program();
-        let out = self
-            .cluster
-            .run(program, self.mapper.map_args(&self.cluster, &image), MAP_DEADLINE)
-            .await
-            .map_err(|e| NodeError::command(format!("{program} map {} for volume {volume}", image.spec()), e))?;
+        let args = self.mapper.map_args(&self.cluster, &image, options);
+        let mapped = match self.mapper {
+            Mapper::Krbd => self.cluster.run(program, args, MAP_DEADLINE).await,
+            // The daemon rbd-nbd leaves is the device's server for as long
+            // as the volume is staged, whatever becomes of this process.
+            Mapper::Nbd => self.cluster.run_leaving_daemon(program, args, MAP_DEADLINE).await,
+        };
+        let out = mapped.map_err(|e| NodeError::command(format!("{program} map {} for volume {volume}", image.spec()), e))?;
         let device = out.stdout.trim();
         if !device.starts_with("/dev/") {
             return Err(NodeError::Parse { step: format!("{program} map"), detail: out.stdout });
@@ -223,9 +237,19 @@ mod tests {
         let auth = "-c /etc/ceph/a.conf --id swell --keyring /etc/ceph/a.keyring";
         let timeouts = "--rados-osd-op-timeout 10 --rados-mon-op-timeout 10 --client-mount-timeout 10";
         assert_eq!(Mapper::Krbd.program(), "rbd");
-        assert_eq!(line(&Mapper::Krbd.map_args(&cluster(), &image())), format!("map {} {auth} {timeouts}", image().spec()));
+        let none = MapOptions::default();
+        assert_eq!(line(&Mapper::Krbd.map_args(&cluster(), &image(), &none)), format!("map {} -o ms_mode=prefer-crc {auth} {timeouts}", image().spec()));
         assert_eq!(Mapper::Nbd.program(), "rbd-nbd");
-        assert_eq!(line(&Mapper::Nbd.map_args(&cluster(), &image())), format!("map {} {auth} --client-mount-timeout 10", image().spec()));
+        assert_eq!(line(&Mapper::Nbd.map_args(&cluster(), &image(), &none)), format!("map {} {auth} --client-mount-timeout 10", image().spec()));
+        let given = MapOptions::parse("krbd:ms_mode=secure,queue_depth=64;nbd:io-timeout=30,reattach-timeout=60", None).unwrap();
+        assert_eq!(
+            line(&Mapper::Krbd.map_args(&cluster(), &image(), &given)),
+            format!("map {} -o ms_mode=secure,queue_depth=64 {auth} {timeouts}", image().spec())
+        );
+        assert_eq!(
+            line(&Mapper::Nbd.map_args(&cluster(), &image(), &given)),
+            format!("map {} --io-timeout 30 --reattach-timeout 60 {auth} --client-mount-timeout 10", image().spec())
+        );
         assert_eq!(line(&Mapper::Krbd.unmap_args(&cluster(), Path::new("/dev/rbd3"))), format!("unmap /dev/rbd3 {auth} {timeouts}"));
         assert_eq!(line(&Mapper::Nbd.unmap_args(&cluster(), Path::new("/dev/nbd0"))), format!("unmap /dev/nbd0 {auth} {timeouts}"));
         assert_eq!(line(&Mapper::Krbd.list_args()), "showmapped --format json");

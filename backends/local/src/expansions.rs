@@ -1,0 +1,248 @@
+//! Expansion records as crash-safe JSON files under one directory, with
+//! holds that are keyed locks of this process: the store of the local
+//! backend, which lives on one host and is served by one controller.
+//!
+//! A record that has work left also has an empty marker file under
+//! `pending/`, written before the record turns pending and removed after it
+//! settles, so the reconciler lists the markers instead of reading every
+//! record. A marker whose record is settled (a crash between the two
+//! writes) is dropped by the next listing.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use swell_storage::expansion::{ExpansionRecord, ExpansionStore, HeldVolume, Hold, Records, Unreadable};
+use swell_storage::locks::{KeyGuard, KeyedLocks};
+use swell_storage::{BackendError, VolumeId, blocking, durable};
+
+/// How long one record operation may take before the call gives up.
+const OP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The directory of records.
+#[derive(Debug, Clone)]
+pub(crate) struct ExpansionRecords {
+    dir: PathBuf,
+    locks: KeyedLocks,
+}
+
+struct HeldKey(#[allow(dead_code)] KeyGuard);
+
+#[async_trait::async_trait]
+impl HeldVolume for HeldKey {
+    fn still_held(&self) -> bool {
+        true
+    }
+
+    async fn release(self: Box<Self>) {}
+
+    async fn release_deleted(self: Box<Self>) {}
+}
+
+impl ExpansionRecords {
+    /// Opens (creating) the record directory under `state_dir`.
+    pub(crate) fn open(state_dir: &Path) -> io::Result<Self> {
+        let dir = state_dir.join("expansions");
+        std::fs::create_dir_all(dir.join("pending"))?;
+        Ok(ExpansionRecords { dir, locks: KeyedLocks::new() })
+    }
+
+    fn path(&self, id: &VolumeId) -> PathBuf {
+        // Ids are validated to [a-z0-9._-:], safe as a file name.
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn marker(&self, id: &VolumeId) -> PathBuf {
+        self.dir.join("pending").join(id.to_string())
+    }
+
+    /// Reads a volume's record.
+    pub(crate) fn get(&self, id: &VolumeId) -> io::Result<Option<ExpansionRecord>> {
+        durable::read_json(&self.path(id))
+    }
+
+    /// Writes `record` after checking it was made from the stored one.
+    fn put(&self, id: &VolumeId, mut record: ExpansionRecord) -> Result<ExpansionRecord, BackendError> {
+        let stored = self.get(id).map_err(|e| BackendError::io(format!("read expansion record of {id}"), e))?;
+        let stored_generation = stored.as_ref().map_or(0, |r| r.generation);
+        if stored_generation != record.generation {
+            return Err(BackendError::Contended {
+                step: format!("write expansion record of {id}"),
+                reason: format!("the record changed since it was read (generation {stored_generation}, not {})", record.generation),
+            });
+        }
+        record.generation += 1;
+        let marker = self.marker(id);
+        if record.pending() {
+            durable::write_json(&marker, &()).map_err(|e| BackendError::io(format!("mark {id} pending"), e))?;
+        }
+        durable::write_json(&self.path(id), &record).map_err(|e| BackendError::io(format!("write expansion record of {id}"), e))?;
+        if !record.pending() {
+            durable::remove(&marker).map_err(|e| BackendError::io(format!("unmark {id} pending"), e))?;
+        }
+        Ok(record)
+    }
+
+    /// The records behind the pending markers, by id; stray markers are
+    /// dropped.
+    fn pending_now(&self) -> io::Result<Records> {
+        let mut markers = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("pending"))? {
+            let entry = entry?;
+            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<VolumeId>().ok()) {
+                markers.push((id, entry.path()));
+            }
+        }
+        markers.sort();
+        let mut records = Records::default();
+        for (id, marker) in markers {
+            match self.get(&id) {
+                Ok(Some(record)) if record.pending() => records.readable.push(record),
+                Ok(_) if !self.locks.is_held(&id.to_string()) => durable::remove(&marker)?,
+                Ok(_) => {}
+                Err(err) => records.unreadable.push(Unreadable { volume: id, reason: err.to_string() }),
+            }
+        }
+        Ok(records)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        step: &'static str,
+        work: impl FnOnce(ExpansionRecords) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let this = self.clone();
+        blocking::run(step, OP_DEADLINE, move || work(this)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ExpansionStore for ExpansionRecords {
+    async fn hold(&self, id: &VolumeId) -> Result<Option<Hold>, BackendError> {
+        Ok(self.locks.try_acquire(&id.to_string()).map(|guard| Hold::new(Box::new(HeldKey(guard)))))
+    }
+
+    async fn record(&self, id: &VolumeId) -> Result<Option<ExpansionRecord>, BackendError> {
+        let id = id.clone();
+        self.blocking("read expansion record", move |this| this.get(&id).map_err(|e| BackendError::io(format!("read expansion record of {id}"), e))).await
+    }
+
+    async fn write(&self, _hold: &Hold, record: ExpansionRecord) -> Result<ExpansionRecord, BackendError> {
+        let id = record.volume_id.clone();
+        self.blocking("write expansion record", move |this| this.put(&id, record)).await
+    }
+
+    async fn forget(&self, hold: Hold, id: &VolumeId) -> Result<(), BackendError> {
+        let id = id.clone();
+        let result = self
+            .blocking("remove expansion record", move |this| {
+                let removed = durable::remove(&this.path(&id)).and_then(|()| durable::remove(&this.marker(&id)));
+                removed.map_err(|e| BackendError::io(format!("remove expansion record of {id}"), e))
+            })
+            .await;
+        hold.release().await;
+        result
+    }
+
+    async fn pending(&self) -> Result<Records, BackendError> {
+        self.blocking("list pending expansions", |this| this.pending_now().map_err(|e| BackendError::io("list pending expansions", e))).await
+    }
+
+    async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Records, BackendError> {
+        let after = after.map(|a| a.to_string());
+        // The names are listed, but only the page's records are read: the
+        // sweep's cost per step follows its budget, not every record.
+        self.blocking("list expansion records", move |this| {
+            let listing = |e| BackendError::io("list expansion records", e);
+            let mut ids = Vec::new();
+            for entry in std::fs::read_dir(&this.dir).map_err(listing)? {
+                let file_name = entry.map_err(listing)?.file_name();
+                let Some(id) = file_name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<VolumeId>().ok()) else { continue };
+                if after.as_ref().is_none_or(|a| id.to_string() > *a) {
+                    ids.push(id);
+                }
+            }
+            ids.sort_unstable_by_key(VolumeId::to_string);
+            let mut records = Records::default();
+            for id in ids {
+                if records.len() >= limit {
+                    break;
+                }
+                match this.get(&id) {
+                    Ok(Some(record)) => records.readable.push(record),
+                    Ok(None) => {}
+                    Err(err) => records.unreadable.push(Unreadable { volume: id, reason: err.to_string() }),
+                }
+            }
+            Ok(records)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, ExpansionRecords) {
+        let dir = tempfile::tempdir().unwrap();
+        let records = ExpansionRecords::open(dir.path()).unwrap();
+        (dir, records)
+    }
+
+    #[tokio::test]
+    async fn a_wish_is_pending_until_reached_and_announced() {
+        let (_dir, records) = store();
+        let id: VolumeId = "local:aa".parse().unwrap();
+        let hold = records.hold(&id).await.unwrap().unwrap();
+        assert!(records.hold(&id).await.unwrap().is_none(), "a second holder is refused at once");
+        let wish = records.write(&hold, ExpansionRecord::new(&id, 1, 1).wishing(1, 2)).await.unwrap();
+        assert_eq!(records.pending().await.unwrap().readable, vec![wish.clone()], "a crash here leaves a pending record");
+        let done = records.write(&hold, wish.clone().reached(2, Some(2), None)).await.unwrap();
+        assert!(records.pending().await.unwrap().is_empty());
+        assert_eq!(records.record(&id).await.unwrap(), Some(done.clone()));
+        let stale = records.write(&hold, wish.reached(1, None, None)).await;
+        assert!(matches!(stale, Err(BackendError::Contended { .. })), "a record made from an old read is refused: {stale:?}");
+        assert_eq!(records.record(&id).await.unwrap(), Some(done));
+        records.forget(hold, &id).await.unwrap();
+        assert_eq!(records.record(&id).await.unwrap(), None);
+        assert!(records.hold(&id).await.unwrap().is_some(), "forget released the hold");
+    }
+
+    #[tokio::test]
+    async fn a_stray_marker_is_dropped_and_pages_follow_id_order() {
+        let (_dir, records) = store();
+        let hold_b: VolumeId = "local:bb".parse().unwrap();
+        let hold = records.hold(&hold_b).await.unwrap().unwrap();
+        records.write(&hold, ExpansionRecord::new(&hold_b, 5, 5)).await.unwrap();
+        hold.release().await;
+        durable::write_json(&records.marker(&hold_b), &()).unwrap();
+        assert!(records.pending().await.unwrap().is_empty());
+        assert!(!records.marker(&hold_b).exists());
+        for key in ["aa", "cc"] {
+            let id: VolumeId = format!("local:{key}").parse().unwrap();
+            let hold = records.hold(&id).await.unwrap().unwrap();
+            records.write(&hold, ExpansionRecord::new(&id, 1, 1)).await.unwrap();
+        }
+        let ids = |page: Records| page.readable.into_iter().map(|r| r.volume_id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(records.page(None, 2).await.unwrap()), ["local:aa", "local:bb"]);
+        assert_eq!(ids(records.page(Some(&hold_b), 2).await.unwrap()), ["local:cc"]);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_is_listed_as_unreadable_not_skipped() {
+        let (_dir, records) = store();
+        let (good, bad): (VolumeId, VolumeId) = ("local:aa".parse().unwrap(), "local:bb".parse().unwrap());
+        let hold = records.hold(&good).await.unwrap().unwrap();
+        records.write(&hold, ExpansionRecord::new(&good, 1, 1).wishing(1, 2)).await.unwrap();
+        hold.release().await;
+        // A pending record damaged on disk, and one whose id does not parse.
+        std::fs::write(records.path(&bad), b"{\"volume_id\": \"local:../x\"").unwrap();
+        durable::write_json(&records.marker(&bad), &()).unwrap();
+        let pending = records.pending().await.unwrap();
+        assert_eq!(pending.readable.iter().map(|r| &r.volume_id).collect::<Vec<_>>(), [&good]);
+        assert_eq!(pending.unreadable.iter().map(|u| &u.volume).collect::<Vec<_>>(), [&bad]);
+        let page = records.page(None, 10).await.unwrap();
+        assert_eq!((page.readable.len(), page.unreadable.len(), page.last()), (1, 1, Some(&bad)), "{page:?}");
+    }
+}

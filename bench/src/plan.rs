@@ -1,0 +1,95 @@
+//! What a run measures ([`Plan`]) and on what ([`Rig`]: one backend's
+//! controller as a process and in-process), and how a failed step is told.
+
+use std::path::PathBuf;
+
+use crate::step::{BenchResult, at};
+use crate::{csi, process};
+
+/// How much to measure.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Samples per figure.
+    pub runs: usize,
+    /// Volume counts of the scale figures, ascending.
+    pub scale: Vec<usize>,
+    /// Where the binaries under measurement are (`swell-controller`, `swell-node`).
+    pub bin_dir: PathBuf,
+    /// The controller binary to measure (another build for a "before" column).
+    pub controller_bin: PathBuf,
+    /// Names the controller binary in the tables.
+    pub label: String,
+    /// Directory for scratch state (sparse files, sockets).
+    pub scratch: PathBuf,
+}
+
+impl Plan {
+    /// The `swell-node` binary.
+    pub(crate) fn node_bin(&self) -> PathBuf {
+        self.bin_dir.join("swell-node")
+    }
+}
+
+/// One backend under measurement: how its controller process is started
+/// (and restarted over the same state), its StorageClass parameters, and
+/// the same wiring in-process for what only the process's insides show
+/// (a reconciler pass and its backend calls).
+#[derive(Debug, Clone)]
+pub(crate) struct Rig {
+    /// `local` or `rbd`.
+    pub name: &'static str,
+    /// The controller process's arguments.
+    pub controller: process::ControllerArgs,
+    /// StorageClass parameters of the volumes it creates.
+    pub parameters: Vec<(String, String)>,
+    /// The RBD cluster of the in-process controller (its default backend), if any.
+    pub rbd: Option<swell_rbd::RbdConfig>,
+    /// Bytes the local backend may promise (default: its file system's size).
+    pub local_capacity: Option<u64>,
+}
+
+impl Rig {
+    /// A client creating with this rig's parameters.
+    pub(crate) fn csi(&self, channel: tonic::transport::Channel) -> csi::Csi {
+        let parameters: Vec<(&str, &str)> = self.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        csi::Csi::new(channel, &parameters)
+    }
+
+    /// The same rig with room for 10,000 thin volumes: sparse files and
+    /// thin images hold almost nothing, but Swell promises their full size,
+    /// which a test machine's disk or a test cluster's pool cannot.
+    pub(crate) fn roomy(mut self) -> Self {
+        const PIB: u64 = 1 << 50;
+        self.local_capacity = Some(PIB);
+        self.controller.extra.push(format!("--local-capacity-bytes={PIB}"));
+        if let Some(rbd) = &mut self.rbd {
+            rbd.overprovision_ratio = 1000.0;
+            self.controller.extra.push("--rbd-overprovision-ratio=1000".into());
+        }
+        self
+    }
+
+    /// Starts the controller process.
+    pub(crate) async fn start(&self) -> BenchResult<process::Served> {
+        process::Served::controller(&self.controller).await
+    }
+
+    /// The in-process controller over the process's state (run it only
+    /// while the process is stopped).
+    pub(crate) fn in_process(&self) -> BenchResult<swell_controller::Controller> {
+        let local = swell_local::LocalConfig {
+            capacity_bytes: self.local_capacity,
+            ..swell_local::LocalConfig::new(&self.controller.local_state_dir, self.controller.root.join("controller"))
+        };
+        let backends = match &self.rbd {
+            Some(rbd) => swell_backends::BackendConfig { rbd: Some(rbd.clone()), default_backend: "rbd".into(), ..swell_backends::BackendConfig::local(local) },
+            None => swell_backends::BackendConfig::local(local),
+        };
+        let config = swell_controller::ControllerConfig {
+            driver_name: swell_e2e::harness::DRIVER_NAME.into(),
+            backends,
+            reconciler: swell_controller::ReconcilerConfig::default(),
+        };
+        swell_controller::build(&config).map_err(at("build the in-process controller"))
+    }
+}

@@ -1,0 +1,42 @@
+//! Which volume capabilities Swell serves, one rule for the controller
+//! (which refuses the rest at CreateVolume and ValidateVolumeCapabilities)
+//! and the node (which makes and mounts them): the filesystems the node can
+//! make and grow, and the access modes of a volume attached to one node.
+
+use csi_proto::v1::volume_capability::access_mode::Mode;
+
+/// The filesystems the node can make and grow; the first is the default
+/// when a capability names none.
+pub const SUPPORTED_FS: [&str; 3] = ["xfs", "ext4", "btrfs"];
+
+/// The supported filesystems as messages list them: `xfs (default), ext4, btrfs`.
+pub fn supported_fs_list() -> String {
+    let mut names: Vec<String> = SUPPORTED_FS.iter().map(|fs| (*fs).to_owned()).collect();
+    names[0].push_str(" (default)");
+    names.join(", ")
+}
+
+/// Whether a volume attaches read-only under `mode`; `None` for a mode
+/// Swell does not serve (its volumes attach to one node).
+pub fn single_node_access(mode: Mode) -> Option<bool> {
+    match mode {
+        Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter => Some(false),
+        Mode::SingleNodeReaderOnly => Some(true),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_single_node_modes_are_served_and_reader_only_is_read_only() {
+        assert_eq!(single_node_access(Mode::SingleNodeReaderOnly), Some(true));
+        assert_eq!(single_node_access(Mode::SingleNodeWriter), Some(false));
+        for multi in [Mode::MultiNodeMultiWriter, Mode::MultiNodeReaderOnly, Mode::MultiNodeSingleWriter, Mode::Unknown] {
+            assert_eq!(single_node_access(multi), None, "{multi:?}");
+        }
+        assert_eq!(supported_fs_list(), "xfs (default), ext4, btrfs");
+    }
+}
