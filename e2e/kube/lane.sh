@@ -156,7 +156,7 @@ overlay() {
   } >"$overlays/$name/kustomization.yaml"
 }
 overlay local deploy/overlays/local controller.yaml node.yaml
-overlay rbd deploy/overlays/rbd controller.yaml node.yaml rbd-secret.yaml
+overlay rbd deploy/overlays/rbd controller.yaml node.yaml rbd-secret.yaml storageclass-rbd.yaml
 overlay webhook deploy/webhook webhook.yaml webhook-cert-manager.yaml
 overlay webhook-rbd deploy/webhook webhook.yaml webhook-cert-manager.yaml webhook-rbd.yaml
 export SWELL_KUBE_OVERLAYS=$overlays SWELL_KUBE_BACKENDS=local,rbd
