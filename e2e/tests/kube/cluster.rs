@@ -16,7 +16,7 @@ const KUBECTL_DEADLINE: Duration = Duration::from_secs(90);
 
 /// The outcome of one `kubectl` run.
 #[derive(Debug)]
-pub struct Ran {
+pub(crate) struct Ran {
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
@@ -24,7 +24,7 @@ pub struct Ran {
 
 /// Runs `kubectl ARGS` (stdin: `input`), bounded by [`KUBECTL_DEADLINE`] through
 /// coreutils' `timeout`, and returns what it said, success or not.
-pub fn try_kubectl(args: &[&str], input: Option<&str>) -> Ran {
+pub(crate) fn try_kubectl(args: &[&str], input: Option<&str>) -> Ran {
     let secs = KUBECTL_DEADLINE.as_secs().to_string();
     let mut cmd = Command::new("timeout");
     cmd.args(["-k", "5", &secs, "kubectl"]).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -39,21 +39,21 @@ pub fn try_kubectl(args: &[&str], input: Option<&str>) -> Ran {
 }
 
 /// `kubectl ARGS`, which must succeed; its stdout.
-pub fn kubectl(args: &[&str]) -> String {
+pub(crate) fn kubectl(args: &[&str]) -> String {
     let ran = try_kubectl(args, None);
     assert!(ran.ok, "kubectl {} failed: {}{}", args.join(" "), ran.stderr, ran.stdout);
     ran.stdout
 }
 
 /// `kubectl apply -f -` of `objects` (JSON), which must succeed.
-pub fn apply(objects: &Value) {
+pub(crate) fn apply(objects: &Value) {
     let text = objects.to_string();
     let ran = try_kubectl(&["apply", "-f", "-"], Some(&text));
     assert!(ran.ok, "kubectl apply failed: {}\n{text}", ran.stderr);
 }
 
 /// `kubectl get ARGS -o json`, parsed; `None` when it is not there.
-pub fn get(args: &[&str]) -> Option<Value> {
+pub(crate) fn get(args: &[&str]) -> Option<Value> {
     let mut all = vec!["get"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["-o", "json"]);
@@ -66,13 +66,13 @@ pub fn get(args: &[&str]) -> Option<Value> {
 }
 
 /// A string at `pointer` (JSON pointer) of `value`, or "".
-pub fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
+pub(crate) fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
     value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// Polls `check` every `every` until it returns `Some`, at most `deadline`;
 /// on expiry fails naming `what` and the last thing `check` saw.
-pub fn wait_for<T>(what: &str, deadline: Duration, every: Duration, mut check: impl FnMut(&mut String) -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, deadline: Duration, every: Duration, mut check: impl FnMut(&mut String) -> Option<T>) -> T {
     let started = Instant::now();
     let mut last = String::new();
     loop {
@@ -85,7 +85,7 @@ pub fn wait_for<T>(what: &str, deadline: Duration, every: Duration, mut check: i
 }
 
 /// The kube lane's extras, from its environment (`e2e/kube/lane.sh`).
-pub struct Lane {
+pub(crate) struct Lane {
     /// The kubelet's log file, when the lane runs the kubelet.
     pub kubelet_log: Option<String>,
     /// A Ceph admin configuration for the RBD backend's test cluster.
@@ -98,7 +98,7 @@ pub struct Lane {
     pub logs: Option<String>,
 }
 
-pub fn lane() -> &'static Lane {
+pub(crate) fn lane() -> &'static Lane {
     static LANE: OnceLock<Lane> = OnceLock::new();
     LANE.get_or_init(|| Lane {
         kubelet_log: std::env::var("SWELL_KUBELET_LOG").ok(),
@@ -111,7 +111,7 @@ pub fn lane() -> &'static Lane {
 
 /// Whether an API server answers; a test without one is skipped (a failure
 /// under CI=true, where the lane must have started it).
-pub fn reachable(test: &str) -> bool {
+pub(crate) fn reachable(test: &str) -> bool {
     static UP: OnceLock<Result<(), String>> = OnceLock::new();
     let up = UP.get_or_init(|| {
         if let Ok(reason) = std::env::var("SWELL_KUBE_SKIP") {
@@ -132,12 +132,12 @@ pub fn reachable(test: &str) -> bool {
 
 /// A namespace of its own for one scenario, deleted (with everything in it,
 /// so its volumes too) when the scenario ends, passed or failed.
-pub struct Namespace {
+pub(crate) struct Namespace {
     pub name: String,
 }
 
 impl Namespace {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         if get(&["namespace", name]).is_some() {
             kubectl(&["delete", "namespace", name, "--wait=true", "--timeout=180s"]);
         }
@@ -146,28 +146,28 @@ impl Namespace {
     }
 
     /// `kubectl -n NS ARGS`, which must succeed.
-    pub fn kubectl(&self, args: &[&str]) -> String {
+    pub(crate) fn kubectl(&self, args: &[&str]) -> String {
         let mut all = vec!["-n", &self.name];
         all.extend_from_slice(args);
         kubectl(&all)
     }
 
     /// `kubectl -n NS ARGS`, success or not.
-    pub fn try_kubectl(&self, args: &[&str]) -> Ran {
+    pub(crate) fn try_kubectl(&self, args: &[&str]) -> Ran {
         let mut all = vec!["-n", &self.name];
         all.extend_from_slice(args);
         try_kubectl(&all, None)
     }
 
     /// `kubectl -n NS get ARGS -o json`.
-    pub fn get(&self, args: &[&str]) -> Option<Value> {
+    pub(crate) fn get(&self, args: &[&str]) -> Option<Value> {
         let mut all = vec!["-n", &self.name];
         all.extend_from_slice(args);
         get(&all)
     }
 
     /// Runs `command` in `pod`'s first container; stdout, which must succeed.
-    pub fn exec(&self, pod: &str, command: &[&str]) -> String {
+    pub(crate) fn exec(&self, pod: &str, command: &[&str]) -> String {
         let mut all = vec!["exec", pod, "--"];
         all.extend_from_slice(command);
         self.kubectl(&all)
@@ -184,7 +184,7 @@ impl Drop for Namespace {
 }
 
 /// `kubectl -n swell-system ARGS`.
-pub fn system(args: &[&str]) -> String {
+pub(crate) fn system(args: &[&str]) -> String {
     let mut all = vec!["-n", "swell-system"];
     all.extend_from_slice(args);
     kubectl(&all)
@@ -192,7 +192,7 @@ pub fn system(args: &[&str]) -> String {
 
 /// Keeps the logs of Swell's pod `pod` in the lane's log directory before a
 /// scenario deletes it: kubelet removes a deleted pod's logs.
-pub fn keep_logs(pod: &str) {
+pub(crate) fn keep_logs(pod: &str) {
     let Some(dir) = &lane().logs else { return };
     let ran = try_kubectl(&["-n", "swell-system", "logs", pod, "--all-containers", "--prefix"], None);
     let dir = std::path::Path::new(dir).join("pods");
@@ -204,21 +204,21 @@ pub fn keep_logs(pod: &str) {
 /// Runs `command` in the node plugin's `swell-node` container (privileged,
 /// with the host's /dev and /sys, and the kubelet's mounts): host facts
 /// without a shell on the host, on any cluster.
-pub fn on_node(command: &[&str]) -> String {
+pub(crate) fn on_node(command: &[&str]) -> String {
     let mut all = vec!["exec", "ds/swell-node", "-c", "swell-node", "--"];
     all.extend_from_slice(command);
     system(&all)
 }
 
 /// Runs `command` in a controller pod's `swell-controller` container.
-pub fn on_controller(command: &[&str]) -> String {
+pub(crate) fn on_controller(command: &[&str]) -> String {
     let mut all = vec!["exec", "deploy/swell-controller", "-c", "swell-controller", "--"];
     all.extend_from_slice(command);
     system(&all)
 }
 
 /// Bytes of a Kubernetes quantity as Swell's claims use them ("2Gi", "1536Mi", "1000000").
-pub fn bytes(quantity: &str) -> u64 {
+pub(crate) fn bytes(quantity: &str) -> u64 {
     let units: [(&str, u64); 8] =
         [("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("k", 1000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000)];
     for (suffix, unit) in units {
@@ -230,7 +230,7 @@ pub fn bytes(quantity: &str) -> u64 {
 }
 
 /// Lines of the node plugin's log since it started, ANSI colours removed.
-pub fn node_log() -> String {
+pub(crate) fn node_log() -> String {
     let raw = system(&["logs", "ds/swell-node", "-c", "swell-node"]);
     strip_ansi(&raw)
 }

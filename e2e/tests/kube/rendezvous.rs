@@ -26,7 +26,7 @@ struct Meeting {
 }
 
 /// A participant in the meeting named after its scenario.
-pub struct Participant {
+pub(crate) struct Participant {
     meeting: Arc<Meeting>,
     parties: usize,
     who: String,
@@ -34,12 +34,12 @@ pub struct Participant {
 
 /// The backends taking part: SWELL_KUBE_BACKENDS (comma separated), by
 /// default both. Running one backend's scenario alone needs it set.
-pub fn parties() -> usize {
+pub(crate) fn parties() -> usize {
     std::env::var("SWELL_KUBE_BACKENDS").map(|v| v.split(',').filter(|s| !s.is_empty()).count()).unwrap_or(2).max(1)
 }
 
 /// Joins the meeting of `scenario` as `who` (the backend).
-pub fn join(scenario: &str, who: &str) -> Participant {
+pub(crate) fn join(scenario: &str, who: &str) -> Participant {
     static MEETINGS: OnceLock<Mutex<HashMap<String, Arc<Meeting>>>> = OnceLock::new();
     let meeting = MEETINGS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner()).entry(scenario.to_owned()).or_default().clone();
     Participant { meeting, parties: parties(), who: who.to_owned() }
@@ -48,7 +48,7 @@ pub fn join(scenario: &str, who: &str) -> Participant {
 impl Participant {
     /// Waits until every participant reached this step; the last one runs
     /// `action` first. Panics if the meeting broke or the others never came.
-    pub fn together(&self, step: &str, action: impl FnOnce()) {
+    pub(crate) fn together(&self, step: &str, action: impl FnOnce()) {
         let mut state = self.meeting.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(why) = &state.broken {
             panic!("{step}: {why}");

@@ -11,16 +11,16 @@ use crate::cluster::{Namespace, bytes, text, wait_for};
 
 /// How often a resize's progress is read: every read is a kubectl process,
 /// and a dozen scenarios poll at once on two cores.
-pub const POLL: Duration = Duration::from_millis(500);
+pub(crate) const POLL: Duration = Duration::from_millis(500);
 
 /// The workload image, preloaded by the lane (busybox on other clusters).
-pub fn image() -> String {
+pub(crate) fn image() -> String {
     std::env::var("SWELL_KUBE_WORKLOAD_IMAGE").unwrap_or_else(|_| "swell.test/busybox:1".to_owned())
 }
 
 /// A claim of `size` on `class`; `block` for a raw block claim; `source` a
 /// VolumeSnapshot to restore.
-pub fn claim(name: &str, class: &str, size: &str, block: bool, source: Option<&str>) -> Value {
+pub(crate) fn claim(name: &str, class: &str, size: &str, block: bool, source: Option<&str>) -> Value {
     let mut spec = json!({
         "accessModes": ["ReadWriteOnce"],
         "storageClassName": class,
@@ -51,14 +51,14 @@ exec sleep 100000
 "#;
 
 /// A pod mounting `claim` at /data: the writer above, or (`writer` false) idle.
-pub fn pod(name: &str, claim: &str, writer: bool) -> Value {
+pub(crate) fn pod(name: &str, claim: &str, writer: bool) -> Value {
     let command = if writer { json!(["sh", "-c", WRITER]) } else { json!(["sleep", "100000"]) };
     pod_using(name, claim, command, json!({ "volumeMounts": [{ "name": "data", "mountPath": "/data" }] }))
 }
 
 /// A pod with `claim` as the raw device /dev/xvda: it writes a marker at
 /// its start, then keeps the device open (fd 3) for as long as it runs.
-pub fn block_pod(name: &str, claim: &str) -> Value {
+pub(crate) fn block_pod(name: &str, claim: &str) -> Value {
     let script = "printf 'swell block marker\\n' | dd of=/dev/xvda conv=fsync 2>/dev/null && exec 3<>/dev/xvda && exec sleep 100000";
     pod_using(name, claim, json!(["sh", "-c", script]), json!({ "volumeDevices": [{ "name": "data", "devicePath": "/dev/xvda" }] }))
 }
@@ -81,7 +81,7 @@ fn pod_using(name: &str, claim: &str, command: Value, volume: Value) -> Value {
 }
 
 /// Waits until `pod` runs; returns its uid.
-pub fn running(ns: &Namespace, pod: &str) -> String {
+pub(crate) fn running(ns: &Namespace, pod: &str) -> String {
     wait_for(&format!("pod {}/{pod} Running", ns.name), Duration::from_secs(180), Duration::from_secs(1), |last| {
         let p = ns.get(&["pod", pod])?;
         *last = format!("{} {}", text(&p, "/status/phase"), p["status"]["containerStatuses"]);
@@ -91,7 +91,7 @@ pub fn running(ns: &Namespace, pod: &str) -> String {
 }
 
 /// The claim's bound PersistentVolume name and its CSI volume handle (Swell's volume id).
-pub fn bound(ns: &Namespace, claim: &str) -> (String, String) {
+pub(crate) fn bound(ns: &Namespace, claim: &str) -> (String, String) {
     let pv = wait_for(&format!("claim {}/{claim} bound", ns.name), Duration::from_secs(120), Duration::from_secs(1), |last| {
         let c = ns.get(&["pvc", claim])?;
         *last = c["status"].to_string();
@@ -104,13 +104,13 @@ pub fn bound(ns: &Namespace, claim: &str) -> (String, String) {
 }
 
 /// `kubectl patch pvc` of the storage request; the outcome, success or not.
-pub fn request(ns: &Namespace, claim: &str, size: &str) -> crate::cluster::Ran {
+pub(crate) fn request(ns: &Namespace, claim: &str, size: &str) -> crate::cluster::Ran {
     let patch = json!({ "spec": { "resources": { "requests": { "storage": size } } } }).to_string();
     ns.try_kubectl(&["patch", "pvc", claim, "-p", &patch])
 }
 
 /// Waits until the claim's `status.capacity` is `size`; returns the time it took from `since`.
-pub fn capacity_reaches(ns: &Namespace, claim: &str, size: &str, since: Instant, deadline: Duration) -> Duration {
+pub(crate) fn capacity_reaches(ns: &Namespace, claim: &str, size: &str, since: Instant, deadline: Duration) -> Duration {
     let want = bytes(size);
     wait_for(&format!("claim {}/{claim} capacity {size}", ns.name), deadline, POLL, |last| {
         let c = ns.get(&["pvc", claim])?;
@@ -121,12 +121,12 @@ pub fn capacity_reaches(ns: &Namespace, claim: &str, size: &str, since: Instant,
 }
 
 /// The claim's resize state (`status.allocatedResourceStatuses.storage`), "" when none.
-pub fn resize_state(ns: &Namespace, claim: &str) -> String {
+pub(crate) fn resize_state(ns: &Namespace, claim: &str) -> String {
     ns.get(&["pvc", claim]).map(|c| text(&c, "/status/allocatedResourceStatuses/storage").to_owned()).unwrap_or_default()
 }
 
 /// The size in bytes of the filesystem mounted at /data, as the pod sees it.
-pub fn filesystem_bytes(ns: &Namespace, pod: &str) -> u64 {
+pub(crate) fn filesystem_bytes(ns: &Namespace, pod: &str) -> u64 {
     let df = ns.exec(pod, &["df", "-P", "-k", "/data"]);
     let line = df.lines().nth(1).unwrap_or_else(|| panic!("df printed no filesystem: {df}"));
     let blocks: u64 = line.split_whitespace().nth(1).and_then(|b| b.parse().ok()).unwrap_or_else(|| panic!("df line without a size: {line}"));
@@ -136,7 +136,7 @@ pub fn filesystem_bytes(ns: &Namespace, pod: &str) -> u64 {
 /// Proves the pod can use more than `more_than` bytes of /data: it
 /// allocates a file that large, which a filesystem of the old size refuses,
 /// and removes it again.
-pub fn can_allocate(ns: &Namespace, pod: &str, bytes: u64) {
+pub(crate) fn can_allocate(ns: &Namespace, pod: &str, bytes: u64) {
     let size = bytes.to_string();
     let ran = ns.try_kubectl(&["exec", pod, "--", "fallocate", "-l", &size, "/data/room"]);
     assert!(ran.ok, "pod {}/{pod} cannot allocate {bytes} bytes on the grown volume: {}", ns.name, ran.stderr);
@@ -146,7 +146,7 @@ pub fn can_allocate(ns: &Namespace, pod: &str, bytes: u64) {
 /// Stops the writer of `pod` and checks its work: no write or fsync ever
 /// failed, the container never restarted, and records 0..n read back in
 /// order. Returns n.
-pub fn writer_finished_clean(ns: &Namespace, pod: &str) -> u64 {
+pub(crate) fn writer_finished_clean(ns: &Namespace, pod: &str) -> u64 {
     ns.exec(pod, &["touch", "/data/stop"]);
     let written: u64 = wait_for(&format!("writer in {}/{pod} stopping", ns.name), Duration::from_secs(30), Duration::from_millis(300), |last| {
         let ran = ns.try_kubectl(&["exec", pod, "--", "cat", "/data/writer-done"]);
@@ -169,7 +169,7 @@ pub fn writer_finished_clean(ns: &Namespace, pod: &str) -> u64 {
 }
 
 /// Swell's node log has the line of `rpc` for `volume`; the request as it was logged.
-pub fn logged_request(log: &str, rpc: &str, volume: &str) -> Option<String> {
+pub(crate) fn logged_request(log: &str, rpc: &str, volume: &str) -> Option<String> {
     let marker = format!("rpc=\"{rpc}\" request=");
     log.lines()
         .rev()

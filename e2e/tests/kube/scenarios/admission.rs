@@ -5,7 +5,7 @@ use super::*;
 
 /// An increase beyond what the backend can promise: refused by the webhook
 /// with Swell's reason, the claim left as it was.
-pub fn oversize_denied(backend: &Backend, module: &str) {
+pub(crate) fn oversize_denied(backend: &Backend, module: &str) {
     let Some((_test, _timer)) = ready(backend, module, "oversize_denied") else { return };
     let (ns, _pv, _id, _uid) = mounted(backend, &format!("{}-oversize", backend.name), "1Gi", false);
     let (room, message) = room_left(&ns, "data");
@@ -28,7 +28,7 @@ fn room_left(ns: &Namespace, claim: &str) -> (u64, String) {
 
 /// Two `kubectl patch` at once on a claim at rest: exactly one is admitted,
 /// the other denied as "still growing", and the claim ends at the winner's size.
-pub fn racing_patches(backend: &Backend, module: &str) {
+pub(crate) fn racing_patches(backend: &Backend, module: &str) {
     let Some((_test, _timer)) = ready(backend, module, "racing_patches") else { return };
     let (ns, _pv, _id, _uid) = mounted(backend, &format!("{}-race", backend.name), "1Gi", false);
     let (two, three) = std::thread::scope(|s| {
@@ -48,7 +48,7 @@ pub fn racing_patches(backend: &Backend, module: &str) {
 
 /// A request below the claim's capacity never reaches the webhook: the API
 /// server refuses it itself.
-pub fn shrink_refused(backend: &Backend, module: &str) {
+pub(crate) fn shrink_refused(backend: &Backend, module: &str) {
     let Some((_test, _timer)) = ready(backend, module, "shrink_refused") else { return };
     let (ns, _pv, _id, _uid) = mounted(backend, &format!("{}-shrink", backend.name), "1Gi", false);
     let ran = request(&ns, "data", "512Mi");
@@ -60,7 +60,7 @@ pub fn shrink_refused(backend: &Backend, module: &str) {
 /// KEP-1790: two claims grown while no resizer leads, each admitted alone,
 /// together more than the pool holds: one fails (ControllerResizeInfeasible);
 /// asking more on top is denied, lowering it is admitted and it then grows.
-pub fn infeasible_lowered(backend: &Backend, module: &str) {
+pub(crate) fn infeasible_lowered(backend: &Backend, module: &str) {
     let Some((_test, _timer)) = ready(backend, module, "infeasible_lowered") else { return };
     let meeting = join("kep1790", backend.name);
     let ns = Namespace::new(&format!("{}-kep1790", backend.name));

@@ -4,7 +4,7 @@ use super::*;
 
 /// Once every scenario deleted its namespace: no PV of the backend, no
 /// volume or snapshot at the backend, no mount and no loop device of it.
-pub fn everything_deleted(backend: &Backend, module: &str) {
+pub(crate) fn everything_deleted(backend: &Backend, module: &str) {
     let Some((_test, _timer)) = ready(backend, module, "everything_deleted") else { return };
     let deadline = Duration::from_secs(180);
     wait_for("no PV of the backend", deadline, Duration::from_secs(1), |last| {

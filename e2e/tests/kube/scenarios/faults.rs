@@ -12,7 +12,7 @@ use super::*;
 /// container and dies with it, so the writer's I/O fails. There the test
 /// checks what still holds: every record fsynced before reads back in a new
 /// pod, the grow finishes there, nothing stays mounted; and says so.
-pub fn node_plugin_killed(backend: &Backend, module: &str) {
+pub(crate) fn node_plugin_killed(backend: &Backend, module: &str) {
     let Some((test, _timer)) = ready(backend, module, "node_plugin_killed") else { return };
     let meeting = join("node-plugin-killed", backend.name);
     let _release = NodePluginHold;
@@ -145,7 +145,7 @@ fn no_mounts_of(pv: &str, id: &str) {
 
 /// The resizer's leader deleted just before a claim is grown: the other
 /// replica takes the lease over and grows it; the writer never noticed.
-pub fn controller_leader_deleted(backend: &Backend, module: &str) {
+pub(crate) fn controller_leader_deleted(backend: &Backend, module: &str) {
     let Some((test, _timer)) = ready(backend, module, "controller_leader_deleted") else { return };
     let meeting = join("controller-leader-deleted", backend.name);
     let (ns, pv, _id, _uid) = mounted(backend, &format!("{}-controller-kill", backend.name), "1Gi", true);
@@ -175,7 +175,7 @@ pub fn controller_leader_deleted(backend: &Backend, module: &str) {
 /// On RBD the fault is a paused cluster, which also blocks the pool's state
 /// object where Swell records the wish: there `swell volumes` names the
 /// backend that did not answer, and still shows the other backend's volumes.
-pub fn swell_volumes_states(backend: &Backend, module: &str) {
+pub(crate) fn swell_volumes_states(backend: &Backend, module: &str) {
     let Some((test, _timer)) = ready(backend, module, "swell_volumes") else { return };
     let meeting = join("swell-volumes", backend.name);
     let (ns, _pv, id, _uid) = mounted(backend, &format!("{}-states", backend.name), "1Gi", false);

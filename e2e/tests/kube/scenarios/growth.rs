@@ -7,7 +7,7 @@ use super::*;
 /// the claim's capacity, the pod's filesystem, the writer's records, kubelet's
 /// own account of the NodeExpandVolume, and the request kubelet sent, which
 /// e2e's stand-in must build exactly.
-pub fn online_grow(backend: &Backend, module: &str) {
+pub(crate) fn online_grow(backend: &Backend, module: &str) {
     let Some((test, _timer)) = ready(backend, module, "online_grow") else { return };
     let (ns, pv, id, uid) = mounted(backend, &format!("{}-online", backend.name), "1Gi", true);
     let before = filesystem_bytes(&ns, "app");
@@ -58,7 +58,7 @@ pub fn online_grow(backend: &Backend, module: &str) {
 
 /// A raw block claim grown while the pod holds the device open: the pod sees
 /// the new size on the open device, its data stays, and the new end is writable.
-pub fn block_grows_held_open(backend: &Backend, module: &str) {
+pub(crate) fn block_grows_held_open(backend: &Backend, module: &str) {
     let Some((test, _timer)) = ready(backend, module, "block") else { return };
     let ns = Namespace::new(&format!("{}-block", backend.name));
     apply(&json!({ "apiVersion": "v1", "kind": "List", "items": [claim("data", backend.class, "1Gi", true, None), block_pod("app", "data")] }).with_ns(&ns));
@@ -96,7 +96,7 @@ pub fn block_grows_held_open(backend: &Backend, module: &str) {
 
 /// A snapshot restored into a larger claim: the pod sees the data and the
 /// larger filesystem.
-pub fn snapshot_restored_larger(backend: &Backend, module: &str) {
+pub(crate) fn snapshot_restored_larger(backend: &Backend, module: &str) {
     let Some((_test, _timer)) = ready(backend, module, "snapshot") else { return };
     let (ns, _pv, _id, _uid) = mounted(backend, &format!("{}-snapshot", backend.name), "1Gi", false);
     let sum = ns.exec("app", &["sh", "-c", "seq 1 200000 > /data/payload && sync /data/payload && sha256sum /data/payload"]);

@@ -7,10 +7,10 @@ mod cleanup;
 mod faults;
 mod growth;
 
-pub use admission::{infeasible_lowered, oversize_denied, racing_patches, shrink_refused};
-pub use cleanup::everything_deleted;
-pub use faults::{controller_leader_deleted, node_plugin_killed, swell_volumes_states};
-pub use growth::{block_grows_held_open, online_grow, snapshot_restored_larger};
+pub(crate) use admission::{infeasible_lowered, oversize_denied, racing_patches, shrink_refused};
+pub(crate) use cleanup::everything_deleted;
+pub(crate) use faults::{controller_leader_deleted, node_plugin_killed, swell_volumes_states};
+pub(crate) use growth::{block_grows_held_open, online_grow, snapshot_restored_larger};
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ fn ready(backend: &Backend, module: &str, scenario: &str) -> Option<(String, Tim
 }
 
 /// Prints a scenario's duration when it ends (`KUBE-SCENARIO` lines).
-pub struct Timer {
+pub(crate) struct Timer {
     test: String,
     started: Instant,
 }
