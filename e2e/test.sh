@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every Swell test: unit tests, the conformance suite and the lifecycle
 # tests on real loop devices, filesystems and mounts, the RBD suites, the
-# local-only build (no Ceph linked), the offline checks of deploy/, and the
-# VM lane (krbd, rbd-nbd and ext4 online under Debian's kernel). Tests
+# local-only build (no Ceph linked), the offline checks of deploy/, the VM
+# lane (krbd, rbd-nbd and ext4 online under Debian's kernel) and the kube
+# lane (deploy/ on a one-node Kubernetes, where its binaries are). Tests
 # that cannot run on this machine (no root, loop devices or FUSE) are listed
 # at the end with their reason and counted as skipped, not passed; with
 # CI=true a program the install step provides is required. A Ceph cluster
@@ -37,6 +38,15 @@ vm_status=0
 e2e/vm/run.sh || vm_status=$?
 ((vm_status == 0)) || status=1
 
+# The kube lane (e2e/kube/README.md): Swell deployed from deploy/ on a
+# one-node Kubernetes, the user's scenarios under a real kubelet; its
+# "test result:" lines count below.
+kube_log=$(mktemp /tmp/swell-kube.XXXXXX)
+kube_status=0
+e2e/kube/lane.sh 2>&1 | tee "$kube_log" || kube_status=$?
+((kube_status == 0)) || status=1
+cat "$kube_log" >>"$log"
+
 # Each line: test<TAB>reason. A skipped test returned at once, and cargo
 # counted it as passed: take it out of the passed and into the skipped,
 # unless the VM lane ran it (then it counts once, as the lane judged it).
@@ -63,8 +73,11 @@ passed=$(grep -Eo '^test result: .*' "$log" | awk '{p+=$4; f+=$6; i+=$8} END {pr
 read -r p f i <<<"$passed"
 vm_passed=$(awk -F'\t' '$2 == "ok"' "$vm_results" | wc -l)
 vm_failed=$(awk -F'\t' '$2 != "ok"' "$vm_results" | wc -l)
-# A lane that failed without judging anything still fails a test.
+# A lane that failed without judging anything (its cluster did not start)
+# still fails a test.
 ((vm_status == 0 || vm_failed > 0)) || vm_failed=1
+kube_failed=$(grep -Eo '^test result: .*' "$kube_log" | awk '{f+=$6} END {print f+0}')
+((kube_status == 0 || kube_failed > 0)) || f=$((f + 1))
 echo
 echo "swell: $((p - skipped_here + vm_passed)) passed, $((f + vm_failed)) failed, $((i + skipped)) skipped"
 exit "$status"

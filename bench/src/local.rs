@@ -164,11 +164,15 @@ async fn node_figure(rig: &Rig, served: &Served, plan: &Plan, report: &mut Repor
             let id = csi.create(&format!("node-{fs}-{run}"), GIB).await.map_err(at("create"))?;
             let staging = scratch.join(format!("staging-{fs}-{run}"));
             let staging_arg = staging.display().to_string();
+            let target = scratch.join(format!("pod-{fs}-{run}/vol")).display().to_string();
             client.node_stage_volume(requests::stage(&id, &staging_arg, mount_capability(fs))).await.map_err(at("stage"))?;
+            client.node_publish_volume(requests::publish(&id, &staging_arg, &target, mount_capability(fs), false)).await.map_err(at("publish"))?;
             csi.expand(&id, 2 * GIB).await.map_err(at("expand"))?;
-            let (took, grown) = timed(client.node_expand_volume(requests::node_expand(&id, &staging_arg, "", (2 * GIB) as i64, None))).await;
+            let expand = requests::node_expand(&id, &target, &staging_arg, (2 * GIB) as i64, mount_capability(fs));
+            let (took, grown) = timed(client.node_expand_volume(expand)).await;
             grown.map_err(at(format!("NodeExpandVolume {fs}")))?;
             swell.push(took);
+            client.node_unpublish_volume(requests::unpublish(&id, &target)).await.map_err(at("unpublish"))?;
             client.node_unstage_volume(requests::unstage(&id, &staging_arg)).await.map_err(at("unstage"))?;
             csi.delete(&id).await.map_err(at("delete"))?;
             hand.push(by_hand(&scratch, fs, run)?);

@@ -34,16 +34,19 @@ async fn round(fs: &str, n: usize, timings: &mut Timings) -> Result<(), Box<dyn 
     let mut node = server.client.clone();
     let id = backend.create_volume(&format!("bench-{fs}-{n}"), 320 * MIB, &swell_storage::Placement::default()).await?.info().id.to_string();
     let staging = dir.join("staging").display().to_string();
+    let target = dir.join("pod/vol").display().to_string();
 
     let started = Instant::now();
     node.node_stage_volume(requests::stage(&id, &staging, mount_capability(fs))).await?;
     timings.stage.push(started.elapsed());
+    node.node_publish_volume(requests::publish(&id, &staging, &target, mount_capability(fs), false)).await?;
 
     backend.grow_volume(&id.parse()?, 640 * MIB).await?;
     let started = Instant::now();
-    node.node_expand_volume(requests::node_expand(&id, &staging, "", (640 * MIB) as i64, None)).await?;
+    node.node_expand_volume(requests::node_expand(&id, &target, &staging, (640 * MIB) as i64, mount_capability(fs))).await?;
     timings.expand.push(started.elapsed());
 
+    node.node_unpublish_volume(requests::unpublish(&id, &target)).await?;
     node.node_unstage_volume(requests::unstage(&id, &staging)).await?;
     drop(server);
     sweep(&dir);

@@ -207,6 +207,8 @@ class Manifests(unittest.TestCase):
             ("", "persistentvolumes"): {"get", "list", "watch", "create", "patch", "delete"},
             ("", "persistentvolumeclaims"): {"get", "list", "watch", "update"},
             ("", "persistentvolumeclaims/status"): {"patch"},
+            # The provisioner reads a WaitForFirstConsumer claim's selected node.
+            ("", "nodes"): {"get"},
             ("storage.k8s.io", "storageclasses"): {"get", "list", "watch"},
             ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list"},
             ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"get", "list", "watch", "update", "patch"},

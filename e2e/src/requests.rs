@@ -59,14 +59,31 @@ pub fn publish(volume_id: &str, staging: &str, target: &str, capability: VolumeC
     }
 }
 
-/// NodeExpandVolume as kubelet sends it for a mounted volume.
-pub fn node_expand(volume_id: &str, volume_path: &str, staging: &str, bytes: i64, capability: Option<VolumeCapability>) -> NodeExpandVolumeRequest {
+/// NodeExpandVolume as kubelet sends it for a volume in use, as the kube lane
+/// saw kubelet 1.36 send it (`e2e/tests/kube`, which checks this function
+/// against what Swell's node logged): `volume_path` the pod's publish path
+/// (for raw block the device file kubelet published), `staging` the staging
+/// path, the capability the volume was staged with, `required_bytes` the
+/// PV's new capacity and no limit. kubelet asks NodeGetCapabilities first.
+pub fn node_expand(volume_id: &str, publish_path: &str, staging: &str, bytes: i64, capability: VolumeCapability) -> NodeExpandVolumeRequest {
+    NodeExpandVolumeRequest {
+        volume_id: volume_id.to_owned(),
+        volume_path: publish_path.to_owned(),
+        staging_target_path: staging.to_owned(),
+        capacity_range: Some(CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+        volume_capability: Some(capability),
+        ..Default::default()
+    }
+}
+
+/// NodeExpandVolume as csi-sanity sends it: no staging path and no
+/// capability, which the spec allows and Swell must serve (kubelet always
+/// sends both: [`node_expand`]).
+pub fn node_expand_bare(volume_id: &str, volume_path: &str, bytes: i64) -> NodeExpandVolumeRequest {
     NodeExpandVolumeRequest {
         volume_id: volume_id.to_owned(),
         volume_path: volume_path.to_owned(),
-        staging_target_path: staging.to_owned(),
         capacity_range: Some(CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
-        volume_capability: capability,
         ..Default::default()
     }
 }

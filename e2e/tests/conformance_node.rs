@@ -115,10 +115,10 @@ async fn node_expand_rejects_missing_fields_and_unknown_volumes() {
     let mut drv = driver().await;
     let id = create(&mut drv, &unique_name("nexpand"), GIB).await.volume_id;
     let n = &mut drv.d.node;
-    expect_status(n.node_expand_volume(requests::node_expand("", "some/path", "", GIB, None)).await, Code::InvalidArgument, &["volume_id"]);
-    expect_status(n.node_expand_volume(requests::node_expand(&id, "", "", GIB, None)).await, Code::InvalidArgument, &["volume_path"]);
+    expect_status(n.node_expand_volume(requests::node_expand_bare("", "some/path", GIB)).await, Code::InvalidArgument, &["volume_id"]);
+    expect_status(n.node_expand_volume(requests::node_expand_bare(&id, "", GIB)).await, Code::InvalidArgument, &["volume_path"]);
     for unknown in [absent_local_id(), "volume-id-1-missing".to_owned()] {
-        expect_status(n.node_expand_volume(requests::node_expand(&unknown, "some/path", "", GIB, None)).await, Code::NotFound, &[]);
+        expect_status(n.node_expand_volume(requests::node_expand_bare(&unknown, "some/path", GIB)).await, Code::NotFound, &[]);
     }
 }
 
@@ -193,7 +193,7 @@ async fn node_full_lifecycle_is_idempotent_and_leaves_nothing_behind() {
         assert!(grown.node_expansion_required);
     }
     for attempt in 1..=2 {
-        let request = requests::node_expand(&id, &target, "", 2 * GIB, None);
+        let request = requests::node_expand(&id, &target, &s(&paths.staging), 2 * GIB, cap.clone());
         let grown = expect_ok(drv.node.node_expand_volume(request).await, &format!("NodeExpandVolume #{attempt}"));
         assert!(grown.capacity_bytes == 0 || grown.capacity_bytes >= 2 * GIB, "NodeExpandVolume reported {}", grown.capacity_bytes);
     }
@@ -246,7 +246,7 @@ async fn node_block_volume_lifecycle_grows_the_published_device() {
     let stats = expect_ok(drv.node.node_get_volume_stats(requests::stats(&id, &target)).await, "stats");
     assert_eq!(requests::total_bytes(&stats), Some(GIB));
     expect_ok(drv.controller.controller_expand_volume(requests::controller_expand(&id, 2 * GIB, None)).await, "expand");
-    let request = requests::node_expand(&id, &target, &s(&paths.staging), 2 * GIB, Some(requests::block_capability()));
+    let request = requests::node_expand(&id, &target, &s(&paths.staging), 2 * GIB, requests::block_capability());
     let grown = expect_ok(drv.node.node_expand_volume(request).await, "NodeExpandVolume");
     assert!(grown.capacity_bytes == 0 || grown.capacity_bytes >= 2 * GIB, "NodeExpandVolume reported {}", grown.capacity_bytes);
     let stats = expect_ok(drv.node.node_get_volume_stats(requests::stats(&id, &target)).await, "stats after");

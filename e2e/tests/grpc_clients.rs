@@ -151,7 +151,7 @@ async fn grpc_python_calls_identity_controller_and_node() {
     let id = volume.volume_id;
     let calls = [
         call(&controller, "/csi.v1.Controller/ControllerExpandVolume", swell_e2e::requests::controller_expand(&id, 128 * MIB, None)),
-        call(&node, "/csi.v1.Node/NodeExpandVolume", swell_e2e::requests::node_expand(&id, "/nowhere", "", 128 * MIB, None)),
+        call(&node, "/csi.v1.Node/NodeExpandVolume", swell_e2e::requests::node_expand_bare(&id, "/nowhere", 128 * MIB)),
         call(&controller, "/csi.v1.Controller/DeleteVolume", DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }),
     ];
     let (_, results) = python_calls(&python, &calls).await;

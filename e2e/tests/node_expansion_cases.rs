@@ -43,7 +43,7 @@ async fn grown_while_unstaged(fs: &str) {
     assert!(after > 640 * MIB * 85 / 100 && after <= 640 * MIB, "{fs} came up at {after}, not about 640 MiB");
     stream_io::verify(&data, 32).unwrap();
     // kubelet's NodeExpandVolume that follows finds the work done.
-    let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), "", (640 * MIB) as i64, None);
+    let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), &rig.path("staging"), (640 * MIB) as i64, mount_capability(fs));
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, 640 * MIB);
     rig.node.node_unpublish_volume(requests::unpublish(&id.to_string(), &rig.path("pods/p/vol"))).await.unwrap();
     rig.node.node_unstage_volume(requests::unstage(&id.to_string(), &rig.path("staging"))).await.unwrap();
@@ -70,13 +70,13 @@ async fn expand_at_a_path_that_is_not_the_volumes_mount_is_not_found_and_grows_n
     rig.grow(&ours, 640 * MIB).await;
     let before = filesystem_bytes(&mut rig, &ours, "pods/p/vol").await;
     for path in ["pods/q/vol", "staging-2", "plain"] {
-        let expand = requests::node_expand(&ours.to_string(), &rig.path(path), "", 0, None);
+        let expand = requests::node_expand(&ours.to_string(), &rig.path(path), &rig.path("staging"), 0, mount_capability("xfs"));
         let status = rig.node.node_expand_volume(expand).await.expect_err(path);
         assert_eq!(status.code(), Code::NotFound, "{path}: {}", status.message());
         assert!(status.message().contains("not mounted at"), "{}", status.message());
     }
     assert_eq!(filesystem_bytes(&mut rig, &ours, "pods/p/vol").await, before, "a refused expand grew the filesystem");
-    let expand = requests::node_expand(&ours.to_string(), &rig.path("pods/p/vol"), "", 0, None);
+    let expand = requests::node_expand(&ours.to_string(), &rig.path("pods/p/vol"), &rig.path("staging"), 0, mount_capability("xfs"));
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, 640 * MIB);
     for (id, staging, target) in [(&ours, "staging", "pods/p/vol"), (&theirs, "staging-2", "pods/q/vol")] {
         rig.node.node_unpublish_volume(requests::unpublish(&id.to_string(), &rig.path(target))).await.unwrap();

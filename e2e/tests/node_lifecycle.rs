@@ -54,7 +54,7 @@ async fn online_grow(fs: &str, from: u64, to: u64) {
     assert!(before as u64 <= from && before as u64 > from / 2, "{fs} starts at {before} of {from}");
 
     rig.grow(&id, to).await;
-    let expand = requests::node_expand(&id.to_string(), &target, "", to as i64, None);
+    let expand = requests::node_expand(&id.to_string(), &target, &rig.path("staging"), to as i64, mount_capability(fs));
     let grown = rig.node.node_expand_volume(expand.clone()).await.unwrap().into_inner();
     assert_eq!(grown.capacity_bytes as u64, to);
     let (after, _, _) = usage(&stats(&mut rig, &id, &target).await, Unit::Bytes);
@@ -104,7 +104,7 @@ async fn ext4_total(rig: &mut Rig, id: &VolumeId) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext4_grows_online_where_the_kernel_permits() {
     let Some((mut rig, id, sum)) = ext4_grown_underneath("ext4_grows_online_where_the_kernel_permits", true).await else { return };
-    let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), "", (256 * MIB) as i64, None);
+    let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), &rig.path("staging"), (256 * MIB) as i64, mount_capability("ext4"));
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, 256 * MIB);
     let total = ext4_total(&mut rig, &id).await;
     assert!(total > 256 * MIB * 85 / 100, "ext4 grew to {total}");
@@ -115,7 +115,7 @@ async fn ext4_grows_online_where_the_kernel_permits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext4_refused_online_grows_offline_at_restage() {
     let Some((mut rig, id, sum)) = ext4_grown_underneath("ext4_refused_online_grows_offline_at_restage", false).await else { return };
-    let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), "", (256 * MIB) as i64, None);
+    let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), &rig.path("staging"), (256 * MIB) as i64, mount_capability("ext4"));
     let status = rig.node.node_expand_volume(expand.clone()).await.expect_err("online ext4 grow refused");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("CAP_SYS_RESOURCE"), "{}", status.message());
@@ -154,11 +154,11 @@ async fn block_volume_grows_with_its_device() {
     assert_eq!(usage(&stats(&mut rig, &id, &target).await, Unit::Bytes).0 as u64, 64 * MIB);
 
     rig.grow(&id, 128 * MIB).await;
-    let expand = requests::node_expand(&id.to_string(), &target, "", (128 * MIB) as i64, None);
+    let expand = requests::node_expand(&id.to_string(), &target, &staging, (128 * MIB) as i64, block_capability());
     let grown = rig.node.node_expand_volume(expand).await.unwrap().into_inner();
     assert_eq!(grown.capacity_bytes as u64, 128 * MIB);
     assert_eq!(usage(&stats(&mut rig, &id, &target).await, Unit::Bytes).0 as u64, 128 * MIB);
-    let too_big = requests::node_expand(&id.to_string(), &target, "", (256 * MIB) as i64, None);
+    let too_big = requests::node_expand(&id.to_string(), &target, &staging, (256 * MIB) as i64, block_capability());
     let status = rig.node.node_expand_volume(too_big).await.expect_err("backend smaller than required");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
 

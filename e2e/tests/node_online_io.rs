@@ -46,11 +46,11 @@ async fn unpublish_unstage(rig: &mut Rig, id: &str, target: &Path) {
 
 /// Streams records through `data` over `span` while the volume grows from
 /// FROM to TO: the writer waits at its gate until the grow has answered.
-async fn grow_under_streams(rig: &mut Rig, id: &str, target: &Path, data: &Path, span: Span) {
+async fn grow_under_streams(rig: &mut Rig, id: &str, capability: VolumeCapability, target: &Path, data: &Path, span: Span) {
     let streams = Streams::start(data, &rig.dir, span).unwrap();
     assert!(streams.wait_for(span.gate - span.first, Duration::from_secs(60)).await, "the writer did not reach its gate");
     rig.grow(&id.parse().unwrap(), TO).await;
-    let expand = requests::node_expand(id, &target.display().to_string(), "", TO as i64, None);
+    let expand = requests::node_expand(id, &target.display().to_string(), &rig.path("staging"), TO as i64, capability);
     let grown = rig.node.node_expand_volume(expand).await.unwrap().into_inner();
     assert_eq!(grown.capacity_bytes as u64, TO);
     streams.open_gate().unwrap();
@@ -71,7 +71,7 @@ async fn filesystem_grows_under_a_streaming_writer(fs: &str) {
     // after it, which only the grown space can hold.
     let room = stream_io::fill_leaving(&target, 16 * MIB).unwrap();
     let span = Span { first: 0, gate: 32, limit: 32 + (24 * MIB) / RECORD as u64 };
-    grow_under_streams(&mut rig, &id, &target, &target.join("stream.dat"), span).await;
+    grow_under_streams(&mut rig, &id, mount_capability(fs), &target, &target.join("stream.dat"), span).await;
     assert!((span.limit - span.gate) * RECORD as u64 > room, "the writer must write past the {room} bytes {fs} had before the grow");
     let stats = rig.node.node_get_volume_stats(requests::stats(&id, &target.display().to_string())).await.unwrap().into_inner();
     let total = total_bytes(&stats).unwrap() as u64;
@@ -101,7 +101,7 @@ async fn a_raw_block_volume_grows_under_a_streaming_writer() {
     let target = stage_publish(&mut rig, &id, block_capability(), "pods/p/dev/blk").await;
     // 40 records below the old end, then 40 past it.
     let old_end = FROM / RECORD as u64;
-    grow_under_streams(&mut rig, &id, &target, &target, Span { first: old_end - 40, gate: old_end, limit: old_end + 40 }).await;
+    grow_under_streams(&mut rig, &id, block_capability(), &target, &target, Span { first: old_end - 40, gate: old_end, limit: old_end + 40 }).await;
     unpublish_unstage(&mut rig, &id, &target).await;
 }
 
@@ -117,7 +117,7 @@ async fn raw_block_data_survives_the_grow_and_an_open_descriptor_sees_the_new_si
     assert_eq!(device.seek(SeekFrom::End(0)).unwrap(), 64 * MIB);
 
     rig.grow(&id.parse().unwrap(), 128 * MIB).await;
-    let expand = requests::node_expand(&id, &target.display().to_string(), "", (128 * MIB) as i64, None);
+    let expand = requests::node_expand(&id, &target.display().to_string(), &rig.path("staging"), (128 * MIB) as i64, block_capability());
     rig.node.node_expand_volume(expand).await.unwrap();
 
     assert_eq!(device.seek(SeekFrom::End(0)).unwrap(), 128 * MIB, "the descriptor opened before the grow sees the new size");

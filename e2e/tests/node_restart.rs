@@ -99,8 +99,8 @@ impl Plant {
     }
 
     /// NodeExpandVolume to `bytes`; then the filesystem fills it and the data is intact.
-    async fn expand_and_check(&self, id: &str, bytes: i64) {
-        let expand = requests::node_expand(id, &self.path("pods/p/vol"), "", bytes, None);
+    async fn expand_and_check(&self, id: &str, fs: &str, bytes: i64) {
+        let expand = requests::node_expand(id, &self.path("pods/p/vol"), &self.path("staging"), bytes, mount_capability(fs));
         let grown = self.node().await.node_expand_volume(expand).await.unwrap().into_inner();
         assert_eq!(grown.capacity_bytes, bytes);
         let total = self.total_bytes(id).await;
@@ -132,7 +132,7 @@ async fn a_node_killed_with_a_published_volume_expands_and_cleans_up_after_resta
     assert_eq!(host::loop_devices_for(&plant.backing_file(&id)).len(), 1, "one loop device, found again");
     let grown = plant.controller().await.controller_expand_volume(requests::controller_expand(&id, 640 * MIB, None)).await.unwrap();
     assert!(grown.into_inner().node_expansion_required);
-    plant.expand_and_check(&id, 640 * MIB).await;
+    plant.expand_and_check(&id, "xfs", 640 * MIB).await;
     plant.tear_down(&id).await;
 }
 
@@ -156,7 +156,7 @@ async fn killed_mid_expand(test: &str, fs: &str, at: KillAt) {
     plant.controller().await.controller_expand_volume(requests::controller_expand(&id, 640 * MIB, None)).await.unwrap();
 
     let mut node = plant.node().await;
-    let expand = requests::node_expand(&id, &plant.path("pods/p/vol"), "", 640 * MIB, None);
+    let expand = requests::node_expand(&id, &plant.path("pods/p/vol"), &plant.path("staging"), 640 * MIB, mount_capability(fs));
     let call = tokio::spawn(async move { node.node_expand_volume(expand).await });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !mark.exists() {
@@ -188,7 +188,7 @@ async fn killed_mid_expand(test: &str, fs: &str, at: KillAt) {
     let (staging, target) = (plant.path("staging"), plant.path("pods/p/vol"));
     node.node_stage_volume(requests::stage(&id, &staging, mount_capability(fs))).await.unwrap();
     node.node_publish_volume(requests::publish(&id, &staging, &target, mount_capability(fs), false)).await.unwrap();
-    plant.expand_and_check(&id, 640 * MIB).await;
+    plant.expand_and_check(&id, fs, 640 * MIB).await;
     let file = plant.backing_file(&id);
     plant.tear_down(&id).await;
     check_filesystem(fs, &file).unwrap();

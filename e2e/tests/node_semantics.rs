@@ -124,7 +124,7 @@ async fn stats_report_usage_and_abnormal_conditions() {
     let condition = stats.volume_condition.unwrap();
     println!("after losetup -d: {condition:?}");
     assert!(condition.abnormal && condition.message.contains("detached"), "{condition:?}");
-    let expand = requests::node_expand(&blk.to_string(), &blk_target, "", 0, None);
+    let expand = requests::node_expand(&blk.to_string(), &blk_target, &blk_staging, 0, block_capability());
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap_err().code(), Code::Internal);
 }
 
@@ -132,11 +132,11 @@ async fn stats_report_usage_and_abnormal_conditions() {
 async fn expand_answers_not_found_and_invalid_argument_as_csi_sanity_expects() {
     let Some(mut rig) = rig("node_expand_codes").await else { return };
     let id = rig.volume("pvc-codes", 32 * MIB).await.to_string();
-    let unknown = requests::node_expand("fake-vol-id", "some/path", "", 0, None);
+    let unknown = requests::node_expand_bare("fake-vol-id", "some/path", 0);
     assert_eq!(rig.node.node_expand_volume(unknown).await.unwrap_err().code(), Code::NotFound);
-    let no_path = requests::node_expand(&id, "some/path", "", 0, None);
+    let no_path = requests::node_expand_bare(&id, "some/path", 0);
     assert_eq!(rig.node.node_expand_volume(no_path).await.unwrap_err().code(), Code::NotFound);
-    let missing = requests::node_expand(&id, "", "", 0, None);
+    let missing = requests::node_expand_bare(&id, "", 0);
     assert_eq!(rig.node.node_expand_volume(missing).await.unwrap_err().code(), Code::InvalidArgument);
     let stats = rig.node.node_get_volume_stats(requests::stats("fake-vol-id", "some/path")).await;
     assert_eq!(stats.unwrap_err().code(), Code::NotFound);

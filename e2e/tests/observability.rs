@@ -97,10 +97,13 @@ async fn metrics_health_and_logs_after_a_known_sequence() {
     let unnamed = cc.create_volume(requests::create_volume("", 512 * MIB, mount_capability("xfs"))).await.unwrap_err();
     assert_eq!(unnamed.code(), Code::InvalidArgument);
     let staging = root.join("staging").display().to_string();
+    let target = root.join("pod/vol").display().to_string();
     nc.node_stage_volume(requests::stage(&id, &staging, mount_capability("xfs"))).await.unwrap();
+    nc.node_publish_volume(requests::publish(&id, &staging, &target, mount_capability("xfs"), false)).await.unwrap();
     cc.controller_expand_volume(requests::controller_expand(&id, 1024 * MIB, None)).await.unwrap();
-    nc.node_expand_volume(requests::node_expand(&id, &staging, &staging, 1024 * MIB, None)).await.unwrap();
+    nc.node_expand_volume(requests::node_expand(&id, &target, &staging, 1024 * MIB, mount_capability("xfs"))).await.unwrap();
     cc.controller_get_volume(ControllerGetVolumeRequest { volume_id: id.clone() }).await.unwrap();
+    nc.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
     nc.node_unstage_volume(requests::unstage(&id, &staging)).await.unwrap();
     cc.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await.unwrap();
     IdentityClient::new(csi_endpoint::connect(&controller.socket).await.unwrap()).probe(ProbeRequest {}).await.unwrap();
@@ -136,7 +139,7 @@ async fn metrics_health_and_logs_after_a_known_sequence() {
 
     // The node: its RPCs and the one online grow, of an xfs filesystem.
     let metrics = scrape(node_metrics).await;
-    for method in ["NodeStageVolume", "NodeExpandVolume", "NodeUnstageVolume"] {
+    for method in ["NodeStageVolume", "NodePublishVolume", "NodeExpandVolume", "NodeUnpublishVolume", "NodeUnstageVolume"] {
         exactly(&metrics, &format!("grpc_server_handled_total{}", rpc("Node", method, "OK")), 1.0);
     }
     exactly(&metrics, r#"swell_node_filesystem_grow_duration_seconds_count{fs_type="xfs",outcome="ok"}"#, 1.0);

@@ -192,7 +192,7 @@ async fn a_resize_the_watchers_never_heard_of_is_announced_so_the_node_can_grow(
     assert_eq!(expand(&mut client, &id, GIB).await.unwrap(), GIB);
     assert_eq!(rig.backend.grows(), vec![], "the image already had the size");
     let started = Instant::now();
-    let grown = node.client.node_expand_volume(requests::node_expand(&id, &target, "", GIB as i64, None)).await;
+    let grown = node.client.node_expand_volume(requests::node_expand(&id, &target, &staging, GIB as i64, cap.clone())).await;
     let grown = grown.unwrap_or_else(|e| panic!("node expand after the announcement: {e:?}")).into_inner();
     assert_eq!(grown.capacity_bytes as u64, GIB);
     assert_eq!(host::sha256_file(&data).unwrap(), checksum, "data intact");

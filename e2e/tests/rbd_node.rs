@@ -55,7 +55,7 @@ async fn resize_and_expand(rig: &mut Rig, name: &str, id: &str, sum: &str) {
     for size in [768 * MIB, 896 * MIB, GIB] {
         rig.resize(name, size);
         let started = Instant::now();
-        let grown = rig.node.node_expand_volume(requests::node_expand(id, &target, "", size as i64, None)).await.unwrap();
+        let grown = rig.node.node_expand_volume(requests::node_expand(id, &target, &rig.path("staging"), size as i64, mount_capability("xfs"))).await.unwrap();
         took.push(started.elapsed());
         assert_eq!(grown.into_inner().capacity_bytes as u64, size, "capacity is the image's new size exactly");
         // statvfs leaves out xfs's internal log (64 MiB at 1 GiB).
@@ -72,7 +72,8 @@ async fn resize_and_expand(rig: &mut Rig, name: &str, id: &str, sum: &str) {
         ms(took[took.len() - 1]),
         took.len()
     );
-    let again = rig.node.node_expand_volume(requests::node_expand(id, &target, "", GIB as i64, None)).await.unwrap().into_inner();
+    let again =
+        rig.node.node_expand_volume(requests::node_expand(id, &target, &rig.path("staging"), GIB as i64, mount_capability("xfs"))).await.unwrap().into_inner();
     assert_eq!(again.capacity_bytes as u64, GIB, "a repeated expand answers the same");
     assert_eq!(host::sha256_file(&rig.dir.join("pods/p/vol/data.bin")).unwrap(), sum, "data intact");
 }
@@ -175,10 +176,10 @@ async fn rbd_block_volume_grows_with_its_image() {
     assert_attached_once(&rig, "node-blk", &id);
     assert_eq!(total_bytes(&stats(&mut rig, &id, &target).await), 512 * MIB);
     rig.resize("node-blk", GIB);
-    let grown = rig.node.node_expand_volume(requests::node_expand(&id, &target, "", GIB as i64, None)).await.unwrap();
+    let grown = rig.node.node_expand_volume(requests::node_expand(&id, &target, &staging, GIB as i64, block_capability())).await.unwrap();
     assert_eq!(grown.into_inner().capacity_bytes as u64, GIB);
     assert_eq!(total_bytes(&stats(&mut rig, &id, &target).await), GIB);
-    let too_big = requests::node_expand(&id, &target, "", (2 * GIB) as i64, None);
+    let too_big = requests::node_expand(&id, &target, &staging, (2 * GIB) as i64, block_capability());
     let status = rig.node.node_expand_volume(too_big).await.expect_err("image smaller than required");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     unpublish_unstage_clean(&mut rig, "node-blk", &id, &target).await;

@@ -40,11 +40,11 @@ async fn unpublish_unstage_clean(rig: &mut Rig, name: &str, id: &str, target: &P
 
 /// Streams records through `data` over `span` while the image grows from
 /// FROM to 1 GiB: the writer waits at its gate until the grow has answered.
-async fn grow_under_streams(rig: &mut Rig, name: &str, id: &str, target: &Path, data: &Path, span: Span) {
+async fn grow_under_streams(rig: &mut Rig, name: &str, id: &str, capability: csi_proto::v1::VolumeCapability, target: &Path, data: &Path, span: Span) {
     let streams = Streams::start(data, &rig.dir, span).unwrap();
     assert!(streams.wait_for(span.gate - span.first, Duration::from_secs(60)).await, "the writer did not reach its gate");
     rig.resize(name, GIB);
-    let expand = requests::node_expand(id, &target.display().to_string(), "", GIB as i64, None);
+    let expand = requests::node_expand(id, &target.display().to_string(), &rig.path("staging"), GIB as i64, capability);
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, GIB);
     streams.open_gate().unwrap();
     assert!(streams.wait_for(span.limit - span.first, Duration::from_secs(120)).await, "the writer stalled after the grow");
@@ -60,7 +60,7 @@ async fn rbd_xfs_grows_under_a_streaming_writer() {
     // xfs full but for 16 MiB: 2 MiB before the gate, 24 MiB after it.
     let room = stream_io::fill_leaving(&target, 16 * MIB).unwrap();
     let span = Span { first: 0, gate: 32, limit: 32 + (24 * MIB) / RECORD as u64 };
-    grow_under_streams(&mut rig, "online-xfs", &id, &target, &target.join("stream.dat"), span).await;
+    grow_under_streams(&mut rig, "online-xfs", &id, mount_capability("xfs"), &target, &target.join("stream.dat"), span).await;
     assert!((span.limit - span.gate) * RECORD as u64 > room, "the writer must write past the {room} bytes xfs had before the grow");
     let stats = rig.node.node_get_volume_stats(requests::stats(&id, &target.display().to_string())).await.unwrap().into_inner();
     assert!(total_bytes(&stats).unwrap() as u64 > GIB * 85 / 100, "xfs did not grow to about 1 GiB");
@@ -76,7 +76,7 @@ async fn rbd_raw_block_grows_under_a_streaming_writer_and_an_open_descriptor_see
     assert_eq!(opened_before.seek(SeekFrom::End(0)).unwrap(), FROM);
     // 40 records below the old end, then 40 past it.
     let old_end = FROM / RECORD as u64;
-    grow_under_streams(&mut rig, "online-blk", &id, &target, &target, Span { first: old_end - 40, gate: old_end, limit: old_end + 40 }).await;
+    grow_under_streams(&mut rig, "online-blk", &id, block_capability(), &target, &target, Span { first: old_end - 40, gate: old_end, limit: old_end + 40 }).await;
     assert_eq!(opened_before.seek(SeekFrom::End(0)).unwrap(), GIB, "a descriptor opened before the grow sees the new size");
     drop(opened_before);
     unpublish_unstage_clean(&mut rig, "online-blk", &id, &target).await;
@@ -96,7 +96,7 @@ async fn rbd_volume_grown_while_unstaged_comes_up_at_the_new_size() {
     println!("rbd: xfs came up at {total} bytes over the 1 GiB image");
     assert!(total > GIB * 85 / 100 && total <= GIB, "{total}");
     stream_io::verify(&data, 32).unwrap();
-    let expand = requests::node_expand(&id, &target.display().to_string(), "", GIB as i64, None);
+    let expand = requests::node_expand(&id, &target.display().to_string(), &rig.path("staging"), GIB as i64, mount_capability("xfs"));
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, GIB);
     unpublish_unstage_clean(&mut rig, "unstaged", &id, &target).await;
 }
@@ -117,7 +117,7 @@ async fn rbd_node_killed_mid_expand_with_the_volume_published_finishes_after_res
     let before = statvfs_total(Path::new(&target)).unwrap();
 
     rig.resize("killed", GIB);
-    let expand = requests::node_expand(&id, &target, "", GIB as i64, None);
+    let expand = requests::node_expand(&id, &target, &staging, GIB as i64, mount_capability("xfs"));
     let call = tokio::spawn({
         let (mut node, expand) = (node.clone(), expand.clone());
         async move { node.node_expand_volume(expand).await }
@@ -207,7 +207,7 @@ async fn rbd_controller_grow_reaches_the_attached_device_under_a_streaming_write
         // A loop device keeps its size until NodeExpandVolume refreshes it.
         AttachMode::FuseLoop => assert_eq!(device_bytes(&device), FROM, "the loop device grew before any refresh"),
     }
-    let expand = requests::node_expand(&id, &target.display().to_string(), "", GIB as i64, None);
+    let expand = requests::node_expand(&id, &target.display().to_string(), &staging, GIB as i64, mount_capability("xfs"));
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, GIB);
     assert_eq!(device_bytes(&device), GIB);
     let at_grow = streams.written();

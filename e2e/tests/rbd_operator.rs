@@ -80,9 +80,12 @@ async fn the_keyring_key_never_reaches_the_logs() {
     let created = cc.create_volume(requests::create_volume(&format!("keyring-logs-{}", std::process::id()), 512 * MIB, mount_capability("xfs"))).await;
     let id = created.unwrap().into_inner().volume.unwrap().volume_id;
     let staging = dir.join("staging").display().to_string();
+    let target = dir.join("pod/vol").display().to_string();
     nc.node_stage_volume(requests::stage(&id, &staging, mount_capability("xfs"))).await.unwrap();
+    nc.node_publish_volume(requests::publish(&id, &staging, &target, mount_capability("xfs"), false)).await.unwrap();
     cc.controller_expand_volume(requests::controller_expand(&id, 1024 * MIB, None)).await.unwrap();
-    nc.node_expand_volume(requests::node_expand(&id, &staging, &staging, 1024 * MIB, None)).await.unwrap();
+    nc.node_expand_volume(requests::node_expand(&id, &target, &staging, 1024 * MIB, mount_capability("xfs"))).await.unwrap();
+    nc.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
     nc.node_unstage_volume(requests::unstage(&id, &staging)).await.unwrap();
     cc.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await.unwrap();
     drop((controller, node));
@@ -95,4 +98,51 @@ async fn the_keyring_key_never_reaches_the_logs() {
         assert!(text.contains(&id), "{}: the work is logged", log.display());
         assert!(!text.contains(&key), "{}: the keyring's key is in the log", log.display());
     }
+}
+
+/// A cephx user with the caps deploy/ documents (`mon 'profile rbd'`, `osd
+/// 'profile rbd pool=rbd'`) lists its volumes through the controller and
+/// through `swell`, although the cluster's other pools (every Ceph 16
+/// cluster has device_health_metrics) refuse it with EPERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_kept_to_its_pool_lists_its_volumes() {
+    let Some(session) = rbd_rig::acquire("rbd_operator::a_user_kept_to_its_pool_lists_its_volumes").await else { return };
+    let env = session.env;
+    let pools = rbd_rig::cli(env, "ceph", &["osd", "pool", "ls"]).unwrap();
+    assert!(pools.lines().any(|p| p.trim() != "rbd"), "the cluster has a pool beside rbd: {pools}");
+    let tmp = tempfile::Builder::new().prefix("swell-rbd-kept-").tempdir_in("/var/tmp").unwrap();
+    let dir = tmp.path();
+    let keyring = dir.join("ceph.client.kept.keyring");
+    let keyring_arg = keyring.display().to_string();
+    rbd_rig::cli(env, "ceph", &["auth", "get-or-create", "client.kept", "mon", "profile rbd", "osd", "profile rbd pool=rbd", "-o", &keyring_arg]).unwrap();
+    let rbd_flags = vec![
+        format!("--rbd-cluster-id={}", rbd_rig::CLUSTER_ID),
+        format!("--rbd-ceph-conf={}", env.conf.display()),
+        format!("--rbd-keyring={keyring_arg}"),
+        "--rbd-user=kept".to_owned(),
+    ];
+    let mut args = rbd_flags.clone();
+    args.extend(["--default-backend=rbd".to_owned(), "--instance-name=kept".to_owned()]);
+    let controller = ControllerProcess::start_with(dir, &dir.join("local"), args).await.unwrap();
+    let mut cc = controller.client().await.unwrap();
+    let created = cc.create_volume(requests::create_volume(&format!("kept-{}", std::process::id()), 64 * MIB, mount_capability("xfs"))).await;
+    let id = created.unwrap().into_inner().volume.unwrap().volume_id;
+
+    let listed = cc.list_volumes(csi_proto::v1::ListVolumesRequest::default()).await.expect("ListVolumes as a user kept to its pool").into_inner();
+    assert!(listed.entries.iter().any(|e| e.volume.as_ref().is_some_and(|v| v.volume_id == id)), "{id} not listed: {listed:?}");
+    let swell = tokio::process::Command::new(swell_e2e::process::built_binary("swell").unwrap())
+        .args(["volumes", "-o", "json", "--kubernetes", "never"])
+        .arg(format!("--state-dir={}", dir.join("controller").display()))
+        .arg(format!("--local-state-dir={}", dir.join("local").display()))
+        .args(&rbd_flags)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&swell.stdout);
+    assert!(swell.status.success(), "swell volumes as a user kept to its pool: {}{stdout}", String::from_utf8_lossy(&swell.stderr));
+    assert!(stdout.contains(&id), "swell volumes does not show {id}: {stdout}");
+
+    cc.delete_volume(DeleteVolumeRequest { volume_id: id, ..Default::default() }).await.unwrap();
+    drop(controller);
+    sweep::sweep(dir);
 }

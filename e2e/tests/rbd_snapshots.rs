@@ -256,3 +256,52 @@ async fn snapshot_restore_and_clone_cost_next_to_librbd() {
     }
     plant.delete(&source.volume_id).await;
 }
+
+/// The pool's images and trashed images, one name per line.
+fn pool_images(env: &ClusterEnv) -> Vec<String> {
+    let images = cli(env, "rbd", &["ls", "rbd"]).unwrap();
+    let trash = cli(env, "rbd", &["trash", "ls", "rbd"]).unwrap();
+    images.lines().chain(trash.lines()).map(str::to_owned).collect()
+}
+
+/// In the order a namespace deletion sends them (found by the kube lane): a
+/// snapshot, then its source, then the restore still reading from it. The
+/// removed snapshot waits in the source's snapshot trash for the restore,
+/// and librbd lists it among the source's snapshots; the source must still
+/// go, not be kept for it (under a name no entry knows) for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_deleted_after_its_snapshot_and_before_its_restore_goes_too() {
+    if !runs_here("rbd_snapshots_delete_order", "xfs") {
+        return;
+    }
+    let Some(session) = rbd_rig::acquire("rbd_snapshots_delete_order").await else { return };
+    let env = session.env;
+    let dir = tmp();
+    // The plant's controller runs its background work every second.
+    let plant = Plant::start(dir.path(), &config(env, dir.path(), &[]), &[]).await;
+    let before = pool_images(env);
+    let cap = mount_capability("xfs");
+    let source = plant.create("order-source", 64 * MIB, cap.clone()).await;
+    let snapshot = plant.snapshot("order-snapshot", &source.volume_id).await.unwrap();
+    let restored = plant.restore("order-restored", 64 * MIB, cap, &snapshot.snapshot_id).await.unwrap();
+    plant.delete_snapshot(&snapshot.snapshot_id).await.unwrap();
+    // The snapshot's background delete moves it to the snapshot trash: the restore reads from it.
+    let image = location_of(&source.volume_id).spec();
+    let started = Instant::now();
+    while !cli(env, "rbd", &["snap", "ls", "--all", &image]).unwrap().contains("trash") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the deleted snapshot never reached the snapshot trash");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    plant.delete(&source.volume_id).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    plant.delete(&restored.volume_id).await;
+    let started = Instant::now();
+    loop {
+        let left: Vec<String> = pool_images(env).into_iter().filter(|i| !before.contains(i)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "left in the pool or its trash: {left:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -252,7 +252,16 @@ async fn a_controller_on_another_machine_finishes_an_interrupted_grow_from_ceph_
         let new = Replica::start(env, "moving-b", None).await;
         let settled = wait_record(&*store, &volume, "the finished grow", |r| !r.pending() && r.current_bytes == 1024 * MIB).await;
         assert_eq!(image_size(env, &id), 1024 * MIB, "{case}");
-        let grown = node.client.node_expand_volume(requests::node_expand(&id, &target, "", 1024 * MIB as i64, None)).await;
+        let grown = node
+            .client
+            .node_expand_volume(requests::node_expand(
+                &id,
+                &target,
+                &dir.path().join("staging").display().to_string(),
+                1024 * MIB as i64,
+                mount_capability("xfs"),
+            ))
+            .await;
         let grown = grown.unwrap_or_else(|e| panic!("{case}: NodeExpandVolume after the move: {e:?}")).into_inner();
         assert_eq!(grown.capacity_bytes as u64, 1024 * MIB, "{case}");
         assert_eq!(host::sha256_file(&Path::new(&target).join("data.bin")).unwrap(), checksum, "{case}: data intact");

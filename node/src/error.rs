@@ -100,6 +100,17 @@ impl NodeError {
         NodeError::Io { step: step.into(), source }
     }
 
+    /// A failed stat of a path the CO named: NOT_FOUND only when the path is
+    /// not there; any other failure (EIO from a filesystem that shut down,
+    /// ENOTCONN from a FUSE whose daemon died) is the host's own error, and
+    /// kubelet must not take it for a missing path (which it does not retry).
+    pub fn stat_failed(path: PathBuf, source: std::io::Error) -> Self {
+        match source.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => NodeError::PathNotFound { path },
+            _ => NodeError::io(format!("stat {}", path.display()), source),
+        }
+    }
+
     /// Names the volume in the step a host call failed at (the system
     /// seam knows devices and paths, not volumes).
     pub fn for_volume(self, volume: &impl std::fmt::Display) -> Self {
@@ -225,6 +236,17 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
         }
+    }
+
+    #[test]
+    fn only_a_path_that_is_not_there_is_not_found() {
+        use std::io::{Error, ErrorKind};
+        let stat = |kind: ErrorKind| NodeError::stat_failed("/pods/p/vol".into(), Error::from(kind)).code();
+        assert_eq!(stat(ErrorKind::NotFound), Code::NotFound);
+        assert_eq!(stat(ErrorKind::NotADirectory), Code::NotFound);
+        // A volume whose filesystem or FUSE daemon died is there, and broken.
+        assert_eq!(NodeError::stat_failed("/pods/p/vol".into(), Error::from_raw_os_error(5)).code(), Code::Internal);
+        assert_eq!(NodeError::stat_failed("/pods/p/vol".into(), Error::from_raw_os_error(107)).code(), Code::Internal);
     }
 
     #[test]

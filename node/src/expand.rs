@@ -27,8 +27,8 @@ pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeEr
     if ctx.attachers.for_volume(&req.volume, None)?.backing_size(&req.volume).await?.is_none() {
         return Err(NodeError::VolumeNotFound { volume, reason: "its backing object does not exist".into() });
     }
-    if tokio::fs::symlink_metadata(&req.volume_path).await.is_err() {
-        return Err(NodeError::PathNotFound { path: req.volume_path });
+    if let Err(e) = tokio::fs::symlink_metadata(&req.volume_path).await {
+        return Err(NodeError::stat_failed(req.volume_path, e));
     }
     let _guard = ctx.lock(&req.volume)?;
     let Some(record) = ctx.staging.read(&req.volume).await? else {

@@ -146,3 +146,23 @@ async fn a_failed_grow_is_an_error_naming_the_volume_and_a_retry_finishes_it() {
     f.sys.clear_failures();
     assert_eq!(expand(&f.ctx, f.expand(&id, "staging", 0)).await.expect("retry"), 128 * MIB);
 }
+
+#[tokio::test]
+async fn a_volume_attached_by_an_earlier_node_plugin_container_grows_and_detaches() {
+    // A restarted node plugin pod: the loop device stays, and sysfs names its
+    // file from the root of the dead container's hostPath mount.
+    let f = Fixture::new();
+    let id = f.volume(1, 64 * MIB);
+    let device = f.staged(&id, FsType::Xfs).await;
+    publish(&f.ctx, f.publish(&id, "staging", "pods/p/vol", mount(FsType::Xfs), false)).await.expect("publish");
+    let key = id.to_string().trim_start_matches("local:").to_owned();
+    f.sys.show_backing(&device, &format!("/local/volumes/{key}.img"));
+    f.grow(&id, 128 * MIB);
+    f.sys.clear_calls();
+    let capacity = expand(&f.ctx, f.expand(&id, "pods/p/vol", 128 * MIB)).await.expect("expand after a restart");
+    assert_eq!(capacity, 128 * MIB);
+    assert!(f.sys.calls().contains(&Call::LoopRefresh(device.clone())), "{:?}", f.sys.calls());
+    crate::publish::unpublish(&f.ctx, f.unpublish(&id, "pods/p/vol")).await.expect("unpublish");
+    crate::stage::unstage(&f.ctx, f.unstage(&id, "staging")).await.expect("unstage");
+    assert!(f.sys.loops().is_empty(), "the loop device outlived the unstage: {:?}", f.sys.loops());
+}

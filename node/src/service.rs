@@ -45,6 +45,7 @@ impl NodeService {
 impl Node for NodeService {
     #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_stage_volume(&self, request: Request<NodeStageVolumeRequest>) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        log_request("NodeStageVolume", request.get_ref());
         let req = validate::stage(request.get_ref())?;
         self.confined("staging_target_path", &req.staging_path).await?;
         stage::stage(&self.ctx, req).await?;
@@ -53,6 +54,7 @@ impl Node for NodeService {
 
     #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_unstage_volume(&self, request: Request<NodeUnstageVolumeRequest>) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        log_request("NodeUnstageVolume", request.get_ref());
         let req = validate::unstage(request.get_ref())?;
         self.confined("staging_target_path", &req.staging_path).await?;
         stage::unstage(&self.ctx, req).await?;
@@ -61,6 +63,7 @@ impl Node for NodeService {
 
     #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_publish_volume(&self, request: Request<NodePublishVolumeRequest>) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        log_request("NodePublishVolume", request.get_ref());
         let req = validate::publish(request.get_ref())?;
         self.confined("staging_target_path", &req.staging_path).await?;
         self.confined("target_path", &req.target_path).await?;
@@ -70,6 +73,7 @@ impl Node for NodeService {
 
     #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_unpublish_volume(&self, request: Request<NodeUnpublishVolumeRequest>) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        log_request("NodeUnpublishVolume", request.get_ref());
         let req = validate::unpublish(request.get_ref())?;
         self.confined("target_path", &req.target_path).await?;
         publish::unpublish(&self.ctx, req).await?;
@@ -78,6 +82,7 @@ impl Node for NodeService {
 
     #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_get_volume_stats(&self, request: Request<NodeGetVolumeStatsRequest>) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        log_request("NodeGetVolumeStats", request.get_ref());
         let req = validate::stats(request.get_ref())?;
         let stats = stats::stats(&self.ctx, req).await?;
         let usage = match stats.usage {
@@ -93,12 +98,14 @@ impl Node for NodeService {
 
     #[instrument(skip_all, fields(volume.id = %request.get_ref().volume_id.escape_debug()))]
     async fn node_expand_volume(&self, request: Request<NodeExpandVolumeRequest>) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        log_request("NodeExpandVolume", request.get_ref());
         let req = validate::expand(request.get_ref())?;
         let capacity = expand::expand(&self.ctx, req).await?;
         Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes: to_i64(capacity) }))
     }
 
-    async fn node_get_capabilities(&self, _request: Request<NodeGetCapabilitiesRequest>) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+    async fn node_get_capabilities(&self, request: Request<NodeGetCapabilitiesRequest>) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        log_request("NodeGetCapabilities", request.get_ref());
         let capabilities = CAPABILITIES.iter().map(|t| NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: *t as i32 })) }).collect();
         Ok(Response::new(NodeGetCapabilitiesResponse { capabilities }))
     }
@@ -108,10 +115,67 @@ impl Node for NodeService {
     }
 }
 
+/// A request as it may be logged: secrets blanked, everything else as sent.
+trait Loggable: std::fmt::Debug + Clone {
+    fn without_secrets(&self) -> Self {
+        self.clone()
+    }
+}
+
+impl Loggable for NodeStageVolumeRequest {
+    fn without_secrets(&self) -> Self {
+        NodeStageVolumeRequest { secrets: Default::default(), ..self.clone() }
+    }
+}
+
+impl Loggable for NodePublishVolumeRequest {
+    fn without_secrets(&self) -> Self {
+        NodePublishVolumeRequest { secrets: Default::default(), ..self.clone() }
+    }
+}
+
+impl Loggable for NodeExpandVolumeRequest {
+    fn without_secrets(&self) -> Self {
+        NodeExpandVolumeRequest { secrets: Default::default(), ..self.clone() }
+    }
+}
+
+impl Loggable for NodeUnstageVolumeRequest {}
+impl Loggable for NodeUnpublishVolumeRequest {}
+impl Loggable for NodeGetVolumeStatsRequest {}
+impl Loggable for NodeGetCapabilitiesRequest {}
+
+/// Logs each request at debug (`RUST_LOG=swell_node::service=debug`) as its
+/// caller sent it, so what kubelet really sends (paths, capability, the order
+/// of calls) can be read off a node's log; secrets never are.
+fn log_request<T: Loggable>(rpc: &'static str, request: &T) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        tracing::debug!(rpc, request = ?request.without_secrets(), "request");
+    }
+}
+
 fn usage(unit: Unit, counts: Counts) -> VolumeUsage {
     VolumeUsage { total: to_i64(counts.total), available: to_i64(counts.available), used: to_i64(counts.used), unit: unit as i32 }
 }
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_requests_keep_everything_but_the_secrets() {
+        let secrets: std::collections::HashMap<String, String> = [("key".to_owned(), "AQBsecretvalue==".to_owned())].into();
+        let stage = NodeStageVolumeRequest { volume_id: "v".into(), staging_target_path: "/stage".into(), secrets: secrets.clone(), ..Default::default() };
+        let publish = NodePublishVolumeRequest { volume_id: "v".into(), target_path: "/pub".into(), secrets: secrets.clone(), ..Default::default() };
+        let expand =
+            NodeExpandVolumeRequest { volume_id: "v".into(), volume_path: "/pub".into(), staging_target_path: "/stage".into(), secrets, ..Default::default() };
+        for shown in [format!("{:?}", stage.without_secrets()), format!("{:?}", publish.without_secrets()), format!("{:?}", expand.without_secrets())] {
+            assert!(!shown.contains("AQBsecretvalue"), "a secret is logged: {shown}");
+            assert!(shown.contains("/stage") || shown.contains("/pub"), "the paths are not: {shown}");
+        }
+    }
 }

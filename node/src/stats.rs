@@ -42,8 +42,8 @@ pub(crate) struct VolumeStats {
 /// Reads a volume's stats at `volume_path`.
 pub(crate) async fn stats(ctx: &NodeContext, req: Stats) -> Result<VolumeStats, NodeError> {
     ctx.attachers.for_volume(&req.volume, None)?;
-    if tokio::fs::symlink_metadata(&req.volume_path).await.is_err() {
-        return Err(NodeError::PathNotFound { path: req.volume_path });
+    if let Err(e) = tokio::fs::symlink_metadata(&req.volume_path).await {
+        return Err(NodeError::stat_failed(req.volume_path, e));
     }
     let record = ctx.staging.read(&req.volume).await?;
     let attacher = ctx.attachers.for_volume(&req.volume, record.as_ref().and_then(|r| r.rbd_mode))?;

@@ -20,6 +20,7 @@ use crate::capacity::{self, PoolRoom, PoolSettings, PoolUsage};
 use crate::coalesce::{Coalescer, Missed};
 use crate::connection::Connection;
 use crate::errors::RbdError;
+use crate::state;
 
 /// Every pool's usage and settings at one moment.
 #[derive(Debug)]
@@ -126,7 +127,8 @@ impl Readings {
         self.foreign.lock().insert(pool.to_owned(), (all_images.saturating_sub(swell), Instant::now()));
     }
 
-    /// The pools named in the last reading, for the housekeeping.
+    /// The pools named in the last reading that this client may read, for
+    /// the listings and the housekeeping.
     pub(crate) fn pools(&self, conn: &Connection) -> Result<Vec<String>, RbdError> {
         let reading = self.coalescer.read(
             "cluster",
@@ -135,10 +137,21 @@ impl Readings {
             || Self::read_cluster(conn),
             RbdError::duplicate,
         );
-        match reading {
-            Ok(reading) => Ok(reading.usage.keys().cloned().collect()),
-            Err(Missed::Failed(err)) => Err(err),
-            Err(Missed::Deadline) => Err(RbdError::Refused(BackendError::Timeout { step: "list pools".into(), after: self.op_timeout })),
+        let pools: Vec<String> = match reading {
+            Ok(reading) => reading.usage.keys().cloned().collect(),
+            Err(Missed::Failed(err)) => return Err(err),
+            Err(Missed::Deadline) => return Err(RbdError::Refused(BackendError::Timeout { step: "list pools".into(), after: self.op_timeout })),
+        };
+        // Only those this client may read: listing the others fails with
+        // EPERM for a user kept to its pools, and can find nothing of its own.
+        let mut readable = Vec::with_capacity(pools.len());
+        for pool in pools {
+            match conn.pool(&pool)? {
+                Some(io) if state::readable(&io) => readable.push(pool),
+                Some(_) => tracing::debug!(pool, "this client may not read the pool; not listing it"),
+                None => {}
+            }
         }
+        Ok(readable)
     }
 }

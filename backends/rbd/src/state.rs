@@ -284,6 +284,16 @@ fn read_error(what: &str, errno: Errno) -> RbdError {
     RbdError::osd(format!("read {what} of {STATE_OBJECT}"), errno, None)
 }
 
+/// Whether this client may read the pool's state object. A cephx user kept
+/// to its own pools (`osd 'profile rbd pool=<pool>'`, as deploy/ documents)
+/// gets EPERM from every other pool, where it can have no volume either;
+/// any other answer is left to the read that follows.
+pub(crate) fn readable(io: &IoCtx) -> bool {
+    let mut op = ReadOp::default();
+    op.omap_get(&[TOTAL_KEY.to_owned()]);
+    !matches!(op.operate(io, STATE_OBJECT), Err(Errno::EPERM))
+}
+
 /// Raw values of `keys` (absent ones left out); a missing object holds none.
 pub(crate) fn read_raw(io: &IoCtx, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, RbdError> {
     let mut values = Vec::new();

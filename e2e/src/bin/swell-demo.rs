@@ -135,7 +135,7 @@ async fn demo(args: Args) -> Result<(), String> {
     let grown = steps
         .run(
             "NodeExpandVolume (online, still mounted)",
-            driver.node.node_expand_volume(requests::node_expand(&id, &target_s, &staging_s, expanded.capacity_bytes, Some(capability.clone()))),
+            driver.node.node_expand_volume(requests::node_expand(&id, &target_s, &staging_s, expanded.capacity_bytes, capability.clone())),
         )
         .await?
         .into_inner();

@@ -299,9 +299,9 @@ async fn settled(client: &mut ControllerClient<Channel>, volumes: &[Volume], bou
 /// written before the chaos and the writer's health.
 async fn node_expand_and_verify(node: &mut NodeUnderTest, volumes: &[Volume], round: u64) {
     for v in volumes {
-        let Some((_, target, checksum, writer)) = &v.mounted else { continue };
+        let Some((staging, target, checksum, writer)) = &v.mounted else { continue };
         let started = Instant::now();
-        let grown = node.client.node_expand_volume(requests::node_expand(&v.id, target, "", v.size as i64, None)).await;
+        let grown = node.client.node_expand_volume(requests::node_expand(&v.id, target, staging, v.size as i64, mount_capability("xfs"))).await;
         let grown = grown.unwrap_or_else(|e| panic!("round {round}: node expand {}: {e:?}", v.id)).into_inner();
         assert_eq!(grown.capacity_bytes as u64, v.size, "round {round}: node expand of {} reached the volume's size", v.id);
         let now = host::sha256_file(&Path::new(target).join("data.bin")).expect("checksum data.bin");

@@ -35,6 +35,12 @@ impl LoopAttacher {
     fn image(&self, volume: &VolumeId) -> PathBuf {
         swell_local::image_path(&self.state_dir, volume)
     }
+
+    /// Whether `device` is attached to the local file `image`.
+    async fn backs(&self, device: &Path, image: &Path) -> Result<bool, NodeError> {
+        let image = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_owned());
+        Ok(system::loop_backing(self.sys.as_ref(), device).await?.is_some_and(|b| names_image(&b, &image)))
+    }
 }
 
 /// Attaches `file` to a free loop device and returns the device.
@@ -47,11 +53,28 @@ pub(crate) async fn detach_device(sys: &dyn System, volume: &VolumeId, device: &
     sys.loop_detach(device).await.map_err(|e| e.for_volume(volume))
 }
 
-/// Whether `device` is a loop device backed by `image`, also after the
-/// file was deleted (the kernel then appends " (deleted)").
-pub(crate) async fn backs(sys: &dyn System, device: &Path, image: &Path) -> Result<bool, NodeError> {
-    let image = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_owned());
-    Ok(system::loop_backing(sys, device).await?.is_some_and(|b| system::same_file(&b, &image)))
+/// Whether sysfs's `backing` names the local backing file `image`: its path,
+/// or the path a loop device attached by an earlier node plugin container
+/// shows once that container is gone. The kernel then prints the file's path
+/// from the root of the dead container's mount that reached it (the
+/// DaemonSet's hostPath of /var/lib/swell: `/local/volumes/<key>.img`), a
+/// trailing part of `image` that names nothing here. Local files only: an
+/// rbd-fuse file seen so sits on a FUSE whose daemon died with the container.
+fn names_image(backing: &str, image: &Path) -> bool {
+    if system::same_file(backing, image) {
+        return true;
+    }
+    let shown = Path::new(backing.strip_suffix(" (deleted)").unwrap_or(backing));
+    let Ok(tail) = shown.strip_prefix("/") else { return false };
+    // The file's own name and its directory at least: `volumes/<key>.img`.
+    tail.components().count() >= 2 && image.ends_with(tail) && !shown.exists()
+}
+
+/// The loop devices backing the local file `image` (see [`names_image`]).
+async fn devices_backing(sys: &dyn System, image: &Path) -> Result<Vec<PathBuf>, NodeError> {
+    let mut devices: Vec<PathBuf> = sys.loop_devices().await?.into_iter().filter(|l| names_image(&l.backing_file, image)).map(|l| l.device).collect();
+    devices.sort();
+    Ok(devices)
 }
 
 #[async_trait::async_trait]
@@ -78,14 +101,14 @@ impl Attacher for LoopAttacher {
         let Ok(image) = tokio::fs::canonicalize(&image).await else {
             return Ok(None);
         };
-        Ok(system::loop_devices_backing(self.sys.as_ref(), &image).await?.into_iter().next())
+        Ok(devices_backing(self.sys.as_ref(), &image).await?.into_iter().next())
     }
 
     async fn detach(&self, volume: &VolumeId, device: Option<&Path>) -> Result<(), NodeError> {
         let mut devices: Vec<PathBuf> = self.find(volume).await?.into_iter().collect();
         if let Some(recorded) = device {
             // A recorded device may since have been reused for another file.
-            if !devices.iter().any(|d| d == recorded) && backs(self.sys.as_ref(), recorded, &self.image(volume)).await? {
+            if !devices.iter().any(|d| d == recorded) && self.backs(recorded, &self.image(volume)).await? {
                 devices.push(recorded.to_owned());
             }
         }
@@ -110,9 +133,36 @@ impl Attacher for LoopAttacher {
         if backing.ends_with(" (deleted)") {
             return Ok(Some(format!("loop device {} backs a deleted file", device.display())));
         }
-        if !backs(self.sys.as_ref(), device, &image).await? {
+        if !self.backs(device, &image).await? {
             return Ok(Some(format!("loop device {} now backs {backing}, not volume {volume}", device.display())));
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_device_of_a_gone_container_still_names_its_local_file() {
+        let image = Path::new("/var/lib/swell/local/volumes/0123abcd.img");
+        assert!(names_image("/var/lib/swell/local/volumes/0123abcd.img", image));
+        assert!(names_image("/var/lib/swell/local/volumes/0123abcd.img (deleted)", image));
+        // Seen from the root of the dead container's hostPath mount.
+        assert!(names_image("/local/volumes/0123abcd.img", image));
+        assert!(names_image("/volumes/0123abcd.img (deleted)", image));
+        // Another file, or a bare file name that could be anyone's.
+        assert!(!names_image("/local/volumes/0123abcd.img2", image));
+        assert!(!names_image("/tmp/x/local/volumes/0123abcd.img", image));
+        assert!(!names_image("/0123abcd.img", image));
+        assert!(!names_image("local/volumes/0123abcd.img", image));
+        // A trailing part that names a file here is that file, not ours.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let here = dir.path().join("volumes/0123abcd.img");
+        std::fs::create_dir_all(here.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&here, b"").expect("file");
+        let longer = Path::new("/srv").join(here.strip_prefix("/").expect("absolute"));
+        assert!(!names_image(&here.display().to_string(), &longer));
     }
 }

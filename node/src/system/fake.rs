@@ -49,6 +49,9 @@ struct Model {
     failing: BTreeMap<String, String>,
     /// resize2fs on a mounted ext4 fails with EPERM (no CAP_SYS_RESOURCE).
     ext4_online_eperm: bool,
+    /// What sysfs shows as a loop device's backing file, where it is not the
+    /// file's path here (attached from a mount namespace that is gone).
+    shown: BTreeMap<PathBuf, String>,
 }
 
 /// The recording double.
@@ -134,6 +137,12 @@ impl FakeSystem {
     /// Detaches a loop device behind the node's back.
     pub(crate) fn lose_loop(&self, device: &Path) {
         self.model().loops.remove(device);
+    }
+
+    /// Makes sysfs show `backing` for `device`, as the kernel does for a loop
+    /// device attached by a container whose mount namespace is gone.
+    pub(crate) fn show_backing(&self, device: &Path, backing: &str) {
+        self.model().shown.insert(device.to_owned(), backing.to_owned());
     }
 }
 
@@ -325,12 +334,14 @@ impl System for FakeSystem {
         failure(&model, "loop_detach", format!("detach {}", device.display()))?;
         model.loops.remove(device);
         model.devices.remove(device);
+        model.shown.remove(device);
         Ok(())
     }
 
     async fn loop_devices(&self) -> Result<Vec<LoopDevice>, NodeError> {
         let model = self.model();
-        Ok(model.loops.iter().map(|(device, file)| LoopDevice { device: device.clone(), backing_file: file.display().to_string() }).collect())
+        let shown = |device: &PathBuf, file: &PathBuf| model.shown.get(device).cloned().unwrap_or_else(|| file.display().to_string());
+        Ok(model.loops.iter().map(|(device, file)| LoopDevice { device: device.clone(), backing_file: shown(device, file) }).collect())
     }
 
     async fn device_size(&self, device: &Path) -> Result<u64, NodeError> {

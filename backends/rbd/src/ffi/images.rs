@@ -74,6 +74,9 @@ struct Timespec {
     tv_nsec: i64,
 }
 
+/// `rbd_snap_namespace_type_t`'s user namespace (librbd.h).
+const RBD_SNAP_NAMESPACE_TYPE_USER: c_int = 0;
+
 #[link(name = "rbd")]
 unsafe extern "C" {
     fn rbd_create2(io: IoCtxT, name: *const c_char, size: u64, features: u64, order: *mut c_int) -> c_int;
@@ -100,6 +103,7 @@ unsafe extern "C" {
     fn rbd_snap_list(image: ImageT, snaps: *mut RbdSnapInfo, max_snaps: *mut c_int) -> c_int;
     fn rbd_snap_list_end(snaps: *mut RbdSnapInfo);
     fn rbd_snap_get_timestamp(image: ImageT, snap_id: u64, timestamp: *mut Timespec) -> c_int;
+    fn rbd_snap_get_namespace_type(image: ImageT, snap_id: u64, namespace_type: *mut c_int) -> c_int;
     fn rbd_flatten_with_progress(image: ImageT, cb: ProgressFn, cbdata: *mut c_void) -> c_int;
 }
 
@@ -304,9 +308,25 @@ impl Image<'_> {
         check(unsafe { rbd_snap_remove(self.raw, name.as_ptr()) }).map(drop)
     }
 
-    /// `rbd_snap_list`: the image's user snapshots (not the ones in its
-    /// snapshot trash).
+    /// The image's user snapshots. `rbd_snap_list` also lists those in the
+    /// image's snapshot trash (removed while format-2 clones still read from
+    /// them, named by a UUID; they go by themselves with their last clone):
+    /// counted as the image's, they kept a deleted volume's image for good.
     pub(crate) fn snapshots(&self) -> Result<Vec<SnapInfo>, Errno> {
+        let mut user = Vec::new();
+        for snap in self.all_snapshots()? {
+            let mut namespace: c_int = -1;
+            // SAFETY: an open image and a valid out pointer.
+            check(unsafe { rbd_snap_get_namespace_type(self.raw, snap.id, &mut namespace) })?;
+            if namespace == RBD_SNAP_NAMESPACE_TYPE_USER {
+                user.push(snap);
+            }
+        }
+        Ok(user)
+    }
+
+    /// `rbd_snap_list`: every snapshot, in every namespace.
+    fn all_snapshots(&self) -> Result<Vec<SnapInfo>, Errno> {
         let mut capacity: c_int = 16;
         loop {
             let slots = usize::try_from(capacity).map_err(|_| Errno::ERANGE)?;

@@ -307,7 +307,7 @@ fn serves(cmdline: &[u8], dir: &Path) -> bool {
 async fn wait_for_exit(pids: &[u32], deadline: Duration) -> bool {
     let started = Instant::now();
     loop {
-        if !pids.iter().any(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+        if pids.iter().all(|pid| exited(*pid)) {
             return true;
         }
         if started.elapsed() >= deadline {
@@ -317,10 +317,59 @@ async fn wait_for_exit(pids: &[u32], deadline: Duration) -> bool {
     }
 }
 
+/// Whether `pid` has exited. A detached rbd-fuse is re-parented to the
+/// init of its PID namespace: in a pod that is swell-node itself (the
+/// container's PID 1), so it is reaped here, or it stays a zombie whose
+/// /proc entry never goes (every unstage then failed once under kubelet).
+fn exited(pid: u32) -> bool {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    if let Ok(raw) = i32::try_from(pid) {
+        match waitpid(nix::unistd::Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return false,
+            Ok(_) => return true,
+            // ECHILD: another process's child, judged by /proc below.
+            Err(_) => {}
+        }
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| is_zombie(&stat))
+}
+
+/// Whether a /proc/<pid>/stat line shows a zombie (state `Z`, after the
+/// command name, which may hold spaces and parentheses).
+fn is_zombie(stat: &str) -> bool {
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use swell_storage::CephAccess;
+
+    #[tokio::test]
+    async fn an_exited_child_nobody_waited_for_counts_as_exited() {
+        // As an orphaned rbd-fuse is swell-node's child when swell-node is PID 1:
+        // never waited for by whoever started it.
+        #[allow(clippy::zombie_processes)]
+        let child = std::process::Command::new("true").spawn().expect("spawn true");
+        assert!(wait_for_exit(&[child.id()], Duration::from_secs(5)).await, "a zombie child was taken for a running rbd-fuse");
+        assert!(!Path::new(&format!("/proc/{}", child.id())).exists(), "the child was not reaped");
+    }
+
+    #[tokio::test]
+    async fn a_running_process_has_not_exited() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        assert!(!wait_for_exit(&[child.id()], Duration::from_millis(300)).await);
+        child.kill().expect("kill sleep");
+        child.wait().expect("reap sleep");
+    }
+
+    #[test]
+    fn a_zombie_is_read_from_the_state_after_the_command_name() {
+        assert!(is_zombie("61 (rbd-fuse) Z 1 61 61 0 -1"));
+        assert!(!is_zombie("61 (rbd-fuse) S 1 61 61 0 -1"));
+        assert!(!is_zombie("62 (a) Z) S 1 62"));
+        assert!(!is_zombie("garbage"));
+    }
 
     fn attacher(root: &Path) -> FuseAttacher {
         let config =
