@@ -26,7 +26,10 @@ impl LogArgs {
     /// Installs the process's logger; call once, first thing in `main`.
     pub fn init(&self) {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        // Colours only for a person at a terminal: a container's log
+        // (kubectl logs, a log shipper) would hold the escape codes.
+        let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
         match self.log_format {
             LogFormat::Text => logs.init(),
             LogFormat::Json => logs.json().with_current_span(false).with_span_list(true).flatten_event(true).init(),
