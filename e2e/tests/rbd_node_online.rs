@@ -76,7 +76,8 @@ async fn rbd_raw_block_grows_under_a_streaming_writer_and_an_open_descriptor_see
     assert_eq!(opened_before.seek(SeekFrom::End(0)).unwrap(), FROM);
     // 40 records below the old end, then 40 past it.
     let old_end = FROM / RECORD as u64;
-    grow_under_streams(&mut rig, "online-blk", &id, block_capability(), &target, &target, Span { first: old_end - 40, gate: old_end, limit: old_end + 40 }).await;
+    grow_under_streams(&mut rig, "online-blk", &id, block_capability(), &target, &target, Span { first: old_end - 40, gate: old_end, limit: old_end + 40 })
+        .await;
     assert_eq!(opened_before.seek(SeekFrom::End(0)).unwrap(), GIB, "a descriptor opened before the grow sees the new size");
     drop(opened_before);
     unpublish_unstage_clean(&mut rig, "online-blk", &id, &target).await;
