@@ -151,11 +151,14 @@ async fn node_figure(rig: &Rig, served: &Served, plan: &Plan, report: &mut Repor
         println!("figure 2 {why}");
         return Ok(None);
     }
-    let node = Served::node(&plan.node_bin(), &rig.controller.root, &rig.controller.local_state_dir, &[]).await?;
+    // The node takes staging and target paths only below its kubelet
+    // directory: here, the figure's scratch directory.
+    let scratch = fresh(&plan.scratch.join("local-node"))?;
+    let kubelet_dir = [format!("--kubelet-dir={}", scratch.display())];
+    let node = Served::node(&plan.node_bin(), &rig.controller.root, &rig.controller.local_state_dir, &kubelet_dir).await?;
     let node_idle = node.rss()?;
     let mut client = csi_proto::v1::node_client::NodeClient::new(node.channel().await?);
     let mut csi = rig.csi(served.channel().await?);
-    let scratch = fresh(&plan.scratch.join("local-node"))?;
     let mut table = Table::versus("Figure 2 on local: NodeExpandVolume of a mounted filesystem, 1 → 2 GiB");
     let runs = plan.runs;
     for fs in ["xfs", "btrfs"] {
