@@ -206,7 +206,13 @@ impl ExpansionStore for ExpansionRecords {
         self.blocking("list expansion records", move |this| {
             let listing = |e| BackendError::io("list expansion records", e);
             let mut ids = Vec::new();
-            for entry in std::fs::read_dir(&this.dir).map_err(listing)? {
+            let entries = match std::fs::read_dir(&this.dir) {
+                Ok(entries) => entries,
+                // A reader of a directory no controller has made yet.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && this.locks.is_none() => return Ok(Records::default()),
+                Err(e) => return Err(listing(e)),
+            };
+            for entry in entries {
                 let file_name = entry.map_err(listing)?.file_name();
                 let Some(id) = file_name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<VolumeId>().ok()) else { continue };
                 if after.as_ref().is_none_or(|a| id.to_string() > *a) {

@@ -130,7 +130,12 @@ impl StateDir {
     /// Up to `limit` volumes (0: all) after the key `after`, by id: the
     /// names are listed, but only the page's records are read.
     pub(crate) fn page(&self, after: Option<&str>, limit: usize) -> Result<Vec<VolumeInfo>, BackendError> {
-        let mut keys = volume_keys(&self.path).map_err(|e| BackendError::io("list volumes", e))?;
+        let mut keys = match volume_keys(&self.path) {
+            Ok(keys) => keys,
+            // A reader of a directory no controller has made yet.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.locks.is_none() => Vec::new(),
+            Err(e) => return Err(BackendError::io("list volumes", e)),
+        };
         keys.retain(|k| after.is_none_or(|a| k.as_str() > a));
         keys.sort_unstable();
         let mut volumes = Vec::new();
