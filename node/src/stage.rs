@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::NodeContext;
 use crate::error::NodeError;
-use crate::filesystem::{DEFAULT_OPTIONS, FsType, fills_device};
+use crate::filesystem::options::DEFAULT_OPTIONS;
+use crate::filesystem::{FsType, fills_device};
 use crate::mount;
 use crate::staging::{Access, StagingRecord};
 use crate::system::{self, MountCall, System};

@@ -6,10 +6,8 @@
 
 mod btrfs;
 mod ext4;
-mod options;
+pub(crate) mod options;
 mod xfs;
-
-pub(crate) use options::DEFAULT_OPTIONS;
 
 use std::fmt;
 use std::path::Path;
