@@ -1,6 +1,7 @@
 //! The RBD volume-id contract, shared by the controller (which makes the
 //! ids) and the node (which attaches what they name): an RBD volume is
-//! `rbd:<cluster-id>:<pool>:<image>`, and its image is always
+//! `rbd:<cluster-id>:<pool>:<image>`, or `rbd:<cluster-id>:<pool>:<namespace>:<image>`
+//! for an install that keeps its volumes in a RADOS namespace, and its image is always
 //! `swell-<32 hex>`, the first 16 bytes of sha256 of the CO's volume name, so
 //! a retried create lands on the same image. Nothing else is ever read,
 //! grown, attached or removed through a volume id: an id naming any other
@@ -45,6 +46,8 @@ pub struct RbdVolume {
     pub cluster: String,
     /// The pool.
     pub pool: String,
+    /// The RADOS namespace in the pool; empty: the pool's default one.
+    pub namespace: String,
     /// The image name (`swell-<32 hex>`).
     pub image: String,
 }
@@ -66,6 +69,37 @@ fn part_ok(part: &str) -> bool {
     !part.is_empty() && !part.contains(':') && !part.starts_with('-')
 }
 
+/// The longest RADOS namespace name Swell accepts.
+/// A volume id is at most 128 bytes, and the image name takes 38 of them.
+pub const MAX_NAMESPACE_LEN: usize = 32;
+
+/// Why `namespace` cannot name a RADOS namespace of Swell's, or `None`
+/// when it can. Empty is the pool's default namespace. Otherwise at most
+/// [`MAX_NAMESPACE_LEN`] bytes of `[a-z0-9_.-]` (what a volume id may
+/// hold), not starting with `-` (the Ceph CLIs would read it as an option)
+/// or `.`; the Ceph CLIs split image specs at `/` and `@`.
+pub fn namespace_problem(namespace: &str) -> Option<String> {
+    if namespace.len() > MAX_NAMESPACE_LEN {
+        return Some(format!("is {} bytes long; at most {MAX_NAMESPACE_LEN} are allowed", namespace.len()));
+    }
+    if namespace.starts_with(['-', '.']) {
+        return Some("must not start with '-' or '.'".into());
+    }
+    if let Some(c) = namespace.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))) {
+        return Some(format!("holds {c:?}; only a-z, 0-9, '_', '.' and '-' are allowed"));
+    }
+    None
+}
+
+/// How the key (the id after `rbd:`) of every volume in `pool` and
+/// `namespace` of `cluster` starts; listings page by it.
+pub fn key_prefix(cluster: &str, pool: &str, namespace: &str) -> String {
+    match namespace {
+        "" => format!("{cluster}:{pool}:"),
+        namespace => format!("{cluster}:{pool}:{namespace}:"),
+    }
+}
+
 impl RbdVolume {
     /// The volume a CO name gets in `pool` of `cluster`; an error when the
     /// cluster id or pool cannot be part of a volume id.
@@ -73,33 +107,55 @@ impl RbdVolume {
         Self::at(cluster, pool, &image_name(name))
     }
 
+    /// Like [`for_name`](Self::for_name), in RADOS namespace `namespace` of
+    /// the pool (empty: the default one).
+    pub fn for_name_in(cluster: &str, pool: &str, namespace: &str, name: &str) -> Result<Self, VolumeIdError> {
+        Self::at_in(cluster, pool, namespace, &image_name(name))
+    }
+
     /// The volume of an existing Swell image; an error when the parts
     /// cannot form a volume id or `image` is not a Swell image name.
     pub fn at(cluster: &str, pool: &str, image: &str) -> Result<Self, VolumeIdError> {
-        let volume = RbdVolume { cluster: cluster.to_owned(), pool: pool.to_owned(), image: image.to_owned() };
+        Self::at_in(cluster, pool, "", image)
+    }
+
+    /// Like [`at`](Self::at), in RADOS namespace `namespace` of the pool.
+    pub fn at_in(cluster: &str, pool: &str, namespace: &str, image: &str) -> Result<Self, VolumeIdError> {
+        let volume = RbdVolume { cluster: cluster.to_owned(), pool: pool.to_owned(), namespace: namespace.to_owned(), image: image.to_owned() };
         let id = volume.id_checked()?;
         Self::parse(&id).ok_or(VolumeIdError::Malformed(id.to_string()))
     }
 
-    /// `rbd:<cluster>:<pool>:<image>`, or `None` for an id that names no
-    /// Swell RBD volume (another backend, a wrong shape, a foreign image).
+    /// `rbd:<cluster>:<pool>:[<namespace>:]<image>`, or `None` for an id
+    /// that names no Swell RBD volume (another backend, a wrong shape, a
+    /// foreign image, a namespace Swell would refuse).
     pub fn parse(id: &VolumeId) -> Option<Self> {
         if id.backend() != KIND {
             return None;
         }
-        let mut parts = id.key().split(':');
-        let (cluster, pool, image) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || !part_ok(cluster) || !part_ok(pool) || !is_swell_image(image) {
+        let parts: Vec<&str> = id.key().split(':').collect();
+        let (cluster, pool, namespace, image) = match parts[..] {
+            [cluster, pool, image] => (cluster, pool, "", image),
+            // An empty namespace has one spelling only: none.
+            [cluster, pool, namespace, image] if !namespace.is_empty() => (cluster, pool, namespace, image),
+            _ => return None,
+        };
+        if !part_ok(cluster) || !part_ok(pool) || namespace_problem(namespace).is_some() || !is_swell_image(image) {
             return None;
         }
-        Some(RbdVolume { cluster: cluster.to_owned(), pool: pool.to_owned(), image: image.to_owned() })
+        Some(RbdVolume { cluster: cluster.to_owned(), pool: pool.to_owned(), namespace: namespace.to_owned(), image: image.to_owned() })
     }
 
     fn id_checked(&self) -> Result<VolumeId, VolumeIdError> {
-        if [&self.cluster, &self.pool].iter().any(|part| !part_ok(part)) {
-            return Err(VolumeIdError::Malformed(format!("{KIND}:{}:{}:{}", self.cluster, self.pool, self.image)));
+        if [&self.cluster, &self.pool].iter().any(|part| !part_ok(part)) || namespace_problem(&self.namespace).is_some() {
+            return Err(VolumeIdError::Malformed(self.to_string()));
         }
-        VolumeId::new(KIND, &format!("{}:{}:{}", self.cluster, self.pool, self.image))
+        VolumeId::new(KIND, &self.key())
+    }
+
+    /// The id without its `rbd:` prefix.
+    fn key(&self) -> String {
+        format!("{}{}", key_prefix(&self.cluster, &self.pool, &self.namespace), self.image)
     }
 
     /// The volume id.
@@ -107,15 +163,18 @@ impl RbdVolume {
         self.id_checked().unwrap_or_else(|_| unreachable!("an RbdVolume is only built from valid parts"))
     }
 
-    /// `pool/image`, as the Ceph CLIs take it.
+    /// `pool/image` or `pool/namespace/image`, as the Ceph CLIs take it.
     pub fn spec(&self) -> String {
-        format!("{}/{}", self.pool, self.image)
+        match self.namespace.as_str() {
+            "" => format!("{}/{}", self.pool, self.image),
+            namespace => format!("{}/{namespace}/{}", self.pool, self.image),
+        }
     }
 }
 
 impl fmt::Display for RbdVolume {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{KIND}:{}:{}:{}", self.cluster, self.pool, self.image)
+        write!(f, "{KIND}:{}", self.key())
     }
 }
 
@@ -156,6 +215,44 @@ mod tests {
         assert_eq!(volume.spec(), format!("rbd/{}", volume.image));
         for other in ["rbd:ceph-a:rbd:important", "rbd:ceph-a:rbd", "local:abc", "rbd:a:b:swell-00:x", &format!("local:a:b:{}", volume.image)] {
             assert_eq!(RbdVolume::parse(&other.parse().unwrap()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_namespace_is_part_of_the_id_and_the_spec_and_the_default_keeps_the_old_shape() {
+        let plain = RbdVolume::for_name("ceph-a", "rbd", "pvc").unwrap();
+        assert_eq!(plain, RbdVolume::for_name_in("ceph-a", "rbd", "", "pvc").unwrap(), "the default namespace is today's id");
+        let spaced = RbdVolume::for_name_in("ceph-a", "rbd", "team-b", "pvc").unwrap();
+        assert_eq!(spaced.id().to_string(), format!("rbd:ceph-a:rbd:team-b:{}", image_name("pvc")));
+        assert_eq!(spaced.spec(), format!("rbd/team-b/{}", image_name("pvc")));
+        assert_eq!(RbdVolume::parse(&spaced.id()), Some(spaced.clone()));
+        assert_ne!(spaced.id(), plain.id(), "one name in two namespaces is two volumes");
+        // An empty namespace has one spelling; a refused one names no volume.
+        for other in [format!("rbd:ceph-a:rbd::{}", image_name("pvc")), format!("rbd:ceph-a:rbd:-ns:{}", image_name("pvc"))] {
+            assert!(other.parse::<VolumeId>().ok().and_then(|id| RbdVolume::parse(&id)).is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn namespaces_the_ceph_clis_could_misread_are_refused() {
+        for ok in ["", "a", "team-b", "team_b.1", &"n".repeat(MAX_NAMESPACE_LEN)] {
+            assert_eq!(namespace_problem(ok), None, "{ok:?}");
+        }
+        for (bad, why) in [
+            ("-n", "start"),
+            ("--help", "start"),
+            (".hidden", "start"),
+            ("a/b", "'/'"),
+            ("a@b", "'@'"),
+            ("a:b", "':'"),
+            ("a b", "' '"),
+            ("Team", "'T'"),
+            ("ü", "'ü'"),
+            (&"n".repeat(MAX_NAMESPACE_LEN + 1), "at most"),
+        ] {
+            let problem = namespace_problem(bad).unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(problem.contains(why), "{bad:?}: {problem}");
+            assert!(RbdVolume::for_name_in("ceph-a", "rbd", bad, "pvc").is_err(), "{bad:?}");
         }
     }
 

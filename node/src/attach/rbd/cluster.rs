@@ -24,7 +24,7 @@ const CLI_DEADLINE: Duration = Duration::from_secs(25);
 pub(crate) fn rbd_volume(volume: &VolumeId) -> Result<RbdVolume, NodeError> {
     RbdVolume::parse(volume).ok_or_else(|| NodeError::VolumeNotFound {
         volume: volume.to_string(),
-        reason: format!("an rbd volume id is rbd:<cluster-id>:<pool>:{}<32 hex digits>", rbd_volume::IMAGE_PREFIX),
+        reason: format!("an rbd volume id is rbd:<cluster-id>:<pool>:[<namespace>:]{}<32 hex digits>", rbd_volume::IMAGE_PREFIX),
     })
 }
 

@@ -109,6 +109,7 @@ impl FuseAttacher {
     /// Mounts rbd-fuse for `image` unless a live one is there, and waits
     /// until the image file shows up.
     async fn ensure_mounted(&self, volume: &VolumeId, image: &RbdVolume) -> Result<PathBuf, NodeError> {
+        refuse_namespaced(volume, image)?;
         let dir = self.mount_dir(image);
         let file = self.image_file(image);
         if self.mounted(volume, &dir).await? {
@@ -160,6 +161,22 @@ impl FuseAttacher {
         }
         Ok(())
     }
+}
+
+/// rbd-fuse (Ceph 16) takes a pool and an image and opens it in the pool's
+/// default namespace: given a namespaced volume it would attach another
+/// install's image of the same name.
+fn refuse_namespaced(volume: &VolumeId, image: &RbdVolume) -> Result<(), NodeError> {
+    if image.namespace.is_empty() {
+        return Ok(());
+    }
+    Err(NodeError::InvalidArgument {
+        field: "volume_context.mounter",
+        reason: format!(
+            "rbd-fuse opens images in a pool's default RADOS namespace only, and volume {volume} is in namespace {:?}: use mounter krbd or rbd-nbd",
+            image.namespace
+        ),
+    })
 }
 
 #[async_trait::async_trait]
@@ -399,6 +416,16 @@ mod tests {
                 root.join("rbd").join(name).display()
             )
         );
+    }
+
+    #[tokio::test]
+    async fn a_namespaced_volume_is_refused_before_rbd_fuse_could_open_the_default_namespace() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let fuse = attacher(&state.path().join("rbd-fuse/ceph-a"));
+        let spaced = RbdVolume::for_name_in("ceph-a", "rbd", "team-b", "pvc-1").unwrap();
+        let err = fuse.attach(&spaced.id(), &MapOptions::default()).await.expect_err("refused");
+        assert!(matches!(&err, NodeError::InvalidArgument { field: "volume_context.mounter", reason } if reason.contains("team-b")), "{err:?}");
+        assert!(!fuse.mount_dir(&spaced).exists(), "nothing was made for it");
     }
 
     #[test]

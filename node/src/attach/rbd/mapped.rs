@@ -122,9 +122,14 @@ impl Mapper {
     }
 }
 
-/// The devices mapping `image`'s head (not a snapshot, default namespace).
+/// The devices mapping `image`'s head (not a snapshot) in its namespace:
+/// another install's image of the same name in another namespace is not it.
 pub(super) fn devices_of(mappings: &[Mapping], image: &RbdVolume) -> Vec<PathBuf> {
-    mappings.iter().filter(|m| m.pool == image.pool && m.image == image.image && m.namespace.is_empty() && m.snap.is_none()).map(|m| m.device.clone()).collect()
+    mappings
+        .iter()
+        .filter(|m| m.pool == image.pool && m.namespace == image.namespace && m.image == image.image && m.snap.is_none())
+        .map(|m| m.device.clone())
+        .collect()
 }
 
 /// Attaches RBD images with krbd or rbd-nbd.
@@ -257,6 +262,16 @@ mod tests {
     }
 
     #[test]
+    fn a_namespaced_volume_is_mapped_by_its_pool_namespace_image_spec() {
+        let spaced = RbdVolume::for_name_in("ceph-a", "rbd", "team-b", "pvc-1").unwrap();
+        let none = MapOptions::default();
+        for mapper in [Mapper::Krbd, Mapper::Nbd] {
+            let args = line(&mapper.map_args(&cluster(), &spaced, &none));
+            assert!(args.starts_with(&format!("map rbd/team-b/{} ", spaced.image)), "{args}");
+        }
+    }
+
+    #[test]
     fn parses_rbd_showmapped_json() {
         // As Ceph 16.2's `rbd showmapped --format json` prints it.
         let json = r#"[{"id":"0","pool":"rbd","namespace":"","name":"pvc-1","snap":"-","device":"/dev/rbd0"},
@@ -268,6 +283,9 @@ mod tests {
         assert_eq!(mappings.len(), 4);
         assert_eq!(mappings[1].snap.as_deref(), Some("s1"));
         assert_eq!(devices_of(&mappings, &image()), vec![PathBuf::from("/dev/rbd0")]);
+        // Another install's image of the same name, in namespace ns, is not ours, and the other way round.
+        let spaced = RbdVolume::for_name_in("ceph-a", "rbd", "ns", "pvc-1").unwrap();
+        assert_eq!(devices_of(&mappings, &spaced), vec![PathBuf::from("/dev/rbd3")]);
         assert!(Mapper::Krbd.parse_mapped("[]").expect("empty").is_empty());
         assert!(Mapper::Krbd.parse_mapped("").expect("nothing mapped").is_empty());
         assert!(Mapper::Krbd.parse_mapped(r#"[{"pool":"rbd"}]"#).is_err());
