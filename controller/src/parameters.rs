@@ -40,6 +40,15 @@ impl VolumeParameters {
                 // local backend has none.
                 "pool" => parsed.placement.pool = Some(value.clone()),
                 rbd_attach::MOUNTER_KEY | rbd_attach::MAP_OPTIONS_KEY => {}
+                // ceph-csi users look for it here; in Swell the namespace is
+                // the install's, so one install never lists another's volumes.
+                "radosNamespace" => {
+                    return Err(ControllerError::invalid(
+                        "parameters.radosNamespace",
+                        "an install's RADOS namespace is set by its controller's --rbd-namespace flag (as ceph-csi sets it per cluster), \
+                         not per StorageClass (docs/rbd-state.md)",
+                    ));
+                }
                 _ => {
                     return Err(ControllerError::invalid("parameters", format!("unknown key {key:?} (known: {})", KNOWN_PARAMETERS.join(", "))));
                 }
@@ -77,6 +86,14 @@ mod tests {
         assert_eq!(pooled.placement.pool.as_deref(), Some("fast"));
         let typo = HashMap::from([("backedn".to_owned(), "local".to_owned())]);
         assert!(VolumeParameters::parse(&typo).unwrap_err().to_string().contains("backedn"));
+    }
+
+    #[test]
+    fn a_storage_class_rados_namespace_is_refused_naming_the_flag_that_sets_it() {
+        let raw = HashMap::from([("radosNamespace".to_owned(), "team-b".to_owned())]);
+        let err = tonic::Status::from(VolumeParameters::parse(&raw).unwrap_err());
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("parameters.radosNamespace") && err.message().contains("--rbd-namespace"), "{err:?}");
     }
 
     #[test]

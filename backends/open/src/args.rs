@@ -45,6 +45,12 @@ pub struct BackendArgs {
     /// The pool for StorageClasses without a `pool` parameter.
     #[arg(long, env = "SWELL_RBD_POOL", default_value = "rbd")]
     pub rbd_pool: String,
+    /// The RADOS namespace, in every pool, holding this install's volumes,
+    /// state, locks and trash (made first: `rbd namespace create
+    /// POOL/NAMESPACE`); default: the pool's default namespace. Give each
+    /// install sharing a pool its own.
+    #[arg(long, env = "SWELL_RBD_NAMESPACE", default_value = "")]
+    pub rbd_namespace: String,
     /// librados timeout of each OSD/monitor operation and of connecting, in
     /// seconds. An RBD call may take 2 × this + 1 s, which must stay under
     /// --backend-timeout-secs (checked at start-up).
@@ -78,6 +84,7 @@ impl BackendArgs {
         let rbd = match (&self.rbd_cluster_id, &self.rbd_ceph_conf, &self.rbd_keyring) {
             (Some(cluster_id), Some(ceph_conf), Some(keyring)) => Some(RbdConfig {
                 default_pool: self.rbd_pool.clone(),
+                namespace: self.rbd_namespace.clone(),
                 op_timeout: Duration::from_secs(self.rbd_op_timeout_secs),
                 overprovision_ratio: self.rbd_overprovision_ratio,
                 count_foreign_images: self.rbd_count_foreign_images,

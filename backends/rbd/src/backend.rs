@@ -21,6 +21,7 @@ use crate::config::RbdConfig;
 use crate::context::Shared;
 use crate::store::RbdStore;
 use crate::{KIND, clones, housekeeping, snapshots, state, volumes};
+use swell_storage::rbd_volume::namespace_problem;
 
 /// The RBD backend of one cluster.
 #[derive(Clone)]
@@ -65,7 +66,7 @@ impl RbdBackend {
     fn volume_for(&self, name: &str, placement: &Placement) -> Result<RbdVolume, BackendError> {
         let config = self.shared.config();
         let pool = placement.pool.clone().unwrap_or_else(|| config.default_pool.clone());
-        RbdVolume::for_name(&config.access.cluster_id, &pool, name)
+        RbdVolume::for_name_in(&config.access.cluster_id, &pool, &config.namespace, name)
             .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a volume id: {e}") })
     }
 
@@ -92,6 +93,9 @@ fn check(config: &RbdConfig) -> Result<(), ConfigError> {
         if VolumeId::new(KIND, value).is_err() || value.contains(':') {
             return Err(ConfigError(format!("{what} {value:?} must be lowercase [a-z0-9._-]")));
         }
+    }
+    if let Some(problem) = namespace_problem(&config.namespace) {
+        return Err(ConfigError(format!("RADOS namespace {:?} {problem}", config.namespace)));
     }
     if !(config.overprovision_ratio.is_finite() && config.overprovision_ratio > 0.0) {
         return Err(ConfigError(format!("over-provisioning ratio {} must be a positive number", config.overprovision_ratio)));
@@ -184,13 +188,13 @@ impl Backend for RbdBackend {
     }
 
     async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), BackendError> {
-        let Some(pool) = snapshots::pool_of(&self.shared.config().access.cluster_id, id) else { return Ok(()) };
+        let Some(pool) = snapshots::pool_of(self.shared.config(), id) else { return Ok(()) };
         let key = id.key().to_owned();
         self.shared.run("delete snapshot", move |call| snapshots::delete(call, &pool, &key)).await
     }
 
     async fn snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotInfo>, BackendError> {
-        let Some(pool) = snapshots::pool_of(&self.shared.config().access.cluster_id, id) else { return Ok(None) };
+        let Some(pool) = snapshots::pool_of(self.shared.config(), id) else { return Ok(None) };
         let key = id.key().to_owned();
         self.shared.run("read snapshot", move |call| snapshots::read(call, &pool, &key)).await
     }
@@ -246,6 +250,9 @@ mod tests {
             RbdConfig { instance: String::new(), ..ok.clone() },
             RbdConfig { lock_lease: Duration::from_secs(7), ..ok.clone() },
             RbdConfig { op_timeout: Duration::from_secs(u64::MAX), ..ok.clone() },
+            RbdConfig { namespace: "-team".into(), ..ok.clone() },
+            RbdConfig { namespace: "team/b".into(), ..ok.clone() },
+            RbdConfig { namespace: "n".repeat(33), ..ok.clone() },
         ] {
             assert!(RbdBackend::new(bad.clone()).is_err(), "{bad:?}");
         }
@@ -257,5 +264,8 @@ mod tests {
         let placed = |pool: &str| b.volume_for("pvc", &Placement { pool: Some(pool.into()) });
         assert!(matches!(placed("Bad Pool"), Err(BackendError::InvalidParameter { .. })));
         assert!(placed("fast").unwrap().id().to_string().starts_with("rbd:ceph-a:fast:swell-"));
+        let spaced = RbdBackend::new(RbdConfig { namespace: "team-b".into(), ..RbdConfig::new("ceph-a", "/c", "/k") }).unwrap();
+        let volume = spaced.volume_for("pvc", &Placement { pool: Some("fast".into()) }).unwrap();
+        assert!(volume.id().to_string().starts_with("rbd:ceph-a:fast:team-b:swell-"), "{volume}");
     }
 }

@@ -107,11 +107,8 @@ fn parent_of<'a>(call: &'a Call<'a>, image: &str, source: &ContentSource) -> Res
     match source {
         ContentSource::Snapshot(snapshot) => {
             let missing = || RbdError::Refused(BackendError::SnapshotNotFound(snapshot.clone()));
-            let (cluster, pool) = snapshot.place().split_once(':').ok_or_else(missing)?;
-            if cluster != call.config().access.cluster_id {
-                return Err(missing());
-            }
-            let pool = call.pool(pool)?.ok_or_else(missing)?;
+            let pool = crate::snapshots::pool_of(call.config(), snapshot).ok_or_else(missing)?;
+            let pool = call.pool(&pool)?.ok_or_else(missing)?;
             let entry = pool.snapshot_entry(snapshot.key())?.ok_or_else(missing)?;
             match entry.phase {
                 Phase::Ready => {}

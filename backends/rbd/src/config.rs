@@ -14,6 +14,11 @@ pub struct RbdConfig {
     pub access: CephAccess,
     /// The pool used when a StorageClass names none (default `rbd`).
     pub default_pool: String,
+    /// The RADOS namespace, in every pool, that holds this install's
+    /// volumes, state object, locks and trash (empty, the default: the
+    /// pool's default namespace, where installs before namespaces kept
+    /// theirs). Two installs sharing a pool each need their own.
+    pub namespace: String,
     /// librados's timeout for each operation (OSD, monitor, connect);
     /// default 3 s. Swell's own deadline for one call is derived from it
     /// ([`call_deadline`](Self::call_deadline)).
@@ -52,6 +57,7 @@ impl RbdConfig {
         RbdConfig {
             access,
             default_pool: "rbd".into(),
+            namespace: String::new(),
             op_timeout: DEFAULT_OP_TIMEOUT,
             overprovision_ratio: 1.0,
             count_foreign_images: false,

@@ -28,13 +28,17 @@ use crate::ffi::{Cluster, Errno, IoCtx};
 pub(crate) struct ConnectSettings {
     /// The cluster and the user to connect as.
     pub access: CephAccess,
+    /// The RADOS namespace every io context is in (empty: the default one).
+    pub namespace: String,
     /// `rados_osd_op_timeout`, `rados_mon_op_timeout` and `client_mount_timeout`.
     pub op_timeout: Duration,
 }
 
-/// A connected cluster handle and its io contexts, one per pool.
+/// A connected cluster handle and its io contexts, one per pool, all in
+/// one RADOS namespace.
 pub(crate) struct Connection {
     cluster: Arc<Cluster>,
+    namespace: String,
     pools: Mutex<HashMap<String, Arc<IoCtx>>>,
 }
 
@@ -67,24 +71,35 @@ impl Connection {
             cluster.conf_set(option, &value).map_err(|e| RbdError::connect(format!("set {option}"), e))?;
         }
         cluster.connect().map_err(|e| RbdError::connect("rados_connect", e))?;
-        Ok(Connection { cluster: Arc::new(cluster), pools: Mutex::new(HashMap::new()) })
+        Ok(Connection { cluster: Arc::new(cluster), namespace: settings.namespace.clone(), pools: Mutex::new(HashMap::new()) })
     }
 
-    /// The io context of `pool`, `None` when the pool does not exist.
+    /// The io context of `pool`, in this connection's namespace; `None`
+    /// when the pool does not exist or has no such RBD namespace (so a
+    /// pool without it holds none of this install's volumes).
     pub(crate) fn pool(&self, pool: &str) -> Result<Option<Arc<IoCtx>>, RbdError> {
         let mut pools = self.pools.lock();
         if let Some(io) = pools.get(pool) {
             return Ok(Some(Arc::clone(io)));
         }
-        match self.cluster.ioctx(pool) {
-            Ok(io) => {
-                let io = Arc::new(io);
-                pools.insert(pool.to_owned(), Arc::clone(&io));
-                Ok(Some(io))
+        let io = match self.cluster.ioctx(pool, &self.namespace) {
+            Ok(io) => io,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(RbdError::osd(format!("open pool {pool}"), e, None)),
+        };
+        if !self.namespace.is_empty() {
+            match io.rbd_namespace_exists(&self.namespace) {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                // A user whose caps end at the namespace may not read the
+                // pool's list of namespaces; its own calls will say more.
+                Err(Errno::EPERM | Errno::EACCES) => {}
+                Err(e) => return Err(RbdError::osd(format!("look up RBD namespace {} in pool {pool}", self.namespace), e, None)),
             }
-            Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(RbdError::osd(format!("open pool {pool}"), e, None)),
         }
+        let io = Arc::new(io);
+        pools.insert(pool.to_owned(), Arc::clone(&io));
+        Ok(Some(io))
     }
 
     /// Runs a monitor command (JSON), returning its output.
@@ -245,14 +260,17 @@ mod tests {
     fn nowhere(dir: &std::path::Path) -> ConnectSettings {
         let conf = dir.join("ceph.conf");
         std::fs::write(&conf, "[global]\nmon host = v2:127.0.0.1:9\nauth client required = none\n").unwrap();
-        ConnectSettings { access: CephAccess::new("nowhere", conf, dir.join("keyring")), op_timeout: Duration::from_secs(1) }
+        ConnectSettings { access: CephAccess::new("nowhere", conf, dir.join("keyring")), namespace: String::new(), op_timeout: Duration::from_secs(1) }
     }
 
     #[test]
     fn a_lagging_op_asks_for_a_new_osd_map_before_it_is_cancelled() {
         for op_secs in [1u64, 3, 5] {
-            let settings =
-                ConnectSettings { access: CephAccess { user: "u".into(), ..CephAccess::new("c", "c", "k") }, op_timeout: Duration::from_secs(op_secs) };
+            let settings = ConnectSettings {
+                access: CephAccess { user: "u".into(), ..CephAccess::new("c", "c", "k") },
+                namespace: String::new(),
+                op_timeout: Duration::from_secs(op_secs),
+            };
             let options: HashMap<_, _> = client_options(&settings).into_iter().collect();
             let secs = |key: &str| options[key].parse::<u64>().unwrap();
             assert_eq!(secs("rados_osd_op_timeout"), op_secs);

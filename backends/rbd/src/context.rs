@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use swell_storage::locks::KeyedLocks;
+use swell_storage::volume_id::VolumeIdError;
 use swell_storage::{BackendError, RbdVolume, VolumeId};
 
 use crate::commit::{Change, Committer, Outcome};
@@ -48,7 +49,7 @@ impl Shared {
     /// The shared parts of a backend for `config` (checked by the caller).
     /// Nothing is contacted: the connection is made on the first call.
     pub(crate) fn new(config: RbdConfig) -> Self {
-        let settings = ConnectSettings { access: config.access.clone(), op_timeout: config.op_timeout };
+        let settings = ConnectSettings { access: config.access.clone(), namespace: config.namespace.clone(), op_timeout: config.op_timeout };
         Shared {
             connector: Connector::new(settings, MAX_OUTSTANDING, config.call_deadline()),
             readings: Readings::new(config.reading_max_age, config.op_timeout),
@@ -96,22 +97,25 @@ impl Shared {
         self.connector.deadline()
     }
 
-    /// The volume `id` names in this cluster; `Ok(None)` for ids that name
-    /// no Swell RBD volume; an error for another cluster's volume.
+    /// The volume `id` names in this cluster and namespace; `Ok(None)` for
+    /// ids that name no Swell RBD volume; an error for another cluster's or
+    /// another install's (namespace's) volume, which this one never touches.
     pub(crate) fn ours(&self, id: &VolumeId, step: &str) -> Result<Option<RbdVolume>, BackendError> {
         let Some(volume) = RbdVolume::parse(id) else { return Ok(None) };
-        if volume.cluster != self.config.access.cluster_id {
-            return Err(BackendError::Unavailable {
-                step: format!("{step} {id}"),
-                reason: format!("the volume belongs to Ceph cluster {:?}; this controller serves {:?}", volume.cluster, self.config.access.cluster_id),
-            });
-        }
-        Ok(Some(volume))
+        let (cluster, namespace) = (&self.config.access.cluster_id, &self.config.namespace);
+        let theirs = if &volume.cluster != cluster {
+            format!("Ceph cluster {:?}; this controller serves {cluster:?}", volume.cluster)
+        } else if &volume.namespace != namespace {
+            format!("RADOS namespace {:?}; this controller serves {namespace:?}", volume.namespace)
+        } else {
+            return Ok(Some(volume));
+        };
+        Err(BackendError::Unavailable { step: format!("{step} {id}"), reason: format!("the volume belongs to {theirs}") })
     }
 
-    /// The volume `id` names in this cluster, `None` for any other id.
+    /// The volume `id` names in this cluster and namespace, `None` for any other id.
     pub(crate) fn ours_quietly(&self, id: &VolumeId) -> Option<RbdVolume> {
-        RbdVolume::parse(id).filter(|v| v.cluster == self.config.access.cluster_id)
+        RbdVolume::parse(id).filter(|v| v.cluster == self.config.access.cluster_id && v.namespace == self.config.namespace)
     }
 
     /// Runs `work` as one blocking call on the shared connection, under the
@@ -179,9 +183,9 @@ impl<'a> Call<'a> {
         Ok(self.conn.pool(name)?.map(|io| Pool { call: self, name: name.to_owned(), io }))
     }
 
-    /// Pool `name`; a missing pool is a StorageClass error.
+    /// Pool `name`; a missing pool (or namespace in it) is a StorageClass error.
     pub(crate) fn existing_pool(&self, name: &str) -> Result<Pool<'_>, RbdError> {
-        self.pool(name)?.ok_or_else(|| missing_pool(name))
+        self.pool(name)?.ok_or_else(|| missing_pool(name, &self.shared.config.namespace))
     }
 
     /// The cluster's pools, by name.
@@ -208,12 +212,13 @@ impl<'a> Call<'a> {
     /// entries, read a page at a time from where the window starts (so a
     /// page costs what it returns).
     pub(crate) fn volumes_after(&self, after: Option<&VolumeId>, limit: usize) -> Result<Vec<ListedVolume>, RbdError> {
-        let cluster = &self.shared.config.access.cluster_id;
+        let config = &self.shared.config;
         let mut pools = self.shared.readings.pools(self.conn)?;
         pools.sort_by_key(|pool| format!("{pool}:"));
         let mut volumes = Vec::new();
         for name in pools {
-            let prefix = format!("{cluster}:{name}:");
+            // Every id of this pool (in this install's namespace) starts so.
+            let prefix = swell_storage::rbd_volume::key_prefix(&config.access.cluster_id, &name, &config.namespace);
             let from = match after.filter(|a| a.backend() == crate::KIND).map(VolumeId::key) {
                 Some(key) if key.starts_with(&prefix) => Some(key[prefix.len()..].to_owned()),
                 // Every id of this pool sorts before the window's start.
@@ -227,7 +232,7 @@ impl<'a> Call<'a> {
             }
             for (image, entry) in state::entries_after(&pool.io, from.as_deref(), wanted(volumes.len()), Entry::live)? {
                 // Pools whose names cannot be part of an id hold no Swell volume.
-                if let Ok(volume) = RbdVolume::at(cluster, &name, &image) {
+                if let Ok(volume) = pool.volume(&image) {
                     volumes.push((volume, entry));
                 }
             }
@@ -236,6 +241,16 @@ impl<'a> Call<'a> {
             }
         }
         Ok(volumes)
+    }
+}
+
+impl Call<'_> {
+    /// The volume of `image` in `pool` and this install's namespace; an
+    /// error when they cannot form a volume id (such a pool holds no Swell
+    /// volume).
+    pub(crate) fn volume_in(&self, pool: &str, image: &str) -> Result<RbdVolume, VolumeIdError> {
+        let config = &self.shared.config;
+        RbdVolume::at_in(&config.access.cluster_id, pool, &config.namespace, image)
     }
 }
 
@@ -257,6 +272,11 @@ impl<'a> Pool<'a> {
 
     pub(crate) fn io(&self) -> &IoCtx {
         &self.io
+    }
+
+    /// The volume of `image` in this pool (and this install's namespace).
+    pub(crate) fn volume(&self, image: &str) -> Result<RbdVolume, VolumeIdError> {
+        self.call.volume_in(&self.name, image)
     }
 
     /// Applies `change` to the pool's state object, admitting new promises

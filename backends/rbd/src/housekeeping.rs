@@ -58,7 +58,7 @@ fn housekeep_pool(pool: &Pool<'_>) -> Result<usize, RbdError> {
     let mut owed: Vec<(RbdVolume, Entry)> = Vec::new();
     for (image, entry) in state::pending_entries(io)? {
         // Pools whose names cannot be part of an id hold no Swell volume.
-        let Ok(volume) = RbdVolume::at(&config.access.cluster_id, name, &image) else { continue };
+        let Ok(volume) = pool.volume(&image) else { continue };
         match entry {
             Ok(entry) if entry.phase != Phase::Ready || entry.lineage.flatten => owed.push((volume, entry)),
             Ok(_) => {}

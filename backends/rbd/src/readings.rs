@@ -58,8 +58,14 @@ pub(crate) struct Readings {
 const FOREIGN_REFRESH: Duration = Duration::from_secs(60);
 
 /// A pool that does not exist, as a StorageClass parameter error.
-pub(crate) fn missing_pool(pool: &str) -> RbdError {
-    RbdError::Refused(BackendError::InvalidParameter { name: "pool".into(), reason: format!("pool {pool:?} does not exist") })
+/// A missing pool, or (`namespace` not empty) a pool without that RBD
+/// namespace: a StorageClass or install error, said precisely.
+pub(crate) fn missing_pool(pool: &str, namespace: &str) -> RbdError {
+    let reason = match namespace {
+        "" => format!("pool {pool:?} does not exist"),
+        namespace => format!("pool {pool:?} does not exist or has no RBD namespace {namespace:?} (made with: rbd namespace create {pool}/{namespace})"),
+    };
+    RbdError::Refused(BackendError::InvalidParameter { name: "pool".into(), reason })
 }
 
 fn bad_json(step: &str, err: impl std::fmt::Display) -> RbdError {
@@ -94,7 +100,7 @@ impl Readings {
         )?;
         match (reading.usage.get(pool), reading.settings.get(pool)) {
             (Some(usage), Some(settings)) => Ok(PoolReading { usage: *usage, settings: settings.clone() }),
-            _ => Err(missing_pool(pool)),
+            _ => Err(missing_pool(pool, "")),
         }
     }
 

@@ -19,34 +19,40 @@
 use swell_storage::snapshot::{from_unix_nanos, snapshot_key, unix_nanos};
 use swell_storage::{BackendError, Created, RbdVolume, SnapshotId, SnapshotInfo};
 
+use swell_storage::rbd_volume::key_prefix;
+
 use crate::KIND;
 use crate::commit::{Change, Outcome};
+use crate::config::RbdConfig;
 use crate::context::{Call, Pool};
 use crate::errors::RbdError;
 use crate::images::{drop_snapshot, image_named, take_snapshot};
 use crate::state::{self, Entry, Phase, SnapshotEntry};
 use crate::trash;
 
-/// Where the snapshots of `pool` in `cluster` live, as their ids say it.
-fn place(cluster: &str, pool: &str) -> String {
-    format!("{cluster}:{pool}")
+/// Where this install's snapshots in `pool` live, as their ids say it:
+/// `<cluster>:<pool>`, or `<cluster>:<pool>:<namespace>` in a namespace
+/// (as volume ids, [`key_prefix`]).
+fn place(config: &RbdConfig, pool: &str) -> String {
+    key_prefix(&config.access.cluster_id, pool, &config.namespace).trim_end_matches(':').to_owned()
 }
 
 /// The id of snapshot `key` in `pool`.
-fn snapshot_id(cluster: &str, pool: &str, key: &str) -> Result<SnapshotId, BackendError> {
-    SnapshotId::new(KIND, &place(cluster, pool), key)
+fn snapshot_id(config: &RbdConfig, pool: &str, key: &str) -> Result<SnapshotId, BackendError> {
+    SnapshotId::new(KIND, &place(config, pool), key)
         .map_err(|e| BackendError::InvalidParameter { name: "pool".into(), reason: format!("{pool:?} cannot be part of a snapshot id: {e}") })
 }
 
-/// The pool of one of `cluster`'s snapshots, `None` for another's.
-pub(crate) fn pool_of(cluster: &str, id: &SnapshotId) -> Option<String> {
-    let (of, pool) = id.place().split_once(':')?;
-    (id.backend() == KIND && of == cluster && !pool.contains(':')).then(|| pool.to_owned())
+/// The pool of one of this install's snapshots (its cluster and
+/// namespace), `None` for anyone else's.
+pub(crate) fn pool_of(config: &RbdConfig, id: &SnapshotId) -> Option<String> {
+    let pool = id.place().split(':').nth(1)?;
+    (id.backend() == KIND && place(config, pool) == id.place()).then(|| pool.to_owned())
 }
 
-fn info(cluster: &str, pool: &str, key: &str, entry: &SnapshotEntry) -> Result<SnapshotInfo, RbdError> {
+fn info(config: &RbdConfig, pool: &str, key: &str, entry: &SnapshotEntry) -> Result<SnapshotInfo, RbdError> {
     Ok(SnapshotInfo {
-        id: snapshot_id(cluster, pool, key)?,
+        id: snapshot_id(config, pool, key)?,
         name: entry.name.clone(),
         source: entry.source_volume.clone(),
         size_bytes: entry.size_bytes,
@@ -60,14 +66,14 @@ pub(crate) fn create(call: &Call<'_>, source: &RbdVolume, name: &str) -> Result<
     let source_id = source.id();
     let pool = call.existing_pool(&source.pool)?;
     let key = snapshot_key(name);
-    let cluster = &call.config().access.cluster_id;
+    let config = call.config();
     let existing = pool.snapshot_entry(&key)?;
     let generation = match &existing {
         Some(entry) if entry.phase != Phase::Deleting && entry.source_volume != source_id => {
-            let reason = format!("snapshot {} is of volume {}, not {source_id}", snapshot_id(cluster, &source.pool, &key)?, entry.source_volume);
+            let reason = format!("snapshot {} is of volume {}, not {source_id}", snapshot_id(config, &source.pool, &key)?, entry.source_volume);
             return Err(BackendError::NameTaken { name: name.to_owned(), reason }.into());
         }
-        Some(entry) if entry.phase == Phase::Ready => return Ok(Created::Existing(info(cluster, &source.pool, &key, entry)?)),
+        Some(entry) if entry.phase == Phase::Ready => return Ok(Created::Existing(info(config, &source.pool, &key, entry)?)),
         // A deleted snapshot of that name: finished now, so the name is free.
         Some(entry) if entry.phase == Phase::Deleting => {
             finish_delete(&pool, &key, entry)?;
@@ -97,7 +103,7 @@ pub(crate) fn create(call: &Call<'_>, source: &RbdVolume, name: &str) -> Result<
     entry.created_unix_nanos = unix_nanos(take_snapshot(pool.io(), &source.image, &key).map_err(|e| RbdError::osd("rbd_snap_create", e, Some(&source_id)))?);
     entry.phase = Phase::Ready;
     let entry = stored(pool.commit(Change::PutSnapshot { key: key.clone(), entry })?)?;
-    Ok(Created::New(info(cluster, &source.pool, &key, &entry)?))
+    Ok(Created::New(info(config, &source.pool, &key, &entry)?))
 }
 
 fn stored(outcome: Outcome) -> Result<SnapshotEntry, RbdError> {
@@ -173,14 +179,14 @@ pub(crate) fn confirm_create(pool: &Pool<'_>, key: &str, entry: &SnapshotEntry) 
 pub(crate) fn read(call: &Call<'_>, pool: &str, key: &str) -> Result<Option<SnapshotInfo>, RbdError> {
     let Some(pool) = call.pool(pool)? else { return Ok(None) };
     match pool.snapshot_entry(key)? {
-        Some(entry) if entry.phase == Phase::Ready => Ok(Some(info(&call.config().access.cluster_id, pool.name(), key, &entry)?)),
+        Some(entry) if entry.phase == Phase::Ready => Ok(Some(info(call.config(), pool.name(), key, &entry)?)),
         _ => Ok(None),
     }
 }
 
 /// Every snapshot that is cut (of `source` only, when given), in id order.
 pub(crate) fn list(call: &Call<'_>, source: Option<&RbdVolume>) -> Result<Vec<SnapshotInfo>, RbdError> {
-    let cluster = &call.config().access.cluster_id;
+    let config = call.config();
     let wanted = source.map(RbdVolume::id);
     let cut = |pool: &Pool<'_>| -> Result<Vec<SnapshotInfo>, RbdError> {
         let entries = state::all_snapshots(pool.io())?;
@@ -188,7 +194,7 @@ pub(crate) fn list(call: &Call<'_>, source: Option<&RbdVolume>) -> Result<Vec<Sn
             .into_iter()
             .filter(|(_, entry)| entry.phase == Phase::Ready && wanted.as_ref().is_none_or(|w| *w == entry.source_volume))
             // A pool whose name cannot be part of an id holds no Swell snapshot.
-            .filter_map(|(key, entry)| info(cluster, pool.name(), &key, &entry).ok())
+            .filter_map(|(key, entry)| info(config, pool.name(), &key, &entry).ok())
             .collect())
     };
     let mut found = match source {

@@ -136,11 +136,10 @@ impl ExpansionStore for RbdStore {
     async fn pending(&self) -> Result<Records, BackendError> {
         self.shared
             .run("list pending expansions", |call| {
-                let cluster = &call.config().access.cluster_id;
                 let listed = call.each_pool(|pool| {
                     let entries = state::pending_entries(pool.io())?;
                     // Pools whose names cannot be part of an id hold no Swell volume.
-                    Ok(entries.into_iter().filter_map(|(image, entry)| Some((RbdVolume::at(cluster, pool.name(), &image).ok()?, entry))).collect())
+                    Ok(entries.into_iter().filter_map(|(image, entry)| Some((pool.volume(&image).ok()?, entry))).collect())
                 })?;
                 Ok(records(listed, |entry| entry.live() && entry.record.pending(), call.config().op_timeout))
             })

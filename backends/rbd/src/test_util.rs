@@ -31,7 +31,7 @@ impl OtherClient {
         cluster.read_conf_file(&access.ceph_conf)?;
         cluster.conf_set("keyring", &access.keyring.to_string_lossy())?;
         cluster.connect()?;
-        Ok(OtherClient { io: cluster.ioctx(pool)? })
+        Ok(OtherClient { io: cluster.ioctx(pool, "")? })
     }
 
     /// `rbd_create` with the features Swell gives its own images.

@@ -105,6 +105,7 @@ unsafe extern "C" {
     fn rbd_snap_get_timestamp(image: ImageT, snap_id: u64, timestamp: *mut Timespec) -> c_int;
     fn rbd_snap_get_namespace_type(image: ImageT, snap_id: u64, namespace_type: *mut c_int) -> c_int;
     fn rbd_flatten_with_progress(image: ImageT, cb: ProgressFn, cbdata: *mut c_void) -> c_int;
+    fn rbd_namespace_exists(io: IoCtxT, namespace_name: *const c_char, exists: *mut bool) -> c_int;
 }
 
 /// The progress callback of a flatten: asks librbd to stop (a negative
@@ -158,6 +159,17 @@ fn owned_string(p: *const c_char) -> String {
 }
 
 impl IoCtx {
+    /// `rbd_namespace_exists`: whether `rbd namespace create` made RBD
+    /// namespace `name` in this pool (librbd reads the pool's default
+    /// namespace for it, whatever this context's).
+    pub(crate) fn rbd_namespace_exists(&self, name: &str) -> Result<bool, Errno> {
+        let name = cstr(name)?;
+        let mut exists = false;
+        // SAFETY: a live io context, a NUL-terminated name, a valid out pointer.
+        check(unsafe { rbd_namespace_exists(self.raw, name.as_ptr(), &mut exists) })?;
+        Ok(exists)
+    }
+
     /// `rbd_create2` with exactly `features` and the default object size.
     pub(crate) fn create_image(&self, name: &str, size: u64, features: u64) -> Result<(), Errno> {
         let name = cstr(name)?;

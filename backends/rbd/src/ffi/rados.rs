@@ -21,6 +21,7 @@ unsafe extern "C" {
     fn rados_ioctx_create(cluster: RadosT, pool_name: *const c_char, ioctx: *mut IoCtxT) -> c_int;
     fn rados_ioctx_destroy(io: IoCtxT);
     fn rados_set_pool_full_try(io: IoCtxT);
+    fn rados_ioctx_set_namespace(io: IoCtxT, nspace: *const c_char);
     fn rados_mon_command(
         cluster: RadosT,
         cmd: *mut *const c_char,
@@ -97,17 +98,23 @@ impl Cluster {
         check(unsafe { rados_connect(self.raw) }).map(drop)
     }
 
-    /// Opens an io context on `pool`; ENOENT when the pool does not exist.
-    /// Its writes to a full pool fail at once (ENOSPC, EDQUOT) instead of
-    /// waiting, unbounded, for room (librados's FULL_TRY): a request on a
-    /// full pool is answered with the reason, not a timeout.
-    pub(crate) fn ioctx(self: &Arc<Self>, pool: &str) -> Result<IoCtx, Errno> {
-        let pool = cstr(pool)?;
+    /// Opens an io context on `pool`, in its RADOS `namespace` (empty: the
+    /// default one); ENOENT when the pool does not exist. Every object and
+    /// image reached through it is in that namespace. Its writes to a full
+    /// pool fail at once (ENOSPC, EDQUOT) instead of waiting, unbounded, for
+    /// room (librados's FULL_TRY): a request on a full pool is answered with
+    /// the reason, not a timeout.
+    pub(crate) fn ioctx(self: &Arc<Self>, pool: &str, namespace: &str) -> Result<IoCtx, Errno> {
+        let (pool, namespace) = (cstr(pool)?, cstr(namespace)?);
         let mut raw: IoCtxT = ptr::null_mut();
         // SAFETY: a live, connected handle; `raw` is a valid out pointer.
         check(unsafe { rados_ioctx_create(self.raw, pool.as_ptr(), &mut raw) })?;
-        // SAFETY: a live io context, not yet shared with any other thread.
-        unsafe { rados_set_pool_full_try(raw) };
+        // SAFETY: a live io context, not yet shared with any other thread;
+        // librados copies the name.
+        unsafe {
+            rados_set_pool_full_try(raw);
+            rados_ioctx_set_namespace(raw, namespace.as_ptr());
+        }
         Ok(IoCtx { raw, _cluster: Arc::clone(self) })
     }
 
