@@ -13,6 +13,19 @@ use crate::system::fake::FakeSystem;
 use crate::validate::{Expand, Publish, Stage, Unpublish, Unstage};
 use crate::{NodeConfig, NodeContext};
 
+/// The real host, to run `programs` for real, or `None` (a skip, noted)
+/// outside CI when one is missing; under CI=true e2e/install-deps.sh must
+/// have installed them.
+pub(crate) fn host_with(programs: &[&str]) -> Option<crate::system::HostSystem> {
+    let missing: Vec<_> = programs.iter().filter(|p| !crate::attach::rbd::on_path(p)).collect();
+    if missing.is_empty() {
+        return Some(crate::system::HostSystem);
+    }
+    assert!(std::env::var_os("CI").is_none(), "{missing:?} not installed: e2e/install-deps.sh installs them");
+    eprintln!("skipped: {missing:?} not installed");
+    None
+}
+
 /// A node context over a fake host.
 pub(crate) struct Fixture {
     pub ctx: NodeContext,

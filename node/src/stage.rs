@@ -140,7 +140,8 @@ fn mount_options(fs_type: FsType, flags: &[String], read_only: bool) -> Vec<Stri
 /// The filesystem on a device, `None` when blank. Content blkid cannot
 /// name as a filesystem (a partition table) is refused, never formatted.
 async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
-    let args = system::args([Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), device]);
+    let args =
+        system::args([Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), Path::new(system::END_OF_OPTIONS), device]);
     match sys.run("blkid", args, BLKID_DEADLINE).await {
         Ok(out) if out.stdout.trim().is_empty() => Err(NodeError::NotAFilesystem { device: device.to_owned() }),
         Ok(out) => Ok(Some(out.stdout.trim().to_owned())),

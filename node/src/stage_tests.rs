@@ -19,6 +19,15 @@ fn mounts(calls: &[Call]) -> Vec<&MountCall> {
         .collect()
 }
 
+/// Without `--`, `blkid -p -o value -s TYPE -V` prints its version and
+/// exits 0: the version would be taken for the device's filesystem.
+#[tokio::test]
+async fn a_device_named_like_an_option_is_probed_as_a_path() {
+    let Some(sys) = crate::fixture::host_with(&["blkid"]) else { return };
+    let found = detect(&sys, Path::new("-V")).await;
+    assert!(matches!(found, Ok(None)), "blkid read -V as an option: {found:?}");
+}
+
 #[tokio::test]
 async fn a_first_stage_formats_a_blank_device_and_mounts_it_with_the_flags() {
     let f = Fixture::new();

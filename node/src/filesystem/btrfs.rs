@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, field_after};
 use crate::error::NodeError;
-use crate::system::{self, System};
+use crate::system::{self, END_OF_OPTIONS, System};
 
 /// The btrfs implementation.
 pub(super) struct Btrfs;
@@ -17,14 +17,14 @@ impl FileSystem for Btrfs {
     }
 
     async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError> {
-        sys.run("mkfs.btrfs", system::args([Path::new("-q"), device]), FORMAT_DEADLINE)
+        sys.run("mkfs.btrfs", system::args([Path::new("-q"), Path::new(END_OF_OPTIONS), device]), FORMAT_DEADLINE)
             .await
             .map(drop)
             .map_err(|e| NodeError::command(format!("format {} as btrfs", device.display()), e))
     }
 
     async fn grow_online(&self, sys: &dyn System, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {
-        let args = [Path::new("filesystem"), Path::new("resize"), Path::new("max"), mount_point];
+        let args = [Path::new("filesystem"), Path::new("resize"), Path::new(END_OF_OPTIONS), Path::new("max"), mount_point];
         sys.run("btrfs", system::args(args), GROW_DEADLINE)
             .await
             .map(drop)
@@ -37,7 +37,7 @@ impl FileSystem for Btrfs {
 
     async fn size(&self, sys: &dyn System, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
         let step = format!("btrfs filesystem show {}", mount_point.display());
-        let args = [Path::new("filesystem"), Path::new("show"), Path::new("--raw"), mount_point];
+        let args = [Path::new("filesystem"), Path::new("show"), Path::new("--raw"), Path::new(END_OF_OPTIONS), mount_point];
         let out = sys.run("btrfs", system::args(args), GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
         parse_show(&out.stdout).ok_or(NodeError::Parse { step, detail: out.stdout })
     }

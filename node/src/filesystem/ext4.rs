@@ -9,7 +9,7 @@ use swell_storage::command::CommandError;
 
 use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, fills_device};
 use crate::error::NodeError;
-use crate::system::{self, System};
+use crate::system::{self, END_OF_OPTIONS, System};
 
 /// The ext4 implementation.
 pub(super) struct Ext4;
@@ -21,14 +21,14 @@ impl FileSystem for Ext4 {
     }
 
     async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError> {
-        sys.run("mkfs.ext4", system::args([Path::new("-q"), Path::new("-F"), device]), FORMAT_DEADLINE)
+        sys.run("mkfs.ext4", system::args([Path::new("-q"), Path::new("-F"), Path::new(END_OF_OPTIONS), device]), FORMAT_DEADLINE)
             .await
             .map(drop)
             .map_err(|e| NodeError::command(format!("format {} as ext4", device.display()), e))
     }
 
     async fn grow_online(&self, sys: &dyn System, volume: &str, device: &Path, _mount_point: &Path) -> Result<(), NodeError> {
-        match sys.run("resize2fs", system::args([device]), GROW_DEADLINE).await {
+        match sys.run("resize2fs", system::args([Path::new(END_OF_OPTIONS), device]), GROW_DEADLINE).await {
             Ok(_) => Ok(()),
             Err(e) if is_not_permitted(&e) => Err(NodeError::OnlineGrowNotPermitted { volume: volume.to_owned(), source: e }),
             Err(e) => Err(NodeError::command(format!("grow ext4 on {}", device.display()), e)),
@@ -40,12 +40,12 @@ impl FileSystem for Ext4 {
             return Ok(());
         }
         // resize2fs refuses an unchecked filesystem; exit 1 means "errors fixed".
-        match sys.run("e2fsck", system::args([Path::new("-f"), Path::new("-p"), device]), FORMAT_DEADLINE).await {
+        match sys.run("e2fsck", system::args([Path::new("-f"), Path::new("-p"), Path::new(END_OF_OPTIONS), device]), FORMAT_DEADLINE).await {
             Ok(_) => {}
             Err(e) if e.exit_code() == Some(1) => {}
             Err(e) => return Err(NodeError::command(format!("check ext4 on {} before growing", device.display()), e)),
         }
-        sys.run("resize2fs", system::args([device]), GROW_DEADLINE)
+        sys.run("resize2fs", system::args([Path::new(END_OF_OPTIONS), device]), GROW_DEADLINE)
             .await
             .map(drop)
             .map_err(|e| NodeError::command(format!("grow ext4 on {} offline", device.display()), e))
@@ -58,7 +58,10 @@ impl FileSystem for Ext4 {
 
 async fn dumpe2fs_size(sys: &dyn System, device: &Path) -> Result<u64, NodeError> {
     let step = format!("dumpe2fs -h {}", device.display());
-    let out = sys.run("dumpe2fs", system::args([Path::new("-h"), device]), GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
+    let out = sys
+        .run("dumpe2fs", system::args([Path::new("-h"), Path::new(END_OF_OPTIONS), device]), GROW_DEADLINE)
+        .await
+        .map_err(|e| NodeError::command(&step, e))?;
     parse_dumpe2fs(&out.stdout).ok_or(NodeError::Parse { step, detail: out.stdout })
 }
 

@@ -128,6 +128,28 @@ fn field_after(line: &str, key: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// Without `--`, each of these programs reads a device or mount point
+    /// named `-V` as its version option, prints it and exits 0: a format or
+    /// grow that did nothing would pass for done.
+    #[tokio::test]
+    async fn a_device_or_mount_point_named_like_an_option_reaches_the_programs_as_a_path() {
+        let programs = ["mkfs.xfs", "xfs_growfs", "xfs_spaceman", "mkfs.ext4", "resize2fs", "e2fsck", "dumpe2fs", "mkfs.btrfs", "btrfs"];
+        let Some(sys) = crate::fixture::host_with(&programs) else { return };
+        let named_like_an_option = Path::new("-V");
+        for fs in [FsType::Xfs, FsType::Ext4, FsType::Btrfs] {
+            let ops = fs.ops();
+            let formatted = ops.mkfs(&sys, named_like_an_option).await;
+            assert!(formatted.is_err(), "{fs}: a format of -V passed: {formatted:?}");
+            let grown = ops.grow_online(&sys, "v", named_like_an_option, named_like_an_option).await;
+            assert!(grown.is_err(), "{fs}: a grow of -V passed: {grown:?}");
+            let grown = ops.grow_offline(&sys, named_like_an_option, 1 << 30).await;
+            assert!(grown.is_err() || fs != FsType::Ext4, "{fs}: an offline grow of -V passed: {grown:?}");
+            let size = ops.size(&sys, named_like_an_option, named_like_an_option).await;
+            assert!(size.is_err(), "{fs}: a size of -V was read: {size:?}");
+        }
+        assert!(!Path::new("-V").exists(), "a program made a file named -V");
+    }
+
     #[test]
     fn the_node_makes_exactly_the_filesystems_both_services_call_supported() {
         for name in csi_endpoint::capabilities::SUPPORTED_FS {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, field_after};
 use crate::error::NodeError;
-use crate::system::{self, System};
+use crate::system::{self, END_OF_OPTIONS, System};
 
 /// The XFS implementation.
 pub(super) struct Xfs;
@@ -21,14 +21,14 @@ impl FileSystem for Xfs {
     }
 
     async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError> {
-        sys.run("mkfs.xfs", system::args([Path::new("-q"), device]), FORMAT_DEADLINE)
+        sys.run("mkfs.xfs", system::args([Path::new("-q"), Path::new(END_OF_OPTIONS), device]), FORMAT_DEADLINE)
             .await
             .map(drop)
             .map_err(|e| NodeError::command(format!("format {} as xfs", device.display()), e))
     }
 
     async fn grow_online(&self, sys: &dyn System, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {
-        sys.run("xfs_growfs", system::args([mount_point]), GROW_DEADLINE)
+        sys.run("xfs_growfs", system::args([Path::new(END_OF_OPTIONS), mount_point]), GROW_DEADLINE)
             .await
             .map(drop)
             .map_err(|e| NodeError::command(format!("grow xfs at {}", mount_point.display()), e))
@@ -50,7 +50,7 @@ impl FileSystem for Xfs {
 
     async fn size(&self, sys: &dyn System, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
         let step = format!("xfs_spaceman -c info {}", mount_point.display());
-        let args = [Path::new("-c"), Path::new("info"), mount_point];
+        let args = [Path::new("-c"), Path::new("info"), Path::new(END_OF_OPTIONS), mount_point];
         let out = sys.run("xfs_spaceman", system::args(args), GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
         parse_xfs_info(&out.stdout).ok_or(NodeError::Parse { step, detail: out.stdout })
     }

@@ -115,6 +115,12 @@ pub(crate) fn same_file(backing: &str, file: &Path) -> bool {
     Path::new(backing.strip_suffix(" (deleted)").unwrap_or(backing)) == file
 }
 
+/// `--`, before every path or name a program is given that came from a
+/// request or from what Swell made for one: a device or mount point named
+/// `-V` would otherwise be an option, and e.g. `mkfs.xfs -q -V` prints its
+/// version and exits 0 having formatted nothing.
+pub(crate) const END_OF_OPTIONS: &str = "--";
+
 /// Arguments as the command runner takes them.
 pub(crate) fn args<I, S>(items: I) -> Vec<OsString>
 where

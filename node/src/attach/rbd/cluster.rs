@@ -11,7 +11,7 @@ use swell_storage::rbd_volume::{self, RbdVolume};
 use swell_storage::{CephAccess, VolumeId};
 
 use crate::error::NodeError;
-use crate::system::System;
+use crate::system::{END_OF_OPTIONS, System};
 
 /// librados' op timeouts for CLI calls, in seconds (`rbd info` takes ~50 ms).
 const OP_TIMEOUT_SECS: &str = "10";
@@ -95,8 +95,9 @@ impl Cluster {
     /// The image's size now, `None` when the image (or its pool) does not
     /// exist.
     pub(crate) async fn image_size(&self, volume: &VolumeId, image: &RbdVolume) -> Result<Option<u64>, NodeError> {
-        let mut args: Vec<OsString> = vec!["info".into(), image.spec().into(), "--format".into(), "json".into()];
+        let mut args: Vec<OsString> = vec!["info".into(), "--format".into(), "json".into()];
         args.extend(self.control_args());
+        args.extend([END_OF_OPTIONS.into(), image.spec().into()]);
         match self.run("rbd", args, CLI_DEADLINE).await {
             Ok(out) => parse_info_size(&out.stdout)
                 .map(Some)

@@ -20,6 +20,7 @@ use swell_storage::RbdVolume;
 use super::cluster::{Cluster, rbd_volume};
 use crate::attach::Attacher;
 use crate::error::NodeError;
+use crate::system::END_OF_OPTIONS;
 use swell_storage::rbd_attach::MapOptions;
 
 /// `map` connects and opens the image; `unmap` may flush.
@@ -60,15 +61,20 @@ impl Mapper {
     /// the default `ms_mode`; rbd-nbd: `--option value`) and the cluster
     /// arguments. krbd's CLI only sets up the kernel mapping, so its
     /// librados calls get the op timeouts; rbd-nbd stays as the device's
-    /// server and gets only a connect timeout.
+    /// server and gets only a connect timeout. The `rbd` CLI takes the
+    /// image after `--`; rbd-nbd (Ceph 16) refuses anything after one, so
+    /// there the spec relies on its parts never starting with `-`
+    /// (`swell_storage::rbd_volume`).
     pub(crate) fn map_args(self, cluster: &Cluster, image: &RbdVolume, options: &MapOptions) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["map".into(), image.spec().into()];
+        let mut args: Vec<OsString> = vec!["map".into()];
         match self {
             Mapper::Krbd => {
                 args.extend(["-o".into(), options.krbd().into()]);
                 args.extend(cluster.control_args());
+                args.extend([END_OF_OPTIONS.into(), image.spec().into()]);
             }
             Mapper::Nbd => {
+                args.push(image.spec().into());
                 args.extend(options.nbd().into_iter().map(OsString::from));
                 args.extend(cluster.data_path_args());
             }
@@ -76,10 +82,19 @@ impl Mapper {
         args
     }
 
-    /// `unmap <device>`.
+    /// `unmap <device>` (after `--` for the `rbd` CLI, as [`map_args`](Self::map_args)).
     pub(crate) fn unmap_args(self, cluster: &Cluster, device: &Path) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["unmap".into(), device.into()];
-        args.extend(cluster.control_args());
+        let mut args: Vec<OsString> = vec!["unmap".into()];
+        match self {
+            Mapper::Krbd => {
+                args.extend(cluster.control_args());
+                args.extend([END_OF_OPTIONS.into(), device.into()]);
+            }
+            Mapper::Nbd => {
+                args.push(device.into());
+                args.extend(cluster.control_args());
+            }
+        }
         args
     }
 
@@ -243,19 +258,19 @@ mod tests {
         let timeouts = "--rados-osd-op-timeout 10 --rados-mon-op-timeout 10 --client-mount-timeout 10";
         assert_eq!(Mapper::Krbd.program(), "rbd");
         let none = MapOptions::default();
-        assert_eq!(line(&Mapper::Krbd.map_args(&cluster(), &image(), &none)), format!("map {} -o ms_mode=prefer-crc {auth} {timeouts}", image().spec()));
+        assert_eq!(line(&Mapper::Krbd.map_args(&cluster(), &image(), &none)), format!("map -o ms_mode=prefer-crc {auth} {timeouts} -- {}", image().spec()));
         assert_eq!(Mapper::Nbd.program(), "rbd-nbd");
         assert_eq!(line(&Mapper::Nbd.map_args(&cluster(), &image(), &none)), format!("map {} {auth} --client-mount-timeout 10", image().spec()));
         let given = MapOptions::parse("krbd:ms_mode=secure,queue_depth=64;nbd:io-timeout=30,reattach-timeout=60", None).unwrap();
         assert_eq!(
             line(&Mapper::Krbd.map_args(&cluster(), &image(), &given)),
-            format!("map {} -o ms_mode=secure,queue_depth=64 {auth} {timeouts}", image().spec())
+            format!("map -o ms_mode=secure,queue_depth=64 {auth} {timeouts} -- {}", image().spec())
         );
         assert_eq!(
             line(&Mapper::Nbd.map_args(&cluster(), &image(), &given)),
             format!("map {} --io-timeout 30 --reattach-timeout 60 {auth} --client-mount-timeout 10", image().spec())
         );
-        assert_eq!(line(&Mapper::Krbd.unmap_args(&cluster(), Path::new("/dev/rbd3"))), format!("unmap /dev/rbd3 {auth} {timeouts}"));
+        assert_eq!(line(&Mapper::Krbd.unmap_args(&cluster(), Path::new("/dev/rbd3"))), format!("unmap {auth} {timeouts} -- /dev/rbd3"));
         assert_eq!(line(&Mapper::Nbd.unmap_args(&cluster(), Path::new("/dev/nbd0"))), format!("unmap /dev/nbd0 {auth} {timeouts}"));
         assert_eq!(line(&Mapper::Krbd.list_args()), "showmapped --format json");
         assert_eq!(line(&Mapper::Nbd.list_args()), "list-mapped --format json");
@@ -266,8 +281,8 @@ mod tests {
         let spaced = RbdVolume::for_name_in("ceph-a", "rbd", "team-b", "pvc-1").unwrap();
         let none = MapOptions::default();
         for mapper in [Mapper::Krbd, Mapper::Nbd] {
-            let args = line(&mapper.map_args(&cluster(), &spaced, &none));
-            assert!(args.starts_with(&format!("map rbd/team-b/{} ", spaced.image)), "{args}");
+            let args = mapper.map_args(&cluster(), &spaced, &none);
+            assert!(args.contains(&OsString::from(format!("rbd/team-b/{}", spaced.image))), "{args:?}");
         }
     }
 
