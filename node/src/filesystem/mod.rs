@@ -128,6 +128,26 @@ fn field_after(line: &str, key: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// The minimum CreateVolume holds each filesystem to is one its mkfs
+    /// formats, and not far above what it needs: 2 MiB less is refused.
+    #[tokio::test]
+    async fn the_smallest_volume_allowed_per_filesystem_is_one_its_mkfs_formats() {
+        const MIB: u64 = 1 << 20;
+        let Some(sys) = crate::fixture::host_with(&["mkfs.xfs", "mkfs.ext4", "mkfs.btrfs"]) else { return };
+        let dir = tempfile::tempdir().expect("temp dir");
+        for fs in [FsType::Xfs, FsType::Ext4, FsType::Btrfs] {
+            let min = csi_endpoint::capabilities::min_fs_bytes(fs.as_str());
+            let image = dir.path().join(fs.as_str());
+            let sized = |bytes| std::fs::File::create(&image).and_then(|f| f.set_len(bytes)).expect("sparse image");
+            sized(min);
+            fs.ops().mkfs(&sys, &image).await.unwrap_or_else(|e| panic!("{fs} on {min} bytes: {}", e.full_message()));
+            if min > 2 * MIB {
+                sized(min - 2 * MIB);
+                assert!(fs.ops().mkfs(&sys, &image).await.is_err(), "{fs} formats {} bytes: its minimum is lower", min - 2 * MIB);
+            }
+        }
+    }
+
     /// Without `--`, each of these programs reads a device or mount point
     /// named `-V` as its version option, prints it and exits 0: a format or
     /// grow that did nothing would pass for done.
