@@ -146,10 +146,32 @@ pub fn grow_tool_stand_in(dir: &Path, fs: &str, at: KillAt) -> Result<(PathBuf, 
         (KillAt::PartWay(_), other) => return Err(format!("no part-way grow for {other}")),
     };
     let script = format!("#!/bin/sh\nif {is_grow}; then {hold}; fi\nexec {real_arg} \"$@\"\n");
-    let path = bin.join(tool);
-    std::fs::write(&path, script).map_err(|e| format!("write {}: {e}", path.display()))?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    write_executable(&bin.join(tool), &script)?;
     Ok((bin, mark))
+}
+
+/// Writes into `dir/stand-in` a `resize2fs` that refuses to grow a mounted
+/// ext4 as the real one does without CAP_SYS_RESOURCE (EPERM from the resize
+/// ioctl) and creates the returned mark when it does; on an unmounted device
+/// (the node's offline grow at stage) it runs the real tool. Returns the
+/// directory to put first on the node's PATH, and the mark. Lets the refusal
+/// be provoked where online growth works.
+pub fn online_ext4_refusal_stand_in(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let real = which("resize2fs")?;
+    let (bin, mark) = (dir.join("stand-in"), dir.join("online-grow-refused"));
+    std::fs::create_dir_all(&bin).map_err(|e| format!("create {}: {e}", bin.display()))?;
+    let (mark_arg, real_arg) = (mark.display(), real.display());
+    let script = format!(
+        "#!/bin/sh\nif findmnt -rn -S \"$1\" >/dev/null; then\n  : > {mark_arg}\n  \
+         echo \"resize2fs: Permission denied to resize filesystem\" >&2\n  exit 1\nfi\nexec {real_arg} \"$@\"\n"
+    );
+    write_executable(&bin.join("resize2fs"), &script)?;
+    Ok((bin, mark))
+}
+
+fn write_executable(path: &Path, script: &str) -> Result<(), String> {
+    std::fs::write(path, script).map_err(|e| format!("write {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", path.display()))
 }
 
 fn which(tool: &str) -> Result<PathBuf, String> {
