@@ -2,7 +2,9 @@
 //! loop devices and filesystems: a volume expanded while it was not staged
 //! comes up at its new size at the next NodeStageVolume; NodeExpandVolume
 //! at a path that exists but is not the volume's mount is refused with
-//! NOT_FOUND and grows nothing. Needs root.
+//! NOT_FOUND and grows nothing; sizes at and past the limits are refused
+//! with the code the spec names, and sizes that are not a multiple of 512
+//! or 4096 bytes expand. Needs root.
 #![allow(clippy::unwrap_used)]
 
 mod node_rig;
@@ -82,4 +84,48 @@ async fn expand_at_a_path_that_is_not_the_volumes_mount_is_not_found_and_grows_n
         rig.node.node_unpublish_volume(requests::unpublish(&id.to_string(), &rig.path(target))).await.unwrap();
         rig.node.node_unstage_volume(requests::unstage(&id.to_string(), &rig.path(staging))).await.unwrap();
     }
+}
+
+/// NodeExpandVolume at and past the size limits: `i64::MAX` (more than any
+/// device holds) is OUT_OF_RANGE; above it (a uint64 on the wire past
+/// `i64::MAX` decodes as negative), a negative size, or a required size over
+/// its limit is INVALID_ARGUMENT; each grows nothing. Then sizes granted
+/// that are not a multiple of 4096, or of 512, expand: the device holds the
+/// whole sectors of what the backend holds (a required size compared with
+/// the device would never be met, and the volume would be stuck).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_past_the_limits_are_refused_and_sizes_off_the_block_size_expand_to_their_whole_sectors() {
+    let Some(mut rig) = rig("node_expand_size_limits").await else { return };
+    let id = rig.volume("pvc-limits", 320 * MIB).await;
+    stage_publish(&mut rig, &id, "xfs", "staging", "pods/p/vol").await;
+    rig.grow(&id, 640 * MIB).await;
+    let before = filesystem_bytes(&mut rig, &id, "pods/p/vol").await;
+    let above_i64_max = i64::from_ne_bytes((1u64 << 63).to_ne_bytes());
+    let cases = [
+        (i64::MAX, 0, Code::OutOfRange),
+        (above_i64_max, 0, Code::InvalidArgument),
+        (-1, 0, Code::InvalidArgument),
+        (0, above_i64_max, Code::InvalidArgument),
+        ((640 * MIB) as i64, (320 * MIB) as i64, Code::InvalidArgument),
+    ];
+    let expand = |rig: &Rig, required: i64, limit: i64| {
+        let mut expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), &rig.path("staging"), required, mount_capability("xfs"));
+        expand.capacity_range = Some(csi_proto::v1::CapacityRange { required_bytes: required, limit_bytes: limit });
+        expand
+    };
+    for (required, limit, code) in cases {
+        let status = rig.node.node_expand_volume(expand(&rig, required, limit)).await.expect_err("refused");
+        assert_eq!(status.code(), code, "required {required}, limit {limit}: {}", status.message());
+        assert_eq!(filesystem_bytes(&mut rig, &id, "pods/p/vol").await, before, "a refused expand (required {required}) grew the filesystem");
+    }
+    // 512-byte sectors but not 4 KiB blocks; then not even whole sectors.
+    for (granted, device) in [(672 * MIB + 1536, 672 * MIB + 1536), (704 * MIB + 100, 704 * MIB)] {
+        rig.grow(&id, granted).await;
+        let grown = rig.node.node_expand_volume(expand(&rig, granted as i64, 0)).await.unwrap_or_else(|s| panic!("{granted} bytes granted: {s:?}"));
+        assert_eq!(grown.into_inner().capacity_bytes as u64, device, "{granted} bytes granted");
+        let total = filesystem_bytes(&mut rig, &id, "pods/p/vol").await;
+        assert!(total > device * 85 / 100 && total <= device, "xfs grew to {total} on a device of {device}");
+    }
+    rig.node.node_unpublish_volume(requests::unpublish(&id.to_string(), &rig.path("pods/p/vol"))).await.unwrap();
+    rig.node.node_unstage_volume(requests::unstage(&id.to_string(), &rig.path("staging"))).await.unwrap();
 }
