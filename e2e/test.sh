@@ -6,8 +6,10 @@
 # lane (deploy/ on a one-node Kubernetes, where its binaries are). Tests
 # that cannot run on this machine (no root, loop devices or FUSE) are listed
 # at the end with their reason and counted as skipped, not passed; with
-# CI=true a program the install step provides is required. A Ceph cluster
-# that does not start fails the run.
+# CI=true a program the install step provides is required, and a skip for a
+# reason not on e2e/allowed-skips.txt fails. A test of
+# e2e/expected-tests.tsv missing from the results fails, by name. A Ceph
+# cluster that does not start fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "run as root: the tests attach loop devices and mount filesystems" >&2; exit 1; }
@@ -17,26 +19,51 @@ e2e/install-test-tools.sh
 
 export SWELL_SKIP_LOG="${SWELL_SKIP_LOG:-$(mktemp /tmp/swell-skips.XXXXXX)}"
 : > "$SWELL_SKIP_LOG"
+# What is not a cargo test reports into the closing line through
+# $SWELL_RESULTS (e2e/results.sh: `report` from inside a script, `check`
+# around it). A new lane or script is one `check` line below.
+export SWELL_RESULTS="${SWELL_RESULTS:-$(mktemp /tmp/swell-results.XXXXXX)}"
+: > "$SWELL_RESULTS"
+# shellcheck source=e2e/results.sh
+source e2e/results.sh
 status=0
 # Before the default build: they share target/debug/swell-controller, which the next line restores.
-e2e/local-only.sh || status=1
-e2e/failpoints-build.sh || status=1
+check "local-only build (e2e/local-only.sh)" e2e/local-only.sh || status=1
+check "failpoints build (e2e/failpoints-build.sh)" e2e/failpoints-build.sh || status=1
 # The chaos test runs swell-controller as a real process: build the binaries first.
 cargo build --workspace --bins
 log=$(mktemp /tmp/swell-test.XXXXXX)
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
-# deploy/ renders, validates and holds what Swell needs (it reads the binaries' --help).
-target/test-venv/bin/python e2e/deploy/check_manifests.py || status=1
+# Every test the binaries list is in e2e/expected-tests.tsv, whose tests the closing line expects.
+check "e2e/expected-tests.tsv matches cargo test -- --list" e2e/expected-tests.sh --check || status=1
+# deploy/ renders, validates and holds what Swell needs (it reads the
+# binaries' --help); each of its checks reports by name.
+check "deploy manifests (e2e/deploy/check_manifests.py)" target/test-venv/bin/python e2e/deploy/check_manifests.py || status=1
 # The benchmark's short mode (a few runs, 100 volumes, both backends), so it
 # never rots: every figure must still be measurable; no timing is judged.
-target/debug/swell-bench --short --out target/bench-short >target/bench-short.log 2>&1 ||
-  { tail -40 target/bench-short.log; echo "swell-bench --short failed (log: target/bench-short.log)" >&2; status=1; }
+# shellcheck disable=SC2317 # run by check
+bench_short() {
+  target/debug/swell-bench --short --out target/bench-short >target/bench-short.log 2>&1 ||
+    { tail -40 target/bench-short.log; echo "swell-bench --short failed (log: target/bench-short.log)" >&2; return 1; }
+}
+check "swell-bench --short" bench_short || status=1
 # The VM lane (e2e/vm/): krbd, rbd-nbd and ext4 grown online, under Debian's
-# own kernel in qemu; after the host suites, as it needs both cores. Its
-# tests join the count below by name (target/vm/results.tsv).
-vm_status=0
-e2e/vm/run.sh || vm_status=$?
-((vm_status == 0)) || status=1
+# own kernel in qemu; after the host suites, as it needs both cores. It
+# judges its tests by name (target/vm/results.tsv); a lane that cannot
+# start off CI notes its reason in the skip log instead: one skipped test.
+vm_results=target/vm/results.tsv
+# shellcheck disable=SC2317 # run by check
+vm_lane() {
+  local rc=0
+  e2e/vm/run.sh || rc=$?
+  mkdir -p target/vm && touch "$vm_results"
+  cat "$vm_results" >>"$SWELL_RESULTS"
+  if ((rc == 0)) && [[ ! -s $vm_results ]]; then
+    report "vm lane" skipped "$(awk -F'\t' '$1 == "vm lane" {why = $2} END {print why}' "$SWELL_SKIP_LOG")"
+  fi
+  return "$rc"
+}
+check "vm lane" vm_lane || status=1
 
 # The kube lane (e2e/kube/README.md): Swell deployed from deploy/ on a
 # one-node Kubernetes, the user's scenarios under a real kubelet; its
@@ -45,39 +72,11 @@ kube_log=$(mktemp /tmp/swell-kube.XXXXXX)
 kube_status=0
 e2e/kube/lane.sh 2>&1 | tee "$kube_log" || kube_status=$?
 ((kube_status == 0)) || status=1
-cat "$kube_log" >>"$log"
 
-# Each line: test<TAB>reason. A skipped test returned at once, and cargo
-# counted it as passed: take it out of the passed and into the skipped,
-# unless the VM lane ran it (then it counts once, as the lane judged it).
-vm_results=target/vm/results.tsv
-mkdir -p target/vm && touch "$vm_results"
-host_skips=$(cut -f1 "$SWELL_SKIP_LOG" | sort -u)
-vm_tests=$(cut -f1 "$vm_results" | sed 's|.*/||' | sort -u)
-not_run=$(comm -23 <(echo "$host_skips" | sed '/^$/d') <(echo "$vm_tests"))
-in_vm=$(comm -12 <(echo "$host_skips" | sed '/^$/d') <(echo "$vm_tests"))
-# Skips of cargo tests ("vm lane" is the lane's own, when it cannot start).
-skipped_here=$(echo "$host_skips" | sed '/^$/d' | { grep -cvx 'vm lane' || true; })
-skipped=$(echo "$not_run" | sed '/^$/d' | wc -l)
-if [[ -n $in_vm ]]; then
-  echo
-  echo "Not run on this machine but in the VM lane ($(echo "$in_vm" | wc -l)):"
-  echo "$in_vm" | sed 's/^/  - /'
-fi
-if ((skipped)); then
-  echo
-  echo "Not run on this machine ($skipped), with the reason:"
-  awk -F'\t' 'NR == FNR {want[$0] = 1; next} $1 in want' <(echo "$not_run") "$SWELL_SKIP_LOG" | sed 's/\t/: /; s/^/  - /' | sort -u
-fi
-passed=$(grep -Eo '^test result: .*' "$log" | awk '{p+=$4; f+=$6; i+=$8} END {print p+0, f+0, i+0}')
-read -r p f i <<<"$passed"
-vm_passed=$(awk -F'\t' '$2 == "ok"' "$vm_results" | wc -l)
-vm_failed=$(awk -F'\t' '$2 != "ok"' "$vm_results" | wc -l)
-# A lane that failed without judging anything (its cluster did not start)
-# still fails a test.
-((vm_status == 0 || vm_failed > 0)) || vm_failed=1
-kube_failed=$(grep -Eo '^test result: .*' "$kube_log" | awk '{f+=$6} END {print f+0}')
-((kube_status == 0 || kube_failed > 0)) || f=$((f + 1))
-echo
-echo "swell: $((p - skipped_here + vm_passed)) passed, $((f + vm_failed)) failed, $((i + skipped)) skipped"
+# The closing line (e2e/closing_line.py): a test of e2e/expected-tests.tsv
+# missing from the results, or a skip under CI=true for a reason not on
+# e2e/allowed-skips.txt, counts as failed, by name.
+python3 e2e/closing_line.py tally --cargo-log "$log" --expected e2e/expected-tests.tsv \
+  --results "$SWELL_RESULTS" --vm-results "$vm_results" --skips "$SWELL_SKIP_LOG" --allowed-skips e2e/allowed-skips.txt \
+  --kube-log "$kube_log" --kube-status "$kube_status" || status=1
 exit "$status"

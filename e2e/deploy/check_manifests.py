@@ -574,8 +574,52 @@ class Helpers(unittest.TestCase):
             locate(c, "/csi/csi.sock")
 
 
+class Reporting(unittest.TextTestResult):
+    """Also reports each check by name into e2e/test.sh's closing line
+    (e2e/results.sh: a "name<TAB>result<TAB>why" line in $SWELL_RESULTS)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.outcomes = {}
+
+    def _note(self, test, result, why=""):
+        # A class's failed setUpClass comes as an _ErrorHolder, which has an id too.
+        name = "check_manifests::" + test.id().replace("__main__.", "")
+        if self.outcomes.get(name, ("ok",))[0] != "FAILED":
+            self.outcomes[name] = (result, why)
+
+    def addSuccess(self, test):
+        super().addSuccess(test)
+        self._note(test, "ok")
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self._note(test, "FAILED", str(err[1]).splitlines()[0] if str(err[1]) else err[0].__name__)
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self._note(test, "FAILED", f"{err[0].__name__}: {err[1]}".splitlines()[0])
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self._note(test, "FAILED", f"{subtest._subDescription()}: {err[1]}".splitlines()[0])
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self._note(test, "skipped", reason)
+
+    def stopTestRun(self):
+        super().stopTestRun()
+        if path := os.environ.get("SWELL_RESULTS"):
+            with open(path, "a", encoding="utf-8") as out:
+                for name, (result, why) in sorted(self.outcomes.items()):
+                    out.write(f"{name}\t{result}\t{why.replace(chr(9), ' ')}\n")
+
+
 if __name__ == "__main__":
-    result = unittest.main(exit=False, verbosity=1).result
+    runner = unittest.TextTestRunner(resultclass=Reporting, verbosity=1)
+    result = unittest.main(exit=False, testRunner=runner).result
     failed = len(result.failures) + len(result.errors)
     print(f"manifests: {result.testsRun - failed} passed, {failed} failed")
     sys.exit(1 if failed or not result.wasSuccessful() else 0)

@@ -185,6 +185,10 @@ pub fn statvfs_total(path: &Path) -> std::io::Result<u64> {
     Ok(stat.blocks().saturating_mul(stat.fragment_size()))
 }
 
+/// Why an ext4 online-grow test skips where [`online_ext4_grow_permitted`]
+/// is false; on e2e/allowed-skips.txt, the one skip CI allows.
+pub const ONLINE_EXT4_GROW_NOT_PERMITTED: &str = "online resize2fs is not permitted here (no CAP_SYS_RESOURCE); the VM lane runs it";
+
 /// Whether resize2fs can grow a mounted ext4 on this machine: it needs
 /// CAP_SYS_RESOURCE, which some containers drop (the VM lane's guest has
 /// it). Probed for real on a 64 MiB loop device under `scratch`.

@@ -146,10 +146,95 @@ pub fn grow_tool_stand_in(dir: &Path, fs: &str, at: KillAt) -> Result<(PathBuf, 
         (KillAt::PartWay(_), other) => return Err(format!("no part-way grow for {other}")),
     };
     let script = format!("#!/bin/sh\nif {is_grow}; then {hold}; fi\nexec {real_arg} \"$@\"\n");
-    let path = bin.join(tool);
-    std::fs::write(&path, script).map_err(|e| format!("write {}: {e}", path.display()))?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    write_executable(&bin.join(tool), &script)?;
     Ok((bin, mark))
+}
+
+/// Writes into `dir/stand-in` a `resize2fs` that refuses to grow a mounted
+/// ext4 as the real one does without CAP_SYS_RESOURCE (EPERM from the resize
+/// ioctl) and creates the returned mark when it does; on an unmounted device
+/// (the node's offline grow at stage) it runs the real tool. Returns the
+/// directory to put first on the node's PATH, and the mark. Lets the refusal
+/// be provoked where online growth works.
+pub fn online_ext4_refusal_stand_in(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let real = which("resize2fs")?;
+    let (bin, mark) = (dir.join("stand-in"), dir.join("online-grow-refused"));
+    std::fs::create_dir_all(&bin).map_err(|e| format!("create {}: {e}", bin.display()))?;
+    let (mark_arg, real_arg) = (mark.display(), real.display());
+    let script = format!(
+        "#!/bin/sh\nif findmnt -rn -S \"$1\" >/dev/null; then\n  : > {mark_arg}\n  \
+         echo \"resize2fs: Permission denied to resize filesystem\" >&2\n  exit 1\nfi\nexec {real_arg} \"$@\"\n"
+    );
+    write_executable(&bin.join("resize2fs"), &script)?;
+    Ok((bin, mark))
+}
+
+/// A stand-in for a program the node runs (found first on its PATH) that
+/// logs each call and, while armed, holds it until released, so a test can
+/// send another call while the first is inside that step. A held call runs
+/// the real program on release, or after 30 s at the most.
+pub struct ToolGate {
+    /// The directory to put first on the node's PATH.
+    pub bin: PathBuf,
+    dir: PathBuf,
+}
+
+impl ToolGate {
+    /// A gate for `tool` under `dir`.
+    pub fn new(dir: &Path, tool: &str) -> Result<Self, String> {
+        let real = which(tool)?;
+        let bin = dir.join("gated");
+        std::fs::create_dir_all(&bin).map_err(|e| format!("create {}: {e}", bin.display()))?;
+        let gate = ToolGate { bin, dir: dir.to_owned() };
+        let (calls, armed, reached) = (gate.file("calls"), gate.file("armed"), gate.file("reached"));
+        let script = format!(
+            "#!/bin/sh\necho \"$*\" >> {calls}\nif [ -e {armed} ]; then\n  : > {reached}\n  i=0\n  \
+             while [ -e {armed} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done\nfi\nexec {real} \"$@\"\n",
+            calls = calls.display(),
+            armed = armed.display(),
+            reached = reached.display(),
+            real = real.display()
+        );
+        write_executable(&gate.bin.join(tool), &script)?;
+        Ok(gate)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("gate-{name}"))
+    }
+
+    /// Holds the next calls until [`release`](Self::release).
+    pub fn arm(&self) {
+        let _ = std::fs::remove_file(self.file("reached"));
+        std::fs::write(self.file("armed"), "").expect("arm the gate");
+    }
+
+    /// Waits (at most `deadline`) until a call is held; whether one was.
+    pub async fn reached(&self, deadline: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        while !self.file("reached").exists() {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Lets the held calls run the real program.
+    pub fn release(&self) {
+        let _ = std::fs::remove_file(self.file("armed"));
+    }
+
+    /// The calls so far, one command line each.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.file("calls")).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+}
+
+fn write_executable(path: &Path, script: &str) -> Result<(), String> {
+    std::fs::write(path, script).map_err(|e| format!("write {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", path.display()))
 }
 
 fn which(tool: &str) -> Result<PathBuf, String> {

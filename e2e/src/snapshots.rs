@@ -10,7 +10,9 @@
 //!   ext4 offline before), and a raw block volume shows the size; a node
 //!   killed in that first stage finishes the grow at the next one;
 //! - bad input: unknown source volume or snapshot, a reused name, a
-//!   smaller size: refused with the spec's code, and nothing changes.
+//!   smaller size: refused with the spec's code, and nothing changes;
+//! - growth: a volume with a snapshot and a clone grows, and its clone
+//!   too, each apart from the others.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -227,6 +229,60 @@ pub async fn restore_has_old_data_and_clone_changes_apart(plant: &Plant, fs: &st
     plant.detach(&again.volume_id, "again").await;
     plant.delete_snapshot(&snapshot.snapshot_id).await.expect("delete the snapshot");
     for volume in [&again, &clone, &restored] {
+        plant.delete(&volume.volume_id).await;
+    }
+}
+
+/// ControllerExpandVolume then NodeExpandVolume of the volume attached at
+/// `slot/`, as the resizer and kubelet send them.
+async fn grow_attached(plant: &Plant, volume_id: &str, slot: &str, bytes: u64, fs: &str) {
+    let grown =
+        plant.controller().await.controller_expand_volume(requests::controller_expand(volume_id, bytes as i64, None)).await.expect("ControllerExpandVolume");
+    assert_eq!(grown.into_inner().capacity_bytes as u64, bytes, "{slot}: the controller's size");
+    let (staging, target) = (plant.path(&format!("{slot}/staging")), plant.path(&format!("{slot}/target")));
+    let expand = requests::node_expand(volume_id, &target, &staging, bytes as i64, mount_capability(fs));
+    assert_eq!(plant.node().await.node_expand_volume(expand).await.expect("NodeExpandVolume").into_inner().capacity_bytes as u64, bytes);
+    let total = host::statvfs_total(Path::new(&target)).expect("statvfs");
+    assert!(total > bytes * 85 / 100 && total <= bytes, "{slot}: the filesystem is {total} bytes on a device of {bytes}");
+}
+
+/// A volume with a snapshot and a clone grows, and so does its clone: each
+/// grows apart (the snapshot keeps its size and its data, the clone and
+/// the source their data), and a snapshot of the grown source has the new
+/// size.
+pub async fn grow_with_snapshots_and_clones(plant: &Plant, fs: &str) {
+    const SIZE: u64 = 320 * MIB;
+    let cap = mount_capability(fs);
+    let source = plant.create("grow-source", SIZE, cap.clone()).await;
+    let source_dir = plant.attach(&source.volume_id, "source", cap.clone()).await.expect("attach the source");
+    write_file(&source_dir.join("file"), "old");
+    let snapshot = plant.snapshot("grow-snap", &source.volume_id).await.expect("snapshot");
+    let clone = plant.clone_volume("grow-clone", SIZE, cap.clone(), &source.volume_id).await.expect("clone");
+    let clone_dir = plant.attach(&clone.volume_id, "clone", cap.clone()).await.expect("attach the clone");
+
+    grow_attached(plant, &source.volume_id, "source", 2 * SIZE, fs).await;
+    grow_attached(plant, &clone.volume_id, "clone", 3 * SIZE / 2, fs).await;
+    assert_eq!([read_file(&source_dir.join("file")), read_file(&clone_dir.join("file"))], ["old", "old"], "data intact across the grows");
+    write_file(&clone_dir.join("file"), "clone");
+    assert_eq!(read_file(&source_dir.join("file")), "old", "the grown clone changes apart from its source");
+
+    let kept = plant.snapshots().await.into_iter().find(|s| s.snapshot_id == snapshot.snapshot_id).expect("the snapshot is listed");
+    assert_eq!(kept.size_bytes as u64, SIZE, "the snapshot keeps its size when its source grows");
+    let restored = plant.restore("grow-restored", SIZE, cap.clone(), &snapshot.snapshot_id).await.expect("restore");
+    let restored_dir = plant.attach(&restored.volume_id, "restored", cap.clone()).await.expect("attach the restore");
+    assert_eq!(read_file(&restored_dir.join("file")), "old");
+    let restored_total = host::statvfs_total(&restored_dir).expect("statvfs");
+    assert!(restored_total <= SIZE, "the restore of the old snapshot is {restored_total} bytes");
+    let after = plant.snapshot("grow-snap-after", &source.volume_id).await.expect("snapshot of the grown source");
+    assert_eq!(after.size_bytes as u64, 2 * SIZE, "a snapshot of the grown source has its new size");
+
+    for (volume, slot) in [(&restored, "restored"), (&clone, "clone"), (&source, "source")] {
+        plant.detach(&volume.volume_id, slot).await;
+    }
+    for id in [&after.snapshot_id, &snapshot.snapshot_id] {
+        plant.delete_snapshot(id).await.expect("delete the snapshot");
+    }
+    for volume in [&restored, &clone, &source] {
         plant.delete(&volume.volume_id).await;
     }
 }

@@ -10,6 +10,7 @@ use csi_proto::v1::NodeGetVolumeStatsResponse;
 use csi_proto::v1::volume_usage::Unit;
 use node_rig::{Rig, rig};
 use swell_e2e::host;
+use swell_e2e::node_process::online_ext4_refusal_stand_in;
 use swell_e2e::requests::{self, block_capability, mount_capability};
 use swell_storage::VolumeId;
 use swell_storage::units::MIB;
@@ -76,24 +77,13 @@ async fn btrfs_grows_online() {
     online_grow("btrfs", 320 * MIB, 640 * MIB).await;
 }
 
-/// A rig with an ext4 volume of 128 MiB staged, published and written,
-/// whose backing volume has grown to 256 MiB; `None` when the machine cannot
-/// run it, or when online ext4 growth here is not `online` (noted as a skip).
-async fn ext4_grown_underneath(test: &str, online: bool) -> Option<(Rig, VolumeId, String)> {
-    let mut rig = rig(test).await?;
-    if rig.online_ext4_grow_works() != online {
-        let reason = if online {
-            "online resize2fs is not permitted here (no CAP_SYS_RESOURCE); the VM lane runs it"
-        } else {
-            "online resize2fs works here, so the refusal cannot be provoked"
-        };
-        host::note_skip(test, reason);
-        return None;
-    }
+/// An ext4 volume of 128 MiB on `rig`, staged, published and written,
+/// whose backing volume has grown to 256 MiB; returns its id and checksum.
+async fn ext4_grown_underneath(rig: &mut Rig) -> (VolumeId, String) {
     let id = rig.volume("pvc-ext4", 128 * MIB).await;
-    let sum = stage_publish_write(&mut rig, &id, "ext4").await;
+    let sum = stage_publish_write(rig, &id, "ext4").await;
     rig.grow(&id, 256 * MIB).await;
-    Some((rig, id, sum))
+    (id, sum)
 }
 
 async fn ext4_total(rig: &mut Rig, id: &VolumeId) -> u64 {
@@ -103,7 +93,13 @@ async fn ext4_total(rig: &mut Rig, id: &VolumeId) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext4_grows_online_where_the_kernel_permits() {
-    let Some((mut rig, id, sum)) = ext4_grown_underneath("ext4_grows_online_where_the_kernel_permits", true).await else { return };
+    let test = "ext4_grows_online_where_the_kernel_permits";
+    let Some(mut rig) = rig(test).await else { return };
+    if !rig.online_ext4_grow_works() {
+        host::note_skip(test, host::ONLINE_EXT4_GROW_NOT_PERMITTED);
+        return;
+    }
+    let (id, sum) = ext4_grown_underneath(&mut rig).await;
     let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), &rig.path("staging"), (256 * MIB) as i64, mount_capability("ext4"));
     assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, 256 * MIB);
     let total = ext4_total(&mut rig, &id).await;
@@ -114,9 +110,16 @@ async fn ext4_grows_online_where_the_kernel_permits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext4_refused_online_grows_offline_at_restage() {
-    let Some((mut rig, id, sum)) = ext4_grown_underneath("ext4_refused_online_grows_offline_at_restage", false).await else { return };
+    let Some(mut rig) = rig("ext4_refused_online_grows_offline_at_restage").await else { return };
+    // The refusal a node without CAP_SYS_RESOURCE meets, provoked by a
+    // stand-in resize2fs wherever online growth would work.
+    let (stand_in, refused) = online_ext4_refusal_stand_in(&rig.dir).unwrap();
+    let path = format!("{}:{}", stand_in.display(), std::env::var("PATH").unwrap_or_default());
+    rig.serve_as_process(&[("PATH", path.into())]).await;
+    let (id, sum) = ext4_grown_underneath(&mut rig).await;
     let expand = requests::node_expand(&id.to_string(), &rig.path("pods/p/vol"), &rig.path("staging"), (256 * MIB) as i64, mount_capability("ext4"));
     let status = rig.node.node_expand_volume(expand.clone()).await.expect_err("online ext4 grow refused");
+    assert!(refused.exists(), "the node never asked resize2fs to grow the mounted filesystem");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("CAP_SYS_RESOURCE"), "{}", status.message());
     let total = ext4_total(&mut rig, &id).await;

@@ -62,7 +62,7 @@ async fn grow_under_streams(rig: &mut Rig, id: &str, capability: VolumeCapabilit
 async fn filesystem_grows_under_a_streaming_writer(fs: &str) {
     let Some(mut rig) = rig(&format!("node_online_io_{fs}")).await else { return };
     if fs == "ext4" && !rig.online_ext4_grow_works() {
-        host::note_skip("ext4_grows_under_a_streaming_writer", "online resize2fs is not permitted here (no CAP_SYS_RESOURCE); the VM lane runs it");
+        host::note_skip("ext4_grows_under_a_streaming_writer", host::ONLINE_EXT4_GROW_NOT_PERMITTED);
         return;
     }
     let id = rig.volume(&format!("pvc-io-{fs}"), FROM).await.to_string();

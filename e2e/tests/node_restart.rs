@@ -145,7 +145,7 @@ async fn killed_mid_expand(test: &str, fs: &str, at: KillAt) {
     }
     let stand_in_dir = tempfile::Builder::new().prefix("swell-stand-in-").tempdir_in("/var/tmp").unwrap();
     if fs == "ext4" && !host::online_ext4_grow_permitted(stand_in_dir.path()) {
-        host::note_skip(test, "online resize2fs is not permitted here (no CAP_SYS_RESOURCE); the VM lane runs it");
+        host::note_skip(test, host::ONLINE_EXT4_GROW_NOT_PERMITTED);
         return;
     }
     let (bin, mark) = grow_tool_stand_in(stand_in_dir.path(), fs, at).unwrap();

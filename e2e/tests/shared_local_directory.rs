@@ -5,7 +5,8 @@
 //! storm over wishes left pending; afterwards every record parses, no
 //! volume lost or repeated a size, the ledger equals the sum of the
 //! volumes' files exactly, and every file the controllers made is 0600 in
-//! 0700 directories.
+//! 0700 directories. And CreateVolume of one name on both controllers at
+//! once makes one volume.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -45,11 +46,9 @@ fn ledger_and_files(local: &Path) -> (serde_json::Value, u64) {
     (ledger, sum)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_controllers_and_the_webhook_on_one_directory_lose_and_repeat_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    // Each controller has its own socket; both see one record directory.
+/// Two swell-controller processes on one local directory under `root`,
+/// each with its own socket, both seeing one record directory.
+async fn two_controllers(root: &Path) -> (ControllerProcess, ControllerProcess) {
     std::fs::create_dir_all(root.join("controller-state")).unwrap();
     for name in ["a", "b"] {
         std::fs::create_dir_all(root.join(name)).unwrap();
@@ -58,6 +57,85 @@ async fn two_controllers_and_the_webhook_on_one_directory_lose_and_repeat_nothin
     let args = vec![format!("--local-capacity-bytes={}", 1u64 << 40)];
     let a = ControllerProcess::start_with(&root.join("a"), &root.join("local"), args.clone()).await.unwrap();
     let b = ControllerProcess::start_with(&root.join("b"), &root.join("local"), args).await.unwrap();
+    (a, b)
+}
+
+/// CreateVolume of one name sent to both controllers at once (two
+/// provisioner replicas, or a retry landing on the other one), for 24
+/// names: each name ends as one volume, both controllers answer it with the
+/// same id and size (an ABORTED overlap is retried, as the provisioner
+/// does), a different size for the name is ALREADY_EXISTS, and the ledger
+/// counts each volume once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_volume_of_one_name_on_two_controllers_at_once_makes_one_volume() {
+    const NAMES: usize = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (a, b) = two_controllers(root).await;
+    let mut calls = Vec::new();
+    for n in 0..NAMES {
+        for process in [&a, &b] {
+            let mut client = process.client().await.unwrap();
+            calls.push(tokio::spawn(async move {
+                let request = requests::create_volume(&format!("pvc-{n}"), GIB as i64, requests::mount_capability("xfs"));
+                let mut codes = Vec::new();
+                for _ in 0..100 {
+                    match client.create_volume(request.clone()).await {
+                        Ok(created) => return (n, codes, created.into_inner().volume.unwrap()),
+                        Err(status) if status.code() == Code::Aborted => codes.push(status.code()),
+                        Err(status) => panic!("pvc-{n}: {status:?}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("pvc-{n}: still ABORTED after 100 tries");
+            }));
+        }
+    }
+    let mut ids = vec![Vec::new(); NAMES];
+    let mut aborted = 0;
+    for call in calls {
+        let (n, codes, volume) = call.await.unwrap();
+        aborted += codes.len();
+        assert_eq!(volume.capacity_bytes as u64, GIB, "pvc-{n}");
+        ids[n].push(volume.volume_id);
+    }
+    println!("{NAMES} names created on both controllers at once; {aborted} ABORTED answers retried");
+    for (n, both) in ids.iter().enumerate() {
+        assert_eq!(both[0], both[1], "pvc-{n}: the controllers answered different volumes");
+    }
+    let mut listed = Vec::new();
+    let mut client = a.client().await.unwrap();
+    let mut token = String::new();
+    loop {
+        let page = client.list_volumes(csi_proto::v1::ListVolumesRequest { starting_token: token, ..Default::default() }).await.unwrap().into_inner();
+        listed.extend(page.entries.into_iter().map(|e| e.volume.unwrap().volume_id));
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    listed.sort();
+    let mut created: Vec<String> = ids.iter().map(|both| both[0].clone()).collect();
+    created.sort();
+    assert_eq!(listed, created, "one volume a name, and no other");
+    // The same name with another size is another volume: ALREADY_EXISTS, on either.
+    for process in [&a, &b] {
+        let mut client = process.client().await.unwrap();
+        let other = requests::create_volume("pvc-0", (2 * GIB) as i64, requests::mount_capability("xfs"));
+        let status = client.create_volume(other).await.expect_err("another size for an existing name");
+        assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    }
+    drop((a, b));
+    let (ledger, files) = ledger_and_files(&root.join("local"));
+    assert_eq!(files, NAMES as u64 * GIB, "one backing file of 1 GiB a name");
+    assert_eq!(ledger["total_bytes"].as_u64(), Some(files), "{ledger}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_controllers_and_the_webhook_on_one_directory_lose_and_repeat_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (a, b) = two_controllers(root).await;
 
     let mut ids = Vec::new();
     let mut client = a.client().await.unwrap();

@@ -47,6 +47,17 @@ async fn a_restore_has_the_old_data_and_a_clone_changes_apart_from_its_source() 
     snapshots::restore_has_old_data_and_clone_changes_apart(&plant, "xfs").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_with_a_snapshot_and_a_clone_grows_and_its_clone_too_each_apart() {
+    if !runs_here("snapshots_local_grow", "xfs") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = tmp();
+    let plant = Plant::start(dir.path(), &config(), &[]).await;
+    snapshots::grow_with_snapshots_and_clones(&plant, "xfs").await;
+}
+
 async fn restore_larger(fs: &str, kill_at: Option<KillAt>) {
     if !runs_here(&format!("snapshots_local_restore_larger_{fs}_{kill_at:?}"), fs) {
         return;

@@ -41,8 +41,8 @@ pub enum NodeError {
     )]
     OnlineGrowNotPermitted { volume: String, source: CommandError },
     /// The backend object is smaller than the size asked for.
-    #[error("backend volume {volume} is {device_bytes} bytes, smaller than the required {required_bytes} bytes")]
-    BackendTooSmall { volume: String, device_bytes: u64, required_bytes: u64 },
+    #[error("backend volume {volume} is {backing_bytes} bytes, smaller than the required {required_bytes} bytes")]
+    BackendTooSmall { volume: String, backing_bytes: u64, required_bytes: u64 },
     /// The device did not pick up the backing object's size in time.
     #[error("device {} of volume {volume} still reports {actual} bytes, not the backing {expected} bytes, after {after:?}", device.display())]
     RefreshTimeout { volume: String, device: PathBuf, expected: u64, actual: u64, after: Duration },
@@ -229,7 +229,7 @@ mod tests {
             (NodeError::Busy { volume: "v".into() }, Code::Aborted),
             (NodeError::NotStaged { volume: "v".into(), path: "/s".into() }, Code::FailedPrecondition),
             (NodeError::Conflict { volume: "v".into(), reason: "r".into() }, Code::AlreadyExists),
-            (NodeError::BackendTooSmall { volume: "v".into(), device_bytes: 1, required_bytes: 2 }, Code::OutOfRange),
+            (NodeError::BackendTooSmall { volume: "v".into(), backing_bytes: 1, required_bytes: 2 }, Code::OutOfRange),
             (NodeError::GrowIncomplete { volume: "v".into(), fs_bytes: 1, device_bytes: 2 }, Code::Internal),
             (NodeError::OnlineGrowNotPermitted { volume: "v".into(), source: failed }, Code::FailedPrecondition),
         ];

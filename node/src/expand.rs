@@ -52,8 +52,8 @@ pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeEr
         return Err(NodeError::AttachmentUnhealthy { volume, problem });
     }
     attacher.refresh_capacity(&req.volume, &record.device).await?;
-    let device_bytes = wait_for_backing_size(sys, attacher, &req, &record.device).await?;
-    check_required(&volume, req.required_bytes, device_bytes)?;
+    let (backing_bytes, device_bytes) = wait_for_backing_size(sys, attacher, &req, &record.device).await?;
+    check_required(&volume, req.required_bytes, backing_bytes)?;
     let Access::Mount { fs_type, .. } = record.access else {
         return Ok(device_bytes);
     };
@@ -75,14 +75,16 @@ pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeEr
 
 /// Polls until the device reports the backing object's size: a refresh that
 /// reads a stale (cached) size would otherwise be a silent half-expansion.
-async fn wait_for_backing_size(sys: &dyn System, attacher: &dyn Attacher, req: &Expand, device: &Path) -> Result<u64, NodeError> {
+/// Returns the backing object's size and the device's: its whole sectors,
+/// less when the size is not a multiple of 512.
+async fn wait_for_backing_size(sys: &dyn System, attacher: &dyn Attacher, req: &Expand, device: &Path) -> Result<(u64, u64), NodeError> {
     let started = Instant::now();
     loop {
         let backing = attacher.backing_size(&req.volume).await?.unwrap_or(0);
         let expected = backing / 512 * 512; // block devices count whole sectors
         let actual = sys.device_size(device).await?;
         if actual == expected {
-            return Ok(actual);
+            return Ok((backing, actual));
         }
         if started.elapsed() >= REFRESH_DEADLINE {
             return Err(NodeError::RefreshTimeout { volume: req.volume.to_string(), device: device.to_owned(), expected, actual, after: REFRESH_DEADLINE });
@@ -91,11 +93,13 @@ async fn wait_for_backing_size(sys: &dyn System, attacher: &dyn Attacher, req: &
     }
 }
 
-/// The device must hold what was asked for; if the backend is smaller, no
-/// amount of retrying on this node helps (OUT_OF_RANGE, see `error`).
-fn check_required(volume: &str, required_bytes: u64, device_bytes: u64) -> Result<(), NodeError> {
-    if required_bytes > device_bytes {
-        return Err(NodeError::BackendTooSmall { volume: volume.to_owned(), device_bytes, required_bytes });
+/// The backend must hold what was asked for; if it is smaller, no amount of
+/// retrying on this node helps (OUT_OF_RANGE, see `error`). Compared with
+/// the backing object, not the device: a size granted that is not a
+/// multiple of 512 shows as its whole sectors, and would never be met.
+fn check_required(volume: &str, required_bytes: u64, backing_bytes: u64) -> Result<(), NodeError> {
+    if required_bytes > backing_bytes {
+        return Err(NodeError::BackendTooSmall { volume: volume.to_owned(), backing_bytes, required_bytes });
     }
     Ok(())
 }

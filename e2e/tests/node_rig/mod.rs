@@ -4,17 +4,26 @@
 //! behind, also when it fails half-way.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use csi_proto::v1::node_client::NodeClient;
 use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
+use swell_e2e::node_process::NodeProcess;
 use swell_e2e::sweep::sweep;
 use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::{Backend, VolumeId};
 use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 use tonic::transport::Channel;
+
+/// The node under test: in this process, or swell-node as a process (whose
+/// environment a test chooses, e.g. a PATH with stand-in tools).
+enum Served {
+    InProcess(NodeUnderTest),
+    Process(NodeProcess),
+}
 
 /// Loop devices are few and the machine small: node tests run one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -23,7 +32,7 @@ pub(crate) struct Rig {
     pub backend: LocalBackend,
     pub node: NodeClient<Channel>,
     pub dir: PathBuf,
-    server: Option<NodeUnderTest>,
+    server: Option<Served>,
     _serial: MutexGuard<'static, ()>,
     _tmp: TempDir,
 }
@@ -36,13 +45,18 @@ pub(crate) async fn rig(test: &str) -> Option<Rig> {
     let serial = SERIAL.lock().await;
     let tmp = tempfile::Builder::new().prefix("swell-node-").tempdir_in("/var/tmp").unwrap();
     let dir = tmp.path().to_owned();
-    let mut config = swell_node::NodeConfig::new("node-test");
-    config.state_dir = dir.join("node");
-    config.local_state_dir = dir.join("local");
+    let config = node_config(&dir);
     let backend = LocalBackend::open(&LocalConfig::new(&config.local_state_dir, dir.join("controller"))).unwrap();
     let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.unwrap();
     let node = server.client.clone();
-    Some(Rig { backend, node, dir, server: Some(server), _serial: serial, _tmp: tmp })
+    Some(Rig { backend, node, dir, server: Some(Served::InProcess(server)), _serial: serial, _tmp: tmp })
+}
+
+fn node_config(dir: &std::path::Path) -> swell_node::NodeConfig {
+    let mut config = swell_node::NodeConfig::new("node-test");
+    config.state_dir = dir.join("node");
+    config.local_state_dir = dir.join("local");
+    config
 }
 
 impl Rig {
@@ -62,6 +76,17 @@ impl Rig {
 
     pub(crate) async fn grow(&self, id: &VolumeId, bytes: u64) {
         assert_eq!(self.backend.grow_volume(id, bytes).await.unwrap(), bytes);
+    }
+
+    /// Serves the node as a swell-node process with `env` added to its
+    /// environment instead of in this process (same state and socket).
+    pub(crate) async fn serve_as_process(&mut self, env: &[(&str, OsString)]) {
+        drop(self.server.take());
+        let socket = self.dir.join("node.sock");
+        let _ = std::fs::remove_file(&socket);
+        let process = NodeProcess::start(&node_config(&self.dir), socket, env).await.unwrap();
+        self.node = process.client().await.unwrap();
+        self.server = Some(Served::Process(process));
     }
 
     pub(crate) fn staging_record_exists(&self, id: &VolumeId) -> bool {
