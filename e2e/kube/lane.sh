@@ -134,6 +134,28 @@ node_ip=$(ip -4 -o route get 1.1.1.1 | sed -n 's/.* src \([0-9.]*\).*/\1/p')
 SWELL_CEPH_ADDR=$node_ip e2e/ceph/cluster.sh up "$ceph_dir" "$ceph_port" >"$dir/ceph-up.log" 2>&1 &
 ceph_up=$!
 e2e/kube/cluster.sh up "$dir" "$bin" "$source/crd"
+
+# check-clean's negative control, on this run's recorded host state: a loop
+# device attached since `up` whose file shows, as a dead pod's does, from
+# the root of a mount that is gone must be named as left over, and no
+# longer once detached.
+check_clean_names_a_leftover_loop() {
+  local mnt dev line out
+  mnt=$(mktemp -d /tmp/swell-kube-leak.XXXXXX)
+  mount -t tmpfs -o size=16m swell-kube-leak "$mnt"
+  truncate -s 8M "$mnt/leftover.img"
+  dev=$(losetup -f --show "$mnt/leftover.img") || { umount "$mnt"; rmdir "$mnt"; return 1; }
+  umount -l "$mnt"
+  rmdir "$mnt"
+  line="  - loop device $dev on /leftover.img"
+  out=$(e2e/kube/cluster.sh check-clean "$dir" 2>&1 || true)
+  losetup -d "$dev"
+  grep -qxF -- "$line" <<<"$out" || { echo "kube lane: check-clean did not name a loop device left over ($dev):" >&2; echo "$out" >&2; return 1; }
+  out=$(e2e/kube/cluster.sh check-clean "$dir" 2>&1 || true)
+  ! grep -qF -- "loop device $dev " <<<"$out" || { echo "kube lane: check-clean names $dev after it was detached" >&2; return 1; }
+}
+check_clean_names_a_leftover_loop
+say "check-clean names a loop device attached since up (negative control)"
 # shellcheck disable=SC1091
 source "$dir/env"
 say "cluster up"
