@@ -26,22 +26,6 @@ fn a_loop_device_behind_a_gone_mount_names_its_image_by_name() {
     assert!(!names_image_file(&image.image, &file, &image));
 }
 
-/// Root for loop devices and mounts; without it a skip, but never under CI.
-fn root_or_skip(test: &str) -> bool {
-    // /proc/self belongs to the process's effective user.
-    if std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0) {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs root, which CI runs as");
-    eprintln!("SKIPPED {test}: needs root for loop devices and mounts");
-    if let Some(log) = std::env::var_os("SWELL_SKIP_LOG") {
-        use std::io::Write as _;
-        let appended = std::fs::OpenOptions::new().create(true).append(true).open(log);
-        let _ = appended.and_then(|mut l| writeln!(l, "{test}\tneeds root for loop devices and mounts"));
-    }
-    false
-}
-
 /// The attacher under a temp dir, and one image's loop device whose mount
 /// is gone; the device is detached when dropped, if a test left it.
 struct DeadMount {
@@ -72,9 +56,9 @@ impl DeadMount {
         DeadMount { fuse, image, device, _dir: dir }
     }
 
-    /// One for `test`, or `None` where it cannot run (see [`root_or_skip`]).
+    /// One for `test`, or `None` where it cannot run (see [`crate::fixture::root_or_skip`]).
     async fn for_test(test: &str) -> Option<Self> {
-        if root_or_skip(test) { Some(Self::new(test).await) } else { None }
+        if crate::fixture::root_or_skip(test) { Some(Self::new(test).await) } else { None }
     }
 
     async fn device_attached(&self) -> bool {
