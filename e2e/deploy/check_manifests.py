@@ -360,24 +360,44 @@ class Manifests(unittest.TestCase):
                     for name in [k for ref in c.get("envFrom", []) for k in config[ref["configMapRef"]["name"]]]:
                         self.assertTrue(any(f"[env: {name}=" in t for t in self.help.values()), name)
 
-    def test_rbd_reaches_both_binaries_from_one_config_and_secret(self):
+    def test_rbd_reaches_both_binaries_from_one_config_each_as_its_own_user(self):
         rendered = self.rendered["rbd"]
         config = rendered.one("ConfigMap", "swell-rbd")["data"]
-        secret = rendered.one("Secret", "swell-ceph")
-        self.assertEqual(set(secret["stringData"]), {"ceph.conf", "keyring"})
+        self.assertNotIn("SWELL_RBD_USER", config, "one cephx user shared by every component")
         for kind, name in (("Deployment", "swell-controller"), ("DaemonSet", "swell-node")):
             with self.subTest(workload=name):
                 spec = rendered.one(kind, name)["spec"]["template"]["spec"]
                 c = swell_container(spec)
                 self.assertEqual(c.get("envFrom"), [{"configMapRef": {"name": "swell-rbd"}}])
+                user = [e["value"] for e in c.get("env", []) if e["name"] == "SWELL_RBD_USER"]
+                self.assertEqual(user, [name], "the component's own cephx user")
+                secret = rendered.one("Secret", f"swell-ceph-{name.removeprefix('swell-')}")
+                self.assertEqual(set(secret["stringData"]), {"ceph.conf", "keyring"})
+                self.assertIn(f"[client.{name}]", secret["stringData"]["keyring"])
                 volumes = {v["name"]: v for v in spec["volumes"]}
                 for key, file in (("SWELL_RBD_CEPH_CONF", "ceph.conf"), ("SWELL_RBD_KEYRING", "keyring")):
                     volume, inside = locate(c, config[key])
-                    self.assertEqual(volumes[volume]["secret"]["secretName"], "swell-ceph")
+                    self.assertEqual(volumes[volume]["secret"]["secretName"], secret["metadata"]["name"])
                     self.assertEqual(inside, file)
                 # What the node reads names the cluster: both must read it from here.
                 for variable in re.findall(r"\[env: (SWELL_RBD_[A-Z_]+)=", self.help["swell-node"]):
-                    self.assertIn(variable, config)
+                    if variable != "SWELL_RBD_USER":
+                        self.assertIn(variable, config)
+
+    def test_each_ceph_user_has_the_caps_its_component_needs(self):
+        with open(os.path.join(ROOT, "deploy", "README.md")) as f:
+            readme = f.read()
+        commands = dict(re.findall(r"^    ceph auth get-or-create client\.(swell-[a-z]+) (.*)$", readme, re.M))
+        writer = "mon 'profile rbd' osd 'profile rbd pool=<pool>'"
+        self.assertEqual(commands, {
+            "swell-controller": writer,
+            "swell-node": writer,
+            "swell-webhook": "mon 'profile rbd' osd 'profile rbd-read-only pool=<pool>'",
+        })
+        rendered = self.rendered["rbd"]
+        for user in commands:
+            secret = rendered.one("Secret", f"swell-ceph-{user.removeprefix('swell-')}")
+            self.assertIn(f"[client.{user}]", secret["stringData"]["keyring"])
 
     def test_the_local_overlay_configures_no_ceph(self):
         rendered = self.rendered["local"]
@@ -531,7 +551,17 @@ def _unknown_flag(m):
 
 
 def _rbd_secret(m):
-    del m.rendered["rbd"].one("Secret", "swell-ceph")["stringData"]["keyring"]
+    del m.rendered["rbd"].one("Secret", "swell-ceph-node")["stringData"]["keyring"]
+
+
+def _shared_user(m):
+    node = swell_container(_workload(m, "rbd", "DaemonSet", "swell-node"))
+    node["env"] = [e for e in node["env"] if e["name"] != "SWELL_RBD_USER"] + [{"name": "SWELL_RBD_USER", "value": "swell-controller"}]
+
+
+def _webhook_keyring(m):
+    secret = m.rendered["rbd"].one("Secret", "swell-ceph-webhook")
+    secret["stringData"]["keyring"] = secret["stringData"]["keyring"].replace("client.swell-webhook", "client.swell-controller")
 
 
 def _local_ceph(m):
@@ -610,7 +640,8 @@ NEGATIVE_CONTROLS = {
     "test_the_registrar_registers_the_socket_kubelet_sees": [_registrar],
     "test_one_swell_image_tag_everywhere_and_pinned_sidecars": [_image_tag],
     "test_swell_flags_and_variables_exist_in_the_binaries": [_unknown_flag],
-    "test_rbd_reaches_both_binaries_from_one_config_and_secret": [_rbd_secret],
+    "test_rbd_reaches_both_binaries_from_one_config_each_as_its_own_user": [_rbd_secret, _shared_user],
+    "test_each_ceph_user_has_the_caps_its_component_needs": [_webhook_keyring],
     "test_the_local_overlay_configures_no_ceph": [_local_ceph],
     "test_objects_live_in_one_namespace_and_accounts_exist": [_namespace],
     "test_the_node_has_no_api_access": [_node_api],

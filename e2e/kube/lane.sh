@@ -190,17 +190,25 @@ scenarios --test-threads=1 readme::webhook_without_cert_manager_runs_as_written
 say "README's commands ran"
 
 # 2. The RBD overlay on top (it keeps the local backend; swell-local stays):
-# the Secret from the test cluster, for a user with the caps deploy/ documents.
+# a Secret per component from the test cluster, for the cephx users
+# deploy/README.md creates, with its `ceph auth` commands as written (<pool>:
+# the test cluster's rbd).
 wait "$ceph_up" || { cat "$dir/ceph-up.log" >&2; echo "kube lane: the Ceph cluster did not start" >&2; exit 1; }
 ceph=(timeout 60 ceph -c "$ceph_dir/ceph.conf")
 fsid=$("${ceph[@]}" fsid)
 secret=$(mktemp -d)
-(
-  umask 077
-  printf '[global]\nfsid = %s\nmon_host = v2:%s:%s\nkeyring = /etc/swell/ceph/keyring\n' "$fsid" "$node_ip" "$ceph_port" >"$secret/ceph.conf"
-  "${ceph[@]}" auth get-or-create client.swell mon 'profile rbd' osd 'profile rbd pool=rbd' >"$secret/keyring"
-)
-kubectl -n swell-system create secret generic swell-ceph --from-file="$secret/ceph.conf" --from-file="$secret/keyring" >/dev/null
+for component in controller node webhook; do
+  command=$(grep -E "^    ceph auth get-or-create client\.swell-$component " deploy/README.md) ||
+    { echo "kube lane: deploy/README.md gives no \`ceph auth\` command for the $component's user" >&2; exit 1; }
+  command=${command#    ceph }
+  (
+    umask 077
+    printf '[global]\nfsid = %s\nmon_host = v2:%s:%s\nkeyring = /etc/swell/ceph/keyring\n' "$fsid" "$node_ip" "$ceph_port" >"$secret/ceph.conf"
+    # The README's words, quotes and all.
+    eval "\"\${ceph[@]}\" ${command//<pool>/rbd}" >"$secret/keyring"
+  )
+  kubectl -n swell-system create secret generic "swell-ceph-$component" --from-file="$secret/ceph.conf" --from-file="$secret/keyring" >/dev/null
+done
 rm -rf "$secret"
 kubectl apply -k "$overlays/rbd" 2>&1 | { grep -v -e unchanged -e Warning || true; }
 kubectl apply -k "$overlays/webhook-rbd" 2>&1 | { grep -v -e unchanged -e Warning || true; }
