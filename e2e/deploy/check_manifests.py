@@ -360,24 +360,44 @@ class Manifests(unittest.TestCase):
                     for name in [k for ref in c.get("envFrom", []) for k in config[ref["configMapRef"]["name"]]]:
                         self.assertTrue(any(f"[env: {name}=" in t for t in self.help.values()), name)
 
-    def test_rbd_reaches_both_binaries_from_one_config_and_secret(self):
+    def test_rbd_reaches_both_binaries_from_one_config_each_as_its_own_user(self):
         rendered = self.rendered["rbd"]
         config = rendered.one("ConfigMap", "swell-rbd")["data"]
-        secret = rendered.one("Secret", "swell-ceph")
-        self.assertEqual(set(secret["stringData"]), {"ceph.conf", "keyring"})
+        self.assertNotIn("SWELL_RBD_USER", config, "one cephx user shared by every component")
         for kind, name in (("Deployment", "swell-controller"), ("DaemonSet", "swell-node")):
             with self.subTest(workload=name):
                 spec = rendered.one(kind, name)["spec"]["template"]["spec"]
                 c = swell_container(spec)
                 self.assertEqual(c.get("envFrom"), [{"configMapRef": {"name": "swell-rbd"}}])
+                user = [e["value"] for e in c.get("env", []) if e["name"] == "SWELL_RBD_USER"]
+                self.assertEqual(user, [name], "the component's own cephx user")
+                secret = rendered.one("Secret", f"swell-ceph-{name.removeprefix('swell-')}")
+                self.assertEqual(set(secret["stringData"]), {"ceph.conf", "keyring"})
+                self.assertIn(f"[client.{name}]", secret["stringData"]["keyring"])
                 volumes = {v["name"]: v for v in spec["volumes"]}
                 for key, file in (("SWELL_RBD_CEPH_CONF", "ceph.conf"), ("SWELL_RBD_KEYRING", "keyring")):
                     volume, inside = locate(c, config[key])
-                    self.assertEqual(volumes[volume]["secret"]["secretName"], "swell-ceph")
+                    self.assertEqual(volumes[volume]["secret"]["secretName"], secret["metadata"]["name"])
                     self.assertEqual(inside, file)
                 # What the node reads names the cluster: both must read it from here.
                 for variable in re.findall(r"\[env: (SWELL_RBD_[A-Z_]+)=", self.help["swell-node"]):
-                    self.assertIn(variable, config)
+                    if variable != "SWELL_RBD_USER":
+                        self.assertIn(variable, config)
+
+    def test_each_ceph_user_has_the_caps_its_component_needs(self):
+        with open(os.path.join(ROOT, "deploy", "README.md")) as f:
+            readme = f.read()
+        commands = dict(re.findall(r"^    ceph auth get-or-create client\.(swell-[a-z]+) (.*)$", readme, re.M))
+        writer = "mon 'profile rbd' osd 'profile rbd pool=<pool>'"
+        self.assertEqual(commands, {
+            "swell-controller": writer,
+            "swell-node": writer,
+            "swell-webhook": "mon 'profile rbd' osd 'profile rbd-read-only pool=<pool>'",
+        })
+        rendered = self.rendered["rbd"]
+        for user in commands:
+            secret = rendered.one("Secret", f"swell-ceph-{user.removeprefix('swell-')}")
+            self.assertIn(f"[client.{user}]", secret["stringData"]["keyring"])
 
     def test_the_local_overlay_configures_no_ceph(self):
         rendered = self.rendered["local"]
@@ -404,6 +424,56 @@ class Manifests(unittest.TestCase):
             self.assertNotIn("swell-node", bound)
             spec = rendered.one("DaemonSet", "swell-node")["spec"]["template"]["spec"]
             self.assertIs(spec["automountServiceAccountToken"], False)
+
+    def test_every_container_but_the_node_plugin_runs_confined(self):
+        for rendered in self.each_with_webhook():
+            for name, spec in rendered.pod_specs():
+                with self.subTest(pod=name):
+                    self.assertEqual(spec.get("securityContext", {}).get("seccompProfile", {}).get("type"), "RuntimeDefault")
+                    for c in spec["containers"]:
+                        context = c.get("securityContext", {})
+                        if c.get("command", [""])[0] == "swell-node":
+                            # The one privileged container (test_the_node_plugin_is_privileged_and_propagates_mounts).
+                            continue
+                        with self.subTest(container=c["name"]):
+                            self.assertFalse(context.get("privileged", False), "privileged")
+                            self.assertIs(context.get("allowPrivilegeEscalation"), False)
+                            self.assertIs(context.get("readOnlyRootFilesystem"), True)
+                            self.assertEqual(context.get("capabilities", {}).get("drop"), ["ALL"])
+                            self.assertNotIn("add", context.get("capabilities", {}))
+
+    def test_the_namespace_admits_the_privileged_node_plugin_explicitly(self):
+        for rendered in self.each():
+            (namespace,) = rendered.of_kind("Namespace")
+            self.assertEqual(namespace["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce"), "privileged")
+
+    def test_every_pod_takes_ingress_only_on_the_ports_it_serves(self):
+        for rendered in self.each_with_webhook():
+            policies = rendered.of_kind("NetworkPolicy")
+            for obj in rendered.objects:
+                if obj["kind"] not in ("Deployment", "DaemonSet"):
+                    continue
+                template = obj["spec"]["template"]
+                labels = template["metadata"]["labels"]
+                with self.subTest(pod=obj["metadata"]["name"]):
+                    selecting = [
+                        p["spec"] for p in policies
+                        if p["spec"]["podSelector"].get("matchLabels") and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+                    self.assertEqual(len(selecting), 1, "one NetworkPolicy selects the pod")
+                    (policy,) = selecting
+                    self.assertEqual(policy["policyTypes"], ["Ingress"])
+                    # A rule without ports admits every port.
+                    self.assertTrue(all(rule.get("ports") for rule in policy["ingress"]), "a rule admits every port")
+                    allowed = {(p["protocol"], p["port"]) for rule in policy["ingress"] for p in rule["ports"]}
+                    served = {("TCP", p["containerPort"]) for c in template["spec"]["containers"] for p in c.get("ports", [])}
+                    self.assertEqual(allowed, served)
+
+    def test_the_webhook_mounts_everything_read_only(self):
+        (spec,) = [spec for _, spec in self.webhook.pod_specs()]
+        mounts = [m for c in spec["containers"] for m in c.get("volumeMounts", [])]
+        self.assertTrue(mounts, "the webhook mounts nothing")
+        for mount in mounts:
+            self.assertIs(mount.get("readOnly"), True, mount["mountPath"])
 
 
 def _workload(manifests, overlay, kind, name):
@@ -481,7 +551,17 @@ def _unknown_flag(m):
 
 
 def _rbd_secret(m):
-    del m.rendered["rbd"].one("Secret", "swell-ceph")["stringData"]["keyring"]
+    del m.rendered["rbd"].one("Secret", "swell-ceph-node")["stringData"]["keyring"]
+
+
+def _shared_user(m):
+    node = swell_container(_workload(m, "rbd", "DaemonSet", "swell-node"))
+    node["env"] = [e for e in node["env"] if e["name"] != "SWELL_RBD_USER"] + [{"name": "SWELL_RBD_USER", "value": "swell-controller"}]
+
+
+def _webhook_keyring(m):
+    secret = m.rendered["rbd"].one("Secret", "swell-ceph-webhook")
+    secret["stringData"]["keyring"] = secret["stringData"]["keyring"].replace("client.swell-webhook", "client.swell-controller")
 
 
 def _local_ceph(m):
@@ -495,6 +575,48 @@ def _namespace(m):
 def _node_api(m):
     binding = m.rendered["rbd"].of_kind("ClusterRoleBinding")[0]
     binding["subjects"].append({"kind": "ServiceAccount", "name": "swell-node", "namespace": NAMESPACE})
+
+
+def _no_seccomp(m):
+    del _workload(m, "local", "Deployment", "swell-controller")["securityContext"]["seccompProfile"]
+
+
+def _writable_root(m):
+    (spec,) = [spec for _, spec in m.webhook.pod_specs()]
+    swell_container(spec)["securityContext"]["readOnlyRootFilesystem"] = False
+
+
+def _capability_added(m):
+    sidecar(_workload(m, "rbd", "Deployment", "swell-controller"), "csi-resizer")["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+
+
+def _sidecar_privileged(m):
+    sidecar(_workload(m, "rbd", "DaemonSet", "swell-node"), "livenessprobe")["securityContext"]["privileged"] = True
+
+
+def _escalation(m):
+    del sidecar(_workload(m, "local", "DaemonSet", "swell-node"), "csi-node-driver-registrar")["securityContext"]["allowPrivilegeEscalation"]
+
+
+def _pod_security(m):
+    del m.rendered["rbd"].of_kind("Namespace")[0]["metadata"]["labels"]
+
+
+def _policy_gone(m):
+    m.rendered["local"].objects.remove(m.rendered["local"].one("NetworkPolicy", "swell-controller"))
+
+
+def _policy_opens_a_port(m):
+    m.rendered["rbd"].one("NetworkPolicy", "swell-node")["spec"]["ingress"][0]["ports"].append({"protocol": "TCP", "port": 22})
+
+
+def _rule_without_ports(m):
+    m.webhook.one("NetworkPolicy", "swell-webhook")["spec"]["ingress"].append({})
+
+
+def _webhook_writes(m):
+    (spec,) = [spec for _, spec in m.webhook.pod_specs()]
+    del swell_container(spec)["volumeMounts"][-1]["readOnly"]
 
 
 def _overlay_gone(m):
@@ -518,10 +640,15 @@ NEGATIVE_CONTROLS = {
     "test_the_registrar_registers_the_socket_kubelet_sees": [_registrar],
     "test_one_swell_image_tag_everywhere_and_pinned_sidecars": [_image_tag],
     "test_swell_flags_and_variables_exist_in_the_binaries": [_unknown_flag],
-    "test_rbd_reaches_both_binaries_from_one_config_and_secret": [_rbd_secret],
+    "test_rbd_reaches_both_binaries_from_one_config_each_as_its_own_user": [_rbd_secret, _shared_user],
+    "test_each_ceph_user_has_the_caps_its_component_needs": [_webhook_keyring],
     "test_the_local_overlay_configures_no_ceph": [_local_ceph],
     "test_objects_live_in_one_namespace_and_accounts_exist": [_namespace],
     "test_the_node_has_no_api_access": [_node_api],
+    "test_the_namespace_admits_the_privileged_node_plugin_explicitly": [_pod_security],
+    "test_the_webhook_mounts_everything_read_only": [_webhook_writes],
+    "test_every_pod_takes_ingress_only_on_the_ports_it_serves": [_policy_gone, _policy_opens_a_port, _rule_without_ports],
+    "test_every_container_but_the_node_plugin_runs_confined": [_no_seccomp, _writable_root, _capability_added, _sidecar_privileged, _escalation],
 }
 
 

@@ -354,6 +354,7 @@ save_host_state() {
     sysctl -n "$key" >/dev/null 2>&1 && echo "$key=$(sysctl -n "$key")"
   done >"$DIR/sysctl.saved"
   chains >"$DIR/chains.saved"
+  all_loops >"$DIR/loops.saved"
 }
 
 # --- down -------------------------------------------------------------------------------------
@@ -380,19 +381,39 @@ mounts_under() {
   done </proc/mounts | awk '{ print length, $0 }' | sort -rn | cut -d' ' -f2-
 }
 
-# Loop devices whose backing file is Swell's on this host (read from sysfs,
-# which never touches the file: one on a dead FUSE would hang a stat).
-our_loops() {
+# Every attached loop device as "DEVICE BACKING", from sysfs (which never
+# touches the file: one on a dead FUSE would hang a stat).
+all_loops() {
   local f back
   for f in /sys/block/loop*/loop/backing_file; do
     read_line back "$f" || continue
-    if [[ $back == /var/lib/swell/* || $back == "$KUBELET_ROOT"/* || $back == "$DIR"/* ]]; then
-      f=${f#/sys/block/}
-      echo "/dev/${f%%/*} $back"
-    fi
+    f=${f#/sys/block/}
+    echo "/dev/${f%%/*} $back"
   done
 }
 
+# The cluster's loop devices: those on Swell's host paths, and any attached
+# since `up` (loops.saved). A device a pod attached shows its file as seen
+# from the root of a mount that died with the pod's container
+# (`/swell-<hex>` behind a gone rbd-fuse, `/local/volumes/<id>.img`), no
+# path of this host. A new device whose file exists on this host outside
+# those paths is not counted: another program's, attached meanwhile.
+our_loops() {
+  local dev back shown
+  while read -r dev back; do
+    [[ -n $dev ]] || continue
+    if [[ $back == /var/lib/swell/* || $back == "$KUBELET_ROOT"/* || $back == "$DIR"/* ]]; then
+      echo "$dev $back"
+      continue
+    fi
+    [[ -f $DIR/loops.saved ]] || continue
+    grep -qxF "$dev $back" "$DIR/loops.saved" && continue
+    shown=${back% (deleted)}
+    # Bounded: a file on someone's hung FUSE would block the test for good.
+    [[ $shown == "$back" ]] && timeout 5 test -e "$shown" && continue
+    echo "$dev $back"
+  done < <(all_loops)
+}
 
 # The pids of containerd shims serving this cluster, and every process below them.
 shim_tree() {
@@ -457,7 +478,7 @@ down() {
     bounded 20 umount "$target" || bounded 20 umount -l "$target" || { echo "kube: cannot unmount $target" >&2; failed=1; }
   done < <(mounts_under "$KUBELET_ROOT" /var/lib/swell "$DIR" /run/netns /var/run/netns /run/containerd)
   # Loop devices of Swell's volumes (local files, or rbd-fuse files whose
-  # daemon died with the node plugin's container).
+  # daemon died with the node plugin's container), and any attached since `up`.
   while read -r dev back; do
     [[ -n $dev ]] || continue
     bounded 20 losetup -d "$dev" || { echo "kube: cannot detach $dev ($back)" >&2; failed=1; }

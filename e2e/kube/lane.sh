@@ -134,6 +134,28 @@ node_ip=$(ip -4 -o route get 1.1.1.1 | sed -n 's/.* src \([0-9.]*\).*/\1/p')
 SWELL_CEPH_ADDR=$node_ip e2e/ceph/cluster.sh up "$ceph_dir" "$ceph_port" >"$dir/ceph-up.log" 2>&1 &
 ceph_up=$!
 e2e/kube/cluster.sh up "$dir" "$bin" "$source/crd"
+
+# check-clean's negative control, on this run's recorded host state: a loop
+# device attached since `up` whose file shows, as a dead pod's does, from
+# the root of a mount that is gone must be named as left over, and no
+# longer once detached.
+check_clean_names_a_leftover_loop() {
+  local mnt dev line out
+  mnt=$(mktemp -d /tmp/swell-kube-leak.XXXXXX)
+  mount -t tmpfs -o size=16m swell-kube-leak "$mnt"
+  truncate -s 8M "$mnt/leftover.img"
+  dev=$(losetup -f --show "$mnt/leftover.img") || { umount "$mnt"; rmdir "$mnt"; return 1; }
+  umount -l "$mnt"
+  rmdir "$mnt"
+  line="  - loop device $dev on /leftover.img"
+  out=$(e2e/kube/cluster.sh check-clean "$dir" 2>&1 || true)
+  losetup -d "$dev"
+  grep -qxF -- "$line" <<<"$out" || { echo "kube lane: check-clean did not name a loop device left over ($dev):" >&2; echo "$out" >&2; return 1; }
+  out=$(e2e/kube/cluster.sh check-clean "$dir" 2>&1 || true)
+  ! grep -qF -- "loop device $dev " <<<"$out" || { echo "kube lane: check-clean names $dev after it was detached" >&2; return 1; }
+}
+check_clean_names_a_leftover_loop
+say "check-clean names a loop device attached since up (negative control)"
 # shellcheck disable=SC1091
 source "$dir/env"
 say "cluster up"
@@ -168,17 +190,25 @@ scenarios --test-threads=1 readme::webhook_without_cert_manager_runs_as_written
 say "README's commands ran"
 
 # 2. The RBD overlay on top (it keeps the local backend; swell-local stays):
-# the Secret from the test cluster, for a user with the caps deploy/ documents.
+# a Secret per component from the test cluster, for the cephx users
+# deploy/README.md creates, with its `ceph auth` commands as written (<pool>:
+# the test cluster's rbd).
 wait "$ceph_up" || { cat "$dir/ceph-up.log" >&2; echo "kube lane: the Ceph cluster did not start" >&2; exit 1; }
 ceph=(timeout 60 ceph -c "$ceph_dir/ceph.conf")
 fsid=$("${ceph[@]}" fsid)
 secret=$(mktemp -d)
-(
-  umask 077
-  printf '[global]\nfsid = %s\nmon_host = v2:%s:%s\nkeyring = /etc/swell/ceph/keyring\n' "$fsid" "$node_ip" "$ceph_port" >"$secret/ceph.conf"
-  "${ceph[@]}" auth get-or-create client.swell mon 'profile rbd' osd 'profile rbd pool=rbd' >"$secret/keyring"
-)
-kubectl -n swell-system create secret generic swell-ceph --from-file="$secret/ceph.conf" --from-file="$secret/keyring" >/dev/null
+for component in controller node webhook; do
+  command=$(grep -E "^    ceph auth get-or-create client\.swell-$component " deploy/README.md) ||
+    { echo "kube lane: deploy/README.md gives no \`ceph auth\` command for the $component's user" >&2; exit 1; }
+  command=${command#    ceph }
+  (
+    umask 077
+    printf '[global]\nfsid = %s\nmon_host = v2:%s:%s\nkeyring = /etc/swell/ceph/keyring\n' "$fsid" "$node_ip" "$ceph_port" >"$secret/ceph.conf"
+    # The README's words, quotes and all.
+    eval "\"\${ceph[@]}\" ${command//<pool>/rbd}" >"$secret/keyring"
+  )
+  kubectl -n swell-system create secret generic "swell-ceph-$component" --from-file="$secret/ceph.conf" --from-file="$secret/keyring" >/dev/null
+done
 rm -rf "$secret"
 kubectl apply -k "$overlays/rbd" 2>&1 | { grep -v -e unchanged -e Warning || true; }
 kubectl apply -k "$overlays/webhook-rbd" 2>&1 | { grep -v -e unchanged -e Warning || true; }

@@ -26,11 +26,27 @@ pub(crate) async fn confined(field: &'static str, path: &Path, root: Option<&Pat
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            // A mount point whose filesystem is dead (xfs shut down after
+            // its device failed: EIO; a FUSE without its daemon: ENOTCONN)
+            // fails its stat, yet is no symlink: nothing mounts on one. Its
+            // unpublish or unstage is what clears it.
+            Err(_) if is_mount_point(&at).await => {}
             Err(e) => return Err(NodeError::io(format!("stat {}", at.display()), e)),
         }
     }
     Ok(())
 }
+
+/// Whether mountinfo lists a mount at `path` (read from /proc, which never
+/// touches the mounted filesystem).
+async fn is_mount_point(path: &Path) -> bool {
+    let Ok(text) = tokio::fs::read_to_string("/proc/self/mountinfo").await else { return false };
+    crate::mountinfo::find(&crate::mountinfo::parse(&text), path).is_some()
+}
+
+#[cfg(test)]
+#[path = "confine_tests.rs"]
+mod dead_mount_tests;
 
 #[cfg(test)]
 mod tests {

@@ -111,3 +111,19 @@ pub(crate) fn mount(fs: FsType) -> Access {
 pub(crate) fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
+
+/// Root for loop devices and mounts; without it a skip, but never under CI.
+pub(crate) fn root_or_skip(test: &str) -> bool {
+    // /proc/self belongs to the process's effective user.
+    if std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0) {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs root, which CI runs as");
+    eprintln!("SKIPPED {test}: needs root for loop devices and mounts");
+    if let Some(log) = std::env::var_os("SWELL_SKIP_LOG") {
+        use std::io::Write as _;
+        let appended = std::fs::OpenOptions::new().create(true).append(true).open(log);
+        let _ = appended.and_then(|mut l| writeln!(l, "{test}\tneeds root for loop devices and mounts"));
+    }
+    false
+}

@@ -82,6 +82,24 @@ pub(crate) fn node_plugin_killed(backend: &Backend, module: &str) {
     }
     drop(ns);
     no_mounts_of(&pv, &id);
+    no_loop_device_of(&id);
+}
+
+/// No loop device reads the volume's file once kubelet unstaged it, under
+/// any name sysfs gives it: one attached by the killed plugin's container
+/// names it from the root of a mount that died with it (`/swell-<hex>`
+/// behind rbd-fuse, `/local/volumes/<key>.img`).
+fn no_loop_device_of(id: &str) {
+    let volume: swell_storage::VolumeId = id.parse().expect("a volume id");
+    let name = match swell_storage::RbdVolume::parse(&volume) {
+        Some(rbd) => rbd.image,
+        None => swell_local::image_path(std::path::Path::new("/"), &volume).file_name().expect("a file name").to_string_lossy().into_owned(),
+    };
+    wait_for(&format!("no loop device of {id} left"), Duration::from_secs(60), Duration::from_millis(500), |last| {
+        let loops = on_node(&["sh", "-c", "cat /sys/block/loop*/loop/backing_file 2>/dev/null || true"]);
+        *last = loops.lines().filter(|l| l.contains(&name)).collect::<Vec<_>>().join(", ");
+        last.is_empty().then_some(())
+    });
 }
 
 /// The node plugin kept off the node: a nodeSelector no node has stops the

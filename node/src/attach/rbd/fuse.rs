@@ -119,7 +119,12 @@ impl FuseAttacher {
             }
             // The daemon died under its mount (ENOTCONN): clear it, remount.
             tracing::warn!(dir = %dir.display(), "rbd-fuse mount without its daemon; remounting");
+            self.detach_stale(volume, image).await?;
             unmount(self.sys(), volume, &dir, true).await?;
+        } else {
+            // No mount at all: a loop device may still read the image
+            // through one that died with an earlier node plugin container.
+            self.detach_stale(volume, image).await?;
         }
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| NodeError::io(format!("create {}", dir.display()), e))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| NodeError::io(format!("chmod {}", dir.display()), e))?;
@@ -135,6 +140,28 @@ impl FuseAttacher {
             return Err(error);
         }
         Ok(file)
+    }
+
+    /// The loop devices reading `image`'s file, through a live mount or a
+    /// dead one (see [`names_image_file`]).
+    async fn devices_reading(&self, image: &RbdVolume) -> Result<Vec<PathBuf>, NodeError> {
+        let file = self.image_file(image);
+        let mut devices: Vec<PathBuf> =
+            self.sys().loop_devices().await?.into_iter().filter(|l| names_image_file(&l.backing_file, &file, image)).map(|l| l.device).collect();
+        devices.sort();
+        Ok(devices)
+    }
+
+    /// Detaches the loop devices still reading `image` through an rbd-fuse
+    /// whose daemon is gone: they serve nothing any more, and a fresh attach
+    /// would leave them behind for good. One still held open (a staging
+    /// mount over it) goes when its last user closes it.
+    async fn detach_stale(&self, volume: &VolumeId, image: &RbdVolume) -> Result<(), NodeError> {
+        for device in self.devices_reading(image).await? {
+            tracing::warn!(device = %device.display(), "detaching a loop device over a dead rbd-fuse");
+            detach_device(self.sys(), volume, &device).await?;
+        }
+        Ok(())
     }
 
     /// Unmounts `dir` (if mounted) and waits until its rbd-fuse has exited,
@@ -202,12 +229,12 @@ impl Attacher for FuseAttacher {
     async fn detach(&self, volume: &VolumeId, device: Option<&Path>) -> Result<(), NodeError> {
         let image = rbd_volume(volume)?;
         let file = self.image_file(&image);
-        let mut devices = system::loop_devices_backing(self.sys(), &file).await?;
+        let mut devices = self.devices_reading(&image).await?;
         // Compared as sysfs prints it, never resolved: resolving a path on
         // the FUSE mount would hang behind a hung rbd-fuse.
         if let Some(recorded) = device
             && !devices.iter().any(|d| d == recorded)
-            && system::loop_backing(self.sys(), recorded).await?.is_some_and(|b| system::same_file(&b, &file))
+            && system::loop_backing(self.sys(), recorded).await?.is_some_and(|b| names_image_file(&b, &file, &image))
         {
             devices.push(recorded.to_owned());
         }
@@ -255,6 +282,16 @@ impl Attacher for FuseAttacher {
             Some(b) => Ok(Some(format!("loop device {} now backs {b}, not volume {volume}", device.display()))),
         }
     }
+}
+
+/// Whether sysfs's `backing` names the image file `file` of `image`: its
+/// path, or `/<image>`, as the kernel prints it once the rbd-fuse mount the
+/// device reads through is gone from every mount namespace (the node
+/// plugin's container died, and its daemon with it): from that mount's
+/// root. Image names are digests of the volume's name, so the bare name is
+/// this volume's.
+fn names_image_file(backing: &str, file: &Path, image: &RbdVolume) -> bool {
+    system::same_file(backing, file) || system::same_file(backing, &Path::new("/").join(&image.image))
 }
 
 /// Polls until `file` exists in a fresh rbd-fuse mount.
@@ -442,3 +479,7 @@ mod tests {
         assert!(!serves(b"", dir));
     }
 }
+
+#[cfg(test)]
+#[path = "fuse_dead_mount_tests.rs"]
+mod dead_mount_tests;
