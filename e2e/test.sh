@@ -31,6 +31,7 @@ target/test-venv/bin/python e2e/deploy/check_manifests.py || status=1
 # never rots: every figure must still be measurable; no timing is judged.
 target/debug/swell-bench --short --out target/bench-short >target/bench-short.log 2>&1 ||
   { tail -40 target/bench-short.log; echo "swell-bench --short failed (log: target/bench-short.log)" >&2; status=1; }
+e2e/fuzz.sh || status=1
 # The VM lane (e2e/vm/): krbd, rbd-nbd and ext4 grown online, under Debian's
 # own kernel in qemu; after the host suites, as it needs both cores. Its
 # tests join the count below by name (target/vm/results.tsv).
