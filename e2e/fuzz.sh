@@ -20,7 +20,7 @@ command -v c++ >/dev/null || { echo "fuzz: no C++ compiler to build libFuzzer (e
 out="${CARGO_TARGET_DIR:-target}/fuzz"
 started=$SECONDS
 fuzzer=$(RUSTC_WORKSPACE_WRAPPER="$PWD/e2e/fuzz-rustc" cargo build --quiet --locked -p swell-fuzz --features libfuzzer --bin swell-fuzz \
-  --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
+  --message-format=json-render-diagnostics | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
 [[ -x $fuzzer ]] || { echo "fuzz: cargo built no swell-fuzz" >&2; exit 1; }
 echo "fuzz: built $fuzzer in $((SECONDS - started)) s"
 

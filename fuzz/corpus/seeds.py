@@ -104,6 +104,11 @@ def hpack_literal(name, value):
     return bytes([0]) + bytes([len(name)]) + name + bytes([len(value)]) + value
 
 
+def hpack_indexed_literal(name, value):
+    """A literal header field with incremental indexing, new name (RFC 7541 6.2.1)."""
+    return bytes([0x40]) + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
 def frame(kind, flags, stream, payload):
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
@@ -116,6 +121,19 @@ def authority_stream(authority, split):
     else:
         frames += frame(1, 0x4 | 0x8, 1, bytes([3]) + block + bytes(3))
     return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frames + frame(0, 1, 1, b"\0\0\0\0\0")
+
+
+def dynamic_table_stream():
+    """Two requests on one connection: the first sizes the dynamic table and
+    adds the socket-path authority to it, the second names it by index (62)."""
+    first = b"\x3f\xe1\x1f\x83\x86" + hpack_indexed_literal(b":authority", b"%2Fcsi%2Fcsi.sock")
+    second = b"\x83\x86\xbe" + hpack_literal(b":path", b"/csi.v1.Identity/Probe")
+    return (
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        + frame(4, 0, 0, b"")
+        + frame(1, 0x5, 1, first)
+        + frame(1, 0x5, 3, second)
+    )
 
 
 ENTRY = {
@@ -151,6 +169,7 @@ SEEDS = {
     "authority": {
         "socket_path_authority": bytes([255]) + authority_stream(b"/csi/csi.sock", False),
         "continued_block_small_reads": bytes([7]) + authority_stream(b"localhost", True),
+        "dynamic_table_second_request": bytes([64]) + dynamic_table_stream(),
     },
     "rbd_state": {
         "volume_entry": b"\0" + json.dumps(ENTRY).encode(),
