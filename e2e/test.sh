@@ -47,6 +47,8 @@ bench_short() {
     { tail -40 target/bench-short.log; echo "swell-bench --short failed (log: target/bench-short.log)" >&2; return 1; }
 }
 check "swell-bench --short" bench_short || status=1
+# Each fuzz target briefly (fuzz/, e2e/fuzz.sh), one result a target.
+check "fuzz (e2e/fuzz.sh)" e2e/fuzz.sh || status=1
 # The VM lane (e2e/vm/): krbd, rbd-nbd and ext4 grown online, under Debian's
 # own kernel in qemu; after the host suites, as it needs both cores. It
 # judges its tests by name (target/vm/results.tsv); a lane that cannot

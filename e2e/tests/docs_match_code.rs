@@ -181,8 +181,8 @@ fn every_metric_the_documents_name_is_registered_and_every_registered_one_is_doc
 #[test]
 fn every_file_path_the_documents_name_exists() {
     let root = repo();
-    let path =
-        Regex::new(r"(?:^|[^\w./-])((?:proto|endpoint|storage|backends|controller|node|k8s|webhook|cli|e2e|bench|deploy|docs|\.ci)/[\w./-]*[\w/])").unwrap();
+    let path = Regex::new(r"(?:^|[^\w./-])((?:proto|endpoint|storage|backends|controller|node|k8s|webhook|cli|e2e|bench|fuzz|deploy|docs|\.ci)/[\w./-]*[\w/])")
+        .unwrap();
     let mut missing = Vec::new();
     for (doc, text) in documents() {
         for found in path.captures_iter(&text) {

@@ -15,6 +15,9 @@ mod expand;
 mod filesystem;
 #[cfg(test)]
 mod fixture;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod mount;
 pub mod mountinfo;

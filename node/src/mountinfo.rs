@@ -48,6 +48,11 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let major_minor = left.next()?.to_owned();
     let root = PathBuf::from(unescape(left.next()?));
     let mount_point = PathBuf::from(unescape(left.next()?));
+    // The kernel writes absolute paths: anything else (an empty field
+    // between two spaces) is a malformed line, never a mount at "".
+    if !mount_point.is_absolute() {
+        return None;
+    }
     let options = left.next()?.split(',').map(str::to_owned).collect();
     let mut right = right.split(' ');
     let fs_type = unescape(right.next()?);
@@ -119,6 +124,12 @@ not a mountinfo line\n";
         over.fs_type = "tmpfs".into();
         entries.push(over);
         assert_eq!(find(&entries, Path::new("/")).map(|e| e.fs_type.as_str()), Some("tmpfs"));
+    }
+
+    #[test]
+    fn a_line_without_an_absolute_mount_point_is_skipped() {
+        let entries = parse("99 22 0:44 /  rw - tmpfs tmpfs rw\n98 22 0:44 / mnt rw - tmpfs tmpfs rw\n");
+        assert_eq!(entries, []);
     }
 
     #[test]

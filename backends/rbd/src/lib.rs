@@ -49,6 +49,9 @@ mod context;
 mod errors;
 #[cfg(feature = "librbd")]
 mod ffi;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "librbd")]
 mod header;
 #[cfg(feature = "librbd")]
