@@ -139,10 +139,11 @@ pub fn grow_tool_stand_in(dir: &Path, fs: &str, at: KillAt) -> Result<(PathBuf, 
     let hold = match (at, fs) {
         (KillAt::BeforeTheTool, _) => format!(": > {mark_arg}; sleep 60; exec {real_arg} \"$@\""),
         (KillAt::AfterTheToolStarted, _) => format!("{real_arg} \"$@\" & : > {mark_arg}; wait $!; sleep 60"),
-        // xfs_growfs MOUNT: -D counts the data blocks (4 KiB).
-        (KillAt::PartWay(bytes), "xfs") => format!("{real_arg} -D {} \"$1\" && : > {mark_arg}; sleep 60", bytes / 4096),
-        // btrfs filesystem resize max MOUNT.
-        (KillAt::PartWay(bytes), "btrfs") => format!("{real_arg} filesystem resize {bytes} \"$4\" && : > {mark_arg}; sleep 60"),
+        // xfs_growfs [--] MOUNT: -D counts the data blocks (4 KiB). The mount
+        // point is the last argument, whether or not `--` precedes it.
+        (KillAt::PartWay(bytes), "xfs") => format!("for m; do :; done; {real_arg} -D {} -- \"$m\" && : > {mark_arg}; sleep 60", bytes / 4096),
+        // btrfs filesystem resize [--] max MOUNT.
+        (KillAt::PartWay(bytes), "btrfs") => format!("for m; do :; done; {real_arg} filesystem resize -- {bytes} \"$m\" && : > {mark_arg}; sleep 60"),
         (KillAt::PartWay(_), other) => return Err(format!("no part-way grow for {other}")),
     };
     let script = format!("#!/bin/sh\nif {is_grow}; then {hold}; fi\nexec {real_arg} \"$@\"\n");

@@ -3,8 +3,22 @@
 //! directory, and no directory on the way from it may be a symlink, which
 //! would carry a mount or a removal anywhere on the host. Components that
 //! do not exist yet are made by the node itself, as directories.
+//!
+//! [`confined`] answers a request early with INVALID_ARGUMENT; the acts
+//! themselves go through file descriptors opened with openat2
+//! (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` from the kubelet directory), so
+//! a symlink swapped in after the check is refused by the kernel (ELOOP)
+//! instead of followed.
 
-use std::path::{Component, Path};
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::unistd::UnlinkatFlags;
 
 use crate::error::NodeError;
 
@@ -47,6 +61,129 @@ async fn is_mount_point(path: &Path) -> bool {
 #[cfg(test)]
 #[path = "confine_tests.rs"]
 mod dead_mount_tests;
+
+/// Opens `path` (with `O_CLOEXEC` added): when it lies under `root`,
+/// through openat2 from `root`, failing with ELOOP at any symlink and EXDEV
+/// at any escape; any other path as given (the node's own directories).
+pub(crate) fn open(root: Option<&Path>, path: &Path, flags: OFlag) -> io::Result<OwnedFd> {
+    let flags = flags | OFlag::O_CLOEXEC;
+    let Some((root, below)) = root.and_then(|root| path.strip_prefix(root).ok().map(|below| (root, below))) else {
+        return Ok(nix::fcntl::open(path, flags, Mode::empty())?);
+    };
+    let start = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let below = if below.as_os_str().is_empty() { Path::new(".") } else { below };
+    let how = OpenHow::new().flags(flags).resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    Ok(nix::fcntl::openat2(&start, below, how)?)
+}
+
+/// The path through which a syscall that takes only a path reaches what
+/// `fd` holds, without resolving any name again.
+pub(crate) fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// The last component of a path, held as its directory's descriptor and
+/// its name, so that acting on it resolves nothing on the way again.
+#[derive(Debug)]
+pub(crate) struct Leaf {
+    dir: OwnedFd,
+    name: OsString,
+}
+
+impl Leaf {
+    /// `path`'s directory, opened as [`open`] does.
+    pub(crate) fn of(root: Option<&Path>, path: &Path) -> io::Result<Leaf> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a path without a last component"));
+        };
+        Ok(Leaf { dir: open(root, parent, OFlag::O_PATH | OFlag::O_DIRECTORY)?, name: name.to_owned() })
+    }
+
+    /// The leaf through its directory's descriptor, for path-only syscalls
+    /// (`umount2` with `UMOUNT_NOFOLLOW`).
+    pub(crate) fn path(&self) -> PathBuf {
+        fd_path(&self.dir).join(&self.name)
+    }
+
+    /// lstat of the leaf; `None` when there is nothing.
+    pub(crate) fn stat(&self) -> io::Result<Option<FileStat>> {
+        match nix::sys::stat::fstatat(&self.dir, self.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some(stat)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes the leaf a directory; one already there is fine.
+    fn make_dir(&self) -> io::Result<()> {
+        match nix::sys::stat::mkdirat(&self.dir, self.name.as_os_str(), Mode::from_bits_truncate(0o777)) {
+            Ok(()) | Err(Errno::EEXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes the leaf an empty file unless a file is there; a symlink is
+    /// ELOOP, a FIFO does not block the node.
+    pub(crate) fn make_file(&self) -> io::Result<()> {
+        let flags = OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        nix::fcntl::openat(&self.dir, self.name.as_os_str(), flags, Mode::from_bits_truncate(0o666)).map(drop).map_err(Into::into)
+    }
+
+    /// Removes the leaf, an empty directory or a file, as `stat` found it.
+    pub(crate) fn remove(&self, stat: &FileStat) -> io::Result<()> {
+        let dir = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        let flag = if dir { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+        nix::unistd::unlinkat(&self.dir, self.name.as_os_str(), flag).map_err(Into::into)
+    }
+}
+
+/// `create_dir_all` that makes each missing directory through its parent's
+/// descriptor, as [`Leaf`] does.
+pub(crate) fn make_dirs(root: Option<&Path>, path: &Path) -> io::Result<()> {
+    match open(root, path, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = path.parent() {
+        make_dirs(root, parent)?;
+    }
+    Leaf::of(root, path)?.make_dir()
+}
+
+/// The node's error for `step` on a request's path: a symlink met (ELOOP)
+/// or an escape (EXDEV) is the caller's INVALID_ARGUMENT.
+pub(crate) fn error(field: &'static str, step: String, e: io::Error) -> NodeError {
+    match e.raw_os_error() {
+        Some(code) if code == Errno::ELOOP as i32 || code == Errno::EXDEV as i32 => {
+            NodeError::InvalidArgument { field, reason: format!("{step}: a symlink on the way, and Swell follows none ({e})") }
+        }
+        _ => NodeError::io(step, e),
+    }
+}
+
+/// Makes `path` and its missing parents as directories, beneath `root`.
+pub(crate) async fn create_dir(root: Option<PathBuf>, field: &'static str, path: &Path) -> Result<(), NodeError> {
+    let (path, step) = (path.to_owned(), format!("create {}", path.display()));
+    off_thread(step.clone(), move || make_dirs(root.as_deref(), &path).map_err(|e| error(field, step, e))).await
+}
+
+/// Makes the empty file a block volume is bound onto, and its parents.
+pub(crate) async fn create_file(root: Option<PathBuf>, path: &Path) -> Result<(), NodeError> {
+    let (path, step) = (path.to_owned(), format!("create {}", path.display()));
+    let work = move || {
+        if let Some(parent) = path.parent() {
+            make_dirs(root.as_deref(), parent)?;
+        }
+        Leaf::of(root.as_deref(), &path)?.make_file()
+    };
+    off_thread(step.clone(), move || work().map_err(|e| error("target_path", step, e))).await
+}
+
+/// Runs path work on the blocking pool: a walk can wait on a slow filesystem.
+pub(crate) async fn off_thread<T: Send + 'static>(step: String, work: impl FnOnce() -> Result<T, NodeError> + Send + 'static) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| NodeError::WorkerFailed { step, reason: e.to_string() })?
+}
 
 #[cfg(test)]
 mod tests {

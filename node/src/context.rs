@@ -29,7 +29,8 @@ pub struct NodeContext {
 impl NodeContext {
     /// Builds the context, creating the node's state directory.
     pub fn new(config: NodeConfig) -> Result<Self, NodeError> {
-        Self::with_system(config, Arc::new(system::HostSystem))
+        let sys = Arc::new(system::ConfinedHost::new(config.kubelet_dir.clone()));
+        Self::with_system(config, sys)
     }
 
     /// Builds the context over `sys` (a test double in unit tests).

@@ -19,7 +19,7 @@ pub(crate) async fn unmount_all(sys: &dyn System, target: &Path) -> Result<(), N
         if mounted_at(sys, target).await?.is_none() {
             return Ok(());
         }
-        sys.unmount(&normalize(target), false).await?;
+        sys.unmount(target, false).await?;
     }
     Err(NodeError::StillMounted { path: target.to_owned(), unmounts: MAX_STACKED })
 }
@@ -53,7 +53,7 @@ pub(crate) async fn unmount_volume(sys: &dyn System, record: Option<&StagingReco
             let found = format!("a {} mount of {}", top.fs_type, top.source);
             return Err(NodeError::NotOurs { volume: record.volume_id.clone(), path: path.to_owned(), found });
         }
-        sys.unmount(&normalize(path), false).await?;
+        sys.unmount(path, false).await?;
     }
     Err(NodeError::StillMounted { path: path.to_owned(), unmounts: MAX_STACKED })
 }

@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
+use nix::sys::stat::SFlag;
+
 use crate::NodeContext;
+use crate::confine::{self, Leaf};
 use crate::error::NodeError;
 use crate::mount;
 use crate::staging::Access;
@@ -31,16 +34,14 @@ pub(crate) async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeE
         let reason = format!("{} already holds an incompatible mount ({})", req.target_path.display(), existing.source);
         return Err(NodeError::Conflict { volume, reason });
     }
+    let root = ctx.config.kubelet_dir.clone();
     let source = match &record.access {
         Access::Mount { .. } => {
-            create_dir(&req.target_path).await?;
+            confine::create_dir(root, "target_path", &req.target_path).await?;
             record.staging_path.clone()
         }
         Access::Block => {
-            if let Some(parent) = req.target_path.parent() {
-                create_dir(parent).await?;
-            }
-            create_file(&req.target_path).await?;
+            confine::create_file(root, &req.target_path).await?;
             record.device.clone()
         }
     };
@@ -63,21 +64,36 @@ pub(crate) async fn unpublish(ctx: &NodeContext, req: Unpublish) -> Result<(), N
     let _guard = ctx.lock(&req.volume)?;
     let record = ctx.staging.read(&req.volume).await?;
     mount::unmount_volume(ctx.sys.as_ref(), record.as_ref(), mount::Place::Target, &req.target_path).await?;
-    let target = &req.target_path;
-    let not_ours = |found: &str| NodeError::NotOurs { volume: req.volume.to_string(), path: target.clone(), found: found.to_owned() };
-    match tokio::fs::symlink_metadata(target).await {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(NodeError::io(format!("stat {}", target.display()), e)),
-        // remove_dir, not remove_dir_all: a non-empty directory here is not ours to delete.
-        Ok(meta) if meta.is_dir() => tokio::fs::remove_dir(target).await,
-        // Publish makes an empty file for a block volume's bind; anything else is not ours.
-        Ok(meta) if meta.is_file() && meta.len() == 0 => tokio::fs::remove_file(target).await,
-        Ok(meta) if meta.is_file() => return Err(not_ours(&format!("a file of {} bytes", meta.len()))),
-        Ok(_) => return Err(not_ours("something that is neither a directory nor a file")),
+    let target = req.target_path.clone();
+    let (root, volume) = (ctx.config.kubelet_dir.clone(), req.volume.to_string());
+    let step = format!("remove {}", target.display());
+    let removed = confine::off_thread(step, move || remove_target(root.as_deref(), &target, &volume)).await?;
+    if removed {
+        tracing::info!(target = %req.target_path.display(), "unpublished");
     }
-    .map_err(|e| NodeError::io(format!("remove {}", target.display()), e))?;
-    tracing::info!(target = %target.display(), "unpublished");
     Ok(())
+}
+
+/// Removes what a publish made at `target` (a directory, or an empty file
+/// for a block volume's bind) through its directory's descriptor; nothing
+/// there is `false`, anything else is not ours and stays.
+fn remove_target(root: Option<&Path>, target: &Path, volume: &str) -> Result<bool, NodeError> {
+    let failed = |step: &str, e| confine::error("target_path", format!("{step} {}", target.display()), e);
+    let not_ours = |found: String| NodeError::NotOurs { volume: volume.to_owned(), path: target.to_owned(), found };
+    let leaf = match Leaf::of(root, target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        leaf => leaf.map_err(|e| failed("open the directory of", e))?,
+    };
+    let Some(stat) = leaf.stat().map_err(|e| failed("stat", e))? else { return Ok(false) };
+    match SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT {
+        // rmdir, never recursive: a non-empty directory here is not ours to delete.
+        SFlag::S_IFDIR => {}
+        SFlag::S_IFREG if stat.st_size == 0 => {}
+        SFlag::S_IFREG => return Err(not_ours(format!("a file of {} bytes", stat.st_size))),
+        _ => return Err(not_ours("something that is neither a directory nor a file".to_owned())),
+    }
+    leaf.remove(&stat).map_err(|e| failed("remove", e))?;
+    Ok(true)
 }
 
 fn same_kind(staged: &Access, requested: &Access) -> bool {
@@ -86,21 +102,6 @@ fn same_kind(staged: &Access, requested: &Access) -> bool {
         (Access::Mount { fs_type: a, .. }, Access::Mount { fs_type: b, .. }) => a == b,
         _ => false,
     }
-}
-
-async fn create_dir(path: &Path) -> Result<(), NodeError> {
-    tokio::fs::create_dir_all(path).await.map_err(|e| NodeError::io(format!("create {}", path.display()), e))
-}
-
-async fn create_file(path: &Path) -> Result<(), NodeError> {
-    tokio::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .await
-        .map(drop)
-        .map_err(|e| NodeError::io(format!("create {}", path.display()), e))
 }
 
 #[cfg(test)]

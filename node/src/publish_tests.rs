@@ -116,3 +116,52 @@ async fn unpublish_never_deletes_what_is_not_its_own() {
     assert_eq!(err.code(), Code::Internal);
     assert_eq!(std::fs::read(f.path("pods/p/vol/keep")).expect("kept"), b"data");
 }
+
+#[tokio::test]
+async fn a_pod_directory_swapped_for_a_symlink_after_the_path_check_makes_and_removes_nothing_outside() {
+    let mut f = Fixture::new();
+    let id = f.volume(1, 64 * MIB);
+    f.staged(&id, FsType::Xfs).await;
+    let kubelet = f.path("kubelet");
+    f.ctx.config.kubelet_dir = Some(kubelet.clone());
+    let (pod, elsewhere) = (kubelet.join("pods/p"), f.path("elsewhere"));
+    std::fs::create_dir_all(&pod).expect("mkdir");
+    // What an unpublish would take for its own: an empty directory and an empty file.
+    std::fs::create_dir_all(elsewhere.join("vol")).expect("mkdir");
+    std::fs::File::create(elsewhere.join("dev")).expect("create");
+    for target in ["vol", "dev", "new/vol"] {
+        crate::confine::confined("target_path", &pod.join(target), Some(&kubelet)).await.expect("the request's check passes");
+    }
+    // The race: after the check, before the act.
+    std::fs::remove_dir(&pod).expect("rmdir");
+    std::os::unix::fs::symlink(&elsewhere, &pod).expect("symlink");
+    f.sys.clear_calls();
+
+    for target in ["kubelet/pods/p/vol", "kubelet/pods/p/dev"] {
+        let err = unpublish(&f.ctx, f.unpublish(&id, target)).await.expect_err("through a symlink");
+        assert_eq!(err.code(), Code::InvalidArgument, "{target}: {err}");
+    }
+    assert!(elsewhere.join("vol").is_dir() && elsewhere.join("dev").is_file(), "unpublish removed a path outside the kubelet dir");
+    let err = publish(&f.ctx, f.publish(&id, "staging", "kubelet/pods/p/new/vol", mount(FsType::Xfs), false)).await.expect_err("through a symlink");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let err = crate::confine::create_file(Some(kubelet.clone()), &pod.join("new/dev")).await.expect_err("through a symlink");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(!exists(&elsewhere.join("new")), "publish made a directory outside the kubelet dir");
+    assert!(!f.sys.calls().iter().any(|c| matches!(c, Call::Mount(_))), "nothing is mounted: {:?}", f.sys.calls());
+}
+
+#[tokio::test]
+async fn a_confined_publish_and_unpublish_make_and_remove_their_targets() {
+    let mut f = Fixture::new();
+    let id = f.volume(1, 64 * MIB);
+    f.staged(&id, FsType::Xfs).await;
+    f.ctx.config.kubelet_dir = Some(f.path("kubelet"));
+    publish(&f.ctx, f.publish(&id, "staging", "kubelet/pods/p/vol", mount(FsType::Xfs), false)).await.expect("publish");
+    assert!(f.path("kubelet/pods/p/vol").is_dir());
+    unpublish(&f.ctx, f.unpublish(&id, "kubelet/pods/p/vol")).await.expect("unpublish");
+    assert!(!exists(&f.path("kubelet/pods/p/vol")) && f.path("kubelet/pods/p").is_dir());
+    crate::confine::create_file(Some(f.path("kubelet")), &f.path("kubelet/pods/q/dev")).await.expect("create");
+    assert!(f.path("kubelet/pods/q/dev").is_file());
+    unpublish(&f.ctx, f.unpublish(&id, "kubelet/pods/q/dev")).await.expect("unpublish a file");
+    assert!(!exists(&f.path("kubelet/pods/q/dev")));
+}

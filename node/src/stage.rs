@@ -43,7 +43,11 @@ pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError
     }
     let device = attacher.attach(&req.volume, &req.attach.map_options).await?;
     if let Access::Mount { fs_type, mount_flags } = &req.access {
-        let staged = stage_filesystem(ctx.sys.as_ref(), &volume, &device, &req.staging_path, *fs_type, mount_flags, req.read_only).await;
+        let root = ctx.config.kubelet_dir.clone();
+        let staged = match crate::confine::create_dir(root, "staging_target_path", &req.staging_path).await {
+            Ok(()) => stage_filesystem(ctx.sys.as_ref(), &volume, &device, &req.staging_path, *fs_type, mount_flags, req.read_only).await,
+            Err(e) => Err(e),
+        };
         if let Err(error) = staged {
             // Leave no loop device behind when nothing got mounted, unless a
             // step ran out of time: it may still be running on its thread
@@ -95,7 +99,6 @@ async fn stage_filesystem(
                     return Err(NodeError::Conflict { volume: volume.to_owned(), reason });
                 }
             }
-            tokio::fs::create_dir_all(staging).await.map_err(|e| NodeError::io(format!("create {}", staging.display()), e))?;
             let call = MountCall::Filesystem {
                 device: device.to_owned(),
                 target: staging.to_owned(),

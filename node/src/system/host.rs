@@ -1,4 +1,4 @@
-//! The real [`System`]: mount(2) and umount2(2) through `sys-mount`, the
+//! The real [`System`]: mount(2) through `sys-mount`, umount2(2) through `nix`, the
 //! loop ioctls through `loopdev` (no `mount`, `umount` or `losetup`
 //! processes), sysfs for sizes and loop backing files, and
 //! `swell_storage::command` for the programs no library replaces (mkfs,
@@ -19,10 +19,14 @@ use std::time::Duration;
 
 use loopdev::{LoopControl, LoopDevice as KernelLoop};
 use swell_storage::command::{self, CommandError, Output};
-use sys_mount::{Mount, MountFlags, UnmountFlags};
+use sys_mount::{Mount, MountFlags};
+
+use nix::fcntl::OFlag;
+use nix::mount::MntFlags;
 
 use super::mount_options;
 use super::seam::{LoopDevice, MountCall, System};
+use crate::confine;
 use crate::error::NodeError;
 use crate::mountinfo::{self, MountEntry};
 
@@ -39,12 +43,36 @@ const ATTACH_ATTEMPTS: u32 = 8;
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct HostSystem;
 
+/// The host, mounting and unmounting at paths under the kubelet directory
+/// only through descriptors opened beneath it (no symlink followed).
+#[derive(Debug, Clone)]
+pub(crate) struct ConfinedHost {
+    kubelet_dir: Option<PathBuf>,
+}
+
+impl ConfinedHost {
+    /// Confined to `kubelet_dir`; `None` confines nothing.
+    pub(crate) fn new(kubelet_dir: Option<PathBuf>) -> Self {
+        ConfinedHost { kubelet_dir }
+    }
+}
+
 /// Runs `work` on the blocking pool; the caller waits at most `deadline`.
 async fn blocking<T: Send + 'static>(step: String, deadline: Duration, work: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T, NodeError> {
+    let context = step.clone();
+    blocking_node(step, deadline, move || work().map_err(|e| NodeError::io(context, e))).await
+}
+
+/// [`blocking`] for work that names its own errors.
+async fn blocking_node<T: Send + 'static>(
+    step: String,
+    deadline: Duration,
+    work: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
     match tokio::time::timeout(deadline, tokio::task::spawn_blocking(work)).await {
         Err(_) => Err(NodeError::Timeout { step, after: deadline }),
         Ok(Err(join)) => Err(NodeError::WorkerFailed { step, reason: join.to_string() }),
-        Ok(Ok(result)) => result.map_err(|e| NodeError::io(step, e)),
+        Ok(Ok(result)) => result,
     }
 }
 
@@ -89,33 +117,69 @@ fn list_loop_devices(sys_block: &Path) -> io::Result<Vec<LoopDevice>> {
     Ok(devices)
 }
 
-#[async_trait::async_trait]
-impl System for HostSystem {
-    async fn mount(&self, call: MountCall) -> Result<(), NodeError> {
-        let step = match &call {
-            MountCall::Filesystem { device, target, fs_type, .. } => format!("mount {fs_type} {} at {}", device.display(), target.display()),
-            MountCall::Bind { source, target } => format!("bind {} onto {}", source.display(), target.display()),
-            MountCall::RemountReadOnly { target } => format!("remount {} read-only", target.display()),
-        };
-        blocking(step, MOUNT_DEADLINE, move || match call {
+/// The step a mount call is, for errors and timeouts.
+fn mount_step(call: &MountCall) -> String {
+    match call {
+        MountCall::Filesystem { device, target, fs_type, .. } => format!("mount {fs_type} {} at {}", device.display(), target.display()),
+        MountCall::Bind { source, target } => format!("bind {} onto {}", source.display(), target.display()),
+        MountCall::RemountReadOnly { target } => format!("remount {} read-only", target.display()),
+    }
+}
+
+/// mount(2) onto descriptors opened by [`confine::open`]: a path under
+/// `root` that a symlink was swapped into fails to open, instead of the
+/// mount landing wherever the symlink points.
+async fn mount(call: MountCall, root: Option<PathBuf>) -> Result<(), NodeError> {
+    let step = mount_step(&call);
+    blocking_node(step.clone(), MOUNT_DEADLINE, move || {
+        let root = root.as_deref();
+        let open = |field, path: &Path, flags| confine::open(root, path, flags).map_err(|e| confine::error(field, step.clone(), e));
+        let result = match call {
             MountCall::Filesystem { device, target, fs_type, options } => {
+                let target = open("staging_target_path", &target, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
                 let options = mount_options::parse(&options);
-                Mount::builder().fstype(fs_type.as_str()).flags(options.flags).data(&options.data).mount(device, target).map(drop)
+                Mount::builder().fstype(fs_type.as_str()).flags(options.flags).data(&options.data).mount(device, confine::fd_path(&target)).map(drop)
             }
             // The kernel ignores the type of a bind; naming one keeps sys-mount
             // from trying every filesystem it knows.
-            MountCall::Bind { source, target } => Mount::builder().fstype("none").flags(MountFlags::BIND).mount(source, target).map(drop),
-            MountCall::RemountReadOnly { target } => {
-                Mount::builder().fstype("none").flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY).mount("none", target).map(drop)
+            MountCall::Bind { source, target } => {
+                let source = open("staging_target_path", &source, OFlag::O_PATH)?;
+                let target = open("target_path", &target, OFlag::O_PATH)?;
+                Mount::builder().fstype("none").flags(MountFlags::BIND).mount(confine::fd_path(&source), confine::fd_path(&target)).map(drop)
             }
-        })
-        .await
+            MountCall::RemountReadOnly { target } => {
+                let target = open("target_path", &target, OFlag::O_PATH)?;
+                let flags = MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY;
+                Mount::builder().fstype("none").flags(flags).mount("none", confine::fd_path(&target)).map(drop)
+            }
+        };
+        result.map_err(|e| NodeError::io(step, e))
+    })
+    .await
+}
+
+/// umount2(2) of the top-most mount at `target`, named through its
+/// directory's descriptor and not followed if a symlink.
+async fn unmount(target: &Path, lazy: bool, root: Option<PathBuf>) -> Result<(), NodeError> {
+    // nix's flag: sys-mount's NOFOLLOW has O_NOFOLLOW's value, which umount2 refuses (EINVAL).
+    let flags = MntFlags::UMOUNT_NOFOLLOW | if lazy { MntFlags::MNT_DETACH } else { MntFlags::empty() };
+    let path = target.to_owned();
+    let step = format!("unmount {}", target.display());
+    blocking_node(step.clone(), MOUNT_DEADLINE, move || {
+        let leaf = confine::Leaf::of(root.as_deref(), &path).map_err(|e| confine::error("target_path", step.clone(), e))?;
+        nix::mount::umount2(&leaf.path(), flags).map_err(|e| NodeError::io(step, e.into()))
+    })
+    .await
+}
+
+#[async_trait::async_trait]
+impl System for HostSystem {
+    async fn mount(&self, call: MountCall) -> Result<(), NodeError> {
+        mount(call, None).await
     }
 
     async fn unmount(&self, target: &Path, lazy: bool) -> Result<(), NodeError> {
-        let flags = if lazy { UnmountFlags::DETACH } else { UnmountFlags::empty() };
-        let path = target.to_owned();
-        blocking(format!("unmount {}", target.display()), MOUNT_DEADLINE, move || sys_mount::unmount(path, flags)).await
+        unmount(target, lazy, None).await
     }
 
     async fn mounts(&self) -> Result<Vec<MountEntry>, NodeError> {
@@ -164,6 +228,53 @@ impl System for HostSystem {
     }
 }
 
+#[async_trait::async_trait]
+impl System for ConfinedHost {
+    async fn mount(&self, call: MountCall) -> Result<(), NodeError> {
+        mount(call, self.kubelet_dir.clone()).await
+    }
+
+    async fn unmount(&self, target: &Path, lazy: bool) -> Result<(), NodeError> {
+        unmount(target, lazy, self.kubelet_dir.clone()).await
+    }
+
+    async fn mounts(&self) -> Result<Vec<MountEntry>, NodeError> {
+        HostSystem.mounts().await
+    }
+
+    async fn loop_attach(&self, file: &Path) -> Result<PathBuf, NodeError> {
+        HostSystem.loop_attach(file).await
+    }
+
+    async fn loop_refresh(&self, device: &Path) -> Result<(), NodeError> {
+        HostSystem.loop_refresh(device).await
+    }
+
+    async fn loop_detach(&self, device: &Path) -> Result<(), NodeError> {
+        HostSystem.loop_detach(device).await
+    }
+
+    async fn loop_devices(&self) -> Result<Vec<LoopDevice>, NodeError> {
+        HostSystem.loop_devices().await
+    }
+
+    async fn device_size(&self, device: &Path) -> Result<u64, NodeError> {
+        HostSystem.device_size(device).await
+    }
+
+    async fn device_numbers(&self, device: &Path) -> Result<String, NodeError> {
+        HostSystem.device_numbers(device).await
+    }
+
+    async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
+        HostSystem.run(program, args, deadline).await
+    }
+
+    async fn run_leaving_daemon(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
+        HostSystem.run_leaving_daemon(program, args, deadline).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +298,96 @@ mod tests {
         let expected = [("/dev/loop0", "/var/lib/swell/rbd-fuse/c/rbd/img"), ("/dev/loop3", "/var/lib/swell/rbd-fuse/c/rbd/img (deleted)")]
             .map(|(device, backing_file)| LoopDevice { device: device.into(), backing_file: backing_file.into() });
         assert_eq!(found, expected);
+    }
+
+    /// Whether this process may mount (/proc/self belongs to its effective
+    /// user); if not, the skip goes where e2e/test.sh counts skips.
+    fn may_mount(test: &str) -> bool {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+            return true;
+        }
+        eprintln!("SKIPPED {test}: needs root (mounts)");
+        let log = std::env::var_os("SWELL_SKIP_LOG").map_or_else(|| std::env::temp_dir().join("swell-skips.log"), PathBuf::from);
+        if let Ok(mut log) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(log, "{test}\tneeds root (mounts)");
+        }
+        false
+    }
+
+    fn mounted(path: &Path) -> bool {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        mountinfo::find(&mountinfo::parse(&text), path).is_some()
+    }
+
+    /// tmpfs as a filesystem mount call: no device needed.
+    fn tmpfs(target: &Path) -> MountCall {
+        MountCall::Filesystem { device: "tmpfs".into(), target: target.to_owned(), fs_type: "tmpfs".into(), options: Vec::new() }
+    }
+
+    #[tokio::test]
+    async fn mounts_and_unmounts_under_the_kubelet_dir_go_through_descriptors_and_land_there() {
+        if !may_mount("mounts_and_unmounts_under_the_kubelet_dir_go_through_descriptors_and_land_there") {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubelet = std::fs::canonicalize(dir.path()).expect("resolve").join("kubelet");
+        let (staging, target) = (kubelet.join("plugins/staging"), kubelet.join("pods/p/vol"));
+        std::fs::create_dir_all(&staging).expect("mkdir");
+        std::fs::create_dir_all(&target).expect("mkdir");
+        let host = ConfinedHost::new(Some(kubelet));
+        host.mount(tmpfs(&staging)).await.expect("mount");
+        std::fs::write(staging.join("data"), b"staged").expect("write");
+        host.mount(MountCall::Bind { source: staging.clone(), target: target.clone() }).await.expect("bind");
+        host.mount(MountCall::RemountReadOnly { target: target.clone() }).await.expect("remount");
+        assert!(mounted(&staging) && mounted(&target), "mountinfo shows both at their own paths");
+        assert_eq!(std::fs::read(target.join("data")).expect("read"), b"staged");
+        assert!(std::fs::write(target.join("more"), b"x").is_err(), "the bind is read-only");
+        host.unmount(&target, false).await.expect("unmount");
+        host.unmount(&staging, true).await.expect("lazy unmount (MNT_DETACH), as for a FUSE mount whose daemon is gone");
+        assert!(!mounted(&staging) && !mounted(&target));
+    }
+
+    #[tokio::test]
+    async fn a_pod_directory_swapped_for_a_symlink_after_the_path_check_gets_no_mount_and_unmounts_nothing_outside() {
+        if !may_mount("a_pod_directory_swapped_for_a_symlink_after_the_path_check_gets_no_mount_and_unmounts_nothing_outside") {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = std::fs::canonicalize(dir.path()).expect("resolve");
+        let (kubelet, elsewhere) = (root.join("kubelet"), root.join("elsewhere"));
+        let (pod, staging) = (kubelet.join("pods/p"), kubelet.join("plugins/staging"));
+        for made in [&pod.join("vol"), &staging, &elsewhere.join("vol"), &elsewhere.join("mounted")] {
+            std::fs::create_dir_all(made).expect("mkdir");
+        }
+        let host = ConfinedHost::new(Some(kubelet.clone()));
+        host.mount(tmpfs(&staging)).await.expect("mount");
+        // A mount outside that is not Swell's to touch.
+        HostSystem.mount(tmpfs(&elsewhere.join("mounted"))).await.expect("mount");
+        for leaf in ["vol", "mounted"] {
+            crate::confine::confined("target_path", &pod.join(leaf), Some(&kubelet)).await.expect("the request's check passes");
+        }
+        // The race: after the check, before the act.
+        std::fs::rename(&pod, root.join("old-pod")).expect("move");
+        std::os::unix::fs::symlink(&elsewhere, &pod).expect("symlink");
+
+        let calls = [
+            tmpfs(&pod.join("vol")),
+            MountCall::Bind { source: staging.clone(), target: pod.join("vol") },
+            MountCall::RemountReadOnly { target: pod.join("mounted") },
+        ];
+        for call in calls {
+            let err = host.mount(call.clone()).await.expect_err("through a symlink");
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{call:?}: {err}");
+        }
+        assert!(!mounted(&elsewhere.join("vol")), "a mount landed outside the kubelet dir");
+        let err = host.unmount(&pod.join("mounted"), false).await.expect_err("through a symlink");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(mounted(&elsewhere.join("mounted")), "a mount outside the kubelet dir was unmounted");
+        let writable = std::fs::write(elsewhere.join("mounted/file"), b"x");
+        HostSystem.unmount(&elsewhere.join("mounted"), false).await.expect("clean up");
+        host.unmount(&staging, false).await.expect("clean up");
+        assert!(writable.is_ok(), "the mount outside was made read-only");
     }
 }
