@@ -58,10 +58,6 @@ async fn is_mount_point(path: &Path) -> bool {
     crate::mountinfo::find(&crate::mountinfo::parse(&text), path).is_some()
 }
 
-#[cfg(test)]
-#[path = "confine_tests.rs"]
-mod dead_mount_tests;
-
 /// Opens `path` (with `O_CLOEXEC` added): when it lies under `root`,
 /// through openat2 from `root`, failing with ELOOP at any symlink and EXDEV
 /// at any escape; any other path as given (the node's own directories).
@@ -184,6 +180,10 @@ pub(crate) async fn create_file(root: Option<PathBuf>, path: &Path) -> Result<()
 pub(crate) async fn off_thread<T: Send + 'static>(step: String, work: impl FnOnce() -> Result<T, NodeError> + Send + 'static) -> Result<T, NodeError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| NodeError::WorkerFailed { step, reason: e.to_string() })?
 }
+
+#[cfg(test)]
+#[path = "confine_tests.rs"]
+mod dead_mount_tests;
 
 #[cfg(test)]
 mod tests {
