@@ -2,9 +2,12 @@
 test missing from the results is a failure named, and under CI=true a skip
 is allowed only for a reason on e2e/allowed-skips.txt.
 
-    closing_line.py list <LIST_OUTPUT
-        `cargo test --workspace -- --list` (stdout and stderr) as the
-        expected-tests file: one "binary<TAB>test" line a test, sorted.
+    closing_line.py list [--manifest-checks FILE] <LIST_OUTPUT
+        `cargo test -- --list` (stdout and stderr; the workspace's and the
+        kube scenarios') as the expected-tests file: one "binary<TAB>test"
+        line a test, sorted; with the unittest checks of FILE
+        (e2e/deploy/check_manifests.py) under "check_manifests", named as
+        they report themselves.
     closing_line.py tally --cargo-log LOG --expected FILE [--results FILE]...
             [--skips FILE] [--allowed-skips FILE] [--kube-log LOG --kube-status N]
         Prints what did not run and why, then "swell: P passed, F failed,
@@ -24,9 +27,15 @@ Inputs of `tally`:
 - the kube lane's log, whose "test result:" lines count (it runs filtered
   subsets of its scenarios); a lane that failed without a failed test counts
   one failure.
+
+Expected tests are looked for where each runs: the kube scenarios
+("kube tests/kube/main.rs") in the kube lane's log (unless SWELL_KUBE_ONLY
+asked for some of them), the manifest checks ("check_manifests") in the
+results files, every other in the cargo log.
 """
 
 import argparse
+import ast
 import os
 import re
 import sys
@@ -40,6 +49,9 @@ LISTED = re.compile(r"^(\S+): test$")
 TEST_RESULT = re.compile(r"^test result: \S+\. (\d+) passed; (\d+) failed; (\d+) ignored")
 # The VM lane's own skip when it cannot start (e2e/vm/run.sh); not a cargo test.
 VM_LANE = "vm lane"
+# Where the expected list keeps the tests that are not run by cargo test --workspace.
+KUBE = "kube tests/kube/main.rs"
+MANIFESTS = "check_manifests"
 
 
 def binary_of(line):
@@ -59,6 +71,18 @@ def listed_tests(lines):
         binary = binary_of(line) or binary
         if (m := LISTED.match(line.rstrip("\n"))) and binary:
             yield binary, m.group(1)
+
+
+def manifest_checks(path):
+    """(MANIFESTS, name) of each test method of each unittest.TestCase class
+    in the file at `path`, named as its Reporting result writes them."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
+    for cls in tree.body:
+        if isinstance(cls, ast.ClassDef) and any(ast.unparse(base) == "unittest.TestCase" for base in cls.bases):
+            for method in cls.body:
+                if isinstance(method, ast.FunctionDef) and method.name.startswith("test"):
+                    yield MANIFESTS, f"{MANIFESTS}::{cls.name}.{method.name}"
 
 
 def cargo_results(lines):
@@ -107,16 +131,24 @@ def section(title, items):
 
 def tally(args):
     in_ci = args.ci or os.environ.get("CI") == "true"
-    expected = {(b, t) for b, t, *_ in read_tsv(args.expected, 2)}
+    listed = {(b, t) for b, t, *_ in read_tsv(args.expected, 2)}
+    expected = {(b, t) for b, t in listed if b not in (KUBE, MANIFESTS)}
     ran = cargo_results(read_lines(args.cargo_log))
     passed = sum(r == "ok" for r in ran.values())
     failed = sum(r == "FAILED" for r in ran.values())
     ignored = sum(r == "ignored" for r in ran.values())
-    missing = sorted(expected - set(ran))
+    missing = expected - set(ran)
     unlisted = sorted(set(ran) - expected)
-    failed += len(missing)
 
     lane_results = [row[:3] for path in args.results for row in read_tsv(path, 3)]
+    reported = {name for name, _, _ in lane_results}
+    missing |= {(b, t) for b, t in listed if b == MANIFESTS and t not in reported}
+    if args.kube_log and not os.environ.get("SWELL_KUBE_ONLY"):
+        kube_ran = {m.group(1) for m in map(RESULT.search, read_lines(args.kube_log)) if m}
+        missing |= {(b, t) for b, t in listed if b == KUBE and t not in kube_ran}
+    missing = sorted(missing)
+    failed += len(missing)
+
     lane_failed = [f"{name}: {why}" for name, result, why in lane_results if result not in ("ok", "skipped")]
     lane_skipped = [(name, why) for name, result, why in lane_results if result == "skipped"]
     passed += sum(result == "ok" for _, result, _ in lane_results)
@@ -162,7 +194,8 @@ def tally(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list")
+    listing = sub.add_parser("list")
+    listing.add_argument("--manifest-checks", help="e2e/deploy/check_manifests.py, whose checks join the list")
     t = sub.add_parser("tally")
     t.add_argument("--cargo-log", required=True)
     t.add_argument("--expected", required=True)
@@ -175,7 +208,10 @@ def main():
     t.add_argument("--ci", action="store_true", help="as CI=true")
     args = parser.parse_args()
     if args.command == "list":
-        for binary, test in sorted(set(listed_tests(sys.stdin))):
+        tests = set(listed_tests(sys.stdin))
+        if args.manifest_checks:
+            tests |= set(manifest_checks(args.manifest_checks))
+        for binary, test in sorted(tests):
             print(f"{binary}\t{test}")
         return 0
     return tally(args)

@@ -54,6 +54,8 @@ pub struct Plant {
 pub struct PlantConfig {
     /// Flags for swell-controller beyond its state directories.
     pub controller_args: Vec<String>,
+    /// Its environment beyond the test's (`FAILPOINTS` runs the failpoint build).
+    pub controller_env: Vec<(String, String)>,
     /// The node's configuration (its state directories are set under the plant's).
     pub node: NodeConfig,
     /// StorageClass parameters of every volume the scenarios create.
@@ -67,7 +69,9 @@ impl Plant {
         let dir = std::fs::canonicalize(dir).expect("canonical plant directory");
         let sweeper = MountSweeper(dir.clone());
         let local = dir.join("local");
-        let controller = ControllerProcess::start_with(&dir, &local, config.controller_args.clone()).await.expect("start swell-controller");
+        let controller = ControllerProcess::start_with_env(&dir, &local, config.controller_args.clone(), config.controller_env.clone())
+            .await
+            .expect("start swell-controller");
         let mut node_config = config.node.clone();
         node_config.state_dir = dir.join("node");
         node_config.local_state_dir = local;

@@ -3,7 +3,8 @@
 //! e2e/expected-tests.tsv missing from the results (a crashed binary, a
 //! binary built without a feature, a renamed test) counts as failed by
 //! name; under CI=true a skip for a reason not on e2e/allowed-skips.txt
-//! fails the run; a script's own tests join the same line.
+//! fails the run; a script's own tests join the same line; a kube scenario
+//! or a manifest check that vanished is named as failed too.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -58,7 +59,7 @@ impl Run {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cargo.log"), cargo_log).unwrap();
         std::fs::write(dir.path().join("expected.tsv"), expected).unwrap();
-        for file in ["skips", "results", "allowed"] {
+        for file in ["skips", "results", "allowed", "kube.log"] {
             std::fs::write(dir.path().join(file), "").unwrap();
         }
         Run { dir }
@@ -74,11 +75,22 @@ impl Run {
 
     /// The closing line's tally, with CI=true when `ci`; its exit and stdout.
     fn tally(&self, ci: bool) -> (bool, String) {
+        self.tally_with(ci, &[])
+    }
+
+    /// [`tally`](Self::tally) with `env` set.
+    fn tally_with(&self, ci: bool, env: &[(&str, &str)]) -> (bool, String) {
         let mut command = Command::new("python3");
-        command.arg(repo().join("e2e/closing_line.py")).arg("tally").env_remove("CI").env_remove("SWELL_RESULTS");
-        for (flag, file) in
-            [("--cargo-log", "cargo.log"), ("--expected", "expected.tsv"), ("--results", "results"), ("--skips", "skips"), ("--allowed-skips", "allowed")]
-        {
+        command.arg(repo().join("e2e/closing_line.py")).arg("tally").env_remove("CI").env_remove("SWELL_RESULTS").env_remove("SWELL_KUBE_ONLY");
+        command.envs(env.iter().copied());
+        for (flag, file) in [
+            ("--cargo-log", "cargo.log"),
+            ("--expected", "expected.tsv"),
+            ("--results", "results"),
+            ("--skips", "skips"),
+            ("--allowed-skips", "allowed"),
+            ("--kube-log", "kube.log"),
+        ] {
             command.arg(flag).arg(self.file(file));
         }
         if ci {
@@ -229,4 +241,66 @@ tests::a: test
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "swell_node src/lib.rs\ttests::a\nswell_node src/lib.rs\ttests::b\nswell_node src/main.rs\ttests::a\n");
+}
+
+/// The kube lane's scenarios and the manifest checks are listed too: one
+/// that did not report (a scenario dropped from the lane's filters, a check
+/// that never ran) counts as failed by name, and with both reported the
+/// tally passes; a developer's SWELL_KUBE_ONLY run is not held to every
+/// scenario.
+#[test]
+fn a_kube_scenario_or_manifest_check_that_did_not_report_counts_as_failed_by_name() {
+    if python("closing_line::a_kube_scenario_or_manifest_check_that_did_not_report_counts_as_failed_by_name").is_none() {
+        return;
+    }
+    let expected = format!(
+        "{EXPECTED}kube tests/kube/main.rs\trbd::steady::a\nkube tests/kube/main.rs\trbd::steady::b\n\
+         check_manifests\tcheck_manifests::Manifests.test_x\ncheck_manifests\tcheck_manifests::Manifests.test_y\n"
+    );
+    let kube_log = |tests: &[&str]| {
+        let lines: String = tests.iter().map(|t| format!("test {t} ... ok\n")).collect();
+        format!("running {0} tests\n{lines}\ntest result: ok. {0} passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.00s\n", tests.len())
+    };
+    let run = Run::new(&every_listed_test_passed(), &expected);
+    run.write("kube.log", &kube_log(&["rbd::steady::a"]));
+    run.write("results", "check_manifests::Manifests.test_x\tok\t\n");
+    let (ok, out) = run.tally(false);
+    assert!(!ok, "a run missing a scenario and a check passed:\n{out}");
+    assert!(out.contains("  - kube tests/kube/main.rs: rbd::steady::b\n"), "{out}");
+    assert!(out.contains("  - check_manifests: check_manifests::Manifests.test_y\n"), "{out}");
+    assert_eq!(closing(&out), "swell: 6 passed, 2 failed, 0 skipped", "{out}");
+
+    let (ok, out) = run.tally_with(false, &[("SWELL_KUBE_ONLY", "rbd::steady::a")]);
+    assert!(!ok && !out.contains("rbd::steady::b") && out.contains("Manifests.test_y"), "SWELL_KUBE_ONLY runs some scenarios on purpose:\n{out}");
+
+    run.write("kube.log", &kube_log(&["rbd::steady::a", "rbd::steady::b"]));
+    run.write("results", "check_manifests::Manifests.test_x\tok\t\ncheck_manifests::Manifests.test_y\tok\t\n");
+    let (ok, out) = run.tally(false);
+    assert!(ok, "{out}");
+    assert_eq!(closing(&out), "swell: 8 passed, 0 failed, 0 skipped", "{out}");
+}
+
+/// The manifest checks join the list from check_manifests.py's source:
+/// each test method of each unittest.TestCase class, named as the checks
+/// report themselves, and nothing else.
+#[test]
+fn the_list_names_each_manifest_check_as_it_reports_itself() {
+    if python("closing_line::the_list_names_each_manifest_check_as_it_reports_itself").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let checks = dir.path().join("checks.py");
+    let source = "import unittest\n\nclass Manifests(unittest.TestCase):\n    def setUp(self):\n        pass\n\n    def test_a(self):\n        pass\n\n\
+                  class Reporting(unittest.TextTestResult):\n    def test_not_a_check(self):\n        pass\n\n\
+                  class Helpers(unittest.TestCase):\n    def test_b(self):\n        pass\n";
+    std::fs::write(&checks, source).unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("e2e/closing_line.py"))
+        .args(["list", "--manifest-checks"])
+        .arg(&checks)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "check_manifests\tcheck_manifests::Helpers.test_b\ncheck_manifests\tcheck_manifests::Manifests.test_a\n");
 }

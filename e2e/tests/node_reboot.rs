@@ -78,6 +78,8 @@ async fn after_a_reboot_with_loop_numbers_reused_the_right_device_is_grown_and_n
             // The record names the old device: the node sees it holds another file.
             let foreign_named = format!("{old_device} now backs {}", foreign.display());
             assert!(status.message().contains(&foreign_named), "{}", status.message());
+            // Kubelet retries it no more on this node, and grows at the restage.
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{}", status.message());
         } else {
             assert_eq!(status.code(), tonic::Code::NotFound, "{}", status.message());
         }

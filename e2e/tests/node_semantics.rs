@@ -125,7 +125,7 @@ async fn stats_report_usage_and_abnormal_conditions() {
     println!("after losetup -d: {condition:?}");
     assert!(condition.abnormal && condition.message.contains("detached"), "{condition:?}");
     let expand = requests::node_expand(&blk.to_string(), &blk_target, &blk_staging, 0, block_capability());
-    assert_eq!(rig.node.node_expand_volume(expand).await.unwrap_err().code(), Code::Internal);
+    assert_eq!(rig.node.node_expand_volume(expand).await.unwrap_err().code(), Code::FailedPrecondition);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

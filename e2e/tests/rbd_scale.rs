@@ -1,7 +1,8 @@
 //! RBD at real-cluster scale: a pool crowded with other clients' images, a
 //! foreign thin image far larger than the pool, volumes in two pools,
 //! deletes that answer before the data is gone, and the promised-bytes
-//! total staying exact while the controller is killed mid-operation.
+//! total staying exact while the controller is killed mid-operation, and
+//! CreateVolume of one name on two controller processes at once.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -335,5 +336,90 @@ async fn the_promised_total_stays_exact_across_kills() {
     assert_eq!(sizes, expected);
     assert_eq!(total, sizes, "the running total is the sum of Swell's images");
     drop(controller);
+    drop_pool(env, pool);
+}
+
+/// CreateVolume of one name sent to two controller processes at once (two
+/// provisioner replicas, each with its own instance name, on one pool), for
+/// 16 names of different sizes: each name ends as exactly one image of its
+/// size, both controllers answer it with the same id (an ABORTED overlap is
+/// retried, as the provisioner does), another size for the name is
+/// ALREADY_EXISTS on either, and the promised bytes in the pool's state
+/// object are exactly the sum of the images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_volume_of_one_name_on_two_controllers_at_once_makes_one_image() {
+    const NAMES: u64 = 16;
+    let Some(session) = session("create_volume_of_one_name_on_two_controllers_at_once_makes_one_image").await else { return };
+    let env = session.env;
+    let pool = "twins";
+    new_pool(env, pool);
+    let dir = tempfile::Builder::new().prefix("swell-rbd-twins-").tempdir_in("/var/tmp").unwrap();
+    let mut replicas = Vec::new();
+    for instance in ["twin-a", "twin-b"] {
+        let root = dir.path().join(instance);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut args = rbd_rig::process_args(env, instance);
+        args.push(format!("--rbd-pool={pool}"));
+        replicas.push(ControllerProcess::start_with(&root, &root.join("local"), args).await.unwrap());
+    }
+    let size = |n: u64| 64 * MIB + n * 4 * MIB;
+    let mut calls = Vec::new();
+    for n in 0..NAMES {
+        for replica in &replicas {
+            let mut client = replica.client().await.unwrap();
+            calls.push(tokio::spawn(async move {
+                let mut aborted = 0;
+                for _ in 0..200 {
+                    match client.create_volume(create_in(pool, &format!("twin-{n}"), size(n))).await {
+                        Ok(created) => return (n, aborted, created.into_inner().volume.unwrap()),
+                        Err(status) if status.code() == Code::Aborted => aborted += 1,
+                        Err(status) => panic!("twin-{n}: {status:?}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!("twin-{n}: still ABORTED after 200 tries");
+            }));
+        }
+    }
+    let mut answers: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut aborted = 0;
+    for call in calls {
+        let (n, retried, volume) = call.await.unwrap();
+        aborted += retried;
+        assert_eq!(volume.capacity_bytes as u64, size(n), "twin-{n}");
+        answers.entry(n).or_default().push(volume.volume_id);
+    }
+    println!("{NAMES} names created on two controllers at once; {aborted} ABORTED answers retried");
+    let mut ours = Vec::new();
+    for (n, both) in &answers {
+        assert_eq!(both[0], both[1], "twin-{n}: the controllers answered different volumes");
+        let image = image_of(&both[0]).image;
+        assert_eq!(rbd_size(env, pool, &image).unwrap(), Some(size(*n)), "twin-{n}'s image");
+        ours.push(image);
+    }
+    ours.sort();
+    let mut images: Vec<String> = cli(env, "rbd", &["ls", pool]).unwrap().lines().map(str::to_owned).collect();
+    images.sort();
+    assert_eq!(images, ours, "one image a name in the pool, and no other");
+    let trash = cli(env, "rbd", &["trash", "ls", pool]).unwrap();
+    assert!(trash.trim().is_empty(), "no image was made and thrown away: {trash}");
+    // Another size for a name: ALREADY_EXISTS on either (after ABORTED while the other holds the volume).
+    for replica in &replicas {
+        let mut client = replica.client().await.unwrap();
+        let mut tries = 0;
+        let status = loop {
+            let status = create(&mut client, pool, "twin-0", 2 * size(0)).await.expect_err("another size for an existing name");
+            tries += 1;
+            if status.code() != Code::Aborted || tries == 200 {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status.code(), Code::AlreadyExists, "after {tries} tries: {status:?}");
+    }
+    let promised = RbdBackend::new(RbdConfig { default_pool: pool.into(), ..rbd_config(env) }).unwrap().promised(pool).await.unwrap();
+    let sum: u64 = (0..NAMES).map(size).sum();
+    assert_eq!(promised, sum, "the state object promises exactly the sum of the images");
+    drop(replicas);
     drop_pool(env, pool);
 }

@@ -23,6 +23,7 @@ fn config(env: &ClusterEnv, dir: &Path, extra: &[&str]) -> PlantConfig {
     controller_args.extend(extra.iter().map(|a| (*a).to_owned()));
     PlantConfig {
         controller_args,
+        controller_env: Vec::new(),
         node: rbd_rig::node_config(env, dir, "admin", &env.keyring),
         parameters: HashMap::from([("backend".to_owned(), "rbd".to_owned())]),
     }
@@ -196,6 +197,105 @@ async fn a_chain_past_the_depth_limit_is_flattened_and_stays_readable() {
         assert!(started.elapsed() < Duration::from_secs(90), "left in the pool or its trash: {left:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `rbd info` of the volume `id`, as JSON.
+fn info_of(env: &ClusterEnv, id: &str) -> serde_json::Value {
+    serde_json::from_str(&cli(env, "rbd", &["info", "--format", "json", &location_of(id).spec()]).unwrap()).unwrap()
+}
+
+/// How many data objects whose names start with `prefix` are in the pool.
+fn objects_with(env: &ClusterEnv, prefix: &str) -> usize {
+    cli(env, "rados", &["-p", "rbd", "ls"]).unwrap().lines().filter(|l| l.starts_with(prefix)).count()
+}
+
+/// Bytes no two 4 KiB blocks of which are alike (zeros would read back from a hole).
+fn pattern(bytes: usize) -> Vec<u8> {
+    (0..bytes).map(|i| ((i as u64).wrapping_mul(2_654_435_761) >> 7 ^ (i / 4096) as u64) as u8).collect()
+}
+
+/// A clone past the depth limit grown while its flatten is copying its
+/// parent's data into it (held mid-copy: the failpoint build sleeps at the
+/// first 60 objects copied, about 9 s over several passes; at every object,
+/// each pass walking them all again would never end). Each pass of the
+/// flatten holds the volume (an expand meanwhile is ABORTED and retried),
+/// but only to its deadline, so the grow lands before the flatten ends: ControllerExpandVolume answers the new size while the
+/// clone still reads from its parent, the flatten then completes without
+/// undoing the grow, the clone's filesystem fills the new size and reads
+/// the parent's data, and the parent keeps its size and its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_grown_while_it_is_flattened_reaches_the_size_with_its_data_and_its_parent_untouched() {
+    if !runs_here("rbd_snapshots_grow_while_flattening", "xfs") {
+        return;
+    }
+    let Some(session) = rbd_rig::acquire("rbd_snapshots_grow_while_flattening").await else { return };
+    let env = session.env;
+    let dir = tmp();
+    let mut config = config(env, dir.path(), &["--rbd-max-clone-depth=0"]);
+    config.controller_env = vec![("FAILPOINTS".to_owned(), "rbd-flatten-copying=60*sleep(150)".to_owned())];
+    let plant = Plant::start(dir.path(), &config, &[]).await;
+    const SIZE: u64 = 320 * MIB;
+    let cap = mount_capability("xfs");
+    let data = pattern(64 * MIB as usize);
+    let parent = plant.create("flatten-parent", SIZE, cap.clone()).await;
+    let parent_dir = plant.attach(&parent.volume_id, "parent", cap.clone()).await.unwrap();
+    std::fs::write(parent_dir.join("data"), &data).unwrap();
+    std::fs::File::open(parent_dir.join("data")).unwrap().sync_all().unwrap();
+    plant.detach(&parent.volume_id, "parent").await;
+
+    let clone = plant.clone_volume("flatten-clone", SIZE, cap.clone(), &parent.volume_id).await.unwrap();
+    let prefix = info_of(env, &clone.volume_id)["block_name_prefix"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    while objects_with(env, &prefix) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the flatten copied nothing into the clone in 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(parent_of(env, &clone.volume_id).is_some(), "the flatten finished before the expand was sent: hold it longer");
+    let copied = objects_with(env, &prefix);
+
+    // As the external-resizer does: ABORTED (the flatten holds the volume) is retried.
+    let (mut aborted, sent) = (0, Instant::now());
+    let grown_in_flight = loop {
+        let expand = swell_e2e::requests::controller_expand(&clone.volume_id, (2 * SIZE) as i64, None);
+        match plant.controller().await.controller_expand_volume(expand).await {
+            Ok(answer) => {
+                assert_eq!(answer.into_inner().capacity_bytes as u64, 2 * SIZE, "the controller's size");
+                break parent_of(env, &clone.volume_id).is_some();
+            }
+            Err(status) if status.code() == tonic::Code::Aborted => {
+                assert!(status.message().contains(&clone.volume_id), "ABORTED names the volume: {status:?}");
+                aborted += 1;
+            }
+            Err(status) => panic!("ControllerExpandVolume during the flatten: {status:?}"),
+        }
+        assert!(sent.elapsed() < Duration::from_secs(180), "ControllerExpandVolume still refused 180 s after the flatten began");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(grown_in_flight, "the grow waited for the whole flatten ({aborted} ABORTED answers, {copied} objects copied when it was sent)");
+    println!("grown {:?} after the first try, {aborted} ABORTED answers; the clone still read from its parent: {grown_in_flight}", sent.elapsed());
+    assert_eq!(info_of(env, &clone.volume_id)["size"].as_u64(), Some(2 * SIZE), "the clone's image after the expand");
+
+    let started = Instant::now();
+    while parent_of(env, &clone.volume_id).is_some() {
+        assert!(started.elapsed() < Duration::from_secs(180), "the flatten did not complete in 180 s after the grow");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("clone flattened {:?} after the grow; {copied} objects copied when the grow was sent", started.elapsed());
+    assert_eq!(info_of(env, &clone.volume_id)["size"].as_u64(), Some(2 * SIZE), "the flatten kept the grown size");
+
+    let clone_dir = plant.attach(&clone.volume_id, "clone", cap.clone()).await.unwrap();
+    let total = swell_e2e::host::statvfs_total(&clone_dir).unwrap();
+    assert!(total > 2 * SIZE * 85 / 100 && total <= 2 * SIZE, "the clone's filesystem is {total} bytes on {} bytes", 2 * SIZE);
+    assert!(std::fs::read(clone_dir.join("data")).unwrap() == data, "the flattened, grown clone reads its parent's data");
+    plant.detach(&clone.volume_id, "clone").await;
+    assert_eq!(info_of(env, &parent.volume_id)["size"].as_u64(), Some(SIZE), "the parent keeps its size");
+    let parent_dir = plant.attach(&parent.volume_id, "parent", cap).await.unwrap();
+    let total = swell_e2e::host::statvfs_total(&parent_dir).unwrap();
+    assert!(total <= SIZE, "the parent's filesystem is {total} bytes");
+    assert!(std::fs::read(parent_dir.join("data")).unwrap() == data, "the parent keeps its data");
+    plant.detach(&parent.volume_id, "parent").await;
+    plant.delete(&clone.volume_id).await;
+    plant.delete(&parent.volume_id).await;
 }
 
 /// Snapshot, restore and clone through Swell (gRPC, state object, holds,

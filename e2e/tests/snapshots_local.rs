@@ -20,7 +20,7 @@ use swell_storage::units::{GIB, MIB};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn config() -> PlantConfig {
-    PlantConfig { controller_args: Vec::new(), node: swell_node::NodeConfig::new("snapshots-node"), parameters: Default::default() }
+    PlantConfig { controller_args: Vec::new(), controller_env: Vec::new(), node: swell_node::NodeConfig::new("snapshots-node"), parameters: Default::default() }
 }
 
 fn runs_here(test: &str, fs: &str) -> bool {

@@ -135,6 +135,10 @@ impl NodeError {
             // Kubelet stops retrying on this node without blocking the mount;
             // the next stage grows the filesystem offline.
             NodeError::OnlineGrowNotPermitted { .. } => Code::FailedPrecondition,
+            // A device detached or now another file's: no retry here can
+            // help. Kubelet stops retrying on this node without blocking the
+            // mount, and the restage (whose first stage grows) ends it.
+            NodeError::AttachmentUnhealthy { .. } => Code::FailedPrecondition,
             // Infeasible, not transient: INTERNAL would be retried forever,
             // while OUT_OF_RANGE marks NodeResizeInfeasible and lets the user
             // lower the request (KEP-1790).
@@ -149,7 +153,6 @@ impl NodeError {
             | NodeError::StillMounted { .. }
             | NodeError::NotAFilesystem { .. }
             | NodeError::FuseStillRunning { .. }
-            | NodeError::AttachmentUnhealthy { .. }
             | NodeError::StagingNotMounted { .. } => Code::Internal,
         }
     }

@@ -128,7 +128,7 @@ async fn an_unhealthy_attachment_or_an_unmounted_staging_path_is_never_grown() {
     f.sys.lose_loop(&device);
     f.sys.clear_calls();
     let err = expand(&f.ctx, f.expand(&id, "staging", 0)).await.expect_err("detached");
-    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(err.code(), Code::FailedPrecondition, "not retried on this node: the restage grows it");
     assert!(err.to_string().contains("detached"), "{err}");
     assert!(!f.sys.calls().iter().any(|c| matches!(c, Call::LoopRefresh(_))), "no refresh of a device that is not the volume's");
 }
