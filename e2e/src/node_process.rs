@@ -156,14 +156,15 @@ pub fn grow_tool_stand_in(dir: &Path, fs: &str, at: KillAt) -> Result<(PathBuf, 
 /// ioctl) and creates the returned mark when it does; on an unmounted device
 /// (the node's offline grow at stage) it runs the real tool. Returns the
 /// directory to put first on the node's PATH, and the mark. Lets the refusal
-/// be provoked where online growth works.
+/// be provoked where online growth works. The device is the last argument,
+/// after the node's `--`.
 pub fn online_ext4_refusal_stand_in(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     let real = which("resize2fs")?;
     let (bin, mark) = (dir.join("stand-in"), dir.join("online-grow-refused"));
     std::fs::create_dir_all(&bin).map_err(|e| format!("create {}: {e}", bin.display()))?;
     let (mark_arg, real_arg) = (mark.display(), real.display());
     let script = format!(
-        "#!/bin/sh\nif findmnt -rn -S \"$1\" >/dev/null; then\n  : > {mark_arg}\n  \
+        "#!/bin/sh\nfor device; do :; done\nif findmnt -rn -S \"$device\" >/dev/null; then\n  : > {mark_arg}\n  \
          echo \"resize2fs: Permission denied to resize filesystem\" >&2\n  exit 1\nfi\nexec {real_arg} \"$@\"\n"
     );
     write_executable(&bin.join("resize2fs"), &script)?;
