@@ -300,22 +300,6 @@ mod tests {
         assert_eq!(found, expected);
     }
 
-    /// Whether this process may mount (/proc/self belongs to its effective
-    /// user); if not, the skip goes where e2e/test.sh counts skips.
-    fn may_mount(test: &str) -> bool {
-        use std::io::Write;
-        use std::os::unix::fs::MetadataExt;
-        if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-            return true;
-        }
-        eprintln!("SKIPPED {test}: needs root (mounts)");
-        let log = std::env::var_os("SWELL_SKIP_LOG").map_or_else(|| std::env::temp_dir().join("swell-skips.log"), PathBuf::from);
-        if let Ok(mut log) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(log, "{test}\tneeds root (mounts)");
-        }
-        false
-    }
-
     fn mounted(path: &Path) -> bool {
         let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         mountinfo::find(&mountinfo::parse(&text), path).is_some()
@@ -328,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn mounts_and_unmounts_under_the_kubelet_dir_go_through_descriptors_and_land_there() {
-        if !may_mount("mounts_and_unmounts_under_the_kubelet_dir_go_through_descriptors_and_land_there") {
+        if !crate::fixture::root_or_skip("mounts_and_unmounts_under_the_kubelet_dir_go_through_descriptors_and_land_there") {
             return;
         }
         let dir = tempfile::tempdir().expect("temp dir");
@@ -351,7 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pod_directory_swapped_for_a_symlink_after_the_path_check_gets_no_mount_and_unmounts_nothing_outside() {
-        if !may_mount("a_pod_directory_swapped_for_a_symlink_after_the_path_check_gets_no_mount_and_unmounts_nothing_outside") {
+        if !crate::fixture::root_or_skip("a_pod_directory_swapped_for_a_symlink_after_the_path_check_gets_no_mount_and_unmounts_nothing_outside") {
             return;
         }
         let dir = tempfile::tempdir().expect("temp dir");
