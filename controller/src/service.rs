@@ -65,8 +65,8 @@ impl ControllerService {
             let info = self.snapshots.create_volume_from(name, range, backend, &params.placement, source).await?;
             return Ok(Volume { content_source: Some(source.clone()), volume_context, ..to_volume(&info) });
         }
-        let size = sizing::allocation(range).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
-        sizing::check_formattable(name, &req.volume_capabilities, range)?;
+        let size = sizing::allocation(sizing::formattable_range(name, &req.volume_capabilities, range)?)
+            .map_err(|e| ControllerError::OutOfRange(format!("volume {name:?}: {e}")))?;
 
         let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
         let created = self.backends.call("create volume", name, backend.create_volume(name, size, &params.placement)).await?;

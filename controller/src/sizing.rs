@@ -69,24 +69,22 @@ pub(crate) fn allocation(range: SizeRange) -> Result<u64, SizeError> {
         .ok_or(SizeError::NoAlignedFit { required, limit })
 }
 
-/// Refuses a range whose limit is below the smallest volume a requested
-/// filesystem can be made on: such a volume could be created but never
-/// staged. A required size below it is left to the CO (`limit` allows
-/// more, and the node says so at stage).
-pub(crate) fn check_formattable(name: &str, caps: &[VolumeCapability], range: SizeRange) -> Result<(), ControllerError> {
-    let Some(limit) = range.limit else { return Ok(()) };
-    for cap in caps {
-        if let Some(AccessType::Mount(mount)) = &cap.access_type {
-            let min = min_fs_bytes(&mount.fs_type);
-            if limit < min {
-                let fs = if mount.fs_type.is_empty() { "xfs" } else { mount.fs_type.as_str() };
-                return Err(ControllerError::OutOfRange(format!(
-                    "volume {name:?}: {fs} needs at least {min} bytes; limit_bytes {limit} leaves no room for it"
-                )));
-            }
-        }
+/// The range a create allocates for: `required` raised to the smallest
+/// volume every requested filesystem can be made on (the spec lets a volume
+/// be larger than required), so a small mount volume is never created
+/// unstageable. OUT_OF_RANGE when `limit` leaves no room for that minimum.
+/// Block capabilities have no filesystem and leave the range as asked.
+pub(crate) fn formattable_range(name: &str, caps: &[VolumeCapability], range: SizeRange) -> Result<SizeRange, ControllerError> {
+    let needed = caps.iter().filter_map(|cap| match &cap.access_type {
+        Some(AccessType::Mount(mount)) => Some(mount.fs_type.as_str()),
+        _ => None,
+    });
+    let Some((fs, min)) = needed.map(|fs| (fs, min_fs_bytes(fs))).max_by_key(|(_, min)| *min) else { return Ok(range) };
+    if let Some(limit) = range.limit.filter(|limit| *limit < min) {
+        let fs = if fs.is_empty() { "xfs" } else { fs };
+        return Err(ControllerError::OutOfRange(format!("volume {name:?}: {fs} needs at least {min} bytes; limit_bytes {limit} leaves no room for it")));
     }
-    Ok(())
+    Ok(SizeRange { required: range.required.map(|required| required.max(min)), limit: range.limit })
 }
 
 /// The size of a volume made from a source of `source_bytes` (a snapshot or
@@ -167,14 +165,28 @@ mod tests {
     fn a_limit_below_what_the_filesystem_needs_is_out_of_range() {
         use csi_proto::v1::volume_capability::access_mode::Mode;
         let cap = |fs| crate::validate::tests::cap(Mode::SingleNodeWriter, fs);
-        let err = check_formattable("v", &[cap(Some("xfs"))], range(Some(8 << 10), Some(8 << 10))).unwrap_err();
+        let err = formattable_range("v", &[cap(Some("xfs"))], range(Some(8 << 10), Some(8 << 10))).unwrap_err();
         assert_eq!(tonic::Status::from(err).code(), tonic::Code::OutOfRange);
-        assert!(check_formattable("v", &[cap(Some(""))], range(None, Some(299 * MIB))).is_err(), "xfs is the default");
-        assert!(check_formattable("v", &[cap(Some("btrfs"))], range(None, Some(109 * MIB))).is_err());
-        assert!(check_formattable("v", &[cap(Some("ext4"))], range(None, Some(8 * MIB))).is_ok());
-        assert!(check_formattable("v", &[cap(None)], range(None, Some(8 << 10))).is_ok(), "a block volume has no filesystem");
-        assert!(check_formattable("v", &[cap(Some("xfs"))], range(Some(8 << 10), None)).is_ok(), "no limit: the CO may be given more");
-        assert!(check_formattable("v", &[cap(Some("xfs"))], range(None, Some(300 * MIB))).is_ok());
+        assert!(formattable_range("v", &[cap(Some(""))], range(None, Some(299 * MIB))).is_err(), "xfs is the default");
+        assert!(formattable_range("v", &[cap(Some("btrfs"))], range(None, Some(109 * MIB))).is_err());
+        assert!(formattable_range("v", &[cap(Some("ext4")), cap(Some("xfs"))], range(None, Some(8 * MIB))).is_err(), "every capability counts");
+        assert_eq!(formattable_range("v", &[cap(Some("ext4"))], range(None, Some(8 * MIB))).unwrap(), range(None, Some(8 * MIB)));
+        assert_eq!(formattable_range("v", &[cap(Some("xfs"))], range(None, Some(300 * MIB))).unwrap(), range(None, Some(300 * MIB)));
+    }
+
+    #[test]
+    fn a_required_size_below_what_the_filesystem_needs_is_raised_to_it() {
+        use csi_proto::v1::volume_capability::access_mode::Mode;
+        let cap = |fs| crate::validate::tests::cap(Mode::SingleNodeWriter, fs);
+        let raised = |caps: &[VolumeCapability], asked| formattable_range("v", caps, asked).unwrap();
+        assert_eq!(raised(&[cap(Some("xfs"))], range(Some(8 << 10), None)), range(Some(300 * MIB), None), "no limit: raised");
+        assert_eq!(raised(&[cap(Some(""))], range(Some(64 * MIB), Some(GIB))), range(Some(300 * MIB), Some(GIB)), "the default is xfs");
+        assert_eq!(raised(&[cap(Some("btrfs"))], range(Some(MIB), Some(110 * MIB))), range(Some(110 * MIB), Some(110 * MIB)));
+        assert_eq!(raised(&[cap(Some("ext4"))], range(Some(8 << 10), None)), range(Some(MIB), None));
+        assert_eq!(raised(&[cap(Some("xfs"))], range(Some(GIB), None)), range(Some(GIB), None), "a larger size is kept");
+        assert_eq!(raised(&[cap(None)], range(Some(8 << 10), Some(8 << 10))), range(Some(8 << 10), Some(8 << 10)), "a block volume has no filesystem");
+        let allocated = allocation(raised(&[cap(Some("xfs"))], range(Some(64 * MIB), None)));
+        assert_eq!(allocated, Ok(300 * MIB), "what the create allocates");
     }
 
     #[test]

@@ -399,7 +399,8 @@ pub async fn restore_larger_block(plant: &Plant) -> Grown {
 /// Unknown sources, a reused name, a smaller size: each refused with the
 /// code the spec names, and nothing made or changed.
 pub async fn bad_input_changes_nothing(plant: &Plant, unknown_volume: &str, unknown_snapshot: &str) {
-    let cap = mount_capability("xfs");
+    // Raw block: the sizes below are exact, with no filesystem minimum.
+    let cap = block_capability();
     let a = plant.create("bad-a", 64 * MIB, cap.clone()).await;
     let b = plant.create("bad-b", 64 * MIB, cap.clone()).await;
     let snapshot = plant.snapshot("bad-snap", &a.volume_id).await.expect("snapshot");

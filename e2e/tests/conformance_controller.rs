@@ -190,6 +190,32 @@ async fn create_volume_beyond_capacity_is_out_of_range_and_creates_nothing() {
     create(&mut drv, &unique_name("fits"), GIB).await;
 }
 
+#[tokio::test]
+async fn a_mount_volume_below_its_filesystems_minimum_is_raised_to_it_or_out_of_range() {
+    let mut drv = driver().await;
+    let min = |fs| i64::try_from(csi_endpoint::capabilities::min_fs_bytes(fs)).unwrap();
+    let capacity = |response: CreateVolumeResponse| response.volume.expect("volume").capacity_bytes;
+    for fs in ["", "xfs", "btrfs", "ext4"] {
+        let small = requests::create_volume(&unique_name("small"), 8 << 10, requests::mount_capability(fs));
+        assert_eq!(capacity(expect_ok(drv.controller.create_volume(small).await, fs)), min(fs), "{fs:?}: raised to the minimum");
+    }
+    let within = CreateVolumeRequest {
+        capacity_range: Some(CapacityRange { required_bytes: 64 * MIB, limit_bytes: GIB }),
+        ..requests::create_volume(&unique_name("within"), 0, requests::mount_capability("xfs"))
+    };
+    assert_eq!(capacity(expect_ok(drv.controller.create_volume(within).await, "limit above the minimum")), min("xfs"));
+    let capped = CreateVolumeRequest {
+        capacity_range: Some(CapacityRange { required_bytes: 64 * MIB, limit_bytes: 200 * MIB }),
+        ..requests::create_volume(&unique_name("capped"), 0, requests::mount_capability("xfs"))
+    };
+    expect_status(drv.controller.create_volume(capped).await, Code::OutOfRange, &["xfs", "limit_bytes"]);
+    let block = CreateVolumeRequest {
+        capacity_range: Some(CapacityRange { required_bytes: 8 << 10, limit_bytes: 8 << 10 }),
+        ..requests::create_volume(&unique_name("block"), 0, requests::block_capability())
+    };
+    assert_eq!(capacity(expect_ok(drv.controller.create_volume(block).await, "block")), 8 << 10, "a block volume has no minimum");
+}
+
 // ---- DeleteVolume ----
 
 #[tokio::test]
@@ -485,7 +511,9 @@ async fn concurrent_expansions_answer_ok_or_aborted_and_never_lose_growth() {
 #[tokio::test]
 async fn snapshot_requests_are_checked_and_listed_a_page_at_a_time() {
     let mut drv = driver().await;
-    let vol = create(&mut drv, &unique_name("snapped"), 64 * MIB).await;
+    // The smallest volume the default filesystem (xfs) allows.
+    let size = i64::try_from(csi_endpoint::capabilities::min_fs_bytes("")).unwrap();
+    let vol = create(&mut drv, &unique_name("snapped"), size).await;
     let snap = |name: &str, source: &str| CreateSnapshotRequest { name: name.into(), source_volume_id: source.into(), ..Default::default() };
     expect_status(drv.controller.create_snapshot(snap("", &vol.volume_id)).await, Code::InvalidArgument, &["name"]);
     expect_status(drv.controller.create_snapshot(snap("s", "")).await, Code::InvalidArgument, &["source_volume_id"]);
@@ -495,7 +523,7 @@ async fn snapshot_requests_are_checked_and_listed_a_page_at_a_time() {
     for i in 0..3 {
         let made = expect_ok(drv.controller.create_snapshot(snap(&format!("snap-{i}"), &vol.volume_id)).await, "create snapshot");
         let made = made.snapshot.expect("snapshot");
-        assert!(made.ready_to_use && made.size_bytes == 64 * MIB && made.source_volume_id == vol.volume_id && made.creation_time.is_some());
+        assert!(made.ready_to_use && made.size_bytes == size && made.source_volume_id == vol.volume_id && made.creation_time.is_some());
         ids.push(made.snapshot_id);
     }
     let again = expect_ok(drv.controller.create_snapshot(snap("snap-0", &vol.volume_id)).await, "repeat").snapshot.expect("snapshot");

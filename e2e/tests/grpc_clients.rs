@@ -144,19 +144,21 @@ async fn grpc_python_calls_identity_controller_and_node() {
     let created: CreateVolumeResponse = ok(&results[2], "CreateVolume");
     let volume = created.volume.unwrap();
     assert!(volume.capacity_bytes >= 64 * MIB);
+    // Above what was made: an xfs volume is made at xfs's minimum, past 64 MiB.
+    let grown_to = volume.capacity_bytes + 64 * MIB;
     let node_info: NodeGetInfoResponse = ok(&results[3], "NodeGetInfo");
     assert_eq!(node_info.node_id, "swell-e2e-node");
     assert_eq!(results[4].0, "INVALID_ARGUMENT", "error statuses reach the client too: {}", results[4].2);
 
     let id = volume.volume_id;
     let calls = [
-        call(&controller, "/csi.v1.Controller/ControllerExpandVolume", swell_e2e::requests::controller_expand(&id, 128 * MIB, None)),
-        call(&node, "/csi.v1.Node/NodeExpandVolume", swell_e2e::requests::node_expand_bare(&id, "/nowhere", 128 * MIB)),
+        call(&controller, "/csi.v1.Controller/ControllerExpandVolume", swell_e2e::requests::controller_expand(&id, grown_to, None)),
+        call(&node, "/csi.v1.Node/NodeExpandVolume", swell_e2e::requests::node_expand_bare(&id, "/nowhere", grown_to)),
         call(&controller, "/csi.v1.Controller/DeleteVolume", DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }),
     ];
     let (_, results) = python_calls(&python, &calls).await;
     let grown: ControllerExpandVolumeResponse = ok(&results[0], "ControllerExpandVolume");
-    assert_eq!(grown.capacity_bytes, 128 * MIB);
+    assert_eq!(grown.capacity_bytes, grown_to);
     assert_eq!(results[1].0, "NOT_FOUND", "{}", results[1].2);
     let _: DeleteVolumeResponse = ok(&results[2], "DeleteVolume");
     let mut d = drv;

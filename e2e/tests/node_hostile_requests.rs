@@ -3,8 +3,9 @@
 //! published), mount options outside the filesystem's allow-list are
 //! INVALID_ARGUMENT and attach nothing, and a read-only capability never
 //! formats a blank volume nor repairs or grows a filesystem; staging and
-//! target paths must lie under the kubelet directory without a symlink on
-//! the way, and unpublish and unstage unmount and remove only what the node
+//! target paths (and the paths NodeGetVolumeStats and NodeExpandVolume name)
+//! must lie under the kubelet directory without a symlink on the way, and
+//! unpublish and unstage unmount and remove only what the node
 //! made. Needs root.
 #![allow(clippy::unwrap_used)]
 
@@ -126,6 +127,26 @@ async fn paths_outside_the_kubelet_dir_or_through_a_symlink_are_refused_and_fore
 
     let staging = kubelet.join("staging");
     client.node_stage_volume(requests::stage(&id, &at(&staging), mount_capability("xfs"))).await.unwrap();
+
+    // Stats and expansion paths too: refused outside, through the symlink, relative or climbing out with
+    // `..`, in either of NodeExpandVolume's paths; served under the kubelet directory.
+    let target = kubelet.join("pods/v/vol");
+    client.node_publish_volume(requests::publish(&id, &at(&staging), &at(&target), mount_capability("xfs"), false)).await.unwrap();
+    let expand = |volume_path: &std::path::Path, staging_path: &std::path::Path| {
+        requests::node_expand(&id, &at(volume_path), &at(staging_path), (512 * MIB) as i64, mount_capability("xfs"))
+    };
+    let relative = std::path::PathBuf::from("pods/v/vol");
+    for bad in [dir.join("elsewhere"), kubelet.join("plugins/vol"), relative, kubelet.join("pods/v/../../../elsewhere")] {
+        let status = client.node_get_volume_stats(requests::stats(&id, &at(&bad))).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "stats at {}: {status:?}", bad.display());
+        let status = client.node_expand_volume(expand(&bad, &staging)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "expand at {}: {status:?}", bad.display());
+        let status = client.node_expand_volume(expand(&target, &bad)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "expand staged at {}: {status:?}", bad.display());
+    }
+    client.node_get_volume_stats(requests::stats(&id, &at(&target))).await.expect("stats under the kubelet directory");
+    client.node_expand_volume(expand(&target, &staging)).await.expect("expand under the kubelet directory");
+    client.node_unpublish_volume(requests::unpublish(&id, &at(&target))).await.unwrap();
 
     // A mount that is not the volume's at a target: unpublish leaves it and says why.
     let foreign = kubelet.join("pods/p/vol");

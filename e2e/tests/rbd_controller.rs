@@ -14,7 +14,7 @@ use csi_proto::v1::*;
 use swell_e2e::instrumented::GrowMode;
 use swell_e2e::never_stuck::{Engine, InProcess};
 use swell_e2e::rbd_rig::{self, ClusterEnv, Rbd, Swell, cli, cluster, rbd_size};
-use swell_e2e::requests::{controller_expand, create_volume, mount_capability};
+use swell_e2e::requests::{block_capability, controller_expand, create_volume};
 use swell_e2e::state::record_of;
 use swell_e2e::timing::{assert_within_deadline, median};
 use swell_storage::{Backend, Placement, VolumeId};
@@ -26,7 +26,8 @@ const OP_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(8);
 
 fn create_rbd(name: &str, bytes: u64) -> CreateVolumeRequest {
-    let mut req = create_volume(name, bytes as i64, mount_capability("xfs"));
+    // Raw block: sized exactly as asked, with no filesystem minimum.
+    let mut req = create_volume(name, bytes as i64, block_capability());
     req.parameters = HashMap::from([("backend".to_owned(), "rbd".to_owned())]);
     req
 }

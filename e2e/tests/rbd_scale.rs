@@ -15,7 +15,7 @@ use csi_proto::v1::*;
 use swell_e2e::chaos::Xorshift;
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::rbd_rig::{self, ClusterEnv, Swell, cli, other_client, rbd_config, rbd_size};
-use swell_e2e::requests::{self, mount_capability};
+use swell_e2e::requests::{self, block_capability};
 use swell_rbd::{RbdBackend, RbdConfig};
 use swell_storage::RbdVolume;
 use tonic::transport::Channel;
@@ -29,7 +29,8 @@ async fn session(test: &str) -> Option<rbd_rig::Session> {
 }
 
 fn create_in(pool: &str, name: &str, bytes: u64) -> CreateVolumeRequest {
-    let mut request = requests::create_volume(name, bytes as i64, mount_capability("xfs"));
+    // Raw block: sized exactly as asked, with no filesystem minimum.
+    let mut request = requests::create_volume(name, bytes as i64, block_capability());
     request.parameters = [("pool".to_owned(), pool.to_owned())].into();
     request
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use swell_e2e::node_process::KillAt;
 use swell_e2e::rbd_rig::{self, ClusterEnv, cli, location_of};
-use swell_e2e::requests::mount_capability;
+use swell_e2e::requests::{block_capability, mount_capability};
 use swell_e2e::snapshots::{self, Plant, PlantConfig};
 use swell_e2e::timing::median;
 use swell_storage::snapshot::snapshot_key;
@@ -391,7 +391,8 @@ async fn a_source_deleted_after_its_snapshot_and_before_its_restore_goes_too() {
     // The plant's controller runs its background work every second.
     let plant = Plant::start(dir.path(), &config(env, dir.path(), &[]), &[]).await;
     let before = pool_images(env);
-    let cap = mount_capability("xfs");
+    // Raw block: the restore asks for the source's exact size.
+    let cap = block_capability();
     let source = plant.create("order-source", 64 * MIB, cap.clone()).await;
     let snapshot = plant.snapshot("order-snapshot", &source.volume_id).await.unwrap();
     let restored = plant.restore("order-restored", 64 * MIB, cap, &snapshot.snapshot_id).await.unwrap();

@@ -22,7 +22,7 @@ use swell_e2e::logs;
 use swell_e2e::metrics::{scrape, sum};
 use swell_e2e::process::ControllerProcess;
 use swell_e2e::rbd_rig::{self, CLUSTER_ID, ClusterEnv, other_client, rbd_size};
-use swell_e2e::requests::{self, mount_capability};
+use swell_e2e::requests::{self, block_capability, mount_capability};
 use swell_e2e::resizer::expand_like_the_resizer;
 use swell_e2e::state::{leave_wish, record_of};
 use swell_e2e::sweep::MountSweeper;
@@ -81,7 +81,8 @@ impl Replica {
 }
 
 async fn create(client: &mut ControllerClient<Channel>, name: &str, bytes: u64) -> String {
-    let created = client.create_volume(requests::create_volume(name, bytes as i64, mount_capability("xfs"))).await;
+    // Raw block: sized exactly as asked; the node may still stage it with xfs.
+    let created = client.create_volume(requests::create_volume(name, bytes as i64, block_capability())).await;
     created.unwrap_or_else(|e| panic!("create {name}: {e:?}")).into_inner().volume.unwrap().volume_id
 }
 

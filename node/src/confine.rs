@@ -22,11 +22,16 @@ use nix::unistd::UnlinkatFlags;
 
 use crate::error::NodeError;
 
-/// Checks `path` (absolute, without `..`: [`crate::validate`]) against
-/// `root`; `None` checks nothing.
+/// Checks `path` against `root`; `None` checks nothing. A relative path or
+/// one with `..` is refused here too: not every RPC's validation rules them
+/// out (NodeGetVolumeStats answers NOT_FOUND for a relative path when
+/// unconfined), and `..` would climb out after the prefix check.
 pub(crate) async fn confined(field: &'static str, path: &Path, root: Option<&Path>) -> Result<(), NodeError> {
     let Some(root) = root else { return Ok(()) };
     let invalid = |reason: String| NodeError::InvalidArgument { field, reason };
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(format!("{} is not an absolute path without '..'", path.display())));
+    }
     let Ok(below) = path.strip_prefix(root) else {
         return Err(invalid(format!("{} is not under the kubelet directory {}", path.display(), root.display())));
     };
@@ -197,7 +202,15 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("pods/evil")).expect("symlink");
         assert!(confined("target_path", &root.join("pods/p/volumes/v"), Some(&root)).await.is_ok(), "a path still to be made");
         assert!(confined("target_path", Path::new("/etc/passwd"), None).await.is_ok(), "no root, no check");
-        for bad in [Path::new("/etc/passwd").to_path_buf(), dir.path().join("kubelet-other/x"), root.join("pods/evil/passwd"), root.join("pods/evil")] {
+        let (relative, climbing) = (PathBuf::from("pods/p"), root.join("pods/../../etc"));
+        for bad in [
+            Path::new("/etc/passwd").to_path_buf(),
+            dir.path().join("kubelet-other/x"),
+            root.join("pods/evil/passwd"),
+            root.join("pods/evil"),
+            relative,
+            climbing,
+        ] {
             let err = confined("target_path", &bad, Some(&root)).await.expect_err("refused");
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}: {err}", bad.display());
         }

@@ -84,6 +84,7 @@ impl Node for NodeService {
     async fn node_get_volume_stats(&self, request: Request<NodeGetVolumeStatsRequest>) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         log_request("NodeGetVolumeStats", request.get_ref());
         let req = validate::stats(request.get_ref())?;
+        self.confined("volume_path", &req.volume_path).await?;
         let stats = stats::stats(&self.ctx, req).await?;
         let usage = match stats.usage {
             Usage::Filesystem { bytes, inodes } => vec![usage(Unit::Bytes, bytes), usage(Unit::Inodes, inodes)],
@@ -100,6 +101,12 @@ impl Node for NodeService {
     async fn node_expand_volume(&self, request: Request<NodeExpandVolumeRequest>) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         log_request("NodeExpandVolume", request.get_ref());
         let req = validate::expand(request.get_ref())?;
+        self.confined("volume_path", &req.volume_path).await?;
+        // Optional, and unused by the growth itself; still a path from the CO.
+        let staging = &request.get_ref().staging_target_path;
+        if !staging.is_empty() {
+            self.confined("staging_target_path", std::path::Path::new(staging)).await?;
+        }
         let capacity = expand::expand(&self.ctx, req).await?;
         Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes: to_i64(capacity) }))
     }

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 
 use crate::harness::ControllerUnderTest;
 use crate::instrumented::InstrumentedBackend;
-use crate::requests::{self, mount_capability};
+use crate::requests::{self, block_capability};
 
 /// A storage engine the scenarios run on, and how to see it without Swell.
 #[async_trait::async_trait]
@@ -131,9 +131,11 @@ impl InProcess {
     }
 }
 
-/// Creates a volume of `bytes` (xfs, single-node writer) and returns its id.
+/// Creates a volume of exactly `bytes` and returns its id. Asked for as raw
+/// block, which the controller sizes as asked (a filesystem's minimum would
+/// raise it); it keeps no capability, so a test may stage it with any.
 pub async fn create(client: &mut ControllerClient<Channel>, name: &str, bytes: u64) -> String {
-    let created = client.create_volume(requests::create_volume(name, bytes as i64, mount_capability("xfs"))).await;
+    let created = client.create_volume(requests::create_volume(name, bytes as i64, block_capability())).await;
     let volume = created.unwrap_or_else(|e| panic!("create {name}: {e:?}")).into_inner().volume.expect("CreateVolume answered a volume");
     assert_eq!(volume.capacity_bytes as u64, bytes, "create {name}");
     volume.volume_id
