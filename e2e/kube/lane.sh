@@ -19,6 +19,19 @@ root=$PWD
 started=$SECONDS
 source=${SWELL_KUBE_SOURCE:-$root/../shared/kube}
 say() { echo "kube lane: $* ($((SECONDS - started)) s)"; }
+# Waits for a swell-system workload to be ready; when it is not, prints why
+# (pods, events, each pod's last log lines) where CI shows it, and fails.
+rollout() {
+  kubectl -n swell-system rollout status "$1" --timeout=180s && return
+  say "$1 is not ready"
+  kubectl -n swell-system get pods -o wide
+  kubectl -n swell-system get events --sort-by=.lastTimestamp
+  for pod in $(kubectl -n swell-system get pods -o name); do
+    echo "--- logs of $pod"
+    timeout 30 kubectl -n swell-system logs "$pod" --all-containers --prefix --tail=15
+  done
+  return 1
+}
 
 # The scenario binary (e2e/tests/kube), built once: later edits of the tree
 # cannot change what one run tests.
@@ -212,9 +225,9 @@ done
 rm -rf "$secret"
 kubectl apply -k "$overlays/rbd" 2>&1 | { grep -v -e unchanged -e Warning || true; }
 kubectl apply -k "$overlays/webhook-rbd" 2>&1 | { grep -v -e unchanged -e Warning || true; }
-kubectl -n swell-system rollout status deployment/swell-controller --timeout=180s
-kubectl -n swell-system rollout status daemonset/swell-node --timeout=180s
-kubectl -n swell-system rollout status deployment/swell-webhook --timeout=180s
+rollout deployment/swell-controller
+rollout daemonset/swell-node
+rollout deployment/swell-webhook
 say "the RBD overlay and the webhook with RBD applied"
 
 # 3. The scenarios: steady ones side by side, each disruptive one for both

@@ -25,7 +25,13 @@ pub(crate) struct Ran {
 /// Runs `kubectl ARGS` (stdin: `input`), bounded by [`KUBECTL_DEADLINE`] through
 /// coreutils' `timeout`, and returns what it said, success or not.
 pub(crate) fn try_kubectl(args: &[&str], input: Option<&str>) -> Ran {
-    let secs = KUBECTL_DEADLINE.as_secs().to_string();
+    try_kubectl_within(KUBECTL_DEADLINE, args, input)
+}
+
+/// [`try_kubectl`] bounded by `deadline` instead: for kubectl's own waits,
+/// which must end by their `--timeout` and not by ours first.
+fn try_kubectl_within(deadline: Duration, args: &[&str], input: Option<&str>) -> Ran {
+    let secs = deadline.as_secs().to_string();
     let mut cmd = Command::new("timeout");
     cmd.args(["-k", "5", &secs, "kubectl"]).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
@@ -188,6 +194,28 @@ pub(crate) fn system(args: &[&str]) -> String {
     let mut all = vec!["-n", "swell-system"];
     all.extend_from_slice(args);
     kubectl(&all)
+}
+
+/// Waits until `workload` in swell-system (`deployment/NAME`,
+/// `daemonset/NAME`) has every replica ready, at most `deadline`; otherwise
+/// fails with what a reader needs to see why: the pods, the namespace's
+/// events (failed sandboxes, probe answers) and each pod's last log lines.
+pub(crate) fn rollout(workload: &str, deadline: Duration) {
+    let timeout = format!("--timeout={}s", deadline.as_secs());
+    let ran = try_kubectl_within(deadline + Duration::from_secs(30), &["-n", "swell-system", "rollout", "status", workload, &timeout], None);
+    if ran.ok {
+        return;
+    }
+    let mut why = format!("kubectl rollout status {workload} failed: {}{}\n", ran.stderr, ran.stdout);
+    let pods = try_kubectl(&["-n", "swell-system", "get", "pods", "-o", "wide"], None);
+    why += &format!("--- pods\n{}{}", pods.stdout, pods.stderr);
+    let events = try_kubectl(&["-n", "swell-system", "get", "events", "--sort-by=.lastTimestamp"], None);
+    why += &format!("--- events\n{}{}", events.stdout, events.stderr);
+    for pod in pods.stdout.lines().skip(1).filter_map(|line| line.split_whitespace().next()) {
+        let logs = try_kubectl(&["-n", "swell-system", "logs", pod, "--all-containers", "--prefix", "--tail=15"], None);
+        why += &format!("--- logs of {pod}\n{}{}", strip_ansi(&logs.stdout), logs.stderr);
+    }
+    panic!("{workload} not ready after {deadline:?}\n{why}");
 }
 
 /// Keeps the logs of Swell's pod `pod` in the lane's log directory before a

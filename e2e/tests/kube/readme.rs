@@ -119,8 +119,8 @@ fn deploy_on_kubernetes_runs_as_written() {
         run(block, dir.path());
         if block.contains("apply -k") {
             // A reader waits for the pods too; the lane does so before going on.
-            system(&["rollout", "status", "deployment/swell-controller", "--timeout=180s"]);
-            system(&["rollout", "status", "daemonset/swell-node", "--timeout=180s"]);
+            rollout("deployment/swell-controller", Duration::from_secs(180));
+            rollout("daemonset/swell-node", Duration::from_secs(180));
         }
         if block.contains("kind: Pod") {
             wait_for("pod app Running", Duration::from_secs(180), Duration::from_millis(500), |last| {
@@ -165,7 +165,7 @@ fn webhook_without_cert_manager_runs_as_written() {
     for block in &blocks {
         run(block, dir.path());
     }
-    system(&["rollout", "status", "deployment/swell-webhook", "--timeout=180s"]);
+    rollout("deployment/swell-webhook", Duration::from_secs(180));
     let config = get(&["validatingwebhookconfiguration", "swell-resize"]).expect("the webhook's configuration");
     assert!(!text(&config, "/webhooks/0/clientConfig/caBundle").is_empty(), "no caBundle in the configuration");
 }

@@ -124,7 +124,7 @@ impl NodePluginHold {
         if ds.pointer("/spec/template/spec/nodeSelector").is_some() {
             system(&["patch", "daemonset", "swell-node", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/template/spec/nodeSelector"}]"#]);
         }
-        system(&["rollout", "status", "daemonset/swell-node", "--timeout=120s"]);
+        rollout("daemonset/swell-node", Duration::from_secs(120));
     }
 }
 

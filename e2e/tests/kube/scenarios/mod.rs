@@ -106,7 +106,7 @@ fn timing(test: &str, what: &str, took: Duration) {
 /// over once it runs out (15 s). Both replicas run first, the leader among
 /// them. Returns (deleted, survivor) pod names.
 fn delete_resizer_leader() -> (String, String) {
-    system(&["rollout", "status", "deployment/swell-controller", "--timeout=180s"]);
+    rollout("deployment/swell-controller", Duration::from_secs(180));
     let (leader, survivor) = wait_for("a running replica leading the resizer, another beside it", Duration::from_secs(90), Duration::from_secs(1), |last| {
         let lease = get(&["-n", "swell-system", "lease", "external-resizer-swell-csi-storage"])?;
         let leader = text(&lease, "/spec/holderIdentity").to_owned();
