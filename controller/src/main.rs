@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 use csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 use csi_endpoint::logs::LogArgs;
-use csi_endpoint::{parse_endpoint, serve, shutdown_signal};
+use csi_endpoint::{SocketAccess, parse_endpoint, serve_with, shutdown_signal};
 use swell_backends::BackendArgs;
 use swell_controller::ReconcilerConfig;
 use swell_controller::{ControllerConfig, build};
@@ -18,6 +18,11 @@ struct Args {
     /// CSI endpoint, e.g. unix:///csi/csi.sock.
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     endpoint: String,
+    /// Numeric group whose members may connect to the CSI socket (mode
+    /// 0660), so the sidecars need not run as root; without it the socket
+    /// is for its owner alone (0600).
+    #[arg(long, env = "SWELL_SOCKET_GROUP")]
+    socket_group: Option<u32>,
     /// Driver name announced to Kubernetes.
     #[arg(long, env = "SWELL_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
     driver_name: String,
@@ -82,7 +87,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("bind metrics address {address}: {e}"))?;
         background.push(tokio::spawn(controller.observed.clone().serve(listener, until_stopped(stopped.clone()))));
     }
-    let served = serve(&socket, controller.router, shutdown_signal()).await;
+    let access = args.socket_group.map_or(SocketAccess::OwnerOnly, SocketAccess::Group);
+    let served = serve_with(&socket, access, controller.router, shutdown_signal()).await;
     let _ = stop.send(());
     for task in background {
         let _ = task.await;

@@ -20,4 +20,4 @@ pub use health::{CachedProbe, HEALTH_MAX_AGE};
 pub use identity::{IdentityService, NotReady, Probe};
 pub use observe::Observed;
 pub use rpc_metrics::RpcMetrics;
-pub use socket::{EndpointError, connect, grpc_server, parse_endpoint, serve, shutdown_signal};
+pub use socket::{EndpointError, SocketAccess, connect, grpc_server, parse_endpoint, serve, serve_with, shutdown_signal};

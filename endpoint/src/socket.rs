@@ -1,5 +1,6 @@
 //! The CSI Unix socket. The socket appears at its path only once it listens,
-//! with mode 0600; a stale path is replaced only when it is a socket (never a
+//! with mode 0600 (or 0660 for one named group, so sidecars can connect
+//! without being root); a stale path is replaced only when it is a socket (never a
 //! file someone mistyped), and the socket is removed again on shutdown.
 
 use std::future::Future;
@@ -59,11 +60,22 @@ fn check_replaceable(path: &Path) -> Result<(), EndpointError> {
     }
 }
 
+/// Who may connect to the socket besides its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketAccess {
+    /// The owner alone (mode 0600).
+    OwnerOnly,
+    /// The owner and members of this group (mode 0660): the server must be
+    /// allowed to give its socket to the group (root with CAP_CHOWN, or a
+    /// member of it).
+    Group(u32),
+}
+
 /// Binds under a temporary name beside `path` and renames the socket into
 /// place once it listens and has its mode: bind(2) creates the file before
 /// listen(2) lets it accept, and a client that connects as soon as the file
 /// appears would otherwise be refused (ECONNREFUSED).
-fn prepare(path: &Path) -> Result<UnixListener, EndpointError> {
+fn prepare(path: &Path, access: SocketAccess) -> Result<UnixListener, EndpointError> {
     let io = |step, source| EndpointError::Io { step, path: path.to_owned(), source };
     check_replaceable(path)?;
     let file_name = path.file_name().ok_or_else(|| EndpointError::Unsupported(path.display().to_string()))?;
@@ -78,7 +90,13 @@ fn prepare(path: &Path) -> Result<UnixListener, EndpointError> {
         std::fs::create_dir_all(parent).map_err(|e| io("create directory for", e))?;
     }
     let listener = UnixListener::bind(&binding).map_err(|e| io("bind", e))?;
-    std::fs::set_permissions(&binding, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod 0600", e))?;
+    match access {
+        SocketAccess::OwnerOnly => std::fs::set_permissions(&binding, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod 0600", e))?,
+        SocketAccess::Group(gid) => {
+            std::os::unix::fs::chown(&binding, None, Some(gid)).map_err(|e| io("give the socket to its group", e))?;
+            std::fs::set_permissions(&binding, std::fs::Permissions::from_mode(0o660)).map_err(|e| io("chmod 0660", e))?;
+        }
+    }
     // rename(2) replaces a stale socket atomically.
     std::fs::rename(&binding, path).map_err(|e| io("move the listening socket to", e))?;
     Ok(listener)
@@ -100,14 +118,23 @@ pub fn grpc_server() -> tonic::transport::Server {
         .http2_max_header_list_size(Some(u32::try_from(crate::authority::MAX_HEADER_LIST).unwrap_or(u32::MAX)))
 }
 
-/// Serves `router` on the Unix socket at `path` until `shutdown` resolves,
-/// then removes the socket. Every connection goes through [`AuthorityFix`],
-/// so clients that send the socket path as `:authority` are served too.
+/// Serves `router` on the Unix socket at `path`, for its owner alone, until
+/// `shutdown` resolves, then removes the socket. Every connection goes
+/// through [`AuthorityFix`], so clients that send the socket path as
+/// `:authority` are served too.
 pub async fn serve<F>(path: &Path, router: Router, shutdown: F) -> Result<(), EndpointError>
 where
     F: Future<Output = ()> + Send,
 {
-    let listener = prepare(path)?;
+    serve_with(path, SocketAccess::OwnerOnly, router, shutdown).await
+}
+
+/// [`serve`] with the socket open to whom `access` says.
+pub async fn serve_with<F>(path: &Path, access: SocketAccess, router: Router, shutdown: F) -> Result<(), EndpointError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let listener = prepare(path, access)?;
     tracing::info!(socket = %path.display(), "serving CSI");
     let incoming = UnixListenerStream::new(listener).map(|connection| connection.map(AuthorityFix::new));
     let result = router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|source| EndpointError::Transport { path: path.to_owned(), source });
@@ -164,12 +191,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-socket");
         std::fs::write(&file, b"keep me").unwrap();
-        assert!(matches!(prepare(&file), Err(EndpointError::NotASocket(_))));
+        assert!(matches!(prepare(&file, SocketAccess::OwnerOnly), Err(EndpointError::NotASocket(_))));
         assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 
         let sock = dir.path().join("csi.sock");
-        drop(prepare(&sock).unwrap());
-        let listener = prepare(&sock).expect("stale socket replaced");
+        drop(prepare(&sock, SocketAccess::OwnerOnly).unwrap());
+        let listener = prepare(&sock, SocketAccess::OwnerOnly).expect("stale socket replaced");
         drop(listener);
         let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -192,7 +219,7 @@ mod tests {
                 }
                 std::os::unix::net::UnixStream::connect(&watched)
             });
-            let listener = prepare(&path).unwrap();
+            let listener = prepare(&path, SocketAccess::OwnerOnly).unwrap();
             let connected = tokio::task::spawn_blocking(move || client.join()).await.unwrap().unwrap();
             connected.unwrap_or_else(|e| panic!("start {attempt}: a client that saw {} was refused: {e}", path.display()));
             assert!(!path.with_file_name(format!("csi-{attempt}.sock.binding")).exists(), "no temporary name left");
