@@ -442,6 +442,21 @@ class Manifests(unittest.TestCase):
                             self.assertEqual(context.get("capabilities", {}).get("drop"), ["ALL"])
                             self.assertNotIn("add", context.get("capabilities", {}))
 
+    def test_the_controllers_sidecars_run_as_non_root_in_the_sockets_group(self):
+        for rendered in self.each():
+            spec = rendered.one("Deployment", "swell-controller")["spec"]["template"]["spec"]
+            group = flag(swell_container(spec), "socket-group")
+            self.assertIsNotNone(group, "swell-controller gives its socket to no group")
+            # swell-controller runs without CAP_CHOWN: only a member may give its socket to the group.
+            self.assertIn(int(group), spec.get("securityContext", {}).get("supplementalGroups", []))
+            for c in spec["containers"]:
+                if c is swell_container(spec):
+                    continue
+                with self.subTest(container=c["name"]):
+                    context = c.get("securityContext", {})
+                    self.assertIs(context.get("runAsNonRoot"), True)
+                    self.assertNotIn(context.get("runAsUser"), (None, 0), "a sidecar without a non-root uid")
+
     def test_the_namespace_admits_the_privileged_node_plugin_explicitly(self):
         for rendered in self.each():
             (namespace,) = rendered.of_kind("Namespace")
@@ -598,6 +613,20 @@ def _escalation(m):
     del sidecar(_workload(m, "local", "DaemonSet", "swell-node"), "csi-node-driver-registrar")["securityContext"]["allowPrivilegeEscalation"]
 
 
+def _sidecar_as_root(m):
+    context = sidecar(_workload(m, "rbd", "Deployment", "swell-controller"), "csi-provisioner")["securityContext"]
+    del context["runAsNonRoot"]
+    context["runAsUser"] = 0
+
+
+def _socket_for_root_alone(m):
+    _set_arg(swell_container(_workload(m, "local", "Deployment", "swell-controller")), "socket-group", None)
+
+
+def _not_in_the_socket_group(m):
+    del _workload(m, "local", "Deployment", "swell-controller")["securityContext"]["supplementalGroups"]
+
+
 def _pod_security(m):
     del m.rendered["rbd"].of_kind("Namespace")[0]["metadata"]["labels"]
 
@@ -646,6 +675,7 @@ NEGATIVE_CONTROLS = {
     "test_objects_live_in_one_namespace_and_accounts_exist": [_namespace],
     "test_the_node_has_no_api_access": [_node_api],
     "test_the_namespace_admits_the_privileged_node_plugin_explicitly": [_pod_security],
+    "test_the_controllers_sidecars_run_as_non_root_in_the_sockets_group": [_sidecar_as_root, _socket_for_root_alone, _not_in_the_socket_group],
     "test_the_webhook_mounts_everything_read_only": [_webhook_writes],
     "test_every_pod_takes_ingress_only_on_the_ports_it_serves": [_policy_gone, _policy_opens_a_port, _rule_without_ports],
     "test_every_container_but_the_node_plugin_runs_confined": [_no_seccomp, _writable_root, _capability_added, _sidecar_privileged, _escalation],
