@@ -1,6 +1,6 @@
 //! The controller on Ceph RBD, over gRPC against a real (throwaway) cluster:
 //! the volume lifecycle, faults (one OSD down, PGs inactive, capacity, a
-//! monitor restart) and medians within a margin of the backend's own.
+//! monitor restart). Speed against the backend's own is swell-bench's.
 //!
 //! One cluster serves every test in this binary; tests take turns (see
 //! `swell_e2e::rbd_rig`), and a test that breaks the cluster restores it to
@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::*;
 use swell_e2e::instrumented::GrowMode;
-use swell_e2e::never_stuck::{Engine, InProcess};
+use swell_e2e::never_stuck::InProcess;
 use swell_e2e::rbd_rig::{self, ClusterEnv, Rbd, Swell, cli, cluster, rbd_size};
 use swell_e2e::requests::{block_capability, controller_expand, create_volume};
 use swell_e2e::state::record_of;
-use swell_e2e::timing::{assert_within_deadline, median};
-use swell_storage::{Backend, Placement, VolumeId};
+use swell_e2e::timing::assert_within_deadline;
+use swell_storage::{Backend, VolumeId};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -281,62 +281,6 @@ async fn fault_monitor_restart_is_survived_by_the_same_controller() {
         rbd_rig::wait_gone(env, &pool, &image).await;
     }
     cluster(env, "wait-clean", &["120"]).expect("clean");
-}
-
-/// Swell's gRPC medians against the same operations made by the RBD
-/// backend called in this process (no gRPC, no controller), sampled in
-/// turns so load weighs on both alike. The controller adds a socket round
-/// trip and its records (a few OSD writes); a median past twice the
-/// backend's plus 50 ms means Swell waits on something it should not. The
-/// comparison with the `rbd` CLI is swell-bench's figure.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_medians_stay_within_a_margin_of_the_backend_in_process() {
-    let Some(session) = rbd_rig::acquire("rbd_controller::grpc_medians_stay_within_a_margin_of_the_backend_in_process").await else { return };
-    let env = session.env;
-    let swell = Swell::start(env, OP_TIMEOUT, BACKEND_TIMEOUT).await;
-    let mut c = swell.client.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Rbd(env).backend(dir.path());
-    const N: usize = 10;
-    // Warm both connections, as a running controller's is.
-    let warm = create(&mut c, "pvc-warm", 4 * MIB).await.expect("warm-up");
-    delete(&mut c, &warm.volume_id).await.expect("warm-up delete");
-    let warm = backend.create_volume("direct-warm", 4 * MIB, &Placement::default()).await.unwrap().info().id.clone();
-    backend.delete_volume(&warm).await.unwrap();
-
-    let mut swell_samples = [Vec::new(), Vec::new(), Vec::new()];
-    let mut direct_samples = [Vec::new(), Vec::new(), Vec::new()];
-    for i in 0..N {
-        let t = Instant::now();
-        let v = create(&mut c, &format!("pvc-lat-{i}"), 64 * MIB).await.expect("create");
-        swell_samples[0].push(t.elapsed());
-        let t = Instant::now();
-        assert_eq!(expand(&mut c, &v.volume_id, 128 * MIB).await.expect("expand"), 128 * MIB);
-        swell_samples[1].push(t.elapsed());
-        let t = Instant::now();
-        delete(&mut c, &v.volume_id).await.expect("delete");
-        swell_samples[2].push(t.elapsed());
-
-        let t = Instant::now();
-        let id = backend.create_volume(&format!("direct-lat-{i}"), 64 * MIB, &Placement::default()).await.unwrap().info().id.clone();
-        direct_samples[0].push(t.elapsed());
-        let t = Instant::now();
-        assert_eq!(backend.grow_volume(&id, 128 * MIB).await.unwrap(), 128 * MIB);
-        direct_samples[1].push(t.elapsed());
-        let t = Instant::now();
-        backend.delete_volume(&id).await.unwrap();
-        direct_samples[2].push(t.elapsed());
-    }
-    eprintln!("\nmedian of {N}, warm              Swell gRPC   in-process   ratio");
-    let mut slower = Vec::new();
-    for ((op, swell), direct) in ["create", "expand", "delete"].into_iter().zip(&swell_samples).zip(&direct_samples) {
-        let (s, d) = (median(swell), median(direct));
-        eprintln!("{op:<32} {:>8.1} ms {:>9.1} ms {:>6.2}", s.as_secs_f64() * 1e3, d.as_secs_f64() * 1e3, s.as_secs_f64() / d.as_secs_f64());
-        if s > d * 2 + Duration::from_millis(50) {
-            slower.push(format!("{op}: Swell {s:?}, the backend in-process {d:?}"));
-        }
-    }
-    assert!(slower.is_empty(), "Swell's median is past twice the in-process backend's plus 50 ms: {slower:?}");
 }
 
 /// Retries `op` while it answers a passing code (UNAVAILABLE, DEADLINE_EXCEEDED,
