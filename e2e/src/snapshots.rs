@@ -101,10 +101,21 @@ impl Plant {
         req
     }
 
-    /// CreateVolume, blank.
+    /// CreateVolume, blank, repeated while it answers ABORTED as the
+    /// provisioner does (60 s at most): a controller just started may hold
+    /// a volume of that name left by an earlier test for a moment.
     pub async fn create(&self, name: &str, bytes: u64, capability: VolumeCapability) -> Volume {
-        let answer = self.controller().await.create_volume(self.request(name, bytes, capability, None)).await;
-        answer.unwrap_or_else(|s| panic!("create {name}: {s:?}")).into_inner().volume.expect("volume")
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.controller().await.create_volume(self.request(name, bytes, capability.clone(), None)).await {
+                Ok(answer) => return answer.into_inner().volume.expect("volume"),
+                Err(s) if s.code() == Code::Aborted && Instant::now() < deadline => {
+                    eprintln!("create {name}: {} (retrying, as the provisioner would)", s.message());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(s) => panic!("create {name}: {s:?}"),
+            }
+        }
     }
 
     /// CreateVolume from a snapshot.
