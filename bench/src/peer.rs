@@ -6,7 +6,8 @@
 //! of expansions of as many volumes, and each controller's memory.
 //!
 //! ceph-csi reads its cluster map from `/etc/ceph-csi-config/config.json`
-//! and writes `/etc/ceph/ceph.conf` and key files under `/tmp/csi/keys`;
+//! and writes `/etc/ceph/ceph.conf` and key files under `/tmp/csi/keys`
+//! (which its image provides);
 //! it runs in a private mount namespace (an overlay over `/etc`, tmpfs over
 //! `/etc/ceph` and `/tmp`), so nothing on the host changes.
 
@@ -41,6 +42,7 @@ mkdir -p /etc/ceph /etc/ceph-csi-config
 cp "$3" /etc/ceph-csi-config/config.json
 mount -t tmpfs -o mode=0700 tmpfs /etc/ceph
 mount -t tmpfs -o mode=0700 tmpfs /tmp
+mkdir -p /tmp/csi/keys
 shift 3
 exec "$@""#;
 
@@ -157,10 +159,10 @@ pub(crate) async fn run(site: &Site, plan: &Plan, peer: &Peer, report: &mut Repo
     tokio::time::sleep(Duration::from_secs(1)).await;
     let parameters = [("clusterID", CLUSTER_ID), ("pool", POOL), ("imageFeatures", "layering")];
     let mut sides = [
-        Side { name: "Swell", csi: rig.csi(swell.channel().await?), idle: swell.rss()?, peak: PeakRss::watch(&swell)?, lives: csi::three() },
+        Side { name: "Swell", csi: rig.csi(swell.channel().await?).block(), idle: swell.rss()?, peak: PeakRss::watch(&swell)?, lives: csi::three() },
         Side {
             name: "ceph-csi",
-            csi: Csi::new(cephcsi.channel().await?, &parameters).with_secrets(secrets(site)?),
+            csi: Csi::new(cephcsi.channel().await?, &parameters).with_secrets(secrets(site)?).block(),
             idle: cephcsi.rss()?,
             peak: PeakRss::watch(&cephcsi)?,
             lives: csi::three(),
@@ -230,7 +232,7 @@ pub(crate) async fn run(site: &Site, plan: &Plan, peer: &Peer, report: &mut Repo
         "Times: Swell ÷ ceph-csi below 1 means Swell is faster; per second: above 1 means Swell did more. \
          Both controllers ran at once on pool `{POOL}` of the same cluster, called by the same client; \
          the single calls alternated run by run, the storms went Swell first for creates and ceph-csi first for expansions. \
-         A storm's calls are all sent at once and none is retried: every error is counted."
+         Volumes are raw block (64 MiB, grown to 128 MiB). A storm's calls are all sent at once and none is retried: every error is counted."
     ));
     for (i, name) in [swell_side.name, peer_side.name].iter().enumerate() {
         for error in creates[i].errors().chain(expands[i].errors()).chain(deletes[i].errors()).take(3) {
@@ -348,8 +350,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let map = dir.join("config.json");
         std::fs::write(&map, cluster_map("bench", &["v2:127.0.0.1:26200"])).unwrap();
-        let probe =
-            "cat /etc/ceph-csi-config/config.json && echo '[global]' > /etc/ceph/ceph.conf && mkdir -p /tmp/csi/keys && touch /tmp/csi/keys/keyfile-probe";
+        let probe = "cat /etc/ceph-csi-config/config.json && echo '[global]' > /etc/ceph/ceph.conf && touch /tmp/csi/keys/keyfile-probe";
         let host_paths = [Path::new("/etc/ceph-csi-config"), Path::new("/etc/ceph/ceph.conf"), Path::new("/tmp/csi/keys/keyfile-probe")];
         let existed: Vec<bool> = host_paths.iter().map(|p| p.exists()).collect();
         let out = namespaced(Path::new("/bin/sh"), &["-c".into(), probe.into()], &dir, &map).unwrap().output().unwrap();
