@@ -42,6 +42,7 @@ impl Csi {
     }
 
     /// The same client sending `secrets` with every create, expand and delete.
+    #[cfg_attr(not(feature = "rbd"), allow(dead_code))]
     pub(crate) fn with_secrets(mut self, secrets: HashMap<String, String>) -> Self {
         self.secrets = secrets;
         self
@@ -50,6 +51,7 @@ impl Csi {
     /// The same client creating raw block volumes: Swell raises a mount
     /// volume to its filesystem's minimum (about 300 MiB for xfs), which
     /// would make a 64 → 128 MiB expand a no-op for Swell only.
+    #[cfg_attr(not(feature = "rbd"), allow(dead_code))]
     pub(crate) fn block(mut self) -> Self {
         self.capability = requests::block_capability();
         self
@@ -215,6 +217,7 @@ pub(crate) async fn storm(csi: &Csi, id: &str, from: u64, calls: usize, distinct
 }
 
 /// What a burst of calls made all at once did.
+#[cfg_attr(not(feature = "rbd"), allow(dead_code))]
 #[derive(Debug, Default)]
 pub(crate) struct Burst<T> {
     /// From the first call sent until the last answered.
@@ -225,6 +228,7 @@ pub(crate) struct Burst<T> {
     pub answers: Vec<Result<T, String>>,
 }
 
+#[cfg_attr(not(feature = "rbd"), allow(dead_code))]
 impl<T> Burst<T> {
     /// Calls answered OK per second of the burst's wall time.
     pub(crate) fn throughput(&self) -> f64 {
@@ -239,6 +243,7 @@ impl<T> Burst<T> {
 
 /// `call(csi, input)` for every input at once (one task each, no retry: an
 /// error is an answer, counted, not hidden).
+#[cfg_attr(not(feature = "rbd"), allow(dead_code))]
 pub(crate) async fn burst<I, T, F, Fut>(csi: &Csi, inputs: Vec<I>, call: F) -> BenchResult<Burst<T>>
 where
     I: Send + 'static,

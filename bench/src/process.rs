@@ -83,6 +83,7 @@ impl Served {
 
     /// Starts another driver's controller (`command`, which must serve CSI on
     /// `socket`) and waits until it answers ControllerGetCapabilities.
+    #[cfg_attr(not(feature = "rbd"), allow(dead_code))]
     pub(crate) async fn other_controller(command: Command, binary: &Path, socket: PathBuf) -> BenchResult<Self> {
         Self::serve(command, binary, socket, None, |channel| async move {
             ControllerClient::new(channel).controller_get_capabilities(ControllerGetCapabilitiesRequest {}).await.map(drop)
