@@ -30,15 +30,13 @@ pub(crate) struct Csi {
     /// Secrets sent with every create, expand and delete (as the sidecars
     /// send a StorageClass's provisioner, resizer and deleter secrets).
     pub secrets: HashMap<String, String>,
-    /// The capability every create asks for.
-    pub capability: VolumeCapability,
 }
 
 impl Csi {
     /// A client on `channel` creating with `parameters`.
     pub(crate) fn new(channel: Channel, parameters: &[(&str, &str)]) -> Self {
         let pairs = |list: &[(&str, &str)]| list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Csi { client: ControllerClient::new(channel), parameters: pairs(parameters), secrets: HashMap::new(), capability: requests::mount_capability("xfs") }
+        Csi { client: ControllerClient::new(channel), parameters: pairs(parameters), secrets: HashMap::new() }
     }
 
     /// The same client sending `secrets` with every create, expand and delete.
@@ -48,18 +46,12 @@ impl Csi {
         self
     }
 
-    /// The same client creating raw block volumes: Swell raises a mount
-    /// volume to its filesystem's minimum (about 300 MiB for xfs), which
-    /// would make a 64 → 128 MiB expand a no-op for Swell only.
-    #[cfg_attr(not(feature = "rbd"), allow(dead_code))]
-    pub(crate) fn block(mut self) -> Self {
-        self.capability = requests::block_capability();
-        self
-    }
-
-    /// CreateVolume; the volume's id.
+    /// CreateVolume of a raw block volume; the volume's id. Block, because
+    /// Swell raises a mount volume to its filesystem's minimum (about 300
+    /// MiB for xfs): a 64 MiB xfs volume grown to 128 MiB would measure no
+    /// resize, and 64 of them would not fit the test cluster's pool.
     pub(crate) async fn create(&mut self, name: &str, bytes: u64) -> Result<String, Status> {
-        let mut request = requests::create_volume(name, bytes as i64, self.capability.clone());
+        let mut request = requests::create_volume(name, bytes as i64, requests::block_capability());
         request.parameters = self.parameters.clone();
         request.secrets = self.secrets.clone();
         let volume = self.client.create_volume(request).await?.into_inner().volume.ok_or_else(|| Status::internal("no volume in the answer"))?;

@@ -1,7 +1,8 @@
 //! ceph-csi, the peer: its RBD controller (a build named by
 //! `--peer-cephcsi`) beside Swell's on the same Ceph test cluster and pool,
 //! timed by the same client, call by call alternated so drift hits both.
-//! Every figure is printed as Swell ÷ ceph-csi: single creates, expands and
+//! Volumes are raw block, as in every figure (`Csi::create`). Every figure
+//! is printed as Swell ÷ ceph-csi: single creates, expands and
 //! deletes, a storm of CreateVolume calls (a StatefulSet scaling up), a storm
 //! of expansions of as many volumes, and each controller's memory.
 //!
@@ -159,10 +160,10 @@ pub(crate) async fn run(site: &Site, plan: &Plan, peer: &Peer, report: &mut Repo
     tokio::time::sleep(Duration::from_secs(1)).await;
     let parameters = [("clusterID", CLUSTER_ID), ("pool", POOL), ("imageFeatures", "layering")];
     let mut sides = [
-        Side { name: "Swell", csi: rig.csi(swell.channel().await?).block(), idle: swell.rss()?, peak: PeakRss::watch(&swell)?, lives: csi::three() },
+        Side { name: "Swell", csi: rig.csi(swell.channel().await?), idle: swell.rss()?, peak: PeakRss::watch(&swell)?, lives: csi::three() },
         Side {
             name: "ceph-csi",
-            csi: Csi::new(cephcsi.channel().await?, &parameters).with_secrets(secrets(site)?).block(),
+            csi: Csi::new(cephcsi.channel().await?, &parameters).with_secrets(secrets(site)?),
             idle: cephcsi.rss()?,
             peak: PeakRss::watch(&cephcsi)?,
             lives: csi::three(),
