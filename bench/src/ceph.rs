@@ -24,7 +24,8 @@ use swell_rbd::test_util::OtherClient;
 use swell_storage::CephAccess;
 use swell_storage::units::MIB;
 
-const CLUSTER_ID: &str = "bench";
+/// The cluster id both drivers know the test cluster by.
+pub(crate) const CLUSTER_ID: &str = "bench";
 /// Below the ephemeral range even with a slot's offset; far from the test rigs' sites.
 const PORT: u16 = 26200;
 const SITE: &str = "/var/tmp/swell-bench-ceph";
@@ -117,15 +118,15 @@ impl Site {
     }
 }
 
-fn fresh(dir: &Path) -> BenchResult<PathBuf> {
+/// `dir`, emptied.
+pub(crate) fn fresh(dir: &Path) -> BenchResult<PathBuf> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(at(format!("create {}", dir.display())))?;
     Ok(dir.to_owned())
 }
 
-/// Every RBD figure asked for by `sections`, then the scale run.
-pub(crate) async fn run(plan: &Plan, sections: &[&str], foreign: usize) -> BenchResult<(Report, Vec<Point>)> {
-    let site = Site::up()?;
+/// Every RBD figure asked for by `sections` on `site`, then the scale run.
+pub(crate) async fn run(site: &Site, plan: &Plan, sections: &[&str], foreign: usize) -> BenchResult<(Report, Vec<Point>)> {
     let mut report = Report::default();
     let mut points = Vec::new();
     if sections.contains(&"figures") {
@@ -135,16 +136,16 @@ pub(crate) async fn run(plan: &Plan, sections: &[&str], foreign: usize) -> Bench
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle = served.rss()?;
         let io = site.client("bench")?;
-        engine_figures(&rig, &served, &io, &site, plan, &mut report).await?;
+        engine_figures(&rig, &served, &io, site, plan, &mut report).await?;
         locks(&io, plan, &mut report)?;
         figures::parallel(&rig, &served, plan, &mut report, Some(8.0)).await?;
         let storm = figures::storm(&rig, &served, &mut report, 3).await?;
-        memory(&rig, &served, idle, storm, &site, plan, &mut report).await?;
+        memory(&rig, &served, idle, storm, site, plan, &mut report).await?;
         served.stop().await;
         site.drop_pool("bench")?;
     }
     if sections.contains(&"crowded") {
-        crowded(&site, plan, foreign, &mut report).await?;
+        crowded(site, plan, foreign, &mut report).await?;
     }
     if sections.contains(&"scale") {
         site.new_pool("scale")?;
@@ -152,7 +153,6 @@ pub(crate) async fn run(plan: &Plan, sections: &[&str], foreign: usize) -> Bench
         points = scale::run(&rig, plan, &mut report).await?;
         site.drop_pool("scale")?;
     }
-    site.purge()?;
     Ok((report, points))
 }
 

@@ -27,25 +27,41 @@ pub(crate) struct Csi {
     pub client: ControllerClient<Channel>,
     /// StorageClass parameters of every create.
     pub parameters: HashMap<String, String>,
+    /// Secrets sent with every create, expand and delete (as the sidecars
+    /// send a StorageClass's provisioner, resizer and deleter secrets).
+    pub secrets: HashMap<String, String>,
 }
 
 impl Csi {
     /// A client on `channel` creating with `parameters`.
     pub(crate) fn new(channel: Channel, parameters: &[(&str, &str)]) -> Self {
-        Csi { client: ControllerClient::new(channel), parameters: parameters.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+        let pairs = |list: &[(&str, &str)]| list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Csi { client: ControllerClient::new(channel), parameters: pairs(parameters), secrets: HashMap::new() }
     }
 
-    /// CreateVolume; the volume's id.
+    /// The same client sending `secrets` with every create, expand and delete.
+    #[cfg_attr(not(feature = "rbd"), allow(dead_code))]
+    pub(crate) fn with_secrets(mut self, secrets: HashMap<String, String>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// CreateVolume of a raw block volume; the volume's id. Block, because
+    /// Swell raises a mount volume to its filesystem's minimum (about 300
+    /// MiB for xfs): a 64 MiB xfs volume grown to 128 MiB would measure no
+    /// resize, and 64 of them would not fit the test cluster's pool.
     pub(crate) async fn create(&mut self, name: &str, bytes: u64) -> Result<String, Status> {
-        let mut request = requests::create_volume(name, bytes as i64, requests::mount_capability("xfs"));
+        let mut request = requests::create_volume(name, bytes as i64, requests::block_capability());
         request.parameters = self.parameters.clone();
+        request.secrets = self.secrets.clone();
         let volume = self.client.create_volume(request).await?.into_inner().volume.ok_or_else(|| Status::internal("no volume in the answer"))?;
         Ok(volume.volume_id)
     }
 
     /// ControllerExpandVolume; the size answered.
     pub(crate) async fn expand(&mut self, id: &str, bytes: u64) -> Result<u64, Status> {
-        let answer = self.client.controller_expand_volume(requests::controller_expand(id, bytes as i64, None)).await?.into_inner();
+        let request = ControllerExpandVolumeRequest { secrets: self.secrets.clone(), ..requests::controller_expand(id, bytes as i64, None) };
+        let answer = self.client.controller_expand_volume(request).await?.into_inner();
         Ok(answer.capacity_bytes as u64)
     }
 
@@ -68,7 +84,7 @@ impl Csi {
 
     /// DeleteVolume.
     pub(crate) async fn delete(&mut self, id: &str) -> Result<(), Status> {
-        self.client.delete_volume(DeleteVolumeRequest { volume_id: id.to_owned(), ..Default::default() }).await.map(drop)
+        self.client.delete_volume(DeleteVolumeRequest { volume_id: id.to_owned(), secrets: self.secrets.clone() }).await.map(drop)
     }
 
     /// GetCapacity of the volumes' StorageClass.
@@ -190,4 +206,53 @@ pub(crate) async fn storm(csi: &Csi, id: &str, from: u64, calls: usize, distinct
         storm.final_size = storm.final_size.max(size);
     }
     Ok(storm)
+}
+
+/// What a burst of calls made all at once did.
+#[cfg_attr(not(feature = "rbd"), allow(dead_code))]
+#[derive(Debug, Default)]
+pub(crate) struct Burst<T> {
+    /// From the first call sent until the last answered.
+    pub wall: Duration,
+    /// Each call's time until it was answered OK.
+    pub latencies: Samples,
+    /// Each call's answer, in the order of the inputs (an error as its text).
+    pub answers: Vec<Result<T, String>>,
+}
+
+#[cfg_attr(not(feature = "rbd"), allow(dead_code))]
+impl<T> Burst<T> {
+    /// Calls answered OK per second of the burst's wall time.
+    pub(crate) fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// The errors, in the order of the inputs.
+    pub(crate) fn errors(&self) -> impl Iterator<Item = &String> {
+        self.answers.iter().filter_map(|a| a.as_ref().err())
+    }
+}
+
+/// `call(csi, input)` for every input at once (one task each, no retry: an
+/// error is an answer, counted, not hidden).
+#[cfg_attr(not(feature = "rbd"), allow(dead_code))]
+pub(crate) async fn burst<I, T, F, Fut>(csi: &Csi, inputs: Vec<I>, call: F) -> BenchResult<Burst<T>>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    F: Fn(Csi, I) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = inputs.into_iter().map(|input| tokio::spawn(timed(call(csi.clone(), input)))).collect();
+    let mut burst = Burst { wall: Duration::ZERO, latencies: Samples::default(), answers: Vec::with_capacity(tasks.len()) };
+    for task in tasks {
+        let (took, answer) = task.await.map_err(at("burst task"))?;
+        if answer.is_ok() {
+            burst.latencies.push(took);
+        }
+        burst.answers.push(answer);
+    }
+    burst.wall = started.elapsed();
+    Ok(burst)
 }

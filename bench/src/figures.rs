@@ -2,13 +2,11 @@
 //! step, parallel expansion of many volumes, and a storm of calls for one
 //! volume (figures 4 and 5), with the controller's memory under it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::csi::{self, Csi};
 use crate::plan::{Plan, Rig};
-use crate::process::{Calls, Served};
+use crate::process::{Calls, PeakRss, Served};
 use crate::report::{Report, Samples, Table, mib, ms};
 use crate::step::{BenchResult, at};
 use swell_storage::units::MIB;
@@ -68,17 +66,7 @@ pub(crate) async fn storm(rig: &Rig, served: &Served, report: &mut Report, storm
     const CALLS: usize = 64;
     const DISTINCT: usize = 8;
     let csi = rig.csi(served.channel().await?);
-    let peak = Arc::new(AtomicU64::new(served.rss()?));
-    let pid_rss = {
-        let peak = Arc::clone(&peak);
-        let pid = served.pid();
-        tokio::spawn(async move {
-            while let Ok(rss) = crate::process::rss_bytes(pid) {
-                peak.fetch_max(rss, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let peak = PeakRss::watch(served)?;
     let mut table = Table::new(
         format!("Figure 5 on {}: {CALLS} concurrent expansions of one volume, {DISTINCT} distinct sizes, retried until OK", rig.name),
         &["storm", "backend resizes", "distinct sizes", "ABORTED answers (retried)", "call p50", "call p99", "final size"],
@@ -109,7 +97,6 @@ pub(crate) async fn storm(rig: &Rig, served: &Served, report: &mut Report, storm
         ]);
         one.delete(&id).await.map_err(at("delete the storm's volume"))?;
     }
-    pid_rss.abort();
     table.note(format!(
         "Backend resizes: the controller's own count of `grow volume` backend calls during the storm. All storms: call p50 {}, p99 {}.",
         ms(all.p50()),
@@ -123,7 +110,7 @@ pub(crate) async fn storm(rig: &Rig, served: &Served, report: &mut Report, storm
             worst_resizes <= 8,
         );
     }
-    Ok(peak.load(Ordering::Relaxed))
+    Ok(peak.stop())
 }
 
 /// Deletes `ids`, each retried while ABORTED.

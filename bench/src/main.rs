@@ -7,7 +7,9 @@
 //!     target/release/swell-bench --short              # a few runs, 100 volumes (CI)
 //!
 //! `--controller-bin PATH` measures another controller build with the same
-//! client-side figures (a "before" column). Nothing here asserts a timing:
+//! client-side figures (a "before" column); `--peer-cephcsi PATH` measures
+//! ceph-csi's RBD controller beside Swell's on the same cluster (section
+//! `peer`, skipped without it, as in CI's short run). Nothing here asserts a timing:
 //! goals are judged and printed, and the exit status says only whether
 //! every measurement could be made.
 //!
@@ -21,6 +23,7 @@
 //! - [`scale`]: the same controller with 100, 1,000 and 10,000 volumes.
 //! - [`local`]: the local backend's figures and raw-file references.
 //! - [`ceph`]: the RBD figures, with librbd, RADOS and the `rbd` CLI as references.
+//! - [`peer`]: ceph-csi beside Swell on one pool, every figure as a ratio.
 //! - [`chart`]: expand latency and RSS against volume count, as a PNG.
 
 use std::path::{Path, PathBuf};
@@ -34,6 +37,8 @@ mod chart;
 mod csi;
 mod figures;
 mod local;
+#[cfg(feature = "rbd")]
+mod peer;
 mod plan;
 mod process;
 mod report;
@@ -53,8 +58,9 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "local,rbd")]
     backends: Vec<String>,
     /// What to measure: figures (1-6), node (figure 2), crowded (a pool
-    /// full of other clients' images), scale.
-    #[arg(long, value_delimiter = ',', default_value = "figures,node,crowded,scale")]
+    /// full of other clients' images), scale, peer (ceph-csi beside Swell,
+    /// with --peer-cephcsi).
+    #[arg(long, value_delimiter = ',', default_value = "figures,node,crowded,scale,peer")]
     sections: Vec<String>,
     /// Samples per figure (default 30; 3 with --short).
     #[arg(long)]
@@ -69,6 +75,14 @@ struct Args {
     /// The swell-controller binary to measure (default: the one beside this binary).
     #[arg(long)]
     controller_bin: Option<PathBuf>,
+    /// A ceph-csi binary (`cephcsi`) whose RBD controller is measured
+    /// beside Swell's on the same cluster (section peer); runs as root.
+    #[arg(long)]
+    peer_cephcsi: Option<PathBuf>,
+    /// Calls in each of the peer section's storms.
+    #[arg(long, default_value_t = 500)]
+    #[cfg_attr(not(feature = "rbd"), allow(dead_code))]
+    peer_storm: usize,
     /// Where the tables and the chart go (default: target/bench).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -122,6 +136,9 @@ async fn main() -> Result<(), String> {
     #[cfg(feature = "rbd")]
     let foreign = args.foreign.unwrap_or(if args.short { 100 } else { 5_000 });
     let sections: Vec<&str> = args.sections.iter().map(String::as_str).collect();
+    if cfg!(not(feature = "rbd")) && args.peer_cephcsi.is_some() {
+        return Err("--peer-cephcsi needs the rbd feature (ceph-csi's controller runs on the Ceph test cluster)".into());
+    }
     let out = args.out.clone().unwrap_or_else(|| default_out(&exe));
     std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
     std::fs::create_dir_all(&plan.scratch).map_err(|e| format!("create {}: {e}", plan.scratch.display()))?;
@@ -141,7 +158,7 @@ async fn main() -> Result<(), String> {
         let (report, points): (Report, Vec<scale::Point>) = match backend.as_str() {
             "local" => local::run(&plan, &sections).await?,
             #[cfg(feature = "rbd")]
-            "rbd" => ceph::run(&plan, &sections, foreign).await?,
+            "rbd" => rbd(&plan, &sections, foreign, &args).await?,
             other => return Err(format!("unknown backend {other:?} (this build has: local{})", if cfg!(feature = "rbd") { ", rbd" } else { "" })),
         };
         let name: &'static str = if backend == "local" { "local" } else { "rbd" };
@@ -161,6 +178,21 @@ async fn main() -> Result<(), String> {
     std::fs::write(out.join("bench.md"), documents.join("\n")).map_err(|e| format!("write bench.md: {e}"))?;
     println!("swell-bench: done in {:.0} s; tables in {}", started.elapsed().as_secs_f64(), out.join("bench.md").display());
     Ok(())
+}
+
+/// The RBD figures and the peer's, on one throwaway cluster.
+#[cfg(feature = "rbd")]
+async fn rbd(plan: &Plan, sections: &[&str], foreign: usize, args: &Args) -> Result<(Report, Vec<scale::Point>), String> {
+    let site = ceph::Site::up()?;
+    let (mut report, points) = ceph::run(&site, plan, sections, foreign).await?;
+    if sections.contains(&"peer") {
+        match &args.peer_cephcsi {
+            Some(binary) => peer::run(&site, plan, &peer::Peer { binary: binary.clone(), storm: args.peer_storm.max(1) }, &mut report).await?,
+            None => println!("peer: not measured (no --peer-cephcsi)\n"),
+        }
+    }
+    site.purge()?;
+    Ok((report, points))
 }
 
 /// Today's date (UTC), as `date` prints it.

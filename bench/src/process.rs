@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
-use csi_proto::v1::{GetCapacityRequest, NodeGetCapabilitiesRequest};
+use csi_proto::v1::{ControllerGetCapabilitiesRequest, GetCapacityRequest, NodeGetCapabilitiesRequest};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -65,7 +67,6 @@ impl Served {
     /// Starts a controller and waits until a GetCapacity answers.
     pub(crate) async fn controller(args: &ControllerArgs) -> BenchResult<Self> {
         let socket = args.root.join("controller.sock");
-        let _ = std::fs::remove_file(&socket);
         let metrics: SocketAddr = ([127, 0, 0, 1], args.metrics_port).into();
         let mut command = Command::new(&args.binary);
         command
@@ -74,20 +75,26 @@ impl Served {
             .arg(format!("--local-state-dir={}", args.local_state_dir.display()))
             .arg(format!("--metrics-address={metrics}"))
             .args(&args.extra);
-        let started = Instant::now();
-        let mut child = spawn(command, &args.binary)?;
-        let started_in = wait_serving(&mut child, &socket, started, |channel| async move {
+        Self::serve(command, &args.binary, socket, Some(metrics), |channel| async move {
             ControllerClient::new(channel).get_capacity(GetCapacityRequest::default()).await.map(drop)
         })
-        .await?;
-        Ok(Served { child, socket, started_in, metrics: Some(metrics) })
+        .await
+    }
+
+    /// Starts another driver's controller (`command`, which must serve CSI on
+    /// `socket`) and waits until it answers ControllerGetCapabilities.
+    #[cfg_attr(not(feature = "rbd"), allow(dead_code))]
+    pub(crate) async fn other_controller(command: Command, binary: &Path, socket: PathBuf) -> BenchResult<Self> {
+        Self::serve(command, binary, socket, None, |channel| async move {
+            ControllerClient::new(channel).controller_get_capabilities(ControllerGetCapabilitiesRequest {}).await.map(drop)
+        })
+        .await
     }
 
     /// Starts a node serving `local_state_dir` (and `extra` flags) and
     /// waits until it answers.
     pub(crate) async fn node(binary: &Path, root: &Path, local_state_dir: &Path, extra: &[String]) -> BenchResult<Self> {
         let socket = root.join("node.sock");
-        let _ = std::fs::remove_file(&socket);
         let mut command = Command::new(binary);
         command
             .arg(format!("--endpoint=unix://{}", socket.display()))
@@ -95,13 +102,24 @@ impl Served {
             .arg(format!("--state-dir={}", root.join("node").display()))
             .arg(format!("--local-state-dir={}", local_state_dir.display()))
             .args(extra);
-        let started = Instant::now();
-        let mut child = spawn(command, binary)?;
-        let started_in = wait_serving(&mut child, &socket, started, |channel| async move {
+        Self::serve(command, binary, socket, None, |channel| async move {
             NodeClient::new(channel).node_get_capabilities(NodeGetCapabilitiesRequest {}).await.map(drop)
         })
-        .await?;
-        Ok(Served { child, socket, started_in, metrics: None })
+        .await
+    }
+
+    /// Spawns `command` (after removing a stale `socket`) and waits until
+    /// `ask` is answered on `socket`.
+    async fn serve<F, Fut>(command: Command, binary: &Path, socket: PathBuf, metrics: Option<SocketAddr>, ask: F) -> BenchResult<Self>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+    {
+        let _ = std::fs::remove_file(&socket);
+        let started = Instant::now();
+        let mut child = spawn(command, binary)?;
+        let started_in = wait_serving(&mut child, &socket, started, ask).await?;
+        Ok(Served { child, socket, started_in, metrics })
     }
 
     /// A new connection to it.
@@ -140,6 +158,37 @@ impl Served {
         if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
             let _ = self.child.kill().await;
         }
+    }
+}
+
+/// The largest resident set a process reached while this watched it
+/// (sampled every 5 ms until [`PeakRss::stop`] or the process exits).
+pub(crate) struct PeakRss {
+    peak: Arc<AtomicU64>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl PeakRss {
+    /// Starts watching `served` (its RSS now is the first sample).
+    pub(crate) fn watch(served: &Served) -> BenchResult<Self> {
+        let peak = Arc::new(AtomicU64::new(served.rss()?));
+        let pid = served.pid();
+        let sampler = tokio::spawn({
+            let peak = Arc::clone(&peak);
+            async move {
+                while let Ok(rss) = rss_bytes(pid) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        Ok(PeakRss { peak, sampler })
+    }
+
+    /// Stops watching; the peak seen.
+    pub(crate) fn stop(self) -> u64 {
+        self.sampler.abort();
+        self.peak.load(Ordering::Relaxed)
     }
 }
 

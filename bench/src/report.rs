@@ -56,7 +56,12 @@ pub(crate) fn mib(bytes: u64) -> String {
 
 /// `a / b` of two medians, printed.
 pub(crate) fn ratio(a: Duration, b: Duration) -> String {
-    if b.is_zero() { "n/a".into() } else { format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64()) }
+    quotient(a.as_secs_f64(), b.as_secs_f64())
+}
+
+/// `a / b`, printed as a ratio.
+pub(crate) fn quotient(a: f64, b: f64) -> String {
+    if b == 0.0 { "n/a".into() } else { format!("{:.2}×", a / b) }
 }
 
 /// A goal the benchmark sets, judged on this run's numbers.
