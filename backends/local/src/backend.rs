@@ -15,6 +15,7 @@ use swell_storage::{
 
 use crate::copy;
 use crate::expansions::ExpansionRecords;
+use crate::layout::make_bucket;
 use crate::paths::{KIND, image_path, record_path, volume_id_for, volumes_dir};
 use crate::records::VolumeRecord;
 use crate::state_dir::{StateDir, id_taken};
@@ -140,7 +141,9 @@ impl Backend for LocalBackend {
             };
             dir.changing(&id, || {
                 if let Some(record) = &record {
-                    durable::write_json(&record_file, record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
+                    make_bucket(&record_file)
+                        .and_then(|()| durable::write_json(&record_file, record))
+                        .map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
                 }
                 dir.set_file_len(&id, size)
             })?;
@@ -320,6 +323,7 @@ pub(crate) mod tests {
         let (dir, b) = backend(None);
         let id = volume_id_for("pvc");
         let record = VolumeRecord { name: "pvc".into(), desired_bytes: GIB, created_unix: 0, source: None };
+        make_bucket(&record_path(dir.path(), &id)).unwrap();
         durable::write_json(&record_path(dir.path(), &id), &record).unwrap();
         assert_eq!(b.volume(&id).await.unwrap(), None, "half-created volume is not visible");
         let created = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap();

@@ -98,6 +98,12 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Holds every process's operations off `state_dir` (none in flight,
+    /// none begins) until the lock is dropped; waits for those in flight.
+    pub(crate) fn quiet(state_dir: &Path) -> io::Result<Flock<File>> {
+        Ledger { dir: state_dir.to_owned(), read_only: false }.flock("active", FlockArg::LockExclusive)
+    }
+
     /// The ledger of `state_dir` for a reader that must not write.
     pub(crate) fn read_only(state_dir: &Path) -> Self {
         Ledger { dir: state_dir.to_owned(), read_only: true }

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use swell_storage::file_locks::{FileLock, FileLocks};
+use swell_storage::volume_id::is_name_digest;
 use swell_storage::{BackendError, Capacity, VolumeId, VolumeInfo, durable};
 
+use crate::layout::{all_keys, has_flat_files, move_flat_files, walk_keys};
 use crate::ledger::{InFlight, Ledger};
-use crate::paths::{KIND, image_path, locks_dir, record_path, snapshots_dir, volumes_dir};
+use crate::paths::{KIND, image_path, locks_dir, record_path, snapshot_bucket, snapshot_digest, snapshots_dir, volume_bucket, volumes_dir};
 use crate::records::VolumeRecord;
 
 /// An operation's claim on a volume or snapshot, held across every process
@@ -73,6 +75,7 @@ impl StateDir {
             durable::private_dir(&dir)?;
         }
         let locks = FileLocks::open(&locks_dir(&path))?;
+        move_flat_layout(&path)?;
         let ledger = Ledger::open(&path, &|| volume_keys(&path), &|key| counted_bytes(&path, key))?;
         Ok(StateDir { path, capacity_bytes, ledger, locks: Some(locks) })
     }
@@ -130,24 +133,24 @@ impl StateDir {
     /// Up to `limit` volumes (0: all) after the key `after`, by id: the
     /// names are listed, but only the page's records are read.
     pub(crate) fn page(&self, after: Option<&str>, limit: usize) -> Result<Vec<VolumeInfo>, BackendError> {
-        let mut keys = match volume_keys(&self.path) {
-            Ok(keys) => keys,
-            // A reader of a directory no controller has made yet.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.locks.is_none() => Vec::new(),
-            Err(e) => return Err(BackendError::io("list volumes", e)),
-        };
-        keys.retain(|k| after.is_none_or(|a| k.as_str() > a));
-        keys.sort_unstable();
         let mut volumes = Vec::new();
-        for key in keys {
-            let Ok(id) = VolumeId::new(KIND, &key) else { continue };
-            if let Some(info) = self.read_volume(&id)? {
-                volumes.push(info);
-                if volumes.len() == limit {
-                    break;
+        let mut failed = None;
+        let walked = walk_keys(&volumes_dir(&self.path), volume_digest, after, &mut |key| {
+            let Ok(id) = VolumeId::new(KIND, key) else { return Ok(true) };
+            match self.read_volume(&id) {
+                Ok(Some(info)) => volumes.push(info),
+                Ok(None) => {}
+                Err(err) => {
+                    failed = Some(err);
+                    return Ok(false);
                 }
             }
+            Ok(volumes.len() != limit)
+        });
+        if let Some(err) = failed {
+            return Err(err);
         }
+        walked.map_err(|e| BackendError::io("list volumes", e))?;
         Ok(volumes)
     }
 
@@ -199,16 +202,31 @@ impl StateDir {
     }
 }
 
-/// The keys of every volume record, unordered (names only: no record is read).
+/// The keys of every volume record (names only: no record is read); only
+/// a ledger made anew (first start, or one left unreadable) needs them all.
 fn volume_keys(state_dir: &Path) -> io::Result<Vec<String>> {
-    let mut keys = Vec::new();
-    for entry in fs::read_dir(volumes_dir(state_dir))? {
-        let file_name = entry?.file_name();
-        if let Some(key) = file_name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|k| VolumeId::new(KIND, k).is_ok()) {
-            keys.push(key.to_owned());
-        }
+    all_keys(&volumes_dir(state_dir), volume_digest)
+}
+
+/// A volume key is its own digest.
+fn volume_digest(key: &str) -> Option<&str> {
+    is_name_digest(key).then_some(key)
+}
+
+/// Moves the volumes and snapshots an earlier version kept in one flat
+/// directory each into their buckets ([`crate::layout`]), with every
+/// process's operations held off; a start that finds nothing flat (one
+/// listing of each top directory) takes no lock.
+fn move_flat_layout(state_dir: &Path) -> io::Result<()> {
+    let (volumes, snapshots) = (volumes_dir(state_dir), snapshots_dir(state_dir));
+    if !has_flat_files(&volumes, volume_digest)? && !has_flat_files(&snapshots, snapshot_digest)? {
+        return Ok(());
     }
-    Ok(keys)
+    let _quiet = Ledger::quiet(state_dir)?;
+    let moved = move_flat_files(&volumes, volume_digest, &|key| volume_bucket(state_dir, key))?
+        + move_flat_files(&snapshots, snapshot_digest, &|key| snapshot_bucket(state_dir, key))?;
+    tracing::info!(state_dir = %state_dir.display(), files = moved, "local backend: moved the files of the flat layout into their buckets");
+    Ok(())
 }
 
 /// What the ledger counts for a volume: its backing file's length while it

@@ -249,8 +249,8 @@ impl Fault {
     fn for_backend(backend: &Backend, id: &str) -> Fault {
         match backend.name {
             "local" => {
-                let key = id.strip_prefix("local:").expect("a local volume id");
-                let file = format!("/var/lib/swell/local/volumes/{key}.img");
+                let volume = id.parse().expect("a local volume id");
+                let file = swell_local::image_path(std::path::Path::new("/var/lib/swell/local"), &volume).display().to_string();
                 Fault { set: vec!["chattr".into(), "+i".into(), file.clone()], clear: vec!["chattr".into(), "-i".into(), file], on_node: true }
             }
             _ => {
