@@ -252,6 +252,16 @@ mod tests {
         flat
     }
 
+    /// Rewrites the ledger as versions before this one kept it: the
+    /// volumes' bytes only, the snapshots summed on every call instead.
+    fn ledger_of_earlier_versions(dir: &Path, made: &Made) {
+        let path = dir.join("ledger.json");
+        let mut ledger: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let total = ledger["total_bytes"].as_u64().unwrap() - made.snapshot.size_bytes;
+        ledger = serde_json::json!({ "total_bytes": total, "changing": ledger["changing"] });
+        fs::write(path, serde_json::to_vec_pretty(&ledger).unwrap()).unwrap();
+    }
+
     /// Every volume, snapshot and pending expansion of `made` is where the
     /// new layout keeps it and answers as before, the ledger is exact, and
     /// each can still be grown, restored from and deleted.
@@ -288,6 +298,7 @@ mod tests {
         let mut flat = flatten(&volumes_dir(dir.path()));
         flat.extend(flatten(&snapshots_dir(dir.path())));
         assert_eq!(flat.len(), 8, "3 volumes' and a snapshot's files and records: {flat:?}");
+        ledger_of_earlier_versions(dir.path(), &made);
         // Leftovers of an earlier version: a record write a crash cut off
         // (dropped) and a file of nobody's (left alone).
         let key = made.volumes[0].id.key();
@@ -307,6 +318,7 @@ mod tests {
             drop(b);
             let mut flat = flatten(&volumes_dir(dir.path()));
             flat.extend(flatten(&snapshots_dir(dir.path())));
+            ledger_of_earlier_versions(dir.path(), &made);
             // A start killed after `cut` files moved, before it synced anything.
             for file in flat.iter().take(cut) {
                 let name = file.file_name().unwrap().to_str().unwrap();

@@ -15,8 +15,10 @@ use swell_storage::{BackendError, Capacity, VolumeId, VolumeInfo, durable};
 
 use crate::layout::{all_keys, has_flat_files, move_flat_files, walk_keys};
 use crate::ledger::{InFlight, Ledger};
-use crate::paths::{KIND, image_path, locks_dir, record_path, snapshot_bucket, snapshot_digest, snapshots_dir, volume_bucket, volumes_dir};
-use crate::records::VolumeRecord;
+use crate::paths::{
+    KIND, image_path, locks_dir, record_path, snapshot_bucket, snapshot_digest, snapshot_record_path, snapshots_dir, volume_bucket, volumes_dir,
+};
+use crate::records::{SnapshotRecord, VolumeRecord};
 
 /// An operation's claim on a volume or snapshot, held across every process
 /// on the state directory (a lock file), and the pool bytes it reserved in
@@ -76,7 +78,7 @@ impl StateDir {
         }
         let locks = FileLocks::open(&locks_dir(&path))?;
         move_flat_layout(&path)?;
-        let ledger = Ledger::open(&path, &|| volume_keys(&path), &|key| counted_bytes(&path, key))?;
+        let ledger = Ledger::open(&path, &|| ledger_keys(&path), &|key| counted_bytes(&path, key))?;
         Ok(StateDir { path, capacity_bytes, ledger, locks: Some(locks) })
     }
 
@@ -89,7 +91,7 @@ impl StateDir {
 
     /// Claims snapshot `key`, `None` when another operation has it.
     pub(crate) fn claim_snapshot(&self, key: &str) -> Result<Option<Reservation>, BackendError> {
-        self.claim_as(&format!("snapshot.{key}"), &format!("claim snapshot {key}"))
+        self.claim_as(&snapshot_ledger_key(key), &format!("claim snapshot {key}"))
     }
 
     fn claim_as(&self, key: &str, step: &str) -> Result<Option<Reservation>, BackendError> {
@@ -105,10 +107,7 @@ impl StateDir {
     pub(crate) fn claim_bytes(&self, claim: &Reservation, bytes: u64) -> Result<(), BackendError> {
         let total = self.total_bytes()?;
         let admitted = self.ledger.reserve(&claim.key, bytes, |others| {
-            // Read under the ledger's lock: a snapshot is counted by its
-            // reservation until its record is there.
-            let promised = others.saturating_add(self.snapshot_bytes()?);
-            let available = total.saturating_sub(promised);
+            let available = total.saturating_sub(others);
             if bytes > available { Err(BackendError::NoSpace { requested: bytes, available }) } else { Ok(()) }
         });
         admitted.map_err(|e| BackendError::io("reserve room in the ledger of volume bytes", e))??;
@@ -156,20 +155,28 @@ impl StateDir {
 
     /// Runs `work`, which changes the files of `id`, with the ledger following.
     pub(crate) fn changing<T>(&self, id: &VolumeId, work: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+        self.changing_key(id.key(), work)
+    }
+
+    /// Runs `work`, which changes the record of snapshot `key`, with the ledger following.
+    pub(crate) fn changing_snapshot<T>(&self, key: &str, work: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+        self.changing_key(&snapshot_ledger_key(key), work)
+    }
+
+    fn changing_key<T>(&self, key: &str, work: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
         let state_dir = &self.path;
         self.ledger
-            .change(id.key(), &|key| counted_bytes(state_dir, key), work)
-            .map_err(|e| BackendError::io(format!("update the ledger of volume bytes for {id}"), e))?
+            .change(key, &|key| counted_bytes(state_dir, key), work)
+            .map_err(|e| BackendError::io(format!("update the ledger of volume bytes for {key}"), e))?
     }
 
     pub(crate) fn capacity(&self) -> Result<Capacity, BackendError> {
         let total_bytes = self.total_bytes()?;
         let state_dir = &self.path;
-        let volumes = self
+        let promised = self
             .ledger
-            .promised(&|| volume_keys(state_dir), &|key| counted_bytes(state_dir, key))
+            .promised(&|| ledger_keys(state_dir), &|key| counted_bytes(state_dir, key))
             .map_err(|e| BackendError::io("read the ledger of volume bytes", e))?;
-        let promised = volumes.saturating_add(self.snapshot_bytes()?);
         Ok(Capacity { total_bytes, available_bytes: total_bytes.saturating_sub(promised) })
     }
 
@@ -182,11 +189,6 @@ impl StateDir {
                 Ok(stat.blocks().saturating_mul(stat.fragment_size()))
             }
         }
-    }
-
-    /// A snapshot may come to hold its whole size (its source rewritten).
-    fn snapshot_bytes(&self) -> Result<u64, BackendError> {
-        Ok(self.snapshot_records()?.iter().fold(0u64, |sum, (_, r)| sum.saturating_add(r.size_bytes)))
     }
 
     pub(crate) fn set_file_len(&self, id: &VolumeId, size: u64) -> Result<(), BackendError> {
@@ -202,11 +204,21 @@ impl StateDir {
     }
 }
 
-/// The keys of every volume record (names only: no record is read); only
-/// a ledger made anew (first start, or one left unreadable) needs them all.
-fn volume_keys(state_dir: &Path) -> io::Result<Vec<String>> {
-    all_keys(&volumes_dir(state_dir), volume_digest)
+/// The ledger's keys of every volume and snapshot record (names only: no
+/// record is read); only a ledger made anew (first start, one left
+/// unreadable, or one from before snapshots were counted) needs them all.
+fn ledger_keys(state_dir: &Path) -> io::Result<Vec<String>> {
+    let mut keys = all_keys(&volumes_dir(state_dir), volume_digest)?;
+    keys.extend(all_keys(&snapshots_dir(state_dir), snapshot_digest)?.iter().map(|key| snapshot_ledger_key(key)));
+    Ok(keys)
 }
+
+/// The key the ledger counts snapshot `key` under (and its claim's lock file).
+fn snapshot_ledger_key(key: &str) -> String {
+    format!("{SNAPSHOT_LEDGER_PREFIX}{key}")
+}
+
+const SNAPSHOT_LEDGER_PREFIX: &str = "snapshot.";
 
 /// A volume key is its own digest.
 fn volume_digest(key: &str) -> Option<&str> {
@@ -230,8 +242,14 @@ fn move_flat_layout(state_dir: &Path) -> io::Result<()> {
 }
 
 /// What the ledger counts for a volume: its backing file's length while it
-/// has a record, else nothing.
+/// has a record, else nothing; for a snapshot, its whole size while it has
+/// a record (its copy may come to hold every block once its source is
+/// rewritten, and counts from before the copy is made).
 fn counted_bytes(state_dir: &Path, key: &str) -> io::Result<u64> {
+    if let Some(snapshot) = key.strip_prefix(SNAPSHOT_LEDGER_PREFIX) {
+        let record: Option<SnapshotRecord> = durable::read_json(&snapshot_record_path(state_dir, snapshot))?;
+        return Ok(record.map_or(0, |r| r.size_bytes));
+    }
     let Ok(id) = VolumeId::new(KIND, key) else { return Ok(0) };
     if !record_path(state_dir, &id).exists() {
         return Ok(0);
