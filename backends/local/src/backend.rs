@@ -79,6 +79,7 @@ impl LocalBackend {
         let records = ExpansionRecords::open(&config.records_dir, config.read_only)
             .map_err(|source| OpenError { what: "expansion records", path: config.records_dir.clone(), source })?
             .of_volumes_in(&config.state_dir);
+        records.move_flat_layout(&config.state_dir).map_err(|source| OpenError { what: "expansion records", path: config.records_dir.clone(), source })?;
         Ok(LocalBackend { dir, records: Arc::new(records) })
     }
 
@@ -450,7 +451,7 @@ pub(crate) mod tests {
             crate::paths::snapshot_path(dir.path(), snap.id.key()),
             crate::paths::snapshot_record_path(dir.path(), snap.id.key()),
             dir.path().join("ledger.json"),
-            dir.path().join("controller/expansions").join(format!("{id}.json")),
+            dir.path().join("controller/expansions").join(&id.key()[..2]).join(&id.key()[2..4]).join(format!("{id}.json")),
         ];
         files.extend(fs::read_dir(dir.path().join("locks")).unwrap().map(|e| e.unwrap().path()));
         for file in files {

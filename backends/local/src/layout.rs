@@ -2,7 +2,7 @@
 //! bucket durably, walking keys in order a bucket at a time, and moving the
 //! files of the flat layout of earlier versions into their buckets.
 //!
-//! Crash safety of the move (docs/local-state.md): each file moves by one
+//! Crash safety of the move (docs/local-backend.md): each file moves by one
 //! `rename` that never replaces (RENAME_NOREPLACE), so a crash leaves it in
 //! its old place or its new one, never both or neither; the move runs while
 //! no process has an operation in flight (`ledger.active` held exclusive),
@@ -279,13 +279,15 @@ mod tests {
         let (pending, wanted) = &made.pending;
         let pending_now: Vec<VolumeId> = b.expansion_store().pending().await.unwrap().readable.into_iter().map(|r| r.volume_id).collect();
         assert_eq!(pending_now, vec![pending.clone()], "the pending expansion is still pending");
+        let swept: Vec<VolumeId> = b.expansion_store().page(None, 10).await.unwrap().readable.into_iter().map(|r| r.volume_id).collect();
+        assert_eq!(swept, vec![pending.clone()], "and its record is swept");
         assert_eq!(b.grow_volume(pending, *wanted).await.unwrap(), *wanted, "and can be made");
         let restored = b.create_volume_from("d", 16 * MIB, &Placement::default(), &ContentSource::Snapshot(snapshot.id.clone())).await.unwrap();
         assert_eq!(restored.info().size_bytes, 16 * MIB);
         b.delete_volume(&made.volumes[0].id).await.unwrap();
         b.delete_snapshot(&snapshot.id).await.unwrap();
         assert_eq!(b.volume(&made.volumes[0].id).await.unwrap(), None);
-        for top in [volumes_dir(dir), snapshots_dir(dir)] {
+        for top in [volumes_dir(dir), snapshots_dir(dir), dir.join("controller/expansions")] {
             assert!(!has_flat_files(&top, |k| Some(k)).unwrap(), "{} still holds flat files", top.display());
         }
     }
@@ -297,7 +299,8 @@ mod tests {
         drop(b);
         let mut flat = flatten(&volumes_dir(dir.path()));
         flat.extend(flatten(&snapshots_dir(dir.path())));
-        assert_eq!(flat.len(), 8, "3 volumes' and a snapshot's files and records: {flat:?}");
+        flat.extend(flatten(&dir.path().join("controller/expansions")));
+        assert_eq!(flat.len(), 9, "3 volumes' and a snapshot's files and records, and an expansion record: {flat:?}");
         ledger_of_earlier_versions(dir.path(), &made);
         // Leftovers of an earlier version: a record write a crash cut off
         // (dropped) and a file of nobody's (left alone).
@@ -312,20 +315,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_move_cut_off_after_any_file_is_finished_by_the_next_start() {
-        for cut in 0..=8 {
+        for cut in 0..=9 {
             let (dir, b) = backend(Some(POOL));
             let made = populate(&b).await;
             drop(b);
             let mut flat = flatten(&volumes_dir(dir.path()));
             flat.extend(flatten(&snapshots_dir(dir.path())));
+            flat.extend(flatten(&dir.path().join("controller/expansions")));
             ledger_of_earlier_versions(dir.path(), &made);
             // A start killed after `cut` files moved, before it synced anything.
             for file in flat.iter().take(cut) {
                 let name = file.file_name().unwrap().to_str().unwrap();
                 let key = name.rsplit_once('.').unwrap().0;
-                let to = match crate::paths::snapshot_digest(key) {
-                    Some(_) => crate::paths::snapshot_bucket(dir.path(), key),
-                    None => crate::paths::volume_bucket(dir.path(), key),
+                let to = match (key.strip_prefix("local:"), crate::paths::snapshot_digest(key)) {
+                    (Some(hex), _) => file.with_file_name(&hex[..2]).join(&hex[2..4]),
+                    (None, Some(_)) => crate::paths::snapshot_bucket(dir.path(), key),
+                    (None, None) => crate::paths::volume_bucket(dir.path(), key),
                 }
                 .join(name);
                 make_bucket(&to).unwrap();

@@ -1,5 +1,5 @@
 //! Where the local backend keeps what, under its state directory, and the
-//! ids it hands out: the on-disk layout in one place (docs/local-state.md).
+//! ids it hands out: the on-disk layout in one place (docs/local-backend.md).
 //!
 //! - `volumes/<k0k1>/<k2k3>/<key>.img`: a volume's backing file (sparse; its
 //!   length is the volume's size), the file the node attaches, in the
