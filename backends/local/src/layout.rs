@@ -5,10 +5,11 @@
 //! Crash safety of the move (docs/local-backend.md): each file moves by one
 //! `rename` that never replaces (RENAME_NOREPLACE), so a crash leaves it in
 //! its old place or its new one, never both or neither; the move runs while
-//! no process has an operation in flight (`ledger.active` held exclusive),
-//! and the directories it touched are synced before the backend serves, so
-//! nothing written later depends on a move the disk may still lose. A start
-//! after a crash finds the files still flat and moves them.
+//! no process has an operation in flight (`ledger.active` held exclusive);
+//! the buckets are durable (`syncfs`) before any file moves into them, and
+//! the moves are (`syncfs` again) before the backend serves, so nothing
+//! written later depends on a move the disk may still lose. A start after
+//! a crash finds the files still flat and moves them.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -145,9 +146,14 @@ pub(crate) fn has_flat_files(top: &Path, digest_of: DigestOf) -> io::Result<bool
 /// Moves every file of the flat layout in `top` into its bucket (`bucket`
 /// names it from the key) and syncs what changed; returns how many moved.
 /// The caller holds every other process off (see the module's doc).
+///
+/// The buckets are made first and made durable with one `syncfs`, then
+/// the files move, then one more `syncfs`: two syncs for the whole move
+/// rather than one per bucket and per file (10,000 volumes make about as
+/// many buckets).
 pub(crate) fn move_flat_files(top: &Path, digest_of: DigestOf, bucket: &dyn Fn(&str) -> PathBuf) -> io::Result<usize> {
-    let mut touched = BTreeSet::new();
-    let mut moved = 0;
+    let mut moves = Vec::new();
+    let mut dropped = false;
     for entry in fs::read_dir(top)? {
         let entry = entry?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
@@ -158,33 +164,37 @@ pub(crate) fn move_flat_files(top: &Path, digest_of: DigestOf, bucket: &dyn Fn(&
             Flat::Keep => {}
             Flat::Drop => {
                 fs::remove_file(entry.path()).or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
-                touched.insert(top.to_owned());
+                dropped = true;
             }
             Flat::Move => {
                 let bare = name.strip_prefix('.').and_then(|n| n.strip_suffix(".part")).unwrap_or(&name);
                 let key = bare.rsplit_once('.').map_or(bare, |(key, _)| key);
-                let to = bucket(key).join(&name);
-                make_bucket(&to)?;
-                match renameat2(AT_FDCWD, &entry.path(), AT_FDCWD, &to, RenameFlags::RENAME_NOREPLACE) {
-                    Ok(()) => moved += 1,
-                    // Moved by another start meanwhile.
-                    Err(Errno::ENOENT) => continue,
-                    Err(Errno::EEXIST) => {
-                        tracing::warn!(from = %entry.path().display(), to = %to.display(), "a flat file and its moved copy both exist; the moved one is kept and the flat one left for an operator");
-                        continue;
-                    }
-                    Err(errno) => {
-                        return Err(io::Error::new(io::Error::from(errno).kind(), format!("move {} to {}: {errno}", entry.path().display(), to.display())));
-                    }
-                }
-                touched.insert(top.to_owned());
-                touched.insert(to.parent().unwrap_or(top).to_owned());
+                moves.push((entry.path(), bucket(key).join(&name)));
             }
         }
     }
-    for dir in touched {
-        File::open(&dir)?.sync_all()?;
+    if moves.is_empty() && !dropped {
+        return Ok(0);
     }
+    let buckets: BTreeSet<&Path> = moves.iter().filter_map(|(_, to)| to.parent()).collect();
+    for dir in buckets {
+        durable::private_dir(dir)?;
+    }
+    let sync = || File::open(top).and_then(|dir| nix::unistd::syncfs(&dir).map_err(io::Error::from));
+    sync()?;
+    let mut moved = 0;
+    for (from, to) in &moves {
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => moved += 1,
+            // Moved by another start meanwhile.
+            Err(Errno::ENOENT) => {}
+            Err(Errno::EEXIST) => {
+                tracing::warn!(from = %from.display(), to = %to.display(), "a flat file and its moved copy both exist; the moved one is kept and the flat one left for an operator");
+            }
+            Err(errno) => return Err(io::Error::new(io::Error::from(errno).kind(), format!("move {} to {}: {errno}", from.display(), to.display()))),
+        }
+    }
+    sync()?;
     Ok(moved)
 }
 

@@ -88,7 +88,7 @@ pub(crate) fn node_plugin_killed(backend: &Backend, module: &str) {
 /// No loop device reads the volume's file once kubelet unstaged it, under
 /// any name sysfs gives it: one attached by the killed plugin's container
 /// names it from the root of a mount that died with it (`/swell-<hex>`
-/// behind rbd-fuse, `/local/volumes/<key>.img`).
+/// behind rbd-fuse, `/local/volumes/ab/cd/<key>.img`).
 fn no_loop_device_of(id: &str) {
     let volume: swell_storage::VolumeId = id.parse().expect("a volume id");
     let name = match swell_storage::RbdVolume::parse(&volume) {
