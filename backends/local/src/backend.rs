@@ -456,6 +456,11 @@ pub(crate) mod tests {
         files.extend(fs::read_dir(dir.path().join("locks")).unwrap().map(|e| e.unwrap().path()));
         for file in files {
             assert_eq!(mode(&file), 0o600, "{}", file.display());
+            // Its buckets too, made 0700 as they are needed.
+            let bucket = file.parent().unwrap();
+            if bucket.file_name().is_some_and(|n| n.len() == 2) {
+                assert_eq!((mode(bucket), mode(bucket.parent().unwrap())), (0o700, 0o700), "{}", file.display());
+            }
         }
         for sub in ["", "volumes", "snapshots", "locks", "controller", "controller/expansions", "controller/expansions/pending", "controller/expansions/locks"]
         {
