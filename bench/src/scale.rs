@@ -1,6 +1,6 @@
 //! One controller with more and more volumes (100, 1,000, 10,000): how long
-//! it takes to serve after a restart, its memory, GetCapacity, expand and
-//! ListVolumes against the count, and one reconciler pass with a few
+//! it takes to serve after a restart, its memory, GetCapacity, expand,
+//! create, delete and ListVolumes against the count, and one reconciler pass with a few
 //! volumes pending among all the settled ones (its time and its backend
 //! calls must follow the pending ones, not the count).
 
@@ -38,6 +38,10 @@ pub(crate) struct Point {
     pub expand: Samples,
     /// The backend calls those expands made, by step.
     pub expand_steps: Calls,
+    /// CreateVolume of a volume more, among them.
+    pub create: Samples,
+    /// DeleteVolume of that volume.
+    pub delete: Samples,
     /// ListVolumes pages of [`PAGE`].
     pub pages: Samples,
     /// The whole ListVolumes walk.
@@ -118,6 +122,16 @@ async fn measure(rig: &Rig, plan: &Plan, population: &mut Population) -> BenchRe
         point.expand.push(took);
     }
     point.expand_steps = served.backend_calls().await?.since(&calls_before);
+    // Each run creates a volume more and deletes it: the count stays.
+    for run in 0..plan.runs {
+        let name = format!("scale-extra-{}-{run}", population.ids.len());
+        let (took, answer) = timed(csi.create(&name, 64 * MIB)).await;
+        let id = answer.map_err(at(format!("create {name}")))?;
+        point.create.push(took);
+        let (took, answer) = timed(csi.delete(&id)).await;
+        answer.map_err(at(format!("delete {id}")))?;
+        point.delete.push(took);
+    }
     let walk = Instant::now();
     let mut token = String::new();
     loop {
@@ -199,6 +213,8 @@ fn table(rig: &Rig, points: &[Point]) -> Table {
             "RSS after calls",
             "GetCapacity p50 / p99",
             "expand p50 / p99",
+            "create p50 / p99",
+            "delete p50 / p99",
             "ListVolumes page of 500 p50 / p99",
             "whole walk",
             "reconciler pass, none pending",
@@ -213,6 +229,8 @@ fn table(rig: &Rig, points: &[Point]) -> Table {
             mib(p.rss_after),
             format!("{} / {}", ms(p.capacity.p50()), ms(p.capacity.p99())),
             format!("{} / {}", ms(p.expand.p50()), ms(p.expand.p99())),
+            format!("{} / {}", ms(p.create.p50()), ms(p.create.p99())),
+            format!("{} / {}", ms(p.delete.p50()), ms(p.delete.p99())),
             format!("{} / {}", ms(p.pages.p50()), ms(p.pages.p99())),
             format!("{} ({} entries)", ms(p.walk), p.listed),
             format!("{}, {} backend calls", ms(p.idle_pass.0), p.idle_pass.1),
@@ -251,11 +269,23 @@ fn judge(rig: &Rig, points: &[Point], report: &mut Report) {
     let name = rig.name;
     report.goal(format!("{name}: start-up with {} volumes ≤ 2 s", large.volumes), ms(large.start), large.start <= Duration::from_secs(2));
     report.goal(
+        format!("{name}: start-up with {} volumes within 1.2× of with {}", large.volumes, small.volumes),
+        format!("{} → {} ({})", ms(small.start), ms(large.start), ratio(large.start, small.start)),
+        large.start.as_secs_f64() <= small.start.as_secs_f64() * 1.2,
+    );
+    report.goal(
         format!("{name}: ListVolumes ≤ 20 ms a page of 500 ({} volumes)", large.volumes),
         format!("p50 {}", ms(large.pages.p50())),
         large.pages.p50() <= Duration::from_millis(20),
     );
-    for (what, a, b) in [("GetCapacity", &small.capacity, &large.capacity), ("ControllerExpandVolume", &small.expand, &large.expand)] {
+    let flat = [
+        ("GetCapacity", &small.capacity, &large.capacity),
+        ("ControllerExpandVolume", &small.expand, &large.expand),
+        ("CreateVolume", &small.create, &large.create),
+        ("DeleteVolume", &small.delete, &large.delete),
+        ("a ListVolumes page of 500", &small.pages, &large.pages),
+    ];
+    for (what, a, b) in flat {
         report.goal(
             format!("{name}: {what} with {} volumes within 1.2× of with {}", large.volumes, small.volumes),
             format!("{} → {} ({})", ms(a.p50()), ms(b.p50()), ratio(b.p50(), a.p50())),

@@ -36,14 +36,21 @@ fn config(root: &Path, read_only: bool) -> LocalConfig {
 /// The sum of the volumes' backing files, and the ledger's view.
 fn ledger_and_files(local: &Path) -> (serde_json::Value, u64) {
     let ledger: serde_json::Value = serde_json::from_slice(&std::fs::read(local.join("ledger.json")).unwrap()).unwrap();
+    (ledger, image_bytes(&local.join("volumes")))
+}
+
+/// The bytes of the backing files under `dir`, through its buckets.
+fn image_bytes(dir: &Path) -> u64 {
     let mut sum = 0;
-    for entry in std::fs::read_dir(local.join("volumes")).unwrap() {
+    for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "img") {
+        if path.is_dir() {
+            sum += image_bytes(&path);
+        } else if path.extension().is_some_and(|e| e == "img") {
             sum += std::fs::metadata(&path).unwrap().len();
         }
     }
-    (ledger, sum)
+    sum
 }
 
 /// Two swell-controller processes on one local directory under `root`,

@@ -15,6 +15,7 @@ use swell_storage::{
 
 use crate::copy;
 use crate::expansions::ExpansionRecords;
+use crate::layout::make_bucket;
 use crate::paths::{KIND, image_path, record_path, volume_id_for, volumes_dir};
 use crate::records::VolumeRecord;
 use crate::state_dir::{StateDir, id_taken};
@@ -78,6 +79,7 @@ impl LocalBackend {
         let records = ExpansionRecords::open(&config.records_dir, config.read_only)
             .map_err(|source| OpenError { what: "expansion records", path: config.records_dir.clone(), source })?
             .of_volumes_in(&config.state_dir);
+        records.move_flat_layout(&config.state_dir).map_err(|source| OpenError { what: "expansion records", path: config.records_dir.clone(), source })?;
         Ok(LocalBackend { dir, records: Arc::new(records) })
     }
 
@@ -140,7 +142,9 @@ impl Backend for LocalBackend {
             };
             dir.changing(&id, || {
                 if let Some(record) = &record {
-                    durable::write_json(&record_file, record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
+                    make_bucket(&record_file)
+                        .and_then(|()| durable::write_json(&record_file, record))
+                        .map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
                 }
                 dir.set_file_len(&id, size)
             })?;
@@ -320,6 +324,7 @@ pub(crate) mod tests {
         let (dir, b) = backend(None);
         let id = volume_id_for("pvc");
         let record = VolumeRecord { name: "pvc".into(), desired_bytes: GIB, created_unix: 0, source: None };
+        make_bucket(&record_path(dir.path(), &id)).unwrap();
         durable::write_json(&record_path(dir.path(), &id), &record).unwrap();
         assert_eq!(b.volume(&id).await.unwrap(), None, "half-created volume is not visible");
         let created = b.create_volume("pvc", GIB, &Placement::default()).await.unwrap();
@@ -446,11 +451,16 @@ pub(crate) mod tests {
             crate::paths::snapshot_path(dir.path(), snap.id.key()),
             crate::paths::snapshot_record_path(dir.path(), snap.id.key()),
             dir.path().join("ledger.json"),
-            dir.path().join("controller/expansions").join(format!("{id}.json")),
+            dir.path().join("controller/expansions").join(&id.key()[..2]).join(&id.key()[2..4]).join(format!("{id}.json")),
         ];
         files.extend(fs::read_dir(dir.path().join("locks")).unwrap().map(|e| e.unwrap().path()));
         for file in files {
             assert_eq!(mode(&file), 0o600, "{}", file.display());
+            // Its buckets too, made 0700 as they are needed.
+            let bucket = file.parent().unwrap();
+            if bucket.file_name().is_some_and(|n| n.len() == 2) {
+                assert_eq!((mode(bucket), mode(bucket.parent().unwrap())), (0o700, 0o700), "{}", file.display());
+            }
         }
         for sub in ["", "volumes", "snapshots", "locks", "controller", "controller/expansions", "controller/expansions/pending", "controller/expansions/locks"]
         {

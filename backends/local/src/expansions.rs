@@ -3,6 +3,12 @@
 //! local backend, which lives on one host, where two controller replicas
 //! (each running its reconciler), the webhook and `swell` may open it.
 //!
+//! Records are spread like the volumes' ([`crate::paths`]): the record of
+//! `local:<key>` is `<k0k1>/<k2k3>/local:<key>.json`, so a write fsyncs a
+//! directory of a few entries and the sweep's pages walk the buckets in id
+//! order; an id whose key is no digest (none names a volume) is kept under
+//! `_/`, merged into the pages in id order.
+//!
 //! A record that has work left also has an empty marker file under
 //! `pending/`, written before the record turns pending and removed after it
 //! settles, so the reconciler lists the markers instead of reading every
@@ -15,7 +21,25 @@ use std::time::Duration;
 
 use swell_storage::expansion::{ExpansionRecord, ExpansionStore, HeldVolume, Hold, Records, Unreadable};
 use swell_storage::file_locks::{FileLock, FileLocks};
+use swell_storage::volume_id::is_name_digest;
 use swell_storage::{BackendError, VolumeId, blocking, durable};
+
+use crate::layout::{has_flat_files, make_bucket, move_flat_files, walk_keys};
+use crate::ledger::Ledger;
+use crate::paths::{KIND, ODD};
+
+/// The digest a record's id is spread by: its key's, for a local id.
+fn record_digest(id: &str) -> Option<&str> {
+    id.strip_prefix(KIND).and_then(|rest| rest.strip_prefix(':')).filter(|key| is_name_digest(key))
+}
+
+/// The directory of the record of `id` under `dir`.
+fn record_bucket(dir: &Path, id: &str) -> PathBuf {
+    match record_digest(id) {
+        Some(hex) => dir.join(&hex[..2]).join(&hex[2..4]),
+        None => dir.join(ODD),
+    }
+}
 
 /// How long one record operation may take before the call gives up.
 const OP_DEADLINE: Duration = Duration::from_secs(20);
@@ -74,7 +98,72 @@ impl ExpansionRecords {
 
     fn path(&self, id: &VolumeId) -> PathBuf {
         // Ids are validated to [a-z0-9._-:], safe as a file name.
-        self.dir.join(format!("{id}.json"))
+        record_bucket(&self.dir, &id.to_string()).join(format!("{id}.json"))
+    }
+
+    /// Moves the records an earlier version kept flat in the directory into
+    /// their buckets ([`crate::layout`]), holding every process's volume
+    /// operations off `state_dir` meanwhile; nothing flat, nothing locked.
+    pub(crate) fn move_flat_layout(&self, state_dir: &Path) -> io::Result<()> {
+        if self.locks.is_none() || !has_flat_files(&self.dir, record_digest)? {
+            return Ok(());
+        }
+        let _quiet = Ledger::quiet(state_dir)?;
+        let moved = move_flat_files(&self.dir, record_digest, &|id| record_bucket(&self.dir, id))?;
+        tracing::info!(dir = %self.dir.display(), records = moved, "local backend: moved the flat expansion records into their buckets");
+        Ok(())
+    }
+
+    /// Up to `limit` records after `after`, in id order, reading only
+    /// those: the buckets in order, merged with the few ids of no digest.
+    fn page_now(&self, after: Option<&str>, limit: usize) -> io::Result<Records> {
+        let mut records = Records::default();
+        if limit == 0 {
+            return Ok(records);
+        }
+        let mut odd = self.odd_ids(after)?.into_iter().peekable();
+        let mut take = |id: &str| {
+            let Ok(id) = id.parse::<VolumeId>() else { return true };
+            match self.get(&id) {
+                Ok(Some(record)) => records.readable.push(record),
+                Ok(None) => {}
+                Err(err) => records.unreadable.push(Unreadable { volume: id, reason: err.to_string() }),
+            }
+            records.len() < limit
+        };
+        let mut more = true;
+        walk_keys(&self.dir, record_digest, after, &mut |id| {
+            while let Some(first) = odd.next_if(|o| o.as_str() < id) {
+                more = take(&first);
+                if !more {
+                    return Ok(false);
+                }
+            }
+            more = take(id);
+            Ok(more)
+        })?;
+        while more && let Some(id) = odd.next() {
+            more = take(&id);
+        }
+        Ok(records)
+    }
+
+    /// The ids of no digest with a record, after `after`, in order.
+    fn odd_ids(&self, after: Option<&str>) -> io::Result<Vec<String>> {
+        let entries = match std::fs::read_dir(self.dir.join(ODD)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|id| after.is_none_or(|a| *id > a)) {
+                ids.push(id.to_owned());
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     fn marker(&self, id: &VolumeId) -> PathBuf {
@@ -101,7 +190,8 @@ impl ExpansionRecords {
         if record.pending() {
             durable::write_json(&marker, &()).map_err(|e| BackendError::io(format!("mark {id} pending"), e))?;
         }
-        durable::write_json(&self.path(id), &record).map_err(|e| BackendError::io(format!("write expansion record of {id}"), e))?;
+        let path = self.path(id);
+        make_bucket(&path).and_then(|()| durable::write_json(&path, &record)).map_err(|e| BackendError::io(format!("write expansion record of {id}"), e))?;
         if !record.pending() {
             durable::remove(&marker).map_err(|e| BackendError::io(format!("unmark {id} pending"), e))?;
         }
@@ -201,39 +291,10 @@ impl ExpansionStore for ExpansionRecords {
 
     async fn page(&self, after: Option<&VolumeId>, limit: usize) -> Result<Records, BackendError> {
         let after = after.map(|a| a.to_string());
-        // The names are listed, but only the page's records are read: the
+        // Only the buckets of the page are listed and its records read: the
         // sweep's cost per step follows its budget, not every record.
-        self.blocking("list expansion records", move |this| {
-            let listing = |e| BackendError::io("list expansion records", e);
-            let mut ids = Vec::new();
-            let entries = match std::fs::read_dir(&this.dir) {
-                Ok(entries) => entries,
-                // A reader of a directory no controller has made yet.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && this.locks.is_none() => return Ok(Records::default()),
-                Err(e) => return Err(listing(e)),
-            };
-            for entry in entries {
-                let file_name = entry.map_err(listing)?.file_name();
-                let Some(id) = file_name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<VolumeId>().ok()) else { continue };
-                if after.as_ref().is_none_or(|a| id.to_string() > *a) {
-                    ids.push(id);
-                }
-            }
-            ids.sort_unstable_by_key(VolumeId::to_string);
-            let mut records = Records::default();
-            for id in ids {
-                if records.len() >= limit {
-                    break;
-                }
-                match this.get(&id) {
-                    Ok(Some(record)) => records.readable.push(record),
-                    Ok(None) => {}
-                    Err(err) => records.unreadable.push(Unreadable { volume: id, reason: err.to_string() }),
-                }
-            }
-            Ok(records)
-        })
-        .await
+        self.blocking("list expansion records", move |this| this.page_now(after.as_deref(), limit).map_err(|e| BackendError::io("list expansion records", e)))
+            .await
     }
 }
 
@@ -284,6 +345,33 @@ mod tests {
         let ids = |page: Records| page.readable.into_iter().map(|r| r.volume_id.to_string()).collect::<Vec<_>>();
         assert_eq!(ids(records.page(None, 2).await.unwrap()), ["local:aa", "local:bb"]);
         assert_eq!(ids(records.page(Some(&hold_b), 2).await.unwrap()), ["local:cc"]);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_pages_through_every_bucket_in_id_order() {
+        let (dir, records) = store();
+        let mut ids: Vec<VolumeId> = (0..9).map(|n| crate::paths::volume_id_for(&format!("pvc-{n}"))).collect();
+        // Ids of no digest too, before, among and after the others.
+        ids.extend(["local:0", "local:7odd", "local:odd"].map(|id| id.parse::<VolumeId>().unwrap()));
+        ids.sort();
+        for id in &ids {
+            let hold = records.hold(id).await.unwrap().unwrap();
+            records.write(&hold, ExpansionRecord::new(id, 1, 1)).await.unwrap();
+        }
+        let top: Vec<_> = std::fs::read_dir(dir.path().join("expansions")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(top.len() <= 2 + 1 + 9, "buckets, pending/ and locks/ only: {top:?}");
+        let mut swept = Vec::new();
+        let mut after = None;
+        loop {
+            let page = records.page(after.as_ref(), 2).await.unwrap();
+            if page.readable.is_empty() {
+                break;
+            }
+            assert!(page.readable.len() <= 2);
+            after = page.last().cloned();
+            swept.extend(page.readable.into_iter().map(|r| r.volume_id));
+        }
+        assert_eq!(swept, ids);
     }
 
     #[tokio::test]

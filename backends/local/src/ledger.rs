@@ -56,6 +56,11 @@ struct Stored {
     /// the key of what they are for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     reserved: BTreeMap<String, u64>,
+    /// Whether the total counts the snapshots too; ledgers of earlier
+    /// versions did not (every capacity call summed the snapshots' records),
+    /// and are summed anew once.
+    #[serde(default)]
+    counts_snapshots: bool,
 }
 
 impl Stored {
@@ -86,16 +91,31 @@ impl Ledger {
     /// ledgers), repaired when a change was cut off.
     pub(crate) fn open(state_dir: &Path, keys: &dyn Fn() -> io::Result<Vec<String>>, count: Count<'_>) -> io::Result<Self> {
         let ledger = Ledger { dir: state_dir.to_owned(), read_only: false };
-        if ledger.stored().is_none() {
-            // Nobody changes a volume while the sum is taken.
-            let _quiet = ledger.flock("active", FlockArg::LockExclusive)?;
-            let _update = ledger.flock("lock", FlockArg::LockExclusive)?;
-            if ledger.stored().is_none() {
-                durable::write_json(&ledger.path(), &Stored { total_bytes: sum(keys, count)?, ..Stored::default() })?;
-            }
-        }
         ledger.promised(keys, count)?;
         Ok(ledger)
+    }
+
+    /// The stored ledger, summed anew from the files when there is none (or
+    /// none this version can use).
+    fn stored_or_summed(&self, keys: &dyn Fn() -> io::Result<Vec<String>>, count: Count<'_>) -> io::Result<Stored> {
+        if let Some(stored) = self.stored() {
+            return Ok(stored);
+        }
+        // Nobody changes a volume while the sum is taken.
+        let _quiet = self.flock("active", FlockArg::LockExclusive)?;
+        let _update = self.flock("lock", FlockArg::LockExclusive)?;
+        if let Some(stored) = self.stored() {
+            return Ok(stored);
+        }
+        let stored = Stored { total_bytes: sum(keys, count)?, counts_snapshots: true, ..Stored::default() };
+        durable::write_json(&self.path(), &stored)?;
+        Ok(stored)
+    }
+
+    /// Holds every process's operations off `state_dir` (none in flight,
+    /// none begins) until the lock is dropped; waits for those in flight.
+    pub(crate) fn quiet(state_dir: &Path) -> io::Result<Flock<File>> {
+        Ledger { dir: state_dir.to_owned(), read_only: false }.flock("active", FlockArg::LockExclusive)
     }
 
     /// The ledger of `state_dir` for a reader that must not write.
@@ -120,9 +140,14 @@ impl Ledger {
         self.flock("active", FlockArg::LockShared).map(InFlight)
     }
 
-    /// The ledger, `None` when it is missing or was left unreadable.
+    /// The ledger, `None` when it is missing, was left unreadable or does
+    /// not count the snapshots.
     fn stored(&self) -> Option<Stored> {
         match durable::read_json::<Stored>(&self.path()) {
+            Ok(Some(stored)) if !stored.counts_snapshots => {
+                tracing::info!(path = %self.path().display(), "local ledger from before snapshots were counted in it; summing the volumes and snapshots again");
+                None
+            }
             Ok(stored) => stored,
             Err(err) => {
                 tracing::warn!(path = %self.path().display(), error = %err, "local ledger unreadable (a crash during an unsynced write); summing the volumes again");
@@ -158,7 +183,7 @@ impl Ledger {
     pub(crate) fn promised(&self, keys: &dyn Fn() -> io::Result<Vec<String>>, count: Count<'_>) -> io::Result<u64> {
         let stored = match (self.read_only, self.stored()) {
             (_, Some(stored)) => stored,
-            (false, None) => return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is missing", self.path().display()))),
+            (false, None) => self.stored_or_summed(keys, count)?,
             (true, None) => return sum(keys, count),
         };
         let promised = stored.total_bytes.saturating_add(stored.reserved_except(""));

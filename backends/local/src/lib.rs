@@ -11,6 +11,7 @@
 //! directory, held by keyed locks of the process.
 //!
 //! - `paths`: the on-disk layout and the ids it hands out.
+//! - `layout`: the buckets records and files are spread over, and the move from the flat layout.
 //! - `records`: the volume and snapshot records (their JSON is the on-disk format).
 //! - `ledger`: the sum of the volumes' sizes, crash safe.
 //! - `copy`: reflink or sparse copies of backing files.
@@ -22,6 +23,7 @@
 mod backend;
 mod copy;
 mod expansions;
+mod layout;
 mod ledger;
 mod paths;
 mod records;

@@ -21,11 +21,14 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use swell_storage::expansion::now_unix;
-use swell_storage::snapshot::{from_unix_nanos, is_snapshot_key, snapshot_key, unix_nanos};
+use swell_storage::snapshot::{from_unix_nanos, snapshot_key, unix_nanos};
 use swell_storage::{BackendError, ContentSource, Created, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo, durable};
 
 use crate::copy;
-use crate::paths::{KIND, image_path, local_snapshot, record_path, snapshot_id, snapshot_path, snapshot_record_path, snapshots_dir, volume_id_for};
+use crate::layout::{all_keys, make_bucket};
+use crate::paths::{
+    KIND, image_path, local_snapshot, record_path, snapshot_digest, snapshot_id, snapshot_path, snapshot_record_path, snapshots_dir, volume_id_for,
+};
 use crate::records::{SnapshotRecord, VolumeRecord};
 use crate::state_dir::{Reservation, StateDir, id_taken};
 
@@ -49,17 +52,13 @@ impl StateDir {
 
     /// Every snapshot record, by key.
     pub(crate) fn snapshot_records(&self) -> Result<Vec<(String, SnapshotRecord)>, BackendError> {
-        let entries = fs::read_dir(snapshots_dir(&self.path)).map_err(|e| BackendError::io("list snapshots", e))?;
+        let keys = all_keys(&snapshots_dir(&self.path), snapshot_digest).map_err(|e| BackendError::io("list snapshots", e))?;
         let mut records = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| BackendError::io("list snapshots", e))?;
-            let file_name = entry.file_name();
-            let Some(key) = file_name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|k| is_snapshot_key(k)) else { continue };
-            if let Some(record) = self.snapshot_record(key)? {
-                records.push((key.to_owned(), record));
+        for key in keys {
+            if let Some(record) = self.snapshot_record(&key)? {
+                records.push((key, record));
             }
         }
-        records.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(records)
     }
 
@@ -113,7 +112,13 @@ impl StateDir {
         }
         let record =
             SnapshotRecord { name: name.to_owned(), source: source.clone(), size_bytes: volume.size_bytes, created_unix_nanos: unix_nanos(SystemTime::now()) };
-        durable::write_json(&snapshot_record_path(&self.path, key), &record).map_err(|e| BackendError::io(format!("write record of snapshot {key}"), e))?;
+        let record_file = snapshot_record_path(&self.path, key);
+        // The ledger counts the snapshot from its record on; till then its reservation.
+        self.changing_snapshot(key, || {
+            make_bucket(&record_file)
+                .and_then(|()| durable::write_json(&record_file, &record))
+                .map_err(|e| BackendError::io(format!("write record of snapshot {key}"), e))
+        })?;
         let method = copy::copy_file(&image_path(&self.path, source), &snapshot_path(&self.path, key), volume.size_bytes)
             .map_err(|e| BackendError::io(format!("copy volume {source} into snapshot {key}"), e))?;
         tracing::info!(snapshot = key, volume.id = %source, bytes = volume.size_bytes, ?method, "snapshot cut");
@@ -132,7 +137,9 @@ impl StateDir {
                 _ => {}
             }
         }
-        durable::remove(&snapshot_record_path(&self.path, key)).map_err(|e| BackendError::io(format!("remove record of snapshot {id}"), e))?;
+        self.changing_snapshot(key, || {
+            durable::remove(&snapshot_record_path(&self.path, key)).map_err(|e| BackendError::io(format!("remove record of snapshot {id}"), e))
+        })?;
         claim.forget_lock();
         Ok(())
     }
@@ -169,7 +176,9 @@ impl StateDir {
         let method = self.changing(&id, || {
             if new {
                 let record = VolumeRecord { name: name.to_owned(), desired_bytes: size, created_unix: now_unix(), source: Some(source.clone()) };
-                durable::write_json(&record_file, &record).map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
+                make_bucket(&record_file)
+                    .and_then(|()| durable::write_json(&record_file, &record))
+                    .map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
             }
             copy::copy_file(&from, &image_path(&self.path, &id), size).map_err(|e| BackendError::io(format!("copy {source} into volume {id}"), e))
         })?;
@@ -313,6 +322,18 @@ mod tests {
         b.delete_snapshot(&snap.id).await.unwrap();
         assert_eq!(b.snapshot(&snap.id).await.unwrap(), None);
         assert_eq!(b.capacity(&Placement::default()).await.unwrap().available_bytes, 24 * MIB);
+    }
+
+    #[tokio::test]
+    async fn capacity_counts_snapshots_from_the_ledger_without_reading_their_records() {
+        let (dir, b) = backend(Some(64 * MIB));
+        let a = b.create_volume("a", 16 * MIB, &Placement::default()).await.unwrap().info().id.clone();
+        let snap = b.create_snapshot("s", &a).await.unwrap().info().clone();
+        // A record that cannot be read: a call that sums the records fails on it.
+        fs::write(snapshot_record_path(dir.path(), snap.id.key()), b"{").unwrap();
+        assert_eq!(b.capacity(&Placement::default()).await.unwrap().available_bytes, 32 * MIB, "volume and snapshot both counted");
+        assert_eq!(b.grow_volume(&a, 48 * MIB).await.unwrap(), 48 * MIB, "the last free bytes granted");
+        assert!(matches!(b.grow_volume(&a, 49 * MIB).await, Err(BackendError::NoSpace { available: 0, .. })));
     }
 
     #[tokio::test]

@@ -10,11 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use swell_storage::file_locks::{FileLock, FileLocks};
+use swell_storage::volume_id::is_name_digest;
 use swell_storage::{BackendError, Capacity, VolumeId, VolumeInfo, durable};
 
+use crate::layout::{all_keys, has_flat_files, move_flat_files, walk_keys};
 use crate::ledger::{InFlight, Ledger};
-use crate::paths::{KIND, image_path, locks_dir, record_path, snapshots_dir, volumes_dir};
-use crate::records::VolumeRecord;
+use crate::paths::{
+    KIND, image_path, locks_dir, record_path, snapshot_bucket, snapshot_digest, snapshot_record_path, snapshots_dir, volume_bucket, volumes_dir,
+};
+use crate::records::{SnapshotRecord, VolumeRecord};
 
 /// An operation's claim on a volume or snapshot, held across every process
 /// on the state directory (a lock file), and the pool bytes it reserved in
@@ -73,7 +77,8 @@ impl StateDir {
             durable::private_dir(&dir)?;
         }
         let locks = FileLocks::open(&locks_dir(&path))?;
-        let ledger = Ledger::open(&path, &|| volume_keys(&path), &|key| counted_bytes(&path, key))?;
+        move_flat_layout(&path)?;
+        let ledger = Ledger::open(&path, &|| ledger_keys(&path), &|key| counted_bytes(&path, key))?;
         Ok(StateDir { path, capacity_bytes, ledger, locks: Some(locks) })
     }
 
@@ -86,7 +91,7 @@ impl StateDir {
 
     /// Claims snapshot `key`, `None` when another operation has it.
     pub(crate) fn claim_snapshot(&self, key: &str) -> Result<Option<Reservation>, BackendError> {
-        self.claim_as(&format!("snapshot.{key}"), &format!("claim snapshot {key}"))
+        self.claim_as(&snapshot_ledger_key(key), &format!("claim snapshot {key}"))
     }
 
     fn claim_as(&self, key: &str, step: &str) -> Result<Option<Reservation>, BackendError> {
@@ -102,10 +107,7 @@ impl StateDir {
     pub(crate) fn claim_bytes(&self, claim: &Reservation, bytes: u64) -> Result<(), BackendError> {
         let total = self.total_bytes()?;
         let admitted = self.ledger.reserve(&claim.key, bytes, |others| {
-            // Read under the ledger's lock: a snapshot is counted by its
-            // reservation until its record is there.
-            let promised = others.saturating_add(self.snapshot_bytes()?);
-            let available = total.saturating_sub(promised);
+            let available = total.saturating_sub(others);
             if bytes > available { Err(BackendError::NoSpace { requested: bytes, available }) } else { Ok(()) }
         });
         admitted.map_err(|e| BackendError::io("reserve room in the ledger of volume bytes", e))??;
@@ -130,43 +132,51 @@ impl StateDir {
     /// Up to `limit` volumes (0: all) after the key `after`, by id: the
     /// names are listed, but only the page's records are read.
     pub(crate) fn page(&self, after: Option<&str>, limit: usize) -> Result<Vec<VolumeInfo>, BackendError> {
-        let mut keys = match volume_keys(&self.path) {
-            Ok(keys) => keys,
-            // A reader of a directory no controller has made yet.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.locks.is_none() => Vec::new(),
-            Err(e) => return Err(BackendError::io("list volumes", e)),
-        };
-        keys.retain(|k| after.is_none_or(|a| k.as_str() > a));
-        keys.sort_unstable();
         let mut volumes = Vec::new();
-        for key in keys {
-            let Ok(id) = VolumeId::new(KIND, &key) else { continue };
-            if let Some(info) = self.read_volume(&id)? {
-                volumes.push(info);
-                if volumes.len() == limit {
-                    break;
+        let mut failed = None;
+        let walked = walk_keys(&volumes_dir(&self.path), volume_digest, after, &mut |key| {
+            let Ok(id) = VolumeId::new(KIND, key) else { return Ok(true) };
+            match self.read_volume(&id) {
+                Ok(Some(info)) => volumes.push(info),
+                Ok(None) => {}
+                Err(err) => {
+                    failed = Some(err);
+                    return Ok(false);
                 }
             }
+            Ok(volumes.len() != limit)
+        });
+        if let Some(err) = failed {
+            return Err(err);
         }
+        walked.map_err(|e| BackendError::io("list volumes", e))?;
         Ok(volumes)
     }
 
     /// Runs `work`, which changes the files of `id`, with the ledger following.
     pub(crate) fn changing<T>(&self, id: &VolumeId, work: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+        self.changing_key(id.key(), work)
+    }
+
+    /// Runs `work`, which changes the record of snapshot `key`, with the ledger following.
+    pub(crate) fn changing_snapshot<T>(&self, key: &str, work: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+        self.changing_key(&snapshot_ledger_key(key), work)
+    }
+
+    fn changing_key<T>(&self, key: &str, work: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
         let state_dir = &self.path;
         self.ledger
-            .change(id.key(), &|key| counted_bytes(state_dir, key), work)
-            .map_err(|e| BackendError::io(format!("update the ledger of volume bytes for {id}"), e))?
+            .change(key, &|key| counted_bytes(state_dir, key), work)
+            .map_err(|e| BackendError::io(format!("update the ledger of volume bytes for {key}"), e))?
     }
 
     pub(crate) fn capacity(&self) -> Result<Capacity, BackendError> {
         let total_bytes = self.total_bytes()?;
         let state_dir = &self.path;
-        let volumes = self
+        let promised = self
             .ledger
-            .promised(&|| volume_keys(state_dir), &|key| counted_bytes(state_dir, key))
+            .promised(&|| ledger_keys(state_dir), &|key| counted_bytes(state_dir, key))
             .map_err(|e| BackendError::io("read the ledger of volume bytes", e))?;
-        let promised = volumes.saturating_add(self.snapshot_bytes()?);
         Ok(Capacity { total_bytes, available_bytes: total_bytes.saturating_sub(promised) })
     }
 
@@ -179,11 +189,6 @@ impl StateDir {
                 Ok(stat.blocks().saturating_mul(stat.fragment_size()))
             }
         }
-    }
-
-    /// A snapshot may come to hold its whole size (its source rewritten).
-    fn snapshot_bytes(&self) -> Result<u64, BackendError> {
-        Ok(self.snapshot_records()?.iter().fold(0u64, |sum, (_, r)| sum.saturating_add(r.size_bytes)))
     }
 
     pub(crate) fn set_file_len(&self, id: &VolumeId, size: u64) -> Result<(), BackendError> {
@@ -199,21 +204,52 @@ impl StateDir {
     }
 }
 
-/// The keys of every volume record, unordered (names only: no record is read).
-fn volume_keys(state_dir: &Path) -> io::Result<Vec<String>> {
-    let mut keys = Vec::new();
-    for entry in fs::read_dir(volumes_dir(state_dir))? {
-        let file_name = entry?.file_name();
-        if let Some(key) = file_name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|k| VolumeId::new(KIND, k).is_ok()) {
-            keys.push(key.to_owned());
-        }
-    }
+/// The ledger's keys of every volume and snapshot record (names only: no
+/// record is read); only a ledger made anew (first start, one left
+/// unreadable, or one from before snapshots were counted) needs them all.
+fn ledger_keys(state_dir: &Path) -> io::Result<Vec<String>> {
+    let mut keys = all_keys(&volumes_dir(state_dir), volume_digest)?;
+    keys.extend(all_keys(&snapshots_dir(state_dir), snapshot_digest)?.iter().map(|key| snapshot_ledger_key(key)));
     Ok(keys)
 }
 
+/// The key the ledger counts snapshot `key` under (and its claim's lock file).
+fn snapshot_ledger_key(key: &str) -> String {
+    format!("{SNAPSHOT_LEDGER_PREFIX}{key}")
+}
+
+const SNAPSHOT_LEDGER_PREFIX: &str = "snapshot.";
+
+/// A volume key is its own digest.
+fn volume_digest(key: &str) -> Option<&str> {
+    is_name_digest(key).then_some(key)
+}
+
+/// Moves the volumes and snapshots an earlier version kept in one flat
+/// directory each into their buckets ([`crate::layout`]), with every
+/// process's operations held off; a start that finds nothing flat (one
+/// listing of each top directory) takes no lock.
+fn move_flat_layout(state_dir: &Path) -> io::Result<()> {
+    let (volumes, snapshots) = (volumes_dir(state_dir), snapshots_dir(state_dir));
+    if !has_flat_files(&volumes, volume_digest)? && !has_flat_files(&snapshots, snapshot_digest)? {
+        return Ok(());
+    }
+    let _quiet = Ledger::quiet(state_dir)?;
+    let moved = move_flat_files(&volumes, volume_digest, &|key| volume_bucket(state_dir, key))?
+        + move_flat_files(&snapshots, snapshot_digest, &|key| snapshot_bucket(state_dir, key))?;
+    tracing::info!(state_dir = %state_dir.display(), files = moved, "local backend: moved the files of the flat layout into their buckets");
+    Ok(())
+}
+
 /// What the ledger counts for a volume: its backing file's length while it
-/// has a record, else nothing.
+/// has a record, else nothing; for a snapshot, its whole size while it has
+/// a record (its copy may come to hold every block once its source is
+/// rewritten, and counts from before the copy is made).
 fn counted_bytes(state_dir: &Path, key: &str) -> io::Result<u64> {
+    if let Some(snapshot) = key.strip_prefix(SNAPSHOT_LEDGER_PREFIX) {
+        let record: Option<SnapshotRecord> = durable::read_json(&snapshot_record_path(state_dir, snapshot))?;
+        return Ok(record.map_or(0, |r| r.size_bytes));
+    }
     let Ok(id) = VolumeId::new(KIND, key) else { return Ok(0) };
     if !record_path(state_dir, &id).exists() {
         return Ok(0);

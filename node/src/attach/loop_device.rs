@@ -57,7 +57,7 @@ pub(crate) async fn detach_device(sys: &dyn System, volume: &VolumeId, device: &
 /// or the path a loop device attached by an earlier node plugin container
 /// shows once that container is gone. The kernel then prints the file's path
 /// from the root of the dead container's mount that reached it (the
-/// DaemonSet's hostPath of /var/lib/swell: `/local/volumes/<key>.img`), a
+/// DaemonSet's hostPath of /var/lib/swell: `/local/volumes/ab/cd/<key>.img`), a
 /// trailing part of `image` that names nothing here. Local files only: an
 /// rbd-fuse file seen so sits on a FUSE whose daemon died with the container.
 fn names_image(backing: &str, image: &Path) -> bool {
@@ -66,7 +66,7 @@ fn names_image(backing: &str, image: &Path) -> bool {
     }
     let shown = Path::new(backing.strip_suffix(" (deleted)").unwrap_or(backing));
     let Ok(tail) = shown.strip_prefix("/") else { return false };
-    // The file's own name and its directory at least: `volumes/<key>.img`.
+    // The file's own name and its directory at least: `cd/<key>.img`.
     tail.components().count() >= 2 && image.ends_with(tail) && !shown.exists()
 }
 

@@ -88,7 +88,7 @@ pub(crate) fn node_plugin_killed(backend: &Backend, module: &str) {
 /// No loop device reads the volume's file once kubelet unstaged it, under
 /// any name sysfs gives it: one attached by the killed plugin's container
 /// names it from the root of a mount that died with it (`/swell-<hex>`
-/// behind rbd-fuse, `/local/volumes/<key>.img`).
+/// behind rbd-fuse, `/local/volumes/ab/cd/<key>.img`).
 fn no_loop_device_of(id: &str) {
     let volume: swell_storage::VolumeId = id.parse().expect("a volume id");
     let name = match swell_storage::RbdVolume::parse(&volume) {
@@ -249,8 +249,8 @@ impl Fault {
     fn for_backend(backend: &Backend, id: &str) -> Fault {
         match backend.name {
             "local" => {
-                let key = id.strip_prefix("local:").expect("a local volume id");
-                let file = format!("/var/lib/swell/local/volumes/{key}.img");
+                let volume = id.parse().expect("a local volume id");
+                let file = swell_local::image_path(std::path::Path::new("/var/lib/swell/local"), &volume).display().to_string();
                 Fault { set: vec!["chattr".into(), "+i".into(), file.clone()], clear: vec!["chattr".into(), "-i".into(), file], on_node: true }
             }
             _ => {
