@@ -40,7 +40,7 @@ pub(crate) enum State {
     /// The claim requests more than Swell was asked for: the resizer has not
     /// called yet (or was refused).
     WaitingForResizer,
-    /// The backend holds the size; the node has not grown the filesystem yet.
+    /// The backend holds the size; kubelet has not reported the filesystem grown yet.
     NodeExpanding,
     /// An expansion record without a volume at the backend.
     Missing,

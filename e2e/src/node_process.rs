@@ -50,6 +50,8 @@ impl NodeProcess {
             format!("--local-state-dir={}", config.local_state_dir.display()).into(),
             // Tests keep their paths under temporary directories.
             format!("--kubelet-dir={}", config.kubelet_dir.as_deref().unwrap_or(std::path::Path::new("/")).display()).into(),
+            // Off (0) unless the test's configuration turns it on, as in process.
+            format!("--grow-on-backend-change-ms={}", config.grow_on_backend_change.map_or(0, |every| every.as_millis())).into(),
         ];
         if let Some(rbd) = &config.rbd {
             args.push(format!("--rbd-cluster-id={}", rbd.cluster_id).into());
@@ -203,6 +205,14 @@ impl ToolGate {
 
     fn file(&self, name: &str) -> PathBuf {
         self.dir.join(format!("gate-{name}"))
+    }
+
+    /// This process's `PATH` with the gate first: the node's, to start it with.
+    pub fn path(&self) -> OsString {
+        let mut path = OsString::from(&self.bin);
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
+        path
     }
 
     /// Holds the next calls until [`release`](Self::release).

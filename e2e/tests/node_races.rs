@@ -33,8 +33,7 @@ const STEP: Duration = Duration::from_secs(60);
 async fn volume_grown_underneath(test: &str) -> Option<(Rig, ToolGate, VolumeId, String)> {
     let mut rig = rig(test).await?;
     let gate = ToolGate::new(&rig.dir, "xfs_growfs").unwrap();
-    let path = format!("{}:{}", gate.bin.display(), std::env::var("PATH").unwrap_or_default());
-    rig.serve_as_process(&[("PATH", path.into())]).await;
+    rig.serve_as_process(&[("PATH", gate.path())]).await;
     let id = rig.volume("pvc-race", 320 * MIB).await;
     let (staging, target) = (rig.path("staging"), rig.path("pods/p/vol"));
     rig.node.node_stage_volume(requests::stage(&id.to_string(), &staging, mount_capability("xfs"))).await.unwrap();

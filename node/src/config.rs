@@ -1,6 +1,7 @@
 //! The node's configuration, shared by the binary's command line and tests.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use swell_storage::CephAccess;
 
@@ -26,6 +27,12 @@ pub struct NodeConfig {
     /// (`--kubelet-dir`, default `/var/lib/kubelet`); `None`, for tests and
     /// embedding, checks nothing.
     pub kubelet_dir: Option<PathBuf>,
+    /// How often the node looks for staged volumes whose backend grew, to
+    /// grow them without waiting for kubelet's NodeExpandVolume (see
+    /// `background_grow`); `None` leaves that to kubelet. `swell-node` sets
+    /// it (`--grow-on-backend-change-ms`, default 2 s); tests and embedding
+    /// start without it.
+    pub grow_on_backend_change: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -39,6 +46,7 @@ impl NodeConfig {
             endpoint: "unix:///csi/csi.sock".to_owned(),
             rbd: None,
             kubelet_dir: None,
+            grow_on_backend_change: None,
         }
     }
 }

@@ -1,6 +1,9 @@
 //! [`NodeContext`]: what every RPC's domain logic shares.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use swell_storage::locks::KeyedLocks;
 
@@ -16,6 +19,10 @@ pub struct NodeContext {
     pub config: NodeConfig,
     /// One fail-fast lock per volume id, shared by all mutating RPCs.
     pub locks: KeyedLocks,
+    /// The volumes the background grower holds (see `background_grow`):
+    /// an RPC that finds one of them busy waits for that grow instead of
+    /// failing.
+    pub(crate) growing: KeyedLocks,
     /// Durable records of what is staged where.
     pub staging: staging::StagingStore,
     /// The attachers, chosen by volume id backend.
@@ -37,11 +44,53 @@ impl NodeContext {
     pub fn with_system(config: NodeConfig, sys: Arc<dyn system::System>) -> Result<Self, NodeError> {
         let staging = staging::StagingStore::open(&config.state_dir)?;
         let attachers = attach::Attachers::new(&config, sys.clone())?;
-        Ok(NodeContext { config, locks: KeyedLocks::new(), staging, attachers, sys, metrics: metrics::NodeMetrics::default() })
+        Ok(NodeContext { config, locks: KeyedLocks::new(), growing: KeyedLocks::new(), staging, attachers, sys, metrics: metrics::NodeMetrics::default() })
     }
 
-    /// Takes the volume's lock or fails at once with ABORTED.
-    pub fn lock(&self, volume: &swell_storage::VolumeId) -> Result<swell_storage::locks::KeyGuard, NodeError> {
-        self.locks.try_acquire(&volume.to_string()).ok_or_else(|| NodeError::Busy { volume: volume.to_string() })
+    /// Takes the volume's lock, or fails at once with ABORTED while another
+    /// RPC holds it. A background grow of the volume is waited for (at most
+    /// [`BACKGROUND_GROW_WAIT`]): it is short and bounded, and kubelet's
+    /// NodeExpandVolume or NodeUnstageVolume arriving meanwhile should find
+    /// it done rather than be sent into backoff.
+    pub async fn lock(&self, volume: &swell_storage::VolumeId) -> Result<swell_storage::locks::KeyGuard, NodeError> {
+        let key = volume.to_string();
+        let started = Instant::now();
+        loop {
+            if let Some(guard) = self.locks.try_acquire(&key) {
+                return Ok(guard);
+            }
+            if !self.growing.is_held(&key) || started.elapsed() >= BACKGROUND_GROW_WAIT {
+                return Err(NodeError::Busy { volume: key });
+            }
+            tokio::time::sleep(BACKGROUND_GROW_POLL).await;
+        }
     }
+}
+
+/// How long an RPC waits for a background grow of its volume: far longer
+/// than such a grow takes when the host is well (a device refresh, an online
+/// grow, a check: 0.1 s measured), shorter than kubelet's deadline for the
+/// call (2 min). Past it the RPC answers ABORTED and kubelet retries.
+const BACKGROUND_GROW_WAIT: Duration = Duration::from_secs(60);
+const BACKGROUND_GROW_POLL: Duration = Duration::from_millis(20);
+
+impl NodeContext {
+    /// Takes the volume's lock for a background grow, marked as such, if
+    /// nobody holds it; `None` leaves the volume to its RPC.
+    pub(crate) fn try_lock_for_background(&self, volume: &swell_storage::VolumeId) -> Option<BackgroundHold> {
+        let key = volume.to_string();
+        // Marked first, so an RPC never sees the lock held unmarked.
+        let mark = self.growing.try_acquire(&key)?;
+        let lock = self.locks.try_acquire(&key)?;
+        Some(BackgroundHold { _lock: lock, _mark: mark })
+    }
+}
+
+/// A volume's lock held by the background grower. Fields drop in order:
+/// the lock before the mark, so a waiting RPC never sees the lock still
+/// held without the mark and gives up.
+#[derive(Debug)]
+pub(crate) struct BackgroundHold {
+    _lock: swell_storage::locks::KeyGuard,
+    _mark: swell_storage::locks::KeyGuard,
 }

@@ -11,9 +11,10 @@ use crate::attach::Attacher;
 use crate::error::NodeError;
 use crate::filesystem::fills_device;
 use crate::mount;
-use crate::staging::Access;
+use crate::staging::{Access, StagingRecord};
 use crate::system::System;
 use crate::validate::Expand;
+use swell_storage::VolumeId;
 
 /// How long the device may take to report the backing object's size.
 const REFRESH_DEADLINE: Duration = Duration::from_secs(10);
@@ -30,11 +31,10 @@ pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeEr
     if let Err(e) = tokio::fs::symlink_metadata(&req.volume_path).await {
         return Err(NodeError::stat_failed(req.volume_path, e));
     }
-    let _guard = ctx.lock(&req.volume)?;
+    let _guard = ctx.lock(&req.volume).await?;
     let Some(record) = ctx.staging.read(&req.volume).await? else {
         return Err(NodeError::NotStaged { volume, path: req.volume_path });
     };
-    let attacher = ctx.attachers.for_volume(&req.volume, record.rbd_mode)?;
     let sys = ctx.sys.as_ref();
     // Only this volume's own mounts are grown: its staging path, or a
     // publish of it. Any other path (another volume's, a plain directory)
@@ -48,14 +48,36 @@ pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeEr
             return Err(NodeError::NotAtPath { volume, path: req.volume_path });
         }
     }
-    if let Some(problem) = attacher.condition(&req.volume, &record.device).await? {
+    let grown = grow_staged(ctx, &req.volume, &record, req.required_bytes).await?;
+    Ok(grown.device_bytes)
+}
+
+/// What [`grow_staged`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grown {
+    /// The device's size now.
+    pub device_bytes: u64,
+    /// Whether the filesystem had to be grown (false: it already filled
+    /// the device, or the volume is raw block).
+    pub filesystem_grown: bool,
+}
+
+/// Grows a staged volume to its backing object's size: refreshes the
+/// device, grows the filesystem online if it is short, and checks it fills
+/// the device. The one path for kubelet's NodeExpandVolume and the
+/// background grower; the caller holds the volume's lock.
+pub(crate) async fn grow_staged(ctx: &NodeContext, id: &VolumeId, record: &StagingRecord, required_bytes: u64) -> Result<Grown, NodeError> {
+    let volume = id.to_string();
+    let attacher = ctx.attachers.for_volume(id, record.rbd_mode)?;
+    let sys = ctx.sys.as_ref();
+    if let Some(problem) = attacher.condition(id, &record.device).await? {
         return Err(NodeError::AttachmentUnhealthy { volume, problem });
     }
-    attacher.refresh_capacity(&req.volume, &record.device).await?;
-    let (backing_bytes, device_bytes) = wait_for_backing_size(sys, attacher, &req, &record.device).await?;
-    check_required(&volume, req.required_bytes, backing_bytes)?;
+    attacher.refresh_capacity(id, &record.device).await?;
+    let (backing_bytes, device_bytes) = wait_for_backing_size(sys, attacher, id, &record.device).await?;
+    check_required(&volume, required_bytes, backing_bytes)?;
     let Access::Mount { fs_type, .. } = record.access else {
-        return Ok(device_bytes);
+        return Ok(Grown { device_bytes, filesystem_grown: false });
     };
     let staging = &record.staging_path;
     if mount::mounted_at(sys, staging).await?.is_none() {
@@ -64,30 +86,31 @@ pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeEr
     let fs = fs_type.ops();
     // Grow only when short, so a repeated call (or an ext4 grown offline)
     // succeeds without touching the filesystem.
-    if !fills_device(fs.size(sys, &record.device, staging).await?, device_bytes) {
+    let filesystem_grown = !fills_device(fs.size(sys, &record.device, staging).await?, device_bytes);
+    if filesystem_grown {
         ctx.metrics.time_grow(fs_type, fs.grow_online(sys, &volume, &record.device, staging)).await?;
     }
     let fs_bytes = fs.size(sys, &record.device, staging).await?;
     verify_grown(&volume, fs_bytes, device_bytes)?;
-    tracing::info!(device_bytes, fs_bytes, "expanded");
-    Ok(device_bytes)
+    tracing::info!(volume = %id, device_bytes, fs_bytes, filesystem_grown, "expanded");
+    Ok(Grown { device_bytes, filesystem_grown })
 }
 
 /// Polls until the device reports the backing object's size: a refresh that
 /// reads a stale (cached) size would otherwise be a silent half-expansion.
 /// Returns the backing object's size and the device's: its whole sectors,
 /// less when the size is not a multiple of 512.
-async fn wait_for_backing_size(sys: &dyn System, attacher: &dyn Attacher, req: &Expand, device: &Path) -> Result<(u64, u64), NodeError> {
+async fn wait_for_backing_size(sys: &dyn System, attacher: &dyn Attacher, volume: &VolumeId, device: &Path) -> Result<(u64, u64), NodeError> {
     let started = Instant::now();
     loop {
-        let backing = attacher.backing_size(&req.volume).await?.unwrap_or(0);
+        let backing = attacher.backing_size(volume).await?.unwrap_or(0);
         let expected = backing / 512 * 512; // block devices count whole sectors
         let actual = sys.device_size(device).await?;
         if actual == expected {
             return Ok((backing, actual));
         }
         if started.elapsed() >= REFRESH_DEADLINE {
-            return Err(NodeError::RefreshTimeout { volume: req.volume.to_string(), device: device.to_owned(), expected, actual, after: REFRESH_DEADLINE });
+            return Err(NodeError::RefreshTimeout { volume: volume.to_string(), device: device.to_owned(), expected, actual, after: REFRESH_DEADLINE });
         }
         tokio::time::sleep(REFRESH_POLL).await;
     }

@@ -7,6 +7,7 @@
 //! are unit-tested against a recording double.
 
 mod attach;
+mod background_grow;
 mod config;
 mod confine;
 mod context;

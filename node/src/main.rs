@@ -48,6 +48,11 @@ struct Args {
     /// Identity Probe makes (GET /healthz) on this address, e.g. 0.0.0.0:9180.
     #[arg(long, env = "SWELL_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// Every this many milliseconds, grow the staged volumes whose backend
+    /// grew without waiting for kubelet's NodeExpandVolume (which comes at
+    /// kubelet's next sync of the pod, up to a minute later); 0 turns it off.
+    #[arg(long, env = "SWELL_GROW_ON_BACKEND_CHANGE_MS", default_value_t = 2000)]
+    grow_on_backend_change_ms: u64,
     #[command(flatten)]
     logs: LogArgs,
 }
@@ -83,6 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         local_state_dir: args.local_state_dir,
         endpoint: args.endpoint,
         kubelet_dir: Some(args.kubelet_dir),
+        grow_on_backend_change: (args.grow_on_backend_change_ms > 0).then(|| std::time::Duration::from_millis(args.grow_on_backend_change_ms)),
     };
     tracing::info!(node = %config.node_id, state = %config.state_dir.display(), "swell-node starting");
     let node = swell_node::build(&config)?;

@@ -16,7 +16,7 @@ use crate::validate::{Publish, Unpublish};
 
 /// Publishes a staged volume; idempotent when already published alike.
 pub(crate) async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeError> {
-    let _guard = ctx.lock(&req.volume)?;
+    let _guard = ctx.lock(&req.volume).await?;
     let volume = req.volume.to_string();
     let record = match ctx.staging.read(&req.volume).await? {
         Some(record) if record.staging_path == req.staging_path => record,
@@ -61,7 +61,7 @@ pub(crate) async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeE
 
 /// Unpublishes; nothing at the target is success.
 pub(crate) async fn unpublish(ctx: &NodeContext, req: Unpublish) -> Result<(), NodeError> {
-    let _guard = ctx.lock(&req.volume)?;
+    let _guard = ctx.lock(&req.volume).await?;
     let record = ctx.staging.read(&req.volume).await?;
     mount::unmount_volume(ctx.sys.as_ref(), record.as_ref(), mount::Place::Target, &req.target_path).await?;
     let target = req.target_path.clone();

@@ -21,9 +21,15 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    /// Builds the service, creating the node's state directory.
+    /// Builds the service, creating the node's state directory; with
+    /// `grow_on_backend_change` set, starts the background grower (on the
+    /// current Tokio runtime), which ends with the service.
     pub fn new(config: NodeConfig) -> Result<Self, NodeError> {
-        Ok(NodeService { ctx: Arc::new(NodeContext::new(config)?) })
+        let ctx = Arc::new(NodeContext::new(config)?);
+        if let Some(interval) = ctx.config.grow_on_backend_change {
+            crate::background_grow::spawn(&ctx, interval);
+        }
+        Ok(NodeService { ctx })
     }
 
     /// What the node counts and times.

@@ -21,7 +21,7 @@ const BLKID_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Stages a volume; idempotent for the same path and capability.
 pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
-    let _guard = ctx.lock(&req.volume)?;
+    let _guard = ctx.lock(&req.volume).await?;
     let volume = req.volume.to_string();
     let rbd_mode = ctx.attachers.stage_mode(&req.volume, req.attach.mounter);
     let attacher = ctx.attachers.for_volume(&req.volume, rbd_mode)?;
@@ -156,7 +156,7 @@ async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeE
 
 /// Unstages a volume; nothing staged is success.
 pub(crate) async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
-    let _guard = ctx.lock(&req.volume)?;
+    let _guard = ctx.lock(&req.volume).await?;
     // Without a record (a stage cut off before writing it), any mode may
     // have attached the volume: look in every one.
     let attachers = ctx.attachers.all_for(&req.volume)?;

@@ -223,10 +223,29 @@ async fn a_volume_without_its_backing_object_is_not_found_and_not_attached() {
 async fn a_volume_busy_with_another_call_is_aborted() {
     let f = Fixture::new();
     let id = f.volume(1, 64 * MIB);
-    let _held = f.ctx.lock(&id).expect("lock");
+    let _held = f.ctx.lock(&id).await.expect("lock");
     let err = stage(&f.ctx, f.stage(&id, "staging", mount(FsType::Xfs))).await.expect_err("busy");
     assert_eq!(err.code(), Code::Aborted);
     assert_eq!(f.sys.calls(), []);
+    assert!(f.ctx.try_lock_for_background(&id).is_none(), "a background grow leaves a volume an RPC holds alone");
+}
+
+#[tokio::test]
+async fn an_unstage_waits_for_a_background_grow_of_its_volume_instead_of_aborting() {
+    let f = Fixture::new();
+    let id = f.volume(1, 64 * MIB);
+    let device = f.staged(&id, FsType::Xfs).await;
+    f.sys.clear_calls();
+    let hold = f.ctx.try_lock_for_background(&id).expect("the volume is free");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        drop(hold);
+    });
+    let started = std::time::Instant::now();
+    unstage(&f.ctx, f.unstage(&id, "staging")).await.expect("the unstage waited for the grow");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150), "it ran only once the grow let go: {:?}", started.elapsed());
+    assert_eq!(f.sys.calls(), [Call::Unmount(f.path("staging")), Call::LoopDetach(device)]);
+    release.await.expect("release");
 }
 
 #[tokio::test]

@@ -79,6 +79,19 @@ impl StagingStore {
         blocking(move || durable::write_json(&path, &record)).await.map_err(|e| NodeError::io(format!("write staging record of {volume}"), e))
     }
 
+    /// The volumes staged on this node: one directory read, so its cost
+    /// follows this node's volumes alone. Names that are not a record's
+    /// (a write's temporary file) are passed over.
+    pub async fn staged(&self) -> Result<Vec<VolumeId>, NodeError> {
+        let dir = self.dir.clone();
+        let names = blocking(move || std::fs::read_dir(&dir)?.map(|entry| entry.map(|e| e.file_name())).collect::<std::io::Result<Vec<_>>>())
+            .await
+            .map_err(|e| NodeError::io(format!("list {}", self.dir.display()), e))?;
+        let mut volumes: Vec<VolumeId> = names.iter().filter_map(|name| name.to_str()?.strip_suffix(".json")?.parse().ok()).collect();
+        volumes.sort();
+        Ok(volumes)
+    }
+
     /// Removes a record; a missing record is fine.
     pub async fn remove(&self, volume: &VolumeId) -> Result<(), NodeError> {
         let path = self.path(volume);
@@ -118,8 +131,11 @@ mod tests {
         let rbd = StagingRecord { rbd_mode: Some(AttachMode::Nbd), ..record.clone() };
         store.write(&id, &rbd).await.expect("write");
         assert_eq!(store.read(&id).await.expect("read"), Some(rbd));
+        std::fs::write(dir.path().join("staged").join(format!(".{id}.json.x1.tmp")), b"{").expect("a write's temporary file");
+        assert_eq!(store.staged().await.expect("list"), vec![id.clone()], "only records are listed");
         store.remove(&id).await.expect("remove");
         store.remove(&id).await.expect("remove again");
+        assert_eq!(store.staged().await.expect("list"), Vec::<VolumeId>::new());
         assert_eq!(store.read(&id).await.expect("read"), None);
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! 1. `readme::` README's "Deploy on Kubernetes" and the webhook's
 //!    "Without cert-manager", as written but for the lane's listed changes;
-//! 2. `steady::` of both backends at once;
+//! 2. `steady::` of both backends at once, then `timed::` of both;
 //! 3. each `disruptive::` scenario of both backends together, one after
 //!    the other (they kill a node plugin or a controller replica, once for
 //!    both: see `rendezvous`);
@@ -70,6 +70,16 @@ macro_rules! scenarios {
                 #[test]
                 fn snapshot_restored_larger_shows_the_data_and_the_larger_filesystem() {
                     snapshot_restored_larger(&$backend, module_path!());
+                }
+            }
+
+            /// Run by themselves, so their timings are not other scenarios' load.
+            mod timed {
+                use crate::scenarios::*;
+
+                #[test]
+                fn five_grows_in_a_row_each_reach_the_pods_filesystem() {
+                    repeated_grows(&$backend, module_path!());
                 }
             }
 

@@ -32,6 +32,7 @@ pub(crate) struct Rig {
     pub backend: LocalBackend,
     pub node: NodeClient<Channel>,
     pub dir: PathBuf,
+    config: swell_node::NodeConfig,
     server: Option<Served>,
     _serial: MutexGuard<'static, ()>,
     _tmp: TempDir,
@@ -39,17 +40,24 @@ pub(crate) struct Rig {
 
 /// A rig, or `None` (with a note) where loop devices and mounts are unavailable.
 pub(crate) async fn rig(test: &str) -> Option<Rig> {
+    rig_growing_every(test, None).await
+}
+
+/// A rig whose node grows staged volumes in the background every `interval`
+/// (`None`: it leaves that to NodeExpandVolume, as [`rig`] does).
+pub(crate) async fn rig_growing_every(test: &str, interval: Option<std::time::Duration>) -> Option<Rig> {
     if host::cannot_run(test, false, &["losetup", "mkfs.xfs", "xfs_growfs", "mkfs.btrfs", "btrfs", "mkfs.ext4", "resize2fs", "mount", "umount"]) {
         return None;
     }
     let serial = SERIAL.lock().await;
     let tmp = tempfile::Builder::new().prefix("swell-node-").tempdir_in("/var/tmp").unwrap();
     let dir = tmp.path().to_owned();
-    let config = node_config(&dir);
+    let mut config = node_config(&dir);
+    config.grow_on_backend_change = interval;
     let backend = LocalBackend::open(&LocalConfig::new(&config.local_state_dir, dir.join("controller"))).unwrap();
     let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.unwrap();
     let node = server.client.clone();
-    Some(Rig { backend, node, dir, server: Some(Served::InProcess(server)), _serial: serial, _tmp: tmp })
+    Some(Rig { backend, node, dir, config, server: Some(Served::InProcess(server)), _serial: serial, _tmp: tmp })
 }
 
 fn node_config(dir: &std::path::Path) -> swell_node::NodeConfig {
@@ -84,9 +92,23 @@ impl Rig {
         drop(self.server.take());
         let socket = self.dir.join("node.sock");
         let _ = std::fs::remove_file(&socket);
-        let process = NodeProcess::start(&node_config(&self.dir), socket, env).await.unwrap();
+        let process = NodeProcess::start(&self.config, socket, env).await.unwrap();
         self.node = process.client().await.unwrap();
         self.server = Some(Served::Process(process));
+    }
+
+    /// Kills the node process (SIGKILL to its group) and starts it again
+    /// over the same state with `env`.
+    pub(crate) async fn restart_process(&mut self, env: &[(&str, OsString)]) {
+        let Some(Served::Process(process)) = &mut self.server else { panic!("the node is not served as a process") };
+        process.restart(env).await.unwrap();
+        self.node = process.client().await.unwrap();
+    }
+
+    /// Where the in-process node serves `/metrics`.
+    pub(crate) fn metrics_address(&self) -> std::net::SocketAddr {
+        let Some(Served::InProcess(node)) = &self.server else { panic!("the node is not served in this process") };
+        node.metrics
     }
 
     pub(crate) fn staging_record_exists(&self, id: &VolumeId) -> bool {

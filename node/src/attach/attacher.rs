@@ -14,6 +14,16 @@ pub trait Attacher: Send + Sync + std::fmt::Debug {
     /// volume does not exist.
     async fn backing_size(&self, volume: &VolumeId) -> Result<Option<u64>, NodeError>;
 
+    /// The backing object's size when reading it costs no more than a
+    /// local `stat` (a local volume's file), for the background grower's
+    /// frequent look; `None` when only a cluster round trip would tell.
+    /// Those modes' devices show a grow by themselves (krbd, rbd-nbd follow
+    /// the image's header) or not until refreshed (rbd-fuse: kubelet's
+    /// NodeExpandVolume grows those).
+    async fn backing_size_if_cheap(&self, _volume: &VolumeId) -> Result<Option<u64>, NodeError> {
+        Ok(None)
+    }
+
     /// Attaches the volume and returns its device; an existing attachment
     /// is reused, so a retried stage never attaches twice. `options` are
     /// the StorageClass's kernel map options, for the mappers that take them.

@@ -88,6 +88,10 @@ impl Attacher for LoopAttacher {
         }
     }
 
+    async fn backing_size_if_cheap(&self, volume: &VolumeId) -> Result<Option<u64>, NodeError> {
+        self.backing_size(volume).await
+    }
+
     async fn attach(&self, volume: &VolumeId, _options: &MapOptions) -> Result<PathBuf, NodeError> {
         if let Some(device) = self.find(volume).await? {
             return Ok(device);

@@ -10,7 +10,7 @@ mod growth;
 pub(crate) use admission::{infeasible_lowered, oversize_denied, racing_patches, shrink_refused};
 pub(crate) use cleanup::everything_deleted;
 pub(crate) use faults::{controller_leader_deleted, node_plugin_killed, swell_volumes_states};
-pub(crate) use growth::{block_grows_held_open, online_grow, snapshot_restored_larger};
+pub(crate) use growth::{block_grows_held_open, online_grow, repeated_grows, snapshot_restored_larger};
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
