@@ -54,6 +54,15 @@ pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeEr
     attacher.refresh_capacity(&req.volume, &record.device).await?;
     let (backing_bytes, device_bytes) = wait_for_backing_size(sys, attacher, &req, &record.device).await?;
     check_required(&volume, req.required_bytes, backing_bytes)?;
+    // An encrypted volume's clear-text mapping is grown to its device, and
+    // then is what the filesystem must fill.
+    let data_bytes = match &record.mapper {
+        Some(mapper) => {
+            crate::crypt::luks::resize(sys, &req.volume, &crate::crypt::luks::mapper_name(&req.volume)).await?;
+            sys.device_size(mapper).await?
+        }
+        None => device_bytes,
+    };
     let Access::Mount { fs_type, .. } = record.access else {
         return Ok(device_bytes);
     };
@@ -64,11 +73,12 @@ pub(crate) async fn expand(ctx: &NodeContext, req: Expand) -> Result<u64, NodeEr
     let fs = fs_type.ops();
     // Grow only when short, so a repeated call (or an ext4 grown offline)
     // succeeds without touching the filesystem.
-    if !fills_device(fs.size(sys, &record.device, staging).await?, device_bytes) {
-        ctx.metrics.time_grow(fs_type, fs.grow_online(sys, &volume, &record.device, staging)).await?;
+    let data = record.data_device();
+    if !fills_device(fs.size(sys, data, staging).await?, data_bytes) {
+        ctx.metrics.time_grow(fs_type, fs.grow_online(sys, &volume, data, staging)).await?;
     }
-    let fs_bytes = fs.size(sys, &record.device, staging).await?;
-    verify_grown(&volume, fs_bytes, device_bytes)?;
+    let fs_bytes = fs.size(sys, data, staging).await?;
+    verify_grown(&volume, fs_bytes, data_bytes)?;
     tracing::info!(device_bytes, fs_bytes, "expanded");
     Ok(device_bytes)
 }

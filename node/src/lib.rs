@@ -10,6 +10,7 @@ mod attach;
 mod config;
 mod confine;
 mod context;
+mod crypt;
 mod error;
 mod expand;
 mod filesystem;
