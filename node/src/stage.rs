@@ -5,20 +5,17 @@
 //! repeated stage (also after a node reboot) converges instead of failing.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::NodeContext;
 use crate::crypt::{self, key::DataKey};
 use crate::error::NodeError;
 use crate::filesystem::options::DEFAULT_OPTIONS;
-use crate::filesystem::{FsType, fills_device};
+use crate::filesystem::{FsType, detect, fills_device};
 use crate::mount;
 use crate::staging::{Access, StagingRecord};
-use crate::system::{self, MountCall, System};
+use crate::system::{MountCall, System};
 use crate::validate::{Stage, Unstage};
 use swell_storage::command::CommandError;
-
-const BLKID_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Stages a volume; idempotent for the same path and capability.
 pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
@@ -160,20 +157,6 @@ fn mount_options(fs_type: FsType, flags: &[String], read_only: bool) -> Vec<Stri
         words.push("ro".to_owned());
     }
     fs_type.ops().mount_options(&words)
-}
-
-/// The filesystem on a device, `None` when blank. Content blkid cannot
-/// name as a filesystem (a partition table) is refused, never formatted.
-pub(crate) async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
-    let args =
-        system::args([Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), Path::new(system::END_OF_OPTIONS), device]);
-    match sys.run("blkid", args, BLKID_DEADLINE).await {
-        Ok(out) if out.stdout.trim().is_empty() => Err(NodeError::NotAFilesystem { device: device.to_owned() }),
-        Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
-        // blkid exits 2 when it finds nothing: a blank device.
-        Err(e) if e.exit_code() == Some(2) => Ok(None),
-        Err(e) => Err(NodeError::command(format!("probe {} for a filesystem", device.display()), e)),
-    }
 }
 
 /// Unstages a volume; nothing staged is success.

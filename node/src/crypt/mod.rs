@@ -63,7 +63,7 @@ pub(crate) async fn open(sys: &dyn System, volume: &VolumeId, device: &Path, key
         let reason = format!("LUKS mapping {name} is open on {}, not on the volume's {}", under.display(), device.display());
         return Err(NodeError::Conflict { volume: volume.to_string(), reason });
     }
-    match crate::stage::detect(sys, device).await? {
+    match crate::filesystem::detect(sys, device).await? {
         Some(found) if found == LUKS_TYPE => {}
         None if read_only => return Err(NodeError::ReadOnlyBlank { volume: volume.to_string() }),
         None => luks::format(sys, volume, device, key).await?,
