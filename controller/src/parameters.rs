@@ -10,7 +10,7 @@ use swell_storage::rbd_attach::{self, RbdAttach};
 use crate::error::ControllerError;
 
 /// The keys Swell understands.
-pub const KNOWN_PARAMETERS: [&str; 4] = ["backend", "pool", rbd_attach::MOUNTER_KEY, rbd_attach::MAP_OPTIONS_KEY];
+pub const KNOWN_PARAMETERS: [&str; 5] = ["backend", "pool", rbd_attach::MOUNTER_KEY, rbd_attach::MAP_OPTIONS_KEY, rbd_attach::ENCRYPTED_KEY];
 const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// Typed StorageClass parameters.
@@ -39,7 +39,7 @@ impl VolumeParameters {
                 // Checked by the backend: RBD needs the pool to exist, the
                 // local backend has none.
                 "pool" => parsed.placement.pool = Some(value.clone()),
-                rbd_attach::MOUNTER_KEY | rbd_attach::MAP_OPTIONS_KEY => {}
+                rbd_attach::MOUNTER_KEY | rbd_attach::MAP_OPTIONS_KEY | rbd_attach::ENCRYPTED_KEY => {}
                 // ceph-csi users look for it here; in Swell the namespace is
                 // the install's, so one install never lists another's volumes.
                 "radosNamespace" => {
@@ -60,7 +60,13 @@ impl VolumeParameters {
     /// Refuses attach parameters for a backend whose volumes are not RBD.
     pub(crate) fn check_backend(&self, kind: &str) -> Result<(), ControllerError> {
         if kind != swell_storage::rbd_volume::KIND && !self.attach.is_default() {
-            let key = if self.attach.mounter.is_some() { rbd_attach::MOUNTER_KEY } else { rbd_attach::MAP_OPTIONS_KEY };
+            let key = if self.attach.mounter.is_some() {
+                rbd_attach::MOUNTER_KEY
+            } else if self.attach.encrypted {
+                rbd_attach::ENCRYPTED_KEY
+            } else {
+                rbd_attach::MAP_OPTIONS_KEY
+            };
             return Err(ControllerError::invalid(attach_field(key), format!("applies to rbd volumes only, and this one is {kind}")));
         }
         Ok(())
@@ -69,7 +75,11 @@ impl VolumeParameters {
 
 /// The request field an attach key is, as errors name it.
 fn attach_field(key: &str) -> &'static str {
-    if key == rbd_attach::MOUNTER_KEY { "parameters.mounter" } else { "parameters.mapOptions" }
+    match key {
+        rbd_attach::MOUNTER_KEY => "parameters.mounter",
+        rbd_attach::ENCRYPTED_KEY => "parameters.encrypted",
+        _ => "parameters.mapOptions",
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +119,16 @@ mod tests {
         let err = tonic::Status::from(VolumeParameters::parse(&bad).unwrap_err());
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("parameters.mapOptions") && err.message().contains("exclusive"), "{err:?}");
+    }
+
+    #[test]
+    fn encrypted_is_known_and_refused_for_local_volumes() {
+        let parsed = VolumeParameters::parse(&HashMap::from([("encrypted".to_owned(), "true".to_owned())])).unwrap();
+        assert!(parsed.attach.encrypted);
+        assert!(parsed.check_backend("rbd").is_ok());
+        let local = tonic::Status::from(parsed.check_backend("local").unwrap_err());
+        assert!(local.message().contains("parameters.encrypted"), "{local:?}");
+        let bad = tonic::Status::from(VolumeParameters::parse(&HashMap::from([("encrypted".to_owned(), "1".to_owned())])).unwrap_err());
+        assert!(bad.message().contains("parameters.encrypted"), "{bad:?}");
     }
 }

@@ -185,8 +185,18 @@ pub fn statvfs_total(path: &Path) -> std::io::Result<u64> {
     Ok(stat.blocks().saturating_mul(stat.fragment_size()))
 }
 
+/// Why an encrypted-volume (LUKS2) test skips where [`lacks_dm_crypt`];
+/// on e2e/allowed-skips.txt.
+pub const NO_DM_CRYPT: &str = "device-mapper (dm-crypt) is not available here; the VM lane runs it";
+
+/// Why this machine cannot open LUKS volumes, `None` when it can: the
+/// device-mapper control node and cryptsetup are both needed.
+pub fn lacks_dm_crypt() -> Option<&'static str> {
+    (!Path::new("/dev/mapper/control").exists() || !on_path("cryptsetup")).then_some(NO_DM_CRYPT)
+}
+
 /// Why an ext4 online-grow test skips where [`online_ext4_grow_permitted`]
-/// is false; on e2e/allowed-skips.txt, the one skip CI allows.
+/// is false; on e2e/allowed-skips.txt.
 pub const ONLINE_EXT4_GROW_NOT_PERMITTED: &str = "online resize2fs is not permitted here (no CAP_SYS_RESOURCE); the VM lane runs it";
 
 /// Whether resize2fs can grow a mounted ext4 on this machine: it needs

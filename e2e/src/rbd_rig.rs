@@ -237,6 +237,13 @@ pub struct Swell {
     _dir: tempfile::TempDir,
 }
 
+/// The in-process services' log (controller, node), when RUST_LOG asks for it.
+fn log_when_asked() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+}
+
 impl Swell {
     /// Starts a controller whose default backend is RBD on `env`.
     pub async fn start(env: &ClusterEnv, op_timeout: Duration, backend_timeout: Duration) -> Swell {
@@ -245,10 +252,7 @@ impl Swell {
 
     /// Starts a controller whose default backend is RBD as `rbd` says.
     pub async fn start_with(rbd: RbdConfig, backend_timeout: Duration) -> Swell {
-        // The controller's log, when RUST_LOG asks for it.
-        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-        }
+        log_when_asked();
         let dir = tempfile::Builder::new().prefix("swell-rbd-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
         let config = ControllerConfig {
             driver_name: crate::harness::DRIVER_NAME.into(),
@@ -403,6 +407,7 @@ pub async fn node_rig(test: &str) -> Option<NodeRig> {
     let tmp = tempfile::Builder::new().prefix("rbd-node-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
     let dir = tmp.path().to_owned();
     let config = node_config(env, &dir, NODE_USER, &keyring);
+    log_when_asked();
     let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.expect("serve the node");
     let node = server.client.clone();
     let (mode, named) = mode_under_test();

@@ -12,6 +12,13 @@ pub fn median(samples: &[Duration]) -> Duration {
     sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
+/// `p50 X ms (min Y, max Z, n=N)` of `samples`, for a test's report line.
+pub fn p50_summary(samples: &[Duration]) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (min, max) = (samples.iter().min().copied().unwrap_or_default(), samples.iter().max().copied().unwrap_or_default());
+    format!("{:.1} ms (min {:.1}, max {:.1}, n={})", ms(median(samples)), ms(min), ms(max), samples.len())
+}
+
 /// The longest a call bounded by `deadline` may take to answer here: the
 /// deadline plus half of it (at least 2 s) for scheduling on a busy machine.
 pub fn deadline_bound(deadline: Duration) -> Duration {
@@ -44,5 +51,6 @@ mod tests {
         let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
         assert_eq!(median(&ms(&[30, 10, 20])), Duration::from_millis(20));
         assert_eq!(median(&ms(&[])), Duration::ZERO);
+        assert_eq!(p50_summary(&ms(&[30, 10, 20])), "20.0 ms (min 10.0, max 30.0, n=3)");
     }
 }

@@ -14,8 +14,8 @@ use regex::Regex;
 use swell_e2e::process::built_binary;
 
 /// Flags of other programs the documents name: the CSI sidecars, kubectl,
-/// kubelet, kube-apiserver, cargo, and the image build script.
-const OTHER_PROGRAMS: [&str; 18] = [
+/// kubelet, kube-apiserver, cargo, cryptsetup, and the image build script.
+const OTHER_PROGRAMS: [&str; 21] = [
     "--csi-address",
     "--leader-election",
     "--http-endpoint",
@@ -34,6 +34,9 @@ const OTHER_PROGRAMS: [&str; 18] = [
     "--no-default-features",
     "--binaries-only",
     "--admission-control-config-file",
+    "--from-literal",
+    "--key-file",
+    "--disable-keyring",
 ];
 
 /// Flags cargo takes that the documents name besides `OTHER_PROGRAMS`.

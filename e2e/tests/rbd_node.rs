@@ -62,16 +62,7 @@ async fn resize_and_expand(rig: &mut Rig, name: &str, id: &str, sum: &str) {
         let total = total_bytes(&stats(rig, id, &target).await);
         assert!(total > size * 85 / 100 && total <= size, "xfs grew to about {size}: {total}");
     }
-    took.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "NodeExpandVolume p50 ({}, xfs): {:.1} ms (min {:.1}, max {:.1}, n={})",
-        rig.mode,
-        ms(took[took.len() / 2]),
-        ms(took[0]),
-        ms(took[took.len() - 1]),
-        took.len()
-    );
+    println!("NodeExpandVolume p50 ({}, xfs): {}", rig.mode, swell_e2e::timing::p50_summary(&took));
     let again =
         rig.node.node_expand_volume(requests::node_expand(id, &target, &rig.path("staging"), GIB as i64, mount_capability("xfs"))).await.unwrap().into_inner();
     assert_eq!(again.capacity_bytes as u64, GIB, "a repeated expand answers the same");

@@ -84,6 +84,10 @@ pub enum NodeError {
     /// A read-only stage of a blank volume: a reader never formats.
     #[error("volume {volume} holds no filesystem, and a read-only stage never formats one")]
     ReadOnlyBlank { volume: String },
+    /// The node-stage secret does not open an encrypted volume: nothing was
+    /// attached, formatted or opened.
+    #[error("the node-stage secret does not open encrypted volume {volume}: {reason}")]
+    WrongKey { volume: String, reason: String },
     /// The staging record says staged, but nothing is mounted there.
     #[error("staging path {} of {volume} is not mounted", path.display())]
     StagingNotMounted { volume: String, path: PathBuf },
@@ -130,6 +134,8 @@ impl NodeError {
             // id at this path.
             NodeError::VolumeNotFound { .. } | NodeError::PathNotFound { .. } | NodeError::NotAtPath { .. } => Code::NotFound,
             NodeError::Busy { .. } => Code::Aborted,
+            // The caller's credential, not the volume, is wrong.
+            NodeError::WrongKey { .. } => Code::PermissionDenied,
             NodeError::NotStaged { .. } | NodeError::ReadOnlyBlank { .. } | NodeError::NotOurs { .. } => Code::FailedPrecondition,
             NodeError::Conflict { .. } => Code::AlreadyExists,
             // Kubelet stops retrying on this node without blocking the mount;

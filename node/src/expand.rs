@@ -76,6 +76,15 @@ pub(crate) async fn grow_staged(ctx: &NodeContext, id: &VolumeId, record: &Stagi
     attacher.refresh_capacity(id, &record.device).await?;
     let (backing_bytes, device_bytes) = wait_for_backing_size(sys, attacher, id, &record.device).await?;
     check_required(&volume, required_bytes, backing_bytes)?;
+    // An encrypted volume's clear-text mapping is grown to its device, and
+    // then is what the filesystem must fill.
+    let data_bytes = match &record.mapper {
+        Some(mapper) => {
+            crate::crypt::luks::resize(sys, id, &crate::crypt::luks::mapper_name(id)).await?;
+            sys.device_size(mapper).await?
+        }
+        None => device_bytes,
+    };
     let Access::Mount { fs_type, .. } = record.access else {
         return Ok(Grown { device_bytes, filesystem_grown: false });
     };
@@ -86,12 +95,13 @@ pub(crate) async fn grow_staged(ctx: &NodeContext, id: &VolumeId, record: &Stagi
     let fs = fs_type.ops();
     // Grow only when short, so a repeated call (or an ext4 grown offline)
     // succeeds without touching the filesystem.
-    let filesystem_grown = !fills_device(fs.size(sys, &record.device, staging).await?, device_bytes);
+    let data = record.data_device();
+    let filesystem_grown = !fills_device(fs.size(sys, data, staging).await?, data_bytes);
     if filesystem_grown {
-        ctx.metrics.time_grow(fs_type, fs.grow_online(sys, &volume, &record.device, staging)).await?;
+        ctx.metrics.time_grow(fs_type, fs.grow_online(sys, &volume, data, staging)).await?;
     }
-    let fs_bytes = fs.size(sys, &record.device, staging).await?;
-    verify_grown(&volume, fs_bytes, device_bytes)?;
+    let fs_bytes = fs.size(sys, data, staging).await?;
+    verify_grown(&volume, fs_bytes, data_bytes)?;
     tracing::info!(volume = %id, device_bytes, fs_bytes, filesystem_grown, "expanded");
     Ok(Grown { device_bytes, filesystem_grown })
 }

@@ -11,6 +11,7 @@ mod background_grow;
 mod config;
 mod confine;
 mod context;
+mod crypt;
 mod error;
 mod expand;
 mod filesystem;

@@ -44,7 +44,7 @@ pub(crate) async fn unmount_volume(sys: &dyn System, record: Option<&StagingReco
         let ours = match (place, &record.access) {
             (Place::Target, _) => holds_volume(sys, record, &top).await?,
             (Place::Staging, Access::Mount { .. }) => {
-                top.source == record.device.to_string_lossy() || top.major_minor == sys.device_numbers(&record.device).await?
+                top.source == record.data_device().to_string_lossy() || top.major_minor == sys.device_numbers(record.data_device()).await?
             }
             // A block volume's staging path holds no mount of Swell's.
             (Place::Staging, Access::Block) => false,
@@ -70,13 +70,13 @@ pub(crate) async fn mounted_at(sys: &dyn System, path: &Path) -> Result<Option<M
 pub(crate) async fn holds_volume(sys: &dyn System, record: &StagingRecord, mount: &MountEntry) -> Result<bool, NodeError> {
     match &record.access {
         Access::Block => {
-            let device = std::fs::canonicalize(&record.device).unwrap_or_else(|_| record.device.clone());
+            let device = std::fs::canonicalize(record.data_device()).unwrap_or_else(|_| record.data_device().to_owned());
             Ok(mount.root.file_name().is_some() && mount.root.file_name() == device.file_name())
         }
         Access::Mount { .. } => {
             let staged = match mounted_at(sys, &record.staging_path).await? {
                 Some(entry) => entry.major_minor,
-                None => sys.device_numbers(&record.device).await?,
+                None => sys.device_numbers(record.data_device()).await?,
             };
             Ok(mount.major_minor == staged)
         }

@@ -42,7 +42,7 @@ pub(crate) async fn publish(ctx: &NodeContext, req: Publish) -> Result<(), NodeE
         }
         Access::Block => {
             confine::create_file(root, &req.target_path).await?;
-            record.device.clone()
+            record.data_device().to_owned()
         }
     };
     sys.mount(MountCall::Bind { source, target: req.target_path.clone() }).await.map_err(|e| e.for_volume(&volume))?;

@@ -4,20 +4,18 @@
 //! and record all of it. Every step checks before acting, so a retried or
 //! repeated stage (also after a node reboot) converges instead of failing.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use crate::NodeContext;
+use crate::crypt::{self, key::DataKey};
 use crate::error::NodeError;
 use crate::filesystem::options::DEFAULT_OPTIONS;
-use crate::filesystem::{FsType, fills_device};
+use crate::filesystem::{FsType, detect, fills_device};
 use crate::mount;
 use crate::staging::{Access, StagingRecord};
-use crate::system::{self, MountCall, System};
+use crate::system::{MountCall, System};
 use crate::validate::{Stage, Unstage};
 use swell_storage::command::CommandError;
-
-const BLKID_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Stages a volume; idempotent for the same path and capability.
 pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError> {
@@ -41,32 +39,53 @@ pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError
             return Err(NodeError::Conflict { volume, reason: format!("already attached with {staged}") });
         }
     }
+    // An encrypted volume's key is unwrapped before anything is attached:
+    // a wrong or missing secret leaves the volume untouched.
+    let data_key = match &req.kek {
+        Some(kek) => Some(crypt::data_key(ctx.attachers.key_store(&req.volume)?, &req.volume, kek, !req.read_only).await?),
+        None => None,
+    };
     let device = attacher.attach(&req.volume, &req.attach.map_options).await?;
-    if let Access::Mount { fs_type, mount_flags } = &req.access {
-        let root = ctx.config.kubelet_dir.clone();
-        let staged = match crate::confine::create_dir(root, "staging_target_path", &req.staging_path).await {
-            Ok(()) => stage_filesystem(ctx.sys.as_ref(), &volume, &device, &req.staging_path, *fs_type, mount_flags, req.read_only).await,
-            Err(e) => Err(e),
-        };
-        if let Err(error) = staged {
-            // Leave no loop device behind when nothing got mounted, unless a
+    let mapper = match stage_attached(ctx, &req, &device, data_key.as_ref()).await {
+        Ok(mapper) => mapper,
+        Err(error) => {
+            // Leave nothing attached when nothing got mounted, unless a
             // step ran out of time: it may still be running on its thread
             // (a mount in progress), and detaching under it would act after
             // the caller was answered. The next stage or unstage converges.
             let still_running = matches!(error, NodeError::Timeout { .. } | NodeError::Command { source: CommandError::Timeout { .. }, .. });
-            if !still_running
-                && matches!(mount::mounted_at(ctx.sys.as_ref(), &req.staging_path).await, Ok(None))
-                && let Err(e) = attacher.detach(&req.volume, Some(&device)).await
-            {
-                tracing::warn!(error = %e.full_message(), "detach after a failed stage");
+            if !still_running && matches!(mount::mounted_at(ctx.sys.as_ref(), &req.staging_path).await, Ok(None)) {
+                let closed = match data_key {
+                    Some(_) => crypt::luks::close(ctx.sys.as_ref(), &req.volume, &crypt::luks::mapper_name(&req.volume)).await,
+                    None => Ok(()),
+                };
+                if let Err(e) = closed.and(attacher.detach(&req.volume, Some(&device)).await) {
+                    tracing::warn!(error = %e.full_message(), "detach after a failed stage");
+                }
             }
             return Err(error);
         }
-    }
-    let record = StagingRecord { volume_id: volume, device: device.clone(), staging_path: req.staging_path.clone(), access: req.access, rbd_mode };
+    };
+    let record = StagingRecord { volume_id: volume, device: device.clone(), staging_path: req.staging_path.clone(), access: req.access, rbd_mode, mapper };
     ctx.staging.write(&req.volume, &record).await?;
-    tracing::info!(device = %device.display(), mode = ?rbd_mode, "staged");
+    tracing::info!(device = %device.display(), mode = ?rbd_mode, encrypted = data_key.is_some(), "staged");
     Ok(())
+}
+
+/// What follows the attach: an encrypted volume's LUKS2 mapping opened
+/// (returned), then the filesystem made and mounted for a mount volume.
+async fn stage_attached(ctx: &NodeContext, req: &Stage, device: &Path, data_key: Option<&DataKey>) -> Result<Option<PathBuf>, NodeError> {
+    let sys = ctx.sys.as_ref();
+    let mapper = match data_key {
+        Some(key) => Some(crypt::open(sys, &req.volume, device, key, req.read_only).await?),
+        None => None,
+    };
+    if let Access::Mount { fs_type, mount_flags } = &req.access {
+        let data = mapper.as_deref().unwrap_or(device);
+        crate::confine::create_dir(ctx.config.kubelet_dir.clone(), "staging_target_path", &req.staging_path).await?;
+        stage_filesystem(sys, &req.volume.to_string(), data, &req.staging_path, *fs_type, mount_flags, req.read_only).await?;
+    }
+    Ok(mapper)
 }
 
 async fn stage_filesystem(
@@ -140,20 +159,6 @@ fn mount_options(fs_type: FsType, flags: &[String], read_only: bool) -> Vec<Stri
     fs_type.ops().mount_options(&words)
 }
 
-/// The filesystem on a device, `None` when blank. Content blkid cannot
-/// name as a filesystem (a partition table) is refused, never formatted.
-async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
-    let args =
-        system::args([Path::new("-p"), Path::new("-o"), Path::new("value"), Path::new("-s"), Path::new("TYPE"), Path::new(system::END_OF_OPTIONS), device]);
-    match sys.run("blkid", args, BLKID_DEADLINE).await {
-        Ok(out) if out.stdout.trim().is_empty() => Err(NodeError::NotAFilesystem { device: device.to_owned() }),
-        Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
-        // blkid exits 2 when it finds nothing: a blank device.
-        Err(e) if e.exit_code() == Some(2) => Ok(None),
-        Err(e) => Err(NodeError::command(format!("probe {} for a filesystem", device.display()), e)),
-    }
-}
-
 /// Unstages a volume; nothing staged is success.
 pub(crate) async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeError> {
     let _guard = ctx.lock(&req.volume).await?;
@@ -168,6 +173,12 @@ pub(crate) async fn unstage(ctx: &NodeContext, req: Unstage) -> Result<(), NodeE
         return Ok(());
     }
     mount::unmount_volume(ctx.sys.as_ref(), record.as_ref(), mount::Place::Staging, &req.staging_path).await?;
+    // An encrypted volume's mapping holds its device: closed first.
+    let mapper = crypt::luks::mapper_name(&req.volume);
+    let recorded = record.as_ref().is_some_and(|r| r.mapper.is_some());
+    if recorded || tokio::fs::symlink_metadata(crypt::luks::mapper_path(&mapper)).await.is_ok() {
+        crypt::luks::close(ctx.sys.as_ref(), &req.volume, &mapper).await?;
+    }
     match &record {
         Some(record) => ctx.attachers.for_volume(&req.volume, record.rbd_mode)?.detach(&req.volume, Some(&record.device)).await?,
         None => {

@@ -34,6 +34,10 @@ pub struct StagingRecord {
     pub volume_id: String,
     /// The block device the volume is attached as.
     pub device: PathBuf,
+    /// An encrypted volume's clear-text device (its LUKS2 mapping), which
+    /// holds the filesystem or is published as the raw block device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapper: Option<PathBuf>,
     /// The staging path kubelet chose.
     pub staging_path: PathBuf,
     /// Block or mount, with the filesystem details.
@@ -42,6 +46,14 @@ pub struct StagingRecord {
     /// records of nodes that attached every RBD volume the detected way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rbd_mode: Option<AttachMode>,
+}
+
+impl StagingRecord {
+    /// The device the volume's data is read through: the clear-text mapping
+    /// of an encrypted volume, else the attached device.
+    pub fn data_device(&self) -> &Path {
+        self.mapper.as_deref().unwrap_or(&self.device)
+    }
 }
 
 /// The records, one JSON file per volume under `<state_dir>/staged`.
@@ -119,11 +131,12 @@ mod tests {
             staging_path: "/staging/pv".into(),
             access: Access::Mount { fs_type: FsType::Ext4, mount_flags: vec!["noatime".into()] },
             rbd_mode: None,
+            mapper: None,
         };
         store.write(&id, &record).await.expect("write");
         assert_eq!(store.read(&id).await.expect("read"), Some(record.clone()));
         let json = std::fs::read_to_string(dir.path().join("staged").join(format!("{id}.json"))).expect("record file");
-        assert!(!json.contains("rbd_mode"), "a local volume's record stays as before: {json}");
+        assert!(!json.contains("rbd_mode") && !json.contains("mapper"), "a local volume's record stays as before: {json}");
         // Records name every tenant's devices and paths: root's alone.
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;

@@ -57,7 +57,7 @@ pub(crate) async fn stats(ctx: &NodeContext, req: Stats) -> Result<VolumeStats, 
     };
     let mut abnormal = attacher.condition(&req.volume, &record.device).await?;
     let usage = match record.access {
-        Access::Block => Usage::Block { total_bytes: ctx.sys.device_size(&record.device).await.unwrap_or(0) },
+        Access::Block => Usage::Block { total_bytes: ctx.sys.device_size(record.data_device()).await.unwrap_or(0) },
         Access::Mount { .. } => {
             if abnormal.is_none() && mount::mounted_at(ctx.sys.as_ref(), &req.volume_path).await?.is_none() {
                 abnormal = Some(format!("{} is no longer a mount point", req.volume_path.display()));

@@ -15,6 +15,7 @@ use csi_proto::v1::{
 use swell_storage::VolumeId;
 use swell_storage::rbd_attach::{self, RbdAttach};
 
+use crate::crypt::key::{self as crypt_key, Kek};
 use crate::error::NodeError;
 use crate::filesystem::FsType;
 use crate::staging::Access;
@@ -30,6 +31,9 @@ pub(crate) struct Stage {
     pub read_only: bool,
     /// How the StorageClass wants an RBD volume attached (volume context).
     pub attach: RbdAttach,
+    /// The key-encryption key from the node-stage Secret; present exactly
+    /// when the volume is encrypted.
+    pub kek: Option<Kek>,
 }
 
 /// A validated NodeUnstageVolume.
@@ -81,14 +85,30 @@ pub(crate) fn stage(req: &NodeStageVolumeRequest) -> Result<Stage, NodeError> {
     let attach = RbdAttach::from_map(&req.volume_context).map_err(|e| invalid(context_field(e.key), e.reason))?;
     let volume = volume_id(&req.volume_id)?;
     if !attach.is_default() && volume.backend() != swell_storage::rbd_volume::KIND {
-        return Err(invalid("volume_context", format!("mounter and mapOptions apply to rbd volumes only, not {}", volume.backend())));
+        return Err(invalid("volume_context", format!("mounter, mapOptions and encrypted apply to rbd volumes only, not {}", volume.backend())));
     }
-    Ok(Stage { volume, staging_path, access, read_only: mode_read_only || flag_read_only, attach })
+    let kek = if attach.encrypted { Some(kek(&req.secrets)?) } else { None };
+    Ok(Stage { volume, staging_path, access, read_only: mode_read_only || flag_read_only, attach, kek })
+}
+
+/// The KEK an encrypted volume's node-stage Secret holds.
+fn kek(secrets: &std::collections::HashMap<String, String>) -> Result<Kek, NodeError> {
+    let Some(value) = secrets.get(crypt_key::SECRET_KEY) else {
+        return Err(invalid(
+            "secrets",
+            format!("the volume is encrypted and the node-stage secret has no {} (csi.storage.k8s.io/node-stage-secret-name)", crypt_key::SECRET_KEY),
+        ));
+    };
+    Kek::from_secret(value.as_bytes()).map_err(|reason| invalid("secrets", reason))
 }
 
 /// The volume context field an attach key is, as errors name it.
 fn context_field(key: &str) -> &'static str {
-    if key == rbd_attach::MOUNTER_KEY { "volume_context.mounter" } else { "volume_context.mapOptions" }
+    match key {
+        rbd_attach::MOUNTER_KEY => "volume_context.mounter",
+        rbd_attach::ENCRYPTED_KEY => "volume_context.encrypted",
+        _ => "volume_context.mapOptions",
+    }
 }
 
 pub(crate) fn unstage(req: &NodeUnstageVolumeRequest) -> Result<Unstage, NodeError> {

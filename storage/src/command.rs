@@ -14,8 +14,22 @@ use tokio::process::Command;
 /// container image is checked against (`swell-node --help` prints it,
 /// deploy/image/build.sh finds each in the image). [`run`] refuses any other
 /// name, so a new tool cannot be called without being listed here.
-pub const PROGRAMS: &[&str] =
-    &["blkid", "btrfs", "dumpe2fs", "e2fsck", "mkfs.btrfs", "mkfs.ext4", "mkfs.xfs", "rbd", "rbd-fuse", "rbd-nbd", "resize2fs", "xfs_growfs", "xfs_spaceman"];
+pub const PROGRAMS: &[&str] = &[
+    "blkid",
+    "btrfs",
+    "cryptsetup",
+    "dumpe2fs",
+    "e2fsck",
+    "mkfs.btrfs",
+    "mkfs.ext4",
+    "mkfs.xfs",
+    "rbd",
+    "rbd-fuse",
+    "rbd-nbd",
+    "resize2fs",
+    "xfs_growfs",
+    "xfs_spaceman",
+];
 
 /// `PATH` when Swell itself has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -124,6 +138,19 @@ where
     run_any(program, args, deadline, true).await
 }
 
+/// Like [`run`], with `secret` written to the program's stdin, which is
+/// then closed: how a key reaches cryptsetup without being in its
+/// arguments, environment or a file. The command line in errors and logs
+/// never holds it.
+pub async fn run_with_secret<I, S>(program: &str, args: I, secret: &[u8], deadline: Duration) -> Result<Output, CommandError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    listed(program)?;
+    run_fed(program, args, Some(secret), deadline, false).await
+}
+
 fn listed(program: &str) -> Result<(), CommandError> {
     if PROGRAMS.contains(&program) { Ok(()) } else { Err(CommandError::Unlisted { program: program.to_owned() }) }
 }
@@ -133,6 +160,15 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_fed(program, args, None, deadline, own_group).await
+}
+
+async fn run_fed<I, S>(program: &str, args: I, input: Option<&[u8]>, deadline: Duration, own_group: bool) -> Result<Output, CommandError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    use tokio::io::AsyncWriteExt as _;
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
     let command = render(program, &args);
     tracing::debug!(%command, "running");
@@ -142,15 +178,24 @@ where
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()))
         .env("LC_ALL", "C")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if own_group {
         builder.process_group(0);
     }
-    let child = builder.spawn().map_err(|source| CommandError::Spawn { command: command.clone(), source })?;
-    let finished = tokio::time::timeout(deadline, child.wait_with_output())
+    let mut child = builder.spawn().map_err(|source| CommandError::Spawn { command: command.clone(), source })?;
+    let stdin = child.stdin.take();
+    let fed = async move {
+        if let (Some(mut stdin), Some(input)) = (stdin, input) {
+            // A program that exits without reading all of it is judged by
+            // its exit status, not by the broken pipe.
+            let _ = stdin.write_all(input).await;
+        }
+        child.wait_with_output().await
+    };
+    let finished = tokio::time::timeout(deadline, fed)
         .await
         .map_err(|_| CommandError::Timeout { command: command.clone(), after: deadline })?
         .map_err(|source| CommandError::Spawn { command: command.clone(), source })?;
@@ -191,6 +236,16 @@ mod tests {
         let err = run_any("sleep", ["30"], Duration::from_millis(200), false).await.unwrap_err();
         assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_secret_reaches_stdin_and_not_the_command_line() {
+        let out = run_fed("sha256sum", ["-"], Some(b"abc".as_slice()), Duration::from_secs(5), false).await.expect("sha256sum runs");
+        assert!(out.stdout.starts_with("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"), "{}", out.stdout);
+        let err = run_fed("sh", ["-c", "exit 3"], Some(b"hidden-key".as_slice()), Duration::from_secs(5), false).await.unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("hidden-key"), "{err:?}");
+        let err = run_with_secret("cat", ["-"], b"k", Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, CommandError::Unlisted { .. }), "{err}");
     }
 
     #[tokio::test]

@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 pub const MOUNTER_KEY: &str = "mounter";
 /// The StorageClass parameter (and volume context key) of map options.
 pub const MAP_OPTIONS_KEY: &str = "mapOptions";
+/// The StorageClass parameter (and volume context key) asking for a LUKS2
+/// encrypted volume: `"true"` or `"false"` (docs/encryption.md).
+pub const ENCRYPTED_KEY: &str = "encrypted";
 
 /// What krbd gets unless the StorageClass sets `ms_mode`: the kernel client
 /// speaks msgr1 by default, which a cluster that binds only msgr2 (the
@@ -78,7 +81,7 @@ impl fmt::Display for AttachMode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {reason}")]
 pub struct InvalidAttach {
-    /// `mounter` or `mapOptions`.
+    /// `mounter`, `mapOptions` or `encrypted`.
     pub key: &'static str,
     /// What is wrong, naming the offending part.
     pub reason: String,
@@ -334,6 +337,8 @@ pub struct RbdAttach {
     pub mounter: Option<AttachMode>,
     /// Options for the kernel mappers.
     pub map_options: MapOptions,
+    /// LUKS2 on the image, opened with the node-stage Secret's key.
+    pub encrypted: bool,
 }
 
 impl RbdAttach {
@@ -351,12 +356,17 @@ impl RbdAttach {
             None => MapOptions::default(),
             Some(text) => MapOptions::parse(text, mounter)?,
         };
-        Ok(RbdAttach { mounter, map_options })
+        let encrypted = match map.get(ENCRYPTED_KEY).map(|v| v.trim()) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(InvalidAttach { key: ENCRYPTED_KEY, reason: format!("{other:?} is not \"true\" or \"false\"") }),
+        };
+        Ok(RbdAttach { mounter, map_options, encrypted })
     }
 
     /// Whether the StorageClass said nothing about attaching.
     pub fn is_default(&self) -> bool {
-        self.mounter.is_none() && self.map_options.is_empty()
+        self.mounter.is_none() && self.map_options.is_empty() && !self.encrypted
     }
 
     /// The volume context entries that carry this to the node (canonical,
@@ -368,6 +378,9 @@ impl RbdAttach {
         }
         if !self.map_options.is_empty() {
             context.insert(MAP_OPTIONS_KEY.to_owned(), self.map_options.to_string());
+        }
+        if self.encrypted {
+            context.insert(ENCRYPTED_KEY.to_owned(), "true".to_owned());
         }
         context
     }
@@ -463,5 +476,18 @@ mod tests {
         assert_eq!(RbdAttach::from_map(&context).unwrap(), parsed);
         assert!(RbdAttach::default().volume_context().is_empty());
         assert!(RbdAttach::from_map(&params(&[("mapOptions", "")])).unwrap().is_default());
+    }
+
+    #[test]
+    fn encrypted_is_true_or_false_and_reaches_the_node_only_when_true() {
+        let on = RbdAttach::from_map(&params(&[("encrypted", "true")])).unwrap();
+        assert!(on.encrypted && !on.is_default());
+        assert_eq!(on.volume_context().get("encrypted").map(String::as_str), Some("true"));
+        assert_eq!(RbdAttach::from_map(&on.volume_context()).unwrap(), on);
+        let off = RbdAttach::from_map(&params(&[("encrypted", "false")])).unwrap();
+        assert!(off.is_default() && off.volume_context().is_empty());
+        let err = RbdAttach::from_map(&params(&[("encrypted", "yes")])).unwrap_err();
+        assert_eq!(err.key, ENCRYPTED_KEY);
+        assert!(err.reason.contains("yes"), "{err}");
     }
 }

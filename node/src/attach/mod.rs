@@ -78,6 +78,15 @@ impl Attachers {
         }
     }
 
+    /// Where `volume`'s wrapped data key is kept: RBD image metadata. Local
+    /// volumes are not encrypted (the StorageClass is refused).
+    pub(crate) fn key_store(&self, volume: &VolumeId) -> Result<&dyn crate::crypt::KeyStore, NodeError> {
+        match volume.backend() {
+            swell_storage::rbd_volume::KIND => Ok(self.rbd(volume)?),
+            other => Err(NodeError::InvalidArgument { field: "volume_context.encrypted", reason: format!("{other} volumes are not encrypted by Swell") }),
+        }
+    }
+
     fn rbd(&self, volume: &VolumeId) -> Result<&rbd::RbdAttachers, NodeError> {
         self.rbd.as_ref().ok_or_else(|| NodeError::VolumeNotFound { volume: volume.to_string(), reason: "no Ceph cluster is configured on this node".into() })
     }

@@ -111,6 +111,30 @@ pub trait FileSystem: Send + Sync {
     }
 }
 
+/// How long blkid may take to probe a device.
+const BLKID_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The filesystem on a device, `None` when blank. Content blkid cannot
+/// name as a filesystem (a partition table) is refused, never formatted.
+pub(crate) async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
+    let args = crate::system::args([
+        Path::new("-p"),
+        Path::new("-o"),
+        Path::new("value"),
+        Path::new("-s"),
+        Path::new("TYPE"),
+        Path::new(crate::system::END_OF_OPTIONS),
+        device,
+    ]);
+    match sys.run("blkid", args, BLKID_DEADLINE).await {
+        Ok(out) if out.stdout.trim().is_empty() => Err(NodeError::NotAFilesystem { device: device.to_owned() }),
+        Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
+        // blkid exits 2 when it finds nothing: a blank device.
+        Err(e) if e.exit_code() == Some(2) => Ok(None),
+        Err(e) => Err(NodeError::command(format!("probe {} for a filesystem", device.display()), e)),
+    }
+}
+
 /// Whether a filesystem of `fs_bytes` fills a device of `device_bytes`:
 /// the check made after every grow, so success is never claimed unverified.
 pub(crate) fn fills_device(fs_bytes: u64, device_bytes: u64) -> bool {

@@ -236,6 +236,17 @@ impl Model {
                 None => failed(line, 1, "Bad magic number in super-block"),
             },
             "e2fsck" => ok(String::new()),
+            // No mapping is ever open; luksFormat leaves a LUKS header.
+            "cryptsetup" => match args.first().map(String::as_str) {
+                Some("status") => failed(line, 4, "inactive"),
+                Some("luksFormat") => {
+                    let size = self.devices.get(&last).copied().unwrap_or(0);
+                    self.filesystems.insert(last, Fs { kind: "crypto_LUKS".into(), size });
+                    ok(String::new())
+                }
+                Some("open") => ok(String::new()),
+                _ => failed(line, 127, "not modelled"),
+            },
             _ => failed(line, 127, "not modelled by FakeSystem"),
         }
     }
@@ -351,6 +362,10 @@ impl System for FakeSystem {
 
     async fn device_numbers(&self, device: &Path) -> Result<String, NodeError> {
         Ok(numbers(device))
+    }
+
+    async fn run_with_secret(&self, program: &str, args: Vec<OsString>, _secret: &[u8], deadline: Duration) -> Result<Output, CommandError> {
+        self.run(program, args, deadline).await
     }
 
     async fn run(&self, program: &str, args: Vec<OsString>, _deadline: Duration) -> Result<Output, CommandError> {

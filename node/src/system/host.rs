@@ -223,6 +223,10 @@ impl System for HostSystem {
         command::run(program, args, deadline).await
     }
 
+    async fn run_with_secret(&self, program: &str, args: Vec<OsString>, secret: &[u8], deadline: Duration) -> Result<Output, CommandError> {
+        command::run_with_secret(program, args, secret, deadline).await
+    }
+
     async fn run_leaving_daemon(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
         command::run_leaving_daemon(program, args, deadline).await
     }
@@ -268,6 +272,10 @@ impl System for ConfinedHost {
 
     async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
         HostSystem.run(program, args, deadline).await
+    }
+
+    async fn run_with_secret(&self, program: &str, args: Vec<OsString>, secret: &[u8], deadline: Duration) -> Result<Output, CommandError> {
+        HostSystem.run_with_secret(program, args, secret, deadline).await
     }
 
     async fn run_leaving_daemon(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {

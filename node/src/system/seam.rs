@@ -88,6 +88,10 @@ pub trait System: Send + Sync + std::fmt::Debug {
     /// with no shell, killing it at `deadline`.
     async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError>;
 
+    /// Runs a program with `secret` on its stdin (a key for cryptsetup),
+    /// never in its arguments.
+    async fn run_with_secret(&self, program: &str, args: Vec<OsString>, secret: &[u8], deadline: Duration) -> Result<Output, CommandError>;
+
     /// Runs a program that leaves a daemon serving a device (`rbd-nbd
     /// map`), in a process group of its own: a kill of the node's group (a
     /// supervisor stopping it) must not take the volumes' I/O with it.

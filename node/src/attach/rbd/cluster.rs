@@ -108,6 +108,37 @@ impl Cluster {
     }
 }
 
+/// The image metadata key that holds an encrypted volume's wrapped data key.
+const WRAPPED_KEY_META: &str = "swell.encryption.wrapped-key";
+
+impl Cluster {
+    fn image_meta_args(&self, verb: &str, image: &RbdVolume) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["image-meta".into(), verb.into()];
+        args.extend(self.control_args());
+        args.extend([END_OF_OPTIONS.into(), image.spec().into(), WRAPPED_KEY_META.into()]);
+        args
+    }
+
+    /// The wrapped data key in the image's metadata, `None` when unset.
+    pub(crate) async fn wrapped_key(&self, volume: &VolumeId, image: &RbdVolume) -> Result<Option<String>, NodeError> {
+        match self.run("rbd", self.image_meta_args("get", image), CLI_DEADLINE).await {
+            Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(NodeError::command(format!("read the wrapped data key of image {} of volume {volume}", image.spec()), e)),
+        }
+    }
+
+    /// Stores the wrapped data key (ciphertext: safe in an argument).
+    pub(crate) async fn store_wrapped_key(&self, volume: &VolumeId, image: &RbdVolume, wrapped: &str) -> Result<(), NodeError> {
+        let mut args = self.image_meta_args("set", image);
+        args.push(wrapped.into());
+        self.run("rbd", args, CLI_DEADLINE)
+            .await
+            .map_err(|e| NodeError::command(format!("store the wrapped data key of image {} of volume {volume}", image.spec()), e))?;
+        Ok(())
+    }
+}
+
 /// `size` from `rbd info --format json`.
 fn parse_info_size(json: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(json).ok()?.get("size")?.as_u64()

@@ -64,6 +64,7 @@ pub(crate) fn on_path(program: &str) -> bool {
 #[derive(Debug)]
 pub(crate) struct RbdAttachers {
     cluster_id: String,
+    cluster: Cluster,
     detected: AttachMode,
     krbd: MappedAttacher,
     nbd: MappedAttacher,
@@ -80,6 +81,7 @@ impl RbdAttachers {
         let cluster = Cluster::new(config.clone(), sys);
         Ok(RbdAttachers {
             cluster_id: config.cluster_id.clone(),
+            cluster: cluster.clone(),
             detected,
             krbd: MappedAttacher::new(Mapper::Krbd, cluster.clone()),
             nbd: MappedAttacher::new(Mapper::Nbd, cluster.clone()),
@@ -129,6 +131,20 @@ impl RbdAttachers {
             });
         }
         Ok(())
+    }
+}
+
+/// An encrypted RBD volume's wrapped data key lives in its image's metadata.
+#[async_trait::async_trait]
+impl crate::crypt::KeyStore for RbdAttachers {
+    async fn wrapped_key(&self, volume: &VolumeId) -> Result<Option<String>, NodeError> {
+        self.check_cluster(volume)?;
+        self.cluster.wrapped_key(volume, &rbd_volume(volume)?).await
+    }
+
+    async fn store_wrapped_key(&self, volume: &VolumeId, wrapped: &str) -> Result<(), NodeError> {
+        self.check_cluster(volume)?;
+        self.cluster.store_wrapped_key(volume, &rbd_volume(volume)?, wrapped).await
     }
 }
 

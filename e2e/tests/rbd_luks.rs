@@ -1,0 +1,228 @@
+//! Encrypted RBD volumes (StorageClass `encrypted: "true"`, LUKS2 through
+//! cryptsetup; docs/encryption.md) on the node service against the real
+//! cluster, in the attach mode under test. dm-crypt is a kernel part the
+//! CI host lacks: the VM lane runs these in krbd and rbd-nbd mode.
+//!
+//! What they prove: the first stage formats LUKS2 and keeps only a wrapped
+//! data key with the image; what reaches Ceph is ciphertext (a marker
+//! written through xfs is in the clear-text device and nowhere in `rbd
+//! export`); the volume grows online under a writer through device refresh,
+//! `cryptsetup resize` and xfs_growfs, and a raw block one too; a restage
+//! opens it with its data; a wrong or missing secret is refused before
+//! anything is attached.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use csi_proto::v1::NodeStageVolumeRequest;
+use swell_e2e::host;
+use swell_e2e::rbd_rig::{self, NodeRig as Rig, node_rig};
+use swell_e2e::requests::{self, block_capability, mount_capability};
+use swell_e2e::writer::StreamingWriter;
+use swell_storage::rbd_attach::ENCRYPTED_KEY;
+use swell_storage::units::{GIB, MIB};
+use tonic::Code;
+
+/// The node-stage Secret's key and two values of it.
+const SECRET_KEY: &str = "encryptionKEK";
+const SECRET: &str = "kek-one-0123456789abcdef0123456789abcdef";
+const OTHER_SECRET: &str = "kek-two-0123456789abcdef0123456789abcdef";
+/// Written through the filesystem; must never be found on Ceph.
+const MARKER: &[u8] = b"SWELL-LUKS-PLAINTEXT-MARKER-0451";
+/// The image metadata key the node keeps the wrapped data key under.
+const WRAPPED_KEY_META: &str = "swell.encryption.wrapped-key";
+
+/// A node rig whose StorageClass asks for encryption; `None` (skip noted)
+/// where device-mapper is missing.
+async fn rig(test: &str) -> Option<Rig> {
+    if let Some(reason) = host::lacks_dm_crypt() {
+        host::note_skip(test, reason);
+        return None;
+    }
+    let mut rig = node_rig(test).await?;
+    rig.parameters.insert(ENCRYPTED_KEY.to_owned(), "true".to_owned());
+    Some(rig)
+}
+
+fn stage(rig: &Rig, id: &str, capability: csi_proto::v1::VolumeCapability, secret: Option<&str>) -> NodeStageVolumeRequest {
+    let mut request = rig.stage(id, &rig.path("staging"), capability);
+    if let Some(secret) = secret {
+        request.secrets.insert(SECRET_KEY.to_owned(), secret.to_owned());
+    }
+    request
+}
+
+fn wrapped_key(rig: &Rig, name: &str) -> Result<String, String> {
+    rbd_rig::cli(rig.env, "rbd", &["image-meta", "get", &rbd_rig::volume(name).spec(), WRAPPED_KEY_META]).map(|s| s.trim().to_owned())
+}
+
+/// The staging record's attached device and clear-text mapping.
+fn record_devices(rig: &Rig, id: &str) -> (String, Option<String>) {
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(rig.dir.join("node/staged").join(format!("{id}.json"))).unwrap()).unwrap();
+    (record["device"].as_str().unwrap().to_owned(), record["mapper"].as_str().map(str::to_owned))
+}
+
+fn blkid_type(device: &str) -> String {
+    let out = std::process::Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE", device]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The offset of the first 512-byte sector that starts with [`MARKER`]:
+/// the filesystem writes file data in whole aligned blocks, so clear text
+/// of the marker file starts sectors wherever it lies.
+fn find_marker(path: &Path) -> Option<u64> {
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut chunk = vec![0u8; 4 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read(&mut chunk).unwrap();
+        if n == 0 {
+            return None;
+        }
+        if let Some(at) = chunk[..n].chunks(512).position(|sector| sector.starts_with(MARKER)) {
+            return Some(offset + at as u64 * 512);
+        }
+        offset += n as u64;
+    }
+}
+
+/// Grows the image to `size` and expands the published volume; checks
+/// the capacity and that xfs grew with the mapping; returns the expand's time.
+async fn grow(rig: &mut Rig, name: &str, id: &str, size: u64) -> Duration {
+    let target = rig.path("pods/p/vol");
+    rig.resize(name, size);
+    let started = Instant::now();
+    let grown = rig.node.node_expand_volume(requests::node_expand(id, &target, &rig.path("staging"), size as i64, mount_capability("xfs"))).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(grown.into_inner().capacity_bytes as u64, size, "capacity is the image's new size");
+    // The LUKS2 header takes 16 MiB; statvfs leaves out xfs's log.
+    let total = host::statvfs_total(Path::new(&target)).unwrap();
+    assert!(total > size * 85 / 100 && total <= size - 16 * MIB, "xfs grew with the mapping to about {size}: {total}");
+    took
+}
+
+/// Unstages: the mapping closes, nothing of the image is left attached.
+async fn unstage_clean(rig: &mut Rig, name: &str, id: &str) {
+    let mapper = record_devices(rig, id).1.expect("an encrypted volume's record names its mapping");
+    rig.node.node_unstage_volume(requests::unstage(id, &rig.path("staging"))).await.unwrap();
+    assert!(!Path::new(&mapper).exists(), "{mapper} closed at unstage");
+    assert_eq!(rig.leftovers(name), Vec::<String>::new(), "nothing left after unstage");
+}
+
+/// Stages (xfs), publishes and writes 4 MiB of [`MARKER`]; returns its checksum.
+async fn stage_publish_mark(rig: &mut Rig, id: &str) -> String {
+    let started = Instant::now();
+    rig.node.node_stage_volume(stage(rig, id, mount_capability("xfs"), Some(SECRET))).await.unwrap();
+    println!("encrypted stage ({}: attach + luksFormat + open + mkfs.xfs + mount) took {:?}", rig.mode, started.elapsed());
+    let (staging, target) = (rig.path("staging"), rig.path("pods/p/vol"));
+    rig.node.node_publish_volume(requests::publish(id, &staging, &target, mount_capability("xfs"), false)).await.unwrap();
+    let path = rig.dir.join("pods/p/vol/marker.bin");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for _ in 0..(4 << 20) / MARKER.len() {
+        file.write_all(MARKER).unwrap();
+    }
+    file.sync_all().unwrap();
+    host::sha256_file(&path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_rbd_volume_keeps_only_ciphertext_on_ceph_grows_online_under_a_writer_and_restages_intact() {
+    let test = "an_encrypted_rbd_volume_keeps_only_ciphertext_on_ceph_grows_online_under_a_writer_and_restages_intact";
+    let Some(mut rig) = rig(test).await else { return };
+    let name = "luks-rt";
+    let id = rig.image(name, 512 * MIB);
+    let sum = stage_publish_mark(&mut rig, &id).await;
+    let (device, mapper) = record_devices(&rig, &id);
+    // The marker is in the clear on the device xfs is on (the search can
+    // find it)...
+    let clear = mapper.clone().unwrap_or_else(|| device.clone());
+    assert!(find_marker(Path::new(&clear)).is_some(), "the marker written through xfs is on {clear}");
+    // ...and nowhere in what Ceph stores.
+    let export = rig.dir.join("export.img");
+    rbd_rig::cli(rig.env, "rbd", &["export", &rbd_rig::volume(name).spec(), &export.display().to_string()]).unwrap();
+    assert_eq!(std::fs::metadata(&export).unwrap().len(), 512 * MIB, "the whole image exported");
+    assert_eq!(find_marker(&export), None, "plaintext of the marker file found in the image's bytes on Ceph");
+    std::fs::remove_file(&export).unwrap();
+    let mapper = mapper.expect("the record names the clear-text mapping");
+    assert!(mapper.starts_with("/dev/mapper/swell-luks-"), "{mapper}");
+    assert_eq!(blkid_type(&device), "crypto_LUKS", "{device} holds a LUKS header");
+    let wrapped = wrapped_key(&rig, name).unwrap();
+    assert!(wrapped.starts_with("v1:") && !wrapped.contains(SECRET), "the image keeps the data key wrapped: {wrapped}");
+
+    // A repeated stage (the node plugin restarted) reuses the open mapping.
+    rig.node.node_stage_volume(stage(&rig, &id, mount_capability("xfs"), Some(SECRET))).await.unwrap();
+    assert_eq!(record_devices(&rig, &id), (device.clone(), Some(mapper.clone())));
+
+    // Online growth: image → device → LUKS mapping → xfs; timed as
+    // rbd_node times it without LUKS (no writer), then once under a writer.
+    let target = rig.path("pods/p/vol");
+    let mut took = Vec::new();
+    for size in [640 * MIB, 768 * MIB, 896 * MIB] {
+        took.push(grow(&mut rig, name, &id, size).await);
+    }
+    println!("NodeExpandVolume p50 ({}, xfs, LUKS2): {}", rig.mode, swell_e2e::timing::p50_summary(&took));
+    let writer = StreamingWriter::start(&rig.dir.join("pods/p/vol/stream.bin"), 21, Duration::from_millis(20)).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let under_writer = grow(&mut rig, name, &id, GIB).await;
+    let written = writer.stop_and_verify().unwrap();
+    assert!(written.records >= 5, "the writer kept writing: {written:?}");
+    println!("{}: grown to 1 GiB in {under_writer:?} under a writer, which synced {} records, all read back", rig.mode, written.records);
+
+    // Unstage closes the mapping and detaches; a restage opens it again.
+    rig.node.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
+    unstage_clean(&mut rig, name, &id).await;
+    rig.node.node_stage_volume(stage(&rig, &id, mount_capability("xfs"), Some(SECRET))).await.unwrap();
+    let staged = host::statvfs_total(&rig.dir.join("staging")).unwrap();
+    assert!(staged > GIB * 85 / 100, "the restaged xfs keeps its grown size: {staged}");
+    assert_eq!(host::sha256_file(&rig.dir.join("staging/marker.bin")).unwrap(), sum, "data intact after the restage");
+    assert_eq!(wrapped_key(&rig, name).unwrap(), wrapped, "the restage used the stored key, not a new one");
+    unstage_clean(&mut rig, name, &id).await;
+    rig.remove(name).expect("rbd rm succeeds: no watchers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_raw_block_volume_refuses_a_wrong_or_missing_secret_untouched_then_opens_and_grows_online() {
+    let test = "an_encrypted_raw_block_volume_refuses_a_wrong_or_missing_secret_untouched_then_opens_and_grows_online";
+    let Some(mut rig) = rig(test).await else { return };
+    let name = "luks-key";
+    let id = rig.image(name, 256 * MIB);
+    // A raw block volume: the first stage formats LUKS2 and opens it.
+    rig.node.node_stage_volume(stage(&rig, &id, block_capability(), Some(SECRET))).await.unwrap();
+    let (device, mapper) = record_devices(&rig, &id);
+    assert_eq!(blkid_type(&device), "crypto_LUKS");
+    assert!(mapper.is_some_and(|m| Path::new(&m).exists()), "the mapping is open");
+    unstage_clean(&mut rig, name, &id).await;
+    let wrapped = wrapped_key(&rig, name).unwrap();
+
+    let refused = rig.node.node_stage_volume(stage(&rig, &id, block_capability(), Some(OTHER_SECRET))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("KEK"), "names the key mismatch: {}", refused.message());
+    assert!(!refused.message().contains(OTHER_SECRET) && !refused.message().contains(SECRET), "{}", refused.message());
+    let missing = rig.node.node_stage_volume(stage(&rig, &id, block_capability(), None)).await.unwrap_err();
+    assert_eq!(missing.code(), Code::InvalidArgument, "{missing:?}");
+    assert!(missing.message().contains(SECRET_KEY), "{}", missing.message());
+    let short = rig.node.node_stage_volume(stage(&rig, &id, block_capability(), Some("short"))).await.unwrap_err();
+    assert_eq!(short.code(), Code::InvalidArgument, "{short:?}");
+    // Nothing was attached, opened or rewritten.
+    assert_eq!(rig.leftovers(name), Vec::<String>::new(), "a refused stage attached nothing");
+    assert!(!rig.dir.join("node/staged").join(format!("{id}.json")).exists(), "no staging record");
+    assert_eq!(wrapped_key(&rig, name).unwrap(), wrapped, "the wrapped key is untouched");
+
+    // The right secret still opens it: the refusals changed nothing.
+    rig.node.node_stage_volume(stage(&rig, &id, block_capability(), Some(SECRET))).await.unwrap();
+    let (device, _) = record_devices(&rig, &id);
+    assert_eq!(blkid_type(&device), "crypto_LUKS");
+    // Published raw, it grows online: image, device, then the mapping.
+    let (staging, target) = (rig.path("staging"), rig.path("pods/p/dev/blk"));
+    rig.node.node_publish_volume(requests::publish(&id, &staging, &target, block_capability(), false)).await.unwrap();
+    rig.resize(name, 384 * MIB);
+    let grown = rig.node.node_expand_volume(requests::node_expand(&id, &target, &staging, (384 * MIB) as i64, block_capability())).await.unwrap();
+    assert_eq!(grown.into_inner().capacity_bytes as u64, 384 * MIB);
+    let stats = rig.node.node_get_volume_stats(requests::stats(&id, &target)).await.unwrap().into_inner();
+    assert_eq!(requests::total_bytes(&stats), Some((384 - 16) as i64 * MIB as i64), "the clear-text device is the image less the 16 MiB LUKS2 header");
+    rig.node.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
+    unstage_clean(&mut rig, name, &id).await;
+    rig.remove(name).expect("rbd rm succeeds: no watchers");
+}
