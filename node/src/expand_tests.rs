@@ -155,8 +155,10 @@ async fn a_volume_attached_by_an_earlier_node_plugin_container_grows_and_detache
     let id = f.volume(1, 64 * MIB);
     let device = f.staged(&id, FsType::Xfs).await;
     publish(&f.ctx, f.publish(&id, "staging", "pods/p/vol", mount(FsType::Xfs), false)).await.expect("publish");
-    let key = id.to_string().trim_start_matches("local:").to_owned();
-    f.sys.show_backing(&device, &format!("/local/volumes/{key}.img"));
+    // The file's path below /var/lib/swell, as the dead container saw it.
+    let image = f.image(&id);
+    let below = image.strip_prefix(&f.ctx.config.local_state_dir).expect("the image lies in the local state directory");
+    f.sys.show_backing(&device, &format!("/local/{}", below.display()));
     f.grow(&id, 128 * MIB);
     f.sys.clear_calls();
     let capacity = expand(&f.ctx, f.expand(&id, "pods/p/vol", 128 * MIB)).await.expect("expand after a restart");
