@@ -14,8 +14,9 @@ use regex::Regex;
 use swell_e2e::process::built_binary;
 
 /// Flags of other programs the documents name: the CSI sidecars, kubectl,
-/// kubelet, kube-apiserver, cargo, cryptsetup, and the image build script.
-const OTHER_PROGRAMS: [&str; 21] = [
+/// kubelet, kube-apiserver, cargo, cryptsetup, ceph-csi (the bench's peer),
+/// unshare, and the image build script.
+const OTHER_PROGRAMS: [&str; 23] = [
     "--csi-address",
     "--leader-election",
     "--http-endpoint",
@@ -37,6 +38,8 @@ const OTHER_PROGRAMS: [&str; 21] = [
     "--from-literal",
     "--key-file",
     "--disable-keyring",
+    "--controllerserver",
+    "--mount",
 ];
 
 /// Flags cargo takes that the documents name besides `OTHER_PROGRAMS`.
