@@ -22,7 +22,10 @@ pub fn skip_log() -> PathBuf {
 pub fn note_skip(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason}");
     if let Ok(mut log) = OpenOptions::new().create(true).append(true).open(skip_log()) {
-        let _ = writeln!(log, "{test}\t{reason}");
+        // One write(2) per line: tests skipping at once in other threads or
+        // processes append whole lines (writeln! may split one into several
+        // writes, and two skips' lines were found interleaved).
+        let _ = log.write_all(format!("{test}\t{reason}\n").as_bytes());
     }
 }
 

@@ -33,7 +33,8 @@ pub(crate) fn everything_deleted(backend: &Backend, module: &str) {
     });
     let (listing, loops_under): (Vec<&str>, &str) = match backend.name {
         "local" => (
-            vec!["sh", "-c", "ls -A /var/lib/swell/local/volumes /var/lib/swell/local/snapshots | grep -v ':$' | grep -v '^$' || true"],
+            // Files only: the bucket directories stay once made (swell_local's layout).
+            vec!["sh", "-c", "find /var/lib/swell/local/volumes /var/lib/swell/local/snapshots -type f || true"],
             "/var/lib/swell/local/",
         ),
         _ => (
