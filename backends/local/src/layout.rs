@@ -262,6 +262,15 @@ mod tests {
         flat
     }
 
+    /// [`flatten`] of every bucketed directory of the state directory `dir`:
+    /// volumes, snapshots and expansion records, in that order.
+    fn flatten_state(dir: &Path) -> Vec<PathBuf> {
+        let mut flat = flatten(&volumes_dir(dir));
+        flat.extend(flatten(&snapshots_dir(dir)));
+        flat.extend(flatten(&dir.join("controller/expansions")));
+        flat
+    }
+
     /// Rewrites the ledger as versions before this one kept it: the
     /// volumes' bytes only, the snapshots summed on every call instead.
     fn ledger_of_earlier_versions(dir: &Path, made: &Made) {
@@ -307,9 +316,7 @@ mod tests {
         let (dir, b) = backend(Some(POOL));
         let made = populate(&b).await;
         drop(b);
-        let mut flat = flatten(&volumes_dir(dir.path()));
-        flat.extend(flatten(&snapshots_dir(dir.path())));
-        flat.extend(flatten(&dir.path().join("controller/expansions")));
+        let flat = flatten_state(dir.path());
         assert_eq!(flat.len(), 9, "3 volumes' and a snapshot's files and records, and an expansion record: {flat:?}");
         ledger_of_earlier_versions(dir.path(), &made);
         // Leftovers of an earlier version: a record write a crash cut off
@@ -329,9 +336,7 @@ mod tests {
             let (dir, b) = backend(Some(POOL));
             let made = populate(&b).await;
             drop(b);
-            let mut flat = flatten(&volumes_dir(dir.path()));
-            flat.extend(flatten(&snapshots_dir(dir.path())));
-            flat.extend(flatten(&dir.path().join("controller/expansions")));
+            let flat = flatten_state(dir.path());
             ledger_of_earlier_versions(dir.path(), &made);
             // A start killed after `cut` files moved, before it synced anything.
             for file in flat.iter().take(cut) {
