@@ -108,3 +108,40 @@ async fn after_a_reboot_with_loop_numbers_reused_the_right_device_is_grown_and_n
         assert!(host::loop_devices_for(&rig.image(id)).is_empty(), "{id}: a loop device left");
     }
 }
+
+/// A staging mount lost while its device stays attached (unmounted by
+/// another program, or a mount namespace gone): the record says staged, so
+/// NodeExpandVolume answers FAILED_PRECONDITION (no retry on this node could
+/// grow it; INTERNAL would have kubelet retry it for good), and the restage
+/// mounts it again and grows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_mount_lost_under_an_attached_device_is_refused_as_a_precondition_and_the_restage_grows_it() {
+    let Some(mut rig) = rig("a_staging_mount_lost_under_an_attached_device_is_refused_as_a_precondition_and_the_restage_grows_it").await else { return };
+    rig.serve_as_process(&[]).await;
+    let a = rig.volume("pvc-a", 320 * MIB).await;
+    stage_publish(&mut rig, &a, "staging-a", "pods/a/vol").await;
+    let a_data = rig.dir.join("pods/a/vol/data.bin");
+    host::write_pattern(&a_data, 4 << 20, 1).unwrap();
+    let a_sum = host::sha256_file(&a_data).unwrap();
+    let device = only_loop_device(&rig.image(&a));
+    for mount in ["pods/a/vol", "staging-a"] {
+        run("umount", &[&rig.path(mount)]);
+    }
+    rig.grow(&a, 640 * MIB).await;
+
+    let expand = requests::node_expand(&a.to_string(), &rig.path("staging-a"), &rig.path("staging-a"), (640 * MIB) as i64, mount_capability("xfs"));
+    let status = rig.node.node_expand_volume(expand).await.expect_err("expand of a staging path with nothing mounted");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{}", status.message());
+    assert!(status.message().contains("is not mounted"), "{}", status.message());
+    assert_eq!(only_loop_device(&rig.image(&a)), device, "the refused expand changed the attachment");
+
+    stage_publish(&mut rig, &a, "staging-a", "pods/a/vol").await;
+    let expand = requests::node_expand(&a.to_string(), &rig.path("pods/a/vol"), &rig.path("staging-a"), (640 * MIB) as i64, mount_capability("xfs"));
+    assert_eq!(rig.node.node_expand_volume(expand).await.unwrap().into_inner().capacity_bytes as u64, 640 * MIB);
+    let total = statvfs_total(&rig.dir.join("pods/a/vol")).unwrap();
+    assert!(total > 640 * MIB * 85 / 100, "A grew to {total}");
+    assert_eq!(host::sha256_file(&a_data).unwrap(), a_sum, "A's data intact");
+    rig.node.node_unpublish_volume(requests::unpublish(&a.to_string(), &rig.path("pods/a/vol"))).await.unwrap();
+    rig.node.node_unstage_volume(requests::unstage(&a.to_string(), &rig.path("staging-a"))).await.unwrap();
+    assert!(host::loop_devices_for(&rig.image(&a)).is_empty(), "a loop device left");
+}

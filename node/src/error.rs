@@ -145,6 +145,9 @@ impl NodeError {
             // help. Kubelet stops retrying on this node without blocking the
             // mount, and the restage (whose first stage grows) ends it.
             NodeError::AttachmentUnhealthy { .. } => Code::FailedPrecondition,
+            // The same for a staging mount lost under an attached device:
+            // the restage mounts it again and grows it.
+            NodeError::StagingNotMounted { .. } => Code::FailedPrecondition,
             // Infeasible, not transient: INTERNAL would be retried forever,
             // while OUT_OF_RANGE marks NodeResizeInfeasible and lets the user
             // lower the request (KEP-1790).
@@ -158,8 +161,7 @@ impl NodeError {
             | NodeError::WorkerFailed { .. }
             | NodeError::StillMounted { .. }
             | NodeError::NotAFilesystem { .. }
-            | NodeError::FuseStillRunning { .. }
-            | NodeError::StagingNotMounted { .. } => Code::Internal,
+            | NodeError::FuseStillRunning { .. } => Code::Internal,
         }
     }
 

@@ -123,7 +123,7 @@ async fn an_unhealthy_attachment_or_an_unmounted_staging_path_is_never_grown() {
     f.grow(&id, 128 * MIB);
     f.sys.unmount(&f.path("staging"), false).await.expect("unmount behind the node's back");
     let err = expand(&f.ctx, f.expand(&id, "staging", 0)).await.expect_err("not mounted");
-    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(err.code(), Code::FailedPrecondition, "not retried on this node: the restage grows it");
     assert!(err.to_string().contains("not mounted"), "{err}");
     f.sys.lose_loop(&device);
     f.sys.clear_calls();
