@@ -30,6 +30,18 @@ async fn stage_publish(rig: &mut Rig, id: &VolumeId, staging: &str, target: &str
     rig.node.node_publish_volume(requests::publish(&id.to_string(), &staging, &target, mount_capability("xfs"), false)).await.unwrap();
 }
 
+/// Starts the node as a process and stages and publishes volume A (320 MiB
+/// of xfs) with 4 MiB written: its id, the file and the file's digest.
+async fn volume_a_published_with_data(rig: &mut Rig) -> (VolumeId, std::path::PathBuf, String) {
+    rig.serve_as_process(&[]).await;
+    let a = rig.volume("pvc-a", 320 * MIB).await;
+    stage_publish(rig, &a, "staging-a", "pods/a/vol").await;
+    let a_data = rig.dir.join("pods/a/vol/data.bin");
+    host::write_pattern(&a_data, 4 << 20, 1).unwrap();
+    let a_sum = host::sha256_file(&a_data).unwrap();
+    (a, a_data, a_sum)
+}
+
 fn only_loop_device(file: &Path) -> String {
     let devices = host::loop_devices_for(file);
     assert_eq!(devices.len(), 1, "{}: {devices:?}", file.display());
@@ -39,12 +51,7 @@ fn only_loop_device(file: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_reboot_with_loop_numbers_reused_the_right_device_is_grown_and_no_other_touched() {
     let Some(mut rig) = rig("after_a_reboot_with_loop_numbers_reused_the_right_device_is_grown_and_no_other_touched").await else { return };
-    rig.serve_as_process(&[]).await;
-    let a = rig.volume("pvc-a", 320 * MIB).await;
-    stage_publish(&mut rig, &a, "staging-a", "pods/a/vol").await;
-    let a_data = rig.dir.join("pods/a/vol/data.bin");
-    host::write_pattern(&a_data, 4 << 20, 1).unwrap();
-    let a_sum = host::sha256_file(&a_data).unwrap();
+    let (a, a_data, a_sum) = volume_a_published_with_data(&mut rig).await;
     let old_device = only_loop_device(&rig.image(&a));
     // ControllerExpandVolume: the backing volume grows.
     rig.grow(&a, 640 * MIB).await;
@@ -117,12 +124,7 @@ async fn after_a_reboot_with_loop_numbers_reused_the_right_device_is_grown_and_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staging_mount_lost_under_an_attached_device_is_refused_as_a_precondition_and_the_restage_grows_it() {
     let Some(mut rig) = rig("a_staging_mount_lost_under_an_attached_device_is_refused_as_a_precondition_and_the_restage_grows_it").await else { return };
-    rig.serve_as_process(&[]).await;
-    let a = rig.volume("pvc-a", 320 * MIB).await;
-    stage_publish(&mut rig, &a, "staging-a", "pods/a/vol").await;
-    let a_data = rig.dir.join("pods/a/vol/data.bin");
-    host::write_pattern(&a_data, 4 << 20, 1).unwrap();
-    let a_sum = host::sha256_file(&a_data).unwrap();
+    let (a, a_data, a_sum) = volume_a_published_with_data(&mut rig).await;
     let device = only_loop_device(&rig.image(&a));
     for mount in ["pods/a/vol", "staging-a"] {
         run("umount", &[&rig.path(mount)]);
