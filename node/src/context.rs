@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use swell_storage::locks::KeyedLocks;
@@ -23,6 +24,8 @@ pub struct NodeContext {
     /// an RPC that finds one of them busy waits for that grow instead of
     /// failing.
     pub(crate) growing: KeyedLocks,
+    /// Woken each time a background grow lets its volume go.
+    grow_done: Arc<Notify>,
     /// Durable records of what is staged where.
     pub staging: staging::StagingStore,
     /// The attachers, chosen by volume id backend.
@@ -44,7 +47,16 @@ impl NodeContext {
     pub fn with_system(config: NodeConfig, sys: Arc<dyn system::System>) -> Result<Self, NodeError> {
         let staging = staging::StagingStore::open(&config.state_dir)?;
         let attachers = attach::Attachers::new(&config, sys.clone())?;
-        Ok(NodeContext { config, locks: KeyedLocks::new(), growing: KeyedLocks::new(), staging, attachers, sys, metrics: metrics::NodeMetrics::default() })
+        Ok(NodeContext {
+            config,
+            locks: KeyedLocks::new(),
+            growing: KeyedLocks::new(),
+            grow_done: Arc::default(),
+            staging,
+            attachers,
+            sys,
+            metrics: metrics::NodeMetrics::default(),
+        })
     }
 
     /// Takes the volume's lock, or fails at once with ABORTED while another
@@ -56,13 +68,16 @@ impl NodeContext {
         let key = volume.to_string();
         let started = Instant::now();
         loop {
+            // Registered before the checks, so a grow ending between them
+            // still wakes this call.
+            let grow_done = self.grow_done.notified();
             if let Some(guard) = self.locks.try_acquire(&key) {
                 return Ok(guard);
             }
-            if !self.growing.is_held(&key) || started.elapsed() >= BACKGROUND_GROW_WAIT {
+            let left = BACKGROUND_GROW_WAIT.saturating_sub(started.elapsed());
+            if !self.growing.is_held(&key) || left.is_zero() || tokio::time::timeout(left, grow_done).await.is_err() {
                 return Err(NodeError::Busy { volume: key });
             }
-            tokio::time::sleep(BACKGROUND_GROW_POLL).await;
         }
     }
 }
@@ -72,7 +87,6 @@ impl NodeContext {
 /// grow, a check: 0.1 s measured), shorter than kubelet's deadline for the
 /// call (2 min). Past it the RPC answers ABORTED and kubelet retries.
 const BACKGROUND_GROW_WAIT: Duration = Duration::from_secs(60);
-const BACKGROUND_GROW_POLL: Duration = Duration::from_millis(20);
 
 impl NodeContext {
     /// Takes the volume's lock for a background grow, marked as such, if
@@ -82,15 +96,26 @@ impl NodeContext {
         // Marked first, so an RPC never sees the lock held unmarked.
         let mark = self.growing.try_acquire(&key)?;
         let lock = self.locks.try_acquire(&key)?;
-        Some(BackgroundHold { _lock: lock, _mark: mark })
+        Some(BackgroundHold { _lock: lock, _mark: mark, _announce: AnnounceOnDrop(self.grow_done.clone()) })
     }
 }
 
 /// A volume's lock held by the background grower. Fields drop in order:
 /// the lock before the mark, so a waiting RPC never sees the lock still
-/// held without the mark and gives up.
+/// held without the mark and gives up; then the RPCs waiting are woken.
 #[derive(Debug)]
 pub(crate) struct BackgroundHold {
     _lock: swell_storage::locks::KeyGuard,
     _mark: swell_storage::locks::KeyGuard,
+    _announce: AnnounceOnDrop,
+}
+
+/// Wakes every RPC waiting for a background grow when dropped.
+#[derive(Debug)]
+struct AnnounceOnDrop(Arc<Notify>);
+
+impl Drop for AnnounceOnDrop {
+    fn drop(&mut self) {
+        self.0.notify_waiters();
+    }
 }

@@ -248,6 +248,23 @@ async fn an_unstage_waits_for_a_background_grow_of_its_volume_instead_of_abortin
     release.await.expect("release");
 }
 
+/// Woken by the grow's end, not by a poll: on a paused clock a poll would
+/// have to let time pass, and none does.
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_a_background_grow_takes_the_volume_the_moment_the_grow_lets_go() {
+    let f = Fixture::new();
+    let id = f.volume(1, 64 * MIB);
+    let hold = f.ctx.try_lock_for_background(&id).expect("the volume is free");
+    let release = tokio::spawn(async move {
+        tokio::task::yield_now().await;
+        drop(hold);
+    });
+    let started = tokio::time::Instant::now();
+    let _guard = f.ctx.lock(&id).await.expect("the call waited for the grow");
+    assert_eq!(started.elapsed(), std::time::Duration::ZERO, "the call slept instead of being woken");
+    release.await.expect("release");
+}
+
 #[tokio::test]
 async fn unstage_unmounts_detaches_and_forgets_and_a_repeat_does_nothing() {
     let f = Fixture::new();
