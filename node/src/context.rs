@@ -39,7 +39,7 @@ pub struct NodeContext {
 impl NodeContext {
     /// Builds the context, creating the node's state directory.
     pub fn new(config: NodeConfig) -> Result<Self, NodeError> {
-        let sys = Arc::new(system::ConfinedHost::new(config.kubelet_dir.clone()));
+        let sys = Arc::new(system::HostSystem::confined_to(config.kubelet_dir.clone()));
         Self::with_system(config, sys)
     }
 

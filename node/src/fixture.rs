@@ -19,7 +19,7 @@ use crate::{NodeConfig, NodeContext};
 pub(crate) fn host_with(programs: &[&str]) -> Option<crate::system::HostSystem> {
     let missing: Vec<_> = programs.iter().filter(|p| !crate::attach::rbd::on_path(p)).collect();
     if missing.is_empty() {
-        return Some(crate::system::HostSystem);
+        return Some(crate::system::HostSystem::default());
     }
     assert!(std::env::var_os("CI").is_none(), "{missing:?} not installed: e2e/install-deps.sh installs them");
     eprintln!("skipped: {missing:?} not installed");

@@ -39,21 +39,18 @@ const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// LOOP_CTL_GET_FREE then LOOP_SET_FD races with other attachers (EBUSY).
 const ATTACH_ATTEMPTS: u32 = 8;
 
-/// The host's mounts, loop devices and programs.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct HostSystem;
-
-/// The host, mounting and unmounting at paths under the kubelet directory
-/// only through descriptors opened beneath it (no symlink followed).
-#[derive(Debug, Clone)]
-pub(crate) struct ConfinedHost {
+/// The host's mounts, loop devices and programs; with a kubelet directory,
+/// mounting and unmounting at paths under it only through descriptors
+/// opened beneath it (no symlink followed).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct HostSystem {
     kubelet_dir: Option<PathBuf>,
 }
 
-impl ConfinedHost {
+impl HostSystem {
     /// Confined to `kubelet_dir`; `None` confines nothing.
-    pub(crate) fn new(kubelet_dir: Option<PathBuf>) -> Self {
-        ConfinedHost { kubelet_dir }
+    pub(crate) fn confined_to(kubelet_dir: Option<PathBuf>) -> Self {
+        HostSystem { kubelet_dir }
     }
 }
 
@@ -175,11 +172,11 @@ async fn unmount(target: &Path, lazy: bool, root: Option<PathBuf>) -> Result<(),
 #[async_trait::async_trait]
 impl System for HostSystem {
     async fn mount(&self, call: MountCall) -> Result<(), NodeError> {
-        mount(call, None).await
+        mount(call, self.kubelet_dir.clone()).await
     }
 
     async fn unmount(&self, target: &Path, lazy: bool) -> Result<(), NodeError> {
-        unmount(target, lazy, None).await
+        unmount(target, lazy, self.kubelet_dir.clone()).await
     }
 
     async fn mounts(&self) -> Result<Vec<MountEntry>, NodeError> {
@@ -232,57 +229,6 @@ impl System for HostSystem {
     }
 }
 
-#[async_trait::async_trait]
-impl System for ConfinedHost {
-    async fn mount(&self, call: MountCall) -> Result<(), NodeError> {
-        mount(call, self.kubelet_dir.clone()).await
-    }
-
-    async fn unmount(&self, target: &Path, lazy: bool) -> Result<(), NodeError> {
-        unmount(target, lazy, self.kubelet_dir.clone()).await
-    }
-
-    async fn mounts(&self) -> Result<Vec<MountEntry>, NodeError> {
-        HostSystem.mounts().await
-    }
-
-    async fn loop_attach(&self, file: &Path) -> Result<PathBuf, NodeError> {
-        HostSystem.loop_attach(file).await
-    }
-
-    async fn loop_refresh(&self, device: &Path) -> Result<(), NodeError> {
-        HostSystem.loop_refresh(device).await
-    }
-
-    async fn loop_detach(&self, device: &Path) -> Result<(), NodeError> {
-        HostSystem.loop_detach(device).await
-    }
-
-    async fn loop_devices(&self) -> Result<Vec<LoopDevice>, NodeError> {
-        HostSystem.loop_devices().await
-    }
-
-    async fn device_size(&self, device: &Path) -> Result<u64, NodeError> {
-        HostSystem.device_size(device).await
-    }
-
-    async fn device_numbers(&self, device: &Path) -> Result<String, NodeError> {
-        HostSystem.device_numbers(device).await
-    }
-
-    async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
-        HostSystem.run(program, args, deadline).await
-    }
-
-    async fn run_with_secret(&self, program: &str, args: Vec<OsString>, secret: &[u8], deadline: Duration) -> Result<Output, CommandError> {
-        HostSystem.run_with_secret(program, args, secret, deadline).await
-    }
-
-    async fn run_leaving_daemon(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
-        HostSystem.run_leaving_daemon(program, args, deadline).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,7 +274,7 @@ mod tests {
         let (staging, target) = (kubelet.join("plugins/staging"), kubelet.join("pods/p/vol"));
         std::fs::create_dir_all(&staging).expect("mkdir");
         std::fs::create_dir_all(&target).expect("mkdir");
-        let host = ConfinedHost::new(Some(kubelet));
+        let host = HostSystem::confined_to(Some(kubelet));
         host.mount(tmpfs(&staging)).await.expect("mount");
         std::fs::write(staging.join("data"), b"staged").expect("write");
         host.mount(MountCall::Bind { source: staging.clone(), target: target.clone() }).await.expect("bind");
@@ -353,10 +299,10 @@ mod tests {
         for made in [&pod.join("vol"), &staging, &elsewhere.join("vol"), &elsewhere.join("mounted")] {
             std::fs::create_dir_all(made).expect("mkdir");
         }
-        let host = ConfinedHost::new(Some(kubelet.clone()));
+        let host = HostSystem::confined_to(Some(kubelet.clone()));
         host.mount(tmpfs(&staging)).await.expect("mount");
         // A mount outside that is not Swell's to touch.
-        HostSystem.mount(tmpfs(&elsewhere.join("mounted"))).await.expect("mount");
+        HostSystem::default().mount(tmpfs(&elsewhere.join("mounted"))).await.expect("mount");
         for leaf in ["vol", "mounted"] {
             crate::confine::confined("target_path", &pod.join(leaf), Some(&kubelet)).await.expect("the request's check passes");
         }
@@ -378,7 +324,7 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
         assert!(mounted(&elsewhere.join("mounted")), "a mount outside the kubelet dir was unmounted");
         let writable = std::fs::write(elsewhere.join("mounted/file"), b"x");
-        HostSystem.unmount(&elsewhere.join("mounted"), false).await.expect("clean up");
+        HostSystem::default().unmount(&elsewhere.join("mounted"), false).await.expect("clean up");
         host.unmount(&staging, false).await.expect("clean up");
         assert!(writable.is_ok(), "the mount outside was made read-only");
     }

@@ -2,9 +2,9 @@
 //! ioctl, sysfs read and external program the node uses goes through the
 //! [`System`] trait. [`HostSystem`] is the real one (mount(2) through
 //! `sys-mount`, umount2(2) through `nix`, the loop ioctls through `loopdev`,
-//! programs through `swell_storage::command`), and [`ConfinedHost`] the
-//! node's: the same, but mounting and unmounting under the kubelet
-//! directory only through descriptors opened beneath it. The recording
+//! programs through `swell_storage::command`); the node's is confined to the
+//! kubelet directory, mounting and unmounting under it only through
+//! descriptors opened beneath it. The recording
 //! double in `fake` lets the decisions of stage, publish and expand be
 //! unit-tested without root, in the manner of youki's `Syscall`.
 
@@ -15,7 +15,5 @@ mod seam;
 #[cfg(test)]
 pub(crate) mod fake;
 
-pub(crate) use host::ConfinedHost;
-#[cfg(test)]
 pub(crate) use host::HostSystem;
 pub(crate) use seam::{END_OF_OPTIONS, MountCall, System, args, loop_backing, loop_devices_backing, same_file};

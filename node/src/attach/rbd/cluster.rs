@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn short_calls_carry_op_timeouts_and_daemons_only_a_connect_timeout() {
         let config = CephAccess { cluster_id: "c".into(), ceph_conf: "/etc/ceph/c.conf".into(), keyring: "/etc/ceph/c.keyring".into(), user: "swell".into() };
-        let cluster = Cluster::new(config, Arc::new(crate::system::HostSystem));
+        let cluster = Cluster::new(config, Arc::new(crate::system::HostSystem::default()));
         let control: Vec<String> = cluster.control_args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             control.join(" "),

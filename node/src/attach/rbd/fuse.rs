@@ -428,7 +428,7 @@ mod tests {
     fn attacher(root: &Path) -> FuseAttacher {
         let config =
             CephAccess { cluster_id: "ceph-a".into(), ceph_conf: "/etc/ceph/a.conf".into(), keyring: "/etc/ceph/a.keyring".into(), user: "swell".into() };
-        let cluster = Cluster::new(config, std::sync::Arc::new(crate::system::HostSystem));
+        let cluster = Cluster::new(config, std::sync::Arc::new(crate::system::HostSystem::default()));
         FuseAttacher::new(cluster, root).expect("attacher")
     }
 

@@ -41,7 +41,7 @@ impl DeadMount {
         let dir = tempfile::Builder::new().prefix("swell-dead-fuse-").tempdir_in("/var/tmp").expect("temp dir");
         let access =
             CephAccess { cluster_id: "ceph-a".into(), ceph_conf: dir.path().join("none.conf"), keyring: dir.path().join("none.keyring"), user: "swell".into() };
-        let fuse = FuseAttacher::new(Cluster::new(access, std::sync::Arc::new(HostSystem)), &dir.path().join("rbd-fuse/ceph-a")).expect("attacher");
+        let fuse = FuseAttacher::new(Cluster::new(access, std::sync::Arc::new(HostSystem::default())), &dir.path().join("rbd-fuse/ceph-a")).expect("attacher");
         let image = RbdVolume::for_name("ceph-a", "rbd", test).expect("image");
         let mount_dir = fuse.mount_dir(&image);
         std::fs::create_dir_all(&mount_dir).expect("mount point");
@@ -49,9 +49,9 @@ impl DeadMount {
         assert!(mounted.success(), "mount a tmpfs at {}", mount_dir.display());
         let file = fuse.image_file(&image);
         std::fs::File::create(&file).and_then(|f| f.set_len(8 << 20)).expect("image file");
-        let device = HostSystem.loop_attach(&file).await.expect("attach a loop device");
-        HostSystem.unmount(&mount_dir, true).await.expect("lazy unmount");
-        let shown = system::loop_backing(&HostSystem, &device).await.expect("sysfs");
+        let device = HostSystem::default().loop_attach(&file).await.expect("attach a loop device");
+        HostSystem::default().unmount(&mount_dir, true).await.expect("lazy unmount");
+        let shown = system::loop_backing(&HostSystem::default(), &device).await.expect("sysfs");
         assert_eq!(shown, Some(format!("/{}", image.image)), "sysfs names the file from the gone mount's root");
         DeadMount { fuse, image, device, _dir: dir }
     }
@@ -62,7 +62,7 @@ impl DeadMount {
     }
 
     async fn device_attached(&self) -> bool {
-        system::loop_backing(&HostSystem, &self.device).await.expect("sysfs").is_some_and(|b| b.contains(&self.image.image))
+        system::loop_backing(&HostSystem::default(), &self.device).await.expect("sysfs").is_some_and(|b| b.contains(&self.image.image))
     }
 }
 

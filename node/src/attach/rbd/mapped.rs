@@ -241,7 +241,7 @@ mod tests {
     fn cluster() -> Cluster {
         let config =
             CephAccess { cluster_id: "ceph-a".into(), ceph_conf: "/etc/ceph/a.conf".into(), keyring: "/etc/ceph/a.keyring".into(), user: "swell".into() };
-        Cluster::new(config, std::sync::Arc::new(crate::system::HostSystem))
+        Cluster::new(config, std::sync::Arc::new(crate::system::HostSystem::default()))
     }
 
     fn image() -> RbdVolume {

@@ -183,7 +183,7 @@ mod tests {
     fn a_volume_of_another_cluster_or_a_foreign_image_is_not_found() {
         let config = CephAccess { cluster_id: "ceph-a".into(), ceph_conf: "/c".into(), keyring: "/k".into(), user: "admin".into() };
         let state = tempfile::tempdir().expect("temp dir");
-        let attachers = RbdAttachers::new(&config, state.path(), Arc::new(crate::system::HostSystem)).expect("attachers");
+        let attachers = RbdAttachers::new(&config, state.path(), Arc::new(crate::system::HostSystem::default())).expect("attachers");
         let ours = RbdVolume::for_name("ceph-a", "rbd", "pvc").expect("volume");
         assert!(attachers.for_volume(&ours.id(), None).is_ok());
         let theirs = RbdVolume::for_name("ceph-b", "rbd", "pvc").expect("volume");
