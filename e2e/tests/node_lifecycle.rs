@@ -170,3 +170,25 @@ async fn block_volume_grows_with_its_device() {
     assert!(!rig.dir.join("pods/p/dev/blk").exists(), "block target file removed");
     assert!(host::loop_devices_for(&rig.image(&id)).is_empty(), "no loop device left");
 }
+
+/// A local volume whose backing file was deleted while staged, and whose
+/// staging record is gone too (a node state directory lost): the unstage
+/// still finds the loop device over the deleted file and detaches it, and
+/// leaves nothing mounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstage_without_a_record_detaches_a_loop_device_left_over_a_deleted_backing_file() {
+    let Some(mut rig) = rig("unstage_without_a_record_detaches_a_loop_device_left_over_a_deleted_backing_file").await else { return };
+    let id = rig.volume("pvc-gone", 320 * MIB).await;
+    let staging = rig.path("staging");
+    rig.node.node_stage_volume(requests::stage(&id.to_string(), &staging, mount_capability("xfs"))).await.unwrap();
+    let image = rig.image(&id);
+    assert_eq!(host::loop_devices_for(&image).len(), 1, "staged on one loop device");
+    std::fs::remove_file(&image).unwrap();
+    std::fs::remove_file(rig.dir.join("node/staged").join(format!("{id}.json"))).unwrap();
+    assert!(!rig.staging_record_exists(&id));
+
+    rig.node.node_unstage_volume(requests::unstage(&id.to_string(), &staging)).await.unwrap();
+    assert!(host::loop_devices_for(&image).is_empty(), "a loop device left over the deleted file");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(staging.as_str())), "the staging path is still mounted");
+}

@@ -38,9 +38,17 @@ impl LoopAttacher {
 
     /// Whether `device` is attached to the local file `image`.
     async fn backs(&self, device: &Path, image: &Path) -> Result<bool, NodeError> {
-        let image = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_owned());
+        let image = resolved(image).await;
         Ok(system::loop_backing(self.sys.as_ref(), device).await?.is_some_and(|b| names_image(&b, &image)))
     }
+}
+
+/// `image` as sysfs prints it: resolved through its directory, which stays
+/// when the file is deleted, so that a device left over a deleted file is
+/// still found (an unstage without a staging record detaches it).
+async fn resolved(image: &Path) -> PathBuf {
+    let (Some(dir), Some(name)) = (image.parent(), image.file_name()) else { return image.to_owned() };
+    tokio::fs::canonicalize(dir).await.map(|dir| dir.join(name)).unwrap_or_else(|_| image.to_owned())
 }
 
 /// Attaches `file` to a free loop device and returns the device.
@@ -54,20 +62,12 @@ pub(crate) async fn detach_device(sys: &dyn System, volume: &VolumeId, device: &
 }
 
 /// Whether sysfs's `backing` names the local backing file `image`: its path,
-/// or the path a loop device attached by an earlier node plugin container
-/// shows once that container is gone. The kernel then prints the file's path
-/// from the root of the dead container's mount that reached it (the
-/// DaemonSet's hostPath of /var/lib/swell: `/local/volumes/ab/cd/<key>.img`), a
-/// trailing part of `image` that names nothing here. Local files only: an
-/// rbd-fuse file seen so sits on a FUSE whose daemon died with the container.
+/// or, for a device attached by an earlier node plugin container, the path
+/// from the root of that container's hostPath mount of /var/lib/swell
+/// (`/local/volumes/ab/cd/<key>.img`). At least the file's name and its
+/// directory: a bare name could be anyone's.
 fn names_image(backing: &str, image: &Path) -> bool {
-    if system::same_file(backing, image) {
-        return true;
-    }
-    let shown = Path::new(backing.strip_suffix(" (deleted)").unwrap_or(backing));
-    let Ok(tail) = shown.strip_prefix("/") else { return false };
-    // The file's own name and its directory at least: `cd/<key>.img`.
-    tail.components().count() >= 2 && image.ends_with(tail) && !shown.exists()
+    system::names_file(backing, image, 2)
 }
 
 /// The loop devices backing the local file `image` (see [`names_image`]).
@@ -100,11 +100,7 @@ impl Attacher for LoopAttacher {
     }
 
     async fn find(&self, volume: &VolumeId) -> Result<Option<PathBuf>, NodeError> {
-        let image = self.image(volume);
-        // Only a file that exists can be resolved to the path sysfs shows.
-        let Ok(image) = tokio::fs::canonicalize(&image).await else {
-            return Ok(None);
-        };
+        let image = resolved(&self.image(volume)).await;
         Ok(devices_backing(self.sys.as_ref(), &image).await?.into_iter().next())
     }
 

@@ -16,4 +16,4 @@ mod seam;
 pub(crate) mod fake;
 
 pub(crate) use host::HostSystem;
-pub(crate) use seam::{END_OF_OPTIONS, MountCall, System, args, loop_backing, loop_devices_backing, same_file};
+pub(crate) use seam::{END_OF_OPTIONS, MountCall, System, args, loop_backing, loop_devices_backing, names_file};

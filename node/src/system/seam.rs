@@ -119,6 +119,20 @@ pub(crate) fn same_file(backing: &str, file: &Path) -> bool {
     Path::new(backing.strip_suffix(" (deleted)").unwrap_or(backing)) == file
 }
 
+/// Whether a sysfs `backing_file` value names `file`: its path, or a
+/// trailing part of it, at least `min_tail` components long, that names
+/// nothing here. The kernel prints the latter for a loop device attached
+/// through a mount that has since left every mount namespace (an earlier
+/// node plugin container's): the path from that mount's root.
+pub(crate) fn names_file(backing: &str, file: &Path, min_tail: usize) -> bool {
+    if same_file(backing, file) {
+        return true;
+    }
+    let shown = Path::new(backing.strip_suffix(" (deleted)").unwrap_or(backing));
+    let Ok(tail) = shown.strip_prefix("/") else { return false };
+    tail.components().count() >= min_tail && file.ends_with(tail) && !shown.exists()
+}
+
 /// `--`, before every path or name a program is given that came from a
 /// request or from what Swell made for one: a device or mount point named
 /// `-V` would otherwise be an option, and e.g. `mkfs.xfs -q -V` prints its

@@ -147,7 +147,7 @@ impl FuseAttacher {
     async fn devices_reading(&self, image: &RbdVolume) -> Result<Vec<PathBuf>, NodeError> {
         let file = self.image_file(image);
         let mut devices: Vec<PathBuf> =
-            self.sys().loop_devices().await?.into_iter().filter(|l| names_image_file(&l.backing_file, &file, image)).map(|l| l.device).collect();
+            self.sys().loop_devices().await?.into_iter().filter(|l| names_image_file(&l.backing_file, &file)).map(|l| l.device).collect();
         devices.sort();
         Ok(devices)
     }
@@ -234,7 +234,7 @@ impl Attacher for FuseAttacher {
         // the FUSE mount would hang behind a hung rbd-fuse.
         if let Some(recorded) = device
             && !devices.iter().any(|d| d == recorded)
-            && system::loop_backing(self.sys(), recorded).await?.is_some_and(|b| names_image_file(&b, &file, &image))
+            && system::loop_backing(self.sys(), recorded).await?.is_some_and(|b| names_image_file(&b, &file))
         {
             devices.push(recorded.to_owned());
         }
@@ -290,8 +290,8 @@ impl Attacher for FuseAttacher {
 /// plugin's container died, and its daemon with it): from that mount's
 /// root. Image names are digests of the volume's name, so the bare name is
 /// this volume's.
-fn names_image_file(backing: &str, file: &Path, image: &RbdVolume) -> bool {
-    system::same_file(backing, file) || system::same_file(backing, &Path::new("/").join(&image.image))
+fn names_image_file(backing: &str, file: &Path) -> bool {
+    system::names_file(backing, file, 1)
 }
 
 /// Polls until `file` exists in a fresh rbd-fuse mount.

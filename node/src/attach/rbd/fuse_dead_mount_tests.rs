@@ -17,13 +17,13 @@ use crate::system::{self, HostSystem, System};
 fn a_loop_device_behind_a_gone_mount_names_its_image_by_name() {
     let image = RbdVolume::for_name("ceph-a", "rbd", "pvc-1").expect("image");
     let file = Path::new("/var/lib/swell/rbd-fuse/ceph-a/rbd").join(&image.image).join(&image.image);
-    assert!(names_image_file(&file.display().to_string(), &file, &image));
-    assert!(names_image_file(&format!("/{}", image.image), &file, &image));
-    assert!(names_image_file(&format!("/{} (deleted)", image.image), &file, &image));
+    assert!(names_image_file(&file.display().to_string(), &file));
+    assert!(names_image_file(&format!("/{}", image.image), &file));
+    assert!(names_image_file(&format!("/{} (deleted)", image.image), &file));
     let other = RbdVolume::for_name("ceph-a", "rbd", "pvc-2").expect("image");
-    assert!(!names_image_file(&format!("/{}", other.image), &file, &image));
-    assert!(!names_image_file(&format!("/x/{}", image.image), &file, &image));
-    assert!(!names_image_file(&image.image, &file, &image));
+    assert!(!names_image_file(&format!("/{}", other.image), &file));
+    assert!(!names_image_file(&format!("/x/{}", image.image), &file));
+    assert!(!names_image_file(&image.image, &file));
 }
 
 /// The attacher under a temp dir, and one image's loop device whose mount
