@@ -1,13 +1,13 @@
 //! XFS: grows only while mounted (`xfs_growfs`), reports its size through
-//! `xfs_spaceman -c info` (data blocks × block size). Not `xfs_info`: that
+//! its geometry ioctl (data blocks × block size). Not `xfs_info`: that
 //! script first runs `losetup -j` on its argument, which stats every loop
 //! device's backing file and hangs for as long as any loop device on the
 //! host sits on a hung FUSE mount (an rbd-fuse whose cluster has inactive
-//! PGs). For a mounted filesystem xfs_info runs exactly this command.
+//! PGs).
 
 use std::path::Path;
 
-use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, field_after};
+use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE};
 use crate::error::NodeError;
 use crate::system::{self, END_OF_OPTIONS, System};
 
@@ -49,30 +49,6 @@ impl FileSystem for Xfs {
     }
 
     async fn size(&self, sys: &dyn System, _device: &Path, mount_point: &Path) -> Result<u64, NodeError> {
-        let step = format!("xfs_spaceman -c info {}", mount_point.display());
-        let args = [Path::new("-c"), Path::new("info"), Path::new(END_OF_OPTIONS), mount_point];
-        let out = sys.run("xfs_spaceman", system::args(args), GROW_DEADLINE).await.map_err(|e| NodeError::command(&step, e))?;
-        parse_xfs_info(&out.stdout).ok_or(NodeError::Parse { step, detail: out.stdout })
-    }
-}
-
-/// Data section size from `xfs_info` output.
-fn parse_xfs_info(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.trim_start().starts_with("data"))?;
-    field_after(line, "bsize=")?.checked_mul(field_after(line, "blocks=")?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_data_section() {
-        let text = "meta-data=/dev/loop0 isize=512 agcount=4, agsize=25600 blks\n\
-                    \x20        =  sectsz=512 attr=2\n\
-                    data     =                       bsize=4096   blocks=102400, imaxpct=25\n\
-                    log      =internal log           bsize=4096   blocks=16384, version=2\n";
-        assert_eq!(parse_xfs_info(text), Some(4096 * 102400));
-        assert_eq!(parse_xfs_info("garbage"), None);
+        sys.xfs_data_bytes(mount_point).await
     }
 }

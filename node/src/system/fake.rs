@@ -26,6 +26,8 @@ pub(crate) enum Call {
     LoopDetach(PathBuf),
     /// A program and its arguments, space-joined.
     Run(String),
+    /// A mounted filesystem's own size read, at its mount point.
+    FilesystemSize(PathBuf),
 }
 
 /// A filesystem on a device: its kind and the size it reports.
@@ -63,6 +65,23 @@ pub(crate) struct FakeSystem {
 impl FakeSystem {
     fn model(&self) -> MutexGuard<'_, Model> {
         self.model.lock()
+    }
+
+    /// The size of the filesystem of `kind` mounted at `mount_point`, as
+    /// its own ioctl would answer; recorded.
+    fn filesystem_size(&self, mount_point: &Path, kind: &str) -> Result<u64, NodeError> {
+        let mut model = self.model();
+        model.calls.push(Call::FilesystemSize(mount_point.to_owned()));
+        let device = model.device_at(mount_point);
+        match device.and_then(|d| model.filesystems.get(&d).cloned()) {
+            Some(fs) if fs.kind == kind => Ok(fs.size),
+            _ => Err(NodeError::io(format!("read the {kind} geometry at {}", mount_point.display()), std::io::Error::from_raw_os_error(25))),
+        }
+    }
+
+    /// How many times a mounted filesystem's size was read.
+    pub(crate) fn size_reads(&self) -> usize {
+        self.calls().iter().filter(|c| matches!(c, Call::FilesystemSize(_))).count()
     }
 
     /// Every call so far.
@@ -185,10 +204,6 @@ impl Model {
         }
     }
 
-    fn size_of(&self, device: Option<PathBuf>) -> Option<u64> {
-        self.filesystems.get(&device?).map(|fs| fs.size)
-    }
-
     /// The programs the node runs, answered from the model.
     fn run(&mut self, program: &str, args: &[String], line: &str) -> Result<Output, CommandError> {
         let last = args.last().map(PathBuf::from).unwrap_or_default();
@@ -208,20 +223,12 @@ impl Model {
                 self.grow(&device);
                 ok(String::new())
             }
-            "xfs_spaceman" => match self.size_of(self.device_at(&last)) {
-                Some(size) => ok(format!("data     =      bsize=4096   blocks={}, imaxpct=25\n", size / 4096)),
-                None => failed(line, 1, "not an XFS mount"),
-            },
             "btrfs" if args.first().map(String::as_str) == Some("filesystem") => match args.get(1).map(String::as_str) {
                 Some("resize") => {
                     let device = self.device_at(&last).unwrap_or_default();
                     self.grow(&device);
                     ok(String::new())
                 }
-                Some("show") => match self.size_of(self.device_at(&last)) {
-                    Some(size) => ok(format!("\tdevid    1 size {size} used 0 path x\n")),
-                    None => failed(line, 1, "not a btrfs mount"),
-                },
                 _ => failed(line, 127, "not modelled"),
             },
             "resize2fs" => {
@@ -358,6 +365,14 @@ impl System for FakeSystem {
     async fn device_size(&self, device: &Path) -> Result<u64, NodeError> {
         let model = self.model();
         model.devices.get(device).copied().ok_or_else(|| NodeError::io(format!("size of {}", device.display()), std::io::Error::from_raw_os_error(2)))
+    }
+
+    async fn xfs_data_bytes(&self, mount_point: &Path) -> Result<u64, NodeError> {
+        self.filesystem_size(mount_point, "xfs")
+    }
+
+    async fn btrfs_device_bytes(&self, mount_point: &Path) -> Result<u64, NodeError> {
+        self.filesystem_size(mount_point, "btrfs")
     }
 
     async fn device_numbers(&self, device: &Path) -> Result<String, NodeError> {

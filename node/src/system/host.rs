@@ -24,8 +24,8 @@ use sys_mount::{Mount, MountFlags};
 use nix::fcntl::OFlag;
 use nix::mount::MntFlags;
 
-use super::mount_options;
 use super::seam::{LoopDevice, MountCall, System};
+use super::{filesystem_geometry, mount_options};
 use crate::confine;
 use crate::error::NodeError;
 use crate::mountinfo::{self, MountEntry};
@@ -209,6 +209,24 @@ impl System for HostSystem {
         let text = blocking(step.clone(), READ_DEADLINE, move || read_sysfs(&path, "size")).await?;
         // sysfs counts 512-byte sectors whatever the device's block size.
         text.parse::<u64>().ok().and_then(|sectors| sectors.checked_mul(512)).ok_or(NodeError::Parse { step, detail: text })
+    }
+
+    async fn xfs_data_bytes(&self, mount_point: &Path) -> Result<u64, NodeError> {
+        let (root, path) = (self.kubelet_dir.clone(), mount_point.to_owned());
+        let step = format!("read the xfs geometry at {}", mount_point.display());
+        blocking(step, READ_DEADLINE, move || {
+            filesystem_geometry::xfs_data_bytes(&confine::open(root.as_deref(), &path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?)
+        })
+        .await
+    }
+
+    async fn btrfs_device_bytes(&self, mount_point: &Path) -> Result<u64, NodeError> {
+        let (root, path) = (self.kubelet_dir.clone(), mount_point.to_owned());
+        let step = format!("read the btrfs devices at {}", mount_point.display());
+        blocking(step, READ_DEADLINE, move || {
+            filesystem_geometry::btrfs_device_bytes(&confine::open(root.as_deref(), &path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?)
+        })
+        .await
     }
 
     async fn device_numbers(&self, device: &Path) -> Result<String, NodeError> {

@@ -8,6 +8,7 @@
 //! double in `fake` lets the decisions of stage, publish and expand be
 //! unit-tested without root, in the manner of youki's `Syscall`.
 
+mod filesystem_geometry;
 mod host;
 pub(crate) mod mount_options;
 mod seam;

@@ -84,6 +84,15 @@ pub trait System: Send + Sync + std::fmt::Debug {
     /// A block device's `major:minor`, as mountinfo shows it.
     async fn device_numbers(&self, device: &Path) -> Result<String, NodeError>;
 
+    /// The bytes the mounted XFS at `mount_point` spans: its data section,
+    /// from its own geometry (the ioctl `xfs_spaceman -c info` makes).
+    async fn xfs_data_bytes(&self, mount_point: &Path) -> Result<u64, NodeError>;
+
+    /// The bytes the mounted btrfs at `mount_point` spans: the sum of its
+    /// devices' sizes as it records them (what `btrfs filesystem show`
+    /// prints for a mounted filesystem).
+    async fn btrfs_device_bytes(&self, mount_point: &Path) -> Result<u64, NodeError>;
+
     /// Runs an external program (mkfs, blkid, xfs_growfs, rbd, rbd-fuse...)
     /// with no shell, killing it at `deadline`.
     async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError>;
