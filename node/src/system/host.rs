@@ -52,6 +52,13 @@ impl HostSystem {
     pub(crate) fn confined_to(kubelet_dir: Option<PathBuf>) -> Self {
         HostSystem { kubelet_dir }
     }
+
+    /// Runs `ask` on a descriptor of the filesystem mounted at `mount_point`.
+    async fn ask_filesystem(&self, what: &str, mount_point: &Path, ask: fn(&std::os::fd::OwnedFd) -> io::Result<u64>) -> Result<u64, NodeError> {
+        let (root, path) = (self.kubelet_dir.clone(), mount_point.to_owned());
+        let step = format!("{what} at {}", mount_point.display());
+        blocking(step, READ_DEADLINE, move || ask(&confine::open(root.as_deref(), &path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?)).await
+    }
 }
 
 /// Runs `work` on the blocking pool; the caller waits at most `deadline`.
@@ -212,21 +219,11 @@ impl System for HostSystem {
     }
 
     async fn xfs_data_bytes(&self, mount_point: &Path) -> Result<u64, NodeError> {
-        let (root, path) = (self.kubelet_dir.clone(), mount_point.to_owned());
-        let step = format!("read the xfs geometry at {}", mount_point.display());
-        blocking(step, READ_DEADLINE, move || {
-            filesystem_geometry::xfs_data_bytes(&confine::open(root.as_deref(), &path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?)
-        })
-        .await
+        self.ask_filesystem("read the xfs geometry", mount_point, filesystem_geometry::xfs_data_bytes).await
     }
 
     async fn btrfs_device_bytes(&self, mount_point: &Path) -> Result<u64, NodeError> {
-        let (root, path) = (self.kubelet_dir.clone(), mount_point.to_owned());
-        let step = format!("read the btrfs devices at {}", mount_point.display());
-        blocking(step, READ_DEADLINE, move || {
-            filesystem_geometry::btrfs_device_bytes(&confine::open(root.as_deref(), &path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?)
-        })
-        .await
+        self.ask_filesystem("read the btrfs devices", mount_point, filesystem_geometry::btrfs_device_bytes).await
     }
 
     async fn device_numbers(&self, device: &Path) -> Result<String, NodeError> {
