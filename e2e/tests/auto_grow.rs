@@ -21,6 +21,7 @@ use swell_controller::{AutoGrowConfig, AutoGrowOutcome, AutoGrower, ControllerCo
 use swell_e2e::apiserver::{Cluster, StandInApiServer};
 use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
 use swell_e2e::host;
+use swell_e2e::process::built_binary;
 use swell_e2e::requests::{self, block_capability, mount_capability};
 use swell_e2e::sweep::sweep;
 use swell_e2e::webhook::{DRIVER, FixedVolumes, RunningWebhook, TestPki};
@@ -126,6 +127,18 @@ impl Rig {
 
     fn request_of(&self, name: &str) -> u64 {
         self.api.claim(NAMESPACE, name)["spec"]["resources"]["requests"]["storage"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// What `swell ARGS` prints about the rig's state.
+    async fn swell(&self, args: &[&str]) -> String {
+        let mut command = tokio::process::Command::new(built_binary("swell").expect("the swell binary (cargo build --bins)"));
+        command
+            .args(args)
+            .arg(format!("--state-dir={}", self.dir.join("controller").display()))
+            .arg(format!("--local-state-dir={}", self.local_state.display()));
+        let out = command.env_remove("KUBECONFIG").env("HOME", &self.dir).kill_on_drop(true).output().await.unwrap();
+        assert!(out.status.success(), "swell failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
     }
 
     fn reasons(&self) -> Vec<String> {
@@ -264,6 +277,10 @@ async fn a_reading_older_than_the_bound_decides_nothing() {
     rig.node_reports(&id, 300 * MIB, 10 * MIB, Duration::from_secs(60));
     assert_eq!(rig.grower.pass().await, vec![(id.clone(), AutoGrowOutcome::Stale)]);
     assert_eq!(rig.api.patched_to(), Vec::<u64>::new());
+    // `swell volume` shows the policy and how old the last reading is.
+    let text = rig.swell(&["volume", &id.to_string(), "--kubernetes=never"]).await;
+    assert!(text.contains("on, below 30% free, by 50%, up to 640Mi, claim db/stale"), "{text}");
+    assert!(text.contains("290Mi of 300Mi used, 10 of 10000 inodes, read 1m"), "{text}");
     // A fresh reading decides.
     rig.node_reports(&id, 300 * MIB, 10 * MIB, Duration::ZERO);
     assert_eq!(rig.grower.pass().await, vec![(id, AutoGrowOutcome::Grown(320 * MIB, 480 * MIB))]);
