@@ -21,6 +21,7 @@ use swell_controller::{AutoGrowConfig, AutoGrowOutcome, AutoGrower, ControllerCo
 use swell_e2e::apiserver::{Cluster, StandInApiServer};
 use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
 use swell_e2e::host;
+use swell_e2e::metrics::{sample, scrape};
 use swell_e2e::process::built_binary;
 use swell_e2e::requests::{self, block_capability, mount_capability};
 use swell_e2e::sweep::sweep;
@@ -47,7 +48,7 @@ struct Rig {
     grower: AutoGrower,
     api: StandInApiServer,
     pvs: Arc<FixedVolumes>,
-    _served: (ControllerUnderTest, RunningWebhook),
+    served: (ControllerUnderTest, RunningWebhook),
     _tmp: tempfile::TempDir,
 }
 
@@ -98,7 +99,7 @@ impl Rig {
         let pki = TestPki::new();
         let webhook = RunningWebhook::start(webhook, &pki, Limits::default(), Duration::from_secs(60)).await;
         api.join(Cluster { webhook: Some(webhook.client(&pki)), resizer: Some(served.client.clone()) });
-        Rig { dir, local_state, controller: served.client.clone(), grower, api, pvs, _served: (served, webhook), _tmp: tmp }
+        Rig { dir, local_state, controller: served.client.clone(), grower, api, pvs, served: (served, webhook), _tmp: tmp }
     }
 
     /// Makes claim `name` of `bytes` through CreateVolume with `class` as
@@ -139,6 +140,11 @@ impl Rig {
         let out = command.env_remove("KUBECONFIG").env("HOME", &self.dir).kill_on_drop(true).output().await.unwrap();
         assert!(out.status.success(), "swell failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A sample of the controller's /metrics now.
+    async fn metric(&self, name: &str) -> f64 {
+        sample(&scrape(self.served.0.metrics).await, name)
     }
 
     fn reasons(&self) -> Vec<String> {
@@ -233,6 +239,8 @@ async fn a_writer_filling_xfs_gets_it_grown_to_its_limit_never_past_it_and_never
     let reasons = rig.reasons();
     assert_eq!(reasons.iter().filter(|r| *r == "AutoGrow").count(), 2, "{:?}", rig.api.events());
     assert_eq!(reasons.iter().filter(|r| *r == "AutoGrowAtLimit").count(), 1, "told once: {:?}", rig.api.events());
+    assert_eq!(rig.metric(r#"swell_auto_grows_total{outcome="grown"}"#).await, 2.0);
+    assert_eq!(rig.metric("swell_auto_grow_volumes_at_limit").await, 1.0);
     assert_eq!(swell_local::auto_grow::read_usage(&rig.local_state, &block).unwrap(), None, "a block volume has no usage to report");
     assert_eq!(rig.request_of("raw"), 320 * MIB, "the block volume was left alone");
 
@@ -334,6 +342,7 @@ async fn a_full_pool_stops_auto_grow_with_one_event_and_a_backoff() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].0, "AutoGrowNoRoom");
     assert!(events[0].1.contains("the pool can give"), "{events:?}");
+    assert_eq!(rig.metric(r#"swell_auto_grows_total{outcome="no_room"}"#).await, 1.0, "the backoff's skip is no decision");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
