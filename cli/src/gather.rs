@@ -7,12 +7,22 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use swell_backends::{BackendArgs, Backends, CallError};
+use swell_storage::auto_grow::{AutoGrowRecord, Usage};
 use swell_storage::{BackendError, ExpansionRecord, VolumeId, VolumeInfo};
 
 use crate::error::CliError;
 
 /// Records read per call to a store.
 const PAGE: usize = 500;
+
+/// One volume as [`Reader::one`] read it.
+pub(crate) struct One {
+    pub kind: &'static str,
+    pub size: Option<u64>,
+    pub record: Option<ExpansionRecord>,
+    pub auto_grow: Option<AutoGrowRecord>,
+    pub usage: Option<Usage>,
+}
 
 /// The controller's backends and records, opened read-only.
 pub(crate) struct Reader {
@@ -105,8 +115,9 @@ impl Reader {
     }
 
     /// One volume, read now: its backend's kind, its size (`None`: the
-    /// backend has no such volume) and its record.
-    pub(crate) async fn one(&self, id: &VolumeId) -> Result<(&'static str, Option<u64>, Option<ExpansionRecord>), CliError> {
+    /// backend has no such volume), its record, and its auto-grow record
+    /// and last usage reading (docs/auto-grow.md).
+    pub(crate) async fn one(&self, id: &VolumeId) -> Result<One, CliError> {
         let backend = self.backends.for_volume(id).ok_or_else(|| CliError::NoBackend { volume: id.clone() })?;
         let key = id.to_string();
         let (size, record) = tokio::join!(self.backends.call("read volume", &key, backend.volume(id)), self.backends.record(id));
@@ -117,6 +128,7 @@ impl Reader {
             Err(CallError { source: BackendError::NotFound(_), .. }) => None,
             Err(err) => return Err(err.into()),
         };
-        Ok((backend.kind(), size, record))
+        let (auto_grow, usage) = self.backends.call("read auto-grow state", &key, backend.auto_grow(id)).await?;
+        Ok(One { kind: backend.kind(), size, record, auto_grow, usage })
     }
 }

@@ -196,17 +196,18 @@ async fn volume(raw: &str, common: &Common, progress: &ProgressBar) -> Shown {
     progress.set_message("opening the backends");
     let reader = Reader::open(&common.backend)?;
     progress.set_message(format!("reading {id}"));
-    let (kind, size, record) = reader.one(&id).await?;
+    let one = reader.one(&id).await?;
     let (claims, kubernetes) = common.claims(progress).await;
     let claim = claims.and_then(|mut c| c.remove(raw));
     let kubernetes = match (&claim, kubernetes.as_str()) {
         (None, "asked") => "no PersistentVolume of this driver has this volume handle".to_owned(),
         _ => kubernetes,
     };
-    if size.is_none() && record.is_none() {
+    if one.size.is_none() && one.record.is_none() {
         return Err(CliError::NoSuchVolume(id));
     }
-    let view = VolumeView::new(id.to_string(), kind, size, record, claim, now_unix(), common.stuck_after());
+    let view =
+        VolumeView::new(id.to_string(), one.kind, one.size, one.record, claim, now_unix(), common.stuck_after()).growing_by_itself(one.auto_grow, one.usage);
     let problems = if kubernetes.starts_with("unreadable") { vec![format!("Kubernetes {kubernetes}")] } else { Vec::new() };
     let text = match common.output {
         Output::Table => format!("{}\n", render::volume(&view, &kubernetes)),

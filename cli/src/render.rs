@@ -3,6 +3,8 @@
 use comfy_table::Table;
 use comfy_table::presets::NOTHING;
 use swell_k8s::quantity;
+use swell_storage::auto_grow::{Amount, AutoGrowRecord, Usage};
+use swell_storage::expansion::now_unix;
 
 use crate::view::VolumeView;
 
@@ -86,6 +88,8 @@ pub(crate) fn volume(v: &VolumeView, kubernetes: &str) -> String {
         }
         None => row("Record", "none: never expanded through Swell".into()),
     }
+    row("Auto-grow", v.auto_grow.as_ref().map_or_else(|| "-".into(), auto_grow));
+    row("Usage", v.usage.as_ref().map_or_else(|| "- (no reading)".into(), |u| usage(u, now_unix())));
     match &v.kubernetes {
         Some(k) => {
             row("PersistentVolume", k.pv.clone());
@@ -97,6 +101,34 @@ pub(crate) fn volume(v: &VolumeView, kubernetes: &str) -> String {
         None => row("Kubernetes", kubernetes.to_owned()),
     }
     table.trim_fmt()
+}
+
+fn amount(a: Amount) -> String {
+    match a {
+        Amount::Percent(p) => format!("{p}%"),
+        Amount::Bytes(b) => size(Some(b)),
+    }
+}
+
+/// The policy in one line: `on, below 10% free, by 20%, up to 50Gi, claim db/data`.
+fn auto_grow(r: &AutoGrowRecord) -> String {
+    let p = &r.policy;
+    let inodes = p.inodes_free_below_percent.map(|i| format!(" (or {i}% of inodes)")).unwrap_or_default();
+    let claim = r.claim.as_ref().map_or_else(|| "no claim named: cannot grow by itself".to_owned(), |c| format!("claim {}/{}", c.namespace, c.name));
+    let on = if p.on { "on" } else { "off unless the claim turns it on" };
+    format!("{on}, below {} free{inodes}, by {}, up to {}, {claim}", amount(p.free_below), amount(p.step), size(Some(p.limit_bytes)))
+}
+
+/// The last reading and its age at `now`.
+fn usage(u: &Usage, now: u64) -> String {
+    format!(
+        "{} of {} used, {} of {} inodes, read {} ago",
+        size(Some(u.bytes_used)),
+        size(Some(u.bytes_total)),
+        u.inodes_used,
+        u.inodes_total,
+        duration(u.age_secs(now))
+    )
 }
 
 #[cfg(test)]
@@ -111,5 +143,21 @@ mod tests {
         assert_eq!(duration(3 * 86_400 + 4 * 3600), "3d04h");
         assert_eq!(size(Some(20 << 30)), "20Gi");
         assert_eq!(size(None), "-");
+    }
+
+    #[test]
+    fn the_policy_and_the_last_reading_read_in_one_line_each() {
+        use swell_storage::auto_grow::{AutoGrowPolicy, ClaimRef};
+        let policy = AutoGrowPolicy {
+            on: true,
+            free_below: Amount::Percent(10),
+            inodes_free_below_percent: Some(5),
+            step: Amount::Bytes(5 << 30),
+            limit_bytes: 50 << 30,
+        };
+        let record = AutoGrowRecord { policy, claim: Some(ClaimRef { namespace: "db".into(), name: "data".into() }) };
+        assert_eq!(auto_grow(&record), "on, below 10% free (or 5% of inodes), by 5Gi, up to 50Gi, claim db/data");
+        let reading = Usage { bytes_used: 9 << 30, bytes_total: 10 << 30, inodes_used: 10, inodes_total: 100, read_unix: 1000 };
+        assert_eq!(usage(&reading, 1192), "9Gi of 10Gi used, 10 of 100 inodes, read 3m12s ago");
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use swell_storage::ExpansionRecord;
+use swell_storage::auto_grow::{AutoGrowRecord, Usage};
 
 /// What Kubernetes says about a volume's claim.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -92,6 +93,12 @@ pub(crate) struct VolumeView {
     pub record: Option<ExpansionRecord>,
     /// The claim, when Kubernetes was asked and knows the volume.
     pub kubernetes: Option<Claim>,
+    /// Its auto-grow policy and claim, as stored (read for one volume only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_grow: Option<AutoGrowRecord>,
+    /// Its node's last usage reading (read for one volume only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 impl VolumeView {
@@ -131,6 +138,8 @@ impl VolumeView {
             last_error: record.as_ref().and_then(|r| r.last_error.clone()),
             record,
             kubernetes,
+            auto_grow: None,
+            usage: None,
         }
     }
 }
@@ -140,6 +149,13 @@ impl VolumeView {
     pub(crate) fn unreadable(mut self, reason: String) -> Self {
         self.state = State::Unreadable;
         self.last_error = Some(reason);
+        self
+    }
+
+    /// The same view with its auto-grow record and last usage reading.
+    pub(crate) fn growing_by_itself(mut self, auto_grow: Option<AutoGrowRecord>, usage: Option<Usage>) -> Self {
+        self.auto_grow = auto_grow;
+        self.usage = usage;
         self
     }
 

@@ -7,7 +7,7 @@ use csi_endpoint::identity::DEFAULT_DRIVER_NAME;
 use csi_endpoint::logs::LogArgs;
 use csi_endpoint::{SocketAccess, parse_endpoint, serve_with, shutdown_signal};
 use swell_backends::BackendArgs;
-use swell_controller::ReconcilerConfig;
+use swell_controller::{AutoGrowConfig, ReconcilerConfig, kube_client};
 use swell_controller::{ControllerConfig, build};
 use swell_storage::expansion::DEFAULT_STUCK_AFTER_SECS;
 
@@ -48,6 +48,24 @@ struct Args {
     /// Identity Probe makes (GET /healthz) on this address, e.g. 0.0.0.0:9180.
     #[arg(long, env = "SWELL_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// Grow volumes whose StorageClass or claim turns auto-grow on when
+    /// their node reports them short of room, by patching their claims
+    /// through the Kubernetes API (docs/auto-grow.md). Needs the RBAC of
+    /// deploy/ (patch PVCs, create Events).
+    #[arg(long, env = "SWELL_AUTO_GROW")]
+    auto_grow: bool,
+    /// The kubeconfig auto-grow reaches the API server with; without it,
+    /// the pod's in-cluster service account.
+    #[arg(long, env = "SWELL_KUBECONFIG", requires = "auto_grow")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Milliseconds between auto-grow passes over the volumes marked as
+    /// wanting to grow.
+    #[arg(long, env = "SWELL_AUTO_GROW_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    auto_grow_interval_ms: u64,
+    /// Seconds after which a node's usage reading decides nothing (its
+    /// node may be gone).
+    #[arg(long, env = "SWELL_AUTO_GROW_USAGE_MAX_AGE_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    auto_grow_usage_max_age_secs: u64,
     #[command(flatten)]
     logs: LogArgs,
 }
@@ -83,6 +101,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = stopped.changed().await;
     };
     let mut background = vec![tokio::spawn(controller.reconciler.clone().run(until_stopped(stopped.clone())))];
+    if args.auto_grow {
+        let config = AutoGrowConfig {
+            interval: Duration::from_millis(args.auto_grow_interval_ms),
+            usage_max_age: Duration::from_secs(args.auto_grow_usage_max_age_secs),
+            ..AutoGrowConfig::default()
+        };
+        let grower = controller.auto_grower(kube_client(args.kubeconfig.as_deref()).await?, config);
+        background.push(tokio::spawn(grower.run(until_stopped(stopped.clone()))));
+    }
     if let Some(address) = args.metrics_address {
         let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("bind metrics address {address}: {e}"))?;
         background.push(tokio::spawn(controller.observed.clone().serve(listener, until_stopped(stopped.clone()))));

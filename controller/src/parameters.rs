@@ -5,13 +5,30 @@
 use std::collections::HashMap;
 
 use swell_storage::Placement;
+use swell_storage::auto_grow::{AutoGrowPolicy, AutoGrowRecord, ClaimRef};
 use swell_storage::rbd_attach::{self, RbdAttach};
 
+use crate::auto_grow;
 use crate::error::ControllerError;
 
 /// The keys Swell understands.
-pub const KNOWN_PARAMETERS: [&str; 5] = ["backend", "pool", rbd_attach::MOUNTER_KEY, rbd_attach::MAP_OPTIONS_KEY, rbd_attach::ENCRYPTED_KEY];
+pub const KNOWN_PARAMETERS: [&str; 10] = [
+    "backend",
+    "pool",
+    rbd_attach::MOUNTER_KEY,
+    rbd_attach::MAP_OPTIONS_KEY,
+    rbd_attach::ENCRYPTED_KEY,
+    auto_grow::ON_KEY,
+    auto_grow::FREE_BELOW_KEY,
+    auto_grow::INODES_FREE_BELOW_KEY,
+    auto_grow::STEP_KEY,
+    auto_grow::LIMIT_KEY,
+];
 const PROVISIONER_PREFIX: &str = "csi.storage.k8s.io/";
+/// The claim's name and namespace, which the external-provisioner adds
+/// with `--extra-create-metadata`.
+const CLAIM_NAME_KEY: &str = "csi.storage.k8s.io/pvc/name";
+const CLAIM_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pvc/namespace";
 
 /// Typed StorageClass parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -23,13 +40,22 @@ pub(crate) struct VolumeParameters {
     pub placement: Placement,
     /// How nodes attach it (RBD only), handed to them in the volume context.
     pub attach: RbdAttach,
+    /// The auto-grow policy the backend keeps with the volume, if the class sets one.
+    pub auto_grow: Option<AutoGrowPolicy>,
+    /// The claim the volume is made for, when the provisioner names it.
+    pub claim: Option<ClaimRef>,
 }
 
 impl VolumeParameters {
     /// Parses the request's parameter map.
     pub(crate) fn parse(raw: &HashMap<String, String>) -> Result<Self, ControllerError> {
         let attach = RbdAttach::from_map(raw).map_err(|e| ControllerError::invalid(attach_field(e.key), e.reason))?;
-        let mut parsed = VolumeParameters { attach, ..VolumeParameters::default() };
+        let auto_grow = auto_grow::from_class(raw).map_err(|e| ControllerError::invalid(e.key, e.reason))?;
+        let claim = match (raw.get(CLAIM_NAMESPACE_KEY), raw.get(CLAIM_NAME_KEY)) {
+            (Some(namespace), Some(name)) => Some(ClaimRef { namespace: namespace.clone(), name: name.clone() }),
+            _ => None,
+        };
+        let mut parsed = VolumeParameters { attach, auto_grow, claim, ..VolumeParameters::default() };
         for (key, value) in raw {
             if key.starts_with(PROVISIONER_PREFIX) {
                 continue;
@@ -40,6 +66,7 @@ impl VolumeParameters {
                 // local backend has none.
                 "pool" => parsed.placement.pool = Some(value.clone()),
                 rbd_attach::MOUNTER_KEY | rbd_attach::MAP_OPTIONS_KEY | rbd_attach::ENCRYPTED_KEY => {}
+                key if auto_grow::KEYS.contains(&key) => {}
                 // ceph-csi users look for it here; in Swell the namespace is
                 // the install's, so one install never lists another's volumes.
                 "radosNamespace" => {
@@ -57,8 +84,20 @@ impl VolumeParameters {
         Ok(parsed)
     }
 
-    /// Refuses attach parameters for a backend whose volumes are not RBD.
-    pub(crate) fn check_backend(&self, kind: &str) -> Result<(), ControllerError> {
+    /// What the backend keeps with the volume for auto-grow, if the class sets a policy.
+    pub(crate) fn auto_grow_record(&self) -> Option<AutoGrowRecord> {
+        self.auto_grow.map(|policy| AutoGrowRecord { policy, claim: self.claim.clone() })
+    }
+
+    /// Refuses attach parameters for a backend whose volumes are not RBD,
+    /// and an auto-grow policy for a backend that cannot keep it.
+    pub(crate) fn check_backend(&self, kind: &str, keeps_auto_grow: bool) -> Result<(), ControllerError> {
+        if self.auto_grow.is_some() && !keeps_auto_grow {
+            return Err(ControllerError::invalid(
+                "parameters.autoGrowLimit",
+                format!("auto-grow is not available on {kind} volumes yet (docs/auto-grow.md); remove the autoGrow keys from this StorageClass"),
+            ));
+        }
         if kind != swell_storage::rbd_volume::KIND && !self.attach.is_default() {
             let key = if self.attach.mounter.is_some() {
                 rbd_attach::MOUNTER_KEY
@@ -111,8 +150,8 @@ mod tests {
         let raw = HashMap::from([("mounter".to_owned(), "rbd-nbd".to_owned()), ("mapOptions".to_owned(), "io-timeout=30".to_owned())]);
         let parsed = VolumeParameters::parse(&raw).unwrap();
         assert_eq!(parsed.attach.volume_context().get("mapOptions").map(String::as_str), Some("nbd:io-timeout=30"));
-        assert!(parsed.check_backend("rbd").is_ok());
-        let local = tonic::Status::from(parsed.check_backend("local").unwrap_err());
+        assert!(parsed.check_backend("rbd", false).is_ok());
+        let local = tonic::Status::from(parsed.check_backend("local", true).unwrap_err());
         assert_eq!(local.code(), tonic::Code::InvalidArgument);
         assert!(local.message().contains("parameters.mounter") && local.message().contains("local"), "{local:?}");
         let bad = HashMap::from([("mapOptions".to_owned(), "krbd:exclusive".to_owned())]);
@@ -122,11 +161,26 @@ mod tests {
     }
 
     #[test]
+    fn an_auto_grow_policy_is_parsed_with_the_rest_and_refused_where_it_cannot_be_kept() {
+        let raw = HashMap::from([("autoGrow".to_owned(), "true".to_owned()), ("autoGrowLimit".to_owned(), "5Gi".to_owned())]);
+        let parsed = VolumeParameters::parse(&raw).unwrap();
+        assert_eq!(parsed.auto_grow.map(|p| (p.on, p.limit_bytes)), Some((true, 5 << 30)));
+        assert!(parsed.check_backend("local", true).is_ok());
+        let rbd = tonic::Status::from(parsed.check_backend("rbd", false).unwrap_err());
+        assert_eq!(rbd.code(), tonic::Code::InvalidArgument);
+        assert!(rbd.message().contains("parameters.autoGrowLimit") && rbd.message().contains("rbd"), "{rbd:?}");
+        let bad = HashMap::from([("autoGrow".to_owned(), "true".to_owned()), ("autoGrowLimit".to_owned(), "lots".to_owned())]);
+        let err = tonic::Status::from(VolumeParameters::parse(&bad).unwrap_err());
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("parameters.autoGrowLimit") && err.message().contains("lots"), "{err:?}");
+    }
+
+    #[test]
     fn encrypted_is_known_and_refused_for_local_volumes() {
         let parsed = VolumeParameters::parse(&HashMap::from([("encrypted".to_owned(), "true".to_owned())])).unwrap();
         assert!(parsed.attach.encrypted);
-        assert!(parsed.check_backend("rbd").is_ok());
-        let local = tonic::Status::from(parsed.check_backend("local").unwrap_err());
+        assert!(parsed.check_backend("rbd", false).is_ok());
+        let local = tonic::Status::from(parsed.check_backend("local", true).unwrap_err());
         assert!(local.message().contains("parameters.encrypted"), "{local:?}");
         let bad = tonic::Status::from(VolumeParameters::parse(&HashMap::from([("encrypted".to_owned(), "1".to_owned())])).unwrap_err());
         assert!(bad.message().contains("parameters.encrypted"), "{bad:?}");

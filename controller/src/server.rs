@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 use swell_backends::{BackendConfig, Backends, OpenError};
 use tonic::transport::server::Router;
 
+use crate::grower::{AutoGrowConfig, AutoGrowMetrics, AutoGrower};
 use crate::reconciler::{Reconciler, ReconcilerConfig};
 use crate::service::{BackendProbe, ControllerService};
 
@@ -34,6 +35,17 @@ pub struct Controller {
     /// Its metrics and health check (the Identity Probe's), to serve with
     /// [`Observed::serve`].
     pub observed: Observed,
+    backends: Backends,
+    auto_grow_metrics: AutoGrowMetrics,
+}
+
+impl Controller {
+    /// The auto-grow task over this controller's backends, patching claims
+    /// through `client`; run it with [`AutoGrower::run`]. Its metrics are
+    /// among the controller's.
+    pub fn auto_grower(&self, client: kube::Client, config: AutoGrowConfig) -> AutoGrower {
+        AutoGrower::new(self.backends.clone(), client, config, self.auto_grow_metrics.clone())
+    }
 }
 
 /// Why the controller could not start.
@@ -62,9 +74,11 @@ pub fn build_over(driver_name: &str, reconciler: ReconcilerConfig, backends: Bac
     let mut registry = Registry::default();
     let rpcs = RpcMetrics::register(&mut registry);
     backends.register_metrics(&mut registry);
-    let controller = ControllerService::new(backends);
+    let auto_grow_metrics = AutoGrowMetrics::default();
+    auto_grow_metrics.register(&mut registry);
+    let controller = ControllerService::new(backends.clone());
     let reconciler = Reconciler::new(controller.expander().clone(), reconciler);
     reconciler.metrics().register(&mut registry);
     let router = csi_endpoint::grpc_server().add_service(rpcs.meter(IdentityServer::new(identity))).add_service(rpcs.meter(ControllerServer::new(controller)));
-    Ok(Controller { router, reconciler, observed: Observed { metrics: Arc::new(registry), health } })
+    Ok(Controller { router, reconciler, observed: Observed { metrics: Arc::new(registry), health }, backends, auto_grow_metrics })
 }

@@ -10,7 +10,7 @@ use csi_proto::v1::controller_service_capability::{self, rpc};
 use csi_proto::v1::*;
 use swell_backends::Backends;
 use swell_storage::locks::KeyedLocks;
-use swell_storage::{Created, VolumeId, VolumeInfo};
+use swell_storage::{Backend, Created, VolumeId, VolumeInfo};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -59,10 +59,11 @@ impl ControllerService {
         let range = validate::size_range(req.capacity_range.as_ref())?;
         let params = VolumeParameters::parse(&req.parameters)?;
         let backend = self.backends.for_new_volume(params.backend.as_deref())?;
-        params.check_backend(backend.kind())?;
+        params.check_backend(backend.kind(), backend.keeps_auto_grow())?;
         let volume_context = params.attach.volume_context();
         if let Some(source) = &req.volume_content_source {
             let info = self.snapshots.create_volume_from(name, range, backend, &params.placement, source).await?;
+            self.keep_auto_grow(backend, name, &info.id, &params).await?;
             return Ok(Volume { content_source: Some(source.clone()), volume_context, ..to_volume(&info) });
         }
         let size = sizing::allocation(sizing::formattable_range(name, &req.volume_capabilities, range)?)
@@ -73,7 +74,20 @@ impl ControllerService {
         if let Created::Existing(info) = &created {
             sizing::check_compatible(info, range)?;
         }
+        self.keep_auto_grow(backend, name, &created.info().id, &params).await?;
         Ok(Volume { volume_context, ..to_volume(created.info()) })
+    }
+
+    /// Stores the class's auto-grow policy with the volume just made. After
+    /// the create, so a retry that finds the volume stores it again.
+    async fn keep_auto_grow(&self, backend: &Arc<dyn Backend>, name: &str, id: &VolumeId, params: &VolumeParameters) -> Result<(), ControllerError> {
+        if let Some(record) = params.auto_grow_record() {
+            if record.claim.is_none() && record.policy.on {
+                tracing::warn!(volume.id = %id, "auto-grow cannot act: CreateVolume did not name the claim (the provisioner needs --extra-create-metadata)");
+            }
+            self.backends.call("store auto-grow policy", name, backend.set_auto_grow(id, &record)).await?;
+        }
+        Ok(())
     }
 
     async fn delete(&self, id: &VolumeId) -> Result<(), ControllerError> {

@@ -203,9 +203,11 @@ class Manifests(unittest.TestCase):
             self.assertGreater(seconds(flag(sidecar(spec, "csi-snapshotter"), "timeout")), 10)
 
     def test_the_controller_may_do_what_its_sidecars_ask(self):
+        # And what swell-controller's auto-grow asks: patch claims, create Events.
         needed = {
             ("", "persistentvolumes"): {"get", "list", "watch", "create", "patch", "delete"},
-            ("", "persistentvolumeclaims"): {"get", "list", "watch", "update"},
+            # swell-controller's auto-grow patches a claim's storage request.
+            ("", "persistentvolumeclaims"): {"get", "list", "watch", "update", "patch"},
             ("", "persistentvolumeclaims/status"): {"patch"},
             # The provisioner reads a WaitForFirstConsumer claim's selected node.
             ("", "nodes"): {"get"},
@@ -352,7 +354,9 @@ class Manifests(unittest.TestCase):
                 with self.subTest(pod=pod):
                     self.assertTrue(c.get("args"), f"{pod}: the Swell container has no args to check")
                     for arg in c.get("args", []):
-                        self.assertIn(arg.split("=", 1)[0] + " ", text)
+                        # A whole flag: followed by its value's name, or by the
+                        # end of its line (a switch such as --auto-grow).
+                        self.assertRegex(text, re.escape(arg.split("=", 1)[0]) + r"[ \n]")
                     for name in [e["name"] for e in c.get("env", [])]:
                         if name.startswith("SWELL_"):
                             self.assertIn(f"[env: {name}=", text)

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use std::time::Duration;
 
+use swell_storage::auto_grow::{AutoGrowRecord, Usage};
 use swell_storage::{Backend, BackendError, Capacity, ContentSource, Created, ExpansionStore, Placement, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
 
 /// How grows behave right now.
@@ -233,6 +234,26 @@ impl Backend for InstrumentedBackend {
                 std::future::pending().await
             }
         }
+    }
+
+    fn keeps_auto_grow(&self) -> bool {
+        self.inner.keeps_auto_grow()
+    }
+
+    async fn set_auto_grow(&self, id: &VolumeId, record: &AutoGrowRecord) -> Result<(), BackendError> {
+        self.inner.set_auto_grow(id, record).await
+    }
+
+    async fn auto_grow(&self, id: &VolumeId) -> Result<(Option<AutoGrowRecord>, Option<Usage>), BackendError> {
+        self.inner.auto_grow(id).await
+    }
+
+    async fn wanting_to_grow(&self) -> Result<Vec<VolumeId>, BackendError> {
+        self.inner.wanting_to_grow().await
+    }
+
+    async fn settle_auto_grow(&self, id: &VolumeId) -> Result<(), BackendError> {
+        self.inner.settle_auto_grow(id).await
     }
 
     async fn announce_size(&self, id: &VolumeId) -> Result<(), BackendError> {

@@ -4,6 +4,7 @@
 //! stand on it, and the never-stuck scenarios are written here once for
 //! every backend.
 
+pub mod apiserver;
 pub mod ceph;
 pub mod chaos;
 pub mod harness;

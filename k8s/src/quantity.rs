@@ -28,7 +28,13 @@ const MAX_EXPONENT: i64 = 40;
 /// The number of bytes a quantity stands for, rounded up to a whole byte as
 /// Kubernetes rounds storage (`100m` is 1 byte).
 pub fn bytes(quantity: &Quantity) -> Result<u64, QuantityError> {
-    parse(&quantity.0).map_err(|reason| QuantityError { quantity: quantity.0.clone(), reason })
+    text_bytes(&quantity.0)
+}
+
+/// The number of bytes a quantity written as text stands for (a
+/// StorageClass parameter, an annotation), rounded up like [`bytes`].
+pub fn text_bytes(text: &str) -> Result<u64, QuantityError> {
+    parse(text).map_err(|reason| QuantityError { quantity: text.to_owned(), reason })
 }
 
 fn parse(text: &str) -> Result<u64, &'static str> {

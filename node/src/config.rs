@@ -33,6 +33,12 @@ pub struct NodeConfig {
     /// it (`--grow-on-backend-change-ms`, default 2 s); tests and embedding
     /// start without it.
     pub grow_on_backend_change: Option<Duration>,
+    /// How far apart the node writes each mounted auto-grow volume's usage
+    /// into its backend's store at most (see `usage_report`; a crossing of
+    /// the volume's threshold is written at once); `None` reports nothing.
+    /// `swell-node` sets it (`--usage-report-interval-ms`, default 30 s);
+    /// tests and embedding start without it.
+    pub usage_report: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -47,6 +53,7 @@ impl NodeConfig {
             rbd: None,
             kubelet_dir: None,
             grow_on_backend_change: None,
+            usage_report: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Swell's CSI Node service: attaches a volume's backing object to this node
 //! as a block device, formats and mounts it at the staging path, bind-mounts
 //! it into pods, grows device and filesystem on expansion, and reports usage
-//! and health. The gRPC layer (`service`) is thin; each RPC's domain logic
+//! and health, and writes mounted volumes' usage where auto-grow reads it
+//! (`usage_report`). The gRPC layer (`service`) is thin; each RPC's domain logic
 //! lives in a module of its own and knows nothing of gRPC. Every mount, loop
 //! device and program reaches the host through `system`, so those decisions
 //! are unit-tested against a recording double.
@@ -30,6 +31,7 @@ mod stage;
 mod staging;
 mod stats;
 mod system;
+mod usage_report;
 mod validate;
 
 pub use attach::rbd::{AttachMode, host_mode as rbd_attach_mode};

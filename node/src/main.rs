@@ -53,6 +53,12 @@ struct Args {
     /// kubelet's next sync of the pod, up to a minute later); 0 turns it off.
     #[arg(long, env = "SWELL_GROW_ON_BACKEND_CHANGE_MS", default_value_t = 2000)]
     grow_on_backend_change_ms: u64,
+    /// Write each mounted auto-grow volume's usage (bytes and inodes) into
+    /// its backend's store at most this many milliseconds apart, and at
+    /// once when it crosses its threshold (docs/auto-grow.md); 0 turns it
+    /// off, and with it auto-grow of the volumes staged here.
+    #[arg(long, env = "SWELL_USAGE_REPORT_INTERVAL_MS", default_value_t = 30000)]
+    usage_report_interval_ms: u64,
     #[command(flatten)]
     logs: LogArgs,
 }
@@ -89,6 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         endpoint: args.endpoint,
         kubelet_dir: Some(args.kubelet_dir),
         grow_on_backend_change: (args.grow_on_backend_change_ms > 0).then(|| std::time::Duration::from_millis(args.grow_on_backend_change_ms)),
+        usage_report: (args.usage_report_interval_ms > 0).then(|| std::time::Duration::from_millis(args.usage_report_interval_ms)),
     };
     tracing::info!(node = %config.node_id, state = %config.state_dir.display(), "swell-node starting");
     let node = swell_node::build(&config)?;

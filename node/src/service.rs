@@ -22,12 +22,16 @@ pub struct NodeService {
 
 impl NodeService {
     /// Builds the service, creating the node's state directory; with
-    /// `grow_on_backend_change` set, starts the background grower (on the
-    /// current Tokio runtime), which ends with the service.
+    /// `grow_on_backend_change` set, starts the background grower, and with
+    /// `usage_report` set, the usage reporter (on the current Tokio
+    /// runtime), each ending with the service.
     pub fn new(config: NodeConfig) -> Result<Self, NodeError> {
         let ctx = Arc::new(NodeContext::new(config)?);
         if let Some(interval) = ctx.config.grow_on_backend_change {
             crate::background_grow::spawn(&ctx, interval);
+        }
+        if let Some(min_gap) = ctx.config.usage_report {
+            crate::usage_report::spawn(&ctx, min_gap);
         }
         Ok(NodeService { ctx })
     }

@@ -68,7 +68,7 @@ pub(crate) async fn stats(ctx: &NodeContext, req: Stats) -> Result<VolumeStats, 
     Ok(VolumeStats { usage, abnormal })
 }
 
-async fn filesystem_usage(path: PathBuf) -> Result<Usage, NodeError> {
+pub(crate) async fn filesystem_usage(path: PathBuf) -> Result<Usage, NodeError> {
     let step = format!("statvfs {}", path.display());
     let task = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(Path::new(&path)));
     let stat = match tokio::time::timeout(STATVFS_DEADLINE, task).await {

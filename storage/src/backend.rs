@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use crate::auto_grow::{AutoGrowRecord, Usage};
 use crate::error::BackendError;
 use crate::expansion::ExpansionStore;
 use crate::snapshot::{ContentSource, SnapshotId, SnapshotInfo};
@@ -135,6 +136,42 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the engine can serve requests now.
     async fn check_health(&self) -> Result<(), BackendError>;
+
+    // Auto-grow (docs/auto-grow.md): the policy is kept with the volume and
+    // the usage its node reports beside it, in the engine's own store, so
+    // the node needs no Kubernetes credentials. The defaults keep neither.
+
+    /// Whether this engine keeps auto-grow policies; asked before a volume
+    /// with one is made, so no volume is made that cannot keep its policy.
+    fn keeps_auto_grow(&self) -> bool {
+        false
+    }
+
+    /// Stores `record` with volume `id`, replacing any (NotFound when the
+    /// volume does not exist).
+    async fn set_auto_grow(&self, id: &VolumeId, record: &AutoGrowRecord) -> Result<(), BackendError> {
+        let _ = (id, record);
+        Err(self.unsupported("auto-grow"))
+    }
+
+    /// The auto-grow record stored with volume `id` and the usage its node
+    /// last reported, each `None` when there is none.
+    async fn auto_grow(&self, id: &VolumeId) -> Result<(Option<AutoGrowRecord>, Option<Usage>), BackendError> {
+        let _ = id;
+        Ok((None, None))
+    }
+
+    /// The volumes whose node marked them as wanting to grow (their usage
+    /// crossed their threshold), in id order; the cost follows their number.
+    async fn wanting_to_grow(&self) -> Result<Vec<VolumeId>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    /// Takes volume `id`'s mark away once its wish was dealt with.
+    async fn settle_auto_grow(&self, id: &VolumeId) -> Result<(), BackendError> {
+        let _ = id;
+        Ok(())
+    }
 
     // Snapshots and clones. A snapshot is a point-in-time copy of a volume
     // that new volumes can be made from; a clone is a new volume made from

@@ -6,6 +6,7 @@
 //! external command. The backends themselves live in
 //! their own crates (`backends/`).
 
+pub mod auto_grow;
 pub mod backend;
 pub mod batches;
 pub mod blocking;

@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use swell_storage::auto_grow::{AutoGrowRecord, Usage};
 use swell_storage::expansion::now_unix;
 use swell_storage::{
     Backend, BackendError, Capacity, ContentSource, Created, ExpansionStore, Placement, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo, blocking, durable,
 };
 
+use crate::auto_grow;
 use crate::copy;
 use crate::expansions::ExpansionRecords;
 use crate::layout::make_bucket;
@@ -170,6 +172,7 @@ impl Backend for LocalBackend {
                         Err(e) => return Err(BackendError::io(format!("remove {} of {id}", file.display()), e)),
                     }
                 }
+                auto_grow::remove(&dir.path, &id).map_err(|e| BackendError::io(format!("remove auto-grow files of {id}"), e))?;
                 durable::remove(&record_path(&dir.path, &id)).map_err(|e| BackendError::io(format!("remove record of {id}"), e))
             })?;
             claim.forget_lock();
@@ -222,6 +225,41 @@ impl Backend for LocalBackend {
             Ok(after.size_bytes)
         })
         .await
+    }
+
+    fn keeps_auto_grow(&self) -> bool {
+        true
+    }
+
+    async fn set_auto_grow(&self, id: &VolumeId, record: &AutoGrowRecord) -> Result<(), BackendError> {
+        let (id, record) = (id.clone(), record.clone());
+        self.blocking("store auto-grow policy", move |dir| {
+            let _claim = dir.claim(&id)?;
+            if dir.read_volume(&id)?.is_none() {
+                return Err(BackendError::NotFound(id));
+            }
+            auto_grow::write_record(&dir.path, &id, &record).map_err(|e| BackendError::io(format!("write auto-grow record of {id}"), e))
+        })
+        .await
+    }
+
+    async fn auto_grow(&self, id: &VolumeId) -> Result<(Option<AutoGrowRecord>, Option<Usage>), BackendError> {
+        let id = id.clone();
+        self.blocking("read auto-grow state", move |dir| {
+            let record = auto_grow::read_record(&dir.path, &id).map_err(|e| BackendError::io(format!("read auto-grow record of {id}"), e))?;
+            let usage = auto_grow::read_usage(&dir.path, &id).map_err(|e| BackendError::io(format!("read usage of {id}"), e))?;
+            Ok((record, usage))
+        })
+        .await
+    }
+
+    async fn wanting_to_grow(&self) -> Result<Vec<VolumeId>, BackendError> {
+        self.blocking("list volumes wanting to grow", |dir| auto_grow::wanted(&dir.path).map_err(|e| BackendError::io("list volumes wanting to grow", e))).await
+    }
+
+    async fn settle_auto_grow(&self, id: &VolumeId) -> Result<(), BackendError> {
+        let id = id.clone();
+        self.blocking("settle auto-grow", move |dir| auto_grow::unmark_wanted(&dir.path, &id).map_err(|e| BackendError::io(format!("unmark {id}"), e))).await
     }
 
     fn expansion_store(&self) -> Arc<dyn ExpansionStore> {

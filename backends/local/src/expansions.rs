@@ -24,7 +24,7 @@ use swell_storage::file_locks::{FileLock, FileLocks};
 use swell_storage::volume_id::is_name_digest;
 use swell_storage::{BackendError, VolumeId, blocking, durable};
 
-use crate::layout::{has_flat_files, make_bucket, move_flat_files, walk_keys};
+use crate::layout::{has_flat_files, make_bucket, move_flat_files, names_in, walk_keys};
 use crate::ledger::Ledger;
 use crate::paths::{KIND, ODD};
 
@@ -150,20 +150,7 @@ impl ExpansionRecords {
 
     /// The ids of no digest with a record, after `after`, in order.
     fn odd_ids(&self, after: Option<&str>) -> io::Result<Vec<String>> {
-        let entries = match std::fs::read_dir(self.dir.join(ODD)) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut ids = Vec::new();
-        for entry in entries {
-            let name = entry?.file_name();
-            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|id| after.is_none_or(|a| *id > a)) {
-                ids.push(id.to_owned());
-            }
-        }
-        ids.sort_unstable();
-        Ok(ids)
+        names_in(&self.dir.join(ODD), |name| name.strip_suffix(".json").filter(|id| after.is_none_or(|a| *id > a)).map(str::to_owned))
     }
 
     fn marker(&self, id: &VolumeId) -> PathBuf {

@@ -48,19 +48,25 @@ pub(crate) fn make_bucket(file: &Path) -> io::Result<()> {
 
 /// The bucket names in `dir`, in order; none when it does not exist.
 fn buckets(dir: &Path) -> io::Result<Vec<String>> {
+    names_in(dir, |name| is_bucket_name(name).then(|| name.to_owned()))
+}
+
+/// What `pick` makes of the names in `dir` (skipping those it answers
+/// `None` for), sorted; none when `dir` does not exist.
+pub(crate) fn names_in<T: Ord>(dir: &Path, mut pick: impl FnMut(&str) -> Option<T>) -> io::Result<Vec<T>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let mut names = Vec::new();
+    let mut picked = Vec::new();
     for entry in entries {
-        if let Some(name) = entry?.file_name().to_str().filter(|n| is_bucket_name(n)) {
-            names.push(name.to_owned());
+        if let Some(item) = entry?.file_name().to_str().and_then(&mut pick) {
+            picked.push(item);
         }
     }
-    names.sort_unstable();
-    Ok(names)
+    picked.sort_unstable();
+    Ok(picked)
 }
 
 /// Visits, in order, the keys of the records (`<key>.json`) under `top`

@@ -18,8 +18,10 @@
 //! - `state_dir`: the directory, its ledger and the claims of operations in flight.
 //! - `snapshots`: snapshots, and volumes made from a snapshot or a volume.
 //! - `expansions`: the expansion records and holds ([`swell_storage::ExpansionStore`]).
+//! - `auto_grow`: each volume's auto-grow policy and the usage its node reports.
 //! - `backend`: [`LocalBackend`], the [`swell_storage::Backend`].
 
+pub mod auto_grow;
 mod backend;
 mod copy;
 mod expansions;

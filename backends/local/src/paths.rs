@@ -5,8 +5,11 @@
 //!   length is the volume's size), the file the node attaches, in the
 //!   directory named by the first two and next two hex digits of its key;
 //! - `volumes/<k0k1>/<k2k3>/<key>.json`: its record ([`crate::records::VolumeRecord`]);
+//! - `volumes/<k0k1>/<k2k3>/<key>.auto-grow.json` and `<key>.usage.json`: its
+//!   auto-grow policy and its node's last usage reading ([`crate::auto_grow`]);
 //! - `snapshots/<d0d1>/<d2d3>/<key>.img` and `.json`: a snapshot's copy and
 //!   record, spread by the digest that follows the key's prefix;
+//! - `auto-grow-wanted/<key>`: the marks of volumes that want to grow;
 //! - `ledger.json` (and its lock files): the sum of the volumes' sizes ([`crate::ledger`]);
 //! - `locks/<key>.lock`: the claims of operations in flight, one per volume or snapshot.
 //!
@@ -41,6 +44,26 @@ pub fn image_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
 
 pub(crate) fn record_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
     volume_bucket(state_dir, id.key()).join(format!("{}.json", id.key()))
+}
+
+/// A volume's auto-grow policy ([`crate::auto_grow`]).
+pub(crate) fn policy_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
+    volume_bucket(state_dir, id.key()).join(format!("{}.auto-grow.json", id.key()))
+}
+
+/// The usage its node last reported ([`crate::auto_grow`]).
+pub(crate) fn usage_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
+    volume_bucket(state_dir, id.key()).join(format!("{}.usage.json", id.key()))
+}
+
+/// The marks of the volumes that want to grow ([`crate::auto_grow`]).
+pub(crate) fn wanted_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("auto-grow-wanted")
+}
+
+/// Volume `id`'s mark.
+pub(crate) fn wanted_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
+    wanted_dir(state_dir).join(id.key())
 }
 
 /// The directory of volume `key`'s files.

@@ -1,0 +1,181 @@
+//! Reporting staged volumes' usage into their backend's store, for
+//! auto-grow (docs/auto-grow.md): the controller decides on what the node
+//! wrote there, so the node needs no Kubernetes credentials and the
+//! controller no access to kubelet.
+//!
+//! Every pass walks this node's own staging records (the cost follows the
+//! volumes staged here) and, for each mounted local volume whose stored
+//! policy has auto-grow on, reads statvfs and writes the reading beside
+//! the volume's record: at most once per `min_gap` per volume, and at once
+//! when the volume crosses its threshold, which also marks it as wanting to
+//! grow. Volumes without a policy cost one failed open a pass and no write.
+//! Block volumes have no filesystem to read, and RBD volumes cannot keep a
+//! policy yet: neither is reported.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use swell_storage::VolumeId;
+use swell_storage::auto_grow::{AutoGrowPolicy, Usage};
+use swell_storage::expansion::now_unix;
+use tokio::time::Instant;
+
+use crate::NodeContext;
+use crate::error::NodeError;
+use crate::staging::Access;
+use crate::stats;
+
+/// A write to the state directory that takes longer is given up (and
+/// tried at the next pass): a wedged disk must not wedge the reporter.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What the reporter remembers of a volume between passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reported {
+    at: Instant,
+    crossed: bool,
+    bytes_total: u64,
+}
+
+/// How often a pass looks, for reports at most `min_gap` apart per volume:
+/// often enough to see a crossing soon after it happens.
+pub(crate) fn pass_interval(min_gap: Duration) -> Duration {
+    (min_gap / 6).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// Starts the reporter over `ctx`; it stops by itself once the node (the
+/// last `Arc` of its context) is gone.
+pub(crate) fn spawn(ctx: &Arc<NodeContext>, min_gap: Duration) {
+    let ctx = Arc::downgrade(ctx);
+    let interval = pass_interval(min_gap);
+    tokio::spawn(async move {
+        tracing::info!(min_gap_ms = min_gap.as_millis() as u64, interval_ms = interval.as_millis() as u64, "reporting staged volumes' usage for auto-grow");
+        let mut reported = HashMap::new();
+        while let Some(ctx) = wait(&ctx, interval).await {
+            pass(&ctx, min_gap, &mut reported).await;
+        }
+    });
+}
+
+async fn wait(ctx: &Weak<NodeContext>, interval: Duration) -> Option<Arc<NodeContext>> {
+    tokio::time::sleep(interval).await;
+    ctx.upgrade()
+}
+
+/// One look at every volume staged here.
+async fn pass(ctx: &NodeContext, min_gap: Duration, reported: &mut HashMap<VolumeId, Reported>) {
+    let volumes = match ctx.staging.staged().await {
+        Ok(volumes) => volumes,
+        Err(e) => {
+            tracing::warn!(error = %e.full_message(), "usage report: cannot list the staged volumes");
+            return;
+        }
+    };
+    reported.retain(|volume, _| volumes.contains(volume));
+    for volume in volumes.into_iter().filter(|v| v.backend() == swell_local::KIND) {
+        if let Err(e) = report(ctx, &volume, min_gap, reported).await {
+            tracing::warn!(%volume, error = %e.full_message(), "usage report failed; tried again next pass");
+        }
+    }
+}
+
+/// Reads and, when due, writes `volume`'s usage.
+async fn report(ctx: &NodeContext, volume: &VolumeId, min_gap: Duration, reported: &mut HashMap<VolumeId, Reported>) -> Result<(), NodeError> {
+    let Some(record) = ctx.staging.read(volume).await? else { return Ok(()) };
+    let state_dir = ctx.config.local_state_dir.clone();
+    let Some(policy) = blocking("read auto-grow policy", volume, {
+        let (state_dir, volume) = (state_dir.clone(), volume.clone());
+        move || swell_local::auto_grow::read_record(&state_dir, &volume)
+    })
+    .await?
+    .map(|record| record.policy) else {
+        return Ok(());
+    };
+    let Access::Mount { .. } = record.access else {
+        // Said once per staging (the entry goes when it is unstaged).
+        if reported.insert(volume.clone(), Reported { at: Instant::now(), crossed: false, bytes_total: 0 }).is_none() {
+            tracing::warn!(%volume, "auto-grow skipped: a block volume has no filesystem whose usage the node could read");
+        }
+        return Ok(());
+    };
+    let stats::Usage::Filesystem { bytes, inodes } = stats::filesystem_usage(record.staging_path.clone()).await? else { return Ok(()) };
+    let usage = Usage { bytes_used: bytes.used, bytes_total: bytes.total, inodes_used: inodes.used, inodes_total: inodes.total, read_unix: now_unix() };
+    // Measured against the class's threshold even where the class leaves
+    // auto-grow off: a claim may turn it on, which only the controller reads.
+    let crossed = AutoGrowPolicy { on: true, ..policy }.crossed(&usage).is_some();
+    let now = Instant::now();
+    let this = Reported { at: now, crossed, bytes_total: usage.bytes_total };
+    let Some(mark) = due(reported.get(volume).copied(), this, min_gap) else {
+        return Ok(());
+    };
+    write(state_dir, volume, usage, mark, &policy).await?;
+    reported.insert(volume.clone(), this);
+    Ok(())
+}
+
+/// Whether reading `now` is written (`None`: not), and whether with the
+/// mark: the first one, one `min_gap` after the last, and at once, marked,
+/// one that crosses the threshold or is still across it after the
+/// filesystem grew (a grow that was not enough). A volume that stays
+/// across is marked once: the controller's answer (a grow, or its limit)
+/// holds until the usage crosses anew.
+fn due(before: Option<Reported>, now: Reported, min_gap: Duration) -> Option<bool> {
+    let crossing = now.crossed && before.is_none_or(|b| !b.crossed || now.bytes_total != b.bytes_total);
+    let gap_over = before.is_none_or(|b| now.at.duration_since(b.at) >= min_gap);
+    (crossing || gap_over).then_some(crossing)
+}
+
+/// Writes the reading, then the mark when `mark`: the controller reads
+/// the usage it finds marked, so the usage is there first.
+async fn write(state_dir: PathBuf, volume: &VolumeId, usage: Usage, mark: bool, policy: &AutoGrowPolicy) -> Result<(), NodeError> {
+    let id = volume.clone();
+    blocking("write usage", volume, move || {
+        swell_local::auto_grow::write_usage(&state_dir, &id, &usage)?;
+        if mark { swell_local::auto_grow::mark_wanted(&state_dir, &id) } else { Ok(()) }
+    })
+    .await?;
+    if mark {
+        tracing::info!(%volume, bytes_used = usage.bytes_used, bytes_total = usage.bytes_total, limit_bytes = policy.limit_bytes, "usage crossed the auto-grow threshold");
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    step: &'static str,
+    volume: &VolumeId,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, NodeError> {
+    let step = format!("{step} of {volume}");
+    match tokio::time::timeout(WRITE_DEADLINE, tokio::task::spawn_blocking(work)).await {
+        Err(_) => Err(NodeError::Timeout { step, after: WRITE_DEADLINE }),
+        Ok(Err(join)) => Err(NodeError::WorkerFailed { step, reason: join.to_string() }),
+        Ok(Ok(result)) => result.map_err(|e| NodeError::io(&step, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_is_written_first_then_after_the_gap_or_at_once_on_crossing() {
+        let gap = Duration::from_secs(30);
+        let at = Instant::now();
+        let reading = |after: Duration, crossed: bool, bytes_total: u64| Reported { at: at + after, crossed, bytes_total };
+        let soon = Duration::from_secs(1);
+        assert_eq!(due(None, reading(soon, false, 100), gap), Some(false), "first reading");
+        assert_eq!(due(None, reading(soon, true, 100), gap), Some(true), "first reading, already across");
+        let calm = Some(reading(Duration::ZERO, false, 100));
+        assert_eq!(due(calm, reading(Duration::from_secs(29), false, 100), gap), None, "within the gap");
+        assert_eq!(due(calm, reading(gap, false, 100), gap), Some(false), "after the gap");
+        assert_eq!(due(calm, reading(soon, true, 100), gap), Some(true), "a crossing is written and marked at once");
+        let crossed = Some(reading(Duration::ZERO, true, 100));
+        assert_eq!(due(crossed, reading(soon, true, 100), gap), None, "still across: no storm of writes");
+        assert_eq!(due(crossed, reading(gap, true, 100), gap), Some(false), "still across after the gap: written, not marked again");
+        assert_eq!(due(crossed, reading(soon, true, 120), gap), Some(true), "grown but still across: written and marked at once");
+        assert_eq!(pass_interval(gap), Duration::from_secs(5));
+        assert_eq!(pass_interval(Duration::from_millis(300)), Duration::from_millis(100));
+    }
+}
