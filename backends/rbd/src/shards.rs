@@ -6,7 +6,8 @@
 //! releases is migrated the first time a controller touches it: every
 //! shard, then the budget ([`crate::budget`]), then the layout object are
 //! made with exclusive creates from that object's entries, and the object
-//! is removed last. Each step is decided by the old object alone, so a
+//! is emptied last but for a total no release can parse, so a controller
+//! of an earlier release left running fails instead of writing there. Each step is decided by the old object alone, so a
 //! migration killed anywhere is completed by the next one, and two
 //! controllers migrating at once make the same objects (the second's
 //! creates find them made). A client that may not write (the webhook's
@@ -26,6 +27,8 @@ pub(crate) const LAYOUT_OBJECT: &str = "swell.layout";
 const SHARDS_KEY: &str = "shards";
 /// Shards of a pool laid out by this release.
 pub(crate) const SHARDS: u32 = 16;
+/// What the old object's `total` holds once moved.
+const FENCE: &str = "moved into shards (swell.layout): this release cannot use it";
 /// Entries of the old object read per page while migrating.
 const PAGE: u64 = 1024;
 
@@ -85,7 +88,7 @@ struct ShardContent {
 fn migrate(io: &IoCtx, layout: Layout, stop_after: Option<u32>) -> Result<Layout, RbdError> {
     let failed = |step: &str, errno: Errno| RbdError::osd(format!("migrate {STATE_OBJECT}: {step}"), errno, None);
     let mut shards: BTreeMap<u32, ShardContent> = (0..layout.count()).map(|n| (n, ShardContent::default())).collect();
-    let mut after = String::new();
+    let (mut after, mut old_keys) = (String::new(), Vec::new());
     loop {
         let mut op = ReadOp::default();
         op.omap_page(&after, "", PAGE).map_err(|e| failed("page", e))?;
@@ -95,6 +98,7 @@ fn migrate(io: &IoCtx, layout: Layout, stop_after: Option<u32>) -> Result<Layout
             Err(e) => return Err(failed("read", e)),
         };
         for (name, raw) in &page.entries {
+            old_keys.push(name.clone());
             let Some(key) = Key::of_stored(name) else { continue };
             let shard = shards.entry(layout.shard_of(key.name())).or_default();
             if name == &key.entry() {
@@ -139,11 +143,13 @@ fn migrate(io: &IoCtx, layout: Layout, stop_after: Option<u32>) -> Result<Layout
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(failed("write the layout", e)),
     }
+    // The old object keeps only a total no release can read: a controller
+    // of an earlier release still running fails every change there
+    // instead of writing where nothing reads any more.
     let mut op = WriteOp::default();
-    op.remove();
-    match op.operate(io, STATE_OBJECT) {
-        Ok(()) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(failed("remove the old object", e)),
+    op.create(false).omap_rm(&old_keys).omap_set(&[(TOTAL_KEY, FENCE)]);
+    if let Err(e) = op.operate(io, STATE_OBJECT) {
+        return Err(failed("fence the old object", e));
     }
     let moved: usize = shards.values().map(|c| c.keys.len() + c.pending.len()).sum();
     if moved > 0 {
