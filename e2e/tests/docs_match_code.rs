@@ -16,7 +16,7 @@ use swell_e2e::process::built_binary;
 /// Flags of other programs the documents name: the CSI sidecars, kubectl,
 /// kubelet, kube-apiserver, cargo, cryptsetup, ceph-csi (the bench's peer),
 /// unshare, and the image build script.
-const OTHER_PROGRAMS: [&str; 23] = [
+const OTHER_PROGRAMS: [&str; 24] = [
     "--csi-address",
     "--leader-election",
     "--http-endpoint",
@@ -36,6 +36,7 @@ const OTHER_PROGRAMS: [&str; 23] = [
     "--binaries-only",
     "--admission-control-config-file",
     "--from-literal",
+    "--replicas",
     "--key-file",
     "--disable-keyring",
     "--controllerserver",

@@ -190,13 +190,14 @@ async fn two_installs_in_their_own_namespaces_of_one_pool_never_see_or_touch_eac
     assert_eq!(location_of(&b_shared).namespace, "team-b");
     assert_eq!(location_of(&a_shared).image, location_of(&b_shared).image);
     assert_eq!((size_of(env, &a_shared), size_of(env, &b_shared)), (Some(64 * MIB), Some(64 * MIB)));
-    // Nothing of B's in the default namespace: no image, no lock object; B's state object is in team-b.
+    // Nothing of B's in the default namespace: no image, no lock object; B's state objects are in team-b.
     let b_only_image = location_of(&b_only).image;
     assert_eq!(rbd_size(env, "rbd", &b_only_image).unwrap(), None, "B's volume was made in the default namespace");
     let default_objects = cli(env, "rados", &["-p", "rbd", "ls"]).unwrap();
     assert!(!default_objects.lines().any(|o| o.contains(&b_only_image)), "an object of B's volume is in the default namespace");
     let b_objects = cli(env, "rados", &["-p", "rbd", "-N", "team-b", "ls"]).unwrap();
-    assert!(b_objects.lines().any(|o| o == "swell.state"), "B's state object is not in its namespace: {b_objects}");
+    assert!(b_objects.lines().any(|o| o == "swell.layout"), "B's state layout is not in its namespace: {b_objects}");
+    assert!(b_objects.lines().any(|o| o.starts_with("swell.state.")), "B's state shards are not in its namespace: {b_objects}");
 
     // Each grows its own; the other's image of the same name keeps its size.
     assert_eq!(expand(&mut ca, &a_shared, 96 * MIB).await.unwrap(), 96 * MIB);

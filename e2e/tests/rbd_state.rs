@@ -338,6 +338,13 @@ async fn a_frozen_holder_wakes_to_find_the_volume_moved_on_and_changes_nothing()
     }
 }
 
+/// Makes `pool` anew (removing one left by an earlier run), with 8 PGs.
+fn fresh_pool(env: &ClusterEnv, pool: &str) {
+    let _ = rbd_rig::cli(env, "ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]);
+    rbd_rig::cli(env, "ceph", &["osd", "pool", "create", pool, "8"]).unwrap();
+    rbd_rig::cli(env, "rbd", &["pool", "init", pool]).unwrap();
+}
+
 /// 2,000 settled volumes and 20 pending ones: a reconciler pass reads the
 /// backend for the 20 only. Its time is swell-bench's figure (the scale
 /// goal "a reconciler pass follows the pending volumes"), judged on medians.
@@ -346,12 +353,10 @@ async fn a_reconciler_pass_reads_only_the_pending_volumes() {
     let Some(session) = session("a_reconciler_pass_reads_only_the_pending_volumes").await else { return };
     let env = session.env;
     let pool = "settled";
-    let _ = rbd_rig::cli(env, "ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]);
-    rbd_rig::cli(env, "ceph", &["osd", "pool", "create", pool, "8"]).unwrap();
-    rbd_rig::cli(env, "rbd", &["pool", "init", pool]).unwrap();
+    fresh_pool(env, pool);
     let ceph = Arc::new(RbdBackend::new(RbdConfig { default_pool: pool.into(), ..rbd_config(env, "cost") }).unwrap());
     // Records only: settled entries written straight into the pool's state
-    // object, as 2,000 volumes Swell made long ago would have left them.
+    // shards, as 2,000 volumes Swell made long ago would have left them.
     let settled: Vec<_> = (0..2000).map(|i| (RbdVolume::for_name(CLUSTER_ID, pool, &format!("settled-{i}")).unwrap(), format!("settled-{i}"), MIB)).collect();
     other_client(env, pool).seed_settled_volumes(&settled).unwrap();
     let dir = tempfile::Builder::new().prefix("swell-rbd-cost-").tempdir_in("/var/tmp").unwrap();
@@ -377,6 +382,136 @@ async fn a_reconciler_pass_reads_only_the_pending_volumes() {
     for id in &pending {
         assert_eq!(image_size(env, &id.to_string()), 96 * MIB);
     }
+    rbd_rig::cli(env, "ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]).unwrap();
+}
+
+/// The objects holding Swell's state in `pool` (and `namespace`), by name.
+fn state_objects(env: &ClusterEnv, pool: &str, namespace: &str) -> Vec<String> {
+    let listed = rbd_rig::cli(env, "rados", &["-p", pool, "-N", namespace, "ls"]).unwrap();
+    let mut names: Vec<String> =
+        listed.lines().filter(|o| o.starts_with("swell.state") || *o == "swell.layout" || *o == "swell.budget").map(str::to_owned).collect();
+    names.sort();
+    names
+}
+
+/// A pool whose state is still the one `swell.state` object of releases
+/// before sharding, in the default namespace and in another, each with a
+/// move into shards cut off after five of sixteen shards (as a controller
+/// killed there leaves it): two controllers starting at once complete the
+/// move, every volume is listed once with its name, the pending one is
+/// still pending, the promised bytes are exactly the old total, the old
+/// object holds only a total no release parses (so an earlier release
+/// left running fails there), and creates and deletes keep the total exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_kept_in_one_state_object_moves_into_shards_even_after_a_cut_off_move() {
+    let Some(session) = session("a_pool_kept_in_one_state_object_moves_into_shards_even_after_a_cut_off_move").await else { return };
+    let env = session.env;
+    let pool = "unsharded";
+    fresh_pool(env, pool);
+    rbd_rig::cli(env, "rbd", &["namespace", "create", &format!("{pool}/old")]).unwrap();
+    for namespace in ["", "old"] {
+        let volume = |name: &str| RbdVolume::for_name_in(CLUSTER_ID, pool, namespace, name).unwrap();
+        let settled: Vec<_> = (0..300u64).map(|i| (volume(&format!("old-{i}")), format!("old-{i}"), (1 + i % 4) * MIB)).collect();
+        let wishes = [(volume("wishing"), "wishing".to_owned(), 64 * MIB, 96 * MIB)];
+        let client = swell_rbd::test_util::OtherClient::connect_in(&env.access(), pool, namespace).unwrap();
+        client.seed_unsharded_volumes(&settled, &wishes).unwrap();
+        let promised: u64 = settled.iter().map(|(_, _, bytes)| bytes).sum::<u64>() + 96 * MIB;
+        assert_eq!(client.migrate_state(Some(5)), Err(nix::errno::Errno::EINTR), "the move is cut off");
+        let cut: Vec<String> = ["swell.state"].into_iter().map(str::to_owned).chain((0..5).map(|n| format!("swell.state.{n}"))).collect();
+        let mut cut = cut;
+        cut.sort();
+        assert_eq!(state_objects(env, pool, namespace), cut, "five shards made, the old object kept, no layout yet");
+
+        let config = |instance: &str| RbdConfig { default_pool: pool.into(), namespace: namespace.into(), ..rbd_config(env, instance) };
+        let (a, b) = (RbdBackend::new(config("move-a")).unwrap(), RbdBackend::new(config("move-b")).unwrap());
+        let (listed_a, listed_b) = tokio::join!(a.list_volumes(None, 0), b.list_volumes(None, 0));
+        let (listed_a, listed_b) = (listed_a.unwrap(), listed_b.unwrap());
+        let mut expected: Vec<String> = settled.iter().map(|(v, _, _)| v.id().to_string()).chain([wishes[0].0.id().to_string()]).collect();
+        expected.sort();
+        for listed in [&listed_a, &listed_b] {
+            let ids: Vec<String> = listed.iter().map(|v| v.id.to_string()).collect();
+            assert_eq!(ids, expected, "every volume once, in id order ({namespace:?})");
+        }
+        assert_eq!(a.promised(pool).await.unwrap(), promised, "the promise is the old total");
+        let mut shards: Vec<String> =
+            (0..16).map(|n| format!("swell.state.{n}")).chain(["swell.budget".into(), "swell.layout".into(), "swell.state".into()]).collect();
+        shards.sort();
+        assert_eq!(state_objects(env, pool, namespace), shards);
+        let fenced = rbd_rig::cli(env, "rados", &["-p", pool, "-N", namespace, "listomapkeys", "swell.state"]).unwrap();
+        assert_eq!(fenced.trim(), "total", "the old object keeps only its fenced total");
+        let out = tempfile::NamedTempFile::new().unwrap();
+        rbd_rig::cli(env, "rados", &["-p", pool, "-N", namespace, "getomapval", "swell.state", "total", &out.path().to_string_lossy()]).unwrap();
+        let fence = std::fs::read_to_string(out.path()).unwrap();
+        assert!(fence.starts_with("moved into shards"), "an earlier release finds a total it cannot parse: {fence}");
+        let pending = b.expansion_store().pending().await.unwrap();
+        let pending: Vec<String> = pending.readable.iter().map(|r| r.volume_id.to_string()).collect();
+        assert_eq!(pending, [wishes[0].0.id().to_string()], "the pending mark moved with its entry");
+
+        let made = a.create_volume("after-the-move", 8 * MIB, &Default::default()).await.unwrap();
+        assert_eq!(b.promised(pool).await.unwrap(), promised + 8 * MIB);
+        b.delete_volume(&made.info().id).await.unwrap();
+        assert_eq!(a.promised(pool).await.unwrap(), promised, "a deleted volume promises nothing");
+    }
+    rbd_rig::cli(env, "ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]).unwrap();
+}
+
+/// Two controllers creating at once in a pool whose quota holds exactly
+/// eight volumes: the shards' grants (docs/rbd-state.md) admit exactly
+/// eight, wherever their entries land, and no more; two deletes make room
+/// for exactly two; a quota lowered below what the grants hold refuses
+/// every create, also of volumes whose entries land in shards that kept
+/// the unused grants of the volumes deleted there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shards_admit_exactly_what_the_pool_holds_and_follow_a_shrinking_quota() {
+    let Some(session) = session("shards_admit_exactly_what_the_pool_holds_and_follow_a_shrinking_quota").await else { return };
+    let env = session.env;
+    let pool = "granted";
+    fresh_pool(env, pool);
+    let size = 32 * MIB;
+    rbd_rig::cli(env, "ceph", &["osd", "pool", "set-quota", pool, "max_bytes", &(8 * size).to_string()]).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let config = |instance: &str| RbdConfig { default_pool: pool.into(), ..rbd_config(env, instance) };
+    let (a, b) = (Arc::new(RbdBackend::new(config("grant-a")).unwrap()), Arc::new(RbdBackend::new(config("grant-b")).unwrap()));
+    let creates = |names: Vec<String>| {
+        let tasks: Vec<_> = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let backend = if i % 2 == 0 { Arc::clone(&a) } else { Arc::clone(&b) };
+                tokio::spawn(async move { backend.create_volume(&name, size, &Default::default()).await.map(|c| (name, c.info().id.clone())) })
+            })
+            .collect();
+        async move {
+            let mut made = Vec::new();
+            let mut refused = 0;
+            for task in tasks {
+                match task.await.unwrap() {
+                    Ok(id) => made.push(id),
+                    Err(swell_storage::BackendError::NoSpace { .. }) => refused += 1,
+                    Err(other) => panic!("a create failed otherwise than for room: {other}"),
+                }
+            }
+            (made, refused)
+        }
+    };
+    let (made, refused) = creates((0..12).map(|i| format!("fill-{i}")).collect()).await;
+    assert_eq!((made.len(), refused), (8, 4), "exactly the eight that fit");
+    assert_eq!(a.promised(pool).await.unwrap(), 8 * size);
+    for (_, id) in &made[..2] {
+        b.delete_volume(id).await.unwrap();
+    }
+    let (again, refused) = creates((0..5).map(|i| format!("refill-{i}")).collect()).await;
+    assert_eq!((again.len(), refused), (2, 3), "exactly the two deleted ones' room");
+    assert_eq!(b.promised(pool).await.unwrap(), 8 * size);
+    rbd_rig::cli(env, "ceph", &["osd", "pool", "set-quota", pool, "max_bytes", &(4 * size).to_string()]).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deleted: Vec<&(String, VolumeId)> = made[2..5].iter().chain(&again[..1]).collect();
+    for (_, id) in &deleted {
+        a.delete_volume(id).await.unwrap();
+    }
+    // The same names: entries in the very shards whose grants the deletes left unused.
+    let (late, refused) = creates(deleted.iter().map(|(name, _)| name.clone()).collect()).await;
+    assert_eq!((late.len(), refused), (0, 4), "four promised under a quota of four: nothing more");
     rbd_rig::cli(env, "ceph", &["osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"]).unwrap();
 }
 

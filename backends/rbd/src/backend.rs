@@ -55,7 +55,7 @@ impl RbdBackend {
         self.shared
             .run("read pool capacity", move |call| {
                 let pool = call.existing_pool(&pool)?;
-                let swell = state::read_total(pool.io())?;
+                let swell = state::read_total(pool.io(), pool.layout())?;
                 let config = call.config();
                 call.shared().readings().capacity(call.conn(), pool.name(), swell, config.overprovision_ratio, config.count_foreign_images)
             })
@@ -83,7 +83,12 @@ impl RbdBackend {
     #[cfg(feature = "test-util")]
     pub async fn promised(&self, pool: &str) -> Result<u64, BackendError> {
         let pool = pool.to_owned();
-        self.shared.run("read promised total", move |call| state::read_total(call.existing_pool(&pool)?.io())).await
+        self.shared
+            .run("read promised total", move |call| {
+                let pool = call.existing_pool(&pool)?;
+                state::read_total(pool.io(), pool.layout())
+            })
+            .await
     }
 }
 

@@ -1,19 +1,21 @@
-//! Changes to a pool's state object ([`super::state`]), applied atomically
-//! and batched.
+//! Changes to a pool's state ([`super::state`]), applied atomically to the
+//! shard holding the entry ([`super::shards`]) and batched.
 //!
 //! A change is decided against the values it replaces, then written in one
-//! compound RADOS write that first compares those values (the total and
-//! each entry touched) with what was read: if another controller replica
-//! wrote in between, nothing is written and the batch is decided again from
-//! a fresh read. So a promise is admitted against the exact total, across
-//! processes, and an entry is never overwritten by a writer that read an
-//! older one.
+//! compound RADOS write that first compares those values (the shard's
+//! total and grant, and each entry touched) with what was read: if another
+//! controller replica wrote in between, nothing is written and the batch is
+//! decided again from a fresh read. So a promise is admitted against the
+//! shard's exact total and grant, whose sum over the shards never passes
+//! the pool's room ([`super::budget`]), and an entry is never overwritten
+//! by a writer that read an older one. A batch that needs more than the
+//! shard's grant raises it first.
 //!
-//! Every change touches the total, so concurrent changes of one pool are
-//! committed in batches ([`swell_storage::batches`]): the first caller to
-//! find no commit running commits everything queued, and goes on while more
-//! arrives; the others wait for their own result. Sixty-four expansions arriving together cost a few
-//! writes, not sixty-four in a row.
+//! Every change touches its shard's total, so concurrent changes of one
+//! shard are committed in batches ([`swell_storage::batches`]): the first
+//! caller to find no commit running commits everything queued, and goes on
+//! while more arrives; the others wait for their own result. Sixty-four
+//! expansions arriving together cost a few writes, not sixty-four in a row.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -21,14 +23,18 @@ use std::time::{Duration, Instant};
 use swell_storage::batches::Batches;
 use swell_storage::{BackendError, ExpansionRecord};
 
-use crate::capacity::PoolRoom;
+use crate::budget::{self, Grant, Raised, RoomFn};
 use crate::errors::RbdError;
 use crate::ffi::{Errno, IoCtx, WriteOp};
-use crate::state::{self, Entry, Key, Lineage, Phase, STATE_OBJECT, SnapshotEntry, Stored, TOTAL_KEY};
+use crate::layout::Layout;
+use crate::state::{self, Entry, GRANT_KEY, Key, Lineage, PENDING_KEY, Phase, SnapshotEntry, Stored, TOTAL_KEY};
 
 /// How often one batch is decided again after losing a race with another
 /// writer before its callers are told to retry.
 const ATTEMPTS: usize = 8;
+
+/// Raises of a shard's grant one batch may try.
+const RAISES: usize = 3;
 
 /// One change of one entry.
 #[derive(Debug, Clone)]
@@ -98,8 +104,36 @@ pub(crate) enum Outcome {
     SnapshotRemoved(Option<SnapshotEntry>),
 }
 
-/// The pool's room when Swell has promised `total` bytes in it.
-pub(crate) type RoomFn<'a> = dyn Fn(u64) -> Result<PoolRoom, RbdError> + 'a;
+/// What a shard may promise: its grant, the pool's room beyond it (known
+/// once a raise fell short, for the refusal's message), and the pool as it
+/// is now (read only when a change promises more).
+pub(crate) struct Limit<'a> {
+    grant: u64,
+    room_left: u64,
+    pool: &'a dyn Fn() -> Result<PoolCheck, RbdError>,
+}
+
+/// The pool as an admission sees it: the grants stay within the policy's
+/// total as it is now, not as it was when they were given (a quota set
+/// since, OSDs filled).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PoolCheck {
+    /// Why nothing may be promised at all, if so.
+    full: Option<String>,
+    /// The policy's total (docs/rbd-capacity.md).
+    total: u64,
+    /// That total less what the pool stores.
+    unstored: u64,
+    /// The sum of the shards' grants.
+    granted: u64,
+}
+
+impl PoolCheck {
+    /// Whether the shards were granted more than the pool now allows.
+    fn over_granted(&self) -> bool {
+        self.granted > self.total
+    }
+}
 
 /// The batching committer of every pool of one backend.
 #[derive(Default)]
@@ -109,21 +143,36 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Applies `change` to `pool`'s state object (through `io`) and returns
-    /// what it did, committing other callers' changes in the same write
-    /// when they are waiting. `room` tells the pool's room for admissions.
-    /// A change still queued at `deadline` is never applied.
-    pub(crate) fn apply(&self, io: &IoCtx, pool: &str, change: Change, deadline: Instant, room: &RoomFn<'_>) -> Result<Outcome, RbdError> {
-        let committed = self.batches.submit(pool, change, deadline, |changes| {
+    /// Applies `change` to the shard of `pool` holding its entry (through
+    /// `io`) and returns what it did, committing other callers' changes of
+    /// that shard in the same write when they are waiting. `room` tells the
+    /// pool's room for raising the shard's grant. A change still queued at
+    /// `deadline` is never applied.
+    pub(crate) fn apply(&self, io: &IoCtx, pool: &str, layout: &Layout, change: Change, deadline: Instant, room: &RoomFn<'_>) -> Result<Outcome, RbdError> {
+        if *layout == Layout::Unsharded {
+            let step = format!("record state in pool {pool}");
+            return Err(RbdError::Refused(BackendError::Unavailable { step, reason: "this client may not move the pool's state into shards".into() }));
+        }
+        let shard = layout.shard_of(change.key().name());
+        let target = Target { io, layout, shard, deadline };
+        let committed = self.batches.submit(&format!("{pool}/{shard}"), change, deadline, |changes| {
             let changes: Vec<Change> = changes.iter().map(|c| (*c).clone()).collect();
-            commit(io, &changes, room)
+            commit(&target, &changes, room)
         });
-        committed.unwrap_or_else(|_| Err(timeout(pool)))
+        committed.unwrap_or_else(|_| Err(timeout(pool, &layout.object(shard))))
     }
 }
 
-fn timeout(pool: &str) -> RbdError {
-    RbdError::Refused(BackendError::Timeout { step: format!("commit to {STATE_OBJECT} of pool {pool}"), after: Duration::ZERO })
+/// The shard a batch is committed to.
+struct Target<'a> {
+    io: &'a IoCtx,
+    layout: &'a Layout,
+    shard: u32,
+    deadline: Instant,
+}
+
+fn timeout(pool: &str, object: &str) -> RbdError {
+    RbdError::Refused(BackendError::Timeout { step: format!("commit to {object} of pool {pool}"), after: Duration::ZERO })
 }
 
 /// The values a batch was decided on, and what it decided.
@@ -131,45 +180,90 @@ struct Decision {
     results: Vec<Result<Outcome, RbdError>>,
     /// The stored total as read, and as decided.
     total: (Vec<u8>, u64),
+    /// The stored grant as read.
+    grant: Vec<u8>,
+    /// The shard's list of entries with work left as read.
+    pending: Vec<u8>,
     /// Per touched entry: the stored value as read, and the entry decided.
     entries: BTreeMap<Key, (Vec<u8>, Option<Stored>)>,
 }
 
+fn no_limit() -> Result<PoolCheck, RbdError> {
+    Ok(PoolCheck { total: u64::MAX, unstored: u64::MAX, ..PoolCheck::default() })
+}
+
 /// Decides and writes one batch, again from a fresh read each time another
-/// writer got in between.
-fn commit(io: &IoCtx, changes: &[Change], room: &RoomFn<'_>) -> Vec<Result<Outcome, RbdError>> {
-    let mut keys = vec![TOTAL_KEY.to_owned()];
+/// writer got in between; a batch that would pass the shard's grant raises
+/// it first (once: what a raise cannot get is refused).
+fn commit(target: &Target<'_>, changes: &[Change], room: &RoomFn<'_>) -> Vec<Result<Outcome, RbdError>> {
+    let failed = |err: RbdError| changes.iter().map(|_| Err(err.duplicate())).collect();
+    let object = target.layout.object(target.shard);
+    let mut keys = vec![TOTAL_KEY.to_owned(), GRANT_KEY.to_owned(), PENDING_KEY.to_owned()];
     keys.extend(changes.iter().map(|c| c.key().entry()));
     keys.sort();
     keys.dedup();
+    let read_pool = || -> Result<PoolCheck, RbdError> {
+        let room = room(0)?;
+        let granted = budget::granted(target.io)?;
+        Ok(PoolCheck { full: room.full, total: room.capacity.total_bytes, unstored: room.capacity.available_bytes, granted })
+    };
+    // Raises tried (a change of another writer may take what one got), and
+    // the room the last one found beyond the grant.
+    let (mut raises, mut room_left) = (0, 0);
     for _ in 0..ATTEMPTS {
-        let stored = match state::read_raw(io, &keys) {
+        let stored = match state::read_raw(target.io, &object, &keys) {
             Ok(values) => values.into_iter().collect::<HashMap<String, Vec<u8>>>(),
-            Err(err) => return changes.iter().map(|_| Err(err.duplicate())).collect(),
+            Err(err) => return failed(err),
         };
-        let decision = match decide(&stored, changes, room) {
+        let grant = match stored.get(GRANT_KEY).map(|raw| Grant::decode(raw)).transpose() {
+            Ok(grant) => grant.unwrap_or_default().bytes,
+            Err(err) => return failed(err),
+        };
+        // Read once an attempt, and only when a change promises more.
+        let checked = std::cell::OnceCell::new();
+        let pool = || match checked.get_or_init(read_pool) {
+            Ok(check) => Ok(check.clone()),
+            Err(err) => Err(err.duplicate()),
+        };
+        if raises < RAISES {
+            // What the batch would promise if the grant were no limit.
+            let unlimited = Limit { grant: u64::MAX, room_left: 0, pool: &no_limit };
+            let (wanted, before) = match decide(&stored, changes, &unlimited) {
+                Ok(decision) => (decision.total.1, state::decode_total(&decision.total.0).unwrap_or(0)),
+                Err(err) => return failed(err),
+            };
+            let over_granted = || pool().map(|p| p.over_granted()).unwrap_or(false);
+            if wanted > grant || (wanted > before && over_granted()) {
+                raises += 1;
+                match budget::raise(target.io, target.layout, target.shard, wanted, room, target.deadline) {
+                    Ok(Raised::Enough) => {}
+                    Ok(Raised::Short { room_left: left }) => (raises, room_left) = (RAISES, left),
+                    Err(err) => return failed(err),
+                }
+                continue;
+            }
+        }
+        let limit = Limit { grant, room_left, pool: &pool };
+        let decision = match decide(&stored, changes, &limit) {
             Ok(decision) => decision,
-            Err(err) => return changes.iter().map(|_| Err(err.duplicate())).collect(),
+            Err(err) => return failed(err),
         };
         if decision.entries.is_empty() {
             return decision.results;
         }
-        match write(io, &decision) {
+        match write(target.io, &object, &decision) {
             Ok(()) => return decision.results,
             Err(Errno::ECANCELED) => continue,
-            Err(errno) => {
-                let err = RbdError::osd(format!("write {STATE_OBJECT}"), errno, None);
-                return changes.iter().map(|_| Err(err.duplicate())).collect();
-            }
+            Err(errno) => return failed(RbdError::osd(format!("write {object}"), errno, None)),
         }
     }
-    let reason = format!("{STATE_OBJECT} kept changing under other writers ({ATTEMPTS} attempts)");
+    let reason = format!("{object} kept changing under other writers ({ATTEMPTS} attempts)");
     changes.iter().map(|_| Err(RbdError::Refused(BackendError::Contended { step: "commit volume state".into(), reason: reason.clone() }))).collect()
 }
 
 /// Applies `changes` in order to the values read, each on what the ones
 /// before it left.
-fn decide(stored: &HashMap<String, Vec<u8>>, changes: &[Change], room: &RoomFn<'_>) -> Result<Decision, RbdError> {
+fn decide(stored: &HashMap<String, Vec<u8>>, changes: &[Change], room: &Limit<'_>) -> Result<Decision, RbdError> {
     let total_raw = stored.get(TOTAL_KEY).cloned().unwrap_or_default();
     let mut total = state::decode_total(&total_raw)?;
     let mut entries: BTreeMap<Key, (Vec<u8>, Option<Stored>)> = BTreeMap::new();
@@ -227,7 +321,9 @@ fn decide(stored: &HashMap<String, Vec<u8>>, changes: &[Change], room: &RoomFn<'
             Err(err) => results.push(Err(err)),
         }
     }
-    Ok(Decision { results, total: (total_raw, total), entries })
+    let grant = stored.get(GRANT_KEY).cloned().unwrap_or_default();
+    let pending = stored.get(PENDING_KEY).cloned().unwrap_or_default();
+    Ok(Decision { results, total: (total_raw, total), grant, pending, entries })
 }
 
 fn changed(image: &str, stored: u64, expected: u64) -> RbdError {
@@ -247,7 +343,7 @@ fn put(
     lineage: Option<&Lineage>,
     record: &ExpansionRecord,
     total: u64,
-    room: &RoomFn<'_>,
+    room: &Limit<'_>,
 ) -> Result<(Option<Stored>, Outcome), RbdError> {
     let stored_generation = current.map_or(0, |e| e.record.generation);
     if stored_generation != record.generation {
@@ -280,7 +376,7 @@ fn put_snapshot(
     current: Option<&SnapshotEntry>,
     wanted: &SnapshotEntry,
     total: u64,
-    room: &RoomFn<'_>,
+    room: &Limit<'_>,
 ) -> Result<(Option<Stored>, Outcome), RbdError> {
     let stored_generation = current.map_or(0, |e| e.generation);
     if stored_generation != wanted.generation {
@@ -299,51 +395,70 @@ fn put_snapshot(
     Ok((Some(Stored::Snapshot(stored.clone())), Outcome::SnapshotStored(stored)))
 }
 
-/// Admits `more` promised bytes against the pool's room (nothing to admit
-/// is always fine, also in a full pool).
-fn admit(key: &str, more: u64, total: u64, room: &RoomFn<'_>) -> Result<(), RbdError> {
+/// Admits `more` promised bytes against the shard's grant, in a pool not
+/// full, not granted beyond its total and storing less than its total by
+/// `more` (nothing to admit is always fine, also in a full pool).
+fn admit(key: &str, more: u64, total: u64, limit: &Limit<'_>) -> Result<(), RbdError> {
     if more == 0 {
         return Ok(());
     }
-    let room = room(total)?;
-    if let Some(reason) = &room.full {
+    let pool = (limit.pool)()?;
+    if let Some(reason) = &pool.full {
         tracing::warn!(entry = key, bytes = more, reason, "refusing: pool is full");
         return Err(BackendError::NoSpace { requested: more, available: 0 }.into());
     }
-    if more > room.capacity.available_bytes {
-        return Err(BackendError::NoSpace { requested: more, available: room.capacity.available_bytes }.into());
+    if pool.over_granted() {
+        return Err(BackendError::NoSpace { requested: more, available: 0 }.into());
+    }
+    if more > pool.unstored {
+        return Err(BackendError::NoSpace { requested: more, available: pool.unstored }.into());
+    }
+    let granted = limit.grant.saturating_sub(total);
+    if more > granted {
+        return Err(BackendError::NoSpace { requested: more, available: granted.saturating_add(limit.room_left) }.into());
     }
     Ok(())
 }
 
 /// Writes a decision in one compound write that first compares every value
-/// it was made on (ECANCELED when one changed).
-fn write(io: &IoCtx, decision: &Decision) -> Result<(), Errno> {
+/// it was made on (ECANCELED when one changed). The shard's list of entries
+/// with work left is rewritten (and compared) only when it changes.
+fn write(io: &IoCtx, object: &str, decision: &Decision) -> Result<(), Errno> {
     let mut op = WriteOp::default();
-    op.create(false).omap_cmp_eq(TOTAL_KEY, &decision.total.0);
-    let (mut set, mut remove): (Vec<(String, Vec<u8>)>, Vec<String>) = (vec![(TOTAL_KEY.to_owned(), decision.total.1.to_string().into_bytes())], Vec::new());
+    op.create(false).omap_cmp_eq(TOTAL_KEY, &decision.total.0).omap_cmp_eq(GRANT_KEY, &decision.grant);
+    let mut set: Vec<(String, Vec<u8>)> = vec![(TOTAL_KEY.to_owned(), decision.total.1.to_string().into_bytes())];
+    let mut removed = Vec::new();
+    let was = state::decode_pending(&decision.pending);
+    let mut pending = was.clone();
     for (key, (raw, entry)) in &decision.entries {
         op.omap_cmp_eq(&key.entry(), raw);
         match entry {
             Some(entry) => {
                 set.push((key.entry(), entry.encode()));
                 if entry.pending() {
-                    set.push((key.pending(), b"1".to_vec()));
+                    pending.insert(key.entry());
                 } else {
-                    remove.push(key.pending());
+                    pending.remove(&key.entry());
                 }
             }
-            None => remove.extend([key.entry(), key.pending()]),
+            None => {
+                removed.push(key.entry());
+                pending.remove(&key.entry());
+            }
         }
     }
-    op.omap_set(&set).omap_rm(&remove);
-    op.operate(io, STATE_OBJECT)
+    if pending != was {
+        op.omap_cmp_eq(PENDING_KEY, &decision.pending);
+        set.push((PENDING_KEY.to_owned(), state::encode_pending(&pending)));
+    }
+    op.omap_set(&set).omap_rm(&removed);
+    op.operate(io, object)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swell_storage::{Capacity, ExpansionRecord, VolumeId};
+    use swell_storage::{ExpansionRecord, VolumeId};
 
     fn entry(name: &str, current: u64, desired: u64) -> Entry {
         let id: VolumeId = "rbd:c:rbd:swell-00000000000000000000000000000000".parse().unwrap();
@@ -359,8 +474,9 @@ mod tests {
         Change::Put { image: image.into(), name: Some(entry.name), phase: Some(entry.phase), lineage: None, record: entry.record }
     }
 
-    fn room(limit: u64) -> impl Fn(u64) -> Result<PoolRoom, RbdError> {
-        move |total| Ok(PoolRoom { capacity: Capacity { total_bytes: limit, available_bytes: limit.saturating_sub(total) }, full: None })
+    /// A shard granted `grant` bytes in a pool with no room beyond.
+    fn room(grant: u64) -> Limit<'static> {
+        Limit { grant, room_left: 0, pool: &no_limit }
     }
 
     fn stored(pairs: &[(&str, &Entry)], total: u64) -> HashMap<String, Vec<u8>> {
@@ -480,7 +596,8 @@ mod tests {
 
     #[test]
     fn a_full_pool_refuses_new_bytes_but_not_changes_that_promise_none() {
-        let full = |_total: u64| Ok(PoolRoom { capacity: Capacity { total_bytes: 100, available_bytes: 0 }, full: Some("flag full".into()) });
+        let flagged = || Ok(PoolCheck { full: Some("flag full".to_owned()), total: 100, unstored: 100, granted: 0 });
+        let full = Limit { grant: 100, room_left: 0, pool: &flagged };
         let a = entry("a", 10, 10);
         let settle = put("a", a.clone());
         let grow = put("b", entry("b", 0, 5));

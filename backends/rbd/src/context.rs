@@ -5,9 +5,11 @@
 //! deadline; and a [`Pool`], one pool within a call, through which its
 //! state object is read and changed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use swell_storage::locks::KeyedLocks;
 use swell_storage::volume_id::VolumeIdError;
 use swell_storage::{BackendError, RbdVolume, VolumeId};
@@ -18,8 +20,10 @@ use crate::connection::{ConnectSettings, Connection, Connector};
 use crate::errors::RbdError;
 use crate::ffi::IoCtx;
 use crate::header::{self, Header};
+use crate::layout::Layout;
 use crate::lease::{Leases, Lingering};
 use crate::readings::{Readings, missing_pool};
+use crate::shards;
 use crate::state::{self, Entry, SnapshotEntry};
 
 /// Ceph calls that may be outstanding at once, running or stuck in a hung
@@ -34,6 +38,8 @@ pub(crate) struct Shared {
     connector: Connector,
     readings: Readings,
     committer: Committer,
+    /// Each pool's layout once it is sharded (it never changes after).
+    layouts: Mutex<HashMap<String, Layout>>,
     leases: Arc<Leases>,
     /// Locks kept a moment for this process's next operation on a volume.
     lingering: Arc<Lingering>,
@@ -55,6 +61,7 @@ impl Shared {
             readings: Readings::new(config.reading_max_age, config.op_timeout),
             leases: Arc::new(Leases { instance: config.instance.clone(), lease: config.lock_lease }),
             committer: Committer::default(),
+            layouts: Mutex::new(HashMap::new()),
             lingering: Lingering::new(config.lock_lease / 5),
             local: KeyedLocks::new(),
             making: KeyedLocks::new(),
@@ -90,6 +97,19 @@ impl Shared {
     /// Images this process is making, by name.
     pub(crate) fn making(&self) -> &KeyedLocks {
         &self.making
+    }
+
+    /// `pool`'s layout, migrating its state into shards on first use
+    /// ([`shards::open`]). A layout seen unsharded is read again next time.
+    fn layout(&self, pool: &str, io: &IoCtx) -> Result<Layout, RbdError> {
+        if let Some(layout) = self.layouts.lock().get(pool) {
+            return Ok(*layout);
+        }
+        let layout = shards::open(io, None)?;
+        if layout != Layout::Unsharded {
+            self.layouts.lock().insert(pool.to_owned(), layout);
+        }
+        Ok(layout)
     }
 
     /// The deadline of one call.
@@ -180,7 +200,9 @@ impl<'a> Call<'a> {
 
     /// Pool `name`, `None` when it does not exist.
     pub(crate) fn pool(&self, name: &str) -> Result<Option<Pool<'_>>, RbdError> {
-        Ok(self.conn.pool(name)?.map(|io| Pool { call: self, name: name.to_owned(), io }))
+        let Some(io) = self.conn.pool(name)? else { return Ok(None) };
+        let layout = self.shared.layout(name, &io)?;
+        Ok(Some(Pool { call: self, name: name.to_owned(), io, layout }))
     }
 
     /// Pool `name`; a missing pool (or namespace in it) is a StorageClass error.
@@ -230,7 +252,7 @@ impl<'a> Call<'a> {
             if wanted(volumes.len()) == 0 {
                 break;
             }
-            for (image, entry) in state::entries_after(&pool.io, from.as_deref(), wanted(volumes.len()), Entry::live)? {
+            for (image, entry) in state::entries_after(&pool.io, &pool.layout, from.as_deref(), wanted(volumes.len()), Entry::live)? {
                 // Pools whose names cannot be part of an id hold no Swell volume.
                 if let Ok(volume) = pool.volume(&image) {
                     volumes.push((volume, entry));
@@ -259,6 +281,7 @@ pub(crate) struct Pool<'a> {
     call: &'a Call<'a>,
     name: String,
     io: Arc<IoCtx>,
+    layout: Layout,
 }
 
 impl<'a> Pool<'a> {
@@ -274,28 +297,33 @@ impl<'a> Pool<'a> {
         &self.io
     }
 
+    /// Where the pool's state is.
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     /// The volume of `image` in this pool (and this install's namespace).
     pub(crate) fn volume(&self, image: &str) -> Result<RbdVolume, VolumeIdError> {
         self.call.volume_in(&self.name, image)
     }
 
-    /// Applies `change` to the pool's state object, admitting new promises
-    /// against the pool's room ([`crate::commit`]).
+    /// Applies `change` to the pool's state, admitting new promises
+    /// against the shard's grant and the pool's room ([`crate::commit`]).
     pub(crate) fn commit(&self, change: Change) -> Result<Outcome, RbdError> {
         let (shared, conn) = (self.call.shared, self.call.conn);
         let config = &shared.config;
         let room = |total| shared.readings.room(conn, &self.name, total, config.overprovision_ratio, config.count_foreign_images);
-        shared.committer.apply(&self.io, &self.name, change, self.call.deadline, &room)
+        shared.committer.apply(&self.io, &self.name, &self.layout, change, self.call.deadline, &room)
     }
 
     /// An image's entry, read now.
     pub(crate) fn entry(&self, image: &str) -> Result<Option<Entry>, RbdError> {
-        state::read_entry(&self.io, image)
+        state::read_entry(&self.io, &self.layout, image)
     }
 
     /// A snapshot's entry, read now.
     pub(crate) fn snapshot_entry(&self, key: &str) -> Result<Option<SnapshotEntry>, RbdError> {
-        state::read_snapshot(&self.io, key)
+        state::read_snapshot(&self.io, &self.layout, key)
     }
 
     /// The header of volume `id`'s image, read now; `None` when the image

@@ -47,7 +47,7 @@ fn housekeep_pool(pool: &Pool<'_>) -> Result<usize, RbdError> {
     if config.count_foreign_images && readings.foreign_due(name) {
         match io.provisioned_bytes() {
             Ok(all) => {
-                let swell = state::read_total(io)?;
+                let swell = state::read_total(io, pool.layout())?;
                 readings.note_foreign(name, all, swell);
                 tracing::debug!(pool = name, all_images = all, swell, "summed the sizes of the pool's images");
             }
@@ -56,7 +56,7 @@ fn housekeep_pool(pool: &Pool<'_>) -> Result<usize, RbdError> {
         }
     }
     let mut owed: Vec<(RbdVolume, Entry)> = Vec::new();
-    for (image, entry) in state::pending_entries(io)? {
+    for (image, entry) in state::pending_entries(io, pool.layout())? {
         // Pools whose names cannot be part of an id hold no Swell volume.
         let Ok(volume) = pool.volume(&image) else { continue };
         match entry {
@@ -77,7 +77,7 @@ fn housekeep_pool(pool: &Pool<'_>) -> Result<usize, RbdError> {
             tracing::warn!(volume.id = %volume, phase = ?entry.phase, error = %err, "cannot finish the volume's create, delete or flatten; retrying on the next pass");
         }
     });
-    let pending: Vec<(String, SnapshotEntry)> = state::pending_snapshots(io)?;
+    let pending: Vec<(String, SnapshotEntry)> = state::pending_snapshots(io, pool.layout())?;
     in_parallel(&pending, config.purge_concurrency, call.deadline(), config.op_timeout, |(key, entry)| {
         let finished = match entry.phase {
             Phase::Deleting => snapshots::finish_delete(pool, key, entry),

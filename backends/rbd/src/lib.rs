@@ -13,8 +13,11 @@
 //!   capacity policy (pure); `config`: [`RbdConfig`].
 //! - `connection`: the shared connection, blocking calls under deadlines.
 //! - `header`: an image's size read from, and grown in, its header object.
-//! - `state`: the pool's state object: records, promises and their total.
-//! - `commit`: changes to the state object, batched and applied atomically.
+//! - `layout`: which object holds an entry.
+//! - `state`: the pool's state: records, promises and their totals.
+//! - `budget`: the bytes each shard may promise, their sum within the room.
+//! - `shards`: a pool's layout, and the move from one object into shards.
+//! - `commit`: changes to a shard, batched and applied atomically.
 //! - `readings`: pool usage readings, shared and at most a second old.
 //! - `lease`: per-volume holds that hold across controller processes.
 //! - `parallel`, `trash`: background work a few at a time; deletes through
@@ -33,6 +36,8 @@ mod config;
 
 #[cfg(feature = "librbd")]
 mod backend;
+#[cfg(feature = "librbd")]
+mod budget;
 #[cfg(feature = "librbd")]
 mod capacity;
 #[cfg(feature = "librbd")]
@@ -59,11 +64,15 @@ mod housekeeping;
 #[cfg(feature = "librbd")]
 mod images;
 #[cfg(feature = "librbd")]
+mod layout;
+#[cfg(feature = "librbd")]
 mod lease;
 #[cfg(feature = "librbd")]
 mod parallel;
 #[cfg(feature = "librbd")]
 mod readings;
+#[cfg(feature = "librbd")]
+mod shards;
 #[cfg(feature = "librbd")]
 mod snapshots;
 #[cfg(feature = "librbd")]

@@ -20,7 +20,7 @@ use crate::capacity::{self, PoolRoom, PoolSettings, PoolUsage};
 use crate::coalesce::{Coalescer, Missed};
 use crate::connection::Connection;
 use crate::errors::RbdError;
-use crate::state;
+use crate::shards;
 
 /// Every pool's usage and settings at one moment.
 #[derive(Debug)]
@@ -153,7 +153,7 @@ impl Readings {
         let mut readable = Vec::with_capacity(pools.len());
         for pool in pools {
             match conn.pool(&pool)? {
-                Some(io) if state::readable(&io) => readable.push(pool),
+                Some(io) if shards::readable(&io) => readable.push(pool),
                 Some(_) => tracing::debug!(pool, "this client may not read the pool; not listing it"),
                 None => {}
             }

@@ -189,7 +189,7 @@ pub(crate) fn list(call: &Call<'_>, source: Option<&RbdVolume>) -> Result<Vec<Sn
     let config = call.config();
     let wanted = source.map(RbdVolume::id);
     let cut = |pool: &Pool<'_>| -> Result<Vec<SnapshotInfo>, RbdError> {
-        let entries = state::all_snapshots(pool.io())?;
+        let entries = state::all_snapshots(pool.io(), pool.layout())?;
         Ok(entries
             .into_iter()
             .filter(|(_, entry)| entry.phase == Phase::Ready && wanted.as_ref().is_none_or(|w| *w == entry.source_volume))

@@ -1,37 +1,44 @@
-//! What Swell remembers about a pool's volumes, kept in the pool itself:
-//! one RADOS object, `swell.state`, whose omap holds
+//! What Swell remembers about a pool's volumes, kept in the pool itself,
+//! spread over the shard objects of the pool's layout ([`crate::layout`]):
+//! each entry lives in the shard its name hashes to, whose omap holds
 //!
 //! - `v.<image>`: the volume's entry (its CO name, its phase and its
 //!   expansion record, JSON), from the moment its create is admitted until
 //!   its image is in the trash;
-//! - `p.<image>`: present while that entry has work left (a grow short of
-//!   its wish, a size its clients were not told, a create not confirmed, a
-//!   delete not finished), so the background work reads only those;
 //! - `s.<snapshot key>`: a snapshot's entry (its CO name, its source image
-//!   and that image's RBD id, its size, phase and parent depth, JSON), and
-//!   `ps.<snapshot key>` while it has work left, as for volumes;
-//! - `total`: the bytes Swell has promised in the pool, the sum of every
-//!   entry's promise (a volume: the larger of its wish and its size; a
-//!   snapshot: its size), kept by every change in the same atomic write as
-//!   the entry it changes.
+//!   and that image's RBD id, its size, phase and parent depth, JSON);
+//! - `pending`: the keys of the entries with work left (a grow short of its
+//!   wish, a size its clients were not told, a create not confirmed, a
+//!   delete not finished), one a line, so the background work reads only
+//!   those; rewritten in place, never a key removed and added per change;
+//! - `total`: the bytes the shard's entries promise (a volume: the larger
+//!   of its wish and its size; a snapshot: its size), kept by every change
+//!   in the same atomic write as the entry it changes;
+//! - `grant`: the bytes the pool's budget lets the shard promise
+//!   ([`crate::budget`]), which `total` never passes.
 //!
-//! Why one object in the pool, not image metadata: a create must be
-//! admitted (its bytes promised) before its image exists, the pending
-//! entries must be found without opening every image, and the total must
-//! change in the same step as the entry. Omap on one object gives all three
-//! in one compound write with comparisons (docs/rbd-state.md). Every write
-//! goes through [`super::commit`].
+//! Why objects in the pool, not image metadata: a create must be admitted
+//! (its bytes promised) before its image exists, the pending entries must
+//! be found without opening every image, and the total must change in the
+//! same step as the entry. Omap gives all three in one compound write with
+//! comparisons (docs/rbd-state.md). Every write goes through
+//! [`super::commit`].
+
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 use swell_storage::{BackendError, ContentSource, ExpansionRecord, VolumeId};
 
 use crate::errors::RbdError;
 use crate::ffi::{Errno, IoCtx, OmapPage, ReadOp};
+use crate::layout::{Layout, STATE_OBJECT};
 
-/// The pool's state object.
-pub(crate) const STATE_OBJECT: &str = "swell.state";
-/// The omap key of the promised total.
+/// The omap key of the bytes a shard's entries promise.
 pub(crate) const TOTAL_KEY: &str = "total";
+/// The omap key of the bytes the budget granted the shard.
+pub(crate) const GRANT_KEY: &str = "grant";
+/// The omap key listing the shard's entries with work left.
+pub(crate) const PENDING_KEY: &str = "pending";
 const ENTRY_PREFIX: &str = "v.";
 const PENDING_PREFIX: &str = "p.";
 const SNAPSHOT_PREFIX: &str = "s.";
@@ -44,7 +51,9 @@ pub(crate) fn entry_key(image: &str) -> String {
     format!("{ENTRY_PREFIX}{image}")
 }
 
-/// The omap key marking an image's entry pending.
+/// The omap key marking an image's entry pending in the one object of
+/// releases before sharding (whose shards list them under [`PENDING_KEY`]).
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) fn pending_key(image: &str) -> String {
     format!("{PENDING_PREFIX}{image}")
 }
@@ -67,12 +76,11 @@ impl Key {
         }
     }
 
-    /// The omap key marking the entry pending.
-    pub(crate) fn pending(&self) -> String {
-        match self {
-            Key::Volume(image) => pending_key(image),
-            Key::Snapshot(key) => format!("{SNAPSHOT_PENDING_PREFIX}{key}"),
-        }
+    /// The entry a stored omap key (an entry's, or a pending mark of the
+    /// one object before sharding) belongs to; `None` for other keys.
+    pub(crate) fn of_stored(stored: &str) -> Option<Key> {
+        let volume = stored.strip_prefix(ENTRY_PREFIX).or_else(|| stored.strip_prefix(PENDING_PREFIX)).map(|n| Key::Volume(n.to_owned()));
+        volume.or_else(|| stored.strip_prefix(SNAPSHOT_PREFIX).or_else(|| stored.strip_prefix(SNAPSHOT_PENDING_PREFIX)).map(|n| Key::Snapshot(n.to_owned())))
     }
 
     /// The image or snapshot key, for messages.
@@ -268,7 +276,7 @@ impl Stored {
     }
 }
 
-/// Parses the stored total (absent: nothing promised yet).
+/// Parses a stored byte count (absent: none).
 pub(crate) fn decode_total(raw: &[u8]) -> Result<u64, RbdError> {
     if raw.is_empty() {
         return Ok(0);
@@ -276,7 +284,7 @@ pub(crate) fn decode_total(raw: &[u8]) -> Result<u64, RbdError> {
     std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok()).ok_or_else(|| corrupt("promised total", String::from_utf8_lossy(raw)))
 }
 
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> RbdError {
+pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> RbdError {
     RbdError::Refused(BackendError::corrupt(format!("read {what} in {STATE_OBJECT}"), format!("unreadable: {detail}")))
 }
 
@@ -284,64 +292,67 @@ fn read_error(what: &str, errno: Errno) -> RbdError {
     RbdError::osd(format!("read {what} of {STATE_OBJECT}"), errno, None)
 }
 
-/// Whether this client may read the pool's state object. A cephx user kept
-/// to its own pools (`osd 'profile rbd pool=<pool>'`, as deploy/ documents)
-/// gets EPERM from every other pool, where it can have no volume either;
-/// any other answer is left to the read that follows.
-pub(crate) fn readable(io: &IoCtx) -> bool {
-    let mut op = ReadOp::default();
-    op.omap_get(&[TOTAL_KEY.to_owned()]);
-    !matches!(op.operate(io, STATE_OBJECT), Err(Errno::EPERM))
-}
-
-/// Raw values of `keys` (absent ones left out); a missing object holds none.
-pub(crate) fn read_raw(io: &IoCtx, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, RbdError> {
+/// Raw values of `keys` in object `oid` (absent ones left out); a missing
+/// object holds none.
+pub(crate) fn read_raw(io: &IoCtx, oid: &str, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, RbdError> {
     let mut values = Vec::new();
     for chunk in keys.chunks(PAGE as usize) {
         let mut op = ReadOp::default();
         op.omap_get(chunk);
-        match op.operate(io, STATE_OBJECT) {
+        match op.operate(io, oid) {
             Ok(mut out) => values.extend(out.omaps.pop().unwrap_or_default().entries),
             Err(Errno::ENOENT) => return Ok(Vec::new()),
-            Err(e) => return Err(read_error("keys", e)),
+            Err(e) => return Err(read_error(&format!("keys of {oid}"), e)),
         }
     }
     Ok(values)
 }
 
-/// An image's entry, read now.
-pub(crate) fn read_entry(io: &IoCtx, image: &str) -> Result<Option<Entry>, RbdError> {
-    read_raw(io, &[entry_key(image)])?.into_iter().next().map(|(_, raw)| Entry::decode(image, &raw)).transpose()
+/// The stored value of `key`'s entry, read now from its shard.
+fn read_one(io: &IoCtx, layout: &Layout, key: &Key) -> Result<Option<Vec<u8>>, RbdError> {
+    Ok(read_raw(io, &layout.object_of(key.name()), &[key.entry()])?.into_iter().next().map(|(_, raw)| raw))
 }
 
-/// The promised total, read now.
-pub(crate) fn read_total(io: &IoCtx) -> Result<u64, RbdError> {
-    match read_raw(io, &[TOTAL_KEY.to_owned()])?.into_iter().next() {
+/// An image's entry, read now.
+pub(crate) fn read_entry(io: &IoCtx, layout: &Layout, image: &str) -> Result<Option<Entry>, RbdError> {
+    read_one(io, layout, &Key::Volume(image.to_owned()))?.map(|raw| Entry::decode(image, &raw)).transpose()
+}
+
+/// A snapshot's entry, read now.
+pub(crate) fn read_snapshot(io: &IoCtx, layout: &Layout, key: &str) -> Result<Option<SnapshotEntry>, RbdError> {
+    read_one(io, layout, &Key::Snapshot(key.to_owned()))?.map(|raw| SnapshotEntry::decode(key, &raw)).transpose()
+}
+
+/// The bytes Swell promised in the pool, the sum of its shards' totals,
+/// read now (the shards at once: one round trip, not one per shard).
+pub(crate) fn read_total(io: &IoCtx, layout: &Layout) -> Result<u64, RbdError> {
+    let totals = layout.each_object(|oid| match read_raw(io, oid, &[TOTAL_KEY.to_owned()])?.into_iter().next() {
         Some((_, raw)) => decode_total(&raw),
         None => Ok(0),
-    }
+    });
+    totals.into_iter().try_fold(0u64, |sum, total| Ok(sum.saturating_add(total?)))
 }
 
 /// Up to `limit` keys with `prefix` after `after` (a full key), in order.
-fn page_keys(io: &IoCtx, prefix: &str, after: &str, limit: u64) -> Result<OmapPage, RbdError> {
+fn page_keys(io: &IoCtx, oid: &str, prefix: &str, after: &str, limit: u64) -> Result<OmapPage, RbdError> {
     let mut op = ReadOp::default();
     op.omap_page(after, prefix, limit).map_err(|e| read_error(prefix, e))?;
-    match op.operate(io, STATE_OBJECT) {
+    match op.operate(io, oid) {
         Ok(mut out) => Ok(out.omaps.pop().unwrap_or_default()),
         Err(Errno::ENOENT) => Ok(OmapPage::default()),
-        Err(e) => Err(read_error(prefix, e)),
+        Err(e) => Err(read_error(&format!("{prefix} of {oid}"), e)),
     }
 }
 
-/// The one omap pager: the keys with `prefix` after `after` (a full key,
-/// empty for the first), in order, a page at a time. `visit` is given each
-/// key (without the prefix) and value and says whether it counts; the walk
-/// ends once `limit` have counted or no key is left.
-fn walk(io: &IoCtx, prefix: &str, after: String, limit: usize, mut visit: impl FnMut(&str, Vec<u8>) -> bool) -> Result<(), RbdError> {
+/// The one omap pager: the keys of `oid` with `prefix` after `after` (a
+/// full key, empty for the first), in order, a page at a time. `visit` is
+/// given each key (without the prefix) and value and says whether it
+/// counts; the walk ends once `limit` have counted or no key is left.
+fn walk(io: &IoCtx, oid: &str, prefix: &str, after: String, limit: usize, mut visit: impl FnMut(&str, Vec<u8>) -> bool) -> Result<(), RbdError> {
     let (mut after, mut counted) = (after, 0);
     while counted < limit {
         let want = (limit - counted).min(PAGE as usize) as u64;
-        let OmapPage { entries, more } = page_keys(io, prefix, &after, want)?;
+        let OmapPage { entries, more } = page_keys(io, oid, prefix, &after, want)?;
         let Some((last, _)) = entries.last() else { break };
         after = last.clone();
         for (key, value) in entries {
@@ -370,78 +381,118 @@ fn decoded<T>(what: &str, name: &str, decoded: Result<T, RbdError>) -> Option<T>
     }
 }
 
-/// The names after `prefix` of every key with it.
-fn all_marked(io: &IoCtx, prefix: &str) -> Result<Vec<String>, RbdError> {
-    let mut names = Vec::new();
-    walk(io, prefix, String::new(), usize::MAX, |name, _| {
-        names.push(name.to_owned());
-        true
-    })?;
-    Ok(names)
-}
-
 /// A listed entry: its name (an image, a snapshot key) and the entry, or
 /// why it cannot be read; the caller reports an unreadable one.
 pub(crate) type Listed<T> = (String, Result<T, RbdError>);
 
-/// The entries of `keys` (full keys), decoded by `decode`.
-fn read_decoded<T>(io: &IoCtx, prefix: &str, keys: &[String], decode: impl Fn(&str, &[u8]) -> Result<T, RbdError>) -> Result<Vec<Listed<T>>, RbdError> {
-    let listed = read_raw(io, keys)?;
-    Ok(listed
-        .into_iter()
-        .filter_map(|(key, raw)| {
-            let name = key.strip_prefix(prefix)?.to_owned();
-            let entry = decode(&name, &raw);
-            Some((name, entry))
-        })
-        .collect())
+/// The shards' lists, each of `(name, entry)`, as one in name order; the
+/// first shard that could not be read fails it.
+fn merged<T>(shards: Vec<Result<Vec<(String, T)>, RbdError>>) -> Result<Vec<(String, T)>, RbdError> {
+    let mut all = Vec::new();
+    for shard in shards {
+        all.extend(shard?);
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(all)
 }
 
-/// The entries marked pending: two reads per 512 of them, however many
-/// settled entries the pool holds.
-pub(crate) fn pending_entries(io: &IoCtx) -> Result<Vec<Listed<Entry>>, RbdError> {
-    let keys: Vec<String> = all_marked(io, PENDING_PREFIX)?.iter().map(|i| entry_key(i)).collect();
-    read_decoded(io, ENTRY_PREFIX, &keys, Entry::decode)
+/// Parses a shard's list of entries with work left (absent: none).
+pub(crate) fn decode_pending(raw: &[u8]) -> BTreeSet<String> {
+    String::from_utf8_lossy(raw).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+}
+
+/// The stored form of a list of entries with work left.
+pub(crate) fn encode_pending(pending: &BTreeSet<String>) -> Vec<u8> {
+    pending.iter().map(String::as_str).collect::<Vec<_>>().join("\n").into_bytes()
+}
+
+/// The entries of every shard with work left whose keys start with
+/// `entry`, decoded by `decode`: per shard, one read of its list and one
+/// per 512 entries on it, however many settled entries it holds. In the one
+/// object before sharding they are marked by keys with the prefix `pending`.
+fn marked<T: Send>(
+    io: &IoCtx,
+    layout: &Layout,
+    pending: &str,
+    entry: &str,
+    decode: impl Fn(&str, &[u8]) -> Result<T, RbdError> + Sync,
+) -> Result<Vec<Listed<T>>, RbdError> {
+    let shards = layout.each_object(|oid| {
+        let mut keys = Vec::new();
+        if *layout == Layout::Unsharded {
+            walk(io, oid, pending, String::new(), usize::MAX, |name, _| {
+                keys.push(format!("{entry}{name}"));
+                true
+            })?;
+        } else if let Some((_, raw)) = read_raw(io, oid, &[PENDING_KEY.to_owned()])?.into_iter().next() {
+            keys.extend(decode_pending(&raw).into_iter().filter(|key| key.starts_with(entry)));
+        }
+        let listed = read_raw(io, oid, &keys)?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|(key, raw)| {
+                let name = key.strip_prefix(entry)?.to_owned();
+                let decoded = decode(&name, &raw);
+                Some((name, decoded))
+            })
+            .collect::<Vec<_>>())
+    });
+    merged(shards)
+}
+
+/// The entries marked pending, in image order.
+pub(crate) fn pending_entries(io: &IoCtx, layout: &Layout) -> Result<Vec<Listed<Entry>>, RbdError> {
+    marked(io, layout, PENDING_PREFIX, ENTRY_PREFIX, Entry::decode)
 }
 
 /// The snapshot entries marked pending (an unreadable one is logged).
-pub(crate) fn pending_snapshots(io: &IoCtx) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
-    let keys: Vec<String> = all_marked(io, SNAPSHOT_PENDING_PREFIX)?.iter().map(|k| Key::Snapshot(k.clone()).entry()).collect();
-    let listed = read_decoded(io, SNAPSHOT_PREFIX, &keys, SnapshotEntry::decode)?;
+pub(crate) fn pending_snapshots(io: &IoCtx, layout: &Layout) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
+    let listed = marked(io, layout, SNAPSHOT_PENDING_PREFIX, SNAPSHOT_PREFIX, SnapshotEntry::decode)?;
     Ok(listed.into_iter().filter_map(|(key, entry)| decoded("snapshot", &key, entry).map(|entry| (key, entry))).collect())
 }
 
-/// A snapshot's entry, read now.
-pub(crate) fn read_snapshot(io: &IoCtx, key: &str) -> Result<Option<SnapshotEntry>, RbdError> {
-    read_raw(io, &[Key::Snapshot(key.to_owned()).entry()])?.into_iter().next().map(|(_, raw)| SnapshotEntry::decode(key, &raw)).transpose()
-}
-
 /// Every snapshot entry of the pool, in key order.
-pub(crate) fn all_snapshots(io: &IoCtx) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
-    let mut snapshots = Vec::new();
-    walk(io, SNAPSHOT_PREFIX, String::new(), usize::MAX, |key, raw| {
-        if let Some(entry) = decoded("snapshot", key, SnapshotEntry::decode(key, &raw)) {
-            snapshots.push((key.to_owned(), entry));
-        }
-        true
-    })?;
-    Ok(snapshots)
+pub(crate) fn all_snapshots(io: &IoCtx, layout: &Layout) -> Result<Vec<(String, SnapshotEntry)>, RbdError> {
+    let shards = layout.each_object(|oid| {
+        let mut snapshots = Vec::new();
+        walk(io, oid, SNAPSHOT_PREFIX, String::new(), usize::MAX, |key, raw| {
+            if let Some(entry) = decoded("snapshot", key, SnapshotEntry::decode(key, &raw)) {
+                snapshots.push((key.to_owned(), entry));
+            }
+            true
+        })?;
+        Ok(snapshots)
+    });
+    merged(shards)
 }
 
 /// Up to `limit` entries that `wanted` keeps, and unreadable ones, after
 /// `after` (an image name), in image order; the others are skipped, not
-/// counted.
-pub(crate) fn entries_after(io: &IoCtx, after: Option<&str>, limit: usize, wanted: impl Fn(&Entry) -> bool) -> Result<Vec<Listed<Entry>>, RbdError> {
-    let mut entries = Vec::new();
-    walk(io, ENTRY_PREFIX, after.map(entry_key).unwrap_or_default(), limit, |image, raw| {
-        let entry = Entry::decode(image, &raw);
-        if entry.as_ref().is_ok_and(|e| !wanted(e)) {
-            return false;
-        }
-        entries.push((image.to_owned(), entry));
-        true
-    })?;
-    Ok(entries)
+/// counted. Each shard is read from `after` for at most `limit` of them,
+/// and the shards' lists merged.
+pub(crate) fn entries_after(
+    io: &IoCtx,
+    layout: &Layout,
+    after: Option<&str>,
+    limit: usize,
+    wanted: impl Fn(&Entry) -> bool + Sync,
+) -> Result<Vec<Listed<Entry>>, RbdError> {
+    let from = after.map(entry_key).unwrap_or_default();
+    let shards = layout.each_object(|oid| {
+        let mut entries = Vec::new();
+        walk(io, oid, ENTRY_PREFIX, from.clone(), limit, |image, raw| {
+            let entry = Entry::decode(image, &raw);
+            if entry.as_ref().is_ok_and(|e| !wanted(e)) {
+                return false;
+            }
+            entries.push((image.to_owned(), entry));
+            true
+        })?;
+        Ok(entries)
+    });
+    let mut all = merged(shards)?;
+    all.truncate(limit);
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -504,7 +555,16 @@ mod tests {
         assert_eq!(entry_key("swell-ab"), "v.swell-ab");
         assert_eq!(pending_key("swell-ab"), "p.swell-ab");
         let snapshot = Key::Snapshot("snap-ab".into());
-        assert_eq!((snapshot.entry(), snapshot.pending()), ("s.snap-ab".to_owned(), "ps.snap-ab".to_owned()));
+        assert_eq!(snapshot.entry(), "s.snap-ab");
+        for (stored, key) in
+            [("p.a", Key::Volume("a".into())), ("v.a", Key::Volume("a".into())), ("ps.k", Key::Snapshot("k".into())), ("s.k", Key::Snapshot("k".into()))]
+        {
+            assert_eq!(Key::of_stored(stored), Some(key), "{stored}");
+        }
+        assert_eq!((Key::of_stored("total"), Key::of_stored("grant"), Key::of_stored("pending")), (None, None, None));
+        let pending: BTreeSet<String> = ["v.b", "s.k", "v.a"].into_iter().map(str::to_owned).collect();
+        assert_eq!(decode_pending(&encode_pending(&pending)), pending);
+        assert!(decode_pending(b"").is_empty());
     }
 
     #[test]

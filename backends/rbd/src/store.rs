@@ -137,7 +137,7 @@ impl ExpansionStore for RbdStore {
         self.shared
             .run("list pending expansions", |call| {
                 let listed = call.each_pool(|pool| {
-                    let entries = state::pending_entries(pool.io())?;
+                    let entries = state::pending_entries(pool.io(), pool.layout())?;
                     // Pools whose names cannot be part of an id hold no Swell volume.
                     Ok(entries.into_iter().filter_map(|(image, entry)| Some((pool.volume(&image).ok()?, entry))).collect())
                 })?;

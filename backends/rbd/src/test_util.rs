@@ -13,7 +13,9 @@ use swell_storage::{CephAccess, ExpansionRecord, RbdVolume};
 
 use crate::ffi::{Cluster, Image, IoCtx, WriteOp};
 use crate::images::IMAGE_FEATURES;
+use crate::layout::Layout;
 use crate::lease::{LOCK_NAME, lock_object};
+use crate::shards;
 use crate::state::{self, Entry, Phase};
 
 /// A librados client of one pool, not the backend's.
@@ -27,11 +29,17 @@ pub struct OpenImage<'a>(Image<'a>);
 impl OtherClient {
     /// Connects as `access.user` with `access.keyring` and opens `pool`.
     pub fn connect(access: &CephAccess, pool: &str) -> Result<Self, Errno> {
+        Self::connect_in(access, pool, "")
+    }
+
+    /// Connects as [`connect`](Self::connect) does, in RADOS namespace
+    /// `namespace` of `pool` ("" for the default one).
+    pub fn connect_in(access: &CephAccess, pool: &str, namespace: &str) -> Result<Self, Errno> {
         let cluster = Arc::new(Cluster::create(&access.user)?);
         cluster.read_conf_file(&access.ceph_conf)?;
         cluster.conf_set("keyring", &access.keyring.to_string_lossy())?;
         cluster.connect()?;
-        Ok(OtherClient { io: cluster.ioctx(pool, "")? })
+        Ok(OtherClient { io: cluster.ioctx(pool, namespace)? })
     }
 
     /// `rbd_create` with the features Swell gives its own images.
@@ -78,26 +86,72 @@ impl OtherClient {
     }
 
     /// Writes settled entries for `volumes` (each with its CO name and size)
-    /// into the pool's state object and adds their bytes to its promised
-    /// total, as volumes Swell made long ago would have left them; no image
-    /// is made. A few hundred entries a write.
+    /// into the pool's state shards and adds their bytes to the shards'
+    /// totals and grants, as volumes Swell made long ago would have left
+    /// them; no image is made. One write per shard and a few hundred
+    /// entries.
     pub fn seed_settled_volumes(&self, volumes: &[(RbdVolume, String, u64)]) -> Result<(), Errno> {
-        let mut total = state::read_total(&self.io).map_err(|_| Errno::EIO)?;
+        let layout = shards::open(&self.io, None).map_err(|_| Errno::EIO)?;
         for chunk in volumes.chunks(500) {
-            let entries: Vec<(String, Vec<u8>)> = chunk
-                .iter()
-                .map(|(volume, name, bytes)| {
-                    let record = ExpansionRecord { generation: 1, ..ExpansionRecord::new(&volume.id(), *bytes, *bytes) };
-                    (state::entry_key(&volume.image), Entry { name: name.clone(), phase: Phase::Ready, lineage: Default::default(), record }.encode())
-                })
-                .collect();
-            total += chunk.iter().map(|(_, _, bytes)| bytes).sum::<u64>();
-            let mut op = WriteOp::default();
-            op.create(false).omap_set(&entries).omap_set(&[(state::TOTAL_KEY, total.to_string())]);
-            op.operate(&self.io, state::STATE_OBJECT)?;
+            // Per shard: its entries and the bytes they promise.
+            let mut by_shard: std::collections::BTreeMap<u32, (Vec<_>, u64)> = Default::default();
+            for (key, raw, bytes) in settled(chunk) {
+                let shard = by_shard.entry(layout.shard_of(&key[2..])).or_default();
+                shard.0.push((key, raw));
+                shard.1 += bytes;
+            }
+            for (shard, (entries, bytes)) in by_shard {
+                crate::budget::seed(&self.io, &layout, shard, &entries, bytes)?;
+            }
         }
         Ok(())
     }
+
+    /// Writes entries for `volumes` into the one state object `swell.state`
+    /// of releases before sharding, with its total, as such a release left
+    /// them: each settled at its size, or, given a larger wish, marked
+    /// pending with that wish promised. No image is made.
+    pub fn seed_unsharded_volumes(&self, volumes: &[(RbdVolume, String, u64)], wishes: &[(RbdVolume, String, u64, u64)]) -> Result<(), Errno> {
+        let mut total = state::read_total(&self.io, &Layout::Unsharded).map_err(|_| Errno::EIO)?;
+        let mut keys: Vec<(String, Vec<u8>)> = settled(volumes).into_iter().map(|(key, raw, _)| (key, raw)).collect();
+        total += volumes.iter().map(|(_, _, bytes)| bytes).sum::<u64>();
+        for (volume, name, size, wish) in wishes {
+            let record = ExpansionRecord { generation: 1, ..ExpansionRecord::new(&volume.id(), *size, *size).wishing(*size, *wish) };
+            keys.push((state::entry_key(&volume.image), Entry { name: name.clone(), phase: Phase::Ready, lineage: Default::default(), record }.encode()));
+            keys.push((state::pending_key(&volume.image), b"1".to_vec()));
+            total += (*size).max(*wish);
+        }
+        for chunk in keys.chunks(500) {
+            let mut op = WriteOp::default();
+            op.create(false).omap_set(chunk);
+            op.operate(&self.io, crate::layout::STATE_OBJECT)?;
+        }
+        let mut op = WriteOp::default();
+        op.create(false).omap_set(&[(state::TOTAL_KEY, total.to_string())]);
+        op.operate(&self.io, crate::layout::STATE_OBJECT)
+    }
+
+    /// Moves the pool's old state object into shards as a controller does
+    /// on first use, stopped before shard `stop_before` when given, as a
+    /// controller killed there would leave it (EINTR then).
+    pub fn migrate_state(&self, stop_before: Option<u32>) -> Result<(), Errno> {
+        shards::open(&self.io, stop_before).map(drop).map_err(|err| match err {
+            crate::errors::RbdError::Ceph(failure) => failure.errno,
+            _ => Errno::EIO,
+        })
+    }
+}
+
+/// Settled entries of `volumes`: their omap keys, stored forms and sizes.
+fn settled(volumes: &[(RbdVolume, String, u64)]) -> Vec<(String, Vec<u8>, u64)> {
+    volumes
+        .iter()
+        .map(|(volume, name, bytes)| {
+            let record = ExpansionRecord { generation: 1, ..ExpansionRecord::new(&volume.id(), *bytes, *bytes) };
+            let entry = Entry { name: name.clone(), phase: Phase::Ready, lineage: Default::default(), record };
+            (state::entry_key(&volume.image), entry.encode(), *bytes)
+        })
+        .collect()
 }
 
 impl OpenImage<'_> {
