@@ -10,6 +10,7 @@ use csi_proto::v1::controller_service_capability::{self, rpc};
 use csi_proto::v1::*;
 use swell_backends::Backends;
 use swell_storage::locks::KeyedLocks;
+use swell_storage::rbd_attach;
 use swell_storage::{Backend, Created, VolumeId, VolumeInfo};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -60,10 +61,16 @@ impl ControllerService {
         let params = VolumeParameters::parse(&req.parameters)?;
         let backend = self.backends.for_new_volume(params.backend.as_deref())?;
         params.check_backend(backend.kind(), backend.keeps_auto_grow())?;
-        let volume_context = params.attach.volume_context();
+        let mut volume_context = params.attach.volume_context();
         if let Some(source) = &req.volume_content_source {
-            let info = self.snapshots.create_volume_from(name, range, backend, &params.placement, source).await?;
+            let (info, origin) = self.snapshots.create_volume_from(name, range, backend, &params.placement, source).await?;
             self.keep_auto_grow(backend, name, &info.id, &params).await?;
+            // An encrypted copy holds its source's wrapped key, bound to
+            // the source's id: the node binds it to this volume at its first
+            // stage, trusting only this context (docs/encryption.md).
+            if params.attach.encrypted {
+                volume_context.insert(rbd_attach::KEY_FROM_KEY.to_owned(), origin.to_string());
+            }
             return Ok(Volume { content_source: Some(source.clone()), volume_context, ..to_volume(&info) });
         }
         let size = sizing::allocation(sizing::formattable_range(name, &req.volume_capabilities, range)?)

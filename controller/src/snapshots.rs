@@ -103,7 +103,9 @@ impl Snapshots {
 
     /// CreateVolume with a content source: the volume is made at the size
     /// asked for, never below the source's (OUT_OF_RANGE), by the backend
-    /// that owns the source.
+    /// that owns the source. Also returns the volume whose data the source
+    /// holds (the snapshot's source, or the cloned volume): an encrypted
+    /// copy's data key is still bound to that volume's id.
     pub(crate) async fn create_volume_from(
         &self,
         name: &str,
@@ -111,13 +113,13 @@ impl Snapshots {
         backend: &Arc<dyn Backend>,
         placement: &Placement,
         requested: &VolumeContentSource,
-    ) -> Result<VolumeInfo, ControllerError> {
+    ) -> Result<(VolumeInfo, VolumeId), ControllerError> {
         let source = match parse_source(requested)? {
             Source::Found(source) => source,
             Source::Missing(id, "snapshot") => return Err(ControllerError::SnapshotNotFound(id)),
             Source::Missing(id, _) => return Err(ControllerError::NotFound(id)),
         };
-        let source_bytes = self.source_size(backend, &source).await?;
+        let (source_bytes, origin) = self.source_size(backend, &source).await?;
         let size =
             sizing::allocation_from_source(range, source_bytes).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?} from {source}: {e}")))?;
         let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
@@ -125,12 +127,13 @@ impl Snapshots {
         if let Created::Existing(info) = &created {
             sizing::check_compatible(info, range)?;
         }
-        Ok(created.info().clone())
+        Ok((created.info().clone(), origin))
     }
 
     /// The size of `source`, which must belong to `backend` (the
-    /// StorageClass's): a source elsewhere is INVALID_ARGUMENT.
-    async fn source_size(&self, backend: &Arc<dyn Backend>, source: &ContentSource) -> Result<u64, ControllerError> {
+    /// StorageClass's): a source elsewhere is INVALID_ARGUMENT; and the
+    /// volume whose data it holds.
+    async fn source_size(&self, backend: &Arc<dyn Backend>, source: &ContentSource) -> Result<(u64, VolumeId), ControllerError> {
         let owner = match source {
             ContentSource::Snapshot(id) => id.backend(),
             ContentSource::Volume(id) => id.backend(),
@@ -152,11 +155,11 @@ impl Snapshots {
                 if !info.ready {
                     return Err(ControllerError::Pending(format!("snapshot {id} (not ready to use yet)")));
                 }
-                Ok(info.size_bytes)
+                Ok((info.size_bytes, info.source))
             }
             ContentSource::Volume(id) => {
                 let info = self.backends.call("read source volume", &id.to_string(), backend.volume(id)).await?;
-                Ok(info.ok_or_else(|| ControllerError::NotFound(id.to_string()))?.size_bytes)
+                Ok((info.ok_or_else(|| ControllerError::NotFound(id.to_string()))?.size_bytes, id.clone()))
             }
         }
     }

@@ -181,6 +181,12 @@ pub fn check_filesystem(fs: &str, device_or_file: &Path) -> Result<(), String> {
     }
 }
 
+/// The size of a block device (or file) as the kernel reports it now.
+pub fn device_bytes(device: &Path) -> std::io::Result<u64> {
+    use std::io::Seek;
+    std::fs::File::open(device)?.seek(std::io::SeekFrom::End(0))
+}
+
 /// A mounted filesystem's size as statvfs reports it (what
 /// NodeGetVolumeStats reads), seen from outside the node.
 pub fn statvfs_total(path: &Path) -> std::io::Result<u64> {

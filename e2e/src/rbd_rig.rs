@@ -427,6 +427,25 @@ impl NodeRig {
         volume.id().to_string()
     }
 
+    /// Makes the image of the volume named `name` as the controller makes a
+    /// restore: an RBD snapshot of `source`'s image, a format-2 clone of it,
+    /// grown to `bytes`. Returns its volume id; removed (before its source)
+    /// on drop.
+    pub fn restore_of(&mut self, source: &str, name: &str, bytes: u64) -> String {
+        let (source, volume) = (volume(source), volume(name));
+        let snapshot = format!("{}@copy-{}", source.spec(), volume.image);
+        let _ = cli(self.env, "rbd", &["rm", &volume.spec()]);
+        for args in [
+            &["snap", "create", &snapshot][..],
+            &["clone", "--rbd-default-clone-format", "2", &snapshot, &volume.spec()],
+            &["resize", &volume.spec(), "--size", &format!("{}M", bytes / MIB)],
+        ] {
+            cli(self.env, "rbd", args).unwrap_or_else(|e| panic!("{e}"));
+        }
+        self.images.insert(0, name.to_owned());
+        volume.id().to_string()
+    }
+
     /// Resizes the image of the volume named `name` with the CLI.
     pub fn resize(&self, name: &str, bytes: u64) {
         cli(self.env, "rbd", &["resize", &volume(name).spec(), "--size", &format!("{}M", bytes / MIB)]).unwrap_or_else(|e| panic!("{e}"));
@@ -495,6 +514,8 @@ impl Drop for NodeRig {
                     let _ = Command::new("timeout").args(["30", program, "unmap", &device]).stdin(Stdio::null()).output();
                 }
             }
+            // A restore's source keeps the snapshot it was cloned from.
+            let _ = cli(self.env, "rbd", &["snap", "purge", &volume(name).spec()]);
             let _ = cli(self.env, "rbd", &["rm", &volume(name).spec()]);
         }
     }

@@ -9,7 +9,11 @@
 //! export`); the volume grows online under a writer through device refresh,
 //! `cryptsetup resize` and xfs_growfs, and a raw block one too; a restage
 //! opens it with its data; a wrong or missing secret is refused before
-//! anything is attached.
+//! anything is attached; a restore of a snapshot, larger than its source,
+//! opens with the source's data key, bound to the restore at its first
+//! stage, and its filesystem grows to the larger size; a node killed in an
+//! expand after the mapping grew keeps the mapping open, and its restarted
+//! successor restages on it and finishes the grow.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
@@ -18,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use csi_proto::v1::NodeStageVolumeRequest;
 use swell_e2e::host;
+use swell_e2e::node_process::{KillAt, NodeProcess, grow_tool_stand_in};
 use swell_e2e::rbd_rig::{self, NodeRig as Rig, node_rig};
 use swell_e2e::requests::{self, block_capability, mount_capability};
 use swell_e2e::writer::StreamingWriter;
-use swell_storage::rbd_attach::ENCRYPTED_KEY;
+use swell_storage::rbd_attach::{ENCRYPTED_KEY, KEY_FROM_KEY, WRAPPED_KEY_META};
 use swell_storage::units::{GIB, MIB};
 use tonic::Code;
 
@@ -31,8 +36,6 @@ const SECRET: &str = "kek-one-0123456789abcdef0123456789abcdef";
 const OTHER_SECRET: &str = "kek-two-0123456789abcdef0123456789abcdef";
 /// Written through the filesystem; must never be found on Ceph.
 const MARKER: &[u8] = b"SWELL-LUKS-PLAINTEXT-MARKER-0451";
-/// The image metadata key the node keeps the wrapped data key under.
-const WRAPPED_KEY_META: &str = "swell.encryption.wrapped-key";
 
 /// A node rig whose StorageClass asks for encryption; `None` (skip noted)
 /// where device-mapper is missing.
@@ -224,5 +227,128 @@ async fn an_encrypted_raw_block_volume_refuses_a_wrong_or_missing_secret_untouch
     assert_eq!(requests::total_bytes(&stats), Some((384 - 16) as i64 * MIB as i64), "the clear-text device is the image less the 16 MiB LUKS2 header");
     rig.node.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
     unstage_clean(&mut rig, name, &id).await;
+    rig.remove(name).expect("rbd rm succeeds: no watchers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_snapshot_restored_larger_opens_with_its_copied_key_bound_to_it_and_grows_at_first_stage() {
+    let test = "an_encrypted_snapshot_restored_larger_opens_with_its_copied_key_bound_to_it_and_grows_at_first_stage";
+    let Some(mut rig) = rig(test).await else { return };
+    let (source_name, name) = ("luks-src", "luks-restored");
+    let source = rig.image(source_name, 384 * MIB);
+    let sum = stage_publish_mark(&mut rig, &source).await;
+    let source_total = host::statvfs_total(&rig.dir.join("staging")).unwrap();
+    rig.node.node_unpublish_volume(requests::unpublish(&source, &rig.path("pods/p/vol"))).await.unwrap();
+    unstage_clean(&mut rig, source_name, &source).await;
+    let source_key = wrapped_key(&rig, source_name).unwrap();
+    // As the controller restores a snapshot: a clone, grown; librbd copies
+    // the image metadata, so the restore holds the source's wrapped key.
+    let id = rig.restore_of(source_name, name, 512 * MIB);
+    assert_eq!(wrapped_key(&rig, name).unwrap(), source_key, "the restore carries the source's wrapped key");
+    let from_source = |rig: &Rig, secret| {
+        let mut request = stage(rig, &id, mount_capability("xfs"), Some(secret));
+        request.volume_context.insert(KEY_FROM_KEY.to_owned(), source.clone());
+        request
+    };
+
+    // Bound to the source: refused untouched unless the context names the
+    // source, and with a wrong secret.
+    let unnamed = rig.node.node_stage_volume(stage(&rig, &id, mount_capability("xfs"), Some(SECRET))).await.unwrap_err();
+    assert_eq!(unnamed.code(), Code::PermissionDenied, "{unnamed:?}");
+    let wrong = rig.node.node_stage_volume(from_source(&rig, OTHER_SECRET)).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong:?}");
+    assert!(wrong.message().contains("KEK"), "{}", wrong.message());
+    assert_eq!(rig.leftovers(name), Vec::<String>::new(), "a refused stage attached nothing");
+    assert_eq!(wrapped_key(&rig, name).unwrap(), source_key, "a refused stage rewrote nothing");
+
+    // The first stage binds the key to the restore, opens the source's
+    // LUKS2 header on the larger device and grows xfs to fill it.
+    let started = Instant::now();
+    rig.node.node_stage_volume(from_source(&rig, SECRET)).await.unwrap();
+    println!("first stage of an encrypted restore, 384 -> 512 MiB ({}): {:?}", rig.mode, started.elapsed());
+    let (device, mapper) = record_devices(&rig, &id);
+    assert_eq!(blkid_type(&device), "crypto_LUKS");
+    let staged = host::statvfs_total(&rig.dir.join("staging")).unwrap();
+    // xfs keeps the 64 MiB log mkfs gave it; the rest grows with the device.
+    let grown = staged - source_total;
+    assert!(grown > 126 * MIB && grown <= 128 * MIB, "xfs grew by the restore's 128 MiB more: {source_total} -> {staged}");
+    assert_eq!(host::sha256_file(&rig.dir.join("staging/marker.bin")).unwrap(), sum, "the source's data, read through the source's key");
+    let bound = wrapped_key(&rig, name).unwrap();
+    assert!(bound != source_key && bound.starts_with("v1:"), "the key was wrapped again for the restore: {bound}");
+    assert!(mapper.is_some(), "the record names the clear-text mapping");
+    unstage_clean(&mut rig, name, &id).await;
+
+    // Bound to its own id now: a stage without the source named opens it.
+    rig.node.node_stage_volume(stage(&rig, &id, mount_capability("xfs"), Some(SECRET))).await.unwrap();
+    assert_eq!(host::sha256_file(&rig.dir.join("staging/marker.bin")).unwrap(), sum, "data intact at the restage");
+    assert_eq!(wrapped_key(&rig, name).unwrap(), bound, "bound once");
+    unstage_clean(&mut rig, name, &id).await;
+
+    // What Ceph stores of the restore is ciphertext.
+    let export = rig.dir.join("export.img");
+    rbd_rig::cli(rig.env, "rbd", &["export", &rbd_rig::volume(name).spec(), &export.display().to_string()]).unwrap();
+    assert_eq!(std::fs::metadata(&export).unwrap().len(), 512 * MIB);
+    assert_eq!(find_marker(&export), None, "plaintext of the marker file found in the restore's bytes on Ceph");
+    std::fs::remove_file(&export).unwrap();
+    rig.remove(name).expect("rbd rm of the restore");
+    rbd_rig::cli(rig.env, "rbd", &["snap", "purge", &rbd_rig::volume(source_name).spec()]).unwrap();
+    rig.remove(source_name).expect("rbd rm of the source");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_volume_whose_node_is_killed_mid_expand_keeps_its_mapping_open_and_the_restarted_node_finishes() {
+    let test = "an_encrypted_volume_whose_node_is_killed_mid_expand_keeps_its_mapping_open_and_the_restarted_node_finishes";
+    let Some(mut rig) = rig(test).await else { return };
+    // xfs_growfs stands in to hold the expand after `cryptsetup resize`.
+    let (bin, mark) = grow_tool_stand_in(&rig.dir, "xfs", KillAt::BeforeTheTool).unwrap();
+    let path: std::ffi::OsString = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()).into();
+    let mut process = NodeProcess::start(&rig.config, rig.dir.join("process.sock"), &[("PATH", path)]).await.unwrap();
+    let name = "luks-killed";
+    let id = rig.image(name, 384 * MIB);
+    let (staging, target) = (rig.path("staging"), rig.path("pods/p/vol"));
+    let mut node = process.client().await.unwrap();
+    node.node_stage_volume(stage(&rig, &id, mount_capability("xfs"), Some(SECRET))).await.unwrap();
+    node.node_publish_volume(requests::publish(&id, &staging, &target, mount_capability("xfs"), false)).await.unwrap();
+    let data = rig.dir.join("pods/p/vol/data");
+    assert_eq!(swell_e2e::stream_io::write_until(&data, &rig.dir.join("no-stop"), &rig.dir.join("progress"), 32).records, 32);
+    let before = host::statvfs_total(Path::new(&target)).unwrap();
+    let (device, mapper) = record_devices(&rig, &id);
+    let mapper = mapper.expect("the record names the clear-text mapping");
+
+    rig.resize(name, 512 * MIB);
+    let expand = requests::node_expand(&id, &target, &staging, (512 * MIB) as i64, mount_capability("xfs"));
+    let call = tokio::spawn({
+        let (mut node, expand) = (node.clone(), expand.clone());
+        async move { node.node_expand_volume(expand).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !mark.exists() {
+        assert!(Instant::now() < deadline, "NodeExpandVolume never reached the filesystem grow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    process.kill().await;
+    assert!(tokio::time::timeout(Duration::from_secs(30), call).await.unwrap().unwrap().is_err(), "a killed node answered OK");
+    assert_eq!(host::statvfs_total(Path::new(&target)).unwrap(), before, "the kill landed before xfs grew");
+    // The mapping is the kernel's: open, already resized to the grown image.
+    assert!(Path::new(&mapper).exists(), "{mapper} stays open after the kill");
+    assert_eq!(host::device_bytes(Path::new(&mapper)).unwrap(), (512 - 16) * MIB, "cryptsetup resize ran before the kill");
+
+    process.restart(&[]).await.unwrap();
+    let mut node = process.client().await.unwrap();
+    node.node_stage_volume(stage(&rig, &id, mount_capability("xfs"), Some(SECRET))).await.unwrap();
+    assert_eq!(record_devices(&rig, &id), (device, Some(mapper)), "the restage reused the device and the open mapping");
+    let grown = node.node_expand_volume(expand).await.unwrap().into_inner();
+    assert_eq!(grown.capacity_bytes as u64, 512 * MIB);
+    let total = host::statvfs_total(Path::new(&target)).unwrap();
+    assert!(total - before > 126 * MIB && total - before <= 128 * MIB, "xfs grew with the mapping by 128 MiB: {before} -> {total}");
+    swell_e2e::stream_io::verify(&data, 32).unwrap();
+    node.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
+    drop(node);
+    // Unstage through the restarted process, then check nothing is left.
+    let mapper = record_devices(&rig, &id).1.expect("mapping");
+    process.client().await.unwrap().node_unstage_volume(requests::unstage(&id, &staging)).await.unwrap();
+    assert!(!Path::new(&mapper).exists(), "{mapper} closed at unstage");
+    assert_eq!(rig.leftovers(name), Vec::<String>::new(), "nothing left after unstage");
+    drop(process);
     rig.remove(name).expect("rbd rm succeeds: no watchers");
 }

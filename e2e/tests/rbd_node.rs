@@ -219,3 +219,49 @@ async fn rbd_stage_of_a_missing_image_or_unknown_cluster_is_not_found() {
     assert_eq!(rbd_rig::all_mappings(), Vec::<String>::new(), "no image mapped");
     assert!(!host::is_mount_point(Path::new(&staging)));
 }
+
+/// A volume in a RADOS namespace (an install's `--rbd-namespace`): krbd and
+/// rbd-nbd map it from its namespace, stage it, grow it online and unstage
+/// it; rbd-fuse, which opens images in a pool's default namespace only, is
+/// refused before anything is attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_volume_in_a_rados_namespace_stages_grows_online_and_unstages_where_the_mode_maps_namespaces() {
+    let Some(mut rig) = rig("rbd_node_namespace").await else { return };
+    let namespace = "swell-node-ns";
+    let image = swell_storage::RbdVolume::for_name_in(rbd_rig::CLUSTER_ID, "rbd", namespace, "node-ns").unwrap();
+    let (spec, id) = (image.spec(), image.id().to_string());
+    let _ = rbd_rig::cli(rig.env, "rbd", &["namespace", "create", "--pool", "rbd", "--namespace", namespace]);
+    let _ = rbd_rig::cli(rig.env, "rbd", &["rm", &spec]);
+    rbd_rig::cli(rig.env, "rbd", &["create", &spec, "--size", "512M"]).unwrap();
+    let (staging, target) = (rig.path("staging"), rig.path("pods/p/vol"));
+    let staged = rig.node.node_stage_volume(rig.stage(&id, &staging, mount_capability("xfs"))).await;
+    let cleanup = |rig: &Rig| {
+        rbd_rig::cli(rig.env, "rbd", &["rm", &spec]).expect("rbd rm succeeds: no watchers");
+        rbd_rig::cli(rig.env, "rbd", &["namespace", "remove", "--pool", "rbd", "--namespace", namespace]).unwrap();
+    };
+    if rig.mode == AttachMode::FuseLoop {
+        let refused = staged.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains(namespace), "{}", refused.message());
+        assert_eq!(rbd_rig::attachments(AttachMode::FuseLoop, &rig.fuse_dir("node-ns"), &image), Vec::<String>::new(), "nothing attached");
+        return cleanup(&rig);
+    }
+    staged.unwrap();
+    let (device, _) = staging_record(&rig, &id);
+    assert_eq!(rbd_rig::mapped_devices(rig.mode, &image), [device], "mapped once, from its namespace");
+    rig.node.node_publish_volume(requests::publish(&id, &staging, &target, mount_capability("xfs"), false)).await.unwrap();
+    let file = rig.dir.join("pods/p/vol/data.bin");
+    host::write_pattern(&file, 8 << 20, 12).unwrap();
+    let sum = host::sha256_file(&file).unwrap();
+    let before = total_bytes(&stats(&mut rig, &id, &target).await);
+    rbd_rig::cli(rig.env, "rbd", &["resize", &spec, "--size", "768M"]).unwrap();
+    let grown = rig.node.node_expand_volume(requests::node_expand(&id, &target, &staging, (768 * MIB) as i64, mount_capability("xfs"))).await.unwrap();
+    assert_eq!(grown.into_inner().capacity_bytes as u64, 768 * MIB);
+    let after = total_bytes(&stats(&mut rig, &id, &target).await);
+    assert!(after - before > 254 * MIB && after - before <= 256 * MIB, "xfs grew online by 256 MiB: {before} -> {after}");
+    assert_eq!(host::sha256_file(&file).unwrap(), sum, "data intact");
+    rig.node.node_unpublish_volume(requests::unpublish(&id, &target)).await.unwrap();
+    rig.node.node_unstage_volume(requests::unstage(&id, &staging)).await.unwrap();
+    assert_eq!(rbd_rig::mapped_devices(rig.mode, &image), Vec::<String>::new(), "unmapped at unstage");
+    cleanup(&rig);
+}

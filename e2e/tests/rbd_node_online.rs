@@ -160,7 +160,7 @@ async fn rbd_node_killed_mid_expand_with_the_volume_published_finishes_after_res
 
 /// The device size as the kernel reports it now.
 fn device_bytes(device: &Path) -> u64 {
-    std::fs::File::open(device).unwrap().seek(SeekFrom::End(0)).unwrap()
+    swell_e2e::host::device_bytes(device).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use swell_e2e::rbd_rig::{self, ClusterEnv, cli, location_of};
 use swell_e2e::requests::{block_capability, mount_capability};
 use swell_e2e::snapshots::{self, Plant, PlantConfig};
 use swell_e2e::timing::median;
+use swell_storage::rbd_attach::{ENCRYPTED_KEY, KEY_FROM_KEY, WRAPPED_KEY_META};
 use swell_storage::snapshot::snapshot_key;
 use swell_storage::units::{GIB, MIB};
 
@@ -416,4 +417,47 @@ async fn a_source_deleted_after_its_snapshot_and_before_its_restore_goes_too() {
         assert!(started.elapsed() < Duration::from_secs(90), "left in the pool or its trash: {left:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// An encrypted volume's copies (docs/encryption.md): the controller hands
+/// the node the id the copied wrapped key is bound to (the snapshot's
+/// source, or the cloned volume) in the volume context, and librbd's clone
+/// carries the source's image metadata, the wrapped key among it, into the
+/// copy, also at a larger size. The node's rebinding is the VM lane's
+/// (`rbd_luks`): the host has no dm-crypt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_restore_and_clone_carry_the_wrapped_key_and_name_the_volume_it_is_bound_to() {
+    if !runs_here("rbd_snapshots_encrypted", "xfs") {
+        return;
+    }
+    let Some(session) = rbd_rig::acquire("rbd_snapshots_encrypted").await else { return };
+    let env = session.env;
+    let dir = tmp();
+    let mut config = config(env, dir.path(), &[]);
+    config.parameters.insert(ENCRYPTED_KEY.to_owned(), "true".to_owned());
+    let plant = Plant::start(dir.path(), &config, &[]).await;
+    let cap = block_capability();
+    let source = plant.create("sealed-source", 64 * MIB, cap.clone()).await;
+    assert_eq!(source.volume_context.get(KEY_FROM_KEY), None, "a blank volume makes its own key");
+    // What a first stage stores (opaque to the controller and librbd).
+    let wrapped = "v1:0011223344556677:bm9uY2U:Y2lwaGVydGV4dA";
+    let meta = |id: &str| cli(env, "rbd", &["image-meta", "get", &location_of(id).spec(), WRAPPED_KEY_META]).map(|s| s.trim().to_owned());
+    cli(env, "rbd", &["image-meta", "set", &location_of(&source.volume_id).spec(), WRAPPED_KEY_META, wrapped]).unwrap();
+    let snapshot = plant.snapshot("sealed-snapshot", &source.volume_id).await.unwrap();
+    let restored = plant.restore("sealed-restored", 128 * MIB, cap.clone(), &snapshot.snapshot_id).await.unwrap();
+    let cloned = plant.clone_volume("sealed-clone", 96 * MIB, cap, &source.volume_id).await.unwrap();
+    for (copy, what) in [(&restored, "restore"), (&cloned, "clone")] {
+        assert_eq!(copy.volume_context.get(KEY_FROM_KEY), Some(&source.volume_id), "the {what} names its key's volume");
+        assert_eq!(copy.volume_context.get(ENCRYPTED_KEY).map(String::as_str), Some("true"));
+        assert_eq!(meta(&copy.volume_id).unwrap(), wrapped, "the {what}'s image carries the source's wrapped key");
+    }
+    assert_eq!(info_of(env, &restored.volume_id)["size"].as_u64(), Some(128 * MIB), "restored larger");
+    // A copy of the restore names the restore: its key is bound there once staged.
+    let again = plant.clone_volume("sealed-clone-of-restore", 128 * MIB, block_capability(), &restored.volume_id).await.unwrap();
+    assert_eq!(again.volume_context.get(KEY_FROM_KEY), Some(&restored.volume_id));
+    for id in [&again.volume_id, &cloned.volume_id, &restored.volume_id] {
+        plant.delete(id).await;
+    }
+    plant.delete_snapshot(&snapshot.snapshot_id).await.unwrap();
+    plant.delete(&source.volume_id).await;
 }

@@ -47,9 +47,12 @@ cargo build -q --workspace --bins
 
 work=$(mktemp -d /var/tmp/swell-vm.XXXXXX)
 qemu_pid=
+# qemu runs under `timeout`, which makes itself a process group leader:
+# killing that group takes qemu too (killing timeout alone orphaned qemu,
+# still running, when the lane was stopped by TERM or INT).
 cleanup() {
-  if [[ -n $qemu_pid ]] && kill -0 "$qemu_pid" 2>/dev/null; then
-    kill -KILL "$qemu_pid" 2>/dev/null || true
+  if [[ -n $qemu_pid ]]; then
+    kill -KILL -- "-$qemu_pid" 2>/dev/null || true
     wait "$qemu_pid" 2>/dev/null || true
   fi
   rm -rf "$work"

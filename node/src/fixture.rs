@@ -70,7 +70,7 @@ impl Fixture {
 
     pub(crate) fn stage(&self, id: &VolumeId, staging: &str, access: Access) -> Stage {
         let read_only = matches!(&access, Access::Mount { mount_flags, .. } if crate::validate::words(mount_flags).any(|w| w == "ro"));
-        Stage { volume: id.clone(), staging_path: self.path(staging), access, read_only, attach: Default::default(), kek: None }
+        Stage { volume: id.clone(), staging_path: self.path(staging), access, read_only, attach: Default::default(), kek: None, key_from: None }
     }
 
     pub(crate) fn unstage(&self, id: &VolumeId, staging: &str) -> Unstage {

@@ -42,7 +42,7 @@ pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError
     // An encrypted volume's key is unwrapped before anything is attached:
     // a wrong or missing secret leaves the volume untouched.
     let data_key = match &req.kek {
-        Some(kek) => Some(crypt::data_key(ctx.attachers.key_store(&req.volume)?, &req.volume, kek, !req.read_only).await?),
+        Some(kek) => Some(crypt::data_key(ctx.attachers.key_store(&req.volume)?, &req.volume, kek, req.key_from.as_ref(), !req.read_only).await?),
         None => None,
     };
     let device = attacher.attach(&req.volume, &req.attach.map_options).await?;

@@ -34,6 +34,9 @@ pub(crate) struct Stage {
     /// The key-encryption key from the node-stage Secret; present exactly
     /// when the volume is encrypted.
     pub kek: Option<Kek>,
+    /// The volume whose id the copied data key of an encrypted volume made
+    /// from a source is still bound to (volume context, set by the controller).
+    pub key_from: Option<VolumeId>,
 }
 
 /// A validated NodeUnstageVolume.
@@ -87,9 +90,16 @@ pub(crate) fn stage(req: &NodeStageVolumeRequest) -> Result<Stage, NodeError> {
     if !attach.is_default() && volume.backend() != swell_storage::rbd_volume::KIND {
         return Err(invalid("volume_context", format!("mounter, mapOptions and encrypted apply to rbd volumes only, not {}", volume.backend())));
     }
+    let key_from = match req.volume_context.get(rbd_attach::KEY_FROM_KEY) {
+        None => None,
+        Some(_) if !attach.encrypted => return Err(invalid(KEY_FROM_FIELD, "names a key's source for a volume that is not encrypted")),
+        Some(source) => Some(source.parse::<VolumeId>().map_err(|e| invalid(KEY_FROM_FIELD, format!("{source:?} is not a volume id: {e}")))?),
+    };
     let kek = if attach.encrypted { Some(kek(&req.secrets)?) } else { None };
-    Ok(Stage { volume, staging_path, access, read_only: mode_read_only || flag_read_only, attach, kek })
+    Ok(Stage { volume, staging_path, access, read_only: mode_read_only || flag_read_only, attach, kek, key_from })
 }
+
+const KEY_FROM_FIELD: &str = "volume_context.encryptionKeyFrom";
 
 /// The KEK an encrypted volume's node-stage Secret holds.
 fn kek(secrets: &std::collections::HashMap<String, String>) -> Result<Kek, NodeError> {

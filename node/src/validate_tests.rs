@@ -122,6 +122,22 @@ fn stage_reads_the_attach_choice_from_the_volume_context_and_refuses_a_bad_one()
 }
 
 #[test]
+fn stage_reads_the_source_an_encrypted_copy_took_its_key_from_and_refuses_it_elsewhere() {
+    let rbd_id = |name: &str| swell_storage::RbdVolume::for_name("c", "rbd", name).expect("volume").id().to_string();
+    let context = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let mut req = stage_req();
+    req.volume_id = rbd_id("restored");
+    req.secrets = context(&[("encryptionKEK", "0123456789abcdef0123456789abcdef")]);
+    req.volume_context = context(&[("encrypted", "true"), ("encryptionKeyFrom", &rbd_id("source"))]);
+    assert_eq!(stage(&req).expect("valid").key_from.map(|v| v.to_string()), Some(rbd_id("source")));
+    let source = rbd_id("source");
+    for pairs in [&[("encrypted", "true"), ("encryptionKeyFrom", "not an id")][..], &[("encryptionKeyFrom", source.as_str())][..]] {
+        req.volume_context = context(pairs);
+        assert_eq!(field_of(stage(&req).expect_err("refused")), "volume_context.encryptionKeyFrom", "{pairs:?}");
+    }
+}
+
+#[test]
 fn an_id_that_names_no_volume_is_not_found() {
     for bad in ["fake-vol-id", "local:../x", "LOCAL:AB"] {
         let mut req = stage_req();

@@ -24,6 +24,14 @@ pub const MAP_OPTIONS_KEY: &str = "mapOptions";
 /// The StorageClass parameter (and volume context key) asking for a LUKS2
 /// encrypted volume: `"true"` or `"false"` (docs/encryption.md).
 pub const ENCRYPTED_KEY: &str = "encrypted";
+/// The volume context key (set by the controller only, never a
+/// StorageClass parameter) naming the volume an encrypted volume made from
+/// a snapshot or a volume copied its wrapped data key from: the key is
+/// bound to that volume's id until the first stage binds it to the new one
+/// (docs/encryption.md).
+pub const KEY_FROM_KEY: &str = "encryptionKeyFrom";
+/// The image metadata key that holds an encrypted volume's wrapped data key.
+pub const WRAPPED_KEY_META: &str = "swell.encryption.wrapped-key";
 
 /// What krbd gets unless the StorageClass sets `ms_mode`: the kernel client
 /// speaks msgr1 by default, which a cluster that binds only msgr2 (the

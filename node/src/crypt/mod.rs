@@ -32,13 +32,42 @@ pub(crate) trait KeyStore: Send + Sync {
 /// a new key, stored wrapped before any byte of the device is written, so
 /// a stage cut off anywhere later finds it; a reader (`may_create` false)
 /// never makes one.
-pub(crate) async fn data_key(store: &dyn KeyStore, volume: &VolumeId, kek: &Kek, may_create: bool) -> Result<DataKey, NodeError> {
+///
+/// A volume made from a snapshot or a volume holds its source's wrapped
+/// key, bound to the source's id: `key_from` (from the volume context the
+/// controller wrote) names that id. Such a key is unwrapped for it, then
+/// wrapped again for this volume and stored before anything is attached,
+/// so later stages find a key bound to this volume alone. A reader uses
+/// the copied key without rewriting it.
+pub(crate) async fn data_key(store: &dyn KeyStore, volume: &VolumeId, kek: &Kek, key_from: Option<&VolumeId>, may_create: bool) -> Result<DataKey, NodeError> {
     let id = volume.to_string();
+    let refused = |e: UnwrapError| match e {
+        UnwrapError::OtherKek { .. } | UnwrapError::Rejected => NodeError::WrongKey { volume: id.clone(), reason: e.to_string() },
+        UnwrapError::Malformed(_) => NodeError::Parse { step: format!("the wrapped data key of volume {id}"), detail: e.to_string() },
+    };
     match store.wrapped_key(volume).await? {
-        Some(stored) => kek.unwrap(&id, &stored).map_err(|e| match e {
-            UnwrapError::OtherKek { .. } | UnwrapError::Rejected => NodeError::WrongKey { volume: id.clone(), reason: e.to_string() },
-            UnwrapError::Malformed(_) => NodeError::Parse { step: format!("the wrapped data key of volume {id}"), detail: e.to_string() },
-        }),
+        Some(stored) => match (kek.unwrap(&id, &stored), key_from) {
+            (Ok(key), _) => Ok(key),
+            (Err(UnwrapError::Rejected), Some(source)) => {
+                let key = kek.unwrap(&source.to_string(), &stored).map_err(|e| match e {
+                    UnwrapError::Rejected => {
+                        let reason = format!(
+                            "the wrapped data key authenticates neither for this volume nor for its source {source} (altered, or copied from elsewhere)"
+                        );
+                        NodeError::WrongKey { volume: id.clone(), reason }
+                    }
+                    other => refused(other),
+                })?;
+                if may_create {
+                    let wrapped =
+                        kek.wrap(&id, &key).map_err(|reason| NodeError::WorkerFailed { step: format!("wrap the data key of volume {id}"), reason })?;
+                    store.store_wrapped_key(volume, &wrapped).await?;
+                    tracing::info!(kek = kek.id(), source = %source, "bound the data key copied from the source to this volume");
+                }
+                Ok(key)
+            }
+            (Err(e), _) => Err(refused(e)),
+        },
         None if !may_create => Err(NodeError::ReadOnlyBlank { volume: id }),
         None => {
             let key = DataKey::generate().map_err(|reason| NodeError::WorkerFailed { step: format!("make the data key of volume {id}"), reason })?;
@@ -136,17 +165,53 @@ mod tests {
     async fn the_first_stage_stores_a_key_the_next_ones_unwrap_and_a_wrong_kek_is_permission_denied() {
         let store = Store::default();
         let kek = Kek::from_secret(&[1; 32]).expect("kek");
-        let reader = data_key(&store, &volume(), &kek, false).await.expect_err("a reader makes no key");
+        let reader = data_key(&store, &volume(), &kek, None, false).await.expect_err("a reader makes no key");
         assert_eq!(reader.code(), tonic::Code::FailedPrecondition);
         assert!(store.0.lock().is_none());
-        let made = data_key(&store, &volume(), &kek, true).await.expect("made");
+        let made = data_key(&store, &volume(), &kek, None, true).await.expect("made");
         let stored = store.0.lock().clone().expect("stored");
-        assert_eq!(data_key(&store, &volume(), &kek, true).await.expect("unwrapped").bytes(), made.bytes());
+        assert_eq!(data_key(&store, &volume(), &kek, None, true).await.expect("unwrapped").bytes(), made.bytes());
         assert_eq!(store.0.lock().clone(), Some(stored.clone()), "the stored key is kept, not replaced");
         let other = Kek::from_secret(&[2; 32]).expect("kek");
-        let err = data_key(&store, &volume(), &other, true).await.expect_err("wrong kek");
+        let err = data_key(&store, &volume(), &other, None, true).await.expect_err("wrong kek");
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.to_string().contains(kek.id()) && err.to_string().contains(other.id()), "{err}");
         assert_eq!(store.0.lock().clone(), Some(stored), "a wrong KEK overwrites nothing");
+    }
+
+    #[tokio::test]
+    async fn a_key_copied_from_its_source_is_bound_to_the_copy_at_its_first_stage_and_only_for_the_named_source() {
+        let source: VolumeId = "rbd:c:rbd:swell-fedcba9876543210fedcba9876543210".parse().expect("id");
+        let other: VolumeId = "rbd:c:rbd:swell-00000000000000000000000000000000".parse().expect("id");
+        let kek = Kek::from_secret(&[1; 32]).expect("kek");
+        let key = DataKey::generate().expect("key");
+        let copied = kek.wrap(&source.to_string(), &key).expect("wrap");
+        let store = Store(parking_lot::Mutex::new(Some(copied.clone())));
+        // Without the source named, or naming another, the copy is refused untouched.
+        for named in [None, Some(&other)] {
+            let err = data_key(&store, &volume(), &kek, named, true).await.expect_err("bound to the source");
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+            assert_eq!(store.0.lock().clone(), Some(copied.clone()), "nothing rewritten");
+        }
+        let wrong = Kek::from_secret(&[2; 32]).expect("kek");
+        assert_eq!(data_key(&store, &volume(), &wrong, Some(&source), true).await.expect_err("wrong kek").code(), tonic::Code::PermissionDenied);
+        let mut tampered = copied.clone();
+        let last = tampered.pop().expect("char");
+        tampered.push(if last == 'A' { 'B' } else { 'A' });
+        *store.0.lock() = Some(tampered.clone());
+        assert_eq!(data_key(&store, &volume(), &kek, Some(&source), true).await.expect_err("tampered").code(), tonic::Code::PermissionDenied);
+        assert_eq!(store.0.lock().clone(), Some(tampered), "a tampered key is not rewritten");
+        // A reader opens the copy without rewriting it.
+        *store.0.lock() = Some(copied.clone());
+        assert_eq!(data_key(&store, &volume(), &kek, Some(&source), false).await.expect("reader").bytes(), key.bytes());
+        assert_eq!(store.0.lock().clone(), Some(copied.clone()));
+        // The first stage: the same data key, now stored for this volume alone.
+        assert_eq!(data_key(&store, &volume(), &kek, Some(&source), true).await.expect("rebound").bytes(), key.bytes());
+        let rebound = store.0.lock().clone().expect("stored");
+        assert_ne!(rebound, copied);
+        assert_eq!(kek.unwrap(&volume().to_string(), &rebound).expect("own id").bytes(), key.bytes());
+        assert_eq!(kek.unwrap(&source.to_string(), &rebound).err(), Some(UnwrapError::Rejected), "no longer the source's");
+        assert_eq!(data_key(&store, &volume(), &kek, None, true).await.expect("later stages").bytes(), key.bytes());
+        assert_eq!(store.0.lock().clone(), Some(rebound), "bound once");
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use swell_storage::command::{CommandError, Output};
+use swell_storage::rbd_attach::WRAPPED_KEY_META;
 use swell_storage::rbd_volume::{self, RbdVolume};
 use swell_storage::{CephAccess, VolumeId};
 
@@ -107,9 +108,6 @@ impl Cluster {
         }
     }
 }
-
-/// The image metadata key that holds an encrypted volume's wrapped data key.
-const WRAPPED_KEY_META: &str = "swell.encryption.wrapped-key";
 
 impl Cluster {
     fn image_meta_args(&self, verb: &str, image: &RbdVolume) -> Vec<OsString> {
