@@ -24,7 +24,7 @@ use swell_e2e::host;
 use swell_e2e::metrics::{sample, scrape};
 use swell_e2e::process::built_binary;
 use swell_e2e::requests::{self, block_capability, mount_capability};
-use swell_e2e::sweep::sweep;
+use swell_e2e::sweep::MountSweeper;
 use swell_e2e::webhook::{DRIVER, FixedVolumes, RunningWebhook, TestPki};
 use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::VolumeId;
@@ -49,6 +49,9 @@ struct Rig {
     api: StandInApiServer,
     pvs: Arc<FixedVolumes>,
     served: (ControllerUnderTest, RunningWebhook),
+    /// Unmounts and detaches what a test made, also when it fails; before
+    /// the directory goes.
+    _sweep: MountSweeper,
     _tmp: tempfile::TempDir,
 }
 
@@ -99,7 +102,7 @@ impl Rig {
         let pki = TestPki::new();
         let webhook = RunningWebhook::start(webhook, &pki, Limits::default(), Duration::from_secs(60)).await;
         api.join(Cluster { webhook: Some(webhook.client(&pki)), resizer: Some(served.client.clone()) });
-        Rig { dir, local_state, controller: served.client.clone(), grower, api, pvs, served: (served, webhook), _tmp: tmp }
+        Rig { dir: dir.clone(), local_state, controller: served.client.clone(), grower, api, pvs, served: (served, webhook), _sweep: MountSweeper(dir), _tmp: tmp }
     }
 
     /// Makes claim `name` of `bytes` through CreateVolume with `class` as
@@ -248,7 +251,6 @@ async fn a_writer_filling_xfs_gets_it_grown_to_its_limit_never_past_it_and_never
     client.node_unstage_volume(requests::unstage(&id.to_string(), &staging)).await.unwrap();
     client.node_unstage_volume(requests::unstage(&block.to_string(), &block_staging)).await.unwrap();
     drop(node);
-    sweep(&rig.dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
