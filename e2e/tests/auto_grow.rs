@@ -102,7 +102,17 @@ impl Rig {
         let pki = TestPki::new();
         let webhook = RunningWebhook::start(webhook, &pki, Limits::default(), Duration::from_secs(60)).await;
         api.join(Cluster { webhook: Some(webhook.client(&pki)), resizer: Some(served.client.clone()) });
-        Rig { dir: dir.clone(), local_state, controller: served.client.clone(), grower, api, pvs, served: (served, webhook), _sweep: MountSweeper(dir), _tmp: tmp }
+        Rig {
+            dir: dir.clone(),
+            local_state,
+            controller: served.client.clone(),
+            grower,
+            api,
+            pvs,
+            served: (served, webhook),
+            _sweep: MountSweeper(dir),
+            _tmp: tmp,
+        }
     }
 
     /// Makes claim `name` of `bytes` through CreateVolume with `class` as
