@@ -16,7 +16,7 @@
 //! at once more.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use swell_storage::VolumeId;
@@ -26,6 +26,7 @@ use crate::NodeContext;
 use crate::error::NodeError;
 use crate::expand::grow_staged;
 use crate::metrics::BackgroundOutcome;
+use crate::staged_passes::{self, StagedPass};
 use crate::staging::Access;
 
 /// How long a volume whose grow failed is left alone, unless its sizes
@@ -41,35 +42,20 @@ struct Seen {
 }
 
 /// Starts the grower over `ctx`, looking every `interval`; it stops by
-/// itself once the node (the last `Arc` of its context) is gone.
+/// itself once the node is gone.
 pub(crate) fn spawn(ctx: &Arc<NodeContext>, interval: Duration) {
-    let ctx = Arc::downgrade(ctx);
-    tokio::spawn(async move {
-        tracing::info!(interval_ms = interval.as_millis() as u64, "growing volumes when their backend grows");
-        let mut seen = HashMap::new();
-        while let Some(ctx) = wait(&ctx, interval).await {
-            pass(&ctx, &mut seen).await;
-        }
-    });
+    tracing::info!(interval_ms = interval.as_millis() as u64, "growing volumes when their backend grows");
+    staged_passes::spawn(ctx, interval, Grower);
 }
 
-async fn wait(ctx: &Weak<NodeContext>, interval: Duration) -> Option<Arc<NodeContext>> {
-    tokio::time::sleep(interval).await;
-    ctx.upgrade()
-}
+struct Grower;
 
-/// One look at every volume staged here.
-async fn pass(ctx: &NodeContext, seen: &mut HashMap<VolumeId, Seen>) {
-    let volumes = match ctx.staging.staged().await {
-        Ok(volumes) => volumes,
-        Err(e) => {
-            tracing::warn!(error = %e.full_message(), "background grow: cannot list the staged volumes");
-            return;
-        }
-    };
-    seen.retain(|volume, _| volumes.contains(volume));
-    for volume in volumes {
-        if let Err(e) = look_at(ctx, &volume, seen).await {
+impl StagedPass for Grower {
+    type Kept = Seen;
+    const NAME: &'static str = "background grow";
+
+    async fn visit(&self, ctx: &NodeContext, volume: &VolumeId, seen: &mut HashMap<VolumeId, Seen>) {
+        if let Err(e) = look_at(ctx, volume, seen).await {
             // Reading sizes failed (a device gone under an unstage, say): the
             // RPCs report such trouble; this pass only grows.
             tracing::debug!(%volume, error = %e.full_message(), "background grow: sizes unreadable");

@@ -28,6 +28,7 @@ mod publish;
 mod server;
 mod service;
 mod stage;
+mod staged_passes;
 mod staging;
 mod stats;
 mod system;

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use swell_storage::VolumeId;
@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::NodeContext;
 use crate::error::NodeError;
+use crate::staged_passes::{self, StagedPass};
 use crate::staging::Access;
 use crate::stats;
 
@@ -45,37 +46,26 @@ pub(crate) fn pass_interval(min_gap: Duration) -> Duration {
     (min_gap / 6).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 
-/// Starts the reporter over `ctx`; it stops by itself once the node (the
-/// last `Arc` of its context) is gone.
+/// Starts the reporter over `ctx`; it stops by itself once the node is gone.
 pub(crate) fn spawn(ctx: &Arc<NodeContext>, min_gap: Duration) {
-    let ctx = Arc::downgrade(ctx);
     let interval = pass_interval(min_gap);
-    tokio::spawn(async move {
-        tracing::info!(min_gap_ms = min_gap.as_millis() as u64, interval_ms = interval.as_millis() as u64, "reporting staged volumes' usage for auto-grow");
-        let mut reported = HashMap::new();
-        while let Some(ctx) = wait(&ctx, interval).await {
-            pass(&ctx, min_gap, &mut reported).await;
-        }
-    });
+    tracing::info!(min_gap_ms = min_gap.as_millis() as u64, interval_ms = interval.as_millis() as u64, "reporting staged volumes' usage for auto-grow");
+    staged_passes::spawn(ctx, interval, Reporter { min_gap });
 }
 
-async fn wait(ctx: &Weak<NodeContext>, interval: Duration) -> Option<Arc<NodeContext>> {
-    tokio::time::sleep(interval).await;
-    ctx.upgrade()
+struct Reporter {
+    min_gap: Duration,
 }
 
-/// One look at every volume staged here.
-async fn pass(ctx: &NodeContext, min_gap: Duration, reported: &mut HashMap<VolumeId, Reported>) {
-    let volumes = match ctx.staging.staged().await {
-        Ok(volumes) => volumes,
-        Err(e) => {
-            tracing::warn!(error = %e.full_message(), "usage report: cannot list the staged volumes");
+impl StagedPass for Reporter {
+    type Kept = Reported;
+    const NAME: &'static str = "usage report";
+
+    async fn visit(&self, ctx: &NodeContext, volume: &VolumeId, reported: &mut HashMap<VolumeId, Reported>) {
+        if volume.backend() != swell_local::KIND {
             return;
         }
-    };
-    reported.retain(|volume, _| volumes.contains(volume));
-    for volume in volumes.into_iter().filter(|v| v.backend() == swell_local::KIND) {
-        if let Err(e) = report(ctx, &volume, min_gap, reported).await {
+        if let Err(e) = report(ctx, volume, self.min_gap, reported).await {
             tracing::warn!(%volume, error = %e.full_message(), "usage report failed; tried again next pass");
         }
     }

@@ -75,7 +75,7 @@ impl FakeSystem {
         let device = model.device_at(mount_point);
         match device.and_then(|d| model.filesystems.get(&d).cloned()) {
             Some(fs) if fs.kind == kind => Ok(fs.size),
-            _ => Err(NodeError::io(format!("read the {kind} geometry at {}", mount_point.display()), std::io::Error::from_raw_os_error(25))),
+            _ => Err(NodeError::io(format!("read the {kind} geometry at {}", mount_point.display()), std::io::Error::from(nix::errno::Errno::ENOTTY))),
         }
     }
 
