@@ -26,6 +26,8 @@ export SWELL_RESULTS="${SWELL_RESULTS:-$(mktemp /tmp/swell-results.XXXXXX)}"
 : > "$SWELL_RESULTS"
 # shellcheck source=e2e/results.sh
 source e2e/results.sh
+# shellcheck source=e2e/disk.sh
+source e2e/disk.sh
 status=0
 # Before the default build: they share target/debug/swell-controller, which the next line restores.
 check "local-only build (e2e/local-only.sh)" e2e/local-only.sh || status=1
@@ -35,6 +37,7 @@ cargo build --workspace --bins
 log=$(mktemp /tmp/swell-test.XXXXXX)
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # Every test the binaries list is in e2e/expected-tests.tsv, whose tests the closing line expects.
+disk_report "after cargo test"
 check "e2e/expected-tests.tsv matches cargo test -- --list" e2e/expected-tests.sh --check || status=1
 # deploy/ renders, validates and holds what Swell needs (it reads the
 # binaries' --help); each of its checks reports by name.
@@ -54,6 +57,7 @@ check "fuzz (e2e/fuzz.sh)" e2e/fuzz.sh || status=1
 # judges its tests by name (target/vm/results.tsv); a lane that cannot
 # start off CI notes its reason in the skip log instead: one skipped test.
 vm_results=target/vm/results.tsv
+disk_report "before the vm lane"
 # shellcheck disable=SC2317 # run by check
 vm_lane() {
   local rc=0
@@ -70,6 +74,13 @@ check "vm lane" vm_lane || status=1
 # The kube lane (e2e/kube/README.md): Swell deployed from deploy/ on a
 # one-node Kubernetes, the user's scenarios under a real kubelet; its
 # "test result:" lines count below.
+disk_report "before the kube lane"
+# The test executables are done with (the kube lane builds its scenarios):
+# under CI, on a possibly small disk, they make room for the lane's cluster.
+if [[ ${CI:-} == true ]]; then
+  disk_free_test_executables kube
+  disk_report "test executables removed"
+fi
 kube_log=$(mktemp /tmp/swell-kube.XXXXXX)
 kube_status=0
 e2e/kube/lane.sh 2>&1 | tee "$kube_log" || kube_status=$?

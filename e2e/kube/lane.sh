@@ -14,6 +14,16 @@
 # Leaves the machine as it found it, whatever fails, and fails itself if it
 # cannot.
 set -euo pipefail
+# One kube lane a machine at a time: two would share kubelet's root,
+# containerd and the node's ports, and each one's teardown and cleanliness
+# check would take or flag the other's mounts and processes (seen when two
+# worktrees ran the lane at once). flock keeps the lock, not the cluster's
+# processes (-o).
+if [[ -z ${SWELL_KUBE_LANE_LOCKED:-} ]]; then
+  lock=/run/lock/swell-kube-lane.lock
+  flock -n "$lock" true || echo "kube lane: waiting (at most 30 minutes) for the kube lane already running on this machine"
+  SWELL_KUBE_LANE_LOCKED=1 exec flock -o -w 1800 -E 75 "$lock" "$(realpath "$0")" "$@"
+fi
 cd "$(dirname "$0")/../.."
 root=$PWD
 started=$SECONDS
