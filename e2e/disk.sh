@@ -8,9 +8,10 @@
 # disk_report STEP: one line with the free space and the size of target/.
 disk_report() {
   local avail used
-  avail=$(df -BM --output=avail . | tail -1 | tr -dc '0-9')
-  used=$(du -sm target 2>/dev/null | cut -f1)
-  echo "disk: ${avail} MiB free, ${used:-0} MiB in target/ ($1)"
+  # Never fails the run: target/ may not exist yet, or lose files while du reads it.
+  avail=$({ df -BM --output=avail . 2>/dev/null || true; } | tail -1 | tr -dc '0-9')
+  used=$({ du -sm target 2>/dev/null || true; } | cut -f1)
+  echo "disk: ${avail:-?} MiB free, ${used:-0} MiB in target/ ($1)"
 }
 
 # disk_free_test_executables [KEEP]: removes the test executables (in
