@@ -26,11 +26,12 @@ use swell_storage::expansion::now_unix;
 use swell_storage::rbd_attach::AttachMode;
 use swell_storage::units::MIB;
 
-/// The cluster, a rig whose controller and webhook use its `rbd` pool, and
-/// the node user's keyring.
+/// The cluster, without the marks earlier tests on it left, a rig whose
+/// controller and webhook use its `rbd` pool, and the node user's keyring.
 async fn rig(test: &str) -> Option<(Session, Rig, PathBuf)> {
     let session = rbd_rig::acquire(test).await?;
     let env = session.env;
+    clear_marks(env);
     let keyring = rbd_rig::node_user_keyring(env);
     let (mode, named) = rbd_rig::mode_under_test();
     let rig = Rig::start(Duration::from_secs(60), |dir| {
@@ -96,7 +97,6 @@ async fn a_writer_filling_xfs_on_rbd_gets_it_grown_to_its_limit_never_past_it_an
 async fn the_policy_and_usage_read_back_from_image_metadata_and_a_mark_is_listed_once_until_settled() {
     let Some((session, mut rig, keyring)) = rig("rbd_auto_grow_store").await else { return };
     let env = session.env;
-    clear_marks(env);
     let id = rig.claim("kept", 320 * MIB, &CLASS, &[], false).await;
     let policy = AutoGrowPolicy {
         on: true,
@@ -135,7 +135,6 @@ async fn the_policy_and_usage_read_back_from_image_metadata_and_a_mark_is_listed
 async fn a_volume_deleted_while_marked_leaves_no_mark_that_breaks_the_pass() {
     let Some((session, mut rig, keyring)) = rig("rbd_auto_grow_deleted").await else { return };
     let env = session.env;
-    clear_marks(env);
     let gone = rig.claim("gone", 320 * MIB, &CLASS, &[], false).await;
     let alive = rig.claim("alive", 320 * MIB, &CLASS, &[], false).await;
     node_reports(env, &keyring, &gone, 300 * MIB, 30 * MIB);
