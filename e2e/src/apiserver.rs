@@ -126,6 +126,18 @@ impl StandInApiServer {
         self.state.lock().claims[&(namespace.to_owned(), name.to_owned())].claim.clone()
     }
 
+    /// The claim's storage request, in bytes.
+    pub fn request_of(&self, namespace: &str, name: &str) -> Option<u64> {
+        storage(&self.claim(namespace, name), REQUEST)
+    }
+
+    /// A reader of the claim's capacity (its status), in bytes, for a task
+    /// of its own.
+    pub fn capacity_reader(&self, namespace: &str, name: &str) -> impl Fn() -> u64 + Send + 'static {
+        let (state, key) = (self.state.clone(), (namespace.to_owned(), name.to_owned()));
+        move || state.lock().claims.get(&key).and_then(|stored| storage(&stored.claim, CAPACITY)).unwrap_or(0)
+    }
+
     /// The Events posted so far: (reason, message) of each.
     pub fn events(&self) -> Vec<(String, String)> {
         let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();

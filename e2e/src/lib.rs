@@ -5,6 +5,7 @@
 //! every backend.
 
 pub mod apiserver;
+pub mod auto_grow_rig;
 pub mod ceph;
 pub mod chaos;
 pub mod harness;

@@ -1,5 +1,6 @@
-//! Reading a Swell process's log as written with `--log-format json`: one
-//! JSON object a line, with the list of spans it was written in.
+//! Swell's logs in tests: a process's log as written with `--log-format json` (one
+//! JSON object a line, with the list of spans it was written in), and the
+//! in-process services' log on the test's output when RUST_LOG asks for it.
 
 use std::path::Path;
 
@@ -30,4 +31,11 @@ pub fn within<'a>(lines: &'a [Value], span: &str) -> Vec<&'a Value> {
 /// The value of `field` in any span of `line`, as text.
 pub fn span_field<'a>(line: &'a Value, field: &str) -> Option<&'a str> {
     spans(line).find_map(|s| s.get(field).and_then(Value::as_str))
+}
+
+/// The in-process services' log (controller, node), when RUST_LOG asks for it.
+pub fn log_when_asked() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
 }

@@ -237,13 +237,6 @@ pub struct Swell {
     _dir: tempfile::TempDir,
 }
 
-/// The in-process services' log (controller, node), when RUST_LOG asks for it.
-fn log_when_asked() {
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-    }
-}
-
 impl Swell {
     /// Starts a controller whose default backend is RBD on `env`.
     pub async fn start(env: &ClusterEnv, op_timeout: Duration, backend_timeout: Duration) -> Swell {
@@ -252,7 +245,7 @@ impl Swell {
 
     /// Starts a controller whose default backend is RBD as `rbd` says.
     pub async fn start_with(rbd: RbdConfig, backend_timeout: Duration) -> Swell {
-        log_when_asked();
+        crate::logs::log_when_asked();
         let dir = tempfile::Builder::new().prefix("swell-rbd-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
         let config = ControllerConfig {
             driver_name: crate::harness::DRIVER_NAME.into(),
@@ -385,16 +378,11 @@ pub struct NodeRig {
     _session: Session,
 }
 
-/// The cluster locked for `test`, with a fresh node service; `None` (after
-/// noting the skip) when this machine cannot run it.
-pub async fn node_rig(test: &str) -> Option<NodeRig> {
-    if host::cannot_run(test, true, &["rbd-fuse", "fusermount", "mkfs.xfs", "xfs_growfs"]) {
-        return None;
-    }
-    let session = acquire(test).await?;
-    let env = session.env;
+/// The keyring of [`NODE_USER`], whose caps are `profile rbd` on pool
+/// `rbd` (deploy/README.md's node user's), made once per cluster (the
+/// `ceph` CLI takes seconds to start under emulation).
+pub fn node_user_keyring(env: &ClusterEnv) -> PathBuf {
     let keyring = env.dir.join(format!("ceph.client.{NODE_USER}.keyring"));
-    // Once per cluster: the `ceph` CLI takes seconds to start under emulation.
     if !keyring.exists() {
         let keyring_arg = keyring.display().to_string();
         let user = format!("client.{NODE_USER}");
@@ -404,10 +392,22 @@ pub async fn node_rig(test: &str) -> Option<NodeRig> {
         args.extend(["-o", &keyring_arg]);
         cli(env, "ceph", &args).unwrap_or_else(|e| panic!("create the node's Ceph user: {e}"));
     }
+    keyring
+}
+
+/// The cluster locked for `test`, with a fresh node service; `None` (after
+/// noting the skip) when this machine cannot run it.
+pub async fn node_rig(test: &str) -> Option<NodeRig> {
+    if host::cannot_run(test, true, &["rbd-fuse", "fusermount", "mkfs.xfs", "xfs_growfs"]) {
+        return None;
+    }
+    let session = acquire(test).await?;
+    let env = session.env;
+    let keyring = node_user_keyring(env);
     let tmp = tempfile::Builder::new().prefix("rbd-node-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
     let dir = tmp.path().to_owned();
     let config = node_config(env, &dir, NODE_USER, &keyring);
-    log_when_asked();
+    crate::logs::log_when_asked();
     let server = NodeUnderTest::serve(&dir.join("node.sock"), &config).await.expect("serve the node");
     let node = server.client.clone();
     let (mode, named) = mode_under_test();

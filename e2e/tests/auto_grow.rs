@@ -2,57 +2,53 @@
 //! CreateVolume with the StorageClass's policy, the controller's auto-grow
 //! patching claims on a stand-in API server (`swell_e2e::apiserver`) that
 //! asks the real `swell-webhook` and resizes through ControllerExpandVolume
-//! like the external-resizer. The first test runs the whole path on a real
-//! xfs under a writer, with the node reporting usage and growing the
-//! filesystem itself (root: loop devices, mounts); the others stand in for
+//! like the external-resizer (the rig: `swell_e2e::auto_grow_rig`). The
+//! first test runs the whole path on a real xfs under a writer (the
+//! scenario rbd_auto_grow runs too), with the node reporting usage and
+//! growing the filesystem itself (root: loop devices, mounts); the others stand in for
 //! the node by writing its usage reading and mark into the backend's store,
 //! and check one decision each.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use csi_proto::v1::controller_client::ControllerClient;
-use swell_backends::{BackendConfig, Backends};
-use swell_controller::{AutoGrowConfig, AutoGrowOutcome, AutoGrower, ControllerConfig, ReconcilerConfig};
-use swell_e2e::apiserver::{Cluster, StandInApiServer};
-use swell_e2e::harness::{ControllerUnderTest, NodeUnderTest};
+use swell_backends::BackendConfig;
+use swell_controller::{AutoGrowOutcome, ControllerConfig, ReconcilerConfig};
+use swell_e2e::auto_grow_rig::{CLASS, Engine, FilesystemGrow, Rig, grower_config, until, writer_scenario};
 use swell_e2e::host;
-use swell_e2e::metrics::{sample, scrape};
 use swell_e2e::process::built_binary;
-use swell_e2e::requests::{self, block_capability, mount_capability};
-use swell_e2e::sweep::MountSweeper;
-use swell_e2e::webhook::{DRIVER, FixedVolumes, RunningWebhook, TestPki};
+use swell_e2e::webhook::DRIVER;
 use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::VolumeId;
 use swell_storage::auto_grow::Usage;
 use swell_storage::expansion::now_unix;
 use swell_storage::units::MIB;
-use swell_webhook::{BackendFacts, Limits, Policy, Webhook};
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
-const NAMESPACE: &str = "db";
 /// Loop devices are few and the machine small: one test at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// A controller with auto-grow, the stand-in API server it patches claims
-/// on, and the real webhook that server asks.
-struct Rig {
-    dir: PathBuf,
+/// The auto-grow rig on the local backend, and its state directory, where
+/// a test stands in for the node.
+struct LocalRig {
+    rig: Rig,
     local_state: PathBuf,
-    controller: ControllerClient<Channel>,
-    grower: AutoGrower,
-    api: StandInApiServer,
-    pvs: Arc<FixedVolumes>,
-    served: (ControllerUnderTest, RunningWebhook),
-    /// Unmounts and detaches what a test made, also when it fails; before
-    /// the directory goes.
-    _sweep: MountSweeper,
-    _tmp: tempfile::TempDir,
+}
+
+impl Deref for LocalRig {
+    type Target = Rig;
+    fn deref(&self) -> &Rig {
+        &self.rig
+    }
+}
+
+impl DerefMut for LocalRig {
+    fn deref_mut(&mut self) -> &mut Rig {
+        &mut self.rig
+    }
 }
 
 struct Options {
@@ -70,65 +66,21 @@ impl Default for Options {
     }
 }
 
-impl Rig {
-    async fn start(options: Options) -> Rig {
-        let tmp = tempfile::Builder::new().prefix("swell-auto-grow-").tempdir_in("/var/tmp").unwrap();
-        let dir = tmp.path().to_owned();
-        let (local_state, controller_state) = (dir.join("local"), dir.join("controller"));
-        let api = StandInApiServer::start().await;
-        let kubeconfig = dir.join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig);
-        let config = ControllerConfig {
-            driver_name: DRIVER.to_owned(),
-            backends: BackendConfig::local(LocalConfig { capacity_bytes: options.capacity, ..LocalConfig::new(&local_state, &controller_state) }),
-            reconciler: ReconcilerConfig::default(),
-        };
-        let controller = swell_controller::build(&config).unwrap();
-        let grower = controller.auto_grower(swell_controller::kube_client(Some(&kubeconfig)).await.unwrap(), grower_config(options.usage_max_age));
-        let served = ControllerUnderTest::serve(&dir, controller).await.unwrap();
-        let facts = LocalBackend::open(&LocalConfig {
-            capacity_bytes: options.webhook_capacity.or(options.capacity),
-            ..LocalConfig::new(&local_state, &controller_state)
+impl LocalRig {
+    async fn start(options: Options) -> LocalRig {
+        let rig = Rig::start(options.usage_max_age, |dir| {
+            let config = |capacity_bytes| LocalConfig { capacity_bytes, ..LocalConfig::new(dir.join("local"), dir.join("controller")) };
+            let opened = |capacity| -> Arc<dyn swell_storage::Backend> { Arc::new(LocalBackend::open(&config(capacity)).unwrap()) };
+            Engine {
+                backends: BackendConfig::local(config(options.capacity)),
+                webhook_facts: opened(options.webhook_capacity.or(options.capacity)),
+                store: opened(options.capacity),
+                parameters: Default::default(),
+            }
         })
-        .unwrap();
-        let pvs = Arc::new(FixedVolumes::default());
-        let webhook = Webhook {
-            driver_name: DRIVER.into(),
-            deadline: Duration::from_secs(5),
-            policy: Policy::default(),
-            volumes: pvs.clone(),
-            facts: Arc::new(BackendFacts::new(Backends::new(Arc::new(facts), Duration::from_secs(5)))),
-        };
-        let pki = TestPki::new();
-        let webhook = RunningWebhook::start(webhook, &pki, Limits::default(), Duration::from_secs(60)).await;
-        api.join(Cluster { webhook: Some(webhook.client(&pki)), resizer: Some(served.client.clone()) });
-        Rig {
-            dir: dir.clone(),
-            local_state,
-            controller: served.client.clone(),
-            grower,
-            api,
-            pvs,
-            served: (served, webhook),
-            _sweep: MountSweeper(dir),
-            _tmp: tmp,
-        }
-    }
-
-    /// Makes claim `name` of `bytes` through CreateVolume with `class` as
-    /// the StorageClass's parameters, binds it to its PV on the stand-in
-    /// with `annotations`; returns the volume's id.
-    async fn claim(&mut self, name: &str, bytes: u64, class: &[(&str, &str)], annotations: &[(&str, &str)], block: bool) -> VolumeId {
-        let capability = if block { block_capability() } else { mount_capability("xfs") };
-        let mut request = requests::create_volume(&format!("pv-{name}"), bytes as i64, capability);
-        request.parameters = class.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<HashMap<_, _>>();
-        request.parameters.insert("csi.storage.k8s.io/pvc/name".into(), name.into());
-        request.parameters.insert("csi.storage.k8s.io/pvc/namespace".into(), NAMESPACE.into());
-        let volume = self.controller.create_volume(request).await.unwrap().into_inner().volume.unwrap();
-        let pv = format!("pv-{name}");
-        self.pvs.add(&pv, &volume.volume_id);
-        self.api.add_claim(NAMESPACE, name, &pv, &volume.volume_id, volume.capacity_bytes as u64, annotations);
-        volume.volume_id.parse().unwrap()
+        .await;
+        let local_state = rig.dir.join("local");
+        LocalRig { rig, local_state }
     }
 
     /// Writes what the node would: a reading `age` old with `free` of
@@ -137,10 +89,6 @@ impl Rig {
         let usage = Usage { bytes_used: total - free, bytes_total: total, inodes_used: 10, inodes_total: 10_000, read_unix: now_unix() - age.as_secs() };
         swell_local::auto_grow::write_usage(&self.local_state, id, &usage).unwrap();
         swell_local::auto_grow::mark_wanted(&self.local_state, id).unwrap();
-    }
-
-    fn request_of(&self, name: &str) -> u64 {
-        self.api.claim(NAMESPACE, name)["spec"]["resources"]["requests"]["storage"].as_str().unwrap().parse().unwrap()
     }
 
     /// What `swell ARGS` prints about the rig's state.
@@ -154,51 +102,6 @@ impl Rig {
         assert!(out.status.success(), "swell failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
-
-    /// A sample of the controller's /metrics now.
-    async fn metric(&self, name: &str) -> f64 {
-        sample(&scrape(self.served.0.metrics).await, name)
-    }
-
-    fn reasons(&self) -> Vec<String> {
-        self.api.events().into_iter().map(|(reason, _)| reason).collect()
-    }
-}
-
-fn grower_config(usage_max_age: Duration) -> AutoGrowConfig {
-    AutoGrowConfig { interval: Duration::from_millis(200), usage_max_age, base_backoff: Duration::from_secs(30), max_backoff: Duration::from_secs(60) }
-}
-
-const CLASS: [(&str, &str); 4] = [("autoGrow", "true"), ("autoGrowFreeBelow", "30%"), ("autoGrowStep", "50%"), ("autoGrowLimit", "640Mi")];
-
-/// Waits (at most `bound`) for `done`.
-async fn until(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < bound {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    done()
-}
-
-/// Writes `total` bytes into `file` a MiB at a time, `pace` apart, synced
-/// every 8 MiB; the first error (ENOSPC) ends it.
-fn write_paced(file: &Path, total: u64, pace: Duration) -> std::io::Result<u64> {
-    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
-    let chunk = vec![0x5au8; MIB as usize];
-    let mut written = 0;
-    while written < total {
-        out.write_all(&chunk)?;
-        written += MIB;
-        if written % (8 * MIB) == 0 {
-            out.sync_data()?;
-        }
-        std::thread::sleep(pace);
-    }
-    out.sync_all()?;
-    Ok(written)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,66 +110,17 @@ async fn a_writer_filling_xfs_gets_it_grown_to_its_limit_never_past_it_and_never
         return;
     }
     let _serial = SERIAL.lock().await;
-    let mut rig = Rig::start(Options::default()).await;
-    let id = rig.claim("data", 320 * MIB, &CLASS, &[], false).await;
-    let block = rig.claim("raw", 320 * MIB, &CLASS, &[], true).await;
-    let mut config = swell_node::NodeConfig::new("auto-grow-node");
-    config.state_dir = rig.dir.join("node");
-    config.local_state_dir = rig.local_state.clone();
-    config.grow_on_backend_change = Some(Duration::from_millis(200));
-    config.usage_report = Some(Duration::from_millis(600));
-    let node = NodeUnderTest::serve(&rig.dir.join("node.sock"), &config).await.unwrap();
-    let mut client = node.client.clone();
-    let (staging, target) = (rig.dir.join("staging"), rig.dir.join("pod/vol"));
-    let (staging, target) = (staging.display().to_string(), target.display().to_string());
-    client.node_stage_volume(requests::stage(&id.to_string(), &staging, mount_capability("xfs"))).await.unwrap();
-    client.node_publish_volume(requests::publish(&id.to_string(), &staging, &target, mount_capability("xfs"), false)).await.unwrap();
-    // Made, as kubelet makes it: a directory on the host's filesystem, whose usage is not the volume's.
-    std::fs::create_dir_all(rig.dir.join("block-staging")).unwrap();
-    let block_staging = rig.dir.join("block-staging").display().to_string();
-    client.node_stage_volume(requests::stage(&block.to_string(), &block_staging, block_capability())).await.unwrap();
-
-    let grower = rig.grower.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(grower.run(async {
-        let _ = stopped.await;
-    }));
-    // 520 MiB at about 25 MiB/s: past 320 MiB only if the volume grows in
-    // time, twice (480 MiB, then the 640 MiB limit).
-    let file = PathBuf::from(&target).join("data.bin");
-    let started = Instant::now();
-    let written = tokio::task::spawn_blocking(move || write_paced(&file, 520 * MIB, Duration::from_millis(40))).await.unwrap();
-    let took = started.elapsed();
-    let written = written.unwrap_or_else(|e| panic!("the writer failed after the volume was patched to {:?}: {e}", rig.api.patched_to()));
-    println!("AUTO-GROW wrote {} MiB in {} ms; requests patched: {:?}", written / MIB, took.as_millis(), rig.api.patched_to());
-    assert!(until(Duration::from_secs(20), || rig.reasons().iter().any(|r| r == "AutoGrowAtLimit")).await, "no at-limit Event: {:?}", rig.api.events());
-    let _ = stop.send(());
-    running.await.unwrap();
-
-    assert_eq!(rig.api.patched_to(), vec![480 * MIB, 640 * MIB], "one step, then only to the limit, and nothing past it");
-    assert_eq!(rig.request_of("data"), 640 * MIB);
-    assert_eq!(rig.api.resizes(), 2, "each patch was resized by the resizer");
-    let total = host::statvfs_total(Path::new(&target)).unwrap();
-    // More than the 480 MiB device of the first step can hold (xfs keeps a 64 MiB log).
-    assert!(total > 480 * MIB, "the node grew the filesystem to the limit: {} MiB", total / MIB);
-    let reasons = rig.reasons();
-    assert_eq!(reasons.iter().filter(|r| *r == "AutoGrow").count(), 2, "{:?}", rig.api.events());
-    assert_eq!(reasons.iter().filter(|r| *r == "AutoGrowAtLimit").count(), 1, "told once: {:?}", rig.api.events());
-    assert_eq!(rig.metric(r#"swell_auto_grows_total{outcome="grown"}"#).await, 2.0);
-    assert_eq!(rig.metric("swell_auto_grow_volumes_at_limit").await, 1.0);
-    assert_eq!(swell_local::auto_grow::read_usage(&rig.local_state, &block).unwrap(), None, "a block volume has no usage to report");
-    assert_eq!(rig.request_of("raw"), 320 * MIB, "the block volume was left alone");
-
-    client.node_unpublish_volume(requests::unpublish(&id.to_string(), &target)).await.unwrap();
-    client.node_unstage_volume(requests::unstage(&id.to_string(), &staging)).await.unwrap();
-    client.node_unstage_volume(requests::unstage(&block.to_string(), &block_staging)).await.unwrap();
-    drop(node);
+    let mut rig = LocalRig::start(Options::default()).await;
+    let mut node = swell_node::NodeConfig::new("auto-grow-node");
+    node.state_dir = rig.dir.join("node");
+    node.local_state_dir = rig.local_state.clone();
+    writer_scenario(&mut rig, node, FilesystemGrow::ByTheNode).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_controllers_looking_at_one_crossed_volume_grow_it_once() {
     let _serial = SERIAL.lock().await;
-    let mut rig = Rig::start(Options::default()).await;
+    let mut rig = LocalRig::start(Options::default()).await;
     let id = rig.claim("twice", 320 * MIB, &CLASS, &[], false).await;
     // A second controller process over the same state, patching the same API server.
     let kubeconfig = rig.dir.join("kubeconfig");
@@ -291,7 +145,7 @@ async fn two_controllers_looking_at_one_crossed_volume_grow_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reading_older_than_the_bound_decides_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut rig = Rig::start(Options { usage_max_age: Duration::from_secs(30), ..Options::default() }).await;
+    let mut rig = LocalRig::start(Options { usage_max_age: Duration::from_secs(30), ..Options::default() }).await;
     let id = rig.claim("stale", 320 * MIB, &CLASS, &[], false).await;
     // The node read it full, then stopped reporting (killed) a minute ago.
     rig.node_reports(&id, 300 * MIB, 10 * MIB, Duration::from_secs(60));
@@ -309,7 +163,7 @@ async fn a_reading_older_than_the_bound_decides_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_turns_auto_grow_on_within_its_class_bounds_and_only_lowers_the_limit() {
     let _serial = SERIAL.lock().await;
-    let mut rig = Rig::start(Options::default()).await;
+    let mut rig = LocalRig::start(Options::default()).await;
     let bounds = [("autoGrowLimit", "1Gi")];
     let annotations = [("swell.csi.storage/auto-grow", "true"), ("swell.csi.storage/auto-grow-step", "50%"), ("swell.csi.storage/auto-grow-limit", "400Mi")];
     let id = rig.claim("opted-in", 320 * MIB, &bounds, &annotations, false).await;
@@ -327,7 +181,7 @@ async fn a_claim_turns_auto_grow_on_within_its_class_bounds_and_only_lowers_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_annotation_is_an_event_and_is_ignored_not_guessed() {
     let _serial = SERIAL.lock().await;
-    let mut rig = Rig::start(Options::default()).await;
+    let mut rig = LocalRig::start(Options::default()).await;
     // The class sets bounds only; the claim's attempt to turn auto-grow on is misspelt.
     let bounds = [("autoGrowLimit", "1Gi")];
     let id = rig.claim("typo", 320 * MIB, &bounds, &[("swell.csi.storage/auto-grow", "yes")], false).await;
@@ -344,7 +198,7 @@ async fn an_invalid_annotation_is_an_event_and_is_ignored_not_guessed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_stops_auto_grow_with_one_event_and_a_backoff() {
     let _serial = SERIAL.lock().await;
-    let mut rig = Rig::start(Options { capacity: Some(400 * MIB), ..Options::default() }).await;
+    let mut rig = LocalRig::start(Options { capacity: Some(400 * MIB), ..Options::default() }).await;
     let id = rig.claim("full", 320 * MIB, &CLASS, &[], false).await;
     rig.node_reports(&id, 300 * MIB, 10 * MIB, Duration::ZERO);
     assert_eq!(rig.grower.pass().await, vec![(id.clone(), AutoGrowOutcome::NoRoom)]);
@@ -361,7 +215,7 @@ async fn a_full_pool_stops_auto_grow_with_one_event_and_a_backoff() {
 async fn a_webhook_denial_is_an_event_and_backs_off_instead_of_looping() {
     let _serial = SERIAL.lock().await;
     // The controller sees room the webhook's reading of the pool does not.
-    let mut rig = Rig::start(Options { capacity: Some(2048 * MIB), webhook_capacity: Some(400 * MIB), ..Options::default() }).await;
+    let mut rig = LocalRig::start(Options { capacity: Some(2048 * MIB), webhook_capacity: Some(400 * MIB), ..Options::default() }).await;
     let id = rig.claim("denied", 320 * MIB, &CLASS, &[], false).await;
     rig.node_reports(&id, 300 * MIB, 10 * MIB, Duration::ZERO);
     let outcome = rig.grower.pass().await;

@@ -4,13 +4,14 @@
 //! controller no access to kubelet.
 //!
 //! Every pass walks this node's own staging records (the cost follows the
-//! volumes staged here) and, for each mounted local volume whose stored
-//! policy has auto-grow on, reads statvfs and writes the reading beside
-//! the volume's record: at most once per `min_gap` per volume, and at once
-//! when the volume crosses its threshold, which also marks it as wanting to
-//! grow. Volumes without a policy cost one failed open a pass and no write.
-//! Block volumes have no filesystem to read, and RBD volumes cannot keep a
-//! policy yet: neither is reported.
+//! volumes staged here) and, for each mounted volume whose stored policy
+//! has auto-grow on, reads statvfs and writes the reading to the volume's
+//! store ([`UsageStore`]: beside a local volume's record, in an RBD image's
+//! metadata): at most once per `min_gap` per volume, and at once when the
+//! volume crosses its threshold, which also marks it as wanting to grow.
+//! The policy is read once per staging (it is stored at CreateVolume,
+//! before any stage), so a volume without one costs one read per staging
+//! and no write. Block volumes have no filesystem to read: not reported.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use swell_storage::VolumeId;
-use swell_storage::auto_grow::{AutoGrowPolicy, Usage};
+use swell_storage::auto_grow::{AutoGrowPolicy, AutoGrowRecord, Usage};
 use swell_storage::expansion::now_unix;
 use tokio::time::Instant;
 
@@ -32,12 +33,54 @@ use crate::stats;
 /// tried at the next pass): a wedged disk must not wedge the reporter.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Where a volume's auto-grow policy is read and its usage written: its
+/// backend's store, reached without Kubernetes credentials.
+#[async_trait::async_trait]
+pub(crate) trait UsageStore: Send + Sync {
+    /// The volume's stored auto-grow record, `None` without one.
+    async fn record(&self, volume: &VolumeId) -> Result<Option<AutoGrowRecord>, NodeError>;
+
+    /// Writes the reading, then, when `mark`, the volume's mark: the
+    /// controller reads the usage it finds marked, so the usage is there first.
+    async fn write_usage(&self, volume: &VolumeId, usage: &Usage, mark: bool) -> Result<(), NodeError>;
+}
+
+/// A local volume's store: files in the state directory it is attached from.
+struct LocalStore {
+    state_dir: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl UsageStore for LocalStore {
+    async fn record(&self, volume: &VolumeId) -> Result<Option<AutoGrowRecord>, NodeError> {
+        let (state_dir, id) = (self.state_dir.clone(), volume.clone());
+        blocking("read auto-grow policy", volume, move || swell_local::auto_grow::read_record(&state_dir, &id)).await
+    }
+
+    async fn write_usage(&self, volume: &VolumeId, usage: &Usage, mark: bool) -> Result<(), NodeError> {
+        let (state_dir, id, usage) = (self.state_dir.clone(), volume.clone(), *usage);
+        blocking("write usage", volume, move || {
+            swell_local::auto_grow::write_usage(&state_dir, &id, &usage)?;
+            if mark { swell_local::auto_grow::mark_wanted(&state_dir, &id) } else { Ok(()) }
+        })
+        .await
+    }
+}
+
 /// What the reporter remembers of a volume between passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Reported {
     at: Instant,
     crossed: bool,
     bytes_total: u64,
+}
+
+/// What the reporter keeps of a staged volume: the policy it reports
+/// against (`None`: nothing to report) and its last written reading.
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    policy: Option<AutoGrowPolicy>,
+    last: Option<Reported>,
 }
 
 /// How often a pass looks, for reports at most `min_gap` apart per volume:
@@ -58,50 +101,65 @@ struct Reporter {
 }
 
 impl StagedPass for Reporter {
-    type Kept = Reported;
+    type Kept = Watched;
     const NAME: &'static str = "usage report";
 
-    async fn visit(&self, ctx: &NodeContext, volume: &VolumeId, reported: &mut HashMap<VolumeId, Reported>) {
-        if volume.backend() != swell_local::KIND {
-            return;
-        }
-        if let Err(e) = report(ctx, volume, self.min_gap, reported).await {
+    async fn visit(&self, ctx: &NodeContext, volume: &VolumeId, watched: &mut HashMap<VolumeId, Watched>) {
+        let local;
+        let store: &dyn UsageStore = if volume.backend() == swell_local::KIND {
+            local = LocalStore { state_dir: ctx.config.local_state_dir.clone() };
+            &local
+        } else {
+            match ctx.attachers.usage_store(volume) {
+                Ok(store) => store,
+                // Staged here, so its backend is served here; nothing to report otherwise.
+                Err(_) => return,
+            }
+        };
+        if let Err(e) = report(ctx, store, volume, self.min_gap, watched).await {
             tracing::warn!(%volume, error = %e.full_message(), "usage report failed; tried again next pass");
         }
     }
 }
 
 /// Reads and, when due, writes `volume`'s usage.
-async fn report(ctx: &NodeContext, volume: &VolumeId, min_gap: Duration, reported: &mut HashMap<VolumeId, Reported>) -> Result<(), NodeError> {
+async fn report(
+    ctx: &NodeContext,
+    store: &dyn UsageStore,
+    volume: &VolumeId,
+    min_gap: Duration,
+    watched: &mut HashMap<VolumeId, Watched>,
+) -> Result<(), NodeError> {
     let Some(record) = ctx.staging.read(volume).await? else { return Ok(()) };
-    let state_dir = ctx.config.local_state_dir.clone();
-    let Some(policy) = blocking("read auto-grow policy", volume, {
-        let (state_dir, volume) = (state_dir.clone(), volume.clone());
-        move || swell_local::auto_grow::read_record(&state_dir, &volume)
-    })
-    .await?
-    .map(|record| record.policy) else {
-        return Ok(());
-    };
-    let Access::Mount { .. } = record.access else {
-        // Said once per staging (the entry goes when it is unstaged).
-        if reported.insert(volume.clone(), Reported { at: Instant::now(), crossed: false, bytes_total: 0 }).is_none() {
-            tracing::warn!(%volume, "auto-grow skipped: a block volume has no filesystem whose usage the node could read");
+    let kept = match watched.get(volume) {
+        Some(kept) => *kept,
+        None => {
+            let mut policy = store.record(volume).await?.map(|record| record.policy);
+            if policy.is_some() && !matches!(record.access, Access::Mount { .. }) {
+                // Said once per staging (the entry goes when it is unstaged).
+                tracing::warn!(%volume, "auto-grow skipped: a block volume has no filesystem whose usage the node could read");
+                policy = None;
+            }
+            let kept = Watched { policy, last: None };
+            watched.insert(volume.clone(), kept);
+            kept
         }
-        return Ok(());
     };
+    let Some(policy) = kept.policy else { return Ok(()) };
     let stats::Usage::Filesystem { bytes, inodes } = stats::filesystem_usage(record.staging_path.clone()).await? else { return Ok(()) };
     let usage = Usage { bytes_used: bytes.used, bytes_total: bytes.total, inodes_used: inodes.used, inodes_total: inodes.total, read_unix: now_unix() };
     // Measured against the class's threshold even where the class leaves
     // auto-grow off: a claim may turn it on, which only the controller reads.
     let crossed = AutoGrowPolicy { on: true, ..policy }.crossed(&usage).is_some();
-    let now = Instant::now();
-    let this = Reported { at: now, crossed, bytes_total: usage.bytes_total };
-    let Some(mark) = due(reported.get(volume).copied(), this, min_gap) else {
+    let this = Reported { at: Instant::now(), crossed, bytes_total: usage.bytes_total };
+    let Some(mark) = due(kept.last, this, min_gap) else {
         return Ok(());
     };
-    write(state_dir, volume, usage, mark, &policy).await?;
-    reported.insert(volume.clone(), this);
+    store.write_usage(volume, &usage, mark).await?;
+    if mark {
+        tracing::info!(%volume, bytes_used = usage.bytes_used, bytes_total = usage.bytes_total, limit_bytes = policy.limit_bytes, "usage crossed the auto-grow threshold");
+    }
+    watched.insert(volume.clone(), Watched { policy: Some(policy), last: Some(this) });
     Ok(())
 }
 
@@ -115,21 +173,6 @@ fn due(before: Option<Reported>, now: Reported, min_gap: Duration) -> Option<boo
     let crossing = now.crossed && before.is_none_or(|b| !b.crossed || now.bytes_total != b.bytes_total);
     let gap_over = before.is_none_or(|b| now.at.duration_since(b.at) >= min_gap);
     (crossing || gap_over).then_some(crossing)
-}
-
-/// Writes the reading, then the mark when `mark`: the controller reads
-/// the usage it finds marked, so the usage is there first.
-async fn write(state_dir: PathBuf, volume: &VolumeId, usage: Usage, mark: bool, policy: &AutoGrowPolicy) -> Result<(), NodeError> {
-    let id = volume.clone();
-    blocking("write usage", volume, move || {
-        swell_local::auto_grow::write_usage(&state_dir, &id, &usage)?;
-        if mark { swell_local::auto_grow::mark_wanted(&state_dir, &id) } else { Ok(()) }
-    })
-    .await?;
-    if mark {
-        tracing::info!(%volume, bytes_used = usage.bytes_used, bytes_total = usage.bytes_total, limit_bytes = policy.limit_bytes, "usage crossed the auto-grow threshold");
-    }
-    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(

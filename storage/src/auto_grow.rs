@@ -8,6 +8,20 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where an RBD volume keeps its auto-grow state: the controller (librbd)
+/// and the node (the `rbd` and `rados` CLIs) both read these names.
+pub mod rbd {
+    /// The image metadata key holding the volume's [`AutoGrowRecord`](super::AutoGrowRecord), as JSON.
+    pub const RECORD_META: &str = "swell.auto-grow";
+    /// The image metadata key holding the [`Usage`](super::Usage) its node last read, as JSON.
+    pub const USAGE_META: &str = "swell.auto-grow.usage";
+    /// The object, one per pool and RADOS namespace, whose omap keys are
+    /// the images marked as wanting to grow (the value: when the reading
+    /// that marked it was read). Apart from the state shards, so listing
+    /// the marks costs what is marked, not the pool's volume count.
+    pub const WANTED_OBJECT: &str = "swell.auto-grow.wanted";
+}
+
 /// A share of a total, in whole percent, or a byte count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

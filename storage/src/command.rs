@@ -14,8 +14,22 @@ use tokio::process::Command;
 /// container image is checked against (`swell-node --help` prints it,
 /// deploy/image/build.sh finds each in the image). [`run`] refuses any other
 /// name, so a new tool cannot be called without being listed here.
-pub const PROGRAMS: &[&str] =
-    &["blkid", "btrfs", "cryptsetup", "dumpe2fs", "e2fsck", "mkfs.btrfs", "mkfs.ext4", "mkfs.xfs", "rbd", "rbd-fuse", "rbd-nbd", "resize2fs", "xfs_growfs"];
+pub const PROGRAMS: &[&str] = &[
+    "blkid",
+    "btrfs",
+    "cryptsetup",
+    "dumpe2fs",
+    "e2fsck",
+    "mkfs.btrfs",
+    "mkfs.ext4",
+    "mkfs.xfs",
+    "rados",
+    "rbd",
+    "rbd-fuse",
+    "rbd-nbd",
+    "resize2fs",
+    "xfs_growfs",
+];
 
 /// `PATH` when Swell itself has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -8,11 +8,13 @@
 //! a ListVolumes page, which shows the sizes the records last saw
 //! ([`crate::volumes::list`]). The operations themselves are in
 //! [`crate::volumes`], [`crate::snapshots`] and [`crate::clones`], the work
-//! they leave to the background in [`crate::housekeeping`].
+//! they leave to the background in [`crate::housekeeping`], auto-grow's
+//! state in [`crate::auto_grow`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use swell_storage::auto_grow::{AutoGrowRecord, Usage};
 use swell_storage::{
     Backend, BackendError, Capacity, ContentSource, Created, ExpansionStore, Hold, Placement, RbdVolume, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo,
 };
@@ -20,7 +22,7 @@ use swell_storage::{
 use crate::config::RbdConfig;
 use crate::context::Shared;
 use crate::store::RbdStore;
-use crate::{KIND, clones, housekeeping, snapshots, state, volumes};
+use crate::{KIND, auto_grow, clones, housekeeping, snapshots, state, volumes};
 use swell_storage::rbd_volume::namespace_problem;
 
 /// The RBD backend of one cluster.
@@ -180,6 +182,30 @@ impl Backend for RbdBackend {
 
     fn expansion_store(&self) -> Arc<dyn ExpansionStore> {
         self.store.clone()
+    }
+
+    fn keeps_auto_grow(&self) -> bool {
+        true
+    }
+
+    async fn set_auto_grow(&self, id: &VolumeId, record: &AutoGrowRecord) -> Result<(), BackendError> {
+        let volume = self.shared.ours(id, "store auto-grow policy")?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
+        let record = record.clone();
+        self.shared.run("store auto-grow policy", move |call| auto_grow::store_record(call, &volume, &record)).await
+    }
+
+    async fn auto_grow(&self, id: &VolumeId) -> Result<(Option<AutoGrowRecord>, Option<Usage>), BackendError> {
+        let Some(volume) = self.shared.ours_quietly(id) else { return Ok((None, None)) };
+        self.shared.run("read auto-grow state", move |call| auto_grow::read(call, &volume)).await
+    }
+
+    async fn wanting_to_grow(&self) -> Result<Vec<VolumeId>, BackendError> {
+        self.shared.run("list volumes wanting to grow", auto_grow::wanted).await
+    }
+
+    async fn settle_auto_grow(&self, id: &VolumeId) -> Result<(), BackendError> {
+        let Some(volume) = self.shared.ours_quietly(id) else { return Ok(()) };
+        self.shared.run("settle auto-grow", move |call| auto_grow::unmark(call, &volume)).await
     }
 
     async fn create_snapshot(&self, name: &str, source: &VolumeId) -> Result<Created<SnapshotInfo>, BackendError> {

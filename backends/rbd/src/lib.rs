@@ -26,12 +26,17 @@
 //!   one call, one pool).
 //! - `images`: making, retiring and snapshotting images.
 //! - `volumes`, `snapshots`, `clones`: the operations, as blocking calls.
+//! - `omap`: Swell's small key-set objects (the trash record, the marks);
+//!   `auto_grow`: a volume's policy and usage in its image's metadata, the
+//!   marks of the volumes wanting to grow.
 //! - `housekeeping`: the background work after each reconciler pass.
 //! - `store`: the records and holds as the expander sees them.
 //! - `backend`: [`RbdBackend`], the [`swell_storage::Backend`] impl.
 //! - [`test_util`] (cargo feature `test-util`): a Ceph client of its own for
 //!   tests and benchmarks.
 
+#[cfg(feature = "librbd")]
+mod auto_grow;
 mod config;
 
 #[cfg(feature = "librbd")]
@@ -67,6 +72,8 @@ mod images;
 mod layout;
 #[cfg(feature = "librbd")]
 mod lease;
+#[cfg(feature = "librbd")]
+mod omap;
 #[cfg(feature = "librbd")]
 mod parallel;
 #[cfg(feature = "librbd")]

@@ -21,15 +21,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::errors::RbdError;
-use crate::ffi::{Errno, IoCtx, ReadOp, TrashEntry, WriteOp};
+use crate::ffi::{Errno, IoCtx, TrashEntry, WriteOp};
 use crate::header;
+use crate::omap;
 use crate::parallel::in_parallel;
 
 /// The object whose omap keys are the RBD ids of the images Swell moved to
 /// the pool's trash (values: the names they had).
 pub(crate) const TRASHED_OBJECT: &str = "swell.trashed";
-/// Keys read from the record per round trip.
-const RECORD_PAGE: u64 = 1000;
 
 /// Records `image` as Swell's and moves it to the trash; an image already
 /// gone is no error.
@@ -46,33 +45,13 @@ pub(crate) fn move_to_trash(io: &IoCtx, image: &str) -> Result<(), Errno> {
 
 /// The RBD ids Swell recorded as moved to the trash, with the names.
 fn recorded(io: &IoCtx) -> Result<BTreeMap<String, String>, Errno> {
-    let mut ids = BTreeMap::new();
-    let mut after = String::new();
-    loop {
-        let mut op = ReadOp::default();
-        op.omap_page(&after, "", RECORD_PAGE)?;
-        let page = match op.operate(io, TRASHED_OBJECT) {
-            Ok(mut out) => out.omaps.pop().unwrap_or_default(),
-            Err(Errno::ENOENT) => return Ok(ids),
-            Err(e) => return Err(e),
-        };
-        let Some((last, _)) = page.entries.last() else { return Ok(ids) };
-        after = last.clone();
-        ids.extend(page.entries.into_iter().map(|(id, name)| (id, String::from_utf8_lossy(&name).into_owned())));
-        if !page.more {
-            return Ok(ids);
-        }
-    }
+    let entries = omap::all_entries(io, TRASHED_OBJECT)?;
+    Ok(entries.into_iter().map(|(id, name)| (id, String::from_utf8_lossy(&name).into_owned())).collect())
 }
 
 /// Drops `image_id` from the record: its image is gone.
 fn forget(io: &IoCtx, image_id: &str) -> Result<(), Errno> {
-    let mut op = WriteOp::default();
-    op.omap_rm(&[image_id]);
-    match op.operate(io, TRASHED_OBJECT) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(e),
-    }
+    omap::remove_key(io, TRASHED_OBJECT, image_id)
 }
 
 /// What a purge of one pool did.

@@ -13,8 +13,8 @@
 //!   write ([`crate::header`]), then tell the image's clients. The
 //!   expander around it holds the volume and records the wish and the
 //!   outcome.
-//! - delete: under the volume's hold, mark its entry deleted (its promise
-//!   ends) and answer. The background work moves the image to the trash
+//! - delete: under the volume's hold, take away its auto-grow mark, mark
+//!   its entry deleted (its promise ends) and answer. The background work moves the image to the trash
 //!   (freeing the name; a create of the same name that comes first does it
 //!   itself), drops the entry, and removes the trashed data
 //!   ([`crate::trash`]).
@@ -90,6 +90,8 @@ pub(crate) fn read(call: &Call<'_>, volume: &RbdVolume) -> Result<Option<VolumeI
 /// DeleteVolume's work, the caller holding the volume.
 pub(crate) fn delete(call: &Call<'_>, volume: &RbdVolume) -> Result<(), RbdError> {
     let Some(pool) = call.pool(&volume.pool)? else { return Ok(()) };
+    // First, so a retried delete that finds the entry gone still takes it.
+    crate::auto_grow::unmark(call, volume)?;
     match pool.entry(&volume.image)? {
         Some(entry) if entry.live() => {
             let tombstone = Change::Put { image: volume.image.clone(), name: None, phase: Some(Phase::Deleting), lineage: None, record: entry.record };

@@ -87,6 +87,13 @@ impl Attachers {
         }
     }
 
+    /// Where `volume`'s auto-grow policy and usage are kept, for the RBD
+    /// volumes of this node's cluster (local volumes: their state
+    /// directory, which `usage_report` reaches itself).
+    pub(crate) fn usage_store(&self, volume: &VolumeId) -> Result<&dyn crate::usage_report::UsageStore, NodeError> {
+        Ok(self.rbd(volume)?)
+    }
+
     fn rbd(&self, volume: &VolumeId) -> Result<&rbd::RbdAttachers, NodeError> {
         self.rbd.as_ref().ok_or_else(|| NodeError::VolumeNotFound { volume: volume.to_string(), reason: "no Ceph cluster is configured on this node".into() })
     }

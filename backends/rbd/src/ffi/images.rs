@@ -106,6 +106,8 @@ unsafe extern "C" {
     fn rbd_snap_get_namespace_type(image: ImageT, snap_id: u64, namespace_type: *mut c_int) -> c_int;
     fn rbd_flatten_with_progress(image: ImageT, cb: ProgressFn, cbdata: *mut c_void) -> c_int;
     fn rbd_namespace_exists(io: IoCtxT, namespace_name: *const c_char, exists: *mut bool) -> c_int;
+    fn rbd_metadata_get(image: ImageT, key: *const c_char, value: *mut c_char, val_len: *mut usize) -> c_int;
+    fn rbd_metadata_set(image: ImageT, key: *const c_char, value: *const c_char) -> c_int;
 }
 
 /// The progress callback of a flatten: asks librbd to stop (a negative
@@ -380,6 +382,35 @@ impl Image<'_> {
         // SAFETY: an open image; the callback only reads `deadline`, which
         // outlives the call.
         check(unsafe { rbd_flatten_with_progress(self.raw, stop_at_deadline, (&deadline as *const Instant).cast_mut().cast()) }).map(drop)
+    }
+
+    /// `rbd_metadata_get`: the image metadata value of `key`, `None` when unset.
+    pub(crate) fn metadata(&self, key: &str) -> Result<Option<String>, Errno> {
+        let key = cstr(key)?;
+        let mut capacity: usize = 512;
+        loop {
+            let mut buf = vec![0u8; capacity];
+            let mut len = capacity;
+            // SAFETY: an open image, a NUL-terminated key, room for `len` bytes.
+            let ret = unsafe { rbd_metadata_get(self.raw, key.as_ptr(), buf.as_mut_ptr().cast(), &mut len) };
+            match check(ret) {
+                // librbd wrote the length it needs (with the NUL) into `len`.
+                Err(Errno::ERANGE) if len > capacity => capacity = len,
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(e),
+                Ok(_) => {
+                    let value = CStr::from_bytes_until_nul(&buf).map_err(|_| Errno::EINVAL)?;
+                    return Ok(Some(value.to_string_lossy().into_owned()));
+                }
+            }
+        }
+    }
+
+    /// `rbd_metadata_set` (a write: needs a read-write open).
+    pub(crate) fn set_metadata(&self, key: &str, value: &str) -> Result<(), Errno> {
+        let (key, value) = (cstr(key)?, cstr(value)?);
+        // SAFETY: an open image and NUL-terminated strings, which librbd copies.
+        check(unsafe { rbd_metadata_set(self.raw, key.as_ptr(), value.as_ptr()) }).map(drop)
     }
 
     /// `rbd_close`, reporting its error (it may flush and release locks).

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use swell_storage::command::{CommandError, Output};
-use swell_storage::rbd_attach::WRAPPED_KEY_META;
 use swell_storage::rbd_volume::{self, RbdVolume};
 use swell_storage::{CephAccess, VolumeId};
 
@@ -110,29 +109,46 @@ impl Cluster {
 }
 
 impl Cluster {
-    fn image_meta_args(&self, verb: &str, image: &RbdVolume) -> Vec<OsString> {
+    fn image_meta_args(&self, verb: &str, image: &RbdVolume, key: &str) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["image-meta".into(), verb.into()];
         args.extend(self.control_args());
-        args.extend([END_OF_OPTIONS.into(), image.spec().into(), WRAPPED_KEY_META.into()]);
+        args.extend([END_OF_OPTIONS.into(), image.spec().into(), key.into()]);
         args
     }
 
-    /// The wrapped data key in the image's metadata, `None` when unset.
-    pub(crate) async fn wrapped_key(&self, volume: &VolumeId, image: &RbdVolume) -> Result<Option<String>, NodeError> {
-        match self.run("rbd", self.image_meta_args("get", image), CLI_DEADLINE).await {
+    /// The image metadata value of `key` (`what` it holds, for errors),
+    /// `None` when unset.
+    pub(crate) async fn image_meta(&self, volume: &VolumeId, image: &RbdVolume, key: &str, what: &str) -> Result<Option<String>, NodeError> {
+        match self.run("rbd", self.image_meta_args("get", image, key), CLI_DEADLINE).await {
             Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(NodeError::command(format!("read the wrapped data key of image {} of volume {volume}", image.spec()), e)),
+            Err(e) => Err(NodeError::command(format!("read the {what} of image {} of volume {volume}", image.spec()), e)),
         }
     }
 
-    /// Stores the wrapped data key (ciphertext: safe in an argument).
-    pub(crate) async fn store_wrapped_key(&self, volume: &VolumeId, image: &RbdVolume, wrapped: &str) -> Result<(), NodeError> {
-        let mut args = self.image_meta_args("set", image);
-        args.push(wrapped.into());
+    /// Sets the image metadata `key` to `value` (never a secret: it is an
+    /// argument).
+    pub(crate) async fn set_image_meta(&self, volume: &VolumeId, image: &RbdVolume, key: &str, value: &str, what: &str) -> Result<(), NodeError> {
+        let mut args = self.image_meta_args("set", image, key);
+        args.push(value.into());
         self.run("rbd", args, CLI_DEADLINE)
             .await
-            .map_err(|e| NodeError::command(format!("store the wrapped data key of image {} of volume {volume}", image.spec()), e))?;
+            .map_err(|e| NodeError::command(format!("store the {what} of image {} of volume {volume}", image.spec()), e))?;
+        Ok(())
+    }
+
+    /// Sets omap `key` of object `oid` in the image's pool and namespace to
+    /// `value`, creating the object if needed.
+    pub(crate) async fn set_omap(&self, volume: &VolumeId, image: &RbdVolume, oid: &str, key: &str, value: &str) -> Result<(), NodeError> {
+        let mut args: Vec<OsString> = vec!["--pool".into(), image.pool.clone().into()];
+        if !image.namespace.is_empty() {
+            args.extend(["--namespace".into(), image.namespace.clone().into()]);
+        }
+        args.extend(self.control_args());
+        args.extend([END_OF_OPTIONS.into(), "setomapval".into(), oid.into(), key.into(), value.into()]);
+        self.run("rados", args, CLI_DEADLINE)
+            .await
+            .map_err(|e| NodeError::command(format!("set {key} in {oid} of pool {} for volume {volume}", image.pool), e))?;
         Ok(())
     }
 }

@@ -30,6 +30,9 @@ use crate::system::System;
 use cluster::Cluster;
 pub(crate) use cluster::rbd_volume;
 use swell_storage::CephAccess;
+use swell_storage::auto_grow::rbd::{RECORD_META, USAGE_META, WANTED_OBJECT};
+use swell_storage::auto_grow::{AutoGrowRecord, Usage};
+use swell_storage::rbd_attach::WRAPPED_KEY_META;
 
 /// Picks the attach mode from what the host offers under `root` (`/` in
 /// production, a fake tree in tests): krbd when the rbd bus exists (the
@@ -139,12 +142,36 @@ impl RbdAttachers {
 impl crate::crypt::KeyStore for RbdAttachers {
     async fn wrapped_key(&self, volume: &VolumeId) -> Result<Option<String>, NodeError> {
         self.check_cluster(volume)?;
-        self.cluster.wrapped_key(volume, &rbd_volume(volume)?).await
+        self.cluster.image_meta(volume, &rbd_volume(volume)?, WRAPPED_KEY_META, "wrapped data key").await
     }
 
     async fn store_wrapped_key(&self, volume: &VolumeId, wrapped: &str) -> Result<(), NodeError> {
         self.check_cluster(volume)?;
-        self.cluster.store_wrapped_key(volume, &rbd_volume(volume)?, wrapped).await
+        // Ciphertext: safe in an argument.
+        self.cluster.set_image_meta(volume, &rbd_volume(volume)?, WRAPPED_KEY_META, wrapped, "wrapped data key").await
+    }
+}
+
+/// An RBD volume's auto-grow policy and usage live in its image's
+/// metadata, its mark in its pool's (and namespace's) marks object
+/// (docs/auto-grow.md), as the controller's RBD backend reads them.
+#[async_trait::async_trait]
+impl crate::usage_report::UsageStore for RbdAttachers {
+    async fn record(&self, volume: &VolumeId) -> Result<Option<AutoGrowRecord>, NodeError> {
+        self.check_cluster(volume)?;
+        let Some(json) = self.cluster.image_meta(volume, &rbd_volume(volume)?, RECORD_META, "auto-grow policy").await? else { return Ok(None) };
+        serde_json::from_str(&json).map(Some).map_err(|e| NodeError::Parse { step: format!("auto-grow policy of volume {volume}"), detail: e.to_string() })
+    }
+
+    async fn write_usage(&self, volume: &VolumeId, usage: &Usage, mark: bool) -> Result<(), NodeError> {
+        self.check_cluster(volume)?;
+        let image = rbd_volume(volume)?;
+        let json = serde_json::to_string(usage).map_err(|e| NodeError::Parse { step: format!("usage of volume {volume}"), detail: e.to_string() })?;
+        self.cluster.set_image_meta(volume, &image, USAGE_META, &json, "usage reading").await?;
+        if mark {
+            self.cluster.set_omap(volume, &image, WANTED_OBJECT, &image.image, &usage.read_unix.to_string()).await?;
+        }
+        Ok(())
     }
 }
 
