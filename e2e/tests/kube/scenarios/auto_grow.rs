@@ -116,6 +116,7 @@ pub(crate) fn auto_grow_under_a_filling_pod(backend: &Backend, module: &str) {
     assert_eq!(sizes.len(), 3, "the pod saw filesystems of {sizes:?} bytes, not three (start, first step, limit)");
     assert_eq!(Some(&full_size), sizes.last(), "ENOSPC on a filesystem of {full_size} bytes, before it reached its largest ({sizes:?})");
     assert!(full_used * 100 > full_size * 95, "ENOSPC with {full_used} of {full_size} bytes used");
+    assert!(full_size <= LIMIT, "a filesystem of {full_size} bytes, past the limit of {LIMIT}");
     let p = ns.get(&["pod", "app"]).expect("pod");
     assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], json!(0), "the writer restarted: {}", p["status"]);
 
