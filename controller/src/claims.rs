@@ -21,6 +21,8 @@ const FIELD_MANAGER: &str = "swell-auto-grow";
 /// The parts of a claim auto-grow decides on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClaimView {
+    /// `metadata.uid`, which its Events name.
+    pub uid: Option<String>,
     /// Its annotations (the per-claim policy).
     pub annotations: HashMap<String, String>,
     /// `spec.resources.requests.storage`, in bytes.
@@ -55,6 +57,14 @@ pub(crate) enum EventType {
     Warning,
 }
 
+/// The claim an Event is about.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Regarding<'a> {
+    pub claim: &'a ClaimRef,
+    /// `metadata.uid`: `kubectl describe pvc` lists only the Events naming it.
+    pub uid: Option<&'a str>,
+}
+
 /// The claims auto-grow acts on.
 #[async_trait::async_trait]
 pub(crate) trait Claims: Send + Sync + 'static {
@@ -65,7 +75,7 @@ pub(crate) trait Claims: Send + Sync + 'static {
     async fn request(&self, claim: &ClaimRef, bytes: u64) -> Result<(), ClaimsError>;
 
     /// Posts an Event on the claim.
-    async fn event(&self, claim: &ClaimRef, kind: EventType, reason: &str, message: &str) -> Result<(), ClaimsError>;
+    async fn event(&self, about: Regarding<'_>, kind: EventType, reason: &str, message: &str) -> Result<(), ClaimsError>;
 }
 
 /// The API server client auto-grow uses: from `kubeconfig`, else the
@@ -116,6 +126,7 @@ impl Claims for KubeClaims {
     async fn get(&self, claim: &ClaimRef) -> Result<Option<ClaimView>, ClaimsError> {
         let Some(pvc) = deadline("read the claim", self.claims(&claim.namespace).get_opt(&claim.name)).await? else { return Ok(None) };
         Ok(Some(ClaimView {
+            uid: pvc.metadata.uid,
             annotations: pvc.metadata.annotations.unwrap_or_default().into_iter().collect(),
             request_bytes: storage(pvc.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref())),
             capacity_bytes: storage(pvc.status.as_ref().and_then(|s| s.capacity.as_ref())),
@@ -128,7 +139,8 @@ impl Claims for KubeClaims {
         deadline("patch the claim's storage request", self.claims(&claim.namespace).patch(&claim.name, &params, &Patch::Merge(&patch))).await.map(drop)
     }
 
-    async fn event(&self, claim: &ClaimRef, kind: EventType, reason: &str, message: &str) -> Result<(), ClaimsError> {
+    async fn event(&self, about: Regarding<'_>, kind: EventType, reason: &str, message: &str) -> Result<(), ClaimsError> {
+        let Regarding { claim, uid } = about;
         let now = k8s_openapi::jiff::Timestamp::now();
         let event = Event {
             metadata: ObjectMeta { generate_name: Some(format!("{}.", claim.name)), namespace: Some(claim.namespace.clone()), ..ObjectMeta::default() },
@@ -137,6 +149,7 @@ impl Claims for KubeClaims {
                 kind: Some("PersistentVolumeClaim".to_owned()),
                 name: Some(claim.name.clone()),
                 namespace: Some(claim.namespace.clone()),
+                uid: uid.map(str::to_owned),
                 ..ObjectReference::default()
             },
             reason: Some(reason.to_owned()),

@@ -21,13 +21,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use swell_backends::Backends;
-use swell_storage::auto_grow::{AutoGrowRecord, ClaimRef, Crossed, Growth, Usage};
+use swell_storage::auto_grow::{AutoGrowRecord, Crossed, Growth, Usage};
 use swell_storage::expansion::now_unix;
 use swell_storage::units::MIB;
 use swell_storage::{Backend, VolumeId};
 
 use crate::auto_grow::with_claim;
-use crate::claims::{Claims, ClaimsError, EventType, KubeClaims};
+use crate::claims::{Claims, ClaimsError, EventType, KubeClaims, Regarding};
 use crate::error::ControllerError;
 
 /// Sizes auto-grow asks for are whole MiB, as CreateVolume allocates.
@@ -263,10 +263,11 @@ impl AutoGrower {
             Ok(None) => return Ok(Outcome::Off("claim gone")),
             Err(e) => return Ok(Outcome::Failed(e.to_string())),
         };
+        let about = Regarding { claim: &claim, uid: view.uid.as_deref() };
         let (policy, ignored) = with_claim(Some(policy), &view.annotations);
         for bad in ignored {
             let message = format!("annotation {bad}; it is ignored");
-            self.tell(id, &claim, EventType::Warning, "AutoGrowAnnotationIgnored", &message, &message).await;
+            self.tell(id, about, EventType::Warning, "AutoGrowAnnotationIgnored", &message, &message).await;
         }
         let Some(policy) = policy.filter(|p| p.on) else { return Ok(Outcome::Off("auto-grow off for this claim")) };
         let Some(crossed) = policy.crossed(&usage) else { return Ok(Outcome::NotCrossed) };
@@ -277,7 +278,7 @@ impl AutoGrower {
         let target = match policy.growth(current, GRANULARITY) {
             Growth::AtLimit => {
                 let message = format!("{}; the volume is at its limit of {} bytes and grows no more", why(crossed, &usage), policy.limit_bytes);
-                self.tell(id, &claim, EventType::Warning, "AutoGrowAtLimit", &message, "at limit").await;
+                self.tell(id, about, EventType::Warning, "AutoGrowAtLimit", &message, "at limit").await;
                 return Ok(Outcome::AtLimit);
             }
             Growth::To(target) => target,
@@ -286,19 +287,19 @@ impl AutoGrower {
         let needed = target.saturating_sub(info.size_bytes);
         if needed > room.available_bytes {
             let message = format!("{}; growing to {target} bytes needs {needed} more, and the pool can give {}", why(crossed, &usage), room.available_bytes);
-            self.tell(id, &claim, EventType::Warning, "AutoGrowNoRoom", &message, "no room").await;
+            self.tell(id, about, EventType::Warning, "AutoGrowNoRoom", &message, "no room").await;
             return Ok(Outcome::NoRoom);
         }
         match self.claims.request(&claim, target).await {
             Ok(()) => {
                 let message = format!("{}; storage request raised from {current} to {target} bytes (limit {})", why(crossed, &usage), policy.limit_bytes);
                 tracing::info!(volume.id = %id, from = current, to = target, "auto-grow: claim's request raised");
-                self.post(&claim, EventType::Normal, "AutoGrow", &message).await;
+                self.post(about, EventType::Normal, "AutoGrow", &message).await;
                 Ok(Outcome::Grown(current, target))
             }
             Err(ClaimsError::Refused(reason)) => {
                 let message = format!("raising the storage request to {target} bytes was refused: {reason}");
-                self.tell(id, &claim, EventType::Warning, "AutoGrowRefused", &message, &message).await;
+                self.tell(id, about, EventType::Warning, "AutoGrowRefused", &message, &message).await;
                 Ok(Outcome::Refused(reason))
             }
             Err(e @ ClaimsError::Unavailable(_)) => Ok(Outcome::Failed(e.to_string())),
@@ -307,17 +308,17 @@ impl AutoGrower {
 
     /// Posts a refusal's Event once per `once` until the volume next grows
     /// (the usage in a message changes, the refusal does not).
-    async fn tell(&self, id: &VolumeId, claim: &ClaimRef, kind: EventType, reason: &str, message: &str, once: &str) {
+    async fn tell(&self, id: &VolumeId, about: Regarding<'_>, kind: EventType, reason: &str, message: &str, once: &str) {
         let first = self.memory.lock().entry(id.clone()).or_default().told.insert(format!("{reason}: {once}"));
         if first {
             tracing::warn!(volume.id = %id, reason, message, "auto-grow");
-            self.post(claim, kind, reason, message).await;
+            self.post(about, kind, reason, message).await;
         }
     }
 
-    async fn post(&self, claim: &ClaimRef, kind: EventType, reason: &str, message: &str) {
-        if let Err(e) = self.claims.event(claim, kind, reason, message).await {
-            tracing::warn!(claim.namespace = %claim.namespace, claim.name = %claim.name, reason, error = %e, "auto-grow: cannot post an Event");
+    async fn post(&self, about: Regarding<'_>, kind: EventType, reason: &str, message: &str) {
+        if let Err(e) = self.claims.event(about, kind, reason, message).await {
+            tracing::warn!(claim.namespace = %about.claim.namespace, claim.name = %about.claim.name, reason, error = %e, "auto-grow: cannot post an Event");
         }
     }
 }

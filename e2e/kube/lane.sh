@@ -248,7 +248,8 @@ if [[ -n ${SWELL_KUBE_ONLY:-} ]]; then
   scenarios --test-threads=12 "$SWELL_KUBE_ONLY" || status=1
 else
   scenarios --test-threads=12 ::steady:: || status=1
-  scenarios --test-threads=2 ::timed:: || status=1
+  # Both backends' five grows and the local auto-grow under a filling pod.
+  scenarios --test-threads=3 ::timed:: || status=1
   for scenario in node_plugin_killed controller_leader_deleted kep1790 swell_volumes_shows; do
     scenarios --test-threads=2 "::disruptive::$scenario" || status=1
   done

@@ -144,6 +144,12 @@ impl StandInApiServer {
         self.state.lock().events.iter().map(|e| (text(&e["reason"]), text(&e["message"]))).collect()
     }
 
+    /// The `involvedObject.uid` of each Event posted ("" when none): `kubectl
+    /// describe` lists a claim's Events by its uid.
+    pub fn event_uids(&self) -> Vec<String> {
+        self.state.lock().events.iter().map(|e| e["involvedObject"]["uid"].as_str().unwrap_or_default().to_owned()).collect()
+    }
+
     /// Every storage request a patch asked for, admitted or not, in order.
     pub fn patched_to(&self) -> Vec<u64> {
         self.state.lock().patched_to.clone()

@@ -192,6 +192,7 @@ async fn an_invalid_annotation_is_an_event_and_is_ignored_not_guessed() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].0, "AutoGrowAnnotationIgnored");
     assert!(events[0].1.contains("swell.csi.storage/auto-grow") && events[0].1.contains("\"yes\""), "{events:?}");
+    assert_eq!(rig.api.event_uids(), vec!["uid-typo"], "the Event names the claim's uid, which `kubectl describe pvc` lists Events by");
     assert_eq!(rig.grower.pass().await, vec![], "the mark was taken away");
 }
 

@@ -6,7 +6,8 @@
 //!
 //! 1. `readme::` README's "Deploy on Kubernetes" and the webhook's
 //!    "Without cert-manager", as written but for the lane's listed changes;
-//! 2. `steady::` of both backends at once, then `timed::` of both;
+//! 2. `steady::` of both backends at once, then `timed::` of both (and the
+//!    local backend's auto-grow under a filling pod);
 //! 3. each `disruptive::` scenario of both backends together, one after
 //!    the other (they kill a node plugin or a controller replica, once for
 //!    both: see `rendezvous`);
@@ -36,8 +37,9 @@ pub const LOCAL: Backend = Backend { name: "local", class: "swell-local" };
 pub const RBD: Backend = Backend { name: "rbd", class: "swell-rbd" };
 
 /// The scenarios, once per backend; each test's name says what it proves.
+/// `timed: { ... }` adds timed scenarios of that backend alone.
 macro_rules! scenarios {
-    ($module:ident, $backend:expr) => {
+    ($module:ident, $backend:expr $(, timed: { $($timed:item)* })?) => {
         mod $module {
             mod steady {
                 use crate::scenarios::*;
@@ -81,6 +83,8 @@ macro_rules! scenarios {
                 fn five_grows_in_a_row_each_reach_the_pods_filesystem() {
                     repeated_grows(&$backend, module_path!());
                 }
+
+                $($($timed)*)?
             }
 
             mod disruptive {
@@ -119,5 +123,11 @@ macro_rules! scenarios {
     };
 }
 
-scenarios!(local, crate::LOCAL);
+// RBD volumes do not grow by themselves yet (docs/auto-grow.md).
+scenarios!(local, crate::LOCAL, timed: {
+    #[test]
+    fn auto_grow_keeps_a_filling_pod_from_enospc_until_its_limit_and_stops_there() {
+        auto_grow_under_a_filling_pod(&crate::LOCAL, module_path!());
+    }
+});
 scenarios!(rbd, crate::RBD);

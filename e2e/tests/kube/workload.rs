@@ -50,6 +50,29 @@ sync /data/writer-done
 exec sleep 100000
 "#;
 
+/// Fills /data steadily, 2 MiB a chunk, each its own file and fsynced,
+/// about 5 MiB/s, until the first failed chunk, or until /tmp/stop appears.
+/// A full volume has no room for a note, so the failure and `df` at that
+/// moment go to /tmp/writer-stopped, in the container's own filesystem.
+const FILLER: &str = r#"
+mkdir -p /data/fill
+i=0
+while [ ! -e /tmp/stop ]; do
+  if ! dd if=/dev/zero of=/data/fill/$i bs=1M count=2 conv=fsync 2>/tmp/dd-error; then
+    { echo "chunk $i failed: $(cat /tmp/dd-error)"; df -P -k /data; } > /tmp/writer-stopped
+    break
+  fi
+  i=$((i + 1))
+  usleep 400000
+done
+exec sleep 100000
+"#;
+
+/// A pod mounting `claim` at /data whose container fills it (above).
+pub(crate) fn filler_pod(name: &str, claim: &str) -> Value {
+    pod_using(name, claim, json!(["sh", "-c", FILLER]), json!({ "volumeMounts": [{ "name": "data", "mountPath": "/data" }] }))
+}
+
 /// A pod mounting `claim` at /data: the writer above, or (`writer` false) idle.
 pub(crate) fn pod(name: &str, claim: &str, writer: bool) -> Value {
     let command = if writer { json!(["sh", "-c", WRITER]) } else { json!(["sleep", "100000"]) };
@@ -127,10 +150,16 @@ pub(crate) fn resize_state(ns: &Namespace, claim: &str) -> String {
 
 /// The size in bytes of the filesystem mounted at /data, as the pod sees it.
 pub(crate) fn filesystem_bytes(ns: &Namespace, pod: &str) -> u64 {
-    let df = ns.exec(pod, &["df", "-P", "-k", "/data"]);
-    let line = df.lines().nth(1).unwrap_or_else(|| panic!("df printed no filesystem: {df}"));
-    let blocks: u64 = line.split_whitespace().nth(1).and_then(|b| b.parse().ok()).unwrap_or_else(|| panic!("df line without a size: {line}"));
-    blocks * 1024
+    df_bytes(&ns.exec(pod, &["df", "-P", "-k", "/data"])).0
+}
+
+/// (size, used) in bytes of the filesystem under the header `df -P -k` printed.
+pub(crate) fn df_bytes(df: &str) -> (u64, u64) {
+    let line = df.lines().skip_while(|l| !l.starts_with("Filesystem")).nth(1).unwrap_or_else(|| panic!("df printed no filesystem: {df}"));
+    let kib = |column: usize| -> u64 {
+        line.split_whitespace().nth(column).and_then(|b| b.parse().ok()).unwrap_or_else(|| panic!("df line without column {column}: {line}"))
+    };
+    (kib(1) * 1024, kib(2) * 1024)
 }
 
 /// Proves the pod can use more than `more_than` bytes of /data: it

@@ -3,11 +3,13 @@
 //! which goes away with its claims and volumes when it ends.
 
 mod admission;
+mod auto_grow;
 mod cleanup;
 mod faults;
 mod growth;
 
 pub(crate) use admission::{infeasible_lowered, oversize_denied, racing_patches, shrink_refused};
+pub(crate) use auto_grow::auto_grow_under_a_filling_pod;
 pub(crate) use cleanup::everything_deleted;
 pub(crate) use faults::{controller_leader_deleted, node_plugin_killed, swell_volumes_states};
 pub(crate) use growth::{block_grows_held_open, online_grow, repeated_grows, snapshot_restored_larger};
