@@ -23,6 +23,10 @@ use tokio::sync::Semaphore;
 use crate::errors::RbdError;
 use crate::ffi::{Cluster, Errno, IoCtx};
 
+/// How long a health check waits for one already running before calling
+/// it stuck: against a cluster that answers, a check takes milliseconds.
+const HEALTH_WAIT: Duration = Duration::from_secs(1);
+
 /// How to reach a cluster.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectSettings {
@@ -216,7 +220,10 @@ impl Connector {
         T: Send + 'static,
         F: FnOnce(&Connection, Instant) -> Result<T, RbdError> + Send + 'static,
     {
-        let Ok(permit) = Arc::clone(&self.health).try_acquire_owned() else {
+        // Two admission reviews at once each ask (racing patches of one
+        // claim): the second waits for the first's slot, briefly, instead of
+        // taking a check that is merely running for a stuck one.
+        let Ok(Ok(permit)) = tokio::time::timeout(HEALTH_WAIT, Arc::clone(&self.health).acquire_owned()).await else {
             return Err(BackendError::Unavailable {
                 step: step.to_owned(),
                 reason: "the previous health check is still running or stuck in librados (the cluster may not be answering)".into(),
@@ -302,7 +309,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn health_checks_never_take_a_slot_of_csi_calls() {
         let dir = tempfile::tempdir().unwrap();
-        let connector = Connector::new(nowhere(dir.path()), 1, Duration::from_secs(10));
+        // Stuck for 5 s: longer than the polls below, each waiting HEALTH_WAIT.
+        let settings = ConnectSettings { op_timeout: Duration::from_secs(5), ..nowhere(dir.path()) };
+        let connector = Connector::new(settings, 1, Duration::from_secs(10));
         let df = |conn: &Connection, _| conn.mon_command("df", r#"{"prefix":"df"}"#);
         // Health checks stuck on a cluster that does not answer, polled again and again.
         let stuck = {
@@ -310,7 +319,7 @@ mod tests {
             tokio::spawn(async move { connector.run_health("health check", df).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
-        for _ in 0..50 {
+        for _ in 0..3 {
             let again = connector.run_health("health check", df).await;
             assert!(matches!(&again, Err(BackendError::Unavailable { reason, .. }) if reason.contains("previous health check")), "{again:?}");
         }
