@@ -33,6 +33,7 @@ mod staging;
 mod stats;
 mod system;
 mod usage_report;
+mod usage_store;
 mod validate;
 
 pub use attach::rbd::{AttachMode, host_mode as rbd_attach_mode};

@@ -28,22 +28,11 @@ use crate::error::NodeError;
 use crate::staged_passes::{self, StagedPass};
 use crate::staging::Access;
 use crate::stats;
+use crate::usage_store::UsageStore;
 
 /// A write to the state directory that takes longer is given up (and
 /// tried at the next pass): a wedged disk must not wedge the reporter.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Where a volume's auto-grow policy is read and its usage written: its
-/// backend's store, reached without Kubernetes credentials.
-#[async_trait::async_trait]
-pub(crate) trait UsageStore: Send + Sync {
-    /// The volume's stored auto-grow record, `None` without one.
-    async fn record(&self, volume: &VolumeId) -> Result<Option<AutoGrowRecord>, NodeError>;
-
-    /// Writes the reading, then, when `mark`, the volume's mark: the
-    /// controller reads the usage it finds marked, so the usage is there first.
-    async fn write_usage(&self, volume: &VolumeId, usage: &Usage, mark: bool) -> Result<(), NodeError>;
-}
 
 /// A local volume's store: files in the state directory it is attached from.
 struct LocalStore {

@@ -90,7 +90,7 @@ impl Attachers {
     /// Where `volume`'s auto-grow policy and usage are kept, for the RBD
     /// volumes of this node's cluster (local volumes: their state
     /// directory, which `usage_report` reaches itself).
-    pub(crate) fn usage_store(&self, volume: &VolumeId) -> Result<&dyn crate::usage_report::UsageStore, NodeError> {
+    pub(crate) fn usage_store(&self, volume: &VolumeId) -> Result<&dyn crate::usage_store::UsageStore, NodeError> {
         Ok(self.rbd(volume)?)
     }
 

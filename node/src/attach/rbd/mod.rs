@@ -156,7 +156,7 @@ impl crate::crypt::KeyStore for RbdAttachers {
 /// metadata, its mark in its pool's (and namespace's) marks object
 /// (docs/auto-grow.md), as the controller's RBD backend reads them.
 #[async_trait::async_trait]
-impl crate::usage_report::UsageStore for RbdAttachers {
+impl crate::usage_store::UsageStore for RbdAttachers {
     async fn record(&self, volume: &VolumeId) -> Result<Option<AutoGrowRecord>, NodeError> {
         self.check_cluster(volume)?;
         let Some(json) = self.cluster.image_meta(volume, &rbd_volume(volume)?, RECORD_META, "auto-grow policy").await? else { return Ok(None) };
