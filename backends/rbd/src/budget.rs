@@ -16,7 +16,7 @@
 //! two writes leaves only a grant larger than the shard uses, which the
 //! next raise or give back of that shard settles.
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use swell_storage::BackendError;
 
@@ -24,7 +24,7 @@ use crate::capacity::PoolRoom;
 use crate::errors::RbdError;
 use crate::ffi::{Errno, IoCtx, WriteOp};
 use crate::layout::Layout;
-use crate::state::{self, GRANT_KEY, TOTAL_KEY};
+use crate::state::{self, GRANT_KEY, GRANT_RAISED_AT_KEY, TOTAL_KEY};
 
 /// The pool's budget object.
 pub(crate) const BUDGET_OBJECT: &str = "swell.budget";
@@ -32,6 +32,15 @@ pub(crate) const BUDGET_OBJECT: &str = "swell.budget";
 const SUM_KEY: &str = "sum";
 /// Rounds of a raise before its caller is told to retry.
 const ATTEMPTS: usize = 16;
+/// How long a raised grant is left to the change it was raised for, until
+/// that change uses it (and removes the stamp, [`crate::commit`]): a give
+/// back by another shard's raise in between would take the bytes that
+/// change was admitted against, and refuse it while the pool has room.
+const RAISED_GRANT_KEPT: Duration = Duration::from_secs(2);
+/// Times a raise gathers unused grants before it is refused: twice, as a
+/// concurrent raise may take a step (or a give back may miss a shard being
+/// written) between this raise's first gather and its next read.
+const GATHERS: usize = 2;
 
 /// A shard's grant: bytes and the epoch of its last move.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,6 +96,8 @@ struct Copies {
     /// The shard's `total` as stored, and parsed.
     total_raw: Vec<u8>,
     total: u64,
+    /// When the shard's grant was last raised, if it says.
+    raised_at: Option<Duration>,
     /// The budget's `sum` and `g.<n>` as stored, and parsed.
     sum_raw: Vec<u8>,
     sum: u64,
@@ -96,13 +107,15 @@ struct Copies {
 
 fn read(io: &IoCtx, layout: &Layout, shard: u32) -> Result<Copies, RbdError> {
     let value = |pairs: &[(String, Vec<u8>)], key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
-    let in_shard = state::read_raw(io, &layout.object(shard), &[GRANT_KEY.to_owned(), TOTAL_KEY.to_owned()])?;
+    let in_shard = state::read_raw(io, &layout.object(shard), &[GRANT_KEY.to_owned(), TOTAL_KEY.to_owned(), GRANT_RAISED_AT_KEY.to_owned()])?;
     let in_budget = state::read_raw(io, BUDGET_OBJECT, &[SUM_KEY.to_owned(), grant_key(shard)])?;
     let (shard_raw, total_raw) = (value(&in_shard, GRANT_KEY), value(&in_shard, TOTAL_KEY));
     let (sum_raw, budget_raw) = (value(&in_budget, SUM_KEY), value(&in_budget, &grant_key(shard)));
     Ok(Copies {
         shard: Grant::decode(&shard_raw)?,
         total: state::decode_total(&total_raw)?,
+        // Only a hint for give backs: unreadable is as good as absent.
+        raised_at: std::str::from_utf8(&value(&in_shard, GRANT_RAISED_AT_KEY)).ok().and_then(|ms| ms.parse().ok()).map(Duration::from_millis),
         sum: state::decode_total(&sum_raw)?,
         budget: Grant::decode(&budget_raw)?,
         shard_raw,
@@ -126,16 +139,42 @@ fn write_budget(io: &IoCtx, shard: u32, copies: &Copies, grant: Grant) -> Result
     op.operate(io, BUDGET_OBJECT)
 }
 
-/// Writes `grant` as the shard's copy, if its grant (and, with
-/// `same_total`, its total) did not change since `copies` was read.
-fn write_shard(io: &IoCtx, layout: &Layout, shard: u32, copies: &Copies, grant: Grant, same_total: bool) -> Result<(), Errno> {
+/// How a shard write of a grant came about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ShardWrite {
+    /// A raise of this writer: stamped with the time.
+    Raise,
+    /// Settling the copies after another writer's move.
+    Settle,
+    /// A give back: only if no change was admitted since the read.
+    GiveBack,
+}
+
+/// Writes `grant` as the shard's copy, if its grant (and, for a give back,
+/// its total) did not change since `copies` was read.
+fn write_shard(io: &IoCtx, layout: &Layout, shard: u32, copies: &Copies, grant: Grant, why: ShardWrite) -> Result<(), Errno> {
     let mut op = WriteOp::default();
     op.create(false).omap_cmp_eq(GRANT_KEY, &copies.shard_raw);
-    if same_total {
+    if why == ShardWrite::GiveBack {
         op.omap_cmp_eq(TOTAL_KEY, &copies.total_raw);
     }
-    op.omap_set(&[(GRANT_KEY.to_owned(), grant.encode())]);
+    let mut keys = vec![(GRANT_KEY.to_owned(), grant.encode())];
+    if why == ShardWrite::Raise {
+        keys.push((GRANT_RAISED_AT_KEY.to_owned(), since_epoch().as_millis().to_string().into_bytes()));
+    }
+    op.omap_set(&keys);
     op.operate(io, &layout.object(shard))
+}
+
+fn since_epoch() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Whether a grant raised at `raised_at` is still kept for its change at
+/// `now`. A stamp further ahead than that is a clock apart from ours, and
+/// keeps nothing.
+fn kept_for_its_change(raised_at: Option<Duration>, now: Duration) -> bool {
+    raised_at.is_some_and(|at| at.abs_diff(now) < RAISED_GRANT_KEPT)
 }
 
 /// Makes the older copy of the shard's grant the newer one. Returns
@@ -144,7 +183,7 @@ fn settle(io: &IoCtx, layout: &Layout, shard: u32, copies: &Copies) -> Result<bo
     let (s, b) = (copies.shard, copies.budget);
     let written = if s.epoch < b.epoch {
         // A raise whose shard write did not happen (yet).
-        write_shard(io, layout, shard, copies, b, false)
+        write_shard(io, layout, shard, copies, b, ShardWrite::Settle)
     } else if s.bytes > b.bytes {
         // The budget's copy is never below the shard's: only a damaged
         // object gets here, and promising more would pass the room.
@@ -179,7 +218,7 @@ pub(crate) type RoomFn<'a> = dyn Fn(u64) -> Result<PoolRoom, RbdError> + 'a;
 /// the pool's room (and, when that is short, from other shards' unused
 /// grants), by more than asked so the next changes need not come back.
 pub(crate) fn raise(io: &IoCtx, layout: &Layout, shard: u32, wanted: u64, room: &RoomFn<'_>, deadline: Instant) -> Result<Raised, RbdError> {
-    let mut gathered = false;
+    let mut gathers = 0;
     for _ in 0..ATTEMPTS {
         if Instant::now() >= deadline {
             break;
@@ -200,15 +239,14 @@ pub(crate) fn raise(io: &IoCtx, layout: &Layout, shard: u32, wanted: u64, room: 
         let need = wanted.saturating_sub(copies.shard.bytes);
         let available = room.capacity.available_bytes;
         if over || need > available {
-            if gathered {
+            if gathers == GATHERS {
                 return Ok(Raised::Short { room_left: available });
             }
             give_back_all(io, layout, deadline);
-            gathered = true;
+            gathers += 1;
             continue;
         }
-        // A step of the room left, shared among the shards, beyond what is asked.
-        let step = (available - need) / (2 * u64::from(layout.count()));
+        let step = step(available - need, need, layout.count());
         let grant = Grant { bytes: copies.shard.bytes + need + step, epoch: copies.budget.epoch + 1 };
         match write_budget(io, shard, &copies, grant) {
             Ok(()) => {}
@@ -216,7 +254,7 @@ pub(crate) fn raise(io: &IoCtx, layout: &Layout, shard: u32, wanted: u64, room: 
             Err(e) => return Err(write_error(&format!("raise the grant of shard {shard}"), e)),
         }
         // A failed shard write is settled by the next round's read.
-        match write_shard(io, layout, shard, &copies, grant, false) {
+        match write_shard(io, layout, shard, &copies, grant, ShardWrite::Raise) {
             Ok(()) | Err(Errno::ECANCELED) => {}
             Err(e) => return Err(write_error(&format!("take the grant into shard {shard}"), e)),
         }
@@ -227,9 +265,18 @@ pub(crate) fn raise(io: &IoCtx, layout: &Layout, shard: u32, wanted: u64, room: 
     }))
 }
 
+/// A raise's step beyond what it needs: a share of the room left, but none
+/// when that share is smaller than the need itself. In a tight pool a step
+/// would hold room that a concurrent raise of another shard needs, and that
+/// raise, having gathered already, would be refused while the pool has room.
+fn step(spare: u64, need: u64, shards: u32) -> u64 {
+    let share = spare / (2 * u64::from(shards.max(1)));
+    if share >= need { share } else { 0 }
+}
+
 /// Gives every shard's unused grant back to the pool. A shard that cannot
-/// be read or is changing keeps its grant; this is a best effort before a
-/// refusal.
+/// be read, is changing or was raised moments ago keeps its grant; this is
+/// a best effort before a refusal.
 fn give_back_all(io: &IoCtx, layout: &Layout, deadline: Instant) {
     for shard in 0..layout.count() {
         if Instant::now() >= deadline {
@@ -246,11 +293,11 @@ fn give_back_all(io: &IoCtx, layout: &Layout, deadline: Instant) {
 /// taken), then the budget.
 fn give_back(io: &IoCtx, layout: &Layout, shard: u32) -> Result<(), RbdError> {
     let copies = read(io, layout, shard)?;
-    if !settle(io, layout, shard, &copies)? || copies.shard.bytes <= copies.total {
+    if !settle(io, layout, shard, &copies)? || copies.shard.bytes <= copies.total || kept_for_its_change(copies.raised_at, since_epoch()) {
         return Ok(());
     }
     let lowered = Grant { bytes: copies.total, epoch: copies.shard.epoch + 1 };
-    match write_shard(io, layout, shard, &copies, lowered, true) {
+    match write_shard(io, layout, shard, &copies, lowered, ShardWrite::GiveBack) {
         Ok(()) => {}
         Err(Errno::ECANCELED) => return Ok(()),
         Err(e) => return Err(write_error(&format!("give back the grant of shard {shard}"), e)),
@@ -276,6 +323,28 @@ pub(crate) fn seed(io: &IoCtx, layout: &Layout, shard: u32, entries: &[(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_raise_steps_beyond_its_need_only_when_the_room_can_spare_it() {
+        let mib = 1 << 20;
+        // Plenty of room: a sixteenth-shard's share of what is left.
+        assert_eq!(step(32 * 1024 * mib, 32 * mib, 16), 1024 * mib);
+        // Tight room (two 32 MiB creates, 64 MiB free): exactly the need.
+        assert_eq!(step(32 * mib, 32 * mib, 16), 0);
+        assert_eq!(step(0, 32 * mib, 16), 0);
+        assert_eq!(step(10, 0, 0), 5);
+    }
+
+    #[test]
+    fn a_grant_raised_moments_ago_is_kept_and_a_stamp_from_another_clock_keeps_nothing() {
+        let now = Duration::from_secs(1_000_000);
+        assert!(kept_for_its_change(Some(now - Duration::from_millis(300)), now));
+        assert!(!kept_for_its_change(Some(now - Duration::from_secs(3)), now));
+        assert!(!kept_for_its_change(None, now));
+        // A raiser whose clock runs ahead by a little, and by an hour.
+        assert!(kept_for_its_change(Some(now + Duration::from_millis(500)), now));
+        assert!(!kept_for_its_change(Some(now + Duration::from_secs(3600)), now));
+    }
 
     #[test]
     fn grants_parse_strictly_and_absent_ones_are_empty() {

@@ -27,7 +27,7 @@ use crate::budget::{self, Grant, Raised, RoomFn};
 use crate::errors::RbdError;
 use crate::ffi::{Errno, IoCtx, WriteOp};
 use crate::layout::Layout;
-use crate::state::{self, Entry, GRANT_KEY, Key, Lineage, PENDING_KEY, Phase, SnapshotEntry, Stored, TOTAL_KEY};
+use crate::state::{self, Entry, GRANT_KEY, GRANT_RAISED_AT_KEY, Key, Lineage, PENDING_KEY, Phase, SnapshotEntry, Stored, TOTAL_KEY};
 
 /// How often one batch is decided again after losing a race with another
 /// writer before its callers are told to retry.
@@ -184,6 +184,9 @@ struct Decision {
     grant: Vec<u8>,
     /// The shard's list of entries with work left as read.
     pending: Vec<u8>,
+    /// Whether the grant carries a raise's stamp, which the first change
+    /// that uses the grant removes (a give back may take it again then).
+    raise_stamped: bool,
     /// Per touched entry: the stored value as read, and the entry decided.
     entries: BTreeMap<Key, (Vec<u8>, Option<Stored>)>,
 }
@@ -198,7 +201,7 @@ fn no_limit() -> Result<PoolCheck, RbdError> {
 fn commit(target: &Target<'_>, changes: &[Change], room: &RoomFn<'_>) -> Vec<Result<Outcome, RbdError>> {
     let failed = |err: RbdError| changes.iter().map(|_| Err(err.duplicate())).collect();
     let object = target.layout.object(target.shard);
-    let mut keys = vec![TOTAL_KEY.to_owned(), GRANT_KEY.to_owned(), PENDING_KEY.to_owned()];
+    let mut keys = vec![TOTAL_KEY.to_owned(), GRANT_KEY.to_owned(), GRANT_RAISED_AT_KEY.to_owned(), PENDING_KEY.to_owned()];
     keys.extend(changes.iter().map(|c| c.key().entry()));
     keys.sort();
     keys.dedup();
@@ -323,7 +326,8 @@ fn decide(stored: &HashMap<String, Vec<u8>>, changes: &[Change], room: &Limit<'_
     }
     let grant = stored.get(GRANT_KEY).cloned().unwrap_or_default();
     let pending = stored.get(PENDING_KEY).cloned().unwrap_or_default();
-    Ok(Decision { results, total: (total_raw, total), grant, pending, entries })
+    let raise_stamped = stored.contains_key(GRANT_RAISED_AT_KEY);
+    Ok(Decision { results, total: (total_raw, total), grant, pending, raise_stamped, entries })
 }
 
 fn changed(image: &str, stored: u64, expected: u64) -> RbdError {
@@ -450,6 +454,12 @@ fn write(io: &IoCtx, object: &str, decision: &Decision) -> Result<(), Errno> {
     if pending != was {
         op.omap_cmp_eq(PENDING_KEY, &decision.pending);
         set.push((PENDING_KEY.to_owned(), state::encode_pending(&pending)));
+    }
+    // Removed only when there, and only by a change that uses the grant:
+    // a delete of an absent key still leaves a tombstone in the OSD.
+    let promised_before = state::decode_total(&decision.total.0).unwrap_or(0);
+    if decision.raise_stamped && decision.total.1 > promised_before {
+        removed.push(GRANT_RAISED_AT_KEY.to_owned());
     }
     op.omap_set(&set).omap_rm(&removed);
     op.operate(io, object)

@@ -37,6 +37,9 @@ use crate::layout::{Layout, STATE_OBJECT};
 pub(crate) const TOTAL_KEY: &str = "total";
 /// The omap key of the bytes the budget granted the shard.
 pub(crate) const GRANT_KEY: &str = "grant";
+/// The omap key of when the shard's grant was last raised (milliseconds
+/// since the Unix epoch, by the raiser's clock).
+pub(crate) const GRANT_RAISED_AT_KEY: &str = "grant-raised-at";
 /// The omap key listing the shard's entries with work left.
 pub(crate) const PENDING_KEY: &str = "pending";
 const ENTRY_PREFIX: &str = "v.";
