@@ -193,6 +193,7 @@ async fn engine_figures(rig: &Rig, served: &Served, io: &OtherClient, site: &Sit
         let trashed = format!("trashed-{run}");
         io.create_image(&trashed, 64 * MIB).map_err(at("rbd_create"))?;
         s.trash.push(time(|| io.trash_move(&trashed), "rbd_trash_move")?);
+        create_steps(io, run, &mut s)?;
     }
     let mut expand = Table::versus("Figure 1 on rbd: ControllerExpandVolume 64 → 128 MiB against the same resize done directly");
     expand.measured("librbd in-process, warm connection: open + resize + close", &s.open_resize_close, None);
@@ -212,6 +213,7 @@ async fn engine_figures(rig: &Rig, served: &Served, io: &OtherClient, site: &Sit
     for (what, calls) in [("an expand", &expand_calls), ("a create", &create_calls), ("a delete", &delete_calls)] {
         report.add(figures::step_costs(&format!("Where {what} spends its backend time on rbd ({} runs)", plan.runs), calls, plan.runs));
     }
+    report.add(create_breakdown(&s, plan.runs));
     let p50 = |s: &Samples| s.p50().as_secs_f64();
     report.goal(
         "rbd: expand ≤ 1.15× librbd open+resize+close",
@@ -224,8 +226,54 @@ async fn engine_figures(rig: &Rig, served: &Served, io: &OtherClient, site: &Sit
     Ok(())
 }
 
+/// The RADOS operations a CreateVolume of a new name makes besides
+/// librbd's create, each made once directly: the volume's lock, a read of
+/// omap keys and a compare-guarded omap write. The object is the bench's
+/// own, never a state shard.
+fn create_steps(io: &OtherClient, run: usize, s: &mut Named) -> BenchResult<()> {
+    const OBJECT: &str = "bench.create-steps";
+    let image = format!("create-steps-{run}");
+    s.lock.push(time(|| io.lock_volume(&image, "bench", Duration::from_secs(30)), "lock a volume")?);
+    io.unlock_volume(&image, "bench").map_err(at("unlock a volume"))?;
+    let (expected, next) = (if run == 0 { String::new() } else { run.to_string() }, (run + 1).to_string());
+    s.guarded_write.push(time(|| io.write_omap_guarded(OBJECT, "total", expected.as_bytes(), next.as_bytes()), "guarded omap write")?);
+    s.omap_read.push(time(|| io.read_omap(OBJECT, &["total", "grant"]).map(drop), "omap read")?);
+    Ok(())
+}
+
+/// Where a create's time goes: its RADOS steps, each timed directly in the
+/// same runs, summed at their p50s against Swell's create.
+fn create_breakdown(s: &Named, runs: usize) -> Table {
+    let mut table = Table::new(
+        format!("Where a create's time goes on rbd: its RADOS steps made directly ({runs} runs each)"),
+        &["step", "per create", "p50", "p50 × per create"],
+    );
+    let steps: [(&str, u32, &Samples); 4] = [
+        ("lock the volume (`swell.lock.<image>`)", 1, &s.lock),
+        ("omap read: the volume's entry; the shard's total and grant; the budget's sum", 3, &s.omap_read),
+        ("compare-guarded omap write: the entry admitted in its shard", 1, &s.guarded_write),
+        ("librbd rbd_create", 1, &s.create),
+    ];
+    let mut sum = Duration::ZERO;
+    for (step, count, samples) in steps {
+        let cost = samples.p50() * count;
+        sum += cost;
+        table.row(vec![step.to_owned(), count.to_string(), ms(samples.p50()), ms(cost)]);
+    }
+    table.row(vec!["sum of the steps".into(), String::new(), String::new(), ms(sum)]);
+    table.row(vec!["Swell CreateVolume through its socket".into(), String::new(), ms(s.swell_create.p50()), ratio(s.swell_create.p50(), sum)]);
+    table.note(
+        "What Swell's create takes beyond the sum is its own: the gRPC call, the controller's checks and its threads. The lock is given \
+         back after the answer, off the create's path.",
+    );
+    table
+}
+
 #[derive(Default)]
 struct Named {
+    lock: Samples,
+    omap_read: Samples,
+    guarded_write: Samples,
     swell_create: Samples,
     swell_expand: Samples,
     swell_delete: Samples,

@@ -85,6 +85,22 @@ impl OtherClient {
         self.io.unlock(&lock_object(image), LOCK_NAME, cookie)
     }
 
+    /// Reads `keys` of `oid`'s omap in one operation, as the backend reads
+    /// a volume's entry, a shard's totals or the budget's sum.
+    pub fn read_omap(&self, oid: &str, keys: &[&str]) -> Result<Vec<(String, Vec<u8>)>, Errno> {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        state::read_raw(&self.io, oid, &keys).map_err(|_| Errno::EIO)
+    }
+
+    /// Sets `key` of `oid`'s omap to `value` if it holds `expected` (empty:
+    /// absent), creating `oid`: the compare-guarded write that admits a
+    /// change in a shard. ECANCELED when `expected` no longer holds.
+    pub fn write_omap_guarded(&self, oid: &str, key: &str, expected: &[u8], value: &[u8]) -> Result<(), Errno> {
+        let mut op = WriteOp::default();
+        op.create(false).omap_cmp_eq(key, expected).omap_set(&[(key.to_owned(), value.to_vec())]);
+        op.operate(&self.io, oid)
+    }
+
     /// Writes settled entries for `volumes` (each with its CO name and size)
     /// into the pool's state shards and adds their bytes to the shards'
     /// totals and grants, as volumes Swell made long ago would have left
