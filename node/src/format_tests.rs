@@ -32,16 +32,22 @@ fn formatted_device(sys: &FakeSystem) -> PathBuf {
     PathBuf::from(line.expect("mkfs ran").rsplit(' ').next().expect("a device"))
 }
 
-#[tokio::test]
-async fn a_stage_whose_mkfs_was_cut_off_formats_again_and_mounts() {
-    let f = Fixture::new();
+/// A first stage of a new volume whose mkfs.xfs is cut off after writing
+/// its superblock; the volume and the device it was attached as.
+async fn cut_off_first_stage(f: &Fixture) -> (VolumeId, PathBuf) {
     let id = f.volume(1, 64 * MIB);
     std::fs::create_dir_all(f.path("staging")).expect("mkdir");
     f.sys.cut_off("mkfs.xfs");
     let err = crate::stage::stage(&f.ctx, f.stage(&id, "staging", mount(FsType::Xfs))).await.expect_err("cut off");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
     assert!(f.sys.loops().is_empty(), "mkfs was killed and reaped: nothing runs, so nothing stays attached");
-    let device = formatted_device(&f.sys);
+    (id, formatted_device(&f.sys))
+}
+
+#[tokio::test]
+async fn a_stage_whose_mkfs_was_cut_off_formats_again_and_mounts() {
+    let f = Fixture::new();
+    let (id, device) = cut_off_first_stage(&f).await;
     let first = f.sys.filesystem(&device).expect("the cut mkfs left a superblock");
     f.sys.clear_failures();
     f.sys.clear_calls();
@@ -60,11 +66,7 @@ async fn a_stage_whose_mkfs_was_cut_off_formats_again_and_mounts() {
 #[tokio::test]
 async fn a_filesystem_someone_else_made_after_a_cut_format_is_never_formatted() {
     let f = Fixture::new();
-    let id = f.volume(1, 64 * MIB);
-    std::fs::create_dir_all(f.path("staging")).expect("mkdir");
-    f.sys.cut_off("mkfs.xfs");
-    crate::stage::stage(&f.ctx, f.stage(&id, "staging", mount(FsType::Xfs))).await.expect_err("cut off");
-    let device = formatted_device(&f.sys);
+    let (id, device) = cut_off_first_stage(&f).await;
     // Another writer formats the volume (with a UUID of its own) meanwhile.
     f.sys.format(&device, "xfs", 64 * MIB);
     f.sys.clear_failures();

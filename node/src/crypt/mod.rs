@@ -81,7 +81,8 @@ pub(crate) async fn data_key(store: &dyn KeyStore, volume: &VolumeId, kek: &Kek,
 }
 
 /// Opens the LUKS2 volume on `device` (formatting it first only when the
-/// device is blank) and returns the clear-text device. An open mapping on
+/// device is blank or holds a luksFormat of Swell's that never finished,
+/// `crate::format`) and returns the clear-text device. An open mapping on
 /// this device is reused (a repeated stage, or a node plugin restarted).
 /// A device holding anything but LUKS is refused untouched.
 pub(crate) async fn open(
