@@ -17,7 +17,7 @@ use swell_storage::{VolumeId, durable};
 
 use crate::crypt::key::DataKey;
 use crate::error::NodeError;
-use crate::filesystem::{FsType, probe};
+use crate::filesystem::{Format, FsType, probe};
 use crate::staging::blocking;
 use crate::system::System;
 
@@ -44,32 +44,6 @@ impl Layer<'_> {
             Layer::Luks(_) => crate::crypt::luks::FORMAT_DEADLINE,
             Layer::Filesystem(_) => crate::filesystem::FORMAT_DEADLINE,
         }
-    }
-}
-
-/// How one format runs: the UUID it writes, whether it may overwrite what
-/// an unfinished format of Swell's left, and its deadline.
-#[derive(Debug, Clone)]
-pub struct Format {
-    /// The UUID the filesystem or LUKS header gets.
-    pub(crate) uuid: String,
-    /// Whether what is there (Swell's own unfinished format) is overwritten.
-    pub(crate) overwrite: bool,
-    /// When the program is killed.
-    pub(crate) deadline: Duration,
-}
-
-impl Format {
-    /// A format with a new random UUID.
-    pub(crate) fn new(overwrite: bool, deadline: Duration) -> Result<Self, NodeError> {
-        let mut bytes = [0u8; 16];
-        getrandom::getrandom(&mut bytes).map_err(|e| NodeError::WorkerFailed { step: "make a filesystem UUID".into(), reason: e.to_string() })?;
-        // RFC 9562 version 4 (random), variant 10.
-        bytes[6] = (bytes[6] & 0x0f) | 0x40;
-        bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let uuid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
-        Ok(Format { uuid, overwrite, deadline })
     }
 }
 

@@ -14,7 +14,7 @@ use swell_storage::command::CommandError;
 
 use super::key::DataKey;
 use crate::error::NodeError;
-use crate::format::Format;
+use crate::filesystem::Format;
 use crate::system::System;
 
 /// luksFormat writes and wipes the 16 MiB header area; slow under emulation.

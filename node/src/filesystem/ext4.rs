@@ -7,9 +7,8 @@ use std::path::Path;
 
 use swell_storage::command::CommandError;
 
-use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, fills_device};
+use super::{FORMAT_DEADLINE, FileSystem, Format, FsType, GROW_DEADLINE, fills_device};
 use crate::error::NodeError;
-use crate::format::Format;
 use crate::system::{self, END_OF_OPTIONS, System};
 
 /// The ext4 implementation.

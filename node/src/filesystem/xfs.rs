@@ -7,9 +7,8 @@
 
 use std::path::Path;
 
-use super::{FileSystem, FsType, GROW_DEADLINE};
+use super::{FileSystem, Format, FsType, GROW_DEADLINE};
 use crate::error::NodeError;
-use crate::format::Format;
 use crate::system::{self, END_OF_OPTIONS, System};
 
 /// The XFS implementation.
