@@ -180,35 +180,47 @@ async fn on_a_loop_device_an_xfs_format_cut_off_is_unmountable_until_the_next_at
     let sys = CutFirstMkfs::default();
     let device = sys.loop_attach(&image).await.expect("loop device");
     let target = dir.path().join("mnt");
+    let _attached = Attached { device: device.clone(), target: target.clone() };
     std::fs::create_dir(&target).expect("mkdir");
     let mount_call = || MountCall::Filesystem { device: device.clone(), target: target.clone(), fs_type: "xfs".into(), options: vec!["nouuid".into()] };
     let log = FormatLog::open(&dir.path().join("state")).expect("log");
     let id: VolumeId = "local:0123456789abcdef0123456789abcdef".parse().expect("id");
     let layer = Layer::Filesystem(FsType::Xfs);
 
-    let checked = async {
-        let found = log.examine(&sys, &id, layer, &device).await?;
-        assert_eq!(found, Found::Blank);
-        let cut = log.make(&sys, &id, &device, layer, &found).await.expect_err("cut off");
-        assert_eq!(cut.code(), Code::DeadlineExceeded, "{cut}");
-        let left = probe(&sys, &device).await?.expect("the cut format left a superblock");
-        assert_eq!(left.kind, "xfs");
-        assert!(sys.mount(mount_call()).await.is_err(), "a cut xfs mounted");
-        let found = log.examine(&sys, &id, layer, &device).await?;
-        assert_eq!(found, Found::Unfinished, "its UUID is the one recorded");
-        log.make(&sys, &id, &device, layer, &found).await?;
-        let made = probe(&sys, &device).await?.expect("formatted");
-        assert_ne!(made.uuid, left.uuid);
-        sys.mount(mount_call()).await?;
-        std::fs::write(target.join("data"), b"written").expect("write");
-        sys.unmount(&target, false).await?;
-        assert_eq!(log.examine(&sys, &id, layer, &device).await?, Found::Holds("xfs".into()), "finished: never formatted again");
-        Ok::<_, NodeError>(())
-    }
-    .await;
-    let _ = sys.unmount(&target, false).await;
-    sys.loop_detach(&device).await.expect("detach");
-    if let Err(e) = checked {
-        panic!("{}", e.full_message());
+    let found = ok(log.examine(&sys, &id, layer, &device).await);
+    assert_eq!(found, Found::Blank);
+    let cut = log.make(&sys, &id, &device, layer, &found).await.expect_err("cut off");
+    assert_eq!(cut.code(), Code::DeadlineExceeded, "{cut}");
+    let left = ok(probe(&sys, &device).await).expect("the cut format left a superblock");
+    assert_eq!(left.kind, "xfs");
+    assert!(sys.mount(mount_call()).await.is_err(), "a cut xfs mounted");
+    let found = ok(log.examine(&sys, &id, layer, &device).await);
+    assert_eq!(found, Found::Unfinished, "its UUID is the one recorded");
+    ok(log.make(&sys, &id, &device, layer, &found).await);
+    let made = ok(probe(&sys, &device).await).expect("formatted");
+    assert_ne!(made.uuid, left.uuid);
+    ok(sys.mount(mount_call()).await);
+    std::fs::write(target.join("data"), b"written").expect("write");
+    ok(sys.unmount(&target, false).await);
+    assert_eq!(ok(log.examine(&sys, &id, layer, &device).await), Found::Holds("xfs".into()), "finished: never formatted again");
+}
+
+fn ok<T>(result: Result<T, NodeError>) -> T {
+    result.unwrap_or_else(|e| panic!("{}", e.full_message()))
+}
+
+/// Unmounts and detaches on drop: a failed assertion leaves no loop
+/// device or mount behind.
+struct Attached {
+    device: PathBuf,
+    target: PathBuf,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::empty());
+        if let Ok(device) = loopdev::LoopDevice::open(&self.device) {
+            let _ = device.detach();
+        }
     }
 }
