@@ -63,7 +63,7 @@ impl ControllerService {
         params.check_backend(backend.kind(), backend.keeps_auto_grow())?;
         let mut volume_context = params.attach.volume_context();
         if let Some(source) = &req.volume_content_source {
-            let (info, origin) = self.snapshots.create_volume_from(name, range, backend, &params.placement, source).await?;
+            let (info, origin) = self.snapshots.create_volume_from(name, range, backend, &params, source).await?;
             self.keep_auto_grow(backend, name, &info.id, &params).await?;
             // An encrypted copy holds its source's wrapped key, bound to
             // the source's id: the node binds it to this volume at its first

@@ -11,10 +11,12 @@ use csi_proto::v1::volume_content_source::{SnapshotSource, Type, VolumeSource};
 use csi_proto::v1::{ListSnapshotsRequest, ListSnapshotsResponse, Snapshot, VolumeContentSource, list_snapshots_response};
 use swell_backends::{Backends, CallError};
 use swell_storage::locks::KeyedLocks;
-use swell_storage::{Backend, BackendError, ContentSource, Created, Placement, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
+use swell_storage::rbd_attach;
+use swell_storage::{Backend, BackendError, ContentSource, Created, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
 
 use crate::error::ControllerError;
 use crate::listing;
+use crate::parameters::VolumeParameters;
 use crate::sizing;
 use crate::validate::{self, SizeRange};
 
@@ -105,13 +107,15 @@ impl Snapshots {
     /// asked for, never below the source's (OUT_OF_RANGE), by the backend
     /// that owns the source. Also returns the volume whose data the source
     /// holds (the snapshot's source, or the cloned volume): an encrypted
-    /// copy's data key is still bound to that volume's id.
+    /// copy's data key is still bound to that volume's id. A source whose
+    /// encryption differs from the class's is refused before anything is
+    /// made: the node could stage neither copy.
     pub(crate) async fn create_volume_from(
         &self,
         name: &str,
         range: SizeRange,
         backend: &Arc<dyn Backend>,
-        placement: &Placement,
+        params: &VolumeParameters,
         requested: &VolumeContentSource,
     ) -> Result<(VolumeInfo, VolumeId), ControllerError> {
         let source = match parse_source(requested)? {
@@ -120,10 +124,14 @@ impl Snapshots {
             Source::Missing(id, _) => return Err(ControllerError::NotFound(id)),
         };
         let (source_bytes, origin) = self.source_size(backend, &source).await?;
+        let encrypted = self.backends.call("read the source's encryption", &source.to_string(), backend.source_encrypted(&source)).await?;
+        if let Some(reason) = encryption_mismatch(&source, encrypted, params.attach.encrypted) {
+            return Err(ControllerError::invalid("volume_content_source", reason));
+        }
         let size =
             sizing::allocation_from_source(range, source_bytes).map_err(|e| ControllerError::OutOfRange(format!("volume {name:?} from {source}: {e}")))?;
         let _guard = self.names.try_acquire(name).ok_or_else(|| ControllerError::Pending(format!("volume name {name:?}")))?;
-        let created = self.backends.call("create volume from a source", name, backend.create_volume_from(name, size, placement, &source)).await?;
+        let created = self.backends.call("create volume from a source", name, backend.create_volume_from(name, size, &params.placement, &source)).await?;
         if let Created::Existing(info) = &created {
             sizing::check_compatible(info, range)?;
         }
@@ -180,6 +188,24 @@ fn parse_source(requested: &VolumeContentSource) -> Result<Source, ControllerErr
     }
 }
 
+/// Why a copy of `source` cannot be made into a class of `class_encrypted`
+/// when the source's data is `source_encrypted`, or `None` when they agree.
+/// An encrypted source copied into a clear class would show the pod LUKS2
+/// ciphertext or be refused at every stage; a clear one copied into an
+/// encrypted class would be refused at every stage (docs/encryption.md).
+fn encryption_mismatch(source: &ContentSource, source_encrypted: bool, class_encrypted: bool) -> Option<String> {
+    let param = rbd_attach::ENCRYPTED_KEY;
+    match (source_encrypted, class_encrypted) {
+        (true, false) => Some(format!(
+            "{source} holds encrypted data (its image has a wrapped data key): a copy of it needs a StorageClass with parameters.{param}: \"true\""
+        )),
+        (false, true) => Some(format!(
+            "{source} holds data in the clear (its image has no wrapped data key: made without parameters.{param}: \"true\", or never staged), and this StorageClass sets parameters.{param}: \"true\": copy it into a class without it"
+        )),
+        _ => None,
+    }
+}
+
 /// A snapshot as the CSI answer carries it.
 pub(crate) fn to_snapshot(info: &SnapshotInfo) -> Snapshot {
     let since = info.created.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -219,6 +245,19 @@ mod tests {
             size_bytes: 1 << 30,
             created: UNIX_EPOCH + Duration::new(1_700_000_000, 123),
             ready: true,
+        }
+    }
+
+    #[test]
+    fn a_copy_is_refused_naming_the_source_and_the_class_parameter_only_when_their_encryption_differs() {
+        let source = ContentSource::Snapshot(SnapshotId::new("rbd", "c", &snapshot_key("s")).unwrap());
+        assert_eq!(encryption_mismatch(&source, true, true), None);
+        assert_eq!(encryption_mismatch(&source, false, false), None);
+        for (source_encrypted, class_encrypted) in [(true, false), (false, true)] {
+            let reason = encryption_mismatch(&source, source_encrypted, class_encrypted).expect("refused");
+            assert!(reason.contains(&source.to_string()) && reason.contains("parameters.encrypted"), "{reason}");
+            let status = tonic::Status::from(ControllerError::invalid("volume_content_source", reason));
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         }
     }
 

@@ -296,4 +296,8 @@ impl Backend for InstrumentedBackend {
     async fn create_volume_from(&self, name: &str, size: u64, placement: &Placement, source: &ContentSource) -> Result<Created, BackendError> {
         self.inner.create_volume_from(name, size, placement, source).await
     }
+
+    async fn source_encrypted(&self, source: &ContentSource) -> Result<bool, BackendError> {
+        self.inner.source_encrypted(source).await
+    }
 }

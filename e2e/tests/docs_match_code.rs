@@ -16,7 +16,7 @@ use swell_e2e::process::built_binary;
 /// Flags of other programs the documents name: the CSI sidecars, kubectl,
 /// kubelet, kube-apiserver, cargo, cryptsetup, ceph-csi (the bench's peer),
 /// unshare, and the image build script.
-const OTHER_PROGRAMS: [&str; 24] = [
+const OTHER_PROGRAMS: [&str; 25] = [
     "--csi-address",
     "--leader-election",
     "--http-endpoint",
@@ -39,6 +39,7 @@ const OTHER_PROGRAMS: [&str; 24] = [
     "--replicas",
     "--key-file",
     "--disable-keyring",
+    "--uuid",
     "--controllerserver",
     "--mount",
 ];

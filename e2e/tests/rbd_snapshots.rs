@@ -10,6 +10,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use csi_proto::v1::VolumeContentSource;
+use csi_proto::v1::volume_content_source::{SnapshotSource, Type, VolumeSource};
+use tonic::Code;
+
 use swell_e2e::node_process::KillAt;
 use swell_e2e::rbd_rig::{self, ClusterEnv, cli, location_of};
 use swell_e2e::requests::{block_capability, mount_capability};
@@ -460,4 +464,63 @@ async fn an_encrypted_restore_and_clone_carry_the_wrapped_key_and_name_the_volum
     }
     plant.delete_snapshot(&snapshot.snapshot_id).await.unwrap();
     plant.delete(&source.volume_id).await;
+}
+
+/// A copy whose class's encryption differs from its source's (an encrypted
+/// source into a clear class, a clear one into an encrypted class) is
+/// refused at CreateVolume with INVALID_ARGUMENT naming the source and the
+/// class parameter, before anything is made: it could never be staged.
+/// Copies whose encryption matches are made as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_into_a_class_of_other_encryption_than_its_source_is_refused_at_create_volume_and_nothing_is_made() {
+    if !runs_here("rbd_snapshots_encryption_mismatch", "xfs") {
+        return;
+    }
+    let Some(session) = rbd_rig::acquire("rbd_snapshots_encryption_mismatch").await else { return };
+    let env = session.env;
+    let dir = tmp();
+    let clear_class = config(env, dir.path(), &[]).parameters;
+    let mut config = config(env, dir.path(), &[]);
+    config.parameters.insert(ENCRYPTED_KEY.to_owned(), "true".to_owned());
+    let sealed_class = config.parameters.clone();
+    let plant = Plant::start(dir.path(), &config, &[]).await;
+    let create = |name: &str, class: &HashMap<String, String>, source: Option<Type>| {
+        let mut req = swell_e2e::requests::create_volume(name, (64 * MIB) as i64, block_capability());
+        req.parameters = class.clone();
+        req.volume_content_source = source.map(|t| VolumeContentSource { r#type: Some(t) });
+        async { plant.controller().await.create_volume(req).await.map(|answer| answer.into_inner().volume.expect("volume")) }
+    };
+    let sealed = create("mismatch-sealed", &sealed_class, None).await.unwrap();
+    let wrapped = "v1:0011223344556677:bm9uY2U:Y2lwaGVydGV4dA";
+    cli(env, "rbd", &["image-meta", "set", &location_of(&sealed.volume_id).spec(), WRAPPED_KEY_META, wrapped]).unwrap();
+    let clear = create("mismatch-clear", &clear_class, None).await.unwrap();
+    let sealed_snapshot = plant.snapshot("mismatch-sealed-snapshot", &sealed.volume_id).await.unwrap();
+    let clear_snapshot = plant.snapshot("mismatch-clear-snapshot", &clear.volume_id).await.unwrap();
+    let snapshot = |id: &str| Some(Type::Snapshot(SnapshotSource { snapshot_id: id.to_owned() }));
+    let volume = |id: &str| Some(Type::Volume(VolumeSource { volume_id: id.to_owned() }));
+    let before = pool_images(env);
+    let refused = [
+        ("restore of an encrypted snapshot into a clear class", &clear_class, snapshot(&sealed_snapshot.snapshot_id), &sealed_snapshot.snapshot_id),
+        ("clone of an encrypted volume into a clear class", &clear_class, volume(&sealed.volume_id), &sealed.volume_id),
+        ("restore of a clear snapshot into an encrypted class", &sealed_class, snapshot(&clear_snapshot.snapshot_id), &clear_snapshot.snapshot_id),
+        ("clone of a clear volume into an encrypted class", &sealed_class, volume(&clear.volume_id), &clear.volume_id),
+    ];
+    for (n, (case, class, source, source_id)) in refused.into_iter().enumerate() {
+        let status = create(&format!("mismatch-copy-{n}"), class, source).await.expect_err(case);
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert!(status.message().contains(source_id.as_str()) && status.message().contains("parameters.encrypted"), "{case}: {}", status.message());
+    }
+    assert_eq!(pool_images(env), before, "a refused copy makes nothing");
+    let kept = [
+        create("mismatch-sealed-restore", &sealed_class, snapshot(&sealed_snapshot.snapshot_id)).await.unwrap(),
+        create("mismatch-clear-clone", &clear_class, volume(&clear.volume_id)).await.unwrap(),
+    ];
+    for copy in &kept {
+        plant.delete(&copy.volume_id).await;
+    }
+    for snapshot in [&sealed_snapshot, &clear_snapshot] {
+        plant.delete_snapshot(&snapshot.snapshot_id).await.unwrap();
+    }
+    plant.delete(&sealed.volume_id).await;
+    plant.delete(&clear.volume_id).await;
 }

@@ -49,16 +49,21 @@ work=$(mktemp -d /var/tmp/swell-vm.XXXXXX)
 qemu_pid=
 # qemu runs under `timeout`, which makes itself a process group leader:
 # killing that group takes qemu too (killing timeout alone orphaned qemu,
-# still running, when the lane was stopped by TERM or INT).
+# still running, when the lane was stopped by TERM or INT). timeout's own
+# pid too: stopped in the moment before timeout made its group, there is
+# no group yet, and no qemu either.
 cleanup() {
   if [[ -n $qemu_pid ]]; then
     kill -KILL -- "-$qemu_pid" 2>/dev/null || true
+    kill -KILL "$qemu_pid" 2>/dev/null || true
     wait "$qemu_pid" 2>/dev/null || true
+    echo "vm: stopped; qemu killed" >&2
   fi
   rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 mkdir -p "$work/results"
 e2e/vm/initramfs.sh "$tree" "$work/initramfs.gz"

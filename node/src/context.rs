@@ -10,7 +10,7 @@ use swell_storage::locks::KeyedLocks;
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::{attach, metrics, staging, system};
+use crate::{attach, format, metrics, staging, system};
 
 /// What every RPC's domain logic shares: configuration, the per-volume
 /// locks, the staging records, the attachers and the host they act on.
@@ -28,6 +28,8 @@ pub struct NodeContext {
     grow_done: Arc<Notify>,
     /// Durable records of what is staged where.
     pub staging: staging::StagingStore,
+    /// Durable records of formats begun and not yet finished.
+    pub(crate) formats: format::FormatLog,
     /// The attachers, chosen by volume id backend.
     pub attachers: attach::Attachers,
     /// The host's mounts, loop devices and programs.
@@ -46,6 +48,7 @@ impl NodeContext {
     /// Builds the context over `sys` (a test double in unit tests).
     pub fn with_system(config: NodeConfig, sys: Arc<dyn system::System>) -> Result<Self, NodeError> {
         let staging = staging::StagingStore::open(&config.state_dir)?;
+        let formats = format::FormatLog::open(&config.state_dir)?;
         let attachers = attach::Attachers::new(&config, sys.clone())?;
         Ok(NodeContext {
             config,
@@ -53,6 +56,7 @@ impl NodeContext {
             growing: KeyedLocks::new(),
             grow_done: Arc::default(),
             staging,
+            formats,
             attachers,
             sys,
             metrics: metrics::NodeMetrics::default(),

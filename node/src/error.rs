@@ -225,7 +225,7 @@ mod tests {
         for secret in ["keyring", "tenant-admin", "--id", "/etc/ceph"] {
             assert!(!message.contains(secret), "{secret} in {message}");
         }
-        let timeout = CommandError::Timeout { command: "mkfs.xfs /dev/loop3".into(), after: Duration::from_secs(60) };
+        let timeout = CommandError::Timeout { command: "mkfs.xfs /dev/loop3".into(), after: Duration::from_secs(60), reaped: true };
         assert!(!Status::from(NodeError::command("format", timeout)).message().contains("/dev/loop3"));
     }
 
@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_command_timeout_is_deadline_exceeded() {
-        let source = CommandError::Timeout { command: "mkfs.xfs".into(), after: Duration::from_secs(60) };
+        let source = CommandError::Timeout { command: "mkfs.xfs".into(), after: Duration::from_secs(60), reaped: true };
         assert_eq!(NodeError::command("format", source).code(), Code::DeadlineExceeded);
     }
 

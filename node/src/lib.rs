@@ -18,6 +18,7 @@ mod expand;
 mod filesystem;
 #[cfg(test)]
 mod fixture;
+mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -10,11 +10,13 @@ use crate::NodeContext;
 use crate::crypt::{self, key::DataKey};
 use crate::error::NodeError;
 use crate::filesystem::options::DEFAULT_OPTIONS;
-use crate::filesystem::{FsType, detect, fills_device};
+use crate::filesystem::{FsType, fills_device};
+use crate::format::{FormatLog, Found, Layer};
 use crate::mount;
 use crate::staging::{Access, StagingRecord};
 use crate::system::{MountCall, System};
 use crate::validate::{Stage, Unstage};
+use swell_storage::VolumeId;
 use swell_storage::command::CommandError;
 
 /// Stages a volume; idempotent for the same path and capability.
@@ -50,10 +52,11 @@ pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError
         Ok(mapper) => mapper,
         Err(error) => {
             // Leave nothing attached when nothing got mounted, unless a
-            // step ran out of time: it may still be running on its thread
-            // (a mount in progress), and detaching under it would act after
-            // the caller was answered. The next stage or unstage converges.
-            let still_running = matches!(error, NodeError::Timeout { .. } | NodeError::Command { source: CommandError::Timeout { .. }, .. });
+            // step ran out of time and may still be running: a mount on its
+            // thread, or a program SIGKILL has not ended yet (blocked in the
+            // kernel); detaching under it would act after the caller was
+            // answered. The next stage or unstage converges.
+            let still_running = matches!(error, NodeError::Timeout { .. } | NodeError::Command { source: CommandError::Timeout { reaped: false, .. }, .. });
             if !still_running && matches!(mount::mounted_at(ctx.sys.as_ref(), &req.staging_path).await, Ok(None)) {
                 let closed = match data_key {
                     Some(_) => crypt::luks::close(ctx.sys.as_ref(), &req.volume, &crypt::luks::mapper_name(&req.volume)).await,
@@ -77,26 +80,30 @@ pub(crate) async fn stage(ctx: &NodeContext, req: Stage) -> Result<(), NodeError
 async fn stage_attached(ctx: &NodeContext, req: &Stage, device: &Path, data_key: Option<&DataKey>) -> Result<Option<PathBuf>, NodeError> {
     let sys = ctx.sys.as_ref();
     let mapper = match data_key {
-        Some(key) => Some(crypt::open(sys, &req.volume, device, key, req.read_only).await?),
+        Some(key) => Some(crypt::open(sys, &ctx.formats, &req.volume, device, key, req.read_only).await?),
         None => None,
     };
     if let Access::Mount { fs_type, mount_flags } = &req.access {
         let data = mapper.as_deref().unwrap_or(device);
         crate::confine::create_dir(ctx.config.kubelet_dir.clone(), "staging_target_path", &req.staging_path).await?;
-        stage_filesystem(sys, &req.volume.to_string(), data, &req.staging_path, *fs_type, mount_flags, req.read_only).await?;
+        let target = Target { device: data, staging: &req.staging_path, fs_type: *fs_type, flags: mount_flags, read_only: req.read_only };
+        stage_filesystem(sys, &ctx.formats, &req.volume, &target).await?;
     }
     Ok(mapper)
 }
 
-async fn stage_filesystem(
-    sys: &dyn System,
-    volume: &str,
-    device: &Path,
-    staging: &Path,
+/// Where and how a filesystem is staged.
+struct Target<'a> {
+    device: &'a Path,
+    staging: &'a Path,
     fs_type: FsType,
-    flags: &[String],
+    flags: &'a [String],
     read_only: bool,
-) -> Result<(), NodeError> {
+}
+
+async fn stage_filesystem(sys: &dyn System, formats: &FormatLog, volume_id: &VolumeId, target: &Target<'_>) -> Result<(), NodeError> {
+    let Target { device, staging, fs_type, flags, read_only } = *target;
+    let volume = &volume_id.to_string();
     let fs = fs_type.ops();
     let device_bytes = sys.device_size(device).await?;
     match mount::mounted_at(sys, staging).await? {
@@ -107,13 +114,14 @@ async fn stage_filesystem(
             }
         }
         None => {
-            match detect(sys, device).await? {
+            let layer = Layer::Filesystem(fs_type);
+            match formats.examine(sys, volume_id, layer, device).await? {
                 // A reader gets what is there, or nothing: never a new filesystem.
-                None if read_only => return Err(NodeError::ReadOnlyBlank { volume: volume.to_owned() }),
-                None => fs.mkfs(sys, device).await?,
-                Some(found) if found == fs_type.as_str() && read_only => {}
-                Some(found) if found == fs_type.as_str() => fs.grow_offline(sys, device, device_bytes).await?,
-                Some(found) => {
+                Found::Blank | Found::Unfinished if read_only => return Err(NodeError::ReadOnlyBlank { volume: volume.to_owned() }),
+                found @ (Found::Blank | Found::Unfinished) => formats.make(sys, volume_id, device, layer, &found).await?,
+                Found::Holds(found) if found == fs_type.as_str() && read_only => {}
+                Found::Holds(found) if found == fs_type.as_str() => fs.grow_offline(sys, device, device_bytes).await?,
+                Found::Holds(found) => {
                     let reason = format!("device holds a {found} filesystem, not the requested {fs_type}");
                     return Err(NodeError::Conflict { volume: volume.to_owned(), reason });
                 }

@@ -24,7 +24,7 @@ fn mounts(calls: &[Call]) -> Vec<&MountCall> {
 #[tokio::test]
 async fn a_device_named_like_an_option_is_probed_as_a_path() {
     let Some(sys) = crate::fixture::host_with(&["blkid"]) else { return };
-    let found = detect(&sys, Path::new("-V")).await;
+    let found = crate::filesystem::probe(&sys, Path::new("-V")).await;
     assert!(matches!(found, Ok(None)), "blkid read -V as an option: {found:?}");
 }
 

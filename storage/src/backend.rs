@@ -218,6 +218,15 @@ pub trait Backend: Send + Sync + 'static {
         Err(self.unsupported("volumes made from snapshots or volumes"))
     }
 
+    /// Whether the data `source` holds is encrypted (an RBD image holding
+    /// a wrapped data key, docs/encryption.md), so that a copy is made
+    /// only into a class of the same encryption. Engines that encrypt
+    /// nothing answer false.
+    async fn source_encrypted(&self, source: &ContentSource) -> Result<bool, BackendError> {
+        let _ = source;
+        Ok(false)
+    }
+
     /// The error of a snapshot or clone call this engine cannot serve.
     fn unsupported(&self, what: &str) -> BackendError {
         BackendError::Unsupported { backend: self.kind().to_owned(), what: what.to_owned() }

@@ -31,6 +31,10 @@ pub const PROGRAMS: &[&str] = &[
     "xfs_growfs",
 ];
 
+/// How long a program killed at its deadline may take to exit: SIGKILL
+/// waits for a process blocked in the kernel (a write to a stuck device).
+const REAP_DEADLINE: Duration = Duration::from_secs(5);
+
 /// `PATH` when Swell itself has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -61,12 +65,15 @@ pub enum CommandError {
         source: std::io::Error,
     },
     /// The program ran past its deadline and was killed.
-    #[error("`{command}` did not finish within {after:?} and was killed")]
+    #[error("`{command}` did not finish within {after:?} and was killed{}", if *reaped { String::new() } else { format!("; it had not exited {REAP_DEADLINE:?} later (blocked in the kernel)") })]
     Timeout {
         /// The command line.
         command: String,
         /// The deadline it missed.
         after: Duration,
+        /// Whether it had exited when the error was made; otherwise it
+        /// still runs, blocked in the kernel, until its I/O returns.
+        reaped: bool,
     },
     /// The program exited with a failure status.
     #[error("`{command}` failed with exit code {code:?}: {stderr}")]
@@ -99,7 +106,7 @@ impl CommandError {
         match self {
             CommandError::Unlisted { program } => format!("`{program}` is not one of Swell's external programs"),
             CommandError::Spawn { command, .. } => format!("`{}` could not start (its command line is in the log)", program(command)),
-            CommandError::Timeout { command, after } => format!("`{}` did not finish within {after:?} (its command line is in the log)", program(command)),
+            CommandError::Timeout { command, after, .. } => format!("`{}` did not finish within {after:?} (its command line is in the log)", program(command)),
             CommandError::Failed { command, code, .. } => {
                 format!("`{}` failed with exit code {code:?} (its command line and output are in the log)", program(command))
             }
@@ -186,22 +193,39 @@ where
         builder.process_group(0);
     }
     let mut child = builder.spawn().map_err(|source| CommandError::Spawn { command: command.clone(), source })?;
-    let stdin = child.stdin.take();
-    let fed = async move {
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let feed = async move {
         if let (Some(mut stdin), Some(input)) = (stdin, input) {
             // A program that exits without reading all of it is judged by
             // its exit status, not by the broken pipe.
             let _ = stdin.write_all(input).await;
         }
-        child.wait_with_output().await
     };
-    let finished = tokio::time::timeout(deadline, fed)
-        .await
-        .map_err(|_| CommandError::Timeout { command: command.clone(), after: deadline })?
-        .map_err(|source| CommandError::Spawn { command: command.clone(), source })?;
+    let ran = async { tokio::join!(feed, read_all(stdout), read_all(stderr), child.wait()) };
+    let (_, out, err, status) = match tokio::time::timeout(deadline, ran).await {
+        Ok(done) => done,
+        Err(_) => {
+            // Killed and reaped before the caller hears of it: a retry must
+            // never start a second mkfs beside the first.
+            let _ = child.start_kill();
+            let reaped = tokio::time::timeout(REAP_DEADLINE, child.wait()).await.is_ok_and(|r| r.is_ok());
+            return Err(CommandError::Timeout { command, after: deadline, reaped });
+        }
+    };
+    let spawn_error = |source| CommandError::Spawn { command: command.clone(), source };
+    let finished = std::process::Output { status: status.map_err(spawn_error)?, stdout: out.map_err(spawn_error)?, stderr: err.map_err(spawn_error)? };
     let stdout = String::from_utf8_lossy(&finished.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&finished.stderr).trim().to_owned();
     if finished.status.success() { Ok(Output { stdout, stderr }) } else { Err(CommandError::Failed { command, code: finished.status.code(), stderr, stdout }) }
+}
+
+async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut bytes = Vec::new();
+    if let Some(mut pipe) = pipe {
+        pipe.read_to_end(&mut bytes).await?;
+    }
+    Ok(bytes)
 }
 
 fn render(program: &str, args: &[std::ffi::OsString]) -> String {
@@ -216,6 +240,7 @@ fn render(program: &str, args: &[std::ffi::OsString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[tokio::test]
     async fn captures_stdout_of_a_successful_command() {
@@ -231,11 +256,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_hung_command_is_killed_at_its_deadline() {
+    async fn a_hung_command_is_killed_and_reaped_before_its_deadline_is_reported() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pid_file = dir.path().join("pid");
+        let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
         let started = std::time::Instant::now();
-        let err = run_any("sleep", ["30"], Duration::from_millis(200), false).await.unwrap_err();
-        assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
+        let err = run_any("sh", ["-c", script.as_str()], Duration::from_millis(300), false).await.unwrap_err();
+        assert!(matches!(err, CommandError::Timeout { reaped: true, .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
+        let pid = std::fs::read_to_string(&pid_file).expect("the program wrote its pid");
+        // Not running, not even a zombie: a retry cannot meet it.
+        let proc_dir = Path::new("/proc").join(pid.trim());
+        assert!(!proc_dir.exists(), "pid {} still exists: {:?}", pid.trim(), std::fs::read_to_string(proc_dir.join("stat")));
     }
 
     #[tokio::test]

@@ -250,6 +250,11 @@ impl Backend for RbdBackend {
         created
     }
 
+    async fn source_encrypted(&self, source: &ContentSource) -> Result<bool, BackendError> {
+        let source = source.clone();
+        self.shared.run("read the source's encryption", move |call| clones::source_encrypted(call, &source)).await
+    }
+
     async fn check_health(&self) -> Result<(), BackendError> {
         // Its own slot: a probe polled fast never starves CSI calls.
         self.shared.run_health("health check", |call| call.shared().readings().pool(call.conn(), &call.config().default_pool, true).map(drop)).await

@@ -20,6 +20,7 @@
 
 use std::time::{Duration, Instant};
 
+use swell_storage::rbd_attach::WRAPPED_KEY_META;
 use swell_storage::{BackendError, ContentSource, Created, ExpansionRecord, RbdVolume, VolumeInfo};
 
 use crate::commit::Change;
@@ -35,11 +36,11 @@ use crate::volumes::{belongs_elsewhere, grow};
 struct Parent<'a> {
     pool: Pool<'a>,
     image: String,
-    snapshot: String,
+    /// The snapshot to clone; `None` for a volume source, which gets one
+    /// taken for this clone and removed once cloned.
+    snapshot: Option<String>,
     size: u64,
     depth: u32,
-    /// Taken for this clone (a volume source): removed once cloned.
-    temporary: bool,
 }
 
 /// The snapshot taken on a source volume for cloning `image` from it.
@@ -71,7 +72,7 @@ pub(crate) fn create_from(call: &Call<'_>, volume: &RbdVolume, name: &str, size:
         Some(_) => retire_volume(&pool, &id, &volume.image)?,
         None => {}
     }
-    let parent = parent_of(call, &volume.image, source)?;
+    let parent = parent_of(call, source)?;
     if size < parent.size {
         return Err(BackendError::Shrink { id, current: parent.size, requested: size }.into());
     }
@@ -84,15 +85,18 @@ pub(crate) fn create_from(call: &Call<'_>, volume: &RbdVolume, name: &str, size:
     fail::fail_point!("rbd-clone-after-intent");
     let fail = |step: &str, e| RbdError::osd(step.to_owned(), e, Some(&id));
     let parent_io = parent.pool.io();
-    if parent.temporary {
+    let (snapshot, temporary) = match &parent.snapshot {
+        Some(snapshot) => (snapshot.clone(), false),
+        None => (clone_snapshot(&volume.image), true),
+    };
+    if temporary {
         call.time_left("rbd_snap_create")?;
-        take_snapshot(parent_io, &parent.image, &parent.snapshot).map_err(|e| fail("snapshot the source volume", e))?;
+        take_snapshot(parent_io, &parent.image, &snapshot).map_err(|e| fail("snapshot the source volume", e))?;
     }
     call.time_left("rbd_clone3")?;
-    let made =
-        make_image(&pool, &id, &volume.image, size, || pool.io().clone_image(parent_io, &parent.image, &parent.snapshot, &volume.image, IMAGE_FEATURES))?;
-    if parent.temporary {
-        drop_snapshot(parent_io, &parent.image, &parent.snapshot).map_err(|e| fail("remove the snapshot taken for cloning", e))?;
+    let made = make_image(&pool, &id, &volume.image, size, || pool.io().clone_image(parent_io, &parent.image, &snapshot, &volume.image, IMAGE_FEATURES))?;
+    if temporary {
+        drop_snapshot(parent_io, &parent.image, &snapshot).map_err(|e| fail("remove the snapshot taken for cloning", e))?;
     }
     fail::fail_point!("rbd-clone-before-grow");
     let grown = grow(call, volume, size)?;
@@ -102,8 +106,20 @@ pub(crate) fn create_from(call: &Call<'_>, volume: &RbdVolume, name: &str, size:
     })
 }
 
+/// Whether the data `source` holds is encrypted: the image a clone of it
+/// reads from holds a wrapped data key, which librbd copies into the clone
+/// with the rest of that image's metadata (docs/encryption.md).
+pub(crate) fn source_encrypted(call: &Call<'_>, source: &ContentSource) -> Result<bool, RbdError> {
+    let parent = parent_of(call, source)?;
+    let fail = |step: &str, e| RbdError::osd(format!("{step} of {source}"), e, None);
+    let image = parent.pool.io().open_read_only(&parent.image).map_err(|e| fail("open the image", e))?;
+    let key = image.metadata(WRAPPED_KEY_META);
+    image.close().map_err(|e| fail("close the image", e))?;
+    Ok(key.map_err(|e| fail(&format!("rbd_metadata_get {WRAPPED_KEY_META}"), e))?.is_some())
+}
+
 /// The image and RBD snapshot a clone of `source` reads from.
-fn parent_of<'a>(call: &'a Call<'a>, image: &str, source: &ContentSource) -> Result<Parent<'a>, RbdError> {
+fn parent_of<'a>(call: &'a Call<'a>, source: &ContentSource) -> Result<Parent<'a>, RbdError> {
     match source {
         ContentSource::Snapshot(snapshot) => {
             let missing = || RbdError::Refused(BackendError::SnapshotNotFound(snapshot.clone()));
@@ -121,7 +137,7 @@ fn parent_of<'a>(call: &'a Call<'a>, image: &str, source: &ContentSource) -> Res
             let parent = image_named(pool.io(), &entry.source_image, &entry.source_image_id)
                 .map_err(|e| RbdError::osd(format!("find the image of snapshot {snapshot}"), e, None))?
                 .ok_or_else(missing)?;
-            Ok(Parent { pool, image: parent, snapshot: snapshot.key().to_owned(), size: entry.size_bytes, depth: entry.depth, temporary: false })
+            Ok(Parent { pool, image: parent, snapshot: Some(snapshot.key().to_owned()), size: entry.size_bytes, depth: entry.depth })
         }
         ContentSource::Volume(id) => {
             let missing = || RbdError::Refused(BackendError::NotFound(id.clone()));
@@ -129,7 +145,7 @@ fn parent_of<'a>(call: &'a Call<'a>, image: &str, source: &ContentSource) -> Res
             let pool = call.pool(&source.pool)?.ok_or_else(missing)?;
             let entry = pool.entry(&source.image)?.filter(Entry::live).ok_or_else(missing)?;
             let header = pool.header(id, &source.image)?.ok_or_else(missing)?;
-            Ok(Parent { pool, image: source.image, snapshot: clone_snapshot(image), size: header.size, depth: entry.lineage.depth, temporary: true })
+            Ok(Parent { pool, image: source.image, snapshot: None, size: header.size, depth: entry.lineage.depth })
         }
     }
 }

@@ -14,10 +14,11 @@ use swell_storage::command::CommandError;
 
 use super::key::DataKey;
 use crate::error::NodeError;
+use crate::filesystem::Format;
 use crate::system::System;
 
 /// luksFormat writes and wipes the 16 MiB header area; slow under emulation.
-const FORMAT_DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const FORMAT_DEADLINE: Duration = Duration::from_secs(120);
 /// open, resize, close and status touch only the header and the kernel.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// `cryptsetup status` exits 4 (ENODEV) for a mapping that does not exist.
@@ -53,13 +54,15 @@ pub(crate) async fn active_on(sys: &dyn System, volume: &VolumeId, name: &str) -
     }
 }
 
-/// Writes a LUKS2 header to `device` with `key` as its one passphrase. The
-/// key is 512 random bits, so PBKDF2 at its minimum costs an attacker
-/// nothing they lack, and opening stays fast on a slow node.
-pub(crate) async fn format(sys: &dyn System, volume: &VolumeId, device: &Path, key: &DataKey) -> Result<(), NodeError> {
+/// Writes a LUKS2 header with `format`'s UUID to `device`, with `key` as
+/// its one passphrase. The key is 512 random bits, so PBKDF2 at its
+/// minimum costs an attacker nothing they lack, and opening stays fast on
+/// a slow node. `--batch-mode` overwrites without asking: what is there
+/// is blank or Swell's own unfinished format (`crate::format`).
+pub(crate) async fn format(sys: &dyn System, volume: &VolumeId, device: &Path, key: &DataKey, format: &Format) -> Result<(), NodeError> {
     let mut args = words(&["luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", "-"]);
-    args.push(device.into());
-    sys.run_with_secret("cryptsetup", args, key.bytes(), FORMAT_DEADLINE)
+    args.extend(["--uuid".into(), format.uuid.as_str().into(), device.into()]);
+    sys.run_with_secret("cryptsetup", args, key.bytes(), format.deadline)
         .await
         .map_err(|e| NodeError::command(format!("luksFormat {} of volume {volume}", device.display()), e))?;
     Ok(())

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use swell_storage::VolumeId;
 
 use crate::error::NodeError;
+use crate::format::{FormatLog, Found, Layer};
 use crate::system::System;
 use key::{DataKey, Kek, UnwrapError};
 
@@ -80,10 +81,18 @@ pub(crate) async fn data_key(store: &dyn KeyStore, volume: &VolumeId, kek: &Kek,
 }
 
 /// Opens the LUKS2 volume on `device` (formatting it first only when the
-/// device is blank) and returns the clear-text device. An open mapping on
+/// device is blank or holds a luksFormat of Swell's that never finished,
+/// `crate::format`) and returns the clear-text device. An open mapping on
 /// this device is reused (a repeated stage, or a node plugin restarted).
 /// A device holding anything but LUKS is refused untouched.
-pub(crate) async fn open(sys: &dyn System, volume: &VolumeId, device: &Path, key: &DataKey, read_only: bool) -> Result<PathBuf, NodeError> {
+pub(crate) async fn open(
+    sys: &dyn System,
+    formats: &FormatLog,
+    volume: &VolumeId,
+    device: &Path,
+    key: &DataKey,
+    read_only: bool,
+) -> Result<PathBuf, NodeError> {
     let name = luks::mapper_name(volume);
     if let Some(under) = luks::active_on(sys, volume, &name).await? {
         if sys.device_numbers(&under).await? == sys.device_numbers(device).await? {
@@ -92,11 +101,12 @@ pub(crate) async fn open(sys: &dyn System, volume: &VolumeId, device: &Path, key
         let reason = format!("LUKS mapping {name} is open on {}, not on the volume's {}", under.display(), device.display());
         return Err(NodeError::Conflict { volume: volume.to_string(), reason });
     }
-    match crate::filesystem::detect(sys, device).await? {
-        Some(found) if found == LUKS_TYPE => {}
-        None if read_only => return Err(NodeError::ReadOnlyBlank { volume: volume.to_string() }),
-        None => luks::format(sys, volume, device, key).await?,
-        Some(found) => {
+    let layer = Layer::Luks(key);
+    match formats.examine(sys, volume, layer, device).await? {
+        Found::Holds(found) if found == LUKS_TYPE => {}
+        Found::Blank | Found::Unfinished if read_only => return Err(NodeError::ReadOnlyBlank { volume: volume.to_string() }),
+        found @ (Found::Blank | Found::Unfinished) => formats.make(sys, volume, device, layer, &found).await?,
+        Found::Holds(found) => {
             let reason = format!("the volume is to be encrypted, and {} holds a {found} filesystem in the clear; refusing to touch it", device.display());
             return Err(NodeError::Conflict { volume: volume.to_string(), reason });
         }
@@ -113,6 +123,12 @@ mod tests {
         "rbd:c:rbd:swell-0123456789abcdef0123456789abcdef".parse().expect("id")
     }
 
+    fn format_log() -> (tempfile::TempDir, FormatLog) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = FormatLog::open(dir.path()).expect("format log");
+        (dir, log)
+    }
+
     fn ran(sys: &FakeSystem, verb: &str) -> bool {
         sys.calls().iter().any(|call| matches!(call, Call::Run(line) if line.starts_with(&format!("cryptsetup {verb} "))))
     }
@@ -122,11 +138,12 @@ mod tests {
         let sys = FakeSystem::default();
         let device = Path::new("/dev/rbd0");
         let key = DataKey::generate().expect("key");
-        let opened = open(&sys, &volume(), device, &key, false).await.expect("opens");
+        let (_dir, log) = format_log();
+        let opened = open(&sys, &log, &volume(), device, &key, false).await.expect("opens");
         assert_eq!(opened, luks::mapper_path(&luks::mapper_name(&volume())));
         assert!(ran(&sys, "luksFormat") && ran(&sys, "open"), "{:?}", sys.calls());
         sys.clear_calls();
-        open(&sys, &volume(), device, &key, false).await.expect("opens again");
+        open(&sys, &log, &volume(), device, &key, false).await.expect("opens again");
         assert!(!ran(&sys, "luksFormat") && ran(&sys, "open"), "a LUKS header is never formatted again: {:?}", sys.calls());
     }
 
@@ -136,12 +153,13 @@ mod tests {
         let device = Path::new("/dev/rbd0");
         sys.format(device, "xfs", 1 << 30);
         let key = DataKey::generate().expect("key");
-        let err = open(&sys, &volume(), device, &key, false).await.expect_err("clear xfs");
+        let (_dir, log) = format_log();
+        let err = open(&sys, &log, &volume(), device, &key, false).await.expect_err("clear xfs");
         assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
         assert!(err.to_string().contains("xfs"), "{err}");
         assert!(!ran(&sys, "luksFormat") && !ran(&sys, "open"), "{:?}", sys.calls());
         let blank = Path::new("/dev/rbd1");
-        let err = open(&sys, &volume(), blank, &key, true).await.expect_err("a reader never formats");
+        let err = open(&sys, &log, &volume(), blank, &key, true).await.expect_err("a reader never formats");
         assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
         assert!(!ran(&sys, "luksFormat"), "{:?}", sys.calls());
     }

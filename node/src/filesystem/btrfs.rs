@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE};
+use super::{FileSystem, Format, FsType, GROW_DEADLINE};
 use crate::error::NodeError;
 use crate::system::{self, END_OF_OPTIONS, System};
 
@@ -17,11 +17,13 @@ impl FileSystem for Btrfs {
         FsType::Btrfs
     }
 
-    async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError> {
-        sys.run("mkfs.btrfs", system::args([Path::new("-q"), Path::new(END_OF_OPTIONS), device]), FORMAT_DEADLINE)
-            .await
-            .map(drop)
-            .map_err(|e| NodeError::command(format!("format {} as btrfs", device.display()), e))
+    async fn mkfs(&self, sys: &dyn System, device: &Path, format: &Format) -> Result<(), NodeError> {
+        let mut args = system::args([Path::new("-q"), Path::new("-U"), Path::new(&format.uuid)]);
+        if format.overwrite {
+            args.push("-f".into());
+        }
+        args.extend(system::args([Path::new(END_OF_OPTIONS), device]));
+        sys.run("mkfs.btrfs", args, format.deadline).await.map(drop).map_err(|e| NodeError::command(format!("format {} as btrfs", device.display()), e))
     }
 
     async fn grow_online(&self, sys: &dyn System, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {

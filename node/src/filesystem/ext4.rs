@@ -7,7 +7,7 @@ use std::path::Path;
 
 use swell_storage::command::CommandError;
 
-use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE, fills_device};
+use super::{FORMAT_DEADLINE, FileSystem, Format, FsType, GROW_DEADLINE, fills_device};
 use crate::error::NodeError;
 use crate::system::{self, END_OF_OPTIONS, System};
 
@@ -20,11 +20,11 @@ impl FileSystem for Ext4 {
         FsType::Ext4
     }
 
-    async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError> {
-        sys.run("mkfs.ext4", system::args([Path::new("-q"), Path::new("-F"), Path::new(END_OF_OPTIONS), device]), FORMAT_DEADLINE)
-            .await
-            .map(drop)
-            .map_err(|e| NodeError::command(format!("format {} as ext4", device.display()), e))
+    /// `-F` always: mke2fs writes its superblock last, so an unfinished
+    /// format of ours is found blank, and blkid already ruled out others.
+    async fn mkfs(&self, sys: &dyn System, device: &Path, format: &Format) -> Result<(), NodeError> {
+        let args = system::args([Path::new("-q"), Path::new("-F"), Path::new("-U"), Path::new(&format.uuid), Path::new(END_OF_OPTIONS), device]);
+        sys.run("mkfs.ext4", args, format.deadline).await.map(drop).map_err(|e| NodeError::command(format!("format {} as ext4", device.display()), e))
     }
 
     async fn grow_online(&self, sys: &dyn System, volume: &str, device: &Path, _mount_point: &Path) -> Result<(), NodeError> {

@@ -28,6 +28,33 @@ pub(crate) const GROW_DEADLINE: Duration = Duration::from_secs(60);
 /// filling it (block and allocation-group rounding).
 pub(crate) const SIZE_TOLERANCE: u64 = 1 << 20;
 
+/// How one format (mkfs, or luksFormat) runs: the UUID it writes,
+/// whether it may overwrite what an unfinished format of Swell's left
+/// (`crate::format` decides), and its deadline.
+#[derive(Debug, Clone)]
+pub struct Format {
+    /// The UUID the filesystem or LUKS header gets.
+    pub(crate) uuid: String,
+    /// Whether what is there (Swell's own unfinished format) is overwritten.
+    pub(crate) overwrite: bool,
+    /// When the program is killed.
+    pub(crate) deadline: Duration,
+}
+
+impl Format {
+    /// A format with a new random UUID.
+    pub(crate) fn new(overwrite: bool, deadline: Duration) -> Result<Self, NodeError> {
+        let mut bytes = [0u8; 16];
+        getrandom::getrandom(&mut bytes).map_err(|e| NodeError::WorkerFailed { step: "make a filesystem UUID".into(), reason: e.to_string() })?;
+        // RFC 9562 version 4 (random), variant 10.
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let uuid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+        Ok(Format { uuid, overwrite, deadline })
+    }
+}
+
 /// The filesystem kinds Swell formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,8 +117,8 @@ pub trait FileSystem: Send + Sync {
     /// The kind.
     fn kind(&self) -> FsType;
 
-    /// Creates the filesystem on a blank device.
-    async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError>;
+    /// Creates the filesystem with `format`'s UUID, within its deadline.
+    async fn mkfs(&self, sys: &dyn System, device: &Path, format: &Format) -> Result<(), NodeError>;
 
     /// Grows the mounted filesystem to fill its device.
     async fn grow_online(&self, sys: &dyn System, volume: &str, device: &Path, mount_point: &Path) -> Result<(), NodeError>;
@@ -114,21 +141,37 @@ pub trait FileSystem: Send + Sync {
 /// How long blkid may take to probe a device.
 const BLKID_DEADLINE: Duration = Duration::from_secs(10);
 
+/// What blkid finds on a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Probed {
+    /// The filesystem's (or LUKS header's) type, as blkid names it.
+    pub kind: String,
+    /// Its UUID, where it has one.
+    pub uuid: Option<String>,
+}
+
 /// The filesystem on a device, `None` when blank. Content blkid cannot
 /// name as a filesystem (a partition table) is refused, never formatted.
-pub(crate) async fn detect(sys: &dyn System, device: &Path) -> Result<Option<String>, NodeError> {
+pub(crate) async fn probe(sys: &dyn System, device: &Path) -> Result<Option<Probed>, NodeError> {
     let args = crate::system::args([
         Path::new("-p"),
         Path::new("-o"),
-        Path::new("value"),
+        Path::new("export"),
         Path::new("-s"),
         Path::new("TYPE"),
+        Path::new("-s"),
+        Path::new("UUID"),
         Path::new(crate::system::END_OF_OPTIONS),
         device,
     ]);
     match sys.run("blkid", args, BLKID_DEADLINE).await {
-        Ok(out) if out.stdout.trim().is_empty() => Err(NodeError::NotAFilesystem { device: device.to_owned() }),
-        Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
+        Ok(out) => {
+            let tag = |name: &str| out.stdout.lines().find_map(|line| line.strip_prefix(name)).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+            match tag("TYPE=") {
+                Some(kind) => Ok(Some(Probed { kind, uuid: tag("UUID=") })),
+                None => Err(NodeError::NotAFilesystem { device: device.to_owned() }),
+            }
+        }
         // blkid exits 2 when it finds nothing: a blank device.
         Err(e) if e.exit_code() == Some(2) => Ok(None),
         Err(e) => Err(NodeError::command(format!("probe {} for a filesystem", device.display()), e)),
@@ -157,10 +200,12 @@ mod tests {
             let image = dir.path().join(fs.as_str());
             let sized = |bytes| std::fs::File::create(&image).and_then(|f| f.set_len(bytes)).expect("sparse image");
             sized(min);
-            fs.ops().mkfs(&sys, &image).await.unwrap_or_else(|e| panic!("{fs} on {min} bytes: {}", e.full_message()));
+            // Overwriting, so the smaller size below, not the first format, decides.
+            let format = Format::new(true, FORMAT_DEADLINE).expect("uuid");
+            fs.ops().mkfs(&sys, &image, &format).await.unwrap_or_else(|e| panic!("{fs} on {min} bytes: {}", e.full_message()));
             if min > 2 * MIB {
                 sized(min - 2 * MIB);
-                assert!(fs.ops().mkfs(&sys, &image).await.is_err(), "{fs} formats {} bytes: its minimum is lower", min - 2 * MIB);
+                assert!(fs.ops().mkfs(&sys, &image, &format).await.is_err(), "{fs} formats {} bytes: its minimum is lower", min - 2 * MIB);
             }
         }
     }
@@ -175,7 +220,7 @@ mod tests {
         let named_like_an_option = Path::new("-V");
         for fs in [FsType::Xfs, FsType::Ext4, FsType::Btrfs] {
             let ops = fs.ops();
-            let formatted = ops.mkfs(&sys, named_like_an_option).await;
+            let formatted = ops.mkfs(&sys, named_like_an_option, &Format::new(true, FORMAT_DEADLINE).expect("uuid")).await;
             assert!(formatted.is_err(), "{fs}: a format of -V passed: {formatted:?}");
             let grown = ops.grow_online(&sys, "v", named_like_an_option, named_like_an_option).await;
             assert!(grown.is_err(), "{fs}: a grow of -V passed: {grown:?}");

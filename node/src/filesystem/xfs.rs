@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use super::{FORMAT_DEADLINE, FileSystem, FsType, GROW_DEADLINE};
+use super::{FileSystem, Format, FsType, GROW_DEADLINE};
 use crate::error::NodeError;
 use crate::system::{self, END_OF_OPTIONS, System};
 
@@ -20,11 +20,14 @@ impl FileSystem for Xfs {
         FsType::Xfs
     }
 
-    async fn mkfs(&self, sys: &dyn System, device: &Path) -> Result<(), NodeError> {
-        sys.run("mkfs.xfs", system::args([Path::new("-q"), Path::new(END_OF_OPTIONS), device]), FORMAT_DEADLINE)
-            .await
-            .map(drop)
-            .map_err(|e| NodeError::command(format!("format {} as xfs", device.display()), e))
+    async fn mkfs(&self, sys: &dyn System, device: &Path, format: &Format) -> Result<(), NodeError> {
+        let uuid = format!("uuid={}", format.uuid);
+        let mut args = system::args([Path::new("-q"), Path::new("-m"), Path::new(&uuid)]);
+        if format.overwrite {
+            args.push("-f".into());
+        }
+        args.extend(system::args([Path::new(END_OF_OPTIONS), device]));
+        sys.run("mkfs.xfs", args, format.deadline).await.map(drop).map_err(|e| NodeError::command(format!("format {} as xfs", device.display()), e))
     }
 
     async fn grow_online(&self, sys: &dyn System, _volume: &str, _device: &Path, mount_point: &Path) -> Result<(), NodeError> {

@@ -30,11 +30,13 @@ pub(crate) enum Call {
     FilesystemSize(PathBuf),
 }
 
-/// A filesystem on a device: its kind and the size it reports.
+/// A filesystem on a device: its kind, the size it reports and the UUID
+/// its format was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Fs {
     pub kind: String,
     pub size: u64,
+    pub uuid: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +51,9 @@ struct Model {
     /// Operations (`mount`, `bind`, `remount`, `unmount`, a program name)
     /// that fail, with the message.
     failing: BTreeMap<String, String>,
+    /// Command lines (by their start) that do their work and then run past
+    /// their deadline (a format cut off after writing its superblock).
+    cut: Vec<String>,
     /// resize2fs on a mounted ext4 fails with EPERM (no CAP_SYS_RESOURCE).
     ext4_online_eperm: bool,
     /// What sysfs shows as a loop device's backing file, where it is not the
@@ -112,7 +117,15 @@ impl FakeSystem {
 
     /// Lets every operation succeed again.
     pub(crate) fn clear_failures(&self) {
-        self.model().failing.clear();
+        let mut model = self.model();
+        model.failing.clear();
+        model.cut.clear();
+    }
+
+    /// Makes a command line starting with `start` (`mkfs.xfs`,
+    /// `cryptsetup luksFormat`) do its work, then miss its deadline.
+    pub(crate) fn cut_off(&self, start: &str) {
+        self.model().cut.push(start.to_owned());
     }
 
     /// Lets ext4's online grow fail with EPERM, as without CAP_SYS_RESOURCE.
@@ -122,7 +135,7 @@ impl FakeSystem {
 
     /// Puts a filesystem on `device`.
     pub(crate) fn format(&self, device: &Path, kind: &str, size: u64) {
-        self.model().filesystems.insert(device.to_owned(), Fs { kind: kind.to_owned(), size });
+        self.model().filesystems.insert(device.to_owned(), Fs { kind: kind.to_owned(), size, uuid: None });
     }
 
     /// The filesystem on `device`, if any.
@@ -192,6 +205,15 @@ fn failed(line: &str, code: i32, stderr: &str) -> Result<Output, CommandError> {
     Err(CommandError::Failed { command: line.to_owned(), code: Some(code), stderr: stderr.to_owned(), stdout: String::new() })
 }
 
+/// The UUID a format's arguments give it (`-U X`, `--uuid X`, `-m uuid=X`).
+fn uuid_given(args: &[String]) -> Option<String> {
+    args.windows(2).find_map(|pair| match (pair[0].as_str(), pair[1].as_str()) {
+        ("-U" | "--uuid", uuid) => Some(uuid.to_owned()),
+        ("-m", options) => options.split(',').find_map(|o| o.strip_prefix("uuid=")).map(str::to_owned),
+        _ => None,
+    })
+}
+
 impl Model {
     fn device_at(&self, mount_point: &Path) -> Option<PathBuf> {
         self.mounts.iter().rev().find(|m| m.mount_point == mount_point).map(|m| PathBuf::from(&m.source))
@@ -209,13 +231,13 @@ impl Model {
         let last = args.last().map(PathBuf::from).unwrap_or_default();
         match program {
             "blkid" => match self.filesystems.get(&last) {
-                Some(fs) => ok(format!("{}\n", fs.kind)),
+                Some(fs) => ok(format!("DEVNAME={}\nUUID={}\nTYPE={}\n", last.display(), fs.uuid.as_deref().unwrap_or_default(), fs.kind)),
                 None => failed(line, 2, ""),
             },
             "mkfs.xfs" | "mkfs.btrfs" | "mkfs.ext4" => {
                 let size = self.devices.get(&last).copied().unwrap_or(0);
                 let kind = program.trim_start_matches("mkfs.").to_owned();
-                self.filesystems.insert(last, Fs { kind, size });
+                self.filesystems.insert(last, Fs { kind, size, uuid: uuid_given(args) });
                 ok(String::new())
             }
             "xfs_growfs" => {
@@ -248,7 +270,7 @@ impl Model {
                 Some("status") => failed(line, 4, "inactive"),
                 Some("luksFormat") => {
                     let size = self.devices.get(&last).copied().unwrap_or(0);
-                    self.filesystems.insert(last, Fs { kind: "crypto_LUKS".into(), size });
+                    self.filesystems.insert(last, Fs { kind: "crypto_LUKS".into(), size, uuid: uuid_given(args) });
                     ok(String::new())
                 }
                 Some("open") => ok(String::new()),
@@ -383,7 +405,7 @@ impl System for FakeSystem {
         self.run(program, args, deadline).await
     }
 
-    async fn run(&self, program: &str, args: Vec<OsString>, _deadline: Duration) -> Result<Output, CommandError> {
+    async fn run(&self, program: &str, args: Vec<OsString>, deadline: Duration) -> Result<Output, CommandError> {
         let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let line = std::iter::once(program.to_owned()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ");
         let mut model = self.model();
@@ -391,6 +413,10 @@ impl System for FakeSystem {
         if let Some(message) = model.failing.get(program) {
             return failed(&line, 1, &message.clone());
         }
-        model.run(program, &args, &line)
+        let out = model.run(program, &args, &line);
+        if model.cut.iter().any(|start| line.starts_with(start.as_str())) {
+            return Err(CommandError::Timeout { command: line, after: deadline, reaped: true });
+        }
+        out
     }
 }

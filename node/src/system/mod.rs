@@ -17,4 +17,6 @@ mod seam;
 pub(crate) mod fake;
 
 pub(crate) use host::HostSystem;
+#[cfg(test)]
+pub(crate) use seam::LoopDevice;
 pub(crate) use seam::{END_OF_OPTIONS, MountCall, System, args, loop_backing, loop_devices_backing, names_file};
