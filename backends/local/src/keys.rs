@@ -4,7 +4,11 @@
 //! The node writes and reads it through [`write_wrapped_key`] and
 //! [`read_wrapped_key`]: it holds the key-encryption key, wraps and
 //! unwraps; this crate only ever sees the wrapped form, and knows nothing
-//! of it but that it is one short printable line.
+//! of it but that it is one short printable line. The backend copies it
+//! with the data: a snapshot keeps a copy beside its record, a restore or
+//! a clone gets its source's, so the copy opens with its source's data key
+//! (the node binds it to the copy at its first stage); each copy goes with
+//! its volume or snapshot.
 //!
 //! Files are written through a uniquely named temporary file (0600),
 //! fsynced, renamed into place and the directory fsynced: a reader finds
@@ -43,6 +47,15 @@ pub fn write_wrapped_key(state_dir: &Path, id: &VolumeId, wrapped: &str) -> io::
         return Err(io::Error::new(io::ErrorKind::NotFound, format!("no local volume {id}")));
     }
     durable::replace(&wrapped_key_path(state_dir, id), format!("{wrapped}\n").as_bytes(), true)
+}
+
+/// Makes `to` hold what `from` holds (a copy of the wrapped key, durably),
+/// or nothing when `from` has none; returns whether a key was copied.
+pub(crate) fn copy_key(from: &Path, to: &Path) -> io::Result<bool> {
+    match read_key_file(from)? {
+        Some(wrapped) => durable::replace(to, format!("{wrapped}\n").as_bytes(), true).map(|()| true),
+        None => durable::remove(to).map(|()| false),
+    }
 }
 
 fn read_key_file(path: &Path) -> io::Result<Option<String>> {
@@ -84,8 +97,9 @@ mod tests {
 
     use super::*;
     use crate::backend::tests::backend;
+    use crate::paths::snapshot_wrapped_key_path;
     use swell_storage::units::MIB;
-    use swell_storage::{Backend, Placement};
+    use swell_storage::{Backend, ContentSource, Placement};
 
     const WRAPPED: &str = "v1:0011223344556677:bm9uY2U:c2VhbGVk";
 
@@ -127,5 +141,48 @@ mod tests {
             let message = err.to_string();
             assert!(message.contains(&file.display().to_string()) && message.contains(problem), "{bytes:?}: {message}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_key_follows_a_snapshot_and_its_restore_and_a_clone_and_goes_with_each() {
+        let (dir, local) = backend(None);
+        let path = dir.path();
+        let source = local.create_volume("source", 8 * MIB, &Placement::default()).await.unwrap().info().id.clone();
+        write_wrapped_key(path, &source, WRAPPED).unwrap();
+        let snapshot = local.create_snapshot("snap", &source).await.unwrap().info().clone();
+        let snapshot_key = snapshot_wrapped_key_path(path, snapshot.id.key());
+        assert_eq!(read_key_file(&snapshot_key).unwrap().as_deref(), Some(WRAPPED), "the snapshot keeps a copy");
+        assert_eq!(fs::metadata(&snapshot_key).unwrap().permissions().mode() & 0o777, 0o600);
+        // The source's key changes after the snapshot (as at a rebinding):
+        // the restore gets the snapshot's copy, a clone the source's key now.
+        write_wrapped_key(path, &source, "v1:rewrapped").unwrap();
+        let from_snapshot = ContentSource::Snapshot(snapshot.id.clone());
+        let restored = local.create_volume_from("restored", 16 * MIB, &Placement::default(), &from_snapshot).await.unwrap().info().id.clone();
+        assert_eq!(read_wrapped_key(path, &restored).unwrap().as_deref(), Some(WRAPPED), "the restore holds the snapshot's copy");
+        let clone = local.create_volume_from("clone", 8 * MIB, &Placement::default(), &ContentSource::Volume(source.clone())).await.unwrap().info().id.clone();
+        assert_eq!(read_wrapped_key(path, &clone).unwrap().as_deref(), Some("v1:rewrapped"), "the clone holds its source's key");
+        // A repeated create finds the volume made: a key the node bound
+        // since is kept, not copied over again.
+        write_wrapped_key(path, &restored, "v1:bound").unwrap();
+        local.create_volume_from("restored", 16 * MIB, &Placement::default(), &from_snapshot).await.unwrap();
+        assert_eq!(read_wrapped_key(path, &restored).unwrap().as_deref(), Some("v1:bound"));
+
+        local.delete_snapshot(&snapshot.id).await.unwrap();
+        assert!(!snapshot_key.exists(), "DeleteSnapshot removes its copy of the key");
+        for id in [&source, &restored, &clone] {
+            let file = wrapped_key_path(path, id);
+            local.delete_volume(id).await.unwrap();
+            assert!(!file.exists(), "DeleteVolume removes {}", file.display());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_volume_without_a_key_gives_its_snapshot_and_copies_none() {
+        let (dir, local) = backend(None);
+        let source = local.create_volume("clear", 8 * MIB, &Placement::default()).await.unwrap().info().id.clone();
+        let snapshot = local.create_snapshot("snap", &source).await.unwrap().info().clone();
+        assert!(!snapshot_wrapped_key_path(dir.path(), snapshot.id.key()).exists());
+        let restored = local.create_volume_from("restored", 8 * MIB, &Placement::default(), &ContentSource::Snapshot(snapshot.id)).await.unwrap();
+        assert_eq!(read_wrapped_key(dir.path(), &restored.info().id).unwrap(), None);
     }
 }
