@@ -89,8 +89,10 @@ impl VolumeParameters {
         self.auto_grow.map(|policy| AutoGrowRecord { policy, claim: self.claim.clone() })
     }
 
-    /// Refuses attach parameters for a backend whose volumes are not RBD,
-    /// and an auto-grow policy for a backend that cannot keep it.
+    /// Refuses RBD attach parameters (`mounter`, `mapOptions`) for a
+    /// backend whose volumes are not RBD, and an auto-grow policy for a
+    /// backend that cannot keep it. `encrypted` suits every backend: the
+    /// node keeps the wrapped key with the volume, wherever that lives.
     pub(crate) fn check_backend(&self, kind: &str, keeps_auto_grow: bool) -> Result<(), ControllerError> {
         if self.auto_grow.is_some() && !keeps_auto_grow {
             return Err(ControllerError::invalid(
@@ -98,14 +100,9 @@ impl VolumeParameters {
                 format!("auto-grow is not available on {kind} volumes yet (docs/auto-grow.md); remove the autoGrow keys from this StorageClass"),
             ));
         }
-        if kind != swell_storage::rbd_volume::KIND && !self.attach.is_default() {
-            let key = if self.attach.mounter.is_some() {
-                rbd_attach::MOUNTER_KEY
-            } else if self.attach.encrypted {
-                rbd_attach::ENCRYPTED_KEY
-            } else {
-                rbd_attach::MAP_OPTIONS_KEY
-            };
+        if kind != swell_storage::rbd_volume::KIND
+            && let Some(key) = self.attach.rbd_only_key()
+        {
             return Err(ControllerError::invalid(attach_field(key), format!("applies to rbd volumes only, and this one is {kind}")));
         }
         Ok(())
@@ -176,12 +173,14 @@ mod tests {
     }
 
     #[test]
-    fn encrypted_is_known_and_refused_for_local_volumes() {
+    fn encrypted_is_known_and_accepted_for_rbd_and_local_volumes() {
         let parsed = VolumeParameters::parse(&HashMap::from([("encrypted".to_owned(), "true".to_owned())])).unwrap();
         assert!(parsed.attach.encrypted);
         assert!(parsed.check_backend("rbd", false).is_ok());
-        let local = tonic::Status::from(parsed.check_backend("local", true).unwrap_err());
-        assert!(local.message().contains("parameters.encrypted"), "{local:?}");
+        assert!(parsed.check_backend("local", true).is_ok());
+        let with_mounter = HashMap::from([("encrypted".to_owned(), "true".to_owned()), ("mounter".to_owned(), "rbd".to_owned())]);
+        let local = tonic::Status::from(VolumeParameters::parse(&with_mounter).unwrap().check_backend("local", true).unwrap_err());
+        assert!(local.message().contains("parameters.mounter"), "what local volumes refuse is named: {local:?}");
         let bad = tonic::Status::from(VolumeParameters::parse(&HashMap::from([("encrypted".to_owned(), "1".to_owned())])).unwrap_err());
         assert!(bad.message().contains("parameters.encrypted"), "{bad:?}");
     }

@@ -12,6 +12,7 @@ pub mod harness;
 pub mod host;
 pub mod instrumented;
 pub mod logs;
+pub mod luks;
 pub mod metrics;
 pub mod never_stuck;
 pub mod node_process;

@@ -32,6 +32,21 @@ pub fn loop_devices_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The device-mapper devices (a node's LUKS mappings) open over `loops`,
+/// by name, from sysfs (`/sys/block/loopN/holders/dm-M/dm/name`).
+pub fn mappings_over(loops: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = loops
+        .iter()
+        .filter_map(|device| std::fs::read_dir(Path::new("/sys/block").join(device.trim_start_matches("/dev/")).join("holders")).ok())
+        .flat_map(|holders| holders.flatten())
+        .filter_map(|holder| std::fs::read_to_string(Path::new("/sys/block").join(holder.file_name()).join("dm/name")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// rbd-fuse processes with `dir` (or a path under it) on their command line.
 pub fn rbd_fuse_pids_under(dir: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -55,13 +70,16 @@ fn canonical(dir: &Path) -> PathBuf {
 pub fn leftovers(dir: &Path) -> Vec<String> {
     let dir = canonical(dir);
     let mut found: Vec<String> = mounts_under(&dir).into_iter().map(|(p, t)| format!("{t} mount at {p}")).collect();
-    found.extend(loop_devices_under(&dir).into_iter().map(|d| format!("loop device {d}")));
+    let loops = loop_devices_under(&dir);
+    found.extend(mappings_over(&loops).into_iter().map(|m| format!("device-mapper mapping {m}")));
+    found.extend(loops.into_iter().map(|d| format!("loop device {d}")));
     found.extend(rbd_fuse_pids_under(&dir).into_iter().map(|p| format!("rbd-fuse pid {p}")));
     found
 }
 
 /// Takes down whatever is attached under `dir`, in dependency order:
-/// filesystems and binds (deepest first), the loop devices under them, then
+/// filesystems and binds (deepest first), LUKS mappings over the loop
+/// devices under them, the loop devices, then
 /// the rbd-fuse mounts the loops read, waiting for their daemons to exit
 /// (an rbd-fuse that lingers keeps a watch on its image).
 pub fn sweep(dir: &Path) {
@@ -71,7 +89,11 @@ pub fn sweep(dir: &Path) {
     for (mount, _) in others {
         let _ = Command::new("umount").arg("-l").arg(&mount).status();
     }
-    for device in loop_devices_under(&dir) {
+    let loops = loop_devices_under(&dir);
+    for mapping in mappings_over(&loops) {
+        let _ = Command::new("cryptsetup").arg("close").arg(&mapping).status();
+    }
+    for device in loops {
         let _ = Command::new("losetup").arg("-d").arg(&device).status();
     }
     fuse.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));

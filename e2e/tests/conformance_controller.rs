@@ -554,6 +554,51 @@ async fn snapshot_requests_are_checked_and_listed_a_page_at_a_time() {
     assert!(expect_ok(drv.controller.list_snapshots(list("", 0)).await, "empty").entries.is_empty());
 }
 
+#[tokio::test]
+async fn an_encrypted_local_volume_is_created_and_its_snapshot_restore_and_clone_carry_its_wrapped_key_and_name_its_source() {
+    let mut drv = driver().await;
+    let size = i64::try_from(csi_endpoint::capabilities::min_fs_bytes("")).unwrap();
+    let encrypted = parameters("encrypted", "true");
+    let create_from = |name: &str, bytes: i64, source: volume_content_source::Type| CreateVolumeRequest {
+        parameters: encrypted.clone(),
+        volume_content_source: Some(VolumeContentSource { r#type: Some(source) }),
+        ..requests::create_volume(name, bytes, default_capability())
+    };
+    let request = CreateVolumeRequest { parameters: encrypted.clone(), ..requests::create_volume(&unique_name("sealed"), size, default_capability()) };
+    let source = expect_ok(drv.controller.create_volume(request).await, "CreateVolume, local, encrypted").volume.expect("volume");
+    assert_eq!(source.volume_context.get("encrypted").map(String::as_str), Some("true"), "the node is told to encrypt: {:?}", source.volume_context);
+    assert!(!source.volume_context.contains_key("encryptionKeyFrom"), "a new volume's key is its own");
+    // As the node stores it at the first stage.
+    let state = drv.local_state_dir.clone();
+    let source_id: swell_storage::VolumeId = source.volume_id.parse().unwrap();
+    swell_local::keys::write_wrapped_key(&state, &source_id, "v1:0011223344556677:bm9uY2U:c2VhbGVk").unwrap();
+
+    let snap = CreateSnapshotRequest { name: unique_name("sealed-snap"), source_volume_id: source.volume_id.clone(), ..Default::default() };
+    let snapshot = expect_ok(drv.controller.create_snapshot(snap).await, "CreateSnapshot").snapshot.expect("snapshot");
+    let restore =
+        create_from(&unique_name("restored"), 2 * size, volume_content_source::Type::Snapshot(SnapshotSource { snapshot_id: snapshot.snapshot_id.clone() }));
+    let clone = create_from(&unique_name("cloned"), size, volume_content_source::Type::Volume(VolumeSource { volume_id: source.volume_id.clone() }));
+    let mut copies = Vec::new();
+    for request in [restore, clone] {
+        let copy = expect_ok(drv.controller.create_volume(request).await, "CreateVolume from a source, encrypted").volume.expect("volume");
+        assert_eq!(copy.volume_context.get("encryptionKeyFrom"), Some(&source.volume_id), "names the volume its key is bound to: {:?}", copy.volume_context);
+        let id: swell_storage::VolumeId = copy.volume_id.parse().unwrap();
+        assert_eq!(
+            swell_local::keys::read_wrapped_key(&state, &id).unwrap().as_deref(),
+            Some("v1:0011223344556677:bm9uY2U:c2VhbGVk"),
+            "the copy holds the source's wrapped key"
+        );
+        copies.push(id);
+    }
+    expect_ok(drv.controller.delete_snapshot(DeleteSnapshotRequest { snapshot_id: snapshot.snapshot_id, ..Default::default() }).await, "DeleteSnapshot");
+    for id in copies.iter().chain([&source_id]) {
+        delete(&mut drv, &id.to_string()).await;
+        assert_eq!(swell_local::keys::read_wrapped_key(&state, id).unwrap(), None, "DeleteVolume removed the key of {id}");
+    }
+    let found = std::process::Command::new("find").arg(&state).args(["-name", "*.wrapped-key"]).output().unwrap();
+    assert!(found.status.success() && found.stdout.is_empty(), "key files left behind: {}", String::from_utf8_lossy(&found.stdout));
+}
+
 // ---- Gaps csi-sanity leaves open ----
 
 /// Capabilities a request must not get past validation with, each with the

@@ -16,12 +16,12 @@
 //! successor restages on it and finishes the grow.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use csi_proto::v1::NodeStageVolumeRequest;
 use swell_e2e::host;
+use swell_e2e::luks::{OTHER_SECRET, SECRET, SECRET_KEY, blkid_type, with_secret, write_marker_file};
 use swell_e2e::node_process::{KillAt, NodeProcess, grow_tool_stand_in};
 use swell_e2e::rbd_rig::{self, NodeRig as Rig, node_rig};
 use swell_e2e::requests::{self, block_capability, mount_capability};
@@ -29,13 +29,6 @@ use swell_e2e::writer::StreamingWriter;
 use swell_storage::rbd_attach::{ENCRYPTED_KEY, KEY_FROM_KEY, WRAPPED_KEY_META};
 use swell_storage::units::{GIB, MIB};
 use tonic::Code;
-
-/// The node-stage Secret's key and two values of it.
-const SECRET_KEY: &str = "encryptionKEK";
-const SECRET: &str = "kek-one-0123456789abcdef0123456789abcdef";
-const OTHER_SECRET: &str = "kek-two-0123456789abcdef0123456789abcdef";
-/// Written through the filesystem; must never be found on Ceph.
-const MARKER: &[u8] = b"SWELL-LUKS-PLAINTEXT-MARKER-0451";
 
 /// A node rig whose StorageClass asks for encryption; `None` (skip noted)
 /// where device-mapper is missing.
@@ -50,11 +43,7 @@ async fn rig(test: &str) -> Option<Rig> {
 }
 
 fn stage(rig: &Rig, id: &str, capability: csi_proto::v1::VolumeCapability, secret: Option<&str>) -> NodeStageVolumeRequest {
-    let mut request = rig.stage(id, &rig.path("staging"), capability);
-    if let Some(secret) = secret {
-        request.secrets.insert(SECRET_KEY.to_owned(), secret.to_owned());
-    }
-    request
+    with_secret(rig.stage(id, &rig.path("staging"), capability), secret)
 }
 
 fn wrapped_key(rig: &Rig, name: &str) -> Result<String, String> {
@@ -63,32 +52,12 @@ fn wrapped_key(rig: &Rig, name: &str) -> Result<String, String> {
 
 /// The staging record's attached device and clear-text mapping.
 fn record_devices(rig: &Rig, id: &str) -> (String, Option<String>) {
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(rig.dir.join("node/staged").join(format!("{id}.json"))).unwrap()).unwrap();
-    (record["device"].as_str().unwrap().to_owned(), record["mapper"].as_str().map(str::to_owned))
+    swell_e2e::luks::record_devices(&rig.dir, id).unwrap()
 }
 
-fn blkid_type(device: &str) -> String {
-    let out = std::process::Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE", device]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// The offset of the first 512-byte sector that starts with [`MARKER`]:
-/// the filesystem writes file data in whole aligned blocks, so clear text
-/// of the marker file starts sectors wherever it lies.
+/// Where the marker starts in `path`, if anywhere.
 fn find_marker(path: &Path) -> Option<u64> {
-    let mut file = std::fs::File::open(path).unwrap();
-    let mut chunk = vec![0u8; 4 << 20];
-    let mut offset = 0u64;
-    loop {
-        let n = file.read(&mut chunk).unwrap();
-        if n == 0 {
-            return None;
-        }
-        if let Some(at) = chunk[..n].chunks(512).position(|sector| sector.starts_with(MARKER)) {
-            return Some(offset + at as u64 * 512);
-        }
-        offset += n as u64;
-    }
+    swell_e2e::luks::find_marker(path).unwrap()
 }
 
 /// Grows the image to `size` and expands the published volume; checks
@@ -114,20 +83,14 @@ async fn unstage_clean(rig: &mut Rig, name: &str, id: &str) {
     assert_eq!(rig.leftovers(name), Vec::<String>::new(), "nothing left after unstage");
 }
 
-/// Stages (xfs), publishes and writes 4 MiB of [`MARKER`]; returns its checksum.
+/// Stages (xfs), publishes and writes the marker file; returns its checksum.
 async fn stage_publish_mark(rig: &mut Rig, id: &str) -> String {
     let started = Instant::now();
     rig.node.node_stage_volume(stage(rig, id, mount_capability("xfs"), Some(SECRET))).await.unwrap();
     println!("encrypted stage ({}: attach + luksFormat + open + mkfs.xfs + mount) took {:?}", rig.mode, started.elapsed());
     let (staging, target) = (rig.path("staging"), rig.path("pods/p/vol"));
     rig.node.node_publish_volume(requests::publish(id, &staging, &target, mount_capability("xfs"), false)).await.unwrap();
-    let path = rig.dir.join("pods/p/vol/marker.bin");
-    let mut file = std::fs::File::create(&path).unwrap();
-    for _ in 0..(4 << 20) / MARKER.len() {
-        file.write_all(MARKER).unwrap();
-    }
-    file.sync_all().unwrap();
-    host::sha256_file(&path).unwrap()
+    write_marker_file(&rig.dir.join("pods/p/vol/marker.bin")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,8 +87,10 @@ pub(crate) fn stage(req: &NodeStageVolumeRequest) -> Result<Stage, NodeError> {
     let flag_read_only = matches!(&access, Access::Mount { mount_flags, .. } if words(mount_flags).any(|w| w == "ro"));
     let attach = RbdAttach::from_map(&req.volume_context).map_err(|e| invalid(context_field(e.key), e.reason))?;
     let volume = volume_id(&req.volume_id)?;
-    if !attach.is_default() && volume.backend() != swell_storage::rbd_volume::KIND {
-        return Err(invalid("volume_context", format!("mounter, mapOptions and encrypted apply to rbd volumes only, not {}", volume.backend())));
+    if let Some(key) = attach.rbd_only_key()
+        && volume.backend() != swell_storage::rbd_volume::KIND
+    {
+        return Err(invalid("volume_context", format!("{key} applies to rbd volumes only, not {}", volume.backend())));
     }
     let key_from = match req.volume_context.get(rbd_attach::KEY_FROM_KEY) {
         None => None,

@@ -119,6 +119,9 @@ fn stage_reads_the_attach_choice_from_the_volume_context_and_refuses_a_bad_one()
     let mut local = stage_req();
     local.volume_context = context(&[("mounter", "rbd")]);
     assert_eq!(field_of(stage(&local).expect_err("local volume with a mounter")), "volume_context");
+    local.volume_context = context(&[("encrypted", "true")]);
+    local.secrets = context(&[("encryptionKEK", "0123456789abcdef0123456789abcdef")]);
+    assert!(stage(&local).expect("a local volume may be encrypted").kek.is_some());
 }
 
 #[test]

@@ -377,6 +377,19 @@ impl RbdAttach {
         self.mounter.is_none() && self.map_options.is_empty() && !self.encrypted
     }
 
+    /// The first key set here that only RBD volumes take (`mounter`,
+    /// `mapOptions`), to refuse it for others; `encrypted` applies to
+    /// local volumes too.
+    pub fn rbd_only_key(&self) -> Option<&'static str> {
+        if self.mounter.is_some() {
+            Some(MOUNTER_KEY)
+        } else if !self.map_options.is_empty() {
+            Some(MAP_OPTIONS_KEY)
+        } else {
+            None
+        }
+    }
+
     /// The volume context entries that carry this to the node (canonical,
     /// so the node parses exactly what the controller validated).
     pub fn volume_context(&self) -> HashMap<String, String> {
@@ -481,6 +494,7 @@ mod tests {
         assert_eq!(context.get("mounter").map(String::as_str), Some("rbd-nbd"));
         assert_eq!(context.get("mapOptions").map(String::as_str), Some("krbd:ms_mode=secure;nbd:io-timeout=30"));
         assert_eq!(context.len(), 2, "only what the node needs");
+        assert_eq!(parsed.rbd_only_key(), Some(MOUNTER_KEY));
         assert_eq!(RbdAttach::from_map(&context).unwrap(), parsed);
         assert!(RbdAttach::default().volume_context().is_empty());
         assert!(RbdAttach::from_map(&params(&[("mapOptions", "")])).unwrap().is_default());
@@ -490,6 +504,7 @@ mod tests {
     fn encrypted_is_true_or_false_and_reaches_the_node_only_when_true() {
         let on = RbdAttach::from_map(&params(&[("encrypted", "true")])).unwrap();
         assert!(on.encrypted && !on.is_default());
+        assert_eq!(on.rbd_only_key(), None, "local volumes take it too");
         assert_eq!(on.volume_context().get("encrypted").map(String::as_str), Some("true"));
         assert_eq!(RbdAttach::from_map(&on.volume_context()).unwrap(), on);
         let off = RbdAttach::from_map(&params(&[("encrypted", "false")])).unwrap();

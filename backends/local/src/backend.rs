@@ -18,7 +18,7 @@ use crate::auto_grow;
 use crate::copy;
 use crate::expansions::ExpansionRecords;
 use crate::layout::make_bucket;
-use crate::paths::{KIND, image_path, record_path, volume_id_for, volumes_dir};
+use crate::paths::{KIND, image_path, record_path, volume_id_for, volumes_dir, wrapped_key_path};
 use crate::records::VolumeRecord;
 use crate::state_dir::{StateDir, id_taken};
 
@@ -173,6 +173,7 @@ impl Backend for LocalBackend {
                     }
                 }
                 auto_grow::remove(&dir.path, &id).map_err(|e| BackendError::io(format!("remove auto-grow files of {id}"), e))?;
+                durable::remove(&wrapped_key_path(&dir.path, &id)).map_err(|e| BackendError::io(format!("remove wrapped key of {id}"), e))?;
                 durable::remove(&record_path(&dir.path, &id)).map_err(|e| BackendError::io(format!("remove record of {id}"), e))
             })?;
             claim.forget_lock();

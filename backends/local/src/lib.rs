@@ -19,12 +19,14 @@
 //! - `snapshots`: snapshots, and volumes made from a snapshot or a volume.
 //! - `expansions`: the expansion records and holds ([`swell_storage::ExpansionStore`]).
 //! - `auto_grow`: each volume's auto-grow policy and the usage its node reports.
+//! - `keys`: an encrypted volume's wrapped data key, which its node stores.
 //! - `backend`: [`LocalBackend`], the [`swell_storage::Backend`].
 
 pub mod auto_grow;
 mod backend;
 mod copy;
 mod expansions;
+pub mod keys;
 mod layout;
 mod ledger;
 mod paths;
@@ -33,4 +35,4 @@ mod snapshots;
 mod state_dir;
 
 pub use backend::{LocalBackend, LocalConfig, OpenError};
-pub use paths::{KIND, image_path, snapshot_path, volume_id_for};
+pub use paths::{KIND, image_path, snapshot_path, volume_id_for, wrapped_key_path};

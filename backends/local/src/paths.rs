@@ -7,8 +7,11 @@
 //! - `volumes/<k0k1>/<k2k3>/<key>.json`: its record ([`crate::records::VolumeRecord`]);
 //! - `volumes/<k0k1>/<k2k3>/<key>.auto-grow.json` and `<key>.usage.json`: its
 //!   auto-grow policy and its node's last usage reading ([`crate::auto_grow`]);
-//! - `snapshots/<d0d1>/<d2d3>/<key>.img` and `.json`: a snapshot's copy and
-//!   record, spread by the digest that follows the key's prefix;
+//! - `volumes/<k0k1>/<k2k3>/<key>.wrapped-key`: an encrypted volume's data
+//!   key, wrapped ([`crate::keys`]);
+//! - `snapshots/<d0d1>/<d2d3>/<key>.img`, `.json` and `.wrapped-key`: a
+//!   snapshot's copy, record and copy of its volume's wrapped key, spread by
+//!   the digest that follows the key's prefix;
 //! - `auto-grow-wanted/<key>`: the marks of volumes that want to grow;
 //! - `ledger.json` (and its lock files): the sum of the volumes' sizes ([`crate::ledger`]);
 //! - `locks/<key>.lock`: the claims of operations in flight, one per volume or snapshot.
@@ -55,6 +58,18 @@ pub(crate) fn policy_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
 pub(crate) fn usage_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
     volume_bucket(state_dir, id.key()).join(format!("{}.usage.json", id.key()))
 }
+
+/// An encrypted volume's wrapped data key ([`crate::keys`]).
+pub fn wrapped_key_path(state_dir: &Path, id: &VolumeId) -> PathBuf {
+    volume_bucket(state_dir, id.key()).join(format!("{}.{WRAPPED_KEY_SUFFIX}", id.key()))
+}
+
+/// The copy of its volume's wrapped data key a snapshot keeps ([`crate::keys`]).
+pub(crate) fn snapshot_wrapped_key_path(state_dir: &Path, key: &str) -> PathBuf {
+    snapshot_bucket(state_dir, key).join(format!("{key}.{WRAPPED_KEY_SUFFIX}"))
+}
+
+const WRAPPED_KEY_SUFFIX: &str = "wrapped-key";
 
 /// The marks of the volumes that want to grow ([`crate::auto_grow`]).
 pub(crate) fn wanted_dir(state_dir: &Path) -> PathBuf {

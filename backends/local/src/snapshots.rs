@@ -2,7 +2,9 @@
 //! file under `snapshots/`, beside a durable record of its name, source and
 //! size; a clone or a restore is a new volume whose backing file starts as a
 //! copy of its source's ([`crate::copy`]: a reflink where the filesystem
-//! shares blocks, else a copy of the data that keeps the holes).
+//! shares blocks, else a copy of the data that keeps the holes). The
+//! source's wrapped data key, if it has one, is copied first ([`crate::keys`]),
+//! so a copy that is complete has its key.
 //!
 //! Each copy runs on a blocking thread under the claims of the keys it
 //! touches only (the snapshot or new volume, and a source volume, which
@@ -24,13 +26,14 @@ use swell_storage::expansion::now_unix;
 use swell_storage::snapshot::{from_unix_nanos, snapshot_key, unix_nanos};
 use swell_storage::{BackendError, ContentSource, Created, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo, durable};
 
-use crate::copy;
 use crate::layout::{all_keys, make_bucket};
 use crate::paths::{
-    KIND, image_path, local_snapshot, record_path, snapshot_digest, snapshot_id, snapshot_path, snapshot_record_path, snapshots_dir, volume_id_for,
+    KIND, image_path, local_snapshot, record_path, snapshot_digest, snapshot_id, snapshot_path, snapshot_record_path, snapshot_wrapped_key_path, snapshots_dir,
+    volume_id_for, wrapped_key_path,
 };
 use crate::records::{SnapshotRecord, VolumeRecord};
 use crate::state_dir::{Reservation, StateDir, id_taken};
+use crate::{copy, keys};
 
 impl StateDir {
     fn snapshot_info(&self, key: &str, record: SnapshotRecord) -> Result<SnapshotInfo, BackendError> {
@@ -119,6 +122,8 @@ impl StateDir {
                 .and_then(|()| durable::write_json(&record_file, &record))
                 .map_err(|e| BackendError::io(format!("write record of snapshot {key}"), e))
         })?;
+        keys::copy_key(&wrapped_key_path(&self.path, source), &snapshot_wrapped_key_path(&self.path, key))
+            .map_err(|e| BackendError::io(format!("copy the wrapped key of volume {source} into snapshot {key}"), e))?;
         let method = copy::copy_file(&image_path(&self.path, source), &snapshot_path(&self.path, key), volume.size_bytes)
             .map_err(|e| BackendError::io(format!("copy volume {source} into snapshot {key}"), e))?;
         tracing::info!(snapshot = key, volume.id = %source, bytes = volume.size_bytes, ?method, "snapshot cut");
@@ -137,6 +142,7 @@ impl StateDir {
                 _ => {}
             }
         }
+        durable::remove(&snapshot_wrapped_key_path(&self.path, key)).map_err(|e| BackendError::io(format!("remove wrapped key of snapshot {id}"), e))?;
         self.changing_snapshot(key, || {
             durable::remove(&snapshot_record_path(&self.path, key)).map_err(|e| BackendError::io(format!("remove record of snapshot {id}"), e))
         })?;
@@ -164,9 +170,9 @@ impl StateDir {
             },
             None => size,
         };
-        let (from, source_bytes, _source_claim) = self.source_file(source)?;
-        if size < source_bytes {
-            return Err(BackendError::Shrink { id, current: source_bytes, requested: size });
+        let from = self.source_files(source)?;
+        if size < from.bytes {
+            return Err(BackendError::Shrink { id, current: from.bytes, requested: size });
         }
         let new = !record_file.exists();
         if new {
@@ -180,16 +186,17 @@ impl StateDir {
                     .and_then(|()| durable::write_json(&record_file, &record))
                     .map_err(|e| BackendError::io(format!("write record of {id}"), e))?;
             }
-            copy::copy_file(&from, &image_path(&self.path, &id), size).map_err(|e| BackendError::io(format!("copy {source} into volume {id}"), e))
+            keys::copy_key(&from.wrapped_key, &wrapped_key_path(&self.path, &id))
+                .map_err(|e| BackendError::io(format!("copy the wrapped key of {source} into volume {id}"), e))?;
+            copy::copy_file(&from.data, &image_path(&self.path, &id), size).map_err(|e| BackendError::io(format!("copy {source} into volume {id}"), e))
         })?;
         tracing::info!(volume.id = %id, %source, bytes = size, ?method, "volume made from its source");
         let info: VolumeInfo = self.read_volume(&id)?.ok_or_else(|| BackendError::NotFound(id.clone()))?;
         Ok(Created::New(info))
     }
 
-    /// The file a new volume is copied from, its size, and (for a volume)
-    /// the claim that keeps it from growing or going during the copy.
-    fn source_file(&self, source: &ContentSource) -> Result<(PathBuf, u64, Option<Reservation>), BackendError> {
+    /// The files a new volume is copied from.
+    fn source_files(&self, source: &ContentSource) -> Result<SourceFiles, BackendError> {
         match source {
             ContentSource::Snapshot(snapshot) => {
                 let missing = || BackendError::SnapshotNotFound(snapshot.clone());
@@ -199,7 +206,7 @@ impl StateDir {
                 if !copy.exists() {
                     return Err(BackendError::Contended { step: format!("restore snapshot {snapshot}"), reason: "its copy is still being made".into() });
                 }
-                Ok((copy, record.size_bytes, None))
+                Ok(SourceFiles { data: copy, wrapped_key: snapshot_wrapped_key_path(&self.path, key), bytes: record.size_bytes, _claim: None })
             }
             ContentSource::Volume(volume) => {
                 if volume.backend() != KIND {
@@ -207,7 +214,8 @@ impl StateDir {
                 }
                 let claim = self.claim(volume)?;
                 let info = self.read_volume(volume)?.ok_or_else(|| BackendError::NotFound(volume.clone()))?;
-                Ok((image_path(&self.path, volume), info.size_bytes, Some(claim)))
+                let (data, wrapped_key) = (image_path(&self.path, volume), wrapped_key_path(&self.path, volume));
+                Ok(SourceFiles { data, wrapped_key, bytes: info.size_bytes, _claim: Some(claim) })
             }
         }
     }
@@ -233,6 +241,16 @@ impl StateDir {
         }
         Ok(started)
     }
+}
+
+/// What a new volume is copied from: its source's data and wrapped key.
+struct SourceFiles {
+    data: PathBuf,
+    wrapped_key: PathBuf,
+    /// The source's size.
+    bytes: u64,
+    /// A source volume's claim, which keeps it from growing or going during the copy.
+    _claim: Option<Reservation>,
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use swell_storage::VolumeId;
 use swell_storage::rbd_attach::MapOptions;
@@ -140,9 +141,85 @@ impl Attacher for LoopAttacher {
     }
 }
 
+/// How long a read or write of a local volume's wrapped key may take: a
+/// wedged state directory must not hold a stage (and the volume's lock)
+/// for ever.
+const KEY_FILE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// An encrypted local volume's wrapped data key lives beside its record,
+/// in the state directory its backing file is attached from
+/// ([`swell_local::keys`]).
+#[async_trait::async_trait]
+impl crate::crypt::KeyStore for LoopAttacher {
+    async fn wrapped_key(&self, volume: &VolumeId) -> Result<Option<String>, NodeError> {
+        let (state_dir, id) = (self.state_dir.clone(), volume.clone());
+        let step = format!("read the wrapped data key of volume {volume}");
+        system::blocking(step, KEY_FILE_DEADLINE, move || swell_local::keys::read_wrapped_key(&state_dir, &id)).await
+    }
+
+    async fn store_wrapped_key(&self, volume: &VolumeId, wrapped: &str) -> Result<(), NodeError> {
+        let (state_dir, id, wrapped) = (self.state_dir.clone(), volume.clone(), wrapped.to_owned());
+        let step = format!("store the wrapped data key of volume {volume}");
+        system::blocking(step, KEY_FILE_DEADLINE, move || swell_local::keys::write_wrapped_key(&state_dir, &id, &wrapped)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypt::key::Kek;
+    use crate::crypt::{KeyStore, data_key};
+    use crate::system::fake::FakeSystem;
+    use swell_storage::Backend;
+
+    /// A loop attacher over a local backend's state directory holding one volume.
+    async fn local_volume() -> (tempfile::TempDir, LoopAttacher, VolumeId) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = swell_local::LocalBackend::open(&swell_local::LocalConfig::new(dir.path().join("local"), dir.path().join("controller"))).expect("open");
+        let id = backend.create_volume("pvc-1", 16 << 20, &Default::default()).await.expect("create").info().id.clone();
+        let attacher = LoopAttacher::new(dir.path().join("local"), Arc::new(FakeSystem::default()));
+        (dir, attacher, id)
+    }
+
+    #[tokio::test]
+    async fn a_local_volumes_key_is_made_once_stored_wrapped_beside_its_record_and_unwrapped_at_the_next_stage() {
+        let (dir, store, id) = local_volume().await;
+        let kek = Kek::from_secret(&[1; 32]).expect("kek");
+        assert_eq!(store.wrapped_key(&id).await.expect("read"), None);
+        let made = data_key(&store, &id, &kek, None, true).await.expect("first stage");
+        let stored = store.wrapped_key(&id).await.expect("read").expect("stored");
+        let file = swell_local::wrapped_key_path(&dir.path().join("local"), &id);
+        assert_eq!(std::fs::read_to_string(&file).expect("key file"), format!("{stored}\n"));
+        assert_eq!(kek.unwrap(&id.to_string(), &stored).expect("wrapped for this volume").bytes(), made.bytes());
+        assert_eq!(data_key(&store, &id, &kek, None, true).await.expect("next stage").bytes(), made.bytes());
+        assert_eq!(store.wrapped_key(&id).await.expect("read"), Some(stored), "kept, not replaced");
+        let other = Kek::from_secret(&[2; 32]).expect("kek");
+        assert_eq!(data_key(&store, &id, &other, None, true).await.expect_err("wrong secret").code(), tonic::Code::PermissionDenied);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_local_key_file_fails_the_stage_naming_it_and_is_never_replaced_by_a_new_key() {
+        let (dir, store, id) = local_volume().await;
+        let kek = Kek::from_secret(&[1; 32]).expect("kek");
+        let file = swell_local::wrapped_key_path(&dir.path().join("local"), &id);
+        for (bytes, says) in [(&b""[..], "empty"), (&b"\xff\xfe\n"[..], "not text"), (&b"not-a-wrapped-key\n"[..], "malformed")] {
+            std::fs::write(&file, bytes).expect("write");
+            let err = data_key(&store, &id, &kek, None, true).await.expect_err("malformed");
+            assert_eq!(err.code(), tonic::Code::Internal, "{err}");
+            let message = err.full_message();
+            assert!(message.contains(&id.to_string()) && message.contains(says), "{message}");
+            assert_eq!(std::fs::read(&file).expect("read"), bytes, "left as it was");
+        }
+    }
+
+    #[tokio::test]
+    async fn no_key_is_stored_for_a_local_volume_without_a_record() {
+        let (dir, store, _) = local_volume().await;
+        let gone: VolumeId = "local:0123456789abcdef0123456789abcdef".parse().expect("id");
+        let err = store.store_wrapped_key(&gone, "v1:x").await.expect_err("no record");
+        assert!(err.full_message().contains("no local volume"), "{}", err.full_message());
+        assert!(!swell_local::wrapped_key_path(&dir.path().join("local"), &gone).exists());
+    }
 
     #[test]
     fn a_loop_device_of_a_gone_container_still_names_its_local_file() {

@@ -78,10 +78,11 @@ impl Attachers {
         }
     }
 
-    /// Where `volume`'s wrapped data key is kept: RBD image metadata. Local
-    /// volumes are not encrypted (the StorageClass is refused).
+    /// Where `volume`'s wrapped data key is kept: RBD image metadata, or
+    /// beside a local volume's record.
     pub(crate) fn key_store(&self, volume: &VolumeId) -> Result<&dyn crate::crypt::KeyStore, NodeError> {
         match volume.backend() {
+            swell_local::KIND => Ok(&self.local),
             swell_storage::rbd_volume::KIND => Ok(self.rbd(volume)?),
             other => Err(NodeError::InvalidArgument { field: "volume_context.encrypted", reason: format!("{other} volumes are not encrypted by Swell") }),
         }

@@ -213,9 +213,13 @@ mod tests {
         }
         let wrong = Kek::from_secret(&[2; 32]).expect("kek");
         assert_eq!(data_key(&store, &volume(), &wrong, Some(&source), true).await.expect_err("wrong kek").code(), tonic::Code::PermissionDenied);
-        let mut tampered = copied.clone();
-        let last = tampered.pop().expect("char");
-        tampered.push(if last == 'A' { 'B' } else { 'A' });
+        // A character inside the ciphertext: the last one also carries
+        // padding bits, and changing those can make it fail to decode
+        // (malformed) instead of failing to authenticate.
+        let mut tampered: Vec<char> = copied.chars().collect();
+        let at = tampered.len() - 10;
+        tampered[at] = if tampered[at] == 'A' { 'B' } else { 'A' };
+        let tampered: String = tampered.into_iter().collect();
         *store.0.lock() = Some(tampered.clone());
         assert_eq!(data_key(&store, &volume(), &kek, Some(&source), true).await.expect_err("tampered").code(), tonic::Code::PermissionDenied);
         assert_eq!(store.0.lock().clone(), Some(tampered), "a tampered key is not rewritten");

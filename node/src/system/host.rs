@@ -62,7 +62,11 @@ impl HostSystem {
 }
 
 /// Runs `work` on the blocking pool; the caller waits at most `deadline`.
-async fn blocking<T: Send + 'static>(step: String, deadline: Duration, work: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T, NodeError> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    step: String,
+    deadline: Duration,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, NodeError> {
     let context = step.clone();
     blocking_node(step, deadline, move || work().map_err(|e| NodeError::io(context, e))).await
 }

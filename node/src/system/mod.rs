@@ -16,7 +16,7 @@ mod seam;
 #[cfg(test)]
 pub(crate) mod fake;
 
-pub(crate) use host::HostSystem;
+pub(crate) use host::{HostSystem, blocking};
 #[cfg(test)]
 pub(crate) use seam::LoopDevice;
 pub(crate) use seam::{END_OF_OPTIONS, MountCall, System, args, loop_backing, loop_devices_backing, names_file};
