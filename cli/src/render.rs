@@ -121,6 +121,9 @@ fn auto_grow(r: &AutoGrowRecord) -> String {
 
 /// The last reading and its age at `now`.
 fn usage(u: &Usage, now: u64) -> String {
+    if let Some(skipped) = u.skipped {
+        return format!("none: skipped, {} (reported {} ago)", skipped.reason(), duration(u.age_secs(now)));
+    }
     format!(
         "{} of {} used, {} of {} inodes, read {} ago",
         size(Some(u.bytes_used)),
@@ -157,7 +160,9 @@ mod tests {
         };
         let record = AutoGrowRecord { policy, claim: Some(ClaimRef { namespace: "db".into(), name: "data".into() }) };
         assert_eq!(auto_grow(&record), "on, below 10% free (or 5% of inodes), by 5Gi, up to 50Gi, claim db/data");
-        let reading = Usage { bytes_used: 9 << 30, bytes_total: 10 << 30, inodes_used: 10, inodes_total: 100, read_unix: 1000 };
+        let reading = Usage { bytes_used: 9 << 30, bytes_total: 10 << 30, inodes_used: 10, inodes_total: 100, read_unix: 1000, skipped: None };
         assert_eq!(usage(&reading, 1192), "9Gi of 10Gi used, 10 of 100 inodes, read 3m12s ago");
+        let skipped = Usage::skipped(swell_storage::auto_grow::Skipped::BlockVolume, 1000);
+        assert_eq!(usage(&skipped, 1045), "none: skipped, a block volume has no filesystem whose usage its node could read (reported 45s ago)");
     }
 }

@@ -17,6 +17,7 @@ use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
 use swell_backends::{BackendConfig, Backends};
 use swell_controller::{AutoGrowConfig, AutoGrower, ControllerConfig, ReconcilerConfig};
+use swell_storage::auto_grow::Skipped;
 use swell_storage::units::MIB;
 use swell_storage::{Backend, VolumeId};
 use swell_webhook::{BackendFacts, Limits, Policy, Webhook};
@@ -150,6 +151,18 @@ impl Rig {
         sample(&scrape(self.served.0.metrics).await, name)
     }
 
+    /// The claim uids of the `AutoGrowSkipped` Events posted so far, each
+    /// checked to say why.
+    pub fn skip_events(&self) -> Vec<String> {
+        let skips = self.api.events().into_iter().zip(self.api.event_uids()).filter(|((reason, _), _)| reason == "AutoGrowSkipped");
+        skips
+            .map(|((_, message), uid)| {
+                assert!(message.contains(Skipped::BlockVolume.reason()), "the skip Event says why: {message}");
+                uid
+            })
+            .collect()
+    }
+
     /// The reasons of the Events posted so far.
     pub fn reasons(&self) -> Vec<String> {
         self.api.events().into_iter().map(|(reason, _)| reason).collect()
@@ -210,7 +223,7 @@ pub enum FilesystemGrow {
 /// if the volume grows in time, twice (480 MiB, then the 640 MiB limit).
 /// It must never see an error; the claim is patched exactly to 480 MiB and
 /// then 640 MiB, nothing past the limit; the at-limit Event is told once;
-/// the block volume is never reported nor grown.
+/// the block volume is never grown, and its claim told once that it is skipped.
 pub async fn writer_scenario(rig: &mut Rig, mut node: swell_node::NodeConfig, grow: FilesystemGrow) {
     let id = rig.claim("data", 320 * MIB, &CLASS, &[], false).await;
     let block = rig.claim("raw", 320 * MIB, &CLASS, &[], true).await;
@@ -261,8 +274,9 @@ pub async fn writer_scenario(rig: &mut Rig, mut node: swell_node::NodeConfig, gr
     assert_eq!(rig.metric(r#"swell_auto_grows_total{outcome="grown"}"#).await, 2.0);
     assert_eq!(rig.metric("swell_auto_grow_volumes_at_limit").await, 1.0);
     let (_, block_usage) = rig.store.auto_grow(&block).await.expect("read the block volume's auto-grow state");
-    assert_eq!(block_usage, None, "a block volume has no usage to report");
+    assert_eq!(block_usage.and_then(|u| u.skipped), Some(Skipped::BlockVolume), "the block volume's skip is recorded, not a reading");
     assert_eq!(rig.request_of("raw"), 320 * MIB, "the block volume was left alone");
+    assert_eq!(rig.skip_events(), vec!["uid-raw".to_owned()], "one skip Event on the block volume's claim over every pass: {:?}", rig.api.events());
 
     client.node_unpublish_volume(requests::unpublish(&id.to_string(), &target)).await.expect("unpublish");
     client.node_unstage_volume(requests::unstage(&id.to_string(), &staging)).await.expect("unstage");

@@ -11,7 +11,9 @@
 //! volume crosses its threshold, which also marks it as wanting to grow.
 //! The policy is read once per staging (it is stored at CreateVolume,
 //! before any stage), so a volume without one costs one read per staging
-//! and no write. Block volumes have no filesystem to read: not reported.
+//! and no write. Block volumes have no filesystem to read: the skip is
+//! written (and marked) once per volume instead of a reading, so the
+//! controller tells the claim once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use swell_storage::VolumeId;
-use swell_storage::auto_grow::{AutoGrowPolicy, AutoGrowRecord, Usage};
+use swell_storage::auto_grow::{AutoGrowPolicy, AutoGrowRecord, Skipped, Usage};
 use swell_storage::expansion::now_unix;
 use tokio::time::Instant;
 
@@ -44,6 +46,11 @@ impl UsageStore for LocalStore {
     async fn record(&self, volume: &VolumeId) -> Result<Option<AutoGrowRecord>, NodeError> {
         let (state_dir, id) = (self.state_dir.clone(), volume.clone());
         blocking("read auto-grow policy", volume, move || swell_local::auto_grow::read_record(&state_dir, &id)).await
+    }
+
+    async fn usage(&self, volume: &VolumeId) -> Result<Option<Usage>, NodeError> {
+        let (state_dir, id) = (self.state_dir.clone(), volume.clone());
+        blocking("read usage", volume, move || swell_local::auto_grow::read_usage(&state_dir, &id)).await
     }
 
     async fn write_usage(&self, volume: &VolumeId, usage: &Usage, mark: bool) -> Result<(), NodeError> {
@@ -125,8 +132,9 @@ async fn report(
         None => {
             let mut policy = store.record(volume).await?.map(|record| record.policy);
             if policy.is_some() && !matches!(record.access, Access::Mount { .. }) {
-                // Said once per staging (the entry goes when it is unstaged).
-                tracing::warn!(%volume, "auto-grow skipped: a block volume has no filesystem whose usage the node could read");
+                // Logged once per staging (the entry goes when it is unstaged).
+                tracing::warn!(%volume, "auto-grow skipped: {}", Skipped::BlockVolume.reason());
+                report_skip(store, volume, Skipped::BlockVolume).await?;
                 policy = None;
             }
             let kept = Watched { policy, last: None };
@@ -136,7 +144,8 @@ async fn report(
     };
     let Some(policy) = kept.policy else { return Ok(()) };
     let stats::Usage::Filesystem { bytes, inodes } = stats::filesystem_usage(record.staging_path.clone()).await? else { return Ok(()) };
-    let usage = Usage { bytes_used: bytes.used, bytes_total: bytes.total, inodes_used: inodes.used, inodes_total: inodes.total, read_unix: now_unix() };
+    let usage =
+        Usage { bytes_used: bytes.used, bytes_total: bytes.total, inodes_used: inodes.used, inodes_total: inodes.total, read_unix: now_unix(), skipped: None };
     // Measured against the class's threshold even where the class leaves
     // auto-grow off: a claim may turn it on, which only the controller reads.
     let crossed = AutoGrowPolicy { on: true, ..policy }.crossed(&usage).is_some();
@@ -150,6 +159,16 @@ async fn report(
     }
     watched.insert(volume.clone(), Watched { policy: Some(policy), last: Some(this) });
     Ok(())
+}
+
+/// Writes and marks that `volume` is skipped, unless its store says so
+/// already: the controller's Event on the claim is posted once per volume,
+/// not once per staging or node restart.
+async fn report_skip(store: &dyn UsageStore, volume: &VolumeId, why: Skipped) -> Result<(), NodeError> {
+    if store.usage(volume).await?.and_then(|usage| usage.skipped) == Some(why) {
+        return Ok(());
+    }
+    store.write_usage(volume, &Usage::skipped(why, now_unix()), true).await
 }
 
 /// Whether reading `now` is written (`None`: not), and whether with the

@@ -94,7 +94,7 @@ mod tests {
         let policy = AutoGrowPolicy { on: true, free_below: Amount::Percent(10), inodes_free_below_percent: None, step: Amount::Percent(20), limit_bytes: GIB };
         let policy = AutoGrowRecord { policy, claim: Some(ClaimRef { namespace: "db".into(), name: "data".into() }) };
         local.set_auto_grow(&volume.id, &policy).await.unwrap();
-        let usage = Usage { bytes_used: 60 * MIB, bytes_total: 62 * MIB, inodes_used: 12, inodes_total: 4096, read_unix: 1_765_000_000 };
+        let usage = Usage { bytes_used: 60 * MIB, bytes_total: 62 * MIB, inodes_used: 12, inodes_total: 4096, read_unix: 1_765_000_000, skipped: None };
         write_usage(dir.path(), &volume.id, &usage).unwrap();
         assert_eq!(local.auto_grow(&volume.id).await.unwrap(), (Some(policy.clone()), Some(usage)));
         assert_eq!(local.list_volumes(None, 0).await.unwrap(), vec![volume.clone()], "the extra files are no volumes");
