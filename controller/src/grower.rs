@@ -21,17 +21,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use swell_backends::Backends;
-use swell_storage::auto_grow::{AutoGrowRecord, Crossed, Growth, Usage};
+use swell_storage::auto_grow::{AutoGrowRecord, Crossed, GRANULARITY, Growth, Usage};
 use swell_storage::expansion::now_unix;
-use swell_storage::units::MIB;
 use swell_storage::{Backend, VolumeId};
 
 use crate::auto_grow::with_claim;
 use crate::claims::{Claims, ClaimsError, EventType, KubeClaims, Regarding};
 use crate::error::ControllerError;
-
-/// Sizes auto-grow asks for are whole MiB, as CreateVolume allocates.
-const GRANULARITY: u64 = MIB;
 
 /// How auto-grow paces itself.
 #[derive(Debug, Clone)]

@@ -207,6 +207,42 @@ async fn a_reading_older_than_the_bound_decides_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swell_volumes_lists_each_volumes_policy_last_usage_and_next_grow() {
+    let _serial = SERIAL.lock().await;
+    let mut rig = LocalRig::start(Options::default()).await;
+    let calm = rig.claim("calm", 320 * MIB, &CLASS, &[], false).await;
+    let full = rig.claim("full", 320 * MIB, &CLASS, &[], false).await;
+    let unread = rig.claim("unread", 320 * MIB, &CLASS, &[], false).await;
+    let plain = rig.claim("plain", 320 * MIB, &[], &[], false).await;
+    rig.node_reports(&calm, 300 * MIB, 200 * MIB, Duration::from_secs(60));
+    rig.node_reports(&full, 300 * MIB, 10 * MIB, Duration::ZERO);
+
+    let text = rig.swell(&["volumes", "--kubernetes=never"]).await;
+    let row =
+        |id: &VolumeId| text.lines().find(|l| l.trim_start().starts_with(&id.to_string())).unwrap_or_else(|| panic!("no row of {id}:\n{text}")).to_owned();
+    let header = text.lines().next().unwrap();
+    assert!(header.contains("AUTO-GROW") && header.contains("USAGE") && header.contains("NEXT GROW"), "{text}");
+    let policy = "on <30% free +50% max 640Mi";
+    for (id, usage, next) in
+        [(&calm, "100Mi/300Mi 1m", "above 210Mi used: to 480Mi"), (&full, "290Mi/300Mi 0s ago", "now: to 480Mi"), (&unread, "-", "no reading yet")]
+    {
+        let row = row(id);
+        assert!(row.contains(policy) && row.contains(usage) && row.ends_with(next), "{id}: {row}");
+    }
+    let plain_row = row(&plain);
+    let last_three: Vec<&str> = plain_row.split_whitespace().rev().take(3).collect();
+    assert_eq!(last_three, ["-"; 3], "no policy: {plain_row}");
+
+    let json: serde_json::Value = serde_json::from_str(&rig.swell(&["volumes", "--kubernetes=never", "-o", "json"]).await).unwrap();
+    let volume = |id: &VolumeId| json["volumes"].as_array().unwrap().iter().find(|v| v["volume_id"] == id.to_string()).unwrap().clone();
+    assert_eq!(volume(&calm)["next_grow"], serde_json::json!({ "when": "above", "used_bytes": 210 * MIB, "to_bytes": 480 * MIB }));
+    assert_eq!(volume(&full)["usage"]["bytes_used"], 290 * MIB);
+    assert_eq!(volume(&full)["auto_grow"]["policy"]["limit_bytes"], 640 * MIB);
+    assert_eq!(volume(&plain).get("next_grow"), None);
+    assert_eq!(json["problems"], serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_turns_auto_grow_on_within_its_class_bounds_and_only_lowers_the_limit() {
     let _serial = SERIAL.lock().await;
     let mut rig = LocalRig::start(Options::default()).await;

@@ -22,6 +22,11 @@ pub mod rbd {
     pub const WANTED_OBJECT: &str = "swell.auto-grow.wanted";
 }
 
+/// Sizes auto-grow asks for are whole multiples of this (a MiB, as
+/// CreateVolume allocates): the controller's steps, and what `swell` says
+/// the next step will be.
+pub const GRANULARITY: u64 = crate::units::MIB;
+
 /// A share of a total, in whole percent, or a byte count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
