@@ -17,6 +17,7 @@ use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
 use swell_backends::{BackendConfig, Backends};
 use swell_controller::{AutoGrowConfig, AutoGrower, ControllerConfig, ReconcilerConfig};
+use swell_local::{LocalBackend, LocalConfig};
 use swell_storage::auto_grow::Skipped;
 use swell_storage::units::MIB;
 use swell_storage::{Backend, VolumeId};
@@ -50,6 +51,21 @@ pub struct Engine {
     pub parameters: HashMap<String, String>,
 }
 
+/// The local backend in `dir/local` (records in `dir/controller`): the
+/// controller's, promising at most `capacity` bytes, and the webhook's view
+/// of the same store, holding `webhook_capacity` (as a webhook reading
+/// another moment of a shared pool would see it; default: `capacity`).
+pub fn local_engine(dir: &Path, capacity: Option<u64>, webhook_capacity: Option<u64>) -> Engine {
+    let config = |capacity_bytes| LocalConfig { capacity_bytes, ..LocalConfig::new(dir.join("local"), dir.join("controller")) };
+    let opened = |capacity| -> Arc<dyn Backend> { Arc::new(LocalBackend::open(&config(capacity)).expect("open the local backend")) };
+    Engine {
+        backends: BackendConfig::local(config(capacity)),
+        webhook_facts: opened(webhook_capacity.or(capacity)),
+        store: opened(capacity),
+        parameters: HashMap::new(),
+    }
+}
+
 /// A controller with auto-grow, the stand-in API server it patches claims
 /// on, and the real webhook that server asks.
 pub struct Rig {
@@ -77,6 +93,12 @@ impl Rig {
     /// A rig whose engine `engine` makes in the rig's directory, deciding
     /// on readings at most `usage_max_age` old.
     pub async fn start(usage_max_age: Duration, engine: impl FnOnce(&Path) -> Engine) -> Rig {
+        Rig::start_with(grower_config(usage_max_age), engine).await
+    }
+
+    /// A rig whose engine `engine` makes in the rig's directory, its
+    /// controller's auto-grow paced by `grower`.
+    pub async fn start_with(grower: AutoGrowConfig, engine: impl FnOnce(&Path) -> Engine) -> Rig {
         crate::logs::log_when_asked();
         let tmp = tempfile::Builder::new().prefix("swell-auto-grow-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
         let dir = tmp.path().to_owned();
@@ -87,7 +109,7 @@ impl Rig {
         let config = ControllerConfig { driver_name: DRIVER.to_owned(), backends, reconciler: ReconcilerConfig::default() };
         let controller = swell_controller::build(&config).expect("controller builds");
         let kube = swell_controller::kube_client(Some(&kubeconfig)).await.expect("a client of the stand-in");
-        let grower = controller.auto_grower(kube, grower_config(usage_max_age));
+        let grower = controller.auto_grower(kube, grower);
         let served = ControllerUnderTest::serve(&dir, controller).await.expect("serve the controller");
         let pvs = Arc::new(FixedVolumes::default());
         let webhook = Webhook {

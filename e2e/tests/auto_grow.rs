@@ -12,18 +12,17 @@
 
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use swell_backends::BackendConfig;
 use swell_controller::{AutoGrowOutcome, AutoGrower, ControllerConfig, ReconcilerConfig};
-use swell_e2e::auto_grow_rig::{CLASS, Engine, FilesystemGrow, Rig, grower_config, until, writer_scenario};
+use swell_e2e::auto_grow_rig::{CLASS, FilesystemGrow, Rig, grower_config, local_engine, until, writer_scenario};
 use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
 use swell_e2e::process::built_binary;
 use swell_e2e::requests;
 use swell_e2e::webhook::DRIVER;
-use swell_local::{LocalBackend, LocalConfig};
+use swell_local::LocalConfig;
 use swell_storage::VolumeId;
 use swell_storage::auto_grow::{Skipped, Usage};
 use swell_storage::expansion::now_unix;
@@ -70,17 +69,7 @@ impl Default for Options {
 
 impl LocalRig {
     async fn start(options: Options) -> LocalRig {
-        let rig = Rig::start(options.usage_max_age, |dir| {
-            let config = |capacity_bytes| LocalConfig { capacity_bytes, ..LocalConfig::new(dir.join("local"), dir.join("controller")) };
-            let opened = |capacity| -> Arc<dyn swell_storage::Backend> { Arc::new(LocalBackend::open(&config(capacity)).unwrap()) };
-            Engine {
-                backends: BackendConfig::local(config(options.capacity)),
-                webhook_facts: opened(options.webhook_capacity.or(options.capacity)),
-                store: opened(options.capacity),
-                parameters: Default::default(),
-            }
-        })
-        .await;
+        let rig = Rig::start(options.usage_max_age, |dir| local_engine(dir, options.capacity, options.webhook_capacity)).await;
         let local_state = rig.dir.join("local");
         LocalRig { rig, local_state }
     }

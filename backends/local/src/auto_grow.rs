@@ -46,6 +46,11 @@ pub fn write_usage(state_dir: &Path, id: &VolumeId, usage: &Usage) -> io::Result
     durable::replace(&usage_path(state_dir, id), &bytes, false)
 }
 
+/// The file volume `id`'s usage is written to (for measuring how often).
+pub fn usage_file(state_dir: &Path, id: &VolumeId) -> std::path::PathBuf {
+    usage_path(state_dir, id)
+}
+
 /// The usage last recorded for volume `id`, if any.
 pub fn read_usage(state_dir: &Path, id: &VolumeId) -> io::Result<Option<Usage>> {
     durable::read_json(&usage_path(state_dir, id))
