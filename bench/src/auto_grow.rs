@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use csi_proto::v1::node_client::NodeClient;
 use swell_controller::AutoGrowConfig;
-use swell_e2e::auto_grow_rig::{self, NAMESPACE, Rig};
+use swell_e2e::auto_grow_rig::{self, Engine, FilesystemGrow, NAMESPACE, Rig};
 use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
 use swell_e2e::requests::{self, mount_capability};
@@ -59,9 +59,9 @@ impl Pace {
         Pace { usage_report: Duration::from_secs(30), grow_on_change: Duration::from_secs(2), grower: AutoGrowConfig::default().interval }
     }
 
-    /// Half a second each, a reading every 2 s, for `--short`.
+    /// A quarter of a second each, a reading every second, for `--short`.
     pub(crate) fn quick() -> Pace {
-        Pace { usage_report: Duration::from_secs(2), grow_on_change: Duration::from_millis(500), grower: Duration::from_millis(500) }
+        Pace { usage_report: Duration::from_secs(1), grow_on_change: Duration::from_millis(250), grower: Duration::from_millis(250) }
     }
 
     fn describe(&self) -> String {
@@ -97,7 +97,21 @@ pub(crate) async fn run(plan: &Plan, auto: &AutoGrowPlan, report: &mut Report) -
         return Ok(());
     }
     reporting_cost(plan, auto, report).await?;
-    crossing_to_grown(plan, auto.pace, report).await
+    let local = Target { name: "local", engine: Box::new(|dir| auto_grow_rig::local_engine(dir, None, None)), rbd: None, grow: FilesystemGrow::ByTheNode };
+    crossing_to_grown(plan, auto.pace, local, report).await
+}
+
+/// Where the crossing figure runs.
+pub(crate) struct Target {
+    /// The backend's name in the table.
+    pub name: &'static str,
+    /// Opens the backend in the rig's directory.
+    pub engine: Box<dyn FnOnce(&Path) -> Engine>,
+    /// The node's Ceph cluster, for RBD.
+    pub rbd: Option<swell_storage::CephAccess>,
+    /// Who grows the filesystem once the backend grew: the node itself, or
+    /// NodeExpandVolume as kubelet calls it (rbd-fuse + loop).
+    pub grow: FilesystemGrow,
 }
 
 /// The reporting figure: `auto.volumes` ext4 volumes with auto-grow on,
@@ -227,15 +241,16 @@ fn cpu_time(pid: u32) -> BenchResult<Duration> {
 /// node, filled past its threshold (20% free) at once, `plan.runs` times,
 /// each timed to its filesystem grown; between them, the same claim
 /// patched by hand (64 MiB more) and timed the same way.
-async fn crossing_to_grown(plan: &Plan, pace: Pace, report: &mut Report) -> BenchResult<()> {
+pub(crate) async fn crossing_to_grown(plan: &Plan, pace: Pace, on: Target, report: &mut Report) -> BenchResult<()> {
     let grower = AutoGrowConfig { interval: pace.grower, ..AutoGrowConfig::default() };
-    let mut rig = Rig::start_with(grower, |dir| auto_grow_rig::local_engine(dir, None, None)).await;
+    let mut rig = Rig::start_with(grower, on.engine).await;
     let id = rig.claim("crossing", 320 * MIB, &CROSSING_CLASS, &[], false).await;
     let mut node = swell_node::NodeConfig::new("swell-bench");
     node.state_dir = rig.dir.join("node");
     node.local_state_dir = rig.dir.join("local");
     node.usage_report = Some(pace.usage_report);
     node.grow_on_backend_change = Some(pace.grow_on_change);
+    node.rbd = on.rbd;
     let served = NodeUnderTest::serve(&rig.dir.join("node.sock"), &node).await.map_err(at("serve the node"))?;
     let mut client = served.client.clone();
     let (staging, target) = (rig.dir.join("staging").display().to_string(), rig.dir.join("pod/vol"));
@@ -243,10 +258,15 @@ async fn crossing_to_grown(plan: &Plan, pace: Pace, report: &mut Report) -> Benc
     let target_arg = target.display().to_string();
     client.node_publish_volume(requests::publish(&id.to_string(), &staging, &target_arg, mount_capability("xfs"), false)).await.map_err(at("publish"))?;
 
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut grower_stopped = stopped.clone();
     let running = tokio::spawn(rig.grower.clone().run(async move {
-        let _ = stopped.wait_for(|s| *s).await;
+        let _ = grower_stopped.wait_for(|s| *s).await;
     }));
+    let kubelet = (on.grow == FilesystemGrow::ByKubelet).then(|| {
+        let capacity = rig.api.capacity_reader(NAMESPACE, "crossing");
+        tokio::spawn(auto_grow_rig::stand_in_kubelet(client.clone(), capacity, id.clone(), staging.clone(), target_arg.clone(), stopped))
+    });
     let (mut crossing, mut patched) = (Samples::default(), Samples::default());
     let mut result = Ok(());
     for run in 0..plan.runs {
@@ -267,21 +287,30 @@ async fn crossing_to_grown(plan: &Plan, pace: Pace, report: &mut Report) -> Benc
     }
     let _ = stop.send(true);
     let _ = running.await;
+    if let Some(kubelet) = kubelet {
+        let _ = kubelet.await;
+    }
     let _ = client.node_unpublish_volume(requests::unpublish(&id.to_string(), &target_arg)).await;
     let _ = client.node_unstage_volume(requests::unstage(&id.to_string(), &staging)).await;
     drop(served);
     result?;
     let grown = rig.api.patched_to();
     let mut table = Table::versus(format!(
-        "Auto-grow on local: threshold crossed to filesystem grown (xfs, 64 MiB steps from 320 MiB to {})",
+        "Auto-grow on {}: threshold crossed to filesystem grown (xfs, 64 MiB steps from 320 MiB to {})",
+        on.name,
         mib_text(grown.last().copied())
     ));
     table.measured("a user's patch of the claim (+64 MiB) to the filesystem grown, same volume (reference)", &patched, None);
     table.measured("usage crossing its threshold to the filesystem grown, by auto-grow", &crossing, Some(&patched));
     table.note(format!(
         "Paced as {}: a crossing waits for the node's next usage pass (one sixth of its interval, at most 5 s) and the controller's next \
-         pass; both paths then go through the stand-in API server, the real webhook, ControllerExpandVolume and the node's background grow.",
-        pace.describe()
+         pass; both paths then go through the stand-in API server, the real webhook, ControllerExpandVolume and {}.",
+        pace.describe(),
+        match on.grow {
+            FilesystemGrow::ByTheNode => "the node's background grow",
+            FilesystemGrow::ByKubelet =>
+                "NodeExpandVolume once the claim's capacity grew, as kubelet calls it (rbd-fuse + loop; the bench stands in for kubelet, looking every 200 ms)",
+        }
     ));
     report.add(table);
     Ok(())

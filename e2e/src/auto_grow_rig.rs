@@ -307,8 +307,8 @@ pub async fn writer_scenario(rig: &mut Rig, mut node: swell_node::NodeConfig, gr
 }
 
 /// Calls NodeExpandVolume whenever the claim's capacity grew, as kubelet
-/// does at its sync of the pod, until `stopped`.
-async fn stand_in_kubelet(
+/// does at its sync of the pod (looking every 200 ms), until `stopped`.
+pub async fn stand_in_kubelet(
     mut node: NodeClient<Channel>,
     capacity: impl Fn() -> u64 + Send + 'static,
     id: VolumeId,
