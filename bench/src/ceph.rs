@@ -19,9 +19,11 @@ use crate::process::{ControllerArgs, Served};
 use crate::report::{Report, Samples, Table, mib, ms, ratio};
 use crate::scale::{self, Point};
 use crate::step::{BenchResult, at};
+use swell_e2e::auto_grow_rig::{Engine, FilesystemGrow};
 use swell_e2e::ceph::{self, TestCluster};
 use swell_rbd::test_util::OtherClient;
 use swell_storage::CephAccess;
+use swell_storage::rbd_attach::AttachMode;
 use swell_storage::units::MIB;
 
 /// The cluster id both drivers know the test cluster by.
@@ -147,6 +149,9 @@ pub(crate) async fn run(site: &Site, plan: &Plan, sections: &[&str], foreign: us
     if sections.contains(&"crowded") {
         crowded(site, plan, foreign, &mut report).await?;
     }
+    if sections.contains(&"auto-grow") {
+        auto_grow(site, plan, &mut report).await?;
+    }
     if sections.contains(&"scale") {
         site.new_pool("scale")?;
         let rig = site.rig(plan, "scale", &fresh(&plan.scratch.join("rbd-scale"))?, 19_874).roomy();
@@ -154,6 +159,39 @@ pub(crate) async fn run(site: &Site, plan: &Plan, sections: &[&str], foreign: us
         site.drop_pool("scale")?;
     }
     Ok((report, points))
+}
+
+/// Threshold crossed to filesystem grown on RBD, attached in this host's
+/// mode (as the e2e rig's node attaches it), in a pool of its own.
+async fn auto_grow(site: &Site, plan: &Plan, report: &mut Report) -> BenchResult<()> {
+    const POOL: &str = "grow";
+    if !swell_e2e::host::is_root() {
+        return Err("the auto-grow figure on rbd needs root (rbd-fuse or a mapped image, mounts)".into());
+    }
+    site.new_pool(POOL)?;
+    let (mode, named) = swell_e2e::rbd_rig::mode_under_test();
+    let mut rbd = swell_rbd::RbdConfig::with_access(site.access());
+    rbd.default_pool = POOL.to_owned();
+    let engine = move |dir: &Path| {
+        let mut parameters = swell_e2e::rbd_rig::attach_parameters(mode, named);
+        parameters.insert("pool".into(), POOL.into());
+        let opened = || -> Arc<dyn swell_storage::Backend> { Arc::new(swell_rbd::RbdBackend::new(rbd.clone()).expect("open the RBD backend")) };
+        Engine {
+            backends: swell_backends::BackendConfig {
+                local: swell_local::LocalConfig::new(dir.join("local"), dir.join("controller")),
+                rbd: Some(rbd.clone()),
+                default_backend: "rbd".into(),
+                call_deadline: Duration::from_secs(10),
+            },
+            webhook_facts: opened(),
+            store: opened(),
+            parameters,
+        }
+    };
+    let grow = if mode == AttachMode::FuseLoop { FilesystemGrow::ByKubelet } else { FilesystemGrow::ByTheNode };
+    let target = crate::auto_grow::Target { name: "rbd", engine: Box::new(engine), rbd: Some(site.access()), grow };
+    crate::auto_grow::crossing_to_grown(plan, plan.auto_grow.pace, target, report).await?;
+    site.drop_pool(POOL)
 }
 
 /// Figures 1 and 3 on RBD, interleaved run by run.

@@ -41,7 +41,8 @@ pub(crate) fn rig(plan: &Plan, dir: &Path, metrics_port: u16) -> Rig {
     }
 }
 
-fn fresh(dir: &Path) -> BenchResult<PathBuf> {
+/// `dir`, emptied or made.
+pub(crate) fn fresh(dir: &Path) -> BenchResult<PathBuf> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).map_err(at(format!("create {}", dir.display())))?;
     Ok(dir.to_owned())
@@ -62,6 +63,9 @@ pub(crate) async fn run(plan: &Plan, sections: &[&str]) -> BenchResult<(Report, 
         let node = if sections.contains(&"node") { node_figure(&rig, &served, plan, &mut report).await? } else { None };
         memory(&rig, &served, idle, storm, node, &mut report);
         served.stop().await;
+    }
+    if sections.contains(&"auto-grow") {
+        crate::auto_grow::run(plan, &plan.auto_grow, &mut report).await?;
     }
     if sections.contains(&"scale") {
         let rig = rig(plan, &fresh(&plan.scratch.join("local-scale"))?, 19_872).roomy();

@@ -22,15 +22,18 @@
 //! - [`figures`]: what both backends share: step costs, parallel expansions, storms.
 //! - [`scale`]: the same controller with 100, 1,000 and 10,000 volumes.
 //! - [`local`]: the local backend's figures and raw-file references.
+//! - [`auto_grow`]: usage reporting's cost per node, and threshold crossed
+//!   to filesystem grown beside a user's patch (local).
 //! - [`ceph`]: the RBD figures, with librbd, RADOS and the `rbd` CLI as references.
 //! - [`peer`]: ceph-csi beside Swell on one pool, every figure as a ratio.
 //! - [`chart`]: expand latency and RSS against volume count, as a PNG.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+mod auto_grow;
 #[cfg(feature = "rbd")]
 mod ceph;
 mod chart;
@@ -58,10 +61,17 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "local,rbd")]
     backends: Vec<String>,
     /// What to measure: figures (1-6), node (figure 2), crowded (a pool
-    /// full of other clients' images), scale, peer (ceph-csi beside Swell,
-    /// with --peer-cephcsi).
-    #[arg(long, value_delimiter = ',', default_value = "figures,node,crowded,scale,peer")]
+    /// full of other clients' images), auto-grow (local: usage reporting's
+    /// cost, crossing to grown), scale, peer (ceph-csi beside Swell, with
+    /// --peer-cephcsi).
+    #[arg(long, value_delimiter = ',', default_value = "figures,node,crowded,auto-grow,scale,peer")]
     sections: Vec<String>,
+    /// Volumes staged on the node whose usage reporting is measured (default 500; 4 with --short).
+    #[arg(long)]
+    usage_volumes: Option<usize>,
+    /// Seconds the node's CPU is measured, with reporting and without (default 60; 3 with --short).
+    #[arg(long)]
+    usage_window_secs: Option<u64>,
     /// Samples per figure (default 30; 3 with --short).
     #[arg(long)]
     runs: Option<usize>,
@@ -132,6 +142,11 @@ async fn main() -> Result<(), String> {
         label: controller_bin.display().to_string(),
         controller_bin,
         scratch: args.scratch.clone(),
+        auto_grow: auto_grow::AutoGrowPlan {
+            volumes: args.usage_volumes.unwrap_or(if args.short { 4 } else { 500 }).max(1),
+            window: Duration::from_secs(args.usage_window_secs.unwrap_or(if args.short { 3 } else { 60 })),
+            pace: if args.short { auto_grow::Pace::quick() } else { auto_grow::Pace::shipped() },
+        },
     };
     #[cfg(feature = "rbd")]
     let foreign = args.foreign.unwrap_or(if args.short { 100 } else { 5_000 });

@@ -21,6 +21,8 @@ pub(crate) struct Plan {
     pub label: String,
     /// Directory for scratch state (sparse files, sockets).
     pub scratch: PathBuf,
+    /// What the auto-grow section measures.
+    pub auto_grow: crate::auto_grow::AutoGrowPlan,
 }
 
 impl Plan {

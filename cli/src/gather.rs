@@ -15,6 +15,12 @@ use crate::error::CliError;
 /// Records read per call to a store.
 const PAGE: usize = 500;
 
+/// Auto-grow states read at once while listing (one read per volume).
+const AUTO_GROW_READS: usize = 8;
+
+/// A volume's auto-grow record and its node's last usage reading.
+pub(crate) type AutoGrowState = (Option<AutoGrowRecord>, Option<Usage>);
+
 /// One volume as [`Reader::one`] read it.
 pub(crate) struct One {
     pub kind: &'static str,
@@ -112,6 +118,35 @@ impl Reader {
             }
         }
         found
+    }
+
+    /// The auto-grow state of each of `ids` whose backend keeps one: one
+    /// read per volume, [`AUTO_GROW_READS`] at a time, each under the
+    /// backends' deadline. A read that fails is a problem; its volume is
+    /// shown without.
+    pub(crate) async fn auto_grow_states(&self, ids: Vec<VolumeId>, problems: &mut Vec<String>) -> HashMap<VolumeId, AutoGrowState> {
+        let mut ids = ids.into_iter().filter_map(|id| self.backends.for_volume(&id).filter(|b| b.keeps_auto_grow()).map(|b| (id, b.clone())));
+        let mut reads = tokio::task::JoinSet::new();
+        let mut states = HashMap::new();
+        loop {
+            while reads.len() < AUTO_GROW_READS
+                && let Some((id, backend)) = ids.next()
+            {
+                let backends = self.backends.clone();
+                reads.spawn(async move {
+                    let state = backends.call("read auto-grow state", &id.to_string(), backend.auto_grow(&id)).await;
+                    (id, state)
+                });
+            }
+            match reads.join_next().await {
+                None => return states,
+                Some(Ok((id, Ok(state)))) => {
+                    states.insert(id, state);
+                }
+                Some(Ok((id, Err(err)))) => problems.push(format!("auto-grow state of {id}: {err}")),
+                Some(Err(join)) => problems.push(format!("reading an auto-grow state: {join}")),
+            }
+        }
     }
 
     /// One volume, read now: its backend's kind, its size (`None`: the

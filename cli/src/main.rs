@@ -146,6 +146,9 @@ async fn volumes(common: &Common, progress: &ProgressBar) -> Shown {
     progress.set_message("opening the backends");
     let reader = Reader::open(&common.backend)?;
     let mut found = reader.everything(|step| progress.set_message(step)).await;
+    progress.set_message("reading auto-grow policies and usage");
+    let ids = found.volumes.iter().map(|(_, volume)| volume.id.clone()).collect();
+    let mut auto_grow = reader.auto_grow_states(ids, &mut found.problems).await;
     let (mut claims, kubernetes) = common.claims(progress).await;
     let now = now_unix();
     let mut views: Vec<VolumeView> = found
@@ -153,9 +156,10 @@ async fn volumes(common: &Common, progress: &ProgressBar) -> Shown {
         .into_iter()
         .map(|(kind, volume)| {
             let (record, unreadable) = (found.records.remove(&volume.id), found.unreadable.remove(&volume.id));
+            let (policy, usage) = auto_grow.remove(&volume.id).unwrap_or_default();
             let id = volume.id.to_string();
             let claim = claims.as_mut().and_then(|c| c.remove(&id));
-            let view = VolumeView::new(id, kind, Some(volume.size_bytes), record, claim, now, common.stuck_after());
+            let view = VolumeView::new(id, kind, Some(volume.size_bytes), record, claim, now, common.stuck_after()).growing_by_itself(policy, usage);
             let view = if found.recorded_sizes.contains(&kind) { view.recorded() } else { view };
             match unreadable {
                 Some(reason) => view.unreadable(reason),

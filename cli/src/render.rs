@@ -3,10 +3,10 @@
 use comfy_table::Table;
 use comfy_table::presets::NOTHING;
 use swell_k8s::quantity;
-use swell_storage::auto_grow::{Amount, AutoGrowRecord, Usage};
+use swell_storage::auto_grow::{Amount, AutoGrowPolicy, AutoGrowRecord, Usage};
 use swell_storage::expansion::now_unix;
 
-use crate::view::VolumeView;
+use crate::view::{NextGrow, VolumeView};
 
 /// A size as a Kubernetes quantity (exact: `20Gi`, `1500M`), `-` when unknown.
 pub(crate) fn size(bytes: Option<u64>) -> String {
@@ -33,7 +33,21 @@ fn table() -> Table {
 /// The volumes as a table, one row each.
 pub(crate) fn volumes(views: &[VolumeView]) -> String {
     let mut table = table();
-    table.set_header(["VOLUME", "BACKEND", "CLAIM", "REQUESTED", "DESIRED", "CURRENT", "STATE", "PENDING FOR", "LAST ERROR"]);
+    table.set_header([
+        "VOLUME",
+        "BACKEND",
+        "CLAIM",
+        "REQUESTED",
+        "DESIRED",
+        "CURRENT",
+        "STATE",
+        "PENDING FOR",
+        "LAST ERROR",
+        "AUTO-GROW",
+        "USAGE",
+        "NEXT GROW",
+    ]);
+    let now = now_unix();
     let mut recorded = false;
     for v in views {
         let claim = v.kubernetes.as_ref().and_then(|k| k.claim.clone()).unwrap_or_else(|| "-".into());
@@ -53,6 +67,9 @@ pub(crate) fn volumes(views: &[VolumeView]) -> String {
             v.state.name().to_owned(),
             v.pending_secs.map_or_else(|| "-".into(), duration),
             v.last_error.clone().unwrap_or_else(|| "-".into()),
+            v.auto_grow.as_ref().map_or_else(|| "-".into(), |r| policy_short(&r.policy)),
+            v.usage.as_ref().map_or_else(|| "-".into(), |u| usage_short(u, now)),
+            v.next_grow.map_or_else(|| "-".into(), next_grow),
         ]);
     }
     let mut text = table.trim_fmt();
@@ -119,8 +136,38 @@ fn auto_grow(r: &AutoGrowRecord) -> String {
     format!("{on}, below {} free{inodes}, by {}, up to {}, {claim}", amount(p.free_below), amount(p.step), size(Some(p.limit_bytes)))
 }
 
+/// The policy in a table cell: `on <30% free +50% max 640Mi`.
+fn policy_short(p: &AutoGrowPolicy) -> String {
+    let inodes = p.inodes_free_below_percent.map(|i| format!(" (<{i}% inodes)")).unwrap_or_default();
+    format!("{} <{} free{inodes} +{} max {}", if p.on { "on" } else { "off" }, amount(p.free_below), amount(p.step), size(Some(p.limit_bytes)))
+}
+
+/// The last reading in a table cell: `290Mi/300Mi 1m00s ago`.
+fn usage_short(u: &Usage, now: u64) -> String {
+    let age = duration(u.age_secs(now));
+    match u.skipped {
+        Some(_) => format!("skipped {age} ago"),
+        None => format!("{}/{} {age} ago", size(Some(u.bytes_used)), size(Some(u.bytes_total))),
+    }
+}
+
+/// When auto-grow next asks: `above 210Mi used: to 480Mi`.
+fn next_grow(next: NextGrow) -> String {
+    match next {
+        NextGrow::Off => "off (claim may turn on)".into(),
+        NextGrow::NoReading => "no reading yet".into(),
+        NextGrow::Skipped => "never: block volume".into(),
+        NextGrow::AtLimit => "never: at limit".into(),
+        NextGrow::Above { used_bytes, to_bytes } => format!("above {} used: to {}", size(Some(used_bytes)), size(Some(to_bytes))),
+        NextGrow::Now { to_bytes } => format!("now: to {}", size(Some(to_bytes))),
+    }
+}
+
 /// The last reading and its age at `now`.
 fn usage(u: &Usage, now: u64) -> String {
+    if let Some(skipped) = u.skipped {
+        return format!("none: skipped, {} (reported {} ago)", skipped.reason(), duration(u.age_secs(now)));
+    }
     format!(
         "{} of {} used, {} of {} inodes, read {} ago",
         size(Some(u.bytes_used)),
@@ -157,7 +204,12 @@ mod tests {
         };
         let record = AutoGrowRecord { policy, claim: Some(ClaimRef { namespace: "db".into(), name: "data".into() }) };
         assert_eq!(auto_grow(&record), "on, below 10% free (or 5% of inodes), by 5Gi, up to 50Gi, claim db/data");
-        let reading = Usage { bytes_used: 9 << 30, bytes_total: 10 << 30, inodes_used: 10, inodes_total: 100, read_unix: 1000 };
+        let reading = Usage { bytes_used: 9 << 30, bytes_total: 10 << 30, inodes_used: 10, inodes_total: 100, read_unix: 1000, skipped: None };
         assert_eq!(usage(&reading, 1192), "9Gi of 10Gi used, 10 of 100 inodes, read 3m12s ago");
+        let skipped = Usage::skipped(swell_storage::auto_grow::Skipped::BlockVolume, 1000);
+        assert_eq!(usage(&skipped, 1045), "none: skipped, a block volume has no filesystem whose usage its node could read (reported 45s ago)");
+        assert_eq!(policy_short(&record.policy), "on <10% free (<5% inodes) +5Gi max 50Gi");
+        assert_eq!(usage_short(&reading, 1192), "9Gi/10Gi 3m12s ago");
+        assert_eq!(next_grow(NextGrow::Above { used_bytes: 9 << 30, to_bytes: 15 << 30 }), "above 9Gi used: to 15Gi");
     }
 }

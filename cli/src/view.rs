@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use swell_storage::ExpansionRecord;
-use swell_storage::auto_grow::{AutoGrowRecord, Usage};
+use swell_storage::auto_grow::{AutoGrowPolicy, AutoGrowRecord, GRANULARITY, Growth, Usage};
 
 /// What Kubernetes says about a volume's claim.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -93,12 +93,54 @@ pub(crate) struct VolumeView {
     pub record: Option<ExpansionRecord>,
     /// The claim, when Kubernetes was asked and knows the volume.
     pub kubernetes: Option<Claim>,
-    /// Its auto-grow policy and claim, as stored (read for one volume only).
+    /// Its auto-grow policy and claim, as stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_grow: Option<AutoGrowRecord>,
-    /// Its node's last usage reading (read for one volume only).
+    /// Its node's last usage reading.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// When auto-grow next asks for more, with a policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_grow: Option<NextGrow>,
+}
+
+/// When auto-grow next raises a volume's claim, from its stored policy and
+/// its node's last reading. The claim's annotations, which only the
+/// controller reads, may make it later, smaller, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "when")]
+pub(crate) enum NextGrow {
+    /// Off unless the claim turns it on.
+    Off,
+    /// Its node has reported no reading (not staged, or not yet).
+    NoReading,
+    /// Its node reads no usage of it (a block volume).
+    Skipped,
+    /// At its limit: it grows no more.
+    AtLimit,
+    /// Once more than `used_bytes` are used, to `to_bytes`.
+    Above { used_bytes: u64, to_bytes: u64 },
+    /// Across its threshold now: to `to_bytes` at the controller's next look.
+    Now { to_bytes: u64 },
+}
+
+impl NextGrow {
+    /// For a volume of `size` bytes (the larger of the backend's size and
+    /// the claim's request, as the controller steps from) under `policy`.
+    fn of(policy: &AutoGrowPolicy, usage: Option<&Usage>, size: u64) -> NextGrow {
+        if !policy.on {
+            return NextGrow::Off;
+        }
+        let Some(usage) = usage else { return NextGrow::NoReading };
+        if usage.skipped.is_some() {
+            return NextGrow::Skipped;
+        }
+        let Growth::To(to_bytes) = policy.growth(size, GRANULARITY) else { return NextGrow::AtLimit };
+        if policy.crossed(usage).is_some() {
+            return NextGrow::Now { to_bytes };
+        }
+        NextGrow::Above { used_bytes: usage.bytes_total.saturating_sub(policy.free_below.of(usage.bytes_total)), to_bytes }
+    }
 }
 
 impl VolumeView {
@@ -140,6 +182,7 @@ impl VolumeView {
             kubernetes,
             auto_grow: None,
             usage: None,
+            next_grow: None,
         }
     }
 }
@@ -152,8 +195,11 @@ impl VolumeView {
         self
     }
 
-    /// The same view with its auto-grow record and last usage reading.
+    /// The same view with its auto-grow record, last usage reading, and
+    /// when it next grows.
     pub(crate) fn growing_by_itself(mut self, auto_grow: Option<AutoGrowRecord>, usage: Option<Usage>) -> Self {
+        let size = self.current_bytes.max(self.requested_bytes).unwrap_or(0);
+        self.next_grow = auto_grow.as_ref().map(|record| NextGrow::of(&record.policy, usage.as_ref(), size));
         self.auto_grow = auto_grow;
         self.usage = usage;
         self
@@ -170,7 +216,8 @@ impl VolumeView {
 mod tests {
     use super::*;
 
-    use swell_storage::units::GIB;
+    use swell_storage::auto_grow::{Amount, Skipped};
+    use swell_storage::units::{GIB, MIB};
     const NOW: u64 = 1_000_000;
     const STUCK: Duration = Duration::from_secs(600);
 
@@ -200,5 +247,24 @@ mod tests {
         assert_eq!(state(Some(2 * GIB), Some(grown.clone()), Some(claim(2 * GIB, GIB))), (State::NodeExpanding, None));
         assert_eq!(state(Some(2 * GIB), Some(grown.clone()), Some(claim(2 * GIB, 2 * GIB))), (State::Settled, None));
         assert_eq!(state(None, Some(grown), None), (State::Missing, None));
+    }
+
+    #[test]
+    fn the_next_grow_follows_from_the_policy_the_reading_and_the_size() {
+        let policy =
+            AutoGrowPolicy { on: true, free_below: Amount::Percent(30), inodes_free_below_percent: None, step: Amount::Percent(50), limit_bytes: 640 * MIB };
+        let reading = |used| Usage { bytes_used: used, bytes_total: 300 * MIB, inodes_used: 1, inodes_total: 100, read_unix: 0, skipped: None };
+        let next = |p: &AutoGrowPolicy, usage: Option<Usage>, size| NextGrow::of(p, usage.as_ref(), size);
+        assert_eq!(next(&policy, Some(reading(100 * MIB)), 320 * MIB), NextGrow::Above { used_bytes: 210 * MIB, to_bytes: 480 * MIB });
+        assert_eq!(next(&policy, Some(reading(211 * MIB)), 320 * MIB), NextGrow::Now { to_bytes: 480 * MIB });
+        assert_eq!(next(&policy, Some(reading(100 * MIB)), 480 * MIB), NextGrow::Above { used_bytes: 210 * MIB, to_bytes: 640 * MIB }, "only to the limit");
+        assert_eq!(next(&policy, Some(reading(299 * MIB)), 640 * MIB), NextGrow::AtLimit);
+        assert_eq!(next(&policy, None, 320 * MIB), NextGrow::NoReading);
+        assert_eq!(next(&policy, Some(Usage::skipped(Skipped::BlockVolume, 0)), 320 * MIB), NextGrow::Skipped);
+        assert_eq!(next(&AutoGrowPolicy { on: false, ..policy }, Some(reading(299 * MIB)), 320 * MIB), NextGrow::Off);
+        let record = AutoGrowRecord { policy, claim: None };
+        let claimed = VolumeView::new("local:aa".into(), "local", Some(320 * MIB), None, Some(claim(480 * MIB, 320 * MIB)), NOW, STUCK);
+        let view = claimed.growing_by_itself(Some(record), Some(reading(100 * MIB)));
+        assert_eq!(view.next_grow, Some(NextGrow::Above { used_bytes: 210 * MIB, to_bytes: 640 * MIB }), "steps from the claim's larger request");
     }
 }

@@ -21,17 +21,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use swell_backends::Backends;
-use swell_storage::auto_grow::{AutoGrowRecord, Crossed, Growth, Usage};
+use swell_storage::auto_grow::{AutoGrowRecord, Crossed, GRANULARITY, Growth, Usage};
 use swell_storage::expansion::now_unix;
-use swell_storage::units::MIB;
 use swell_storage::{Backend, VolumeId};
 
 use crate::auto_grow::with_claim;
 use crate::claims::{Claims, ClaimsError, EventType, KubeClaims, Regarding};
 use crate::error::ControllerError;
-
-/// Sizes auto-grow asks for are whole MiB, as CreateVolume allocates.
-const GRANULARITY: u64 = MIB;
 
 /// How auto-grow paces itself.
 #[derive(Debug, Clone)]
@@ -76,6 +72,9 @@ pub enum Outcome {
     InFlight,
     /// The usage is no longer across the threshold.
     NotCrossed,
+    /// Its node reads no usage of the volume (a block volume); the claim
+    /// was told once.
+    Skipped,
     /// Auto-grow is off for the volume (its claim turned it off), or the
     /// volume, its record or its claim is gone.
     Off(&'static str),
@@ -95,13 +94,14 @@ impl Outcome {
             Outcome::Refused(_) => Some("refused"),
             Outcome::Failed(_) => Some("failed"),
             Outcome::Stale => Some("stale"),
+            Outcome::Skipped => Some("skipped"),
             _ => None,
         }
     }
 
     /// Whether the volume's mark is taken away: its wish was dealt with.
     fn settles(&self) -> bool {
-        matches!(self, Outcome::Grown(..) | Outcome::AtLimit | Outcome::NotCrossed | Outcome::Off(_))
+        matches!(self, Outcome::Grown(..) | Outcome::AtLimit | Outcome::NotCrossed | Outcome::Skipped | Outcome::Off(_))
     }
 
     /// Whether the next look waits out a backoff.
@@ -126,7 +126,7 @@ impl AutoGrowMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "swell_auto_grows",
-            "Auto-grow decisions on volumes whose usage crossed their threshold, by outcome (grown, at_limit, no_room, refused, failed, stale).",
+            "Auto-grow decisions on volumes whose usage crossed their threshold, by outcome (grown, at_limit, no_room, refused, failed, stale, skipped).",
             self.decisions.clone(),
         );
         registry.register("swell_auto_grow_volumes_at_limit", "Volumes across their auto-grow threshold that are at their limit.", self.at_limit.clone());
@@ -254,7 +254,9 @@ impl AutoGrower {
         }
         let now = now_unix();
         let last_grown = record.as_ref().map_or(0, |r| r.updated_unix);
-        let Some(usage) = usage.filter(|u| u.age_secs(now) <= self.config.usage_max_age.as_secs() && u.read_unix >= last_grown) else {
+        // A skip is no reading: it holds until the volume is gone.
+        let fresh = |u: &Usage| u.skipped.is_some() || (u.age_secs(now) <= self.config.usage_max_age.as_secs() && u.read_unix >= last_grown);
+        let Some(usage) = usage.filter(fresh) else {
             tracing::debug!(volume.id = %id, "auto-grow: no usage reading fresh enough to decide on");
             return Ok(Outcome::Stale);
         };
@@ -270,6 +272,11 @@ impl AutoGrower {
             self.tell(id, about, EventType::Warning, "AutoGrowAnnotationIgnored", &message, &message).await;
         }
         let Some(policy) = policy.filter(|p| p.on) else { return Ok(Outcome::Off("auto-grow off for this claim")) };
+        if let Some(skipped) = usage.skipped {
+            let message = format!("auto-grow skips this volume: {}", skipped.reason());
+            self.tell(id, about, EventType::Warning, "AutoGrowSkipped", &message, "skipped").await;
+            return Ok(Outcome::Skipped);
+        }
         let Some(crossed) = policy.crossed(&usage) else { return Ok(Outcome::NotCrossed) };
         if view.resizing() {
             return Ok(Outcome::InFlight);

@@ -97,6 +97,15 @@ impl StandInApiServer {
         self.state.lock().cluster = cluster;
     }
 
+    /// Raises claim `namespace/name`'s storage request to `bytes` as a user's
+    /// `kubectl patch pvc` would: asking the webhook, then resizing.
+    pub async fn patch_request(&self, namespace: &str, name: &str, bytes: u64) -> Result<(), String> {
+        let cluster = self.state.lock().cluster.clone();
+        let body = json!({"spec": {"resources": {"requests": {"storage": bytes.to_string()}}}}).to_string();
+        let answer = patch(&self.state, &cluster, namespace, name, body.as_bytes()).await;
+        if answer.status() == StatusCode::OK { Ok(()) } else { Err(format!("patching {namespace}/{name} to {bytes} bytes: HTTP {}", answer.status())) }
+    }
+
     /// Writes a kubeconfig naming this server, with no credentials.
     pub fn write_kubeconfig(&self, path: &Path) {
         let text = format!(

@@ -17,6 +17,8 @@ use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
 use swell_backends::{BackendConfig, Backends};
 use swell_controller::{AutoGrowConfig, AutoGrower, ControllerConfig, ReconcilerConfig};
+use swell_local::{LocalBackend, LocalConfig};
+use swell_storage::auto_grow::Skipped;
 use swell_storage::units::MIB;
 use swell_storage::{Backend, VolumeId};
 use swell_webhook::{BackendFacts, Limits, Policy, Webhook};
@@ -49,6 +51,21 @@ pub struct Engine {
     pub parameters: HashMap<String, String>,
 }
 
+/// The local backend in `dir/local` (records in `dir/controller`): the
+/// controller's, promising at most `capacity` bytes, and the webhook's view
+/// of the same store, holding `webhook_capacity` (as a webhook reading
+/// another moment of a shared pool would see it; default: `capacity`).
+pub fn local_engine(dir: &Path, capacity: Option<u64>, webhook_capacity: Option<u64>) -> Engine {
+    let config = |capacity_bytes| LocalConfig { capacity_bytes, ..LocalConfig::new(dir.join("local"), dir.join("controller")) };
+    let opened = |capacity| -> Arc<dyn Backend> { Arc::new(LocalBackend::open(&config(capacity)).expect("open the local backend")) };
+    Engine {
+        backends: BackendConfig::local(config(capacity)),
+        webhook_facts: opened(webhook_capacity.or(capacity)),
+        store: opened(capacity),
+        parameters: HashMap::new(),
+    }
+}
+
 /// A controller with auto-grow, the stand-in API server it patches claims
 /// on, and the real webhook that server asks.
 pub struct Rig {
@@ -76,6 +93,12 @@ impl Rig {
     /// A rig whose engine `engine` makes in the rig's directory, deciding
     /// on readings at most `usage_max_age` old.
     pub async fn start(usage_max_age: Duration, engine: impl FnOnce(&Path) -> Engine) -> Rig {
+        Rig::start_with(grower_config(usage_max_age), engine).await
+    }
+
+    /// A rig whose engine `engine` makes in the rig's directory, its
+    /// controller's auto-grow paced by `grower`.
+    pub async fn start_with(grower: AutoGrowConfig, engine: impl FnOnce(&Path) -> Engine) -> Rig {
         crate::logs::log_when_asked();
         let tmp = tempfile::Builder::new().prefix("swell-auto-grow-").tempdir_in("/var/tmp").expect("temp dir under /var/tmp");
         let dir = tmp.path().to_owned();
@@ -86,7 +109,7 @@ impl Rig {
         let config = ControllerConfig { driver_name: DRIVER.to_owned(), backends, reconciler: ReconcilerConfig::default() };
         let controller = swell_controller::build(&config).expect("controller builds");
         let kube = swell_controller::kube_client(Some(&kubeconfig)).await.expect("a client of the stand-in");
-        let grower = controller.auto_grower(kube, grower_config(usage_max_age));
+        let grower = controller.auto_grower(kube, grower);
         let served = ControllerUnderTest::serve(&dir, controller).await.expect("serve the controller");
         let pvs = Arc::new(FixedVolumes::default());
         let webhook = Webhook {
@@ -150,6 +173,18 @@ impl Rig {
         sample(&scrape(self.served.0.metrics).await, name)
     }
 
+    /// The claim uids of the `AutoGrowSkipped` Events posted so far, each
+    /// checked to say why.
+    pub fn skip_events(&self) -> Vec<String> {
+        let skips = self.api.events().into_iter().zip(self.api.event_uids()).filter(|((reason, _), _)| reason == "AutoGrowSkipped");
+        skips
+            .map(|((_, message), uid)| {
+                assert!(message.contains(Skipped::BlockVolume.reason()), "the skip Event says why: {message}");
+                uid
+            })
+            .collect()
+    }
+
     /// The reasons of the Events posted so far.
     pub fn reasons(&self) -> Vec<String> {
         self.api.events().into_iter().map(|(reason, _)| reason).collect()
@@ -210,7 +245,7 @@ pub enum FilesystemGrow {
 /// if the volume grows in time, twice (480 MiB, then the 640 MiB limit).
 /// It must never see an error; the claim is patched exactly to 480 MiB and
 /// then 640 MiB, nothing past the limit; the at-limit Event is told once;
-/// the block volume is never reported nor grown.
+/// the block volume is never grown, and its claim told once that it is skipped.
 pub async fn writer_scenario(rig: &mut Rig, mut node: swell_node::NodeConfig, grow: FilesystemGrow) {
     let id = rig.claim("data", 320 * MIB, &CLASS, &[], false).await;
     let block = rig.claim("raw", 320 * MIB, &CLASS, &[], true).await;
@@ -261,8 +296,9 @@ pub async fn writer_scenario(rig: &mut Rig, mut node: swell_node::NodeConfig, gr
     assert_eq!(rig.metric(r#"swell_auto_grows_total{outcome="grown"}"#).await, 2.0);
     assert_eq!(rig.metric("swell_auto_grow_volumes_at_limit").await, 1.0);
     let (_, block_usage) = rig.store.auto_grow(&block).await.expect("read the block volume's auto-grow state");
-    assert_eq!(block_usage, None, "a block volume has no usage to report");
+    assert_eq!(block_usage.and_then(|u| u.skipped), Some(Skipped::BlockVolume), "the block volume's skip is recorded, not a reading");
     assert_eq!(rig.request_of("raw"), 320 * MIB, "the block volume was left alone");
+    assert_eq!(rig.skip_events(), vec!["uid-raw".to_owned()], "one skip Event on the block volume's claim over every pass: {:?}", rig.api.events());
 
     client.node_unpublish_volume(requests::unpublish(&id.to_string(), &target)).await.expect("unpublish");
     client.node_unstage_volume(requests::unstage(&id.to_string(), &staging)).await.expect("unstage");
@@ -271,8 +307,8 @@ pub async fn writer_scenario(rig: &mut Rig, mut node: swell_node::NodeConfig, gr
 }
 
 /// Calls NodeExpandVolume whenever the claim's capacity grew, as kubelet
-/// does at its sync of the pod, until `stopped`.
-async fn stand_in_kubelet(
+/// does at its sync of the pod (looking every 200 ms), until `stopped`.
+pub async fn stand_in_kubelet(
     mut node: NodeClient<Channel>,
     capacity: impl Fn() -> u64 + Send + 'static,
     id: VolumeId,

@@ -12,18 +12,19 @@
 
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use swell_backends::BackendConfig;
-use swell_controller::{AutoGrowOutcome, ControllerConfig, ReconcilerConfig};
-use swell_e2e::auto_grow_rig::{CLASS, Engine, FilesystemGrow, Rig, grower_config, until, writer_scenario};
+use swell_controller::{AutoGrowOutcome, AutoGrower, ControllerConfig, ReconcilerConfig};
+use swell_e2e::auto_grow_rig::{CLASS, FilesystemGrow, Rig, grower_config, local_engine, until, writer_scenario};
+use swell_e2e::harness::NodeUnderTest;
 use swell_e2e::host;
 use swell_e2e::process::built_binary;
+use swell_e2e::requests;
 use swell_e2e::webhook::DRIVER;
-use swell_local::{LocalBackend, LocalConfig};
+use swell_local::LocalConfig;
 use swell_storage::VolumeId;
-use swell_storage::auto_grow::Usage;
+use swell_storage::auto_grow::{Skipped, Usage};
 use swell_storage::expansion::now_unix;
 use swell_storage::units::MIB;
 use tokio::sync::Mutex;
@@ -68,17 +69,7 @@ impl Default for Options {
 
 impl LocalRig {
     async fn start(options: Options) -> LocalRig {
-        let rig = Rig::start(options.usage_max_age, |dir| {
-            let config = |capacity_bytes| LocalConfig { capacity_bytes, ..LocalConfig::new(dir.join("local"), dir.join("controller")) };
-            let opened = |capacity| -> Arc<dyn swell_storage::Backend> { Arc::new(LocalBackend::open(&config(capacity)).unwrap()) };
-            Engine {
-                backends: BackendConfig::local(config(options.capacity)),
-                webhook_facts: opened(options.webhook_capacity.or(options.capacity)),
-                store: opened(options.capacity),
-                parameters: Default::default(),
-            }
-        })
-        .await;
+        let rig = Rig::start(options.usage_max_age, |dir| local_engine(dir, options.capacity, options.webhook_capacity)).await;
         let local_state = rig.dir.join("local");
         LocalRig { rig, local_state }
     }
@@ -86,9 +77,23 @@ impl LocalRig {
     /// Writes what the node would: a reading `age` old with `free` of
     /// `total` bytes free, and the mark.
     fn node_reports(&self, id: &VolumeId, total: u64, free: u64, age: Duration) {
-        let usage = Usage { bytes_used: total - free, bytes_total: total, inodes_used: 10, inodes_total: 10_000, read_unix: now_unix() - age.as_secs() };
+        let usage =
+            Usage { bytes_used: total - free, bytes_total: total, inodes_used: 10, inodes_total: 10_000, read_unix: now_unix() - age.as_secs(), skipped: None };
         swell_local::auto_grow::write_usage(&self.local_state, id, &usage).unwrap();
         swell_local::auto_grow::mark_wanted(&self.local_state, id).unwrap();
+    }
+
+    /// The auto-grow of another controller process over the same state,
+    /// patching the same API server.
+    async fn second_grower(&self) -> AutoGrower {
+        let kubeconfig = self.dir.join("kubeconfig");
+        swell_controller::build(&ControllerConfig {
+            driver_name: DRIVER.to_owned(),
+            backends: BackendConfig::local(LocalConfig::new(&self.local_state, self.dir.join("controller"))),
+            reconciler: ReconcilerConfig::default(),
+        })
+        .unwrap()
+        .auto_grower(swell_controller::kube_client(Some(&kubeconfig)).await.unwrap(), grower_config(Duration::from_secs(60)))
     }
 
     /// What `swell ARGS` prints about the rig's state.
@@ -118,19 +123,49 @@ async fn a_writer_filling_xfs_gets_it_grown_to_its_limit_never_past_it_and_never
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_volume_is_skipped_with_one_event_on_its_claim_across_restages_and_controller_restarts() {
+    if host::cannot_run("auto_grow_block_volume_skipped", false, &["losetup"]) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut rig = LocalRig::start(Options::default()).await;
+    let id = rig.claim("raw", 320 * MIB, &CLASS, &[], true).await;
+    let staging = rig.dir.join("block-staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let staging = staging.display().to_string();
+    // Each round: a node started afresh stages the volume and reports for
+    // a while, a controller started afresh makes its passes, and the node
+    // unstages: what is remembered is what the store holds.
+    for round in 0..2 {
+        let mut node = swell_node::NodeConfig::new("auto-grow-node");
+        node.state_dir = rig.dir.join("node");
+        node.local_state_dir = rig.local_state.clone();
+        node.usage_report = Some(Duration::from_millis(300));
+        let served = NodeUnderTest::serve(&rig.dir.join("node.sock"), &node).await.unwrap();
+        let mut client = served.client.clone();
+        client.node_stage_volume(rig.stage(&id, &staging, true)).await.unwrap();
+        // Several of the node's passes (one each 100 ms).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let controller = rig.second_grower().await;
+        let outcomes = [controller.pass().await, controller.pass().await];
+        let expected: [Vec<(VolumeId, AutoGrowOutcome)>; 2] =
+            if round == 0 { [vec![(id.clone(), AutoGrowOutcome::Skipped)], vec![]] } else { [vec![], vec![]] };
+        assert_eq!(outcomes, expected, "round {round}: marked once per volume, settled by the first pass");
+        client.node_unstage_volume(requests::unstage(&id.to_string(), &staging)).await.unwrap();
+        drop(served);
+    }
+    assert_eq!(rig.skip_events(), vec!["uid-raw".to_owned()], "{:?}", rig.api.events());
+    let (_, usage) = rig.store.auto_grow(&id).await.unwrap();
+    assert_eq!(usage.and_then(|u| u.skipped), Some(Skipped::BlockVolume));
+    assert_eq!(rig.request_of("raw"), 320 * MIB, "nothing asked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_controllers_looking_at_one_crossed_volume_grow_it_once() {
     let _serial = SERIAL.lock().await;
     let mut rig = LocalRig::start(Options::default()).await;
     let id = rig.claim("twice", 320 * MIB, &CLASS, &[], false).await;
-    // A second controller process over the same state, patching the same API server.
-    let kubeconfig = rig.dir.join("kubeconfig");
-    let second = swell_controller::build(&ControllerConfig {
-        driver_name: DRIVER.to_owned(),
-        backends: BackendConfig::local(LocalConfig::new(&rig.local_state, rig.dir.join("controller"))),
-        reconciler: ReconcilerConfig::default(),
-    })
-    .unwrap()
-    .auto_grower(swell_controller::kube_client(Some(&kubeconfig)).await.unwrap(), grower_config(Duration::from_secs(60)));
+    let second = rig.second_grower().await;
     rig.node_reports(&id, 300 * MIB, 30 * MIB, Duration::ZERO);
     let (one, two) = tokio::join!(rig.grower.pass(), second.pass());
     let grown = one.iter().chain(&two).filter(|(_, o)| matches!(o, AutoGrowOutcome::Grown(..))).count();
@@ -158,6 +193,42 @@ async fn a_reading_older_than_the_bound_decides_nothing() {
     // A fresh reading decides.
     rig.node_reports(&id, 300 * MIB, 10 * MIB, Duration::ZERO);
     assert_eq!(rig.grower.pass().await, vec![(id, AutoGrowOutcome::Grown(320 * MIB, 480 * MIB))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swell_volumes_lists_each_volumes_policy_last_usage_and_next_grow() {
+    let _serial = SERIAL.lock().await;
+    let mut rig = LocalRig::start(Options::default()).await;
+    let calm = rig.claim("calm", 320 * MIB, &CLASS, &[], false).await;
+    let full = rig.claim("full", 320 * MIB, &CLASS, &[], false).await;
+    let unread = rig.claim("unread", 320 * MIB, &CLASS, &[], false).await;
+    let plain = rig.claim("plain", 320 * MIB, &[], &[], false).await;
+    rig.node_reports(&calm, 300 * MIB, 200 * MIB, Duration::from_secs(60));
+    rig.node_reports(&full, 300 * MIB, 10 * MIB, Duration::ZERO);
+
+    let text = rig.swell(&["volumes", "--kubernetes=never"]).await;
+    let row =
+        |id: &VolumeId| text.lines().find(|l| l.trim_start().starts_with(&id.to_string())).unwrap_or_else(|| panic!("no row of {id}:\n{text}")).to_owned();
+    let header = text.lines().next().unwrap();
+    assert!(header.contains("AUTO-GROW") && header.contains("USAGE") && header.contains("NEXT GROW"), "{text}");
+    let policy = "on <30% free +50% max 640Mi";
+    for (id, usage, next) in
+        [(&calm, "100Mi/300Mi 1m", "above 210Mi used: to 480Mi"), (&full, "290Mi/300Mi 0s ago", "now: to 480Mi"), (&unread, "-", "no reading yet")]
+    {
+        let row = row(id);
+        assert!(row.contains(policy) && row.contains(usage) && row.ends_with(next), "{id}: {row}");
+    }
+    let plain_row = row(&plain);
+    let last_three: Vec<&str> = plain_row.split_whitespace().rev().take(3).collect();
+    assert_eq!(last_three, ["-"; 3], "no policy: {plain_row}");
+
+    let json: serde_json::Value = serde_json::from_str(&rig.swell(&["volumes", "--kubernetes=never", "-o", "json"]).await).unwrap();
+    let volume = |id: &VolumeId| json["volumes"].as_array().unwrap().iter().find(|v| v["volume_id"] == id.to_string()).unwrap().clone();
+    assert_eq!(volume(&calm)["next_grow"], serde_json::json!({ "when": "above", "used_bytes": 210 * MIB, "to_bytes": 480 * MIB }));
+    assert_eq!(volume(&full)["usage"]["bytes_used"], 290 * MIB);
+    assert_eq!(volume(&full)["auto_grow"]["policy"]["limit_bytes"], 640 * MIB);
+    assert_eq!(volume(&plain).get("next_grow"), None);
+    assert_eq!(json["problems"], serde_json::json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,7 +63,7 @@ fn as_node(env: &ClusterEnv, keyring: &Path, tool: &str, args: &[&str]) -> Strin
 /// Writes what the node writes for a reading with `free` of `total` bytes
 /// free: the usage into the image's metadata, then the mark.
 fn node_reports(env: &ClusterEnv, keyring: &Path, id: &VolumeId, total: u64, free: u64) -> Usage {
-    let usage = Usage { bytes_used: total - free, bytes_total: total, inodes_used: 10, inodes_total: 10_000, read_unix: now_unix() };
+    let usage = Usage { bytes_used: total - free, bytes_total: total, inodes_used: 10, inodes_total: 10_000, read_unix: now_unix(), skipped: None };
     let volume = rbd_rig::location_of(&id.to_string());
     as_node(env, keyring, "rbd", &["image-meta", "set", &volume.spec(), USAGE_META, &serde_json::to_string(&usage).unwrap()]);
     as_node(env, keyring, "rados", &["-p", &volume.pool, "setomapval", WANTED_OBJECT, &volume.image, &usage.read_unix.to_string()]);

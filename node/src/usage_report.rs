@@ -11,15 +11,16 @@
 //! volume crosses its threshold, which also marks it as wanting to grow.
 //! The policy is read once per staging (it is stored at CreateVolume,
 //! before any stage), so a volume without one costs one read per staging
-//! and no write. Block volumes have no filesystem to read: not reported.
+//! and no write. Block volumes have no filesystem to read: the skip is
+//! written (and marked) once per volume instead of a reading, so the
+//! controller tells the claim once.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use swell_storage::VolumeId;
-use swell_storage::auto_grow::{AutoGrowPolicy, AutoGrowRecord, Usage};
+use swell_storage::auto_grow::{AutoGrowPolicy, Skipped, Usage};
 use swell_storage::expansion::now_unix;
 use tokio::time::Instant;
 
@@ -29,32 +30,6 @@ use crate::staged_passes::{self, StagedPass};
 use crate::staging::Access;
 use crate::stats;
 use crate::usage_store::UsageStore;
-
-/// A write to the state directory that takes longer is given up (and
-/// tried at the next pass): a wedged disk must not wedge the reporter.
-const WRITE_DEADLINE: Duration = Duration::from_secs(10);
-
-/// A local volume's store: files in the state directory it is attached from.
-struct LocalStore {
-    state_dir: PathBuf,
-}
-
-#[async_trait::async_trait]
-impl UsageStore for LocalStore {
-    async fn record(&self, volume: &VolumeId) -> Result<Option<AutoGrowRecord>, NodeError> {
-        let (state_dir, id) = (self.state_dir.clone(), volume.clone());
-        blocking("read auto-grow policy", volume, move || swell_local::auto_grow::read_record(&state_dir, &id)).await
-    }
-
-    async fn write_usage(&self, volume: &VolumeId, usage: &Usage, mark: bool) -> Result<(), NodeError> {
-        let (state_dir, id, usage) = (self.state_dir.clone(), volume.clone(), *usage);
-        blocking("write usage", volume, move || {
-            swell_local::auto_grow::write_usage(&state_dir, &id, &usage)?;
-            if mark { swell_local::auto_grow::mark_wanted(&state_dir, &id) } else { Ok(()) }
-        })
-        .await
-    }
-}
 
 /// What the reporter remembers of a volume between passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,17 +69,8 @@ impl StagedPass for Reporter {
     const NAME: &'static str = "usage report";
 
     async fn visit(&self, ctx: &NodeContext, volume: &VolumeId, watched: &mut HashMap<VolumeId, Watched>) {
-        let local;
-        let store: &dyn UsageStore = if volume.backend() == swell_local::KIND {
-            local = LocalStore { state_dir: ctx.config.local_state_dir.clone() };
-            &local
-        } else {
-            match ctx.attachers.usage_store(volume) {
-                Ok(store) => store,
-                // Staged here, so its backend is served here; nothing to report otherwise.
-                Err(_) => return,
-            }
-        };
+        // Staged here, so its backend is served here; nothing to report otherwise.
+        let Ok(store) = ctx.attachers.usage_store(volume) else { return };
         if let Err(e) = report(ctx, store, volume, self.min_gap, watched).await {
             tracing::warn!(%volume, error = %e.full_message(), "usage report failed; tried again next pass");
         }
@@ -125,8 +91,9 @@ async fn report(
         None => {
             let mut policy = store.record(volume).await?.map(|record| record.policy);
             if policy.is_some() && !matches!(record.access, Access::Mount { .. }) {
-                // Said once per staging (the entry goes when it is unstaged).
-                tracing::warn!(%volume, "auto-grow skipped: a block volume has no filesystem whose usage the node could read");
+                // Logged once per staging (the entry goes when it is unstaged).
+                tracing::warn!(%volume, "auto-grow skipped: {}", Skipped::BlockVolume.reason());
+                report_skip(store, volume, Skipped::BlockVolume).await?;
                 policy = None;
             }
             let kept = Watched { policy, last: None };
@@ -136,7 +103,8 @@ async fn report(
     };
     let Some(policy) = kept.policy else { return Ok(()) };
     let stats::Usage::Filesystem { bytes, inodes } = stats::filesystem_usage(record.staging_path.clone()).await? else { return Ok(()) };
-    let usage = Usage { bytes_used: bytes.used, bytes_total: bytes.total, inodes_used: inodes.used, inodes_total: inodes.total, read_unix: now_unix() };
+    let usage =
+        Usage { bytes_used: bytes.used, bytes_total: bytes.total, inodes_used: inodes.used, inodes_total: inodes.total, read_unix: now_unix(), skipped: None };
     // Measured against the class's threshold even where the class leaves
     // auto-grow off: a claim may turn it on, which only the controller reads.
     let crossed = AutoGrowPolicy { on: true, ..policy }.crossed(&usage).is_some();
@@ -152,6 +120,16 @@ async fn report(
     Ok(())
 }
 
+/// Writes and marks that `volume` is skipped, unless its store says so
+/// already: the controller's Event on the claim is posted once per volume,
+/// not once per staging or node restart.
+async fn report_skip(store: &dyn UsageStore, volume: &VolumeId, why: Skipped) -> Result<(), NodeError> {
+    if store.usage(volume).await?.and_then(|usage| usage.skipped) == Some(why) {
+        return Ok(());
+    }
+    store.write_usage(volume, &Usage::skipped(why, now_unix()), true).await
+}
+
 /// Whether reading `now` is written (`None`: not), and whether with the
 /// mark: the first one, one `min_gap` after the last, and at once, marked,
 /// one that crosses the threshold or is still across it after the
@@ -162,19 +140,6 @@ fn due(before: Option<Reported>, now: Reported, min_gap: Duration) -> Option<boo
     let crossing = now.crossed && before.is_none_or(|b| !b.crossed || now.bytes_total != b.bytes_total);
     let gap_over = before.is_none_or(|b| now.at.duration_since(b.at) >= min_gap);
     (crossing || gap_over).then_some(crossing)
-}
-
-async fn blocking<T: Send + 'static>(
-    step: &'static str,
-    volume: &VolumeId,
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, NodeError> {
-    let step = format!("{step} of {volume}");
-    match tokio::time::timeout(WRITE_DEADLINE, tokio::task::spawn_blocking(work)).await {
-        Err(_) => Err(NodeError::Timeout { step, after: WRITE_DEADLINE }),
-        Ok(Err(join)) => Err(NodeError::WorkerFailed { step, reason: join.to_string() }),
-        Ok(Ok(result)) => result.map_err(|e| NodeError::io(&step, e)),
-    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ pub(crate) trait UsageStore: Send + Sync {
     /// The volume's stored auto-grow record, `None` without one.
     async fn record(&self, volume: &VolumeId) -> Result<Option<AutoGrowRecord>, NodeError>;
 
+    /// The usage last written for the volume, `None` without one.
+    async fn usage(&self, volume: &VolumeId) -> Result<Option<Usage>, NodeError>;
+
     /// Writes the reading, then, when `mark`, the volume's mark: the
     /// controller reads the usage it finds marked, so the usage is there first.
     async fn write_usage(&self, volume: &VolumeId, usage: &Usage, mark: bool) -> Result<(), NodeError>;

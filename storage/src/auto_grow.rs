@@ -22,6 +22,11 @@ pub mod rbd {
     pub const WANTED_OBJECT: &str = "swell.auto-grow.wanted";
 }
 
+/// Sizes auto-grow asks for are whole multiples of this (a MiB, as
+/// CreateVolume allocates): the controller's steps, and what `swell` says
+/// the next step will be.
+pub const GRANULARITY: u64 = crate::units::MIB;
+
 /// A share of a total, in whole percent, or a byte count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,9 +98,35 @@ pub struct Usage {
     pub inodes_total: u64,
     /// When it was read, seconds since the epoch.
     pub read_unix: u64,
+    /// Set when the node can read no usage of the volume (the counts are
+    /// then 0): why, so the controller tells the claim instead of waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<Skipped>,
+}
+
+/// Why a volume's node reports no usage of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Skipped {
+    /// A raw block volume: no filesystem whose usage the node could read.
+    BlockVolume,
+}
+
+impl Skipped {
+    /// Why, in words, for the claim's Event and `swell volume`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skipped::BlockVolume => "a block volume has no filesystem whose usage its node could read",
+        }
+    }
 }
 
 impl Usage {
+    /// The report of a volume whose usage its node cannot read, at `read_unix`.
+    pub fn skipped(why: Skipped, read_unix: u64) -> Usage {
+        Usage { bytes_used: 0, bytes_total: 0, inodes_used: 0, inodes_total: 0, read_unix, skipped: Some(why) }
+    }
+
     /// Free bytes.
     pub fn bytes_free(&self) -> u64 {
         self.bytes_total.saturating_sub(self.bytes_used)
@@ -164,7 +195,7 @@ mod tests {
     use crate::units::{GIB, MIB};
 
     fn usage(bytes_used: u64, bytes_total: u64) -> Usage {
-        Usage { bytes_used, bytes_total, inodes_used: 10, inodes_total: 1000, read_unix: 0 }
+        Usage { bytes_used, bytes_total, inodes_used: 10, inodes_total: 1000, read_unix: 0, skipped: None }
     }
 
     fn policy(free_below: Amount, step: Amount, limit_bytes: u64) -> AutoGrowPolicy {
@@ -187,6 +218,7 @@ mod tests {
         let no_inode_count = Usage { inodes_used: 0, inodes_total: 0, ..usage(0, 100 * MIB) };
         assert_eq!(inodes.crossed(&no_inode_count), None, "btrfs has no fixed inode count");
         assert_eq!(p.crossed(&Usage { bytes_total: 0, ..usage(0, 0) }), None, "an empty reading decides nothing");
+        assert_eq!(inodes.crossed(&Usage::skipped(Skipped::BlockVolume, 0)), None, "no reading crosses nothing");
         assert_eq!(AutoGrowPolicy { on: false, ..p }.crossed(&usage(99 * MIB, 100 * MIB)), None, "off: never crossed");
     }
 
@@ -210,5 +242,9 @@ mod tests {
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(json, r#"{"on":true,"free_below":{"bytes":1073741824},"inodes_free_below_percent":5,"step":{"percent":20},"limit_bytes":53687091200}"#);
         assert_eq!(serde_json::from_str::<AutoGrowPolicy>(&json).unwrap(), p);
+        let skipped = serde_json::to_string(&Usage::skipped(Skipped::BlockVolume, 7)).unwrap();
+        assert!(skipped.ends_with(r#""read_unix":7,"skipped":"block_volume"}"#), "{skipped}");
+        let reading = r#"{"bytes_used":1,"bytes_total":2,"inodes_used":3,"inodes_total":4,"read_unix":5}"#;
+        assert_eq!(serde_json::from_str::<Usage>(reading).unwrap().skipped, None, "a reading stored before skips existed reads back");
     }
 }

@@ -46,6 +46,11 @@ pub fn write_usage(state_dir: &Path, id: &VolumeId, usage: &Usage) -> io::Result
     durable::replace(&usage_path(state_dir, id), &bytes, false)
 }
 
+/// The file volume `id`'s usage is written to (for measuring how often).
+pub fn usage_file(state_dir: &Path, id: &VolumeId) -> std::path::PathBuf {
+    usage_path(state_dir, id)
+}
+
 /// The usage last recorded for volume `id`, if any.
 pub fn read_usage(state_dir: &Path, id: &VolumeId) -> io::Result<Option<Usage>> {
     durable::read_json(&usage_path(state_dir, id))
@@ -94,7 +99,7 @@ mod tests {
         let policy = AutoGrowPolicy { on: true, free_below: Amount::Percent(10), inodes_free_below_percent: None, step: Amount::Percent(20), limit_bytes: GIB };
         let policy = AutoGrowRecord { policy, claim: Some(ClaimRef { namespace: "db".into(), name: "data".into() }) };
         local.set_auto_grow(&volume.id, &policy).await.unwrap();
-        let usage = Usage { bytes_used: 60 * MIB, bytes_total: 62 * MIB, inodes_used: 12, inodes_total: 4096, read_unix: 1_765_000_000 };
+        let usage = Usage { bytes_used: 60 * MIB, bytes_total: 62 * MIB, inodes_used: 12, inodes_total: 4096, read_unix: 1_765_000_000, skipped: None };
         write_usage(dir.path(), &volume.id, &usage).unwrap();
         assert_eq!(local.auto_grow(&volume.id).await.unwrap(), (Some(policy.clone()), Some(usage)));
         assert_eq!(local.list_volumes(None, 0).await.unwrap(), vec![volume.clone()], "the extra files are no volumes");

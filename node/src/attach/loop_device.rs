@@ -33,6 +33,11 @@ impl LoopAttacher {
         LoopAttacher { state_dir, sys }
     }
 
+    /// The local backend's state directory.
+    pub(super) fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     fn image(&self, volume: &VolumeId) -> PathBuf {
         swell_local::image_path(&self.state_dir, volume)
     }

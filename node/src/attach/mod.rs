@@ -8,6 +8,7 @@
 //! staging record; above this module only that choice is known.
 
 mod attacher;
+mod local_usage;
 mod loop_device;
 pub(crate) mod rbd;
 
@@ -88,11 +89,15 @@ impl Attachers {
         }
     }
 
-    /// Where `volume`'s auto-grow policy and usage are kept, for the RBD
-    /// volumes of this node's cluster (local volumes: their state
-    /// directory, which `usage_report` reaches itself).
+    /// Where `volume`'s auto-grow policy and usage are kept: the local
+    /// state directory's files, or, for the RBD volumes of this node's
+    /// cluster, the image's metadata and the pool's marks object.
     pub(crate) fn usage_store(&self, volume: &VolumeId) -> Result<&dyn crate::usage_store::UsageStore, NodeError> {
-        Ok(self.rbd(volume)?)
+        match volume.backend() {
+            swell_local::KIND => Ok(&self.local),
+            swell_storage::rbd_volume::KIND => Ok(self.rbd(volume)?),
+            other => Err(unsupported(volume, other)),
+        }
     }
 
     fn rbd(&self, volume: &VolumeId) -> Result<&rbd::RbdAttachers, NodeError> {

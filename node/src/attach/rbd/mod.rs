@@ -75,6 +75,13 @@ pub(crate) struct RbdAttachers {
 }
 
 impl RbdAttachers {
+    /// The JSON value at image metadata `key` of `volume`, `None` when unset.
+    async fn json_meta<T: serde::de::DeserializeOwned>(&self, volume: &VolumeId, key: &str, what: &str) -> Result<Option<T>, NodeError> {
+        self.check_cluster(volume)?;
+        let Some(json) = self.cluster.image_meta(volume, &rbd_volume(volume)?, key, what).await? else { return Ok(None) };
+        serde_json::from_str(&json).map(Some).map_err(|e| NodeError::Parse { step: format!("{what} of volume {volume}"), detail: e.to_string() })
+    }
+
     /// Detects the host's attach mode (the one used when a volume does not
     /// name one) and builds every mode's attacher; rbd-fuse mounts go under
     /// `<state_dir>/rbd-fuse/<cluster-id>`.
@@ -158,9 +165,11 @@ impl crate::crypt::KeyStore for RbdAttachers {
 #[async_trait::async_trait]
 impl crate::usage_store::UsageStore for RbdAttachers {
     async fn record(&self, volume: &VolumeId) -> Result<Option<AutoGrowRecord>, NodeError> {
-        self.check_cluster(volume)?;
-        let Some(json) = self.cluster.image_meta(volume, &rbd_volume(volume)?, RECORD_META, "auto-grow policy").await? else { return Ok(None) };
-        serde_json::from_str(&json).map(Some).map_err(|e| NodeError::Parse { step: format!("auto-grow policy of volume {volume}"), detail: e.to_string() })
+        self.json_meta(volume, RECORD_META, "auto-grow policy").await
+    }
+
+    async fn usage(&self, volume: &VolumeId) -> Result<Option<Usage>, NodeError> {
+        self.json_meta(volume, USAGE_META, "usage reading").await
     }
 
     async fn write_usage(&self, volume: &VolumeId, usage: &Usage, mark: bool) -> Result<(), NodeError> {
