@@ -296,6 +296,11 @@ impl Backend for LocalBackend {
         self.blocking("list snapshots", move |dir| dir.all_snapshots(source.as_ref())).await
     }
 
+    async fn source_encrypted(&self, source: &ContentSource) -> Result<bool, BackendError> {
+        let source = source.clone();
+        self.blocking("read the source's encryption", move |dir| dir.source_encrypted(&source)).await
+    }
+
     async fn create_volume_from(&self, name: &str, size_bytes: u64, placement: &Placement, source: &ContentSource) -> Result<Created, BackendError> {
         no_pools(placement)?;
         let (name, source) = (name.to_owned(), source.clone());

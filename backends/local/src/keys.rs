@@ -58,6 +58,12 @@ pub(crate) fn copy_key(from: &Path, to: &Path) -> io::Result<bool> {
     }
 }
 
+/// Whether the key file at `path` holds a wrapped key (a malformed one is
+/// an error, as for [`read_wrapped_key`]).
+pub(crate) fn holds_key(path: &Path) -> io::Result<bool> {
+    read_key_file(path).map(|key| key.is_some())
+}
+
 fn read_key_file(path: &Path) -> io::Result<Option<String>> {
     let file = match File::open(path) {
         Ok(file) => file,
@@ -157,6 +163,9 @@ mod tests {
         // the restore gets the snapshot's copy, a clone the source's key now.
         write_wrapped_key(path, &source, "v1:rewrapped").unwrap();
         let from_snapshot = ContentSource::Snapshot(snapshot.id.clone());
+        for source in [&from_snapshot, &ContentSource::Volume(source.clone())] {
+            assert!(local.source_encrypted(source).await.unwrap(), "{source} holds a key: the controller takes it as encrypted");
+        }
         let restored = local.create_volume_from("restored", 16 * MIB, &Placement::default(), &from_snapshot).await.unwrap().info().id.clone();
         assert_eq!(read_wrapped_key(path, &restored).unwrap().as_deref(), Some(WRAPPED), "the restore holds the snapshot's copy");
         let clone = local.create_volume_from("clone", 8 * MIB, &Placement::default(), &ContentSource::Volume(source.clone())).await.unwrap().info().id.clone();
@@ -182,6 +191,9 @@ mod tests {
         let source = local.create_volume("clear", 8 * MIB, &Placement::default()).await.unwrap().info().id.clone();
         let snapshot = local.create_snapshot("snap", &source).await.unwrap().info().clone();
         assert!(!snapshot_wrapped_key_path(dir.path(), snapshot.id.key()).exists());
+        for source in [ContentSource::Snapshot(snapshot.id.clone()), ContentSource::Volume(source.clone())] {
+            assert!(!local.source_encrypted(&source).await.unwrap(), "{source} holds no key: in the clear");
+        }
         let restored = local.create_volume_from("restored", 8 * MIB, &Placement::default(), &ContentSource::Snapshot(snapshot.id)).await.unwrap();
         assert_eq!(read_wrapped_key(dir.path(), &restored.info().id).unwrap(), None);
     }

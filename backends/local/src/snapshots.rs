@@ -195,6 +195,20 @@ impl StateDir {
         Ok(Created::New(info))
     }
 
+    /// Whether `source` holds encrypted data: a wrapped data key is kept
+    /// with it (a snapshot's copy, or the volume's own).
+    pub(crate) fn source_encrypted(&self, source: &ContentSource) -> Result<bool, BackendError> {
+        let key_file = match source {
+            ContentSource::Snapshot(snapshot) => {
+                let key = local_snapshot(snapshot).ok_or_else(|| BackendError::SnapshotNotFound(snapshot.clone()))?;
+                snapshot_wrapped_key_path(&self.path, key)
+            }
+            ContentSource::Volume(volume) if volume.backend() == KIND => wrapped_key_path(&self.path, volume),
+            ContentSource::Volume(volume) => return Err(BackendError::NotFound(volume.clone())),
+        };
+        keys::holds_key(&key_file).map_err(|e| BackendError::io(format!("read the wrapped key of {source}"), e))
+    }
+
     /// The files a new volume is copied from.
     fn source_files(&self, source: &ContentSource) -> Result<SourceFiles, BackendError> {
         match source {
