@@ -25,8 +25,7 @@ use swell_e2e::requests::{self, mount_capability};
 use swell_storage::units::MIB;
 
 use crate::csi::{self, Csi};
-use crate::local::fresh;
-use crate::plan::Plan;
+use crate::plan::{AutoGrowPlan, Pace, Plan, fresh};
 use crate::process::Served;
 use crate::report::{Report, Samples, Table};
 use crate::step::{BenchResult, at};
@@ -40,50 +39,6 @@ const REPORTED_BYTES: u64 = 16 * MIB;
 const CROSSING_CLASS: [(&str, &str); 4] = [("autoGrow", "true"), ("autoGrowFreeBelow", "20%"), ("autoGrowStep", "64Mi"), ("autoGrowLimit", "64Gi")];
 /// How long a grow may take before the bench gives up on it.
 const GROW_PATIENCE: Duration = Duration::from_secs(90);
-
-/// How often the node and the controller look: the shipped defaults, or
-/// a quicker pace for `--short`, which judges nothing.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Pace {
-    /// The node's `--usage-report-interval-ms`.
-    pub usage_report: Duration,
-    /// The node's `--grow-on-backend-change-ms`.
-    pub grow_on_change: Duration,
-    /// The controller's `--auto-grow-interval-ms`.
-    pub grower: Duration,
-}
-
-impl Pace {
-    /// The flags' defaults.
-    pub(crate) fn shipped() -> Pace {
-        Pace { usage_report: Duration::from_secs(30), grow_on_change: Duration::from_secs(2), grower: AutoGrowConfig::default().interval }
-    }
-
-    /// A quarter of a second each, a reading every second, for `--short`.
-    pub(crate) fn quick() -> Pace {
-        Pace { usage_report: Duration::from_secs(1), grow_on_change: Duration::from_millis(250), grower: Duration::from_millis(250) }
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "node --usage-report-interval-ms={} --grow-on-backend-change-ms={}, controller --auto-grow-interval-ms={}",
-            self.usage_report.as_millis(),
-            self.grow_on_change.as_millis(),
-            self.grower.as_millis()
-        )
-    }
-}
-
-/// What the auto-grow section measures.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AutoGrowPlan {
-    /// Volumes staged on the node whose reporting is measured.
-    pub volumes: usize,
-    /// How long the node's CPU is measured, with reporting and without.
-    pub window: Duration,
-    /// How often the node and the controller look.
-    pub pace: Pace,
-}
 
 /// Both figures, or, where this machine cannot mount loop devices, none
 /// (an error under CI, which must measure them).
@@ -119,7 +74,7 @@ pub(crate) struct Target {
 /// node's reporting off, then on.
 async fn reporting_cost(plan: &Plan, auto: &AutoGrowPlan, report: &mut Report) -> BenchResult<()> {
     let dir = fresh(&plan.scratch.join("local-usage"))?;
-    let rig = crate::local::rig(plan, &dir, 19_873);
+    let rig = crate::plan::Rig::local(plan, &dir, 19_873);
     let controller = rig.start().await?;
     let csi = Csi::new(controller.channel().await?, &REPORTED_CLASS);
     let names = (0..auto.volumes).map(|i| format!("usage-{i}")).collect();

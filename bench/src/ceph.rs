@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::csi::{Csi, timed};
 use crate::figures;
-use crate::plan::{Plan, Rig};
+use crate::plan::{Plan, Rig, fresh};
 use crate::process::{ControllerArgs, Served};
 use crate::report::{Report, Samples, Table, mib, ms, ratio};
 use crate::scale::{self, Point};
@@ -118,13 +118,6 @@ impl Site {
             None => Ok(()),
         }
     }
-}
-
-/// `dir`, emptied.
-pub(crate) fn fresh(dir: &Path) -> BenchResult<PathBuf> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(at(format!("create {}", dir.display())))?;
-    Ok(dir.to_owned())
 }
 
 /// Every RBD figure asked for by `sections` on `site`, then the scale run.

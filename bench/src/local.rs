@@ -6,7 +6,7 @@
 //! the same kind of mounted loop device by hand.
 
 use std::fs::{self, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use swell_storage::{Backend, Placement};
 
 use crate::csi::{self, timed};
 use crate::figures;
-use crate::plan::{Plan, Rig};
-use crate::process::{ControllerArgs, Served};
+use crate::plan::{Plan, Rig, fresh};
+use crate::process::Served;
 use crate::report::{Report, Samples, Table, mib, ratio};
 use crate::scale::{self, Point};
 use crate::step::{BenchResult, at};
@@ -24,36 +24,12 @@ use swell_e2e::host;
 use swell_e2e::requests::{self, mount_capability};
 use swell_storage::units::{GIB, MIB};
 
-/// A rig over a fresh local state directory under `dir`.
-pub(crate) fn rig(plan: &Plan, dir: &Path, metrics_port: u16) -> Rig {
-    Rig {
-        name: "local",
-        controller: ControllerArgs {
-            binary: plan.controller_bin.clone(),
-            root: dir.to_owned(),
-            local_state_dir: dir.join("local"),
-            extra: Vec::new(),
-            metrics_port,
-        },
-        parameters: Vec::new(),
-        rbd: None,
-        local_capacity: None,
-    }
-}
-
-/// `dir`, emptied or made.
-pub(crate) fn fresh(dir: &Path) -> BenchResult<PathBuf> {
-    let _ = fs::remove_dir_all(dir);
-    fs::create_dir_all(dir).map_err(at(format!("create {}", dir.display())))?;
-    Ok(dir.to_owned())
-}
-
 /// Every local figure, then the scale run.
 pub(crate) async fn run(plan: &Plan, sections: &[&str]) -> BenchResult<(Report, Vec<Point>)> {
     let mut report = Report::default();
     let mut points = Vec::new();
     if sections.contains(&"figures") {
-        let rig = rig(plan, &fresh(&plan.scratch.join("local-figures"))?, 19_871);
+        let rig = Rig::local(plan, &fresh(&plan.scratch.join("local-figures"))?, 19_871);
         let served = rig.start().await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle = served.rss()?;
@@ -68,7 +44,7 @@ pub(crate) async fn run(plan: &Plan, sections: &[&str]) -> BenchResult<(Report, 
         crate::auto_grow::run(plan, &plan.auto_grow, &mut report).await?;
     }
     if sections.contains(&"scale") {
-        let rig = rig(plan, &fresh(&plan.scratch.join("local-scale"))?, 19_872).roomy();
+        let rig = Rig::local(plan, &fresh(&plan.scratch.join("local-scale"))?, 19_872).roomy();
         points = scale::run(&rig, plan, &mut report).await?;
     }
     Ok((report, points))

@@ -142,10 +142,10 @@ async fn main() -> Result<(), String> {
         label: controller_bin.display().to_string(),
         controller_bin,
         scratch: args.scratch.clone(),
-        auto_grow: auto_grow::AutoGrowPlan {
+        auto_grow: plan::AutoGrowPlan {
             volumes: args.usage_volumes.unwrap_or(if args.short { 4 } else { 500 }).max(1),
             window: Duration::from_secs(args.usage_window_secs.unwrap_or(if args.short { 3 } else { 60 })),
-            pace: if args.short { auto_grow::Pace::quick() } else { auto_grow::Pace::shipped() },
+            pace: if args.short { plan::Pace::quick() } else { plan::Pace::shipped() },
         },
     };
     #[cfg(feature = "rbd")]

@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ceph::{CLUSTER_ID, Site, fresh};
+use crate::ceph::{CLUSTER_ID, Site};
 use crate::csi::{self, Burst, Csi};
 use crate::figures;
-use crate::plan::Plan;
+use crate::plan::{Plan, fresh};
 use crate::process::{PeakRss, Served};
 use crate::report::{Report, Samples, Table, mib, ms, quotient, ratio};
 use crate::step::{BenchResult, at};

@@ -1,7 +1,10 @@
 //! What a run measures ([`Plan`]) and on what ([`Rig`]: one backend's
 //! controller as a process and in-process), and how a failed step is told.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use swell_controller::AutoGrowConfig;
 
 use crate::step::{BenchResult, at};
 use crate::{csi, process};
@@ -22,7 +25,7 @@ pub(crate) struct Plan {
     /// Directory for scratch state (sparse files, sockets).
     pub scratch: PathBuf,
     /// What the auto-grow section measures.
-    pub auto_grow: crate::auto_grow::AutoGrowPlan,
+    pub auto_grow: AutoGrowPlan,
 }
 
 impl Plan {
@@ -93,5 +96,75 @@ impl Rig {
             reconciler: swell_controller::ReconcilerConfig::default(),
         };
         swell_controller::build(&config).map_err(at("build the in-process controller"))
+    }
+}
+
+/// How often the node and the controller look: the shipped defaults, or
+/// a quicker pace for `--short`, which judges nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    /// The node's `--usage-report-interval-ms`.
+    pub usage_report: Duration,
+    /// The node's `--grow-on-backend-change-ms`.
+    pub grow_on_change: Duration,
+    /// The controller's `--auto-grow-interval-ms`.
+    pub grower: Duration,
+}
+
+impl Pace {
+    /// The flags' defaults.
+    pub(crate) fn shipped() -> Pace {
+        Pace { usage_report: Duration::from_secs(30), grow_on_change: Duration::from_secs(2), grower: AutoGrowConfig::default().interval }
+    }
+
+    /// A quarter of a second each, a reading every second, for `--short`.
+    pub(crate) fn quick() -> Pace {
+        Pace { usage_report: Duration::from_secs(1), grow_on_change: Duration::from_millis(250), grower: Duration::from_millis(250) }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "node --usage-report-interval-ms={} --grow-on-backend-change-ms={}, controller --auto-grow-interval-ms={}",
+            self.usage_report.as_millis(),
+            self.grow_on_change.as_millis(),
+            self.grower.as_millis()
+        )
+    }
+}
+
+/// What the auto-grow section measures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AutoGrowPlan {
+    /// Volumes staged on the node whose reporting is measured.
+    pub volumes: usize,
+    /// How long the node's CPU is measured, with reporting and without.
+    pub window: Duration,
+    /// How often the node and the controller look.
+    pub pace: Pace,
+}
+
+/// `dir`, emptied.
+pub(crate) fn fresh(dir: &Path) -> BenchResult<PathBuf> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(at(format!("create {}", dir.display())))?;
+    Ok(dir.to_owned())
+}
+
+impl Rig {
+    /// A local rig over a fresh state directory under `dir`.
+    pub(crate) fn local(plan: &Plan, dir: &Path, metrics_port: u16) -> Rig {
+        Rig {
+            name: "local",
+            controller: process::ControllerArgs {
+                binary: plan.controller_bin.clone(),
+                root: dir.to_owned(),
+                local_state_dir: dir.join("local"),
+                extra: Vec::new(),
+                metrics_port,
+            },
+            parameters: Vec::new(),
+            rbd: None,
+            local_capacity: None,
+        }
     }
 }
