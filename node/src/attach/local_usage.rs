@@ -47,10 +47,5 @@ async fn in_state_dir<T: Send + 'static>(
     work: impl FnOnce(&Path, &VolumeId) -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, NodeError> {
     let (state_dir, id) = (state_dir.to_owned(), volume.clone());
-    let step = format!("{step} of {volume}");
-    match tokio::time::timeout(FILE_DEADLINE, tokio::task::spawn_blocking(move || work(&state_dir, &id))).await {
-        Err(_) => Err(NodeError::Timeout { step, after: FILE_DEADLINE }),
-        Ok(Err(join)) => Err(NodeError::WorkerFailed { step, reason: join.to_string() }),
-        Ok(Ok(result)) => result.map_err(|e| NodeError::io(&step, e)),
-    }
+    crate::system::blocking(format!("{step} of {volume}"), FILE_DEADLINE, move || work(&state_dir, &id)).await
 }
